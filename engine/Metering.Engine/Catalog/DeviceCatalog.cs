@@ -1,0 +1,156 @@
+using System.Collections.Frozen;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace Metering.Engine.Catalog;
+
+/// <summary>One device model of one catalog version.</summary>
+/// <param name="Key">The catalog key clients send, for example "H100-SXM".</param>
+/// <param name="Fp16DenseGflops">Dense FP16 tensor peak per device, in GFLOPS (never the sparse figure).</param>
+public sealed record DeviceModel(string Key, string Vendor, string Name, long Fp16DenseGflops, string Source, string CatalogVersion);
+
+/// <summary>One version of the device catalog, effective from a date (UTC) until the next version.</summary>
+public sealed class CatalogVersion
+{
+    private readonly FrozenDictionary<string, DeviceModel> _models;
+
+    internal CatalogVersion(string version, DateTimeOffset effectiveFrom, IEnumerable<DeviceModel> models)
+    {
+        Version = version;
+        EffectiveFrom = effectiveFrom;
+        _models = models.ToFrozenDictionary(m => m.Key, StringComparer.Ordinal);
+    }
+
+    public string Version { get; }
+
+    public DateTimeOffset EffectiveFrom { get; }
+
+    public long EffectiveFromUnixMs => EffectiveFrom.ToUnixTimeMilliseconds();
+
+    public IEnumerable<DeviceModel> Models => _models.Values.OrderBy(m => m.Key, StringComparer.Ordinal);
+
+    public bool TryGet(string key, out DeviceModel model) => _models.TryGetValue(key, out model!);
+}
+
+/// <summary>
+/// The versioned, effective-dated device catalog. A record is normalised with the version in
+/// force at its start time, and that version's name is stored with the record.
+/// </summary>
+public sealed class DeviceCatalog
+{
+    private readonly CatalogVersion[] _versionsByEffectiveDate;
+
+    public DeviceCatalog(IEnumerable<CatalogVersion> versions)
+    {
+        _versionsByEffectiveDate = versions.OrderBy(v => v.EffectiveFrom).ToArray();
+        if (_versionsByEffectiveDate.Length == 0)
+        {
+            throw new ArgumentException("A device catalog needs at least one version.", nameof(versions));
+        }
+    }
+
+    public IReadOnlyList<CatalogVersion> Versions => _versionsByEffectiveDate;
+
+    public CatalogVersion Latest => _versionsByEffectiveDate[^1];
+
+    /// <summary>The version in force at a moment; the earliest version also covers anything before it.</summary>
+    public CatalogVersion VersionAt(long unixMs)
+    {
+        var versions = _versionsByEffectiveDate;
+        for (int i = versions.Length - 1; i > 0; i--)
+        {
+            if (versions[i].EffectiveFromUnixMs <= unixMs)
+            {
+                return versions[i];
+            }
+        }
+
+        return versions[0];
+    }
+
+    /// <summary>The catalog files shipped inside the engine (Catalog/Data/*.json).</summary>
+    public static DeviceCatalog LoadEmbedded()
+    {
+        var assembly = typeof(DeviceCatalog).Assembly;
+        var versions = new List<CatalogVersion>();
+        foreach (string name in assembly.GetManifestResourceNames().Where(n => n.StartsWith("catalog/", StringComparison.Ordinal)))
+        {
+            using Stream stream = assembly.GetManifestResourceStream(name)
+                ?? throw new InvalidOperationException($"Catalog resource {name} is missing.");
+            versions.Add(Parse(stream, name));
+        }
+
+        return new DeviceCatalog(versions);
+    }
+
+    /// <summary>Reads one catalog file, refusing duplicates, non-positive peaks and missing sources.</summary>
+    public static CatalogVersion Parse(Stream json, string origin)
+    {
+        CatalogFile file = JsonSerializer.Deserialize(json, CatalogJsonContext.Default.CatalogFile)
+            ?? throw new InvalidDataException($"{origin}: empty catalog file.");
+        if (string.IsNullOrWhiteSpace(file.Version))
+        {
+            throw new InvalidDataException($"{origin}: the catalog has no version.");
+        }
+
+        if (!DateOnly.TryParseExact(file.EffectiveFrom, "yyyy-MM-dd", out DateOnly effective))
+        {
+            throw new InvalidDataException($"{origin}: effectiveFrom '{file.EffectiveFrom}' is not a yyyy-MM-dd date.");
+        }
+
+        var models = new List<DeviceModel>();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (CatalogDevice device in file.Devices ?? [])
+        {
+            if (string.IsNullOrWhiteSpace(device.Key) || !seen.Add(device.Key))
+            {
+                throw new InvalidDataException($"{origin}: device key '{device.Key}' is empty or repeated.");
+            }
+
+            if (device.Fp16DenseGflops <= 0)
+            {
+                throw new InvalidDataException($"{origin}: device {device.Key} has no positive fp16DenseGflops.");
+            }
+
+            if (string.IsNullOrWhiteSpace(device.Source))
+            {
+                throw new InvalidDataException($"{origin}: device {device.Key} cites no source.");
+            }
+
+            models.Add(new DeviceModel(device.Key, device.Vendor ?? "", device.Name ?? device.Key, device.Fp16DenseGflops, device.Source, file.Version));
+        }
+
+        var start = new DateTimeOffset(effective.ToDateTime(TimeOnly.MinValue), TimeSpan.Zero);
+        return new CatalogVersion(file.Version, start, models);
+    }
+}
+
+internal sealed class CatalogFile
+{
+    public string Version { get; set; } = "";
+
+    public string EffectiveFrom { get; set; } = "";
+
+    public string? Unit { get; set; }
+
+    public List<CatalogDevice>? Devices { get; set; }
+}
+
+internal sealed class CatalogDevice
+{
+    public string Key { get; set; } = "";
+
+    public string? Vendor { get; set; }
+
+    public string? Name { get; set; }
+
+    public long Fp16DenseGflops { get; set; }
+
+    public string Source { get; set; } = "";
+
+    public string? Note { get; set; }
+}
+
+[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, ReadCommentHandling = JsonCommentHandling.Skip)]
+[JsonSerializable(typeof(CatalogFile))]
+internal sealed partial class CatalogJsonContext : JsonSerializerContext;

@@ -1,0 +1,74 @@
+namespace Metering.Engine.Ingest;
+
+/// <summary>
+/// Every bound the ingest path enforces. Each one is named, has a default, and is checked at
+/// start-up by <see cref="Validate"/>; input past a bound is refused, never accommodated.
+/// </summary>
+public sealed class IngestLimits
+{
+    /// <summary>Most records in one batch.</summary>
+    public int BatchRecordsMax { get; set; } = 10_000;
+
+    /// <summary>Longest single record (end minus start).</summary>
+    public TimeSpan RecordDurationMax { get; set; } = TimeSpan.FromHours(24);
+
+    /// <summary>How far in the future a start or end may lie, for clock skew between platforms.</summary>
+    public TimeSpan FutureSkewMax { get; set; } = TimeSpan.FromMinutes(5);
+
+    /// <summary>Earliest start accepted; the programme's usage begins in 2025.</summary>
+    public DateTimeOffset StartEarliest { get; set; } = new(2024, 1, 1, 0, 0, 0, TimeSpan.Zero);
+
+    /// <summary>Most devices in one record.</summary>
+    public int DeviceCountMax { get; set; } = 16_384;
+
+    /// <summary>Largest share denominator (a share is numerator/denominator of one device).</summary>
+    public int ShareDenominatorMax { get; set; } = 1_000;
+
+    /// <summary>Longest job id, in UTF-8 bytes.</summary>
+    public int JobIdBytesMax { get; set; } = 128;
+
+    /// <summary>Longest site name, in UTF-8 bytes.</summary>
+    public int SiteBytesMax { get; set; } = 64;
+
+    /// <summary>Longest device UUID, in UTF-8 bytes.</summary>
+    public int DeviceUuidBytesMax { get; set; } = 64;
+
+    /// <summary>Most device UUIDs listed on one record (never more than its device count).</summary>
+    public int DeviceUuidsMax { get; set; } = 64;
+
+    /// <summary>Largest gRPC message the server accepts, in bytes.</summary>
+    public int MessageBytesMax { get; set; } = 16 * 1024 * 1024;
+
+    /// <summary>Throws with the offending setting when a bound is out of its sane range.</summary>
+    public void Validate()
+    {
+        Require(BatchRecordsMax is > 0 and <= 100_000, nameof(BatchRecordsMax), "between 1 and 100000");
+        Require(RecordDurationMax > TimeSpan.Zero && RecordDurationMax <= TimeSpan.FromDays(31), nameof(RecordDurationMax), "between 1 ms and 31 days");
+        Require(FutureSkewMax >= TimeSpan.Zero && FutureSkewMax <= TimeSpan.FromHours(1), nameof(FutureSkewMax), "between 0 and 1 hour");
+        Require(DeviceCountMax is > 0 and <= 1_000_000, nameof(DeviceCountMax), "between 1 and 1000000");
+        Require(ShareDenominatorMax is > 0 and <= 1_000_000, nameof(ShareDenominatorMax), "between 1 and 1000000");
+        Require(JobIdBytesMax is > 0 and <= 1024, nameof(JobIdBytesMax), "between 1 and 1024");
+        Require(SiteBytesMax is > 0 and <= 1024, nameof(SiteBytesMax), "between 1 and 1024");
+        Require(DeviceUuidBytesMax is > 0 and <= 256, nameof(DeviceUuidBytesMax), "between 1 and 256");
+        Require(DeviceUuidsMax is >= 0 and <= 4096, nameof(DeviceUuidsMax), "between 0 and 4096");
+        Require(MessageBytesMax is >= 64 * 1024 and <= 256 * 1024 * 1024, nameof(MessageBytesMax), "between 64 KiB and 256 MiB");
+    }
+
+    /// <summary>The longest canonical encoding a record within these limits can have.</summary>
+    public int CanonicalBytesMax =>
+        CanonicalEncoding.FixedBytes
+        + CanonicalEncoding.StreamIdBytesMax
+        + JobIdBytesMax + SiteBytesMax + CanonicalEncoding.DeviceModelBytesMax
+        + DeviceUuidsMax * (2 + DeviceUuidBytesMax)
+        + CreditCodeBytes * 2;
+
+    private const int CreditCodeBytes = 18;
+
+    private static void Require(bool condition, string name, string range)
+    {
+        if (!condition)
+        {
+            throw new ArgumentOutOfRangeException(name, $"Ingest limit {name} must be {range}.");
+        }
+    }
+}

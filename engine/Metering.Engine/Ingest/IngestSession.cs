@@ -1,0 +1,196 @@
+using System.Diagnostics;
+using Metering.Engine.Catalog;
+using Metering.Engine.Storage;
+using Metering.Protocol.V1;
+
+namespace Metering.Engine.Ingest;
+
+/// <summary>A batch was refused; nothing of it was committed.</summary>
+public sealed class IngestRefusedException(Refusal refusal, ulong? sequence = null, ulong? expectedSequence = null)
+    : Exception(refusal.Message)
+{
+    public Refusal Refusal { get; } = refusal;
+
+    /// <summary>The record that caused the refusal, when one did.</summary>
+    public ulong? Sequence { get; } = sequence;
+
+    /// <summary>For a sequence gap, the sequence the server wanted next.</summary>
+    public ulong? ExpectedSequence { get; } = expectedSequence;
+}
+
+/// <summary>What one accepted batch did to the stream.</summary>
+public readonly record struct BatchOutcome(ulong FirstSequence, ulong LastSequence, ulong CommittedSequence, byte[] ChainHead, int ReplayedRecords, int CommittedRecords);
+
+/// <summary>
+/// One writer's session on one stream: validates, normalises and chains each batch, then commits
+/// it. The session caches the committed mark and chain head; the database re-checks the mark on
+/// every commit, so a stale session fails instead of forking the chain.
+/// Not thread-safe: a stream has a single writer.
+/// </summary>
+public sealed class IngestSession
+{
+    private readonly UsageStore _store;
+    private readonly RecordValidator _validator;
+    private readonly TimeProvider _time;
+    private readonly PreparedRecords _prepared;
+    private readonly byte[] _scratch;
+    private readonly DeviceModel?[] _validatedModels;
+    private readonly string? _peer;
+    private ulong _committed;
+    private byte[] _head;
+
+    public IngestSession(UsageStore store, RecordValidator validator, TimeProvider time, string providerId, string streamId, StreamHead head, string? peer = null)
+    {
+        _store = store;
+        _validator = validator;
+        _time = time;
+        ProviderId = providerId;
+        StreamId = streamId;
+        _committed = head.CommittedSequence;
+        _head = head.ChainHash;
+        _peer = peer;
+        _prepared = new PreparedRecords(validator.Limits.BatchRecordsMax);
+        _validatedModels = new DeviceModel?[validator.Limits.BatchRecordsMax];
+        _scratch = new byte[CanonicalEncoding.HashBytes + validator.Limits.CanonicalBytesMax + ProviderAndStreamBytesMax];
+    }
+
+    // Provider ids are 18-character credit codes and stream ids at most 64 ASCII characters.
+    private const int ProviderAndStreamBytesMax = 18 + CanonicalEncoding.StreamIdBytesMax;
+
+    public string ProviderId { get; }
+
+    public string StreamId { get; }
+
+    public ulong CommittedSequence => _committed;
+
+    public byte[] ChainHead => _head;
+
+    /// <summary>Validates the whole batch, then commits its new records; throws <see cref="IngestRefusedException"/> on refusal.</summary>
+    public async Task<BatchOutcome> AppendAsync(IReadOnlyList<UsageRecord> records, CancellationToken cancellationToken)
+    {
+        CheckShape(records);
+        ulong first = records[0].Sequence;
+        ulong last = records[^1].Sequence;
+        long now = _time.GetUtcNow().ToUnixTimeMilliseconds();
+        for (int i = 0; i < records.Count; i++)
+        {
+            Refusal refusal = _validator.Validate(records[i], now, out _validatedModels[i]);
+            if (refusal.IsRefused)
+            {
+                throw new IngestRefusedException(refusal, records[i].Sequence);
+            }
+        }
+
+        int replayed = last <= _committed ? records.Count : (int)(_committed >= first ? _committed - first + 1 : 0);
+        if (replayed > 0)
+        {
+            await CheckReplayAsync(records, replayed, cancellationToken);
+        }
+
+        int fresh = records.Count - replayed;
+        if (fresh > 0)
+        {
+            Prepare(records, replayed);
+            try
+            {
+                await _store.CommitAsync(ProviderId, StreamId, _committed, _prepared, cancellationToken);
+                _committed = last;
+                _head = _prepared.HashAt(fresh - 1).ToArray();
+            }
+            catch (StreamMovedException moved)
+            {
+                throw new IngestRefusedException(new Refusal(IngestRefusal.StreamTakenOver, moved.Message));
+            }
+            finally
+            {
+                _prepared.Clear();
+            }
+        }
+
+        return new BatchOutcome(first, last, _committed, _head, replayed, fresh);
+    }
+
+    private void CheckShape(IReadOnlyList<UsageRecord> records)
+    {
+        if (records.Count == 0)
+        {
+            throw new IngestRefusedException(new Refusal(IngestRefusal.BatchEmpty, "the batch has no records"));
+        }
+
+        if (records.Count > _validator.Limits.BatchRecordsMax)
+        {
+            throw new IngestRefusedException(new Refusal(IngestRefusal.BatchTooLarge, $"the batch has {records.Count} records; at most {_validator.Limits.BatchRecordsMax} are taken"));
+        }
+
+        ulong first = records[0].Sequence;
+        if (first == 0 || first > _committed + 1)
+        {
+            throw Gap(first, _committed + 1, $"record {first} does not follow the committed sequence {_committed}");
+        }
+
+        for (int i = 1; i < records.Count; i++)
+        {
+            if (records[i].Sequence != first + (ulong)i)
+            {
+                throw Gap(records[i].Sequence, first + (ulong)i, $"record {records[i].Sequence} follows record {records[i - 1].Sequence} in the batch");
+            }
+        }
+    }
+
+    private static IngestRefusedException Gap(ulong sequence, ulong expected, string detail) =>
+        new(new Refusal(IngestRefusal.SequenceGap, $"{detail}; expected {expected}"), sequence, expected);
+
+    /// <summary>
+    /// Replayed records must reproduce the committed chain exactly. Recomputing from the committed
+    /// hash before the first replayed record, each record's hash must equal the stored one.
+    /// </summary>
+    private async Task CheckReplayAsync(IReadOnlyList<UsageRecord> records, int replayed, CancellationToken cancellationToken)
+    {
+        ulong first = records[0].Sequence;
+        byte[][] stored = await _store.ReadChainHashesAsync(ProviderId, StreamId, first - 1, first + (ulong)replayed - 1, cancellationToken);
+        Span<byte> hash = stackalloc byte[CanonicalEncoding.HashBytes];
+        ReadOnlySpan<byte> previous = stored[0];
+        for (int i = 0; i < replayed; i++)
+        {
+            var fields = RecordFields.From(ProviderId, StreamId, records[i]);
+            CanonicalEncoding.ChainHash(previous, fields, _scratch, hash);
+            if (!hash.SequenceEqual(stored[i + 1]))
+            {
+                int length = CanonicalEncoding.Encode(fields, _scratch);
+                await _store.RecordTamperConflictAsync(ProviderId, StreamId, records[i].Sequence, stored[i + 1], hash.ToArray(), _scratch.AsSpan(0, length).ToArray(), _peer, cancellationToken);
+                throw new IngestRefusedException(
+                    new Refusal(IngestRefusal.TamperConflict, $"record {records[i].Sequence} is already committed with different content; the conflict is recorded for audit"),
+                    records[i].Sequence);
+            }
+
+            previous = stored[i + 1];
+        }
+    }
+
+    /// <summary>Normalises and chains the records after the replayed prefix. Allocates nothing per record.</summary>
+    private void Prepare(IReadOnlyList<UsageRecord> records, int offset)
+    {
+        Debug.Assert(_prepared.Count == 0);
+        ReadOnlySpan<byte> previous = _head;
+        for (int i = offset; i < records.Count; i++)
+        {
+            int slot = _prepared.Count++;
+            DeviceModel? model = _validatedModels[i];
+            Debug.Assert(model is not null, "Records are validated before they are prepared.");
+            PrepareOne(records[i], model, slot, previous);
+            previous = _prepared.Hashes.AsSpan(slot * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes);
+        }
+
+        Array.Clear(_validatedModels, 0, records.Count);
+    }
+
+    /// <summary>Normalises and chains one validated record into a slot of the prepared batch.</summary>
+    internal void PrepareOne(UsageRecord record, DeviceModel model, int slot, ReadOnlySpan<byte> previousHash)
+    {
+        _prepared.Records[slot] = record;
+        _prepared.Models[slot] = model;
+        _prepared.UsageNanoPflopsHours[slot] = UsageNormaliser.UsageNanoPflopsHours(
+            record.DeviceCount, record.ShareNumerator, record.ShareDenominator, record.EndUnixMs - record.StartUnixMs, model.Fp16DenseGflops);
+        CanonicalEncoding.ChainHash(previousHash, RecordFields.From(ProviderId, StreamId, record), _scratch, _prepared.Hashes.AsSpan(slot * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes));
+    }
+}

@@ -1,0 +1,79 @@
+using Google.Protobuf.WellKnownTypes;
+using Google.Rpc;
+using Grpc.Core;
+using Metering.Engine.Ingest;
+using Metering.Protocol.V1;
+
+namespace Metering.Server;
+
+/// <summary>
+/// Builds refusals as the contract promises: a gRPC status plus a google.rpc.ErrorInfo whose
+/// reason is the IngestRefusal name (in the proto's UPPER_SNAKE form) and whose metadata carries
+/// the offending sequence.
+/// </summary>
+public static class Errors
+{
+    public const string Domain = "metering.v1";
+
+    public static RpcException Refused(StatusCode code, IngestRefusal reason, string message, IDictionary<string, string>? metadata = null)
+    {
+        var info = new ErrorInfo { Reason = ReasonName(reason), Domain = Domain };
+        if (metadata is not null)
+        {
+            info.Metadata.Add(metadata);
+        }
+
+        var status = new Google.Rpc.Status
+        {
+            Code = (int)code,
+            Message = message,
+            Details = { Any.Pack(info) },
+        };
+        return status.ToRpcException();
+    }
+
+    public static RpcException From(IngestRefusedException refused)
+    {
+        var metadata = new Dictionary<string, string>();
+        if (refused.Sequence is ulong sequence)
+        {
+            metadata["sequence"] = sequence.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        }
+
+        if (refused.ExpectedSequence is ulong expected)
+        {
+            metadata["expected"] = expected.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        }
+
+        return Refused(CodeFor(refused.Refusal.Reason), refused.Refusal.Reason, refused.Refusal.Message, metadata);
+    }
+
+    /// <summary>The gRPC status each refusal carries; the proto documents the same table.</summary>
+    public static StatusCode CodeFor(IngestRefusal reason) => reason switch
+    {
+        IngestRefusal.Unauthenticated => StatusCode.Unauthenticated,
+        IngestRefusal.StreamNotOpen => StatusCode.FailedPrecondition,
+        IngestRefusal.SequenceGap => StatusCode.FailedPrecondition,
+        IngestRefusal.BatchTooLarge => StatusCode.ResourceExhausted,
+        IngestRefusal.TamperConflict => StatusCode.AlreadyExists,
+        IngestRefusal.StreamTakenOver => StatusCode.Aborted,
+        _ => StatusCode.InvalidArgument,
+    };
+
+    /// <summary>The enum value's name as written in the .proto file (UNKNOWN_DEVICE_MODEL, ...).</summary>
+    public static string ReasonName(IngestRefusal reason) => ReasonNames[(int)reason];
+
+    private static readonly string[] ReasonNames = BuildReasonNames();
+
+    private static string[] BuildReasonNames()
+    {
+        var descriptor = IngestReflection.Descriptor.EnumTypes.Single(e => e.Name == nameof(IngestRefusal));
+        var names = new string[descriptor.Values.Max(v => v.Number) + 1];
+        foreach (var value in descriptor.Values)
+        {
+            names[value.Number] = value.Name;
+        }
+
+        return names;
+    }
+}

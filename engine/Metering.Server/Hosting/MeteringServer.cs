@@ -1,0 +1,112 @@
+using System.Net;
+using Metering.Engine.Catalog;
+using Metering.Engine.Ingest;
+using Metering.Engine.Storage;
+using Metering.Server.Access;
+using Metering.Server.Ingest;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Npgsql;
+
+namespace Metering.Server.Hosting;
+
+/// <summary>What a server needs: where to listen, which database, whose keys, which limits.</summary>
+public sealed class ServerSettings
+{
+    /// <summary>An http:// address on which to serve gRPC over HTTP/2 without TLS; port 0 picks a free port.</summary>
+    public Uri Listen { get; set; } = new("http://127.0.0.1:7390");
+
+    public required string ConnectionString { get; init; }
+
+    public required ApiKeys ApiKeys { get; init; }
+
+    public IngestLimits Limits { get; init; } = new();
+
+    public DeviceCatalog Catalog { get; init; } = DeviceCatalog.LoadEmbedded();
+
+    public TimeProvider Time { get; init; } = TimeProvider.System;
+
+    /// <summary>How the server logs; the CLI passes its console logger.</summary>
+    public Action<ILoggingBuilder>? ConfigureLogging { get; init; }
+}
+
+/// <summary>A running Kestrel gRPC server over the engine. Dispose stops it.</summary>
+public sealed class MeteringServer : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+
+    private MeteringServer(WebApplication app, Uri address)
+    {
+        _app = app;
+        Address = address;
+    }
+
+    /// <summary>The address actually bound (with the real port when port 0 was asked for).</summary>
+    public Uri Address { get; }
+
+    public IServiceProvider Services => _app.Services;
+
+    public static async Task<MeteringServer> StartAsync(ServerSettings settings, CancellationToken cancellationToken = default)
+    {
+        settings.Limits.Validate();
+        if (settings.Listen.Scheme != Uri.UriSchemeHttp)
+        {
+            throw new ArgumentException($"Listen address {settings.Listen} must be http:// (gRPC over cleartext HTTP/2; put TLS in front or use the mTLS option of the registry issue).");
+        }
+
+        WebApplicationBuilder builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        if (settings.ConfigureLogging is not null)
+        {
+            settings.ConfigureLogging(builder.Logging);
+        }
+
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            IPAddress address = settings.Listen.Host is "localhost" ? IPAddress.Loopback : IPAddress.Parse(settings.Listen.Host);
+            kestrel.Listen(address, settings.Listen.Port, listen => listen.Protocols = HttpProtocols.Http2);
+            // Bulk streaming needs larger HTTP/2 windows than the interactive defaults.
+            kestrel.Limits.Http2.InitialConnectionWindowSize = 16 * 1024 * 1024;
+            kestrel.Limits.Http2.InitialStreamWindowSize = 8 * 1024 * 1024;
+            kestrel.Limits.Http2.MaxStreamsPerConnection = 256;
+        });
+
+        builder.Services.AddSingleton(settings.ApiKeys);
+        builder.Services.AddSingleton(settings.Time);
+        builder.Services.AddSingleton(new RecordValidator(settings.Limits, settings.Catalog));
+        builder.Services.AddSingleton(_ => Database.CreateDataSource(settings.ConnectionString));
+        builder.Services.AddSingleton(provider => new UsageStore(provider.GetRequiredService<NpgsqlDataSource>()));
+        builder.Services.AddSingleton<StreamLeases>();
+        builder.Services.AddSingleton<AuthenticationInterceptor>();
+        builder.Services.AddGrpc(grpc =>
+        {
+            grpc.Interceptors.Add<AuthenticationInterceptor>();
+            grpc.MaxReceiveMessageSize = settings.Limits.MessageBytesMax;
+            grpc.MaxSendMessageSize = 1024 * 1024;
+            grpc.EnableDetailedErrors = false;
+        });
+
+        WebApplication app = builder.Build();
+        app.MapGrpcService<IngestGrpcService>();
+        await app.StartAsync(cancellationToken);
+
+        string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        return new MeteringServer(app, new Uri(bound));
+    }
+
+    /// <summary>Completes when the host is asked to stop (Ctrl+C or SIGTERM in `serve`).</summary>
+    public Task WaitForShutdownAsync(CancellationToken cancellationToken = default) => _app.WaitForShutdownAsync(cancellationToken);
+
+    public async ValueTask DisposeAsync()
+    {
+        using var stopWithin = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+        await _app.StopAsync(stopWithin.Token);
+        await _app.DisposeAsync();
+    }
+}

@@ -1,0 +1,121 @@
+using Google.Protobuf;
+using Grpc.Core;
+using Metering.Engine.Ingest;
+using Metering.Engine.Storage;
+using Metering.Protocol.V1;
+using Metering.Server.Access;
+using Microsoft.Extensions.Logging;
+
+namespace Metering.Server.Ingest;
+
+/// <summary>
+/// The ingest stream: open → opened (high-water mark and chain head) → batches, each acknowledged
+/// after its commit. Any refusal ends the call with a status; the client reconnects and resumes
+/// from the mark the server reports.
+/// </summary>
+internal sealed partial class IngestGrpcService(
+    UsageStore store,
+    RecordValidator validator,
+    StreamLeases leases,
+    TimeProvider time,
+    ILogger<IngestGrpcService> logger) : IngestService.IngestServiceBase
+{
+    public override async Task Stream(IAsyncStreamReader<IngestRequest> requestStream, IServerStreamWriter<IngestResponse> responseStream, ServerCallContext context)
+    {
+        CallerIdentity caller = AuthenticationInterceptor.Caller(context);
+        if (!await requestStream.MoveNext(context.CancellationToken))
+        {
+            return;
+        }
+
+        if (requestStream.Current.KindCase != IngestRequest.KindOneofCase.Open)
+        {
+            throw Errors.Refused(StatusCode.FailedPrecondition, IngestRefusal.StreamNotOpen, "the first message on an ingest stream must be 'open'");
+        }
+
+        string streamId = requestStream.Current.Open.StreamId;
+        if (!IsValidStreamId(streamId))
+        {
+            throw Errors.Refused(StatusCode.InvalidArgument, IngestRefusal.StreamIdInvalid,
+                $"stream_id must be 1 to {CanonicalEncoding.StreamIdBytesMax} characters from [A-Za-z0-9._:-]");
+        }
+
+        using StreamLeases.Lease lease = await leases.AcquireAsync(caller.ProviderId, streamId, context.CancellationToken);
+        try
+        {
+            StreamHead head = await store.OpenStreamAsync(caller.ProviderId, streamId, lease.Token);
+            var session = new IngestSession(store, validator, time, caller.ProviderId, streamId, head, context.Peer);
+            LogOpened(logger, caller.ProviderId, streamId, head.CommittedSequence, context.Peer);
+            await responseStream.WriteAsync(new IngestResponse
+            {
+                Opened = new StreamOpened
+                {
+                    StreamId = streamId,
+                    CommittedSequence = head.CommittedSequence,
+                    ChainHead = ByteString.CopyFrom(head.ChainHash),
+                    BatchRecordsMax = (uint)validator.Limits.BatchRecordsMax,
+                    CatalogVersion = validator.Catalog.Latest.Version,
+                },
+            }, lease.Token);
+
+            while (await requestStream.MoveNext(lease.Token))
+            {
+                IngestRequest request = requestStream.Current;
+                if (request.KindCase != IngestRequest.KindOneofCase.Batch)
+                {
+                    throw Errors.Refused(StatusCode.FailedPrecondition, IngestRefusal.StreamNotOpen, "the stream is already open; send only batches after 'open'");
+                }
+
+                BatchOutcome outcome = await session.AppendAsync(request.Batch.Records, lease.Token);
+                await responseStream.WriteAsync(new IngestResponse
+                {
+                    Ack = new BatchAck
+                    {
+                        FirstSequence = outcome.FirstSequence,
+                        LastSequence = outcome.LastSequence,
+                        CommittedSequence = outcome.CommittedSequence,
+                        ChainHead = UnsafeByteOperations.UnsafeWrap(outcome.ChainHead),
+                        ReplayedRecords = (uint)outcome.ReplayedRecords,
+                    },
+                }, lease.Token);
+            }
+        }
+        catch (IngestRefusedException refused)
+        {
+            LogRefused(logger, caller.ProviderId, streamId, Errors.ReasonName(refused.Refusal.Reason), refused.Message);
+            throw Errors.From(refused);
+        }
+        catch (OperationCanceledException) when (lease.TakenOver)
+        {
+            LogTakenOver(logger, caller.ProviderId, streamId);
+            throw Errors.Refused(StatusCode.Aborted, IngestRefusal.StreamTakenOver, "another connection opened this stream");
+        }
+    }
+
+    internal static bool IsValidStreamId(string streamId)
+    {
+        if (streamId.Length is 0 or > CanonicalEncoding.StreamIdBytesMax)
+        {
+            return false;
+        }
+
+        foreach (char c in streamId)
+        {
+            if (!(char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or ':' or '-'))
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    [LoggerMessage(EventId = 2001, Level = LogLevel.Information, Message = "Stream {ProviderId}/{StreamId} opened at {CommittedSequence} by {Peer}")]
+    private static partial void LogOpened(ILogger logger, string providerId, string streamId, ulong committedSequence, string peer);
+
+    [LoggerMessage(EventId = 2002, Level = LogLevel.Warning, Message = "Stream {ProviderId}/{StreamId} refused a batch: {Reason}: {Detail}")]
+    private static partial void LogRefused(ILogger logger, string providerId, string streamId, string reason, string detail);
+
+    [LoggerMessage(EventId = 2003, Level = LogLevel.Information, Message = "Stream {ProviderId}/{StreamId} was taken over by a newer connection")]
+    private static partial void LogTakenOver(ILogger logger, string providerId, string streamId);
+}

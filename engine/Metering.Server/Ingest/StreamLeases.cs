@@ -1,0 +1,70 @@
+using System.Collections.Concurrent;
+
+namespace Metering.Server.Ingest;
+
+/// <summary>
+/// Keeps a stream single-writer inside this process: a new connection that opens a stream takes it
+/// over from the connection holding it, which is cancelled and waited for before the newcomer
+/// reads the stream head. A client that reconnects after a silent network drop thus never waits
+/// for the dead connection to time out. Across processes the database's head check guards.
+/// </summary>
+internal sealed class StreamLeases
+{
+    private readonly ConcurrentDictionary<(string ProviderId, string StreamId), Lease> _leases = new();
+
+    public static readonly TimeSpan TakeoverWaitMax = TimeSpan.FromSeconds(30);
+
+    public async Task<Lease> AcquireAsync(string providerId, string streamId, CancellationToken callCancelled)
+    {
+        var key = (providerId, streamId);
+        var lease = new Lease(this, key, callCancelled);
+        Lease? previous = null;
+        _leases.AddOrUpdate(key, lease, (_, existing) =>
+        {
+            previous = existing;
+            return lease;
+        });
+
+        if (previous is not null)
+        {
+            previous.TakenOver = true;
+            await previous.CancelAsync();
+            await previous.Released.WaitAsync(TakeoverWaitMax, callCancelled);
+        }
+
+        return lease;
+    }
+
+    public int ActiveCount => _leases.Count;
+
+    internal sealed class Lease : IDisposable
+    {
+        private readonly StreamLeases _owner;
+        private readonly (string, string) _key;
+        private readonly CancellationTokenSource _cancellation;
+        private readonly TaskCompletionSource _released = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public Lease(StreamLeases owner, (string, string) key, CancellationToken callCancelled)
+        {
+            _owner = owner;
+            _key = key;
+            _cancellation = CancellationTokenSource.CreateLinkedTokenSource(callCancelled);
+        }
+
+        /// <summary>Cancelled when the call ends or another connection takes the stream over.</summary>
+        public CancellationToken Token => _cancellation.Token;
+
+        public bool TakenOver { get; set; }
+
+        public Task Released => _released.Task;
+
+        public Task CancelAsync() => _cancellation.CancelAsync();
+
+        public void Dispose()
+        {
+            _owner._leases.TryRemove(new KeyValuePair<(string, string), Lease>(_key, this));
+            _cancellation.Dispose();
+            _released.TrySetResult();
+        }
+    }
+}

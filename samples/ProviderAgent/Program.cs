@@ -1,0 +1,78 @@
+using System.Globalization;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Metering.Samples.ProviderAgent;
+
+// A provider agent: streams one simulated site's day of usage to a Metering server.
+//   provider-agent --server http://127.0.0.1:7390 --api-key KEY [--stream ID] [--day 2026-11-26]
+//                  [--jobs-per-interval 100] [--drop-once-after N]
+var arguments = Arguments.Parse(args);
+if (arguments is null)
+{
+    Console.Error.WriteLine("""
+        Usage: provider-agent --server URL --api-key KEY [--stream ID] [--site 0|1|2] [--day YYYY-MM-DD]
+                              [--jobs-per-interval N] [--drop-once-after N]
+        Streams a simulated site's day of GPU usage (5-minute metering intervals) and resumes
+        after a disconnect. The API key may also come from METERING_API_KEY.
+        """);
+    return 2;
+}
+
+DateTimeOffset dayStart = new(arguments.Day.ToDateTime(TimeOnly.MinValue), TimeSpan.FromHours(8));
+SimulatedCluster site = SimulatedCluster.DemoSites(dayStart, arguments.JobsPerInterval, seed: 2025)[arguments.Site];
+using GrpcChannel channel = GrpcChannel.ForAddress(arguments.Server);
+var streamer = new UsageStreamer(channel, arguments.ApiKey, new StreamerOptions
+{
+    DropOnceAfterRecords = arguments.DropOnceAfter,
+    Reconnecting = reason => Console.Error.WriteLine($"reconnecting: {reason}"),
+});
+
+try
+{
+    StreamResult result = await streamer.RunAsync(arguments.StreamId ?? site.Site, site.RecordAt, site.RecordsPerDay, CancellationToken.None);
+    Console.WriteLine($"stream {result.StreamId}: committed {result.CommittedSequence} records over {result.Connections} connection(s); chain head {Convert.ToHexStringLower(result.ChainHead)}");
+    return 0;
+}
+catch (RpcException e)
+{
+    Console.Error.WriteLine($"refused: {e.StatusCode} {UsageStreamer.ReasonOf(e)}: {e.Status.Detail}");
+    return 1;
+}
+
+internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, int Site, DateOnly Day, int JobsPerInterval, ulong? DropOnceAfter)
+{
+    public static Arguments? Parse(string[] args)
+    {
+        var values = new Dictionary<string, string>(StringComparer.Ordinal);
+        for (int i = 0; i + 1 < args.Length; i += 2)
+        {
+            if (!args[i].StartsWith("--", StringComparison.Ordinal))
+            {
+                return null;
+            }
+
+            values[args[i][2..]] = args[i + 1];
+        }
+
+        if (args.Length % 2 != 0 || !values.TryGetValue("server", out string? server))
+        {
+            return null;
+        }
+
+        string? key = values.GetValueOrDefault("api-key") ?? Environment.GetEnvironmentVariable("METERING_API_KEY");
+        if (key is null)
+        {
+            return null;
+        }
+
+        DateOnly yesterday = DateOnly.FromDateTime(DateTime.UtcNow.AddHours(8)).AddDays(-1);
+        return new Arguments(
+            new Uri(server),
+            key,
+            values.GetValueOrDefault("stream"),
+            int.Parse(values.GetValueOrDefault("site", "0"), CultureInfo.InvariantCulture),
+            values.TryGetValue("day", out string? day) ? DateOnly.ParseExact(day, "yyyy-MM-dd", CultureInfo.InvariantCulture) : yesterday,
+            int.Parse(values.GetValueOrDefault("jobs-per-interval", "100"), CultureInfo.InvariantCulture),
+            values.TryGetValue("drop-once-after", out string? drop) ? ulong.Parse(drop, CultureInfo.InvariantCulture) : null);
+    }
+}

@@ -1,0 +1,111 @@
+using Metering.Protocol.V1;
+
+namespace Metering.Samples.ProviderAgent;
+
+/// <summary>One pool of identical accelerators at a site.</summary>
+/// <param name="ShareDenominator">How the pool is sliced: 1 for whole devices, 7 for MIG 1g slices, 2 for half time-slices.</param>
+public sealed record DevicePool(string Model, int Devices, uint ShareDenominator);
+
+/// <summary>
+/// A deterministic simulated cluster: the usage log one site's scheduler would write over one day,
+/// as 5-minute metering intervals of the jobs running in it. Record n is a pure function of n (and
+/// the seed), so an agent can resume from any sequence number without keeping state, exactly like
+/// a platform that reads its own accounting table from a position.
+/// </summary>
+public sealed class SimulatedCluster
+{
+    public static readonly TimeSpan Interval = TimeSpan.FromMinutes(5);
+
+    /// <summary>Shenzhen organisations that rent compute (valid GB 32100-2015 codes).</summary>
+    public static readonly string[] Holders =
+    [
+        "91440300MA5G2XK3P1", "12440300455765421T", "91440300083412345N", "91440300MA5DC0RJ75",
+        "52440300MA5FTQ7L2H", "91440300MA5H19UY86", "12440300G348188022", "91440300MA5EUJ6147",
+        "914403003592485717", "91440300MA5FJ6X0AH", "91440300MA5GK1W2RJ", "91440300MA5D8R4N15",
+    ];
+
+    private static readonly uint[] JobSizes = [1, 1, 2, 4, 8, 8, 8, 16, 32];
+
+    private readonly string _site;
+    private readonly DevicePool[] _pools;
+    private readonly long _dayStartMs;
+    private readonly int _jobsPerInterval;
+    private readonly ulong _seed;
+
+    public SimulatedCluster(string site, DevicePool[] pools, DateTimeOffset dayStart, int jobsPerInterval, ulong seed)
+    {
+        _site = site;
+        _pools = pools;
+        _dayStartMs = dayStart.ToUnixTimeMilliseconds();
+        _jobsPerInterval = jobsPerInterval;
+        _seed = seed;
+    }
+
+    public string Site => _site;
+
+    /// <summary>Records in one day: one per running job per interval.</summary>
+    public ulong RecordsPerDay => (ulong)(TimeSpan.FromDays(1) / Interval) * (ulong)_jobsPerInterval;
+
+    /// <summary>Record number <paramref name="sequence"/> (1-based). Past the day it continues into the next days.</summary>
+    public UsageRecord RecordAt(ulong sequence)
+    {
+        ulong index = sequence - 1;
+        ulong slot = index / (ulong)_jobsPerInterval;
+        ulong lane = index % (ulong)_jobsPerInterval;
+
+        // A lane runs a succession of jobs; each job lasts 1 to 48 intervals (5 minutes to 4 hours).
+        ulong laneSeed = Mix(_seed ^ (lane * 0x9E3779B97F4A7C15));
+        ulong jobNumber = slot / (1 + laneSeed % 48);
+        ulong job = Mix(laneSeed ^ jobNumber);
+        DevicePool pool = _pools[(int)(job % (ulong)_pools.Length)];
+        uint devices = pool.ShareDenominator == 1 ? JobSizes[(int)((job >> 8) % (ulong)JobSizes.Length)] : 1;
+        uint share = pool.ShareDenominator == 1 ? 1 : 1 + (uint)((job >> 16) % pool.ShareDenominator);
+
+        long start = _dayStartMs + (long)slot * (long)Interval.TotalMilliseconds;
+        // Jobs start and stop off the interval grid now and then.
+        long end = start + (long)Interval.TotalMilliseconds - (long)((job >> 24) % 4 == 0 ? (job >> 32) % 240_000 : 0);
+        var record = new UsageRecord
+        {
+            Sequence = sequence,
+            JobId = $"{_site}-{lane:D3}-{jobNumber:D5}",
+            HolderCode = Holders[(int)((job >> 40) % (ulong)Holders.Length)],
+            DeviceModel = pool.Model,
+            DeviceCount = devices,
+            ShareNumerator = share,
+            ShareDenominator = pool.ShareDenominator,
+            StartUnixMs = start,
+            EndUnixMs = end,
+            Site = _site,
+            // Energy in mWh at roughly 70% of a 700 W board per whole device.
+            EnergyMwh = (ulong)(end - start) * devices * share * 490 / pool.ShareDenominator / 3_600,
+        };
+        if (devices <= 8)
+        {
+            for (uint d = 0; d < devices; d++)
+            {
+                record.DeviceUuids.Add($"GPU-{_site}-{(lane * 8 + d) % (ulong)pool.Devices:D4}");
+            }
+        }
+
+        return record;
+    }
+
+    /// <summary>The demo's three sites: mixed models, MIG slices and time-sliced inference cards.</summary>
+    public static SimulatedCluster[] DemoSites(DateTimeOffset dayStart, int jobsPerInterval, ulong seed) =>
+    [
+        new("sz-nanshan-dc1", [new("H100-SXM", 512, 1), new("H800-SXM", 256, 1)], dayStart, jobsPerInterval, seed + 1),
+        new("sz-qianhai-dc2", [new("A100-SXM", 256, 7), new("H20", 512, 1), new("A800-SXM", 128, 1)], dayStart, jobsPerInterval, seed + 2),
+        new("sz-shenshan-dc3", [new("L40S", 192, 2), new("ASCEND-910B", 384, 1), new("H200-SXM", 64, 1)], dayStart, jobsPerInterval, seed + 3),
+    ];
+
+    private static ulong Mix(ulong x)
+    {
+        // SplitMix64's finaliser: a cheap, well-spread hash for deterministic simulation.
+        x ^= x >> 30;
+        x *= 0xBF58476D1CE4E5B9;
+        x ^= x >> 27;
+        x *= 0x94D049BB133111EB;
+        x ^= x >> 31;
+        return x;
+    }
+}

@@ -1,0 +1,195 @@
+using System.Diagnostics;
+using Google.Rpc;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Metering.Protocol.V1;
+
+namespace Metering.Samples.ProviderAgent;
+
+/// <summary>How the streamer batches, pipelines and reconnects.</summary>
+public sealed class StreamerOptions
+{
+    /// <summary>Records per batch; capped by what the server announces.</summary>
+    public int BatchRecords { get; set; } = 2_000;
+
+    /// <summary>Batches sent ahead of their acknowledgements.</summary>
+    public int WindowBatches { get; set; } = 4;
+
+    /// <summary>Reconnect attempts in a row before giving up.</summary>
+    public int ReconnectAttemptsMax { get; set; } = 20;
+
+    /// <summary>First wait before a reconnect; doubles up to 5 s.</summary>
+    public TimeSpan ReconnectDelay { get; set; } = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>For demonstrations: cut the connection once, after this many records were sent.</summary>
+    public ulong? DropOnceAfterRecords { get; set; }
+
+    /// <summary>Called after each acknowledgement with the committed mark.</summary>
+    public Action<ulong>? Committed { get; set; }
+
+    /// <summary>Called with each batch's send-to-acknowledgement time.</summary>
+    public Action<TimeSpan>? AckLatency { get; set; }
+
+    /// <summary>Called when the stream reconnects, with the reason.</summary>
+    public Action<string>? Reconnecting { get; set; }
+}
+
+/// <summary>The end of a streaming run.</summary>
+public sealed record StreamResult(string StreamId, ulong CommittedSequence, byte[] ChainHead, int Connections, ulong ReplayedRecords);
+
+/// <summary>
+/// Streams one usage stream to the server and survives disconnects: on every (re)connect it asks
+/// the server where the stream stands and continues with the next record, so nothing is lost and
+/// nothing is sent twice after an acknowledgement. Records are produced on demand by sequence
+/// number, as a platform reading its own accounting database would.
+/// </summary>
+public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOptions options)
+{
+    private readonly IngestService.IngestServiceClient _client = new(channel);
+    private bool _dropped;
+
+    public async Task<StreamResult> RunAsync(string streamId, Func<ulong, UsageRecord> recordAt, ulong lastSequence, CancellationToken cancellationToken)
+    {
+        var headers = new Metadata { { "authorization", "Bearer " + apiKey } };
+        int connections = 0;
+        int failuresInRow = 0;
+        ulong replayed = 0;
+        TimeSpan delay = options.ReconnectDelay;
+        while (true)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            connections++;
+            using var connection = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            try
+            {
+                var outcome = await RunConnectionAsync(streamId, recordAt, lastSequence, headers, connection, cancellationToken);
+                replayed += outcome.Replayed;
+                if (outcome.Committed >= lastSequence)
+                {
+                    return new StreamResult(streamId, outcome.Committed, outcome.Head, connections, replayed);
+                }
+
+                failuresInRow = 0;
+            }
+            catch (RpcException e) when (IsTransient(e, cancellationToken))
+            {
+                if (++failuresInRow > options.ReconnectAttemptsMax)
+                {
+                    throw;
+                }
+
+                options.Reconnecting?.Invoke($"{e.StatusCode}: {e.Status.Detail}");
+                await Task.Delay(delay, cancellationToken);
+                delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(5).Ticks));
+            }
+        }
+    }
+
+    private async Task<(ulong Committed, byte[] Head, ulong Replayed)> RunConnectionAsync(
+        string streamId, Func<ulong, UsageRecord> recordAt, ulong lastSequence, Metadata headers, CancellationTokenSource connection, CancellationToken runCancelled)
+    {
+        using AsyncDuplexStreamingCall<IngestRequest, IngestResponse> call = _client.Stream(headers, cancellationToken: connection.Token);
+        await call.RequestStream.WriteAsync(new IngestRequest { Open = new OpenStream { StreamId = streamId } }, connection.Token);
+        if (!await call.ResponseStream.MoveNext(connection.Token) || call.ResponseStream.Current.KindCase != IngestResponse.KindOneofCase.Opened)
+        {
+            throw new RpcException(new Grpc.Core.Status(StatusCode.Internal, "the server did not answer 'open' with 'opened'"));
+        }
+
+        StreamOpened opened = call.ResponseStream.Current.Opened;
+        ulong committed = opened.CommittedSequence;
+        byte[] head = opened.ChainHead.ToByteArray();
+        int batchRecords = (int)Math.Min((uint)options.BatchRecords, opened.BatchRecordsMax);
+        if (committed >= lastSequence)
+        {
+            await call.RequestStream.CompleteAsync();
+            return (committed, head, 0);
+        }
+
+        using var window = new SemaphoreSlim(options.WindowBatches);
+        var sentAt = new System.Collections.Concurrent.ConcurrentQueue<long>();
+        ulong replayed = 0;
+
+        Exception? sendFailure = null;
+        async Task SendAsync()
+        {
+            ulong next = committed + 1;
+            while (next <= lastSequence)
+            {
+                await window.WaitAsync(connection.Token);
+                var batch = new UsageBatch();
+                ulong end = Math.Min(lastSequence, next + (ulong)batchRecords - 1);
+                for (ulong sequence = next; sequence <= end; sequence++)
+                {
+                    batch.Records.Add(recordAt(sequence));
+                }
+
+                sentAt.Enqueue(Stopwatch.GetTimestamp());
+                await call.RequestStream.WriteAsync(new IngestRequest { Batch = batch }, connection.Token);
+                next = end + 1;
+                if (!_dropped && options.DropOnceAfterRecords is ulong dropAt && next > dropAt)
+                {
+                    // Simulates a network failure: the call is torn down with batches in flight.
+                    _dropped = true;
+                    await connection.CancelAsync();
+                    return;
+                }
+            }
+
+            await call.RequestStream.CompleteAsync();
+        }
+
+        Task sender = Task.Run(async () =>
+        {
+            try
+            {
+                await SendAsync();
+            }
+            catch (Exception e) when (e is not OperationCanceledException and not RpcException)
+            {
+                // A failure to produce records is the agent's own fault, not the network's: stop
+                // this connection and report it rather than wait for acknowledgements forever.
+                sendFailure = e;
+                await connection.CancelAsync();
+            }
+        }, connection.Token);
+
+        try
+        {
+            while (await call.ResponseStream.MoveNext(connection.Token))
+            {
+                BatchAck ack = call.ResponseStream.Current.Ack ?? throw new RpcException(new Grpc.Core.Status(StatusCode.Internal, "expected an acknowledgement"));
+                if (sentAt.TryDequeue(out long started))
+                {
+                    options.AckLatency?.Invoke(Stopwatch.GetElapsedTime(started));
+                }
+
+                committed = ack.CommittedSequence;
+                head = ack.ChainHead.ToByteArray();
+                replayed += ack.ReplayedRecords;
+                options.Committed?.Invoke(committed);
+                window.Release();
+            }
+
+            await sender;
+        }
+        catch (Exception) when (sendFailure is not null)
+        {
+            throw new InvalidOperationException($"The agent failed to produce or send records: {sendFailure.Message}", sendFailure);
+        }
+        catch (Exception) when (connection.IsCancellationRequested && !runCancelled.IsCancellationRequested)
+        {
+            // Our own simulated drop: report it as the transport would.
+            throw new RpcException(new Grpc.Core.Status(StatusCode.Unavailable, "connection dropped"));
+        }
+
+        return (committed, head, replayed);
+    }
+
+    /// <summary>Failures worth a reconnect; refusals of content (bad records, gaps, tampering) are not.</summary>
+    private static bool IsTransient(RpcException e, CancellationToken runCancelled) =>
+        !runCancelled.IsCancellationRequested && e.StatusCode is StatusCode.Unavailable or StatusCode.Aborted or StatusCode.Cancelled
+            or StatusCode.DeadlineExceeded or StatusCode.Internal or StatusCode.Unknown;
+
+    /// <summary>The machine-readable refusal reason of an error, or null.</summary>
+    public static string? ReasonOf(RpcException e) => e.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason;
+}
