@@ -1,0 +1,135 @@
+using System.Security.Cryptography;
+using System.Text.RegularExpressions;
+using Metering.Engine.Ingest;
+using Metering.Tests.Shared;
+
+namespace Metering.Engine.Tests.Ingest;
+
+public sealed partial class CanonicalEncodingTests
+{
+    private static readonly RecordFields First = new()
+    {
+        ProviderId = "914403001922038216",
+        StreamId = "cluster-a",
+        Sequence = 1,
+        JobId = "job-42",
+        HolderCode = "9144030071526726XG",
+        DeviceModel = "H100-SXM",
+        DeviceCount = 8,
+        ShareNumerator = 1,
+        ShareDenominator = 1,
+        StartUnixMs = 1763596800000,
+        EndUnixMs = 1763600400000,
+        Site = "sz-nanshan-dc1",
+        DeviceUuids = ["GPU-0001", "GPU-0002"],
+        EnergyMwh = 5_600_000,
+    };
+
+    private static readonly RecordFields Second = First with
+    {
+        Sequence = 2,
+        JobId = "job-43",
+        DeviceModel = "A100-SXM",
+        DeviceCount = 1,
+        ShareNumerator = 3,
+        ShareDenominator = 7,
+        EndUnixMs = 1763598600000,
+        DeviceUuids = [],
+        EnergyMwh = null,
+    };
+
+    [Fact]
+    public void Encoding_and_chain_match_the_worked_example_in_the_contract()
+    {
+        // The document an auditor reads is the source of truth; this test keeps the code to it.
+        string doc = File.ReadAllText(Path.Combine(TestRecords.RepositoryRoot(), "proto", "metering", "v1", "canonical-encoding.md"));
+        string Value(string name) => Regex.Match(doc, $"^{name}=([0-9a-f]+)$", RegexOptions.Multiline).Groups[1].Value;
+
+        Assert.Equal(Value("R1"), Hex(Encode(First)));
+        Assert.Equal(Value("R2"), Hex(Encode(Second)));
+
+        byte[] h1 = new byte[32];
+        byte[] h2 = new byte[32];
+        byte[] scratch = new byte[4096];
+        CanonicalEncoding.ChainHash(new byte[32], First, scratch, h1);
+        CanonicalEncoding.ChainHash(h1, Second, scratch, h2);
+        Assert.Equal(Value("H1"), Hex(h1));
+        Assert.Equal(Value("H2"), Hex(h2));
+    }
+
+    [Fact]
+    public void Chain_hash_is_sha256_of_previous_hash_then_encoding()
+    {
+        byte[] previous = RandomNumberGenerator.GetBytes(32);
+        byte[] expected = SHA256.HashData([.. previous, .. Encode(First)]);
+        byte[] actual = new byte[32];
+        CanonicalEncoding.ChainHash(previous, First, new byte[4096], actual);
+        Assert.Equal(expected, actual);
+    }
+
+    [Fact]
+    public void Every_field_changes_the_encoding()
+    {
+        byte[] baseline = Encode(First);
+        RecordFields[] variants =
+        [
+            First with { ProviderId = "9144030071526726XG" },
+            First with { StreamId = "cluster-b" },
+            First with { Sequence = 3 },
+            First with { JobId = "job-44" },
+            First with { HolderCode = "914403001922038216" },
+            First with { DeviceModel = "H100-PCIE" },
+            First with { DeviceCount = 9 },
+            First with { ShareNumerator = 2, ShareDenominator = 2 },
+            First with { ShareDenominator = 2 },
+            First with { StartUnixMs = First.StartUnixMs - 1 },
+            First with { EndUnixMs = First.EndUnixMs + 1 },
+            First with { Site = "sz-nanshan-dc2" },
+            First with { DeviceUuids = ["GPU-0002", "GPU-0001"] },
+            First with { DeviceUuids = ["GPU-0001"] },
+            First with { EnergyMwh = 5_600_001 },
+            First with { EnergyMwh = null },
+        ];
+        foreach (RecordFields variant in variants)
+        {
+            Assert.NotEqual(baseline, Encode(variant));
+        }
+    }
+
+    [Fact]
+    public void Absent_energy_and_zero_energy_encode_differently()
+    {
+        Assert.NotEqual(Encode(First with { EnergyMwh = null }), Encode(First with { EnergyMwh = 0 }));
+    }
+
+    [Fact]
+    public void Length_prefixes_keep_field_boundaries_unambiguous()
+    {
+        // Moving a character from one string to the next must not produce the same bytes.
+        Assert.NotEqual(Encode(First with { JobId = "ab", StreamId = "c" }), Encode(First with { JobId = "b", StreamId = "ca" }));
+    }
+
+    [Fact]
+    public void Encoding_fits_the_bound_the_limits_compute()
+    {
+        var limits = new IngestLimits();
+        var longest = First with
+        {
+            StreamId = new string('s', CanonicalEncoding.StreamIdBytesMax),
+            JobId = new string('j', limits.JobIdBytesMax),
+            Site = new string('x', limits.SiteBytesMax),
+            DeviceModel = new string('m', CanonicalEncoding.DeviceModelBytesMax),
+            DeviceUuids = Enumerable.Repeat(new string('u', limits.DeviceUuidBytesMax), limits.DeviceUuidsMax).ToArray(),
+        };
+        Assert.True(Encode(longest).Length <= limits.CanonicalBytesMax);
+    }
+
+    private static byte[] Encode(in RecordFields fields)
+    {
+        byte[] buffer = new byte[64 * 1024];
+        int length = CanonicalEncoding.Encode(fields, buffer);
+        return buffer[..length];
+    }
+
+    private static string Hex(ReadOnlySpan<byte> bytes) => Convert.ToHexStringLower(bytes);
+}
