@@ -4,6 +4,7 @@ using Metering.Engine.Ingest;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 
 namespace Metering.Server.Ingest;
@@ -18,6 +19,7 @@ internal sealed partial class IngestGrpcService(
     RecordValidator validator,
     StreamLeases leases,
     TimeProvider time,
+    IHostApplicationLifetime lifetime,
     ILogger<IngestGrpcService> logger) : IngestService.IngestServiceBase
 {
     public override async Task Stream(IAsyncStreamReader<IngestRequest> requestStream, IServerStreamWriter<IngestResponse> responseStream, ServerCallContext context)
@@ -40,7 +42,10 @@ internal sealed partial class IngestGrpcService(
                 $"stream_id must be 1 to {CanonicalEncoding.StreamIdBytesMax} characters from [A-Za-z0-9._:-]");
         }
 
-        using StreamLeases.Lease lease = await leases.AcquireAsync(caller.ProviderId, streamId, context.CancellationToken);
+        // A stream ends when its call ends, when another connection takes it over, or when the
+        // server shuts down; in the last case the client sees UNAVAILABLE and reconnects elsewhere.
+        using var callOrShutdown = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, lifetime.ApplicationStopping);
+        using StreamLeases.Lease lease = await leases.AcquireAsync(caller.ProviderId, streamId, callOrShutdown.Token);
         try
         {
             StreamHead head = await store.OpenStreamAsync(caller.ProviderId, streamId, lease.Token);
@@ -89,6 +94,10 @@ internal sealed partial class IngestGrpcService(
         {
             LogTakenOver(logger, caller.ProviderId, streamId);
             throw Errors.Refused(StatusCode.Aborted, IngestRefusal.StreamTakenOver, "another connection opened this stream");
+        }
+        catch (OperationCanceledException) when (lifetime.ApplicationStopping.IsCancellationRequested)
+        {
+            throw new RpcException(new Status(StatusCode.Unavailable, "the server is shutting down; reconnect to resume"));
         }
     }
 

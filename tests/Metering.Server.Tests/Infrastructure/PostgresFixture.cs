@@ -1,0 +1,69 @@
+using Dapper;
+using Metering.Engine.Storage;
+using Microsoft.Extensions.Logging.Abstractions;
+using Npgsql;
+
+namespace Metering.Server.Tests.Infrastructure;
+
+/// <summary>
+/// One embedded PostgreSQL for the whole test collection, started once. A migrated template
+/// database is built once too; each test gets its own database cloned from it, so tests never
+/// see each other's rows.
+/// </summary>
+public sealed class PostgresFixture : IAsyncLifetime
+{
+    private const string Template = "metering_template";
+    private int _databases;
+    private string _root = "";
+
+    public EmbeddedPostgres Server { get; private set; } = null!;
+
+    public async Task InitializeAsync()
+    {
+        _root = Directory.CreateTempSubdirectory("metering-tests-").FullName;
+        Server = await EmbeddedPostgres.StartAsync(
+            new EmbeddedPostgresOptions { DataDirectory = Path.Combine(_root, "pg"), Durable = false, Database = Template },
+            NullLogger.Instance);
+        await using NpgsqlDataSource template = Database.CreateDataSource(Server.ConnectionString);
+        await new Migrator(template, NullLogger.Instance).MigrateAsync();
+    }
+
+    /// <summary>A fresh, migrated database of its own.</summary>
+    public async Task<string> CreateDatabaseAsync()
+    {
+        string name = $"test_{Interlocked.Increment(ref _databases)}_{Environment.ProcessId}";
+        var admin = new NpgsqlConnectionStringBuilder(Server.ConnectionString) { Database = "postgres", Pooling = false };
+        await using (var connection = new NpgsqlConnection(admin.ConnectionString))
+        {
+            await connection.OpenAsync();
+            // A template must have no other sessions while it is copied.
+            NpgsqlConnection.ClearAllPools();
+            await connection.ExecuteAsync($"CREATE DATABASE {name} TEMPLATE {Template}");
+        }
+
+        return new NpgsqlConnectionStringBuilder(Server.ConnectionString) { Database = name }.ConnectionString;
+    }
+
+    public async Task DisposeAsync()
+    {
+        await Server.DisposeAsync();
+        try
+        {
+            Directory.Delete(_root, recursive: true);
+        }
+        catch (IOException)
+        {
+            // Temporary files of a stopped cluster; the OS cleans /tmp.
+        }
+        catch (UnauthorizedAccessException)
+        {
+            // When run as root the cluster's files belong to the unprivileged user.
+        }
+    }
+}
+
+[CollectionDefinition(Name)]
+public sealed class PostgresCollection : ICollectionFixture<PostgresFixture>
+{
+    public const string Name = "postgres";
+}

@@ -1,0 +1,87 @@
+using Dapper;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Metering.Engine.Ingest;
+using Metering.Protocol.V1;
+using Metering.Server.Access;
+using Metering.Server.Hosting;
+using Metering.Tests.Shared;
+using Npgsql;
+
+namespace Metering.Server.Tests.Infrastructure;
+
+/// <summary>A real Kestrel gRPC server on a loopback port over a test's own database, with two providers' keys.</summary>
+public sealed class TestServer : IAsyncDisposable
+{
+    public const string ProviderKey = "provider-key-for-tests";
+    public const string OtherProviderKey = "other-provider-key-for-tests";
+
+    private MeteringServer _server;
+    private readonly ServerSettings _settings;
+
+    private TestServer(MeteringServer server, ServerSettings settings, string connectionString)
+    {
+        _server = server;
+        _settings = settings;
+        ConnectionString = connectionString;
+        Channel = GrpcChannel.ForAddress(server.Address);
+    }
+
+    public string ConnectionString { get; }
+
+    public GrpcChannel Channel { get; private set; }
+
+    public Uri Address => _server.Address;
+
+    public static async Task<TestServer> StartAsync(PostgresFixture postgres, IngestLimits? limits = null, TimeProvider? time = null)
+    {
+        string connectionString = await postgres.CreateDatabaseAsync();
+        var settings = new ServerSettings
+        {
+            Listen = new Uri("http://127.0.0.1:0"),
+            ConnectionString = connectionString,
+            ApiKeys = new ApiKeys([(TestRecords.Provider, ApiKeys.Hash(ProviderKey)), (TestRecords.OtherProvider, ApiKeys.Hash(OtherProviderKey))]),
+            Limits = limits ?? new IngestLimits(),
+            Time = time ?? TimeProvider.System,
+        };
+        return new TestServer(await MeteringServer.StartAsync(settings), settings, connectionString);
+    }
+
+    /// <summary>Stops the server abruptly and starts a new one on the same port, as a restart would.</summary>
+    public async Task RestartAsync()
+    {
+        await _server.DisposeAsync();
+        _settings.Listen = _server.Address;
+        _server = await MeteringServer.StartAsync(_settings);
+    }
+
+    public async Task StopAsync() => await _server.DisposeAsync();
+
+    public async Task StartAgainAsync()
+    {
+        _settings.Listen = _server.Address;
+        _server = await MeteringServer.StartAsync(_settings);
+    }
+
+    public IngestService.IngestServiceClient Client() => new(Channel);
+
+    public static Metadata Bearer(string key = ProviderKey) => new() { { "authorization", "Bearer " + key } };
+
+    public async Task<T> ScalarAsync<T>(string sql, object? parameters = null)
+    {
+        await using var connection = new NpgsqlConnection(ConnectionString);
+        return await connection.ExecuteScalarAsync<T>(sql, parameters) ?? throw new InvalidOperationException($"{sql} returned null");
+    }
+
+    public async Task<List<T>> QueryAsync<T>(string sql, object? parameters = null)
+    {
+        await using var connection = new NpgsqlConnection(ConnectionString);
+        return (await connection.QueryAsync<T>(sql, parameters)).ToList();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Channel.Dispose();
+        await _server.DisposeAsync();
+    }
+}

@@ -1,0 +1,95 @@
+using Grpc.Core;
+using Metering.Engine.Audit;
+using Metering.Engine.Storage;
+using Metering.Samples.ProviderAgent;
+using Metering.Server.Tests.Infrastructure;
+using Metering.Tests.Shared;
+
+namespace Metering.Server.Tests.Ingest;
+
+[Collection(PostgresCollection.Name)]
+public sealed class IngestResilienceTests(PostgresFixture postgres)
+{
+    private static readonly DateTimeOffset Day = new(2026, 11, 1, 0, 0, 0, TimeSpan.FromHours(8));
+
+    [Fact]
+    public async Task Client_dropped_mid_stream_resumes_with_nothing_lost_and_nothing_duplicated()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        SimulatedCluster site = SimulatedCluster.DemoSites(Day, jobsPerInterval: 20, seed: 7)[1];
+        ulong total = site.RecordsPerDay;
+        int reconnects = 0;
+        var streamer = new UsageStreamer(server.Channel, TestServer.ProviderKey, new StreamerOptions
+        {
+            BatchRecords = 250,
+            WindowBatches = 4,
+            DropOnceAfterRecords = total / 2,
+            Reconnecting = _ => Interlocked.Increment(ref reconnects),
+        });
+
+        StreamResult result = await streamer.RunAsync("qianhai", site.RecordAt, total, CancellationToken.None);
+
+        Assert.Equal(1, reconnects);
+        Assert.Equal(2, result.Connections);
+        await AssertStoredExactlyOnceAsync(server, "qianhai", total, result.ChainHead);
+    }
+
+    [Fact]
+    public async Task Server_restarted_mid_stream_loses_no_acknowledged_record()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        SimulatedCluster site = SimulatedCluster.DemoSites(Day, jobsPerInterval: 20, seed: 11)[0];
+        ulong total = site.RecordsPerDay;
+        ulong acknowledged = 0;
+        var midway = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var streamer = new UsageStreamer(server.Channel, TestServer.ProviderKey, new StreamerOptions
+        {
+            BatchRecords = 100,
+            WindowBatches = 2,
+            Committed = mark =>
+            {
+                Volatile.Write(ref acknowledged, mark);
+                if (mark >= total / 3)
+                {
+                    midway.TrySetResult();
+                }
+            },
+        });
+
+        Task<StreamResult> run = streamer.RunAsync("nanshan", site.RecordAt, total, CancellationToken.None);
+        await midway.Task.WaitAsync(TimeSpan.FromSeconds(60));
+        await server.StopAsync();
+        ulong acknowledgedBeforeStop = Volatile.Read(ref acknowledged);
+        long storedWhileDown = await server.ScalarAsync<long>("SELECT count(*) FROM usage_records");
+        Assert.True((ulong)storedWhileDown >= acknowledgedBeforeStop, $"{storedWhileDown} stored but {acknowledgedBeforeStop} acknowledged");
+        await server.StartAgainAsync();
+
+        StreamResult result = await run.WaitAsync(TimeSpan.FromSeconds(120));
+
+        Assert.True(result.Connections >= 2);
+        await AssertStoredExactlyOnceAsync(server, "nanshan", total, result.ChainHead);
+    }
+
+    [Fact]
+    public async Task Non_transient_refusal_is_not_retried()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        var streamer = new UsageStreamer(server.Channel, "wrong-key", new StreamerOptions());
+
+        RpcException error = await Assert.ThrowsAsync<RpcException>(() => streamer.RunAsync("x", TestRecords.Valid, 10, CancellationToken.None));
+
+        Assert.Equal(StatusCode.Unauthenticated, error.StatusCode);
+        Assert.Equal("UNAUTHENTICATED", UsageStreamer.ReasonOf(error));
+    }
+
+    private static async Task AssertStoredExactlyOnceAsync(TestServer server, string streamId, ulong total, byte[] acknowledgedHead)
+    {
+        var counts = (await server.QueryAsync<(long Rows, long Distinct, long Max)>(
+            "SELECT count(*), count(DISTINCT sequence), max(sequence) FROM usage_records WHERE stream_id = @streamId", new { streamId })).Single();
+        Assert.Equal(((long)total, (long)total, (long)total), counts);
+        await using var dataSource = Database.CreateDataSource(server.ConnectionString);
+        ChainVerification verification = await new ChainVerifier(dataSource).VerifyStreamAsync(TestRecords.Provider, streamId);
+        Assert.True(verification.Intact, verification.Evidence);
+        Assert.Equal(acknowledgedHead, verification.ComputedHead);
+    }
+}
