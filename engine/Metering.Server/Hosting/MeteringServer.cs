@@ -69,7 +69,7 @@ public sealed class MeteringServer : IAsyncDisposable
 
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
-            IPAddress address = settings.Listen.Host is "localhost" ? IPAddress.Loopback : IPAddress.Parse(settings.Listen.Host);
+            IPAddress address = settings.Listen.Host == "localhost" ? IPAddress.Loopback : IPAddress.Parse(settings.Listen.DnsSafeHost);
             kestrel.Listen(address, settings.Listen.Port, listen => listen.Protocols = HttpProtocols.Http2);
             // Bulk streaming needs larger HTTP/2 windows than the interactive defaults.
             kestrel.Limits.Http2.InitialConnectionWindowSize = 16 * 1024 * 1024;

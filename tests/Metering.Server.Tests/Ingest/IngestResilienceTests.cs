@@ -1,3 +1,4 @@
+using Dapper;
 using Grpc.Core;
 using Metering.Engine.Audit;
 using Metering.Engine.Storage;
@@ -31,7 +32,7 @@ public sealed class IngestResilienceTests(PostgresFixture postgres)
 
         Assert.Equal(1, reconnects);
         Assert.Equal(2, result.Connections);
-        await AssertStoredExactlyOnceAsync(server, "qianhai", total, result.ChainHead);
+        await AssertStoredExactlyOnceAsync(server.ConnectionString, "qianhai", total, result.ChainHead);
     }
 
     [Fact]
@@ -67,7 +68,54 @@ public sealed class IngestResilienceTests(PostgresFixture postgres)
         StreamResult result = await run.WaitAsync(TimeSpan.FromSeconds(120));
 
         Assert.True(result.Connections >= 2);
-        await AssertStoredExactlyOnceAsync(server, "nanshan", total, result.ChainHead);
+        await AssertStoredExactlyOnceAsync(server.ConnectionString, "nanshan", total, result.ChainHead);
+    }
+
+    [Fact]
+    public async Task Killed_server_process_loses_no_acknowledged_record_and_duplicates_none()
+    {
+        string connectionString = await postgres.CreateDatabaseAsync();
+        string keyFile = Path.Combine(Directory.CreateTempSubdirectory("metering-keys-").FullName, "keys.txt");
+        await File.WriteAllTextAsync(keyFile, $"{TestRecords.Provider} {Metering.Server.Access.ApiKeys.Hash(TestServer.ProviderKey)}\n");
+        int port = ServerProcess.FreePort();
+        SimulatedCluster site = SimulatedCluster.DemoSites(Day, jobsPerInterval: 20, seed: 13)[2];
+        ulong total = site.RecordsPerDay;
+        ulong acknowledged = 0;
+        var midway = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        ServerProcess server = await ServerProcess.StartAsync(connectionString, keyFile, port);
+        using var channel = Grpc.Net.Client.GrpcChannel.ForAddress(server.Address);
+        var streamer = new UsageStreamer(channel, TestServer.ProviderKey, new StreamerOptions
+        {
+            BatchRecords = 100,
+            WindowBatches = 4,
+            ReconnectAttemptsMax = 100,
+            Committed = mark =>
+            {
+                Volatile.Write(ref acknowledged, mark);
+                if (mark >= total / 2)
+                {
+                    midway.TrySetResult();
+                }
+            },
+        });
+        Task<StreamResult> run = streamer.RunAsync("shenshan", site.RecordAt, total, CancellationToken.None);
+        await midway.Task.WaitAsync(TimeSpan.FromSeconds(60));
+        await server.KillAsync();
+        ulong acknowledgedBeforeKill = Volatile.Read(ref acknowledged);
+
+        await using (var connection = new Npgsql.NpgsqlConnection(connectionString))
+        {
+            long stored = await connection.ExecuteScalarAsync<long>("SELECT count(*) FROM usage_records");
+            Assert.True((ulong)stored >= acknowledgedBeforeKill, $"{stored} stored but {acknowledgedBeforeKill} acknowledged before the kill");
+        }
+
+        await using ServerProcess restarted = await ServerProcess.StartAsync(connectionString, keyFile, port);
+        StreamResult result = await run.WaitAsync(TimeSpan.FromSeconds(120));
+        await server.DisposeAsync();
+
+        Assert.True(result.Connections >= 2);
+        await AssertStoredExactlyOnceAsync(connectionString, "shenshan", total, result.ChainHead);
     }
 
     [Fact]
@@ -82,12 +130,16 @@ public sealed class IngestResilienceTests(PostgresFixture postgres)
         Assert.Equal("UNAUTHENTICATED", UsageStreamer.ReasonOf(error));
     }
 
-    private static async Task AssertStoredExactlyOnceAsync(TestServer server, string streamId, ulong total, byte[] acknowledgedHead)
+    private static async Task AssertStoredExactlyOnceAsync(string connectionString, string streamId, ulong total, byte[] acknowledgedHead)
     {
-        var counts = (await server.QueryAsync<(long Rows, long Distinct, long Max)>(
-            "SELECT count(*), count(DISTINCT sequence), max(sequence) FROM usage_records WHERE stream_id = @streamId", new { streamId })).Single();
-        Assert.Equal(((long)total, (long)total, (long)total), counts);
-        await using var dataSource = Database.CreateDataSource(server.ConnectionString);
+        await using var dataSource = Database.CreateDataSource(connectionString);
+        await using (var connection = await dataSource.OpenConnectionAsync())
+        {
+            var counts = await connection.QuerySingleAsync<(long Rows, long Distinct, long Max)>(
+                "SELECT count(*), count(DISTINCT sequence), max(sequence) FROM usage_records WHERE stream_id = @streamId", new { streamId });
+            Assert.Equal(((long)total, (long)total, (long)total), counts);
+        }
+
         ChainVerification verification = await new ChainVerifier(dataSource).VerifyStreamAsync(TestRecords.Provider, streamId);
         Assert.True(verification.Intact, verification.Evidence);
         Assert.Equal(acknowledgedHead, verification.ComputedHead);
