@@ -21,6 +21,13 @@ public sealed class PostgresFixture : IAsyncLifetime
     public async Task InitializeAsync()
     {
         _root = Directory.CreateTempSubdirectory("metering-tests-").FullName;
+        // When the tests run as root, PostgreSQL runs as an unprivileged user that must be able
+        // to walk into this folder; temporary folders are created private to their owner.
+        if (!OperatingSystem.IsWindows())
+        {
+            File.SetUnixFileMode(_root, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute | UnixFileMode.GroupExecute | UnixFileMode.OtherExecute);
+        }
+
         Server = await EmbeddedPostgres.StartAsync(
             new EmbeddedPostgresOptions { DataDirectory = Path.Combine(_root, "pg"), Durable = false, Database = Template },
             NullLogger.Instance);
@@ -49,6 +56,7 @@ public sealed class PostgresFixture : IAsyncLifetime
         await Server.DisposeAsync();
         try
         {
+            Directory.Delete(Server.DataDirectory, recursive: true);
             Directory.Delete(_root, recursive: true);
         }
         catch (IOException)
