@@ -15,9 +15,13 @@ public static class Errors
 {
     public const string Domain = "metering.v1";
 
-    public static RpcException Refused(StatusCode code, IngestRefusal reason, string message, IDictionary<string, string>? metadata = null)
+    public static RpcException Refused(StatusCode code, IngestRefusal reason, string message, IDictionary<string, string>? metadata = null) =>
+        Refused(code, ReasonName(reason), message, metadata);
+
+    /// <summary>A refusal with a reason name from any of the contract's refusal enums.</summary>
+    public static RpcException Refused(StatusCode code, string reason, string message, IDictionary<string, string>? metadata = null)
     {
-        var info = new ErrorInfo { Reason = ReasonName(reason), Domain = Domain };
+        var info = new ErrorInfo { Reason = reason, Domain = Domain };
         if (metadata is not null)
         {
             info.Metadata.Add(metadata);
@@ -61,19 +65,5 @@ public static class Errors
     };
 
     /// <summary>The enum value's name as written in the .proto file (UNKNOWN_DEVICE_MODEL, ...).</summary>
-    public static string ReasonName(IngestRefusal reason) => ReasonNames[(int)reason];
-
-    private static readonly string[] ReasonNames = BuildReasonNames();
-
-    private static string[] BuildReasonNames()
-    {
-        var descriptor = IngestReflection.Descriptor.EnumTypes.Single(e => e.Name == nameof(IngestRefusal));
-        var names = new string[descriptor.Values.Max(v => v.Number) + 1];
-        foreach (var value in descriptor.Values)
-        {
-            names[value.Number] = value.Name;
-        }
-
-        return names;
-    }
+    public static string ReasonName(IngestRefusal reason) => ProtocolNames.Of(reason);
 }

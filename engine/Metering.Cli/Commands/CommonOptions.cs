@@ -18,6 +18,25 @@ internal static class CommonOptions
         DefaultValueFactory = _ => Path.Combine(".metering", "pg"),
     };
 
+    /// <summary>An http://IP:PORT address option (System.CommandLine has no Uri parser of its own).</summary>
+    public static Option<Uri> HttpAddress(string name, string description) => new(name)
+    {
+        Description = description,
+        DefaultValueFactory = _ => new Uri("http://127.0.0.1:7390"),
+        CustomParser = result =>
+        {
+            string text = result.Tokens.Single().Value;
+            if (Uri.TryCreate(text, UriKind.Absolute, out Uri? uri) && uri.Scheme == Uri.UriSchemeHttp
+                && (uri.Host == "localhost" || System.Net.IPAddress.TryParse(uri.DnsSafeHost, out _)))
+            {
+                return uri;
+            }
+
+            result.AddError($"{name} '{text}' is not an http://IP:PORT address (for example http://127.0.0.1:7390).");
+            return null;
+        },
+    };
+
     public static ILoggerFactory Logging(LogLevel minimum = LogLevel.Information) =>
         LoggerFactory.Create(builder => builder
             .AddSimpleConsole(console =>

@@ -11,23 +11,7 @@ internal static class ServeCommand
 {
     public static Command Create()
     {
-        var listen = new Option<Uri>("--listen")
-        {
-            Description = "Address to serve gRPC (HTTP/2 cleartext) on, as http://IP:PORT.",
-            DefaultValueFactory = _ => new Uri("http://127.0.0.1:7390"),
-            CustomParser = result =>
-            {
-                string text = result.Tokens.Single().Value;
-                if (Uri.TryCreate(text, UriKind.Absolute, out Uri? uri) && uri.Scheme == Uri.UriSchemeHttp
-                    && (uri.Host == "localhost" || System.Net.IPAddress.TryParse(uri.DnsSafeHost, out _)))
-                {
-                    return uri;
-                }
-
-                result.AddError($"--listen '{text}' is not an http://IP:PORT address (for example http://127.0.0.1:7390 or http://0.0.0.0:7390).");
-                return null;
-            },
-        };
+        var listen = CommonOptions.HttpAddress("--listen", "Address to serve gRPC (HTTP/2 cleartext) on, as http://IP:PORT.");
         var keys = new Option<FileInfo>("--keys")
         {
             Description = "API key file ('<credit code> <sha256 hex>' per line), written by `metering apikey new`.",

@@ -36,6 +36,12 @@ public sealed class IngestLimits
     /// <summary>Most device UUIDs listed on one record (never more than its device count).</summary>
     public int DeviceUuidsMax { get; set; } = 64;
 
+    /// <summary>Longest line of a raw log upload, in bytes.</summary>
+    public int RawLineBytesMax { get; set; } = 64 * 1024;
+
+    /// <summary>Largest raw log file one upload may carry, in bytes.</summary>
+    public long RawUploadBytesMax { get; set; } = 16L * 1024 * 1024 * 1024;
+
     /// <summary>Largest gRPC message the server accepts, in bytes.</summary>
     public int MessageBytesMax { get; set; } = 16 * 1024 * 1024;
 
@@ -51,6 +57,8 @@ public sealed class IngestLimits
         Require(SiteBytesMax is > 0 and <= 1024, nameof(SiteBytesMax), "between 1 and 1024");
         Require(DeviceUuidBytesMax is > 0 and <= 256, nameof(DeviceUuidBytesMax), "between 1 and 256");
         Require(DeviceUuidsMax is >= 0 and <= 4096, nameof(DeviceUuidsMax), "between 0 and 4096");
+        Require(RawLineBytesMax is >= 256 and <= 16 * 1024 * 1024, nameof(RawLineBytesMax), "between 256 bytes and 16 MiB");
+        Require(RawUploadBytesMax is > 0 and <= 1L << 40, nameof(RawUploadBytesMax), "between 1 byte and 1 TiB");
         Require(MessageBytesMax is >= 64 * 1024 and <= 256 * 1024 * 1024, nameof(MessageBytesMax), "between 64 KiB and 256 MiB");
     }
 

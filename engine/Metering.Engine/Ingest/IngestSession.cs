@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Metering.Engine.Catalog;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
+using Npgsql;
 
 namespace Metering.Engine.Ingest;
 
@@ -66,7 +67,8 @@ public sealed class IngestSession
     public byte[] ChainHead => _head;
 
     /// <summary>Validates the whole batch, then commits its new records; throws <see cref="IngestRefusedException"/> on refusal.</summary>
-    public async Task<BatchOutcome> AppendAsync(IReadOnlyList<UsageRecord> records, CancellationToken cancellationToken)
+    /// <param name="alongside">Work to commit in the same transaction as the records, or null.</param>
+    public async Task<BatchOutcome> AppendAsync(IReadOnlyList<UsageRecord> records, CancellationToken cancellationToken, Func<NpgsqlConnection, NpgsqlTransaction, Task>? alongside = null)
     {
         CheckShape(records);
         ulong first = records[0].Sequence;
@@ -93,7 +95,7 @@ public sealed class IngestSession
             Prepare(records, replayed);
             try
             {
-                await _store.CommitAsync(ProviderId, StreamId, _committed, _prepared, cancellationToken);
+                await _store.CommitAsync(ProviderId, StreamId, _committed, _prepared, cancellationToken, alongside);
                 _committed = last;
                 _head = _prepared.HashAt(fresh - 1).ToArray();
             }

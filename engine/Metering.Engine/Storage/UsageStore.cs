@@ -112,7 +112,8 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
     /// all in one transaction. Throws <see cref="StreamMovedException"/> when the head is no longer
     /// where this writer believes it is.
     /// </summary>
-    public async Task CommitAsync(string providerId, string streamId, ulong expectedSequence, PreparedRecords batch, CancellationToken cancellationToken)
+    /// <param name="alongside">More work for the same transaction (a raw-log upload's progress), or null.</param>
+    public async Task CommitAsync(string providerId, string streamId, ulong expectedSequence, PreparedRecords batch, CancellationToken cancellationToken, Func<NpgsqlConnection, NpgsqlTransaction, Task>? alongside = null)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(cancellationToken);
@@ -174,6 +175,11 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
         await connection.ExecuteAsync(new CommandDefinition(
             "UPDATE ingest_streams SET committed_sequence = @last, chain_head = @head, updated_at = now() WHERE provider_id = @providerId AND stream_id = @streamId",
             new { providerId, streamId, last = (long)last, head = batch.HashAt(batch.Count - 1).ToArray() }, transaction, cancellationToken: cancellationToken));
+        if (alongside is not null)
+        {
+            await alongside(connection, transaction);
+        }
+
         await transaction.CommitAsync(cancellationToken);
     }
 

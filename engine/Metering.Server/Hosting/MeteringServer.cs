@@ -4,6 +4,7 @@ using Metering.Engine.Ingest;
 using Metering.Engine.Storage;
 using Metering.Server.Access;
 using Metering.Server.Ingest;
+using Metering.Server.RawLogs;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -82,6 +83,7 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(new RecordValidator(settings.Limits, settings.Catalog));
         builder.Services.AddSingleton(_ => Database.CreateDataSource(settings.ConnectionString));
         builder.Services.AddSingleton(provider => new UsageStore(provider.GetRequiredService<NpgsqlDataSource>()));
+        builder.Services.AddSingleton(provider => new UploadStore(provider.GetRequiredService<NpgsqlDataSource>()));
         builder.Services.AddSingleton<StreamLeases>();
         builder.Services.AddSingleton<AuthenticationInterceptor>();
         builder.Services.AddGrpc(grpc =>
@@ -94,6 +96,7 @@ public sealed class MeteringServer : IAsyncDisposable
 
         WebApplication app = builder.Build();
         app.MapGrpcService<IngestGrpcService>();
+        app.MapGrpcService<RawLogGrpcService>();
         await app.StartAsync(cancellationToken);
 
         string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();

@@ -1,0 +1,27 @@
+using Google.Protobuf.Reflection;
+using Metering.Protocol.V1;
+
+namespace Metering.Engine.Ingest;
+
+/// <summary>Enum values as the .proto files spell them (UNKNOWN_DEVICE_MODEL, LINE_TOO_LONG, ...): the machine-readable reasons.</summary>
+public static class ProtocolNames
+{
+    private static readonly string[] IngestRefusals = Names(IngestReflection.Descriptor, nameof(IngestRefusal));
+    private static readonly string[] RawLogRefusals = Names(RawlogReflection.Descriptor, nameof(RawLogRefusal));
+
+    public static string Of(IngestRefusal reason) => IngestRefusals[(int)reason];
+
+    public static string Of(RawLogRefusal reason) => RawLogRefusals[(int)reason];
+
+    private static string[] Names(FileDescriptor file, string enumName)
+    {
+        EnumDescriptor descriptor = file.EnumTypes.Single(e => e.Name == enumName);
+        var names = new string[descriptor.Values.Max(v => v.Number) + 1];
+        foreach (EnumValueDescriptor value in descriptor.Values)
+        {
+            names[value.Number] = value.Name;
+        }
+
+        return names;
+    }
+}

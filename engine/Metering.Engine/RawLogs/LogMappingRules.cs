@@ -1,0 +1,92 @@
+using System.Text;
+using Metering.Engine.Catalog;
+using Metering.Engine.Identity;
+using Metering.Protocol.V1;
+
+namespace Metering.Engine.RawLogs;
+
+/// <summary>
+/// A checked <see cref="LogMapping"/>: every holder is a valid credit code and every model a catalog
+/// key, so a line can only fail on its own content. Lookups take UTF-8 bytes straight from the line
+/// and allocate nothing.
+/// </summary>
+public sealed class LogMappingRules
+{
+    private const int KeyCharsMax = 256;
+
+    private readonly Dictionary<string, string>.AlternateLookup<ReadOnlySpan<char>> _holders;
+    private readonly Dictionary<string, string>.AlternateLookup<ReadOnlySpan<char>> _gresModels;
+    private readonly Dictionary<string, string>.AlternateLookup<ReadOnlySpan<char>> _partitionModels;
+
+    private LogMappingRules(LogMapping mapping)
+    {
+        _holders = new Dictionary<string, string>(mapping.AccountHolders, StringComparer.Ordinal).GetAlternateLookup<ReadOnlySpan<char>>();
+        _gresModels = new Dictionary<string, string>(mapping.GresModels, StringComparer.Ordinal).GetAlternateLookup<ReadOnlySpan<char>>();
+        _partitionModels = new Dictionary<string, string>(mapping.PartitionModels, StringComparer.Ordinal).GetAlternateLookup<ReadOnlySpan<char>>();
+        Site = mapping.Site;
+        UtcOffset = TimeSpan.FromMinutes(mapping.HasUtcOffsetMinutes ? mapping.UtcOffsetMinutes : 480);
+        MeterSteps = mapping.MeterSteps;
+    }
+
+    public string Site { get; }
+
+    public TimeSpan UtcOffset { get; }
+
+    public bool MeterSteps { get; }
+
+    /// <summary>Checks a mapping; returns the rules, or the first problem as a sentence.</summary>
+    public static LogMappingRules Create(LogMapping mapping, DeviceCatalog catalog, out string? problem)
+    {
+        problem = null;
+        foreach (var (account, holder) in mapping.AccountHolders)
+        {
+            if (!CreditCode.IsValid(holder))
+            {
+                problem = $"mapping account_holders['{account}'] = '{holder}' is not a valid unified social credit code";
+            }
+        }
+
+        foreach (var (name, model) in mapping.GresModels.Concat(mapping.PartitionModels))
+        {
+            if (!catalog.Latest.TryGet(model, out _))
+            {
+                problem = $"mapping names device model '{model}' for '{name}', which is not in device catalog {catalog.Latest.Version}";
+            }
+        }
+
+        if (mapping.HasUtcOffsetMinutes && Math.Abs(mapping.UtcOffsetMinutes) > 14 * 60)
+        {
+            problem = $"mapping utc_offset_minutes {mapping.UtcOffsetMinutes} is outside ±840";
+        }
+
+        if (mapping.AccountHolders.Keys.Concat(mapping.GresModels.Keys).Concat(mapping.PartitionModels.Keys).Any(k => k.Length is 0 or > KeyCharsMax))
+        {
+            problem = $"mapping keys must be 1 to {KeyCharsMax} characters";
+        }
+
+        return new LogMappingRules(mapping);
+    }
+
+    public bool TryHolder(ReadOnlySpan<byte> account, out string holder) => TryLookup(_holders, account, out holder);
+
+    public bool TryGresModel(ReadOnlySpan<byte> gresType, out string model) => TryLookup(_gresModels, gresType, out model);
+
+    public bool TryPartitionModel(ReadOnlySpan<byte> partition, out string model) => TryLookup(_partitionModels, partition, out model);
+
+    private static bool TryLookup(Dictionary<string, string>.AlternateLookup<ReadOnlySpan<char>> map, ReadOnlySpan<byte> utf8, out string value)
+    {
+        value = "";
+        if (utf8.Length > KeyCharsMax)
+        {
+            return false;
+        }
+
+        Span<char> chars = stackalloc char[KeyCharsMax];
+        if (!Encoding.UTF8.TryGetChars(utf8, chars, out int written))
+        {
+            return false;
+        }
+
+        return map.TryGetValue(chars[..written], out value!);
+    }
+}

@@ -1,0 +1,31 @@
+-- Raw log uploads: how far each upload has committed, so that it resumes exactly, and the lines
+-- it refused, so that a provider can fix them.
+
+CREATE TABLE raw_log_uploads (
+    provider_id        text        NOT NULL,
+    upload_id          text        NOT NULL,
+    stream_id          text        NOT NULL,
+    format             text        NOT NULL,
+    total_bytes        bigint      NOT NULL CHECK (total_bytes >= 0),
+    -- The parser needs the header line again when an upload resumes past it.
+    header_line        text,
+    committed_offset   bigint      NOT NULL DEFAULT 0 CHECK (committed_offset >= 0 AND committed_offset <= total_bytes),
+    lines              bigint      NOT NULL DEFAULT 0,
+    records            bigint      NOT NULL DEFAULT 0,
+    lines_skipped      bigint      NOT NULL DEFAULT 0,
+    lines_refused      bigint      NOT NULL DEFAULT 0,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    completed_at       timestamptz,
+    PRIMARY KEY (provider_id, upload_id)
+);
+
+-- At most the first 1,000 refused lines of an upload are kept; lines_refused counts them all.
+CREATE TABLE raw_log_line_errors (
+    provider_id  text    NOT NULL,
+    upload_id    text    NOT NULL,
+    line         bigint  NOT NULL,
+    reason       text    NOT NULL,
+    message      text    NOT NULL,
+    PRIMARY KEY (provider_id, upload_id, line)
+);
