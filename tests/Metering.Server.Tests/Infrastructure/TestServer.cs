@@ -65,6 +65,8 @@ public sealed class TestServer : IAsyncDisposable
 
     public IngestService.IngestServiceClient Client() => new(Channel);
 
+    public RawLogService.RawLogServiceClient RawLogClient() => new(Channel);
+
     public static Metadata Bearer(string key = ProviderKey) => new() { { "authorization", "Bearer " + key } };
 
     public async Task<T> ScalarAsync<T>(string sql, object? parameters = null)

@@ -1,0 +1,278 @@
+using System.Text;
+using Dapper;
+using Google.Protobuf;
+using Grpc.Core;
+using Metering.Engine.Audit;
+using Metering.Engine.Ingest;
+using Metering.Engine.Storage;
+using Metering.Protocol.V1;
+using Metering.Server.Tests.Infrastructure;
+using Metering.Tests.Shared;
+using Npgsql;
+
+namespace Metering.Server.Tests.RawLogs;
+
+[Collection(PostgresCollection.Name)]
+public sealed class RawLogUploadTests(PostgresFixture postgres)
+{
+    private static readonly byte[] Sacct = Encoding.UTF8.GetBytes(RawLogSamples.Sacct);
+
+    [Fact]
+    public async Task Sacct_upload_commits_good_lines_and_reports_bad_ones_by_line_number()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+
+        UploadReport report = await UploadAsync(server, "u1", "slurm-a", Sacct, chunks: [Sacct.Length]);
+
+        Assert.True(report.Complete);
+        Assert.Equal((ulong)Sacct.Length, report.CommittedOffset);
+        Assert.Equal((12ul, 5ul, 4ul, 3ul), (report.Lines, report.Records, report.LinesSkipped, report.LinesRefused));
+        Assert.Equal(RawLogSamples.SacctRefusals, report.Errors.Select(e => ((long)e.Line, e.Reason)));
+        Assert.Equal(5ul, report.CommittedSequence);
+        var jobs = await server.QueryAsync<string>("SELECT job_id FROM usage_records WHERE stream_id = 'slurm-a' ORDER BY sequence");
+        Assert.Equal(["4201", "4202", "4205", "4207", "4209"], jobs);
+        await using var dataSource = Database.CreateDataSource(server.ConnectionString);
+        ChainVerification chain = await new ChainVerifier(dataSource).VerifyStreamAsync(TestRecords.Provider, "slurm-a");
+        Assert.True(chain.Intact, chain.Evidence);
+        Assert.Equal(report.ChainHead.ToByteArray(), chain.ComputedHead);
+    }
+
+    [Fact]
+    public async Task A_file_split_at_every_byte_position_gives_identical_results()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        UploadReport whole = await UploadAsync(server, "whole", "split-whole", Sacct, chunks: [Sacct.Length]);
+        string expected = await ContentAsync(server, "split-whole");
+
+        for (int split = 0; split <= Sacct.Length; split += 1)
+        {
+            string stream = $"split-{split}";
+            UploadReport report = await UploadAsync(server, stream, stream, Sacct, chunks: [split, Sacct.Length - split]);
+            Assert.Equal((whole.Lines, whole.Records, whole.LinesSkipped, whole.LinesRefused), (report.Lines, report.Records, report.LinesSkipped, report.LinesRefused));
+            Assert.Equal(whole.Errors, report.Errors);
+            Assert.Equal(expected, await ContentAsync(server, stream));
+        }
+    }
+
+    [Fact]
+    public async Task Repeating_a_finished_upload_commits_nothing_twice()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        UploadReport first = await UploadAsync(server, "u1", "slurm-a", Sacct, chunks: [Sacct.Length]);
+
+        UploadReport again = await UploadAsync(server, "u1", "slurm-a", Sacct, chunks: [100, Sacct.Length - 100]);
+
+        Assert.Equal(first, again);
+        Assert.Equal(5L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records"));
+        Assert.Equal(3L, await server.ScalarAsync<long>("SELECT count(*) FROM raw_log_line_errors"));
+    }
+
+    [Fact]
+    public async Task An_interrupted_upload_resumes_from_the_committed_offset()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        UploadReport whole = await UploadAsync(server, "whole", "ref", Sacct, chunks: [Sacct.Length]);
+
+        // The first call ends after 700 bytes, in the middle of a line.
+        UploadReport partial = await UploadAsync(server, "u1", "resumed", Sacct, chunks: [700], complete: false);
+        Assert.False(partial.Complete);
+        int lastNewline = Array.LastIndexOf(Sacct, (byte)'\n', 699) + 1;
+        Assert.Equal((ulong)lastNewline, partial.CommittedOffset);
+
+        UploadReport status = await server.RawLogClient().GetUploadAsync(new GetUploadRequest { UploadId = "u1" }, TestServer.Bearer());
+        Assert.Equal(partial.CommittedOffset, status.CommittedOffset);
+        UploadReport resumed = await UploadAsync(server, "u1", "resumed", Sacct[(int)status.CommittedOffset..], chunks: [Sacct.Length - (int)status.CommittedOffset], offset: status.CommittedOffset);
+
+        Assert.True(resumed.Complete);
+        Assert.Equal((whole.Lines, whole.Records, whole.LinesSkipped, whole.LinesRefused), (resumed.Lines, resumed.Records, resumed.LinesSkipped, resumed.LinesRefused));
+        Assert.Equal(whole.Errors, resumed.Errors);
+        Assert.Equal(await ContentAsync(server, "ref"), await ContentAsync(server, "resumed"));
+    }
+
+    [Fact]
+    public async Task Crlf_endings_and_a_missing_final_newline_are_handled()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        byte[] crlf = Encoding.UTF8.GetBytes(RawLogSamples.Sacct.Replace("\n", "\r\n", StringComparison.Ordinal).TrimEnd('\r', '\n'));
+
+        UploadReport report = await UploadAsync(server, "crlf", "crlf", crlf, chunks: [crlf.Length]);
+
+        Assert.True(report.Complete);
+        Assert.Equal((12ul, 5ul, 3ul), (report.Lines, report.Records, report.LinesRefused));
+    }
+
+    [Fact]
+    public async Task Oversize_and_non_utf8_lines_are_reported_and_the_rest_commits()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { RawLineBytesMax = 1024 });
+        byte[] log = [.. Encoding.UTF8.GetBytes("JobID|Account|Partition|AllocTRES|Start|End|Elapsed|State\n"),
+            .. Encoding.UTF8.GetBytes(new string('x', 5000) + "\n"),
+            .. "4201|lab-vision|gpu-"u8, 0xFF, 0xFE, .. "|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED\n"u8,
+            .. "4202|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED\n"u8];
+
+        UploadReport report = await UploadAsync(server, "odd", "odd", log, chunks: [700, log.Length - 700]);
+
+        Assert.Equal([(2ul, "LINE_TOO_LONG"), (3ul, "INVALID_UTF8")], report.Errors.Select(e => (e.Line, e.Reason)));
+        Assert.Equal(1ul, report.Records);
+    }
+
+    [Fact]
+    public async Task Records_that_fail_ingest_validation_are_refused_per_line_with_the_ingest_reason()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        byte[] log = Encoding.UTF8.GetBytes(
+            """{"job_id":"ok","account":"lab-vision","device_model":"H100-SXM","device_count":8,"start":"2026-11-20T08:00:00+08:00","end":"2026-11-20T09:00:00+08:00"}""" + "\n"
+            + """{"job_id":"bad","account":"lab-vision","device_model":"H100-SXM","device_count":8,"start":"2026-11-20T09:00:00+08:00","end":"2026-11-20T08:00:00+08:00"}""" + "\n"
+            + """{"job_id":"ok2","account":"lab-vision","device_model":"B200","device_count":0,"start":"2026-11-20T08:00:00+08:00","end":"2026-11-20T09:00:00+08:00"}""" + "\n"
+            + """{"job_id":"ok3","account":"lab-speech","gres":"a100","device_count":1,"start":"2026-11-20T08:00:00+08:00","end":"2026-11-20T09:00:00+08:00"}""" + "\n");
+
+        UploadReport report = await UploadAsync(server, "json", "json", log, chunks: [log.Length], format: LogFormat.JsonLines);
+
+        Assert.Equal([(2ul, "END_NOT_AFTER_START"), (3ul, "DEVICE_COUNT_OUT_OF_RANGE")], report.Errors.Select(e => (e.Line, e.Reason)));
+        Assert.Equal(2ul, report.Records);
+        Assert.Equal([1L, 2L], await server.QueryAsync<long>("SELECT sequence FROM usage_records WHERE stream_id = 'json' ORDER BY 1"));
+    }
+
+    [Fact]
+    public async Task Header_offset_beyond_the_committed_offset_is_refused()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        RpcException error = await Assert.ThrowsAsync<RpcException>(() => UploadAsync(server, "gap", "gap", Sacct[100..], chunks: [Sacct.Length - 100], offset: 100));
+        Assert.Equal(StatusCode.FailedPrecondition, error.StatusCode);
+        Assert.Equal("OFFSET_GAP", IngestCall.Reason(error));
+        Assert.Equal("0", IngestCall.Metadata(error, "expected"));
+    }
+
+    [Fact]
+    public async Task Upload_over_the_size_limit_is_refused_before_any_byte_is_read()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { RawUploadBytesMax = 100 });
+        RpcException error = await Assert.ThrowsAsync<RpcException>(() => UploadAsync(server, "big", "big", Sacct, chunks: [Sacct.Length]));
+        Assert.Equal(StatusCode.ResourceExhausted, error.StatusCode);
+        Assert.Equal("UPLOAD_TOO_LARGE", IngestCall.Reason(error));
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM raw_log_uploads"));
+    }
+
+    [Fact]
+    public async Task More_bytes_than_announced_are_refused()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        RpcException error = await Assert.ThrowsAsync<RpcException>(() => UploadAsync(server, "over", "over", Sacct, chunks: [Sacct.Length], totalBytes: 50));
+        Assert.Equal("UPLOAD_OVERRUN", IngestCall.Reason(error));
+    }
+
+    [Fact]
+    public async Task The_same_upload_id_with_other_content_is_refused()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        await UploadAsync(server, "u1", "slurm-a", Sacct, chunks: [Sacct.Length]);
+        RpcException error = await Assert.ThrowsAsync<RpcException>(() => UploadAsync(server, "u1", "slurm-a", Sacct[..500], chunks: [500]));
+        Assert.Equal(StatusCode.FailedPrecondition, error.StatusCode);
+        Assert.Equal("UPLOAD_MISMATCH", IngestCall.Reason(error));
+    }
+
+    [Theory]
+    [InlineData("bad upload id", "HEADER_INVALID")]
+    [InlineData("no format", "HEADER_INVALID")]
+    [InlineData("holder not a credit code", "HEADER_INVALID")]
+    [InlineData("model not in catalog", "HEADER_INVALID")]
+    public async Task Invalid_headers_are_refused(string problem, string reason)
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        var header = Header("u1", "s1", (ulong)Sacct.Length, 0, LogFormat.SacctParsable2);
+        switch (problem)
+        {
+            case "bad upload id": header.UploadId = "has space"; break;
+            case "no format": header.Format = LogFormat.Unspecified; break;
+            case "holder not a credit code": header.Mapping.AccountHolders["lab-vision"] = "123"; break;
+            default: header.Mapping.GresModels["h100"] = "H100"; break;
+        }
+
+        using var call = server.RawLogClient().UploadLog(TestServer.Bearer());
+        await call.RequestStream.WriteAsync(new LogChunk { Header = header });
+        RpcException error = await Assert.ThrowsAsync<RpcException>(async () => await call.ResponseAsync);
+        Assert.Equal(StatusCode.InvalidArgument, error.StatusCode);
+        Assert.Equal(reason, IngestCall.Reason(error));
+    }
+
+    [Fact]
+    public async Task A_sacct_file_without_the_required_columns_is_refused_whole()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        byte[] log = Encoding.UTF8.GetBytes("JobID|Account|Start|End\n1|a|2026-11-20T08:00:00|2026-11-20T09:00:00\n");
+        RpcException error = await Assert.ThrowsAsync<RpcException>(() => UploadAsync(server, "nohdr", "nohdr", log, chunks: [log.Length]));
+        Assert.Equal("HEADER_INVALID", IngestCall.Reason(error));
+        Assert.Contains("Partition", error.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records"));
+    }
+
+    [Fact]
+    public async Task Unknown_upload_is_not_found_and_uploads_are_private_to_their_provider()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        await UploadAsync(server, "u1", "slurm-a", Sacct, chunks: [Sacct.Length]);
+
+        RpcException error = await Assert.ThrowsAsync<RpcException>(async () =>
+            await server.RawLogClient().GetUploadAsync(new GetUploadRequest { UploadId = "u1" }, TestServer.Bearer(TestServer.OtherProviderKey)));
+
+        Assert.Equal(StatusCode.NotFound, error.StatusCode);
+        Assert.Equal("UPLOAD_NOT_FOUND", IngestCall.Reason(error));
+    }
+
+    [Fact]
+    public async Task Upload_without_a_key_is_unauthenticated()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        using var call = server.RawLogClient().UploadLog(new Metadata());
+        await call.RequestStream.WriteAsync(new LogChunk { Header = Header("u1", "s1", 10, 0, LogFormat.SacctParsable2) });
+        RpcException error = await Assert.ThrowsAsync<RpcException>(async () => await call.ResponseAsync);
+        Assert.Equal(StatusCode.Unauthenticated, error.StatusCode);
+    }
+
+    private static UploadHeader Header(string uploadId, string streamId, ulong totalBytes, ulong offset, LogFormat format) => new()
+    {
+        UploadId = uploadId,
+        StreamId = streamId,
+        Format = format,
+        Mapping = RawLogSamples.Mapping(),
+        TotalBytes = totalBytes,
+        Offset = offset,
+    };
+
+    /// <summary>Sends <paramref name="data"/> (the file from <paramref name="offset"/> on) in chunks of the given sizes.</summary>
+    private static async Task<UploadReport> UploadAsync(TestServer server, string uploadId, string streamId, byte[] data, int[] chunks,
+        ulong offset = 0, bool complete = true, LogFormat format = LogFormat.SacctParsable2, ulong? totalBytes = null)
+    {
+        ulong total = totalBytes ?? (complete ? offset + (ulong)data.Length : (ulong)Sacct.Length);
+        using var call = server.RawLogClient().UploadLog(TestServer.Bearer());
+        await call.RequestStream.WriteAsync(new LogChunk { Header = Header(uploadId, streamId, total, offset, format) });
+        int at = 0;
+        try
+        {
+            foreach (int length in chunks)
+            {
+                await call.RequestStream.WriteAsync(new LogChunk { Data = ByteString.CopyFrom(data, at, length) });
+                at += length;
+            }
+
+            await call.RequestStream.CompleteAsync();
+        }
+        catch (RpcException)
+        {
+            // The server answered early (a refusal); the answer says why.
+        }
+
+        return await call.ResponseAsync;
+    }
+
+    /// <summary>A stream's records without the stream id, so that streams fed by different uploads compare.</summary>
+    private static async Task<string> ContentAsync(TestServer server, string streamId)
+    {
+        await using var connection = new NpgsqlConnection(server.ConnectionString);
+        var rows = await connection.QueryAsync<string>("""
+            SELECT concat_ws('|', sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator, start_at, end_at, site, usage_npfh)
+            FROM usage_records WHERE stream_id = @streamId ORDER BY sequence
+            """, new { streamId });
+        return string.Join('\n', rows);
+    }
+}
