@@ -2,7 +2,11 @@ using System.Diagnostics;
 using System.Globalization;
 using Dapper;
 using Grpc.Net.Client;
+using Metering.Engine.Audit;
+using Metering.Engine.Catalog;
+using Metering.Engine.Ingest;
 using Metering.Engine.Storage;
+using Metering.Protocol.V1;
 using Metering.Samples.ProviderAgent;
 using Metering.Server.Access;
 using Metering.Server.Hosting;
@@ -64,7 +68,7 @@ internal static class IngestLoad
             Console.WriteLine($"load: PostgreSQL {await ServerVersionAsync(dataSource)} in {postgres.DataDirectory} (fsync on, synchronous_commit on)");
 
             string apiKey = ApiKeys.NewKey();
-            (double Seconds, List<double> LatenciesMs) streamed;
+            Streamed streamed;
             await using (MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
             {
                 Listen = new Uri("http://127.0.0.1:0"),
@@ -84,6 +88,8 @@ internal static class IngestLoad
             {
                 throw new InvalidOperationException($"The table holds {stored} records after streaming {options.Records}.");
             }
+
+            await VerifyAsync(dataSource, streamed);
 
             ingestPerSecond = options.Records / streamed.Seconds;
             streamed.LatenciesMs.Sort();
@@ -118,7 +124,7 @@ internal static class IngestLoad
     /// Streams the records over one HTTP/2 connection, one gRPC call per stream, and returns the
     /// wall time from the first send to the last acknowledgement and every batch's ack latency.
     /// </summary>
-    private static async Task<(double Seconds, List<double> LatenciesMs)> StreamAsync(Uri address, string apiKey, LoadOptions options)
+    private static async Task<Streamed> StreamAsync(Uri address, string apiKey, LoadOptions options)
     {
         // A day 30 days back in Shanghai: every record lies in the past, whatever the run time.
         DateOnly today = DateOnly.FromDateTime(DateTime.UtcNow.AddHours(8));
@@ -179,8 +185,49 @@ internal static class IngestLoad
             Console.WriteLine($"load: {results.Sum(r => r.Connections - 1)} reconnect(s) during the run");
         }
 
-        return (elapsed, latencies.SelectMany(l => l).ToList());
+        return new Streamed(elapsed, latencies.SelectMany(l => l).ToList(), streams.Select(s => s.Site).ToArray(), results);
     }
+
+    /// <summary>
+    /// Checks what was stored, outside the timed part: every chain re-verifies from the rows and
+    /// ends at the acknowledged head, and the stored usage adds up to the usage of the records
+    /// sent, normalised again here with the catalog in force.
+    /// </summary>
+    private static async Task VerifyAsync(NpgsqlDataSource dataSource, Streamed streamed)
+    {
+        var clock = Stopwatch.StartNew();
+        var verifier = new ChainVerifier(dataSource);
+        DeviceCatalog catalog = DeviceCatalog.LoadEmbedded();
+        decimal expectedUsageNpfh = 0;
+        for (int i = 0; i < streamed.Results.Length; i++)
+        {
+            StreamResult result = streamed.Results[i];
+            ChainVerification verification = await verifier.VerifyStreamAsync(Provider, result.StreamId);
+            if (!verification.Intact || !verification.ComputedHead.AsSpan().SequenceEqual(result.ChainHead))
+            {
+                throw new InvalidOperationException($"Stream {result.StreamId} does not re-verify: {verification.Evidence ?? "its recomputed head differs from the acknowledged one"}");
+            }
+
+            for (ulong sequence = 1; sequence <= result.CommittedSequence; sequence++)
+            {
+                UsageRecord record = streamed.Sites[i].RecordAt(sequence);
+                catalog.VersionAt(record.StartUnixMs).TryGet(record.DeviceModel, out DeviceModel model);
+                expectedUsageNpfh += UsageNormaliser.UsageNanoPflopsHours(
+                    record.DeviceCount, record.ShareNumerator, record.ShareDenominator, record.EndUnixMs - record.StartUnixMs, model.Fp16DenseGflops);
+            }
+        }
+
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync();
+        decimal storedUsageNpfh = await connection.ExecuteScalarAsync<decimal>("SELECT sum(usage_npfh) FROM usage_records");
+        if (storedUsageNpfh != expectedUsageNpfh)
+        {
+            throw new InvalidOperationException($"The stored usage is {storedUsageNpfh} nPFh; the records sent normalise to {expectedUsageNpfh} nPFh.");
+        }
+
+        Console.WriteLine($"verify: {streamed.Results.Length} chains intact and equal to the acknowledged heads; usage {storedUsageNpfh:N0} nPFh as expected ({clock.Elapsed.TotalSeconds:0.0} s, not timed)");
+    }
+
+    private sealed record Streamed(double Seconds, List<double> LatenciesMs, SimulatedCluster[] Sites, StreamResult[] Results);
 
     private static double Percentile(List<double> sorted, double quantile) =>
         sorted.Count == 0 ? 0 : sorted[Math.Clamp((int)Math.Ceiling(quantile * sorted.Count) - 1, 0, sorted.Count - 1)];
