@@ -180,11 +180,14 @@ public sealed class IngestSession
             DeviceModel? model = _validatedModels[i];
             Debug.Assert(model is not null, "Records are validated before they are prepared.");
             PrepareOne(records[i], model, slot, previous);
-            previous = _prepared.Hashes.AsSpan(slot * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes);
+            previous = PreparedHashAt(slot);
         }
 
         Array.Clear(_validatedModels, 0, records.Count);
     }
+
+    /// <summary>The chain hash that <see cref="PrepareOne"/> wrote into a slot.</summary>
+    internal ReadOnlySpan<byte> PreparedHashAt(int slot) => _prepared.Hashes.AsSpan(slot * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes);
 
     /// <summary>Normalises and chains one validated record into a slot of the prepared batch.</summary>
     internal void PrepareOne(UsageRecord record, DeviceModel model, int slot, ReadOnlySpan<byte> previousHash)

@@ -3,7 +3,6 @@ using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
 using Npgsql;
-using NpgsqlTypes;
 
 namespace Metering.Engine.Storage;
 
@@ -56,6 +55,8 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
         "COPY usage_records (provider_id, stream_id, sequence, job_id, holder_code, device_model, device_count, "
         + "share_numerator, share_denominator, start_at, end_at, site, device_uuids, energy_mwh, catalog_version, usage_npfh, chain_hash) "
         + "FROM STDIN (FORMAT BINARY)";
+
+    private const short CopyColumnCount = 17;
 
     public NpgsqlDataSource DataSource => dataSource;
 
@@ -125,50 +126,34 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
             throw new StreamMovedException($"Stream {providerId}/{streamId} is at {committed}, not {expectedSequence}: another writer extended it.");
         }
 
-        // The row loop writes synchronously: the importer buffers rows and only flushes when its
-        // buffer fills, so per-field async calls would cost more than the rare blocking flush.
-        await using (NpgsqlBinaryImporter importer = await connection.BeginBinaryImportAsync(CopyCommand, cancellationToken))
+        // Rows are encoded synchronously into one pooled buffer and sent in chunks of about
+        // 64 KiB, so the loop costs a few bytes per field and a socket write per chunk.
+        await using (NpgsqlRawCopyStream copy = await connection.BeginRawBinaryCopyAsync(CopyCommand, cancellationToken))
         {
-            for (int i = 0; i < batch.Count; i++)
+            try
             {
-                UsageRecord record = batch.Records[i];
-                importer.StartRow();
-                importer.Write(providerId, NpgsqlDbType.Text);
-                importer.Write(streamId, NpgsqlDbType.Text);
-                importer.Write((long)record.Sequence, NpgsqlDbType.Bigint);
-                importer.Write(record.JobId, NpgsqlDbType.Text);
-                importer.Write(record.HolderCode, NpgsqlDbType.Text);
-                importer.Write(record.DeviceModel, NpgsqlDbType.Text);
-                importer.Write((int)record.DeviceCount, NpgsqlDbType.Integer);
-                importer.Write((int)record.ShareNumerator, NpgsqlDbType.Integer);
-                importer.Write((int)record.ShareDenominator, NpgsqlDbType.Integer);
-                importer.Write(UnixMs.ToDateTime(record.StartUnixMs), NpgsqlDbType.TimestampTz);
-                importer.Write(UnixMs.ToDateTime(record.EndUnixMs), NpgsqlDbType.TimestampTz);
-                importer.Write(record.Site, NpgsqlDbType.Text);
-                if (record.DeviceUuids.Count == 0)
+                using var rows = new BinaryCopyWriter();
+                rows.WriteHeader();
+                for (int i = 0; i < batch.Count; i++)
                 {
-                    importer.WriteNull();
-                }
-                else
-                {
-                    importer.Write<IList<string>>(record.DeviceUuids, NpgsqlDbType.Array | NpgsqlDbType.Text);
+                    WriteRow(rows, providerId, streamId, batch, i);
+                    if (rows.Length >= BinaryCopyWriter.ChunkBytes)
+                    {
+                        await copy.WriteAsync(rows.Written, cancellationToken);
+                        rows.Clear();
+                    }
                 }
 
-                if (record.HasEnergyMwh)
-                {
-                    importer.Write((long)record.EnergyMwh, NpgsqlDbType.Bigint);
-                }
-                else
-                {
-                    importer.WriteNull();
-                }
-
-                importer.Write(batch.Models[i].CatalogVersion, NpgsqlDbType.Text);
-                importer.Write(batch.UsageNanoPflopsHours[i], NpgsqlDbType.Bigint);
-                importer.Write(batch.HashAt(i), NpgsqlDbType.Bytea);
+                rows.WriteTrailer();
+                await copy.WriteAsync(rows.Written, cancellationToken);
             }
-
-            await importer.CompleteAsync(cancellationToken);
+            catch
+            {
+                // Disposal would end the COPY normally and submit the rows sent so far; cancel it
+                // instead. The transaction is rolled back either way.
+                await copy.CancelAsync();
+                throw;
+            }
         }
 
         ulong last = batch.Records[batch.Count - 1].Sequence;
@@ -181,6 +166,46 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
         }
 
         await transaction.CommitAsync(cancellationToken);
+    }
+
+    /// <summary>One row of <see cref="CopyCommand"/>, in its column order.</summary>
+    private static void WriteRow(BinaryCopyWriter rows, string providerId, string streamId, PreparedRecords batch, int index)
+    {
+        UsageRecord record = batch.Records[index];
+        rows.StartRow(CopyColumnCount);
+        rows.WriteTextField(providerId);
+        rows.WriteTextField(streamId);
+        rows.WriteInt64Field((long)record.Sequence);
+        rows.WriteTextField(record.JobId);
+        rows.WriteTextField(record.HolderCode);
+        rows.WriteTextField(record.DeviceModel);
+        rows.WriteInt32Field((int)record.DeviceCount);
+        rows.WriteInt32Field((int)record.ShareNumerator);
+        rows.WriteInt32Field((int)record.ShareDenominator);
+        rows.WriteTimestampField(record.StartUnixMs);
+        rows.WriteTimestampField(record.EndUnixMs);
+        rows.WriteTextField(record.Site);
+        if (record.DeviceUuids.Count == 0)
+        {
+            rows.WriteNull();
+        }
+        else
+        {
+            rows.WriteTextArrayField(record.DeviceUuids);
+        }
+
+        if (record.HasEnergyMwh)
+        {
+            rows.WriteInt64Field((long)record.EnergyMwh);
+        }
+        else
+        {
+            rows.WriteNull();
+        }
+
+        rows.WriteTextField(batch.Models[index].CatalogVersion);
+        rows.WriteInt64Field(batch.UsageNanoPflopsHours[index]);
+        rows.WriteByteaField(batch.Hashes.AsSpan(index * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes));
     }
 
     /// <summary>Records a replay whose content differs from what is committed. Runs in its own transaction.</summary>

@@ -1,0 +1,348 @@
+using System.Diagnostics;
+using System.Globalization;
+using Dapper;
+using Grpc.Net.Client;
+using Metering.Engine.Audit;
+using Metering.Engine.Catalog;
+using Metering.Engine.Ingest;
+using Metering.Engine.Storage;
+using Metering.Protocol.V1;
+using Metering.Samples.ProviderAgent;
+using Metering.Server.Access;
+using Metering.Server.Hosting;
+using Microsoft.Extensions.Logging;
+using Npgsql;
+
+namespace Metering.Bench.Load;
+
+/// <summary>
+/// End-to-end durable ingest against its baseline, in one process and one run:
+/// a fresh embedded PostgreSQL with fsync on, the gRPC server on loopback, and S sample agents
+/// streaming N records; then the same rows exported to CSV and loaded back into the same table
+/// by psql's \copy. The last line of stdout is the machine-readable RESULT line.
+/// </summary>
+internal static class IngestLoad
+{
+    private const string Provider = "91440300MA5F00001A";
+
+    private const string Columns =
+        "provider_id, stream_id, sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator, "
+        + "start_at, end_at, site, device_uuids, energy_mwh, catalog_version, usage_npfh, chain_hash";
+
+    // The copied rows get a stream id prefix so that they do not collide with the streamed rows'
+    // primary keys in the same table.
+    private const string ExportColumns =
+        "provider_id, 'copy-' || stream_id, sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator, "
+        + "start_at, end_at, site, device_uuids, energy_mwh, catalog_version, usage_npfh, chain_hash";
+
+    private const int IntervalsPerDay = 288;
+
+    public static async Task<int> RunAsync(string[] args)
+    {
+        LoadOptions? options = LoadOptions.Parse(args, out string? error);
+        if (options is null)
+        {
+            Console.Error.WriteLine($"error: {error}");
+            Console.Error.WriteLine("usage: Metering.Bench load --records N --streams S --data-dir DIR [--batch B --window W]");
+            return 2;
+        }
+
+        // Log lines go to stderr: stdout carries the progress and ends with the RESULT line.
+        using ILoggerFactory logging = LoggerFactory.Create(builder => builder
+            .AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace)
+            .SetMinimumLevel(LogLevel.Warning));
+        ILogger logger = logging.CreateLogger("metering.bench.load");
+
+        string dataDirectory = Path.GetFullPath(options.DataDirectory);
+        DeleteCluster(dataDirectory);
+        Console.WriteLine($"load: {options.Records:N0} records over {options.Streams} streams, batches of {options.BatchRecords:N0}, window {options.WindowBatches}; fresh cluster in {dataDirectory}");
+
+        double ingestPerSecond;
+        double copyPerSecond;
+        double p50Ms;
+        double p99Ms;
+        await using (EmbeddedPostgres postgres = await EmbeddedPostgres.StartAsync(new EmbeddedPostgresOptions { DataDirectory = dataDirectory, Durable = true }, logger))
+        {
+            await using NpgsqlDataSource dataSource = Database.CreateDataSource(postgres.ConnectionString);
+            await new Migrator(dataSource, logger).MigrateAsync();
+            Console.WriteLine($"load: PostgreSQL {await ServerVersionAsync(dataSource)} in {postgres.DataDirectory} (fsync on, synchronous_commit on)");
+
+            string apiKey = ApiKeys.NewKey();
+            Streamed streamed;
+            await using (MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
+            {
+                Listen = new Uri("http://127.0.0.1:0"),
+                ConnectionString = postgres.ConnectionString,
+                ApiKeys = new ApiKeys([(Provider, ApiKeys.Hash(apiKey))]),
+                ConfigureLogging = builder => builder.AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace).SetMinimumLevel(LogLevel.Warning),
+            }))
+            {
+                // Both phases start right after a checkpoint, so that each pays the same
+                // full-page writes for the pages it touches first.
+                await CheckpointAsync(dataSource);
+                streamed = await StreamAsync(server.Address, apiKey, options);
+            }
+
+            long stored = await CountAsync(dataSource);
+            if (stored != options.Records)
+            {
+                throw new InvalidOperationException($"The table holds {stored} records after streaming {options.Records}.");
+            }
+
+            await VerifyAsync(dataSource, streamed);
+
+            ingestPerSecond = options.Records / streamed.Seconds;
+            streamed.LatenciesMs.Sort();
+            p50Ms = Percentile(streamed.LatenciesMs, 0.50);
+            p99Ms = Percentile(streamed.LatenciesMs, 0.99);
+            Console.WriteLine($"ingest: {options.Records:N0} records in {streamed.Seconds:0.00} s = {ingestPerSecond:N0} records/s; ack latency p50 {p50Ms:0.0} ms, p99 {p99Ms:0.0} ms over {streamed.LatenciesMs.Count:N0} batches");
+
+            string csv = Path.Combine(Path.GetDirectoryName(dataDirectory)!, "ingest-copy.csv");
+            string psql = FindPsql(postgres.BinDirectory);
+            await RunPsqlAsync(psql, postgres, $"\\copy (SELECT {ExportColumns} FROM usage_records) TO '{csv}' CSV");
+            Console.WriteLine($"copy: exported {stored:N0} rows to {csv} ({new FileInfo(csv).Length / (1024.0 * 1024.0):N0} MiB)");
+
+            await CheckpointAsync(dataSource);
+            double copySeconds = await RunPsqlAsync(psql, postgres, $"\\copy usage_records ({Columns}) FROM '{csv}' CSV");
+            long copied = await CountAsync(dataSource) - stored;
+            if (copied != stored)
+            {
+                throw new InvalidOperationException($"psql \\copy loaded {copied} rows, not {stored}.");
+            }
+
+            copyPerSecond = copied / copySeconds;
+            Console.WriteLine($"copy: {copied:N0} rows in {copySeconds:0.00} s = {copyPerSecond:N0} records/s");
+            File.Delete(csv);
+        }
+
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"RESULT ingest_records_per_s={ingestPerSecond:0} copy_records_per_s={copyPerSecond:0} ratio={ingestPerSecond / copyPerSecond:0.00} p50_ack_ms={p50Ms:0.0} p99_ack_ms={p99Ms:0.0}"));
+        return 0;
+    }
+
+    /// <summary>
+    /// Streams the records over one HTTP/2 connection, one gRPC call per stream, and returns the
+    /// wall time from the first send to the last acknowledgement and every batch's ack latency.
+    /// </summary>
+    private static async Task<Streamed> StreamAsync(Uri address, string apiKey, LoadOptions options)
+    {
+        // A day 30 days back in Shanghai: every record lies in the past, whatever the run time.
+        DateOnly today = DateOnly.FromDateTime(DateTime.UtcNow.AddHours(8));
+        var dayStart = new DateTimeOffset(today.AddDays(-30).ToDateTime(TimeOnly.MinValue), TimeSpan.FromHours(8));
+        long perStream = options.Records / options.Streams;
+        int jobsPerInterval = (int)((perStream + IntervalsPerDay - 1) / IntervalsPerDay);
+
+        var streams = new (string StreamId, SimulatedCluster Site)[options.Streams];
+        for (int i = 0; i < streams.Length; i++)
+        {
+            SimulatedCluster[] sites = SimulatedCluster.DemoSites(dayStart, jobsPerInterval, seed: 2025 + (ulong)(10 * i));
+            SimulatedCluster site = sites[i % sites.Length];
+            streams[i] = ($"load-{i}-{site.Site}", site);
+        }
+
+        var committed = new ulong[streams.Length];
+        var latencies = new List<double>[streams.Length];
+        using var channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions { MaxSendMessageSize = null });
+        var clock = Stopwatch.StartNew();
+        var runs = new Task<StreamResult>[streams.Length];
+        for (int i = 0; i < streams.Length; i++)
+        {
+            int index = i;
+            latencies[index] = [];
+            var streamer = new UsageStreamer(channel, apiKey, new StreamerOptions
+            {
+                BatchRecords = options.BatchRecords,
+                WindowBatches = options.WindowBatches,
+                Committed = mark => Volatile.Write(ref committed[index], mark),
+                AckLatency = latency => latencies[index].Add(latency.TotalMilliseconds),
+                Reconnecting = reason => Console.Error.WriteLine($"load: {streams[index].StreamId} reconnecting: {reason}"),
+            });
+            long records = perStream + (i < options.Records % options.Streams ? 1 : 0);
+            runs[i] = streamer.RunAsync(streams[i].StreamId, streams[i].Site.RecordAt, (ulong)records, CancellationToken.None);
+        }
+
+        Task<StreamResult[]> all = Task.WhenAll(runs);
+        ulong previous = 0;
+        double previousSeconds = 0;
+        while (await Task.WhenAny(all, Task.Delay(1_000)) != all)
+        {
+            ulong done = 0;
+            for (int i = 0; i < committed.Length; i++)
+            {
+                done += Volatile.Read(ref committed[i]);
+            }
+
+            double seconds = clock.Elapsed.TotalSeconds;
+            Console.WriteLine($"  {seconds,6:0.0} s  committed {done,12:N0} / {options.Records:N0}  now {(done - previous) / (seconds - previousSeconds),9:N0} records/s  mean {done / seconds,9:N0} records/s");
+            previous = done;
+            previousSeconds = seconds;
+        }
+
+        StreamResult[] results = await all;
+        double elapsed = clock.Elapsed.TotalSeconds;
+        if (results.Any(r => r.Connections != 1))
+        {
+            Console.WriteLine($"load: {results.Sum(r => r.Connections - 1)} reconnect(s) during the run");
+        }
+
+        return new Streamed(elapsed, latencies.SelectMany(l => l).ToList(), streams.Select(s => s.Site).ToArray(), results);
+    }
+
+    /// <summary>
+    /// Checks what was stored, outside the timed part: every chain re-verifies from the rows and
+    /// ends at the acknowledged head, and the stored usage adds up to the usage of the records
+    /// sent, normalised again here with the catalog in force.
+    /// </summary>
+    private static async Task VerifyAsync(NpgsqlDataSource dataSource, Streamed streamed)
+    {
+        var clock = Stopwatch.StartNew();
+        var verifier = new ChainVerifier(dataSource);
+        DeviceCatalog catalog = DeviceCatalog.LoadEmbedded();
+        decimal expectedUsageNpfh = 0;
+        for (int i = 0; i < streamed.Results.Length; i++)
+        {
+            StreamResult result = streamed.Results[i];
+            ChainVerification verification = await verifier.VerifyStreamAsync(Provider, result.StreamId);
+            if (!verification.Intact || !verification.ComputedHead.AsSpan().SequenceEqual(result.ChainHead))
+            {
+                throw new InvalidOperationException($"Stream {result.StreamId} does not re-verify: {verification.Evidence ?? "its recomputed head differs from the acknowledged one"}");
+            }
+
+            for (ulong sequence = 1; sequence <= result.CommittedSequence; sequence++)
+            {
+                UsageRecord record = streamed.Sites[i].RecordAt(sequence);
+                catalog.VersionAt(record.StartUnixMs).TryGet(record.DeviceModel, out DeviceModel model);
+                expectedUsageNpfh += UsageNormaliser.UsageNanoPflopsHours(
+                    record.DeviceCount, record.ShareNumerator, record.ShareDenominator, record.EndUnixMs - record.StartUnixMs, model.Fp16DenseGflops);
+            }
+        }
+
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync();
+        decimal storedUsageNpfh = await connection.ExecuteScalarAsync<decimal>("SELECT sum(usage_npfh) FROM usage_records");
+        if (storedUsageNpfh != expectedUsageNpfh)
+        {
+            throw new InvalidOperationException($"The stored usage is {storedUsageNpfh} nPFh; the records sent normalise to {expectedUsageNpfh} nPFh.");
+        }
+
+        Console.WriteLine($"verify: {streamed.Results.Length} chains intact and equal to the acknowledged heads; usage {storedUsageNpfh:N0} nPFh as expected ({clock.Elapsed.TotalSeconds:0.0} s, not timed)");
+    }
+
+    private sealed record Streamed(double Seconds, List<double> LatenciesMs, SimulatedCluster[] Sites, StreamResult[] Results);
+
+    private static double Percentile(List<double> sorted, double quantile) =>
+        sorted.Count == 0 ? 0 : sorted[Math.Clamp((int)Math.Ceiling(quantile * sorted.Count) - 1, 0, sorted.Count - 1)];
+
+    /// <summary>Removes an earlier run's cluster with its lock and log files, so each run starts fresh.</summary>
+    private static void DeleteCluster(string dataDirectory)
+    {
+        if (Directory.Exists(dataDirectory))
+        {
+            Directory.Delete(dataDirectory, recursive: true);
+        }
+
+        if (File.Exists(dataDirectory + ".log"))
+        {
+            File.Delete(dataDirectory + ".log");
+        }
+    }
+
+    private static string FindPsql(string binDirectory)
+    {
+        foreach (string directory in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries).Append(binDirectory))
+        {
+            string candidate = Path.Combine(directory, "psql");
+            if (File.Exists(candidate))
+            {
+                return candidate;
+            }
+        }
+
+        throw new InvalidOperationException($"psql is neither on PATH nor in {binDirectory}.");
+    }
+
+    /// <summary>Runs one psql meta-command and returns its wall time in seconds.</summary>
+    private static async Task<double> RunPsqlAsync(string psql, EmbeddedPostgres postgres, string command)
+    {
+        var start = new ProcessStartInfo(psql) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (string argument in postgres.PsqlArguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        start.ArgumentList.Add("-v");
+        start.ArgumentList.Add("ON_ERROR_STOP=1");
+        start.ArgumentList.Add("-c");
+        start.ArgumentList.Add(command);
+        var clock = Stopwatch.StartNew();
+        using Process process = Process.Start(start) ?? throw new InvalidOperationException("psql did not start.");
+        Task<string> output = process.StandardOutput.ReadToEndAsync();
+        Task<string> error = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        double seconds = clock.Elapsed.TotalSeconds;
+        if (process.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"psql {command} failed with exit code {process.ExitCode}: {await output}{await error}");
+        }
+
+        return seconds;
+    }
+
+    private static async Task CheckpointAsync(NpgsqlDataSource dataSource)
+    {
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync();
+        await using var checkpoint = new NpgsqlCommand("CHECKPOINT", connection);
+        await checkpoint.ExecuteNonQueryAsync();
+    }
+
+    private static async Task<long> CountAsync(NpgsqlDataSource dataSource)
+    {
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync();
+        return await connection.ExecuteScalarAsync<long>("SELECT count(*) FROM usage_records");
+    }
+
+    private static async Task<string> ServerVersionAsync(NpgsqlDataSource dataSource)
+    {
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync();
+        return await connection.ExecuteScalarAsync<string>("SHOW server_version") ?? "?";
+    }
+}
+
+/// <summary>The load tool's command line.</summary>
+internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches)
+{
+    public const long RecordsMax = 100_000_000;
+    public const int StreamsMax = 64;
+    public const int WindowBatchesMax = 64;
+
+    public static LoadOptions? Parse(string[] args, out string? error)
+    {
+        var values = new Dictionary<string, string>(StringComparer.Ordinal);
+        for (int i = 0; i < args.Length; i += 2)
+        {
+            if (!args[i].StartsWith("--", StringComparison.Ordinal) || i + 1 >= args.Length)
+            {
+                error = $"expected '--name value' pairs, got '{args[i]}'";
+                return null;
+            }
+
+            values[args[i][2..]] = args[i + 1];
+        }
+
+        if (!values.TryGetValue("data-dir", out string? dataDirectory))
+        {
+            error = "--data-dir is required";
+            return null;
+        }
+
+        long records = long.Parse(values.GetValueOrDefault("records", "2000000"), CultureInfo.InvariantCulture);
+        int streams = int.Parse(values.GetValueOrDefault("streams", "4"), CultureInfo.InvariantCulture);
+        int batch = int.Parse(values.GetValueOrDefault("batch", "5000"), CultureInfo.InvariantCulture);
+        int window = int.Parse(values.GetValueOrDefault("window", "4"), CultureInfo.InvariantCulture);
+        error = records is < 1 or > RecordsMax ? $"--records must be 1 to {RecordsMax}"
+            : streams < 1 || streams > StreamsMax || streams > records ? $"--streams must be 1 to {StreamsMax} and at most --records"
+            : batch is < 1 or > 100_000 ? "--batch must be 1 to 100000"
+            : window is < 1 or > WindowBatchesMax ? $"--window must be 1 to {WindowBatchesMax}"
+            : null;
+        return error is null ? new LoadOptions(records, streams, dataDirectory, batch, window) : null;
+    }
+}
