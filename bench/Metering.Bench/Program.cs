@@ -2,11 +2,17 @@ using BenchmarkDotNet.Running;
 using Metering.Bench;
 using Metering.Bench.Load;
 
-// Two entry points in one executable: `load ...` runs the end-to-end ingest load tool; anything
+// Entry points in one executable: `load ...` runs the end-to-end ingest load tool, `rawlog ...`
+// the raw log parser and upload benchmark; anything
 // else goes to BenchmarkDotNet (for example --filter '*RecordPipeline*').
 if (args.Length > 0 && args[0] == "load")
 {
     return await IngestLoad.RunAsync(args[1..]);
+}
+
+if (args.Length > 0 && args[0] == "rawlog")
+{
+    return await RawLogLoad.RunAsync(args[1..]);
 }
 
 BenchmarkSwitcher.FromAssembly(typeof(BenchConfig).Assembly).Run(args, new BenchConfig());

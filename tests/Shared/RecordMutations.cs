@@ -39,6 +39,8 @@ internal static class RecordMutations
             case "empty job id": record.JobId = ""; break;
             case "job id of 129 bytes": record.JobId = new string('j', 129); break;
             case "empty site": record.Site = ""; break;
+            case "NUL in job id": record.JobId = "job\0one"; break;
+            case "NUL in site": record.Site = "sz\0"; break;
             case "more UUIDs than devices":
                 record.DeviceCount = 1;
                 break;

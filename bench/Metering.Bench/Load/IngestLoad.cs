@@ -233,7 +233,7 @@ internal static class IngestLoad
         sorted.Count == 0 ? 0 : sorted[Math.Clamp((int)Math.Ceiling(quantile * sorted.Count) - 1, 0, sorted.Count - 1)];
 
     /// <summary>Removes an earlier run's cluster with its lock and log files, so each run starts fresh.</summary>
-    private static void DeleteCluster(string dataDirectory)
+    internal static void DeleteCluster(string dataDirectory)
     {
         if (Directory.Exists(dataDirectory))
         {
@@ -316,16 +316,10 @@ internal sealed record LoadOptions(long Records, int Streams, string DataDirecto
 
     public static LoadOptions? Parse(string[] args, out string? error)
     {
-        var values = new Dictionary<string, string>(StringComparer.Ordinal);
-        for (int i = 0; i < args.Length; i += 2)
+        Dictionary<string, string>? values = BenchArguments.Pairs(args, out error);
+        if (values is null)
         {
-            if (!args[i].StartsWith("--", StringComparison.Ordinal) || i + 1 >= args.Length)
-            {
-                error = $"expected '--name value' pairs, got '{args[i]}'";
-                return null;
-            }
-
-            values[args[i][2..]] = args[i + 1];
+            return null;
         }
 
         if (!values.TryGetValue("data-dir", out string? dataDirectory))

@@ -47,9 +47,9 @@ public sealed class RecordValidator
     {
         model = null;
         int jobBytes = Utf8Length(record.JobId);
-        if (jobBytes == 0 || jobBytes > _limits.JobIdBytesMax)
+        if (jobBytes == 0 || jobBytes > _limits.JobIdBytesMax || HasNul(record.JobId))
         {
-            return Refuse(IngestRefusal.JobIdInvalid, record, $"job_id must be 1 to {_limits.JobIdBytesMax} bytes of UTF-8, got {jobBytes}");
+            return Refuse(IngestRefusal.JobIdInvalid, record, $"job_id must be 1 to {_limits.JobIdBytesMax} bytes of UTF-8 without NUL, got {jobBytes} bytes");
         }
 
         if (!CreditCode.IsValid(record.HolderCode))
@@ -97,9 +97,9 @@ public sealed class RecordValidator
         }
 
         int siteBytes = Utf8Length(record.Site);
-        if (siteBytes == 0 || siteBytes > _limits.SiteBytesMax)
+        if (siteBytes == 0 || siteBytes > _limits.SiteBytesMax || HasNul(record.Site))
         {
-            return Refuse(IngestRefusal.SiteInvalid, record, $"site must be 1 to {_limits.SiteBytesMax} bytes of UTF-8, got {siteBytes}");
+            return Refuse(IngestRefusal.SiteInvalid, record, $"site must be 1 to {_limits.SiteBytesMax} bytes of UTF-8 without NUL, got {siteBytes} bytes");
         }
 
         var uuids = record.DeviceUuids;
@@ -111,7 +111,7 @@ public sealed class RecordValidator
         for (int i = 0; i < uuids.Count; i++)
         {
             int uuidBytes = Utf8Length(uuids[i]);
-            if (uuidBytes == 0 || uuidBytes > _limits.DeviceUuidBytesMax)
+            if (uuidBytes == 0 || uuidBytes > _limits.DeviceUuidBytesMax || HasNul(uuids[i]))
             {
                 return Refuse(IngestRefusal.DeviceUuidsInvalid, record, $"device UUID #{i + 1} must be 1 to {_limits.DeviceUuidBytesMax} bytes");
             }
@@ -130,6 +130,9 @@ public sealed class RecordValidator
         model = found;
         return Refusal.None;
     }
+
+    // PostgreSQL text cannot hold NUL; refusing it here keeps a bad record from failing a commit.
+    private static bool HasNul(string value) => value.Contains('\0', StringComparison.Ordinal);
 
     private static int Utf8Length(string value) => value.Length > 4096 ? int.MaxValue : Encoding.UTF8.GetByteCount(value);
 

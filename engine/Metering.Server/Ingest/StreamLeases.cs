@@ -58,7 +58,17 @@ internal sealed class StreamLeases
 
         public Task Released => _released.Task;
 
-        public Task CancelAsync() => _cancellation.CancelAsync();
+        public async Task CancelAsync()
+        {
+            try
+            {
+                await _cancellation.CancelAsync();
+            }
+            catch (ObjectDisposedException)
+            {
+                // The holder ended on its own between our lookup and the cancel: nothing to stop.
+            }
+        }
 
         public void Dispose()
         {

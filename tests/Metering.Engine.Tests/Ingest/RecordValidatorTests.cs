@@ -40,6 +40,8 @@ public sealed class RecordValidatorTests
         { "empty job id", IngestRefusal.JobIdInvalid },
         { "job id of 129 bytes", IngestRefusal.JobIdInvalid },
         { "empty site", IngestRefusal.SiteInvalid },
+        { "NUL in job id", IngestRefusal.JobIdInvalid },
+        { "NUL in site", IngestRefusal.SiteInvalid },
         { "more UUIDs than devices", IngestRefusal.DeviceUuidsInvalid },
         { "empty UUID", IngestRefusal.DeviceUuidsInvalid },
         { "energy above 5 kW per device", IngestRefusal.EnergyOutOfRange },

@@ -23,6 +23,8 @@ public sealed class IngestRefusalTests(PostgresFixture postgres)
         { "holder check character wrong", StatusCode.InvalidArgument, "HOLDER_CODE_INVALID" },
         { "empty job id", StatusCode.InvalidArgument, "JOB_ID_INVALID" },
         { "empty site", StatusCode.InvalidArgument, "SITE_INVALID" },
+        { "NUL in job id", StatusCode.InvalidArgument, "JOB_ID_INVALID" },
+        { "NUL in site", StatusCode.InvalidArgument, "SITE_INVALID" },
         { "more UUIDs than devices", StatusCode.InvalidArgument, "DEVICE_UUIDS_INVALID" },
         { "energy above 5 kW per device", StatusCode.InvalidArgument, "ENERGY_OUT_OF_RANGE" },
     };

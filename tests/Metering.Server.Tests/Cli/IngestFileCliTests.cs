@@ -1,0 +1,63 @@
+using System.Diagnostics;
+using Metering.Server.Tests.Infrastructure;
+using Metering.Tests.Shared;
+
+namespace Metering.Server.Tests.Cli;
+
+[Collection(PostgresCollection.Name)]
+public sealed class IngestFileCliTests(PostgresFixture postgres)
+{
+    private static string Sample(string name) => Path.Combine(TestRecords.RepositoryRoot(), "samples", "RawLogs", name);
+
+    [Fact]
+    public async Task Ingest_file_uploads_the_sample_and_reports_its_refused_lines()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+
+        var (exit, output) = await RunAsync(server, Sample("sacct-2026-11-20.txt"));
+
+        Assert.Equal(0, exit);
+        Assert.Contains("Upload complete.", output, StringComparison.Ordinal);
+        Assert.Contains("UNMAPPED_ACCOUNT", output, StringComparison.Ordinal);
+        Assert.Contains("ELAPSED_MISMATCH", output, StringComparison.Ordinal);
+        Assert.Equal(5L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id = 'slurm-nanshan'"));
+
+        var (again, _) = await RunAsync(server, Sample("sacct-2026-11-20.txt"));
+        Assert.Equal(0, again);
+        Assert.Equal(5L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id = 'slurm-nanshan'"));
+    }
+
+    [Fact]
+    public async Task Ingest_file_with_a_broken_mapping_says_what_is_wrong()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        string mapping = Path.Combine(Directory.CreateTempSubdirectory("metering-map-").FullName, "map.json");
+        await File.WriteAllTextAsync(mapping, """{"accountHolders": {"lab-vision": "not-a-code"}, "site": "x"}""");
+
+        var (exit, output) = await RunAsync(server, Sample("sacct-2026-11-20.txt"), mapping);
+
+        Assert.Equal(2, exit);
+        Assert.Contains("HEADER_INVALID", output, StringComparison.Ordinal);
+        Assert.Contains("not-a-code", output, StringComparison.Ordinal);
+    }
+
+    private static async Task<(int ExitCode, string Output)> RunAsync(TestServer server, string file, string? mapping = null)
+    {
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (string argument in new[]
+        {
+            Path.Combine(AppContext.BaseDirectory, "metering.dll"), "ingest-file", file,
+            "--server", server.Address.ToString().TrimEnd('/'), "--api-key", TestServer.ProviderKey,
+            "--stream", "slurm-nanshan", "--format", "sacct", "--mapping", mapping ?? Sample("mapping.json"),
+        })
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        using Process process = Process.Start(start)!;
+        Task<string> output = process.StandardOutput.ReadToEndAsync();
+        Task<string> error = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(60));
+        return (process.ExitCode, await output + await error);
+    }
+}
