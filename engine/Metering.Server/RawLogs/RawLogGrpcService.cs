@@ -91,14 +91,14 @@ internal sealed partial class RawLogGrpcService(
 
         LogStarted(logger, caller.ProviderId, upload.UploadId, header.StreamId, upload.CommittedOffset, upload.TotalBytes);
         var pipe = new Pipe(new PipeOptions(pauseWriterThreshold: 8 * ChunkBytesMax, resumeWriterThreshold: 4 * ChunkBytesMax, useSynchronizationContext: false));
-        long position = (long)header.Offset;
+        var received = new ReceivedBytes { Position = (long)header.Offset };
         var reader = new LogLineReader(validator.Limits.RawLineBytesMax);
-        Task parsing = ParseAsync(reader, pipe.Reader, processor, upload, () => position == upload.TotalBytes, lease.Token);
+        Task parsing = ParseAsync(reader, pipe.Reader, processor, upload, () => received.Position == upload.TotalBytes, lease.Token);
         try
         {
             try
             {
-                await ReceiveAsync(requestStream, pipe.Writer, upload, () => position, p => position = p, parsing, lease.Token);
+                await ReceiveAsync(requestStream, pipe.Writer, upload, received, parsing, lease.Token);
             }
             catch (Exception failure)
             {
@@ -141,9 +141,9 @@ internal sealed partial class RawLogGrpcService(
     }
 
     /// <summary>Copies data chunks into the pipe, dropping bytes the upload has already committed.</summary>
-    private static async Task ReceiveAsync(IAsyncStreamReader<LogChunk> requestStream, PipeWriter writer, UploadState upload, Func<long> position, Action<long> setPosition, Task parsing, CancellationToken cancellationToken)
+    private static async Task ReceiveAsync(IAsyncStreamReader<LogChunk> requestStream, PipeWriter writer, UploadState upload, ReceivedBytes received, Task parsing, CancellationToken cancellationToken)
     {
-        long skip = upload.CommittedOffset - position();
+        long skip = upload.CommittedOffset - received.Position;
         while (await requestStream.MoveNext(cancellationToken))
         {
             LogChunk chunk = requestStream.Current;
@@ -158,12 +158,12 @@ internal sealed partial class RawLogGrpcService(
                 throw Refused(StatusCode.InvalidArgument, RawLogRefusal.HeaderInvalid, $"a data chunk holds at most {ChunkBytesMax} bytes");
             }
 
-            if (position() + data.Length > upload.TotalBytes)
+            if (received.Position + data.Length > upload.TotalBytes)
             {
                 throw Refused(StatusCode.InvalidArgument, RawLogRefusal.UploadOverrun, $"more than the announced {upload.TotalBytes} bytes arrived");
             }
 
-            setPosition(position() + data.Length);
+            received.Position += data.Length;
             if (skip > 0)
             {
                 int dropped = (int)Math.Min(skip, data.Length);
@@ -184,6 +184,16 @@ internal sealed partial class RawLogGrpcService(
                 return;
             }
         }
+    }
+
+    /// <summary>
+    /// The file offset just past the last byte received. The parser reads it once the pipe is
+    /// complete, to tell a finished file from an interrupted call; completing the pipe orders the
+    /// write before that read.
+    /// </summary>
+    private sealed class ReceivedBytes
+    {
+        public long Position;
     }
 
     private LogMappingRules CheckHeader(UploadHeader header)

@@ -1,8 +1,7 @@
-using System.Diagnostics;
+using Metering.Server.Tests.Infrastructure;
 
 namespace Metering.Server.Tests.Cli;
 
-/// <summary>The `metering` command as a user runs it: a real process, its exit code and its output.</summary>
 public sealed class CliTests
 {
     [Fact]
@@ -62,19 +61,5 @@ public sealed class CliTests
         Assert.Contains("--day must be", output, StringComparison.Ordinal);
     }
 
-    private static async Task<(int ExitCode, string Output)> RunAsync(params string[] arguments)
-    {
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "metering.dll"));
-        foreach (string argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        using Process process = Process.Start(start)!;
-        Task<string> output = process.StandardOutput.ReadToEndAsync();
-        Task<string> error = process.StandardError.ReadToEndAsync();
-        await process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(60));
-        return (process.ExitCode, await output + await error);
-    }
+    private static Task<(int ExitCode, string Output)> RunAsync(params string[] arguments) => CliProcess.RunAsync(arguments);
 }

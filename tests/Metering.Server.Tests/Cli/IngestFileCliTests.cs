@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
 
@@ -41,23 +40,8 @@ public sealed class IngestFileCliTests(PostgresFixture postgres)
         Assert.Contains("not-a-code", output, StringComparison.Ordinal);
     }
 
-    private static async Task<(int ExitCode, string Output)> RunAsync(TestServer server, string file, string? mapping = null)
-    {
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (string argument in new[]
-        {
-            Path.Combine(AppContext.BaseDirectory, "metering.dll"), "ingest-file", file,
-            "--server", server.Address.ToString().TrimEnd('/'), "--api-key", TestServer.ProviderKey,
-            "--stream", "slurm-nanshan", "--format", "sacct", "--mapping", mapping ?? Sample("mapping.json"),
-        })
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        using Process process = Process.Start(start)!;
-        Task<string> output = process.StandardOutput.ReadToEndAsync();
-        Task<string> error = process.StandardError.ReadToEndAsync();
-        await process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(60));
-        return (process.ExitCode, await output + await error);
-    }
+    private static Task<(int ExitCode, string Output)> RunAsync(TestServer server, string file, string? mapping = null) =>
+        CliProcess.RunAsync(
+            "ingest-file", file, "--server", server.Address.ToString().TrimEnd('/'), "--api-key", TestServer.ProviderKey,
+            "--stream", "slurm-nanshan", "--format", "sacct", "--mapping", mapping ?? Sample("mapping.json"));
 }
