@@ -47,6 +47,7 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
 {
     private readonly IngestService.IngestServiceClient _client = new(channel);
     private bool _dropped;
+    private ulong _acknowledged;
 
     public async Task<StreamResult> RunAsync(string streamId, Func<ulong, UsageRecord> recordAt, ulong lastSequence, CancellationToken cancellationToken)
     {
@@ -59,6 +60,7 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
         {
             cancellationToken.ThrowIfCancellationRequested();
             connections++;
+            ulong committedBefore = Volatile.Read(ref _acknowledged);
             using var connection = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             try
             {
@@ -73,6 +75,14 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
             }
             catch (RpcException e) when (IsTransient(e, cancellationToken))
             {
+                // A connection that moved the stream on before it failed starts the count afresh:
+                // the limit is on failures in a row, not over the agent's life.
+                if (Volatile.Read(ref _acknowledged) > committedBefore)
+                {
+                    failuresInRow = 0;
+                    delay = options.ReconnectDelay;
+                }
+
                 if (++failuresInRow > options.ReconnectAttemptsMax)
                 {
                     throw;
@@ -164,6 +174,7 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
                 }
 
                 committed = ack.CommittedSequence;
+                Volatile.Write(ref _acknowledged, committed);
                 head = ack.ChainHead.ToByteArray();
                 replayed += ack.ReplayedRecords;
                 options.Committed?.Invoke(committed);

@@ -148,9 +148,10 @@ internal static class IngestFileCommand
 
     private static void Print(UploadReport report)
     {
-        var table = new TextTable("upload", "bytes committed", "lines", "records", "skipped", "refused", "stream", "sequence");
+        var table = new TextTable("upload", "bytes committed", "lines", "records", "skipped", "duplicate", "refused", "stream", "sequence");
         table.Add(report.UploadId, report.CommittedOffset.ToString("N0", CultureInfo.InvariantCulture), report.Lines.ToString("N0", CultureInfo.InvariantCulture),
             report.Records.ToString("N0", CultureInfo.InvariantCulture), report.LinesSkipped.ToString("N0", CultureInfo.InvariantCulture),
+            report.LinesDuplicate.ToString("N0", CultureInfo.InvariantCulture),
             report.LinesRefused.ToString("N0", CultureInfo.InvariantCulture), report.StreamId, report.CommittedSequence.ToString("N0", CultureInfo.InvariantCulture));
         table.Write(Console.Out);
         if (report.Errors.Count > 0)

@@ -38,6 +38,9 @@ public sealed class CatalogVersion
 /// </summary>
 public sealed class DeviceCatalog
 {
+    /// <summary>No single device comes near 100 PFLOPS dense FP16; a larger figure is a typo, and it would overflow usage bounds.</summary>
+    public const long Fp16DenseGflopsMax = 100_000_000;
+
     private readonly CatalogVersion[] _versionsByEffectiveDate;
 
     public DeviceCatalog(IEnumerable<CatalogVersion> versions)
@@ -107,9 +110,9 @@ public sealed class DeviceCatalog
                 throw new InvalidDataException($"{origin}: device key '{device.Key}' is empty or repeated.");
             }
 
-            if (device.Fp16DenseGflops <= 0)
+            if (device.Fp16DenseGflops is <= 0 or > Fp16DenseGflopsMax)
             {
-                throw new InvalidDataException($"{origin}: device {device.Key} has no positive fp16DenseGflops.");
+                throw new InvalidDataException($"{origin}: device {device.Key} has fp16DenseGflops {device.Fp16DenseGflops}; it must be positive and at most {Fp16DenseGflopsMax} (100 PFLOPS per device).");
             }
 
             if (string.IsNullOrWhiteSpace(device.Source))

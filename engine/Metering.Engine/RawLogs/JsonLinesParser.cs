@@ -139,15 +139,20 @@ public sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
     private static long ReadTime(ref Utf8JsonReader reader)
     {
         reader.Read();
-        // RFC 3339 with an explicit offset: a time without a zone would be ambiguous.
-        if (reader.TokenType != JsonTokenType.String || !reader.TryGetDateTimeOffset(out DateTimeOffset time)
-            || !(reader.ValueSpan.EndsWith("Z"u8) || reader.ValueSpan.EndsWith("z"u8) || reader.ValueSpan[^6] is (byte)'+' or (byte)'-'))
+        // RFC 3339 date and time with an explicit zone: anything less would be read in the
+        // server's own zone, and the stored time (and so the chain) would depend on the host.
+        if (reader.TokenType != JsonTokenType.String || reader.ValueIsEscaped || !HasTimeAndZone(reader.ValueSpan)
+            || !reader.TryGetDateTimeOffset(out DateTimeOffset time))
         {
             throw new FormatException("times must be RFC 3339 with a zone, like 2026-11-20T08:00:00+08:00");
         }
 
         return time.ToUnixTimeMilliseconds();
     }
+
+    private static bool HasTimeAndZone(ReadOnlySpan<byte> text) =>
+        text.Length >= 20 && text[10] is (byte)'T' or (byte)'t'
+        && (text[^1] is (byte)'Z' or (byte)'z' || (text[^6] is (byte)'+' or (byte)'-' && text[^3] == (byte)':'));
 
     private static void ReadUuids(ref Utf8JsonReader reader, UsageRecord record)
     {

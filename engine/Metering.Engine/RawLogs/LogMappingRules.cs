@@ -35,9 +35,15 @@ public sealed class LogMappingRules
     public bool MeterSteps { get; }
 
     /// <summary>Checks a mapping; returns the rules, or the first problem as a sentence.</summary>
-    public static LogMappingRules Create(LogMapping mapping, DeviceCatalog catalog, out string? problem)
+    public static LogMappingRules Create(LogMapping mapping, DeviceCatalog catalog, out string? problem, int siteBytesMax = 64)
     {
         problem = null;
+        int siteBytes = Encoding.UTF8.GetByteCount(mapping.Site);
+        if (siteBytes == 0 || siteBytes > siteBytesMax || mapping.Site.Contains('\0', StringComparison.Ordinal))
+        {
+            problem = $"mapping site must be 1 to {siteBytesMax} bytes of UTF-8 without NUL";
+        }
+
         foreach (var (account, holder) in mapping.AccountHolders)
         {
             if (!CreditCode.IsValid(holder))
@@ -65,6 +71,27 @@ public sealed class LogMappingRules
         }
 
         return new LogMappingRules(mapping);
+    }
+
+    /// <summary>
+    /// SHA-256 of the mapping's canonical text (each map sorted by key, then site, offset and the
+    /// steps switch): two mappings that map every line alike have the same fingerprint.
+    /// </summary>
+    public static string Fingerprint(LogMapping mapping)
+    {
+        var text = new StringBuilder();
+        foreach (var (name, map) in new[] { ("holder", mapping.AccountHolders), ("gres", mapping.GresModels), ("partition", mapping.PartitionModels) })
+        {
+            foreach (var (key, value) in map.OrderBy(entry => entry.Key, StringComparer.Ordinal))
+            {
+                text.Append(name).Append('\t').Append(key).Append('\t').Append(value).Append('\n');
+            }
+        }
+
+        text.Append("site\t").Append(mapping.Site).Append('\n');
+        text.Append("utc_offset_minutes\t").Append(mapping.HasUtcOffsetMinutes ? mapping.UtcOffsetMinutes : 480).Append('\n');
+        text.Append("meter_steps\t").Append(mapping.MeterSteps ? 1 : 0).Append('\n');
+        return Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(text.ToString())));
     }
 
     public bool TryHolder(ReadOnlySpan<byte> account, out string holder) => TryLookup(_holders, account, out holder);

@@ -187,8 +187,8 @@ public sealed class SacctParser : ILogLineParser
             return Malformed($"Elapsed '{Encoding.UTF8.GetString(line[fields[_index[6]]])}' is not [D-]HH:MM:SS", out refusal);
         }
 
-        start -= (long)_rules.UtcOffset.TotalMilliseconds;
-        end -= (long)_rules.UtcOffset.TotalMilliseconds;
+        start -= _rules.UtcOffset.Ticks / TimeSpan.TicksPerMillisecond;
+        end -= _rules.UtcOffset.Ticks / TimeSpan.TicksPerMillisecond;
         if (Math.Abs((end - start) / 1000 - elapsedSeconds) > 1)
         {
             refusal = LineRefusal.Of(RawLogRefusal.ElapsedMismatch, $"Elapsed is {elapsedSeconds} s but End − Start is {(end - start) / 1000} s");
@@ -242,7 +242,8 @@ public sealed class SacctParser : ILogLineParser
         foreach (Range range in tres.Split((byte)','))
         {
             ReadOnlySpan<byte> item = tres[range];
-            if (!item.StartsWith("gres/gpu"u8))
+            // gres/gpu=N or gres/gpu:TYPE=N; not gres/gpumem=… or other GRES that share the prefix.
+            if (!item.StartsWith("gres/gpu"u8) || item.Length == "gres/gpu".Length || item["gres/gpu".Length] is not ((byte)'=' or (byte)':'))
             {
                 continue;
             }
@@ -301,7 +302,7 @@ public sealed class SacctParser : ILogLineParser
             return false;
         }
 
-        unixMs = (long)(new DateTime(year, month, day, hour, minute, second, DateTimeKind.Utc) - DateTime.UnixEpoch).TotalMilliseconds;
+        unixMs = (new DateTime(year, month, day, hour, minute, second, DateTimeKind.Utc).Ticks - DateTime.UnixEpoch.Ticks) / TimeSpan.TicksPerMillisecond;
         return true;
     }
 

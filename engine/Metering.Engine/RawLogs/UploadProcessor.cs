@@ -29,11 +29,13 @@ public sealed class UploadProcessor : ILogLineSink
     private readonly TimeProvider _time;
     private readonly int _batchRecordsMax;
     private readonly List<UsageRecord> _records;
+    private readonly HashSet<(string JobId, long StartUnixMs)> _batchJobs = [];
     private readonly List<UploadLineError> _errors = [];
     private long _pendingEndOffset;
     private long _lines;
     private long _skipped;
     private long _refused;
+    private long _duplicates;
     private string? _headerLine;
 
     public UploadProcessor(IngestSession session, RecordValidator validator, UploadStore store, UploadState upload, LogFormat format, LogMappingRules rules, TimeProvider time)
@@ -70,12 +72,18 @@ public sealed class UploadProcessor : ILogLineSink
     {
         _lines++;
         _pendingEndOffset = endOffset;
+        bool hasNul = line.Contains((byte)0);
         if (_sacct is not null && !_sacct.HasHeader)
         {
             if (line.IsEmpty)
             {
                 _skipped++;
                 return;
+            }
+
+            if (hasNul)
+            {
+                throw new UploadRefusedException(RawLogRefusal.HeaderInvalid, $"line {lineNumber}: the header contains a NUL byte");
             }
 
             if (_sacct.ReadHeader(line) is string problem)
@@ -88,6 +96,13 @@ public sealed class UploadProcessor : ILogLineSink
             return;
         }
 
+        if (hasNul)
+        {
+            // UTF-8 allows NUL, PostgreSQL text does not: no field of a record may carry one.
+            Refuse(lineNumber, ProtocolNames.Of(RawLogRefusal.MalformedLine), "the line contains a NUL byte");
+            return;
+        }
+
         switch (_parser.Parse(line, out UsageRecord? record, out LineRefusal refusal))
         {
             case LineOutcome.Skipped:
@@ -97,12 +112,16 @@ public sealed class UploadProcessor : ILogLineSink
                 Refuse(lineNumber, refusal.Reason, refusal.Message);
                 break;
             default:
-                record!.Sequence = _session.CommittedSequence + (ulong)_records.Count + 1;
-                Refusal invalid = _validator.Validate(record, _time.GetUtcNow().ToUnixTimeMilliseconds(), out DeviceModel? _);
+                // Sequence numbers are given at flush, once duplicates are known; a refused or
+                // duplicate line takes none.
+                Refusal invalid = _validator.Validate(record!, _time.GetUtcNow().ToUnixTimeMilliseconds(), out DeviceModel? _);
                 if (invalid.IsRefused)
                 {
-                    // The record's sequence is not consumed: the next good line takes it.
                     Refuse(lineNumber, ProtocolNames.Of(invalid.Reason), invalid.Message[(invalid.Message.IndexOf(": ", StringComparison.Ordinal) + 2)..]);
+                }
+                else if (!_batchJobs.Add((record!.JobId, record.StartUnixMs)))
+                {
+                    _duplicates++;
                 }
                 else
                 {
@@ -127,10 +146,22 @@ public sealed class UploadProcessor : ILogLineSink
             return;
         }
 
-        var progress = new UploadProgress(_upload.CommittedOffset, _pendingEndOffset, _lines, _records.Count, _skipped, _errors, _refused, _headerLine);
+        await DropMeteredJobsAsync(cancellationToken);
+        var jobs = new List<RawLogJob>(_records.Count);
+        for (int i = 0; i < _records.Count; i++)
+        {
+            _records[i].Sequence = _session.CommittedSequence + (ulong)i + 1;
+            jobs.Add(new RawLogJob(_records[i].JobId, _records[i].StartUnixMs, (long)_records[i].Sequence));
+        }
+
+        var progress = new UploadProgress(_upload.CommittedOffset, _pendingEndOffset, _lines, _records.Count, _skipped, _errors, _refused, _duplicates, _headerLine);
         if (_records.Count > 0)
         {
-            await _session.AppendAsync(_records, cancellationToken, (connection, transaction) => UploadStore.AdvanceAsync(connection, transaction, _upload, progress));
+            await _session.AppendAsync(_records, cancellationToken, async (connection, transaction) =>
+            {
+                await UploadStore.RecordJobsAsync(connection, transaction, _upload, jobs);
+                await UploadStore.AdvanceAsync(connection, transaction, _upload, progress);
+            });
         }
         else
         {
@@ -142,10 +173,31 @@ public sealed class UploadProcessor : ILogLineSink
         _upload.Records += _records.Count;
         _upload.LinesSkipped += _skipped;
         _upload.LinesRefused += _refused;
+        _upload.LinesDuplicate += _duplicates;
         _upload.HeaderLine ??= _headerLine;
         _records.Clear();
+        _batchJobs.Clear();
         _errors.Clear();
-        _lines = _skipped = _refused = 0;
+        _lines = _skipped = _refused = _duplicates = 0;
+    }
+
+    /// <summary>
+    /// Drops the records whose job this stream already metered from an earlier raw log: overlapping
+    /// exports repeat jobs that cross their boundary, and a job is paid once.
+    /// </summary>
+    private async Task DropMeteredJobsAsync(CancellationToken cancellationToken)
+    {
+        if (_records.Count == 0)
+        {
+            return;
+        }
+
+        var candidates = _records.Select(r => new RawLogJob(r.JobId, r.StartUnixMs, 0)).ToList();
+        HashSet<(string JobId, long StartUnixMs)> metered = await _store.MeteredJobsAsync(_upload.ProviderId, _upload.StreamId, candidates, cancellationToken);
+        if (metered.Count > 0)
+        {
+            _duplicates += _records.RemoveAll(r => metered.Contains((r.JobId, r.StartUnixMs)));
+        }
     }
 
     private void Refuse(long lineNumber, string reason, string message)

@@ -10,6 +10,7 @@ public sealed class UploadState
     public required string UploadId { get; init; }
     public required string StreamId { get; init; }
     public required string Format { get; init; }
+    public required string MappingSha256 { get; init; }
     public required long TotalBytes { get; init; }
     public string? HeaderLine { get; set; }
     public long CommittedOffset { get; set; }
@@ -17,6 +18,7 @@ public sealed class UploadState
     public long Records { get; set; }
     public long LinesSkipped { get; set; }
     public long LinesRefused { get; set; }
+    public long LinesDuplicate { get; set; }
     public bool Complete => CommittedOffset == TotalBytes;
 }
 
@@ -24,7 +26,10 @@ public sealed class UploadState
 public sealed record UploadLineError(long Line, string Reason, string Message);
 
 /// <summary>The progress delta of one flush of an upload, committed atomically with its records.</summary>
-public sealed record UploadProgress(long FromOffset, long ToOffset, long Lines, long Records, long Skipped, IReadOnlyList<UploadLineError> Errors, long Refused, string? HeaderLine);
+public sealed record UploadProgress(long FromOffset, long ToOffset, long Lines, long Records, long Skipped, IReadOnlyList<UploadLineError> Errors, long Refused, long Duplicates, string? HeaderLine);
+
+/// <summary>The identity of a metered raw log job within its stream.</summary>
+public readonly record struct RawLogJob(string JobId, long StartUnixMs, long Sequence);
 
 /// <summary>Another writer moved the upload on: this one must stop and the client resume.</summary>
 public sealed class UploadMovedException(string message) : Exception(message);
@@ -36,9 +41,9 @@ public sealed class UploadStore(NpgsqlDataSource dataSource)
     public const int StoredErrorsMax = 1_000;
 
     private const string Columns = """
-        provider_id AS ProviderId, upload_id AS UploadId, stream_id AS StreamId, format AS Format, total_bytes AS TotalBytes,
+        provider_id AS ProviderId, upload_id AS UploadId, stream_id AS StreamId, format AS Format, mapping_sha256 AS MappingSha256, total_bytes AS TotalBytes,
         header_line AS HeaderLine, committed_offset AS CommittedOffset, lines AS Lines, records AS Records,
-        lines_skipped AS LinesSkipped, lines_refused AS LinesRefused
+        lines_skipped AS LinesSkipped, lines_refused AS LinesRefused, lines_duplicate AS LinesDuplicate
         """;
 
     public async Task<UploadState?> GetAsync(string providerId, string uploadId, CancellationToken cancellationToken)
@@ -50,14 +55,14 @@ public sealed class UploadStore(NpgsqlDataSource dataSource)
     }
 
     /// <summary>The upload as stored; created first when new.</summary>
-    public async Task<UploadState> GetOrCreateAsync(string providerId, string uploadId, string streamId, string format, long totalBytes, CancellationToken cancellationToken)
+    public async Task<UploadState> GetOrCreateAsync(string providerId, string uploadId, string streamId, string format, string mappingSha256, long totalBytes, CancellationToken cancellationToken)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         await connection.ExecuteAsync(new CommandDefinition("""
-            INSERT INTO raw_log_uploads (provider_id, upload_id, stream_id, format, total_bytes)
-            VALUES (@providerId, @uploadId, @streamId, @format, @totalBytes)
+            INSERT INTO raw_log_uploads (provider_id, upload_id, stream_id, format, mapping_sha256, total_bytes)
+            VALUES (@providerId, @uploadId, @streamId, @format, @mappingSha256, @totalBytes)
             ON CONFLICT (provider_id, upload_id) DO NOTHING
-            """, new { providerId, uploadId, streamId, format, totalBytes }, cancellationToken: cancellationToken));
+            """, new { providerId, uploadId, streamId, format, mappingSha256, totalBytes }, cancellationToken: cancellationToken));
         return await connection.QuerySingleAsync<UploadState>(new CommandDefinition(
             $"SELECT {Columns} FROM raw_log_uploads WHERE provider_id = @providerId AND upload_id = @uploadId",
             new { providerId, uploadId }, cancellationToken: cancellationToken));
@@ -77,11 +82,11 @@ public sealed class UploadStore(NpgsqlDataSource dataSource)
         int updated = await connection.ExecuteAsync("""
             UPDATE raw_log_uploads SET
                 committed_offset = @ToOffset, lines = lines + @Lines, records = records + @Records,
-                lines_skipped = lines_skipped + @Skipped, lines_refused = lines_refused + @Refused,
+                lines_skipped = lines_skipped + @Skipped, lines_refused = lines_refused + @Refused, lines_duplicate = lines_duplicate + @Duplicates,
                 header_line = coalesce(header_line, @HeaderLine), updated_at = now(),
                 completed_at = CASE WHEN @ToOffset = total_bytes THEN now() END
             WHERE provider_id = @ProviderId AND upload_id = @UploadId AND committed_offset = @FromOffset
-            """, new { upload.ProviderId, upload.UploadId, progress.FromOffset, progress.ToOffset, progress.Lines, progress.Records, progress.Skipped, progress.Refused, progress.HeaderLine }, transaction);
+            """, new { upload.ProviderId, upload.UploadId, progress.FromOffset, progress.ToOffset, progress.Lines, progress.Records, progress.Skipped, progress.Refused, progress.Duplicates, progress.HeaderLine }, transaction);
         if (updated != 1)
         {
             throw new UploadMovedException($"Upload {upload.UploadId} is no longer at offset {progress.FromOffset}: another call advanced it.");
@@ -92,8 +97,51 @@ public sealed class UploadStore(NpgsqlDataSource dataSource)
         {
             await connection.ExecuteAsync(
                 "INSERT INTO raw_log_line_errors (provider_id, upload_id, line, reason, message) VALUES (@ProviderId, @UploadId, @Line, @Reason, @Message)",
-                new { upload.ProviderId, upload.UploadId, error.Line, error.Reason, error.Message }, transaction);
+                new { upload.ProviderId, upload.UploadId, error.Line, error.Reason, Message = Printable(error.Message) }, transaction);
         }
+    }
+
+    /// <summary>Which of these jobs the stream has already metered from a raw log.</summary>
+    public async Task<HashSet<(string JobId, long StartUnixMs)>> MeteredJobsAsync(string providerId, string streamId, IReadOnlyList<RawLogJob> jobs, CancellationToken cancellationToken)
+    {
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        var found = await connection.QueryAsync<(string JobId, DateTime StartAt)>(new CommandDefinition("""
+            SELECT j.job_id, j.start_at FROM raw_log_jobs j
+            JOIN unnest(@jobIds::text[], @starts::timestamptz[]) AS c(job_id, start_at) ON (j.job_id, j.start_at) = (c.job_id, c.start_at)
+            WHERE j.provider_id = @providerId AND j.stream_id = @streamId
+            """, new
+            {
+                providerId,
+                streamId,
+                jobIds = jobs.Select(j => j.JobId).ToArray(),
+                starts = jobs.Select(j => UnixMs.ToDateTime(j.StartUnixMs)).ToArray(),
+            }, cancellationToken: cancellationToken));
+        return found.Select(row => (row.JobId, UnixMs.FromDateTime(row.StartAt))).ToHashSet();
+    }
+
+    /// <summary>Remembers jobs as metered, inside the transaction that commits their records.</summary>
+    public static async Task RecordJobsAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, UploadState upload, IReadOnlyList<RawLogJob> jobs)
+    {
+        await connection.ExecuteAsync("""
+            INSERT INTO raw_log_jobs (provider_id, stream_id, job_id, start_at, sequence, upload_id)
+            SELECT @ProviderId, @StreamId, c.job_id, c.start_at, c.sequence, @UploadId
+            FROM unnest(@jobIds::text[], @starts::timestamptz[], @sequences::bigint[]) AS c(job_id, start_at, sequence)
+            """, new
+            {
+                upload.ProviderId,
+                upload.StreamId,
+                upload.UploadId,
+                jobIds = jobs.Select(j => j.JobId).ToArray(),
+                starts = jobs.Select(j => UnixMs.ToDateTime(j.StartUnixMs)).ToArray(),
+                sequences = jobs.Select(j => j.Sequence).ToArray(),
+            }, transaction);
+    }
+
+    /// <summary>Messages quote the offending input; keep them storable (PostgreSQL text holds no NUL) and short.</summary>
+    private static string Printable(string message)
+    {
+        string text = message.Replace("\0", "\\0", StringComparison.Ordinal);
+        return text.Length <= 500 ? text : string.Concat(text.AsSpan(0, 500), "…");
     }
 
     /// <summary>Records a flush that carries no records, in a transaction of its own.</summary>

@@ -64,17 +64,29 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
     public async Task<StreamHead> OpenStreamAsync(string providerId, string streamId, CancellationToken cancellationToken)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        var row = await connection.QuerySingleAsync<(long Sequence, byte[] Head)>(new CommandDefinition("""
-            WITH created AS (
-                INSERT INTO ingest_streams (provider_id, stream_id, chain_head) VALUES (@providerId, @streamId, @genesis)
-                ON CONFLICT (provider_id, stream_id) DO NOTHING
-                RETURNING committed_sequence, chain_head)
-            SELECT committed_sequence, chain_head FROM created
-            UNION ALL
-            SELECT committed_sequence, chain_head FROM ingest_streams WHERE provider_id = @providerId AND stream_id = @streamId
-            LIMIT 1
+        // Two statements, not one: a statement's snapshot would not see a row that a concurrent
+        // opener inserted first, while the next statement does.
+        await connection.ExecuteAsync(new CommandDefinition("""
+            INSERT INTO ingest_streams (provider_id, stream_id, chain_head) VALUES (@providerId, @streamId, @genesis)
+            ON CONFLICT (provider_id, stream_id) DO NOTHING
             """, new { providerId, streamId, genesis = GenesisHash }, cancellationToken: cancellationToken));
-        return new StreamHead((ulong)row.Sequence, row.Head);
+        return await ReadHeadAsync(connection, providerId, streamId, cancellationToken)
+            ?? throw new InvalidOperationException($"Stream {providerId}/{streamId} vanished right after it was opened.");
+    }
+
+    /// <summary>Where a stream stands, without creating it: sequence 0 and the genesis hash for a stream not yet opened.</summary>
+    public async Task<StreamHead> ReadStreamHeadAsync(string providerId, string streamId, CancellationToken cancellationToken)
+    {
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        return await ReadHeadAsync(connection, providerId, streamId, cancellationToken) ?? new StreamHead(0, GenesisHash);
+    }
+
+    private static async Task<StreamHead?> ReadHeadAsync(NpgsqlConnection connection, string providerId, string streamId, CancellationToken cancellationToken)
+    {
+        var rows = (await connection.QueryAsync<(long Sequence, byte[] Head)>(new CommandDefinition(
+            "SELECT committed_sequence, chain_head FROM ingest_streams WHERE provider_id = @providerId AND stream_id = @streamId",
+            new { providerId, streamId }, cancellationToken: cancellationToken))).AsList();
+        return rows.Count == 0 ? null : new StreamHead((ulong)rows[0].Sequence, rows[0].Head);
     }
 
     /// <summary>Committed chain hashes for sequences first..last (inclusive); sequence 0 is the genesis hash.</summary>
@@ -118,7 +130,7 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(cancellationToken);
-        long committed = await connection.ExecuteScalarAsync<long>(new CommandDefinition(
+        long committed = await connection.QuerySingleAsync<long>(new CommandDefinition(
             "SELECT committed_sequence FROM ingest_streams WHERE provider_id = @providerId AND stream_id = @streamId FOR UPDATE",
             new { providerId, streamId }, transaction, cancellationToken: cancellationToken));
         if ((ulong)committed != expectedSequence)
@@ -157,9 +169,13 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
         }
 
         ulong last = batch.Records[batch.Count - 1].Sequence;
-        await connection.ExecuteAsync(new CommandDefinition(
+        int moved = await connection.ExecuteAsync(new CommandDefinition(
             "UPDATE ingest_streams SET committed_sequence = @last, chain_head = @head, updated_at = now() WHERE provider_id = @providerId AND stream_id = @streamId",
             new { providerId, streamId, last = (long)last, head = batch.HashAt(batch.Count - 1).ToArray() }, transaction, cancellationToken: cancellationToken));
+        if (moved != 1)
+        {
+            throw new InvalidOperationException($"Stream {providerId}/{streamId}: the head update touched {moved} rows; the batch is rolled back.");
+        }
         if (alongside is not null)
         {
             await alongside(connection, transaction);

@@ -99,6 +99,11 @@ internal sealed partial class IngestGrpcService(
         {
             throw new RpcException(new Status(StatusCode.Unavailable, "the server is shutting down; reconnect to resume"));
         }
+        catch (Npgsql.NpgsqlException e) when (e.IsTransient)
+        {
+            LogDatabaseUnavailable(logger, caller.ProviderId, streamId, e.Message);
+            throw new RpcException(new Status(StatusCode.Unavailable, "the database is unavailable; nothing unacknowledged was kept, reconnect to resume"));
+        }
     }
 
     internal static bool IsValidStreamId(string streamId)
@@ -124,6 +129,9 @@ internal sealed partial class IngestGrpcService(
 
     [LoggerMessage(EventId = 2002, Level = LogLevel.Warning, Message = "Stream {ProviderId}/{StreamId} refused a batch: {Reason}: {Detail}")]
     private static partial void LogRefused(ILogger logger, string providerId, string streamId, string reason, string detail);
+
+    [LoggerMessage(EventId = 2004, Level = LogLevel.Warning, Message = "Stream {ProviderId}/{StreamId} lost the database: {Detail}")]
+    private static partial void LogDatabaseUnavailable(ILogger logger, string providerId, string streamId, string detail);
 
     [LoggerMessage(EventId = 2003, Level = LogLevel.Information, Message = "Stream {ProviderId}/{StreamId} was taken over by a newer connection")]
     private static partial void LogTakenOver(ILogger logger, string providerId, string streamId);

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Grpc.Core;
 
 namespace Metering.Server.Ingest;
 
@@ -29,7 +30,22 @@ internal sealed class StreamLeases
         {
             previous.TakenOver = true;
             await previous.CancelAsync();
-            await previous.Released.WaitAsync(TakeoverWaitMax, callCancelled);
+            try
+            {
+                await previous.Released.WaitAsync(TakeoverWaitMax, callCancelled);
+            }
+            catch (Exception e)
+            {
+                // Whether this caller gave up or the holder never let go, the new lease must not
+                // stay registered without an owner: the next opener would wait on it in vain.
+                lease.Dispose();
+                if (e is TimeoutException)
+                {
+                    throw new RpcException(new Status(StatusCode.Unavailable, $"the stream's previous connection did not let go within {TakeoverWaitMax.TotalSeconds:0} s; try again"));
+                }
+
+                throw;
+            }
         }
 
         return lease;

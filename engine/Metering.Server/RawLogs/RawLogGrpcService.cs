@@ -46,10 +46,11 @@ internal sealed partial class RawLogGrpcService(
 
         UploadHeader header = requestStream.Current.Header;
         LogMappingRules rules = CheckHeader(header);
+        string mappingSha256 = LogMappingRules.Fingerprint(header.Mapping);
         UploadState upload;
         try
         {
-            upload = await uploadStore.GetOrCreateAsync(caller.ProviderId, header.UploadId, header.StreamId, header.Format.ToString(), (long)header.TotalBytes, context.CancellationToken);
+            upload = await uploadStore.GetOrCreateAsync(caller.ProviderId, header.UploadId, header.StreamId, header.Format.ToString(), mappingSha256, (long)header.TotalBytes, context.CancellationToken);
         }
         catch (Npgsql.PostgresException e) when (e.SqlState == Npgsql.PostgresErrorCodes.CheckViolation)
         {
@@ -60,6 +61,15 @@ internal sealed partial class RawLogGrpcService(
         {
             throw Refused(StatusCode.FailedPrecondition, RawLogRefusal.UploadMismatch,
                 $"upload '{upload.UploadId}' is known as {upload.TotalBytes} bytes of {upload.Format} into stream '{upload.StreamId}'");
+        }
+
+        if (upload.MappingSha256 != mappingSha256)
+        {
+            // Lines already committed were mapped with the first mapping; mixing two would make
+            // one file's records disagree. A corrected mapping goes with a new upload id, and the
+            // jobs already metered are recognised and skipped.
+            throw Refused(StatusCode.FailedPrecondition, RawLogRefusal.UploadMismatch,
+                $"upload '{upload.UploadId}' was started with another mapping; send the corrected mapping under a new upload id (jobs already metered are skipped as duplicates)");
         }
 
         if (header.Offset > (ulong)upload.CommittedOffset)
@@ -90,7 +100,10 @@ internal sealed partial class RawLogGrpcService(
         }
 
         LogStarted(logger, caller.ProviderId, upload.UploadId, header.StreamId, upload.CommittedOffset, upload.TotalBytes);
-        var pipe = new Pipe(new PipeOptions(pauseWriterThreshold: 8 * ChunkBytesMax, resumeWriterThreshold: 4 * ChunkBytesMax, useSynchronizationContext: false));
+        // The parser holds at most one line unconsumed, so the writer must be allowed more than
+        // the longest line ahead of it, or a long line would stall both ends.
+        long pauseBytes = Math.Max(8L * ChunkBytesMax, validator.Limits.RawLineBytesMax + 2L * ChunkBytesMax);
+        var pipe = new Pipe(new PipeOptions(pauseWriterThreshold: pauseBytes, resumeWriterThreshold: pauseBytes / 2, useSynchronizationContext: false));
         var received = new ReceivedBytes { Position = (long)header.Offset };
         var reader = new LogLineReader(validator.Limits.RawLineBytesMax);
         Task parsing = ParseAsync(reader, pipe.Reader, processor, upload, () => received.Position == upload.TotalBytes, lease.Token);
@@ -119,10 +132,23 @@ internal sealed partial class RawLogGrpcService(
         {
             throw Errors.From(refused);
         }
+        catch (OperationCanceledException) when (lease.TakenOver)
+        {
+            throw Errors.Refused(StatusCode.Aborted, IngestRefusal.StreamTakenOver, "another connection opened this upload's stream; resume from the committed offset");
+        }
         catch (OperationCanceledException) when (lifetime.ApplicationStopping.IsCancellationRequested)
         {
             throw new RpcException(new Status(StatusCode.Unavailable, "the server is shutting down; resume the upload from its committed offset"));
         }
+        catch (UploadMovedException moved)
+        {
+            throw Refused(StatusCode.Aborted, RawLogRefusal.UploadBusy, moved.Message);
+        }
+        catch (Npgsql.NpgsqlException e) when (e.IsTransient)
+        {
+            throw new RpcException(new Status(StatusCode.Unavailable, $"the database is unavailable ({e.Message}); resume the upload from its committed offset"));
+        }
+
         LogFinished(logger, caller.ProviderId, upload.UploadId, upload.CommittedOffset, upload.Records, upload.LinesRefused);
         return await ReportAsync(upload, session, context.CancellationToken);
     }
@@ -223,7 +249,8 @@ internal sealed partial class RawLogGrpcService(
             throw Refused(StatusCode.InvalidArgument, RawLogRefusal.HeaderInvalid, "offset lies past total_bytes");
         }
 
-        LogMappingRules rules = LogMappingRules.Create(header.Mapping ?? new LogMapping(), validator.Catalog, out string? problem);
+        header.Mapping ??= new LogMapping();
+        LogMappingRules rules = LogMappingRules.Create(header.Mapping, validator.Catalog, out string? problem, validator.Limits.SiteBytesMax);
         return problem is null ? rules : throw Refused(StatusCode.InvalidArgument, RawLogRefusal.HeaderInvalid, problem);
     }
 
@@ -238,6 +265,7 @@ internal sealed partial class RawLogGrpcService(
             Records = (ulong)upload.Records,
             LinesSkipped = (ulong)upload.LinesSkipped,
             LinesRefused = (ulong)upload.LinesRefused,
+            LinesDuplicate = (ulong)upload.LinesDuplicate,
             Complete = upload.Complete,
         };
         foreach (UploadLineError error in await uploadStore.ErrorsAsync(upload.ProviderId, upload.UploadId, ReportedErrorsMax, cancellationToken))
@@ -247,7 +275,7 @@ internal sealed partial class RawLogGrpcService(
 
         StreamHead head = session is not null
             ? new StreamHead(session.CommittedSequence, session.ChainHead)
-            : await usageStore.OpenStreamAsync(upload.ProviderId, upload.StreamId, cancellationToken);
+            : await usageStore.ReadStreamHeadAsync(upload.ProviderId, upload.StreamId, cancellationToken);
         report.CommittedSequence = head.CommittedSequence;
         report.ChainHead = ByteString.CopyFrom(head.ChainHash);
         return report;

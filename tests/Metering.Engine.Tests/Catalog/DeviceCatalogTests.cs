@@ -52,6 +52,7 @@ public sealed class DeviceCatalogTests
     [Theory]
     [InlineData("""{"version":"v","effectiveFrom":"2025-01-01","devices":[{"key":"X","fp16DenseGflops":1,"source":"s"},{"key":"X","fp16DenseGflops":1,"source":"s"}]}""", "repeated")]
     [InlineData("""{"version":"v","effectiveFrom":"2025-01-01","devices":[{"key":"X","fp16DenseGflops":0,"source":"s"}]}""", "positive")]
+    [InlineData("""{"version":"v","effectiveFrom":"2025-01-01","devices":[{"key":"X","fp16DenseGflops":989400000,"source":"s"}]}""", "at most")]
     [InlineData("""{"version":"v","effectiveFrom":"2025-01-01","devices":[{"key":"X","fp16DenseGflops":5,"source":""}]}""", "source")]
     [InlineData("""{"version":"","effectiveFrom":"2025-01-01","devices":[]}""", "no version")]
     [InlineData("""{"version":"v","effectiveFrom":"2025/01/01","devices":[]}""", "effectiveFrom")]

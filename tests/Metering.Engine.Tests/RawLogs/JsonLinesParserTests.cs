@@ -40,6 +40,8 @@ public sealed class JsonLinesParserTests
     [InlineData("""{"job_id":"j","holder_code":"9144030071526726XG","device_model":"H100-SXM","device_count":-8,"start":"2026-11-20T08:00:00Z","end":"2026-11-20T09:00:00Z"}""", "MALFORMED_LINE", "whole number")]
     [InlineData("""{"job_id":"j","account":"nobody","device_model":"H100-SXM","device_count":8,"start":"2026-11-20T08:00:00Z","end":"2026-11-20T09:00:00Z"}""", "UNMAPPED_ACCOUNT", "nobody")]
     [InlineData("""{"job_id":"j","account":"lab-vision","gres":"v100","device_count":8,"start":"2026-11-20T08:00:00Z","end":"2026-11-20T09:00:00Z"}""", "UNMAPPED_DEVICE", "v100")]
+    [InlineData("""{"job_id":"j","holder_code":"9144030071526726XG","device_model":"H100-SXM","device_count":8,"start":"2026-11-20","end":"2026-11-21T00:00:00Z"}""", "MALFORMED_LINE", "zone")]
+    [InlineData("""{"job_id":"j","holder_code":"9144030071526726XG","device_model":"H100-SXM","device_count":8,"start":"2026-11-20T08:00:00+0800","end":"2026-11-21T00:00:00Z"}""", "MALFORMED_LINE", "zone")]
     [InlineData("""[1,2,3]""", "MALFORMED_LINE", "not a JSON object")]
     [InlineData("""{"job_id":"j" """, "MALFORMED_LINE", "")]
     [InlineData("""{"job_id":"j"} {"job_id":"k"}""", "MALFORMED_LINE", "more than one")]

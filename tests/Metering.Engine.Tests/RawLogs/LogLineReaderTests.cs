@@ -21,6 +21,24 @@ public sealed class LogLineReaderTests
     }
 
     [Fact]
+    public async Task Lines_spanning_many_buffer_segments_are_joined()
+    {
+        // Tiny segments, all written before the reader starts, so every line crosses segment
+        // boundaries inside one buffer and takes the copying path.
+        byte[] input = Encoding.UTF8.GetBytes("first line\r\nsecond, a little longer\nthird\n");
+        var pipe = new Pipe(new PipeOptions(minimumSegmentSize: 4));
+        foreach (byte b in input)
+        {
+            await pipe.Writer.WriteAsync(new[] { b });
+        }
+
+        await pipe.Writer.CompleteAsync();
+        var sink = new CollectingSink();
+        await new LogLineReader(64).ReadAsync(pipe.Reader, sink, 0, 0, () => true, CancellationToken.None);
+        Assert.Equal(["1:first line@12", "2:second, a little longer@36", "3:third@42"], sink.Lines);
+    }
+
+    [Fact]
     public async Task Single_byte_chunks_give_the_same_lines()
     {
         byte[] input = Encoding.UTF8.GetBytes("one\ntwo\r\nthree\n");

@@ -89,6 +89,13 @@ public sealed class SacctParserTests
     }
 
     [Fact]
+    public void Other_gres_sharing_the_gpu_prefix_are_not_gpus()
+    {
+        UsageRecord record = ParseOne("4201|lab-vision|gpu-h100|gres/gpumem=40G,gres/gpu:h100=8,gres/gpuutil=100|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED");
+        Assert.Equal(("H100-SXM", 8u), (record.DeviceModel, record.DeviceCount));
+    }
+
+    [Fact]
     public void Invalid_utf8_is_refused_as_such()
     {
         byte[] line = [.. "4201|lab-vision|"u8, 0xC3, 0x28, .. "|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8];

@@ -90,6 +90,69 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task A_job_in_two_overlapping_exports_is_metered_once()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        await UploadAsync(server, "day-19", "slurm-a", Sacct, chunks: [Sacct.Length]);
+        // The next day's export repeats the job that crossed midnight (4205) and the 24-hour job
+        // (4209), and adds one new job.
+        byte[] nextDay = Encoding.UTF8.GetBytes(string.Join('\n', RawLogSamples.Sacct.Split('\n').Where(l => l.StartsWith("JobID", StringComparison.Ordinal) || l.StartsWith("4205|", StringComparison.Ordinal) || l.StartsWith("4209|", StringComparison.Ordinal)))
+            + "\n4301|lab-vision|gpu-h100|gres/gpu:h100=2|2026-11-20T23:00:00|2026-11-21T01:00:00|02:00:00|COMPLETED\n");
+
+        UploadReport report = await UploadAsync(server, "day-20", "slurm-a", nextDay, chunks: [nextDay.Length]);
+
+        Assert.Equal((1ul, 2ul), (report.Records, report.LinesDuplicate));
+        Assert.Equal(6ul, report.CommittedSequence);
+        Assert.Equal(1L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE job_id = '4205'"));
+        Assert.Equal([1L, 2L, 3L, 4L, 5L, 6L], await server.QueryAsync<long>("SELECT sequence FROM usage_records WHERE stream_id = 'slurm-a' ORDER BY 1"));
+    }
+
+    [Fact]
+    public async Task A_job_twice_in_one_file_is_metered_once()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        byte[] log = Encoding.UTF8.GetBytes(RawLogSamples.Sacct + RawLogSamples.Sacct.Split('\n')[1] + "\n");
+        UploadReport report = await UploadAsync(server, "twice", "twice", log, chunks: [log.Length]);
+        Assert.Equal((5ul, 1ul), (report.Records, report.LinesDuplicate));
+    }
+
+    [Fact]
+    public async Task A_corrected_mapping_goes_with_a_new_upload_id_and_commits_only_what_was_missing()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        await UploadAsync(server, "u1", "slurm-a", Sacct, chunks: [Sacct.Length]);
+        LogMapping corrected = RawLogSamples.Mapping();
+        corrected.AccountHolders["lab-unknown"] = "91440300MA5G2XK3P1";
+
+        RpcException mismatch = await Assert.ThrowsAsync<RpcException>(() => UploadAsync(server, "u1", "slurm-a", Sacct, chunks: [Sacct.Length], mapping: corrected));
+        Assert.Equal("UPLOAD_MISMATCH", IngestCall.Reason(mismatch));
+
+        UploadReport report = await UploadAsync(server, "u1-fixed", "slurm-a", Sacct, chunks: [Sacct.Length], mapping: corrected);
+        Assert.Equal((1ul, 5ul), (report.Records, report.LinesDuplicate));
+        Assert.Equal(1L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE job_id = '4206'"));
+    }
+
+    [Fact]
+    public async Task A_line_with_a_nul_byte_is_refused_and_the_upload_goes_on()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        byte[] log = [.. Encoding.UTF8.GetBytes("JobID|Account|Partition|AllocTRES|Start|End|Elapsed|State\n"),
+            .. "4201|lab-vi"u8, 0, .. "sion|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED\n"u8,
+            .. "4202|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED\n"u8];
+        byte[] json = Encoding.UTF8.GetBytes("""{"job_id":"j","account":"lab-vision","device_model":"H100\u0000","device_count":1,"start":"2026-11-20T08:00:00Z","end":"2026-11-20T09:00:00Z"}""" + "\n");
+
+        UploadReport report = await UploadAsync(server, "nul", "nul", log, chunks: [log.Length]);
+        UploadReport jsonReport = await UploadAsync(server, "nul-json", "nul-json", json, chunks: [json.Length], format: LogFormat.JsonLines);
+
+        Assert.True(report.Complete);
+        Assert.Equal([(2ul, "MALFORMED_LINE")], report.Errors.Select(e => (e.Line, e.Reason)));
+        Assert.Equal(1ul, report.Records);
+        Assert.True(jsonReport.Complete);
+        Assert.Equal("UNKNOWN_DEVICE_MODEL", jsonReport.Errors.Single().Reason);
+        Assert.Contains("\\0", jsonReport.Errors.Single().Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Crlf_endings_and_a_missing_final_newline_are_handled()
     {
         await using TestServer server = await TestServer.StartAsync(postgres);
@@ -229,23 +292,23 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
         Assert.Equal(StatusCode.Unauthenticated, error.StatusCode);
     }
 
-    private static UploadHeader Header(string uploadId, string streamId, ulong totalBytes, ulong offset, LogFormat format) => new()
+    private static UploadHeader Header(string uploadId, string streamId, ulong totalBytes, ulong offset, LogFormat format, LogMapping? mapping = null) => new()
     {
         UploadId = uploadId,
         StreamId = streamId,
         Format = format,
-        Mapping = RawLogSamples.Mapping(),
+        Mapping = mapping ?? RawLogSamples.Mapping(),
         TotalBytes = totalBytes,
         Offset = offset,
     };
 
     /// <summary>Sends <paramref name="data"/> (the file from <paramref name="offset"/> on) in chunks of the given sizes.</summary>
     private static async Task<UploadReport> UploadAsync(TestServer server, string uploadId, string streamId, byte[] data, int[] chunks,
-        ulong offset = 0, bool complete = true, LogFormat format = LogFormat.SacctParsable2, ulong? totalBytes = null)
+        ulong offset = 0, bool complete = true, LogFormat format = LogFormat.SacctParsable2, ulong? totalBytes = null, LogMapping? mapping = null)
     {
         ulong total = totalBytes ?? (complete ? offset + (ulong)data.Length : (ulong)Sacct.Length);
         using var call = server.RawLogClient().UploadLog(TestServer.Bearer());
-        await call.RequestStream.WriteAsync(new LogChunk { Header = Header(uploadId, streamId, total, offset, format) });
+        await call.RequestStream.WriteAsync(new LogChunk { Header = Header(uploadId, streamId, total, offset, format, mapping) });
         int at = 0;
         try
         {

@@ -90,6 +90,11 @@ CREATE TRIGGER usage_records_append_only BEFORE UPDATE OR DELETE ON usage_record
     FOR EACH ROW EXECUTE FUNCTION refuse_rewrite();
 CREATE TRIGGER usage_records_no_truncate BEFORE TRUNCATE ON usage_records
     FOR EACH STATEMENT EXECUTE FUNCTION refuse_rewrite();
+-- A stream's head may move forward but never disappear: deleting it would restart the chain.
+CREATE TRIGGER ingest_streams_no_delete BEFORE DELETE ON ingest_streams
+    FOR EACH ROW EXECUTE FUNCTION refuse_rewrite();
+CREATE TRIGGER ingest_streams_no_truncate BEFORE TRUNCATE ON ingest_streams
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_rewrite();
 CREATE TRIGGER tamper_conflicts_append_only BEFORE UPDATE OR DELETE ON tamper_conflicts
     FOR EACH ROW EXECUTE FUNCTION refuse_rewrite();
 CREATE TRIGGER tamper_conflicts_no_truncate BEFORE TRUNCATE ON tamper_conflicts
