@@ -119,6 +119,38 @@ public sealed class IngestResilienceTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task Database_restarted_mid_stream_loses_no_acknowledged_record_and_duplicates_none()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        SimulatedCluster site = SimulatedCluster.DemoSites(Day, jobsPerInterval: 20, seed: 17)[1];
+        ulong total = site.RecordsPerDay;
+        var midway = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        int reconnects = 0;
+        var streamer = new UsageStreamer(server.Channel, TestServer.ProviderKey, new StreamerOptions
+        {
+            BatchRecords = 100,
+            WindowBatches = 2,
+            ReconnectAttemptsMax = 100,
+            Committed = mark =>
+            {
+                if (mark >= total / 3)
+                {
+                    midway.TrySetResult();
+                }
+            },
+            Reconnecting = _ => Interlocked.Increment(ref reconnects),
+        });
+
+        Task<StreamResult> run = streamer.RunAsync("qianhai", site.RecordAt, total, CancellationToken.None);
+        await midway.Task.WaitAsync(TimeSpan.FromSeconds(60));
+        await postgres.Server.RestartAsync();
+        StreamResult result = await run.WaitAsync(TimeSpan.FromSeconds(120));
+
+        Assert.True(reconnects >= 1, "the restart should have cut the stream at least once");
+        await AssertStoredExactlyOnceAsync(server.ConnectionString, "qianhai", total, result.ChainHead);
+    }
+
+    [Fact]
     public async Task Non_transient_refusal_is_not_retried()
     {
         await using TestServer server = await TestServer.StartAsync(postgres);
