@@ -7,7 +7,7 @@ using Microsoft.Extensions.Logging;
 namespace Metering.Cli.Commands;
 
 /// <summary>`metering serve`: runs the gRPC server until Ctrl+C or SIGTERM.</summary>
-internal static class ServeCommand
+internal static partial class ServeCommand
 {
     public static Command Create()
     {
@@ -71,13 +71,16 @@ internal static class ServeCommand
                     Listen = parse.GetValue(listen)!,
                     ConnectionString = connectionString,
                     ApiKeys = apiKeys,
-                    ConfigureLogging = builder => builder.AddSimpleConsole(console =>
-                    {
-                        console.SingleLine = true;
-                        console.TimestampFormat = "HH:mm:ss ";
-                    }),
+                    ConfigureLogging = builder => builder
+                        .AddSimpleConsole(console =>
+                        {
+                            console.SingleLine = true;
+                            console.TimestampFormat = "HH:mm:ss ";
+                        })
+                        // One line per request is noise at this volume; the services log what matters.
+                        .AddFilter("Microsoft.AspNetCore", LogLevel.Warning),
                 }, cancellationToken);
-                logger.LogInformation("Serving gRPC on {Address} for {Keys} provider key(s). Ctrl+C stops.", server.Address, apiKeys.Count);
+                LogServing(logger, server.Address, apiKeys.Count);
                 await server.WaitForShutdownAsync(cancellationToken);
             }
 
@@ -85,4 +88,7 @@ internal static class ServeCommand
         });
         return command;
     }
+
+    [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "Serving gRPC on {Address} for {Keys} provider key(s). Ctrl+C stops.")]
+    private static partial void LogServing(ILogger logger, Uri address, int keys);
 }
