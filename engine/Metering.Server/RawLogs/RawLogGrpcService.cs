@@ -72,13 +72,7 @@ internal sealed partial class RawLogGrpcService(
                 $"upload '{upload.UploadId}' was started with another mapping; send the corrected mapping under a new upload id (jobs already metered are skipped as duplicates)");
         }
 
-        if (header.Offset > (ulong)upload.CommittedOffset)
-        {
-            throw Refused(StatusCode.FailedPrecondition, RawLogRefusal.OffsetGap,
-                $"the upload is committed up to byte {upload.CommittedOffset}; send from there, not from {header.Offset}",
-                new Dictionary<string, string> { ["expected"] = upload.CommittedOffset.ToString(System.Globalization.CultureInfo.InvariantCulture) });
-        }
-
+        CheckOffset(header, upload);
         if (upload.Complete)
         {
             // A repeated upload of a finished file: nothing to do, and nothing is committed twice.
@@ -87,6 +81,14 @@ internal sealed partial class RawLogGrpcService(
 
         using var callOrShutdown = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, lifetime.ApplicationStopping);
         using StreamLeases.Lease lease = await leases.AcquireAsync(caller.ProviderId, header.StreamId, callOrShutdown.Token);
+        // A call that held the stream until now may have advanced this upload: read it afresh.
+        upload = await uploadStore.GetAsync(caller.ProviderId, header.UploadId, lease.Token) ?? upload;
+        CheckOffset(header, upload);
+        if (upload.Complete)
+        {
+            return await ReportAsync(upload, null, context.CancellationToken);
+        }
+
         StreamHead head = await usageStore.OpenStreamAsync(caller.ProviderId, header.StreamId, lease.Token);
         var session = new IngestSession(usageStore, validator, time, caller.ProviderId, header.StreamId, head, context.Peer);
         UploadProcessor processor;
@@ -151,6 +153,16 @@ internal sealed partial class RawLogGrpcService(
 
         LogFinished(logger, caller.ProviderId, upload.UploadId, upload.CommittedOffset, upload.Records, upload.LinesRefused);
         return await ReportAsync(upload, session, context.CancellationToken);
+    }
+
+    private static void CheckOffset(UploadHeader header, UploadState upload)
+    {
+        if (header.Offset > (ulong)upload.CommittedOffset)
+        {
+            throw Refused(StatusCode.FailedPrecondition, RawLogRefusal.OffsetGap,
+                $"the upload is committed up to byte {upload.CommittedOffset}; send from there, not from {header.Offset}",
+                new Dictionary<string, string> { ["expected"] = upload.CommittedOffset.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+        }
     }
 
     /// <summary>Parses until the pipe ends; on failure completes the pipe so that the receiving side stops writing.</summary>
