@@ -106,6 +106,44 @@ public static class CanonicalEncoding
     }
 
     /// <summary>
+    /// The exact length of a record's canonical encoding, or -1 when the record cannot be encoded
+    /// (a string over 65,535 bytes or more than 65,535 device UUIDs).
+    /// </summary>
+    public static int Length(in RecordFields record)
+    {
+        IReadOnlyList<string> uuids = record.DeviceUuids;
+        if (uuids.Count > ushort.MaxValue)
+        {
+            return -1;
+        }
+
+        long length = FixedBytes;
+        foreach (string value in (ReadOnlySpan<string>)[record.ProviderId, record.StreamId, record.JobId, record.HolderCode, record.DeviceModel, record.Site])
+        {
+            int bytes = Encoding.UTF8.GetByteCount(value);
+            if (bytes > ushort.MaxValue)
+            {
+                return -1;
+            }
+
+            length += bytes;
+        }
+
+        for (int i = 0; i < uuids.Count; i++)
+        {
+            int bytes = Encoding.UTF8.GetByteCount(uuids[i]);
+            if (bytes > ushort.MaxValue)
+            {
+                return -1;
+            }
+
+            length += 2 + bytes;
+        }
+
+        return length > int.MaxValue / 2 ? -1 : (int)length;
+    }
+
+    /// <summary>
     /// Computes hash(n) from hash(n-1) and the record. <paramref name="scratch"/> must hold
     /// 32 bytes plus the record's canonical length; the previous hash is copied in front of the
     /// encoding so that SHA-256 runs once over one contiguous span.

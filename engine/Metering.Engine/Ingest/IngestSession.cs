@@ -73,20 +73,24 @@ public sealed class IngestSession
         CheckShape(records);
         ulong first = records[0].Sequence;
         ulong last = records[^1].Sequence;
+        int replayed = last <= _committed ? records.Count : (int)(_committed >= first ? _committed - first + 1 : 0);
+
+        // Replayed records are compared with what is committed before anything else: a replay
+        // that differs is a tamper conflict and evidence, whether or not it would also be invalid.
+        // An identical replay passed validation when it was committed.
+        if (replayed > 0)
+        {
+            await CheckReplayAsync(records, replayed, cancellationToken);
+        }
+
         long now = _time.GetUtcNow().ToUnixTimeMilliseconds();
-        for (int i = 0; i < records.Count; i++)
+        for (int i = replayed; i < records.Count; i++)
         {
             Refusal refusal = _validator.Validate(records[i], now, out _validatedModels[i]);
             if (refusal.IsRefused)
             {
                 throw new IngestRefusedException(refusal, records[i].Sequence);
             }
-        }
-
-        int replayed = last <= _committed ? records.Count : (int)(_committed >= first ? _committed - first + 1 : 0);
-        if (replayed > 0)
-        {
-            await CheckReplayAsync(records, replayed, cancellationToken);
         }
 
         int fresh = records.Count - replayed;
@@ -155,11 +159,22 @@ public sealed class IngestSession
         for (int i = 0; i < replayed; i++)
         {
             var fields = RecordFields.From(ProviderId, StreamId, records[i]);
-            CanonicalEncoding.ChainHash(previous, fields, _scratch, hash);
+            // A replay is not validated, so its strings may exceed the limits the scratch buffer
+            // is sized for; such a record cannot match and is encoded in a buffer of its own.
+            int canonicalBytes = CanonicalEncoding.Length(fields);
+            if (canonicalBytes < 0)
+            {
+                // Too long to encode, so it cannot be what was committed: refuse it as invalid.
+                Refusal invalid = _validator.Validate(records[i], _time.GetUtcNow().ToUnixTimeMilliseconds(), out _);
+                throw new IngestRefusedException(invalid.IsRefused ? invalid : new Refusal(IngestRefusal.JobIdInvalid, $"record {records[i].Sequence}: a field is too long to encode"), records[i].Sequence);
+            }
+
+            byte[] scratch = CanonicalEncoding.HashBytes + canonicalBytes <= _scratch.Length ? _scratch : new byte[CanonicalEncoding.HashBytes + canonicalBytes];
+            CanonicalEncoding.ChainHash(previous, fields, scratch, hash);
             if (!hash.SequenceEqual(stored[i + 1]))
             {
-                int length = CanonicalEncoding.Encode(fields, _scratch);
-                await _store.RecordTamperConflictAsync(ProviderId, StreamId, records[i].Sequence, stored[i + 1], hash.ToArray(), _scratch.AsSpan(0, length).ToArray(), _peer, cancellationToken);
+                int length = CanonicalEncoding.Encode(fields, scratch);
+                await _store.RecordTamperConflictAsync(ProviderId, StreamId, records[i].Sequence, stored[i + 1], hash.ToArray(), scratch.AsSpan(0, length).ToArray(), _peer, cancellationToken);
                 throw new IngestRefusedException(
                     new Refusal(IngestRefusal.TamperConflict, $"record {records[i].Sequence} is already committed with different content; the conflict is recorded for audit"),
                     records[i].Sequence);

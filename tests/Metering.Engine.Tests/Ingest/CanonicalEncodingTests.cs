@@ -97,6 +97,15 @@ public sealed partial class CanonicalEncodingTests
     }
 
     [Fact]
+    public void Length_is_exact_and_minus_one_for_what_cannot_be_encoded()
+    {
+        Assert.Equal(Encode(First).Length, CanonicalEncoding.Length(First));
+        Assert.Equal(Encode(Second).Length, CanonicalEncoding.Length(Second));
+        Assert.Equal(-1, CanonicalEncoding.Length(First with { JobId = new string('j', 65_536) }));
+        Assert.Equal(-1, CanonicalEncoding.Length(First with { DeviceUuids = ["GPU-1", new string('u', 70_000)] }));
+    }
+
+    [Fact]
     public void Absent_energy_and_zero_energy_encode_differently()
     {
         Assert.NotEqual(Encode(First with { EnergyMwh = null }), Encode(First with { EnergyMwh = 0 }));

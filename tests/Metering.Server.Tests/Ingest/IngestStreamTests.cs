@@ -126,6 +126,30 @@ public sealed class IngestStreamTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task A_forged_replay_that_is_also_invalid_is_still_recorded_as_a_tamper_conflict()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        await using (IngestCall call = await IngestCall.OpenAsync(server.Client(), "cluster-a"))
+        {
+            await call.SendAsync(TestRecords.Range(1, 10));
+        }
+
+        var forged = TestRecords.Range(7, 7);
+        forged[0].DeviceCount = 0;
+        forged[0].JobId = new string('j', 70_000);
+        await using IngestCall replay = await IngestCall.OpenAsync(server.Client(), "cluster-a");
+        RpcException tooLong = await replay.SendRefusedAsync(forged);
+        Assert.Equal("JOB_ID_INVALID", IngestCall.Reason(tooLong));
+
+        forged[0].JobId = "job-000007";
+        await using IngestCall again = await IngestCall.OpenAsync(server.Client(), "cluster-a");
+        RpcException error = await again.SendRefusedAsync(forged);
+
+        Assert.Equal("TAMPER_CONFLICT", IngestCall.Reason(error));
+        Assert.Equal(7L, await server.ScalarAsync<long>("SELECT sequence FROM tamper_conflicts"));
+    }
+
+    [Fact]
     public async Task Sequence_gap_is_refused_and_names_the_expected_sequence()
     {
         await using TestServer server = await TestServer.StartAsync(postgres);
