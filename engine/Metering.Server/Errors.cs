@@ -16,7 +16,7 @@ public static class Errors
     public const string Domain = "metering.v1";
 
     public static RpcException Refused(StatusCode code, IngestRefusal reason, string message, IDictionary<string, string>? metadata = null) =>
-        Refused(code, ReasonName(reason), message, metadata);
+        Refused(code, ProtocolNames.Of(reason), message, metadata);
 
     /// <summary>A refusal with a reason name from any of the contract's refusal enums.</summary>
     public static RpcException Refused(StatusCode code, string reason, string message, IDictionary<string, string>? metadata = null)
@@ -63,7 +63,4 @@ public static class Errors
         IngestRefusal.StreamTakenOver => StatusCode.Aborted,
         _ => StatusCode.InvalidArgument,
     };
-
-    /// <summary>The enum value's name as written in the .proto file (UNKNOWN_DEVICE_MODEL, ...).</summary>
-    public static string ReasonName(IngestRefusal reason) => ProtocolNames.Of(reason);
 }

@@ -215,9 +215,6 @@ public sealed partial class EmbeddedPostgres : IAsyncDisposable
         await RunAsync("pg_ctl", ["restart", "-D", _dataDirectory, "-m", "fast", "-w", "-t", ((int)_options.StartTimeout.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture), "-l", _dataDirectory + ".log"], cancellationToken);
     }
 
-    /// <summary>Stops the server synchronously; for process-exit handlers.</summary>
-    public void Stop() => DisposeAsync().AsTask().GetAwaiter().GetResult();
-
     private async Task<int> RunAsync(string tool, string[] arguments, CancellationToken cancellationToken, bool allowFailure = false)
     {
         var start = new ProcessStartInfo

@@ -87,7 +87,7 @@ internal sealed partial class IngestGrpcService(
         }
         catch (IngestRefusedException refused)
         {
-            LogRefused(logger, caller.ProviderId, streamId, Errors.ReasonName(refused.Refusal.Reason), refused.Message);
+            LogRefused(logger, caller.ProviderId, streamId, ProtocolNames.Of(refused.Refusal.Reason), refused.Message);
             throw Errors.From(refused);
         }
         catch (OperationCanceledException) when (lease.TakenOver)
