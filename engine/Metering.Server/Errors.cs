@@ -2,6 +2,7 @@ using Google.Protobuf.WellKnownTypes;
 using Google.Rpc;
 using Grpc.Core;
 using Metering.Engine.Ingest;
+using Metering.Engine.Registry;
 using Metering.Protocol.V1;
 
 namespace Metering.Server;
@@ -52,9 +53,28 @@ public static class Errors
         return Refused(CodeFor(refused.Refusal.Reason), refused.Refusal.Reason, refused.Refusal.Message, metadata);
     }
 
+    public static RpcException From(RegistryRefusedException refused) =>
+        Refused(CodeFor(refused.Reason), ProtocolNames.Of(refused.Reason), refused.Message, refused.Metadata.ToDictionary());
+
+    /// <summary>The gRPC status each registry refusal carries, as registry.proto documents it.</summary>
+    public static StatusCode CodeFor(RegistryRefusal reason) => reason switch
+    {
+        RegistryRefusal.RoleNotAllowed or RegistryRefusal.OtherProvider => StatusCode.PermissionDenied,
+        RegistryRefusal.FieldInvalid or RegistryRefusal.CreditCodeInvalid or RegistryRefusal.NotRegisteredInShenzhen
+            or RegistryRefusal.DeviceModelUnknown or RegistryRefusal.ReasonRequired or RegistryRefusal.FeeScheduleInvalid
+            or RegistryRefusal.PeriodInvalid => StatusCode.InvalidArgument,
+        RegistryRefusal.OrganisationUnknown or RegistryRefusal.BatchUnknown or RegistryRefusal.ApplicationUnknown
+            or RegistryRefusal.ServiceItemUnknown => StatusCode.NotFound,
+        RegistryRefusal.OrganisationExists or RegistryRefusal.ServiceItemTaken or RegistryRefusal.NoticeNumberTaken => StatusCode.AlreadyExists,
+        RegistryRefusal.AlreadyDecided => StatusCode.Aborted,
+        _ => StatusCode.FailedPrecondition,
+    };
+
     /// <summary>The gRPC status each refusal carries; the proto documents the same table.</summary>
     public static StatusCode CodeFor(IngestRefusal reason) => reason switch
     {
+        IngestRefusal.ProviderNotAdmitted or IngestRefusal.ProviderSuspended or IngestRefusal.AdmissionExpired
+            or IngestRefusal.AdmissionWithdrawn or IngestRefusal.AdmissionRevoked or IngestRefusal.OrganisationNotRegistered => StatusCode.FailedPrecondition,
         IngestRefusal.Unauthenticated => StatusCode.Unauthenticated,
         IngestRefusal.StreamNotOpen => StatusCode.FailedPrecondition,
         IngestRefusal.SequenceGap => StatusCode.FailedPrecondition,

@@ -56,6 +56,9 @@ public sealed class DeviceCatalog
 
     public CatalogVersion Latest => _versionsByEffectiveDate[^1];
 
+    /// <summary>A model of the latest version, or null: what declarations and fee schedules are checked against.</summary>
+    public DeviceModel? Find(string key) => Latest.TryGet(key, out DeviceModel model) ? model : null;
+
     /// <summary>The version in force at a moment; the earliest version also covers anything before it.</summary>
     public CatalogVersion VersionAt(long unixMs)
     {

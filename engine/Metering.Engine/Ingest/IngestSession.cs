@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Metering.Engine.Catalog;
+using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Npgsql;
@@ -37,14 +38,27 @@ public sealed class IngestSession
     private readonly byte[] _scratch;
     private readonly DeviceModel?[] _validatedModels;
     private readonly string? _peer;
+    private readonly AdmissionGate _gate;
+    private readonly bool _proofStream;
+    private AdmissionSnapshot _admission;
     private ulong _committed;
     private byte[] _head;
 
-    public IngestSession(UsageStore store, RecordValidator validator, TimeProvider time, string providerId, string streamId, StreamHead head, string? peer = null)
+    /// <summary>Stream ids with this prefix carry an applicant's metering-log proof; see ingest.proto.</summary>
+    public const string ProofStreamPrefix = "proof:";
+
+    /// <summary>How many times a batch is re-checked when the registry changes under its commit.</summary>
+    private const int AdmissionRetriesMax = 3;
+
+    public IngestSession(UsageStore store, RecordValidator validator, TimeProvider time, AdmissionGate gate, AdmissionSnapshot admission, string streamId, StreamHead head, string? peer = null)
     {
         _store = store;
         _validator = validator;
         _time = time;
+        _gate = gate;
+        _admission = admission;
+        string providerId = admission.ProviderId;
+        _proofStream = streamId.StartsWith(ProofStreamPrefix, StringComparison.Ordinal);
         ProviderId = providerId;
         StreamId = streamId;
         _committed = head.CommittedSequence;
@@ -66,9 +80,42 @@ public sealed class IngestSession
 
     public byte[] ChainHead => _head;
 
+    /// <summary>
+    /// Whether the registry lets this provider's stream take the record: a proof stream needs a
+    /// registered organisation; any other stream an admission covering the record's whole time.
+    /// </summary>
+    public Refusal CheckAdmission(UsageRecord record)
+    {
+        if (_proofStream)
+        {
+            return _admission.Registered
+                ? default
+                : new Refusal(IngestRefusal.OrganisationNotRegistered, $"record {record.Sequence}: {ProviderId} is not a registered organisation; proof streams are for applicants the registry holds");
+        }
+
+        return _admission.Check(record.Sequence, record.StartUnixMs, record.EndUnixMs);
+    }
+
     /// <summary>Validates the whole batch, then commits its new records; throws <see cref="IngestRefusedException"/> on refusal.</summary>
     /// <param name="alongside">Work to commit in the same transaction as the records, or null.</param>
     public async Task<BatchOutcome> AppendAsync(IReadOnlyList<UsageRecord> records, CancellationToken cancellationToken, Func<NpgsqlConnection, NpgsqlTransaction, Task>? alongside = null)
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            try
+            {
+                return await AppendOnceAsync(records, cancellationToken, alongside);
+            }
+            catch (AdmissionChangedException) when (attempt < AdmissionRetriesMax)
+            {
+                // The registry changed between the snapshot and the commit; nothing was written.
+                // Check the batch again against what the registry says now.
+                _admission = await _gate.LoadAsync(ProviderId, cancellationToken);
+            }
+        }
+    }
+
+    private async Task<BatchOutcome> AppendOnceAsync(IReadOnlyList<UsageRecord> records, CancellationToken cancellationToken, Func<NpgsqlConnection, NpgsqlTransaction, Task>? alongside)
     {
         CheckShape(records);
         ulong first = records[0].Sequence;
@@ -87,8 +134,14 @@ public sealed class IngestSession
         for (int i = replayed; i < records.Count; i++)
         {
             Refusal refusal = _validator.Validate(records[i], now, out _validatedModels[i]);
+            if (!refusal.IsRefused)
+            {
+                refusal = CheckAdmission(records[i]);
+            }
+
             if (refusal.IsRefused)
             {
+                Array.Clear(_validatedModels, 0, records.Count);
                 throw new IngestRefusedException(refusal, records[i].Sequence);
             }
         }
@@ -99,7 +152,19 @@ public sealed class IngestSession
             Prepare(records, replayed);
             try
             {
-                await _store.CommitAsync(ProviderId, StreamId, _committed, _prepared, cancellationToken, alongside);
+                AdmissionSnapshot admission = _admission;
+                await _store.CommitAsync(ProviderId, StreamId, _committed, _prepared, cancellationToken, async (connection, transaction) =>
+                {
+                    if (await AdmissionGate.ReadEpochForShareAsync(connection, transaction, ProviderId) != admission.Epoch)
+                    {
+                        throw new AdmissionChangedException(ProviderId);
+                    }
+
+                    if (alongside is not null)
+                    {
+                        await alongside(connection, transaction);
+                    }
+                });
                 _committed = last;
                 _head = _prepared.HashAt(fresh - 1).ToArray();
             }

@@ -115,6 +115,11 @@ public sealed class UploadProcessor : ILogLineSink
                 // Sequence numbers are given at flush, once duplicates are known; a refused or
                 // duplicate line takes none.
                 Refusal invalid = _validator.Validate(record!, _time.GetUtcNow().ToUnixTimeMilliseconds(), out DeviceModel? _);
+                if (!invalid.IsRefused)
+                {
+                    invalid = _session.CheckAdmission(record!);
+                }
+
                 if (invalid.IsRefused)
                 {
                     Refuse(lineNumber, ProtocolNames.Of(invalid.Reason), invalid.Message[(invalid.Message.IndexOf(": ", StringComparison.Ordinal) + 2)..]);

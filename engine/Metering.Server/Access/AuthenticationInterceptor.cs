@@ -1,53 +1,62 @@
 using Grpc.Core;
 using Grpc.Core.Interceptors;
+using Metering.Engine.Access;
+using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
 
 namespace Metering.Server.Access;
 
 /// <summary>
-/// Authenticates every call before its handler runs: a call without a valid
-/// "authorization: Bearer &lt;key&gt;" header ends with UNAUTHENTICATED and touches nothing.
+/// Authenticates and authorises every call before its handler runs. A call without a valid,
+/// unrevoked "authorization: Bearer &lt;key&gt;" ends with UNAUTHENTICATED; a role the access
+/// policy does not allow for the method ends with PERMISSION_DENIED. Neither touches anything.
 /// </summary>
-internal sealed class AuthenticationInterceptor(ApiKeys keys) : Interceptor
+internal sealed class AuthenticationInterceptor(CredentialStore credentials) : Interceptor
 {
-    private const string IdentityKey = "metering.identity";
+    private const string ActorKey = "metering.actor";
 
-    public static CallerIdentity Caller(ServerCallContext context) =>
-        context.UserState.TryGetValue(IdentityKey, out object? identity) && identity is CallerIdentity caller
+    public static Actor Caller(ServerCallContext context) =>
+        context.UserState.TryGetValue(ActorKey, out object? actor) && actor is Actor caller
             ? caller
             : throw new InvalidOperationException("The call was not authenticated.");
 
-    public override Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
+    public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
     {
-        Authenticate(context);
-        return continuation(request, context);
+        await AuthoriseAsync(context);
+        return await continuation(request, context);
     }
 
-    public override Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
+    public override async Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
     {
-        Authenticate(context);
-        return continuation(requestStream, context);
+        await AuthoriseAsync(context);
+        return await continuation(requestStream, context);
     }
 
-    public override Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
+    public override async Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
     {
-        Authenticate(context);
-        return continuation(request, responseStream, context);
+        await AuthoriseAsync(context);
+        await continuation(request, responseStream, context);
     }
 
-    public override Task DuplexStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, DuplexStreamingServerMethod<TRequest, TResponse> continuation)
+    public override async Task DuplexStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, DuplexStreamingServerMethod<TRequest, TResponse> continuation)
     {
-        Authenticate(context);
-        return continuation(requestStream, responseStream, context);
+        await AuthoriseAsync(context);
+        await continuation(requestStream, responseStream, context);
     }
 
-    private void Authenticate(ServerCallContext context)
+    private async Task AuthoriseAsync(ServerCallContext context)
     {
         string? header = context.RequestHeaders.GetValue("authorization");
         string? key = header is not null && header.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) ? header["Bearer ".Length..].Trim() : null;
-        CallerIdentity identity = keys.Authenticate(key)
+        Actor actor = await credentials.AuthenticateAsync(key, context.CancellationToken)
             ?? throw Errors.Refused(StatusCode.Unauthenticated, IngestRefusal.Unauthenticated,
-                header is null ? "no authorization header; send 'authorization: Bearer <api key>'" : "the API key is not valid");
-        context.UserState[IdentityKey] = identity;
+                header is null ? "no authorization header; send 'authorization: Bearer <api key>'" : "the API key is not valid, or it was revoked");
+        if (!AccessPolicy.Allows(context.Method, actor.Role))
+        {
+            throw Errors.Refused(StatusCode.PermissionDenied, ProtocolNames.Of(RegistryRefusal.RoleNotAllowed),
+                $"the {actor.RoleName} role may not call {context.Method}");
+        }
+
+        context.UserState[ActorKey] = actor;
     }
 }

@@ -1,10 +1,13 @@
 using System.Net;
+using Metering.Engine.Access;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
+using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Server.Access;
 using Metering.Server.Ingest;
 using Metering.Server.RawLogs;
+using Metering.Server.Registry;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -17,15 +20,13 @@ using Npgsql;
 
 namespace Metering.Server.Hosting;
 
-/// <summary>What a server needs: where to listen, which database, whose keys, which limits.</summary>
+/// <summary>What a server needs: where to listen, which database, which limits. Credentials live in the database.</summary>
 public sealed class ServerSettings
 {
     /// <summary>An http:// address on which to serve gRPC over HTTP/2 without TLS; port 0 picks a free port.</summary>
     public Uri Listen { get; set; } = new("http://127.0.0.1:7390");
 
     public required string ConnectionString { get; init; }
-
-    public required ApiKeys ApiKeys { get; init; }
 
     public IngestLimits Limits { get; init; } = new();
 
@@ -78,12 +79,14 @@ public sealed class MeteringServer : IAsyncDisposable
             kestrel.Limits.Http2.MaxStreamsPerConnection = 256;
         });
 
-        builder.Services.AddSingleton(settings.ApiKeys);
         builder.Services.AddSingleton(settings.Time);
         builder.Services.AddSingleton(new RecordValidator(settings.Limits, settings.Catalog));
         builder.Services.AddSingleton(_ => Database.CreateDataSource(settings.ConnectionString));
         builder.Services.AddSingleton(provider => new UsageStore(provider.GetRequiredService<NpgsqlDataSource>()));
         builder.Services.AddSingleton(provider => new UploadStore(provider.GetRequiredService<NpgsqlDataSource>()));
+        builder.Services.AddSingleton(provider => new CredentialStore(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
+        builder.Services.AddSingleton(provider => new AdmissionGate(provider.GetRequiredService<NpgsqlDataSource>()));
+        builder.Services.AddSingleton(provider => new ProviderRegistry(provider.GetRequiredService<NpgsqlDataSource>(), settings.Catalog, settings.Time));
         builder.Services.AddSingleton<StreamLeases>();
         builder.Services.AddSingleton<AuthenticationInterceptor>();
         builder.Services.AddGrpc(grpc =>
@@ -97,6 +100,7 @@ public sealed class MeteringServer : IAsyncDisposable
         WebApplication app = builder.Build();
         app.MapGrpcService<IngestGrpcService>();
         app.MapGrpcService<RawLogGrpcService>();
+        app.MapGrpcService<RegistryGrpcService>();
         await app.StartAsync(cancellationToken);
 
         string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();

@@ -3,6 +3,8 @@ using Grpc.Core;
 using Metering.Engine.Ingest;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
+using Metering.Engine.Access;
+using Metering.Engine.Registry;
 using Metering.Server.Access;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -18,13 +20,14 @@ internal sealed partial class IngestGrpcService(
     UsageStore store,
     RecordValidator validator,
     StreamLeases leases,
+    AdmissionGate gate,
     TimeProvider time,
     IHostApplicationLifetime lifetime,
     ILogger<IngestGrpcService> logger) : IngestService.IngestServiceBase
 {
     public override async Task Stream(IAsyncStreamReader<IngestRequest> requestStream, IServerStreamWriter<IngestResponse> responseStream, ServerCallContext context)
     {
-        CallerIdentity caller = AuthenticationInterceptor.Caller(context);
+        Actor caller = AuthenticationInterceptor.Caller(context);
         if (!await requestStream.MoveNext(context.CancellationToken))
         {
             return;
@@ -45,12 +48,13 @@ internal sealed partial class IngestGrpcService(
         // A stream ends when its call ends, when another connection takes it over, or when the
         // server shuts down; in the last case the client sees UNAVAILABLE and reconnects elsewhere.
         using var callOrShutdown = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, lifetime.ApplicationStopping);
-        using StreamLeases.Lease lease = await leases.AcquireAsync(caller.ProviderId, streamId, callOrShutdown.Token);
+        using StreamLeases.Lease lease = await leases.AcquireAsync(caller.Subject, streamId, callOrShutdown.Token);
         try
         {
-            StreamHead head = await store.OpenStreamAsync(caller.ProviderId, streamId, lease.Token);
-            var session = new IngestSession(store, validator, time, caller.ProviderId, streamId, head, context.Peer);
-            LogOpened(logger, caller.ProviderId, streamId, head.CommittedSequence, context.Peer);
+            StreamHead head = await store.OpenStreamAsync(caller.Subject, streamId, lease.Token);
+            AdmissionSnapshot admission = await gate.LoadAsync(caller.Subject, lease.Token);
+            var session = new IngestSession(store, validator, time, gate, admission, streamId, head, context.Peer);
+            LogOpened(logger, caller.Subject, streamId, head.CommittedSequence, context.Peer);
             await responseStream.WriteAsync(new IngestResponse
             {
                 Opened = new StreamOpened
@@ -87,12 +91,12 @@ internal sealed partial class IngestGrpcService(
         }
         catch (IngestRefusedException refused)
         {
-            LogRefused(logger, caller.ProviderId, streamId, ProtocolNames.Of(refused.Refusal.Reason), refused.Message);
+            LogRefused(logger, caller.Subject, streamId, ProtocolNames.Of(refused.Refusal.Reason), refused.Message);
             throw Errors.From(refused);
         }
         catch (OperationCanceledException) when (lease.TakenOver)
         {
-            LogTakenOver(logger, caller.ProviderId, streamId);
+            LogTakenOver(logger, caller.Subject, streamId);
             throw Errors.Refused(StatusCode.Aborted, IngestRefusal.StreamTakenOver, "another connection opened this stream");
         }
         catch (OperationCanceledException) when (lifetime.ApplicationStopping.IsCancellationRequested)
@@ -101,7 +105,7 @@ internal sealed partial class IngestGrpcService(
         }
         catch (Npgsql.NpgsqlException e) when (e.IsTransient)
         {
-            LogDatabaseUnavailable(logger, caller.ProviderId, streamId, e.Message);
+            LogDatabaseUnavailable(logger, caller.Subject, streamId, e.Message);
             throw new RpcException(new Status(StatusCode.Unavailable, "the database is unavailable; nothing unacknowledged was kept, reconnect to resume"));
         }
     }

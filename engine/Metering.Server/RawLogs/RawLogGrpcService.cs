@@ -5,6 +5,8 @@ using Metering.Engine.Ingest;
 using Metering.Engine.RawLogs;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
+using Metering.Engine.Access;
+using Metering.Engine.Registry;
 using Metering.Server.Access;
 using Metering.Server.Ingest;
 using Microsoft.Extensions.Hosting;
@@ -21,6 +23,7 @@ internal sealed partial class RawLogGrpcService(
     UploadStore uploadStore,
     RecordValidator validator,
     StreamLeases leases,
+    AdmissionGate gate,
     TimeProvider time,
     IHostApplicationLifetime lifetime,
     ILogger<RawLogGrpcService> logger) : RawLogService.RawLogServiceBase
@@ -30,15 +33,15 @@ internal sealed partial class RawLogGrpcService(
 
     public override async Task<UploadReport> GetUpload(GetUploadRequest request, ServerCallContext context)
     {
-        CallerIdentity caller = AuthenticationInterceptor.Caller(context);
-        UploadState state = await uploadStore.GetAsync(caller.ProviderId, request.UploadId, context.CancellationToken)
+        Actor caller = AuthenticationInterceptor.Caller(context);
+        UploadState state = await uploadStore.GetAsync(caller.Subject, request.UploadId, context.CancellationToken)
             ?? throw Refused(StatusCode.NotFound, RawLogRefusal.UploadNotFound, $"no upload '{request.UploadId}' from this provider");
         return await ReportAsync(state, null, context.CancellationToken);
     }
 
     public override async Task<UploadReport> UploadLog(IAsyncStreamReader<LogChunk> requestStream, ServerCallContext context)
     {
-        CallerIdentity caller = AuthenticationInterceptor.Caller(context);
+        Actor caller = AuthenticationInterceptor.Caller(context);
         if (!await requestStream.MoveNext(context.CancellationToken) || requestStream.Current.KindCase != LogChunk.KindOneofCase.Header)
         {
             throw Refused(StatusCode.FailedPrecondition, RawLogRefusal.HeaderMissing, "the first message of an upload must be its header");
@@ -50,7 +53,7 @@ internal sealed partial class RawLogGrpcService(
         UploadState upload;
         try
         {
-            upload = await uploadStore.GetOrCreateAsync(caller.ProviderId, header.UploadId, header.StreamId, header.Format.ToString(), mappingSha256, (long)header.TotalBytes, context.CancellationToken);
+            upload = await uploadStore.GetOrCreateAsync(caller.Subject, header.UploadId, header.StreamId, header.Format.ToString(), mappingSha256, (long)header.TotalBytes, context.CancellationToken);
         }
         catch (Npgsql.PostgresException e) when (e.SqlState == Npgsql.PostgresErrorCodes.CheckViolation)
         {
@@ -80,17 +83,18 @@ internal sealed partial class RawLogGrpcService(
         }
 
         using var callOrShutdown = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, lifetime.ApplicationStopping);
-        using StreamLeases.Lease lease = await leases.AcquireAsync(caller.ProviderId, header.StreamId, callOrShutdown.Token);
+        using StreamLeases.Lease lease = await leases.AcquireAsync(caller.Subject, header.StreamId, callOrShutdown.Token);
         // A call that held the stream until now may have advanced this upload: read it afresh.
-        upload = await uploadStore.GetAsync(caller.ProviderId, header.UploadId, lease.Token) ?? upload;
+        upload = await uploadStore.GetAsync(caller.Subject, header.UploadId, lease.Token) ?? upload;
         CheckOffset(header, upload);
         if (upload.Complete)
         {
             return await ReportAsync(upload, null, context.CancellationToken);
         }
 
-        StreamHead head = await usageStore.OpenStreamAsync(caller.ProviderId, header.StreamId, lease.Token);
-        var session = new IngestSession(usageStore, validator, time, caller.ProviderId, header.StreamId, head, context.Peer);
+        StreamHead head = await usageStore.OpenStreamAsync(caller.Subject, header.StreamId, lease.Token);
+        AdmissionSnapshot admission = await gate.LoadAsync(caller.Subject, lease.Token);
+        var session = new IngestSession(usageStore, validator, time, gate, admission, header.StreamId, head, context.Peer);
         UploadProcessor processor;
         try
         {
@@ -101,7 +105,7 @@ internal sealed partial class RawLogGrpcService(
             throw Refused(StatusCode.InvalidArgument, refused.Reason, refused.Message);
         }
 
-        LogStarted(logger, caller.ProviderId, upload.UploadId, header.StreamId, upload.CommittedOffset, upload.TotalBytes);
+        LogStarted(logger, caller.Subject, upload.UploadId, header.StreamId, upload.CommittedOffset, upload.TotalBytes);
         // The parser holds at most one line unconsumed, so the writer must be allowed more than
         // the longest line ahead of it, or a long line would stall both ends.
         long pauseBytes = Math.Max(8L * ChunkBytesMax, validator.Limits.RawLineBytesMax + 2L * ChunkBytesMax);
@@ -151,7 +155,7 @@ internal sealed partial class RawLogGrpcService(
             throw new RpcException(new Status(StatusCode.Unavailable, $"the database is unavailable ({e.Message}); resume the upload from its committed offset"));
         }
 
-        LogFinished(logger, caller.ProviderId, upload.UploadId, upload.CommittedOffset, upload.Records, upload.LinesRefused);
+        LogFinished(logger, caller.Subject, upload.UploadId, upload.CommittedOffset, upload.Records, upload.LinesRefused);
         return await ReportAsync(upload, session, context.CancellationToken);
     }
 

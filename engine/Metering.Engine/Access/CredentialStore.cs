@@ -1,0 +1,119 @@
+using System.Security.Cryptography;
+using System.Text;
+using Dapper;
+using Metering.Engine.Identity;
+using Metering.Engine.Registry;
+using Metering.Protocol.V1;
+using Npgsql;
+
+namespace Metering.Engine.Access;
+
+/// <summary>An issued credential as listed (never with its key).</summary>
+public sealed record CredentialInfo(long CredentialId, Role Role, string Subject, string Label, string IssuedBy, DateTimeOffset IssuedAt, string? RevokedBy, DateTimeOffset? RevokedAt);
+
+/// <summary>
+/// API keys, issued and revoked by operators. Only each key's SHA-256 is stored: a key is looked
+/// up by its hash, so no stored secret is ever compared. Keys are 256 random bits, base64url.
+/// Every issue and revocation is written to the registry history.
+/// </summary>
+public sealed class CredentialStore(NpgsqlDataSource dataSource, TimeProvider time)
+{
+    public const int KeyBytes = 32;
+    public const int KeyLengthMax = 256;
+
+    public static string NewKey() => Convert.ToBase64String(RandomNumberGenerator.GetBytes(KeyBytes)).TrimEnd('=').Replace('+', '-').Replace('/', '_');
+
+    public static byte[] Hash(string key) => SHA256.HashData(Encoding.UTF8.GetBytes(key));
+
+    /// <summary>Issues a key and returns it; it is not kept and cannot be shown again.</summary>
+    public async Task<(CredentialInfo Credential, string Key)> IssueAsync(Actor issuer, Role role, string subject, string label, CancellationToken cancellationToken)
+    {
+        subject = subject.Trim();
+        if (role == Role.Provider && !CreditCode.IsValid(subject))
+        {
+            throw new RegistryRefusedException(RegistryRefusal.CreditCodeInvalid, $"a provider credential's subject is its credit code; '{subject}' is not a valid one");
+        }
+
+        if (subject.Length is 0 or > 64 || label.Length > 200)
+        {
+            throw FilingRules.Invalid("a credential needs a subject of 1 to 64 characters and a label of at most 200");
+        }
+
+        string key = NewKey();
+        DateTimeOffset now = time.GetUtcNow();
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(cancellationToken);
+        if (role == Role.Provider
+            && !await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM organisations WHERE provider_id = @subject)", new { subject }, transaction))
+        {
+            throw new RegistryRefusedException(RegistryRefusal.OrganisationUnknown, $"no organisation {subject} is registered; register it before issuing it a key");
+        }
+
+        long id = await connection.ExecuteScalarAsync<long>("""
+            INSERT INTO credentials (key_sha256, role, subject, label, issued_by, issued_at) VALUES (@hash, @role, @subject, @label, @by, @now)
+            RETURNING credential_id
+            """, new { hash = Hash(key), role = Actor.NameOf(role), subject, label, by = issuer.Subject, now = now.UtcDateTime }, transaction);
+        await RecordAsync(connection, transaction, issuer, now, role == Role.Provider ? subject : null, id, "issue");
+        await transaction.CommitAsync(cancellationToken);
+        return (new CredentialInfo(id, role, subject, label, issuer.Subject, now, null, null), key);
+    }
+
+    public async Task<CredentialInfo> RevokeAsync(Actor revoker, long credentialId, CancellationToken cancellationToken)
+    {
+        DateTimeOffset now = time.GetUtcNow();
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(cancellationToken);
+        var row = await connection.QueryFirstOrDefaultAsync<(string Role, string Subject, DateTime? RevokedAt)?>(
+            "SELECT role, subject, revoked_at FROM credentials WHERE credential_id = @credentialId FOR UPDATE", new { credentialId }, transaction);
+        if (row is null)
+        {
+            throw FilingRules.Invalid($"there is no credential {credentialId}");
+        }
+
+        if (row.Value.RevokedAt is not null)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.StatusChangeInvalid, $"credential {credentialId} is already revoked");
+        }
+
+        await connection.ExecuteAsync("UPDATE credentials SET revoked_by = @by, revoked_at = @now WHERE credential_id = @credentialId",
+            new { by = revoker.Subject, now = now.UtcDateTime, credentialId }, transaction);
+        await RecordAsync(connection, transaction, revoker, now, row.Value.Role == "provider" ? row.Value.Subject : null, credentialId, "revoke");
+        await transaction.CommitAsync(cancellationToken);
+        return (await ListAsync(cancellationToken)).First(c => c.CredentialId == credentialId);
+    }
+
+    public async Task<IReadOnlyList<CredentialInfo>> ListAsync(CancellationToken cancellationToken)
+    {
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        var rows = await connection.QueryAsync<(long Id, string Role, string Subject, string Label, string IssuedBy, DateTime IssuedAt, string? RevokedBy, DateTime? RevokedAt)>(
+            "SELECT credential_id, role, subject, label, issued_by, issued_at, revoked_by, revoked_at FROM credentials ORDER BY credential_id");
+        return rows.Select(r =>
+        {
+            Actor.TryParse(r.Role, out Role role);
+            return new CredentialInfo(r.Id, role, r.Subject, r.Label, r.IssuedBy, Utc(r.IssuedAt), r.RevokedBy, r.RevokedAt is { } at ? Utc(at) : null);
+        }).ToList();
+    }
+
+    /// <summary>The actor a key belongs to, or null for an unknown, revoked or malformed key.</summary>
+    public async Task<Actor?> AuthenticateAsync(string? key, CancellationToken cancellationToken)
+    {
+        if (key is not { Length: > 0 and <= KeyLengthMax })
+        {
+            return null;
+        }
+
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        var row = await connection.QueryFirstOrDefaultAsync<(string Role, string Subject)?>(
+            "SELECT role, subject FROM credentials WHERE key_sha256 = @hash AND revoked_at IS NULL", new { hash = Hash(key) });
+        return row is { } r && Actor.TryParse(r.Role, out Role role) ? new Actor(role, r.Subject) : null;
+    }
+
+    private static Task RecordAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, Actor actor, DateTimeOffset now, string? providerId, long id, string action) =>
+        connection.ExecuteAsync("""
+            INSERT INTO registry_history (actor, role, at, provider_id, entity, entity_key, action, after)
+            SELECT @actor, @role, @now, @providerId, 'credential', credential_id::text, @action, to_jsonb(c) - 'key_sha256'
+            FROM credentials c WHERE credential_id = @id
+            """, new { actor = actor.Subject, role = actor.RoleName, now = now.UtcDateTime, providerId, id, action }, transaction);
+
+    private static DateTimeOffset Utc(DateTime value) => new(DateTime.SpecifyKind(value, DateTimeKind.Utc));
+}

@@ -1,0 +1,287 @@
+using System.Globalization;
+using Metering.Engine.Catalog;
+using Metering.Protocol.V1;
+
+namespace Metering.Engine.Registry;
+
+/// <summary>Everything the filing rules look at, read in the filing's transaction.</summary>
+public sealed record FilingContext(
+    OrganisationRow Organisation,
+    BatchRow Batch,
+    IReadOnlyList<LicenceRow> Licences,
+    IReadOnlyList<ListingRow> Listings,
+    string? VoucherStatus,
+    DateTimeOffset FiledAt);
+
+/// <summary>
+/// The admission guide's filing rules (sections 四 and 五), as pure checks: each broken rule
+/// throws its own refusal. Order matters only for which refusal a filing that breaks several
+/// rules sees first; eligibility comes before paperwork.
+/// </summary>
+public static class FilingRules
+{
+    /// <summary>The programme's capacity bar: 300 PFLOPS of dense FP16, in GFLOPS.</summary>
+    public const long CapacityMinimumGflops = 300_000_000;
+
+    public const int MaterialKinds = 8;
+    public const int CapacityLinesMax = 1_000;
+    public const int FeeLinesMax = 200;
+    public const long PriceFenMax = 1_000_000_000_000;
+    public const int TextMax = 20_000;
+
+    /// <summary>Checks the request's form alone: every field present and well formed.</summary>
+    public static void CheckForm(FileApplicationRequest request, DeviceCatalog catalog)
+    {
+        Names.CheckServiceItem(request.ServiceItem);
+        Names.CheckBatchId(request.BatchId);
+        var seen = new HashSet<MaterialKind>();
+        foreach (Material material in request.Materials)
+        {
+            CheckMaterial(material);
+            if (!seen.Add(material.Kind))
+            {
+                throw Invalid($"materials: {Names.Of(material.Kind)} is listed twice");
+            }
+        }
+
+        if (request.Capacity.Count is 0 or > CapacityLinesMax)
+        {
+            throw Invalid($"capacity: declare 1 to {CapacityLinesMax} site and model lines");
+        }
+
+        var lines = new HashSet<(string, string)>();
+        foreach (DeclaredDevices devices in request.Capacity)
+        {
+            if (devices.Site.Length is 0 or > 64)
+            {
+                throw Invalid("capacity: every line needs a site of 1 to 64 characters");
+            }
+
+            if (catalog.Find(devices.DeviceModel) is null)
+            {
+                throw new RegistryRefusedException(RegistryRefusal.DeviceModelUnknown, $"capacity: device model '{devices.DeviceModel}' is not in the device catalog");
+            }
+
+            if (devices.DeviceCount is 0 or > 1_000_000)
+            {
+                throw Invalid($"capacity: {devices.Site}/{devices.DeviceModel} declares {devices.DeviceCount} devices; 1 to 1,000,000 are accepted");
+            }
+
+            if (!lines.Add((devices.Site, devices.DeviceModel)))
+            {
+                throw Invalid($"capacity: {devices.Site}/{devices.DeviceModel} is declared twice");
+            }
+        }
+
+        CheckFees(request.Fees, catalog);
+        CheckText("service_content", request.ServiceContent);
+        CheckText("service_standards", request.ServiceStandards);
+        if (!request.MeteringProofStream.StartsWith("proof:", StringComparison.Ordinal) || request.MeteringProofStream.Length > 64)
+        {
+            throw Invalid("metering_proof_stream must name one of the applicant's ingest streams whose id starts with 'proof:'");
+        }
+
+        if (request.Intermediary.Length > 200)
+        {
+            throw Invalid("intermediary is longer than 200 characters");
+        }
+    }
+
+    /// <summary>Checks a fee schedule: 1 to 200 lines, known models, positive prices, no line twice.</summary>
+    public static void CheckFees(IEnumerable<FeeLine> fees, DeviceCatalog catalog)
+    {
+        var seen = new HashSet<(string, FeeUnit)>();
+        int count = 0;
+        foreach (FeeLine line in fees)
+        {
+            count++;
+            if (catalog.Find(line.DeviceModel) is null)
+            {
+                throw new RegistryRefusedException(RegistryRefusal.DeviceModelUnknown, $"fees: device model '{line.DeviceModel}' is not in the device catalog");
+            }
+
+            if (line.Unit == FeeUnit.Unspecified || !Enum.IsDefined(line.Unit))
+            {
+                throw new RegistryRefusedException(RegistryRefusal.FeeScheduleInvalid, $"fees: the line for {line.DeviceModel} needs a unit (PER_PFLOPS_HOUR or PER_CARD_HOUR)");
+            }
+
+            if (line.PriceFen is <= 0 or > PriceFenMax)
+            {
+                throw new RegistryRefusedException(RegistryRefusal.FeeScheduleInvalid, $"fees: the price for {line.DeviceModel} is {line.PriceFen} fen; it must be positive and at most {PriceFenMax}");
+            }
+
+            if (!seen.Add((line.DeviceModel, line.Unit)))
+            {
+                throw new RegistryRefusedException(RegistryRefusal.FeeScheduleInvalid, $"fees: {line.DeviceModel} {line.Unit} is priced twice");
+            }
+        }
+
+        if (count is 0 or > FeeLinesMax)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.FeeScheduleInvalid, $"fees: a fee schedule has 1 to {FeeLinesMax} lines");
+        }
+    }
+
+    /// <summary>Declared dense FP16 capacity in GFLOPS, from the catalog in force at filing.</summary>
+    public static long DeclaredGflops(IEnumerable<DeclaredDevices> capacity, DeviceCatalog catalog) =>
+        capacity.Sum(devices => checked(devices.DeviceCount * catalog.Find(devices.DeviceModel)!.Fp16DenseGflops));
+
+    /// <summary>Checks the filing against the organisation, the batch and the lists; returns the declared capacity.</summary>
+    public static long Check(FileApplicationRequest request, FilingContext context, DeviceCatalog catalog)
+    {
+        OrganisationRow organisation = context.Organisation;
+        BatchRow batch = context.Batch;
+        DateTimeOffset filedAt = context.FiledAt;
+        DateOnly filedOn = ShanghaiTime.DateOf(filedAt);
+
+        if (filedAt < batch.WindowOpensAt || filedAt >= batch.WindowClosesAt)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.OutsideBatchWindow,
+                $"batch {batch.BatchId} takes applications from {Local(batch.WindowOpensAt)} until {Local(batch.WindowClosesAt)} (Asia/Shanghai); this one was filed at {Local(filedAt)}");
+        }
+
+        if (Districts.Normalise(organisation.District) is null || !Districts.CodeRegionMatches(organisation.ProviderId, organisation.District))
+        {
+            throw new RegistryRefusedException(RegistryRefusal.NotRegisteredInShenzhen,
+                $"{organisation.ProviderId} is not registered in Shenzhen (district '{organisation.District}', registration region {organisation.ProviderId.Substring(2, 6)})");
+        }
+
+        ListingRow? listed = context.Listings.FirstOrDefault(l => l.ListedFrom <= filedOn && (l.ListedUntil is null || l.ListedUntil >= filedOn));
+        if (listed is not null)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.OnIntegrityList,
+                $"{organisation.ProviderId} is on the {listed.ListName} list from {listed.ListedFrom:yyyy-MM-dd}{(listed.ListedUntil is { } until ? $" to {until:yyyy-MM-dd}" : "")}: {listed.Reason}");
+        }
+
+        if (context.VoucherStatus is { } status)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.VoucherHolderConflict,
+                $"{organisation.ProviderId} is a voucher {status}; an organisation cannot both hold vouchers and be an admitted provider");
+        }
+
+        if (!context.Licences.Any(l => l.ValidFrom <= filedOn && l.ValidUntil >= filedOn))
+        {
+            throw new RegistryRefusedException(RegistryRefusal.NoValidLicence,
+                context.Licences.Count == 0
+                    ? $"{organisation.ProviderId} has no IDC/ISP licence on record"
+                    : $"none of {organisation.ProviderId}'s IDC/ISP licences is valid on {filedOn:yyyy-MM-dd} ({string.Join(", ", context.Licences.Select(l => $"{l.LicenceNumber} {l.ValidFrom:yyyy-MM-dd}..{l.ValidUntil:yyyy-MM-dd}"))})");
+        }
+
+        CheckMaterials(request, organisation, batch, filedOn);
+
+        long declared = DeclaredGflops(request.Capacity, catalog);
+        if (declared < CapacityMinimumGflops)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.CapacityBelowMinimum,
+                $"declared FP16 capacity is {Pflops(declared)} PFLOPS; the programme requires at least 300");
+        }
+
+        return declared;
+    }
+
+    private static void CheckMaterials(FileApplicationRequest request, OrganisationRow organisation, BatchRow batch, DateOnly filedOn)
+    {
+        bool publicInstitution = organisation.LegalForm == "public_institution";
+        var filed = request.Materials.Select(m => m.Kind).ToHashSet();
+        if (!publicInstitution && !filed.Contains(MaterialKind.TaxCertificate))
+        {
+            throw new RegistryRefusedException(RegistryRefusal.TaxCertificateMissing,
+                $"a tax certificate is required of every applicant but a public institution, and {organisation.ProviderId} is {Names.Article(organisation.LegalForm)}",
+                new Dictionary<string, string> { ["kind"] = Names.Of(MaterialKind.TaxCertificate) });
+        }
+
+        foreach (MaterialKind kind in Enum.GetValues<MaterialKind>())
+        {
+            if (kind == MaterialKind.Unspecified || (kind == MaterialKind.TaxCertificate && publicInstitution))
+            {
+                continue;
+            }
+
+            if (!filed.Contains(kind))
+            {
+                throw new RegistryRefusedException(RegistryRefusal.MaterialMissing, $"the {Names.Of(kind)} material is missing",
+                    new Dictionary<string, string> { ["kind"] = Names.Of(kind) });
+            }
+        }
+
+        bool underAYear = organisation.EstablishedOn > filedOn.AddYears(-1);
+        FinancialReportKind report = request.FinancialReportKind;
+        if (underAYear)
+        {
+            if (report != FinancialReportKind.CapitalVerification)
+            {
+                throw new RegistryRefusedException(RegistryRefusal.CapitalVerificationRequired,
+                    $"{organisation.ProviderId} was established on {organisation.EstablishedOn:yyyy-MM-dd}, under a year before filing: file a capital verification report as the financial report");
+            }
+
+            return;
+        }
+
+        switch (report)
+        {
+            case FinancialReportKind.CapitalVerification:
+                throw new RegistryRefusedException(RegistryRefusal.AuditReportYearInvalid,
+                    $"a capital verification report stands in for the audit report only for an organisation established under a year ago; {organisation.ProviderId} was established on {organisation.EstablishedOn:yyyy-MM-dd}");
+            case FinancialReportKind.FinalAccounts when !publicInstitution:
+                throw Invalid("financial_report_kind FINAL_ACCOUNTS is for public institutions; file an AUDIT_REPORT");
+            case FinancialReportKind.AuditReport:
+            case FinancialReportKind.FinalAccounts:
+                break;
+            default:
+                throw Invalid("financial_report_kind must say what the financial report is (AUDIT_REPORT, FINAL_ACCOUNTS or CAPITAL_VERIFICATION)");
+        }
+
+        int year = (int)request.AuditReportYear;
+        if (year == batch.AuditReportYear)
+        {
+            return;
+        }
+
+        if (year == batch.AuditReportYear - 1)
+        {
+            if (string.IsNullOrWhiteSpace(request.AuditReportReason))
+            {
+                throw new RegistryRefusedException(RegistryRefusal.AuditReportYearInvalid,
+                    $"a {year} report is accepted in place of the {batch.AuditReportYear} one only with a stated reason (audit_report_reason)");
+            }
+
+            return;
+        }
+
+        throw new RegistryRefusedException(RegistryRefusal.AuditReportYearInvalid,
+            $"the financial report must be for {batch.AuditReportYear}, or {batch.AuditReportYear - 1} with a stated reason; this one is for {(year == 0 ? "no year" : year.ToString(CultureInfo.InvariantCulture))}");
+    }
+
+    private static void CheckMaterial(Material material)
+    {
+        if (material.Kind == MaterialKind.Unspecified || !Enum.IsDefined(material.Kind))
+        {
+            throw Invalid("materials: every material needs its kind");
+        }
+
+        if (material.DocumentRef.Length is 0 or > 256)
+        {
+            throw Invalid($"materials: {Names.Of(material.Kind)} needs a document_ref of 1 to 256 characters");
+        }
+
+        if (material.Sha256.Length != 64 || !material.Sha256.All(char.IsAsciiHexDigitLower))
+        {
+            throw Invalid($"materials: {Names.Of(material.Kind)} needs its SHA-256 as 64 lower-case hex characters");
+        }
+    }
+
+    private static void CheckText(string field, string value)
+    {
+        if (string.IsNullOrWhiteSpace(value) || value.Length > TextMax)
+        {
+            throw Invalid($"{field} must be given, up to {TextMax} characters");
+        }
+    }
+
+    internal static RegistryRefusedException Invalid(string message) => new(RegistryRefusal.FieldInvalid, message);
+
+    private static string Local(DateTimeOffset instant) => instant.ToOffset(ShanghaiTime.Offset).ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture);
+
+    /// <summary>GFLOPS as PFLOPS with three decimals, by integer arithmetic.</summary>
+    public static string Pflops(long gflops) => string.Create(CultureInfo.InvariantCulture, $"{gflops / 1_000_000:N0}.{gflops % 1_000_000 / 1_000:000}");
+}

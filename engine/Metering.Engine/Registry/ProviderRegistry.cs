@@ -1,0 +1,1026 @@
+using System.Data;
+using System.Globalization;
+using System.Text.Json;
+using Dapper;
+using Metering.Engine.Access;
+using Metering.Engine.Audit;
+using Metering.Engine.Catalog;
+using Metering.Protocol.V1;
+using Npgsql;
+
+namespace Metering.Engine.Registry;
+
+/// <summary>
+/// The provider registry and its admission workflow: online application → electronic material
+/// review → commissioned verification → consultation and public notice → admission decision →
+/// admission notice; then the admitted service items and their exits.
+///
+/// Every write runs in one transaction that locks the rows it decides on, checks its rule, makes
+/// the change and appends the change to registry_history. A refusal throws
+/// <see cref="RegistryRefusedException"/> before anything is written. Who may call what is the
+/// server's access policy; this class checks only what follows from the actor itself (a provider
+/// files for itself).
+/// </summary>
+public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog catalog, TimeProvider time)
+{
+    public const int ListLimitDefault = 100;
+    public const int ListLimitMax = 1_000;
+    public const int ReasonsMax = 4_000;
+
+    private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
+
+    public DeviceCatalog Catalog => catalog;
+
+    // ---------------------------------------------------------------- organisations and lists
+
+    public async Task<Organisation> RegisterOrganisationAsync(Actor actor, Organisation organisation, CancellationToken cancellationToken)
+    {
+        string code = CheckCreditCode(organisation.CreditCode);
+        if (organisation.Name.Trim().Length is 0 or > 200)
+        {
+            throw FilingRules.Invalid("name must be 1 to 200 characters");
+        }
+
+        string legalForm = Names.Of(organisation.LegalForm);
+        string district = Districts.Normalise(organisation.District)
+            ?? throw new RegistryRefusedException(RegistryRefusal.NotRegisteredInShenzhen,
+                $"district '{organisation.District}' is not in Shenzhen; the programme admits organisations registered in one of: {string.Join(", ", Districts.Keys)}");
+        if (!Districts.CodeRegionMatches(code, district))
+        {
+            throw new RegistryRefusedException(RegistryRefusal.NotRegisteredInShenzhen,
+                $"{code} was registered in region {code.Substring(2, 6)}, which is not Shenzhen (4403xx)");
+        }
+
+        DateOnly established = ParseDate("established_on", organisation.EstablishedOn);
+        DateTimeOffset now = time.GetUtcNow();
+        if (established > ShanghaiTime.DateOf(now))
+        {
+            throw FilingRules.Invalid("established_on lies in the future");
+        }
+
+        return await InTransactionAsync(async (connection, transaction) =>
+        {
+            int inserted = await connection.ExecuteAsync("""
+                INSERT INTO organisations (provider_id, name, legal_form, district, established_on, registered_at)
+                VALUES (@code, @name, @legalForm, @district, @established, @now)
+                ON CONFLICT (provider_id) DO NOTHING
+                """, new { code, name = organisation.Name.Trim(), legalForm, district, established, now = now.UtcDateTime }, transaction);
+            if (inserted == 0)
+            {
+                throw new RegistryRefusedException(RegistryRefusal.OrganisationExists, $"{code} is already registered");
+            }
+
+            await RecordAsync(connection, transaction, actor, now, code, "organisation", code, "register", null, await RowJsonAsync(connection, transaction, "organisations", "provider_id = @code", new { code }));
+            return (await ReadOrganisationAsync(connection, transaction, code, now))!;
+        }, cancellationToken);
+    }
+
+    public async Task<Licence> AddLicenceAsync(Actor actor, Licence licence, CancellationToken cancellationToken)
+    {
+        string code = CheckCreditCode(licence.CreditCode);
+        if (licence.LicenceNumber.Trim().Length is 0 or > 64 || licence.Issuer.Trim().Length is 0 or > 200)
+        {
+            throw FilingRules.Invalid("a licence needs a licence_number (1 to 64 characters) and an issuer (1 to 200)");
+        }
+
+        DateOnly from = ParseDate("valid_from", licence.ValidFrom);
+        DateOnly until = ParseDate("valid_until", licence.ValidUntil);
+        if (until < from)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.PeriodInvalid, $"the licence is valid until {until:yyyy-MM-dd}, before it is valid from {from:yyyy-MM-dd}");
+        }
+
+        DateTimeOffset now = time.GetUtcNow();
+        return await InTransactionAsync(async (connection, transaction) =>
+        {
+            await RequireOrganisationAsync(connection, transaction, code, lockRow: true);
+            string number = licence.LicenceNumber.Trim();
+            int inserted = await connection.ExecuteAsync("""
+                INSERT INTO licences (provider_id, licence_number, issuer, valid_from, valid_until) VALUES (@code, @number, @issuer, @from, @until)
+                ON CONFLICT DO NOTHING
+                """, new { code, number, issuer = licence.Issuer.Trim(), from, until }, transaction);
+            if (inserted == 0)
+            {
+                throw FilingRules.Invalid($"licence {number} of {code} is already on record");
+            }
+
+            await RecordAsync(connection, transaction, actor, now, code, "licence", $"{code}/{number}", "add", null,
+                await RowJsonAsync(connection, transaction, "licences", "provider_id = @code AND licence_number = @number", new { code, number }));
+            return new Licence { CreditCode = code, LicenceNumber = number, Issuer = licence.Issuer.Trim(), ValidFrom = Date(from), ValidUntil = Date(until) };
+        }, cancellationToken);
+    }
+
+    public async Task<IntegrityListing> AddIntegrityListingAsync(Actor actor, IntegrityListing listing, CancellationToken cancellationToken)
+    {
+        string code = CheckCreditCode(listing.CreditCode);
+        if (!Names.ListNames.Contains(listing.List))
+        {
+            throw FilingRules.Invalid($"list must be one of: {string.Join(", ", Names.ListNames)}");
+        }
+
+        DateOnly from = ParseDate("listed_from", listing.ListedFrom);
+        DateOnly? until = listing.ListedUntil.Length == 0 ? null : ParseDate("listed_until", listing.ListedUntil);
+        if (until < from)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.PeriodInvalid, $"the listing ends on {until:yyyy-MM-dd}, before it starts on {from:yyyy-MM-dd}");
+        }
+
+        string reason = RequireReasons(listing.Reason, "a listing needs its reason");
+        DateTimeOffset now = time.GetUtcNow();
+        return await InTransactionAsync(async (connection, transaction) =>
+        {
+            long id = await connection.ExecuteScalarAsync<long>("""
+                INSERT INTO integrity_listings (provider_id, list_name, listed_from, listed_until, reason) VALUES (@code, @list, @from, @until, @reason)
+                RETURNING listing_id
+                """, new { code, list = listing.List, from, until, reason }, transaction);
+            await BumpEpochAsync(connection, transaction, code);
+            await RecordAsync(connection, transaction, actor, now, code, "listing", $"{code}/{id}", "add", null,
+                await RowJsonAsync(connection, transaction, "integrity_listings", "provider_id = @code AND listing_id = @id", new { code, id }));
+            return new IntegrityListing { CreditCode = code, List = listing.List, ListedFrom = Date(from), ListedUntil = until is { } u ? Date(u) : "", Reason = reason };
+        }, cancellationToken);
+    }
+
+    public async Task<AdmissionBatch> PutBatchAsync(Actor actor, AdmissionBatch batch, CancellationToken cancellationToken)
+    {
+        Names.CheckBatchId(batch.BatchId);
+        if (batch.WindowClosesUnixMs <= batch.WindowOpensUnixMs || batch.ValidityEndsUnixMs <= batch.WindowClosesUnixMs)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.PeriodInvalid, "a batch's window must close after it opens, and its validity must end after the window closes");
+        }
+
+        if (batch.PublicNoticeDays > 30 || batch.AuditReportYear is < 2000 or > 2100)
+        {
+            throw FilingRules.Invalid("public_notice_days must be 0 to 30 and audit_report_year a year from 2000 to 2100");
+        }
+
+        DateTimeOffset now = time.GetUtcNow();
+        return await InTransactionAsync(async (connection, transaction) =>
+        {
+            var key = new { id = batch.BatchId };
+            string? before = await RowJsonAsync(connection, transaction, "admission_batches", "batch_id = @id", key, lockRow: true);
+            if (before is not null)
+            {
+                long validityMs = await connection.ExecuteScalarAsync<long>(
+                    "SELECT (extract(epoch FROM validity_ends_at) * 1000)::bigint FROM admission_batches WHERE batch_id = @id", key, transaction);
+                bool used = await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM applications WHERE batch_id = @id)", key, transaction);
+                if (used && validityMs != batch.ValidityEndsUnixMs)
+                {
+                    throw new RegistryRefusedException(RegistryRefusal.PeriodInvalid, $"batch {batch.BatchId} has applications; its validity end stays as it is");
+                }
+            }
+
+            await connection.ExecuteAsync("""
+                INSERT INTO admission_batches (batch_id, window_opens_at, window_closes_at, validity_ends_at, public_notice_days, audit_report_year)
+                VALUES (@id, @opens, @closes, @ends, @days, @year)
+                ON CONFLICT (batch_id) DO UPDATE SET window_opens_at = excluded.window_opens_at, window_closes_at = excluded.window_closes_at,
+                    validity_ends_at = excluded.validity_ends_at, public_notice_days = excluded.public_notice_days, audit_report_year = excluded.audit_report_year
+                """, new
+            {
+                id = batch.BatchId,
+                opens = Utc(batch.WindowOpensUnixMs),
+                closes = Utc(batch.WindowClosesUnixMs),
+                ends = Utc(batch.ValidityEndsUnixMs),
+                days = (int)batch.PublicNoticeDays,
+                year = (int)batch.AuditReportYear,
+            }, transaction);
+            await RecordAsync(connection, transaction, actor, now, null, "batch", batch.BatchId, before is null ? "create" : "change", before,
+                await RowJsonAsync(connection, transaction, "admission_batches", "batch_id = @id", key));
+            return batch.Clone();
+        }, cancellationToken);
+    }
+
+    public async Task<IReadOnlyList<AdmissionBatch>> ListBatchesAsync(CancellationToken cancellationToken)
+    {
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        return (await ReadBatchesAsync(connection, null, null)).Select(ToMessage).ToList();
+    }
+
+    // ---------------------------------------------------------------- applications
+
+    public async Task<Application> FileApplicationAsync(Actor actor, FileApplicationRequest request, CancellationToken cancellationToken)
+    {
+        string code = CheckCreditCode(request.CreditCode);
+        if (actor.Role != Role.Provider || actor.Subject != code)
+        {
+            // The guide requires applicants to file for themselves (自主申报).
+            throw new RegistryRefusedException(RegistryRefusal.OtherProvider, $"an application for {code} must be filed by {code} itself");
+        }
+
+        FilingRules.CheckForm(request, catalog);
+        DateTimeOffset now = time.GetUtcNow();
+        return await InTransactionAsync(async (connection, transaction) =>
+        {
+            OrganisationRow organisation = await RequireOrganisationAsync(connection, transaction, code, lockRow: true);
+            BatchRow batch = (await ReadBatchesAsync(connection, transaction, request.BatchId)).SingleOrDefault()
+                ?? throw new RegistryRefusedException(RegistryRefusal.BatchUnknown, $"there is no admission batch '{request.BatchId}'");
+            var context = new FilingContext(
+                organisation,
+                batch,
+                await ReadLicencesAsync(connection, transaction, code),
+                await ReadListingsAsync(connection, transaction, code),
+                await connection.ExecuteScalarAsync<string?>("SELECT status FROM voucher_holders WHERE holder_code = @code", new { code }, transaction),
+                now);
+            long declared = FilingRules.Check(request, context, catalog);
+
+            string? live = await connection.ExecuteScalarAsync<string?>("""
+                SELECT state FROM applications WHERE provider_id = @code AND service_item = @item AND state <> 'rejected'
+                """, new { code, item = request.ServiceItem }, transaction);
+            if (live is not null)
+            {
+                throw new RegistryRefusedException(RegistryRefusal.ServiceItemTaken,
+                    live == "admitted"
+                        ? $"{code} is already admitted for service item '{request.ServiceItem}'; a new service is applied for under a new item"
+                        : $"{code} already has an application for service item '{request.ServiceItem}' in progress ({live})");
+            }
+
+            long proofRecords = await CheckMeteringProofAsync(connection, transaction, code, request.MeteringProofStream, cancellationToken);
+            long id = await connection.ExecuteScalarAsync<long>("""
+                INSERT INTO applications (provider_id, batch_id, service_item, state, filed_at, financial_report_kind, audit_report_year, audit_report_reason,
+                    declared_fp16_gflops, service_content, service_standards, metering_proof_stream, metering_proof_records, fee_lines, intermediary)
+                VALUES (@code, @batch, @item, 'awaiting_material_review', @now, @reportKind, @year, @reason, @declared, @content, @standards,
+                    @proof, @proofRecords, @fees::jsonb, @intermediary)
+                RETURNING application_id
+                """, new
+            {
+                code,
+                batch = batch.BatchId,
+                item = request.ServiceItem,
+                now = now.UtcDateTime,
+                reportKind = Names.Of(request.FinancialReportKind),
+                year = request.AuditReportYear == 0 ? (int?)null : (int)request.AuditReportYear,
+                reason = NullIfEmpty(request.AuditReportReason),
+                declared,
+                content = request.ServiceContent,
+                standards = request.ServiceStandards,
+                proof = request.MeteringProofStream,
+                proofRecords,
+                fees = FeesJson(request.Fees),
+                intermediary = NullIfEmpty(request.Intermediary.Trim()),
+            }, transaction);
+
+            foreach (Material material in request.Materials)
+            {
+                await connection.ExecuteAsync("""
+                    INSERT INTO application_materials (provider_id, application_id, kind, document_ref, sha256) VALUES (@code, @id, @kind, @ref, @sha)
+                    """, new { code, id, kind = Names.Of(material.Kind), @ref = material.DocumentRef, sha = Convert.FromHexString(material.Sha256) }, transaction);
+            }
+
+            foreach (DeclaredDevices devices in request.Capacity)
+            {
+                await connection.ExecuteAsync("""
+                    INSERT INTO application_capacity (provider_id, application_id, site, device_model, device_count) VALUES (@code, @id, @site, @model, @count)
+                    """, new { code, id, site = devices.Site, model = devices.DeviceModel, count = (int)devices.DeviceCount }, transaction);
+            }
+
+            string filingNote = request.Intermediary.Length > 0 ? $"flagged: filed through an intermediary ({request.Intermediary.Trim()})" : "";
+            await AddStageAsync(connection, transaction, code, id, "filing", actor, now, "recorded", filingNote);
+            await RecordAsync(connection, transaction, actor, now, code, "application", id.ToString(CultureInfo.InvariantCulture), "file", null, await ApplicationJsonAsync(connection, transaction, id));
+            return (await ReadApplicationAsync(connection, transaction, id, details: true))!;
+        }, cancellationToken);
+    }
+
+    /// <summary>Electronic material review. An application filed through an intermediary is rejected here, whatever the operator asked.</summary>
+    public Task<Application> ReviewMaterialsAsync(Actor actor, StageDecision decision, CancellationToken cancellationToken) =>
+        DecideStageAsync(actor, decision.ApplicationId, "material_review", ApplicationState.AwaitingMaterialReview, "material_review", async (connection, transaction, row, now) =>
+        {
+            if (row.Intermediary is not null)
+            {
+                string reasons = $"FILED_VIA_INTERMEDIARY: the application was filed through an intermediary ({row.Intermediary}); the guide refuses such applications at formal review";
+                return (ApplicationState.Rejected, "rejected", reasons);
+            }
+
+            return decision.Pass
+                ? (ApplicationState.AwaitingVerification, "passed", decision.Reasons.Trim())
+                : (ApplicationState.Rejected, "rejected", RequireReasons(decision.Reasons, "a rejection needs its reasons"));
+        }, cancellationToken);
+
+    /// <summary>Commissioned verification: the verified FP16 capacity must reach 300 PFLOPS for the stage to pass.</summary>
+    public Task<Application> RecordVerificationAsync(Actor actor, VerificationDecision decision, CancellationToken cancellationToken) =>
+        DecideStageAsync(actor, decision.ApplicationId, "verification", ApplicationState.AwaitingVerification, "verification", async (connection, transaction, row, now) =>
+        {
+            if (decision.VerifiedFp16Gflops < 0)
+            {
+                throw FilingRules.Invalid("verified_fp16_gflops cannot be negative");
+            }
+
+            if (decision.Pass && decision.VerifiedFp16Gflops < FilingRules.CapacityMinimumGflops)
+            {
+                throw new RegistryRefusedException(RegistryRefusal.CapacityBelowMinimum,
+                    $"verified FP16 capacity is {FilingRules.Pflops(decision.VerifiedFp16Gflops)} PFLOPS; the stage passes only at 300 or more (record it with pass=false to reject)");
+            }
+
+            if (decision.VerifiedFp16Gflops > 0)
+            {
+                await connection.ExecuteAsync("UPDATE applications SET verified_fp16_gflops = @v WHERE application_id = @id",
+                    new { v = decision.VerifiedFp16Gflops, id = row.ApplicationId }, transaction);
+            }
+
+            string figure = $"verified {FilingRules.Pflops(decision.VerifiedFp16Gflops)} PFLOPS FP16";
+            return decision.Pass
+                ? (ApplicationState.AwaitingPublicNotice, "passed", Join(figure, decision.Reasons))
+                : (ApplicationState.Rejected, "rejected", Join(figure, RequireReasons(decision.Reasons, "a rejection needs its reasons")));
+        }, cancellationToken);
+
+    /// <summary>Opens consultation and public notice for the batch's number of days (or rejects after consultation).</summary>
+    public Task<Application> OpenPublicNoticeAsync(Actor actor, StageDecision decision, CancellationToken cancellationToken) =>
+        DecideStageAsync(actor, decision.ApplicationId, "public_notice", ApplicationState.AwaitingPublicNotice, "public_notice", async (connection, transaction, row, now) =>
+        {
+            if (!decision.Pass)
+            {
+                return (ApplicationState.Rejected, "rejected", RequireReasons(decision.Reasons, "a rejection needs its reasons"));
+            }
+
+            int days = await connection.ExecuteScalarAsync<int>("SELECT public_notice_days FROM admission_batches WHERE batch_id = @b", new { b = row.BatchId }, transaction);
+            DateTimeOffset ends = now.AddDays(days);
+            await connection.ExecuteAsync("UPDATE applications SET notice_ends_at = @ends WHERE application_id = @id", new { ends = ends.UtcDateTime, id = row.ApplicationId }, transaction);
+            return (ApplicationState.InPublicNotice, "opened", Join($"public notice for {days} day(s), until {ends.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai", decision.Reasons));
+        }, cancellationToken);
+
+    public async Task<Application> RecordObjectionAsync(Actor actor, RecordObjectionRequest request, CancellationToken cancellationToken)
+    {
+        string objector = request.Objector.Trim();
+        string content = request.Content.Trim();
+        if (objector.Length is 0 or > 200 || content.Length is 0 or > ReasonsMax)
+        {
+            throw FilingRules.Invalid($"an objection needs the objector (1 to 200 characters) and its content (1 to {ReasonsMax})");
+        }
+
+        DateTimeOffset now = time.GetUtcNow();
+        return await InTransactionAsync(async (connection, transaction) =>
+        {
+            ApplicationRow row = await LockApplicationAsync(connection, transaction, request.ApplicationId);
+            if (row.State != ApplicationState.InPublicNotice)
+            {
+                throw new RegistryRefusedException(RegistryRefusal.WrongStage, $"objections are recorded during public notice; application {row.ApplicationId} is {Names.Of(row.State)}");
+            }
+
+            await AddStageAsync(connection, transaction, row.ProviderId, row.ApplicationId, "objection", actor, now, "recorded", $"{objector}: {content}");
+            await RecordAsync(connection, transaction, actor, now, row.ProviderId, "application", Key(row.ApplicationId), "objection", null, Serialize(new { objector, content }));
+            return (await ReadApplicationAsync(connection, transaction, row.ApplicationId, details: true))!;
+        }, cancellationToken);
+    }
+
+    /// <summary>The admission decision, once public notice has ended. Admitting over objections needs reasons.</summary>
+    public Task<Application> DecideAdmissionAsync(Actor actor, StageDecision decision, CancellationToken cancellationToken) =>
+        DecideStageAsync(actor, decision.ApplicationId, "decision", ApplicationState.InPublicNotice, "decision", async (connection, transaction, row, now) =>
+        {
+            if (row.NoticeEndsAt is { } ends && now < ends)
+            {
+                throw new RegistryRefusedException(RegistryRefusal.NoticePeriodRunning,
+                    $"public notice of application {row.ApplicationId} runs until {ends.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai");
+            }
+
+            if (!decision.Pass)
+            {
+                return (ApplicationState.Rejected, "rejected", RequireReasons(decision.Reasons, "a rejection needs its reasons"));
+            }
+
+            int objections = await connection.ExecuteScalarAsync<int>(
+                "SELECT count(*) FROM application_stages WHERE application_id = @id AND stage = 'objection'", new { id = row.ApplicationId }, transaction);
+            string reasons = objections > 0
+                ? RequireReasons(decision.Reasons, $"admitting over {objections} recorded objection(s) needs reasons that answer them")
+                : decision.Reasons.Trim();
+            await connection.ExecuteAsync("UPDATE applications SET decided_at = @now WHERE application_id = @id", new { now = now.UtcDateTime, id = row.ApplicationId }, transaction);
+            return (ApplicationState.AwaitingAdmissionNotice, "passed", reasons);
+        }, cancellationToken);
+
+    /// <summary>Issues the admission notice: the service item is admitted from the decision to the batch's validity end.</summary>
+    public async Task<Application> IssueAdmissionNoticeAsync(Actor actor, IssueAdmissionNoticeRequest request, CancellationToken cancellationToken)
+    {
+        string number = request.NoticeNumber.Trim();
+        if (number.Length is 0 or > 64)
+        {
+            throw FilingRules.Invalid("notice_number must be 1 to 64 characters");
+        }
+
+        DateTimeOffset now = time.GetUtcNow();
+        return await InTransactionAsync(async (connection, transaction) =>
+        {
+            ApplicationRow row = await LockApplicationAsync(connection, transaction, request.ApplicationId);
+            if (row.State != ApplicationState.AwaitingAdmissionNotice)
+            {
+                throw await StageConflictAsync(connection, transaction, row, "admission_notice", "the admission notice follows the admission decision");
+            }
+
+            await LockOrganisationAsync(connection, transaction, row.ProviderId);
+            if (await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM applications WHERE notice_number = @number)", new { number }, transaction))
+            {
+                throw new RegistryRefusedException(RegistryRefusal.NoticeNumberTaken, $"admission notice number {number} is already used");
+            }
+
+            BatchRow batch = (await ReadBatchesAsync(connection, transaction, row.BatchId)).Single();
+            DateTimeOffset validFrom = row.DecidedAt ?? now;
+            if (validFrom >= batch.ValidityEndsAt)
+            {
+                throw new RegistryRefusedException(RegistryRefusal.PeriodInvalid, $"batch {batch.BatchId}'s validity ended at {batch.ValidityEndsAt:O}; nothing can be admitted under it");
+            }
+
+            string before = (await ApplicationJsonAsync(connection, transaction, row.ApplicationId))!;
+            await connection.ExecuteAsync("UPDATE applications SET state = 'admitted', notice_number = @number WHERE application_id = @id", new { number, id = row.ApplicationId }, transaction);
+            await connection.ExecuteAsync("""
+                INSERT INTO service_items (provider_id, service_item, application_id, notice_number, valid_from, validity_ends_at)
+                VALUES (@code, @item, @id, @number, @from, @ends)
+                """, new { code = row.ProviderId, item = row.ServiceItem, id = row.ApplicationId, number, from = validFrom.UtcDateTime, ends = batch.ValidityEndsAt.UtcDateTime }, transaction);
+            int version = await connection.ExecuteScalarAsync<int>("""
+                INSERT INTO fee_schedules (provider_id, service_item, version, effective_from, filed_at, lines)
+                SELECT @code, @item, coalesce((SELECT max(version) FROM fee_schedules WHERE provider_id = @code AND service_item = @item), 0) + 1, @from, filed_at, fee_lines
+                FROM applications WHERE application_id = @id
+                RETURNING version
+                """, new { code = row.ProviderId, item = row.ServiceItem, id = row.ApplicationId, from = validFrom.UtcDateTime }, transaction);
+            await BumpEpochAsync(connection, transaction, row.ProviderId);
+            await AddStageAsync(connection, transaction, row.ProviderId, row.ApplicationId, "admission_notice", actor, now, "passed",
+                $"notice {number}; admitted from {validFrom.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} until {batch.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; fee schedule version {version}");
+            await RecordAsync(connection, transaction, actor, now, row.ProviderId, "application", Key(row.ApplicationId), "admission_notice", before, await ApplicationJsonAsync(connection, transaction, row.ApplicationId));
+            await RecordAsync(connection, transaction, actor, now, row.ProviderId, "service_item", $"{row.ProviderId}/{row.ServiceItem}", "admit", null,
+                await RowJsonAsync(connection, transaction, "service_items", "provider_id = @code AND application_id = @id", new { code = row.ProviderId, id = row.ApplicationId }));
+            return (await ReadApplicationAsync(connection, transaction, row.ApplicationId, details: true))!;
+        }, cancellationToken);
+    }
+
+    public async Task<Application?> GetApplicationAsync(long applicationId, CancellationToken cancellationToken)
+    {
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        return await ReadApplicationAsync(connection, null, applicationId, details: true);
+    }
+
+    public async Task<IReadOnlyList<Application>> ListApplicationsAsync(string? creditCode, ApplicationState state, int limit, CancellationToken cancellationToken)
+    {
+        limit = limit == 0 ? ListLimitDefault : Math.Clamp(limit, 1, ListLimitMax);
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        var ids = await connection.QueryAsync<long>("""
+            SELECT application_id FROM applications
+            WHERE (@code::text IS NULL OR provider_id = @code) AND (@state::text IS NULL OR state = @state)
+            ORDER BY application_id DESC LIMIT @limit
+            """, new { code = NullIfEmpty(creditCode), state = state == ApplicationState.Unspecified ? null : Names.Of(state), limit });
+        var applications = new List<Application>();
+        foreach (long id in ids)
+        {
+            applications.Add((await ReadApplicationAsync(connection, null, id, details: false))!);
+        }
+
+        return applications;
+    }
+
+    // ---------------------------------------------------------------- admitted service items
+
+    public async Task<FeeSchedule> FileFeeScheduleAsync(Actor actor, FileFeeScheduleRequest request, CancellationToken cancellationToken)
+    {
+        string code = CheckCreditCode(request.CreditCode);
+        if (actor.Role != Role.Provider || actor.Subject != code)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.OtherProvider, $"{code}'s fee schedule is filed by {code} itself");
+        }
+
+        Names.CheckServiceItem(request.ServiceItem);
+        FilingRules.CheckFees(request.Lines, catalog);
+        DateTimeOffset now = time.GetUtcNow();
+        DateTimeOffset effective = request.EffectiveFromUnixMs == 0 ? now : DateTimeOffset.FromUnixTimeMilliseconds(request.EffectiveFromUnixMs);
+        return await InTransactionAsync(async (connection, transaction) =>
+        {
+            await LockOrganisationAsync(connection, transaction, code);
+            ServiceItemRow item = await CurrentItemAsync(connection, transaction, code, request.ServiceItem, now)
+                ?? throw new RegistryRefusedException(RegistryRefusal.ServiceItemUnknown, $"{code} holds no admitted service item '{request.ServiceItem}'");
+            if (item.Status(now) is ServiceItemStatus.Withdrawn or ServiceItemStatus.Revoked or ServiceItemStatus.Expired)
+            {
+                throw new RegistryRefusedException(RegistryRefusal.StatusChangeInvalid, $"service item '{request.ServiceItem}' is {item.Status(now)}; its fees can no longer change");
+            }
+
+            var latest = await connection.QuerySingleAsync<(int Version, DateTime EffectiveFrom)>("""
+                SELECT version, effective_from FROM fee_schedules WHERE provider_id = @code AND service_item = @item ORDER BY version DESC LIMIT 1
+                """, new { code, item = request.ServiceItem }, transaction);
+            if (effective.UtcDateTime < latest.EffectiveFrom)
+            {
+                throw new RegistryRefusedException(RegistryRefusal.FeeScheduleInvalid,
+                    $"a new fee schedule takes effect no earlier than version {latest.Version} ({latest.EffectiveFrom:O})");
+            }
+
+            int version = latest.Version + 1;
+            await connection.ExecuteAsync("""
+                INSERT INTO fee_schedules (provider_id, service_item, version, effective_from, filed_at, lines) VALUES (@code, @item, @version, @effective, @now, @lines::jsonb)
+                """, new { code, item = request.ServiceItem, version, effective = effective.UtcDateTime, now = now.UtcDateTime, lines = FeesJson(request.Lines) }, transaction);
+            await RecordAsync(connection, transaction, actor, now, code, "fee_schedule", $"{code}/{request.ServiceItem}/{version}", "file", null,
+                await RowJsonAsync(connection, transaction, "fee_schedules", "provider_id = @code AND service_item = @item AND version = @version", new { code, item = request.ServiceItem, version }));
+            return new FeeSchedule
+            {
+                CreditCode = code,
+                ServiceItem = request.ServiceItem,
+                Version = (uint)version,
+                EffectiveFromUnixMs = effective.ToUnixTimeMilliseconds(),
+                Lines = { request.Lines },
+            };
+        }, cancellationToken);
+    }
+
+    public async Task<ServiceItem> ChangeServiceItemStatusAsync(Actor actor, ChangeServiceItemStatusRequest request, CancellationToken cancellationToken)
+    {
+        string code = CheckCreditCode(request.CreditCode);
+        Names.CheckServiceItem(request.ServiceItem);
+        string reasons = request.Action is ServiceItemAction.Suspend or ServiceItemAction.Revoke
+            ? RequireReasons(request.Reasons, $"{request.Action.ToString().ToLowerInvariant()} needs its reasons")
+            : request.Reasons.Trim();
+        if (request.Action == ServiceItemAction.Unspecified || !Enum.IsDefined(request.Action))
+        {
+            throw FilingRules.Invalid("action must be SUSPEND, REINSTATE, WITHDRAW or REVOKE");
+        }
+
+        DateTimeOffset now = time.GetUtcNow();
+        return await InTransactionAsync(async (connection, transaction) =>
+        {
+            await LockOrganisationAsync(connection, transaction, code);
+            ServiceItemRow item = await CurrentItemAsync(connection, transaction, code, request.ServiceItem, now)
+                ?? throw new RegistryRefusedException(RegistryRefusal.ServiceItemUnknown, $"{code} holds no admitted service item '{request.ServiceItem}'");
+            ServiceItemStatus status = item.Status(now);
+            var key = new { code, item = request.ServiceItem, id = item.ApplicationId };
+            string before = (await RowJsonAsync(connection, transaction, "service_items", "provider_id = @code AND service_item = @item AND application_id = @id", key))!;
+            switch (request.Action, status)
+            {
+                case (ServiceItemAction.Suspend, ServiceItemStatus.Active):
+                    await connection.ExecuteAsync("""
+                        INSERT INTO service_item_suspensions (provider_id, service_item, application_id, suspended_at, reason) VALUES (@code, @item, @id, @now, @reasons)
+                        """, new { code, item = request.ServiceItem, id = item.ApplicationId, now = now.UtcDateTime, reasons }, transaction);
+                    break;
+                case (ServiceItemAction.Reinstate, ServiceItemStatus.Suspended):
+                    await connection.ExecuteAsync("""
+                        UPDATE service_item_suspensions SET reinstated_at = @now
+                        WHERE provider_id = @code AND service_item = @item AND application_id = @id AND reinstated_at IS NULL
+                        """, new { code, item = request.ServiceItem, id = item.ApplicationId, now = now.UtcDateTime }, transaction);
+                    break;
+                case (ServiceItemAction.Withdraw or ServiceItemAction.Revoke, ServiceItemStatus.Active or ServiceItemStatus.Suspended):
+                    await connection.ExecuteAsync("""
+                        UPDATE service_items SET ended_at = @now, end_kind = @kind, end_reason = @reasons
+                        WHERE provider_id = @code AND service_item = @item AND application_id = @id
+                        """, new { code, item = request.ServiceItem, id = item.ApplicationId, now = now.UtcDateTime, kind = request.Action == ServiceItemAction.Withdraw ? "withdrawn" : "revoked", reasons }, transaction);
+                    await connection.ExecuteAsync("""
+                        UPDATE service_item_suspensions SET reinstated_at = @now
+                        WHERE provider_id = @code AND service_item = @item AND application_id = @id AND reinstated_at IS NULL
+                        """, new { code, item = request.ServiceItem, id = item.ApplicationId, now = now.UtcDateTime }, transaction);
+                    break;
+                default:
+                    throw new RegistryRefusedException(RegistryRefusal.StatusChangeInvalid,
+                        $"service item '{request.ServiceItem}' of {code} is {status.ToString().ToLowerInvariant()}; it cannot be {Past(request.Action)}");
+            }
+
+            await BumpEpochAsync(connection, transaction, code);
+            string after = (await RowJsonAsync(connection, transaction, "service_items", "provider_id = @code AND service_item = @item AND application_id = @id", key))!;
+            await RecordAsync(connection, transaction, actor, now, code, "service_item", $"{code}/{request.ServiceItem}", request.Action.ToString().ToLowerInvariant(), before,
+                request.Action is ServiceItemAction.Suspend or ServiceItemAction.Reinstate ? Serialize(new { item = JsonDocument.Parse(after).RootElement, action = request.Action.ToString(), reasons }) : after);
+            return (await ReadServiceItemsAsync(connection, transaction, code, now)).First(i => i.Item == request.ServiceItem && i.ApplicationId == item.ApplicationId).ToMessage(now);
+        }, cancellationToken);
+    }
+
+    /// <summary>
+    /// False materials found: pending applications are rejected, admitted items revoked, and the
+    /// organisation goes on the integrity-anomaly list (科研诚信异常名录) from today.
+    /// </summary>
+    public async Task<Organisation> RecordFalseMaterialsAsync(Actor actor, RecordFalseMaterialsRequest request, CancellationToken cancellationToken)
+    {
+        string code = CheckCreditCode(request.CreditCode);
+        string reasons = RequireReasons(request.Reasons, "recording false materials needs what was found false");
+        DateTimeOffset now = time.GetUtcNow();
+        return await InTransactionAsync(async (connection, transaction) =>
+        {
+            await RequireOrganisationAsync(connection, transaction, code, lockRow: true);
+            var pending = (await connection.QueryAsync<long>("""
+                SELECT application_id FROM applications WHERE provider_id = @code AND state NOT IN ('admitted', 'rejected') FOR UPDATE
+                """, new { code }, transaction)).ToList();
+            foreach (long id in pending)
+            {
+                string before = (await ApplicationJsonAsync(connection, transaction, id))!;
+                await connection.ExecuteAsync("UPDATE applications SET state = 'rejected' WHERE application_id = @id", new { id }, transaction);
+                await AddStageAsync(connection, transaction, code, id, "false_materials", actor, now, "rejected", reasons);
+                await RecordAsync(connection, transaction, actor, now, code, "application", Key(id), "false_materials", before, await ApplicationJsonAsync(connection, transaction, id));
+            }
+
+            foreach (ServiceItemRow item in await ReadServiceItemsAsync(connection, transaction, code, now))
+            {
+                if (item.Status(now) is ServiceItemStatus.Active or ServiceItemStatus.Suspended)
+                {
+                    await connection.ExecuteAsync("""
+                        UPDATE service_items SET ended_at = @now, end_kind = 'revoked', end_reason = @reason WHERE provider_id = @code AND application_id = @id
+                        """, new { now = now.UtcDateTime, reason = "false materials: " + reasons, code, id = item.ApplicationId }, transaction);
+                    await RecordAsync(connection, transaction, actor, now, code, "service_item", $"{code}/{item.Item}", "revoke", null,
+                        await RowJsonAsync(connection, transaction, "service_items", "provider_id = @code AND application_id = @id", new { code, id = item.ApplicationId }));
+                }
+            }
+
+            long listing = await connection.ExecuteScalarAsync<long>("""
+                INSERT INTO integrity_listings (provider_id, list_name, listed_from, reason) VALUES (@code, 'integrity_anomaly', @today, @reason) RETURNING listing_id
+                """, new { code, today = ShanghaiTime.DateOf(now), reason = "false materials: " + reasons }, transaction);
+            await RecordAsync(connection, transaction, actor, now, code, "listing", $"{code}/{listing}", "false_materials", null,
+                await RowJsonAsync(connection, transaction, "integrity_listings", "provider_id = @code AND listing_id = @listing", new { code, listing }));
+            await BumpEpochAsync(connection, transaction, code);
+            return (await ReadOrganisationAsync(connection, transaction, code, now))!;
+        }, cancellationToken);
+    }
+
+    public async Task<Organisation?> GetOrganisationAsync(string creditCode, CancellationToken cancellationToken)
+    {
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        return await ReadOrganisationAsync(connection, null, creditCode, time.GetUtcNow());
+    }
+
+    public async Task<IReadOnlyList<HistoryEntry>> GetHistoryAsync(string? creditCode, int limit, CancellationToken cancellationToken)
+    {
+        limit = limit == 0 ? ListLimitDefault : Math.Clamp(limit, 1, ListLimitMax);
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        var rows = await connection.QueryAsync<(long Id, string Actor, string Role, long AtMs, string Entity, string Key, string Action, string? Before, string? After)>("""
+            SELECT change_id, actor, role, (extract(epoch FROM at) * 1000)::bigint, entity, entity_key, action, before::text, after::text
+            FROM registry_history WHERE (@code::text IS NULL OR provider_id = @code) ORDER BY change_id DESC LIMIT @limit
+            """, new { code = NullIfEmpty(creditCode), limit });
+        return rows.Select(r => new HistoryEntry
+        {
+            ChangeId = r.Id,
+            Actor = r.Actor,
+            Role = r.Role,
+            AtUnixMs = r.AtMs,
+            Entity = r.Entity,
+            EntityKey = r.Key,
+            Action = r.Action,
+            BeforeJson = r.Before ?? "",
+            AfterJson = r.After ?? "",
+        }).ToList();
+    }
+
+    // ---------------------------------------------------------------- workflow machinery
+
+    private delegate Task<(ApplicationState Next, string Outcome, string Reasons)> StageRule(NpgsqlConnection connection, NpgsqlTransaction transaction, ApplicationRow row, DateTimeOffset now);
+
+    /// <summary>
+    /// Decides one stage of one application. The application row is locked first, so of two
+    /// operators deciding at once the second sees the first's outcome and is refused with
+    /// ALREADY_DECIDED, naming who decided and when.
+    /// </summary>
+    private async Task<Application> DecideStageAsync(Actor actor, long applicationId, string stage, ApplicationState expected, string action, StageRule rule, CancellationToken cancellationToken)
+    {
+        DateTimeOffset now = time.GetUtcNow();
+        return await InTransactionAsync(async (connection, transaction) =>
+        {
+            ApplicationRow row = await LockApplicationAsync(connection, transaction, applicationId);
+            if (row.State != expected)
+            {
+                throw await StageConflictAsync(connection, transaction, row, stage, $"{stage.Replace('_', ' ')} acts on an application that is {Names.Of(expected)}");
+            }
+
+            string before = (await ApplicationJsonAsync(connection, transaction, applicationId))!;
+            var (next, outcome, reasons) = await rule(connection, transaction, row, now);
+            await connection.ExecuteAsync("UPDATE applications SET state = @state WHERE application_id = @id", new { state = Names.Of(next), id = applicationId }, transaction);
+            await AddStageAsync(connection, transaction, row.ProviderId, applicationId, stage, actor, now, outcome, reasons);
+            await RecordAsync(connection, transaction, actor, now, row.ProviderId, "application", Key(applicationId), action, before, await ApplicationJsonAsync(connection, transaction, applicationId));
+            return (await ReadApplicationAsync(connection, transaction, applicationId, details: true))!;
+        }, cancellationToken);
+    }
+
+    /// <summary>ALREADY_DECIDED when the stage was decided by someone already, else WRONG_STAGE.</summary>
+    private static async Task<RegistryRefusedException> StageConflictAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, ApplicationRow row, string stage, string rule)
+    {
+        var decided = await connection.QueryFirstOrDefaultAsync<(string Actor, DateTime At, string Outcome)?>("""
+            SELECT actor, at, outcome FROM application_stages WHERE application_id = @id AND stage = @stage ORDER BY stage_no DESC LIMIT 1
+            """, new { id = row.ApplicationId, stage }, transaction);
+        if (decided is { } d)
+        {
+            return new RegistryRefusedException(RegistryRefusal.AlreadyDecided,
+                $"{stage.Replace('_', ' ')} of application {row.ApplicationId} was already decided by {d.Actor} at {new DateTimeOffset(d.At, TimeSpan.Zero).ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm:ss} ({d.Outcome}); it is now {Names.Of(row.State)}",
+                new Dictionary<string, string> { ["actor"] = d.Actor, ["outcome"] = d.Outcome, ["state"] = Names.Of(row.State) });
+        }
+
+        return new RegistryRefusedException(RegistryRefusal.WrongStage, $"{rule}; application {row.ApplicationId} is {Names.Of(row.State)}",
+            new Dictionary<string, string> { ["state"] = Names.Of(row.State) });
+    }
+
+    private async Task<T> InTransactionAsync<T>(Func<NpgsqlConnection, NpgsqlTransaction, Task<T>> work, CancellationToken cancellationToken)
+    {
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(IsolationLevel.ReadCommitted, cancellationToken);
+        T result;
+        try
+        {
+            result = await work(connection, transaction);
+        }
+        catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation && e.ConstraintName == "applications_one_live_per_item")
+        {
+            throw new RegistryRefusedException(RegistryRefusal.ServiceItemTaken, "another application for this service item was filed at the same moment");
+        }
+        catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation && e.ConstraintName == "applications_notice_number_key")
+        {
+            throw new RegistryRefusedException(RegistryRefusal.NoticeNumberTaken, "the admission notice number was used at the same moment");
+        }
+
+        await transaction.CommitAsync(cancellationToken);
+        return result;
+    }
+
+    private async Task<long> CheckMeteringProofAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, string stream, CancellationToken cancellationToken)
+    {
+        long records = await connection.ExecuteScalarAsync<long>(
+            "SELECT coalesce((SELECT committed_sequence FROM ingest_streams WHERE provider_id = @code AND stream_id = @stream), 0)", new { code, stream }, transaction);
+        if (records == 0)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.MeteringProofMissing,
+                $"metering-log proof stream '{stream}' of {code} holds no records; stream a test log to it through ingest first");
+        }
+
+        ChainVerification verification = await new ChainVerifier(dataSource).VerifyStreamAsync(code, stream, cancellationToken);
+        if (!verification.Intact)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.MeteringProofBroken,
+                $"metering-log proof stream '{stream}' does not verify: {verification.Evidence}",
+                new Dictionary<string, string> { ["sequence"] = verification.FirstBrokenSequence!.Value.ToString(CultureInfo.InvariantCulture) });
+        }
+
+        return records;
+    }
+
+    private static async Task AddStageAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, long id, string stage, Actor actor, DateTimeOffset now, string outcome, string reasons) =>
+        await connection.ExecuteAsync("""
+            INSERT INTO application_stages (provider_id, application_id, stage_no, stage, actor, at, outcome, reasons)
+            SELECT @code, @id, coalesce(max(stage_no), 0) + 1, @stage, @actor, @now, @outcome, @reasons FROM application_stages WHERE application_id = @id
+            """, new { code, id, stage, actor = actor.Subject, now = now.UtcDateTime, outcome, reasons }, transaction);
+
+    private static Task RecordAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, Actor actor, DateTimeOffset now, string? providerId,
+        string entity, string key, string action, string? before, string? after) =>
+        connection.ExecuteAsync("""
+            INSERT INTO registry_history (actor, role, at, provider_id, entity, entity_key, action, before, after)
+            VALUES (@actor, @role, @now, @providerId, @entity, @key, @action, @before::jsonb, @after::jsonb)
+            """, new { actor = actor.Subject, role = actor.RoleName, now = now.UtcDateTime, providerId, entity, key, action, before, after }, transaction);
+
+    private static Task<string?> RowJsonAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string table, string where, object parameters, bool lockRow = false) =>
+        connection.ExecuteScalarAsync<string?>($"SELECT to_jsonb(t)::text FROM {table} t WHERE {where}{(lockRow ? " FOR UPDATE" : "")}", parameters, transaction);
+
+    private static Task<string?> ApplicationJsonAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, long id) =>
+        connection.ExecuteScalarAsync<string?>("""
+            SELECT (to_jsonb(a) - 'fee_lines' - 'service_content' - 'service_standards')::text FROM applications a WHERE application_id = @id
+            """, new { id }, transaction);
+
+    private static Task BumpEpochAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code) =>
+        connection.ExecuteAsync("UPDATE organisations SET admission_epoch = admission_epoch + 1 WHERE provider_id = @code", new { code }, transaction);
+
+    private static async Task LockOrganisationAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code) =>
+        await RequireOrganisationAsync(connection, transaction, code, lockRow: true);
+
+    private static async Task<OrganisationRow> RequireOrganisationAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string code, bool lockRow)
+    {
+        var row = await connection.QueryFirstOrDefaultAsync<(string Code, string Name, string LegalForm, string District, DateTime Established, long Epoch, DateTime RegisteredAt)?>($"""
+            SELECT provider_id, name, legal_form, district, established_on, admission_epoch, registered_at FROM organisations WHERE provider_id = @code{(lockRow ? " FOR UPDATE" : "")}
+            """, new { code }, transaction);
+        return row is { } r
+            ? new OrganisationRow(r.Code, r.Name, r.LegalForm, r.District, DateOnly.FromDateTime(r.Established), r.Epoch, new DateTimeOffset(r.RegisteredAt, TimeSpan.Zero))
+            : throw new RegistryRefusedException(RegistryRefusal.OrganisationUnknown, $"no organisation {code} is registered");
+    }
+
+    private static async Task<IReadOnlyList<LicenceRow>> ReadLicencesAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string code) =>
+        (await connection.QueryAsync<(string Number, string Issuer, DateTime From, DateTime Until)>(
+            "SELECT licence_number, issuer, valid_from, valid_until FROM licences WHERE provider_id = @code ORDER BY valid_from", new { code }, transaction))
+        .Select(r => new LicenceRow(code, r.Number, r.Issuer, DateOnly.FromDateTime(r.From), DateOnly.FromDateTime(r.Until))).ToList();
+
+    private static async Task<IReadOnlyList<ListingRow>> ReadListingsAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string code) =>
+        (await connection.QueryAsync<(long Id, string List, DateTime From, DateTime? Until, string Reason)>(
+            "SELECT listing_id, list_name, listed_from, listed_until, reason FROM integrity_listings WHERE provider_id = @code ORDER BY listing_id", new { code }, transaction))
+        .Select(r => new ListingRow(code, r.Id, r.List, DateOnly.FromDateTime(r.From), r.Until is { } u ? DateOnly.FromDateTime(u) : null, r.Reason)).ToList();
+
+    private static async Task<IReadOnlyList<BatchRow>> ReadBatchesAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string? batchId) =>
+        (await connection.QueryAsync<(string Id, DateTime Opens, DateTime Closes, DateTime Ends, int Days, int Year)>("""
+            SELECT batch_id, window_opens_at, window_closes_at, validity_ends_at, public_notice_days, audit_report_year
+            FROM admission_batches WHERE @id::text IS NULL OR batch_id = @id ORDER BY window_opens_at
+            """, new { id = batchId }, transaction))
+        .Select(r => new BatchRow(r.Id, Instant(r.Opens), Instant(r.Closes), Instant(r.Ends), r.Days, r.Year)).ToList();
+
+    private static AdmissionBatch ToMessage(BatchRow batch) => new()
+    {
+        BatchId = batch.BatchId,
+        WindowOpensUnixMs = batch.WindowOpensAt.ToUnixTimeMilliseconds(),
+        WindowClosesUnixMs = batch.WindowClosesAt.ToUnixTimeMilliseconds(),
+        ValidityEndsUnixMs = batch.ValidityEndsAt.ToUnixTimeMilliseconds(),
+        PublicNoticeDays = (uint)batch.PublicNoticeDays,
+        AuditReportYear = (uint)batch.AuditReportYear,
+    };
+
+    private sealed record ApplicationRow(long ApplicationId, string ProviderId, string BatchId, string ServiceItem, ApplicationState State, string? Intermediary, DateTimeOffset? NoticeEndsAt, DateTimeOffset? DecidedAt);
+
+    private static async Task<ApplicationRow> LockApplicationAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, long id)
+    {
+        var row = await connection.QueryFirstOrDefaultAsync<(long Id, string Code, string Batch, string Item, string State, string? Intermediary, DateTime? NoticeEnds, DateTime? Decided)?>("""
+            SELECT application_id, provider_id, batch_id, service_item, state, intermediary, notice_ends_at, decided_at FROM applications WHERE application_id = @id FOR UPDATE
+            """, new { id }, transaction);
+        return row is { } r
+            ? new ApplicationRow(r.Id, r.Code, r.Batch, r.Item, Names.StateOf(r.State), r.Intermediary, r.NoticeEnds is { } n ? Instant(n) : null, r.Decided is { } d ? Instant(d) : null)
+            : throw new RegistryRefusedException(RegistryRefusal.ApplicationUnknown, $"there is no application {id}");
+    }
+
+    private async Task<Application?> ReadApplicationAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, long id, bool details)
+    {
+        var row = await connection.QueryFirstOrDefaultAsync<ApplicationRecord>("""
+            SELECT application_id AS Id, provider_id AS Code, batch_id AS Batch, service_item AS Item, state AS State,
+                   (extract(epoch FROM filed_at) * 1000)::bigint AS FiledMs, declared_fp16_gflops AS Declared, coalesce(verified_fp16_gflops, 0) AS Verified,
+                   coalesce(intermediary, '') AS Intermediary, coalesce((extract(epoch FROM notice_ends_at) * 1000)::bigint, 0) AS NoticeEndsMs,
+                   coalesce(notice_number, '') AS NoticeNumber, metering_proof_stream AS ProofStream, metering_proof_records AS ProofRecords,
+                   service_content AS Content, service_standards AS Standards, fee_lines::text AS Fees
+            FROM applications WHERE application_id = @id
+            """, new { id }, transaction);
+        if (row is null)
+        {
+            return null;
+        }
+
+        var application = new Application
+        {
+            ApplicationId = row.Id,
+            CreditCode = row.Code,
+            BatchId = row.Batch,
+            ServiceItem = row.Item,
+            State = Names.StateOf(row.State),
+            FiledUnixMs = row.FiledMs,
+            DeclaredFp16Gflops = row.Declared,
+            VerifiedFp16Gflops = row.Verified,
+            Intermediary = row.Intermediary,
+            NoticeEndsUnixMs = row.NoticeEndsMs,
+            NoticeNumber = row.NoticeNumber,
+            MeteringProofStream = row.ProofStream,
+            MeteringProofRecords = (ulong)row.ProofRecords,
+        };
+        var stages = await connection.QueryAsync<(string Stage, string Actor, long AtMs, string Outcome, string Reasons)>("""
+            SELECT stage, actor, (extract(epoch FROM at) * 1000)::bigint, outcome, reasons FROM application_stages WHERE application_id = @id ORDER BY stage_no
+            """, new { id }, transaction);
+        application.Stages.Add(stages.Select(s => new Stage { Stage_ = s.Stage, Actor = s.Actor, AtUnixMs = s.AtMs, Outcome = s.Outcome, Reasons = s.Reasons }));
+        if (!details)
+        {
+            return application;
+        }
+
+        application.ServiceContent = row.Content;
+        application.ServiceStandards = row.Standards;
+        application.Fees.Add(ParseFees(row.Fees));
+        var materials = await connection.QueryAsync<(string Kind, string Ref, byte[] Sha)>(
+            "SELECT kind, document_ref, sha256 FROM application_materials WHERE application_id = @id ORDER BY kind", new { id }, transaction);
+        application.Materials.Add(materials.Select(m => new Material { Kind = Names.MaterialKindOf(m.Kind), DocumentRef = m.Ref, Sha256 = Convert.ToHexStringLower(m.Sha) }));
+        var capacity = await connection.QueryAsync<(string Site, string Model, int Count)>(
+            "SELECT site, device_model, device_count FROM application_capacity WHERE application_id = @id ORDER BY site, device_model", new { id }, transaction);
+        application.Capacity.Add(capacity.Select(c => new DeclaredDevices { Site = c.Site, DeviceModel = c.Model, DeviceCount = (uint)c.Count }));
+        return application;
+    }
+
+    private sealed class ApplicationRecord
+    {
+        public long Id { get; init; }
+        public string Code { get; init; } = "";
+        public string Batch { get; init; } = "";
+        public string Item { get; init; } = "";
+        public string State { get; init; } = "";
+        public long FiledMs { get; init; }
+        public long Declared { get; init; }
+        public long Verified { get; init; }
+        public string Intermediary { get; init; } = "";
+        public long NoticeEndsMs { get; init; }
+        public string NoticeNumber { get; init; } = "";
+        public string ProofStream { get; init; } = "";
+        public long ProofRecords { get; init; }
+        public string Content { get; init; } = "";
+        public string Standards { get; init; } = "";
+        public string Fees { get; init; } = "[]";
+    }
+
+    private async Task<Organisation?> ReadOrganisationAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string code, DateTimeOffset now)
+    {
+        OrganisationRow row;
+        try
+        {
+            row = await RequireOrganisationAsync(connection, transaction, code, lockRow: false);
+        }
+        catch (RegistryRefusedException)
+        {
+            return null;
+        }
+
+        var organisation = new Organisation
+        {
+            CreditCode = row.ProviderId,
+            Name = row.Name,
+            LegalForm = Names.LegalFormOf(row.LegalForm),
+            District = row.District,
+            EstablishedOn = Date(row.EstablishedOn),
+        };
+        organisation.Licences.Add((await ReadLicencesAsync(connection, transaction, code)).Select(l => new Licence
+        {
+            CreditCode = code,
+            LicenceNumber = l.LicenceNumber,
+            Issuer = l.Issuer,
+            ValidFrom = Date(l.ValidFrom),
+            ValidUntil = Date(l.ValidUntil),
+        }));
+        organisation.Listings.Add((await ReadListingsAsync(connection, transaction, code)).Select(l => new IntegrityListing
+        {
+            CreditCode = code,
+            List = l.ListName,
+            ListedFrom = Date(l.ListedFrom),
+            ListedUntil = l.ListedUntil is { } u ? Date(u) : "",
+            Reason = l.Reason,
+        }));
+        organisation.ServiceItems.Add((await ReadServiceItemsAsync(connection, transaction, code, now)).Select(i => i.ToMessage(now)));
+        return organisation;
+    }
+
+    /// <summary>A service item row with its open suspension, if any.</summary>
+    internal sealed record ServiceItemRow(string ProviderId, string Item, long ApplicationId, string NoticeNumber, DateTimeOffset ValidFrom, DateTimeOffset ValidityEndsAt,
+        DateTimeOffset? EndedAt, string? EndKind, string? EndReason, DateTimeOffset? SuspendedAt, string? SuspensionReason, int FeeVersion)
+    {
+        public ServiceItemStatus Status(DateTimeOffset now) => EndKind switch
+        {
+            "withdrawn" => ServiceItemStatus.Withdrawn,
+            "revoked" => ServiceItemStatus.Revoked,
+            _ when now >= ValidityEndsAt => ServiceItemStatus.Expired,
+            _ when SuspendedAt is not null => ServiceItemStatus.Suspended,
+            _ => ServiceItemStatus.Active,
+        };
+
+        public ServiceItem ToMessage(DateTimeOffset now) => new()
+        {
+            CreditCode = ProviderId,
+            ServiceItem_ = Item,
+            ApplicationId = ApplicationId,
+            NoticeNumber = NoticeNumber,
+            ValidFromUnixMs = ValidFrom.ToUnixTimeMilliseconds(),
+            ValidUntilUnixMs = (EndedAt is { } ended && ended < ValidityEndsAt ? ended : ValidityEndsAt).ToUnixTimeMilliseconds(),
+            Status = Status(now),
+            StatusReason = EndReason ?? SuspensionReason ?? "",
+            FeeScheduleVersion = (uint)FeeVersion,
+        };
+    }
+
+    private static async Task<IReadOnlyList<ServiceItemRow>> ReadServiceItemsAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string code, DateTimeOffset now) =>
+        (await connection.QueryAsync<(string Item, long Id, string Notice, DateTime From, DateTime Ends, DateTime? Ended, string? Kind, string? Reason, DateTime? Suspended, string? SuspensionReason, int Fees)>("""
+            SELECT s.service_item, s.application_id, s.notice_number, s.valid_from, s.validity_ends_at, s.ended_at, s.end_kind, s.end_reason,
+                   p.suspended_at, p.reason,
+                   coalesce((SELECT max(version) FROM fee_schedules f WHERE f.provider_id = s.provider_id AND f.service_item = s.service_item), 0)
+            FROM service_items s
+            LEFT JOIN service_item_suspensions p ON p.provider_id = s.provider_id AND p.service_item = s.service_item AND p.application_id = s.application_id AND p.reinstated_at IS NULL
+            WHERE s.provider_id = @code ORDER BY s.valid_from, s.service_item
+            """, new { code }, transaction))
+        .Select(r => new ServiceItemRow(code, r.Item, r.Id, r.Notice, Instant(r.From), Instant(r.Ends), r.Ended is { } e ? Instant(e) : null, r.Kind, r.Reason,
+            r.Suspended is { } s ? Instant(s) : null, r.SuspensionReason, r.Fees)).ToList();
+
+    /// <summary>The item's latest admission, whatever its status.</summary>
+    private static async Task<ServiceItemRow?> CurrentItemAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, string item, DateTimeOffset now) =>
+        (await ReadServiceItemsAsync(connection, transaction, code, now)).Where(i => i.Item == item).MaxBy(i => i.ValidFrom);
+
+    // ---------------------------------------------------------------- small helpers
+
+    private static string CheckCreditCode(string code)
+    {
+        if (!Identity.CreditCode.IsValid(code))
+        {
+            throw new RegistryRefusedException(RegistryRefusal.CreditCodeInvalid, $"'{code}' is not a valid unified social credit code (18 characters, GB 32100-2015 check character)");
+        }
+
+        return code;
+    }
+
+    private static string RequireReasons(string reasons, string message)
+    {
+        string trimmed = reasons.Trim();
+        if (trimmed.Length == 0)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.ReasonRequired, message);
+        }
+
+        if (trimmed.Length > ReasonsMax)
+        {
+            throw FilingRules.Invalid($"reasons are at most {ReasonsMax} characters");
+        }
+
+        return trimmed;
+    }
+
+    private static DateOnly ParseDate(string field, string text) =>
+        DateOnly.TryParseExact(text, "yyyy-MM-dd", CultureInfo.InvariantCulture, DateTimeStyles.None, out DateOnly date)
+            ? date
+            : throw FilingRules.Invalid($"{field} must be a date as yyyy-MM-dd, not '{text}'");
+
+    private static string Date(DateOnly date) => date.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
+
+    private static DateTime Utc(long unixMs) => DateTimeOffset.FromUnixTimeMilliseconds(unixMs).UtcDateTime;
+
+    private static DateTimeOffset Instant(DateTime utc) => new(DateTime.SpecifyKind(utc, DateTimeKind.Utc));
+
+    private static string Key(long id) => id.ToString(CultureInfo.InvariantCulture);
+
+    private static string? NullIfEmpty(string? text) => string.IsNullOrEmpty(text) ? null : text;
+
+    private static string Join(string first, string second) => second.Trim().Length == 0 ? first : $"{first}; {second.Trim()}";
+
+    private static string Past(ServiceItemAction action) => action switch
+    {
+        ServiceItemAction.Suspend => "suspended",
+        ServiceItemAction.Reinstate => "reinstated",
+        ServiceItemAction.Withdraw => "withdrawn",
+        _ => "revoked",
+    };
+
+    private static string Serialize<T>(T value) => JsonSerializer.Serialize(value, Json);
+
+    private sealed record FeeLineJson(string DeviceModel, string Unit, long PriceFen);
+
+    private static string FeesJson(IEnumerable<FeeLine> lines) =>
+        Serialize(lines.Select(l => new FeeLineJson(l.DeviceModel, Names.Of(l.Unit), l.PriceFen)).ToList());
+
+    public static IEnumerable<FeeLine> ParseFees(string json) =>
+        (JsonSerializer.Deserialize<List<FeeLineJson>>(json, Json) ?? []).Select(l => new FeeLine { DeviceModel = l.DeviceModel, Unit = Names.FeeUnitOf(l.Unit), PriceFen = l.PriceFen });
+}

@@ -1,0 +1,135 @@
+using Grpc.Core;
+using Metering.Engine.Access;
+using Metering.Engine.Registry;
+using Metering.Protocol.V1;
+using Metering.Server.Access;
+using Microsoft.Extensions.Logging;
+
+namespace Metering.Server.Registry;
+
+/// <summary>
+/// The registry over gRPC. The access policy has already checked the caller's role; this service
+/// keeps providers to their own entries: a provider naming another organisation is refused with
+/// OTHER_PROVIDER, and an application of another provider reads as unknown, so that ids reveal
+/// nothing.
+/// </summary>
+internal sealed partial class RegistryGrpcService(ProviderRegistry registry, ILogger<RegistryGrpcService> logger) : RegistryService.RegistryServiceBase
+{
+    public override Task<Organisation> RegisterOrganisation(RegisterOrganisationRequest request, ServerCallContext context) =>
+        Run(context, "RegisterOrganisation", (actor, ct) => registry.RegisterOrganisationAsync(actor, request.Organisation ?? new Organisation(), ct));
+
+    public override Task<Licence> AddLicence(AddLicenceRequest request, ServerCallContext context) =>
+        Run(context, "AddLicence", (actor, ct) => registry.AddLicenceAsync(actor, request.Licence ?? new Licence(), ct));
+
+    public override Task<IntegrityListing> AddIntegrityListing(AddIntegrityListingRequest request, ServerCallContext context) =>
+        Run(context, "AddIntegrityListing", (actor, ct) => registry.AddIntegrityListingAsync(actor, request.Listing ?? new IntegrityListing(), ct));
+
+    public override Task<AdmissionBatch> PutAdmissionBatch(AdmissionBatch request, ServerCallContext context) =>
+        Run(context, "PutAdmissionBatch", (actor, ct) => registry.PutBatchAsync(actor, request, ct));
+
+    public override Task<ListAdmissionBatchesResponse> ListAdmissionBatches(ListAdmissionBatchesRequest request, ServerCallContext context) =>
+        Run(context, "ListAdmissionBatches", async (actor, ct) => new ListAdmissionBatchesResponse { Batches = { await registry.ListBatchesAsync(ct) } });
+
+    public override Task<Application> FileApplication(FileApplicationRequest request, ServerCallContext context) =>
+        Run(context, "FileApplication", (actor, ct) =>
+        {
+            OwnOnly(actor, request.CreditCode);
+            return registry.FileApplicationAsync(actor, request, ct);
+        });
+
+    public override Task<Application> ReviewMaterials(StageDecision request, ServerCallContext context) =>
+        Run(context, "ReviewMaterials", (actor, ct) => registry.ReviewMaterialsAsync(actor, request, ct));
+
+    public override Task<Application> RecordVerification(VerificationDecision request, ServerCallContext context) =>
+        Run(context, "RecordVerification", (actor, ct) => registry.RecordVerificationAsync(actor, request, ct));
+
+    public override Task<Application> OpenPublicNotice(StageDecision request, ServerCallContext context) =>
+        Run(context, "OpenPublicNotice", (actor, ct) => registry.OpenPublicNoticeAsync(actor, request, ct));
+
+    public override Task<Application> RecordObjection(RecordObjectionRequest request, ServerCallContext context) =>
+        Run(context, "RecordObjection", (actor, ct) => registry.RecordObjectionAsync(actor, request, ct));
+
+    public override Task<Application> DecideAdmission(StageDecision request, ServerCallContext context) =>
+        Run(context, "DecideAdmission", (actor, ct) => registry.DecideAdmissionAsync(actor, request, ct));
+
+    public override Task<Application> IssueAdmissionNotice(IssueAdmissionNoticeRequest request, ServerCallContext context) =>
+        Run(context, "IssueAdmissionNotice", (actor, ct) => registry.IssueAdmissionNoticeAsync(actor, request, ct));
+
+    public override Task<Application> GetApplication(GetApplicationRequest request, ServerCallContext context) =>
+        Run(context, "GetApplication", async (actor, ct) =>
+        {
+            Application? application = await registry.GetApplicationAsync(request.ApplicationId, ct);
+            if (application is null || (actor.Role == Role.Provider && application.CreditCode != actor.Subject))
+            {
+                throw new RegistryRefusedException(RegistryRefusal.ApplicationUnknown, $"there is no application {request.ApplicationId} of yours");
+            }
+
+            return application;
+        });
+
+    public override Task<ListApplicationsResponse> ListApplications(ListApplicationsRequest request, ServerCallContext context) =>
+        Run(context, "ListApplications", async (actor, ct) =>
+        {
+            string? code = request.CreditCode.Length == 0 ? null : request.CreditCode;
+            if (actor.Role == Role.Provider)
+            {
+                OwnOnly(actor, code ?? actor.Subject);
+                code = actor.Subject;
+            }
+
+            return new ListApplicationsResponse { Applications = { await registry.ListApplicationsAsync(code, request.State, (int)Math.Min(request.Limit, int.MaxValue), ct) } };
+        });
+
+    public override Task<FeeSchedule> FileFeeSchedule(FileFeeScheduleRequest request, ServerCallContext context) =>
+        Run(context, "FileFeeSchedule", (actor, ct) =>
+        {
+            OwnOnly(actor, request.CreditCode);
+            return registry.FileFeeScheduleAsync(actor, request, ct);
+        });
+
+    public override Task<ServiceItem> ChangeServiceItemStatus(ChangeServiceItemStatusRequest request, ServerCallContext context) =>
+        Run(context, "ChangeServiceItemStatus", (actor, ct) => registry.ChangeServiceItemStatusAsync(actor, request, ct));
+
+    public override Task<Organisation> RecordFalseMaterials(RecordFalseMaterialsRequest request, ServerCallContext context) =>
+        Run(context, "RecordFalseMaterials", (actor, ct) => registry.RecordFalseMaterialsAsync(actor, request, ct));
+
+    public override Task<Organisation> GetOrganisation(GetOrganisationRequest request, ServerCallContext context) =>
+        Run(context, "GetOrganisation", async (actor, ct) =>
+        {
+            OwnOnly(actor, request.CreditCode);
+            return await registry.GetOrganisationAsync(request.CreditCode, ct)
+                ?? throw new RegistryRefusedException(RegistryRefusal.OrganisationUnknown, $"no organisation {request.CreditCode} is registered");
+        });
+
+    public override Task<GetHistoryResponse> GetHistory(GetHistoryRequest request, ServerCallContext context) =>
+        Run(context, "GetHistory", async (actor, ct) => new GetHistoryResponse
+        {
+            Entries = { await registry.GetHistoryAsync(request.CreditCode, (int)Math.Min(request.Limit, int.MaxValue), ct) },
+        });
+
+    /// <summary>A provider may name only itself.</summary>
+    private static void OwnOnly(Actor actor, string creditCode)
+    {
+        if (actor.Role == Role.Provider && creditCode != actor.Subject)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.OtherProvider, $"a provider reads and writes only its own registry entries; {actor.Subject} named '{creditCode}'");
+        }
+    }
+
+    private async Task<T> Run<T>(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<T>> call)
+    {
+        Actor actor = AuthenticationInterceptor.Caller(context);
+        try
+        {
+            return await call(actor, context.CancellationToken);
+        }
+        catch (RegistryRefusedException refused)
+        {
+            LogRefused(logger, method, actor.ToString(), refused.Reason.ToString(), refused.Message);
+            throw Errors.From(refused);
+        }
+    }
+
+    [LoggerMessage(EventId = 3001, Level = LogLevel.Information, Message = "Registry {Method} by {Actor} refused: {Reason}: {Detail}")]
+    private static partial void LogRefused(ILogger logger, string method, string actor, string reason, string detail);
+}
