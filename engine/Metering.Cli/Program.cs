@@ -11,7 +11,7 @@ var root = new RootCommand("""
     """);
 root.Subcommands.Add(ServeCommand.Create());
 root.Subcommands.Add(DbCommand.Create());
-root.Subcommands.Add(ApiKeyCommand.Create());
+root.Subcommands.Add(KeyCommand.Create());
 root.Subcommands.Add(DemoCommand.Create());
 root.Subcommands.Add(IngestFileCommand.Create());
 return await root.Parse(args).InvokeAsync();

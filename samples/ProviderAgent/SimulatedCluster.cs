@@ -43,6 +43,9 @@ public sealed class SimulatedCluster
 
     public string Site => _site;
 
+    /// <summary>The devices at the site, as the provider would declare them to the registry.</summary>
+    public IReadOnlyList<DevicePool> Pools => _pools;
+
     /// <summary>Records in one day: one per running job per interval.</summary>
     public ulong RecordsPerDay => (ulong)(TimeSpan.FromDays(1) / Interval) * (ulong)_jobsPerInterval;
 

@@ -1,6 +1,7 @@
 using BenchmarkDotNet.Attributes;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
+using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Samples.ProviderAgent;
@@ -9,8 +10,8 @@ using Npgsql;
 namespace Metering.Bench.Ingest;
 
 /// <summary>
-/// The per-record CPU work of ingest, without transport or database: validate, normalise, hash
-/// and canonically encode. The design requires this path to allocate nothing per record, so the
+/// The per-record CPU work of ingest, without transport or database: validate, check admission,
+/// normalise, hash and canonically encode. The design requires this path to allocate nothing per record, so the
 /// Allocated column must read 0 B. Not sealed: BenchmarkDotNet derives from benchmark classes.
 /// </summary>
 [MemoryDiagnoser]
@@ -45,7 +46,12 @@ public class RecordPipelineBenchmarks
         // opened, so the benchmark needs no database.
         _dataSource = NpgsqlDataSource.Create("Host=unused");
         var head = new StreamHead(0, new byte[CanonicalEncoding.HashBytes]);
-        _session = new IngestSession(new UsageStore(_dataSource), _validator, TimeProvider.System, ProviderId, "bench-stream", head);
+        // Admitted for all of 2024 to 2027, with one suspension in 2025, so that the admission
+        // check scans an interval and a suspension for every record as it would in production.
+        var admission = new AdmissionSnapshot(ProviderId, registered: true, epoch: 1,
+            [new AdmissionSnapshot.Interval(new DateTimeOffset(2024, 2, 1, 0, 0, 0, TimeSpan.Zero).ToUnixTimeMilliseconds(), new DateTimeOffset(2028, 1, 1, 0, 0, 0, TimeSpan.Zero).ToUnixTimeMilliseconds(), IngestRefusal.AdmissionExpired, "gpu-training", 1)],
+            [new AdmissionSnapshot.Suspension(new DateTimeOffset(2025, 5, 1, 0, 0, 0, TimeSpan.Zero).ToUnixTimeMilliseconds(), new DateTimeOffset(2025, 5, 8, 0, 0, 0, TimeSpan.Zero).ToUnixTimeMilliseconds(), "bench", 1)]);
+        _session = new IngestSession(new UsageStore(_dataSource), _validator, TimeProvider.System, new AdmissionGate(_dataSource), admission, "bench-stream", head);
     }
 
     [GlobalCleanup]
@@ -60,6 +66,11 @@ public class RecordPipelineBenchmarks
         {
             UsageRecord record = _records[slot];
             Refusal refusal = _validator.Validate(record, _nowUnixMs, out DeviceModel? model);
+            if (!refusal.IsRefused)
+            {
+                refusal = _session.CheckAdmission(record);
+            }
+
             if (refusal.IsRefused)
             {
                 throw new InvalidOperationException(refusal.Message);

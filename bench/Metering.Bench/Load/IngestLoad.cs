@@ -8,8 +8,8 @@ using Metering.Engine.Ingest;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Samples.ProviderAgent;
-using Metering.Server.Access;
 using Metering.Server.Hosting;
+using Metering.Tests.Shared;
 using Microsoft.Extensions.Logging;
 using Npgsql;
 
@@ -23,7 +23,8 @@ namespace Metering.Bench.Load;
 /// </summary>
 internal static class IngestLoad
 {
-    private const string Provider = "91440300MA5F00001A";
+    // Admitted by Admissions.SeedAsync, which issues its key as OtherProvider.
+    private const string Provider = TestRecords.OtherProvider;
 
     private const string Columns =
         "provider_id, stream_id, sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator, "
@@ -67,13 +68,12 @@ internal static class IngestLoad
             await new Migrator(dataSource, logger).MigrateAsync();
             Console.WriteLine($"load: PostgreSQL {await ServerVersionAsync(dataSource)} in {postgres.DataDirectory} (fsync on, synchronous_commit on)");
 
-            string apiKey = ApiKeys.NewKey();
+            string apiKey = (await Admissions.SeedAsync(dataSource)).OtherProvider;
             Streamed streamed;
             await using (MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
             {
                 Listen = new Uri("http://127.0.0.1:0"),
                 ConnectionString = postgres.ConnectionString,
-                ApiKeys = new ApiKeys([(Provider, ApiKeys.Hash(apiKey))]),
                 ConfigureLogging = builder => builder.AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace).SetMinimumLevel(LogLevel.Warning),
             }))
             {

@@ -9,8 +9,8 @@ using Metering.Engine.Catalog;
 using Metering.Engine.RawLogs;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
-using Metering.Server.Access;
 using Metering.Server.Hosting;
+using Metering.Tests.Shared;
 using Microsoft.Extensions.Logging;
 using Npgsql;
 
@@ -25,7 +25,8 @@ namespace Metering.Bench.Load;
 /// </summary>
 internal static class RawLogLoad
 {
-    private const string Provider = "91440300MA5F00001A";
+    // Admitted by Admissions.SeedAsync, which issues its key as OtherProvider.
+    private const string Provider = TestRecords.OtherProvider;
     private const string Header = "JobID|Account|Partition|AllocTRES|Start|End|Elapsed|State";
     private static readonly string[] Accounts = ["lab-vision", "lab-speech", "lab-robotics", "lab-llm", "lab-bio", "lab-chem", "lab-fin", "lab-map"];
     private static readonly (string Partition, string Gres)[] Pools = [("gpu-h100", "h100"), ("gpu-a100", "a100"), ("gpu-h20", ""), ("gpu-l40s", "l40s")];
@@ -159,17 +160,17 @@ internal static class RawLogLoad
         ILogger logger = logging.CreateLogger("metering.bench.rawlog");
         IngestLoad.DeleteCluster(dataDirectory);
         await using EmbeddedPostgres postgres = await EmbeddedPostgres.StartAsync(new EmbeddedPostgresOptions { DataDirectory = dataDirectory, Durable = true }, logger);
+        string apiKey;
         await using (NpgsqlDataSource dataSource = Database.CreateDataSource(postgres.ConnectionString))
         {
             await new Migrator(dataSource, logger).MigrateAsync();
+            apiKey = (await Admissions.SeedAsync(dataSource)).OtherProvider;
         }
 
-        string apiKey = ApiKeys.NewKey();
         await using MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
         {
             Listen = new Uri("http://127.0.0.1:0"),
             ConnectionString = postgres.ConnectionString,
-            ApiKeys = new ApiKeys([(Provider, ApiKeys.Hash(apiKey))]),
             ConfigureLogging = builder => builder.AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace).SetMinimumLevel(LogLevel.Warning),
         });
         using var channel = GrpcChannel.ForAddress(server.Address);

@@ -1,5 +1,8 @@
 using System.CommandLine;
+using Metering.Engine.Access;
+using Metering.Engine.Registry;
 using Metering.Engine.Storage;
+using Npgsql;
 using Microsoft.Extensions.Logging;
 
 namespace Metering.Cli.Commands;
@@ -45,6 +48,53 @@ internal static class CommonOptions
                 console.TimestampFormat = "HH:mm:ss ";
             })
             .SetMinimumLevel(minimum));
+
+    /// <summary>Who the CLI acts as in the registry history; operators run it on the bureau's side.</summary>
+    public static Option<string> ActingOperator() => new("--as")
+    {
+        Description = "Operator name recorded in the registry history for this change.",
+        DefaultValueFactory = _ => $"{Environment.UserName}@cli",
+    };
+
+    /// <summary>
+    /// Runs a command against the database the options name: migrated if it is the embedded one,
+    /// refused if it is behind the engine's schema. Registry refusals print their reason and
+    /// message and exit with 1; nothing was changed.
+    /// </summary>
+    public static async Task<int> WithDatabaseAsync(string? connection, string dataDirectory, Func<NpgsqlDataSource, Task<int>> action, CancellationToken cancellationToken)
+    {
+        using ILoggerFactory logging = Logging(LogLevel.Warning);
+        ILogger logger = logging.CreateLogger("metering");
+        var (connectionString, embedded) = await ResolveDatabaseAsync(connection, dataDirectory, logger, cancellationToken);
+        await using (embedded)
+        {
+            await using NpgsqlDataSource dataSource = Database.CreateDataSource(connectionString);
+            var migrator = new Migrator(dataSource, logger);
+            if (embedded is not null)
+            {
+                await migrator.MigrateAsync(cancellationToken);
+            }
+
+            int current = await migrator.CurrentVersionAsync(cancellationToken);
+            if (current != Migrator.Embedded().Count)
+            {
+                Console.Error.WriteLine($"error: the database is at schema version {current}, this engine needs {Migrator.Embedded().Count}. Run `metering db migrate`.");
+                return 2;
+            }
+
+            try
+            {
+                return await action(dataSource);
+            }
+            catch (RegistryRefusedException refused)
+            {
+                Console.Error.WriteLine($"refused: {Metering.Engine.Ingest.ProtocolNames.Of(refused.Reason)}: {refused.Message}");
+                return 1;
+            }
+        }
+    }
+
+    public static Actor Operator(string name) => new(Role.Operator, name);
 
     /// <summary>
     /// The connection string to use: the explicit option, else METERING_CONNECTION, else a freshly

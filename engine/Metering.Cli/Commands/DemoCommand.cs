@@ -6,7 +6,6 @@ using Grpc.Net.Client;
 using Metering.Engine.Audit;
 using Metering.Engine.Storage;
 using Metering.Samples.ProviderAgent;
-using Metering.Server.Access;
 using Metering.Server.Hosting;
 using Microsoft.Extensions.Logging;
 using Npgsql;
@@ -83,23 +82,26 @@ internal static class DemoCommand
         var applied = await new Migrator(dataSource, logger).MigrateAsync(cancellationToken);
         Step($"Database {DemoDatabase} created afresh; {applied.Count} migration(s) applied");
 
-        string apiKey = ApiKeys.NewKey();
+        var clock = new DemoClock();
         await using MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
         {
             Listen = new Uri("http://127.0.0.1:0"),
             ConnectionString = connectionString,
-            ApiKeys = new ApiKeys([(DemoProvider, ApiKeys.Hash(apiKey))]),
+            Time = clock,
             ConfigureLogging = builder => builder.AddSimpleConsole(c => c.SingleLine = true).SetMinimumLevel(logLevel),
         }, cancellationToken);
-        Step($"gRPC server listening on {server.Address}; provider {DemoProvider} holds a fresh API key");
+        Step($"gRPC server listening on {server.Address}");
 
         DateTimeOffset dayStart = new(day.ToDateTime(TimeOnly.MinValue), TimeSpan.FromHours(8));
         SimulatedCluster[] sites = SimulatedCluster.DemoSites(dayStart, jobsPerInterval, seed: 2025);
+        using var channel = GrpcChannel.ForAddress(server.Address);
+        Step("Admission: the provider is taken through the registry workflow, on simulated dates before the day it will stream");
+        string apiKey = await DemoOnboarding.AdmitAsync(dataSource, channel, clock, DemoProvider, sites, dayStart, cancellationToken);
+        Step($"{DemoProvider} is admitted; ingest now takes its usage");
         ulong perSite = sites[0].RecordsPerDay;
         ulong expected = perSite * (ulong)sites.Length;
         Step($"Streaming {day:yyyy-MM-dd} from {sites.Length} sites: {expected:N0} records in 5-minute intervals; the first site's connection will drop at {perSite / 2:N0}");
 
-        using var channel = GrpcChannel.ForAddress(server.Address);
         var committed = new ulong[sites.Length];
         int reconnects = 0;
         var streaming = Stopwatch.StartNew();
@@ -161,7 +163,7 @@ internal static class DemoCommand
     private static async Task<ulong> CountAsync(NpgsqlDataSource dataSource, CancellationToken cancellationToken)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        return (ulong)await connection.ExecuteScalarAsync<long>("SELECT count(*) FROM usage_records WHERE provider_id = @p", new { p = DemoProvider });
+        return (ulong)await connection.ExecuteScalarAsync<long>("SELECT count(*) FROM usage_records WHERE provider_id = @p AND stream_id NOT LIKE 'proof:%'", new { p = DemoProvider });
     }
 
     private static async Task PrintSummaryAsync(NpgsqlDataSource dataSource, StreamResult[] results, List<ChainVerification> verifications, CancellationToken cancellationToken)
@@ -169,7 +171,7 @@ internal static class DemoCommand
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         var byModel = (await connection.QueryAsync<(string Model, long Records, long Devices, decimal UsageNpfh, string Catalog)>("""
             SELECT device_model, count(*), sum(device_count), sum(usage_npfh), min(catalog_version)
-            FROM usage_records WHERE provider_id = @p GROUP BY device_model ORDER BY sum(usage_npfh) DESC
+            FROM usage_records WHERE provider_id = @p AND stream_id NOT LIKE 'proof:%' GROUP BY device_model ORDER BY sum(usage_npfh) DESC
             """, new { p = DemoProvider })).ToList();
 
         Console.WriteLine();

@@ -1,6 +1,6 @@
 using System.CommandLine;
 using Metering.Engine.Storage;
-using Metering.Server.Access;
+using Metering.Engine.Access;
 using Metering.Server.Hosting;
 using Microsoft.Extensions.Logging;
 
@@ -12,40 +12,17 @@ internal static partial class ServeCommand
     public static Command Create()
     {
         var listen = CommonOptions.HttpAddress("--listen", "Address to serve gRPC (HTTP/2 cleartext) on, as http://IP:PORT.");
-        var keys = new Option<FileInfo>("--keys")
-        {
-            Description = "API key file ('<credit code> <sha256 hex>' per line), written by `metering apikey new`.",
-            DefaultValueFactory = _ => new FileInfo(Path.Combine(".metering", "api-keys.txt")),
-        };
         var migrate = new Option<bool>("--migrate")
         {
             Description = "Apply pending migrations before serving (always done for the embedded database).",
         };
         var connection = CommonOptions.Connection();
         var dataDirectory = CommonOptions.DataDirectory();
-        var command = new Command("serve", "Run the gRPC server (IngestService) against PostgreSQL.") { listen, keys, migrate, connection, dataDirectory };
+        var command = new Command("serve", "Run the gRPC server (IngestService, RawLogService, RegistryService) against PostgreSQL. Callers authenticate with keys from `metering key issue`.") { listen, migrate, connection, dataDirectory };
         command.SetAction(async (parse, cancellationToken) =>
         {
             using ILoggerFactory logging = CommonOptions.Logging();
             ILogger logger = logging.CreateLogger("metering.serve");
-            FileInfo keyFile = parse.GetValue(keys)!;
-            if (!keyFile.Exists)
-            {
-                Console.Error.WriteLine($"error: no API key file at {keyFile.FullName}. Issue one with: metering apikey new --provider <credit code> --keys {keyFile.FullName}");
-                return 2;
-            }
-
-            ApiKeys apiKeys;
-            try
-            {
-                apiKeys = ApiKeys.Load(keyFile.FullName);
-            }
-            catch (FormatException e)
-            {
-                Console.Error.WriteLine($"error: {e.Message}");
-                return 2;
-            }
-
             var (connectionString, embedded) = await CommonOptions.ResolveDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, logger, cancellationToken);
             await using (embedded)
             {
@@ -70,7 +47,6 @@ internal static partial class ServeCommand
                 {
                     Listen = parse.GetValue(listen)!,
                     ConnectionString = connectionString,
-                    ApiKeys = apiKeys,
                     ConfigureLogging = builder => builder
                         .AddSimpleConsole(console =>
                         {
@@ -80,7 +56,17 @@ internal static partial class ServeCommand
                         // One line per request is noise at this volume; the services log what matters.
                         .AddFilter("Microsoft.AspNetCore", LogLevel.Warning),
                 }, cancellationToken);
-                LogServing(logger, server.Address, apiKeys.Count);
+                int credentials;
+                await using (var dataSource = Database.CreateDataSource(connectionString))
+                {
+                    credentials = (await new CredentialStore(dataSource, TimeProvider.System).ListAsync(cancellationToken)).Count(c => c.RevokedAt is null);
+                }
+
+                LogServing(logger, server.Address, credentials);
+                if (credentials == 0)
+                {
+                    LogNoKeys(logger);
+                }
                 await server.WaitForShutdownAsync(cancellationToken);
             }
 
@@ -89,6 +75,9 @@ internal static partial class ServeCommand
         return command;
     }
 
-    [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "Serving gRPC on {Address} for {Keys} provider key(s). Ctrl+C stops.")]
+    [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "Serving gRPC on {Address}; {Keys} credential(s) are active. Ctrl+C stops.")]
     private static partial void LogServing(ILogger logger, Uri address, int keys);
+
+    [LoggerMessage(EventId = 4002, Level = LogLevel.Warning, Message = "No credential is active, so every call will be refused. Issue one with: metering key issue --role operator --subject <name>")]
+    private static partial void LogNoKeys(ILogger logger);
 }

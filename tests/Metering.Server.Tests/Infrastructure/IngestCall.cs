@@ -13,7 +13,7 @@ public sealed class IngestCall : IAsyncDisposable
 
     public StreamOpened Opened { get; private set; } = null!;
 
-    public static async Task<IngestCall> OpenAsync(IngestService.IngestServiceClient client, string streamId, string key = TestServer.ProviderKey)
+    public static async Task<IngestCall> OpenAsync(IngestService.IngestServiceClient client, string streamId, string? key = null)
     {
         var call = new IngestCall(client.Stream(TestServer.Bearer(key)));
         await call._call.RequestStream.WriteAsync(new IngestRequest { Open = new OpenStream { StreamId = streamId } });

@@ -1,5 +1,6 @@
 using Dapper;
 using Metering.Engine.Storage;
+using Metering.Tests.Shared;
 using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
 
@@ -33,7 +34,12 @@ public sealed class PostgresFixture : IAsyncLifetime
             NullLogger.Instance);
         await using NpgsqlDataSource template = Database.CreateDataSource(Server.ConnectionString);
         await new Migrator(template, NullLogger.Instance).MigrateAsync();
+        // Both test providers are admitted, and each role holds a key, in every test database.
+        Keys = await Admissions.SeedAsync(template);
     }
+
+    /// <summary>The keys issued in the template, valid in every test database.</summary>
+    internal static SeededKeys Keys { get; private set; } = null!;
 
     /// <summary>A fresh, migrated database of its own.</summary>
     public async Task<string> CreateDatabaseAsync()

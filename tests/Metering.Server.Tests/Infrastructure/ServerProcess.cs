@@ -25,7 +25,7 @@ public sealed class ServerProcess : IAsyncDisposable
     }
 
     /// <summary>Starts the CLI built next to the tests and waits until it serves.</summary>
-    public static async Task<ServerProcess> StartAsync(string connectionString, string keyFile, int port)
+    public static async Task<ServerProcess> StartAsync(string connectionString, int port)
     {
         var start = new ProcessStartInfo("dotnet")
         {
@@ -35,7 +35,7 @@ public sealed class ServerProcess : IAsyncDisposable
             ArgumentList =
             {
                 Path.Combine(AppContext.BaseDirectory, "metering.dll"), "serve",
-                "--connection", connectionString, "--keys", keyFile, "--listen", $"http://127.0.0.1:{port}",
+                "--connection", connectionString, "--listen", $"http://127.0.0.1:{port}",
             },
         };
         var process = Process.Start(start)!;

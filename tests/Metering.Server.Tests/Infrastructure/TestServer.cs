@@ -3,18 +3,27 @@ using Grpc.Core;
 using Grpc.Net.Client;
 using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
-using Metering.Server.Access;
 using Metering.Server.Hosting;
 using Metering.Tests.Shared;
 using Npgsql;
 
 namespace Metering.Server.Tests.Infrastructure;
 
-/// <summary>A real Kestrel gRPC server on a loopback port over a test's own database, with two providers' keys.</summary>
+/// <summary>
+/// A real Kestrel gRPC server on a loopback port over a test's own database, in which both test
+/// providers are admitted and each role holds a key (see <see cref="Admissions"/>).
+/// </summary>
 public sealed class TestServer : IAsyncDisposable
 {
-    public const string ProviderKey = "provider-key-for-tests";
-    public const string OtherProviderKey = "other-provider-key-for-tests";
+    public static string ProviderKey => PostgresFixture.Keys.Provider;
+
+    public static string OtherProviderKey => PostgresFixture.Keys.OtherProvider;
+
+    public static string OperatorKey => PostgresFixture.Keys.Operator;
+
+    public static string AuditorKey => PostgresFixture.Keys.Auditor;
+
+    public static string SettlementKey => PostgresFixture.Keys.Settlement;
 
     private MeteringServer _server;
     private readonly ServerSettings _settings;
@@ -40,7 +49,6 @@ public sealed class TestServer : IAsyncDisposable
         {
             Listen = new Uri("http://127.0.0.1:0"),
             ConnectionString = connectionString,
-            ApiKeys = new ApiKeys([(TestRecords.Provider, ApiKeys.Hash(ProviderKey)), (TestRecords.OtherProvider, ApiKeys.Hash(OtherProviderKey))]),
             Limits = limits ?? new IngestLimits(),
             Time = time ?? TimeProvider.System,
         };
@@ -67,7 +75,9 @@ public sealed class TestServer : IAsyncDisposable
 
     public RawLogService.RawLogServiceClient RawLogClient() => new(Channel);
 
-    public static Metadata Bearer(string key = ProviderKey) => new() { { "authorization", "Bearer " + key } };
+    public static Metadata Bearer(string? key = null) => new() { { "authorization", "Bearer " + (key ?? ProviderKey) } };
+
+    public RegistryService.RegistryServiceClient RegistryClient() => new(Channel);
 
     public async Task<T> ScalarAsync<T>(string sql, object? parameters = null)
     {

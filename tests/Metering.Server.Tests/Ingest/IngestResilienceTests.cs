@@ -75,15 +75,13 @@ public sealed class IngestResilienceTests(PostgresFixture postgres)
     public async Task Killed_server_process_loses_no_acknowledged_record_and_duplicates_none()
     {
         string connectionString = await postgres.CreateDatabaseAsync();
-        string keyFile = Path.Combine(Directory.CreateTempSubdirectory("metering-keys-").FullName, "keys.txt");
-        await File.WriteAllTextAsync(keyFile, $"{TestRecords.Provider} {Metering.Server.Access.ApiKeys.Hash(TestServer.ProviderKey)}\n");
         int port = ServerProcess.FreePort();
         SimulatedCluster site = SimulatedCluster.DemoSites(Day, jobsPerInterval: 20, seed: 13)[2];
         ulong total = site.RecordsPerDay;
         ulong acknowledged = 0;
         var midway = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
 
-        ServerProcess server = await ServerProcess.StartAsync(connectionString, keyFile, port);
+        ServerProcess server = await ServerProcess.StartAsync(connectionString, port);
         using var channel = Grpc.Net.Client.GrpcChannel.ForAddress(server.Address);
         var streamer = new UsageStreamer(channel, TestServer.ProviderKey, new StreamerOptions
         {
@@ -110,7 +108,7 @@ public sealed class IngestResilienceTests(PostgresFixture postgres)
             Assert.True((ulong)stored >= acknowledgedBeforeKill, $"{stored} stored but {acknowledgedBeforeKill} acknowledged before the kill");
         }
 
-        await using ServerProcess restarted = await ServerProcess.StartAsync(connectionString, keyFile, port);
+        await using ServerProcess restarted = await ServerProcess.StartAsync(connectionString, port);
         StreamResult result = await run.WaitAsync(TimeSpan.FromSeconds(120));
         await server.DisposeAsync();
 

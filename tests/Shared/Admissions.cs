@@ -1,0 +1,168 @@
+using Metering.Engine.Access;
+using Metering.Engine.Catalog;
+using Metering.Engine.Ingest;
+using Metering.Engine.Registry;
+using Metering.Engine.Storage;
+using Metering.Protocol.V1;
+using Npgsql;
+
+namespace Metering.Tests.Shared;
+
+/// <summary>A clock that stays where it is set.</summary>
+internal sealed class ManualClock(DateTimeOffset now) : TimeProvider
+{
+    public DateTimeOffset Now { get; set; } = now;
+
+    public override DateTimeOffset GetUtcNow() => Now;
+
+    public void Advance(TimeSpan by) => Now += by;
+}
+
+/// <summary>The keys <see cref="Admissions.SeedAsync"/> issued, one per role.</summary>
+internal sealed record SeededKeys(string Provider, string OtherProvider, string Operator, string Auditor, string Settlement);
+
+/// <summary>
+/// Takes providers through the whole admission workflow with the engine's own registry, on a
+/// clock set in early 2024, so that they are admitted from 2024-02-01 to 2028-01-01 and every
+/// test record's time falls inside their admission.
+/// </summary>
+internal static class Admissions
+{
+    public const string Batch = "test-2024";
+    public const string ServiceItem = "gpu-training";
+
+    /// <summary>Filing and every decision happen at this instant.</summary>
+    public static readonly DateTimeOffset AdmittedAt = new(2024, 2, 1, 0, 0, 0, TimeSpan.FromHours(8));
+
+    /// <summary>Admission under the test batch ends here.</summary>
+    public static readonly DateTimeOffset ValidityEndsAt = new(2028, 1, 1, 0, 0, 0, TimeSpan.FromHours(8));
+
+    public static readonly Actor Operator = new(Role.Operator, "seed-operator");
+
+    /// <summary>Admits both test providers and issues a key for each role.</summary>
+    public static async Task<SeededKeys> SeedAsync(NpgsqlDataSource dataSource)
+    {
+        var clock = new ManualClock(AdmittedAt);
+        var registry = new ProviderRegistry(dataSource, DeviceCatalog.LoadEmbedded(), clock);
+        await registry.PutBatchAsync(Operator, TestBatch(), CancellationToken.None);
+        foreach (string code in new[] { TestRecords.Provider, TestRecords.OtherProvider })
+        {
+            await AdmitAsync(dataSource, registry, clock, code, $"Test provider {code[^4..]}");
+        }
+
+        var credentials = new CredentialStore(dataSource, clock);
+        async Task<string> Issue(Role role, string subject) => (await credentials.IssueAsync(Operator, role, subject, "tests", CancellationToken.None)).Key;
+        return new SeededKeys(
+            await Issue(Role.Provider, TestRecords.Provider),
+            await Issue(Role.Provider, TestRecords.OtherProvider),
+            await Issue(Role.Operator, "operator-one"),
+            await Issue(Role.Auditor, "auditor-one"),
+            await Issue(Role.Settlement, "settlement-batch"));
+    }
+
+    public static AdmissionBatch TestBatch() => new()
+    {
+        BatchId = Batch,
+        WindowOpensUnixMs = new DateTimeOffset(2024, 1, 1, 0, 0, 0, TimeSpan.FromHours(8)).ToUnixTimeMilliseconds(),
+        WindowClosesUnixMs = new DateTimeOffset(2024, 12, 31, 0, 0, 0, TimeSpan.FromHours(8)).ToUnixTimeMilliseconds(),
+        ValidityEndsUnixMs = ValidityEndsAt.ToUnixTimeMilliseconds(),
+        PublicNoticeDays = 0,
+        AuditReportYear = 2023,
+    };
+
+    /// <summary>Registers, licenses, proves metering for, files, reviews, verifies, notices, decides and admits one provider.</summary>
+    public static async Task<Application> AdmitAsync(NpgsqlDataSource dataSource, ProviderRegistry registry, TimeProvider clock, string code, string name, string serviceItem = ServiceItem)
+    {
+        await RegisterAsync(dataSource, registry, clock, code, name);
+        Application filed = await registry.FileApplicationAsync(new Actor(Role.Provider, code), Filing(code, serviceItem), CancellationToken.None);
+        return await DecideAllAsync(registry, filed.ApplicationId, code);
+    }
+
+    /// <summary>Registers the organisation with a licence and writes its metering-log proof stream.</summary>
+    public static async Task RegisterAsync(NpgsqlDataSource dataSource, ProviderRegistry registry, TimeProvider clock, string code, string name,
+        LegalForm legalForm = LegalForm.Enterprise, string established = "2015-06-01")
+    {
+        await registry.RegisterOrganisationAsync(Operator, new Organisation
+        {
+            CreditCode = code,
+            Name = name,
+            LegalForm = legalForm,
+            District = "nanshan",
+            EstablishedOn = established,
+        }, CancellationToken.None);
+        await registry.AddLicenceAsync(Operator, new Licence
+        {
+            CreditCode = code,
+            LicenceNumber = $"B1-{code[^6..]}",
+            Issuer = "Ministry of Industry and Information Technology",
+            ValidFrom = "2020-01-01",
+            ValidUntil = "2030-12-31",
+        }, CancellationToken.None);
+        await WriteProofAsync(dataSource, clock, code);
+    }
+
+    public const string ProofStream = "proof:onboarding";
+
+    /// <summary>Streams two records through ingest into the provider's proof stream, as an applicant would.</summary>
+    public static async Task WriteProofAsync(NpgsqlDataSource dataSource, TimeProvider clock, string code, string stream = ProofStream)
+    {
+        var store = new UsageStore(dataSource);
+        var gate = new AdmissionGate(dataSource);
+        var validator = new RecordValidator(new IngestLimits(), DeviceCatalog.LoadEmbedded());
+        StreamHead head = await store.OpenStreamAsync(code, stream, CancellationToken.None);
+        var session = new IngestSession(store, validator, clock, gate, await gate.LoadAsync(code, CancellationToken.None), stream, head);
+        long start = clock.GetUtcNow().AddDays(-10).ToUnixTimeMilliseconds();
+        var records = new List<UsageRecord>();
+        for (ulong sequence = head.CommittedSequence + 1; sequence <= head.CommittedSequence + 2; sequence++)
+        {
+            UsageRecord record = TestRecords.Valid(sequence);
+            record.StartUnixMs = start + (long)sequence * 300_000;
+            record.EndUnixMs = record.StartUnixMs + 300_000;
+            records.Add(record);
+        }
+
+        await session.AppendAsync(records, CancellationToken.None);
+    }
+
+    /// <summary>A filing that meets every rule: 320 H100 (316.6 PFLOPS), all eight materials, a 2023 audit report.</summary>
+    public static FileApplicationRequest Filing(string code, string serviceItem = ServiceItem) => new()
+    {
+        BatchId = Batch,
+        CreditCode = code,
+        ServiceItem = serviceItem,
+        Materials =
+        {
+            Enum.GetValues<MaterialKind>().Where(k => k != MaterialKind.Unspecified).Select(kind => new Material
+            {
+                Kind = kind,
+                DocumentRef = $"{code}/{Names.Of(kind)}.pdf",
+                Sha256 = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(Names.Of(kind)))),
+            }),
+        },
+        FinancialReportKind = FinancialReportKind.AuditReport,
+        AuditReportYear = 2023,
+        Capacity =
+        {
+            new DeclaredDevices { Site = "sz-nanshan-dc1", DeviceModel = "H100-SXM", DeviceCount = 256 },
+            new DeclaredDevices { Site = "sz-longgang-dc2", DeviceModel = "H100-SXM", DeviceCount = 64 },
+        },
+        ServiceContent = "GPU training clusters rented by the node-hour.",
+        ServiceStandards = "99.9% monthly availability; usage metered per job.",
+        Fees =
+        {
+            new FeeLine { DeviceModel = "H100-SXM", Unit = FeeUnit.PerCardHour, PriceFen = 1_800 },
+            new FeeLine { DeviceModel = "H100-SXM", Unit = FeeUnit.PerPflopsHour, PriceFen = 1_900 },
+        },
+        MeteringProofStream = ProofStream,
+    };
+
+    /// <summary>Passes every stage after filing, as one operator.</summary>
+    public static async Task<Application> DecideAllAsync(ProviderRegistry registry, long applicationId, string code)
+    {
+        await registry.ReviewMaterialsAsync(Operator, new StageDecision { ApplicationId = applicationId, Pass = true }, CancellationToken.None);
+        await registry.RecordVerificationAsync(Operator, new VerificationDecision { ApplicationId = applicationId, Pass = true, VerifiedFp16Gflops = 316_608_000 }, CancellationToken.None);
+        await registry.OpenPublicNoticeAsync(Operator, new StageDecision { ApplicationId = applicationId, Pass = true }, CancellationToken.None);
+        await registry.DecideAdmissionAsync(Operator, new StageDecision { ApplicationId = applicationId, Pass = true }, CancellationToken.None);
+        return await registry.IssueAdmissionNoticeAsync(Operator, new IssueAdmissionNoticeRequest { ApplicationId = applicationId, NoticeNumber = $"TEST-{code}-{applicationId}" }, CancellationToken.None);
+    }
+}
