@@ -46,8 +46,8 @@ public sealed class IngestRefusalTests(PostgresFixture postgres)
         Assert.Equal(status, error.StatusCode);
         Assert.Equal(reason, IngestCall.Reason(error));
         Assert.Equal("7", IngestCall.Metadata(error, "sequence"));
-        Assert.Equal(3L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records"));
-        Assert.Equal(3L, await server.ScalarAsync<long>("SELECT committed_sequence FROM ingest_streams"));
+        Assert.Equal(3L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id NOT LIKE 'proof:%'"));
+        Assert.Equal(3L, await server.ScalarAsync<long>("SELECT committed_sequence FROM ingest_streams WHERE stream_id NOT LIKE 'proof:%'"));
     }
 
     [Fact]
@@ -61,7 +61,7 @@ public sealed class IngestRefusalTests(PostgresFixture postgres)
 
         Assert.Equal(StatusCode.ResourceExhausted, error.StatusCode);
         Assert.Equal("BATCH_TOO_LARGE", IngestCall.Reason(error));
-        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records"));
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id NOT LIKE 'proof:%'"));
     }
 
     [Fact]
@@ -73,7 +73,7 @@ public sealed class IngestRefusalTests(PostgresFixture postgres)
         RpcException error = await call.SendRefusedAsync(TestRecords.Range(1, 1_000));
 
         Assert.Equal(StatusCode.ResourceExhausted, error.StatusCode);
-        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records"));
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id NOT LIKE 'proof:%'"));
     }
 
     [Fact]
@@ -101,7 +101,7 @@ public sealed class IngestRefusalTests(PostgresFixture postgres)
 
         Assert.Equal(StatusCode.Unauthenticated, error.StatusCode);
         Assert.Equal("UNAUTHENTICATED", IngestCall.Reason(error));
-        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM ingest_streams"));
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM ingest_streams WHERE stream_id NOT LIKE 'proof:%'"));
     }
 
     [Theory]
@@ -140,7 +140,7 @@ public sealed class IngestRefusalTests(PostgresFixture postgres)
 
         Assert.Equal(StatusCode.FailedPrecondition, error.StatusCode);
         Assert.Equal("STREAM_NOT_OPEN", IngestCall.Reason(error));
-        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records"));
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id NOT LIKE 'proof:%'"));
     }
 
     [Fact]

@@ -33,7 +33,7 @@ public sealed class IngestStreamTests(PostgresFixture postgres)
 
         Assert.Equal((1ul, 100ul, 100ul, 0u), (first.FirstSequence, first.LastSequence, first.CommittedSequence, first.ReplayedRecords));
         Assert.Equal((101ul, 150ul, 150ul), (second.FirstSequence, second.LastSequence, second.CommittedSequence));
-        Assert.Equal(150L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records"));
+        Assert.Equal(150L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id NOT LIKE 'proof:%'"));
         byte[] storedHead = await server.ScalarAsync<byte[]>("SELECT chain_head FROM ingest_streams WHERE stream_id = 'cluster-a'");
         Assert.Equal(storedHead, second.ChainHead.ToByteArray());
         await call.CompleteAsync();
@@ -58,7 +58,7 @@ public sealed class IngestStreamTests(PostgresFixture postgres)
         record.DeviceUuids.Clear();
         await call.SendAsync([record]);
 
-        var row = (await server.QueryAsync<(long Usage, string Catalog, string Holder)>("SELECT usage_npfh, catalog_version, holder_code FROM usage_records")).Single();
+        var row = (await server.QueryAsync<(long Usage, string Catalog, string Holder)>("SELECT usage_npfh, catalog_version, holder_code FROM usage_records WHERE stream_id NOT LIKE 'proof:%'")).Single();
         // 0.312 PFLOPS × 3/7 × 0.5 h = 0.066857142… PFLOPS·h, rounded down to whole nPFh.
         Assert.Equal(66_857_142L, row.Usage);
         Assert.Equal("2025.1", row.Catalog);
@@ -94,7 +94,7 @@ public sealed class IngestStreamTests(PostgresFixture postgres)
 
         Assert.Equal((16u, 20ul, original.ChainHead), (replay.ReplayedRecords, replay.CommittedSequence, replay.ChainHead));
         Assert.Equal((6u, 30ul), (overlapping.ReplayedRecords, overlapping.CommittedSequence));
-        Assert.Equal(30L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records"));
+        Assert.Equal(30L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id NOT LIKE 'proof:%'"));
         Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM tamper_conflicts"));
     }
 
@@ -122,7 +122,7 @@ public sealed class IngestStreamTests(PostgresFixture postgres)
         Assert.Equal(committedHash, conflict.Committed);
         Assert.NotEqual(committedHash, conflict.Offered);
         Assert.Equal(8, await server.ScalarAsync<int>("SELECT device_count FROM usage_records WHERE sequence = 7"));
-        Assert.Equal(10L, await server.ScalarAsync<long>("SELECT committed_sequence FROM ingest_streams"));
+        Assert.Equal(10L, await server.ScalarAsync<long>("SELECT committed_sequence FROM ingest_streams WHERE stream_id NOT LIKE 'proof:%'"));
     }
 
     [Fact]
@@ -161,7 +161,7 @@ public sealed class IngestStreamTests(PostgresFixture postgres)
         Assert.Equal(StatusCode.FailedPrecondition, error.StatusCode);
         Assert.Equal("SEQUENCE_GAP", IngestCall.Reason(error));
         Assert.Equal("11", IngestCall.Metadata(error, "expected"));
-        Assert.Equal(10L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records"));
+        Assert.Equal(10L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id NOT LIKE 'proof:%'"));
     }
 
     [Fact]
@@ -176,7 +176,7 @@ public sealed class IngestStreamTests(PostgresFixture postgres)
 
         Assert.Equal("SEQUENCE_GAP", IngestCall.Reason(error));
         Assert.Equal("6", IngestCall.Metadata(error, "expected"));
-        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records"));
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id NOT LIKE 'proof:%'"));
     }
 
     [Fact]
@@ -201,7 +201,7 @@ public sealed class IngestStreamTests(PostgresFixture postgres)
         Assert.Equal(0ul, other.Opened.CommittedSequence);
         await other.SendAsync(TestRecords.Range(1, 3));
 
-        var perProvider = await server.QueryAsync<(string Provider, long Count)>("SELECT provider_id, count(*) FROM usage_records GROUP BY provider_id ORDER BY 1");
+        var perProvider = await server.QueryAsync<(string Provider, long Count)>("SELECT provider_id, count(*) FROM usage_records WHERE stream_id NOT LIKE 'proof:%' GROUP BY provider_id ORDER BY 1");
         Assert.Equal([(TestRecords.Provider, 10L), (TestRecords.OtherProvider, 3L)], perProvider.OrderBy(p => p.Provider == TestRecords.OtherProvider));
     }
 
@@ -234,6 +234,6 @@ public sealed class IngestStreamTests(PostgresFixture postgres)
         Assert.Contains("append-only", update.MessageText, StringComparison.Ordinal);
         await Assert.ThrowsAsync<Npgsql.PostgresException>(() => server.ScalarAsync<int>("DELETE FROM usage_records RETURNING 1"));
         await Assert.ThrowsAsync<Npgsql.PostgresException>(() => server.ScalarAsync<int>("TRUNCATE usage_records; SELECT 1"));
-        Assert.Equal(3L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records"));
+        Assert.Equal(3L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id NOT LIKE 'proof:%'"));
     }
 }

@@ -63,7 +63,7 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
         UploadReport again = await UploadAsync(server, "u1", "slurm-a", Sacct, chunks: [100, Sacct.Length - 100]);
 
         Assert.Equal(first, again);
-        Assert.Equal(5L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records"));
+        Assert.Equal(5L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id NOT LIKE 'proof:%'"));
         Assert.Equal(3L, await server.ScalarAsync<long>("SELECT count(*) FROM raw_log_line_errors"));
     }
 
@@ -266,7 +266,7 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
         RpcException error = await Assert.ThrowsAsync<RpcException>(() => UploadAsync(server, "nohdr", "nohdr", log, chunks: [log.Length]));
         Assert.Equal("HEADER_INVALID", IngestCall.Reason(error));
         Assert.Contains("Partition", error.Status.Detail, StringComparison.Ordinal);
-        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records"));
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id NOT LIKE 'proof:%'"));
     }
 
     [Fact]
