@@ -1,0 +1,161 @@
+using Grpc.Core;
+using Metering.Protocol.V1;
+using Metering.Server.Tests.Infrastructure;
+using Metering.Tests.Shared;
+
+namespace Metering.Server.Tests.Registry;
+
+[Collection(PostgresCollection.Name)]
+public sealed class RegistryWorkflowTests(PostgresFixture postgres)
+{
+    [Fact]
+    public async Task Application_goes_from_filing_to_admission_notice_and_the_provider_may_then_stream()
+    {
+        await using RegistryScene scene = await RegistryScene.StartAsync(postgres, noticeDays: 5);
+        var (code, key) = await scene.RegisterAsync();
+        RegistryService.RegistryServiceClient registry = scene.Client;
+
+        Application filed = await registry.FileApplicationAsync(RegistryScene.Filing(code), key);
+        Assert.Equal(ApplicationState.AwaitingMaterialReview, filed.State);
+        Assert.Equal(316_608_000L, filed.DeclaredFp16Gflops);
+        Assert.Equal(2UL, filed.MeteringProofRecords);
+        Assert.Equal(8, filed.Materials.Count);
+
+        long id = filed.ApplicationId;
+        Assert.Equal(ApplicationState.AwaitingVerification, (await registry.ReviewMaterialsAsync(new StageDecision { ApplicationId = id, Pass = true }, RegistryScene.Operator)).State);
+        Application verified = await registry.RecordVerificationAsync(new VerificationDecision { ApplicationId = id, Pass = true, VerifiedFp16Gflops = 310_000_000 }, RegistryScene.Operator);
+        Assert.Equal((ApplicationState.AwaitingPublicNotice, 310_000_000L), (verified.State, verified.VerifiedFp16Gflops));
+        Application notice = await registry.OpenPublicNoticeAsync(new StageDecision { ApplicationId = id, Pass = true }, RegistryScene.Operator);
+        Assert.Equal(ApplicationState.InPublicNotice, notice.State);
+        Assert.Equal(scene.Clock.Now.AddDays(5).ToUnixTimeMilliseconds(), notice.NoticeEndsUnixMs);
+
+        await registry.RecordObjectionAsync(new RecordObjectionRequest { ApplicationId = id, Objector = "A competitor", Content = "Capacity is shared with another programme." }, RegistryScene.Operator);
+        RpcException early = await Assert.ThrowsAsync<RpcException>(() => registry.DecideAdmissionAsync(new StageDecision { ApplicationId = id, Pass = true }, RegistryScene.Operator).ResponseAsync);
+        Assert.Equal("NOTICE_PERIOD_RUNNING", IngestCall.Reason(early));
+
+        scene.Clock.Advance(TimeSpan.FromDays(5));
+        RpcException unanswered = await Assert.ThrowsAsync<RpcException>(() => registry.DecideAdmissionAsync(new StageDecision { ApplicationId = id, Pass = true }, RegistryScene.Operator).ResponseAsync);
+        Assert.Equal("REASON_REQUIRED", IngestCall.Reason(unanswered));
+        DateTimeOffset decidedAt = scene.Clock.Now;
+        Application decided = await registry.DecideAdmissionAsync(new StageDecision { ApplicationId = id, Pass = true, Reasons = "Verification found dedicated capacity." }, RegistryScene.Operator);
+        Assert.Equal(ApplicationState.AwaitingAdmissionNotice, decided.State);
+
+        scene.Clock.Advance(TimeSpan.FromDays(1));
+        Application admitted = await registry.IssueAdmissionNoticeAsync(new IssueAdmissionNoticeRequest { ApplicationId = id, NoticeNumber = "SZ-2026-0001" }, RegistryScene.Operator);
+        Assert.Equal((ApplicationState.Admitted, "SZ-2026-0001"), (admitted.State, admitted.NoticeNumber));
+        Assert.Equal(
+            ["filing", "material_review", "verification", "public_notice", "objection", "decision", "admission_notice"],
+            admitted.Stages.Select(s => s.Stage_));
+        Assert.All(admitted.Stages.Skip(1), s => Assert.Equal("operator-one", s.Actor));
+
+        Organisation organisation = await registry.GetOrganisationAsync(new GetOrganisationRequest { CreditCode = code }, key);
+        ServiceItem item = Assert.Single(organisation.ServiceItems);
+        Assert.Equal(ServiceItemStatus.Active, item.Status);
+        Assert.Equal(decidedAt.ToUnixTimeMilliseconds(), item.ValidFromUnixMs);
+        Assert.Equal(RegistryScene.ValidityEnds.ToUnixTimeMilliseconds(), item.ValidUntilUnixMs);
+        Assert.Equal(1U, item.FeeScheduleVersion);
+
+        // Usage inside the admission is taken; the same stream refused it before admission.
+        var record = TestRecords.Valid(1);
+        record.StartUnixMs = decidedAt.AddHours(1).ToUnixTimeMilliseconds();
+        record.EndUnixMs = decidedAt.AddHours(2).ToUnixTimeMilliseconds();
+        await using IngestCall call = await IngestCall.OpenAsync(scene.Server.Client(), "cluster-a", RegistryScene.KeyOf(key));
+        BatchAck ack = await call.SendAsync([record]);
+        Assert.Equal(1UL, ack.CommittedSequence);
+    }
+
+    [Fact]
+    public async Task Two_operators_deciding_the_same_application_at_once_leave_exactly_one_decision()
+    {
+        await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
+        var (code, key) = await scene.RegisterAsync();
+        long id = (await scene.Client.FileApplicationAsync(RegistryScene.Filing(code), key)).ApplicationId;
+        await scene.Client.ReviewMaterialsAsync(new StageDecision { ApplicationId = id, Pass = true }, RegistryScene.Operator);
+        await scene.Client.RecordVerificationAsync(new VerificationDecision { ApplicationId = id, Pass = true, VerifiedFp16Gflops = 316_608_000 }, RegistryScene.Operator);
+        await scene.Client.OpenPublicNoticeAsync(new StageDecision { ApplicationId = id, Pass = true }, RegistryScene.Operator);
+
+        // One admits, the other rejects, both at once, each over its own connection.
+        var decisions = Enumerable.Range(0, 8).Select(i => Task.Run(async () =>
+        {
+            using var channel = Grpc.Net.Client.GrpcChannel.ForAddress(scene.Server.Address);
+            var client = new RegistryService.RegistryServiceClient(channel);
+            var decision = new StageDecision { ApplicationId = id, Pass = i % 2 == 0, Reasons = i % 2 == 0 ? "" : "Rejected by the second operator." };
+            try
+            {
+                return (Application?)await client.DecideAdmissionAsync(decision, RegistryScene.Operator);
+            }
+            catch (RpcException e)
+            {
+                Assert.Equal(StatusCode.Aborted, e.StatusCode);
+                Assert.Equal("ALREADY_DECIDED", IngestCall.Reason(e));
+                Assert.Contains("already decided by operator-one", e.Status.Detail, StringComparison.Ordinal);
+                return null;
+            }
+        })).ToArray();
+        Application?[] outcomes = await Task.WhenAll(decisions);
+
+        Application winner = Assert.Single(outcomes.OfType<Application>());
+        Assert.Equal(1L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM application_stages WHERE application_id = @id AND stage = 'decision'", new { id }));
+        string state = await scene.Server.ScalarAsync<string>("SELECT state FROM applications WHERE application_id = @id", new { id });
+        Assert.Equal(winner.State == ApplicationState.Rejected ? "rejected" : "awaiting_admission_notice", state);
+    }
+
+    [Fact]
+    public async Task Every_change_is_in_the_history_with_its_actor_and_the_history_cannot_be_rewritten()
+    {
+        await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
+        var (code, _, admitted) = await scene.AdmitAsync();
+        await scene.Client.ChangeServiceItemStatusAsync(new ChangeServiceItemStatusRequest { CreditCode = code, ServiceItem = Admissions.ServiceItem, Action = ServiceItemAction.Suspend, Reasons = "Metering logs late." }, RegistryScene.Operator);
+
+        GetHistoryResponse history = await scene.Client.GetHistoryAsync(new GetHistoryRequest { CreditCode = code, Limit = 50 }, TestServer.Bearer(TestServer.AuditorKey));
+
+        string[] actions = history.Entries.Select(e => $"{e.Entity}:{e.Action}").Reverse().ToArray();
+        Assert.Equal(
+            ["organisation:register", "licence:add", "credential:issue", "application:file", "application:material_review", "application:verification",
+             "application:public_notice", "application:decision", "application:admission_notice", "service_item:admit", "service_item:suspend"],
+            actions);
+        HistoryEntry review = history.Entries.Single(e => e.Action == "material_review");
+        Assert.Equal(("seed-operator", "operator"), (review.Actor, review.Role));
+        Assert.Contains("awaiting_material_review", review.BeforeJson, StringComparison.Ordinal);
+        Assert.Contains("awaiting_verification", review.AfterJson, StringComparison.Ordinal);
+        HistoryEntry suspend = history.Entries.First();
+        Assert.Equal("operator-one", suspend.Actor);
+        Assert.Contains("Metering logs late.", suspend.AfterJson, StringComparison.Ordinal);
+        Assert.Equal(admitted.ApplicationId.ToString(System.Globalization.CultureInfo.InvariantCulture), history.Entries.Single(e => e.Action == "file").EntityKey);
+
+        await Assert.ThrowsAsync<Npgsql.PostgresException>(() => scene.Server.ScalarAsync<int>("UPDATE registry_history SET actor = 'someone else' RETURNING 1"));
+        await Assert.ThrowsAsync<Npgsql.PostgresException>(() => scene.Server.ScalarAsync<int>("DELETE FROM registry_history RETURNING 1"));
+    }
+
+    [Fact]
+    public async Task A_provider_adding_a_service_reapplies_for_that_item_only()
+    {
+        await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
+        var (code, key, _) = await scene.AdmitAsync();
+
+        RpcException again = await Assert.ThrowsAsync<RpcException>(() => scene.Client.FileApplicationAsync(RegistryScene.Filing(code), key).ResponseAsync);
+        Assert.Equal((StatusCode.AlreadyExists, "SERVICE_ITEM_TAKEN"), (again.StatusCode, IngestCall.Reason(again)));
+
+        Application second = await scene.Client.FileApplicationAsync(RegistryScene.Filing(code, "inference-hosting"), key);
+        Assert.Equal(ApplicationState.AwaitingMaterialReview, second.State);
+        Organisation organisation = await scene.Client.GetOrganisationAsync(new GetOrganisationRequest { CreditCode = code }, key);
+        Assert.Equal(Admissions.ServiceItem, Assert.Single(organisation.ServiceItems).ServiceItem_);
+    }
+
+    [Fact]
+    public async Task False_materials_revoke_the_admission_and_put_the_organisation_on_the_anomaly_list()
+    {
+        await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
+        var (code, key, _) = await scene.AdmitAsync();
+        Application pending = await scene.Client.FileApplicationAsync(RegistryScene.Filing(code, "inference-hosting"), key);
+
+        Organisation after = await scene.Client.RecordFalseMaterialsAsync(new RecordFalseMaterialsRequest { CreditCode = code, Reasons = "The audit report's QR code is forged." }, RegistryScene.Operator);
+
+        Assert.Equal(ServiceItemStatus.Revoked, Assert.Single(after.ServiceItems).Status);
+        IntegrityListing listing = Assert.Single(after.Listings);
+        Assert.Equal("integrity_anomaly", listing.List);
+        Application rejected = await scene.Client.GetApplicationAsync(new GetApplicationRequest { ApplicationId = pending.ApplicationId }, key);
+        Assert.Equal(ApplicationState.Rejected, rejected.State);
+        Assert.Equal("false_materials", rejected.Stages.Last().Stage_);
+    }
+}
