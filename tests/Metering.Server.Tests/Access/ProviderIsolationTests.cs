@@ -1,0 +1,97 @@
+using Grpc.Core;
+using Metering.Protocol.V1;
+using Metering.Server.Tests.Infrastructure;
+using Metering.Server.Tests.Registry;
+using Metering.Tests.Shared;
+
+namespace Metering.Server.Tests.Access;
+
+/// <summary>A provider never reads or writes another provider's data, on any service.</summary>
+[Collection(PostgresCollection.Name)]
+public sealed class ProviderIsolationTests(PostgresFixture postgres)
+{
+    [Fact]
+    public async Task Ingest_writes_only_under_the_callers_own_code_whatever_stream_it_names()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        await using (IngestCall other = await IngestCall.OpenAsync(server.Client(), "shared-name", TestServer.OtherProviderKey))
+        {
+            await other.SendAsync(TestRecords.Range(1, 5));
+        }
+
+        // The same stream name under the caller's key is the caller's own, empty stream.
+        await using IngestCall mine = await IngestCall.OpenAsync(server.Client(), "shared-name");
+        Assert.Equal(0UL, mine.Opened.CommittedSequence);
+        await mine.SendAsync(TestRecords.Range(1, 2));
+
+        var rows = await server.QueryAsync<(string Provider, long Count)>(
+            "SELECT provider_id, count(*) FROM usage_records WHERE stream_id = 'shared-name' GROUP BY provider_id ORDER BY 1");
+        Assert.Equal([(TestRecords.Provider, 2L), (TestRecords.OtherProvider, 5L)], rows);
+    }
+
+    [Fact]
+    public async Task Raw_log_uploads_are_found_only_by_their_owner()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        byte[] log = System.Text.Encoding.UTF8.GetBytes(RawLogSamples.Sacct);
+        using (var upload = server.RawLogClient().UploadLog(TestServer.Bearer(TestServer.OtherProviderKey)))
+        {
+            await upload.RequestStream.WriteAsync(new LogChunk
+            {
+                Header = new UploadHeader { UploadId = "theirs", StreamId = "slurm", Format = LogFormat.SacctParsable2, Mapping = RawLogSamples.Mapping(), TotalBytes = (ulong)log.Length },
+            });
+            await upload.RequestStream.WriteAsync(new LogChunk { Data = Google.Protobuf.ByteString.CopyFrom(log) });
+            await upload.RequestStream.CompleteAsync();
+            Assert.Equal((ulong)RawLogSamples.SacctRecords, (await upload.ResponseAsync).Records);
+        }
+
+        RpcException error = await Assert.ThrowsAsync<RpcException>(() => server.RawLogClient().GetUploadAsync(new GetUploadRequest { UploadId = "theirs" }, TestServer.Bearer()).ResponseAsync);
+        Assert.Equal(StatusCode.NotFound, error.StatusCode);
+        UploadReport own = await server.RawLogClient().GetUploadAsync(new GetUploadRequest { UploadId = "theirs" }, TestServer.Bearer(TestServer.OtherProviderKey));
+        Assert.True(own.Complete);
+    }
+
+    [Fact]
+    public async Task Registry_reads_and_writes_are_confined_to_the_callers_own_entries()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        RegistryService.RegistryServiceClient registry = server.RegistryClient();
+        Metadata mine = TestServer.Bearer();
+        long theirs = (await registry.ListApplicationsAsync(new ListApplicationsRequest { CreditCode = TestRecords.OtherProvider }, TestServer.Bearer(TestServer.AuditorKey))).Applications.Single().ApplicationId;
+
+        await AssertOtherProviderAsync(registry.GetOrganisationAsync(new GetOrganisationRequest { CreditCode = TestRecords.OtherProvider }, mine).ResponseAsync);
+        await AssertOtherProviderAsync(registry.ListApplicationsAsync(new ListApplicationsRequest { CreditCode = TestRecords.OtherProvider }, mine).ResponseAsync);
+        await AssertOtherProviderAsync(registry.FileApplicationAsync(RegistryScene.Filing(TestRecords.OtherProvider, "another-item"), mine).ResponseAsync);
+        await AssertOtherProviderAsync(registry.FileFeeScheduleAsync(new FileFeeScheduleRequest
+        {
+            CreditCode = TestRecords.OtherProvider,
+            ServiceItem = Admissions.ServiceItem,
+            Lines = { new FeeLine { DeviceModel = "H100-SXM", Unit = FeeUnit.PerCardHour, PriceFen = 1 } },
+        }, mine).ResponseAsync);
+
+        // Another provider's application reads as unknown, so ids reveal nothing.
+        RpcException hidden = await Assert.ThrowsAsync<RpcException>(() => registry.GetApplicationAsync(new GetApplicationRequest { ApplicationId = theirs }, mine).ResponseAsync);
+        Assert.Equal((StatusCode.NotFound, "APPLICATION_UNKNOWN"), (hidden.StatusCode, IngestCall.Reason(hidden)));
+
+        // Listing without a filter returns only the caller's own.
+        ListApplicationsResponse listed = await registry.ListApplicationsAsync(new ListApplicationsRequest(), mine);
+        Assert.All(listed.Applications, a => Assert.Equal(TestRecords.Provider, a.CreditCode));
+        Assert.NotEmpty(listed.Applications);
+
+        // Its own entries it may read and change.
+        Assert.Equal(TestRecords.Provider, (await registry.GetOrganisationAsync(new GetOrganisationRequest { CreditCode = TestRecords.Provider }, mine)).CreditCode);
+        FeeSchedule fees = await registry.FileFeeScheduleAsync(new FileFeeScheduleRequest
+        {
+            CreditCode = TestRecords.Provider,
+            ServiceItem = Admissions.ServiceItem,
+            Lines = { new FeeLine { DeviceModel = "H100-SXM", Unit = FeeUnit.PerCardHour, PriceFen = 1_700 } },
+        }, mine);
+        Assert.Equal(2U, fees.Version);
+    }
+
+    private static async Task AssertOtherProviderAsync(Task call)
+    {
+        RpcException error = await Assert.ThrowsAsync<RpcException>(() => call);
+        Assert.Equal((StatusCode.PermissionDenied, "OTHER_PROVIDER"), (error.StatusCode, IngestCall.Reason(error)));
+    }
+}
