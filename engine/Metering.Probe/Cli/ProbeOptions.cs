@@ -1,0 +1,233 @@
+using System.Security.Cryptography;
+using Metering.Probe.Attestation.Checksums;
+using Metering.Probe.Attestation.Results;
+using Metering.Probe.Measurement;
+
+namespace Metering.Probe.Cli;
+
+/// <summary>The parsed command line, or the reason it could not be parsed.</summary>
+internal sealed record ProbeOptions
+{
+    /// <summary>Arguments beyond this are a mistake, not a command line.</summary>
+    public const int ArgumentsMax = 64;
+
+    public bool ShowHelp { get; init; }
+
+    public ProbeSettings? Settings { get; init; }
+
+    public string? JsonPath { get; init; }
+
+    public bool Verbose { get; init; } = true;
+
+    public string? Error { get; init; }
+
+    public const string HelpText = """
+        metering-probe: measures the FP16 tensor, packed FP16, FP32 and memory-bandwidth capacity of
+        each accelerator on this node through ILGPU, on inputs derived from a server-issued nonce,
+        and commits to every result with a Merkle checksum the server can check exactly.
+
+        Usage: metering-probe [options]
+
+        Options:
+          --nonce HEX         The 32-byte nonce the server issued, as 64 hex digits. Without it the
+                              probe draws a random nonce and the report is marked unattested.
+          --device KIND       auto (default: CUDA devices, else OpenCL, else the CPU), cuda, opencl,
+                              cpu, or all (every accelerator ILGPU finds; a GPU seen through CUDA and
+                              OpenCL is then measured twice).
+          --runs N            Timed runs per kernel after one warm-up run (1-100, default 5); the
+                              median is reported.
+          --size PRESET       auto (default: full on GPUs, small on the CPU), small, or full.
+          --work KIND=I:N     An explicit work size for one kernel, repeatable. KIND is tensor,
+                              fp16x2, fp32 or bandwidth; I is the items (warps, threads or 64 KiB
+                              chunks), N the iterations (mma per chain, map steps (a multiple of 4),
+                              or copy passes).
+          --kernels LIST      Comma-separated kernels to run (default: tensor,fp16x2,fp32,bandwidth).
+          --json FILE         Also write the machine-readable report (integers only) to FILE.
+          --quiet             No progress lines on standard error.
+          -h, --help          Show this help.
+
+        Output: progress on standard error, a table on standard output. Exit codes: 0 success,
+        1 a run failed, 2 bad options, 3 no matching accelerator, 4 the checksum self-check failed.
+        """;
+
+    public static ProbeOptions Parse(IReadOnlyList<string> args)
+    {
+        if (args.Count > ArgumentsMax)
+        {
+            return Fail($"at most {ArgumentsMax} arguments are accepted");
+        }
+
+        byte[]? nonce = null;
+        DeviceFilter devices = DeviceFilter.Auto;
+        int runs = 5;
+        SizePreset size = SizePreset.Auto;
+        var overrides = new Dictionary<KernelKind, WorkSize>();
+        IReadOnlyList<KernelKind> kernels = KernelKinds.All;
+        string? json = null;
+        bool verbose = true;
+        for (int i = 0; i < args.Count; i++)
+        {
+            string option = args[i];
+            if (option is "-h" or "--help")
+            {
+                return new ProbeOptions { ShowHelp = true };
+            }
+
+            if (option == "--quiet")
+            {
+                verbose = false;
+                continue;
+            }
+
+            if (option is not ("--nonce" or "--device" or "--runs" or "--size" or "--work" or "--kernels" or "--json"))
+            {
+                return Fail($"unknown option '{option}'");
+            }
+
+            if (i + 1 >= args.Count)
+            {
+                return Fail($"{option} needs a value");
+            }
+
+            string value = args[++i];
+            string? error = option switch
+            {
+                "--nonce" => ParseNonce(value, out nonce),
+                "--device" => ParseDevice(value, out devices),
+                "--runs" => ParseRuns(value, out runs),
+                "--size" => ParseSize(value, out size),
+                "--work" => ParseWork(value, overrides),
+                "--kernels" => ParseKernels(value, out kernels),
+                _ => ParseJsonPath(value, out json),
+            };
+            if (error is not null)
+            {
+                return Fail($"{option}: {error}");
+            }
+        }
+
+        bool attested = nonce is not null;
+        return new ProbeOptions
+        {
+            JsonPath = json,
+            Verbose = verbose,
+            Settings = new ProbeSettings
+            {
+                Nonce = nonce ?? RandomNumberGenerator.GetBytes(InputKey.NonceBytes),
+                Attested = attested,
+                Devices = devices,
+                Runs = runs,
+                Size = size,
+                WorkOverrides = overrides,
+                Kernels = kernels,
+            },
+        };
+    }
+
+    private static ProbeOptions Fail(string error) => new() { Error = error };
+
+    private static string? ParseNonce(string value, out byte[]? nonce)
+    {
+        nonce = null;
+        if (value.Length != InputKey.NonceBytes * 2)
+        {
+            return $"a nonce is {InputKey.NonceBytes * 2} hex digits ({InputKey.NonceBytes} bytes), not {value.Length} characters";
+        }
+
+        if (!HexBytes.TryParse(value, out byte[] bytes))
+        {
+            return "a nonce holds hex digits only (0-9, a-f)";
+        }
+
+        nonce = bytes;
+        return null;
+    }
+
+    private static string? ParseDevice(string value, out DeviceFilter devices)
+    {
+        devices = value switch
+        {
+            "auto" => DeviceFilter.Auto,
+            "all" => DeviceFilter.All,
+            "cpu" => DeviceFilter.Cpu,
+            "cuda" => DeviceFilter.Cuda,
+            "opencl" => DeviceFilter.OpenCL,
+            _ => (DeviceFilter)(-1),
+        };
+        return Enum.IsDefined(devices) ? null : $"'{value}' is not one of auto, cuda, opencl, cpu, all";
+    }
+
+    private static string? ParseRuns(string value, out int runs) =>
+        int.TryParse(value, System.Globalization.NumberStyles.None, null, out runs) && runs >= 1 && runs <= ProbeSettings.RunsMax
+            ? null
+            : $"'{value}' is not a whole number from 1 to {ProbeSettings.RunsMax}";
+
+    private static string? ParseSize(string value, out SizePreset size)
+    {
+        size = value switch
+        {
+            "auto" => SizePreset.Auto,
+            "small" => SizePreset.Small,
+            "full" => SizePreset.Full,
+            _ => (SizePreset)(-1),
+        };
+        return Enum.IsDefined(size) ? null : $"'{value}' is not one of auto, small, full";
+    }
+
+    private static string? ParseWork(string value, Dictionary<KernelKind, WorkSize> overrides)
+    {
+        string[] kindAndSize = value.Split('=');
+        string[] numbers = kindAndSize.Length == 2 ? kindAndSize[1].Split(':') : [];
+        if (numbers.Length != 2)
+        {
+            return $"'{value}' is not KIND=ITEMS:ITERATIONS, for example tensor=1024:4096";
+        }
+
+        if (!KernelKinds.TryParse(kindAndSize[0], out KernelKind kind))
+        {
+            return $"'{kindAndSize[0]}' is not one of tensor, fp16x2, fp32, bandwidth";
+        }
+
+        if (!int.TryParse(numbers[0], System.Globalization.NumberStyles.None, null, out int items)
+            || !int.TryParse(numbers[1], System.Globalization.NumberStyles.None, null, out int iterations))
+        {
+            return $"'{kindAndSize[1]}' is not two whole numbers ITEMS:ITERATIONS";
+        }
+
+        var size = new WorkSize(items, iterations);
+        if (WorkShape.Validate(kind, size) is string error)
+        {
+            return error;
+        }
+
+        return overrides.TryAdd(kind, size) ? null : $"{KernelKinds.Name(kind)} is given twice";
+    }
+
+    private static string? ParseKernels(string value, out IReadOnlyList<KernelKind> kernels)
+    {
+        var list = new List<KernelKind>();
+        kernels = list;
+        foreach (string name in value.Split(','))
+        {
+            if (!KernelKinds.TryParse(name, out KernelKind kind))
+            {
+                return $"'{name}' is not one of tensor, fp16x2, fp32, bandwidth";
+            }
+
+            if (list.Contains(kind))
+            {
+                return $"'{name}' is listed twice";
+            }
+
+            list.Add(kind);
+        }
+
+        return null;
+    }
+
+    private static string? ParseJsonPath(string value, out string? json)
+    {
+        json = value;
+        return value.Length == 0 || value.StartsWith('-') ? $"'{value}' is not a file name" : null;
+    }
+}

@@ -1,0 +1,243 @@
+using System.Diagnostics;
+using System.Reflection;
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.CPU;
+using ILGPU.Runtime.Cuda;
+using ILGPU.Runtime.OpenCL;
+using Metering.Probe.Attestation.Checksums;
+using Metering.Probe.Attestation.Results;
+using Metering.Probe.Reporting;
+using Microsoft.Extensions.Logging;
+
+namespace Metering.Probe.Measurement;
+
+/// <summary>No accelerator matched the device filter.</summary>
+public sealed class NoAcceleratorException(string message) : Exception(message);
+
+/// <summary>
+/// Runs the probe in-process: enumerates accelerators through ILGPU, measures each kernel on each
+/// selected device (one warm-up run, then the timed runs) and commits to the outputs. The CPU
+/// accelerator needs nothing but .NET, so tests run the whole probe with
+/// <see cref="DeviceFilter.Cpu"/> and <see cref="SizePreset.Small"/>.
+/// </summary>
+public sealed class ProbeRunner
+{
+    private readonly ProbeSettings _settings;
+    private readonly ILogger _logger;
+
+    public ProbeRunner(ProbeSettings settings, ILogger logger)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        ArgumentNullException.ThrowIfNull(logger);
+        if (settings.Nonce.Length != InputKey.NonceBytes)
+        {
+            throw new ArgumentException($"A nonce is {InputKey.NonceBytes} bytes.", nameof(settings));
+        }
+
+        if (settings.Runs < 1 || settings.Runs > ProbeSettings.RunsMax)
+        {
+            throw new ArgumentException($"Runs must be between 1 and {ProbeSettings.RunsMax}.", nameof(settings));
+        }
+
+        foreach ((KernelKind kind, WorkSize size) in settings.WorkOverrides)
+        {
+            if (WorkShape.Validate(kind, size) is string error)
+            {
+                throw new ArgumentException(error, nameof(settings));
+            }
+        }
+
+        _settings = settings;
+        _logger = logger;
+    }
+
+    /// <summary>The probe's version, reported with every result.</summary>
+    public static string Version { get; } =
+        typeof(ProbeRunner).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion.Split('+')[0] ?? "0.0.0";
+
+    /// <exception cref="NoAcceleratorException">No accelerator matches the device filter.</exception>
+    public ProbeReport Run(CancellationToken cancellationToken = default)
+    {
+        if (!_settings.Attested)
+        {
+            ProbeLog.Unattested(_logger);
+        }
+
+        using Context context = Context.Create(builder =>
+        {
+            builder.Optimize(OptimizationLevel.O2);
+            if (_settings.Devices is DeviceFilter.Auto or DeviceFilter.All or DeviceFilter.Cpu)
+            {
+                builder.DefaultCPU();
+            }
+
+            if (_settings.Devices is DeviceFilter.Auto or DeviceFilter.All or DeviceFilter.Cuda)
+            {
+                builder.Cuda();
+            }
+
+            if (_settings.Devices is DeviceFilter.Auto or DeviceFilter.All or DeviceFilter.OpenCL)
+            {
+                builder.OpenCL();
+            }
+        });
+
+        IReadOnlyList<Device> devices = Select(context.Devices, _settings.Devices);
+        if (devices.Count == 0)
+        {
+            throw new NoAcceleratorException($"No {_settings.Devices.ToString().ToLowerInvariant()} accelerator found (ILGPU sees: {Describe(context.Devices)}).");
+        }
+
+        ProbeLog.DevicesFound(_logger, devices.Count, Describe(devices));
+        long createdAtUnixMs = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+        var reports = new List<DeviceReport>();
+        for (int index = 0; index < devices.Count; index++)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            reports.Add(MeasureDevice(context, devices[index], index, cancellationToken));
+        }
+
+        return new ProbeReport
+        {
+            Format = ProbeReport.CurrentFormat,
+            ProbeVersion = Version,
+            Nonce = _settings.Nonce,
+            Attested = _settings.Attested,
+            CreatedAtUnixMs = createdAtUnixMs,
+            RunsPerKernel = _settings.Runs,
+            Devices = reports,
+        };
+    }
+
+    private static List<Device> Select(IEnumerable<Device> all, DeviceFilter filter)
+    {
+        List<Device> OfType(AcceleratorType type) => all.Where(d => d.AcceleratorType == type).ToList();
+        return filter switch
+        {
+            DeviceFilter.All => all.ToList(),
+            DeviceFilter.Cpu => OfType(AcceleratorType.CPU),
+            DeviceFilter.Cuda => OfType(AcceleratorType.Cuda),
+            DeviceFilter.OpenCL => OfType(AcceleratorType.OpenCL),
+            _ => OfType(AcceleratorType.Cuda) is { Count: > 0 } cuda ? cuda
+                : OfType(AcceleratorType.OpenCL) is { Count: > 0 } openCl ? openCl
+                : OfType(AcceleratorType.CPU),
+        };
+    }
+
+    private static string Describe(IEnumerable<Device> devices)
+    {
+        string text = string.Join(", ", devices.Select(d => $"{d.Name} ({TypeName(d.AcceleratorType)})"));
+        return text.Length == 0 ? "none" : text;
+    }
+
+    private DeviceReport MeasureDevice(Context context, Device device, int index, CancellationToken cancellationToken)
+    {
+        ProbeLog.DeviceStarting(_logger, index, device.Name, TypeName(device.AcceleratorType), device.NumMultiprocessors, MemoryBytes(device) / (1024 * 1024));
+        using Accelerator accelerator = device.CreateAccelerator(context);
+        var measurements = new List<KernelMeasurement>();
+        foreach (KernelKind kind in _settings.Kernels)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            measurements.Add(MeasureKernel(accelerator, device, index, kind));
+        }
+
+        return new DeviceReport
+        {
+            Index = index,
+            AcceleratorType = TypeName(device.AcceleratorType),
+            ModelName = device.Name,
+            Multiprocessors = device.NumMultiprocessors,
+            ClockMhz = ClockMhz(device),
+            MemoryBytes = MemoryBytes(device),
+            Uuid = string.Empty,
+            PciBusId = device is CudaDevice cuda ? cuda.NVMLPCIBusId : string.Empty,
+            Measurements = measurements,
+        };
+    }
+
+    private KernelMeasurement MeasureKernel(Accelerator accelerator, Device device, int index, KernelKind kind)
+    {
+        WorkSize size = SizeFor(kind, device);
+        string name = KernelKinds.Name(kind);
+        InputKey key = InputKey.Derive(_settings.Nonce, kind, size);
+        using KernelRun run = KernelRun.Create(accelerator, kind, key, size);
+        ProbeLog.KernelStarting(_logger, index, name, run.ArithmeticPath, size.Items, size.Iterations);
+
+        // The warm-up run compiles and loads the kernel and brings the clocks up; it is not timed.
+        run.Launch();
+        accelerator.Synchronize();
+
+        // Launch plus synchronise is timed on the host: at 10 ms and more per run, the few
+        // microseconds of launch overhead are below the noise, and the clock is the same for every backend.
+        long[] durationsNs = new long[_settings.Runs];
+        for (int r = 0; r < durationsNs.Length; r++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            run.Launch();
+            accelerator.Synchronize();
+            TimeSpan elapsed = Stopwatch.GetElapsedTime(start);
+            durationsNs[r] = Math.Max(1, (long)Math.Round(elapsed.TotalNanoseconds));
+            ProbeLog.RunTimed(_logger, index, name, r + 1, durationsNs.Length, elapsed.TotalMilliseconds);
+        }
+
+        long medianNs = MeasurementMath.MedianNs(durationsNs);
+        long workPerRun = WorkShape.WorkPerRun(kind, size);
+        long rate = MeasurementMath.Rate(kind, workPerRun, medianNs);
+        KernelChecksum checksum = Commitment.FromLeafHashes(_settings.Nonce, kind, size, run.HashLeaves());
+        ProbeLog.KernelDone(_logger, index, name, rate, KernelKinds.RateUnit(kind), Convert.ToHexStringLower(checksum.Root), checksum.Openings.Count);
+        return new KernelMeasurement
+        {
+            Kernel = name,
+            ArithmeticPath = run.ArithmeticPath,
+            Items = size.Items,
+            Iterations = size.Iterations,
+            WorkPerRun = workPerRun,
+            RateUnit = KernelKinds.RateUnit(kind),
+            DurationsNs = durationsNs,
+            MedianDurationNs = medianNs,
+            MedianRate = rate,
+            Checksum = checksum,
+        };
+    }
+
+    private WorkSize SizeFor(KernelKind kind, Device device)
+    {
+        if (_settings.WorkOverrides.TryGetValue(kind, out WorkSize explicitSize))
+        {
+            return explicitSize;
+        }
+
+        bool full = _settings.Size == SizePreset.Full || (_settings.Size == SizePreset.Auto && device.AcceleratorType != AcceleratorType.CPU);
+        return full
+            ? WorkSizes.Full(kind, device.NumMultiprocessors, device.MaxNumThreadsPerMultiprocessor, MemoryBytes(device))
+            : WorkSizes.Small(kind);
+    }
+
+    /// <summary>ILGPU gives the CPU accelerator a memory size of long.MaxValue; the memory the process may use is the honest figure.</summary>
+    private static long MemoryBytes(Device device) =>
+        device.AcceleratorType == AcceleratorType.CPU ? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes : device.MemorySize;
+
+    /// <summary>
+    /// ILGPU reports CUDA's clock attribute, which the driver gives in kHz, and OpenCL's maximum
+    /// clock in MHz; a figure above 100,000 can only be kHz.
+    /// </summary>
+    private static int ClockMhz(Device device)
+    {
+        int clock = device switch
+        {
+            CudaDevice cuda => cuda.ClockRate,
+            CLDevice openCl => openCl.ClockRate,
+            _ => 0,
+        };
+        return clock > 100_000 ? clock / 1000 : clock;
+    }
+
+    internal static string TypeName(AcceleratorType type) => type switch
+    {
+        AcceleratorType.Cuda => "cuda",
+        AcceleratorType.OpenCL => "opencl",
+        AcceleratorType.CPU => "cpu",
+        _ => type.ToString().ToLowerInvariant(),
+    };
+}

@@ -1,0 +1,61 @@
+using Metering.Probe.Attestation.Checksums;
+using Metering.Probe.Cli;
+using Metering.Probe.Measurement;
+
+namespace Metering.Probe.Tests;
+
+public sealed class OptionsTests
+{
+    private const string Nonce = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    [Fact]
+    public void A_nonce_makes_the_run_attested_and_other_options_are_read()
+    {
+        ProbeOptions options = ProbeOptions.Parse(["--nonce", Nonce, "--device", "cpu", "--runs", "7", "--size", "small", "--work", "tensor=16:32", "--json", "out.json"]);
+
+        Assert.Null(options.Error);
+        Assert.True(options.Settings!.Attested);
+        Assert.Equal(Convert.FromHexString(Nonce), options.Settings.Nonce);
+        Assert.Equal(DeviceFilter.Cpu, options.Settings.Devices);
+        Assert.Equal(7, options.Settings.Runs);
+        Assert.Equal(SizePreset.Small, options.Settings.Size);
+        Assert.Equal(new WorkSize(16, 32), options.Settings.WorkOverrides[KernelKind.TensorFp16]);
+        Assert.Equal("out.json", options.JsonPath);
+    }
+
+    [Fact]
+    public void Without_a_nonce_the_run_is_unattested_on_a_random_nonce()
+    {
+        ProbeOptions first = ProbeOptions.Parse([]);
+        ProbeOptions second = ProbeOptions.Parse([]);
+
+        Assert.False(first.Settings!.Attested);
+        Assert.Equal(32, first.Settings.Nonce.Length);
+        Assert.NotEqual(first.Settings.Nonce, second.Settings!.Nonce);
+    }
+
+    [Theory]
+    [InlineData("unknown option '--gpu'", "--gpu")]
+    [InlineData("--nonce needs a value", "--nonce")]
+    [InlineData("--nonce: a nonce is 64 hex digits (32 bytes), not 4 characters", "--nonce", "abcd")]
+    [InlineData("--nonce: a nonce holds hex digits only (0-9, a-f)", "--nonce", "zz0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")]
+    [InlineData("--device: 'tpu' is not one of auto, cuda, opencl, cpu, all", "--device", "tpu")]
+    [InlineData("--runs: '0' is not a whole number from 1 to 100", "--runs", "0")]
+    [InlineData("--runs: '-3' is not a whole number from 1 to 100", "--runs", "-3")]
+    [InlineData("--size: 'huge' is not one of auto, small, full", "--size", "huge")]
+    [InlineData("--work: 'tensor' is not KIND=ITEMS:ITERATIONS, for example tensor=1024:4096", "--work", "tensor")]
+    [InlineData("--work: tensor-fp16 iterations must be between 1 and 32768, not 40000", "--work", "tensor=8:40000")]
+    [InlineData("--work: packed-fp16 iterations must be a multiple of 4, not 6", "--work", "fp16x2=8:6")]
+    [InlineData("--kernels: 'int8' is not one of tensor, fp16x2, fp32, bandwidth", "--kernels", "tensor,int8")]
+    public void Bad_options_give_a_specific_error(string expected, params string[] args)
+    {
+        Assert.Equal(expected, ProbeOptions.Parse(args).Error);
+    }
+
+    [Fact]
+    public void Help_is_recognised_anywhere_on_the_line()
+    {
+        Assert.True(ProbeOptions.Parse(["--runs", "3", "--help"]).ShowHelp);
+        Assert.Contains("--nonce HEX", ProbeOptions.HelpText, StringComparison.Ordinal);
+    }
+}
