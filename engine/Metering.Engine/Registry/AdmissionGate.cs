@@ -64,13 +64,20 @@ public sealed class AdmissionSnapshot
             }
         }
 
-        if (suspended)
-        {
-            Suspension s = _suspensions.First(s => s.FromMs < endMs && startMs < s.UntilMs);
-            return new Refusal(IngestRefusal.ProviderSuspended,
-                $"record {sequence}: {ProviderId} was suspended from {Time(s.FromMs)}{(s.UntilMs == long.MaxValue ? "" : $" to {Time(s.UntilMs)}")}, during the record ({s.Reason})");
-        }
+        // The refusals are built apart, so that a lambda capturing the parameters cannot make
+        // the compiler allocate a closure on every call, refused or not.
+        return suspended ? Suspended(sequence, startMs, endMs) : Outside(sequence, startMs, endMs);
+    }
 
+    private Refusal Suspended(ulong sequence, long startMs, long endMs)
+    {
+        Suspension s = _suspensions.First(s => s.FromMs < endMs && startMs < s.UntilMs);
+        return new Refusal(IngestRefusal.ProviderSuspended,
+            $"record {sequence}: {ProviderId} was suspended from {Time(s.FromMs)}{(s.UntilMs == long.MaxValue ? "" : $" to {Time(s.UntilMs)}")}, during the record ({s.Reason})");
+    }
+
+    private Refusal Outside(ulong sequence, long startMs, long endMs)
+    {
         // The latest admission the record starts in or after, and how it ended.
         Interval? ended = null;
         foreach (Interval interval in _intervals)
