@@ -12,6 +12,7 @@ var root = new RootCommand("""
 root.Subcommands.Add(ServeCommand.Create());
 root.Subcommands.Add(DbCommand.Create());
 root.Subcommands.Add(KeyCommand.Create());
+root.Subcommands.Add(RegistryCommand.Create());
 root.Subcommands.Add(DemoCommand.Create());
 root.Subcommands.Add(IngestFileCommand.Create());
 ParseResult parsed = root.Parse(args);
