@@ -12,6 +12,11 @@ var root = new RootCommand("""
 root.Subcommands.Add(ServeCommand.Create());
 root.Subcommands.Add(DbCommand.Create());
 root.Subcommands.Add(KeyCommand.Create());
+root.Subcommands.Add(RegistryCommand.Create());
 root.Subcommands.Add(DemoCommand.Create());
 root.Subcommands.Add(IngestFileCommand.Create());
-return await root.Parse(args).InvokeAsync();
+ParseResult parsed = root.Parse(args);
+int exitCode = await parsed.InvokeAsync();
+// Bad usage (a missing, malformed or conflicting option) exits with 2, as the commands' own
+// input checks do; 1 stays for refusals, so scripts can tell a typo from a rule.
+return parsed.Errors.Count > 0 ? 2 : exitCode;

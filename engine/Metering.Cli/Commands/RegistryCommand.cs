@@ -1,0 +1,259 @@
+using System.CommandLine;
+using Metering.Engine.Registry;
+using Metering.Protocol.V1;
+
+namespace Metering.Cli.Commands;
+
+/// <summary>
+/// `metering registry …`: the bureau operator's side of the provider registry, straight on the
+/// database: organisations, licences, integrity listings, admission batches, the admission
+/// workflow (RegistryWorkflowCommands), admitted service items and the change history. Every
+/// change is recorded in the history under the operator named by `--as`.
+/// </summary>
+internal static class RegistryCommand
+{
+    public static Command Create()
+    {
+        var input = new RegistryInput();
+        var registry = new Command("registry", """
+            The provider registry: organisations and their licences and integrity listings, admission
+            batches, applications through review, verification, public notice, decision and admission
+            notice, admitted service items, and the history of every change. Writes are recorded under
+            the operator given by --as.
+            """)
+        {
+            OrganisationCommand(input),
+            LicenceCommand(input),
+            ListingCommand(input),
+            BatchCommand(input),
+        };
+        foreach (Command command in RegistryWorkflowCommands.Create(input))
+        {
+            registry.Subcommands.Add(command);
+        }
+
+        registry.Subcommands.Add(ItemCommand(input));
+        registry.Subcommands.Add(FalseMaterialsCommand(input));
+        registry.Subcommands.Add(HistoryCommand(input));
+        return registry;
+    }
+
+    private static Command OrganisationCommand(RegistryInput input)
+    {
+        var code = RegistryInput.CreditCode("The organisation's 18-character unified social credit code (GB 32100-2015); a Shenzhen one (4403xx), or Shanwei (4415xx) for 深汕特别合作区.");
+        var name = RegistryInput.Text("--name", "The registered name, 1 to 200 characters.");
+        var legalForm = new Option<string>("--legal-form")
+        {
+            Description = "enterprise (企业), public-institution (事业单位; files no tax certificate) or branch (分支机构 of an institution registered elsewhere).",
+            Required = true,
+        };
+        legalForm.AcceptOnlyFromAmong("enterprise", "public-institution", "branch");
+        var district = RegistryInput.Text("--district", $"The registered district, by key or Chinese name: {string.Join(", ", Districts.Keys)} (for example nanshan or 南山区).");
+        var established = RegistryInput.Date("--established", "Date of establishment; an organisation under a year old files a capital verification report instead of an audit report");
+        var add = input.Writer("add", "Register an organisation so that it can stream its metering-log proof and file applications.", code, name, legalForm, district, established);
+        input.SetAction(add, parse =>
+        {
+            var organisation = new Organisation
+            {
+                CreditCode = parse.GetValue(code)!,
+                Name = parse.GetValue(name)!,
+                LegalForm = parse.GetValue(legalForm) switch
+                {
+                    "public-institution" => LegalForm.PublicInstitution,
+                    "branch" => LegalForm.Branch,
+                    _ => LegalForm.Enterprise,
+                },
+                District = parse.GetValue(district)!,
+                EstablishedOn = RegistryInput.Date(parse.GetValue(established)!.Value),
+            };
+            return async (registry, cancellationToken) =>
+            {
+                Organisation registered = await registry.RegisterOrganisationAsync(input.Operator(parse), organisation, cancellationToken);
+                Console.WriteLine($"Registered {registered.CreditCode} {registered.Name} ({RegistryOutput.Name(registered.LegalForm)}, {registered.District} {Districts.NameOf(registered.District)}, established {registered.EstablishedOn}).");
+            };
+        });
+
+        var shown = new Argument<string>("credit-code") { Description = "The organisation's credit code." };
+        var show = input.Reader("show", "Show an organisation: its licences, integrity listings, service items with status and validity, and its applications.", shown);
+        input.SetAction(show, parse => async (registry, cancellationToken) =>
+        {
+            string creditCode = parse.GetValue(shown)!;
+            Organisation organisation = await registry.GetOrganisationAsync(creditCode, cancellationToken)
+                ?? throw new RegistryRefusedException(RegistryRefusal.OrganisationUnknown, $"no organisation {creditCode} is registered");
+            IReadOnlyList<Application> applications = await registry.ListApplicationsAsync(creditCode, ApplicationState.Unspecified, ProviderRegistry.ListLimitMax, cancellationToken);
+            RegistryOutput.WriteOrganisation(organisation, applications, TimeProvider.System.GetUtcNow());
+        });
+
+        return new Command("org", "Organisations: register one, or show everything the registry holds about one.") { add, show };
+    }
+
+    private static Command LicenceCommand(RegistryInput input)
+    {
+        var code = RegistryInput.CreditCode("The holder's credit code.");
+        var number = RegistryInput.Text("--number", "The licence number, for example B1-20190001 (1 to 64 characters).");
+        var issuer = RegistryInput.Text("--issuer", "The issuing authority, for example 工业和信息化部 (1 to 200 characters).");
+        var from = RegistryInput.Date("--from", "Valid from this date, inclusive");
+        var until = RegistryInput.Date("--until", "Valid until this date, inclusive");
+        var add = input.Writer("add", "Record an IDC/ISP value-added telecom licence (增值电信业务经营许可证); filing needs one valid on the filing day.", code, number, issuer, from, until);
+        input.SetAction(add, parse =>
+        {
+            var licence = new Licence
+            {
+                CreditCode = parse.GetValue(code)!,
+                LicenceNumber = parse.GetValue(number)!,
+                Issuer = parse.GetValue(issuer)!,
+                ValidFrom = RegistryInput.Date(parse.GetValue(from)!.Value),
+                ValidUntil = RegistryInput.Date(parse.GetValue(until)!.Value),
+            };
+            return async (registry, cancellationToken) =>
+            {
+                Licence added = await registry.AddLicenceAsync(input.Operator(parse), licence, cancellationToken);
+                Console.WriteLine($"Recorded licence {added.LicenceNumber} of {added.CreditCode} from {added.Issuer}, valid {added.ValidFrom} to {added.ValidUntil}.");
+            };
+        });
+        return new Command("licence", "IDC/ISP licences.") { add };
+    }
+
+    private static Command ListingCommand(RegistryInput input)
+    {
+        var code = RegistryInput.CreditCode("The listed organisation's credit code.");
+        var list = new Option<string>("--list")
+        {
+            Description = "research_integrity (科研诚信严重失信行为数据库), serious_dishonesty (严重失信主体名单), overdue_acceptance (超期未申请验收名单), "
+                + "funding_restricted (restricted from fiscal support) or integrity_anomaly (科研诚信异常名录).",
+            Required = true,
+        };
+        list.AcceptOnlyFromAmong(Names.ListNames);
+        var from = RegistryInput.Date("--from", "Listed from this date, inclusive");
+        var until = RegistryInput.Date("--until", "Listed until this date, inclusive; leave out for no end", required: false);
+        var reason = RegistryInput.Text("--reason", "Why, as the list states it.");
+        var add = input.Writer("add", "Record that an organisation is on an integrity list; while listed it cannot file applications.", code, list, from, until, reason);
+        input.SetAction(add, parse =>
+        {
+            var listing = new IntegrityListing
+            {
+                CreditCode = parse.GetValue(code)!,
+                List = parse.GetValue(list)!,
+                ListedFrom = RegistryInput.Date(parse.GetValue(from)!.Value),
+                ListedUntil = parse.GetValue(until) is { } end ? RegistryInput.Date(end) : "",
+                Reason = parse.GetValue(reason)!,
+            };
+            return async (registry, cancellationToken) =>
+            {
+                IntegrityListing added = await registry.AddIntegrityListingAsync(input.Operator(parse), listing, cancellationToken);
+                Console.WriteLine($"Listed {added.CreditCode} on {added.List} from {added.ListedFrom}{(added.ListedUntil.Length == 0 ? " with no end" : $" to {added.ListedUntil}")}: {added.Reason}");
+            };
+        });
+        return new Command("listing", "Integrity-list entries.") { add };
+    }
+
+    private static Command BatchCommand(RegistryInput input)
+    {
+        var id = RegistryInput.Text("--id", "The batch id, 1 to 32 characters from [A-Za-z0-9._-], for example 2025.");
+        var opens = RegistryInput.LocalTime("--opens", "Applications are taken from this time, inclusive");
+        var closes = RegistryInput.LocalTime("--closes", "Applications are taken until this time, exclusive; the 2025 batch closed at \"2025-04-07 18:00\"");
+        var validityEnds = RegistryInput.LocalTime("--validity-ends", "Admission under the batch is valid until this time, exclusive; for the 2025 batch \"2027-01-01 00:00\", the end of 2026");
+        var noticeDays = RegistryInput.Number("--notice-days", "Days of consultation and public notice, 0 to 30.", 0, 30, 5);
+        var auditYear = new Option<int?>("--audit-year")
+        {
+            Description = "The fiscal year of the audited financial report applicants file; the year before is accepted with a stated reason. Defaults to the year before the window opens.",
+        };
+        auditYear.Validators.Add(result =>
+        {
+            if (result.GetValueOrDefault<int?>() is { } year && year is < 2000 or > 2100)
+            {
+                result.AddError($"--audit-year must be a year from 2000 to 2100, not {year}.");
+            }
+        });
+        var put = input.Writer("put", "Create an admission batch, or replace every setting of an existing one (a batch with applications keeps its validity end).",
+            id, opens, closes, validityEnds, noticeDays, auditYear);
+        input.SetAction(put, parse =>
+        {
+            DateTimeOffset opensAt = parse.GetValue(opens)!.Value;
+            var batch = new AdmissionBatch
+            {
+                BatchId = parse.GetValue(id)!,
+                WindowOpensUnixMs = opensAt.ToUnixTimeMilliseconds(),
+                WindowClosesUnixMs = parse.GetValue(closes)!.Value.ToUnixTimeMilliseconds(),
+                ValidityEndsUnixMs = parse.GetValue(validityEnds)!.Value.ToUnixTimeMilliseconds(),
+                PublicNoticeDays = (uint)parse.GetValue(noticeDays),
+                AuditReportYear = (uint)(parse.GetValue(auditYear) ?? opensAt.ToOffset(ShanghaiTime.Offset).Year - 1),
+            };
+            return async (registry, cancellationToken) =>
+            {
+                AdmissionBatch saved = await registry.PutBatchAsync(input.Operator(parse), batch, cancellationToken);
+                Console.WriteLine($"Saved batch {saved.BatchId}.");
+                RegistryOutput.WriteBatches([saved]);
+            };
+        });
+
+        var list = input.Reader("list", "List the admission batches by window start.");
+        input.SetAction(list, _ => async (registry, cancellationToken) => RegistryOutput.WriteBatches(await registry.ListBatchesAsync(cancellationToken)));
+        return new Command("batch", "Admission batches: when applications are taken and until when admission is valid.") { put, list };
+    }
+
+    private static Command ItemCommand(RegistryInput input)
+    {
+        var item = new Command("item", "Admitted service items: suspend, reinstate, withdraw or revoke one, from now.");
+        foreach (var (action, description) in new[]
+        {
+            (ServiceItemAction.Suspend, "Suspend an active service item from now; usage during the suspension is refused. Needs --reasons."),
+            (ServiceItemAction.Reinstate, "Lift a suspension from now."),
+            (ServiceItemAction.Withdraw, "Record that the provider leaves the item voluntarily, from now."),
+            (ServiceItemAction.Revoke, "Revoke the item for a violation, from now. Needs --reasons."),
+        })
+        {
+            var code = RegistryInput.CreditCode("The provider's credit code.");
+            var serviceItem = RegistryInput.Text("--item", "The admitted service item, for example gpu-training.");
+            var reasons = RegistryInput.Text("--reasons", "Why; required to suspend or revoke.", required: false);
+            var command = input.Writer(RegistryOutput.Name(action).ToLowerInvariant(), description, code, serviceItem, reasons);
+            input.SetAction(command, parse =>
+            {
+                var request = new ChangeServiceItemStatusRequest
+                {
+                    CreditCode = parse.GetValue(code)!,
+                    ServiceItem = parse.GetValue(serviceItem)!,
+                    Action = action,
+                    Reasons = parse.GetValue(reasons)!,
+                };
+                return async (registry, cancellationToken) => RegistryOutput.WriteServiceItem(await registry.ChangeServiceItemStatusAsync(input.Operator(parse), request, cancellationToken));
+            });
+            item.Subcommands.Add(command);
+        }
+
+        return item;
+    }
+
+    private static Command FalseMaterialsCommand(RegistryInput input)
+    {
+        var code = RegistryInput.CreditCode("The organisation's credit code.");
+        var reasons = RegistryInput.Text("--reasons", "What was found false.");
+        var command = input.Writer("false-materials",
+            "Record that an organisation filed false materials: its pending applications are rejected, its admitted items revoked, and it goes on the integrity_anomaly list from today.",
+            code, reasons);
+        input.SetAction(command, parse =>
+        {
+            var request = new RecordFalseMaterialsRequest { CreditCode = parse.GetValue(code)!, Reasons = parse.GetValue(reasons)! };
+            return async (registry, cancellationToken) =>
+            {
+                Organisation organisation = await registry.RecordFalseMaterialsAsync(input.Operator(parse), request, cancellationToken);
+                IReadOnlyList<Application> applications = await registry.ListApplicationsAsync(request.CreditCode, ApplicationState.Unspecified, ProviderRegistry.ListLimitMax, cancellationToken);
+                Console.WriteLine($"Recorded false materials of {organisation.CreditCode}.");
+                Console.WriteLine();
+                RegistryOutput.WriteOrganisation(organisation, applications, TimeProvider.System.GetUtcNow());
+            };
+        });
+        return command;
+    }
+
+    private static Command HistoryCommand(RegistryInput input)
+    {
+        var code = RegistryInput.CreditCode("Only changes to this organisation's entries; leave out for all (batches belong to no organisation).", required: false);
+        var limit = RegistryInput.Limit("changes");
+        var json = new Option<bool>("--json") { Description = "Show each change's entity before and after as whole JSON instead of a one-line summary." };
+        var command = input.Reader("history", "The registry's change history, newest first: who changed what, when, and how.", code, limit, json);
+        input.SetAction(command, parse => async (registry, cancellationToken) =>
+            RegistryOutput.WriteHistory(await registry.GetHistoryAsync(parse.GetValue(code), parse.GetValue(limit), cancellationToken), parse.GetValue(json)));
+        return command;
+    }
+}

@@ -1,0 +1,344 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using Google.Protobuf.Reflection;
+using Metering.Engine.Catalog;
+using Metering.Engine.Registry;
+using Metering.Protocol.V1;
+
+namespace Metering.Cli.Commands;
+
+/// <summary>
+/// How the registry commands print: key-value blocks and tables, never raw protobuf. Times are
+/// Asia/Shanghai as yyyy-MM-dd HH:mm, capacity is PFLOPS, money is integer fen with its yuan
+/// rendering by integer arithmetic, enums by their proto names (as the JSON filing spells them).
+/// </summary>
+internal static class RegistryOutput
+{
+    /// <summary>History summaries longer than this are cut; `history --json` shows them whole.</summary>
+    public const int SummaryCharsMax = 120;
+
+    private const int ValueCharsMax = 32;
+    private const int Sha256PrefixChars = 12;
+
+    public static string Local(long unixMs) => unixMs == 0 ? "" : Local(DateTimeOffset.FromUnixTimeMilliseconds(unixMs));
+
+    public static string Local(DateTimeOffset instant) => instant.ToOffset(ShanghaiTime.Offset).ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture);
+
+    public static string Pflops(long gflops) => FilingRules.Pflops(gflops);
+
+    public static string Count(long value) => value.ToString(CultureInfo.InvariantCulture);
+
+    /// <summary>Fen as yuan with two decimals, by integer arithmetic: 1800 is 18.00.</summary>
+    public static string Yuan(long fen)
+    {
+        ulong magnitude = fen < 0 ? (ulong)(-(fen + 1)) + 1 : (ulong)fen;
+        return string.Create(CultureInfo.InvariantCulture, $"{(fen < 0 ? "-" : "")}{magnitude / 100}.{magnitude % 100:00}");
+    }
+
+    /// <summary>An enum value as registry.proto spells it: ACTIVE, AWAITING_VERIFICATION, BUSINESS_LICENCE.</summary>
+    public static string Name<T>(T value)
+        where T : struct, Enum
+    {
+        int number = Convert.ToInt32(value, CultureInfo.InvariantCulture);
+        EnumDescriptor descriptor = RegistryReflection.Descriptor.EnumTypes.Single(e => e.ClrType == typeof(T));
+        return descriptor.FindValueByNumber(number)?.Name ?? number.ToString(CultureInfo.InvariantCulture);
+    }
+
+    // ---------------------------------------------------------------- applications
+
+    /// <summary>An application's summary and its stages: what every workflow command prints.</summary>
+    public static void WriteApplication(Application application)
+    {
+        Fields(Summary(application));
+        Console.WriteLine();
+        WriteStages(application.Stages);
+    }
+
+    /// <summary>Everything on record about an application.</summary>
+    public static void WriteApplicationDetail(Application application, DeviceCatalog catalog)
+    {
+        var fields = Summary(application);
+        fields.Add(("proof stream", $"{application.MeteringProofStream} ({application.MeteringProofRecords} records at filing)"));
+        fields.Add(("service content", application.ServiceContent));
+        fields.Add(("service standards", application.ServiceStandards));
+        Fields(fields);
+
+        var materials = new TextTable("material", "document", "sha256");
+        foreach (Material material in application.Materials)
+        {
+            materials.Add(Name(material.Kind), material.DocumentRef, material.Sha256[..Math.Min(Sha256PrefixChars, material.Sha256.Length)] + "…");
+        }
+
+        Section("Materials", materials, application.Materials.Count);
+
+        var capacity = new TextTable("site", "device model", "devices", "FP16 PFLOPS");
+        foreach (DeclaredDevices devices in application.Capacity)
+        {
+            DeviceModel? model = catalog.Find(devices.DeviceModel);
+            capacity.Add(devices.Site, devices.DeviceModel, Count(devices.DeviceCount), model is null ? "" : Pflops(devices.DeviceCount * model.Fp16DenseGflops));
+        }
+
+        Section("Declared capacity", capacity, application.Capacity.Count);
+
+        var fees = new TextTable("device model", "unit", "price (fen)", "yuan");
+        foreach (FeeLine line in application.Fees)
+        {
+            fees.Add(line.DeviceModel, Name(line.Unit), Count(line.PriceFen), Yuan(line.PriceFen));
+        }
+
+        Section("Fee schedule (version 1)", fees, application.Fees.Count);
+        Console.WriteLine();
+        WriteStages(application.Stages);
+    }
+
+    public static void WriteApplications(IReadOnlyList<Application> applications)
+    {
+        if (applications.Count == 0)
+        {
+            Console.WriteLine("No applications.");
+            return;
+        }
+
+        Table(applications).Write(Console.Out);
+    }
+
+    private static TextTable Table(IEnumerable<Application> applications)
+    {
+        var table = new TextTable("id", "applicant", "batch", "service item", "state", "filed", "declared PFLOPS", "verified PFLOPS", "notice");
+        foreach (Application a in applications)
+        {
+            table.Add(Count(a.ApplicationId), a.CreditCode, a.BatchId, a.ServiceItem, Name(a.State), Local(a.FiledUnixMs), Pflops(a.DeclaredFp16Gflops),
+                a.VerifiedFp16Gflops == 0 ? "" : Pflops(a.VerifiedFp16Gflops), a.NoticeNumber);
+        }
+
+        return table;
+    }
+
+    private static List<(string Label, string Value)> Summary(Application a) =>
+    [
+        ("application", Count(a.ApplicationId)),
+        ("applicant", a.CreditCode),
+        ("batch", a.BatchId),
+        ("service item", a.ServiceItem),
+        ("state", Name(a.State)),
+        ("filed", Local(a.FiledUnixMs)),
+        ("declared", $"{Pflops(a.DeclaredFp16Gflops)} PFLOPS FP16"),
+        ("verified", a.VerifiedFp16Gflops == 0 ? "" : $"{Pflops(a.VerifiedFp16Gflops)} PFLOPS FP16"),
+        ("intermediary", a.Intermediary),
+        ("public notice until", Local(a.NoticeEndsUnixMs)),
+        ("admission notice", a.NoticeNumber),
+    ];
+
+    private static void WriteStages(IEnumerable<Stage> stages)
+    {
+        var table = new TextTable("stage", "by", "when", "outcome", "reasons");
+        foreach (Stage stage in stages)
+        {
+            table.Add(stage.Stage_, stage.Actor, Local(stage.AtUnixMs), stage.Outcome, stage.Reasons);
+        }
+
+        table.Write(Console.Out);
+    }
+
+    // ---------------------------------------------------------------- organisations
+
+    public static void WriteOrganisation(Organisation organisation, IReadOnlyList<Application> applications, DateTimeOffset now)
+    {
+        Fields(
+        [
+            ("credit code", organisation.CreditCode),
+            ("name", organisation.Name),
+            ("legal form", Name(organisation.LegalForm)),
+            ("district", $"{organisation.District} ({Districts.NameOf(organisation.District)})"),
+            ("established", organisation.EstablishedOn),
+        ]);
+
+        string today = RegistryInput.Date(ShanghaiTime.DateOf(now));
+        var licences = new TextTable("licence", "issuer", "valid from", "valid until", "valid today");
+        foreach (Licence licence in organisation.Licences)
+        {
+            bool valid = string.CompareOrdinal(licence.ValidFrom, today) <= 0 && string.CompareOrdinal(today, licence.ValidUntil) <= 0;
+            licences.Add(licence.LicenceNumber, licence.Issuer, licence.ValidFrom, licence.ValidUntil, valid ? "yes" : "no");
+        }
+
+        Section("IDC/ISP licences", licences, organisation.Licences.Count);
+
+        var listings = new TextTable("list", "from", "until", "reason");
+        foreach (IntegrityListing listing in organisation.Listings)
+        {
+            listings.Add(listing.List, listing.ListedFrom, listing.ListedUntil.Length == 0 ? "(no end)" : listing.ListedUntil, listing.Reason);
+        }
+
+        Section("Integrity listings", listings, organisation.Listings.Count);
+
+        var items = new TextTable("service item", "status", "valid from", "valid until", "application", "notice", "fees", "reason");
+        foreach (ServiceItem item in organisation.ServiceItems)
+        {
+            items.Add(item.ServiceItem_, Name(item.Status), Local(item.ValidFromUnixMs), Local(item.ValidUntilUnixMs), Count(item.ApplicationId), item.NoticeNumber,
+                $"v{item.FeeScheduleVersion}", item.StatusReason);
+        }
+
+        Section("Service items", items, organisation.ServiceItems.Count);
+        Section("Applications", Table(applications), applications.Count);
+    }
+
+    public static void WriteServiceItem(ServiceItem item) => Fields(
+    [
+        ("provider", item.CreditCode),
+        ("service item", item.ServiceItem_),
+        ("status", Name(item.Status)),
+        ("reason", item.StatusReason),
+        ("valid from", Local(item.ValidFromUnixMs)),
+        ("valid until", Local(item.ValidUntilUnixMs)),
+        ("application", Count(item.ApplicationId)),
+        ("admission notice", item.NoticeNumber),
+        ("fee schedule", $"version {item.FeeScheduleVersion}"),
+    ]);
+
+    public static void WriteBatches(IReadOnlyList<AdmissionBatch> batches)
+    {
+        if (batches.Count == 0)
+        {
+            Console.WriteLine("No admission batches.");
+            return;
+        }
+
+        var table = new TextTable("batch", "window opens", "window closes", "validity ends", "notice days", "audit year");
+        foreach (AdmissionBatch batch in batches)
+        {
+            table.Add(batch.BatchId, Local(batch.WindowOpensUnixMs), Local(batch.WindowClosesUnixMs), Local(batch.ValidityEndsUnixMs),
+                Count(batch.PublicNoticeDays), Count(batch.AuditReportYear));
+        }
+
+        table.Write(Console.Out);
+    }
+
+    // ---------------------------------------------------------------- history
+
+    public static void WriteHistory(IReadOnlyList<HistoryEntry> entries, bool json)
+    {
+        if (entries.Count == 0)
+        {
+            Console.WriteLine("No changes recorded.");
+            return;
+        }
+
+        if (json)
+        {
+            foreach (HistoryEntry e in entries)
+            {
+                Console.WriteLine($"#{e.ChangeId}  {Local(e.AtUnixMs)}  {e.Actor} ({e.Role})  {e.Entity} {e.EntityKey}  {e.Action}");
+                Console.WriteLine($"  before: {(e.BeforeJson.Length == 0 ? "(none)" : e.BeforeJson)}");
+                Console.WriteLine($"  after:  {(e.AfterJson.Length == 0 ? "(none)" : e.AfterJson)}");
+            }
+
+            return;
+        }
+
+        var table = new TextTable("change", "when", "actor", "role", "entity", "key", "action", "what changed");
+        foreach (HistoryEntry e in entries)
+        {
+            table.Add(Count(e.ChangeId), Local(e.AtUnixMs), e.Actor, e.Role, e.Entity, e.EntityKey, e.Action, Changes(e.BeforeJson, e.AfterJson));
+        }
+
+        table.Write(Console.Out);
+    }
+
+    /// <summary>
+    /// A one-line account of a change: the top-level fields whose values differ (`state:
+    /// awaiting_material_review → awaiting_verification`), or the fields of a new entity.
+    /// </summary>
+    internal static string Changes(string beforeJson, string afterJson)
+    {
+        if (afterJson.Length == 0)
+        {
+            return "";
+        }
+
+        using JsonDocument afterDocument = JsonDocument.Parse(afterJson);
+        using JsonDocument? beforeDocument = beforeJson.Length == 0 ? null : JsonDocument.Parse(beforeJson);
+        JsonElement after = afterDocument.RootElement;
+        var parts = new List<string>();
+        if (after.ValueKind != JsonValueKind.Object)
+        {
+            parts.Add(Value(after));
+        }
+        else if (beforeDocument?.RootElement is not { ValueKind: JsonValueKind.Object } before)
+        {
+            parts.AddRange(Fields(after));
+        }
+        else if (after.TryGetProperty("item", out JsonElement item) && item.ValueKind == JsonValueKind.Object)
+        {
+            // A suspension or reinstatement records the item row with what was done to it.
+            parts.AddRange(Differences(before, item));
+            parts.AddRange(Fields(after).Where(p => !p.StartsWith("item=", StringComparison.Ordinal)));
+        }
+        else
+        {
+            parts.AddRange(Differences(before, after));
+        }
+
+        string summary = string.Join(", ", parts);
+        return summary.Length <= SummaryCharsMax ? summary : summary[..(SummaryCharsMax - 1)] + "…";
+    }
+
+    private static IEnumerable<string> Fields(JsonElement entity) =>
+        entity.EnumerateObject()
+            .Where(p => p.Value.ValueKind != JsonValueKind.Null && !(p.Value.ValueKind == JsonValueKind.String && p.Value.GetString()!.Length == 0))
+            .Select(p => $"{p.Name}={Value(p.Value)}");
+
+    private static IEnumerable<string> Differences(JsonElement before, JsonElement after)
+    {
+        foreach (JsonProperty property in after.EnumerateObject())
+        {
+            bool had = before.TryGetProperty(property.Name, out JsonElement was);
+            if ((had ? was.GetRawText() : "null") != property.Value.GetRawText())
+            {
+                yield return $"{property.Name}: {(had ? Value(was) : "null")} → {Value(property.Value)}";
+            }
+        }
+    }
+
+    private static string Value(JsonElement value)
+    {
+        string text = value.ValueKind switch
+        {
+            JsonValueKind.String => value.GetString()!,
+            JsonValueKind.Object => "{…}",
+            JsonValueKind.Array => "[…]",
+            _ => value.GetRawText(),
+        };
+        text = text.ReplaceLineEndings(" ");
+        return text.Length <= ValueCharsMax ? text : text[..(ValueCharsMax - 1)] + "…";
+    }
+
+    // ---------------------------------------------------------------- layout
+
+    /// <summary>Label-value lines with the values aligned; empty values are left out.</summary>
+    private static void Fields(IReadOnlyList<(string Label, string Value)> fields)
+    {
+        var shown = fields.Where(f => f.Value.Length > 0).ToList();
+        int width = shown.Max(f => f.Label.Length);
+        var text = new StringBuilder();
+        foreach (var (label, value) in shown)
+        {
+            text.Append(label.PadRight(width + 2)).AppendLine(value);
+        }
+
+        Console.Write(text.ToString());
+    }
+
+    private static void Section(string title, TextTable table, int rows)
+    {
+        Console.WriteLine();
+        Console.WriteLine($"{title}:");
+        if (rows == 0)
+        {
+            Console.WriteLine("  (none)");
+            return;
+        }
+
+        table.Write(Console.Out);
+    }
+}

@@ -1,0 +1,236 @@
+using System.CommandLine;
+using Google.Protobuf;
+using Metering.Engine.Access;
+using Metering.Engine.Registry;
+using Metering.Protocol.V1;
+
+namespace Metering.Cli.Commands;
+
+/// <summary>
+/// The admission workflow under `metering registry`: apply → review → verify → notice open
+/// (objection add) → decide → notice issue, and the commands that read applications. Each stage
+/// command prints the application's new state and its stage table.
+/// </summary>
+internal static class RegistryWorkflowCommands
+{
+    /// <summary>An application file is a few kilobytes; anything past this is not one.</summary>
+    public const long ApplicationFileBytesMax = 1024 * 1024;
+
+    public static IEnumerable<Command> Create(RegistryInput input) =>
+    [
+        Apply(input),
+        Review(input),
+        Verify(input),
+        Notice(input),
+        Objection(input),
+        Decide(input),
+        ListApplications(input),
+        ShowApplication(input),
+    ];
+
+    private static Command Apply(RegistryInput input)
+    {
+        var file = new Option<FileInfo>("--file")
+        {
+            Description = "The application as JSON: the FileApplicationRequest fields of registry.proto in the proto3 JSON mapping "
+                + "(batchId, creditCode, serviceItem, materials, financialReportKind, auditReportYear, capacity, serviceContent, serviceStandards, fees, "
+                + "meteringProofStream, ...). See samples/Registry/application.json.",
+            Required = true,
+        };
+        var command = input.Reader("apply",
+            "File an application for one service item from a JSON file. It is filed as the applicant named in the file (creditCode), which files for itself "
+            + "through the bureau's system; every filing rule is checked and a broken one refuses the filing.",
+            file);
+        input.SetAction(command, parse =>
+        {
+            FileInfo path = parse.GetValue(file)!;
+            FileApplicationRequest request = ReadApplication(path);
+            var applicant = new Actor(Role.Provider, request.CreditCode);
+            return async (registry, cancellationToken) =>
+            {
+                Application filed = await registry.FileApplicationAsync(applicant, request, cancellationToken);
+                Console.WriteLine($"Filed application {filed.ApplicationId} of {filed.CreditCode} for '{filed.ServiceItem}' in batch {filed.BatchId}.");
+                Console.WriteLine();
+                RegistryOutput.WriteApplication(filed);
+            };
+        });
+        return command;
+    }
+
+    /// <summary>Reads and parses the application file; what is wrong with it is a usage error naming the file.</summary>
+    internal static FileApplicationRequest ReadApplication(FileInfo path)
+    {
+        if (!path.Exists)
+        {
+            throw new UsageException($"no application file at {path.FullName}");
+        }
+
+        if (path.Length > ApplicationFileBytesMax)
+        {
+            throw new UsageException($"{path.Name} is {path.Length:N0} bytes; an application file is at most {ApplicationFileBytesMax:N0}");
+        }
+
+        FileApplicationRequest request;
+        try
+        {
+            request = JsonParser.Default.Parse<FileApplicationRequest>(File.ReadAllText(path.FullName));
+        }
+        catch (Exception e) when (e is InvalidJsonException or InvalidProtocolBufferException or FormatException)
+        {
+            throw new UsageException($"{path.Name} is not a valid application: {e.Message}");
+        }
+        catch (IOException e)
+        {
+            throw new UsageException($"cannot read {path.FullName}: {e.Message}");
+        }
+
+        if (request.CreditCode.Length == 0)
+        {
+            throw new UsageException($"{path.Name} does not name the applicant: creditCode is missing");
+        }
+
+        return request;
+    }
+
+    private static Command Review(RegistryInput input)
+    {
+        var id = RegistryInput.ApplicationId();
+        var pass = new Option<bool>("--pass") { Description = "The materials are complete and in order: the application goes on to verification." };
+        var reject = new Option<bool>("--reject") { Description = "Reject the application at material review (needs --reasons)." };
+        var reasons = Reasons("Why; required with --reject.");
+        var command = input.Writer("review",
+            "Electronic material review of an application awaiting it. An application filed through an intermediary is rejected whatever is asked.",
+            id, pass, reject, reasons);
+        RegistryInput.ExactlyOne(command, pass, reject);
+        input.SetAction(command, parse =>
+        {
+            var decision = new StageDecision { ApplicationId = parse.GetValue(id), Pass = parse.GetValue(pass), Reasons = parse.GetValue(reasons)! };
+            return async (registry, cancellationToken) => RegistryOutput.WriteApplication(await registry.ReviewMaterialsAsync(input.Operator(parse), decision, cancellationToken));
+        });
+        return command;
+    }
+
+    private static Command Verify(RegistryInput input)
+    {
+        var id = RegistryInput.ApplicationId();
+        var pflops = RegistryInput.Pflops("--verified-pflops", "The verified FP16 dense capacity in PFLOPS, for example 316.608 (at most six decimals).");
+        var gflops = new Option<long?>("--verified-gflops") { Description = "The verified FP16 dense capacity in GFLOPS, for example 316608000; instead of --verified-pflops." };
+        gflops.Validators.Add(result =>
+        {
+            if (result.GetValueOrDefault<long?>() < 0)
+            {
+                result.AddError("--verified-gflops cannot be negative.");
+            }
+        });
+        var pass = new Option<bool>("--pass") { Description = $"Verification confirms the capacity; it must be at least {FilingRules.Pflops(FilingRules.CapacityMinimumGflops)} PFLOPS." };
+        var reject = new Option<bool>("--reject") { Description = "Reject the application at verification (needs --reasons)." };
+        var reasons = Reasons("The verifier's report or why it failed; required with --reject.");
+        var command = input.Writer("verify", "Record the commissioned verification of an application awaiting it, with the verified capacity.", id, pflops, gflops, pass, reject, reasons);
+        RegistryInput.ExactlyOne(command, pass, reject);
+        command.Validators.Add(result =>
+        {
+            bool hasPflops = result.GetResult(pflops) is not null;
+            bool hasGflops = result.GetResult(gflops) is not null;
+            if (hasPflops && hasGflops)
+            {
+                result.AddError("give the verified capacity once: --verified-pflops or --verified-gflops, not both.");
+            }
+            else if (!hasPflops && !hasGflops && result.GetValue(pass))
+            {
+                result.AddError("--pass needs the verified capacity: --verified-pflops or --verified-gflops.");
+            }
+        });
+        input.SetAction(command, parse =>
+        {
+            var decision = new VerificationDecision
+            {
+                ApplicationId = parse.GetValue(id),
+                Pass = parse.GetValue(pass),
+                Reasons = parse.GetValue(reasons)!,
+                VerifiedFp16Gflops = parse.GetValue(pflops) ?? parse.GetValue(gflops) ?? 0,
+            };
+            return async (registry, cancellationToken) => RegistryOutput.WriteApplication(await registry.RecordVerificationAsync(input.Operator(parse), decision, cancellationToken));
+        });
+        return command;
+    }
+
+    private static Command Notice(RegistryInput input)
+    {
+        var openId = RegistryInput.ApplicationId();
+        var reject = new Option<bool>("--reject") { Description = "Reject the application after consultation instead of opening the notice (needs --reasons)." };
+        var openReasons = Reasons("Why; required with --reject.");
+        var open = input.Writer("open", "Open consultation and public notice of a verified application for the batch's number of days.", openId, reject, openReasons);
+        input.SetAction(open, parse =>
+        {
+            var decision = new StageDecision { ApplicationId = parse.GetValue(openId), Pass = !parse.GetValue(reject), Reasons = parse.GetValue(openReasons)! };
+            return async (registry, cancellationToken) => RegistryOutput.WriteApplication(await registry.OpenPublicNoticeAsync(input.Operator(parse), decision, cancellationToken));
+        });
+
+        var issueId = RegistryInput.ApplicationId();
+        var number = RegistryInput.Text("--number", "The admission notice number, unique, 1 to 64 characters, for example 深科创训力入库〔2025〕1号.");
+        var issue = input.Writer("issue", "Issue the admission notice of a decided application: its service item is admitted from the decision until the batch's validity end.", issueId, number);
+        input.SetAction(issue, parse =>
+        {
+            var request = new IssueAdmissionNoticeRequest { ApplicationId = parse.GetValue(issueId), NoticeNumber = parse.GetValue(number)! };
+            return async (registry, cancellationToken) => RegistryOutput.WriteApplication(await registry.IssueAdmissionNoticeAsync(input.Operator(parse), request, cancellationToken));
+        });
+        return new Command("notice", "Public notice (open) and the admission notice (issue).") { open, issue };
+    }
+
+    private static Command Objection(RegistryInput input)
+    {
+        var id = RegistryInput.ApplicationId();
+        var objector = RegistryInput.Text("--objector", "Who objected, as recorded (1 to 200 characters).");
+        var content = RegistryInput.Text("--content", "What the objection says.");
+        var add = input.Writer("add", "Record an objection raised during public notice; admitting over it then needs reasons that answer it.", id, objector, content);
+        input.SetAction(add, parse =>
+        {
+            var request = new RecordObjectionRequest { ApplicationId = parse.GetValue(id), Objector = parse.GetValue(objector)!, Content = parse.GetValue(content)! };
+            return async (registry, cancellationToken) => RegistryOutput.WriteApplication(await registry.RecordObjectionAsync(input.Operator(parse), request, cancellationToken));
+        });
+        return new Command("objection", "Objections raised during public notice.") { add };
+    }
+
+    private static Command Decide(RegistryInput input)
+    {
+        var id = RegistryInput.ApplicationId();
+        var admit = new Option<bool>("--admit") { Description = "Admit: the application goes on to the admission notice (needs --reasons if objections were recorded)." };
+        var reject = new Option<bool>("--reject") { Description = "Reject the application (needs --reasons)." };
+        var reasons = Reasons("Why; required with --reject, and to admit over recorded objections.");
+        var command = input.Writer("decide", "Decide admission of an application whose public notice has ended. Of two operators deciding at once, the second is refused.", id, admit, reject, reasons);
+        RegistryInput.ExactlyOne(command, admit, reject);
+        input.SetAction(command, parse =>
+        {
+            var decision = new StageDecision { ApplicationId = parse.GetValue(id), Pass = parse.GetValue(admit), Reasons = parse.GetValue(reasons)! };
+            return async (registry, cancellationToken) => RegistryOutput.WriteApplication(await registry.DecideAdmissionAsync(input.Operator(parse), decision, cancellationToken));
+        });
+        return command;
+    }
+
+    private static Command ListApplications(RegistryInput input)
+    {
+        var code = RegistryInput.CreditCode("Only this organisation's applications.", required: false);
+        var state = RegistryInput.State();
+        var limit = RegistryInput.Limit("applications");
+        var command = input.Reader("applications", "List applications, newest first.", code, state, limit);
+        input.SetAction(command, parse => async (registry, cancellationToken) =>
+            RegistryOutput.WriteApplications(await registry.ListApplicationsAsync(parse.GetValue(code), parse.GetValue(state), parse.GetValue(limit), cancellationToken)));
+        return command;
+    }
+
+    private static Command ShowApplication(RegistryInput input)
+    {
+        var id = RegistryInput.ApplicationId();
+        var command = input.Reader("application", "Show an application in full: materials (with SHA-256 prefixes), declared capacity, fee schedule and every stage.", id);
+        input.SetAction(command, parse => async (registry, cancellationToken) =>
+        {
+            long applicationId = parse.GetValue(id);
+            Application application = await registry.GetApplicationAsync(applicationId, cancellationToken)
+                ?? throw new RegistryRefusedException(RegistryRefusal.ApplicationUnknown, $"there is no application {applicationId}");
+            RegistryOutput.WriteApplicationDetail(application, registry.Catalog);
+        });
+        return command;
+    }
+
+    private static Option<string> Reasons(string description) => RegistryInput.Text("--reasons", description, required: false);
+}
