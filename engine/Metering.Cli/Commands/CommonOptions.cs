@@ -65,7 +65,19 @@ internal static class CommonOptions
     {
         using ILoggerFactory logging = Logging(LogLevel.Warning);
         ILogger logger = logging.CreateLogger("metering");
-        var (connectionString, embedded) = await ResolveDatabaseAsync(connection, dataDirectory, logger, cancellationToken);
+        string connectionString;
+        EmbeddedPostgres? embedded;
+        try
+        {
+            (connectionString, embedded) = await ResolveDatabaseAsync(connection, dataDirectory, logger, cancellationToken);
+        }
+        catch (EmbeddedPostgresException e)
+        {
+            // Most often the data folder is held by a running `metering serve`: say so, without a stack trace.
+            Console.Error.WriteLine($"error: {e.Message} Stop the other process, or pass --connection to use its database through PostgreSQL.");
+            return 2;
+        }
+
         await using (embedded)
         {
             await using NpgsqlDataSource dataSource = Database.CreateDataSource(connectionString);

@@ -268,12 +268,6 @@ internal static class RegistryOutput
         {
             parts.AddRange(Fields(after));
         }
-        else if (after.TryGetProperty("item", out JsonElement item) && item.ValueKind == JsonValueKind.Object)
-        {
-            // A suspension or reinstatement records the item row with what was done to it.
-            parts.AddRange(Differences(before, item));
-            parts.AddRange(Fields(after).Where(p => !p.StartsWith("item=", StringComparison.Ordinal)));
-        }
         else
         {
             parts.AddRange(Differences(before, after));
@@ -305,7 +299,7 @@ internal static class RegistryOutput
         string text = value.ValueKind switch
         {
             JsonValueKind.String => value.GetString()!,
-            JsonValueKind.Object => "{…}",
+            JsonValueKind.Object => "{" + string.Join(", ", Fields(value)) + "}",
             JsonValueKind.Array => "[…]",
             _ => value.GetRawText(),
         };

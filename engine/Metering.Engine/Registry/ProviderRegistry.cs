@@ -354,8 +354,9 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
                 throw new RegistryRefusedException(RegistryRefusal.WrongStage, $"objections are recorded during public notice; application {row.ApplicationId} is {Names.Of(row.State)}");
             }
 
-            await AddStageAsync(connection, transaction, row.ProviderId, row.ApplicationId, "objection", actor, now, "recorded", $"{objector}: {content}");
-            await RecordAsync(connection, transaction, actor, now, row.ProviderId, "application", Key(row.ApplicationId), "objection", null, Serialize(new { objector, content }));
+            int stageNo = await AddStageAsync(connection, transaction, row.ProviderId, row.ApplicationId, "objection", actor, now, "recorded", $"{objector}: {content}");
+            await RecordAsync(connection, transaction, actor, now, row.ProviderId, "objection", $"{row.ApplicationId}/{stageNo}", "record", null,
+                await RowJsonAsync(connection, transaction, "application_stages", "application_id = @id AND stage_no = @stageNo", new { id = row.ApplicationId, stageNo }));
             return (await ReadApplicationAsync(connection, transaction, row.ApplicationId, details: true))!;
         }, cancellationToken);
     }
@@ -432,7 +433,7 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
                 $"notice {number}; admitted from {validFrom.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} until {batch.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; fee schedule version {version}");
             await RecordAsync(connection, transaction, actor, now, row.ProviderId, "application", Key(row.ApplicationId), "admission_notice", before, await ApplicationJsonAsync(connection, transaction, row.ApplicationId));
             await RecordAsync(connection, transaction, actor, now, row.ProviderId, "service_item", $"{row.ProviderId}/{row.ServiceItem}", "admit", null,
-                await RowJsonAsync(connection, transaction, "service_items", "provider_id = @code AND application_id = @id", new { code = row.ProviderId, id = row.ApplicationId }));
+                await ServiceItemJsonAsync(connection, transaction, row.ProviderId, row.ApplicationId));
             return (await ReadApplicationAsync(connection, transaction, row.ApplicationId, details: true))!;
         }, cancellationToken);
     }
@@ -530,8 +531,7 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
             ServiceItemRow item = await CurrentItemAsync(connection, transaction, code, request.ServiceItem, now)
                 ?? throw new RegistryRefusedException(RegistryRefusal.ServiceItemUnknown, $"{code} holds no admitted service item '{request.ServiceItem}'");
             ServiceItemStatus status = item.Status(now);
-            var key = new { code, item = request.ServiceItem, id = item.ApplicationId };
-            string before = (await RowJsonAsync(connection, transaction, "service_items", "provider_id = @code AND service_item = @item AND application_id = @id", key))!;
+            string before = (await ServiceItemJsonAsync(connection, transaction, code, item.ApplicationId))!;
             switch (request.Action, status)
             {
                 case (ServiceItemAction.Suspend, ServiceItemStatus.Active):
@@ -561,9 +561,8 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
             }
 
             await BumpEpochAsync(connection, transaction, code);
-            string after = (await RowJsonAsync(connection, transaction, "service_items", "provider_id = @code AND service_item = @item AND application_id = @id", key))!;
             await RecordAsync(connection, transaction, actor, now, code, "service_item", $"{code}/{request.ServiceItem}", request.Action.ToString().ToLowerInvariant(), before,
-                request.Action is ServiceItemAction.Suspend or ServiceItemAction.Reinstate ? Serialize(new { item = JsonDocument.Parse(after).RootElement, action = request.Action.ToString(), reasons }) : after);
+                await ServiceItemJsonAsync(connection, transaction, code, item.ApplicationId));
             return (await ReadServiceItemsAsync(connection, transaction, code, now)).First(i => i.Item == request.ServiceItem && i.ApplicationId == item.ApplicationId).ToMessage(now);
         }, cancellationToken);
     }
@@ -595,11 +594,12 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
             {
                 if (item.Status(now) is ServiceItemStatus.Active or ServiceItemStatus.Suspended)
                 {
+                    string before = (await ServiceItemJsonAsync(connection, transaction, code, item.ApplicationId))!;
                     await connection.ExecuteAsync("""
                         UPDATE service_items SET ended_at = @now, end_kind = 'revoked', end_reason = @reason WHERE provider_id = @code AND application_id = @id
                         """, new { now = now.UtcDateTime, reason = "false materials: " + reasons, code, id = item.ApplicationId }, transaction);
-                    await RecordAsync(connection, transaction, actor, now, code, "service_item", $"{code}/{item.Item}", "revoke", null,
-                        await RowJsonAsync(connection, transaction, "service_items", "provider_id = @code AND application_id = @id", new { code, id = item.ApplicationId }));
+                    await RecordAsync(connection, transaction, actor, now, code, "service_item", $"{code}/{item.Item}", "revoke", before,
+                        await ServiceItemJsonAsync(connection, transaction, code, item.ApplicationId));
                 }
             }
 
@@ -730,10 +730,12 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
         return records;
     }
 
-    private static async Task AddStageAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, long id, string stage, Actor actor, DateTimeOffset now, string outcome, string reasons) =>
-        await connection.ExecuteAsync("""
+    /// <summary>Appends a stage record and returns its number.</summary>
+    private static Task<int> AddStageAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, long id, string stage, Actor actor, DateTimeOffset now, string outcome, string reasons) =>
+        connection.ExecuteScalarAsync<int>("""
             INSERT INTO application_stages (provider_id, application_id, stage_no, stage, actor, at, outcome, reasons)
             SELECT @code, @id, coalesce(max(stage_no), 0) + 1, @stage, @actor, @now, @outcome, @reasons FROM application_stages WHERE application_id = @id
+            RETURNING stage_no
             """, new { code, id, stage, actor = actor.Subject, now = now.UtcDateTime, outcome, reasons }, transaction);
 
     private static Task RecordAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, Actor actor, DateTimeOffset now, string? providerId,
@@ -745,6 +747,15 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
 
     private static Task<string?> RowJsonAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string table, string where, object parameters, bool lockRow = false) =>
         connection.ExecuteScalarAsync<string?>($"SELECT to_jsonb(t)::text FROM {table} t WHERE {where}{(lockRow ? " FOR UPDATE" : "")}", parameters, transaction);
+
+    /// <summary>A service item as history shows it: its row, with the open suspension (or null) beside it.</summary>
+    private static Task<string?> ServiceItemJsonAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, long applicationId) =>
+        connection.ExecuteScalarAsync<string?>("""
+            SELECT (to_jsonb(s) || jsonb_build_object('open_suspension',
+                (SELECT to_jsonb(p) FROM service_item_suspensions p
+                 WHERE p.provider_id = s.provider_id AND p.application_id = s.application_id AND p.reinstated_at IS NULL)))::text
+            FROM service_items s WHERE s.provider_id = @code AND s.application_id = @applicationId
+            """, new { code, applicationId }, transaction);
 
     private static Task<string?> ApplicationJsonAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, long id) =>
         connection.ExecuteScalarAsync<string?>("""

@@ -121,6 +121,8 @@ public sealed class RegistryWorkflowTests(PostgresFixture postgres)
         HistoryEntry suspend = history.Entries.First();
         Assert.Equal("operator-one", suspend.Actor);
         Assert.Contains("Metering logs late.", suspend.AfterJson, StringComparison.Ordinal);
+        Assert.Contains("\"open_suspension\": null", suspend.BeforeJson, StringComparison.Ordinal);
+        Assert.Contains("\"open_suspension\": {", suspend.AfterJson, StringComparison.Ordinal);
         Assert.Equal(admitted.ApplicationId.ToString(System.Globalization.CultureInfo.InvariantCulture), history.Entries.Single(e => e.Action == "file").EntityKey);
 
         await Assert.ThrowsAsync<Npgsql.PostgresException>(() => scene.Server.ScalarAsync<int>("UPDATE registry_history SET actor = 'someone else' RETURNING 1"));
