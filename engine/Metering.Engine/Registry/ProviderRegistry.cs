@@ -397,13 +397,19 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
         DateTimeOffset now = time.GetUtcNow();
         return await InTransactionAsync(async (connection, transaction) =>
         {
+            // The organisation is locked before the application, in the order every other change
+            // that takes both locks uses, so that two such changes cannot deadlock.
+            string? provider = await connection.ExecuteScalarAsync<string?>("SELECT provider_id FROM applications WHERE application_id = @id", new { id = request.ApplicationId }, transaction);
+            if (provider is not null)
+            {
+                await LockOrganisationAsync(connection, transaction, provider);
+            }
+
             ApplicationRow row = await LockApplicationAsync(connection, transaction, request.ApplicationId);
             if (row.State != ApplicationState.AwaitingAdmissionNotice)
             {
                 throw await StageConflictAsync(connection, transaction, row, "admission_notice", "the admission notice follows the admission decision");
             }
-
-            await LockOrganisationAsync(connection, transaction, row.ProviderId);
             if (await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM applications WHERE notice_number = @number)", new { number }, transaction))
             {
                 throw new RegistryRefusedException(RegistryRefusal.NoticeNumberTaken, $"admission notice number {number} is already used");
