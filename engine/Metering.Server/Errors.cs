@@ -74,7 +74,9 @@ public static class Errors
     public static StatusCode CodeFor(IngestRefusal reason) => reason switch
     {
         IngestRefusal.ProviderNotAdmitted or IngestRefusal.ProviderSuspended or IngestRefusal.AdmissionExpired
-            or IngestRefusal.AdmissionWithdrawn or IngestRefusal.AdmissionRevoked or IngestRefusal.OrganisationNotRegistered => StatusCode.FailedPrecondition,
+            or IngestRefusal.AdmissionWithdrawn or IngestRefusal.AdmissionRevoked or IngestRefusal.OrganisationNotRegistered
+            or IngestRefusal.ProofNotAllowed => StatusCode.FailedPrecondition,
+        IngestRefusal.RegistryBusy => StatusCode.Unavailable,
         IngestRefusal.Unauthenticated => StatusCode.Unauthenticated,
         IngestRefusal.StreamNotOpen => StatusCode.FailedPrecondition,
         IngestRefusal.SequenceGap => StatusCode.FailedPrecondition,

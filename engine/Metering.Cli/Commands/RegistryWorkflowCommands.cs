@@ -37,18 +37,19 @@ internal static class RegistryWorkflowCommands
                 + "meteringProofStream, ...). See samples/Registry/application.json.",
             Required = true,
         };
-        var command = input.Reader("apply",
+        var command = input.Writer("apply",
             "File an application for one service item from a JSON file. It is filed as the applicant named in the file (creditCode), which files for itself "
-            + "through the bureau's system; every filing rule is checked and a broken one refuses the filing.",
+            + "through the bureau's system; the operator who entered it (--as) is recorded beside it. Every filing rule is checked and a broken one refuses the filing.",
             file);
         input.SetAction(command, parse =>
         {
             FileInfo path = parse.GetValue(file)!;
             FileApplicationRequest request = ReadApplication(path);
             var applicant = new Actor(Role.Provider, request.CreditCode);
+            string enteredBy = input.Operator(parse).Subject;
             return async (registry, cancellationToken) =>
             {
-                Application filed = await registry.FileApplicationAsync(applicant, request, cancellationToken);
+                Application filed = await registry.FileApplicationAsync(applicant, request, cancellationToken, enteredBy);
                 Console.WriteLine($"Filed application {filed.ApplicationId} of {filed.CreditCode} for '{filed.ServiceItem}' in batch {filed.BatchId}.");
                 Console.WriteLine();
                 RegistryOutput.WriteApplication(filed);

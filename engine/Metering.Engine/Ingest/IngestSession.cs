@@ -47,8 +47,15 @@ public sealed class IngestSession
     /// <summary>Stream ids with this prefix carry an applicant's metering-log proof; see ingest.proto.</summary>
     public const string ProofStreamPrefix = "proof:";
 
-    /// <summary>How many times a batch is re-checked when the registry changes under its commit.</summary>
-    private const int AdmissionRetriesMax = 3;
+    /// <summary>
+    /// How many times a batch is tried when the registry changes under its commit. Registry
+    /// changes to one organisation are rare, so running out means something is wrong and the
+    /// client is told to retry.
+    /// </summary>
+    private const int AdmissionAttemptsMax = 4;
+
+    /// <summary>A proof stream shows the platform keeps a verifiable log; it is not a place for usage.</summary>
+    public const ulong ProofRecordsMax = 10_000;
 
     public IngestSession(UsageStore store, RecordValidator validator, TimeProvider time, AdmissionGate gate, AdmissionSnapshot admission, string streamId, StreamHead head, string? peer = null)
     {
@@ -88,9 +95,19 @@ public sealed class IngestSession
     {
         if (_proofStream)
         {
-            return _admission.Registered
-                ? default
-                : new Refusal(IngestRefusal.OrganisationNotRegistered, $"record {record.Sequence}: {ProviderId} is not a registered organisation; proof streams are for applicants the registry holds");
+            if (!_admission.Registered)
+            {
+                return new Refusal(IngestRefusal.OrganisationNotRegistered, $"record {record.Sequence}: {ProviderId} is not a registered organisation; proof streams are for applicants the registry holds");
+            }
+
+            if (_admission.ListedOn is { } list)
+            {
+                return new Refusal(IngestRefusal.ProofNotAllowed, $"record {record.Sequence}: {ProviderId} is on the {list} list and may not write a metering-log proof");
+            }
+
+            return record.Sequence > ProofRecordsMax
+                ? new Refusal(IngestRefusal.ProofNotAllowed, $"record {record.Sequence}: a proof stream holds at most {ProofRecordsMax} records")
+                : default;
         }
 
         return _admission.Check(record.Sequence, record.StartUnixMs, record.EndUnixMs);
@@ -106,11 +123,16 @@ public sealed class IngestSession
             {
                 return await AppendOnceAsync(records, cancellationToken, alongside);
             }
-            catch (AdmissionChangedException) when (attempt < AdmissionRetriesMax)
+            catch (AdmissionChangedException) when (attempt < AdmissionAttemptsMax)
             {
                 // The registry changed between the snapshot and the commit; nothing was written.
                 // Check the batch again against what the registry says now.
                 _admission = await _gate.LoadAsync(ProviderId, cancellationToken);
+            }
+            catch (AdmissionChangedException changed)
+            {
+                _admission = await _gate.LoadAsync(ProviderId, cancellationToken);
+                throw new IngestRefusedException(new Refusal(IngestRefusal.RegistryBusy, $"{changed.Message} Nothing was committed; resume from the committed mark."));
             }
         }
     }

@@ -26,10 +26,11 @@ public sealed class AdmissionSnapshot
     private readonly Interval[] _intervals;
     private readonly Suspension[] _suspensions;
 
-    internal AdmissionSnapshot(string providerId, bool registered, long epoch, Interval[] intervals, Suspension[] suspensions)
+    internal AdmissionSnapshot(string providerId, bool registered, long epoch, Interval[] intervals, Suspension[] suspensions, string? listedOn = null)
     {
         ProviderId = providerId;
         Registered = registered;
+        ListedOn = listedOn;
         Epoch = epoch;
         _intervals = intervals;
         _suspensions = suspensions;
@@ -39,6 +40,9 @@ public sealed class AdmissionSnapshot
 
     /// <summary>Whether the registry holds the organisation at all (proof streams need only this).</summary>
     public bool Registered { get; }
+
+    /// <summary>The integrity list the organisation was on when read, or null: a listed organisation may not write proofs.</summary>
+    public string? ListedOn { get; }
 
     /// <summary>The organisation's admission epoch when read; -1 when it is not registered.</summary>
     public long Epoch { get; }
@@ -141,13 +145,19 @@ public sealed class AdmissionGate(NpgsqlDataSource dataSource)
         }
 
         var items = await connection.QueryAsync<(string Item, long ApplicationId, long FromMs, long EndsMs, long? EndedMs, string? EndKind)>("""
-            SELECT service_item, application_id, (extract(epoch FROM valid_from) * 1000)::bigint, (extract(epoch FROM validity_ends_at) * 1000)::bigint,
-                   (extract(epoch FROM ended_at) * 1000)::bigint, end_kind
+            SELECT service_item, application_id, floor(extract(epoch FROM valid_from) * 1000)::bigint, floor(extract(epoch FROM validity_ends_at) * 1000)::bigint,
+                   floor(extract(epoch FROM ended_at) * 1000)::bigint, end_kind
             FROM service_items WHERE provider_id = @providerId
             """, new { providerId }, transaction);
         var suspensions = await connection.QueryAsync<(long ApplicationId, long FromMs, long? UntilMs, string Reason)>("""
-            SELECT application_id, (extract(epoch FROM suspended_at) * 1000)::bigint, (extract(epoch FROM reinstated_at) * 1000)::bigint, reason
+            SELECT application_id, floor(extract(epoch FROM suspended_at) * 1000)::bigint, floor(extract(epoch FROM reinstated_at) * 1000)::bigint, reason
             FROM service_item_suspensions WHERE provider_id = @providerId
+            """, new { providerId }, transaction);
+        string? listedOn = await connection.ExecuteScalarAsync<string?>("""
+            SELECT list_name FROM integrity_listings
+            WHERE provider_id = @providerId AND listed_from <= (now() AT TIME ZONE 'Asia/Shanghai')::date
+              AND (listed_until IS NULL OR listed_until >= (now() AT TIME ZONE 'Asia/Shanghai')::date)
+            LIMIT 1
             """, new { providerId }, transaction);
         await transaction.CommitAsync(cancellationToken);
 
@@ -161,7 +171,7 @@ public sealed class AdmissionGate(NpgsqlDataSource dataSource)
         // A suspension belongs to one admitted item: usage that another, unsuspended item covers
         // is still taken.
         AdmissionSnapshot.Suspension[] paused = suspensions.Select(s => new AdmissionSnapshot.Suspension(s.FromMs, s.UntilMs ?? long.MaxValue, s.Reason, s.ApplicationId)).ToArray();
-        return new AdmissionSnapshot(providerId, registered: true, epoch.Value, intervals, paused);
+        return new AdmissionSnapshot(providerId, registered: true, epoch.Value, intervals, paused, listedOn);
     }
 
     /// <summary>Reads the epoch inside a commit's transaction and holds it until the commit ends; -1 when not registered.</summary>

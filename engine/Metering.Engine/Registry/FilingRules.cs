@@ -140,6 +140,28 @@ public static class FilingRules
                 $"batch {batch.BatchId} takes applications from {Local(batch.WindowOpensAt)} until {Local(batch.WindowClosesAt)} (Asia/Shanghai); this one was filed at {Local(filedAt)}");
         }
 
+        CheckEligibility(context);
+        CheckMaterials(request, organisation, batch, filedOn);
+
+        long declared = DeclaredGflops(request.Capacity, catalog);
+        if (declared < CapacityMinimumGflops)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.CapacityBelowMinimum,
+                $"declared FP16 capacity is {Pflops(declared)} PFLOPS; the programme requires at least 300");
+        }
+
+        return declared;
+    }
+
+    /// <summary>
+    /// Whether the organisation may be a provider at the context's moment: in Shenzhen, on no
+    /// integrity list, no voucher holder or applicant, with a valid IDC/ISP licence. Checked at
+    /// filing and again at the admission decision, since any of it can change in between.
+    /// </summary>
+    public static void CheckEligibility(FilingContext context)
+    {
+        OrganisationRow organisation = context.Organisation;
+        DateOnly filedOn = ShanghaiTime.DateOf(context.FiledAt);
         if (Districts.Normalise(organisation.District) is null || !Districts.CodeRegionMatches(organisation.ProviderId, organisation.District))
         {
             throw new RegistryRefusedException(RegistryRefusal.NotRegisteredInShenzhen,
@@ -167,16 +189,6 @@ public static class FilingRules
                     : $"none of {organisation.ProviderId}'s IDC/ISP licences is valid on {filedOn:yyyy-MM-dd} ({string.Join(", ", context.Licences.Select(l => $"{l.LicenceNumber} {l.ValidFrom:yyyy-MM-dd}..{l.ValidUntil:yyyy-MM-dd}"))})");
         }
 
-        CheckMaterials(request, organisation, batch, filedOn);
-
-        long declared = DeclaredGflops(request.Capacity, catalog);
-        if (declared < CapacityMinimumGflops)
-        {
-            throw new RegistryRefusedException(RegistryRefusal.CapacityBelowMinimum,
-                $"declared FP16 capacity is {Pflops(declared)} PFLOPS; the programme requires at least 300");
-        }
-
-        return declared;
     }
 
     private static void CheckMaterials(FileApplicationRequest request, OrganisationRow organisation, BatchRow batch, DateOnly filedOn)

@@ -143,6 +143,9 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
     public async Task<AdmissionBatch> PutBatchAsync(Actor actor, AdmissionBatch batch, CancellationToken cancellationToken)
     {
         Names.CheckBatchId(batch.BatchId);
+        CheckInstant("window_opens_unix_ms", batch.WindowOpensUnixMs);
+        CheckInstant("window_closes_unix_ms", batch.WindowClosesUnixMs);
+        CheckInstant("validity_ends_unix_ms", batch.ValidityEndsUnixMs);
         if (batch.WindowClosesUnixMs <= batch.WindowOpensUnixMs || batch.ValidityEndsUnixMs <= batch.WindowClosesUnixMs)
         {
             throw new RegistryRefusedException(RegistryRefusal.PeriodInvalid, "a batch's window must close after it opens, and its validity must end after the window closes");
@@ -161,7 +164,7 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
             if (before is not null)
             {
                 long validityMs = await connection.ExecuteScalarAsync<long>(
-                    "SELECT (extract(epoch FROM validity_ends_at) * 1000)::bigint FROM admission_batches WHERE batch_id = @id", key, transaction);
+                    "SELECT floor(extract(epoch FROM validity_ends_at) * 1000)::bigint FROM admission_batches WHERE batch_id = @id", key, transaction);
                 bool used = await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM applications WHERE batch_id = @id)", key, transaction);
                 if (used && validityMs != batch.ValidityEndsUnixMs)
                 {
@@ -197,7 +200,8 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
 
     // ---------------------------------------------------------------- applications
 
-    public async Task<Application> FileApplicationAsync(Actor actor, FileApplicationRequest request, CancellationToken cancellationToken)
+    /// <param name="enteredBy">The operator who entered the applicant's filing on its behalf, recorded beside the applicant; null when the applicant filed over the API.</param>
+    public async Task<Application> FileApplicationAsync(Actor actor, FileApplicationRequest request, CancellationToken cancellationToken, string? enteredBy = null)
     {
         string code = CheckCreditCode(request.CreditCode);
         if (actor.Role != Role.Provider || actor.Subject != code)
@@ -207,10 +211,10 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
         }
 
         FilingRules.CheckForm(request, catalog);
-        DateTimeOffset now = time.GetUtcNow();
         return await InTransactionAsync(async (connection, transaction) =>
         {
             OrganisationRow organisation = await RequireOrganisationAsync(connection, transaction, code, lockRow: true);
+            DateTimeOffset now = time.GetUtcNow();
             BatchRow batch = (await ReadBatchesAsync(connection, transaction, request.BatchId)).SingleOrDefault()
                 ?? throw new RegistryRefusedException(RegistryRefusal.BatchUnknown, $"there is no admission batch '{request.BatchId}'");
             var context = new FilingContext(
@@ -222,15 +226,20 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
                 now);
             long declared = FilingRules.Check(request, context, catalog);
 
-            string? live = await connection.ExecuteScalarAsync<string?>("""
-                SELECT state FROM applications WHERE provider_id = @code AND service_item = @item AND state <> 'rejected'
+            string? pending = await connection.ExecuteScalarAsync<string?>("""
+                SELECT state FROM applications WHERE provider_id = @code AND service_item = @item AND state NOT IN ('admitted', 'rejected')
                 """, new { code, item = request.ServiceItem }, transaction);
-            if (live is not null)
+            if (pending is not null)
+            {
+                throw new RegistryRefusedException(RegistryRefusal.ServiceItemTaken, $"{code} already has an application for service item '{request.ServiceItem}' in progress ({pending})");
+            }
+
+            // An item whose admission has ended (expired, withdrawn, revoked) may be applied for again.
+            if (await CurrentItemAsync(connection, transaction, code, request.ServiceItem, now) is { } current
+                && current.Status(now) is ServiceItemStatus.Active or ServiceItemStatus.Suspended)
             {
                 throw new RegistryRefusedException(RegistryRefusal.ServiceItemTaken,
-                    live == "admitted"
-                        ? $"{code} is already admitted for service item '{request.ServiceItem}'; a new service is applied for under a new item"
-                        : $"{code} already has an application for service item '{request.ServiceItem}' in progress ({live})");
+                    $"{code} is already admitted for service item '{request.ServiceItem}' until {current.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; a new service is applied for under a new item");
             }
 
             long proofRecords = await CheckMeteringProofAsync(connection, transaction, code, request.MeteringProofStream, cancellationToken);
@@ -247,7 +256,7 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
                 item = request.ServiceItem,
                 now = now.UtcDateTime,
                 reportKind = Names.Of(request.FinancialReportKind),
-                year = request.AuditReportYear == 0 ? (int?)null : (int)request.AuditReportYear,
+                year = request.FinancialReportKind == FinancialReportKind.CapitalVerification || request.AuditReportYear == 0 ? (int?)null : (int)request.AuditReportYear,
                 reason = NullIfEmpty(request.AuditReportReason),
                 declared,
                 content = request.ServiceContent,
@@ -272,9 +281,14 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
                     """, new { code, id, site = devices.Site, model = devices.DeviceModel, count = (int)devices.DeviceCount }, transaction);
             }
 
-            string filingNote = request.Intermediary.Length > 0 ? $"flagged: filed through an intermediary ({request.Intermediary.Trim()})" : "";
+            string filingNote = string.Join("; ", new[]
+            {
+                request.Intermediary.Length > 0 ? $"flagged: filed through an intermediary ({request.Intermediary.Trim()})" : "",
+                enteredBy is not null ? $"entered by operator {enteredBy}" : "",
+            }.Where(note => note.Length > 0));
+            Actor recorded = enteredBy is null ? actor : actor with { Subject = $"{actor.Subject} (entered by {enteredBy})" };
             await AddStageAsync(connection, transaction, code, id, "filing", actor, now, "recorded", filingNote);
-            await RecordAsync(connection, transaction, actor, now, code, "application", id.ToString(CultureInfo.InvariantCulture), "file", null, await ApplicationJsonAsync(connection, transaction, id));
+            await RecordAsync(connection, transaction, recorded, now, code, "application", id.ToString(CultureInfo.InvariantCulture), "file", null, await ApplicationJsonAsync(connection, transaction, id));
             return (await ReadApplicationAsync(connection, transaction, id, details: true))!;
         }, cancellationToken);
     }
@@ -345,13 +359,15 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
             throw FilingRules.Invalid($"an objection needs the objector (1 to 200 characters) and its content (1 to {ReasonsMax})");
         }
 
-        DateTimeOffset now = time.GetUtcNow();
         return await InTransactionAsync(async (connection, transaction) =>
         {
             ApplicationRow row = await LockApplicationAsync(connection, transaction, request.ApplicationId);
+            DateTimeOffset now = time.GetUtcNow();
+            // An objection raised during the notice may reach the operator after the period ends;
+            // it is recorded until the decision, which must then answer it.
             if (row.State != ApplicationState.InPublicNotice)
             {
-                throw new RegistryRefusedException(RegistryRefusal.WrongStage, $"objections are recorded during public notice; application {row.ApplicationId} is {Names.Of(row.State)}");
+                throw new RegistryRefusedException(RegistryRefusal.WrongStage, $"objections are recorded between public notice and the decision; application {row.ApplicationId} is {Names.Of(row.State)}");
             }
 
             int stageNo = await AddStageAsync(connection, transaction, row.ProviderId, row.ApplicationId, "objection", actor, now, "recorded", $"{objector}: {content}");
@@ -376,6 +392,8 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
                 return (ApplicationState.Rejected, "rejected", RequireReasons(decision.Reasons, "a rejection needs its reasons"));
             }
 
+            // Eligibility may have changed since filing: a listing, a lapsed licence, a voucher application.
+            await CheckStillEligibleAsync(connection, transaction, row, now);
             int objections = await connection.ExecuteScalarAsync<int>(
                 "SELECT count(*) FROM application_stages WHERE application_id = @id AND stage = 'objection'", new { id = row.ApplicationId }, transaction);
             string reasons = objections > 0
@@ -394,7 +412,6 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
             throw FilingRules.Invalid("notice_number must be 1 to 64 characters");
         }
 
-        DateTimeOffset now = time.GetUtcNow();
         return await InTransactionAsync(async (connection, transaction) =>
         {
             // The organisation is locked before the application, in the order every other change
@@ -406,6 +423,7 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
             }
 
             ApplicationRow row = await LockApplicationAsync(connection, transaction, request.ApplicationId);
+            DateTimeOffset now = time.GetUtcNow();
             if (row.State != ApplicationState.AwaitingAdmissionNotice)
             {
                 throw await StageConflictAsync(connection, transaction, row, "admission_notice", "the admission notice follows the admission decision");
@@ -434,6 +452,8 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
                 FROM applications WHERE application_id = @id
                 RETURNING version
                 """, new { code = row.ProviderId, item = row.ServiceItem, id = row.ApplicationId, from = validFrom.UtcDateTime }, transaction);
+            await RecordAsync(connection, transaction, actor, now, row.ProviderId, "fee_schedule", $"{row.ProviderId}/{row.ServiceItem}/{version}", "file", null,
+                await RowJsonAsync(connection, transaction, "fee_schedules", "provider_id = @code AND service_item = @item AND version = @version", new { code = row.ProviderId, item = row.ServiceItem, version }));
             await BumpEpochAsync(connection, transaction, row.ProviderId);
             await AddStageAsync(connection, transaction, row.ProviderId, row.ApplicationId, "admission_notice", actor, now, "passed",
                 $"notice {number}; admitted from {validFrom.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} until {batch.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; fee schedule version {version}");
@@ -480,11 +500,20 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
 
         Names.CheckServiceItem(request.ServiceItem);
         FilingRules.CheckFees(request.Lines, catalog);
-        DateTimeOffset now = time.GetUtcNow();
-        DateTimeOffset effective = request.EffectiveFromUnixMs == 0 ? now : DateTimeOffset.FromUnixTimeMilliseconds(request.EffectiveFromUnixMs);
+        CheckInstant("effective_from_unix_ms", request.EffectiveFromUnixMs, allowZero: true);
         return await InTransactionAsync(async (connection, transaction) =>
         {
             await LockOrganisationAsync(connection, transaction, code);
+            DateTimeOffset now = time.GetUtcNow();
+            // Prices change from a day not yet begun, so that no day that may have been settled
+            // is ever priced again.
+            DateTimeOffset tomorrow = ShanghaiTime.StartOf(ShanghaiTime.DateOf(now).AddDays(1));
+            DateTimeOffset effective = request.EffectiveFromUnixMs == 0 ? tomorrow : DateTimeOffset.FromUnixTimeMilliseconds(request.EffectiveFromUnixMs);
+            if (effective < tomorrow)
+            {
+                throw new RegistryRefusedException(RegistryRefusal.FeeScheduleInvalid,
+                    $"a new fee schedule takes effect from the start of a day that has not begun: {tomorrow.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai or later");
+            }
             ServiceItemRow item = await CurrentItemAsync(connection, transaction, code, request.ServiceItem, now)
                 ?? throw new RegistryRefusedException(RegistryRefusal.ServiceItemUnknown, $"{code} holds no admitted service item '{request.ServiceItem}'");
             if (item.Status(now) is ServiceItemStatus.Withdrawn or ServiceItemStatus.Revoked or ServiceItemStatus.Expired)
@@ -530,10 +559,10 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
             throw FilingRules.Invalid("action must be SUSPEND, REINSTATE, WITHDRAW or REVOKE");
         }
 
-        DateTimeOffset now = time.GetUtcNow();
         return await InTransactionAsync(async (connection, transaction) =>
         {
             await LockOrganisationAsync(connection, transaction, code);
+            DateTimeOffset now = time.GetUtcNow();
             ServiceItemRow item = await CurrentItemAsync(connection, transaction, code, request.ServiceItem, now)
                 ?? throw new RegistryRefusedException(RegistryRefusal.ServiceItemUnknown, $"{code} holds no admitted service item '{request.ServiceItem}'");
             ServiceItemStatus status = item.Status(now);
@@ -581,10 +610,10 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
     {
         string code = CheckCreditCode(request.CreditCode);
         string reasons = RequireReasons(request.Reasons, "recording false materials needs what was found false");
-        DateTimeOffset now = time.GetUtcNow();
         return await InTransactionAsync(async (connection, transaction) =>
         {
             await RequireOrganisationAsync(connection, transaction, code, lockRow: true);
+            DateTimeOffset now = time.GetUtcNow();
             var pending = (await connection.QueryAsync<long>("""
                 SELECT application_id FROM applications WHERE provider_id = @code AND state NOT IN ('admitted', 'rejected') FOR UPDATE
                 """, new { code }, transaction)).ToList();
@@ -602,7 +631,8 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
                 {
                     string before = (await ServiceItemJsonAsync(connection, transaction, code, item.ApplicationId))!;
                     await connection.ExecuteAsync("""
-                        UPDATE service_items SET ended_at = @now, end_kind = 'revoked', end_reason = @reason WHERE provider_id = @code AND application_id = @id
+                        UPDATE service_items SET ended_at = @now, end_kind = 'revoked', end_reason = @reason WHERE provider_id = @code AND application_id = @id;
+                        UPDATE service_item_suspensions SET reinstated_at = @now WHERE provider_id = @code AND application_id = @id AND reinstated_at IS NULL;
                         """, new { now = now.UtcDateTime, reason = "false materials: " + reasons, code, id = item.ApplicationId }, transaction);
                     await RecordAsync(connection, transaction, actor, now, code, "service_item", $"{code}/{item.Item}", "revoke", before,
                         await ServiceItemJsonAsync(connection, transaction, code, item.ApplicationId));
@@ -630,7 +660,7 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
         limit = limit == 0 ? ListLimitDefault : Math.Clamp(limit, 1, ListLimitMax);
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         var rows = await connection.QueryAsync<(long Id, string Actor, string Role, long AtMs, string Entity, string Key, string Action, string? Before, string? After)>("""
-            SELECT change_id, actor, role, (extract(epoch FROM at) * 1000)::bigint, entity, entity_key, action, before::text, after::text
+            SELECT change_id, actor, role, floor(extract(epoch FROM at) * 1000)::bigint, entity, entity_key, action, before::text, after::text
             FROM registry_history WHERE (@code::text IS NULL OR provider_id = @code) ORDER BY change_id DESC LIMIT @limit
             """, new { code = NullIfEmpty(creditCode), limit });
         return rows.Select(r => new HistoryEntry
@@ -658,10 +688,10 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
     /// </summary>
     private async Task<Application> DecideStageAsync(Actor actor, long applicationId, string stage, ApplicationState expected, string action, StageRule rule, CancellationToken cancellationToken)
     {
-        DateTimeOffset now = time.GetUtcNow();
         return await InTransactionAsync(async (connection, transaction) =>
         {
             ApplicationRow row = await LockApplicationAsync(connection, transaction, applicationId);
+            DateTimeOffset now = time.GetUtcNow();
             if (row.State != expected)
             {
                 throw await StageConflictAsync(connection, transaction, row, stage, $"{stage.Replace('_', ' ')} acts on an application that is {Names.Of(expected)}");
@@ -674,6 +704,19 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
             await RecordAsync(connection, transaction, actor, now, row.ProviderId, "application", Key(applicationId), action, before, await ApplicationJsonAsync(connection, transaction, applicationId));
             return (await ReadApplicationAsync(connection, transaction, applicationId, details: true))!;
         }, cancellationToken);
+    }
+
+    private static async Task CheckStillEligibleAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, ApplicationRow row, DateTimeOffset now)
+    {
+        OrganisationRow organisation = await RequireOrganisationAsync(connection, transaction, row.ProviderId, lockRow: false);
+        BatchRow batch = (await ReadBatchesAsync(connection, transaction, row.BatchId)).Single();
+        FilingRules.CheckEligibility(new FilingContext(
+            organisation,
+            batch,
+            await ReadLicencesAsync(connection, transaction, row.ProviderId),
+            await ReadListingsAsync(connection, transaction, row.ProviderId),
+            await connection.ExecuteScalarAsync<string?>("SELECT status FROM voucher_holders WHERE holder_code = @code", new { code = row.ProviderId }, transaction),
+            now));
     }
 
     /// <summary>ALREADY_DECIDED when the stage was decided by someone already, else WRONG_STAGE.</summary>
@@ -702,7 +745,7 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
         {
             result = await work(connection, transaction);
         }
-        catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation && e.ConstraintName == "applications_one_live_per_item")
+        catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation && e.ConstraintName == "applications_one_pending_per_item")
         {
             throw new RegistryRefusedException(RegistryRefusal.ServiceItemTaken, "another application for this service item was filed at the same moment");
         }
@@ -726,6 +769,15 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
         }
 
         ChainVerification verification = await new ChainVerifier(dataSource).VerifyStreamAsync(code, stream, cancellationToken);
+        byte[] head = await connection.ExecuteScalarAsync<byte[]>(
+            "SELECT chain_head FROM ingest_streams WHERE provider_id = @code AND stream_id = @stream", new { code, stream }, transaction) ?? [];
+        if (verification.Intact && ((long)verification.RecordsChecked != records || !verification.ComputedHead.AsSpan().SequenceEqual(head)))
+        {
+            throw new RegistryRefusedException(RegistryRefusal.MeteringProofBroken,
+                $"metering-log proof stream '{stream}' holds {verification.RecordsChecked} verifiable records, but its head says {records}: the stored log is incomplete",
+                new Dictionary<string, string> { ["sequence"] = (verification.RecordsChecked + 1).ToString(CultureInfo.InvariantCulture) });
+        }
+
         if (!verification.Intact)
         {
             throw new RegistryRefusedException(RegistryRefusal.MeteringProofBroken,
@@ -827,8 +879,8 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
     {
         var row = await connection.QueryFirstOrDefaultAsync<ApplicationRecord>("""
             SELECT application_id AS Id, provider_id AS Code, batch_id AS Batch, service_item AS Item, state AS State,
-                   (extract(epoch FROM filed_at) * 1000)::bigint AS FiledMs, declared_fp16_gflops AS Declared, coalesce(verified_fp16_gflops, 0) AS Verified,
-                   coalesce(intermediary, '') AS Intermediary, coalesce((extract(epoch FROM notice_ends_at) * 1000)::bigint, 0) AS NoticeEndsMs,
+                   floor(extract(epoch FROM filed_at) * 1000)::bigint AS FiledMs, declared_fp16_gflops AS Declared, coalesce(verified_fp16_gflops, 0) AS Verified,
+                   coalesce(intermediary, '') AS Intermediary, coalesce(floor(extract(epoch FROM notice_ends_at) * 1000)::bigint, 0) AS NoticeEndsMs,
                    coalesce(notice_number, '') AS NoticeNumber, metering_proof_stream AS ProofStream, metering_proof_records AS ProofRecords,
                    service_content AS Content, service_standards AS Standards, fee_lines::text AS Fees
             FROM applications WHERE application_id = @id
@@ -855,7 +907,7 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
             MeteringProofRecords = (ulong)row.ProofRecords,
         };
         var stages = await connection.QueryAsync<(string Stage, string Actor, long AtMs, string Outcome, string Reasons)>("""
-            SELECT stage, actor, (extract(epoch FROM at) * 1000)::bigint, outcome, reasons FROM application_stages WHERE application_id = @id ORDER BY stage_no
+            SELECT stage, actor, floor(extract(epoch FROM at) * 1000)::bigint, outcome, reasons FROM application_stages WHERE application_id = @id ORDER BY stage_no
             """, new { id }, transaction);
         application.Stages.Add(stages.Select(s => new Stage { Stage_ = s.Stage, Actor = s.Actor, AtUnixMs = s.AtMs, Outcome = s.Outcome, Reasons = s.Reasons }));
         if (!details)
@@ -1004,6 +1056,17 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
         }
 
         return trimmed;
+    }
+
+    /// <summary>Instants from 2000 to 2100: anything else is a mistake, and far values would not convert.</summary>
+    private static void CheckInstant(string field, long unixMs, bool allowZero = false)
+    {
+        const long earliestMs = 946_684_800_000;   // 2000-01-01T00:00:00Z
+        const long latestMs = 4_102_444_800_000;   // 2100-01-01T00:00:00Z
+        if (!(allowZero && unixMs == 0) && unixMs is < earliestMs or > latestMs)
+        {
+            throw FilingRules.Invalid($"{field} {unixMs} is not an instant between 2000 and 2100 in Unix milliseconds");
+        }
     }
 
     private static DateOnly ParseDate(string field, string text) =>

@@ -34,6 +34,9 @@ public sealed class ServerSettings
 
     public TimeProvider Time { get; init; } = TimeProvider.System;
 
+    /// <summary>How often open streams look their key up again, so that a revoked key loses them.</summary>
+    public CredentialRecheckPolicy CredentialRecheck { get; init; } = CredentialRecheckPolicy.Default;
+
     /// <summary>How the server logs; the CLI passes its console logger.</summary>
     public Action<ILoggingBuilder>? ConfigureLogging { get; init; }
 }
@@ -87,6 +90,7 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(provider => new CredentialStore(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
         builder.Services.AddSingleton(provider => new AdmissionGate(provider.GetRequiredService<NpgsqlDataSource>()));
         builder.Services.AddSingleton(provider => new ProviderRegistry(provider.GetRequiredService<NpgsqlDataSource>(), settings.Catalog, settings.Time));
+        builder.Services.AddSingleton(settings.CredentialRecheck);
         builder.Services.AddSingleton<StreamLeases>();
         builder.Services.AddSingleton<AuthenticationInterceptor>();
         builder.Services.AddGrpc(grpc =>

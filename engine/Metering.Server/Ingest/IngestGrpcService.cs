@@ -21,6 +21,8 @@ internal sealed partial class IngestGrpcService(
     RecordValidator validator,
     StreamLeases leases,
     AdmissionGate gate,
+    CredentialStore credentials,
+    CredentialRecheckPolicy recheckPolicy,
     TimeProvider time,
     IHostApplicationLifetime lifetime,
     ILogger<IngestGrpcService> logger) : IngestService.IngestServiceBase
@@ -67,8 +69,10 @@ internal sealed partial class IngestGrpcService(
                 },
             }, lease.Token);
 
+            var recheck = new CredentialRecheck(credentials, recheckPolicy, context);
             while (await requestStream.MoveNext(lease.Token))
             {
+                await recheck.CheckAsync(lease.Token);
                 IngestRequest request = requestStream.Current;
                 if (request.KindCase != IngestRequest.KindOneofCase.Batch)
                 {

@@ -24,6 +24,8 @@ internal sealed partial class RawLogGrpcService(
     RecordValidator validator,
     StreamLeases leases,
     AdmissionGate gate,
+    CredentialStore credentials,
+    CredentialRecheckPolicy recheckPolicy,
     TimeProvider time,
     IHostApplicationLifetime lifetime,
     ILogger<RawLogGrpcService> logger) : RawLogService.RawLogServiceBase
@@ -117,7 +119,7 @@ internal sealed partial class RawLogGrpcService(
         {
             try
             {
-                await ReceiveAsync(requestStream, pipe.Writer, upload, received, parsing, lease.Token);
+                await ReceiveAsync(requestStream, pipe.Writer, upload, received, parsing, new CredentialRecheck(credentials, recheckPolicy, context), lease.Token);
             }
             catch (Exception failure)
             {
@@ -183,11 +185,12 @@ internal sealed partial class RawLogGrpcService(
     }
 
     /// <summary>Copies data chunks into the pipe, dropping bytes the upload has already committed.</summary>
-    private static async Task ReceiveAsync(IAsyncStreamReader<LogChunk> requestStream, PipeWriter writer, UploadState upload, ReceivedBytes received, Task parsing, CancellationToken cancellationToken)
+    private static async Task ReceiveAsync(IAsyncStreamReader<LogChunk> requestStream, PipeWriter writer, UploadState upload, ReceivedBytes received, Task parsing, CredentialRecheck recheck, CancellationToken cancellationToken)
     {
         long skip = upload.CommittedOffset - received.Position;
         while (await requestStream.MoveNext(cancellationToken))
         {
+            await recheck.CheckAsync(cancellationToken);
             LogChunk chunk = requestStream.Current;
             if (chunk.KindCase != LogChunk.KindOneofCase.Data)
             {

@@ -77,7 +77,20 @@ public sealed class FilingRulesTests
     }
 
     [Fact]
-    public void Capacity_is_exactly_300_PFLOPS_at_the_bar()
+    public void Exactly_300_PFLOPS_meets_the_bar()
+    {
+        // 200 H100 (989,400 GFLOPS) and 690 H20 (148,000) make exactly 300,000,000 GFLOPS.
+        FileApplicationRequest filing = Filing();
+        filing.Capacity.Clear();
+        filing.Capacity.Add(new DeclaredDevices { Site = "a", DeviceModel = "H100-SXM", DeviceCount = 200 });
+        filing.Capacity.Add(new DeclaredDevices { Site = "b", DeviceModel = "H20", DeviceCount = 690 });
+        Assert.Equal(FilingRules.CapacityMinimumGflops, FilingRules.Check(filing, Context(Opens), Catalog));
+        filing.Capacity[1].DeviceCount = 689;
+        Assert.Equal(RegistryRefusal.CapacityBelowMinimum, RefusalOf(() => FilingRules.Check(filing, Context(Opens), Catalog)));
+    }
+
+    [Fact]
+    public void Capacity_just_either_side_of_the_bar()
     {
         // 300 PFLOPS = 300,000,000 GFLOPS. An L40S is 362,050 GFLOPS: 829 reach 300.14 PFLOPS, 828 only 299.78.
         FileApplicationRequest filing = Filing();

@@ -73,7 +73,7 @@ public sealed class RegistryCliTests(PostgresFixture postgres)
             "SELECT count(*) FROM service_items WHERE provider_id = @NewProvider AND service_item = 'gpu-training' AND ended_at IS NULL", new { NewProvider }));
         // The filing itself is the applicant's own act, recorded under its credit code.
         Assert.Equal(
-            new[] { "register", "add", "material_review", "verification", "public_notice", "record", "decision", "admission_notice", "admit" },
+            new[] { "register", "add", "material_review", "verification", "public_notice", "record", "decision", "file", "admission_notice", "admit" },
             await connection.QueryAsync<string>("SELECT action FROM registry_history WHERE provider_id = @NewProvider AND actor = @Operator ORDER BY change_id",
                 new { NewProvider, Operator }));
 

@@ -3,6 +3,7 @@ using Grpc.Core;
 using Grpc.Net.Client;
 using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
+using Metering.Server.Access;
 using Metering.Server.Hosting;
 using Metering.Tests.Shared;
 using Npgsql;
@@ -42,7 +43,7 @@ public sealed class TestServer : IAsyncDisposable
 
     public Uri Address => _server.Address;
 
-    public static async Task<TestServer> StartAsync(PostgresFixture postgres, IngestLimits? limits = null, TimeProvider? time = null)
+    public static async Task<TestServer> StartAsync(PostgresFixture postgres, IngestLimits? limits = null, TimeProvider? time = null, CredentialRecheckPolicy? recheck = null)
     {
         string connectionString = await postgres.CreateDatabaseAsync();
         var settings = new ServerSettings
@@ -51,6 +52,7 @@ public sealed class TestServer : IAsyncDisposable
             ConnectionString = connectionString,
             Limits = limits ?? new IngestLimits(),
             Time = time ?? TimeProvider.System,
+            CredentialRecheck = recheck ?? CredentialRecheckPolicy.Default,
         };
         return new TestServer(await MeteringServer.StartAsync(settings), settings, connectionString);
     }

@@ -112,7 +112,7 @@ public sealed class RegistryWorkflowTests(PostgresFixture postgres)
         string[] actions = history.Entries.Select(e => $"{e.Entity}:{e.Action}").Reverse().ToArray();
         Assert.Equal(
             ["organisation:register", "licence:add", "credential:issue", "application:file", "application:material_review", "application:verification",
-             "application:public_notice", "application:decision", "application:admission_notice", "service_item:admit", "service_item:suspend"],
+             "application:public_notice", "application:decision", "fee_schedule:file", "application:admission_notice", "service_item:admit", "service_item:suspend"],
             actions);
         HistoryEntry review = history.Entries.Single(e => e.Action == "material_review");
         Assert.Equal(("seed-operator", "operator"), (review.Actor, review.Role));
@@ -123,7 +123,7 @@ public sealed class RegistryWorkflowTests(PostgresFixture postgres)
         Assert.Contains("Metering logs late.", suspend.AfterJson, StringComparison.Ordinal);
         Assert.Contains("\"open_suspension\": null", suspend.BeforeJson, StringComparison.Ordinal);
         Assert.Contains("\"open_suspension\": {", suspend.AfterJson, StringComparison.Ordinal);
-        Assert.Equal(admitted.ApplicationId.ToString(System.Globalization.CultureInfo.InvariantCulture), history.Entries.Single(e => e.Action == "file").EntityKey);
+        Assert.Equal(admitted.ApplicationId.ToString(System.Globalization.CultureInfo.InvariantCulture), history.Entries.Single(e => e.Entity == "application" && e.Action == "file").EntityKey);
 
         await Assert.ThrowsAsync<Npgsql.PostgresException>(() => scene.Server.ScalarAsync<int>("UPDATE registry_history SET actor = 'someone else' RETURNING 1"));
         await Assert.ThrowsAsync<Npgsql.PostgresException>(() => scene.Server.ScalarAsync<int>("DELETE FROM registry_history RETURNING 1"));

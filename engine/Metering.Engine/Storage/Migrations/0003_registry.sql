@@ -92,8 +92,9 @@ CREATE TABLE applications (
     PRIMARY KEY (provider_id, application_id)
 );
 
--- At most one application in progress or admitted per service item.
-CREATE UNIQUE INDEX applications_one_live_per_item ON applications (provider_id, service_item) WHERE state <> 'rejected';
+-- At most one application in progress per service item. An admitted item is applied for again
+-- only once its admission has ended; the workflow checks that under the organisation's lock.
+CREATE UNIQUE INDEX applications_one_pending_per_item ON applications (provider_id, service_item) WHERE state NOT IN ('admitted', 'rejected');
 
 CREATE TABLE application_materials (
     provider_id     text    NOT NULL,
