@@ -26,14 +26,18 @@ public sealed class AdmissionSnapshot
     private readonly Interval[] _intervals;
     private readonly Suspension[] _suspensions;
 
-    internal AdmissionSnapshot(string providerId, bool registered, long epoch, Interval[] intervals, Suspension[] suspensions)
+    internal AdmissionSnapshot(string providerId, bool registered, long epoch, Interval[] intervals, Suspension[] suspensions, FleetSnapshot? fleet = null)
     {
         ProviderId = providerId;
         Registered = registered;
         Epoch = epoch;
         _intervals = intervals;
         _suspensions = suspensions;
+        Fleet = fleet ?? FleetSnapshot.Empty;
     }
+
+    /// <summary>The provider's fleet per model, for ingest's plausibility check; read at the same epoch.</summary>
+    public FleetSnapshot Fleet { get; }
 
     public string ProviderId { get; }
 
@@ -142,6 +146,7 @@ public sealed class AdmissionGate(NpgsqlDataSource dataSource)
             SELECT application_id, (extract(epoch FROM suspended_at) * 1000)::bigint, (extract(epoch FROM reinstated_at) * 1000)::bigint, reason
             FROM service_item_suspensions WHERE provider_id = @providerId
             """, new { providerId }, transaction);
+        FleetSnapshot fleet = await FleetSnapshot.LoadAsync(connection, transaction, providerId);
         await transaction.CommitAsync(cancellationToken);
 
         AdmissionSnapshot.Interval[] intervals = items.Select(i =>
@@ -154,7 +159,7 @@ public sealed class AdmissionGate(NpgsqlDataSource dataSource)
         // A suspension belongs to one admitted item: usage that another, unsuspended item covers
         // is still taken.
         AdmissionSnapshot.Suspension[] paused = suspensions.Select(s => new AdmissionSnapshot.Suspension(s.FromMs, s.UntilMs ?? long.MaxValue, s.Reason, s.ApplicationId)).ToArray();
-        return new AdmissionSnapshot(providerId, registered: true, epoch.Value, intervals, paused);
+        return new AdmissionSnapshot(providerId, registered: true, epoch.Value, intervals, paused, fleet);
     }
 
     /// <summary>Reads the epoch inside a commit's transaction and holds it until the commit ends; -1 when not registered.</summary>
