@@ -135,7 +135,9 @@ internal static class IngestLoad
         var streams = new (string StreamId, SimulatedCluster Site)[options.Streams];
         for (int i = 0; i < streams.Length; i++)
         {
-            SimulatedCluster[] sites = SimulatedCluster.DemoSites(dayStart, jobsPerInterval, seed: 2025 + (ulong)(10 * i));
+            // 32 devices per lane, the largest job, so that no job is cut to fit its pool: the
+            // records are the same whatever the load, and the seeded fleet holds them all.
+            SimulatedCluster[] sites = SimulatedCluster.DemoSites(dayStart, jobsPerInterval, seed: 2025 + (ulong)(10 * i), devicesPerLaneMin: 32);
             SimulatedCluster site = sites[i % sites.Length];
             streams[i] = ($"load-{i}-{site.Site}", site);
         }
