@@ -1,10 +1,12 @@
 using System.Net;
 using Metering.Engine.Access;
+using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Server.Access;
+using Metering.Server.Capacity;
 using Metering.Server.Ingest;
 using Metering.Server.RawLogs;
 using Metering.Server.Registry;
@@ -34,6 +36,9 @@ public sealed class ServerSettings
 
     public TimeProvider Time { get; init; } = TimeProvider.System;
 
+    /// <summary>Nonce lifetime, validation validity, the sampling levels and the capacity limits.</summary>
+    public CapacitySettings Capacity { get; init; } = new();
+
     /// <summary>How the server logs; the CLI passes its console logger.</summary>
     public Action<ILoggingBuilder>? ConfigureLogging { get; init; }
 }
@@ -57,6 +62,7 @@ public sealed class MeteringServer : IAsyncDisposable
     public static async Task<MeteringServer> StartAsync(ServerSettings settings, CancellationToken cancellationToken = default)
     {
         settings.Limits.Validate();
+        settings.Capacity.Validate();
         if (settings.Listen.Scheme != Uri.UriSchemeHttp)
         {
             throw new ArgumentException($"Listen address {settings.Listen} must be http:// (gRPC over cleartext HTTP/2; put TLS in front or use the mTLS option of the registry issue).");
@@ -87,6 +93,7 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(provider => new CredentialStore(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
         builder.Services.AddSingleton(provider => new AdmissionGate(provider.GetRequiredService<NpgsqlDataSource>()));
         builder.Services.AddSingleton(provider => new ProviderRegistry(provider.GetRequiredService<NpgsqlDataSource>(), settings.Catalog, settings.Time));
+        builder.Services.AddSingleton(provider => new FleetValidationService(provider.GetRequiredService<NpgsqlDataSource>(), settings.Catalog, settings.Capacity, settings.Time));
         builder.Services.AddSingleton<StreamLeases>();
         builder.Services.AddSingleton<AuthenticationInterceptor>();
         builder.Services.AddGrpc(grpc =>
@@ -101,6 +108,7 @@ public sealed class MeteringServer : IAsyncDisposable
         app.MapGrpcService<IngestGrpcService>();
         app.MapGrpcService<RawLogGrpcService>();
         app.MapGrpcService<RegistryGrpcService>();
+        app.MapGrpcService<CapacityGrpcService>();
         await app.StartAsync(cancellationToken);
 
         string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
