@@ -1,6 +1,8 @@
 using Dapper;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Metering.Engine.Capacity;
+using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
 using Metering.Server.Hosting;
@@ -42,7 +44,9 @@ public sealed class TestServer : IAsyncDisposable
 
     public Uri Address => _server.Address;
 
-    public static async Task<TestServer> StartAsync(PostgresFixture postgres, IngestLimits? limits = null, TimeProvider? time = null)
+    /// <param name="catalog">The device catalog; the embedded one unless a test needs the CPU fixture (<see cref="TestCatalogs.WithCpuFixture"/>).</param>
+    public static async Task<TestServer> StartAsync(PostgresFixture postgres, IngestLimits? limits = null, TimeProvider? time = null, DeviceCatalog? catalog = null,
+        CapacitySettings? capacity = null)
     {
         string connectionString = await postgres.CreateDatabaseAsync();
         var settings = new ServerSettings
@@ -51,6 +55,8 @@ public sealed class TestServer : IAsyncDisposable
             ConnectionString = connectionString,
             Limits = limits ?? new IngestLimits(),
             Time = time ?? TimeProvider.System,
+            Catalog = catalog ?? DeviceCatalog.LoadEmbedded(),
+            Capacity = capacity ?? new CapacitySettings(),
         };
         return new TestServer(await MeteringServer.StartAsync(settings), settings, connectionString);
     }
@@ -78,6 +84,8 @@ public sealed class TestServer : IAsyncDisposable
     public static Metadata Bearer(string? key = null) => new() { { "authorization", "Bearer " + (key ?? ProviderKey) } };
 
     public RegistryService.RegistryServiceClient RegistryClient() => new(Channel);
+
+    public CapacityService.CapacityServiceClient CapacityClient() => new(Channel);
 
     public async Task<T> ScalarAsync<T>(string sql, object? parameters = null)
     {
