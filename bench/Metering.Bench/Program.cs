@@ -3,7 +3,8 @@ using Metering.Bench;
 using Metering.Bench.Load;
 
 // Entry points in one executable: `load ...` runs the end-to-end ingest load tool, `rawlog ...`
-// the raw log parser and upload benchmark; anything
+// the raw log parser and upload benchmark, `probe-cpu ...` the capacity probe's CPU path end to
+// end; anything
 // else goes to BenchmarkDotNet (for example --filter '*RecordPipeline*').
 if (args.Length > 0 && args[0] == "load")
 {
@@ -13,6 +14,11 @@ if (args.Length > 0 && args[0] == "load")
 if (args.Length > 0 && args[0] == "rawlog")
 {
     return await RawLogLoad.RunAsync(args[1..]);
+}
+
+if (args.Length > 0 && args[0] == "probe-cpu")
+{
+    return await ProbeCpuLoad.RunAsync(args[1..]);
 }
 
 BenchmarkSwitcher.FromAssembly(typeof(BenchConfig).Assembly).Run(args, new BenchConfig());

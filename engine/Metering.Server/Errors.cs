@@ -1,6 +1,7 @@
 using Google.Protobuf.WellKnownTypes;
 using Google.Rpc;
 using Grpc.Core;
+using Metering.Engine.Capacity;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
@@ -56,6 +57,21 @@ public static class Errors
     public static RpcException From(RegistryRefusedException refused) =>
         Refused(CodeFor(refused.Reason), ProtocolNames.Of(refused.Reason), refused.Message, refused.Metadata.ToDictionary());
 
+    public static RpcException From(CapacityRefusedException refused) =>
+        Refused(CodeFor(refused.Reason), ProtocolNames.Of(refused.Reason), refused.Message, refused.Metadata.ToDictionary());
+
+    /// <summary>The gRPC status each capacity refusal carries, as capacity.proto documents it.</summary>
+    public static StatusCode CodeFor(CapacityRefusal reason) => reason switch
+    {
+        CapacityRefusal.PublicKeyInvalid or CapacityRefusal.InventoryInvalid or CapacityRefusal.ReportMalformed
+            or CapacityRefusal.ChecksumInvalid or CapacityRefusal.MeasurementForged => StatusCode.InvalidArgument,
+        CapacityRefusal.NoncesExhausted => StatusCode.ResourceExhausted,
+        CapacityRefusal.SignatureInvalid => StatusCode.PermissionDenied,
+        CapacityRefusal.AttestationReplayed => StatusCode.AlreadyExists,
+        CapacityRefusal.ValidationUnknown => StatusCode.NotFound,
+        _ => StatusCode.FailedPrecondition,
+    };
+
     /// <summary>The gRPC status each registry refusal carries, as registry.proto documents it.</summary>
     public static StatusCode CodeFor(RegistryRefusal reason) => reason switch
     {
@@ -75,7 +91,7 @@ public static class Errors
     {
         IngestRefusal.ProviderNotAdmitted or IngestRefusal.ProviderSuspended or IngestRefusal.AdmissionExpired
             or IngestRefusal.AdmissionWithdrawn or IngestRefusal.AdmissionRevoked or IngestRefusal.OrganisationNotRegistered
-            or IngestRefusal.ProofNotAllowed => StatusCode.FailedPrecondition,
+            or IngestRefusal.ProofNotAllowed or IngestRefusal.ConcurrencyAboveFleet => StatusCode.FailedPrecondition,
         IngestRefusal.RegistryBusy => StatusCode.Unavailable,
         IngestRefusal.Unauthenticated => StatusCode.Unauthenticated,
         IngestRefusal.StreamNotOpen => StatusCode.FailedPrecondition,

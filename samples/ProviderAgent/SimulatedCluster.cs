@@ -11,6 +11,11 @@ public sealed record DevicePool(string Model, int Devices, uint ShareDenominator
 /// as 5-minute metering intervals of the jobs running in it. Record n is a pure function of n (and
 /// the seed), so an agent can resume from any sequence number without keeping state, exactly like
 /// a platform that reads its own accounting table from a position.
+///
+/// Like a real scheduler it never runs more devices of a pool at once than the pool has (the
+/// server refuses usage beyond a provider's fleet): each lane (a job slot per interval) belongs to
+/// one pool, and a lane's job uses at most its share of the pool, ⌊devices / lanes of the pool⌋
+/// and at least one device, so the pool holds when it has at least one device per lane.
 /// </summary>
 public sealed class SimulatedCluster
 {
@@ -31,6 +36,7 @@ public sealed class SimulatedCluster
     private readonly long _dayStartMs;
     private readonly int _jobsPerInterval;
     private readonly ulong _seed;
+    private readonly uint[] _laneDevicesMax;
 
     public SimulatedCluster(string site, DevicePool[] pools, DateTimeOffset dayStart, int jobsPerInterval, ulong seed)
     {
@@ -39,7 +45,11 @@ public sealed class SimulatedCluster
         _dayStartMs = dayStart.ToUnixTimeMilliseconds();
         _jobsPerInterval = jobsPerInterval;
         _seed = seed;
+        _laneDevicesMax = pools.Select((pool, index) => (uint)Math.Max(1, pool.Devices / LanesOf(index, pools.Length, jobsPerInterval))).ToArray();
     }
+
+    /// <summary>Lanes l &lt; jobsPerInterval with l mod pools = index: the job slots of one pool.</summary>
+    private static int LanesOf(int poolIndex, int pools, int jobsPerInterval) => Math.Max(1, (jobsPerInterval - poolIndex + pools - 1) / pools);
 
     public string Site => _site;
 
@@ -60,8 +70,9 @@ public sealed class SimulatedCluster
         ulong laneSeed = Mix(_seed ^ (lane * 0x9E3779B97F4A7C15));
         ulong jobNumber = slot / (1 + laneSeed % 48);
         ulong job = Mix(laneSeed ^ jobNumber);
-        DevicePool pool = _pools[(int)(job % (ulong)_pools.Length)];
-        uint devices = pool.ShareDenominator == 1 ? JobSizes[(int)((job >> 8) % (ulong)JobSizes.Length)] : 1;
+        int poolIndex = (int)(lane % (ulong)_pools.Length);
+        DevicePool pool = _pools[poolIndex];
+        uint devices = pool.ShareDenominator == 1 ? Math.Min(JobSizes[(int)((job >> 8) % (ulong)JobSizes.Length)], _laneDevicesMax[poolIndex]) : 1;
         uint share = pool.ShareDenominator == 1 ? 1 : 1 + (uint)((job >> 16) % pool.ShareDenominator);
 
         long start = _dayStartMs + (long)slot * (long)Interval.TotalMilliseconds;
@@ -93,13 +104,22 @@ public sealed class SimulatedCluster
         return record;
     }
 
-    /// <summary>The demo's three sites: mixed models, MIG slices and time-sliced inference cards.</summary>
-    public static SimulatedCluster[] DemoSites(DateTimeOffset dayStart, int jobsPerInterval, ulong seed) =>
+    /// <summary>
+    /// The demo's three sites: mixed models, MIG slices and time-sliced inference cards. A pool
+    /// grows to <paramref name="devicesPerLaneMin"/> devices per lane when it has fewer, so that
+    /// many jobs per interval stay within the pools the provider declares; the load tool asks for
+    /// 32 per lane, the largest job, so that no job is ever cut to fit.
+    /// </summary>
+    public static SimulatedCluster[] DemoSites(DateTimeOffset dayStart, int jobsPerInterval, ulong seed, int devicesPerLaneMin = 1) =>
     [
-        new("sz-nanshan-dc1", [new("H100-SXM", 512, 1), new("H800-SXM", 256, 1)], dayStart, jobsPerInterval, seed + 1),
-        new("sz-qianhai-dc2", [new("A100-SXM", 256, 7), new("H20", 512, 1), new("A800-SXM", 128, 1)], dayStart, jobsPerInterval, seed + 2),
-        new("sz-shenshan-dc3", [new("L40S", 192, 2), new("ASCEND-910B", 384, 1), new("H200-SXM", 64, 1)], dayStart, jobsPerInterval, seed + 3),
+        Scaled("sz-nanshan-dc1", [new("H100-SXM", 512, 1), new("H800-SXM", 256, 1)], dayStart, jobsPerInterval, seed + 1, devicesPerLaneMin),
+        Scaled("sz-qianhai-dc2", [new("A100-SXM", 256, 7), new("H20", 512, 1), new("A800-SXM", 128, 1)], dayStart, jobsPerInterval, seed + 2, devicesPerLaneMin),
+        Scaled("sz-shenshan-dc3", [new("L40S", 192, 2), new("ASCEND-910B", 384, 1), new("H200-SXM", 64, 1)], dayStart, jobsPerInterval, seed + 3, devicesPerLaneMin),
     ];
+
+    private static SimulatedCluster Scaled(string site, DevicePool[] pools, DateTimeOffset dayStart, int jobsPerInterval, ulong seed, int devicesPerLaneMin) =>
+        new(site, pools.Select((pool, index) => pool with { Devices = Math.Max(pool.Devices, LanesOf(index, pools.Length, jobsPerInterval) * devicesPerLaneMin) }).ToArray(),
+            dayStart, jobsPerInterval, seed);
 
     private static ulong Mix(ulong x)
     {

@@ -47,7 +47,7 @@ internal static class Admissions
         await registry.PutBatchAsync(Operator, TestBatch(), CancellationToken.None);
         foreach (string code in new[] { TestRecords.Provider, TestRecords.OtherProvider })
         {
-            await AdmitAsync(dataSource, registry, clock, code, $"Test provider {code[^4..]}");
+            await AdmitAsync(dataSource, registry, clock, code, $"Test provider {code[^4..]}", filing: SeededFleetFiling(code));
         }
 
         var credentials = new CredentialStore(dataSource, clock);
@@ -71,10 +71,11 @@ internal static class Admissions
     };
 
     /// <summary>Registers, licenses, proves metering for, files, reviews, verifies, notices, decides and admits one provider.</summary>
-    public static async Task<Application> AdmitAsync(NpgsqlDataSource dataSource, ProviderRegistry registry, TimeProvider clock, string code, string name, string serviceItem = ServiceItem)
+    public static async Task<Application> AdmitAsync(NpgsqlDataSource dataSource, ProviderRegistry registry, TimeProvider clock, string code, string name, string serviceItem = ServiceItem,
+        FileApplicationRequest? filing = null)
     {
         await RegisterAsync(dataSource, registry, clock, code, name);
-        Application filed = await registry.FileApplicationAsync(new Actor(Role.Provider, code), Filing(code, serviceItem), CancellationToken.None);
+        Application filed = await registry.FileApplicationAsync(new Actor(Role.Provider, code), filing ?? Filing(code, serviceItem), CancellationToken.None);
         return await DecideAllAsync(registry, filed.ApplicationId, code);
     }
 
@@ -155,6 +156,28 @@ internal static class Admissions
         },
         MeteringProofStream = ProofStream,
     };
+
+    /// <summary>Devices of each model the two seeded providers declare; see <see cref="SeededFleetFiling"/>.</summary>
+    public const uint SeededDevicesPerModel = 250_000;
+
+    /// <summary>Every model the tests, the bench and the sample agent stream for the seeded providers.</summary>
+    public static readonly string[] SeededModels = ["H100-SXM", "H800-SXM", "H200-SXM", "A100-SXM", "A800-SXM", "H20", "L40S", "ASCEND-910B", "B200"];
+
+    /// <summary>
+    /// The seeded providers' filing: every model the existing tests, the load tool and the sample
+    /// agent stream, <see cref="SeededDevicesPerModel"/> devices each. Ingest refuses usage beyond a
+    /// provider's fleet, and these providers carry whatever the tests throw at them: the ingest
+    /// load tool's 2,000,000-record run has up to about 56,000 H100 in use at once over its two
+    /// Nanshan streams, and the raw-log upload about 76,000 L40S (its million generated jobs fall
+    /// in one day). Tests about the fleet itself use providers of their own.
+    /// </summary>
+    public static FileApplicationRequest SeededFleetFiling(string code)
+    {
+        FileApplicationRequest filing = Filing(code);
+        filing.Capacity.Clear();
+        filing.Capacity.Add(SeededModels.Select(model => new DeclaredDevices { Site = "sz-test-fleet", DeviceModel = model, DeviceCount = SeededDevicesPerModel }));
+        return filing;
+    }
 
     /// <summary>Passes every stage after filing, as one operator.</summary>
     public static async Task<Application> DecideAllAsync(ProviderRegistry registry, long applicationId, string code)

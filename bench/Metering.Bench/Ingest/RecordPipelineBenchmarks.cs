@@ -33,7 +33,7 @@ public class RecordPipelineBenchmarks
         // record lies in the future and none is older than the earliest accepted start.
         var dayStart = new DateTimeOffset(2026, 11, 26, 0, 0, 0, TimeSpan.FromHours(8));
         _nowUnixMs = dayStart.AddDays(30).ToUnixTimeMilliseconds();
-        SimulatedCluster site = SimulatedCluster.DemoSites(dayStart, jobsPerInterval: 100, seed: 2025)[0];
+        SimulatedCluster site = SimulatedCluster.DemoSites(dayStart, jobsPerInterval: 100, seed: 2025, devicesPerLaneMin: 32)[0];
         _records = new UsageRecord[BatchRecords];
         for (int i = 0; i < BatchRecords; i++)
         {

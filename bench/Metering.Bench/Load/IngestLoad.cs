@@ -38,6 +38,10 @@ internal static class IngestLoad
 
     private const int IntervalsPerDay = 288;
 
+    // The seed writes each admitted provider's metering-log proof stream (two records each); the
+    // load counts, verifies and copies only the usage streams.
+    private const string UsageStreams = "stream_id NOT LIKE 'proof:%'";
+
     public static async Task<int> RunAsync(string[] args)
     {
         LoadOptions? options = LoadOptions.Parse(args, out string? error);
@@ -99,7 +103,7 @@ internal static class IngestLoad
 
             string csv = Path.Combine(Path.GetDirectoryName(dataDirectory)!, "ingest-copy.csv");
             string psql = FindPsql(postgres.BinDirectory);
-            await RunPsqlAsync(psql, postgres, $"\\copy (SELECT {ExportColumns} FROM usage_records) TO '{csv}' CSV");
+            await RunPsqlAsync(psql, postgres, $"\\copy (SELECT {ExportColumns} FROM usage_records WHERE {UsageStreams}) TO '{csv}' CSV");
             Console.WriteLine($"copy: exported {stored:N0} rows to {csv} ({new FileInfo(csv).Length / (1024.0 * 1024.0):N0} MiB)");
 
             await CheckpointAsync(dataSource);
@@ -135,7 +139,9 @@ internal static class IngestLoad
         var streams = new (string StreamId, SimulatedCluster Site)[options.Streams];
         for (int i = 0; i < streams.Length; i++)
         {
-            SimulatedCluster[] sites = SimulatedCluster.DemoSites(dayStart, jobsPerInterval, seed: 2025 + (ulong)(10 * i));
+            // 32 devices per lane, the largest job, so that no job is cut to fit its pool: the
+            // records are the same whatever the load, and the seeded fleet holds them all.
+            SimulatedCluster[] sites = SimulatedCluster.DemoSites(dayStart, jobsPerInterval, seed: 2025 + (ulong)(10 * i), devicesPerLaneMin: 32);
             SimulatedCluster site = sites[i % sites.Length];
             streams[i] = ($"load-{i}-{site.Site}", site);
         }
@@ -218,7 +224,7 @@ internal static class IngestLoad
         }
 
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync();
-        decimal storedUsageNpfh = await connection.ExecuteScalarAsync<decimal>("SELECT sum(usage_npfh) FROM usage_records");
+        decimal storedUsageNpfh = await connection.ExecuteScalarAsync<decimal>($"SELECT sum(usage_npfh) FROM usage_records WHERE {UsageStreams}");
         if (storedUsageNpfh != expectedUsageNpfh)
         {
             throw new InvalidOperationException($"The stored usage is {storedUsageNpfh} nPFh; the records sent normalise to {expectedUsageNpfh} nPFh.");
@@ -297,7 +303,7 @@ internal static class IngestLoad
     private static async Task<long> CountAsync(NpgsqlDataSource dataSource)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync();
-        return await connection.ExecuteScalarAsync<long>("SELECT count(*) FROM usage_records");
+        return await connection.ExecuteScalarAsync<long>($"SELECT count(*) FROM usage_records WHERE {UsageStreams}");
     }
 
     private static async Task<string> ServerVersionAsync(NpgsqlDataSource dataSource)

@@ -7,7 +7,14 @@ namespace Metering.Engine.Catalog;
 /// <summary>One device model of one catalog version.</summary>
 /// <param name="Key">The catalog key clients send, for example "H100-SXM".</param>
 /// <param name="Fp16DenseGflops">Dense FP16 tensor peak per device, in GFLOPS (never the sparse figure).</param>
-public sealed record DeviceModel(string Key, string Vendor, string Name, long Fp16DenseGflops, string Source, string CatalogVersion);
+public sealed record DeviceModel(string Key, string Vendor, string Name, long Fp16DenseGflops, string Source, string CatalogVersion)
+{
+    /// <summary>What the capacity probe measures on this model; null for a model the probe cannot reach.</summary>
+    public ProbeProfile? Probe { get; init; }
+
+    /// <summary>True for a model that only a test or bench overlay adds (never in the shipped catalog).</summary>
+    public bool Fixture { get; init; }
+}
 
 /// <summary>One version of the device catalog, effective from a date (UTC) until the next version.</summary>
 public sealed class CatalogVersion
@@ -113,21 +120,69 @@ public sealed class DeviceCatalog
                 throw new InvalidDataException($"{origin}: device key '{device.Key}' is empty or repeated.");
             }
 
-            if (device.Fp16DenseGflops is <= 0 or > Fp16DenseGflopsMax)
-            {
-                throw new InvalidDataException($"{origin}: device {device.Key} has fp16DenseGflops {device.Fp16DenseGflops}; it must be positive and at most {Fp16DenseGflopsMax} (100 PFLOPS per device).");
-            }
-
-            if (string.IsNullOrWhiteSpace(device.Source))
-            {
-                throw new InvalidDataException($"{origin}: device {device.Key} cites no source.");
-            }
-
-            models.Add(new DeviceModel(device.Key, device.Vendor ?? "", device.Name ?? device.Key, device.Fp16DenseGflops, device.Source, file.Version));
+            models.Add(ToModel(device, file.Version, origin, fixture: false));
         }
 
         var start = new DateTimeOffset(effective.ToDateTime(TimeOnly.MinValue), TimeSpan.Zero);
         return new CatalogVersion(file.Version, start, models);
+    }
+
+    /// <summary>
+    /// This catalog with the models of an overlay file added to every version: how tests and the
+    /// CPU bench add ILGPU's CPU accelerator, which the shipped catalog never lists. An overlay
+    /// must say why it exists (<c>"overlay"</c>) and may not redefine a shipped model.
+    /// </summary>
+    public DeviceCatalog WithOverlay(Stream json, string origin)
+    {
+        CatalogFile file = JsonSerializer.Deserialize(json, CatalogJsonContext.Default.CatalogFile)
+            ?? throw new InvalidDataException($"{origin}: empty overlay file.");
+        if (string.IsNullOrWhiteSpace(file.Overlay))
+        {
+            throw new InvalidDataException($"{origin}: an overlay states what it is for in \"overlay\".");
+        }
+
+        var versions = new List<CatalogVersion>();
+        foreach (CatalogVersion version in _versionsByEffectiveDate)
+        {
+            var models = version.Models.ToList();
+            foreach (CatalogDevice device in file.Devices ?? [])
+            {
+                if (string.IsNullOrWhiteSpace(device.Key) || models.Any(m => m.Key == device.Key))
+                {
+                    throw new InvalidDataException($"{origin}: device key '{device.Key}' is empty, repeated or already in catalog {version.Version}.");
+                }
+
+                models.Add(ToModel(device, version.Version, origin, fixture: true));
+            }
+
+            versions.Add(new CatalogVersion(version.Version, version.EffectiveFrom, models));
+        }
+
+        return new DeviceCatalog(versions);
+    }
+
+    private static DeviceModel ToModel(CatalogDevice device, string version, string origin, bool fixture)
+    {
+        if (string.IsNullOrWhiteSpace(device.Key))
+        {
+            throw new InvalidDataException($"{origin}: a device has no key.");
+        }
+
+        if (device.Fp16DenseGflops is <= 0 or > Fp16DenseGflopsMax)
+        {
+            throw new InvalidDataException($"{origin}: device {device.Key} has fp16DenseGflops {device.Fp16DenseGflops}; it must be positive and at most {Fp16DenseGflopsMax} (100 PFLOPS per device).");
+        }
+
+        if (string.IsNullOrWhiteSpace(device.Source))
+        {
+            throw new InvalidDataException($"{origin}: device {device.Key} cites no source.");
+        }
+
+        return new DeviceModel(device.Key, device.Vendor ?? "", device.Name ?? device.Key, device.Fp16DenseGflops, device.Source, version)
+        {
+            Probe = device.Probe is null ? null : ProbeProfile.Parse(device.Probe, device.Key, device.Fp16DenseGflops, origin),
+            Fixture = fixture,
+        };
     }
 }
 
@@ -138,6 +193,11 @@ internal sealed class CatalogFile
     public string EffectiveFrom { get; set; } = "";
 
     public string? Unit { get; set; }
+
+    /// <summary>Set only in an overlay file: what it is for (tests, the CPU bench).</summary>
+    public string? Overlay { get; set; }
+
+    public string? ProbeReferenceRule { get; set; }
 
     public List<CatalogDevice>? Devices { get; set; }
 }
@@ -155,6 +215,34 @@ internal sealed class CatalogDevice
     public string Source { get; set; } = "";
 
     public string? Note { get; set; }
+
+    public CatalogProbe? Probe { get; set; }
+}
+
+internal sealed class CatalogProbe
+{
+    public List<string>? DeviceNames { get; set; }
+
+    public int? Multiprocessors { get; set; }
+
+    public string? ReferencePath { get; set; }
+
+    public CatalogKernelFigures? Peak { get; set; }
+
+    public CatalogKernelFigures? Reference { get; set; }
+
+    public string? Source { get; set; }
+}
+
+internal sealed class CatalogKernelFigures
+{
+    public long TensorFp16Mflops { get; set; }
+
+    public long PackedFp16Mflops { get; set; }
+
+    public long Fp32Mflops { get; set; }
+
+    public long MemoryMbps { get; set; }
 }
 
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, ReadCommentHandling = JsonCommentHandling.Skip)]

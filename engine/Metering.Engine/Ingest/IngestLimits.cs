@@ -42,6 +42,13 @@ public sealed class IngestLimits
     /// <summary>Largest raw log file one upload may carry, in bytes.</summary>
     public long RawUploadBytesMax { get; set; } = 16L * 1024 * 1024 * 1024;
 
+    /// <summary>
+    /// Most (device model, share denominator, minute) rows one batch may add to the concurrency
+    /// check (Ingest/FleetConcurrency.cs): about 69 days of one model. A batch past it is refused
+    /// as too large rather than making one commit write without bound.
+    /// </summary>
+    public int ConcurrencyMinutesPerBatchMax { get; set; } = 100_000;
+
     /// <summary>Largest gRPC message the server accepts, in bytes.</summary>
     public int MessageBytesMax { get; set; } = 16 * 1024 * 1024;
 
@@ -59,6 +66,7 @@ public sealed class IngestLimits
         Require(DeviceUuidsMax is >= 0 and <= 4096, nameof(DeviceUuidsMax), "between 0 and 4096");
         Require(RawLineBytesMax is >= 256 and <= 16 * 1024 * 1024, nameof(RawLineBytesMax), "between 256 bytes and 16 MiB");
         Require(RawUploadBytesMax is > 0 and <= 1L << 40, nameof(RawUploadBytesMax), "between 1 byte and 1 TiB");
+        Require(ConcurrencyMinutesPerBatchMax is >= 1_440 and <= 10_000_000, nameof(ConcurrencyMinutesPerBatchMax), "between 1440 (a day) and 10000000");
         Require(MessageBytesMax is >= 64 * 1024 and <= 256 * 1024 * 1024, nameof(MessageBytesMax), "between 64 KiB and 256 MiB");
     }
 

@@ -182,6 +182,14 @@ public sealed class IngestSession
                         throw new AdmissionChangedException(ProviderId);
                     }
 
+                    // Proof streams are never settled and come before admission, when there is no
+                    // fleet yet; every other stream's records must fit the provider's fleet.
+                    if (!_proofStream)
+                    {
+                        await FleetConcurrency.CheckAsync(connection, transaction, ProviderId, _prepared, admission.Fleet,
+                            _time.GetUtcNow().ToUnixTimeMilliseconds(), _validator.Limits.ConcurrencyMinutesPerBatchMax);
+                    }
+
                     if (alongside is not null)
                     {
                         await alongside(connection, transaction);

@@ -26,7 +26,7 @@ public sealed class AdmissionSnapshot
     private readonly Interval[] _intervals;
     private readonly Suspension[] _suspensions;
 
-    internal AdmissionSnapshot(string providerId, bool registered, long epoch, Interval[] intervals, Suspension[] suspensions, string? listedOn = null)
+    internal AdmissionSnapshot(string providerId, bool registered, long epoch, Interval[] intervals, Suspension[] suspensions, FleetSnapshot? fleet = null, string? listedOn = null)
     {
         ProviderId = providerId;
         Registered = registered;
@@ -34,7 +34,11 @@ public sealed class AdmissionSnapshot
         Epoch = epoch;
         _intervals = intervals;
         _suspensions = suspensions;
+        Fleet = fleet ?? FleetSnapshot.Empty;
     }
+
+    /// <summary>The provider's fleet per model, for ingest's plausibility check; read at the same epoch.</summary>
+    public FleetSnapshot Fleet { get; }
 
     public string ProviderId { get; }
 
@@ -159,6 +163,7 @@ public sealed class AdmissionGate(NpgsqlDataSource dataSource)
               AND (listed_until IS NULL OR listed_until >= (now() AT TIME ZONE 'Asia/Shanghai')::date)
             LIMIT 1
             """, new { providerId }, transaction);
+        FleetSnapshot fleet = await FleetSnapshot.LoadAsync(connection, transaction, providerId);
         await transaction.CommitAsync(cancellationToken);
 
         AdmissionSnapshot.Interval[] intervals = items.Select(i =>
@@ -171,7 +176,7 @@ public sealed class AdmissionGate(NpgsqlDataSource dataSource)
         // A suspension belongs to one admitted item: usage that another, unsuspended item covers
         // is still taken.
         AdmissionSnapshot.Suspension[] paused = suspensions.Select(s => new AdmissionSnapshot.Suspension(s.FromMs, s.UntilMs ?? long.MaxValue, s.Reason, s.ApplicationId)).ToArray();
-        return new AdmissionSnapshot(providerId, registered: true, epoch.Value, intervals, paused, listedOn);
+        return new AdmissionSnapshot(providerId, registered: true, epoch.Value, intervals, paused, fleet, listedOn);
     }
 
     /// <summary>Reads the epoch inside a commit's transaction and holds it until the commit ends; -1 when not registered.</summary>

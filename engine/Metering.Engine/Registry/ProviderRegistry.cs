@@ -4,6 +4,7 @@ using System.Text.Json;
 using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Audit;
+using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Protocol.V1;
 using Npgsql;
@@ -308,7 +309,13 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
                 : (ApplicationState.Rejected, "rejected", RequireReasons(decision.Reasons, "a rejection needs its reasons"));
         }, cancellationToken);
 
-    /// <summary>Commissioned verification: the verified FP16 capacity must reach 300 PFLOPS for the stage to pass.</summary>
+    /// <summary>
+    /// Commissioned verification: the verified FP16 capacity must reach 300 PFLOPS for the stage
+    /// to pass. The figure is the commissioned verifier's (verified_fp16_gflops &gt; 0) or, with 0,
+    /// the provider's current fleet validation from the capacity probe (completed and not
+    /// expired); passing with 0 and no such validation is refused with CAPACITY_UNVERIFIED. A
+    /// rejection with 0 takes the validation's figure when there is one and records none otherwise.
+    /// </summary>
     public Task<Application> RecordVerificationAsync(Actor actor, VerificationDecision decision, CancellationToken cancellationToken) =>
         DecideStageAsync(actor, decision.ApplicationId, "verification", ApplicationState.AwaitingVerification, "verification", async (connection, transaction, row, now) =>
         {
@@ -317,19 +324,37 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
                 throw FilingRules.Invalid("verified_fp16_gflops cannot be negative");
             }
 
-            if (decision.Pass && decision.VerifiedFp16Gflops < FilingRules.CapacityMinimumGflops)
+            long verified = decision.VerifiedFp16Gflops;
+            string source = "the commissioned verifier's figure";
+            if (verified == 0)
+            {
+                CurrentValidation? validation = await FleetValidationService.CurrentAsync(connection, transaction, row.ProviderId, now);
+                if (validation is { } current)
+                {
+                    verified = current.VerifiedFp16Gflops;
+                    source = string.Create(CultureInfo.InvariantCulture,
+                        $"fleet validation {current.ValidationId} (inventory version {current.InventoryVersion}: {current.Sampled} of {current.Nodes} nodes probed, {current.Failed} failed, pass rate at least {current.PassRateLowerBoundPpm / 10_000m:0.00}% at 95% confidence; valid until {current.ExpiresAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai)");
+                }
+                else if (decision.Pass)
+                {
+                    throw new RegistryRefusedException(RegistryRefusal.CapacityUnverified,
+                        $"verified_fp16_gflops 0 takes {row.ProviderId}'s fleet validation, and it has none completed and unexpired; validate the fleet through CapacityService or record the commissioned verifier's figure");
+                }
+            }
+
+            if (decision.Pass && verified < FilingRules.CapacityMinimumGflops)
             {
                 throw new RegistryRefusedException(RegistryRefusal.CapacityBelowMinimum,
-                    $"verified FP16 capacity is {FilingRules.Pflops(decision.VerifiedFp16Gflops)} PFLOPS; the stage passes only at 300 or more (record it with pass=false to reject)");
+                    $"verified FP16 capacity is {FilingRules.Pflops(verified)} PFLOPS ({source}); the stage passes only at 300 or more (record it with pass=false to reject)");
             }
 
-            if (decision.VerifiedFp16Gflops > 0)
+            if (verified > 0)
             {
                 await connection.ExecuteAsync("UPDATE applications SET verified_fp16_gflops = @v WHERE application_id = @id",
-                    new { v = decision.VerifiedFp16Gflops, id = row.ApplicationId }, transaction);
+                    new { v = verified, id = row.ApplicationId }, transaction);
             }
 
-            string figure = $"verified {FilingRules.Pflops(decision.VerifiedFp16Gflops)} PFLOPS FP16";
+            string figure = verified > 0 ? $"verified {FilingRules.Pflops(verified)} PFLOPS FP16 from {source}" : "no verified figure";
             return decision.Pass
                 ? (ApplicationState.AwaitingPublicNotice, "passed", Join(figure, decision.Reasons))
                 : (ApplicationState.Rejected, "rejected", Join(figure, RequireReasons(decision.Reasons, "a rejection needs its reasons")));

@@ -16,6 +16,7 @@ internal static class AccessPolicy
     private static readonly Role[] Operators = [Role.Operator];
     private static readonly Role[] Readers = [Role.Provider, Role.Operator, Role.Auditor, Role.Settlement];
     private static readonly Role[] Overseers = [Role.Operator, Role.Auditor];
+    private static readonly Role[] ProvidersAndOverseers = [Role.Provider, Role.Operator, Role.Auditor];
 
     private static readonly FrozenDictionary<string, Role[]> AllowedByMethod = new Dictionary<string, Role[]>
     {
@@ -42,6 +43,13 @@ internal static class AccessPolicy
         [Method(RegistryService.Descriptor.FullName, "RecordFalseMaterials")] = Operators,
         [Method(RegistryService.Descriptor.FullName, "GetOrganisation")] = Readers,
         [Method(RegistryService.Descriptor.FullName, "GetHistory")] = Overseers,
+
+        [Method(CapacityService.Descriptor.FullName, "RegisterNodeKey")] = Providers,
+        [Method(CapacityService.Descriptor.FullName, "DeclareInventory")] = Providers,
+        [Method(CapacityService.Descriptor.FullName, "IssueNonce")] = Providers,
+        [Method(CapacityService.Descriptor.FullName, "SubmitAttestation")] = Providers,
+        [Method(CapacityService.Descriptor.FullName, "GetFleetValidation")] = ProvidersAndOverseers,
+        [Method(CapacityService.Descriptor.FullName, "ReviewUnknownModel")] = Operators,
     }.ToFrozenDictionary(StringComparer.Ordinal);
 
     /// <summary>The gRPC method path, as ServerCallContext.Method gives it.</summary>

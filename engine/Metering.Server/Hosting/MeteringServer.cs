@@ -1,10 +1,12 @@
 using System.Net;
 using Metering.Engine.Access;
+using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Server.Access;
+using Metering.Server.Capacity;
 using Metering.Server.Ingest;
 using Metering.Server.RawLogs;
 using Metering.Server.Registry;
@@ -37,6 +39,9 @@ public sealed class ServerSettings
     /// <summary>How often open streams look their key up again, so that a revoked key loses them.</summary>
     public CredentialRecheckPolicy CredentialRecheck { get; init; } = CredentialRecheckPolicy.Default;
 
+    /// <summary>Nonce lifetime, validation validity, the sampling levels and the capacity limits.</summary>
+    public CapacitySettings Capacity { get; init; } = new();
+
     /// <summary>How the server logs; the CLI passes its console logger.</summary>
     public Action<ILoggingBuilder>? ConfigureLogging { get; init; }
 }
@@ -60,6 +65,7 @@ public sealed class MeteringServer : IAsyncDisposable
     public static async Task<MeteringServer> StartAsync(ServerSettings settings, CancellationToken cancellationToken = default)
     {
         settings.Limits.Validate();
+        settings.Capacity.Validate();
         if (settings.Listen.Scheme != Uri.UriSchemeHttp)
         {
             throw new ArgumentException($"Listen address {settings.Listen} must be http:// (gRPC over cleartext HTTP/2; put TLS in front or use the mTLS option of the registry issue).");
@@ -91,6 +97,7 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(provider => new AdmissionGate(provider.GetRequiredService<NpgsqlDataSource>()));
         builder.Services.AddSingleton(provider => new ProviderRegistry(provider.GetRequiredService<NpgsqlDataSource>(), settings.Catalog, settings.Time));
         builder.Services.AddSingleton(settings.CredentialRecheck);
+        builder.Services.AddSingleton(provider => new FleetValidationService(provider.GetRequiredService<NpgsqlDataSource>(), settings.Catalog, settings.Capacity, settings.Time));
         builder.Services.AddSingleton<StreamLeases>();
         builder.Services.AddSingleton<AuthenticationInterceptor>();
         builder.Services.AddGrpc(grpc =>
@@ -105,6 +112,7 @@ public sealed class MeteringServer : IAsyncDisposable
         app.MapGrpcService<IngestGrpcService>();
         app.MapGrpcService<RawLogGrpcService>();
         app.MapGrpcService<RegistryGrpcService>();
+        app.MapGrpcService<CapacityGrpcService>();
         await app.StartAsync(cancellationToken);
 
         string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();

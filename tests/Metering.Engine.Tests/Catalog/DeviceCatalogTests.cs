@@ -1,5 +1,7 @@
 using System.Text;
 using Metering.Engine.Catalog;
+using Metering.Probe.Attestation.Checksums;
+using Metering.Tests.Shared;
 
 namespace Metering.Engine.Tests.Catalog;
 
@@ -58,6 +60,86 @@ public sealed class DeviceCatalogTests
     [InlineData("""{"version":"v","effectiveFrom":"2025/01/01","devices":[]}""", "effectiveFrom")]
     public void Malformed_catalog_files_are_refused_with_the_reason(string json, string expected)
     {
+        var error = Assert.Throws<InvalidDataException>(() => Parse(json));
+        Assert.Contains(expected, error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Every_shipped_model_but_the_Ascend_NPU_carries_probe_peaks_and_references_that_follow_the_60_percent_rule()
+    {
+        foreach (DeviceModel model in Catalog.Latest.Models)
+        {
+            if (model.Key == "ASCEND-910B")
+            {
+                Assert.Null(model.Probe);
+                continue;
+            }
+
+            ProbeProfile probe = Assert.IsType<ProbeProfile>(model.Probe);
+            Assert.False(model.Fixture);
+            Assert.Equal(ProbeProfile.PtxPath, probe.ReferencePath);
+            Assert.Equal(model.Fp16DenseGflops * 1_000, probe.Peak.TensorFp16Mflops);
+            foreach (KernelKind kind in KernelKinds.All)
+            {
+                Assert.Equal(probe.Peak.Of(kind) * 60 / 100, probe.Reference.Of(kind));
+            }
+
+            Assert.NotEmpty(probe.DeviceNames);
+            Assert.False(string.IsNullOrWhiteSpace(probe.Source));
+        }
+    }
+
+    [Theory]
+    [InlineData("H100-SXM", 133_800_000, 66_900_000, 3_350_000)]
+    [InlineData("A100-SXM", 78_000_000, 19_500_000, 2_039_000)]
+    [InlineData("H20", 88_000_000, 44_000_000, 4_000_000)]
+    [InlineData("L40S", 91_600_000, 91_600_000, 864_000)]
+    public void Shipped_probe_peaks_are_the_datasheet_figures_in_MFLOPS_and_MBps(string key, long packedMflops, long fp32Mflops, long memoryMbps)
+    {
+        ProbeProfile probe = Catalog.Find(key)!.Probe!;
+        Assert.Equal((packedMflops, fp32Mflops, memoryMbps), (probe.Peak.PackedFp16Mflops, probe.Peak.Fp32Mflops, probe.Peak.MemoryMbps));
+    }
+
+    [Fact]
+    public void A_device_matches_a_model_by_its_reported_name_and_multiprocessor_count()
+    {
+        ProbeProfile h100 = Catalog.Find("H100-SXM")!.Probe!;
+        Assert.True(h100.Matches("NVIDIA H100 80GB HBM3", 132));
+        Assert.False(h100.Matches("NVIDIA H100 80GB HBM3", 114));
+        Assert.False(h100.Matches("nvidia h100 80gb hbm3", 132));
+        Assert.DoesNotContain(Catalog.Latest.Models, m => m.Probe?.Matches("CPUAccelerator", 1) == true);
+    }
+
+    [Fact]
+    public void The_cpu_fixture_overlay_adds_its_model_to_every_version_and_never_to_the_shipped_catalog()
+    {
+        DeviceCatalog extended = TestCatalogs.WithCpuFixture();
+
+        Assert.All(extended.Versions, version => Assert.True(version.TryGet("CPU-FIXTURE", out DeviceModel fixture) && fixture.Fixture && fixture.CatalogVersion == version.Version));
+        Assert.Equal(ProbeProfile.PortablePath, extended.Find("CPU-FIXTURE")!.Probe!.ReferencePath);
+        Assert.Null(Catalog.Find("CPU-FIXTURE"));
+        Assert.Equal(Catalog.Latest.Models.Count() + 1, extended.Latest.Models.Count());
+    }
+
+    [Theory]
+    [InlineData("""{"devices":[{"key":"X","fp16DenseGflops":1,"source":"s"}]}""", "overlay")]
+    [InlineData("""{"overlay":"o","devices":[{"key":"H100-SXM","fp16DenseGflops":1,"source":"s"}]}""", "already in catalog")]
+    public void Overlays_without_a_purpose_or_redefining_a_shipped_model_are_refused(string json, string expected)
+    {
+        var error = Assert.Throws<InvalidDataException>(() => Catalog.WithOverlay(new MemoryStream(Encoding.UTF8.GetBytes(json)), "overlay.json"));
+        Assert.Contains(expected, error.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("""{"deviceNames":["n"],"peak":{"tensorFp16Mflops":1000,"packedFp16Mflops":5,"fp32Mflops":5,"memoryMbps":5},"reference":{"tensorFp16Mflops":1,"packedFp16Mflops":6,"fp32Mflops":1,"memoryMbps":1},"source":"s"}""", "above its peak")]
+    [InlineData("""{"deviceNames":["n"],"peak":{"tensorFp16Mflops":999,"packedFp16Mflops":5,"fp32Mflops":5,"memoryMbps":5},"reference":{"tensorFp16Mflops":1,"packedFp16Mflops":1,"fp32Mflops":1,"memoryMbps":1},"source":"s"}""", "fp16DenseGflops")]
+    [InlineData("""{"deviceNames":["n"],"referencePath":"cuda","peak":{"tensorFp16Mflops":1000,"packedFp16Mflops":5,"fp32Mflops":5,"memoryMbps":5},"reference":{"tensorFp16Mflops":1,"packedFp16Mflops":1,"fp32Mflops":1,"memoryMbps":1},"source":"s"}""", "referencePath")]
+    [InlineData("""{"deviceNames":[],"peak":{"tensorFp16Mflops":1000,"packedFp16Mflops":5,"fp32Mflops":5,"memoryMbps":5},"reference":{"tensorFp16Mflops":1,"packedFp16Mflops":1,"fp32Mflops":1,"memoryMbps":1},"source":"s"}""", "deviceNames")]
+    [InlineData("""{"deviceNames":["n"],"peak":{"tensorFp16Mflops":1000,"packedFp16Mflops":5,"fp32Mflops":5,"memoryMbps":0},"reference":{"tensorFp16Mflops":1,"packedFp16Mflops":1,"fp32Mflops":1,"memoryMbps":1},"source":"s"}""", "positive")]
+    [InlineData("""{"deviceNames":["n"],"peak":{"tensorFp16Mflops":1000,"packedFp16Mflops":5,"fp32Mflops":5,"memoryMbps":5},"reference":{"tensorFp16Mflops":1,"packedFp16Mflops":1,"fp32Mflops":1,"memoryMbps":1}}""", "source")]
+    public void Malformed_probe_sections_are_refused_with_the_reason(string probe, string expected)
+    {
+        string json = $$"""{"version":"v","effectiveFrom":"2025-01-01","devices":[{"key":"X","fp16DenseGflops":1,"source":"s","probe":{{probe}}}]}""";
         var error = Assert.Throws<InvalidDataException>(() => Parse(json));
         Assert.Contains(expected, error.Message, StringComparison.Ordinal);
     }

@@ -44,10 +44,16 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
         ["RegistryService/RecordFalseMaterials"] = [O],
         ["RegistryService/GetOrganisation"] = [P, O, A, S],
         ["RegistryService/GetHistory"] = [O, A],
+        ["CapacityService/RegisterNodeKey"] = [P],
+        ["CapacityService/DeclareInventory"] = [P],
+        ["CapacityService/IssueNonce"] = [P],
+        ["CapacityService/SubmitAttestation"] = [P],
+        ["CapacityService/GetFleetValidation"] = [P, O, A],
+        ["CapacityService/ReviewUnknownModel"] = [O],
     };
 
     private static IEnumerable<MethodDescriptor> AllMethods() =>
-        new[] { IngestService.Descriptor, RawLogService.Descriptor, RegistryService.Descriptor }.SelectMany(s => s.Methods);
+        new[] { IngestService.Descriptor, RawLogService.Descriptor, RegistryService.Descriptor, CapacityService.Descriptor }.SelectMany(s => s.Methods);
 
     [Fact]
     public void The_matrix_covers_every_rpc_of_every_service()

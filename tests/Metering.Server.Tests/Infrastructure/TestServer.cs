@@ -1,6 +1,8 @@
 using Dapper;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Metering.Engine.Capacity;
+using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
@@ -43,7 +45,9 @@ public sealed class TestServer : IAsyncDisposable
 
     public Uri Address => _server.Address;
 
-    public static async Task<TestServer> StartAsync(PostgresFixture postgres, IngestLimits? limits = null, TimeProvider? time = null, CredentialRecheckPolicy? recheck = null)
+    /// <param name="catalog">The device catalog; the embedded one unless a test needs the CPU fixture (<see cref="TestCatalogs.WithCpuFixture"/>).</param>
+    public static async Task<TestServer> StartAsync(PostgresFixture postgres, IngestLimits? limits = null, TimeProvider? time = null, DeviceCatalog? catalog = null,
+        CapacitySettings? capacity = null, CredentialRecheckPolicy? recheck = null)
     {
         string connectionString = await postgres.CreateDatabaseAsync();
         var settings = new ServerSettings
@@ -53,6 +57,8 @@ public sealed class TestServer : IAsyncDisposable
             Limits = limits ?? new IngestLimits(),
             Time = time ?? TimeProvider.System,
             CredentialRecheck = recheck ?? CredentialRecheckPolicy.Default,
+            Catalog = catalog ?? DeviceCatalog.LoadEmbedded(),
+            Capacity = capacity ?? new CapacitySettings(),
         };
         return new TestServer(await MeteringServer.StartAsync(settings), settings, connectionString);
     }
@@ -80,6 +86,8 @@ public sealed class TestServer : IAsyncDisposable
     public static Metadata Bearer(string? key = null) => new() { { "authorization", "Bearer " + (key ?? ProviderKey) } };
 
     public RegistryService.RegistryServiceClient RegistryClient() => new(Channel);
+
+    public CapacityService.CapacityServiceClient CapacityClient() => new(Channel);
 
     public async Task<T> ScalarAsync<T>(string sql, object? parameters = null)
     {

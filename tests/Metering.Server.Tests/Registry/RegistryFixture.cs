@@ -1,5 +1,6 @@
 using Grpc.Core;
 using Metering.Engine.Access;
+using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Identity;
 using Metering.Engine.Registry;
@@ -28,13 +29,13 @@ internal sealed class RegistryScene : IAsyncDisposable
 
     private static int _codes;
 
-    private RegistryScene(TestServer server, ManualClock clock, NpgsqlDataSource dataSource)
+    private RegistryScene(TestServer server, ManualClock clock, NpgsqlDataSource dataSource, DeviceCatalog catalog)
     {
         Server = server;
         Clock = clock;
         DataSource = dataSource;
         Client = server.RegistryClient();
-        Engine = new ProviderRegistry(dataSource, DeviceCatalog.LoadEmbedded(), clock);
+        Engine = new ProviderRegistry(dataSource, catalog, clock);
     }
 
     public TestServer Server { get; }
@@ -53,11 +54,12 @@ internal sealed class RegistryScene : IAsyncDisposable
     /// <summary>The bare key in bearer headers, for the ingest helpers.</summary>
     public static string KeyOf(Metadata headers) => headers.GetValue("authorization")!["Bearer ".Length..];
 
-    public static async Task<RegistryScene> StartAsync(PostgresFixture postgres, int noticeDays = 0)
+    public static async Task<RegistryScene> StartAsync(PostgresFixture postgres, int noticeDays = 0, DeviceCatalog? catalog = null, CapacitySettings? capacity = null)
     {
         var clock = new ManualClock(WindowOpens.AddDays(1));
-        TestServer server = await TestServer.StartAsync(postgres, time: clock);
-        var scene = new RegistryScene(server, clock, Database.CreateDataSource(server.ConnectionString));
+        catalog ??= DeviceCatalog.LoadEmbedded();
+        TestServer server = await TestServer.StartAsync(postgres, time: clock, catalog: catalog, capacity: capacity);
+        var scene = new RegistryScene(server, clock, Database.CreateDataSource(server.ConnectionString), catalog);
         await scene.Client.PutAdmissionBatchAsync(new AdmissionBatch
         {
             BatchId = Batch,

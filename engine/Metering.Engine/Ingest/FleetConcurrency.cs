@@ -1,0 +1,323 @@
+using System.Collections.Frozen;
+using System.Globalization;
+using System.Numerics;
+using Dapper;
+using Metering.Engine.Capacity;
+using Metering.Engine.Registry;
+using Metering.Engine.Storage;
+using Metering.Protocol.V1;
+using Npgsql;
+
+namespace Metering.Engine.Ingest;
+
+/// <summary>
+/// A provider's fleet per device model, as ingest's plausibility check counts it: the devices of
+/// the model in its latest completed fleet validation while that validation is unexpired, else
+/// the devices its admitted applications declared (those passed commissioned verification).
+/// Where two admitted applications declare the same site and model, the larger count is taken
+/// once: a second service item is offered on the same platform, not on new devices.
+/// </summary>
+public sealed class FleetSnapshot
+{
+    private readonly FrozenDictionary<string, long> _validated;
+    private readonly FrozenDictionary<string, long> _declared;
+
+    internal FleetSnapshot(long? validationId, long validUntilMs, IDictionary<string, long> validated, IDictionary<string, long> declared)
+    {
+        ValidationId = validationId;
+        ValidUntilMs = validUntilMs;
+        _validated = validated.ToFrozenDictionary(StringComparer.Ordinal);
+        _declared = declared.ToFrozenDictionary(StringComparer.Ordinal);
+    }
+
+    public static FleetSnapshot Empty { get; } = new(null, 0, new Dictionary<string, long>(), new Dictionary<string, long>());
+
+    /// <summary>The latest completed fleet validation, if any (expired or not).</summary>
+    public long? ValidationId { get; }
+
+    public long ValidUntilMs { get; }
+
+    /// <summary>The devices of a model in the fleet at a moment, and where that figure comes from.</summary>
+    public (long Devices, string Source) DevicesOf(string model, long nowUnixMs) =>
+        ValidationId is { } id && nowUnixMs < ValidUntilMs
+            ? (_validated.GetValueOrDefault(model), $"fleet validation {id}")
+            : (_declared.GetValueOrDefault(model), "the devices its admitted applications declared");
+
+    internal static async Task<FleetSnapshot> LoadAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string providerId)
+    {
+        var validated = (await connection.QueryAsync<(long Id, DateTime Expires, string Model, long Devices)>("""
+            SELECT v.validation_id, v.expires_at, n.device_model, sum(n.device_count)::bigint
+            FROM capacity_validations v
+            JOIN capacity_inventory_nodes n ON n.provider_id = v.provider_id AND n.inventory_version = v.inventory_version
+            WHERE v.provider_id = @providerId AND v.validation_id = (
+                SELECT validation_id FROM capacity_validations WHERE provider_id = @providerId AND state = 'complete' ORDER BY completed_at DESC, validation_id DESC LIMIT 1)
+            GROUP BY v.validation_id, v.expires_at, n.device_model
+            """, new { providerId }, transaction)).ToList();
+        var declared = await connection.QueryAsync<(string Model, long Devices)>("""
+            SELECT device_model, sum(devices)::bigint FROM (
+                SELECT c.site, c.device_model, max(c.device_count) AS devices
+                FROM application_capacity c JOIN applications a ON a.provider_id = c.provider_id AND a.application_id = c.application_id
+                WHERE c.provider_id = @providerId AND a.state = 'admitted'
+                GROUP BY c.site, c.device_model) s
+            GROUP BY device_model
+            """, new { providerId }, transaction);
+        return new FleetSnapshot(
+            validated.Count == 0 ? null : validated[0].Id,
+            validated.Count == 0 ? 0 : UnixMs.FromDateTime(DateTime.SpecifyKind(validated[0].Expires, DateTimeKind.Utc)),
+            validated.ToDictionary(v => v.Model, v => v.Devices),
+            declared.ToDictionary(d => d.Model, d => d.Devices));
+    }
+}
+
+/// <summary>
+/// Ingest's plausibility check: a provider never uses more devices of a model at once, over all
+/// its usage streams, than its fleet holds.
+///
+/// Concurrency is counted per whole second: a record covers the seconds from ⌈start⌉ to ⌊end⌋
+/// (in seconds), and adds device_count × share to each, so a record that ends and one that starts
+/// within the same second are never counted together (the check is lenient by under a second at
+/// each end, never strict). The sums live in <c>usage_concurrency</c>, one row per provider,
+/// model, minute and share denominator holding 60 per-second sums of device_count × numerator, so
+/// every sum is an exact integer; seconds are compared exactly as Σ_d sum_d / d ≤ fleet over the
+/// common multiple of the denominators present.
+///
+/// The check runs in the commit's transaction after the COPY: it takes a transaction-scoped
+/// advisory lock per (provider, model) in ascending key order, adds the batch's sums, reads every
+/// denominator's sums for the minutes the batch touches and compares each second the batch
+/// touches. Two commits of one provider and model are thus ordered, and the second sees the
+/// first's sums; commits of different models or providers do not wait for each other.
+/// </summary>
+public static class FleetConcurrency
+{
+    public const int SecondsPerRow = 60;
+
+    private sealed class Group(string model, uint denominator)
+    {
+        public string Model { get; } = model;
+
+        public uint Denominator { get; } = denominator;
+
+        public List<(long Second, long Delta)> Events { get; } = [];
+
+        public SortedDictionary<long, long[]> Minutes { get; } = [];
+    }
+
+    /// <summary>Checks the prepared batch against the fleet; throws <see cref="IngestRefusedException"/> when a second would exceed it.</summary>
+    public static async Task CheckAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string providerId, PreparedRecords batch, FleetSnapshot fleet,
+        long nowUnixMs, int minutesPerBatchMax)
+    {
+        List<Group> groups = Aggregate(batch);
+        int rows = 0;
+        foreach (Group group in groups)
+        {
+            rows += Sweep(group, minutesPerBatchMax - rows);
+            if (rows > minutesPerBatchMax)
+            {
+                throw new IngestRefusedException(new Refusal(IngestRefusal.BatchTooLarge,
+                    $"the batch's records cover more than {minutesPerBatchMax} device-model minutes, more than the concurrency check takes at once; send records of fewer days per batch"));
+            }
+        }
+
+        if (rows == 0)
+        {
+            return;
+        }
+
+        long[] keys = groups.Select(g => g.Model).Distinct(StringComparer.Ordinal).Select(m => FleetValidationService.LockKey("concurrency", providerId, m)).Order().ToArray();
+        var models = new string[rows];
+        var minutes = new DateTime[rows];
+        var denominators = new int[rows];
+        var levels = new long[rows * SecondsPerRow];
+        int row = 0;
+        foreach (Group group in groups)
+        {
+            foreach (var (minute, seconds) in group.Minutes)
+            {
+                models[row] = group.Model;
+                minutes[row] = UnixMs.ToDateTime(minute * SecondsPerRow * 1000);
+                denominators[row] = (int)group.Denominator;
+                seconds.CopyTo(levels, row * SecondsPerRow);
+                row++;
+            }
+        }
+
+        await connection.ExecuteAsync("SELECT pg_advisory_xact_lock(k) FROM unnest(@keys) AS k", new { keys }, transaction);
+        await connection.ExecuteAsync("""
+            INSERT INTO usage_concurrency AS c (provider_id, device_model, minute_at, share_denominator, levels)
+            SELECT @providerId, u.m, u.t, u.d, @levels[(u.i - 1) * 60 + 1 : u.i * 60]
+            FROM unnest(@models, @minutes, @denominators) WITH ORDINALITY AS u(m, t, d, i)
+            ON CONFLICT (provider_id, device_model, minute_at, share_denominator) DO UPDATE
+            SET levels = ARRAY(SELECT x.a + x.b FROM unnest(c.levels, excluded.levels) WITH ORDINALITY AS x(a, b, o) ORDER BY x.o)
+            """, new { providerId, models, minutes, denominators, levels }, transaction);
+
+        var touched = groups.SelectMany(g => g.Minutes.Keys.Select(m => (g.Model, Minute: m))).Distinct().ToList();
+        var stored = (await connection.QueryAsync<(string Model, DateTime Minute, int Denominator, long[] Levels)>("""
+            SELECT c.device_model, c.minute_at, c.share_denominator, c.levels
+            FROM usage_concurrency c JOIN unnest(@touchedModels, @touchedMinutes) AS u(m, t) ON c.device_model = u.m AND c.minute_at = u.t
+            WHERE c.provider_id = @providerId
+            """, new
+        {
+            providerId,
+            touchedModels = touched.Select(t => t.Model).ToArray(),
+            touchedMinutes = touched.Select(t => UnixMs.ToDateTime(t.Minute * SecondsPerRow * 1000)).ToArray(),
+        }, transaction)).ToLookup(r => (r.Model, UnixMs.FromDateTime(DateTime.SpecifyKind(r.Minute, DateTimeKind.Utc)) / 1000 / SecondsPerRow));
+
+        foreach (var (model, minute) in touched.OrderBy(t => t.Minute).ThenBy(t => t.Model, StringComparer.Ordinal))
+        {
+            var (devices, source) = fleet.DevicesOf(model, nowUnixMs);
+            var sums = stored[(model, minute)].Select(r => (r.Levels, r.Denominator)).ToList();
+            long[][] mine = groups.Where(g => g.Model == model && g.Minutes.ContainsKey(minute)).Select(g => g.Minutes[minute]).ToArray();
+            for (int second = 0; second < SecondsPerRow; second++)
+            {
+                // Only seconds this batch adds to are judged: a fleet that shrank since is no
+                // reason to refuse records that do not touch the excess.
+                if (!mine.Any(levels => levels[second] > 0) || !Exceeds(sums, second, devices))
+                {
+                    continue;
+                }
+
+                long atSecond = minute * SecondsPerRow + second;
+                UsageRecordRef first = FirstCovering(batch, model, atSecond);
+                throw new IngestRefusedException(new Refusal(IngestRefusal.ConcurrencyAboveFleet,
+                    $"record {first.Sequence}: at {Time(atSecond)} {providerId} would use {InUse(sums, second)} {model} devices at once over all its streams; its fleet holds {devices} ({source})"),
+                    first.Sequence);
+            }
+        }
+    }
+
+    private readonly record struct UsageRecordRef(ulong Sequence);
+
+    private static List<Group> Aggregate(PreparedRecords batch)
+    {
+        var groups = new Dictionary<(string, uint), Group>();
+        for (int i = 0; i < batch.Count; i++)
+        {
+            UsageRecord record = batch.Records[i];
+            // Whole seconds covered: [⌈start / 1000⌉, ⌊end / 1000⌋).
+            long first = CeilingSeconds(record.StartUnixMs);
+            long end = record.EndUnixMs / 1000;
+            if (end <= first)
+            {
+                continue;
+            }
+
+            string model = batch.Models[i].Key;
+            if (!groups.TryGetValue((model, record.ShareDenominator), out Group? group))
+            {
+                group = new Group(model, record.ShareDenominator);
+                groups.Add((model, record.ShareDenominator), group);
+            }
+
+            long weight = (long)record.DeviceCount * record.ShareNumerator;
+            group.Events.Add((first, weight));
+            group.Events.Add((end, -weight));
+        }
+
+        return groups.Values.OrderBy(g => g.Model, StringComparer.Ordinal).ThenBy(g => g.Denominator).ToList();
+    }
+
+    /// <summary>Turns a group's start and end events into per-second sums by minute; returns the rows made, stopping past the budget.</summary>
+    private static int Sweep(Group group, int budget)
+    {
+        group.Events.Sort((a, b) => a.Second.CompareTo(b.Second));
+        long level = 0;
+        for (int e = 0; e < group.Events.Count;)
+        {
+            long second = group.Events[e].Second;
+            while (e < group.Events.Count && group.Events[e].Second == second)
+            {
+                level += group.Events[e++].Delta;
+            }
+
+            if (level == 0 || e == group.Events.Count)
+            {
+                continue;
+            }
+
+            long next = group.Events[e].Second;
+            for (long s = second; s < next; s++)
+            {
+                long minute = Math.DivRem(s, SecondsPerRow, out long within);
+                if (within < 0)
+                {
+                    minute--;
+                    within += SecondsPerRow;
+                }
+
+                if (!group.Minutes.TryGetValue(minute, out long[]? seconds))
+                {
+                    if (group.Minutes.Count >= budget)
+                    {
+                        return group.Minutes.Count + 1;
+                    }
+
+                    seconds = new long[SecondsPerRow];
+                    group.Minutes.Add(minute, seconds);
+                }
+
+                seconds[within] += level;
+            }
+        }
+
+        return group.Minutes.Count;
+    }
+
+    /// <summary>Σ sum_d / d &gt; devices at one second, exactly: in 128-bit integers for one denominator (the common case), else over the common multiple of the denominators present.</summary>
+    private static bool Exceeds(List<(long[] Levels, int Denominator)> sums, int second, long devices)
+    {
+        if (sums.Count == 1)
+        {
+            return (Int128)sums[0].Levels[second] > (Int128)devices * sums[0].Denominator;
+        }
+
+        var (numerator, common) = Fraction(sums, second);
+        return numerator > devices * common;
+    }
+
+    /// <summary>The devices in use at a second, to two decimals (rounded down), for the refusal's message.</summary>
+    private static string InUse(List<(long[] Levels, int Denominator)> sums, int second)
+    {
+        var (numerator, common) = Fraction(sums, second);
+        BigInteger hundredths = numerator * 100 / common;
+        return string.Create(CultureInfo.InvariantCulture, $"{hundredths / 100}.{(int)(hundredths % 100):D2}");
+    }
+
+    private static (BigInteger Numerator, BigInteger Common) Fraction(List<(long[] Levels, int Denominator)> sums, int second)
+    {
+        BigInteger common = BigInteger.One;
+        foreach (var (levels, denominator) in sums)
+        {
+            if (levels[second] != 0)
+            {
+                common = common / BigInteger.GreatestCommonDivisor(common, denominator) * denominator;
+            }
+        }
+
+        BigInteger numerator = BigInteger.Zero;
+        foreach (var (levels, denominator) in sums)
+        {
+            numerator += levels[second] * (common / denominator);
+        }
+
+        return (numerator, common);
+    }
+
+    private static UsageRecordRef FirstCovering(PreparedRecords batch, string model, long second)
+    {
+        for (int i = 0; i < batch.Count; i++)
+        {
+            UsageRecord record = batch.Records[i];
+            if (batch.Models[i].Key == model && CeilingSeconds(record.StartUnixMs) <= second && second < record.EndUnixMs / 1000)
+            {
+                return new UsageRecordRef(record.Sequence);
+            }
+        }
+
+        return new UsageRecordRef(batch.Records[0].Sequence);
+    }
+
+    private static long CeilingSeconds(long unixMs) => unixMs / 1000 + (unixMs % 1000 > 0 ? 1 : 0);
+
+    private static string Time(long unixSeconds) =>
+        DateTimeOffset.FromUnixTimeSeconds(unixSeconds).ToOffset(ShanghaiTime.Offset).ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture) + " Asia/Shanghai";
+}

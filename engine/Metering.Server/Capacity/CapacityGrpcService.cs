@@ -1,0 +1,82 @@
+using Grpc.Core;
+using Metering.Engine.Access;
+using Metering.Engine.Capacity;
+using Metering.Engine.Registry;
+using Metering.Protocol.V1;
+using Metering.Server.Access;
+using Microsoft.Extensions.Logging;
+
+namespace Metering.Server.Capacity;
+
+/// <summary>
+/// The capacity service over gRPC. The access policy has already checked the caller's role;
+/// this service keeps providers to their own entries: naming another organisation is refused
+/// with OTHER_PROVIDER, and another provider's validation reads as unknown.
+/// </summary>
+internal sealed partial class CapacityGrpcService(FleetValidationService validations, ILogger<CapacityGrpcService> logger) : CapacityService.CapacityServiceBase
+{
+    public override Task<NodeKey> RegisterNodeKey(RegisterNodeKeyRequest request, ServerCallContext context) =>
+        Run(context, "RegisterNodeKey", request.CreditCode, (actor, ct) => validations.RegisterNodeKeyAsync(actor, request, ct));
+
+    public override Task<FleetValidation> DeclareInventory(DeclareInventoryRequest request, ServerCallContext context) =>
+        Run(context, "DeclareInventory", request.CreditCode, async (actor, ct) =>
+        {
+            FleetValidation validation = await validations.DeclareInventoryAsync(actor, request, ct);
+            LogSampleDrawn(logger, validation.CreditCode, validation.ValidationId, validation.InventoryVersion, validation.NodeCount, validation.SampleSize, validation.SampleSeedHex);
+            return validation;
+        });
+
+    public override Task<ProbeNonce> IssueNonce(IssueNonceRequest request, ServerCallContext context) =>
+        Run(context, "IssueNonce", request.CreditCode, (actor, ct) => validations.IssueNonceAsync(actor, request, ct));
+
+    public override Task<AttestationResult> SubmitAttestation(SubmitAttestationRequest request, ServerCallContext context) =>
+        Run(context, "SubmitAttestation", request.CreditCode, async (actor, ct) =>
+        {
+            AttestationResult result = await validations.SubmitAttestationAsync(actor, request, ct);
+            LogAttested(logger, result.Validation.CreditCode, result.Node.NodeId, result.AttestationId, result.Node.Outcome.ToString(), result.Validation.State.ToString());
+            return result;
+        });
+
+    public override Task<FleetValidation> GetFleetValidation(GetFleetValidationRequest request, ServerCallContext context) =>
+        Run(context, "GetFleetValidation", request.CreditCode, async (actor, ct) =>
+            await validations.GetAsync(request.CreditCode, request.ValidationId, ct)
+            ?? throw new CapacityRefusedException(CapacityRefusal.ValidationUnknown,
+                request.ValidationId == 0 ? $"{request.CreditCode} has no fleet validation" : $"{request.CreditCode} has no fleet validation {request.ValidationId}"));
+
+    public override Task<FleetValidation> ReviewUnknownModel(ReviewUnknownModelRequest request, ServerCallContext context) =>
+        Run(context, "ReviewUnknownModel", request.CreditCode, (actor, ct) => validations.ReviewUnknownModelAsync(actor, request, ct));
+
+    private async Task<T> Run<T>(ServerCallContext context, string method, string creditCode, Func<Actor, CancellationToken, Task<T>> call)
+    {
+        Actor actor = AuthenticationInterceptor.Caller(context);
+        try
+        {
+            if (actor.Role == Role.Provider && creditCode != actor.Subject)
+            {
+                throw new RegistryRefusedException(RegistryRefusal.OtherProvider,
+                    $"a provider reads and writes only its own capacity entries; {actor.Subject} named '{creditCode}'");
+            }
+
+            return await call(actor, context.CancellationToken);
+        }
+        catch (CapacityRefusedException refused)
+        {
+            LogRefused(logger, method, actor.ToString(), refused.Reason.ToString(), refused.Message);
+            throw Errors.From(refused);
+        }
+        catch (RegistryRefusedException refused)
+        {
+            LogRefused(logger, method, actor.ToString(), refused.Reason.ToString(), refused.Message);
+            throw Errors.From(refused);
+        }
+    }
+
+    [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "Capacity {Method} by {Actor} refused: {Reason}: {Detail}")]
+    private static partial void LogRefused(ILogger logger, string method, string actor, string reason, string detail);
+
+    [LoggerMessage(EventId = 4002, Level = LogLevel.Information, Message = "Fleet validation {ValidationId} of {ProviderId} (inventory {InventoryVersion}, {Nodes} nodes): sample of {SampleSize} drawn from seed {Seed}")]
+    private static partial void LogSampleDrawn(ILogger logger, string providerId, long validationId, uint inventoryVersion, uint nodes, uint sampleSize, string seed);
+
+    [LoggerMessage(EventId = 4003, Level = LogLevel.Information, Message = "Attestation {AttestationId} of {ProviderId} node {NodeId}: {Outcome}; validation {State}")]
+    private static partial void LogAttested(ILogger logger, string providerId, string nodeId, long attestationId, string outcome, string state);
+}

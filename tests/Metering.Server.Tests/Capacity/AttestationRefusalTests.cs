@@ -1,0 +1,205 @@
+using System.Security.Cryptography;
+using Google.Protobuf;
+using Grpc.Core;
+using Metering.Probe.Attestation.Results;
+using Metering.Protocol.V1;
+using Metering.Server.Tests.Infrastructure;
+using Metering.Tests.Shared;
+
+namespace Metering.Server.Tests.Capacity;
+
+/// <summary>One real CPU probe report on a nonce no server issued: the raw material of the refusal tests.</summary>
+public sealed class TemplateReport
+{
+    public ProbeReport Report { get; } = CapacityScene.RunProbe(RandomNumberGenerator.GetBytes(32));
+
+    /// <summary>The template claiming another nonce: parsed and signed like any report, its checksums belong to the template's nonce.</summary>
+    public ProbeReport For(ProbeNonce nonce) => Report with { Nonce = Convert.FromHexString(nonce.NonceHex) };
+}
+
+/// <summary>Every way an attestation, an inventory or a key is refused, each with its own reason, changing nothing.</summary>
+[Collection(PostgresCollection.Name)]
+public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateReport template) : IClassFixture<TemplateReport>
+{
+    [Fact]
+    public async Task A_nonce_never_issued_or_issued_for_another_node_is_unknown()
+    {
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        TestNode[] nodes = await scene.NodesAsync(2);
+        await scene.DeclareAsync(nodes);
+        ProbeNonce forFirst = await scene.NonceAsync(nodes[0]);
+
+        Assert.Equal((StatusCode.FailedPrecondition, "NONCE_UNKNOWN"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], template.Report))));
+        Assert.Equal("NONCE_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[1], template.For(forFirst)))).Reason);
+        await AssertNothingStoredAsync(scene);
+    }
+
+    [Fact]
+    public async Task A_nonce_past_its_time_to_live_is_expired()
+    {
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        TestNode[] nodes = await scene.NodesAsync(1);
+        await scene.DeclareAsync(nodes);
+        ProbeNonce nonce = await scene.NonceAsync(nodes[0]);
+        Assert.Equal(TimeSpan.FromMinutes(30), DateTimeOffset.FromUnixTimeMilliseconds(nonce.ExpiresUnixMs) - scene.Clock.Now);
+
+        scene.Clock.Advance(TimeSpan.FromMinutes(30));
+
+        Assert.Equal((StatusCode.FailedPrecondition, "NONCE_EXPIRED"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], template.For(nonce)))));
+        await AssertNothingStoredAsync(scene);
+    }
+
+    [Fact]
+    public async Task A_report_signed_by_another_key_or_by_a_node_without_one_is_refused()
+    {
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        TestNode[] nodes = await scene.NodesAsync(1);
+        await scene.DeclareAsync(nodes);
+        ProbeReport report = template.For(await scene.NonceAsync(nodes[0]));
+        using var stranger = new TestNode(nodes[0].NodeId);
+        using var keyless = new TestNode("no-key");
+
+        Assert.Equal((StatusCode.PermissionDenied, "SIGNATURE_INVALID"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], report, stranger.Sign(report)))));
+        ByteString tampered = ByteString.CopyFrom(nodes[0].Sign(report with { CreatedAtUnixMs = report.CreatedAtUnixMs + 1 }).ToByteArray());
+        Assert.Equal("SIGNATURE_INVALID", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], report, tampered))).Reason);
+        Assert.Equal("SIGNATURE_INVALID", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], report, ByteString.CopyFrom(new byte[64])))).Reason);
+        Assert.Equal((StatusCode.FailedPrecondition, "NODE_KEY_UNKNOWN"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(keyless, report))));
+        await AssertNothingStoredAsync(scene);
+        // Unsigned junk does not spend the node's nonce: the real attestation can still use it.
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_nonces WHERE used_at IS NOT NULL"));
+    }
+
+    [Fact]
+    public async Task Results_that_are_not_the_arithmetic_of_the_issued_nonce_fail_the_checksum_and_spend_the_nonce()
+    {
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        TestNode[] nodes = await scene.NodesAsync(1);
+        await scene.DeclareAsync(nodes);
+        // Results computed for another nonce, relabelled with the issued one: what a precomputing cheater sends.
+        ProbeReport precomputed = template.For(await scene.NonceAsync(nodes[0]));
+
+        var (status, reason, error) = await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], precomputed));
+
+        Assert.Equal((StatusCode.InvalidArgument, "CHECKSUM_INVALID"), (status, reason));
+        Assert.Equal("LeafMismatch", IngestCall.Metadata(error, "verification"));
+        Assert.Contains("LeafMismatch", error.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal("CHECKSUM_INVALID", await scene.Server.ScalarAsync<string>("SELECT refusal FROM capacity_attestations WHERE NOT accepted"));
+        Assert.Equal("NONCE_USED", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], precomputed))).Reason);
+    }
+
+    [Fact]
+    public async Task A_report_that_is_not_a_probe_report_is_malformed()
+    {
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        TestNode[] nodes = await scene.NodesAsync(1);
+        var request = new SubmitAttestationRequest { CreditCode = scene.Code, NodeId = nodes[0].NodeId, ReportJson = "{\"format\": 3}", Signature = ByteString.CopyFrom(new byte[64]) };
+
+        Assert.Equal((StatusCode.InvalidArgument, "REPORT_MALFORMED"), Head(await CapacityScene.RefusalAsync(() => scene.Client.SubmitAttestationAsync(request, scene.Key).ResponseAsync)));
+    }
+
+    [Fact]
+    public async Task Nonces_are_given_only_for_pending_sampled_nodes_of_an_open_validation_and_only_so_many_at_once()
+    {
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        TestNode[] nodes = await scene.NodesAsync(1);
+        Assert.Equal("NO_OPEN_VALIDATION", (await CapacityScene.RefusalAsync(() => scene.NonceAsync(nodes[0]))).Reason);
+        await scene.DeclareAsync(nodes);
+        using var outsider = new TestNode("not-declared");
+        Assert.Equal("NODE_NOT_SAMPLED", (await CapacityScene.RefusalAsync(() => scene.NonceAsync(outsider))).Reason);
+
+        for (int i = 0; i < 8; i++)
+        {
+            await scene.NonceAsync(nodes[0]);
+        }
+
+        Assert.Equal((StatusCode.ResourceExhausted, "NONCES_EXHAUSTED"), Head(await CapacityScene.RefusalAsync(() => scene.NonceAsync(nodes[0]))));
+        scene.Clock.Advance(TimeSpan.FromMinutes(31));
+        await scene.NonceAsync(nodes[0]);
+    }
+
+    [Fact]
+    public async Task A_new_inventory_supersedes_the_open_validation_and_its_nonces()
+    {
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        TestNode[] nodes = await scene.NodesAsync(1);
+        FleetValidation first = await scene.DeclareAsync(nodes);
+        ProbeReport report = template.For(await scene.NonceAsync(nodes[0]));
+
+        FleetValidation second = await scene.DeclareAsync(nodes);
+
+        Assert.Equal((2u, first.ValidationId + 1), (second.InventoryVersion, second.ValidationId));
+        FleetValidation old = await scene.Client.GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = scene.Code, ValidationId = first.ValidationId }, scene.Key);
+        Assert.Equal(FleetValidationState.ValidationSuperseded, old.State);
+        Assert.Equal("NO_OPEN_VALIDATION", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], report))).Reason);
+    }
+
+    [Fact]
+    public async Task Inventories_with_duplicate_nodes_unknown_or_unprobeable_models_or_oversized_nodes_are_refused()
+    {
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        TestNode[] nodes = await scene.NodesAsync(1);
+
+        Assert.Equal((StatusCode.InvalidArgument, "INVENTORY_INVALID"), Head(await CapacityScene.RefusalAsync(() => scene.DeclareAsync([nodes[0], nodes[0]]))));
+        Assert.Equal("DEVICE_MODEL_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.DeclareAsync(nodes, "H100"))).Reason);
+        Assert.Equal("MODEL_NOT_PROBEABLE", (await CapacityScene.RefusalAsync(() => scene.DeclareAsync(nodes, "ASCEND-910B"))).Reason);
+        Assert.Equal("INVENTORY_INVALID", (await CapacityScene.RefusalAsync(() => scene.DeclareAsync(nodes, devices: 65))).Reason);
+        Assert.Equal("INVENTORY_INVALID", (await CapacityScene.RefusalAsync(() => scene.DeclareAsync([]))).Reason);
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_inventories"));
+    }
+
+    [Fact]
+    public async Task Node_keys_must_be_ECDSA_P256_given_once()
+    {
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        using RSA rsa = RSA.Create(2048);
+        using ECDsa p384 = ECDsa.Create(ECCurve.NamedCurves.nistP384);
+        using ECDsa p256 = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        RegisterNodeKeyRequest Request(Action<RegisterNodeKeyRequest> set)
+        {
+            var request = new RegisterNodeKeyRequest { CreditCode = scene.Code, NodeId = "node-1" };
+            set(request);
+            return request;
+        }
+
+        foreach (RegisterNodeKeyRequest bad in new[]
+        {
+            Request(r => r.PublicKeyDer = ByteString.CopyFrom(rsa.ExportSubjectPublicKeyInfo())),
+            Request(r => r.PublicKeyPem = p384.ExportSubjectPublicKeyInfoPem()),
+            Request(r => r.PublicKeyDer = ByteString.CopyFrom([1, 2, 3])),
+            Request(r => { r.PublicKeyPem = p256.ExportSubjectPublicKeyInfoPem(); r.PublicKeyDer = ByteString.CopyFrom(p256.ExportSubjectPublicKeyInfo()); }),
+            Request(_ => { }),
+        })
+        {
+            Assert.Equal((StatusCode.InvalidArgument, "PUBLIC_KEY_INVALID"), Head(await CapacityScene.RefusalAsync(() => scene.Client.RegisterNodeKeyAsync(bad, scene.Key).ResponseAsync)));
+        }
+
+        NodeKey first = await scene.Client.RegisterNodeKeyAsync(Request(r => r.PublicKeyPem = p256.ExportSubjectPublicKeyInfoPem()), scene.Key);
+        using ECDsa next = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        NodeKey rotated = await scene.Client.RegisterNodeKeyAsync(Request(r => r.PublicKeyDer = ByteString.CopyFrom(next.ExportSubjectPublicKeyInfo())), scene.Key);
+        Assert.Equal((1u, 2u), (first.KeyVersion, rotated.KeyVersion));
+        Assert.Equal(Convert.ToHexStringLower(SHA256.HashData(p256.ExportSubjectPublicKeyInfo())), first.KeySha256);
+    }
+
+    [Fact]
+    public async Task A_provider_neither_writes_nor_reads_another_providers_capacity_entries()
+    {
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        TestNode[] nodes = await scene.NodesAsync(1);
+        await scene.DeclareAsync(nodes);
+        Metadata other = TestServer.Bearer(TestServer.OtherProviderKey);
+
+        Assert.Equal((StatusCode.PermissionDenied, "OTHER_PROVIDER"), Head(await CapacityScene.RefusalAsync(() =>
+            scene.Client.GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = scene.Code }, other).ResponseAsync)));
+        Assert.Equal("OTHER_PROVIDER", (await CapacityScene.RefusalAsync(() =>
+            scene.Client.IssueNonceAsync(new IssueNonceRequest { CreditCode = scene.Code, NodeId = nodes[0].NodeId }, other).ResponseAsync)).Reason);
+        Assert.Equal("OTHER_PROVIDER", (await CapacityScene.RefusalAsync(() =>
+            scene.Client.DeclareInventoryAsync(new DeclareInventoryRequest { CreditCode = scene.Code, Nodes = { new DeclaredNode { NodeId = "x", Site = "s", DeviceModel = "H100-SXM", DeviceCount = 1 } } }, other).ResponseAsync)).Reason);
+        Assert.Equal("VALIDATION_UNKNOWN", (await CapacityScene.RefusalAsync(() =>
+            scene.Client.GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = TestRecords.OtherProvider }, other).ResponseAsync)).Reason);
+    }
+
+    private static (StatusCode, string) Head((StatusCode Status, string Reason, RpcException Error) refusal) => (refusal.Status, refusal.Reason);
+
+    private static async Task AssertNothingStoredAsync(CapacityScene scene) =>
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_attestations"));
+}

@@ -1,0 +1,152 @@
+using System.Security.Cryptography;
+using Google.Protobuf;
+using Grpc.Core;
+using Metering.Engine.Capacity;
+using Metering.Engine.Catalog;
+using Metering.Probe.Attestation.Results;
+using Metering.Probe.Measurement;
+using Metering.Protocol.V1;
+using Metering.Server.Tests.Infrastructure;
+using Metering.Server.Tests.Registry;
+using Metering.Tests.Shared;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Metering.Server.Tests.Capacity;
+
+/// <summary>A node of a test fleet: its id and its own ECDSA P-256 key.</summary>
+internal sealed class TestNode(string nodeId) : IDisposable
+{
+    public string NodeId { get; } = nodeId;
+
+    public ECDsa Key { get; } = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+
+    /// <summary>DER signature over the report's canonical bytes, as a node agent would make it.</summary>
+    public ByteString Sign(ProbeReport report) =>
+        ByteString.CopyFrom(Key.SignData(ProbeReportEncoding.Encode(report), HashAlgorithmName.SHA256, DSASignatureFormat.Rfc3279DerSequence));
+
+    public void Dispose() => Key.Dispose();
+}
+
+/// <summary>
+/// A registry scene whose server attests against a chosen catalog (by default with the CPU fixture
+/// model), with a fresh registered provider and helpers for the capacity flow: keys, inventory,
+/// nonces, the probe run in-process on ILGPU's CPU accelerator, and signed submissions.
+/// </summary>
+internal sealed class CapacityScene : IAsyncDisposable
+{
+    private CapacityScene(RegistryScene registry, string code, Metadata key)
+    {
+        Registry = registry;
+        Code = code;
+        Key = key;
+        Client = registry.Server.CapacityClient();
+    }
+
+    public RegistryScene Registry { get; }
+
+    public string Code { get; }
+
+    public Metadata Key { get; }
+
+    public CapacityService.CapacityServiceClient Client { get; }
+
+    public ManualClock Clock => Registry.Clock;
+
+    public TestServer Server => Registry.Server;
+
+    /// <param name="admitted">Take the provider through admission (320 H100 declared) instead of only registering it.</param>
+    public static async Task<CapacityScene> StartAsync(PostgresFixture postgres, DeviceCatalog? catalog = null, CapacitySettings? capacity = null, bool admitted = false)
+    {
+        RegistryScene registry = await RegistryScene.StartAsync(postgres, catalog: catalog ?? TestCatalogs.WithCpuFixture(), capacity: capacity);
+        var (code, key) = admitted ? await AdmitAsync(registry) : await registry.RegisterAsync();
+        return new CapacityScene(registry, code, key);
+    }
+
+    private static async Task<(string, Metadata)> AdmitAsync(RegistryScene registry)
+    {
+        var (code, key, _) = await registry.AdmitAsync();
+        return (code, key);
+    }
+
+    /// <summary>Nodes with registered keys; the first registers its key as DER, the others as PEM.</summary>
+    public async Task<TestNode[]> NodesAsync(int count, string prefix = "cpu")
+    {
+        var nodes = new TestNode[count];
+        for (int i = 0; i < count; i++)
+        {
+            nodes[i] = new TestNode($"{prefix}-{i:D2}");
+            var request = new RegisterNodeKeyRequest { CreditCode = Code, NodeId = nodes[i].NodeId };
+            if (i == 0)
+            {
+                request.PublicKeyDer = ByteString.CopyFrom(nodes[i].Key.ExportSubjectPublicKeyInfo());
+            }
+            else
+            {
+                request.PublicKeyPem = nodes[i].Key.ExportSubjectPublicKeyInfoPem();
+            }
+
+            await Client.RegisterNodeKeyAsync(request, Key);
+        }
+
+        return nodes;
+    }
+
+    public Task<FleetValidation> DeclareAsync(IEnumerable<TestNode> nodes, string model = TestCatalogs.CpuFixtureModel, uint devices = 1) =>
+        Client.DeclareInventoryAsync(new DeclareInventoryRequest
+        {
+            CreditCode = Code,
+            Nodes = { nodes.Select(n => new DeclaredNode { NodeId = n.NodeId, Site = "sz-test-dc", DeviceModel = model, DeviceCount = devices }) },
+        }, Key).ResponseAsync;
+
+    public Task<ProbeNonce> NonceAsync(TestNode node) =>
+        Client.IssueNonceAsync(new IssueNonceRequest { CreditCode = Code, NodeId = node.NodeId }, Key).ResponseAsync;
+
+    /// <summary>The whole probe on ILGPU's CPU accelerator, small size, three timed runs per kernel, on the server's nonce.</summary>
+    public static ProbeReport RunProbe(ProbeNonce nonce) => RunProbe(Convert.FromHexString(nonce.NonceHex));
+
+    public static ProbeReport RunProbe(byte[] nonce) =>
+        new ProbeRunner(new ProbeSettings { Nonce = nonce, Attested = true, Devices = DeviceFilter.Cpu, Size = SizePreset.Small, Runs = 3 }, NullLogger.Instance).Run();
+
+    public Task<AttestationResult> SubmitAsync(TestNode node, ProbeReport report, ByteString? signature = null) =>
+        Client.SubmitAttestationAsync(new SubmitAttestationRequest
+        {
+            CreditCode = Code,
+            NodeId = node.NodeId,
+            ReportJson = ProbeReportJson.Serialize(report),
+            Signature = signature ?? node.Sign(report),
+        }, Key).ResponseAsync;
+
+    /// <summary>Nonce, probe run, signature and submission for one node.</summary>
+    public async Task<AttestationResult> AttestAsync(TestNode node) => await SubmitAsync(node, RunProbe(await NonceAsync(node)));
+
+    /// <summary>Files an application and passes its material review, so that it awaits verification.</summary>
+    public async Task<long> ApplicationAwaitingVerificationAsync()
+    {
+        Application filed = await Registry.Client.FileApplicationAsync(RegistryScene.Filing(Code), Key);
+        await Registry.Client.ReviewMaterialsAsync(new StageDecision { ApplicationId = filed.ApplicationId, Pass = true }, RegistryScene.Operator);
+        return filed.ApplicationId;
+    }
+
+    /// <summary>The call's refusal: its status and its ErrorInfo reason.</summary>
+    public static async Task<(StatusCode Status, string Reason, RpcException Error)> RefusalAsync(Func<Task> call)
+    {
+        RpcException error = await Assert.ThrowsAsync<RpcException>(call);
+        return (error.StatusCode, IngestCall.Reason(error) ?? "", error);
+    }
+
+    /// <summary>A copy of the report with one kernel's timings replaced, its median and rate recomputed as the probe would.</summary>
+    public static ProbeReport WithDurations(ProbeReport report, string kernel, long durationNs) => report with
+    {
+        Devices = report.Devices.Select(d => d with
+        {
+            Measurements = d.Measurements.Select(m => m.Kernel != kernel ? m : m with
+            {
+                DurationsNs = m.DurationsNs.Select(_ => durationNs).ToList(),
+                MedianDurationNs = durationNs,
+                MedianRate = MeasurementMath.Rate(Probe.Attestation.Checksums.KernelKinds.TryParse(kernel, out var kind) ? kind : 0, m.WorkPerRun, durationNs),
+            }).ToList(),
+        }).ToList(),
+    };
+
+    public async ValueTask DisposeAsync() => await Registry.DisposeAsync();
+}
