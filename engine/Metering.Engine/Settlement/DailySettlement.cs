@@ -24,7 +24,7 @@ public sealed record SettlementProgress(DateOnly Day, string Stage, string Messa
 /// <summary>One statement as stored: its canonical CSV and hash.</summary>
 public sealed record StoredStatement(string PartyKind, string Party, byte[] CanonicalCsv, byte[] Sha256)
 {
-    public Statement Parse() => StatementFormats.ParseCanonicalCsv(CanonicalCsv);
+    public PartyStatement Parse() => StatementFormats.ParseCanonicalCsv(CanonicalCsv);
 }
 
 /// <summary>A closed day, as the run that closed it recorded it.</summary>
@@ -239,7 +239,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         report("holds", $"{holds.Count(h => h.Post):N0} claim hold(s) to post ({Pricing.Yuan(holds.Where(h => h.Post).Sum(h => h.AmountFen))} CNY), {holds.Count(h => !h.Post):N0} to expire");
 
         // 6. Statements and the hash.
-        List<Statement> statements = BuildStatements(day, lines, holds);
+        List<PartyStatement> statements = BuildStatements(day, lines, holds);
         var canonical = statements.Select(s => (Statement: s, Csv: StatementFormats.CanonicalCsv(s))).ToList();
         byte[] settlementHash = StatementFormats.SettlementHash(canonical.Select(c => c.Csv));
         report("statements", $"{statements.Count:N0} statements; settlement hash {Convert.ToHexStringLower(settlementHash)}");
@@ -465,7 +465,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
 
     // ---------------------------------------------------------------- statements
 
-    private static List<Statement> BuildStatements(DateOnly day, List<PricedLine> lines, List<HoldAction> holds)
+    private static List<PartyStatement> BuildStatements(DateOnly day, List<PricedLine> lines, List<HoldAction> holds)
     {
         var providers = new SortedDictionary<string, List<StatementRow>>(StringComparer.Ordinal);
         var holders = new SortedDictionary<string, List<StatementRow>>(StringComparer.Ordinal);
@@ -518,7 +518,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             }
         }
 
-        var statements = new List<Statement> { Close(day, StatementFormats.Programme, StatementFormats.Programme, programme, lines.Select(l => l.Group), lines, holds) };
+        var statements = new List<PartyStatement> { Close(day, StatementFormats.Programme, StatementFormats.Programme, programme, lines.Select(l => l.Group), lines, holds) };
         foreach (var (code, rows) in providers)
         {
             statements.Add(Close(day, StatementFormats.ProviderKind, code, rows, null, null, null));
@@ -538,7 +538,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
     /// (deducted subsidies to a provider, reimbursed ones to a holder, all of them in the
     /// programme's statement).
     /// </summary>
-    private static Statement Close(DateOnly day, string kind, string party, List<StatementRow> rows, IEnumerable<Group>? allGroups, List<PricedLine>? allLines, List<HoldAction>? allHolds)
+    private static PartyStatement Close(DateOnly day, string kind, string party, List<StatementRow> rows, IEnumerable<Group>? allGroups, List<PricedLine>? allLines, List<HoldAction>? allHolds)
     {
         var usage = rows.Where(r => r.Record is "usage" or "adjustment").ToList();
         var posted = rows.Where(r => r.Record == "subsidy").ToList();
@@ -566,7 +566,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             HolderPaysFen = fee - deducted,
             ProgrammePaysFen = programmePays,
         };
-        return new Statement(day, kind, party, StatementFormats.Order(rows.Append(total)));
+        return new PartyStatement(day, kind, party, StatementFormats.Order(rows.Append(total)));
     }
 
     // ---------------------------------------------------------------- writes
@@ -672,7 +672,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
     // ---------------------------------------------------------------- reconciliation
 
     private static async Task ReconcileAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, long runId, DateOnly day, (long Records, long UsageNpfh) metered,
-        List<Statement> statements, CancellationToken cancellationToken)
+        List<PartyStatement> statements, CancellationToken cancellationToken)
     {
         var failures = new List<string>();
 
@@ -732,7 +732,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             """, new { runId }, transaction, cancellationToken: cancellationToken))).ToDictionary(m => m.Account, m => m.CreditBalance, StringComparer.Ordinal);
         long Movement(string account) => movements.TryGetValue(account, out long fen) ? fen : 0;
         var expectedPayable = new Dictionary<string, long>(StringComparer.Ordinal);
-        foreach (Statement statement in statements.Where(s => s.PartyKind != StatementFormats.Programme))
+        foreach (PartyStatement statement in statements.Where(s => s.PartyKind != StatementFormats.Programme))
         {
             StatementRow total = statement.Rows.Single(r => r.Record == "total");
             string receivable = statement.PartyKind == StatementFormats.ProviderKind ? Accounts.ProviderReceivable(statement.Party) : Accounts.HolderDue(statement.Party);

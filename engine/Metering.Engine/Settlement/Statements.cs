@@ -34,7 +34,7 @@ public sealed record StatementRow
 }
 
 /// <summary>A statement of one party for one closed day.</summary>
-public sealed record Statement(DateOnly Day, string PartyKind, string Party, IReadOnlyList<StatementRow> Rows);
+public sealed record PartyStatement(DateOnly Day, string PartyKind, string Party, IReadOnlyList<StatementRow> Rows);
 
 /// <summary>
 /// The statement formats. CSV is canonical: its bytes are what each statement's SHA-256 and the
@@ -71,7 +71,7 @@ public static class StatementFormats
             .ThenBy(r => r.Claim ?? 0)
             .ToList();
 
-    public static byte[] CanonicalCsv(Statement statement)
+    public static byte[] CanonicalCsv(PartyStatement statement)
     {
         var text = new StringBuilder();
         text.Append(string.Join(',', Columns)).Append('\n');
@@ -104,7 +104,7 @@ public static class StatementFormats
     }
 
     /// <summary>Reads a canonical CSV back into its statement.</summary>
-    public static Statement ParseCanonicalCsv(byte[] canonicalCsv)
+    public static PartyStatement ParseCanonicalCsv(byte[] canonicalCsv)
     {
         List<string[]> records = ParseCsv(Encoding.UTF8.GetString(canonicalCsv));
         if (records.Count < 1 || !records[0].SequenceEqual(Columns))
@@ -145,11 +145,11 @@ public static class StatementFormats
             });
         }
 
-        return new Statement(day, kind, party, rows);
+        return new PartyStatement(day, kind, party, rows);
     }
 
     /// <summary>The same rows as one JSON object; empty fields are left out, numbers are JSON integers.</summary>
-    public static string Json(Statement statement, byte[] sha256)
+    public static string Json(PartyStatement statement, byte[] sha256)
     {
         using var buffer = new MemoryStream();
         using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
@@ -194,7 +194,7 @@ public static class StatementFormats
     }
 
     /// <summary>A readable statement: tables of usage, adjustments, subsidies and expired holds, and the totals in CNY.</summary>
-    public static string Text(Statement statement, byte[] sha256)
+    public static string Text(PartyStatement statement, byte[] sha256)
     {
         var text = new StringBuilder();
         string who = statement.PartyKind == Programme ? "the programme" : $"{statement.PartyKind} {statement.Party}";
