@@ -3,11 +3,15 @@ using Metering.Engine.Access;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
+using Metering.Engine.Settlement;
 using Metering.Engine.Storage;
+using Metering.Engine.Vouchers;
 using Metering.Server.Access;
 using Metering.Server.Ingest;
 using Metering.Server.RawLogs;
 using Metering.Server.Registry;
+using Metering.Server.Settlement;
+using Metering.Server.Vouchers;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -87,6 +91,10 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(provider => new CredentialStore(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
         builder.Services.AddSingleton(provider => new AdmissionGate(provider.GetRequiredService<NpgsqlDataSource>()));
         builder.Services.AddSingleton(provider => new ProviderRegistry(provider.GetRequiredService<NpgsqlDataSource>(), settings.Catalog, settings.Time));
+        builder.Services.AddSingleton(provider => new VoucherBook(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
+        builder.Services.AddSingleton(provider => new Redemptions(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
+        builder.Services.AddSingleton(provider => new DailySettlement(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time,
+            provider.GetRequiredService<ILoggerFactory>().CreateLogger<DailySettlement>()));
         builder.Services.AddSingleton<StreamLeases>();
         builder.Services.AddSingleton<AuthenticationInterceptor>();
         builder.Services.AddGrpc(grpc =>
@@ -101,6 +109,8 @@ public sealed class MeteringServer : IAsyncDisposable
         app.MapGrpcService<IngestGrpcService>();
         app.MapGrpcService<RawLogGrpcService>();
         app.MapGrpcService<RegistryGrpcService>();
+        app.MapGrpcService<VoucherGrpcService>();
+        app.MapGrpcService<SettlementGrpcService>();
         await app.StartAsync(cancellationToken);
 
         string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();

@@ -65,6 +65,9 @@ internal sealed class VoucherScene : IAsyncDisposable
         return new VoucherScene(connectionString, Database.CreateDataSource(connectionString), new ManualClock(Now));
     }
 
+    /// <summary>The engine on a database a test server already serves, on the server's clock.</summary>
+    public static VoucherScene Over(string connectionString, ManualClock clock) => new(connectionString, Database.CreateDataSource(connectionString), clock);
+
     /// <summary>A fresh, valid Shenzhen credit code that no other test uses.</summary>
     public static string NewCode()
     {
