@@ -14,4 +14,6 @@ root.Subcommands.Add(DbCommand.Create());
 root.Subcommands.Add(KeyCommand.Create());
 root.Subcommands.Add(DemoCommand.Create());
 root.Subcommands.Add(IngestFileCommand.Create());
+root.Subcommands.Add(VoucherCommand.Create());
+root.Subcommands.Add(SettleCommand.Create());
 return await root.Parse(args).InvokeAsync();

@@ -681,7 +681,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
 
     internal static VoucherRefusedException Invalid(string message) => new(VoucherRefusal.VoucherFieldInvalid, message);
 
-    internal static DateOnly ParseDate(string field, string text) =>
+    public static DateOnly ParseDate(string field, string text) =>
         DateOnly.TryParseExact(text, "yyyy-MM-dd", CultureInfo.InvariantCulture, DateTimeStyles.None, out DateOnly date)
             ? date
             : throw Invalid($"{field} must be a date as yyyy-MM-dd, not '{text}'");
