@@ -4,6 +4,14 @@
 -- The chart of accounts, the rounding rule and the canonical statement form are documented in
 -- proto/metering/v1/settlement.md.
 
+-- ---------------------------------------------------------------- the usage a day's settlement reads
+
+-- Usage is partitioned by month, and its primary key leads with the provider, so without this a
+-- day's settlement would scan its whole month. Records arrive in roughly the order they start, so
+-- a block-range index on start_at is small and precise, and an insert into the unsummarised tail
+-- of a partition costs nothing; autovacuum summarises new ranges.
+CREATE INDEX usage_records_start_brin ON usage_records USING brin (start_at) WITH (pages_per_range = 32, autosummarize = on);
+
 -- ---------------------------------------------------------------- holders
 
 -- The registry (0003) created voucher_holders with the columns it reads. The voucher book owns
