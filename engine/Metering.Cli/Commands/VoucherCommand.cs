@@ -68,7 +68,8 @@ internal static class VoucherCommand
             var table = new TextTable("code", "name", "type", "district", "established", "status");
             foreach (Holder h in await Book(dataSource).ListHoldersAsync(VoucherBook.ListLimitMax, ct))
             {
-                table.Add(h.CreditCode, h.Name, VoucherNames.Of(h.Type == HolderType.Unspecified ? HolderType.HolderEnterprise : h.Type), h.District, h.EstablishedOn, Status(h.Status));
+                // Rows the registry wrote before the voucher book owned the table carry no type.
+                table.Add(h.CreditCode, h.Name, h.Type == HolderType.Unspecified ? "" : VoucherNames.Of(h.Type), h.District, h.EstablishedOn, Status(h.Status));
             }
 
             table.Write(Console.Out);

@@ -45,14 +45,20 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
         DateTimeOffset now = time.GetUtcNow();
         DateOnly today = ShanghaiTime.DateOf(now);
 
-        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        ContractRow contract = await VoucherBook.ReadContractAsync(connection, null, request.ContractId)
-            ?? throw new VoucherRefusedException(VoucherRefusal.ContractUnknown, $"there is no contract {request.ContractId}");
+        // The contract (which never changes once recorded) and the provider's admission snapshot
+        // are read first, each on a connection returned at once: a claim holds one pooled
+        // connection at a time, so as many claims can queue on a holder's lock as the pool has
+        // connections without starving the one that holds it.
+        ContractRow contract;
+        await using (NpgsqlConnection reader = await dataSource.OpenConnectionAsync(cancellationToken))
+        {
+            contract = await VoucherBook.ReadContractAsync(reader, null, request.ContractId)
+                ?? throw new VoucherRefusedException(VoucherRefusal.ContractUnknown, $"there is no contract {request.ContractId}");
+        }
 
-        // Read before any lock is taken: it uses a connection of its own, and a claim waiting for
-        // the holder's lock should not hold a second one. Contracts never change once recorded.
         AdmissionSnapshot admission = await new AdmissionGate(dataSource).LoadAsync(contract.ProviderId, cancellationToken);
 
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(IsolationLevel.ReadCommitted, cancellationToken);
         VoucherBook.HolderRow holder = await VoucherBook.LockHolderAsync(connection, transaction, contract.HolderCode);
         if (holder.Status != "holder")
