@@ -15,6 +15,8 @@ root.Subcommands.Add(KeyCommand.Create());
 root.Subcommands.Add(RegistryCommand.Create());
 root.Subcommands.Add(DemoCommand.Create());
 root.Subcommands.Add(IngestFileCommand.Create());
+root.Subcommands.Add(VoucherCommand.Create());
+root.Subcommands.Add(SettleCommand.Create());
 ParseResult parsed = root.Parse(args);
 int exitCode = await parsed.InvokeAsync();
 // Bad usage (a missing, malformed or conflicting option) exits with 2, as the commands' own

@@ -17,6 +17,8 @@ internal static class AccessPolicy
     private static readonly Role[] Readers = [Role.Provider, Role.Operator, Role.Auditor, Role.Settlement];
     private static readonly Role[] Overseers = [Role.Operator, Role.Auditor];
     private static readonly Role[] ProvidersAndOverseers = [Role.Provider, Role.Operator, Role.Auditor];
+    private static readonly Role[] BureauReaders = [Role.Operator, Role.Auditor, Role.Settlement];
+    private static readonly Role[] Batch = [Role.Settlement];
 
     private static readonly FrozenDictionary<string, Role[]> AllowedByMethod = new Dictionary<string, Role[]>
     {
@@ -50,6 +52,28 @@ internal static class AccessPolicy
         [Method(CapacityService.Descriptor.FullName, "SubmitAttestation")] = Providers,
         [Method(CapacityService.Descriptor.FullName, "GetFleetValidation")] = ProvidersAndOverseers,
         [Method(CapacityService.Descriptor.FullName, "ReviewUnknownModel")] = Operators,
+
+        // Holders are not callers: operators act for them. Providers read the parameters for the payee mode.
+        [Method(VoucherService.Descriptor.FullName, "RegisterHolder")] = Operators,
+        [Method(VoucherService.Descriptor.FullName, "ApproveHolder")] = Operators,
+        [Method(VoucherService.Descriptor.FullName, "GetHolder")] = BureauReaders,
+        [Method(VoucherService.Descriptor.FullName, "ListHolders")] = BureauReaders,
+        [Method(VoucherService.Descriptor.FullName, "PutProgrammeParameters")] = Operators,
+        [Method(VoucherService.Descriptor.FullName, "ListProgrammeParameters")] = Everyone,
+        [Method(VoucherService.Descriptor.FullName, "RecordContract")] = Operators,
+        [Method(VoucherService.Descriptor.FullName, "GetContract")] = BureauReaders,
+        [Method(VoucherService.Descriptor.FullName, "RecordOtherSupport")] = Operators,
+        [Method(VoucherService.Descriptor.FullName, "IssueVoucher")] = Operators,
+        [Method(VoucherService.Descriptor.FullName, "GetVoucher")] = BureauReaders,
+        [Method(VoucherService.Descriptor.FullName, "FileClaim")] = Operators,
+        [Method(VoucherService.Descriptor.FullName, "VoidClaim")] = Operators,
+        [Method(VoucherService.Descriptor.FullName, "GetClaim")] = BureauReaders,
+
+        // Only the batch closes days; a provider reads its own statements (checked by the service).
+        [Method(SettlementService.Descriptor.FullName, "SettleDay")] = Batch,
+        [Method(SettlementService.Descriptor.FullName, "GetSettlement")] = BureauReaders,
+        [Method(SettlementService.Descriptor.FullName, "ListSettlements")] = BureauReaders,
+        [Method(SettlementService.Descriptor.FullName, "GetStatement")] = Everyone,
     }.ToFrozenDictionary(StringComparer.Ordinal);
 
     /// <summary>The gRPC method path, as ServerCallContext.Method gives it.</summary>

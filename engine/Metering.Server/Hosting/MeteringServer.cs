@@ -4,12 +4,16 @@ using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
+using Metering.Engine.Settlement;
 using Metering.Engine.Storage;
+using Metering.Engine.Vouchers;
 using Metering.Server.Access;
 using Metering.Server.Capacity;
 using Metering.Server.Ingest;
 using Metering.Server.RawLogs;
 using Metering.Server.Registry;
+using Metering.Server.Settlement;
+using Metering.Server.Vouchers;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -98,6 +102,10 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(provider => new ProviderRegistry(provider.GetRequiredService<NpgsqlDataSource>(), settings.Catalog, settings.Time));
         builder.Services.AddSingleton(settings.CredentialRecheck);
         builder.Services.AddSingleton(provider => new FleetValidationService(provider.GetRequiredService<NpgsqlDataSource>(), settings.Catalog, settings.Capacity, settings.Time));
+        builder.Services.AddSingleton(provider => new VoucherBook(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
+        builder.Services.AddSingleton(provider => new Redemptions(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
+        builder.Services.AddSingleton(provider => new DailySettlement(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time,
+            provider.GetRequiredService<ILoggerFactory>().CreateLogger<DailySettlement>()));
         builder.Services.AddSingleton<StreamLeases>();
         builder.Services.AddSingleton<AuthenticationInterceptor>();
         builder.Services.AddGrpc(grpc =>
@@ -113,6 +121,8 @@ public sealed class MeteringServer : IAsyncDisposable
         app.MapGrpcService<RawLogGrpcService>();
         app.MapGrpcService<RegistryGrpcService>();
         app.MapGrpcService<CapacityGrpcService>();
+        app.MapGrpcService<VoucherGrpcService>();
+        app.MapGrpcService<SettlementGrpcService>();
         await app.StartAsync(cancellationToken);
 
         string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();

@@ -50,10 +50,29 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
         ["CapacityService/SubmitAttestation"] = [P],
         ["CapacityService/GetFleetValidation"] = [P, O, A],
         ["CapacityService/ReviewUnknownModel"] = [O],
+        ["VoucherService/RegisterHolder"] = [O],
+        ["VoucherService/ApproveHolder"] = [O],
+        ["VoucherService/GetHolder"] = [O, A, S],
+        ["VoucherService/ListHolders"] = [O, A, S],
+        ["VoucherService/PutProgrammeParameters"] = [O],
+        ["VoucherService/ListProgrammeParameters"] = [P, O, A, S],
+        ["VoucherService/RecordContract"] = [O],
+        ["VoucherService/GetContract"] = [O, A, S],
+        ["VoucherService/RecordOtherSupport"] = [O],
+        ["VoucherService/IssueVoucher"] = [O],
+        ["VoucherService/GetVoucher"] = [O, A, S],
+        ["VoucherService/FileClaim"] = [O],
+        ["VoucherService/VoidClaim"] = [O],
+        ["VoucherService/GetClaim"] = [O, A, S],
+        ["SettlementService/SettleDay"] = [S],
+        ["SettlementService/GetSettlement"] = [O, A, S],
+        ["SettlementService/ListSettlements"] = [O, A, S],
+        ["SettlementService/GetStatement"] = [P, O, A, S],
     };
 
     private static IEnumerable<MethodDescriptor> AllMethods() =>
-        new[] { IngestService.Descriptor, RawLogService.Descriptor, RegistryService.Descriptor, CapacityService.Descriptor }.SelectMany(s => s.Methods);
+        new[] { IngestService.Descriptor, RawLogService.Descriptor, RegistryService.Descriptor, CapacityService.Descriptor, VoucherService.Descriptor, SettlementService.Descriptor }
+            .SelectMany(s => s.Methods);
 
     [Fact]
     public void The_matrix_covers_every_rpc_of_every_service()

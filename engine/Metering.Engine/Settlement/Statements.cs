@@ -1,0 +1,349 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using Metering.Engine.Vouchers;
+
+namespace Metering.Engine.Settlement;
+
+/// <summary>
+/// One row of a statement. Which fields a row fills depends on its record kind (see
+/// settlement.md); the others are null or empty and are written as empty CSV fields.
+/// </summary>
+public sealed record StatementRow
+{
+    public required string Record { get; init; }
+    public DateOnly? UsageDay { get; init; }
+    public string Provider { get; init; } = "";
+    public string Holder { get; init; } = "";
+    public long? Contract { get; init; }
+    public string DeviceModel { get; init; } = "";
+    public string FeeUnit { get; init; } = "";
+    public long? Records { get; init; }
+    public long? UsageNpfh { get; init; }
+    public long? CardMs { get; init; }
+    public long? PriceFen { get; init; }
+    public long? FeeFen { get; init; }
+    public long? Claim { get; init; }
+    public long? Voucher { get; init; }
+    public string Payee { get; init; } = "";
+    public long? SubsidyFen { get; init; }
+    public long? HolderPaysFen { get; init; }
+    public long? ProgrammePaysFen { get; init; }
+    public string Note { get; init; } = "";
+}
+
+/// <summary>A statement of one party for one closed day.</summary>
+public sealed record PartyStatement(DateOnly Day, string PartyKind, string Party, IReadOnlyList<StatementRow> Rows);
+
+/// <summary>
+/// The statement formats. CSV is canonical: its bytes are what each statement's SHA-256 and the
+/// settlement hash are taken over, so it is written by hand with a fixed column order, integers
+/// only, ordinal order of rows, LF line ends, UTF-8 without a byte-order mark and RFC 4180
+/// quoting. JSON and text are renderings of the same rows; they are deterministic but not hashed.
+/// </summary>
+public static class StatementFormats
+{
+    /// <summary>The version of the canonical form; stored on every run.</summary>
+    public const int CanonicalFormat = 1;
+
+    public const string Programme = "programme";
+    public const string ProviderKind = "provider";
+    public const string HolderKind = "holder";
+
+    public static readonly string[] Columns =
+    [
+        "day", "party_kind", "party", "record", "usage_day", "provider", "holder", "contract", "device_model", "fee_unit", "records", "usage_npfh",
+        "card_ms", "price_fen", "fee_fen", "claim", "voucher", "payee", "subsidy_fen", "holder_pays_fen", "programme_pays_fen", "note",
+    ];
+
+    /// <summary>Record kinds in the order rows appear; a statement ends with its one total row.</summary>
+    public static readonly string[] RecordOrder = ["usage", "adjustment", "subsidy", "hold_expired", "total"];
+
+    /// <summary>Rows in canonical order: by record kind, then usage day, provider, holder, contract, model and claim, ordinally.</summary>
+    public static IReadOnlyList<StatementRow> Order(IEnumerable<StatementRow> rows) =>
+        rows.OrderBy(r => Array.IndexOf(RecordOrder, r.Record))
+            .ThenBy(r => r.UsageDay ?? DateOnly.MinValue)
+            .ThenBy(r => r.Provider, StringComparer.Ordinal)
+            .ThenBy(r => r.Holder, StringComparer.Ordinal)
+            .ThenBy(r => r.Contract ?? 0)
+            .ThenBy(r => r.DeviceModel, StringComparer.Ordinal)
+            .ThenBy(r => r.Claim ?? 0)
+            .ToList();
+
+    public static byte[] CanonicalCsv(PartyStatement statement)
+    {
+        var text = new StringBuilder();
+        text.Append(string.Join(',', Columns)).Append('\n');
+        foreach (StatementRow row in statement.Rows)
+        {
+            string[] fields =
+            [
+                Date(statement.Day), statement.PartyKind, statement.Party, row.Record, row.UsageDay is { } d ? Date(d) : "", row.Provider, row.Holder, Number(row.Contract),
+                row.DeviceModel, row.FeeUnit, Number(row.Records), Number(row.UsageNpfh), Number(row.CardMs), Number(row.PriceFen), Number(row.FeeFen), Number(row.Claim),
+                Number(row.Voucher), row.Payee, Number(row.SubsidyFen), Number(row.HolderPaysFen), Number(row.ProgrammePaysFen), row.Note,
+            ];
+            text.AppendJoin(',', fields.Select(Quote)).Append('\n');
+        }
+
+        return new UTF8Encoding(encoderShouldEmitUTF8Identifier: false).GetBytes(text.ToString());
+    }
+
+    public static byte[] Sha256(byte[] canonicalCsv) => SHA256.HashData(canonicalCsv);
+
+    /// <summary>The settlement hash: SHA-256 over the canonical CSVs of the statements, concatenated in their order.</summary>
+    public static byte[] SettlementHash(IEnumerable<byte[]> canonicalCsvsInOrder)
+    {
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (byte[] csv in canonicalCsvsInOrder)
+        {
+            hash.AppendData(csv);
+        }
+
+        return hash.GetHashAndReset();
+    }
+
+    /// <summary>Reads a canonical CSV back into its statement.</summary>
+    public static PartyStatement ParseCanonicalCsv(byte[] canonicalCsv)
+    {
+        List<string[]> records = ParseCsv(Encoding.UTF8.GetString(canonicalCsv));
+        if (records.Count < 1 || !records[0].SequenceEqual(Columns))
+        {
+            throw new InvalidDataException("not a canonical statement: the header does not match");
+        }
+
+        var rows = new List<StatementRow>();
+        DateOnly day = default;
+        string kind = "";
+        string party = "";
+        foreach (string[] f in records.Skip(1))
+        {
+            day = ParseDate(f[0]);
+            kind = f[1];
+            party = f[2];
+            rows.Add(new StatementRow
+            {
+                Record = f[3],
+                UsageDay = f[4].Length == 0 ? null : ParseDate(f[4]),
+                Provider = f[5],
+                Holder = f[6],
+                Contract = Long(f[7]),
+                DeviceModel = f[8],
+                FeeUnit = f[9],
+                Records = Long(f[10]),
+                UsageNpfh = Long(f[11]),
+                CardMs = Long(f[12]),
+                PriceFen = Long(f[13]),
+                FeeFen = Long(f[14]),
+                Claim = Long(f[15]),
+                Voucher = Long(f[16]),
+                Payee = f[17],
+                SubsidyFen = Long(f[18]),
+                HolderPaysFen = Long(f[19]),
+                ProgrammePaysFen = Long(f[20]),
+                Note = f[21],
+            });
+        }
+
+        return new PartyStatement(day, kind, party, rows);
+    }
+
+    /// <summary>The same rows as one JSON object; empty fields are left out, numbers are JSON integers.</summary>
+    public static string Json(PartyStatement statement, byte[] sha256)
+    {
+        using var buffer = new MemoryStream();
+        using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
+        {
+            json.WriteStartObject();
+            json.WriteString("format", $"metering-statement/{CanonicalFormat}");
+            json.WriteString("day", Date(statement.Day));
+            json.WriteString("partyKind", statement.PartyKind);
+            json.WriteString("party", statement.Party);
+            json.WriteString("sha256", Convert.ToHexStringLower(sha256));
+            json.WriteStartArray("rows");
+            foreach (StatementRow row in statement.Rows)
+            {
+                json.WriteStartObject();
+                json.WriteString("record", row.Record);
+                WriteText(json, "usageDay", row.UsageDay is { } d ? Date(d) : "");
+                WriteText(json, "provider", row.Provider);
+                WriteText(json, "holder", row.Holder);
+                WriteNumber(json, "contract", row.Contract);
+                WriteText(json, "deviceModel", row.DeviceModel);
+                WriteText(json, "feeUnit", row.FeeUnit);
+                WriteNumber(json, "records", row.Records);
+                WriteNumber(json, "usageNpfh", row.UsageNpfh);
+                WriteNumber(json, "cardMs", row.CardMs);
+                WriteNumber(json, "priceFen", row.PriceFen);
+                WriteNumber(json, "feeFen", row.FeeFen);
+                WriteNumber(json, "claim", row.Claim);
+                WriteNumber(json, "voucher", row.Voucher);
+                WriteText(json, "payee", row.Payee);
+                WriteNumber(json, "subsidyFen", row.SubsidyFen);
+                WriteNumber(json, "holderPaysFen", row.HolderPaysFen);
+                WriteNumber(json, "programmePaysFen", row.ProgrammePaysFen);
+                WriteText(json, "note", row.Note);
+                json.WriteEndObject();
+            }
+
+            json.WriteEndArray();
+            json.WriteEndObject();
+        }
+
+        return Encoding.UTF8.GetString(buffer.ToArray()) + "\n";
+    }
+
+    /// <summary>A readable statement: tables of usage, adjustments, subsidies and expired holds, and the totals in CNY.</summary>
+    public static string Text(PartyStatement statement, byte[] sha256)
+    {
+        var text = new StringBuilder();
+        string who = statement.PartyKind == Programme ? "the programme" : $"{statement.PartyKind} {statement.Party}";
+        text.Append(CultureInfo.InvariantCulture, $"Settlement statement for {who}, day {Date(statement.Day)} (Asia/Shanghai)\n");
+        foreach (string record in new[] { "usage", "adjustment" })
+        {
+            var rows = statement.Rows.Where(r => r.Record == record).ToList();
+            if (rows.Count == 0)
+            {
+                continue;
+            }
+
+            text.Append('\n').Append(record == "usage" ? "Usage of the day\n" : "Adjustments: usage of closed days that arrived late\n");
+            Table(text, ["day", "provider", "holder", "contract", "model", "unit", "records", "PFLOPS·h", "card-hours", "price CNY", "fee CNY", "note"],
+                rows.Select(r => new[]
+                {
+                    r.UsageDay is { } d ? Date(d) : "", r.Provider, r.Holder, Number(r.Contract), r.DeviceModel, r.FeeUnit, Number(r.Records),
+                    Scaled(r.UsageNpfh ?? 0, Pricing.NanoPflopsHoursPerPflopsHour, 6), Scaled(r.CardMs ?? 0, Pricing.CardMillisecondsPerCardHour, 3),
+                    r.PriceFen is { } p ? Pricing.Yuan(p) : "", Pricing.Yuan(r.FeeFen ?? 0), r.Note,
+                }));
+        }
+
+        var subsidies = statement.Rows.Where(r => r.Record is "subsidy" or "hold_expired").ToList();
+        if (subsidies.Count > 0)
+        {
+            text.Append("\nVoucher subsidies posted, and holds that expired\n");
+            Table(text, ["record", "claim", "voucher", "provider", "holder", "contract", "payee", "subsidy CNY", "note"],
+                subsidies.Select(r => new[] { r.Record, Number(r.Claim), Number(r.Voucher), r.Provider, r.Holder, Number(r.Contract), r.Payee, Pricing.Yuan(r.SubsidyFen ?? 0), r.Note }));
+        }
+
+        StatementRow? total = statement.Rows.FirstOrDefault(r => r.Record == "total");
+        if (total is not null)
+        {
+            text.Append('\n').Append("Totals\n");
+            text.Append(CultureInfo.InvariantCulture, $"  records:              {total.Records ?? 0:N0}\n");
+            text.Append(CultureInfo.InvariantCulture, $"  usage:                {Scaled(total.UsageNpfh ?? 0, Pricing.NanoPflopsHoursPerPflopsHour, 6)} PFLOPS·h, {Scaled(total.CardMs ?? 0, Pricing.CardMillisecondsPerCardHour, 3)} card-hours\n");
+            text.Append(CultureInfo.InvariantCulture, $"  fees under contracts: {Pricing.Yuan(total.FeeFen ?? 0)} CNY\n");
+            text.Append(CultureInfo.InvariantCulture, $"  subsidies posted:     {Pricing.Yuan(total.SubsidyFen ?? 0)} CNY\n");
+            text.Append(CultureInfo.InvariantCulture, $"  holders pay:          {Pricing.Yuan(total.HolderPaysFen ?? 0)} CNY\n");
+            text.Append(CultureInfo.InvariantCulture, $"  programme pays:       {Pricing.Yuan(total.ProgrammePaysFen ?? 0)} CNY\n");
+        }
+
+        text.Append(CultureInfo.InvariantCulture, $"\nSHA-256 of the canonical CSV: {Convert.ToHexStringLower(sha256)}\n");
+        return text.ToString();
+    }
+
+    private static void Table(StringBuilder text, string[] headers, IEnumerable<string[]> rows)
+    {
+        var all = rows.ToList();
+        int[] widths = headers.Select((h, i) => Math.Max(h.Length, all.Select(r => r[i].Length).DefaultIfEmpty(0).Max())).ToArray();
+        text.Append("  ").AppendJoin("  ", headers.Select((h, i) => h.PadRight(widths[i]))).Append('\n');
+        text.Append("  ").AppendJoin("  ", widths.Select(w => new string('-', w))).Append('\n');
+        foreach (string[] row in all)
+        {
+            text.Append("  ").AppendJoin("  ", row.Select((cell, i) => IsNumeric(cell) ? cell.PadLeft(widths[i]) : cell.PadRight(widths[i]))).Append('\n');
+        }
+    }
+
+    private static bool IsNumeric(string cell) => cell.Length > 0 && cell.All(c => char.IsAsciiDigit(c) || c is ',' or '.' or '-');
+
+    /// <summary>An integer of nano-units as a decimal with the given digits, truncated: for display only, never for money.</summary>
+    private static string Scaled(long value, long perUnit, int digits)
+    {
+        long whole = value / perUnit;
+        long fraction = value % perUnit;
+        long divisor = perUnit;
+        for (int i = 0; i < digits; i++)
+        {
+            divisor /= 10;
+        }
+
+        divisor = Math.Max(divisor, 1);
+        return string.Create(CultureInfo.InvariantCulture, $"{whole:N0}.{(fraction / divisor).ToString(new string('0', digits), CultureInfo.InvariantCulture)}");
+    }
+
+    private static void WriteText(Utf8JsonWriter json, string name, string value)
+    {
+        if (value.Length > 0)
+        {
+            json.WriteString(name, value);
+        }
+    }
+
+    private static void WriteNumber(Utf8JsonWriter json, string name, long? value)
+    {
+        if (value is { } v)
+        {
+            json.WriteNumber(name, v);
+        }
+    }
+
+    private static string Quote(string field) =>
+        field.AsSpan().IndexOfAny(",\"\r\n") < 0 ? field : "\"" + field.Replace("\"", "\"\"", StringComparison.Ordinal) + "\"";
+
+    private static List<string[]> ParseCsv(string text)
+    {
+        var records = new List<string[]>();
+        var fields = new List<string>();
+        var field = new StringBuilder();
+        bool quoted = false;
+        for (int i = 0; i < text.Length; i++)
+        {
+            char c = text[i];
+            if (quoted)
+            {
+                if (c == '"' && i + 1 < text.Length && text[i + 1] == '"')
+                {
+                    field.Append('"');
+                    i++;
+                }
+                else if (c == '"')
+                {
+                    quoted = false;
+                }
+                else
+                {
+                    field.Append(c);
+                }
+            }
+            else if (c == '"')
+            {
+                quoted = true;
+            }
+            else if (c == ',')
+            {
+                fields.Add(field.ToString());
+                field.Clear();
+            }
+            else if (c == '\n')
+            {
+                fields.Add(field.ToString());
+                field.Clear();
+                records.Add(fields.ToArray());
+                fields.Clear();
+            }
+            else
+            {
+                field.Append(c);
+            }
+        }
+
+        return records;
+    }
+
+    public static string Date(DateOnly date) => date.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
+
+    private static DateOnly ParseDate(string text) => DateOnly.ParseExact(text, "yyyy-MM-dd", CultureInfo.InvariantCulture);
+
+    private static string Number(long? value) => value is { } v ? v.ToString(CultureInfo.InvariantCulture) : "";
+
+    private static long? Long(string text) => text.Length == 0 ? null : long.Parse(text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture);
+}

@@ -1,0 +1,70 @@
+using Metering.Protocol.V1;
+
+namespace Metering.Engine.Vouchers;
+
+/// <summary>How the voucher enums are spelt in the database, and back.</summary>
+public static class VoucherNames
+{
+    public static string Of(HolderType type) => type switch
+    {
+        HolderType.HolderEnterprise => "enterprise",
+        HolderType.HolderUniversity => "university",
+        HolderType.HolderResearchInstitute => "research_institute",
+        _ => throw new VoucherRefusedException(VoucherRefusal.VoucherFieldInvalid, "type must be HOLDER_ENTERPRISE, HOLDER_UNIVERSITY or HOLDER_RESEARCH_INSTITUTE"),
+    };
+
+    public static HolderType HolderTypeOf(string? name) => name switch
+    {
+        "enterprise" => HolderType.HolderEnterprise,
+        "university" => HolderType.HolderUniversity,
+        "research_institute" => HolderType.HolderResearchInstitute,
+        _ => HolderType.Unspecified,
+    };
+
+    public static HolderStatus HolderStatusOf(string name) => name switch
+    {
+        "applicant" => HolderStatus.HolderApplicant,
+        "holder" => HolderStatus.HolderApproved,
+        _ => HolderStatus.Unspecified,
+    };
+
+    public static string Of(PayeeMode mode) => mode switch
+    {
+        PayeeMode.HolderReimbursement => "holder_reimbursement",
+        PayeeMode.ProviderDeduction => "provider_deduction",
+        _ => throw new VoucherRefusedException(VoucherRefusal.ParametersInvalid, "payee_mode must be HOLDER_REIMBURSEMENT or PROVIDER_DEDUCTION"),
+    };
+
+    public static PayeeMode PayeeModeOf(string name) => name switch
+    {
+        "holder_reimbursement" => PayeeMode.HolderReimbursement,
+        "provider_deduction" => PayeeMode.ProviderDeduction,
+        _ => PayeeMode.Unspecified,
+    };
+
+    public static string Of(SubsidyLimitKind limit) => limit switch
+    {
+        SubsidyLimitKind.Ratio => "ratio",
+        SubsidyLimitKind.VoucherRemaining => "voucher_remaining",
+        SubsidyLimitKind.AnnualCap => "annual_cap",
+        _ => "stacking_cap",
+    };
+
+    public static SubsidyLimit SubsidyLimitOf(string name) => name switch
+    {
+        "ratio" => SubsidyLimit.LimitedByRatio,
+        "voucher_remaining" => SubsidyLimit.LimitedByVoucherRemaining,
+        "annual_cap" => SubsidyLimit.LimitedByAnnualCap,
+        "stacking_cap" => SubsidyLimit.LimitedByStackingCap,
+        _ => SubsidyLimit.Unspecified,
+    };
+
+    public static HoldState HoldStateOf(string name) => name switch
+    {
+        "reserved" => HoldState.HoldReserved,
+        "posted" => HoldState.HoldPosted,
+        "voided" => HoldState.HoldVoided,
+        "expired" => HoldState.HoldExpired,
+        _ => HoldState.Unspecified,
+    };
+}

@@ -1,0 +1,124 @@
+using System.Globalization;
+using Grpc.Core;
+using Metering.Engine.Access;
+using Metering.Engine.Settlement;
+using Metering.Protocol.V1;
+using Metering.Server.Access;
+using Metering.Server.Vouchers;
+using Microsoft.Extensions.Logging;
+
+namespace Metering.Server.Settlement;
+
+/// <summary>
+/// Nightly settlement over gRPC. The settlement role runs days; operators, auditors and the batch
+/// read them; a provider reads only its own statements, and any other statement reads as one it
+/// may not see.
+/// </summary>
+internal sealed partial class SettlementGrpcService(DailySettlement settlement, ILogger<SettlementGrpcService> logger) : SettlementService.SettlementServiceBase
+{
+    public override Task<Protocol.V1.Settlement> SettleDay(SettleDayRequest request, ServerCallContext context) =>
+        Run(context, "SettleDay", async (actor, ct) => ToMessage(await settlement.SettleAsync(ParseDay(request.Day), actor, null, ct)));
+
+    public override Task<Protocol.V1.Settlement> GetSettlement(GetSettlementRequest request, ServerCallContext context) =>
+        Run(context, "GetSettlement", async (actor, ct) => ToMessage(await ClosedAsync(ParseDay(request.Day), ct)));
+
+    public override Task<ListSettlementsResponse> ListSettlements(ListSettlementsRequest request, ServerCallContext context) =>
+        Run(context, "ListSettlements", async (actor, ct) => new ListSettlementsResponse
+        {
+            Settlements = { (await settlement.ListAsync((int)Math.Min(request.Limit, int.MaxValue), ct)).Select(ToMessage) },
+        });
+
+    public override Task<Statement> GetStatement(GetStatementRequest request, ServerCallContext context) =>
+        Run(context, "GetStatement", async (actor, ct) =>
+        {
+            DateOnly day = ParseDay(request.Day);
+            string kind = request.PartyKind switch
+            {
+                PartyKind.PartyProgramme => StatementFormats.Programme,
+                PartyKind.PartyProvider => StatementFormats.ProviderKind,
+                PartyKind.PartyHolder => StatementFormats.HolderKind,
+                _ => throw new SettlementRefusedException(SettlementRefusal.SettlementFieldInvalid, "party_kind must be PARTY_PROGRAMME, PARTY_PROVIDER or PARTY_HOLDER"),
+            };
+            string party = kind == StatementFormats.Programme ? StatementFormats.Programme : request.Party;
+            if (actor.Role == Role.Provider && (kind != StatementFormats.ProviderKind || party != actor.Subject))
+            {
+                throw new SettlementRefusedException(SettlementRefusal.StatementOfOtherParty, $"a provider reads only its own statements; {actor.Subject} asked for the {kind} statement of '{party}'");
+            }
+
+            SettlementOutcome closed = await ClosedAsync(day, ct);
+            StoredStatement stored = closed.Statements.FirstOrDefault(s => s.PartyKind == kind && s.Party == party)
+                ?? throw new SettlementRefusedException(SettlementRefusal.StatementUnknown, $"the settlement of {request.Day} has no statement for {kind} {party}");
+            StatementFormat format = request.Format == StatementFormat.Unspecified ? StatementFormat.StatementCsv : request.Format;
+            string content = format switch
+            {
+                StatementFormat.StatementCsv => System.Text.Encoding.UTF8.GetString(stored.CanonicalCsv),
+                StatementFormat.StatementJson => StatementFormats.Json(stored.Parse(), stored.Sha256),
+                StatementFormat.StatementText => StatementFormats.Text(stored.Parse(), stored.Sha256),
+                _ => throw new SettlementRefusedException(SettlementRefusal.SettlementFieldInvalid, "format must be STATEMENT_CSV, STATEMENT_JSON or STATEMENT_TEXT"),
+            };
+            return new Statement
+            {
+                Day = request.Day,
+                PartyKind = request.PartyKind,
+                Party = party,
+                Format = format,
+                Content = content,
+                Sha256 = Convert.ToHexStringLower(stored.Sha256),
+            };
+        });
+
+    private async Task<SettlementOutcome> ClosedAsync(DateOnly day, CancellationToken cancellationToken) =>
+        await settlement.GetAsync(day, cancellationToken)
+        ?? throw new SettlementRefusedException(SettlementRefusal.DayNotSettled, $"{StatementFormats.Date(day)} has not been settled");
+
+    private static DateOnly ParseDay(string text) =>
+        DateOnly.TryParseExact(text, "yyyy-MM-dd", CultureInfo.InvariantCulture, DateTimeStyles.None, out DateOnly day)
+            ? day
+            : throw new SettlementRefusedException(SettlementRefusal.SettlementFieldInvalid, $"day must be a date as yyyy-MM-dd, not '{text}'");
+
+    private static Protocol.V1.Settlement ToMessage(SettlementOutcome outcome) => new()
+    {
+        Day = StatementFormats.Date(outcome.Day),
+        AlreadyClosed = outcome.AlreadyClosed,
+        SettlementSha256 = outcome.SettlementHex,
+        DayRecords = outcome.DayRecords,
+        DayUsageNpfh = outcome.DayUsageNpfh,
+        AdjustmentRecords = outcome.AdjustmentRecords,
+        FeeFen = outcome.FeeFen,
+        SubsidyFen = outcome.SubsidyFen,
+        SettledBy = outcome.SettledBy,
+        FinishedUnixMs = outcome.FinishedAt.ToUnixTimeMilliseconds(),
+        Statements =
+        {
+            outcome.Statements.Select(s => new StatementSummary
+            {
+                PartyKind = s.PartyKind switch
+                {
+                    StatementFormats.Programme => PartyKind.PartyProgramme,
+                    StatementFormats.ProviderKind => PartyKind.PartyProvider,
+                    _ => PartyKind.PartyHolder,
+                },
+                Party = s.Party,
+                Sha256 = Convert.ToHexStringLower(s.Sha256),
+                Rows = (uint)s.Parse().Rows.Count,
+            }),
+        },
+    };
+
+    private async Task<T> Run<T>(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<T>> call)
+    {
+        Actor actor = AuthenticationInterceptor.Caller(context);
+        try
+        {
+            return await call(actor, context.CancellationToken);
+        }
+        catch (SettlementRefusedException refused)
+        {
+            LogRefused(logger, method, actor.ToString(), refused.Reason.ToString(), refused.Message);
+            throw VoucherErrors.From(refused);
+        }
+    }
+
+    [LoggerMessage(EventId = 6101, Level = LogLevel.Information, Message = "Settlement {Method} by {Actor} refused: {Reason}: {Detail}")]
+    private static partial void LogRefused(ILogger logger, string method, string actor, string reason, string detail);
+}

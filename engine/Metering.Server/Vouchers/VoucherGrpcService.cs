@@ -1,0 +1,82 @@
+using Grpc.Core;
+using Metering.Engine.Access;
+using Metering.Engine.Vouchers;
+using Metering.Protocol.V1;
+using Metering.Server.Access;
+using Microsoft.Extensions.Logging;
+
+namespace Metering.Server.Vouchers;
+
+/// <summary>
+/// The voucher book and redemptions over gRPC. The access policy has already checked the caller's
+/// role: operators write; operators, auditors and the settlement batch read. Holders are not
+/// callers; operators act for them, and every write records the operator's name.
+/// </summary>
+internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions redemptions, ILogger<VoucherGrpcService> logger) : VoucherService.VoucherServiceBase
+{
+    public override Task<Holder> RegisterHolder(RegisterHolderRequest request, ServerCallContext context) =>
+        Run(context, "RegisterHolder", (actor, ct) => book.RegisterHolderAsync(actor, request.Holder ?? new Holder(), ct));
+
+    public override Task<Holder> ApproveHolder(ApproveHolderRequest request, ServerCallContext context) =>
+        Run(context, "ApproveHolder", (actor, ct) => book.ApproveHolderAsync(actor, request.CreditCode, ct));
+
+    public override Task<Holder> GetHolder(GetHolderRequest request, ServerCallContext context) =>
+        Run(context, "GetHolder", async (actor, ct) => await book.GetHolderAsync(request.CreditCode, ct)
+            ?? throw new VoucherRefusedException(VoucherRefusal.HolderUnknown, $"no voucher holder {request.CreditCode} is registered"));
+
+    public override Task<ListHoldersResponse> ListHolders(ListHoldersRequest request, ServerCallContext context) =>
+        Run(context, "ListHolders", async (actor, ct) => new ListHoldersResponse { Holders = { await book.ListHoldersAsync((int)Math.Min(request.Limit, int.MaxValue), ct) } });
+
+    public override Task<ProgrammeParameters> PutProgrammeParameters(ProgrammeParameters request, ServerCallContext context) =>
+        Run(context, "PutProgrammeParameters", (actor, ct) => book.PutParametersAsync(actor, request, ct));
+
+    public override Task<ListProgrammeParametersResponse> ListProgrammeParameters(ListProgrammeParametersRequest request, ServerCallContext context) =>
+        Run(context, "ListProgrammeParameters", async (actor, ct) => new ListProgrammeParametersResponse
+        {
+            Parameters = { await book.ListParametersAsync((int)Math.Min(request.ProgrammeYear, 10_000), ct) },
+        });
+
+    public override Task<Contract> RecordContract(RecordContractRequest request, ServerCallContext context) =>
+        Run(context, "RecordContract", (actor, ct) => book.RecordContractAsync(actor, request.Contract ?? new Contract(), ct));
+
+    public override Task<Contract> GetContract(GetContractRequest request, ServerCallContext context) =>
+        Run(context, "GetContract", async (actor, ct) => await book.GetContractAsync(request.ContractId, ct)
+            ?? throw new VoucherRefusedException(VoucherRefusal.ContractUnknown, $"there is no contract {request.ContractId}"));
+
+    public override Task<Contract> RecordOtherSupport(RecordOtherSupportRequest request, ServerCallContext context) =>
+        Run(context, "RecordOtherSupport", (actor, ct) => book.RecordOtherSupportAsync(actor, request, ct));
+
+    public override Task<Voucher> IssueVoucher(IssueVoucherRequest request, ServerCallContext context) =>
+        Run(context, "IssueVoucher", (actor, ct) => book.IssueVoucherAsync(actor, request, ct));
+
+    public override Task<Voucher> GetVoucher(GetVoucherRequest request, ServerCallContext context) =>
+        Run(context, "GetVoucher", async (actor, ct) => await book.GetVoucherAsync(request.VoucherId, ct)
+            ?? throw new VoucherRefusedException(VoucherRefusal.VoucherUnknown, $"there is no voucher {request.VoucherId}"));
+
+    public override Task<Claim> FileClaim(FileClaimRequest request, ServerCallContext context) =>
+        Run(context, "FileClaim", (actor, ct) => redemptions.FileClaimAsync(actor, request, ct));
+
+    public override Task<Claim> VoidClaim(VoidClaimRequest request, ServerCallContext context) =>
+        Run(context, "VoidClaim", (actor, ct) => redemptions.VoidClaimAsync(actor, request, ct));
+
+    public override Task<Claim> GetClaim(GetClaimRequest request, ServerCallContext context) =>
+        Run(context, "GetClaim", async (actor, ct) => await redemptions.GetClaimAsync(request.ClaimId, ct)
+            ?? throw new VoucherRefusedException(VoucherRefusal.ClaimUnknown, $"there is no claim {request.ClaimId}"));
+
+    private async Task<T> Run<T>(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<T>> call)
+    {
+        Actor actor = AuthenticationInterceptor.Caller(context);
+        try
+        {
+            return await call(actor, context.CancellationToken);
+        }
+        catch (VoucherRefusedException refused)
+        {
+            LogRefused(logger, method, actor.ToString(), refused.Reason.ToString(), refused.Message);
+            throw VoucherErrors.From(refused);
+        }
+    }
+
+    [LoggerMessage(EventId = 6001, Level = LogLevel.Information, Message = "Vouchers {Method} by {Actor} refused: {Reason}: {Detail}")]
+    private static partial void LogRefused(ILogger logger, string method, string actor, string reason, string detail);
+}
