@@ -14,4 +14,5 @@ root.Subcommands.Add(DbCommand.Create());
 root.Subcommands.Add(KeyCommand.Create());
 root.Subcommands.Add(DemoCommand.Create());
 root.Subcommands.Add(IngestFileCommand.Create());
+root.Subcommands.Add(AuditCommand.Create());
 return await root.Parse(args).InvokeAsync();

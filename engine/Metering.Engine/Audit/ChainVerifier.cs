@@ -172,7 +172,7 @@ public sealed class ChainVerifier
             .Select(s => new StreamState(s.Stream, (ulong)s.Committed, s.Head, s.Beyond)).ToList();
         if (states.Count > _limits.StreamsMax)
         {
-            throw new InvalidOperationException($"{providerId} has more than {_limits.StreamsMax} streams; verify them one by one.");
+            throw new AuditLimitExceededException($"{providerId} has more than {_limits.StreamsMax} streams; verify them one by one.");
         }
 
         return await VerifyAllAsync(providerId, states, range, null, cancellationToken);

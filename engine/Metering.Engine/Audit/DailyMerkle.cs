@@ -35,6 +35,9 @@ public sealed record InclusionProof(
 /// <summary>The record a proof was asked for is not a leaf of any daily tree.</summary>
 public sealed class RecordNotFoundException(string message) : Exception(message);
 
+/// <summary>An audit request would go past one of the audit path's limits; narrow it.</summary>
+public sealed class AuditLimitExceededException(string message) : Exception(message);
+
 /// <summary>
 /// Daily Merkle roots per provider and inclusion proofs, as proto/metering/v1/merkle-proofs.md
 /// specifies: the leaves are the chain hashes of the provider's usage records (proof streams
@@ -119,7 +122,7 @@ public sealed class DailyMerkle(NpgsqlDataSource dataSource)
             {
                 if (count == MerkleTree.LeavesMax)
                 {
-                    throw new InvalidOperationException($"{providerId} has more than {MerkleTree.LeavesMax} records on {day:yyyy-MM-dd}; the daily tree takes at most that many leaves.");
+                    throw new AuditLimitExceededException($"{providerId} has more than {MerkleTree.LeavesMax} records on {day:yyyy-MM-dd}; the daily tree takes at most that many leaves.");
                 }
 
                 if (rows.FieldLength(2) != MerkleTree.HashBytes)

@@ -9,12 +9,15 @@ public static class ProtocolNames
     private static readonly string[] IngestRefusals = Names(IngestReflection.Descriptor, nameof(IngestRefusal));
     private static readonly string[] RawLogRefusals = Names(RawlogReflection.Descriptor, nameof(RawLogRefusal));
     private static readonly string[] RegistryRefusals = Names(RegistryReflection.Descriptor, nameof(RegistryRefusal));
+    private static readonly string[] AuditRefusals = Names(AuditReflection.Descriptor, nameof(AuditRefusal));
 
     public static string Of(IngestRefusal reason) => IngestRefusals[(int)reason];
 
     public static string Of(RawLogRefusal reason) => RawLogRefusals[(int)reason];
 
     public static string Of(RegistryRefusal reason) => RegistryRefusals[(int)reason];
+
+    public static string Of(AuditRefusal reason) => AuditRefusals[(int)reason];
 
     private static string[] Names(FileDescriptor file, string enumName)
     {

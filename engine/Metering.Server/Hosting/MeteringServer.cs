@@ -5,6 +5,7 @@ using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Server.Access;
+using Metering.Server.Audit;
 using Metering.Server.Ingest;
 using Metering.Server.RawLogs;
 using Metering.Server.Registry;
@@ -80,6 +81,7 @@ public sealed class MeteringServer : IAsyncDisposable
         });
 
         builder.Services.AddSingleton(settings.Time);
+        builder.Services.AddSingleton(settings.Catalog);
         builder.Services.AddSingleton(new RecordValidator(settings.Limits, settings.Catalog));
         builder.Services.AddSingleton(_ => Database.CreateDataSource(settings.ConnectionString));
         builder.Services.AddSingleton(provider => new UsageStore(provider.GetRequiredService<NpgsqlDataSource>()));
@@ -101,6 +103,7 @@ public sealed class MeteringServer : IAsyncDisposable
         app.MapGrpcService<IngestGrpcService>();
         app.MapGrpcService<RawLogGrpcService>();
         app.MapGrpcService<RegistryGrpcService>();
+        app.MapGrpcService<AuditGrpcService>();
         await app.StartAsync(cancellationToken);
 
         string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();

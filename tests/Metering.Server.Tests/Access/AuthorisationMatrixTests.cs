@@ -44,10 +44,18 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
         ["RegistryService/RecordFalseMaterials"] = [O],
         ["RegistryService/GetOrganisation"] = [P, O, A, S],
         ["RegistryService/GetHistory"] = [O, A],
+        ["AuditService/VerifyChain"] = [P, O, A, S],
+        ["AuditService/GetMerkleRoot"] = [P, O, A, S],
+        ["AuditService/GetInclusionProof"] = [P, O, A, S],
+        ["AuditService/QueryUsage"] = [O, A, S],
+        ["AuditService/ExportUsage"] = [A],
+        ["AuditService/DetectAnomalies"] = [O, A],
+        ["AuditService/RenderReport"] = [O, A],
+        ["AuditService/ListAuditQueries"] = [A],
     };
 
     private static IEnumerable<MethodDescriptor> AllMethods() =>
-        new[] { IngestService.Descriptor, RawLogService.Descriptor, RegistryService.Descriptor }.SelectMany(s => s.Methods);
+        new[] { IngestService.Descriptor, RawLogService.Descriptor, RegistryService.Descriptor, AuditService.Descriptor }.SelectMany(s => s.Methods);
 
     [Fact]
     public void The_matrix_covers_every_rpc_of_every_service()
