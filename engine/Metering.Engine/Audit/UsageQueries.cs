@@ -152,7 +152,7 @@ public sealed class UsageQueries(NpgsqlDataSource dataSource)
             string key = KeySql(grouping);
             var rows = await connection.QueryAsync<(string Key, long Records, decimal DeviceMs, decimal Usage)>(new CommandDefinition($"""
                 SELECT {key} AS key, count(*), sum({DeviceMsSql}), sum(usage_npfh) FROM usage_records WHERE {UsageFilter.Where}
-                GROUP BY 1 ORDER BY 4 DESC, 1 COLLATE "C" LIMIT {groupsLimit + 1}
+                GROUP BY 1 ORDER BY 4 DESC, {key} COLLATE "C" LIMIT {groupsLimit + 1}
                 """, filter.Parameters, transaction, cancellationToken: cancellationToken));
             groups.AddRange(rows.Select(r => new UsageTotals(r.Key, r.Records, checked((long)r.DeviceMs), checked((long)r.Usage))));
             if (groups.Count > groupsLimit)

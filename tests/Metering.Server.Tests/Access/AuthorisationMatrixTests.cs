@@ -154,6 +154,17 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
                     }
 
                     break;
+                case MethodType.ServerStreaming:
+                    // A server-streaming call needs its one request message, or it fails before
+                    // authentication runs.
+                    using (var call = invoker.AsyncServerStreamingCall(method, null, options, []))
+                    {
+                        while (await call.ResponseStream.MoveNext(CancellationToken.None))
+                        {
+                        }
+                    }
+
+                    break;
                 default:
                     using (var call = invoker.AsyncDuplexStreamingCall(method, null, options))
                     {
