@@ -3,11 +3,16 @@ using Metering.Bench;
 using Metering.Bench.Load;
 
 // Entry points in one executable: `load ...` runs the end-to-end ingest load tool, `rawlog ...`
-// the raw log parser and upload benchmark; anything
+// the raw log parser and upload benchmark, `verify ...` chain verification against sha256sum; anything
 // else goes to BenchmarkDotNet (for example --filter '*RecordPipeline*').
 if (args.Length > 0 && args[0] == "load")
 {
     return await IngestLoad.RunAsync(args[1..]);
+}
+
+if (args.Length > 0 && args[0] == "verify")
+{
+    return await VerifyLoad.RunAsync(args[1..]);
 }
 
 if (args.Length > 0 && args[0] == "rawlog")

@@ -43,8 +43,11 @@ public sealed class UsageExport(NpgsqlDataSource dataSource)
         filter.Validate();
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(System.Data.IsolationLevel.RepeatableRead, cancellationToken);
-        long count = await new NpgsqlCommand($"SELECT count(*) FROM usage_records WHERE {Positional(UsageFilter.Where)}", connection, transaction) { Parameters = { } }
-            .Bind(filter).ExecuteScalarAsync(cancellationToken) is long n ? n : 0;
+        long count;
+        await using (var counting = new NpgsqlCommand($"SELECT count(*) FROM usage_records WHERE {Positional(UsageFilter.Where)}", connection, transaction))
+        {
+            count = await counting.Bind(filter).ExecuteScalarAsync(cancellationToken) is long n ? n : 0;
+        }
         if (count > RecordsMax)
         {
             throw new AuditLimitExceededException($"The filter selects {count:N0} records; one export writes at most {RecordsMax:N0}. Narrow the period or the filter.");

@@ -186,6 +186,26 @@ public sealed class ChainVerifierTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task Rows_under_a_stream_that_ingest_never_opened_are_reported()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await scene.StreamAsync(Stream, 1, 5);
+        await scene.TamperAsync($"""
+            INSERT INTO usage_records SELECT provider_id, 'ghost', sequence, job_id, holder_code, device_model, device_count, share_numerator,
+                share_denominator, start_at, end_at, site, device_uuids, energy_mwh, catalog_version, usage_npfh, chain_hash, committed_at
+            FROM usage_records WHERE {Where}
+            """);
+        var verifier = new ChainVerifier(scene.DataSource);
+
+        IReadOnlyList<ChainVerification> all = await verifier.VerifyProviderAsync(TestRecords.Provider, VerificationRange.Whole);
+        ChainVerification ghost = await verifier.VerifyStreamAsync(TestRecords.Provider, "ghost");
+
+        Assert.Equal([("ghost", ChainBreakKind.RecordBeyondHead)], all.Where(r => !r.Intact).Select(r => (r.StreamId, r.Break!.Kind)));
+        Assert.Equal(ChainBreakKind.RecordBeyondHead, ghost.Break?.Kind);
+        Assert.Contains("never opened", ghost.Break!.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task An_unknown_stream_is_empty_and_intact()
     {
         await using AuditScene scene = await AuditScene.StartAsync(postgres);
