@@ -127,8 +127,8 @@ public sealed class ChainVerifier
     /// <summary>The longest canonical record the verifier encodes; any record ingest accepts is far shorter.</summary>
     public const int CanonicalBytesMax = 1024 * 1024;
 
-    private const int FieldCount = 13;
-    private const long PostgresEpochUnixMs = 946_684_800_000;
+    /// <summary>Columns of the verifier's COPY, in the order <see cref="RowEncoder"/> reads them.</summary>
+    internal const int FieldCount = 13;
     private static readonly byte[] GenesisHash = new byte[CanonicalEncoding.HashBytes];
 
     // Session settings carry the provider and stream into COPY, which takes no parameters; the
@@ -384,6 +384,9 @@ public sealed class ChainVerifier
                   ORDER BY sequence) TO STDOUT (FORMAT BINARY)
             """);
         var encoder = new RowEncoder(providerId, streamId);
+        // One hash object per segment: the one-shot SHA256.HashData sets up an OpenSSL context
+        // per call, which costs more than hashing a 300-byte record (ChainVerifyBenchmarks).
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         byte[] computed = new byte[CanonicalEncoding.HashBytes];
         ulong expected = first;
         long canonicalBytes = 0;
@@ -414,7 +417,8 @@ public sealed class ChainVerifier
 
                 Span<byte> link = encoder.Scratch.AsSpan(0, CanonicalEncoding.HashBytes + length);
                 previous.CopyTo(link);
-                SHA256.HashData(link, computed);
+                sha.AppendData(link);
+                sha.GetHashAndReset(computed);
                 ReadOnlySpan<byte> stored = rows.Field(12);
                 if (!stored.SequenceEqual(computed))
                 {
@@ -452,179 +456,181 @@ public sealed class ChainVerifier
     }
 
     private static string Hex(ReadOnlySpan<byte> bytes) => Convert.ToHexStringLower(bytes);
+}
 
-    /// <summary>
-    /// Builds the canonical encoding of a COPY row behind a 32-byte gap for the previous hash.
-    /// The provider and stream prefix is encoded once.
-    /// </summary>
-    private sealed class RowEncoder
+/// <summary>
+/// Builds the canonical encoding of a COPY row behind a 32-byte gap for the previous hash.
+/// The provider and stream prefix is encoded once.
+/// </summary>
+internal sealed class RowEncoder
+{
+    private const long PostgresEpochUnixMs = 946_684_800_000;
+
+    private readonly byte[] _prefix;
+
+    public RowEncoder(string providerId, string streamId)
     {
-        private readonly byte[] _prefix;
+        var prefix = new byte[1 + 2 + Encoding.UTF8.GetByteCount(providerId) + 2 + Encoding.UTF8.GetByteCount(streamId)];
+        prefix[0] = CanonicalEncoding.FormatVersion;
+        int at = 1;
+        at += WriteString(Encoding.UTF8.GetBytes(providerId), prefix.AsSpan(at));
+        WriteString(Encoding.UTF8.GetBytes(streamId), prefix.AsSpan(at));
+        _prefix = prefix;
+    }
 
-        public RowEncoder(string providerId, string streamId)
+    /// <summary>The previous hash, then the encoding.</summary>
+    public byte[] Scratch { get; } = new byte[CanonicalEncoding.HashBytes + ChainVerifier.CanonicalBytesMax];
+
+    /// <summary>The encoding's length, or -1 with the reason when the row cannot be encoded.</summary>
+    public int Encode(CopyRowReader row, out string? notEncodable)
+    {
+        notEncodable = null;
+        for (int i = 0; i < ChainVerifier.FieldCount; i++)
         {
-            var prefix = new byte[1 + 2 + Encoding.UTF8.GetByteCount(providerId) + 2 + Encoding.UTF8.GetByteCount(streamId)];
-            prefix[0] = CanonicalEncoding.FormatVersion;
-            int at = 1;
-            at += WriteString(Encoding.UTF8.GetBytes(providerId), prefix.AsSpan(at));
-            WriteString(Encoding.UTF8.GetBytes(streamId), prefix.AsSpan(at));
-            _prefix = prefix;
+            // device_uuids and energy_mwh may be NULL; nothing else may.
+            if (row.IsNull(i) && i is not 10 and not 11)
+            {
+                notEncodable = $"column {i + 1} of the row is NULL";
+                return -1;
+            }
         }
 
-        /// <summary>The previous hash, then the encoding.</summary>
-        public byte[] Scratch { get; } = new byte[CanonicalEncoding.HashBytes + CanonicalBytesMax];
-
-        /// <summary>The encoding's length, or -1 with the reason when the row cannot be encoded.</summary>
-        public int Encode(CopyRowReader row, out string? notEncodable)
+        if (row.FieldLength(12) != CanonicalEncoding.HashBytes)
         {
-            notEncodable = null;
-            for (int i = 0; i < FieldCount; i++)
-            {
-                // device_uuids and energy_mwh may be NULL; nothing else may.
-                if (row.IsNull(i) && i is not 10 and not 11)
-                {
-                    notEncodable = $"column {i + 1} of the row is NULL";
-                    return -1;
-                }
-            }
-
-            if (row.FieldLength(12) != CanonicalEncoding.HashBytes)
-            {
-                notEncodable = $"the stored chain hash is {row.FieldLength(12)} bytes, not 32";
-                return -1;
-            }
-
-            Span<byte> output = Scratch.AsSpan(CanonicalEncoding.HashBytes);
-            int fixedBytes = _prefix.Length + 8 + 4 * 3 + 8 * 2 + 2 + 1 + 8 + 2 * 4;
-            long length = fixedBytes + (long)row.FieldLength(1) + row.FieldLength(2) + row.FieldLength(3) + row.FieldLength(9) + Math.Max(row.FieldLength(10), 0);
-            if (length > CanonicalBytesMax)
-            {
-                notEncodable = $"the row's canonical encoding would exceed {CanonicalBytesMax} bytes";
-                return -1;
-            }
-
-            _prefix.CopyTo(output);
-            int at = _prefix.Length;
-            row.Field(0).CopyTo(output[at..]);
-            at += 8;
-            if (!TryString(row.Field(1), output, ref at, "job_id", ref notEncodable)
-                || !TryString(row.Field(2), output, ref at, "holder_code", ref notEncodable)
-                || !TryString(row.Field(3), output, ref at, "device_model", ref notEncodable))
-            {
-                return -1;
-            }
-
-            // device_count, share_numerator, share_denominator: int4 on disk, u32 in the encoding.
-            row.Field(4).CopyTo(output[at..]);
-            row.Field(5).CopyTo(output[(at + 4)..]);
-            row.Field(6).CopyTo(output[(at + 8)..]);
-            at += 12;
-            if (!TryTime(row.Int64(7), output, ref at, "start_at", ref notEncodable) || !TryTime(row.Int64(8), output, ref at, "end_at", ref notEncodable))
-            {
-                return -1;
-            }
-
-            if (!TryString(row.Field(9), output, ref at, "site", ref notEncodable) || !TryUuids(row, output, ref at, ref notEncodable))
-            {
-                return -1;
-            }
-
-            if (row.IsNull(11))
-            {
-                output[at++] = 0;
-                BinaryPrimitives.WriteUInt64BigEndian(output[at..], 0);
-            }
-            else
-            {
-                output[at++] = 1;
-                row.Field(11).CopyTo(output[at..]);
-            }
-
-            at += 8;
-            return at;
+            notEncodable = $"the stored chain hash is {row.FieldLength(12)} bytes, not 32";
+            return -1;
         }
 
-        private static bool TryString(ReadOnlySpan<byte> value, Span<byte> output, ref int at, string column, ref string? notEncodable)
+        Span<byte> output = Scratch.AsSpan(CanonicalEncoding.HashBytes);
+        int fixedBytes = _prefix.Length + 8 + 4 * 3 + 8 * 2 + 2 + 1 + 8 + 2 * 4;
+        long length = fixedBytes + (long)row.FieldLength(1) + row.FieldLength(2) + row.FieldLength(3) + row.FieldLength(9) + Math.Max(row.FieldLength(10), 0);
+        if (length > ChainVerifier.CanonicalBytesMax)
         {
-            if (value.Length > ushort.MaxValue)
-            {
-                notEncodable = $"{column} is {value.Length} bytes; the canonical encoding holds at most 65535";
-                return false;
-            }
-
-            at += WriteString(value, output[at..]);
-            return true;
+            notEncodable = $"the row's canonical encoding would exceed {ChainVerifier.CanonicalBytesMax} bytes";
+            return -1;
         }
 
-        /// <summary>A timestamptz (microseconds since 2000-01-01) as Unix milliseconds; the chain covers whole milliseconds only.</summary>
-        private static bool TryTime(long postgresMicroseconds, Span<byte> output, ref int at, string column, ref string? notEncodable)
+        _prefix.CopyTo(output);
+        int at = _prefix.Length;
+        row.Field(0).CopyTo(output[at..]);
+        at += 8;
+        if (!TryString(row.Field(1), output, ref at, "job_id", ref notEncodable)
+            || !TryString(row.Field(2), output, ref at, "holder_code", ref notEncodable)
+            || !TryString(row.Field(3), output, ref at, "device_model", ref notEncodable))
         {
-            if (postgresMicroseconds % 1_000 != 0)
-            {
-                notEncodable = $"{column} has a sub-millisecond part ({postgresMicroseconds % 1_000} µs); ingest stores whole milliseconds";
-                return false;
-            }
-
-            BinaryPrimitives.WriteInt64BigEndian(output[at..], postgresMicroseconds / 1_000 + PostgresEpochUnixMs);
-            at += 8;
-            return true;
+            return -1;
         }
 
-        /// <summary>A one-dimensional text[] without NULL elements, as the u16 count and the strings.</summary>
-        private static bool TryUuids(CopyRowReader row, Span<byte> output, ref int at, ref string? notEncodable)
+        // device_count, share_numerator, share_denominator: int4 on disk, u32 in the encoding.
+        row.Field(4).CopyTo(output[at..]);
+        row.Field(5).CopyTo(output[(at + 4)..]);
+        row.Field(6).CopyTo(output[(at + 8)..]);
+        at += 12;
+        if (!TryTime(row.Int64(7), output, ref at, "start_at", ref notEncodable) || !TryTime(row.Int64(8), output, ref at, "end_at", ref notEncodable))
         {
-            if (row.IsNull(10))
-            {
-                BinaryPrimitives.WriteUInt16BigEndian(output[at..], 0);
-                at += 2;
-                return true;
-            }
+            return -1;
+        }
 
-            ReadOnlySpan<byte> array = row.Field(10);
-            int dimensions = BinaryPrimitives.ReadInt32BigEndian(array);
-            if (dimensions == 0)
-            {
-                BinaryPrimitives.WriteUInt16BigEndian(output[at..], 0);
-                at += 2;
-                return true;
-            }
+        if (!TryString(row.Field(9), output, ref at, "site", ref notEncodable) || !TryUuids(row, output, ref at, ref notEncodable))
+        {
+            return -1;
+        }
 
-            int count = BinaryPrimitives.ReadInt32BigEndian(array[12..]);
-            if (dimensions != 1 || count > ushort.MaxValue)
-            {
-                notEncodable = "device_uuids is not a one-dimensional array of at most 65535 elements";
-                return false;
-            }
+        if (row.IsNull(11))
+        {
+            output[at++] = 0;
+            BinaryPrimitives.WriteUInt64BigEndian(output[at..], 0);
+        }
+        else
+        {
+            output[at++] = 1;
+            row.Field(11).CopyTo(output[at..]);
+        }
 
-            BinaryPrimitives.WriteUInt16BigEndian(output[at..], (ushort)count);
+        at += 8;
+        return at;
+    }
+
+    private static bool TryString(ReadOnlySpan<byte> value, Span<byte> output, ref int at, string column, ref string? notEncodable)
+    {
+        if (value.Length > ushort.MaxValue)
+        {
+            notEncodable = $"{column} is {value.Length} bytes; the canonical encoding holds at most 65535";
+            return false;
+        }
+
+        at += WriteString(value, output[at..]);
+        return true;
+    }
+
+    /// <summary>A timestamptz (microseconds since 2000-01-01) as Unix milliseconds; the chain covers whole milliseconds only.</summary>
+    private static bool TryTime(long postgresMicroseconds, Span<byte> output, ref int at, string column, ref string? notEncodable)
+    {
+        if (postgresMicroseconds % 1_000 != 0)
+        {
+            notEncodable = $"{column} has a sub-millisecond part ({postgresMicroseconds % 1_000} µs); ingest stores whole milliseconds";
+            return false;
+        }
+
+        BinaryPrimitives.WriteInt64BigEndian(output[at..], postgresMicroseconds / 1_000 + PostgresEpochUnixMs);
+        at += 8;
+        return true;
+    }
+
+    /// <summary>A one-dimensional text[] without NULL elements, as the u16 count and the strings.</summary>
+    private static bool TryUuids(CopyRowReader row, Span<byte> output, ref int at, ref string? notEncodable)
+    {
+        if (row.IsNull(10))
+        {
+            BinaryPrimitives.WriteUInt16BigEndian(output[at..], 0);
             at += 2;
-            int offset = 20;
-            for (int i = 0; i < count; i++)
-            {
-                int length = BinaryPrimitives.ReadInt32BigEndian(array[offset..]);
-                offset += 4;
-                if (length < 0)
-                {
-                    notEncodable = $"device_uuids element {i + 1} is NULL";
-                    return false;
-                }
-
-                if (!TryString(array.Slice(offset, length), output, ref at, "a device UUID", ref notEncodable))
-                {
-                    return false;
-                }
-
-                offset += length;
-            }
-
             return true;
         }
 
-        private static int WriteString(ReadOnlySpan<byte> utf8, Span<byte> destination)
+        ReadOnlySpan<byte> array = row.Field(10);
+        int dimensions = BinaryPrimitives.ReadInt32BigEndian(array);
+        if (dimensions == 0)
         {
-            BinaryPrimitives.WriteUInt16BigEndian(destination, (ushort)utf8.Length);
-            utf8.CopyTo(destination[2..]);
-            return 2 + utf8.Length;
+            BinaryPrimitives.WriteUInt16BigEndian(output[at..], 0);
+            at += 2;
+            return true;
         }
+
+        int count = BinaryPrimitives.ReadInt32BigEndian(array[12..]);
+        if (dimensions != 1 || count > ushort.MaxValue)
+        {
+            notEncodable = "device_uuids is not a one-dimensional array of at most 65535 elements";
+            return false;
+        }
+
+        BinaryPrimitives.WriteUInt16BigEndian(output[at..], (ushort)count);
+        at += 2;
+        int offset = 20;
+        for (int i = 0; i < count; i++)
+        {
+            int length = BinaryPrimitives.ReadInt32BigEndian(array[offset..]);
+            offset += 4;
+            if (length < 0)
+            {
+                notEncodable = $"device_uuids element {i + 1} is NULL";
+                return false;
+            }
+
+            if (!TryString(array.Slice(offset, length), output, ref at, "a device UUID", ref notEncodable))
+            {
+                return false;
+            }
+
+            offset += length;
+        }
+
+        return true;
+    }
+
+    private static int WriteString(ReadOnlySpan<byte> utf8, Span<byte> destination)
+    {
+        BinaryPrimitives.WriteUInt16BigEndian(destination, (ushort)utf8.Length);
+        utf8.CopyTo(destination[2..]);
+        return 2 + utf8.Length;
     }
 }
