@@ -26,7 +26,10 @@ namespace Metering.Server.Audit;
 /// </summary>
 internal sealed partial class AuditGrpcService(NpgsqlDataSource dataSource, DeviceCatalog catalog, TimeProvider time, ILogger<AuditGrpcService> logger) : AuditService.AuditServiceBase
 {
-    /// <summary>Bytes per export chunk.</summary>
+    /// <summary>The largest message the server sends; a report past it is refused with AUDIT_LIMIT_EXCEEDED.</summary>
+    public const int ResponseBytesMax = 16 * 1024 * 1024;
+
+    /// <summary>Bytes of file per export chunk, well under a client's default 4 MiB receive limit.</summary>
     public const int ExportChunkBytes = 1024 * 1024;
 
     private readonly AuditQueryLog _log = new(dataSource, time);
@@ -156,7 +159,13 @@ internal sealed partial class AuditGrpcService(NpgsqlDataSource dataSource, Devi
         {
             RequireCode(request.CreditCode);
             RenderedReport report = await new HtmlReport(dataSource, catalog, time).RenderAsync(request.CreditCode, Day(request.FromDay, "from_day"), Day(request.ToDay, "to_day"), ct);
-            return new AuditReport { Html = ByteString.CopyFromUtf8(report.Html), Anomalies = (uint)report.Anomalies };
+            ByteString html = ByteString.CopyFromUtf8(report.Html);
+            if (html.Length > ResponseBytesMax - 1024)
+            {
+                throw new AuditLimitExceededException($"the report is {html.Length:N0} bytes, more than one response carries; render a shorter period, or use `metering audit report`");
+            }
+
+            return new AuditReport { Html = html, Anomalies = (uint)report.Anomalies };
         });
 
     public override Task<ListAuditQueriesResponse> ListAuditQueries(ListAuditQueriesRequest request, ServerCallContext context) =>

@@ -95,7 +95,9 @@ public sealed class MeteringServer : IAsyncDisposable
         {
             grpc.Interceptors.Add<AuthenticationInterceptor>();
             grpc.MaxReceiveMessageSize = settings.Limits.MessageBytesMax;
-            grpc.MaxSendMessageSize = 1024 * 1024;
+            // Audit answers (a rendered report, a provider's stream verifications) are sent whole;
+            // AuditGrpcService keeps each under this.
+            grpc.MaxSendMessageSize = AuditGrpcService.ResponseBytesMax;
             grpc.EnableDetailedErrors = false;
         });
 
