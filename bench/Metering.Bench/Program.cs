@@ -4,7 +4,8 @@ using Metering.Bench.Load;
 
 // Entry points in one executable: `load ...` runs the end-to-end ingest load tool, `rawlog ...`
 // the raw log parser and upload benchmark, `probe-cpu ...` the capacity probe's CPU path end to
-// end, `settle ...` nightly settlement against its SQL floor; anything
+// end, `settle ...` nightly settlement against its SQL floor, `verify ...` chain verification
+// against sha256sum; anything
 // else goes to BenchmarkDotNet (for example --filter '*RecordPipeline*').
 if (args.Length > 0 && args[0] == "load")
 {
@@ -14,6 +15,11 @@ if (args.Length > 0 && args[0] == "load")
 if (args.Length > 0 && args[0] == "settle")
 {
     return await SettleLoad.RunAsync(args[1..]);
+}
+
+if (args.Length > 0 && args[0] == "verify")
+{
+    return await VerifyLoad.RunAsync(args[1..]);
 }
 
 if (args.Length > 0 && args[0] == "rawlog")

@@ -10,6 +10,7 @@ public static class ProtocolNames
     private static readonly string[] RawLogRefusals = Names(RawlogReflection.Descriptor, nameof(RawLogRefusal));
     private static readonly string[] RegistryRefusals = Names(RegistryReflection.Descriptor, nameof(RegistryRefusal));
     private static readonly string[] CapacityRefusals = Names(CapacityReflection.Descriptor, nameof(CapacityRefusal));
+    private static readonly string[] AuditRefusals = Names(AuditReflection.Descriptor, nameof(AuditRefusal));
 
     public static string Of(IngestRefusal reason) => IngestRefusals[(int)reason];
 
@@ -18,6 +19,7 @@ public static class ProtocolNames
     public static string Of(RegistryRefusal reason) => RegistryRefusals[(int)reason];
 
     public static string Of(CapacityRefusal reason) => CapacityRefusals[(int)reason];
+    public static string Of(AuditRefusal reason) => AuditRefusals[(int)reason];
 
     private static string[] Names(FileDescriptor file, string enumName)
     {

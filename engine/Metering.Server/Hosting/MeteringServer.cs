@@ -9,6 +9,7 @@ using Metering.Engine.Storage;
 using Metering.Engine.Vouchers;
 using Metering.Server.Access;
 using Metering.Server.Capacity;
+using Metering.Server.Audit;
 using Metering.Server.Ingest;
 using Metering.Server.RawLogs;
 using Metering.Server.Registry;
@@ -93,6 +94,7 @@ public sealed class MeteringServer : IAsyncDisposable
         });
 
         builder.Services.AddSingleton(settings.Time);
+        builder.Services.AddSingleton(settings.Catalog);
         builder.Services.AddSingleton(new RecordValidator(settings.Limits, settings.Catalog));
         builder.Services.AddSingleton(_ => Database.CreateDataSource(settings.ConnectionString));
         builder.Services.AddSingleton(provider => new UsageStore(provider.GetRequiredService<NpgsqlDataSource>()));
@@ -112,7 +114,9 @@ public sealed class MeteringServer : IAsyncDisposable
         {
             grpc.Interceptors.Add<AuthenticationInterceptor>();
             grpc.MaxReceiveMessageSize = settings.Limits.MessageBytesMax;
-            grpc.MaxSendMessageSize = 1024 * 1024;
+            // Audit answers (a rendered report, a provider's stream verifications) are sent whole;
+            // AuditGrpcService keeps each under this.
+            grpc.MaxSendMessageSize = AuditGrpcService.ResponseBytesMax;
             grpc.EnableDetailedErrors = false;
         });
 
@@ -123,6 +127,7 @@ public sealed class MeteringServer : IAsyncDisposable
         app.MapGrpcService<CapacityGrpcService>();
         app.MapGrpcService<VoucherGrpcService>();
         app.MapGrpcService<SettlementGrpcService>();
+        app.MapGrpcService<AuditGrpcService>();
         await app.StartAsync(cancellationToken);
 
         string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();

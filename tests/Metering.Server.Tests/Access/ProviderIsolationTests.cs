@@ -89,6 +89,37 @@ public sealed class ProviderIsolationTests(PostgresFixture postgres)
         Assert.Equal(2U, fees.Version);
     }
 
+    [Fact]
+    public async Task Audit_chains_roots_and_proofs_are_open_to_a_provider_only_for_its_own_records()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        await using (IngestCall other = await IngestCall.OpenAsync(server.Client(), "cluster-x", TestServer.OtherProviderKey))
+        {
+            await other.SendAsync(TestRecords.Range(1, 5));
+        }
+
+        await using (IngestCall mine = await IngestCall.OpenAsync(server.Client(), "cluster-x"))
+        {
+            await mine.SendAsync(TestRecords.Range(1, 3));
+        }
+
+        var audit = new AuditService.AuditServiceClient(server.Channel);
+        Metadata me = TestServer.Bearer();
+        await AssertOtherProviderAsync(audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = TestRecords.OtherProvider }, me).ResponseAsync);
+        await AssertOtherProviderAsync(audit.VerifyChainAsync(new VerifyChainRequest(), me).ResponseAsync);
+        await AssertOtherProviderAsync(audit.GetMerkleRootAsync(new GetMerkleRootRequest { CreditCode = TestRecords.OtherProvider, Day = "2026-11-20" }, me).ResponseAsync);
+        await AssertOtherProviderAsync(audit.GetInclusionProofAsync(new GetInclusionProofRequest { CreditCode = TestRecords.OtherProvider, StreamId = "cluster-x", Sequence = 1 }, me).ResponseAsync);
+
+        // Its own: only its own streams, its own leaves.
+        VerifyChainResponse chains = await audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = TestRecords.Provider }, me);
+        Assert.Equal(["cluster-x", Admissions.ProofStream], chains.Streams.Select(s => s.StreamId).Order(StringComparer.Ordinal));
+        Assert.Equal(3UL, chains.Streams.Single(s => s.StreamId == "cluster-x").RecordsChecked);
+        MerkleRoot root = await audit.GetMerkleRootAsync(new GetMerkleRootRequest { CreditCode = TestRecords.Provider, Day = "2026-11-20" }, me);
+        Assert.Equal(3u, root.LeafCount);
+        InclusionProof proof = await audit.GetInclusionProofAsync(new GetInclusionProofRequest { CreditCode = TestRecords.Provider, StreamId = "cluster-x", Sequence = 2 }, me);
+        Assert.Equal(root.Root, proof.Root);
+    }
+
     private static async Task AssertOtherProviderAsync(Task call)
     {
         RpcException error = await Assert.ThrowsAsync<RpcException>(() => call);

@@ -1,0 +1,614 @@
+using System.Globalization;
+using Dapper;
+using Metering.Engine.Ingest;
+using Metering.Engine.Registry;
+using Metering.Engine.Storage;
+using Npgsql;
+
+namespace Metering.Engine.Audit;
+
+/// <summary>The kinds of anomaly the detectors raise.</summary>
+public enum AnomalyKind
+{
+    /// <summary>More devices in use at once, at a site and of a model, than the provider's verified capacity there.</summary>
+    CapacityExceeded,
+
+    /// <summary>One device UUID in overlapping records whose shares add up to more than the whole device.</summary>
+    DeviceDoubleBooked,
+
+    /// <summary>Usage outside the provider's admission validity, or while its service item was suspended.</summary>
+    OutsideAdmission,
+
+    /// <summary>A replay of a committed record arrived with different content.</summary>
+    TamperConflict,
+
+    /// <summary>A stream's hash chain does not verify.</summary>
+    ChainBroken,
+
+    /// <summary>A stream went without records for longer than the silence threshold.</summary>
+    SilentStream,
+
+    /// <summary>A day's usage far above the provider's own recent days.</summary>
+    UsageSpike,
+}
+
+/// <summary>One usage record offered as evidence.</summary>
+public sealed record EvidenceRow(
+    string StreamId, ulong Sequence, string JobId, string HolderCode, string DeviceModel, uint DeviceCount, uint ShareNumerator, uint ShareDenominator,
+    long StartUnixMs, long EndUnixMs, string Site, IReadOnlyList<string> DeviceUuids, long UsageNanoPflopsHours);
+
+/// <summary>A named figure of an anomaly (peak devices, capacity, baseline, hashes...).</summary>
+public readonly record struct Fact(string Name, string Value);
+
+/// <summary>An anomaly with its evidence rows; <paramref name="EvidenceTotal"/> counts them all when only the first few are kept.</summary>
+public sealed record Anomaly(
+    AnomalyKind Kind, string ProviderId, string? StreamId, long FromUnixMs, long UntilUnixMs, string Summary,
+    IReadOnlyList<EvidenceRow> Evidence, int EvidenceTotal, IReadOnlyList<Fact> Facts);
+
+/// <summary>The thresholds of the detectors; every one named and bounded.</summary>
+public sealed record DetectorSettings
+{
+    /// <summary>A stream silent for longer than this is an anomaly.</summary>
+    public TimeSpan Silence { get; init; } = TimeSpan.FromHours(2);
+
+    /// <summary>A day is a spike when its usage exceeds this many times the baseline...</summary>
+    public int SpikeFactor { get; init; } = 3;
+
+    /// <summary>...and exceeds the baseline by at least this much (10 PFLOPS·h by default), so that tiny days do not alarm.</summary>
+    public long SpikeMarginNanoPflopsHours { get; init; } = 10 * UsageNormaliser.NanoPflopsHoursPerPflopsHour;
+
+    /// <summary>The baseline looks back this many days before the day judged.</summary>
+    public int SpikeBaselineDays { get; init; } = 28;
+
+    /// <summary>Days with usage the baseline needs before any day is judged.</summary>
+    public int SpikeBaselineDaysMin { get; init; } = 7;
+
+    /// <summary>Evidence rows kept per anomaly.</summary>
+    public int EvidenceRowsMax { get; init; } = 20;
+
+    /// <summary>Anomalies kept per kind; past it the last one says how many more there were.</summary>
+    public int AnomaliesPerKindMax { get; init; } = 500;
+
+    /// <summary>Most records one detection run loads.</summary>
+    public int RecordsMax { get; init; } = 5_000_000;
+
+    public void Validate()
+    {
+        Require(Silence >= TimeSpan.FromMinutes(1) && Silence <= TimeSpan.FromDays(31), nameof(Silence), "between 1 minute and 31 days");
+        Require(SpikeFactor is >= 2 and <= 1_000, nameof(SpikeFactor), "between 2 and 1000");
+        Require(SpikeMarginNanoPflopsHours >= 0, nameof(SpikeMarginNanoPflopsHours), "0 or more");
+        Require(SpikeBaselineDays is >= 1 and <= 366, nameof(SpikeBaselineDays), "between 1 and 366");
+        Require(SpikeBaselineDaysMin >= 1 && SpikeBaselineDaysMin <= SpikeBaselineDays, nameof(SpikeBaselineDaysMin), "between 1 and SpikeBaselineDays");
+        Require(EvidenceRowsMax is >= 1 and <= 1_000, nameof(EvidenceRowsMax), "between 1 and 1000");
+        Require(AnomaliesPerKindMax is >= 1 and <= 100_000, nameof(AnomaliesPerKindMax), "between 1 and 100000");
+        Require(RecordsMax is >= 1 and <= 50_000_000, nameof(RecordsMax), "between 1 and 50000000");
+    }
+
+    private static void Require(bool condition, string name, string range)
+    {
+        if (!condition)
+        {
+            throw new ArgumentOutOfRangeException(name, $"Detector setting {name} must be {range}.");
+        }
+    }
+}
+
+/// <summary>
+/// Runs every detector over one provider and period [from, until) and returns the anomalies,
+/// each with its evidence. Proof streams are left out of every detector but the chain check:
+/// they are demonstrations, not usage. Records are loaded once, with a look-back of the longest
+/// record (24 h) so that overlaps with records that started before the period are seen.
+/// All arithmetic is integer; the rules are documented on each detector.
+/// </summary>
+public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider time, DetectorSettings? settings = null)
+{
+    /// <summary>Records that started this long before the period can still overlap it.</summary>
+    public static readonly TimeSpan LookBack = TimeSpan.FromHours(24);
+
+    private readonly DetectorSettings _settings = Validated(settings ?? new DetectorSettings());
+
+    private static DetectorSettings Validated(DetectorSettings settings)
+    {
+        settings.Validate();
+        return settings;
+    }
+
+    /// <summary>One loaded record; strings are shared between records.</summary>
+    private sealed record Usage(
+        string StreamId, ulong Sequence, string JobId, string HolderCode, string DeviceModel, uint DeviceCount, uint ShareNumerator, uint ShareDenominator,
+        long StartMs, long EndMs, string Site, string[] DeviceUuids, long UsageNpfh)
+    {
+        public EvidenceRow Evidence() => new(StreamId, Sequence, JobId, HolderCode, DeviceModel, DeviceCount, ShareNumerator, ShareDenominator, StartMs, EndMs, Site, DeviceUuids, UsageNpfh);
+    }
+
+    public async Task<IReadOnlyList<Anomaly>> DetectAsync(string providerId, DateTimeOffset from, DateTimeOffset until, CancellationToken cancellationToken)
+    {
+        if (until <= from || until - from > UsageFilter.PeriodMax)
+        {
+            throw new ArgumentException($"The period must end after it starts and span at most {UsageFilter.PeriodMax.TotalDays:0} days.");
+        }
+
+        long fromMs = from.ToUnixTimeMilliseconds();
+        long untilMs = until.ToUnixTimeMilliseconds();
+        List<Usage> records = await LoadAsync(providerId, fromMs - (long)LookBack.TotalMilliseconds, untilMs, cancellationToken);
+        var anomalies = new List<Anomaly>();
+        anomalies.AddRange(Capped(Capacity(providerId, records, fromMs, untilMs, await VerifiedCapacity.LoadAsync(dataSource, providerId, cancellationToken))));
+        anomalies.AddRange(Capped(DoubleBooked(providerId, records, fromMs, untilMs)));
+        anomalies.AddRange(Capped(OutsideAdmission(providerId, records, fromMs, await new AdmissionGate(dataSource).LoadAsync(providerId, cancellationToken))));
+        anomalies.AddRange(Capped(await TamperConflictsAsync(providerId, fromMs, untilMs, cancellationToken)));
+        anomalies.AddRange(Capped(await ChainBreaksAsync(providerId, cancellationToken)));
+        anomalies.AddRange(Capped(Silences(providerId, records, fromMs, Math.Min(untilMs, time.GetUtcNow().ToUnixTimeMilliseconds()), await LastEndBeforeAsync(providerId, fromMs, cancellationToken))));
+        anomalies.AddRange(Capped(await SpikesAsync(providerId, from, until, cancellationToken)));
+        return anomalies;
+    }
+
+    private IEnumerable<Anomaly> Capped(IEnumerable<Anomaly> anomalies)
+    {
+        int count = 0;
+        foreach (Anomaly anomaly in anomalies)
+        {
+            if (++count > _settings.AnomaliesPerKindMax)
+            {
+                yield break;
+            }
+
+            yield return anomaly;
+        }
+    }
+
+    private async Task<List<Usage>> LoadAsync(string providerId, long fromMs, long untilMs, CancellationToken cancellationToken)
+    {
+        var strings = new Dictionary<string, string>(StringComparer.Ordinal);
+        string Shared(string value) => strings.TryGetValue(value, out string? shared) ? shared : strings[value] = value;
+        var records = new List<Usage>();
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        await using var command = new NpgsqlCommand("""
+            SELECT stream_id, sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator,
+                   start_at, end_at, site, device_uuids, usage_npfh
+            FROM usage_records
+            WHERE provider_id = $1 AND start_at >= $2 AND start_at < $3 AND stream_id NOT LIKE 'proof:%'
+            ORDER BY stream_id COLLATE "C", sequence
+            """, connection)
+        {
+            Parameters = { new() { Value = providerId }, new() { Value = UnixMs.ToDateTime(fromMs) }, new() { Value = UnixMs.ToDateTime(untilMs) } },
+        };
+        await using NpgsqlDataReader reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            if (records.Count == _settings.RecordsMax)
+            {
+                throw new AuditLimitExceededException($"{providerId} has more than {_settings.RecordsMax:N0} records in the period; detect over a shorter period.");
+            }
+
+            string[] uuids = reader.IsDBNull(11) ? [] : reader.GetFieldValue<string[]>(11);
+            for (int i = 0; i < uuids.Length; i++)
+            {
+                uuids[i] = Shared(uuids[i]);
+            }
+
+            records.Add(new Usage(Shared(reader.GetString(0)), (ulong)reader.GetInt64(1), reader.GetString(2), Shared(reader.GetString(3)), Shared(reader.GetString(4)),
+                (uint)reader.GetInt32(5), (uint)reader.GetInt32(6), (uint)reader.GetInt32(7), UnixMs.FromDateTime(reader.GetDateTime(8)),
+                UnixMs.FromDateTime(reader.GetDateTime(9)), Shared(reader.GetString(10)), uuids, reader.GetInt64(12)));
+        }
+
+        return records;
+    }
+
+    /// <summary>
+    /// Rule: for each site and device model, the devices in use at any instant are the sum over
+    /// the records running then of devices × share (a record runs over [start, end)). The sum is
+    /// kept exactly, in units of 1/L of a device where L is the least common multiple of the
+    /// share denominators at that site and model. Wherever it exceeds the verified devices
+    /// there, one anomaly is raised per run of time above capacity; its evidence is the records
+    /// running at the peak.
+    /// </summary>
+    private IEnumerable<Anomaly> Capacity(string providerId, List<Usage> records, long fromMs, long untilMs, VerifiedCapacity capacity)
+    {
+        foreach (var group in records.GroupBy(r => (r.Site, r.DeviceModel)).OrderBy(g => g.Key.Site, StringComparer.Ordinal).ThenBy(g => g.Key.DeviceModel, StringComparer.Ordinal))
+        {
+            long devices = capacity.DevicesAt(group.Key.Site, group.Key.DeviceModel);
+            foreach (Overload overload in Overloads(group.ToList(), r => r.DeviceCount, devices))
+            {
+                if (overload.UntilMs <= fromMs || overload.FromMs >= untilMs)
+                {
+                    continue;
+                }
+
+                string peak = Shares(overload.PeakUnits, overload.UnitsPerDevice);
+                yield return new Anomaly(AnomalyKind.CapacityExceeded, providerId, null, overload.FromMs, overload.UntilMs,
+                    devices == 0
+                        ? $"{peak} {group.Key.DeviceModel} device(s) in use at {group.Key.Site}, where the provider has no verified {group.Key.DeviceModel} capacity"
+                        : $"{peak} {group.Key.DeviceModel} devices in use at once at {group.Key.Site}, above the verified {devices}",
+                    overload.Peak.Take(_settings.EvidenceRowsMax).Select(r => r.Evidence()).ToList(), overload.Peak.Count,
+                    [new("site", group.Key.Site), new("device_model", group.Key.DeviceModel), new("peak_devices", peak), new("verified_devices", devices.ToString(CultureInfo.InvariantCulture)),
+                     new("peak_at", Time(overload.PeakAtMs)), new("capacity_source", capacity.Source)]);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Rule: a device UUID is one physical device. Wherever the records that list the same UUID
+    /// and run at the same instant have shares adding up to more than one whole device (two
+    /// whole-device records, or MIG slices and time-slices beyond the device), one anomaly is
+    /// raised per run of such time, with the overlapping records as evidence. Records double
+    /// booked on several UUIDs at once are reported once, naming every UUID.
+    /// </summary>
+    private IEnumerable<Anomaly> DoubleBooked(string providerId, List<Usage> records, long fromMs, long untilMs)
+    {
+        var byUuid = new Dictionary<string, List<Usage>>(StringComparer.Ordinal);
+        foreach (Usage record in records)
+        {
+            foreach (string uuid in record.DeviceUuids)
+            {
+                if (!byUuid.TryGetValue(uuid, out List<Usage>? list))
+                {
+                    byUuid[uuid] = list = [];
+                }
+
+                list.Add(record);
+            }
+        }
+
+        // Overlaps found through several UUIDs of the same records are one anomaly.
+        var found = new Dictionary<string, (Overload Overload, List<string> Uuids)>(StringComparer.Ordinal);
+        foreach (var (uuid, list) in byUuid.OrderBy(p => p.Key, StringComparer.Ordinal))
+        {
+            if (list.Count < 2)
+            {
+                continue;
+            }
+
+            foreach (Overload overload in Overloads(list, _ => 1, 1))
+            {
+                if (overload.UntilMs <= fromMs || overload.FromMs >= untilMs)
+                {
+                    continue;
+                }
+
+                string key = string.Join('|', overload.Peak.Select(r => $"{r.StreamId}#{r.Sequence}").Order(StringComparer.Ordinal));
+                if (found.TryGetValue(key, out var existing))
+                {
+                    existing.Uuids.Add(uuid);
+                }
+                else
+                {
+                    found[key] = (overload, [uuid]);
+                }
+            }
+        }
+
+        foreach (var (overload, uuids) in found.Values.OrderBy(f => f.Overload.FromMs))
+        {
+            yield return new Anomaly(AnomalyKind.DeviceDoubleBooked, providerId, overload.Peak[0].StreamId, overload.FromMs, overload.UntilMs,
+                $"device {string.Join(", ", uuids)} is in {overload.Peak.Count} overlapping records whose shares add up to {Shares(overload.PeakUnits, overload.UnitsPerDevice)} devices",
+                overload.Peak.Take(_settings.EvidenceRowsMax).Select(r => r.Evidence()).ToList(), overload.Peak.Count,
+                [new("device_uuids", string.Join(", ", uuids)), new("peak_devices", Shares(overload.PeakUnits, overload.UnitsPerDevice)), new("peak_at", Time(overload.PeakAtMs))]);
+        }
+    }
+
+    /// <summary>A run of time over a limit: from when the sum first exceeded it until it fell back, the peak, and the records at the peak.</summary>
+    private sealed record Overload(long FromMs, long UntilMs, long PeakAtMs, Int128 PeakUnits, long UnitsPerDevice, List<Usage> Peak);
+
+    /// <summary>
+    /// Sweeps records in start order, keeping the running ones in a heap by end, and yields every
+    /// run during which the sum of devices × share exceeds <paramref name="limit"/> devices.
+    /// Shares are summed exactly in units of 1/L device, L the least common multiple of the
+    /// denominators present.
+    /// </summary>
+    private static IEnumerable<Overload> Overloads(List<Usage> records, Func<Usage, uint> devices, long limit)
+    {
+        long unitsPerDevice = 1;
+        foreach (uint denominator in records.Select(r => r.ShareDenominator).Distinct())
+        {
+            unitsPerDevice = checked(unitsPerDevice / (long)Gcd((ulong)unitsPerDevice, denominator) * denominator);
+            if (unitsPerDevice > 1_000_000_000_000)
+            {
+                throw new AuditLimitExceededException("The share denominators at one site and model have a common multiple above 10^12; the exact capacity sweep refuses them.");
+            }
+        }
+
+        Int128 Units(Usage r) => (Int128)devices(r) * r.ShareNumerator * (unitsPerDevice / r.ShareDenominator);
+        Int128 limitUnits = (Int128)limit * unitsPerDevice;
+        records.Sort((a, b) => a.StartMs != b.StartMs ? a.StartMs.CompareTo(b.StartMs) : a.EndMs.CompareTo(b.EndMs));
+        var running = new PriorityQueue<Usage, long>();
+        Int128 sum = 0;
+        Overload? open = null;
+        Int128 peak = 0;
+        long peakAt = 0;
+        List<Usage>? peakSet = null;
+
+        // Ends at or before the next start come first: a record ending when another starts does not overlap it.
+        IEnumerable<Overload> EndUntil(long timeMs)
+        {
+            while (running.TryPeek(out Usage? ending, out long endMs) && endMs <= timeMs)
+            {
+                running.Dequeue();
+                sum -= Units(ending);
+                if (open is not null && sum <= limitUnits)
+                {
+                    yield return open with { UntilMs = endMs, PeakAtMs = peakAt, PeakUnits = peak, Peak = peakSet! };
+                    open = null;
+                }
+            }
+        }
+
+        foreach (Usage record in records)
+        {
+            foreach (Overload closed in EndUntil(record.StartMs))
+            {
+                yield return closed;
+            }
+
+            running.Enqueue(record, record.EndMs);
+            sum += Units(record);
+            if (sum > limitUnits)
+            {
+                if (open is null)
+                {
+                    open = new Overload(record.StartMs, 0, record.StartMs, sum, unitsPerDevice, []);
+                    peak = 0;
+                }
+
+                if (sum > peak)
+                {
+                    peak = sum;
+                    peakAt = record.StartMs;
+                    peakSet = running.UnorderedItems.Select(i => i.Element).OrderBy(r => r.StartMs).ThenBy(r => r.StreamId, StringComparer.Ordinal).ThenBy(r => r.Sequence).ToList();
+                }
+            }
+        }
+
+        foreach (Overload closed in EndUntil(long.MaxValue))
+        {
+            yield return closed;
+        }
+    }
+
+    private static ulong Gcd(ulong a, ulong b)
+    {
+        while (b != 0)
+        {
+            (a, b) = (b, a % b);
+        }
+
+        return a;
+    }
+
+    /// <summary>Units of 1/L device as whole devices and a remainder fraction ("12", "3 5/7").</summary>
+    private static string Shares(Int128 units, long unitsPerDevice)
+    {
+        Int128 whole = units / unitsPerDevice;
+        Int128 rest = units % unitsPerDevice;
+        if (rest == 0)
+        {
+            return whole.ToString(CultureInfo.InvariantCulture);
+        }
+
+        long divisor = (long)Gcd((ulong)rest, (ulong)unitsPerDevice);
+        return string.Create(CultureInfo.InvariantCulture, $"{whole} {rest / divisor}/{unitsPerDevice / divisor}");
+    }
+
+    /// <summary>
+    /// Rule: every record that started in the period must lie wholly inside one of the
+    /// provider's admissions and overlap none of its suspensions, as the registry stands now (the
+    /// same check as the ingest gate, <see cref="AdmissionSnapshot.Check"/>). Ingest enforces it
+    /// when a record arrives; records that break it later come from a retroactive suspension, an
+    /// exit dated back, or rows written around ingest. Consecutive records of a stream refused
+    /// for the same reason make one anomaly.
+    /// </summary>
+    private IEnumerable<Anomaly> OutsideAdmission(string providerId, List<Usage> records, long fromMs, AdmissionSnapshot snapshot)
+    {
+        (Usage First, Refusal Refusal, List<Usage> Records)? run = null;
+        Anomaly Close((Usage First, Refusal Refusal, List<Usage> Records) r) =>
+            new(AnomalyKind.OutsideAdmission, providerId, r.First.StreamId, r.Records.Min(x => x.StartMs), r.Records.Max(x => x.EndMs),
+                r.Records.Count == 1 ? r.Refusal.Message : $"{r.Refusal.Message} (and {r.Records.Count - 1} more records of {r.First.StreamId})",
+                r.Records.Take(_settings.EvidenceRowsMax).Select(x => x.Evidence()).ToList(), r.Records.Count,
+                [new("reason", ProtocolNames.Of(r.Refusal.Reason))]);
+
+        foreach (Usage record in records)
+        {
+            if (record.StartMs < fromMs)
+            {
+                continue;
+            }
+
+            Refusal refusal = snapshot.Check(record.Sequence, record.StartMs, record.EndMs);
+            bool refused = refusal.Reason != default;
+            if (run is { } current && (!refused || current.First.StreamId != record.StreamId || current.Refusal.Reason != refusal.Reason))
+            {
+                yield return Close(current);
+                run = null;
+            }
+
+            if (refused)
+            {
+                if (run is null)
+                {
+                    run = (record, refusal, []);
+                }
+
+                run.Value.Records.Add(record);
+            }
+        }
+
+        if (run is { } last)
+        {
+            yield return Close(last);
+        }
+    }
+
+    /// <summary>Rule: every tamper conflict recorded in the period, with the committed record it contradicts.</summary>
+    private async Task<IEnumerable<Anomaly>> TamperConflictsAsync(string providerId, long fromMs, long untilMs, CancellationToken cancellationToken)
+    {
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        var conflicts = await connection.QueryAsync<(long Id, string Stream, long Sequence, byte[] Committed, byte[] Offered, byte[] Canonical, string? Peer, DateTime At)>(new CommandDefinition("""
+            SELECT conflict_id, stream_id, sequence, committed_hash, offered_hash, offered_canonical, peer, detected_at FROM tamper_conflicts
+            WHERE provider_id = @providerId AND detected_at >= @from AND detected_at < @until ORDER BY conflict_id LIMIT @limit
+            """, new { providerId, from = UnixMs.ToDateTime(fromMs), until = UnixMs.ToDateTime(untilMs), limit = _settings.AnomaliesPerKindMax }, cancellationToken: cancellationToken));
+        var anomalies = new List<Anomaly>();
+        foreach (var c in conflicts)
+        {
+            List<EvidenceRow> committed = await EvidenceAsync(connection, providerId, c.Stream, (ulong)c.Sequence, cancellationToken);
+            long at = UnixMs.FromDateTime(c.At);
+            anomalies.Add(new Anomaly(AnomalyKind.TamperConflict, providerId, c.Stream, at, at,
+                $"record {c.Sequence} of {c.Stream} was replayed with different content{(c.Peer is null ? "" : $" from {c.Peer}")}",
+                committed, committed.Count,
+                [new("conflict_id", c.Id.ToString(CultureInfo.InvariantCulture)), new("committed_hash", Convert.ToHexStringLower(c.Committed)),
+                 new("offered_hash", Convert.ToHexStringLower(c.Offered)), new("offered_canonical", Convert.ToHexStringLower(c.Canonical))]));
+        }
+
+        return anomalies;
+    }
+
+    /// <summary>Rule: every stream of the provider (proof streams too) is verified whole; each broken chain is one anomaly with the evidence of its first broken link.</summary>
+    private async Task<IEnumerable<Anomaly>> ChainBreaksAsync(string providerId, CancellationToken cancellationToken)
+    {
+        IReadOnlyList<ChainVerification> verifications = await new ChainVerifier(dataSource).VerifyProviderAsync(providerId, VerificationRange.Whole, cancellationToken);
+        var anomalies = new List<Anomaly>();
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        foreach (ChainVerification v in verifications.Where(v => !v.Intact))
+        {
+            ChainBreak evidence = v.Break!;
+            List<EvidenceRow> rows = await EvidenceAsync(connection, providerId, v.StreamId, evidence.Sequence, cancellationToken);
+            long at = rows.Count > 0 ? rows[0].StartUnixMs : 0;
+            anomalies.Add(new Anomaly(AnomalyKind.ChainBroken, providerId, v.StreamId, at, rows.Count > 0 ? rows[0].EndUnixMs : 0,
+                $"the chain of {v.StreamId} breaks at record {evidence.Sequence}: {evidence.Detail}", rows, rows.Count,
+                [new("kind", evidence.Kind.ToString()), new("sequence", evidence.Sequence.ToString(CultureInfo.InvariantCulture)), new("previous_hash", evidence.PreviousHashHex),
+                 new("stored_hash", evidence.StoredHashHex), new("computed_hash", evidence.ComputedHashHex), new("canonical", evidence.CanonicalHex)]));
+        }
+
+        return anomalies;
+    }
+
+    /// <summary>The end of each stream's last record that started before the period, for the silence before its first record in it.</summary>
+    private async Task<Dictionary<string, long>> LastEndBeforeAsync(string providerId, long fromMs, CancellationToken cancellationToken)
+    {
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        var rows = await connection.QueryAsync<(string Stream, DateTime? End)>(new CommandDefinition("""
+            SELECT s.stream_id,
+                   (SELECT r.end_at FROM usage_records r WHERE r.provider_id = s.provider_id AND r.stream_id = s.stream_id AND r.start_at < @from
+                    ORDER BY r.sequence DESC LIMIT 1)
+            FROM ingest_streams s WHERE s.provider_id = @providerId AND s.stream_id NOT LIKE 'proof:%'
+            """, new { providerId, from = UnixMs.ToDateTime(fromMs) }, cancellationToken: cancellationToken));
+        return rows.Where(r => r.End is not null).ToDictionary(r => r.Stream, r => UnixMs.FromDateTime(r.End!.Value), StringComparer.Ordinal);
+    }
+
+    /// <summary>
+    /// Rule: a stream is covered up to the latest end of its records so far (in start order).
+    /// Whenever the next record starts more than the silence threshold after that, or the
+    /// period (cut at now) ends that long after it, the stream was silent; a stream that had
+    /// records before the period counts from its last one. Streams that never sent a record are
+    /// not judged. The evidence is the record before the silence and the one after it.
+    /// </summary>
+    private IEnumerable<Anomaly> Silences(string providerId, List<Usage> records, long fromMs, long untilMs, Dictionary<string, long> lastEndBefore)
+    {
+        long silenceMs = (long)_settings.Silence.TotalMilliseconds;
+        var streams = records.GroupBy(r => r.StreamId).ToDictionary(g => g.Key, g => g.OrderBy(r => r.StartMs).ThenBy(r => r.Sequence).ToList(), StringComparer.Ordinal);
+        foreach (string stream in streams.Keys.Concat(lastEndBefore.Keys).Distinct().Order(StringComparer.Ordinal))
+        {
+            List<Usage> list = streams.GetValueOrDefault(stream) ?? [];
+            long covered = lastEndBefore.TryGetValue(stream, out long end) ? end : long.MinValue;
+            Usage? before = null;
+            foreach (Usage record in list)
+            {
+                if (covered != long.MinValue && record.StartMs - covered > silenceMs && record.StartMs > fromMs)
+                {
+                    long silentFrom = Math.Max(covered, fromMs);
+                    if (record.StartMs - silentFrom > silenceMs)
+                    {
+                        yield return Silence(providerId, stream, silentFrom, record.StartMs, before, record);
+                    }
+                }
+
+                covered = Math.Max(covered, record.EndMs);
+                before = record;
+            }
+
+            if (covered != long.MinValue && untilMs - Math.Max(covered, fromMs) > silenceMs)
+            {
+                yield return Silence(providerId, stream, Math.Max(covered, fromMs), untilMs, before, null);
+            }
+        }
+    }
+
+    private Anomaly Silence(string providerId, string stream, long fromMs, long untilMs, Usage? before, Usage? after)
+    {
+        long minutes = (untilMs - fromMs) / 60_000;
+        List<EvidenceRow> evidence = new[] { before, after }.Where(r => r is not null).Select(r => r!.Evidence()).ToList();
+        return new Anomaly(AnomalyKind.SilentStream, providerId, stream, fromMs, untilMs,
+            $"{stream} sent no records for {minutes / 60} h {minutes % 60} min{(after is null ? ", to the end of the period" : "")}",
+            evidence, evidence.Count,
+            [new("silent_minutes", minutes.ToString(CultureInfo.InvariantCulture)), new("threshold_minutes", ((long)_settings.Silence.TotalMinutes).ToString(CultureInfo.InvariantCulture))]);
+    }
+
+    /// <summary>
+    /// Rule: for each Asia/Shanghai day D of the period, the baseline is the lower median of the
+    /// provider's daily usage (nPFh) over the SpikeBaselineDays days before D, counting only days
+    /// with usage; with fewer than SpikeBaselineDaysMin such days, D is not judged. D is a spike
+    /// when usage(D) &gt; SpikeFactor × baseline and usage(D) − baseline ≥ the margin. Integers
+    /// throughout. The evidence is the day's largest records.
+    /// </summary>
+    private async Task<IEnumerable<Anomaly>> SpikesAsync(string providerId, DateTimeOffset from, DateTimeOffset until, CancellationToken cancellationToken)
+    {
+        DateOnly firstDay = ShanghaiTime.DateOf(from);
+        DateOnly lastDay = ShanghaiTime.DateOf(until.AddMilliseconds(-1));
+        DateTimeOffset historyFrom = ShanghaiTime.StartOf(firstDay.AddDays(-_settings.SpikeBaselineDays));
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        var daily = (await connection.QueryAsync<(string Day, decimal Usage)>(new CommandDefinition("""
+            SELECT to_char((start_at AT TIME ZONE 'UTC') + interval '8 hours', 'YYYY-MM-DD'), sum(usage_npfh)
+            FROM usage_records WHERE provider_id = @providerId AND start_at >= @historyFrom AND start_at < @until AND stream_id NOT LIKE 'proof:%'
+            GROUP BY 1
+            """, new { providerId, historyFrom = historyFrom.UtcDateTime, until = ShanghaiTime.StartOf(lastDay.AddDays(1)).UtcDateTime }, cancellationToken: cancellationToken)))
+            .ToDictionary(r => DateOnly.ParseExact(r.Day, "yyyy-MM-dd", CultureInfo.InvariantCulture), r => checked((long)r.Usage));
+
+        var anomalies = new List<Anomaly>();
+        for (DateOnly day = firstDay; day <= lastDay; day = day.AddDays(1))
+        {
+            List<long> history = Enumerable.Range(1, _settings.SpikeBaselineDays).Select(back => daily.GetValueOrDefault(day.AddDays(-back))).Where(u => u > 0).Order().ToList();
+            long usage = daily.GetValueOrDefault(day);
+            if (history.Count < _settings.SpikeBaselineDaysMin)
+            {
+                continue;
+            }
+
+            long baseline = history[(history.Count - 1) / 2];
+            if ((Int128)usage > (Int128)_settings.SpikeFactor * baseline && usage - baseline >= _settings.SpikeMarginNanoPflopsHours)
+            {
+                DateTimeOffset start = ShanghaiTime.StartOf(day);
+                var top = (await connection.QueryAsync<(string Stream, long Sequence)>(new CommandDefinition("""
+                    SELECT stream_id, sequence FROM usage_records
+                    WHERE provider_id = @providerId AND start_at >= @start AND start_at < @end AND stream_id NOT LIKE 'proof:%'
+                    ORDER BY usage_npfh DESC, stream_id, sequence LIMIT @limit
+                    """, new { providerId, start = start.UtcDateTime, end = start.AddDays(1).UtcDateTime, limit = _settings.EvidenceRowsMax }, cancellationToken: cancellationToken))).ToList();
+                var evidence = new List<EvidenceRow>();
+                foreach (var (stream, sequence) in top)
+                {
+                    evidence.AddRange(await EvidenceAsync(connection, providerId, stream, (ulong)sequence, cancellationToken));
+                }
+
+                long ratioPercent = baseline == 0 ? 0 : (long)((Int128)usage * 100 / baseline);
+                anomalies.Add(new Anomaly(AnomalyKind.UsageSpike, providerId, null, start.ToUnixTimeMilliseconds(), start.AddDays(1).ToUnixTimeMilliseconds(),
+                    $"{day:yyyy-MM-dd}: {Units.Fixed(usage, 9)} PFLOPS·h, {ratioPercent / 100}.{ratioPercent % 100:00}× the median of the {history.Count} previous days with usage ({Units.Fixed(baseline, 9)} PFLOPS·h)",
+                    evidence, evidence.Count,
+                    [new("day", day.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture)), new("usage_npfh", usage.ToString(CultureInfo.InvariantCulture)),
+                     new("baseline_npfh", baseline.ToString(CultureInfo.InvariantCulture)), new("baseline_days", history.Count.ToString(CultureInfo.InvariantCulture)),
+                     new("factor", _settings.SpikeFactor.ToString(CultureInfo.InvariantCulture))]));
+            }
+        }
+
+        return anomalies;
+    }
+
+    private static async Task<List<EvidenceRow>> EvidenceAsync(NpgsqlConnection connection, string providerId, string streamId, ulong sequence, CancellationToken cancellationToken)
+    {
+        var rows = await connection.QueryAsync<(string Job, string Holder, string Model, int Count, int Num, int Den, DateTime Start, DateTime End, string Site, string[]? Uuids, long Usage)>(new CommandDefinition("""
+            SELECT job_id, holder_code, device_model, device_count, share_numerator, share_denominator, start_at, end_at, site, device_uuids, usage_npfh
+            FROM usage_records WHERE provider_id = @providerId AND stream_id = @streamId AND sequence = @sequence
+            """, new { providerId, streamId, sequence = (long)sequence }, cancellationToken: cancellationToken));
+        return rows.Select(r => new EvidenceRow(streamId, sequence, r.Job, r.Holder, r.Model, (uint)r.Count, (uint)r.Num, (uint)r.Den,
+            UnixMs.FromDateTime(r.Start), UnixMs.FromDateTime(r.End), r.Site, r.Uuids ?? [], r.Usage)).ToList();
+    }
+
+    private static string Time(long unixMs) =>
+        DateTimeOffset.FromUnixTimeMilliseconds(unixMs).ToOffset(ShanghaiTime.Offset).ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture) + " Asia/Shanghai";
+}

@@ -1,0 +1,126 @@
+using System.Security.Cryptography;
+
+namespace Metering.Engine.Audit;
+
+/// <summary>Which side of the running hash a proof step's sibling stands on.</summary>
+public enum ProofSide
+{
+    /// <summary>The sibling is the left input: node = SHA-256(0x01 || sibling || running).</summary>
+    Left,
+
+    /// <summary>The sibling is the right input: node = SHA-256(0x01 || running || sibling).</summary>
+    Right,
+}
+
+/// <summary>One step of an inclusion proof, from the leaf towards the root.</summary>
+public readonly record struct ProofStep(ProofSide Side, byte[] Sibling);
+
+/// <summary>
+/// The binary Merkle tree of proto/metering/v1/merkle-proofs.md, built over chain hashes:
+///   leaf  = SHA-256(0x00 || chain hash)              (33 bytes in)
+///   node  = SHA-256(0x01 || left || right)           (65 bytes in)
+/// Levels pair nodes left to right; a last node without a partner is carried up unchanged (it
+/// is never paired with itself, so two different leaf lists never share a root by duplication).
+/// The root of no leaves is SHA-256 of nothing; the root of one leaf is that leaf's hash.
+/// The prefixes keep a leaf from ever being read as a node and the other way round.
+/// </summary>
+public static class MerkleTree
+{
+    public const int HashBytes = 32;
+    public const byte LeafPrefix = 0x00;
+    public const byte NodePrefix = 0x01;
+
+    /// <summary>Most leaves one tree takes (512 MiB of hashes); a larger day is refused, not truncated.</summary>
+    public const int LeavesMax = 16 * 1024 * 1024;
+
+    public static void LeafHash(ReadOnlySpan<byte> chainHash, Span<byte> destination)
+    {
+        Span<byte> input = stackalloc byte[1 + HashBytes];
+        input[0] = LeafPrefix;
+        chainHash.CopyTo(input[1..]);
+        SHA256.HashData(input, destination);
+    }
+
+    public static void NodeHash(ReadOnlySpan<byte> left, ReadOnlySpan<byte> right, Span<byte> destination)
+    {
+        Span<byte> input = stackalloc byte[1 + 2 * HashBytes];
+        input[0] = NodePrefix;
+        left.CopyTo(input[1..]);
+        right.CopyTo(input[(1 + HashBytes)..]);
+        SHA256.HashData(input, destination);
+    }
+
+    /// <summary>
+    /// The root over <paramref name="leaves"/> (leaf hashes, 32 bytes each, back to back), and the
+    /// proof steps of leaf <paramref name="proveIndex"/> when it is not negative. The leaf buffer
+    /// is overwritten level by level.
+    /// </summary>
+    public static byte[] Root(Span<byte> leaves, int proveIndex, List<ProofStep>? proof)
+    {
+        if (leaves.Length % HashBytes != 0)
+        {
+            throw new ArgumentException("Leaf hashes must be 32 bytes each.", nameof(leaves));
+        }
+
+        int count = leaves.Length / HashBytes;
+        if (count == 0)
+        {
+            return SHA256.HashData(ReadOnlySpan<byte>.Empty);
+        }
+
+        int index = proveIndex;
+        while (count > 1)
+        {
+            if (index >= 0 && proof is not null)
+            {
+                if ((index & 1) == 1)
+                {
+                    proof.Add(new ProofStep(ProofSide.Left, leaves.Slice((index - 1) * HashBytes, HashBytes).ToArray()));
+                }
+                else if (index + 1 < count)
+                {
+                    proof.Add(new ProofStep(ProofSide.Right, leaves.Slice((index + 1) * HashBytes, HashBytes).ToArray()));
+                }
+
+                index /= 2;
+            }
+
+            // Parent k goes to slot k, which is never ahead of the children 2k and 2k+1 it reads.
+            int parents = 0;
+            for (int k = 0; k + 1 < count; k += 2)
+            {
+                NodeHash(leaves.Slice(k * HashBytes, HashBytes), leaves.Slice((k + 1) * HashBytes, HashBytes), leaves.Slice(parents * HashBytes, HashBytes));
+                parents++;
+            }
+
+            if ((count & 1) == 1)
+            {
+                leaves.Slice((count - 1) * HashBytes, HashBytes).CopyTo(leaves.Slice(parents * HashBytes, HashBytes));
+                parents++;
+            }
+
+            count = parents;
+        }
+
+        return leaves[..HashBytes].ToArray();
+    }
+
+    /// <summary>Folds a leaf hash up a proof; equal to the root when the leaf is in the tree at the proof's position.</summary>
+    public static byte[] Fold(ReadOnlySpan<byte> leafHash, IEnumerable<ProofStep> steps)
+    {
+        byte[] running = leafHash.ToArray();
+        foreach (ProofStep step in steps)
+        {
+            if (step.Side == ProofSide.Left)
+            {
+                NodeHash(step.Sibling, running, running);
+            }
+            else
+            {
+                NodeHash(running, step.Sibling, running);
+            }
+        }
+
+        return running;
+    }
+}

@@ -1,0 +1,367 @@
+using System.Globalization;
+using Google.Protobuf;
+using Grpc.Core;
+using Metering.Engine.Access;
+using Metering.Engine.Audit;
+using Metering.Engine.Catalog;
+using Metering.Engine.Ingest;
+using Metering.Engine.Registry;
+using Metering.Protocol.V1;
+using Metering.Server.Access;
+using Microsoft.Extensions.Logging;
+using Npgsql;
+using EngineAnomaly = Metering.Engine.Audit.Anomaly;
+using EngineAnomalyKind = Metering.Engine.Audit.AnomalyKind;
+using EngineChainBreak = Metering.Engine.Audit.ChainBreak;
+using EngineExportFormat = Metering.Engine.Audit.ExportFormat;
+using EngineProof = Metering.Engine.Audit.InclusionProof;
+using EngineUsageTotals = Metering.Engine.Audit.UsageTotals;
+
+namespace Metering.Server.Audit;
+
+/// <summary>
+/// The audit service over gRPC. The access policy has checked the caller's role; this service
+/// keeps providers to their own chains, roots and proofs, writes every call to the audit query
+/// log before running it, and never writes anything else.
+/// </summary>
+internal sealed partial class AuditGrpcService(NpgsqlDataSource dataSource, DeviceCatalog catalog, TimeProvider time, ILogger<AuditGrpcService> logger) : AuditService.AuditServiceBase
+{
+    /// <summary>The largest message the server sends; a report past it is refused with AUDIT_LIMIT_EXCEEDED.</summary>
+    public const int ResponseBytesMax = 16 * 1024 * 1024;
+
+    /// <summary>Bytes of file per export chunk, well under a client's default 4 MiB receive limit.</summary>
+    public const int ExportChunkBytes = 1024 * 1024;
+
+    private readonly AuditQueryLog _log = new(dataSource, time);
+
+    public override Task<VerifyChainResponse> VerifyChain(VerifyChainRequest request, ServerCallContext context) =>
+        Run(context, "VerifyChain", request, request.CreditCode, async (actor, ct) =>
+        {
+            RequireCode(request.CreditCode);
+            var range = new VerificationRange(Math.Max(request.FromSequence, 1), request.ToSequence == 0 ? null : request.ToSequence);
+            var verifier = new ChainVerifier(dataSource);
+            IReadOnlyList<ChainVerification> results = request.StreamId.Length == 0
+                ? await verifier.VerifyProviderAsync(request.CreditCode, range, ct)
+                : [await verifier.VerifyStreamAsync(request.CreditCode, request.StreamId, range, null, ct)];
+            return new VerifyChainResponse { Streams = { results.Select(ToMessage) } };
+        });
+
+    public override Task<MerkleRoot> GetMerkleRoot(GetMerkleRootRequest request, ServerCallContext context) =>
+        Run(context, "GetMerkleRoot", request, request.CreditCode, async (actor, ct) =>
+        {
+            RequireCode(request.CreditCode);
+            DailyRoot root = await new DailyMerkle(dataSource).RootAsync(request.CreditCode, Day(request.Day, "day"), AsOf(request.AsOfUnixMs), ct);
+            return new MerkleRoot
+            {
+                CreditCode = root.ProviderId,
+                Day = request.Day,
+                AsOfUnixMs = request.AsOfUnixMs,
+                LeafCount = (uint)root.LeafCount,
+                Root = ByteString.CopyFrom(root.Root),
+            };
+        });
+
+    public override Task<Protocol.V1.InclusionProof> GetInclusionProof(GetInclusionProofRequest request, ServerCallContext context) =>
+        Run(context, "GetInclusionProof", request, request.CreditCode, async (actor, ct) =>
+        {
+            RequireCode(request.CreditCode);
+            if (request.StreamId.Length == 0 || request.Sequence == 0)
+            {
+                throw new ArgumentException("stream_id and sequence name the record to prove; both are required");
+            }
+
+            EngineProof proof = await new DailyMerkle(dataSource).ProveAsync(request.CreditCode, request.StreamId, request.Sequence, AsOf(request.AsOfUnixMs), ct);
+            return new Protocol.V1.InclusionProof
+            {
+                CreditCode = proof.ProviderId,
+                Day = proof.Day.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture),
+                AsOfUnixMs = request.AsOfUnixMs,
+                StreamId = proof.StreamId,
+                Sequence = proof.Sequence,
+                LeafIndex = (uint)proof.LeafIndex,
+                LeafCount = (uint)proof.LeafCount,
+                PreviousHash = ByteString.CopyFrom(proof.PreviousHash),
+                Canonical = ByteString.CopyFrom(proof.Canonical),
+                ChainHash = ByteString.CopyFrom(proof.ChainHash),
+                LeafHash = ByteString.CopyFrom(proof.LeafHash),
+                Steps =
+                {
+                    proof.Steps.Select(s => new Protocol.V1.ProofStep
+                    {
+                        Side = s.Side == Engine.Audit.ProofSide.Left ? Protocol.V1.ProofSide.Left : Protocol.V1.ProofSide.Right,
+                        Sibling = ByteString.CopyFrom(s.Sibling),
+                    }),
+                },
+                Root = ByteString.CopyFrom(proof.Root),
+            };
+        });
+
+    public override Task<QueryUsageResponse> QueryUsage(QueryUsageRequest request, ServerCallContext context) =>
+        Run(context, "QueryUsage", request, NullIfEmpty(request.Selection?.CreditCode), async (actor, ct) =>
+        {
+            UsageSummary summary = await new UsageQueries(dataSource).SummariseAsync(Filter(request.Selection), Grouping(request.GroupBy), (int)Math.Min(request.GroupsLimit, int.MaxValue), ct);
+            return new QueryUsageResponse { Groups = { summary.Groups.Select(ToMessage) }, Total = ToMessage(summary.Total), Truncated = summary.Truncated };
+        });
+
+    public override async Task ExportUsage(ExportUsageRequest request, IServerStreamWriter<ExportChunk> responseStream, ServerCallContext context)
+    {
+        await Run(context, "ExportUsage", request, NullIfEmpty(request.Selection?.CreditCode), async (actor, ct) =>
+        {
+            UsageFilter filter = Filter(request.Selection);
+            EngineExportFormat format = request.Format switch
+            {
+                Protocol.V1.ExportFormat.Csv => EngineExportFormat.Csv,
+                Protocol.V1.ExportFormat.Parquet => EngineExportFormat.Parquet,
+                _ => throw new ArgumentException("format must be EXPORT_FORMAT_CSV or EXPORT_FORMAT_PARQUET"),
+            };
+
+            // Parquet writes its footer with seeks, so the file is built in a temporary file and
+            // then streamed; CSV goes the same way to keep one path.
+            string path = Path.GetTempFileName();
+            try
+            {
+                long records;
+                await using (var file = new FileStream(path, FileMode.Create, FileAccess.ReadWrite, FileShare.None, 64 * 1024, FileOptions.DeleteOnClose))
+                {
+                    records = await new UsageExport(dataSource).WriteAsync(filter, format, file, ct);
+                    file.Position = 0;
+                    var buffer = new byte[ExportChunkBytes];
+                    int read;
+                    while ((read = await file.ReadAsync(buffer, ct)) > 0)
+                    {
+                        await responseStream.WriteAsync(new ExportChunk { Data = ByteString.CopyFrom(buffer, 0, read) }, ct);
+                    }
+                }
+
+                await responseStream.WriteAsync(new ExportChunk { Records = (ulong)records }, ct);
+            }
+            finally
+            {
+                File.Delete(path);
+            }
+
+            return true;
+        });
+    }
+
+    public override Task<DetectAnomaliesResponse> DetectAnomalies(DetectAnomaliesRequest request, ServerCallContext context) =>
+        Run(context, "DetectAnomalies", request, request.CreditCode, async (actor, ct) =>
+        {
+            RequireCode(request.CreditCode);
+            var settings = new DetectorSettings { Silence = request.SilenceMinutes == 0 ? new DetectorSettings().Silence : TimeSpan.FromMinutes(request.SilenceMinutes) };
+            IReadOnlyList<EngineAnomaly> anomalies = await new AnomalyDetectors(dataSource, time, settings)
+                .DetectAsync(request.CreditCode, Instant(request.FromUnixMs, "from_unix_ms"), Instant(request.UntilUnixMs, "until_unix_ms"), ct);
+            return new DetectAnomaliesResponse { Anomalies = { anomalies.Select(ToMessage) } };
+        });
+
+    public override Task<AuditReport> RenderReport(RenderReportRequest request, ServerCallContext context) =>
+        Run(context, "RenderReport", request, request.CreditCode, async (actor, ct) =>
+        {
+            RequireCode(request.CreditCode);
+            RenderedReport report = await new HtmlReport(dataSource, catalog, time).RenderAsync(request.CreditCode, Day(request.FromDay, "from_day"), Day(request.ToDay, "to_day"), ct);
+            ByteString html = ByteString.CopyFromUtf8(report.Html);
+            if (html.Length > ResponseBytesMax - 1024)
+            {
+                throw new AuditLimitExceededException($"the report is {html.Length:N0} bytes, more than one response carries; render a shorter period, or use `metering audit report`");
+            }
+
+            return new AuditReport { Html = html, Anomalies = (uint)report.Anomalies };
+        });
+
+    public override Task<ListAuditQueriesResponse> ListAuditQueries(ListAuditQueriesRequest request, ServerCallContext context) =>
+        Run(context, "ListAuditQueries", request, null, async (actor, ct) =>
+        {
+            IReadOnlyList<AuditQueryEntry> entries = await _log.ListAsync(NullIfEmpty(request.Actor), (int)Math.Min(request.Limit, int.MaxValue), ct);
+            return new ListAuditQueriesResponse
+            {
+                Queries =
+                {
+                    entries.Select(e => new AuditQuery
+                    {
+                        QueryId = e.QueryId,
+                        Actor = e.Actor,
+                        Role = e.Role,
+                        Via = e.Via,
+                        AskedAtUnixMs = e.AskedAt.ToUnixTimeMilliseconds(),
+                        Query = e.Query,
+                        CreditCode = e.ProviderId ?? "",
+                        ParametersJson = e.Parameters,
+                    }),
+                },
+            };
+        });
+
+    private static StreamVerification ToMessage(ChainVerification v) => new()
+    {
+        StreamId = v.StreamId,
+        FromSequence = v.FromSequence,
+        ToSequence = v.ToSequence,
+        CommittedSequence = v.CommittedSequence,
+        RecordsChecked = v.RecordsChecked,
+        CanonicalBytes = (ulong)v.CanonicalBytes,
+        Intact = v.Intact,
+        ComputedHead = ByteString.CopyFrom(v.ComputedHead),
+        Break = v.Break is { } b ? ToMessage(b) : null,
+    };
+
+    private static Protocol.V1.ChainBreak ToMessage(EngineChainBreak b) => new()
+    {
+        Sequence = b.Sequence,
+        Kind = b.Kind switch
+        {
+            Engine.Audit.ChainBreakKind.HashMismatch => Protocol.V1.ChainBreakKind.HashMismatch,
+            Engine.Audit.ChainBreakKind.RecordMissing => Protocol.V1.ChainBreakKind.RecordMissing,
+            Engine.Audit.ChainBreakKind.RecordDuplicated => Protocol.V1.ChainBreakKind.RecordDuplicated,
+            Engine.Audit.ChainBreakKind.RecordNotEncodable => Protocol.V1.ChainBreakKind.RecordNotEncodable,
+            Engine.Audit.ChainBreakKind.HeadMismatch => Protocol.V1.ChainBreakKind.HeadMismatch,
+            _ => Protocol.V1.ChainBreakKind.RecordBeyondHead,
+        },
+        PreviousHashHex = b.PreviousHashHex,
+        StoredHashHex = b.StoredHashHex,
+        ComputedHashHex = b.ComputedHashHex,
+        CanonicalHex = b.CanonicalHex,
+        Detail = b.Detail,
+    };
+
+    private static Protocol.V1.UsageTotals ToMessage(EngineUsageTotals t) => new()
+    {
+        Key = t.Key,
+        Records = (ulong)t.Records,
+        DeviceMs = (ulong)t.DeviceMs,
+        UsageNpfh = (ulong)t.UsageNanoPflopsHours,
+        DeviceHours = t.DeviceHours,
+        PflopsHours = t.PflopsHours,
+    };
+
+    private static Protocol.V1.Anomaly ToMessage(EngineAnomaly a) => new()
+    {
+        Kind = a.Kind switch
+        {
+            EngineAnomalyKind.CapacityExceeded => Protocol.V1.AnomalyKind.AnomalyCapacityExceeded,
+            EngineAnomalyKind.DeviceDoubleBooked => Protocol.V1.AnomalyKind.AnomalyDeviceDoubleBooked,
+            EngineAnomalyKind.OutsideAdmission => Protocol.V1.AnomalyKind.AnomalyOutsideAdmission,
+            EngineAnomalyKind.TamperConflict => Protocol.V1.AnomalyKind.AnomalyTamperConflict,
+            EngineAnomalyKind.ChainBroken => Protocol.V1.AnomalyKind.AnomalyChainBroken,
+            EngineAnomalyKind.SilentStream => Protocol.V1.AnomalyKind.AnomalySilentStream,
+            _ => Protocol.V1.AnomalyKind.AnomalyUsageSpike,
+        },
+        StreamId = a.StreamId ?? "",
+        FromUnixMs = a.FromUnixMs,
+        UntilUnixMs = a.UntilUnixMs,
+        Summary = a.Summary,
+        EvidenceTotal = (uint)a.EvidenceTotal,
+        Evidence =
+        {
+            a.Evidence.Select(r => new EvidenceRecord
+            {
+                StreamId = r.StreamId,
+                Sequence = r.Sequence,
+                JobId = r.JobId,
+                HolderCode = r.HolderCode,
+                DeviceModel = r.DeviceModel,
+                DeviceCount = r.DeviceCount,
+                ShareNumerator = r.ShareNumerator,
+                ShareDenominator = r.ShareDenominator,
+                StartUnixMs = r.StartUnixMs,
+                EndUnixMs = r.EndUnixMs,
+                Site = r.Site,
+                DeviceUuids = { r.DeviceUuids },
+                UsageNpfh = (ulong)r.UsageNanoPflopsHours,
+            }),
+        },
+        Facts = { a.Facts.Select(f => new AnomalyFact { Name = f.Name, Value = f.Value }) },
+    };
+
+    private static UsageFilter Filter(UsageSelection? selection)
+    {
+        if (selection is null || selection.FromUnixMs == 0 || selection.UntilUnixMs == 0)
+        {
+            throw new ArgumentException("selection.from_unix_ms and selection.until_unix_ms are required");
+        }
+
+        return new UsageFilter
+        {
+            ProviderId = NullIfEmpty(selection.CreditCode),
+            HolderCode = NullIfEmpty(selection.HolderCode),
+            JobId = NullIfEmpty(selection.JobId),
+            DeviceModel = NullIfEmpty(selection.DeviceModel),
+            Site = NullIfEmpty(selection.Site),
+            StreamId = NullIfEmpty(selection.StreamId),
+            From = Instant(selection.FromUnixMs, "from_unix_ms"),
+            Until = Instant(selection.UntilUnixMs, "until_unix_ms"),
+            IncludeProofStreams = selection.IncludeProofStreams,
+        };
+    }
+
+    private static UsageGrouping Grouping(UsageGroupBy groupBy) => groupBy switch
+    {
+        UsageGroupBy.GroupByNone => UsageGrouping.None,
+        UsageGroupBy.GroupByProvider => UsageGrouping.Provider,
+        UsageGroupBy.GroupByHolder => UsageGrouping.Holder,
+        UsageGroupBy.GroupByJob => UsageGrouping.Job,
+        UsageGroupBy.GroupByDeviceModel => UsageGrouping.DeviceModel,
+        UsageGroupBy.GroupBySite => UsageGrouping.Site,
+        UsageGroupBy.GroupByStream => UsageGrouping.Stream,
+        UsageGroupBy.GroupByDay => UsageGrouping.Day,
+        _ => throw new ArgumentException($"group_by {groupBy} is not known"),
+    };
+
+    private static DateTimeOffset Instant(long unixMs, string field) =>
+        unixMs is > 0 and < 253_402_300_800_000 ? DateTimeOffset.FromUnixTimeMilliseconds(unixMs) : throw new ArgumentException($"{field} must be a Unix millisecond time after 1970");
+
+    private static DateTimeOffset? AsOf(long unixMs) => unixMs == 0 ? null : Instant(unixMs, "as_of_unix_ms");
+
+    private static DateOnly Day(string text, string field) =>
+        DateOnly.TryParseExact(text, "yyyy-MM-dd", CultureInfo.InvariantCulture, DateTimeStyles.None, out DateOnly day) ? day : throw new ArgumentException($"{field} must be a date yyyy-MM-dd, not '{text}'");
+
+    private static string? NullIfEmpty(string? text) => string.IsNullOrEmpty(text) ? null : text;
+
+    private static void RequireCode(string creditCode)
+    {
+        if (creditCode.Length == 0)
+        {
+            throw new ArgumentException("credit_code names the provider and is required");
+        }
+    }
+
+    /// <summary>
+    /// Keeps a provider to its own data, logs the query, runs it, and turns the engine's
+    /// exceptions into the contract's refusals.
+    /// </summary>
+    private async Task<T> Run<T>(ServerCallContext context, string query, IMessage request, string? providerId, Func<Actor, CancellationToken, Task<T>> call)
+    {
+        Actor actor = AuthenticationInterceptor.Caller(context);
+        if (actor.Role == Role.Provider && providerId != actor.Subject)
+        {
+            LogRefused(logger, query, actor.ToString(), "OTHER_PROVIDER", $"named '{providerId}'");
+            throw Errors.Refused(StatusCode.PermissionDenied, ProtocolNames.Of(RegistryRefusal.OtherProvider),
+                $"a provider audits only its own data; {actor.Subject} named '{providerId ?? "every provider"}'");
+        }
+
+        await _log.RecordJsonAsync(actor, AuditChannel.Grpc, query, providerId, JsonFormatter.Default.Format(request), context.CancellationToken);
+        LogQuery(logger, query, actor.ToString(), providerId ?? "all providers");
+        try
+        {
+            return await call(actor, context.CancellationToken);
+        }
+        catch (Exception error) when (Refusal(error) is { } refusal)
+        {
+            LogRefused(logger, query, actor.ToString(), ProtocolNames.Of(refusal.Reason), error.Message);
+            throw Errors.Refused(refusal.Code, ProtocolNames.Of(refusal.Reason), error.Message);
+        }
+    }
+
+    private static (StatusCode Code, AuditRefusal Reason)? Refusal(Exception error) => error switch
+    {
+        ArgumentException => (StatusCode.InvalidArgument, AuditRefusal.AuditArgumentInvalid),
+        RecordNotFoundException => (StatusCode.NotFound, AuditRefusal.AuditNotFound),
+        AuditLimitExceededException => (StatusCode.ResourceExhausted, AuditRefusal.AuditLimitExceeded),
+        _ => null,
+    };
+
+    [LoggerMessage(EventId = 6001, Level = LogLevel.Information, Message = "Audit {Query} by {Actor} about {Provider}")]
+    private static partial void LogQuery(ILogger logger, string query, string actor, string provider);
+
+    [LoggerMessage(EventId = 6002, Level = LogLevel.Information, Message = "Audit {Query} by {Actor} refused: {Reason}: {Detail}")]
+    private static partial void LogRefused(ILogger logger, string query, string actor, string reason, string detail);
+}

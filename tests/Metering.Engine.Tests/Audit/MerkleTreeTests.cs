@@ -1,0 +1,84 @@
+using System.Security.Cryptography;
+using Metering.Engine.Audit;
+
+namespace Metering.Engine.Tests.Audit;
+
+/// <summary>The tree of proto/metering/v1/merkle-proofs.md, held to its worked example and its odd-node rule.</summary>
+public sealed class MerkleTreeTests
+{
+    private const string H1 = "ed5a281d7ffcf6dc84590f833a9e50c1e3e6b3284188cdaf0bfdf441804382d1";
+    private const string H2 = "521b9f3e84c94430fe1159deacb71122279e2e64282a5b2cf06ba10c18224ebd";
+    private const string H3 = "785c4f6d7d7a152c889eba1e9b067565065aa7646f501aebdfd2099c3af873f3";
+    private const string L1 = "f6c975b9b9ceb29b225966fce9e4aee7de32b394f3a3f2b4aa4963cf29b7c2f9";
+    private const string L3 = "7cea4b407d3aeda1d5f0911a67cd982f7b3d30384ecb358d6ab0eecdb0e6aebc";
+    private const string N12 = "32094ca0ce53ef8390a0d7fd08dcb7908390ea9f3cea27eec6bce243b9e2841c";
+    private const string Root = "df801b59095301f259d5eb3dbf3780165aaa6c50a8a3e7ef6ce4967ed200ceb2";
+
+    [Fact]
+    public void The_worked_example_gives_the_documented_root_and_proof()
+    {
+        byte[] leaves = Leaves(H1, H2, H3);
+        Assert.Equal(L1, Convert.ToHexStringLower(leaves.AsSpan(0, 32)));
+        Assert.Equal(L3, Convert.ToHexStringLower(leaves.AsSpan(64, 32)));
+
+        var steps = new List<ProofStep>();
+        byte[] root = MerkleTree.Root(leaves, 1, steps);
+
+        Assert.Equal(Root, Convert.ToHexStringLower(root));
+        Assert.Equal([(ProofSide.Left, L1), (ProofSide.Right, L3)], steps.Select(s => (s.Side, Convert.ToHexStringLower(s.Sibling))));
+    }
+
+    [Fact]
+    public void A_leaf_carried_up_past_a_level_has_no_step_there()
+    {
+        var steps = new List<ProofStep>();
+        MerkleTree.Root(Leaves(H1, H2, H3), 2, steps);
+
+        Assert.Equal([(ProofSide.Left, N12)], steps.Select(s => (s.Side, Convert.ToHexStringLower(s.Sibling))));
+    }
+
+    [Fact]
+    public void No_leaves_give_the_hash_of_nothing_and_one_leaf_is_its_own_root()
+    {
+        Assert.Equal(Convert.ToHexStringLower(SHA256.HashData([])), Convert.ToHexStringLower(MerkleTree.Root([], -1, null)));
+        Assert.Equal(L1, Convert.ToHexStringLower(MerkleTree.Root(Leaves(H1), 0, [])));
+    }
+
+    [Theory]
+    [InlineData(2)]
+    [InlineData(5)]
+    [InlineData(8)]
+    [InlineData(13)]
+    [InlineData(100)]
+    public void Every_leaf_folds_up_its_proof_to_the_root(int count)
+    {
+        var random = new Random(count);
+        byte[][] chainHashes = Enumerable.Range(0, count).Select(_ => { var h = new byte[32]; random.NextBytes(h); return h; }).ToArray();
+        byte[] expected = MerkleTree.Root(Leaves(chainHashes.Select(Convert.ToHexStringLower).ToArray()), -1, null);
+        for (int index = 0; index < count; index++)
+        {
+            var steps = new List<ProofStep>();
+            byte[] leaves = Leaves(chainHashes.Select(Convert.ToHexStringLower).ToArray());
+            byte[] leaf = leaves.AsSpan(index * 32, 32).ToArray();
+            Assert.Equal(expected, MerkleTree.Root(leaves, index, steps));
+            Assert.Equal(expected, MerkleTree.Fold(leaf, steps));
+        }
+    }
+
+    [Fact]
+    public void Swapping_two_leaves_changes_the_root()
+    {
+        Assert.NotEqual(MerkleTree.Root(Leaves(H1, H2, H3), -1, null), MerkleTree.Root(Leaves(H2, H1, H3), -1, null));
+    }
+
+    private static byte[] Leaves(params string[] chainHashes)
+    {
+        var leaves = new byte[chainHashes.Length * 32];
+        for (int i = 0; i < chainHashes.Length; i++)
+        {
+            MerkleTree.LeafHash(Convert.FromHexString(chainHashes[i]), leaves.AsSpan(i * 32, 32));
+        }
+
+        return leaves;
+    }
+}

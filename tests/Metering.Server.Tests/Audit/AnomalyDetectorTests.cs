@@ -1,0 +1,234 @@
+using Metering.Engine.Audit;
+using Metering.Engine.Catalog;
+using Metering.Engine.Registry;
+using Metering.Protocol.V1;
+using Metering.Server.Tests.Infrastructure;
+using Metering.Tests.Shared;
+using Anomaly = Metering.Engine.Audit.Anomaly;
+using AnomalyKind = Metering.Engine.Audit.AnomalyKind;
+
+namespace Metering.Server.Tests.Audit;
+
+/// <summary>
+/// Each detector against an anomaly planted for it, through ingest or the registry as it would
+/// happen, or by direct SQL as a tamperer would; and a clean period that raises nothing.
+/// The test providers' verified capacity is 256 H100-SXM at sz-nanshan-dc1 and 64 at
+/// sz-longgang-dc2 (their admitted filing).
+/// </summary>
+[Collection(PostgresCollection.Name)]
+public sealed class AnomalyDetectorTests(PostgresFixture postgres)
+{
+    private const string Nanshan = "sz-nanshan-dc1";
+
+    /// <summary>2026-11-20T00:00Z = 08:00 in Shenzhen.</summary>
+    private static readonly long Day0 = TestRecords.BaseStartMs;
+
+    private static DateTimeOffset At(long unixMs) => DateTimeOffset.FromUnixTimeMilliseconds(unixMs);
+
+    private static UsageRecord Record(ulong sequence, long startMs, int minutes, uint devices, params string[] uuids)
+    {
+        UsageRecord record = TestRecords.Valid(sequence);
+        record.StartUnixMs = startMs;
+        record.EndUnixMs = startMs + minutes * 60_000L;
+        record.DeviceCount = devices;
+        record.DeviceUuids.Clear();
+        record.DeviceUuids.Add(uuids);
+        record.ClearEnergyMwh();
+        return record;
+    }
+
+    /// <summary>Twelve hours of five-minute records, one after another, 8 devices, each on its own UUIDs.</summary>
+    private static List<UsageRecord> Steady(long startMs, int count = 144) =>
+        Enumerable.Range(1, count).Select(i => Record((ulong)i, startMs + (i - 1) * 300_000L, 5, 8, $"GPU-{i % 4:D4}")).ToList();
+
+    private static Task<IReadOnlyList<Anomaly>> DetectAsync(AuditScene scene, long fromMs, long untilMs) =>
+        new AnomalyDetectors(scene.DataSource, TimeProvider.System).DetectAsync(TestRecords.Provider, At(fromMs), At(untilMs), CancellationToken.None);
+
+    [Fact]
+    public async Task A_clean_period_raises_nothing()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await scene.StreamAsync("cluster-a", Steady(Day0));
+        await scene.StreamAsync("cluster-b", Steady(Day0).Select(r => { r.Site = "sz-longgang-dc2"; r.DeviceUuids[0] = r.DeviceUuids[0] + "-b"; return r; }).ToList());
+
+        IReadOnlyList<Anomaly> anomalies = await DetectAsync(scene, Day0, Day0 + 12 * 3_600_000L);
+
+        Assert.Empty(anomalies);
+    }
+
+    [Fact]
+    public async Task Concurrent_devices_above_the_verified_capacity_are_caught_with_the_records_at_the_peak()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        // 200 + 100 H100 at once at a site verified for 256; an hour later 200 alone is fine.
+        await scene.StreamAsync("cap-a", [Record(1, Day0, 60, 200), Record(2, Day0 + 3_600_000, 60, 200)]);
+        await scene.StreamAsync("cap-b", [Record(1, Day0 + 1_800_000, 20, 100)]);
+        // A100s at a site where none were verified.
+        UsageRecord a100 = Record(1, Day0, 30, 1);
+        a100.DeviceModel = "A100-SXM";
+        a100.ShareNumerator = 3;
+        a100.ShareDenominator = 7;
+        await scene.StreamAsync("cap-c", [a100]);
+
+        IReadOnlyList<Anomaly> anomalies = await DetectAsync(scene, Day0, Day0 + 3 * 3_600_000L);
+
+        Anomaly h100 = Assert.Single(anomalies, a => a.Kind == AnomalyKind.CapacityExceeded && a.Facts.Contains(new Fact("device_model", "H100-SXM")));
+        Assert.Equal((Day0 + 1_800_000, Day0 + 3_000_000), (h100.FromUnixMs, h100.UntilUnixMs));
+        Assert.Contains(new Fact("peak_devices", "300"), h100.Facts);
+        Assert.Contains(new Fact("verified_devices", "256"), h100.Facts);
+        Assert.Equal([("cap-a", 1UL), ("cap-b", 1UL)], h100.Evidence.Select(e => (e.StreamId, e.Sequence)).Order());
+        Anomaly undeclared = Assert.Single(anomalies, a => a.Kind == AnomalyKind.CapacityExceeded && a.Facts.Contains(new Fact("device_model", "A100-SXM")));
+        Assert.Contains(new Fact("peak_devices", "0 3/7"), undeclared.Facts);
+    }
+
+    [Fact]
+    public async Task One_device_uuid_in_overlapping_whole_device_records_is_caught_but_mig_slices_that_fit_are_not()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await scene.StreamAsync("uuid-a", [Record(1, Day0, 60, 2, "GPU-AAAA", "GPU-BBBB"), Record(2, Day0 + 3_600_000, 60, 1, "GPU-CCCC")]);
+        await scene.StreamAsync("uuid-b", [Record(1, Day0 + 600_000, 30, 2, "GPU-BBBB", "GPU-AAAA")]);
+        // Three 2/7 slices of one A100 at once: 6/7 of the device, which it has.
+        var slices = Enumerable.Range(1, 3).Select(i =>
+        {
+            UsageRecord r = Record((ulong)i, Day0, 60, 1, "GPU-MIG0");
+            r.DeviceModel = "A100-SXM";
+            r.ShareNumerator = 2;
+            r.ShareDenominator = 7;
+            r.JobId = $"mig-{i}";
+            return r;
+        }).ToList();
+        for (int i = 0; i < slices.Count; i++)
+        {
+            slices[i].Sequence = 1;
+            await scene.StreamAsync($"mig-{i}", [slices[i]]);
+        }
+
+        IReadOnlyList<Anomaly> anomalies = await DetectAsync(scene, Day0, Day0 + 3 * 3_600_000L);
+
+        Anomaly booked = Assert.Single(anomalies, a => a.Kind == AnomalyKind.DeviceDoubleBooked);
+        Assert.Contains("GPU-AAAA, GPU-BBBB", booked.Summary, StringComparison.Ordinal);
+        Assert.Equal((Day0 + 600_000, Day0 + 2_400_000), (booked.FromUnixMs, booked.UntilUnixMs));
+        Assert.Equal([("uuid-a", 1UL), ("uuid-b", 1UL)], booked.Evidence.Select(e => (e.StreamId, e.Sequence)).Order());
+    }
+
+    [Fact]
+    public async Task Usage_during_a_suspension_dated_back_and_after_a_revocation_dated_back_is_caught()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await scene.StreamAsync("cluster-a", Steady(Day0, 48));
+        // The operator suspends from 01:00 to 02:00 UTC, after the usage was committed.
+        var clock = new ManualClock(At(Day0 + 3_600_000));
+        var registry = new ProviderRegistry(scene.DataSource, DeviceCatalog.LoadEmbedded(), clock);
+        var change = new ChangeServiceItemStatusRequest { CreditCode = TestRecords.Provider, ServiceItem = Admissions.ServiceItem, Action = ServiceItemAction.Suspend, Reasons = "metering review" };
+        await registry.ChangeServiceItemStatusAsync(Admissions.Operator, change, CancellationToken.None);
+        clock.Now = At(Day0 + 2 * 3_600_000);
+        await registry.ChangeServiceItemStatusAsync(Admissions.Operator, new ChangeServiceItemStatusRequest { CreditCode = TestRecords.Provider, ServiceItem = Admissions.ServiceItem, Action = ServiceItemAction.Reinstate }, CancellationToken.None);
+
+        IReadOnlyList<Anomaly> suspended = await DetectAsync(scene, Day0, Day0 + 4 * 3_600_000L);
+
+        Anomaly during = Assert.Single(suspended, a => a.Kind == AnomalyKind.OutsideAdmission);
+        Assert.Contains(new Fact("reason", "PROVIDER_SUSPENDED"), during.Facts);
+        // Records 13 to 24 run from 01:00 to 02:00.
+        Assert.Equal(12, during.EvidenceTotal);
+        Assert.Equal(Enumerable.Range(13, 12).Select(i => (ulong)i), during.Evidence.Select(e => e.Sequence));
+
+        // Revoked at 03:00: everything after is outside admission too.
+        clock.Now = At(Day0 + 3 * 3_600_000);
+        await registry.ChangeServiceItemStatusAsync(Admissions.Operator, new ChangeServiceItemStatusRequest { CreditCode = TestRecords.Provider, ServiceItem = Admissions.ServiceItem, Action = ServiceItemAction.Revoke, Reasons = "false materials" }, CancellationToken.None);
+        IReadOnlyList<Anomaly> revoked = await DetectAsync(scene, Day0, Day0 + 4 * 3_600_000L);
+        Anomaly after = Assert.Single(revoked, a => a.Kind == AnomalyKind.OutsideAdmission && a.Facts.Contains(new Fact("reason", "ADMISSION_REVOKED")));
+        Assert.Equal(12, after.EvidenceTotal);
+        Assert.Equal(37UL, after.Evidence[0].Sequence);
+    }
+
+    [Fact]
+    public async Task A_tamper_conflict_and_a_row_changed_by_sql_are_each_caught_with_their_evidence()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await scene.StreamAsync("cluster-a", Steady(Day0, 20));
+        await using (IngestCall call = await IngestCall.OpenAsync(scene.Server.Client(), "cluster-a"))
+        {
+            UsageRecord forged = Steady(Day0, 20)[4];
+            forged.DeviceCount = 7;
+            await call.SendRefusedAsync([forged]);
+        }
+
+        await scene.TamperAsync($"UPDATE usage_records SET holder_code = '91440300MA5G2XK3P1' WHERE provider_id = '{TestRecords.Provider}' AND stream_id = 'cluster-a' AND sequence = 9");
+        long now = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+
+        IReadOnlyList<Anomaly> anomalies = await DetectAsync(scene, Day0, now + 60_000);
+
+        Anomaly conflict = Assert.Single(anomalies, a => a.Kind == AnomalyKind.TamperConflict);
+        Assert.Equal(("cluster-a", 5UL), (conflict.Evidence.Single().StreamId, conflict.Evidence.Single().Sequence));
+        Assert.Contains(conflict.Facts, f => f.Name == "offered_canonical" && f.Value.Length > 100);
+        Anomaly broken = Assert.Single(anomalies, a => a.Kind == AnomalyKind.ChainBroken);
+        Assert.Equal(9UL, broken.Evidence.Single().Sequence);
+        Assert.Contains(new Fact("kind", "HashMismatch"), broken.Facts);
+    }
+
+    [Fact]
+    public async Task A_stream_silent_for_longer_than_the_threshold_is_caught_between_its_records_and_at_the_end()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        // Ten records, then three hours of nothing, then ten more, then nothing to the period's end.
+        List<UsageRecord> records = Steady(Day0, 10);
+        records.AddRange(Steady(Day0 + 50 * 60_000L + 3 * 3_600_000L, 10).Select(r => { r.Sequence += 10; return r; }));
+        await scene.StreamAsync("cluster-a", records);
+
+        IReadOnlyList<Anomaly> anomalies = await DetectAsync(scene, Day0, Day0 + 8 * 3_600_000L);
+
+        var silences = anomalies.Where(a => a.Kind == AnomalyKind.SilentStream).ToList();
+        Assert.Equal(2, silences.Count);
+        Assert.Equal((Day0 + 50 * 60_000L, Day0 + 50 * 60_000L + 3 * 3_600_000L), (silences[0].FromUnixMs, silences[0].UntilUnixMs));
+        Assert.Equal([10UL, 11UL], silences[0].Evidence.Select(e => e.Sequence));
+        Assert.Equal(Day0 + 8 * 3_600_000L, silences[1].UntilUnixMs);
+        Assert.Equal([20UL], silences[1].Evidence.Select(e => e.Sequence));
+
+        // A threshold above the gaps raises nothing.
+        IReadOnlyList<Anomaly> relaxed = await new AnomalyDetectors(scene.DataSource, TimeProvider.System, new DetectorSettings { Silence = TimeSpan.FromHours(5) })
+            .DetectAsync(TestRecords.Provider, At(Day0), At(Day0 + 8 * 3_600_000L), CancellationToken.None);
+        Assert.DoesNotContain(relaxed, a => a.Kind == AnomalyKind.SilentStream);
+    }
+
+    [Fact]
+    public async Task A_day_far_above_the_providers_own_median_is_a_spike_and_an_ordinary_day_is_not()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        // Eight days with one hour of 8 H100 each (about 7.9 PFLOPS·h), then a day with 200 H100
+        // for an hour (about 197.9 PFLOPS·h), then an ordinary day again.
+        long first = Day0 - 9 * 86_400_000L;
+        var records = new List<UsageRecord>();
+        for (int day = 0; day < 10; day++)
+        {
+            records.Add(Record((ulong)day + 1, first + day * 86_400_000L, 60, day == 8 ? 200u : 8u));
+        }
+
+        await scene.StreamAsync("cluster-a", records);
+        DateOnly spikeDay = ShanghaiTime.DateOf(At(first + 8 * 86_400_000L));
+
+        IReadOnlyList<Anomaly> anomalies = await DetectAsync(scene, ShanghaiTime.StartOf(spikeDay).ToUnixTimeMilliseconds(), ShanghaiTime.StartOf(spikeDay.AddDays(2)).ToUnixTimeMilliseconds());
+
+        Anomaly spike = Assert.Single(anomalies, a => a.Kind == AnomalyKind.UsageSpike);
+        Assert.Contains(new Fact("day", spikeDay.ToString("yyyy-MM-dd", System.Globalization.CultureInfo.InvariantCulture)), spike.Facts);
+        Assert.Contains(new Fact("baseline_days", "8"), spike.Facts);
+        Assert.Equal(9UL, spike.Evidence[0].Sequence);
+    }
+
+    [Fact]
+    public async Task Rows_tampered_by_sql_are_caught_by_the_chain_check_and_by_the_detector_of_what_they_fake()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await scene.StreamAsync("cluster-a", Steady(Day0, 24));
+        await scene.StreamAsync("cluster-b", Steady(Day0, 24).Select(r => { r.DeviceUuids[0] = "GPU-B" + r.Sequence; return r; }).ToList());
+        string where = $"provider_id = '{TestRecords.Provider}' AND stream_id = 'cluster-b'";
+        // Inflated devices, and a device UUID moved onto another stream's running device.
+        await scene.TamperAsync($"UPDATE usage_records SET device_count = 300 WHERE {where} AND sequence = 3");
+        await scene.TamperAsync($"UPDATE usage_records SET device_uuids = ARRAY['GPU-0002'] WHERE {where} AND sequence = 10");
+
+        IReadOnlyList<Anomaly> anomalies = await DetectAsync(scene, Day0, Day0 + 2 * 3_600_000L);
+
+        Assert.Equal(3UL, Assert.Single(anomalies, a => a.Kind == AnomalyKind.ChainBroken).Evidence.Single().Sequence);
+        Assert.Contains(("cluster-b", 3UL), Assert.Single(anomalies, a => a.Kind == AnomalyKind.CapacityExceeded).Evidence.Select(e => (e.StreamId, e.Sequence)));
+        Assert.Equal([("cluster-a", 10UL), ("cluster-b", 10UL)], Assert.Single(anomalies, a => a.Kind == AnomalyKind.DeviceDoubleBooked).Evidence.Select(e => (e.StreamId, e.Sequence)).Order());
+    }
+}
