@@ -173,8 +173,10 @@ internal static class Admissions
     /// </summary>
     public static FileApplicationRequest SeededFleetFiling(string code)
     {
+        // The filing's own sites stay as they are (256 H100 at sz-nanshan-dc1, 64 at
+        // sz-longgang-dc2): the audit detectors judge capacity per site, and their tests plant
+        // usage above those. The large fleet sits at a site of its own.
         FileApplicationRequest filing = Filing(code);
-        filing.Capacity.Clear();
         filing.Capacity.Add(SeededModels.Select(model => new DeclaredDevices { Site = "sz-test-fleet", DeviceModel = model, DeviceCount = SeededDevicesPerModel }));
         return filing;
     }
