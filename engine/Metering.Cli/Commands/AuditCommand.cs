@@ -316,6 +316,5 @@ internal static class AuditCommand
 
     private static string N(ulong value) => value.ToString("N0", CultureInfo.InvariantCulture);
 
-    private static string Local(long unixMs) =>
-        DateTimeOffset.FromUnixTimeMilliseconds(unixMs).ToOffset(ShanghaiTime.Offset).ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture);
+    private static string Local(long unixMs) => LocalTime.Minutes(unixMs);
 }

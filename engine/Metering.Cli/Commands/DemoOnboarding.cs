@@ -123,7 +123,7 @@ internal static class DemoOnboarding
 
     private static Metadata Bearer(string key) => new() { { "authorization", "Bearer " + key } };
 
-    private static string Local(DateTimeOffset instant) => instant.ToOffset(ShanghaiTime.Offset).ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture);
+    private static string Local(DateTimeOffset instant) => LocalTime.Minutes(instant);
 
     private static void Step(string text) => Console.WriteLine($"[{DateTime.Now:HH:mm:ss}] {text}");
 }

@@ -65,5 +65,5 @@ internal static class KeyCommand
         return new Command("key", "API keys: issue, revoke and list credentials for providers, operators, auditors and settlement.") { issue, revoke, list };
     }
 
-    private static string Local(DateTimeOffset instant) => instant.ToOffset(TimeSpan.FromHours(8)).ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture);
+    private static string Local(DateTimeOffset instant) => LocalTime.Minutes(instant);
 }

@@ -21,9 +21,9 @@ internal static class RegistryOutput
     private const int ValueCharsMax = 32;
     private const int Sha256PrefixChars = 12;
 
-    public static string Local(long unixMs) => unixMs == 0 ? "" : Local(DateTimeOffset.FromUnixTimeMilliseconds(unixMs));
+    public static string Local(long unixMs) => unixMs == 0 ? "" : LocalTime.Minutes(unixMs);
 
-    public static string Local(DateTimeOffset instant) => instant.ToOffset(ShanghaiTime.Offset).ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture);
+    public static string Local(DateTimeOffset instant) => LocalTime.Minutes(instant);
 
     public static string Pflops(long gflops) => FilingRules.Pflops(gflops);
 

@@ -15,6 +15,13 @@ internal sealed class AuthenticationInterceptor(CredentialStore credentials) : I
 {
     private const string ActorKey = "metering.actor";
 
+    /// <summary>The key of an "authorization: Bearer &lt;key&gt;" header, or null.</summary>
+    public static string? KeyOf(ServerCallContext context)
+    {
+        string? header = context.RequestHeaders.GetValue("authorization");
+        return header is not null && header.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) ? header["Bearer ".Length..].Trim() : null;
+    }
+
     public static Actor Caller(ServerCallContext context) =>
         context.UserState.TryGetValue(ActorKey, out object? actor) && actor is Actor caller
             ? caller
@@ -47,8 +54,7 @@ internal sealed class AuthenticationInterceptor(CredentialStore credentials) : I
     private async Task AuthoriseAsync(ServerCallContext context)
     {
         string? header = context.RequestHeaders.GetValue("authorization");
-        string? key = header is not null && header.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) ? header["Bearer ".Length..].Trim() : null;
-        Actor actor = await credentials.AuthenticateAsync(key, context.CancellationToken)
+        Actor actor = await credentials.AuthenticateAsync(KeyOf(context), context.CancellationToken)
             ?? throw Errors.Refused(StatusCode.Unauthenticated, IngestRefusal.Unauthenticated,
                 header is null ? "no authorization header; send 'authorization: Bearer <api key>'" : "the API key is not valid, or it was revoked");
         if (!AccessPolicy.Allows(context.Method, actor.Role))

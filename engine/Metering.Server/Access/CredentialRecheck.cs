@@ -26,9 +26,7 @@ internal sealed class CredentialRecheck(CredentialStore credentials, CredentialR
             return;
         }
 
-        string? header = context.RequestHeaders.GetValue("authorization");
-        string? key = header is not null && header.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) ? header["Bearer ".Length..].Trim() : null;
-        if (await credentials.AuthenticateAsync(key, cancellationToken) is null)
+        if (await credentials.AuthenticateAsync(AuthenticationInterceptor.KeyOf(context), cancellationToken) is null)
         {
             throw Errors.Refused(StatusCode.Unauthenticated, IngestRefusal.Unauthenticated, "the API key was revoked while the stream was open; nothing after the last acknowledgement was committed");
         }
