@@ -97,8 +97,10 @@ internal static class VerifyLoad
 
             Console.WriteLine($"vacuum: {clock.Elapsed.TotalSeconds:0.0} s (not timed)");
 
-            // (2) Verify, timed.
-            var verifier = new ChainVerifier(dataSource);
+            // (2) Verify, timed, through the wire COPY reader the verifier uses by default; then
+            // the same through Npgsql's COPY stream, and PostgreSQL writing the same rows to
+            // /dev/null itself, as baselines of the same run (not in the RESULT line).
+            var verifier = new ChainVerifier(dataSource, new VerifierLimits { Transport = CopyTransport.Wire });
             clock.Restart();
             IReadOnlyList<ChainVerification> results = await verifier.VerifyProviderAsync(Provider, VerificationRange.Whole);
             verifySeconds = clock.Elapsed.TotalSeconds;
@@ -114,8 +116,24 @@ internal static class VerifyLoad
                 throw new InvalidOperationException($"Only {verifiedBytes:N0} canonical bytes were written; {canonicalTarget:N0} were asked for.");
             }
 
+            long verifiedRecords = results.Sum(r => (long)r.RecordsChecked);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"verify: {results.Sum(r => (long)r.RecordsChecked):N0} records, {verifiedBytes:N0} canonical bytes in {verifySeconds:0.00} s = {verifiedBytes / 1e6 / verifySeconds:0.0} MB/s ({Environment.ProcessorCount} cores, {results.Count} streams)"));
+                $"verify: {verifiedRecords:N0} records, {verifiedBytes:N0} canonical bytes in {verifySeconds:0.00} s = {verifiedBytes / 1e6 / verifySeconds:0.0} MB/s ({Environment.ProcessorCount} cores, {results.Count} streams, wire COPY reader)"));
+
+            clock.Restart();
+            IReadOnlyList<ChainVerification> viaNpgsql = await new ChainVerifier(dataSource, new VerifierLimits { Transport = CopyTransport.Npgsql }).VerifyProviderAsync(Provider, VerificationRange.Whole);
+            double npgsqlSeconds = clock.Elapsed.TotalSeconds;
+            if (viaNpgsql.Any(r => !r.Intact) || viaNpgsql.Sum(r => r.CanonicalBytes) != verifiedBytes)
+            {
+                throw new InvalidOperationException("Verification through Npgsql does not agree with the wire reader.");
+            }
+
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"verify through Npgsql's COPY stream (baseline): {npgsqlSeconds:0.00} s = {verifiedBytes / 1e6 / npgsqlSeconds:0.0} MB/s"));
+
+            double floorSeconds = await ServerCopyFloorAsync(dataSource, usage.Select(r => r.StreamId).ToList());
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"server floor: PostgreSQL writing the same rows to /dev/null itself, {Math.Min(Environment.ProcessorCount, usage.Count)} at once: {floorSeconds:0.00} s = {verifiedBytes / 1e6 / floorSeconds:0.0} MB/s of canonical encoding ({floorSeconds * 1e6 / verifiedRecords * Math.Min(Environment.ProcessorCount, usage.Count):0.00} µs per row per backend)"));
 
             // (3) The same bytes to a file, then sha256sum over it.
             clock.Restart();
@@ -217,6 +235,34 @@ internal static class VerifyLoad
         }
 
         return await all;
+    }
+
+    /// <summary>
+    /// How long PostgreSQL takes just to produce the rows the verifier reads, with the same
+    /// query and settings, into /dev/null on the server: no client, no hashing. The verifier
+    /// cannot go faster than this on the same cores.
+    /// </summary>
+    private static async Task<double> ServerCopyFloorAsync(NpgsqlDataSource dataSource, List<string> streams)
+    {
+        var clock = Stopwatch.StartNew();
+        await Parallel.ForEachAsync(streams, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, async (stream, ct) =>
+        {
+            await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(ct);
+            await connection.ExecuteAsync(new CommandDefinition(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; "
+                + "SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off; "
+                + "SELECT set_config('metering.audit_provider', @Provider, true), set_config('metering.audit_stream', @stream, true)",
+                new { Provider, stream }, cancellationToken: ct));
+            await connection.ExecuteAsync(new CommandDefinition("""
+                COPY (SELECT sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator,
+                             start_at, end_at, site, device_uuids, energy_mwh, chain_hash
+                      FROM usage_records
+                      WHERE provider_id = current_setting('metering.audit_provider') AND stream_id = current_setting('metering.audit_stream')
+                      ORDER BY sequence) TO '/dev/null' (FORMAT BINARY);
+                COMMIT
+                """, commandTimeout: 3_600, cancellationToken: ct));
+        });
+        return clock.Elapsed.TotalSeconds;
     }
 
     /// <summary>Runs sha256sum over the file and returns its wall time in seconds.</summary>

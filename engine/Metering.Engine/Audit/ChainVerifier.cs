@@ -4,6 +4,7 @@ using System.Security.Cryptography;
 using System.Text;
 using Dapper;
 using Metering.Engine.Ingest;
+using Metering.Engine.Storage;
 using Npgsql;
 
 namespace Metering.Engine.Audit;
@@ -79,9 +80,25 @@ public interface ICanonicalSink
     void Write(ReadOnlySpan<byte> canonical);
 }
 
+/// <summary>How the verifier reads rows out of PostgreSQL.</summary>
+public enum CopyTransport
+{
+    /// <summary>The wire COPY reader where the data source allows it (a Unix socket or a TCP connection without TLS, and a supported login), Npgsql otherwise.</summary>
+    Auto,
+
+    /// <summary>Always Npgsql's raw COPY stream.</summary>
+    Npgsql,
+
+    /// <summary>Always the wire COPY reader; a data source it cannot serve is an error. The bench uses this to measure what it claims to.</summary>
+    Wire,
+}
+
 /// <summary>Bounds of one verifier, checked when it is made.</summary>
 public sealed record VerifierLimits
 {
+    /// <summary>How rows are read; see <see cref="CopyTransport"/>.</summary>
+    public CopyTransport Transport { get; init; } = CopyTransport.Auto;
+
     /// <summary>Most COPY readers running at once (connections taken from the pool).</summary>
     public int ParallelReadersMax { get; init; } = Math.Clamp(Environment.ProcessorCount, 1, 16);
 
@@ -342,47 +359,29 @@ public sealed class ChainVerifier
 
     private sealed record SegmentResult(ulong RecordsChecked, long CanonicalBytes, byte[] ComputedHead, ChainBreak? Break);
 
-    /// <summary>Verifies [first, last] of one stream on one connection, starting from the stored hash of record first - 1.</summary>
+    /// <summary>
+    /// Verifies [first, last] of one stream in one read-only snapshot. Record first - 1, when
+    /// there is one, is read too: its stored hash is where the segment starts, and the segment
+    /// before checks that very hash.
+    /// </summary>
     private async Task<SegmentResult> VerifySegmentAsync(string providerId, string streamId, ulong first, ulong last, ICanonicalSink? sink, CancellationToken cancellationToken)
     {
-        await using NpgsqlConnection connection = await _dataSource.OpenConnectionAsync(cancellationToken);
-        // Read-only and in one snapshot: the verifier never writes, and the rows it reads do not
-        // change under it.
-        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(System.Data.IsolationLevel.RepeatableRead, cancellationToken);
-        await connection.ExecuteAsync(new CommandDefinition("SET TRANSACTION READ ONLY", transaction: transaction, cancellationToken: cancellationToken));
-        await connection.ExecuteAsync(new CommandDefinition(SetKeys, new { providerId, streamId }, transaction, cancellationToken: cancellationToken));
-        // Read the range in primary-key order (a merge of each partition's index): it touches
-        // only the range asked for, needs no sort, and streams from the first row. Left to
-        // itself the planner scans whole partitions and sorts on disk, and its parallel workers
-        // compete with the segments that already run side by side.
-        await connection.ExecuteAsync(new CommandDefinition(
-            "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; SET LOCAL max_parallel_workers_per_gather = 0",
-            transaction: transaction, cancellationToken: cancellationToken));
-
+        await using RowSource source = await OpenRowsAsync(providerId, streamId, first > 1 ? first - 1 : 1, last, cancellationToken);
+        CopyRowReader rows = source.Rows;
         byte[] previous = new byte[CanonicalEncoding.HashBytes];
         if (first > 1)
         {
-            List<byte[]> before = (await connection.QueryAsync<byte[]>(new CommandDefinition(
-                "SELECT chain_hash FROM usage_records WHERE provider_id = @providerId AND stream_id = @streamId AND sequence = @sequence",
-                new { providerId, streamId, sequence = (long)(first - 1) }, transaction, cancellationToken: cancellationToken))).AsList();
-            if (before.Count != 1 || before[0].Length != CanonicalEncoding.HashBytes)
+            bool anchored = await rows.ReadAsync(cancellationToken) && rows.Int64(0) == (long)(first - 1);
+            if (!anchored || rows.FieldLength(12) != CanonicalEncoding.HashBytes)
             {
-                string what = before.Count == 0 ? "is missing" : before.Count > 1 ? $"is stored {before.Count} times" : "has a hash that is not 32 bytes";
-                return new SegmentResult(0, 0, previous, new ChainBreak(first - 1, before.Count == 0 ? ChainBreakKind.RecordMissing : ChainBreakKind.RecordDuplicated, "", "", "", "",
-                    $"record {first - 1} {what}; a range that starts at {first} starts from its stored hash"));
+                await source.AbandonAsync();
+                return new SegmentResult(0, 0, previous, new ChainBreak(first - 1, anchored ? ChainBreakKind.RecordNotEncodable : ChainBreakKind.RecordMissing, "", "", "", "",
+                    $"record {first - 1} {(anchored ? "has a hash that is not 32 bytes" : "is missing")}; a range that starts at {first} starts from its stored hash"));
             }
 
-            previous = before[0];
+            rows.Field(12).CopyTo(previous);
         }
 
-        string copy = string.Create(CultureInfo.InvariantCulture, $"""
-            COPY (SELECT sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator,
-                         start_at, end_at, site, device_uuids, energy_mwh, chain_hash
-                  FROM usage_records
-                  WHERE provider_id = current_setting('metering.audit_provider') AND stream_id = current_setting('metering.audit_stream')
-                    AND sequence BETWEEN {first} AND {last}
-                  ORDER BY sequence) TO STDOUT (FORMAT BINARY)
-            """);
         var encoder = new RowEncoder(providerId, streamId);
         // One hash object per segment: the one-shot SHA256.HashData sets up an OpenSSL context
         // per call, which costs more than hashing a 300-byte record (ChainVerifyBenchmarks).
@@ -391,58 +390,50 @@ public sealed class ChainVerifier
         ulong expected = first;
         long canonicalBytes = 0;
         SegmentResult? outcome = null;
-        await using (NpgsqlRawCopyStream stream = await connection.BeginRawBinaryCopyAsync(copy, cancellationToken))
+        while (await rows.ReadAsync(cancellationToken))
         {
-            var rows = new CopyRowReader(stream, FieldCount);
-            while (await rows.ReadAsync(cancellationToken))
+            ulong sequence = (ulong)rows.Int64(0);
+            if (sequence != expected)
             {
-                ulong sequence = (ulong)rows.Int64(0);
-                if (sequence != expected)
-                {
-                    ChainBreak gap = sequence < expected
-                        ? new ChainBreak(sequence, ChainBreakKind.RecordDuplicated, Hex(previous), "", "", "", $"record {sequence} is stored more than once")
-                        : new ChainBreak(expected, ChainBreakKind.RecordMissing, Hex(previous), "", "", "",
-                            expected + 1 == sequence ? $"record {expected} is missing; the next stored record is {sequence}" : $"records {expected} to {sequence - 1} are missing; the next stored record is {sequence}");
-                    outcome = new SegmentResult(expected - first, canonicalBytes, previous, gap);
-                    break;
-                }
-
-                int length = encoder.Encode(rows, out string? notEncodable);
-                if (length < 0)
-                {
-                    outcome = new SegmentResult(expected - first, canonicalBytes, previous,
-                        new ChainBreak(sequence, ChainBreakKind.RecordNotEncodable, Hex(previous), Hex(rows.Field(12)), "", "", notEncodable!));
-                    break;
-                }
-
-                Span<byte> link = encoder.Scratch.AsSpan(0, CanonicalEncoding.HashBytes + length);
-                previous.CopyTo(link);
-                sha.AppendData(link);
-                sha.GetHashAndReset(computed);
-                ReadOnlySpan<byte> stored = rows.Field(12);
-                if (!stored.SequenceEqual(computed))
-                {
-                    outcome = new SegmentResult(expected - first, canonicalBytes, previous,
-                        new ChainBreak(sequence, ChainBreakKind.HashMismatch, Hex(previous), Hex(stored), Hex(computed), Hex(link[CanonicalEncoding.HashBytes..]),
-                            $"stored hash {Hex(stored)} but its content and the previous hash give {Hex(computed)}"));
-                    break;
-                }
-
-                sink?.Write(link[CanonicalEncoding.HashBytes..]);
-                canonicalBytes += length;
-                (previous, computed) = (computed, previous);
-                expected++;
+                ChainBreak gap = sequence < expected
+                    ? new ChainBreak(sequence, ChainBreakKind.RecordDuplicated, Hex(previous), "", "", "", $"record {sequence} is stored more than once")
+                    : new ChainBreak(expected, ChainBreakKind.RecordMissing, Hex(previous), "", "", "",
+                        expected + 1 == sequence ? $"record {expected} is missing; the next stored record is {sequence}" : $"records {expected} to {sequence - 1} are missing; the next stored record is {sequence}");
+                outcome = new SegmentResult(expected - first, canonicalBytes, previous, gap);
+                break;
             }
 
-            if (outcome is not null)
+            int length = encoder.Encode(rows, out string? notEncodable);
+            if (length < 0)
             {
-                // The rest of the COPY is not needed; cancelling it ends the statement on the server.
-                await stream.CancelAsync();
+                outcome = new SegmentResult(expected - first, canonicalBytes, previous,
+                    new ChainBreak(sequence, ChainBreakKind.RecordNotEncodable, Hex(previous), Hex(rows.Field(12)), "", "", notEncodable!));
+                break;
             }
+
+            Span<byte> link = encoder.Scratch.AsSpan(0, CanonicalEncoding.HashBytes + length);
+            previous.CopyTo(link);
+            sha.AppendData(link);
+            sha.GetHashAndReset(computed);
+            ReadOnlySpan<byte> stored = rows.Field(12);
+            if (!stored.SequenceEqual(computed))
+            {
+                outcome = new SegmentResult(expected - first, canonicalBytes, previous,
+                    new ChainBreak(sequence, ChainBreakKind.HashMismatch, Hex(previous), Hex(stored), Hex(computed), Hex(link[CanonicalEncoding.HashBytes..]),
+                        $"stored hash {Hex(stored)} but its content and the previous hash give {Hex(computed)}"));
+                break;
+            }
+
+            sink?.Write(link[CanonicalEncoding.HashBytes..]);
+            canonicalBytes += length;
+            (previous, computed) = (computed, previous);
+            expected++;
         }
 
         if (outcome is not null)
         {
+            // The rest of the COPY is not needed.
+            await source.AbandonAsync();
             return outcome;
         }
 
@@ -453,6 +444,96 @@ public sealed class ChainVerifier
         }
 
         return new SegmentResult(expected - first, canonicalBytes, previous, null);
+    }
+
+    /// <summary>
+    /// The rows [from, to] of one stream in sequence order, as binary COPY, read in a read-only
+    /// repeatable-read transaction through the transport the limits choose.
+    /// </summary>
+    private async Task<RowSource> OpenRowsAsync(string providerId, string streamId, ulong from, ulong to, CancellationToken cancellationToken)
+    {
+        // Read the range in primary-key order (a merge of each partition's index): it touches
+        // only the range asked for, needs no sort, and streams from the first row. Left to
+        // itself the planner scans whole partitions and sorts on disk, and its parallel workers
+        // compete with the segments that already run side by side. JIT compilation of the plan
+        // costs more than it saves on a scan this simple.
+        const string Settings = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off";
+        string copy = string.Create(CultureInfo.InvariantCulture, $"""
+            COPY (SELECT sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator,
+                         start_at, end_at, site, device_uuids, energy_mwh, chain_hash
+                  FROM usage_records
+                  WHERE provider_id = current_setting('metering.audit_provider') AND stream_id = current_setting('metering.audit_stream')
+                    AND sequence BETWEEN {from} AND {to}
+                  ORDER BY sequence) TO STDOUT (FORMAT BINARY)
+            """);
+
+        string? whyNot = "Npgsql was asked for";
+        WireEndpoint? endpoint = _limits.Transport == CopyTransport.Npgsql ? null : Database.WireEndpointOf(_dataSource, out whyNot);
+        if (endpoint is null && _limits.Transport == CopyTransport.Wire)
+        {
+            throw new WireUnsupportedException($"the wire COPY reader cannot serve this data source: {whyNot}");
+        }
+
+        if (endpoint is not null)
+        {
+            // One simple query: the snapshot, the keys as quoted literals (the reader refuses a
+            // server without standard_conforming_strings, and text holds no NUL), the settings
+            // and the COPY.
+            string query = $"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {Settings}; "
+                + $"SELECT set_config('metering.audit_provider', {Literal(providerId)}, true), set_config('metering.audit_stream', {Literal(streamId)}, true); {copy}";
+            try
+            {
+                WireCopyOut wire = await WireCopyOut.OpenAsync(endpoint, query, cancellationToken);
+                return new RowSource(new CopyRowReader(wire, FieldCount), wire, null, null);
+            }
+            catch (WireUnsupportedException) when (_limits.Transport == CopyTransport.Auto)
+            {
+                // The server wants something only Npgsql does (an authentication method, a
+                // setting): read through Npgsql, which is slower but complete.
+            }
+        }
+
+        NpgsqlConnection connection = await _dataSource.OpenConnectionAsync(cancellationToken);
+        try
+        {
+            NpgsqlTransaction transaction = await connection.BeginTransactionAsync(System.Data.IsolationLevel.RepeatableRead, cancellationToken);
+            await connection.ExecuteAsync(new CommandDefinition("SET TRANSACTION READ ONLY; " + Settings, transaction: transaction, cancellationToken: cancellationToken));
+            await connection.ExecuteAsync(new CommandDefinition(SetKeys, new { providerId, streamId }, transaction, cancellationToken: cancellationToken));
+            NpgsqlRawCopyStream stream = await connection.BeginRawBinaryCopyAsync(copy, cancellationToken);
+            return new RowSource(new CopyRowReader(stream, FieldCount), stream, stream, connection);
+        }
+        catch
+        {
+            await connection.DisposeAsync();
+            throw;
+        }
+    }
+
+    private static string Literal(string value) => "'" + value.Replace("'", "''", StringComparison.Ordinal) + "'";
+
+    /// <summary>The rows of one segment and what to close when they are read.</summary>
+    private sealed class RowSource(CopyRowReader rows, Stream stream, NpgsqlRawCopyStream? npgsqlCopy, NpgsqlConnection? connection) : IAsyncDisposable
+    {
+        public CopyRowReader Rows => rows;
+
+        /// <summary>Stops the COPY before its end: Npgsql cancels the statement; the wire reader simply closes its socket.</summary>
+        public async ValueTask AbandonAsync()
+        {
+            if (npgsqlCopy is not null)
+            {
+                await npgsqlCopy.CancelAsync();
+            }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await stream.DisposeAsync();
+            if (connection is not null)
+            {
+                // Closing returns the connection to the pool; its open read-only transaction is rolled back.
+                await connection.DisposeAsync();
+            }
+        }
     }
 
     private static string Hex(ReadOnlySpan<byte> bytes) => Convert.ToHexStringLower(bytes);

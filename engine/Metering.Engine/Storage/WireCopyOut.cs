@@ -1,0 +1,607 @@
+using System.Buffers.Binary;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Text;
+using Npgsql;
+
+namespace Metering.Engine.Storage;
+
+/// <summary>
+/// Where and as whom a <see cref="WireCopyOut"/> connects: the parts of an Npgsql connection
+/// string that the minimal frontend understands. <see cref="TryFrom"/> refuses anything else
+/// (TLS, several hosts, Kerberos, connection options), and the caller then reads through Npgsql.
+/// </summary>
+public sealed record WireEndpoint(string Host, int Port, string Username, string? Password, string Database, int ConnectTimeoutSeconds)
+{
+    /// <summary>Whether Host is the directory of a Unix-domain socket rather than a TCP host name.</summary>
+    public bool IsUnixSocket => Host.StartsWith('/');
+
+    /// <summary>The endpoint of a connection string, or null with the reason the fast path cannot serve it.</summary>
+    public static WireEndpoint? TryFrom(string connectionString, out string? whyNot)
+    {
+        NpgsqlConnectionStringBuilder builder;
+        try
+        {
+            builder = new NpgsqlConnectionStringBuilder(connectionString);
+        }
+        catch (ArgumentException e)
+        {
+            whyNot = $"the connection string does not parse: {e.Message}";
+            return null;
+        }
+
+        whyNot = null;
+        if (string.IsNullOrEmpty(builder.Host) || builder.Host.Contains(',', StringComparison.Ordinal))
+        {
+            whyNot = "the connection string names no host, or several";
+        }
+        else if (string.IsNullOrEmpty(builder.Username))
+        {
+            whyNot = "the connection string names no user";
+        }
+        else if (!builder.Host.StartsWith('/') && builder.SslMode is not (SslMode.Disable or SslMode.Allow))
+        {
+            // TLS stays with Npgsql, which validates certificates as configured.
+            whyNot = $"TCP connections with SSL Mode={builder.SslMode} are read through Npgsql";
+        }
+        else if (!string.IsNullOrEmpty(builder.Options) || !string.IsNullOrEmpty(builder.SearchPath) || !string.IsNullOrEmpty(builder.Passfile)
+            || !string.IsNullOrEmpty(builder.KerberosServiceName) && builder.KerberosServiceName != "postgres")
+        {
+            whyNot = "the connection string sets options, a search path, a passfile or Kerberos";
+        }
+
+        return whyNot is null
+            ? new WireEndpoint(builder.Host!, builder.Port, builder.Username!, builder.Password, builder.Database ?? builder.Username!, Math.Max(builder.Timeout, 1))
+            : null;
+    }
+}
+
+/// <summary>The server asked for something the minimal frontend does not do; read through Npgsql instead.</summary>
+public sealed class WireUnsupportedException(string message) : Exception(message);
+
+/// <summary>PostgreSQL answered a statement of the COPY with an error.</summary>
+public sealed class WireServerException(string severity, string sqlState, string message)
+    : Exception($"PostgreSQL {severity} {sqlState}: {message}")
+{
+    public string SqlState => sqlState;
+}
+
+/// <summary>
+/// A minimal PostgreSQL frontend (protocol 3.0) for one job: run one simple query that ends in
+/// COPY ... TO STDOUT and hand the COPY data over as a read-only stream.
+///
+/// Npgsql's raw COPY stream returns at most one CopyData message per read, and PostgreSQL sends
+/// one message per row; at a few hundred bytes a row, that costs about as much client CPU as
+/// producing the row costs the server (bench/RESULTS.md, chain verification). This reader keeps
+/// a 1 MiB receive buffer, walks the messages in it and copies the payloads of as many as fit
+/// into each read, so the per-row cost is a header check and a copy.
+///
+/// It authenticates by trust, cleartext password, MD5 or SCRAM-SHA-256 (without channel
+/// binding, so never over TLS); it does no TLS. Anything else raises
+/// <see cref="WireUnsupportedException"/> before any statement runs. Disposing closes the
+/// socket, which ends the server's transaction (it never writes).
+/// </summary>
+public sealed class WireCopyOut : Stream
+{
+    /// <summary>The receive buffer; a message longer than this is streamed through it.</summary>
+    public const int BufferBytes = 1024 * 1024;
+
+    /// <summary>The longest message other than CopyData that the reader accepts.</summary>
+    public const int ControlMessageBytesMax = 64 * 1024;
+
+    private const int ProtocolVersion3 = 196_608;
+
+    private readonly Socket _socket;
+    private readonly byte[] _buffer = new byte[BufferBytes];
+    private int _start;
+    private int _end;
+
+    // Payload bytes of the current CopyData message not yet handed over.
+    private int _payloadLeft;
+    private bool _copyDone;
+
+    private WireCopyOut(Socket socket) => _socket = socket;
+
+    /// <summary>
+    /// Connects, authenticates, sends <paramref name="simpleQuery"/> (statements separated by
+    /// semicolons, the last a COPY ... TO STDOUT) and returns once the COPY has started.
+    /// </summary>
+    /// <exception cref="WireUnsupportedException">The server wants an authentication method or setting this reader does not handle.</exception>
+    /// <exception cref="WireServerException">The server refused the connection or a statement.</exception>
+    public static async Task<WireCopyOut> OpenAsync(WireEndpoint endpoint, string simpleQuery, CancellationToken cancellationToken)
+    {
+        Socket socket = endpoint.IsUnixSocket
+            ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+            : new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        var reader = new WireCopyOut(socket);
+        try
+        {
+            using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
+            {
+                timeout.CancelAfter(TimeSpan.FromSeconds(endpoint.ConnectTimeoutSeconds));
+                if (endpoint.IsUnixSocket)
+                {
+                    await socket.ConnectAsync(new UnixDomainSocketEndPoint(Path.Combine(endpoint.Host, $".s.PGSQL.{endpoint.Port}")), timeout.Token);
+                }
+                else
+                {
+                    await socket.ConnectAsync(endpoint.Host, endpoint.Port, timeout.Token);
+                }
+
+                socket.ReceiveBufferSize = BufferBytes;
+                await reader.StartAsync(endpoint, timeout.Token);
+            }
+
+            await reader.QueryAsync(simpleQuery, cancellationToken);
+            return reader;
+        }
+        catch
+        {
+            await reader.DisposeAsync();
+            throw;
+        }
+    }
+
+    public override bool CanRead => true;
+
+    public override bool CanSeek => false;
+
+    public override bool CanWrite => false;
+
+    public override long Length => throw new NotSupportedException();
+
+    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+
+    public override int Read(byte[] buffer, int offset, int count) => ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+
+    /// <summary>
+    /// Copies COPY data into <paramref name="destination"/>: the payloads of as many CopyData
+    /// messages as are already received and fit; waits for the socket only when none is. 0 once
+    /// the COPY is done.
+    /// </summary>
+    public override async ValueTask<int> ReadAsync(Memory<byte> destination, CancellationToken cancellationToken = default)
+    {
+        while (true)
+        {
+            int copied = CopyBuffered(destination.Span);
+            if (copied > 0 || _copyDone || destination.IsEmpty)
+            {
+                return copied;
+            }
+
+            if (!await ReceiveAsync(cancellationToken))
+            {
+                throw new IOException("PostgreSQL closed the connection in the middle of the COPY.");
+            }
+        }
+    }
+
+    public override void Flush()
+    {
+    }
+
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _socket.Dispose();
+        }
+
+        base.Dispose(disposing);
+    }
+
+    public override ValueTask DisposeAsync()
+    {
+        _socket.Dispose();
+        return base.DisposeAsync();
+    }
+
+    /// <summary>Walks the received messages; copies CopyData payloads, stops at CopyDone, raises errors.</summary>
+    private int CopyBuffered(Span<byte> destination)
+    {
+        int copied = 0;
+        while (copied < destination.Length && !_copyDone)
+        {
+            if (_payloadLeft > 0)
+            {
+                int take = Math.Min(Math.Min(_payloadLeft, _end - _start), destination.Length - copied);
+                if (take == 0)
+                {
+                    break;
+                }
+
+                _buffer.AsSpan(_start, take).CopyTo(destination[copied..]);
+                _start += take;
+                _payloadLeft -= take;
+                copied += take;
+                continue;
+            }
+
+            if (_end - _start < 5)
+            {
+                break;
+            }
+
+            byte type = _buffer[_start];
+            int length = BinaryPrimitives.ReadInt32BigEndian(_buffer.AsSpan(_start + 1));
+            if (length < 4)
+            {
+                throw new InvalidDataException($"PostgreSQL sent a message of type '{(char)type}' with length {length}.");
+            }
+
+            if (type == (byte)'d')
+            {
+                // The payload may be longer than the buffer: it is handed over as it arrives.
+                _start += 5;
+                _payloadLeft = length - 4;
+                continue;
+            }
+
+            if (!HasWholeMessage(length))
+            {
+                break;
+            }
+
+            ReadOnlySpan<byte> body = _buffer.AsSpan(_start + 5, length - 4);
+            _start += 1 + length;
+            switch ((char)type)
+            {
+                case 'c':
+                    _copyDone = true;
+                    break;
+                case 'E':
+                    throw ServerError(body);
+                case 'N' or 'S' or 'A':
+                    // Notices, parameter changes and notifications do not concern the COPY.
+                    break;
+                default:
+                    throw new InvalidDataException($"PostgreSQL sent a message of type '{(char)type}' in the middle of the COPY.");
+            }
+        }
+
+        return copied;
+    }
+
+    private bool HasWholeMessage(int length)
+    {
+        if (length > ControlMessageBytesMax)
+        {
+            throw new InvalidDataException($"PostgreSQL sent a {length}-byte control message; at most {ControlMessageBytesMax} are expected.");
+        }
+
+        return _end - _start >= 1 + length;
+    }
+
+    /// <summary>Moves the unread bytes to the front and receives more; false when the server closed the connection.</summary>
+    private async ValueTask<bool> ReceiveAsync(CancellationToken cancellationToken)
+    {
+        if (_start > 0)
+        {
+            _buffer.AsSpan(_start, _end - _start).CopyTo(_buffer);
+            _end -= _start;
+            _start = 0;
+        }
+
+        int received = await _socket.ReceiveAsync(_buffer.AsMemory(_end), SocketFlags.None, cancellationToken);
+        _end += received;
+        return received > 0;
+    }
+
+    /// <summary>The next whole control message: its type and body (valid until the next receive).</summary>
+    private async ValueTask<(byte Type, int Start, int Length)> NextMessageAsync(CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            if (_end - _start >= 5)
+            {
+                int length = BinaryPrimitives.ReadInt32BigEndian(_buffer.AsSpan(_start + 1));
+                if (length < 4)
+                {
+                    throw new InvalidDataException($"PostgreSQL sent a message with length {length}.");
+                }
+
+                if (HasWholeMessage(length))
+                {
+                    byte type = _buffer[_start];
+                    int body = _start + 5;
+                    _start += 1 + length;
+                    return (type, body, length - 4);
+                }
+            }
+
+            if (!await ReceiveAsync(cancellationToken))
+            {
+                throw new IOException("PostgreSQL closed the connection before the COPY started.");
+            }
+        }
+    }
+
+    private async Task StartAsync(WireEndpoint endpoint, CancellationToken cancellationToken)
+    {
+        var startup = new MessageWriter(0);
+        startup.Int32(ProtocolVersion3);
+        startup.CString("user").CString(endpoint.Username);
+        startup.CString("database").CString(endpoint.Database);
+        startup.CString("client_encoding").CString("UTF8");
+        startup.CString("application_name").CString("metering-verify");
+        startup.Byte(0);
+        await SendAsync(startup.Finish(), cancellationToken);
+
+        string? clientFirstBare = null;
+        string? clientNonce = null;
+        byte[]? serverSignature = null;
+        while (true)
+        {
+            var (type, start, length) = await NextMessageAsync(cancellationToken);
+            ReadOnlySpan<byte> body = _buffer.AsSpan(start, length);
+            switch ((char)type)
+            {
+                case 'R':
+                    int code = BinaryPrimitives.ReadInt32BigEndian(body);
+                    switch (code)
+                    {
+                        case 0:
+                            break;
+                        case 3:
+                            await SendAsync(new MessageWriter((byte)'p').CString(PasswordOf(endpoint)).Finish(), cancellationToken);
+                            break;
+                        case 5:
+                            await SendAsync(new MessageWriter((byte)'p').CString(Md5Password(endpoint.Username, PasswordOf(endpoint), body.Slice(4, 4))).Finish(), cancellationToken);
+                            break;
+                        case 10:
+                            if (!Mechanisms(body[4..]).Contains("SCRAM-SHA-256"))
+                            {
+                                throw new WireUnsupportedException("the server offers no SASL mechanism but SCRAM-SHA-256 with channel binding");
+                            }
+
+                            PasswordOf(endpoint);
+                            clientNonce = Convert.ToBase64String(RandomNumberGenerator.GetBytes(18));
+                            clientFirstBare = "n=,r=" + clientNonce;
+                            byte[] first = Encoding.ASCII.GetBytes("n,," + clientFirstBare);
+                            await SendAsync(new MessageWriter((byte)'p').CString("SCRAM-SHA-256").Int32(first.Length).Bytes(first).Finish(), cancellationToken);
+                            break;
+                        case 11:
+                            if (clientFirstBare is null || clientNonce is null)
+                            {
+                                throw new InvalidDataException("PostgreSQL continued a SASL exchange that was not started.");
+                            }
+
+                            (byte[] final, serverSignature) = ScramFinal(PasswordOf(endpoint), clientFirstBare, clientNonce, Encoding.UTF8.GetString(body[4..]));
+                            await SendAsync(new MessageWriter((byte)'p').Bytes(final).Finish(), cancellationToken);
+                            break;
+                        case 12:
+                            string outcome = Encoding.UTF8.GetString(body[4..]);
+                            if (serverSignature is null || !outcome.StartsWith("v=", StringComparison.Ordinal)
+                                || !CryptographicOperations.FixedTimeEquals(Convert.FromBase64String(outcome[2..].Split(',')[0]), serverSignature))
+                            {
+                                throw new InvalidDataException("The server's SCRAM signature does not match: it does not know the password.");
+                            }
+
+                            break;
+                        default:
+                            throw new WireUnsupportedException($"the server asks for authentication method {code}");
+                    }
+
+                    break;
+                case 'S':
+                    // standard_conforming_strings must be on for the quoted literals of the query.
+                    int nameEnd = body.IndexOf((byte)0);
+                    if (nameEnd > 0 && Encoding.ASCII.GetString(body[..nameEnd]) == "standard_conforming_strings"
+                        && !body[(nameEnd + 1)..].StartsWith("on"u8))
+                    {
+                        throw new WireUnsupportedException("standard_conforming_strings is off");
+                    }
+
+                    break;
+                case 'K' or 'N':
+                    break;
+                case 'E':
+                    throw ServerError(body);
+                case 'Z':
+                    return;
+                default:
+                    throw new InvalidDataException($"PostgreSQL sent a message of type '{(char)type}' during start-up.");
+            }
+        }
+    }
+
+    private async Task QueryAsync(string simpleQuery, CancellationToken cancellationToken)
+    {
+        if (simpleQuery.Contains('\0', StringComparison.Ordinal))
+        {
+            throw new ArgumentException("A query cannot contain a NUL character.", nameof(simpleQuery));
+        }
+
+        await SendAsync(new MessageWriter((byte)'Q').CString(simpleQuery).Finish(), cancellationToken);
+        while (true)
+        {
+            var (type, start, length) = await NextMessageAsync(cancellationToken);
+            switch ((char)type)
+            {
+                case 'H':
+                    // CopyOutResponse: the data follows.
+                    return;
+                case 'E':
+                    throw ServerError(_buffer.AsSpan(start, length));
+                case 'Z':
+                    throw new InvalidDataException("The query ended without starting a COPY.");
+                case 'C' or 'T' or 'D' or 'N' or 'S' or 'I':
+                    // The statements before the COPY: their results are not needed.
+                    break;
+                default:
+                    throw new InvalidDataException($"PostgreSQL sent a message of type '{(char)type}' before the COPY.");
+            }
+        }
+    }
+
+    private async ValueTask SendAsync(ReadOnlyMemory<byte> message, CancellationToken cancellationToken)
+    {
+        while (!message.IsEmpty)
+        {
+            int sent = await _socket.SendAsync(message, SocketFlags.None, cancellationToken);
+            message = message[sent..];
+        }
+    }
+
+    private static string PasswordOf(WireEndpoint endpoint) =>
+        endpoint.Password ?? throw new WireUnsupportedException("the server asks for a password and the connection string has none");
+
+    private static HashSet<string> Mechanisms(ReadOnlySpan<byte> list)
+    {
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        while (!list.IsEmpty && list[0] != 0)
+        {
+            int end = list.IndexOf((byte)0);
+            if (end < 0)
+            {
+                break;
+            }
+
+            names.Add(Encoding.ASCII.GetString(list[..end]));
+            list = list[(end + 1)..];
+        }
+
+        return names;
+    }
+
+    /// <summary>"md5" + md5hex(md5hex(password + user) + salt), as the MD5 method defines.</summary>
+    private static string Md5Password(string user, string password, ReadOnlySpan<byte> salt)
+    {
+        string inner = Convert.ToHexStringLower(MD5.HashData(Encoding.UTF8.GetBytes(password + user)));
+        byte[] outer = [.. Encoding.ASCII.GetBytes(inner), .. salt];
+        return "md5" + Convert.ToHexStringLower(MD5.HashData(outer));
+    }
+
+    /// <summary>The client-final message of SCRAM-SHA-256 (RFC 5802, RFC 7677) and the server signature to expect.</summary>
+    private static (byte[] ClientFinal, byte[] ServerSignature) ScramFinal(string password, string clientFirstBare, string clientNonce, string serverFirst)
+    {
+        string? nonce = null, salt = null;
+        int iterations = 0;
+        foreach (string attribute in serverFirst.Split(','))
+        {
+            if (attribute.StartsWith("r=", StringComparison.Ordinal))
+            {
+                nonce = attribute[2..];
+            }
+            else if (attribute.StartsWith("s=", StringComparison.Ordinal))
+            {
+                salt = attribute[2..];
+            }
+            else if (attribute.StartsWith("i=", StringComparison.Ordinal))
+            {
+                _ = int.TryParse(attribute[2..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out iterations);
+            }
+        }
+
+        if (nonce is null || salt is null || iterations is < 1 or > 10_000_000 || !nonce.StartsWith(clientNonce, StringComparison.Ordinal))
+        {
+            throw new InvalidDataException("The server's SCRAM challenge is malformed.");
+        }
+
+        // PostgreSQL applies SASLprep to the password; for passwords of printable ASCII, as the
+        // engine's are, that changes nothing.
+        byte[] salted = Rfc2898DeriveBytes.Pbkdf2(Encoding.UTF8.GetBytes(password), Convert.FromBase64String(salt), iterations, HashAlgorithmName.SHA256, 32);
+        byte[] clientKey = HMACSHA256.HashData(salted, "Client Key"u8);
+        byte[] storedKey = SHA256.HashData(clientKey);
+        string withoutProof = "c=biws,r=" + nonce;
+        byte[] authMessage = Encoding.UTF8.GetBytes(clientFirstBare + "," + serverFirst + "," + withoutProof);
+        byte[] proof = HMACSHA256.HashData(storedKey, authMessage);
+        for (int i = 0; i < proof.Length; i++)
+        {
+            proof[i] ^= clientKey[i];
+        }
+
+        byte[] serverSignature = HMACSHA256.HashData(HMACSHA256.HashData(salted, "Server Key"u8), authMessage);
+        return (Encoding.ASCII.GetBytes(withoutProof + ",p=" + Convert.ToBase64String(proof)), serverSignature);
+    }
+
+    private static WireServerException ServerError(ReadOnlySpan<byte> body)
+    {
+        string severity = "ERROR", code = "", message = "";
+        while (!body.IsEmpty && body[0] != 0)
+        {
+            byte field = body[0];
+            int end = body[1..].IndexOf((byte)0);
+            if (end < 0)
+            {
+                break;
+            }
+
+            string value = Encoding.UTF8.GetString(body.Slice(1, end));
+            switch ((char)field)
+            {
+                case 'V':
+                    severity = value;
+                    break;
+                case 'C':
+                    code = value;
+                    break;
+                case 'M':
+                    message = value;
+                    break;
+            }
+
+            body = body[(end + 2)..];
+        }
+
+        return new WireServerException(severity, code, message);
+    }
+
+    /// <summary>Builds one frontend message: a type byte (none for the start-up message) and a length that counts itself.</summary>
+    private sealed class MessageWriter
+    {
+        private readonly MemoryStream _bytes = new();
+        private readonly int _lengthAt;
+
+        public MessageWriter(byte type)
+        {
+            if (type != 0)
+            {
+                _bytes.WriteByte(type);
+            }
+
+            _lengthAt = (int)_bytes.Length;
+            Int32(0);
+        }
+
+        public MessageWriter Byte(byte value)
+        {
+            _bytes.WriteByte(value);
+            return this;
+        }
+
+        public MessageWriter Int32(int value)
+        {
+            Span<byte> bytes = stackalloc byte[4];
+            BinaryPrimitives.WriteInt32BigEndian(bytes, value);
+            _bytes.Write(bytes);
+            return this;
+        }
+
+        public MessageWriter Bytes(ReadOnlySpan<byte> value)
+        {
+            _bytes.Write(value);
+            return this;
+        }
+
+        public MessageWriter CString(string value)
+        {
+            _bytes.Write(Encoding.UTF8.GetBytes(value));
+            _bytes.WriteByte(0);
+            return this;
+        }
+
+        public byte[] Finish()
+        {
+            byte[] message = _bytes.ToArray();
+            BinaryPrimitives.WriteInt32BigEndian(message.AsSpan(_lengthAt), message.Length - _lengthAt);
+            return message;
+        }
+    }
+}
