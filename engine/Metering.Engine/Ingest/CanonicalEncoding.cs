@@ -152,7 +152,7 @@ public static class CanonicalEncoding
     {
         previousHash.CopyTo(scratch);
         int length = Encode(record, scratch[HashBytes..]);
-        SHA256.HashData(scratch[..(HashBytes + length)], hash);
+        Sha256Digest.Hash(scratch[..(HashBytes + length)], hash);
     }
 
     private static int WriteString(string value, Span<byte> destination)
