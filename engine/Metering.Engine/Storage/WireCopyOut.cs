@@ -80,6 +80,12 @@ public sealed class WireServerException(string severity, string sqlState, string
 /// binding, so never over TLS); it does no TLS. Anything else raises
 /// <see cref="WireUnsupportedException"/> before any statement runs. Disposing closes the
 /// socket, which ends the server's transaction (it never writes).
+///
+/// Every call blocks its thread, ReadAsync included. PostgreSQL sends in 8 KiB pieces, and
+/// waiting for each of them through the asynchronous socket engine cost more client CPU than
+/// the rows themselves: the thread pool's workers spin while they wait for the next
+/// completion, on the very cores the server needs. A caller that reads a long COPY gives it a
+/// thread of its own (the chain verifier does).
 /// </summary>
 public sealed class WireCopyOut : Stream
 {
@@ -100,15 +106,20 @@ public sealed class WireCopyOut : Stream
     private int _payloadLeft;
     private bool _copyDone;
 
+    private CancellationTokenRegistration _cancellation;
+    private CancellationToken _cancellationToken;
+
     private WireCopyOut(Socket socket) => _socket = socket;
 
     /// <summary>
     /// Connects, authenticates, sends <paramref name="simpleQuery"/> (statements separated by
-    /// semicolons, the last a COPY ... TO STDOUT) and returns once the COPY has started.
+    /// semicolons, the last a COPY ... TO STDOUT) and returns once the COPY has started. Blocks
+    /// the calling thread. Cancelling <paramref name="cancellationToken"/> closes the socket,
+    /// which also ends a read in progress.
     /// </summary>
     /// <exception cref="WireUnsupportedException">The server wants an authentication method or setting this reader does not handle.</exception>
     /// <exception cref="WireServerException">The server refused the connection or a statement.</exception>
-    public static async Task<WireCopyOut> OpenAsync(WireEndpoint endpoint, string simpleQuery, CancellationToken cancellationToken)
+    public static WireCopyOut Open(WireEndpoint endpoint, string simpleQuery, CancellationToken cancellationToken)
     {
         Socket socket = endpoint.IsUnixSocket
             ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
@@ -116,28 +127,46 @@ public sealed class WireCopyOut : Stream
         var reader = new WireCopyOut(socket);
         try
         {
-            using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
+            reader._cancellationToken = cancellationToken;
+            reader._cancellation = cancellationToken.Register(static state => ((Socket)state!).Dispose(), socket);
+            int timeoutMs = endpoint.ConnectTimeoutSeconds * 1_000;
+            // A synchronous connect, run aside so that it can time out: one asynchronous
+            // operation would tie the socket to the asynchronous engine for good, and its
+            // blocking receives would then wait through that engine's threads.
+            Task connect = Task.Run(() =>
             {
-                timeout.CancelAfter(TimeSpan.FromSeconds(endpoint.ConnectTimeoutSeconds));
                 if (endpoint.IsUnixSocket)
                 {
-                    await socket.ConnectAsync(new UnixDomainSocketEndPoint(Path.Combine(endpoint.Host, $".s.PGSQL.{endpoint.Port}")), timeout.Token);
+                    socket.Connect(new UnixDomainSocketEndPoint(Path.Combine(endpoint.Host, $".s.PGSQL.{endpoint.Port}")));
                 }
                 else
                 {
-                    await socket.ConnectAsync(endpoint.Host, endpoint.Port, timeout.Token);
+                    socket.Connect(endpoint.Host, endpoint.Port);
                 }
-
-                socket.ReceiveBufferSize = BufferBytes;
-                await reader.StartAsync(endpoint, timeout.Token);
+            }, cancellationToken);
+            if (!connect.Wait(timeoutMs, cancellationToken))
+            {
+                throw new TimeoutException($"PostgreSQL at {endpoint.Host}:{endpoint.Port} did not accept a connection within {endpoint.ConnectTimeoutSeconds} s.");
             }
 
-            await reader.QueryAsync(simpleQuery, cancellationToken);
+            socket.ReceiveBufferSize = BufferBytes;
+            socket.ReceiveTimeout = timeoutMs;
+            socket.SendTimeout = timeoutMs;
+            reader.Start(endpoint);
+            // The statements may wait for locks, and PostgreSQL holds back even the start of the
+            // COPY until 8 KiB of rows are ready: from here only cancellation ends a wait.
+            socket.ReceiveTimeout = 0;
+            reader.Query(simpleQuery);
             return reader;
+        }
+        catch (Exception e) when (cancellationToken.IsCancellationRequested && e is not OperationCanceledException)
+        {
+            reader.Dispose();
+            throw new OperationCanceledException("The COPY was cancelled while it started.", e, cancellationToken);
         }
         catch
         {
-            await reader.DisposeAsync();
+            reader.Dispose();
             throw;
         }
     }
@@ -152,28 +181,35 @@ public sealed class WireCopyOut : Stream
 
     public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
 
-    public override int Read(byte[] buffer, int offset, int count) => ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+    public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
 
     /// <summary>
     /// Copies COPY data into <paramref name="destination"/>: the payloads of as many CopyData
     /// messages as are already received and fit; waits for the socket only when none is. 0 once
     /// the COPY is done.
     /// </summary>
-    public override async ValueTask<int> ReadAsync(Memory<byte> destination, CancellationToken cancellationToken = default)
+    public override int Read(Span<byte> destination)
     {
         while (true)
         {
-            int copied = CopyBuffered(destination.Span);
+            int copied = CopyBuffered(destination);
             if (copied > 0 || _copyDone || destination.IsEmpty)
             {
                 return copied;
             }
 
-            if (!await ReceiveAsync(cancellationToken))
+            if (!Receive())
             {
                 throw new IOException("PostgreSQL closed the connection in the middle of the COPY.");
             }
         }
+    }
+
+    /// <summary>The same as <see cref="Read(Span{byte})"/>, and it blocks just the same; it exists for readers written against streams.</summary>
+    public override ValueTask<int> ReadAsync(Memory<byte> destination, CancellationToken cancellationToken = default)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        return ValueTask.FromResult(Read(destination.Span));
     }
 
     public override void Flush()
@@ -190,16 +226,11 @@ public sealed class WireCopyOut : Stream
     {
         if (disposing)
         {
+            _cancellation.Dispose();
             _socket.Dispose();
         }
 
         base.Dispose(disposing);
-    }
-
-    public override ValueTask DisposeAsync()
-    {
-        _socket.Dispose();
-        return base.DisposeAsync();
     }
 
     /// <summary>Walks the received messages; copies CopyData payloads, stops at CopyDone, raises errors.</summary>
@@ -279,7 +310,7 @@ public sealed class WireCopyOut : Stream
     }
 
     /// <summary>Moves the unread bytes to the front and receives more; false when the server closed the connection.</summary>
-    private async ValueTask<bool> ReceiveAsync(CancellationToken cancellationToken)
+    private bool Receive()
     {
         if (_start > 0)
         {
@@ -288,13 +319,22 @@ public sealed class WireCopyOut : Stream
             _start = 0;
         }
 
-        int received = await _socket.ReceiveAsync(_buffer.AsMemory(_end), SocketFlags.None, cancellationToken);
+        int received;
+        try
+        {
+            received = _socket.Receive(_buffer.AsSpan(_end), SocketFlags.None);
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException && _cancellationToken.IsCancellationRequested)
+        {
+            throw new OperationCanceledException("The COPY was cancelled.", e, _cancellationToken);
+        }
+
         _end += received;
         return received > 0;
     }
 
     /// <summary>The next whole control message: its type and body (valid until the next receive).</summary>
-    private async ValueTask<(byte Type, int Start, int Length)> NextMessageAsync(CancellationToken cancellationToken)
+    private (byte Type, int Start, int Length) NextMessage()
     {
         while (true)
         {
@@ -315,14 +355,14 @@ public sealed class WireCopyOut : Stream
                 }
             }
 
-            if (!await ReceiveAsync(cancellationToken))
+            if (!Receive())
             {
                 throw new IOException("PostgreSQL closed the connection before the COPY started.");
             }
         }
     }
 
-    private async Task StartAsync(WireEndpoint endpoint, CancellationToken cancellationToken)
+    private void Start(WireEndpoint endpoint)
     {
         var startup = new MessageWriter(0);
         startup.Int32(ProtocolVersion3);
@@ -331,14 +371,14 @@ public sealed class WireCopyOut : Stream
         startup.CString("client_encoding").CString("UTF8");
         startup.CString("application_name").CString("metering-verify");
         startup.Byte(0);
-        await SendAsync(startup.Finish(), cancellationToken);
+        Send(startup.Finish());
 
         string? clientFirstBare = null;
         string? clientNonce = null;
         byte[]? serverSignature = null;
         while (true)
         {
-            var (type, start, length) = await NextMessageAsync(cancellationToken);
+            var (type, start, length) = NextMessage();
             ReadOnlySpan<byte> body = _buffer.AsSpan(start, length);
             switch ((char)type)
             {
@@ -349,10 +389,10 @@ public sealed class WireCopyOut : Stream
                         case 0:
                             break;
                         case 3:
-                            await SendAsync(new MessageWriter((byte)'p').CString(PasswordOf(endpoint)).Finish(), cancellationToken);
+                            Send(new MessageWriter((byte)'p').CString(PasswordOf(endpoint)).Finish());
                             break;
                         case 5:
-                            await SendAsync(new MessageWriter((byte)'p').CString(Md5Password(endpoint.Username, PasswordOf(endpoint), body.Slice(4, 4))).Finish(), cancellationToken);
+                            Send(new MessageWriter((byte)'p').CString(Md5Password(endpoint.Username, PasswordOf(endpoint), body.Slice(4, 4))).Finish());
                             break;
                         case 10:
                             if (!Mechanisms(body[4..]).Contains("SCRAM-SHA-256"))
@@ -364,7 +404,7 @@ public sealed class WireCopyOut : Stream
                             clientNonce = Convert.ToBase64String(RandomNumberGenerator.GetBytes(18));
                             clientFirstBare = "n=,r=" + clientNonce;
                             byte[] first = Encoding.ASCII.GetBytes("n,," + clientFirstBare);
-                            await SendAsync(new MessageWriter((byte)'p').CString("SCRAM-SHA-256").Int32(first.Length).Bytes(first).Finish(), cancellationToken);
+                            Send(new MessageWriter((byte)'p').CString("SCRAM-SHA-256").Int32(first.Length).Bytes(first).Finish());
                             break;
                         case 11:
                             if (clientFirstBare is null || clientNonce is null)
@@ -373,7 +413,7 @@ public sealed class WireCopyOut : Stream
                             }
 
                             (byte[] final, serverSignature) = ScramFinal(PasswordOf(endpoint), clientFirstBare, clientNonce, Encoding.UTF8.GetString(body[4..]));
-                            await SendAsync(new MessageWriter((byte)'p').Bytes(final).Finish(), cancellationToken);
+                            Send(new MessageWriter((byte)'p').Bytes(final).Finish());
                             break;
                         case 12:
                             string outcome = Encoding.UTF8.GetString(body[4..]);
@@ -411,17 +451,17 @@ public sealed class WireCopyOut : Stream
         }
     }
 
-    private async Task QueryAsync(string simpleQuery, CancellationToken cancellationToken)
+    private void Query(string simpleQuery)
     {
         if (simpleQuery.Contains('\0', StringComparison.Ordinal))
         {
             throw new ArgumentException("A query cannot contain a NUL character.", nameof(simpleQuery));
         }
 
-        await SendAsync(new MessageWriter((byte)'Q').CString(simpleQuery).Finish(), cancellationToken);
+        Send(new MessageWriter((byte)'Q').CString(simpleQuery).Finish());
         while (true)
         {
-            var (type, start, length) = await NextMessageAsync(cancellationToken);
+            var (type, start, length) = NextMessage();
             switch ((char)type)
             {
                 case 'H':
@@ -440,12 +480,11 @@ public sealed class WireCopyOut : Stream
         }
     }
 
-    private async ValueTask SendAsync(ReadOnlyMemory<byte> message, CancellationToken cancellationToken)
+    private void Send(ReadOnlySpan<byte> message)
     {
         while (!message.IsEmpty)
         {
-            int sent = await _socket.SendAsync(message, SocketFlags.None, cancellationToken);
-            message = message[sent..];
+            message = message[_socket.Send(message, SocketFlags.None)..];
         }
     }
 

@@ -29,7 +29,7 @@ public sealed class WireCopyOutTests(PostgresFixture postgres)
 
         WireEndpoint endpoint = Database.WireEndpointOf(dataSource, out string? whyNot) ?? throw new InvalidOperationException(whyNot);
         byte[] viaWire;
-        await using (WireCopyOut wire = await WireCopyOut.OpenAsync(endpoint, Copy, CancellationToken.None))
+        await using (WireCopyOut wire = WireCopyOut.Open(endpoint, Copy, CancellationToken.None))
         {
             viaWire = await ReadAllAsync(wire);
         }
@@ -44,14 +44,35 @@ public sealed class WireCopyOutTests(PostgresFixture postgres)
         await using NpgsqlDataSource dataSource = Database.CreateDataSource(await postgres.CreateDatabaseAsync());
         WireEndpoint endpoint = Database.WireEndpointOf(dataSource, out _)!;
 
-        var before = await Assert.ThrowsAsync<WireServerException>(() =>
-            WireCopyOut.OpenAsync(endpoint, "COPY (SELECT * FROM no_such_table) TO STDOUT (FORMAT BINARY)", CancellationToken.None));
+        var before = Assert.Throws<WireServerException>(() =>
+            WireCopyOut.Open(endpoint, "COPY (SELECT * FROM no_such_table) TO STDOUT (FORMAT BINARY)", CancellationToken.None));
         Assert.Equal("42P01", before.SqlState);
 
         // An error after rows have gone out arrives in the middle of the data.
-        await using WireCopyOut wire = await WireCopyOut.OpenAsync(endpoint, "COPY (SELECT 1 / (g - 5000) FROM generate_series(1, 10000) g) TO STDOUT (FORMAT BINARY)", CancellationToken.None);
+        await using WireCopyOut wire = WireCopyOut.Open(endpoint, "COPY (SELECT 1 / (g - 5000) FROM generate_series(1, 10000) g) TO STDOUT (FORMAT BINARY)", CancellationToken.None);
         var during = await Assert.ThrowsAsync<WireServerException>(() => ReadAllAsync(wire));
         Assert.Equal("22012", during.SqlState);
+    }
+
+    [Fact]
+    public async Task Cancelling_ends_a_read_that_waits_for_rows()
+    {
+        await using NpgsqlDataSource dataSource = Database.CreateDataSource(await postgres.CreateDatabaseAsync());
+        WireEndpoint endpoint = Database.WireEndpointOf(dataSource, out _)!;
+        using var cancel = new CancellationTokenSource();
+        // The second row comes only after a minute, and PostgreSQL sends nothing before it.
+        Task<byte[]> reading = Task.Run(async () =>
+        {
+            await using WireCopyOut wire = WireCopyOut.Open(endpoint, "COPY (SELECT g, CASE WHEN g = 2 THEN pg_sleep(60) END FROM generate_series(1, 2) g) TO STDOUT", cancel.Token);
+            return await ReadAllAsync(wire);
+        });
+
+        await Task.Delay(300);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        await cancel.CancelAsync();
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => reading);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), $"the read ended {clock.Elapsed} after the cancellation");
     }
 
     [Fact]
@@ -60,7 +81,7 @@ public sealed class WireCopyOutTests(PostgresFixture postgres)
         await using NpgsqlDataSource dataSource = Database.CreateDataSource(await postgres.CreateDatabaseAsync());
         WireEndpoint endpoint = Database.WireEndpointOf(dataSource, out _)!;
 
-        var error = await Assert.ThrowsAsync<InvalidDataException>(() => WireCopyOut.OpenAsync(endpoint, "SELECT 1", CancellationToken.None));
+        var error = Assert.Throws<InvalidDataException>(() => WireCopyOut.Open(endpoint, "SELECT 1", CancellationToken.None));
 
         Assert.Contains("without starting a COPY", error.Message, StringComparison.Ordinal);
     }
@@ -85,19 +106,19 @@ public sealed class WireCopyOutTests(PostgresFixture postgres)
         await using (NpgsqlDataSource asRole = Database.CreateDataSource(builder.ConnectionString))
         {
             WireEndpoint endpoint = Database.WireEndpointOf(asRole, out _)!;
-            await using WireCopyOut wire = await WireCopyOut.OpenAsync(endpoint, "COPY (SELECT current_user::text) TO STDOUT", CancellationToken.None);
+            await using WireCopyOut wire = WireCopyOut.Open(endpoint, "COPY (SELECT current_user::text) TO STDOUT", CancellationToken.None);
             Assert.Equal(role + "\n", System.Text.Encoding.UTF8.GetString(await ReadAllAsync(wire)));
         }
 
         builder.Password = "Wrong-Horse-Battery";
         await using NpgsqlDataSource wrong = Database.CreateDataSource(builder.ConnectionString);
-        var refused = await Assert.ThrowsAsync<WireServerException>(() => WireCopyOut.OpenAsync(Database.WireEndpointOf(wrong, out _)!, "COPY (SELECT 1) TO STDOUT", CancellationToken.None));
+        var refused = Assert.Throws<WireServerException>(() => WireCopyOut.Open(Database.WireEndpointOf(wrong, out _)!, "COPY (SELECT 1) TO STDOUT", CancellationToken.None));
         Assert.Equal("28P01", refused.SqlState);
 
         // Without a password the fast path cannot log in; Auto falls back to Npgsql, whose error is the login's own.
         builder.Password = null;
         await using NpgsqlDataSource none = Database.CreateDataSource(builder.ConnectionString);
-        await Assert.ThrowsAsync<WireUnsupportedException>(() => WireCopyOut.OpenAsync(Database.WireEndpointOf(none, out _)!, "COPY (SELECT 1) TO STDOUT", CancellationToken.None));
+        Assert.Throws<WireUnsupportedException>(() => WireCopyOut.Open(Database.WireEndpointOf(none, out _)!, "COPY (SELECT 1) TO STDOUT", CancellationToken.None));
     }
 
     [Fact]
