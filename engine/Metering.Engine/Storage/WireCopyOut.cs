@@ -144,10 +144,13 @@ public sealed class WireCopyOut : Stream
                     socket.Connect(endpoint.Host, endpoint.Port);
                 }
             }, cancellationToken);
-            if (!connect.Wait(timeoutMs, cancellationToken))
+            if (Task.WaitAny([connect], timeoutMs, cancellationToken) < 0)
             {
                 throw new TimeoutException($"PostgreSQL at {endpoint.Host}:{endpoint.Port} did not accept a connection within {endpoint.ConnectTimeoutSeconds} s.");
             }
+
+            // The connect's own exception (refused, unknown host), not an AggregateException.
+            connect.GetAwaiter().GetResult();
 
             socket.ReceiveBufferSize = BufferBytes;
             socket.ReceiveTimeout = timeoutMs;

@@ -76,6 +76,14 @@ public sealed class WireCopyOutTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public void A_server_that_is_not_there_is_a_socket_error()
+    {
+        var endpoint = new WireEndpoint(Path.Combine(Path.GetTempPath(), "no-postgres-here"), 5432, "metering", null, "metering", 5);
+
+        Assert.Throws<System.Net.Sockets.SocketException>(() => WireCopyOut.Open(endpoint, "COPY (SELECT 1) TO STDOUT", CancellationToken.None));
+    }
+
+    [Fact]
     public async Task A_query_that_starts_no_copy_is_refused()
     {
         await using NpgsqlDataSource dataSource = Database.CreateDataSource(await postgres.CreateDatabaseAsync());
