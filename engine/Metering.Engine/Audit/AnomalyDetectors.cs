@@ -265,7 +265,8 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
                     long devices = validation.DevicesOf(model);
                     foreach (Overload overload in Overloads(Clip(group, stretch.FromUnixMs, stretch.UntilUnixMs), r => r.DeviceCount, devices))
                     {
-                        if (overload.UntilMs > fromMs && overload.FromMs < untilMs)
+                        // Kept to the per-kind cap here, since the lists are built whole.
+                        if (overload.UntilMs > fromMs && overload.FromMs < untilMs && exceeded.Count < _settings.AnomaliesPerKindMax)
                         {
                             exceeded.Add(Exceeded(providerId, model, validation, devices, overload));
                         }
@@ -274,7 +275,7 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
                 else
                 {
                     List<Span> spans = Clip(group, Math.Max(stretch.FromUnixMs, fromMs), Math.Min(stretch.UntilUnixMs, untilMs));
-                    if (spans.Count > 0)
+                    if (spans.Count > 0 && unvalidated.Count < _settings.AnomaliesPerKindMax)
                     {
                         long usedFromMs = spans.Min(r => r.StartMs);
                         long usedUntilMs = spans.Max(r => r.EndMs);
