@@ -174,8 +174,9 @@ internal static class Admissions
     public static FileApplicationRequest SeededFleetFiling(string code)
     {
         // The filing's own sites stay as they are (256 H100 at sz-nanshan-dc1, 64 at
-        // sz-longgang-dc2): the audit detectors judge capacity per site, and their tests plant
-        // usage above those. The large fleet sits at a site of its own.
+        // sz-longgang-dc2); the large fleet sits at a site of its own. The seeded providers have no
+        // fleet validation: the audit's capacity tests plant one of their own size
+        // (AuditScene.PlantValidationAsync), since the detector judges the validated fleet.
         FileApplicationRequest filing = Filing(code);
         filing.Capacity.Add(SeededModels.Select(model => new DeclaredDevices { Site = "sz-test-fleet", DeviceModel = model, DeviceCount = SeededDevicesPerModel }));
         return filing;

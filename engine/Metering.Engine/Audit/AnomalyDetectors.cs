@@ -1,5 +1,6 @@
 using System.Globalization;
 using Dapper;
+using Metering.Engine.Capacity;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Engine.Storage;
@@ -10,7 +11,7 @@ namespace Metering.Engine.Audit;
 /// <summary>The kinds of anomaly the detectors raise.</summary>
 public enum AnomalyKind
 {
-    /// <summary>More devices in use at once, at a site and of a model, than the provider's verified capacity there.</summary>
+    /// <summary>More devices of a model in use at once than the provider's validated fleet of that model, in the fleet validation in force then.</summary>
     CapacityExceeded,
 
     /// <summary>One device UUID in overlapping records whose shares add up to more than the whole device.</summary>
@@ -30,6 +31,9 @@ public enum AnomalyKind
 
     /// <summary>A day's usage far above the provider's own recent days.</summary>
     UsageSpike,
+
+    /// <summary>Devices of a model in use while no fleet validation of the provider was in force, so that no validated fleet bounds them.</summary>
+    CapacityUnvalidated,
 }
 
 /// <summary>One usage record offered as evidence.</summary>
@@ -130,16 +134,41 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
 
         long fromMs = from.ToUnixTimeMilliseconds();
         long untilMs = until.ToUnixTimeMilliseconds();
-        List<Usage> records = await LoadAsync(providerId, fromMs - (long)LookBack.TotalMilliseconds, untilMs, cancellationToken);
+        long lookBackMs = (long)LookBack.TotalMilliseconds;
+        List<Usage> records = await LoadAsync(providerId, fromMs - lookBackMs, untilMs, cancellationToken);
+        // Records started at most a look-back before the period and last at most as long, so
+        // every instant they cover lies in [from − look-back, until + look-back).
+        FleetSnapshot fleet = await LoadFleetAsync(dataSource, providerId, fromMs - lookBackMs, untilMs + lookBackMs, cancellationToken);
+        var (exceeded, unvalidated) = Capacity(providerId, records, fromMs, untilMs, fleet);
         var anomalies = new List<Anomaly>();
-        anomalies.AddRange(Capped(Capacity(providerId, records, fromMs, untilMs, await VerifiedCapacity.LoadAsync(dataSource, providerId, cancellationToken))));
+        anomalies.AddRange(Capped(exceeded));
         anomalies.AddRange(Capped(DoubleBooked(providerId, records, fromMs, untilMs)));
         anomalies.AddRange(Capped(OutsideAdmission(providerId, records, fromMs, await new AdmissionGate(dataSource).LoadAsync(providerId, cancellationToken))));
         anomalies.AddRange(Capped(await TamperConflictsAsync(providerId, fromMs, untilMs, cancellationToken)));
         anomalies.AddRange(Capped(await ChainBreaksAsync(providerId, cancellationToken)));
         anomalies.AddRange(Capped(Silences(providerId, records, fromMs, Math.Min(untilMs, time.GetUtcNow().ToUnixTimeMilliseconds()), await LastEndBeforeAsync(providerId, fromMs, cancellationToken))));
         anomalies.AddRange(Capped(await SpikesAsync(providerId, from, until, cancellationToken)));
+        anomalies.AddRange(Capped(unvalidated));
         return anomalies;
+    }
+
+    /// <summary>
+    /// The provider's fleet with every validation that can be in force at some instant of
+    /// [from, until): the same reading ingest's plausibility check makes (<see cref="FleetSnapshot"/>),
+    /// with the history the audit needs. Shared with the HTML report.
+    /// </summary>
+    internal static async Task<FleetSnapshot> LoadFleetAsync(NpgsqlDataSource dataSource, string providerId, long fromMs, long untilMs, CancellationToken cancellationToken)
+    {
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(System.Data.IsolationLevel.RepeatableRead, cancellationToken);
+        try
+        {
+            return await FleetSnapshot.LoadAsync(connection, transaction, providerId, fromMs, untilMs, cancellationToken);
+        }
+        catch (FleetHistoryLimitExceededException e)
+        {
+            throw new AuditLimitExceededException(e.Message);
+        }
     }
 
     private IEnumerable<Anomaly> Capped(IEnumerable<Anomaly> anomalies)
@@ -195,36 +224,106 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
     }
 
     /// <summary>
-    /// Rule: for each site and device model, the devices in use at any instant are the sum over
-    /// the records running then of devices × share (a record runs over [start, end)). The sum is
-    /// kept exactly, in units of 1/L of a device where L is the least common multiple of the
-    /// share denominators at that site and model. Wherever it exceeds the verified devices
-    /// there, one anomaly is raised per run of time above capacity; its evidence is the records
-    /// running at the peak.
+    /// Rule: for each device model, the devices in use at an instant are the sum over the
+    /// provider's records of that model running then, at every site, of devices × share (a
+    /// record runs over [start, end)). The sum is kept exactly, in units of 1/L of a device where
+    /// L is the least common multiple of the share denominators present. Each instant is judged
+    /// against the provider's validated fleet of the model in the fleet validation in force at
+    /// that instant (<see cref="FleetHistory"/>: the latest completed validation, until it
+    /// expires; the same definition ingest uses, read for the past instant rather than for the
+    /// commit). Time is cut where the validation in force changes, so a record that spans a
+    /// change is judged against each validation for its part.
+    ///
+    /// Where the sum exceeds the validated devices, one CapacityExceeded anomaly is raised per run
+    /// of time above them; its evidence is the records running at the peak. Usage at exactly the
+    /// validated figure is not an anomaly.
+    ///
+    /// Where no validation is in force, no validated figure bounds the usage, and judging it
+    /// against 0 would flag every record. Instead, for each model in use, one CapacityUnvalidated
+    /// anomaly is raised per stretch of the period without a validation in force, spanning the
+    /// usage in it, with its peak and the records at the peak; it names the devices the admitted
+    /// applications declare (what ingest judged such usage against, as the registry stands now)
+    /// and the latest validation before the stretch, if any, which had expired.
     /// </summary>
-    private IEnumerable<Anomaly> Capacity(string providerId, List<Usage> records, long fromMs, long untilMs, VerifiedCapacity capacity)
+    private (List<Anomaly> Exceeded, List<Anomaly> Unvalidated) Capacity(string providerId, List<Usage> records, long fromMs, long untilMs, FleetSnapshot fleet)
     {
-        foreach (var group in records.GroupBy(r => (r.Site, r.DeviceModel)).OrderBy(g => g.Key.Site, StringComparer.Ordinal).ThenBy(g => g.Key.DeviceModel, StringComparer.Ordinal))
+        var exceeded = new List<Anomaly>();
+        var unvalidated = new List<Anomaly>();
+        if (records.Count == 0)
         {
-            long devices = capacity.DevicesAt(group.Key.Site, group.Key.DeviceModel);
-            foreach (Overload overload in Overloads(group.ToList(), r => r.DeviceCount, devices))
-            {
-                if (overload.UntilMs <= fromMs || overload.FromMs >= untilMs)
-                {
-                    continue;
-                }
+            return (exceeded, unvalidated);
+        }
 
-                string peak = Shares(overload.PeakUnits, overload.UnitsPerDevice);
-                yield return new Anomaly(AnomalyKind.CapacityExceeded, providerId, null, overload.FromMs, overload.UntilMs,
-                    devices == 0
-                        ? $"{peak} {group.Key.DeviceModel} device(s) in use at {group.Key.Site}, where the provider has no verified {group.Key.DeviceModel} capacity"
-                        : $"{peak} {group.Key.DeviceModel} devices in use at once at {group.Key.Site}, above the verified {devices}",
-                    overload.Peak.Take(_settings.EvidenceRowsMax).Select(r => r.Evidence()).ToList(), overload.Peak.Count,
-                    [new("site", group.Key.Site), new("device_model", group.Key.DeviceModel), new("peak_devices", peak), new("verified_devices", devices.ToString(CultureInfo.InvariantCulture)),
-                     new("peak_at", Time(overload.PeakAtMs)), new("capacity_source", capacity.Source)]);
+        IReadOnlyList<FleetStretch> stretches = fleet.History.Stretches(Math.Min(fromMs, records.Min(r => r.StartMs)), Math.Max(untilMs, records.Max(r => r.EndMs)));
+        foreach (var group in records.GroupBy(r => r.DeviceModel).OrderBy(g => g.Key, StringComparer.Ordinal))
+        {
+            string model = group.Key;
+            foreach (FleetStretch stretch in stretches)
+            {
+                if (stretch.Fleet is { } validation)
+                {
+                    long devices = validation.DevicesOf(model);
+                    foreach (Overload overload in Overloads(Clip(group, stretch.FromUnixMs, stretch.UntilUnixMs), r => r.DeviceCount, devices))
+                    {
+                        // Kept to the per-kind cap here, since the lists are built whole.
+                        if (overload.UntilMs > fromMs && overload.FromMs < untilMs && exceeded.Count < _settings.AnomaliesPerKindMax)
+                        {
+                            exceeded.Add(Exceeded(providerId, model, validation, devices, overload));
+                        }
+                    }
+                }
+                else
+                {
+                    List<Span> spans = Clip(group, Math.Max(stretch.FromUnixMs, fromMs), Math.Min(stretch.UntilUnixMs, untilMs));
+                    if (spans.Count > 0 && unvalidated.Count < _settings.AnomaliesPerKindMax)
+                    {
+                        long usedFromMs = spans.Min(r => r.StartMs);
+                        long usedUntilMs = spans.Max(r => r.EndMs);
+                        Overload peak = Overloads(spans, r => r.DeviceCount, 0).MaxBy(o => o.PeakUnits)!;
+                        ValidatedFleet? before = fleet.History.Validations.LastOrDefault(v => v.CompletedUnixMs <= stretch.FromUnixMs);
+                        unvalidated.Add(Unvalidated(providerId, model, usedFromMs, usedUntilMs, peak, fleet.DeclaredOf(model), before));
+                    }
+                }
             }
         }
+
+        return (exceeded, unvalidated);
     }
+
+    private Anomaly Exceeded(string providerId, string model, ValidatedFleet validation, long devices, Overload overload)
+    {
+        string peak = Shares(overload.PeakUnits, overload.UnitsPerDevice);
+        return new Anomaly(AnomalyKind.CapacityExceeded, providerId, null, overload.FromMs, overload.UntilMs,
+            devices == 0
+                ? $"{peak} {model} device(s) in use, where {validation.Name} validated no {model}"
+                : $"{peak} {model} devices in use at once, above the {devices} validated by {validation.Name}",
+            overload.Peak.Take(_settings.EvidenceRowsMax).Select(r => r.Evidence()).ToList(), overload.Peak.Count,
+            [new("device_model", model), new("peak_devices", peak), new("verified_devices", devices.ToString(CultureInfo.InvariantCulture)),
+             new("peak_at", Time(overload.PeakAtMs)), new("sites", Sites(overload.Peak)),
+             new("validation_id", validation.ValidationId.ToString(CultureInfo.InvariantCulture)), new("capacity_source", Describe(validation))]);
+    }
+
+    private Anomaly Unvalidated(string providerId, string model, long fromMs, long untilMs, Overload peak, long declared, ValidatedFleet? before)
+    {
+        string devices = Shares(peak.PeakUnits, peak.UnitsPerDevice);
+        bool aboveDeclared = peak.PeakUnits > (Int128)declared * peak.UnitsPerDevice;
+        return new Anomaly(AnomalyKind.CapacityUnvalidated, providerId, null, fromMs, untilMs,
+            $"{model} in use with no fleet validation in force: at most {devices} device(s) at once, "
+            + (aboveDeclared ? $"above the {declared} its admitted applications declare" : $"within the {declared} its admitted applications declare"),
+            peak.Peak.Take(_settings.EvidenceRowsMax).Select(r => r.Evidence()).ToList(), peak.Peak.Count,
+            [new("device_model", model), new("peak_devices", devices), new("peak_at", Time(peak.PeakAtMs)), new("sites", Sites(peak.Peak)),
+             new("declared_devices", declared.ToString(CultureInfo.InvariantCulture)), new("above_declared", aboveDeclared ? "true" : "false"),
+             new("previous_validation", before is null ? "none" : Describe(before))]);
+    }
+
+    /// <summary>Each record of the group that runs in [from, until), its time cut to that stretch.</summary>
+    private static List<Span> Clip(IEnumerable<Usage> records, long fromMs, long untilMs) =>
+        records.Where(r => r.StartMs < untilMs && r.EndMs > fromMs).Select(r => new Span(r, Math.Max(r.StartMs, fromMs), Math.Min(r.EndMs, untilMs))).ToList();
+
+    private static string Sites(List<Usage> records) => string.Join(", ", records.Select(r => r.Site).Distinct().Order(StringComparer.Ordinal));
+
+    private static string Describe(ValidatedFleet validation) =>
+        $"{validation.Name} (inventory version {validation.InventoryVersion}), in force from {Time(validation.CompletedUnixMs)}, expiring {Time(validation.ExpiresUnixMs)}";
 
     /// <summary>
     /// Rule: a device UUID is one physical device. Wherever the records that list the same UUID
@@ -258,7 +357,7 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
                 continue;
             }
 
-            foreach (Overload overload in Overloads(list, _ => 1, 1))
+            foreach (Overload overload in Overloads(list.Select(r => new Span(r, r.StartMs, r.EndMs)).ToList(), _ => 1, 1))
             {
                 if (overload.UntilMs <= fromMs || overload.FromMs >= untilMs)
                 {
@@ -286,19 +385,22 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
         }
     }
 
+    /// <summary>A record's running time, or the part of it inside one stretch; the record itself is the evidence.</summary>
+    private readonly record struct Span(Usage Record, long StartMs, long EndMs);
+
     /// <summary>A run of time over a limit: from when the sum first exceeded it until it fell back, the peak, and the records at the peak.</summary>
     private sealed record Overload(long FromMs, long UntilMs, long PeakAtMs, Int128 PeakUnits, long UnitsPerDevice, List<Usage> Peak);
 
     /// <summary>
-    /// Sweeps records in start order, keeping the running ones in a heap by end, and yields every
-    /// run during which the sum of devices × share exceeds <paramref name="limit"/> devices.
+    /// Sweeps the spans in start order, keeping the running ones in a heap by end, and yields
+    /// every run during which the sum of devices × share exceeds <paramref name="limit"/> devices.
     /// Shares are summed exactly in units of 1/L device, L the least common multiple of the
     /// denominators present.
     /// </summary>
-    private static IEnumerable<Overload> Overloads(List<Usage> records, Func<Usage, uint> devices, long limit)
+    private static IEnumerable<Overload> Overloads(List<Span> spans, Func<Usage, uint> devices, long limit)
     {
         long unitsPerDevice = 1;
-        foreach (uint denominator in records.Select(r => r.ShareDenominator).Distinct())
+        foreach (uint denominator in spans.Select(s => s.Record.ShareDenominator).Distinct())
         {
             unitsPerDevice = checked(unitsPerDevice / (long)Gcd((ulong)unitsPerDevice, denominator) * denominator);
             if (unitsPerDevice > 1_000_000_000_000)
@@ -309,7 +411,7 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
 
         Int128 Units(Usage r) => (Int128)devices(r) * r.ShareNumerator * (unitsPerDevice / r.ShareDenominator);
         Int128 limitUnits = (Int128)limit * unitsPerDevice;
-        records.Sort((a, b) => a.StartMs != b.StartMs ? a.StartMs.CompareTo(b.StartMs) : a.EndMs.CompareTo(b.EndMs));
+        spans.Sort((a, b) => a.StartMs != b.StartMs ? a.StartMs.CompareTo(b.StartMs) : a.EndMs.CompareTo(b.EndMs));
         var running = new PriorityQueue<Usage, long>();
         Int128 sum = 0;
         Overload? open = null;
@@ -332,27 +434,27 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
             }
         }
 
-        foreach (Usage record in records)
+        foreach (Span span in spans)
         {
-            foreach (Overload closed in EndUntil(record.StartMs))
+            foreach (Overload closed in EndUntil(span.StartMs))
             {
                 yield return closed;
             }
 
-            running.Enqueue(record, record.EndMs);
-            sum += Units(record);
+            running.Enqueue(span.Record, span.EndMs);
+            sum += Units(span.Record);
             if (sum > limitUnits)
             {
                 if (open is null)
                 {
-                    open = new Overload(record.StartMs, 0, record.StartMs, sum, unitsPerDevice, []);
+                    open = new Overload(span.StartMs, 0, span.StartMs, sum, unitsPerDevice, []);
                     peak = 0;
                 }
 
                 if (sum > peak)
                 {
                     peak = sum;
-                    peakAt = record.StartMs;
+                    peakAt = span.StartMs;
                     peakSet = running.UnorderedItems.Select(i => i.Element).OrderBy(r => r.StartMs).ThenBy(r => r.StreamId, StringComparer.Ordinal).ThenBy(r => r.Sequence).ToList();
                 }
             }

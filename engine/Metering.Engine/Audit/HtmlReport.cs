@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Net;
 using System.Text;
 using Dapper;
+using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
@@ -14,8 +15,8 @@ public sealed record RenderedReport(string Html, UsageTotals Total, int Anomalie
 
 /// <summary>
 /// The audit report of one provider over whole Asia/Shanghai days: totals; usage per day against
-/// the verified capacity; usage by device model and by holder; every stream's chain; the daily
-/// Merkle roots; and every anomaly with its evidence. One self-contained HTML file: inline CSS
+/// the validated fleet; usage by device model and by holder; the fleet validations in force;
+/// every stream's chain; the daily Merkle roots; and every anomaly with its evidence. One self-contained HTML file: inline CSS
 /// and inline SVG, no script, no font, no image, nothing fetched. Chart geometry is integer
 /// arithmetic like everything else on the audit path.
 /// </summary>
@@ -46,7 +47,8 @@ public sealed class HtmlReport(NpgsqlDataSource dataSource, DeviceCatalog catalo
         UsageSummary byDay = await queries.SummariseAsync(filter, UsageGrouping.Day, 0, cancellationToken);
         UsageSummary byModel = await queries.SummariseAsync(filter, UsageGrouping.DeviceModel, 0, cancellationToken);
         UsageSummary byHolder = await queries.SummariseAsync(filter, UsageGrouping.Holder, 0, cancellationToken);
-        VerifiedCapacity capacity = await VerifiedCapacity.LoadAsync(dataSource, providerId, cancellationToken);
+        FleetSnapshot fleet = await AnomalyDetectors.LoadFleetAsync(dataSource, providerId, from.ToUnixTimeMilliseconds(), until.ToUnixTimeMilliseconds(), cancellationToken);
+        IReadOnlyList<FleetStretch> stretches = fleet.History.Stretches(from.ToUnixTimeMilliseconds(), until.ToUnixTimeMilliseconds());
         IReadOnlyList<Anomaly> anomalies = await new AnomalyDetectors(dataSource, time, settings).DetectAsync(providerId, from, until, cancellationToken);
         IReadOnlyList<ChainVerification> chains = await new ChainVerifier(dataSource).VerifyProviderAsync(providerId, VerificationRange.Whole, cancellationToken);
         var merkle = new DailyMerkle(dataSource);
@@ -63,7 +65,9 @@ public sealed class HtmlReport(NpgsqlDataSource dataSource, DeviceCatalog catalo
                 ?? "(not in the registry)";
         }
 
-        long capacityPerDay = DailyCapacityNanoPflopsHours(capacity, from.ToUnixTimeMilliseconds());
+        long[] capacityByDay = DailyCapacityNanoPflopsHours(stretches, fromDay, days);
+        long capacityTotal = capacityByDay.Aggregate(0L, (sum, day) => checked(sum + day));
+        bool validatedThroughout = stretches.All(s => s.Fleet is not null);
         var html = new StringBuilder(64 * 1024);
         html.Append("""
             <!DOCTYPE html>
@@ -86,16 +90,18 @@ public sealed class HtmlReport(NpgsqlDataSource dataSource, DeviceCatalog catalo
             <tr><th>Records</th><td id="total-records">{byDay.Total.Records:N0}</td></tr>
             <tr><th>Device-hours</th><td id="total-device-hours">{byDay.Total.DeviceHours}</td></tr>
             <tr><th>FP16 PFLOPS·h</th><td id="total-pflops-hours">{byDay.Total.PflopsHours}</td></tr>
-            <tr><th>Verified capacity per day</th><td id="capacity-per-day">{Units.Fixed(capacityPerDay, 9)} PFLOPS·h</td></tr>
+            <tr><th>Validated fleet capacity over the period</th><td id="capacity-in-period">{Units.Fixed(capacityTotal, 9)} PFLOPS·h</td></tr>
             <tr><th>Anomalies</th><td id="total-anomalies">{anomalies.Count}</td></tr>
             <tr><th>Chains</th><td id="chains-summary">{chains.Count(c => c.Intact)} of {chains.Count} intact</td></tr>
             </table>
             <p class="note">Usage is exact: the sum of the stored per-record nano-PFLOPS·h. Device-hours are devices × share × duration, rounded down per record to the millisecond.
-            Verified capacity: {E(capacity.Source)}, at each model's dense FP16 peak for 24 h.</p></section>
+            Validated fleet capacity: the devices of each model in the provider's fleet validation in force at each instant (the figure ingest's plausibility check and the
+            CapacityExceeded detector use; engine/Metering.Engine/Capacity/README.md), at each model's dense FP16 peak, over the time it was in force;
+            {(validatedThroughout ? "a validation was in force throughout the period." : "time with no validation in force counts 0 (see the validated fleet below).")}</p></section>
 
             """);
 
-        AppendDailyChart(html, fromDay, days, byDay, capacityPerDay);
+        AppendDailyChart(html, fromDay, days, byDay, capacityByDay);
         AppendBars(html, "by-model", "Usage by device model", byModel.Groups.Select(g => (g.Key, g.UsageNanoPflopsHours, g.Records)).ToList());
         var holders = byHolder.Groups.Take(HoldersShown).Select(g => (g.Key, g.UsageNanoPflopsHours, g.Records)).ToList();
         if (byHolder.Groups.Count > HoldersShown)
@@ -105,40 +111,59 @@ public sealed class HtmlReport(NpgsqlDataSource dataSource, DeviceCatalog catalo
         }
 
         AppendBars(html, "by-holder", "Usage by voucher holder", holders);
-        AppendCapacity(html, capacity);
+        AppendFleet(html, stretches, fleet);
         AppendAnomalies(html, anomalies);
         AppendChains(html, chains, roots);
         html.Append("</body></html>\n");
         return new RenderedReport(html.ToString(), byDay.Total, anomalies.Count, chains.Count(c => !c.Intact));
     }
 
-    /// <summary>Σ devices × dense FP16 peak × 24 h over the verified capacity, in nPFh, with the catalog in force at the period's start.</summary>
-    private long DailyCapacityNanoPflopsHours(VerifiedCapacity capacity, long atMs)
+    /// <summary>
+    /// Per day: Σ over the stretches of the day with a validation in force, Σ over its models, of
+    /// devices × dense FP16 peak × the stretch's time in the day, in nPFh, rounded down per
+    /// stretch and model (UsageNormaliser's rule), with the catalog in force at the day's start.
+    /// A model the catalog does not know there adds nothing.
+    /// </summary>
+    private long[] DailyCapacityNanoPflopsHours(IReadOnlyList<FleetStretch> stretches, DateOnly fromDay, int days)
     {
-        CatalogVersion version = catalog.VersionAt(atMs);
-        long total = 0;
-        foreach (var ((_, model), devices) in capacity.Devices)
+        var capacity = new long[days];
+        for (int i = 0; i < days; i++)
         {
-            if (version.TryGet(model, out DeviceModel entry))
+            long dayFromMs = ShanghaiTime.StartOf(fromDay.AddDays(i)).ToUnixTimeMilliseconds();
+            long dayUntilMs = ShanghaiTime.StartOf(fromDay.AddDays(i + 1)).ToUnixTimeMilliseconds();
+            CatalogVersion version = catalog.VersionAt(dayFromMs);
+            foreach (FleetStretch stretch in stretches)
             {
-                total = checked(total + UsageNormaliser.UsageNanoPflopsHours(checked((uint)devices), 1, 1, 86_400_000, entry.Fp16DenseGflops));
+                long overlapMs = Math.Min(stretch.UntilUnixMs, dayUntilMs) - Math.Max(stretch.FromUnixMs, dayFromMs);
+                if (stretch.Fleet is not { } validation || overlapMs <= 0)
+                {
+                    continue;
+                }
+
+                foreach (var (model, devices) in validation.Devices)
+                {
+                    if (devices > 0 && version.TryGet(model, out DeviceModel entry))
+                    {
+                        capacity[i] = checked(capacity[i] + UsageNormaliser.UsageNanoPflopsHours(checked((uint)devices), 1, 1, overlapMs, entry.Fp16DenseGflops));
+                    }
+                }
             }
         }
 
-        return total;
+        return capacity;
     }
 
-    private static void AppendDailyChart(StringBuilder html, DateOnly fromDay, int days, UsageSummary byDay, long capacityPerDay)
+    private static void AppendDailyChart(StringBuilder html, DateOnly fromDay, int days, UsageSummary byDay, long[] capacityByDay)
     {
         var usage = byDay.Groups.ToDictionary(g => g.Key, g => g.UsageNanoPflopsHours, StringComparer.Ordinal);
-        long max = Math.Max(capacityPerDay, usage.Values.DefaultIfEmpty(0).Max());
+        long max = Math.Max(capacityByDay.Max(), usage.Values.DefaultIfEmpty(0).Max());
         max = Math.Max(max, 1);
         const int left = 90, top = 10, bottom = 40;
         int plotWidth = ChartWidth - left - 10;
         int slot = Math.Max(plotWidth / days, 1);
         int height = top + DailyPlotHeight + bottom;
         html.Append(CultureInfo.InvariantCulture, $"""
-            <section id="daily"><h2>Usage per day against verified capacity</h2>
+            <section id="daily"><h2>Usage per day against the validated fleet</h2>
             <svg id="chart-daily" class="chart" xmlns="http://www.w3.org/2000/svg" width="{ChartWidth}" height="{height}" viewBox="0 0 {ChartWidth} {height}" role="img" aria-label="FP16 PFLOPS·h per day">
             <line class="axis" x1="{left}" y1="{top + DailyPlotHeight}" x2="{ChartWidth - 10}" y2="{top + DailyPlotHeight}"/>
             <text class="label" x="{left - 6}" y="{top + 10}" text-anchor="end">{E(Units.Fixed(max / UsageNormaliser.NanoPflopsHoursPerPflopsHour, 0))}</text>
@@ -161,17 +186,26 @@ public sealed class HtmlReport(NpgsqlDataSource dataSource, DeviceCatalog catalo
             }
         }
 
-        if (capacityPerDay > 0)
+        // The validated fleet is a step: one segment per day at that day's capacity, which changes
+        // when a validation completes or expires.
+        if (capacityByDay.Any(c => c > 0))
         {
-            int y = top + DailyPlotHeight - (int)((Int128)capacityPerDay * DailyPlotHeight / max);
-            html.Append(CultureInfo.InvariantCulture, $"""
-                <line id="capacity-line" class="capacity" data-npfh="{capacityPerDay}" x1="{left}" y1="{y}" x2="{ChartWidth - 10}" y2="{y}"><title>verified capacity: {Units.Fixed(capacityPerDay, 9)} PFLOPS·h per day</title></line>
-                <text class="label capacity-label" x="{ChartWidth - 12}" y="{Math.Max(y - 4, 10)}" text-anchor="end">verified capacity</text>
+            html.Append("<g id=\"capacity-line\">\n");
+            for (int i = 0; i < days; i++)
+            {
+                string key = fromDay.AddDays(i).ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
+                int y = top + DailyPlotHeight - (int)((Int128)capacityByDay[i] * DailyPlotHeight / max);
+                html.Append(CultureInfo.InvariantCulture,
+                    $"<line class=\"capacity\" data-day=\"{key}\" data-npfh=\"{capacityByDay[i]}\" x1=\"{left + i * slot}\" y1=\"{y}\" x2=\"{left + (i + 1) * slot}\" y2=\"{y}\"><title>{key}: validated fleet {Units.Fixed(capacityByDay[i], 9)} PFLOPS·h</title></line>\n");
+            }
 
-                """);
+            int lastY = top + DailyPlotHeight - (int)((Int128)capacityByDay[^1] * DailyPlotHeight / max);
+            html.Append(CultureInfo.InvariantCulture, $"</g>\n<text class=\"label capacity-label\" x=\"{ChartWidth - 12}\" y=\"{Math.Max(lastY - 4, 10)}\" text-anchor=\"end\">validated fleet</text>\n");
         }
 
-        html.Append("</svg><p class=\"note\">Bars: FP16 PFLOPS·h of records starting that day. Line: verified capacity run for 24 h.</p></section>\n");
+        html.Append(capacityByDay.Any(c => c > 0)
+            ? "</svg><p class=\"note\">Bars: FP16 PFLOPS·h of records starting that day. Line: the validated fleet in force during the day, run for the time it was in force.</p></section>\n"
+            : "</svg><p class=\"note\">Bars: FP16 PFLOPS·h of records starting that day. No line: no fleet validation was in force in the period.</p></section>\n");
     }
 
     private static void AppendBars(StringBuilder html, string id, string title, List<(string Key, long Usage, long Records)> rows)
@@ -206,15 +240,39 @@ public sealed class HtmlReport(NpgsqlDataSource dataSource, DeviceCatalog catalo
         html.Append("</svg><p class=\"note\">FP16 PFLOPS·h, three decimals (rounded down).</p></section>\n");
     }
 
-    private static void AppendCapacity(StringBuilder html, VerifiedCapacity capacity)
+    /// <summary>The stretches of the period with the validation in force in each (or none), its devices per model, and the declared devices ingest falls back to.</summary>
+    private static void AppendFleet(StringBuilder html, IReadOnlyList<FleetStretch> stretches, FleetSnapshot fleet)
     {
-        html.Append("<section id=\"capacity\"><h2>Verified capacity</h2><table><thead><tr><th>Site</th><th>Device model</th><th>Devices</th></tr></thead><tbody>\n");
-        foreach (var ((site, model), devices) in capacity.Devices.OrderBy(p => p.Key.Site, StringComparer.Ordinal).ThenBy(p => p.Key.Model, StringComparer.Ordinal))
+        html.Append("""
+            <section id="capacity"><h2>Validated fleet</h2>
+            <table id="fleet-stretches"><thead><tr><th>From</th><th>Until</th><th>Fleet validation</th><th>Device model</th><th>Devices</th></tr></thead><tbody>
+
+            """);
+        foreach (FleetStretch stretch in stretches)
         {
-            html.Append(CultureInfo.InvariantCulture, $"<tr><td>{E(site)}</td><td>{E(model)}</td><td class=\"num\">{devices:N0}</td></tr>\n");
+            string when = $"<td>{E(Local(stretch.FromUnixMs))}</td><td>{E(Local(stretch.UntilUnixMs))}</td>";
+            if (stretch.Fleet is not { } validation)
+            {
+                html.Append(CultureInfo.InvariantCulture, $"<tr class=\"unvalidated\">{when}<td>none in force</td><td></td><td></td></tr>\n");
+                continue;
+            }
+
+            foreach (var (model, devices) in validation.Devices.OrderBy(p => p.Key, StringComparer.Ordinal))
+            {
+                html.Append(CultureInfo.InvariantCulture,
+                    $"<tr class=\"validated\" data-validation=\"{validation.ValidationId}\">{when}<td>{E(validation.Name)} (inventory version {validation.InventoryVersion}, expiring {E(Local(validation.ExpiresUnixMs))})</td><td>{E(model)}</td><td class=\"num\">{devices:N0}</td></tr>\n");
+            }
         }
 
-        html.Append("</tbody></table></section>\n");
+        string declared = fleet.Declared.Count == 0 ? "none"
+            : string.Join(", ", fleet.Declared.OrderBy(p => p.Key, StringComparer.Ordinal).Select(p => string.Create(CultureInfo.InvariantCulture, $"{p.Value:N0} {p.Key}")));
+        html.Append(CultureInfo.InvariantCulture, $"""
+            </tbody></table>
+            <p class="note">Devices per model of each validation's whole declared inventory, as the capacity service validated it by sampling nodes (engine/Metering.Engine/Capacity/README.md).
+            A validation is in force from its completion until it expires or a later one completes. While none is, ingest judges usage against the devices the admitted applications declare
+            (<span id="declared-devices">{E(declared)}</span>, as the registry stands now) and the CapacityUnvalidated detector reports the usage.</p></section>
+
+            """);
     }
 
     private static void AppendAnomalies(StringBuilder html, IReadOnlyList<Anomaly> anomalies)

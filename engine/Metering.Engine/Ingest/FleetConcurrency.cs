@@ -11,61 +11,66 @@ using Npgsql;
 namespace Metering.Engine.Ingest;
 
 /// <summary>
-/// A provider's fleet per device model, as ingest's plausibility check counts it: the devices of
-/// the model in its latest completed fleet validation while that validation is unexpired, else
-/// the devices its admitted applications declared (those passed commissioned verification).
-/// Where two admitted applications declare the same site and model, the larger count is taken
-/// once: a second service item is offered on the same platform, not on new devices.
+/// A provider's fleet per device model: the validated fleet in force at an instant
+/// (<see cref="FleetHistory"/>, the one definition of it), and the devices its admitted
+/// applications declared (those passed commissioned verification), which ingest falls back to
+/// while no validation is in force. Where two admitted applications declare the same site and
+/// model, the larger count is taken once: a second service item is offered on the same platform,
+/// not on new devices.
+///
+/// Ingest judges a commit against the fleet in force at the commit (<see cref="DevicesOf"/>);
+/// the audit's capacity detector judges each instant of usage against the validation in force at
+/// that instant, and reports usage while none was in force apart (see
+/// <c>Audit/AnomalyDetectors.cs</c>).
 /// </summary>
 public sealed class FleetSnapshot
 {
-    private readonly FrozenDictionary<string, long> _validated;
+    /// <summary>What <see cref="DevicesOf"/> names as the source of the fallback figure.</summary>
+    public const string DeclaredSource = "the devices its admitted applications declared";
+
     private readonly FrozenDictionary<string, long> _declared;
 
-    internal FleetSnapshot(long? validationId, long validUntilMs, IDictionary<string, long> validated, IDictionary<string, long> declared)
+    internal FleetSnapshot(FleetHistory history, IDictionary<string, long> declared)
     {
-        ValidationId = validationId;
-        ValidUntilMs = validUntilMs;
-        _validated = validated.ToFrozenDictionary(StringComparer.Ordinal);
+        History = history;
         _declared = declared.ToFrozenDictionary(StringComparer.Ordinal);
     }
 
-    public static FleetSnapshot Empty { get; } = new(null, 0, new Dictionary<string, long>(), new Dictionary<string, long>());
+    public static FleetSnapshot Empty { get; } = new(FleetHistory.None, new Dictionary<string, long>());
 
-    /// <summary>The latest completed fleet validation, if any (expired or not).</summary>
-    public long? ValidationId { get; }
+    /// <summary>The completed validations read, with which one is in force when.</summary>
+    public FleetHistory History { get; }
 
-    public long ValidUntilMs { get; }
+    /// <summary>The devices of a model the admitted applications declared, as the registry stood when read.</summary>
+    public long DeclaredOf(string model) => _declared.GetValueOrDefault(model);
 
-    /// <summary>The devices of a model in the fleet at a moment, and where that figure comes from.</summary>
+    /// <summary>The declared devices per model.</summary>
+    public IReadOnlyDictionary<string, long> Declared => _declared;
+
+    /// <summary>The devices of a model in the fleet at a moment, and where that figure comes from: the validation in force, else the declared devices.</summary>
     public (long Devices, string Source) DevicesOf(string model, long nowUnixMs) =>
-        ValidationId is { } id && nowUnixMs < ValidUntilMs
-            ? (_validated.GetValueOrDefault(model), $"fleet validation {id}")
-            : (_declared.GetValueOrDefault(model), "the devices its admitted applications declared");
+        History.InForceAt(nowUnixMs) is { } validation
+            ? (validation.DevicesOf(model), validation.Name)
+            : (DeclaredOf(model), DeclaredSource);
 
-    internal static async Task<FleetSnapshot> LoadAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string providerId)
+    /// <summary>The fleet as ingest needs it: only the latest completed validation (see <see cref="FleetHistory.LoadAsync"/>).</summary>
+    internal static Task<FleetSnapshot> LoadAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string providerId) =>
+        LoadAsync(connection, transaction, providerId, long.MaxValue, long.MaxValue, CancellationToken.None);
+
+    /// <summary>The fleet with every validation that can be in force at some instant of [from, until).</summary>
+    public static async Task<FleetSnapshot> LoadAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string providerId, long fromUnixMs, long untilUnixMs,
+        CancellationToken cancellationToken)
     {
-        var validated = (await connection.QueryAsync<(long Id, DateTime Expires, string Model, long Devices)>("""
-            SELECT v.validation_id, v.expires_at, n.device_model, sum(n.device_count)::bigint
-            FROM capacity_validations v
-            JOIN capacity_inventory_nodes n ON n.provider_id = v.provider_id AND n.inventory_version = v.inventory_version
-            WHERE v.provider_id = @providerId AND v.validation_id = (
-                SELECT validation_id FROM capacity_validations WHERE provider_id = @providerId AND state = 'complete' ORDER BY completed_at DESC, validation_id DESC LIMIT 1)
-            GROUP BY v.validation_id, v.expires_at, n.device_model
-            """, new { providerId }, transaction)).ToList();
-        var declared = await connection.QueryAsync<(string Model, long Devices)>("""
+        FleetHistory history = await FleetHistory.LoadAsync(connection, transaction, providerId, fromUnixMs, untilUnixMs, cancellationToken);
+        var declared = await connection.QueryAsync<(string Model, long Devices)>(new CommandDefinition("""
             SELECT device_model, sum(devices)::bigint FROM (
                 SELECT c.site, c.device_model, max(c.device_count) AS devices
                 FROM application_capacity c JOIN applications a ON a.provider_id = c.provider_id AND a.application_id = c.application_id
                 WHERE c.provider_id = @providerId AND a.state = 'admitted'
                 GROUP BY c.site, c.device_model) s
             GROUP BY device_model
-            """, new { providerId }, transaction);
-        return new FleetSnapshot(
-            validated.Count == 0 ? null : validated[0].Id,
-            validated.Count == 0 ? 0 : UnixMs.FromDateTime(DateTime.SpecifyKind(validated[0].Expires, DateTimeKind.Utc)),
-            validated.ToDictionary(v => v.Model, v => v.Devices),
-            declared.ToDictionary(d => d.Model, d => d.Devices));
+            """, new { providerId }, transaction, cancellationToken: cancellationToken));
+        return new FleetSnapshot(history, declared.ToDictionary(d => d.Model, d => d.Devices));
     }
 }
 

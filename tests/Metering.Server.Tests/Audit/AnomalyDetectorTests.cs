@@ -1,8 +1,11 @@
 using Metering.Engine.Audit;
+using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
+using Metering.Server.Tests.Capacity;
 using Metering.Server.Tests.Infrastructure;
+using Metering.Server.Tests.Registry;
 using Metering.Tests.Shared;
 using Anomaly = Metering.Engine.Audit.Anomaly;
 using AnomalyKind = Metering.Engine.Audit.AnomalyKind;
@@ -12,13 +15,19 @@ namespace Metering.Server.Tests.Audit;
 /// <summary>
 /// Each detector against an anomaly planted for it, through ingest or the registry as it would
 /// happen, or by direct SQL as a tamperer would; and a clean period that raises nothing.
-/// The test providers' verified capacity is 256 H100-SXM at sz-nanshan-dc1 and 64 at
-/// sz-longgang-dc2 (their admitted filing).
+/// The test providers' admitted filing declares 256 H100-SXM at sz-nanshan-dc1, 64 at
+/// sz-longgang-dc2 and 250,000 of every model at sz-test-fleet, and they have no fleet
+/// validation: the capacity tests plant one (<see cref="AuditScene.PlantValidationAsync"/>) that
+/// expired before the records are streamed, so that ingest takes usage the audit then judges
+/// against the validation in force when it ran.
 /// </summary>
 [Collection(PostgresCollection.Name)]
 public sealed class AnomalyDetectorTests(PostgresFixture postgres)
 {
     private const string Nanshan = "sz-nanshan-dc1";
+    private const string Longgang = "sz-longgang-dc2";
+    private const string H100 = "H100-SXM";
+    private const long Hour = 3_600_000;
 
     /// <summary>2026-11-20T00:00Z = 08:00 in Shenzhen.</summary>
     private static readonly long Day0 = TestRecords.BaseStartMs;
@@ -44,10 +53,17 @@ public sealed class AnomalyDetectorTests(PostgresFixture postgres)
     private static Task<IReadOnlyList<Anomaly>> DetectAsync(AuditScene scene, long fromMs, long untilMs) =>
         new AnomalyDetectors(scene.DataSource, TimeProvider.System).DetectAsync(TestRecords.Provider, At(fromMs), At(untilMs), CancellationToken.None);
 
+    /// <summary>A validation of the test provider in force from a day before Day0 to a day after it (expired when the tests stream).</summary>
+    private static Task<long> ValidatedAroundDay0Async(AuditScene scene, params (string Model, int Devices)[] fleet) =>
+        scene.PlantValidationAsync(TestRecords.Provider, At(Day0 - 24 * Hour), At(Day0 + 24 * Hour), fleet);
+
+    private static string Fact(Anomaly anomaly, string name) => Assert.Single(anomaly.Facts, f => f.Name == name).Value;
+
     [Fact]
     public async Task A_clean_period_raises_nothing()
     {
         await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await ValidatedAroundDay0Async(scene, (H100, 320));
         await scene.StreamAsync("cluster-a", Steady(Day0));
         await scene.StreamAsync("cluster-b", Steady(Day0).Select(r => { r.Site = "sz-longgang-dc2"; r.DeviceUuids[0] = r.DeviceUuids[0] + "-b"; return r; }).ToList());
 
@@ -57,13 +73,14 @@ public sealed class AnomalyDetectorTests(PostgresFixture postgres)
     }
 
     [Fact]
-    public async Task Concurrent_devices_above_the_verified_capacity_are_caught_with_the_records_at_the_peak()
+    public async Task Concurrent_devices_above_the_validated_fleet_are_caught_with_the_records_at_the_peak()
     {
         await using AuditScene scene = await AuditScene.StartAsync(postgres);
-        // 200 + 100 H100 at once at a site verified for 256; an hour later 200 alone is fine.
+        long validation = await ValidatedAroundDay0Async(scene, (H100, 256));
+        // 200 + 100 H100 at once against a validated 256; an hour later 200 alone is fine.
         await scene.StreamAsync("cap-a", [Record(1, Day0, 60, 200), Record(2, Day0 + 3_600_000, 60, 200)]);
         await scene.StreamAsync("cap-b", [Record(1, Day0 + 1_800_000, 20, 100)]);
-        // A100s at a site where none were verified.
+        // A100s, which the validation holds none of (the filing declares 250,000).
         UsageRecord a100 = Record(1, Day0, 30, 1);
         a100.DeviceModel = "A100-SXM";
         a100.ShareNumerator = 3;
@@ -72,13 +89,146 @@ public sealed class AnomalyDetectorTests(PostgresFixture postgres)
 
         IReadOnlyList<Anomaly> anomalies = await DetectAsync(scene, Day0, Day0 + 3 * 3_600_000L);
 
-        Anomaly h100 = Assert.Single(anomalies, a => a.Kind == AnomalyKind.CapacityExceeded && a.Facts.Contains(new Fact("device_model", "H100-SXM")));
+        Anomaly h100 = Assert.Single(anomalies, a => a.Kind == AnomalyKind.CapacityExceeded && a.Facts.Contains(new Fact("device_model", H100)));
         Assert.Equal((Day0 + 1_800_000, Day0 + 3_000_000), (h100.FromUnixMs, h100.UntilUnixMs));
         Assert.Contains(new Fact("peak_devices", "300"), h100.Facts);
         Assert.Contains(new Fact("verified_devices", "256"), h100.Facts);
+        Assert.Contains(new Fact("validation_id", validation.ToString(System.Globalization.CultureInfo.InvariantCulture)), h100.Facts);
+        Assert.StartsWith($"fleet validation {validation} (inventory version 1)", Fact(h100, "capacity_source"), StringComparison.Ordinal);
+        Assert.Equal($"300 H100-SXM devices in use at once, above the 256 validated by fleet validation {validation}", h100.Summary);
         Assert.Equal([("cap-a", 1UL), ("cap-b", 1UL)], h100.Evidence.Select(e => (e.StreamId, e.Sequence)).Order());
-        Anomaly undeclared = Assert.Single(anomalies, a => a.Kind == AnomalyKind.CapacityExceeded && a.Facts.Contains(new Fact("device_model", "A100-SXM")));
-        Assert.Contains(new Fact("peak_devices", "0 3/7"), undeclared.Facts);
+        Anomaly none = Assert.Single(anomalies, a => a.Kind == AnomalyKind.CapacityExceeded && a.Facts.Contains(new Fact("device_model", "A100-SXM")));
+        Assert.Contains(new Fact("peak_devices", "0 3/7"), none.Facts);
+        Assert.Contains(new Fact("verified_devices", "0"), none.Facts);
+        Assert.DoesNotContain(anomalies, a => a.Kind == AnomalyKind.CapacityUnvalidated);
+    }
+
+    [Fact]
+    public async Task Usage_within_the_declared_devices_but_above_the_validated_fleet_is_caught_over_all_sites()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await ValidatedAroundDay0Async(scene, (H100, 100));
+        // 60 at Nanshan (256 declared there) and 60 at Longgang (64 declared there) for the same
+        // hour: each site within its filing, 120 over the 100 the validation found.
+        await scene.StreamAsync("nanshan", [Record(1, Day0, 60, 60)]);
+        UsageRecord longgang = Record(1, Day0, 60, 60);
+        longgang.Site = Longgang;
+        await scene.StreamAsync("longgang", [longgang]);
+
+        IReadOnlyList<Anomaly> anomalies = await DetectAsync(scene, Day0, Day0 + 2 * Hour);
+
+        Anomaly exceeded = Assert.Single(anomalies, a => a.Kind == AnomalyKind.CapacityExceeded);
+        Assert.Equal((Day0, Day0 + Hour), (exceeded.FromUnixMs, exceeded.UntilUnixMs));
+        Assert.Contains(new Fact("peak_devices", "120"), exceeded.Facts);
+        Assert.Contains(new Fact("verified_devices", "100"), exceeded.Facts);
+        Assert.Contains(new Fact("sites", $"{Longgang}, {Nanshan}"), exceeded.Facts);
+        Assert.Equal(["longgang", "nanshan"], exceeded.Evidence.Select(e => e.StreamId).Order());
+    }
+
+    [Fact]
+    public async Task Usage_at_exactly_the_validated_fleet_is_not_flagged_and_a_seventh_of_a_device_more_is()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await ValidatedAroundDay0Async(scene, (H100, 100));
+        await scene.StreamAsync("a", [Record(1, Day0, 60, 60)]);
+        await scene.StreamAsync("b", [Record(1, Day0 + 10 * 60_000L, 30, 40)]);
+
+        IReadOnlyList<Anomaly> atFleet = await DetectAsync(scene, Day0, Day0 + 2 * Hour);
+
+        Assert.DoesNotContain(atFleet, a => a.Kind is AnomalyKind.CapacityExceeded or AnomalyKind.CapacityUnvalidated);
+
+        UsageRecord slice = Record(1, Day0 + 20 * 60_000L, 5, 1);
+        slice.ShareDenominator = 7;
+        await scene.StreamAsync("c", [slice]);
+
+        IReadOnlyList<Anomaly> above = await DetectAsync(scene, Day0, Day0 + 2 * Hour);
+
+        Anomaly exceeded = Assert.Single(above, a => a.Kind == AnomalyKind.CapacityExceeded);
+        Assert.Contains(new Fact("peak_devices", "100 1/7"), exceeded.Facts);
+        Assert.Equal((Day0 + 20 * 60_000L, Day0 + 25 * 60_000L), (exceeded.FromUnixMs, exceeded.UntilUnixMs));
+        Assert.Equal(["a", "b", "c"], exceeded.Evidence.Select(e => e.StreamId).Order());
+    }
+
+    [Fact]
+    public async Task Each_instant_is_judged_against_the_validation_in_force_then_not_the_latest()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        // 100 H100 from a day before Day0 to 03:00; 300 from 02:00 (replacing the first) to
+        // 04:00; none in force after; and a later validation of 10 that must not matter.
+        long first = await scene.PlantValidationAsync(TestRecords.Provider, At(Day0 - 24 * Hour), At(Day0 + 3 * Hour), (H100, 100));
+        long second = await scene.PlantValidationAsync(TestRecords.Provider, At(Day0 + 2 * Hour), At(Day0 + 4 * Hour), (H100, 300));
+        await scene.PlantValidationAsync(TestRecords.Provider, At(Day0 + 6 * Hour), At(Day0 + 7 * Hour), (H100, 10));
+        // 200 H100 from 01:00 to 03:00, across the change at 02:00; 50 from 04:30 to 05:00.
+        await scene.StreamAsync("t", [Record(1, Day0 + Hour, 120, 200), Record(2, Day0 + 4 * Hour + 30 * 60_000L, 30, 50)]);
+
+        IReadOnlyList<Anomaly> anomalies = await DetectAsync(scene, Day0, Day0 + 6 * Hour);
+
+        Anomaly exceeded = Assert.Single(anomalies, a => a.Kind == AnomalyKind.CapacityExceeded);
+        Assert.Equal((Day0 + Hour, Day0 + 2 * Hour), (exceeded.FromUnixMs, exceeded.UntilUnixMs));
+        Assert.Contains(new Fact("verified_devices", "100"), exceeded.Facts);
+        Assert.Contains(new Fact("validation_id", first.ToString(System.Globalization.CultureInfo.InvariantCulture)), exceeded.Facts);
+        Assert.Equal([1UL], exceeded.Evidence.Select(e => e.Sequence));
+        Anomaly unvalidated = Assert.Single(anomalies, a => a.Kind == AnomalyKind.CapacityUnvalidated);
+        Assert.Equal((Day0 + 4 * Hour + 30 * 60_000L, Day0 + 5 * Hour), (unvalidated.FromUnixMs, unvalidated.UntilUnixMs));
+        Assert.Contains(new Fact("peak_devices", "50"), unvalidated.Facts);
+        Assert.StartsWith($"fleet validation {second} ", Fact(unvalidated, "previous_validation"), StringComparison.Ordinal);
+        Assert.Equal([2UL], unvalidated.Evidence.Select(e => e.Sequence));
+    }
+
+    [Fact]
+    public async Task Usage_while_no_validation_was_in_force_is_reported_apart_once_per_model_with_the_declared_devices()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        // No validation at all: twelve hours of 8 H100 at a time, and one A100 that SQL later
+        // inflates past the 250,000 A100 the filing declares.
+        await scene.StreamAsync("cluster-a", Steady(Day0));
+        UsageRecord a100 = Record(1, Day0 + 2 * Hour, 30, 1);
+        a100.DeviceModel = "A100-SXM";
+        await scene.StreamAsync("cluster-c", [a100]);
+        await scene.TamperAsync($"UPDATE usage_records SET device_count = 250001 WHERE provider_id = '{TestRecords.Provider}' AND stream_id = 'cluster-c' AND sequence = 1");
+
+        IReadOnlyList<Anomaly> anomalies = await DetectAsync(scene, Day0, Day0 + 12 * Hour);
+
+        Assert.DoesNotContain(anomalies, a => a.Kind == AnomalyKind.CapacityExceeded);
+        var unvalidated = anomalies.Where(a => a.Kind == AnomalyKind.CapacityUnvalidated).ToList();
+        Assert.Equal(["A100-SXM", H100], unvalidated.Select(a => Fact(a, "device_model")));
+        Anomaly a100s = unvalidated[0];
+        Assert.Equal(("250001", "250000", "true", "none"), (Fact(a100s, "peak_devices"), Fact(a100s, "declared_devices"), Fact(a100s, "above_declared"), Fact(a100s, "previous_validation")));
+        Assert.Equal("A100-SXM in use with no fleet validation in force: at most 250001 device(s) at once, above the 250000 its admitted applications declare", a100s.Summary);
+        Anomaly h100s = unvalidated[1];
+        Assert.Equal((Day0, Day0 + 12 * Hour), (h100s.FromUnixMs, h100s.UntilUnixMs));
+        Assert.Equal(("8", "250320", "false"), (Fact(h100s, "peak_devices"), Fact(h100s, "declared_devices"), Fact(h100s, "above_declared")));
+        Assert.Equal([1UL], h100s.Evidence.Select(e => e.Sequence));
+    }
+
+    [Fact]
+    public async Task A_validation_made_through_the_capacity_service_bounds_the_usage_that_ran_while_it_was_in_force()
+    {
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, capacity: new CapacitySettings { ValidationValidity = TimeSpan.FromDays(1) }, admitted: true);
+        // The validated inventory is one CPU fixture node: it holds no H100 (the filing declares 320).
+        TestNode[] nodes = await scene.NodesAsync(1);
+        await scene.DeclareAsync(nodes);
+        FleetValidation validation = (await scene.AttestAsync(nodes[0])).Validation;
+        Assert.Equal(FleetValidationState.ValidationComplete, validation.State);
+        long completed = validation.CompletedUnixMs;
+        // Thirty hours on the validation has expired, and ingest takes records backfilled from
+        // while it was in force, judging them against the declared devices.
+        scene.Clock.Advance(TimeSpan.FromHours(30));
+        await using (IngestCall call = await IngestCall.OpenAsync(scene.Server.Client(), "backfill", RegistryScene.KeyOf(scene.Key)))
+        {
+            Assert.Equal(2UL, (await call.SendAsync([Record(1, completed + Hour, 60, 8), Record(2, completed + 26 * Hour, 60, 8)])).CommittedSequence);
+        }
+
+        IReadOnlyList<Anomaly> anomalies = await new AnomalyDetectors(scene.Registry.DataSource, scene.Clock)
+            .DetectAsync(scene.Code, At(completed), At(completed + 30 * Hour), CancellationToken.None);
+
+        Anomaly exceeded = Assert.Single(anomalies, a => a.Kind == AnomalyKind.CapacityExceeded);
+        Assert.Equal($"8 H100-SXM device(s) in use, where fleet validation {validation.ValidationId} validated no H100-SXM", exceeded.Summary);
+        Assert.Equal([1UL], exceeded.Evidence.Select(e => e.Sequence));
+        Anomaly unvalidated = Assert.Single(anomalies, a => a.Kind == AnomalyKind.CapacityUnvalidated);
+        Assert.Equal([2UL], unvalidated.Evidence.Select(e => e.Sequence));
+        Assert.Contains(new Fact("declared_devices", "320"), unvalidated.Facts);
+        Assert.StartsWith($"fleet validation {validation.ValidationId} ", Fact(unvalidated, "previous_validation"), StringComparison.Ordinal);
     }
 
     [Fact]
@@ -218,6 +368,7 @@ public sealed class AnomalyDetectorTests(PostgresFixture postgres)
     public async Task Rows_tampered_by_sql_are_caught_by_the_chain_check_and_by_the_detector_of_what_they_fake()
     {
         await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await ValidatedAroundDay0Async(scene, (H100, 256));
         await scene.StreamAsync("cluster-a", Steady(Day0, 24));
         await scene.StreamAsync("cluster-b", Steady(Day0, 24).Select(r => { r.DeviceUuids[0] = "GPU-B" + r.Sequence; return r; }).ToList());
         string where = $"provider_id = '{TestRecords.Provider}' AND stream_id = 'cluster-b'";

@@ -20,7 +20,11 @@ public sealed partial class HtmlReportTests(PostgresFixture postgres)
         string chromium = FindChromium() ?? throw new InvalidOperationException(
             "Headless Chromium is needed to render the audit report and was not found on PATH (chromium or chromium-browser). Install Debian's chromium package: apt-get install chromium (.ci/run does this).");
         await using AuditScene scene = await AuditScene.StartAsync(postgres);
-        // 300 H100 at once at a site verified for 256, and twenty ordinary records.
+        // A validated fleet of 256 H100 from 2026-11-19 08:00 to 2026-11-21 08:00 Shenzhen time,
+        // which takes in the first day of the report whole and the first eight hours of the second.
+        long validation = await scene.PlantValidationAsync(TestRecords.Provider,
+            new DateTimeOffset(2026, 11, 19, 0, 0, 0, TimeSpan.Zero), new DateTimeOffset(2026, 11, 21, 0, 0, 0, TimeSpan.Zero), ("H100-SXM", 256));
+        // 300 H100 at once, above the validated 256, and twenty ordinary records.
         UsageRecord big = TestRecords.Valid(21);
         big.DeviceCount = 300;
         big.DeviceUuids.Clear();
@@ -45,10 +49,18 @@ public sealed partial class HtmlReportTests(PostgresFixture postgres)
         Assert.Contains("<td id=\"total-pflops-hours\">37.927000000</td>", dom, StringComparison.Ordinal);
         Assert.Contains("<td id=\"chains-summary\">2 of 2 intact</td>", dom, StringComparison.Ordinal);
         Assert.Matches("<tr class=\"anomaly\" data-kind=\"CapacityExceeded\">", dom);
-        Assert.Contains("300 H100-SXM devices in use at once at sz-nanshan-dc1, above the verified 256", dom, StringComparison.Ordinal);
+        Assert.Contains($"300 H100-SXM devices in use at once, above the 256 validated by fleet validation {validation}", dom, StringComparison.Ordinal);
         Assert.Contains("<svg id=\"chart-daily\"", dom, StringComparison.Ordinal);
         Assert.Equal(2, Regex.Count(dom, "<rect class=\"bar\" data-day="));
+        // 256 × 989.4 TFLOPS = 253.2864 PFLOPS, for 24 h on the first day and 8 h on the second.
         Assert.Contains("id=\"capacity-line\"", dom, StringComparison.Ordinal);
+        Assert.Contains("<line class=\"capacity\" data-day=\"2026-11-20\" data-npfh=\"6078873600000\"", dom, StringComparison.Ordinal);
+        Assert.Contains("<line class=\"capacity\" data-day=\"2026-11-21\" data-npfh=\"2026291200000\"", dom, StringComparison.Ordinal);
+        Assert.Contains("<td id=\"capacity-in-period\">8,105.164800000 PFLOPS·h</td>", dom, StringComparison.Ordinal);
+        // The fleet table: the validation to its expiry, then none in force to the end of the period.
+        Assert.Contains($"<tr class=\"validated\" data-validation=\"{validation}\"><td>2026-11-20 00:00</td><td>2026-11-21 08:00</td><td>fleet validation {validation} (inventory version 1, expiring 2026-11-21 08:00)</td><td>H100-SXM</td><td class=\"num\">256</td></tr>", dom, StringComparison.Ordinal);
+        Assert.Contains("<tr class=\"unvalidated\"><td>2026-11-21 08:00</td><td>2026-11-22 00:00</td><td>none in force</td>", dom, StringComparison.Ordinal);
+        Assert.Contains("<span id=\"declared-devices\">", dom, StringComparison.Ordinal);
         Assert.Contains("<rect class=\"bar\" data-key=\"H100-SXM\"", dom, StringComparison.Ordinal);
         Assert.Contains($"<rect class=\"bar\" data-key=\"{TestRecords.Holder}\"", dom, StringComparison.Ordinal);
         Assert.Equal(2, Regex.Count(dom, "<tr><td>2026-11-2[01]</td>"));
