@@ -91,9 +91,11 @@ internal static class AuditCommand
                 await LogAsync(dataSource, actor, "verify", code, parse, ct);
                 var range = new VerificationRange(parse.GetValue(fromSequence), parse.GetValue(toSequence));
                 var verifier = new ChainVerifier(dataSource);
+                var clock = System.Diagnostics.Stopwatch.StartNew();
                 IReadOnlyList<ChainVerification> results = parse.GetValue(stream) is { } one
                     ? [await verifier.VerifyStreamAsync(code, one, range, null, ct)]
                     : await verifier.VerifyProviderAsync(code, range, ct);
+                double seconds = Math.Max(clock.Elapsed.TotalSeconds, 1e-3);
                 var table = new TextTable("stream", "from", "to", "checked", "chain", "head");
                 foreach (ChainVerification r in results)
                 {
@@ -101,6 +103,9 @@ internal static class AuditCommand
                 }
 
                 table.Write(Console.Out);
+                long bytes = results.Sum(r => r.CanonicalBytes);
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"{results.Count} stream(s), {N(results.Aggregate(0UL, (sum, r) => sum + r.RecordsChecked))} records, {bytes / 1e6:N1} MB of canonical encoding re-hashed in {seconds:N2} s ({bytes / 1e6 / seconds:N1} MB/s)"));
                 foreach (ChainVerification r in results.Where(r => !r.Intact))
                 {
                     ChainBreak b = r.Break!;

@@ -22,6 +22,8 @@ public sealed class AuditCliTests(PostgresFixture postgres)
         Assert.Contains("BROKEN at 12 (HashMismatch)", output, StringComparison.Ordinal);
         Assert.Contains("canonical", output, StringComparison.Ordinal);
         Assert.Contains(Convert.ToHexStringLower("elsewhere"u8), output, StringComparison.Ordinal);
+        // Records 1 to 11 verified before the break, and the two of the seeded proof stream; the summary says so.
+        Assert.Contains("2 stream(s), 13 records,", output, StringComparison.Ordinal);
     }
 
     [Fact]
