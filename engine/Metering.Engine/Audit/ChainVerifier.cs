@@ -155,6 +155,9 @@ public sealed class ChainVerifier
     private readonly NpgsqlDataSource _dataSource;
     private readonly VerifierLimits _limits;
 
+    // Set once the server has turned the wire reader away; the rest of this verifier's reads go through Npgsql.
+    private volatile bool _wireRefused;
+
     public ChainVerifier(NpgsqlDataSource dataSource, VerifierLimits? limits = null)
     {
         _dataSource = dataSource;
@@ -422,7 +425,7 @@ public sealed class ChainVerifier
         byte[] previous = new byte[CanonicalEncoding.HashBytes];
         if (first > 1)
         {
-            bool anchored = await rows.ReadAsync(cancellationToken) && rows.Int64(0) == (long)(first - 1);
+            bool anchored = await rows.ReadAsync(cancellationToken) && !rows.IsNull(0) && rows.Int64(0) == (long)(first - 1);
             if (!anchored || rows.FieldLength(12) != CanonicalEncoding.HashBytes)
             {
                 await source.AbandonAsync();
@@ -440,6 +443,14 @@ public sealed class ChainVerifier
         SegmentResult? outcome = null;
         while (await rows.ReadAsync(cancellationToken))
         {
+            if (rows.IsNull(0))
+            {
+                // Only a row written around the table's constraints can get here.
+                outcome = new SegmentResult(expected - first, canonicalBytes, previous,
+                    new ChainBreak(expected, ChainBreakKind.RecordNotEncodable, Hex(previous), "", "", "", "a row of the range has no sequence number"));
+                break;
+            }
+
             ulong sequence = (ulong)rows.Int64(0);
             if (sequence != expected)
             {
@@ -515,7 +526,7 @@ public sealed class ChainVerifier
             """);
 
         string? whyNot = "Npgsql was asked for";
-        WireEndpoint? endpoint = _limits.Transport == CopyTransport.Npgsql ? null : Database.WireEndpointOf(_dataSource, out whyNot);
+        WireEndpoint? endpoint = _limits.Transport == CopyTransport.Npgsql || _wireRefused ? null : Database.WireEndpointOf(_dataSource, out whyNot);
         if (endpoint is null && _limits.Transport == CopyTransport.Wire)
         {
             throw new WireUnsupportedException($"the wire COPY reader cannot serve this data source: {whyNot}");
@@ -536,7 +547,9 @@ public sealed class ChainVerifier
             catch (WireUnsupportedException) when (_limits.Transport == CopyTransport.Auto)
             {
                 // The server wants something only Npgsql does (an authentication method, a
-                // setting): read through Npgsql, which is slower but complete.
+                // setting): read through Npgsql, which is slower but complete, and do not ask
+                // the server again for the other segments.
+                _wireRefused = true;
             }
         }
 

@@ -153,6 +153,31 @@ public sealed class WireCopyOutTests(PostgresFixture postgres)
         Assert.Equal(brokenNpgsql.RecordsChecked, brokenWire.RecordsChecked);
     }
 
+    [Fact]
+    public async Task A_server_the_wire_reader_turns_away_is_read_through_npgsql_with_the_same_result()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        byte[] head = await scene.StreamAsync("cluster-a", 1, 200);
+        string role = $"wire_legacy_{Environment.ProcessId}";
+        await using (NpgsqlConnection connection = await scene.DataSource.OpenConnectionAsync())
+        {
+            // A role whose sessions quote strings the old way: the wire reader's literals would not be safe.
+            await connection.ExecuteAsync($"DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}; "
+                + $"ALTER ROLE {role} SET standard_conforming_strings = off");
+        }
+
+        var asRole = new NpgsqlConnectionStringBuilder(scene.Server.ConnectionString) { Username = role };
+        await using NpgsqlDataSource legacy = Database.CreateDataSource(asRole.ConnectionString);
+
+        ChainVerification result = await new ChainVerifier(legacy, new VerifierLimits { ParallelReadersMax = 2, SegmentRecordsMin = 1_000 }).VerifyStreamAsync(TestRecords.Provider, "cluster-a");
+        Assert.True(result.Intact, result.Evidence);
+        Assert.Equal(head, result.ComputedHead);
+
+        var required = new ChainVerifier(legacy, new VerifierLimits { Transport = CopyTransport.Wire });
+        var refused = await Assert.ThrowsAsync<WireUnsupportedException>(() => required.VerifyStreamAsync(TestRecords.Provider, "cluster-a"));
+        Assert.Contains("standard_conforming_strings", refused.Message, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("Host=db1,db2;Username=u;Database=d", "several")]
     [InlineData("Host=db.example;Username=u;Database=d;SSL Mode=Require", "SSL Mode=Require")]
