@@ -1,6 +1,7 @@
 using Grpc.Core;
 using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
+using Metering.Samples.ProviderAgent;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
 
@@ -195,5 +196,42 @@ public sealed class HeartbeatTests(PostgresFixture postgres)
         Assert.Equal(MinuteOf(Start), ack.MinuteUnixMs);
         Assert.Equal(call.Opened.CommittedSequence, ack.CommittedSequence);
         Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM stream_heartbeats"));
+    }
+
+    [Fact]
+    public async Task The_sample_agent_sends_heartbeats_while_its_platform_has_nothing_new_and_none_by_default()
+    {
+        // The server takes up to 100 heartbeats a second, so the agent's 50 ms interval stands.
+        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { HeartbeatsPerMinuteMax = 6_000 });
+        SimulatedCluster site = SimulatedCluster.DemoSites(new DateTimeOffset(2026, 11, 1, 0, 0, 0, TimeSpan.FromHours(8)), jobsPerInterval: 4, seed: 3)[0];
+
+        // Off by default: a replayed day is sent without a heartbeat.
+        await new UsageStreamer(server.Channel, TestServer.ProviderKey, new StreamerOptions()).RunAsync("replayed", site.RecordAt, 40, CancellationToken.None);
+        Assert.Equal(0L, await HeartbeatRowsAsync(server, "replayed"));
+
+        // Live: the platform holds 20 records, then nothing new until the agent has sent three
+        // heartbeats, then 20 more.
+        ulong recorded = 20;
+        int heartbeats = 0;
+        var streamer = new UsageStreamer(server.Channel, TestServer.ProviderKey, new StreamerOptions
+        {
+            RecordedThrough = () => Volatile.Read(ref recorded),
+            IdlePollInterval = TimeSpan.FromMilliseconds(20),
+            HeartbeatInterval = TimeSpan.FromMilliseconds(50),
+            HeartbeatAcknowledged = ack =>
+            {
+                if (Interlocked.Increment(ref heartbeats) == 3)
+                {
+                    Volatile.Write(ref recorded, 40);
+                }
+            },
+        });
+
+        StreamResult result = await streamer.RunAsync("live", site.RecordAt, 40, CancellationToken.None).WaitAsync(TimeSpan.FromMinutes(1));
+
+        Assert.Equal(40UL, result.CommittedSequence);
+        Assert.True(Volatile.Read(ref heartbeats) >= 3);
+        // Three heartbeats 50 ms apart fall in one minute of the server's clock, or two.
+        Assert.InRange(await HeartbeatRowsAsync(server, "live"), 1L, 2L);
     }
 }
