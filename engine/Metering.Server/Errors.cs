@@ -96,7 +96,7 @@ public static class Errors
         IngestRefusal.Unauthenticated => StatusCode.Unauthenticated,
         IngestRefusal.StreamNotOpen => StatusCode.FailedPrecondition,
         IngestRefusal.SequenceGap => StatusCode.FailedPrecondition,
-        IngestRefusal.BatchTooLarge => StatusCode.ResourceExhausted,
+        IngestRefusal.BatchTooLarge or IngestRefusal.HeartbeatsTooFrequent => StatusCode.ResourceExhausted,
         IngestRefusal.TamperConflict => StatusCode.AlreadyExists,
         IngestRefusal.StreamTakenOver => StatusCode.Aborted,
         _ => StatusCode.InvalidArgument,

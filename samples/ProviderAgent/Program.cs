@@ -5,15 +5,18 @@ using Metering.Samples.ProviderAgent;
 
 // A provider agent: streams one simulated site's day of usage to a Metering server.
 //   provider-agent --server http://127.0.0.1:7390 --api-key KEY [--stream ID] [--day 2026-11-26]
-//                  [--jobs-per-interval 100] [--drop-once-after N]
+//                  [--jobs-per-interval 100] [--drop-once-after N] [--live true] [--heartbeat-seconds N]
 var arguments = Arguments.Parse(args);
 if (arguments is null)
 {
     Console.Error.WriteLine("""
         Usage: provider-agent --server URL --api-key KEY [--stream ID] [--site 0|1|2] [--day YYYY-MM-DD]
-                              [--jobs-per-interval N] [--drop-once-after N]
+                              [--jobs-per-interval N] [--drop-once-after N] [--live true] [--heartbeat-seconds N]
         Streams a simulated site's day of GPU usage (5-minute metering intervals) and resumes
         after a disconnect. The API key may also come from METERING_API_KEY.
+        --live true sends each interval once it has ended, as a running scheduler would, and waits
+        in between; --heartbeat-seconds N (off by default) sends a heartbeat after N seconds of
+        waiting, so that the audit can tell an idle platform from a dead one.
         """);
     return 2;
 }
@@ -25,6 +28,8 @@ var streamer = new UsageStreamer(channel, arguments.ApiKey, new StreamerOptions
 {
     DropOnceAfterRecords = arguments.DropOnceAfter,
     Reconnecting = reason => Console.Error.WriteLine($"reconnecting: {reason}"),
+    RecordedThrough = arguments.Live ? () => site.RecordedThrough(DateTimeOffset.UtcNow) : null,
+    HeartbeatInterval = arguments.HeartbeatSeconds is int seconds ? TimeSpan.FromSeconds(seconds) : null,
 });
 
 try
@@ -39,7 +44,7 @@ catch (RpcException e)
     return 1;
 }
 
-internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, int Site, DateOnly Day, int JobsPerInterval, ulong? DropOnceAfter)
+internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, int Site, DateOnly Day, int JobsPerInterval, ulong? DropOnceAfter, bool Live, int? HeartbeatSeconds)
 {
     public static Arguments? Parse(string[] args)
     {
@@ -65,6 +70,12 @@ internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, in
             return null;
         }
 
+        int? heartbeatSeconds = values.TryGetValue("heartbeat-seconds", out string? heartbeat) ? int.Parse(heartbeat, CultureInfo.InvariantCulture) : null;
+        if (heartbeatSeconds is <= 0)
+        {
+            return null;
+        }
+
         DateOnly yesterday = DateOnly.FromDateTime(DateTime.UtcNow.AddHours(8)).AddDays(-1);
         return new Arguments(
             new Uri(server),
@@ -73,6 +84,8 @@ internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, in
             int.Parse(values.GetValueOrDefault("site", "0"), CultureInfo.InvariantCulture),
             values.TryGetValue("day", out string? day) ? DateOnly.ParseExact(day, "yyyy-MM-dd", CultureInfo.InvariantCulture) : yesterday,
             int.Parse(values.GetValueOrDefault("jobs-per-interval", "100"), CultureInfo.InvariantCulture),
-            values.TryGetValue("drop-once-after", out string? drop) ? ulong.Parse(drop, CultureInfo.InvariantCulture) : null);
+            values.TryGetValue("drop-once-after", out string? drop) ? ulong.Parse(drop, CultureInfo.InvariantCulture) : null,
+            values.TryGetValue("live", out string? live) && bool.Parse(live),
+            heartbeatSeconds);
     }
 }

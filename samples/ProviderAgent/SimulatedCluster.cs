@@ -59,6 +59,16 @@ public sealed class SimulatedCluster
     /// <summary>Records in one day: one per running job per interval.</summary>
     public ulong RecordsPerDay => (ulong)(TimeSpan.FromDays(1) / Interval) * (ulong)_jobsPerInterval;
 
+    /// <summary>
+    /// The records a live scheduler has written by <paramref name="now"/>: those of every interval
+    /// that has ended (a record never runs past its interval), counted from the day's start.
+    /// </summary>
+    public ulong RecordedThrough(DateTimeOffset now)
+    {
+        long elapsedMs = now.ToUnixTimeMilliseconds() - _dayStartMs;
+        return elapsedMs <= 0 ? 0 : (ulong)(elapsedMs / (long)Interval.TotalMilliseconds) * (ulong)_jobsPerInterval;
+    }
+
     /// <summary>Record number <paramref name="sequence"/> (1-based). Past the day it continues into the next days.</summary>
     public UsageRecord RecordAt(ulong sequence)
     {

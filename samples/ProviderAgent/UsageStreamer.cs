@@ -32,6 +32,30 @@ public sealed class StreamerOptions
 
     /// <summary>Called when the stream reconnects, with the reason.</summary>
     public Action<string>? Reconnecting { get; set; }
+
+    /// <summary>
+    /// For a live platform: the highest sequence its accounting holds so far. When the agent has
+    /// sent everything up to it, it is idle and looks again every <see cref="IdlePollInterval"/>.
+    /// Null (the default): every record up to the run's last sequence exists from the start, as
+    /// when a past day is replayed, and the agent is never idle.
+    /// </summary>
+    public Func<ulong>? RecordedThrough { get; set; }
+
+    /// <summary>How often an idle agent looks again at <see cref="RecordedThrough"/>.</summary>
+    public TimeSpan IdlePollInterval { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// Off (null) by default. While the agent is idle it sends a heartbeat whenever it has sent
+    /// nothing for this long, so that the server's audit can tell an idle platform from a dead one
+    /// (its silence threshold is two hours by default). The server records at most one heartbeat
+    /// minute per stream, so an interval of up to a minute loses nothing. An interval shorter than
+    /// twice the spacing the server's heartbeats_per_minute_max allows is raised to that, so that
+    /// heartbeats bunched by the network stay within it.
+    /// </summary>
+    public TimeSpan? HeartbeatInterval { get; set; }
+
+    /// <summary>Called with each heartbeat's acknowledgement.</summary>
+    public Action<HeartbeatAck>? HeartbeatAcknowledged { get; set; }
 }
 
 /// <summary>The end of a streaming run.</summary>
@@ -41,7 +65,8 @@ public sealed record StreamResult(string StreamId, ulong CommittedSequence, byte
 /// Streams one usage stream to the server and survives disconnects: on every (re)connect it asks
 /// the server where the stream stands and continues with the next record, so nothing is lost and
 /// nothing is sent twice after an acknowledgement. Records are produced on demand by sequence
-/// number, as a platform reading its own accounting database would.
+/// number, as a platform reading its own accounting database would; a live platform says how far
+/// its accounting has got, and while the agent waits for more it can send heartbeats.
 /// </summary>
 public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOptions options)
 {
@@ -51,6 +76,11 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
 
     public async Task<StreamResult> RunAsync(string streamId, Func<ulong, UsageRecord> recordAt, ulong lastSequence, CancellationToken cancellationToken)
     {
+        if (options.HeartbeatInterval <= TimeSpan.Zero || options.IdlePollInterval <= TimeSpan.Zero)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), "HeartbeatInterval and IdlePollInterval must be positive.");
+        }
+
         var headers = new Metadata { { "authorization", "Bearer " + apiKey } };
         int connections = 0;
         int failuresInRow = 0;
@@ -109,6 +139,9 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
         ulong committed = opened.CommittedSequence;
         byte[] head = opened.ChainHead.ToByteArray();
         int batchRecords = (int)Math.Min((uint)options.BatchRecords, opened.BatchRecordsMax);
+        TimeSpan? heartbeatEvery = options.HeartbeatInterval is TimeSpan every && opened.HeartbeatsPerMinuteMax > 0
+            ? TimeSpan.FromTicks(Math.Max(every.Ticks, TimeSpan.FromMinutes(2).Ticks / opened.HeartbeatsPerMinuteMax))
+            : options.HeartbeatInterval;
         if (committed >= lastSequence)
         {
             await call.RequestStream.CompleteAsync();
@@ -120,14 +153,45 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
         ulong replayed = 0;
 
         Exception? sendFailure = null;
+        long lastSentAt = Stopwatch.GetTimestamp();
+
+        // Nothing to send: wait a poll interval, or less if a heartbeat falls due sooner, and send
+        // the heartbeat when the stream has been quiet for the whole heartbeat interval.
+        async Task IdleAsync()
+        {
+            TimeSpan wait = options.IdlePollInterval;
+            if (heartbeatEvery is TimeSpan every)
+            {
+                TimeSpan quiet = Stopwatch.GetElapsedTime(lastSentAt);
+                if (quiet >= every)
+                {
+                    var heartbeat = new Heartbeat { ClientUnixMs = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() };
+                    await call.RequestStream.WriteAsync(new IngestRequest { Heartbeat = heartbeat }, connection.Token);
+                    lastSentAt = Stopwatch.GetTimestamp();
+                    quiet = TimeSpan.Zero;
+                }
+
+                wait = every - quiet < wait ? every - quiet : wait;
+            }
+
+            await Task.Delay(wait, connection.Token);
+        }
+
         async Task SendAsync()
         {
             ulong next = committed + 1;
             while (next <= lastSequence)
             {
+                ulong available = Math.Min(lastSequence, options.RecordedThrough?.Invoke() ?? lastSequence);
+                if (next > available)
+                {
+                    await IdleAsync();
+                    continue;
+                }
+
                 await window.WaitAsync(connection.Token);
                 var batch = new UsageBatch();
-                ulong end = Math.Min(lastSequence, next + (ulong)batchRecords - 1);
+                ulong end = Math.Min(available, next + (ulong)batchRecords - 1);
                 for (ulong sequence = next; sequence <= end; sequence++)
                 {
                     batch.Records.Add(recordAt(sequence));
@@ -135,6 +199,7 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
 
                 sentAt.Enqueue(Stopwatch.GetTimestamp());
                 await call.RequestStream.WriteAsync(new IngestRequest { Batch = batch }, connection.Token);
+                lastSentAt = Stopwatch.GetTimestamp();
                 next = end + 1;
                 if (!_dropped && options.DropOnceAfterRecords is ulong dropAt && next > dropAt)
                 {
@@ -167,6 +232,12 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
         {
             while (await call.ResponseStream.MoveNext(connection.Token))
             {
+                if (call.ResponseStream.Current.KindCase == IngestResponse.KindOneofCase.HeartbeatAck)
+                {
+                    options.HeartbeatAcknowledged?.Invoke(call.ResponseStream.Current.HeartbeatAck);
+                    continue;
+                }
+
                 BatchAck ack = call.ResponseStream.Current.Ack ?? throw new RpcException(new Grpc.Core.Status(StatusCode.Internal, "expected an acknowledgement"));
                 if (sentAt.TryDequeue(out long started))
                 {

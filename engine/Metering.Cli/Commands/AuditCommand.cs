@@ -256,7 +256,7 @@ internal static class AuditCommand
         var provider = Provider(required: true);
         var from = Day("--from", "First day, inclusive");
         var to = Day("--to", "Last day, inclusive");
-        var silence = new Option<int>("--silence-minutes") { Description = "A stream silent for longer than this is an anomaly.", DefaultValueFactory = _ => 120 };
+        var silence = new Option<int>("--silence-minutes") { Description = "A stream that sent neither records nor heartbeats for longer than this is an anomaly.", DefaultValueFactory = _ => 120 };
         return WithDatabase("anomalies", "Run every anomaly detector over a provider and period and list the anomalies with their evidence.",
             [provider, from, to, silence], async (parse, actor, dataSource, ct) =>
             {

@@ -49,6 +49,16 @@ public sealed class IngestLimits
     /// </summary>
     public int ConcurrencyMinutesPerBatchMax { get; set; } = 100_000;
 
+    /// <summary>
+    /// Most heartbeats one stream may send in one minute of the server's clock. Only the first of
+    /// a minute is written, so the rest cost no database work; the bound keeps a client that
+    /// loops on heartbeats from taking the server's cores.
+    /// </summary>
+    public int HeartbeatsPerMinuteMax { get; set; } = 60;
+
+    /// <summary>How far a heartbeat's client clock may lie from the server's before it is refused as broken.</summary>
+    public TimeSpan HeartbeatClockSkewMax { get; set; } = TimeSpan.FromDays(1);
+
     /// <summary>Largest gRPC message the server accepts, in bytes.</summary>
     public int MessageBytesMax { get; set; } = 16 * 1024 * 1024;
 
@@ -67,6 +77,8 @@ public sealed class IngestLimits
         Require(RawLineBytesMax is >= 256 and <= 16 * 1024 * 1024, nameof(RawLineBytesMax), "between 256 bytes and 16 MiB");
         Require(RawUploadBytesMax is > 0 and <= 1L << 40, nameof(RawUploadBytesMax), "between 1 byte and 1 TiB");
         Require(ConcurrencyMinutesPerBatchMax is >= 1_440 and <= 10_000_000, nameof(ConcurrencyMinutesPerBatchMax), "between 1440 (a day) and 10000000");
+        Require(HeartbeatsPerMinuteMax is >= 1 and <= 6_000, nameof(HeartbeatsPerMinuteMax), "between 1 and 6000");
+        Require(HeartbeatClockSkewMax >= TimeSpan.FromMinutes(1) && HeartbeatClockSkewMax <= TimeSpan.FromDays(31), nameof(HeartbeatClockSkewMax), "between 1 minute and 31 days");
         Require(MessageBytesMax is >= 64 * 1024 and <= 256 * 1024 * 1024, nameof(MessageBytesMax), "between 64 KiB and 256 MiB");
     }
 

@@ -23,6 +23,9 @@ public sealed class IngestRefusedException(Refusal refusal, ulong? sequence = nu
 /// <summary>What one accepted batch did to the stream.</summary>
 public readonly record struct BatchOutcome(ulong FirstSequence, ulong LastSequence, ulong CommittedSequence, byte[] ChainHead, int ReplayedRecords, int CommittedRecords);
 
+/// <summary>What one accepted heartbeat did: the server minute it fell in, and whether it wrote that minute.</summary>
+public readonly record struct HeartbeatOutcome(long MinuteUnixMs, long ServerUnixMs, bool Recorded, ulong CommittedSequence);
+
 /// <summary>
 /// One writer's session on one stream: validates, normalises and chains each batch, then commits
 /// it. The session caches the committed mark and chain head; the database re-checks the mark on
@@ -40,6 +43,7 @@ public sealed class IngestSession
     private readonly string? _peer;
     private readonly AdmissionGate _gate;
     private readonly bool _proofStream;
+    private readonly HeartbeatMinutes _heartbeats;
     private AdmissionSnapshot _admission;
     private ulong _committed;
     private byte[] _head;
@@ -74,6 +78,7 @@ public sealed class IngestSession
         _prepared = new PreparedRecords(validator.Limits.BatchRecordsMax);
         _validatedModels = new DeviceModel?[validator.Limits.BatchRecordsMax];
         _scratch = new byte[CanonicalEncoding.HashBytes + validator.Limits.CanonicalBytesMax + ProviderAndStreamBytesMax];
+        _heartbeats = new HeartbeatMinutes(validator.Limits.HeartbeatsPerMinuteMax);
     }
 
     // Provider ids are 18-character credit codes and stream ids at most 64 ASCII characters.
@@ -111,6 +116,42 @@ public sealed class IngestSession
         }
 
         return _admission.Check(record.Sequence, record.StartUnixMs, record.EndUnixMs);
+    }
+
+    /// <summary>
+    /// Takes a heartbeat: the stream is alive with nothing to report. The server's clock decides
+    /// the minute; the first heartbeat of a minute writes it (one statement, outside any batch's
+    /// transaction), later ones in the minute are answered from memory. No admission is needed,
+    /// since a heartbeat carries no usage; a proof stream's heartbeats are answered but not
+    /// recorded. Throws <see cref="IngestRefusedException"/> past the per-minute bound or for a
+    /// client clock too far off, having recorded nothing.
+    /// </summary>
+    public async Task<HeartbeatOutcome> HeartbeatAsync(long? clientUnixMs, CancellationToken cancellationToken)
+    {
+        long now = _time.GetUtcNow().ToUnixTimeMilliseconds();
+        TimeSpan skewMax = _validator.Limits.HeartbeatClockSkewMax;
+        long skewMaxMs = (long)skewMax.TotalMilliseconds;
+        if (clientUnixMs is long client && (client < now - skewMaxMs || client > now + skewMaxMs))
+        {
+            throw new IngestRefusedException(new Refusal(IngestRefusal.ClientClockOutOfRange,
+                $"the heartbeat's client clock ({client} ms since the epoch) is more than {(long)skewMax.TotalMinutes} minutes from the server's ({now} ms)"));
+        }
+
+        HeartbeatDecision decision = _heartbeats.Take(now, out long minute);
+        if (decision == HeartbeatDecision.TooFrequent)
+        {
+            throw new IngestRefusedException(new Refusal(IngestRefusal.HeartbeatsTooFrequent,
+                $"the stream sent more than {_validator.Limits.HeartbeatsPerMinuteMax} heartbeats in one minute of the server's clock"));
+        }
+
+        bool recorded = false;
+        if (decision == HeartbeatDecision.Record && !_proofStream)
+        {
+            recorded = await _store.RecordHeartbeatAsync(ProviderId, StreamId, minute, now, clientUnixMs, cancellationToken);
+            _heartbeats.Recorded(minute);
+        }
+
+        return new HeartbeatOutcome(minute, now, recorded, _committed);
     }
 
     /// <summary>Validates the whole batch, then commits its new records; throws <see cref="IngestRefusedException"/> on refusal.</summary>

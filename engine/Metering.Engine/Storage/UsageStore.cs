@@ -224,6 +224,30 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
         rows.WriteByteaField(batch.Hashes.AsSpan(index * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes));
     }
 
+    /// <summary>
+    /// Records that the stream sent a heartbeat in the minute starting at <paramref name="minuteMs"/>
+    /// (server time), with the exact server and client times of the first heartbeat of the minute.
+    /// One autocommitted statement; returns false, having written nothing, when the minute is on
+    /// record already (a reconnect within the minute).
+    /// </summary>
+    public async Task<bool> RecordHeartbeatAsync(string providerId, string streamId, long minuteMs, long receivedMs, long? clientMs, CancellationToken cancellationToken)
+    {
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        int inserted = await connection.ExecuteAsync(new CommandDefinition("""
+            INSERT INTO stream_heartbeats (provider_id, stream_id, minute_at, received_at, client_at)
+            VALUES (@providerId, @streamId, @minute, @received, @client)
+            ON CONFLICT (provider_id, stream_id, minute_at) DO NOTHING
+            """, new
+        {
+            providerId,
+            streamId,
+            minute = UnixMs.ToDateTime(minuteMs),
+            received = UnixMs.ToDateTime(receivedMs),
+            client = clientMs is long ms ? UnixMs.ToDateTime(ms) : (DateTime?)null,
+        }, cancellationToken: cancellationToken));
+        return inserted == 1;
+    }
+
     /// <summary>Records a replay whose content differs from what is committed. Runs in its own transaction.</summary>
     public async Task RecordTamperConflictAsync(string providerId, string streamId, ulong sequence, byte[] committedHash, byte[] offeredHash, byte[] offeredCanonical, string? peer, CancellationToken cancellationToken)
     {

@@ -13,7 +13,7 @@ namespace Metering.Server.Ingest;
 
 /// <summary>
 /// The ingest stream: open → opened (high-water mark and chain head) → batches, each acknowledged
-/// after its commit. Any refusal ends the call with a status; the client reconnects and resumes
+/// after its commit, and heartbeats while the platform has nothing to report. Any refusal ends the call with a status; the client reconnects and resumes
 /// from the mark the server reports.
 /// </summary>
 internal sealed partial class IngestGrpcService(
@@ -66,6 +66,7 @@ internal sealed partial class IngestGrpcService(
                     ChainHead = ByteString.CopyFrom(head.ChainHash),
                     BatchRecordsMax = (uint)validator.Limits.BatchRecordsMax,
                     CatalogVersion = validator.Catalog.Latest.Version,
+                    HeartbeatsPerMinuteMax = (uint)validator.Limits.HeartbeatsPerMinuteMax,
                 },
             }, lease.Token);
 
@@ -74,9 +75,25 @@ internal sealed partial class IngestGrpcService(
             {
                 await recheck.CheckAsync(lease.Token);
                 IngestRequest request = requestStream.Current;
+                if (request.KindCase == IngestRequest.KindOneofCase.Heartbeat)
+                {
+                    HeartbeatOutcome beat = await session.HeartbeatAsync(request.Heartbeat.HasClientUnixMs ? request.Heartbeat.ClientUnixMs : null, lease.Token);
+                    await responseStream.WriteAsync(new IngestResponse
+                    {
+                        HeartbeatAck = new HeartbeatAck
+                        {
+                            MinuteUnixMs = beat.MinuteUnixMs,
+                            ServerUnixMs = beat.ServerUnixMs,
+                            Recorded = beat.Recorded,
+                            CommittedSequence = beat.CommittedSequence,
+                        },
+                    }, lease.Token);
+                    continue;
+                }
+
                 if (request.KindCase != IngestRequest.KindOneofCase.Batch)
                 {
-                    throw Errors.Refused(StatusCode.FailedPrecondition, IngestRefusal.StreamNotOpen, "the stream is already open; send only batches after 'open'");
+                    throw Errors.Refused(StatusCode.FailedPrecondition, IngestRefusal.StreamNotOpen, "the stream is already open; send only batches and heartbeats after 'open'");
                 }
 
                 BatchOutcome outcome = await session.AppendAsync(request.Batch.Records, lease.Token);
@@ -135,7 +152,7 @@ internal sealed partial class IngestGrpcService(
     [LoggerMessage(EventId = 2001, Level = LogLevel.Information, Message = "Stream {ProviderId}/{StreamId} opened at {CommittedSequence} by {Peer}")]
     private static partial void LogOpened(ILogger logger, string providerId, string streamId, ulong committedSequence, string peer);
 
-    [LoggerMessage(EventId = 2002, Level = LogLevel.Warning, Message = "Stream {ProviderId}/{StreamId} refused a batch: {Reason}: {Detail}")]
+    [LoggerMessage(EventId = 2002, Level = LogLevel.Warning, Message = "Stream {ProviderId}/{StreamId} refused a message: {Reason}: {Detail}")]
     private static partial void LogRefused(ILogger logger, string providerId, string streamId, string reason, string detail);
 
     [LoggerMessage(EventId = 2004, Level = LogLevel.Warning, Message = "Stream {ProviderId}/{StreamId} lost the database: {Detail}")]

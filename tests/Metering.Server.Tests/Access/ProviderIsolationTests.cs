@@ -1,8 +1,12 @@
 using Grpc.Core;
+using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Server.Tests.Registry;
 using Metering.Tests.Shared;
+using Npgsql;
+using Anomaly = Metering.Engine.Audit.Anomaly;
+using AnomalyKind = Metering.Engine.Audit.AnomalyKind;
 
 namespace Metering.Server.Tests.Access;
 
@@ -27,6 +31,39 @@ public sealed class ProviderIsolationTests(PostgresFixture postgres)
         var rows = await server.QueryAsync<(string Provider, long Count)>(
             "SELECT provider_id, count(*) FROM usage_records WHERE stream_id = 'shared-name' GROUP BY provider_id ORDER BY 1");
         Assert.Equal([(TestRecords.Provider, 2L), (TestRecords.OtherProvider, 5L)], rows);
+    }
+
+    [Fact]
+    public async Task Heartbeats_cover_only_the_callers_own_stream_whatever_stream_it_names()
+    {
+        long day0 = TestRecords.BaseStartMs;
+        var clock = new ManualClock(DateTimeOffset.FromUnixTimeMilliseconds(day0 + 20 * 60_000L));
+        await using TestServer server = await TestServer.StartAsync(postgres, time: clock);
+        // The caller's "shared-name" has records to 00:15 and then nothing; the other provider's
+        // stream of the same name sends a heartbeat every ten minutes from 00:20 to 04:00.
+        await using (IngestCall mine = await IngestCall.OpenAsync(server.Client(), "shared-name"))
+        {
+            await mine.SendAsync(TestRecords.Range(1, 2));
+        }
+
+        await using (IngestCall other = await IngestCall.OpenAsync(server.Client(), "shared-name", TestServer.OtherProviderKey))
+        {
+            for (long t = day0 + 20 * 60_000L; t <= day0 + 4 * 3_600_000L; t += 10 * 60_000L)
+            {
+                clock.Now = DateTimeOffset.FromUnixTimeMilliseconds(t);
+                Assert.True((await other.HeartbeatAsync()).Recorded);
+            }
+        }
+
+        var owners = await server.QueryAsync<(string Provider, long Count)>("SELECT provider_id, count(*) FROM stream_heartbeats GROUP BY provider_id");
+        Assert.Equal([(TestRecords.OtherProvider, 23L)], owners);
+        await using NpgsqlDataSource dataSource = Database.CreateDataSource(server.ConnectionString);
+        var detectors = new Metering.Engine.Audit.AnomalyDetectors(dataSource, clock);
+        DateTimeOffset from = DateTimeOffset.FromUnixTimeMilliseconds(day0), until = DateTimeOffset.FromUnixTimeMilliseconds(day0 + 4 * 3_600_000L);
+        Anomaly silence = Assert.Single(await detectors.DetectAsync(TestRecords.Provider, from, until, CancellationToken.None), a => a.Kind == AnomalyKind.SilentStream);
+        Assert.Equal(("shared-name", day0 + 15 * 60_000L), (silence.StreamId, silence.FromUnixMs));
+        Assert.Contains(new Metering.Engine.Audit.Fact("last_heartbeat_before", "none"), silence.Facts);
+        Assert.DoesNotContain(await detectors.DetectAsync(TestRecords.OtherProvider, from, until, CancellationToken.None), a => a.Kind == AnomalyKind.SilentStream);
     }
 
     [Fact]

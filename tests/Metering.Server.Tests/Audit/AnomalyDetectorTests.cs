@@ -340,6 +340,100 @@ public sealed class AnomalyDetectorTests(PostgresFixture postgres)
         Assert.DoesNotContain(relaxed, a => a.Kind == AnomalyKind.SilentStream);
     }
 
+    /// <summary>Sends a heartbeat on <paramref name="call"/> at every <paramref name="everyMs"/> of server time in [fromMs, untilMs].</summary>
+    private static async Task HeartbeatsAsync(ManualClock clock, long fromMs, long untilMs, long everyMs, params IngestCall[] calls)
+    {
+        for (long t = fromMs; t <= untilMs; t += everyMs)
+        {
+            clock.Now = At(t);
+            foreach (IngestCall call in calls)
+            {
+                Assert.True((await call.HeartbeatAsync(t)).Recorded);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task A_stream_that_sends_heartbeats_through_a_long_stretch_without_records_is_not_silent_and_one_without_them_is()
+    {
+        var clock = new ManualClock(At(Day0 + 50 * 60_000L));
+        await using AuditScene scene = await AuditScene.StartAsync(postgres, clock);
+        await using IngestCall idle = await IngestCall.OpenAsync(scene.Server.Client(), "idle");
+        await using IngestCall dead = await IngestCall.OpenAsync(scene.Server.Client(), "dead");
+        // Both send ten records to 00:50, nothing for six hours, then ten more; only "idle" sends
+        // a heartbeat every ten minutes meanwhile.
+        await idle.SendAsync(Steady(Day0, 10));
+        await dead.SendAsync(Steady(Day0, 10));
+        long resumeMs = Day0 + 50 * 60_000L + 6 * Hour;
+        await HeartbeatsAsync(clock, Day0 + 60 * 60_000L, resumeMs - 10 * 60_000L, 10 * 60_000L, idle);
+        clock.Now = At(resumeMs + 50 * 60_000L);
+        await idle.SendAsync(Steady(resumeMs, 10).Select(r => { r.Sequence += 10; return r; }));
+        await dead.SendAsync(Steady(resumeMs, 10).Select(r => { r.Sequence += 10; return r; }));
+
+        IReadOnlyList<Anomaly> anomalies = await new AnomalyDetectors(scene.DataSource, clock).DetectAsync(TestRecords.Provider, At(Day0), At(resumeMs + 50 * 60_000L), CancellationToken.None);
+
+        Anomaly silence = Assert.Single(anomalies, a => a.Kind == AnomalyKind.SilentStream);
+        Assert.Equal("dead", silence.StreamId);
+        Assert.Equal((Day0 + 50 * 60_000L, resumeMs), (silence.FromUnixMs, silence.UntilUnixMs));
+        Assert.Equal([10UL, 11UL], silence.Evidence.Select(e => e.Sequence));
+        Assert.Equal(("360", "none", "none"), (Fact(silence, "silent_minutes"), Fact(silence, "last_heartbeat_before"), Fact(silence, "first_heartbeat_after")));
+        Assert.Equal("dead sent no records or heartbeats for 6 h 0 min", silence.Summary);
+    }
+
+    [Fact]
+    public async Task A_gap_between_heartbeats_longer_than_the_threshold_is_a_silence_with_the_heartbeats_around_it()
+    {
+        var clock = new ManualClock(At(Day0 + 3 * Hour));
+        await using AuditScene scene = await AuditScene.StartAsync(postgres, clock);
+        await using IngestCall beats = await IngestCall.OpenAsync(scene.Server.Client(), "beats");
+        await using IngestCall mixed = await IngestCall.OpenAsync(scene.Server.Client(), "mixed");
+        // "beats" only ever sends heartbeats; "mixed" sends one record, from 02:50 to 02:55, first.
+        // Both send heartbeats every ten minutes from 03:00 to 04:00 and from 07:00 to 08:00.
+        await mixed.SendAsync([Record(1, Day0 + 170 * 60_000L, 5, 8)]);
+        await HeartbeatsAsync(clock, Day0 + 3 * Hour, Day0 + 4 * Hour, 10 * 60_000L, beats, mixed);
+        await HeartbeatsAsync(clock, Day0 + 7 * Hour, Day0 + 8 * Hour, 10 * 60_000L, beats, mixed);
+        clock.Now = At(Day0 + 8 * Hour + 30 * 60_000L);
+        Assert.Equal(28L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM stream_heartbeats"));
+        var detectors = new AnomalyDetectors(scene.DataSource, clock);
+
+        IReadOnlyList<Anomaly> anomalies = await detectors.DetectAsync(TestRecords.Provider, At(Day0), clock.Now, CancellationToken.None);
+
+        // Nothing before 03:00 is judged for "beats": a stream is judged from its first heartbeat.
+        var silences = anomalies.Where(a => a.Kind == AnomalyKind.SilentStream).ToList();
+        Assert.Equal(["beats", "mixed"], silences.Select(a => a.StreamId));
+        foreach (Anomaly silence in silences)
+        {
+            // The minute of 04:00 is covered to 04:01.
+            Assert.Equal((Day0 + 4 * Hour + 60_000L, Day0 + 7 * Hour), (silence.FromUnixMs, silence.UntilUnixMs));
+            Assert.Equal(("179", "2026-11-20 12:00:00 Asia/Shanghai", "2026-11-20 15:00:00 Asia/Shanghai"),
+                (Fact(silence, "silent_minutes"), Fact(silence, "last_heartbeat_before"), Fact(silence, "first_heartbeat_after")));
+            Assert.Equal($"{silence.StreamId} sent no records or heartbeats for 2 h 59 min", silence.Summary);
+        }
+
+        Assert.Empty(silences[0].Evidence);
+        Assert.Equal([("mixed", 1UL)], silences[1].Evidence.Select(e => (e.StreamId, e.Sequence)));
+
+        // A period that ends inside the gap ends with the silence; no heartbeat follows in it.
+        IReadOnlyList<Anomaly> cut = await detectors.DetectAsync(TestRecords.Provider, At(Day0 + 3 * Hour), At(Day0 + 6 * Hour + 30 * 60_000L), CancellationToken.None);
+        Anomaly toTheEnd = Assert.Single(cut, a => a.Kind == AnomalyKind.SilentStream && a.StreamId == "beats");
+        Assert.Equal((Day0 + 4 * Hour + 60_000L, Day0 + 6 * Hour + 30 * 60_000L), (toTheEnd.FromUnixMs, toTheEnd.UntilUnixMs));
+        Assert.Equal(("2026-11-20 12:00:00 Asia/Shanghai", "none"), (Fact(toTheEnd, "last_heartbeat_before"), Fact(toTheEnd, "first_heartbeat_after")));
+        Assert.EndsWith(", to the end of the period", toTheEnd.Summary, StringComparison.Ordinal);
+
+        // A period that starts inside the gap counts from the last heartbeat before it.
+        IReadOnlyList<Anomaly> late = await detectors.DetectAsync(TestRecords.Provider, At(Day0 + 5 * Hour), At(Day0 + 8 * Hour), CancellationToken.None);
+        Assert.DoesNotContain(late, a => a.Kind == AnomalyKind.SilentStream);
+        IReadOnlyList<Anomaly> early = await detectors.DetectAsync(TestRecords.Provider, At(Day0 + 4 * Hour + 30 * 60_000L), At(Day0 + 8 * Hour), CancellationToken.None);
+        Anomaly fromBefore = Assert.Single(early, a => a.Kind == AnomalyKind.SilentStream && a.StreamId == "beats");
+        Assert.Equal((Day0 + 4 * Hour + 30 * 60_000L, Day0 + 7 * Hour), (fromBefore.FromUnixMs, fromBefore.UntilUnixMs));
+        Assert.Equal("2026-11-20 12:00:00 Asia/Shanghai", Fact(fromBefore, "last_heartbeat_before"));
+
+        // A threshold above the gap raises nothing.
+        IReadOnlyList<Anomaly> relaxed = await new AnomalyDetectors(scene.DataSource, clock, new DetectorSettings { Silence = TimeSpan.FromHours(3) })
+            .DetectAsync(TestRecords.Provider, At(Day0), clock.Now, CancellationToken.None);
+        Assert.DoesNotContain(relaxed, a => a.Kind == AnomalyKind.SilentStream);
+    }
+
     [Fact]
     public async Task A_day_far_above_the_providers_own_median_is_a_spike_and_an_ordinary_day_is_not()
     {

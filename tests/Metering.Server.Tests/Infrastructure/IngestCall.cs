@@ -51,6 +51,21 @@ public sealed class IngestCall : IAsyncDisposable
         return await Assert.ThrowsAsync<RpcException>(ReadAsync);
     }
 
+    /// <summary>Sends a heartbeat and returns its acknowledgement.</summary>
+    public async Task<HeartbeatAck> HeartbeatAsync(long? clientUnixMs = null)
+    {
+        var heartbeat = new Heartbeat();
+        if (clientUnixMs is long client)
+        {
+            heartbeat.ClientUnixMs = client;
+        }
+
+        await _call.RequestStream.WriteAsync(new IngestRequest { Heartbeat = heartbeat });
+        IngestResponse response = await ReadAsync();
+        Assert.Equal(IngestResponse.KindOneofCase.HeartbeatAck, response.KindCase);
+        return response.HeartbeatAck;
+    }
+
     public Task WriteRawAsync(IngestRequest request) => _call.RequestStream.WriteAsync(request);
 
     public async Task<IngestResponse> ReadAsync()
