@@ -249,18 +249,12 @@ internal static class VerifyLoad
         {
             await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(ct);
             await connection.ExecuteAsync(new CommandDefinition(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; "
-                + "SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off; "
+                $"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {ChainVerifier.ReadSettings}; "
                 + "SELECT set_config('metering.audit_provider', @Provider, true), set_config('metering.audit_stream', @stream, true)",
                 new { Provider, stream }, cancellationToken: ct));
-            await connection.ExecuteAsync(new CommandDefinition("""
-                COPY (SELECT sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator,
-                             start_at, end_at, site, device_uuids, energy_mwh, chain_hash
-                      FROM usage_records
-                      WHERE provider_id = current_setting('metering.audit_provider') AND stream_id = current_setting('metering.audit_stream')
-                      ORDER BY sequence) TO '/dev/null' (FORMAT BINARY);
-                COMMIT
-                """, commandTimeout: 3_600, cancellationToken: ct));
+            // The verifier's own COPY, with the server's /dev/null in place of the client.
+            string copy = ChainVerifier.RangeCopy(1, long.MaxValue).Replace("TO STDOUT", "TO '/dev/null'", StringComparison.Ordinal);
+            await connection.ExecuteAsync(new CommandDefinition(copy + "; COMMIT", commandTimeout: 3_600, cancellationToken: ct));
         });
         return clock.Elapsed.TotalSeconds;
     }

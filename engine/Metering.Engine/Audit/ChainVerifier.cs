@@ -155,8 +155,13 @@ public sealed class ChainVerifier
     private readonly NpgsqlDataSource _dataSource;
     private readonly VerifierLimits _limits;
 
-    // Set once the server has turned the wire reader away; the rest of this verifier's reads go through Npgsql.
-    private volatile bool _wireRefused;
+    // Whether the server serves the wire reader: not yet known, served, or turned away (the
+    // rest of this verifier's reads then go through Npgsql). Changed under _wireProbe.
+    private const int WireUnknown = 0;
+    private const int WireServed = 1;
+    private const int WireRefused = 2;
+    private readonly Lock _wireProbe = new();
+    private int _wireState = WireUnknown;
 
     public ChainVerifier(NpgsqlDataSource dataSource, VerifierLimits? limits = null)
     {
@@ -510,23 +515,9 @@ public sealed class ChainVerifier
     /// </summary>
     private async Task<RowSource> OpenRowsAsync(string providerId, string streamId, ulong from, ulong to, CancellationToken cancellationToken)
     {
-        // Read the range in primary-key order (a merge of each partition's index): it touches
-        // only the range asked for, needs no sort, and streams from the first row. Left to
-        // itself the planner scans whole partitions and sorts on disk, and its parallel workers
-        // compete with the segments that already run side by side. JIT compilation of the plan
-        // costs more than it saves on a scan this simple.
-        const string Settings = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off";
-        string copy = string.Create(CultureInfo.InvariantCulture, $"""
-            COPY (SELECT sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator,
-                         start_at, end_at, site, device_uuids, energy_mwh, chain_hash
-                  FROM usage_records
-                  WHERE provider_id = current_setting('metering.audit_provider') AND stream_id = current_setting('metering.audit_stream')
-                    AND sequence BETWEEN {from} AND {to}
-                  ORDER BY sequence) TO STDOUT (FORMAT BINARY)
-            """);
-
+        string copy = RangeCopy(from, to);
         string? whyNot = "Npgsql was asked for";
-        WireEndpoint? endpoint = _limits.Transport == CopyTransport.Npgsql || _wireRefused ? null : Database.WireEndpointOf(_dataSource, out whyNot);
+        WireEndpoint? endpoint = _limits.Transport == CopyTransport.Npgsql || _wireState == WireRefused ? null : Database.WireEndpointOf(_dataSource, out whyNot);
         if (endpoint is null && _limits.Transport == CopyTransport.Wire)
         {
             throw new WireUnsupportedException($"the wire COPY reader cannot serve this data source: {whyNot}");
@@ -537,30 +528,36 @@ public sealed class ChainVerifier
             // One simple query: the snapshot, the keys as quoted literals (the reader refuses a
             // server without standard_conforming_strings, and text holds no NUL), the settings
             // and the COPY.
-            string query = $"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {Settings}; "
+            string query = $"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {ReadSettings}; "
                 + $"SELECT set_config('metering.audit_provider', {Literal(providerId)}, true), set_config('metering.audit_stream', {Literal(streamId)}, true); {copy}";
+            // The wire readers are connections the Npgsql pool does not count: they take a slot
+            // of their own limit, held until the rows are read.
+            SemaphoreSlim slots = Database.WireReaderSlotsOf(_dataSource);
+            slots.Wait(cancellationToken);
             try
             {
-                WireCopyOut wire = WireCopyOut.Open(endpoint, query, cancellationToken);
-                return new RowSource(new CopyRowReader(wire, FieldCount), wire, null, null);
+                if (OpenWire(endpoint, query, cancellationToken) is { } wire)
+                {
+                    return new RowSource(new CopyRowReader(wire, FieldCount), wire, null, null, slots);
+                }
             }
-            catch (WireUnsupportedException) when (_limits.Transport == CopyTransport.Auto)
+            catch
             {
-                // The server wants something only Npgsql does (an authentication method, a
-                // setting): read through Npgsql, which is slower but complete, and do not ask
-                // the server again for the other segments.
-                _wireRefused = true;
+                slots.Release();
+                throw;
             }
+
+            slots.Release();
         }
 
         NpgsqlConnection connection = await _dataSource.OpenConnectionAsync(cancellationToken);
         try
         {
             NpgsqlTransaction transaction = await connection.BeginTransactionAsync(System.Data.IsolationLevel.RepeatableRead, cancellationToken);
-            await connection.ExecuteAsync(new CommandDefinition("SET TRANSACTION READ ONLY; " + Settings, transaction: transaction, cancellationToken: cancellationToken));
+            await connection.ExecuteAsync(new CommandDefinition("SET TRANSACTION READ ONLY; " + ReadSettings, transaction: transaction, cancellationToken: cancellationToken));
             await connection.ExecuteAsync(new CommandDefinition(SetKeys, new { providerId, streamId }, transaction, cancellationToken: cancellationToken));
             NpgsqlRawCopyStream stream = await connection.BeginRawBinaryCopyAsync(copy, cancellationToken);
-            return new RowSource(new CopyRowReader(stream, FieldCount), stream, stream, connection);
+            return new RowSource(new CopyRowReader(stream, FieldCount), stream, stream, connection, null);
         }
         catch
         {
@@ -569,10 +566,64 @@ public sealed class ChainVerifier
         }
     }
 
+    /// <summary>
+    /// The wire reader for one segment, or null when the server turned it away and the
+    /// transport allows Npgsql instead. The first segment asks while the others wait for its
+    /// answer, so a server that refuses is asked once, not once per segment.
+    /// </summary>
+    private WireCopyOut? OpenWire(WireEndpoint endpoint, string query, CancellationToken cancellationToken)
+    {
+        if (Volatile.Read(ref _wireState) == WireServed)
+        {
+            return WireCopyOut.Open(endpoint, query, cancellationToken);
+        }
+
+        lock (_wireProbe)
+        {
+            if (_wireState == WireRefused)
+            {
+                return null;
+            }
+
+            try
+            {
+                WireCopyOut wire = WireCopyOut.Open(endpoint, query, cancellationToken);
+                Volatile.Write(ref _wireState, WireServed);
+                return wire;
+            }
+            catch (WireUnsupportedException) when (_limits.Transport == CopyTransport.Auto)
+            {
+                // The server wants something only Npgsql does (an authentication method, a
+                // setting): read through Npgsql, which is slower but complete.
+                Volatile.Write(ref _wireState, WireRefused);
+                return null;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Settings of every read: the range in primary-key order (a merge of each partition's
+    /// index) touches only the range asked for, needs no sort, and streams from the first row.
+    /// Left to itself the planner scans whole partitions and sorts on disk, and its parallel
+    /// workers compete with the segments that already run side by side. JIT compilation of the
+    /// plan costs more than it saves on a scan this simple.
+    /// </summary>
+    internal const string ReadSettings = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off";
+
+    /// <summary>The COPY of records [from, to] of the stream named by the session settings metering.audit_provider and metering.audit_stream.</summary>
+    internal static string RangeCopy(ulong from, ulong to) => string.Create(CultureInfo.InvariantCulture, $"""
+        COPY (SELECT sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator,
+                     start_at, end_at, site, device_uuids, energy_mwh, chain_hash
+              FROM usage_records
+              WHERE provider_id = current_setting('metering.audit_provider') AND stream_id = current_setting('metering.audit_stream')
+                AND sequence BETWEEN {from} AND {to}
+              ORDER BY sequence) TO STDOUT (FORMAT BINARY)
+        """);
+
     private static string Literal(string value) => "'" + value.Replace("'", "''", StringComparison.Ordinal) + "'";
 
     /// <summary>The rows of one segment and what to close when they are read.</summary>
-    private sealed class RowSource(CopyRowReader rows, Stream stream, NpgsqlRawCopyStream? npgsqlCopy, NpgsqlConnection? connection) : IAsyncDisposable
+    private sealed class RowSource(CopyRowReader rows, Stream stream, NpgsqlRawCopyStream? npgsqlCopy, NpgsqlConnection? connection, SemaphoreSlim? slot) : IAsyncDisposable
     {
         public CopyRowReader Rows => rows;
 
@@ -593,6 +644,8 @@ public sealed class ChainVerifier
                 // Closing returns the connection to the pool; its open read-only transaction is rolled back.
                 await connection.DisposeAsync();
             }
+
+            slot?.Release();
         }
     }
 

@@ -39,8 +39,16 @@ public static class Sha256Digest
             // a libcrypto on the library path, or the check below fails and .NET hashes instead.
         }
 
-        IsNative = SelfCheck();
+        // Only where libcrypto is the system's own: macOS, for one, aborts a process that loads
+        // its private libcrypto, and no self-check could catch that.
+        IsNative = OperatingSystem.IsLinux() && SelfCheck();
     }
+
+    /// <summary>
+    /// Longest input hashed natively. The native call skips the GC transition, which is only
+    /// fair for calls this short (a few microseconds); longer inputs go through .NET.
+    /// </summary>
+    public const int NativeBytesMax = 16 * 1024;
 
     /// <summary>Whether digests go through OpenSSL's low-level functions.</summary>
     public static bool IsNative { get; }
@@ -54,7 +62,7 @@ public static class Sha256Digest
             throw new ArgumentException("A SHA-256 digest needs 32 bytes.", nameof(destination));
         }
 
-        if (IsNative)
+        if (IsNative && data.Length <= NativeBytesMax)
         {
             NativeHash(data, destination);
         }
@@ -101,8 +109,10 @@ public static class Sha256Digest
 
             return true;
         }
-        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException or BadImageFormatException or CryptographicException)
+        catch (Exception)
         {
+            // Whatever went wrong (no library, no entry point, a marshalling surprise), .NET's
+            // own SHA-256 is always there.
             return false;
         }
     }
@@ -126,8 +136,8 @@ public static class Sha256Digest
     }
 
     /// <summary>
-    /// The three functions. They run for a fraction of a microsecond, never block and never call
-    /// back, so the GC transition is skipped.
+    /// The three functions. On inputs up to <see cref="NativeBytesMax"/> they run for a few
+    /// microseconds at most, never block and never call back, so the GC transition is skipped.
     /// </summary>
     private static class LibCrypto
     {

@@ -16,6 +16,15 @@ public sealed record WireEndpoint(string Host, int Port, string Username, string
     /// <summary>Whether Host is the directory of a Unix-domain socket rather than a TCP host name.</summary>
     public bool IsUnixSocket => Host.StartsWith('/');
 
+    /// <summary>
+    /// Longest wait for the server to send anything once the query is sent, in seconds (the
+    /// connection string's Command Timeout); 0 waits for ever.
+    /// </summary>
+    public int CommandTimeoutSeconds { get; init; }
+
+    /// <summary>Seconds of TCP idleness before keepalive probes (the connection string's Tcp Keepalive Time); 0 leaves the system's default.</summary>
+    public int KeepAliveSeconds { get; init; }
+
     /// <summary>The endpoint of a connection string, or null with the reason the fast path cannot serve it.</summary>
     public static WireEndpoint? TryFrom(string connectionString, out string? whyNot)
     {
@@ -35,13 +44,18 @@ public sealed record WireEndpoint(string Host, int Port, string Username, string
         {
             whyNot = "the connection string names no host, or several";
         }
+        else if (!builder.Host.StartsWith('/') && builder.Host.Contains(':', StringComparison.Ordinal))
+        {
+            whyNot = "the host carries its own port";
+        }
         else if (string.IsNullOrEmpty(builder.Username))
         {
             whyNot = "the connection string names no user";
         }
-        else if (!builder.Host.StartsWith('/') && builder.SslMode is not (SslMode.Disable or SslMode.Allow))
+        else if (!builder.Host.StartsWith('/') && builder.SslMode != SslMode.Disable)
         {
-            // TLS stays with Npgsql, which validates certificates as configured.
+            // TLS stays with Npgsql, which validates certificates as configured; with Allow or
+            // Prefer it may end up encrypted, so only Disable is certain to stay in the clear.
             whyNot = $"TCP connections with SSL Mode={builder.SslMode} are read through Npgsql";
         }
         else if (!string.IsNullOrEmpty(builder.Options) || !string.IsNullOrEmpty(builder.SearchPath) || !string.IsNullOrEmpty(builder.Passfile)
@@ -50,10 +64,19 @@ public sealed record WireEndpoint(string Host, int Port, string Username, string
             whyNot = "the connection string sets options, a search path, a passfile or Kerberos";
         }
 
+        // Npgsql's Timeout=0 waits for ever; so does this reader.
         return whyNot is null
-            ? new WireEndpoint(builder.Host!, builder.Port, builder.Username!, builder.Password, builder.Database ?? builder.Username!, Math.Max(builder.Timeout, 1))
+            ? new WireEndpoint(builder.Host!, builder.Port, builder.Username!, builder.Password, builder.Database ?? builder.Username!, builder.Timeout)
+            {
+                CommandTimeoutSeconds = builder.CommandTimeout,
+                KeepAliveSeconds = builder.TcpKeepAliveTime,
+            }
             : null;
     }
+
+    /// <summary>Everything but the password, which must never reach a log.</summary>
+    public override string ToString() =>
+        $"WireEndpoint {{ Host = {Host}, Port = {Port}, Username = {Username}, Database = {Database}, Password = {(Password is null ? "none" : "set")} }}";
 }
 
 /// <summary>The server asked for something the minimal frontend does not do; read through Npgsql instead.</summary>
@@ -108,6 +131,7 @@ public sealed class WireCopyOut : Stream
 
     private CancellationTokenRegistration _cancellation;
     private CancellationToken _cancellationToken;
+    private int _commandTimeoutSeconds;
 
     private WireCopyOut(Socket socket) => _socket = socket;
 
@@ -129,7 +153,7 @@ public sealed class WireCopyOut : Stream
         {
             reader._cancellationToken = cancellationToken;
             reader._cancellation = cancellationToken.Register(static state => ((Socket)state!).Dispose(), socket);
-            int timeoutMs = endpoint.ConnectTimeoutSeconds * 1_000;
+            int timeoutMs = endpoint.ConnectTimeoutSeconds > 0 ? endpoint.ConnectTimeoutSeconds * 1_000 : Timeout.Infinite;
             // A synchronous connect, run aside so that it can time out: one asynchronous
             // operation would tie the socket to the asynchronous engine for good, and its
             // blocking receives would then wait through that engine's threads.
@@ -153,12 +177,24 @@ public sealed class WireCopyOut : Stream
             connect.GetAwaiter().GetResult();
 
             socket.ReceiveBufferSize = BufferBytes;
-            socket.ReceiveTimeout = timeoutMs;
-            socket.SendTimeout = timeoutMs;
+            if (!endpoint.IsUnixSocket)
+            {
+                // A peer that vanishes without a word must not hold a reader for ever.
+                socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive, true);
+                if (endpoint.KeepAliveSeconds > 0)
+                {
+                    socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime, endpoint.KeepAliveSeconds);
+                }
+            }
+
+            socket.ReceiveTimeout = Math.Max(timeoutMs, 0);
+            socket.SendTimeout = Math.Max(timeoutMs, 0);
             reader.Start(endpoint);
-            // The statements may wait for locks, and PostgreSQL holds back even the start of the
-            // COPY until 8 KiB of rows are ready: from here only cancellation ends a wait.
-            socket.ReceiveTimeout = 0;
+            // From here the command timeout applies to each wait for the server, as Npgsql
+            // applies it to each read of a COPY: a query waiting on a lock, or rows that stop
+            // coming, end with a TimeoutException.
+            reader._commandTimeoutSeconds = endpoint.CommandTimeoutSeconds;
+            socket.ReceiveTimeout = endpoint.CommandTimeoutSeconds * 1_000;
             reader.Query(simpleQuery);
             return reader;
         }
@@ -230,6 +266,20 @@ public sealed class WireCopyOut : Stream
         if (disposing)
         {
             _cancellation.Dispose();
+            if (_copyDone)
+            {
+                // A finished COPY says goodbye, so the server does not log an unexpected end of
+                // file; one abandoned midway just closes, which ends its statement as well.
+                try
+                {
+                    Send([(byte)'X', 0, 0, 0, 4]);
+                }
+                catch (Exception e) when (e is SocketException or ObjectDisposedException)
+                {
+                    // The server is gone already.
+                }
+            }
+
             _socket.Dispose();
         }
 
@@ -331,6 +381,10 @@ public sealed class WireCopyOut : Stream
         {
             throw new OperationCanceledException("The COPY was cancelled.", e, _cancellationToken);
         }
+        catch (SocketException e) when (e.SocketErrorCode == SocketError.TimedOut && _commandTimeoutSeconds > 0)
+        {
+            throw new TimeoutException($"PostgreSQL sent nothing for {_commandTimeoutSeconds} s (the connection string's Command Timeout).", e);
+        }
 
         _end += received;
         return received > 0;
@@ -379,6 +433,7 @@ public sealed class WireCopyOut : Stream
         string? clientFirstBare = null;
         string? clientNonce = null;
         byte[]? serverSignature = null;
+        bool serverVerified = false;
         while (true)
         {
             var (type, start, length) = NextMessage();
@@ -386,15 +441,37 @@ public sealed class WireCopyOut : Stream
             switch ((char)type)
             {
                 case 'R':
+                    if (body.Length < 4)
+                    {
+                        throw new InvalidDataException($"PostgreSQL sent an authentication message of {body.Length} bytes.");
+                    }
+
                     int code = BinaryPrimitives.ReadInt32BigEndian(body);
+                    if (clientFirstBare is not null && code is not (0 or 11 or 12))
+                    {
+                        throw new InvalidDataException($"PostgreSQL asked for authentication method {code} in the middle of a SCRAM exchange.");
+                    }
+
                     switch (code)
                     {
                         case 0:
+                            // Once SCRAM has started, only a server that proved it knows the
+                            // password may let us in (as libpq insists).
+                            if (clientFirstBare is not null && !serverVerified)
+                            {
+                                throw new InvalidDataException("PostgreSQL ended a SCRAM exchange without proving that it knows the password.");
+                            }
+
                             break;
                         case 3:
                             Send(new MessageWriter((byte)'p').CString(PasswordOf(endpoint)).Finish());
                             break;
                         case 5:
+                            if (body.Length < 8)
+                            {
+                                throw new InvalidDataException("PostgreSQL asked for an MD5 password without a salt.");
+                            }
+
                             Send(new MessageWriter((byte)'p').CString(Md5Password(endpoint.Username, PasswordOf(endpoint), body.Slice(4, 4))).Finish());
                             break;
                         case 10:
@@ -421,11 +498,12 @@ public sealed class WireCopyOut : Stream
                         case 12:
                             string outcome = Encoding.UTF8.GetString(body[4..]);
                             if (serverSignature is null || !outcome.StartsWith("v=", StringComparison.Ordinal)
-                                || !CryptographicOperations.FixedTimeEquals(Convert.FromBase64String(outcome[2..].Split(',')[0]), serverSignature))
+                                || !CryptographicOperations.FixedTimeEquals(FromBase64(outcome[2..].Split(',')[0]), serverSignature))
                             {
                                 throw new InvalidDataException("The server's SCRAM signature does not match: it does not know the password.");
                             }
 
+                            serverVerified = true;
                             break;
                         default:
                             throw new WireUnsupportedException($"the server asks for authentication method {code}");
@@ -548,7 +626,7 @@ public sealed class WireCopyOut : Stream
 
         // PostgreSQL applies SASLprep to the password; for passwords of printable ASCII, as the
         // engine's are, that changes nothing.
-        byte[] salted = Rfc2898DeriveBytes.Pbkdf2(Encoding.UTF8.GetBytes(password), Convert.FromBase64String(salt), iterations, HashAlgorithmName.SHA256, 32);
+        byte[] salted = Rfc2898DeriveBytes.Pbkdf2(Encoding.UTF8.GetBytes(password), FromBase64(salt), iterations, HashAlgorithmName.SHA256, 32);
         byte[] clientKey = HMACSHA256.HashData(salted, "Client Key"u8);
         byte[] storedKey = SHA256.HashData(clientKey);
         string withoutProof = "c=biws,r=" + nonce;
@@ -561,6 +639,18 @@ public sealed class WireCopyOut : Stream
 
         byte[] serverSignature = HMACSHA256.HashData(HMACSHA256.HashData(salted, "Server Key"u8), authMessage);
         return (Encoding.ASCII.GetBytes(withoutProof + ",p=" + Convert.ToBase64String(proof)), serverSignature);
+    }
+
+    private static byte[] FromBase64(string text)
+    {
+        try
+        {
+            return Convert.FromBase64String(text);
+        }
+        catch (FormatException e)
+        {
+            throw new InvalidDataException("PostgreSQL sent SCRAM data that is not base64.", e);
+        }
     }
 
     private static WireServerException ServerError(ReadOnlySpan<byte> body)

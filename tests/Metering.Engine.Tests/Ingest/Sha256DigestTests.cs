@@ -27,6 +27,18 @@ public sealed class Sha256DigestTests
     }
 
     [Fact]
+    public void An_input_longer_than_the_native_limit_gives_the_standard_digest_too()
+    {
+        byte[] input = new byte[Sha256Digest.NativeBytesMax * 3 + 5];
+        new Random(7).NextBytes(input);
+        byte[] digest = new byte[32];
+
+        Sha256Digest.Hash(input, digest);
+
+        Assert.Equal(SHA256.HashData(input), digest);
+    }
+
+    [Fact]
     public void The_empty_input_gives_the_well_known_digest()
     {
         Span<byte> digest = stackalloc byte[32];

@@ -85,12 +85,20 @@ public sealed class HeartbeatTests(PostgresFixture postgres)
         await using TestServer server = await TestServer.StartAsync(postgres, time: clock);
         await using IngestCall call = await IngestCall.OpenAsync(server.Client(), "cluster-a");
 
-        await call.SendAsync(TestRecords.Range(1, 5));
-        HeartbeatAck beat = await call.HeartbeatAsync();
-        BatchAck ack = await call.SendAsync(TestRecords.Range(6, 8));
+        // All three go out before any answer is read, so the answers' order is the server's.
+        var first = new UsageBatch();
+        first.Records.AddRange(TestRecords.Range(1, 5));
+        var second = new UsageBatch();
+        second.Records.AddRange(TestRecords.Range(6, 8));
+        await call.WriteRawAsync(new IngestRequest { Batch = first });
+        await call.WriteRawAsync(new IngestRequest { Heartbeat = new Heartbeat() });
+        await call.WriteRawAsync(new IngestRequest { Batch = second });
+        IngestResponse[] answers = [await call.ReadAsync(), await call.ReadAsync(), await call.ReadAsync()];
 
-        Assert.Equal(5UL, beat.CommittedSequence);
-        Assert.Equal(8UL, ack.CommittedSequence);
+        Assert.Equal([IngestResponse.KindOneofCase.Ack, IngestResponse.KindOneofCase.HeartbeatAck, IngestResponse.KindOneofCase.Ack], answers.Select(a => a.KindCase));
+        Assert.Equal(5UL, answers[0].Ack.CommittedSequence);
+        Assert.Equal(5UL, answers[1].HeartbeatAck.CommittedSequence);
+        Assert.Equal(8UL, answers[2].Ack.CommittedSequence);
         Assert.Equal(8L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id = 'cluster-a'"));
         Assert.Equal(1L, await HeartbeatRowsAsync(server));
     }

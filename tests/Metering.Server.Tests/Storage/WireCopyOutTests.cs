@@ -60,19 +60,34 @@ public sealed class WireCopyOutTests(PostgresFixture postgres)
         await using NpgsqlDataSource dataSource = Database.CreateDataSource(await postgres.CreateDatabaseAsync());
         WireEndpoint endpoint = Database.WireEndpointOf(dataSource, out _)!;
         using var cancel = new CancellationTokenSource();
-        // The second row comes only after a minute, and PostgreSQL sends nothing before it.
-        Task<byte[]> reading = Task.Run(async () =>
-        {
-            await using WireCopyOut wire = WireCopyOut.Open(endpoint, "COPY (SELECT g, CASE WHEN g = 2 THEN pg_sleep(60) END FROM generate_series(1, 2) g) TO STDOUT", cancel.Token);
-            return await ReadAllAsync(wire);
-        });
+        // The first row is larger than PostgreSQL's 8 KiB send buffer, so the COPY starts and
+        // that row arrives at once; the second comes only after a minute.
+        await using WireCopyOut wire = WireCopyOut.Open(endpoint, "COPY (SELECT g, CASE WHEN g = 1 THEN repeat('x', 20000) ELSE pg_sleep(60)::text END FROM generate_series(1, 2) g) TO STDOUT", cancel.Token);
+        byte[] first = new byte[16 * 1024];
+        Assert.True(wire.Read(first) > 0);
+        Task<byte[]> rest = Task.Run(() => ReadAllAsync(wire));
 
         await Task.Delay(300);
+        Assert.False(rest.IsCompleted);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         await cancel.CancelAsync();
 
-        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => reading);
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => rest);
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), $"the read ended {clock.Elapsed} after the cancellation");
+    }
+
+    [Fact]
+    public async Task A_query_that_waits_longer_than_the_command_timeout_ends_with_a_timeout()
+    {
+        var builder = new NpgsqlConnectionStringBuilder(await postgres.CreateDatabaseAsync()) { CommandTimeout = 1 };
+        await using NpgsqlDataSource dataSource = Database.CreateDataSource(builder.ConnectionString);
+        WireEndpoint endpoint = Database.WireEndpointOf(dataSource, out _)!;
+
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var error = Assert.Throws<TimeoutException>(() => WireCopyOut.Open(endpoint, "COPY (SELECT pg_sleep(30)) TO STDOUT", CancellationToken.None));
+
+        Assert.Contains("Command Timeout", error.Message, StringComparison.Ordinal);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), $"the timeout took {clock.Elapsed}");
     }
 
     [Fact]
@@ -123,7 +138,7 @@ public sealed class WireCopyOutTests(PostgresFixture postgres)
         var refused = Assert.Throws<WireServerException>(() => WireCopyOut.Open(Database.WireEndpointOf(wrong, out _)!, "COPY (SELECT 1) TO STDOUT", CancellationToken.None));
         Assert.Equal("28P01", refused.SqlState);
 
-        // Without a password the fast path cannot log in; Auto falls back to Npgsql, whose error is the login's own.
+        // Without a password the wire reader cannot log in, and says so in a way that lets a verifier turn to Npgsql.
         builder.Password = null;
         await using NpgsqlDataSource none = Database.CreateDataSource(builder.ConnectionString);
         Assert.Throws<WireUnsupportedException>(() => WireCopyOut.Open(Database.WireEndpointOf(none, out _)!, "COPY (SELECT 1) TO STDOUT", CancellationToken.None));
@@ -157,7 +172,7 @@ public sealed class WireCopyOutTests(PostgresFixture postgres)
     public async Task A_server_the_wire_reader_turns_away_is_read_through_npgsql_with_the_same_result()
     {
         await using AuditScene scene = await AuditScene.StartAsync(postgres);
-        byte[] head = await scene.StreamAsync("cluster-a", 1, 200);
+        byte[] head = await scene.StreamAsync("cluster-a", AuditScene.Records(1, 2_500, AuditScene.EarlyStartMs));
         string role = $"wire_legacy_{Environment.ProcessId}";
         await using (NpgsqlConnection connection = await scene.DataSource.OpenConnectionAsync())
         {
@@ -169,8 +184,10 @@ public sealed class WireCopyOutTests(PostgresFixture postgres)
         var asRole = new NpgsqlConnectionStringBuilder(scene.Server.ConnectionString) { Username = role };
         await using NpgsqlDataSource legacy = Database.CreateDataSource(asRole.ConnectionString);
 
+        // Two segments, each of which would try the wire reader if the first refusal were not remembered.
         ChainVerification result = await new ChainVerifier(legacy, new VerifierLimits { ParallelReadersMax = 2, SegmentRecordsMin = 1_000 }).VerifyStreamAsync(TestRecords.Provider, "cluster-a");
         Assert.True(result.Intact, result.Evidence);
+        Assert.Equal(2_500UL, result.RecordsChecked);
         Assert.Equal(head, result.ComputedHead);
 
         var required = new ChainVerifier(legacy, new VerifierLimits { Transport = CopyTransport.Wire });
@@ -184,6 +201,8 @@ public sealed class WireCopyOutTests(PostgresFixture postgres)
     [InlineData("Host=db.example;Username=u;Database=d", "SSL Mode=Prefer")]
     [InlineData("Host=/tmp/sockets;Database=d", "no user")]
     [InlineData("Host=/tmp/sockets;Username=u;Search Path=elsewhere", "search path")]
+    [InlineData("Host=db.example;Username=u;SSL Mode=Allow", "SSL Mode=Allow")]
+    [InlineData("Host=db.example:6432;Username=u;SSL Mode=Disable", "its own port")]
     public void A_connection_string_it_cannot_serve_is_named_with_the_reason(string connectionString, string reason)
     {
         Assert.Null(WireEndpoint.TryFrom(connectionString, out string? whyNot));
@@ -198,6 +217,8 @@ public sealed class WireCopyOutTests(PostgresFixture postgres)
 
         Assert.Equal(("/tmp/sockets", 5433, "u", "d", true), (socket.Host, socket.Port, socket.Username, socket.Database, socket.IsUnixSocket));
         Assert.Equal(("127.0.0.1", 5432, "p", "u", false), (tcp.Host, tcp.Port, tcp.Password, tcp.Database, tcp.IsUnixSocket));
+        Assert.DoesNotContain("=p", tcp.ToString().Replace(" ", "", StringComparison.Ordinal), StringComparison.Ordinal);
+        Assert.Contains("Password = set", tcp.ToString(), StringComparison.Ordinal);
     }
 
     private static async Task<byte[]> ReadAllAsync(Stream stream)
