@@ -245,7 +245,7 @@ internal sealed partial class AuditGrpcService(NpgsqlDataSource dataSource, Devi
             EngineAnomalyKind.SilentStream => Protocol.V1.AnomalyKind.AnomalySilentStream,
             EngineAnomalyKind.UsageSpike => Protocol.V1.AnomalyKind.AnomalyUsageSpike,
             EngineAnomalyKind.CapacityUnvalidated => Protocol.V1.AnomalyKind.AnomalyCapacityUnvalidated,
-            _ => throw new ArgumentOutOfRangeException(nameof(a), a.Kind, "An anomaly kind the wire contract does not name."),
+            _ => throw new InvalidOperationException($"Anomaly kind {a.Kind} has no name in the wire contract; add it to audit.proto."),
         },
         StreamId = a.StreamId ?? "",
         FromUnixMs = a.FromUnixMs,
