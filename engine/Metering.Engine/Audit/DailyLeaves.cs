@@ -48,11 +48,15 @@ public readonly record struct MerkleCutOff
 /// <summary>The day asked for as settled has no settlement run.</summary>
 public sealed class DayNotSettledException(string message) : Exception(message);
 
-/// <summary>One stream's leaves of a day as they are read, with their sequences, put in order once all are read.</summary>
+/// <summary>
+/// One stream's records of a day as they are read: sequences and chain hashes, put in order
+/// once all are read. Hashing them into leaves waits until then too, so that it can run on every
+/// core, provider by provider, rather than on the thread that drains the COPY.
+/// </summary>
 internal sealed class StreamLeaves(string providerId, string streamId, byte[] providerUtf8, byte[] streamUtf8)
 {
     private long[] _sequences = new long[64];
-    private byte[] _leaves = new byte[64 * MerkleTree.HashBytes];
+    private byte[] _chainHashes = new byte[64 * MerkleTree.HashBytes];
     private bool _ordered = true;
 
     public string ProviderId { get; } = providerId;
@@ -70,9 +74,10 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
 
     public ReadOnlySpan<long> Sequences => _sequences.AsSpan(0, Count);
 
-    public ReadOnlySpan<byte> Leaves => _leaves.AsSpan(0, Count * MerkleTree.HashBytes);
+    /// <summary>The records' chain hashes, 32 bytes each, back to back.</summary>
+    public ReadOnlySpan<byte> ChainHashes => _chainHashes.AsSpan(0, Count * MerkleTree.HashBytes);
 
-    public void Add(IncrementalHash sha256, long sequence, ReadOnlySpan<byte> chainHash, long usageNpfh)
+    public void Add(long sequence, ReadOnlySpan<byte> chainHash, long usageNpfh)
     {
         if (chainHash.Length != MerkleTree.HashBytes)
         {
@@ -83,7 +88,7 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
         {
             // The provider's limit, checked by the reader, keeps this far below int.MaxValue.
             Array.Resize(ref _sequences, Count * 2);
-            Array.Resize(ref _leaves, Count * 2 * MerkleTree.HashBytes);
+            Array.Resize(ref _chainHashes, Count * 2 * MerkleTree.HashBytes);
         }
 
         if (Count > 0 && sequence <= _sequences[Count - 1])
@@ -93,7 +98,7 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
 
         _sequences[Count] = sequence;
         UsageNpfh += usageNpfh;
-        MerkleTree.LeafHash(sha256, chainHash, _leaves.AsSpan(Count * MerkleTree.HashBytes, MerkleTree.HashBytes));
+        chainHash.CopyTo(_chainHashes.AsSpan(Count * MerkleTree.HashBytes));
         Count++;
     }
 
@@ -101,7 +106,7 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
     /// Puts the leaves in sequence order. Rows come in the table's physical order, which is the
     /// order ingest wrote them in, so a stream is nearly always in order already and this costs
     /// one look. A sequence stored twice (only a rewrite past the append-only triggers does that)
-    /// keeps both leaves, ordered by leaf hash so that the root stays deterministic.
+    /// keeps both records, ordered by chain hash so that the root stays deterministic.
     /// </summary>
     public void Order()
     {
@@ -111,24 +116,24 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
         }
 
         long[] sequences = _sequences;
-        byte[] leaves = _leaves;
+        byte[] hashes = _chainHashes;
         int[] order = Enumerable.Range(0, Count).ToArray();
         Array.Sort(order, (a, b) =>
         {
             int bySequence = sequences[a].CompareTo(sequences[b]);
             return bySequence != 0 ? bySequence
-                : leaves.AsSpan(a * MerkleTree.HashBytes, MerkleTree.HashBytes).SequenceCompareTo(leaves.AsSpan(b * MerkleTree.HashBytes, MerkleTree.HashBytes));
+                : hashes.AsSpan(a * MerkleTree.HashBytes, MerkleTree.HashBytes).SequenceCompareTo(hashes.AsSpan(b * MerkleTree.HashBytes, MerkleTree.HashBytes));
         });
         var orderedSequences = new long[Count];
-        var orderedLeaves = new byte[Count * MerkleTree.HashBytes];
+        var orderedHashes = new byte[Count * MerkleTree.HashBytes];
         for (int i = 0; i < Count; i++)
         {
             orderedSequences[i] = sequences[order[i]];
-            leaves.AsSpan(order[i] * MerkleTree.HashBytes, MerkleTree.HashBytes).CopyTo(orderedLeaves.AsSpan(i * MerkleTree.HashBytes));
+            hashes.AsSpan(order[i] * MerkleTree.HashBytes, MerkleTree.HashBytes).CopyTo(orderedHashes.AsSpan(i * MerkleTree.HashBytes));
         }
 
         _sequences = orderedSequences;
-        _leaves = orderedLeaves;
+        _chainHashes = orderedHashes;
         _ordered = true;
     }
 }
@@ -147,17 +152,21 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
     public long UsageNpfh { get; } = streams.Sum(s => s.UsageNpfh);
 
     /// <summary>The leaf hashes, 32 bytes each, back to back in leaf order, in a new buffer that folding may overwrite.</summary>
-    public byte[] Concatenate()
+    public byte[] LeafHashes()
     {
-        var all = new byte[(long)Count * MerkleTree.HashBytes];
+        var leaves = new byte[(long)Count * MerkleTree.HashBytes];
+        using var sha256 = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         int at = 0;
         foreach (StreamLeaves stream in Streams)
         {
-            stream.Leaves.CopyTo(all.AsSpan(at));
-            at += stream.Leaves.Length;
+            ReadOnlySpan<byte> chainHashes = stream.ChainHashes;
+            for (int i = 0; i < chainHashes.Length; i += MerkleTree.HashBytes, at += MerkleTree.HashBytes)
+            {
+                MerkleTree.LeafHash(sha256, chainHashes.Slice(i, MerkleTree.HashBytes), leaves.AsSpan(at, MerkleTree.HashBytes));
+            }
         }
 
-        return all;
+        return leaves;
     }
 
     /// <summary>The leaf index of a record, or -1 when it is not a leaf.</summary>
@@ -185,7 +194,7 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
     }
 
     public DailyRoot Fold(DateOnly day, MerkleCutOff cutOff) =>
-        new(ProviderId, day, cutOff, Count, MerkleTree.Root(Concatenate(), -1, null));
+        new(ProviderId, day, cutOff, Count, MerkleTree.Root(LeafHashes(), -1, null));
 }
 
 /// <summary>
@@ -197,8 +206,8 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
 /// <para>
 /// The statement has no ORDER BY: on a day of ten million records PostgreSQL's sort of them cost
 /// more than reading them, so the rows come in physical order and are put in leaf order here,
-/// per stream, where they are nearly always in order already. The price is memory: every leaf
-/// of the read (32 bytes and an 8-byte sequence) is held until the read ends.
+/// per stream, where they are nearly always in order already. The price is memory: every record
+/// of the read (its 32-byte chain hash and 8-byte sequence) is held until the read ends.
 /// </para>
 /// </summary>
 internal static class DailyLeaves
@@ -206,9 +215,10 @@ internal static class DailyLeaves
     /// <summary>Most leaves one read holds (all providers of a day when settlement reads): 1.25 GiB of leaves and sequences.</summary>
     public const int ReadLeavesMax = 32 * 1024 * 1024;
 
-    // COPY takes no bind parameters; the keys travel as transaction-local settings instead.
-    private const string SetKeys = "SELECT set_config('metering.leaves_provider', @providerId, true), set_config('metering.leaves_from', @from, true), "
-        + "set_config('metering.leaves_until', @until, true), set_config('metering.leaves_as_of', @asOf, true), set_config('metering.leaves_day', @day, true)";
+    // COPY takes no bind parameters. The provider, which comes from a caller, travels as a
+    // transaction-local setting; the day's bounds are written into the statement, from a
+    // DateOnly, so that the planner prunes partitions and weighs the start_at index on them.
+    private const string SetKeys = "SELECT set_config('metering.leaves_provider', @providerId, true), set_config('metering.leaves_as_of', @asOf, true)";
 
     /// <summary>
     /// The leaf statement: (provider, stream, sequence, usage, chain hash) of the day's records,
@@ -216,21 +226,24 @@ internal static class DailyLeaves
     /// stream's mark in the run that closed the day; a stream the run did not know has no mark
     /// and no leaves.
     /// </summary>
-    public static string Sql(bool oneProvider, MerkleCutOff cutOff)
+    public static string Sql(DateOnly day, bool oneProvider, MerkleCutOff cutOff)
     {
+        DateTimeOffset from = ShanghaiTime.StartOf(day);
+        string Literal(DateTimeOffset instant) => $"'{instant.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture)}+00'::timestamptz";
+
         var sql = new StringBuilder("COPY (SELECT u.provider_id, u.stream_id, u.sequence, u.usage_npfh, u.chain_hash FROM usage_records u\n");
         if (cutOff.IsSettled)
         {
-            sql.Append("""
+            sql.Append($"""
                 JOIN settlement_stream_marks m ON m.provider_id = u.provider_id AND m.stream_id = u.stream_id
-                 AND m.run_id = (SELECT run_id FROM settlement_runs WHERE day = current_setting('metering.leaves_day')::date)
+                 AND m.run_id = (SELECT run_id FROM settlement_runs WHERE day = '{day.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture)}'::date)
 
                 """);
         }
 
-        sql.Append("""
-            WHERE u.start_at >= current_setting('metering.leaves_from')::timestamptz
-              AND u.start_at < current_setting('metering.leaves_until')::timestamptz
+        sql.Append($"""
+            WHERE u.start_at >= {Literal(from)}
+              AND u.start_at < {Literal(from.AddDays(1))}
               AND u.stream_id NOT LIKE 'proof:%'
 
             """);
@@ -269,14 +282,10 @@ internal static class DailyLeaves
             throw new DayNotSettledException($"{day:yyyy-MM-dd} has not been settled; there is no settled root of it yet");
         }
 
-        DateTimeOffset from = ShanghaiTime.StartOf(day);
         await connection.ExecuteAsync(new CommandDefinition(SetKeys, new
         {
             providerId = providerId ?? "",
-            from = from.ToString("O", CultureInfo.InvariantCulture),
-            until = from.AddDays(1).ToString("O", CultureInfo.InvariantCulture),
             asOf = cutOff.CommittedBy?.ToString("O", CultureInfo.InvariantCulture) ?? "infinity",
-            day = day.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture),
         }, transaction, cancellationToken: cancellationToken));
 
         // Streams by "provider NUL stream" (neither holds a NUL: PostgreSQL text cannot), looked
@@ -287,8 +296,6 @@ internal static class DailyLeaves
         char[] key = new char[256];
         StreamLeaves? current = null;
         int leaves = 0;
-        using var sha256 = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-
         void Switch(ReadOnlySpan<byte> provider, ReadOnlySpan<byte> stream)
         {
             int length = Encoding.UTF8.GetCharCount(provider) + 1 + Encoding.UTF8.GetCharCount(stream);
@@ -307,7 +314,7 @@ internal static class DailyLeaves
             }
         }
 
-        await using (NpgsqlRawCopyStream copy = await connection.BeginRawBinaryCopyAsync(Sql(providerId is not null, cutOff), cancellationToken))
+        await using (NpgsqlRawCopyStream copy = await connection.BeginRawBinaryCopyAsync(Sql(day, providerId is not null, cutOff), cancellationToken))
         {
             var rows = new CopyRowReader(copy, 5);
             while (await rows.ReadAsync(cancellationToken))
@@ -322,7 +329,7 @@ internal static class DailyLeaves
                     throw new AuditLimitExceededException($"the daily trees of {day:yyyy-MM-dd} have more than {ReadLeavesMax} leaves in all; one read takes at most that many.");
                 }
 
-                current!.Add(sha256, rows.Int64(2), rows.Field(4), rows.Int64(3));
+                current!.Add(rows.Int64(2), rows.Field(4), rows.Int64(3));
             }
         }
 

@@ -69,7 +69,7 @@ public sealed class DailyMerkle(NpgsqlDataSource dataSource)
     {
         var providers = new List<ProviderLeaves>();
         await DailyLeaves.ReadAsync(connection, transaction, day, null, MerkleCutOff.None, providers.Add, cancellationToken);
-        // Folding is pure CPU and independent per provider; the leaves are all read by now.
+        // Hashing and folding are pure CPU and independent per provider; the records are all read by now.
         var roots = new (DailyRoot Root, long UsageNpfh)[providers.Count];
         Parallel.For(0, providers.Count, new ParallelOptions { CancellationToken = cancellationToken },
             i => roots[i] = (providers[i].Fold(day, MerkleCutOff.AsSettled), providers[i].UsageNpfh));
@@ -107,7 +107,7 @@ public sealed class DailyMerkle(NpgsqlDataSource dataSource)
                 return;
             }
 
-            byte[] all = leaves.Concatenate();
+            byte[] all = leaves.LeafHashes();
             byte[] leaf = all.AsSpan(index * MerkleTree.HashBytes, MerkleTree.HashBytes).ToArray();
             var steps = new List<ProofStep>();
             byte[] root = MerkleTree.Root(all, index, steps);
