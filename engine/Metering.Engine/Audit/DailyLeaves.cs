@@ -49,14 +49,49 @@ public readonly record struct MerkleCutOff
 public sealed class DayNotSettledException(string message) : Exception(message);
 
 /// <summary>
-/// One stream's records of a day as they are read: sequences and chain hashes, put in order
-/// once all are read. Hashing them into leaves waits until then too, so that it can run on every
-/// core, provider by provider, rather than on the thread that drains the COPY.
+/// A run of one stream's records as they were read: their sequences and 32-byte hashes, chain
+/// hashes until <see cref="HashLeaves"/> turns them, in place, into leaf hashes. A chunk is
+/// written by the reading thread until full and is then left to a hashing task alone.
+/// </summary>
+internal sealed class LeafChunk(int capacity)
+{
+    public long[] Sequences { get; } = new long[capacity];
+
+    public byte[] Hashes { get; } = new byte[capacity * MerkleTree.HashBytes];
+
+    public int Count { get; set; }
+
+    public bool Full => Count == Sequences.Length;
+
+    public void HashLeaves()
+    {
+        using var sha256 = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        for (int i = 0; i < Count; i++)
+        {
+            Span<byte> hash = Hashes.AsSpan(i * MerkleTree.HashBytes, MerkleTree.HashBytes);
+            MerkleTree.LeafHash(sha256, hash, hash);
+        }
+    }
+}
+
+/// <summary>
+/// One stream's records of a day as they are read, in chunks that are hashed into leaves as they
+/// fill, on the thread pool, while the COPY is still being drained; put in sequence order once
+/// all are read and hashed.
 /// </summary>
 internal sealed class StreamLeaves(string providerId, string streamId, byte[] providerUtf8, byte[] streamUtf8)
 {
-    private long[] _sequences = new long[64];
-    private byte[] _chainHashes = new byte[64 * MerkleTree.HashBytes];
+    /// <summary>Chunks grow from this size, so that the many small streams of a day stay small.</summary>
+    public const int ChunkRecordsFirst = 64;
+
+    /// <summary>Chunks stop growing here (16,384 records, 640 KiB).</summary>
+    public const int ChunkRecordsMax = 16 * 1024;
+
+    /// <summary>Chunks from this size up are hashed on the thread pool; smaller ones on the reading thread, where a task would cost more than the hashing.</summary>
+    public const int ChunkRecordsHashedApart = 2 * 1024;
+
+    private List<LeafChunk> _chunks = [new LeafChunk(ChunkRecordsFirst)];
+    private long _last = long.MinValue;
     private bool _ordered = true;
 
     public string ProviderId { get; } = providerId;
@@ -72,41 +107,41 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
     /// <summary>Sum of the records' usage_npfh.</summary>
     public long UsageNpfh { get; private set; }
 
-    public ReadOnlySpan<long> Sequences => _sequences.AsSpan(0, Count);
+    /// <summary>The chunks in order; once <see cref="Order"/> has run, leaf hashes in leaf order.</summary>
+    public IReadOnlyList<LeafChunk> Chunks => _chunks;
 
-    /// <summary>The records' chain hashes, 32 bytes each, back to back.</summary>
-    public ReadOnlySpan<byte> ChainHashes => _chainHashes.AsSpan(0, Count * MerkleTree.HashBytes);
-
-    public void Add(long sequence, ReadOnlySpan<byte> chainHash, long usageNpfh)
+    /// <summary>Appends a record; a chunk it fills is hashed, on the thread pool (added to <paramref name="hashing"/>) when it is large.</summary>
+    public void Add(long sequence, ReadOnlySpan<byte> chainHash, long usageNpfh, List<Task> hashing)
     {
         if (chainHash.Length != MerkleTree.HashBytes)
         {
             throw new InvalidDataException($"The chain hash of record {sequence} of {ProviderId}/{StreamId} is {chainHash.Length} bytes, not 32; verify the chain.");
         }
 
-        if (Count == _sequences.Length)
-        {
-            // The provider's limit, checked by the reader, keeps this far below int.MaxValue.
-            Array.Resize(ref _sequences, Count * 2);
-            Array.Resize(ref _chainHashes, Count * 2 * MerkleTree.HashBytes);
-        }
-
-        if (Count > 0 && sequence <= _sequences[Count - 1])
-        {
-            _ordered = false;
-        }
-
-        _sequences[Count] = sequence;
-        UsageNpfh += usageNpfh;
-        chainHash.CopyTo(_chainHashes.AsSpan(Count * MerkleTree.HashBytes));
+        LeafChunk chunk = _chunks[^1];
+        chunk.Sequences[chunk.Count] = sequence;
+        chainHash.CopyTo(chunk.Hashes.AsSpan(chunk.Count * MerkleTree.HashBytes));
+        chunk.Count++;
         Count++;
+        UsageNpfh += usageNpfh;
+        _ordered &= sequence > _last;
+        _last = sequence;
+        if (chunk.Full)
+        {
+            Hash(chunk, hashing);
+            _chunks.Add(new LeafChunk(Math.Min(chunk.Sequences.Length * 2, ChunkRecordsMax)));
+        }
     }
 
+    /// <summary>Hashes the last, partly filled chunk; every full one was handed over as it filled.</summary>
+    public void Finish(List<Task> hashing) => Hash(_chunks[^1], hashing);
+
     /// <summary>
-    /// Puts the leaves in sequence order. Rows come in the table's physical order, which is the
-    /// order ingest wrote them in, so a stream is nearly always in order already and this costs
-    /// one look. A sequence stored twice (only a rewrite past the append-only triggers does that)
-    /// keeps both records, ordered by chain hash so that the root stays deterministic.
+    /// Puts the leaves in sequence order, once every chunk is hashed. Rows come in the table's
+    /// physical order, which is the order ingest wrote them in, so a stream is nearly always in
+    /// order already and this costs nothing. A sequence stored twice (only a rewrite past the
+    /// append-only triggers does that) keeps both records, the smaller leaf hash first, so that
+    /// the root stays deterministic.
     /// </summary>
     public void Order()
     {
@@ -115,26 +150,71 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
             return;
         }
 
-        long[] sequences = _sequences;
-        byte[] hashes = _chainHashes;
+        var sequences = new long[Count];
+        var leaves = new byte[Count * MerkleTree.HashBytes];
+        int at = 0;
+        foreach (LeafChunk chunk in _chunks)
+        {
+            chunk.Sequences.AsSpan(0, chunk.Count).CopyTo(sequences.AsSpan(at));
+            chunk.Hashes.AsSpan(0, chunk.Count * MerkleTree.HashBytes).CopyTo(leaves.AsSpan(at * MerkleTree.HashBytes));
+            at += chunk.Count;
+        }
+
         int[] order = Enumerable.Range(0, Count).ToArray();
         Array.Sort(order, (a, b) =>
         {
             int bySequence = sequences[a].CompareTo(sequences[b]);
             return bySequence != 0 ? bySequence
-                : hashes.AsSpan(a * MerkleTree.HashBytes, MerkleTree.HashBytes).SequenceCompareTo(hashes.AsSpan(b * MerkleTree.HashBytes, MerkleTree.HashBytes));
+                : leaves.AsSpan(a * MerkleTree.HashBytes, MerkleTree.HashBytes).SequenceCompareTo(leaves.AsSpan(b * MerkleTree.HashBytes, MerkleTree.HashBytes));
         });
-        var orderedSequences = new long[Count];
-        var orderedHashes = new byte[Count * MerkleTree.HashBytes];
+        var ordered = new LeafChunk(Count) { Count = Count };
         for (int i = 0; i < Count; i++)
         {
-            orderedSequences[i] = sequences[order[i]];
-            hashes.AsSpan(order[i] * MerkleTree.HashBytes, MerkleTree.HashBytes).CopyTo(orderedHashes.AsSpan(i * MerkleTree.HashBytes));
+            ordered.Sequences[i] = sequences[order[i]];
+            leaves.AsSpan(order[i] * MerkleTree.HashBytes, MerkleTree.HashBytes).CopyTo(ordered.Hashes.AsSpan(i * MerkleTree.HashBytes));
         }
 
-        _sequences = orderedSequences;
-        _chainHashes = orderedHashes;
+        _chunks = [ordered];
         _ordered = true;
+    }
+
+    /// <summary>The position of a sequence among the stream's leaves (the first, should it be stored twice), or -1.</summary>
+    public int IndexOf(long sequence)
+    {
+        int offset = 0;
+        foreach (LeafChunk chunk in _chunks)
+        {
+            ReadOnlySpan<long> sequences = chunk.Sequences.AsSpan(0, chunk.Count);
+            if (chunk.Count > 0 && sequence >= sequences[0] && sequence <= sequences[^1])
+            {
+                int at = sequences.BinarySearch(sequence);
+                while (at > 0 && sequences[at - 1] == sequence)
+                {
+                    at--;
+                }
+
+                if (at >= 0)
+                {
+                    return offset + at;
+                }
+            }
+
+            offset += chunk.Count;
+        }
+
+        return -1;
+    }
+
+    private static void Hash(LeafChunk chunk, List<Task> hashing)
+    {
+        if (chunk.Sequences.Length >= ChunkRecordsHashedApart)
+        {
+            hashing.Add(Task.Run(chunk.HashLeaves));
+        }
+        else
+        {
+            chunk.HashLeaves();
+        }
     }
 }
 
@@ -155,15 +235,11 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
     public byte[] LeafHashes()
     {
         var leaves = new byte[(long)Count * MerkleTree.HashBytes];
-        using var sha256 = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         int at = 0;
-        foreach (StreamLeaves stream in Streams)
+        foreach (LeafChunk chunk in Streams.SelectMany(s => s.Chunks))
         {
-            ReadOnlySpan<byte> chainHashes = stream.ChainHashes;
-            for (int i = 0; i < chainHashes.Length; i += MerkleTree.HashBytes, at += MerkleTree.HashBytes)
-            {
-                MerkleTree.LeafHash(sha256, chainHashes.Slice(i, MerkleTree.HashBytes), leaves.AsSpan(at, MerkleTree.HashBytes));
-            }
+            chunk.Hashes.AsSpan(0, chunk.Count * MerkleTree.HashBytes).CopyTo(leaves.AsSpan(at));
+            at += chunk.Count * MerkleTree.HashBytes;
         }
 
         return leaves;
@@ -177,13 +253,7 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
         {
             if (stream.StreamId == streamId)
             {
-                int at = stream.Sequences.BinarySearch((long)sequence);
-                // The first of equal sequences, should a rewrite have stored one twice.
-                while (at > 0 && stream.Sequences[at - 1] == (long)sequence)
-                {
-                    at--;
-                }
-
+                int at = stream.IndexOf((long)sequence);
                 return at < 0 ? -1 : offset + at;
             }
 
@@ -207,7 +277,9 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
 /// The statement has no ORDER BY: on a day of ten million records PostgreSQL's sort of them cost
 /// more than reading them, so the rows come in physical order and are put in leaf order here,
 /// per stream, where they are nearly always in order already. The price is memory: every record
-/// of the read (its 32-byte chain hash and 8-byte sequence) is held until the read ends.
+/// of the read (its 32-byte hash and 8-byte sequence) is held until the read ends. Leaves are
+/// hashed while the rows arrive, a chunk at a time on the thread pool, and the roots are folded
+/// at the end, providers side by side.
 /// </para>
 /// </summary>
 internal static class DailyLeaves
@@ -314,8 +386,10 @@ internal static class DailyLeaves
             }
         }
 
-        await using (NpgsqlRawCopyStream copy = await connection.BeginRawBinaryCopyAsync(Sql(day, providerId is not null, cutOff), cancellationToken))
+        var hashing = new List<Task>();
+        try
         {
+            await using NpgsqlRawCopyStream copy = await connection.BeginRawBinaryCopyAsync(Sql(day, providerId is not null, cutOff), cancellationToken);
             var rows = new CopyRowReader(copy, 5);
             while (await rows.ReadAsync(cancellationToken))
             {
@@ -329,8 +403,18 @@ internal static class DailyLeaves
                     throw new AuditLimitExceededException($"the daily trees of {day:yyyy-MM-dd} have more than {ReadLeavesMax} leaves in all; one read takes at most that many.");
                 }
 
-                current!.Add(rows.Int64(2), rows.Field(4), rows.Int64(3));
+                current!.Add(rows.Int64(2), rows.Field(4), rows.Int64(3), hashing);
             }
+
+            foreach (StreamLeaves stream in streams.Values)
+            {
+                stream.Finish(hashing);
+            }
+        }
+        finally
+        {
+            // Hashing tasks only read their own chunks; whatever ended the read, none outlives it.
+            await Task.WhenAll(hashing);
         }
 
         foreach (var group in streams.Values.GroupBy(s => s.ProviderId, StringComparer.Ordinal).OrderBy(g => g.Key, StringComparer.Ordinal))

@@ -69,7 +69,7 @@ public sealed class DailyMerkle(NpgsqlDataSource dataSource)
     {
         var providers = new List<ProviderLeaves>();
         await DailyLeaves.ReadAsync(connection, transaction, day, null, MerkleCutOff.None, providers.Add, cancellationToken);
-        // Hashing and folding are pure CPU and independent per provider; the records are all read by now.
+        // Folding is pure CPU and independent per provider; the leaves are all read and hashed by now.
         var roots = new (DailyRoot Root, long UsageNpfh)[providers.Count];
         Parallel.For(0, providers.Count, new ParallelOptions { CancellationToken = cancellationToken },
             i => roots[i] = (providers[i].Fold(day, MerkleCutOff.AsSettled), providers[i].UsageNpfh));

@@ -86,6 +86,8 @@ public sealed class SettlementMerkleTests(PostgresFixture postgres)
     public async Task Rows_stored_out_of_sequence_order_give_the_root_of_the_documented_leaf_order()
     {
         await using VoucherScene scene = await SeedAsync(postgres);
+        // A stream long enough to be read in several chunks, some hashed on the thread pool.
+        await scene.WriteUngatedAsync("cluster-long", Enumerable.Range(0, 6_000).Select(i => VoucherScene.Usage(TestRecords.Holder, Day, i % 280, $"long-{i:D4}")).ToList());
         // Maintenance may reorder a table: here every stream's rows end up stored last to first.
         await using (NpgsqlConnection connection = await scene.DataSource.OpenConnectionAsync())
         {
@@ -101,8 +103,12 @@ public sealed class SettlementMerkleTests(PostgresFixture postgres)
         Assert.Equal([10L, 9L], stored);
         SettlementOutcome outcome = await scene.SettleAsync(Day);
 
-        Assert.Equal(await IndependentRootAsync(scene, TestRecords.Provider, Day), PublishedRoot(outcome, TestRecords.Provider).Note);
+        StatementRow published = PublishedRoot(outcome, TestRecords.Provider);
+        Assert.Equal(6_013L, published.Records!.Value);
+        Assert.Equal(await IndependentRootAsync(scene, TestRecords.Provider, Day), published.Note);
         Assert.Equal(await IndependentRootAsync(scene, TestRecords.OtherProvider, Day), PublishedRoot(outcome, TestRecords.OtherProvider).Note);
+        InclusionProof late = await new DailyMerkle(scene.DataSource).ProveAsync(TestRecords.Provider, "cluster-long", 5_000, MerkleCutOff.AsSettled, CancellationToken.None);
+        Assert.Equal((13 + 4_999, published.Note), (late.LeafIndex, Fold(late)));
     }
 
     [Fact]
