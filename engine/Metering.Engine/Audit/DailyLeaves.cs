@@ -65,12 +65,8 @@ internal sealed class LeafChunk(int capacity)
 
     public void HashLeaves()
     {
-        using var sha256 = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        for (int i = 0; i < Count; i++)
-        {
-            Span<byte> hash = Hashes.AsSpan(i * MerkleTree.HashBytes, MerkleTree.HashBytes);
-            MerkleTree.LeafHash(sha256, hash, hash);
-        }
+        Span<byte> hashes = Hashes.AsSpan(0, Count * MerkleTree.HashBytes);
+        Sha256Lanes.HashLeaves(hashes, hashes);
     }
 }
 

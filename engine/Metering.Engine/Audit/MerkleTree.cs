@@ -92,7 +92,6 @@ public static class MerkleTree
             return SHA256.HashData(ReadOnlySpan<byte>.Empty);
         }
 
-        using var sha256 = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         int index = proveIndex;
         while (count > 1)
         {
@@ -111,12 +110,8 @@ public static class MerkleTree
             }
 
             // Parent k goes to slot k, which is never ahead of the children 2k and 2k+1 it reads.
-            int parents = 0;
-            for (int k = 0; k + 1 < count; k += 2)
-            {
-                NodeHash(sha256, leaves.Slice(k * HashBytes, HashBytes), leaves.Slice((k + 1) * HashBytes, HashBytes), leaves.Slice(parents * HashBytes, HashBytes));
-                parents++;
-            }
+            int parents = count / 2;
+            Sha256Lanes.HashNodes(leaves[..(parents * 2 * HashBytes)], leaves[..(parents * HashBytes)]);
 
             if ((count & 1) == 1)
             {
