@@ -60,7 +60,7 @@ internal static class AuditCommand
             {
                 return await action(parse, actor, dataSource, cancellationToken);
             }
-            catch (Exception error) when (error is ArgumentException or RecordNotFoundException or AuditLimitExceededException or FormatException)
+            catch (Exception error) when (error is ArgumentException or RecordNotFoundException or DayNotSettledException or AuditLimitExceededException or FormatException)
             {
                 Console.Error.WriteLine($"error: {error.Message}");
                 return 1;
@@ -125,15 +125,17 @@ internal static class AuditCommand
     {
         var provider = Provider(required: true);
         var day = Day("--day", "The day");
-        var asOf = new Option<DateTimeOffset?>("--as-of") { Description = "Only records committed at or before this instant (ISO 8601)." };
+        var asOf = AsOf("Only records committed at or before this instant (ISO 8601); committed means when the ingest transaction began.");
+        var settled = Settled("The root as settled: the records the settlement of the day counted, the root its provider statement publishes in its merkle_root row.");
         return WithDatabase("merkle-root", "The provider's Merkle root over one day's records (proto/metering/v1/merkle-proofs.md).",
-            [provider, day, asOf], async (parse, actor, dataSource, ct) =>
+            [provider, day, asOf, settled], async (parse, actor, dataSource, ct) =>
             {
                 string code = parse.GetValue(provider)!;
                 await LogAsync(dataSource, actor, "merkle-root", code, parse, ct);
-                DailyRoot root = await new DailyMerkle(dataSource).RootAsync(code, ParseDay(parse.GetValue(day)!), parse.GetValue(asOf), ct);
+                DailyRoot root = await new DailyMerkle(dataSource).RootAsync(code, ParseDay(parse.GetValue(day)!), CutOff(parse, asOf, settled), ct);
                 Console.WriteLine($"provider  {root.ProviderId}");
                 Console.WriteLine($"day       {root.Day:yyyy-MM-dd}");
+                Console.WriteLine($"cut-off   {root.CutOff}");
                 Console.WriteLine($"leaves    {root.LeafCount}");
                 Console.WriteLine($"root      {Convert.ToHexStringLower(root.Root)}");
                 return 0;
@@ -145,14 +147,15 @@ internal static class AuditCommand
         var provider = Provider(required: true);
         var stream = new Option<string>("--stream") { Description = "The record's stream.", Required = true };
         var sequence = new Option<ulong>("--sequence") { Description = "The record's sequence number.", Required = true };
-        var asOf = new Option<DateTimeOffset?>("--as-of") { Description = "Prove against the root as of this instant (ISO 8601)." };
+        var asOf = AsOf("Prove against the root as of this instant (ISO 8601).");
+        var settled = Settled("Prove against the root as settled, the one the provider's statement of the record's day publishes.");
         return WithDatabase("proof", "The inclusion proof of one record in its day's Merkle root, with shell lines that check it with sha256sum.",
-            [provider, stream, sequence, asOf], async (parse, actor, dataSource, ct) =>
+            [provider, stream, sequence, asOf, settled], async (parse, actor, dataSource, ct) =>
             {
                 string code = parse.GetValue(provider)!;
                 await LogAsync(dataSource, actor, "proof", code, parse, ct);
-                InclusionProof proof = await new DailyMerkle(dataSource).ProveAsync(code, parse.GetValue(stream)!, parse.GetValue(sequence), parse.GetValue(asOf), ct);
-                Console.WriteLine($"# {proof.StreamId} #{proof.Sequence}: leaf {proof.LeafIndex} of {proof.LeafCount} on {proof.Day:yyyy-MM-dd}; check with bash and sha256sum:");
+                InclusionProof proof = await new DailyMerkle(dataSource).ProveAsync(code, parse.GetValue(stream)!, parse.GetValue(sequence), CutOff(parse, asOf, settled), ct);
+                Console.WriteLine($"# {proof.StreamId} #{proof.Sequence}: leaf {proof.LeafIndex} of {proof.LeafCount} on {proof.Day:yyyy-MM-dd} ({proof.CutOff}); check with bash and sha256sum:");
                 Console.WriteLine("hex2bin() { printf \"$(printf '%s' \"$1\" | sed 's/../\\\\x&/g')\"; }");
                 Console.WriteLine("node() { { printf '\\x01'; hex2bin \"$1\"; hex2bin \"$2\"; } | sha256sum | cut -d' ' -f1; }");
                 Console.WriteLine($"PREV={Convert.ToHexStringLower(proof.PreviousHash)}");
@@ -169,6 +172,17 @@ internal static class AuditCommand
                 return 0;
             });
     }
+
+    private static Option<DateTimeOffset?> AsOf(string description) => new("--as-of") { Description = description };
+
+    private static Option<bool> Settled(string description) => new("--settled") { Description = description };
+
+    private static MerkleCutOff CutOff(ParseResult parse, Option<DateTimeOffset?> asOf, Option<bool> settled) => (parse.GetValue(asOf), parse.GetValue(settled)) switch
+    {
+        (null, true) => MerkleCutOff.AsSettled,
+        (var instant, false) => MerkleCutOff.AsOf(instant),
+        _ => throw new ArgumentException("--settled and --as-of are two different cut-offs; give at most one"),
+    };
 
     private static (Option<string?>[] Options, Func<ParseResult, UsageFilter> Build) Selection(Option<string> from, Option<string> to)
     {

@@ -103,6 +103,21 @@ internal static class SettleCommand
         table.Add(N(outcome.DayRecords), N(outcome.DayUsageNpfh / Pricing.NanoPflopsHoursPerPflopsHour), N(outcome.AdjustmentRecords), Pricing.Yuan(outcome.FeeFen),
             Pricing.Yuan(outcome.SubsidyFen), N(outcome.Statements.Count));
         table.Write(Console.Out);
+        var roots = outcome.Statements.Where(s => s.PartyKind == StatementFormats.ProviderKind)
+            .Select(s => s.Parse().Rows.FirstOrDefault(r => r.Record == StatementFormats.MerkleRootRecord))
+            .OfType<StatementRow>().ToList();
+        if (roots.Count > 0)
+        {
+            Console.WriteLine($"Merkle roots of {StatementFormats.Date(outcome.Day)} as settled, one per provider statement (recompute with `metering audit merkle-root --settled`):");
+            var rootTable = new TextTable("provider", "leaves", "root");
+            foreach (StatementRow root in roots)
+            {
+                rootTable.Add(root.Provider, N(root.Records ?? 0), root.Note);
+            }
+
+            rootTable.Write(Console.Out);
+        }
+
         Console.WriteLine($"settlement sha256 {outcome.SettlementHex}");
     }
 

@@ -1,5 +1,3 @@
-using System.Globalization;
-using System.Text;
 using Dapper;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
@@ -9,8 +7,12 @@ using Npgsql;
 namespace Metering.Engine.Audit;
 
 /// <summary>A provider's Merkle root for one Asia/Shanghai day.</summary>
-/// <param name="AsOf">Only records committed at or before this instant are leaves; null for everything committed.</param>
-public sealed record DailyRoot(string ProviderId, DateOnly Day, DateTimeOffset? AsOf, int LeafCount, byte[] Root);
+/// <param name="CutOff">Which committed records are leaves: everything, those committed by an instant, or those its settlement counted.</param>
+public sealed record DailyRoot(string ProviderId, DateOnly Day, MerkleCutOff CutOff, int LeafCount, byte[] Root)
+{
+    /// <summary>The root of a provider-day without records: SHA-256 of no bytes, as merkle-proofs.md defines it.</summary>
+    public static DailyRoot Empty(string providerId, DateOnly day, MerkleCutOff cutOff) => new(providerId, day, cutOff, 0, MerkleTree.Root([], -1, null));
+}
 
 /// <summary>
 /// Everything a third party needs to check that one record is in a provider's daily root with
@@ -20,7 +22,7 @@ public sealed record DailyRoot(string ProviderId, DateOnly Day, DateTimeOffset? 
 public sealed record InclusionProof(
     string ProviderId,
     DateOnly Day,
-    DateTimeOffset? AsOf,
+    MerkleCutOff CutOff,
     string StreamId,
     ulong Sequence,
     int LeafIndex,
@@ -42,23 +44,42 @@ public sealed class AuditLimitExceededException(string message) : Exception(mess
 /// Daily Merkle roots per provider and inclusion proofs, as proto/metering/v1/merkle-proofs.md
 /// specifies: the leaves are the chain hashes of the provider's usage records (proof streams
 /// excluded, since they are never settled) whose start falls in the Asia/Shanghai day, ordered
-/// by stream id (bytewise) and then sequence. Settlement publishes the root in its statement;
+/// by stream id (bytewise) and then sequence (<see cref="DailyLeaves"/> reads them). Settlement publishes each provider's root as
+/// settled in its statement (<see cref="RootsInSnapshotAsync"/>, on the run's own snapshot);
 /// anyone holding a proof can check a record against it.
 /// </summary>
 public sealed class DailyMerkle(NpgsqlDataSource dataSource)
 {
-    private const string SetKeys = "SELECT set_config('metering.audit_provider', @providerId, true), set_config('metering.audit_from', @from, true), "
-        + "set_config('metering.audit_until', @until, true), set_config('metering.audit_as_of', @asOf, true)";
-
-    public async Task<DailyRoot> RootAsync(string providerId, DateOnly day, DateTimeOffset? asOf, CancellationToken cancellationToken)
+    public async Task<DailyRoot> RootAsync(string providerId, DateOnly day, MerkleCutOff cutOff, CancellationToken cancellationToken)
     {
-        var (leaves, count, _) = await LeavesAsync(providerId, day, asOf, null, 0, cancellationToken);
-        return new DailyRoot(providerId, day, asOf, count, MerkleTree.Root(leaves.AsSpan(0, count * MerkleTree.HashBytes), -1, null));
+        DailyRoot? root = null;
+        await ReadLeavesAsync(providerId, day, cutOff, leaves => root = leaves.Fold(day, cutOff), cancellationToken);
+        return root ?? throw new InvalidOperationException($"the leaves of {providerId} on {day:yyyy-MM-dd} were never folded");
     }
 
-    /// <summary>The proof that record <paramref name="sequence"/> of a stream is a leaf of its day's root.</summary>
-    /// <exception cref="RecordNotFoundException">No such record, or it is in a proof stream, or it was committed after <paramref name="asOf"/>.</exception>
-    public async Task<InclusionProof> ProveAsync(string providerId, string streamId, ulong sequence, DateTimeOffset? asOf, CancellationToken cancellationToken)
+    /// <summary>
+    /// Every provider's root of <paramref name="day"/> over the records visible in the caller's
+    /// transaction, in one pass, with the records and usage the pass counted; providers without
+    /// records are absent. Settlement calls it inside its run's snapshot, where the visible
+    /// records are exactly those the run counts, so the roots are
+    /// <see cref="MerkleCutOff.AsSettled"/> once the run commits.
+    /// </summary>
+    internal static async Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> RootsInSnapshotAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day,
+        CancellationToken cancellationToken)
+    {
+        var providers = new List<ProviderLeaves>();
+        await DailyLeaves.ReadAsync(connection, transaction, day, null, MerkleCutOff.None, providers.Add, cancellationToken);
+        // Folding is pure CPU and independent per provider; the leaves are all read and hashed by now.
+        var roots = new (DailyRoot Root, long UsageNpfh)[providers.Count];
+        Parallel.For(0, providers.Count, new ParallelOptions { CancellationToken = cancellationToken },
+            i => roots[i] = (providers[i].Fold(day, MerkleCutOff.AsSettled), providers[i].UsageNpfh));
+        return roots.ToDictionary(r => r.Root.ProviderId, StringComparer.Ordinal);
+    }
+
+    /// <summary>The proof that record <paramref name="sequence"/> of a stream is a leaf of its day's root under <paramref name="cutOff"/>.</summary>
+    /// <exception cref="RecordNotFoundException">No such record, or it is in a proof stream, or the cut-off leaves it out.</exception>
+    /// <exception cref="DayNotSettledException">The cut-off is as settled and the record's day has not been settled.</exception>
+    public async Task<InclusionProof> ProveAsync(string providerId, string streamId, ulong sequence, MerkleCutOff cutOff, CancellationToken cancellationToken)
     {
         if (streamId.StartsWith(ProofStreams.Prefix, StringComparison.Ordinal))
         {
@@ -67,9 +88,9 @@ public sealed class DailyMerkle(NpgsqlDataSource dataSource)
 
         var (fields, chainHash, committedAt) = await ReadRecordAsync(providerId, streamId, sequence, cancellationToken)
             ?? throw new RecordNotFoundException($"{providerId} has no record {sequence} in stream {streamId}");
-        if (asOf is { } cutOff && committedAt > cutOff)
+        if (cutOff.CommittedBy is { } asOf && committedAt > asOf)
         {
-            throw new RecordNotFoundException($"record {sequence} of {streamId} was committed at {committedAt:O}, after {cutOff:O}");
+            throw new RecordNotFoundException($"record {sequence} of {streamId} was committed at {committedAt:O}, after {asOf:O}");
         }
 
         DateOnly day = ShanghaiTime.DateOf(DateTimeOffset.FromUnixTimeMilliseconds(fields.StartUnixMs));
@@ -77,76 +98,33 @@ public sealed class DailyMerkle(NpgsqlDataSource dataSource)
         var canonical = new byte[CanonicalEncoding.Length(fields)];
         CanonicalEncoding.Encode(fields, canonical);
 
-        var (leaves, count, index) = await LeavesAsync(providerId, day, asOf, streamId, sequence, cancellationToken);
-        if (index < 0)
+        InclusionProof? proof = null;
+        await ReadLeavesAsync(providerId, day, cutOff, leaves =>
         {
-            throw new RecordNotFoundException($"record {sequence} of {streamId} is not among the leaves of {day:yyyy-MM-dd}");
-        }
+            int index = leaves.IndexOf(streamId, sequence);
+            if (index < 0)
+            {
+                return;
+            }
 
-        byte[] leaf = leaves.AsSpan(index * MerkleTree.HashBytes, MerkleTree.HashBytes).ToArray();
-        var steps = new List<ProofStep>();
-        byte[] root = MerkleTree.Root(leaves.AsSpan(0, count * MerkleTree.HashBytes), index, steps);
-        return new InclusionProof(providerId, day, asOf, streamId, sequence, index, count, previous, canonical, chainHash, leaf, steps, root);
+            byte[] all = leaves.LeafHashes();
+            byte[] leaf = all.AsSpan(index * MerkleTree.HashBytes, MerkleTree.HashBytes).ToArray();
+            var steps = new List<ProofStep>();
+            byte[] root = MerkleTree.Root(all, index, steps);
+            proof = new InclusionProof(providerId, day, cutOff, streamId, sequence, index, leaves.Count, previous, canonical, chainHash, leaf, steps, root);
+        }, cancellationToken);
+        return proof ?? throw new RecordNotFoundException(cutOff.IsSettled
+            ? $"record {sequence} of {streamId} was committed after the settlement of {day:yyyy-MM-dd} counted its stream, so it is in no settled root; a later run settled it as an adjustment"
+            : $"record {sequence} of {streamId} is not among the leaves of {day:yyyy-MM-dd}");
     }
 
-    /// <summary>The day's leaf hashes in order, their count, and the index of the record asked for (or -1).</summary>
-    private async Task<(byte[] Leaves, int Count, int Index)> LeavesAsync(string providerId, DateOnly day, DateTimeOffset? asOf, string? streamId, ulong sequence, CancellationToken cancellationToken)
+    /// <summary>One provider's leaves of a day, read in a repeatable-read transaction of their own.</summary>
+    private async Task ReadLeavesAsync(string providerId, DateOnly day, MerkleCutOff cutOff, Action<ProviderLeaves> onProvider, CancellationToken cancellationToken)
     {
-        DateTimeOffset from = ShanghaiTime.StartOf(day);
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(System.Data.IsolationLevel.RepeatableRead, cancellationToken);
-        await connection.ExecuteAsync(new CommandDefinition(SetKeys, new
-        {
-            providerId,
-            from = from.ToString("O", CultureInfo.InvariantCulture),
-            until = from.AddDays(1).ToString("O", CultureInfo.InvariantCulture),
-            asOf = asOf?.ToString("O", CultureInfo.InvariantCulture) ?? "infinity",
-        }, transaction, cancellationToken: cancellationToken));
-
-        byte[] target = streamId is null ? [] : Encoding.UTF8.GetBytes(streamId);
-        var leaves = new byte[64 * MerkleTree.HashBytes];
-        int count = 0;
-        int index = -1;
-        await using (NpgsqlRawCopyStream stream = await connection.BeginRawBinaryCopyAsync("""
-            COPY (SELECT stream_id, sequence, chain_hash FROM usage_records
-                  WHERE provider_id = current_setting('metering.audit_provider')
-                    AND start_at >= current_setting('metering.audit_from')::timestamptz
-                    AND start_at < current_setting('metering.audit_until')::timestamptz
-                    AND committed_at <= current_setting('metering.audit_as_of')::timestamptz
-                    AND stream_id NOT LIKE 'proof:%'
-                  ORDER BY stream_id COLLATE "C", sequence) TO STDOUT (FORMAT BINARY)
-            """, cancellationToken))
-        {
-            var rows = new CopyRowReader(stream, 3);
-            while (await rows.ReadAsync(cancellationToken))
-            {
-                if (count == MerkleTree.LeavesMax)
-                {
-                    throw new AuditLimitExceededException($"{providerId} has more than {MerkleTree.LeavesMax} records on {day:yyyy-MM-dd}; the daily tree takes at most that many leaves.");
-                }
-
-                if (rows.FieldLength(2) != MerkleTree.HashBytes)
-                {
-                    throw new InvalidDataException($"A chain hash of {providerId} on {day:yyyy-MM-dd} is {rows.FieldLength(2)} bytes, not 32; verify the chain.");
-                }
-
-                if ((count + 1) * MerkleTree.HashBytes > leaves.Length)
-                {
-                    Array.Resize(ref leaves, (int)Math.Min((long)leaves.Length * 2, (long)MerkleTree.LeavesMax * MerkleTree.HashBytes));
-                }
-
-                if (index < 0 && streamId is not null && (ulong)rows.Int64(1) == sequence && rows.Field(0).SequenceEqual(target))
-                {
-                    index = count;
-                }
-
-                MerkleTree.LeafHash(rows.Field(2), leaves.AsSpan(count * MerkleTree.HashBytes, MerkleTree.HashBytes));
-                count++;
-            }
-        }
-
+        await DailyLeaves.ReadAsync(connection, transaction, day, providerId, cutOff, onProvider, cancellationToken);
         await transaction.CommitAsync(cancellationToken);
-        return (leaves, count, index);
     }
 
     private async Task<(RecordFields Fields, byte[] ChainHash, DateTimeOffset CommittedAt)?> ReadRecordAsync(string providerId, string streamId, ulong sequence, CancellationToken cancellationToken)

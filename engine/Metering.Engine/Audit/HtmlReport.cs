@@ -55,7 +55,7 @@ public sealed class HtmlReport(NpgsqlDataSource dataSource, DeviceCatalog catalo
         var roots = new List<DailyRoot>();
         for (DateOnly day = fromDay; day <= toDay; day = day.AddDays(1))
         {
-            roots.Add(await merkle.RootAsync(providerId, day, null, cancellationToken));
+            roots.Add(await merkle.RootAsync(providerId, day, MerkleCutOff.None, cancellationToken));
         }
 
         string name;

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using Dapper;
 using Metering.Engine.Access;
+using Metering.Engine.Audit;
 using Metering.Engine.Registry;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
@@ -53,8 +54,9 @@ public sealed class SettlementOptions
 /// <list type="number">
 /// <item>reads every usage stream's committed mark in its snapshot;</item>
 /// <item>aggregates the day's usage (proof streams excluded) per provider, holder and model in
-///   one set-based query, while a second connection on the same exported snapshot counts the
-///   day's metered usage independently for the reconciliation;</item>
+///   one set-based query, while a second connection on the same exported snapshot reads the
+///   day's records once more, on their own, to fold each provider's daily Merkle root and to
+///   count the day's metered usage for the reconciliation;</item>
 /// <item>aggregates, as adjustments, records of earlier closed days committed after the
 ///   previous run's marks (late data);</item>
 /// <item>prices each group under the contract that covers it, with the contract's fee-schedule
@@ -64,7 +66,8 @@ public sealed class SettlementOptions
 /// <item>writes the run, its marks, lines, statements and balanced ledger entries;</item>
 /// <item>reconciles (debits = credits; usage settled = usage metered; every voucher's balance
 ///   = issued − posted − held, in its row, its holds and the ledger; statement totals = ledger
-///   movements) and commits, or throws and leaves nothing.</item>
+///   movements; each provider's Merkle root has one leaf per record it was priced for) and
+///   commits, or throws and leaves nothing.</item>
 /// </list>
 /// The result depends only on the database's content at the snapshot and the day: the same
 /// inputs give byte-identical statements. A closed day is never settled again: a second run of
@@ -97,7 +100,6 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
     public async Task<SettlementOutcome> SettleAsync(DateOnly day, Actor actor, Action<SettlementProgress>? progress, CancellationToken cancellationToken)
     {
         var clock = Stopwatch.StartNew();
-        DateTimeOffset dayStart = ShanghaiTime.StartOf(day);
         DateTimeOffset dayEnd = ShanghaiTime.StartOf(day.AddDays(1));
         DateTimeOffset startedAt = time.GetUtcNow();
         if (day < FirstDay || dayEnd > startedAt)
@@ -130,7 +132,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
                 return closed;
             }
 
-            SettlementOutcome outcome = await RunAsync(connection, transaction, day, dayStart, dayEnd, actor, startedAt, Report, cancellationToken);
+            SettlementOutcome outcome = await RunAsync(connection, transaction, day, dayEnd, actor, startedAt, Report, cancellationToken);
             if (_options.PauseBeforeCommit > TimeSpan.Zero)
             {
                 Report("drill", $"pausing {_options.PauseBeforeCommit.TotalSeconds:0.#} s before commit (fault drill)");
@@ -183,7 +185,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
 
     // ---------------------------------------------------------------- the run
 
-    private async Task<SettlementOutcome> RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, DateTimeOffset dayStart, DateTimeOffset dayEnd,
+    private async Task<SettlementOutcome> RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, DateTimeOffset dayEnd,
         Actor actor, DateTimeOffset startedAt, Action<string, string> report, CancellationToken cancellationToken)
     {
         // 1. Marks and the previous run. The day-of-usage arithmetic in SQL adds eight hours to
@@ -195,24 +197,27 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             "SELECT count(*) FROM ingest_streams WHERE stream_id NOT LIKE 'proof:%'", transaction: transaction, cancellationToken: cancellationToken));
         report("marks", $"{streams:N0} usage streams; {closedDays.Length:N0} days closed before; previous run {(previousRun?.ToString(CultureInfo.InvariantCulture) ?? "none")}");
 
-        // 2. The day, with the independent count running beside it on the same snapshot.
+        // 2. The day, with the independent count and the Merkle roots running beside it on the
+        // same snapshot: the roots cover exactly the records this run counts, no more (a record
+        // committed after the snapshot, even one whose ingest transaction began before it) and
+        // no fewer.
         string snapshot = await connection.ExecuteScalarAsync<string>(new CommandDefinition("SELECT pg_export_snapshot()", transaction: transaction, cancellationToken: cancellationToken))
             ?? throw new InvalidOperationException("PostgreSQL exported no snapshot.");
-        Task<(long Records, long UsageNpfh)> metered = CountMeteredAsync(snapshot, dayStart, dayEnd, cancellationToken);
+        Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> metered = MeterAsync(snapshot, day, cancellationToken);
         try
         {
             return await ContinueAsync(connection, transaction, day, dayEnd, actor, startedAt, report, previousRun, closedDays, metered, cancellationToken);
         }
         catch
         {
-            // The side query must not outlive the run that exported its snapshot, nor fail unobserved.
+            // The side pass must not outlive the run that exported its snapshot, nor fail unobserved.
             await Task.WhenAny(metered);
             throw;
         }
     }
 
     private async Task<SettlementOutcome> ContinueAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, DateTimeOffset dayEnd, Actor actor,
-        DateTimeOffset startedAt, Action<string, string> report, long? previousRun, DateOnly[] closedDays, Task<(long Records, long UsageNpfh)> metered,
+        DateTimeOffset startedAt, Action<string, string> report, long? previousRun, DateOnly[] closedDays, Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> metered,
         CancellationToken cancellationToken)
     {
         DateTimeOffset dayStart = ShanghaiTime.StartOf(day);
@@ -238,8 +243,12 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         List<HoldAction> holds = await DecideHoldsAsync(connection, transaction, closedAfter, dayEnd, cancellationToken);
         report("holds", $"{holds.Count(h => h.Post):N0} claim hold(s) to post ({Pricing.Yuan(holds.Where(h => h.Post).Sum(h => h.AmountFen))} CNY), {holds.Count(h => !h.Post):N0} to expire");
 
-        // 6. Statements and the hash.
-        List<PartyStatement> statements = BuildStatements(day, lines, holds);
+        // 6. Statements, with each provider's Merkle root of the day, and the hash.
+        Dictionary<string, (DailyRoot Root, long UsageNpfh)> meteredByProvider = await metered;
+        var roots = meteredByProvider.ToDictionary(m => m.Key, m => m.Value.Root, StringComparer.Ordinal);
+        (long Records, long UsageNpfh) meteredDay = (roots.Values.Sum(r => (long)r.LeafCount), meteredByProvider.Values.Sum(m => m.UsageNpfh));
+        report("merkle", $"{roots.Count:N0} provider roots over {meteredDay.Records:N0} leaves");
+        List<PartyStatement> statements = BuildStatements(day, lines, holds, roots);
         var canonical = statements.Select(s => (Statement: s, Csv: StatementFormats.CanonicalCsv(s))).ToList();
         byte[] settlementHash = StatementFormats.SettlementHash(canonical.Select(c => c.Csv));
         report("statements", $"{statements.Count:N0} statements; settlement hash {Convert.ToHexStringLower(settlementHash)}");
@@ -286,9 +295,8 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         report("ledger", $"{entries:N0} ledger entries written");
 
         // 8. Reconciliation, inside the transaction: a mismatch rolls everything back.
-        (long Records, long UsageNpfh) meteredDay = await metered;
-        await ReconcileAsync(connection, transaction, runId, day, meteredDay, statements, cancellationToken);
-        report("reconcile", $"balanced; {meteredDay.Records:N0} records settled = metered; every voucher's balance = issued − posted − held; statements = ledger");
+        await ReconcileAsync(connection, transaction, runId, day, meteredDay, statements, roots, cancellationToken);
+        report("reconcile", $"balanced; {meteredDay.Records:N0} records settled = metered = Merkle leaves; every voucher's balance = issued − posted − held; statements = ledger");
 
         return new SettlementOutcome(day, false, settlementHash, dayRecords, dayUsage, adjustments.Sum(g => g.Records), feeFen, subsidyFen, actor.Subject, finishedAt,
             canonical.Select(c => new StoredStatement(c.Statement.PartyKind, c.Statement.Party, c.Csv, StatementFormats.Sha256(c.Csv))).ToList());
@@ -372,18 +380,20 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         return groups;
     }
 
-    /// <summary>The day's metered usage counted on its own, on a second connection in the run's snapshot.</summary>
-    private async Task<(long Records, long UsageNpfh)> CountMeteredAsync(string snapshot, DateTimeOffset dayStart, DateTimeOffset dayEnd, CancellationToken cancellationToken)
+    /// <summary>
+    /// The day's metered usage, read on its own on a second connection in the run's snapshot:
+    /// one pass over the day's records (proof streams excluded) that counts them and their usage
+    /// for the reconciliation and folds each provider's Merkle root of the day (merkle-proofs.md)
+    /// from their chain hashes. These are the roots as settled, which the statements publish.
+    /// </summary>
+    private async Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> MeterAsync(string snapshot, DateOnly day, CancellationToken cancellationToken)
     {
         await using NpgsqlConnection side = await dataSource.OpenConnectionAsync(cancellationToken);
         await using NpgsqlTransaction transaction = await side.BeginTransactionAsync(IsolationLevel.RepeatableRead, cancellationToken);
         await side.ExecuteAsync(new CommandDefinition($"SET TRANSACTION SNAPSHOT '{snapshot}'", transaction: transaction, cancellationToken: cancellationToken));
-        var counted = await side.QuerySingleAsync<(long, long)>(new CommandDefinition("""
-            SELECT count(*)::bigint, coalesce(sum(usage_npfh), 0)::bigint FROM usage_records
-            WHERE start_at >= @from AND start_at < @until AND stream_id NOT LIKE 'proof:%'
-            """, new { from = dayStart.UtcDateTime, until = dayEnd.UtcDateTime }, transaction, commandTimeout: 0, cancellationToken: cancellationToken));
+        var metered = await DailyMerkle.RootsInSnapshotAsync(side, transaction, day, cancellationToken);
         await transaction.CommitAsync(cancellationToken);
-        return counted;
+        return metered;
     }
 
     private static async Task<List<PricedLine>> PriceAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, List<Group> groups, CancellationToken cancellationToken)
@@ -465,7 +475,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
 
     // ---------------------------------------------------------------- statements
 
-    private static List<PartyStatement> BuildStatements(DateOnly day, List<PricedLine> lines, List<HoldAction> holds)
+    private static List<PartyStatement> BuildStatements(DateOnly day, List<PricedLine> lines, List<HoldAction> holds, Dictionary<string, DailyRoot> roots)
     {
         var providers = new SortedDictionary<string, List<StatementRow>>(StringComparer.Ordinal);
         var holders = new SortedDictionary<string, List<StatementRow>>(StringComparer.Ordinal);
@@ -521,6 +531,10 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         var statements = new List<PartyStatement> { Close(day, StatementFormats.Programme, StatementFormats.Programme, programme, lines.Select(l => l.Group), lines, holds) };
         foreach (var (code, rows) in providers)
         {
+            // Every provider statement publishes the provider's root of the day; one with no
+            // record that day (only adjustments or subsidies) publishes the empty root.
+            DailyRoot root = roots.TryGetValue(code, out DailyRoot? found) ? found : DailyRoot.Empty(code, day, MerkleCutOff.AsSettled);
+            rows.Add(StatementFormats.MerkleRootRow(day, code, root.LeafCount, root.Root));
             statements.Add(Close(day, StatementFormats.ProviderKind, code, rows, null, null, null));
         }
 
@@ -672,9 +686,28 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
     // ---------------------------------------------------------------- reconciliation
 
     private static async Task ReconcileAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, long runId, DateOnly day, (long Records, long UsageNpfh) metered,
-        List<PartyStatement> statements, CancellationToken cancellationToken)
+        List<PartyStatement> statements, Dictionary<string, DailyRoot> roots, CancellationToken cancellationToken)
     {
         var failures = new List<string>();
+
+        // Each provider's published root has one leaf per record of the day it was priced for:
+        // the leaves were read by their own pass, so this checks that the root covers exactly
+        // what the aggregation settled.
+        var providerStatements = statements.Where(s => s.PartyKind == StatementFormats.ProviderKind).ToDictionary(s => s.Party, StringComparer.Ordinal);
+        foreach (PartyStatement statement in providerStatements.Values)
+        {
+            long leaves = statement.Rows.Single(r => r.Record == StatementFormats.MerkleRootRecord).Records ?? -1;
+            long priced = statement.Rows.Where(r => r.Record == "usage").Sum(r => r.Records ?? 0);
+            if (leaves != priced)
+            {
+                failures.Add($"provider {statement.Party}: its Merkle root of {Date(day)} has {leaves} leaves but {priced} records of the day were settled");
+            }
+        }
+
+        foreach (DailyRoot root in roots.Values.Where(r => !providerStatements.ContainsKey(r.ProviderId)))
+        {
+            failures.Add($"provider {root.ProviderId} has {root.LeafCount} Merkle leaves on {Date(day)} but no statement");
+        }
 
         // Debits equal credits: in every entry of the run, in the run, and in the whole ledger.
         var balance = await connection.QuerySingleAsync<(long RunDebits, long RunCredits, long Unbalanced, long AllDebits, long AllCredits)>(new CommandDefinition("""
@@ -690,7 +723,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             failures.Add($"debits ≠ credits: run {balance.RunDebits} vs {balance.RunCredits} fen ({balance.Unbalanced} unbalanced entries); ledger {balance.AllDebits} vs {balance.AllCredits} fen");
         }
 
-        // The usage settled, as written, against the usage metered, as counted on the side.
+        // The usage settled, as written, against the usage metered, as counted on the side by the pass that read the Merkle leaves.
         var settled = await connection.QuerySingleAsync<(long Records, long UsageNpfh)>(new CommandDefinition("""
             SELECT coalesce(sum(records), 0)::bigint, coalesce(sum(usage_npfh), 0)::bigint FROM settlement_lines WHERE run_id = @runId AND kind = 'usage'
             """, new { runId }, transaction, cancellationToken: cancellationToken));

@@ -44,8 +44,11 @@ public sealed record PartyStatement(DateOnly Day, string PartyKind, string Party
 /// </summary>
 public static class StatementFormats
 {
-    /// <summary>The version of the canonical form; stored on every run.</summary>
-    public const int CanonicalFormat = 1;
+    /// <summary>
+    /// The version of the canonical form; stored on every run. Format 2 added the provider's
+    /// <c>merkle_root</c> row; statements of format-1 runs have none and are never rewritten.
+    /// </summary>
+    public const int CanonicalFormat = 2;
 
     public const string Programme = "programme";
     public const string ProviderKind = "provider";
@@ -57,8 +60,26 @@ public static class StatementFormats
         "card_ms", "price_fen", "fee_fen", "claim", "voucher", "payee", "subsidy_fen", "holder_pays_fen", "programme_pays_fen", "note",
     ];
 
+    /// <summary>
+    /// The row kind that publishes a provider's Merkle root of the day's metering log as settled
+    /// (merkle-proofs.md): usage_day = the day, provider = the provider, records = the leaf
+    /// count, note = the 32-byte root in lower-case hex. It carries no money and no usage, and
+    /// totals leave it out.
+    /// </summary>
+    public const string MerkleRootRecord = "merkle_root";
+
     /// <summary>Record kinds in the order rows appear; a statement ends with its one total row.</summary>
-    public static readonly string[] RecordOrder = ["usage", "adjustment", "subsidy", "hold_expired", "total"];
+    public static readonly string[] RecordOrder = ["usage", "adjustment", "subsidy", "hold_expired", MerkleRootRecord, "total"];
+
+    /// <summary>The merkle_root row of a provider's statement.</summary>
+    public static StatementRow MerkleRootRow(DateOnly day, string provider, int leafCount, ReadOnlySpan<byte> root) => new()
+    {
+        Record = MerkleRootRecord,
+        UsageDay = day,
+        Provider = provider,
+        Records = leafCount,
+        Note = Convert.ToHexStringLower(root),
+    };
 
     /// <summary>Rows in canonical order: by record kind, then usage day, provider, holder, contract, model and claim, ordinally.</summary>
     public static IReadOnlyList<StatementRow> Order(IEnumerable<StatementRow> rows) =>
@@ -165,6 +186,17 @@ public static class StatementFormats
             {
                 json.WriteStartObject();
                 json.WriteString("record", row.Record);
+                if (row.Record == MerkleRootRecord)
+                {
+                    // The same CSV fields under the names they have in this row kind.
+                    WriteText(json, "usageDay", row.UsageDay is { } rootDay ? Date(rootDay) : "");
+                    WriteText(json, "provider", row.Provider);
+                    WriteNumber(json, "leafCount", row.Records);
+                    WriteText(json, "root", row.Note);
+                    json.WriteEndObject();
+                    continue;
+                }
+
                 WriteText(json, "usageDay", row.UsageDay is { } d ? Date(d) : "");
                 WriteText(json, "provider", row.Provider);
                 WriteText(json, "holder", row.Holder);
@@ -223,6 +255,14 @@ public static class StatementFormats
             text.Append("\nVoucher subsidies posted, and holds that expired\n");
             Table(text, ["record", "claim", "voucher", "provider", "holder", "contract", "payee", "subsidy CNY", "note"],
                 subsidies.Select(r => new[] { r.Record, Number(r.Claim), Number(r.Voucher), r.Provider, r.Holder, Number(r.Contract), r.Payee, Pricing.Yuan(r.SubsidyFen ?? 0), r.Note }));
+        }
+
+        var roots = statement.Rows.Where(r => r.Record == MerkleRootRecord).ToList();
+        if (roots.Count > 0)
+        {
+            text.Append("\nMerkle root of the day's metering log, as settled (proto/metering/v1/merkle-proofs.md)\n");
+            Table(text, ["day", "provider", "leaves", "root (SHA-256)"],
+                roots.Select(r => new[] { r.UsageDay is { } d ? Date(d) : "", r.Provider, Number(r.Records), r.Note }));
         }
 
         StatementRow? total = statement.Rows.FirstOrDefault(r => r.Record == "total");

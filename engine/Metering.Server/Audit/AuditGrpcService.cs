@@ -50,7 +50,7 @@ internal sealed partial class AuditGrpcService(NpgsqlDataSource dataSource, Devi
         Run(context, "GetMerkleRoot", request, request.CreditCode, async (actor, ct) =>
         {
             RequireCode(request.CreditCode);
-            DailyRoot root = await new DailyMerkle(dataSource).RootAsync(request.CreditCode, Day(request.Day, "day"), AsOf(request.AsOfUnixMs), ct);
+            DailyRoot root = await new DailyMerkle(dataSource).RootAsync(request.CreditCode, Day(request.Day, "day"), CutOff(request.AsOfUnixMs, request.Settled), ct);
             return new MerkleRoot
             {
                 CreditCode = root.ProviderId,
@@ -58,6 +58,7 @@ internal sealed partial class AuditGrpcService(NpgsqlDataSource dataSource, Devi
                 AsOfUnixMs = request.AsOfUnixMs,
                 LeafCount = (uint)root.LeafCount,
                 Root = ByteString.CopyFrom(root.Root),
+                Settled = root.CutOff.IsSettled,
             };
         });
 
@@ -70,7 +71,7 @@ internal sealed partial class AuditGrpcService(NpgsqlDataSource dataSource, Devi
                 throw new ArgumentException("stream_id and sequence name the record to prove; both are required");
             }
 
-            EngineProof proof = await new DailyMerkle(dataSource).ProveAsync(request.CreditCode, request.StreamId, request.Sequence, AsOf(request.AsOfUnixMs), ct);
+            EngineProof proof = await new DailyMerkle(dataSource).ProveAsync(request.CreditCode, request.StreamId, request.Sequence, CutOff(request.AsOfUnixMs, request.Settled), ct);
             return new Protocol.V1.InclusionProof
             {
                 CreditCode = proof.ProviderId,
@@ -93,6 +94,7 @@ internal sealed partial class AuditGrpcService(NpgsqlDataSource dataSource, Devi
                     }),
                 },
                 Root = ByteString.CopyFrom(proof.Root),
+                Settled = proof.CutOff.IsSettled,
             };
         });
 
@@ -311,7 +313,13 @@ internal sealed partial class AuditGrpcService(NpgsqlDataSource dataSource, Devi
     private static DateTimeOffset Instant(long unixMs, string field) =>
         unixMs is > 0 and < 253_402_300_800_000 ? DateTimeOffset.FromUnixTimeMilliseconds(unixMs) : throw new ArgumentException($"{field} must be a Unix millisecond time after 1970");
 
-    private static DateTimeOffset? AsOf(long unixMs) => unixMs == 0 ? null : Instant(unixMs, "as_of_unix_ms");
+    private static MerkleCutOff CutOff(long asOfUnixMs, bool settled) => (asOfUnixMs, settled) switch
+    {
+        (0, false) => MerkleCutOff.None,
+        (0, true) => MerkleCutOff.AsSettled,
+        (_, false) => MerkleCutOff.AsOf(Instant(asOfUnixMs, "as_of_unix_ms")),
+        _ => throw new ArgumentException("settled and as_of_unix_ms are two different cut-offs; give at most one"),
+    };
 
     private static DateOnly Day(string text, string field) =>
         DateOnly.TryParseExact(text, "yyyy-MM-dd", CultureInfo.InvariantCulture, DateTimeStyles.None, out DateOnly day) ? day : throw new ArgumentException($"{field} must be a date yyyy-MM-dd, not '{text}'");
@@ -356,7 +364,7 @@ internal sealed partial class AuditGrpcService(NpgsqlDataSource dataSource, Devi
     private static (StatusCode Code, AuditRefusal Reason)? Refusal(Exception error) => error switch
     {
         ArgumentException => (StatusCode.InvalidArgument, AuditRefusal.AuditArgumentInvalid),
-        RecordNotFoundException => (StatusCode.NotFound, AuditRefusal.AuditNotFound),
+        RecordNotFoundException or DayNotSettledException => (StatusCode.NotFound, AuditRefusal.AuditNotFound),
         AuditLimitExceededException => (StatusCode.ResourceExhausted, AuditRefusal.AuditLimitExceeded),
         _ => null,
     };

@@ -88,22 +88,28 @@ internal sealed partial class SettlementGrpcService(DailySettlement settlement, 
         SubsidyFen = outcome.SubsidyFen,
         SettledBy = outcome.SettledBy,
         FinishedUnixMs = outcome.FinishedAt.ToUnixTimeMilliseconds(),
-        Statements =
-        {
-            outcome.Statements.Select(s => new StatementSummary
-            {
-                PartyKind = s.PartyKind switch
-                {
-                    StatementFormats.Programme => PartyKind.PartyProgramme,
-                    StatementFormats.ProviderKind => PartyKind.PartyProvider,
-                    _ => PartyKind.PartyHolder,
-                },
-                Party = s.Party,
-                Sha256 = Convert.ToHexStringLower(s.Sha256),
-                Rows = (uint)s.Parse().Rows.Count,
-            }),
-        },
+        Statements = { outcome.Statements.Select(ToSummary) },
     };
+
+    private static StatementSummary ToSummary(StoredStatement stored)
+    {
+        PartyStatement statement = stored.Parse();
+        StatementRow? root = statement.Rows.FirstOrDefault(r => r.Record == StatementFormats.MerkleRootRecord);
+        return new StatementSummary
+        {
+            PartyKind = stored.PartyKind switch
+            {
+                StatementFormats.Programme => PartyKind.PartyProgramme,
+                StatementFormats.ProviderKind => PartyKind.PartyProvider,
+                _ => PartyKind.PartyHolder,
+            },
+            Party = stored.Party,
+            Sha256 = Convert.ToHexStringLower(stored.Sha256),
+            Rows = (uint)statement.Rows.Count,
+            MerkleLeafCount = (uint)(root?.Records ?? 0),
+            MerkleRoot = root?.Note ?? "",
+        };
+    }
 
     private async Task<T> Run<T>(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<T>> call)
     {

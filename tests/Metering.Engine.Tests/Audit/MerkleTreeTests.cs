@@ -65,6 +65,26 @@ public sealed class MerkleTreeTests
         }
     }
 
+    [Theory]
+    [InlineData(7)]
+    [InlineData(16)]
+    [InlineData(17)]
+    [InlineData(63)]
+    [InlineData(1_000)]
+    public void The_root_equals_the_leaves_folded_pairwise_with_plain_sha256(int count)
+    {
+        var random = new Random(count);
+        List<byte[]> level = Enumerable.Range(0, count).Select(_ => { var h = new byte[32]; random.NextBytes(h); return SHA256.HashData([0x00, .. h]); }).ToList();
+        byte[] leaves = level.SelectMany(l => l).ToArray();
+        while (level.Count > 1)
+        {
+            level = Enumerable.Range(0, (level.Count + 1) / 2)
+                .Select(i => 2 * i + 1 < level.Count ? SHA256.HashData([0x01, .. level[2 * i], .. level[2 * i + 1]]) : level[2 * i]).ToList();
+        }
+
+        Assert.Equal(level[0], MerkleTree.Root(leaves, -1, null));
+    }
+
     [Fact]
     public void Swapping_two_leaves_changes_the_root()
     {

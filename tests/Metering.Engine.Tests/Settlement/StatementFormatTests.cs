@@ -40,6 +40,28 @@ public sealed class StatementFormatTests
     }
 
     [Fact]
+    public void The_merkle_root_row_comes_before_the_total_keeps_the_22_columns_and_renders_under_its_own_names()
+    {
+        const string provider = "914403001922038216";
+        byte[] root = System.Security.Cryptography.SHA256.HashData("a day"u8);
+        string hex = Convert.ToHexStringLower(root);
+        PartyStatement statement = Sample(new StatementRow { Record = "total", Records = 1 }, StatementFormats.MerkleRootRow(Day, provider, 13, root), Usage("H", "H100-SXM", 5));
+
+        byte[] csv = StatementFormats.CanonicalCsv(statement);
+        string[] lines = Encoding.UTF8.GetString(csv).Split('\n');
+        using var json = System.Text.Json.JsonDocument.Parse(StatementFormats.Json(statement, new byte[32]));
+        System.Text.Json.JsonElement row = json.RootElement.GetProperty("rows")[1];
+
+        Assert.Equal(["usage", StatementFormats.MerkleRootRecord, "total"], statement.Rows.Select(r => r.Record));
+        Assert.Equal($"2026-11-20,provider,{provider},merkle_root,2026-11-20,{provider},,,,,13,,,,,,,,,,,{hex}", lines[2]);
+        Assert.Equal(StatementFormats.Columns.Length, lines[2].Split(',').Length);
+        Assert.Equal(statement.Rows, StatementFormats.ParseCanonicalCsv(csv).Rows);
+        Assert.Equal((StatementFormats.MerkleRootRecord, 13, hex), (row.GetProperty("record").GetString(), row.GetProperty("leafCount").GetInt32(), row.GetProperty("root").GetString()));
+        Assert.False(row.TryGetProperty("records", out _) || row.TryGetProperty("note", out _));
+        Assert.Contains(hex, StatementFormats.Text(statement, new byte[32]), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Fields_with_commas_quotes_or_line_breaks_are_quoted_and_read_back_unchanged()
     {
         PartyStatement statement = Sample(Usage("H", "odd,\"model\"\nX", 5), new StatementRow { Record = "total", Note = "a\r\nb" });

@@ -35,6 +35,7 @@ public sealed class SettleCliTests(PostgresFixture postgres)
         var (rerunExit, rerun) = await CliProcess.RunAsync("settle", "--day", Day, "--connection", scene.ConnectionString);
         var (showExit, shown) = await CliProcess.RunAsync("settle", "show", "--day", Day, "--party-kind", "provider", "--party", TestRecords.Provider, "--connection", scene.ConnectionString);
         var (listExit, listed) = await CliProcess.RunAsync("settle", "list", "--connection", scene.ConnectionString);
+        var (rootExit, root) = await CliProcess.RunAsync("audit", "merkle-root", "--provider", TestRecords.Provider, "--day", Day, "--settled", "--connection", scene.ConnectionString);
 
         Assert.True(exit == 0, output);
         Assert.Contains("aggregate: 12 records of the day", output, StringComparison.Ordinal);
@@ -55,6 +56,13 @@ public sealed class SettleCliTests(PostgresFixture postgres)
         Assert.Contains("fees under contracts: 144.00 CNY", shown, StringComparison.Ordinal);
         Assert.Equal(0, listExit);
         Assert.Contains(hash, listed, StringComparison.Ordinal);
+        // The root the provider's statement file publishes, as the settle summary prints it and as an auditor recomputes it.
+        string published = (await File.ReadAllLinesAsync(Path.Combine(day, $"provider-{TestRecords.Provider}.csv"))).Single(l => l.Contains(",merkle_root,", StringComparison.Ordinal)).Split(',')[^1];
+        Assert.Matches($"{TestRecords.Provider} +12 +{published}", output);
+        Assert.True(rootExit == 0, root);
+        Assert.Contains($"root      {published}", root, StringComparison.Ordinal);
+        Assert.Contains("leaves    12", root, StringComparison.Ordinal);
+        Assert.Contains("cut-off   as settled", root, StringComparison.Ordinal);
         Directory.Delete(folder, recursive: true);
     }
 

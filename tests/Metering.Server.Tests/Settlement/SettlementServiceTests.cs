@@ -76,6 +76,51 @@ public sealed class SettlementServiceTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task The_statement_summary_carries_the_providers_root_and_the_audit_service_recomputes_and_proves_against_it_as_settled()
+    {
+        var clock = new ManualClock(VoucherScene.Now);
+        await using TestServer server = await TestServer.StartAsync(postgres, time: clock);
+        await using VoucherScene scene = VoucherScene.Over(server.ConnectionString, clock);
+        var settlement = new SettlementService.SettlementServiceClient(server.Channel);
+        var audit = new AuditService.AuditServiceClient(server.Channel);
+        Metadata provider = TestServer.Bearer(TestServer.ProviderKey);
+        await scene.IngestAsync("cluster-a", VoucherScene.Jobs(TestRecords.Holder, VoucherScene.Day, 5));
+
+        var unsettled = await Assert.ThrowsAsync<RpcException>(() => audit.GetMerkleRootAsync(new GetMerkleRootRequest { CreditCode = TestRecords.Provider, Day = "2026-11-20", Settled = true }, provider).ResponseAsync);
+        Protocol.V1.Settlement closed = await settlement.SettleDayAsync(new SettleDayRequest { Day = "2026-11-20" }, TestServer.Bearer(TestServer.SettlementKey));
+        await scene.IngestAsync("cluster-a", [VoucherScene.Usage(TestRecords.Holder, VoucherScene.Day, 100, "late-1")]);
+        StatementSummary summary = closed.Statements.Single(s => s.PartyKind == PartyKind.PartyProvider);
+        MerkleRoot settled = await audit.GetMerkleRootAsync(new GetMerkleRootRequest { CreditCode = TestRecords.Provider, Day = "2026-11-20", Settled = true }, provider);
+        MerkleRoot now = await audit.GetMerkleRootAsync(new GetMerkleRootRequest { CreditCode = TestRecords.Provider, Day = "2026-11-20" }, provider);
+        InclusionProof proof = await audit.GetInclusionProofAsync(new GetInclusionProofRequest { CreditCode = TestRecords.Provider, StreamId = "cluster-a", Sequence = 3, Settled = true }, provider);
+        Statement json = await settlement.GetStatementAsync(new GetStatementRequest
+        {
+            Day = "2026-11-20",
+            PartyKind = PartyKind.PartyProvider,
+            Party = TestRecords.Provider,
+            Format = StatementFormat.StatementJson,
+        }, provider);
+        var both = await Assert.ThrowsAsync<RpcException>(() => audit.GetMerkleRootAsync(new GetMerkleRootRequest
+        {
+            CreditCode = TestRecords.Provider,
+            Day = "2026-11-20",
+            Settled = true,
+            AsOfUnixMs = VoucherScene.Now.ToUnixTimeMilliseconds(),
+        }, provider).ResponseAsync);
+        var late = await Assert.ThrowsAsync<RpcException>(() => audit.GetInclusionProofAsync(new GetInclusionProofRequest { CreditCode = TestRecords.Provider, StreamId = "cluster-a", Sequence = 6, Settled = true }, provider).ResponseAsync);
+
+        Assert.Equal((StatusCode.NotFound, "AUDIT_NOT_FOUND"), (unsettled.StatusCode, IngestCall.Reason(unsettled)));
+        Assert.Equal((5u, 64), (summary.MerkleLeafCount, summary.MerkleRoot.Length));
+        Assert.Equal((true, 5u, summary.MerkleRoot), (settled.Settled, settled.LeafCount, Convert.ToHexStringLower(settled.Root.ToByteArray())));
+        Assert.Equal(6u, now.LeafCount);
+        Assert.Equal((true, settled.Root), (proof.Settled, proof.Root));
+        Assert.Contains($"\"root\": \"{summary.MerkleRoot}\"", json.Content, StringComparison.Ordinal);
+        Assert.All(closed.Statements.Where(s => s.PartyKind != PartyKind.PartyProvider), s => Assert.Equal((0u, ""), (s.MerkleLeafCount, s.MerkleRoot)));
+        Assert.Equal((StatusCode.InvalidArgument, "AUDIT_ARGUMENT_INVALID"), (both.StatusCode, IngestCall.Reason(both)));
+        Assert.Equal((StatusCode.NotFound, "AUDIT_NOT_FOUND"), (late.StatusCode, IngestCall.Reason(late)));
+    }
+
+    [Fact]
     public async Task Refusals_carry_their_reason_and_status()
     {
         var clock = new ManualClock(VoucherScene.Now);

@@ -168,7 +168,9 @@ internal sealed class VoucherScene : IAsyncDisposable
     /// Writes records straight into the store, chained as ingest would but past its admission
     /// gate: usage that reached the log by another path, which redemption must check itself.
     /// </summary>
-    public async Task WriteUngatedAsync(string stream, IReadOnlyList<UsageRecord> records, string provider = TestRecords.Provider)
+    /// <param name="beforeCommit">Runs inside the ingest transaction, rows written, just before it commits; null for none.</param>
+    public async Task WriteUngatedAsync(string stream, IReadOnlyList<UsageRecord> records, string provider = TestRecords.Provider,
+        Func<NpgsqlConnection, NpgsqlTransaction, Task>? beforeCommit = null)
     {
         var store = new UsageStore(DataSource);
         var catalog = DeviceCatalog.LoadEmbedded();
@@ -192,7 +194,7 @@ internal sealed class VoucherScene : IAsyncDisposable
             previous = hash.ToArray();
         }
 
-        await store.CommitAsync(provider, stream, head.CommittedSequence, prepared, CancellationToken.None);
+        await store.CommitAsync(provider, stream, head.CommittedSequence, prepared, CancellationToken.None, beforeCommit);
     }
 
     public Task<Claim> ClaimJobsAsync(long contractId, params string[] jobs) =>

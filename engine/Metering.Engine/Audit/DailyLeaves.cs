@@ -1,0 +1,439 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using Dapper;
+using Metering.Engine.Registry;
+using Npgsql;
+
+namespace Metering.Engine.Audit;
+
+/// <summary>
+/// Which committed records of a day are leaves of its tree, beyond the day and the proof-stream
+/// rule of proto/metering/v1/merkle-proofs.md.
+/// </summary>
+public readonly record struct MerkleCutOff
+{
+    private MerkleCutOff(DateTimeOffset? committedBy, bool settled)
+    {
+        CommittedBy = committedBy;
+        IsSettled = settled;
+    }
+
+    /// <summary>Every record committed when the tree is read.</summary>
+    public static MerkleCutOff None => default;
+
+    /// <summary>
+    /// The records the settlement that closed the day counted: in every stream, those at or below
+    /// the committed mark the run recorded in its snapshot. This is the root a provider's
+    /// statement publishes.
+    /// </summary>
+    public static MerkleCutOff AsSettled => new(null, true);
+
+    /// <summary>Only records whose committed_at is at or before the instant; none for everything committed.</summary>
+    public static MerkleCutOff AsOf(DateTimeOffset? instant) => instant is { } at ? new(at, false) : None;
+
+    /// <summary>
+    /// The instant of an as-of cut-off. A record's committed_at is when the ingest transaction
+    /// that wrote it began, not when it committed, so a root as of an instant is not the root of
+    /// a snapshot; <see cref="AsSettled"/> is.
+    /// </summary>
+    public DateTimeOffset? CommittedBy { get; }
+
+    public bool IsSettled { get; }
+
+    public override string ToString() =>
+        IsSettled ? "as settled" : CommittedBy is { } at ? $"as of {at.ToString("O", CultureInfo.InvariantCulture)}" : "everything committed";
+}
+
+/// <summary>The day asked for as settled has no settlement run.</summary>
+public sealed class DayNotSettledException(string message) : Exception(message);
+
+/// <summary>
+/// A run of one stream's records as they were read: their sequences and 32-byte hashes, chain
+/// hashes until <see cref="HashLeaves"/> turns them, in place, into leaf hashes. A chunk is
+/// written by the reading thread until full and is then left to a hashing task alone.
+/// </summary>
+internal sealed class LeafChunk(int capacity)
+{
+    public long[] Sequences { get; } = new long[capacity];
+
+    public byte[] Hashes { get; } = new byte[capacity * MerkleTree.HashBytes];
+
+    public int Count { get; set; }
+
+    public bool Full => Count == Sequences.Length;
+
+    public void HashLeaves()
+    {
+        Span<byte> hashes = Hashes.AsSpan(0, Count * MerkleTree.HashBytes);
+        Sha256Lanes.HashLeaves(hashes, hashes);
+    }
+}
+
+/// <summary>
+/// One stream's records of a day as they are read, in chunks that are hashed into leaves as they
+/// fill, on the thread pool, while the COPY is still being drained; put in sequence order once
+/// all are read and hashed.
+/// </summary>
+internal sealed class StreamLeaves(string providerId, string streamId, byte[] providerUtf8, byte[] streamUtf8)
+{
+    /// <summary>Chunks grow from this size, so that the many small streams of a day stay small.</summary>
+    public const int ChunkRecordsFirst = 64;
+
+    /// <summary>Chunks stop growing here (16,384 records, 640 KiB).</summary>
+    public const int ChunkRecordsMax = 16 * 1024;
+
+    /// <summary>Chunks from this size up are hashed on the thread pool; smaller ones on the reading thread, where a task would cost more than the hashing.</summary>
+    public const int ChunkRecordsHashedApart = 2 * 1024;
+
+    private List<LeafChunk> _chunks = [new LeafChunk(ChunkRecordsFirst)];
+    private long _last = long.MinValue;
+    private bool _ordered = true;
+
+    public string ProviderId { get; } = providerId;
+
+    public string StreamId { get; } = streamId;
+
+    public byte[] ProviderUtf8 { get; } = providerUtf8;
+
+    public byte[] StreamUtf8 { get; } = streamUtf8;
+
+    public int Count { get; private set; }
+
+    /// <summary>Sum of the records' usage_npfh.</summary>
+    public long UsageNpfh { get; private set; }
+
+    /// <summary>The chunks in order; once <see cref="Order"/> has run, leaf hashes in leaf order.</summary>
+    public IReadOnlyList<LeafChunk> Chunks => _chunks;
+
+    /// <summary>Appends a record; a chunk it fills is hashed, on the thread pool (added to <paramref name="hashing"/>) when it is large.</summary>
+    public void Add(long sequence, ReadOnlySpan<byte> chainHash, long usageNpfh, List<Task> hashing)
+    {
+        if (chainHash.Length != MerkleTree.HashBytes)
+        {
+            throw new InvalidDataException($"The chain hash of record {sequence} of {ProviderId}/{StreamId} is {chainHash.Length} bytes, not 32; verify the chain.");
+        }
+
+        LeafChunk chunk = _chunks[^1];
+        chunk.Sequences[chunk.Count] = sequence;
+        chainHash.CopyTo(chunk.Hashes.AsSpan(chunk.Count * MerkleTree.HashBytes));
+        chunk.Count++;
+        Count++;
+        UsageNpfh += usageNpfh;
+        _ordered &= sequence > _last;
+        _last = sequence;
+        if (chunk.Full)
+        {
+            Hash(chunk, hashing);
+            _chunks.Add(new LeafChunk(Math.Min(chunk.Sequences.Length * 2, ChunkRecordsMax)));
+        }
+    }
+
+    /// <summary>Hashes the last, partly filled chunk; every full one was handed over as it filled.</summary>
+    public void Finish(List<Task> hashing) => Hash(_chunks[^1], hashing);
+
+    /// <summary>
+    /// Puts the leaves in sequence order, once every chunk is hashed. Rows come in the table's
+    /// physical order, which is the order ingest wrote them in, so a stream is nearly always in
+    /// order already and this costs nothing. A sequence stored twice (only a rewrite past the
+    /// append-only triggers does that) keeps both records, the smaller leaf hash first, so that
+    /// the root stays deterministic.
+    /// </summary>
+    public void Order()
+    {
+        if (_ordered)
+        {
+            return;
+        }
+
+        var sequences = new long[Count];
+        var leaves = new byte[Count * MerkleTree.HashBytes];
+        int at = 0;
+        foreach (LeafChunk chunk in _chunks)
+        {
+            chunk.Sequences.AsSpan(0, chunk.Count).CopyTo(sequences.AsSpan(at));
+            chunk.Hashes.AsSpan(0, chunk.Count * MerkleTree.HashBytes).CopyTo(leaves.AsSpan(at * MerkleTree.HashBytes));
+            at += chunk.Count;
+        }
+
+        int[] order = Enumerable.Range(0, Count).ToArray();
+        Array.Sort(order, (a, b) =>
+        {
+            int bySequence = sequences[a].CompareTo(sequences[b]);
+            return bySequence != 0 ? bySequence
+                : leaves.AsSpan(a * MerkleTree.HashBytes, MerkleTree.HashBytes).SequenceCompareTo(leaves.AsSpan(b * MerkleTree.HashBytes, MerkleTree.HashBytes));
+        });
+        var ordered = new LeafChunk(Count) { Count = Count };
+        for (int i = 0; i < Count; i++)
+        {
+            ordered.Sequences[i] = sequences[order[i]];
+            leaves.AsSpan(order[i] * MerkleTree.HashBytes, MerkleTree.HashBytes).CopyTo(ordered.Hashes.AsSpan(i * MerkleTree.HashBytes));
+        }
+
+        _chunks = [ordered];
+        _ordered = true;
+    }
+
+    /// <summary>The position of a sequence among the stream's leaves (the first, should it be stored twice), or -1.</summary>
+    public int IndexOf(long sequence)
+    {
+        int offset = 0;
+        foreach (LeafChunk chunk in _chunks)
+        {
+            ReadOnlySpan<long> sequences = chunk.Sequences.AsSpan(0, chunk.Count);
+            if (chunk.Count > 0 && sequence >= sequences[0] && sequence <= sequences[^1])
+            {
+                int at = sequences.BinarySearch(sequence);
+                while (at > 0 && sequences[at - 1] == sequence)
+                {
+                    at--;
+                }
+
+                if (at >= 0)
+                {
+                    return offset + at;
+                }
+            }
+
+            offset += chunk.Count;
+        }
+
+        return -1;
+    }
+
+    private static void Hash(LeafChunk chunk, List<Task> hashing)
+    {
+        if (chunk.Sequences.Length >= ChunkRecordsHashedApart)
+        {
+            hashing.Add(Task.Run(chunk.HashLeaves));
+        }
+        else
+        {
+            chunk.HashLeaves();
+        }
+    }
+}
+
+/// <summary>One provider's leaves of a day, in leaf order, with the day's usage they carry.</summary>
+internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeaves> streams)
+{
+    public string ProviderId { get; } = providerId;
+
+    /// <summary>The provider's streams in leaf order (stream id bytewise), each in sequence order.</summary>
+    public IReadOnlyList<StreamLeaves> Streams { get; } = streams;
+
+    public int Count { get; } = streams.Sum(s => s.Count);
+
+    /// <summary>Sum of usage_npfh over the leaves' records: the day's usage counted by this pass.</summary>
+    public long UsageNpfh { get; } = streams.Sum(s => s.UsageNpfh);
+
+    /// <summary>The leaf hashes, 32 bytes each, back to back in leaf order, in a new buffer that folding may overwrite.</summary>
+    public byte[] LeafHashes()
+    {
+        var leaves = new byte[(long)Count * MerkleTree.HashBytes];
+        int at = 0;
+        foreach (LeafChunk chunk in Streams.SelectMany(s => s.Chunks))
+        {
+            chunk.Hashes.AsSpan(0, chunk.Count * MerkleTree.HashBytes).CopyTo(leaves.AsSpan(at));
+            at += chunk.Count * MerkleTree.HashBytes;
+        }
+
+        return leaves;
+    }
+
+    /// <summary>The leaf index of a record, or -1 when it is not a leaf.</summary>
+    public int IndexOf(string streamId, ulong sequence)
+    {
+        int offset = 0;
+        foreach (StreamLeaves stream in Streams)
+        {
+            if (stream.StreamId == streamId)
+            {
+                int at = stream.IndexOf((long)sequence);
+                return at < 0 ? -1 : offset + at;
+            }
+
+            offset += stream.Count;
+        }
+
+        return -1;
+    }
+
+    public DailyRoot Fold(DateOnly day, MerkleCutOff cutOff) =>
+        new(ProviderId, day, cutOff, Count, MerkleTree.Root(LeafHashes(), -1, null));
+}
+
+/// <summary>
+/// Reads the leaves of daily trees on the caller's connection, inside the caller's transaction,
+/// so that they come from whatever snapshot the caller holds: <see cref="DailyMerkle"/>'s own
+/// repeatable-read transaction, or a settlement run's. Every reader goes through the one
+/// statement built here, so the leaves a statement publishes and the leaves an auditor
+/// recomputes are selected by the same SQL.
+/// <para>
+/// The statement has no ORDER BY: on a day of ten million records PostgreSQL's sort of them cost
+/// more than reading them, so the rows come in physical order and are put in leaf order here,
+/// per stream, where they are nearly always in order already. The price is memory: every record
+/// of the read (its 32-byte hash and 8-byte sequence) is held until the read ends. Leaves are
+/// hashed while the rows arrive, a chunk at a time on the thread pool, and the roots are folded
+/// at the end, providers side by side.
+/// </para>
+/// </summary>
+internal static class DailyLeaves
+{
+    /// <summary>Most leaves one read holds (all providers of a day when settlement reads): 1.25 GiB of leaves and sequences.</summary>
+    public const int ReadLeavesMax = 32 * 1024 * 1024;
+
+    // COPY takes no bind parameters. The provider, which comes from a caller, travels as a
+    // transaction-local setting; the day's bounds are written into the statement, from a
+    // DateOnly, so that the planner prunes partitions and weighs the start_at index on them.
+    private const string SetKeys = "SELECT set_config('metering.leaves_provider', @providerId, true), set_config('metering.leaves_as_of', @asOf, true)";
+
+    /// <summary>
+    /// The leaf statement: (provider, stream, sequence, usage, chain hash) of the day's records,
+    /// proof streams left out. As settled, a record counts when its sequence is at or below its
+    /// stream's mark in the run that closed the day; a stream the run did not know has no mark
+    /// and no leaves.
+    /// </summary>
+    public static string Sql(DateOnly day, bool oneProvider, MerkleCutOff cutOff)
+    {
+        DateTimeOffset from = ShanghaiTime.StartOf(day);
+        string Literal(DateTimeOffset instant) => $"'{instant.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture)}+00'::timestamptz";
+
+        var sql = new StringBuilder("COPY (SELECT u.provider_id, u.stream_id, u.sequence, u.usage_npfh, u.chain_hash FROM usage_records u\n");
+        if (cutOff.IsSettled)
+        {
+            sql.Append($"""
+                JOIN settlement_stream_marks m ON m.provider_id = u.provider_id AND m.stream_id = u.stream_id
+                 AND m.run_id = (SELECT run_id FROM settlement_runs WHERE day = '{day.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture)}'::date)
+
+                """);
+        }
+
+        sql.Append($"""
+            WHERE u.start_at >= {Literal(from)}
+              AND u.start_at < {Literal(from.AddDays(1))}
+              AND u.stream_id NOT LIKE 'proof:%'
+
+            """);
+        if (oneProvider)
+        {
+            sql.Append("  AND u.provider_id = current_setting('metering.leaves_provider')\n");
+        }
+
+        if (cutOff.CommittedBy is not null)
+        {
+            sql.Append("  AND u.committed_at <= current_setting('metering.leaves_as_of')::timestamptz\n");
+        }
+
+        if (cutOff.IsSettled)
+        {
+            sql.Append("  AND u.sequence <= m.committed_sequence\n");
+        }
+
+        sql.Append(") TO STDOUT (FORMAT BINARY)");
+        return sql.ToString();
+    }
+
+    /// <summary>
+    /// Reads the day's leaves, of one provider or of all, in the caller's transaction, and hands
+    /// each provider's, in leaf order, to <paramref name="onProvider"/> (in ordinal order of the
+    /// providers). With one provider named, it is handed over even when it has no leaves.
+    /// </summary>
+    /// <exception cref="DayNotSettledException">The cut-off is as settled and the day has not been settled.</exception>
+    /// <exception cref="AuditLimitExceededException">A provider has more than <see cref="MerkleTree.LeavesMax"/> leaves, or the read more than <see cref="ReadLeavesMax"/>.</exception>
+    public static async Task ReadAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, string? providerId, MerkleCutOff cutOff,
+        Action<ProviderLeaves> onProvider, CancellationToken cancellationToken)
+    {
+        if (cutOff.IsSettled && !await connection.ExecuteScalarAsync<bool>(new CommandDefinition(
+                "SELECT EXISTS (SELECT 1 FROM settlement_runs WHERE day = @day)", new { day }, transaction, cancellationToken: cancellationToken)))
+        {
+            throw new DayNotSettledException($"{day:yyyy-MM-dd} has not been settled; there is no settled root of it yet");
+        }
+
+        await connection.ExecuteAsync(new CommandDefinition(SetKeys, new
+        {
+            providerId = providerId ?? "",
+            asOf = cutOff.CommittedBy?.ToString("O", CultureInfo.InvariantCulture) ?? "infinity",
+        }, transaction, cancellationToken: cancellationToken));
+
+        // Streams by "provider NUL stream" (neither holds a NUL: PostgreSQL text cannot), looked
+        // up only when the stream changes from one row to the next, which in physical order is
+        // once per ingest batch or so.
+        var streams = new Dictionary<string, StreamLeaves>(StringComparer.Ordinal);
+        var byKey = streams.GetAlternateLookup<ReadOnlySpan<char>>();
+        char[] key = new char[256];
+        StreamLeaves? current = null;
+        int leaves = 0;
+        void Switch(ReadOnlySpan<byte> provider, ReadOnlySpan<byte> stream)
+        {
+            int length = Encoding.UTF8.GetCharCount(provider) + 1 + Encoding.UTF8.GetCharCount(stream);
+            if (length > key.Length)
+            {
+                key = new char[length];
+            }
+
+            int written = Encoding.UTF8.GetChars(provider, key);
+            key[written++] = '\0';
+            written += Encoding.UTF8.GetChars(stream, key.AsSpan(written));
+            if (!byKey.TryGetValue(key.AsSpan(0, written), out current))
+            {
+                current = new StreamLeaves(Encoding.UTF8.GetString(provider), Encoding.UTF8.GetString(stream), provider.ToArray(), stream.ToArray());
+                streams.Add(new string(key, 0, written), current);
+            }
+        }
+
+        var hashing = new List<Task>();
+        try
+        {
+            await using NpgsqlRawCopyStream copy = await connection.BeginRawBinaryCopyAsync(Sql(day, providerId is not null, cutOff), cancellationToken);
+            var rows = new CopyRowReader(copy, 5);
+            while (await rows.ReadAsync(cancellationToken))
+            {
+                if (current is null || !rows.Field(1).SequenceEqual(current.StreamUtf8) || !rows.Field(0).SequenceEqual(current.ProviderUtf8))
+                {
+                    Switch(rows.Field(0), rows.Field(1));
+                }
+
+                if (++leaves > ReadLeavesMax)
+                {
+                    throw new AuditLimitExceededException($"the daily trees of {day:yyyy-MM-dd} have more than {ReadLeavesMax} leaves in all; one read takes at most that many.");
+                }
+
+                current!.Add(rows.Int64(2), rows.Field(4), rows.Int64(3), hashing);
+            }
+
+            foreach (StreamLeaves stream in streams.Values)
+            {
+                stream.Finish(hashing);
+            }
+        }
+        finally
+        {
+            // Hashing tasks only read their own chunks; whatever ended the read, none outlives it.
+            await Task.WhenAll(hashing);
+        }
+
+        foreach (var group in streams.Values.GroupBy(s => s.ProviderId, StringComparer.Ordinal).OrderBy(g => g.Key, StringComparer.Ordinal))
+        {
+            List<StreamLeaves> ordered = [.. group];
+            ordered.Sort((a, b) => a.StreamUtf8.AsSpan().SequenceCompareTo(b.StreamUtf8));
+            long count = ordered.Sum(s => (long)s.Count);
+            if (count > MerkleTree.LeavesMax)
+            {
+                throw new AuditLimitExceededException($"{group.Key} has more than {MerkleTree.LeavesMax} records on {day:yyyy-MM-dd}; the daily tree takes at most that many leaves.");
+            }
+
+            foreach (StreamLeaves stream in ordered)
+            {
+                stream.Order();
+            }
+
+            onProvider(new ProviderLeaves(group.Key, ordered));
+        }
+
+        if (providerId is not null && streams.Count == 0)
+        {
+            onProvider(new ProviderLeaves(providerId, []));
+        }
+    }
+}
