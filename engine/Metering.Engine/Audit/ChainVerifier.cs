@@ -529,7 +529,7 @@ public sealed class ChainVerifier
             // server without standard_conforming_strings, and text holds no NUL), the settings
             // and the COPY.
             string query = $"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {ReadSettings}; "
-                + $"SELECT set_config('metering.audit_provider', {Literal(providerId)}, true), set_config('metering.audit_stream', {Literal(streamId)}, true); {copy}";
+                + $"SELECT set_config('metering.audit_provider', {WireCopyOut.Literal(providerId)}, true), set_config('metering.audit_stream', {WireCopyOut.Literal(streamId)}, true); {copy}";
             // The wire readers are connections the Npgsql pool does not count: they take a slot
             // of their own limit, held until the rows are read.
             SemaphoreSlim slots = Database.WireReaderSlotsOf(_dataSource);
@@ -619,8 +619,6 @@ public sealed class ChainVerifier
                 AND sequence BETWEEN {from} AND {to}
               ORDER BY sequence) TO STDOUT (FORMAT BINARY)
         """);
-
-    private static string Literal(string value) => "'" + value.Replace("'", "''", StringComparison.Ordinal) + "'";
 
     /// <summary>The rows of one segment and what to close when they are read.</summary>
     private sealed class RowSource(CopyRowReader rows, Stream stream, NpgsqlRawCopyStream? npgsqlCopy, NpgsqlConnection? connection, SemaphoreSlim? slot) : IAsyncDisposable

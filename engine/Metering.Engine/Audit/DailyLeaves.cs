@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using System.Text;
 using Dapper;
 using Metering.Engine.Registry;
+using Metering.Engine.Storage;
 using Npgsql;
 
 namespace Metering.Engine.Audit;
@@ -278,6 +279,9 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
 /// at the end, providers side by side.
 /// </para>
 /// </summary>
+/// <summary>A snapshot exported by pg_export_snapshot in a transaction that stays open, and the data source of its server.</summary>
+internal sealed record ExportedSnapshot(NpgsqlDataSource DataSource, string Id);
+
 internal static class DailyLeaves
 {
     /// <summary>Most leaves one read holds (all providers of a day when settlement reads): 1.25 GiB of leaves and sequences.</summary>
@@ -341,8 +345,14 @@ internal static class DailyLeaves
     /// </summary>
     /// <exception cref="DayNotSettledException">The cut-off is as settled and the day has not been settled.</exception>
     /// <exception cref="AuditLimitExceededException">A provider has more than <see cref="MerkleTree.LeavesMax"/> leaves, or the read more than <see cref="ReadLeavesMax"/>.</exception>
+    /// <param name="snapshot">
+    /// When given, the snapshot the caller's transaction exported (pg_export_snapshot) and its
+    /// data source: the rows then come through the wire COPY reader on a thread of its own, in
+    /// that same snapshot, which costs the client a fraction of Npgsql's one read per row. A
+    /// data source the wire reader cannot serve reads on the caller's connection as without it.
+    /// </param>
     public static async Task ReadAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, string? providerId, MerkleCutOff cutOff,
-        Action<ProviderLeaves> onProvider, CancellationToken cancellationToken)
+        Action<ProviderLeaves> onProvider, CancellationToken cancellationToken, ExportedSnapshot? snapshot = null)
     {
         if (cutOff.IsSettled && !await connection.ExecuteScalarAsync<bool>(new CommandDefinition(
                 "SELECT EXISTS (SELECT 1 FROM settlement_runs WHERE day = @day)", new { day }, transaction, cancellationToken: cancellationToken)))
@@ -350,11 +360,34 @@ internal static class DailyLeaves
             throw new DayNotSettledException($"{day:yyyy-MM-dd} has not been settled; there is no settled root of it yet");
         }
 
-        await connection.ExecuteAsync(new CommandDefinition(SetKeys, new
+        string provider = providerId ?? "";
+        string asOf = cutOff.CommittedBy?.ToString("O", CultureInfo.InvariantCulture) ?? "infinity";
+        string copySql = Sql(day, providerId is not null, cutOff);
+        await connection.ExecuteAsync(new CommandDefinition(SetKeys, new { providerId = provider, asOf }, transaction, cancellationToken: cancellationToken));
+        WireCopyOut? wire = null;
+        SemaphoreSlim? slots = null;
+        if (snapshot is not null && Database.WireEndpointOf(snapshot.DataSource, out _) is { } endpoint)
         {
-            providerId = providerId ?? "",
-            asOf = cutOff.CommittedBy?.ToString("O", CultureInfo.InvariantCulture) ?? "infinity",
-        }, transaction, cancellationToken: cancellationToken));
+            string query = $"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {WireCopyOut.Literal(snapshot.Id)}; "
+                + $"SELECT set_config('metering.leaves_provider', {WireCopyOut.Literal(provider)}, true), set_config('metering.leaves_as_of', {WireCopyOut.Literal(asOf)}, true); {copySql}";
+            slots = Database.WireReaderSlotsOf(snapshot.DataSource);
+            await slots.WaitAsync(cancellationToken);
+            try
+            {
+                wire = await Task.Factory.StartNew(() => WireCopyOut.Open(endpoint, query, cancellationToken), cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+            }
+            catch (WireUnsupportedException)
+            {
+                // Read through Npgsql on the caller's connection instead.
+                slots.Release();
+                slots = null;
+            }
+            catch
+            {
+                slots.Release();
+                throw;
+            }
+        }
 
         // Streams by "provider NUL stream" (neither holds a NUL: PostgreSQL text cannot), looked
         // up only when the stream changes from one row to the next, which in physical order is
@@ -383,9 +416,8 @@ internal static class DailyLeaves
         }
 
         var hashing = new List<Task>();
-        try
+        async Task ReadRowsAsync(Stream copy)
         {
-            await using NpgsqlRawCopyStream copy = await connection.BeginRawBinaryCopyAsync(Sql(day, providerId is not null, cutOff), cancellationToken);
             var rows = new CopyRowReader(copy, 5);
             while (await rows.ReadAsync(cancellationToken))
             {
@@ -401,6 +433,23 @@ internal static class DailyLeaves
 
                 current!.Add(rows.Int64(2), rows.Field(4), rows.Int64(3), hashing);
             }
+        }
+
+        try
+        {
+            if (wire is not null)
+            {
+                // The wire reader blocks while it waits for rows: a thread of its own, not the pool's.
+                await using (wire)
+                {
+                    await Task.Factory.StartNew(() => ReadRowsAsync(wire), cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
+                }
+            }
+            else
+            {
+                await using NpgsqlRawCopyStream copy = await connection.BeginRawBinaryCopyAsync(copySql, cancellationToken);
+                await ReadRowsAsync(copy);
+            }
 
             foreach (StreamLeaves stream in streams.Values)
             {
@@ -409,6 +458,7 @@ internal static class DailyLeaves
         }
         finally
         {
+            slots?.Release();
             // Hashing tasks only read their own chunks; whatever ended the read, none outlives it.
             await Task.WhenAll(hashing);
         }

@@ -210,6 +210,12 @@ public sealed class WireCopyOut : Stream
         }
     }
 
+    /// <summary>
+    /// A string as an SQL literal for the simple query: quotes doubled. Safe because the reader
+    /// refuses a server without standard_conforming_strings, forces UTF-8, and text holds no NUL.
+    /// </summary>
+    public static string Literal(string value) => "'" + value.Replace("'", "''", StringComparison.Ordinal) + "'";
+
     public override bool CanRead => true;
 
     public override bool CanSeek => false;
