@@ -530,24 +530,10 @@ public sealed class ChainVerifier
             // and the COPY.
             string query = $"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {ReadSettings}; "
                 + $"SELECT set_config('metering.audit_provider', {WireCopyOut.Literal(providerId)}, true), set_config('metering.audit_stream', {WireCopyOut.Literal(streamId)}, true); {copy}";
-            // The wire readers are connections the Npgsql pool does not count: they take a slot
-            // of their own limit, held until the rows are read.
-            SemaphoreSlim slots = Database.WireReaderSlotsOf(_dataSource);
-            slots.Wait(cancellationToken);
-            try
+            if (OpenWire(endpoint, query, cancellationToken) is { } wire)
             {
-                if (OpenWire(endpoint, query, cancellationToken) is { } wire)
-                {
-                    return new RowSource(new CopyRowReader(wire, FieldCount), wire, null, null, slots);
-                }
+                return new RowSource(new CopyRowReader(wire, FieldCount), wire, null, null);
             }
-            catch
-            {
-                slots.Release();
-                throw;
-            }
-
-            slots.Release();
         }
 
         NpgsqlConnection connection = await _dataSource.OpenConnectionAsync(cancellationToken);
@@ -557,7 +543,7 @@ public sealed class ChainVerifier
             await connection.ExecuteAsync(new CommandDefinition("SET TRANSACTION READ ONLY; " + ReadSettings, transaction: transaction, cancellationToken: cancellationToken));
             await connection.ExecuteAsync(new CommandDefinition(SetKeys, new { providerId, streamId }, transaction, cancellationToken: cancellationToken));
             NpgsqlRawCopyStream stream = await connection.BeginRawBinaryCopyAsync(copy, cancellationToken);
-            return new RowSource(new CopyRowReader(stream, FieldCount), stream, stream, connection, null);
+            return new RowSource(new CopyRowReader(stream, FieldCount), stream, stream, connection);
         }
         catch
         {
@@ -575,7 +561,7 @@ public sealed class ChainVerifier
     {
         if (Volatile.Read(ref _wireState) == WireServed)
         {
-            return WireCopyOut.Open(endpoint, query, cancellationToken);
+            return WireCopyOut.Open(endpoint, query, cancellationToken, Database.WireReaderSlotsOf(_dataSource));
         }
 
         lock (_wireProbe)
@@ -587,7 +573,7 @@ public sealed class ChainVerifier
 
             try
             {
-                WireCopyOut wire = WireCopyOut.Open(endpoint, query, cancellationToken);
+                WireCopyOut wire = WireCopyOut.Open(endpoint, query, cancellationToken, Database.WireReaderSlotsOf(_dataSource));
                 Volatile.Write(ref _wireState, WireServed);
                 return wire;
             }
@@ -621,7 +607,7 @@ public sealed class ChainVerifier
         """);
 
     /// <summary>The rows of one segment and what to close when they are read.</summary>
-    private sealed class RowSource(CopyRowReader rows, Stream stream, NpgsqlRawCopyStream? npgsqlCopy, NpgsqlConnection? connection, SemaphoreSlim? slot) : IAsyncDisposable
+    private sealed class RowSource(CopyRowReader rows, Stream stream, NpgsqlRawCopyStream? npgsqlCopy, NpgsqlConnection? connection) : IAsyncDisposable
     {
         public CopyRowReader Rows => rows;
 
@@ -642,8 +628,6 @@ public sealed class ChainVerifier
                 // Closing returns the connection to the pool; its open read-only transaction is rolled back.
                 await connection.DisposeAsync();
             }
-
-            slot?.Release();
         }
     }
 

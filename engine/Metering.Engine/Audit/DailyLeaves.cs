@@ -365,27 +365,18 @@ internal static class DailyLeaves
         string copySql = Sql(day, providerId is not null, cutOff);
         await connection.ExecuteAsync(new CommandDefinition(SetKeys, new { providerId = provider, asOf }, transaction, cancellationToken: cancellationToken));
         WireCopyOut? wire = null;
-        SemaphoreSlim? slots = null;
         if (snapshot is not null && Database.WireEndpointOf(snapshot.DataSource, out _) is { } endpoint)
         {
             string query = $"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {WireCopyOut.Literal(snapshot.Id)}; "
                 + $"SELECT set_config('metering.leaves_provider', {WireCopyOut.Literal(provider)}, true), set_config('metering.leaves_as_of', {WireCopyOut.Literal(asOf)}, true); {copySql}";
-            slots = Database.WireReaderSlotsOf(snapshot.DataSource);
-            await slots.WaitAsync(cancellationToken);
             try
             {
-                wire = await Task.Factory.StartNew(() => WireCopyOut.Open(endpoint, query, cancellationToken), cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+                wire = await Task.Factory.StartNew(() => WireCopyOut.Open(endpoint, query, cancellationToken, Database.WireReaderSlotsOf(snapshot.DataSource)),
+                    cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
             }
             catch (WireUnsupportedException)
             {
                 // Read through Npgsql on the caller's connection instead.
-                slots.Release();
-                slots = null;
-            }
-            catch
-            {
-                slots.Release();
-                throw;
             }
         }
 
@@ -458,7 +449,6 @@ internal static class DailyLeaves
         }
         finally
         {
-            slots?.Release();
             // Hashing tasks only read their own chunks; whatever ended the read, none outlives it.
             await Task.WhenAll(hashing);
         }

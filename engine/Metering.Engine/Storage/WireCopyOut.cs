@@ -132,6 +132,7 @@ public sealed class WireCopyOut : Stream
     private CancellationTokenRegistration _cancellation;
     private CancellationToken _cancellationToken;
     private int _commandTimeoutSeconds;
+    private SemaphoreSlim? _slots;
 
     private WireCopyOut(Socket socket) => _socket = socket;
 
@@ -141,9 +142,14 @@ public sealed class WireCopyOut : Stream
     /// the calling thread. Cancelling <paramref name="cancellationToken"/> closes the socket,
     /// which also ends a read in progress.
     /// </summary>
+    /// <param name="slots">
+    /// When given, a slot of it is taken before connecting (waiting while all are taken) and
+    /// given back when the reader is disposed or fails to open: the limit on connections that
+    /// the Npgsql pool does not count (<see cref="Database.WireReaderSlotsOf"/>).
+    /// </param>
     /// <exception cref="WireUnsupportedException">The server wants an authentication method or setting this reader does not handle.</exception>
     /// <exception cref="WireServerException">The server refused the connection or a statement.</exception>
-    public static WireCopyOut Open(WireEndpoint endpoint, string simpleQuery, CancellationToken cancellationToken)
+    public static WireCopyOut Open(WireEndpoint endpoint, string simpleQuery, CancellationToken cancellationToken, SemaphoreSlim? slots = null)
     {
         Socket socket = endpoint.IsUnixSocket
             ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
@@ -151,6 +157,8 @@ public sealed class WireCopyOut : Stream
         var reader = new WireCopyOut(socket);
         try
         {
+            slots?.Wait(cancellationToken);
+            reader._slots = slots;
             reader._cancellationToken = cancellationToken;
             reader._cancellation = cancellationToken.Register(static state => ((Socket)state!).Dispose(), socket);
             int timeoutMs = endpoint.ConnectTimeoutSeconds > 0 ? endpoint.ConnectTimeoutSeconds * 1_000 : Timeout.Infinite;
@@ -287,6 +295,7 @@ public sealed class WireCopyOut : Stream
             }
 
             _socket.Dispose();
+            Interlocked.Exchange(ref _slots, null)?.Release();
         }
 
         base.Dispose(disposing);

@@ -99,6 +99,43 @@ public sealed class WireCopyOutTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task Readers_wait_for_a_free_slot_and_give_it_back_whatever_happens()
+    {
+        await using NpgsqlDataSource dataSource = Database.CreateDataSource(await postgres.CreateDatabaseAsync());
+        WireEndpoint endpoint = Database.WireEndpointOf(dataSource, out _)!;
+        SemaphoreSlim slots = Database.WireReaderSlotsOf(dataSource);
+
+        // Every slot taken: a reader waits, and its cancellation ends the wait without taking one.
+        for (int i = 0; i < Database.WireReadersMax; i++)
+        {
+            slots.Wait();
+        }
+
+        using (var cancel = new CancellationTokenSource(TimeSpan.FromMilliseconds(300)))
+        {
+            Assert.ThrowsAny<OperationCanceledException>(() => WireCopyOut.Open(endpoint, "COPY (SELECT 1) TO STDOUT", cancel.Token, slots));
+        }
+
+        Assert.Equal(0, slots.CurrentCount);
+        slots.Release(Database.WireReadersMax);
+
+        // A reader read to the end, one refused by the server and one disposed midway each give theirs back.
+        await using (WireCopyOut done = WireCopyOut.Open(endpoint, "COPY (SELECT 1) TO STDOUT", CancellationToken.None, slots))
+        {
+            Assert.Equal(Database.WireReadersMax - 1, slots.CurrentCount);
+            await ReadAllAsync(done);
+        }
+
+        Assert.Throws<WireServerException>(() => WireCopyOut.Open(endpoint, "COPY (SELECT * FROM no_such_table) TO STDOUT", CancellationToken.None, slots));
+        await using (WireCopyOut midway = WireCopyOut.Open(endpoint, "COPY (SELECT g FROM generate_series(1, 100000) g) TO STDOUT", CancellationToken.None, slots))
+        {
+            Assert.True(midway.Read(new byte[16]) > 0);
+        }
+
+        Assert.Equal(Database.WireReadersMax, slots.CurrentCount);
+    }
+
+    [Fact]
     public async Task A_query_that_starts_no_copy_is_refused()
     {
         await using NpgsqlDataSource dataSource = Database.CreateDataSource(await postgres.CreateDatabaseAsync());
