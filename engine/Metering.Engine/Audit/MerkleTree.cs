@@ -1,4 +1,5 @@
 using System.Security.Cryptography;
+using Metering.Engine.Ingest;
 
 namespace Metering.Engine.Audit;
 
@@ -33,45 +34,23 @@ public static class MerkleTree
     /// <summary>Most leaves one tree takes (512 MiB of hashes); a larger day is refused, not truncated.</summary>
     public const int LeavesMax = 16 * 1024 * 1024;
 
+    /// <summary>SHA-256(0x00 || chain hash), through <see cref="Sha256Digest"/>: a day has millions of leaves, and .NET's own SHA-256 costs more per call than 33 bytes of hashing.</summary>
     public static void LeafHash(ReadOnlySpan<byte> chainHash, Span<byte> destination)
     {
         Span<byte> input = stackalloc byte[1 + HashBytes];
         input[0] = LeafPrefix;
         chainHash.CopyTo(input[1..]);
-        SHA256.HashData(input, destination);
+        Sha256Digest.Hash(input, destination);
     }
 
-    /// <summary>
-    /// The leaf hash on a reused hash object: the one-shot SHA256.HashData sets up an OpenSSL
-    /// context per call, which costs more than hashing 33 bytes; a day has millions of leaves.
-    /// </summary>
-    public static void LeafHash(IncrementalHash sha256, ReadOnlySpan<byte> chainHash, Span<byte> destination)
-    {
-        Span<byte> input = stackalloc byte[1 + HashBytes];
-        input[0] = LeafPrefix;
-        chainHash.CopyTo(input[1..]);
-        sha256.AppendData(input);
-        sha256.GetHashAndReset(destination);
-    }
-
+    /// <summary>SHA-256(0x01 || left || right), through <see cref="Sha256Digest"/> for the same reason as the leaf hash.</summary>
     public static void NodeHash(ReadOnlySpan<byte> left, ReadOnlySpan<byte> right, Span<byte> destination)
     {
         Span<byte> input = stackalloc byte[1 + 2 * HashBytes];
         input[0] = NodePrefix;
         left.CopyTo(input[1..]);
         right.CopyTo(input[(1 + HashBytes)..]);
-        SHA256.HashData(input, destination);
-    }
-
-    /// <summary>The node hash on a reused hash object, for the same reason as the leaf hash's.</summary>
-    public static void NodeHash(IncrementalHash sha256, ReadOnlySpan<byte> left, ReadOnlySpan<byte> right, Span<byte> destination)
-    {
-        Span<byte> input = stackalloc byte[1 + 2 * HashBytes];
-        input[0] = NodePrefix;
-        left.CopyTo(input[1..]);
-        right.CopyTo(input[(1 + HashBytes)..]);
-        sha256.AppendData(input);
-        sha256.GetHashAndReset(destination);
+        Sha256Digest.Hash(input, destination);
     }
 
     /// <summary>

@@ -96,10 +96,9 @@ internal static class Sha256Lanes
 
         if (done < count)
         {
-            using var sha256 = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
             for (; done < count; done++)
             {
-                MerkleTree.LeafHash(sha256, chainHashes.Slice(done * HashBytes, HashBytes), leaves.Slice(done * HashBytes, HashBytes));
+                MerkleTree.LeafHash(chainHashes.Slice(done * HashBytes, HashBytes), leaves.Slice(done * HashBytes, HashBytes));
             }
         }
     }
@@ -150,11 +149,10 @@ internal static class Sha256Lanes
 
         if (done < count)
         {
-            using var sha256 = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
             for (; done < count; done++)
             {
                 ReadOnlySpan<byte> pair = pairs.Slice(done * 2 * HashBytes, 2 * HashBytes);
-                MerkleTree.NodeHash(sha256, pair[..HashBytes], pair[HashBytes..], parents.Slice(done * HashBytes, HashBytes));
+                MerkleTree.NodeHash(pair[..HashBytes], pair[HashBytes..], parents.Slice(done * HashBytes, HashBytes));
             }
         }
     }
