@@ -5,6 +5,7 @@ using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Metering.Engine.Registry;
+using Metering.Engine.Signing;
 using Metering.Engine.Storage;
 using Metering.Probe.Attestation.Results;
 using Metering.Probe.Measurement;
@@ -60,6 +61,7 @@ internal static class ProbeCpuLoad
 
         await using MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
         {
+            SigningKey = ServerSigningKey.CreateNew(),
             Listen = new Uri("http://127.0.0.1:0"),
             ConnectionString = postgres.ConnectionString,
             Catalog = TestCatalogs.WithCpuFixture(),

@@ -7,6 +7,7 @@ using Grpc.Core;
 using Grpc.Net.Client;
 using Metering.Engine.Catalog;
 using Metering.Engine.RawLogs;
+using Metering.Engine.Signing;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Server.Hosting;
@@ -169,6 +170,7 @@ internal static class RawLogLoad
 
         await using MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
         {
+            SigningKey = ServerSigningKey.CreateNew(),
             Listen = new Uri("http://127.0.0.1:0"),
             ConnectionString = postgres.ConnectionString,
             ConfigureLogging = builder => builder.AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace).SetMinimumLevel(LogLevel.Warning),

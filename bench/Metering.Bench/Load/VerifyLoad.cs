@@ -4,6 +4,7 @@ using Dapper;
 using Grpc.Net.Client;
 using Metering.Engine.Audit;
 using Metering.Engine.Ingest;
+using Metering.Engine.Signing;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Samples.ProviderAgent;
@@ -76,6 +77,7 @@ internal static class VerifyLoad
             StreamResult[] streamed;
             await using (MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
             {
+                SigningKey = ServerSigningKey.CreateNew(),
                 Listen = new Uri("http://127.0.0.1:0"),
                 ConnectionString = postgres.ConnectionString,
                 ConfigureLogging = builder => builder.AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace).SetMinimumLevel(LogLevel.Warning),

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Metering.Engine.Access;
 using Metering.Engine.Registry;
+using Metering.Engine.Signing;
 using Metering.Engine.Storage;
 using Npgsql;
 using Microsoft.Extensions.Logging;
@@ -8,7 +9,7 @@ using Microsoft.Extensions.Logging;
 namespace Metering.Cli.Commands;
 
 /// <summary>Options several commands share, and how they resolve the database.</summary>
-internal static class CommonOptions
+internal static partial class CommonOptions
 {
     public static Option<string?> Connection() => new("--connection")
     {
@@ -39,6 +40,40 @@ internal static class CommonOptions
             return null;
         },
     };
+
+    public static Option<string?> SigningKey() => new("--signing-key")
+    {
+        Description = "PEM file with the server's ECDSA P-256 signing key (receipts, tree heads). Defaults to METERING_SIGNING_KEY; "
+            + "on the embedded database, to signing-key.pem beside the data folder, made on first use. Make one with `metering key signing new`.",
+    };
+
+    /// <summary>
+    /// The server's signing key: the file the option or METERING_SIGNING_KEY names; for the embedded
+    /// database, signing-key.pem beside its data folder, made on first start. An external database
+    /// needs the key named, since a key made afresh on each start would sign nothing anyone could
+    /// check later.
+    /// </summary>
+    public static ServerSigningKey ResolveSigningKey(string? path, string? embeddedDataDirectory, ILogger logger)
+    {
+        path ??= Environment.GetEnvironmentVariable("METERING_SIGNING_KEY");
+        if (string.IsNullOrWhiteSpace(path))
+        {
+            if (embeddedDataDirectory is null)
+            {
+                throw new SigningKeyException("No signing key: pass --signing-key FILE or set METERING_SIGNING_KEY (make one with `metering key signing new --out FILE`).");
+            }
+
+            path = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(embeddedDataDirectory))!, "signing-key.pem");
+            if (!File.Exists(path))
+            {
+                using ServerSigningKey made = ServerSigningKey.CreateNew();
+                made.WritePrivateKey(path);
+                LogSigningKeyMade(logger, path, made.KeyId);
+            }
+        }
+
+        return ServerSigningKey.Load(path);
+    }
 
     public static ILoggerFactory Logging(LogLevel minimum = LogLevel.Information) =>
         LoggerFactory.Create(builder => builder
@@ -108,6 +143,10 @@ internal static class CommonOptions
 
     public static Actor Operator(string name) => new(Role.Operator, name);
 
+    /// <summary>Whether commands with this option value run on the embedded PostgreSQL.</summary>
+    public static bool UsesEmbedded(string? connection) =>
+        string.IsNullOrWhiteSpace(connection ?? Environment.GetEnvironmentVariable("METERING_CONNECTION"));
+
     /// <summary>
     /// The connection string to use: the explicit option, else METERING_CONNECTION, else a freshly
     /// started embedded PostgreSQL, which the caller must dispose.
@@ -115,13 +154,15 @@ internal static class CommonOptions
     public static async Task<(string ConnectionString, EmbeddedPostgres? Embedded)> ResolveDatabaseAsync(
         string? connection, string dataDirectory, ILogger logger, CancellationToken cancellationToken)
     {
-        connection ??= Environment.GetEnvironmentVariable("METERING_CONNECTION");
-        if (!string.IsNullOrWhiteSpace(connection))
+        if (!UsesEmbedded(connection))
         {
-            return (connection, null);
+            return ((connection ?? Environment.GetEnvironmentVariable("METERING_CONNECTION"))!, null);
         }
 
         EmbeddedPostgres embedded = await EmbeddedPostgres.StartAsync(new EmbeddedPostgresOptions { DataDirectory = dataDirectory }, logger, cancellationToken);
         return (embedded.ConnectionString, embedded);
     }
+
+    [LoggerMessage(EventId = 4101, Level = LogLevel.Warning, Message = "Made a new signing key {Path} (key id {KeyId}); back it up and publish its public key (`metering key signing show {Path}`)")]
+    private static partial void LogSigningKeyMade(ILogger logger, string path, string keyId);
 }

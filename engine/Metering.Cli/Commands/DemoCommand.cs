@@ -4,6 +4,7 @@ using System.Globalization;
 using Dapper;
 using Grpc.Net.Client;
 using Metering.Engine.Audit;
+using Metering.Engine.Signing;
 using Metering.Engine.Storage;
 using Metering.Samples.ProviderAgent;
 using Metering.Server.Hosting;
@@ -82,11 +83,13 @@ internal static class DemoCommand
         var applied = await new Migrator(dataSource, logger).MigrateAsync(cancellationToken);
         Step($"Database {DemoDatabase} created afresh; {applied.Count} migration(s) applied");
 
+        using ServerSigningKey signing = CommonOptions.ResolveSigningKey(null, dataDirectory, logger);
         var clock = new DemoClock();
         await using MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
         {
             Listen = new Uri("http://127.0.0.1:0"),
             ConnectionString = connectionString,
+            SigningKey = signing,
             Time = clock,
             ConfigureLogging = builder => builder.AddSimpleConsole(c => c.SingleLine = true).SetMinimumLevel(logLevel),
         }, cancellationToken);

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using Metering.Engine.Access;
+using Metering.Engine.Signing;
 
 namespace Metering.Cli.Commands;
 
@@ -62,7 +63,65 @@ internal static class KeyCommand
             return 0;
         }, cancellationToken));
 
-        return new Command("key", "API keys: issue, revoke and list credentials for providers, operators, auditors and settlement.") { issue, revoke, list };
+        return new Command("key", "API keys: issue, revoke and list credentials for providers, operators, auditors and settlement; the server's signing key.")
+        {
+            issue, revoke, list, Signing(),
+        };
+    }
+
+    /// <summary>`metering key signing new|show`: the server's receipt and tree-head key, a file outside the database.</summary>
+    private static Command Signing()
+    {
+        var output = new Option<string>("--out")
+        {
+            Description = "Where to write the new private key (PEM, mode 0600). An existing file is never overwritten.",
+            Required = true,
+        };
+        var create = new Command("new", "Make a new ECDSA P-256 signing key for `metering serve --signing-key`. Prints its public key and key id, to publish.") { output };
+        create.SetAction(parse =>
+        {
+            string path = parse.GetValue(output)!;
+            using ServerSigningKey key = ServerSigningKey.CreateNew();
+            try
+            {
+                key.WritePrivateKey(path);
+            }
+            catch (IOException e)
+            {
+                Console.Error.WriteLine($"error: cannot write {path}: {e.Message}");
+                return 2;
+            }
+
+            Console.Error.WriteLine($"Wrote {path}. Keep it outside the database and back it up; publish the public key below.");
+            WritePublic(key.PublicKey);
+            return 0;
+        });
+
+        var file = new Argument<string>("file") { Description = "The private key file that `metering serve --signing-key` uses." };
+        var show = new Command("show", "Print a signing key's public key (PEM) and key id, to publish.") { file };
+        show.SetAction(parse =>
+        {
+            try
+            {
+                using ServerSigningKey key = ServerSigningKey.Load(parse.GetValue(file)!);
+                WritePublic(key.PublicKey);
+                return 0;
+            }
+            catch (SigningKeyException e)
+            {
+                Console.Error.WriteLine($"error: {e.Message}");
+                return 2;
+            }
+        });
+
+        return new Command("signing", "The server's signing key: receipts on acknowledgements and the transparency log's tree heads are signed with it.") { create, show };
+    }
+
+    private static void WritePublic(ServerPublicKey key)
+    {
+        Console.WriteLine($"key id: {key.KeyId}");
+        Console.Write(key.Pem);
+        Console.WriteLine();
     }
 
     private static string Local(DateTimeOffset instant) => LocalTime.Minutes(instant);

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Metering.Engine.Storage;
 using Metering.Engine.Access;
+using Metering.Engine.Signing;
 using Metering.Server.Hosting;
 using Microsoft.Extensions.Logging;
 
@@ -18,11 +19,25 @@ internal static partial class ServeCommand
         };
         var connection = CommonOptions.Connection();
         var dataDirectory = CommonOptions.DataDirectory();
-        var command = new Command("serve", "Run the gRPC server (IngestService, RawLogService, RegistryService) against PostgreSQL. Callers authenticate with keys from `metering key issue`.") { listen, migrate, connection, dataDirectory };
+        var signingKey = CommonOptions.SigningKey();
+        var command = new Command("serve", "Run the gRPC server (IngestService, RawLogService, RegistryService) against PostgreSQL. Callers authenticate with keys from `metering key issue`.") { listen, migrate, connection, dataDirectory, signingKey };
         command.SetAction(async (parse, cancellationToken) =>
         {
             using ILoggerFactory logging = CommonOptions.Logging();
             ILogger logger = logging.CreateLogger("metering.serve");
+            ServerSigningKey key;
+            try
+            {
+                key = CommonOptions.ResolveSigningKey(parse.GetValue(signingKey),
+                    CommonOptions.UsesEmbedded(parse.GetValue(connection)) ? parse.GetValue(dataDirectory) : null, logger);
+            }
+            catch (SigningKeyException e)
+            {
+                Console.Error.WriteLine($"error: {e.Message}");
+                return 2;
+            }
+
+            using ServerSigningKey signing = key;
             var (connectionString, embedded) = await CommonOptions.ResolveDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, logger, cancellationToken);
             await using (embedded)
             {
@@ -47,6 +62,7 @@ internal static partial class ServeCommand
                 {
                     Listen = parse.GetValue(listen)!,
                     ConnectionString = connectionString,
+                    SigningKey = signing,
                     ConfigureLogging = builder => builder
                         .AddSimpleConsole(console =>
                         {
@@ -62,7 +78,7 @@ internal static partial class ServeCommand
                     credentials = (await new CredentialStore(dataSource, TimeProvider.System).ListAsync(cancellationToken)).Count(c => c.RevokedAt is null);
                 }
 
-                LogServing(logger, server.Address, credentials);
+                LogServing(logger, server.Address, credentials, signing.KeyId);
                 if (credentials == 0)
                 {
                     LogNoKeys(logger);
@@ -75,8 +91,8 @@ internal static partial class ServeCommand
         return command;
     }
 
-    [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "Serving gRPC on {Address}; {Keys} credential(s) are active. Ctrl+C stops.")]
-    private static partial void LogServing(ILogger logger, Uri address, int keys);
+    [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "Serving gRPC on {Address}; {Keys} credential(s) are active; receipts are signed with key {KeyId}. Ctrl+C stops.")]
+    private static partial void LogServing(ILogger logger, Uri address, int keys, string keyId);
 
     [LoggerMessage(EventId = 4002, Level = LogLevel.Warning, Message = "No credential is active, so every call will be refused. Issue one with: metering key issue --role operator --subject <name>")]
     private static partial void LogNoKeys(ILogger logger);

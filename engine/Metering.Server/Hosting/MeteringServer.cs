@@ -5,6 +5,7 @@ using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Engine.Settlement;
+using Metering.Engine.Signing;
 using Metering.Engine.Storage;
 using Metering.Engine.Vouchers;
 using Metering.Server.Access;
@@ -34,6 +35,12 @@ public sealed class ServerSettings
     public Uri Listen { get; set; } = new("http://127.0.0.1:7390");
 
     public required string ConnectionString { get; init; }
+
+    /// <summary>
+    /// The key the server signs receipts and tree heads with. It is kept outside the database, so
+    /// that whoever can write the database cannot forge what the server signed.
+    /// </summary>
+    public required ServerSigningKey SigningKey { get; init; }
 
     public IngestLimits Limits { get; init; } = new();
 
@@ -95,6 +102,7 @@ public sealed class MeteringServer : IAsyncDisposable
 
         builder.Services.AddSingleton(settings.Time);
         builder.Services.AddSingleton(settings.Catalog);
+        builder.Services.AddSingleton(settings.SigningKey);
         builder.Services.AddSingleton(new RecordValidator(settings.Limits, settings.Catalog));
         builder.Services.AddSingleton(_ => Database.CreateDataSource(settings.ConnectionString));
         builder.Services.AddSingleton(provider => new UsageStore(provider.GetRequiredService<NpgsqlDataSource>()));

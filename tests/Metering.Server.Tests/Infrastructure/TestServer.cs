@@ -4,6 +4,7 @@ using Grpc.Net.Client;
 using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
+using Metering.Engine.Signing;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
 using Metering.Server.Hosting;
@@ -39,6 +40,9 @@ public sealed class TestServer : IAsyncDisposable
         Channel = GrpcChannel.ForAddress(server.Address);
     }
 
+    /// <summary>The servers' signing key: one per test run, as one deployment keeps one key.</summary>
+    public static ServerSigningKey SigningKey { get; } = ServerSigningKey.CreateNew();
+
     public string ConnectionString { get; }
 
     public GrpcChannel Channel { get; private set; }
@@ -54,6 +58,7 @@ public sealed class TestServer : IAsyncDisposable
         {
             Listen = new Uri("http://127.0.0.1:0"),
             ConnectionString = connectionString,
+            SigningKey = SigningKey,
             Limits = limits ?? new IngestLimits(),
             Time = time ?? TimeProvider.System,
             CredentialRecheck = recheck ?? CredentialRecheckPolicy.Default,
