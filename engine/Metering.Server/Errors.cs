@@ -75,7 +75,7 @@ public static class Errors
     /// <summary>The gRPC status each registry refusal carries, as registry.proto documents it.</summary>
     public static StatusCode CodeFor(RegistryRefusal reason) => reason switch
     {
-        RegistryRefusal.RoleNotAllowed or RegistryRefusal.OtherProvider => StatusCode.PermissionDenied,
+        RegistryRefusal.RoleNotAllowed or RegistryRefusal.OtherProvider or RegistryRefusal.SameOperator => StatusCode.PermissionDenied,
         RegistryRefusal.FieldInvalid or RegistryRefusal.CreditCodeInvalid or RegistryRefusal.NotRegisteredInShenzhen
             or RegistryRefusal.DeviceModelUnknown or RegistryRefusal.ReasonRequired or RegistryRefusal.FeeScheduleInvalid
             or RegistryRefusal.PeriodInvalid => StatusCode.InvalidArgument,

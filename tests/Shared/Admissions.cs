@@ -19,7 +19,7 @@ internal sealed class ManualClock(DateTimeOffset now) : TimeProvider
 }
 
 /// <summary>The keys <see cref="Admissions.SeedAsync"/> issued, one per role.</summary>
-internal sealed record SeededKeys(string Provider, string OtherProvider, string Operator, string Auditor, string Settlement);
+internal sealed record SeededKeys(string Provider, string OtherProvider, string Operator, string Auditor, string Settlement, string SecondOperator);
 
 /// <summary>
 /// Takes providers through the whole admission workflow with the engine's own registry, on a
@@ -39,6 +39,9 @@ internal static class Admissions
 
     public static readonly Actor Operator = new(Role.Operator, "seed-operator");
 
+    /// <summary>The second operator four-eyes asks for on admission decisions and typed verification figures.</summary>
+    public static readonly Actor SecondOperator = new(Role.Operator, "seed-second-operator");
+
     /// <summary>Admits both test providers and issues a key for each role.</summary>
     public static async Task<SeededKeys> SeedAsync(NpgsqlDataSource dataSource)
     {
@@ -57,7 +60,8 @@ internal static class Admissions
             await Issue(Role.Provider, TestRecords.OtherProvider),
             await Issue(Role.Operator, "operator-one"),
             await Issue(Role.Auditor, "auditor-one"),
-            await Issue(Role.Settlement, "settlement-batch"));
+            await Issue(Role.Settlement, "settlement-batch"),
+            await Issue(Role.Operator, "operator-two"));
     }
 
     public static AdmissionBatch TestBatch() => new()
@@ -182,13 +186,15 @@ internal static class Admissions
         return filing;
     }
 
-    /// <summary>Passes every stage after filing, as one operator.</summary>
+    /// <summary>Passes every stage after filing, as one operator with a second approving what four-eyes asks of two.</summary>
     public static async Task<Application> DecideAllAsync(ProviderRegistry registry, long applicationId, string code)
     {
         await registry.ReviewMaterialsAsync(Operator, new StageDecision { ApplicationId = applicationId, Pass = true }, CancellationToken.None);
-        await registry.RecordVerificationAsync(Operator, new VerificationDecision { ApplicationId = applicationId, Pass = true, VerifiedFp16Gflops = 316_608_000 }, CancellationToken.None);
+        Application proposed = await registry.RecordVerificationAsync(Operator, new VerificationDecision { ApplicationId = applicationId, Pass = true, VerifiedFp16Gflops = 316_608_000 }, CancellationToken.None);
+        await registry.ApproveProposalAsync(SecondOperator, applicationId, proposed.PendingProposal.ProposalNo, CancellationToken.None);
         await registry.OpenPublicNoticeAsync(Operator, new StageDecision { ApplicationId = applicationId, Pass = true }, CancellationToken.None);
-        await registry.DecideAdmissionAsync(Operator, new StageDecision { ApplicationId = applicationId, Pass = true }, CancellationToken.None);
+        proposed = await registry.DecideAdmissionAsync(Operator, new StageDecision { ApplicationId = applicationId, Pass = true }, CancellationToken.None);
+        await registry.ApproveProposalAsync(SecondOperator, applicationId, proposed.PendingProposal.ProposalNo, CancellationToken.None);
         return await registry.IssueAdmissionNoticeAsync(Operator, new IssueAdmissionNoticeRequest { ApplicationId = applicationId, NoticeNumber = $"TEST-{code}-{applicationId}" }, CancellationToken.None);
     }
 }

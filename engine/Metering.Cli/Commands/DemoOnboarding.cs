@@ -37,6 +37,8 @@ internal static class DemoOnboarding
         var credentials = new CredentialStore(dataSource, clock);
         var bootstrap = new Actor(Role.Operator, "demo-bootstrap");
         string operatorKey = (await credentials.IssueAsync(bootstrap, Role.Operator, "demo-operator", "demo", cancellationToken)).Key;
+        // Four-eyes: the decision and the typed verification figure take a second operator's approval.
+        string reviewerKey = (await credentials.IssueAsync(bootstrap, Role.Operator, "demo-reviewer", "demo", cancellationToken)).Key;
         var registry = new RegistryService.RegistryServiceClient(channel);
         Metadata asOperator = Bearer(operatorKey);
 
@@ -101,11 +103,14 @@ internal static class DemoOnboarding
         long id = application.ApplicationId;
         await registry.ReviewMaterialsAsync(new StageDecision { ApplicationId = id, Pass = true }, asOperator, cancellationToken: cancellationToken);
         clock.Simulated = filedAt.AddDays(7);
-        await registry.RecordVerificationAsync(new VerificationDecision { ApplicationId = id, Pass = true, VerifiedFp16Gflops = application.DeclaredFp16Gflops, Reasons = "commissioned verifier's site report" }, asOperator, cancellationToken: cancellationToken);
+        Metadata asReviewer = Bearer(reviewerKey);
+        Application proposed = await registry.RecordVerificationAsync(new VerificationDecision { ApplicationId = id, Pass = true, VerifiedFp16Gflops = application.DeclaredFp16Gflops, Reasons = "commissioned verifier's site report" }, asOperator, cancellationToken: cancellationToken);
+        await registry.ApproveProposalAsync(new ApproveProposalRequest { ApplicationId = id, ProposalNo = proposed.PendingProposal.ProposalNo }, asReviewer, cancellationToken: cancellationToken);
         clock.Simulated = filedAt.AddDays(10);
         await registry.OpenPublicNoticeAsync(new StageDecision { ApplicationId = id, Pass = true }, asOperator, cancellationToken: cancellationToken);
         clock.Simulated = filedAt.AddDays(16);
-        await registry.DecideAdmissionAsync(new StageDecision { ApplicationId = id, Pass = true }, asOperator, cancellationToken: cancellationToken);
+        proposed = await registry.DecideAdmissionAsync(new StageDecision { ApplicationId = id, Pass = true }, asOperator, cancellationToken: cancellationToken);
+        await registry.ApproveProposalAsync(new ApproveProposalRequest { ApplicationId = id, ProposalNo = proposed.PendingProposal.ProposalNo }, asReviewer, cancellationToken: cancellationToken);
         application = await registry.IssueAdmissionNoticeAsync(new IssueAdmissionNoticeRequest { ApplicationId = id, NoticeNumber = "深科创训力入库〔demo〕1号" }, asOperator, cancellationToken: cancellationToken);
         clock.Simulated = null;
 

@@ -128,7 +128,14 @@ internal static class RegistryOutput
         ("intermediary", a.Intermediary),
         ("public notice until", Local(a.NoticeEndsUnixMs)),
         ("admission notice", a.NoticeNumber),
+        ("awaiting approval", a.PendingProposal is not { } p ? "" : Proposal(a.ApplicationId, p)),
     ];
+
+    /// <summary>A pending four-eyes proposal, with the command that approves it.</summary>
+    private static string Proposal(long applicationId, StageProposal p) =>
+        $"proposal {p.ProposalNo}: {p.Stage} {(p.Pass ? "pass" : "reject")}"
+        + (p.VerifiedFp16Gflops > 0 ? $" at {Pflops(p.VerifiedFp16Gflops)} PFLOPS FP16" : "")
+        + $" by {p.ProposedBy} at {Local(p.ProposedUnixMs)}; a second operator approves it with: metering registry approve {applicationId} --proposal {p.ProposalNo}";
 
     private static void WriteStages(IEnumerable<Stage> stages)
     {

@@ -24,6 +24,7 @@ internal static class RegistryWorkflowCommands
         Notice(input),
         Objection(input),
         Decide(input),
+        Approve(input),
         ListApplications(input),
         ShowApplication(input),
     ];
@@ -126,7 +127,8 @@ internal static class RegistryWorkflowCommands
         var pass = new Option<bool>("--pass") { Description = $"Verification confirms the capacity; it must be at least {FilingRules.Pflops(FilingRules.CapacityMinimumGflops)} PFLOPS." };
         var reject = new Option<bool>("--reject") { Description = "Reject the application at verification (needs --reasons)." };
         var reasons = Reasons("The verifier's report or why it failed; required with --reject.");
-        var command = input.Writer("verify", "Record the commissioned verification of an application awaiting it, with the verified capacity.", id, pflops, gflops, pass, reject, reasons);
+        var command = input.Writer("verify", "Record the commissioned verification of an application awaiting it, with the verified capacity. "
+            + "A figure typed here is proposed, and takes effect when a second operator approves it (`registry approve`), unless the batch allows single-operator decisions.", id, pflops, gflops, pass, reject, reasons);
         RegistryInput.ExactlyOne(command, pass, reject);
         command.Validators.Add(result =>
         {
@@ -198,13 +200,31 @@ internal static class RegistryWorkflowCommands
         var admit = new Option<bool>("--admit") { Description = "Admit: the application goes on to the admission notice (needs --reasons if objections were recorded)." };
         var reject = new Option<bool>("--reject") { Description = "Reject the application (needs --reasons)." };
         var reasons = Reasons("Why; required with --reject, and to admit over recorded objections.");
-        var command = input.Writer("decide", "Decide admission of an application whose public notice has ended. Of two operators deciding at once, the second is refused.", id, admit, reject, reasons);
+        var command = input.Writer("decide",
+            "Decide admission of an application whose public notice has ended. Unless the batch allows single-operator decisions, this proposes the decision, "
+            + "which takes effect when a second operator approves it (`registry approve`).", id, admit, reject, reasons);
         RegistryInput.ExactlyOne(command, admit, reject);
         input.SetAction(command, parse =>
         {
             var decision = new StageDecision { ApplicationId = parse.GetValue(id), Pass = parse.GetValue(admit), Reasons = parse.GetValue(reasons)! };
             return async (registry, cancellationToken) => RegistryOutput.WriteApplication(await registry.DecideAdmissionAsync(input.Operator(parse), decision, cancellationToken));
         });
+        return command;
+    }
+
+    private static Command Approve(RegistryInput input)
+    {
+        var id = RegistryInput.ApplicationId();
+        var proposal = new Option<uint>("--proposal")
+        {
+            Description = "The proposal approved, as the application shows it under 'awaiting approval'.",
+            Required = true,
+        };
+        var command = input.Writer("approve",
+            "Approve the pending proposal of an admission decision or a typed verification figure (four-eyes). The approver must be another operator than the proposer; "
+            + "the stage then takes effect as proposed, checked again as of now.", id, proposal);
+        input.SetAction(command, parse => async (registry, cancellationToken) =>
+            RegistryOutput.WriteApplication(await registry.ApproveProposalAsync(input.Operator(parse), parse.GetValue(id), parse.GetValue(proposal), cancellationToken)));
         return command;
     }
 

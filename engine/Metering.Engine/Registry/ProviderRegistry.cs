@@ -22,7 +22,7 @@ namespace Metering.Engine.Registry;
 /// server's access policy; this class checks only what follows from the actor itself (a provider
 /// files for itself).
 /// </summary>
-public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog catalog, TimeProvider time)
+public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog catalog, TimeProvider time)
 {
     public const int ListLimitDefault = 100;
     public const int ListLimitMax = 1_000;
@@ -174,10 +174,11 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
             }
 
             await connection.ExecuteAsync("""
-                INSERT INTO admission_batches (batch_id, window_opens_at, window_closes_at, validity_ends_at, public_notice_days, audit_report_year)
-                VALUES (@id, @opens, @closes, @ends, @days, @year)
+                INSERT INTO admission_batches (batch_id, window_opens_at, window_closes_at, validity_ends_at, public_notice_days, audit_report_year, single_operator_decisions)
+                VALUES (@id, @opens, @closes, @ends, @days, @year, @singleOperator)
                 ON CONFLICT (batch_id) DO UPDATE SET window_opens_at = excluded.window_opens_at, window_closes_at = excluded.window_closes_at,
-                    validity_ends_at = excluded.validity_ends_at, public_notice_days = excluded.public_notice_days, audit_report_year = excluded.audit_report_year
+                    validity_ends_at = excluded.validity_ends_at, public_notice_days = excluded.public_notice_days, audit_report_year = excluded.audit_report_year,
+                    single_operator_decisions = excluded.single_operator_decisions
                 """, new
             {
                 id = batch.BatchId,
@@ -186,6 +187,7 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
                 ends = Utc(batch.ValidityEndsUnixMs),
                 days = (int)batch.PublicNoticeDays,
                 year = (int)batch.AuditReportYear,
+                singleOperator = batch.SingleOperatorDecisions,
             }, transaction);
             await RecordAsync(connection, transaction, actor, now, null, "batch", batch.BatchId, before is null ? "create" : "change", before,
                 await RowJsonAsync(connection, transaction, "admission_batches", "batch_id = @id", key));
@@ -317,7 +319,10 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
     /// rejection with 0 takes the validation's figure when there is one and records none otherwise.
     /// </summary>
     public Task<Application> RecordVerificationAsync(Actor actor, VerificationDecision decision, CancellationToken cancellationToken) =>
-        DecideStageAsync(actor, decision.ApplicationId, "verification", ApplicationState.AwaitingVerification, "verification", async (connection, transaction, row, now) =>
+        DecideOrProposeAsync(actor, decision.ApplicationId, new StageCall(StageCall.Verification, decision.Pass, decision.VerifiedFp16Gflops, decision.Reasons), cancellationToken);
+
+    private StageRule VerificationRule(StageCall decision) =>
+        async (connection, transaction, row, now) =>
         {
             if (decision.VerifiedFp16Gflops < 0)
             {
@@ -358,7 +363,7 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
             return decision.Pass
                 ? (ApplicationState.AwaitingPublicNotice, "passed", Join(figure, decision.Reasons))
                 : (ApplicationState.Rejected, "rejected", Join(figure, RequireReasons(decision.Reasons, "a rejection needs its reasons")));
-        }, cancellationToken);
+        };
 
     /// <summary>Opens consultation and public notice for the batch's number of days (or rejects after consultation).</summary>
     public Task<Application> OpenPublicNoticeAsync(Actor actor, StageDecision decision, CancellationToken cancellationToken) =>
@@ -404,7 +409,10 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
 
     /// <summary>The admission decision, once public notice has ended. Admitting over objections needs reasons.</summary>
     public Task<Application> DecideAdmissionAsync(Actor actor, StageDecision decision, CancellationToken cancellationToken) =>
-        DecideStageAsync(actor, decision.ApplicationId, "decision", ApplicationState.InPublicNotice, "decision", async (connection, transaction, row, now) =>
+        DecideOrProposeAsync(actor, decision.ApplicationId, new StageCall(StageCall.Decision, decision.Pass, 0, decision.Reasons), cancellationToken);
+
+    private StageRule DecisionRule(StageCall decision) =>
+        async (connection, transaction, row, now) =>
         {
             if (row.NoticeEndsAt is { } ends && now < ends)
             {
@@ -426,7 +434,7 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
                 : decision.Reasons.Trim();
             await connection.ExecuteAsync("UPDATE applications SET decided_at = @now WHERE application_id = @id", new { now = now.UtcDateTime, id = row.ApplicationId }, transaction);
             return (ApplicationState.AwaitingAdmissionNotice, "passed", reasons);
-        }, cancellationToken);
+        };
 
     /// <summary>Issues the admission notice: the service item is admitted from the decision to the batch's validity end.</summary>
     public async Task<Application> IssueAdmissionNoticeAsync(Actor actor, IssueAdmissionNoticeRequest request, CancellationToken cancellationToken)
@@ -711,24 +719,31 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
     /// operators deciding at once the second sees the first's outcome and is refused with
     /// ALREADY_DECIDED, naming who decided and when.
     /// </summary>
-    private async Task<Application> DecideStageAsync(Actor actor, long applicationId, string stage, ApplicationState expected, string action, StageRule rule, CancellationToken cancellationToken)
-    {
-        return await InTransactionAsync(async (connection, transaction) =>
+    private Task<Application> DecideStageAsync(Actor actor, long applicationId, string stage, ApplicationState expected, string action, StageRule rule, CancellationToken cancellationToken) =>
+        InTransactionAsync(async (connection, transaction) =>
         {
             ApplicationRow row = await LockApplicationAsync(connection, transaction, applicationId);
-            DateTimeOffset now = time.GetUtcNow();
-            if (row.State != expected)
-            {
-                throw await StageConflictAsync(connection, transaction, row, stage, $"{stage.Replace('_', ' ')} acts on an application that is {Names.Of(expected)}");
-            }
-
-            string before = (await ApplicationJsonAsync(connection, transaction, applicationId))!;
-            var (next, outcome, reasons) = await rule(connection, transaction, row, now);
-            await connection.ExecuteAsync("UPDATE applications SET state = @state WHERE application_id = @id", new { state = Names.Of(next), id = applicationId }, transaction);
-            await AddStageAsync(connection, transaction, row.ProviderId, applicationId, stage, actor, now, outcome, reasons);
-            await RecordAsync(connection, transaction, actor, now, row.ProviderId, "application", Key(applicationId), action, before, await ApplicationJsonAsync(connection, transaction, applicationId));
-            return (await ReadApplicationAsync(connection, transaction, applicationId, details: true))!;
+            await ExpectStateAsync(connection, transaction, row, stage, expected);
+            return await ApplyStageAsync(connection, transaction, actor, row, stage, action, rule, time.GetUtcNow());
         }, cancellationToken);
+
+    private static async Task ExpectStateAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, ApplicationRow row, string stage, ApplicationState expected)
+    {
+        if (row.State != expected)
+        {
+            throw await StageConflictAsync(connection, transaction, row, stage, $"{stage.Replace('_', ' ')} acts on an application that is {Names.Of(expected)}");
+        }
+    }
+
+    /// <summary>Runs a stage's rule on the locked application and records its outcome, the stage and the history entry.</summary>
+    private async Task<Application> ApplyStageAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, Actor actor, ApplicationRow row, string stage, string action, StageRule rule, DateTimeOffset now)
+    {
+        string before = (await ApplicationJsonAsync(connection, transaction, row.ApplicationId))!;
+        var (next, outcome, reasons) = await rule(connection, transaction, row, now);
+        await connection.ExecuteAsync("UPDATE applications SET state = @state WHERE application_id = @id", new { state = Names.Of(next), id = row.ApplicationId }, transaction);
+        await AddStageAsync(connection, transaction, row.ProviderId, row.ApplicationId, stage, actor, now, outcome, reasons);
+        await RecordAsync(connection, transaction, actor, now, row.ProviderId, "application", Key(row.ApplicationId), action, before, await ApplicationJsonAsync(connection, transaction, row.ApplicationId));
+        return (await ReadApplicationAsync(connection, transaction, row.ApplicationId, details: true))!;
     }
 
     private static async Task CheckStillEligibleAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, ApplicationRow row, DateTimeOffset now)
@@ -872,11 +887,11 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
         .Select(r => new ListingRow(code, r.Id, r.List, DateOnly.FromDateTime(r.From), r.Until is { } u ? DateOnly.FromDateTime(u) : null, r.Reason)).ToList();
 
     private static async Task<IReadOnlyList<BatchRow>> ReadBatchesAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string? batchId) =>
-        (await connection.QueryAsync<(string Id, DateTime Opens, DateTime Closes, DateTime Ends, int Days, int Year)>("""
-            SELECT batch_id, window_opens_at, window_closes_at, validity_ends_at, public_notice_days, audit_report_year
+        (await connection.QueryAsync<(string Id, DateTime Opens, DateTime Closes, DateTime Ends, int Days, int Year, bool SingleOperator)>("""
+            SELECT batch_id, window_opens_at, window_closes_at, validity_ends_at, public_notice_days, audit_report_year, single_operator_decisions
             FROM admission_batches WHERE @id::text IS NULL OR batch_id = @id ORDER BY window_opens_at
             """, new { id = batchId }, transaction))
-        .Select(r => new BatchRow(r.Id, Instant(r.Opens), Instant(r.Closes), Instant(r.Ends), r.Days, r.Year)).ToList();
+        .Select(r => new BatchRow(r.Id, Instant(r.Opens), Instant(r.Closes), Instant(r.Ends), r.Days, r.Year, r.SingleOperator)).ToList();
 
     private static AdmissionBatch ToMessage(BatchRow batch) => new()
     {
@@ -886,6 +901,7 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
         ValidityEndsUnixMs = batch.ValidityEndsAt.ToUnixTimeMilliseconds(),
         PublicNoticeDays = (uint)batch.PublicNoticeDays,
         AuditReportYear = (uint)batch.AuditReportYear,
+        SingleOperatorDecisions = batch.SingleOperatorDecisions,
     };
 
     private sealed record ApplicationRow(long ApplicationId, string ProviderId, string BatchId, string ServiceItem, ApplicationState State, string? Intermediary, DateTimeOffset? NoticeEndsAt, DateTimeOffset? DecidedAt);
@@ -935,6 +951,7 @@ public sealed class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog 
             SELECT stage, actor, floor(extract(epoch FROM at) * 1000)::bigint, outcome, reasons FROM application_stages WHERE application_id = @id ORDER BY stage_no
             """, new { id }, transaction);
         application.Stages.Add(stages.Select(s => new Stage { Stage_ = s.Stage, Actor = s.Actor, AtUnixMs = s.AtMs, Outcome = s.Outcome, Reasons = s.Reasons }));
+        application.PendingProposal = await ReadPendingProposalAsync(connection, transaction, id);
         if (!details)
         {
             return application;

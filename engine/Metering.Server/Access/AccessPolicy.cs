@@ -39,6 +39,7 @@ internal static class AccessPolicy
         [Method(RegistryService.Descriptor.FullName, "OpenPublicNotice")] = Operators,
         [Method(RegistryService.Descriptor.FullName, "RecordObjection")] = Operators,
         [Method(RegistryService.Descriptor.FullName, "DecideAdmission")] = Operators,
+        [Method(RegistryService.Descriptor.FullName, "ApproveProposal")] = Operators,
         [Method(RegistryService.Descriptor.FullName, "IssueAdmissionNotice")] = Operators,
         [Method(RegistryService.Descriptor.FullName, "GetApplication")] = Readers,
         [Method(RegistryService.Descriptor.FullName, "ListApplications")] = Readers,

@@ -52,6 +52,9 @@ internal sealed partial class RegistryGrpcService(ProviderRegistry registry, ILo
     public override Task<Application> DecideAdmission(StageDecision request, ServerCallContext context) =>
         Run(context, "DecideAdmission", (actor, ct) => registry.DecideAdmissionAsync(actor, request, ct));
 
+    public override Task<Application> ApproveProposal(ApproveProposalRequest request, ServerCallContext context) =>
+        Run(context, "ApproveProposal", (actor, ct) => registry.ApproveProposalAsync(actor, request.ApplicationId, request.ProposalNo, ct));
+
     public override Task<Application> IssueAdmissionNotice(IssueAdmissionNoticeRequest request, ServerCallContext context) =>
         Run(context, "IssueAdmissionNotice", (actor, ct) => registry.IssueAdmissionNoticeAsync(actor, request, ct));
 

@@ -36,6 +36,7 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
         ["RegistryService/OpenPublicNotice"] = [O],
         ["RegistryService/RecordObjection"] = [O],
         ["RegistryService/DecideAdmission"] = [O],
+        ["RegistryService/ApproveProposal"] = [O],
         ["RegistryService/IssueAdmissionNotice"] = [O],
         ["RegistryService/GetApplication"] = [P, O, A, S],
         ["RegistryService/ListApplications"] = [P, O, A, S],

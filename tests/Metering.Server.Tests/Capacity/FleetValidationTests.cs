@@ -167,9 +167,11 @@ public sealed class FleetValidationTests(PostgresFixture postgres)
 
         scene.Clock.Advance(TimeSpan.FromDays(90));
         Assert.Equal("CAPACITY_UNVERIFIED", (await CapacityScene.RefusalAsync(() => scene.Registry.Client.RecordVerificationAsync(takeFleet, RegistryScene.Operator).ResponseAsync)).Reason);
-        // The commissioned verifier's own figure is still taken.
-        Application verified = await scene.Registry.Client.RecordVerificationAsync(
+        // The commissioned verifier's own figure is still taken, once a second operator approves it.
+        Application proposed = await scene.Registry.Client.RecordVerificationAsync(
             new VerificationDecision { ApplicationId = application, Pass = true, VerifiedFp16Gflops = 316_608_000, Reasons = "commissioned verifier's site report" }, RegistryScene.Operator);
+        Application verified = await scene.Registry.Client.ApproveProposalAsync(
+            new ApproveProposalRequest { ApplicationId = application, ProposalNo = proposed.PendingProposal.ProposalNo }, RegistryScene.SecondOperator);
         Assert.Equal(316_608_000, verified.VerifiedFp16Gflops);
     }
 

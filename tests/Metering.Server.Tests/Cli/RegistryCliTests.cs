@@ -22,6 +22,7 @@ public sealed class RegistryCliTests(PostgresFixture postgres)
     private static readonly string NewProvider = CreditCode.Complete("91440300MA5G00002");
 
     private const string Operator = "ops-test";
+    private const string SecondOperator = "ops-reviewer";
 
     [Fact]
     public async Task A_new_organisation_is_taken_from_registration_to_admission_and_the_history_shows_every_step()
@@ -51,13 +52,21 @@ public sealed class RegistryCliTests(PostgresFixture postgres)
         Assert.Equal("awaiting_material_review", await StateAsync(dataSource, id));
 
         AssertField("state", "AWAITING_VERIFICATION", await SucceedsAsync(database, "review", id, "--pass", "--as", Operator));
-        string verified = await SucceedsAsync(database, "verify", id, "--verified-pflops", "316.608", "--pass", "--as", Operator);
+        // Four-eyes: the typed figure is proposed, then approved by a second operator.
+        string proposed = await SucceedsAsync(database, "verify", id, "--verified-pflops", "316.608", "--pass", "--as", Operator);
+        AssertField("state", "AWAITING_VERIFICATION", proposed);
+        Assert.Contains($"proposal 1: verification pass at 316.608 PFLOPS FP16 by {Operator}", proposed, StringComparison.Ordinal);
+        var (alone, aloneOutput) = await RegistryAsync(database, "approve", id, "--proposal", "1", "--as", Operator);
+        Assert.Equal(1, alone);
+        Assert.Contains("refused: SAME_OPERATOR", aloneOutput, StringComparison.Ordinal);
+        string verified = await SucceedsAsync(database, "approve", id, "--proposal", "1", "--as", SecondOperator);
         AssertField("state", "AWAITING_PUBLIC_NOTICE", verified);
         AssertField("verified", "316.608 PFLOPS FP16", verified);
         AssertField("state", "IN_PUBLIC_NOTICE", await SucceedsAsync(database, "notice", "open", id, "--as", Operator));
         string objected = await SucceedsAsync(database, "objection", "add", id, "--objector", "某竞争企业", "--content", "dc2 capacity is double-counted", "--as", Operator);
         Assert.Contains("某竞争企业: dc2 capacity is double-counted", objected, StringComparison.Ordinal);
-        AssertField("state", "AWAITING_ADMISSION_NOTICE", await SucceedsAsync(database, "decide", id, "--admit", "--reasons", "site visit found dc2 dedicated", "--as", Operator));
+        AssertField("state", "IN_PUBLIC_NOTICE", await SucceedsAsync(database, "decide", id, "--admit", "--reasons", "site visit found dc2 dedicated", "--as", Operator));
+        AssertField("state", "AWAITING_ADMISSION_NOTICE", await SucceedsAsync(database, "approve", id, "--proposal", "2", "--as", SecondOperator));
         string admitted = await SucceedsAsync(database, "notice", "issue", id, "--number", "深科创训力入库〔cli〕1号", "--as", Operator);
         AssertField("state", "ADMITTED", admitted);
         AssertField("admission notice", "深科创训力入库〔cli〕1号", admitted);
@@ -73,7 +82,7 @@ public sealed class RegistryCliTests(PostgresFixture postgres)
             "SELECT count(*) FROM service_items WHERE provider_id = @NewProvider AND service_item = 'gpu-training' AND ended_at IS NULL", new { NewProvider }));
         // The filing itself is the applicant's own act, recorded under its credit code.
         Assert.Equal(
-            new[] { "register", "add", "material_review", "verification", "public_notice", "record", "decision", "file", "admission_notice", "admit" },
+            new[] { "register", "add", "material_review", "propose", "public_notice", "record", "propose", "file", "admission_notice", "admit" },
             await connection.QueryAsync<string>("SELECT action FROM registry_history WHERE provider_id = @NewProvider AND actor = @Operator ORDER BY change_id",
                 new { NewProvider, Operator }));
 

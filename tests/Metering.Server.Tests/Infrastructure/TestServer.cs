@@ -25,6 +25,9 @@ public sealed class TestServer : IAsyncDisposable
 
     public static string OperatorKey => PostgresFixture.Keys.Operator;
 
+    /// <summary>Another operator's key (subject operator-two), for four-eyes approvals.</summary>
+    public static string SecondOperatorKey => PostgresFixture.Keys.SecondOperator;
+
     public static string AuditorKey => PostgresFixture.Keys.Auditor;
 
     public static string SettlementKey => PostgresFixture.Keys.Settlement;

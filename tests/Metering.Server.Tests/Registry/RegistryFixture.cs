@@ -51,6 +51,9 @@ internal sealed class RegistryScene : IAsyncDisposable
 
     public static Metadata Operator => TestServer.Bearer(TestServer.OperatorKey);
 
+    /// <summary>A second, different operator: four-eyes approvals.</summary>
+    public static Metadata SecondOperator => TestServer.Bearer(TestServer.SecondOperatorKey);
+
     /// <summary>The bare key in bearer headers, for the ingest helpers.</summary>
     public static string KeyOf(Metadata headers) => headers.GetValue("authorization")!["Bearer ".Length..];
 

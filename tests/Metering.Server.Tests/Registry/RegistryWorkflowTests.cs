@@ -23,8 +23,13 @@ public sealed class RegistryWorkflowTests(PostgresFixture postgres)
 
         long id = filed.ApplicationId;
         Assert.Equal(ApplicationState.AwaitingVerification, (await registry.ReviewMaterialsAsync(new StageDecision { ApplicationId = id, Pass = true }, RegistryScene.Operator)).State);
-        Application verified = await registry.RecordVerificationAsync(new VerificationDecision { ApplicationId = id, Pass = true, VerifiedFp16Gflops = 310_000_000 }, RegistryScene.Operator);
+        // Four-eyes: the typed figure is a proposal until a second operator approves it.
+        Application proposed = await registry.RecordVerificationAsync(new VerificationDecision { ApplicationId = id, Pass = true, VerifiedFp16Gflops = 310_000_000 }, RegistryScene.Operator);
+        Assert.Equal((ApplicationState.AwaitingVerification, 0L), (proposed.State, proposed.VerifiedFp16Gflops));
+        Assert.Equal(("verification", 310_000_000L, "operator-one"), (proposed.PendingProposal.Stage, proposed.PendingProposal.VerifiedFp16Gflops, proposed.PendingProposal.ProposedBy));
+        Application verified = await registry.ApproveProposalAsync(new ApproveProposalRequest { ApplicationId = id, ProposalNo = proposed.PendingProposal.ProposalNo }, RegistryScene.SecondOperator);
         Assert.Equal((ApplicationState.AwaitingPublicNotice, 310_000_000L), (verified.State, verified.VerifiedFp16Gflops));
+        Assert.Null(verified.PendingProposal);
         Application notice = await registry.OpenPublicNoticeAsync(new StageDecision { ApplicationId = id, Pass = true }, RegistryScene.Operator);
         Assert.Equal(ApplicationState.InPublicNotice, notice.State);
         Assert.Equal(scene.Clock.Now.AddDays(5).ToUnixTimeMilliseconds(), notice.NoticeEndsUnixMs);
@@ -37,7 +42,9 @@ public sealed class RegistryWorkflowTests(PostgresFixture postgres)
         RpcException unanswered = await Assert.ThrowsAsync<RpcException>(() => registry.DecideAdmissionAsync(new StageDecision { ApplicationId = id, Pass = true }, RegistryScene.Operator).ResponseAsync);
         Assert.Equal("REASON_REQUIRED", IngestCall.Reason(unanswered));
         DateTimeOffset decidedAt = scene.Clock.Now;
-        Application decided = await registry.DecideAdmissionAsync(new StageDecision { ApplicationId = id, Pass = true, Reasons = "Verification found dedicated capacity." }, RegistryScene.Operator);
+        proposed = await registry.DecideAdmissionAsync(new StageDecision { ApplicationId = id, Pass = true, Reasons = "Verification found dedicated capacity." }, RegistryScene.Operator);
+        Assert.Equal(ApplicationState.InPublicNotice, proposed.State);
+        Application decided = await registry.ApproveProposalAsync(new ApproveProposalRequest { ApplicationId = id, ProposalNo = proposed.PendingProposal.ProposalNo }, RegistryScene.SecondOperator);
         Assert.Equal(ApplicationState.AwaitingAdmissionNotice, decided.State);
 
         scene.Clock.Advance(TimeSpan.FromDays(1));
@@ -46,7 +53,9 @@ public sealed class RegistryWorkflowTests(PostgresFixture postgres)
         Assert.Equal(
             ["filing", "material_review", "verification", "public_notice", "objection", "decision", "admission_notice"],
             admitted.Stages.Select(s => s.Stage_));
-        Assert.All(admitted.Stages.Skip(1), s => Assert.Equal("operator-one", s.Actor));
+        Assert.Equal(
+            ["operator-one", "operator-one, approved by operator-two", "operator-one", "operator-one", "operator-one, approved by operator-two", "operator-one"],
+            admitted.Stages.Skip(1).Select(s => s.Actor));
 
         Organisation organisation = await registry.GetOrganisationAsync(new GetOrganisationRequest { CreditCode = code }, key);
         ServiceItem item = Assert.Single(organisation.ServiceItems);
@@ -65,30 +74,31 @@ public sealed class RegistryWorkflowTests(PostgresFixture postgres)
     }
 
     [Fact]
-    public async Task Two_operators_deciding_the_same_application_at_once_leave_exactly_one_decision()
+    public async Task Two_operators_approving_the_same_decision_at_once_leave_exactly_one_decision()
     {
         await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
         var (code, key) = await scene.RegisterAsync();
         long id = (await scene.Client.FileApplicationAsync(RegistryScene.Filing(code), key)).ApplicationId;
         await scene.Client.ReviewMaterialsAsync(new StageDecision { ApplicationId = id, Pass = true }, RegistryScene.Operator);
-        await scene.Client.RecordVerificationAsync(new VerificationDecision { ApplicationId = id, Pass = true, VerifiedFp16Gflops = 316_608_000 }, RegistryScene.Operator);
+        Application proposed = await scene.Client.RecordVerificationAsync(new VerificationDecision { ApplicationId = id, Pass = true, VerifiedFp16Gflops = 316_608_000 }, RegistryScene.Operator);
+        await scene.Client.ApproveProposalAsync(new ApproveProposalRequest { ApplicationId = id, ProposalNo = proposed.PendingProposal.ProposalNo }, RegistryScene.SecondOperator);
         await scene.Client.OpenPublicNoticeAsync(new StageDecision { ApplicationId = id, Pass = true }, RegistryScene.Operator);
+        proposed = await scene.Client.DecideAdmissionAsync(new StageDecision { ApplicationId = id, Pass = true }, RegistryScene.Operator);
 
-        // One admits, the other rejects, both at once, each over its own connection.
+        // The approval arrives eight times at once, each over its own connection.
         var decisions = Enumerable.Range(0, 8).Select(i => Task.Run(async () =>
         {
             using var channel = Grpc.Net.Client.GrpcChannel.ForAddress(scene.Server.Address);
             var client = new RegistryService.RegistryServiceClient(channel);
-            var decision = new StageDecision { ApplicationId = id, Pass = i % 2 == 0, Reasons = i % 2 == 0 ? "" : "Rejected by the second operator." };
             try
             {
-                return (Application?)await client.DecideAdmissionAsync(decision, RegistryScene.Operator);
+                return (Application?)await client.ApproveProposalAsync(new ApproveProposalRequest { ApplicationId = id, ProposalNo = proposed.PendingProposal.ProposalNo }, RegistryScene.SecondOperator);
             }
             catch (RpcException e)
             {
                 Assert.Equal(StatusCode.Aborted, e.StatusCode);
                 Assert.Equal("ALREADY_DECIDED", IngestCall.Reason(e));
-                Assert.Contains("already decided by operator-one", e.Status.Detail, StringComparison.Ordinal);
+                Assert.Contains("already decided by operator-one, approved by operator-two", e.Status.Detail, StringComparison.Ordinal);
                 return null;
             }
         })).ToArray();
@@ -97,7 +107,7 @@ public sealed class RegistryWorkflowTests(PostgresFixture postgres)
         Application winner = Assert.Single(outcomes.OfType<Application>());
         Assert.Equal(1L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM application_stages WHERE application_id = @id AND stage = 'decision'", new { id }));
         string state = await scene.Server.ScalarAsync<string>("SELECT state FROM applications WHERE application_id = @id", new { id });
-        Assert.Equal(winner.State == ApplicationState.Rejected ? "rejected" : "awaiting_admission_notice", state);
+        Assert.Equal((ApplicationState.AwaitingAdmissionNotice, "awaiting_admission_notice"), (winner.State, state));
     }
 
     [Fact]
@@ -111,8 +121,8 @@ public sealed class RegistryWorkflowTests(PostgresFixture postgres)
 
         string[] actions = history.Entries.Select(e => $"{e.Entity}:{e.Action}").Reverse().ToArray();
         Assert.Equal(
-            ["organisation:register", "licence:add", "credential:issue", "application:file", "application:material_review", "application:verification",
-             "application:public_notice", "application:decision", "fee_schedule:file", "application:admission_notice", "service_item:admit", "service_item:suspend"],
+            ["organisation:register", "licence:add", "credential:issue", "application:file", "application:material_review", "proposal:propose", "application:verification",
+             "application:public_notice", "proposal:propose", "application:decision", "fee_schedule:file", "application:admission_notice", "service_item:admit", "service_item:suspend"],
             actions);
         HistoryEntry review = history.Entries.Single(e => e.Action == "material_review");
         Assert.Equal(("seed-operator", "operator"), (review.Actor, review.Role));
