@@ -165,8 +165,12 @@ internal static class RegistryCommand
                 result.AddError($"--audit-year must be a year from 2000 to 2100, not {year}.");
             }
         });
+        var singleOperator = new Option<bool>("--single-operator-decisions")
+        {
+            Description = "Let one operator decide admission and type verification figures alone (four-eyes off), for a bureau with a single operator.",
+        };
         var put = input.Writer("put", "Create an admission batch, or replace every setting of an existing one (a batch with applications keeps its validity end).",
-            id, opens, closes, validityEnds, noticeDays, auditYear);
+            id, opens, closes, validityEnds, noticeDays, auditYear, singleOperator);
         input.SetAction(put, parse =>
         {
             DateTimeOffset opensAt = parse.GetValue(opens)!.Value;
@@ -178,6 +182,7 @@ internal static class RegistryCommand
                 ValidityEndsUnixMs = parse.GetValue(validityEnds)!.Value.ToUnixTimeMilliseconds(),
                 PublicNoticeDays = (uint)parse.GetValue(noticeDays),
                 AuditReportYear = (uint)(parse.GetValue(auditYear) ?? opensAt.ToOffset(ShanghaiTime.Offset).Year - 1),
+                SingleOperatorDecisions = parse.GetValue(singleOperator),
             };
             return async (registry, cancellationToken) =>
             {

@@ -211,11 +211,11 @@ internal static class RegistryOutput
             return;
         }
 
-        var table = new TextTable("batch", "window opens", "window closes", "validity ends", "notice days", "audit year");
+        var table = new TextTable("batch", "window opens", "window closes", "validity ends", "notice days", "audit year", "decisions");
         foreach (AdmissionBatch batch in batches)
         {
             table.Add(batch.BatchId, Local(batch.WindowOpensUnixMs), Local(batch.WindowClosesUnixMs), Local(batch.ValidityEndsUnixMs),
-                Count(batch.PublicNoticeDays), Count(batch.AuditReportYear));
+                Count(batch.PublicNoticeDays), Count(batch.AuditReportYear), batch.SingleOperatorDecisions ? "one operator" : "four-eyes");
         }
 
         table.Write(Console.Out);
