@@ -77,7 +77,7 @@ public sealed class RegistryWorkflowTests(PostgresFixture postgres)
         // One admits, the other rejects, both at once, each over its own connection.
         var decisions = Enumerable.Range(0, 8).Select(i => Task.Run(async () =>
         {
-            using var channel = Grpc.Net.Client.GrpcChannel.ForAddress(scene.Server.Address);
+            using var channel = scene.Server.NewChannel();
             var client = new RegistryService.RegistryServiceClient(channel);
             var decision = new StageDecision { ApplicationId = id, Pass = i % 2 == 0, Reasons = i % 2 == 0 ? "" : "Rejected by the second operator." };
             try
