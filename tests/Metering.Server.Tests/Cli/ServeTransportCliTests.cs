@@ -1,4 +1,5 @@
 using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Metering.Engine.Access;
@@ -33,6 +34,25 @@ public sealed class ServeTransportCliTests(PostgresFixture postgres)
         await using ServerProcess server = await ServerProcess.StartAsync(new Uri($"http://127.0.0.1:{port}"),
             "serve", "--connection", database, "--listen", $"http://0.0.0.0:{port}", "--insecure");
         using GrpcChannel channel = GrpcChannel.ForAddress(server.Address);
+        RpcException answered = await Assert.ThrowsAsync<RpcException>(() => new RawLogService.RawLogServiceClient(channel)
+            .GetUploadAsync(new GetUploadRequest { UploadId = "no-such-upload" }, TestServer.Bearer()).ResponseAsync);
+
+        Assert.Equal(StatusCode.NotFound, answered.StatusCode);
+    }
+
+    [Fact]
+    public async Task Serve_takes_a_pfx_and_its_password_from_the_environment_and_answers_over_tls()
+    {
+        string database = await postgres.CreateDatabaseAsync();
+        int port = ServerProcess.FreePort();
+        string pfx = Path.Combine(Directory.CreateTempSubdirectory("metering-pfx-").FullName, "server.pfx");
+        await File.WriteAllBytesAsync(pfx, TestCertificates.Server.Export(X509ContentType.Pkcs12, "s3cret"));
+        var address = new Uri($"https://127.0.0.1:{port}");
+
+        await using ServerProcess server = await ServerProcess.StartAsync(address,
+            new Dictionary<string, string> { ["METERING_TLS_CERT"] = pfx, ["METERING_TLS_PASSWORD"] = "s3cret" },
+            "serve", "--connection", database, "--listen", address.ToString());
+        using GrpcChannel channel = TestCertificates.Channel(server.Address);
         RpcException answered = await Assert.ThrowsAsync<RpcException>(() => new RawLogService.RawLogServiceClient(channel)
             .GetUploadAsync(new GetUploadRequest { UploadId = "no-such-upload" }, TestServer.Bearer()).ResponseAsync);
 

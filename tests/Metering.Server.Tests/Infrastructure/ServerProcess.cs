@@ -33,9 +33,18 @@ public sealed class ServerProcess : IAsyncDisposable
     }
 
     /// <summary>Starts the CLI built next to the tests with these arguments and waits until it says it serves on <paramref name="address"/>.</summary>
-    public static async Task<ServerProcess> StartAsync(Uri address, params string[] arguments)
+    public static Task<ServerProcess> StartAsync(Uri address, params string[] arguments) =>
+        StartAsync(address, new Dictionary<string, string>(), arguments);
+
+    /// <summary>As <see cref="StartAsync(Uri, string[])"/>, with these environment variables set for the process.</summary>
+    public static async Task<ServerProcess> StartAsync(Uri address, IReadOnlyDictionary<string, string> environment, params string[] arguments)
     {
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var (name, value) in environment)
+        {
+            start.Environment[name] = value;
+        }
+
         start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "metering.dll"));
         foreach (string argument in arguments)
         {
