@@ -93,7 +93,7 @@ public static class Errors
             or IngestRefusal.AdmissionWithdrawn or IngestRefusal.AdmissionRevoked or IngestRefusal.OrganisationNotRegistered
             or IngestRefusal.ProofNotAllowed or IngestRefusal.ConcurrencyAboveFleet => StatusCode.FailedPrecondition,
         IngestRefusal.RegistryBusy => StatusCode.Unavailable,
-        IngestRefusal.Unauthenticated => StatusCode.Unauthenticated,
+        IngestRefusal.Unauthenticated or IngestRefusal.ClientCertificateRequired or IngestRefusal.ClientCertificateMismatch => StatusCode.Unauthenticated,
         IngestRefusal.StreamNotOpen => StatusCode.FailedPrecondition,
         IngestRefusal.SequenceGap => StatusCode.FailedPrecondition,
         IngestRefusal.BatchTooLarge or IngestRefusal.HeartbeatsTooFrequent => StatusCode.ResourceExhausted,

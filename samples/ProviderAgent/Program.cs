@@ -1,19 +1,25 @@
 using System.Globalization;
+using System.Security.Cryptography;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Metering.Samples.ProviderAgent;
 
 // A provider agent: streams one simulated site's day of usage to a Metering server.
-//   provider-agent --server http://127.0.0.1:7390 --api-key KEY [--stream ID] [--day 2026-11-26]
+//   provider-agent --server https://metering.example.org:7390 --api-key KEY [--ca ca.pem]
+//                  [--client-cert agent.pem --client-key agent.key] [--stream ID] [--day 2026-11-26]
 //                  [--jobs-per-interval 100] [--drop-once-after N] [--live true] [--heartbeat-seconds N]
 var arguments = Arguments.Parse(args);
 if (arguments is null)
 {
     Console.Error.WriteLine("""
-        Usage: provider-agent --server URL --api-key KEY [--stream ID] [--site 0|1|2] [--day YYYY-MM-DD]
+        Usage: provider-agent --server URL --api-key KEY [--ca FILE] [--client-cert FILE --client-key FILE]
+                              [--stream ID] [--site 0|1|2] [--day YYYY-MM-DD]
                               [--jobs-per-interval N] [--drop-once-after N] [--live true] [--heartbeat-seconds N]
         Streams a simulated site's day of GPU usage (5-minute metering intervals) and resumes
         after a disconnect. The API key may also come from METERING_API_KEY.
+        URL is https://HOST:PORT (or http:// to a server on this machine). --ca FILE trusts only the
+        CA in that PEM file for the server's certificate; --client-cert and --client-key (PEM) give
+        the client certificate a key pinned to one needs (mutual TLS).
         --live true sends each interval once it has ended, as a running scheduler would, and waits
         in between; --heartbeat-seconds N (off by default) sends a heartbeat after N seconds of
         waiting, so that the audit can tell an idle platform from a dead one.
@@ -23,7 +29,18 @@ if (arguments is null)
 
 DateTimeOffset dayStart = new(arguments.Day.ToDateTime(TimeOnly.MinValue), TimeSpan.FromHours(8));
 SimulatedCluster site = SimulatedCluster.DemoSites(dayStart, arguments.JobsPerInterval, seed: 2025)[arguments.Site];
-using GrpcChannel channel = GrpcChannel.ForAddress(arguments.Server);
+GrpcChannel channel;
+try
+{
+    channel = AgentChannel.Open(arguments.Server, arguments.Ca, arguments.ClientCertificate, arguments.ClientKey);
+}
+catch (Exception e) when (e is IOException or CryptographicException)
+{
+    Console.Error.WriteLine($"error: a certificate file could not be read: {e.Message}");
+    return 2;
+}
+
+using GrpcChannel opened = channel;
 var streamer = new UsageStreamer(channel, arguments.ApiKey, new StreamerOptions
 {
     DropOnceAfterRecords = arguments.DropOnceAfter,
@@ -44,7 +61,8 @@ catch (RpcException e)
     return 1;
 }
 
-internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, int Site, DateOnly Day, int JobsPerInterval, ulong? DropOnceAfter, bool Live, int? HeartbeatSeconds)
+internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, int Site, DateOnly Day, int JobsPerInterval, ulong? DropOnceAfter, bool Live, int? HeartbeatSeconds,
+    string? Ca, string? ClientCertificate, string? ClientKey)
 {
     public static Arguments? Parse(string[] args)
     {
@@ -59,7 +77,8 @@ internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, in
             values[args[i][2..]] = args[i + 1];
         }
 
-        if (args.Length % 2 != 0 || !values.TryGetValue("server", out string? server))
+        if (args.Length % 2 != 0 || !values.TryGetValue("server", out string? server)
+            || !Uri.TryCreate(server, UriKind.Absolute, out Uri? serverUri) || (serverUri.Scheme != Uri.UriSchemeHttps && serverUri.Scheme != Uri.UriSchemeHttp))
         {
             return null;
         }
@@ -78,7 +97,7 @@ internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, in
 
         DateOnly yesterday = DateOnly.FromDateTime(DateTime.UtcNow.AddHours(8)).AddDays(-1);
         return new Arguments(
-            new Uri(server),
+            serverUri,
             key,
             values.GetValueOrDefault("stream"),
             int.Parse(values.GetValueOrDefault("site", "0"), CultureInfo.InvariantCulture),
@@ -86,6 +105,9 @@ internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, in
             int.Parse(values.GetValueOrDefault("jobs-per-interval", "100"), CultureInfo.InvariantCulture),
             values.TryGetValue("drop-once-after", out string? drop) ? ulong.Parse(drop, CultureInfo.InvariantCulture) : null,
             values.TryGetValue("live", out string? live) && bool.Parse(live),
-            heartbeatSeconds);
+            heartbeatSeconds,
+            values.GetValueOrDefault("ca"),
+            values.GetValueOrDefault("client-cert"),
+            values.GetValueOrDefault("client-key"));
     }
 }

@@ -22,21 +22,39 @@ internal static partial class CommonOptions
         DefaultValueFactory = _ => Path.Combine(".metering", "pg"),
     };
 
-    /// <summary>An http://IP:PORT address option (System.CommandLine has no Uri parser of its own).</summary>
-    public static Option<Uri> HttpAddress(string name, string description) => new(name)
+    /// <summary>An http:// or https://IP:PORT address to listen on (System.CommandLine has no Uri parser of its own).</summary>
+    public static Option<Uri> ListenAddress(string name, string description) => new(name)
     {
         Description = description,
         DefaultValueFactory = _ => new Uri("http://127.0.0.1:7390"),
         CustomParser = result =>
         {
             string text = result.Tokens.Single().Value;
-            if (Uri.TryCreate(text, UriKind.Absolute, out Uri? uri) && uri.Scheme == Uri.UriSchemeHttp
+            if (Uri.TryCreate(text, UriKind.Absolute, out Uri? uri) && (uri.Scheme == Uri.UriSchemeHttp || uri.Scheme == Uri.UriSchemeHttps)
                 && (uri.Host == "localhost" || System.Net.IPAddress.TryParse(uri.DnsSafeHost, out _)))
             {
                 return uri;
             }
 
-            result.AddError($"{name} '{text}' is not an http://IP:PORT address (for example http://127.0.0.1:7390).");
+            result.AddError($"{name} '{text}' is not an https://IP:PORT or http://IP:PORT address (for example https://0.0.0.0:7390 or http://127.0.0.1:7390).");
+            return null;
+        },
+    };
+
+    /// <summary>The address of a server to call: http:// or https:// with a host name or an IP address.</summary>
+    public static Option<Uri> ServerAddress() => new("--server")
+    {
+        Description = "The Metering server, as https://HOST:PORT (or http:// on loopback). Defaults to METERING_SERVER, else http://127.0.0.1:7390.",
+        DefaultValueFactory = _ => new Uri(Environment.GetEnvironmentVariable("METERING_SERVER") is { Length: > 0 } server ? server : "http://127.0.0.1:7390"),
+        CustomParser = result =>
+        {
+            string text = result.Tokens.Single().Value;
+            if (Uri.TryCreate(text, UriKind.Absolute, out Uri? uri) && (uri.Scheme == Uri.UriSchemeHttp || uri.Scheme == Uri.UriSchemeHttps))
+            {
+                return uri;
+            }
+
+            result.AddError($"--server '{text}' is not an https:// or http:// address (for example https://metering.example.org:7390).");
             return null;
         },
     };

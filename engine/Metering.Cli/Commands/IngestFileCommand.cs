@@ -22,7 +22,7 @@ internal static class IngestFileCommand
     public static Command Create()
     {
         var file = new Argument<FileInfo>("file") { Description = "The log file." };
-        var server = CommonOptions.HttpAddress("--server", "The Metering server.");
+        var connection = new ServerConnection();
         var apiKey = new Option<string?>("--api-key") { Description = "The provider's API key; defaults to METERING_API_KEY." };
         var stream = new Option<string>("--stream") { Description = "The usage stream the records go to (one per log source).", Required = true };
         var format = new Option<string>("--format") { Description = "sacct (sacct --parsable2 output) or jsonl (JSON Lines).", Required = true };
@@ -35,8 +35,9 @@ internal static class IngestFileCommand
         var uploadId = new Option<string?>("--upload-id") { Description = "The upload's id; defaults to the first 32 hex digits of the file's SHA-256." };
         var command = new Command("ingest-file", "Upload a scheduler log (Slurm sacct or JSON Lines); good lines are committed as usage records, bad lines are reported with their numbers. Safe to repeat and to interrupt: it resumes where the server stands.")
         {
-            file, server, apiKey, stream, format, mapping, uploadId,
+            file, apiKey, stream, format, mapping, uploadId,
         };
+        connection.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
         {
             FileInfo log = parse.GetValue(file)!;
@@ -69,7 +70,17 @@ internal static class IngestFileCommand
                 Mapping = logMapping,
                 TotalBytes = (ulong)log.Length,
             };
-            using var channel = GrpcChannel.ForAddress(parse.GetValue(server)!);
+            GrpcChannel channel;
+            try
+            {
+                channel = connection.Open(parse);
+            }
+            catch (ArgumentException e)
+            {
+                return Fail(e.Message);
+            }
+
+            using var opened = channel;
             var client = new RawLogService.RawLogServiceClient(channel);
             var headers = new Metadata { { "authorization", "Bearer " + key } };
             try

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Security.Cryptography.X509Certificates;
 using Metering.Engine.Storage;
 using Metering.Engine.Access;
 using Metering.Engine.Signing;
@@ -12,7 +13,21 @@ internal static partial class ServeCommand
 {
     public static Command Create()
     {
-        var listen = CommonOptions.HttpAddress("--listen", "Address to serve gRPC (HTTP/2 cleartext) on, as http://IP:PORT.");
+        var listen = CommonOptions.ListenAddress("--listen",
+            "Address to serve gRPC on: https://IP:PORT with a certificate, or http://IP:PORT without TLS (loopback only unless --insecure).");
+        var tlsCertificate = new Option<FileInfo?>("--tls-cert")
+        {
+            Description = "The server's certificate: a PEM file (with --tls-key) or a PKCS#12 (PFX) file. Defaults to METERING_TLS_CERT.",
+        };
+        var tlsKey = new Option<FileInfo?>("--tls-key") { Description = "The PEM private key of --tls-cert. Defaults to METERING_TLS_KEY." };
+        var tlsPassword = new Option<string?>("--tls-password")
+        {
+            Description = "Password of the PFX file or of an encrypted PEM key. Prefer METERING_TLS_PASSWORD: a command line is visible to other users.",
+        };
+        var insecure = new Option<bool>("--insecure")
+        {
+            Description = "Serve cleartext http:// on a non-loopback address. API keys then cross the network unprotected: only behind a TLS proxy or on a private network.",
+        };
         var migrate = new Option<bool>("--migrate")
         {
             Description = "Apply pending migrations before serving (always done for the embedded database).",
@@ -20,11 +35,40 @@ internal static partial class ServeCommand
         var connection = CommonOptions.Connection();
         var dataDirectory = CommonOptions.DataDirectory();
         var signingKey = CommonOptions.SigningKey();
-        var command = new Command("serve", "Run the gRPC server (IngestService, RawLogService, RegistryService) against PostgreSQL. Callers authenticate with keys from `metering key issue`.") { listen, migrate, connection, dataDirectory, signingKey };
+        var command = new Command("serve", "Run the gRPC server (IngestService, RawLogService, RegistryService) against PostgreSQL. Callers authenticate with keys from `metering key issue`.") { listen, tlsCertificate, tlsKey, tlsPassword, insecure, migrate, connection, dataDirectory, signingKey };
         command.SetAction(async (parse, cancellationToken) =>
         {
             using ILoggerFactory logging = CommonOptions.Logging();
             ILogger logger = logging.CreateLogger("metering.serve");
+            Uri address = parse.GetValue(listen)!;
+            string? certificatePath = parse.GetValue(tlsCertificate)?.FullName ?? Configured("METERING_TLS_CERT");
+            string? keyPath = parse.GetValue(tlsKey)?.FullName ?? Configured("METERING_TLS_KEY");
+            // Refused before the database starts, so that a misconfigured address costs nothing.
+            if (TransportRules.Refusal(address, certificatePath is not null, parse.GetValue(insecure)) is { } refusal)
+            {
+                Console.Error.WriteLine($"error: {refusal}.");
+                return 2;
+            }
+
+            X509Certificate2? certificate = null;
+            if (certificatePath is not null)
+            {
+                try
+                {
+                    certificate = ServerCertificate.Load(certificatePath, keyPath, parse.GetValue(tlsPassword) ?? Configured("METERING_TLS_PASSWORD"));
+                }
+                catch (ArgumentException e)
+                {
+                    Console.Error.WriteLine($"error: {e.Message}.");
+                    return 2;
+                }
+            }
+            else if (keyPath is not null)
+            {
+                Console.Error.WriteLine("error: --tls-key needs --tls-cert.");
+                return 2;
+            }
+
             ServerSigningKey key;
             try
             {
@@ -38,6 +82,7 @@ internal static partial class ServeCommand
             }
 
             using ServerSigningKey signing = key;
+
             var (connectionString, embedded) = await CommonOptions.ResolveDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, logger, cancellationToken);
             await using (embedded)
             {
@@ -60,7 +105,9 @@ internal static partial class ServeCommand
 
                 await using MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
                 {
-                    Listen = parse.GetValue(listen)!,
+                    Listen = address,
+                    Certificate = certificate,
+                    Insecure = parse.GetValue(insecure),
                     ConnectionString = connectionString,
                     SigningKey = signing,
                     ConfigureLogging = builder => builder
@@ -90,6 +137,8 @@ internal static partial class ServeCommand
         });
         return command;
     }
+
+    private static string? Configured(string variable) => Environment.GetEnvironmentVariable(variable) is { Length: > 0 } value ? value : null;
 
     [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "Serving gRPC on {Address}; {Keys} credential(s) are active; receipts are signed with key {KeyId}. Ctrl+C stops.")]
     private static partial void LogServing(ILogger logger, Uri address, int keys, string keyId);

@@ -8,8 +8,12 @@ using Npgsql;
 
 namespace Metering.Engine.Access;
 
-/// <summary>An issued credential as listed (never with its key).</summary>
-public sealed record CredentialInfo(long CredentialId, Role Role, string Subject, string Label, string IssuedBy, DateTimeOffset IssuedAt, string? RevokedBy, DateTimeOffset? RevokedAt);
+/// <summary>An issued credential as listed (never with its key); a pinned one names the client certificate it needs.</summary>
+public sealed record CredentialInfo(long CredentialId, Role Role, string Subject, string Label, string IssuedBy, DateTimeOffset IssuedAt, string? RevokedBy, DateTimeOffset? RevokedAt,
+    byte[]? ClientCertificateSha256 = null);
+
+/// <summary>Who a key belongs to, and the SHA-256 of the client certificate it is pinned to, if any.</summary>
+public sealed record Authentication(Actor Actor, byte[]? ClientCertificateSha256);
 
 /// <summary>
 /// API keys, issued and revoked by operators. Only each key's SHA-256 is stored: a key is looked
@@ -26,8 +30,11 @@ public sealed class CredentialStore(NpgsqlDataSource dataSource, TimeProvider ti
     public static byte[] Hash(string key) => SHA256.HashData(Encoding.UTF8.GetBytes(key));
 
     /// <summary>Issues a key and returns it; it is not kept and cannot be shown again.</summary>
-    public async Task<(CredentialInfo Credential, string Key)> IssueAsync(Actor issuer, Role role, string subject, string label, CancellationToken cancellationToken)
+    /// <param name="clientCertificateSha256">Pins the key to the client certificate with this SHA-256 (mutual TLS), or null.</param>
+    public async Task<(CredentialInfo Credential, string Key)> IssueAsync(Actor issuer, Role role, string subject, string label, CancellationToken cancellationToken,
+        byte[]? clientCertificateSha256 = null)
     {
+        CheckPin(clientCertificateSha256);
         subject = subject.Trim();
         if (role == Role.Provider && !CreditCode.IsValid(subject))
         {
@@ -50,12 +57,42 @@ public sealed class CredentialStore(NpgsqlDataSource dataSource, TimeProvider ti
         }
 
         long id = await connection.ExecuteScalarAsync<long>("""
-            INSERT INTO credentials (key_sha256, role, subject, label, issued_by, issued_at) VALUES (@hash, @role, @subject, @label, @by, @now)
+            INSERT INTO credentials (key_sha256, role, subject, label, issued_by, issued_at, client_cert_sha256) VALUES (@hash, @role, @subject, @label, @by, @now, @pin)
             RETURNING credential_id
-            """, new { hash = Hash(key), role = Actor.NameOf(role), subject, label, by = issuer.Subject, now = now.UtcDateTime }, transaction);
+            """, new { hash = Hash(key), role = Actor.NameOf(role), subject, label, by = issuer.Subject, now = now.UtcDateTime, pin = clientCertificateSha256 }, transaction);
         await RecordAsync(connection, transaction, issuer, now, role == Role.Provider ? subject : null, id, "issue");
         await transaction.CommitAsync(cancellationToken);
-        return (new CredentialInfo(id, role, subject, label, issuer.Subject, now, null, null), key);
+        return (new CredentialInfo(id, role, subject, label, issuer.Subject, now, null, null, clientCertificateSha256), key);
+    }
+
+    /// <summary>
+    /// Pins a credential to the client certificate with this SHA-256, or unpins it (null). From then
+    /// on its key is accepted only over a connection that presented that certificate.
+    /// </summary>
+    public async Task<CredentialInfo> PinAsync(Actor pinner, long credentialId, byte[]? clientCertificateSha256, CancellationToken cancellationToken)
+    {
+        CheckPin(clientCertificateSha256);
+        DateTimeOffset now = time.GetUtcNow();
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(cancellationToken);
+        var row = await connection.QueryFirstOrDefaultAsync<(string Role, string Subject, DateTime? RevokedAt)?>(
+            "SELECT role, subject, revoked_at FROM credentials WHERE credential_id = @credentialId FOR UPDATE", new { credentialId }, transaction);
+        if (row is null)
+        {
+            throw FilingRules.Invalid($"there is no credential {credentialId}");
+        }
+
+        if (row.Value.RevokedAt is not null)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.StatusChangeInvalid, $"credential {credentialId} is revoked");
+        }
+
+        await connection.ExecuteAsync("UPDATE credentials SET client_cert_sha256 = @pin WHERE credential_id = @credentialId",
+            new { pin = clientCertificateSha256, credentialId }, transaction);
+        await RecordAsync(connection, transaction, pinner, now, row.Value.Role == "provider" ? row.Value.Subject : null, credentialId,
+            clientCertificateSha256 is null ? "unpin" : "pin");
+        await transaction.CommitAsync(cancellationToken);
+        return (await ListAsync(cancellationToken)).First(c => c.CredentialId == credentialId);
     }
 
     public async Task<CredentialInfo> RevokeAsync(Actor revoker, long credentialId, CancellationToken cancellationToken)
@@ -85,17 +122,21 @@ public sealed class CredentialStore(NpgsqlDataSource dataSource, TimeProvider ti
     public async Task<IReadOnlyList<CredentialInfo>> ListAsync(CancellationToken cancellationToken)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        var rows = await connection.QueryAsync<(long Id, string Role, string Subject, string Label, string IssuedBy, DateTime IssuedAt, string? RevokedBy, DateTime? RevokedAt)>(
-            "SELECT credential_id, role, subject, label, issued_by, issued_at, revoked_by, revoked_at FROM credentials ORDER BY credential_id");
+        var rows = await connection.QueryAsync<(long Id, string Role, string Subject, string Label, string IssuedBy, DateTime IssuedAt, string? RevokedBy, DateTime? RevokedAt, byte[]? Pin)>(
+            "SELECT credential_id, role, subject, label, issued_by, issued_at, revoked_by, revoked_at, client_cert_sha256 FROM credentials ORDER BY credential_id");
         return rows.Select(r =>
         {
             Actor.TryParse(r.Role, out Role role);
-            return new CredentialInfo(r.Id, role, r.Subject, r.Label, r.IssuedBy, Utc(r.IssuedAt), r.RevokedBy, r.RevokedAt is { } at ? Utc(at) : null);
+            return new CredentialInfo(r.Id, role, r.Subject, r.Label, r.IssuedBy, Utc(r.IssuedAt), r.RevokedBy, r.RevokedAt is { } at ? Utc(at) : null, r.Pin);
         }).ToList();
     }
 
     /// <summary>The actor a key belongs to, or null for an unknown, revoked or malformed key.</summary>
-    public async Task<Actor?> AuthenticateAsync(string? key, CancellationToken cancellationToken)
+    public async Task<Actor?> AuthenticateAsync(string? key, CancellationToken cancellationToken) =>
+        (await FindAsync(key, cancellationToken))?.Actor;
+
+    /// <summary>The actor a key belongs to and its client certificate pin, or null for an unknown, revoked or malformed key.</summary>
+    public async Task<Authentication?> FindAsync(string? key, CancellationToken cancellationToken)
     {
         if (key is not { Length: > 0 and <= KeyLengthMax })
         {
@@ -103,9 +144,17 @@ public sealed class CredentialStore(NpgsqlDataSource dataSource, TimeProvider ti
         }
 
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        var row = await connection.QueryFirstOrDefaultAsync<(string Role, string Subject)?>(
-            "SELECT role, subject FROM credentials WHERE key_sha256 = @hash AND revoked_at IS NULL", new { hash = Hash(key) });
-        return row is { } r && Actor.TryParse(r.Role, out Role role) ? new Actor(role, r.Subject) : null;
+        var row = await connection.QueryFirstOrDefaultAsync<(string Role, string Subject, byte[]? Pin)?>(
+            "SELECT role, subject, client_cert_sha256 FROM credentials WHERE key_sha256 = @hash AND revoked_at IS NULL", new { hash = Hash(key) });
+        return row is { } r && Actor.TryParse(r.Role, out Role role) ? new Authentication(new Actor(role, r.Subject), r.Pin) : null;
+    }
+
+    private static void CheckPin(byte[]? clientCertificateSha256)
+    {
+        if (clientCertificateSha256 is not null && clientCertificateSha256.Length != SHA256.HashSizeInBytes)
+        {
+            throw FilingRules.Invalid($"a client certificate pin is a SHA-256 of {SHA256.HashSizeInBytes} bytes, not {clientCertificateSha256.Length}");
+        }
     }
 
     private static Task RecordAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, Actor actor, DateTimeOffset now, string? providerId, long id, string action) =>

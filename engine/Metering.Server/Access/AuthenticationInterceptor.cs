@@ -1,3 +1,5 @@
+using System.Security.Cryptography.X509Certificates;
+using Grpc.AspNetCore.Server;
 using Grpc.Core;
 using Grpc.Core.Interceptors;
 using Metering.Engine.Access;
@@ -9,7 +11,10 @@ namespace Metering.Server.Access;
 /// <summary>
 /// Authenticates and authorises every call before its handler runs. A call without a valid,
 /// unrevoked "authorization: Bearer &lt;key&gt;" ends with UNAUTHENTICATED; a role the access
-/// policy does not allow for the method ends with PERMISSION_DENIED. Neither touches anything.
+/// policy does not allow for the method ends with PERMISSION_DENIED. A key pinned to a client
+/// certificate that the connection did not present ends with UNAUTHENTICATED and the reason
+/// CLIENT_CERTIFICATE_REQUIRED or CLIENT_CERTIFICATE_MISMATCH: without the certificate the caller
+/// has not proven who it is, so the call is unauthenticated rather than denied. None touches anything.
 /// </summary>
 internal sealed class AuthenticationInterceptor(CredentialStore credentials) : Interceptor
 {
@@ -54,9 +59,18 @@ internal sealed class AuthenticationInterceptor(CredentialStore credentials) : I
     private async Task AuthoriseAsync(ServerCallContext context)
     {
         string? header = context.RequestHeaders.GetValue("authorization");
-        Actor actor = await credentials.AuthenticateAsync(KeyOf(context), context.CancellationToken)
+        Authentication found = await credentials.FindAsync(KeyOf(context), context.CancellationToken)
             ?? throw Errors.Refused(StatusCode.Unauthenticated, IngestRefusal.Unauthenticated,
                 header is null ? "no authorization header; send 'authorization: Bearer <api key>'" : "the API key is not valid, or it was revoked");
+        X509Certificate2? presented = context.GetHttpContext().Connection.ClientCertificate;
+        if (ClientCertificatePin.Check(found.ClientCertificateSha256, presented) is { } refused)
+        {
+            Dictionary<string, string>? metadata = presented is null ? null
+                : new() { ["presented_sha256"] = Convert.ToHexStringLower(ClientCertificatePin.Sha256(presented)) };
+            throw Errors.Refused(StatusCode.Unauthenticated, refused.Reason, refused.Message, metadata);
+        }
+
+        Actor actor = found.Actor;
         if (!AccessPolicy.Allows(context.Method, actor.Role))
         {
             throw Errors.Refused(StatusCode.PermissionDenied, ProtocolNames.Of(RegistryRefusal.RoleNotAllowed),

@@ -1,4 +1,5 @@
-using System.Net;
+using System.Security.Authentication;
+using System.Security.Cryptography.X509Certificates;
 using Metering.Engine.Access;
 using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
@@ -21,6 +22,7 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.AspNetCore.Server.Kestrel.Https;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -31,8 +33,17 @@ namespace Metering.Server.Hosting;
 /// <summary>What a server needs: where to listen, which database, which limits. Credentials live in the database.</summary>
 public sealed class ServerSettings
 {
-    /// <summary>An http:// address on which to serve gRPC over HTTP/2 without TLS; port 0 picks a free port.</summary>
+    /// <summary>
+    /// Where to serve gRPC over HTTP/2: https://IP:PORT with <see cref="Certificate"/>, or
+    /// http://IP:PORT without TLS (loopback only, unless <see cref="Insecure"/>); port 0 picks a free port.
+    /// </summary>
     public Uri Listen { get; set; } = new("http://127.0.0.1:7390");
+
+    /// <summary>The server's TLS certificate with its private key (see <see cref="ServerCertificate.Load"/>); required for https://.</summary>
+    public X509Certificate2? Certificate { get; init; }
+
+    /// <summary>Allows cleartext http:// on a non-loopback address, where API keys would cross the network unprotected.</summary>
+    public bool Insecure { get; init; }
 
     public required string ConnectionString { get; init; }
 
@@ -78,9 +89,9 @@ public sealed class MeteringServer : IAsyncDisposable
     {
         settings.Limits.Validate();
         settings.Capacity.Validate();
-        if (settings.Listen.Scheme != Uri.UriSchemeHttp)
+        if (TransportRules.Refusal(settings.Listen, settings.Certificate is not null, settings.Insecure) is { } refusal)
         {
-            throw new ArgumentException($"Listen address {settings.Listen} must be http:// (gRPC over cleartext HTTP/2; put TLS in front or use the mTLS option of the registry issue).");
+            throw new ArgumentException(refusal);
         }
 
         WebApplicationBuilder builder = WebApplication.CreateSlimBuilder();
@@ -92,8 +103,14 @@ public sealed class MeteringServer : IAsyncDisposable
 
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
-            IPAddress address = settings.Listen.Host == "localhost" ? IPAddress.Loopback : IPAddress.Parse(settings.Listen.DnsSafeHost);
-            kestrel.Listen(address, settings.Listen.Port, listen => listen.Protocols = HttpProtocols.Http2);
+            kestrel.Listen(TransportRules.Bind(settings.Listen), settings.Listen.Port, listen =>
+            {
+                listen.Protocols = HttpProtocols.Http2;
+                if (settings.Certificate is { } certificate)
+                {
+                    listen.UseHttps(Https(certificate));
+                }
+            });
             // Bulk streaming needs larger HTTP/2 windows than the interactive defaults.
             kestrel.Limits.Http2.InitialConnectionWindowSize = 16 * 1024 * 1024;
             kestrel.Limits.Http2.InitialStreamWindowSize = 8 * 1024 * 1024;
@@ -141,6 +158,20 @@ public sealed class MeteringServer : IAsyncDisposable
         string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         return new MeteringServer(app, new Uri(bound));
     }
+
+    /// <summary>
+    /// TLS 1.2 or 1.3 only. A client certificate is asked for but not required, and any is accepted
+    /// at the TLS layer, self-signed included: providers make their own, and what matters is whether
+    /// it is the one their key is pinned to, which <see cref="AuthenticationInterceptor"/> checks.
+    /// </summary>
+    private static HttpsConnectionAdapterOptions Https(X509Certificate2 certificate) => new()
+    {
+        ServerCertificate = certificate,
+        SslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
+        ClientCertificateMode = ClientCertificateMode.AllowCertificate,
+        ClientCertificateValidation = static (_, _, _) => true,
+        CheckCertificateRevocation = false,
+    };
 
     /// <summary>Completes when the host is asked to stop (Ctrl+C or SIGTERM in `serve`).</summary>
     public Task WaitForShutdownAsync(CancellationToken cancellationToken = default) => _app.WaitForShutdownAsync(cancellationToken);

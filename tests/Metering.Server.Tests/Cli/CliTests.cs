@@ -20,7 +20,7 @@ public sealed class CliTests
     {
         var (exit, output) = await RunAsync("serve", "--listen", "ftp://127.0.0.1:1");
         Assert.NotEqual(0, exit);
-        Assert.Contains("is not an http://IP:PORT address", output, StringComparison.Ordinal);
+        Assert.Contains("is not an https://IP:PORT or http://IP:PORT address", output, StringComparison.Ordinal);
     }
 
     [Fact]

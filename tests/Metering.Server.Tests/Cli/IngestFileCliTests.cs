@@ -27,6 +27,20 @@ public sealed class IngestFileCliTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task Ingest_file_without_the_ca_does_not_trust_the_server_and_uploads_nothing()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+
+        var (exit, output) = await CliProcess.RunAsync(
+            "ingest-file", Sample("sacct-2026-11-20.txt"), "--server", server.Address.ToString().TrimEnd('/'), "--api-key", TestServer.ProviderKey,
+            "--stream", "slurm-nanshan", "--format", "sacct", "--mapping", Sample("mapping.json"));
+
+        Assert.Equal(2, exit);
+        Assert.Contains("SSL connection could not be established", output, StringComparison.Ordinal);
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM raw_log_uploads"));
+    }
+
+    [Fact]
     public async Task Ingest_file_with_a_broken_mapping_says_what_is_wrong()
     {
         await using TestServer server = await TestServer.StartAsync(postgres);
@@ -42,6 +56,6 @@ public sealed class IngestFileCliTests(PostgresFixture postgres)
 
     private static Task<(int ExitCode, string Output)> RunAsync(TestServer server, string file, string? mapping = null) =>
         CliProcess.RunAsync(
-            "ingest-file", file, "--server", server.Address.ToString().TrimEnd('/'), "--api-key", TestServer.ProviderKey,
+            "ingest-file", file, "--server", server.Address.ToString().TrimEnd('/'), "--ca", TestCertificates.CaPemPath, "--api-key", TestServer.ProviderKey,
             "--stream", "slurm-nanshan", "--format", "sacct", "--mapping", mapping ?? Sample("mapping.json"));
 }

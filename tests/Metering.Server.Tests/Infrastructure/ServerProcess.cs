@@ -24,20 +24,32 @@ public sealed class ServerProcess : IAsyncDisposable
         return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
-    /// <summary>Starts the CLI built next to the tests and waits until it serves.</summary>
-    public static async Task<ServerProcess> StartAsync(string connectionString, int port)
+    /// <summary>Starts the CLI built next to the tests over TLS, with the test certificate as PEM files, and waits until it serves.</summary>
+    public static Task<ServerProcess> StartAsync(string connectionString, int port)
     {
-        var start = new ProcessStartInfo("dotnet")
+        var (certificate, key) = TestCertificates.ServerPemPaths;
+        var address = new Uri($"https://127.0.0.1:{port}");
+        return StartAsync(address, "serve", "--connection", connectionString, "--listen", address.ToString(), "--tls-cert", certificate, "--tls-key", key);
+    }
+
+    /// <summary>Starts the CLI built next to the tests with these arguments and waits until it says it serves on <paramref name="address"/>.</summary>
+    public static Task<ServerProcess> StartAsync(Uri address, params string[] arguments) =>
+        StartAsync(address, new Dictionary<string, string>(), arguments);
+
+    /// <summary>As <see cref="StartAsync(Uri, string[])"/>, with these environment variables set for the process.</summary>
+    public static async Task<ServerProcess> StartAsync(Uri address, IReadOnlyDictionary<string, string> environment, params string[] arguments)
+    {
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var (name, value) in environment)
         {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-            ArgumentList =
-            {
-                Path.Combine(AppContext.BaseDirectory, "metering.dll"), "serve",
-                "--connection", connectionString, "--listen", $"http://127.0.0.1:{port}",
-            },
-        };
+            start.Environment[name] = value;
+        }
+
+        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "metering.dll"));
+        foreach (string argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
         var process = Process.Start(start)!;
         var ready = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var output = new System.Collections.Concurrent.ConcurrentQueue<string>();
@@ -70,7 +82,7 @@ public sealed class ServerProcess : IAsyncDisposable
             throw new InvalidOperationException("metering serve did not start:\n" + string.Join('\n', output));
         }
 
-        return new ServerProcess(process, new Uri($"http://127.0.0.1:{port}"));
+        return new ServerProcess(process, address);
     }
 
     /// <summary>SIGKILL: no shutdown hooks, no flushing, no goodbyes.</summary>

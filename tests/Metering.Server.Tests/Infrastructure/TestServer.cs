@@ -1,3 +1,4 @@
+using System.Security.Cryptography.X509Certificates;
 using Dapper;
 using Grpc.Core;
 using Grpc.Net.Client;
@@ -15,7 +16,9 @@ namespace Metering.Server.Tests.Infrastructure;
 
 /// <summary>
 /// A real Kestrel gRPC server on a loopback port over a test's own database, in which both test
-/// providers are admitted and each role holds a key (see <see cref="Admissions"/>).
+/// providers are admitted and each role holds a key (see <see cref="Admissions"/>). It serves
+/// https:// with the run's test certificate (<see cref="TestCertificates"/>), so that every
+/// integration test goes through TLS; <see cref="Channel"/> trusts only the test CA.
 /// </summary>
 public sealed class TestServer : IAsyncDisposable
 {
@@ -40,7 +43,7 @@ public sealed class TestServer : IAsyncDisposable
         _server = server;
         _settings = settings;
         ConnectionString = connectionString;
-        Channel = GrpcChannel.ForAddress(server.Address);
+        Channel = NewChannel();
     }
 
     /// <summary>The servers' signing key: one per test run, as one deployment keeps one key.</summary>
@@ -52,14 +55,18 @@ public sealed class TestServer : IAsyncDisposable
 
     public Uri Address => _server.Address;
 
+    /// <summary>A channel of its own (its own connections) that trusts the test CA and presents <paramref name="client"/>, if any.</summary>
+    public GrpcChannel NewChannel(X509Certificate2? client = null) => TestCertificates.Channel(Address, client);
+
     /// <param name="catalog">The device catalog; the embedded one unless a test needs the CPU fixture (<see cref="TestCatalogs.WithCpuFixture"/>).</param>
     public static async Task<TestServer> StartAsync(PostgresFixture postgres, IngestLimits? limits = null, TimeProvider? time = null, DeviceCatalog? catalog = null,
-        CapacitySettings? capacity = null, CredentialRecheckPolicy? recheck = null)
+        CapacitySettings? capacity = null, CredentialRecheckPolicy? recheck = null, X509Certificate2? certificate = null)
     {
         string connectionString = await postgres.CreateDatabaseAsync();
         var settings = new ServerSettings
         {
-            Listen = new Uri("http://127.0.0.1:0"),
+            Listen = new Uri("https://127.0.0.1:0"),
+            Certificate = certificate ?? TestCertificates.Server,
             ConnectionString = connectionString,
             SigningKey = SigningKey,
             Limits = limits ?? new IngestLimits(),

@@ -82,7 +82,7 @@ public sealed class IngestResilienceTests(PostgresFixture postgres)
         var midway = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
 
         ServerProcess server = await ServerProcess.StartAsync(connectionString, port);
-        using var channel = Grpc.Net.Client.GrpcChannel.ForAddress(server.Address);
+        using var channel = TestCertificates.Channel(server.Address);
         var streamer = new UsageStreamer(channel, TestServer.ProviderKey, new StreamerOptions
         {
             BatchRecords = 100,

@@ -88,7 +88,7 @@ public sealed class RegistryWorkflowTests(PostgresFixture postgres)
         // The approval arrives eight times at once, each over its own connection.
         var decisions = Enumerable.Range(0, 8).Select(i => Task.Run(async () =>
         {
-            using var channel = Grpc.Net.Client.GrpcChannel.ForAddress(scene.Server.Address);
+            using var channel = scene.Server.NewChannel();
             var client = new RegistryService.RegistryServiceClient(channel);
             try
             {

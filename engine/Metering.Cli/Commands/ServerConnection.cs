@@ -1,0 +1,109 @@
+using System.CommandLine;
+using System.Net.Security;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using Grpc.Net.Client;
+
+namespace Metering.Cli.Commands;
+
+/// <summary>
+/// How a command reaches a running server: its address, the CA that vouches for the server's
+/// certificate, and the client certificate for a key pinned to one. Every command that calls the
+/// server takes these options and opens its channel here.
+/// </summary>
+internal sealed class ServerConnection
+{
+    public Option<Uri> Server { get; } = CommonOptions.ServerAddress();
+
+    public Option<FileInfo?> Ca { get; } = new("--ca")
+    {
+        Description = "PEM file of the CA that issued the server's certificate; only that CA is trusted (the host name is still checked). Defaults to METERING_CA, else the system's trusted roots.",
+    };
+
+    public Option<FileInfo?> ClientCertificate { get; } = new("--client-cert")
+    {
+        Description = "Client certificate for mutual TLS (PEM, with --client-key; or PKCS#12 alone), for a key pinned to it. Defaults to METERING_CLIENT_CERT.",
+    };
+
+    public Option<FileInfo?> ClientKey { get; } = new("--client-key")
+    {
+        Description = "PEM private key of --client-cert. Defaults to METERING_CLIENT_KEY.",
+    };
+
+    public void AddTo(Command command)
+    {
+        command.Options.Add(Server);
+        command.Options.Add(Ca);
+        command.Options.Add(ClientCertificate);
+        command.Options.Add(ClientKey);
+    }
+
+    /// <summary>A channel to the server the options name.</summary>
+    /// <exception cref="ArgumentException">A certificate file is missing or unreadable; the message says which.</exception>
+    public GrpcChannel Open(ParseResult parse) => Open(
+        parse.GetValue(Server)!,
+        parse.GetValue(Ca)?.FullName ?? Environment.GetEnvironmentVariable("METERING_CA"),
+        parse.GetValue(ClientCertificate)?.FullName ?? Environment.GetEnvironmentVariable("METERING_CLIENT_CERT"),
+        parse.GetValue(ClientKey)?.FullName ?? Environment.GetEnvironmentVariable("METERING_CLIENT_KEY"));
+
+    public static GrpcChannel Open(Uri server, string? caPath, string? clientCertificatePath, string? clientKeyPath)
+    {
+        var handler = new SocketsHttpHandler { EnableMultipleHttp2Connections = true };
+        if (!string.IsNullOrEmpty(caPath))
+        {
+            var roots = new X509Certificate2Collection();
+            Read(caPath, () => roots.ImportFromPemFile(caPath));
+            if (roots.Count == 0)
+            {
+                throw new ArgumentException($"--ca {caPath} holds no PEM certificate");
+            }
+
+            // The CA replaces the system's roots rather than adding to them; a private CA has no
+            // revocation service, and a stolen key is revoked through `metering key revoke`.
+            handler.SslOptions.CertificateChainPolicy = new X509ChainPolicy
+            {
+                TrustMode = X509ChainTrustMode.CustomRootTrust,
+                RevocationMode = X509RevocationMode.NoCheck,
+            };
+            handler.SslOptions.CertificateChainPolicy.CustomTrustStore.AddRange(roots);
+        }
+
+        if (!string.IsNullOrEmpty(clientCertificatePath))
+        {
+            X509Certificate2 certificate = Read(clientCertificatePath, () => string.IsNullOrEmpty(clientKeyPath)
+                ? X509CertificateLoader.LoadPkcs12FromFile(clientCertificatePath, null)
+                : X509Certificate2.CreateFromPemFile(clientCertificatePath, clientKeyPath));
+            // Sent whatever CA names the server lists: a provider's certificate is usually self-signed.
+            handler.SslOptions.ClientCertificateContext = SslStreamCertificateContext.Create(certificate, null, offline: true);
+        }
+        else if (!string.IsNullOrEmpty(clientKeyPath))
+        {
+            throw new ArgumentException("--client-key needs --client-cert");
+        }
+
+        return GrpcChannel.ForAddress(server, new GrpcChannelOptions { HttpHandler = handler, DisposeHttpClient = true });
+    }
+
+    private static T Read<T>(string path, Func<T> read)
+    {
+        if (!File.Exists(path))
+        {
+            throw new ArgumentException($"no file at {Path.GetFullPath(path)}");
+        }
+
+        try
+        {
+            return read();
+        }
+        catch (CryptographicException e)
+        {
+            throw new ArgumentException($"{path}: {e.Message}", e);
+        }
+    }
+
+    private static void Read(string path, Action read) => Read(path, () =>
+    {
+        read();
+        return true;
+    });
+}
