@@ -6,17 +6,21 @@ using Metering.Samples.ProviderAgent;
 // A provider agent: streams one simulated site's day of usage to a Metering server.
 //   provider-agent --server http://127.0.0.1:7390 --api-key KEY [--stream ID] [--day 2026-11-26]
 //                  [--jobs-per-interval 100] [--drop-once-after N] [--live true] [--heartbeat-seconds N]
+//                  [--receipts receipts.jsonl]
 var arguments = Arguments.Parse(args);
 if (arguments is null)
 {
     Console.Error.WriteLine("""
         Usage: provider-agent --server URL --api-key KEY [--stream ID] [--site 0|1|2] [--day YYYY-MM-DD]
                               [--jobs-per-interval N] [--drop-once-after N] [--live true] [--heartbeat-seconds N]
+                              [--receipts FILE]
         Streams a simulated site's day of GPU usage (5-minute metering intervals) and resumes
         after a disconnect. The API key may also come from METERING_API_KEY.
         --live true sends each interval once it has ended, as a running scheduler would, and waits
         in between; --heartbeat-seconds N (off by default) sends a heartbeat after N seconds of
         waiting, so that the audit can tell an idle platform from a dead one.
+        --receipts FILE appends the server's signed receipt of every acknowledgement to FILE
+        (JSON Lines); `metering audit check-receipts FILE` checks them against the database later.
         """);
     return 2;
 }
@@ -24,18 +28,25 @@ if (arguments is null)
 DateTimeOffset dayStart = new(arguments.Day.ToDateTime(TimeOnly.MinValue), TimeSpan.FromHours(8));
 SimulatedCluster site = SimulatedCluster.DemoSites(dayStart, arguments.JobsPerInterval, seed: 2025)[arguments.Site];
 using GrpcChannel channel = GrpcChannel.ForAddress(arguments.Server);
+using ReceiptsFile? receipts = arguments.ReceiptsPath is string receiptsPath ? new ReceiptsFile(receiptsPath) : null;
 var streamer = new UsageStreamer(channel, arguments.ApiKey, new StreamerOptions
 {
     DropOnceAfterRecords = arguments.DropOnceAfter,
     Reconnecting = reason => Console.Error.WriteLine($"reconnecting: {reason}"),
     RecordedThrough = arguments.Live ? () => site.RecordedThrough(DateTimeOffset.UtcNow) : null,
     HeartbeatInterval = arguments.HeartbeatSeconds is int seconds ? TimeSpan.FromSeconds(seconds) : null,
+    Receipts = receipts,
 });
 
 try
 {
     StreamResult result = await streamer.RunAsync(arguments.StreamId ?? site.Site, site.RecordAt, site.RecordsPerDay, CancellationToken.None);
     Console.WriteLine($"stream {result.StreamId}: committed {result.CommittedSequence} records over {result.Connections} connection(s); chain head {Convert.ToHexStringLower(result.ChainHead)}");
+    if (receipts is not null)
+    {
+        Console.WriteLine($"kept {receipts.Written} receipt(s) in {arguments.ReceiptsPath}");
+    }
+
     return 0;
 }
 catch (RpcException e)
@@ -44,7 +55,7 @@ catch (RpcException e)
     return 1;
 }
 
-internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, int Site, DateOnly Day, int JobsPerInterval, ulong? DropOnceAfter, bool Live, int? HeartbeatSeconds)
+internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, int Site, DateOnly Day, int JobsPerInterval, ulong? DropOnceAfter, bool Live, int? HeartbeatSeconds, string? ReceiptsPath)
 {
     public static Arguments? Parse(string[] args)
     {
@@ -86,6 +97,7 @@ internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, in
             int.Parse(values.GetValueOrDefault("jobs-per-interval", "100"), CultureInfo.InvariantCulture),
             values.TryGetValue("drop-once-after", out string? drop) ? ulong.Parse(drop, CultureInfo.InvariantCulture) : null,
             values.TryGetValue("live", out string? live) && bool.Parse(live),
-            heartbeatSeconds);
+            heartbeatSeconds,
+            values.GetValueOrDefault("receipts"));
     }
 }

@@ -33,9 +33,10 @@ internal static class IngestFileCommand
             Required = true,
         };
         var uploadId = new Option<string?>("--upload-id") { Description = "The upload's id; defaults to the first 32 hex digits of the file's SHA-256." };
+        var receipts = new Option<FileInfo?>("--receipts") { Description = "Append the server's signed receipt for the stream's head after the upload to this file (JSON Lines), for `metering audit check-receipts`." };
         var command = new Command("ingest-file", "Upload a scheduler log (Slurm sacct or JSON Lines); good lines are committed as usage records, bad lines are reported with their numbers. Safe to repeat and to interrupt: it resumes where the server stands.")
         {
-            file, server, apiKey, stream, format, mapping, uploadId,
+            file, server, apiKey, stream, format, mapping, uploadId, receipts,
         };
         command.SetAction(async (parse, cancellationToken) =>
         {
@@ -76,6 +77,13 @@ internal static class IngestFileCommand
             {
                 UploadReport report = await UploadAsync(client, headers, log, header, cancellationToken);
                 Print(report);
+                if (parse.GetValue(receipts) is { } receiptsFile && report.Receipt is not null)
+                {
+                    using var kept = new Metering.Samples.ProviderAgent.ReceiptsFile(receiptsFile.FullName);
+                    kept.Append(report.StreamId, report.CommittedSequence, report.ChainHead.Span, report.Receipt);
+                    Console.WriteLine($"Receipt for {report.StreamId} #{report.CommittedSequence:N0} appended to {receiptsFile.FullName}.");
+                }
+
                 return report.Complete ? 0 : 1;
             }
             catch (RpcException e)
