@@ -17,6 +17,17 @@ public sealed class ServerProcess : IAsyncDisposable
 
     public Uri Address { get; }
 
+    /// <summary>
+    /// The test run's signing key in an owner-only file: serve on an external database needs one,
+    /// and the same key as the in-process servers' lets a test check either's receipts.
+    /// </summary>
+    private static readonly Lazy<string> SigningKeyFile = new(() =>
+    {
+        string path = Path.Combine(Directory.CreateTempSubdirectory("metering-serve-key-").FullName, "signing-key.pem");
+        TestServer.SigningKey.WritePrivateKey(path);
+        return path;
+    });
+
     public static int FreePort()
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
@@ -36,6 +47,7 @@ public sealed class ServerProcess : IAsyncDisposable
             {
                 Path.Combine(AppContext.BaseDirectory, "metering.dll"), "serve",
                 "--connection", connectionString, "--listen", $"http://127.0.0.1:{port}",
+                "--signing-key", SigningKeyFile.Value,
             },
         };
         var process = Process.Start(start)!;
