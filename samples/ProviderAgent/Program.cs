@@ -8,6 +8,7 @@ using Metering.Samples.ProviderAgent;
 //   provider-agent --server https://metering.example.org:7390 --api-key KEY [--ca ca.pem]
 //                  [--client-cert agent.pem --client-key agent.key] [--stream ID] [--day 2026-11-26]
 //                  [--jobs-per-interval 100] [--drop-once-after N] [--live true] [--heartbeat-seconds N]
+//                  [--receipts receipts.jsonl]
 var arguments = Arguments.Parse(args);
 if (arguments is null)
 {
@@ -15,6 +16,7 @@ if (arguments is null)
         Usage: provider-agent --server URL --api-key KEY [--ca FILE] [--client-cert FILE --client-key FILE]
                               [--stream ID] [--site 0|1|2] [--day YYYY-MM-DD]
                               [--jobs-per-interval N] [--drop-once-after N] [--live true] [--heartbeat-seconds N]
+                              [--receipts FILE]
         Streams a simulated site's day of GPU usage (5-minute metering intervals) and resumes
         after a disconnect. The API key may also come from METERING_API_KEY.
         URL is https://HOST:PORT (or http:// to a server on this machine). --ca FILE trusts only the
@@ -23,6 +25,8 @@ if (arguments is null)
         --live true sends each interval once it has ended, as a running scheduler would, and waits
         in between; --heartbeat-seconds N (off by default) sends a heartbeat after N seconds of
         waiting, so that the audit can tell an idle platform from a dead one.
+        --receipts FILE appends the server's signed receipt of every acknowledgement to FILE
+        (JSON Lines); `metering audit check-receipts FILE` checks them against the database later.
         """);
     return 2;
 }
@@ -41,18 +45,25 @@ catch (Exception e) when (e is IOException or CryptographicException)
 }
 
 using GrpcChannel opened = channel;
+using ReceiptsFile? receipts = arguments.ReceiptsPath is string receiptsPath ? new ReceiptsFile(receiptsPath) : null;
 var streamer = new UsageStreamer(channel, arguments.ApiKey, new StreamerOptions
 {
     DropOnceAfterRecords = arguments.DropOnceAfter,
     Reconnecting = reason => Console.Error.WriteLine($"reconnecting: {reason}"),
     RecordedThrough = arguments.Live ? () => site.RecordedThrough(DateTimeOffset.UtcNow) : null,
     HeartbeatInterval = arguments.HeartbeatSeconds is int seconds ? TimeSpan.FromSeconds(seconds) : null,
+    Receipts = receipts,
 });
 
 try
 {
     StreamResult result = await streamer.RunAsync(arguments.StreamId ?? site.Site, site.RecordAt, site.RecordsPerDay, CancellationToken.None);
     Console.WriteLine($"stream {result.StreamId}: committed {result.CommittedSequence} records over {result.Connections} connection(s); chain head {Convert.ToHexStringLower(result.ChainHead)}");
+    if (receipts is not null)
+    {
+        Console.WriteLine($"kept {receipts.Written} receipt(s) in {arguments.ReceiptsPath}");
+    }
+
     return 0;
 }
 catch (RpcException e)
@@ -62,7 +73,7 @@ catch (RpcException e)
 }
 
 internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, int Site, DateOnly Day, int JobsPerInterval, ulong? DropOnceAfter, bool Live, int? HeartbeatSeconds,
-    string? Ca, string? ClientCertificate, string? ClientKey)
+    string? Ca, string? ClientCertificate, string? ClientKey, string? ReceiptsPath)
 {
     public static Arguments? Parse(string[] args)
     {
@@ -108,6 +119,7 @@ internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, in
             heartbeatSeconds,
             values.GetValueOrDefault("ca"),
             values.GetValueOrDefault("client-cert"),
-            values.GetValueOrDefault("client-key"));
+            values.GetValueOrDefault("client-key"),
+            values.GetValueOrDefault("receipts"));
     }
 }

@@ -56,6 +56,12 @@ public sealed class StreamerOptions
 
     /// <summary>Called with each heartbeat's acknowledgement.</summary>
     public Action<HeartbeatAck>? HeartbeatAcknowledged { get; set; }
+
+    /// <summary>
+    /// Where the server's signed receipts go: one for every acknowledged batch, and one for the
+    /// point a reconnect resumes from. Null: receipts are not kept (they then prove nothing later).
+    /// </summary>
+    public ReceiptsFile? Receipts { get; set; }
 }
 
 /// <summary>The end of a streaming run.</summary>
@@ -138,6 +144,13 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
         StreamOpened opened = call.ResponseStream.Current.Opened;
         ulong committed = opened.CommittedSequence;
         byte[] head = opened.ChainHead.ToByteArray();
+        if (opened.Receipt is not null)
+        {
+            // The acknowledgement of the last batch may have been lost with the connection; the
+            // resume point's receipt covers everything up to it.
+            options.Receipts?.Append(streamId, committed, head, opened.Receipt);
+        }
+
         int batchRecords = (int)Math.Min((uint)options.BatchRecords, opened.BatchRecordsMax);
         TimeSpan? heartbeatEvery = options.HeartbeatInterval is TimeSpan every && opened.HeartbeatsPerMinuteMax > 0
             ? TimeSpan.FromTicks(Math.Max(every.Ticks, TimeSpan.FromMinutes(2).Ticks / opened.HeartbeatsPerMinuteMax))
@@ -248,6 +261,11 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
                 Volatile.Write(ref _acknowledged, committed);
                 head = ack.ChainHead.ToByteArray();
                 replayed += ack.ReplayedRecords;
+                if (ack.Receipt is not null)
+                {
+                    options.Receipts?.Append(streamId, committed, head, ack.Receipt);
+                }
+
                 options.Committed?.Invoke(committed);
                 window.Release();
             }

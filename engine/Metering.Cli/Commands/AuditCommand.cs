@@ -25,6 +25,7 @@ internal static class AuditCommand
         command.Subcommands.Add(Anomalies());
         command.Subcommands.Add(Report());
         command.Subcommands.Add(Log());
+        command.Subcommands.Add(CheckReceiptsCommand.Create());
         return command;
     }
 

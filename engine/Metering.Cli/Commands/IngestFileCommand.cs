@@ -23,7 +23,6 @@ internal static class IngestFileCommand
     {
         var file = new Argument<FileInfo>("file") { Description = "The log file." };
         var connection = new ServerConnection();
-        var apiKey = new Option<string?>("--api-key") { Description = "The provider's API key; defaults to METERING_API_KEY." };
         var stream = new Option<string>("--stream") { Description = "The usage stream the records go to (one per log source).", Required = true };
         var format = new Option<string>("--format") { Description = "sacct (sacct --parsable2 output) or jsonl (JSON Lines).", Required = true };
         format.AcceptOnlyFromAmong("sacct", "jsonl");
@@ -33,23 +32,24 @@ internal static class IngestFileCommand
             Required = true,
         };
         var uploadId = new Option<string?>("--upload-id") { Description = "The upload's id; defaults to the first 32 hex digits of the file's SHA-256." };
+        var receipts = new Option<FileInfo?>("--receipts") { Description = "Append the server's signed receipt for the stream's head after the upload to this file (JSON Lines), for `metering audit check-receipts`." };
         var command = new Command("ingest-file", "Upload a scheduler log (Slurm sacct or JSON Lines); good lines are committed as usage records, bad lines are reported with their numbers. Safe to repeat and to interrupt: it resumes where the server stands.")
         {
-            file, apiKey, stream, format, mapping, uploadId,
+            file, stream, format, mapping, uploadId, receipts,
         };
         connection.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
         {
             FileInfo log = parse.GetValue(file)!;
-            string? key = parse.GetValue(apiKey) ?? Environment.GetEnvironmentVariable("METERING_API_KEY");
+            string? key = connection.ResolveApiKey(parse);
             if (!log.Exists)
             {
                 return Fail($"no file at {log.FullName}");
             }
 
-            if (string.IsNullOrEmpty(key))
+            if (key is null)
             {
-                return Fail("give --api-key or set METERING_API_KEY");
+                return Fail($"give --api-key or set {ServerConnection.ApiKeyVariable}");
             }
 
             LogMapping logMapping;
@@ -82,11 +82,18 @@ internal static class IngestFileCommand
 
             using var opened = channel;
             var client = new RawLogService.RawLogServiceClient(channel);
-            var headers = new Metadata { { "authorization", "Bearer " + key } };
+            Metadata headers = ServerConnection.Bearer(key);
             try
             {
                 UploadReport report = await UploadAsync(client, headers, log, header, cancellationToken);
                 Print(report);
+                if (parse.GetValue(receipts) is { } receiptsFile && report.Receipt is not null)
+                {
+                    using var kept = new Metering.Samples.ProviderAgent.ReceiptsFile(receiptsFile.FullName);
+                    kept.Append(report.StreamId, report.CommittedSequence, report.ChainHead.Span, report.Receipt);
+                    Console.WriteLine($"Receipt for {report.StreamId} #{report.CommittedSequence:N0} appended to {receiptsFile.FullName}.");
+                }
+
                 return report.Complete ? 0 : 1;
             }
             catch (RpcException e)

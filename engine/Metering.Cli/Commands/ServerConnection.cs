@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Net.Security;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
+using Grpc.Core;
 using Grpc.Net.Client;
 
 namespace Metering.Cli.Commands;
@@ -13,7 +14,12 @@ namespace Metering.Cli.Commands;
 /// </summary>
 internal sealed class ServerConnection
 {
+    /// <summary>The environment variable a key comes from when --api-key is not given.</summary>
+    public const string ApiKeyVariable = "METERING_API_KEY";
+
     public Option<Uri> Server { get; } = CommonOptions.ServerAddress();
+
+    public Option<string?> ApiKey { get; } = new("--api-key") { Description = $"The caller's API key; defaults to {ApiKeyVariable}." };
 
     public Option<FileInfo?> Ca { get; } = new("--ca")
     {
@@ -33,10 +39,17 @@ internal sealed class ServerConnection
     public void AddTo(Command command)
     {
         command.Options.Add(Server);
+        command.Options.Add(ApiKey);
         command.Options.Add(Ca);
         command.Options.Add(ClientCertificate);
         command.Options.Add(ClientKey);
     }
+
+    /// <summary>The key from the option or the environment, or null when neither gives one.</summary>
+    public string? ResolveApiKey(ParseResult parse) =>
+        (parse.GetValue(ApiKey) ?? Environment.GetEnvironmentVariable(ApiKeyVariable)) is { Length: > 0 } key ? key : null;
+
+    public static Metadata Bearer(string apiKey) => new() { { "authorization", "Bearer " + apiKey } };
 
     /// <summary>A channel to the server the options name.</summary>
     /// <exception cref="ArgumentException">A certificate file is missing or unreadable; the message says which.</exception>

@@ -121,6 +121,32 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
     }
 
     /// <summary>
+    /// The stored chain hashes at each of the given sequences of one stream, keyed by sequence; a
+    /// sequence the stream holds no record at is absent, and one it holds twice (a broken chain)
+    /// has two. For checking saved receipts.
+    /// </summary>
+    public async Task<Dictionary<ulong, List<byte[]>>> ReadChainHashesAtAsync(string providerId, string streamId, IReadOnlyCollection<ulong> sequences, CancellationToken cancellationToken)
+    {
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        var rows = await connection.QueryAsync<(long Sequence, byte[] Hash)>(new CommandDefinition("""
+            SELECT sequence, chain_hash FROM usage_records
+            WHERE provider_id = @providerId AND stream_id = @streamId AND sequence = ANY(@sequences)
+            """, new { providerId, streamId, sequences = sequences.Select(s => (long)Math.Min(s, long.MaxValue)).ToArray() }, cancellationToken: cancellationToken));
+        var hashes = new Dictionary<ulong, List<byte[]>>();
+        foreach (var (sequence, hash) in rows)
+        {
+            if (!hashes.TryGetValue((ulong)sequence, out List<byte[]>? stored))
+            {
+                hashes[(ulong)sequence] = stored = [];
+            }
+
+            stored.Add(hash);
+        }
+
+        return hashes;
+    }
+
+    /// <summary>
     /// Appends the prepared records after <paramref name="expectedSequence"/> and moves the head,
     /// all in one transaction. Throws <see cref="StreamMovedException"/> when the head is no longer
     /// where this writer believes it is.

@@ -90,6 +90,11 @@ internal static class AccessPolicy
         [Method(AuditService.Descriptor.FullName, "DetectAnomalies")] = Overseers,
         [Method(AuditService.Descriptor.FullName, "RenderReport")] = Overseers,
         [Method(AuditService.Descriptor.FullName, "ListAuditQueries")] = Auditors,
+
+        // Receipts: anyone who holds a key may read the public key that checks them, and the
+        // stored hashes they are checked against (a provider only its own, checked by the service).
+        [Method(AuditService.Descriptor.FullName, "GetSigningKey")] = Everyone,
+        [Method(AuditService.Descriptor.FullName, "GetChainHashes")] = Everyone,
     }.ToFrozenDictionary(StringComparer.Ordinal);
 
     /// <summary>The gRPC method path, as ServerCallContext.Method gives it.</summary>

@@ -6,6 +6,8 @@ using Metering.Engine.Audit;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
+using Metering.Engine.Signing;
+using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
 using Microsoft.Extensions.Logging;
@@ -24,8 +26,13 @@ namespace Metering.Server.Audit;
 /// keeps providers to their own chains, roots and proofs, writes every call to the audit query
 /// log before running it, and never writes anything else.
 /// </summary>
-internal sealed partial class AuditGrpcService(NpgsqlDataSource dataSource, DeviceCatalog catalog, TimeProvider time, ILogger<AuditGrpcService> logger) : AuditService.AuditServiceBase
+internal sealed partial class AuditGrpcService(
+    NpgsqlDataSource dataSource, DeviceCatalog catalog, TimeProvider time, ServerSigningKey signingKey, UsageStore usageStore, ILogger<AuditGrpcService> logger)
+    : AuditService.AuditServiceBase
 {
+    /// <summary>Most sequences one GetChainHashes call reads; bounds the query and the logged request alike.</summary>
+    public const int ChainHashSequencesMax = 1_000;
+
     /// <summary>The largest message the server sends; a report past it is refused with AUDIT_LIMIT_EXCEEDED.</summary>
     public const int ResponseBytesMax = 16 * 1024 * 1024;
 
@@ -192,6 +199,46 @@ internal sealed partial class AuditGrpcService(NpgsqlDataSource dataSource, Devi
                 },
             };
         });
+
+    // The public key concerns no provider; a provider's call is logged under its own code, which
+    // is what lets it past the confinement to its own data.
+    public override Task<SigningKey> GetSigningKey(GetSigningKeyRequest request, ServerCallContext context) =>
+        Run(context, "GetSigningKey", request, AuthenticationInterceptor.Caller(context) is { Role: Role.Provider } provider ? provider.Subject : null,
+            (actor, ct) => Task.FromResult(new SigningKey { KeyId = signingKey.KeyId, PublicKeyPem = signingKey.PublicKey.Pem }));
+
+    public override Task<GetChainHashesResponse> GetChainHashes(GetChainHashesRequest request, ServerCallContext context)
+    {
+        // Checked before the query is logged, so that an oversize request never reaches the log.
+        if (request.Sequences.Count > ChainHashSequencesMax)
+        {
+            throw Errors.Refused(StatusCode.ResourceExhausted, ProtocolNames.Of(AuditRefusal.AuditLimitExceeded),
+                $"at most {ChainHashSequencesMax} sequences per call; {request.Sequences.Count} were asked for");
+        }
+
+        return Run(context, "GetChainHashes", request, request.CreditCode, async (actor, ct) =>
+        {
+            RequireCode(request.CreditCode);
+            if (request.StreamId.Length == 0 || request.Sequences.Count == 0 || request.Sequences.Contains(0UL))
+            {
+                throw new ArgumentException("stream_id and at least one sequence (each 1 or more) are required");
+            }
+
+            ulong[] sequences = request.Sequences.Distinct().Order().ToArray();
+            Dictionary<ulong, List<byte[]>> stored = await usageStore.ReadChainHashesAtAsync(request.CreditCode, request.StreamId, sequences, ct);
+            StreamHead head = await usageStore.ReadStreamHeadAsync(request.CreditCode, request.StreamId, ct);
+            return new GetChainHashesResponse
+            {
+                CommittedSequence = head.CommittedSequence,
+                ChainHead = ByteString.CopyFrom(head.ChainHash),
+                Hashes =
+                {
+                    sequences.Select(sequence => stored.TryGetValue(sequence, out List<byte[]>? hashes)
+                        ? new StoredChainHash { Sequence = sequence, Stored = true, ChainHash = ByteString.CopyFrom(hashes[0]), Duplicated = hashes.Count > 1 }
+                        : new StoredChainHash { Sequence = sequence }),
+                },
+            };
+        });
+    }
 
     private static StreamVerification ToMessage(ChainVerification v) => new()
     {

@@ -120,6 +120,7 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(settings.Time);
         builder.Services.AddSingleton(settings.Catalog);
         builder.Services.AddSingleton(settings.SigningKey);
+        builder.Services.AddSingleton(new ReceiptSigner(settings.SigningKey, settings.Time));
         builder.Services.AddSingleton(new RecordValidator(settings.Limits, settings.Catalog));
         builder.Services.AddSingleton(_ => Database.CreateDataSource(settings.ConnectionString));
         builder.Services.AddSingleton(provider => new UsageStore(provider.GetRequiredService<NpgsqlDataSource>()));

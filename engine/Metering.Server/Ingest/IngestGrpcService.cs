@@ -5,6 +5,7 @@ using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Engine.Access;
 using Metering.Engine.Registry;
+using Metering.Engine.Signing;
 using Metering.Server.Access;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -24,6 +25,7 @@ internal sealed partial class IngestGrpcService(
     CredentialStore credentials,
     CredentialRecheckPolicy recheckPolicy,
     TimeProvider time,
+    ReceiptSigner receipts,
     IHostApplicationLifetime lifetime,
     ILogger<IngestGrpcService> logger) : IngestService.IngestServiceBase
 {
@@ -67,6 +69,8 @@ internal sealed partial class IngestGrpcService(
                     BatchRecordsMax = (uint)validator.Limits.BatchRecordsMax,
                     CatalogVersion = validator.Catalog.Latest.Version,
                     HeartbeatsPerMinuteMax = (uint)validator.Limits.HeartbeatsPerMinuteMax,
+                    Receipt = head.CommittedSequence == 0 ? null
+                        : ReceiptMessages.ToMessage(receipts.Sign(caller.Subject, streamId, head.CommittedSequence, head.ChainHash)),
                 },
             }, lease.Token);
 
@@ -97,6 +101,9 @@ internal sealed partial class IngestGrpcService(
                 }
 
                 BatchOutcome outcome = await session.AppendAsync(request.Batch.Records, lease.Token);
+                // Signed after the commit, outside its transaction and any lock: one signature per
+                // batch, whatever its size, so the cost stays off the per-record path.
+                SignedReceipt receipt = receipts.Sign(caller.Subject, streamId, outcome.CommittedSequence, outcome.ChainHead);
                 await responseStream.WriteAsync(new IngestResponse
                 {
                     Ack = new BatchAck
@@ -106,6 +113,7 @@ internal sealed partial class IngestGrpcService(
                         CommittedSequence = outcome.CommittedSequence,
                         ChainHead = UnsafeByteOperations.UnsafeWrap(outcome.ChainHead),
                         ReplayedRecords = (uint)outcome.ReplayedRecords,
+                        Receipt = ReceiptMessages.ToMessage(receipt),
                     },
                 }, lease.Token);
             }

@@ -7,6 +7,7 @@ using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Engine.Access;
 using Metering.Engine.Registry;
+using Metering.Engine.Signing;
 using Metering.Server.Access;
 using Metering.Server.Ingest;
 using Microsoft.Extensions.Hosting;
@@ -27,6 +28,7 @@ internal sealed partial class RawLogGrpcService(
     CredentialStore credentials,
     CredentialRecheckPolicy recheckPolicy,
     TimeProvider time,
+    ReceiptSigner receipts,
     IHostApplicationLifetime lifetime,
     ILogger<RawLogGrpcService> logger) : RawLogService.RawLogServiceBase
 {
@@ -297,6 +299,11 @@ internal sealed partial class RawLogGrpcService(
             : await usageStore.ReadStreamHeadAsync(upload.ProviderId, upload.StreamId, cancellationToken);
         report.CommittedSequence = head.CommittedSequence;
         report.ChainHead = ByteString.CopyFrom(head.ChainHash);
+        if (head.CommittedSequence > 0)
+        {
+            report.Receipt = ReceiptMessages.ToMessage(receipts.Sign(upload.ProviderId, upload.StreamId, head.CommittedSequence, head.ChainHash));
+        }
+
         return report;
     }
 

@@ -77,6 +77,8 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
         ["AuditService/DetectAnomalies"] = [O, A],
         ["AuditService/RenderReport"] = [O, A],
         ["AuditService/ListAuditQueries"] = [A],
+        ["AuditService/GetSigningKey"] = [P, O, A, S],
+        ["AuditService/GetChainHashes"] = [P, O, A, S],
     };
 
     private static IEnumerable<MethodDescriptor> AllMethods() =>

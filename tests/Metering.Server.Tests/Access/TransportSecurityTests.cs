@@ -154,8 +154,8 @@ public sealed class TransportSecurityTests(PostgresFixture postgres)
     {
         string database = await postgres.CreateDatabaseAsync();
 
-        var cleartext = await Assert.ThrowsAsync<ArgumentException>(() => MeteringServer.StartAsync(new ServerSettings { Listen = new Uri("http://0.0.0.0:0"), ConnectionString = database }));
-        var bare = await Assert.ThrowsAsync<ArgumentException>(() => MeteringServer.StartAsync(new ServerSettings { Listen = new Uri("https://127.0.0.1:0"), ConnectionString = database }));
+        var cleartext = await Assert.ThrowsAsync<ArgumentException>(() => MeteringServer.StartAsync(new ServerSettings { Listen = new Uri("http://0.0.0.0:0"), ConnectionString = database, SigningKey = TestServer.SigningKey }));
+        var bare = await Assert.ThrowsAsync<ArgumentException>(() => MeteringServer.StartAsync(new ServerSettings { Listen = new Uri("https://127.0.0.1:0"), ConnectionString = database, SigningKey = TestServer.SigningKey }));
 
         Assert.Contains("API keys would travel in cleartext", cleartext.Message, StringComparison.Ordinal);
         Assert.Contains("no certificate was given", bare.Message, StringComparison.Ordinal);

@@ -17,6 +17,19 @@ public sealed class ServerProcess : IAsyncDisposable
 
     public Uri Address { get; }
 
+    /// <summary>
+    /// The test run's signing key in an owner-only file: serve on an external database needs one,
+    /// and the same key as the in-process servers' lets a test check either's receipts.
+    /// </summary>
+    public static string SigningKeyPath => SigningKeyFile.Value;
+
+    private static readonly Lazy<string> SigningKeyFile = new(() =>
+    {
+        string path = Path.Combine(Directory.CreateTempSubdirectory("metering-serve-key-").FullName, "signing-key.pem");
+        TestServer.SigningKey.WritePrivateKey(path);
+        return path;
+    });
+
     public static int FreePort()
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
@@ -29,7 +42,7 @@ public sealed class ServerProcess : IAsyncDisposable
     {
         var (certificate, key) = TestCertificates.ServerPemPaths;
         var address = new Uri($"https://127.0.0.1:{port}");
-        return StartAsync(address, "serve", "--connection", connectionString, "--listen", address.ToString(), "--tls-cert", certificate, "--tls-key", key);
+        return StartAsync(address, "serve", "--connection", connectionString, "--listen", address.ToString(), "--tls-cert", certificate, "--tls-key", key, "--signing-key", SigningKeyFile.Value);
     }
 
     /// <summary>Starts the CLI built next to the tests with these arguments and waits until it says it serves on <paramref name="address"/>.</summary>

@@ -1,0 +1,247 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using Google.Rpc;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Metering.Engine.Signing;
+using Metering.Protocol.V1;
+using Receipt = Metering.Engine.Signing.Receipt;
+
+namespace Metering.Cli.Commands;
+
+/// <summary>
+/// `metering audit check-receipts FILE`: a provider's or an auditor's check that the server's
+/// signed receipts still hold. Each receipt's signature must verify under a trusted public key,
+/// and the database must still hold exactly the receipt's chain head at its sequence. A talk with
+/// a running server over gRPC, as the caller its key names; the checker trusts the server for
+/// nothing but the stored hashes it reports, which the signatures then hold to account.
+/// </summary>
+internal static class CheckReceiptsCommand
+{
+    /// <summary>Sequences per GetChainHashes call: the server's limit per call (audit.proto).</summary>
+    private const int SequencesPerCall = 1_000;
+
+    /// <summary>Receipts one run reads; a file past it is split or checked in parts.</summary>
+    private const int ReceiptsMax = 10_000_000;
+
+    public static Command Create()
+    {
+        var file = new Argument<FileInfo>("file") { Description = "The receipts, JSON Lines, one receipt per line (as the provider agent's --receipts keeps them)." };
+        var connection = new ServerConnection();
+        var publicKeys = new Option<FileInfo[]>("--public-key")
+        {
+            Description = "PEM file with a public key the receipts may be signed with, as the bureau publishes it; repeat for several. "
+                + "Without it, the server's current key is fetched, which trusts the server for the key.",
+        };
+        var command = new Command("check-receipts", "Check saved receipts: every signature against the server's published key, every chain head against what the database holds now at that sequence. Exits 0 when all hold, 1 naming the first that does not.")
+        {
+            file, publicKeys,
+        };
+        connection.AddTo(command);
+        command.SetAction(async (parse, cancellationToken) =>
+        {
+            string? key = connection.ResolveApiKey(parse);
+            if (key is null)
+            {
+                return Fail($"give --api-key or set {ServerConnection.ApiKeyVariable}");
+            }
+
+            List<SavedReceipt> saved;
+            List<ServerPublicKey>? trusted = null;
+            try
+            {
+                saved = await ReadAsync(parse.GetValue(file)!, cancellationToken);
+                if (parse.GetValue(publicKeys) is { Length: > 0 } pems)
+                {
+                    trusted = [.. pems.Select(pem => ServerPublicKey.FromPem(File.ReadAllText(pem.FullName)))];
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or SigningKeyException or FormatException)
+            {
+                return Fail(e.Message);
+            }
+
+            GrpcChannel opened;
+            try
+            {
+                opened = connection.Open(parse);
+            }
+            catch (ArgumentException e)
+            {
+                return Fail(e.Message);
+            }
+
+            using GrpcChannel channel = opened;
+            var client = new AuditService.AuditServiceClient(channel);
+            Metadata headers = ServerConnection.Bearer(key);
+            try
+            {
+                if (trusted is null)
+                {
+                    SigningKey published = await client.GetSigningKeyAsync(new GetSigningKeyRequest(), headers, cancellationToken: cancellationToken);
+                    trusted = [ServerPublicKey.FromPem(published.PublicKeyPem)];
+                    Console.Error.WriteLine($"Checking against the server's current key {published.KeyId}; pin the bureau's published key with --public-key.");
+                }
+
+                return await CheckAsync(client, headers, saved, new ReceiptVerifier(trusted), cancellationToken);
+            }
+            catch (RpcException e)
+            {
+                return Fail($"{e.StatusCode} {e.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason}: {e.Status.Detail}");
+            }
+            catch (SigningKeyException e)
+            {
+                return Fail($"the server's published key: {e.Message}");
+            }
+        });
+        return command;
+    }
+
+    /// <summary>A receipt as read from its line, with the readable fields kept beside it.</summary>
+    private sealed record SavedReceipt(int Line, SignedReceipt Signed, string? StreamId, ulong? Sequence, string? ChainHeadHex);
+
+    private static async Task<int> CheckAsync(AuditService.AuditServiceClient client, Metadata headers, List<SavedReceipt> saved, ReceiptVerifier verifier, CancellationToken cancellationToken)
+    {
+        // First every signature, so that only receipts the server really signed are looked up.
+        var decoded = new Receipt?[saved.Count];
+        var failures = new string?[saved.Count];
+        for (int i = 0; i < saved.Count; i++)
+        {
+            ReceiptSignatureCheck check = verifier.Check(saved[i].Signed, out decoded[i], out string detail);
+            failures[i] = check switch
+            {
+                ReceiptSignatureCheck.Valid => Disagreement(saved[i], decoded[i]!),
+                ReceiptSignatureCheck.Malformed => $"not a receipt: {detail}",
+                _ => detail,
+            };
+        }
+
+        // Then the stored hashes, per stream, in calls of at most the server's limit.
+        var stored = new Dictionary<(string Provider, string Stream), Dictionary<ulong, StoredChainHash>>();
+        var committed = new Dictionary<(string Provider, string Stream), ulong>();
+        foreach (var stream in Enumerable.Range(0, saved.Count).Where(i => failures[i] is null).GroupBy(i => (decoded[i]!.ProviderId, decoded[i]!.StreamId)))
+        {
+            var hashes = new Dictionary<ulong, StoredChainHash>();
+            foreach (ulong[] chunk in stream.Select(i => decoded[i]!.Sequence).Distinct().Order().Chunk(SequencesPerCall))
+            {
+                var request = new GetChainHashesRequest { CreditCode = stream.Key.ProviderId, StreamId = stream.Key.StreamId, Sequences = { chunk } };
+                GetChainHashesResponse answer = await client.GetChainHashesAsync(request, headers, cancellationToken: cancellationToken);
+                committed[stream.Key] = answer.CommittedSequence;
+                foreach (StoredChainHash hash in answer.Hashes)
+                {
+                    hashes[hash.Sequence] = hash;
+                }
+            }
+
+            stored[stream.Key] = hashes;
+        }
+
+        for (int i = 0; i < saved.Count; i++)
+        {
+            if (failures[i] is not null)
+            {
+                continue;
+            }
+
+            Receipt receipt = decoded[i]!;
+            StoredChainHash? hash = stored[(receipt.ProviderId, receipt.StreamId)].GetValueOrDefault(receipt.Sequence);
+            string head = Convert.ToHexStringLower(receipt.ChainHead);
+            if (hash is null || !hash.Stored)
+            {
+                failures[i] = $"sequence {receipt.Sequence} not stored: the database holds no record there (the stream's committed mark is {committed[(receipt.ProviderId, receipt.StreamId)]})";
+            }
+            else if (hash.Duplicated)
+            {
+                failures[i] = $"sequence {receipt.Sequence} is stored more than once";
+            }
+            else if (!hash.ChainHash.Span.SequenceEqual(receipt.ChainHead))
+            {
+                failures[i] = $"head differs at sequence {receipt.Sequence}: receipt says {head}, database holds {Convert.ToHexStringLower(hash.ChainHash.Span)}";
+            }
+        }
+
+        int failed = failures.Count(f => f is not null);
+        if (failed > 0)
+        {
+            int first = Array.FindIndex(failures, f => f is not null);
+            Console.WriteLine($"FAILED: receipt at line {saved[first].Line} ({Describe(saved[first], decoded[first])}): {failures[first]}");
+            Console.WriteLine($"{failed:N0} of {saved.Count:N0} receipts fail; the first is shown.");
+            return 1;
+        }
+
+        var streams = decoded.GroupBy(r => (r!.ProviderId, r.StreamId)).Select(g => $"{g.Key.ProviderId}/{g.Key.StreamId} up to {g.Max(r => r!.Sequence):N0}");
+        Console.WriteLine($"{saved.Count:N0} receipts hold: every signature verifies and the database holds every head ({string.Join(", ", streams)}).");
+        return 0;
+    }
+
+    /// <summary>The readable fields beside the signed bytes must say what the bytes say: a reader of the file trusts them.</summary>
+    private static string? Disagreement(SavedReceipt saved, Receipt receipt)
+    {
+        if (saved.StreamId is not null && saved.StreamId != receipt.StreamId)
+        {
+            return $"the file says stream '{saved.StreamId}' beside signed bytes for stream '{receipt.StreamId}'";
+        }
+
+        if (saved.Sequence is ulong sequence && sequence != receipt.Sequence)
+        {
+            return $"the file says sequence {sequence} beside signed bytes for sequence {receipt.Sequence}";
+        }
+
+        string head = Convert.ToHexStringLower(receipt.ChainHead);
+        return saved.ChainHeadHex is not null && !string.Equals(saved.ChainHeadHex, head, StringComparison.OrdinalIgnoreCase)
+            ? $"the file says chain head {saved.ChainHeadHex} beside signed bytes for head {head}"
+            : null;
+    }
+
+    private static string Describe(SavedReceipt saved, Receipt? receipt) => receipt is not null
+        ? $"{receipt.ProviderId}/{receipt.StreamId} #{receipt.Sequence}"
+        : $"{saved.StreamId ?? "?"} #{saved.Sequence?.ToString(CultureInfo.InvariantCulture) ?? "?"}";
+
+    private static async Task<List<SavedReceipt>> ReadAsync(FileInfo file, CancellationToken cancellationToken)
+    {
+        var receipts = new List<SavedReceipt>();
+        int line = 0;
+        await foreach (string text in File.ReadLinesAsync(file.FullName, cancellationToken))
+        {
+            line++;
+            if (string.IsNullOrWhiteSpace(text))
+            {
+                continue;
+            }
+
+            if (receipts.Count == ReceiptsMax)
+            {
+                throw new FormatException($"{file.Name} holds more than {ReceiptsMax:N0} receipts; check it in parts");
+            }
+
+            try
+            {
+                using JsonDocument document = JsonDocument.Parse(text);
+                JsonElement root = document.RootElement;
+                receipts.Add(new SavedReceipt(
+                    line,
+                    new SignedReceipt(Required(root, "signed").GetBytesFromBase64(), Required(root, "signature").GetBytesFromBase64(),
+                        root.TryGetProperty("key_id", out JsonElement keyId) ? keyId.GetString() ?? "" : ""),
+                    root.TryGetProperty("stream_id", out JsonElement stream) ? stream.GetString() : null,
+                    root.TryGetProperty("sequence", out JsonElement sequence) ? sequence.GetUInt64() : null,
+                    root.TryGetProperty("chain_head", out JsonElement head) ? head.GetString() : null));
+            }
+            catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException or KeyNotFoundException)
+            {
+                throw new FormatException($"{file.Name} line {line} is not a receipt: {e.Message}");
+            }
+        }
+
+        return receipts.Count > 0 ? receipts : throw new FormatException($"{file.Name} holds no receipts");
+    }
+
+    private static JsonElement Required(JsonElement root, string name) =>
+        root.TryGetProperty(name, out JsonElement value) ? value : throw new KeyNotFoundException($"it has no \"{name}\"");
+
+    private static int Fail(string message)
+    {
+        Console.Error.WriteLine($"error: {message}");
+        return 2;
+    }
+}
