@@ -77,7 +77,7 @@ internal static class IngestLoad
             await using (MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
             {
                 Listen = new Uri("http://127.0.0.1:0"),
-                ConnectionString = postgres.ConnectionString,
+                ConnectionString = postgres.RuntimeConnectionString,
                 ConfigureLogging = builder => builder.AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace).SetMinimumLevel(LogLevel.Warning),
             }))
             {

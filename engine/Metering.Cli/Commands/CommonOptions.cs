@@ -21,6 +21,23 @@ internal static class CommonOptions
         DefaultValueFactory = _ => Path.Combine(".metering", "pg"),
     };
 
+    /// <summary>The database role `serve` runs as, which `db migrate` creates (or takes) and grants.</summary>
+    public static Option<string> RuntimeRole() => new("--runtime-role")
+    {
+        Description = "Database role the server runs as: created by migrate if missing (a role of that name that exists is checked and used), granted only what serving needs. Defaults to METERING_RUNTIME_ROLE, else metering_runtime.",
+        DefaultValueFactory = _ => Environment.GetEnvironmentVariable("METERING_RUNTIME_ROLE") is { Length: > 0 } name ? name : SchemaGuard.DefaultRuntimeRole,
+        Validators =
+        {
+            result =>
+            {
+                if (result.Tokens.Count == 1 && !SchemaGuard.IsValidRoleName(result.Tokens[0].Value))
+                {
+                    result.AddError($"--runtime-role '{result.Tokens[0].Value}' is not a plain SQL identifier (lower-case letters, digits and _).");
+                }
+            },
+        },
+    };
+
     /// <summary>An http://IP:PORT address option (System.CommandLine has no Uri parser of its own).</summary>
     public static Option<Uri> HttpAddress(string name, string description) => new(name)
     {
@@ -81,7 +98,7 @@ internal static class CommonOptions
         await using (embedded)
         {
             await using NpgsqlDataSource dataSource = Database.CreateDataSource(connectionString);
-            var migrator = new Migrator(dataSource, logger);
+            var migrator = new Migrator(dataSource, logger) { RuntimeRole = RuntimeRoleFromEnvironment() };
             if (embedded is not null)
             {
                 await migrator.MigrateAsync(cancellationToken);
@@ -106,6 +123,9 @@ internal static class CommonOptions
         }
     }
 
+    private static string RuntimeRoleFromEnvironment() =>
+        Environment.GetEnvironmentVariable("METERING_RUNTIME_ROLE") is { Length: > 0 } name ? name : SchemaGuard.DefaultRuntimeRole;
+
     public static Actor Operator(string name) => new(Role.Operator, name);
 
     /// <summary>
@@ -113,7 +133,7 @@ internal static class CommonOptions
     /// started embedded PostgreSQL, which the caller must dispose.
     /// </summary>
     public static async Task<(string ConnectionString, EmbeddedPostgres? Embedded)> ResolveDatabaseAsync(
-        string? connection, string dataDirectory, ILogger logger, CancellationToken cancellationToken)
+        string? connection, string dataDirectory, ILogger logger, CancellationToken cancellationToken, string? runtimeRole = null)
     {
         connection ??= Environment.GetEnvironmentVariable("METERING_CONNECTION");
         if (!string.IsNullOrWhiteSpace(connection))
@@ -121,7 +141,7 @@ internal static class CommonOptions
             return (connection, null);
         }
 
-        EmbeddedPostgres embedded = await EmbeddedPostgres.StartAsync(new EmbeddedPostgresOptions { DataDirectory = dataDirectory }, logger, cancellationToken);
+        EmbeddedPostgres embedded = await EmbeddedPostgres.StartAsync(new EmbeddedPostgresOptions { DataDirectory = dataDirectory, RuntimeRole = runtimeRole ?? RuntimeRoleFromEnvironment() }, logger, cancellationToken);
         return (embedded.ConnectionString, embedded);
     }
 }

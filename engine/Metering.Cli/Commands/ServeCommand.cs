@@ -18,17 +18,25 @@ internal static partial class ServeCommand
         };
         var connection = CommonOptions.Connection();
         var dataDirectory = CommonOptions.DataDirectory();
-        var command = new Command("serve", "Run the gRPC server (IngestService, RawLogService, RegistryService) against PostgreSQL. Callers authenticate with keys from `metering key issue`.") { listen, migrate, connection, dataDirectory };
+        var runtimeRole = CommonOptions.RuntimeRole();
+        var allowPrivileged = new Option<bool>("--allow-privileged-role")
+        {
+            Description = "Serve even if the connection logs in as a superuser or as the schema's owner, which could drop the evidence guards. Off by default: serve as the runtime role `metering db migrate` creates.",
+        };
+        var command = new Command("serve", "Run the gRPC server (IngestService, RawLogService, RegistryService) against PostgreSQL. Callers authenticate with keys from `metering key issue`.")
+        {
+            listen, migrate, connection, dataDirectory, runtimeRole, allowPrivileged,
+        };
         command.SetAction(async (parse, cancellationToken) =>
         {
             using ILoggerFactory logging = CommonOptions.Logging();
             ILogger logger = logging.CreateLogger("metering.serve");
-            var (connectionString, embedded) = await CommonOptions.ResolveDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, logger, cancellationToken);
+            var (connectionString, embedded) = await CommonOptions.ResolveDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, logger, cancellationToken, parse.GetValue(runtimeRole));
             await using (embedded)
             {
                 await using (var dataSource = Database.CreateDataSource(connectionString))
                 {
-                    var migrator = new Migrator(dataSource, logger);
+                    var migrator = new Migrator(dataSource, logger) { RuntimeRole = parse.GetValue(runtimeRole)! };
                     if (embedded is not null || parse.GetValue(migrate))
                     {
                         await migrator.MigrateAsync(cancellationToken);
@@ -43,10 +51,14 @@ internal static partial class ServeCommand
                     }
                 }
 
-                await using MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
+                // The embedded database was migrated by its superuser just now; serving logs in as
+                // the runtime role, like a production deployment does.
+                string servingConnection = embedded?.RuntimeConnectionString ?? connectionString;
+                await using MeteringServer? server = await StartServerAsync(new ServerSettings
                 {
                     Listen = parse.GetValue(listen)!,
-                    ConnectionString = connectionString,
+                    ConnectionString = servingConnection,
+                    AllowPrivilegedRole = parse.GetValue(allowPrivileged),
                     ConfigureLogging = builder => builder
                         .AddSimpleConsole(console =>
                         {
@@ -56,8 +68,13 @@ internal static partial class ServeCommand
                         // One line per request is noise at this volume; the services log what matters.
                         .AddFilter("Microsoft.AspNetCore", LogLevel.Warning),
                 }, cancellationToken);
+                if (server is null)
+                {
+                    return 2;
+                }
+
                 int credentials;
-                await using (var dataSource = Database.CreateDataSource(connectionString))
+                await using (var dataSource = Database.CreateDataSource(servingConnection))
                 {
                     credentials = (await new CredentialStore(dataSource, TimeProvider.System).ListAsync(cancellationToken)).Count(c => c.RevokedAt is null);
                 }
@@ -73,6 +90,19 @@ internal static partial class ServeCommand
             return 0;
         });
         return command;
+    }
+
+    private static async Task<MeteringServer?> StartServerAsync(ServerSettings settings, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await MeteringServer.StartAsync(settings, cancellationToken);
+        }
+        catch (PrivilegedRoleException refused)
+        {
+            Console.Error.WriteLine($"error: {refused.Message}");
+            return null;
+        }
     }
 
     [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "Serving gRPC on {Address}; {Keys} credential(s) are active. Ctrl+C stops.")]

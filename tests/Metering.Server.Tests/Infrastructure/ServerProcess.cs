@@ -24,9 +24,10 @@ public sealed class ServerProcess : IAsyncDisposable
         return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
-    /// <summary>Starts the CLI built next to the tests and waits until it serves.</summary>
+    /// <summary>Starts the CLI built next to the tests and waits until it serves, logged in as the runtime role.</summary>
     public static async Task<ServerProcess> StartAsync(string connectionString, int port)
     {
+        connectionString = PostgresFixture.AsRuntimeRole(connectionString);
         var start = new ProcessStartInfo("dotnet")
         {
             RedirectStandardOutput = true,

@@ -39,6 +39,7 @@ public sealed class TestServer : IAsyncDisposable
         Channel = GrpcChannel.ForAddress(server.Address);
     }
 
+    /// <summary>The test database as its owner (the cluster's superuser), for a test's own reads and tampering; the server itself logs in as the runtime role.</summary>
     public string ConnectionString { get; }
 
     public GrpcChannel Channel { get; private set; }
@@ -46,14 +47,15 @@ public sealed class TestServer : IAsyncDisposable
     public Uri Address => _server.Address;
 
     /// <param name="catalog">The device catalog; the embedded one unless a test needs the CPU fixture (<see cref="TestCatalogs.WithCpuFixture"/>).</param>
+    /// <param name="database">The owner's connection string of a test database made earlier; a fresh one when null.</param>
     public static async Task<TestServer> StartAsync(PostgresFixture postgres, IngestLimits? limits = null, TimeProvider? time = null, DeviceCatalog? catalog = null,
-        CapacitySettings? capacity = null, CredentialRecheckPolicy? recheck = null)
+        CapacitySettings? capacity = null, CredentialRecheckPolicy? recheck = null, string? database = null)
     {
-        string connectionString = await postgres.CreateDatabaseAsync();
+        string connectionString = database ?? await postgres.CreateDatabaseAsync();
         var settings = new ServerSettings
         {
             Listen = new Uri("http://127.0.0.1:0"),
-            ConnectionString = connectionString,
+            ConnectionString = PostgresFixture.AsRuntimeRole(connectionString),
             Limits = limits ?? new IngestLimits(),
             Time = time ?? TimeProvider.System,
             CredentialRecheck = recheck ?? CredentialRecheckPolicy.Default,
