@@ -14,7 +14,7 @@ internal static partial class ServeCommand
         var listen = CommonOptions.HttpAddress("--listen", "Address to serve gRPC (HTTP/2 cleartext) on, as http://IP:PORT.");
         var migrate = new Option<bool>("--migrate")
         {
-            Description = "Apply pending migrations before serving (always done for the embedded database).",
+            Description = "Apply pending migrations, and the runtime role's grants, before serving (always done for the embedded database). The connection must then be the owner's, so serving it needs --allow-privileged-role; prefer `metering db migrate` as the owner and serving as the runtime role.",
         };
         var connection = CommonOptions.Connection();
         var dataDirectory = CommonOptions.DataDirectory();
@@ -39,7 +39,15 @@ internal static partial class ServeCommand
                     var migrator = new Migrator(dataSource, logger) { RuntimeRole = parse.GetValue(runtimeRole)! };
                     if (embedded is not null || parse.GetValue(migrate))
                     {
-                        await migrator.MigrateAsync(cancellationToken);
+                        try
+                        {
+                            await migrator.MigrateAsync(cancellationToken);
+                        }
+                        catch (SchemaGuardException e)
+                        {
+                            Console.Error.WriteLine($"error: {e.Message}");
+                            return 2;
+                        }
                     }
 
                     int current = await migrator.CurrentVersionAsync(cancellationToken);

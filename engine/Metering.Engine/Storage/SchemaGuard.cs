@@ -47,7 +47,7 @@ public static partial class SchemaGuard
         if (unclassified.Length > 0)
         {
             throw new SchemaGuardException(
-                $"Table(s) {string.Join(", ", unclassified)} in schema {schema} are not classified: add each to Storage/SchemaTables.cs as evidence, advancing evidence, mutable or owner-only, so that the runtime role's grants and the evidence guards cover it.");
+                $"Table(s) {string.Join(", ", unclassified)} in schema {schema} are not classified: add each to Storage/SchemaTables.cs as evidence, advancing evidence, mutable, read-only or owner-only, so that the runtime role's grants and the evidence guards cover it.");
         }
 
         string[] missing = rules.Keys.Where(k => !tables.Any(t => t.Name == k)).Order(StringComparer.Ordinal).ToArray();
@@ -56,9 +56,19 @@ public static partial class SchemaGuard
             throw new SchemaGuardException($"Storage/SchemaTables.cs classifies table(s) {string.Join(", ", missing)} that schema {schema} does not have.");
         }
 
+        // Granted only where missing: an owner that does not own the database or the schema may
+        // not grant on them, and PUBLIC usually holds both already.
+        if (!await connection.ExecuteScalarAsync<bool>("SELECT has_database_privilege(@runtimeRole, current_database(), 'CONNECT')", new { runtimeRole }, transaction))
+        {
+            await connection.ExecuteAsync($"GRANT CONNECT ON DATABASE {Quote(database)} TO {role}", transaction: transaction);
+        }
+
+        if (!await connection.ExecuteScalarAsync<bool>("SELECT has_schema_privilege(@runtimeRole, current_schema(), 'USAGE')", new { runtimeRole }, transaction))
+        {
+            await connection.ExecuteAsync($"GRANT USAGE ON SCHEMA {Quote(schema)} TO {role}", transaction: transaction);
+        }
+
         await connection.ExecuteAsync($"""
-            GRANT CONNECT ON DATABASE {Quote(database)} TO {role};
-            GRANT USAGE ON SCHEMA {Quote(schema)} TO {role};
             REVOKE CREATE ON SCHEMA {Quote(schema)} FROM PUBLIC, {role};
             REVOKE ALL ON ALL SEQUENCES IN SCHEMA {Quote(schema)} FROM PUBLIC, {role};
             """, transaction: transaction);
@@ -211,7 +221,7 @@ public static partial class SchemaGuard
     [GeneratedRegex("^[a-z_][a-z0-9_]{0,62}$")]
     private static partial Regex RoleName();
 
-    [LoggerMessage(EventId = 1011, Level = LogLevel.Information, Message = "Created the runtime role {Role}: it owns nothing and logs in without a password until one is set (ALTER ROLE … PASSWORD)")]
+    [LoggerMessage(EventId = 1011, Level = LogLevel.Information, Message = "Created the runtime role {Role}: it owns nothing and has no password; set one (ALTER ROLE … PASSWORD) before serving over a password-authenticated connection")]
     private static partial void LogRoleCreated(ILogger logger, string role);
 
     [LoggerMessage(EventId = 1012, Level = LogLevel.Information, Message = "Granted the runtime role {Role} its privileges on {Tables} tables; added {Guards} evidence guard trigger(s)")]

@@ -12,7 +12,10 @@ public enum TableKind
     /// <summary>Workflow state and reference data: the privileges its rule names, never TRUNCATE.</summary>
     Mutable,
 
-    /// <summary>The runtime role gets nothing (the migration bookkeeping).</summary>
+    /// <summary>The runtime role may only read it (the migration bookkeeping, which `serve` checks).</summary>
+    ReadOnly,
+
+    /// <summary>The runtime role gets nothing.</summary>
     OwnerOnly,
 }
 
@@ -26,6 +29,8 @@ public sealed record TableRule(string Table, TableKind Kind, string RuntimePrivi
 
     public static TableRule Mutable(string table, bool update = false, bool delete = false) =>
         new(table, TableKind.Mutable, "SELECT, INSERT" + (update ? ", UPDATE" : "") + (delete ? ", DELETE" : ""));
+
+    public static TableRule ReadOnly(string table) => new(table, TableKind.ReadOnly, "SELECT");
 
     public static TableRule OwnerOnly(string table) => new(table, TableKind.OwnerOnly, "");
 
@@ -104,7 +109,7 @@ public static class SchemaTables
         TableRule.Evidence("audit_query_log"),
         // 0007 heartbeats
         TableRule.Evidence("stream_heartbeats"),
-        // The migrator's own bookkeeping.
-        TableRule.OwnerOnly("schema_migrations"),
+        // The migrator's own bookkeeping; serve reads it to check the schema's version.
+        TableRule.ReadOnly("schema_migrations"),
     ];
 }
