@@ -63,7 +63,7 @@ internal static class ProbeCpuLoad
         {
             SigningKey = ServerSigningKey.CreateNew(),
             Listen = new Uri("http://127.0.0.1:0"),
-            ConnectionString = postgres.ConnectionString,
+            ConnectionString = postgres.RuntimeConnectionString,
             Catalog = TestCatalogs.WithCpuFixture(),
             ConfigureLogging = builder => builder.AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace).SetMinimumLevel(LogLevel.Warning),
         });

@@ -172,7 +172,7 @@ internal static class RawLogLoad
         {
             SigningKey = ServerSigningKey.CreateNew(),
             Listen = new Uri("http://127.0.0.1:0"),
-            ConnectionString = postgres.ConnectionString,
+            ConnectionString = postgres.RuntimeConnectionString,
             ConfigureLogging = builder => builder.AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace).SetMinimumLevel(LogLevel.Warning),
         });
         using var channel = GrpcChannel.ForAddress(server.Address);

@@ -79,7 +79,7 @@ internal static class VerifyLoad
             {
                 SigningKey = ServerSigningKey.CreateNew(),
                 Listen = new Uri("http://127.0.0.1:0"),
-                ConnectionString = postgres.ConnectionString,
+                ConnectionString = postgres.RuntimeConnectionString,
                 ConfigureLogging = builder => builder.AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace).SetMinimumLevel(LogLevel.Warning),
             }))
             {

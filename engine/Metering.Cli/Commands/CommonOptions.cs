@@ -22,6 +22,23 @@ internal static partial class CommonOptions
         DefaultValueFactory = _ => Path.Combine(".metering", "pg"),
     };
 
+    /// <summary>The database role `serve` runs as, which `db migrate` creates (or takes) and grants.</summary>
+    public static Option<string> RuntimeRole() => new("--runtime-role")
+    {
+        Description = "Database role the server runs as: created by migrate if missing (a role of that name that exists is checked and used), granted only what serving needs. Defaults to METERING_RUNTIME_ROLE, else metering_runtime.",
+        DefaultValueFactory = _ => Environment.GetEnvironmentVariable("METERING_RUNTIME_ROLE") is { Length: > 0 } name ? name : SchemaGuard.DefaultRuntimeRole,
+        Validators =
+        {
+            result =>
+            {
+                if (result.Tokens.Count == 1 && !SchemaGuard.IsValidRoleName(result.Tokens[0].Value))
+                {
+                    result.AddError($"--runtime-role '{result.Tokens[0].Value}' is not a plain SQL identifier (lower-case letters, digits and _).");
+                }
+            },
+        },
+    };
+
     /// <summary>An http:// or https://IP:PORT address to listen on (System.CommandLine has no Uri parser of its own).</summary>
     public static Option<Uri> ListenAddress(string name, string description) => new(name)
     {
@@ -134,7 +151,7 @@ internal static partial class CommonOptions
         await using (embedded)
         {
             await using NpgsqlDataSource dataSource = Database.CreateDataSource(connectionString);
-            var migrator = new Migrator(dataSource, logger);
+            var migrator = new Migrator(dataSource, logger) { RuntimeRole = RuntimeRoleFromEnvironment() };
             if (embedded is not null)
             {
                 await migrator.MigrateAsync(cancellationToken);
@@ -159,6 +176,9 @@ internal static partial class CommonOptions
         }
     }
 
+    private static string RuntimeRoleFromEnvironment() =>
+        Environment.GetEnvironmentVariable("METERING_RUNTIME_ROLE") is { Length: > 0 } name ? name : SchemaGuard.DefaultRuntimeRole;
+
     public static Actor Operator(string name) => new(Role.Operator, name);
 
     /// <summary>Whether commands with this option value run on the embedded PostgreSQL.</summary>
@@ -170,14 +190,14 @@ internal static partial class CommonOptions
     /// started embedded PostgreSQL, which the caller must dispose.
     /// </summary>
     public static async Task<(string ConnectionString, EmbeddedPostgres? Embedded)> ResolveDatabaseAsync(
-        string? connection, string dataDirectory, ILogger logger, CancellationToken cancellationToken)
+        string? connection, string dataDirectory, ILogger logger, CancellationToken cancellationToken, string? runtimeRole = null)
     {
         if (!UsesEmbedded(connection))
         {
             return ((connection ?? Environment.GetEnvironmentVariable("METERING_CONNECTION"))!, null);
         }
 
-        EmbeddedPostgres embedded = await EmbeddedPostgres.StartAsync(new EmbeddedPostgresOptions { DataDirectory = dataDirectory }, logger, cancellationToken);
+        EmbeddedPostgres embedded = await EmbeddedPostgres.StartAsync(new EmbeddedPostgresOptions { DataDirectory = dataDirectory, RuntimeRole = runtimeRole ?? RuntimeRoleFromEnvironment() }, logger, cancellationToken);
         return (embedded.ConnectionString, embedded);
     }
 

@@ -11,10 +11,13 @@ internal static class DbCommand
     {
         var connection = CommonOptions.Connection();
         var dataDirectory = CommonOptions.DataDirectory();
-        var migrate = new Command("migrate", "Apply the engine's SQL migrations (Storage/Migrations/NNNN_*.sql) that the database lacks, in order, recording each in schema_migrations.")
+        var runtimeRole = CommonOptions.RuntimeRole();
+        var migrate = new Command("migrate", "Apply the engine's SQL migrations (Storage/Migrations/NNNN_*.sql) that the database lacks, in order, recording each in schema_migrations; "
+            + "then create (or check) the runtime role `serve` runs as and grant it only what serving needs. Run it as the schema's owner.")
         {
             connection,
             dataDirectory,
+            runtimeRole,
         };
         migrate.SetAction(async (parse, cancellationToken) =>
         {
@@ -24,12 +27,23 @@ internal static class DbCommand
             await using (embedded)
             {
                 await using var dataSource = Database.CreateDataSource(connectionString);
-                var migrator = new Migrator(dataSource, logger);
-                var applied = await migrator.MigrateAsync(cancellationToken);
+                var migrator = new Migrator(dataSource, logger) { RuntimeRole = parse.GetValue(runtimeRole)! };
+                IReadOnlyList<Migration> applied;
+                try
+                {
+                    applied = await migrator.MigrateAsync(cancellationToken);
+                }
+                catch (SchemaGuardException e)
+                {
+                    Console.Error.WriteLine($"error: {e.Message}");
+                    return 2;
+                }
+
                 int version = await migrator.CurrentVersionAsync(cancellationToken);
                 Console.WriteLine(applied.Count == 0
                     ? $"Database is up to date at version {version}."
                     : $"Applied {applied.Count} migration(s); database is at version {version}.");
+                Console.WriteLine($"Runtime role {migrator.RuntimeRole} holds only what serving needs; serve with a connection string that logs in as it.");
             }
 
             return 0;

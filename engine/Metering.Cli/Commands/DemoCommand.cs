@@ -88,7 +88,8 @@ internal static class DemoCommand
         await using MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
         {
             Listen = new Uri("http://127.0.0.1:0"),
-            ConnectionString = connectionString,
+            // Serving logs in as the runtime role the migration created, as `serve` does.
+            ConnectionString = new NpgsqlConnectionStringBuilder(connectionString) { Username = SchemaGuard.DefaultRuntimeRole }.ConnectionString,
             SigningKey = signing,
             Time = clock,
             ConfigureLogging = builder => builder.AddSimpleConsole(c => c.SingleLine = true).SetMinimumLevel(logLevel),

@@ -30,12 +30,20 @@ internal static partial class ServeCommand
         };
         var migrate = new Option<bool>("--migrate")
         {
-            Description = "Apply pending migrations before serving (always done for the embedded database).",
+            Description = "Apply pending migrations, and the runtime role's grants, before serving (always done for the embedded database). The connection must then be the owner's, so serving it needs --allow-privileged-role; prefer `metering db migrate` as the owner and serving as the runtime role.",
         };
         var connection = CommonOptions.Connection();
         var dataDirectory = CommonOptions.DataDirectory();
         var signingKey = CommonOptions.SigningKey();
-        var command = new Command("serve", "Run the gRPC server (IngestService, RawLogService, RegistryService) against PostgreSQL. Callers authenticate with keys from `metering key issue`.") { listen, tlsCertificate, tlsKey, tlsPassword, insecure, migrate, connection, dataDirectory, signingKey };
+        var runtimeRole = CommonOptions.RuntimeRole();
+        var allowPrivileged = new Option<bool>("--allow-privileged-role")
+        {
+            Description = "Serve even if the connection logs in as a superuser or as the schema's owner, which could drop the evidence guards. Off by default: serve as the runtime role `metering db migrate` creates.",
+        };
+        var command = new Command("serve", "Run the gRPC server (IngestService, RawLogService, RegistryService) against PostgreSQL. Callers authenticate with keys from `metering key issue`.")
+        {
+            listen, tlsCertificate, tlsKey, tlsPassword, insecure, migrate, connection, dataDirectory, signingKey, runtimeRole, allowPrivileged,
+        };
         command.SetAction(async (parse, cancellationToken) =>
         {
             using ILoggerFactory logging = CommonOptions.Logging();
@@ -83,15 +91,23 @@ internal static partial class ServeCommand
 
             using ServerSigningKey signing = key;
 
-            var (connectionString, embedded) = await CommonOptions.ResolveDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, logger, cancellationToken);
+            var (connectionString, embedded) = await CommonOptions.ResolveDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, logger, cancellationToken, parse.GetValue(runtimeRole));
             await using (embedded)
             {
                 await using (var dataSource = Database.CreateDataSource(connectionString))
                 {
-                    var migrator = new Migrator(dataSource, logger);
+                    var migrator = new Migrator(dataSource, logger) { RuntimeRole = parse.GetValue(runtimeRole)! };
                     if (embedded is not null || parse.GetValue(migrate))
                     {
-                        await migrator.MigrateAsync(cancellationToken);
+                        try
+                        {
+                            await migrator.MigrateAsync(cancellationToken);
+                        }
+                        catch (SchemaGuardException e)
+                        {
+                            Console.Error.WriteLine($"error: {e.Message}");
+                            return 2;
+                        }
                     }
 
                     int current = await migrator.CurrentVersionAsync(cancellationToken);
@@ -103,13 +119,17 @@ internal static partial class ServeCommand
                     }
                 }
 
-                await using MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
+                // The embedded database was migrated by its superuser just now; serving logs in as
+                // the runtime role, like a production deployment does.
+                string servingConnection = embedded?.RuntimeConnectionString ?? connectionString;
+                await using MeteringServer? server = await StartServerAsync(new ServerSettings
                 {
                     Listen = address,
                     Certificate = certificate,
                     Insecure = parse.GetValue(insecure),
-                    ConnectionString = connectionString,
+                    ConnectionString = servingConnection,
                     SigningKey = signing,
+                    AllowPrivilegedRole = parse.GetValue(allowPrivileged),
                     ConfigureLogging = builder => builder
                         .AddSimpleConsole(console =>
                         {
@@ -119,8 +139,13 @@ internal static partial class ServeCommand
                         // One line per request is noise at this volume; the services log what matters.
                         .AddFilter("Microsoft.AspNetCore", LogLevel.Warning),
                 }, cancellationToken);
+                if (server is null)
+                {
+                    return 2;
+                }
+
                 int credentials;
-                await using (var dataSource = Database.CreateDataSource(connectionString))
+                await using (var dataSource = Database.CreateDataSource(servingConnection))
                 {
                     credentials = (await new CredentialStore(dataSource, TimeProvider.System).ListAsync(cancellationToken)).Count(c => c.RevokedAt is null);
                 }
@@ -139,6 +164,19 @@ internal static partial class ServeCommand
     }
 
     private static string? Configured(string variable) => Environment.GetEnvironmentVariable(variable) is { Length: > 0 } value ? value : null;
+
+    private static async Task<MeteringServer?> StartServerAsync(ServerSettings settings, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await MeteringServer.StartAsync(settings, cancellationToken);
+        }
+        catch (PrivilegedRoleException refused)
+        {
+            Console.Error.WriteLine($"error: {refused.Message}");
+            return null;
+        }
+    }
 
     [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "Serving gRPC on {Address}; {Keys} credential(s) are active; receipts are signed with key {KeyId}. Ctrl+C stops.")]
     private static partial void LogServing(ILogger logger, Uri address, int keys, string keyId);

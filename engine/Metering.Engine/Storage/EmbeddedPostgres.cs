@@ -19,8 +19,16 @@ public sealed class EmbeddedPostgresOptions
     /// <summary>The database the engine uses inside the cluster.</summary>
     public string Database { get; set; } = "metering";
 
-    /// <summary>The unprivileged OS user that runs PostgreSQL when this process is root.</summary>
+    /// <summary>
+    /// The unprivileged OS user that runs PostgreSQL when this process is root. When unset, an
+    /// existing cluster keeps the user that owns it, and a new one runs as
+    /// <see cref="EmbeddedPostgres.DefaultOsUser"/>, created as a system user if missing. Never
+    /// root or nobody: a user that other services share could read or change the cluster.
+    /// </summary>
     public string? OsUser { get; set; }
+
+    /// <summary>The role the serving connection (<see cref="EmbeddedPostgres.RuntimeConnectionString"/>) logs in as.</summary>
+    public string RuntimeRole { get; set; } = SchemaGuard.DefaultRuntimeRole;
 
     /// <summary>How long to wait for the server to start or stop.</summary>
     public TimeSpan StartTimeout { get; set; } = TimeSpan.FromSeconds(60);
@@ -28,14 +36,24 @@ public sealed class EmbeddedPostgresOptions
 
 /// <summary>
 /// A private PostgreSQL cluster run from the machine's installed server binaries: initialised in
-/// a data folder, listening only on a Unix socket in a fresh private directory, run as an
-/// unprivileged OS user when this process is root (PostgreSQL refuses root), and stopped on
-/// dispose. A lock file keeps two engines off one data folder.
+/// a data folder, listening only on a Unix socket in a fresh private directory, run as a
+/// dedicated unprivileged OS user when this process is root (PostgreSQL refuses root), and
+/// stopped on dispose. A lock file keeps two engines off one data folder. As root it hands only
+/// paths it created or checked to that user, never through a symbolic link (lchown), and keeps
+/// the server log private (0600).
 /// </summary>
 public sealed partial class EmbeddedPostgres : IAsyncDisposable
 {
     private const int Port = 5432;
     private const string Superuser = "metering";
+
+    /// <summary>The system user a new cluster runs as when this process is root and no user is configured.</summary>
+    public const string DefaultOsUser = "metering-pg";
+
+    // Users that are shared with other services, or are root: PostgreSQL never runs as them.
+    private static readonly string[] RefusedOsUsers = ["root", "nobody"];
+
+    private const UnixFileMode PrivateFile = UnixFileMode.UserRead | UnixFileMode.UserWrite;
 
     private readonly EmbeddedPostgresOptions _options;
     private readonly ILogger _logger;
@@ -43,11 +61,13 @@ public sealed partial class EmbeddedPostgres : IAsyncDisposable
     private readonly string _dataDirectory;
     private readonly string _socketDirectory;
     private readonly string? _runAs;
+    private readonly string? _temporaryRoot;
     private FileStream? _lock;
     private bool _started;
 
-    private EmbeddedPostgres(EmbeddedPostgresOptions options, ILogger logger, string binDirectory, string dataDirectory, string socketDirectory, string? runAs)
+    private EmbeddedPostgres(EmbeddedPostgresOptions options, ILogger logger, string binDirectory, string dataDirectory, string socketDirectory, string? runAs, string? temporaryRoot)
     {
+        _temporaryRoot = temporaryRoot;
         _options = options;
         _logger = logger;
         _binDirectory = binDirectory;
@@ -64,6 +84,12 @@ public sealed partial class EmbeddedPostgres : IAsyncDisposable
         Database = _options.Database,
         MaxPoolSize = 64,
     }.ConnectionString;
+
+    /// <summary>
+    /// The same database, logged in as the runtime role that serving uses: it owns nothing and may
+    /// not rewrite evidence. The role exists once the database has been migrated.
+    /// </summary>
+    public string RuntimeConnectionString => new NpgsqlConnectionStringBuilder(ConnectionString) { Username = _options.RuntimeRole }.ConnectionString;
 
     public string DataDirectory => _dataDirectory;
 
@@ -82,21 +108,37 @@ public sealed partial class EmbeddedPostgres : IAsyncDisposable
                 "No PostgreSQL server binaries found (initdb, pg_ctl and postgres on PATH or under /usr/lib/postgresql/*/bin). "
                 + "Install them with: sudo apt-get install -y postgresql   (or set a connection string with --connection).");
 
+        if (!SchemaGuard.IsValidRoleName(options.RuntimeRole))
+        {
+            throw new EmbeddedPostgresException($"Runtime role name '{options.RuntimeRole}' is not a plain SQL identifier.");
+        }
+
+        if (options.OsUser is string configured && RefusedOsUsers.Contains(configured, StringComparer.Ordinal))
+        {
+            throw new EmbeddedPostgresException($"The embedded PostgreSQL will not run as {configured}: it needs an OS user of its own (by default {DefaultOsUser}).");
+        }
+
         string dataDirectory = Path.GetFullPath(options.DataDirectory);
         string? runAs = null;
+        string? temporaryRoot = null;
         if (IsRoot())
         {
-            runAs = options.OsUser ?? (UserExists("postgres") ? "postgres" : "nobody");
+            runAs = await ChooseOsUserAsync(options.OsUser, dataDirectory, cancellationToken);
             if (!await CanReachAsync(runAs, Path.GetDirectoryName(dataDirectory)!, cancellationToken))
             {
-                string fallback = Path.Combine("/var/tmp", "metering-pg-" + ShortHash(dataDirectory), "pg");
+                // A private folder of our own, never a predictable one in a shared directory where
+                // another user could plant a link first. It cannot be found again, so the cluster
+                // in it lasts as long as this process.
+                temporaryRoot = Directory.CreateTempSubdirectory("metering-pg-").FullName;
+                File.SetUnixFileMode(temporaryRoot, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute | UnixFileMode.OtherExecute);
+                string fallback = Path.Combine(temporaryRoot, "pg");
                 LogDataDirectoryMoved(logger, dataDirectory, runAs, fallback);
                 dataDirectory = fallback;
             }
         }
 
         string socketDirectory = Directory.CreateTempSubdirectory("metering-pg-").FullName;
-        var server = new EmbeddedPostgres(options, logger, binDirectory, dataDirectory, socketDirectory, runAs);
+        var server = new EmbeddedPostgres(options, logger, binDirectory, dataDirectory, socketDirectory, runAs, temporaryRoot);
         try
         {
             await server.StartCoreAsync(cancellationToken);
@@ -114,18 +156,31 @@ public sealed partial class EmbeddedPostgres : IAsyncDisposable
     {
         Directory.CreateDirectory(Path.GetDirectoryName(_dataDirectory)!);
         string lockPath = _dataDirectory + ".lock";
+        RefuseLink(lockPath);
         try
         {
-            _lock = new FileStream(lockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+            var lockOptions = new FileStreamOptions { Mode = FileMode.OpenOrCreate, Access = FileAccess.ReadWrite, Share = FileShare.None };
+            if (!OperatingSystem.IsWindows())
+            {
+                lockOptions.UnixCreateMode = PrivateFile;
+            }
+
+            _lock = new FileStream(lockPath, lockOptions);
         }
         catch (IOException)
         {
             throw new EmbeddedPostgresException($"The data folder {_dataDirectory} is in use by another metering process (lock file {lockPath}).");
         }
 
-        Chown(Path.GetDirectoryName(_dataDirectory)!, recursive: false);
+        // Only the socket folder (ours, fresh), the data folder and the log are handed to the
+        // server's user; the parent stays with whoever made it.
         Chown(_socketDirectory, recursive: false);
 
+        string logFile = _dataDirectory + ".log";
+        CreatePrivateLog(logFile);
+        Chown(logFile, recursive: false);
+
+        RefuseLink(_dataDirectory);
         if (!File.Exists(Path.Combine(_dataDirectory, "PG_VERSION")))
         {
             LogInitialising(_logger, _dataDirectory, _binDirectory);
@@ -160,13 +215,6 @@ public sealed partial class EmbeddedPostgres : IAsyncDisposable
             "-c max_wal_size=4GB",
             "-c wal_compression=on",
             "-c TimeZone=UTC");
-        string logFile = _dataDirectory + ".log";
-        if (_runAs is not null && !File.Exists(logFile))
-        {
-            await File.WriteAllTextAsync(logFile, "", cancellationToken);
-            Chown(logFile, recursive: false);
-        }
-
         LogStarting(_logger, _dataDirectory, _socketDirectory);
         await RunAsync("pg_ctl", ["start", "-D", _dataDirectory, "-w", "-t", ((int)_options.StartTimeout.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture), "-l", logFile, "-o", serverOptions], cancellationToken);
         _started = true;
@@ -205,6 +253,18 @@ public sealed partial class EmbeddedPostgres : IAsyncDisposable
         {
             await _lock.DisposeAsync();
             _lock = null;
+        }
+
+        if (_temporaryRoot is not null)
+        {
+            try
+            {
+                Directory.Delete(_temporaryRoot, recursive: true);
+            }
+            catch (IOException)
+            {
+                // The folder is private; a leftover one is found by nobody and harms nothing.
+            }
         }
     }
 
@@ -268,6 +328,36 @@ public sealed partial class EmbeddedPostgres : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// The server log: created 0600, or made 0600 if an earlier run left it; a link in its place
+    /// is refused, so that nobody can make the server write its log somewhere else.
+    /// </summary>
+    internal static void CreatePrivateLog(string path)
+    {
+        RefuseLink(path);
+        if (OperatingSystem.IsWindows())
+        {
+            File.AppendAllText(path, "");
+            return;
+        }
+
+        using (new FileStream(path, new FileStreamOptions { Mode = FileMode.OpenOrCreate, Access = FileAccess.Write, UnixCreateMode = PrivateFile }))
+        {
+        }
+
+        File.SetUnixFileMode(path, PrivateFile);
+    }
+
+    /// <summary>Refuses a path that is a symbolic link: chown, mkdir and open would follow it to wherever it points.</summary>
+    internal static void RefuseLink(string path)
+    {
+        // FileInfo reads the entry itself (lstat), whether it is a file, a folder or a dangling link.
+        if (new FileInfo(path).LinkTarget is not null)
+        {
+            throw new EmbeddedPostgresException($"{path} is a symbolic link; the embedded PostgreSQL refuses to follow links it would create, open or hand to another user. Remove it.");
+        }
+    }
+
     private void Chown(string path, bool recursive)
     {
         if (_runAs is null)
@@ -275,20 +365,92 @@ public sealed partial class EmbeddedPostgres : IAsyncDisposable
             return;
         }
 
-        var start = new ProcessStartInfo("chown") { UseShellExecute = false };
-        if (recursive)
+        ChownNoFollow(path, _runAs, recursive);
+    }
+
+    /// <summary>
+    /// Gives <paramref name="path"/> (and, recursively, what is in it) to <paramref name="user"/>
+    /// without following links: each path is refused if it is a link, and changed with lchown,
+    /// so that a link swapped in after the check is changed itself, not its target.
+    /// </summary>
+    internal static void ChownNoFollow(string path, string user, bool recursive)
+    {
+        var (uid, gid) = IdsOf(user) ?? throw new EmbeddedPostgresException($"OS user {user} does not exist.");
+        RefuseLink(path);
+        if (NativeMethods.lchown(path, uid, gid) != 0)
         {
-            start.ArgumentList.Add("-R");
+            int errno = System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
+            throw new EmbeddedPostgresException($"lchown {user} {path} failed (errno {errno}); PostgreSQL needs to own its folders.");
         }
 
-        start.ArgumentList.Add(_runAs + ":");
-        start.ArgumentList.Add(path);
-        using Process process = Process.Start(start)!;
-        process.WaitForExit();
-        if (process.ExitCode != 0)
+        if (recursive && Directory.Exists(path))
         {
-            throw new EmbeddedPostgresException($"chown {_runAs} {path} failed; PostgreSQL needs to own its folders.");
+            foreach (string entry in Directory.EnumerateFileSystemEntries(path))
+            {
+                ChownNoFollow(entry, user, recursive: true);
+            }
         }
+    }
+
+    private static (uint Uid, uint Gid)? IdsOf(string user)
+    {
+        foreach (string line in File.ReadLines("/etc/passwd"))
+        {
+            string[] fields = line.Split(':');
+            if (fields.Length >= 4 && fields[0] == user)
+            {
+                return (uint.Parse(fields[2], System.Globalization.CultureInfo.InvariantCulture), uint.Parse(fields[3], System.Globalization.CultureInfo.InvariantCulture));
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// The configured user; else the owner of an existing cluster; else <see cref="DefaultOsUser"/>,
+    /// created as a system user without a home or a login shell if it does not exist.
+    /// </summary>
+    private static async Task<string> ChooseOsUserAsync(string? configured, string dataDirectory, CancellationToken cancellationToken)
+    {
+        string? user = configured;
+        if (user is null && File.Exists(Path.Combine(dataDirectory, "PG_VERSION")))
+        {
+            user = await OwnerOfAsync(dataDirectory, cancellationToken);
+        }
+
+        user ??= DefaultOsUser;
+        if (RefusedOsUsers.Contains(user, StringComparer.Ordinal))
+        {
+            throw new EmbeddedPostgresException($"The embedded PostgreSQL will not run as {user}: it needs an OS user of its own (by default {DefaultOsUser}).");
+        }
+
+        if (!UserExists(user))
+        {
+            if (user != DefaultOsUser)
+            {
+                throw new EmbeddedPostgresException($"OS user {user} does not exist.");
+            }
+
+            var start = new ProcessStartInfo("useradd") { UseShellExecute = false, RedirectStandardError = true, ArgumentList = { "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user } };
+            using Process process = Process.Start(start) ?? throw new EmbeddedPostgresException("Could not start useradd.");
+            string error = await process.StandardError.ReadToEndAsync(cancellationToken);
+            await process.WaitForExitAsync(cancellationToken);
+            if (process.ExitCode != 0 && !UserExists(user))
+            {
+                throw new EmbeddedPostgresException($"useradd --system {user} failed: {error.Trim()}");
+            }
+        }
+
+        return user;
+    }
+
+    private static async Task<string?> OwnerOfAsync(string path, CancellationToken cancellationToken)
+    {
+        var start = new ProcessStartInfo("stat") { UseShellExecute = false, RedirectStandardOutput = true, ArgumentList = { "-c", "%U", "--", path } };
+        using Process process = Process.Start(start) ?? throw new EmbeddedPostgresException("Could not start stat.");
+        string owner = (await process.StandardOutput.ReadToEndAsync(cancellationToken)).Trim();
+        await process.WaitForExitAsync(cancellationToken);
+        return process.ExitCode == 0 && owner.Length > 0 && owner != "UNKNOWN" ? owner : null;
     }
 
     internal static string? FindBinaries()
@@ -320,6 +482,7 @@ public sealed partial class EmbeddedPostgres : IAsyncDisposable
             .FirstOrDefault();
     }
 
+    [System.Runtime.Versioning.SupportedOSPlatformGuard("linux")]
     private static bool IsRoot() => OperatingSystem.IsLinux() && Environment.IsPrivilegedProcess;
 
     private static bool UserExists(string name) =>
@@ -345,9 +508,6 @@ public sealed partial class EmbeddedPostgres : IAsyncDisposable
         return process.ExitCode == 0;
     }
 
-    private static string ShortHash(string text) =>
-        Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(text)))[..12];
-
     [LoggerMessage(EventId = 1101, Level = LogLevel.Information, Message = "Initialising a PostgreSQL cluster in {DataDirectory} with {BinDirectory}")]
     private static partial void LogInitialising(ILogger logger, string dataDirectory, string binDirectory);
 
@@ -360,9 +520,16 @@ public sealed partial class EmbeddedPostgres : IAsyncDisposable
     [LoggerMessage(EventId = 1104, Level = LogLevel.Warning, Message = "Stopping a PostgreSQL left running on {DataDirectory} by an earlier process")]
     private static partial void LogStoppingOrphan(ILogger logger, string dataDirectory);
 
-    [LoggerMessage(EventId = 1105, Level = LogLevel.Warning, Message = "User {User} cannot reach {DataDirectory}; using {Fallback} instead")]
+    [LoggerMessage(EventId = 1105, Level = LogLevel.Warning, Message = "User {User} cannot reach {DataDirectory}; using the private folder {Fallback} instead, whose cluster is deleted when this process ends. Pass a data folder that user can reach to keep it.")]
     private static partial void LogDataDirectoryMoved(ILogger logger, string dataDirectory, string user, string fallback);
 }
 
 /// <summary>The embedded PostgreSQL could not be found, initialised or started.</summary>
 public sealed class EmbeddedPostgresException(string message) : Exception(message);
+
+internal static class NativeMethods
+{
+    // .NET has no managed lchown: File.SetUnixFileMode and chown(1) without -h follow links.
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    internal static extern int lchown([System.Runtime.InteropServices.MarshalAs(System.Runtime.InteropServices.UnmanagedType.LPUTF8Str)] string path, uint owner, uint group);
+}

@@ -15,12 +15,17 @@ public sealed record Migration(int Version, string Name, string Sql)
 /// <summary>
 /// Applies the engine's SQL migrations in version order, each in its own transaction, and
 /// records them in schema_migrations. An applied migration whose file has since changed is an
-/// error: history is never silently rewritten.
+/// error: history is never silently rewritten. After the migrations, every run grants the runtime
+/// role its privileges and guards the evidence again (<see cref="SchemaGuard"/>), so a migration
+/// that adds a table or a partition is covered as soon as it is applied.
 /// </summary>
 public sealed partial class Migrator(NpgsqlDataSource dataSource, ILogger logger)
 {
     // Any constant shared by every migrator; serialises concurrent migrations of one database.
     private const long AdvisoryLockKey = 0x4d45_5445_5249_4e47;
+
+    /// <summary>The role the server runs as; created when missing, granted what <see cref="SchemaTables"/> says.</summary>
+    public string RuntimeRole { get; init; } = SchemaGuard.DefaultRuntimeRole;
 
     public static IReadOnlyList<Migration> Embedded()
     {
@@ -87,6 +92,13 @@ public sealed partial class Migrator(NpgsqlDataSource dataSource, ILogger logger
             await transaction.CommitAsync(cancellationToken);
             LogApplied(logger, migration.Version, migration.Name);
             applied.Add(migration);
+        }
+
+        await using (NpgsqlTransaction transaction = await connection.BeginTransactionAsync(cancellationToken))
+        {
+            await connection.ExecuteAsync("SELECT pg_advisory_xact_lock(@key)", new { key = AdvisoryLockKey }, transaction);
+            await SchemaGuard.ApplyAsync(connection, transaction, RuntimeRole, logger, cancellationToken);
+            await transaction.CommitAsync(cancellationToken);
         }
 
         return applied;

@@ -65,6 +65,12 @@ public sealed class ServerSettings
     /// <summary>Nonce lifetime, validation validity, the sampling levels and the capacity limits.</summary>
     public CapacitySettings Capacity { get; init; } = new();
 
+    /// <summary>
+    /// Serve even when the connection's role is a superuser or owns the schema
+    /// (<see cref="ServingRole"/>); off by default, since such a role can drop the evidence guards.
+    /// </summary>
+    public bool AllowPrivilegedRole { get; init; }
+
     /// <summary>How the server logs; the CLI passes its console logger.</summary>
     public Action<ILoggingBuilder>? ConfigureLogging { get; init; }
 }
@@ -92,6 +98,15 @@ public sealed class MeteringServer : IAsyncDisposable
         if (TransportRules.Refusal(settings.Listen, settings.Certificate is not null, settings.Insecure) is { } refusal)
         {
             throw new ArgumentException(refusal);
+        }
+
+        if (!settings.AllowPrivilegedRole)
+        {
+            await using NpgsqlDataSource probe = Database.CreateDataSource(settings.ConnectionString);
+            if (await ServingRole.WhyPrivilegedAsync(probe, cancellationToken) is string why)
+            {
+                throw new PrivilegedRoleException(why);
+            }
         }
 
         WebApplicationBuilder builder = WebApplication.CreateSlimBuilder();

@@ -120,7 +120,12 @@ public sealed class ChainVerifierTests(PostgresFixture postgres)
         Assert.Equal((21UL, ChainBreakKind.RecordBeyondHead), (beyond.FirstBrokenSequence!.Value, beyond.Break!.Kind));
 
         await scene.TamperAsync($"DELETE FROM usage_records WHERE {Where} AND sequence = 21");
-        await scene.ExecuteAsync($"UPDATE ingest_streams SET chain_head = sha256('forged') WHERE {Where}");
+        // A superuser can switch off the forward-only guard of the head; the verifier still notices.
+        await scene.ExecuteAsync($"""
+            ALTER TABLE ingest_streams DISABLE TRIGGER ingest_streams_forward_only;
+            UPDATE ingest_streams SET chain_head = sha256('forged') WHERE {Where};
+            ALTER TABLE ingest_streams ENABLE TRIGGER ingest_streams_forward_only;
+            """);
         ChainVerification head = await verifier.VerifyStreamAsync(TestRecords.Provider, Stream);
         Assert.Equal((20UL, ChainBreakKind.HeadMismatch), (head.FirstBrokenSequence!.Value, head.Break!.Kind));
     }

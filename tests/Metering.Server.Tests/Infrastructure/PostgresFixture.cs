@@ -57,6 +57,13 @@ public sealed class PostgresFixture : IAsyncLifetime
         return new NpgsqlConnectionStringBuilder(Server.ConnectionString) { Database = name }.ConnectionString;
     }
 
+    /// <summary>
+    /// The same database, logged in as the runtime role that the migration created: servers under
+    /// test run through it, as in production, so that a missing grant fails a test.
+    /// </summary>
+    public static string AsRuntimeRole(string connectionString) =>
+        new NpgsqlConnectionStringBuilder(connectionString) { Username = SchemaGuard.DefaultRuntimeRole }.ConnectionString;
+
     public async Task DisposeAsync()
     {
         await Server.DisposeAsync();

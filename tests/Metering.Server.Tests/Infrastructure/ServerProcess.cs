@@ -37,9 +37,11 @@ public sealed class ServerProcess : IAsyncDisposable
         return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
-    /// <summary>Starts the CLI built next to the tests over TLS, with the test certificate as PEM files, and waits until it serves.</summary>
+    /// <summary>Starts the CLI built next to the tests over TLS, with the test certificate as PEM files, logged in as the runtime role, and waits until it serves.</summary>
     public static Task<ServerProcess> StartAsync(string connectionString, int port)
     {
+        // Logged in as the runtime role, as a production server is.
+        connectionString = PostgresFixture.AsRuntimeRole(connectionString);
         var (certificate, key) = TestCertificates.ServerPemPaths;
         var address = new Uri($"https://127.0.0.1:{port}");
         return StartAsync(address, "serve", "--connection", connectionString, "--listen", address.ToString(), "--tls-cert", certificate, "--tls-key", key, "--signing-key", SigningKeyFile.Value);

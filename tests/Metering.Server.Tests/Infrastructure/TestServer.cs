@@ -49,6 +49,7 @@ public sealed class TestServer : IAsyncDisposable
     /// <summary>The servers' signing key: one per test run, as one deployment keeps one key.</summary>
     public static ServerSigningKey SigningKey { get; } = ServerSigningKey.CreateNew();
 
+    /// <summary>The test database as its owner (the cluster's superuser), for a test's own reads and tampering; the server itself logs in as the runtime role.</summary>
     public string ConnectionString { get; }
 
     public GrpcChannel Channel { get; private set; }
@@ -59,15 +60,16 @@ public sealed class TestServer : IAsyncDisposable
     public GrpcChannel NewChannel(X509Certificate2? client = null) => TestCertificates.Channel(Address, client);
 
     /// <param name="catalog">The device catalog; the embedded one unless a test needs the CPU fixture (<see cref="TestCatalogs.WithCpuFixture"/>).</param>
+    /// <param name="database">The owner's connection string of a test database made earlier; a fresh one when null.</param>
     public static async Task<TestServer> StartAsync(PostgresFixture postgres, IngestLimits? limits = null, TimeProvider? time = null, DeviceCatalog? catalog = null,
-        CapacitySettings? capacity = null, CredentialRecheckPolicy? recheck = null, X509Certificate2? certificate = null)
+        CapacitySettings? capacity = null, CredentialRecheckPolicy? recheck = null, X509Certificate2? certificate = null, string? database = null)
     {
-        string connectionString = await postgres.CreateDatabaseAsync();
+        string connectionString = database ?? await postgres.CreateDatabaseAsync();
         var settings = new ServerSettings
         {
             Listen = new Uri("https://127.0.0.1:0"),
             Certificate = certificate ?? TestCertificates.Server,
-            ConnectionString = connectionString,
+            ConnectionString = PostgresFixture.AsRuntimeRole(connectionString),
             SigningKey = SigningKey,
             Limits = limits ?? new IngestLimits(),
             Time = time ?? TimeProvider.System,

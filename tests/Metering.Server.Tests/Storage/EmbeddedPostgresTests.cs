@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Metering.Engine.Storage;
 using Metering.Server.Tests.Infrastructure;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -6,6 +7,7 @@ using Npgsql;
 namespace Metering.Server.Tests.Storage;
 
 [Collection(PostgresCollection.Name)]
+[System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
 public sealed class EmbeddedPostgresTests(PostgresFixture postgres)
 {
     [Fact]
@@ -35,10 +37,96 @@ public sealed class EmbeddedPostgresTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public void Server_log_is_readable_by_its_owner_only()
+    {
+        UnixFileMode mode = File.GetUnixFileMode(postgres.Server.DataDirectory + ".log");
+
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, mode);
+    }
+
+    [Fact]
+    public async Task Cluster_runs_as_its_own_os_user_never_root_or_nobody()
+    {
+        string owner = await StatAsync("%U", postgres.Server.DataDirectory);
+        Assert.Equal(Environment.IsPrivilegedProcess ? EmbeddedPostgres.DefaultOsUser : Environment.UserName, owner);
+
+        var error = await Assert.ThrowsAsync<EmbeddedPostgresException>(() => EmbeddedPostgres.StartAsync(
+            new EmbeddedPostgresOptions { DataDirectory = Path.Combine(Path.GetTempPath(), "unused-" + Guid.NewGuid().ToString("N"), "pg"), OsUser = "nobody" }, NullLogger.Instance));
+        Assert.Contains("will not run as nobody", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_symlink_planted_where_the_data_folder_goes_is_refused_and_its_target_keeps_its_owner()
+    {
+        string root = PrivateRoot();
+        string target = Directory.CreateTempSubdirectory("metering-victim-").FullName;
+        string targetOwner = await StatAsync("%u:%g:%a", target);
+        File.CreateSymbolicLink(Path.Combine(root, "pg"), target);
+
+        var error = await Assert.ThrowsAsync<EmbeddedPostgresException>(() => EmbeddedPostgres.StartAsync(
+            new EmbeddedPostgresOptions { DataDirectory = Path.Combine(root, "pg"), Durable = false }, NullLogger.Instance));
+
+        Assert.Contains("symbolic link", error.Message, StringComparison.Ordinal);
+        Assert.Equal(targetOwner, await StatAsync("%u:%g:%a", target));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(target));
+    }
+
+    [Fact]
+    public async Task A_symlink_planted_where_the_log_goes_is_refused_and_its_target_keeps_its_owner_and_mode()
+    {
+        string root = PrivateRoot();
+        string target = Path.Combine(Directory.CreateTempSubdirectory("metering-victim-").FullName, "passwd-copy");
+        await File.WriteAllTextAsync(target, "secret\n");
+        File.SetUnixFileMode(target, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
+        string before = await StatAsync("%u:%g:%a", target);
+        File.CreateSymbolicLink(Path.Combine(root, "pg.log"), target);
+
+        var error = await Assert.ThrowsAsync<EmbeddedPostgresException>(() => EmbeddedPostgres.StartAsync(
+            new EmbeddedPostgresOptions { DataDirectory = Path.Combine(root, "pg"), Durable = false }, NullLogger.Instance));
+
+        Assert.Contains("symbolic link", error.Message, StringComparison.Ordinal);
+        Assert.Equal(before, await StatAsync("%u:%g:%a", target));
+        Assert.Equal("secret\n", await File.ReadAllTextAsync(target));
+        Assert.False(Directory.Exists(Path.Combine(root, "pg")));
+    }
+
+    [Fact]
+    public async Task Handing_a_path_to_the_server_user_refuses_a_link_and_leaves_its_target_alone()
+    {
+        string target = Directory.CreateTempSubdirectory("metering-victim-").FullName;
+        string before = await StatAsync("%u:%g", target);
+        string link = Path.Combine(PrivateRoot(), "socket");
+        File.CreateSymbolicLink(link, target);
+
+        var error = Assert.Throws<EmbeddedPostgresException>(() => EmbeddedPostgres.ChownNoFollow(link, "daemon", recursive: true));
+
+        Assert.Contains("symbolic link", error.Message, StringComparison.Ordinal);
+        Assert.Equal(before, await StatAsync("%u:%g", target));
+    }
+
+    [Fact]
     public void Server_binaries_are_found_on_this_machine()
     {
         string? bin = EmbeddedPostgres.FindBinaries();
         Assert.NotNull(bin);
         Assert.True(File.Exists(Path.Combine(bin, "postgres")));
+    }
+
+    /// <summary>A fresh folder the server's user can walk into, as a data folder's parent.</summary>
+    private static string PrivateRoot()
+    {
+        string root = Directory.CreateTempSubdirectory("metering-link-").FullName;
+        File.SetUnixFileMode(root, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute | UnixFileMode.OtherExecute);
+        return root;
+    }
+
+    private static async Task<string> StatAsync(string format, string path)
+    {
+        var start = new ProcessStartInfo("stat") { RedirectStandardOutput = true, UseShellExecute = false, ArgumentList = { "-c", format, "--", path } };
+        using Process process = Process.Start(start)!;
+        string output = await process.StandardOutput.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        Assert.Equal(0, process.ExitCode);
+        return output.Trim();
     }
 }
