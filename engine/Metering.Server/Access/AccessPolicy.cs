@@ -89,6 +89,12 @@ internal static class AccessPolicy
         [Method(AuditService.Descriptor.FullName, "DetectAnomalies")] = Overseers,
         [Method(AuditService.Descriptor.FullName, "RenderReport")] = Overseers,
         [Method(AuditService.Descriptor.FullName, "ListAuditQueries")] = Auditors,
+
+        // The transparency log is public by design: every role reads heads and proofs. A provider
+        // gets inclusion proofs of its own leaves only (checked by the service).
+        [Method(TransparencyService.Descriptor.FullName, "GetTreeHead")] = Everyone,
+        [Method(TransparencyService.Descriptor.FullName, "GetLogInclusionProof")] = Everyone,
+        [Method(TransparencyService.Descriptor.FullName, "GetConsistencyProof")] = Everyone,
     }.ToFrozenDictionary(StringComparer.Ordinal);
 
     /// <summary>The gRPC method path, as ServerCallContext.Method gives it.</summary>
