@@ -76,13 +76,17 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
         ["AuditService/DetectAnomalies"] = [O, A],
         ["AuditService/RenderReport"] = [O, A],
         ["AuditService/ListAuditQueries"] = [A],
+
+        ["TransparencyService/GetTreeHead"] = [P, O, A, S],
+        ["TransparencyService/GetLogInclusionProof"] = [P, O, A, S],
+        ["TransparencyService/GetConsistencyProof"] = [P, O, A, S],
     };
 
     private static IEnumerable<MethodDescriptor> AllMethods() =>
         new[]
         {
             IngestService.Descriptor, RawLogService.Descriptor, RegistryService.Descriptor, CapacityService.Descriptor,
-            VoucherService.Descriptor, SettlementService.Descriptor, AuditService.Descriptor,
+            VoucherService.Descriptor, SettlementService.Descriptor, AuditService.Descriptor, TransparencyService.Descriptor,
         }.SelectMany(s => s.Methods);
 
     [Fact]
