@@ -67,8 +67,9 @@ public sealed class SettlementOptions
 /// <item>writes the run, its marks, lines, statements and balanced ledger entries;</item>
 /// <item>reconciles (debits = credits; usage settled = usage metered; every voucher's balance
 ///   = issued − posted − held, in its row, its holds and the ledger; statement totals = ledger
-///   movements; each provider's Merkle root has one leaf per record it was priced for) and
-///   commits, or throws and leaves nothing.</item>
+///   movements; each provider's Merkle root has one leaf per record it was priced for);</item>
+/// <item>appends each provider statement's root to the transparency log (Transparency folder),
+///   and commits, or throws and leaves nothing.</item>
 /// </list>
 /// The result depends only on the database's content at the snapshot and the day: the same
 /// inputs give byte-identical statements. A closed day is never settled again: a second run of
