@@ -61,6 +61,7 @@ public sealed partial class TransparencyLog(NpgsqlDataSource dataSource, ServerS
         long index = next;
         foreach (LogLeaf leaf in append.Leaves)
         {
+            // A leaf the canonical encoding cannot carry fails the run here, before it is stored.
             _ = leaf.Encode();
             await connection.ExecuteAsync(new CommandDefinition("""
                 INSERT INTO transparency_log_leaves (leaf_index, day, provider_id, leaf_count, daily_root, settlement_sha256, run_id, appended_at)
