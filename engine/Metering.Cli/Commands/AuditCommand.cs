@@ -16,7 +16,7 @@ internal static class AuditCommand
 {
     public static Command Create()
     {
-        var command = new Command("audit", "Training audit (训力审计): verify chains, Merkle roots and proofs, usage queries and exports, anomalies, the HTML report, the query log.");
+        var command = new Command("audit", "Training audit (训力审计): verify chains, Merkle roots and proofs, usage queries and exports, anomalies, the HTML report, the query log; the transparency log's signed heads and proofs (over gRPC).");
         command.Subcommands.Add(Verify());
         command.Subcommands.Add(MerkleRoot());
         command.Subcommands.Add(Proof());
@@ -26,6 +26,11 @@ internal static class AuditCommand
         command.Subcommands.Add(Report());
         command.Subcommands.Add(Log());
         command.Subcommands.Add(CheckReceiptsCommand.Create());
+        foreach (Command log in LogCommands.Create())
+        {
+            command.Subcommands.Add(log);
+        }
+
         return command;
     }
 

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Net.Security;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
+using Google.Rpc;
 using Grpc.Core;
 using Grpc.Net.Client;
 
@@ -50,6 +51,9 @@ internal sealed class ServerConnection
         (parse.GetValue(ApiKey) ?? Environment.GetEnvironmentVariable(ApiKeyVariable)) is { Length: > 0 } key ? key : null;
 
     public static Metadata Bearer(string apiKey) => new() { { "authorization", "Bearer " + apiKey } };
+
+    /// <summary>A refusal as one line: status, ErrorInfo reason and the server's message.</summary>
+    public static string Describe(RpcException e) => $"{e.StatusCode} {e.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason}: {e.Status.Detail}";
 
     /// <summary>A channel to the server the options name.</summary>
     /// <exception cref="ArgumentException">A certificate file is missing or unreadable; the message says which.</exception>

@@ -5,6 +5,7 @@ using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Audit;
 using Metering.Engine.Registry;
+using Metering.Engine.Transparency;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
 using Microsoft.Extensions.Logging;
@@ -66,8 +67,9 @@ public sealed class SettlementOptions
 /// <item>writes the run, its marks, lines, statements and balanced ledger entries;</item>
 /// <item>reconciles (debits = credits; usage settled = usage metered; every voucher's balance
 ///   = issued − posted − held, in its row, its holds and the ledger; statement totals = ledger
-///   movements; each provider's Merkle root has one leaf per record it was priced for) and
-///   commits, or throws and leaves nothing.</item>
+///   movements; each provider's Merkle root has one leaf per record it was priced for);</item>
+/// <item>appends each provider statement's root to the transparency log (Transparency folder),
+///   and commits, or throws and leaves nothing.</item>
 /// </list>
 /// The result depends only on the database's content at the snapshot and the day: the same
 /// inputs give byte-identical statements. A closed day is never settled again: a second run of
@@ -298,9 +300,25 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         await ReconcileAsync(connection, transaction, runId, day, meteredDay, statements, roots, cancellationToken);
         report("reconcile", $"balanced; {meteredDay.Records:N0} records settled = metered = Merkle leaves; every voucher's balance = issued − posted − held; statements = ledger");
 
+        // 9. The roots the provider statements publish become leaves of the transparency log, in
+        // this transaction: they are logged exactly when the day closes, and never for a day that
+        // did not close. The server signs the log's heads; the run needs no key.
+        List<LogLeaf> logLeaves = LogLeaves(day, statements, settlementHash);
+        long firstLeaf = await TransparencyLog.AppendAsync(connection, transaction, new LogAppend(runId, finishedAt, logLeaves), cancellationToken);
+        report("log", logLeaves.Count == 0 ? "no provider statements; nothing appended to the transparency log"
+            : $"{logLeaves.Count:N0} provider root(s) appended to the transparency log as leaves {firstLeaf:N0} to {firstLeaf + logLeaves.Count - 1:N0}");
+
         return new SettlementOutcome(day, false, settlementHash, dayRecords, dayUsage, adjustments.Sum(g => g.Records), feeFen, subsidyFen, actor.Subject, finishedAt,
             canonical.Select(c => new StoredStatement(c.Statement.PartyKind, c.Statement.Party, c.Csv, StatementFormats.Sha256(c.Csv))).ToList());
     }
+
+    /// <summary>One log leaf per provider statement, from its merkle_root row, in ordinal order of the providers.</summary>
+    private static List<LogLeaf> LogLeaves(DateOnly day, List<PartyStatement> statements, byte[] settlementHash) =>
+        statements.Where(s => s.PartyKind == StatementFormats.ProviderKind)
+            .OrderBy(s => s.Party, StringComparer.Ordinal)
+            .Select(s => s.Rows.Single(r => r.Record == StatementFormats.MerkleRootRecord))
+            .Select(r => new LogLeaf(day, r.Provider, r.Records ?? 0, Convert.FromHexString(r.Note), settlementHash))
+            .ToList();
 
     /// <summary>Per-record card time in SQL, the same rule as <see cref="Pricing.CardMilliseconds"/>: devices × share × duration in ms, rounded down once.</summary>
     private const string CardMsSql = "div(u.device_count::numeric * u.share_numerator * (extract(epoch FROM u.end_at - u.start_at) * 1000), u.share_denominator)";

@@ -108,6 +108,8 @@ public static class SchemaTables
         TableRule.Evidence("ledger_lines"),
         // 0006 audit
         TableRule.Evidence("audit_query_log"),
+        TableRule.Evidence("transparency_log_leaves"),
+        TableRule.Evidence("transparency_tree_heads"),
         // 0007 heartbeats
         TableRule.Evidence("stream_heartbeats"),
         // The migrator's own bookkeeping; serve reads it to check the schema's version.

@@ -95,6 +95,11 @@ internal static class AccessPolicy
         // stored hashes they are checked against (a provider only its own, checked by the service).
         [Method(AuditService.Descriptor.FullName, "GetSigningKey")] = Everyone,
         [Method(AuditService.Descriptor.FullName, "GetChainHashes")] = Everyone,
+        // The transparency log is public by design: every role reads heads and proofs. A provider
+        // gets inclusion proofs of its own leaves only (checked by the service).
+        [Method(TransparencyService.Descriptor.FullName, "GetTreeHead")] = Everyone,
+        [Method(TransparencyService.Descriptor.FullName, "GetLogInclusionProof")] = Everyone,
+        [Method(TransparencyService.Descriptor.FullName, "GetConsistencyProof")] = Everyone,
     }.ToFrozenDictionary(StringComparer.Ordinal);
 
     /// <summary>The gRPC method path, as ServerCallContext.Method gives it.</summary>

@@ -8,6 +8,7 @@ using Metering.Engine.Registry;
 using Metering.Engine.Settlement;
 using Metering.Engine.Signing;
 using Metering.Engine.Storage;
+using Metering.Engine.Transparency;
 using Metering.Engine.Vouchers;
 using Metering.Server.Access;
 using Metering.Server.Capacity;
@@ -16,6 +17,7 @@ using Metering.Server.Ingest;
 using Metering.Server.RawLogs;
 using Metering.Server.Registry;
 using Metering.Server.Settlement;
+using Metering.Server.Transparency;
 using Metering.Server.Vouchers;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
@@ -149,6 +151,8 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(provider => new Redemptions(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
         builder.Services.AddSingleton(provider => new DailySettlement(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time,
             provider.GetRequiredService<ILoggerFactory>().CreateLogger<DailySettlement>()));
+        builder.Services.AddSingleton(provider => new TransparencyLog(provider.GetRequiredService<NpgsqlDataSource>(), settings.SigningKey, settings.Time,
+            provider.GetRequiredService<ILoggerFactory>().CreateLogger<TransparencyLog>()));
         builder.Services.AddSingleton<StreamLeases>();
         builder.Services.AddSingleton<AuthenticationInterceptor>();
         builder.Services.AddGrpc(grpc =>
@@ -169,6 +173,7 @@ public sealed class MeteringServer : IAsyncDisposable
         app.MapGrpcService<VoucherGrpcService>();
         app.MapGrpcService<SettlementGrpcService>();
         app.MapGrpcService<AuditGrpcService>();
+        app.MapGrpcService<TransparencyGrpcService>();
         await app.StartAsync(cancellationToken);
 
         string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();

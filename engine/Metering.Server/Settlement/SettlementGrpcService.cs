@@ -2,6 +2,7 @@ using System.Globalization;
 using Grpc.Core;
 using Metering.Engine.Access;
 using Metering.Engine.Settlement;
+using Metering.Engine.Transparency;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
 using Metering.Server.Vouchers;
@@ -14,10 +15,36 @@ namespace Metering.Server.Settlement;
 /// read them; a provider reads only its own statements, and any other statement reads as one it
 /// may not see.
 /// </summary>
-internal sealed partial class SettlementGrpcService(DailySettlement settlement, ILogger<SettlementGrpcService> logger) : SettlementService.SettlementServiceBase
+internal sealed partial class SettlementGrpcService(DailySettlement settlement, TransparencyLog log, ILogger<SettlementGrpcService> logger) : SettlementService.SettlementServiceBase
 {
     public override Task<Protocol.V1.Settlement> SettleDay(SettleDayRequest request, ServerCallContext context) =>
-        Run(context, "SettleDay", async (actor, ct) => ToMessage(await settlement.SettleAsync(ParseDay(request.Day), actor, null, ct)));
+        Run(context, "SettleDay", async (actor, ct) =>
+        {
+            SettlementOutcome outcome = await settlement.SettleAsync(ParseDay(request.Day), actor, null, ct);
+            if (!outcome.AlreadyClosed)
+            {
+                await SignLogHeadAsync(ct);
+            }
+
+            return ToMessage(outcome);
+        });
+
+    /// <summary>
+    /// Signs the transparency log's head of the size the run left, so that every size a run
+    /// through the server makes has a signed head. The day is closed already: a failure here is
+    /// logged, and the head is signed when it is next asked for.
+    /// </summary>
+    private async Task SignLogHeadAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            await log.LatestHeadAsync(cancellationToken);
+        }
+        catch (Exception e) when (e is Npgsql.NpgsqlException or TransparencyLogException or InvalidOperationException)
+        {
+            LogHeadNotSigned(logger, e.Message);
+        }
+    }
 
     public override Task<Protocol.V1.Settlement> GetSettlement(GetSettlementRequest request, ServerCallContext context) =>
         Run(context, "GetSettlement", async (actor, ct) => ToMessage(await ClosedAsync(ParseDay(request.Day), ct)));
@@ -127,4 +154,7 @@ internal sealed partial class SettlementGrpcService(DailySettlement settlement, 
 
     [LoggerMessage(EventId = 6101, Level = LogLevel.Information, Message = "Settlement {Method} by {Actor} refused: {Reason}: {Detail}")]
     private static partial void LogRefused(ILogger logger, string method, string actor, string reason, string detail);
+
+    [LoggerMessage(EventId = 6102, Level = LogLevel.Warning, Message = "Settlement: the transparency log's new head was not signed after the run ({Detail}); it is signed when next asked for")]
+    private static partial void LogHeadNotSigned(ILogger logger, string detail);
 }

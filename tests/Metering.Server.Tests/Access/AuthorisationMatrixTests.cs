@@ -79,13 +79,17 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
         ["AuditService/ListAuditQueries"] = [A],
         ["AuditService/GetSigningKey"] = [P, O, A, S],
         ["AuditService/GetChainHashes"] = [P, O, A, S],
+
+        ["TransparencyService/GetTreeHead"] = [P, O, A, S],
+        ["TransparencyService/GetLogInclusionProof"] = [P, O, A, S],
+        ["TransparencyService/GetConsistencyProof"] = [P, O, A, S],
     };
 
     private static IEnumerable<MethodDescriptor> AllMethods() =>
         new[]
         {
             IngestService.Descriptor, RawLogService.Descriptor, RegistryService.Descriptor, CapacityService.Descriptor,
-            VoucherService.Descriptor, SettlementService.Descriptor, AuditService.Descriptor,
+            VoucherService.Descriptor, SettlementService.Descriptor, AuditService.Descriptor, TransparencyService.Descriptor,
         }.SelectMany(s => s.Methods);
 
     [Fact]

@@ -1,0 +1,224 @@
+using System.CommandLine;
+using System.Globalization;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Metering.Engine.Signing;
+using Metering.Engine.Transparency;
+using Metering.Protocol.V1;
+using EngineTreeHead = Metering.Engine.Transparency.SignedTreeHead;
+
+namespace Metering.Cli.Commands;
+
+/// <summary>
+/// `metering audit log-head|consistency|check-log|log-proof`: the transparency log, read from a
+/// running server over gRPC and checked here with the server's published public key
+/// (transparency-log.md). Exit 0 when everything checks, 1 when a check fails or the server
+/// refuses, 2 for bad usage (a missing key, an unreadable file).
+/// </summary>
+internal static class LogCommands
+{
+    public static IEnumerable<Command> Create() => [LogHead(), Consistency(), CheckLog(), LogProof()];
+
+    private static Option<string> PublicKey(bool required) => new("--public-key")
+    {
+        Description = "The server's public key, a PEM file (the output of `metering key signing show`), obtained from the bureau outside this server.",
+        Required = required,
+    };
+
+    /// <summary>A client command: the server options, then an action that gets a client and the caller's key headers.</summary>
+    private static Command Client(string name, string description, Option[] options,
+        Func<ParseResult, TransparencyService.TransparencyServiceClient, Metadata, CancellationToken, Task<int>> action)
+    {
+        var connection = new ServerConnection();
+        var command = new Command(name, description);
+        foreach (Option option in options)
+        {
+            command.Options.Add(option);
+        }
+
+        connection.AddTo(command);
+
+        command.SetAction(async (parse, cancellationToken) =>
+        {
+            if (connection.ResolveApiKey(parse) is not { } key)
+            {
+                return Usage($"give --api-key or set {ServerConnection.ApiKeyVariable}");
+            }
+
+            GrpcChannel opened;
+            try
+            {
+                opened = connection.Open(parse);
+            }
+            catch (ArgumentException e)
+            {
+                return Usage(e.Message);
+            }
+
+            using GrpcChannel channel = opened;
+            try
+            {
+                return await action(parse, new TransparencyService.TransparencyServiceClient(channel), ServerConnection.Bearer(key), cancellationToken);
+            }
+            catch (RpcException e)
+            {
+                Console.Error.WriteLine($"refused: {ServerConnection.Describe(e)}");
+                return 1;
+            }
+            catch (Exception e) when (e is SigningKeyException or FormatException or IOException or UnauthorizedAccessException)
+            {
+                return Usage(e.Message);
+            }
+        });
+        return command;
+    }
+
+    private static Command LogHead()
+    {
+        var size = new Option<ulong>("--size") { Description = "A head the server signed earlier, by its tree size; the latest when left out.", DefaultValueFactory = _ => 0 };
+        var output = new Option<string?>("--out") { Description = "Also save the head as JSON, to check later with `metering audit check-log --head FILE`." };
+        var publicKey = PublicKey(required: false);
+        return Client("log-head", "Print the transparency log's signed tree head (size, root, time, key id, signature); save it with --out.", [size, output, publicKey],
+            async (parse, client, headers, ct) =>
+            {
+                EngineTreeHead head = FromMessage(await client.GetTreeHeadAsync(new GetTreeHeadRequest { TreeSize = parse.GetValue(size) }, headers, cancellationToken: ct));
+                Print(head);
+                if (parse.GetValue(output) is { } path)
+                {
+                    await File.WriteAllTextAsync(path, head.ToJson() + "\n", ct);
+                    Console.Error.WriteLine($"Saved to {path}.");
+                }
+
+                if (parse.GetValue(publicKey) is not { } keyPath)
+                {
+                    return 0;
+                }
+
+                string? problem = head.SignatureProblem(await ReadKeyAsync(keyPath, ct));
+                Console.WriteLine(problem is null ? "signature:  verifies with the published key" : $"FAILED: {problem}");
+                return problem is null ? 0 : 1;
+            });
+    }
+
+    private static Command Consistency()
+    {
+        var from = new Option<ulong>("--from") { Description = "The smaller tree size (at least 1).", Required = true };
+        var to = new Option<ulong>("--to") { Description = "The larger tree size.", Required = true };
+        var publicKey = PublicKey(required: true);
+        return Client("consistency", "Print the consistency proof between two sizes of the log and whether it verifies against the two heads the server signed.", [from, to, publicKey],
+            async (parse, client, headers, ct) =>
+            {
+                ServerPublicKey key = await ReadKeyAsync(parse.GetValue(publicKey)!, ct);
+                ConsistencyProof proof = await client.GetConsistencyProofAsync(new GetConsistencyProofRequest { FromSize = parse.GetValue(from), ToSize = parse.GetValue(to) }, headers, cancellationToken: ct);
+                Console.WriteLine($"consistency proof from {proof.FromSize} to {proof.ToSize}: {proof.Path.Count} hash(es)");
+                foreach (var hash in proof.Path)
+                {
+                    Console.WriteLine($"  {Convert.ToHexStringLower(hash.Span)}");
+                }
+
+                EngineTreeHead first = FromMessage(await client.GetTreeHeadAsync(new GetTreeHeadRequest { TreeSize = proof.FromSize }, headers, cancellationToken: ct));
+                EngineTreeHead second = FromMessage(await client.GetTreeHeadAsync(new GetTreeHeadRequest { TreeSize = proof.ToSize }, headers, cancellationToken: ct));
+                Console.WriteLine($"head {first.TreeSize}: root {first.RootHex}, key {first.KeyId}");
+                Console.WriteLine($"head {second.TreeSize}: root {second.RootHex}, key {second.KeyId}");
+                string? problem = LogCheck.Extends(first, second, proof.Path.Select(h => h.ToByteArray()).ToList(), key);
+                Console.WriteLine(problem is null ? "verifies: yes" : $"verifies: no: {problem}");
+                return problem is null ? 0 : 1;
+            });
+    }
+
+    private static Command CheckLog()
+    {
+        var saved = new Option<string>("--head") { Description = "A tree head saved earlier with `metering audit log-head --out FILE`.", Required = true };
+        var publicKey = PublicKey(required: true);
+        return Client("check-log", "Check that today's log extends a tree head saved earlier: both heads' signatures and the consistency proof between them. Exits 1 and names the first difference otherwise.",
+            [saved, publicKey],
+            async (parse, client, headers, ct) =>
+            {
+                ServerPublicKey key = await ReadKeyAsync(parse.GetValue(publicKey)!, ct);
+                string savedPath = parse.GetValue(saved)!;
+                if (new FileInfo(savedPath) is { Exists: true, Length: > EngineTreeHead.JsonBytesMax })
+                {
+                    return Usage($"{savedPath} is larger than a saved tree head ({EngineTreeHead.JsonBytesMax} bytes at most)");
+                }
+
+                EngineTreeHead earlier = EngineTreeHead.FromJson(await File.ReadAllTextAsync(savedPath, ct));
+                EngineTreeHead current = FromMessage(await client.GetTreeHeadAsync(new GetTreeHeadRequest(), headers, cancellationToken: ct));
+                Console.WriteLine($"saved head:   size {earlier.TreeSize}, root {earlier.RootHex}, signed {Time(earlier.TimestampUnixMs)}, key {earlier.KeyId}");
+                Console.WriteLine($"current head: size {current.TreeSize}, root {current.RootHex}, signed {Time(current.TimestampUnixMs)}, key {current.KeyId}");
+                List<byte[]> proof = [];
+                if (earlier.TreeSize > 0 && current.TreeSize > earlier.TreeSize && current.SignatureProblem(key) is null && earlier.SignatureProblem(key) is null)
+                {
+                    ConsistencyProof answer = await client.GetConsistencyProofAsync(new GetConsistencyProofRequest { FromSize = (ulong)earlier.TreeSize, ToSize = (ulong)current.TreeSize },
+                        headers, cancellationToken: ct);
+                    proof = answer.Path.Select(h => h.ToByteArray()).ToList();
+                }
+
+                string? problem = LogCheck.Extends(earlier, current, proof, key);
+                Console.WriteLine(problem is null
+                    ? $"OK: the log of size {current.TreeSize} extends the saved head of size {earlier.TreeSize}; both heads are signed by key {key.KeyId}"
+                    : $"FAILED: {problem}");
+                return problem is null ? 0 : 1;
+            });
+    }
+
+    private static Command LogProof()
+    {
+        var provider = new Option<string?>("--provider") { Description = "The provider's credit code, with --day." };
+        var day = new Option<string?>("--day") { Description = "The settled day (yyyy-MM-dd, Asia/Shanghai), with --provider." };
+        var index = new Option<ulong?>("--index") { Description = "The leaf's index, instead of --provider and --day." };
+        var publicKey = PublicKey(required: true);
+        return Client("log-proof", "Prove that a provider's settled root of a day is in the log under the latest signed head, and print the leaf.", [provider, day, index, publicKey],
+            async (parse, client, headers, ct) =>
+            {
+                ServerPublicKey key = await ReadKeyAsync(parse.GetValue(publicKey)!, ct);
+                EngineTreeHead head = FromMessage(await client.GetTreeHeadAsync(new GetTreeHeadRequest(), headers, cancellationToken: ct));
+                var request = new GetLogInclusionProofRequest { CreditCode = parse.GetValue(provider) ?? "", Day = parse.GetValue(day) ?? "", TreeSize = (ulong)head.TreeSize };
+                if (parse.GetValue(index) is { } leafIndex)
+                {
+                    request.LeafIndex = leafIndex;
+                }
+
+                LogInclusionProof proof = await client.GetLogInclusionProofAsync(request, headers, cancellationToken: ct);
+                TransparencyLogLeaf leaf = proof.Leaf;
+                var engineLeaf = new LogLeaf(DateOnly.ParseExact(leaf.Day, "yyyy-MM-dd", CultureInfo.InvariantCulture), leaf.CreditCode, (long)leaf.LeafCount,
+                    leaf.DailyRoot.ToByteArray(), leaf.SettlementSha256.ToByteArray());
+                Console.WriteLine($"leaf {proof.LeafIndex} of {proof.TreeSize}: {leaf.CreditCode} {leaf.Day}, {leaf.LeafCount} records, daily root {Convert.ToHexStringLower(leaf.DailyRoot.Span)}");
+                Console.WriteLine($"settlement hash {Convert.ToHexStringLower(leaf.SettlementSha256.Span)}");
+                Console.WriteLine($"audit path: {proof.AuditPath.Count} hash(es)");
+                foreach (var hash in proof.AuditPath)
+                {
+                    Console.WriteLine($"  {Convert.ToHexStringLower(hash.Span)}");
+                }
+
+                string? problem = engineLeaf.Encode().AsSpan().SequenceEqual(leaf.Encoded.Span)
+                    ? LogCheck.Includes(head, (long)proof.LeafIndex, engineLeaf, proof.AuditPath.Select(h => h.ToByteArray()).ToList(), key)
+                    : "the leaf's encoded bytes are not the canonical encoding of its fields";
+                Console.WriteLine(problem is null ? $"OK: included under the head of size {head.TreeSize}, root {head.RootHex}, signed by key {key.KeyId}" : $"FAILED: {problem}");
+                return problem is null ? 0 : 1;
+            });
+    }
+
+    private static EngineTreeHead FromMessage(Protocol.V1.SignedTreeHead head) =>
+        new((long)head.TreeSize, head.Root.ToByteArray(), head.TimestampUnixMs, head.KeyId, head.Signature.ToByteArray());
+
+    private static async Task<ServerPublicKey> ReadKeyAsync(string path, CancellationToken cancellationToken) =>
+        ServerPublicKey.FromPem(await File.ReadAllTextAsync(path, cancellationToken));
+
+    private static void Print(EngineTreeHead head)
+    {
+        Console.WriteLine($"tree size:  {head.TreeSize}");
+        Console.WriteLine($"root:       {head.RootHex}");
+        Console.WriteLine($"time:       {Time(head.TimestampUnixMs)}");
+        Console.WriteLine($"key id:     {head.KeyId}");
+        Console.WriteLine($"signature:  {Convert.ToHexStringLower(head.Signature)}");
+    }
+
+    private static string Time(long unixMs) =>
+        $"{DateTimeOffset.FromUnixTimeMilliseconds(unixMs).UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss.fff'Z'", CultureInfo.InvariantCulture)} ({unixMs} ms)";
+
+    private static int Usage(string message)
+    {
+        Console.Error.WriteLine($"error: {message}");
+        return 2;
+    }
+}
