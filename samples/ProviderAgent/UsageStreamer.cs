@@ -232,6 +232,13 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
             {
                 await SendAsync();
             }
+            catch (IOException)
+            {
+                // The transport broke under a write (a server killed mid-stream resets its TLS
+                // connection): end this connection, and the loop below reports it as a drop to
+                // reconnect from, as the reader would.
+                await connection.CancelAsync();
+            }
             catch (Exception e) when (e is not OperationCanceledException and not RpcException)
             {
                 // A failure to produce records is the agent's own fault, not the network's: stop
