@@ -11,6 +11,7 @@ public static class ProtocolNames
     private static readonly string[] RegistryRefusals = Names(RegistryReflection.Descriptor, nameof(RegistryRefusal));
     private static readonly string[] CapacityRefusals = Names(CapacityReflection.Descriptor, nameof(CapacityRefusal));
     private static readonly string[] AuditRefusals = Names(AuditReflection.Descriptor, nameof(AuditRefusal));
+    private static readonly string[] LimitRefusals = Names(LimitsReflection.Descriptor, nameof(LimitRefusal));
 
     public static string Of(IngestRefusal reason) => IngestRefusals[(int)reason];
 
@@ -20,6 +21,8 @@ public static class ProtocolNames
 
     public static string Of(CapacityRefusal reason) => CapacityRefusals[(int)reason];
     public static string Of(AuditRefusal reason) => AuditRefusals[(int)reason];
+
+    public static string Of(LimitRefusal reason) => LimitRefusals[(int)reason];
 
     private static string[] Names(FileDescriptor file, string enumName)
     {

@@ -10,8 +10,11 @@ namespace Metering.Server.Access;
 /// Authenticates and authorises every call before its handler runs. A call without a valid,
 /// unrevoked "authorization: Bearer &lt;key&gt;" ends with UNAUTHENTICATED; a role the access
 /// policy does not allow for the method ends with PERMISSION_DENIED. Neither touches anything.
+/// Results are cached briefly (<see cref="KeyLookupCache"/>); a key not seen valid lately costs
+/// its peer a token of the unknown-key bucket before it is looked up, so a peer cycling through
+/// bogus keys is refused with UNKNOWN_KEYS_PER_PEER_EXCEEDED without a database query each.
 /// </summary>
-internal sealed class AuthenticationInterceptor(CredentialStore credentials) : Interceptor
+internal sealed class AuthenticationInterceptor(KeyLookupCache credentials, CallLimiter limiter) : Interceptor
 {
     private const string ActorKey = "metering.actor";
 
@@ -54,8 +57,7 @@ internal sealed class AuthenticationInterceptor(CredentialStore credentials) : I
     private async Task AuthoriseAsync(ServerCallContext context)
     {
         string? header = context.RequestHeaders.GetValue("authorization");
-        Actor actor = await credentials.AuthenticateAsync(KeyOf(context), context.CancellationToken)
-            ?? throw Errors.Refused(StatusCode.Unauthenticated, IngestRefusal.Unauthenticated,
+        Actor actor = await LookUpAsync(KeyOf(context), context) ?? throw Errors.Refused(StatusCode.Unauthenticated, IngestRefusal.Unauthenticated,
                 header is null ? "no authorization header; send 'authorization: Bearer <api key>'" : "the API key is not valid, or it was revoked");
         if (!AccessPolicy.Allows(context.Method, actor.Role))
         {
@@ -64,5 +66,29 @@ internal sealed class AuthenticationInterceptor(CredentialStore credentials) : I
         }
 
         context.UserState[ActorKey] = actor;
+    }
+
+    private async ValueTask<Actor?> LookUpAsync(string? key, ServerCallContext context)
+    {
+        if (!KeyLookupCache.IsWellFormed(key))
+        {
+            return null;
+        }
+
+        if (credentials.TryGetFresh(key!, out Actor? remembered))
+        {
+            return remembered;
+        }
+
+        if (!credentials.WasSeenValid(key!))
+        {
+            string peer = CallLimiter.PeerOf(context);
+            if (!limiter.TakeUnknownKeyToken(peer))
+            {
+                throw limiter.UnknownKeysRefusal(peer);
+            }
+        }
+
+        return await credentials.LookUpAsync(key!, context.CancellationToken);
     }
 }

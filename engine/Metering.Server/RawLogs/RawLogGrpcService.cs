@@ -24,7 +24,7 @@ internal sealed partial class RawLogGrpcService(
     RecordValidator validator,
     StreamLeases leases,
     AdmissionGate gate,
-    CredentialStore credentials,
+    KeyLookupCache credentials,
     CredentialRecheckPolicy recheckPolicy,
     TimeProvider time,
     IHostApplicationLifetime lifetime,

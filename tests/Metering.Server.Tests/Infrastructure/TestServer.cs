@@ -45,9 +45,12 @@ public sealed class TestServer : IAsyncDisposable
 
     public Uri Address => _server.Address;
 
+    /// <summary>The running server's services (its credential store, to count key look-ups).</summary>
+    public IServiceProvider Services => _server.Services;
+
     /// <param name="catalog">The device catalog; the embedded one unless a test needs the CPU fixture (<see cref="TestCatalogs.WithCpuFixture"/>).</param>
     public static async Task<TestServer> StartAsync(PostgresFixture postgres, IngestLimits? limits = null, TimeProvider? time = null, DeviceCatalog? catalog = null,
-        CapacitySettings? capacity = null, CredentialRecheckPolicy? recheck = null)
+        CapacitySettings? capacity = null, CredentialRecheckPolicy? recheck = null, CallLimits? callLimits = null)
     {
         string connectionString = await postgres.CreateDatabaseAsync();
         var settings = new ServerSettings
@@ -59,6 +62,7 @@ public sealed class TestServer : IAsyncDisposable
             CredentialRecheck = recheck ?? CredentialRecheckPolicy.Default,
             Catalog = catalog ?? DeviceCatalog.LoadEmbedded(),
             Capacity = capacity ?? new CapacitySettings(),
+            CallLimits = callLimits ?? new CallLimits(),
         };
         return new TestServer(await MeteringServer.StartAsync(settings), settings, connectionString);
     }
