@@ -142,6 +142,33 @@ public sealed class CallLimitTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task An_audit_call_beyond_the_callers_calls_in_flight_is_refused_before_it_is_logged()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres, callLimits: new CallLimits { AuditCallsInFlightMax = 2 });
+        var audit = new AuditService.AuditServiceClient(server.Channel);
+        long logged = await server.ScalarAsync<long>("SELECT count(*) FROM audit_query_log");
+
+        // Two calls of auditor-one are running: they hold the server's own limiter, as a slow
+        // verification would while it reads.
+        CallLimiter limiter = server.Services.GetRequiredService<CallLimiter>();
+        using (limiter.AdmitAuditCall("auditor-one"))
+        using (limiter.AdmitAuditCall("auditor-one"))
+        {
+            RpcException error = await Assert.ThrowsAsync<RpcException>(() => audit.VerifyChainAsync(
+                new VerifyChainRequest { CreditCode = TestRecords.Provider, StreamId = "cluster-a" }, TestServer.Bearer(TestServer.AuditorKey)).ResponseAsync);
+            Assert.Equal(StatusCode.ResourceExhausted, error.StatusCode);
+            Assert.Equal("AUDIT_CALLS_IN_FLIGHT_EXCEEDED", IngestCall.Reason(error));
+            Assert.Equal(logged, await server.ScalarAsync<long>("SELECT count(*) FROM audit_query_log"));
+
+            // Another caller has limits of its own.
+            await audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = TestRecords.Provider, StreamId = "cluster-a" }, TestServer.Bearer(TestServer.OperatorKey));
+        }
+
+        await audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = TestRecords.Provider, StreamId = "cluster-a" }, TestServer.Bearer(TestServer.AuditorKey));
+        Assert.Equal(logged + 2, await server.ScalarAsync<long>("SELECT count(*) FROM audit_query_log"));
+    }
+
+    [Fact]
     public async Task A_huge_differing_replay_stores_only_its_hash_and_first_bytes()
     {
         // The longest job id and site the limits allow: an encoding over 2 KiB long.
