@@ -5,6 +5,7 @@ using Grpc.Core;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
+using Microsoft.Extensions.Logging;
 
 namespace Metering.Server.Access;
 
@@ -63,10 +64,11 @@ public sealed record CallLimits
 /// or peer (idle partitions are dropped by the limiter itself). A refusal is RESOURCE_EXHAUSTED
 /// with the limit's reason and changes nothing.
 /// </summary>
-internal sealed class CallLimiter : IDisposable
+internal sealed partial class CallLimiter : IDisposable
 {
     private readonly CallLimits _limits;
     private readonly TimeProvider _time;
+    private readonly ILogger _logger;
     private readonly PartitionedRateLimiter<string> _streams;
     private readonly PartitionedRateLimiter<string> _opens;
     private readonly PartitionedRateLimiter<string> _audits;
@@ -74,11 +76,12 @@ internal sealed class CallLimiter : IDisposable
     private readonly Lock _streamIdsLock = new();
     private readonly Dictionary<string, (DateOnly Day, HashSet<string> Ids)> _streamIds = new(StringComparer.Ordinal);
 
-    public CallLimiter(CallLimits limits, TimeProvider time)
+    public CallLimiter(CallLimits limits, TimeProvider time, ILogger<CallLimiter> logger)
     {
         limits.Validate();
         _limits = limits;
         _time = time;
+        _logger = logger;
         _streams = PartitionedRateLimiter.Create<string, string>(caller => RateLimitPartition.GetConcurrencyLimiter(caller,
             _ => new ConcurrencyLimiterOptions { PermitLimit = limits.StreamsPerKeyMax, QueueLimit = 0 }));
         _audits = PartitionedRateLimiter.Create<string, string>(caller => RateLimitPartition.GetConcurrencyLimiter(caller,
@@ -146,7 +149,8 @@ internal sealed class CallLimiter : IDisposable
 
     public RpcException UnknownKeysRefusal(string peer) =>
         Refused(LimitRefusal.UnknownKeysPerPeerExceeded, _limits.UnknownKeysPerPeerPerMinuteMax, "unknown keys per minute",
-            $"{peer} presented {_limits.UnknownKeysPerPeerPerMinuteMax} keys that are not valid within a minute; its calls are refused for a while");
+            $"{peer} had {_limits.UnknownKeysPerPeerPerMinuteMax} keys not seen valid looked up within a minute; keys not seen valid are refused from it for a while",
+            log: false);
 
     /// <summary>The client's IP address, or gRPC's peer string when the transport has none.</summary>
     public static string PeerOf(ServerCallContext context) =>
@@ -181,12 +185,26 @@ internal sealed class CallLimiter : IDisposable
         AutoReplenishment = true,
     };
 
-    private static RpcException Refused(LimitRefusal reason, int limit, string unit, string message) =>
-        Errors.Refused(StatusCode.ResourceExhausted, ProtocolNames.Of(reason), message, new Dictionary<string, string>
+    /// <param name="log">
+    /// False for the unknown-key refusal: a peer cycling through bogus keys would otherwise turn
+    /// each refused call into a log line, the flood the limit is there to stop.
+    /// </param>
+    private RpcException Refused(LimitRefusal reason, int limit, string unit, string message, bool log = true)
+    {
+        if (log)
+        {
+            LogRefused(_logger, ProtocolNames.Of(reason), message);
+        }
+
+        return Errors.Refused(StatusCode.ResourceExhausted, ProtocolNames.Of(reason), message, new Dictionary<string, string>
         {
             ["limit"] = limit.ToString(CultureInfo.InvariantCulture),
             ["unit"] = unit,
         });
+    }
+
+    [LoggerMessage(EventId = 7001, Level = LogLevel.Warning, Message = "Limit refused a call: {Reason}: {Detail}")]
+    private static partial void LogRefused(ILogger logger, string reason, string detail);
 
     public void Dispose()
     {
