@@ -20,7 +20,7 @@ namespace Metering.Cli.Commands;
 internal static class CheckReceiptsCommand
 {
     /// <summary>Sequences per GetChainHashes call: the server's limit per call (audit.proto).</summary>
-    private const int SequencesPerCall = 1_000;
+    private const int SequencesPerCall = 256;
 
     /// <summary>Receipts one run reads; a file past it is split or checked in parts.</summary>
     private const int ReceiptsMax = 10_000_000;

@@ -131,6 +131,11 @@ public sealed class CredentialStore(NpgsqlDataSource dataSource, TimeProvider ti
         }).ToList();
     }
 
+    private long _lookups;
+
+    /// <summary>Key look-ups that went to the database since the store was made (the server's cache and per-peer limit keep this down).</summary>
+    public long Lookups => Interlocked.Read(ref _lookups);
+
     /// <summary>The actor a key belongs to, or null for an unknown, revoked or malformed key.</summary>
     public async Task<Actor?> AuthenticateAsync(string? key, CancellationToken cancellationToken) =>
         (await FindAsync(key, cancellationToken))?.Actor;
@@ -143,6 +148,7 @@ public sealed class CredentialStore(NpgsqlDataSource dataSource, TimeProvider ti
             return null;
         }
 
+        Interlocked.Increment(ref _lookups);
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         var row = await connection.QueryFirstOrDefaultAsync<(string Role, string Subject, byte[]? Pin)?>(
             "SELECT role, subject, client_cert_sha256 FROM credentials WHERE key_sha256 = @hash AND revoked_at IS NULL", new { hash = Hash(key) });

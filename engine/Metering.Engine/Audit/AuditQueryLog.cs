@@ -25,6 +25,16 @@ public sealed class AuditQueryLog(NpgsqlDataSource dataSource, TimeProvider time
     /// <summary>Most entries one listing returns.</summary>
     public const int ListLimitMax = 10_000;
 
+    /// <summary>
+    /// Most characters of JSON parameters one entry keeps. The server refuses an audit request
+    /// over 4 KiB before logging it, whose JSON (at most six characters per byte, for escaped
+    /// control characters) stays under this; anything longer is refused here, not stored.
+    /// </summary>
+    public const int ParametersCharsMax = 32 * 1024;
+
+    /// <summary>Most characters of the query name, the actor and the provider id an entry keeps.</summary>
+    public const int NameCharsMax = 128;
+
     private static readonly JsonSerializerOptions Json = new() { PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
 
     /// <summary>Records a query whose parameters are any object, serialised as JSON.</summary>
@@ -32,8 +42,14 @@ public sealed class AuditQueryLog(NpgsqlDataSource dataSource, TimeProvider time
         RecordJsonAsync(actor, via, query, providerId, JsonSerializer.Serialize(parameters, parameters.GetType(), Json), cancellationToken);
 
     /// <summary>Records a query whose parameters are already JSON (a gRPC request in protobuf's JSON form).</summary>
+    /// <exception cref="ArgumentException">A field is longer than the log keeps; nothing is written.</exception>
     public async Task<long> RecordJsonAsync(Actor actor, AuditChannel via, string query, string? providerId, string parametersJson, CancellationToken cancellationToken)
     {
+        if (parametersJson.Length > ParametersCharsMax || query.Length > NameCharsMax || actor.Subject.Length > NameCharsMax || providerId?.Length > NameCharsMax)
+        {
+            throw new ArgumentException($"an audit query's parameters are at most {ParametersCharsMax:N0} characters of JSON, and its name, actor and provider at most {NameCharsMax} each");
+        }
+
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         return await connection.ExecuteScalarAsync<long>(new CommandDefinition("""
             INSERT INTO audit_query_log (actor, role, via, asked_at, query, provider_id, parameters)

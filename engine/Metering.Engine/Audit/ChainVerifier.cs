@@ -79,26 +79,10 @@ public interface ICanonicalSink
     void Write(ReadOnlySpan<byte> canonical);
 }
 
-/// <summary>How the verifier reads rows out of PostgreSQL.</summary>
-public enum CopyTransport
-{
-    /// <summary>The wire COPY reader where the data source allows it (a Unix socket or a TCP connection without TLS, and a supported login), Npgsql otherwise.</summary>
-    Auto,
-
-    /// <summary>Always Npgsql's raw COPY stream.</summary>
-    Npgsql,
-
-    /// <summary>Always the wire COPY reader; a data source it cannot serve is an error. The bench uses this to measure what it claims to.</summary>
-    Wire,
-}
-
 /// <summary>Bounds of one verifier, checked when it is made.</summary>
 public sealed record VerifierLimits
 {
-    /// <summary>How rows are read; see <see cref="CopyTransport"/>.</summary>
-    public CopyTransport Transport { get; init; } = CopyTransport.Auto;
-
-    /// <summary>Most COPY readers running at once (connections taken from the pool).</summary>
+    /// <summary>Most row readers running at once (connections taken from the pool).</summary>
     public int ParallelReadersMax { get; init; } = Math.Clamp(Environment.ProcessorCount, 1, 16);
 
     /// <summary>A range at least twice this long is split into segments verified side by side.</summary>
@@ -130,10 +114,10 @@ public sealed record VerifierLimits
 /// Recomputes hash chains from the stored rows, exactly as an auditor would with sha256sum
 /// (proto/metering/v1/canonical-encoding.md), and reports the first broken link with its evidence.
 ///
-/// Rows stream out of PostgreSQL by binary COPY into one reused buffer; each row's text fields
-/// are already UTF-8, so they are copied into the canonical encoding without becoming strings,
-/// and SHA-256 runs over the previous hash and the encoding in one span. Nothing is allocated per
-/// record. A long range is cut into segments that are verified side by side on their own
+/// Rows stream out of PostgreSQL through an Npgsql data reader into one reused buffer
+/// (<see cref="RowReader"/>): text is read into a reused char buffer and encoded to UTF-8 in
+/// place, hashes are copied, so no string or array is allocated per record, and SHA-256 runs
+/// over the previous hash and the encoding in one span. A long range is cut into segments that are verified side by side on their own
 /// connections: a segment starts from the stored hash of the record before it, and the segment
 /// before checks that very hash, so the segments together prove exactly what one pass would.
 /// Streams of a provider are verified in parallel the same way.
@@ -143,24 +127,17 @@ public sealed class ChainVerifier
     /// <summary>The longest canonical record the verifier encodes; any record ingest accepts is far shorter.</summary>
     public const int CanonicalBytesMax = 1024 * 1024;
 
-    /// <summary>Columns of the verifier's COPY, in the order <see cref="RowEncoder"/> reads them.</summary>
+    /// <summary>Columns of the verifier's read, in the order <see cref="RowEncoder"/> reads them.</summary>
     internal const int FieldCount = 13;
     private static readonly byte[] GenesisHash = new byte[CanonicalEncoding.HashBytes];
 
-    // Session settings carry the provider and stream into COPY, which takes no parameters; the
+    // Session settings carry the provider and stream into the range query, so that the same
+    // text serves the bench's server-side COPY, which takes no parameters; the
     // values never become SQL text.
     private const string SetKeys = "SELECT set_config('metering.audit_provider', @providerId, true), set_config('metering.audit_stream', @streamId, true)";
 
     private readonly NpgsqlDataSource _dataSource;
     private readonly VerifierLimits _limits;
-
-    // Whether the server serves the wire reader: not yet known, served, or turned away (the
-    // rest of this verifier's reads then go through Npgsql). Changed under _wireProbe.
-    private const int WireUnknown = 0;
-    private const int WireServed = 1;
-    private const int WireRefused = 2;
-    private readonly Lock _wireProbe = new();
-    private int _wireState = WireUnknown;
 
     public ChainVerifier(NpgsqlDataSource dataSource, VerifierLimits? limits = null)
     {
@@ -285,7 +262,7 @@ public sealed class ChainVerifier
         // Longest first, so that a long stream does not start last and run alone.
         segments.Sort((x, y) => (y.Last - y.First).CompareTo(x.Last - x.First));
         var done = new SegmentResult[segments.Count];
-        await RunOnOwnThreadsAsync(segments.Count, sink is null ? _limits.ParallelReadersMax : 1,
+        await RunInParallelAsync(segments.Count, sink is null ? _limits.ParallelReadersMax : 1,
             async (i, ct) => done[i] = await VerifySegmentAsync(providerId, states[segments[i].Stream].StreamId, segments[i].First, segments[i].Last, sink, ct),
             cancellationToken);
 
@@ -300,13 +277,10 @@ public sealed class ChainVerifier
     }
 
     /// <summary>
-    /// Runs work items 0 to count - 1 on up to <paramref name="threads"/> threads of their own.
-    /// The wire reader blocks its thread while it waits for rows: on pool threads that would
-    /// starve the pool, and waiting asynchronously costs more CPU than the rows do
-    /// (<see cref="WireCopyOut"/>). Work that awaits (the Npgsql path) goes on in the pool as
-    /// usual. The first failure stops the rest and is the one raised.
+    /// Runs work items 0 to count - 1, at most <paramref name="threads"/> at once. The first
+    /// failure stops the rest and is the one raised.
     /// </summary>
-    private static async Task RunOnOwnThreadsAsync(int count, int threads, Func<int, CancellationToken, Task> work, CancellationToken cancellationToken)
+    private static async Task RunInParallelAsync(int count, int threads, Func<int, CancellationToken, Task> work, CancellationToken cancellationToken)
     {
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         int next = -1;
@@ -331,7 +305,7 @@ public sealed class ChainVerifier
         var workers = new Task[Math.Clamp(count, 0, threads)];
         for (int w = 0; w < workers.Length; w++)
         {
-            workers[w] = Task.Factory.StartNew(WorkAsync, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
+            workers[w] = Task.Run(WorkAsync, CancellationToken.None);
         }
 
         try
@@ -425,7 +399,7 @@ public sealed class ChainVerifier
     private async Task<SegmentResult> VerifySegmentAsync(string providerId, string streamId, ulong first, ulong last, ICanonicalSink? sink, CancellationToken cancellationToken)
     {
         await using RowSource source = await OpenRowsAsync(providerId, streamId, first > 1 ? first - 1 : 1, last, cancellationToken);
-        CopyRowReader rows = source.Rows;
+        RowReader rows = source.Rows;
         byte[] previous = new byte[CanonicalEncoding.HashBytes];
         if (first > 1)
         {
@@ -494,7 +468,7 @@ public sealed class ChainVerifier
 
         if (outcome is not null)
         {
-            // The rest of the COPY is not needed.
+            // The rest of the range is not needed.
             await source.AbandonAsync();
             return outcome;
         }
@@ -509,80 +483,25 @@ public sealed class ChainVerifier
     }
 
     /// <summary>
-    /// The rows [from, to] of one stream in sequence order, as binary COPY, read in a read-only
-    /// repeatable-read transaction through the transport the limits choose.
+    /// The rows [from, to] of one stream in sequence order, read through Npgsql in a read-only
+    /// repeatable-read transaction on a connection of the pool.
     /// </summary>
     private async Task<RowSource> OpenRowsAsync(string providerId, string streamId, ulong from, ulong to, CancellationToken cancellationToken)
     {
-        string copy = RangeCopy(from, to);
-        string? whyNot = "Npgsql was asked for";
-        WireEndpoint? endpoint = _limits.Transport == CopyTransport.Npgsql || _wireState == WireRefused ? null : Database.WireEndpointOf(_dataSource, out whyNot);
-        if (endpoint is null && _limits.Transport == CopyTransport.Wire)
-        {
-            throw new WireUnsupportedException($"the wire COPY reader cannot serve this data source: {whyNot}");
-        }
-
-        if (endpoint is not null)
-        {
-            // One simple query: the snapshot, the keys as quoted literals (the reader refuses a
-            // server without standard_conforming_strings, and text holds no NUL), the settings
-            // and the COPY.
-            string query = $"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {ReadSettings}; "
-                + $"SELECT set_config('metering.audit_provider', {WireCopyOut.Literal(providerId)}, true), set_config('metering.audit_stream', {WireCopyOut.Literal(streamId)}, true); {copy}";
-            if (OpenWire(endpoint, query, cancellationToken) is { } wire)
-            {
-                return new RowSource(new CopyRowReader(wire, FieldCount), wire, null, null);
-            }
-        }
-
         NpgsqlConnection connection = await _dataSource.OpenConnectionAsync(cancellationToken);
         try
         {
             NpgsqlTransaction transaction = await connection.BeginTransactionAsync(System.Data.IsolationLevel.RepeatableRead, cancellationToken);
             await connection.ExecuteAsync(new CommandDefinition("SET TRANSACTION READ ONLY; " + ReadSettings, transaction: transaction, cancellationToken: cancellationToken));
             await connection.ExecuteAsync(new CommandDefinition(SetKeys, new { providerId, streamId }, transaction, cancellationToken: cancellationToken));
-            NpgsqlRawCopyStream stream = await connection.BeginRawBinaryCopyAsync(copy, cancellationToken);
-            return new RowSource(new CopyRowReader(stream, FieldCount), stream, stream, connection);
+            var command = new NpgsqlCommand(RangeSelect(from, to), connection, transaction) { CommandTimeout = 0 };
+            NpgsqlDataReader reader = await command.ExecuteReaderAsync(cancellationToken);
+            return new RowSource(new RowReader(reader, FieldCount), reader, command, connection);
         }
         catch
         {
             await connection.DisposeAsync();
             throw;
-        }
-    }
-
-    /// <summary>
-    /// The wire reader for one segment, or null when the server turned it away and the
-    /// transport allows Npgsql instead. The first segment asks while the others wait for its
-    /// answer, so a server that refuses is asked once, not once per segment.
-    /// </summary>
-    private WireCopyOut? OpenWire(WireEndpoint endpoint, string query, CancellationToken cancellationToken)
-    {
-        if (Volatile.Read(ref _wireState) == WireServed)
-        {
-            return WireCopyOut.Open(endpoint, query, cancellationToken, Database.WireReaderSlotsOf(_dataSource));
-        }
-
-        lock (_wireProbe)
-        {
-            if (_wireState == WireRefused)
-            {
-                return null;
-            }
-
-            try
-            {
-                WireCopyOut wire = WireCopyOut.Open(endpoint, query, cancellationToken, Database.WireReaderSlotsOf(_dataSource));
-                Volatile.Write(ref _wireState, WireServed);
-                return wire;
-            }
-            catch (WireUnsupportedException) when (_limits.Transport == CopyTransport.Auto)
-            {
-                // The server wants something only Npgsql does (an authentication method, a
-                // setting): read through Npgsql, which is slower but complete.
-                Volatile.Write(ref _wireState, WireRefused);
-                return null;
-            }
         }
     }
 
@@ -595,35 +514,48 @@ public sealed class ChainVerifier
     /// </summary>
     internal const string ReadSettings = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off";
 
-    /// <summary>The COPY of records [from, to] of the stream named by the session settings metering.audit_provider and metering.audit_stream.</summary>
-    internal static string RangeCopy(ulong from, ulong to) => string.Create(CultureInfo.InvariantCulture, $"""
-        COPY (SELECT sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator,
-                     start_at, end_at, site, device_uuids, energy_mwh, chain_hash
-              FROM usage_records
-              WHERE provider_id = current_setting('metering.audit_provider') AND stream_id = current_setting('metering.audit_stream')
-                AND sequence BETWEEN {from} AND {to}
-              ORDER BY sequence) TO STDOUT (FORMAT BINARY)
+    /// <summary>The rows [from, to] of the stream named by the session settings metering.audit_provider and metering.audit_stream, in the order <see cref="RowEncoder"/> reads their columns.</summary>
+    internal static string RangeSelect(ulong from, ulong to) => string.Create(CultureInfo.InvariantCulture, $"""
+        SELECT sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator,
+               start_at, end_at, site, device_uuids, energy_mwh, chain_hash
+        FROM usage_records
+        WHERE provider_id = current_setting('metering.audit_provider') AND stream_id = current_setting('metering.audit_stream')
+          AND sequence BETWEEN {from} AND {to}
+        ORDER BY sequence
         """);
 
     /// <summary>The rows of one segment and what to close when they are read.</summary>
-    private sealed class RowSource(CopyRowReader rows, Stream stream, NpgsqlRawCopyStream? npgsqlCopy, NpgsqlConnection? connection) : IAsyncDisposable
+    private sealed class RowSource(RowReader rows, NpgsqlDataReader reader, NpgsqlCommand command, NpgsqlConnection connection) : IAsyncDisposable
     {
-        public CopyRowReader Rows => rows;
+        private bool _abandoned;
 
-        /// <summary>Stops the COPY before its end: Npgsql cancels the statement; the wire reader simply closes its socket.</summary>
-        public async ValueTask AbandonAsync()
+        public RowReader Rows => rows;
+
+        /// <summary>
+        /// Stops the read before its end. Closing a data reader reads its remaining rows, so the
+        /// statement is cancelled first; the rest of a long segment is then never sent.
+        /// </summary>
+        public ValueTask AbandonAsync()
         {
-            if (npgsqlCopy is not null)
-            {
-                await npgsqlCopy.CancelAsync();
-            }
+            _abandoned = true;
+            command.Cancel();
+            return ValueTask.CompletedTask;
         }
 
         public async ValueTask DisposeAsync()
         {
-            await stream.DisposeAsync();
-            if (connection is not null)
+            try
             {
+                await reader.DisposeAsync();
+            }
+            catch (PostgresException e) when (_abandoned && e.SqlState == PostgresErrorCodes.QueryCanceled)
+            {
+                // The cancellation asked for in AbandonAsync.
+            }
+            finally
+            {
+                await command.DisposeAsync();
+
                 // Closing returns the connection to the pool; its open read-only transaction is rolled back.
                 await connection.DisposeAsync();
             }
@@ -634,7 +566,7 @@ public sealed class ChainVerifier
 }
 
 /// <summary>
-/// Builds the canonical encoding of a COPY row behind a 32-byte gap for the previous hash.
+/// Builds the canonical encoding of a stored row behind a 32-byte gap for the previous hash.
 /// The provider and stream prefix is encoded once.
 /// </summary>
 internal sealed class RowEncoder
@@ -657,7 +589,7 @@ internal sealed class RowEncoder
     public byte[] Scratch { get; } = new byte[CanonicalEncoding.HashBytes + ChainVerifier.CanonicalBytesMax];
 
     /// <summary>The encoding's length, or -1 with the reason when the row cannot be encoded.</summary>
-    public int Encode(CopyRowReader row, out string? notEncodable)
+    public int Encode(RowReader row, out string? notEncodable)
     {
         notEncodable = null;
         for (int i = 0; i < ChainVerifier.FieldCount; i++)
@@ -678,7 +610,7 @@ internal sealed class RowEncoder
 
         Span<byte> output = Scratch.AsSpan(CanonicalEncoding.HashBytes);
         int fixedBytes = _prefix.Length + 8 + 4 * 3 + 8 * 2 + 2 + 1 + 8 + 2 * 4;
-        long length = fixedBytes + (long)row.FieldLength(1) + row.FieldLength(2) + row.FieldLength(3) + row.FieldLength(9) + Math.Max(row.FieldLength(10), 0);
+        long length = fixedBytes + (long)row.FieldLength(1) + row.FieldLength(2) + row.FieldLength(3) + row.FieldLength(9) + UuidsBytes(row.Strings(10));
         if (length > ChainVerifier.CanonicalBytesMax)
         {
             notEncodable = $"the row's canonical encoding would exceed {ChainVerifier.CanonicalBytesMax} bytes";
@@ -753,53 +685,55 @@ internal sealed class RowEncoder
     }
 
     /// <summary>A one-dimensional text[] without NULL elements, as the u16 count and the strings.</summary>
-    private static bool TryUuids(CopyRowReader row, Span<byte> output, ref int at, ref string? notEncodable)
+    private static bool TryUuids(RowReader row, Span<byte> output, ref int at, ref string? notEncodable)
     {
-        if (row.IsNull(10))
+        string?[]? uuids = row.Strings(10);
+        if (uuids is null)
         {
             BinaryPrimitives.WriteUInt16BigEndian(output[at..], 0);
             at += 2;
             return true;
         }
 
-        ReadOnlySpan<byte> array = row.Field(10);
-        int dimensions = BinaryPrimitives.ReadInt32BigEndian(array);
-        if (dimensions == 0)
+        if (uuids.Length > ushort.MaxValue)
         {
-            BinaryPrimitives.WriteUInt16BigEndian(output[at..], 0);
-            at += 2;
-            return true;
-        }
-
-        int count = BinaryPrimitives.ReadInt32BigEndian(array[12..]);
-        if (dimensions != 1 || count > ushort.MaxValue)
-        {
-            notEncodable = "device_uuids is not a one-dimensional array of at most 65535 elements";
+            notEncodable = "device_uuids has more than 65535 elements";
             return false;
         }
 
-        BinaryPrimitives.WriteUInt16BigEndian(output[at..], (ushort)count);
+        BinaryPrimitives.WriteUInt16BigEndian(output[at..], (ushort)uuids.Length);
         at += 2;
-        int offset = 20;
-        for (int i = 0; i < count; i++)
+        for (int i = 0; i < uuids.Length; i++)
         {
-            int length = BinaryPrimitives.ReadInt32BigEndian(array[offset..]);
-            offset += 4;
-            if (length < 0)
+            if (uuids[i] is not { } uuid)
             {
                 notEncodable = $"device_uuids element {i + 1} is NULL";
                 return false;
             }
 
-            if (!TryString(array.Slice(offset, length), output, ref at, "a device UUID", ref notEncodable))
+            if (Encoding.UTF8.GetByteCount(uuid) > ushort.MaxValue)
             {
+                notEncodable = $"a device UUID is {Encoding.UTF8.GetByteCount(uuid)} bytes; the canonical encoding holds at most 65535";
                 return false;
             }
 
-            offset += length;
+            BinaryPrimitives.WriteUInt16BigEndian(output[at..], (ushort)Encoding.UTF8.GetByteCount(uuid));
+            at += 2 + Encoding.UTF8.GetBytes(uuid, output[(at + 2)..]);
         }
 
         return true;
+    }
+
+    /// <summary>Bytes the device UUIDs take in the encoding, past their count.</summary>
+    private static long UuidsBytes(string?[]? uuids)
+    {
+        long bytes = 0;
+        foreach (string? uuid in uuids ?? [])
+        {
+            bytes += 2 + (uuid is null ? 0 : Encoding.UTF8.GetByteCount(uuid));
+        }
+
+        return bytes;
     }
 
     private static int WriteString(ReadOnlySpan<byte> utf8, Span<byte> destination)

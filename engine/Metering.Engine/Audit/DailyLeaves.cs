@@ -73,7 +73,7 @@ internal sealed class LeafChunk(int capacity)
 
 /// <summary>
 /// One stream's records of a day as they are read, in chunks that are hashed into leaves as they
-/// fill, on the thread pool, while the COPY is still being drained; put in sequence order once
+/// fill, on the thread pool, while the read is still going on; put in sequence order once
 /// all are read and hashed.
 /// </summary>
 internal sealed class StreamLeaves(string providerId, string streamId, byte[] providerUtf8, byte[] streamUtf8)
@@ -279,16 +279,13 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
 /// at the end, providers side by side.
 /// </para>
 /// </summary>
-/// <summary>A snapshot exported by pg_export_snapshot in a transaction that stays open, and the data source of its server.</summary>
-internal sealed record ExportedSnapshot(NpgsqlDataSource DataSource, string Id);
-
 internal static class DailyLeaves
 {
     /// <summary>Most leaves one read holds (all providers of a day when settlement reads): 1.25 GiB of leaves and sequences.</summary>
     public const int ReadLeavesMax = 32 * 1024 * 1024;
 
-    // COPY takes no bind parameters. The provider, which comes from a caller, travels as a
-    // transaction-local setting; the day's bounds are written into the statement, from a
+    // The provider, which comes from a caller, travels as a transaction-local setting, as the
+    // cut-off does; the day's bounds are written into the statement, from a
     // DateOnly, so that the planner prunes partitions and weighs the start_at index on them.
     private const string SetKeys = "SELECT set_config('metering.leaves_provider', @providerId, true), set_config('metering.leaves_as_of', @asOf, true)";
 
@@ -303,7 +300,7 @@ internal static class DailyLeaves
         DateTimeOffset from = ShanghaiTime.StartOf(day);
         string Literal(DateTimeOffset instant) => $"'{instant.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture)}+00'::timestamptz";
 
-        var sql = new StringBuilder("COPY (SELECT u.provider_id, u.stream_id, u.sequence, u.usage_npfh, u.chain_hash FROM usage_records u\n");
+        var sql = new StringBuilder("SELECT u.provider_id, u.stream_id, u.sequence, u.usage_npfh, u.chain_hash FROM usage_records u\n");
         if (cutOff.IsSettled)
         {
             sql.Append($"""
@@ -334,7 +331,6 @@ internal static class DailyLeaves
             sql.Append("  AND u.sequence <= m.committed_sequence\n");
         }
 
-        sql.Append(") TO STDOUT (FORMAT BINARY)");
         return sql.ToString();
     }
 
@@ -345,14 +341,8 @@ internal static class DailyLeaves
     /// </summary>
     /// <exception cref="DayNotSettledException">The cut-off is as settled and the day has not been settled.</exception>
     /// <exception cref="AuditLimitExceededException">A provider has more than <see cref="MerkleTree.LeavesMax"/> leaves, or the read more than <see cref="ReadLeavesMax"/>.</exception>
-    /// <param name="snapshot">
-    /// When given, the snapshot the caller's transaction exported (pg_export_snapshot) and its
-    /// data source: the rows then come through the wire COPY reader on a thread of its own, in
-    /// that same snapshot, which costs the client a fraction of Npgsql's one read per row. A
-    /// data source the wire reader cannot serve reads on the caller's connection as without it.
-    /// </param>
     public static async Task ReadAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, string? providerId, MerkleCutOff cutOff,
-        Action<ProviderLeaves> onProvider, CancellationToken cancellationToken, ExportedSnapshot? snapshot = null)
+        Action<ProviderLeaves> onProvider, CancellationToken cancellationToken)
     {
         if (cutOff.IsSettled && !await connection.ExecuteScalarAsync<bool>(new CommandDefinition(
                 "SELECT EXISTS (SELECT 1 FROM settlement_runs WHERE day = @day)", new { day }, transaction, cancellationToken: cancellationToken)))
@@ -362,24 +352,8 @@ internal static class DailyLeaves
 
         string provider = providerId ?? "";
         string asOf = cutOff.CommittedBy?.ToString("O", CultureInfo.InvariantCulture) ?? "infinity";
-        string copySql = Sql(day, providerId is not null, cutOff);
+        string leavesSql = Sql(day, providerId is not null, cutOff);
         await connection.ExecuteAsync(new CommandDefinition(SetKeys, new { providerId = provider, asOf }, transaction, cancellationToken: cancellationToken));
-        WireCopyOut? wire = null;
-        if (snapshot is not null && Database.WireEndpointOf(snapshot.DataSource, out _) is { } endpoint)
-        {
-            string query = $"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {WireCopyOut.Literal(snapshot.Id)}; "
-                + $"SELECT set_config('metering.leaves_provider', {WireCopyOut.Literal(provider)}, true), set_config('metering.leaves_as_of', {WireCopyOut.Literal(asOf)}, true); {copySql}";
-            try
-            {
-                wire = await Task.Factory.StartNew(() => WireCopyOut.Open(endpoint, query, cancellationToken, Database.WireReaderSlotsOf(snapshot.DataSource)),
-                    cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
-            }
-            catch (WireUnsupportedException)
-            {
-                // Read through Npgsql on the caller's connection instead.
-            }
-        }
-
         // Streams by "provider NUL stream" (neither holds a NUL: PostgreSQL text cannot), looked
         // up only when the stream changes from one row to the next, which in physical order is
         // once per ingest batch or so.
@@ -407,9 +381,9 @@ internal static class DailyLeaves
         }
 
         var hashing = new List<Task>();
-        async Task ReadRowsAsync(Stream copy)
+        async Task ReadRowsAsync(NpgsqlDataReader reader)
         {
-            var rows = new CopyRowReader(copy, 5);
+            var rows = new RowReader(reader, 5);
             while (await rows.ReadAsync(cancellationToken))
             {
                 if (current is null || !rows.Field(1).SequenceEqual(current.StreamUtf8) || !rows.Field(0).SequenceEqual(current.ProviderUtf8))
@@ -428,18 +402,10 @@ internal static class DailyLeaves
 
         try
         {
-            if (wire is not null)
+            await using (var command = new NpgsqlCommand(leavesSql, connection, transaction) { CommandTimeout = 0 })
+            await using (NpgsqlDataReader reader = await command.ExecuteReaderAsync(cancellationToken))
             {
-                // The wire reader blocks while it waits for rows: a thread of its own, not the pool's.
-                await using (wire)
-                {
-                    await Task.Factory.StartNew(() => ReadRowsAsync(wire), cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
-                }
-            }
-            else
-            {
-                await using NpgsqlRawCopyStream copy = await connection.BeginRawBinaryCopyAsync(copySql, cancellationToken);
-                await ReadRowsAsync(copy);
+                await ReadRowsAsync(reader);
             }
 
             foreach (StreamLeaves stream in streams.Values)

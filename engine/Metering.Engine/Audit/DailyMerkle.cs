@@ -65,10 +65,10 @@ public sealed class DailyMerkle(NpgsqlDataSource dataSource)
     /// <see cref="MerkleCutOff.AsSettled"/> once the run commits.
     /// </summary>
     internal static async Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> RootsInSnapshotAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day,
-        CancellationToken cancellationToken, ExportedSnapshot? snapshot = null)
+        CancellationToken cancellationToken)
     {
         var providers = new List<ProviderLeaves>();
-        await DailyLeaves.ReadAsync(connection, transaction, day, null, MerkleCutOff.None, providers.Add, cancellationToken, snapshot);
+        await DailyLeaves.ReadAsync(connection, transaction, day, null, MerkleCutOff.None, providers.Add, cancellationToken);
         // Folding is pure CPU and independent per provider; the leaves are all read and hashed by now.
         var roots = new (DailyRoot Root, long UsageNpfh)[providers.Count];
         Parallel.For(0, providers.Count, new ParallelOptions { CancellationToken = cancellationToken },

@@ -319,7 +319,7 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
                 NonceRow current = (await ReadNonceAsync(connection, transaction, code, nonce.Nonce))!;
                 CheckNonce(current, request.NodeId, nonce.Nonce, now);
                 await CheckSampledAsync(connection, transaction, code, current.ValidationId, request.NodeId);
-                long attestationId = await InsertAttestationAsync(connection, transaction, code, current.ValidationId, request.NodeId, keyVersion, digest, encoded, signature, now, null, "");
+                long attestationId = await InsertAttestationAsync(connection, transaction, code, current.ValidationId, request.NodeId, keyVersion, digest, encoded, signature, now, null, "", encoded.Length);
                 await connection.ExecuteAsync("""
                     INSERT INTO capacity_device_results (provider_id, attestation_id, device_index, reported_name, multiprocessors, device_model, outcome, detail, kernels)
                     SELECT @code, @attestationId, i, n, m, d, o, t, k::jsonb FROM unnest(@indices, @names, @sms, @models, @outcomes, @details, @kernels) AS u(i, n, m, d, o, t, k)
@@ -357,25 +357,32 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
         }
     }
 
-    /// <summary>Keeps a signed but refused attestation as evidence, and uses up its nonce so that the node runs the probe again.</summary>
+    /// <summary>
+    /// Most bytes of a refused attestation's report kept beside its SHA-256. A refused report
+    /// feeds nothing, and a node that keeps sending refused reports must not grow the table by
+    /// a whole report each.
+    /// </summary>
+    public const int RefusedReportBytesMax = 4096;
+
+    /// <summary>Keeps a signed but refused attestation as evidence (its digest and first bytes), and uses up its nonce so that the node runs the probe again.</summary>
     private async Task KeepRefusedAsync(string code, SubmitAttestationRequest request, NonceRow nonce, int keyVersion, byte[] digest, byte[] encoded, byte[] signature,
         CapacityRefusal refusal, string detail, CancellationToken cancellationToken) =>
         await InTransactionAsync(code, async (connection, transaction) =>
         {
             DateTimeOffset now = time.GetUtcNow();
-            long attestationId = await InsertAttestationAsync(connection, transaction, code, nonce.ValidationId, request.NodeId, keyVersion, digest, encoded, signature, now,
-                ProtocolName(refusal), detail.Length > 4_000 ? detail[..4_000] : detail);
+            long attestationId = await InsertAttestationAsync(connection, transaction, code, nonce.ValidationId, request.NodeId, keyVersion, digest,
+                encoded.AsSpan(0, Math.Min(encoded.Length, RefusedReportBytesMax)).ToArray(), signature, now, ProtocolName(refusal), detail.Length > 4_000 ? detail[..4_000] : detail, encoded.Length);
             await UseNonceAsync(connection, transaction, code, nonce.Nonce, attestationId, now);
             return attestationId;
         }, cancellationToken);
 
     private static Task<long> InsertAttestationAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, long validationId, string node, int keyVersion,
-        byte[] digest, byte[] encoded, byte[] signature, DateTimeOffset now, string? refusal, string detail) =>
+        byte[] digest, byte[] encoded, byte[] signature, DateTimeOffset now, string? refusal, string detail, int reportBytes) =>
         connection.ExecuteScalarAsync<long>("""
-            INSERT INTO capacity_attestations (provider_id, validation_id, node_id, key_version, report_sha256, report_encoded, signature, received_at, accepted, refusal, detail)
-            VALUES (@code, @validationId, @node, @keyVersion, @digest, @encoded, @signature, @now, @accepted, @refusal, @detail)
+            INSERT INTO capacity_attestations (provider_id, validation_id, node_id, key_version, report_sha256, report_encoded, report_bytes, signature, received_at, accepted, refusal, detail)
+            VALUES (@code, @validationId, @node, @keyVersion, @digest, @encoded, @reportBytes, @signature, @now, @accepted, @refusal, @detail)
             RETURNING attestation_id
-            """, new { code, validationId, node, keyVersion, digest, encoded, signature, now = now.UtcDateTime, accepted = refusal is null, refusal, detail }, transaction);
+            """, new { code, validationId, node, keyVersion, digest, encoded, reportBytes, signature, now = now.UtcDateTime, accepted = refusal is null, refusal, detail }, transaction);
 
     private static Task UseNonceAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, byte[] nonce, long attestationId, DateTimeOffset now) =>
         connection.ExecuteAsync("UPDATE capacity_nonces SET used_at = @now, attestation_id = @attestationId WHERE provider_id = @code AND nonce = @nonce AND used_at IS NULL",

@@ -93,6 +93,32 @@ public sealed class IngestSession
     public byte[] ChainHead => _head;
 
     /// <summary>
+    /// Whether the registry lets <paramref name="admission"/>'s provider open
+    /// <paramref name="streamId"/> at all, checked before the stream's row is written so that an
+    /// opener the registry would refuse every record of writes nothing: a proof stream needs a
+    /// registered organisation not on an integrity list; any other stream an admission, current
+    /// or past (a provider whose admission ended may still send the usage of its admitted time).
+    /// </summary>
+    public static Refusal CheckOpen(AdmissionSnapshot admission, string streamId)
+    {
+        if (streamId.StartsWith(ProofStreamPrefix, StringComparison.Ordinal))
+        {
+            if (!admission.Registered)
+            {
+                return new Refusal(IngestRefusal.OrganisationNotRegistered, $"{admission.ProviderId} is not a registered organisation; proof streams are for applicants the registry holds");
+            }
+
+            return admission.ListedOn is { } list
+                ? new Refusal(IngestRefusal.ProofNotAllowed, $"{admission.ProviderId} is on the {list} list and may not write a metering-log proof")
+                : default;
+        }
+
+        return admission.EverAdmitted
+            ? default
+            : new Refusal(IngestRefusal.ProviderNotAdmitted, $"{admission.ProviderId} holds no admitted service item; usage is taken only from admitted providers");
+    }
+
+    /// <summary>
     /// Whether the registry lets this provider's stream take the record: a proof stream needs a
     /// registered organisation; any other stream an admission covering the record's whole time.
     /// </summary>
@@ -310,7 +336,7 @@ public sealed class IngestSession
             if (!hash.SequenceEqual(stored[i + 1]))
             {
                 int length = CanonicalEncoding.Encode(fields, scratch);
-                await _store.RecordTamperConflictAsync(ProviderId, StreamId, records[i].Sequence, stored[i + 1], hash.ToArray(), scratch.AsSpan(0, length).ToArray(), _peer, cancellationToken);
+                await _store.RecordTamperConflictAsync(ProviderId, StreamId, records[i].Sequence, stored[i + 1], hash.ToArray(), scratch.AsMemory(0, length), _peer, cancellationToken);
                 throw new IngestRefusedException(
                     new Refusal(IngestRefusal.TamperConflict, $"record {records[i].Sequence} is already committed with different content; the conflict is recorded for audit"),
                     records[i].Sequence);

@@ -12,6 +12,7 @@ public static class ProtocolNames
     private static readonly string[] CapacityRefusals = Names(CapacityReflection.Descriptor, nameof(CapacityRefusal));
     private static readonly string[] AuditRefusals = Names(AuditReflection.Descriptor, nameof(AuditRefusal));
     private static readonly string[] LogRefusals = Names(TransparencyReflection.Descriptor, nameof(LogRefusal));
+    private static readonly string[] LimitRefusals = Names(LimitsReflection.Descriptor, nameof(LimitRefusal));
 
     public static string Of(IngestRefusal reason) => IngestRefusals[(int)reason];
 
@@ -23,6 +24,7 @@ public static class ProtocolNames
     public static string Of(AuditRefusal reason) => AuditRefusals[(int)reason];
 
     public static string Of(LogRefusal reason) => LogRefusals[(int)reason];
+    public static string Of(LimitRefusal reason) => LimitRefusals[(int)reason];
 
     private static string[] Names(FileDescriptor file, string enumName)
     {

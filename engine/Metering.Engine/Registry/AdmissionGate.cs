@@ -48,6 +48,9 @@ public sealed class AdmissionSnapshot
     /// <summary>The integrity list the organisation was on when read, or null: a listed organisation may not write proofs.</summary>
     public string? ListedOn { get; }
 
+    /// <summary>Whether the provider holds or held any admission; one that never did has no record ingest would take.</summary>
+    public bool EverAdmitted => _intervals.Length > 0;
+
     /// <summary>The organisation's admission epoch when read; -1 when it is not registered.</summary>
     public long Epoch { get; }
 

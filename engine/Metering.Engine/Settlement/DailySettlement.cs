@@ -409,9 +409,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         await using NpgsqlConnection side = await dataSource.OpenConnectionAsync(cancellationToken);
         await using NpgsqlTransaction transaction = await side.BeginTransactionAsync(IsolationLevel.RepeatableRead, cancellationToken);
         await side.ExecuteAsync(new CommandDefinition($"SET TRANSACTION SNAPSHOT '{snapshot}'", transaction: transaction, cancellationToken: cancellationToken));
-        // The side transaction holds the imported snapshot open; the leaves come through the wire
-        // reader in that snapshot where the data source allows it.
-        var metered = await DailyMerkle.RootsInSnapshotAsync(side, transaction, day, cancellationToken, new ExportedSnapshot(dataSource, snapshot));
+        var metered = await DailyMerkle.RootsInSnapshotAsync(side, transaction, day, cancellationToken);
         await transaction.CommitAsync(cancellationToken);
         return metered;
     }

@@ -274,14 +274,30 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
         return inserted == 1;
     }
 
-    /// <summary>Records a replay whose content differs from what is committed. Runs in its own transaction.</summary>
-    public async Task RecordTamperConflictAsync(string providerId, string streamId, ulong sequence, byte[] committedHash, byte[] offeredHash, byte[] offeredCanonical, string? peer, CancellationToken cancellationToken)
+    /// <summary>
+    /// Most bytes of an offered record's canonical encoding a tamper conflict keeps. The offered
+    /// chain hash commits to the whole record; the first bytes show what it was (provider,
+    /// stream, sequence, job) without letting each replay store a record's full size.
+    /// </summary>
+    public const int TamperCanonicalBytesMax = 1024;
+
+    /// <summary>Most characters of the peer a tamper conflict keeps.</summary>
+    public const int TamperPeerCharsMax = 256;
+
+    /// <summary>
+    /// Records a replay whose content differs from what is committed: the offered record's hash,
+    /// its first <see cref="TamperCanonicalBytesMax"/> canonical bytes and its full length. Runs
+    /// in its own transaction.
+    /// </summary>
+    public async Task RecordTamperConflictAsync(string providerId, string streamId, ulong sequence, byte[] committedHash, byte[] offeredHash, ReadOnlyMemory<byte> offeredCanonical, string? peer, CancellationToken cancellationToken)
     {
+        byte[] kept = offeredCanonical[..Math.Min(offeredCanonical.Length, TamperCanonicalBytesMax)].ToArray();
+        peer = peer is { Length: > TamperPeerCharsMax } ? peer[..TamperPeerCharsMax] : peer;
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         await connection.ExecuteAsync(new CommandDefinition("""
-            INSERT INTO tamper_conflicts (provider_id, stream_id, sequence, committed_hash, offered_hash, offered_canonical, peer)
-            VALUES (@providerId, @streamId, @sequence, @committedHash, @offeredHash, @offeredCanonical, @peer)
-            """, new { providerId, streamId, sequence = (long)sequence, committedHash, offeredHash, offeredCanonical, peer }, cancellationToken: cancellationToken));
+            INSERT INTO tamper_conflicts (provider_id, stream_id, sequence, committed_hash, offered_hash, offered_canonical, offered_canonical_bytes, peer)
+            VALUES (@providerId, @streamId, @sequence, @committedHash, @offeredHash, @kept, @length, @peer)
+            """, new { providerId, streamId, sequence = (long)sequence, committedHash, offeredHash, kept, length = offeredCanonical.Length, peer }, cancellationToken: cancellationToken));
     }
 }
 

@@ -15,8 +15,11 @@ namespace Metering.Server.Access;
 /// certificate that the connection did not present ends with UNAUTHENTICATED and the reason
 /// CLIENT_CERTIFICATE_REQUIRED or CLIENT_CERTIFICATE_MISMATCH: without the certificate the caller
 /// has not proven who it is, so the call is unauthenticated rather than denied. None touches anything.
+/// Results are cached briefly (<see cref="KeyLookupCache"/>); a key not seen valid lately costs
+/// its peer a token of the unknown-key bucket before it is looked up, so a peer cycling through
+/// bogus keys is refused with UNKNOWN_KEYS_PER_PEER_EXCEEDED without a database query each.
 /// </summary>
-internal sealed class AuthenticationInterceptor(CredentialStore credentials) : Interceptor
+internal sealed class AuthenticationInterceptor(KeyLookupCache credentials, CallLimiter limiter) : Interceptor
 {
     private const string ActorKey = "metering.actor";
 
@@ -59,7 +62,7 @@ internal sealed class AuthenticationInterceptor(CredentialStore credentials) : I
     private async Task AuthoriseAsync(ServerCallContext context)
     {
         string? header = context.RequestHeaders.GetValue("authorization");
-        Authentication found = await credentials.FindAsync(KeyOf(context), context.CancellationToken)
+        Authentication found = await LookUpAsync(KeyOf(context), context)
             ?? throw Errors.Refused(StatusCode.Unauthenticated, IngestRefusal.Unauthenticated,
                 header is null ? "no authorization header; send 'authorization: Bearer <api key>'" : "the API key is not valid, or it was revoked");
         X509Certificate2? presented = context.GetHttpContext().Connection.ClientCertificate;
@@ -78,5 +81,29 @@ internal sealed class AuthenticationInterceptor(CredentialStore credentials) : I
         }
 
         context.UserState[ActorKey] = actor;
+    }
+
+    private async ValueTask<Authentication?> LookUpAsync(string? key, ServerCallContext context)
+    {
+        if (!KeyLookupCache.IsWellFormed(key))
+        {
+            return null;
+        }
+
+        if (credentials.TryGetFresh(key!, out Authentication? remembered))
+        {
+            return remembered;
+        }
+
+        if (!credentials.WasSeenValid(key!))
+        {
+            string peer = CallLimiter.PeerOf(context);
+            if (!limiter.TakeUnknownKeyToken(peer))
+            {
+                throw limiter.UnknownKeysRefusal(peer);
+            }
+        }
+
+        return await credentials.LookUpAsync(key!, context.CancellationToken);
     }
 }

@@ -27,11 +27,23 @@ namespace Metering.Server.Audit;
 /// log before running it, and never writes anything else.
 /// </summary>
 internal sealed partial class AuditGrpcService(
-    NpgsqlDataSource dataSource, DeviceCatalog catalog, TimeProvider time, ServerSigningKey signingKey, UsageStore usageStore, ILogger<AuditGrpcService> logger)
+    NpgsqlDataSource dataSource, DeviceCatalog catalog, TimeProvider time, ServerSigningKey signingKey, UsageStore usageStore, CallLimiter limiter, KeyLookupCache credentials,
+    ILogger<AuditGrpcService> logger)
     : AuditService.AuditServiceBase
 {
-    /// <summary>Most sequences one GetChainHashes call reads; bounds the query and the logged request alike.</summary>
-    public const int ChainHashSequencesMax = 1_000;
+    /// <summary>
+    /// Most sequences one GetChainHashes call reads; bounds the query and the logged request alike.
+    /// 256 sequences of up to 10 bytes each keep a request under <see cref="RequestBytesMax"/>.
+    /// </summary>
+    public const int ChainHashSequencesMax = 256;
+
+    /// <summary>
+    /// The largest audit request taken, in protobuf bytes. Every field of an audit request is a
+    /// code, an id, a time or a number, so a real one is a few hundred bytes; a larger one is
+    /// refused with AUDIT_ARGUMENT_INVALID before it is logged, which bounds the log's entries
+    /// (<see cref="AuditQueryLog.ParametersCharsMax"/>).
+    /// </summary>
+    public const int RequestBytesMax = 4 * 1024;
 
     /// <summary>The largest message the server sends; a report past it is refused with AUDIT_LIMIT_EXCEEDED.</summary>
     public const int ResponseBytesMax = 16 * 1024 * 1024;
@@ -50,6 +62,7 @@ internal sealed partial class AuditGrpcService(
             IReadOnlyList<ChainVerification> results = request.StreamId.Length == 0
                 ? await verifier.VerifyProviderAsync(request.CreditCode, range, ct)
                 : [await verifier.VerifyStreamAsync(request.CreditCode, request.StreamId, range, null, ct)];
+            await RequireKeyStillValidAsync(context);
             return new VerifyChainResponse { Streams = { results.Select(ToMessage) } };
         });
 
@@ -133,6 +146,7 @@ internal sealed partial class AuditGrpcService(
                 await using (var file = new FileStream(path, FileMode.Create, FileAccess.ReadWrite, FileShare.None, 64 * 1024, FileOptions.DeleteOnClose))
                 {
                     records = await new UsageExport(dataSource).WriteAsync(filter, format, file, ct);
+                    await RequireKeyStillValidAsync(context);
                     file.Position = 0;
                     var buffer = new byte[ExportChunkBytes];
                     int read;
@@ -395,6 +409,18 @@ internal sealed partial class AuditGrpcService(
                 $"a provider audits only its own data; {actor.Subject} named '{providerId ?? "every provider"}'");
         }
 
+        try
+        {
+            Validate(request);
+        }
+        catch (ArgumentException error)
+        {
+            // Refused before the log: a request that is not one keeps nothing of itself.
+            LogRefused(logger, query, actor.ToString(), ProtocolNames.Of(AuditRefusal.AuditArgumentInvalid), error.Message);
+            throw Errors.Refused(StatusCode.InvalidArgument, ProtocolNames.Of(AuditRefusal.AuditArgumentInvalid), error.Message);
+        }
+
+        using IDisposable inFlight = limiter.AdmitAuditCall(actor.Subject);
         await _log.RecordJsonAsync(actor, AuditChannel.Grpc, query, providerId, JsonFormatter.Default.Format(request), context.CancellationToken);
         LogQuery(logger, query, actor.ToString(), providerId ?? "all providers");
         try
@@ -405,6 +431,73 @@ internal sealed partial class AuditGrpcService(
         {
             LogRefused(logger, query, actor.ToString(), ProtocolNames.Of(refusal.Reason), error.Message);
             throw Errors.Refused(refusal.Code, ProtocolNames.Of(refusal.Reason), error.Message);
+        }
+    }
+
+    /// <summary>
+    /// The checks a request passes before it is logged: its size, and the fields each call
+    /// requires in the form it requires them. The calls check the rest as they run.
+    /// </summary>
+    private static void Validate(IMessage request)
+    {
+        int size = request.CalculateSize();
+        if (size > RequestBytesMax)
+        {
+            throw new ArgumentException($"the request is {size:N0} bytes; an audit request is at most {RequestBytesMax:N0}");
+        }
+
+        switch (request)
+        {
+            case VerifyChainRequest r:
+                RequireCode(r.CreditCode);
+                RequireStreamId(r.StreamId, required: false);
+                break;
+            case GetMerkleRootRequest r:
+                RequireCode(r.CreditCode);
+                Day(r.Day, "day");
+                break;
+            case GetInclusionProofRequest r:
+                RequireCode(r.CreditCode);
+                RequireStreamId(r.StreamId, required: true);
+                break;
+            case QueryUsageRequest r:
+                Filter(r.Selection);
+                break;
+            case ExportUsageRequest r:
+                Filter(r.Selection);
+                break;
+            case DetectAnomaliesRequest r:
+                RequireCode(r.CreditCode);
+                break;
+            case RenderReportRequest r:
+                RequireCode(r.CreditCode);
+                Day(r.FromDay, "from_day");
+                Day(r.ToDay, "to_day");
+                break;
+            case GetChainHashesRequest r:
+                RequireCode(r.CreditCode);
+                RequireStreamId(r.StreamId, required: true);
+                break;
+        }
+    }
+
+    private static void RequireStreamId(string streamId, bool required)
+    {
+        if ((required || streamId.Length > 0) && !Ingest.IngestGrpcService.IsValidStreamId(streamId))
+        {
+            throw new ArgumentException($"stream_id must be 1 to {CanonicalEncoding.StreamIdBytesMax} characters from [A-Za-z0-9._:-]");
+        }
+    }
+
+    /// <summary>
+    /// Calls that stream results, or hand back a long computation, look the caller's key up again
+    /// first: a key revoked while the work ran gets nothing.
+    /// </summary>
+    private async Task RequireKeyStillValidAsync(ServerCallContext context)
+    {
+        if (await credentials.AuthenticateAsync(AuthenticationInterceptor.KeyOf(context), context.CancellationToken) is null)
+        {
+            throw Errors.Refused(StatusCode.Unauthenticated, IngestRefusal.Unauthenticated, "the API key was revoked while the audit call ran; no results were sent");
         }
     }
 

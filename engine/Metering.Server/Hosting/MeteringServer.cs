@@ -64,6 +64,9 @@ public sealed class ServerSettings
     /// <summary>How often open streams look their key up again, so that a revoked key loses them.</summary>
     public CredentialRecheckPolicy CredentialRecheck { get; init; } = CredentialRecheckPolicy.Default;
 
+    /// <summary>Per-caller limits on streams and audit calls, the authentication cache and the per-peer limit on unknown keys (proto/metering/v1/limits.md).</summary>
+    public CallLimits CallLimits { get; init; } = new();
+
     /// <summary>Nonce lifetime, validation validity, the sampling levels and the capacity limits.</summary>
     public CapacitySettings Capacity { get; init; } = new();
 
@@ -97,6 +100,8 @@ public sealed class MeteringServer : IAsyncDisposable
     {
         settings.Limits.Validate();
         settings.Capacity.Validate();
+        settings.CallLimits.Validate();
+        settings.CredentialRecheck.Validate();
         if (TransportRules.Refusal(settings.Listen, settings.Certificate is not null, settings.Insecure) is { } refusal)
         {
             throw new ArgumentException(refusal);
@@ -146,6 +151,9 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(provider => new AdmissionGate(provider.GetRequiredService<NpgsqlDataSource>()));
         builder.Services.AddSingleton(provider => new ProviderRegistry(provider.GetRequiredService<NpgsqlDataSource>(), settings.Catalog, settings.Time));
         builder.Services.AddSingleton(settings.CredentialRecheck);
+        builder.Services.AddSingleton(settings.CallLimits);
+        builder.Services.AddSingleton(provider => new CallLimiter(settings.CallLimits, settings.Time, provider.GetRequiredService<ILogger<CallLimiter>>()));
+        builder.Services.AddSingleton(provider => new KeyLookupCache(provider.GetRequiredService<CredentialStore>(), settings.CallLimits));
         builder.Services.AddSingleton(provider => new FleetValidationService(provider.GetRequiredService<NpgsqlDataSource>(), settings.Catalog, settings.Capacity, settings.Time));
         builder.Services.AddSingleton(provider => new VoucherBook(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
         builder.Services.AddSingleton(provider => new Redemptions(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));

@@ -22,8 +22,9 @@ internal sealed partial class IngestGrpcService(
     RecordValidator validator,
     StreamLeases leases,
     AdmissionGate gate,
-    CredentialStore credentials,
+    KeyLookupCache credentials,
     CredentialRecheckPolicy recheckPolicy,
+    CallLimiter limiter,
     TimeProvider time,
     ReceiptSigner receipts,
     IHostApplicationLifetime lifetime,
@@ -49,14 +50,23 @@ internal sealed partial class IngestGrpcService(
                 $"stream_id must be 1 to {CanonicalEncoding.StreamIdBytesMax} characters from [A-Za-z0-9._:-]");
         }
 
+        // Per-caller limits come before anything is read or written for the stream.
+        using IDisposable admitted = limiter.AdmitStream(caller.Subject, streamId);
+
         // A stream ends when its call ends, when another connection takes it over, or when the
         // server shuts down; in the last case the client sees UNAVAILABLE and reconnects elsewhere.
         using var callOrShutdown = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, lifetime.ApplicationStopping);
         using StreamLeases.Lease lease = await leases.AcquireAsync(caller.Subject, streamId, callOrShutdown.Token);
         try
         {
-            StreamHead head = await store.OpenStreamAsync(caller.Subject, streamId, lease.Token);
+            // The registry is asked first: an opener it refuses outright leaves no stream row.
             AdmissionSnapshot admission = await gate.LoadAsync(caller.Subject, lease.Token);
+            if (IngestSession.CheckOpen(admission, streamId) is { IsRefused: true } notAdmitted)
+            {
+                throw new IngestRefusedException(notAdmitted);
+            }
+
+            StreamHead head = await store.OpenStreamAsync(caller.Subject, streamId, lease.Token);
             var session = new IngestSession(store, validator, time, gate, admission, streamId, head, context.Peer);
             LogOpened(logger, caller.Subject, streamId, head.CommittedSequence, context.Peer);
             await responseStream.WriteAsync(new IngestResponse

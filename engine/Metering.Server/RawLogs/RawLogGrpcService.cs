@@ -25,7 +25,7 @@ internal sealed partial class RawLogGrpcService(
     RecordValidator validator,
     StreamLeases leases,
     AdmissionGate gate,
-    CredentialStore credentials,
+    KeyLookupCache credentials,
     CredentialRecheckPolicy recheckPolicy,
     TimeProvider time,
     ReceiptSigner receipts,

@@ -1,6 +1,7 @@
 using Google.Protobuf.Reflection;
 using Grpc.Core;
 using Metering.Protocol.V1;
+using Metering.Server.Access;
 using Metering.Server.Tests.Infrastructure;
 
 namespace Metering.Server.Tests.Access;
@@ -145,7 +146,7 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
     }
 
     [Fact]
-    public async Task A_revoked_key_is_refused_on_its_next_call()
+    public async Task A_revoked_key_is_refused_once_the_authentication_cache_time_has_passed()
     {
         await using TestServer server = await TestServer.StartAsync(postgres);
         await using var dataSource = Metering.Engine.Storage.Database.CreateDataSource(server.ConnectionString);
@@ -155,6 +156,7 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
         await registry.ListAdmissionBatchesAsync(new ListAdmissionBatchesRequest(), TestServer.Bearer(key));
 
         await store.RevokeAsync(Metering.Tests.Shared.Admissions.Operator, credential.CredentialId, CancellationToken.None);
+        await Task.Delay(new CallLimits().AuthenticationCacheMs + 200);
 
         RpcException error = await Assert.ThrowsAsync<RpcException>(() => registry.ListAdmissionBatchesAsync(new ListAdmissionBatchesRequest(), TestServer.Bearer(key)).ResponseAsync);
         Assert.Equal(StatusCode.Unauthenticated, error.StatusCode);

@@ -88,6 +88,26 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
     }
 
     [Fact]
+    public async Task A_refused_attestation_keeps_the_reports_digest_and_first_bytes_not_the_whole_report()
+    {
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        TestNode[] nodes = await scene.NodesAsync(1);
+        await scene.DeclareAsync(nodes);
+        ProbeReport precomputed = template.For(await scene.NonceAsync(nodes[0]));
+        byte[] encoded = ProbeReportEncoding.Encode(precomputed);
+        Assert.True(encoded.Length > Engine.Capacity.FleetValidationService.RefusedReportBytesMax, $"the report is only {encoded.Length} bytes; it shows no bound");
+
+        Assert.Equal("CHECKSUM_INVALID", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], precomputed))).Reason);
+
+        var kept = (await scene.Server.QueryAsync<(byte[] Digest, byte[] Report, int Length)>(
+            "SELECT report_sha256, report_encoded, report_bytes FROM capacity_attestations WHERE NOT accepted")).Single();
+        Assert.Equal(SHA256.HashData(encoded), kept.Digest);
+        Assert.Equal(encoded.Length, kept.Length);
+        Assert.Equal(encoded.AsSpan(0, Math.Min(encoded.Length, Engine.Capacity.FleetValidationService.RefusedReportBytesMax)).ToArray(), kept.Report);
+        Assert.True(kept.Report.Length <= Engine.Capacity.FleetValidationService.RefusedReportBytesMax);
+    }
+
+    [Fact]
     public async Task A_report_that_is_not_a_probe_report_is_malformed()
     {
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);

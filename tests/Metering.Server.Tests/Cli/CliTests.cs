@@ -24,6 +24,15 @@ public sealed class CliTests
     }
 
     [Fact]
+    public async Task Serve_refuses_a_limit_out_of_range_before_it_starts_anything()
+    {
+        var (exit, output) = await RunAsync("serve", "--streams-per-key", "0", "--data-dir", Path.Combine(Path.GetTempPath(), "metering-never-created"));
+        Assert.Equal(2, exit);
+        Assert.Contains("StreamsPerKeyMax must be between 1 and 100,000", output, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(Path.Combine(Path.GetTempPath(), "metering-never-created")));
+    }
+
+    [Fact]
     public async Task Demo_refuses_a_day_that_has_not_ended()
     {
         var (exit, output) = await RunAsync("demo", "--day", "2999-01-01");

@@ -23,6 +23,22 @@ public sealed class IngestCall : IAsyncDisposable
         return call;
     }
 
+    /// <summary>Opens a stream that must be refused at its open, and returns the error.</summary>
+    public static async Task<RpcException> OpenRefusedAsync(IngestService.IngestServiceClient client, string streamId, string? key = null)
+    {
+        using AsyncDuplexStreamingCall<IngestRequest, IngestResponse> call = client.Stream(TestServer.Bearer(key));
+        try
+        {
+            await call.RequestStream.WriteAsync(new IngestRequest { Open = new OpenStream { StreamId = streamId } });
+        }
+        catch (RpcException)
+        {
+            // The server may end the call first; its status comes from the response side.
+        }
+
+        return await Assert.ThrowsAsync<RpcException>(() => call.ResponseStream.MoveNext(CancellationToken.None));
+    }
+
     public async Task<BatchAck> SendAsync(IEnumerable<UsageRecord> records)
     {
         var batch = new UsageBatch();

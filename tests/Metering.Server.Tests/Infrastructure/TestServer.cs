@@ -59,10 +59,13 @@ public sealed class TestServer : IAsyncDisposable
     /// <summary>A channel of its own (its own connections) that trusts the test CA and presents <paramref name="client"/>, if any.</summary>
     public GrpcChannel NewChannel(X509Certificate2? client = null) => TestCertificates.Channel(Address, client);
 
+    /// <summary>The running server's services (its credential store, to count key look-ups).</summary>
+    public IServiceProvider Services => _server.Services;
+
     /// <param name="catalog">The device catalog; the embedded one unless a test needs the CPU fixture (<see cref="TestCatalogs.WithCpuFixture"/>).</param>
     /// <param name="database">The owner's connection string of a test database made earlier; a fresh one when null.</param>
     public static async Task<TestServer> StartAsync(PostgresFixture postgres, IngestLimits? limits = null, TimeProvider? time = null, DeviceCatalog? catalog = null,
-        CapacitySettings? capacity = null, CredentialRecheckPolicy? recheck = null, X509Certificate2? certificate = null, string? database = null)
+        CapacitySettings? capacity = null, CredentialRecheckPolicy? recheck = null, X509Certificate2? certificate = null, string? database = null, CallLimits? callLimits = null)
     {
         string connectionString = database ?? await postgres.CreateDatabaseAsync();
         var settings = new ServerSettings
@@ -76,6 +79,7 @@ public sealed class TestServer : IAsyncDisposable
             CredentialRecheck = recheck ?? CredentialRecheckPolicy.Default,
             Catalog = catalog ?? DeviceCatalog.LoadEmbedded(),
             Capacity = capacity ?? new CapacitySettings(),
+            CallLimits = callLimits ?? new CallLimits(),
         };
         return new TestServer(await MeteringServer.StartAsync(settings), settings, connectionString);
     }

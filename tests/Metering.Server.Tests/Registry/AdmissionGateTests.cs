@@ -77,12 +77,14 @@ public sealed class AdmissionGateTests(PostgresFixture postgres)
     public async Task A_registered_but_unadmitted_provider_may_write_only_its_proof_stream()
     {
         await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
-        var (_, key) = await scene.RegisterAsync(proof: false);
+        var (code, key) = await scene.RegisterAsync(proof: false);
 
-        await using IngestCall usage = await IngestCall.OpenAsync(scene.Server.Client(), "cluster-a", RegistryScene.KeyOf(key));
-        RpcException error = await usage.SendRefusedAsync([At(1, scene.Clock.Now.AddHours(-2), minutes: 5)]);
+        // Refused at the open, before its stream row is written.
+        RpcException error = await IngestCall.OpenRefusedAsync(scene.Server.Client(), "cluster-a", RegistryScene.KeyOf(key));
+        Assert.Equal(StatusCode.FailedPrecondition, error.StatusCode);
         Assert.Equal("PROVIDER_NOT_ADMITTED", IngestCall.Reason(error));
         Assert.Contains("holds no admitted service item", error.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM ingest_streams WHERE provider_id = @code", new { code }));
 
         await using IngestCall proof = await IngestCall.OpenAsync(scene.Server.Client(), "proof:platform-test", RegistryScene.KeyOf(key));
         Assert.Equal(1UL, (await proof.SendAsync([At(1, scene.Clock.Now.AddHours(-2), minutes: 5)])).CommittedSequence);

@@ -146,13 +146,11 @@ public sealed class RegistryRulesTests(PostgresFixture postgres)
         {
             Listing = new IntegrityListing { CreditCode = code, List = "serious_dishonesty", ListedFrom = "2026-01-01", Reason = "Listed." },
         }, RegistryScene.Operator);
-        await using IngestCall listed = await IngestCall.OpenAsync(scene.Server.Client(), "proof:other", RegistryScene.KeyOf(key));
-        UsageRecord proof = TestRecords.Valid(1);
-        proof.StartUnixMs = start;
-        proof.EndUnixMs = start + 60_000;
-        RpcException refused = await listed.SendRefusedAsync([proof]);
+        // A listed organisation is refused at the open, before a stream row is written.
+        RpcException refused = await IngestCall.OpenRefusedAsync(scene.Server.Client(), "proof:other", RegistryScene.KeyOf(key));
         Assert.Equal("PROOF_NOT_ALLOWED", IngestCall.Reason(refused));
         Assert.Contains("serious_dishonesty", refused.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM ingest_streams WHERE stream_id = 'proof:other'"));
     }
 
     [Fact]
