@@ -117,6 +117,25 @@ internal static class CheckReceiptsCommand
             };
         }
 
+        // Two genuine receipts that name different heads at one sequence prove a rewrite between
+        // them on their own, whatever the database holds now: the later one is reported.
+        var firstSeen = new Dictionary<(string Provider, string Stream, ulong Sequence), int>();
+        for (int i = 0; i < saved.Count; i++)
+        {
+            if (failures[i] is not null)
+            {
+                continue;
+            }
+
+            Receipt receipt = decoded[i]!;
+            if (!firstSeen.TryAdd((receipt.ProviderId, receipt.StreamId, receipt.Sequence), i)
+                && decoded[firstSeen[(receipt.ProviderId, receipt.StreamId, receipt.Sequence)]]!.ChainHead is byte[] earlier
+                && !earlier.AsSpan().SequenceEqual(receipt.ChainHead))
+            {
+                failures[i] = $"receipts disagree at sequence {receipt.Sequence}: line {saved[firstSeen[(receipt.ProviderId, receipt.StreamId, receipt.Sequence)]].Line} says {Convert.ToHexStringLower(earlier)}, this one says {Convert.ToHexStringLower(receipt.ChainHead)}";
+            }
+        }
+
         // Then the stored hashes, per stream, in calls of at most the server's limit.
         var stored = new Dictionary<(string Provider, string Stream), Dictionary<ulong, StoredChainHash>>();
         var committed = new Dictionary<(string Provider, string Stream), ulong>();

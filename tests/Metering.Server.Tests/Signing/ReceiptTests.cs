@@ -227,6 +227,32 @@ public sealed class ReceiptTests(PostgresFixture postgres)
             $"FAILED: receipt at line 5 ({TestRecords.Provider}/cluster-a #500): head differs at sequence 500: receipt says {Convert.ToHexStringLower(honestHeadAt500)}, database holds {Convert.ToHexStringLower(rewrittenHeadAt500)}",
             output, StringComparison.Ordinal);
         Assert.Contains("6 of 10 receipts fail", output, StringComparison.Ordinal);
+
+        // The server signs what the database holds when it answers, so the agent's next resume
+        // gets a genuine receipt for the rewritten head; beside the earlier one for the same
+        // sequence it proves the rewrite by itself.
+        await StreamWithReceiptsAsync(server, "cluster-a", total, receipts);
+        Assert.Equal(11, File.ReadAllLines(receipts).Length);
+
+        (exit, output) = await CheckReceiptsAsync(server, receipts, TestServer.ProviderKey, await PublicKeyFileAsync(TestServer.SigningKey.PublicKey));
+
+        Assert.Equal(1, exit);
+        Assert.Contains("FAILED: receipt at line 5", output, StringComparison.Ordinal);
+        Assert.Contains("7 of 11 receipts fail", output, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Check_receipts_reports_two_genuine_receipts_that_disagree_at_one_sequence()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        string receipts = await StreamWithReceiptsAsync(server, "cluster-a", 100);
+        var signer = new ReceiptSigner(TestServer.SigningKey, TimeProvider.System);
+        await AppendAsync(receipts, signer.Sign(TestRecords.Provider, "cluster-a", 100, new byte[32]));
+
+        var (exit, output) = await CheckReceiptsAsync(server, receipts, TestServer.ProviderKey, await PublicKeyFileAsync(TestServer.SigningKey.PublicKey));
+
+        Assert.Equal(1, exit);
+        Assert.Contains($"FAILED: receipt at line 2 ({TestRecords.Provider}/cluster-a #100): receipts disagree at sequence 100: line 1 says", output, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -280,9 +306,9 @@ public sealed class ReceiptTests(PostgresFixture postgres)
         Assert.True(exit == 0, output);
     }
 
-    private static async Task<string> StreamWithReceiptsAsync(TestServer server, string streamId, ulong total)
+    private static async Task<string> StreamWithReceiptsAsync(TestServer server, string streamId, ulong total, string? path = null)
     {
-        string path = Path.Combine(Directory.CreateTempSubdirectory("receipts-").FullName, "receipts.jsonl");
+        path ??= Path.Combine(Directory.CreateTempSubdirectory("receipts-").FullName, "receipts.jsonl");
         using (var receipts = new ReceiptsFile(path))
         {
             var streamer = new UsageStreamer(server.Channel, TestServer.ProviderKey, new StreamerOptions { BatchRecords = 100, WindowBatches = 2, Receipts = receipts });
