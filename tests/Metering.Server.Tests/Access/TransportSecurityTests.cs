@@ -9,6 +9,7 @@ using Metering.Engine.Access;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Samples.ProviderAgent;
+using Metering.Server.Access;
 using Metering.Server.Hosting;
 using Metering.Server.Tests.Infrastructure;
 using Npgsql;
@@ -120,7 +121,8 @@ public sealed class TransportSecurityTests(PostgresFixture postgres)
     [Fact]
     public async Task Unpinning_a_key_lets_it_work_without_a_client_certificate_again()
     {
-        await using TestServer server = await TestServer.StartAsync(postgres);
+        // Without the look-up cache, so that the unpinning reaches the very next call.
+        await using TestServer server = await TestServer.StartAsync(postgres, callLimits: new CallLimits { AuthenticationCacheMs = 0 });
         long id = await PinAsync(server, TestServer.ProviderKey, TestCertificates.ProviderClient);
         using GrpcChannel channel = server.NewChannel();
         Assert.Equal(StatusCode.Unauthenticated, (await CallAsync(channel, TestServer.ProviderKey)).StatusCode);

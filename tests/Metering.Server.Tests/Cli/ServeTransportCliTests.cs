@@ -32,7 +32,7 @@ public sealed class ServeTransportCliTests(PostgresFixture postgres)
         int port = ServerProcess.FreePort();
 
         await using ServerProcess server = await ServerProcess.StartAsync(new Uri($"http://127.0.0.1:{port}"),
-            "serve", "--connection", database, "--listen", $"http://0.0.0.0:{port}", "--insecure", "--signing-key", ServerProcess.SigningKeyPath);
+            "serve", "--connection", PostgresFixture.AsRuntimeRole(database), "--listen", $"http://0.0.0.0:{port}", "--insecure", "--signing-key", ServerProcess.SigningKeyPath);
         using GrpcChannel channel = GrpcChannel.ForAddress(server.Address);
         RpcException answered = await Assert.ThrowsAsync<RpcException>(() => new RawLogService.RawLogServiceClient(channel)
             .GetUploadAsync(new GetUploadRequest { UploadId = "no-such-upload" }, TestServer.Bearer()).ResponseAsync);
@@ -51,7 +51,7 @@ public sealed class ServeTransportCliTests(PostgresFixture postgres)
 
         await using ServerProcess server = await ServerProcess.StartAsync(address,
             new Dictionary<string, string> { ["METERING_TLS_CERT"] = pfx, ["METERING_TLS_PASSWORD"] = "s3cret" },
-            "serve", "--connection", database, "--listen", address.ToString(), "--signing-key", ServerProcess.SigningKeyPath);
+            "serve", "--connection", PostgresFixture.AsRuntimeRole(database), "--listen", address.ToString(), "--signing-key", ServerProcess.SigningKeyPath);
         using GrpcChannel channel = TestCertificates.Channel(server.Address);
         RpcException answered = await Assert.ThrowsAsync<RpcException>(() => new RawLogService.RawLogServiceClient(channel)
             .GetUploadAsync(new GetUploadRequest { UploadId = "no-such-upload" }, TestServer.Bearer()).ResponseAsync);
