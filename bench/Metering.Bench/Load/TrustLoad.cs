@@ -286,9 +286,11 @@ internal static class TrustLoad
     private sealed record Refusals(int Refused, int Attempts, List<string> Lines);
 
     /// <summary>
-    /// As the runtime role, UPDATE (of a column it may not update), DELETE, TRUNCATE and TRUNCATE
-    /// CASCADE on every evidence table and partition, each in its own transaction, rolled back
-    /// whatever happens. A refusal is SQLSTATE 42501: a missing privilege or a guard trigger.
+    /// As the runtime role, UPDATE (of a column it may not update: advancing evidence keeps its
+    /// progress columns updatable, forward only, so the UPDATE tried there is of another column),
+    /// DELETE, TRUNCATE and TRUNCATE CASCADE on every evidence table and partition, each in its own
+    /// transaction, rolled back whatever happens. A refusal is SQLSTATE 42501: a missing privilege
+    /// or a guard trigger.
     /// </summary>
     private static async Task<Refusals> TryRuntimeRewritesAsync(NpgsqlDataSource owner, string runtimeConnectionString)
     {
@@ -361,7 +363,7 @@ internal static class TrustLoad
             Dictionary<string, long> rowsAfter = await RowCountsAsync(look, relations);
             string[] changed = relations.Where(r => rowsBefore[r.Relation] != rowsAfter[r.Relation]).Select(r => r.Relation).ToArray();
             summary.Add(changed.Length == 0
-                ? $"runtime role: {relations.Count} evidence relations holding {rowsAfter.Values.Sum():N0} rows; UPDATE, DELETE, TRUNCATE and TRUNCATE CASCADE on each; every row count unchanged afterwards"
+                ? $"runtime role: {relations.Count} evidence relations holding {rowsAfter.Values.Sum():N0} rows; UPDATE (of a column outside its grant), DELETE, TRUNCATE and TRUNCATE CASCADE on each; every row count unchanged afterwards"
                 : $"runtime role: {relations.Count} evidence relations; row counts CHANGED in {string.Join(", ", changed)}");
         }
 
