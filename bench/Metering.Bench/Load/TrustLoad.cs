@@ -255,10 +255,12 @@ internal static class TrustLoad
         foreach (var stream in Enumerable.Range(0, receipts.Count).Where(i => failures[i] is null).GroupBy(i => (decoded[i]!.ProviderId, decoded[i]!.StreamId)))
         {
             var stored = new Dictionary<ulong, StoredChainHash>();
+            ulong committed = 0;
             foreach (ulong[] chunk in stream.Select(i => decoded[i]!.Sequence).Distinct().Order().Chunk(SequencesPerCall))
             {
                 GetChainHashesResponse answer = await audit.GetChainHashesAsync(
                     new GetChainHashesRequest { CreditCode = stream.Key.ProviderId, StreamId = stream.Key.StreamId, Sequences = { chunk } }, headers);
+                committed = answer.CommittedSequence;
                 foreach (StoredChainHash hash in answer.Hashes)
                 {
                     stored[hash.Sequence] = hash;
@@ -267,13 +269,8 @@ internal static class TrustLoad
 
             foreach (int i in stream)
             {
-                Receipt receipt = decoded[i]!;
-                StoredChainHash? hash = stored.GetValueOrDefault(receipt.Sequence);
-                failures[i] = hash is null || !hash.Stored ? $"sequence {receipt.Sequence} not stored"
-                    : hash.Duplicated ? $"sequence {receipt.Sequence} is stored more than once"
-                    : !hash.ChainHash.Span.SequenceEqual(receipt.ChainHead)
-                        ? $"head differs at sequence {receipt.Sequence}: receipt says {Convert.ToHexStringLower(receipt.ChainHead)}, database holds {Convert.ToHexStringLower(hash.ChainHash.Span)}"
-                        : null;
+                StoredChainHash? hash = stored.GetValueOrDefault(decoded[i]!.Sequence);
+                failures[i] = ReceiptVerifier.StoredHeadProblem(decoded[i]!, hash?.Stored == true, hash?.Duplicated == true, hash is null ? default : hash.ChainHash.Span, committed);
             }
         }
 
