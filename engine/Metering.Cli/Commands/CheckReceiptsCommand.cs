@@ -165,19 +165,8 @@ internal static class CheckReceiptsCommand
 
             Receipt receipt = decoded[i]!;
             StoredChainHash? hash = stored[(receipt.ProviderId, receipt.StreamId)].GetValueOrDefault(receipt.Sequence);
-            string head = Convert.ToHexStringLower(receipt.ChainHead);
-            if (hash is null || !hash.Stored)
-            {
-                failures[i] = $"sequence {receipt.Sequence} not stored: the database holds no record there (the stream's committed mark is {committed[(receipt.ProviderId, receipt.StreamId)]})";
-            }
-            else if (hash.Duplicated)
-            {
-                failures[i] = $"sequence {receipt.Sequence} is stored more than once";
-            }
-            else if (!hash.ChainHash.Span.SequenceEqual(receipt.ChainHead))
-            {
-                failures[i] = $"head differs at sequence {receipt.Sequence}: receipt says {head}, database holds {Convert.ToHexStringLower(hash.ChainHash.Span)}";
-            }
+            failures[i] = ReceiptVerifier.StoredHeadProblem(receipt, hash?.Stored == true, hash?.Duplicated == true,
+                hash is null ? default : hash.ChainHash.Span, committed[(receipt.ProviderId, receipt.StreamId)]);
         }
 
         int failed = failures.Count(f => f is not null);

@@ -176,4 +176,27 @@ public sealed class ReceiptVerifier(IEnumerable<ServerPublicKey> trustedKeys)
         detail = "";
         return ReceiptSignatureCheck.Valid;
     }
+
+    /// <summary>
+    /// Null when the database still holds exactly the receipt's chain head at its sequence, as the
+    /// server reported it (stored or not, stored more than once, the hash there, and the stream's
+    /// committed mark); otherwise the difference, as a sentence, which `audit check-receipts`
+    /// and bench/run-trust both print.
+    /// </summary>
+    public static string? StoredHeadProblem(Receipt receipt, bool stored, bool duplicated, ReadOnlySpan<byte> storedHash, ulong committedSequence)
+    {
+        if (!stored)
+        {
+            return $"sequence {receipt.Sequence} not stored: the database holds no record there (the stream's committed mark is {committedSequence})";
+        }
+
+        if (duplicated)
+        {
+            return $"sequence {receipt.Sequence} is stored more than once";
+        }
+
+        return storedHash.SequenceEqual(receipt.ChainHead)
+            ? null
+            : $"head differs at sequence {receipt.Sequence}: receipt says {Convert.ToHexStringLower(receipt.ChainHead)}, database holds {Convert.ToHexStringLower(storedHash)}";
+    }
 }

@@ -125,4 +125,20 @@ public sealed class ReceiptTests
         Assert.Equal(ReceiptSignatureCheck.Malformed, check);
         Assert.Contains("not the one it was signed under", detail, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void A_stored_head_matches_only_when_stored_once_with_the_same_bytes_and_each_difference_is_named()
+    {
+        byte[] head = Enumerable.Range(0, 32).Select(i => (byte)i).ToArray();
+        var receipt = new Receipt("0123456789abcdef", "914403001922038216", "cluster-a", 300, head, 1);
+        byte[] other = (byte[])head.Clone();
+        other[31] ^= 1;
+
+        Assert.Null(ReceiptVerifier.StoredHeadProblem(receipt, stored: true, duplicated: false, head, committedSequence: 300));
+        Assert.Equal("sequence 300 not stored: the database holds no record there (the stream's committed mark is 250)",
+            ReceiptVerifier.StoredHeadProblem(receipt, stored: false, duplicated: false, default, committedSequence: 250));
+        Assert.Equal("sequence 300 is stored more than once", ReceiptVerifier.StoredHeadProblem(receipt, stored: true, duplicated: true, head, committedSequence: 300));
+        Assert.Equal($"head differs at sequence 300: receipt says {Convert.ToHexStringLower(head)}, database holds {Convert.ToHexStringLower(other)}",
+            ReceiptVerifier.StoredHeadProblem(receipt, stored: true, duplicated: false, other, committedSequence: 300));
+    }
 }

@@ -2,7 +2,6 @@ using System.Diagnostics;
 using System.Text.Json;
 using Dapper;
 using Grpc.Core;
-using Metering.Engine.Ingest;
 using Metering.Engine.Signing;
 using Metering.Protocol.V1;
 using Metering.Samples.ProviderAgent;
@@ -322,36 +321,7 @@ public sealed class ReceiptTests(PostgresFixture postgres)
     /// <summary>The insider's rewrite: one record changed, every later hash and the head recomputed, all consistent.</summary>
     private static async Task RewriteAsync(TestServer server, string streamId, ulong rewritten, ulong total)
     {
-        await using var connection = new NpgsqlConnection(server.ConnectionString);
-        await connection.OpenAsync();
-        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync();
-        await connection.ExecuteAsync("SET LOCAL session_replication_role = replica", transaction: transaction);
-        var key = new { provider = TestRecords.Provider, stream = streamId };
-        byte[] previous = await connection.QuerySingleAsync<byte[]>(
-            "SELECT chain_hash FROM usage_records WHERE provider_id = @provider AND stream_id = @stream AND sequence = @sequence",
-            new { key.provider, key.stream, sequence = (long)rewritten - 1 }, transaction);
-        byte[] scratch = new byte[4096];
-        byte[] hash = new byte[CanonicalEncoding.HashBytes];
-        for (ulong sequence = rewritten; sequence <= total; sequence++)
-        {
-            UsageRecord record = TestRecords.Valid(sequence);
-            if (sequence == rewritten)
-            {
-                record.DeviceCount *= 2;
-            }
-
-            CanonicalEncoding.ChainHash(previous, RecordFields.From(key.provider, key.stream, record), scratch, hash);
-            await connection.ExecuteAsync("""
-                UPDATE usage_records SET chain_hash = @hash, device_count = @devices,
-                       usage_npfh = CASE WHEN device_count = @devices THEN usage_npfh ELSE usage_npfh * @devices / device_count END
-                WHERE provider_id = @provider AND stream_id = @stream AND sequence = @sequence
-                """, new { hash, devices = (int)record.DeviceCount, key.provider, key.stream, sequence = (long)sequence }, transaction);
-            previous = (byte[])hash.Clone();
-        }
-
-        await connection.ExecuteAsync("UPDATE ingest_streams SET chain_head = @previous WHERE provider_id = @provider AND stream_id = @stream",
-            new { previous, key.provider, key.stream }, transaction);
-        await transaction.CommitAsync();
+        await InsiderRewrite.RewriteChainAsync(server.ConnectionString, TestRecords.Provider, streamId, rewritten, total, TestRecords.Valid, record => record.DeviceCount *= 2);
         Assert.Equal(16, await server.ScalarAsync<int>("SELECT device_count FROM usage_records WHERE stream_id = @stream AND sequence = @sequence", new { stream = streamId, sequence = (long)rewritten }));
     }
 

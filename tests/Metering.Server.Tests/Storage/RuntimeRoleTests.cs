@@ -277,14 +277,7 @@ public sealed class RuntimeRoleTests(PostgresFixture postgres)
     private static async Task<List<string>> EvidenceRelationsAsync(string owner)
     {
         await using NpgsqlConnection look = await OpenAsync(owner);
-        string[] evidence = SchemaTables.All.Where(r => r.Kind is TableKind.Evidence or TableKind.AdvancingEvidence).Select(r => r.Table).ToArray();
-        return (await look.QueryAsync<string>("""
-            SELECT e.name FROM unnest(@evidence) AS e(name)
-            UNION
-            SELECT c.relname FROM unnest(@evidence) AS e(name)
-            CROSS JOIN LATERAL pg_partition_tree(e.name::regclass) t JOIN pg_class c ON c.oid = t.relid
-            ORDER BY 1
-            """, new { evidence })).ToList();
+        return (await EvidenceRelations.ListAsync(look, CancellationToken.None)).Select(r => r.Relation).ToList();
     }
 
     private static async Task<Dictionary<string, string>> ChecksumsAsync(string owner, List<string> relations)
