@@ -49,7 +49,7 @@ internal static class IngestLoad
         if (options is null)
         {
             Console.Error.WriteLine($"error: {error}");
-            Console.Error.WriteLine("usage: Metering.Bench load --records N --streams S --data-dir DIR [--batch B --window W]");
+            Console.Error.WriteLine("usage: Metering.Bench load --records N --streams S --data-dir DIR [--batch B --window W --tls true|false]");
             return 2;
         }
 
@@ -61,7 +61,8 @@ internal static class IngestLoad
 
         string dataDirectory = Path.GetFullPath(options.DataDirectory);
         DeleteCluster(dataDirectory);
-        Console.WriteLine($"load: {options.Records:N0} records over {options.Streams} streams, batches of {options.BatchRecords:N0}, window {options.WindowBatches}; fresh cluster in {dataDirectory}");
+        Console.WriteLine($"load: {options.Records:N0} records over {options.Streams} streams, batches of {options.BatchRecords:N0}, window {options.WindowBatches}, "
+            + $"{(options.Tls ? "TLS (a CA and certificate made at run time)" : "cleartext HTTP/2 on loopback")}, a signed receipt on every acknowledgement; fresh cluster in {dataDirectory}");
 
         double ingestPerSecond;
         double copyPerSecond;
@@ -75,10 +76,13 @@ internal static class IngestLoad
 
             string apiKey = (await Admissions.SeedAsync(dataSource)).OtherProvider;
             Streamed streamed;
+            using BenchCertificates? certificates = options.Tls ? BenchCertificates.Make() : null;
+            using ServerSigningKey signingKey = ServerSigningKey.CreateNew();
             await using (MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
             {
-                SigningKey = ServerSigningKey.CreateNew(),
-                Listen = new Uri("http://127.0.0.1:0"),
+                SigningKey = signingKey,
+                Listen = new Uri(certificates is null ? "http://127.0.0.1:0" : "https://127.0.0.1:0"),
+                Certificate = certificates?.Server,
                 ConnectionString = postgres.RuntimeConnectionString,
                 ConfigureLogging = builder => builder.AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace).SetMinimumLevel(LogLevel.Warning),
             }))
@@ -86,7 +90,10 @@ internal static class IngestLoad
                 // Both phases start right after a checkpoint, so that each pays the same
                 // full-page writes for the pages it touches first.
                 await CheckpointAsync(dataSource);
-                streamed = await StreamAsync(server.Address, apiKey, options);
+                using GrpcChannel channel = certificates is null
+                    ? GrpcChannel.ForAddress(server.Address, new GrpcChannelOptions { MaxSendMessageSize = null })
+                    : BenchCertificates.Channel(server.Address, certificates.Ca);
+                streamed = await StreamAsync(channel, apiKey, options);
             }
 
             long stored = await CountAsync(dataSource);
@@ -122,7 +129,7 @@ internal static class IngestLoad
         }
 
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"RESULT ingest_records_per_s={ingestPerSecond:0} copy_records_per_s={copyPerSecond:0} ratio={ingestPerSecond / copyPerSecond:0.00} p50_ack_ms={p50Ms:0.0} p99_ack_ms={p99Ms:0.0}"));
+            $"RESULT ingest_records_per_s={ingestPerSecond:0} copy_records_per_s={copyPerSecond:0} ratio={ingestPerSecond / copyPerSecond:0.00} p50_ack_ms={p50Ms:0.0} p99_ack_ms={p99Ms:0.0} tls={(options.Tls ? "true" : "false")}"));
         return 0;
     }
 
@@ -130,7 +137,7 @@ internal static class IngestLoad
     /// Streams the records over one HTTP/2 connection, one gRPC call per stream, and returns the
     /// wall time from the first send to the last acknowledgement and every batch's ack latency.
     /// </summary>
-    private static async Task<Streamed> StreamAsync(Uri address, string apiKey, LoadOptions options)
+    private static async Task<Streamed> StreamAsync(GrpcChannel channel, string apiKey, LoadOptions options)
     {
         // A day 30 days back in Shanghai: every record lies in the past, whatever the run time.
         DateOnly today = DateOnly.FromDateTime(DateTime.UtcNow.AddHours(8));
@@ -150,7 +157,6 @@ internal static class IngestLoad
 
         var committed = new ulong[streams.Length];
         var latencies = new List<double>[streams.Length];
-        using var channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions { MaxSendMessageSize = null });
         var clock = Stopwatch.StartNew();
         var runs = new Task<StreamResult>[streams.Length];
         for (int i = 0; i < streams.Length; i++)
@@ -316,7 +322,7 @@ internal static class IngestLoad
 }
 
 /// <summary>The load tool's command line.</summary>
-internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches)
+internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches, bool Tls)
 {
     public const long RecordsMax = 100_000_000;
     public const int StreamsMax = 64;
@@ -340,11 +346,12 @@ internal sealed record LoadOptions(long Records, int Streams, string DataDirecto
         int streams = int.Parse(values.GetValueOrDefault("streams", "4"), CultureInfo.InvariantCulture);
         int batch = int.Parse(values.GetValueOrDefault("batch", "5000"), CultureInfo.InvariantCulture);
         int window = int.Parse(values.GetValueOrDefault("window", "4"), CultureInfo.InvariantCulture);
+        bool tls = bool.Parse(values.GetValueOrDefault("tls", "false"));
         error = records is < 1 or > RecordsMax ? $"--records must be 1 to {RecordsMax}"
             : streams < 1 || streams > StreamsMax || streams > records ? $"--streams must be 1 to {StreamsMax} and at most --records"
             : batch is < 1 or > 100_000 ? "--batch must be 1 to 100000"
             : window is < 1 or > WindowBatchesMax ? $"--window must be 1 to {WindowBatchesMax}"
             : null;
-        return error is null ? new LoadOptions(records, streams, dataDirectory, batch, window) : null;
+        return error is null ? new LoadOptions(records, streams, dataDirectory, batch, window, tls) : null;
     }
 }
