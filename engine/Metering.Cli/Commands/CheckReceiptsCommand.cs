@@ -62,14 +62,9 @@ internal static class CheckReceiptsCommand
                 return Fail(e.Message);
             }
 
-            GrpcChannel opened;
-            try
+            if (!connection.TryOpen(parse, out GrpcChannel? opened, out string? error))
             {
-                opened = connection.Open(parse);
-            }
-            catch (ArgumentException e)
-            {
-                return Fail(e.Message);
+                return Fail(error);
             }
 
             using GrpcChannel channel = opened;

@@ -70,17 +70,12 @@ internal static class IngestFileCommand
                 Mapping = logMapping,
                 TotalBytes = (ulong)log.Length,
             };
-            GrpcChannel channel;
-            try
+            if (!connection.TryOpen(parse, out GrpcChannel? channel, out string? error))
             {
-                channel = connection.Open(parse);
-            }
-            catch (ArgumentException e)
-            {
-                return Fail(e.Message);
+                return Fail(error);
             }
 
-            using var opened = channel;
+            using GrpcChannel opened = channel;
             var client = new RawLogService.RawLogServiceClient(channel);
             Metadata headers = ServerConnection.Bearer(key);
             try

@@ -45,14 +45,9 @@ internal static class LogCommands
                 return Usage($"give --api-key or set {ServerConnection.ApiKeyVariable}");
             }
 
-            GrpcChannel opened;
-            try
+            if (!connection.TryOpen(parse, out GrpcChannel? opened, out string? error))
             {
-                opened = connection.Open(parse);
-            }
-            catch (ArgumentException e)
-            {
-                return Usage(e.Message);
+                return Usage(error);
             }
 
             using GrpcChannel channel = opened;

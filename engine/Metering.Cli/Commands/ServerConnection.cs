@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Diagnostics.CodeAnalysis;
 using System.Net.Security;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
@@ -54,6 +55,23 @@ internal sealed class ServerConnection
 
     /// <summary>A refusal as one line: status, ErrorInfo reason and the server's message.</summary>
     public static string Describe(RpcException e) => $"{e.StatusCode} {e.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason}: {e.Status.Detail}";
+
+    /// <summary>A channel to the server the options name, or false with what is wrong with a certificate option.</summary>
+    public bool TryOpen(ParseResult parse, [NotNullWhen(true)] out GrpcChannel? channel, [NotNullWhen(false)] out string? error)
+    {
+        try
+        {
+            channel = Open(parse);
+            error = null;
+            return true;
+        }
+        catch (ArgumentException e)
+        {
+            channel = null;
+            error = e.Message;
+            return false;
+        }
+    }
 
     /// <summary>A channel to the server the options name.</summary>
     /// <exception cref="ArgumentException">A certificate file is missing or unreadable; the message says which.</exception>

@@ -69,33 +69,25 @@ public sealed class CredentialStore(NpgsqlDataSource dataSource, TimeProvider ti
     /// Pins a credential to the client certificate with this SHA-256, or unpins it (null). From then
     /// on its key is accepted only over a connection that presented that certificate.
     /// </summary>
-    public async Task<CredentialInfo> PinAsync(Actor pinner, long credentialId, byte[]? clientCertificateSha256, CancellationToken cancellationToken)
+    public Task<CredentialInfo> PinAsync(Actor pinner, long credentialId, byte[]? clientCertificateSha256, CancellationToken cancellationToken)
     {
         CheckPin(clientCertificateSha256);
-        DateTimeOffset now = time.GetUtcNow();
-        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(cancellationToken);
-        var row = await connection.QueryFirstOrDefaultAsync<(string Role, string Subject, DateTime? RevokedAt)?>(
-            "SELECT role, subject, revoked_at FROM credentials WHERE credential_id = @credentialId FOR UPDATE", new { credentialId }, transaction);
-        if (row is null)
-        {
-            throw FilingRules.Invalid($"there is no credential {credentialId}");
-        }
-
-        if (row.Value.RevokedAt is not null)
-        {
-            throw new RegistryRefusedException(RegistryRefusal.StatusChangeInvalid, $"credential {credentialId} is revoked");
-        }
-
-        await connection.ExecuteAsync("UPDATE credentials SET client_cert_sha256 = @pin WHERE credential_id = @credentialId",
-            new { pin = clientCertificateSha256, credentialId }, transaction);
-        await RecordAsync(connection, transaction, pinner, now, row.Value.Role == "provider" ? row.Value.Subject : null, credentialId,
-            clientCertificateSha256 is null ? "unpin" : "pin");
-        await transaction.CommitAsync(cancellationToken);
-        return (await ListAsync(cancellationToken)).First(c => c.CredentialId == credentialId);
+        return ChangeUnrevokedAsync(pinner, credentialId, clientCertificateSha256 is null ? "unpin" : "pin", "is revoked",
+            "UPDATE credentials SET client_cert_sha256 = @pin WHERE credential_id = @credentialId",
+            _ => new { pin = clientCertificateSha256, credentialId }, cancellationToken);
     }
 
-    public async Task<CredentialInfo> RevokeAsync(Actor revoker, long credentialId, CancellationToken cancellationToken)
+    public Task<CredentialInfo> RevokeAsync(Actor revoker, long credentialId, CancellationToken cancellationToken) =>
+        ChangeUnrevokedAsync(revoker, credentialId, "revoke", "is already revoked",
+            "UPDATE credentials SET revoked_by = @by, revoked_at = @now WHERE credential_id = @credentialId",
+            now => new { by = revoker.Subject, now = now.UtcDateTime, credentialId }, cancellationToken);
+
+    /// <summary>
+    /// Changes a credential that is not revoked, under its row lock, and records the change in the
+    /// registry history in the same transaction; a revoked one stays as it is.
+    /// </summary>
+    private async Task<CredentialInfo> ChangeUnrevokedAsync(Actor actor, long credentialId, string action, string whenRevoked, string update,
+        Func<DateTimeOffset, object> parameters, CancellationToken cancellationToken)
     {
         DateTimeOffset now = time.GetUtcNow();
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
@@ -109,12 +101,11 @@ public sealed class CredentialStore(NpgsqlDataSource dataSource, TimeProvider ti
 
         if (row.Value.RevokedAt is not null)
         {
-            throw new RegistryRefusedException(RegistryRefusal.StatusChangeInvalid, $"credential {credentialId} is already revoked");
+            throw new RegistryRefusedException(RegistryRefusal.StatusChangeInvalid, $"credential {credentialId} {whenRevoked}");
         }
 
-        await connection.ExecuteAsync("UPDATE credentials SET revoked_by = @by, revoked_at = @now WHERE credential_id = @credentialId",
-            new { by = revoker.Subject, now = now.UtcDateTime, credentialId }, transaction);
-        await RecordAsync(connection, transaction, revoker, now, row.Value.Role == "provider" ? row.Value.Subject : null, credentialId, "revoke");
+        await connection.ExecuteAsync(update, parameters(now), transaction);
+        await RecordAsync(connection, transaction, actor, now, row.Value.Role == "provider" ? row.Value.Subject : null, credentialId, action);
         await transaction.CommitAsync(cancellationToken);
         return (await ListAsync(cancellationToken)).First(c => c.CredentialId == credentialId);
     }
