@@ -3,6 +3,7 @@ using System.Net.Security;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Grpc.Net.Client;
+using Metering.Tests.Shared;
 
 namespace Metering.Bench.Load;
 
@@ -24,8 +25,9 @@ internal sealed class BenchCertificates : IDisposable
     public static BenchCertificates Make()
     {
         DateTimeOffset now = DateTimeOffset.UtcNow;
-        X509Certificate2 ca = CertificateAuthority("CN=Metering Bench CA", now);
-        return new BenchCertificates(ca, ServerCertificate(ca, now), CertificateAuthority("CN=Someone Else's CA", now));
+        X509Certificate2 ca = CertificateMaker.Authority("CN=Metering Bench CA", now, now.AddDays(1));
+        X509Certificate2 server = CertificateMaker.Server(ca, "CN=127.0.0.1", now, now.AddHours(12), names => names.AddIpAddress(IPAddress.Loopback));
+        return new BenchCertificates(ca, server, CertificateMaker.Authority("CN=Someone Else's CA", now, now.AddDays(1)));
     }
 
     /// <summary>
@@ -44,34 +46,6 @@ internal sealed class BenchCertificates : IDisposable
             return errors == SslPolicyErrors.None;
         };
         return GrpcChannel.ForAddress(address, new GrpcChannelOptions { HttpHandler = handler, DisposeHttpClient = true, MaxSendMessageSize = null });
-    }
-
-    private static X509Certificate2 CertificateAuthority(string subject, DateTimeOffset now)
-    {
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest(subject, key, HashAlgorithmName.SHA256);
-        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(true, false, 0, true));
-        request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.KeyCertSign | X509KeyUsageFlags.CrlSign, true));
-        request.CertificateExtensions.Add(new X509SubjectKeyIdentifierExtension(request.PublicKey, false));
-        return request.CreateSelfSigned(now.AddMinutes(-5), now.AddDays(1));
-    }
-
-    private static X509Certificate2 ServerCertificate(X509Certificate2 ca, DateTimeOffset now)
-    {
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest("CN=127.0.0.1", key, HashAlgorithmName.SHA256);
-        var names = new SubjectAlternativeNameBuilder();
-        names.AddIpAddress(IPAddress.Loopback);
-        request.CertificateExtensions.Add(names.Build());
-        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, true));
-        request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.DigitalSignature, true));
-        // Server authentication only.
-        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.1")], false));
-        request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(ca, true, false));
-        byte[] serial = RandomNumberGenerator.GetBytes(16);
-        serial[0] &= 0x7F;
-        using X509Certificate2 issued = request.Create(ca, now.AddMinutes(-5), now.AddHours(12), serial);
-        return issued.CopyWithPrivateKey(key);
     }
 
     public void Dispose()

@@ -1,8 +1,8 @@
 using System.Net;
 using System.Net.Security;
-using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Grpc.Net.Client;
+using Metering.Tests.Shared;
 
 namespace Metering.Server.Tests.Infrastructure;
 
@@ -67,49 +67,14 @@ public static class TestCertificates
     private static Issued Make()
     {
         DateTimeOffset now = DateTimeOffset.UtcNow;
-        X509Certificate2 ca = SelfSigned("CN=Metering Test CA", isCa: true, now);
-        X509Certificate2 otherCa = SelfSigned("CN=Someone Else's CA", isCa: true, now);
+        X509Certificate2 ca = CertificateMaker.Authority("CN=Metering Test CA", now, now.AddDays(2));
         return new Issued(
             ca,
-            IssuedBy(ca, "CN=127.0.0.1", now, names => { names.AddIpAddress(IPAddress.Loopback); names.AddDnsName("localhost"); }),
-            IssuedBy(ca, "CN=metering.example.org", now, names => names.AddDnsName("metering.example.org")),
-            otherCa,
-            SelfSigned("CN=provider agent 91440300MA5FUTPX3K", isCa: false, now),
-            SelfSigned("CN=provider agent other", isCa: false, now));
-    }
-
-    private static X509Certificate2 SelfSigned(string subject, bool isCa, DateTimeOffset now)
-    {
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest(subject, key, HashAlgorithmName.SHA256);
-        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(isCa, false, 0, true));
-        request.CertificateExtensions.Add(isCa
-            ? new X509KeyUsageExtension(X509KeyUsageFlags.KeyCertSign | X509KeyUsageFlags.CrlSign, true)
-            : new X509KeyUsageExtension(X509KeyUsageFlags.DigitalSignature, true));
-        if (!isCa)
-        {
-            request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.2")], false));
-        }
-
-        request.CertificateExtensions.Add(new X509SubjectKeyIdentifierExtension(request.PublicKey, false));
-        return request.CreateSelfSigned(now.AddMinutes(-5), now.AddDays(2));
-    }
-
-    private static X509Certificate2 IssuedBy(X509Certificate2 ca, string subject, DateTimeOffset now, Action<SubjectAlternativeNameBuilder> names)
-    {
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest(subject, key, HashAlgorithmName.SHA256);
-        var alternativeNames = new SubjectAlternativeNameBuilder();
-        names(alternativeNames);
-        request.CertificateExtensions.Add(alternativeNames.Build());
-        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, true));
-        request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.DigitalSignature, true));
-        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.1")], false));
-        request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(ca, true, false));
-        byte[] serial = RandomNumberGenerator.GetBytes(16);
-        serial[0] &= 0x7F;
-        using X509Certificate2 issued = request.Create(ca, now.AddMinutes(-5), now.AddDays(1), serial);
-        return issued.CopyWithPrivateKey(key);
+            CertificateMaker.Server(ca, "CN=127.0.0.1", now, now.AddDays(1), names => { names.AddIpAddress(IPAddress.Loopback); names.AddDnsName("localhost"); }),
+            CertificateMaker.Server(ca, "CN=metering.example.org", now, now.AddDays(1), names => names.AddDnsName("metering.example.org")),
+            CertificateMaker.Authority("CN=Someone Else's CA", now, now.AddDays(2)),
+            CertificateMaker.Client("CN=provider agent 91440300MA5FUTPX3K", now, now.AddDays(2)),
+            CertificateMaker.Client("CN=provider agent other", now, now.AddDays(2)));
     }
 
     private static readonly Lock WriteLock = new();
