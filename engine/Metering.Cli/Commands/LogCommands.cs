@@ -25,48 +25,20 @@ internal static class LogCommands
         Required = required,
     };
 
-    /// <summary>A client command: the server options, then an action that gets a client and the caller's key headers.</summary>
+    /// <summary>A client command (ClientCommand) whose action gets the transparency client; an unreadable key or head file is bad usage.</summary>
     private static Command Client(string name, string description, Option[] options,
-        Func<ParseResult, TransparencyService.TransparencyServiceClient, Metadata, CancellationToken, Task<int>> action)
-    {
-        var connection = new ServerConnection();
-        var command = new Command(name, description);
-        foreach (Option option in options)
+        Func<ParseResult, TransparencyService.TransparencyServiceClient, Metadata, CancellationToken, Task<int>> action) =>
+        ClientCommand.Create(name, description, options, async (parse, call, cancellationToken) =>
         {
-            command.Options.Add(option);
-        }
-
-        connection.AddTo(command);
-
-        command.SetAction(async (parse, cancellationToken) =>
-        {
-            if (connection.ResolveApiKey(parse) is not { } key)
-            {
-                return Usage($"give --api-key or set {ServerConnection.ApiKeyVariable}");
-            }
-
-            if (!connection.TryOpen(parse, out GrpcChannel? opened, out string? error))
-            {
-                return Usage(error);
-            }
-
-            using GrpcChannel channel = opened;
             try
             {
-                return await action(parse, new TransparencyService.TransparencyServiceClient(channel), ServerConnection.Bearer(key), cancellationToken);
-            }
-            catch (RpcException e)
-            {
-                Console.Error.WriteLine($"refused: {ServerConnection.Describe(e)}");
-                return 1;
+                return await action(parse, new TransparencyService.TransparencyServiceClient(call.Channel), call.Headers, cancellationToken);
             }
             catch (Exception e) when (e is SigningKeyException or FormatException or IOException or UnauthorizedAccessException)
             {
-                return Usage(e.Message);
+                throw new UsageException(e.Message);
             }
         });
-        return command;
-    }
 
     private static Command LogHead()
     {
@@ -133,7 +105,7 @@ internal static class LogCommands
                 string savedPath = parse.GetValue(saved)!;
                 if (new FileInfo(savedPath) is { Exists: true, Length: > EngineTreeHead.JsonBytesMax })
                 {
-                    return Usage($"{savedPath} is larger than a saved tree head ({EngineTreeHead.JsonBytesMax} bytes at most)");
+                    return ClientCommand.Usage($"{savedPath} is larger than a saved tree head ({EngineTreeHead.JsonBytesMax} bytes at most)");
                 }
 
                 EngineTreeHead earlier = EngineTreeHead.FromJson(await File.ReadAllTextAsync(savedPath, ct));
@@ -210,10 +182,4 @@ internal static class LogCommands
 
     private static string Time(long unixMs) =>
         $"{DateTimeOffset.FromUnixTimeMilliseconds(unixMs).UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss.fff'Z'", CultureInfo.InvariantCulture)} ({unixMs} ms)";
-
-    private static int Usage(string message)
-    {
-        Console.Error.WriteLine($"error: {message}");
-        return 2;
-    }
 }

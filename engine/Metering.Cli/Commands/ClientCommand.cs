@@ -1,0 +1,104 @@
+using System.CommandLine;
+using System.Net.Http;
+using System.Net.Sockets;
+using Grpc.Core;
+using Grpc.Net.Client;
+
+namespace Metering.Cli.Commands;
+
+/// <summary>What a client command's action gets: the open channel and the caller's key as call headers.</summary>
+internal sealed record ServerCall(GrpcChannel Channel, Metadata Headers, Uri Server);
+
+/// <summary>
+/// A command that works through a running server, as the caller its key names, like `kubectl` or
+/// `psql`: the server's role policy decides, and the audit query log records the real caller.
+/// Exit codes: 0 done; 1 the server refused (printed as status, ErrorInfo reason and message) or
+/// could not be reached; 2 bad usage found before any call (a missing key, an unreadable file).
+/// </summary>
+internal static class ClientCommand
+{
+    /// <summary>
+    /// A command with <paramref name="symbols"/> and the server options. Its action runs with an
+    /// open channel; <see cref="UsageException"/> from it exits with 2, an <see cref="RpcException"/> with 1.
+    /// </summary>
+    public static Command Create(string name, string description, IEnumerable<Symbol> symbols,
+        Func<ParseResult, ServerCall, CancellationToken, Task<int>> action)
+    {
+        var command = new Command(name, description);
+        foreach (Symbol symbol in symbols)
+        {
+            Add(command, symbol);
+        }
+
+        SetAction(command, action);
+        return command;
+    }
+
+    /// <summary>Adds the server options to <paramref name="command"/> and runs <paramref name="action"/> as a client call.</summary>
+    public static void SetAction(Command command, Func<ParseResult, ServerCall, CancellationToken, Task<int>> action)
+    {
+        var connection = new ServerConnection();
+        connection.AddTo(command);
+        command.SetAction((parse, cancellationToken) => RunAsync(connection, parse, action, cancellationToken));
+    }
+
+    public static async Task<int> RunAsync(ServerConnection connection, ParseResult parse,
+        Func<ParseResult, ServerCall, CancellationToken, Task<int>> action, CancellationToken cancellationToken)
+    {
+        if (connection.ResolveApiKey(parse) is not { } key)
+        {
+            return Usage($"give --api-key or set {ServerConnection.ApiKeyVariable} (an operator issues keys with `metering key issue`; the first operator key comes from `metering key bootstrap`)");
+        }
+
+        if (!connection.TryOpen(parse, out GrpcChannel? opened, out string? error))
+        {
+            return Usage(error);
+        }
+
+        using GrpcChannel channel = opened;
+        Uri server = parse.GetValue(connection.Server)!;
+        try
+        {
+            return await action(parse, new ServerCall(channel, ServerConnection.Bearer(key), server), cancellationToken);
+        }
+        catch (UsageException bad)
+        {
+            return Usage(bad.Message);
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && e.InnerException is HttpRequestException or SocketException)
+        {
+            Console.Error.WriteLine($"error: no Metering server answers at {server} ({e.InnerException.Message}). Start one with `metering serve`, or name it with --server or METERING_SERVER.");
+            return 1;
+        }
+        catch (RpcException e)
+        {
+            Console.Error.WriteLine($"refused: {ServerConnection.Describe(e)}");
+            return 1;
+        }
+    }
+
+    /// <summary>Prints a usage error and returns its exit code, 2.</summary>
+    public static int Usage(string message)
+    {
+        Console.Error.WriteLine($"error: {message}");
+        return 2;
+    }
+
+    private static void Add(Command command, Symbol symbol)
+    {
+        switch (symbol)
+        {
+            case Argument argument:
+                command.Arguments.Add(argument);
+                break;
+            case Option option:
+                command.Options.Add(option);
+                break;
+            case Command subcommand:
+                command.Subcommands.Add(subcommand);
+                break;
+            default:
+                throw new ArgumentException($"{symbol.Name} is neither an argument, an option nor a command", nameof(symbol));
+        }
+    }
+}
