@@ -20,4 +20,11 @@ public static class CliProcess
         await process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(60));
         return (process.ExitCode, await output + await error);
     }
+
+    /// <summary>
+    /// Runs a client command against <paramref name="server"/> as the caller <paramref name="apiKey"/>
+    /// names, over TLS with the test CA: the arguments, then --server, --ca and --api-key.
+    /// </summary>
+    public static Task<(int ExitCode, string Output)> RunAsAsync(TestServer server, string apiKey, params string[] arguments) =>
+        RunAsync([.. arguments, "--server", server.Address.ToString().TrimEnd('/'), "--ca", TestCertificates.CaPemPath, "--api-key", apiKey]);
 }
