@@ -22,7 +22,7 @@ internal static class ClientCommand
     /// open channel; <see cref="UsageException"/> from it exits with 2, an <see cref="RpcException"/> with 1.
     /// </summary>
     public static Command Create(string name, string description, IEnumerable<Symbol> symbols,
-        Func<ParseResult, ServerCall, CancellationToken, Task<int>> action)
+        Func<ParseResult, ServerCall, CancellationToken, Task<int>> action, bool anonymous = false)
     {
         var command = new Command(name, description);
         foreach (Symbol symbol in symbols)
@@ -30,22 +30,26 @@ internal static class ClientCommand
             Add(command, symbol);
         }
 
-        SetAction(command, action);
+        SetAction(command, action, anonymous);
         return command;
     }
 
-    /// <summary>Adds the server options to <paramref name="command"/> and runs <paramref name="action"/> as a client call.</summary>
-    public static void SetAction(Command command, Func<ParseResult, ServerCall, CancellationToken, Task<int>> action)
+    /// <summary>
+    /// Adds the server options to <paramref name="command"/> and runs <paramref name="action"/> as a
+    /// client call; an <paramref name="anonymous"/> one (a published list) needs no key.
+    /// </summary>
+    public static void SetAction(Command command, Func<ParseResult, ServerCall, CancellationToken, Task<int>> action, bool anonymous = false)
     {
         var connection = new ServerConnection();
         connection.AddTo(command);
-        command.SetAction((parse, cancellationToken) => RunAsync(connection, parse, action, cancellationToken));
+        command.SetAction((parse, cancellationToken) => RunAsync(connection, parse, action, cancellationToken, anonymous));
     }
 
     public static async Task<int> RunAsync(ServerConnection connection, ParseResult parse,
-        Func<ParseResult, ServerCall, CancellationToken, Task<int>> action, CancellationToken cancellationToken)
+        Func<ParseResult, ServerCall, CancellationToken, Task<int>> action, CancellationToken cancellationToken, bool anonymous = false)
     {
-        if (connection.ResolveApiKey(parse) is not { } key)
+        string? key = connection.ResolveApiKey(parse);
+        if (key is null && !anonymous)
         {
             return Usage($"give --api-key or set {ServerConnection.ApiKeyVariable} (an operator issues keys with `metering key issue`; the first operator key comes from `metering key bootstrap`)");
         }
@@ -59,7 +63,7 @@ internal static class ClientCommand
         Uri server = parse.GetValue(connection.Server)!;
         try
         {
-            return await action(parse, new ServerCall(channel, ServerConnection.Bearer(key), server), cancellationToken);
+            return await action(parse, new ServerCall(channel, key is null ? [] : ServerConnection.Bearer(key), server), cancellationToken);
         }
         catch (UsageException bad)
         {

@@ -35,6 +35,7 @@ internal static class RegistryCommand
         registry.Subcommands.Add(ItemCommand(input));
         registry.Subcommands.Add(FalseMaterialsCommand(input));
         registry.Subcommands.Add(HistoryCommand(input));
+        registry.Subcommands.Add(RegistryPublishCommand.Create());
         return registry;
     }
 

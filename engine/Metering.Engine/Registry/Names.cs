@@ -97,6 +97,9 @@ public static class Names
         }
     }
 
+    /// <summary>Whether <paramref name="batchId"/> is a well-formed batch id (see <see cref="CheckBatchId"/>).</summary>
+    public static bool IsBatchId(string batchId) => IsId(batchId, 32);
+
     private static bool IsId(string value, int lengthMax) =>
         value.Length >= 1 && value.Length <= lengthMax && value.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or '-');
 }

@@ -106,6 +106,18 @@ internal static class AccessPolicy
         [Method(TransparencyService.Descriptor.FullName, "GetConsistencyProof")] = Everyone,
     }.ToFrozenDictionary(StringComparer.Ordinal);
 
+    /// <summary>
+    /// Methods served without a key: what the bureau posts for everyone (publication.proto). They
+    /// read published lists only; a key sent with them is ignored.
+    /// </summary>
+    private static readonly FrozenSet<string> PublicMethods = new[]
+    {
+        Method(PublicationService.Descriptor.FullName, "GetPublicNotice"),
+        Method(PublicationService.Descriptor.FullName, "GetAdmittedList"),
+    }.ToFrozenSet(StringComparer.Ordinal);
+
+    public static bool IsPublic(string method) => PublicMethods.Contains(method);
+
     /// <summary>The gRPC method path, as ServerCallContext.Method gives it.</summary>
     public static string Method(string serviceFullName, string methodName) => $"/{serviceFullName}/{methodName}";
 

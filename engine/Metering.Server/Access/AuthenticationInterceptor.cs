@@ -18,6 +18,7 @@ namespace Metering.Server.Access;
 /// Results are cached briefly (<see cref="KeyLookupCache"/>); a key not seen valid lately costs
 /// its peer a token of the unknown-key bucket before it is looked up, so a peer cycling through
 /// bogus keys is refused with UNKNOWN_KEYS_PER_PEER_EXCEEDED without a database query each.
+/// The published lists (<see cref="AccessPolicy.IsPublic"/>) are served to anyone, unauthenticated.
 /// </summary>
 internal sealed class AuthenticationInterceptor(KeyLookupCache credentials, CallLimiter limiter) : Interceptor
 {
@@ -61,6 +62,12 @@ internal sealed class AuthenticationInterceptor(KeyLookupCache credentials, Call
 
     private async Task AuthoriseAsync(ServerCallContext context)
     {
+        if (AccessPolicy.IsPublic(context.Method))
+        {
+            // Published lists are for everyone; no key is looked up, and none is recorded.
+            return;
+        }
+
         string? header = context.RequestHeaders.GetValue("authorization");
         Authentication found = await LookUpAsync(KeyOf(context), context)
             ?? throw Errors.Refused(StatusCode.Unauthenticated, IngestRefusal.Unauthenticated,
