@@ -20,7 +20,7 @@ internal static class RegistryCommand
             batches, applications through review, verification, public notice, decision and admission
             notice, admitted service items, and the history of every change. Every subcommand calls the
             running server with an API key (--api-key or METERING_API_KEY); writes need an operator's key
-            and are recorded under its subject.
+            (filing, the applicant's own provider key) and are recorded under the key's subject.
             """)
         {
             OrganisationCommand(),

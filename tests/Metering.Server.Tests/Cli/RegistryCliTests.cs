@@ -119,7 +119,7 @@ public sealed class RegistryCliTests(PostgresFixture postgres)
     }
 
     [Fact]
-    public async Task A_provider_or_an_auditor_key_trying_a_registry_write_is_refused_and_changes_nothing()
+    public async Task A_provider_or_an_auditor_key_trying_a_registry_write_or_another_providers_entries_is_refused_and_changes_nothing()
     {
         await using TestServer server = await TestServer.StartAsync(postgres);
         long changes = await server.ScalarAsync<long>("SELECT count(*) FROM registry_history");
@@ -136,6 +136,12 @@ public sealed class RegistryCliTests(PostgresFixture postgres)
         Assert.Equal(1, register);
         Assert.Contains("refused: PermissionDenied ROLE_NOT_ALLOWED", registerOutput, StringComparison.Ordinal);
 
+        // A provider files only for itself, not in a competitor's name.
+        var (impostor, impostorOutput) = await CliProcess.RunAsAsync(server, TestServer.ProviderKey, "registry", "apply",
+            "--file", await ApplicationFileAsync(Admissions.Batch, TestRecords.OtherProvider, "gpu-inference"));
+        Assert.Equal(1, impostor);
+        Assert.Contains("refused: PermissionDenied OTHER_PROVIDER", impostorOutput, StringComparison.Ordinal);
+
         // A provider reads only its own entries.
         var (peek, peekOutput) = await CliProcess.RunAsAsync(server, TestServer.ProviderKey, "registry", "org", "show", TestRecords.OtherProvider);
         Assert.Equal(1, peek);
@@ -144,6 +150,7 @@ public sealed class RegistryCliTests(PostgresFixture postgres)
         Assert.Equal(changes, await server.ScalarAsync<long>("SELECT count(*) FROM registry_history"));
         Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM organisations WHERE provider_id = @NewProvider", new { NewProvider }));
         Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM service_item_suspensions"));
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM applications WHERE service_item = 'gpu-inference'"));
     }
 
     [Fact]
