@@ -5,41 +5,42 @@ using Metering.Protocol.V1;
 namespace Metering.Cli.Commands;
 
 /// <summary>
-/// `metering registry …`: the bureau operator's side of the provider registry, straight on the
-/// database: organisations, licences, integrity listings, admission batches, the admission
-/// workflow (RegistryWorkflowCommands), admitted service items and the change history. Every
-/// change is recorded in the history under the operator named by `--as`.
+/// `metering registry …`: the bureau operator's side of the provider registry, through the
+/// running server's RegistryService: organisations, licences, integrity listings, admission
+/// batches, the admission workflow (RegistryWorkflowCommands), admitted service items and the
+/// change history. The server's role policy decides what the key may do, and every change is
+/// recorded in the history under the key's subject.
 /// </summary>
 internal static class RegistryCommand
 {
     public static Command Create()
     {
-        var input = new RegistryInput();
         var registry = new Command("registry", """
             The provider registry: organisations and their licences and integrity listings, admission
             batches, applications through review, verification, public notice, decision and admission
-            notice, admitted service items, and the history of every change. Writes are recorded under
-            the operator given by --as.
+            notice, admitted service items, and the history of every change. Every subcommand calls the
+            running server with an API key (--api-key or METERING_API_KEY); writes need an operator's key
+            (filing, the applicant's own provider key) and are recorded under the key's subject.
             """)
         {
-            OrganisationCommand(input),
-            LicenceCommand(input),
-            ListingCommand(input),
-            BatchCommand(input),
+            OrganisationCommand(),
+            LicenceCommand(),
+            ListingCommand(),
+            BatchCommand(),
         };
-        foreach (Command command in RegistryWorkflowCommands.Create(input))
+        foreach (Command command in RegistryWorkflowCommands.Create())
         {
             registry.Subcommands.Add(command);
         }
 
-        registry.Subcommands.Add(ItemCommand(input));
-        registry.Subcommands.Add(FalseMaterialsCommand(input));
-        registry.Subcommands.Add(HistoryCommand(input));
+        registry.Subcommands.Add(ItemCommand());
+        registry.Subcommands.Add(FalseMaterialsCommand());
+        registry.Subcommands.Add(HistoryCommand());
         registry.Subcommands.Add(RegistryPublishCommand.Create());
         return registry;
     }
 
-    private static Command OrganisationCommand(RegistryInput input)
+    private static Command OrganisationCommand()
     {
         var code = RegistryInput.CreditCode("The organisation's 18-character unified social credit code (GB 32100-2015); a Shenzhen one (4403xx), or Shanwei (4415xx) for 深汕特别合作区.");
         var name = RegistryInput.Text("--name", "The registered name, 1 to 200 characters.");
@@ -51,8 +52,8 @@ internal static class RegistryCommand
         legalForm.AcceptOnlyFromAmong("enterprise", "public-institution", "branch");
         var district = RegistryInput.Text("--district", $"The registered district, by key or Chinese name: {string.Join(", ", Districts.Keys)} (for example nanshan or 南山区).");
         var established = RegistryInput.Date("--established", "Date of establishment; an organisation under a year old files a capital verification report instead of an audit report");
-        var add = input.Writer("add", "Register an organisation so that it can stream its metering-log proof and file applications.", code, name, legalForm, district, established);
-        input.SetAction(add, parse =>
+        var add = RegistryInput.Subcommand("add", "Register an organisation so that it can stream its metering-log proof and file applications.", code, name, legalForm, district, established);
+        RegistryInput.SetAction(add, parse =>
         {
             var organisation = new Organisation
             {
@@ -67,36 +68,34 @@ internal static class RegistryCommand
                 District = parse.GetValue(district)!,
                 EstablishedOn = RegistryInput.Date(parse.GetValue(established)!.Value),
             };
-            return async (registry, cancellationToken) =>
+            return async call =>
             {
-                Organisation registered = await registry.RegisterOrganisationAsync(input.Operator(parse), organisation, cancellationToken);
+                Organisation registered = await call.Registry.RegisterOrganisationAsync(new RegisterOrganisationRequest { Organisation = organisation }, call.Options);
                 Console.WriteLine($"Registered {registered.CreditCode} {registered.Name} ({RegistryOutput.Name(registered.LegalForm)}, {registered.District} {Districts.NameOf(registered.District)}, established {registered.EstablishedOn}).");
             };
         });
 
         var shown = new Argument<string>("credit-code") { Description = "The organisation's credit code." };
-        var show = input.Reader("show", "Show an organisation: its licences, integrity listings, service items with status and validity, and its applications.", shown);
-        input.SetAction(show, parse => async (registry, cancellationToken) =>
+        var show = RegistryInput.Subcommand("show", "Show an organisation: its licences, integrity listings, service items with status and validity, and its applications.", shown);
+        RegistryInput.SetAction(show, parse => async call =>
         {
             string creditCode = parse.GetValue(shown)!;
-            Organisation organisation = await registry.GetOrganisationAsync(creditCode, cancellationToken)
-                ?? throw new RegistryRefusedException(RegistryRefusal.OrganisationUnknown, $"no organisation {creditCode} is registered");
-            IReadOnlyList<Application> applications = await registry.ListApplicationsAsync(creditCode, ApplicationState.Unspecified, ProviderRegistry.ListLimitMax, cancellationToken);
-            RegistryOutput.WriteOrganisation(organisation, applications, TimeProvider.System.GetUtcNow());
+            Organisation organisation = await call.Registry.GetOrganisationAsync(new GetOrganisationRequest { CreditCode = creditCode }, call.Options);
+            RegistryOutput.WriteOrganisation(organisation, await ApplicationsOfAsync(call, creditCode), TimeProvider.System.GetUtcNow());
         });
 
         return new Command("org", "Organisations: register one, or show everything the registry holds about one.") { add, show };
     }
 
-    private static Command LicenceCommand(RegistryInput input)
+    private static Command LicenceCommand()
     {
         var code = RegistryInput.CreditCode("The holder's credit code.");
         var number = RegistryInput.Text("--number", "The licence number, for example B1-20190001 (1 to 64 characters).");
         var issuer = RegistryInput.Text("--issuer", "The issuing authority, for example 工业和信息化部 (1 to 200 characters).");
         var from = RegistryInput.Date("--from", "Valid from this date, inclusive");
         var until = RegistryInput.Date("--until", "Valid until this date, inclusive");
-        var add = input.Writer("add", "Record an IDC/ISP value-added telecom licence (增值电信业务经营许可证); filing needs one valid on the filing day.", code, number, issuer, from, until);
-        input.SetAction(add, parse =>
+        var add = RegistryInput.Subcommand("add", "Record an IDC/ISP value-added telecom licence (增值电信业务经营许可证); filing needs one valid on the filing day.", code, number, issuer, from, until);
+        RegistryInput.SetAction(add, parse =>
         {
             var licence = new Licence
             {
@@ -106,16 +105,16 @@ internal static class RegistryCommand
                 ValidFrom = RegistryInput.Date(parse.GetValue(from)!.Value),
                 ValidUntil = RegistryInput.Date(parse.GetValue(until)!.Value),
             };
-            return async (registry, cancellationToken) =>
+            return async call =>
             {
-                Licence added = await registry.AddLicenceAsync(input.Operator(parse), licence, cancellationToken);
+                Licence added = await call.Registry.AddLicenceAsync(new AddLicenceRequest { Licence = licence }, call.Options);
                 Console.WriteLine($"Recorded licence {added.LicenceNumber} of {added.CreditCode} from {added.Issuer}, valid {added.ValidFrom} to {added.ValidUntil}.");
             };
         });
         return new Command("licence", "IDC/ISP licences.") { add };
     }
 
-    private static Command ListingCommand(RegistryInput input)
+    private static Command ListingCommand()
     {
         var code = RegistryInput.CreditCode("The listed organisation's credit code.");
         var list = new Option<string>("--list")
@@ -128,8 +127,8 @@ internal static class RegistryCommand
         var from = RegistryInput.Date("--from", "Listed from this date, inclusive");
         var until = RegistryInput.Date("--until", "Listed until this date, inclusive; leave out for no end", required: false);
         var reason = RegistryInput.Text("--reason", "Why, as the list states it.");
-        var add = input.Writer("add", "Record that an organisation is on an integrity list; while listed it cannot file applications.", code, list, from, until, reason);
-        input.SetAction(add, parse =>
+        var add = RegistryInput.Subcommand("add", "Record that an organisation is on an integrity list; while listed it cannot file applications.", code, list, from, until, reason);
+        RegistryInput.SetAction(add, parse =>
         {
             var listing = new IntegrityListing
             {
@@ -139,16 +138,16 @@ internal static class RegistryCommand
                 ListedUntil = parse.GetValue(until) is { } end ? RegistryInput.Date(end) : "",
                 Reason = parse.GetValue(reason)!,
             };
-            return async (registry, cancellationToken) =>
+            return async call =>
             {
-                IntegrityListing added = await registry.AddIntegrityListingAsync(input.Operator(parse), listing, cancellationToken);
+                IntegrityListing added = await call.Registry.AddIntegrityListingAsync(new AddIntegrityListingRequest { Listing = listing }, call.Options);
                 Console.WriteLine($"Listed {added.CreditCode} on {added.List} from {added.ListedFrom}{(added.ListedUntil.Length == 0 ? " with no end" : $" to {added.ListedUntil}")}: {added.Reason}");
             };
         });
         return new Command("listing", "Integrity-list entries.") { add };
     }
 
-    private static Command BatchCommand(RegistryInput input)
+    private static Command BatchCommand()
     {
         var id = RegistryInput.Text("--id", "The batch id, 1 to 32 characters from [A-Za-z0-9._-], for example 2025.");
         var opens = RegistryInput.LocalTime("--opens", "Applications are taken from this time, inclusive");
@@ -170,9 +169,9 @@ internal static class RegistryCommand
         {
             Description = "Let one operator decide admission and type verification figures alone (four-eyes off), for a bureau with a single operator.",
         };
-        var put = input.Writer("put", "Create an admission batch, or replace every setting of an existing one (a batch with applications keeps its validity end).",
+        var put = RegistryInput.Subcommand("put", "Create an admission batch, or replace every setting of an existing one (a batch with applications keeps its validity end).",
             id, opens, closes, validityEnds, noticeDays, auditYear, singleOperator);
-        input.SetAction(put, parse =>
+        RegistryInput.SetAction(put, parse =>
         {
             DateTimeOffset opensAt = parse.GetValue(opens)!.Value;
             var batch = new AdmissionBatch
@@ -185,20 +184,21 @@ internal static class RegistryCommand
                 AuditReportYear = (uint)(parse.GetValue(auditYear) ?? opensAt.ToOffset(ShanghaiTime.Offset).Year - 1),
                 SingleOperatorDecisions = parse.GetValue(singleOperator),
             };
-            return async (registry, cancellationToken) =>
+            return async call =>
             {
-                AdmissionBatch saved = await registry.PutBatchAsync(input.Operator(parse), batch, cancellationToken);
+                AdmissionBatch saved = await call.Registry.PutAdmissionBatchAsync(batch, call.Options);
                 Console.WriteLine($"Saved batch {saved.BatchId}.");
                 RegistryOutput.WriteBatches([saved]);
             };
         });
 
-        var list = input.Reader("list", "List the admission batches by window start.");
-        input.SetAction(list, _ => async (registry, cancellationToken) => RegistryOutput.WriteBatches(await registry.ListBatchesAsync(cancellationToken)));
+        var list = RegistryInput.Subcommand("list", "List the admission batches by window start.");
+        RegistryInput.SetAction(list, _ => async call =>
+            RegistryOutput.WriteBatches((await call.Registry.ListAdmissionBatchesAsync(new ListAdmissionBatchesRequest(), call.Options)).Batches));
         return new Command("batch", "Admission batches: when applications are taken and until when admission is valid.") { put, list };
     }
 
-    private static Command ItemCommand(RegistryInput input)
+    private static Command ItemCommand()
     {
         var item = new Command("item", "Admitted service items: suspend, reinstate, withdraw or revoke one, from now.");
         foreach (var (action, description) in new[]
@@ -212,8 +212,8 @@ internal static class RegistryCommand
             var code = RegistryInput.CreditCode("The provider's credit code.");
             var serviceItem = RegistryInput.Text("--item", "The admitted service item, for example gpu-training.");
             var reasons = RegistryInput.Text("--reasons", "Why; required to suspend or revoke.", required: false);
-            var command = input.Writer(RegistryOutput.Name(action).ToLowerInvariant(), description, code, serviceItem, reasons);
-            input.SetAction(command, parse =>
+            var command = RegistryInput.Subcommand(RegistryOutput.Name(action).ToLowerInvariant(), description, code, serviceItem, reasons);
+            RegistryInput.SetAction(command, parse =>
             {
                 var request = new ChangeServiceItemStatusRequest
                 {
@@ -222,7 +222,7 @@ internal static class RegistryCommand
                     Action = action,
                     Reasons = parse.GetValue(reasons)!,
                 };
-                return async (registry, cancellationToken) => RegistryOutput.WriteServiceItem(await registry.ChangeServiceItemStatusAsync(input.Operator(parse), request, cancellationToken));
+                return async call => RegistryOutput.WriteServiceItem(await call.Registry.ChangeServiceItemStatusAsync(request, call.Options));
             });
             item.Subcommands.Add(command);
         }
@@ -230,20 +230,20 @@ internal static class RegistryCommand
         return item;
     }
 
-    private static Command FalseMaterialsCommand(RegistryInput input)
+    private static Command FalseMaterialsCommand()
     {
         var code = RegistryInput.CreditCode("The organisation's credit code.");
         var reasons = RegistryInput.Text("--reasons", "What was found false.");
-        var command = input.Writer("false-materials",
+        var command = RegistryInput.Subcommand("false-materials",
             "Record that an organisation filed false materials: its pending applications are rejected, its admitted items revoked, and it goes on the integrity_anomaly list from today.",
             code, reasons);
-        input.SetAction(command, parse =>
+        RegistryInput.SetAction(command, parse =>
         {
             var request = new RecordFalseMaterialsRequest { CreditCode = parse.GetValue(code)!, Reasons = parse.GetValue(reasons)! };
-            return async (registry, cancellationToken) =>
+            return async call =>
             {
-                Organisation organisation = await registry.RecordFalseMaterialsAsync(input.Operator(parse), request, cancellationToken);
-                IReadOnlyList<Application> applications = await registry.ListApplicationsAsync(request.CreditCode, ApplicationState.Unspecified, ProviderRegistry.ListLimitMax, cancellationToken);
+                Organisation organisation = await call.Registry.RecordFalseMaterialsAsync(request, call.Options);
+                IReadOnlyList<Application> applications = await ApplicationsOfAsync(call, request.CreditCode);
                 Console.WriteLine($"Recorded false materials of {organisation.CreditCode}.");
                 Console.WriteLine();
                 RegistryOutput.WriteOrganisation(organisation, applications, TimeProvider.System.GetUtcNow());
@@ -252,14 +252,21 @@ internal static class RegistryCommand
         return command;
     }
 
-    private static Command HistoryCommand(RegistryInput input)
+    private static Command HistoryCommand()
     {
         var code = RegistryInput.CreditCode("Only changes to this organisation's entries; leave out for all (batches belong to no organisation).", required: false);
         var limit = RegistryInput.Limit("changes");
         var json = new Option<bool>("--json") { Description = "Show each change's entity before and after as whole JSON instead of a one-line summary." };
-        var command = input.Reader("history", "The registry's change history, newest first: who changed what, when, and how.", code, limit, json);
-        input.SetAction(command, parse => async (registry, cancellationToken) =>
-            RegistryOutput.WriteHistory(await registry.GetHistoryAsync(parse.GetValue(code), parse.GetValue(limit), cancellationToken), parse.GetValue(json)));
+        var command = RegistryInput.Subcommand("history", "The registry's change history, newest first: who changed what, when, and how.", code, limit, json);
+        RegistryInput.SetAction(command, parse =>
+        {
+            var request = new GetHistoryRequest { CreditCode = parse.GetValue(code)!, Limit = (uint)parse.GetValue(limit) };
+            return async call => RegistryOutput.WriteHistory((await call.Registry.GetHistoryAsync(request, call.Options)).Entries, parse.GetValue(json));
+        });
         return command;
     }
+
+    /// <summary>An organisation's applications, as many as one call lists, newest first.</summary>
+    private static async Task<IReadOnlyList<Application>> ApplicationsOfAsync(RegistryCall call, string creditCode) =>
+        (await call.Registry.ListApplicationsAsync(new ListApplicationsRequest { CreditCode = creditCode, Limit = RegistryInput.ListLimitMax }, call.Options)).Applications;
 }

@@ -1,8 +1,7 @@
 using System.CommandLine;
 using System.CommandLine.Parsing;
 using System.Globalization;
-using Metering.Engine.Access;
-using Metering.Engine.Catalog;
+using Grpc.Core;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
 
@@ -11,38 +10,44 @@ namespace Metering.Cli.Commands;
 /// <summary>Bad input the parser cannot see (an unreadable application file): exit code 2, nothing changed.</summary>
 internal sealed class UsageException(string message) : Exception(message);
 
-/// <summary>What a registry subcommand does once its input has been checked.</summary>
-internal delegate Task RegistryWork(ProviderRegistry registry, CancellationToken cancellationToken);
+/// <summary>The registry of the running server, called as the key's holder.</summary>
+internal sealed record RegistryCall(RegistryService.RegistryServiceClient Registry, CallOptions Options);
+
+/// <summary>What a registry subcommand does once its input has been checked: its calls to the server.</summary>
+internal delegate Task RegistryWork(RegistryCall call);
 
 /// <summary>
-/// The options every `registry` subcommand shares, the typed options they parse strictly, and how
-/// a subcommand runs. Malformed input is a parse error (exit code 2, see Program.cs) so that it
-/// is reported before the database is even opened; the engine's refusals exit with 1.
+/// The typed options `registry` subcommands parse strictly, and how a subcommand runs: as a
+/// client of the running server (ClientCommand's --server, --api-key, --ca), recorded in the
+/// registry history under the key's subject. Malformed input is a parse error or a
+/// <see cref="UsageException"/> (exit code 2) found before the server is called; the server's
+/// refusals exit with 1.
 /// </summary>
-internal sealed class RegistryInput
+internal static class RegistryInput
 {
     public const int ListLimitMax = ProviderRegistry.ListLimitMax;
 
-    public Option<string?> Connection { get; } = CommonOptions.Connection();
+    /// <summary>A subcommand with <paramref name="symbols"/>; <see cref="SetAction"/> adds the server options.</summary>
+    public static Command Subcommand(string name, string description, params Symbol[] symbols)
+    {
+        var command = new Command(name, description);
+        foreach (Symbol symbol in symbols)
+        {
+            Add(command, symbol);
+        }
 
-    public Option<string> DataDirectory { get; } = CommonOptions.DataDirectory();
-
-    public Option<string> ActingAs { get; } = CommonOptions.ActingOperator();
-
-    /// <summary>A subcommand that only reads: it takes the database options.</summary>
-    public Command Reader(string name, string description, params Symbol[] symbols) => Create(name, description, symbols, writes: false);
-
-    /// <summary>A subcommand that changes the registry: it also takes `--as`, the operator recorded in the history.</summary>
-    public Command Writer(string name, string description, params Symbol[] symbols) => Create(name, description, symbols, writes: true);
-
-    public Actor Operator(ParseResult parse) => CommonOptions.Operator(parse.GetValue(ActingAs)!);
+        return command;
+    }
 
     /// <summary>
     /// Runs the subcommand: <paramref name="prepare"/> checks what the parser could not and
-    /// returns the work, which then runs against the registry of the named database.
+    /// returns the work; only then is the key looked for and the server called, so that bad
+    /// input never reaches it.
     /// </summary>
-    public void SetAction(Command command, Func<ParseResult, RegistryWork> prepare)
+    public static void SetAction(Command command, Func<ParseResult, RegistryWork> prepare)
     {
+        var connection = new ServerConnection();
+        connection.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
         {
             RegistryWork work;
@@ -52,34 +57,15 @@ internal sealed class RegistryInput
             }
             catch (UsageException bad)
             {
-                Console.Error.WriteLine($"error: {bad.Message}");
-                return 2;
+                return ClientCommand.Usage(bad.Message);
             }
 
-            return await CommonOptions.WithDatabaseAsync(parse.GetValue(Connection), parse.GetValue(DataDirectory)!, async dataSource =>
+            return await ClientCommand.RunAsync(connection, parse, async (_, server, token) =>
             {
-                await work(new ProviderRegistry(dataSource, DeviceCatalog.LoadEmbedded(), TimeProvider.System), cancellationToken);
+                await work(new RegistryCall(new RegistryService.RegistryServiceClient(server.Channel), new CallOptions(server.Headers, cancellationToken: token)));
                 return 0;
             }, cancellationToken);
         });
-    }
-
-    private Command Create(string name, string description, Symbol[] symbols, bool writes)
-    {
-        var command = new Command(name, description);
-        foreach (Symbol symbol in symbols)
-        {
-            Add(command, symbol);
-        }
-
-        if (writes)
-        {
-            command.Options.Add(ActingAs);
-        }
-
-        command.Options.Add(Connection);
-        command.Options.Add(DataDirectory);
-        return command;
     }
 
     private static void Add(Command command, Symbol symbol)

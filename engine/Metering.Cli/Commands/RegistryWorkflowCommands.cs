@@ -1,6 +1,6 @@
 using System.CommandLine;
 using Google.Protobuf;
-using Metering.Engine.Access;
+using Metering.Engine.Catalog;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
 
@@ -16,20 +16,20 @@ internal static class RegistryWorkflowCommands
     /// <summary>An application file is a few kilobytes; anything past this is not one.</summary>
     public const long ApplicationFileBytesMax = 1024 * 1024;
 
-    public static IEnumerable<Command> Create(RegistryInput input) =>
+    public static IEnumerable<Command> Create() =>
     [
-        Apply(input),
-        Review(input),
-        Verify(input),
-        Notice(input),
-        Objection(input),
-        Decide(input),
-        Approve(input),
-        ListApplications(input),
-        ShowApplication(input),
+        Apply(),
+        Review(),
+        Verify(),
+        Notice(),
+        Objection(),
+        Decide(),
+        Approve(),
+        ListApplications(),
+        ShowApplication(),
     ];
 
-    private static Command Apply(RegistryInput input)
+    private static Command Apply()
     {
         var file = new Option<FileInfo>("--file")
         {
@@ -38,19 +38,16 @@ internal static class RegistryWorkflowCommands
                 + "meteringProofStream, ...). See samples/Registry/application.json.",
             Required = true,
         };
-        var command = input.Writer("apply",
-            "File an application for one service item from a JSON file. It is filed as the applicant named in the file (creditCode), which files for itself "
-            + "through the bureau's system; the operator who entered it (--as) is recorded beside it. Every filing rule is checked and a broken one refuses the filing.",
+        var command = RegistryInput.Subcommand("apply",
+            "File an application for one service item from a JSON file. Applicants file for themselves (自主申报): run it with the provider key of the applicant "
+            + "the file names (creditCode); any other key is refused. Every filing rule is checked and a broken one refuses the filing.",
             file);
-        input.SetAction(command, parse =>
+        RegistryInput.SetAction(command, parse =>
         {
-            FileInfo path = parse.GetValue(file)!;
-            FileApplicationRequest request = ReadApplication(path);
-            var applicant = new Actor(Role.Provider, request.CreditCode);
-            string enteredBy = input.Operator(parse).Subject;
-            return async (registry, cancellationToken) =>
+            FileApplicationRequest request = ReadApplication(parse.GetValue(file)!);
+            return async call =>
             {
-                Application filed = await registry.FileApplicationAsync(applicant, request, cancellationToken, enteredBy);
+                Application filed = await call.Registry.FileApplicationAsync(request, call.Options);
                 Console.WriteLine($"Filed application {filed.ApplicationId} of {filed.CreditCode} for '{filed.ServiceItem}' in batch {filed.BatchId}.");
                 Console.WriteLine();
                 RegistryOutput.WriteApplication(filed);
@@ -94,25 +91,25 @@ internal static class RegistryWorkflowCommands
         return request;
     }
 
-    private static Command Review(RegistryInput input)
+    private static Command Review()
     {
         var id = RegistryInput.ApplicationId();
         var pass = new Option<bool>("--pass") { Description = "The materials are complete and in order: the application goes on to verification." };
         var reject = new Option<bool>("--reject") { Description = "Reject the application at material review (needs --reasons)." };
         var reasons = Reasons("Why; required with --reject.");
-        var command = input.Writer("review",
+        var command = RegistryInput.Subcommand("review",
             "Electronic material review of an application awaiting it. An application filed through an intermediary is rejected whatever is asked.",
             id, pass, reject, reasons);
         RegistryInput.ExactlyOne(command, pass, reject);
-        input.SetAction(command, parse =>
+        RegistryInput.SetAction(command, parse =>
         {
             var decision = new StageDecision { ApplicationId = parse.GetValue(id), Pass = parse.GetValue(pass), Reasons = parse.GetValue(reasons)! };
-            return async (registry, cancellationToken) => RegistryOutput.WriteApplication(await registry.ReviewMaterialsAsync(input.Operator(parse), decision, cancellationToken));
+            return async call => RegistryOutput.WriteApplication(await call.Registry.ReviewMaterialsAsync(decision, call.Options));
         });
         return command;
     }
 
-    private static Command Verify(RegistryInput input)
+    private static Command Verify()
     {
         var id = RegistryInput.ApplicationId();
         var pflops = RegistryInput.Pflops("--verified-pflops", "The verified FP16 dense capacity in PFLOPS, for example 316.608 (at most six decimals).");
@@ -127,7 +124,7 @@ internal static class RegistryWorkflowCommands
         var pass = new Option<bool>("--pass") { Description = $"Verification confirms the capacity; it must be at least {FilingRules.Pflops(FilingRules.CapacityMinimumGflops)} PFLOPS." };
         var reject = new Option<bool>("--reject") { Description = "Reject the application at verification (needs --reasons)." };
         var reasons = Reasons("The verifier's report or why it failed; required with --reject.");
-        var command = input.Writer("verify", "Record the commissioned verification of an application awaiting it, with the verified capacity. "
+        var command = RegistryInput.Subcommand("verify", "Record the commissioned verification of an application awaiting it, with the verified capacity. "
             + "A figure typed here is proposed, and takes effect when a second operator approves it (`registry approve`), unless the batch allows single-operator decisions.", id, pflops, gflops, pass, reject, reasons);
         RegistryInput.ExactlyOne(command, pass, reject);
         command.Validators.Add(result =>
@@ -143,7 +140,7 @@ internal static class RegistryWorkflowCommands
                 result.AddError("--pass needs the verified capacity: --verified-pflops or --verified-gflops.");
             }
         });
-        input.SetAction(command, parse =>
+        RegistryInput.SetAction(command, parse =>
         {
             var decision = new VerificationDecision
             {
@@ -152,67 +149,67 @@ internal static class RegistryWorkflowCommands
                 Reasons = parse.GetValue(reasons)!,
                 VerifiedFp16Gflops = parse.GetValue(pflops) ?? parse.GetValue(gflops) ?? 0,
             };
-            return async (registry, cancellationToken) => RegistryOutput.WriteApplication(await registry.RecordVerificationAsync(input.Operator(parse), decision, cancellationToken));
+            return async call => RegistryOutput.WriteApplication(await call.Registry.RecordVerificationAsync(decision, call.Options));
         });
         return command;
     }
 
-    private static Command Notice(RegistryInput input)
+    private static Command Notice()
     {
         var openId = RegistryInput.ApplicationId();
         var reject = new Option<bool>("--reject") { Description = "Reject the application after consultation instead of opening the notice (needs --reasons)." };
         var openReasons = Reasons("Why; required with --reject.");
-        var open = input.Writer("open", "Open consultation and public notice of a verified application for the batch's number of days.", openId, reject, openReasons);
-        input.SetAction(open, parse =>
+        var open = RegistryInput.Subcommand("open", "Open consultation and public notice of a verified application for the batch's number of days.", openId, reject, openReasons);
+        RegistryInput.SetAction(open, parse =>
         {
             var decision = new StageDecision { ApplicationId = parse.GetValue(openId), Pass = !parse.GetValue(reject), Reasons = parse.GetValue(openReasons)! };
-            return async (registry, cancellationToken) => RegistryOutput.WriteApplication(await registry.OpenPublicNoticeAsync(input.Operator(parse), decision, cancellationToken));
+            return async call => RegistryOutput.WriteApplication(await call.Registry.OpenPublicNoticeAsync(decision, call.Options));
         });
 
         var issueId = RegistryInput.ApplicationId();
         var number = RegistryInput.Text("--number", "The admission notice number, unique, 1 to 64 characters, for example 深科创训力入库〔2025〕1号.");
-        var issue = input.Writer("issue", "Issue the admission notice of a decided application: its service item is admitted from the decision until the batch's validity end.", issueId, number);
-        input.SetAction(issue, parse =>
+        var issue = RegistryInput.Subcommand("issue", "Issue the admission notice of a decided application: its service item is admitted from the decision until the batch's validity end.", issueId, number);
+        RegistryInput.SetAction(issue, parse =>
         {
             var request = new IssueAdmissionNoticeRequest { ApplicationId = parse.GetValue(issueId), NoticeNumber = parse.GetValue(number)! };
-            return async (registry, cancellationToken) => RegistryOutput.WriteApplication(await registry.IssueAdmissionNoticeAsync(input.Operator(parse), request, cancellationToken));
+            return async call => RegistryOutput.WriteApplication(await call.Registry.IssueAdmissionNoticeAsync(request, call.Options));
         });
         return new Command("notice", "Public notice (open) and the admission notice (issue).") { open, issue };
     }
 
-    private static Command Objection(RegistryInput input)
+    private static Command Objection()
     {
         var id = RegistryInput.ApplicationId();
         var objector = RegistryInput.Text("--objector", "Who objected, as recorded (1 to 200 characters).");
         var content = RegistryInput.Text("--content", "What the objection says.");
-        var add = input.Writer("add", "Record an objection raised during public notice; admitting over it then needs reasons that answer it.", id, objector, content);
-        input.SetAction(add, parse =>
+        var add = RegistryInput.Subcommand("add", "Record an objection raised during public notice; admitting over it then needs reasons that answer it.", id, objector, content);
+        RegistryInput.SetAction(add, parse =>
         {
             var request = new RecordObjectionRequest { ApplicationId = parse.GetValue(id), Objector = parse.GetValue(objector)!, Content = parse.GetValue(content)! };
-            return async (registry, cancellationToken) => RegistryOutput.WriteApplication(await registry.RecordObjectionAsync(input.Operator(parse), request, cancellationToken));
+            return async call => RegistryOutput.WriteApplication(await call.Registry.RecordObjectionAsync(request, call.Options));
         });
         return new Command("objection", "Objections raised during public notice.") { add };
     }
 
-    private static Command Decide(RegistryInput input)
+    private static Command Decide()
     {
         var id = RegistryInput.ApplicationId();
         var admit = new Option<bool>("--admit") { Description = "Admit: the application goes on to the admission notice (needs --reasons if objections were recorded)." };
         var reject = new Option<bool>("--reject") { Description = "Reject the application (needs --reasons)." };
         var reasons = Reasons("Why; required with --reject, and to admit over recorded objections.");
-        var command = input.Writer("decide",
+        var command = RegistryInput.Subcommand("decide",
             "Decide admission of an application whose public notice has ended. Unless the batch allows single-operator decisions, this proposes the decision, "
             + "which takes effect when a second operator approves it (`registry approve`).", id, admit, reject, reasons);
         RegistryInput.ExactlyOne(command, admit, reject);
-        input.SetAction(command, parse =>
+        RegistryInput.SetAction(command, parse =>
         {
             var decision = new StageDecision { ApplicationId = parse.GetValue(id), Pass = parse.GetValue(admit), Reasons = parse.GetValue(reasons)! };
-            return async (registry, cancellationToken) => RegistryOutput.WriteApplication(await registry.DecideAdmissionAsync(input.Operator(parse), decision, cancellationToken));
+            return async call => RegistryOutput.WriteApplication(await call.Registry.DecideAdmissionAsync(decision, call.Options));
         });
         return command;
     }
 
-    private static Command Approve(RegistryInput input)
+    private static Command Approve()
     {
         var id = RegistryInput.ApplicationId();
         var proposal = new Option<uint>("--proposal")
@@ -220,35 +217,39 @@ internal static class RegistryWorkflowCommands
             Description = "The proposal approved, as the application shows it under 'awaiting approval'.",
             Required = true,
         };
-        var command = input.Writer("approve",
-            "Approve the pending proposal of an admission decision or a typed verification figure (four-eyes). The approver must be another operator than the proposer; "
+        var command = RegistryInput.Subcommand("approve",
+            "Approve the pending proposal of an admission decision or a typed verification figure (four-eyes). Run it with another operator's key than the proposer's (a different subject); "
             + "the stage then takes effect as proposed, checked again as of now.", id, proposal);
-        input.SetAction(command, parse => async (registry, cancellationToken) =>
-            RegistryOutput.WriteApplication(await registry.ApproveProposalAsync(input.Operator(parse), parse.GetValue(id), parse.GetValue(proposal), cancellationToken)));
+        RegistryInput.SetAction(command, parse =>
+        {
+            var request = new ApproveProposalRequest { ApplicationId = parse.GetValue(id), ProposalNo = parse.GetValue(proposal) };
+            return async call => RegistryOutput.WriteApplication(await call.Registry.ApproveProposalAsync(request, call.Options));
+        });
         return command;
     }
 
-    private static Command ListApplications(RegistryInput input)
+    private static Command ListApplications()
     {
         var code = RegistryInput.CreditCode("Only this organisation's applications.", required: false);
         var state = RegistryInput.State();
         var limit = RegistryInput.Limit("applications");
-        var command = input.Reader("applications", "List applications, newest first.", code, state, limit);
-        input.SetAction(command, parse => async (registry, cancellationToken) =>
-            RegistryOutput.WriteApplications(await registry.ListApplicationsAsync(parse.GetValue(code), parse.GetValue(state), parse.GetValue(limit), cancellationToken)));
+        var command = RegistryInput.Subcommand("applications", "List applications, newest first.", code, state, limit);
+        RegistryInput.SetAction(command, parse =>
+        {
+            var request = new ListApplicationsRequest { CreditCode = parse.GetValue(code)!, State = parse.GetValue(state), Limit = (uint)parse.GetValue(limit) };
+            return async call => RegistryOutput.WriteApplications((await call.Registry.ListApplicationsAsync(request, call.Options)).Applications);
+        });
         return command;
     }
 
-    private static Command ShowApplication(RegistryInput input)
+    private static Command ShowApplication()
     {
         var id = RegistryInput.ApplicationId();
-        var command = input.Reader("application", "Show an application in full: materials (with SHA-256 prefixes), declared capacity, fee schedule and every stage.", id);
-        input.SetAction(command, parse => async (registry, cancellationToken) =>
+        var command = RegistryInput.Subcommand("application", "Show an application in full: materials (with SHA-256 prefixes), declared capacity, fee schedule and every stage.", id);
+        RegistryInput.SetAction(command, parse =>
         {
-            long applicationId = parse.GetValue(id);
-            Application application = await registry.GetApplicationAsync(applicationId, cancellationToken)
-                ?? throw new RegistryRefusedException(RegistryRefusal.ApplicationUnknown, $"there is no application {applicationId}");
-            RegistryOutput.WriteApplicationDetail(application, registry.Catalog);
+            var request = new GetApplicationRequest { ApplicationId = parse.GetValue(id) };
+            return async call => RegistryOutput.WriteApplicationDetail(await call.Registry.GetApplicationAsync(request, call.Options), DeviceCatalog.LoadEmbedded());
         });
         return command;
     }
