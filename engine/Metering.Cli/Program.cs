@@ -18,6 +18,7 @@ root.Subcommands.Add(IngestFileCommand.Create());
 root.Subcommands.Add(VoucherCommand.Create());
 root.Subcommands.Add(SettleCommand.Create());
 root.Subcommands.Add(AuditCommand.Create());
+root.Subcommands.Add(ClockCommand.Create());
 ParseResult parsed = root.Parse(args);
 int exitCode = await parsed.InvokeAsync();
 // Bad usage (a missing, malformed or conflicting option) exits with 2, as the commands' own

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Metering.Engine.Sandbox;
 using Metering.Engine.Storage;
 using Microsoft.Extensions.Logging;
 
@@ -12,12 +13,18 @@ internal static class DbCommand
         var connection = CommonOptions.Connection();
         var dataDirectory = CommonOptions.DataDirectory();
         var runtimeRole = CommonOptions.RuntimeRole();
+        var sandbox = new Option<bool>("--sandbox")
+        {
+            Description = "Also mark the database a sandbox, to be served with `metering serve --clock simulated` whose clock operators move forward (sandbox.proto). "
+                + "Only a new, empty database can be marked; a mark cannot be removed.",
+        };
         var migrate = new Command("migrate", "Apply the engine's SQL migrations (Storage/Migrations/NNNN_*.sql) that the database lacks, in order, recording each in schema_migrations; "
             + "then create (or check) the runtime role `serve` runs as and grant it only what serving needs. Run it as the schema's owner.")
         {
             connection,
             dataDirectory,
             runtimeRole,
+            sandbox,
         };
         migrate.SetAction(async (parse, cancellationToken) =>
         {
@@ -37,6 +44,22 @@ internal static class DbCommand
                 {
                     Console.Error.WriteLine($"error: {e.Message}");
                     return 2;
+                }
+
+                if (parse.GetValue(sandbox))
+                {
+                    try
+                    {
+                        bool marked = await new SandboxClockStore(dataSource).MarkAsync(cancellationToken);
+                        Console.WriteLine(marked
+                            ? "Marked the database a sandbox: serve it with `metering serve --clock simulated`, and move its clock with `metering clock advance`."
+                            : "The database is a sandbox already.");
+                    }
+                    catch (SandboxException e)
+                    {
+                        Console.Error.WriteLine($"error: {e.Message}");
+                        return 1;
+                    }
                 }
 
                 int version = await migrator.CurrentVersionAsync(cancellationToken);

@@ -146,6 +146,8 @@ internal static class DemoCommand
         Console.WriteLine($"Records stored: {stored:N0} of {expected:N0} sent (nothing lost, nothing duplicated: {(stored == expected ? "yes" : "NO")}).");
         Console.WriteLine($"Every chain re-verified from the stored rows and equal to the acknowledged head: {(intact ? "yes" : "NO")}.");
         Console.WriteLine($"Total {total.Elapsed.TotalSeconds:0.0} s.");
+        Console.WriteLine($"The demo's data is in the scratch database {DemoDatabase} of the embedded PostgreSQL, which the next demo recreates; "
+            + "`metering serve` and the walk-throughs in README.md use the default database beside it, which the demo leaves alone.");
         return stored == expected && intact ? 0 : 1;
     }
 

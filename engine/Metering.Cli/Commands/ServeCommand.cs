@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Security.Cryptography.X509Certificates;
 using Metering.Engine.Storage;
 using Metering.Engine.Access;
+using Metering.Engine.Sandbox;
 using Metering.Engine.Signing;
 using Metering.Server.Access;
 using Metering.Server.Hosting;
@@ -37,6 +38,13 @@ internal static partial class ServeCommand
         var dataDirectory = CommonOptions.DataDirectory();
         var signingKey = CommonOptions.SigningKey();
         var runtimeRole = CommonOptions.RuntimeRole();
+        var clock = new Option<string>("--clock")
+        {
+            Description = "system (real time), or simulated: a sandbox's clock, which operators move forward with `metering clock advance`; "
+                + "only on a database made with `metering db migrate --sandbox` (sandbox.proto). Defaults to METERING_CLOCK, else system.",
+            DefaultValueFactory = _ => Configured("METERING_CLOCK") ?? "system",
+        };
+        clock.AcceptOnlyFromAmong("system", "simulated");
         var allowPrivileged = new Option<bool>("--allow-privileged-role")
         {
             Description = "Serve even if the connection logs in as a superuser or as the schema's owner, which could drop the evidence guards. Off by default: serve as the runtime role `metering db migrate` creates.",
@@ -44,7 +52,7 @@ internal static partial class ServeCommand
         var limitOptions = LimitOptions.Select(l => (l.Env, l.Apply, Option: new Option<int?>(l.Name) { Description = $"{l.Description} Default {l.Default(new CallLimits())}, or ${l.Env}." })).ToList();
         var command = new Command("serve", "Run the gRPC server (IngestService, RawLogService, RegistryService) against PostgreSQL. Callers authenticate with keys from `metering key issue`.")
         {
-            listen, tlsCertificate, tlsKey, tlsPassword, insecure, migrate, connection, dataDirectory, signingKey, runtimeRole, allowPrivileged,
+            listen, tlsCertificate, tlsKey, tlsPassword, insecure, migrate, connection, dataDirectory, signingKey, runtimeRole, clock, allowPrivileged,
         };
         foreach (var limit in limitOptions)
         {
@@ -171,6 +179,7 @@ internal static partial class ServeCommand
                     AllowPrivilegedRole = parse.GetValue(allowPrivileged),
                     CallLimits = callLimits,
                     CredentialRecheck = recheckPolicy,
+                    Time = parse.GetValue(clock) == "simulated" ? new SimulatedClock(0) : TimeProvider.System,
                     ConfigureLogging = builder => builder
                         .AddSimpleConsole(console =>
                         {
@@ -192,6 +201,11 @@ internal static partial class ServeCommand
                 }
 
                 LogServing(logger, server.Address, credentials, signing.KeyId);
+                if (server.Services.GetService(typeof(TimeProvider)) is SimulatedClock simulated)
+                {
+                    LogSandbox(logger, simulated.GetUtcNow(), simulated.OffsetMs);
+                }
+
                 if (credentials == 0)
                 {
                     LogNoKeys(logger);
@@ -213,6 +227,11 @@ internal static partial class ServeCommand
             return await MeteringServer.StartAsync(settings, cancellationToken);
         }
         catch (PrivilegedRoleException refused)
+        {
+            Console.Error.WriteLine($"error: {refused.Message}");
+            return null;
+        }
+        catch (SandboxException refused)
         {
             Console.Error.WriteLine($"error: {refused.Message}");
             return null;
@@ -254,4 +273,7 @@ internal static partial class ServeCommand
 
     [LoggerMessage(EventId = 4002, Level = LogLevel.Warning, Message = "No credential is active, so every call will be refused. Issue one with: metering key issue --role operator --subject <name>")]
     private static partial void LogNoKeys(ILogger logger);
+
+    [LoggerMessage(EventId = 4003, Level = LogLevel.Warning, Message = "SANDBOX: this server runs on a simulated clock, now {Now:yyyy-MM-dd HH:mm:ss}Z ({OffsetMs} ms ahead of real time); operators move it with `metering clock advance`")]
+    private static partial void LogSandbox(ILogger logger, DateTimeOffset now, long offsetMs);
 }

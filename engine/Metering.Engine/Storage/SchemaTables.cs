@@ -112,6 +112,9 @@ public static class SchemaTables
         TableRule.Evidence("transparency_tree_heads"),
         // 0007 heartbeats
         TableRule.Evidence("stream_heartbeats"),
+        // 0013 sandbox clock: the runtime role moves the offset but cannot mark a database a sandbox.
+        new TableRule("sandbox_clock", TableKind.Mutable, "SELECT, UPDATE (offset_ms, advanced_at)"),
+        TableRule.Evidence("sandbox_clock_moves"),
         // The migrator's own bookkeeping; serve reads it to check the schema's version.
         TableRule.ReadOnly("schema_migrations"),
     ];

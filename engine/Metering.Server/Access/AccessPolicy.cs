@@ -72,6 +72,10 @@ internal static class AccessPolicy
         [Method(VoucherService.Descriptor.FullName, "VoidClaim")] = Operators,
         [Method(VoucherService.Descriptor.FullName, "GetClaim")] = BureauReaders,
 
+        // Everyone reads the clock; only operators move a sandbox's.
+        [Method(SandboxService.Descriptor.FullName, "GetClock")] = Everyone,
+        [Method(SandboxService.Descriptor.FullName, "AdvanceClock")] = Operators,
+
         // Only the batch closes days; a provider reads its own statements (checked by the service).
         [Method(SettlementService.Descriptor.FullName, "SettleDay")] = Batch,
         [Method(SettlementService.Descriptor.FullName, "GetSettlement")] = BureauReaders,

@@ -5,6 +5,7 @@ using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
+using Metering.Engine.Sandbox;
 using Metering.Engine.Settlement;
 using Metering.Engine.Signing;
 using Metering.Engine.Storage;
@@ -14,8 +15,10 @@ using Metering.Server.Access;
 using Metering.Server.Capacity;
 using Metering.Server.Audit;
 using Metering.Server.Ingest;
+using Metering.Server.Localization;
 using Metering.Server.RawLogs;
 using Metering.Server.Registry;
+using Metering.Server.Sandbox;
 using Metering.Server.Settlement;
 using Metering.Server.Transparency;
 using Metering.Server.Vouchers;
@@ -96,24 +99,50 @@ public sealed class MeteringServer : IAsyncDisposable
 
     public IServiceProvider Services => _app.Services;
 
+    /// <summary>
+    /// A simulated clock only on a sandbox database, and a sandbox only on its simulated clock,
+    /// which takes the stored offset: time in a sandbox never jumps back to real time, and
+    /// production time is never moved. A test's own TimeProvider is neither and passes.
+    /// </summary>
+    private static async Task CheckClockAsync(TimeProvider time, SandboxClockStore store, CancellationToken cancellationToken)
+    {
+        long? offset = await store.ReadOffsetAsync(cancellationToken);
+        if (time is SimulatedClock simulated)
+        {
+            if (offset is not long stored)
+            {
+                throw new SandboxException(SandboxProblem.NotSandbox, "--clock simulated needs a sandbox database, and this one is not: make one with `metering db migrate --sandbox` on a new, empty database.");
+            }
+
+            simulated.MoveTo(stored);
+        }
+        else if (offset is not null && ReferenceEquals(time, TimeProvider.System))
+        {
+            throw new SandboxException(SandboxProblem.NotSandbox, "this database is a sandbox, whose time may run ahead of real time: serve it with --clock simulated.");
+        }
+    }
+
     public static async Task<MeteringServer> StartAsync(ServerSettings settings, CancellationToken cancellationToken = default)
     {
         settings.Limits.Validate();
         settings.Capacity.Validate();
         settings.CallLimits.Validate();
         settings.CredentialRecheck.Validate();
+        // Read the refusal messages now: a broken table fails the start, not every later refusal.
+        _ = RefusalMessages.Reasons.Count;
         if (TransportRules.Refusal(settings.Listen, settings.Certificate is not null, settings.Insecure) is { } refusal)
         {
             throw new ArgumentException(refusal);
         }
 
-        if (!settings.AllowPrivilegedRole)
+        await using (NpgsqlDataSource probe = Database.CreateDataSource(settings.ConnectionString))
         {
-            await using NpgsqlDataSource probe = Database.CreateDataSource(settings.ConnectionString);
-            if (await ServingRole.WhyPrivilegedAsync(probe, cancellationToken) is string why)
+            if (!settings.AllowPrivilegedRole && await ServingRole.WhyPrivilegedAsync(probe, cancellationToken) is string why)
             {
                 throw new PrivilegedRoleException(why);
             }
+
+            await CheckClockAsync(settings.Time, new SandboxClockStore(probe), cancellationToken);
         }
 
         WebApplicationBuilder builder = WebApplication.CreateSlimBuilder();
@@ -147,6 +176,7 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(_ => Database.CreateDataSource(settings.ConnectionString));
         builder.Services.AddSingleton(provider => new UsageStore(provider.GetRequiredService<NpgsqlDataSource>()));
         builder.Services.AddSingleton(provider => new UploadStore(provider.GetRequiredService<NpgsqlDataSource>()));
+        builder.Services.AddSingleton(provider => new SandboxClockStore(provider.GetRequiredService<NpgsqlDataSource>()));
         builder.Services.AddSingleton(provider => new CredentialStore(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
         builder.Services.AddSingleton(provider => new AdmissionGate(provider.GetRequiredService<NpgsqlDataSource>()));
         builder.Services.AddSingleton(provider => new ProviderRegistry(provider.GetRequiredService<NpgsqlDataSource>(), settings.Catalog, settings.Time));
@@ -182,6 +212,7 @@ public sealed class MeteringServer : IAsyncDisposable
         app.MapGrpcService<SettlementGrpcService>();
         app.MapGrpcService<AuditGrpcService>();
         app.MapGrpcService<TransparencyGrpcService>();
+        app.MapGrpcService<SandboxGrpcService>();
         await app.StartAsync(cancellationToken);
 
         string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
