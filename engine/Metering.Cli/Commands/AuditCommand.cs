@@ -1,22 +1,33 @@
 using System.CommandLine;
+using System.Diagnostics;
 using System.Globalization;
-using Metering.Engine.Access;
+using Grpc.Core;
 using Metering.Engine.Audit;
-using Metering.Engine.Catalog;
+using Metering.Engine.Identity;
 using Metering.Engine.Registry;
-using Npgsql;
+using Metering.Protocol.V1;
 
 namespace Metering.Cli.Commands;
 
 /// <summary>
-/// `metering audit ...`: the auditor's side on the bureau's database. Every command is written to
-/// the audit query log (as the --as auditor, via cli) before it runs, and none writes anything else.
+/// `metering audit ...`: the auditor's side, as a client of a running server's AuditService
+/// (proto/metering/v1/audit.proto). The server's role policy decides what the key may ask, and
+/// its audit query log records the key's subject before each query runs; nothing here opens the
+/// database. Exit codes: 0 done; 1 refused by the server or no server; 2 bad usage; 3 (verify) a
+/// chain is broken; 4 nothing to examine (the provider or period holds no records), so that an
+/// auditor's empty answer never reads as "all clean".
 /// </summary>
 internal static class AuditCommand
 {
+    /// <summary>`audit verify` found a broken chain.</summary>
+    public const int ChainBrokenExit = 3;
+
+    /// <summary>The provider or period asked about holds no records: nothing was examined.</summary>
+    public const int NothingToExamineExit = 4;
+
     public static Command Create()
     {
-        var command = new Command("audit", "Training audit (训力审计): verify chains, Merkle roots and proofs, usage queries and exports, anomalies, the HTML report, the query log; the transparency log's signed heads and proofs (over gRPC).");
+        var command = new Command("audit", "Training audit (训力审计) through a running server: verify chains, Merkle roots and proofs, usage queries and exports, anomalies, the HTML report, the query log; receipts and the transparency log's signed heads and proofs.");
         command.Subcommands.Add(Verify());
         command.Subcommands.Add(MerkleRoot());
         command.Subcommands.Add(Proof());
@@ -34,87 +45,59 @@ internal static class AuditCommand
         return command;
     }
 
-    private static Option<string> Auditor() => new("--as")
-    {
-        Description = "Auditor name recorded in the audit query log.",
-        DefaultValueFactory = _ => $"{Environment.UserName}@cli",
-    };
+    /// <summary>A client command (ClientCommand) whose action gets the audit client and the caller's key as headers.</summary>
+    private static Command Client(string name, string description, Option[] options,
+        Func<ParseResult, AuditService.AuditServiceClient, Metadata, CancellationToken, Task<int>> action) =>
+        ClientCommand.Create(name, description, options,
+            (parse, call, cancellationToken) => action(parse, new AuditService.AuditServiceClient(call.Channel), call.Headers, cancellationToken));
 
-    private static Option<string> Provider(bool required) => new("--provider") { Description = "The provider's 18-character credit code.", Required = required };
+    private static Option<string> Provider() => new("--provider") { Description = "The provider's 18-character credit code.", Required = true };
 
     private static Option<string> Day(string name, string description) => new(name) { Description = description + " (yyyy-MM-dd, Asia/Shanghai).", Required = true };
 
-    /// <summary>A command with the database options, whose action logs the query and then runs.</summary>
-    private static Command WithDatabase(string name, string description, Option[] options, Func<ParseResult, Actor, NpgsqlDataSource, CancellationToken, Task<int>> action)
-    {
-        var connection = CommonOptions.Connection();
-        var dataDirectory = CommonOptions.DataDirectory();
-        var auditor = Auditor();
-        var command = new Command(name, description);
-        foreach (Option option in options)
-        {
-            command.Options.Add(option);
-        }
-
-        command.Options.Add(auditor);
-        command.Options.Add(connection);
-        command.Options.Add(dataDirectory);
-        command.SetAction((parse, cancellationToken) => CommonOptions.WithDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
-        {
-            var actor = new Actor(Role.Auditor, parse.GetValue(auditor)!);
-            try
-            {
-                return await action(parse, actor, dataSource, cancellationToken);
-            }
-            catch (Exception error) when (error is ArgumentException or RecordNotFoundException or DayNotSettledException or AuditLimitExceededException or FormatException)
-            {
-                Console.Error.WriteLine($"error: {error.Message}");
-                return 1;
-            }
-        }, cancellationToken));
-        return command;
-    }
-
-    private static Task LogAsync(NpgsqlDataSource dataSource, Actor actor, string query, string? providerId, ParseResult parse, CancellationToken cancellationToken)
-    {
-        // The command line as given is what was asked; option values only, never the connection string.
-        var parameters = parse.CommandResult.Children.OfType<System.CommandLine.Parsing.OptionResult>()
-            .Where(o => o.Option.Name is not "--connection" and not "--data-dir")
-            .ToDictionary(o => o.Option.Name.TrimStart('-'), o => string.Join(' ', o.Tokens.Select(t => t.Value)));
-        return new AuditQueryLog(dataSource, TimeProvider.System).RecordAsync(actor, AuditChannel.Cli, query, providerId, parameters, cancellationToken);
-    }
-
     private static Command Verify()
     {
-        var provider = Provider(required: true);
+        var provider = Provider();
         var stream = new Option<string?>("--stream") { Description = "One stream; every stream of the provider when left out." };
         var fromSequence = new Option<ulong>("--from-seq") { Description = "First sequence (a later start begins from the stored hash before it).", DefaultValueFactory = _ => 1 };
         var toSequence = new Option<ulong?>("--to-seq") { Description = "Last sequence; the committed mark when left out." };
-        return WithDatabase("verify", "Re-verify hash chains from the stored rows and show the first broken link with its evidence.",
-            [provider, stream, fromSequence, toSequence], async (parse, actor, dataSource, ct) =>
+        return Client("verify", "Re-verify hash chains from the stored rows and show the first broken link with its evidence. Exits 3 when a chain is broken, 4 when there was nothing to verify.",
+            [provider, stream, fromSequence, toSequence], async (parse, client, headers, ct) =>
             {
-                string code = parse.GetValue(provider)!;
-                await LogAsync(dataSource, actor, "verify", code, parse, ct);
-                var range = new VerificationRange(parse.GetValue(fromSequence), parse.GetValue(toSequence));
-                var verifier = new ChainVerifier(dataSource);
-                var clock = System.Diagnostics.Stopwatch.StartNew();
-                IReadOnlyList<ChainVerification> results = parse.GetValue(stream) is { } one
-                    ? [await verifier.VerifyStreamAsync(code, one, range, null, ct)]
-                    : await verifier.VerifyProviderAsync(code, range, ct);
-                double seconds = Math.Max(clock.Elapsed.TotalSeconds, 1e-3);
-                var table = new TextTable("stream", "from", "to", "checked", "chain", "head");
-                foreach (ChainVerification r in results)
+                string code = CodeOf(parse, provider);
+                var request = new VerifyChainRequest
                 {
-                    table.Add(r.StreamId, N(r.FromSequence), N(r.ToSequence), N(r.RecordsChecked), r.Intact ? "intact" : $"BROKEN at {r.FirstBrokenSequence} ({r.Break!.Kind})", Convert.ToHexStringLower(r.ComputedHead));
+                    CreditCode = code,
+                    StreamId = parse.GetValue(stream) ?? "",
+                    FromSequence = parse.GetValue(fromSequence),
+                    ToSequence = parse.GetValue(toSequence) ?? 0,
+                };
+                var clock = Stopwatch.StartNew();
+                VerifyChainResponse response = await client.VerifyChainAsync(request, headers, cancellationToken: ct);
+                double seconds = Math.Max(clock.Elapsed.TotalSeconds, 1e-3);
+                ulong records = response.Streams.Aggregate(0UL, (sum, r) => sum + r.RecordsChecked);
+                if (records == 0 && response.Streams.All(r => r.Intact))
+                {
+                    Console.Error.WriteLine(response.Streams.Count == 0
+                        ? $"{code} has no streams: nothing was verified."
+                        : $"{code} has no records in the range asked for ({response.Streams.Count} stream(s)): nothing was verified.");
+                    return NothingToExamineExit;
+                }
+
+                var table = new TextTable("stream", "from", "to", "checked", "chain", "head");
+                foreach (StreamVerification r in response.Streams)
+                {
+                    table.Add(r.StreamId, N(r.FromSequence), N(r.ToSequence), N(r.RecordsChecked), r.Intact ? "intact" : $"BROKEN at {r.Break.Sequence} ({r.Break.Kind})",
+                        Convert.ToHexStringLower(r.ComputedHead.Span));
                 }
 
                 table.Write(Console.Out);
-                long bytes = results.Sum(r => r.CanonicalBytes);
+                ulong bytes = response.Streams.Aggregate(0UL, (sum, r) => sum + r.CanonicalBytes);
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"{results.Count} stream(s), {N(results.Aggregate(0UL, (sum, r) => sum + r.RecordsChecked))} records, {bytes / 1e6:N1} MB of canonical encoding re-hashed in {seconds:N2} s ({bytes / 1e6 / seconds:N1} MB/s)"));
-                foreach (ChainVerification r in results.Where(r => !r.Intact))
+                    $"{response.Streams.Count} stream(s), {N(records)} records, {bytes / 1e6:N1} MB of canonical encoding re-hashed in {seconds:N2} s ({bytes / 1e6 / seconds:N1} MB/s)"));
+                foreach (StreamVerification r in response.Streams.Where(r => !r.Intact))
                 {
-                    ChainBreak b = r.Break!;
+                    Protocol.V1.ChainBreak b = r.Break;
                     Console.WriteLine();
                     Console.WriteLine($"{r.StreamId}: record {b.Sequence}: {b.Detail}");
                     Console.WriteLine($"  previous hash  {b.PreviousHashHex}");
@@ -123,58 +106,58 @@ internal static class AuditCommand
                     Console.WriteLine($"  canonical      {b.CanonicalHex}");
                 }
 
-                return results.All(r => r.Intact) ? 0 : 3;
+                return response.Streams.All(r => r.Intact) ? 0 : ChainBrokenExit;
             });
     }
 
     private static Command MerkleRoot()
     {
-        var provider = Provider(required: true);
+        var provider = Provider();
         var day = Day("--day", "The day");
         var asOf = AsOf("Only records committed at or before this instant (ISO 8601); committed means when the ingest transaction began.");
         var settled = Settled("The root as settled: the records the settlement of the day counted, the root its provider statement publishes in its merkle_root row.");
-        return WithDatabase("merkle-root", "The provider's Merkle root over one day's records (proto/metering/v1/merkle-proofs.md).",
-            [provider, day, asOf, settled], async (parse, actor, dataSource, ct) =>
+        return Client("merkle-root", "The provider's Merkle root over one day's records (proto/metering/v1/merkle-proofs.md).",
+            [provider, day, asOf, settled], async (parse, client, headers, ct) =>
             {
-                string code = parse.GetValue(provider)!;
-                await LogAsync(dataSource, actor, "merkle-root", code, parse, ct);
-                DailyRoot root = await new DailyMerkle(dataSource).RootAsync(code, ParseDay(parse.GetValue(day)!), CutOff(parse, asOf, settled), ct);
-                Console.WriteLine($"provider  {root.ProviderId}");
-                Console.WriteLine($"day       {root.Day:yyyy-MM-dd}");
-                Console.WriteLine($"cut-off   {root.CutOff}");
+                var request = new GetMerkleRootRequest { CreditCode = CodeOf(parse, provider), Day = DayText(parse, day) };
+                (request.AsOfUnixMs, request.Settled) = CutOff(parse, asOf, settled);
+                Protocol.V1.MerkleRoot root = await client.GetMerkleRootAsync(request, headers, cancellationToken: ct);
+                Console.WriteLine($"provider  {root.CreditCode}");
+                Console.WriteLine($"day       {root.Day}");
+                Console.WriteLine($"cut-off   {CutOffText(root.Settled, root.AsOfUnixMs)}");
                 Console.WriteLine($"leaves    {root.LeafCount}");
-                Console.WriteLine($"root      {Convert.ToHexStringLower(root.Root)}");
+                Console.WriteLine($"root      {Convert.ToHexStringLower(root.Root.Span)}");
                 return 0;
             });
     }
 
     private static Command Proof()
     {
-        var provider = Provider(required: true);
+        var provider = Provider();
         var stream = new Option<string>("--stream") { Description = "The record's stream.", Required = true };
         var sequence = new Option<ulong>("--sequence") { Description = "The record's sequence number.", Required = true };
         var asOf = AsOf("Prove against the root as of this instant (ISO 8601).");
         var settled = Settled("Prove against the root as settled, the one the provider's statement of the record's day publishes.");
-        return WithDatabase("proof", "The inclusion proof of one record in its day's Merkle root, with shell lines that check it with sha256sum.",
-            [provider, stream, sequence, asOf, settled], async (parse, actor, dataSource, ct) =>
+        return Client("proof", "The inclusion proof of one record in its day's Merkle root, with shell lines that check it with sha256sum.",
+            [provider, stream, sequence, asOf, settled], async (parse, client, headers, ct) =>
             {
-                string code = parse.GetValue(provider)!;
-                await LogAsync(dataSource, actor, "proof", code, parse, ct);
-                InclusionProof proof = await new DailyMerkle(dataSource).ProveAsync(code, parse.GetValue(stream)!, parse.GetValue(sequence), CutOff(parse, asOf, settled), ct);
-                Console.WriteLine($"# {proof.StreamId} #{proof.Sequence}: leaf {proof.LeafIndex} of {proof.LeafCount} on {proof.Day:yyyy-MM-dd} ({proof.CutOff}); check with bash and sha256sum:");
+                var request = new GetInclusionProofRequest { CreditCode = CodeOf(parse, provider), StreamId = parse.GetValue(stream)!, Sequence = parse.GetValue(sequence) };
+                (request.AsOfUnixMs, request.Settled) = CutOff(parse, asOf, settled);
+                Protocol.V1.InclusionProof proof = await client.GetInclusionProofAsync(request, headers, cancellationToken: ct);
+                Console.WriteLine($"# {proof.StreamId} #{proof.Sequence}: leaf {proof.LeafIndex} of {proof.LeafCount} on {proof.Day} ({CutOffText(proof.Settled, proof.AsOfUnixMs)}); check with bash and sha256sum:");
                 Console.WriteLine("hex2bin() { printf \"$(printf '%s' \"$1\" | sed 's/../\\\\x&/g')\"; }");
                 Console.WriteLine("node() { { printf '\\x01'; hex2bin \"$1\"; hex2bin \"$2\"; } | sha256sum | cut -d' ' -f1; }");
-                Console.WriteLine($"PREV={Convert.ToHexStringLower(proof.PreviousHash)}");
-                Console.WriteLine($"CANONICAL={Convert.ToHexStringLower(proof.Canonical)}");
-                Console.WriteLine("C=$( { hex2bin $PREV; hex2bin $CANONICAL; } | sha256sum | cut -d' ' -f1 )" + $"   # = {Convert.ToHexStringLower(proof.ChainHash)}");
-                Console.WriteLine("P=$( { printf '\\x00'; hex2bin $C; } | sha256sum | cut -d' ' -f1 )" + $"   # = {Convert.ToHexStringLower(proof.LeafHash)}");
-                foreach (ProofStep step in proof.Steps)
+                Console.WriteLine($"PREV={Convert.ToHexStringLower(proof.PreviousHash.Span)}");
+                Console.WriteLine($"CANONICAL={Convert.ToHexStringLower(proof.Canonical.Span)}");
+                Console.WriteLine("C=$( { hex2bin $PREV; hex2bin $CANONICAL; } | sha256sum | cut -d' ' -f1 )" + $"   # = {Convert.ToHexStringLower(proof.ChainHash.Span)}");
+                Console.WriteLine("P=$( { printf '\\x00'; hex2bin $C; } | sha256sum | cut -d' ' -f1 )" + $"   # = {Convert.ToHexStringLower(proof.LeafHash.Span)}");
+                foreach (Protocol.V1.ProofStep step in proof.Steps)
                 {
-                    string sibling = Convert.ToHexStringLower(step.Sibling);
-                    Console.WriteLine(step.Side == ProofSide.Left ? $"P=$(node {sibling} $P)" : $"P=$(node $P {sibling})");
+                    string sibling = Convert.ToHexStringLower(step.Sibling.Span);
+                    Console.WriteLine(step.Side == Protocol.V1.ProofSide.Left ? $"P=$(node {sibling} $P)" : $"P=$(node $P {sibling})");
                 }
 
-                Console.WriteLine($"echo $P   # = root {Convert.ToHexStringLower(proof.Root)}");
+                Console.WriteLine($"echo $P   # = root {Convert.ToHexStringLower(proof.Root.Span)}");
                 return 0;
             });
     }
@@ -183,14 +166,18 @@ internal static class AuditCommand
 
     private static Option<bool> Settled(string description) => new("--settled") { Description = description };
 
-    private static MerkleCutOff CutOff(ParseResult parse, Option<DateTimeOffset?> asOf, Option<bool> settled) => (parse.GetValue(asOf), parse.GetValue(settled)) switch
+    private static (long AsOfUnixMs, bool Settled) CutOff(ParseResult parse, Option<DateTimeOffset?> asOf, Option<bool> settled) => (parse.GetValue(asOf), parse.GetValue(settled)) switch
     {
-        (null, true) => MerkleCutOff.AsSettled,
-        (var instant, false) => MerkleCutOff.AsOf(instant),
-        _ => throw new ArgumentException("--settled and --as-of are two different cut-offs; give at most one"),
+        (null, var isSettled) => (0, isSettled),
+        ({ } instant, false) => (instant.ToUnixTimeMilliseconds(), false),
+        _ => throw new UsageException("--settled and --as-of are two different cut-offs; give at most one"),
     };
 
-    private static (Option<string?>[] Options, Func<ParseResult, UsageFilter> Build) Selection(Option<string> from, Option<string> to)
+    /// <summary>The cut-off as the engine names it, so that the output reads as it always has.</summary>
+    private static string CutOffText(bool settled, long asOfUnixMs) =>
+        (settled ? MerkleCutOff.AsSettled : MerkleCutOff.AsOf(asOfUnixMs == 0 ? null : DateTimeOffset.FromUnixTimeMilliseconds(asOfUnixMs))).ToString();
+
+    private static (Option<string?>[] Options, Func<ParseResult, UsageSelection> Build) Selection(Option<string> from, Option<string> to)
     {
         var provider = new Option<string?>("--provider") { Description = "A provider's credit code." };
         var holder = new Option<string?>("--holder") { Description = "A voucher holder's credit code." };
@@ -198,16 +185,16 @@ internal static class AuditCommand
         var model = new Option<string?>("--model") { Description = "A device model (catalog key)." };
         var site = new Option<string?>("--site") { Description = "A site." };
         var stream = new Option<string?>("--stream") { Description = "A stream." };
-        return ([provider, holder, job, model, site, stream], parse => new UsageFilter
+        return ([provider, holder, job, model, site, stream], parse => new UsageSelection
         {
-            ProviderId = parse.GetValue(provider),
-            HolderCode = parse.GetValue(holder),
-            JobId = parse.GetValue(job),
-            DeviceModel = parse.GetValue(model),
-            Site = parse.GetValue(site),
-            StreamId = parse.GetValue(stream),
-            From = ShanghaiTime.StartOf(ParseDay(parse.GetValue(from)!)),
-            Until = ShanghaiTime.StartOf(ParseDay(parse.GetValue(to)!).AddDays(1)),
+            CreditCode = parse.GetValue(provider) is { } code ? CheckedCode(code, "--provider") : "",
+            HolderCode = parse.GetValue(holder) is { } holderCode ? CheckedCode(holderCode, "--holder") : "",
+            JobId = parse.GetValue(job) ?? "",
+            DeviceModel = parse.GetValue(model) ?? "",
+            Site = parse.GetValue(site) ?? "",
+            StreamId = parse.GetValue(stream) ?? "",
+            FromUnixMs = ShanghaiTime.StartOf(ParseDay(parse.GetValue(from)!, "--from")).ToUnixTimeMilliseconds(),
+            UntilUnixMs = ShanghaiTime.StartOf(ParseDay(parse.GetValue(to)!, "--to").AddDays(1)).ToUnixTimeMilliseconds(),
         });
     }
 
@@ -218,27 +205,32 @@ internal static class AuditCommand
         var (selection, build) = Selection(from, to);
         var by = new Option<string>("--by") { Description = "Group by provider, holder, job, model, site, stream or day; none for the total only.", DefaultValueFactory = _ => "none" };
         by.AcceptOnlyFromAmong("none", "provider", "holder", "job", "model", "site", "stream", "day");
-        return WithDatabase("usage", "Usage totals (records, device-hours, FP16 PFLOPS·h, all exact) by provider, holder, job, device model, site, stream or day.",
-            [.. selection, from, to, by], async (parse, actor, dataSource, ct) =>
+        return Client("usage", "Usage totals (records, device-hours, FP16 PFLOPS·h, all exact) by provider, holder, job, device model, site, stream or day. Exits 4 when no record matches.",
+            [.. selection, from, to, by], async (parse, client, headers, ct) =>
             {
-                UsageFilter filter = build(parse);
-                await LogAsync(dataSource, actor, "usage", filter.ProviderId, parse, ct);
-                UsageGrouping grouping = parse.GetValue(by) switch
+                UsageSelection chosen = build(parse);
+                UsageGroupBy grouping = parse.GetValue(by) switch
                 {
-                    "provider" => UsageGrouping.Provider,
-                    "holder" => UsageGrouping.Holder,
-                    "job" => UsageGrouping.Job,
-                    "model" => UsageGrouping.DeviceModel,
-                    "site" => UsageGrouping.Site,
-                    "stream" => UsageGrouping.Stream,
-                    "day" => UsageGrouping.Day,
-                    _ => UsageGrouping.None,
+                    "provider" => UsageGroupBy.GroupByProvider,
+                    "holder" => UsageGroupBy.GroupByHolder,
+                    "job" => UsageGroupBy.GroupByJob,
+                    "model" => UsageGroupBy.GroupByDeviceModel,
+                    "site" => UsageGroupBy.GroupBySite,
+                    "stream" => UsageGroupBy.GroupByStream,
+                    "day" => UsageGroupBy.GroupByDay,
+                    _ => UsageGroupBy.GroupByNone,
                 };
-                UsageSummary summary = await new UsageQueries(dataSource).SummariseAsync(filter, grouping, 0, ct);
-                var table = new TextTable(grouping == UsageGrouping.None ? "" : parse.GetValue(by)!, "records", "device-hours", "FP16 PFLOPS·h");
-                foreach (UsageTotals row in summary.Groups.Append(summary.Total))
+                QueryUsageResponse summary = await client.QueryUsageAsync(new QueryUsageRequest { Selection = chosen, GroupBy = grouping }, headers, cancellationToken: ct);
+                if (summary.Total.Records == 0)
                 {
-                    table.Add(row.Key, N((ulong)row.Records), row.DeviceHours, row.PflopsHours);
+                    Console.Error.WriteLine($"No usage records of {(chosen.CreditCode.Length > 0 ? chosen.CreditCode : "any provider")} match from {parse.GetValue(from)} to {parse.GetValue(to)} with the filters given.");
+                    return NothingToExamineExit;
+                }
+
+                var table = new TextTable(grouping == UsageGroupBy.GroupByNone ? "" : parse.GetValue(by)!, "records", "device-hours", "FP16 PFLOPS·h");
+                foreach (Protocol.V1.UsageTotals row in summary.Groups.Append(summary.Total))
+                {
+                    table.Add(row.Key, N(row.Records), row.DeviceHours, row.PflopsHours);
                 }
 
                 table.Write(Console.Out);
@@ -258,77 +250,173 @@ internal static class AuditCommand
         var (selection, build) = Selection(from, to);
         var format = new Option<string>("--format") { Description = "csv or parquet.", Required = true };
         format.AcceptOnlyFromAmong("csv", "parquet");
-        var output = new Option<string>("--out") { Description = "The file to write.", Required = true };
-        return WithDatabase("export", "Export the selected records, one row per record, to CSV or Parquet.",
-            [.. selection, from, to, format, output], async (parse, actor, dataSource, ct) =>
+        var output = new Option<string>("--out") { Description = "The file to write, or - for standard output.", Required = true };
+        return Client("export", "Export the selected records, one row per record, to CSV or Parquet, written as the server streams it.",
+            [.. selection, from, to, format, output], async (parse, client, headers, ct) =>
             {
-                UsageFilter filter = build(parse);
-                await LogAsync(dataSource, actor, "export", filter.ProviderId, parse, ct);
-                await using var file = new FileStream(parse.GetValue(output)!, FileMode.Create, FileAccess.ReadWrite);
-                long records = await new UsageExport(dataSource).WriteAsync(filter, parse.GetValue(format) == "parquet" ? ExportFormat.Parquet : ExportFormat.Csv, file, ct);
-                Console.WriteLine($"Exported {records:N0} records to {parse.GetValue(output)}.");
+                var request = new ExportUsageRequest
+                {
+                    Selection = build(parse),
+                    Format = parse.GetValue(format) == "parquet" ? Protocol.V1.ExportFormat.Parquet : Protocol.V1.ExportFormat.Csv,
+                };
+                string path = parse.GetValue(output)!;
+                using AsyncServerStreamingCall<ExportChunk> call = client.ExportUsage(request, headers, cancellationToken: ct);
+                ulong records = path == "-"
+                    ? await ExportToAsync(call.ResponseStream, Console.OpenStandardOutput(), ct)
+                    : await ExportToFileAsync(call.ResponseStream, path, ct);
+                (path == "-" ? Console.Error : Console.Out).WriteLine($"Exported {records:N0} records to {(path == "-" ? "standard output" : path)}.");
                 return 0;
             });
     }
 
+    /// <summary>
+    /// Writes the export beside <paramref name="path"/> and moves it there once the last chunk
+    /// arrived: a refusal or a broken connection leaves no half file that looks like an export.
+    /// The first chunk is awaited before anything is created, so a refused call creates nothing.
+    /// </summary>
+    private static async Task<ulong> ExportToFileAsync(IAsyncStreamReader<ExportChunk> chunks, string path, CancellationToken cancellationToken)
+    {
+        bool more = await chunks.MoveNext(cancellationToken);
+        string partial = path + ".partial";
+        try
+        {
+            ulong records;
+            await using (var file = new FileStream(partial, FileMode.Create, FileAccess.Write, FileShare.None, 64 * 1024, FileOptions.Asynchronous))
+            {
+                records = await CopyChunksAsync(chunks, more, file, cancellationToken);
+            }
+
+            File.Move(partial, path, overwrite: true);
+            return records;
+        }
+        catch
+        {
+            File.Delete(partial);
+            throw;
+        }
+    }
+
+    private static async Task<ulong> ExportToAsync(IAsyncStreamReader<ExportChunk> chunks, Stream target, CancellationToken cancellationToken)
+    {
+        await using (target)
+        {
+            return await CopyChunksAsync(chunks, await chunks.MoveNext(cancellationToken), target, cancellationToken);
+        }
+    }
+
+    /// <summary>Each chunk goes to <paramref name="target"/> as it arrives; the last one carries the record count.</summary>
+    private static async Task<ulong> CopyChunksAsync(IAsyncStreamReader<ExportChunk> chunks, bool more, Stream target, CancellationToken cancellationToken)
+    {
+        ulong records = 0;
+        while (more)
+        {
+            ExportChunk chunk = chunks.Current;
+            await target.WriteAsync(chunk.Data.Memory, cancellationToken);
+            records = Math.Max(records, chunk.Records);
+            more = await chunks.MoveNext(cancellationToken);
+        }
+
+        await target.FlushAsync(cancellationToken);
+        return records;
+    }
+
     private static Command Anomalies()
     {
-        var provider = Provider(required: true);
+        var provider = Provider();
         var from = Day("--from", "First day, inclusive");
         var to = Day("--to", "Last day, inclusive");
         var silence = new Option<int>("--silence-minutes") { Description = "A stream that sent neither records nor heartbeats for longer than this is an anomaly.", DefaultValueFactory = _ => 120 };
-        return WithDatabase("anomalies", "Run every anomaly detector over a provider and period and list the anomalies with their evidence.",
-            [provider, from, to, silence], async (parse, actor, dataSource, ct) =>
+        return Client("anomalies", "Run every anomaly detector over a provider and period and list the anomalies with their evidence. Exits 4 when the period holds no records to judge.",
+            [provider, from, to, silence], async (parse, client, headers, ct) =>
             {
-                string code = parse.GetValue(provider)!;
-                await LogAsync(dataSource, actor, "anomalies", code, parse, ct);
-                var detectors = new AnomalyDetectors(dataSource, TimeProvider.System, new DetectorSettings { Silence = TimeSpan.FromMinutes(parse.GetValue(silence)) });
-                IReadOnlyList<Anomaly> found = await detectors.DetectAsync(code, ShanghaiTime.StartOf(ParseDay(parse.GetValue(from)!)), ShanghaiTime.StartOf(ParseDay(parse.GetValue(to)!).AddDays(1)), ct);
-                foreach (Anomaly anomaly in found)
+                string code = CodeOf(parse, provider);
+                if (parse.GetValue(silence) is < 1 or > 100_000)
                 {
-                    Console.WriteLine($"{anomaly.Kind}  {Local(anomaly.FromUnixMs)} to {Local(anomaly.UntilUnixMs)}  {anomaly.StreamId}");
+                    throw new UsageException("--silence-minutes is 1 to 100000");
+                }
+
+                var request = new DetectAnomaliesRequest
+                {
+                    CreditCode = code,
+                    FromUnixMs = ShanghaiTime.StartOf(ParseDay(parse.GetValue(from)!, "--from")).ToUnixTimeMilliseconds(),
+                    UntilUnixMs = ShanghaiTime.StartOf(ParseDay(parse.GetValue(to)!, "--to").AddDays(1)).ToUnixTimeMilliseconds(),
+                    SilenceMinutes = (uint)parse.GetValue(silence),
+                };
+                DetectAnomaliesResponse found = await client.DetectAnomaliesAsync(request, headers, cancellationToken: ct);
+                if (found.RecordsExamined == 0 && found.Anomalies.Count == 0)
+                {
+                    Console.Error.WriteLine($"{code} has no usage records from {parse.GetValue(from)} to {parse.GetValue(to)}: there was nothing to judge, which is not a clean period.");
+                    return NothingToExamineExit;
+                }
+
+                foreach (Protocol.V1.Anomaly anomaly in found.Anomalies)
+                {
+                    Console.WriteLine($"{KindName(anomaly.Kind)}  {Local(anomaly.FromUnixMs)} to {Local(anomaly.UntilUnixMs)}  {anomaly.StreamId}");
                     Console.WriteLine($"  {anomaly.Summary}");
-                    foreach (EvidenceRow row in anomaly.Evidence)
+                    foreach (EvidenceRecord row in anomaly.Evidence)
                     {
                         Console.WriteLine($"    {row.StreamId} #{row.Sequence} job {row.JobId} {row.DeviceCount}×{row.DeviceModel} {row.ShareNumerator}/{row.ShareDenominator} {Local(row.StartUnixMs)}–{Local(row.EndUnixMs)} {row.Site} {string.Join(' ', row.DeviceUuids)}");
                     }
                 }
 
-                Console.WriteLine($"{found.Count} anomal{(found.Count == 1 ? "y" : "ies")}.");
+                Console.WriteLine($"{found.Anomalies.Count} anomal{(found.Anomalies.Count == 1 ? "y" : "ies")} in {found.RecordsExamined:N0} records.");
                 return 0;
             });
     }
 
+    /// <summary>The kind as the engine and the HTML report name it (CapacityExceeded, ...).</summary>
+    private static string KindName(Protocol.V1.AnomalyKind kind) => kind switch
+    {
+        Protocol.V1.AnomalyKind.AnomalyCapacityExceeded => nameof(Engine.Audit.AnomalyKind.CapacityExceeded),
+        Protocol.V1.AnomalyKind.AnomalyDeviceDoubleBooked => nameof(Engine.Audit.AnomalyKind.DeviceDoubleBooked),
+        Protocol.V1.AnomalyKind.AnomalyOutsideAdmission => nameof(Engine.Audit.AnomalyKind.OutsideAdmission),
+        Protocol.V1.AnomalyKind.AnomalyTamperConflict => nameof(Engine.Audit.AnomalyKind.TamperConflict),
+        Protocol.V1.AnomalyKind.AnomalyChainBroken => nameof(Engine.Audit.AnomalyKind.ChainBroken),
+        Protocol.V1.AnomalyKind.AnomalySilentStream => nameof(Engine.Audit.AnomalyKind.SilentStream),
+        Protocol.V1.AnomalyKind.AnomalyUsageSpike => nameof(Engine.Audit.AnomalyKind.UsageSpike),
+        Protocol.V1.AnomalyKind.AnomalyCapacityUnvalidated => nameof(Engine.Audit.AnomalyKind.CapacityUnvalidated),
+        _ => kind.ToString(),
+    };
+
     private static Command Report()
     {
-        var provider = Provider(required: true);
+        var provider = Provider();
         var from = Day("--from", "First day, inclusive");
         var to = Day("--to", "Last day, inclusive");
         var output = new Option<string>("--out") { Description = "The HTML file to write.", Required = true };
-        return WithDatabase("report", "Write one self-contained HTML audit report of a provider and period: totals, charts, chains, Merkle roots, anomalies.",
-            [provider, from, to, output], async (parse, actor, dataSource, ct) =>
+        return Client("report", "Write one self-contained HTML audit report of a provider and period: totals, charts, chains, Merkle roots, anomalies.",
+            [provider, from, to, output], async (parse, client, headers, ct) =>
             {
-                string code = parse.GetValue(provider)!;
-                await LogAsync(dataSource, actor, "report", code, parse, ct);
-                RenderedReport report = await new HtmlReport(dataSource, DeviceCatalog.LoadEmbedded(), TimeProvider.System)
-                    .RenderAsync(code, ParseDay(parse.GetValue(from)!), ParseDay(parse.GetValue(to)!), ct);
-                await File.WriteAllTextAsync(parse.GetValue(output)!, report.Html, ct);
-                Console.WriteLine($"Wrote {parse.GetValue(output)}: {report.Total.Records:N0} records, {report.Total.PflopsHours} PFLOPS·h, {report.Anomalies} anomalies, {report.StreamsBroken} broken chain(s).");
+                var request = new RenderReportRequest { CreditCode = CodeOf(parse, provider), FromDay = DayText(parse, from), ToDay = DayText(parse, to) };
+                AuditReport report = await client.RenderReportAsync(request, headers, cancellationToken: ct);
+                string path = parse.GetValue(output)!;
+                await using (var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 64 * 1024, FileOptions.Asynchronous))
+                {
+                    await file.WriteAsync(report.Html.Memory, ct);
+                }
+
+                Console.WriteLine($"Wrote {path}: {report.Total.Records:N0} records, {report.Total.PflopsHours} PFLOPS·h, {report.Anomalies} anomalies, {report.StreamsBroken} broken chain(s).");
                 return 0;
             });
     }
 
     private static Command Log()
     {
-        var actorFilter = new Option<string?>("--actor") { Description = "Only queries of this actor." };
-        var limit = new Option<int>("--limit") { Description = "Most entries, newest first.", DefaultValueFactory = _ => 50 };
-        return WithDatabase("log", "The audit query log: who asked what, and when.", [actorFilter, limit], async (parse, actor, dataSource, ct) =>
+        var actorFilter = new Option<string?>("--actor") { Description = "Only queries of this actor (a key's subject)." };
+        var limit = new Option<uint>("--limit") { Description = $"Most entries, newest first (at most {AuditQueryLog.ListLimitMax:N0}).", DefaultValueFactory = _ => 50 };
+        return Client("log", "The audit query log: who asked what, and when.", [actorFilter, limit], async (parse, client, headers, ct) =>
         {
-            await LogAsync(dataSource, actor, "log", null, parse, ct);
-            var table = new TextTable("id", "when", "who", "role", "via", "query", "provider", "parameters");
-            foreach (AuditQueryEntry e in await new AuditQueryLog(dataSource, TimeProvider.System).ListAsync(parse.GetValue(actorFilter), parse.GetValue(limit), ct))
+            if (parse.GetValue(limit) is 0 or > AuditQueryLog.ListLimitMax)
             {
-                table.Add(e.QueryId.ToString(CultureInfo.InvariantCulture), Local(e.AskedAt.ToUnixTimeMilliseconds()), e.Actor, e.Role, e.Via, e.Query, e.ProviderId ?? "", e.Parameters);
+                throw new UsageException($"--limit is 1 to {AuditQueryLog.ListLimitMax}");
+            }
+
+            ListAuditQueriesResponse response = await client.ListAuditQueriesAsync(
+                new ListAuditQueriesRequest { Actor = parse.GetValue(actorFilter) ?? "", Limit = parse.GetValue(limit) }, headers, cancellationToken: ct);
+            var table = new TextTable("id", "when", "who", "role", "via", "query", "provider", "parameters");
+            foreach (AuditQuery e in response.Queries)
+            {
+                table.Add(e.QueryId.ToString(CultureInfo.InvariantCulture), Local(e.AskedAtUnixMs), e.Actor, e.Role, e.Via, e.Query, e.CreditCode, e.ParametersJson);
             }
 
             table.Write(Console.Out);
@@ -336,8 +424,20 @@ internal static class AuditCommand
         });
     }
 
-    private static DateOnly ParseDay(string text) =>
-        DateOnly.TryParseExact(text, "yyyy-MM-dd", CultureInfo.InvariantCulture, DateTimeStyles.None, out DateOnly day) ? day : throw new FormatException($"'{text}' is not a date yyyy-MM-dd");
+    private static string CodeOf(ParseResult parse, Option<string> option) => CheckedCode(parse.GetValue(option)!, option.Name);
+
+    /// <summary>A malformed code names nobody: refused here, before any call, as the server would refuse it.</summary>
+    private static string CheckedCode(string code, string option) => CreditCode.IsValid(code)
+        ? code
+        : throw new UsageException($"{option} '{code}' is not a unified social credit code: 18 characters of [0-9A-HJ-NP-RTUW-Y] ending in the GB 32100-2015 check character");
+
+    private static string DayText(ParseResult parse, Option<string> option) =>
+        ParseDay(parse.GetValue(option)!, option.Name).ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
+
+    private static DateOnly ParseDay(string text, string option) =>
+        DateOnly.TryParseExact(text, "yyyy-MM-dd", CultureInfo.InvariantCulture, DateTimeStyles.None, out DateOnly day)
+            ? day
+            : throw new UsageException($"{option} '{text}' is not a date yyyy-MM-dd");
 
     private static string N(ulong value) => value.ToString("N0", CultureInfo.InvariantCulture);
 

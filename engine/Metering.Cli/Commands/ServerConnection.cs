@@ -19,6 +19,12 @@ internal sealed class ServerConnection
     /// <summary>The environment variable a key comes from when --api-key is not given.</summary>
     public const string ApiKeyVariable = "METERING_API_KEY";
 
+    /// <summary>
+    /// The largest message a command takes from the server: the audit report's 16 MiB
+    /// (audit.proto, RenderReport), above gRPC's default of 4 MiB. Every other answer is smaller.
+    /// </summary>
+    public const int ReceiveBytesMax = 16 * 1024 * 1024;
+
     public Option<Uri> Server { get; } = CommonOptions.ServerAddress();
 
     public Option<string?> ApiKey { get; } = new("--api-key") { Description = $"The caller's API key; defaults to {ApiKeyVariable}." };
@@ -124,7 +130,7 @@ internal sealed class ServerConnection
             throw new ArgumentException("--client-key needs --client-cert");
         }
 
-        return GrpcChannel.ForAddress(server, new GrpcChannelOptions { HttpHandler = handler, DisposeHttpClient = true });
+        return GrpcChannel.ForAddress(server, new GrpcChannelOptions { HttpHandler = handler, DisposeHttpClient = true, MaxReceiveMessageSize = ReceiveBytesMax });
     }
 
     private static T Read<T>(string path, Func<T> read)

@@ -1,4 +1,3 @@
-using System.Text.Json;
 using Dapper;
 using Metering.Engine.Access;
 using Npgsql;
@@ -11,7 +10,13 @@ public sealed record AuditQueryEntry(long QueryId, string Actor, string Role, st
 /// <summary>Where an audit query came from.</summary>
 public enum AuditChannel
 {
+    /// <summary>The AuditService; `metering audit` calls it too, so every query is logged this way.</summary>
     Grpc,
+
+    /// <summary>
+    /// The CLI of earlier versions, which read the database directly under a name it was told;
+    /// entries it wrote keep this channel, and nothing writes it any more.
+    /// </summary>
     Cli,
 }
 
@@ -34,12 +39,6 @@ public sealed class AuditQueryLog(NpgsqlDataSource dataSource, TimeProvider time
 
     /// <summary>Most characters of the query name, the actor and the provider id an entry keeps.</summary>
     public const int NameCharsMax = 128;
-
-    private static readonly JsonSerializerOptions Json = new() { PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
-
-    /// <summary>Records a query whose parameters are any object, serialised as JSON.</summary>
-    public Task<long> RecordAsync(Actor actor, AuditChannel via, string query, string? providerId, object parameters, CancellationToken cancellationToken) =>
-        RecordJsonAsync(actor, via, query, providerId, JsonSerializer.Serialize(parameters, parameters.GetType(), Json), cancellationToken);
 
     /// <summary>Records a query whose parameters are already JSON (a gRPC request in protobuf's JSON form).</summary>
     /// <exception cref="ArgumentException">A field is longer than the log keeps; nothing is written.</exception>

@@ -4,6 +4,7 @@ using Grpc.Core;
 using Metering.Engine.Access;
 using Metering.Engine.Audit;
 using Metering.Engine.Catalog;
+using Metering.Engine.Identity;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Engine.Signing;
@@ -56,7 +57,7 @@ internal sealed partial class AuditGrpcService(
     public override Task<VerifyChainResponse> VerifyChain(VerifyChainRequest request, ServerCallContext context) =>
         Run(context, "VerifyChain", request, request.CreditCode, async (actor, ct) =>
         {
-            RequireCode(request.CreditCode);
+            await new AuditedProvider(dataSource).RequireKnownAsync(request.CreditCode, ct);
             var range = new VerificationRange(Math.Max(request.FromSequence, 1), request.ToSequence == 0 ? null : request.ToSequence);
             var verifier = new ChainVerifier(dataSource);
             IReadOnlyList<ChainVerification> results = request.StreamId.Length == 0
@@ -121,6 +122,11 @@ internal sealed partial class AuditGrpcService(
     public override Task<QueryUsageResponse> QueryUsage(QueryUsageRequest request, ServerCallContext context) =>
         Run(context, "QueryUsage", request, NullIfEmpty(request.Selection?.CreditCode), async (actor, ct) =>
         {
+            if (NullIfEmpty(request.Selection?.CreditCode) is { } code)
+            {
+                await new AuditedProvider(dataSource).RequireKnownAsync(code, ct);
+            }
+
             UsageSummary summary = await new UsageQueries(dataSource).SummariseAsync(Filter(request.Selection), Grouping(request.GroupBy), (int)Math.Min(request.GroupsLimit, int.MaxValue), ct);
             return new QueryUsageResponse { Groups = { summary.Groups.Select(ToMessage) }, Total = ToMessage(summary.Total), Truncated = summary.Truncated };
         });
@@ -170,25 +176,27 @@ internal sealed partial class AuditGrpcService(
     public override Task<DetectAnomaliesResponse> DetectAnomalies(DetectAnomaliesRequest request, ServerCallContext context) =>
         Run(context, "DetectAnomalies", request, request.CreditCode, async (actor, ct) =>
         {
-            RequireCode(request.CreditCode);
+            await new AuditedProvider(dataSource).RequireKnownAsync(request.CreditCode, ct);
             var settings = new DetectorSettings { Silence = request.SilenceMinutes == 0 ? new DetectorSettings().Silence : TimeSpan.FromMinutes(request.SilenceMinutes) };
-            IReadOnlyList<EngineAnomaly> anomalies = await new AnomalyDetectors(dataSource, time, settings)
-                .DetectAsync(request.CreditCode, Instant(request.FromUnixMs, "from_unix_ms"), Instant(request.UntilUnixMs, "until_unix_ms"), ct);
-            return new DetectAnomaliesResponse { Anomalies = { anomalies.Select(ToMessage) } };
+            DateTimeOffset from = Instant(request.FromUnixMs, "from_unix_ms");
+            DateTimeOffset until = Instant(request.UntilUnixMs, "until_unix_ms");
+            IReadOnlyList<EngineAnomaly> anomalies = await new AnomalyDetectors(dataSource, time, settings).DetectAsync(request.CreditCode, from, until, ct);
+            UsageSummary examined = await new UsageQueries(dataSource).SummariseAsync(new UsageFilter { ProviderId = request.CreditCode, From = from, Until = until }, UsageGrouping.None, 0, ct);
+            return new DetectAnomaliesResponse { Anomalies = { anomalies.Select(ToMessage) }, RecordsExamined = (ulong)examined.Total.Records };
         });
 
     public override Task<AuditReport> RenderReport(RenderReportRequest request, ServerCallContext context) =>
         Run(context, "RenderReport", request, request.CreditCode, async (actor, ct) =>
         {
-            RequireCode(request.CreditCode);
+            await new AuditedProvider(dataSource).RequireKnownAsync(request.CreditCode, ct);
             RenderedReport report = await new HtmlReport(dataSource, catalog, time).RenderAsync(request.CreditCode, Day(request.FromDay, "from_day"), Day(request.ToDay, "to_day"), ct);
             ByteString html = ByteString.CopyFromUtf8(report.Html);
             if (html.Length > ResponseBytesMax - 1024)
             {
-                throw new AuditLimitExceededException($"the report is {html.Length:N0} bytes, more than one response carries; render a shorter period, or use `metering audit report`");
+                throw new AuditLimitExceededException($"the report is {html.Length:N0} bytes, more than one response carries; render a shorter period");
             }
 
-            return new AuditReport { Html = html, Anomalies = (uint)report.Anomalies };
+            return new AuditReport { Html = html, Anomalies = (uint)report.Anomalies, Total = ToMessage(report.Total), StreamsBroken = (uint)report.StreamsBroken };
         });
 
     public override Task<ListAuditQueriesResponse> ListAuditQueries(ListAuditQueriesRequest request, ServerCallContext context) =>
@@ -393,6 +401,33 @@ internal sealed partial class AuditGrpcService(
         {
             throw new ArgumentException("credit_code names the provider and is required");
         }
+
+        RequireWellFormed(creditCode, "credit_code");
+    }
+
+    private static void RequireSelectionCodes(UsageSelection selection)
+    {
+        if (selection.CreditCode.Length > 0)
+        {
+            RequireWellFormed(selection.CreditCode, "selection.credit_code");
+        }
+
+        if (selection.HolderCode.Length > 0)
+        {
+            RequireWellFormed(selection.HolderCode, "selection.holder_code");
+        }
+    }
+
+    /// <summary>
+    /// A malformed code names nobody; refusing it says so, where running the query would answer
+    /// with nothing found. Only the length shows in the message: the text itself may be anything.
+    /// </summary>
+    private static void RequireWellFormed(string code, string field)
+    {
+        if (!CreditCode.IsValid(code))
+        {
+            throw new ArgumentException($"{field} is not a unified social credit code: 18 characters of [0-9A-HJ-NP-RTUW-Y] ending in the GB 32100-2015 check character ({code.Length} characters given)");
+        }
     }
 
     /// <summary>
@@ -462,9 +497,11 @@ internal sealed partial class AuditGrpcService(
                 break;
             case QueryUsageRequest r:
                 Filter(r.Selection);
+                RequireSelectionCodes(r.Selection);
                 break;
             case ExportUsageRequest r:
                 Filter(r.Selection);
+                RequireSelectionCodes(r.Selection);
                 break;
             case DetectAnomaliesRequest r:
                 RequireCode(r.CreditCode);

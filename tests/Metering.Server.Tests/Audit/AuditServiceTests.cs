@@ -216,6 +216,39 @@ public sealed class AuditServiceTests(PostgresFixture postgres)
         Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id NOT LIKE 'proof:%'"));
     }
 
+    [Fact]
+    public async Task A_malformed_credit_code_is_refused_before_the_log_and_an_unknown_one_is_not_found()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        var audit = new AuditService.AuditServiceClient(scene.Server.Channel);
+        // The test provider's code with its check character changed: 18 characters, but nobody's.
+        string malformed = TestRecords.Provider[..17] + (TestRecords.Provider[17] == '6' ? '7' : '6');
+        string unknown = Metering.Engine.Identity.CreditCode.Complete("91440300MA5K00001");
+
+        RpcException verify = await Assert.ThrowsAsync<RpcException>(() => audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = malformed }, Auditor).ResponseAsync);
+        RpcException anomalies = await Assert.ThrowsAsync<RpcException>(() => audit.DetectAnomaliesAsync(
+            new DetectAnomaliesRequest { CreditCode = "not-a-code", FromUnixMs = TestRecords.BaseStartMs, UntilUnixMs = TestRecords.BaseStartMs + 86_400_000 }, Auditor).ResponseAsync);
+        UsageSelection badHolder = Period();
+        badHolder.HolderCode = "9144030071526726XZ";
+        RpcException usage = await Assert.ThrowsAsync<RpcException>(() => audit.QueryUsageAsync(new QueryUsageRequest { Selection = badHolder }, Auditor).ResponseAsync);
+        long logged = await scene.Server.ScalarAsync<long>("SELECT count(*) FROM audit_query_log");
+        RpcException nobody = await Assert.ThrowsAsync<RpcException>(() => audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = unknown }, Auditor).ResponseAsync);
+        RpcException nobodysUsage = await Assert.ThrowsAsync<RpcException>(() => audit.QueryUsageAsync(new QueryUsageRequest { Selection = Period(unknown) }, Auditor).ResponseAsync);
+
+        foreach (RpcException refused in new[] { verify, anomalies, usage })
+        {
+            Assert.Equal((StatusCode.InvalidArgument, "AUDIT_ARGUMENT_INVALID"), (refused.StatusCode, IngestCall.Reason(refused)));
+            Assert.Contains("is not a unified social credit code", refused.Status.Detail, StringComparison.Ordinal);
+        }
+
+        // Malformed requests are refused before the log; a well-formed code is logged, then found to name nobody.
+        Assert.Equal(0L, logged);
+        Assert.Equal((StatusCode.NotFound, "AUDIT_NOT_FOUND"), (nobody.StatusCode, IngestCall.Reason(nobody)));
+        Assert.Equal((StatusCode.NotFound, "AUDIT_NOT_FOUND"), (nobodysUsage.StatusCode, IngestCall.Reason(nobodysUsage)));
+        Assert.Contains($"no provider {unknown} is registered", nobody.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(2L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM audit_query_log WHERE provider_id = @unknown", new { unknown }));
+    }
+
     private static async Task<byte[]> ExportAsync(AuditService.AuditServiceClient audit, ExportFormat format)
     {
         using var call = audit.ExportUsage(new ExportUsageRequest { Selection = Period(), Format = format }, Auditor);

@@ -32,9 +32,11 @@ public sealed partial class HtmlReportTests(PostgresFixture postgres)
         await scene.StreamAsync("cluster-a", [.. TestRecords.Range(1, 20), big]);
         string html = Path.Combine(Path.GetTempPath(), $"audit-report-{Guid.NewGuid():N}.html");
 
-        var (exit, output) = await CliProcess.RunAsync("audit", "report", "--provider", TestRecords.Provider, "--from", "2026-11-20", "--to", "2026-11-21",
-            "--out", html, "--as", "auditor-cli", "--connection", scene.Server.ConnectionString);
+        var (exit, output) = await CliProcess.RunAsAsync(scene.Server, TestServer.AuditorKey, "audit", "report", "--provider", TestRecords.Provider, "--from", "2026-11-20", "--to", "2026-11-21",
+            "--out", html);
         Assert.True(exit == 0, output);
+        Assert.Contains($"Wrote {html}: 21 records, 37.927000000 PFLOPS·h, ", output, StringComparison.Ordinal);
+        Assert.Contains(" 0 broken chain(s).", output, StringComparison.Ordinal);
 
         string source = await File.ReadAllTextAsync(html);
         // Self-contained: no script, nothing fetched; the only URL is the SVG namespace.
@@ -65,8 +67,8 @@ public sealed partial class HtmlReportTests(PostgresFixture postgres)
         Assert.Contains($"<rect class=\"bar\" data-key=\"{TestRecords.Holder}\"", dom, StringComparison.Ordinal);
         Assert.Equal(2, Regex.Count(dom, "<tr><td>2026-11-2[01]</td>"));
 
-        // The CLI logged the query as the auditor it named.
-        Assert.Equal(1L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM audit_query_log WHERE actor = 'auditor-cli' AND via = 'cli' AND query = 'report'"));
+        // The server logged the query as the auditor the key names.
+        Assert.Equal(1L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM audit_query_log WHERE actor = 'auditor-one' AND role = 'auditor' AND query = 'RenderReport'"));
     }
 
     [GeneratedRegex("(?:https?:)?//[^\"' )>]+|\\b(?:src|href)\\s*=", RegexOptions.IgnoreCase)]

@@ -35,7 +35,9 @@ public sealed class SettleCliTests(PostgresFixture postgres)
         var (rerunExit, rerun) = await CliProcess.RunAsync("settle", "--day", Day, "--connection", scene.ConnectionString);
         var (showExit, shown) = await CliProcess.RunAsync("settle", "show", "--day", Day, "--party-kind", "provider", "--party", TestRecords.Provider, "--connection", scene.ConnectionString);
         var (listExit, listed) = await CliProcess.RunAsync("settle", "list", "--connection", scene.ConnectionString);
-        var (rootExit, root) = await CliProcess.RunAsync("audit", "merkle-root", "--provider", TestRecords.Provider, "--day", Day, "--settled", "--connection", scene.ConnectionString);
+        // An auditor recomputes the published root through a server over the same database.
+        await using TestServer server = await TestServer.StartAsync(postgres, database: scene.ConnectionString);
+        var (rootExit, root) = await CliProcess.RunAsAsync(server, TestServer.AuditorKey, "audit", "merkle-root", "--provider", TestRecords.Provider, "--day", Day, "--settled");
 
         Assert.True(exit == 0, output);
         Assert.Contains("aggregate: 12 records of the day", output, StringComparison.Ordinal);

@@ -214,7 +214,7 @@ public sealed class ReceiptTests(PostgresFixture postgres)
         // canonical encoding, so that the database is consistent again.
         await RewriteAsync(server, "cluster-a", rewritten: 450, total);
 
-        var (verifyExit, verifyOutput) = await CliProcess.RunAsync("audit", "verify", "--provider", TestRecords.Provider, "--stream", "cluster-a", "--connection", server.ConnectionString);
+        var (verifyExit, verifyOutput) = await CliProcess.RunAsAsync(server, TestServer.AuditorKey, "audit", "verify", "--provider", TestRecords.Provider, "--stream", "cluster-a");
         Assert.True(verifyExit == 0, verifyOutput);
         Assert.Contains("intact", verifyOutput, StringComparison.Ordinal);
 
