@@ -355,13 +355,28 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
 
             await CheckIntegrityAsync(connection, transaction, holderCode, ShanghaiTime.DateOf(now));
 
-            // The admission of the item that covers the whole contract, net of an early exit.
+            // The admission of the item in force at the contract's start, net of an early exit;
+            // it covers the whole contract alone or with the renewals that continue it without
+            // a gap (each starting where the one before ends).
             var items = (await connection.QueryAsync<(long ApplicationId, DateTime From, DateTime Ends, DateTime? Ended)>("""
                 SELECT application_id, valid_from, validity_ends_at, ended_at FROM service_items
                 WHERE provider_id = @provider AND service_item = @item ORDER BY valid_from
                 """, new { provider = contract.ProviderId, item = contract.ServiceItem }, transaction)).ToList();
-            var covering = items.FirstOrDefault(i => Instant(i.From) <= startsAt && endsBefore <= Instant(i.Ended is { } e && e < i.Ends ? e : i.Ends));
-            if (covering == default)
+            var spans = items.Select(i => (i.ApplicationId, From: Instant(i.From), Until: Instant(i.Ended is { } e && e < i.Ends ? e : i.Ends))).ToList();
+            var covering = spans.FirstOrDefault(i => i.From <= startsAt && startsAt < i.Until);
+            DateTimeOffset coveredUntil = covering == default ? startsAt : covering.Until;
+            for (int step = 0; step < spans.Count && coveredUntil < endsBefore; step++)
+            {
+                var next = spans.FirstOrDefault(i => i.From == coveredUntil && i.Until > coveredUntil);
+                if (next == default)
+                {
+                    break;
+                }
+
+                coveredUntil = next.Until;
+            }
+
+            if (covering == default || coveredUntil < endsBefore)
             {
                 throw new VoucherRefusedException(VoucherRefusal.ContractOutsideAdmission, items.Count == 0
                     ? $"{contract.ProviderId} holds no admitted service item '{contract.ServiceItem}'"

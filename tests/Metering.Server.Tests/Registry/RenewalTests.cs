@@ -221,6 +221,46 @@ public sealed class RenewalTests(PostgresFixture postgres)
         Assert.Equal(1UL, (await resumed.SendAsync([At(1, reinstatedAt.AddMinutes(10), minutes: 10)])).CommittedSequence);
     }
 
+    [Fact]
+    public async Task A_contract_across_the_end_is_recorded_only_once_a_renewal_continues_the_admission()
+    {
+        await using RegistryScene scene = await StartAsync();
+        var (code, key, admitted) = await Admit2025Async(scene);
+        var (holder, _) = await scene.RegisterAsync();
+        scene.Clock.Now = new DateTimeOffset(2026, 11, 10, 9, 0, 0, Shanghai);
+        VoucherService.VoucherServiceClient vouchers = new(scene.Server.Channel);
+        await vouchers.RegisterHolderAsync(new RegisterHolderRequest
+        {
+            Holder = new Holder { CreditCode = holder, Name = "Model lab", Type = HolderType.HolderEnterprise, District = "futian", EstablishedOn = "2012-05-01" },
+        }, RegistryScene.Operator);
+        await vouchers.ApproveHolderAsync(new ApproveHolderRequest { CreditCode = holder }, RegistryScene.Operator);
+        RecordContractRequest across = new()
+        {
+            Contract = new Contract
+            {
+                HolderCode = holder,
+                ProviderId = code,
+                ServiceItem = Admissions.ServiceItem,
+                ContractNumber = "HT-ACROSS",
+                SignedOn = "2026-11-10",
+                StartsOn = "2026-12-01",
+                EndsOn = "2027-03-31",
+                AmountFen = 200_000_000,
+                FeeUnit = FeeUnit.PerCardHour,
+                NonRelatedParty = true,
+                DeclarationRef = "declarations/non-related.pdf",
+            },
+        };
+
+        RpcException outside = await Assert.ThrowsAsync<RpcException>(() => vouchers.RecordContractAsync(across, RegistryScene.Operator).ResponseAsync);
+        Assert.Equal("CONTRACT_OUTSIDE_ADMISSION", IngestCall.Reason(outside));
+
+        Application renewal = await scene.Client.FileApplicationAsync(Renewal(code, admitted.ApplicationId), key);
+        await DecideAllAsync(scene, renewal.ApplicationId, code, decideAt: new DateTimeOffset(2026, 11, 20, 10, 0, 0, Shanghai));
+        Contract recorded = await vouchers.RecordContractAsync(across, RegistryScene.Operator);
+        Assert.Equal(("2026-12-01", "2027-03-31"), (recorded.StartsOn, recorded.EndsOn));
+    }
+
     /// <summary>A scene whose clock stands in the 2025 filing window, with the next batch (2027) open from November 2026.</summary>
     private async Task<RegistryScene> StartAsync()
     {
