@@ -55,16 +55,19 @@ public sealed class AdmissionSnapshot
     public long Epoch { get; }
 
     /// <summary>
-    /// Whether a record of [startMs, endMs) falls wholly inside one admission and overlaps no
-    /// suspension. The refusal names the most specific reason: a suspension, then how the
-    /// admission the record started in ended, then no admission at all.
+    /// Whether a record of [startMs, endMs) falls inside the provider's admissions, with no
+    /// suspension over any part of it. A renewal admitted in time starts exactly where the
+    /// admission it renews ends, so a record running across that instant is taken as one
+    /// continuous admission; a gap between two admissions is not covered. The refusal names the
+    /// most specific reason at the first instant not covered: a suspension, then how the
+    /// admission the record was in ended, then no admission at all.
     /// </summary>
     public Refusal Check(ulong sequence, long startMs, long endMs)
     {
         bool suspended = false;
         foreach (Interval interval in _intervals)
         {
-            if (interval.FromMs <= startMs && endMs <= interval.UntilMs)
+            if (interval.FromMs < interval.UntilMs && interval.FromMs <= startMs && endMs <= interval.UntilMs)
             {
                 if (!OverlapsSuspension(interval.ApplicationId, startMs, endMs))
                 {
@@ -75,9 +78,54 @@ public sealed class AdmissionSnapshot
             }
         }
 
-        // The refusals are built apart, so that a lambda capturing the parameters cannot make
-        // the compiler allocate a closure on every call, refused or not.
-        return suspended ? Suspended(sequence, startMs, endMs) : Outside(sequence, startMs, endMs);
+        if (suspended || startMs >= endMs)
+        {
+            // The refusals are built apart, so that a lambda capturing the parameters cannot make
+            // the compiler allocate a closure on every call, refused or not.
+            return suspended ? Suspended(sequence, startMs, endMs) : Outside(sequence, startMs, endMs);
+        }
+
+        // Not inside one admission: walk forward through admissions that touch or overlap,
+        // taking from each the part before its next suspension. At most one step per interval.
+        long reached = startMs;
+        while (reached < endMs)
+        {
+            long next = reached;
+            bool suspendedHere = false;
+            foreach (Interval interval in _intervals)
+            {
+                if (interval.FromMs <= reached && reached < interval.UntilMs)
+                {
+                    long free = UnsuspendedUntil(interval.ApplicationId, reached, Math.Min(interval.UntilMs, endMs));
+                    suspendedHere |= free == reached;
+                    next = Math.Max(next, free);
+                }
+            }
+
+            if (next == reached)
+            {
+                return suspendedHere ? Suspended(sequence, reached, endMs) : Outside(sequence, reached, endMs);
+            }
+
+            reached = next;
+        }
+
+        return default;
+    }
+
+    /// <summary>How far from <paramref name="fromMs"/> towards <paramref name="untilMs"/> the application runs before a suspension of it begins.</summary>
+    private long UnsuspendedUntil(long applicationId, long fromMs, long untilMs)
+    {
+        long free = untilMs;
+        foreach (Suspension suspension in _suspensions)
+        {
+            if (suspension.ApplicationId == applicationId && suspension.FromMs < untilMs && fromMs < suspension.UntilMs)
+            {
+                free = Math.Min(free, Math.Max(suspension.FromMs, fromMs));
+            }
+        }
+
+        return free;
     }
 
     private Refusal Suspended(ulong sequence, long startMs, long endMs)

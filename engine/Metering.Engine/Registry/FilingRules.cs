@@ -155,7 +155,7 @@ public static class FilingRules
 
     /// <summary>
     /// Whether the organisation may be a provider at the context's moment: in Shenzhen, on no
-    /// integrity list, no voucher holder or applicant, with a valid IDC/ISP licence. Checked at
+    /// integrity list, no voucher holder or applicant (one that left the holder role is neither), with a valid IDC/ISP licence. Checked at
     /// filing and again at the admission decision, since any of it can change in between.
     /// </summary>
     public static void CheckEligibility(FilingContext context)
@@ -178,7 +178,7 @@ public static class FilingRules
         if (context.VoucherStatus is { } status)
         {
             throw new RegistryRefusedException(RegistryRefusal.VoucherHolderConflict,
-                $"{organisation.ProviderId} is a voucher {status}; an organisation cannot both hold vouchers and be an admitted provider");
+                $"{organisation.ProviderId} is a voucher {status}; an organisation cannot both hold vouchers and be an admitted provider (a holder with no contract or voucher still running leaves the holder role first)");
         }
 
         if (!context.Licences.Any(l => l.ValidFrom <= filedOn && l.ValidUntil >= filedOn))

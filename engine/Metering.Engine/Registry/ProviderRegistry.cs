@@ -225,7 +225,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
                 batch,
                 await ReadLicencesAsync(connection, transaction, code),
                 await ReadListingsAsync(connection, transaction, code),
-                await connection.ExecuteScalarAsync<string?>("SELECT status FROM voucher_holders WHERE holder_code = @code", new { code }, transaction),
+                await connection.ExecuteScalarAsync<string?>("SELECT status FROM voucher_holders WHERE holder_code = @code AND status <> 'left'", new { code }, transaction),
                 now);
             long declared = FilingRules.Check(request, context, catalog);
 
@@ -237,20 +237,26 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
                 throw new RegistryRefusedException(RegistryRefusal.ServiceItemTaken, $"{code} already has an application for service item '{request.ServiceItem}' in progress ({pending})");
             }
 
-            // An item whose admission has ended (expired, withdrawn, revoked) may be applied for again.
-            if (await CurrentItemAsync(connection, transaction, code, request.ServiceItem, now) is { } current
+            // An item whose admission has ended (expired, withdrawn, revoked) may be applied for
+            // again; one still admitted only as a renewal of that admission in a later batch.
+            long? renews = null;
+            if (request.RenewsApplicationId != 0)
+            {
+                renews = await CheckRenewalAsync(connection, transaction, code, request, batch, now);
+            }
+            else if (await CurrentItemAsync(connection, transaction, code, request.ServiceItem, now) is { } current
                 && current.Status(now) is ServiceItemStatus.Active or ServiceItemStatus.Suspended)
             {
                 throw new RegistryRefusedException(RegistryRefusal.ServiceItemTaken,
-                    $"{code} is already admitted for service item '{request.ServiceItem}' until {current.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; a new service is applied for under a new item");
+                    $"{code} is already admitted for service item '{request.ServiceItem}' until {current.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; a new service is applied for under a new item, and this one is renewed in a later batch with renews_application_id {current.ApplicationId}");
             }
 
             long proofRecords = await CheckMeteringProofAsync(connection, transaction, code, request.MeteringProofStream, cancellationToken);
             long id = await connection.ExecuteScalarAsync<long>("""
                 INSERT INTO applications (provider_id, batch_id, service_item, state, filed_at, financial_report_kind, audit_report_year, audit_report_reason,
-                    declared_fp16_gflops, service_content, service_standards, metering_proof_stream, metering_proof_records, fee_lines, intermediary)
+                    declared_fp16_gflops, service_content, service_standards, metering_proof_stream, metering_proof_records, fee_lines, intermediary, renews_application_id)
                 VALUES (@code, @batch, @item, 'awaiting_material_review', @now, @reportKind, @year, @reason, @declared, @content, @standards,
-                    @proof, @proofRecords, @fees::jsonb, @intermediary)
+                    @proof, @proofRecords, @fees::jsonb, @intermediary, @renews)
                 RETURNING application_id
                 """, new
             {
@@ -268,6 +274,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
                 proofRecords,
                 fees = FeesJson(request.Fees),
                 intermediary = NullIfEmpty(request.Intermediary.Trim()),
+                renews,
             }, transaction);
 
             foreach (Material material in request.Materials)
@@ -287,6 +294,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             string filingNote = string.Join("; ", new[]
             {
                 request.Intermediary.Length > 0 ? $"flagged: filed through an intermediary ({request.Intermediary.Trim()})" : "",
+                renews is { } renewed ? $"renews the admission of application {renewed}" : "",
                 enteredBy is not null ? $"entered by operator {enteredBy}" : "",
             }.Where(note => note.Length > 0));
             Actor recorded = enteredBy is null ? actor : actor with { Subject = $"{actor.Subject} (entered by {enteredBy})" };
@@ -468,6 +476,26 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
 
             BatchRow batch = (await ReadBatchesAsync(connection, transaction, row.BatchId)).Single();
             DateTimeOffset validFrom = row.DecidedAt ?? now;
+            long? renews = await connection.ExecuteScalarAsync<long?>("SELECT renews_application_id FROM applications WHERE application_id = @id", new { id = row.ApplicationId }, transaction);
+            ServiceItemRow? renewed = null;
+            if (renews is { } renewedId)
+            {
+                renewed = (await ReadServiceItemsAsync(connection, transaction, row.ProviderId, now)).Single(i => i.ApplicationId == renewedId);
+                if (renewed.EndKind is not null)
+                {
+                    // Withdrawal and revocation reject a renewal in progress; this guards the rule.
+                    throw new RegistryRefusedException(RegistryRefusal.RenewalInvalid,
+                        $"the admission of application {renewedId} was {renewed.EndKind}; a renewal does not revive it");
+                }
+
+                // Admitted before the old admission ends, the renewal takes over at that end, so
+                // the item runs without a gap; admitted later, it starts at its decision.
+                if (validFrom < renewed.ValidityEndsAt)
+                {
+                    validFrom = renewed.ValidityEndsAt;
+                }
+            }
+
             if (validFrom >= batch.ValidityEndsAt)
             {
                 throw new RegistryRefusedException(RegistryRefusal.PeriodInvalid, $"batch {batch.BatchId}'s validity ended at {batch.ValidityEndsAt:O}; nothing can be admitted under it");
@@ -476,9 +504,17 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             string before = (await ApplicationJsonAsync(connection, transaction, row.ApplicationId))!;
             await connection.ExecuteAsync("UPDATE applications SET state = 'admitted', notice_number = @number WHERE application_id = @id", new { number, id = row.ApplicationId }, transaction);
             await connection.ExecuteAsync("""
-                INSERT INTO service_items (provider_id, service_item, application_id, notice_number, valid_from, validity_ends_at)
-                VALUES (@code, @item, @id, @number, @from, @ends)
-                """, new { code = row.ProviderId, item = row.ServiceItem, id = row.ApplicationId, number, from = validFrom.UtcDateTime, ends = batch.ValidityEndsAt.UtcDateTime }, transaction);
+                INSERT INTO service_items (provider_id, service_item, application_id, notice_number, valid_from, validity_ends_at, renews_application_id)
+                VALUES (@code, @item, @id, @number, @from, @ends, @renews)
+                """, new { code = row.ProviderId, item = row.ServiceItem, id = row.ApplicationId, number, from = validFrom.UtcDateTime, ends = batch.ValidityEndsAt.UtcDateTime, renews }, transaction);
+            if (renewed?.SuspendedAt is not null)
+            {
+                // A renewal does not lift a suspension: only a reinstatement does.
+                await connection.ExecuteAsync("""
+                    INSERT INTO service_item_suspensions (provider_id, service_item, application_id, suspended_at, reason) VALUES (@code, @item, @id, @from, @reason)
+                    """, new { code = row.ProviderId, item = row.ServiceItem, id = row.ApplicationId, from = validFrom.UtcDateTime, reason = $"carried over from application {renewed.ApplicationId}: {renewed.SuspensionReason}" }, transaction);
+            }
+
             int version = await connection.ExecuteScalarAsync<int>("""
                 INSERT INTO fee_schedules (provider_id, service_item, version, effective_from, filed_at, lines)
                 SELECT @code, @item, coalesce((SELECT max(version) FROM fee_schedules WHERE provider_id = @code AND service_item = @item), 0) + 1, @from, filed_at, fee_lines
@@ -489,9 +525,9 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
                 await RowJsonAsync(connection, transaction, "fee_schedules", "provider_id = @code AND service_item = @item AND version = @version", new { code = row.ProviderId, item = row.ServiceItem, version }));
             await BumpEpochAsync(connection, transaction, row.ProviderId);
             await AddStageAsync(connection, transaction, row.ProviderId, row.ApplicationId, "admission_notice", actor, now, "passed",
-                $"notice {number}; admitted from {validFrom.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} until {batch.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; fee schedule version {version}");
+                $"notice {number}; {(renewed is null ? "" : $"renews application {renewed.ApplicationId}{(validFrom == renewed.ValidityEndsAt ? " without a gap" : $", whose admission ended at {renewed.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm}")}; ")}admitted from {validFrom.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} until {batch.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; fee schedule version {version}");
             await RecordAsync(connection, transaction, actor, now, row.ProviderId, "application", Key(row.ApplicationId), "admission_notice", before, await ApplicationJsonAsync(connection, transaction, row.ApplicationId));
-            await RecordAsync(connection, transaction, actor, now, row.ProviderId, "service_item", $"{row.ProviderId}/{row.ServiceItem}", "admit", null,
+            await RecordAsync(connection, transaction, actor, now, row.ProviderId, "service_item", $"{row.ProviderId}/{row.ServiceItem}", renewed is null ? "admit" : "renew", null,
                 await ServiceItemJsonAsync(connection, transaction, row.ProviderId, row.ApplicationId));
             return (await ReadApplicationAsync(connection, transaction, row.ApplicationId, details: true))!;
         }, cancellationToken);
@@ -596,36 +632,62 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         {
             await LockOrganisationAsync(connection, transaction, code);
             DateTimeOffset now = time.GetUtcNow();
-            ServiceItemRow item = await CurrentItemAsync(connection, transaction, code, request.ServiceItem, now)
+            IReadOnlyList<ServiceItemRow> admissions = (await ReadServiceItemsAsync(connection, transaction, code, now)).Where(i => i.Item == request.ServiceItem).ToList();
+            ServiceItemRow item = InForce(admissions, now)
                 ?? throw new RegistryRefusedException(RegistryRefusal.ServiceItemUnknown, $"{code} holds no admitted service item '{request.ServiceItem}'");
+            // A renewal admitted but not yet started follows the admission in force: it is
+            // suspended, reinstated and ended with it, so that no status change is escaped by
+            // waiting for the renewal to take over, and a renewal never revives an admission
+            // that was withdrawn or revoked.
+            ServiceItemRow? waiting = admissions.FirstOrDefault(i => i.ValidFrom > now && i.EndKind is null);
+            long[] ids = waiting is null ? [item.ApplicationId] : [item.ApplicationId, waiting.ApplicationId];
             ServiceItemStatus status = item.Status(now);
             string before = (await ServiceItemJsonAsync(connection, transaction, code, item.ApplicationId))!;
+            string? waitingBefore = waiting is null ? null : await ServiceItemJsonAsync(connection, transaction, code, waiting.ApplicationId);
             switch (request.Action, status)
             {
                 case (ServiceItemAction.Suspend, ServiceItemStatus.Active):
                     await connection.ExecuteAsync("""
                         INSERT INTO service_item_suspensions (provider_id, service_item, application_id, suspended_at, reason) VALUES (@code, @item, @id, @now, @reasons)
                         """, new { code, item = request.ServiceItem, id = item.ApplicationId, now = now.UtcDateTime, reasons }, transaction);
+                    if (waiting is not null)
+                    {
+                        // A renewal's suspension starts with it. Suspended, reinstated and
+                        // suspended again before it starts, it reopens the same (empty) row.
+                        await connection.ExecuteAsync("""
+                            INSERT INTO service_item_suspensions (provider_id, service_item, application_id, suspended_at, reason) VALUES (@code, @item, @id, @from, @reasons)
+                            ON CONFLICT (provider_id, service_item, application_id, suspended_at) DO UPDATE SET reinstated_at = NULL, reason = excluded.reason
+                            """, new { code, item = request.ServiceItem, id = waiting.ApplicationId, from = waiting.ValidFrom.UtcDateTime, reasons }, transaction);
+                    }
+
                     break;
                 case (ServiceItemAction.Reinstate, ServiceItemStatus.Suspended):
                     await connection.ExecuteAsync("""
-                        UPDATE service_item_suspensions SET reinstated_at = @now
-                        WHERE provider_id = @code AND service_item = @item AND application_id = @id AND reinstated_at IS NULL
-                        """, new { code, item = request.ServiceItem, id = item.ApplicationId, now = now.UtcDateTime }, transaction);
+                        UPDATE service_item_suspensions SET reinstated_at = greatest(@now, suspended_at)
+                        WHERE provider_id = @code AND service_item = @item AND application_id = ANY(@ids) AND reinstated_at IS NULL
+                        """, new { code, item = request.ServiceItem, ids, now = now.UtcDateTime }, transaction);
                     break;
                 case (ServiceItemAction.Withdraw or ServiceItemAction.Revoke, ServiceItemStatus.Active or ServiceItemStatus.Suspended):
+                    string kind = request.Action == ServiceItemAction.Withdraw ? "withdrawn" : "revoked";
                     await connection.ExecuteAsync("""
                         UPDATE service_items SET ended_at = @now, end_kind = @kind, end_reason = @reasons
-                        WHERE provider_id = @code AND service_item = @item AND application_id = @id
-                        """, new { code, item = request.ServiceItem, id = item.ApplicationId, now = now.UtcDateTime, kind = request.Action == ServiceItemAction.Withdraw ? "withdrawn" : "revoked", reasons }, transaction);
+                        WHERE provider_id = @code AND service_item = @item AND application_id = ANY(@ids)
+                        """, new { code, item = request.ServiceItem, ids, now = now.UtcDateTime, kind, reasons }, transaction);
                     await connection.ExecuteAsync("""
-                        UPDATE service_item_suspensions SET reinstated_at = @now
-                        WHERE provider_id = @code AND service_item = @item AND application_id = @id AND reinstated_at IS NULL
-                        """, new { code, item = request.ServiceItem, id = item.ApplicationId, now = now.UtcDateTime }, transaction);
+                        UPDATE service_item_suspensions SET reinstated_at = greatest(@now, suspended_at)
+                        WHERE provider_id = @code AND service_item = @item AND application_id = ANY(@ids) AND reinstated_at IS NULL
+                        """, new { code, item = request.ServiceItem, ids, now = now.UtcDateTime }, transaction);
+                    await RejectRenewalsInProgressAsync(connection, transaction, actor, code, request.ServiceItem, kind, now);
                     break;
                 default:
                     throw new RegistryRefusedException(RegistryRefusal.StatusChangeInvalid,
                         $"service item '{request.ServiceItem}' of {code} is {status.ToString().ToLowerInvariant()}; it cannot be {Past(request.Action)}");
+            }
+
+            if (waiting is not null)
+            {
+                await RecordAsync(connection, transaction, actor, now, code, "service_item", $"{code}/{request.ServiceItem}", request.Action.ToString().ToLowerInvariant(), waitingBefore,
+                    await ServiceItemJsonAsync(connection, transaction, code, waiting.ApplicationId));
             }
 
             await BumpEpochAsync(connection, transaction, code);
@@ -755,7 +817,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             batch,
             await ReadLicencesAsync(connection, transaction, row.ProviderId),
             await ReadListingsAsync(connection, transaction, row.ProviderId),
-            await connection.ExecuteScalarAsync<string?>("SELECT status FROM voucher_holders WHERE holder_code = @code", new { code = row.ProviderId }, transaction),
+            await connection.ExecuteScalarAsync<string?>("SELECT status FROM voucher_holders WHERE holder_code = @code AND status <> 'left'", new { code = row.ProviderId }, transaction),
             now));
     }
 
@@ -923,7 +985,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
                    floor(extract(epoch FROM filed_at) * 1000)::bigint AS FiledMs, declared_fp16_gflops AS Declared, coalesce(verified_fp16_gflops, 0) AS Verified,
                    coalesce(intermediary, '') AS Intermediary, coalesce(floor(extract(epoch FROM notice_ends_at) * 1000)::bigint, 0) AS NoticeEndsMs,
                    coalesce(notice_number, '') AS NoticeNumber, metering_proof_stream AS ProofStream, metering_proof_records AS ProofRecords,
-                   service_content AS Content, service_standards AS Standards, fee_lines::text AS Fees
+                   service_content AS Content, service_standards AS Standards, fee_lines::text AS Fees, coalesce(renews_application_id, 0) AS Renews
             FROM applications WHERE application_id = @id
             """, new { id }, transaction);
         if (row is null)
@@ -946,6 +1008,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             NoticeNumber = row.NoticeNumber,
             MeteringProofStream = row.ProofStream,
             MeteringProofRecords = (ulong)row.ProofRecords,
+            RenewsApplicationId = row.Renews,
         };
         var stages = await connection.QueryAsync<(string Stage, string Actor, long AtMs, string Outcome, string Reasons)>("""
             SELECT stage, actor, floor(extract(epoch FROM at) * 1000)::bigint, outcome, reasons FROM application_stages WHERE application_id = @id ORDER BY stage_no
@@ -987,6 +1050,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         public string Content { get; init; } = "";
         public string Standards { get; init; } = "";
         public string Fees { get; init; } = "[]";
+        public long Renews { get; init; }
     }
 
     private async Task<Organisation?> ReadOrganisationAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string code, DateTimeOffset now)
@@ -1031,7 +1095,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
 
     /// <summary>A service item row with its open suspension, if any.</summary>
     internal sealed record ServiceItemRow(string ProviderId, string Item, long ApplicationId, string NoticeNumber, DateTimeOffset ValidFrom, DateTimeOffset ValidityEndsAt,
-        DateTimeOffset? EndedAt, string? EndKind, string? EndReason, DateTimeOffset? SuspendedAt, string? SuspensionReason, int FeeVersion)
+        DateTimeOffset? EndedAt, string? EndKind, string? EndReason, DateTimeOffset? SuspendedAt, string? SuspensionReason, int FeeVersion, long? RenewsApplicationId)
     {
         public ServiceItemStatus Status(DateTimeOffset now) => EndKind switch
         {
@@ -1053,24 +1117,85 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             Status = Status(now),
             StatusReason = EndReason ?? SuspensionReason ?? "",
             FeeScheduleVersion = (uint)FeeVersion,
+            RenewsApplicationId = RenewsApplicationId ?? 0,
         };
     }
 
     private static async Task<IReadOnlyList<ServiceItemRow>> ReadServiceItemsAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string code, DateTimeOffset now) =>
-        (await connection.QueryAsync<(string Item, long Id, string Notice, DateTime From, DateTime Ends, DateTime? Ended, string? Kind, string? Reason, DateTime? Suspended, string? SuspensionReason, int Fees)>("""
+        (await connection.QueryAsync<(string Item, long Id, string Notice, DateTime From, DateTime Ends, DateTime? Ended, string? Kind, string? Reason, DateTime? Suspended, string? SuspensionReason, int Fees, long? Renews)>("""
             SELECT s.service_item, s.application_id, s.notice_number, s.valid_from, s.validity_ends_at, s.ended_at, s.end_kind, s.end_reason,
                    p.suspended_at, p.reason,
-                   coalesce((SELECT max(version) FROM fee_schedules f WHERE f.provider_id = s.provider_id AND f.service_item = s.service_item), 0)
+                   coalesce((SELECT max(version) FROM fee_schedules f WHERE f.provider_id = s.provider_id AND f.service_item = s.service_item), 0),
+                   s.renews_application_id
             FROM service_items s
             LEFT JOIN service_item_suspensions p ON p.provider_id = s.provider_id AND p.service_item = s.service_item AND p.application_id = s.application_id AND p.reinstated_at IS NULL
             WHERE s.provider_id = @code ORDER BY s.valid_from, s.service_item
             """, new { code }, transaction))
         .Select(r => new ServiceItemRow(code, r.Item, r.Id, r.Notice, Instant(r.From), Instant(r.Ends), r.Ended is { } e ? Instant(e) : null, r.Kind, r.Reason,
-            r.Suspended is { } s ? Instant(s) : null, r.SuspensionReason, r.Fees)).ToList();
+            r.Suspended is { } s ? Instant(s) : null, r.SuspensionReason, r.Fees, r.Renews)).ToList();
 
-    /// <summary>The item's latest admission, whatever its status.</summary>
+    /// <summary>The item's admission in force (the latest that has started), whatever its status; a renewal waiting to start is not it.</summary>
     private static async Task<ServiceItemRow?> CurrentItemAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, string item, DateTimeOffset now) =>
-        (await ReadServiceItemsAsync(connection, transaction, code, now)).Where(i => i.Item == item).MaxBy(i => i.ValidFrom);
+        InForce((await ReadServiceItemsAsync(connection, transaction, code, now)).Where(i => i.Item == item).ToList(), now);
+
+    private static ServiceItemRow? InForce(IReadOnlyList<ServiceItemRow> admissions, DateTimeOffset now) =>
+        admissions.Where(i => i.ValidFrom <= now).MaxBy(i => i.ValidFrom) ?? admissions.MaxBy(i => i.ValidFrom);
+
+    /// <summary>
+    /// Checks that the filing may renew the admission it names, and returns that admission's
+    /// application id. The renewal is of the applicant's own admission of the same item, still
+    /// running, not already followed by a later admission, in a batch other than its own that
+    /// runs past its end.
+    /// </summary>
+    private static async Task<long> CheckRenewalAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, FileApplicationRequest request, BatchRow batch, DateTimeOffset now)
+    {
+        long id = request.RenewsApplicationId;
+        IReadOnlyList<ServiceItemRow> admissions = await ReadServiceItemsAsync(connection, transaction, code, now);
+        ServiceItemRow renewed = admissions.FirstOrDefault(i => i.ApplicationId == id)
+            ?? throw new RegistryRefusedException(RegistryRefusal.RenewalInvalid, $"application {id} admitted no service item of {code}; a renewal names the applicant's own admission");
+        if (renewed.Item != request.ServiceItem)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.RenewalInvalid,
+                $"application {id} admitted service item '{renewed.Item}', not '{request.ServiceItem}'; a renewal is for the same item, and another item is a new application");
+        }
+
+        if (renewed.Status(now) is not (ServiceItemStatus.Active or ServiceItemStatus.Suspended))
+        {
+            throw new RegistryRefusedException(RegistryRefusal.RenewalInvalid,
+                $"the admission of application {id} is {renewed.Status(now).ToString().ToLowerInvariant()}; only a running admission is renewed, and an ended item is applied for anew (renews_application_id 0)");
+        }
+
+        if (admissions.FirstOrDefault(i => i.Item == renewed.Item && i.ValidFrom > renewed.ValidFrom) is { } later)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.ServiceItemTaken,
+                $"the admission of application {id} is already renewed by application {later.ApplicationId} from {later.ValidFrom.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai");
+        }
+
+        string renewedBatch = await connection.ExecuteScalarAsync<string>("SELECT batch_id FROM applications WHERE application_id = @id", new { id }, transaction) ?? "";
+        if (renewedBatch == batch.BatchId || batch.ValidityEndsAt <= renewed.ValidityEndsAt)
+        {
+            throw new RegistryRefusedException(RegistryRefusal.RenewalInvalid,
+                $"batch {batch.BatchId} is valid until {batch.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; it cannot renew an admission of batch {renewedBatch} valid until {renewed.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm}: a renewal is filed in a later batch");
+        }
+
+        return id;
+    }
+
+    /// <summary>Rejects a renewal of the item still in progress, since the admission it would continue has just ended early.</summary>
+    private static async Task RejectRenewalsInProgressAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, Actor actor, string code, string item, string endKind, DateTimeOffset now)
+    {
+        var pending = await connection.QueryAsync<long>("""
+            SELECT application_id FROM applications
+            WHERE provider_id = @code AND service_item = @item AND renews_application_id IS NOT NULL AND state NOT IN ('admitted', 'rejected') FOR UPDATE
+            """, new { code, item }, transaction);
+        foreach (long id in pending)
+        {
+            string before = (await ApplicationJsonAsync(connection, transaction, id))!;
+            await connection.ExecuteAsync("UPDATE applications SET state = 'rejected' WHERE application_id = @id", new { id }, transaction);
+            await AddStageAsync(connection, transaction, code, id, "exit", actor, now, "rejected", $"the admission this application renews was {endKind}; a renewal does not revive it");
+            await RecordAsync(connection, transaction, actor, now, code, "application", Key(id), "exit", before, await ApplicationJsonAsync(connection, transaction, id));
+        }
+    }
 
     // ---------------------------------------------------------------- small helpers
 

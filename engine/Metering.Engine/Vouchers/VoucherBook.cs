@@ -127,6 +127,66 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
         }, cancellationToken);
     }
 
+    /// <summary>
+    /// Ends an organisation's holder role, so that it may apply as a provider: the guide's rule is
+    /// "not both at the same time". Nothing of the holder may still run: no contract or voucher
+    /// whose last day is today or later (Asia/Shanghai), no claim whose hold is still reserved.
+    /// The row stays, marked left, because its contracts, vouchers and claims refer to it.
+    /// </summary>
+    public async Task<Holder> LeaveHolderRoleAsync(Actor actor, string creditCode, string reason, CancellationToken cancellationToken)
+    {
+        string code = CheckCode(creditCode);
+        string why = reason.Trim();
+        if (why.Length is 0 or > 4_000)
+        {
+            throw Invalid("reason must be 1 to 4000 characters");
+        }
+
+        DateTimeOffset now = time.GetUtcNow();
+        DateOnly today = ShanghaiTime.DateOf(now);
+        return await InTransactionAsync(async (connection, transaction) =>
+        {
+            // The same lock order as a registration: the organisation's registry row, then the
+            // holder's, so that a provider filing and this change are ordered.
+            await LockOrganisationIfRegisteredAsync(connection, transaction, code);
+            HolderRow holder = await LockHolderAsync(connection, transaction, code);
+            if (holder.Status == "left")
+            {
+                throw new VoucherRefusedException(VoucherRefusal.HolderNotApproved, $"{code} already left the holder role");
+            }
+
+            var contract = await connection.QueryFirstOrDefaultAsync<(long Id, DateTime EndsOn)?>(
+                "SELECT contract_id, ends_on FROM contracts WHERE holder_code = @code AND ends_on >= @today ORDER BY contract_id LIMIT 1", new { code, today }, transaction);
+            if (contract is { } c)
+            {
+                throw new VoucherRefusedException(VoucherRefusal.HolderStillEngaged, $"contract {c.Id} of {code} runs until {c.EndsOn:yyyy-MM-dd}; the holder role ends once no contract runs",
+                    new Dictionary<string, string> { ["contract_id"] = c.Id.ToString(CultureInfo.InvariantCulture) });
+            }
+
+            var voucher = await connection.QueryFirstOrDefaultAsync<(long Id, DateTime ValidUntil)?>(
+                "SELECT voucher_id, valid_until FROM vouchers WHERE holder_code = @code AND valid_until >= @today ORDER BY voucher_id LIMIT 1", new { code, today }, transaction);
+            if (voucher is { } v)
+            {
+                throw new VoucherRefusedException(VoucherRefusal.HolderStillEngaged, $"voucher {v.Id} of {code} is valid until {v.ValidUntil:yyyy-MM-dd}; the holder role ends once no voucher is valid",
+                    new Dictionary<string, string> { ["voucher_id"] = v.Id.ToString(CultureInfo.InvariantCulture) });
+            }
+
+            long? held = await connection.ExecuteScalarAsync<long?>("""
+                SELECT h.claim_id FROM voucher_holds h JOIN vouchers v ON v.provider_id = h.provider_id AND v.voucher_id = h.voucher_id
+                WHERE v.holder_code = @code AND h.state = 'reserved' ORDER BY h.claim_id LIMIT 1
+                """, new { code }, transaction);
+            if (held is { } claim)
+            {
+                throw new VoucherRefusedException(VoucherRefusal.HolderStillEngaged, $"claim {claim} of {code} still holds part of a voucher; the holder role ends once it is posted, voided or expired",
+                    new Dictionary<string, string> { ["claim_id"] = claim.ToString(CultureInfo.InvariantCulture) });
+            }
+
+            await connection.ExecuteAsync("UPDATE voucher_holders SET status = 'left', left_at = @now, left_by = @by, left_reason = @why WHERE holder_code = @code",
+                new { code, now = now.UtcDateTime, by = actor.Subject, why }, transaction);
+            return (await ReadHolderAsync(connection, transaction, code, details: false))!;
+        }, cancellationToken);
+    }
+
     public async Task<Holder?> GetHolderAsync(string creditCode, CancellationToken cancellationToken)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
@@ -288,15 +348,35 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
         return await InTransactionAsync(async (connection, transaction) =>
         {
             HolderRow holder = await LockHolderAsync(connection, transaction, holderCode);
+            if (holder.Status == "left")
+            {
+                throw new VoucherRefusedException(VoucherRefusal.HolderNotApproved, $"{holderCode} left the holder role; it records no new contract");
+            }
+
             await CheckIntegrityAsync(connection, transaction, holderCode, ShanghaiTime.DateOf(now));
 
-            // The admission of the item that covers the whole contract, net of an early exit.
+            // The admission of the item in force at the contract's start, net of an early exit;
+            // it covers the whole contract alone or with the renewals that continue it without
+            // a gap (each starting where the one before ends).
             var items = (await connection.QueryAsync<(long ApplicationId, DateTime From, DateTime Ends, DateTime? Ended)>("""
                 SELECT application_id, valid_from, validity_ends_at, ended_at FROM service_items
                 WHERE provider_id = @provider AND service_item = @item ORDER BY valid_from
                 """, new { provider = contract.ProviderId, item = contract.ServiceItem }, transaction)).ToList();
-            var covering = items.FirstOrDefault(i => Instant(i.From) <= startsAt && endsBefore <= Instant(i.Ended is { } e && e < i.Ends ? e : i.Ends));
-            if (covering == default)
+            var spans = items.Select(i => (i.ApplicationId, From: Instant(i.From), Until: Instant(i.Ended is { } e && e < i.Ends ? e : i.Ends))).ToList();
+            var covering = spans.FirstOrDefault(i => i.From <= startsAt && startsAt < i.Until);
+            DateTimeOffset coveredUntil = covering == default ? startsAt : covering.Until;
+            for (int step = 0; step < spans.Count && coveredUntil < endsBefore; step++)
+            {
+                var next = spans.FirstOrDefault(i => i.From == coveredUntil && i.Until > coveredUntil);
+                if (next == default)
+                {
+                    break;
+                }
+
+                coveredUntil = next.Until;
+            }
+
+            if (covering == default || coveredUntil < endsBefore)
             {
                 throw new VoucherRefusedException(VoucherRefusal.ContractOutsideAdmission, items.Count == 0
                     ? $"{contract.ProviderId} holds no admitted service item '{contract.ServiceItem}'"
@@ -423,7 +503,8 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
             HolderRow holder = await LockHolderAsync(connection, transaction, contract.HolderCode);
             if (holder.Status != "holder")
             {
-                throw new VoucherRefusedException(VoucherRefusal.HolderNotApproved, $"{holder.Code} is an applicant; vouchers are issued to approved holders");
+                throw new VoucherRefusedException(VoucherRefusal.HolderNotApproved,
+                    $"{holder.Code} is {(holder.Status == "left" ? "no longer a holder (it left the role)" : "an applicant")}; vouchers are issued to approved holders");
             }
 
             await CheckIntegrityAsync(connection, transaction, holder.Code, ShanghaiTime.DateOf(now));

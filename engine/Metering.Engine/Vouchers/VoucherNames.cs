@@ -25,6 +25,7 @@ public static class VoucherNames
     {
         "applicant" => HolderStatus.HolderApplicant,
         "holder" => HolderStatus.HolderApproved,
+        "left" => HolderStatus.HolderLeft,
         _ => HolderStatus.Unspecified,
     };
 

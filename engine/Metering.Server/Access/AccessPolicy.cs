@@ -59,6 +59,7 @@ internal static class AccessPolicy
         // Holders are not callers: operators act for them. Providers read the parameters for the payee mode.
         [Method(VoucherService.Descriptor.FullName, "RegisterHolder")] = Operators,
         [Method(VoucherService.Descriptor.FullName, "ApproveHolder")] = Operators,
+        [Method(VoucherService.Descriptor.FullName, "LeaveHolderRole")] = Operators,
         [Method(VoucherService.Descriptor.FullName, "GetHolder")] = BureauReaders,
         [Method(VoucherService.Descriptor.FullName, "ListHolders")] = BureauReaders,
         [Method(VoucherService.Descriptor.FullName, "PutProgrammeParameters")] = Operators,

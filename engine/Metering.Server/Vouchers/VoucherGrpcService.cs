@@ -20,6 +20,9 @@ internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions r
     public override Task<Holder> ApproveHolder(ApproveHolderRequest request, ServerCallContext context) =>
         Run(context, "ApproveHolder", (actor, ct) => book.ApproveHolderAsync(actor, request.CreditCode, ct));
 
+    public override Task<Holder> LeaveHolderRole(LeaveHolderRoleRequest request, ServerCallContext context) =>
+        Run(context, "LeaveHolderRole", (actor, ct) => book.LeaveHolderRoleAsync(actor, request.CreditCode, request.Reason, ct));
+
     public override Task<Holder> GetHolder(GetHolderRequest request, ServerCallContext context) =>
         Run(context, "GetHolder", async (actor, ct) => await book.GetHolderAsync(request.CreditCode, ct)
             ?? throw new VoucherRefusedException(VoucherRefusal.HolderUnknown, $"no voucher holder {request.CreditCode} is registered"));

@@ -54,6 +54,7 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
         ["CapacityService/ReviewUnknownModel"] = [O],
         ["VoucherService/RegisterHolder"] = [O],
         ["VoucherService/ApproveHolder"] = [O],
+        ["VoucherService/LeaveHolderRole"] = [O],
         ["VoucherService/GetHolder"] = [O, A, S],
         ["VoucherService/ListHolders"] = [O, A, S],
         ["VoucherService/PutProgrammeParameters"] = [O],
