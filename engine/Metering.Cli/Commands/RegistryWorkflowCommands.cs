@@ -38,13 +38,28 @@ internal static class RegistryWorkflowCommands
                 + "meteringProofStream, ...). See samples/Registry/application.json.",
             Required = true,
         };
+        var renews = new Option<long?>("--renews")
+        {
+            Description = "Renew this admitted application of the same organisation and service item in a later batch (renewsApplicationId in the file): "
+                + "admitted before the old admission ends, the renewal starts exactly at its end, so ingest sees no gap.",
+        };
         var command = RegistryInput.Subcommand("apply",
             "File an application for one service item from a JSON file. Applicants file for themselves (自主申报): run it with the provider key of the applicant "
             + "the file names (creditCode); any other key is refused. Every filing rule is checked and a broken one refuses the filing.",
-            file);
+            file, renews);
         RegistryInput.SetAction(command, parse =>
         {
             FileApplicationRequest request = ReadApplication(parse.GetValue(file)!);
+            if (parse.GetValue(renews) is long renewed)
+            {
+                if (renewed <= 0)
+                {
+                    throw new UsageException($"--renews {renewed} is not an application id");
+                }
+
+                request.RenewsApplicationId = renewed;
+            }
+
             return async call =>
             {
                 Application filed = await call.Registry.FileApplicationAsync(request, call.Options);
