@@ -1,8 +1,6 @@
 using Google.Protobuf;
-using Google.Protobuf.Reflection;
 using Grpc.Core;
 using Metering.Engine.Access;
-using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
 using Microsoft.Extensions.Logging;
 using EngineRole = Metering.Engine.Access.Role;
@@ -20,8 +18,6 @@ internal sealed partial class AccessGrpcService(CredentialStore credentials, Key
 {
     /// <summary>Credentials a ListKeys page holds when the request leaves the size out.</summary>
     public const int ListPageDefault = 500;
-
-    private static readonly EnumDescriptor RefusalNames = AccessReflection.Descriptor.FindTypeByName<EnumDescriptor>(nameof(AccessRefusal));
 
     public override Task<IssueKeyResponse> IssueKey(IssueKeyRequest request, ServerCallContext context) =>
         Run(context, "IssueKey", async (actor, ct) =>
@@ -62,7 +58,7 @@ internal sealed partial class AccessGrpcService(CredentialStore credentials, Key
         {
             if (request.PageSize > CredentialStore.ListPageMax)
             {
-                throw Errors.Refused(StatusCode.InvalidArgument, Name(AccessRefusal.PageSizeInvalid),
+                throw Errors.Refused(StatusCode.InvalidArgument, CredentialRefusals.Name(AccessRefusal.PageSizeInvalid),
                     $"a page holds at most {CredentialStore.ListPageMax} credentials, not {request.PageSize}");
             }
 
@@ -83,27 +79,10 @@ internal sealed partial class AccessGrpcService(CredentialStore credentials, Key
         catch (CredentialRefusedException refused)
         {
             LogRefused(logger, method, actor.ToString(), refused.Reason.ToString(), refused.Message);
-            var (code, reason) = StatusOf(refused.Reason);
+            var (code, reason) = CredentialRefusals.StatusOf(refused.Reason);
             throw Errors.Refused(code, reason, refused.Message);
         }
     }
-
-    /// <summary>The status and reason name of each engine refusal, as access.proto documents them.</summary>
-    internal static (StatusCode Code, string Reason) StatusOf(CredentialRefusal refusal) => refusal switch
-    {
-        CredentialRefusal.SubjectInvalid => (StatusCode.InvalidArgument, Name(AccessRefusal.SubjectInvalid)),
-        CredentialRefusal.LabelInvalid => (StatusCode.InvalidArgument, Name(AccessRefusal.LabelInvalid)),
-        CredentialRefusal.PinInvalid => (StatusCode.InvalidArgument, Name(AccessRefusal.PinInvalid)),
-        CredentialRefusal.CreditCodeInvalid => (StatusCode.InvalidArgument, ProtocolNames.Of(RegistryRefusal.CreditCodeInvalid)),
-        CredentialRefusal.OrganisationUnknown => (StatusCode.NotFound, ProtocolNames.Of(RegistryRefusal.OrganisationUnknown)),
-        CredentialRefusal.CredentialUnknown => (StatusCode.NotFound, Name(AccessRefusal.CredentialUnknown)),
-        CredentialRefusal.CredentialRevoked => (StatusCode.FailedPrecondition, Name(AccessRefusal.CredentialRevoked)),
-        CredentialRefusal.OperatorKeyExists => (StatusCode.FailedPrecondition, Name(AccessRefusal.OperatorKeyExists)),
-        _ => throw new ArgumentOutOfRangeException(nameof(refusal), refusal, null),
-    };
-
-    /// <summary>An access refusal as the .proto spells it (CREDENTIAL_UNKNOWN, ...).</summary>
-    public static string Name(AccessRefusal refusal) => RefusalNames.FindValueByNumber((int)refusal).Name;
 
     private static EngineRole RoleOf(CredentialRole role) => role switch
     {
@@ -111,7 +90,7 @@ internal sealed partial class AccessGrpcService(CredentialStore credentials, Key
         CredentialRole.Operator => EngineRole.Operator,
         CredentialRole.Auditor => EngineRole.Auditor,
         CredentialRole.Settlement => EngineRole.Settlement,
-        _ => throw Errors.Refused(StatusCode.InvalidArgument, Name(AccessRefusal.RoleUnknown),
+        _ => throw Errors.Refused(StatusCode.InvalidArgument, CredentialRefusals.Name(AccessRefusal.RoleUnknown),
             $"role {role} is not one of provider, operator, auditor or settlement"),
     };
 
