@@ -46,7 +46,7 @@ public sealed class KeyCliTests(PostgresFixture postgres)
 
         var (listExit, list) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, "key", "list");
         Assert.Equal(0, listExit);
-        string row = list.Split('\n').Single(line => line.StartsWith(Id(id) + " ", StringComparison.Ordinal));
+        string row = list.Split('\n').Single(line => line.TrimStart().StartsWith(Id(id) + " ", StringComparison.Ordinal));
         Assert.Contains("auditor-two", row, StringComparison.Ordinal);
         Assert.Contains("by operator-two", row, StringComparison.Ordinal);
         Assert.Contains(expectedPin, row, StringComparison.Ordinal);
