@@ -80,7 +80,7 @@ public sealed class CredentialStore(NpgsqlDataSource dataSource, TimeProvider ti
         if (operators > 0)
         {
             throw new CredentialRefusedException(CredentialRefusal.OperatorKeyExists,
-                $"{operators} unrevoked operator key(s) exist; an operator issues further keys through the server with `metering key issue`");
+                $"{operators} unrevoked operator key(s) exist; further keys are issued by an operator through the server");
         }
 
         var issued = await InsertAsync(connection, transaction, new Actor(Role.Operator, name), Role.Operator, name, label, null, "bootstrap");

@@ -3,7 +3,9 @@ using Grpc.Core;
 using Metering.Engine.Access;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
+using Metering.Server.Access;
 using Metering.Server.Tests.Infrastructure;
+using Metering.Tests.Shared;
 using Npgsql;
 
 namespace Metering.Server.Tests.Access;
@@ -123,6 +125,24 @@ public sealed class AccessServiceTests(PostgresFixture postgres)
         Assert.Equal((StatusCode.FailedPrecondition, "CREDENTIAL_REVOKED"), (pin.StatusCode, IngestCall.Reason(pin)));
         Assert.Equal((StatusCode.FailedPrecondition, "CREDENTIAL_REVOKED"), (again.StatusCode, IngestCall.Reason(again)));
         Assert.Equal(before, await SnapshotAsync(server));
+    }
+
+    [Fact]
+    public async Task A_provider_key_revoked_through_the_service_loses_its_open_stream_within_the_default_recheck_interval()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        var access = new AccessService.AccessServiceClient(server.Channel);
+        Metadata op = TestServer.Bearer(TestServer.OperatorKey);
+        IssueKeyResponse issued = await access.IssueKeyAsync(new IssueKeyRequest { Role = CredentialRole.Provider, Subject = TestRecords.Provider, Label = "leaked" }, op);
+        await using IngestCall call = await IngestCall.OpenAsync(server.Client(), "cluster-a", issued.Key);
+        await call.SendAsync(TestRecords.Range(1, 3));
+
+        await access.RevokeKeyAsync(new RevokeKeyRequest { CredentialId = issued.Credential.CredentialId }, op);
+        await Task.Delay(CredentialRecheckPolicy.Default.Interval + TimeSpan.FromMilliseconds(300));
+
+        RpcException error = await call.SendRefusedAsync(TestRecords.Range(4, 6));
+        Assert.Equal(StatusCode.Unauthenticated, error.StatusCode);
+        Assert.Equal(3L, await server.ScalarAsync<long>("SELECT committed_sequence FROM ingest_streams WHERE stream_id = 'cluster-a'"));
     }
 
     [Fact]
