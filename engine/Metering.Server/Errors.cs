@@ -5,13 +5,15 @@ using Metering.Engine.Capacity;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
+using Metering.Server.Localization;
 
 namespace Metering.Server;
 
 /// <summary>
 /// Builds refusals as the contract promises: a gRPC status plus a google.rpc.ErrorInfo whose
 /// reason is the IngestRefusal name (in the proto's UPPER_SNAKE form) and whose metadata carries
-/// the offending sequence.
+/// the offending sequence, and a google.rpc.LocalizedMessage in Chinese (zh-CN) for the person
+/// reading it (Localization/refusals.zh-CN.tsv).
 /// </summary>
 public static class Errors
 {
@@ -35,6 +37,11 @@ public static class Errors
             Message = message,
             Details = { Any.Pack(info) },
         };
+        if (RefusalMessages.ChineseFor(reason) is { } chinese)
+        {
+            status.Details.Add(Any.Pack(new LocalizedMessage { Locale = RefusalMessages.Locale, Message = chinese }));
+        }
+
         return status.ToRpcException();
     }
 

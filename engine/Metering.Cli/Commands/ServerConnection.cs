@@ -53,8 +53,16 @@ internal sealed class ServerConnection
 
     public static Metadata Bearer(string apiKey) => new() { { "authorization", "Bearer " + apiKey } };
 
-    /// <summary>A refusal as one line: status, ErrorInfo reason and the server's message.</summary>
-    public static string Describe(RpcException e) => $"{e.StatusCode} {e.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason}: {e.Status.Detail}";
+    /// <summary>
+    /// A refusal as one line: status, ErrorInfo reason and the server's message; where the reader
+    /// prefers Chinese, the server's zh-CN LocalizedMessage on a second line.
+    /// </summary>
+    public static string Describe(RpcException e)
+    {
+        Google.Rpc.Status? status = e.GetRpcStatus();
+        string line = $"{e.StatusCode} {status?.GetDetail<ErrorInfo>()?.Reason}: {e.Status.Detail}";
+        return Language.PrefersChinese && status?.GetDetail<LocalizedMessage>() is { } localized ? $"{line}\n  {localized.Message}" : line;
+    }
 
     /// <summary>A channel to the server the options name, or false with what is wrong with a certificate option.</summary>
     public bool TryOpen(ParseResult parse, [NotNullWhen(true)] out GrpcChannel? channel, [NotNullWhen(false)] out string? error)

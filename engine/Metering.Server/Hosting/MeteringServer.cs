@@ -14,6 +14,7 @@ using Metering.Server.Access;
 using Metering.Server.Capacity;
 using Metering.Server.Audit;
 using Metering.Server.Ingest;
+using Metering.Server.Localization;
 using Metering.Server.RawLogs;
 using Metering.Server.Registry;
 using Metering.Server.Settlement;
@@ -102,6 +103,8 @@ public sealed class MeteringServer : IAsyncDisposable
         settings.Capacity.Validate();
         settings.CallLimits.Validate();
         settings.CredentialRecheck.Validate();
+        // Read the refusal messages now: a broken table fails the start, not every later refusal.
+        _ = RefusalMessages.Reasons.Count;
         if (TransportRules.Refusal(settings.Listen, settings.Certificate is not null, settings.Insecure) is { } refusal)
         {
             throw new ArgumentException(refusal);

@@ -47,7 +47,7 @@ public sealed partial class HtmlReportTests(PostgresFixture postgres)
         Assert.Contains("<td id=\"total-records\">21</td>", dom, StringComparison.Ordinal);
         // 20 × 659,600,000 nPFh + 300 H100 for five minutes (24,735,000,000 nPFh).
         Assert.Contains("<td id=\"total-pflops-hours\">37.927000000</td>", dom, StringComparison.Ordinal);
-        Assert.Contains("<td id=\"chains-summary\">2 of 2 intact</td>", dom, StringComparison.Ordinal);
+        Assert.Contains("<td id=\"chains-summary\">2 条中 2 条完整</td>", dom, StringComparison.Ordinal);
         Assert.Matches("<tr class=\"anomaly\" data-kind=\"CapacityExceeded\">", dom);
         Assert.Contains($"300 H100-SXM devices in use at once, above the 256 validated by fleet validation {validation}", dom, StringComparison.Ordinal);
         Assert.Contains("<svg id=\"chart-daily\"", dom, StringComparison.Ordinal);
@@ -58,8 +58,8 @@ public sealed partial class HtmlReportTests(PostgresFixture postgres)
         Assert.Contains("<line class=\"capacity\" data-day=\"2026-11-21\" data-npfh=\"2026291200000\"", dom, StringComparison.Ordinal);
         Assert.Contains("<td id=\"capacity-in-period\">8,105.164800000 PFLOPS·h</td>", dom, StringComparison.Ordinal);
         // The fleet table: the validation to its expiry, then none in force to the end of the period.
-        Assert.Contains($"<tr class=\"validated\" data-validation=\"{validation}\"><td>2026-11-20 00:00</td><td>2026-11-21 08:00</td><td>fleet validation {validation} (inventory version 1, expiring 2026-11-21 08:00)</td><td>H100-SXM</td><td class=\"num\">256</td></tr>", dom, StringComparison.Ordinal);
-        Assert.Contains("<tr class=\"unvalidated\"><td>2026-11-21 08:00</td><td>2026-11-22 00:00</td><td>none in force</td>", dom, StringComparison.Ordinal);
+        Assert.Contains($"<tr class=\"validated\" data-validation=\"{validation}\"><td>2026-11-20 00:00</td><td>2026-11-21 08:00</td><td>算力核验 {validation}（清单版本 1，有效至 2026-11-21 08:00）</td><td>H100-SXM</td><td class=\"num\">256</td></tr>", dom, StringComparison.Ordinal);
+        Assert.Contains("<tr class=\"unvalidated\"><td>2026-11-21 08:00</td><td>2026-11-22 00:00</td><td>无有效核验</td>", dom, StringComparison.Ordinal);
         Assert.Contains("<span id=\"declared-devices\">", dom, StringComparison.Ordinal);
         Assert.Contains("<rect class=\"bar\" data-key=\"H100-SXM\"", dom, StringComparison.Ordinal);
         Assert.Contains($"<rect class=\"bar\" data-key=\"{TestRecords.Holder}\"", dom, StringComparison.Ordinal);

@@ -1,0 +1,62 @@
+using System.Reflection;
+using Google.Protobuf.Reflection;
+using Google.Rpc;
+using Grpc.Core;
+using Metering.Protocol.V1;
+using Metering.Server.Localization;
+using Metering.Server.Tests.Infrastructure;
+
+namespace Metering.Server.Tests.Localization;
+
+[Collection(PostgresCollection.Name)]
+public sealed class RefusalMessageTests(PostgresFixture postgres)
+{
+    /// <summary>Every value of every *Refusal enum the protos define, but the UNSPECIFIED ones.</summary>
+    private static List<string> ContractReasons() =>
+    [
+        .. typeof(IngestRequest).Assembly.GetTypes()
+            .Where(type => type.Namespace == "Metering.Protocol.V1" && type.Name.EndsWith("Reflection", StringComparison.Ordinal))
+            .Select(type => (FileDescriptor)type.GetProperty("Descriptor", BindingFlags.Public | BindingFlags.Static)!.GetValue(null)!)
+            .SelectMany(file => file.EnumTypes)
+            .Where(type => type.Name.EndsWith("Refusal", StringComparison.Ordinal))
+            .SelectMany(type => type.Values)
+            .Where(value => value.Number != 0)
+            .Select(value => value.Name),
+    ];
+
+    [Fact]
+    public void Every_refusal_reason_in_the_protos_has_a_Chinese_message()
+    {
+        List<string> reasons = ContractReasons();
+
+        Assert.True(reasons.Count > 100, $"found only {reasons.Count} reasons: the enum scan is broken");
+        string[] missing = [.. reasons.Where(reason => RefusalMessages.ChineseFor(reason) is null)];
+        Assert.True(missing.Length == 0, "no Chinese message (Localization/refusals.zh-CN.tsv) for: " + string.Join(", ", missing));
+    }
+
+    [Fact]
+    public void The_Chinese_table_names_no_reason_the_protos_lack()
+    {
+        var reasons = ContractReasons().ToHashSet(StringComparer.Ordinal);
+
+        string[] stale = [.. RefusalMessages.Reasons.Where(reason => !reasons.Contains(reason))];
+        Assert.True(stale.Length == 0, "refusals.zh-CN.tsv names reasons no proto defines: " + string.Join(", ", stale));
+    }
+
+    [Fact]
+    public async Task A_refusal_over_the_wire_keeps_its_reason_and_carries_its_Chinese_message()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+
+        var refused = await Assert.ThrowsAsync<RpcException>(() => server.RegistryClient()
+            .GetOrganisationAsync(new GetOrganisationRequest { CreditCode = "91440300MA5FXXXXX0" }, TestServer.Bearer("not-a-key")).ResponseAsync);
+
+        Google.Rpc.Status status = refused.GetRpcStatus()!;
+        Assert.Equal(StatusCode.Unauthenticated, refused.StatusCode);
+        Assert.Equal("UNAUTHENTICATED", status.GetDetail<ErrorInfo>()!.Reason);
+        LocalizedMessage chinese = status.GetDetail<LocalizedMessage>()!;
+        Assert.Equal("zh-CN", chinese.Locale);
+        Assert.Equal(RefusalMessages.ChineseFor("UNAUTHENTICATED"), chinese.Message);
+        Assert.Contains("密钥", chinese.Message, StringComparison.Ordinal);
+    }
+}
