@@ -10,9 +10,9 @@ namespace Metering.Server.Access;
 /// <summary>
 /// Credential management over gRPC (access.proto). The access policy lets only operator keys in;
 /// the acting operator is the authenticated caller. Requests are mapped to the engine's
-/// <see cref="CredentialStore"/> here, and its refusals back to statuses and reasons. A change
-/// empties the authentication cache, so that a revoked or re-pinned key is looked up afresh on
-/// the next call to this server.
+/// <see cref="CredentialStore"/> here, and its refusals back to statuses and reasons. A revocation
+/// or a pin change empties the authentication cache, so that the key is looked up afresh on the
+/// next call to this server.
 /// </summary>
 internal sealed partial class AccessGrpcService(CredentialStore credentials, KeyLookupCache cache, ILogger<AccessGrpcService> logger) : AccessService.AccessServiceBase
 {
@@ -25,7 +25,6 @@ internal sealed partial class AccessGrpcService(CredentialStore credentials, Key
             EngineRole role = RoleOf(request.Role);
             byte[]? pin = request.ClientCertificateSha256.IsEmpty ? null : request.ClientCertificateSha256.ToByteArray();
             var (credential, key) = await credentials.IssueAsync(actor, role, request.Subject, request.Label, ct, pin);
-            cache.Forget();
             LogIssued(logger, credential.CredentialId, Actor.NameOf(credential.Role), credential.Subject, actor.ToString());
             return new IssueKeyResponse { Credential = ToMessage(credential), Key = key };
         });

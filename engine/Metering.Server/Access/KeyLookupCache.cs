@@ -72,7 +72,7 @@ internal sealed class KeyLookupCache(CredentialStore credentials, CallLimits lim
     }
 
     /// <summary>
-    /// Drops every remembered answer, after a credential was revoked, pinned or issued through this
+    /// Drops every remembered answer, after a credential was revoked or its pin changed through this
     /// server: the next call with any key is looked up afresh. Entries are held by key hash, not
     /// by credential, so they cannot be dropped one by one; the cost is one look-up per active key.
     /// </summary>
