@@ -4,7 +4,7 @@ using System.Security.Cryptography.X509Certificates;
 
 namespace Metering.Cli.Commands;
 
-/// <summary>Reads the client certificate pin of `key issue|pin`: a certificate file, or its SHA-256 in hex.</summary>
+/// <summary>Reads the client certificate pin of `key issue|pin`: a certificate file (--pin-cert), or its SHA-256 in hex (--pin-sha256).</summary>
 internal static class ClientCertificatePins
 {
     /// <summary>False with a message when both or neither source is usable; true with a null pin when neither was given.</summary>
@@ -14,7 +14,7 @@ internal static class ClientCertificatePins
         error = null;
         if (certificate is not null && sha256Hex is not null)
         {
-            error = "give --client-cert or --client-cert-sha256, not both";
+            error = "give --pin-cert or --pin-sha256, not both";
             return false;
         }
 
@@ -44,7 +44,7 @@ internal static class ClientCertificatePins
             string digits = sha256Hex.Replace(":", "", StringComparison.Ordinal).Trim();
             if (digits.Length != 2 * SHA256.HashSizeInBytes || !digits.All(Uri.IsHexDigit))
             {
-                error = $"--client-cert-sha256 '{sha256Hex}' is not 64 hex digits";
+                error = $"--pin-sha256 '{sha256Hex}' is not 64 hex digits";
                 return false;
             }
 

@@ -1,22 +1,28 @@
 using System.CommandLine;
 using System.Globalization;
+using Google.Protobuf;
 using Metering.Engine.Access;
 using Metering.Engine.Signing;
+using Metering.Protocol.V1;
 
 namespace Metering.Cli.Commands;
 
-/// <summary>`metering key issue|revoke|list`: API keys for every role, stored as hashes only.</summary>
+/// <summary>
+/// `metering key issue|revoke|pin|list`: API keys for every role, managed through a running
+/// server by an operator key (AccessService); the server records the caller as the acting
+/// operator. `metering key bootstrap` issues the first operator key straight into the database,
+/// and only while none exists. `metering key signing` handles the server's signing key file.
+/// </summary>
 internal static class KeyCommand
 {
+    /// <summary>Credentials `key list` asks for a page.</summary>
+    private const uint ListPageSize = 500;
+
     public static Command Create()
     {
-        var connection = CommonOptions.Connection();
-        var dataDirectory = CommonOptions.DataDirectory();
-        var actingAs = CommonOptions.ActingOperator();
-
         var role = new Option<string>("--role")
         {
-            Description = "provider (its own data only), operator (registry writes), auditor (reads everything) or settlement (runs batches).",
+            Description = "provider (its own data only), operator (registry writes, keys), auditor (reads everything) or settlement (runs batches).",
             Required = true,
         };
         role.AcceptOnlyFromAmong("provider", "operator", "auditor", "settlement");
@@ -26,93 +32,162 @@ internal static class KeyCommand
             Required = true,
         };
         var label = new Option<string>("--label") { Description = "A note shown in `key list`, for example where the key is deployed.", DefaultValueFactory = _ => "" };
-        var pinFile = new Option<FileInfo?>("--client-cert")
+        var pinFile = new Option<FileInfo?>("--pin-cert")
         {
             Description = "Pin the key to this client certificate (PEM or DER): the key then works only over mutual TLS with that certificate.",
         };
-        var pinHex = new Option<string?>("--client-cert-sha256")
+        var pinHex = new Option<string?>("--pin-sha256")
         {
             Description = "Pin the key to the client certificate with this SHA-256 (64 hex digits, colons allowed, as `openssl x509 -noout -fingerprint -sha256` prints it).",
         };
-        var issue = new Command("issue", "Issue a new API key. The key is printed once on standard output; the database keeps only its SHA-256.")
-        {
-            role, subject, label, pinFile, pinHex, actingAs, connection, dataDirectory,
-        };
-        issue.SetAction((parse, cancellationToken) =>
-        {
-            if (!ClientCertificatePins.TryRead(parse.GetValue(pinFile), parse.GetValue(pinHex), out byte[]? pin, out string? error))
+        Command issue = ClientCommand.Create("issue", "Issue a new API key through the server (operator keys only). The key is printed once on standard output; the server keeps only its SHA-256.",
+            [role, subject, label, pinFile, pinHex], async (parse, call, cancellationToken) =>
             {
-                return Task.FromResult(Usage(error));
-            }
-
-            return CommonOptions.WithDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
-            {
-                Actor.TryParse(parse.GetValue(role)!, out Role chosen);
-                var store = new CredentialStore(dataSource, TimeProvider.System);
-                var (credential, key) = await store.IssueAsync(CommonOptions.Operator(parse.GetValue(actingAs)!), chosen, parse.GetValue(subject)!, parse.GetValue(label)!, cancellationToken, pin);
-                Console.WriteLine(key);
-                Console.Error.WriteLine($"Issued credential {credential.CredentialId} ({credential.Role.ToString().ToLowerInvariant()} {credential.Subject}){Pinned(pin)}. Keep the key: it cannot be shown again.");
+                byte[]? pin = ReadPin(parse.GetValue(pinFile), parse.GetValue(pinHex));
+                var request = new IssueKeyRequest
+                {
+                    Role = MessageRole(parse.GetValue(role)!),
+                    Subject = parse.GetValue(subject)!,
+                    Label = parse.GetValue(label)!,
+                    ClientCertificateSha256 = pin is null ? ByteString.Empty : ByteString.CopyFrom(pin),
+                };
+                IssueKeyResponse issued = await Client(call).IssueKeyAsync(request, call.Headers, cancellationToken: cancellationToken);
+                Console.WriteLine(issued.Key);
+                Console.Error.WriteLine($"Issued credential {Describe(issued.Credential)}{Pinned(issued.Credential)}. Keep the key: it cannot be shown again.");
                 return 0;
-            }, cancellationToken);
-        });
+            });
 
         var id = new Argument<long>("credential-id") { Description = "The credential's id, as `key list` shows it." };
-        var revoke = new Command("revoke", "Revoke a credential; calls with its key are refused from now on.") { id, actingAs, connection, dataDirectory };
-        revoke.SetAction((parse, cancellationToken) => CommonOptions.WithDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
-        {
-            CredentialInfo revoked = await new CredentialStore(dataSource, TimeProvider.System).RevokeAsync(CommonOptions.Operator(parse.GetValue(actingAs)!), parse.GetValue(id), cancellationToken);
-            Console.WriteLine($"Revoked credential {revoked.CredentialId} ({Actor.NameOf(revoked.Role)} {revoked.Subject}).");
-            return 0;
-        }, cancellationToken));
+        Command revoke = ClientCommand.Create("revoke", "Revoke a credential through the server; calls with its key are refused from now on.", [id],
+            async (parse, call, cancellationToken) =>
+            {
+                Credential revoked = await Client(call).RevokeKeyAsync(new RevokeKeyRequest { CredentialId = parse.GetValue(id) }, call.Headers, cancellationToken: cancellationToken);
+                Console.WriteLine($"Revoked credential {Describe(revoked)}.");
+                return 0;
+            });
 
         var unpin = new Option<bool>("--none") { Description = "Remove the pin: the key works again with or without a client certificate." };
-        var pinCommand = new Command("pin", "Pin a credential to a client certificate (mutual TLS), or remove its pin with --none.")
-        {
-            id, pinFile, pinHex, unpin, actingAs, connection, dataDirectory,
-        };
-        pinCommand.SetAction((parse, cancellationToken) =>
-        {
-            bool none = parse.GetValue(unpin);
-            byte[]? pin = null;
-            if (none == (parse.GetValue(pinFile) is not null || parse.GetValue(pinHex) is not null))
+        Command pinCommand = ClientCommand.Create("pin", "Pin a credential to a client certificate (mutual TLS) through the server, or remove its pin with --none.",
+            [id, pinFile, pinHex, unpin], async (parse, call, cancellationToken) =>
             {
-                return Task.FromResult(Usage("give one of --client-cert, --client-cert-sha256 or --none"));
-            }
+                bool none = parse.GetValue(unpin);
+                if (none == (parse.GetValue(pinFile) is not null || parse.GetValue(pinHex) is not null))
+                {
+                    throw new UsageException("give one of --pin-cert, --pin-sha256 or --none");
+                }
 
-            if (!none && !ClientCertificatePins.TryRead(parse.GetValue(pinFile), parse.GetValue(pinHex), out pin, out string? error))
-            {
-                return Task.FromResult(Usage(error));
-            }
+                var request = new PinKeyRequest { CredentialId = parse.GetValue(id) };
+                if (none)
+                {
+                    request.Unpin = true;
+                }
+                else
+                {
+                    request.ClientCertificateSha256 = ByteString.CopyFrom(ReadPin(parse.GetValue(pinFile), parse.GetValue(pinHex))!);
+                }
 
-            return CommonOptions.WithDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
-            {
-                CredentialInfo pinned = await new CredentialStore(dataSource, TimeProvider.System).PinAsync(CommonOptions.Operator(parse.GetValue(actingAs)!), parse.GetValue(id), pin, cancellationToken);
-                Console.WriteLine(pin is null
-                    ? $"Credential {pinned.CredentialId} ({Actor.NameOf(pinned.Role)} {pinned.Subject}) is no longer pinned."
-                    : $"Credential {pinned.CredentialId} ({Actor.NameOf(pinned.Role)} {pinned.Subject}){Pinned(pin)}.");
+                Credential pinned = await Client(call).PinKeyAsync(request, call.Headers, cancellationToken: cancellationToken);
+                Console.WriteLine(pinned.ClientCertificateSha256.IsEmpty
+                    ? $"Credential {Describe(pinned)} is no longer pinned."
+                    : $"Credential {Describe(pinned)}{Pinned(pinned)}.");
                 return 0;
-            }, cancellationToken);
-        });
+            });
 
-        var list = new Command("list", "List credentials (never their keys).") { connection, dataDirectory };
-        list.SetAction((parse, cancellationToken) => CommonOptions.WithDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
+        Command list = ClientCommand.Create("list", "List credentials through the server (never their keys).", [], async (parse, call, cancellationToken) =>
         {
             var table = new TextTable("id", "role", "subject", "label", "issued", "by", "revoked", "client cert sha256");
-            foreach (CredentialInfo c in await new CredentialStore(dataSource, TimeProvider.System).ListAsync(cancellationToken))
+            long after = 0;
+            do
             {
-                table.Add(c.CredentialId.ToString(CultureInfo.InvariantCulture), Actor.NameOf(c.Role), c.Subject, c.Label, Local(c.IssuedAt), c.IssuedBy,
-                    c.RevokedAt is { } at ? $"{Local(at)} by {c.RevokedBy}" : "", c.ClientCertificateSha256 is { } pin ? Convert.ToHexStringLower(pin) : "");
+                ListKeysResponse page = await Client(call).ListKeysAsync(new ListKeysRequest { AfterCredentialId = after, PageSize = ListPageSize }, call.Headers, cancellationToken: cancellationToken);
+                foreach (Credential c in page.Credentials)
+                {
+                    table.Add(c.CredentialId.ToString(CultureInfo.InvariantCulture), RoleName(c.Role), c.Subject, c.Label, Local(c.IssuedAtUnixMs), c.IssuedBy,
+                        c.RevokedAtUnixMs != 0 ? $"{Local(c.RevokedAtUnixMs)} by {c.RevokedBy}" : "", Convert.ToHexStringLower(c.ClientCertificateSha256.Span));
+                }
+
+                after = page.NextAfterCredentialId;
             }
+            while (after != 0);
 
             table.Write(Console.Out);
             return 0;
-        }, cancellationToken));
+        });
 
-        return new Command("key", "API keys: issue, revoke and list credentials for providers, operators, auditors and settlement; the server's signing key.")
+        return new Command("key", "API keys: the first operator key (bootstrap); issue, revoke, pin and list credentials through the server; the server's signing key.")
         {
-            issue, revoke, pinCommand, list, Signing(),
+            Bootstrap(), issue, revoke, pinCommand, list, Signing(),
         };
     }
+
+    /// <summary>
+    /// `metering key bootstrap --name NAME`: the one key command that opens the database, because
+    /// no key exists yet to call the server with. It refuses while any unrevoked operator key exists.
+    /// </summary>
+    private static Command Bootstrap()
+    {
+        var name = new Option<string>("--name")
+        {
+            Description = "The operator who receives the first operator key; recorded as its subject and its issuer.",
+            Required = true,
+        };
+        var connection = CommonOptions.Connection();
+        var dataDirectory = CommonOptions.DataDirectory();
+        var command = new Command("bootstrap",
+            "Issue the first operator key, straight into the database (stop `metering serve` first on the embedded database). "
+            + "Refused once any unrevoked operator key exists; that operator then issues every other key with `metering key issue`.")
+        {
+            name, connection, dataDirectory,
+        };
+        command.SetAction((parse, cancellationToken) => CommonOptions.WithDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
+        {
+            try
+            {
+                var (credential, key) = await new CredentialStore(dataSource, TimeProvider.System).BootstrapOperatorAsync(parse.GetValue(name)!, "bootstrap", cancellationToken);
+                Console.WriteLine(key);
+                Console.Error.WriteLine($"Issued credential {credential.CredentialId} (operator {credential.Subject}). Keep the key: it cannot be shown again. "
+                    + $"Use it as {ServerConnection.ApiKeyVariable} to issue further keys through `metering serve`.");
+                return 0;
+            }
+            catch (CredentialRefusedException refused)
+            {
+                Console.Error.WriteLine($"refused: {Metering.Server.Access.CredentialRefusals.StatusOf(refused.Reason).Reason}: {refused.Message}");
+                return 1;
+            }
+        }, cancellationToken));
+        return command;
+    }
+
+    private static AccessService.AccessServiceClient Client(ServerCall call) => new(call.Channel);
+
+    /// <summary>The pin the options give, or null for none; a bad option is bad usage.</summary>
+    private static byte[]? ReadPin(FileInfo? file, string? hex) =>
+        ClientCertificatePins.TryRead(file, hex, out byte[]? pin, out string? error) ? pin : throw new UsageException(error);
+
+    private static CredentialRole MessageRole(string name) => name switch
+    {
+        "provider" => CredentialRole.Provider,
+        "operator" => CredentialRole.Operator,
+        "auditor" => CredentialRole.Auditor,
+        "settlement" => CredentialRole.Settlement,
+        _ => throw new UsageException($"--role {name} is not provider, operator, auditor or settlement"),
+    };
+
+    private static string RoleName(CredentialRole role) => role switch
+    {
+        CredentialRole.Provider => "provider",
+        CredentialRole.Operator => "operator",
+        CredentialRole.Auditor => "auditor",
+        CredentialRole.Settlement => "settlement",
+        _ => role.ToString(),
+    };
+
+    private static string Describe(Credential c) => $"{c.CredentialId} ({RoleName(c.Role)} {c.Subject})";
+
+    private static string Pinned(Credential c) => c.ClientCertificateSha256.IsEmpty ? ""
+        : $", pinned to the client certificate with SHA-256 {Convert.ToHexStringLower(c.ClientCertificateSha256.Span)}";
+
+    private static string Local(long unixMs) => LocalTime.Minutes(DateTimeOffset.FromUnixTimeMilliseconds(unixMs));
 
     /// <summary>`metering key signing new|show`: the server's receipt and tree-head key, a file outside the database.</summary>
     private static Command Signing()
@@ -169,13 +244,4 @@ internal static class KeyCommand
         Console.WriteLine();
     }
 
-    private static string Pinned(byte[]? pin) => pin is null ? "" : $", pinned to the client certificate with SHA-256 {Convert.ToHexStringLower(pin)}";
-
-    private static int Usage(string? error)
-    {
-        Console.Error.WriteLine($"error: {error}");
-        return 2;
-    }
-
-    private static string Local(DateTimeOffset instant) => LocalTime.Minutes(instant);
 }

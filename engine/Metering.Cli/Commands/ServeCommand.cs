@@ -271,7 +271,7 @@ internal static partial class ServeCommand
     [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "Serving gRPC on {Address}; {Keys} credential(s) are active; receipts are signed with key {KeyId}. Ctrl+C stops.")]
     private static partial void LogServing(ILogger logger, Uri address, int keys, string keyId);
 
-    [LoggerMessage(EventId = 4002, Level = LogLevel.Warning, Message = "No credential is active, so every call will be refused. Issue one with: metering key issue --role operator --subject <name>")]
+    [LoggerMessage(EventId = 4002, Level = LogLevel.Warning, Message = "No credential is active, so every call will be refused. Stop the server and issue the first operator key with: metering key bootstrap --name <name>")]
     private static partial void LogNoKeys(ILogger logger);
 
     [LoggerMessage(EventId = 4003, Level = LogLevel.Warning, Message = "SANDBOX: this server runs on a simulated clock, now {Now:yyyy-MM-dd HH:mm:ss}Z ({OffsetMs} ms ahead of real time); operators move it with `metering clock advance`")]

@@ -2,8 +2,6 @@ using System.Security.Cryptography;
 using System.Text;
 using Dapper;
 using Metering.Engine.Identity;
-using Metering.Engine.Registry;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Access;
@@ -18,12 +16,27 @@ public sealed record Authentication(Actor Actor, byte[]? ClientCertificateSha256
 /// <summary>
 /// API keys, issued and revoked by operators. Only each key's SHA-256 is stored: a key is looked
 /// up by its hash, so no stored secret is ever compared. Keys are 256 random bits, base64url.
-/// Every issue and revocation is written to the registry history.
+/// Every issue, pin and revocation is written to the registry history with the acting operator.
 /// </summary>
 public sealed class CredentialStore(NpgsqlDataSource dataSource, TimeProvider time)
 {
     public const int KeyBytes = 32;
     public const int KeyLengthMax = 256;
+
+    /// <summary>Longest subject, in characters (the table's check says the same).</summary>
+    public const int SubjectLengthMax = 64;
+
+    /// <summary>Longest label, in characters.</summary>
+    public const int LabelLengthMax = 200;
+
+    /// <summary>Most credentials one <see cref="ListAsync(long, int, CancellationToken)"/> page returns.</summary>
+    public const int ListPageMax = 1000;
+
+    /// <summary>
+    /// Taken for the whole of a bootstrap: it conflicts with itself and with every insert, so two
+    /// bootstraps, or a bootstrap and an issue, cannot both see "no operator key" and both write one.
+    /// </summary>
+    private const string BootstrapLock = "LOCK TABLE credentials IN SHARE ROW EXCLUSIVE MODE";
 
     public static string NewKey() => Convert.ToBase64String(RandomNumberGenerator.GetBytes(KeyBytes)).TrimEnd('=').Replace('+', '-').Replace('/', '_');
 
@@ -31,38 +44,84 @@ public sealed class CredentialStore(NpgsqlDataSource dataSource, TimeProvider ti
 
     /// <summary>Issues a key and returns it; it is not kept and cannot be shown again.</summary>
     /// <param name="clientCertificateSha256">Pins the key to the client certificate with this SHA-256 (mutual TLS), or null.</param>
+    /// <exception cref="CredentialRefusedException">The subject, label or pin is invalid, or a provider subject is not a registered organisation.</exception>
     public async Task<(CredentialInfo Credential, string Key)> IssueAsync(Actor issuer, Role role, string subject, string label, CancellationToken cancellationToken,
         byte[]? clientCertificateSha256 = null)
     {
-        CheckPin(clientCertificateSha256);
-        subject = subject.Trim();
-        if (role == Role.Provider && !CreditCode.IsValid(subject))
-        {
-            throw new RegistryRefusedException(RegistryRefusal.CreditCodeInvalid, $"a provider credential's subject is its credit code; '{subject}' is not a valid one");
-        }
-
-        if (subject.Length is 0 or > 64 || label.Length > 200)
-        {
-            throw FilingRules.Invalid("a credential needs a subject of 1 to 64 characters and a label of at most 200");
-        }
-
-        string key = NewKey();
-        DateTimeOffset now = time.GetUtcNow();
+        subject = CheckIssue(role, subject, label, clientCertificateSha256);
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(cancellationToken);
         if (role == Role.Provider
             && !await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM organisations WHERE provider_id = @subject)", new { subject }, transaction))
         {
-            throw new RegistryRefusedException(RegistryRefusal.OrganisationUnknown, $"no organisation {subject} is registered; register it before issuing it a key");
+            throw new CredentialRefusedException(CredentialRefusal.OrganisationUnknown, $"no organisation {subject} is registered; register it before issuing it a key");
         }
 
+        var issued = await InsertAsync(connection, transaction, issuer, role, subject, label, clientCertificateSha256, "issue");
+        await transaction.CommitAsync(cancellationToken);
+        return issued;
+    }
+
+    /// <summary>
+    /// Issues the first operator key, to <paramref name="name"/>, who is recorded as its issuer:
+    /// nobody holds a key yet who could issue it. Refused while any unrevoked operator key
+    /// exists, checked and written under one table lock so that concurrent bootstraps cannot both
+    /// succeed. Only `metering key bootstrap`, run by whoever can open the database, calls this.
+    /// </summary>
+    /// <exception cref="CredentialRefusedException">An operator key exists (<see cref="CredentialRefusal.OperatorKeyExists"/>), or the name is invalid.</exception>
+    public async Task<(CredentialInfo Credential, string Key)> BootstrapOperatorAsync(string name, string label, CancellationToken cancellationToken)
+    {
+        name = CheckIssue(Role.Operator, name, label, null);
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(cancellationToken);
+        await connection.ExecuteAsync(BootstrapLock, transaction: transaction);
+        long operators = await connection.ExecuteScalarAsync<long>(
+            "SELECT count(*) FROM credentials WHERE role = 'operator' AND revoked_at IS NULL", transaction: transaction);
+        if (operators > 0)
+        {
+            throw new CredentialRefusedException(CredentialRefusal.OperatorKeyExists,
+                $"{operators} unrevoked operator key(s) exist; further keys are issued by an operator through the server");
+        }
+
+        var issued = await InsertAsync(connection, transaction, new Actor(Role.Operator, name), Role.Operator, name, label, null, "bootstrap");
+        await transaction.CommitAsync(cancellationToken);
+        return issued;
+    }
+
+    private async Task<(CredentialInfo Credential, string Key)> InsertAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, Actor issuer, Role role, string subject,
+        string label, byte[]? clientCertificateSha256, string action)
+    {
+        string key = NewKey();
+        DateTimeOffset now = time.GetUtcNow();
         long id = await connection.ExecuteScalarAsync<long>("""
             INSERT INTO credentials (key_sha256, role, subject, label, issued_by, issued_at, client_cert_sha256) VALUES (@hash, @role, @subject, @label, @by, @now, @pin)
             RETURNING credential_id
             """, new { hash = Hash(key), role = Actor.NameOf(role), subject, label, by = issuer.Subject, now = now.UtcDateTime, pin = clientCertificateSha256 }, transaction);
-        await RecordAsync(connection, transaction, issuer, now, role == Role.Provider ? subject : null, id, "issue");
-        await transaction.CommitAsync(cancellationToken);
+        await RecordAsync(connection, transaction, issuer, now, role == Role.Provider ? subject : null, id, action);
         return (new CredentialInfo(id, role, subject, label, issuer.Subject, now, null, null, clientCertificateSha256), key);
+    }
+
+    /// <summary>The trimmed subject, once subject, label and pin pass; a provider's subject must be a valid credit code.</summary>
+    private static string CheckIssue(Role role, string subject, string label, byte[]? clientCertificateSha256)
+    {
+        CheckPin(clientCertificateSha256);
+        subject = subject.Trim();
+        if (subject.Length is 0 or > SubjectLengthMax)
+        {
+            throw new CredentialRefusedException(CredentialRefusal.SubjectInvalid, $"a credential's subject is 1 to {SubjectLengthMax} characters, not {subject.Length}");
+        }
+
+        if (label.Length > LabelLengthMax)
+        {
+            throw new CredentialRefusedException(CredentialRefusal.LabelInvalid, $"a credential's label is at most {LabelLengthMax} characters, not {label.Length}");
+        }
+
+        if (role == Role.Provider && !CreditCode.IsValid(subject))
+        {
+            throw new CredentialRefusedException(CredentialRefusal.CreditCodeInvalid, $"a provider credential's subject is its credit code; '{subject}' is not a valid one");
+        }
+
+        return subject;
     }
 
     /// <summary>
@@ -96,25 +155,41 @@ public sealed class CredentialStore(NpgsqlDataSource dataSource, TimeProvider ti
             "SELECT role, subject, revoked_at FROM credentials WHERE credential_id = @credentialId FOR UPDATE", new { credentialId }, transaction);
         if (row is null)
         {
-            throw FilingRules.Invalid($"there is no credential {credentialId}");
+            throw new CredentialRefusedException(CredentialRefusal.CredentialUnknown, $"there is no credential {credentialId}");
         }
 
         if (row.Value.RevokedAt is not null)
         {
-            throw new RegistryRefusedException(RegistryRefusal.StatusChangeInvalid, $"credential {credentialId} {whenRevoked}");
+            throw new CredentialRefusedException(CredentialRefusal.CredentialRevoked, $"credential {credentialId} {whenRevoked}");
         }
 
         await connection.ExecuteAsync(update, parameters(now), transaction);
         await RecordAsync(connection, transaction, actor, now, row.Value.Role == "provider" ? row.Value.Subject : null, credentialId, action);
+        CredentialInfo changed = (await SelectAsync(connection, transaction, "WHERE credential_id = @credentialId", new { credentialId })).Single();
         await transaction.CommitAsync(cancellationToken);
-        return (await ListAsync(cancellationToken)).First(c => c.CredentialId == credentialId);
+        return changed;
     }
 
+    /// <summary>Every credential, in id order (the server pages through <see cref="ListAsync(long, int, CancellationToken)"/> instead).</summary>
     public async Task<IReadOnlyList<CredentialInfo>> ListAsync(CancellationToken cancellationToken)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        return await SelectAsync(connection, null, "ORDER BY credential_id", null);
+    }
+
+    /// <summary>Up to <paramref name="limit"/> credentials with ids above <paramref name="afterCredentialId"/>, in id order.</summary>
+    public async Task<IReadOnlyList<CredentialInfo>> ListAsync(long afterCredentialId, int limit, CancellationToken cancellationToken)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(limit);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(limit, ListPageMax);
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        return await SelectAsync(connection, null, "WHERE credential_id > @afterCredentialId ORDER BY credential_id LIMIT @limit", new { afterCredentialId, limit });
+    }
+
+    private static async Task<IReadOnlyList<CredentialInfo>> SelectAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string where, object? parameters)
+    {
         var rows = await connection.QueryAsync<(long Id, string Role, string Subject, string Label, string IssuedBy, DateTime IssuedAt, string? RevokedBy, DateTime? RevokedAt, byte[]? Pin)>(
-            "SELECT credential_id, role, subject, label, issued_by, issued_at, revoked_by, revoked_at, client_cert_sha256 FROM credentials ORDER BY credential_id");
+            $"SELECT credential_id, role, subject, label, issued_by, issued_at, revoked_by, revoked_at, client_cert_sha256 FROM credentials {where}", parameters, transaction);
         return rows.Select(r =>
         {
             Actor.TryParse(r.Role, out Role role);
@@ -150,7 +225,8 @@ public sealed class CredentialStore(NpgsqlDataSource dataSource, TimeProvider ti
     {
         if (clientCertificateSha256 is not null && clientCertificateSha256.Length != SHA256.HashSizeInBytes)
         {
-            throw FilingRules.Invalid($"a client certificate pin is a SHA-256 of {SHA256.HashSizeInBytes} bytes, not {clientCertificateSha256.Length}");
+            throw new CredentialRefusedException(CredentialRefusal.PinInvalid,
+                $"a client certificate pin is a SHA-256 of {SHA256.HashSizeInBytes} bytes, not {clientCertificateSha256.Length}");
         }
     }
 

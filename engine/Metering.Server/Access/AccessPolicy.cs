@@ -49,6 +49,12 @@ internal static class AccessPolicy
         [Method(RegistryService.Descriptor.FullName, "GetOrganisation")] = Readers,
         [Method(RegistryService.Descriptor.FullName, "GetHistory")] = Overseers,
 
+        // Keys are managed by operators alone: a provider cannot issue itself an operator key.
+        [Method(AccessService.Descriptor.FullName, "IssueKey")] = Operators,
+        [Method(AccessService.Descriptor.FullName, "RevokeKey")] = Operators,
+        [Method(AccessService.Descriptor.FullName, "PinKey")] = Operators,
+        [Method(AccessService.Descriptor.FullName, "ListKeys")] = Operators,
+
         [Method(CapacityService.Descriptor.FullName, "RegisterNodeKey")] = Providers,
         [Method(CapacityService.Descriptor.FullName, "DeclareInventory")] = Providers,
         [Method(CapacityService.Descriptor.FullName, "IssueNonce")] = Providers,

@@ -71,6 +71,13 @@ internal sealed class KeyLookupCache(CredentialStore credentials, CallLimits lim
         return TryGetFresh(key!, out Authentication? found) ? found : await LookUpAsync(key!, cancellationToken);
     }
 
+    /// <summary>
+    /// Drops every remembered answer, after a credential was revoked or its pin changed through this
+    /// server: the next call with any key is looked up afresh. Entries are held by key hash, not
+    /// by credential, so they cannot be dropped one by one; the cost is one look-up per active key.
+    /// </summary>
+    public void Forget() => _results.Clear();
+
     private void Remember<T>(ConcurrentDictionary<string, T> map, string id, T value)
     {
         if (map.Count >= limits.AuthenticationCacheEntriesMax && !map.ContainsKey(id))

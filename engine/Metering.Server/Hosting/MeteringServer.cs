@@ -205,6 +205,7 @@ public sealed class MeteringServer : IAsyncDisposable
         });
 
         WebApplication app = builder.Build();
+        app.MapGrpcService<AccessGrpcService>();
         app.MapGrpcService<IngestGrpcService>();
         app.MapGrpcService<RawLogGrpcService>();
         app.MapGrpcService<RegistryGrpcService>();

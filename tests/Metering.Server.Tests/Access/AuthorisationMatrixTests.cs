@@ -23,6 +23,10 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
     /// <summary>The expected matrix, written out independently of the server's policy table.</summary>
     private static readonly Dictionary<string, string[]> Allowed = new()
     {
+        ["AccessService/IssueKey"] = [O],
+        ["AccessService/RevokeKey"] = [O],
+        ["AccessService/PinKey"] = [O],
+        ["AccessService/ListKeys"] = [O],
         ["IngestService/Stream"] = [P],
         ["RawLogService/UploadLog"] = [P],
         ["RawLogService/GetUpload"] = [P],
@@ -90,7 +94,7 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
     private static IEnumerable<MethodDescriptor> AllMethods() =>
         new[]
         {
-            IngestService.Descriptor, RawLogService.Descriptor, RegistryService.Descriptor, CapacityService.Descriptor,
+            AccessService.Descriptor, IngestService.Descriptor, RawLogService.Descriptor, RegistryService.Descriptor, CapacityService.Descriptor,
             VoucherService.Descriptor, SettlementService.Descriptor, AuditService.Descriptor, TransparencyService.Descriptor,
         }.SelectMany(s => s.Methods);
 

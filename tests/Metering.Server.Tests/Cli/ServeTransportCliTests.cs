@@ -71,46 +71,34 @@ public sealed class ServeTransportCliTests(PostgresFixture postgres)
     }
 
     [Fact]
-    public async Task Key_pin_pins_a_credential_to_a_certificate_file_and_key_list_shows_it()
+    public async Task Key_pin_pins_a_credential_to_a_certificate_file_through_the_server_and_key_list_shows_it()
     {
-        string database = await postgres.CreateDatabaseAsync();
-        long id = await IdAsync(database);
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        long id = await IdAsync(server);
         string expected = Convert.ToHexStringLower(TestCertificates.ProviderClient.GetCertHash(HashAlgorithmName.SHA256));
 
-        var (exit, output) = await CliProcess.RunAsync("key", "pin", id.ToString(System.Globalization.CultureInfo.InvariantCulture), "--client-cert", TestCertificates.ProviderClientPemPaths.Certificate, "--as", "ops-lead", "--connection", database);
-        var (_, list) = await CliProcess.RunAsync("key", "list", "--connection", database);
+        var (exit, output) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, "key", "pin", id.ToString(System.Globalization.CultureInfo.InvariantCulture), "--pin-cert", TestCertificates.ProviderClientPemPaths.Certificate);
+        var (_, list) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, "key", "list");
 
         Assert.Equal(0, exit);
         Assert.Contains(expected, output, StringComparison.Ordinal);
         Assert.Contains(expected, list, StringComparison.Ordinal);
-        await using var connection = new Npgsql.NpgsqlConnection(database);
-        await connection.OpenAsync();
-        await using var read = new Npgsql.NpgsqlCommand($"SELECT client_cert_sha256 FROM credentials WHERE credential_id = {id}", connection);
-        Assert.Equal(expected, Convert.ToHexStringLower((byte[])(await read.ExecuteScalarAsync())!));
+        Assert.Equal(expected, Convert.ToHexStringLower(await server.ScalarAsync<byte[]>($"SELECT client_cert_sha256 FROM credentials WHERE credential_id = {id}")));
     }
 
     [Fact]
     public async Task Key_pin_with_a_malformed_thumbprint_is_refused_and_pins_nothing()
     {
-        string database = await postgres.CreateDatabaseAsync();
-        long id = await IdAsync(database);
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        long id = await IdAsync(server);
 
-        var (exit, output) = await CliProcess.RunAsync("key", "pin", id.ToString(System.Globalization.CultureInfo.InvariantCulture), "--client-cert-sha256", "abc123", "--connection", database);
+        var (exit, output) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, "key", "pin", id.ToString(System.Globalization.CultureInfo.InvariantCulture), "--pin-sha256", "abc123");
 
         Assert.Equal(2, exit);
         Assert.Contains("is not 64 hex digits", output, StringComparison.Ordinal);
-        await using var connection = new Npgsql.NpgsqlConnection(database);
-        await connection.OpenAsync();
-        await using var count = new Npgsql.NpgsqlCommand("SELECT count(*) FROM credentials WHERE client_cert_sha256 IS NOT NULL", connection);
-        Assert.Equal(0L, await count.ExecuteScalarAsync());
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM credentials WHERE client_cert_sha256 IS NOT NULL"));
     }
 
-    private static async Task<long> IdAsync(string database)
-    {
-        await using var connection = new Npgsql.NpgsqlConnection(database);
-        await connection.OpenAsync();
-        await using var find = new Npgsql.NpgsqlCommand("SELECT credential_id FROM credentials WHERE key_sha256 = $1", connection);
-        find.Parameters.Add(new Npgsql.NpgsqlParameter { Value = CredentialStore.Hash(TestServer.ProviderKey) });
-        return (long)(await find.ExecuteScalarAsync())!;
-    }
+    private static Task<long> IdAsync(TestServer server) =>
+        server.ScalarAsync<long>("SELECT credential_id FROM credentials WHERE key_sha256 = @hash", new { hash = CredentialStore.Hash(TestServer.ProviderKey) });
 }

@@ -58,6 +58,26 @@ public sealed class PostgresFixture : IAsyncLifetime
     }
 
     /// <summary>
+    /// A migrated database that holds nothing yet, not even a key, as `metering db migrate` leaves
+    /// a new one: for the first operator key's bootstrap.
+    /// </summary>
+    public async Task<string> CreateUnseededDatabaseAsync()
+    {
+        string name = $"fresh_{Interlocked.Increment(ref _databases)}_{Environment.ProcessId}";
+        var admin = new NpgsqlConnectionStringBuilder(Server.ConnectionString) { Database = "postgres", Pooling = false };
+        await using (var connection = new NpgsqlConnection(admin.ConnectionString))
+        {
+            await connection.OpenAsync();
+            await connection.ExecuteAsync($"CREATE DATABASE {name} TEMPLATE template0");
+        }
+
+        string database = new NpgsqlConnectionStringBuilder(Server.ConnectionString) { Database = name }.ConnectionString;
+        await using NpgsqlDataSource dataSource = Database.CreateDataSource(database);
+        await new Migrator(dataSource, NullLogger.Instance).MigrateAsync();
+        return database;
+    }
+
+    /// <summary>
     /// The same database, logged in as the runtime role that the migration created: servers under
     /// test run through it, as in production, so that a missing grant fails a test.
     /// </summary>
