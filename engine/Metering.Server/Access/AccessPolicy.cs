@@ -71,6 +71,7 @@ internal static class AccessPolicy
         [Method(VoucherService.Descriptor.FullName, "FileClaim")] = Operators,
         [Method(VoucherService.Descriptor.FullName, "VoidClaim")] = Operators,
         [Method(VoucherService.Descriptor.FullName, "GetClaim")] = BureauReaders,
+        [Method(VoucherService.Descriptor.FullName, "ListClaims")] = BureauReaders,
 
         // Only the batch closes days; a provider reads its own statements (checked by the service).
         [Method(SettlementService.Descriptor.FullName, "SettleDay")] = Batch,
