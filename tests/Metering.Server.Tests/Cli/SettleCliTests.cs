@@ -1,8 +1,12 @@
+using System.Diagnostics;
 using System.Text.RegularExpressions;
+using Dapper;
+using Metering.Engine.Settlement;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Server.Tests.Vouchers;
 using Metering.Tests.Shared;
+using Npgsql;
 
 namespace Metering.Server.Tests.Cli;
 
@@ -16,12 +20,22 @@ public sealed partial class SettleCliTests(PostgresFixture postgres)
 {
     private const string Day = "2026-11-20";
 
+    /// <summary>A server and the engine over its database, disposed together.</summary>
+    private sealed record Running(TestServer Server, VoucherScene Scene) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync()
+        {
+            await Scene.DisposeAsync();
+            await Server.DisposeAsync();
+        }
+    }
+
     /// <summary>A server on a clock past <see cref="Day"/>, and the engine over its database for what the CLI does not do (ingest).</summary>
-    private async Task<(TestServer Server, VoucherScene Scene)> StartAsync()
+    private async Task<Running> StartAsync()
     {
         var clock = new ManualClock(VoucherScene.Now);
         TestServer server = await TestServer.StartAsync(postgres, time: clock);
-        return (server, VoucherScene.Over(server.ConnectionString, clock));
+        return new Running(server, VoucherScene.Over(server.ConnectionString, clock));
     }
 
     /// <summary>A holder with a contract, a voucher, a day of usage and a claim, written by the engine: ready to settle.</summary>
@@ -41,9 +55,8 @@ public sealed partial class SettleCliTests(PostgresFixture postgres)
     [Fact]
     public async Task An_operator_records_a_holder_contract_voucher_and_claim_and_the_settlement_key_closes_the_day_all_through_the_server()
     {
-        var (server, scene) = await StartAsync();
-        await using TestServer _ = server;
-        await using VoucherScene __ = scene;
+        await using Running running = await StartAsync();
+        var (server, scene) = running;
         string folder = Directory.CreateTempSubdirectory("settle-cli-").FullName;
 
         var register = await AsOperator(server, "voucher", "holder", "register", "--code", TestRecords.Holder, "--name", "Tencent", "--type", "enterprise",
@@ -110,11 +123,66 @@ public sealed partial class SettleCliTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task A_settle_killed_before_the_run_commits_cancels_the_run_on_the_server_and_its_rerun_matches_an_uninterrupted_run()
+    {
+        await using Running running = await StartAsync();
+        var (server, scene) = running;
+        await SeedAsync(scene);
+        await using VoucherScene twin = await VoucherScene.StartAsync(postgres);
+        await SeedAsync(twin);
+
+        // The run's first write waits on this lock, all its reading and pricing done, until the test lets go.
+        await using var blocker = new NpgsqlConnection(server.ConnectionString);
+        await blocker.OpenAsync();
+        NpgsqlTransaction holding = await blocker.BeginTransactionAsync();
+        await blocker.ExecuteAsync("LOCK TABLE settlement_runs IN EXCLUSIVE MODE", transaction: holding);
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (string argument in new[] { Path.Combine(AppContext.BaseDirectory, "metering.dll"), "settle", "--day", Day,
+            "--server", server.Address.ToString().TrimEnd('/'), "--ca", TestCertificates.CaPemPath, "--api-key", TestServer.SettlementKey })
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        using (Process process = Process.Start(start)!)
+        {
+            _ = process.StandardOutput.ReadToEndAsync();
+            string? line;
+            while ((line = await process.StandardError.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(60))) is not null && !line.Contains("statements:", StringComparison.Ordinal))
+            {
+            }
+
+            Assert.NotNull(line);
+            process.Kill(entireProcessTree: true);
+            await process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        }
+
+        // The server cancels the run with its call: the write stops waiting although the lock is still held.
+        long waiting = -1;
+        for (int i = 0; i < 100 && waiting != 0; i++)
+        {
+            waiting = await server.ScalarAsync<long>("SELECT count(*) FROM pg_locks WHERE relation = 'settlement_runs'::regclass AND NOT granted");
+            await Task.Delay(100);
+        }
+
+        Assert.Equal(0, waiting);
+        await holding.RollbackAsync();
+        await Task.Delay(500);
+        Assert.Equal(0, await scene.ScalarAsync<long>("SELECT count(*) FROM settlement_runs"));
+        Assert.Equal(0, await scene.ScalarAsync<long>("SELECT count(*) FROM ledger_entries WHERE run_id IS NOT NULL"));
+
+        var (exit, output) = await CliProcess.RunAsAsync(server, TestServer.SettlementKey, "settle", "--day", Day);
+        SettlementOutcome uninterrupted = await twin.SettleAsync(VoucherScene.Day);
+
+        Assert.True(exit == 0, output);
+        Assert.Contains($"settlement sha256 {uninterrupted.SettlementHex}", output, StringComparison.Ordinal);
+        Assert.Equal(uninterrupted.SettlementHex, await scene.ScalarAsync<string>("SELECT encode(settlement_sha256, 'hex') FROM settlement_runs"));
+    }
+
+    [Fact]
     public async Task A_provider_key_can_neither_settle_nor_write_vouchers_through_the_cli_and_nothing_changes()
     {
-        var (server, scene) = await StartAsync();
-        await using TestServer _ = server;
-        await using VoucherScene __ = scene;
+        await using Running running = await StartAsync();
+        var (server, scene) = running;
         long contractId = await SeedAsync(scene);
         string holdsBefore = await HoldsAsync(scene);
         long holders = await scene.ScalarAsync<long>("SELECT count(*) FROM voucher_holders");
@@ -139,9 +207,8 @@ public sealed partial class SettleCliTests(PostgresFixture postgres)
     [Fact]
     public async Task An_auditor_or_operator_key_cannot_settle_but_the_auditor_reads_the_claims()
     {
-        var (server, scene) = await StartAsync();
-        await using TestServer _ = server;
-        await using VoucherScene __ = scene;
+        await using Running running = await StartAsync();
+        var (server, scene) = running;
         long contractId = await SeedAsync(scene);
 
         var auditor = await CliProcess.RunAsAsync(server, TestServer.AuditorKey, "settle", "--day", Day);
@@ -165,9 +232,8 @@ public sealed partial class SettleCliTests(PostgresFixture postgres)
     [Fact]
     public async Task A_refused_claim_prints_the_status_and_reason_and_exits_with_one()
     {
-        var (server, scene) = await StartAsync();
-        await using TestServer _ = server;
-        await using VoucherScene __ = scene;
+        await using Running running = await StartAsync();
+        var (server, scene) = running;
         long contractId = await SeedAsync(scene);
 
         var (exit, output) = await AsOperator(server, "voucher", "claim", "file", "--contract", $"{contractId}", "--job", "job-1120-000", "--year", "2026");
@@ -180,9 +246,8 @@ public sealed partial class SettleCliTests(PostgresFixture postgres)
     [Fact]
     public async Task Bad_input_exits_with_two_before_any_call_and_changes_nothing()
     {
-        var (server, scene) = await StartAsync();
-        await using TestServer _ = server;
-        await using VoucherScene __ = scene;
+        await using Running running = await StartAsync();
+        var (server, scene) = running;
         long contractId = await SeedAsync(scene);
         string holdsBefore = await HoldsAsync(scene);
         long holders = await scene.ScalarAsync<long>("SELECT count(*) FROM voucher_holders");
