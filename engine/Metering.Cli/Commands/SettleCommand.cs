@@ -1,33 +1,33 @@
 using System.CommandLine;
 using System.Globalization;
+using System.Security.Cryptography;
 using System.Text;
-using Metering.Engine.Access;
+using Google.Rpc;
+using Grpc.Core;
 using Metering.Engine.Settlement;
 using Metering.Engine.Vouchers;
-using Microsoft.Extensions.Logging.Abstractions;
+using Metering.Protocol.V1;
 
 namespace Metering.Cli.Commands;
 
 /// <summary>
-/// `metering settle --day D`: closes one Asia/Shanghai day, printing each step, and writes its
-/// statements (CSV, JSON and text) and settlement hash; `settle show` and `settle list` read
-/// closed days.
+/// `metering settle --day D`: asks a running server to close one Asia/Shanghai day, printing each
+/// step as the server reports it, and writes its statements (CSV, JSON and text) and settlement
+/// hash; `settle show` and `settle list` read closed days. The caller is the key's: a settlement
+/// key settles; operators and auditors read.
 /// </summary>
 internal static class SettleCommand
 {
+    /// <summary>Exit code of a run whose reconciliation failed (the server rolled it back).</summary>
+    private const int ReconciliationFailedExitCode = 3;
+
     public static Command Create()
     {
         var day = new Option<string>("--day") { Description = "The Asia/Shanghai day to settle (yyyy-MM-dd); it must have ended.", Required = true };
         var output = new Option<string?>("--out") { Description = "Folder to write the statements to: <out>/<day>/{programme,provider-<code>,holder-<code>}.{csv,json,txt} and settlement.sha256." };
-        var actingAs = new Option<string>("--as") { Description = "Name recorded as who ran the settlement.", DefaultValueFactory = _ => $"{Environment.UserName}@cli" };
-        var drill = new Option<double>("--drill-pause-before-commit")
-        {
-            Description = "Fault drill: seconds to wait, all work done and reconciled, before committing, so that the run can be killed and its rerun watched.",
-            Hidden = true,
-        };
-        var (connection, dataDirectory) = (CommonOptions.Connection(), CommonOptions.DataDirectory());
         var settle = new Command("settle", """
-            Close one day: price its usage per provider, holder, contract and model with each
+            Close one day on a running server (--server, --api-key or METERING_API_KEY, --ca; a
+            settlement key): price its usage per provider, holder, contract and model with each
             contract's fee schedule; settle records that arrived late for closed days as
             adjustments; post claim holds whose usage is now settled and expire overdue ones;
             write balanced ledger entries and statements per provider, per holder and for the
@@ -35,128 +35,231 @@ internal static class SettleCommand
             (debits = credits; usage settled = usage metered; each voucher's balance = issued −
             posted − held) that rolls the whole run back on any mismatch and exits with 3.
 
-            Everything is one transaction: a run that fails or is killed leaves nothing behind.
-            A closed day is never settled again: rerunning it prints the stored hash and writes
-            nothing (exit 0). Progress goes to standard error; the summary to standard output.
+            Everything is one transaction on the server: a run that fails, or whose caller goes
+            away before it commits, leaves nothing behind. A closed day is never settled again:
+            rerunning it prints the stored hash and writes nothing (exit 0). Progress goes to
+            standard error; the summary to standard output. With --out, each statement fetched is
+            checked against the hashes the run reported before any file is written.
             """)
         {
-            day, output, actingAs, drill, connection, dataDirectory,
+            day, output,
         };
-        settle.SetAction((parse, ct) => VoucherCommand.Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
+        ClientCommand.SetAction(settle, async (parse, call, ct) =>
         {
-            DateOnly settled = ParseDay(parse.GetValue(day)!);
-            var options = new SettlementOptions { PauseBeforeCommit = TimeSpan.FromSeconds(Math.Clamp(parse.GetValue(drill), 0, 3_600)) };
-            var run = new DailySettlement(dataSource, TimeProvider.System, NullLogger.Instance, options);
-            SettlementOutcome outcome = await run.SettleAsync(settled, new Actor(Role.Settlement, parse.GetValue(actingAs)!),
-                step => Console.Error.WriteLine($"[{step.Elapsed.TotalSeconds,7:0.0} s] {step.Stage}: {step.Message}"), ct);
-            WriteSummary(outcome);
-            if (parse.GetValue(output) is { } folder)
+            string settledDay = Day(parse, day);
+            var client = new SettlementService.SettlementServiceClient(call.Channel);
+            Protocol.V1.Settlement? settled = null;
+            try
             {
-                string written = await WriteFilesAsync(outcome, folder, ct);
-                Console.WriteLine($"Statements written to {written}");
+                using AsyncServerStreamingCall<SettleDayProgress> run = client.SettleDayWithProgress(new SettleDayRequest { Day = settledDay }, call.Headers, cancellationToken: ct);
+                await foreach (SettleDayProgress update in run.ResponseStream.ReadAllAsync(ct))
+                {
+                    if (update.UpdateCase == SettleDayProgress.UpdateOneofCase.Step)
+                    {
+                        Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"[{update.Step.ElapsedMs / 1000.0,7:0.0} s] {update.Step.Stage}: {update.Step.Message}"));
+                    }
+                    else if (update.UpdateCase == SettleDayProgress.UpdateOneofCase.Settlement)
+                    {
+                        settled = update.Settlement;
+                    }
+                }
             }
-        }, ct));
+            catch (RpcException e) when (e.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason == VoucherProtocolNames.Of(SettlementRefusal.ReconciliationFailed))
+            {
+                Console.Error.WriteLine($"FAILED: {ServerConnection.Describe(e)}");
+                return ReconciliationFailedExitCode;
+            }
+
+            if (settled is null)
+            {
+                Console.Error.WriteLine($"error: the server ended the settlement of {settledDay} without reporting its result; `metering settle show --day {settledDay}` tells whether it closed");
+                return 1;
+            }
+
+            WriteSummary(settled);
+            if (parse.GetValue(output) is not { } folder)
+            {
+                return 0;
+            }
+
+            List<StatementFiles> files = await FetchAsync(client, call.Headers, settled, ct);
+            if (Mismatch(settled, files) is { } problem)
+            {
+                Console.Error.WriteLine($"FAILED: {problem}; nothing was written to {folder}");
+                return 1;
+            }
+
+            Console.WriteLine($"Statements written to {await WriteFilesAsync(settled, files, folder, ct)}");
+            return 0;
+        });
 
         var showDay = new Option<string>("--day") { Description = "The closed day.", Required = true };
         var kind = new Option<string>("--party-kind") { Description = "programme, provider or holder.", DefaultValueFactory = _ => StatementFormats.Programme };
         kind.AcceptOnlyFromAmong(StatementFormats.Programme, StatementFormats.ProviderKind, StatementFormats.HolderKind);
-        var party = new Option<string?>("--party") { Description = "The provider's or holder's credit code." };
+        var party = new Option<string?>("--party") { Description = "The provider's or holder's credit code; needed with --party-kind provider or holder." };
         var format = new Option<string>("--format") { Description = "text, csv (the canonical form) or json.", DefaultValueFactory = _ => "text" };
         format.AcceptOnlyFromAmong("text", "csv", "json");
-        var show = new Command("show", "Print one statement of a closed day; with no --party-kind, the programme's.") { showDay, kind, party, format, connection, dataDirectory };
-        show.SetAction((parse, ct) => VoucherCommand.Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
-        {
-            DateOnly closedDay = ParseDay(parse.GetValue(showDay)!);
-            SettlementOutcome outcome = await new DailySettlement(dataSource, TimeProvider.System, NullLogger.Instance).GetAsync(closedDay, ct)
-                ?? throw new SettlementRefusedException(Protocol.V1.SettlementRefusal.DayNotSettled, $"{StatementFormats.Date(closedDay)} has not been settled");
-            string wantedKind = parse.GetValue(kind)!;
-            string wantedParty = wantedKind == StatementFormats.Programme ? StatementFormats.Programme : parse.GetValue(party) ?? "";
-            StoredStatement stored = outcome.Statements.FirstOrDefault(s => s.PartyKind == wantedKind && s.Party == wantedParty)
-                ?? throw new SettlementRefusedException(Protocol.V1.SettlementRefusal.StatementUnknown, $"the settlement of {StatementFormats.Date(closedDay)} has no statement for {wantedKind} {wantedParty}");
-            Console.Write(Render(stored, parse.GetValue(format)!));
-        }, ct));
-
-        var list = new Command("list", "List closed days, newest first, with their settlement hashes.") { connection, dataDirectory };
-        list.SetAction((parse, ct) => VoucherCommand.Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
-        {
-            var table = new TextTable("day", "records", "late records", "fees CNY", "subsidies CNY", "settled by", "finished", "settlement sha256");
-            foreach (SettlementOutcome o in await new DailySettlement(dataSource, TimeProvider.System, NullLogger.Instance).ListAsync(1_000, ct))
+        Command show = ClientCommand.Create("show", "Print one statement of a closed day; with no --party-kind, the programme's. A provider's key reads only its own.",
+            [showDay, kind, party, format], async (parse, call, ct) =>
             {
-                table.Add(StatementFormats.Date(o.Day), N(o.DayRecords), N(o.AdjustmentRecords), Pricing.Yuan(o.FeeFen), Pricing.Yuan(o.SubsidyFen), o.SettledBy,
-                    o.FinishedAt.ToOffset(TimeSpan.FromHours(8)).ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture), o.SettlementHex);
+                string closedDay = Day(parse, showDay);
+                string wantedKind = parse.GetValue(kind)!;
+                string wantedParty = wantedKind == StatementFormats.Programme ? "" : parse.GetValue(party) ?? "";
+                if (wantedKind != StatementFormats.Programme && wantedParty.Length == 0)
+                {
+                    throw new UsageException($"--party-kind {wantedKind} needs --party, the {wantedKind}'s credit code");
+                }
+
+                Statement statement = await new SettlementService.SettlementServiceClient(call.Channel).GetStatementAsync(new GetStatementRequest
+                {
+                    Day = closedDay,
+                    PartyKind = PartyKindOf(wantedKind),
+                    Party = wantedParty,
+                    Format = FormatOf(parse.GetValue(format)!),
+                }, call.Headers, cancellationToken: ct);
+                Console.Write(statement.Content);
+                return 0;
+            });
+
+        Command list = ClientCommand.Create("list", "List closed days, newest first (at most 1,000), with their settlement hashes.", [], async (parse, call, ct) =>
+        {
+            ListSettlementsResponse listed = await new SettlementService.SettlementServiceClient(call.Channel)
+                .ListSettlementsAsync(new ListSettlementsRequest { Limit = VoucherBook.ListLimitMax }, call.Headers, cancellationToken: ct);
+            var table = new TextTable("day", "records", "late records", "fees CNY", "subsidies CNY", "settled by", "finished", "settlement sha256");
+            foreach (Protocol.V1.Settlement s in listed.Settlements)
+            {
+                table.Add(s.Day, N(s.DayRecords), N(s.AdjustmentRecords), Pricing.Yuan(s.FeeFen), Pricing.Yuan(s.SubsidyFen), s.SettledBy,
+                    DateTimeOffset.FromUnixTimeMilliseconds(s.FinishedUnixMs).ToOffset(TimeSpan.FromHours(8)).ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture), s.SettlementSha256);
             }
 
             table.Write(Console.Out);
-        }, ct));
+            return 0;
+        });
 
         settle.Subcommands.Add(show);
         settle.Subcommands.Add(list);
         return settle;
     }
 
-    private static void WriteSummary(SettlementOutcome outcome)
+    /// <summary>One statement in the three forms written to disk; the CSV as the bytes that were hashed.</summary>
+    private sealed record StatementFiles(StatementSummary Summary, string Name, byte[] Csv, string Json, string Text);
+
+    private static void WriteSummary(Protocol.V1.Settlement settled)
     {
-        Console.WriteLine(outcome.AlreadyClosed
-            ? $"{StatementFormats.Date(outcome.Day)} was already closed; nothing was written. Its settlement, re-verified:"
-            : $"{StatementFormats.Date(outcome.Day)} closed.");
+        Console.WriteLine(settled.AlreadyClosed
+            ? $"{settled.Day} was already closed; nothing was written. Its settlement, re-verified:"
+            : $"{settled.Day} closed.");
         var table = new TextTable("day records", "usage PFLOPS·h", "late records", "fees CNY", "subsidies posted CNY", "statements");
-        table.Add(N(outcome.DayRecords), N(outcome.DayUsageNpfh / Pricing.NanoPflopsHoursPerPflopsHour), N(outcome.AdjustmentRecords), Pricing.Yuan(outcome.FeeFen),
-            Pricing.Yuan(outcome.SubsidyFen), N(outcome.Statements.Count));
+        table.Add(N(settled.DayRecords), N(settled.DayUsageNpfh / Pricing.NanoPflopsHoursPerPflopsHour), N(settled.AdjustmentRecords), Pricing.Yuan(settled.FeeFen),
+            Pricing.Yuan(settled.SubsidyFen), N(settled.Statements.Count));
         table.Write(Console.Out);
-        var roots = outcome.Statements.Where(s => s.PartyKind == StatementFormats.ProviderKind)
-            .Select(s => s.Parse().Rows.FirstOrDefault(r => r.Record == StatementFormats.MerkleRootRecord))
-            .OfType<StatementRow>().ToList();
+        var roots = settled.Statements.Where(s => s.PartyKind == PartyKind.PartyProvider && s.MerkleRoot.Length > 0).ToList();
         if (roots.Count > 0)
         {
-            Console.WriteLine($"Merkle roots of {StatementFormats.Date(outcome.Day)} as settled, one per provider statement (recompute with `metering audit merkle-root --settled`):");
+            Console.WriteLine($"Merkle roots of {settled.Day} as settled, one per provider statement (recompute with `metering audit merkle-root --settled`):");
             var rootTable = new TextTable("provider", "leaves", "root");
-            foreach (StatementRow root in roots)
+            foreach (StatementSummary root in roots)
             {
-                rootTable.Add(root.Provider, N(root.Records ?? 0), root.Note);
+                rootTable.Add(root.Party, N(root.MerkleLeafCount), root.MerkleRoot);
             }
 
             rootTable.Write(Console.Out);
         }
 
-        Console.WriteLine($"settlement sha256 {outcome.SettlementHex}");
+        Console.WriteLine($"settlement sha256 {settled.SettlementSha256}");
     }
 
-    private static async Task<string> WriteFilesAsync(SettlementOutcome outcome, string folder, CancellationToken cancellationToken)
+    private static async Task<List<StatementFiles>> FetchAsync(SettlementService.SettlementServiceClient client, Metadata headers, Protocol.V1.Settlement settled,
+        CancellationToken cancellationToken)
     {
-        string directory = Path.Combine(folder, StatementFormats.Date(outcome.Day));
-        Directory.CreateDirectory(directory);
-        foreach (StoredStatement statement in outcome.Statements)
+        var files = new List<StatementFiles>(settled.Statements.Count);
+        foreach (StatementSummary summary in settled.Statements)
         {
-            string name = statement.PartyKind == StatementFormats.Programme ? "programme" : $"{statement.PartyKind}-{statement.Party}";
-            await File.WriteAllBytesAsync(Path.Combine(directory, name + ".csv"), statement.CanonicalCsv, cancellationToken);
-            await File.WriteAllTextAsync(Path.Combine(directory, name + ".json"), Render(statement, "json"), cancellationToken);
-            await File.WriteAllTextAsync(Path.Combine(directory, name + ".txt"), Render(statement, "text"), cancellationToken);
+            async Task<string> RenderAsync(StatementFormat format) => (await client.GetStatementAsync(new GetStatementRequest
+            {
+                Day = settled.Day,
+                PartyKind = summary.PartyKind,
+                Party = summary.Party,
+                Format = format,
+            }, headers, cancellationToken: cancellationToken)).Content;
+
+            string name = summary.PartyKind == PartyKind.PartyProgramme ? "programme" : $"{KindName(summary.PartyKind)}-{summary.Party}";
+            byte[] csv = Encoding.UTF8.GetBytes(await RenderAsync(StatementFormat.StatementCsv));
+            files.Add(new StatementFiles(summary, name, csv, await RenderAsync(StatementFormat.StatementJson), await RenderAsync(StatementFormat.StatementText)));
         }
 
+        return files;
+    }
+
+    /// <summary>
+    /// What in the fetched statements disagrees with the hashes the run reported, or null: each
+    /// CSV must hash to its summary's SHA-256 and all of them, in order, to the settlement hash.
+    /// </summary>
+    private static string? Mismatch(Protocol.V1.Settlement settled, List<StatementFiles> files)
+    {
+        using var all = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (StatementFiles file in files)
+        {
+            string hex = Convert.ToHexStringLower(SHA256.HashData(file.Csv));
+            if (hex != file.Summary.Sha256)
+            {
+                return $"the server's {file.Name}.csv hashes to {hex}, not to the {file.Summary.Sha256} the settlement reported";
+            }
+
+            all.AppendData(file.Csv);
+        }
+
+        string settlementHex = Convert.ToHexStringLower(all.GetHashAndReset());
+        return settlementHex == settled.SettlementSha256 ? null : $"the statements hash to {settlementHex}, not to the settlement hash {settled.SettlementSha256}";
+    }
+
+    private static async Task<string> WriteFilesAsync(Protocol.V1.Settlement settled, List<StatementFiles> files, string folder, CancellationToken cancellationToken)
+    {
+        string directory = Path.Combine(folder, settled.Day);
+        Directory.CreateDirectory(directory);
         // One line per statement as sha256sum prints it, then the settlement hash: `sha256sum -c` checks the CSVs.
         var sums = new StringBuilder();
-        foreach (StoredStatement statement in outcome.Statements)
+        foreach (StatementFiles file in files)
         {
-            string name = statement.PartyKind == StatementFormats.Programme ? "programme" : $"{statement.PartyKind}-{statement.Party}";
-            sums.Append(CultureInfo.InvariantCulture, $"{Convert.ToHexStringLower(statement.Sha256)}  {name}.csv\n");
+            await File.WriteAllBytesAsync(Path.Combine(directory, file.Name + ".csv"), file.Csv, cancellationToken);
+            await File.WriteAllTextAsync(Path.Combine(directory, file.Name + ".json"), file.Json, cancellationToken);
+            await File.WriteAllTextAsync(Path.Combine(directory, file.Name + ".txt"), file.Text, cancellationToken);
+            sums.Append(CultureInfo.InvariantCulture, $"{file.Summary.Sha256}  {file.Name}.csv\n");
         }
 
         await File.WriteAllTextAsync(Path.Combine(directory, "statements.sha256"), sums.ToString(), cancellationToken);
-        await File.WriteAllTextAsync(Path.Combine(directory, "settlement.sha256"), outcome.SettlementHex + "\n", cancellationToken);
+        await File.WriteAllTextAsync(Path.Combine(directory, "settlement.sha256"), settled.SettlementSha256 + "\n", cancellationToken);
         return directory;
     }
 
-    private static string Render(StoredStatement statement, string format) => format switch
+    private static PartyKind PartyKindOf(string kind) => kind switch
     {
-        "csv" => Encoding.UTF8.GetString(statement.CanonicalCsv),
-        "json" => StatementFormats.Json(statement.Parse(), statement.Sha256),
-        _ => StatementFormats.Text(statement.Parse(), statement.Sha256),
+        StatementFormats.ProviderKind => PartyKind.PartyProvider,
+        StatementFormats.HolderKind => PartyKind.PartyHolder,
+        _ => PartyKind.PartyProgramme,
     };
 
-    private static DateOnly ParseDay(string text) =>
-        DateOnly.TryParseExact(text, "yyyy-MM-dd", CultureInfo.InvariantCulture, DateTimeStyles.None, out DateOnly day)
-            ? day
-            : throw new SettlementRefusedException(Protocol.V1.SettlementRefusal.SettlementFieldInvalid, $"--day must be a date as yyyy-MM-dd, not '{text}'");
+    private static string KindName(PartyKind kind) => kind switch
+    {
+        PartyKind.PartyProvider => StatementFormats.ProviderKind,
+        PartyKind.PartyHolder => StatementFormats.HolderKind,
+        _ => StatementFormats.Programme,
+    };
+
+    private static StatementFormat FormatOf(string format) => format switch
+    {
+        "csv" => StatementFormat.StatementCsv,
+        "json" => StatementFormat.StatementJson,
+        _ => StatementFormat.StatementText,
+    };
+
+    /// <summary>The option's day, checked here so that a typo exits with 2 before any call.</summary>
+    private static string Day(ParseResult parse, Option<string> option)
+    {
+        string text = parse.GetValue(option)!;
+        VoucherCommand.ParseDate(option.Name, text);
+        return text;
+    }
 
     private static string N(long value) => value.ToString("N0", CultureInfo.InvariantCulture);
 }

@@ -1,26 +1,27 @@
 using System.CommandLine;
 using System.Globalization;
-using Metering.Engine.Access;
+using Grpc.Core;
 using Metering.Engine.Registry;
-using Metering.Engine.Settlement;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
-using Npgsql;
 
 namespace Metering.Cli.Commands;
 
 /// <summary>
 /// `metering voucher …`: the bureau operator's side of the voucher programme: holders, programme
-/// parameters, contracts, other support, vouchers and redemption claims. Holders do not use
-/// the system themselves; an operator records what they file.
+/// parameters, contracts, other support, vouchers and redemption claims, through a running
+/// server's VoucherService as the caller the key names. Holders do not use the system
+/// themselves; an operator records what they file, and the server records that operator.
 /// </summary>
 internal static class VoucherCommand
 {
     public static Command Create() => new("voucher", """
-        Voucher holders, programme-year parameters, contracts, vouchers and redemption claims.
-        Money is in fen (1 CNY = 100 fen) and dates are yyyy-MM-dd in Asia/Shanghai. A refused
-        change prints its reason (for example VOUCHER_EXHAUSTED) and exits with 1; nothing is
-        written.
+        Voucher holders, programme-year parameters, contracts, vouchers and redemption claims,
+        through a running server (--server, --api-key or METERING_API_KEY, --ca). Changes need
+        an operator's key; operators, auditors and the settlement batch read. Money is in fen
+        (1 CNY = 100 fen) and dates are yyyy-MM-dd in Asia/Shanghai. A refused change prints
+        the status and reason (for example VOUCHER_EXHAUSTED) and exits with 1; nothing is
+        written. Bad input exits with 2 before anything is sent.
         """)
     {
         HolderCommand(), ParametersCommand(), ContractCommand(), IssueCommand(), ShowVoucherCommand(), ClaimCommand(),
@@ -36,57 +37,56 @@ internal static class VoucherCommand
         type.AcceptOnlyFromAmong("enterprise", "university", "research_institute");
         var district = new Option<string>("--district") { Description = "Shenzhen district, as a key (nanshan) or its Chinese name (南山区).", Required = true };
         var established = new Option<string>("--established") { Description = "Date of establishment; under a year before signing makes a contract a start-up's.", Required = true };
-        var (connection, dataDirectory, actingAs) = (CommonOptions.Connection(), CommonOptions.DataDirectory(), CommonOptions.ActingOperator());
-        var register = new Command("register", "Register a voucher applicant. Refused for an admitted provider or one with an application in progress, an integrity-listed organisation, or one outside Shenzhen.")
-        {
-            code, name, type, district, established, actingAs, connection, dataDirectory,
-        };
-        register.SetAction((parse, ct) => Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
-        {
-            Holder holder = await Book(dataSource).RegisterHolderAsync(Operator(parse.GetValue(actingAs)!), new Holder
+        Command register = Client("register",
+            "Register a voucher applicant (operator). Refused for an admitted provider or one with an application in progress, an integrity-listed organisation, or one outside Shenzhen.",
+            [code, name, type, district, established], async (parse, vouchers, headers, ct) =>
             {
-                CreditCode = parse.GetValue(code)!,
-                Name = parse.GetValue(name)!,
-                Type = VoucherNames.HolderTypeOf(parse.GetValue(type)),
-                District = parse.GetValue(district)!,
-                EstablishedOn = parse.GetValue(established)!,
-            }, ct);
-            Console.WriteLine($"Registered {holder.CreditCode} ({holder.Name}) as a voucher applicant. Approve it with `metering voucher holder approve {holder.CreditCode}`.");
-        }, ct));
+                string establishedOn = Date(parse, established);
+                Holder holder = await vouchers.RegisterHolderAsync(new RegisterHolderRequest
+                {
+                    Holder = new Holder
+                    {
+                        CreditCode = parse.GetValue(code)!,
+                        Name = parse.GetValue(name)!,
+                        Type = VoucherNames.HolderTypeOf(parse.GetValue(type)),
+                        District = parse.GetValue(district)!,
+                        EstablishedOn = establishedOn,
+                    },
+                }, headers, cancellationToken: ct);
+                Console.WriteLine($"Registered {holder.CreditCode} ({holder.Name}) as a voucher applicant. Approve it with `metering voucher holder approve {holder.CreditCode}`.");
+            });
 
         var approveCode = new Argument<string>("code") { Description = "The applicant's credit code." };
-        var approve = new Command("approve", "Approve an applicant as a holder, re-checking the integrity lists and provider exclusivity.") { approveCode, actingAs, connection, dataDirectory };
-        approve.SetAction((parse, ct) => Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
-        {
-            Holder holder = await Book(dataSource).ApproveHolderAsync(Operator(parse.GetValue(actingAs)!), parse.GetValue(approveCode)!, ct);
-            Console.WriteLine($"Approved {holder.CreditCode} ({holder.Name}): vouchers may be issued to it.");
-        }, ct));
+        Command approve = Client("approve", "Approve an applicant as a holder (operator), re-checking the integrity lists and provider exclusivity.", [approveCode],
+            async (parse, vouchers, headers, ct) =>
+            {
+                Holder holder = await vouchers.ApproveHolderAsync(new ApproveHolderRequest { CreditCode = parse.GetValue(approveCode)! }, headers, cancellationToken: ct);
+                Console.WriteLine($"Approved {holder.CreditCode} ({holder.Name}): vouchers may be issued to it.");
+            });
 
-        var list = new Command("list", "List holders and applicants.") { connection, dataDirectory };
-        list.SetAction((parse, ct) => Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
+        Command list = Client("list", "List holders and applicants.", [], async (parse, vouchers, headers, ct) =>
         {
+            ListHoldersResponse listed = await vouchers.ListHoldersAsync(new ListHoldersRequest { Limit = VoucherBook.ListLimitMax }, headers, cancellationToken: ct);
             var table = new TextTable("code", "name", "type", "district", "established", "status");
-            foreach (Holder h in await Book(dataSource).ListHoldersAsync(VoucherBook.ListLimitMax, ct))
+            foreach (Holder h in listed.Holders)
             {
                 // Rows the registry wrote before the voucher book owned the table carry no type.
                 table.Add(h.CreditCode, h.Name, h.Type == HolderType.Unspecified ? "" : VoucherNames.Of(h.Type), h.District, h.EstablishedOn, Status(h.Status));
             }
 
             table.Write(Console.Out);
-        }, ct));
+        });
 
         var showCode = new Argument<string>("code") { Description = "The holder's credit code." };
-        var show = new Command("show", "Show a holder with its contracts and vouchers.") { showCode, connection, dataDirectory };
-        show.SetAction((parse, ct) => Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
+        Command show = Client("show", "Show a holder with its contracts and vouchers.", [showCode], async (parse, vouchers, headers, ct) =>
         {
-            Holder holder = await Book(dataSource).GetHolderAsync(parse.GetValue(showCode)!, ct)
-                ?? throw new VoucherRefusedException(VoucherRefusal.HolderUnknown, $"no voucher holder {parse.GetValue(showCode)} is registered");
+            Holder holder = await vouchers.GetHolderAsync(new GetHolderRequest { CreditCode = parse.GetValue(showCode)! }, headers, cancellationToken: ct);
             Console.WriteLine($"{holder.CreditCode}  {holder.Name}  ({holder.District}, established {holder.EstablishedOn}, {Status(holder.Status)})");
             Console.WriteLine();
             WriteContracts(holder.Contracts);
             Console.WriteLine();
             WriteVouchers(holder.Vouchers);
-        }, ct));
+        });
 
         return new Command("holder", "Voucher holders: register, approve, list, show.") { register, approve, list, show };
     }
@@ -105,42 +105,39 @@ internal static class VoucherCommand
         payee.AcceptOnlyFromAmong("holder_reimbursement", "provider_deduction");
         var holdDays = new Option<int>("--hold-days") { Description = "Days a claim's hold waits for its usage to be settled.", DefaultValueFactory = _ => 90 };
         var from = new Option<string?>("--effective-from") { Description = "Date from which claims use this version (start of day, Asia/Shanghai); default now." };
-        var (connection, dataDirectory, actingAs) = (CommonOptions.Connection(), CommonOptions.DataDirectory(), CommonOptions.ActingOperator());
-        var set = new Command("set", "Record a new version of a year's parameters; earlier claims keep the version they used.")
-        {
-            year, ratio, startup, cap, stacking, minimum, payee, holdDays, from, actingAs, connection, dataDirectory,
-        };
-        set.SetAction((parse, ct) => Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
-        {
-            string? effective = parse.GetValue(from);
-            ProgrammeParameters recorded = await Book(dataSource).PutParametersAsync(Operator(parse.GetValue(actingAs)!), new ProgrammeParameters
+        Command set = Client("set", "Record a new version of a year's parameters (operator); earlier claims keep the version they used.",
+            [year, ratio, startup, cap, stacking, minimum, payee, holdDays, from], async (parse, vouchers, headers, ct) =>
             {
-                ProgrammeYear = (uint)parse.GetValue(year),
-                SupportRatioBp = (uint)parse.GetValue(ratio),
-                StartupRatioBp = (uint)parse.GetValue(startup),
-                AnnualCapFen = parse.GetValue(cap),
-                StackingCapBp = (uint)parse.GetValue(stacking),
-                MinAnnualRentalFen = parse.GetValue(minimum),
-                PayeeMode = VoucherNames.PayeeModeOf(parse.GetValue(payee)!),
-                HoldDays = (uint)parse.GetValue(holdDays),
-                EffectiveFromUnixMs = effective is null ? 0 : ShanghaiTime.StartOf(VoucherBook.ParseDate("--effective-from", effective)).ToUnixTimeMilliseconds(),
-            }, ct);
-            Console.WriteLine($"Recorded {recorded.ProgrammeYear} parameters version {recorded.Version}.");
-        }, ct));
+                var parameters = new ProgrammeParameters
+                {
+                    ProgrammeYear = Positive(parse, year),
+                    SupportRatioBp = NotNegative(parse, ratio),
+                    StartupRatioBp = NotNegative(parse, startup),
+                    AnnualCapFen = NotNegative(parse, cap),
+                    StackingCapBp = NotNegative(parse, stacking),
+                    MinAnnualRentalFen = NotNegative(parse, minimum),
+                    PayeeMode = VoucherNames.PayeeModeOf(parse.GetValue(payee)!),
+                    HoldDays = NotNegative(parse, holdDays),
+                    EffectiveFromUnixMs = parse.GetValue(from) is null ? 0 : ShanghaiTime.StartOf(ParseDate(parse, from)).ToUnixTimeMilliseconds(),
+                };
+                ProgrammeParameters recorded = await vouchers.PutProgrammeParametersAsync(parameters, headers, cancellationToken: ct);
+                Console.WriteLine($"Recorded {recorded.ProgrammeYear} parameters version {recorded.Version}.");
+            });
 
         var listYear = new Option<int>("--year") { Description = "Only this year; all years when left out." };
-        var list = new Command("list", "List every version of the programme parameters.") { listYear, connection, dataDirectory };
-        list.SetAction((parse, ct) => Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
+        Command list = Client("list", "List every version of the programme parameters.", [listYear], async (parse, vouchers, headers, ct) =>
         {
+            uint onlyYear = parse.GetResult(listYear) is null ? 0 : Positive(parse, listYear);
+            ListProgrammeParametersResponse listed = await vouchers.ListProgrammeParametersAsync(new ListProgrammeParametersRequest { ProgrammeYear = onlyYear }, headers, cancellationToken: ct);
             var table = new TextTable("year", "version", "effective from", "ratio", "start-up", "annual cap CNY", "stacking", "min rental CNY", "payee", "hold days");
-            foreach (ProgrammeParameters p in await Book(dataSource).ListParametersAsync(parse.GetValue(listYear), ct))
+            foreach (ProgrammeParameters p in listed.Parameters)
             {
                 table.Add(N(p.ProgrammeYear), N(p.Version), Local(p.EffectiveFromUnixMs), Percent(p.SupportRatioBp), Percent(p.StartupRatioBp), Pricing.Yuan(p.AnnualCapFen),
                     Percent(p.StackingCapBp), Pricing.Yuan(p.MinAnnualRentalFen), p.PayeeMode == PayeeMode.ProviderDeduction ? "provider_deduction" : "holder_reimbursement", N(p.HoldDays));
             }
 
             table.Write(Console.Out);
-        }, ct));
+        });
 
         return new Command("params", "Programme-year parameters: ratios, caps, minimum rental, payee mode; versioned.") { set, list };
     }
@@ -161,57 +158,41 @@ internal static class VoucherCommand
         unit.AcceptOnlyFromAmong("per_card_hour", "per_pflops_hour");
         var version = new Option<uint>("--fee-version") { Description = "Fee-schedule version; default the one in force on the first day." };
         var declaration = new Option<string>("--non-related-declaration") { Description = "Where the signed non-related-party declaration is kept; required.", Required = true };
-        var (connection, dataDirectory, actingAs) = (CommonOptions.Connection(), CommonOptions.DataDirectory(), CommonOptions.ActingOperator());
-        var add = new Command("add", "Record a contract. Its dates must lie within the provider's admission of the item; it may not overlap the holder's other contract with that provider.")
-        {
-            holder, provider, item, number, signed, starts, ends, amount, unit, version, declaration, actingAs, connection, dataDirectory,
-        };
-        add.SetAction((parse, ct) => Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
-        {
-            Contract contract = await Book(dataSource).RecordContractAsync(Operator(parse.GetValue(actingAs)!), new Contract
+        Command add = Client("add",
+            "Record a contract (operator). Its dates must lie within the provider's admission of the item; it may not overlap the holder's other contract with that provider.",
+            [holder, provider, item, number, signed, starts, ends, amount, unit, version, declaration], async (parse, vouchers, headers, ct) =>
             {
-                HolderCode = parse.GetValue(holder)!,
-                ProviderId = parse.GetValue(provider)!,
-                ServiceItem = parse.GetValue(item)!,
-                ContractNumber = parse.GetValue(number)!,
-                SignedOn = parse.GetValue(signed)!,
-                StartsOn = parse.GetValue(starts)!,
-                EndsOn = parse.GetValue(ends)!,
-                AmountFen = parse.GetValue(amount),
-                FeeUnit = Names.FeeUnitOf(parse.GetValue(unit)!),
-                FeeScheduleVersion = parse.GetValue(version),
-                NonRelatedParty = true,
-                DeclarationRef = parse.GetValue(declaration)!,
-            }, ct);
-            WriteContracts([contract]);
-        }, ct));
+                var contract = new Contract
+                {
+                    HolderCode = parse.GetValue(holder)!,
+                    ProviderId = parse.GetValue(provider)!,
+                    ServiceItem = parse.GetValue(item)!,
+                    ContractNumber = parse.GetValue(number)!,
+                    SignedOn = Date(parse, signed),
+                    StartsOn = Date(parse, starts),
+                    EndsOn = Date(parse, ends),
+                    AmountFen = Positive(parse, amount),
+                    FeeUnit = Names.FeeUnitOf(parse.GetValue(unit)!),
+                    FeeScheduleVersion = parse.GetValue(version),
+                    NonRelatedParty = true,
+                    DeclarationRef = parse.GetValue(declaration)!,
+                };
+                WriteContracts([await vouchers.RecordContractAsync(new RecordContractRequest { Contract = contract }, headers, cancellationToken: ct)]);
+            });
 
         var showId = new Argument<long>("contract-id") { Description = "The contract's id." };
-        var show = new Command("show", "Show a contract and the support recorded against it.") { showId, connection, dataDirectory };
-        show.SetAction((parse, ct) => Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
-        {
-            Contract contract = await Book(dataSource).GetContractAsync(parse.GetValue(showId), ct)
-                ?? throw new VoucherRefusedException(VoucherRefusal.ContractUnknown, $"there is no contract {parse.GetValue(showId)}");
-            WriteContracts([contract]);
-        }, ct));
+        Command show = Client("show", "Show a contract and the support recorded against it.", [showId], async (parse, vouchers, headers, ct) =>
+            WriteContracts([await vouchers.GetContractAsync(new GetContractRequest { ContractId = Id(parse, showId) }, headers, cancellationToken: ct)]));
 
         var contractId = new Option<long>("--contract") { Description = "The contract's id.", Required = true };
         var source = new Option<string>("--source") { Description = "Which programme or fund gave it.", Required = true };
         var supportFen = new Option<long>("--amount-fen") { Description = "The amount in fen.", Required = true };
-        var support = new Command("support", "Record public support for a contract from another source; it counts against the stacking cap.")
-        {
-            contractId, source, supportFen, actingAs, connection, dataDirectory,
-        };
-        support.SetAction((parse, ct) => Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
-        {
-            Contract contract = await Book(dataSource).RecordOtherSupportAsync(Operator(parse.GetValue(actingAs)!), new RecordOtherSupportRequest
+        Command support = Client("support", "Record public support for a contract from another source (operator); it counts against the stacking cap.",
+            [contractId, source, supportFen], async (parse, vouchers, headers, ct) =>
             {
-                ContractId = parse.GetValue(contractId),
-                Source = parse.GetValue(source)!,
-                AmountFen = parse.GetValue(supportFen),
-            }, ct);
-            WriteContracts([contract]);
-        }, ct));
+                var request = new RecordOtherSupportRequest { ContractId = Id(parse, contractId), Source = parse.GetValue(source)!, AmountFen = Positive(parse, supportFen) };
+                WriteContracts([await vouchers.RecordOtherSupportAsync(request, headers, cancellationToken: ct)]);
+            });
 
         return new Command("contract", "Service contracts between holders and admitted providers: add, show, support.") { add, show, support };
     }
@@ -225,35 +206,25 @@ internal static class VoucherCommand
         var face = new Option<long>("--face-fen") { Description = "Face value in fen: at most the support ratio of the contract amount and the annual cap.", Required = true };
         var from = new Option<string>("--valid-from") { Description = "First valid day; default 1 January.", DefaultValueFactory = _ => "" };
         var until = new Option<string>("--valid-until") { Description = "Last valid day; default 31 December.", DefaultValueFactory = _ => "" };
-        var (connection, dataDirectory, actingAs) = (CommonOptions.Connection(), CommonOptions.DataDirectory(), CommonOptions.ActingOperator());
-        var issue = new Command("issue", "Issue the voucher of a contract for a programme year.") { contract, year, face, from, until, actingAs, connection, dataDirectory };
-        issue.SetAction((parse, ct) => Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
+        return Client("issue", "Issue the voucher of a contract for a programme year (operator).", [contract, year, face, from, until], async (parse, vouchers, headers, ct) =>
         {
-            Voucher voucher = await Book(dataSource).IssueVoucherAsync(Operator(parse.GetValue(actingAs)!), new IssueVoucherRequest
+            var request = new IssueVoucherRequest
             {
-                ContractId = parse.GetValue(contract),
-                ProgrammeYear = (uint)parse.GetValue(year),
-                FaceValueFen = parse.GetValue(face),
-                ValidFrom = parse.GetValue(from)!,
-                ValidUntil = parse.GetValue(until)!,
-            }, ct);
-            WriteVouchers([voucher]);
-        }, ct));
-        return issue;
+                ContractId = Id(parse, contract),
+                ProgrammeYear = Positive(parse, year),
+                FaceValueFen = Positive(parse, face),
+                ValidFrom = parse.GetValue(from) is { Length: > 0 } ? Date(parse, from) : "",
+                ValidUntil = parse.GetValue(until) is { Length: > 0 } ? Date(parse, until) : "",
+            };
+            WriteVouchers([await vouchers.IssueVoucherAsync(request, headers, cancellationToken: ct)]);
+        });
     }
 
     private static Command ShowVoucherCommand()
     {
         var id = new Argument<long>("voucher-id") { Description = "The voucher's id." };
-        var (connection, dataDirectory) = (CommonOptions.Connection(), CommonOptions.DataDirectory());
-        var show = new Command("show", "Show a voucher: face value, held, posted and remaining.") { id, connection, dataDirectory };
-        show.SetAction((parse, ct) => Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
-        {
-            Voucher voucher = await Book(dataSource).GetVoucherAsync(parse.GetValue(id), ct)
-                ?? throw new VoucherRefusedException(VoucherRefusal.VoucherUnknown, $"there is no voucher {parse.GetValue(id)}");
-            WriteVouchers([voucher]);
-        }, ct));
-        return show;
+        return Client("show", "Show a voucher: face value, held, posted and remaining.", [id], async (parse, vouchers, headers, ct) =>
+            WriteVouchers([await vouchers.GetVoucherAsync(new GetVoucherRequest { VoucherId = Id(parse, id) }, headers, cancellationToken: ct)]));
     }
 
     // ---------------------------------------------------------------- claims
@@ -263,66 +234,78 @@ internal static class VoucherCommand
         var contract = new Option<long>("--contract") { Description = "The contract whose holder used the compute.", Required = true };
         var jobs = new Option<string[]>("--job") { Description = "A job id to claim (repeat for more); every record of the job in the year.", AllowMultipleArgumentsPerToken = true };
         var from = new Option<string?>("--from") { Description = "Or: claim every record that starts on or after this day..." };
-        var until = new Option<string?>("--until") { Description = "...and on or before this day." };
+        var until = new Option<string?>("--until") { Description = "...and on or before this day (default --from)." };
         var year = new Option<int>("--year") { Description = "For --job: the programme year searched; default this year." };
-        var (connection, dataDirectory, actingAs) = (CommonOptions.Connection(), CommonOptions.DataDirectory(), CommonOptions.ActingOperator());
-        var file = new Command("file", """
-            File a redemption claim and reserve its subsidy on the contract's voucher:
+        Command file = Client("file", """
+            File a redemption claim and reserve its subsidy on the contract's voucher (operator):
             subsidy = min(ratio × eligible fee, voucher remaining, annual cap remaining, stacking room).
             The hold is posted by the first settlement run after which every day of the claimed usage is closed.
-            """)
-        {
-            contract, jobs, from, until, year, actingAs, connection, dataDirectory,
-        };
-        file.SetAction((parse, ct) => Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
-        {
-            var request = new FileClaimRequest { ContractId = parse.GetValue(contract), ProgrammeYear = (uint)parse.GetValue(year) };
-            request.JobIds.Add(parse.GetValue(jobs) ?? []);
-            if (parse.GetValue(from) is { } first)
+            Name the usage with --job or with --from/--until, not both.
+            """, [contract, jobs, from, until, year], async (parse, vouchers, headers, ct) =>
             {
-                DateOnly last = VoucherBook.ParseDate("--until", parse.GetValue(until) ?? first);
-                request.PeriodFromUnixMs = ShanghaiTime.StartOf(VoucherBook.ParseDate("--from", first)).ToUnixTimeMilliseconds();
-                request.PeriodUntilUnixMs = ShanghaiTime.StartOf(last.AddDays(1)).ToUnixTimeMilliseconds();
-            }
+                string[] named = parse.GetValue(jobs) ?? [];
+                if ((named.Length > 0) == (parse.GetValue(from) is not null))
+                {
+                    throw new UsageException("name the claimed usage with --job or with --from (and --until), not both and not neither");
+                }
 
-            Claim claim = await new Redemptions(dataSource, TimeProvider.System).FileClaimAsync(Operator(parse.GetValue(actingAs)!), request, ct);
-            WriteClaim(claim);
-        }, ct));
+                if (parse.GetValue(from) is null && parse.GetValue(until) is not null)
+                {
+                    throw new UsageException("--until needs --from");
+                }
+
+                var request = new FileClaimRequest
+                {
+                    ContractId = Id(parse, contract),
+                    ProgrammeYear = parse.GetResult(year) is null ? 0 : Positive(parse, year),
+                };
+                request.JobIds.Add(named);
+                if (parse.GetValue(from) is not null)
+                {
+                    DateOnly first = ParseDate(parse, from);
+                    DateOnly last = parse.GetValue(until) is null ? first : ParseDate(parse, until);
+                    if (last < first)
+                    {
+                        throw new UsageException($"--until {parse.GetValue(until)} is before --from {parse.GetValue(from)}");
+                    }
+
+                    request.PeriodFromUnixMs = ShanghaiTime.StartOf(first).ToUnixTimeMilliseconds();
+                    request.PeriodUntilUnixMs = ShanghaiTime.StartOf(last.AddDays(1)).ToUnixTimeMilliseconds();
+                }
+
+                WriteClaim(await vouchers.FileClaimAsync(request, headers, cancellationToken: ct));
+            });
 
         var voidId = new Argument<long>("claim-id") { Description = "The claim's id." };
         var reason = new Option<string>("--reason") { Description = "Why it is voided.", Required = true };
-        var @void = new Command("void", "Void a claim whose hold is still reserved; its subsidy returns to the voucher and its usage can be claimed again.")
-        {
-            voidId, reason, actingAs, connection, dataDirectory,
-        };
-        @void.SetAction((parse, ct) => Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
-        {
-            Claim claim = await new Redemptions(dataSource, TimeProvider.System).VoidClaimAsync(Operator(parse.GetValue(actingAs)!),
-                new VoidClaimRequest { ClaimId = parse.GetValue(voidId), Reason = parse.GetValue(reason)! }, ct);
-            WriteClaim(claim);
-        }, ct));
+        Command @void = Client("void", "Void a claim whose hold is still reserved (operator); its subsidy returns to the voucher and its usage can be claimed again.",
+            [voidId, reason], async (parse, vouchers, headers, ct) =>
+            {
+                if (string.IsNullOrWhiteSpace(parse.GetValue(reason)))
+                {
+                    throw new UsageException("--reason must say why the claim is voided");
+                }
+
+                WriteClaim(await vouchers.VoidClaimAsync(new VoidClaimRequest { ClaimId = Id(parse, voidId), Reason = parse.GetValue(reason)! }, headers, cancellationToken: ct));
+            });
 
         var showId = new Argument<long>("claim-id") { Description = "The claim's id." };
-        var show = new Command("show", "Show a claim: its lines, the four caps and its hold.") { showId, connection, dataDirectory };
-        show.SetAction((parse, ct) => Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
-        {
-            Claim claim = await new Redemptions(dataSource, TimeProvider.System).GetClaimAsync(parse.GetValue(showId), ct)
-                ?? throw new VoucherRefusedException(VoucherRefusal.ClaimUnknown, $"there is no claim {parse.GetValue(showId)}");
-            WriteClaim(claim);
-        }, ct));
+        Command show = Client("show", "Show a claim: its lines, the four caps and its hold.", [showId], async (parse, vouchers, headers, ct) =>
+            WriteClaim(await vouchers.GetClaimAsync(new GetClaimRequest { ClaimId = Id(parse, showId) }, headers, cancellationToken: ct)));
 
         var listContract = new Option<long?>("--contract") { Description = "Only this contract's claims." };
-        var list = new Command("list", "List claims, newest first.") { listContract, connection, dataDirectory };
-        list.SetAction((parse, ct) => Run(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
+        Command list = Client("list", "List claims, newest first (at most 1,000).", [listContract], async (parse, vouchers, headers, ct) =>
         {
+            long only = parse.GetValue(listContract) is { } id ? (id > 0 ? id : throw new UsageException($"--contract must be a contract's id (1 or more), not {id}")) : 0;
+            ListClaimsResponse listed = await vouchers.ListClaimsAsync(new ListClaimsRequest { ContractId = only, Limit = VoucherBook.ListLimitMax }, headers, cancellationToken: ct);
             var table = new TextTable("claim", "contract", "voucher", "holder", "records", "eligible CNY", "subsidy CNY", "limited by", "hold");
-            foreach (Claim c in await new Redemptions(dataSource, TimeProvider.System).ListClaimsAsync(parse.GetValue(listContract), VoucherBook.ListLimitMax, ct))
+            foreach (Claim c in listed.Claims)
             {
                 table.Add(N(c.ClaimId), N(c.ContractId), N(c.VoucherId), c.HolderCode, N(c.Records), Pricing.Yuan(c.EligibleFeeFen), Pricing.Yuan(c.SubsidyFen), Limit(c.LimitedBy), Hold(c.HoldState));
             }
 
             table.Write(Console.Out);
-        }, ct));
+        });
 
         return new Command("claim", "Redemption claims: file, void, show, list.") { file, @void, show, list };
     }
@@ -372,33 +355,45 @@ internal static class VoucherCommand
 
     // ---------------------------------------------------------------- plumbing
 
-    /// <summary>
-    /// Runs an action against the database; a voucher or settlement refusal prints its reason and
-    /// exits with 1, a failed reconciliation with 3.
-    /// </summary>
-    internal static Task<int> Run(string? connection, string dataDirectory, Func<NpgsqlDataSource, Task> action, CancellationToken cancellationToken) =>
-        CommonOptions.WithDatabaseAsync(connection, dataDirectory, async dataSource =>
+    /// <summary>A client command (ClientCommand) whose action gets the voucher client and the caller's key; it exits with 0 when the action returns.</summary>
+    private static Command Client(string name, string description, Symbol[] symbols,
+        Func<ParseResult, VoucherService.VoucherServiceClient, Metadata, CancellationToken, Task> action) =>
+        ClientCommand.Create(name, description, symbols, async (parse, call, cancellationToken) =>
         {
-            try
-            {
-                await action(dataSource);
-                return 0;
-            }
-            catch (VoucherRefusedException refused)
-            {
-                Console.Error.WriteLine($"refused: {VoucherProtocolNames.Of(refused.Reason)}: {refused.Message}");
-                return 1;
-            }
-            catch (SettlementRefusedException refused)
-            {
-                Console.Error.WriteLine($"{(refused.Reason == SettlementRefusal.ReconciliationFailed ? "FAILED" : "refused")}: {VoucherProtocolNames.Of(refused.Reason)}: {refused.Message}");
-                return refused.Reason == SettlementRefusal.ReconciliationFailed ? 3 : 1;
-            }
-        }, cancellationToken);
+            await action(parse, new VoucherService.VoucherServiceClient(call.Channel), call.Headers, cancellationToken);
+            return 0;
+        });
 
-    private static VoucherBook Book(NpgsqlDataSource dataSource) => new(dataSource, TimeProvider.System);
+    /// <summary>The option's date, checked here so that a typo exits with 2 before any call.</summary>
+    private static DateOnly ParseDate(ParseResult parse, Option<string?> option) => ParseDate(option.Name, parse.GetValue(option)!);
 
-    private static Actor Operator(string name) => CommonOptions.Operator(name);
+    /// <summary>The option's date as given, once it parses exactly as yyyy-MM-dd.</summary>
+    private static string Date(ParseResult parse, Option<string> option)
+    {
+        string text = parse.GetValue(option)!;
+        ParseDate(option.Name, text);
+        return text;
+    }
+
+    internal static DateOnly ParseDate(string name, string text) =>
+        DateOnly.TryParseExact(text, "yyyy-MM-dd", CultureInfo.InvariantCulture, DateTimeStyles.None, out DateOnly date)
+            ? date
+            : throw new UsageException($"{name} must be a date as yyyy-MM-dd, not '{text}'");
+
+    private static uint Positive(ParseResult parse, Option<int> option) => (uint)AtLeast(option.Name, parse.GetValue(option), 1);
+
+    private static long Positive(ParseResult parse, Option<long> option) => AtLeast(option.Name, parse.GetValue(option), 1);
+
+    private static uint NotNegative(ParseResult parse, Option<int> option) => (uint)AtLeast(option.Name, parse.GetValue(option), 0);
+
+    private static long NotNegative(ParseResult parse, Option<long> option) => AtLeast(option.Name, parse.GetValue(option), 0);
+
+    private static long Id(ParseResult parse, Option<long> option) => AtLeast(option.Name, parse.GetValue(option), 1);
+
+    private static long Id(ParseResult parse, Argument<long> argument) => AtLeast(argument.Name, parse.GetValue(argument), 1);
+
+    private static long AtLeast(string name, long value, long least) =>
+        value >= least ? value : throw new UsageException(string.Create(CultureInfo.InvariantCulture, $"{name} must be {least} or more, not {value}"));
 
     private static string Status(HolderStatus status) => status == HolderStatus.HolderApproved ? "holder" : "applicant";
 

@@ -78,6 +78,7 @@ internal static class AccessPolicy
         [Method(VoucherService.Descriptor.FullName, "FileClaim")] = Operators,
         [Method(VoucherService.Descriptor.FullName, "VoidClaim")] = Operators,
         [Method(VoucherService.Descriptor.FullName, "GetClaim")] = BureauReaders,
+        [Method(VoucherService.Descriptor.FullName, "ListClaims")] = BureauReaders,
 
         // Everyone reads the clock; only operators move a sandbox's.
         [Method(SandboxService.Descriptor.FullName, "GetClock")] = Everyone,
@@ -85,6 +86,7 @@ internal static class AccessPolicy
 
         // Only the batch closes days; a provider reads its own statements (checked by the service).
         [Method(SettlementService.Descriptor.FullName, "SettleDay")] = Batch,
+        [Method(SettlementService.Descriptor.FullName, "SettleDayWithProgress")] = Batch,
         [Method(SettlementService.Descriptor.FullName, "GetSettlement")] = BureauReaders,
         [Method(SettlementService.Descriptor.FullName, "ListSettlements")] = BureauReaders,
         [Method(SettlementService.Descriptor.FullName, "GetStatement")] = Everyone,

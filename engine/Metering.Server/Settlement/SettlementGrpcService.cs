@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Threading.Channels;
 using Grpc.Core;
 using Metering.Engine.Access;
 using Metering.Engine.Settlement;
@@ -17,17 +18,67 @@ namespace Metering.Server.Settlement;
 /// </summary>
 internal sealed partial class SettlementGrpcService(DailySettlement settlement, TransparencyLog log, ILogger<SettlementGrpcService> logger) : SettlementService.SettlementServiceBase
 {
+    /// <summary>
+    /// Most progress steps held for a slow reader of SettleDayWithProgress; a run reports about a
+    /// dozen. Past it the oldest is dropped rather than letting the run wait on its watcher.
+    /// </summary>
+    internal const int ProgressStepsBufferedMax = 256;
+
     public override Task<Protocol.V1.Settlement> SettleDay(SettleDayRequest request, ServerCallContext context) =>
-        Run(context, "SettleDay", async (actor, ct) =>
+        Run(context, "SettleDay", (actor, ct) => SettleAsync(request, actor, null, ct));
+
+    public override Task SettleDayWithProgress(SettleDayRequest request, IServerStreamWriter<SettleDayProgress> responseStream, ServerCallContext context) =>
+        Run(context, "SettleDayWithProgress", async (actor, ct) =>
         {
-            SettlementOutcome outcome = await settlement.SettleAsync(ParseDay(request.Day), actor, null, ct);
-            if (!outcome.AlreadyClosed)
+            var steps = Channel.CreateBounded<SettlementStep>(new BoundedChannelOptions(ProgressStepsBufferedMax)
             {
-                await SignLogHeadAsync(ct);
+                FullMode = BoundedChannelFullMode.DropOldest,
+                SingleReader = true,
+                SingleWriter = true,
+            });
+            Task forwarding = ForwardStepsAsync(steps.Reader, responseStream, ct);
+            Protocol.V1.Settlement settled;
+            try
+            {
+                settled = await SettleAsync(request, actor, step => steps.Writer.TryWrite(new SettlementStep
+                {
+                    Stage = step.Stage,
+                    Message = step.Message,
+                    ElapsedMs = (long)step.Elapsed.TotalMilliseconds,
+                }), ct);
+            }
+            catch
+            {
+                // The run's own failure is what the caller is told; a stream that broke as well adds nothing.
+                steps.Writer.TryComplete();
+                await forwarding.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+                throw;
             }
 
-            return ToMessage(outcome);
+            steps.Writer.TryComplete();
+            await forwarding;
+            await responseStream.WriteAsync(new SettleDayProgress { Settlement = settled }, ct);
+            return true;
         });
+
+    private static async Task ForwardStepsAsync(ChannelReader<SettlementStep> steps, IServerStreamWriter<SettleDayProgress> responseStream, CancellationToken cancellationToken)
+    {
+        await foreach (SettlementStep step in steps.ReadAllAsync(cancellationToken))
+        {
+            await responseStream.WriteAsync(new SettleDayProgress { Step = step }, cancellationToken);
+        }
+    }
+
+    private async Task<Protocol.V1.Settlement> SettleAsync(SettleDayRequest request, Actor actor, Action<SettlementProgress>? progress, CancellationToken cancellationToken)
+    {
+        SettlementOutcome outcome = await settlement.SettleAsync(ParseDay(request.Day), actor, progress, cancellationToken);
+        if (!outcome.AlreadyClosed)
+        {
+            await SignLogHeadAsync(cancellationToken);
+        }
+
+        return ToMessage(outcome);
+    }
 
     /// <summary>
     /// Signs the transparency log's head of the size the run left, so that every size a run

@@ -66,6 +66,19 @@ internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions r
         Run(context, "GetClaim", async (actor, ct) => await redemptions.GetClaimAsync(request.ClaimId, ct)
             ?? throw new VoucherRefusedException(VoucherRefusal.ClaimUnknown, $"there is no claim {request.ClaimId}"));
 
+    public override Task<ListClaimsResponse> ListClaims(ListClaimsRequest request, ServerCallContext context) =>
+        Run(context, "ListClaims", async (actor, ct) =>
+        {
+            if (request.ContractId < 0)
+            {
+                throw new VoucherRefusedException(VoucherRefusal.VoucherFieldInvalid, $"contract_id must be a contract's id, or 0 for every contract, not {request.ContractId}");
+            }
+
+            long? contract = request.ContractId == 0 ? null : request.ContractId;
+            int limit = (int)Math.Min(request.Limit, VoucherBook.ListLimitMax);
+            return new ListClaimsResponse { Claims = { await redemptions.ListClaimsAsync(contract, limit, ct) } };
+        });
+
     private async Task<T> Run<T>(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<T>> call)
     {
         Actor actor = AuthenticationInterceptor.Caller(context);
