@@ -6,8 +6,11 @@ var root = new RootCommand("""
     voucher programme (训力券). Usage streams in over gRPC, is validated, normalised to FP16
     PFLOPS·h, hash-chained per stream and committed to PostgreSQL before it is acknowledged.
 
-    Without --connection (or METERING_CONNECTION) commands use the embedded default: a private
-    PostgreSQL started from the machine's installed server binaries in ./.metering/pg.
+    Only serve, db migrate, demo and key bootstrap open the database: without --connection (or
+    METERING_CONNECTION) the embedded default, a private PostgreSQL started from the machine's
+    installed server binaries in ./.metering/pg. Every other command is a client of a running
+    server (--server, default http://127.0.0.1:7390) and acts as the caller its key names
+    (--api-key or METERING_API_KEY; --ca for a private CA).
     """);
 root.Subcommands.Add(ServeCommand.Create());
 root.Subcommands.Add(DbCommand.Create());

@@ -119,13 +119,6 @@ internal static partial class CommonOptions
             })
             .SetMinimumLevel(minimum));
 
-    /// <summary>Who the CLI acts as in the registry history; operators run it on the bureau's side.</summary>
-    public static Option<string> ActingOperator() => new("--as")
-    {
-        Description = "Operator name recorded in the registry history for this change.",
-        DefaultValueFactory = _ => $"{Environment.UserName}@cli",
-    };
-
     /// <summary>
     /// Runs a command against the database the options name: migrated if it is the embedded one,
     /// refused if it is behind the engine's schema. Registry refusals print their reason and
@@ -178,8 +171,6 @@ internal static partial class CommonOptions
 
     private static string RuntimeRoleFromEnvironment() =>
         Environment.GetEnvironmentVariable("METERING_RUNTIME_ROLE") is { Length: > 0 } name ? name : SchemaGuard.DefaultRuntimeRole;
-
-    public static Actor Operator(string name) => new(Role.Operator, name);
 
     /// <summary>Whether commands with this option value run on the embedded PostgreSQL.</summary>
     public static bool UsesEmbedded(string? connection) =>

@@ -64,6 +64,21 @@ internal static class VoucherCommand
                 Console.WriteLine($"Approved {holder.CreditCode} ({holder.Name}): vouchers may be issued to it.");
             });
 
+        var leaveCode = new Argument<string>("code") { Description = "The holder's credit code." };
+        var leaveReason = new Option<string>("--reason") { Description = "Why it leaves the holder role (recorded).", Required = true };
+        Command leave = Client("leave", "Take a holder out of the holder role (operator) once all its contracts and vouchers have ended and no claim is held; it may then apply as a provider.",
+            [leaveCode, leaveReason],
+            async (parse, vouchers, headers, ct) =>
+            {
+                if (string.IsNullOrWhiteSpace(parse.GetValue(leaveReason)))
+                {
+                    throw new UsageException("--reason must say why");
+                }
+
+                Holder holder = await vouchers.LeaveHolderRoleAsync(new LeaveHolderRoleRequest { CreditCode = parse.GetValue(leaveCode)!, Reason = parse.GetValue(leaveReason)! }, headers, cancellationToken: ct);
+                Console.WriteLine($"{holder.CreditCode} ({holder.Name}) has left the holder role: it records no new contract, and may apply as a provider.");
+            });
+
         Command list = Client("list", "List holders and applicants.", [], async (parse, vouchers, headers, ct) =>
         {
             ListHoldersResponse listed = await vouchers.ListHoldersAsync(new ListHoldersRequest { Limit = VoucherBook.ListLimitMax }, headers, cancellationToken: ct);
@@ -88,7 +103,7 @@ internal static class VoucherCommand
             WriteVouchers(holder.Vouchers);
         });
 
-        return new Command("holder", "Voucher holders: register, approve, list, show.") { register, approve, list, show };
+        return new Command("holder", "Voucher holders: register, approve, leave, list, show.") { register, approve, leave, list, show };
     }
 
     // ---------------------------------------------------------------- parameters
@@ -395,7 +410,12 @@ internal static class VoucherCommand
     private static long AtLeast(string name, long value, long least) =>
         value >= least ? value : throw new UsageException(string.Create(CultureInfo.InvariantCulture, $"{name} must be {least} or more, not {value}"));
 
-    private static string Status(HolderStatus status) => status == HolderStatus.HolderApproved ? "holder" : "applicant";
+    private static string Status(HolderStatus status) => status switch
+    {
+        HolderStatus.HolderApproved => "holder",
+        HolderStatus.HolderLeft => "left",
+        _ => "applicant",
+    };
 
     private static string Hold(HoldState state) => state switch
     {
