@@ -138,7 +138,19 @@ internal static partial class ServeCommand
 
             using ServerSigningKey signing = key;
 
-            var (connectionString, embedded) = await CommonOptions.ResolveDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, logger, cancellationToken, parse.GetValue(runtimeRole));
+            string connectionString;
+            EmbeddedPostgres? embedded;
+            try
+            {
+                (connectionString, embedded) = await CommonOptions.ResolveDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, logger, cancellationToken, parse.GetValue(runtimeRole));
+            }
+            catch (EmbeddedPostgresException e)
+            {
+                // Most often another serve holds the data folder: say so, without a stack trace.
+                Console.Error.WriteLine($"error: {e.Message}");
+                return 2;
+            }
+
             await using (embedded)
             {
                 await using (var dataSource = Database.CreateDataSource(connectionString))

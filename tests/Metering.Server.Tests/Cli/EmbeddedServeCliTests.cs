@@ -28,7 +28,18 @@ public sealed partial class EmbeddedServeCliTests
         var address = new Uri($"http://127.0.0.1:{ServerProcess.FreePort()}");
         await using ServerProcess serve = await ServerProcess.StartAsync(address, "serve", "--data-dir", dataDirectory, "--listen", address.ToString());
         string server = address.ToString().TrimEnd('/');
+        try
+        {
+            await RunBesideServeAsync(server, operatorKey, dataDirectory);
+        }
+        finally
+        {
+            await serve.StopAsync();
+        }
+    }
 
+    private static async Task RunBesideServeAsync(string server, string operatorKey, string dataDirectory)
+    {
         var (issueExit, issued) = await CliProcess.RunAsync("key", "issue", "--role", "settlement", "--subject", "nightly", "--server", server, "--api-key", operatorKey);
         Assert.True(issueExit == 0, issued);
         var (settleExit, settled) = await CliProcess.RunAsync("settle", "--day", "2026-11-01", "--server", server, "--api-key", Key(issued));
