@@ -11,7 +11,8 @@ using Metering.Protocol.V1;
 namespace Metering.Cli.Commands;
 
 /// <summary>
-/// `metering settle --day D`: asks a running server to close one Asia/Shanghai day, printing each
+/// `metering settle [--day D]`: asks a running server to close one Asia/Shanghai day (or every
+/// open one through yesterday, in order), printing each
 /// step as the server reports it, and writes its statements (CSV, JSON and text) and settlement
 /// hash; `settle show` and `settle list` read closed days. The caller is the key's: a settlement
 /// key settles; operators and auditors read.
@@ -21,13 +22,26 @@ internal static class SettleCommand
     /// <summary>Exit code of a run whose reconciliation failed (the server rolled it back).</summary>
     private const int ReconciliationFailedExitCode = 3;
 
+    /// <summary>Exit code of a catch-up that found every day through yesterday closed.</summary>
+    private const int NothingToSettleExitCode = 4;
+
     public static Command Create()
     {
-        var day = new Option<string>("--day") { Description = "The Asia/Shanghai day to settle (yyyy-MM-dd); it must have ended.", Required = true };
+        var day = new Option<string?>("--day")
+        {
+            Description = "The Asia/Shanghai day to settle (yyyy-MM-dd); it must have ended. Without it, every day after the last closed one through yesterday, oldest first.",
+        };
+        var empty = new Option<bool>("--allow-empty")
+        {
+            Description = "Close days with no usage records too; without it such a day is refused (DAY_EMPTY), since a closed day is never settled again.",
+        };
         var output = new Option<string?>("--out") { Description = "Folder to write the statements to: <out>/<day>/{programme,provider-<code>,holder-<code>}.{csv,json,txt} and settlement.sha256." };
         var settle = new Command("settle", """
-            Close one day on a running server (--server, --api-key or METERING_API_KEY, --ca; a
-            settlement key): price its usage per provider, holder, contract and model with each
+            Close one day (--day), or every day still open through yesterday, oldest first, on a
+            running server (--server, --api-key or METERING_API_KEY, --ca; a settlement key). A
+            day with no usage records is closed only with --allow-empty. Exit codes: 0 settled
+            (or already closed), 3 reconciliation failed, 4 nothing to settle, 1 refused or
+            failed, 2 bad usage. For each day: price its usage per provider, holder, contract and model with each
             contract's fee schedule; settle records that arrived late for closed days as
             adjustments; post claim holds whose usage is now settled and expire overdue ones;
             write balanced ledger entries and statements per provider, per holder and for the
@@ -42,55 +56,55 @@ internal static class SettleCommand
             checked against the hashes the run reported before any file is written.
             """)
         {
-            day, output,
+            day, empty, output,
         };
         ClientCommand.SetAction(settle, async (parse, call, ct) =>
         {
-            string settledDay = Day(parse, day);
             var client = new SettlementService.SettlementServiceClient(call.Channel);
-            Protocol.V1.Settlement? settled = null;
-            try
+            bool allowEmpty = parse.GetValue(empty);
+            string? folder = parse.GetValue(output);
+            if (parse.GetValue(day) is { } given)
             {
-                using AsyncServerStreamingCall<SettleDayProgress> run = client.SettleDayWithProgress(new SettleDayRequest { Day = settledDay }, call.Headers, cancellationToken: ct);
-                await foreach (SettleDayProgress update in run.ResponseStream.ReadAllAsync(ct))
+                VoucherCommand.ParseDate(day.Name, given);
+                return await SettleOneAsync(client, call.Headers, given, allowEmpty, folder, ct);
+            }
+
+            // Catch up: every day after the last closed one through yesterday, oldest first.
+            int settledDays = 0;
+            while (true)
+            {
+                ListPendingDaysResponse pending = await client.ListPendingDaysAsync(new ListPendingDaysRequest(), call.Headers, cancellationToken: ct);
+                if (pending.Days.Count == 0)
                 {
-                    if (update.UpdateCase == SettleDayProgress.UpdateOneofCase.Step)
+                    if (settledDays == 0)
                     {
-                        Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"[{update.Step.ElapsedMs / 1000.0,7:0.0} s] {update.Step.Stage}: {update.Step.Message}"));
+                        Console.WriteLine("Nothing to settle: every day through yesterday (Asia/Shanghai) is closed.");
+                        return NothingToSettleExitCode;
                     }
-                    else if (update.UpdateCase == SettleDayProgress.UpdateOneofCase.Settlement)
+
+                    Console.WriteLine($"Settled {settledDays} day(s); every day through yesterday (Asia/Shanghai) is closed.");
+                    return 0;
+                }
+
+                foreach (Protocol.V1.PendingDay next in pending.Days)
+                {
+                    if (next.Records == 0 && !allowEmpty)
                     {
-                        settled = update.Settlement;
+                        Console.Error.WriteLine($"error: {next.Day} has no usage records. A closed day is never settled again (records that arrive later become adjustments of a later day); "
+                            + $"if the platforms were idle, settle it with `metering settle --day {next.Day} --allow-empty` (or the whole backlog with --allow-empty). Settled {settledDays} day(s) before it.");
+                        return 1;
                     }
+
+                    Console.Error.WriteLine($"== {next.Day}: {next.Records:N0} record(s)");
+                    int exit = await SettleOneAsync(client, call.Headers, next.Day, allowEmpty, folder, ct);
+                    if (exit != 0)
+                    {
+                        return exit;
+                    }
+
+                    settledDays++;
                 }
             }
-            catch (RpcException e) when (e.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason == VoucherProtocolNames.Of(SettlementRefusal.ReconciliationFailed))
-            {
-                Console.Error.WriteLine($"FAILED: {ServerConnection.Describe(e)}");
-                return ReconciliationFailedExitCode;
-            }
-
-            if (settled is null)
-            {
-                Console.Error.WriteLine($"error: the server ended the settlement of {settledDay} without reporting its result; `metering settle show --day {settledDay}` tells whether it closed");
-                return 1;
-            }
-
-            WriteSummary(settled);
-            if (parse.GetValue(output) is not { } folder)
-            {
-                return 0;
-            }
-
-            List<StatementFiles> files = await FetchAsync(client, call.Headers, settled, ct);
-            if (Mismatch(settled, files) is { } problem)
-            {
-                Console.Error.WriteLine($"FAILED: {problem}; nothing was written to {folder}");
-                return 1;
-            }
-
-            Console.WriteLine($"Statements written to {await WriteFilesAsync(settled, files, folder, ct)}");
-            return 0;
         });
 
         var showDay = new Option<string>("--day") { Description = "The closed day.", Required = true };
@@ -254,6 +268,54 @@ internal static class SettleCommand
     };
 
     /// <summary>The option's day, checked here so that a typo exits with 2 before any call.</summary>
+    /// <summary>Settles one day with progress on standard error, prints its summary and writes its statements to <paramref name="folder"/>.</summary>
+    private static async Task<int> SettleOneAsync(SettlementService.SettlementServiceClient client, Metadata headers, string settledDay, bool allowEmpty, string? folder, CancellationToken ct)
+    {
+        Protocol.V1.Settlement? settled = null;
+        try
+        {
+            using AsyncServerStreamingCall<SettleDayProgress> run = client.SettleDayWithProgress(new SettleDayRequest { Day = settledDay, AllowEmpty = allowEmpty }, headers, cancellationToken: ct);
+            await foreach (SettleDayProgress update in run.ResponseStream.ReadAllAsync(ct))
+            {
+                if (update.UpdateCase == SettleDayProgress.UpdateOneofCase.Step)
+                {
+                    Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"[{update.Step.ElapsedMs / 1000.0,7:0.0} s] {update.Step.Stage}: {update.Step.Message}"));
+                }
+                else if (update.UpdateCase == SettleDayProgress.UpdateOneofCase.Settlement)
+                {
+                    settled = update.Settlement;
+                }
+            }
+        }
+        catch (RpcException e) when (e.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason == VoucherProtocolNames.Of(SettlementRefusal.ReconciliationFailed))
+        {
+            Console.Error.WriteLine($"FAILED: {ServerConnection.Describe(e)}");
+            return ReconciliationFailedExitCode;
+        }
+
+        if (settled is null)
+        {
+            Console.Error.WriteLine($"error: the server ended the settlement of {settledDay} without reporting its result; `metering settle show --day {settledDay}` tells whether it closed");
+            return 1;
+        }
+
+        WriteSummary(settled);
+        if (folder is null)
+        {
+            return 0;
+        }
+
+        List<StatementFiles> files = await FetchAsync(client, headers, settled, ct);
+        if (Mismatch(settled, files) is { } problem)
+        {
+            Console.Error.WriteLine($"FAILED: {problem}; nothing was written to {folder}");
+            return 1;
+        }
+
+        Console.WriteLine($"Statements written to {await WriteFilesAsync(settled, files, folder, ct)}");
+        return 0;
+    }
+
     private static string Day(ParseResult parse, Option<string> option)
     {
         string text = parse.GetValue(option)!;

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Threading.Channels;
 using Grpc.Core;
 using Metering.Engine.Access;
+using Metering.Engine.Registry;
 using Metering.Engine.Settlement;
 using Metering.Engine.Transparency;
 using Metering.Protocol.V1;
@@ -16,7 +17,8 @@ namespace Metering.Server.Settlement;
 /// read them; a provider reads only its own statements, and any other statement reads as one it
 /// may not see.
 /// </summary>
-internal sealed partial class SettlementGrpcService(DailySettlement settlement, TransparencyLog log, ILogger<SettlementGrpcService> logger) : SettlementService.SettlementServiceBase
+internal sealed partial class SettlementGrpcService(DailySettlement settlement, PendingDays pending, TransparencyLog log, TimeProvider time, ILogger<SettlementGrpcService> logger)
+    : SettlementService.SettlementServiceBase
 {
     /// <summary>
     /// Most progress steps held for a slow reader of SettleDayWithProgress; a run reports about a
@@ -71,7 +73,17 @@ internal sealed partial class SettlementGrpcService(DailySettlement settlement, 
 
     private async Task<Protocol.V1.Settlement> SettleAsync(SettleDayRequest request, Actor actor, Action<SettlementProgress>? progress, CancellationToken cancellationToken)
     {
-        SettlementOutcome outcome = await settlement.SettleAsync(ParseDay(request.Day), actor, progress, cancellationToken);
+        DateOnly day = ParseDay(request.Day);
+        // An ended, open day with nothing in it closes only when asked to: closed is for good.
+        // (A day not ended is the engine's to refuse; a closed one returns its settlement.)
+        if (!request.AllowEmpty && ShanghaiTime.StartOf(day.AddDays(1)) <= time.GetUtcNow()
+            && await settlement.GetAsync(day, cancellationToken) is null && await pending.RecordsOfAsync(day, cancellationToken) == 0)
+        {
+            throw new SettlementRefusedException(SettlementRefusal.DayEmpty,
+                $"no usage record starts in {day:yyyy-MM-dd}; a closed day is never settled again, so close an idle day with allow_empty (metering settle --allow-empty)");
+        }
+
+        SettlementOutcome outcome = await settlement.SettleAsync(day, actor, progress, cancellationToken);
         if (!outcome.AlreadyClosed)
         {
             await SignLogHeadAsync(cancellationToken);
@@ -96,6 +108,12 @@ internal sealed partial class SettlementGrpcService(DailySettlement settlement, 
             LogHeadNotSigned(logger, e.Message);
         }
     }
+
+    public override Task<ListPendingDaysResponse> ListPendingDays(ListPendingDaysRequest request, ServerCallContext context) =>
+        Run(context, "ListPendingDays", async (actor, ct) => new ListPendingDaysResponse
+        {
+            Days = { (await pending.ListAsync(ct)).Select(d => new Protocol.V1.PendingDay { Day = d.Day.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture), Records = d.Records }) },
+        });
 
     public override Task<Protocol.V1.Settlement> GetSettlement(GetSettlementRequest request, ServerCallContext context) =>
         Run(context, "GetSettlement", async (actor, ct) => ToMessage(await ClosedAsync(ParseDay(request.Day), ct)));

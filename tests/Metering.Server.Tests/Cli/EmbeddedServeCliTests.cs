@@ -42,7 +42,7 @@ public sealed partial class EmbeddedServeCliTests
     {
         var (issueExit, issued) = await CliProcess.RunAsync("key", "issue", "--role", "settlement", "--subject", "nightly", "--server", server, "--api-key", operatorKey);
         Assert.True(issueExit == 0, issued);
-        var (settleExit, settled) = await CliProcess.RunAsync("settle", "--day", "2026-11-01", "--server", server, "--api-key", Key(issued));
+        var (settleExit, settled) = await CliProcess.RunAsync("settle", "--day", "2026-11-01", "--allow-empty", "--server", server, "--api-key", Key(issued));
         var (listExit, listed) = await CliProcess.RunAsync("settle", "list", "--server", server, "--api-key", operatorKey);
         // The old way in is closed while serve runs: the data folder is held, and bootstrap says so.
         var (directExit, direct) = await CliProcess.RunAsync("key", "bootstrap", "--name", "mallory", "--data-dir", dataDirectory);
