@@ -47,8 +47,7 @@ internal static partial class ClockCommand
                     byMs = until.ToUnixTimeMilliseconds() - now.NowUnixMs;
                     if (byMs <= 0)
                     {
-                        Console.Error.WriteLine($"error: the server's clock is at {LocalTime.Minutes(now.NowUnixMs)} already; time never goes back.");
-                        return 1;
+                        throw new UsageException($"the server's clock is at {LocalTime.Minutes(now.NowUnixMs)} already; --to must lie ahead of it, since time never goes back");
                     }
                 }
 

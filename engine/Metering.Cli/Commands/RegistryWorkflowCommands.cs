@@ -57,6 +57,11 @@ internal static class RegistryWorkflowCommands
                     throw new UsageException($"--renews {renewed} is not an application id");
                 }
 
+                if (request.RenewsApplicationId != 0 && request.RenewsApplicationId != renewed)
+                {
+                    throw new UsageException($"--renews {renewed} disagrees with renewsApplicationId {request.RenewsApplicationId} in the file; give one");
+                }
+
                 request.RenewsApplicationId = renewed;
             }
 

@@ -66,6 +66,13 @@ internal static partial class ServeCommand
         command.Options.Add(recheck);
         command.SetAction(async (parse, cancellationToken) =>
         {
+            if (parse.GetValue(clock) is not ("system" or "simulated"))
+            {
+                // METERING_CLOCK reaches here unchecked by the option's parser.
+                Console.Error.WriteLine($"error: METERING_CLOCK '{parse.GetValue(clock)}' is neither system nor simulated.");
+                return 2;
+            }
+
             // Limits are checked before anything starts, so that a wrong one costs nothing.
             CallLimits callLimits = new();
             CredentialRecheckPolicy recheckPolicy = CredentialRecheckPolicy.Default;

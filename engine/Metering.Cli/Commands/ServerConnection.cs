@@ -97,6 +97,13 @@ internal sealed class ServerConnection
 
     public static GrpcChannel Open(Uri server, string? caPath, string? clientCertificatePath, string? clientKeyPath)
     {
+        // Every call carries the key in a header: cleartext only where it never leaves the machine,
+        // as `serve` allows it (TransportRules), whether the address came from --server or METERING_SERVER.
+        if (server.Scheme == Uri.UriSchemeHttp && !server.IsLoopback)
+        {
+            throw new ArgumentException($"--server {server} is http:// to another machine: the API key would travel in cleartext. Use https://{server.Authority} (with --ca for a private CA)");
+        }
+
         var handler = new SocketsHttpHandler { EnableMultipleHttp2Connections = true };
         if (!string.IsNullOrEmpty(caPath))
         {

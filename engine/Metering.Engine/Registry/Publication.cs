@@ -24,7 +24,7 @@ public sealed record PublishedItem(
 /// </summary>
 public sealed class Publication(NpgsqlDataSource dataSource, TimeProvider time)
 {
-    /// <summary>Applications of <paramref name="batchId"/> in public notice now.</summary>
+    /// <summary>Applications of <paramref name="batchId"/> whose notice period runs now (one that ended awaits its decision and is off the notice).</summary>
     public async Task<IReadOnlyList<PublishedItem>> NoticeAsync(string batchId, CancellationToken cancellationToken)
     {
         Names.CheckBatchId(batchId);
@@ -34,9 +34,9 @@ public sealed class Publication(NpgsqlDataSource dataSource, TimeProvider time)
             SELECT a.provider_id AS CreditCode, o.name AS Name, a.service_item AS ServiceItem, a.batch_id AS BatchId,
                    a.declared_fp16_gflops AS DeclaredFp16Gflops, a.verified_fp16_gflops AS VerifiedFp16Gflops, a.notice_ends_at AS NoticeEndsAt
             FROM applications a JOIN organisations o USING (provider_id)
-            WHERE a.batch_id = @batchId AND a.state = 'in_public_notice'
+            WHERE a.batch_id = @batchId AND a.state = 'in_public_notice' AND a.notice_ends_at > @now
             ORDER BY a.provider_id, a.service_item
-            """, new { batchId }, cancellationToken: cancellationToken));
+            """, new { batchId, now = time.GetUtcNow().UtcDateTime }, cancellationToken: cancellationToken));
         return [.. rows.Select(r => new PublishedItem(r.CreditCode, r.Name, r.ServiceItem, r.BatchId, r.DeclaredFp16Gflops, r.VerifiedFp16Gflops,
             Utc(r.NoticeEndsAt), null, null, null, false))];
     }
@@ -80,6 +80,13 @@ public sealed class Publication(NpgsqlDataSource dataSource, TimeProvider time)
 
     /// <summary>A timestamptz as Npgsql reads it (a UTC DateTime) as an instant.</summary>
     private static DateTimeOffset? Utc(DateTime? value) => value is { } utc ? new DateTimeOffset(DateTime.SpecifyKind(utc, DateTimeKind.Utc)) : null;
+
+    /// <summary>Every batch id there is.</summary>
+    public async Task<IReadOnlyList<string>> BatchIdsAsync(CancellationToken cancellationToken)
+    {
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        return [.. await connection.QueryAsync<string>(new CommandDefinition("SELECT batch_id FROM admission_batches", cancellationToken: cancellationToken))];
+    }
 
     private static async Task RequireBatchAsync(NpgsqlConnection connection, string batchId, CancellationToken cancellationToken)
     {

@@ -87,6 +87,7 @@ internal static class AccessPolicy
         // Only the batch closes days; a provider reads its own statements (checked by the service).
         [Method(SettlementService.Descriptor.FullName, "SettleDay")] = Batch,
         [Method(SettlementService.Descriptor.FullName, "SettleDayWithProgress")] = Batch,
+        [Method(SettlementService.Descriptor.FullName, "ListPendingDays")] = BureauReaders,
         [Method(SettlementService.Descriptor.FullName, "GetSettlement")] = BureauReaders,
         [Method(SettlementService.Descriptor.FullName, "ListSettlements")] = BureauReaders,
         [Method(SettlementService.Descriptor.FullName, "GetStatement")] = Everyone,

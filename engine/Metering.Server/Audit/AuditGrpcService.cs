@@ -135,6 +135,12 @@ internal sealed partial class AuditGrpcService(
     {
         await Run(context, "ExportUsage", request, NullIfEmpty(request.Selection?.CreditCode), async (actor, ct) =>
         {
+            // A mistyped but well-formed code is NOT_FOUND, as for the other queries, not an empty file.
+            if (NullIfEmpty(request.Selection?.CreditCode) is { } code)
+            {
+                await new AuditedProvider(dataSource).RequireKnownAsync(code, ct);
+            }
+
             UsageFilter filter = Filter(request.Selection);
             EngineExportFormat format = request.Format switch
             {

@@ -6,8 +6,10 @@ using Metering.Protocol.V1;
 namespace Metering.Server.Registry;
 
 /// <summary>
-/// The public notice and the admitted list, served without a key (publication.proto). Each list
-/// is cached for <see cref="CacheFor"/> so that anonymous readers cost the database little.
+/// The public notice and the admitted list, served without a key (publication.proto). Each list,
+/// and the set of batch ids, is cached for <see cref="CacheFor"/>: an anonymous reader costs the
+/// database at most one query per list and per 30 seconds, and a made-up batch id none, since it
+/// is refused from the cached set.
 /// </summary>
 internal sealed class PublicationGrpcService(Publication publication, TimeProvider time) : PublicationService.PublicationServiceBase
 {
@@ -18,6 +20,10 @@ internal sealed class PublicationGrpcService(Publication publication, TimeProvid
     private const int CachedListsMax = 256;
 
     private readonly ConcurrentDictionary<string, (long ReadAt, PublishedList List)> _cache = new(StringComparer.Ordinal);
+
+    private readonly SemaphoreSlim _refresh = new(1, 1);
+
+    private (long ReadAt, HashSet<string> Ids)? _batches;
 
     public override Task<PublishedList> GetPublicNotice(GetPublicNoticeRequest request, ServerCallContext context) =>
         CachedAsync("notice:" + request.BatchId, request.BatchId, ct => publication.NoticeAsync(request.BatchId, ct), context.CancellationToken);
@@ -35,13 +41,33 @@ internal sealed class PublicationGrpcService(Publication publication, TimeProvid
         }
 
         IReadOnlyList<PublishedItem> items;
+        // One reader refreshes at a time, so that an expired entry costs one query, not one per waiting caller.
+        await _refresh.WaitAsync(cancellationToken);
         try
         {
+            if (_cache.TryGetValue(key, out cached) && time.GetElapsedTime(cached.ReadAt, time.GetTimestamp()) < CacheFor)
+            {
+                return cached.List;
+            }
+
+            if (batchId.Length > 0)
+            {
+                Names.CheckBatchId(batchId);
+                if (!(await BatchIdsAsync(cancellationToken)).Contains(batchId))
+                {
+                    throw new RegistryRefusedException(RegistryRefusal.BatchUnknown, $"no admission batch '{batchId}'");
+                }
+            }
+
             items = await read(cancellationToken);
         }
         catch (RegistryRefusedException refused)
         {
             throw Errors.From(refused);
+        }
+        finally
+        {
+            _refresh.Release();
         }
 
         var list = new PublishedList { AsOfUnixMs = time.GetUtcNow().ToUnixTimeMilliseconds(), BatchId = batchId, Entries = { items.Select(ToMessage) } };
@@ -52,6 +78,18 @@ internal sealed class PublicationGrpcService(Publication publication, TimeProvid
 
         _cache[key] = (now, list);
         return list;
+    }
+
+    private async Task<HashSet<string>> BatchIdsAsync(CancellationToken cancellationToken)
+    {
+        if (_batches is { } known && time.GetElapsedTime(known.ReadAt) < CacheFor)
+        {
+            return known.Ids;
+        }
+
+        var ids = new HashSet<string>(await publication.BatchIdsAsync(cancellationToken), StringComparer.Ordinal);
+        _batches = (time.GetTimestamp(), ids);
+        return ids;
     }
 
     private static PublishedEntry ToMessage(PublishedItem item) => new()

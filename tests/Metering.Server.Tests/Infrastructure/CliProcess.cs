@@ -5,9 +5,18 @@ namespace Metering.Server.Tests.Infrastructure;
 /// <summary>The `metering` command built next to the tests, run as a user runs it: a real process, its exit code and its output.</summary>
 public static class CliProcess
 {
-    public static async Task<(int ExitCode, string Output)> RunAsync(params string[] arguments)
+    public static Task<(int ExitCode, string Output)> RunAsync(params string[] arguments) =>
+        RunWithEnvironmentAsync(new Dictionary<string, string>(), arguments);
+
+    /// <summary>As <see cref="RunAsync"/>, with these environment variables set for the process.</summary>
+    public static async Task<(int ExitCode, string Output)> RunWithEnvironmentAsync(IReadOnlyDictionary<string, string> environment, params string[] arguments)
     {
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var (name, value) in environment)
+        {
+            start.Environment[name] = value;
+        }
+
         start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "metering.dll"));
         foreach (string argument in arguments)
         {

@@ -59,4 +59,20 @@ public sealed class RefusalMessageTests(PostgresFixture postgres)
         Assert.Equal(RefusalMessages.ChineseFor("UNAUTHENTICATED"), chinese.Message);
         Assert.Contains("密钥", chinese.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task The_cli_prints_the_Chinese_message_under_a_Chinese_locale_only()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        string[] command = ["settle", "list", "--server", server.Address.ToString().TrimEnd('/'), "--ca", TestCertificates.CaPemPath, "--api-key", "not-a-key"];
+
+        var (chineseExit, chinese) = await CliProcess.RunWithEnvironmentAsync(new Dictionary<string, string> { ["LANG"] = "zh_CN.UTF-8" }, command);
+        var (englishExit, english) = await CliProcess.RunWithEnvironmentAsync(new Dictionary<string, string> { ["LANG"] = "en_US.UTF-8" }, command);
+
+        Assert.Equal((1, 1), (chineseExit, englishExit));
+        Assert.Contains("Unauthenticated UNAUTHENTICATED", chinese, StringComparison.Ordinal);
+        Assert.Contains(RefusalMessages.ChineseFor("UNAUTHENTICATED")!, chinese, StringComparison.Ordinal);
+        Assert.Contains("Unauthenticated UNAUTHENTICATED", english, StringComparison.Ordinal);
+        Assert.DoesNotContain(RefusalMessages.ChineseFor("UNAUTHENTICATED")!, english, StringComparison.Ordinal);
+    }
 }

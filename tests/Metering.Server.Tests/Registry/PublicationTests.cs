@@ -12,19 +12,34 @@ public sealed class PublicationTests(PostgresFixture postgres)
 {
     private static string Reason(RpcException e) => e.GetRpcStatus()!.GetDetail<ErrorInfo>()!.Reason;
 
-    /// <summary>A scene with one provider admitted and another's application taken as far as public notice (of 0 days: it stays open until decided).</summary>
+    /// <summary>
+    /// A scene with a five-day notice period: one provider admitted once its notice ran, and then
+    /// another's application in public notice now.
+    /// </summary>
     private static async Task<(RegistryScene Scene, string Code, string AdmittedCode)> SceneWithNoticeAsync(PostgresFixture postgres)
     {
-        RegistryScene scene = await RegistryScene.StartAsync(postgres);
-        var (admittedCode, _, _) = await scene.AdmitAsync();
+        RegistryScene scene = await RegistryScene.StartAsync(postgres, noticeDays: 5);
+        var (admittedCode, admittedKey) = await scene.RegisterAsync();
+        long admitted = await OpenNoticeAsync(scene, admittedCode, admittedKey);
+        scene.Clock.Advance(TimeSpan.FromDays(6));
+        Application proposed = await scene.Engine.DecideAdmissionAsync(Admissions.Operator, new StageDecision { ApplicationId = admitted, Pass = true }, CancellationToken.None);
+        await scene.Engine.ApproveProposalAsync(Admissions.SecondOperator, admitted, proposed.PendingProposal.ProposalNo, CancellationToken.None);
+        await scene.Engine.IssueAdmissionNoticeAsync(Admissions.Operator, new IssueAdmissionNoticeRequest { ApplicationId = admitted, NoticeNumber = $"PUB-{admittedCode}" }, CancellationToken.None);
         var (code, key) = await scene.RegisterAsync();
+        await OpenNoticeAsync(scene, code, key);
+        return (scene, code, admittedCode);
+    }
+
+    /// <summary>Files, reviews, verifies (four-eyes) and opens the public notice of an application; returns its id.</summary>
+    private static async Task<long> OpenNoticeAsync(RegistryScene scene, string code, Metadata key)
+    {
         Application filed = await scene.Client.FileApplicationAsync(RegistryScene.Filing(code), key);
         await scene.Engine.ReviewMaterialsAsync(Admissions.Operator, new StageDecision { ApplicationId = filed.ApplicationId, Pass = true }, CancellationToken.None);
         Application proposed = await scene.Engine.RecordVerificationAsync(Admissions.Operator,
             new VerificationDecision { ApplicationId = filed.ApplicationId, Pass = true, VerifiedFp16Gflops = 316_608_000 }, CancellationToken.None);
         await scene.Engine.ApproveProposalAsync(Admissions.SecondOperator, filed.ApplicationId, proposed.PendingProposal.ProposalNo, CancellationToken.None);
         await scene.Engine.OpenPublicNoticeAsync(Admissions.Operator, new StageDecision { ApplicationId = filed.ApplicationId, Pass = true }, CancellationToken.None);
-        return (scene, code, admittedCode);
+        return filed.ApplicationId;
     }
 
     [Fact]
@@ -40,13 +55,28 @@ public sealed class PublicationTests(PostgresFixture postgres)
 
         PublishedEntry noticed = Assert.Single(notice.Entries);
         Assert.Equal((code, $"Applicant {code[^5..]}", Admissions.ServiceItem, 316_608_000L), (noticed.CreditCode, noticed.Name, noticed.ServiceItem, noticed.VerifiedFp16Gflops));
-        Assert.Equal(scene.Clock.GetUtcNow().ToUnixTimeMilliseconds(), noticed.NoticeEndsUnixMs);
+        Assert.Equal(scene.Clock.GetUtcNow().AddDays(5).ToUnixTimeMilliseconds(), noticed.NoticeEndsUnixMs);
         Assert.Equal("", noticed.NoticeNumber);
         PublishedEntry listed = Assert.Single(admitted.Entries);
         Assert.Equal(admittedCode, listed.CreditCode);
         Assert.NotEqual("", listed.NoticeNumber);
         Assert.Equal(RegistryScene.ValidityEnds.ToUnixTimeMilliseconds(), listed.ValidUntilUnixMs);
         Assert.False(listed.Suspended);
+    }
+
+    [Fact]
+    public async Task A_notice_whose_period_has_run_leaves_the_public_notice()
+    {
+        var (scene, _, _) = await SceneWithNoticeAsync(postgres);
+        await using RegistryScene _ = scene;
+        scene.Clock.Advance(TimeSpan.FromDays(5));
+        // A fresh server over the same database and clock: nothing cached from before.
+        await using TestServer later = await TestServer.StartAsync(postgres, time: scene.Clock, database: scene.Server.ConnectionString);
+
+        PublishedList notice = await new PublicationService.PublicationServiceClient(later.NewChannel())
+            .GetPublicNoticeAsync(new GetPublicNoticeRequest { BatchId = RegistryScene.Batch });
+
+        Assert.Empty(notice.Entries);
     }
 
     [Fact]

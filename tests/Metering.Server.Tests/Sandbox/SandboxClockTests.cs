@@ -15,14 +15,44 @@ public sealed class SandboxClockTests(PostgresFixture postgres)
 {
     private const long Day = 86_400_000;
 
-    /// <summary>A test database marked a sandbox by its owner, and a server on a simulated clock over it.</summary>
+    /// <summary>
+    /// A test database marked a sandbox, and a server on a simulated clock over it. The test
+    /// databases hold the seeded organisations and keys, which the mark's trigger refuses; set-up
+    /// marks it with that trigger off, as only the owner could, and puts it back.
+    /// </summary>
     private async Task<TestServer> StartSandboxAsync(string? database = null)
     {
         database ??= await postgres.CreateDatabaseAsync();
         await using NpgsqlDataSource owner = Database.CreateDataSource(database);
         await using NpgsqlConnection connection = await owner.OpenConnectionAsync();
-        await connection.ExecuteAsync("INSERT INTO sandbox_clock DEFAULT VALUES ON CONFLICT DO NOTHING");
+        await connection.ExecuteAsync("""
+            ALTER TABLE sandbox_clock DISABLE TRIGGER sandbox_clock_mark_empty_only;
+            INSERT INTO sandbox_clock DEFAULT VALUES ON CONFLICT DO NOTHING;
+            ALTER TABLE sandbox_clock ENABLE TRIGGER sandbox_clock_mark_empty_only;
+            """);
         return await TestServer.StartAsync(postgres, time: new SimulatedClock(0), database: database);
+    }
+
+    [Fact]
+    public async Task Not_even_the_owner_marks_a_database_with_programme_data_a_sandbox_or_removes_a_mark()
+    {
+        string production = await postgres.CreateDatabaseAsync();
+        await using (NpgsqlDataSource owner = Database.CreateDataSource(production))
+        await using (NpgsqlConnection connection = await owner.OpenConnectionAsync())
+        {
+            var mark = await Assert.ThrowsAsync<PostgresException>(() => connection.ExecuteAsync("INSERT INTO sandbox_clock DEFAULT VALUES"));
+            Assert.Contains("only a database with no organisations", mark.MessageText, StringComparison.Ordinal);
+        }
+
+        string sandbox = await postgres.CreateDatabaseAsync();
+        await using (TestServer server = await StartSandboxAsync(sandbox))
+        {
+            var delete = await Assert.ThrowsAsync<PostgresException>(() => server.ExecuteAsync("DELETE FROM sandbox_clock"));
+            var truncate = await Assert.ThrowsAsync<PostgresException>(() => server.ExecuteAsync("TRUNCATE sandbox_clock"));
+            Assert.Equal(PostgresErrorCodes.InsufficientPrivilege, delete.SqlState);
+            Assert.Equal(PostgresErrorCodes.InsufficientPrivilege, truncate.SqlState);
+            Assert.Equal(1L, await server.ScalarAsync<long>("SELECT count(*) FROM sandbox_clock"));
+        }
     }
 
     private static SandboxService.SandboxServiceClient Client(TestServer server) => new(server.Channel);

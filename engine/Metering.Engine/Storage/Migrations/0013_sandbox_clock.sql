@@ -32,6 +32,25 @@ END $$;
 CREATE TRIGGER sandbox_clock_forward_only BEFORE UPDATE ON sandbox_clock
     FOR EACH ROW EXECUTE FUNCTION sandbox_clock_forward_only();
 
+-- The mark holds whoever asks, the owner too: it is set only on a database with no programme data
+-- (so a production database never becomes a sandbox), and never removed (so a sandbox's
+-- future-dated evidence never passes for production's).
+CREATE FUNCTION sandbox_clock_mark_empty_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT FROM organisations) OR EXISTS (SELECT FROM usage_records) OR EXISTS (SELECT FROM settlement_runs) THEN
+        RAISE EXCEPTION 'sandbox_clock: only a database with no organisations, usage or settlements can be made a sandbox'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER sandbox_clock_mark_empty_only BEFORE INSERT ON sandbox_clock
+    FOR EACH ROW EXECUTE FUNCTION sandbox_clock_mark_empty_only();
+CREATE TRIGGER sandbox_clock_kept BEFORE DELETE ON sandbox_clock
+    FOR EACH ROW EXECUTE FUNCTION refuse_rewrite();
+CREATE TRIGGER sandbox_clock_no_truncate BEFORE TRUNCATE ON sandbox_clock
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_rewrite();
+
 -- Every move, by whom, at what real time: evidence, so a trial's timeline can be read back.
 CREATE TABLE sandbox_clock_moves (
     move_id      bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
