@@ -120,9 +120,8 @@ internal static partial class CommonOptions
             .SetMinimumLevel(minimum));
 
     /// <summary>
-    /// Runs a command against the database the options name: migrated if it is the embedded one,
-    /// refused if it is behind the engine's schema. Registry refusals print their reason and
-    /// message and exit with 1; nothing was changed.
+    /// Runs a command that opens the database itself (`key bootstrap`) against the database the
+    /// options name: migrated if it is the embedded one, refused if it is behind the engine's schema.
     /// </summary>
     public static async Task<int> WithDatabaseAsync(string? connection, string dataDirectory, Func<NpgsqlDataSource, Task<int>> action, CancellationToken cancellationToken)
     {
@@ -157,15 +156,7 @@ internal static partial class CommonOptions
                 return 2;
             }
 
-            try
-            {
-                return await action(dataSource);
-            }
-            catch (RegistryRefusedException refused)
-            {
-                Console.Error.WriteLine($"refused: {Metering.Engine.Ingest.ProtocolNames.Of(refused.Reason)}: {refused.Message}");
-                return 1;
-            }
+            return await action(dataSource);
         }
     }
 

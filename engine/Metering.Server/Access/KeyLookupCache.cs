@@ -22,6 +22,9 @@ internal sealed class KeyLookupCache(CredentialStore credentials, CallLimits lim
     private readonly ConcurrentDictionary<string, (Authentication? Found, long At)> _results = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, long> _seenValid = new(StringComparer.Ordinal);
 
+    /// <summary>Bumped by every <see cref="Forget"/>; a look-up that spans one is not remembered.</summary>
+    private long _generation;
+
     /// <summary>Whether a key is worth looking up at all: non-empty and not longer than any issued key.</summary>
     public static bool IsWellFormed(string? key) => key is { Length: > 0 and <= CredentialStore.KeyLengthMax };
 
@@ -44,10 +47,13 @@ internal sealed class KeyLookupCache(CredentialStore credentials, CallLimits lim
     /// <summary>Looks the key up in the database and remembers the answer: its actor and its client-certificate pin.</summary>
     public async Task<Authentication?> LookUpAsync(string key, CancellationToken cancellationToken)
     {
+        // A look-up that read the database before a revocation committed must not land in the
+        // cache after Forget() emptied it: it is remembered only if no Forget() came in between.
+        long generation = Volatile.Read(ref _generation);
         Authentication? found = await credentials.FindAsync(key, cancellationToken);
         string id = Id(key);
         long now = Stopwatch.GetTimestamp();
-        if (limits.AuthenticationCacheMs > 0)
+        if (limits.AuthenticationCacheMs > 0 && Volatile.Read(ref _generation) == generation)
         {
             Remember(_results, id, (found, now));
         }
@@ -76,7 +82,11 @@ internal sealed class KeyLookupCache(CredentialStore credentials, CallLimits lim
     /// server: the next call with any key is looked up afresh. Entries are held by key hash, not
     /// by credential, so they cannot be dropped one by one; the cost is one look-up per active key.
     /// </summary>
-    public void Forget() => _results.Clear();
+    public void Forget()
+    {
+        Interlocked.Increment(ref _generation);
+        _results.Clear();
+    }
 
     private void Remember<T>(ConcurrentDictionary<string, T> map, string id, T value)
     {
