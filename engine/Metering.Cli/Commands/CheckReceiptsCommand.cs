@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
-using Google.Rpc;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Metering.Engine.Signing;
@@ -83,7 +82,9 @@ internal static class CheckReceiptsCommand
             }
             catch (RpcException e)
             {
-                return Fail($"{e.StatusCode} {e.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason}: {e.Status.Detail}");
+                // A refusal is the server's answer, not bad usage: exit 1, as every client command.
+                Console.Error.WriteLine($"refused: {ServerConnection.Describe(e)}");
+                return 1;
             }
             catch (SigningKeyException e)
             {

@@ -3,7 +3,6 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Security.Cryptography;
 using Google.Protobuf;
-using Google.Rpc;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Metering.Protocol.V1;
@@ -93,7 +92,9 @@ internal static class IngestFileCommand
             }
             catch (RpcException e)
             {
-                return Fail($"{e.StatusCode} {e.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason}: {e.Status.Detail}");
+                // A refusal (or a server it could not reach) is the server's side, not bad usage: exit 1.
+                Console.Error.WriteLine($"refused: {ServerConnection.Describe(e)}");
+                return 1;
             }
         });
         return command;

@@ -282,8 +282,8 @@ public sealed class ReceiptTests(PostgresFixture postgres)
 
         var (exit, output) = await CheckReceiptsAsync(server, receipts, TestServer.OtherProviderKey, await PublicKeyFileAsync(TestServer.SigningKey.PublicKey));
 
-        Assert.Equal(2, exit);
-        Assert.Contains("PermissionDenied OTHER_PROVIDER", output, StringComparison.Ordinal);
+        Assert.Equal(1, exit);
+        Assert.Contains("refused: PermissionDenied OTHER_PROVIDER", output, StringComparison.Ordinal);
     }
 
     [Fact]
