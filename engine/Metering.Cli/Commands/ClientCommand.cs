@@ -24,13 +24,20 @@ internal static class ClientCommand
     public static Command Create(string name, string description, IEnumerable<Symbol> symbols,
         Func<ParseResult, ServerCall, CancellationToken, Task<int>> action, bool anonymous = false)
     {
+        Command command = Define(name, description, symbols);
+        SetAction(command, action, anonymous);
+        return command;
+    }
+
+    /// <summary>A command holding <paramref name="symbols"/> (arguments, options, subcommands), with no action yet.</summary>
+    public static Command Define(string name, string description, IEnumerable<Symbol> symbols)
+    {
         var command = new Command(name, description);
         foreach (Symbol symbol in symbols)
         {
             Add(command, symbol);
         }
 
-        SetAction(command, action, anonymous);
         return command;
     }
 

@@ -28,16 +28,8 @@ internal static class RegistryInput
     public const int ListLimitMax = ProviderRegistry.ListLimitMax;
 
     /// <summary>A subcommand with <paramref name="symbols"/>; <see cref="SetAction"/> adds the server options.</summary>
-    public static Command Subcommand(string name, string description, params Symbol[] symbols)
-    {
-        var command = new Command(name, description);
-        foreach (Symbol symbol in symbols)
-        {
-            Add(command, symbol);
-        }
-
-        return command;
-    }
+    public static Command Subcommand(string name, string description, params Symbol[] symbols) =>
+        ClientCommand.Define(name, description, symbols);
 
     /// <summary>
     /// Runs the subcommand: <paramref name="prepare"/> checks what the parser could not and
@@ -66,24 +58,6 @@ internal static class RegistryInput
                 return 0;
             }, cancellationToken);
         });
-    }
-
-    private static void Add(Command command, Symbol symbol)
-    {
-        switch (symbol)
-        {
-            case Argument argument:
-                command.Arguments.Add(argument);
-                break;
-            case Option option:
-                command.Options.Add(option);
-                break;
-            case Command subcommand:
-                command.Subcommands.Add(subcommand);
-                break;
-            default:
-                throw new ArgumentException($"{symbol.Name} is neither an argument, an option nor a command", nameof(symbol));
-        }
     }
 
     // ---------------------------------------------------------------- typed options
