@@ -43,11 +43,16 @@ public sealed class PendingDays(NpgsqlDataSource dataSource, TimeProvider time)
         return days;
     }
 
-    /// <summary>The usage records (proof streams aside) that start in <paramref name="day"/>.</summary>
-    public async Task<long> RecordsOfAsync(DateOnly day, CancellationToken cancellationToken)
+    /// <summary>
+    /// Whether any usage record (proof streams aside) starts in <paramref name="day"/>: the first
+    /// one found answers, so a day of ten million records costs no count before its settlement.
+    /// </summary>
+    public async Task<bool> HasRecordsAsync(DateOnly day, CancellationToken cancellationToken)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        return (await CountAsync(connection, day, day, cancellationToken)).GetValueOrDefault(day);
+        return await connection.ExecuteScalarAsync<bool>(new CommandDefinition(
+            "SELECT EXISTS (SELECT FROM usage_records WHERE start_at >= @from AND start_at < @until AND stream_id NOT LIKE 'proof:%')",
+            new { from = ShanghaiTime.StartOf(day).UtcDateTime, until = ShanghaiTime.StartOf(day.AddDays(1)).UtcDateTime }, cancellationToken: cancellationToken));
     }
 
     private static async Task<Dictionary<DateOnly, long>> CountAsync(NpgsqlConnection connection, DateOnly from, DateOnly through, CancellationToken cancellationToken)

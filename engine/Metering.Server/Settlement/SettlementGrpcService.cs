@@ -77,7 +77,7 @@ internal sealed partial class SettlementGrpcService(DailySettlement settlement, 
         // An ended, open day with nothing in it closes only when asked to: closed is for good.
         // (A day not ended is the engine's to refuse; a closed one returns its settlement.)
         if (!request.AllowEmpty && ShanghaiTime.StartOf(day.AddDays(1)) <= time.GetUtcNow()
-            && await settlement.GetAsync(day, cancellationToken) is null && await pending.RecordsOfAsync(day, cancellationToken) == 0)
+            && !await pending.HasRecordsAsync(day, cancellationToken) && await settlement.GetAsync(day, cancellationToken) is null)
         {
             throw new SettlementRefusedException(SettlementRefusal.DayEmpty,
                 $"no usage record starts in {day:yyyy-MM-dd}; a closed day is never settled again, so close an idle day with allow_empty (metering settle --allow-empty)");
