@@ -36,11 +36,11 @@ public static class StatementRendering
         {
             text.Append('\n').Append(section.Title).Append('\n');
             int[] widths = section.Headers.Select((h, i) => Math.Max(DisplayWidth.Of(h), section.Rows.Select(r => DisplayWidth.Of(r[i])).DefaultIfEmpty(0).Max())).ToArray();
-            text.Append("  ").AppendJoin("  ", section.Headers.Select((h, i) => DisplayWidth.Pad(h, widths[i], alignRight: false))).Append('\n');
+            text.Append("  ").Append(string.Join("  ", section.Headers.Select((h, i) => DisplayWidth.Pad(h, widths[i], alignRight: false))).TrimEnd()).Append('\n');
             text.Append("  ").AppendJoin("  ", widths.Select(w => new string('-', w))).Append('\n');
             foreach (string[] row in section.Rows)
             {
-                text.Append("  ").AppendJoin("  ", row.Select((cell, i) => DisplayWidth.Pad(cell, widths[i], IsNumber(cell)))).Append('\n');
+                text.Append("  ").Append(string.Join("  ", row.Select((cell, i) => DisplayWidth.Pad(cell, widths[i], IsNumber(cell)))).TrimEnd()).Append('\n');
             }
         }
 
@@ -218,10 +218,10 @@ public static class StatementRendering
 
     private const string Style = """
         <style>
-        body { font-family: system-ui, "Noto Sans CJK SC", "Source Han Sans SC", "PingFang SC", "Microsoft YaHei", sans-serif; margin: 24px auto; max-width: 1100px; color: #1d2330; }
+        body { font-family: system-ui, "Noto Sans CJK SC", "Source Han Sans SC", "PingFang SC", "Microsoft YaHei", sans-serif; margin: 24px auto; max-width: 1200px; color: #1d2330; }
         h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 17px; border-bottom: 1px solid #d5d9e0; padding-bottom: 3px; margin-top: 28px; }
         table { border-collapse: collapse; font-size: 13px; } th, td { border: 1px solid #d5d9e0; padding: 3px 7px; text-align: left; vertical-align: top; }
-        td.num { text-align: right; font-variant-numeric: tabular-nums; } code { font-size: 12px; word-break: break-all; }
+        td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; } code { font-size: 12px; word-break: break-all; }
         .note { color: #5b6475; font-size: 12px; } .who { font-size: 15px; }
         </style>
 
