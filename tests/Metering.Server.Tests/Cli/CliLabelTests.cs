@@ -30,8 +30,10 @@ public sealed partial class CliLabelTests(PostgresFixture postgres)
         var clockC = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, English, "clock", "show");
         var applications = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, Chinese, "registry", "applications");
         var applicationsC = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, English, "registry", "applications");
+        var organisation = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, Chinese, "registry", "org", "show", TestRecords.Provider);
+        var organisationC = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, English, "registry", "org", "show", TestRecords.Provider);
 
-        foreach (var (exit, output) in new[] { keys, keysC, clock, clockC, applications, applicationsC })
+        foreach (var (exit, output) in new[] { keys, keysC, clock, clockC, applications, applicationsC, organisation, organisationC })
         {
             Assert.True(exit == 0, output);
         }
@@ -42,6 +44,11 @@ public sealed partial class CliLabelTests(PostgresFixture postgres)
         Assert.Matches(@"^now:\s+\d{4}-\d\d-\d\d \d\d:\d\d Asia/Shanghai \(.*\)\nclock:\s+real time\n$", clockC.Output);
         Assert.Matches(@"^编号\s+申请机构\s+批次\s+服务项目\s+状态\s+提交时间", applications.Output);
         Assert.Matches(@"^id\s+applicant\s+batch\s+service item\s+state\s+filed", applicationsC.Output);
+        // Field names of a show command, padded by screen columns, and its section titles.
+        Assert.StartsWith($"统一社会信用代码  {TestRecords.Provider}\n名称              Test provider {TestRecords.Provider[^4..]}\n", organisation.Output, StringComparison.Ordinal);
+        Assert.Contains("\n服务项目:\n服务项目", organisation.Output, StringComparison.Ordinal);
+        Assert.StartsWith($"credit code  {TestRecords.Provider}\nname         Test provider {TestRecords.Provider[^4..]}\n", organisationC.Output, StringComparison.Ordinal);
+        Assert.Contains("\nService items:\nservice item", organisationC.Output, StringComparison.Ordinal);
         // Labels change; values do not.
         Assert.Contains(TestRecords.Provider, applications.Output, StringComparison.Ordinal);
         Assert.Equal(Codes(applicationsC.Output), Codes(applications.Output));
