@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.RegularExpressions;
 using Metering.Cli;
 using Metering.Protocol.V1;
+using Metering.Server.Tests.Audit;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Server.Tests.Vouchers;
 using Metering.Tests.Shared;
@@ -83,6 +84,26 @@ public sealed partial class CliLabelTests(PostgresFixture postgres)
         Assert.Equal(expected, Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(csv.Output))));
         // The statement is Chinese whatever the reader's locale: it is a document, not a label.
         Assert.StartsWith("<!DOCTYPE html>\n<html lang=\"zh-CN\">", html.Output, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Audit_verify_usage_and_anomalies_print_Chinese_headers_and_summary_lines_where_LANG_says_zh()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await scene.StreamAsync("cluster-a", 1, 30);
+        await scene.TamperAsync($"UPDATE usage_records SET site = 'elsewhere' WHERE provider_id = '{TestRecords.Provider}' AND stream_id = 'cluster-a' AND sequence = 12");
+        string[] period = ["--provider", TestRecords.Provider, "--from", "2026-11-20", "--to", "2026-11-20"];
+
+        var verify = await CliProcess.RunAsAsync(scene.Server, TestServer.AuditorKey, Chinese, "audit", "verify", "--provider", TestRecords.Provider);
+        var usage = await CliProcess.RunAsAsync(scene.Server, TestServer.AuditorKey, Chinese, ["audit", "usage", .. period, "--by", "model"]);
+        var anomalies = await CliProcess.RunAsAsync(scene.Server, TestServer.AuditorKey, Chinese, ["audit", "anomalies", .. period]);
+
+        Assert.True((verify.ExitCode, usage.ExitCode, anomalies.ExitCode) == (3, 0, 0), verify.Output + usage.Output + anomalies.Output);
+        Assert.Matches(@"^数据流\s+起\s+止\s+已核验\s+哈希链\s+链头\n", verify.Output);
+        Assert.Contains("在第 12 条断裂（HashMismatch）", verify.Output, StringComparison.Ordinal);
+        Assert.Contains("2 条数据流，13 条记录，重新哈希规范编码", verify.Output, StringComparison.Ordinal);
+        Assert.Matches(@"^型号\s+记录数\s+设备时\s+FP16 算力用量（PFLOPS·h）\n", usage.Output);
+        Assert.Matches(@"\n在 [\d,]+ 条记录中发现 \d+ 项异常。\n$", anomalies.Output);
     }
 
     [Fact]
