@@ -77,6 +77,8 @@ internal static class Labels
             "{0} 结算时的 Merkle 根，每份服务机构结算单一个（可用 `metering audit merkle-root --settled` 重算）：",
         ["settlement sha256 {0}"] = "结算哈希（SHA-256）{0}",
         ["Statements written to {0}"] = "结算单已写入 {0}",
+        ["Nothing to settle: every day through yesterday (Asia/Shanghai) is closed."] = "无需结算：截至昨天（北京时间）的每一天均已关账。",
+        ["Settled {0} day(s); every day through yesterday (Asia/Shanghai) is closed."] = "已结算 {0} 天；截至昨天（北京时间）的每一天均已关账。",
 
         // audit verify, usage, anomalies.
         ["checked"] = "已核验",
@@ -86,6 +88,7 @@ internal static class Labels
         ["BROKEN at {0} ({1})"] = "在第 {0} 条断裂（{1}）",
         ["device-hours"] = "设备时",
         ["FP16 PFLOPS·h"] = "FP16 算力用量（PFLOPS·h）",
+        ["total"] = "合计",
         ["{0} stream(s), {1} records, {2:N1} MB of canonical encoding re-hashed in {3:N2} s ({4:N1} MB/s)"] =
             "{0} 条数据流，{1} 条记录，重新哈希规范编码 {2:N1} MB，用时 {3:N2} 秒（{4:N1} MB/s）",
         ["(only the largest {0:N0} groups are shown; the total covers all)"] = "（仅显示最大的 {0:N0} 组；合计涵盖全部）",

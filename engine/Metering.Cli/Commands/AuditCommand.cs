@@ -230,7 +230,7 @@ internal static class AuditCommand
                 var table = new TextTable(grouping == UsageGroupBy.GroupByNone ? "" : parse.GetValue(by)!, "records", "device-hours", "FP16 PFLOPS·h");
                 foreach (Protocol.V1.UsageTotals row in summary.Groups.Append(summary.Total))
                 {
-                    table.Add(row.Key, N(row.Records), row.DeviceHours, row.PflopsHours);
+                    table.Add(row == summary.Total ? Labels.Of(row.Key) : row.Key, N(row.Records), row.DeviceHours, row.PflopsHours);
                 }
 
                 table.Write(Console.Out);

@@ -78,11 +78,11 @@ internal static class SettleCommand
                 {
                     if (settledDays == 0)
                     {
-                        Console.WriteLine("Nothing to settle: every day through yesterday (Asia/Shanghai) is closed.");
+                        Console.WriteLine(Labels.Of("Nothing to settle: every day through yesterday (Asia/Shanghai) is closed."));
                         return NothingToSettleExitCode;
                     }
 
-                    Console.WriteLine($"Settled {settledDays} day(s); every day through yesterday (Asia/Shanghai) is closed.");
+                    Console.WriteLine(Labels.Format("Settled {0} day(s); every day through yesterday (Asia/Shanghai) is closed.", settledDays));
                     return 0;
                 }
 

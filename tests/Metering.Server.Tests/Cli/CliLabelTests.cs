@@ -103,6 +103,7 @@ public sealed partial class CliLabelTests(PostgresFixture postgres)
         Assert.Contains("在第 12 条断裂（HashMismatch）", verify.Output, StringComparison.Ordinal);
         Assert.Contains("2 条数据流，13 条记录，重新哈希规范编码", verify.Output, StringComparison.Ordinal);
         Assert.Matches(@"^型号\s+记录数\s+设备时\s+FP16 算力用量（PFLOPS·h）\n", usage.Output);
+        Assert.Matches(@"\n合计\s+[\d,]+\s", usage.Output);
         Assert.Matches(@"\n在 [\d,]+ 条记录中发现 \d+ 项异常。\n$", anomalies.Output);
     }
 
