@@ -96,7 +96,7 @@ internal static class VoucherCommand
         Command show = Client("show", "Show a holder with its contracts and vouchers.", [showCode], async (parse, vouchers, headers, ct) =>
         {
             Holder holder = await vouchers.GetHolderAsync(new GetHolderRequest { CreditCode = parse.GetValue(showCode)! }, headers, cancellationToken: ct);
-            Console.WriteLine($"{holder.CreditCode}  {holder.Name}  ({holder.District}, established {holder.EstablishedOn}, {Status(holder.Status)})");
+            Console.WriteLine(Labels.Format("{0}  {1}  ({2}, established {3}, {4})", holder.CreditCode, holder.Name, holder.District, holder.EstablishedOn, Status(holder.Status)));
             Console.WriteLine();
             WriteContracts(holder.Contracts);
             Console.WriteLine();

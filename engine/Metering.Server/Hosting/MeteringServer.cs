@@ -177,6 +177,7 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(provider => new UsageStore(provider.GetRequiredService<NpgsqlDataSource>()));
         builder.Services.AddSingleton(provider => new UploadStore(provider.GetRequiredService<NpgsqlDataSource>()));
         builder.Services.AddSingleton(provider => new PendingDays(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
+        builder.Services.AddSingleton(provider => new StatementNames(provider.GetRequiredService<NpgsqlDataSource>()));
         builder.Services.AddSingleton(provider => new Publication(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
         builder.Services.AddSingleton(provider => new SandboxClockStore(provider.GetRequiredService<NpgsqlDataSource>()));
         builder.Services.AddSingleton(provider => new CredentialStore(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
