@@ -169,8 +169,12 @@ public static class StatementFormats
         return new PartyStatement(day, kind, party, rows);
     }
 
-    /// <summary>The same rows as one JSON object; empty fields are left out, numbers are JSON integers.</summary>
-    public static string Json(PartyStatement statement, byte[] sha256)
+    /// <summary>
+    /// The same rows as one JSON object; empty fields are left out, numbers are JSON integers.
+    /// With a <paramref name="payable"/>, a <c>payable</c> object follows the rows: the party's
+    /// payee account as at the end of the day, read from the ledger, not part of the hashed form.
+    /// </summary>
+    public static string Json(PartyStatement statement, byte[] sha256, PayeePosition? payable = null)
     {
         using var buffer = new MemoryStream();
         using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
@@ -219,14 +223,39 @@ public static class StatementFormats
             }
 
             json.WriteEndArray();
+            if (payable is not null)
+            {
+                json.WriteStartObject("payable");
+                json.WriteNumber("postedFen", payable.PostedFen);
+                json.WriteNumber("paidFen", payable.PaidFen);
+                json.WriteNumber("outstandingFen", payable.OutstandingFen);
+                json.WriteStartArray("payoutsOfDay");
+                foreach (PayoutRecord payout in payable.PayoutsOfDay)
+                {
+                    json.WriteStartObject();
+                    json.WriteNumber("payout", payout.PayoutId);
+                    json.WriteString("payee", payout.PayeeCode);
+                    json.WriteNumber("amountFen", payout.AmountFen);
+                    json.WriteString("bankReference", payout.BankReference);
+                    json.WriteEndObject();
+                }
+
+                json.WriteEndArray();
+                json.WriteEndObject();
+            }
+
             json.WriteEndObject();
         }
 
         return Encoding.UTF8.GetString(buffer.ToArray()) + "\n";
     }
 
-    /// <summary>A readable statement: tables of usage, adjustments, subsidies and expired holds, and the totals in CNY.</summary>
-    public static string Text(PartyStatement statement, byte[] sha256)
+    /// <summary>
+    /// A readable statement: tables of usage, adjustments, subsidies and expired holds, and the
+    /// totals in CNY; with a <paramref name="payable"/>, the party's payouts and what it is still
+    /// owed as at the end of the day (from the ledger, not part of the hashed form).
+    /// </summary>
+    public static string Text(PartyStatement statement, byte[] sha256, PayeePosition? payable = null)
     {
         var text = new StringBuilder();
         string who = statement.PartyKind == Programme ? "the programme" : $"{statement.PartyKind} {statement.Party}";
@@ -275,6 +304,14 @@ public static class StatementFormats
             text.Append(CultureInfo.InvariantCulture, $"  subsidies posted:     {Pricing.Yuan(total.SubsidyFen ?? 0)} CNY\n");
             text.Append(CultureInfo.InvariantCulture, $"  holders pay:          {Pricing.Yuan(total.HolderPaysFen ?? 0)} CNY\n");
             text.Append(CultureInfo.InvariantCulture, $"  programme pays:       {Pricing.Yuan(total.ProgrammePaysFen ?? 0)} CNY\n");
+        }
+
+        if (payable is not null)
+        {
+            text.Append(CultureInfo.InvariantCulture,
+                $"\nPayouts (ledger, not hashed): posted to date {Pricing.Yuan(payable.PostedFen)} CNY, paid to date {Pricing.Yuan(payable.PaidFen)} CNY, outstanding payable {Pricing.Yuan(payable.OutstandingFen)} CNY\n");
+            Table(text, ["payout", "payee", "bank reference", "paid CNY"],
+                payable.PayoutsOfDay.Select(p => new[] { Number(p.PayoutId), p.PayeeCode, p.BankReference, Pricing.Yuan(p.AmountFen) }));
         }
 
         text.Append(CultureInfo.InvariantCulture, $"\nSHA-256 of the canonical CSV: {Convert.ToHexStringLower(sha256)}\n");
