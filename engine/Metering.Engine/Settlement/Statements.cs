@@ -40,7 +40,8 @@ public sealed record PartyStatement(DateOnly Day, string PartyKind, string Party
 /// The statement formats. CSV is canonical: its bytes are what each statement's SHA-256 and the
 /// settlement hash are taken over, so it is written by hand with a fixed column order, integers
 /// only, ordinal order of rows, LF line ends, UTF-8 without a byte-order mark and RFC 4180
-/// quoting. JSON and text are renderings of the same rows; they are deterministic but not hashed.
+/// quoting. JSON and text are renderings of the same rows, to which a reader may add the party's
+/// payee account (<see cref="PayeePosition"/>); they are not hashed.
 /// </summary>
 public static class StatementFormats
 {
