@@ -61,11 +61,11 @@ public sealed record PayeePosition(DateOnly Day, long PostedFen, long PaidFen, I
 }
 
 /// <summary>
-/// Payouts and the year-end release: the two ledger movements that happen outside a settlement
-/// run. A payout debits <c>payee_payable:{payee}</c> and credits
-/// <c>programme_paid:{year of the payment}</c>; a release debits each voucher's
-/// <c>voucher_available</c> and credits <c>programme_budget:{year}</c>. Both run in one
-/// transaction with their evidence row, and refuse rather than let a balance go negative.
+/// Payouts: bank transfers that clear what the programme owes a payee, one of the two ledger
+/// movements outside a settlement run (the other is <see cref="YearEndReleases"/>). A payout
+/// debits <c>payee_payable:{payee}</c> and credits <c>programme_paid:{year of the payment}</c>
+/// in one transaction with its evidence row, and is refused rather than let the payable go
+/// negative.
 /// </summary>
 public sealed partial class Payouts(NpgsqlDataSource dataSource, TimeProvider time)
 {
@@ -78,9 +78,8 @@ public sealed partial class Payouts(NpgsqlDataSource dataSource, TimeProvider ti
     /// <summary>Most payouts of one day a statement shows; the totals count them all.</summary>
     public const int StatementPayoutsMax = 1_000;
 
-    // Transaction-scoped advisory locks: payouts of one payee, and releases of one year, are ordered.
+    // A transaction-scoped advisory lock per payee orders its payouts.
     private const int PayeeLockSpace = 0x5041_5900;
-    private const int ReleaseLockSpace = 0x5245_4c00;
 
     [GeneratedRegex("^[0-9A-Za-z][0-9A-Za-z._/:-]{0,63}$")]
     private static partial Regex BankReferencePattern();
@@ -211,94 +210,6 @@ public sealed partial class Payouts(NpgsqlDataSource dataSource, TimeProvider ti
     }
 
     /// <summary>
-    /// Returns the unused balance (face − posted − held − released) of every voucher of the
-    /// year to the year's budget, once the year has ended by the server's clock. Vouchers are
-    /// locked in id order, each one's ledger balance is checked against its row before it moves,
-    /// and one release row and its entries are written; nothing is written when nothing is left.
-    /// </summary>
-    public async Task<YearEndReleaseRecord> ReleaseYearEndAsync(Actor actor, int programmeYear, CancellationToken cancellationToken)
-    {
-        if (programmeYear is < 2024 or > 2100)
-        {
-            throw Invalid($"programme_year must be 2024 to 2100, not {programmeYear}");
-        }
-
-        DateTimeOffset now = time.GetUtcNow();
-        DateTimeOffset yearEnd = ShanghaiTime.StartOf(new DateOnly(programmeYear + 1, 1, 1));
-        if (now < yearEnd)
-        {
-            throw new PayoutRefusedException(PayoutProblem.YearNotEnded,
-                $"programme year {programmeYear} has not ended: its vouchers' unused balances can be released from {VoucherBook.Local(yearEnd)}; the server's clock says {VoucherBook.Local(now)}");
-        }
-
-        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(IsolationLevel.ReadCommitted, cancellationToken);
-        await connection.ExecuteAsync(new CommandDefinition("SELECT pg_advisory_xact_lock(@space, @year)",
-            new { space = ReleaseLockSpace, year = programmeYear }, transaction, cancellationToken: cancellationToken));
-        var unused = (await connection.QueryAsync<(string Provider, long Voucher, long AvailableFen, long LedgerFen)>(new CommandDefinition("""
-            WITH locked AS (
-                SELECT provider_id, voucher_id, face_value_fen - held_fen - posted_fen - released_fen AS available_fen FROM vouchers
-                WHERE programme_year = @year ORDER BY voucher_id FOR UPDATE)
-            SELECT k.provider_id, k.voucher_id, k.available_fen,
-                   (SELECT coalesce(sum(credit_fen - debit_fen), 0)::bigint FROM ledger_lines WHERE account = 'voucher_available:' || k.voucher_id)
-            FROM locked k ORDER BY k.voucher_id
-            """, new { year = programmeYear }, transaction, cancellationToken: cancellationToken))).ToList();
-        var mismatched = unused.FirstOrDefault(u => u.AvailableFen != u.LedgerFen);
-        if (mismatched.Voucher != 0)
-        {
-            throw new LedgerInvariantException($"voucher {mismatched.Voucher}: its row leaves {mismatched.AvailableFen} fen but voucher_available:{mismatched.Voucher} holds {mismatched.LedgerFen} fen");
-        }
-
-        var releasing = unused.Where(u => u.AvailableFen > 0).ToList();
-        long earlierFen = await connection.ExecuteScalarAsync<long>(new CommandDefinition(
-            "SELECT coalesce(sum(released_fen), 0)::bigint FROM year_end_releases WHERE programme_year = @year", new { year = programmeYear }, transaction, cancellationToken: cancellationToken));
-        if (releasing.Count == 0)
-        {
-            throw new PayoutRefusedException(PayoutProblem.NothingToRelease,
-                $"no voucher of {programmeYear} has an unused balance left ({unused.Count} voucher(s); {Pricing.Yuan(earlierFen)} CNY released before)",
-                new Dictionary<string, string> { ["year_released_fen"] = earlierFen.ToString(System.Globalization.CultureInfo.InvariantCulture) });
-        }
-
-        DateTimeOffset at = time.GetUtcNow();
-        long totalFen = releasing.Sum(u => u.AvailableFen);
-        long releaseId = await connection.ExecuteScalarAsync<long>(new CommandDefinition("""
-            INSERT INTO year_end_releases (programme_year, vouchers, released_fen, released_by, released_at) VALUES (@year, @count, @total, @by, @at) RETURNING release_id
-            """, new { year = programmeYear, count = releasing.Count, total = totalFen, by = actor.Subject, at = at.UtcDateTime }, transaction, cancellationToken: cancellationToken));
-        int moved = await connection.ExecuteAsync(new CommandDefinition("""
-            UPDATE vouchers v SET released_fen = v.released_fen + r.amount
-            FROM unnest(@providers, @vouchers, @amounts) AS r(provider_id, voucher_id, amount)
-            WHERE v.provider_id = r.provider_id AND v.voucher_id = r.voucher_id
-            """, new
-        {
-            providers = releasing.Select(u => u.Provider).ToArray(),
-            vouchers = releasing.Select(u => u.Voucher).ToArray(),
-            amounts = releasing.Select(u => u.AvailableFen).ToArray(),
-        }, transaction, cancellationToken: cancellationToken));
-        if (moved != releasing.Count)
-        {
-            throw new LedgerInvariantException($"release {releaseId} moved {moved} voucher rows, not {releasing.Count}");
-        }
-
-        // One credit line to the budget per entry, the rest one debit per voucher.
-        int part = 0;
-        foreach (var chunk in releasing.Chunk(LedgerEntry.LinesMax - 1))
-        {
-            part++;
-            var entry = new LedgerEntry("year_end_release", $"release:{releaseId}/{part}", $"unused balances of {chunk.Length} voucher(s) of {programmeYear} returned to the budget");
-            foreach (var voucher in chunk)
-            {
-                entry.Debit(Accounts.VoucherAvailable(voucher.Voucher), voucher.AvailableFen);
-            }
-
-            entry.Credit(Accounts.ProgrammeBudget(programmeYear), chunk.Sum(u => u.AvailableFen));
-            await LedgerWriter.WriteAsync(connection, transaction, entry, null, at, cancellationToken);
-        }
-
-        await transaction.CommitAsync(cancellationToken);
-        return new YearEndReleaseRecord(releaseId, programmeYear, releasing.Count, totalFen, earlierFen + totalFen, actor.Subject, at);
-    }
-
-    /// <summary>
     /// A statement party's payee account as at the end of <paramref name="day"/>: what settlement
     /// runs of days up to it posted to its payable, what payouts dated up to it paid, and the
     /// payouts dated that day. The programme's is the same over every payee.
@@ -349,5 +260,5 @@ public sealed partial class Payouts(NpgsqlDataSource dataSource, TimeProvider ti
             new(PayoutId, PayeeCode, AmountFen, BankReference, DateOnly.FromDateTime(PaidOn), EntryId, RecordedBy, VoucherBook.Instant(RecordedAt), PayableFen, AlreadyRecorded: false);
     }
 
-    private static PayoutRefusedException Invalid(string message) => new(PayoutProblem.FieldInvalid, message);
+    internal static PayoutRefusedException Invalid(string message) => new(PayoutProblem.FieldInvalid, message);
 }

@@ -14,7 +14,8 @@ namespace Metering.Server.Vouchers;
 /// role: operators write; operators, auditors and the settlement batch read. Holders are not
 /// callers; operators act for them, and every write records the operator's name.
 /// </summary>
-internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions redemptions, Payouts payouts, ILogger<VoucherGrpcService> logger) : VoucherService.VoucherServiceBase
+internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions redemptions, Payouts payouts, YearEndReleases releases,
+    ILogger<VoucherGrpcService> logger) : VoucherService.VoucherServiceBase
 {
     public override Task<Holder> RegisterHolder(RegisterHolderRequest request, ServerCallContext context) =>
         Run(context, "RegisterHolder", (actor, ct) => book.RegisterHolderAsync(actor, request.Holder ?? new Holder(), ct));
@@ -89,7 +90,13 @@ internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions r
                 throw new PayoutRefusedException(PayoutProblem.FieldInvalid, $"paid_on must be a date as yyyy-MM-dd, not '{request.PaidOn}'");
             }
 
-            return ToMessage(await payouts.RecordAsync(actor, new PayoutOrder(request.PayeeCode, request.AmountFen, request.BankReference, paidOn), ct));
+            PayoutRecord payout = await payouts.RecordAsync(actor, new PayoutOrder(request.PayeeCode, request.AmountFen, request.BankReference, paidOn), ct);
+            if (!payout.AlreadyRecorded)
+            {
+                LogPayout(logger, payout.PayoutId, payout.AmountFen, payout.PayeeCode, payout.BankReference, actor.ToString());
+            }
+
+            return ToMessage(payout);
         });
 
     public override Task<ListPayoutsResponse> ListPayouts(ListPayoutsRequest request, ServerCallContext context) =>
@@ -101,7 +108,8 @@ internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions r
     public override Task<YearEndRelease> ReleaseYearEnd(ReleaseYearEndRequest request, ServerCallContext context) =>
         Run(context, "ReleaseYearEnd", async (actor, ct) =>
         {
-            YearEndReleaseRecord released = await payouts.ReleaseYearEndAsync(actor, (int)Math.Min(request.ProgrammeYear, int.MaxValue), ct);
+            YearEndReleaseRecord released = await releases.ReleaseYearEndAsync(actor, (int)Math.Min(request.ProgrammeYear, int.MaxValue), ct);
+            LogRelease(logger, released.ReleaseId, released.ReleasedFen, released.Vouchers, released.ProgrammeYear, actor.ToString());
             return new YearEndRelease
             {
                 ReleaseId = released.ReleaseId,
@@ -149,4 +157,10 @@ internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions r
 
     [LoggerMessage(EventId = 6001, Level = LogLevel.Information, Message = "Vouchers {Method} by {Actor} refused: {Reason}: {Detail}")]
     private static partial void LogRefused(ILogger logger, string method, string actor, string reason, string detail);
+
+    [LoggerMessage(EventId = 6011, Level = LogLevel.Information, Message = "Payout {PayoutId}: {AmountFen} fen to {Payee}, bank reference {Reference}, recorded by {Actor}")]
+    private static partial void LogPayout(ILogger logger, long payoutId, long amountFen, string payee, string reference, string actor);
+
+    [LoggerMessage(EventId = 6012, Level = LogLevel.Information, Message = "Year-end release {ReleaseId}: {ReleasedFen} fen unused on {Vouchers} voucher(s) of {Year} returned to the budget by {Actor}")]
+    private static partial void LogRelease(ILogger logger, long releaseId, long releasedFen, int vouchers, int year, string actor);
 }

@@ -182,6 +182,50 @@ public sealed class PayoutTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task Two_clerks_paying_the_same_debt_at_once_under_different_references_pay_it_once()
+    {
+        await using Setting setting = await StartAsync();
+        VoucherScene scene = setting.Scene;
+        (string holder, _) = await OwedAsync(scene);
+
+        // Eight transfers of 1,000 fen race for 1,200 owed: the payee's lock lets exactly one through.
+        Task<Payout>[] racing = Enumerable.Range(0, 8).Select(i => PayAsync(setting, holder, 1_000, $"RACE-{i}", "2026-11-25")).ToArray();
+        await Task.WhenAll(racing.Select(t => t.ContinueWith(_ => { }, TaskScheduler.Default)));
+        var refused = racing.Where(t => t.IsFaulted).Select(t => (RpcException)t.Exception!.InnerException!).ToList();
+
+        Assert.Equal(1, racing.Count(t => t.IsCompletedSuccessfully));
+        Assert.Equal(7, refused.Count);
+        Assert.All(refused, e => Assert.Equal("PAYOUT_OVER_PAYABLE", IngestCall.Reason(e)));
+        Assert.Equal(200L, await scene.CreditBalanceAsync(Accounts.PayeePayable(holder)));
+        Assert.Equal(1L, await scene.ScalarAsync<long>("SELECT count(*) FROM payouts"));
+    }
+
+    [Fact]
+    public async Task Not_even_the_database_owner_rewrites_or_deletes_a_recorded_payout_or_release()
+    {
+        await using Setting setting = await StartAsync();
+        VoucherScene scene = setting.Scene;
+        (string holder, _) = await OwedAsync(scene);
+        await PayAsync(setting, holder, 1_000, "ABC-0001", "2026-11-25");
+        setting.Clock.Now = new DateTimeOffset(2027, 1, 2, 9, 0, 0, TimeSpan.FromHours(8));
+        await setting.Vouchers.ReleaseYearEndAsync(new ReleaseYearEndRequest { ProgrammeYear = 2026 }, Operator);
+
+        var refusals = new List<PostgresException>();
+        foreach (string sql in new[]
+        {
+            "UPDATE payouts SET amount_fen = 1", "DELETE FROM payouts", "TRUNCATE payouts CASCADE",
+            "UPDATE year_end_releases SET released_fen = 1", "DELETE FROM year_end_releases",
+        })
+        {
+            refusals.Add(await Assert.ThrowsAsync<PostgresException>(() => setting.Server.ExecuteAsync(sql)));
+        }
+
+        Assert.All(refusals, e => Assert.Equal(PostgresErrorCodes.InsufficientPrivilege, e.SqlState));
+        Assert.Equal(1_000L, await scene.ScalarAsync<long>("SELECT amount_fen FROM payouts WHERE bank_reference = 'ABC-0001'"));
+        Assert.Equal(1L, await scene.ScalarAsync<long>("SELECT count(*) FROM year_end_releases"));
+    }
+
+    [Fact]
     public async Task The_year_end_release_is_refused_before_the_year_ends_returns_unused_balances_once_and_the_ledger_balances_in_every_account()
     {
         await using Setting setting = await StartAsync();
