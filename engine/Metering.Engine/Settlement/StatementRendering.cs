@@ -7,8 +7,12 @@ using Metering.Engine.Vouchers;
 
 namespace Metering.Engine.Settlement;
 
-/// <summary>What a readable statement shows beside its rows: the hashes that prove it, when the day was closed, and the parties' names.</summary>
-public sealed record StatementContext(byte[] Sha256, string SettlementHex, DateTimeOffset SettledAt, PartyNames Names);
+/// <summary>
+/// What a readable statement shows beside its rows: the hashes that prove it, when the day was
+/// closed, the parties' names and, where the reader asked for it, the party's payee account from
+/// the ledger (not hashed).
+/// </summary>
+public sealed record StatementContext(byte[] Sha256, string SettlementHex, DateTimeOffset SettledAt, PartyNames Names, PayeePosition? Payable = null);
 
 /// <summary>
 /// The statements people read, in Chinese: a text form and a self-contained HTML form
@@ -32,7 +36,7 @@ public static class StatementRendering
         text.Append("结算对象：").Append(Party(statement, context.Names)).Append('\n');
         text.Append("结算日：").Append(StatementFormats.Date(statement.Day)).Append("（北京时间）\n");
         text.Append("结算完成：").Append(Local(context.SettledAt)).Append("（北京时间）\n");
-        foreach (Section section in Sections(statement, context.Names))
+        foreach (Section section in Sections(statement, context))
         {
             text.Append('\n').Append(section.Title).Append('\n');
             int[] widths = section.Headers.Select((h, i) => Math.Max(DisplayWidth.Of(h), section.Rows.Select(r => DisplayWidth.Of(r[i])).DefaultIfEmpty(0).Max())).ToArray();
@@ -70,7 +74,7 @@ public static class StatementRendering
             <p>结算日 <span id="day">{day}</span>（北京时间）· 结算完成于 <span id="settled-at">{E(Local(context.SettledAt))}</span>（北京时间）</p></header>
 
             """);
-        foreach (Section section in Sections(statement, context.Names))
+        foreach (Section section in Sections(statement, context))
         {
             html.Append(CultureInfo.InvariantCulture, $"<section id=\"{section.Id}\"><h2>{E(section.Title)}</h2><table><thead><tr>");
             foreach (string header in section.Headers)
@@ -104,8 +108,9 @@ public static class StatementRendering
     }
 
     /// <summary>The sections of a statement, in order; a section with no rows is left out, except the totals.</summary>
-    private static List<Section> Sections(PartyStatement statement, PartyNames names)
+    private static List<Section> Sections(PartyStatement statement, StatementContext context)
     {
+        PartyNames names = context.Names;
         var sections = new List<Section>();
         foreach ((string record, string title) in new[] { ("usage", "当日用量"), ("adjustment", "调整：已关账日迟到的用量") })
         {
@@ -155,6 +160,19 @@ public static class StatementRendering
                 ["持有方支付（元）", Pricing.Yuan(total.HolderPaysFen ?? 0)],
                 ["计划支付（元）", Pricing.Yuan(total.ProgrammePaysFen ?? 0)],
             ]));
+        }
+
+        if (context.Payable is { } payable)
+        {
+            // Read from the ledger when the statement is rendered, so a later payout shows here while the hashed CSV stays as closed.
+            var account = new List<string[]>
+            {
+                new[] { "截至当日已入账（元）", "", "", Pricing.Yuan(payable.PostedFen) },
+                new[] { "截至当日已支付（元）", "", "", Pricing.Yuan(payable.PaidFen) },
+                new[] { "尚欠（元）", "", "", Pricing.Yuan(payable.OutstandingFen) },
+            };
+            account.AddRange(payable.PayoutsOfDay.Select(p => new[] { "当日支付 " + Id(p.PayoutId), Named(p.PayeeCode, names.Provider(p.PayeeCode) ?? names.Holder(p.PayeeCode)), p.BankReference, Pricing.Yuan(p.AmountFen) }));
+            sections.Add(new Section("payouts", "收款账户与支付（来自账本，不计入哈希）", ["项目", "收款方", "银行流水号", "金额（元）"], account));
         }
 
         return sections;

@@ -40,8 +40,9 @@ public sealed record PartyStatement(DateOnly Day, string PartyKind, string Party
 /// The statement formats. CSV is canonical: its bytes are what each statement's SHA-256 and the
 /// settlement hash are taken over, so it is written by hand with a fixed column order, integers
 /// only, ordinal order of rows, LF line ends, UTF-8 without a byte-order mark and RFC 4180
-/// quoting. JSON is a rendering of the same rows, deterministic but not hashed; the readable
-/// forms (text and HTML, in Chinese) are <see cref="StatementRendering"/>'s.
+/// quoting. JSON is a rendering of the same rows, deterministic but not hashed, to which a reader
+/// may add the party's payee account (<see cref="PayeePosition"/>); the readable forms (text and
+/// HTML, in Chinese) are <see cref="StatementRendering"/>'s.
 /// </summary>
 public static class StatementFormats
 {
@@ -170,8 +171,12 @@ public static class StatementFormats
         return new PartyStatement(day, kind, party, rows);
     }
 
-    /// <summary>The same rows as one JSON object; empty fields are left out, numbers are JSON integers.</summary>
-    public static string Json(PartyStatement statement, byte[] sha256)
+    /// <summary>
+    /// The same rows as one JSON object; empty fields are left out, numbers are JSON integers.
+    /// With a <paramref name="payable"/>, a <c>payable</c> object follows the rows: the party's
+    /// payee account as at the end of the day, read from the ledger, not part of the hashed form.
+    /// </summary>
+    public static string Json(PartyStatement statement, byte[] sha256, PayeePosition? payable = null)
     {
         using var buffer = new MemoryStream();
         using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
@@ -220,6 +225,27 @@ public static class StatementFormats
             }
 
             json.WriteEndArray();
+            if (payable is not null)
+            {
+                json.WriteStartObject("payable");
+                json.WriteNumber("postedFen", payable.PostedFen);
+                json.WriteNumber("paidFen", payable.PaidFen);
+                json.WriteNumber("outstandingFen", payable.OutstandingFen);
+                json.WriteStartArray("payoutsOfDay");
+                foreach (PayoutRecord payout in payable.PayoutsOfDay)
+                {
+                    json.WriteStartObject();
+                    json.WriteNumber("payout", payout.PayoutId);
+                    json.WriteString("payee", payout.PayeeCode);
+                    json.WriteNumber("amountFen", payout.AmountFen);
+                    json.WriteString("bankReference", payout.BankReference);
+                    json.WriteEndObject();
+                }
+
+                json.WriteEndArray();
+                json.WriteEndObject();
+            }
+
             json.WriteEndObject();
         }
 

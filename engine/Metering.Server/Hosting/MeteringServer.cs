@@ -189,6 +189,8 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(provider => new KeyLookupCache(provider.GetRequiredService<CredentialStore>(), settings.CallLimits));
         builder.Services.AddSingleton(provider => new FleetValidationService(provider.GetRequiredService<NpgsqlDataSource>(), settings.Catalog, settings.Capacity, settings.Time));
         builder.Services.AddSingleton(provider => new VoucherBook(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
+        builder.Services.AddSingleton(provider => new Payouts(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
+        builder.Services.AddSingleton(provider => new YearEndReleases(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
         builder.Services.AddSingleton(provider => new Redemptions(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
         builder.Services.AddSingleton(provider => new DailySettlement(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time,
             provider.GetRequiredService<ILoggerFactory>().CreateLogger<DailySettlement>()));
