@@ -727,6 +727,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             {
                 string before = (await ApplicationJsonAsync(connection, transaction, id))!;
                 await connection.ExecuteAsync("UPDATE applications SET state = 'rejected' WHERE application_id = @id", new { id }, transaction);
+                await DismissOvertakenAsync(connection, transaction, actor, id, "false materials: " + reasons, now);
                 await AddStageAsync(connection, transaction, code, id, "false_materials", actor, now, "rejected", reasons);
                 await RecordAsync(connection, transaction, actor, now, code, "application", Key(id), "false_materials", before, await ApplicationJsonAsync(connection, transaction, id));
             }
@@ -1207,6 +1208,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         {
             string before = (await ApplicationJsonAsync(connection, transaction, id))!;
             await connection.ExecuteAsync("UPDATE applications SET state = 'rejected' WHERE application_id = @id", new { id }, transaction);
+            await DismissOvertakenAsync(connection, transaction, actor, id, $"the admission this application renews was {endKind}", now);
             await AddStageAsync(connection, transaction, code, id, "exit", actor, now, "rejected", $"the admission this application renews was {endKind}; a renewal does not revive it");
             await RecordAsync(connection, transaction, actor, now, code, "application", Key(id), "exit", before, await ApplicationJsonAsync(connection, transaction, id));
         }

@@ -325,6 +325,30 @@ public sealed partial class ProviderRegistry
             await ApplicationJsonAsync(connection, transaction, applicationId));
     }
 
+    /// <summary>
+    /// A rejection that overtakes a pending reconsideration (false materials found, the renewed
+    /// admission ended early) closes it as dismissed with that rejection's reasons, so that no
+    /// request is left pending on an application nobody can decide any more.
+    /// </summary>
+    private static async Task DismissOvertakenAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, Actor actor, long applicationId, string reasons, DateTimeOffset now)
+    {
+        int? stageNo = await connection.ExecuteScalarAsync<int?>(
+            "SELECT refused_stage_no FROM reconsiderations WHERE application_id = @applicationId AND outcome IS NULL FOR UPDATE", new { applicationId }, transaction);
+        if (stageNo is not { } pending)
+        {
+            return;
+        }
+
+        string before = (await ReconsiderationJsonAsync(connection, transaction, applicationId, pending))!;
+        await connection.ExecuteAsync("""
+            UPDATE reconsiderations SET outcome = 'dismissed', decided_by = @by, decided_at = @now, reasons = @reasons, state_after = 'rejected'
+            WHERE application_id = @applicationId AND refused_stage_no = @pending
+            """, new { by = actor.Subject, now = now.UtcDateTime, reasons, applicationId, pending }, transaction);
+        string provider = await connection.ExecuteScalarAsync<string>("SELECT provider_id FROM applications WHERE application_id = @applicationId", new { applicationId }, transaction) ?? "";
+        await RecordAsync(connection, transaction, actor, now, provider, "reconsideration", Key(applicationId, pending), "dismiss", before,
+            await ReconsiderationJsonAsync(connection, transaction, applicationId, pending));
+    }
+
     /// <summary>The pending reconsideration; ALREADY_DECIDED when the latest one was just decided by someone, else NONE_PENDING.</summary>
     private static async Task<Pending> RequirePendingAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, Target target)
     {

@@ -1,6 +1,10 @@
 using System.Globalization;
 using System.Text.Json;
+using Dapper;
 using Grpc.Core;
+using Metering.Engine.Access;
+using Metering.Engine.Sandbox;
+using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
@@ -255,6 +259,84 @@ public sealed class ReconsiderationTests(PostgresFixture postgres)
             new RequestReconsiderationRequest { ApplicationId = inProgress, Grounds = Grounds }, key).ResponseAsync);
         Assert.Equal((StatusCode.FailedPrecondition, "NOT_RECONSIDERABLE"), (falseMaterials.StatusCode, IngestCall.Reason(falseMaterials)));
         Assert.Equal("rejected", await StateAsync(scene, inProgress));
+    }
+
+    [Fact]
+    public async Task False_materials_found_during_a_reconsideration_close_it_as_dismissed_and_nothing_is_left_to_decide()
+    {
+        await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
+        var (code, key, id) = await RejectedAtReviewAsync(scene);
+        await scene.Client.RequestReconsiderationAsync(new RequestReconsiderationRequest { ApplicationId = id, Grounds = Grounds }, key);
+
+        await scene.Client.RecordFalseMaterialsAsync(new RecordFalseMaterialsRequest { CreditCode = code, Reasons = "The tax certificate was forged." }, RegistryScene.Operator);
+
+        var (outcome, reasons) = (await scene.Server.QueryAsync<(string, string)>("SELECT outcome, reasons FROM reconsiderations WHERE application_id = @id", new { id })).Single();
+        Assert.Equal(("dismissed", "false materials: The tax certificate was forged."), (outcome, reasons));
+        Assert.Equal("rejected", await StateAsync(scene, id));
+        RpcException nothing = await Assert.ThrowsAsync<RpcException>(() => scene.Client.DecideReconsiderationAsync(new DecideReconsiderationRequest
+        {
+            ApplicationId = id,
+            Verdict = ReconsiderationVerdict.ReconsiderationUphold,
+            Reasons = "Too late to uphold.",
+        }, RegistryScene.SecondOperator).ResponseAsync);
+        Assert.Equal("NO_PENDING_RECONSIDERATION", IngestCall.Reason(nothing));
+    }
+
+    [Fact]
+    public async Task In_a_sandbox_an_operator_moves_the_clock_past_the_window_and_the_request_is_then_refused()
+    {
+        string database = await postgres.CreateDatabaseAsync();
+        await using (NpgsqlDataSource owner = Database.CreateDataSource(database))
+        await using (NpgsqlConnection connection = await owner.OpenConnectionAsync())
+        {
+            // The test database holds seeded organisations, which the sandbox mark refuses; the
+            // owner marks it with that trigger off, as SandboxClockTests does.
+            await connection.ExecuteAsync("""
+                ALTER TABLE sandbox_clock DISABLE TRIGGER sandbox_clock_mark_empty_only;
+                INSERT INTO sandbox_clock DEFAULT VALUES ON CONFLICT DO NOTHING;
+                ALTER TABLE sandbox_clock ENABLE TRIGGER sandbox_clock_mark_empty_only;
+                """);
+        }
+
+        var clock = new SimulatedClock(0);
+        await using TestServer server = await TestServer.StartAsync(postgres, time: clock, database: database);
+        await using NpgsqlDataSource dataSource = Database.CreateDataSource(server.ConnectionString);
+        RegistryService.RegistryServiceClient client = server.RegistryClient();
+        Metadata operatorKey = TestServer.Bearer(TestServer.OperatorKey);
+        DateTimeOffset now = clock.GetUtcNow();
+        await client.PutAdmissionBatchAsync(new AdmissionBatch
+        {
+            BatchId = "sandbox",
+            WindowOpensUnixMs = now.AddDays(-1).ToUnixTimeMilliseconds(),
+            WindowClosesUnixMs = now.AddDays(1).ToUnixTimeMilliseconds(),
+            ValidityEndsUnixMs = now.AddDays(365).ToUnixTimeMilliseconds(),
+            AuditReportYear = 2025,
+            ReconsiderationDays = 2,
+        }, operatorKey);
+        string code = RegistryScene.NewCode();
+        await client.RegisterOrganisationAsync(new RegisterOrganisationRequest
+        {
+            Organisation = new Organisation { CreditCode = code, Name = "沙盒测试智算有限公司", LegalForm = LegalForm.Enterprise, District = "南山区", EstablishedOn = "2015-06-01" },
+        }, operatorKey);
+        await client.AddLicenceAsync(new AddLicenceRequest
+        {
+            Licence = new Licence { CreditCode = code, LicenceNumber = $"B1-{code[^6..]}", Issuer = "MIIT", ValidFrom = "2021-01-01", ValidUntil = "2035-12-31" },
+        }, operatorKey);
+        await Admissions.WriteProofAsync(dataSource, clock, code);
+        Metadata key = TestServer.Bearer((await new CredentialStore(dataSource, clock).IssueAsync(Admissions.Operator, Role.Provider, code, "test", CancellationToken.None)).Key);
+        FileApplicationRequest filing = Admissions.Filing(code);
+        filing.BatchId = "sandbox";
+        filing.AuditReportYear = 2025;
+        long id = (await client.FileApplicationAsync(filing, key)).ApplicationId;
+        await client.ReviewMaterialsAsync(new StageDecision { ApplicationId = id, Pass = false, Reasons = "No tax certificate on file." }, operatorKey);
+
+        await new SandboxService.SandboxServiceClient(server.Channel).AdvanceClockAsync(
+            new AdvanceClockRequest { ByMs = (long)(TimeSpan.FromDays(2) + TimeSpan.FromMinutes(1)).TotalMilliseconds }, operatorKey);
+        RpcException late = await Assert.ThrowsAsync<RpcException>(() => client.RequestReconsiderationAsync(
+            new RequestReconsiderationRequest { ApplicationId = id, Grounds = Grounds }, key).ResponseAsync);
+
+        Assert.Equal("RECONSIDERATION_WINDOW_CLOSED", IngestCall.Reason(late));
+        Assert.Equal("rejected", await server.ScalarAsync<string>("SELECT state FROM applications WHERE application_id = @id", new { id }));
     }
 
     [Fact]
