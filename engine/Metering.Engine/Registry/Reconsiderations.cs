@@ -248,21 +248,6 @@ public sealed partial class ProviderRegistry
         }, cancellationToken);
     }
 
-    /// <summary>The application's reconsiderations, oldest first.</summary>
-    public async Task<IReadOnlyList<ReconsiderationCase>> ListReconsiderationsAsync(long applicationId, CancellationToken cancellationToken)
-    {
-        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        var stageNos = await connection.QueryAsync<int>(new CommandDefinition(
-            "SELECT refused_stage_no FROM reconsiderations WHERE application_id = @applicationId ORDER BY refused_stage_no", new { applicationId }, cancellationToken: cancellationToken));
-        var list = new List<ReconsiderationCase>();
-        foreach (int stageNo in stageNos)
-        {
-            list.Add((await ReadReconsiderationAsync(connection, null, applicationId, stageNo))!);
-        }
-
-        return list;
-    }
-
     /// <summary>
     /// Sets the refusal aside: the application goes back to the stage refused at, or, refused at
     /// the decision, on to the admission notice as an admitting decision would send it (eligibility
