@@ -159,7 +159,7 @@ internal static class RegistryOutput
 
     /// <summary>A pending four-eyes proposal, with the command that approves it.</summary>
     private static string Proposal(long applicationId, StageProposal p) =>
-        $"proposal {p.ProposalNo}: {p.Stage} {(p.Pass ? "pass" : "reject")}"
+        $"proposal {p.ProposalNo}: {p.Stage} {(p.Stage == "reconsideration" ? "uphold" : p.Pass ? "pass" : "reject")}"
         + (p.VerifiedFp16Gflops > 0 ? $" at {Pflops(p.VerifiedFp16Gflops)} PFLOPS FP16" : "")
         + $" by {p.ProposedBy} at {Local(p.ProposedUnixMs)}; a second operator approves it with: metering registry approve {applicationId} --proposal {p.ProposalNo}";
 

@@ -239,7 +239,7 @@ internal static class RegistryWorkflowCommands
             Required = true,
         };
         var command = RegistryInput.Subcommand("approve",
-            "Approve the pending proposal of an admission decision or a typed verification figure (four-eyes). Run it with another operator's key than the proposer's (a different subject); "
+            "Approve the pending proposal of an admission decision, a typed verification figure or an upheld reconsideration of a refusal at the decision (four-eyes). Run it with another operator's key than the proposer's (a different subject); "
             + "the stage then takes effect as proposed, checked again as of now.", id, proposal);
         RegistryInput.SetAction(command, parse =>
         {
