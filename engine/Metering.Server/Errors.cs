@@ -88,7 +88,8 @@ public static class Errors
             or RegistryRefusal.PeriodInvalid => StatusCode.InvalidArgument,
         RegistryRefusal.OrganisationUnknown or RegistryRefusal.BatchUnknown or RegistryRefusal.ApplicationUnknown
             or RegistryRefusal.ServiceItemUnknown => StatusCode.NotFound,
-        RegistryRefusal.OrganisationExists or RegistryRefusal.ServiceItemTaken or RegistryRefusal.NoticeNumberTaken => StatusCode.AlreadyExists,
+        RegistryRefusal.OrganisationExists or RegistryRefusal.ServiceItemTaken or RegistryRefusal.NoticeNumberTaken
+            or RegistryRefusal.ReconsiderationAlreadyRequested => StatusCode.AlreadyExists,
         RegistryRefusal.AlreadyDecided => StatusCode.Aborted,
         _ => StatusCode.FailedPrecondition,
     };

@@ -169,8 +169,11 @@ internal static class RegistryCommand
         {
             Description = "Let one operator decide admission and type verification figures alone (four-eyes off), for a bureau with a single operator.",
         };
+        var reconsiderationDays = RegistryInput.Number("--reconsideration-days",
+            $"Days from a refusal within which the applicant may ask for its reconsideration (复核), 1 to {ReconsiderationRules.DaysMax}; the guide names none, and {ReconsiderationRules.DaysDefault} is the programme's choice.",
+            1, ReconsiderationRules.DaysMax, ReconsiderationRules.DaysDefault);
         var put = RegistryInput.Subcommand("put", "Create an admission batch, or replace every setting of an existing one (a batch with applications keeps its validity end).",
-            id, opens, closes, validityEnds, noticeDays, auditYear, singleOperator);
+            id, opens, closes, validityEnds, noticeDays, auditYear, singleOperator, reconsiderationDays);
         RegistryInput.SetAction(put, parse =>
         {
             DateTimeOffset opensAt = parse.GetValue(opens)!.Value;
@@ -183,6 +186,7 @@ internal static class RegistryCommand
                 PublicNoticeDays = (uint)parse.GetValue(noticeDays),
                 AuditReportYear = (uint)(parse.GetValue(auditYear) ?? opensAt.ToOffset(ShanghaiTime.Offset).Year - 1),
                 SingleOperatorDecisions = parse.GetValue(singleOperator),
+                ReconsiderationDays = (uint)parse.GetValue(reconsiderationDays),
             };
             return async call =>
             {

@@ -93,6 +93,32 @@ internal static class RegistryOutput
         WriteStages(application.Stages);
     }
 
+    /// <summary>A reconsideration and where it stands, with the command that approves an uphold awaiting a second operator.</summary>
+    public static void WriteReconsideration(Reconsideration r)
+    {
+        string status = r.Status switch
+        {
+            ReconsiderationStatus.ReconsiderationUpheld => "upheld",
+            ReconsiderationStatus.ReconsiderationDismissed => "dismissed",
+            _ when r.PendingProposalNo != 0 => "uphold proposed, awaiting a second operator",
+            _ => "pending",
+        };
+        Fields(
+        [
+            ("application", Count(r.ApplicationId)),
+            ("applicant", r.CreditCode),
+            ("refused at", $"{r.RefusedStage}, {Local(r.RefusedUnixMs)}"),
+            ("window ends", Local(r.WindowEndsUnixMs)),
+            ("requested", $"{Local(r.RequestedUnixMs)} by {r.RequestedBy}"),
+            ("grounds", r.Grounds),
+            ("reconsideration", status),
+            ("decided", r.DecidedUnixMs == 0 ? "" : $"{Local(r.DecidedUnixMs)} by {r.DecidedBy}"),
+            ("reason", r.Reasons),
+            ("application state", Name(r.ApplicationState)),
+            ("approve with", r.PendingProposalNo == 0 ? "" : $"metering registry approve {r.ApplicationId} --proposal {r.PendingProposalNo}"),
+        ]);
+    }
+
     public static void WriteApplications(IReadOnlyList<Application> applications)
     {
         if (applications.Count == 0)
@@ -134,7 +160,7 @@ internal static class RegistryOutput
 
     /// <summary>A pending four-eyes proposal, with the command that approves it.</summary>
     private static string Proposal(long applicationId, StageProposal p) =>
-        $"proposal {p.ProposalNo}: {p.Stage} {(p.Pass ? "pass" : "reject")}"
+        $"proposal {p.ProposalNo}: {p.Stage} {(p.Stage == "reconsideration" ? "uphold" : p.Pass ? "pass" : "reject")}"
         + (p.VerifiedFp16Gflops > 0 ? $" at {Pflops(p.VerifiedFp16Gflops)} PFLOPS FP16" : "")
         + $" by {p.ProposedBy} at {Local(p.ProposedUnixMs)}; a second operator approves it with: metering registry approve {applicationId} --proposal {p.ProposalNo}";
 
@@ -212,11 +238,12 @@ internal static class RegistryOutput
             return;
         }
 
-        var table = new TextTable("batch", "window opens", "window closes", "validity ends", "notice days", "audit year", "decisions");
+        var table = new TextTable("batch", "window opens", "window closes", "validity ends", "notice days", "audit year", "decisions", "reconsideration days");
         foreach (AdmissionBatch batch in batches)
         {
             table.Add(batch.BatchId, Local(batch.WindowOpensUnixMs), Local(batch.WindowClosesUnixMs), Local(batch.ValidityEndsUnixMs),
-                Count(batch.PublicNoticeDays), Count(batch.AuditReportYear), batch.SingleOperatorDecisions ? "one operator" : "four-eyes");
+                Count(batch.PublicNoticeDays), Count(batch.AuditReportYear), batch.SingleOperatorDecisions ? "one operator" : "four-eyes",
+                Count(batch.ReconsiderationDays));
         }
 
         table.Write(Console.Out);

@@ -25,6 +25,7 @@ internal static class RegistryWorkflowCommands
         Objection(),
         Decide(),
         Approve(),
+        Reconsider(),
         ListApplications(),
         ShowApplication(),
     ];
@@ -238,7 +239,7 @@ internal static class RegistryWorkflowCommands
             Required = true,
         };
         var command = RegistryInput.Subcommand("approve",
-            "Approve the pending proposal of an admission decision or a typed verification figure (four-eyes). Run it with another operator's key than the proposer's (a different subject); "
+            "Approve the pending proposal of an admission decision, a typed verification figure or an upheld reconsideration of a refusal at the decision (four-eyes). Run it with another operator's key than the proposer's (a different subject); "
             + "the stage then takes effect as proposed, checked again as of now.", id, proposal);
         RegistryInput.SetAction(command, parse =>
         {
@@ -246,6 +247,43 @@ internal static class RegistryWorkflowCommands
             return async call => RegistryOutput.WriteApplication(await call.Registry.ApproveProposalAsync(request, call.Options));
         });
         return command;
+    }
+
+    private static Command Reconsider()
+    {
+        var requestId = RegistryInput.ApplicationId();
+        var grounds = RegistryInput.Text("--grounds", "Why the refusal should be reconsidered, 1 to 4000 characters.");
+        var request = RegistryInput.Subcommand("request",
+            "Ask for reconsideration (复核) of your application's refusal, with your grounds. Run it with the applicant's provider key, within the batch's "
+            + "reconsideration days of the refusal (15 unless the batch says otherwise). Each refusal is reconsidered once; the application then awaits an operator.",
+            requestId, grounds);
+        RegistryInput.SetAction(request, parse =>
+        {
+            var call = new RequestReconsiderationRequest { ApplicationId = parse.GetValue(requestId), Grounds = parse.GetValue(grounds)! };
+            return async registry => RegistryOutput.WriteReconsideration(await registry.Registry.RequestReconsiderationAsync(call, registry.Options));
+        });
+
+        var decideId = RegistryInput.ApplicationId();
+        var uphold = new Option<bool>("--uphold")
+        {
+            Description = "Set the refusal aside: the application goes back to the stage it was refused at, or, refused at the decision, on to the admission notice. "
+                + "Upholding a refusal at the decision admits, so unless the batch allows single-operator decisions it is proposed, and a second operator approves it (`registry approve`).",
+        };
+        var dismiss = new Option<bool>("--dismiss") { Description = "Let the refusal stand: the application stays rejected." };
+        var reason = RegistryInput.Text("--reason", "Why, 1 to 4000 characters; recorded in the application's stages and the registry history.");
+        var decide = RegistryInput.Subcommand("decide", "Decide a pending reconsideration (operator), with the reason.", decideId, uphold, dismiss, reason);
+        RegistryInput.ExactlyOne(decide, uphold, dismiss);
+        RegistryInput.SetAction(decide, parse =>
+        {
+            var call = new DecideReconsiderationRequest
+            {
+                ApplicationId = parse.GetValue(decideId),
+                Verdict = parse.GetValue(uphold) ? ReconsiderationVerdict.ReconsiderationUphold : ReconsiderationVerdict.ReconsiderationDismiss,
+                Reasons = parse.GetValue(reason)!,
+            };
+            return async registry => RegistryOutput.WriteReconsideration(await registry.Registry.DecideReconsiderationAsync(call, registry.Options));
+        });
+        return new Command("reconsider", "Reconsideration (复核) of a refusal: the applicant requests it, an operator decides it.") { request, decide };
     }
 
     private static Command ListApplications()

@@ -14,6 +14,9 @@ internal sealed record StageCall(string Stage, bool Pass, long VerifiedFp16Gflop
     public const string Verification = "verification";
     public const string Decision = "decision";
 
+    /// <summary>Upholding a refusal at the decision, which admits (Reconsiderations.cs).</summary>
+    public const string Reconsideration = "reconsideration";
+
     /// <summary>
     /// The admission decision always needs a second operator; verification only when the
     /// operator typed the figure. A figure taken from the capacity service's fleet validation
@@ -75,6 +78,12 @@ public sealed partial class ProviderRegistry
                 WHERE application_id = @applicationId AND proposal_no = @no
                 """, new { by = approver.Subject, now = now.UtcDateTime, applicationId, no = (int)open.ProposalNo }, transaction);
             Actor both = approver with { Subject = $"{open.ProposedBy}, approved by {approver.Subject}" };
+            if (call.Stage == StageCall.Reconsideration)
+            {
+                await UpholdAsync(connection, transaction, both, applicationId, call.Reasons, now);
+                return (await ReadApplicationAsync(connection, transaction, applicationId, details: true))!;
+            }
+
             return await ApplyStageAsync(connection, transaction, both, row, call.Stage, call.Stage, RuleFor(call), now);
         }, cancellationToken);
 
@@ -99,25 +108,35 @@ public sealed partial class ProviderRegistry
             await rule(connection, transaction, row, now);
             await transaction.RollbackAsync(ProposalSavepoint, cancellationToken);
 
-            string? superseded = await RowJsonAsync(connection, transaction, "stage_proposals", "application_id = @id AND closed_as IS NULL", new { id = applicationId }, lockRow: true);
-            await connection.ExecuteAsync("""
-                UPDATE stage_proposals SET closed_as = 'superseded', closed_by = @by, closed_at = @now
-                WHERE application_id = @id AND closed_as IS NULL
-                """, new { by = actor.Subject, now = now.UtcDateTime, id = applicationId }, transaction);
-            int proposalNo = await connection.ExecuteScalarAsync<int>("""
-                INSERT INTO stage_proposals (provider_id, application_id, proposal_no, stage, pass, verified_fp16_gflops, reasons, proposed_by, proposed_at)
-                SELECT @provider, @id, coalesce(max(proposal_no), 0) + 1, @stage, @pass, @verified, @reasons, @by, @now
-                FROM stage_proposals WHERE application_id = @id
-                RETURNING proposal_no
-                """, new { provider = row.ProviderId, id = applicationId, stage = call.Stage, pass = call.Pass, verified = call.VerifiedFp16Gflops, reasons = call.Reasons.Trim(), by = actor.Subject, now = now.UtcDateTime }, transaction);
-            string key = $"{applicationId}/{proposalNo}";
-            await RecordAsync(connection, transaction, actor, now, row.ProviderId, "proposal", key, "propose", superseded,
-                await RowJsonAsync(connection, transaction, "stage_proposals", "application_id = @id AND proposal_no = @proposalNo", new { id = applicationId, proposalNo }));
+            await ProposeAsync(connection, transaction, actor, row.ProviderId, applicationId, call, now);
             return (await ReadApplicationAsync(connection, transaction, applicationId, details: true))!;
         }, cancellationToken);
 
-    private static ApplicationState ExpectedState(string stage) =>
-        stage == StageCall.Decision ? ApplicationState.InPublicNotice : ApplicationState.AwaitingVerification;
+    /// <summary>Records <paramref name="call"/> as the application's pending proposal, superseding an open one, and returns its number.</summary>
+    private static async Task<int> ProposeAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, Actor actor, string providerId, long applicationId, StageCall call, DateTimeOffset now)
+    {
+        string? superseded = await RowJsonAsync(connection, transaction, "stage_proposals", "application_id = @id AND closed_as IS NULL", new { id = applicationId }, lockRow: true);
+        await connection.ExecuteAsync("""
+            UPDATE stage_proposals SET closed_as = 'superseded', closed_by = @by, closed_at = @now
+            WHERE application_id = @id AND closed_as IS NULL
+            """, new { by = actor.Subject, now = now.UtcDateTime, id = applicationId }, transaction);
+        int proposalNo = await connection.ExecuteScalarAsync<int>("""
+            INSERT INTO stage_proposals (provider_id, application_id, proposal_no, stage, pass, verified_fp16_gflops, reasons, proposed_by, proposed_at)
+            SELECT @provider, @id, coalesce(max(proposal_no), 0) + 1, @stage, @pass, @verified, @reasons, @by, @now
+            FROM stage_proposals WHERE application_id = @id
+            RETURNING proposal_no
+            """, new { provider = providerId, id = applicationId, stage = call.Stage, pass = call.Pass, verified = call.VerifiedFp16Gflops, reasons = call.Reasons.Trim(), by = actor.Subject, now = now.UtcDateTime }, transaction);
+        await RecordAsync(connection, transaction, actor, now, providerId, "proposal", $"{applicationId}/{proposalNo}", "propose", superseded,
+            await RowJsonAsync(connection, transaction, "stage_proposals", "application_id = @id AND proposal_no = @proposalNo", new { id = applicationId, proposalNo }));
+        return proposalNo;
+    }
+
+    private static ApplicationState ExpectedState(string stage) => stage switch
+    {
+        StageCall.Decision => ApplicationState.InPublicNotice,
+        StageCall.Reconsideration => ApplicationState.UnderReconsideration,
+        _ => ApplicationState.AwaitingVerification,
+    };
 
     private StageRule RuleFor(StageCall call) => call.Stage == StageCall.Decision ? DecisionRule(call) : VerificationRule(call);
 

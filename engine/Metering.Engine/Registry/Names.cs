@@ -53,6 +53,7 @@ public static class Names
         ApplicationState.AwaitingAdmissionNotice => "awaiting_admission_notice",
         ApplicationState.Admitted => "admitted",
         ApplicationState.Rejected => "rejected",
+        ApplicationState.UnderReconsideration => "under_reconsideration",
         _ => "",
     };
 

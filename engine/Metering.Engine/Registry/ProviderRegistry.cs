@@ -157,6 +157,13 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             throw FilingRules.Invalid("public_notice_days must be 0 to 30 and audit_report_year a year from 2000 to 2100");
         }
 
+        if (batch.ReconsiderationDays > ReconsiderationRules.DaysMax)
+        {
+            throw FilingRules.Invalid($"reconsideration_days must be 1 to {ReconsiderationRules.DaysMax}, or 0 for the programme's {ReconsiderationRules.DaysDefault}");
+        }
+
+        int reconsiderationDays = batch.ReconsiderationDays == 0 ? ReconsiderationRules.DaysDefault : (int)batch.ReconsiderationDays;
+
         DateTimeOffset now = time.GetUtcNow();
         return await InTransactionAsync(async (connection, transaction) =>
         {
@@ -174,11 +181,12 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             }
 
             await connection.ExecuteAsync("""
-                INSERT INTO admission_batches (batch_id, window_opens_at, window_closes_at, validity_ends_at, public_notice_days, audit_report_year, single_operator_decisions)
-                VALUES (@id, @opens, @closes, @ends, @days, @year, @singleOperator)
+                INSERT INTO admission_batches (batch_id, window_opens_at, window_closes_at, validity_ends_at, public_notice_days, audit_report_year, single_operator_decisions,
+                    reconsideration_days)
+                VALUES (@id, @opens, @closes, @ends, @days, @year, @singleOperator, @reconsiderationDays)
                 ON CONFLICT (batch_id) DO UPDATE SET window_opens_at = excluded.window_opens_at, window_closes_at = excluded.window_closes_at,
                     validity_ends_at = excluded.validity_ends_at, public_notice_days = excluded.public_notice_days, audit_report_year = excluded.audit_report_year,
-                    single_operator_decisions = excluded.single_operator_decisions
+                    single_operator_decisions = excluded.single_operator_decisions, reconsideration_days = excluded.reconsideration_days
                 """, new
             {
                 id = batch.BatchId,
@@ -188,10 +196,13 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
                 days = (int)batch.PublicNoticeDays,
                 year = (int)batch.AuditReportYear,
                 singleOperator = batch.SingleOperatorDecisions,
+                reconsiderationDays,
             }, transaction);
             await RecordAsync(connection, transaction, actor, now, null, "batch", batch.BatchId, before is null ? "create" : "change", before,
                 await RowJsonAsync(connection, transaction, "admission_batches", "batch_id = @id", key));
-            return batch.Clone();
+            AdmissionBatch stored = batch.Clone();
+            stored.ReconsiderationDays = (uint)reconsiderationDays;
+            return stored;
         }, cancellationToken);
     }
 
@@ -716,6 +727,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             {
                 string before = (await ApplicationJsonAsync(connection, transaction, id))!;
                 await connection.ExecuteAsync("UPDATE applications SET state = 'rejected' WHERE application_id = @id", new { id }, transaction);
+                await DismissOvertakenAsync(connection, transaction, actor, id, "false materials: " + reasons, now);
                 await AddStageAsync(connection, transaction, code, id, "false_materials", actor, now, "rejected", reasons);
                 await RecordAsync(connection, transaction, actor, now, code, "application", Key(id), "false_materials", before, await ApplicationJsonAsync(connection, transaction, id));
             }
@@ -808,16 +820,19 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         return (await ReadApplicationAsync(connection, transaction, row.ApplicationId, details: true))!;
     }
 
-    private static async Task CheckStillEligibleAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, ApplicationRow row, DateTimeOffset now)
+    private static Task CheckStillEligibleAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, ApplicationRow row, DateTimeOffset now) =>
+        CheckStillEligibleAsync(connection, transaction, row.ProviderId, row.BatchId, now);
+
+    private static async Task CheckStillEligibleAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string providerId, string batchId, DateTimeOffset now)
     {
-        OrganisationRow organisation = await RequireOrganisationAsync(connection, transaction, row.ProviderId, lockRow: false);
-        BatchRow batch = (await ReadBatchesAsync(connection, transaction, row.BatchId)).Single();
+        OrganisationRow organisation = await RequireOrganisationAsync(connection, transaction, providerId, lockRow: false);
+        BatchRow batch = (await ReadBatchesAsync(connection, transaction, batchId)).Single();
         FilingRules.CheckEligibility(new FilingContext(
             organisation,
             batch,
-            await ReadLicencesAsync(connection, transaction, row.ProviderId),
-            await ReadListingsAsync(connection, transaction, row.ProviderId),
-            await connection.ExecuteScalarAsync<string?>("SELECT status FROM voucher_holders WHERE holder_code = @code AND status <> 'left'", new { code = row.ProviderId }, transaction),
+            await ReadLicencesAsync(connection, transaction, providerId),
+            await ReadListingsAsync(connection, transaction, providerId),
+            await connection.ExecuteScalarAsync<string?>("SELECT status FROM voucher_holders WHERE holder_code = @code AND status <> 'left'", new { code = providerId }, transaction),
             now));
     }
 
@@ -949,11 +964,11 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         .Select(r => new ListingRow(code, r.Id, r.List, DateOnly.FromDateTime(r.From), r.Until is { } u ? DateOnly.FromDateTime(u) : null, r.Reason)).ToList();
 
     private static async Task<IReadOnlyList<BatchRow>> ReadBatchesAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string? batchId) =>
-        (await connection.QueryAsync<(string Id, DateTime Opens, DateTime Closes, DateTime Ends, int Days, int Year, bool SingleOperator)>("""
-            SELECT batch_id, window_opens_at, window_closes_at, validity_ends_at, public_notice_days, audit_report_year, single_operator_decisions
+        (await connection.QueryAsync<(string Id, DateTime Opens, DateTime Closes, DateTime Ends, int Days, int Year, bool SingleOperator, int ReconsiderationDays)>("""
+            SELECT batch_id, window_opens_at, window_closes_at, validity_ends_at, public_notice_days, audit_report_year, single_operator_decisions, reconsideration_days
             FROM admission_batches WHERE @id::text IS NULL OR batch_id = @id ORDER BY window_opens_at
             """, new { id = batchId }, transaction))
-        .Select(r => new BatchRow(r.Id, Instant(r.Opens), Instant(r.Closes), Instant(r.Ends), r.Days, r.Year, r.SingleOperator)).ToList();
+        .Select(r => new BatchRow(r.Id, Instant(r.Opens), Instant(r.Closes), Instant(r.Ends), r.Days, r.Year, r.SingleOperator, r.ReconsiderationDays)).ToList();
 
     private static AdmissionBatch ToMessage(BatchRow batch) => new()
     {
@@ -964,6 +979,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         PublicNoticeDays = (uint)batch.PublicNoticeDays,
         AuditReportYear = (uint)batch.AuditReportYear,
         SingleOperatorDecisions = batch.SingleOperatorDecisions,
+        ReconsiderationDays = (uint)batch.ReconsiderationDays,
     };
 
     private sealed record ApplicationRow(long ApplicationId, string ProviderId, string BatchId, string ServiceItem, ApplicationState State, string? Intermediary, DateTimeOffset? NoticeEndsAt, DateTimeOffset? DecidedAt);
@@ -1192,6 +1208,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         {
             string before = (await ApplicationJsonAsync(connection, transaction, id))!;
             await connection.ExecuteAsync("UPDATE applications SET state = 'rejected' WHERE application_id = @id", new { id }, transaction);
+            await DismissOvertakenAsync(connection, transaction, actor, id, $"the admission this application renews was {endKind}", now);
             await AddStageAsync(connection, transaction, code, id, "exit", actor, now, "rejected", $"the admission this application renews was {endKind}; a renewal does not revive it");
             await RecordAsync(connection, transaction, actor, now, code, "application", Key(id), "exit", before, await ApplicationJsonAsync(connection, transaction, id));
         }

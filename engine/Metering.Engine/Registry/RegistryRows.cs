@@ -7,7 +7,8 @@ public sealed record LicenceRow(string ProviderId, string LicenceNumber, string 
 
 public sealed record ListingRow(string ProviderId, long ListingId, string ListName, DateOnly ListedFrom, DateOnly? ListedUntil, string Reason);
 
-public sealed record BatchRow(string BatchId, DateTimeOffset WindowOpensAt, DateTimeOffset WindowClosesAt, DateTimeOffset ValidityEndsAt, int PublicNoticeDays, int AuditReportYear, bool SingleOperatorDecisions = false);
+public sealed record BatchRow(string BatchId, DateTimeOffset WindowOpensAt, DateTimeOffset WindowClosesAt, DateTimeOffset ValidityEndsAt, int PublicNoticeDays, int AuditReportYear, bool SingleOperatorDecisions = false,
+    int ReconsiderationDays = ReconsiderationRules.DaysDefault);
 
 /// <summary>Shenzhen local dates: the guide's dates are Beijing time, which has no daylight saving.</summary>
 public static class ShanghaiTime

@@ -118,6 +118,8 @@ public static class SchemaTables
         // payouts and year-end releases: each row is written once with its ledger entry; a payout is never edited, a mistake is corrected by the bank.
         TableRule.Evidence("payouts"),
         TableRule.Evidence("year_end_releases"),
+        // reconsideration: a request is written once and decided once.
+        TableRule.Advancing("reconsiderations", "outcome", "decided_by", "decided_at", "reasons", "state_after"),
         // The migrator's own bookkeeping; serve reads it to check the schema's version.
         TableRule.ReadOnly("schema_migrations"),
     ];

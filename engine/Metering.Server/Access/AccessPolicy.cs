@@ -41,6 +41,8 @@ internal static class AccessPolicy
         [Method(RegistryService.Descriptor.FullName, "DecideAdmission")] = Operators,
         [Method(RegistryService.Descriptor.FullName, "ApproveProposal")] = Operators,
         [Method(RegistryService.Descriptor.FullName, "IssueAdmissionNotice")] = Operators,
+        [Method(RegistryService.Descriptor.FullName, "RequestReconsideration")] = Providers,
+        [Method(RegistryService.Descriptor.FullName, "DecideReconsideration")] = Operators,
         [Method(RegistryService.Descriptor.FullName, "GetApplication")] = Readers,
         [Method(RegistryService.Descriptor.FullName, "ListApplications")] = Readers,
         [Method(RegistryService.Descriptor.FullName, "FileFeeSchedule")] = Providers,

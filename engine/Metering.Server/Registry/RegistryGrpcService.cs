@@ -58,6 +58,14 @@ internal sealed partial class RegistryGrpcService(ProviderRegistry registry, ILo
     public override Task<Application> IssueAdmissionNotice(IssueAdmissionNoticeRequest request, ServerCallContext context) =>
         Run(context, "IssueAdmissionNotice", (actor, ct) => registry.IssueAdmissionNoticeAsync(actor, request, ct));
 
+    public override Task<Reconsideration> RequestReconsideration(RequestReconsiderationRequest request, ServerCallContext context) =>
+        Run(context, "RequestReconsideration", async (actor, ct) =>
+            ReconsiderationMessages.ToMessage(await registry.RequestReconsiderationAsync(actor, request.ApplicationId, request.Grounds, ct)));
+
+    public override Task<Reconsideration> DecideReconsideration(DecideReconsiderationRequest request, ServerCallContext context) =>
+        Run(context, "DecideReconsideration", async (actor, ct) =>
+            ReconsiderationMessages.ToMessage(await registry.DecideReconsiderationAsync(actor, request.ApplicationId, ReconsiderationMessages.VerdictOf(request.Verdict), request.Reasons, ct)));
+
     public override Task<Application> GetApplication(GetApplicationRequest request, ServerCallContext context) =>
         Run(context, "GetApplication", async (actor, ct) =>
         {
@@ -130,6 +138,12 @@ internal sealed partial class RegistryGrpcService(ProviderRegistry registry, ILo
         {
             LogRefused(logger, method, actor.ToString(), refused.Reason.ToString(), refused.Message);
             throw Errors.From(refused);
+        }
+        catch (ReconsiderationRefusedException refused)
+        {
+            RegistryRefusal reason = ReconsiderationMessages.ReasonFor(refused.Reason);
+            LogRefused(logger, method, actor.ToString(), reason.ToString(), refused.Message);
+            throw Errors.From(new RegistryRefusedException(reason, refused.Message, refused.Metadata));
         }
     }
 

@@ -44,6 +44,8 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
         ["RegistryService/DecideAdmission"] = [O],
         ["RegistryService/ApproveProposal"] = [O],
         ["RegistryService/IssueAdmissionNotice"] = [O],
+        ["RegistryService/RequestReconsideration"] = [P],
+        ["RegistryService/DecideReconsideration"] = [O],
         ["RegistryService/GetApplication"] = [P, O, A, S],
         ["RegistryService/ListApplications"] = [P, O, A, S],
         ["RegistryService/FileFeeSchedule"] = [P],
