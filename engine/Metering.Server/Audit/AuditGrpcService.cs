@@ -446,8 +446,10 @@ internal sealed partial class AuditGrpcService(
         if (actor.Role == Role.Provider && providerId != actor.Subject)
         {
             LogRefused(logger, query, actor.ToString(), "OTHER_PROVIDER", $"named '{providerId}'");
-            throw Errors.Refused(StatusCode.PermissionDenied, ProtocolNames.Of(RegistryRefusal.OtherProvider),
-                $"a provider audits only its own data; {actor.Subject} named '{providerId ?? "every provider"}'");
+            // An empty code means every provider to an auditor, so a provider must name itself.
+            throw Errors.Refused(StatusCode.PermissionDenied, ProtocolNames.Of(RegistryRefusal.OtherProvider), providerId is null
+                ? $"a provider audits only its own data and must name its own credit code; {actor.Subject} named none, which means every provider"
+                : $"a provider audits only its own data; {actor.Subject} named '{providerId}'");
         }
 
         try
