@@ -62,13 +62,14 @@ internal static class AnomalyOutput
         int width = found.Kinds.Select(k => NameOf(k.Kind).Length).DefaultIfEmpty(0).Max();
         foreach (AnomalyKindCount kind in found.Kinds)
         {
-            text.Append(CultureInfo.InvariantCulture, $"  {NameOf(kind.Kind).PadRight(width)}  {N(kind.Found),9}");
-            if (kind.Truncated)
-            {
-                text.Append(CultureInfo.InvariantCulture, $"  {N(kind.Found)} {NameOf(kind.Kind)}, showing the first {N(kind.Shown)} (at most {N(found.AnomaliesPerKindMax)} of a kind are sent; narrow the period to see the rest)");
-            }
+            text.Append(CultureInfo.InvariantCulture, $"  {NameOf(kind.Kind).PadRight(width)}  {N(kind.Found),9}\n");
+        }
 
-            text.Append('\n');
+        // A cut list said in words, so that nobody takes the anomalies below for all of them.
+        foreach (AnomalyKindCount kind in found.Kinds.Where(k => k.Truncated))
+        {
+            text.Append(CultureInfo.InvariantCulture,
+                $"{N(kind.Found)} {NameOf(kind.Kind)}, showing the first {N(kind.Shown)}: at most {N(found.AnomaliesPerKindMax)} of a kind are sent; narrow the period to see the rest.\n");
         }
 
         foreach (Anomaly anomaly in found.Anomalies)
