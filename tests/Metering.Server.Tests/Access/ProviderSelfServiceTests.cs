@@ -128,5 +128,26 @@ public sealed class ProviderSelfServiceTests(PostgresFixture postgres)
         Assert.Equal(4UL, theirs.Total.Records);
     }
 
+    [Fact]
+    public async Task A_provider_key_runs_audit_usage_and_export_on_its_own_code_through_the_cli()
+    {
+        await using AuditScene scene = await SeedAsync(postgres);
+        string path = Path.Combine(Path.GetTempPath(), $"own-{Guid.NewGuid():N}.csv");
+
+        var (usageExit, usage) = await CliProcess.RunAsAsync(scene.Server, TestServer.ProviderKey, "audit", "usage", "--provider", TestRecords.Provider,
+            "--from", "2026-11-20", "--to", "2026-11-20", "--by", "stream");
+        var (exportExit, export) = await CliProcess.RunAsAsync(scene.Server, TestServer.ProviderKey, "audit", "export", "--provider", TestRecords.Provider,
+            "--from", "2026-11-20", "--to", "2026-11-20", "--format", "csv", "--out", path);
+
+        Assert.True((usageExit, exportExit) == (0, 0), usage + export);
+        // Three records of 8 H100 for five minutes: 1,978,800,000 nPFh, 2.000 device-hours; the other provider's eight are not counted.
+        Assert.Matches(@"total\s+3\s+2\.000\s+1\.978800000", usage);
+        Assert.Contains($"Exported 3 records to {path}.", export, StringComparison.Ordinal);
+        string[] lines = await File.ReadAllLinesAsync(path);
+        Assert.Equal(3, lines.Count(l => l.StartsWith(TestRecords.Provider + ",cluster-x,", StringComparison.Ordinal)));
+        Assert.Equal(4, lines.Length);
+        File.Delete(path);
+    }
+
     private static async Task<RpcException> Refused(Task call) => await Assert.ThrowsAsync<RpcException>(() => call);
 }
