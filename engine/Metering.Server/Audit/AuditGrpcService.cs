@@ -540,7 +540,11 @@ internal sealed partial class AuditGrpcService(
                 break;
             case DetectAnomaliesRequest r:
                 RequireCode(r.CreditCode);
-                _ = r.Kinds.Select(EngineKind).ToList();
+                foreach (Protocol.V1.AnomalyKind kind in r.Kinds)
+                {
+                    // Throws for a value that is no kind, so that it is refused before the log.
+                    EngineKind(kind);
+                }
                 break;
             case RenderReportRequest r:
                 RequireCode(r.CreditCode);
