@@ -94,6 +94,8 @@ internal static class Labels
         ["(only the largest {0:N0} groups are shown; the total covers all)"] = "（仅显示最大的 {0:N0} 组；合计涵盖全部）",
         ["{0} anomaly in {1:N0} records."] = "在 {1:N0} 条记录中发现 {0} 项异常。",
         ["{0} anomalies in {1:N0} records."] = "在 {1:N0} 条记录中发现 {0} 项异常。",
+        ["{0:N0} anomalies in {1:N0} records; {2:N0} shown."] = "在 {1:N0} 条记录中发现 {0:N0} 项异常；显示 {2:N0} 项。",
+        ["Anomalies of {0} from {1} to {2}, by kind ({3:N0} records examined):"] = "{0} 自 {1} 至 {2} 的异常，按类型（已检查 {3:N0} 条记录）：",
 
         // registry applications, show.
         ["application"] = "申请",

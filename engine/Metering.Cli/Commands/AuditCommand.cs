@@ -326,8 +326,14 @@ internal static class AuditCommand
         var from = Day("--from", "First day, inclusive");
         var to = Day("--to", "Last day, inclusive");
         var silence = new Option<int>("--silence-minutes") { Description = "A stream that sent neither records nor heartbeats for longer than this is an anomaly.", DefaultValueFactory = _ => 120 };
-        return Client("anomalies", "Run every anomaly detector over a provider and period and list the anomalies with their evidence. Exits 4 when the period holds no records to judge.",
-            [provider, from, to, silence], async (parse, client, headers, ct) =>
+        var kind = new Option<string[]>("--kind")
+        {
+            Description = $"Only this kind (repeat for several): {string.Join(", ", AnomalyOutput.Kinds.Select(k => k.Name))}. Every kind when left out.",
+        };
+        var output = new Option<string>("--output") { Description = "text (the summary by kind, then each anomaly) or json (the DetectAnomaliesResponse in the protobuf JSON mapping).", DefaultValueFactory = _ => "text" };
+        output.AcceptOnlyFromAmong("text", "json");
+        return Client("anomalies", "Run the anomaly detectors over a provider and period: a count per kind first (saying where the per-kind cap of 500 cut a list), then the anomalies with their evidence. Exits 4 when the period holds no records to judge.",
+            [provider, from, to, silence, kind, output], async (parse, client, headers, ct) =>
             {
                 string code = CodeOf(parse, provider);
                 if (parse.GetValue(silence) is < 1 or > 100_000)
@@ -341,42 +347,29 @@ internal static class AuditCommand
                     FromUnixMs = ShanghaiTime.StartOf(ParseDay(parse.GetValue(from)!, "--from")).ToUnixTimeMilliseconds(),
                     UntilUnixMs = ShanghaiTime.StartOf(ParseDay(parse.GetValue(to)!, "--to").AddDays(1)).ToUnixTimeMilliseconds(),
                     SilenceMinutes = (uint)parse.GetValue(silence),
+                    Kinds = { (parse.GetValue(kind) ?? []).Select(AnomalyOutput.Parse).Distinct() },
                 };
                 DetectAnomaliesResponse found = await client.DetectAnomaliesAsync(request, headers, cancellationToken: ct);
+                bool json = parse.GetValue(output) == "json";
+                if (json)
+                {
+                    Console.Write(AnomalyOutput.Json(found));
+                }
+
                 if (found.RecordsExamined == 0 && found.Anomalies.Count == 0)
                 {
                     Console.Error.WriteLine($"{code} has no usage records from {parse.GetValue(from)} to {parse.GetValue(to)}: there was nothing to judge, which is not a clean period.");
                     return NothingToExamineExit;
                 }
 
-                foreach (Protocol.V1.Anomaly anomaly in found.Anomalies)
+                if (!json)
                 {
-                    Console.WriteLine($"{KindName(anomaly.Kind)}  {Local(anomaly.FromUnixMs)} to {Local(anomaly.UntilUnixMs)}  {anomaly.StreamId}");
-                    Console.WriteLine($"  {anomaly.Summary}");
-                    foreach (EvidenceRecord row in anomaly.Evidence)
-                    {
-                        Console.WriteLine($"    {row.StreamId} #{row.Sequence} job {row.JobId} {row.DeviceCount}×{row.DeviceModel} {row.ShareNumerator}/{row.ShareDenominator} {Local(row.StartUnixMs)}–{Local(row.EndUnixMs)} {row.Site} {string.Join(' ', row.DeviceUuids)}");
-                    }
+                    Console.Write(AnomalyOutput.Text(found, code, parse.GetValue(from)!, parse.GetValue(to)!));
                 }
 
-                Console.WriteLine(Labels.Format(found.Anomalies.Count == 1 ? "{0} anomaly in {1:N0} records." : "{0} anomalies in {1:N0} records.", found.Anomalies.Count, found.RecordsExamined));
                 return 0;
             });
     }
-
-    /// <summary>The kind as the engine and the HTML report name it (CapacityExceeded, ...).</summary>
-    private static string KindName(Protocol.V1.AnomalyKind kind) => kind switch
-    {
-        Protocol.V1.AnomalyKind.AnomalyCapacityExceeded => nameof(Engine.Audit.AnomalyKind.CapacityExceeded),
-        Protocol.V1.AnomalyKind.AnomalyDeviceDoubleBooked => nameof(Engine.Audit.AnomalyKind.DeviceDoubleBooked),
-        Protocol.V1.AnomalyKind.AnomalyOutsideAdmission => nameof(Engine.Audit.AnomalyKind.OutsideAdmission),
-        Protocol.V1.AnomalyKind.AnomalyTamperConflict => nameof(Engine.Audit.AnomalyKind.TamperConflict),
-        Protocol.V1.AnomalyKind.AnomalyChainBroken => nameof(Engine.Audit.AnomalyKind.ChainBroken),
-        Protocol.V1.AnomalyKind.AnomalySilentStream => nameof(Engine.Audit.AnomalyKind.SilentStream),
-        Protocol.V1.AnomalyKind.AnomalyUsageSpike => nameof(Engine.Audit.AnomalyKind.UsageSpike),
-        Protocol.V1.AnomalyKind.AnomalyCapacityUnvalidated => nameof(Engine.Audit.AnomalyKind.CapacityUnvalidated),
-        _ => kind.ToString(),
-    };
 
     private static Command Report()
     {

@@ -152,6 +152,7 @@ internal static class SettleCommand
 
         settle.Subcommands.Add(show);
         settle.Subcommands.Add(list);
+        settle.Subcommands.Add(HolderStatementCommand.Create());
         return settle;
     }
 

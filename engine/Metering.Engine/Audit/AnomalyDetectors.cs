@@ -49,6 +49,22 @@ public sealed record Anomaly(
     AnomalyKind Kind, string ProviderId, string? StreamId, long FromUnixMs, long UntilUnixMs, string Summary,
     IReadOnlyList<EvidenceRow> Evidence, int EvidenceTotal, IReadOnlyList<Fact> Facts);
 
+/// <summary>
+/// How many anomalies of one kind a run found in all, and how many it kept: at most
+/// <see cref="DetectorSettings.AnomaliesPerKindMax"/>, the first ones in the kind's order.
+/// </summary>
+public sealed record AnomalyKindCount(AnomalyKind Kind, long Found, int Kept)
+{
+    /// <summary>Whether the per-kind cap cut anomalies of this kind.</summary>
+    public bool Truncated => Found > Kept;
+}
+
+/// <summary>
+/// A detection run: the anomalies kept, grouped by kind in the order of <see cref="AnomalyKind"/>,
+/// and one count per kind that ran, zero counts included, so that a cut list is never read as all.
+/// </summary>
+public sealed record AnomalyFindings(IReadOnlyList<Anomaly> Anomalies, IReadOnlyList<AnomalyKindCount> Kinds, int AnomaliesPerKindMax);
+
 /// <summary>The thresholds of the detectors; every one named and bounded.</summary>
 public sealed record DetectorSettings
 {
@@ -70,7 +86,7 @@ public sealed record DetectorSettings
     /// <summary>Evidence rows kept per anomaly.</summary>
     public int EvidenceRowsMax { get; init; } = 20;
 
-    /// <summary>Anomalies kept per kind; past it the last one says how many more there were.</summary>
+    /// <summary>Anomalies kept per kind; past it the run's count of the kind says how many there were in all.</summary>
     public int AnomaliesPerKindMax { get; init; } = 500;
 
     /// <summary>Most records one detection run loads.</summary>
@@ -132,33 +148,95 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
         public EvidenceRow Evidence() => new(StreamId, Sequence, JobId, HolderCode, DeviceModel, DeviceCount, ShareNumerator, ShareDenominator, StartMs, EndMs, Site, DeviceUuids, UsageNpfh);
     }
 
-    public async Task<IReadOnlyList<Anomaly>> DetectAsync(string providerId, DateTimeOffset from, DateTimeOffset until, CancellationToken cancellationToken)
+    /// <summary>Every detector over the provider and period; the anomalies kept, without the counts.</summary>
+    public async Task<IReadOnlyList<Anomaly>> DetectAsync(string providerId, DateTimeOffset from, DateTimeOffset until, CancellationToken cancellationToken) =>
+        (await FindAsync(providerId, from, until, null, cancellationToken)).Anomalies;
+
+    /// <summary>
+    /// The detectors of <paramref name="kinds"/> (every kind when null or empty) over the provider
+    /// and period, with how many anomalies each kind found in all. A detector whose kind was not
+    /// asked for does not run, and the records and fleet are loaded only when one that reads them does.
+    /// </summary>
+    public async Task<AnomalyFindings> FindAsync(string providerId, DateTimeOffset from, DateTimeOffset until, IReadOnlySet<AnomalyKind>? kinds, CancellationToken cancellationToken)
     {
         if (until <= from || until - from > UsageFilter.PeriodMax)
         {
             throw new ArgumentException($"The period must end after it starts and span at most {UsageFilter.PeriodMax.TotalDays:0} days.");
         }
 
+        bool Wants(AnomalyKind kind) => kinds is null || kinds.Count == 0 || kinds.Contains(kind);
+        bool capacity = Wants(AnomalyKind.CapacityExceeded) || Wants(AnomalyKind.CapacityUnvalidated);
         long fromMs = from.ToUnixTimeMilliseconds();
         long untilMs = until.ToUnixTimeMilliseconds();
         long lookBackMs = (long)LookBack.TotalMilliseconds;
-        List<Usage> records = await LoadAsync(providerId, fromMs - lookBackMs, untilMs, cancellationToken);
-        // Records started at most a look-back before the period and last at most as long, so
-        // every instant they cover lies in [from − look-back, until + look-back).
-        FleetSnapshot fleet = await LoadFleetAsync(dataSource, providerId, fromMs - lookBackMs, untilMs + lookBackMs, cancellationToken);
-        var (exceeded, unvalidated) = Capacity(providerId, records, fromMs, untilMs, fleet);
-        var anomalies = new List<Anomaly>();
-        anomalies.AddRange(Capped(exceeded));
-        anomalies.AddRange(Capped(DoubleBooked(providerId, records, fromMs, untilMs)));
-        anomalies.AddRange(Capped(OutsideAdmission(providerId, records, fromMs, await new AdmissionGate(dataSource).LoadAsync(providerId, cancellationToken))));
-        anomalies.AddRange(Capped(await TamperConflictsAsync(providerId, fromMs, untilMs, cancellationToken)));
-        anomalies.AddRange(Capped(await ChainBreaksAsync(providerId, cancellationToken)));
-        long silenceUntilMs = Math.Min(untilMs, time.GetUtcNow().ToUnixTimeMilliseconds());
-        List<HeartbeatRun> heartbeats = await HeartbeatRunsAsync(providerId, fromMs, silenceUntilMs, cancellationToken);
-        anomalies.AddRange(Capped(Silences(providerId, records, heartbeats, fromMs, silenceUntilMs, await CoveredBeforeAsync(providerId, fromMs, cancellationToken))));
-        anomalies.AddRange(Capped(await SpikesAsync(providerId, from, until, cancellationToken)));
-        anomalies.AddRange(Capped(unvalidated));
-        return anomalies;
+        List<Usage> records = capacity || Wants(AnomalyKind.DeviceDoubleBooked) || Wants(AnomalyKind.OutsideAdmission) || Wants(AnomalyKind.SilentStream)
+            ? await LoadAsync(providerId, fromMs - lookBackMs, untilMs, cancellationToken)
+            : [];
+        Counted? exceeded = null, unvalidated = null;
+        if (capacity)
+        {
+            // Records started at most a look-back before the period and last at most as long, so
+            // every instant they cover lies in [from − look-back, until + look-back).
+            FleetSnapshot fleet = await LoadFleetAsync(dataSource, providerId, fromMs - lookBackMs, untilMs + lookBackMs, cancellationToken);
+            (exceeded, unvalidated) = Capacity(providerId, records, fromMs, untilMs, fleet);
+        }
+
+        var found = new Found(_settings.AnomaliesPerKindMax);
+        found.Add(AnomalyKind.CapacityExceeded, Wants(AnomalyKind.CapacityExceeded) ? exceeded : null);
+        found.Add(AnomalyKind.DeviceDoubleBooked, Wants(AnomalyKind.DeviceDoubleBooked) ? new Counted(DoubleBooked(providerId, records, fromMs, untilMs)) : null);
+        found.Add(AnomalyKind.OutsideAdmission, Wants(AnomalyKind.OutsideAdmission)
+            ? new Counted(OutsideAdmission(providerId, records, fromMs, await new AdmissionGate(dataSource).LoadAsync(providerId, cancellationToken)))
+            : null);
+        found.Add(AnomalyKind.TamperConflict, Wants(AnomalyKind.TamperConflict) ? await TamperConflictsAsync(providerId, fromMs, untilMs, cancellationToken) : null);
+        found.Add(AnomalyKind.ChainBroken, Wants(AnomalyKind.ChainBroken) ? new Counted(await ChainBreaksAsync(providerId, cancellationToken)) : null);
+        if (Wants(AnomalyKind.SilentStream))
+        {
+            long silenceUntilMs = Math.Min(untilMs, time.GetUtcNow().ToUnixTimeMilliseconds());
+            List<HeartbeatRun> heartbeats = await HeartbeatRunsAsync(providerId, fromMs, silenceUntilMs, cancellationToken);
+            found.Add(AnomalyKind.SilentStream,
+                new Counted(Silences(providerId, records, heartbeats, fromMs, silenceUntilMs, await CoveredBeforeAsync(providerId, fromMs, cancellationToken))));
+        }
+
+        found.Add(AnomalyKind.UsageSpike, Wants(AnomalyKind.UsageSpike) ? new Counted(await SpikesAsync(providerId, from, until, cancellationToken)) : null);
+        found.Add(AnomalyKind.CapacityUnvalidated, Wants(AnomalyKind.CapacityUnvalidated) ? unvalidated : null);
+        return new AnomalyFindings(found.Kept, found.Kinds, _settings.AnomaliesPerKindMax);
+    }
+
+    /// <summary>
+    /// A kind's anomalies as a detector hands them over: either every one, to be cut here, or a
+    /// list the detector already cut to the cap with the number it found in all.
+    /// </summary>
+    private sealed record Counted(IEnumerable<Anomaly> Anomalies, long? FoundTotal = null);
+
+    /// <summary>Collects the kinds in order, keeping at most the cap of each and counting them all.</summary>
+    private sealed class Found(int perKindMax)
+    {
+        public List<Anomaly> Kept { get; } = [];
+
+        public List<AnomalyKindCount> Kinds { get; } = [];
+
+        /// <summary>Adds a kind's anomalies and its count; a null means the kind did not run, and it gets no count.</summary>
+        public void Add(AnomalyKind kind, Counted? anomalies)
+        {
+            if (anomalies is null)
+            {
+                return;
+            }
+
+            long found = 0;
+            int kept = 0;
+            foreach (Anomaly anomaly in anomalies.Anomalies)
+            {
+                found++;
+                if (kept < perKindMax)
+                {
+                    Kept.Add(anomaly);
+                    kept++;
+                }
+            }
+
+            Kinds.Add(new AnomalyKindCount(kind, Math.Max(found, anomalies.FoundTotal ?? 0), kept));
+        }
     }
 
     /// <summary>
@@ -177,20 +255,6 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
         catch (FleetHistoryLimitExceededException e)
         {
             throw new AuditLimitExceededException(e.Message);
-        }
-    }
-
-    private IEnumerable<Anomaly> Capped(IEnumerable<Anomaly> anomalies)
-    {
-        int count = 0;
-        foreach (Anomaly anomaly in anomalies)
-        {
-            if (++count > _settings.AnomaliesPerKindMax)
-            {
-                yield break;
-            }
-
-            yield return anomaly;
         }
     }
 
@@ -254,13 +318,14 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
     /// applications declare (what ingest judged such usage against, as the registry stands now)
     /// and the latest validation before the stretch, if any, which had expired.
     /// </summary>
-    private (List<Anomaly> Exceeded, List<Anomaly> Unvalidated) Capacity(string providerId, List<Usage> records, long fromMs, long untilMs, FleetSnapshot fleet)
+    private (Counted Exceeded, Counted Unvalidated) Capacity(string providerId, List<Usage> records, long fromMs, long untilMs, FleetSnapshot fleet)
     {
         var exceeded = new List<Anomaly>();
         var unvalidated = new List<Anomaly>();
+        long exceededFound = 0, unvalidatedFound = 0;
         if (records.Count == 0)
         {
-            return (exceeded, unvalidated);
+            return (new Counted(exceeded), new Counted(unvalidated));
         }
 
         IReadOnlyList<FleetStretch> stretches = fleet.History.Stretches(Math.Min(fromMs, records.Min(r => r.StartMs)), Math.Max(untilMs, records.Max(r => r.EndMs)));
@@ -274,8 +339,8 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
                     long devices = validation.DevicesOf(model);
                     foreach (Overload overload in Overloads(Clip(group, stretch.FromUnixMs, stretch.UntilUnixMs), r => r.DeviceCount, devices))
                     {
-                        // Kept to the per-kind cap here, since the lists are built whole.
-                        if (overload.UntilMs > fromMs && overload.FromMs < untilMs && exceeded.Count < _settings.AnomaliesPerKindMax)
+                        // Kept to the per-kind cap here, since the lists are built whole; counted past it.
+                        if (overload.UntilMs > fromMs && overload.FromMs < untilMs && ++exceededFound <= _settings.AnomaliesPerKindMax)
                         {
                             exceeded.Add(Exceeded(providerId, model, validation, devices, overload));
                         }
@@ -284,7 +349,7 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
                 else
                 {
                     List<Span> spans = Clip(group, Math.Max(stretch.FromUnixMs, fromMs), Math.Min(stretch.UntilUnixMs, untilMs));
-                    if (spans.Count > 0 && unvalidated.Count < _settings.AnomaliesPerKindMax)
+                    if (spans.Count > 0 && ++unvalidatedFound <= _settings.AnomaliesPerKindMax)
                     {
                         long usedFromMs = spans.Min(r => r.StartMs);
                         long usedUntilMs = spans.Max(r => r.EndMs);
@@ -296,7 +361,7 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
             }
         }
 
-        return (exceeded, unvalidated);
+        return (new Counted(exceeded, exceededFound), new Counted(unvalidated, unvalidatedFound));
     }
 
     private Anomaly Exceeded(string providerId, string model, ValidatedFleet validation, long devices, Overload overload)
@@ -549,13 +614,14 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
     }
 
     /// <summary>Rule: every tamper conflict recorded in the period, with the committed record it contradicts.</summary>
-    private async Task<IEnumerable<Anomaly>> TamperConflictsAsync(string providerId, long fromMs, long untilMs, CancellationToken cancellationToken)
+    private async Task<Counted> TamperConflictsAsync(string providerId, long fromMs, long untilMs, CancellationToken cancellationToken)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        var conflicts = await connection.QueryAsync<(long Id, string Stream, long Sequence, byte[] Committed, byte[] Offered, byte[] Canonical, string? Peer, DateTime At)>(new CommandDefinition("""
-            SELECT conflict_id, stream_id, sequence, committed_hash, offered_hash, offered_canonical, peer, detected_at FROM tamper_conflicts
+        // The window counts every conflict of the period before the limit cuts the rows.
+        var conflicts = (await connection.QueryAsync<(long Id, string Stream, long Sequence, byte[] Committed, byte[] Offered, byte[] Canonical, string? Peer, DateTime At, long Total)>(new CommandDefinition("""
+            SELECT conflict_id, stream_id, sequence, committed_hash, offered_hash, offered_canonical, peer, detected_at, count(*) OVER () FROM tamper_conflicts
             WHERE provider_id = @providerId AND detected_at >= @from AND detected_at < @until ORDER BY conflict_id LIMIT @limit
-            """, new { providerId, from = UnixMs.ToDateTime(fromMs), until = UnixMs.ToDateTime(untilMs), limit = _settings.AnomaliesPerKindMax }, cancellationToken: cancellationToken));
+            """, new { providerId, from = UnixMs.ToDateTime(fromMs), until = UnixMs.ToDateTime(untilMs), limit = _settings.AnomaliesPerKindMax }, cancellationToken: cancellationToken))).ToList();
         var anomalies = new List<Anomaly>();
         foreach (var c in conflicts)
         {
@@ -568,7 +634,7 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
                  new("offered_hash", Convert.ToHexStringLower(c.Offered)), new("offered_canonical", Convert.ToHexStringLower(c.Canonical))]));
         }
 
-        return anomalies;
+        return new Counted(anomalies, conflicts.Count == 0 ? 0 : conflicts[0].Total);
     }
 
     /// <summary>Rule: every stream of the provider (proof streams too) is verified whole; each broken chain is one anomaly with the evidence of its first broken link.</summary>

@@ -20,7 +20,7 @@ internal static class AccessPolicy
     private static readonly Role[] BureauReaders = [Role.Operator, Role.Auditor, Role.Settlement];
     private static readonly Role[] Batch = [Role.Settlement];
     private static readonly Role[] Auditors = [Role.Auditor];
-    private static readonly Role[] UsageReaders = [Role.Operator, Role.Auditor, Role.Settlement];
+    private static readonly Role[] UsageReaders = [Role.Provider, Role.Operator, Role.Auditor, Role.Settlement];
 
     private static readonly FrozenDictionary<string, Role[]> AllowedByMethod = new Dictionary<string, Role[]>
     {
@@ -98,15 +98,15 @@ internal static class AccessPolicy
         [Method(SettlementService.Descriptor.FullName, "ListSettlements")] = BureauReaders,
         [Method(SettlementService.Descriptor.FullName, "GetStatement")] = Everyone,
 
-        // Audit reads and never writes. Providers check their own chains, roots and proofs (the
-        // service confines them to their own credit code); settlement reads what its statements
-        // publish; operators what their suspension decisions rest on; bulk export and the query
-        // log stay with auditors.
+        // Audit reads and never writes. Providers check their own chains, roots and proofs and read
+        // and export their own usage (the service confines them to their own credit code);
+        // settlement reads what its statements publish; operators what their suspension decisions
+        // rest on; bulk export of every provider and the query log stay with auditors.
         [Method(AuditService.Descriptor.FullName, "VerifyChain")] = Everyone,
         [Method(AuditService.Descriptor.FullName, "GetMerkleRoot")] = Everyone,
         [Method(AuditService.Descriptor.FullName, "GetInclusionProof")] = Everyone,
         [Method(AuditService.Descriptor.FullName, "QueryUsage")] = UsageReaders,
-        [Method(AuditService.Descriptor.FullName, "ExportUsage")] = Auditors,
+        [Method(AuditService.Descriptor.FullName, "ExportUsage")] = [Role.Provider, Role.Auditor],
         [Method(AuditService.Descriptor.FullName, "DetectAnomalies")] = Overseers,
         [Method(AuditService.Descriptor.FullName, "RenderReport")] = Overseers,
         [Method(AuditService.Descriptor.FullName, "ListAuditQueries")] = Auditors,

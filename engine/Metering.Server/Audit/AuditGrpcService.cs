@@ -186,9 +186,16 @@ internal sealed partial class AuditGrpcService(
             var settings = new DetectorSettings { Silence = request.SilenceMinutes == 0 ? new DetectorSettings().Silence : TimeSpan.FromMinutes(request.SilenceMinutes) };
             DateTimeOffset from = Instant(request.FromUnixMs, "from_unix_ms");
             DateTimeOffset until = Instant(request.UntilUnixMs, "until_unix_ms");
-            IReadOnlyList<EngineAnomaly> anomalies = await new AnomalyDetectors(dataSource, time, settings).DetectAsync(request.CreditCode, from, until, ct);
+            HashSet<EngineAnomalyKind> kinds = request.Kinds.Select(EngineKind).ToHashSet();
+            AnomalyFindings findings = await new AnomalyDetectors(dataSource, time, settings).FindAsync(request.CreditCode, from, until, kinds, ct);
             UsageSummary examined = await new UsageQueries(dataSource).SummariseAsync(new UsageFilter { ProviderId = request.CreditCode, From = from, Until = until }, UsageGrouping.None, 0, ct);
-            return new DetectAnomaliesResponse { Anomalies = { anomalies.Select(ToMessage) }, RecordsExamined = (ulong)examined.Total.Records };
+            return new DetectAnomaliesResponse
+            {
+                Kinds = { findings.Kinds.Select(k => new Protocol.V1.AnomalyKindCount { Kind = WireKind(k.Kind), Found = (ulong)k.Found, Shown = (uint)k.Kept, Truncated = k.Truncated }) },
+                Anomalies = { findings.Anomalies.Select(ToMessage) },
+                RecordsExamined = (ulong)examined.Total.Records,
+                AnomaliesPerKindMax = (uint)findings.AnomaliesPerKindMax,
+            };
         });
 
     public override Task<AuditReport> RenderReport(RenderReportRequest request, ServerCallContext context) =>
@@ -310,20 +317,39 @@ internal sealed partial class AuditGrpcService(
         PflopsHours = t.PflopsHours,
     };
 
+    /// <summary>The engine's kinds and the wire's, one to one.</summary>
+    private static readonly (EngineAnomalyKind Engine, Protocol.V1.AnomalyKind Wire)[] Kinds =
+    [
+        (EngineAnomalyKind.CapacityExceeded, Protocol.V1.AnomalyKind.AnomalyCapacityExceeded),
+        (EngineAnomalyKind.DeviceDoubleBooked, Protocol.V1.AnomalyKind.AnomalyDeviceDoubleBooked),
+        (EngineAnomalyKind.OutsideAdmission, Protocol.V1.AnomalyKind.AnomalyOutsideAdmission),
+        (EngineAnomalyKind.TamperConflict, Protocol.V1.AnomalyKind.AnomalyTamperConflict),
+        (EngineAnomalyKind.ChainBroken, Protocol.V1.AnomalyKind.AnomalyChainBroken),
+        (EngineAnomalyKind.SilentStream, Protocol.V1.AnomalyKind.AnomalySilentStream),
+        (EngineAnomalyKind.UsageSpike, Protocol.V1.AnomalyKind.AnomalyUsageSpike),
+        (EngineAnomalyKind.CapacityUnvalidated, Protocol.V1.AnomalyKind.AnomalyCapacityUnvalidated),
+    ];
+
+    private static Protocol.V1.AnomalyKind WireKind(EngineAnomalyKind kind) =>
+        Kinds.FirstOrDefault(k => k.Engine == kind) is { Wire: not Protocol.V1.AnomalyKind.Unspecified } found
+            ? found.Wire
+            : throw new InvalidOperationException($"Anomaly kind {kind} has no name in the wire contract; add it to audit.proto.");
+
+    /// <summary>The engine's kind of a requested one; anything else (unspecified, or a number no kind has) is refused by name.</summary>
+    private static EngineAnomalyKind EngineKind(Protocol.V1.AnomalyKind kind) =>
+        Kinds.FirstOrDefault(k => k.Wire == kind) is { Wire: not Protocol.V1.AnomalyKind.Unspecified } found
+            ? found.Engine
+            : throw new AnomalyKindUnknownException(
+                $"kinds holds {AnomalyKinds.FindValueByNumber((int)kind)?.Name ?? ((int)kind).ToString(CultureInfo.InvariantCulture)}, which is not an anomaly kind; the kinds are {string.Join(", ", Kinds.Select(k => AnomalyKinds.FindValueByNumber((int)k.Wire).Name))}");
+
+    private static readonly Google.Protobuf.Reflection.EnumDescriptor AnomalyKinds = AuditReflection.Descriptor.FindTypeByName<Google.Protobuf.Reflection.EnumDescriptor>("AnomalyKind");
+
+    /// <summary>A requested anomaly kind that is not one: refused with its own reason, before the query is logged.</summary>
+    private sealed class AnomalyKindUnknownException(string message) : ArgumentException(message);
+
     private static Protocol.V1.Anomaly ToMessage(EngineAnomaly a) => new()
     {
-        Kind = a.Kind switch
-        {
-            EngineAnomalyKind.CapacityExceeded => Protocol.V1.AnomalyKind.AnomalyCapacityExceeded,
-            EngineAnomalyKind.DeviceDoubleBooked => Protocol.V1.AnomalyKind.AnomalyDeviceDoubleBooked,
-            EngineAnomalyKind.OutsideAdmission => Protocol.V1.AnomalyKind.AnomalyOutsideAdmission,
-            EngineAnomalyKind.TamperConflict => Protocol.V1.AnomalyKind.AnomalyTamperConflict,
-            EngineAnomalyKind.ChainBroken => Protocol.V1.AnomalyKind.AnomalyChainBroken,
-            EngineAnomalyKind.SilentStream => Protocol.V1.AnomalyKind.AnomalySilentStream,
-            EngineAnomalyKind.UsageSpike => Protocol.V1.AnomalyKind.AnomalyUsageSpike,
-            EngineAnomalyKind.CapacityUnvalidated => Protocol.V1.AnomalyKind.AnomalyCapacityUnvalidated,
-            _ => throw new InvalidOperationException($"Anomaly kind {a.Kind} has no name in the wire contract; add it to audit.proto."),
-        },
+        Kind = WireKind(a.Kind),
         StreamId = a.StreamId ?? "",
         FromUnixMs = a.FromUnixMs,
         UntilUnixMs = a.UntilUnixMs,
@@ -446,8 +472,10 @@ internal sealed partial class AuditGrpcService(
         if (actor.Role == Role.Provider && providerId != actor.Subject)
         {
             LogRefused(logger, query, actor.ToString(), "OTHER_PROVIDER", $"named '{providerId}'");
-            throw Errors.Refused(StatusCode.PermissionDenied, ProtocolNames.Of(RegistryRefusal.OtherProvider),
-                $"a provider audits only its own data; {actor.Subject} named '{providerId ?? "every provider"}'");
+            // An empty code means every provider to an auditor, so a provider must name itself.
+            throw Errors.Refused(StatusCode.PermissionDenied, ProtocolNames.Of(RegistryRefusal.OtherProvider), providerId is null
+                ? $"a provider audits only its own data and must name its own credit code; {actor.Subject} named none, which means every provider"
+                : $"a provider audits only its own data; {actor.Subject} named '{providerId}'");
         }
 
         try
@@ -457,8 +485,9 @@ internal sealed partial class AuditGrpcService(
         catch (ArgumentException error)
         {
             // Refused before the log: a request that is not one keeps nothing of itself.
-            LogRefused(logger, query, actor.ToString(), ProtocolNames.Of(AuditRefusal.AuditArgumentInvalid), error.Message);
-            throw Errors.Refused(StatusCode.InvalidArgument, ProtocolNames.Of(AuditRefusal.AuditArgumentInvalid), error.Message);
+            string reason = ProtocolNames.Of(error is AnomalyKindUnknownException ? AuditRefusal.AuditAnomalyKindUnknown : AuditRefusal.AuditArgumentInvalid);
+            LogRefused(logger, query, actor.ToString(), reason, error.Message);
+            throw Errors.Refused(StatusCode.InvalidArgument, reason, error.Message);
         }
 
         using IDisposable inFlight = limiter.AdmitAuditCall(actor.Subject);
@@ -511,6 +540,11 @@ internal sealed partial class AuditGrpcService(
                 break;
             case DetectAnomaliesRequest r:
                 RequireCode(r.CreditCode);
+                foreach (Protocol.V1.AnomalyKind kind in r.Kinds)
+                {
+                    // Throws for a value that is no kind, so that it is refused before the log.
+                    EngineKind(kind);
+                }
                 break;
             case RenderReportRequest r:
                 RequireCode(r.CreditCode);

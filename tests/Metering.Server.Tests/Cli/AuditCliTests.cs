@@ -119,8 +119,8 @@ public sealed class AuditCliTests(PostgresFixture postgres)
 
         Assert.Equal((1, 1, 1), (verifyExit, usageExit, exportExit));
         Assert.Contains("refused: PermissionDenied OTHER_PROVIDER", verify, StringComparison.Ordinal);
-        Assert.Contains("refused: PermissionDenied ROLE_NOT_ALLOWED", usage, StringComparison.Ordinal);
-        Assert.Contains("refused: PermissionDenied ROLE_NOT_ALLOWED", export, StringComparison.Ordinal);
+        Assert.Contains("refused: PermissionDenied OTHER_PROVIDER", usage, StringComparison.Ordinal);
+        Assert.Contains("refused: PermissionDenied OTHER_PROVIDER", export, StringComparison.Ordinal);
         // Nothing came back: no chain table, no totals, no file (not even an empty or partial one).
         Assert.DoesNotContain("intact", verify, StringComparison.Ordinal);
         Assert.DoesNotContain("total", usage, StringComparison.Ordinal);

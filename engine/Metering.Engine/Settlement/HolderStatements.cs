@@ -1,0 +1,224 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using Metering.Engine.Vouchers;
+
+namespace Metering.Engine.Settlement;
+
+/// <summary>What one holder's usage at one provider came to over the period.</summary>
+public sealed record HolderProviderTotals(string Provider, long Records, long UsageNpfh, long FeeFen, long VoucherPaidFen, long DeductedFen, long HolderPaysFen);
+
+/// <summary>One subsidy a holder's voucher paid: a claim's hold posted by a settlement run.</summary>
+public sealed record HolderVoucherPayment(DateOnly Day, string Provider, long Claim, long Voucher, string Payee, string PayeeMode, long SubsidyFen);
+
+/// <summary>A settled day that holds a statement of the holder, with the SHA-256 of its canonical CSV.</summary>
+public sealed record HolderStatementSource(DateOnly Day, string Sha256Hex);
+
+/// <summary>
+/// The holder-facing statement of a period: per provider, what the holder's usage cost under its
+/// contracts, what its vouchers paid, and what is left for the holder to pay; then every voucher
+/// payment. It is a reading of the holder's daily statements (settlement.md), which stay the
+/// evidence: each source day is named with its statement's hash.
+/// </summary>
+public sealed record HolderStatement(
+    string Holder, DateOnly From, DateOnly To, IReadOnlyList<HolderStatementSource> Sources,
+    IReadOnlyList<HolderProviderTotals> Providers, IReadOnlyList<HolderVoucherPayment> Payments)
+{
+    public long FeeFen => Providers.Sum(p => p.FeeFen);
+
+    public long VoucherPaidFen => Providers.Sum(p => p.VoucherPaidFen);
+
+    public long HolderPaysFen => Providers.Sum(p => p.HolderPaysFen);
+}
+
+/// <summary>
+/// Builds and renders <see cref="HolderStatement"/>s. Amounts are summed as integers from the
+/// statements' rows; the renderings only format them.
+/// </summary>
+public static class HolderStatements
+{
+    /// <summary>Longest period one holder statement covers, in days: a programme year, leap day included.</summary>
+    public const int PeriodDaysMax = 366;
+
+    /// <summary>The payee mode a subsidy row notes when the provider took the subsidy off the holder's bill.</summary>
+    private const string ProviderDeduction = "provider_deduction";
+
+    /// <summary>
+    /// Sums the holder's daily statements of [from, to] into one statement. Each statement must be
+    /// the holder's own; days without one (the holder had nothing settled then) are simply absent.
+    /// </summary>
+    public static HolderStatement Build(string holder, DateOnly from, DateOnly to, IEnumerable<(PartyStatement Statement, string Sha256Hex)> daily)
+    {
+        if (to < from || to.DayNumber - from.DayNumber + 1 > PeriodDaysMax)
+        {
+            throw new ArgumentException($"A holder statement covers 1 to {PeriodDaysMax} days, from its first day to its last.");
+        }
+
+        var sources = new List<HolderStatementSource>();
+        var rows = new List<(DateOnly Day, StatementRow Row)>();
+        foreach (var (statement, sha256Hex) in daily.OrderBy(d => d.Statement.Day))
+        {
+            if (statement.PartyKind != StatementFormats.HolderKind || statement.Party != holder || statement.Day < from || statement.Day > to)
+            {
+                throw new ArgumentException($"The {statement.PartyKind} statement of {statement.Party} for {StatementFormats.Date(statement.Day)} is not one of holder {holder} in the period.");
+            }
+
+            sources.Add(new HolderStatementSource(statement.Day, sha256Hex));
+            rows.AddRange(statement.Rows.Select(r => (statement.Day, r)));
+        }
+
+        var payments = rows.Where(r => r.Row.Record == "subsidy")
+            .Select(r => new HolderVoucherPayment(r.Day, r.Row.Provider, r.Row.Claim ?? 0, r.Row.Voucher ?? 0, r.Row.Payee, r.Row.Note, r.Row.SubsidyFen ?? 0))
+            .OrderBy(p => p.Day).ThenBy(p => p.Provider, StringComparer.Ordinal).ThenBy(p => p.Claim)
+            .ToList();
+        var providers = rows.Where(r => r.Row.Record is "usage" or "adjustment" or "subsidy")
+            .GroupBy(r => r.Row.Provider, StringComparer.Ordinal)
+            .OrderBy(g => g.Key, StringComparer.Ordinal)
+            .Select(g =>
+            {
+                var usage = g.Where(r => r.Row.Record is "usage" or "adjustment").Select(r => r.Row).ToList();
+                var posted = g.Where(r => r.Row.Record == "subsidy").Select(r => r.Row).ToList();
+                long fee = usage.Sum(r => r.FeeFen ?? 0);
+                long deducted = posted.Where(r => r.Note == ProviderDeduction).Sum(r => r.SubsidyFen ?? 0);
+                return new HolderProviderTotals(g.Key, usage.Sum(r => r.Records ?? 0), usage.Sum(r => r.UsageNpfh ?? 0), fee,
+                    posted.Sum(r => r.SubsidyFen ?? 0), deducted, fee - deducted);
+            })
+            .ToList();
+        return new HolderStatement(holder, from, to, sources, providers, payments);
+    }
+
+    /// <summary>
+    /// The statement as plain text, the one rendering people read; every label is here, so that
+    /// a translation changes this function alone.
+    /// </summary>
+    public static string Text(HolderStatement statement)
+    {
+        var text = new StringBuilder();
+        text.Append(CultureInfo.InvariantCulture, $"Voucher statement for holder {statement.Holder}, {Period(statement)} (Asia/Shanghai)\n");
+        if (statement.Sources.Count == 0)
+        {
+            text.Append("\nNo settled day of the period holds usage or a voucher payment of this holder.\n");
+            return text.ToString();
+        }
+
+        text.Append("\nBy provider\n");
+        var table = new TextRows("provider", "records", "PFLOPS·h", "fees CNY", "vouchers paid CNY", "deducted by provider CNY", "holder pays CNY");
+        foreach (HolderProviderTotals p in statement.Providers)
+        {
+            table.Add(p.Provider, N(p.Records), Pflops(p.UsageNpfh), Pricing.Yuan(p.FeeFen), Pricing.Yuan(p.VoucherPaidFen), Pricing.Yuan(p.DeductedFen), Pricing.Yuan(p.HolderPaysFen));
+        }
+
+        table.WriteTo(text);
+        if (statement.Payments.Count > 0)
+        {
+            text.Append("\nVoucher payments\n");
+            var payments = new TextRows("settled", "provider", "claim", "voucher", "payee", "payee mode", "paid CNY");
+            foreach (HolderVoucherPayment p in statement.Payments)
+            {
+                payments.Add(StatementFormats.Date(p.Day), p.Provider, N(p.Claim), N(p.Voucher), p.Payee, p.PayeeMode, Pricing.Yuan(p.SubsidyFen));
+            }
+
+            payments.WriteTo(text);
+        }
+
+        text.Append("\nTotals\n");
+        text.Append(CultureInfo.InvariantCulture, $"  fees under contracts: {Pricing.Yuan(statement.FeeFen)} CNY\n");
+        text.Append(CultureInfo.InvariantCulture, $"  vouchers paid:        {Pricing.Yuan(statement.VoucherPaidFen)} CNY\n");
+        text.Append(CultureInfo.InvariantCulture, $"  holder pays:          {Pricing.Yuan(statement.HolderPaysFen)} CNY\n");
+        text.Append("\nFrom the holder's daily statements (SHA-256 of each canonical CSV)\n");
+        foreach (HolderStatementSource source in statement.Sources)
+        {
+            text.Append(CultureInfo.InvariantCulture, $"  {StatementFormats.Date(source.Day)}  {source.Sha256Hex}\n");
+        }
+
+        return text.ToString();
+    }
+
+    /// <summary>The same statement as JSON for programs: amounts in fen and usage in nPFh, as integers.</summary>
+    public static string Json(HolderStatement statement)
+    {
+        using var buffer = new MemoryStream();
+        using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
+        {
+            json.WriteStartObject();
+            json.WriteString("format", "metering-holder-statement/1");
+            json.WriteString("holder", statement.Holder);
+            json.WriteString("from", StatementFormats.Date(statement.From));
+            json.WriteString("to", StatementFormats.Date(statement.To));
+            json.WriteNumber("feeFen", statement.FeeFen);
+            json.WriteNumber("voucherPaidFen", statement.VoucherPaidFen);
+            json.WriteNumber("holderPaysFen", statement.HolderPaysFen);
+            json.WriteStartArray("providers");
+            foreach (HolderProviderTotals p in statement.Providers)
+            {
+                json.WriteStartObject();
+                json.WriteString("provider", p.Provider);
+                json.WriteNumber("records", p.Records);
+                json.WriteNumber("usageNpfh", p.UsageNpfh);
+                json.WriteNumber("feeFen", p.FeeFen);
+                json.WriteNumber("voucherPaidFen", p.VoucherPaidFen);
+                json.WriteNumber("deductedFen", p.DeductedFen);
+                json.WriteNumber("holderPaysFen", p.HolderPaysFen);
+                json.WriteEndObject();
+            }
+
+            json.WriteEndArray();
+            json.WriteStartArray("payments");
+            foreach (HolderVoucherPayment p in statement.Payments)
+            {
+                json.WriteStartObject();
+                json.WriteString("day", StatementFormats.Date(p.Day));
+                json.WriteString("provider", p.Provider);
+                json.WriteNumber("claim", p.Claim);
+                json.WriteNumber("voucher", p.Voucher);
+                json.WriteString("payee", p.Payee);
+                json.WriteString("payeeMode", p.PayeeMode);
+                json.WriteNumber("subsidyFen", p.SubsidyFen);
+                json.WriteEndObject();
+            }
+
+            json.WriteEndArray();
+            json.WriteStartArray("sources");
+            foreach (HolderStatementSource source in statement.Sources)
+            {
+                json.WriteStartObject();
+                json.WriteString("day", StatementFormats.Date(source.Day));
+                json.WriteString("sha256", source.Sha256Hex);
+                json.WriteEndObject();
+            }
+
+            json.WriteEndArray();
+            json.WriteEndObject();
+        }
+
+        return Encoding.UTF8.GetString(buffer.ToArray()) + "\n";
+    }
+
+    private static string Period(HolderStatement statement) => statement.From == statement.To
+        ? $"day {StatementFormats.Date(statement.From)}"
+        : $"{StatementFormats.Date(statement.From)} to {StatementFormats.Date(statement.To)}";
+
+    private static string N(long value) => value.ToString("N0", CultureInfo.InvariantCulture);
+
+    /// <summary>nPFh as PFLOPS·h with six decimals, truncated: for reading only.</summary>
+    private static string Pflops(long usageNpfh) => string.Create(CultureInfo.InvariantCulture,
+        $"{usageNpfh / Pricing.NanoPflopsHoursPerPflopsHour:N0}.{usageNpfh % Pricing.NanoPflopsHoursPerPflopsHour / 1_000:000000}");
+
+    /// <summary>A left-aligned table with right-aligned numbers, two spaces between columns.</summary>
+    private sealed class TextRows(params string[] headers)
+    {
+        private readonly List<string[]> _rows = [];
+
+        public void Add(params string[] cells) => _rows.Add(cells);
+
+        public void WriteTo(StringBuilder text)
+        {
+            int[] widths = headers.Select((h, i) => Math.Max(h.Length, _rows.Select(r => r[i].Length).DefaultIfEmpty(0).Max())).ToArray();
+            text.Append("  ").AppendJoin("  ", headers.Select((h, i) => h.PadRight(widths[i]))).Append('\n');
+            foreach (string[] row in _rows)
+            {
+                text.Append("  ").AppendJoin("  ", row.Select((cell, i) => i == 0 || !char.IsAsciiDigit(cell.LastOrDefault()) ? cell.PadRight(widths[i]) : cell.PadLeft(widths[i]))).Append('\n');
+            }
+        }
+    }
+}
