@@ -115,6 +115,8 @@ public static class SchemaTables
         // 0013 sandbox clock: the runtime role moves the offset but cannot mark a database a sandbox.
         new TableRule("sandbox_clock", TableKind.Mutable, "SELECT, UPDATE (offset_ms, advanced_at)"),
         TableRule.Evidence("sandbox_clock_moves"),
+        // batch rules: every version of a batch's rules is written once and never changed.
+        TableRule.Evidence("admission_batch_versions"),
         // The migrator's own bookkeeping; serve reads it to check the schema's version.
         TableRule.ReadOnly("schema_migrations"),
     ];
