@@ -66,11 +66,21 @@ public sealed partial class ProviderRegistry
                 return current;
             }
 
-            bool opened = now >= current.WindowOpensAt;
+            // The window has opened once any version's opening came while that version was in
+            // force: a correction that moves the opening later does not thaw the rules for quiet
+            // changes, while a change made before any opening came stays free.
+            DateTime? openedAt = await connection.ExecuteScalarAsync<DateTime?>("""
+                SELECT min(opens) FROM (
+                    SELECT (rules ->> 'window_opens_at')::timestamptz AS opens, coalesce(lead(recorded_at) OVER (ORDER BY version), @now) AS superseded
+                    FROM admission_batch_versions WHERE batch_id = @id) v
+                WHERE opens <= superseded
+                """, new { id = rules.BatchId, now = now.UtcDateTime }, transaction);
+            DateTimeOffset firstOpens = openedAt is { } at ? Instant(at) : current.WindowOpensAt;
+            bool opened = openedAt is not null;
             if (changed.Count > 0 && opened && reason is null)
             {
                 throw new RegistryRefusedException(RegistryRefusal.BatchRulesFrozen,
-                    $"batch {rules.BatchId}'s filing window opened at {current.WindowOpensAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; its rules ({string.Join(", ", changed)}) change only by a correction that states its reason (correction_reason), recorded as version {current.RulesVersion + 1}",
+                    $"batch {rules.BatchId}'s filing window opened at {firstOpens.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; its rules ({string.Join(", ", changed)}) change only by a correction that states its reason (correction_reason), recorded as version {current.RulesVersion + 1}",
                     new Dictionary<string, string> { ["fields"] = string.Join(",", changed), ["rules_version"] = current.RulesVersion.ToString(System.Globalization.CultureInfo.InvariantCulture) });
             }
 

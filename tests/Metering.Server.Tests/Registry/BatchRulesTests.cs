@@ -175,6 +175,25 @@ public sealed class BatchRulesTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task A_correction_that_moves_the_opening_later_does_not_thaw_the_rules_for_a_quiet_change()
+    {
+        await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
+        AdmissionBatch open = (await scene.Client.ListAdmissionBatchesAsync(new ListAdmissionBatchesRequest(), RegistryScene.Operator)).Batches.Single(b => b.BatchId == RegistryScene.Batch);
+        AdmissionBatch later = open.Clone();
+        later.WindowOpensUnixMs = scene.Clock.Now.AddDays(2).ToUnixTimeMilliseconds();
+        later.CorrectionReason = "The window reopens in two days.";
+        await scene.Client.PutAdmissionBatchAsync(later, RegistryScene.Operator);
+
+        AdmissionBatch quiet = later.Clone();
+        quiet.CorrectionReason = "";
+        quiet.CapacityMinimumGflops = 100_000_000;
+        RpcException refused = await Assert.ThrowsAsync<RpcException>(() => scene.Client.PutAdmissionBatchAsync(quiet, RegistryScene.Operator).ResponseAsync);
+
+        Assert.Equal(("BATCH_RULES_FROZEN", "capacity_minimum_gflops"), (IngestCall.Reason(refused), IngestCall.Metadata(refused, "fields")));
+        Assert.Equal(300_000_000L, await scene.Server.ScalarAsync<long>("SELECT capacity_minimum_gflops FROM admission_batches WHERE batch_id = @batch", new { batch = RegistryScene.Batch }));
+    }
+
+    [Fact]
     public async Task A_setting_changes_on_an_open_batch_without_a_new_version_of_its_rules()
     {
         await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
