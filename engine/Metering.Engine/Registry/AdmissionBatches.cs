@@ -1,3 +1,4 @@
+using System.Globalization;
 using Dapper;
 using Metering.Engine.Access;
 using Metering.Protocol.V1;
@@ -81,7 +82,7 @@ public sealed partial class ProviderRegistry
             {
                 throw new RegistryRefusedException(RegistryRefusal.BatchRulesFrozen,
                     $"batch {rules.BatchId}'s filing window opened at {firstOpens.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; its rules ({string.Join(", ", changed)}) change only by a correction that states its reason (correction_reason), recorded as version {current.RulesVersion + 1}",
-                    new Dictionary<string, string> { ["fields"] = string.Join(",", changed), ["rules_version"] = current.RulesVersion.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+                    new Dictionary<string, string> { ["fields"] = string.Join(",", changed), ["rules_version"] = current.RulesVersion.ToString(CultureInfo.InvariantCulture) });
             }
 
             if (changed.Contains("validity_ends") && await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM applications WHERE batch_id = @id)", key, transaction))

@@ -1165,8 +1165,6 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
 
     private static string Date(DateOnly date) => date.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
 
-    private static DateTime Utc(long unixMs) => DateTimeOffset.FromUnixTimeMilliseconds(unixMs).UtcDateTime;
-
     private static DateTimeOffset Instant(DateTime utc) => new(DateTime.SpecifyKind(utc, DateTimeKind.Utc));
 
     private static string Key(long id) => id.ToString(CultureInfo.InvariantCulture);
