@@ -47,7 +47,7 @@ internal static class Admissions
     {
         var clock = new ManualClock(AdmittedAt);
         var registry = new ProviderRegistry(dataSource, DeviceCatalog.LoadEmbedded(), clock);
-        await registry.PutBatchAsync(Operator, TestBatch(), CancellationToken.None);
+        await registry.PutBatchAsync(Operator, TestBatch(), singleOperatorDecisions: false, reconsiderationDays: 0, correctionReason: null, CancellationToken.None);
         foreach (string code in new[] { TestRecords.Provider, TestRecords.OtherProvider })
         {
             await AdmitAsync(dataSource, registry, clock, code, $"Test provider {code[^4..]}", filing: SeededFleetFiling(code));
@@ -64,15 +64,37 @@ internal static class Admissions
             await Issue(Role.Operator, "operator-two"));
     }
 
-    public static AdmissionBatch TestBatch() => new()
+    public static BatchRules TestBatch() => new(
+        Batch,
+        new DateTimeOffset(2024, 1, 1, 0, 0, 0, TimeSpan.FromHours(8)),
+        new DateTimeOffset(2024, 12, 31, 0, 0, 0, TimeSpan.FromHours(8)),
+        ValidityEndsAt,
+        PublicNoticeDays: 0,
+        CapacityMinimumGflops: GuideCapacityMinimumGflops,
+        MaterialsRequired: BatchRules.Materials,
+        AuditReportYear: 2023,
+        AuditReportPriorYearWithReason: true,
+        CapitalVerificationForNewEntities: true,
+        VoucherProgrammeYear: 2025);
+
+    /// <summary>The 2025 guide's bar: 300P FLOPS (FP16), in GFLOPS.</summary>
+    public const long GuideCapacityMinimumGflops = 300_000_000;
+
+    /// <summary>
+    /// Gives a batch the 2025 guide's rules beside its own window and years: the 300 PFLOPS bar,
+    /// all eight materials, the year before with a reason, capital verification optional for an
+    /// organisation under a year old, and the 2025 voucher parameters.
+    /// </summary>
+    public static AdmissionBatch WithGuideRules(this AdmissionBatch batch)
     {
-        BatchId = Batch,
-        WindowOpensUnixMs = new DateTimeOffset(2024, 1, 1, 0, 0, 0, TimeSpan.FromHours(8)).ToUnixTimeMilliseconds(),
-        WindowClosesUnixMs = new DateTimeOffset(2024, 12, 31, 0, 0, 0, TimeSpan.FromHours(8)).ToUnixTimeMilliseconds(),
-        ValidityEndsUnixMs = ValidityEndsAt.ToUnixTimeMilliseconds(),
-        PublicNoticeDays = 0,
-        AuditReportYear = 2023,
-    };
+        batch.CapacityMinimumGflops = GuideCapacityMinimumGflops;
+        batch.MaterialsRequired.Clear();
+        batch.MaterialsRequired.Add(Enum.GetValues<MaterialKind>().Where(kind => kind != MaterialKind.Unspecified));
+        batch.AuditReportPriorYearWithReason = true;
+        batch.CapitalVerificationForNewEntities = true;
+        batch.VoucherProgrammeYear = 2025;
+        return batch;
+    }
 
     /// <summary>Registers, licenses, proves metering for, files, reviews, verifies, notices, decides and admits one provider.</summary>
     public static async Task<Application> AdmitAsync(NpgsqlDataSource dataSource, ProviderRegistry registry, TimeProvider clock, string code, string name, string serviceItem = ServiceItem,

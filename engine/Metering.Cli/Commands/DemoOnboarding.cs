@@ -42,14 +42,23 @@ internal static class DemoOnboarding
         var registry = new RegistryService.RegistryServiceClient(channel);
         Metadata asOperator = Bearer(operatorKey);
 
+        // The demo's batch takes the rules of the batch seeded from the 2025 guide (the bar, the
+        // materials, the report's years), in a window around the demo's simulated dates.
+        uint auditYear = (uint)(filedAt.AddDays(-1).ToOffset(ShanghaiTime.Offset).Year - 1);
+        AdmissionBatch guide = (await registry.ListAdmissionBatchesAsync(new ListAdmissionBatchesRequest(), asOperator, cancellationToken: cancellationToken)).Batches.Single(b => b.BatchId == "2025");
         await registry.PutAdmissionBatchAsync(new AdmissionBatch
         {
             BatchId = "demo",
             WindowOpensUnixMs = filedAt.AddDays(-1).ToUnixTimeMilliseconds(),
             WindowClosesUnixMs = filedAt.AddDays(20).ToUnixTimeMilliseconds(),
             ValidityEndsUnixMs = dayStart.AddDays(60).ToUnixTimeMilliseconds(),
-            PublicNoticeDays = 5,
-            AuditReportYear = (uint)(filedAt.Year - 1),
+            PublicNoticeDays = guide.PublicNoticeDays,
+            AuditReportYear = auditYear,
+            CapacityMinimumGflops = guide.CapacityMinimumGflops,
+            MaterialsRequired = { guide.MaterialsRequired },
+            AuditReportPriorYearWithReason = guide.AuditReportPriorYearWithReason,
+            CapitalVerificationForNewEntities = guide.CapitalVerificationForNewEntities,
+            VoucherProgrammeYear = guide.VoucherProgrammeYear,
         }, asOperator, cancellationToken: cancellationToken);
         await registry.RegisterOrganisationAsync(new RegisterOrganisationRequest
         {
@@ -73,7 +82,7 @@ internal static class DemoOnboarding
             CreditCode = provider,
             ServiceItem = ServiceItem,
             FinancialReportKind = FinancialReportKind.AuditReport,
-            AuditReportYear = (uint)(filedAt.Year - 1),
+            AuditReportYear = auditYear,
             ServiceContent = "GPU clusters for model training, rented by the card-hour.",
             ServiceStandards = "99.9% monthly availability; every job metered per 5-minute interval.",
             MeteringProofStream = "proof:onboarding",

@@ -149,57 +149,36 @@ internal static class RegistryCommand
 
     private static Command BatchCommand()
     {
-        var id = RegistryInput.Text("--id", "The batch id, 1 to 32 characters from [A-Za-z0-9._-], for example 2025.");
-        var opens = RegistryInput.LocalTime("--opens", "Applications are taken from this time, inclusive");
-        var closes = RegistryInput.LocalTime("--closes", "Applications are taken until this time, exclusive; the 2025 batch closed at \"2025-04-07 18:00\"");
-        var validityEnds = RegistryInput.LocalTime("--validity-ends", "Admission under the batch is valid until this time, exclusive; for the 2025 batch \"2027-01-01 00:00\", the end of 2026");
-        var noticeDays = RegistryInput.Number("--notice-days", "Days of consultation and public notice, 0 to 30.", 0, 30, 5);
-        var auditYear = new Option<int?>("--audit-year")
+        var rules = new Option<FileInfo>("--rules")
         {
-            Description = "The fiscal year of the audited financial report applicants file; the year before is accepted with a stated reason. Defaults to the year before the window opens.",
+            Description = "The batch and its rules as JSON: batchId, windowOpens, windowCloses, validityEnds, publicNoticeDays, capacityMinimumGflops, "
+                + "materialsRequired, auditReportYear, auditReportPriorYearWithReason, capitalVerificationForNewEntities, voucherProgrammeYear and, "
+                + "optionally, singleOperatorDecisions and reconsiderationDays. See samples/Registry/batch-2027.json and samples/Registry/README.md.",
+            Required = true,
         };
-        auditYear.Validators.Add(result =>
-        {
-            if (result.GetValueOrDefault<int?>() is { } year && year is < 2000 or > 2100)
-            {
-                result.AddError($"--audit-year must be a year from 2000 to 2100, not {year}.");
-            }
-        });
-        var singleOperator = new Option<bool>("--single-operator-decisions")
-        {
-            Description = "Let one operator decide admission and type verification figures alone (four-eyes off), for a bureau with a single operator.",
-        };
-        var reconsiderationDays = RegistryInput.Number("--reconsideration-days",
-            $"Days from a refusal within which the applicant may ask for its reconsideration (复核), 1 to {ReconsiderationRules.DaysMax}; the guide names none, and {ReconsiderationRules.DaysDefault} is the programme's choice.",
-            1, ReconsiderationRules.DaysMax, ReconsiderationRules.DaysDefault);
-        var put = RegistryInput.Subcommand("put", "Create an admission batch, or replace every setting of an existing one (a batch with applications keeps its validity end).",
-            id, opens, closes, validityEnds, noticeDays, auditYear, singleOperator, reconsiderationDays);
+        var reason = RegistryInput.Text("--reason",
+            "Why the rules change: required to change the rules of a batch whose filing window has opened (a correction, recorded as a new version with this reason).",
+            required: false);
+        var put = RegistryInput.Subcommand("put",
+            "Open an admission batch from a rules file, or change one. Once the batch's filing window has opened its rules change only by a correction with --reason; "
+            + "a batch with applications keeps its validity end. A file that states the rules in force changes nothing.",
+            rules, reason);
         RegistryInput.SetAction(put, parse =>
         {
-            DateTimeOffset opensAt = parse.GetValue(opens)!.Value;
-            var batch = new AdmissionBatch
-            {
-                BatchId = parse.GetValue(id)!,
-                WindowOpensUnixMs = opensAt.ToUnixTimeMilliseconds(),
-                WindowClosesUnixMs = parse.GetValue(closes)!.Value.ToUnixTimeMilliseconds(),
-                ValidityEndsUnixMs = parse.GetValue(validityEnds)!.Value.ToUnixTimeMilliseconds(),
-                PublicNoticeDays = (uint)parse.GetValue(noticeDays),
-                AuditReportYear = (uint)(parse.GetValue(auditYear) ?? opensAt.ToOffset(ShanghaiTime.Offset).Year - 1),
-                SingleOperatorDecisions = parse.GetValue(singleOperator),
-                ReconsiderationDays = (uint)parse.GetValue(reconsiderationDays),
-            };
+            AdmissionBatch batch = BatchRulesFile.Read(parse.GetValue(rules)!);
+            batch.CorrectionReason = parse.GetValue(reason)!.Trim();
             return async call =>
             {
                 AdmissionBatch saved = await call.Registry.PutAdmissionBatchAsync(batch, call.Options);
-                Console.WriteLine($"Saved batch {saved.BatchId}.");
+                Console.WriteLine($"Saved batch {saved.BatchId}, rules version {saved.RulesVersion}.");
                 RegistryOutput.WriteBatches([saved]);
             };
         });
 
-        var list = RegistryInput.Subcommand("list", "List the admission batches by window start.");
+        var list = RegistryInput.Subcommand("list", "List the admission batches by window start, with the version of their rules in force.");
         RegistryInput.SetAction(list, _ => async call =>
             RegistryOutput.WriteBatches((await call.Registry.ListAdmissionBatchesAsync(new ListAdmissionBatchesRequest(), call.Options)).Batches));
-        return new Command("batch", "Admission batches: when applications are taken and until when admission is valid.") { put, list };
+        return new Command("batch", "Admission batches and their rules: when applications are taken, until when admission is valid, and what a filing must meet.") { put, list };
     }
 
     private static Command ItemCommand()

@@ -238,15 +238,25 @@ internal static class RegistryOutput
             return;
         }
 
-        var table = new TextTable("batch", "window opens", "window closes", "validity ends", "notice days", "audit year", "decisions", "reconsideration days");
+        var table = new TextTable("batch", "rules", "window opens", "window closes", "validity ends", "notice days", "bar PFLOPS", "audit year", "voucher year", "decisions", "reconsideration days");
         foreach (AdmissionBatch batch in batches)
         {
-            table.Add(batch.BatchId, Local(batch.WindowOpensUnixMs), Local(batch.WindowClosesUnixMs), Local(batch.ValidityEndsUnixMs),
-                Count(batch.PublicNoticeDays), Count(batch.AuditReportYear), batch.SingleOperatorDecisions ? "one operator" : "four-eyes",
-                Count(batch.ReconsiderationDays));
+            table.Add(batch.BatchId, $"v{batch.RulesVersion}", Local(batch.WindowOpensUnixMs), Local(batch.WindowClosesUnixMs), Local(batch.ValidityEndsUnixMs),
+                Count(batch.PublicNoticeDays), FilingRules.Pflops(batch.CapacityMinimumGflops),
+                batch.AuditReportPriorYearWithReason ? $"{batch.AuditReportYear} (or {batch.AuditReportYear - 1} with a reason)" : Count(batch.AuditReportYear),
+                Count(batch.VoucherProgrammeYear), batch.SingleOperatorDecisions ? "one operator" : "four-eyes", Count(batch.ReconsiderationDays));
         }
 
         table.Write(Console.Out);
+        foreach (AdmissionBatch batch in batches)
+        {
+            Console.WriteLine();
+            Console.WriteLine($"Batch {batch.BatchId}, rules version {batch.RulesVersion}, recorded by {batch.RulesRecordedBy} at {Local(batch.RulesRecordedUnixMs)}"
+                + (batch.CorrectionReason.Length > 0 ? $" (correction: {batch.CorrectionReason})" : ""));
+            Console.WriteLine($"  materials required: {string.Join(", ", batch.MaterialsRequired.Select(Names.Of))}");
+            Console.WriteLine($"  capital verification in place of the audit report, for an organisation under a year old: {(batch.CapitalVerificationForNewEntities ? "accepted" : "not accepted")}");
+            Console.WriteLine($"  least annual rental of a holder ({batch.VoucherProgrammeYear} programme parameters): {Yuan(batch.MinAnnualRentalFen)} CNY");
+        }
     }
 
     // ---------------------------------------------------------------- history

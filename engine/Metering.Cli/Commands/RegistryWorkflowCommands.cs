@@ -142,7 +142,7 @@ internal static class RegistryWorkflowCommands
                 result.AddError("--verified-gflops cannot be negative.");
             }
         });
-        var pass = new Option<bool>("--pass") { Description = $"Verification confirms the capacity; it must be at least {FilingRules.Pflops(FilingRules.CapacityMinimumGflops)} PFLOPS." };
+        var pass = new Option<bool>("--pass") { Description = "Verification confirms the capacity; it must reach the batch's capacity bar (`registry batch list`)." };
         var reject = new Option<bool>("--reject") { Description = "Reject the application at verification (needs --reasons)." };
         var reasons = Reasons("The verifier's report or why it failed; required with --reject.");
         var command = RegistryInput.Subcommand("verify", "Record the commissioned verification of an application awaiting it, with the verified capacity. "

@@ -15,15 +15,13 @@ public sealed record FilingContext(
 
 /// <summary>
 /// The admission guide's filing rules (sections 四 and 五), as pure checks: each broken rule
-/// throws its own refusal. Order matters only for which refusal a filing that breaks several
-/// rules sees first; eligibility comes before paperwork.
+/// throws its own refusal. The figures (the capacity bar, the materials, the report's years,
+/// whether capital verification is taken) are the application's batch's rules, never constants
+/// here. Order matters only for which refusal a filing that breaks several rules sees first;
+/// eligibility comes before paperwork.
 /// </summary>
 public static class FilingRules
 {
-    /// <summary>The programme's capacity bar: 300 PFLOPS of dense FP16, in GFLOPS.</summary>
-    public const long CapacityMinimumGflops = 300_000_000;
-
-    public const int MaterialKinds = 8;
     public const int CapacityLinesMax = 1_000;
     public const int FeeLinesMax = 200;
     public const long PriceFenMax = 1_000_000_000_000;
@@ -144,13 +142,19 @@ public static class FilingRules
         CheckMaterials(request, organisation, batch, filedOn);
 
         long declared = DeclaredGflops(request.Capacity, catalog);
-        if (declared < CapacityMinimumGflops)
+        CheckCapacity(batch, declared, "declared");
+        return declared;
+    }
+
+    /// <summary>Refuses a declared or verified capacity below the batch's bar.</summary>
+    public static void CheckCapacity(BatchRow batch, long gflops, string which, string source = "")
+    {
+        if (gflops < batch.Rules.CapacityMinimumGflops)
         {
             throw new RegistryRefusedException(RegistryRefusal.CapacityBelowMinimum,
-                $"declared FP16 capacity is {Pflops(declared)} PFLOPS; the programme requires at least 300");
+                $"{which} FP16 capacity is {Pflops(gflops)} PFLOPS{source}; batch {batch.BatchId} requires at least {Pflops(batch.Rules.CapacityMinimumGflops)}",
+                new Dictionary<string, string> { ["capacity_minimum_gflops"] = batch.Rules.CapacityMinimumGflops.ToString(CultureInfo.InvariantCulture) });
         }
-
-        return declared;
     }
 
     /// <summary>
@@ -193,47 +197,51 @@ public static class FilingRules
 
     private static void CheckMaterials(FileApplicationRequest request, OrganisationRow organisation, BatchRow batch, DateOnly filedOn)
     {
+        BatchRules rules = batch.Rules;
         bool publicInstitution = organisation.LegalForm == "public_institution";
-        var filed = request.Materials.Select(m => m.Kind).ToHashSet();
-        if (!publicInstitution && !filed.Contains(MaterialKind.TaxCertificate))
+        var filed = request.Materials.Select(m => Names.Of(m.Kind)).ToHashSet();
+        string tax = Names.Of(MaterialKind.TaxCertificate);
+        if (!publicInstitution && rules.Requires(tax) && !filed.Contains(tax))
         {
             throw new RegistryRefusedException(RegistryRefusal.TaxCertificateMissing,
                 $"a tax certificate is required of every applicant but a public institution, and {organisation.ProviderId} is {Names.Article(organisation.LegalForm)}",
-                new Dictionary<string, string> { ["kind"] = Names.Of(MaterialKind.TaxCertificate) });
+                new Dictionary<string, string> { ["kind"] = tax });
         }
 
-        foreach (MaterialKind kind in Enum.GetValues<MaterialKind>())
+        foreach (string kind in rules.MaterialsRequired)
         {
-            if (kind == MaterialKind.Unspecified || (kind == MaterialKind.TaxCertificate && publicInstitution))
+            if (!filed.Contains(kind) && !(kind == tax && publicInstitution))
             {
-                continue;
-            }
-
-            if (!filed.Contains(kind))
-            {
-                throw new RegistryRefusedException(RegistryRefusal.MaterialMissing, $"the {Names.Of(kind)} material is missing",
-                    new Dictionary<string, string> { ["kind"] = Names.Of(kind) });
+                throw new RegistryRefusedException(RegistryRefusal.MaterialMissing, $"the {kind} material is missing; batch {batch.BatchId} requires {string.Join(", ", rules.MaterialsRequired)}",
+                    new Dictionary<string, string> { ["kind"] = kind });
             }
         }
 
+        if (rules.Requires(Names.Of(MaterialKind.FinancialReport)))
+        {
+            CheckFinancialReport(request, organisation, batch, filedOn, publicInstitution);
+        }
+    }
+
+    /// <summary>
+    /// The financial report's kind and year. An organisation established under a year before
+    /// filing may file a capital verification report where the batch allows it (the guide's
+    /// 可提供: optional, so it may file an audit report instead); no one else may.
+    /// </summary>
+    private static void CheckFinancialReport(FileApplicationRequest request, OrganisationRow organisation, BatchRow batch, DateOnly filedOn, bool publicInstitution)
+    {
+        BatchRules rules = batch.Rules;
         bool underAYear = organisation.EstablishedOn > filedOn.AddYears(-1);
-        FinancialReportKind report = request.FinancialReportKind;
-        if (underAYear)
+        switch (request.FinancialReportKind)
         {
-            if (report != FinancialReportKind.CapitalVerification)
-            {
-                throw new RegistryRefusedException(RegistryRefusal.CapitalVerificationRequired,
-                    $"{organisation.ProviderId} was established on {organisation.EstablishedOn:yyyy-MM-dd}, under a year before filing: file a capital verification report as the financial report");
-            }
-
-            return;
-        }
-
-        switch (report)
-        {
+            case FinancialReportKind.CapitalVerification when !rules.CapitalVerificationForNewEntities:
+                throw new RegistryRefusedException(RegistryRefusal.CapitalVerificationNotAccepted,
+                    $"batch {batch.BatchId} takes no capital verification report in place of the audit report; file an audit report for {rules.AuditReportYear}");
+            case FinancialReportKind.CapitalVerification when !underAYear:
+                throw new RegistryRefusedException(RegistryRefusal.CapitalVerificationNotAccepted,
+                    $"a capital verification report stands in for the audit report only for an organisation established under a year before filing; {organisation.ProviderId} was established on {organisation.EstablishedOn:yyyy-MM-dd}");
             case FinancialReportKind.CapitalVerification:
-                throw new RegistryRefusedException(RegistryRefusal.AuditReportYearInvalid,
-                    $"a capital verification report stands in for the audit report only for an organisation established under a year ago; {organisation.ProviderId} was established on {organisation.EstablishedOn:yyyy-MM-dd}");
+                return;
             case FinancialReportKind.FinalAccounts when !publicInstitution:
                 throw Invalid("financial_report_kind FINAL_ACCOUNTS is for public institutions; file an AUDIT_REPORT");
             case FinancialReportKind.AuditReport:
@@ -244,24 +252,26 @@ public static class FilingRules
         }
 
         int year = (int)request.AuditReportYear;
-        if (year == batch.AuditReportYear)
+        if (year == rules.AuditReportYear)
         {
             return;
         }
 
-        if (year == batch.AuditReportYear - 1)
+        string alternatives = underAYear && rules.CapitalVerificationForNewEntities ? "; an organisation under a year old may file a capital verification report instead" : "";
+        if (year == rules.AuditReportYear - 1 && rules.AuditReportPriorYearWithReason)
         {
             if (string.IsNullOrWhiteSpace(request.AuditReportReason))
             {
                 throw new RegistryRefusedException(RegistryRefusal.AuditReportYearInvalid,
-                    $"a {year} report is accepted in place of the {batch.AuditReportYear} one only with a stated reason (audit_report_reason)");
+                    $"a {year} report is accepted in place of the {rules.AuditReportYear} one only with a stated reason (audit_report_reason){alternatives}");
             }
 
             return;
         }
 
+        string accepted = rules.AuditReportPriorYearWithReason ? $"{rules.AuditReportYear}, or {rules.AuditReportYear - 1} with a stated reason" : $"{rules.AuditReportYear} (batch {batch.BatchId} takes no earlier year)";
         throw new RegistryRefusedException(RegistryRefusal.AuditReportYearInvalid,
-            $"the financial report must be for {batch.AuditReportYear}, or {batch.AuditReportYear - 1} with a stated reason; this one is for {(year == 0 ? "no year" : year.ToString(CultureInfo.InvariantCulture))}");
+            $"the financial report must be for {accepted}; this one is for {(year == 0 ? "no year" : year.ToString(CultureInfo.InvariantCulture))}{alternatives}");
     }
 
     private static void CheckMaterial(Material material)

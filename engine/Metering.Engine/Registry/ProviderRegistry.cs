@@ -141,77 +141,6 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         }, cancellationToken);
     }
 
-    public async Task<AdmissionBatch> PutBatchAsync(Actor actor, AdmissionBatch batch, CancellationToken cancellationToken)
-    {
-        Names.CheckBatchId(batch.BatchId);
-        CheckInstant("window_opens_unix_ms", batch.WindowOpensUnixMs);
-        CheckInstant("window_closes_unix_ms", batch.WindowClosesUnixMs);
-        CheckInstant("validity_ends_unix_ms", batch.ValidityEndsUnixMs);
-        if (batch.WindowClosesUnixMs <= batch.WindowOpensUnixMs || batch.ValidityEndsUnixMs <= batch.WindowClosesUnixMs)
-        {
-            throw new RegistryRefusedException(RegistryRefusal.PeriodInvalid, "a batch's window must close after it opens, and its validity must end after the window closes");
-        }
-
-        if (batch.PublicNoticeDays > 30 || batch.AuditReportYear is < 2000 or > 2100)
-        {
-            throw FilingRules.Invalid("public_notice_days must be 0 to 30 and audit_report_year a year from 2000 to 2100");
-        }
-
-        if (batch.ReconsiderationDays > ReconsiderationRules.DaysMax)
-        {
-            throw FilingRules.Invalid($"reconsideration_days must be 1 to {ReconsiderationRules.DaysMax}, or 0 for the programme's {ReconsiderationRules.DaysDefault}");
-        }
-
-        int reconsiderationDays = batch.ReconsiderationDays == 0 ? ReconsiderationRules.DaysDefault : (int)batch.ReconsiderationDays;
-
-        DateTimeOffset now = time.GetUtcNow();
-        return await InTransactionAsync(async (connection, transaction) =>
-        {
-            var key = new { id = batch.BatchId };
-            string? before = await RowJsonAsync(connection, transaction, "admission_batches", "batch_id = @id", key, lockRow: true);
-            if (before is not null)
-            {
-                long validityMs = await connection.ExecuteScalarAsync<long>(
-                    "SELECT floor(extract(epoch FROM validity_ends_at) * 1000)::bigint FROM admission_batches WHERE batch_id = @id", key, transaction);
-                bool used = await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM applications WHERE batch_id = @id)", key, transaction);
-                if (used && validityMs != batch.ValidityEndsUnixMs)
-                {
-                    throw new RegistryRefusedException(RegistryRefusal.PeriodInvalid, $"batch {batch.BatchId} has applications; its validity end stays as it is");
-                }
-            }
-
-            await connection.ExecuteAsync("""
-                INSERT INTO admission_batches (batch_id, window_opens_at, window_closes_at, validity_ends_at, public_notice_days, audit_report_year, single_operator_decisions,
-                    reconsideration_days)
-                VALUES (@id, @opens, @closes, @ends, @days, @year, @singleOperator, @reconsiderationDays)
-                ON CONFLICT (batch_id) DO UPDATE SET window_opens_at = excluded.window_opens_at, window_closes_at = excluded.window_closes_at,
-                    validity_ends_at = excluded.validity_ends_at, public_notice_days = excluded.public_notice_days, audit_report_year = excluded.audit_report_year,
-                    single_operator_decisions = excluded.single_operator_decisions, reconsideration_days = excluded.reconsideration_days
-                """, new
-            {
-                id = batch.BatchId,
-                opens = Utc(batch.WindowOpensUnixMs),
-                closes = Utc(batch.WindowClosesUnixMs),
-                ends = Utc(batch.ValidityEndsUnixMs),
-                days = (int)batch.PublicNoticeDays,
-                year = (int)batch.AuditReportYear,
-                singleOperator = batch.SingleOperatorDecisions,
-                reconsiderationDays,
-            }, transaction);
-            await RecordAsync(connection, transaction, actor, now, null, "batch", batch.BatchId, before is null ? "create" : "change", before,
-                await RowJsonAsync(connection, transaction, "admission_batches", "batch_id = @id", key));
-            AdmissionBatch stored = batch.Clone();
-            stored.ReconsiderationDays = (uint)reconsiderationDays;
-            return stored;
-        }, cancellationToken);
-    }
-
-    public async Task<IReadOnlyList<AdmissionBatch>> ListBatchesAsync(CancellationToken cancellationToken)
-    {
-        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        return (await ReadBatchesAsync(connection, null, null)).Select(ToMessage).ToList();
-    }
-
     // ---------------------------------------------------------------- applications
 
     /// <param name="enteredBy">The operator who entered the applicant's filing on its behalf, recorded beside the applicant; null when the applicant filed over the API.</param>
@@ -331,8 +260,8 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         }, cancellationToken);
 
     /// <summary>
-    /// Commissioned verification: the verified FP16 capacity must reach 300 PFLOPS for the stage
-    /// to pass. The figure is the commissioned verifier's (verified_fp16_gflops &gt; 0) or, with 0,
+    /// Commissioned verification: the verified FP16 capacity must reach the batch's capacity bar
+    /// for the stage to pass. The figure is the commissioned verifier's (verified_fp16_gflops &gt; 0) or, with 0,
     /// the provider's current fleet validation from the capacity probe (completed and not
     /// expired); passing with 0 and no such validation is refused with CAPACITY_UNVERIFIED. A
     /// rejection with 0 takes the validation's figure when there is one and records none otherwise.
@@ -366,10 +295,10 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
                 }
             }
 
-            if (decision.Pass && verified < FilingRules.CapacityMinimumGflops)
+            if (decision.Pass)
             {
-                throw new RegistryRefusedException(RegistryRefusal.CapacityBelowMinimum,
-                    $"verified FP16 capacity is {FilingRules.Pflops(verified)} PFLOPS ({source}); the stage passes only at 300 or more (record it with pass=false to reject)");
+                BatchRow batch = (await ReadBatchesAsync(connection, transaction, row.BatchId)).Single();
+                FilingRules.CheckCapacity(batch, verified, "verified", $" ({source})");
             }
 
             if (verified > 0)
@@ -963,25 +892,6 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             "SELECT listing_id, list_name, listed_from, listed_until, reason FROM integrity_listings WHERE provider_id = @code ORDER BY listing_id", new { code }, transaction))
         .Select(r => new ListingRow(code, r.Id, r.List, DateOnly.FromDateTime(r.From), r.Until is { } u ? DateOnly.FromDateTime(u) : null, r.Reason)).ToList();
 
-    private static async Task<IReadOnlyList<BatchRow>> ReadBatchesAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string? batchId) =>
-        (await connection.QueryAsync<(string Id, DateTime Opens, DateTime Closes, DateTime Ends, int Days, int Year, bool SingleOperator, int ReconsiderationDays)>("""
-            SELECT batch_id, window_opens_at, window_closes_at, validity_ends_at, public_notice_days, audit_report_year, single_operator_decisions, reconsideration_days
-            FROM admission_batches WHERE @id::text IS NULL OR batch_id = @id ORDER BY window_opens_at
-            """, new { id = batchId }, transaction))
-        .Select(r => new BatchRow(r.Id, Instant(r.Opens), Instant(r.Closes), Instant(r.Ends), r.Days, r.Year, r.SingleOperator, r.ReconsiderationDays)).ToList();
-
-    private static AdmissionBatch ToMessage(BatchRow batch) => new()
-    {
-        BatchId = batch.BatchId,
-        WindowOpensUnixMs = batch.WindowOpensAt.ToUnixTimeMilliseconds(),
-        WindowClosesUnixMs = batch.WindowClosesAt.ToUnixTimeMilliseconds(),
-        ValidityEndsUnixMs = batch.ValidityEndsAt.ToUnixTimeMilliseconds(),
-        PublicNoticeDays = (uint)batch.PublicNoticeDays,
-        AuditReportYear = (uint)batch.AuditReportYear,
-        SingleOperatorDecisions = batch.SingleOperatorDecisions,
-        ReconsiderationDays = (uint)batch.ReconsiderationDays,
-    };
-
     private sealed record ApplicationRow(long ApplicationId, string ProviderId, string BatchId, string ServiceItem, ApplicationState State, string? Intermediary, DateTimeOffset? NoticeEndsAt, DateTimeOffset? DecidedAt);
 
     private static async Task<ApplicationRow> LockApplicationAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, long id)
@@ -1259,8 +1169,6 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             : throw FilingRules.Invalid($"{field} must be a date as yyyy-MM-dd, not '{text}'");
 
     private static string Date(DateOnly date) => date.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
-
-    private static DateTime Utc(long unixMs) => DateTimeOffset.FromUnixTimeMilliseconds(unixMs).UtcDateTime;
 
     private static DateTimeOffset Instant(DateTime utc) => new(DateTime.SpecifyKind(utc, DateTimeKind.Utc));
 

@@ -120,6 +120,8 @@ public static class SchemaTables
         TableRule.Evidence("year_end_releases"),
         // reconsideration: a request is written once and decided once.
         TableRule.Advancing("reconsiderations", "outcome", "decided_by", "decided_at", "reasons", "state_after"),
+        // batch rules: every version of a batch's rules is written once and never changed.
+        TableRule.Evidence("admission_batch_versions"),
         // The migrator's own bookkeeping; serve reads it to check the schema's version.
         TableRule.ReadOnly("schema_migrations"),
     ];

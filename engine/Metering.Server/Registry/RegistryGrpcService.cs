@@ -25,10 +25,11 @@ internal sealed partial class RegistryGrpcService(ProviderRegistry registry, ILo
         Run(context, "AddIntegrityListing", (actor, ct) => registry.AddIntegrityListingAsync(actor, request.Listing ?? new IntegrityListing(), ct));
 
     public override Task<AdmissionBatch> PutAdmissionBatch(AdmissionBatch request, ServerCallContext context) =>
-        Run(context, "PutAdmissionBatch", (actor, ct) => registry.PutBatchAsync(actor, request, ct));
+        Run(context, "PutAdmissionBatch", async (actor, ct) =>
+            BatchMessages.ToMessage(await registry.PutBatchAsync(actor, BatchMessages.RulesOf(request), request.SingleOperatorDecisions, (int)Math.Min(request.ReconsiderationDays, int.MaxValue), request.CorrectionReason, ct)));
 
     public override Task<ListAdmissionBatchesResponse> ListAdmissionBatches(ListAdmissionBatchesRequest request, ServerCallContext context) =>
-        Run(context, "ListAdmissionBatches", async (actor, ct) => new ListAdmissionBatchesResponse { Batches = { await registry.ListBatchesAsync(ct) } });
+        Run(context, "ListAdmissionBatches", async (actor, ct) => new ListAdmissionBatchesResponse { Batches = { (await registry.ListBatchesAsync(ct)).Select(BatchMessages.ToMessage) } });
 
     public override Task<Application> FileApplication(FileApplicationRequest request, ServerCallContext context) =>
         Run(context, "FileApplication", (actor, ct) =>

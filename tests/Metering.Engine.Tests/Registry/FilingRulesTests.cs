@@ -12,9 +12,13 @@ public sealed class FilingRulesTests
     private static readonly DateTimeOffset Opens = new(2025, 3, 14, 0, 0, 0, TimeSpan.FromHours(8));
     private static readonly DateTimeOffset Closes = new(2025, 4, 7, 18, 0, 0, TimeSpan.FromHours(8));
 
-    private static FilingContext Context(DateTimeOffset filedAt, string legalForm = "enterprise", DateOnly? established = null) => new(
+    /// <summary>The 2025 batch's rules as the guide sets them.</summary>
+    private static readonly BatchRules Guide = new("2025", Opens, Closes, new DateTimeOffset(2027, 1, 1, 0, 0, 0, TimeSpan.FromHours(8)), 5,
+        300_000_000, BatchRules.Materials, 2024, AuditReportPriorYearWithReason: true, CapitalVerificationForNewEntities: true, VoucherProgrammeYear: 2025);
+
+    private static FilingContext Context(DateTimeOffset filedAt, string legalForm = "enterprise", DateOnly? established = null, BatchRules? rules = null) => new(
         new OrganisationRow(TestRecords.Provider, "Huawei", legalForm, "longgang", established ?? new DateOnly(1987, 9, 15), 0, filedAt),
-        new BatchRow("2025", Opens, Closes, new DateTimeOffset(2027, 1, 1, 0, 0, 0, TimeSpan.FromHours(8)), 5, 2024),
+        new BatchRow(rules ?? Guide),
         [new LicenceRow(TestRecords.Provider, "B1-1", "MIIT", new DateOnly(2020, 1, 1), new DateOnly(2029, 12, 31))],
         [],
         null,
@@ -40,11 +44,45 @@ public sealed class FilingRulesTests
     }
 
     [Fact]
-    public void An_organisation_established_a_year_ago_to_the_day_files_an_audit_report()
+    public void Capital_verification_is_taken_from_an_organisation_under_a_year_old_to_the_day_and_is_optional_for_it()
     {
         DateTimeOffset filed = new(2025, 3, 20, 10, 0, 0, TimeSpan.FromHours(8));
-        Assert.Equal(316_608_000, FilingRules.Check(Filing(), Context(filed, established: new DateOnly(2024, 3, 20)), Catalog));
-        Assert.Equal(RegistryRefusal.CapitalVerificationRequired, RefusalOf(() => FilingRules.Check(Filing(), Context(filed, established: new DateOnly(2024, 3, 21)), Catalog)));
+        FileApplicationRequest capital = Filing();
+        capital.FinancialReportKind = FinancialReportKind.CapitalVerification;
+        capital.AuditReportYear = 0;
+
+        Assert.Equal(RegistryRefusal.CapitalVerificationNotAccepted, RefusalOf(() => FilingRules.Check(capital, Context(filed, established: new DateOnly(2024, 3, 20)), Catalog)));
+        Assert.Equal(316_608_000, FilingRules.Check(capital, Context(filed, established: new DateOnly(2024, 3, 21)), Catalog));
+        // Optional, as the guide writes it (可提供): the young organisation may file its audit report instead.
+        Assert.Equal(316_608_000, FilingRules.Check(Filing(), Context(filed, established: new DateOnly(2024, 3, 21)), Catalog));
+        // A batch that takes no capital verification refuses it even from a young organisation.
+        Assert.Equal(RegistryRefusal.CapitalVerificationNotAccepted, RefusalOf(() => FilingRules.Check(capital,
+            Context(filed, established: new DateOnly(2024, 3, 21), rules: Guide with { CapitalVerificationForNewEntities = false }), Catalog)));
+    }
+
+    [Fact]
+    public void The_bar_and_the_materials_are_the_batchs()
+    {
+        Assert.Equal(RegistryRefusal.CapacityBelowMinimum, RefusalOf(() => FilingRules.Check(Filing(), Context(Opens, rules: Guide with { CapacityMinimumGflops = 316_608_001 }), Catalog)));
+        Assert.Equal(316_608_000, FilingRules.Check(Filing(), Context(Opens, rules: Guide with { CapacityMinimumGflops = 316_608_000 }), Catalog));
+
+        FileApplicationRequest withoutLetters = Filing();
+        withoutLetters.Materials.Remove(withoutLetters.Materials.Single(m => m.Kind == MaterialKind.CommitmentLetters));
+        RegistryRefusedException missing = Assert.Throws<RegistryRefusedException>(() => FilingRules.Check(withoutLetters, Context(Opens), Catalog));
+        Assert.Equal((RegistryRefusal.MaterialMissing, "commitment_letters"), (missing.Reason, missing.Metadata["kind"]));
+        BatchRules lettersNotRequired = Guide with { MaterialsRequired = BatchRules.Materials.Where(m => m != "commitment_letters").ToArray() };
+        Assert.Equal(316_608_000, FilingRules.Check(withoutLetters, Context(Opens, rules: lettersNotRequired), Catalog));
+    }
+
+    [Fact]
+    public void The_year_before_needs_a_reason_and_is_refused_where_the_batch_takes_only_its_year()
+    {
+        FileApplicationRequest prior = Filing();
+        prior.AuditReportYear = 2023;
+        Assert.Equal(RegistryRefusal.AuditReportYearInvalid, RefusalOf(() => FilingRules.Check(prior, Context(Opens), Catalog)));
+        prior.AuditReportReason = "The 2024 audit is not finished.";
+        Assert.Equal(316_608_000, FilingRules.Check(prior, Context(Opens), Catalog));
+        Assert.Equal(RegistryRefusal.AuditReportYearInvalid, RefusalOf(() => FilingRules.Check(prior, Context(Opens, rules: Guide with { AuditReportPriorYearWithReason = false }), Catalog)));
     }
 
     [Fact]
@@ -84,7 +122,7 @@ public sealed class FilingRulesTests
         filing.Capacity.Clear();
         filing.Capacity.Add(new DeclaredDevices { Site = "a", DeviceModel = "H100-SXM", DeviceCount = 200 });
         filing.Capacity.Add(new DeclaredDevices { Site = "b", DeviceModel = "H20", DeviceCount = 690 });
-        Assert.Equal(FilingRules.CapacityMinimumGflops, FilingRules.Check(filing, Context(Opens), Catalog));
+        Assert.Equal(Guide.CapacityMinimumGflops, FilingRules.Check(filing, Context(Opens), Catalog));
         filing.Capacity[1].DeviceCount = 689;
         Assert.Equal(RegistryRefusal.CapacityBelowMinimum, RefusalOf(() => FilingRules.Check(filing, Context(Opens), Catalog)));
     }

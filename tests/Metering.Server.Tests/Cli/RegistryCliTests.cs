@@ -36,8 +36,14 @@ public sealed class RegistryCliTests(PostgresFixture postgres)
         await using NpgsqlDataSource dataSource = Database.CreateDataSource(server.ConnectionString);
         DateTimeOffset now = DateTimeOffset.UtcNow;
 
-        await SucceedsAsync(server, TestServer.OperatorKey, "batch", "put", "--id", "cli-now", "--opens", Local(now.AddDays(-1)), "--closes", Local(now.AddDays(1)),
-            "--validity-ends", Local(now.AddDays(365)), "--notice-days", "0", "--audit-year", "2025");
+        await SucceedsAsync(server, TestServer.OperatorKey, "batch", "put", "--rules", await BatchRulesCliTests.RulesFileAsync(rules =>
+        {
+            rules["batchId"] = "cli-now";
+            rules["windowOpens"] = Local(now.AddDays(-1));
+            rules["windowCloses"] = Local(now.AddDays(1));
+            rules["validityEnds"] = Local(now.AddDays(365));
+            rules["publicNoticeDays"] = 0;
+        }));
         string registered = await SucceedsAsync(server, TestServer.OperatorKey, "org", "add", "--code", NewProvider, "--name", "深圳测试智算有限公司",
             "--legal-form", "enterprise", "--district", "南山区", "--established", "2016-04-01");
         Assert.Contains($"Registered {NewProvider}", registered, StringComparison.Ordinal);

@@ -56,17 +56,16 @@ public sealed class FilingRefusalTests(PostgresFixture postgres)
     }
 
     [Fact]
-    public async Task An_organisation_under_a_year_old_files_a_capital_verification_report_instead()
+    public async Task An_organisation_a_year_old_or_more_cannot_file_a_capital_verification_report_in_place_of_the_audit_report()
     {
         await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
-        var (code, key) = await scene.RegisterAsync(established: "2026-03-01");
-
-        await AssertRefusedAsync(scene, RegistryScene.Filing(code), key, StatusCode.FailedPrecondition, "CAPITAL_VERIFICATION_REQUIRED", "2026-03-01");
+        var (code, key) = await scene.RegisterAsync(established: "2025-11-02");
 
         FileApplicationRequest filing = RegistryScene.Filing(code);
         filing.FinancialReportKind = FinancialReportKind.CapitalVerification;
         filing.AuditReportYear = 0;
-        Assert.Equal(ApplicationState.AwaitingMaterialReview, (await scene.Client.FileApplicationAsync(filing, key)).State);
+        await AssertRefusedAsync(scene, filing, key, StatusCode.FailedPrecondition, "CAPITAL_VERIFICATION_NOT_ACCEPTED", "2025-11-02");
+        Assert.Equal(ApplicationState.AwaitingMaterialReview, (await scene.Client.FileApplicationAsync(RegistryScene.Filing(code), key)).State);
     }
 
     [Fact]

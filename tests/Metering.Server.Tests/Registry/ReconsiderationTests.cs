@@ -312,7 +312,7 @@ public sealed class ReconsiderationTests(PostgresFixture postgres)
             ValidityEndsUnixMs = now.AddDays(365).ToUnixTimeMilliseconds(),
             AuditReportYear = 2025,
             ReconsiderationDays = 2,
-        }, operatorKey);
+        }.WithGuideRules(), operatorKey);
         string code = RegistryScene.NewCode();
         await client.RegisterOrganisationAsync(new RegisterOrganisationRequest
         {

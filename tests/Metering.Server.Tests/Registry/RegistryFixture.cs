@@ -71,7 +71,7 @@ internal sealed class RegistryScene : IAsyncDisposable
             ValidityEndsUnixMs = ValidityEnds.ToUnixTimeMilliseconds(),
             PublicNoticeDays = (uint)noticeDays,
             AuditReportYear = 2025,
-        }, Operator);
+        }.WithGuideRules(), Operator);
         return scene;
     }
 

@@ -28,7 +28,7 @@ public sealed class RegistryRulesTests(PostgresFixture postgres)
             WindowClosesUnixMs = RegistryScene.ValidityEnds.AddDays(10).ToUnixTimeMilliseconds(),
             ValidityEndsUnixMs = RegistryScene.ValidityEnds.AddDays(400).ToUnixTimeMilliseconds(),
             AuditReportYear = 2025,
-        }, RegistryScene.Operator);
+        }.WithGuideRules(), RegistryScene.Operator);
         FileApplicationRequest again = RegistryScene.Filing(code);
         again.BatchId = "dec-2026";
 

@@ -140,7 +140,7 @@ public sealed class RenewalTests(PostgresFixture postgres)
             WindowClosesUnixMs = RegistryScene.WindowCloses.ToUnixTimeMilliseconds(),
             ValidityEndsUnixMs = RegistryScene.ValidityEnds.ToUnixTimeMilliseconds(),
             AuditReportYear = 2025,
-        }, RegistryScene.Operator);
+        }.WithGuideRules(), RegistryScene.Operator);
         same.BatchId = "overlapping";
         await AssertRefusedAsync(scene, same, key, StatusCode.FailedPrecondition, "RENEWAL_INVALID", "a renewal is filed in a later batch");
     }
@@ -273,7 +273,7 @@ public sealed class RenewalTests(PostgresFixture postgres)
             ValidityEndsUnixMs = new DateTimeOffset(2028, 1, 1, 0, 0, 0, Shanghai).ToUnixTimeMilliseconds(),
             PublicNoticeDays = 5,
             AuditReportYear = 2025,
-        }, RegistryScene.Operator);
+        }.WithGuideRules(), RegistryScene.Operator);
         scene.Clock.Now = new DateTimeOffset(2025, 3, 20, 10, 0, 0, Shanghai);
         return scene;
     }
