@@ -87,14 +87,14 @@ internal static class AuditCommand
                 var table = new TextTable("stream", "from", "to", "checked", "chain", "head");
                 foreach (StreamVerification r in response.Streams)
                 {
-                    table.Add(r.StreamId, N(r.FromSequence), N(r.ToSequence), N(r.RecordsChecked), r.Intact ? "intact" : $"BROKEN at {r.Break.Sequence} ({r.Break.Kind})",
+                    table.Add(r.StreamId, N(r.FromSequence), N(r.ToSequence), N(r.RecordsChecked), r.Intact ? Labels.Of("intact") : Labels.Format("BROKEN at {0} ({1})", r.Break.Sequence, r.Break.Kind),
                         Convert.ToHexStringLower(r.ComputedHead.Span));
                 }
 
                 table.Write(Console.Out);
                 ulong bytes = response.Streams.Aggregate(0UL, (sum, r) => sum + r.CanonicalBytes);
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"{response.Streams.Count} stream(s), {N(records)} records, {bytes / 1e6:N1} MB of canonical encoding re-hashed in {seconds:N2} s ({bytes / 1e6 / seconds:N1} MB/s)"));
+                Console.WriteLine(Labels.Format("{0} stream(s), {1} records, {2:N1} MB of canonical encoding re-hashed in {3:N2} s ({4:N1} MB/s)",
+                    response.Streams.Count, N(records), bytes / 1e6, seconds, bytes / 1e6 / seconds));
                 foreach (StreamVerification r in response.Streams.Where(r => !r.Intact))
                 {
                     Protocol.V1.ChainBreak b = r.Break;
@@ -230,13 +230,13 @@ internal static class AuditCommand
                 var table = new TextTable(grouping == UsageGroupBy.GroupByNone ? "" : parse.GetValue(by)!, "records", "device-hours", "FP16 PFLOPS·h");
                 foreach (Protocol.V1.UsageTotals row in summary.Groups.Append(summary.Total))
                 {
-                    table.Add(row.Key, N(row.Records), row.DeviceHours, row.PflopsHours);
+                    table.Add(row == summary.Total ? Labels.Of(row.Key) : row.Key, N(row.Records), row.DeviceHours, row.PflopsHours);
                 }
 
                 table.Write(Console.Out);
                 if (summary.Truncated)
                 {
-                    Console.WriteLine($"(only the largest {summary.Groups.Count:N0} groups are shown; the total covers all)");
+                    Console.WriteLine(Labels.Format("(only the largest {0:N0} groups are shown; the total covers all)", summary.Groups.Count));
                 }
 
                 return 0;
@@ -359,7 +359,7 @@ internal static class AuditCommand
                     }
                 }
 
-                Console.WriteLine($"{found.Anomalies.Count} anomal{(found.Anomalies.Count == 1 ? "y" : "ies")} in {found.RecordsExamined:N0} records.");
+                Console.WriteLine(Labels.Format(found.Anomalies.Count == 1 ? "{0} anomaly in {1:N0} records." : "{0} anomalies in {1:N0} records.", found.Anomalies.Count, found.RecordsExamined));
                 return 0;
             });
     }

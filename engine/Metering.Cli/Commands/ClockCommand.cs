@@ -104,10 +104,10 @@ internal static partial class ClockCommand
     private static void Print(Clock clock)
     {
         DateTimeOffset now = DateTimeOffset.FromUnixTimeMilliseconds(clock.NowUnixMs);
-        Console.WriteLine($"now:      {LocalTime.Minutes(now)} Asia/Shanghai ({now.UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss'Z'", CultureInfo.InvariantCulture)})");
+        Console.WriteLine(Labels.Format("now:      {0} Asia/Shanghai ({1})", LocalTime.Minutes(now), now.UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss'Z'", CultureInfo.InvariantCulture)));
         Console.WriteLine(clock.Simulated
-            ? $"clock:    simulated (sandbox), {TimeSpan.FromMilliseconds(clock.OffsetMs).ToString("d'd 'hh'h 'mm'm'", CultureInfo.InvariantCulture)} ahead of real time"
-            : "clock:    real time");
+            ? Labels.Format("clock:    simulated (sandbox), {0} ahead of real time", TimeSpan.FromMilliseconds(clock.OffsetMs).ToString("d'd 'hh'h 'mm'm'", CultureInfo.InvariantCulture))
+            : Labels.Of("clock:    real time"));
     }
 
     [GeneratedRegex(@"^(?:(?<d>\d{1,4})d)?(?:(?<h>\d{1,6})h)?(?:(?<m>\d{1,8})m)?(?:(?<s>\d{1,10})s)?$", RegexOptions.CultureInvariant)]

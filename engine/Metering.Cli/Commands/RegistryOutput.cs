@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using Google.Protobuf.Reflection;
 using Metering.Engine.Catalog;
+using Metering.Engine.Formatting;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
 
@@ -96,7 +97,7 @@ internal static class RegistryOutput
     {
         if (applications.Count == 0)
         {
-            Console.WriteLine("No applications.");
+            Console.WriteLine(Labels.Of("No applications."));
             return;
         }
 
@@ -319,12 +320,12 @@ internal static class RegistryOutput
     /// <summary>Label-value lines with the values aligned; empty values are left out.</summary>
     private static void Fields(IReadOnlyList<(string Label, string Value)> fields)
     {
-        var shown = fields.Where(f => f.Value.Length > 0).ToList();
-        int width = shown.Max(f => f.Label.Length);
+        var shown = fields.Where(f => f.Value.Length > 0).Select(f => (Label: Labels.Of(f.Label), f.Value)).ToList();
+        int width = shown.Max(f => DisplayWidth.Of(f.Label));
         var text = new StringBuilder();
         foreach (var (label, value) in shown)
         {
-            text.Append(label.PadRight(width + 2)).AppendLine(value);
+            text.Append(DisplayWidth.Pad(label, width + 2, alignRight: false)).AppendLine(value);
         }
 
         Console.Write(text.ToString());
@@ -333,10 +334,10 @@ internal static class RegistryOutput
     private static void Section(string title, TextTable table, int rows)
     {
         Console.WriteLine();
-        Console.WriteLine($"{title}:");
+        Console.WriteLine($"{Labels.Of(title)}:");
         if (rows == 0)
         {
-            Console.WriteLine("  (none)");
+            Console.WriteLine("  " + Labels.Of("(none)"));
             return;
         }
 

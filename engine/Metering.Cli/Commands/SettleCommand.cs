@@ -35,7 +35,7 @@ internal static class SettleCommand
         {
             Description = "Close days with no usage records too; without it such a day is refused (DAY_EMPTY), since a closed day is never settled again.",
         };
-        var output = new Option<string?>("--out") { Description = "Folder to write the statements to: <out>/<day>/{programme,provider-<code>,holder-<code>}.{csv,json,txt} and settlement.sha256." };
+        var output = new Option<string?>("--out") { Description = "Folder to write the statements to: <out>/<day>/{programme,provider-<code>,holder-<code>}.{csv,json,txt,html} and settlement.sha256." };
         var settle = new Command("settle", """
             Close one day (--day), or every day still open through yesterday, oldest first, on a
             running server (--server, --api-key or METERING_API_KEY, --ca; a settlement key). A
@@ -78,11 +78,11 @@ internal static class SettleCommand
                 {
                     if (settledDays == 0)
                     {
-                        Console.WriteLine("Nothing to settle: every day through yesterday (Asia/Shanghai) is closed.");
+                        Console.WriteLine(Labels.Of("Nothing to settle: every day through yesterday (Asia/Shanghai) is closed."));
                         return NothingToSettleExitCode;
                     }
 
-                    Console.WriteLine($"Settled {settledDays} day(s); every day through yesterday (Asia/Shanghai) is closed.");
+                    Console.WriteLine(Labels.Format("Settled {0} day(s); every day through yesterday (Asia/Shanghai) is closed.", settledDays));
                     return 0;
                 }
 
@@ -111,8 +111,8 @@ internal static class SettleCommand
         var kind = new Option<string>("--party-kind") { Description = "programme, provider or holder.", DefaultValueFactory = _ => StatementFormats.Programme };
         kind.AcceptOnlyFromAmong(StatementFormats.Programme, StatementFormats.ProviderKind, StatementFormats.HolderKind);
         var party = new Option<string?>("--party") { Description = "The provider's or holder's credit code; needed with --party-kind provider or holder." };
-        var format = new Option<string>("--format") { Description = "text, csv (the canonical form) or json.", DefaultValueFactory = _ => "text" };
-        format.AcceptOnlyFromAmong("text", "csv", "json");
+        var format = new Option<string>("--format") { Description = "text (in Chinese), html (in Chinese, one self-contained page), csv (the canonical form) or json.", DefaultValueFactory = _ => "text" };
+        format.AcceptOnlyFromAmong("text", "html", "csv", "json");
         Command show = ClientCommand.Create("show", "Print one statement of a closed day; with no --party-kind, the programme's. A provider's key reads only its own.",
             [showDay, kind, party, format], async (parse, call, ct) =>
             {
@@ -155,14 +155,14 @@ internal static class SettleCommand
         return settle;
     }
 
-    /// <summary>One statement in the three forms written to disk; the CSV as the bytes that were hashed.</summary>
-    private sealed record StatementFiles(StatementSummary Summary, string Name, byte[] Csv, string Json, string Text);
+    /// <summary>One statement in the four forms written to disk; the CSV as the bytes that were hashed.</summary>
+    private sealed record StatementFiles(StatementSummary Summary, string Name, byte[] Csv, string Json, string Text, string Html);
 
     private static void WriteSummary(Protocol.V1.Settlement settled)
     {
         Console.WriteLine(settled.AlreadyClosed
-            ? $"{settled.Day} was already closed; nothing was written. Its settlement, re-verified:"
-            : $"{settled.Day} closed.");
+            ? Labels.Format("{0} was already closed; nothing was written. Its settlement, re-verified:", settled.Day)
+            : Labels.Format("{0} closed.", settled.Day));
         var table = new TextTable("day records", "usage PFLOPS·h", "late records", "fees CNY", "subsidies posted CNY", "statements");
         table.Add(N(settled.DayRecords), N(settled.DayUsageNpfh / Pricing.NanoPflopsHoursPerPflopsHour), N(settled.AdjustmentRecords), Pricing.Yuan(settled.FeeFen),
             Pricing.Yuan(settled.SubsidyFen), N(settled.Statements.Count));
@@ -170,7 +170,7 @@ internal static class SettleCommand
         var roots = settled.Statements.Where(s => s.PartyKind == PartyKind.PartyProvider && s.MerkleRoot.Length > 0).ToList();
         if (roots.Count > 0)
         {
-            Console.WriteLine($"Merkle roots of {settled.Day} as settled, one per provider statement (recompute with `metering audit merkle-root --settled`):");
+            Console.WriteLine(Labels.Format("Merkle roots of {0} as settled, one per provider statement (recompute with `metering audit merkle-root --settled`):", settled.Day));
             var rootTable = new TextTable("provider", "leaves", "root");
             foreach (StatementSummary root in roots)
             {
@@ -180,7 +180,7 @@ internal static class SettleCommand
             rootTable.Write(Console.Out);
         }
 
-        Console.WriteLine($"settlement sha256 {settled.SettlementSha256}");
+        Console.WriteLine(Labels.Format("settlement sha256 {0}", settled.SettlementSha256));
     }
 
     private static async Task<List<StatementFiles>> FetchAsync(SettlementService.SettlementServiceClient client, Metadata headers, Protocol.V1.Settlement settled,
@@ -199,7 +199,8 @@ internal static class SettleCommand
 
             string name = summary.PartyKind == PartyKind.PartyProgramme ? "programme" : $"{KindName(summary.PartyKind)}-{summary.Party}";
             byte[] csv = Encoding.UTF8.GetBytes(await RenderAsync(StatementFormat.StatementCsv));
-            files.Add(new StatementFiles(summary, name, csv, await RenderAsync(StatementFormat.StatementJson), await RenderAsync(StatementFormat.StatementText)));
+            files.Add(new StatementFiles(summary, name, csv, await RenderAsync(StatementFormat.StatementJson), await RenderAsync(StatementFormat.StatementText),
+                await RenderAsync(StatementFormat.StatementHtml)));
         }
 
         return files;
@@ -238,6 +239,7 @@ internal static class SettleCommand
             await File.WriteAllBytesAsync(Path.Combine(directory, file.Name + ".csv"), file.Csv, cancellationToken);
             await File.WriteAllTextAsync(Path.Combine(directory, file.Name + ".json"), file.Json, cancellationToken);
             await File.WriteAllTextAsync(Path.Combine(directory, file.Name + ".txt"), file.Text, cancellationToken);
+            await File.WriteAllTextAsync(Path.Combine(directory, file.Name + ".html"), file.Html, cancellationToken);
             sums.Append(CultureInfo.InvariantCulture, $"{file.Summary.Sha256}  {file.Name}.csv\n");
         }
 
@@ -264,6 +266,7 @@ internal static class SettleCommand
     {
         "csv" => StatementFormat.StatementCsv,
         "json" => StatementFormat.StatementJson,
+        "html" => StatementFormat.StatementHtml,
         _ => StatementFormat.StatementText,
     };
 
@@ -312,7 +315,7 @@ internal static class SettleCommand
             return 1;
         }
 
-        Console.WriteLine($"Statements written to {await WriteFilesAsync(settled, files, folder, ct)}");
+        Console.WriteLine(Labels.Format("Statements written to {0}", await WriteFilesAsync(settled, files, folder, ct)));
         return 0;
     }
 

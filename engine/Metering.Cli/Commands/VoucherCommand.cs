@@ -24,7 +24,7 @@ internal static class VoucherCommand
         written. Bad input exits with 2 before anything is sent.
         """)
     {
-        HolderCommand(), ParametersCommand(), ContractCommand(), IssueCommand(), ShowVoucherCommand(), ClaimCommand(),
+        HolderCommand(), ParametersCommand(), ContractCommand(), IssueCommand(), ShowVoucherCommand(), ClaimCommand(), PayoutCommand(), YearEndCommand(),
     };
 
     // ---------------------------------------------------------------- holders
@@ -96,7 +96,7 @@ internal static class VoucherCommand
         Command show = Client("show", "Show a holder with its contracts and vouchers.", [showCode], async (parse, vouchers, headers, ct) =>
         {
             Holder holder = await vouchers.GetHolderAsync(new GetHolderRequest { CreditCode = parse.GetValue(showCode)! }, headers, cancellationToken: ct);
-            Console.WriteLine($"{holder.CreditCode}  {holder.Name}  ({holder.District}, established {holder.EstablishedOn}, {Status(holder.Status)})");
+            Console.WriteLine(Labels.Format("{0}  {1}  ({2}, established {3}, {4})", holder.CreditCode, holder.Name, holder.District, holder.EstablishedOn, Status(holder.Status)));
             Console.WriteLine();
             WriteContracts(holder.Contracts);
             Console.WriteLine();
@@ -325,6 +325,68 @@ internal static class VoucherCommand
         return new Command("claim", "Redemption claims: file, void, show, list.") { file, @void, show, list };
     }
 
+    // ---------------------------------------------------------------- payouts and the year end
+
+    private static Command PayoutCommand()
+    {
+        var payee = new Option<string>("--payee") { Description = "The payee's credit code: a holder reimbursed, or a provider in deduction mode.", Required = true };
+        var amount = new Option<long>("--amount-fen") { Description = "The amount transferred, in fen (1 CNY = 100 fen).", Required = true };
+        var reference = new Option<string>("--reference") { Description = "The bank's reference of the transfer; recorded once.", Required = true };
+        var paidOn = new Option<string>("--paid-on") { Description = "The transfer's value date, today or earlier.", Required = true };
+        Command record = Client("record", """
+            Record a bank transfer to a payee (operator): it clears that much of what the programme owes
+            the payee (payee_payable) on the ledger. Refused when it is more than is owed for subsidies
+            settled before the payment date (PAYOUT_OVER_PAYABLE, PAYEE_NOTHING_PAYABLE), or when the
+            reference is recorded already for another transfer (PAYOUT_REFERENCE_TAKEN). Running the
+            same command again records nothing and prints the first payout.
+            """, [payee, amount, reference, paidOn], async (parse, vouchers, headers, ct) =>
+            {
+                Payout payout = await vouchers.RecordPayoutAsync(new RecordPayoutRequest
+                {
+                    PayeeCode = parse.GetValue(payee)!,
+                    AmountFen = Positive(parse, amount),
+                    BankReference = parse.GetValue(reference)!,
+                    PaidOn = Date(parse, paidOn),
+                }, headers, cancellationToken: ct);
+                Console.WriteLine(payout.AlreadyRecorded
+                    ? $"Payout {payout.PayoutId} with reference {payout.BankReference} was recorded already; nothing was paid again."
+                    : $"Recorded payout {payout.PayoutId}: {Pricing.Yuan(payout.AmountFen)} CNY to {payout.PayeeCode} on {payout.PaidOn} (ledger entry {payout.LedgerEntryId}).");
+                Console.WriteLine($"{payout.PayeeCode} is still owed {Pricing.Yuan(payout.PayableFen)} CNY.");
+            });
+
+        var listPayee = new Option<string?>("--payee") { Description = "Only this payee's payouts." };
+        Command list = Client("list", "List payouts, newest first (at most 1,000), with each payee's outstanding payable.", [listPayee], async (parse, vouchers, headers, ct) =>
+        {
+            ListPayoutsResponse listed = await vouchers.ListPayoutsAsync(new ListPayoutsRequest { PayeeCode = parse.GetValue(listPayee) ?? "", Limit = VoucherBook.ListLimitMax },
+                headers, cancellationToken: ct);
+            var table = new TextTable("payout", "payee", "paid on", "amount CNY", "bank reference", "recorded by", "payee still owed CNY");
+            foreach (Payout p in listed.Payouts)
+            {
+                table.Add(N(p.PayoutId), p.PayeeCode, p.PaidOn, Pricing.Yuan(p.AmountFen), p.BankReference, p.RecordedBy, Pricing.Yuan(p.PayableFen));
+            }
+
+            table.Write(Console.Out);
+        });
+
+        return new Command("payout", "Payouts to payees: record, list.") { record, list };
+    }
+
+    private static Command YearEndCommand()
+    {
+        var year = new Option<int>("--year") { Description = "The programme year; it must have ended (Asia/Shanghai, by the server's clock).", Required = true };
+        Command release = Client("release", """
+            Return the unused balances of a programme year's vouchers to the year's budget (operator), once
+            the year has ended by the server's clock (PROGRAMME_YEAR_NOT_ENDED before). A second run releases
+            only what became free since, and is refused with NOTHING_TO_RELEASE when nothing did.
+            """, [year], async (parse, vouchers, headers, ct) =>
+            {
+                YearEndRelease released = await vouchers.ReleaseYearEndAsync(new ReleaseYearEndRequest { ProgrammeYear = Positive(parse, year) }, headers, cancellationToken: ct);
+                Console.WriteLine($"Release {released.ReleaseId}: {Pricing.Yuan(released.ReleasedFen)} CNY unused on {N(released.Vouchers)} voucher(s) of {released.ProgrammeYear} returned to the budget "
+                    + $"({Pricing.Yuan(released.YearReleasedFen)} CNY released for {released.ProgrammeYear} in all).");
+            });
+        return new Command("year-end", "The end of a programme year: release.") { release };
+    }
+
     // ---------------------------------------------------------------- output
 
     private static void WriteContracts(IEnumerable<Contract> contracts)
@@ -341,11 +403,11 @@ internal static class VoucherCommand
 
     private static void WriteVouchers(IEnumerable<Voucher> vouchers)
     {
-        var table = new TextTable("voucher", "contract", "holder", "year", "valid from", "valid until", "face CNY", "held CNY", "posted CNY", "remaining CNY");
+        var table = new TextTable("voucher", "contract", "holder", "year", "valid from", "valid until", "face CNY", "held CNY", "posted CNY", "released CNY", "remaining CNY");
         foreach (Voucher v in vouchers)
         {
             table.Add(N(v.VoucherId), N(v.ContractId), v.HolderCode, v.ProgrammeYear.ToString(CultureInfo.InvariantCulture), v.ValidFrom, v.ValidUntil, Pricing.Yuan(v.FaceValueFen), Pricing.Yuan(v.HeldFen),
-                Pricing.Yuan(v.PostedFen), Pricing.Yuan(v.RemainingFen));
+                Pricing.Yuan(v.PostedFen), Pricing.Yuan(v.ReleasedFen), Pricing.Yuan(v.RemainingFen));
         }
 
         table.Write(Console.Out);

@@ -751,7 +751,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         }
 
         // Every voucher: its row, its holds and its two ledger accounts tell the same story.
-        var vouchers = await connection.QueryAsync<(long Id, long Face, long Held, long Posted, long HoldsReserved, long HoldsPosted, long LedgerAvailable, long LedgerHeld)>(new CommandDefinition("""
+        var vouchers = await connection.QueryAsync<(long Id, long Face, long Held, long Posted, long Released, long HoldsReserved, long HoldsPosted, long LedgerAvailable, long LedgerHeld)>(new CommandDefinition("""
             WITH ledger AS (
                 SELECT account, sum(credit_fen - debit_fen)::bigint AS credit_balance FROM ledger_lines
                 WHERE account LIKE 'voucher_available:%' OR account LIKE 'voucher_held:%' GROUP BY account),
@@ -759,7 +759,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
                 SELECT voucher_id, coalesce(sum(amount_fen) FILTER (WHERE state = 'reserved'), 0)::bigint AS reserved,
                        coalesce(sum(amount_fen) FILTER (WHERE state = 'posted'), 0)::bigint AS posted
                 FROM voucher_holds GROUP BY voucher_id)
-            SELECT v.voucher_id, v.face_value_fen, v.held_fen, v.posted_fen, coalesce(h.reserved, 0), coalesce(h.posted, 0),
+            SELECT v.voucher_id, v.face_value_fen, v.held_fen, v.posted_fen, v.released_fen, coalesce(h.reserved, 0), coalesce(h.posted, 0),
                    coalesce(a.credit_balance, 0), coalesce(d.credit_balance, 0)
             FROM vouchers v
             LEFT JOIN holds h ON h.voucher_id = v.voucher_id
@@ -769,10 +769,10 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             """, transaction: transaction, cancellationToken: cancellationToken));
         foreach (var v in vouchers)
         {
-            long balanceFen = v.Face - v.Posted - v.Held;
+            long balanceFen = v.Face - v.Posted - v.Held - v.Released;
             if (balanceFen < 0 || v.Held != v.HoldsReserved || v.Posted != v.HoldsPosted || v.LedgerAvailable != balanceFen || v.LedgerHeld != v.Held)
             {
-                failures.Add($"voucher {v.Id}: issued {v.Face} − posted {v.Posted} − held {v.Held} = {balanceFen} fen, but holds say held {v.HoldsReserved} / posted {v.HoldsPosted} and the ledger says available {v.LedgerAvailable} / held {v.LedgerHeld}");
+                failures.Add($"voucher {v.Id}: issued {v.Face} − posted {v.Posted} − held {v.Held} − released {v.Released} = {balanceFen} fen, but holds say held {v.HoldsReserved} / posted {v.HoldsPosted} and the ledger says available {v.LedgerAvailable} / held {v.LedgerHeld}");
             }
         }
 

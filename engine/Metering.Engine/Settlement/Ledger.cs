@@ -30,6 +30,9 @@ public static class Accounts
     /// <summary>Credit-normal: subsidy the programme owes a payee (a holder or a provider).</summary>
     public static string PayeePayable(string code) => $"payee_payable:{code}";
 
+    /// <summary>Credit-normal: what the programme paid out to payees in a calendar year (payouts, by their payment date).</summary>
+    public static string ProgrammePaid(int year) => $"programme_paid:{year}";
+
     /// <summary>Debit-normal: what a holder owes providers for metered usage, net of deductions.</summary>
     public static string HolderDue(string code) => $"holder_due:{code}";
 

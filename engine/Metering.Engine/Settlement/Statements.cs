@@ -40,7 +40,9 @@ public sealed record PartyStatement(DateOnly Day, string PartyKind, string Party
 /// The statement formats. CSV is canonical: its bytes are what each statement's SHA-256 and the
 /// settlement hash are taken over, so it is written by hand with a fixed column order, integers
 /// only, ordinal order of rows, LF line ends, UTF-8 without a byte-order mark and RFC 4180
-/// quoting. JSON and text are renderings of the same rows; they are deterministic but not hashed.
+/// quoting. JSON is a rendering of the same rows, deterministic but not hashed, to which a reader
+/// may add the party's payee account (<see cref="PayeePosition"/>); the readable forms (text and
+/// HTML, in Chinese) are <see cref="StatementRendering"/>'s.
 /// </summary>
 public static class StatementFormats
 {
@@ -169,8 +171,12 @@ public static class StatementFormats
         return new PartyStatement(day, kind, party, rows);
     }
 
-    /// <summary>The same rows as one JSON object; empty fields are left out, numbers are JSON integers.</summary>
-    public static string Json(PartyStatement statement, byte[] sha256)
+    /// <summary>
+    /// The same rows as one JSON object; empty fields are left out, numbers are JSON integers.
+    /// With a <paramref name="payable"/>, a <c>payable</c> object follows the rows: the party's
+    /// payee account as at the end of the day, read from the ledger, not part of the hashed form.
+    /// </summary>
+    public static string Json(PartyStatement statement, byte[] sha256, PayeePosition? payable = null)
     {
         using var buffer = new MemoryStream();
         using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
@@ -219,95 +225,31 @@ public static class StatementFormats
             }
 
             json.WriteEndArray();
+            if (payable is not null)
+            {
+                json.WriteStartObject("payable");
+                json.WriteNumber("postedFen", payable.PostedFen);
+                json.WriteNumber("paidFen", payable.PaidFen);
+                json.WriteNumber("outstandingFen", payable.OutstandingFen);
+                json.WriteStartArray("payoutsOfDay");
+                foreach (PayoutRecord payout in payable.PayoutsOfDay)
+                {
+                    json.WriteStartObject();
+                    json.WriteNumber("payout", payout.PayoutId);
+                    json.WriteString("payee", payout.PayeeCode);
+                    json.WriteNumber("amountFen", payout.AmountFen);
+                    json.WriteString("bankReference", payout.BankReference);
+                    json.WriteEndObject();
+                }
+
+                json.WriteEndArray();
+                json.WriteEndObject();
+            }
+
             json.WriteEndObject();
         }
 
         return Encoding.UTF8.GetString(buffer.ToArray()) + "\n";
-    }
-
-    /// <summary>A readable statement: tables of usage, adjustments, subsidies and expired holds, and the totals in CNY.</summary>
-    public static string Text(PartyStatement statement, byte[] sha256)
-    {
-        var text = new StringBuilder();
-        string who = statement.PartyKind == Programme ? "the programme" : $"{statement.PartyKind} {statement.Party}";
-        text.Append(CultureInfo.InvariantCulture, $"Settlement statement for {who}, day {Date(statement.Day)} (Asia/Shanghai)\n");
-        foreach (string record in new[] { "usage", "adjustment" })
-        {
-            var rows = statement.Rows.Where(r => r.Record == record).ToList();
-            if (rows.Count == 0)
-            {
-                continue;
-            }
-
-            text.Append('\n').Append(record == "usage" ? "Usage of the day\n" : "Adjustments: usage of closed days that arrived late\n");
-            Table(text, ["day", "provider", "holder", "contract", "model", "unit", "records", "PFLOPS·h", "card-hours", "price CNY", "fee CNY", "note"],
-                rows.Select(r => new[]
-                {
-                    r.UsageDay is { } d ? Date(d) : "", r.Provider, r.Holder, Number(r.Contract), r.DeviceModel, r.FeeUnit, Number(r.Records),
-                    Scaled(r.UsageNpfh ?? 0, Pricing.NanoPflopsHoursPerPflopsHour, 6), Scaled(r.CardMs ?? 0, Pricing.CardMillisecondsPerCardHour, 3),
-                    r.PriceFen is { } p ? Pricing.Yuan(p) : "", Pricing.Yuan(r.FeeFen ?? 0), r.Note,
-                }));
-        }
-
-        var subsidies = statement.Rows.Where(r => r.Record is "subsidy" or "hold_expired").ToList();
-        if (subsidies.Count > 0)
-        {
-            text.Append("\nVoucher subsidies posted, and holds that expired\n");
-            Table(text, ["record", "claim", "voucher", "provider", "holder", "contract", "payee", "subsidy CNY", "note"],
-                subsidies.Select(r => new[] { r.Record, Number(r.Claim), Number(r.Voucher), r.Provider, r.Holder, Number(r.Contract), r.Payee, Pricing.Yuan(r.SubsidyFen ?? 0), r.Note }));
-        }
-
-        var roots = statement.Rows.Where(r => r.Record == MerkleRootRecord).ToList();
-        if (roots.Count > 0)
-        {
-            text.Append("\nMerkle root of the day's metering log, as settled (proto/metering/v1/merkle-proofs.md)\n");
-            Table(text, ["day", "provider", "leaves", "root (SHA-256)"],
-                roots.Select(r => new[] { r.UsageDay is { } d ? Date(d) : "", r.Provider, Number(r.Records), r.Note }));
-        }
-
-        StatementRow? total = statement.Rows.FirstOrDefault(r => r.Record == "total");
-        if (total is not null)
-        {
-            text.Append('\n').Append("Totals\n");
-            text.Append(CultureInfo.InvariantCulture, $"  records:              {total.Records ?? 0:N0}\n");
-            text.Append(CultureInfo.InvariantCulture, $"  usage:                {Scaled(total.UsageNpfh ?? 0, Pricing.NanoPflopsHoursPerPflopsHour, 6)} PFLOPS·h, {Scaled(total.CardMs ?? 0, Pricing.CardMillisecondsPerCardHour, 3)} card-hours\n");
-            text.Append(CultureInfo.InvariantCulture, $"  fees under contracts: {Pricing.Yuan(total.FeeFen ?? 0)} CNY\n");
-            text.Append(CultureInfo.InvariantCulture, $"  subsidies posted:     {Pricing.Yuan(total.SubsidyFen ?? 0)} CNY\n");
-            text.Append(CultureInfo.InvariantCulture, $"  holders pay:          {Pricing.Yuan(total.HolderPaysFen ?? 0)} CNY\n");
-            text.Append(CultureInfo.InvariantCulture, $"  programme pays:       {Pricing.Yuan(total.ProgrammePaysFen ?? 0)} CNY\n");
-        }
-
-        text.Append(CultureInfo.InvariantCulture, $"\nSHA-256 of the canonical CSV: {Convert.ToHexStringLower(sha256)}\n");
-        return text.ToString();
-    }
-
-    private static void Table(StringBuilder text, string[] headers, IEnumerable<string[]> rows)
-    {
-        var all = rows.ToList();
-        int[] widths = headers.Select((h, i) => Math.Max(h.Length, all.Select(r => r[i].Length).DefaultIfEmpty(0).Max())).ToArray();
-        text.Append("  ").AppendJoin("  ", headers.Select((h, i) => h.PadRight(widths[i]))).Append('\n');
-        text.Append("  ").AppendJoin("  ", widths.Select(w => new string('-', w))).Append('\n');
-        foreach (string[] row in all)
-        {
-            text.Append("  ").AppendJoin("  ", row.Select((cell, i) => IsNumeric(cell) ? cell.PadLeft(widths[i]) : cell.PadRight(widths[i]))).Append('\n');
-        }
-    }
-
-    private static bool IsNumeric(string cell) => cell.Length > 0 && cell.All(c => char.IsAsciiDigit(c) || c is ',' or '.' or '-');
-
-    /// <summary>An integer of nano-units as a decimal with the given digits, truncated: for display only, never for money.</summary>
-    private static string Scaled(long value, long perUnit, int digits)
-    {
-        long whole = value / perUnit;
-        long fraction = value % perUnit;
-        long divisor = perUnit;
-        for (int i = 0; i < digits; i++)
-        {
-            divisor /= 10;
-        }
-
-        divisor = Math.Max(divisor, 1);
-        return string.Create(CultureInfo.InvariantCulture, $"{whole:N0}.{(fraction / divisor).ToString(new string('0', digits), CultureInfo.InvariantCulture)}");
     }
 
     private static void WriteText(Utf8JsonWriter json, string name, string value)

@@ -115,6 +115,9 @@ public static class SchemaTables
         // 0013 sandbox clock: the runtime role moves the offset but cannot mark a database a sandbox.
         new TableRule("sandbox_clock", TableKind.Mutable, "SELECT, UPDATE (offset_ms, advanced_at)"),
         TableRule.Evidence("sandbox_clock_moves"),
+        // payouts and year-end releases: each row is written once with its ledger entry; a payout is never edited, a mistake is corrected by the bank.
+        TableRule.Evidence("payouts"),
+        TableRule.Evidence("year_end_releases"),
         // The migrator's own bookkeeping; serve reads it to check the schema's version.
         TableRule.ReadOnly("schema_migrations"),
     ];

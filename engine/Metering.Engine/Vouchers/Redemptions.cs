@@ -155,8 +155,9 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
         await VoucherBook.CheckMinimumRentalAsync(connection, transaction, holder.Code, year, parameters);
 
         var balance = await connection.QuerySingleAsync<(long Face, long Held, long Posted)>(
-            "SELECT face_value_fen, held_fen, posted_fen FROM vouchers WHERE provider_id = @provider AND voucher_id = @id FOR UPDATE",
+            "SELECT face_value_fen, held_fen, posted_fen + released_fen FROM vouchers WHERE provider_id = @provider AND voucher_id = @id FOR UPDATE",
             new { provider = contract.ProviderId, id = voucher.Id }, transaction);
+        // A year-end release takes the unused balance as posting does: neither is left to hold.
         long voucherRemaining = balance.Face - balance.Held - balance.Posted;
         if (voucherRemaining <= 0)
         {
@@ -251,7 +252,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
             INSERT INTO voucher_holds (provider_id, voucher_id, claim_id, amount_fen, state, reserved_at, expires_at) VALUES (@provider, @voucher, @claimId, @amount, 'reserved', @now, @expires)
             """, new { provider = contract.ProviderId, voucher = voucher.Id, claimId, amount = decision.SubsidyFen, now = now.UtcDateTime, expires = now.AddDays(parameters.HoldDays).UtcDateTime }, transaction);
         int moved = await connection.ExecuteAsync(
-            "UPDATE vouchers SET held_fen = held_fen + @amount WHERE provider_id = @provider AND voucher_id = @voucher AND held_fen + posted_fen + @amount <= face_value_fen",
+            "UPDATE vouchers SET held_fen = held_fen + @amount WHERE provider_id = @provider AND voucher_id = @voucher AND held_fen + posted_fen + released_fen + @amount <= face_value_fen",
             new { provider = contract.ProviderId, voucher = voucher.Id, amount = decision.SubsidyFen }, transaction);
         if (moved != 1)
         {

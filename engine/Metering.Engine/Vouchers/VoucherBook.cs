@@ -724,8 +724,8 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
 
     internal static async Task<Voucher?> ReadVoucherAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, long voucherId)
     {
-        var row = await connection.QueryFirstOrDefaultAsync<(long Id, long Contract, string Holder, string Provider, int Year, long Face, DateTime From, DateTime Until, long Held, long Posted)?>("""
-            SELECT voucher_id, contract_id, holder_code, provider_id, programme_year, face_value_fen, valid_from, valid_until, held_fen, posted_fen
+        var row = await connection.QueryFirstOrDefaultAsync<(long Id, long Contract, string Holder, string Provider, int Year, long Face, DateTime From, DateTime Until, long Held, long Posted, long Released)?>("""
+            SELECT voucher_id, contract_id, holder_code, provider_id, programme_year, face_value_fen, valid_from, valid_until, held_fen, posted_fen, released_fen
             FROM vouchers WHERE voucher_id = @voucherId
             """, new { voucherId }, transaction);
         return row is { } r
@@ -741,7 +741,8 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
                 ValidUntil = Date(DateOnly.FromDateTime(r.Until)),
                 HeldFen = r.Held,
                 PostedFen = r.Posted,
-                RemainingFen = r.Face - r.Held - r.Posted,
+                RemainingFen = r.Face - r.Held - r.Posted - r.Released,
+                ReleasedFen = r.Released,
             }
             : null;
     }

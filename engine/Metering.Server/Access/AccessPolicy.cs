@@ -79,6 +79,10 @@ internal static class AccessPolicy
         [Method(VoucherService.Descriptor.FullName, "VoidClaim")] = Operators,
         [Method(VoucherService.Descriptor.FullName, "GetClaim")] = BureauReaders,
         [Method(VoucherService.Descriptor.FullName, "ListClaims")] = BureauReaders,
+        // Payouts and the year-end release move programme money: operators record them, the bureau reads them.
+        [Method(VoucherService.Descriptor.FullName, "RecordPayout")] = Operators,
+        [Method(VoucherService.Descriptor.FullName, "ListPayouts")] = BureauReaders,
+        [Method(VoucherService.Descriptor.FullName, "ReleaseYearEnd")] = Operators,
 
         // Everyone reads the clock; only operators move a sandbox's.
         [Method(SandboxService.Descriptor.FullName, "GetClock")] = Everyone,

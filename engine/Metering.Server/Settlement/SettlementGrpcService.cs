@@ -17,7 +17,8 @@ namespace Metering.Server.Settlement;
 /// read them; a provider reads only its own statements, and any other statement reads as one it
 /// may not see.
 /// </summary>
-internal sealed partial class SettlementGrpcService(DailySettlement settlement, PendingDays pending, TransparencyLog log, TimeProvider time, ILogger<SettlementGrpcService> logger)
+internal sealed partial class SettlementGrpcService(DailySettlement settlement, PendingDays pending, StatementNames names, TransparencyLog log, Payouts payouts,
+    TimeProvider time, ILogger<SettlementGrpcService> logger)
     : SettlementService.SettlementServiceBase
 {
     /// <summary>
@@ -145,12 +146,15 @@ internal sealed partial class SettlementGrpcService(DailySettlement settlement, 
             StoredStatement stored = closed.Statements.FirstOrDefault(s => s.PartyKind == kind && s.Party == party)
                 ?? throw new SettlementRefusedException(SettlementRefusal.StatementUnknown, $"the settlement of {request.Day} has no statement for {kind} {party}");
             StatementFormat format = request.Format == StatementFormat.Unspecified ? StatementFormat.StatementCsv : request.Format;
+            // The renderings for people add the party's payee account from the ledger; the canonical CSV stays as hashed.
+            PayeePosition? payable = format == StatementFormat.StatementCsv ? null : await payouts.PositionAsync(kind, party, day, ct);
             string content = format switch
             {
                 StatementFormat.StatementCsv => System.Text.Encoding.UTF8.GetString(stored.CanonicalCsv),
-                StatementFormat.StatementJson => StatementFormats.Json(stored.Parse(), stored.Sha256),
-                StatementFormat.StatementText => StatementFormats.Text(stored.Parse(), stored.Sha256),
-                _ => throw new SettlementRefusedException(SettlementRefusal.SettlementFieldInvalid, "format must be STATEMENT_CSV, STATEMENT_JSON or STATEMENT_TEXT"),
+                StatementFormat.StatementJson => StatementFormats.Json(stored.Parse(), stored.Sha256, payable),
+                StatementFormat.StatementText => StatementRendering.Text(stored.Parse(), await ContextAsync(closed, stored, payable, ct)),
+                StatementFormat.StatementHtml => StatementRendering.Html(stored.Parse(), await ContextAsync(closed, stored, payable, ct)),
+                _ => throw new SettlementRefusedException(SettlementRefusal.SettlementFieldInvalid, "format must be STATEMENT_CSV, STATEMENT_JSON, STATEMENT_TEXT or STATEMENT_HTML"),
             };
             return new Statement
             {
@@ -162,6 +166,10 @@ internal sealed partial class SettlementGrpcService(DailySettlement settlement, 
                 Sha256 = Convert.ToHexStringLower(stored.Sha256),
             };
         });
+
+    /// <summary>What the readable forms show beside the rows: the run's hashes and finish, and the parties' names as they are now.</summary>
+    private async Task<StatementContext> ContextAsync(SettlementOutcome closed, StoredStatement stored, PayeePosition? payable, CancellationToken cancellationToken) =>
+        new(stored.Sha256, closed.SettlementHex, closed.FinishedAt, await names.OfAsync(stored.Parse(), cancellationToken), payable);
 
     private async Task<SettlementOutcome> ClosedAsync(DateOnly day, CancellationToken cancellationToken) =>
         await settlement.GetAsync(day, cancellationToken)

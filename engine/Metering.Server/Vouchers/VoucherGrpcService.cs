@@ -1,5 +1,7 @@
+using System.Globalization;
 using Grpc.Core;
 using Metering.Engine.Access;
+using Metering.Engine.Settlement;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
@@ -12,7 +14,8 @@ namespace Metering.Server.Vouchers;
 /// role: operators write; operators, auditors and the settlement batch read. Holders are not
 /// callers; operators act for them, and every write records the operator's name.
 /// </summary>
-internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions redemptions, ILogger<VoucherGrpcService> logger) : VoucherService.VoucherServiceBase
+internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions redemptions, Payouts payouts, YearEndReleases releases,
+    ILogger<VoucherGrpcService> logger) : VoucherService.VoucherServiceBase
 {
     public override Task<Holder> RegisterHolder(RegisterHolderRequest request, ServerCallContext context) =>
         Run(context, "RegisterHolder", (actor, ct) => book.RegisterHolderAsync(actor, request.Holder ?? new Holder(), ct));
@@ -79,6 +82,60 @@ internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions r
             return new ListClaimsResponse { Claims = { await redemptions.ListClaimsAsync(contract, limit, ct) } };
         });
 
+    public override Task<Payout> RecordPayout(RecordPayoutRequest request, ServerCallContext context) =>
+        Run(context, "RecordPayout", async (actor, ct) =>
+        {
+            if (!DateOnly.TryParseExact(request.PaidOn, "yyyy-MM-dd", CultureInfo.InvariantCulture, DateTimeStyles.None, out DateOnly paidOn))
+            {
+                throw new PayoutRefusedException(PayoutProblem.FieldInvalid, $"paid_on must be a date as yyyy-MM-dd, not '{request.PaidOn}'");
+            }
+
+            PayoutRecord payout = await payouts.RecordAsync(actor, new PayoutOrder(request.PayeeCode, request.AmountFen, request.BankReference, paidOn), ct);
+            if (!payout.AlreadyRecorded)
+            {
+                LogPayout(logger, payout.PayoutId, payout.AmountFen, payout.PayeeCode, payout.BankReference, actor.ToString());
+            }
+
+            return ToMessage(payout);
+        });
+
+    public override Task<ListPayoutsResponse> ListPayouts(ListPayoutsRequest request, ServerCallContext context) =>
+        Run(context, "ListPayouts", async (actor, ct) => new ListPayoutsResponse
+        {
+            Payouts = { (await payouts.ListAsync(request.PayeeCode.Length == 0 ? null : request.PayeeCode, (int)Math.Min(request.Limit, Payouts.ListLimitMax), ct)).Select(ToMessage) },
+        });
+
+    public override Task<YearEndRelease> ReleaseYearEnd(ReleaseYearEndRequest request, ServerCallContext context) =>
+        Run(context, "ReleaseYearEnd", async (actor, ct) =>
+        {
+            YearEndReleaseRecord released = await releases.ReleaseYearEndAsync(actor, (int)Math.Min(request.ProgrammeYear, int.MaxValue), ct);
+            LogRelease(logger, released.ReleaseId, released.ReleasedFen, released.Vouchers, released.ProgrammeYear, actor.ToString());
+            return new YearEndRelease
+            {
+                ReleaseId = released.ReleaseId,
+                ProgrammeYear = (uint)released.ProgrammeYear,
+                Vouchers = (uint)released.Vouchers,
+                ReleasedFen = released.ReleasedFen,
+                YearReleasedFen = released.YearReleasedFen,
+                ReleasedBy = released.ReleasedBy,
+                ReleasedUnixMs = released.ReleasedAt.ToUnixTimeMilliseconds(),
+            };
+        });
+
+    private static Payout ToMessage(PayoutRecord payout) => new()
+    {
+        PayoutId = payout.PayoutId,
+        PayeeCode = payout.PayeeCode,
+        AmountFen = payout.AmountFen,
+        BankReference = payout.BankReference,
+        PaidOn = payout.PaidOn.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture),
+        LedgerEntryId = payout.LedgerEntryId,
+        RecordedBy = payout.RecordedBy,
+        RecordedUnixMs = payout.RecordedAt.ToUnixTimeMilliseconds(),
+        PayableFen = payout.PayableFen,
+        AlreadyRecorded = payout.AlreadyRecorded,
+    };
+
     private async Task<T> Run<T>(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<T>> call)
     {
         Actor actor = AuthenticationInterceptor.Caller(context);
@@ -91,8 +148,19 @@ internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions r
             LogRefused(logger, method, actor.ToString(), refused.Reason.ToString(), refused.Message);
             throw VoucherErrors.From(refused);
         }
+        catch (PayoutRefusedException refused)
+        {
+            LogRefused(logger, method, actor.ToString(), VoucherErrors.ReasonFor(refused.Problem).ToString(), refused.Message);
+            throw VoucherErrors.From(refused);
+        }
     }
 
     [LoggerMessage(EventId = 6001, Level = LogLevel.Information, Message = "Vouchers {Method} by {Actor} refused: {Reason}: {Detail}")]
     private static partial void LogRefused(ILogger logger, string method, string actor, string reason, string detail);
+
+    [LoggerMessage(EventId = 6011, Level = LogLevel.Information, Message = "Payout {PayoutId}: {AmountFen} fen to {Payee}, bank reference {Reference}, recorded by {Actor}")]
+    private static partial void LogPayout(ILogger logger, long payoutId, long amountFen, string payee, string reference, string actor);
+
+    [LoggerMessage(EventId = 6012, Level = LogLevel.Information, Message = "Year-end release {ReleaseId}: {ReleasedFen} fen unused on {Vouchers} voucher(s) of {Year} returned to the budget by {Actor}")]
+    private static partial void LogRelease(ILogger logger, long releaseId, long releasedFen, int vouchers, int year, string actor);
 }

@@ -58,7 +58,7 @@ public sealed class StatementFormatTests
         Assert.Equal(statement.Rows, StatementFormats.ParseCanonicalCsv(csv).Rows);
         Assert.Equal((StatementFormats.MerkleRootRecord, 13, hex), (row.GetProperty("record").GetString(), row.GetProperty("leafCount").GetInt32(), row.GetProperty("root").GetString()));
         Assert.False(row.TryGetProperty("records", out _) || row.TryGetProperty("note", out _));
-        Assert.Contains(hex, StatementFormats.Text(statement, new byte[32]), StringComparison.Ordinal);
+        Assert.Contains(hex, StatementRendering.Text(statement, new StatementContext(new byte[32], "", DateTimeOffset.UnixEpoch, PartyNames.None)), StringComparison.Ordinal);
     }
 
     [Fact]

@@ -103,7 +103,7 @@ public sealed partial class SettleCliTests(PostgresFixture postgres)
         Assert.Equal(hash + "\n", await File.ReadAllTextAsync(Path.Combine(day, "settlement.sha256")));
         foreach (string file in new[] { "programme", $"provider-{TestRecords.Provider}", $"holder-{TestRecords.Holder}" })
         {
-            Assert.True(File.Exists(Path.Combine(day, file + ".csv")) && File.Exists(Path.Combine(day, file + ".json")) && File.Exists(Path.Combine(day, file + ".txt")), file);
+            Assert.True(new[] { ".csv", ".json", ".txt", ".html" }.All(extension => File.Exists(Path.Combine(day, file + extension))), file);
         }
 
         // The files are the stored statements: concatenated in order they hash to the settlement hash.
@@ -116,7 +116,10 @@ public sealed partial class SettleCliTests(PostgresFixture postgres)
         Assert.Contains("already closed; nothing was written", rerun.Output, StringComparison.Ordinal);
         Assert.Contains($"settlement sha256 {hash}", rerun.Output, StringComparison.Ordinal);
         Assert.Equal(1, await scene.ScalarAsync<long>("SELECT count(*) FROM settlement_runs"));
-        Assert.Contains("fees under contracts: 144.00 CNY", shown.Output, StringComparison.Ordinal);
+        // The readable statement is Chinese, with the holder's name beside its credit code.
+        Assert.Matches(@"\n  合同内费用（元）\s+144\.00\n", shown.Output);
+        Assert.Contains($"Tencent（{TestRecords.Holder}）", shown.Output, StringComparison.Ordinal);
+        Assert.Contains("<html lang=\"zh-CN\">", await File.ReadAllTextAsync(Path.Combine(day, $"holder-{TestRecords.Holder}.html")), StringComparison.Ordinal);
         Assert.Contains(hash, listed.Output, StringComparison.Ordinal);
         Assert.Contains("settlement-batch", listed.Output, StringComparison.Ordinal);
         Directory.Delete(folder, recursive: true);

@@ -8,10 +8,19 @@ public static class CliProcess
     public static Task<(int ExitCode, string Output)> RunAsync(params string[] arguments) =>
         RunWithEnvironmentAsync(new Dictionary<string, string>(), arguments);
 
-    /// <summary>As <see cref="RunAsync"/>, with these environment variables set for the process.</summary>
+    /// <summary>
+    /// As <see cref="RunAsync"/>, with these environment variables set for the process. The
+    /// locale the tests run under is not passed on: the CLI prints Chinese labels where it says
+    /// zh, and a test that wants them names LANG itself.
+    /// </summary>
     public static async Task<(int ExitCode, string Output)> RunWithEnvironmentAsync(IReadOnlyDictionary<string, string> environment, params string[] arguments)
     {
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (string locale in (string[])["LC_ALL", "LC_MESSAGES", "LANG"])
+        {
+            start.Environment.Remove(locale);
+        }
+
         foreach (var (name, value) in environment)
         {
             start.Environment[name] = value;
@@ -35,5 +44,9 @@ public static class CliProcess
     /// names, over TLS with the test CA: the arguments, then --server, --ca and --api-key.
     /// </summary>
     public static Task<(int ExitCode, string Output)> RunAsAsync(TestServer server, string apiKey, params string[] arguments) =>
-        RunAsync([.. arguments, "--server", server.Address.ToString().TrimEnd('/'), "--ca", TestCertificates.CaPemPath, "--api-key", apiKey]);
+        RunAsAsync(server, apiKey, new Dictionary<string, string>(), arguments);
+
+    /// <summary>As <see cref="RunAsAsync(TestServer, string, string[])"/>, with these environment variables set for the process (LANG, for one).</summary>
+    public static Task<(int ExitCode, string Output)> RunAsAsync(TestServer server, string apiKey, IReadOnlyDictionary<string, string> environment, params string[] arguments) =>
+        RunWithEnvironmentAsync(environment, [.. arguments, "--server", server.Address.ToString().TrimEnd('/'), "--ca", TestCertificates.CaPemPath, "--api-key", apiKey]);
 }

@@ -79,7 +79,7 @@ public sealed class SettlementMerkleTests(PostgresFixture postgres)
         using var json = System.Text.Json.JsonDocument.Parse(StatementFormats.Json(stored.Parse(), stored.Sha256));
         System.Text.Json.JsonElement row = json.RootElement.GetProperty("rows").EnumerateArray().Single(r => r.GetProperty("record").GetString() == StatementFormats.MerkleRootRecord);
         Assert.Equal((13, hex), (row.GetProperty("leafCount").GetInt32(), row.GetProperty("root").GetString()));
-        Assert.Contains(hex, StatementFormats.Text(stored.Parse(), stored.Sha256), StringComparison.Ordinal);
+        Assert.Contains(hex, StatementRendering.Text(stored.Parse(), new StatementContext(stored.Sha256, outcome.SettlementHex, outcome.FinishedAt, PartyNames.None)), StringComparison.Ordinal);
     }
 
     [Fact]

@@ -69,7 +69,8 @@ public sealed class SettlementServiceTests(PostgresFixture postgres)
         Assert.Equal((10L, 12_000L, 1_200L, false), (closed.DayRecords, closed.FeeFen, closed.SubsidyFen, closed.AlreadyClosed));
         Assert.True(again.AlreadyClosed);
         Assert.Equal(closed.SettlementSha256, again.SettlementSha256);
-        Assert.Contains("fees under contracts: 120.00 CNY", own.Content, StringComparison.Ordinal);
+        Assert.Matches(@"\n  合同内费用（元）\s+120\.00\n", own.Content);
+        Assert.Contains($"Tencent（{TestRecords.Holder}）", own.Content, StringComparison.Ordinal);
         Assert.Equal(closed.Statements.Single(s => s.PartyKind == PartyKind.PartyProvider).Sha256, own.Sha256);
         Assert.Equal((StatusCode.PermissionDenied, "STATEMENT_OF_OTHER_PARTY"), (other.StatusCode, IngestCall.Reason(other)));
         Assert.Equal((0L, 1_200L), (after.HeldFen, after.PostedFen));

@@ -278,9 +278,9 @@ public sealed class SettlementTests(PostgresFixture postgres)
         using var document = System.Text.Json.JsonDocument.Parse(json);
         Assert.Equal(12_000, document.RootElement.GetProperty("rows")[0].GetProperty("feeFen").GetInt64());
         Assert.Equal(Convert.ToHexStringLower(stored.Sha256), document.RootElement.GetProperty("sha256").GetString());
-        string text = StatementFormats.Text(stored.Parse(), stored.Sha256);
-        Assert.Contains("fees under contracts: 120.00 CNY", text, StringComparison.Ordinal);
-        Assert.Contains("programme pays:       30.00 CNY", text, StringComparison.Ordinal);
+        string text = StatementRendering.Text(stored.Parse(), new StatementContext(stored.Sha256, outcome.SettlementHex, outcome.FinishedAt, PartyNames.None));
+        Assert.Matches(@"\n  合同内费用（元）\s+120\.00\n", text);
+        Assert.Matches(@"\n  计划支付（元）\s+30\.00\n", text);
     }
 
     /// <summary>What a run writes, counted: equal before and after means nothing was written.</summary>

@@ -1,0 +1,110 @@
+using System.Data;
+using System.Globalization;
+using Dapper;
+using Metering.Engine.Access;
+using Metering.Engine.Registry;
+using Metering.Engine.Vouchers;
+using Npgsql;
+
+namespace Metering.Engine.Settlement;
+
+/// <summary>
+/// The year-end release: once a programme year has ended by the server's clock, the unused
+/// balances of its vouchers go back to its budget. Each voucher's <c>voucher_available</c> is
+/// debited and <c>programme_budget:{year}</c> credited, in one transaction with the release's
+/// evidence row and the vouchers' <c>released_fen</c>, so the nightly reconciliation's
+/// issued − posted − held − released = available keeps holding.
+/// </summary>
+public sealed class YearEndReleases(NpgsqlDataSource dataSource, TimeProvider time)
+{
+    // A transaction-scoped advisory lock per programme year orders its releases.
+    private const int ReleaseLockSpace = 0x5245_4c00;
+
+    /// <summary>
+    /// Returns the unused balance (face − posted − held − released) of every voucher of the
+    /// year to the year's budget, once the year has ended by the server's clock. Vouchers are
+    /// locked in id order, each one's ledger balance is checked against its row before it moves,
+    /// and one release row and its entries are written; nothing is written when nothing is left.
+    /// </summary>
+    public async Task<YearEndReleaseRecord> ReleaseYearEndAsync(Actor actor, int programmeYear, CancellationToken cancellationToken)
+    {
+        if (programmeYear is < 2024 or > 2100)
+        {
+            throw Payouts.Invalid($"programme_year must be 2024 to 2100, not {programmeYear}");
+        }
+
+        DateTimeOffset now = time.GetUtcNow();
+        DateTimeOffset yearEnd = ShanghaiTime.StartOf(new DateOnly(programmeYear + 1, 1, 1));
+        if (now < yearEnd)
+        {
+            throw new PayoutRefusedException(PayoutProblem.YearNotEnded,
+                $"programme year {programmeYear} has not ended: its vouchers' unused balances can be released from {VoucherBook.Local(yearEnd)}; the server's clock says {VoucherBook.Local(now)}");
+        }
+
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(IsolationLevel.ReadCommitted, cancellationToken);
+        await connection.ExecuteAsync(new CommandDefinition("SELECT pg_advisory_xact_lock(@space, @year)",
+            new { space = ReleaseLockSpace, year = programmeYear }, transaction, cancellationToken: cancellationToken));
+        var unused = (await connection.QueryAsync<(string Provider, long Voucher, long AvailableFen, long LedgerFen)>(new CommandDefinition("""
+            WITH locked AS (
+                SELECT provider_id, voucher_id, face_value_fen - held_fen - posted_fen - released_fen AS available_fen FROM vouchers
+                WHERE programme_year = @year ORDER BY voucher_id FOR UPDATE)
+            SELECT k.provider_id, k.voucher_id, k.available_fen,
+                   (SELECT coalesce(sum(credit_fen - debit_fen), 0)::bigint FROM ledger_lines WHERE account = 'voucher_available:' || k.voucher_id)
+            FROM locked k ORDER BY k.voucher_id
+            """, new { year = programmeYear }, transaction, cancellationToken: cancellationToken))).ToList();
+        var mismatched = unused.FirstOrDefault(u => u.AvailableFen != u.LedgerFen);
+        if (mismatched.Voucher != 0)
+        {
+            throw new LedgerInvariantException($"voucher {mismatched.Voucher}: its row leaves {mismatched.AvailableFen} fen but voucher_available:{mismatched.Voucher} holds {mismatched.LedgerFen} fen");
+        }
+
+        var releasing = unused.Where(u => u.AvailableFen > 0).ToList();
+        long earlierFen = await connection.ExecuteScalarAsync<long>(new CommandDefinition(
+            "SELECT coalesce(sum(released_fen), 0)::bigint FROM year_end_releases WHERE programme_year = @year", new { year = programmeYear }, transaction, cancellationToken: cancellationToken));
+        if (releasing.Count == 0)
+        {
+            throw new PayoutRefusedException(PayoutProblem.NothingToRelease,
+                $"no voucher of {programmeYear} has an unused balance left ({unused.Count} voucher(s); {Pricing.Yuan(earlierFen)} CNY released before)",
+                new Dictionary<string, string> { ["year_released_fen"] = earlierFen.ToString(CultureInfo.InvariantCulture) });
+        }
+
+        DateTimeOffset at = time.GetUtcNow();
+        long totalFen = releasing.Sum(u => u.AvailableFen);
+        long releaseId = await connection.ExecuteScalarAsync<long>(new CommandDefinition("""
+            INSERT INTO year_end_releases (programme_year, vouchers, released_fen, released_by, released_at) VALUES (@year, @count, @total, @by, @at) RETURNING release_id
+            """, new { year = programmeYear, count = releasing.Count, total = totalFen, by = actor.Subject, at = at.UtcDateTime }, transaction, cancellationToken: cancellationToken));
+        int moved = await connection.ExecuteAsync(new CommandDefinition("""
+            UPDATE vouchers v SET released_fen = v.released_fen + r.amount
+            FROM unnest(@providers, @vouchers, @amounts) AS r(provider_id, voucher_id, amount)
+            WHERE v.provider_id = r.provider_id AND v.voucher_id = r.voucher_id
+            """, new
+        {
+            providers = releasing.Select(u => u.Provider).ToArray(),
+            vouchers = releasing.Select(u => u.Voucher).ToArray(),
+            amounts = releasing.Select(u => u.AvailableFen).ToArray(),
+        }, transaction, cancellationToken: cancellationToken));
+        if (moved != releasing.Count)
+        {
+            throw new LedgerInvariantException($"release {releaseId} moved {moved} voucher rows, not {releasing.Count}");
+        }
+
+        // One credit line to the budget per entry, the rest one debit per voucher.
+        int part = 0;
+        foreach (var chunk in releasing.Chunk(LedgerEntry.LinesMax - 1))
+        {
+            part++;
+            var entry = new LedgerEntry("year_end_release", $"release:{releaseId}/{part}", $"unused balances of {chunk.Length} voucher(s) of {programmeYear} returned to the budget");
+            foreach (var voucher in chunk)
+            {
+                entry.Debit(Accounts.VoucherAvailable(voucher.Voucher), voucher.AvailableFen);
+            }
+
+            entry.Credit(Accounts.ProgrammeBudget(programmeYear), chunk.Sum(u => u.AvailableFen));
+            await LedgerWriter.WriteAsync(connection, transaction, entry, null, at, cancellationToken);
+        }
+
+        await transaction.CommitAsync(cancellationToken);
+        return new YearEndReleaseRecord(releaseId, programmeYear, releasing.Count, totalFen, earlierFen + totalFen, actor.Subject, at);
+    }
+}
