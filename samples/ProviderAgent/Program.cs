@@ -14,11 +14,17 @@ if (arguments is null)
 {
     Console.Error.WriteLine("""
         Usage: provider-agent --server URL --api-key KEY [--ca FILE] [--client-cert FILE --client-key FILE]
-                              [--stream ID] [--site 0|1|2] [--day YYYY-MM-DD]
+                              [--stream ID] [--site 0|1|2] [--pools MODEL:DEVICES[,...]] [--holders CODE[,...]]
+                              [--day YYYY-MM-DD]
                               [--jobs-per-interval N] [--drop-once-after N] [--live true] [--heartbeat-seconds N]
                               [--receipts FILE]
         Streams a simulated site's day of GPU usage (5-minute metering intervals) and resumes
         after a disconnect. The API key may also come from METERING_API_KEY.
+        --day defaults to yesterday by the server's clock (Asia/Shanghai), which in a sandbox
+        runs ahead of this machine's. --pools replaces the site's demo devices with these, for
+        example H100-SXM:256, so that the usage fits what the provider declared when it applied.
+        --holders gives the credit codes of the organisations the jobs run for (default: a dozen
+        sample codes), for example the holder of a contract with the provider.
         URL is https://HOST:PORT (or http:// to a server on this machine). --ca FILE trusts only the
         CA in that PEM file for the server's certificate; --client-cert and --client-key (PEM) give
         the client certificate a key pinned to one needs (mutual TLS).
@@ -31,8 +37,6 @@ if (arguments is null)
     return 2;
 }
 
-DateTimeOffset dayStart = new(arguments.Day.ToDateTime(TimeOnly.MinValue), TimeSpan.FromHours(8));
-SimulatedCluster site = SimulatedCluster.DemoSites(dayStart, arguments.JobsPerInterval, seed: 2025)[arguments.Site];
 GrpcChannel channel;
 try
 {
@@ -45,6 +49,25 @@ catch (Exception e) when (e is IOException or CryptographicException)
 }
 
 using GrpcChannel opened = channel;
+DateOnly day;
+try
+{
+    day = arguments.Day ?? await ServerClock.YesterdayAsync(channel, arguments.ApiKey);
+}
+catch (RpcException e)
+{
+    Console.Error.WriteLine($"refused: {e.StatusCode} {UsageStreamer.ReasonOf(e)}: {e.Status.Detail}");
+    return 1;
+}
+
+DateTimeOffset dayStart = new(day.ToDateTime(TimeOnly.MinValue), TimeSpan.FromHours(8));
+SimulatedCluster site = SimulatedCluster.DemoSites(dayStart, arguments.JobsPerInterval, seed: 2025)[arguments.Site];
+if (arguments.Pools is not null || arguments.Holders is not null)
+{
+    site = new SimulatedCluster(site.Site, arguments.Pools ?? [.. site.Pools], dayStart, arguments.JobsPerInterval, seed: 2025 + 1 + (ulong)arguments.Site, arguments.Holders);
+}
+
+Console.Error.WriteLine($"streaming {day:yyyy-MM-dd} of site {site.Site} ({string.Join(", ", site.Pools.Select(pool => $"{pool.Model}:{pool.Devices}"))})");
 using ReceiptsFile? receipts = arguments.ReceiptsPath is string receiptsPath ? new ReceiptsFile(receiptsPath) : null;
 var streamer = new UsageStreamer(channel, arguments.ApiKey, new StreamerOptions
 {
@@ -72,7 +95,7 @@ catch (RpcException e)
     return 1;
 }
 
-internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, int Site, DateOnly Day, int JobsPerInterval, ulong? DropOnceAfter, bool Live, int? HeartbeatSeconds,
+internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, int Site, DevicePool[]? Pools, string[]? Holders, DateOnly? Day, int JobsPerInterval, ulong? DropOnceAfter, bool Live, int? HeartbeatSeconds,
     string? Ca, string? ClientCertificate, string? ClientKey, string? ReceiptsPath)
 {
     public static Arguments? Parse(string[] args)
@@ -106,13 +129,24 @@ internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, in
             return null;
         }
 
-        DateOnly yesterday = DateOnly.FromDateTime(DateTime.UtcNow.AddHours(8)).AddDays(-1);
+        DevicePool[]? pools = null;
+        if (values.TryGetValue("pools", out string? poolList))
+        {
+            pools = ParsePools(poolList);
+            if (pools is null)
+            {
+                return null;
+            }
+        }
+
         return new Arguments(
             serverUri,
             key,
             values.GetValueOrDefault("stream"),
             int.Parse(values.GetValueOrDefault("site", "0"), CultureInfo.InvariantCulture),
-            values.TryGetValue("day", out string? day) ? DateOnly.ParseExact(day, "yyyy-MM-dd", CultureInfo.InvariantCulture) : yesterday,
+            pools,
+            values.TryGetValue("holders", out string? holders) ? holders.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries) : null,
+            values.TryGetValue("day", out string? day) ? DateOnly.ParseExact(day, "yyyy-MM-dd", CultureInfo.InvariantCulture) : null,
             int.Parse(values.GetValueOrDefault("jobs-per-interval", "100"), CultureInfo.InvariantCulture),
             values.TryGetValue("drop-once-after", out string? drop) ? ulong.Parse(drop, CultureInfo.InvariantCulture) : null,
             values.TryGetValue("live", out string? live) && bool.Parse(live),
@@ -121,5 +155,24 @@ internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, in
             values.GetValueOrDefault("client-cert"),
             values.GetValueOrDefault("client-key"),
             values.GetValueOrDefault("receipts"));
+    }
+
+    /// <summary>Whole-device pools from MODEL:DEVICES[,MODEL:DEVICES]; null when the list is malformed.</summary>
+    private static DevicePool[]? ParsePools(string text)
+    {
+        var pools = new List<DevicePool>();
+        foreach (string part in text.Split(',', StringSplitOptions.TrimEntries))
+        {
+            string[] modelAndDevices = part.Split(':');
+            if (modelAndDevices.Length != 2 || modelAndDevices[0].Length == 0
+                || !int.TryParse(modelAndDevices[1], NumberStyles.None, CultureInfo.InvariantCulture, out int devices) || devices <= 0)
+            {
+                return null;
+            }
+
+            pools.Add(new DevicePool(modelAndDevices[0], devices, 1));
+        }
+
+        return pools.Count > 0 ? pools.ToArray() : null;
     }
 }

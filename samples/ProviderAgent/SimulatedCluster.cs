@@ -37,9 +37,12 @@ public sealed class SimulatedCluster
     private readonly int _jobsPerInterval;
     private readonly ulong _seed;
     private readonly uint[] _laneDevicesMax;
+    private readonly string[] _holders;
 
-    public SimulatedCluster(string site, DevicePool[] pools, DateTimeOffset dayStart, int jobsPerInterval, ulong seed)
+    /// <param name="holders">The organisations the jobs run for; null: <see cref="Holders"/>.</param>
+    public SimulatedCluster(string site, DevicePool[] pools, DateTimeOffset dayStart, int jobsPerInterval, ulong seed, string[]? holders = null)
     {
+        _holders = holders is { Length: > 0 } ? holders : Holders;
         _site = site;
         _pools = pools;
         _dayStartMs = dayStart.ToUnixTimeMilliseconds();
@@ -92,7 +95,7 @@ public sealed class SimulatedCluster
         {
             Sequence = sequence,
             JobId = $"{_site}-{lane:D3}-{jobNumber:D5}",
-            HolderCode = Holders[(int)((job >> 40) % (ulong)Holders.Length)],
+            HolderCode = _holders[(int)((job >> 40) % (ulong)_holders.Length)],
             DeviceModel = pool.Model,
             DeviceCount = devices,
             ShareNumerator = share,

@@ -11,10 +11,23 @@ internal static partial class ClockCommand
 {
     public static Command Create()
     {
-        var show = ClientCommand.Create("show", "Print the server's time (Asia/Shanghai and UTC), and on a sandbox how far it runs ahead of real time.", [],
+        var date = new Option<bool>("--date")
+        {
+            Description = "Print only the server's date in Asia/Shanghai, yyyy-MM-dd, for scripts: in a sandbox it is not this machine's date.",
+        };
+        var show = ClientCommand.Create("show", "Print the server's time (Asia/Shanghai and UTC), and on a sandbox how far it runs ahead of real time.", [date],
             async (parse, call, ct) =>
             {
-                Print(await new SandboxService.SandboxServiceClient(call.Channel).GetClockAsync(new GetClockRequest(), call.Headers, cancellationToken: ct));
+                Clock clock = await new SandboxService.SandboxServiceClient(call.Channel).GetClockAsync(new GetClockRequest(), call.Headers, cancellationToken: ct);
+                if (parse.GetValue(date))
+                {
+                    Console.WriteLine(ShanghaiTime.DateOf(DateTimeOffset.FromUnixTimeMilliseconds(clock.NowUnixMs)).ToString("yyyy-MM-dd", CultureInfo.InvariantCulture));
+                }
+                else
+                {
+                    Print(clock);
+                }
+
                 return 0;
             });
 

@@ -147,7 +147,7 @@ internal static class VoucherCommand
             var table = new TextTable("year", "version", "effective from", "ratio", "start-up", "annual cap CNY", "stacking", "min rental CNY", "payee", "hold days");
             foreach (ProgrammeParameters p in listed.Parameters)
             {
-                table.Add(N(p.ProgrammeYear), N(p.Version), Local(p.EffectiveFromUnixMs), Percent(p.SupportRatioBp), Percent(p.StartupRatioBp), Pricing.Yuan(p.AnnualCapFen),
+                table.Add(p.ProgrammeYear.ToString(CultureInfo.InvariantCulture), N(p.Version), Local(p.EffectiveFromUnixMs), Percent(p.SupportRatioBp), Percent(p.StartupRatioBp), Pricing.Yuan(p.AnnualCapFen),
                     Percent(p.StackingCapBp), Pricing.Yuan(p.MinAnnualRentalFen), p.PayeeMode == PayeeMode.ProviderDeduction ? "provider_deduction" : "holder_reimbursement", N(p.HoldDays));
             }
 
@@ -406,7 +406,7 @@ internal static class VoucherCommand
         var table = new TextTable("voucher", "contract", "holder", "year", "valid from", "valid until", "face CNY", "held CNY", "posted CNY", "released CNY", "remaining CNY");
         foreach (Voucher v in vouchers)
         {
-            table.Add(N(v.VoucherId), N(v.ContractId), v.HolderCode, N(v.ProgrammeYear), v.ValidFrom, v.ValidUntil, Pricing.Yuan(v.FaceValueFen), Pricing.Yuan(v.HeldFen),
+            table.Add(N(v.VoucherId), N(v.ContractId), v.HolderCode, v.ProgrammeYear.ToString(CultureInfo.InvariantCulture), v.ValidFrom, v.ValidUntil, Pricing.Yuan(v.FaceValueFen), Pricing.Yuan(v.HeldFen),
                 Pricing.Yuan(v.PostedFen), Pricing.Yuan(v.ReleasedFen), Pricing.Yuan(v.RemainingFen));
         }
 
