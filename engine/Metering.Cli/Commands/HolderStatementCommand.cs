@@ -27,7 +27,7 @@ internal static class HolderStatementCommand
         format.AcceptOnlyFromAmong("text", "json");
         var output = new Option<string?>("--out") { Description = "File to write the statement to; standard output when left out." };
         return ClientCommand.Create("statement", """
-            Export a holder's statement of a closed day or period: per provider, the fees of its
+            Export a holder's statement of a closed day or period, in Chinese with names beside credit codes (--format json for programs): per provider, the fees of its
             usage under contracts, what its vouchers paid and what the holder pays; then every
             voucher payment; then the daily statements it was read from, with their SHA-256.
             Every day of the period must be settled. Exit codes: 0 written, 4 the holder has
@@ -48,7 +48,7 @@ internal static class HolderStatementCommand
                 }
 
                 // An unknown holder is NOT_FOUND here, rather than a statement with nothing in it.
-                await new VoucherService.VoucherServiceClient(call.Channel).GetHolderAsync(new GetHolderRequest { CreditCode = code }, call.Headers, cancellationToken: ct);
+                Holder registered = await new VoucherService.VoucherServiceClient(call.Channel).GetHolderAsync(new GetHolderRequest { CreditCode = code }, call.Headers, cancellationToken: ct);
                 var settlement = new SettlementService.SettlementServiceClient(call.Channel);
                 var daily = new List<(PartyStatement, string)>();
                 try
@@ -74,7 +74,9 @@ internal static class HolderStatementCommand
                 }
 
                 HolderStatement exported = HolderStatements.Build(code, from, until, daily);
-                string content = parse.GetValue(format) == "json" ? HolderStatements.Json(exported) : HolderStatements.Text(exported);
+                string content = parse.GetValue(format) == "json"
+                    ? HolderStatements.Json(exported)
+                    : HolderStatements.Text(exported, await NamesAsync(call, registered, exported, ct));
                 if (parse.GetValue(output) is not { } path)
                 {
                     Console.Write(content);
@@ -88,6 +90,28 @@ internal static class HolderStatementCommand
                 Console.Error.WriteLine($"Wrote {path}: {exported.Sources.Count} settled day(s), {exported.Payments.Count} voucher payment(s).");
                 return 0;
             });
+    }
+
+    /// <summary>
+    /// The names the text shows beside credit codes: the holder's, and each provider's as the
+    /// registry holds it now. A name the key may not read is left out; the code stands alone.
+    /// </summary>
+    private static async Task<IReadOnlyDictionary<string, string>> NamesAsync(ServerCall call, Holder holder, HolderStatement statement, CancellationToken ct)
+    {
+        var names = new Dictionary<string, string>(StringComparer.Ordinal) { [holder.CreditCode] = holder.Name };
+        var registry = new RegistryService.RegistryServiceClient(call.Channel);
+        foreach (string provider in statement.Providers.Select(p => p.Provider).Concat(statement.Payments.Select(p => p.Payee)).Distinct().Where(c => !names.ContainsKey(c)))
+        {
+            try
+            {
+                names[provider] = (await registry.GetOrganisationAsync(new GetOrganisationRequest { CreditCode = provider }, call.Headers, cancellationToken: ct)).Name;
+            }
+            catch (RpcException refused) when (refused.StatusCode is StatusCode.NotFound or StatusCode.PermissionDenied)
+            {
+            }
+        }
+
+        return names;
     }
 
     /// <summary>

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using Metering.Engine.Formatting;
 using Metering.Engine.Vouchers;
 
 namespace Metering.Engine.Settlement;
@@ -88,44 +89,50 @@ public static class HolderStatements
     }
 
     /// <summary>
-    /// The statement as plain text, the one rendering people read; every label is here, so that
-    /// a translation changes this function alone.
+    /// The statement for the holder to read, in Chinese: names beside credit codes where
+    /// <paramref name="names"/> knows them (a code alone otherwise), amounts in yuan to the fen,
+    /// days in Asia/Shanghai, and every source day with its statement's hash.
     /// </summary>
-    public static string Text(HolderStatement statement)
+    public static string Text(HolderStatement statement, IReadOnlyDictionary<string, string> names)
     {
+        string Named(string code) => code.Length > 0 && names.TryGetValue(code, out string? name) ? $"{name}（{code}）" : code;
         var text = new StringBuilder();
-        text.Append(CultureInfo.InvariantCulture, $"Voucher statement for holder {statement.Holder}, {Period(statement)} (Asia/Shanghai)\n");
+        text.Append("训力券持有方结算汇总\n");
+        text.Append("持有方：").Append(Named(statement.Holder)).Append('\n');
+        text.Append("期间：").Append(Period(statement)).Append("（北京时间）\n");
         if (statement.Sources.Count == 0)
         {
-            text.Append("\nNo settled day of the period holds usage or a voucher payment of this holder.\n");
+            text.Append("\n期间内没有已结算的日子含有该持有方的用量或训力券支付。\n");
             return text.ToString();
         }
 
-        text.Append("\nBy provider\n");
-        var table = new TextRows("provider", "records", "PFLOPS·h", "fees CNY", "vouchers paid CNY", "deducted by provider CNY", "holder pays CNY");
+        text.Append("\n按服务机构\n");
+        var table = new TextRows("服务机构", "记录数", "用量（PFLOPS·h）", "合同内费用（元）", "训力券支付（元）", "服务机构抵扣（元）", "持有方支付（元）");
         foreach (HolderProviderTotals p in statement.Providers)
         {
-            table.Add(p.Provider, N(p.Records), Pflops(p.UsageNpfh), Pricing.Yuan(p.FeeFen), Pricing.Yuan(p.VoucherPaidFen), Pricing.Yuan(p.DeductedFen), Pricing.Yuan(p.HolderPaysFen));
+            table.Add(Named(p.Provider), N(p.Records), Pflops(p.UsageNpfh), Pricing.Yuan(p.FeeFen), Pricing.Yuan(p.VoucherPaidFen), Pricing.Yuan(p.DeductedFen), Pricing.Yuan(p.HolderPaysFen));
         }
 
         table.WriteTo(text);
         if (statement.Payments.Count > 0)
         {
-            text.Append("\nVoucher payments\n");
-            var payments = new TextRows("settled", "provider", "claim", "voucher", "payee", "payee mode", "paid CNY");
+            text.Append("\n训力券支付\n");
+            var payments = new TextRows("结算日", "服务机构", "申领", "训力券", "收款方", "支付方式", "金额（元）");
             foreach (HolderVoucherPayment p in statement.Payments)
             {
-                payments.Add(StatementFormats.Date(p.Day), p.Provider, N(p.Claim), N(p.Voucher), p.Payee, p.PayeeMode, Pricing.Yuan(p.SubsidyFen));
+                payments.Add(StatementFormats.Date(p.Day), Named(p.Provider), N(p.Claim), N(p.Voucher), Named(p.Payee), PayeeMode(p.PayeeMode), Pricing.Yuan(p.SubsidyFen));
             }
 
             payments.WriteTo(text);
         }
 
-        text.Append("\nTotals\n");
-        text.Append(CultureInfo.InvariantCulture, $"  fees under contracts: {Pricing.Yuan(statement.FeeFen)} CNY\n");
-        text.Append(CultureInfo.InvariantCulture, $"  vouchers paid:        {Pricing.Yuan(statement.VoucherPaidFen)} CNY\n");
-        text.Append(CultureInfo.InvariantCulture, $"  holder pays:          {Pricing.Yuan(statement.HolderPaysFen)} CNY\n");
-        text.Append("\nFrom the holder's daily statements (SHA-256 of each canonical CSV)\n");
+        text.Append("\n合计\n");
+        var totals = new TextRows("项目", "金额（元）");
+        totals.Add("合同内费用", Pricing.Yuan(statement.FeeFen));
+        totals.Add("训力券支付", Pricing.Yuan(statement.VoucherPaidFen));
+        totals.Add("持有方支付", Pricing.Yuan(statement.HolderPaysFen));
+        totals.WriteTo(text);
+        text.Append("\n依据：持有方每日结算单（各规范 CSV 的 SHA-256）\n");
         foreach (HolderStatementSource source in statement.Sources)
         {
             text.Append(CultureInfo.InvariantCulture, $"  {StatementFormats.Date(source.Day)}  {source.Sha256Hex}\n");
@@ -133,6 +140,14 @@ public static class HolderStatements
 
         return text.ToString();
     }
+
+    /// <summary>The payee mode in words: Shenzhen pays the holder after the spend; elsewhere the provider deducts the voucher from the bill.</summary>
+    private static string PayeeMode(string mode) => mode switch
+    {
+        "holder_reimbursement" => "拨付持有方",
+        "provider_deduction" => "服务机构抵扣",
+        _ => mode,
+    };
 
     /// <summary>The same statement as JSON for programs: amounts in fen and usage in nPFh, as integers.</summary>
     public static string Json(HolderStatement statement)
@@ -195,8 +210,8 @@ public static class HolderStatements
     }
 
     private static string Period(HolderStatement statement) => statement.From == statement.To
-        ? $"day {StatementFormats.Date(statement.From)}"
-        : $"{StatementFormats.Date(statement.From)} to {StatementFormats.Date(statement.To)}";
+        ? StatementFormats.Date(statement.From)
+        : $"{StatementFormats.Date(statement.From)} 至 {StatementFormats.Date(statement.To)}";
 
     private static string N(long value) => value.ToString("N0", CultureInfo.InvariantCulture);
 
@@ -213,11 +228,11 @@ public static class HolderStatements
 
         public void WriteTo(StringBuilder text)
         {
-            int[] widths = headers.Select((h, i) => Math.Max(h.Length, _rows.Select(r => r[i].Length).DefaultIfEmpty(0).Max())).ToArray();
-            text.Append("  ").AppendJoin("  ", headers.Select((h, i) => h.PadRight(widths[i]))).Append('\n');
+            int[] widths = headers.Select((h, i) => Math.Max(DisplayWidth.Of(h), _rows.Select(r => DisplayWidth.Of(r[i])).DefaultIfEmpty(0).Max())).ToArray();
+            text.Append("  ").Append(string.Join("  ", headers.Select((h, i) => DisplayWidth.Pad(h, widths[i], alignRight: false))).TrimEnd()).Append('\n');
             foreach (string[] row in _rows)
             {
-                text.Append("  ").AppendJoin("  ", row.Select((cell, i) => i == 0 || !char.IsAsciiDigit(cell.LastOrDefault()) ? cell.PadRight(widths[i]) : cell.PadLeft(widths[i]))).Append('\n');
+                text.Append("  ").Append(string.Join("  ", row.Select((cell, i) => DisplayWidth.Pad(cell, widths[i], alignRight: i > 0 && char.IsAsciiDigit(cell.LastOrDefault())))).TrimEnd()).Append('\n');
             }
         }
     }

@@ -62,7 +62,9 @@ public sealed class HolderStatementCliTests(PostgresFixture postgres)
         Assert.Equal((0, 0), (textExit, jsonExit));
         Assert.Contains($"Wrote {path}: 1 settled day(s), 2 voucher payment(s).", textOutput, StringComparison.Ordinal);
         string text = await File.ReadAllTextAsync(path);
-        Assert.StartsWith($"Voucher statement for holder {holder}, day {Day}", text, StringComparison.Ordinal);
+        Assert.StartsWith($"训力券持有方结算汇总\n持有方：", text, StringComparison.Ordinal);
+        Assert.Contains($"（{holder}）\n期间：{Day}（北京时间）\n", text, StringComparison.Ordinal);
+        Assert.Matches($@"\n  Test provider \d+（{TestRecords.Provider}）", text);
         Assert.Contains(TestRecords.Provider, text, StringComparison.Ordinal);
         Assert.Contains(TestRecords.OtherProvider, text, StringComparison.Ordinal);
         Assert.False(File.Exists(path + ".partial"));
