@@ -95,7 +95,7 @@ public static class HolderStatements
     /// </summary>
     public static string Text(HolderStatement statement, IReadOnlyDictionary<string, string> names)
     {
-        string Named(string code) => code.Length > 0 && names.TryGetValue(code, out string? name) ? $"{name}（{code}）" : code;
+        string Named(string code) => StatementRendering.Named(code, names.GetValueOrDefault(code));
         var text = new StringBuilder();
         text.Append("训力券持有方结算汇总\n");
         text.Append("持有方：").Append(Named(statement.Holder)).Append('\n');
@@ -107,31 +107,29 @@ public static class HolderStatements
         }
 
         text.Append("\n按服务机构\n");
-        var table = new TextRows("服务机构", "记录数", "用量（PFLOPS·h）", "合同内费用（元）", "训力券支付（元）", "服务机构抵扣（元）", "持有方支付（元）");
-        foreach (HolderProviderTotals p in statement.Providers)
-        {
-            table.Add(Named(p.Provider), N(p.Records), Pflops(p.UsageNpfh), Pricing.Yuan(p.FeeFen), Pricing.Yuan(p.VoucherPaidFen), Pricing.Yuan(p.DeductedFen), Pricing.Yuan(p.HolderPaysFen));
-        }
-
-        table.WriteTo(text);
+        StatementRendering.TextTable(text, ["服务机构", "记录数", "用量（PFLOPS·h）", "合同内费用（元）", "训力券支付（元）", "服务机构抵扣（元）", "持有方支付（元）"],
+            [.. statement.Providers.Select(p => new[]
+            {
+                Named(p.Provider), N(p.Records), StatementRendering.Scaled(p.UsageNpfh, Pricing.NanoPflopsHoursPerPflopsHour, 6), Pricing.Yuan(p.FeeFen),
+                Pricing.Yuan(p.VoucherPaidFen), Pricing.Yuan(p.DeductedFen), Pricing.Yuan(p.HolderPaysFen),
+            })]);
         if (statement.Payments.Count > 0)
         {
             text.Append("\n训力券支付\n");
-            var payments = new TextRows("结算日", "服务机构", "申领", "训力券", "收款方", "支付方式", "金额（元）");
-            foreach (HolderVoucherPayment p in statement.Payments)
-            {
-                payments.Add(StatementFormats.Date(p.Day), Named(p.Provider), N(p.Claim), N(p.Voucher), Named(p.Payee), PayeeMode(p.PayeeMode), Pricing.Yuan(p.SubsidyFen));
-            }
-
-            payments.WriteTo(text);
+            StatementRendering.TextTable(text, ["结算日", "服务机构", "申领", "训力券", "收款方", "支付方式", "金额（元）"],
+                [.. statement.Payments.Select(p => new[]
+                {
+                    StatementFormats.Date(p.Day), Named(p.Provider), N(p.Claim), N(p.Voucher), Named(p.Payee), StatementRendering.Note(p.PayeeMode), Pricing.Yuan(p.SubsidyFen),
+                })]);
         }
 
         text.Append("\n合计\n");
-        var totals = new TextRows("项目", "金额（元）");
-        totals.Add("合同内费用", Pricing.Yuan(statement.FeeFen));
-        totals.Add("训力券支付", Pricing.Yuan(statement.VoucherPaidFen));
-        totals.Add("持有方支付", Pricing.Yuan(statement.HolderPaysFen));
-        totals.WriteTo(text);
+        StatementRendering.TextTable(text, ["项目", "金额（元）"],
+        [
+            ["合同内费用", Pricing.Yuan(statement.FeeFen)],
+            ["训力券支付", Pricing.Yuan(statement.VoucherPaidFen)],
+            ["持有方支付", Pricing.Yuan(statement.HolderPaysFen)],
+        ]);
         text.Append("\n依据：持有方每日结算单（各规范 CSV 的 SHA-256）\n");
         foreach (HolderStatementSource source in statement.Sources)
         {
@@ -140,14 +138,6 @@ public static class HolderStatements
 
         return text.ToString();
     }
-
-    /// <summary>The payee mode in words: Shenzhen pays the holder after the spend; elsewhere the provider deducts the voucher from the bill.</summary>
-    private static string PayeeMode(string mode) => mode switch
-    {
-        "holder_reimbursement" => "拨付持有方",
-        "provider_deduction" => "服务机构抵扣",
-        _ => mode,
-    };
 
     /// <summary>The same statement as JSON for programs: amounts in fen and usage in nPFh, as integers.</summary>
     public static string Json(HolderStatement statement)
@@ -214,26 +204,4 @@ public static class HolderStatements
         : $"{StatementFormats.Date(statement.From)} 至 {StatementFormats.Date(statement.To)}";
 
     private static string N(long value) => value.ToString("N0", CultureInfo.InvariantCulture);
-
-    /// <summary>nPFh as PFLOPS·h with six decimals, truncated: for reading only.</summary>
-    private static string Pflops(long usageNpfh) => string.Create(CultureInfo.InvariantCulture,
-        $"{usageNpfh / Pricing.NanoPflopsHoursPerPflopsHour:N0}.{usageNpfh % Pricing.NanoPflopsHoursPerPflopsHour / 1_000:000000}");
-
-    /// <summary>A left-aligned table with right-aligned numbers, two spaces between columns.</summary>
-    private sealed class TextRows(params string[] headers)
-    {
-        private readonly List<string[]> _rows = [];
-
-        public void Add(params string[] cells) => _rows.Add(cells);
-
-        public void WriteTo(StringBuilder text)
-        {
-            int[] widths = headers.Select((h, i) => Math.Max(DisplayWidth.Of(h), _rows.Select(r => DisplayWidth.Of(r[i])).DefaultIfEmpty(0).Max())).ToArray();
-            text.Append("  ").Append(string.Join("  ", headers.Select((h, i) => DisplayWidth.Pad(h, widths[i], alignRight: false))).TrimEnd()).Append('\n');
-            foreach (string[] row in _rows)
-            {
-                text.Append("  ").Append(string.Join("  ", row.Select((cell, i) => DisplayWidth.Pad(cell, widths[i], alignRight: i > 0 && char.IsAsciiDigit(cell.LastOrDefault())))).TrimEnd()).Append('\n');
-            }
-        }
-    }
 }

@@ -39,13 +39,7 @@ public static class StatementRendering
         foreach (Section section in Sections(statement, context))
         {
             text.Append('\n').Append(section.Title).Append('\n');
-            int[] widths = section.Headers.Select((h, i) => Math.Max(DisplayWidth.Of(h), section.Rows.Select(r => DisplayWidth.Of(r[i])).DefaultIfEmpty(0).Max())).ToArray();
-            text.Append("  ").Append(string.Join("  ", section.Headers.Select((h, i) => DisplayWidth.Pad(h, widths[i], alignRight: false))).TrimEnd()).Append('\n');
-            text.Append("  ").AppendJoin("  ", widths.Select(w => new string('-', w))).Append('\n');
-            foreach (string[] row in section.Rows)
-            {
-                text.Append("  ").Append(string.Join("  ", row.Select((cell, i) => DisplayWidth.Pad(cell, widths[i], IsNumber(cell)))).TrimEnd()).Append('\n');
-            }
+            TextTable(text, section.Headers, section.Rows);
         }
 
         text.Append('\n').Append("规范 CSV 的 SHA-256：").Append(Convert.ToHexStringLower(context.Sha256)).Append('\n');
@@ -108,6 +102,21 @@ public static class StatementRendering
     }
 
     /// <summary>The sections of a statement, in order; a section with no rows is left out, except the totals.</summary>
+    /// <summary>
+    /// One table of a text statement: headers, a rule, then the rows, two spaces between columns,
+    /// widths counted in display columns (a Chinese character is two), numbers aligned right.
+    /// </summary>
+    internal static void TextTable(StringBuilder text, string[] headers, IReadOnlyList<string[]> rows)
+    {
+        int[] widths = headers.Select((h, i) => Math.Max(DisplayWidth.Of(h), rows.Select(r => DisplayWidth.Of(r[i])).DefaultIfEmpty(0).Max())).ToArray();
+        text.Append("  ").Append(string.Join("  ", headers.Select((h, i) => DisplayWidth.Pad(h, widths[i], alignRight: false))).TrimEnd()).Append('\n');
+        text.Append("  ").AppendJoin("  ", widths.Select(w => new string('-', w))).Append('\n');
+        foreach (string[] row in rows)
+        {
+            text.Append("  ").Append(string.Join("  ", row.Select((cell, i) => DisplayWidth.Pad(cell, widths[i], IsNumber(cell)))).TrimEnd()).Append('\n');
+        }
+    }
+
     private static List<Section> Sections(PartyStatement statement, StatementContext context)
     {
         PartyNames names = context.Names;
@@ -188,7 +197,7 @@ public static class StatementRendering
         _ => "训力券计划",
     };
 
-    private static string Named(string code, string? name) => code.Length == 0 || name is null ? code : $"{name}（{code}）";
+    internal static string Named(string code, string? name) => code.Length == 0 || name is null ? code : $"{name}（{code}）";
 
     private static string FeeUnit(string unit) => unit switch
     {
@@ -198,7 +207,7 @@ public static class StatementRendering
     };
 
     /// <summary>The notes the settlement writes, in Chinese; a note it does not know shows as written.</summary>
-    private static string Note(string note) => note switch
+    internal static string Note(string note) => note switch
     {
         "no_contract" => "无合同，未计价",
         "no_filed_price" => "无备案价格，未计价",
@@ -218,7 +227,7 @@ public static class StatementRendering
     private static bool IsNumber(string cell) => cell.Length > 0 && cell.All(c => char.IsAsciiDigit(c) || c is ',' or '.' or '-');
 
     /// <summary>An integer of nano-units as a decimal with the given digits, truncated: for display only, never for money.</summary>
-    private static string Scaled(long value, long perUnit, int digits)
+    internal static string Scaled(long value, long perUnit, int digits)
     {
         long whole = value / perUnit;
         long fraction = value % perUnit;
