@@ -5,6 +5,7 @@ using Metering.Probe.Attestation.Results;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
+using Npgsql;
 
 namespace Metering.Server.Tests.Capacity;
 
@@ -36,6 +37,10 @@ public sealed class VerificationGateTests(PostgresFixture postgres, TemplateRepo
         Assert.All(refusals.Where(r => r.Reason != "CHECKSUM_INVALID"), r => Assert.Contains(r.Reason, new[] { "NONCE_USED", "VERIFICATION_BUSY" }));
         Assert.Equal(1L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_attestations"));
         Assert.Equal(1L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_nonces WHERE used_at IS NOT NULL AND attestation_id IS NOT NULL"));
+
+        // The spent nonce is tied to its attestation once; the runtime role cannot rewrite it after that.
+        await Assert.ThrowsAsync<PostgresException>(() => scene.Server.ExecuteAsync("UPDATE capacity_nonces SET attestation_id = attestation_id + 1"));
+        await Assert.ThrowsAsync<PostgresException>(() => scene.Server.ExecuteAsync("UPDATE capacity_nonces SET used_at = used_at + interval '1 second'"));
 
         // A copy sent afterwards is a replay of a spent nonce, refused by the cheap checks alone.
         Assert.Equal((StatusCode.FailedPrecondition, "NONCE_USED"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], garbage, signature))));
