@@ -71,8 +71,8 @@ public static class Errors
     public static StatusCode CodeFor(CapacityRefusal reason) => reason switch
     {
         CapacityRefusal.PublicKeyInvalid or CapacityRefusal.InventoryInvalid or CapacityRefusal.ReportMalformed
-            or CapacityRefusal.ChecksumInvalid or CapacityRefusal.MeasurementForged => StatusCode.InvalidArgument,
-        CapacityRefusal.NoncesExhausted => StatusCode.ResourceExhausted,
+            or CapacityRefusal.ChecksumInvalid or CapacityRefusal.MeasurementForged or CapacityRefusal.WorkSizeRefused => StatusCode.InvalidArgument,
+        CapacityRefusal.NoncesExhausted or CapacityRefusal.VerificationBusy => StatusCode.ResourceExhausted,
         CapacityRefusal.SignatureInvalid => StatusCode.PermissionDenied,
         CapacityRefusal.AttestationReplayed => StatusCode.AlreadyExists,
         CapacityRefusal.ValidationUnknown => StatusCode.NotFound,

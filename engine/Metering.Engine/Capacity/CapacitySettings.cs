@@ -27,6 +27,12 @@ public sealed class CapacitySettings
     /// <summary>Longest review reasons, in characters.</summary>
     public int ReasonsMax { get; set; } = 4_000;
 
+    /// <summary>
+    /// Most report verifications (the CPU-heavy recomputation of opened leaves) running at once
+    /// over all providers; each provider has at most one of them, and the others wait for a slot.
+    /// </summary>
+    public int VerificationsConcurrentMax { get; set; } = 2;
+
     public void Validate()
     {
         Require(NonceTtl >= TimeSpan.FromMinutes(1) && NonceTtl <= TimeSpan.FromDays(1), nameof(NonceTtl), "between 1 minute and 1 day");
@@ -35,6 +41,7 @@ public sealed class CapacitySettings
         Require(ConformingPercent is >= 50 and <= 99, nameof(ConformingPercent), "between 50 and 99");
         Require(NodesMax is >= 1 and <= 100_000, nameof(NodesMax), "between 1 and 100000");
         Require(NoncesOutstandingPerNodeMax is >= 1 and <= 64, nameof(NoncesOutstandingPerNodeMax), "between 1 and 64");
+        Require(VerificationsConcurrentMax is >= 1 and <= 64, nameof(VerificationsConcurrentMax), "between 1 and 64");
         Require(ReasonsMax is >= 1 and <= 20_000, nameof(ReasonsMax), "between 1 and 20000");
     }
 

@@ -19,10 +19,10 @@ namespace Metering.Engine.Capacity;
 /// that provider's capacity lock (a transaction-scoped advisory lock), so two calls of one
 /// provider are ordered; calls of different providers never wait for each other. A refusal
 /// throws <see cref="CapacityRefusedException"/> or <see cref="RegistryRefusedException"/>
-/// before anything is written, except that an attestation refused for its checksums or a forged
-/// rate is kept as evidence and uses up its nonce.
+/// before anything is written, except that an attestation spends its nonce before its checksums
+/// are verified, and one refused for its checksums or a forged rate is kept as evidence.
 /// </summary>
-public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCatalog catalog, CapacitySettings settings, TimeProvider time)
+public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCatalog catalog, CapacitySettings settings, TimeProvider time, VerificationGate verifications)
 {
     public const int NodeIdLengthMax = 64;
     public const int SiteLengthMax = 64;
@@ -30,6 +30,9 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
     private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
 
     public CapacitySettings Settings => settings;
+
+    /// <summary>The gate every report verification passes; its count of started verifications is what tests and operators read.</summary>
+    public VerificationGate Verifications => verifications;
 
     // ---------------------------------------------------------------- node keys
 
@@ -220,10 +223,13 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
     private sealed record NonceRow(byte[] Nonce, long ValidationId, string NodeId, DateTime ExpiresAt, DateTime? UsedAt);
 
     /// <summary>
-    /// Checks one node's signed report and records its outcome. Order: form, replay, node key,
-    /// signature, nonce, sample; then the probe's verifier and the catalog judgement, outside any
-    /// transaction because they cost CPU; then, under the provider's lock, the nonce and the
-    /// node are checked again and the outcome written.
+    /// Checks one node's signed report and records its outcome. Cheap checks first: form, replay,
+    /// node key, signature, nonce, sample, work sizes. Then the provider's place in the
+    /// verification gate (one verification per provider at a time), and the nonce is spent under
+    /// the provider's lock, so that any copy of the report is refused before it costs a leaf.
+    /// Only then the probe's verifier, which recomputes leaves, in one of the gate's bounded slots
+    /// and outside any transaction; then the catalog judgement, and under the provider's lock the
+    /// node is checked again and the outcome written.
     /// </summary>
     public async Task<AttestationResult> SubmitAttestationAsync(Actor actor, SubmitAttestationRequest request, CancellationToken cancellationToken)
     {
@@ -275,7 +281,53 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
             await CheckSampledAsync(connection, null, code, nonce.ValidationId, request.NodeId);
         }
 
-        VerificationResult verification = ProbeVerifier.VerifyReport(report.Nonce, report);
+        if (ReportWorkFloor.FirstRefused(report) is { } work)
+        {
+            throw new CapacityRefusedException(CapacityRefusal.WorkSizeRefused, $"the report's work is not allowed: {work.Detail}",
+                new Dictionary<string, string> { ["kernel"] = work.Kernel });
+        }
+
+        if (!verifications.TryEnter(code))
+        {
+            throw new CapacityRefusedException(CapacityRefusal.VerificationBusy,
+                $"another attestation of {code} is being verified; send this one again when that call has returned (its nonce is not spent)");
+        }
+
+        try
+        {
+            await SpendNonceAsync(code, request.NodeId, nonce.Nonce, cancellationToken);
+            return await VerifyAndRecordAsync(code, request, report, nonce, keyVersion, digest, encoded, signature, cancellationToken);
+        }
+        finally
+        {
+            verifications.Leave(code);
+        }
+    }
+
+    /// <summary>
+    /// Spends the nonce before any leaf is recomputed: checked again under the provider's lock, then
+    /// marked used with no attestation yet. From here on a copy of the report is refused with
+    /// NONCE_USED by the cheap checks. A call that fails or is cancelled after this point leaves
+    /// the nonce spent; the node asks for another.
+    /// </summary>
+    private async Task SpendNonceAsync(string code, string node, byte[] value, CancellationToken cancellationToken) =>
+        await InTransactionAsync(code, async (connection, transaction) =>
+        {
+            DateTimeOffset now = time.GetUtcNow();
+            NonceRow current = (await ReadNonceAsync(connection, transaction, code, value))!;
+            CheckNonce(current, node, value, now);
+            await CheckSampledAsync(connection, transaction, code, current.ValidationId, node);
+            int spent = await connection.ExecuteAsync("UPDATE capacity_nonces SET used_at = @now WHERE provider_id = @code AND nonce = @value AND used_at IS NULL",
+                new { code, value, now = now.UtcDateTime }, transaction);
+            return spent == 1
+                ? spent
+                : throw new CapacityRefusedException(CapacityRefusal.NonceUsed, $"nonce {Shorten(value)} was spent by another call at the same moment; nonces are single use");
+        }, cancellationToken);
+
+    private async Task<AttestationResult> VerifyAndRecordAsync(string code, SubmitAttestationRequest request, ProbeReport report, NonceRow nonce, int keyVersion,
+        byte[] digest, byte[] encoded, byte[] signature, CancellationToken cancellationToken)
+    {
+        VerificationResult verification = await verifications.RunAsync(() => ProbeVerifier.VerifyReport(report.Nonce, report), cancellationToken);
         if (!verification.IsValid)
         {
             await KeepRefusedAsync(code, request, nonce, keyVersion, digest, encoded, signature, CapacityRefusal.ChecksumInvalid, verification.ToString(), cancellationToken);
@@ -313,11 +365,10 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
         {
             return await InTransactionAsync(code, async (connection, transaction) =>
             {
-                // What was checked before the verifier ran is checked again under the lock: another
-                // call may have used the nonce, or finished the node, meanwhile.
+                // The nonce was spent by this call before the verifier ran; the node is checked
+                // again under the lock, since a new inventory may have closed its validation meanwhile.
                 DateTimeOffset now = time.GetUtcNow();
                 NonceRow current = (await ReadNonceAsync(connection, transaction, code, nonce.Nonce))!;
-                CheckNonce(current, request.NodeId, nonce.Nonce, now);
                 await CheckSampledAsync(connection, transaction, code, current.ValidationId, request.NodeId);
                 long attestationId = await InsertAttestationAsync(connection, transaction, code, current.ValidationId, request.NodeId, keyVersion, digest, encoded, signature, now, null, "", encoded.Length);
                 await connection.ExecuteAsync("""
@@ -339,7 +390,7 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
                     UPDATE capacity_sample_nodes SET outcome = @outcome, attestation_id = @attestationId
                     WHERE provider_id = @code AND validation_id = @validationId AND node_id = @node
                     """, new { code, validationId = current.ValidationId, node = request.NodeId, outcome = NodeVerdictName(verdict), attestationId }, transaction);
-                await UseNonceAsync(connection, transaction, code, nonce.Nonce, attestationId, now);
+                await TieNonceAsync(connection, transaction, code, nonce.Nonce, attestationId);
                 await CompleteIfDoneAsync(connection, transaction, code, current.ValidationId, now);
                 FleetValidation validation = (await ReadValidationAsync(connection, transaction, code, current.ValidationId))!;
                 return new AttestationResult
@@ -364,7 +415,7 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
     /// </summary>
     public const int RefusedReportBytesMax = 4096;
 
-    /// <summary>Keeps a signed but refused attestation as evidence (its digest and first bytes), and uses up its nonce so that the node runs the probe again.</summary>
+    /// <summary>Keeps a signed but refused attestation as evidence (its digest and first bytes) and ties its spent nonce to it, so that the node runs the probe again.</summary>
     private async Task KeepRefusedAsync(string code, SubmitAttestationRequest request, NonceRow nonce, int keyVersion, byte[] digest, byte[] encoded, byte[] signature,
         CapacityRefusal refusal, string detail, CancellationToken cancellationToken) =>
         await InTransactionAsync(code, async (connection, transaction) =>
@@ -372,7 +423,7 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
             DateTimeOffset now = time.GetUtcNow();
             long attestationId = await InsertAttestationAsync(connection, transaction, code, nonce.ValidationId, request.NodeId, keyVersion, digest,
                 encoded.AsSpan(0, Math.Min(encoded.Length, RefusedReportBytesMax)).ToArray(), signature, now, ProtocolName(refusal), detail.Length > 4_000 ? detail[..4_000] : detail, encoded.Length);
-            await UseNonceAsync(connection, transaction, code, nonce.Nonce, attestationId, now);
+            await TieNonceAsync(connection, transaction, code, nonce.Nonce, attestationId);
             return attestationId;
         }, cancellationToken);
 
@@ -384,9 +435,9 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
             RETURNING attestation_id
             """, new { code, validationId, node, keyVersion, digest, encoded, reportBytes, signature, now = now.UtcDateTime, accepted = refusal is null, refusal, detail }, transaction);
 
-    private static Task UseNonceAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, byte[] nonce, long attestationId, DateTimeOffset now) =>
-        connection.ExecuteAsync("UPDATE capacity_nonces SET used_at = @now, attestation_id = @attestationId WHERE provider_id = @code AND nonce = @nonce AND used_at IS NULL",
-            new { code, nonce, attestationId, now = now.UtcDateTime }, transaction);
+    private static Task TieNonceAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, byte[] nonce, long attestationId) =>
+        connection.ExecuteAsync("UPDATE capacity_nonces SET attestation_id = @attestationId WHERE provider_id = @code AND nonce = @nonce AND attestation_id IS NULL",
+            new { code, nonce, attestationId }, transaction);
 
     private static async Task<NonceRow?> ReadNonceAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string code, byte[] nonce)
     {

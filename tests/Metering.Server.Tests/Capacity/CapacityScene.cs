@@ -9,6 +9,7 @@ using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Server.Tests.Registry;
 using Metering.Tests.Shared;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Metering.Server.Tests.Capacity;
@@ -34,13 +35,26 @@ internal sealed class TestNode(string nodeId) : IDisposable
 /// </summary>
 internal sealed class CapacityScene : IAsyncDisposable
 {
-    private CapacityScene(RegistryScene registry, string code, Metadata key)
+    private readonly bool _ownsRegistry;
+
+    private CapacityScene(RegistryScene registry, string code, Metadata key, bool ownsRegistry = true)
     {
         Registry = registry;
         Code = code;
         Key = key;
         Client = registry.Server.CapacityClient();
+        _ownsRegistry = ownsRegistry;
     }
+
+    /// <summary>Another registered provider on the same server and database; disposing it leaves the server to this scene.</summary>
+    public async Task<CapacityScene> AnotherProviderAsync()
+    {
+        var (code, key) = await Registry.RegisterAsync();
+        return new CapacityScene(Registry, code, key, ownsRegistry: false);
+    }
+
+    /// <summary>The server's verification gate: its count of started verifications, and the providers' places.</summary>
+    public VerificationGate Verifications => Server.Services.GetRequiredService<FleetValidationService>().Verifications;
 
     public RegistryScene Registry { get; }
 
@@ -148,5 +162,11 @@ internal sealed class CapacityScene : IAsyncDisposable
         }).ToList(),
     };
 
-    public async ValueTask DisposeAsync() => await Registry.DisposeAsync();
+    public async ValueTask DisposeAsync()
+    {
+        if (_ownsRegistry)
+        {
+            await Registry.DisposeAsync();
+        }
+    }
 }
