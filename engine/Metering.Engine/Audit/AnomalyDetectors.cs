@@ -311,12 +311,14 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
     /// of time above them; its evidence is the records running at the peak. Usage at exactly the
     /// validated figure is not an anomaly.
     ///
-    /// Where no validation is in force, no validated figure bounds the usage, and judging it
-    /// against 0 would flag every record. Instead, for each model in use, one CapacityUnvalidated
-    /// anomaly is raised per stretch of the period without a validation in force, spanning the
-    /// usage in it, with its peak and the records at the peak; it names the devices the admitted
-    /// applications declare (what ingest judged such usage against, as the registry stands now)
-    /// and the latest validation before the stretch, if any, which had expired.
+    /// Where no validation is in force, or the one in force holds none of the model (a model the
+    /// probe cannot reach, such as Ascend 910B beside validated NVIDIA nodes), no validated figure
+    /// bounds the usage, and judging it against 0 would flag every record. Instead, for each such
+    /// model in use, one CapacityUnvalidated anomaly is raised per stretch, spanning the usage in
+    /// it, with its peak and the records at the peak; it names the devices the admitted
+    /// applications declare (what ingest judged such usage against, as the registry stands now),
+    /// the latest validation completed at or before the stretch, if any, and the validation in
+    /// force that does not hold the model, if any.
     /// </summary>
     private (Counted Exceeded, Counted Unvalidated) Capacity(string providerId, List<Usage> records, long fromMs, long untilMs, FleetSnapshot fleet)
     {
@@ -334,7 +336,10 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
             string model = group.Key;
             foreach (FleetStretch stretch in stretches)
             {
-                if (stretch.Fleet is { } validation)
+                // A validation bounds only the models its inventory holds; another model in use
+                // under it (an Ascend line beside validated NVIDIA nodes) has no validated figure,
+                // as ingest judges it, and is reported apart rather than against 0.
+                if (stretch.Fleet is { } validation && validation.Devices.ContainsKey(model))
                 {
                     long devices = validation.DevicesOf(model);
                     foreach (Overload overload in Overloads(Clip(group, stretch.FromUnixMs, stretch.UntilUnixMs), r => r.DeviceCount, devices))
@@ -355,7 +360,7 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
                         long usedUntilMs = spans.Max(r => r.EndMs);
                         Overload peak = Overloads(spans, r => r.DeviceCount, 0).MaxBy(o => o.PeakUnits)!;
                         ValidatedFleet? before = fleet.History.Validations.LastOrDefault(v => v.CompletedUnixMs <= stretch.FromUnixMs);
-                        unvalidated.Add(Unvalidated(providerId, model, usedFromMs, usedUntilMs, peak, fleet.DeclaredOf(model), before));
+                        unvalidated.Add(Unvalidated(providerId, model, usedFromMs, usedUntilMs, peak, fleet.DeclaredOf(model), before, stretch.Fleet));
                     }
                 }
             }
@@ -377,17 +382,18 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
              new("validation_id", validation.ValidationId.ToString(CultureInfo.InvariantCulture)), new("capacity_source", Describe(validation))]);
     }
 
-    private Anomaly Unvalidated(string providerId, string model, long fromMs, long untilMs, Overload peak, long declared, ValidatedFleet? before)
+    private Anomaly Unvalidated(string providerId, string model, long fromMs, long untilMs, Overload peak, long declared, ValidatedFleet? before, ValidatedFleet? inForce)
     {
         string devices = Shares(peak.PeakUnits, peak.UnitsPerDevice);
         bool aboveDeclared = peak.PeakUnits > (Int128)declared * peak.UnitsPerDevice;
         return new Anomaly(AnomalyKind.CapacityUnvalidated, providerId, null, fromMs, untilMs,
-            $"{model} in use with no fleet validation in force: at most {devices} device(s) at once, "
+            (inForce is null ? $"{model} in use with no fleet validation in force" : $"{model} in use while {inForce.Name}, in force, holds none")
+            + $": at most {devices} device(s) at once, "
             + (aboveDeclared ? $"above the {declared} its admitted applications declare" : $"within the {declared} its admitted applications declare"),
             peak.Peak.Take(_settings.EvidenceRowsMax).Select(r => r.Evidence()).ToList(), peak.Peak.Count,
             [new("device_model", model), new("peak_devices", devices), new("peak_at", Time(peak.PeakAtMs)), new("sites", Sites(peak.Peak)),
              new("declared_devices", declared.ToString(CultureInfo.InvariantCulture)), new("above_declared", aboveDeclared ? "true" : "false"),
-             new("previous_validation", before is null ? "none" : Describe(before))]);
+             new("previous_validation", before is null ? "none" : Describe(before)), new("validation_in_force", inForce is null ? "none" : Describe(inForce))]);
     }
 
     /// <summary>Each record of the group that runs in [from, until), its time cut to that stretch.</summary>

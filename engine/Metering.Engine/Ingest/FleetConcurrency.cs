@@ -11,12 +11,21 @@ using Npgsql;
 namespace Metering.Engine.Ingest;
 
 /// <summary>
-/// A provider's fleet per device model: the validated fleet in force at an instant
-/// (<see cref="FleetHistory"/>, the one definition of it), and the devices its admitted
-/// applications declared (those passed commissioned verification), which ingest falls back to
-/// while no validation is in force. Where two admitted applications declare the same site and
-/// model, the larger count is taken once: a second service item is offered on the same platform,
-/// not on new devices.
+/// A provider's fleet per device model, as ingest bounds concurrent usage with it. For each model
+/// the figure comes from the first source that covers that model:
+/// <list type="number">
+/// <item>the validation in force (<see cref="FleetHistory"/>, the one definition of it), where its
+/// inventory holds the model;</item>
+/// <item>the devices the commissioned verifier confirmed for the model: the registry records only
+/// the verifier's total FP16 figure per application, no per-model count, so this source holds
+/// nothing yet and every model the validation does not cover falls to the next;</item>
+/// <item>the devices its admitted applications declared (those passed commissioned verification).
+/// Where two admitted applications declare the same site and model, the larger count is taken
+/// once: a second service item is offered on the same platform, not on new devices.</item>
+/// </list>
+/// A model no source covers has a fleet of 0. So a provider that validates its NVIDIA nodes keeps
+/// its declared Ascend devices as their bound, instead of 0, and a provider without any validation
+/// is bounded by its declaration.
 ///
 /// Ingest judges a commit against the fleet in force at the commit (<see cref="DevicesOf"/>);
 /// the audit's capacity detector judges each instant of usage against the validation in force at
@@ -47,10 +56,14 @@ public sealed class FleetSnapshot
     /// <summary>The declared devices per model.</summary>
     public IReadOnlyDictionary<string, long> Declared => _declared;
 
-    /// <summary>The devices of a model in the fleet at a moment, and where that figure comes from: the validation in force, else the declared devices.</summary>
+    /// <summary>
+    /// The devices of a model in the fleet at a moment, and where that figure comes from: the
+    /// validation in force where its inventory holds the model, else the declared devices (0 for a
+    /// model neither holds). Ingest calls it once per model a commit touches, not per record.
+    /// </summary>
     public (long Devices, string Source) DevicesOf(string model, long nowUnixMs) =>
-        History.InForceAt(nowUnixMs) is { } validation
-            ? (validation.DevicesOf(model), validation.Name)
+        History.InForceAt(nowUnixMs) is { } validation && validation.Devices.TryGetValue(model, out long validated)
+            ? (validated, validation.Name)
             : (DeclaredOf(model), DeclaredSource);
 
     /// <summary>The fleet as ingest needs it: only the latest completed validation (see <see cref="FleetHistory.LoadAsync"/>).</summary>
@@ -167,9 +180,17 @@ public static class FleetConcurrency
             touchedMinutes = touched.Select(t => UnixMs.ToDateTime(t.Minute * SecondsPerRow * 1000)).ToArray(),
         }, transaction)).ToLookup(r => (r.Model, UnixMs.FromDateTime(DateTime.SpecifyKind(r.Minute, DateTimeKind.Utc)) / 1000 / SecondsPerRow));
 
+        // The bound of each model is taken once per commit, from the snapshot read once per
+        // admission epoch: a dictionary per batch, nothing per record.
+        var bounds = new Dictionary<string, (long Devices, string Source)>(StringComparer.Ordinal);
+        foreach (Group group in groups)
+        {
+            bounds.TryAdd(group.Model, fleet.DevicesOf(group.Model, nowUnixMs));
+        }
+
         foreach (var (model, minute) in touched.OrderBy(t => t.Minute).ThenBy(t => t.Model, StringComparer.Ordinal))
         {
-            var (devices, source) = fleet.DevicesOf(model, nowUnixMs);
+            var (devices, source) = bounds[model];
             var sums = stored[(model, minute)].Select(r => (r.Levels, r.Denominator)).ToList();
             long[][] mine = groups.Where(g => g.Model == model && g.Minutes.ContainsKey(minute)).Select(g => g.Minutes[minute]).ToArray();
             for (int second = 0; second < SecondsPerRow; second++)

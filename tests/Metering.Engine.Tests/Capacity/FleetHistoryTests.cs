@@ -81,4 +81,14 @@ public sealed class FleetHistoryTests
         Assert.Equal((100L, "fleet validation 4"), fleet.DevicesOf("H100-SXM", 10 * Hour));
         Assert.Equal((320L, FleetSnapshot.DeclaredSource), fleet.DevicesOf("H100-SXM", 20 * Hour));
     }
+
+    [Fact]
+    public void A_model_the_validation_in_force_does_not_hold_is_bounded_by_its_declaration_and_one_declared_nowhere_by_zero()
+    {
+        var fleet = new FleetSnapshot(FleetHistory.Of([Validation(4, 10, 20, 100)]), new Dictionary<string, long> { ["H100-SXM"] = 320, ["ASCEND-910B"] = 64 });
+
+        Assert.Equal((100L, "fleet validation 4"), fleet.DevicesOf("H100-SXM", 12 * Hour));
+        Assert.Equal((64L, FleetSnapshot.DeclaredSource), fleet.DevicesOf("ASCEND-910B", 12 * Hour));
+        Assert.Equal((0L, FleetSnapshot.DeclaredSource), fleet.DevicesOf("A100-SXM", 12 * Hour));
+    }
 }

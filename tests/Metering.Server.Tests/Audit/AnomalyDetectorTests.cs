@@ -97,10 +97,13 @@ public sealed class AnomalyDetectorTests(PostgresFixture postgres)
         Assert.StartsWith($"fleet validation {validation} (inventory version 1)", Fact(h100, "capacity_source"), StringComparison.Ordinal);
         Assert.Equal($"300 H100-SXM devices in use at once, above the 256 validated by fleet validation {validation}", h100.Summary);
         Assert.Equal([("cap-a", 1UL), ("cap-b", 1UL)], h100.Evidence.Select(e => (e.StreamId, e.Sequence)).Order());
-        Anomaly none = Assert.Single(anomalies, a => a.Kind == AnomalyKind.CapacityExceeded && a.Facts.Contains(new Fact("device_model", "A100-SXM")));
-        Assert.Contains(new Fact("peak_devices", "0 3/7"), none.Facts);
-        Assert.Contains(new Fact("verified_devices", "0"), none.Facts);
-        Assert.DoesNotContain(anomalies, a => a.Kind == AnomalyKind.CapacityUnvalidated);
+        // The validation bounds only the H100 it holds: the A100s are judged against the
+        // declaration, as ingest judges them, and reported apart, not as above a fleet of 0.
+        Assert.DoesNotContain(anomalies, a => a.Kind == AnomalyKind.CapacityExceeded && a.Facts.Contains(new Fact("device_model", "A100-SXM")));
+        Anomaly none = Assert.Single(anomalies, a => a.Kind == AnomalyKind.CapacityUnvalidated);
+        Assert.Equal(("A100-SXM", "0 3/7", "250000", "false"), (Fact(none, "device_model"), Fact(none, "peak_devices"), Fact(none, "declared_devices"), Fact(none, "above_declared")));
+        Assert.StartsWith($"fleet validation {validation} (inventory version 1)", Fact(none, "validation_in_force"), StringComparison.Ordinal);
+        Assert.Equal($"A100-SXM in use while fleet validation {validation}, in force, holds none: at most 0 3/7 device(s) at once, within the 250000 its admitted applications declare", none.Summary);
     }
 
     [Fact]
@@ -204,8 +207,10 @@ public sealed class AnomalyDetectorTests(PostgresFixture postgres)
     [Fact]
     public async Task A_validation_made_through_the_capacity_service_bounds_the_usage_that_ran_while_it_was_in_force()
     {
-        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, capacity: new CapacitySettings { ValidationValidity = TimeSpan.FromDays(1) }, admitted: true);
-        // The validated inventory is one CPU fixture node: it holds no H100 (the filing declares 320).
+        // The filing declares 8 CPU fixture devices beside its 320 H100; the validated inventory
+        // is one CPU fixture node, one device.
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, capacity: new CapacitySettings { ValidationValidity = TimeSpan.FromDays(1) }, admitted: true,
+            filing: f => f.Capacity.Add(new DeclaredDevices { Site = "sz-test-dc", DeviceModel = TestCatalogs.CpuFixtureModel, DeviceCount = 8 }));
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
         FleetValidation validation = (await scene.AttestAsync(nodes[0])).Validation;
@@ -214,20 +219,24 @@ public sealed class AnomalyDetectorTests(PostgresFixture postgres)
         // Thirty hours on the validation has expired, and ingest takes records backfilled from
         // while it was in force, judging them against the declared devices.
         scene.Clock.Advance(TimeSpan.FromHours(30));
+        UsageRecord during = Record(1, completed + Hour, 60, 8);
+        UsageRecord after = Record(2, completed + 26 * Hour, 60, 8);
+        during.DeviceModel = after.DeviceModel = TestCatalogs.CpuFixtureModel;
         await using (IngestCall call = await IngestCall.OpenAsync(scene.Server.Client(), "backfill", RegistryScene.KeyOf(scene.Key)))
         {
-            Assert.Equal(2UL, (await call.SendAsync([Record(1, completed + Hour, 60, 8), Record(2, completed + 26 * Hour, 60, 8)])).CommittedSequence);
+            Assert.Equal(2UL, (await call.SendAsync([during, after])).CommittedSequence);
         }
 
         IReadOnlyList<Anomaly> anomalies = await new AnomalyDetectors(scene.Registry.DataSource, scene.Clock)
             .DetectAsync(scene.Code, At(completed), At(completed + 30 * Hour), CancellationToken.None);
 
         Anomaly exceeded = Assert.Single(anomalies, a => a.Kind == AnomalyKind.CapacityExceeded);
-        Assert.Equal($"8 H100-SXM device(s) in use, where fleet validation {validation.ValidationId} validated no H100-SXM", exceeded.Summary);
+        Assert.Equal($"8 {TestCatalogs.CpuFixtureModel} devices in use at once, above the 1 validated by fleet validation {validation.ValidationId}", exceeded.Summary);
         Assert.Equal([1UL], exceeded.Evidence.Select(e => e.Sequence));
         Anomaly unvalidated = Assert.Single(anomalies, a => a.Kind == AnomalyKind.CapacityUnvalidated);
         Assert.Equal([2UL], unvalidated.Evidence.Select(e => e.Sequence));
-        Assert.Contains(new Fact("declared_devices", "320"), unvalidated.Facts);
+        Assert.Contains(new Fact("declared_devices", "8"), unvalidated.Facts);
+        Assert.Contains(new Fact("validation_in_force", "none"), unvalidated.Facts);
         Assert.StartsWith($"fleet validation {validation.ValidationId} ", Fact(unvalidated, "previous_validation"), StringComparison.Ordinal);
     }
 

@@ -69,16 +69,18 @@ internal sealed class CapacityScene : IAsyncDisposable
     public TestServer Server => Registry.Server;
 
     /// <param name="admitted">Take the provider through admission (320 H100 declared) instead of only registering it.</param>
-    public static async Task<CapacityScene> StartAsync(PostgresFixture postgres, DeviceCatalog? catalog = null, CapacitySettings? capacity = null, bool admitted = false)
+    /// <param name="filing">With <paramref name="admitted"/>, changes the filing before it is filed (its declared devices, for example).</param>
+    public static async Task<CapacityScene> StartAsync(PostgresFixture postgres, DeviceCatalog? catalog = null, CapacitySettings? capacity = null, bool admitted = false,
+        Action<FileApplicationRequest>? filing = null)
     {
         RegistryScene registry = await RegistryScene.StartAsync(postgres, catalog: catalog ?? TestCatalogs.WithCpuFixture(), capacity: capacity);
-        var (code, key) = admitted ? await AdmitAsync(registry) : await registry.RegisterAsync();
+        var (code, key) = admitted ? await AdmitAsync(registry, filing) : await registry.RegisterAsync();
         return new CapacityScene(registry, code, key);
     }
 
-    private static async Task<(string, Metadata)> AdmitAsync(RegistryScene registry)
+    private static async Task<(string, Metadata)> AdmitAsync(RegistryScene registry, Action<FileApplicationRequest>? filing)
     {
-        var (code, key, _) = await registry.AdmitAsync();
+        var (code, key, _) = await registry.AdmitAsync(filing);
         return (code, key);
     }
 

@@ -103,29 +103,35 @@ public sealed class FleetPlausibilityTests(PostgresFixture postgres)
     }
 
     [Fact]
-    public async Task A_completed_fleet_validation_is_the_fleet_until_it_expires_and_an_open_stream_sees_it_at_once()
+    public async Task A_completed_fleet_validation_bounds_the_models_it_holds_until_it_expires_and_an_open_stream_sees_it_at_once()
     {
         var capacity = new CapacitySettings { ValidationValidity = TimeSpan.FromDays(1) };
-        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, capacity: capacity, admitted: true);
+        // The filing declares 4 CPU fixture devices beside its 320 H100.
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, capacity: capacity, admitted: true,
+            filing: f => f.Capacity.Add(new DeclaredDevices { Site = "sz-test-dc", DeviceModel = TestCatalogs.CpuFixtureModel, DeviceCount = 4 }));
         DateTimeOffset start = scene.Clock.Now.AddHours(1);
         scene.Clock.Now = start.AddHours(2);
         string provider = RegistryScene.KeyOf(scene.Key);
         await using IngestCall open = await IngestCall.OpenAsync(scene.Server.Client(), "before", provider);
-        Assert.Equal(1UL, (await open.SendAsync([At(1, start, TimeSpan.FromMinutes(5), 8)])).CommittedSequence);
+        Assert.Equal(1UL, (await open.SendAsync([At(1, start, TimeSpan.FromMinutes(5), 3, model: TestCatalogs.CpuFixtureModel)])).CommittedSequence);
 
-        // The validated inventory is one CPU fixture node: it holds no H100.
+        // The validated inventory is one CPU fixture node: one device of that model, and no H100.
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
         FleetValidation validation = (await scene.AttestAsync(nodes[0])).Validation;
         Assert.Equal(FleetValidationState.ValidationComplete, validation.State);
 
-        RpcException error = await open.SendRefusedAsync([At(2, start.AddMinutes(10), TimeSpan.FromMinutes(5), 8)]);
+        RpcException error = await open.SendRefusedAsync([At(2, start.AddMinutes(10), TimeSpan.FromMinutes(5), 2, model: TestCatalogs.CpuFixtureModel)]);
         Assert.Equal("CONCURRENCY_ABOVE_FLEET", IngestCall.Reason(error));
-        Assert.Contains($"its fleet holds 0 (fleet validation {validation.ValidationId})", error.Status.Detail, StringComparison.Ordinal);
+        Assert.Contains($"its fleet holds 1 (fleet validation {validation.ValidationId})", error.Status.Detail, StringComparison.Ordinal);
+
+        // The model the validation does not hold stays bounded by the declaration, not by 0.
+        await using IngestCall h100 = await IngestCall.OpenAsync(scene.Server.Client(), "h100", provider);
+        Assert.Equal(1UL, (await h100.SendAsync([At(1, start.AddMinutes(10), TimeSpan.FromMinutes(5), 320)])).CommittedSequence);
 
         scene.Clock.Advance(TimeSpan.FromDays(1));
         await using IngestCall after = await IngestCall.OpenAsync(scene.Server.Client(), "before", provider);
-        Assert.Equal(2UL, (await after.SendAsync([At(2, start.AddMinutes(10), TimeSpan.FromMinutes(5), 8)])).CommittedSequence);
+        Assert.Equal(2UL, (await after.SendAsync([At(2, start.AddMinutes(10), TimeSpan.FromMinutes(5), 2, model: TestCatalogs.CpuFixtureModel)])).CommittedSequence);
     }
 
     private static UsageRecord At(ulong sequence, DateTimeOffset start, TimeSpan duration, uint devices, uint numerator = 1, uint denominator = 1, string model = "H100-SXM") => new()

@@ -119,10 +119,13 @@ internal sealed class RegistryScene : IAsyncDisposable
     }
 
     /// <summary>Registers, files and takes an application through every stage; the provider is admitted until <see cref="ValidityEnds"/>.</summary>
-    public async Task<(string Code, Metadata Key, Application Admitted)> AdmitAsync()
+    /// <param name="adjust">Changes the filing before it is filed (its declared devices, for example), or null.</param>
+    public async Task<(string Code, Metadata Key, Application Admitted)> AdmitAsync(Action<FileApplicationRequest>? adjust = null)
     {
         var (code, key) = await RegisterAsync();
-        Application filed = await Client.FileApplicationAsync(Filing(code), key);
+        FileApplicationRequest filing = Filing(code);
+        adjust?.Invoke(filing);
+        Application filed = await Client.FileApplicationAsync(filing, key);
         Application admitted = await Admissions.DecideAllAsync(Engine, filed.ApplicationId, code);
         return (code, key, admitted);
     }
