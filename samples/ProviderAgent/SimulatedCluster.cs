@@ -3,7 +3,7 @@ using Metering.Protocol.V1;
 namespace Metering.Samples.ProviderAgent;
 
 /// <summary>One pool of identical accelerators at a site.</summary>
-/// <param name="ShareDenominator">How the pool is sliced: 1 for whole devices, 7 for MIG 1g slices, 2 for half time-slices.</param>
+/// <param name="ShareDenominator">How the pool is sliced: 1 for whole devices, 7 for MIG slices (1g, 2g, 3g, 4g or 7g), 2 for half time-slices.</param>
 public sealed record DevicePool(string Model, int Devices, uint ShareDenominator);
 
 /// <summary>
@@ -72,6 +72,12 @@ public sealed class SimulatedCluster
         return elapsedMs <= 0 ? 0 : (ulong)(elapsedMs / (long)Interval.TotalMilliseconds) * (ulong)_jobsPerInterval;
     }
 
+    /// <summary>Compute slices of a MIG-partitioned GA100 (A100, A800).</summary>
+    private const uint MigSlicesPerGpu = 7;
+
+    /// <summary>The slice counts of the GA100 MIG profiles (1g, 2g, 3g, 4g, 7g); 5 and 6 name no instance.</summary>
+    private static readonly uint[] MigProfileSlices = [1, 2, 3, 4, 7];
+
     /// <summary>Record number <paramref name="sequence"/> (1-based). Past the day it continues into the next days.</summary>
     public UsageRecord RecordAt(ulong sequence)
     {
@@ -86,7 +92,13 @@ public sealed class SimulatedCluster
         int poolIndex = (int)(lane % (ulong)_pools.Length);
         DevicePool pool = _pools[poolIndex];
         uint devices = pool.ShareDenominator == 1 ? Math.Min(JobSizes[(int)((job >> 8) % (ulong)JobSizes.Length)], _laneDevicesMax[poolIndex]) : 1;
-        uint share = pool.ShareDenominator == 1 ? 1 : 1 + (uint)((job >> 16) % pool.ShareDenominator);
+        uint share = pool.ShareDenominator switch
+        {
+            1 => 1,
+            // A share of seven names MIG slices, and only the slice counts of real MIG profiles exist (catalog 2026.1).
+            MigSlicesPerGpu => MigProfileSlices[(int)((job >> 16) % (ulong)MigProfileSlices.Length)],
+            _ => 1 + (uint)((job >> 16) % pool.ShareDenominator),
+        };
 
         long start = _dayStartMs + (long)slot * (long)Interval.TotalMilliseconds;
         // Jobs start and stop off the interval grid now and then.

@@ -73,11 +73,13 @@ internal static class RegistryOutput
 
         Section("Materials", materials, application.Materials.Count);
 
-        var capacity = new TextTable("site", "device model", "devices", "FP16 PFLOPS");
+        // The last column says whether the probe can prove the figure or only the commissioned verifier can.
+        var capacity = new TextTable("site", "device model", "devices", "FP16 PFLOPS", "capacity figure");
         foreach (DeclaredDevices devices in application.Capacity)
         {
             DeviceModel? model = catalog.Find(devices.DeviceModel);
-            capacity.Add(devices.Site, devices.DeviceModel, Count(devices.DeviceCount), model is null ? "" : Pflops(devices.DeviceCount * model.Fp16DenseGflops));
+            capacity.Add(devices.Site, devices.DeviceModel, Count(devices.DeviceCount), model is null ? "" : Pflops(devices.DeviceCount * model.Fp16DenseGflops),
+                model is null ? "" : model.CapacityFromVerifier ? "commissioned verifier" : "probe");
         }
 
         Section("Declared capacity", capacity, application.Capacity.Count);

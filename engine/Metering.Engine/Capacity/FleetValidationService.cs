@@ -102,10 +102,10 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
                 throw new RegistryRefusedException(RegistryRefusal.DeviceModelUnknown, $"node '{node.NodeId}': device model '{node.DeviceModel}' is not in device catalog {version.Version}");
             }
 
-            if (model.Probe is null)
+            if (model.Probe is null || model.CapacityFromVerifier)
             {
                 throw new CapacityRefusedException(CapacityRefusal.ModelNotProbeable,
-                    $"node '{node.NodeId}': the probe cannot measure {model.Key} (the catalog has no probe figures for it); its capacity goes through the commissioned verifier's figure");
+                    $"node '{node.NodeId}': the probe cannot measure {model.Key} (catalog {version.Version} gives it capacityFigure 'verifier'); its capacity is the commissioned verifier's figure");
             }
 
             gflops[i] = node.DeviceCount * model.Fp16DenseGflops;
@@ -524,9 +524,9 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
                 throw new RegistryRefusedException(RegistryRefusal.DeviceModelUnknown, $"device model '{request.DeviceModel}' is not in device catalog {catalog.Latest.Version}");
             }
 
-            accepted = model.Probe is not null
+            accepted = model.Probe is not null && !model.CapacityFromVerifier
                 ? model
-                : throw new CapacityRefusedException(CapacityRefusal.ModelNotProbeable, $"the catalog has no probe figures for {model.Key}; a device cannot be judged as it");
+                : throw new CapacityRefusedException(CapacityRefusal.ModelNotProbeable, $"the probe cannot judge a device as {model.Key} (catalog {catalog.Latest.Version} gives it capacityFigure 'verifier'); its capacity is the commissioned verifier's figure");
         }
         else if (reasons.Length == 0)
         {

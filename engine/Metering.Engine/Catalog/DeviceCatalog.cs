@@ -14,6 +14,42 @@ public sealed record DeviceModel(string Key, string Vendor, string Name, long Fp
 
     /// <summary>True for a model that only a test or bench overlay adds (never in the shipped catalog).</summary>
     public bool Fixture { get; init; }
+
+    /// <summary>The model's MIG profiles; null for a model this catalog version lists none for.</summary>
+    public MigLayout? Mig { get; init; }
+
+    /// <summary>
+    /// True when the model's capacity rests on the commissioned verifier's figure (委托核查): ILGPU
+    /// cannot reach it (Ascend, AMD Instinct) or the probe cannot yet name it (no probe section).
+    /// </summary>
+    public bool CapacityFromVerifier { get; init; }
+
+    /// <summary>Where the model's capacity figure comes from, as outputs state it.</summary>
+    public string CapacityFigureSource => CapacityFromVerifier ? VerifierFigure : ProbeFigure;
+
+    public const string ProbeFigure = "probe";
+
+    public const string VerifierFigure = "verifier";
+
+    /// <summary>
+    /// The share of one device that a record's share stands for, as a fraction to normalise with.
+    /// A share whose denominator is the model's MIG slice count names MIG slices and becomes the
+    /// profile's multiprocessor fraction; any other share is taken as it is. False when the share
+    /// names a slice count that no MIG profile of the model has (5/7 on an A100).
+    /// </summary>
+    public bool TryComputeShare(uint shareNumerator, uint shareDenominator, out uint numerator, out uint denominator)
+    {
+        if (Mig is { } mig && shareDenominator == mig.Slices)
+        {
+            numerator = mig.MultiprocessorsOf(shareNumerator);
+            denominator = mig.Multiprocessors;
+            return numerator != 0;
+        }
+
+        numerator = shareNumerator;
+        denominator = shareDenominator;
+        return true;
+    }
 }
 
 /// <summary>One version of the device catalog, effective from a date (UTC) until the next version.</summary>
@@ -178,11 +214,61 @@ public sealed class DeviceCatalog
             throw new InvalidDataException($"{origin}: device {device.Key} cites no source.");
         }
 
+        ProbeProfile? probe = device.Probe is null ? null : ProbeProfile.Parse(device.Probe, device.Key, device.Fp16DenseGflops, origin);
+        bool fromVerifier = device.CapacityFigure switch
+        {
+            null => probe is null,
+            DeviceModel.VerifierFigure => true,
+            DeviceModel.ProbeFigure when probe is not null => false,
+            _ => throw new InvalidDataException($"{origin}: device {device.Key} has capacityFigure '{device.CapacityFigure}'; it is '{DeviceModel.ProbeFigure}' (which needs a probe section) or '{DeviceModel.VerifierFigure}'."),
+        };
+
         return new DeviceModel(device.Key, device.Vendor ?? "", device.Name ?? device.Key, device.Fp16DenseGflops, device.Source, version)
         {
-            Probe = device.Probe is null ? null : ProbeProfile.Parse(device.Probe, device.Key, device.Fp16DenseGflops, origin),
+            Probe = probe,
             Fixture = fixture,
+            Mig = device.Mig is null ? null : ParseMig(device.Mig, device.Key, probe, origin),
+            CapacityFromVerifier = fromVerifier,
         };
+    }
+
+    /// <summary>Largest compute-slice count of a MIG layout; NVIDIA's GPUs have at most seven.</summary>
+    private const uint MigSlicesMax = 16;
+
+    private static MigLayout ParseMig(CatalogMig mig, string key, ProbeProfile? probe, string origin)
+    {
+        string where = $"{origin}: device {key} mig";
+        if (mig.Multiprocessors == 0 || (probe?.Multiprocessors is int probed && probed != mig.Multiprocessors))
+        {
+            throw new InvalidDataException($"{where}: multiprocessors {mig.Multiprocessors} must be positive and match the probe section's.");
+        }
+
+        if (mig.Slices is < 2 or > MigSlicesMax)
+        {
+            throw new InvalidDataException($"{where}: slices {mig.Slices} must be 2 to {MigSlicesMax}.");
+        }
+
+        if (string.IsNullOrWhiteSpace(mig.Source) || mig.Profiles is not { Count: > 0 })
+        {
+            throw new InvalidDataException($"{where}: needs profiles and a source.");
+        }
+
+        var profiles = new List<MigProfile>();
+        foreach (CatalogMigProfile profile in mig.Profiles)
+        {
+            // Two profiles with one slice count differ only in memory; the share names slices, so they must agree on SMs.
+            MigProfile? sameSlices = profiles.FirstOrDefault(p => p.Slices == profile.Slices);
+            if (string.IsNullOrWhiteSpace(profile.Name) || profile.Slices == 0 || profile.Slices > mig.Slices
+                || profile.Multiprocessors == 0 || profile.Multiprocessors > mig.Multiprocessors
+                || (sameSlices is not null && sameSlices.Multiprocessors != profile.Multiprocessors))
+            {
+                throw new InvalidDataException($"{where}: profile '{profile.Name}' ({profile.Slices} slices, {profile.Multiprocessors} SMs) needs a name, 1 to {mig.Slices} slices, 1 to {mig.Multiprocessors} SMs, and the SMs of any other profile of the same slices.");
+            }
+
+            profiles.Add(new MigProfile(profile.Name, profile.Slices, profile.Multiprocessors));
+        }
+
+        return new MigLayout(mig.Multiprocessors, mig.Slices, profiles, mig.Source);
     }
 }
 
@@ -198,6 +284,13 @@ internal sealed class CatalogFile
     public string? Overlay { get; set; }
 
     public string? ProbeReferenceRule { get; set; }
+
+    /// <summary>What changed against the previous version, in words (a version never edits figures already used).</summary>
+    public string? Changes { get; set; }
+
+    public string? CapacityFigureRule { get; set; }
+
+    public string? MigRule { get; set; }
 
     public List<CatalogDevice>? Devices { get; set; }
 }
@@ -217,6 +310,31 @@ internal sealed class CatalogDevice
     public string? Note { get; set; }
 
     public CatalogProbe? Probe { get; set; }
+
+    /// <summary>"probe" or "verifier"; absent means "verifier" exactly when there is no probe section.</summary>
+    public string? CapacityFigure { get; set; }
+
+    public CatalogMig? Mig { get; set; }
+}
+
+internal sealed class CatalogMig
+{
+    public uint Multiprocessors { get; set; }
+
+    public uint Slices { get; set; }
+
+    public List<CatalogMigProfile>? Profiles { get; set; }
+
+    public string? Source { get; set; }
+}
+
+internal sealed class CatalogMigProfile
+{
+    public string Name { get; set; } = "";
+
+    public uint Slices { get; set; }
+
+    public uint Multiprocessors { get; set; }
 }
 
 internal sealed class CatalogProbe

@@ -372,7 +372,7 @@ public sealed class IngestSession
         _prepared.Records[slot] = record;
         _prepared.Models[slot] = model;
         _prepared.UsageNanoPflopsHours[slot] = UsageNormaliser.UsageNanoPflopsHours(
-            record.DeviceCount, record.ShareNumerator, record.ShareDenominator, record.EndUnixMs - record.StartUnixMs, model.Fp16DenseGflops);
+            record.DeviceCount, record.ShareNumerator, record.ShareDenominator, record.EndUnixMs - record.StartUnixMs, model);
         CanonicalEncoding.ChainHash(previousHash, RecordFields.From(ProviderId, StreamId, record), _scratch, _prepared.Hashes.AsSpan(slot * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes));
     }
 }

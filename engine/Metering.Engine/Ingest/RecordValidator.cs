@@ -74,6 +74,11 @@ public sealed class RecordValidator
             return Refuse(IngestRefusal.ShareOutOfRange, record, $"share {record.ShareNumerator}/{record.ShareDenominator} is not in (0, 1] with a denominator of 1..{_limits.ShareDenominatorMax}");
         }
 
+        if (!found.TryComputeShare(record.ShareNumerator, record.ShareDenominator, out _, out _))
+        {
+            return Refuse(IngestRefusal.ShareOutOfRange, record, $"share {record.ShareNumerator}/{record.ShareDenominator} of {found.Key} names MIG slices, but no MIG profile of it in device catalog {found.CatalogVersion} takes {record.ShareNumerator} slices (profiles: {found.Mig!.SliceCounts}); send each MIG instance as its own share, or a time slice with another denominator");
+        }
+
         if (record.EndUnixMs <= record.StartUnixMs)
         {
             return Refuse(IngestRefusal.EndNotAfterStart, record, $"end_unix_ms {record.EndUnixMs} is not after start_unix_ms {record.StartUnixMs}");

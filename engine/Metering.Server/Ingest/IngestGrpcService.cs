@@ -77,7 +77,7 @@ internal sealed partial class IngestGrpcService(
                     CommittedSequence = head.CommittedSequence,
                     ChainHead = ByteString.CopyFrom(head.ChainHash),
                     BatchRecordsMax = (uint)validator.Limits.BatchRecordsMax,
-                    CatalogVersion = validator.Catalog.Latest.Version,
+                    CatalogVersion = validator.Catalog.VersionAt(time.GetUtcNow().ToUnixTimeMilliseconds()).Version,
                     HeartbeatsPerMinuteMax = (uint)validator.Limits.HeartbeatsPerMinuteMax,
                     Receipt = head.CommittedSequence == 0 ? null
                         : ReceiptMessages.ToMessage(receipts.Sign(caller.Subject, streamId, head.CommittedSequence, head.ChainHash)),

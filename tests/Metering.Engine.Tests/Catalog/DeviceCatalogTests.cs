@@ -23,6 +23,15 @@ public sealed class DeviceCatalogTests
     [InlineData("B200", 2_250_000)]
     [InlineData("MI300X", 1_307_400)]
     [InlineData("ASCEND-910B", 320_000)]
+    [InlineData("A100-SXM-40GB", 312_000)]
+    [InlineData("A100-PCIE-40GB", 312_000)]
+    [InlineData("H100-NVL", 835_500)]
+    [InlineData("H200-NVL", 835_500)]
+    [InlineData("GH200", 989_500)]
+    [InlineData("RTX-4090D", 147_087)]
+    [InlineData("ASCEND-910C", 781_250)]
+    [InlineData("RTX-A6000", 154_800)]
+    [InlineData("RTX-6000-ADA", 364_200)]
     public void Shipped_catalog_holds_the_dense_fp16_peak_of_each_required_model(string key, long gflops)
     {
         Assert.True(Catalog.Latest.TryGet(key, out DeviceModel model), key);
@@ -65,13 +74,13 @@ public sealed class DeviceCatalogTests
     }
 
     [Fact]
-    public void Every_shipped_model_but_the_Ascend_NPU_carries_probe_peaks_and_references_that_follow_the_60_percent_rule()
+    public void Every_shipped_model_with_a_probe_section_carries_probe_peaks_and_references_that_follow_the_60_percent_rule()
     {
-        foreach (DeviceModel model in Catalog.Latest.Models)
+        foreach (DeviceModel model in Catalog.Versions.SelectMany(v => v.Models))
         {
-            if (model.Key == "ASCEND-910B")
+            if (model.Probe is null)
             {
-                Assert.Null(model.Probe);
+                Assert.True(model.CapacityFromVerifier, model.Key);
                 continue;
             }
 
@@ -145,4 +154,82 @@ public sealed class DeviceCatalogTests
     }
 
     private static CatalogVersion Parse(string json) => DeviceCatalog.Parse(new MemoryStream(Encoding.UTF8.GetBytes(json)), "test.json");
+
+    [Fact]
+    public void Version_2026_1_keeps_every_figure_of_2025_1_and_takes_effect_only_from_its_date()
+    {
+        CatalogVersion old = Catalog.Versions.Single(v => v.Version == "2025.1");
+        CatalogVersion next = Catalog.Versions.Single(v => v.Version == "2026.1");
+
+        foreach (DeviceModel model in old.Models)
+        {
+            Assert.True(next.TryGet(model.Key, out DeviceModel carried), model.Key);
+            Assert.Equal(model.Fp16DenseGflops, carried.Fp16DenseGflops);
+            Assert.Equal(model.Probe?.Peak, carried.Probe?.Peak);
+            Assert.Equal(model.Probe?.Reference, carried.Probe?.Reference);
+            // 2025.1 has no MIG profiles: records normalised under it took k/7 as it is, and still do.
+            Assert.Null(model.Mig);
+        }
+
+        Assert.Equal(new DateTimeOffset(2026, 12, 7, 0, 0, 0, TimeSpan.Zero), next.EffectiveFrom);
+        Assert.Equal("2025.1", Catalog.VersionAt(next.EffectiveFromUnixMs - 1).Version);
+        Assert.Equal("2026.1", Catalog.VersionAt(next.EffectiveFromUnixMs).Version);
+    }
+
+    [Theory]
+    [InlineData("ASCEND-910B")]
+    [InlineData("ASCEND-910C")]
+    [InlineData("MI300X")]
+    [InlineData("A100-SXM-40GB")]
+    [InlineData("H100-NVL")]
+    [InlineData("H200-NVL")]
+    [InlineData("GH200")]
+    [InlineData("RTX-4090D")]
+    [InlineData("RTX-A6000")]
+    [InlineData("RTX-6000-ADA")]
+    public void Models_the_probe_cannot_reach_or_name_state_that_their_capacity_is_the_verifiers_figure(string key)
+    {
+        DeviceModel model = Catalog.Find(key)!;
+        Assert.True(model.CapacityFromVerifier);
+        Assert.Equal(DeviceModel.VerifierFigure, model.CapacityFigureSource);
+        Assert.False(Catalog.Find("H100-SXM")!.CapacityFromVerifier);
+        Assert.Equal(DeviceModel.ProbeFigure, Catalog.Find("A100-SXM")!.CapacityFigureSource);
+    }
+
+    [Theory]
+    [InlineData("A100-SXM")]
+    [InlineData("A100-PCIE")]
+    [InlineData("A800-SXM")]
+    [InlineData("A800-PCIE")]
+    [InlineData("A100-SXM-40GB")]
+    [InlineData("A100-PCIE-40GB")]
+    public void GA100_models_list_seven_slices_of_14_SMs_each_out_of_108(string key)
+    {
+        MigLayout mig = Catalog.Find(key)!.Mig!;
+        Assert.Equal((108u, 7u), (mig.Multiprocessors, mig.Slices));
+        Assert.Equal([(1u, 14u), (2u, 28u), (3u, 42u), (4u, 56u), (7u, 98u)], mig.Profiles.Select(p => (p.Slices, p.Multiprocessors)));
+        Assert.Equal(0u, mig.MultiprocessorsOf(5));
+        Assert.Null(Catalog.Find("H100-SXM")!.Mig);
+    }
+
+    [Theory]
+    [InlineData("""{"multiprocessors":108,"slices":7,"profiles":[{"name":"1g","slices":1,"multiprocessors":14},{"name":"1g.big","slices":1,"multiprocessors":20}],"source":"s"}""", "same slices")]
+    [InlineData("""{"multiprocessors":108,"slices":7,"profiles":[{"name":"9g","slices":9,"multiprocessors":14}],"source":"s"}""", "1 to 7 slices")]
+    [InlineData("""{"multiprocessors":108,"slices":7,"profiles":[{"name":"1g","slices":1,"multiprocessors":109}],"source":"s"}""", "1 to 108 SMs")]
+    [InlineData("""{"multiprocessors":108,"slices":1,"profiles":[{"name":"1g","slices":1,"multiprocessors":14}],"source":"s"}""", "slices 1")]
+    [InlineData("""{"multiprocessors":108,"slices":7,"profiles":[],"source":"s"}""", "profiles and a source")]
+    [InlineData("""{"multiprocessors":108,"slices":7,"profiles":[{"name":"1g","slices":1,"multiprocessors":14}]}""", "profiles and a source")]
+    [InlineData("""{"multiprocessors":0,"slices":7,"profiles":[{"name":"1g","slices":1,"multiprocessors":14}],"source":"s"}""", "multiprocessors 0")]
+    public void Malformed_mig_sections_are_refused_with_the_reason(string mig, string expected)
+    {
+        var error = Assert.Throws<InvalidDataException>(() => Parse($$"""{"version":"v","effectiveFrom":"2025-01-01","devices":[{"key":"X","fp16DenseGflops":5,"source":"s","mig":{{mig}}}]}"""));
+        Assert.Contains(expected, error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void A_probe_capacity_figure_without_a_probe_section_is_refused()
+    {
+        var error = Assert.Throws<InvalidDataException>(() => Parse("""{"version":"v","effectiveFrom":"2025-01-01","devices":[{"key":"X","fp16DenseGflops":5,"source":"s","capacityFigure":"probe"}]}"""));
+        Assert.Contains("capacityFigure", error.Message, StringComparison.Ordinal);
+    }
 }

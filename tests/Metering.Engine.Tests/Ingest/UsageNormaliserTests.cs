@@ -1,3 +1,4 @@
+using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 
 namespace Metering.Engine.Tests.Ingest;
@@ -46,5 +47,60 @@ public sealed class UsageNormaliserTests
         long rest = UsageNormaliser.UsageNanoPflopsHours(3, 1, 7, 501, 989_400);
         Assert.True(half + rest <= whole);
         Assert.True(whole - (half + rest) <= 1);
+    }
+
+    private static readonly DeviceCatalog Shipped = DeviceCatalog.LoadEmbedded();
+
+    private static DeviceModel A100In(string version) => Shipped.Versions.Single(v => v.Version == version).TryGet("A100-SXM", out DeviceModel model) ? model : throw new InvalidOperationException();
+
+    [Theory]
+    // 1g on an A100 is 14 of 108 SMs: 0.312 × 14/108 PFLOPS for an hour = 40,444,444.4… nPFh.
+    [InlineData(1u, 1u, 14u, HourMs, 40_444_444L)]
+    // 3g is 42 SMs, for 30 minutes: 0.312 × 42/108 × 0.5.
+    [InlineData(1u, 3u, 42u, 1_800_000L, 60_666_666L)]
+    // 7g leaves 10 SMs unused: 98/108 of the device, not the whole of it.
+    [InlineData(1u, 7u, 98u, HourMs, 283_111_111L)]
+    // Four 2g instances, each on its own GPU: 4 × 28/108.
+    [InlineData(4u, 2u, 28u, HourMs, 323_555_555L)]
+    public void A_MIG_share_is_the_profiles_multiprocessor_fraction_from_the_catalog(uint devices, uint slices, uint multiprocessors, long durationMs, long expectedNanoPflopsHours)
+    {
+        DeviceModel a100 = A100In("2026.1");
+        Assert.Equal(expectedNanoPflopsHours, UsageNormaliser.UsageNanoPflopsHours(devices, slices, 7, durationMs, a100));
+        Assert.Equal(expectedNanoPflopsHours, UsageNormaliser.UsageNanoPflopsHours(devices, multiprocessors, 108, durationMs, 312_000));
+    }
+
+    [Fact]
+    public void One_MIG_1g_slice_is_worth_less_than_a_seventh_of_the_GPU()
+    {
+        long mig = UsageNormaliser.UsageNanoPflopsHours(1, 1, 7, HourMs, A100In("2026.1"));
+        long seventh = UsageNormaliser.UsageNanoPflopsHours(1, 1, 7, HourMs, 312_000);
+        Assert.Equal((40_444_444L, 44_571_428L), (mig, seventh));
+    }
+
+    [Fact]
+    public void Under_the_old_catalog_version_a_share_of_seven_stays_the_plain_fraction()
+    {
+        // Records stored under 2025.1 were normalised as k/7; the version they name still gives that.
+        Assert.Equal(44_571_428L, UsageNormaliser.UsageNanoPflopsHours(1, 1, 7, HourMs, A100In("2025.1")));
+        Assert.Equal(66_857_142L, UsageNormaliser.UsageNanoPflopsHours(1, 3, 7, 1_800_000L, A100In("2025.1")));
+    }
+
+    [Fact]
+    public void Time_slices_of_a_MIG_capable_model_keep_their_plain_fraction()
+    {
+        DeviceModel a100 = A100In("2026.1");
+        Assert.Equal(UsageNormaliser.UsageNanoPflopsHours(1, 1, 2, HourMs, 312_000), UsageNormaliser.UsageNanoPflopsHours(1, 1, 2, HourMs, a100));
+        Assert.Equal(UsageNormaliser.UsageNanoPflopsHours(1, 2, 14, HourMs, 312_000), UsageNormaliser.UsageNanoPflopsHours(1, 2, 14, HourMs, a100));
+        Assert.Equal(312_000_000L, UsageNormaliser.UsageNanoPflopsHours(1, 1, 1, HourMs, a100));
+    }
+
+    [Theory]
+    [InlineData(5u)]
+    [InlineData(6u)]
+    public void A_share_of_seven_that_names_no_MIG_profile_is_not_normalised(uint slices)
+    {
+        DeviceModel a100 = A100In("2026.1");
+        Assert.False(a100.TryComputeShare(slices, 7, out _, out _));
+        Assert.Throws<ArgumentException>(() => UsageNormaliser.UsageNanoPflopsHours(1, slices, 7, HourMs, a100));
     }
 }

@@ -223,7 +223,7 @@ public sealed class RegistryCliTests(PostgresFixture postgres)
         string detail = await SucceedsAsync(server, TestServer.ProviderKey, "application", applicationId.ToString(CultureInfo.InvariantCulture));
         AssertField("state", "ADMITTED", detail);
         Assert.Contains("Declared capacity:", detail, StringComparison.Ordinal);
-        Assert.Matches(new Regex(@"^\S+ +\S+ +\d+ +\d+(\.\d+)? *$", RegexOptions.Multiline), detail.Split("Declared capacity:")[1].Split("Fee schedule")[0]);
+        Assert.Matches(new Regex(@"^\S+ +\S+ +\d+ +\d+(\.\d+)? +(probe|commissioned verifier) *$", RegexOptions.Multiline), detail.Split("Declared capacity:")[1].Split("Fee schedule")[0]);
     }
 
     /// <summary>A provider key for <paramref name="creditCode"/>, issued as `key issue` would.</summary>

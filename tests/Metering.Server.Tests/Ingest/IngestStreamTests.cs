@@ -13,7 +13,8 @@ public sealed class IngestStreamTests(PostgresFixture postgres)
     [Fact]
     public async Task New_stream_opens_at_zero_with_the_genesis_head()
     {
-        await using TestServer server = await TestServer.StartAsync(postgres);
+        // The catalog version announced is the one in force on the server's clock, so the clock is fixed.
+        await using TestServer server = await TestServer.StartAsync(postgres, time: new ManualClock(new DateTimeOffset(2026, 11, 21, 0, 0, 0, TimeSpan.Zero)));
         await using IngestCall call = await IngestCall.OpenAsync(server.Client(), "cluster-a");
 
         Assert.Equal(0ul, call.Opened.CommittedSequence);
