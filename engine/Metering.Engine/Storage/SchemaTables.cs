@@ -122,6 +122,9 @@ public static class SchemaTables
         TableRule.Advancing("reconsiderations", "outcome", "decided_by", "decided_at", "reasons", "state_after"),
         // batch rules: every version of a batch's rules is written once and never changed.
         TableRule.Evidence("admission_batch_versions"),
+        // verification in parts: a stage's parts and a proposal's parts are written once with it.
+        TableRule.Evidence("verification_parts"),
+        TableRule.Evidence("stage_proposal_parts"),
         // The migrator's own bookkeeping; serve reads it to check the schema's version.
         TableRule.ReadOnly("schema_migrations"),
     ];
