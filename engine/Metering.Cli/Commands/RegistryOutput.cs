@@ -362,15 +362,30 @@ internal static class RegistryOutput
 
     private static IEnumerable<string> Differences(JsonElement before, JsonElement after)
     {
-        foreach (JsonProperty property in after.EnumerateObject())
+        // A verification's parts come first, so that the summary's cut never hides where the figure came from.
+        foreach (JsonProperty property in after.EnumerateObject().OrderBy(p => p.Name == VerificationPartsField ? 0 : 1))
         {
             bool had = before.TryGetProperty(property.Name, out JsonElement was);
             if ((had ? was.GetRawText() : "null") != property.Value.GetRawText())
             {
-                yield return $"{property.Name}: {(had ? Value(was) : "null")} → {Value(property.Value)}";
+                yield return property.Name == VerificationPartsField
+                    ? $"{property.Name}: {Parts(property.Value)}"
+                    : $"{property.Name}: {(had ? Value(was) : "null")} → {Value(property.Value)}";
             }
         }
     }
+
+    private const string VerificationPartsField = "verification_parts";
+
+    /// <summary>A verification's parts in one line: `probe (fleet validation 3) 1.234 + commissioned verifier ASCEND-910B × 960 298.766 PFLOPS`.</summary>
+    private static string Parts(JsonElement parts) =>
+        string.Join(" + ", parts.EnumerateArray().Select(part =>
+        {
+            long gflops = part.TryGetProperty("fp16_gflops", out JsonElement g) && g.ValueKind == JsonValueKind.Number ? g.GetInt64() : 0;
+            return part.TryGetProperty("source", out JsonElement source) && source.GetString() == "probe"
+                ? $"probe (fleet validation {part.GetProperty("validation_id").GetRawText()}) {Pflops(gflops)}"
+                : $"commissioned verifier {part.GetProperty("device_model").GetString()} × {part.GetProperty("devices").GetRawText()} {Pflops(gflops)}";
+        })) + " PFLOPS";
 
     private static string Value(JsonElement value)
     {

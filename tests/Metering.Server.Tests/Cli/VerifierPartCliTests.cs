@@ -66,5 +66,9 @@ public sealed class VerifierPartCliTests(PostgresFixture postgres)
         var (shownExit, shown) = await CliProcess.RunAsAsync(scene.Server, TestServer.OperatorKey, "registry", "application", id);
         Assert.True(shownExit == 0, shown);
         Assert.Matches(@"commissioned verifier's figure +ASCEND-910B +1000 +300\.000", shown);
+
+        var (historyExit, history) = await CliProcess.RunAsAsync(scene.Server, TestServer.OperatorKey, "registry", "history", "--code", code);
+        Assert.True(historyExit == 0, history);
+        Assert.Contains("verification_parts: commissioned verifier ASCEND-910B × 1000 300.000 PFLOPS", history, StringComparison.Ordinal);
     }
 }
