@@ -126,6 +126,39 @@ public sealed class VerifierPartsTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task A_verifier_part_proposed_before_a_validation_covering_its_model_completes_is_refused_at_approval()
+    {
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        long id = await ApplicationAwaitingVerificationAsync(scene);
+        // With no validation yet, the verifier's figure for the probeable model may be proposed.
+        Application proposed = await scene.Registry.Client.RecordVerificationAsync(new VerificationDecision
+        {
+            ApplicationId = id,
+            Pass = true,
+            VerifierParts =
+            {
+                new VerifierPart { DeviceModel = Ascend, Devices = AscendConfirmed, DenseFp16Gflops = AscendConfirmed * AscendPeakGflops },
+                new VerifierPart { DeviceModel = TestCatalogs.CpuFixtureModel, Devices = 1, DenseFp16Gflops = 1 },
+            },
+        }, RegistryScene.Operator);
+        Assert.Equal(2, proposed.PendingProposal.VerifierParts.Count);
+
+        // Then the probe validates that model: approving would count it twice, so the second
+        // operator's approval is checked again, as of now, and refused.
+        using TestNode node = (await scene.NodesAsync(1))[0];
+        await scene.DeclareAsync([node]);
+        long validationId = (await scene.AttestAsync(node)).Validation.ValidationId;
+        var (status, reason, error) = await CapacityScene.RefusalAsync(() => scene.Registry.Client.ApproveProposalAsync(
+            new ApproveProposalRequest { ApplicationId = id, ProposalNo = proposed.PendingProposal.ProposalNo }, RegistryScene.SecondOperator).ResponseAsync);
+
+        Assert.Equal((StatusCode.FailedPrecondition, "VERIFIER_PART_COVERED_BY_PROBE"), (status, reason));
+        Assert.Equal(validationId.ToString(CultureInfo.InvariantCulture), IngestCall.Metadata(error, "validation_id"));
+        Application after = await scene.Registry.Client.GetApplicationAsync(new GetApplicationRequest { ApplicationId = id }, RegistryScene.Operator);
+        Assert.Equal((ApplicationState.AwaitingVerification, proposed.PendingProposal.ProposalNo), (after.State, after.PendingProposal.ProposalNo));
+        Assert.Empty(after.VerificationParts);
+    }
+
+    [Fact]
     public async Task Bad_verifier_parts_are_refused_each_with_its_reason_and_change_nothing()
     {
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
