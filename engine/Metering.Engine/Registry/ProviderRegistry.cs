@@ -268,8 +268,11 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
     /// neither is refused with CAPACITY_UNVERIFIED. A rejection with 0 takes what there is and
     /// records no figure where there is nothing.
     /// </summary>
+    /// <remarks>This overload takes no verifier parts: the server maps them to engine records and calls the one below.</remarks>
     public Task<Application> RecordVerificationAsync(Actor actor, VerificationDecision decision, CancellationToken cancellationToken) =>
-        RecordVerificationAsync(actor, decision.ApplicationId, decision.Pass, decision.VerifiedFp16Gflops, [], decision.Reasons, cancellationToken);
+        decision.VerifierParts.Count > 0
+            ? throw new ArgumentException("Verifier parts go through the overload that takes engine VerifierPart records.", nameof(decision))
+            : RecordVerificationAsync(actor, decision.ApplicationId, decision.Pass, decision.VerifiedFp16Gflops, [], decision.Reasons, cancellationToken);
 
     /// <summary>Commissioned verification with the commissioned verifier's parts per model; see the overload above.</summary>
     public Task<Application> RecordVerificationAsync(Actor actor, long applicationId, bool pass, long verifiedFp16Gflops, IReadOnlyList<VerifierPart> verifierParts, string reasons,

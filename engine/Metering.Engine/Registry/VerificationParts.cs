@@ -40,7 +40,7 @@ public sealed record VerificationFigures(IReadOnlyList<VerificationPart> Recorde
 /// the catalog's dense FP16 peak of the devices it confirms: the verifier measures what is there,
 /// it cannot find more than the datasheet.
 /// </summary>
-public static class VerificationParts
+internal static class VerificationParts
 {
     /// <summary>Parts one verification takes at most: far above the models a provider runs.</summary>
     public const int PartsMax = 64;
