@@ -86,7 +86,7 @@ public static class Errors
         RegistryRefusal.RoleNotAllowed or RegistryRefusal.OtherProvider or RegistryRefusal.SameOperator => StatusCode.PermissionDenied,
         RegistryRefusal.FieldInvalid or RegistryRefusal.CreditCodeInvalid or RegistryRefusal.NotRegisteredInShenzhen
             or RegistryRefusal.DeviceModelUnknown or RegistryRefusal.ReasonRequired or RegistryRefusal.FeeScheduleInvalid
-            or RegistryRefusal.PeriodInvalid or RegistryRefusal.BatchRulesInvalid => StatusCode.InvalidArgument,
+            or RegistryRefusal.PeriodInvalid or RegistryRefusal.BatchRulesInvalid or RegistryRefusal.VerifierPartInvalid => StatusCode.InvalidArgument,
         RegistryRefusal.OrganisationUnknown or RegistryRefusal.BatchUnknown or RegistryRefusal.ApplicationUnknown
             or RegistryRefusal.ServiceItemUnknown => StatusCode.NotFound,
         RegistryRefusal.OrganisationExists or RegistryRefusal.ServiceItemTaken or RegistryRefusal.NoticeNumberTaken

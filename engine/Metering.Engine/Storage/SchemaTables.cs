@@ -125,6 +125,9 @@ public static class SchemaTables
         // 0019 server-timed challenges
         TableRule.Evidence("capacity_challenges"),
         TableRule.Evidence("capacity_commitments"),
+        // 0020 verification in parts: a stage's parts and a proposal's parts are written once with it.
+        TableRule.Evidence("verification_parts"),
+        TableRule.Evidence("stage_proposal_parts"),
         // The migrator's own bookkeeping; serve reads it to check the schema's version.
         TableRule.ReadOnly("schema_migrations"),
     ];
