@@ -27,7 +27,7 @@ internal static class CapacityCommand
         with 2 before anything is sent; a refusal prints the status and reason and exits with 1.
         """)
     {
-        KeyCommand(), InventoryCommand(), ValidationCommand(), ReviewCommand(),
+        KeyCommand(), InventoryCommand(), ChallengesCommand(), ValidationCommand(), ReviewCommand(),
     };
 
     private static Option<string> Code(string description) => new("--code") { Description = description, Required = true };
@@ -79,6 +79,39 @@ internal static class CapacityCommand
                 return 0;
             });
         return new Command("inventory", "The provider's declared nodes, devices and sites.") { declare };
+    }
+
+    private static Command ChallengesCommand()
+    {
+        var code = Code("The provider's credit code (the key's holder).");
+        var output = OutputOption("the ChallengeSet");
+        Command start = ClientCommand.Create("start",
+            "Start the challenges of the open validation (provider): at one instant of the server's clock every sampled node gets its nonce, its work and its "
+            + "deadline, and the sample is shown. The first `metering-probe run` of any node does the same; calling again shows the same challenges.",
+            [code, output], async (parse, call, ct) =>
+            {
+                ChallengeSet set = await Client(call).StartChallengesAsync(new StartChallengesRequest { CreditCode = parse.GetValue(code)! }, call.Headers, cancellationToken: ct);
+                if (parse.GetValue(output) == "json")
+                {
+                    Console.Write(Json(set));
+                    return 0;
+                }
+
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"Challenges of validation {set.ValidationId} {(set.StartedNow ? "started now" : "already started")}, issued {LocalTime.Minutes(set.IssuedUnixMs)} Asia/Shanghai; each deadline includes {set.AllowanceMs / 1000.0:0.0} s for network and start-up. Run `metering-probe run` on every node below now."));
+                Console.WriteLine();
+                var table = new TextTable("node", "model", "devices", "runs", "work", "commit within (s)");
+                foreach (NodeChallenge challenge in set.Challenges)
+                {
+                    table.Add(challenge.NodeId, challenge.DeviceModel, challenge.DeviceCount.ToString(CultureInfo.InvariantCulture), challenge.RunsPerKernel.ToString(CultureInfo.InvariantCulture),
+                        string.Join(", ", challenge.Work.Select(w => $"{w.Kernel} {w.Items}x{w.Iterations}")),
+                        ((challenge.DeadlineUnixMs - set.IssuedUnixMs) / 1000.0).ToString("0.0", CultureInfo.InvariantCulture));
+                }
+
+                table.Write(Console.Out);
+                return 0;
+            });
+        return new Command("challenges", "The server-timed challenges of the open validation: every sampled node at one instant.") { start };
     }
 
     private static Command ValidationCommand()
@@ -151,9 +184,9 @@ internal static class CapacityCommand
         return review;
     }
 
-    private static Option<string> OutputOption()
+    private static Option<string> OutputOption(string message = "the FleetValidation")
     {
-        var output = new Option<string>("--output") { Description = "table (default: a summary and a table of the sample) or json (the FleetValidation in the protobuf JSON mapping).", DefaultValueFactory = _ => "table" };
+        var output = new Option<string>("--output") { Description = $"table (default: a summary and a table) or json ({message} in the protobuf JSON mapping).", DefaultValueFactory = _ => "table" };
         output.AcceptOnlyFromAmong("table", "json");
         return output;
     }
@@ -189,7 +222,7 @@ internal static class CapacityCommand
     {
         if (output == "json")
         {
-            Console.Write(new JsonFormatter(JsonFormatter.Settings.Default.WithFormatDefaultValues(true).WithIndentation()).Format(validation) + "\n");
+            Console.Write(Json(validation));
             return;
         }
 
@@ -197,8 +230,17 @@ internal static class CapacityCommand
             $"Validation {validation.ValidationId} of {validation.CreditCode}, inventory version {validation.InventoryVersion}: {Name(validation.State)}."));
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"Declared: {validation.NodeCount:N0} nodes, {validation.DeviceCount:N0} devices ({string.Join(", ", validation.Models.Select(m => $"{m.DeviceCount:N0} {m.DeviceModel}"))}), {FilingRules.Pflops(validation.DeclaredFp16Gflops)} PFLOPS FP16."));
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"Sample: {validation.SampleSize} of {validation.NodeCount} nodes (seed {validation.SampleSeedHex}); {validation.PassedNodes} passed, {validation.FailedNodes} failed."));
+        if (validation.ChallengesIssuedUnixMs == 0)
+        {
+            // The server shows the sample only once the challenges start, so that no node can prepare for it.
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"Sample: {validation.SampleSize} of {validation.NodeCount} nodes, shown when the challenges start (`metering capacity challenges start`, or the first `metering-probe run` on any node)."));
+        }
+        else
+        {
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"Sample: {validation.SampleSize} of {validation.NodeCount} nodes (seed {validation.SampleSeedHex}), challenged {LocalTime.Minutes(validation.ChallengesIssuedUnixMs)} Asia/Shanghai; {validation.PassedNodes} passed, {validation.FailedNodes} failed."));
+        }
         if (validation.State == FleetValidationState.ValidationComplete)
         {
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -206,10 +248,16 @@ internal static class CapacityCommand
         }
 
         Console.WriteLine();
-        var table = new TextTable("node", "site", "model", "devices", "outcome", "attestation", "device results");
+        if (validation.Sample.Count == 0)
+        {
+            return;
+        }
+
+        var table = new TextTable("node", "site", "model", "devices", "outcome", "committed (s)", "attestation", "device results");
         foreach (SampledNode node in validation.Sample)
         {
             table.Add(node.NodeId, node.Site, node.DeviceModel, node.DeviceCount.ToString(CultureInfo.InvariantCulture), Name(node.Outcome),
+                node.CommittedUnixMs == 0 ? "" : (node.ElapsedMs / 1000.0).ToString("0.0", CultureInfo.InvariantCulture),
                 node.AttestationId == 0 ? "" : node.AttestationId.ToString(CultureInfo.InvariantCulture),
                 string.Join("; ", node.Devices.Select(d => $"{d.DeviceIndex} {Name(d.Outcome)}{(d.DeviceModel.Length == 0 ? "" : " " + d.DeviceModel)}")));
         }
@@ -217,12 +265,20 @@ internal static class CapacityCommand
         table.Write(Console.Out);
         foreach (SampledNode node in validation.Sample)
         {
+            if (node.Detail.Length > 0)
+            {
+                Console.WriteLine($"{node.NodeId}: {node.Detail}");
+            }
+
             foreach (DeviceResult device in node.Devices.Where(d => d.Outcome is DeviceOutcome.DeviceAwaitingReview or DeviceOutcome.DeviceUnhealthy or DeviceOutcome.DeviceModelMismatch or DeviceOutcome.DeviceRejected))
             {
                 Console.WriteLine($"{node.NodeId} device {device.DeviceIndex} ({device.ReportedName}): {Name(device.Outcome)}: {device.Detail}");
             }
         }
     }
+
+    private static string Json(IMessage message) =>
+        new JsonFormatter(JsonFormatter.Settings.Default.WithFormatDefaultValues(true).WithIndentation()).Format(message) + "\n";
 
     private static string Name(FleetValidationState state) => state switch
     {

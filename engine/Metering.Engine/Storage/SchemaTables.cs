@@ -122,6 +122,9 @@ public static class SchemaTables
         TableRule.Advancing("reconsiderations", "outcome", "decided_by", "decided_at", "reasons", "state_after"),
         // batch rules: every version of a batch's rules is written once and never changed.
         TableRule.Evidence("admission_batch_versions"),
+        // 0019 server-timed challenges
+        TableRule.Evidence("capacity_challenges"),
+        TableRule.Evidence("capacity_commitments"),
         // The migrator's own bookkeeping; serve reads it to check the schema's version.
         TableRule.ReadOnly("schema_migrations"),
     ];

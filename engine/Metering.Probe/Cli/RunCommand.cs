@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Metering.Probe.Attestation.Checksums;
 using Metering.Probe.Attestation.Results;
 using Metering.Probe.Measurement;
 using Metering.Probe.Reporting;
@@ -59,6 +60,12 @@ internal static class RunCommand
                 Console.Error.WriteLine($"metering-probe: error: no Metering server answers at {options.Server} ({e.InnerException.Message})");
                 return ExitCodes.Refused;
             }
+            catch (RpcException e) when (AttestationProtocol.Reason(e) == "COMMITMENT_LATE")
+            {
+                Console.Error.WriteLine($"metering-probe: refused: {ServerChannel.Describe(e)}");
+                Console.Error.WriteLine("metering-probe: the commitment came after the node's deadline on the server's clock: the node has failed this validation.");
+                return ExitCodes.NodeFailed;
+            }
             catch (RpcException e)
             {
                 Console.Error.WriteLine($"metering-probe: refused: {ServerChannel.Describe(e)}");
@@ -70,27 +77,58 @@ internal static class RunCommand
     private static async Task<int> AttestAsync(RunOptions options, AttestationProtocol protocol, ECDsa nodeKey, ILogger logger)
     {
         RunLog.AskingChallenge(logger, options.NodeId, options.Server.ToString());
-        NodeChallenge challenge = await protocol.BeginAsync(CancellationToken.None);
-        RunLog.ChallengeReceived(logger, challenge.ValidationId, DateTimeOffset.FromUnixTimeMilliseconds(challenge.ExpiresUnixMs).ToString("yyyy-MM-dd HH:mm:ss 'UTC'", System.Globalization.CultureInfo.InvariantCulture));
+        NodeAssignment? assignment = await protocol.BeginAsync(CancellationToken.None);
+        if (assignment is null)
+        {
+            Console.Out.WriteLine($"node {options.NodeId} is not in the sample of {options.CreditCode}'s open validation: nothing to run here.");
+            return ExitCodes.Success;
+        }
+
+        RunLog.ChallengeReceived(logger, assignment.ValidationId, assignment.StartedNow ? "started by this call" : "already started",
+            Seconds(assignment.DeadlineUnixMs - assignment.IssuedUnixMs), SecondsLeft(assignment.DeadlineUnixMs), string.Join(", ", assignment.Work.Select(w => $"{KernelKinds.Name(w.Kind)} {w.Size.Items}x{w.Size.Iterations}")));
 
         var settings = new ProbeSettings
         {
-            Nonce = challenge.Nonce,
+            Nonce = assignment.Nonce,
             Attested = true,
             Devices = options.Devices,
-            Runs = options.Runs,
-            WorkOverrides = challenge.Work,
+            Runs = assignment.RunsPerKernel,
+            Kernels = assignment.Work.Select(w => w.Kind).ToList(),
+            WorkOverrides = assignment.Work.ToDictionary(w => w.Kind, w => w.Size),
         };
         if (!MeasureCommand.TryMeasure(settings, logger, out ProbeReport? report, out int failed))
         {
             return failed;
         }
 
+        // The self-check costs a fraction of a second per kernel; a report that fails it would fail at the server too, after its commitment.
         if (MeasureCommand.SelfCheck(report, logger) is not ExitCodes.Success and int selfCheck)
         {
-            Console.Error.WriteLine("metering-probe: error: the report fails the probe's own checksum check; it was not submitted");
+            Console.Error.WriteLine("metering-probe: error: the report fails the probe's own checksum check; nothing was committed or submitted");
             return selfCheck;
         }
+
+        RunLog.Committing(logger, options.NodeId, SecondsLeft(assignment.DeadlineUnixMs));
+        CommitmentReceipt receipt;
+        try
+        {
+            receipt = await protocol.CommitAsync(report, nodeKey, CancellationToken.None);
+        }
+        catch (RpcException refused) when (refused.StatusCode == StatusCode.FailedPrecondition)
+        {
+            // The server fails a node whose deadline passed at the provider's next call, this one's
+            // StartChallenges included; the refusal then names the validation's state, the node says why.
+            if (await protocol.NodeAsync(assignment.ValidationId, CancellationToken.None) is not { Outcome: NodeOutcome.NodeFailed } failedNode)
+            {
+                throw;
+            }
+
+            Console.Error.WriteLine($"metering-probe: refused: {ServerChannel.Describe(refused)}");
+            Console.Error.WriteLine($"metering-probe: node {options.NodeId} has failed this validation: {failedNode.Detail}");
+            return ExitCodes.NodeFailed;
+        }
+
+        RunLog.Committed(logger, Seconds(receipt.ElapsedMs), Seconds(receipt.DeadlineUnixMs - receipt.IssuedUnixMs), receipt.CommitmentSha256);
 
         if (options.JsonPath is not null)
         {
@@ -99,7 +137,7 @@ internal static class RunCommand
         }
 
         RunLog.Submitting(logger, options.NodeId, report.Devices.Count);
-        AttestationResult result = await protocol.SubmitAsync(report, nodeKey, CancellationToken.None);
+        AttestationResult result = await protocol.SubmitAsync(report, nodeKey, attempt => RunLog.VerificationBusy(logger, attempt, AttestationProtocol.BusyRetryDelay.TotalSeconds), CancellationToken.None);
         RunLog.Answered(logger, result.AttestationId, OutcomeTable.Name(result.Node.Outcome));
         OutcomeTable.Write(result, Console.Out);
         return result.Node.Outcome switch
@@ -109,6 +147,11 @@ internal static class RunCommand
             _ => ExitCodes.NodeFailed,
         };
     }
+
+    private static string Seconds(long milliseconds) => (milliseconds / 1000.0).ToString("0.0", System.Globalization.CultureInfo.InvariantCulture);
+
+    /// <summary>Time left until a server instant, by this machine's clock (which may differ from the server's by its skew).</summary>
+    private static string SecondsLeft(long unixMs) => Seconds(unixMs - DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
 
     private static int Usage(string error)
     {

@@ -12,9 +12,11 @@ internal sealed record RunOptions
     public const string CaVariable = "METERING_CA";
 
     public const string HelpText = """
-        metering-probe run: proves this node's capacity to the Metering server in one call: asks
-        the server for this node's challenge (its nonce), runs the probe on it, signs the report
-        with the node's key and submits it, then prints what the server found.
+        metering-probe run: proves this node's capacity to the Metering server in one call: starts
+        (or joins) the challenges of the provider's open validation, runs the probe on exactly the
+        nonce, runs and work the server set for this node, commits to the results with the node's
+        key before the deadline the server times, then submits the signed report and prints what
+        the server found. A node outside the sample has nothing to run (exit 0).
 
         Usage: metering-probe run --server URL --code CODE --node-id NODE --key FILE [options]
 
@@ -30,17 +32,17 @@ internal sealed record RunOptions
                             Defaults to METERING_CA, else the system's roots.
           --device KIND     auto (default: the node's GPUs; without one the run stops, exit 3),
                             cuda, opencl, or cpu (ILGPU's CPU accelerator: test fleets only).
-          --runs N          Timed runs per kernel (1-100, default 5).
           --json FILE       Also keep the submitted report in FILE.
           --quiet           No progress lines on standard error.
           -h, --help        Show this help.
 
         Output: progress on standard error; the node's outcome, a table of its devices and kernels
         against the catalog figures, and the fleet validation's state on standard output.
-        Exit codes: 0 the node passed; 1 the run failed; 2 bad options (nothing was sent);
+        Exit codes: 0 the node passed, or is not sampled; 1 the run failed; 2 bad options (nothing was sent);
         3 no GPU (or none of --device); 4 the probe's own checksum check failed (nothing was sent);
         5 the server refused a call or could not be reached (its status and reason are printed);
-        6 the report was accepted and the node failed; 7 a device awaits an operator's review.
+        6 the node failed (its report was judged so, or its commitment came after the deadline);
+        7 a device awaits an operator's review.
         """;
 
     public bool ShowHelp { get; init; }
@@ -60,8 +62,6 @@ internal sealed record RunOptions
     public string? CaPath { get; init; }
 
     public DeviceFilter Devices { get; init; } = DeviceFilter.Auto;
-
-    public int Runs { get; init; } = 5;
 
     public string? JsonPath { get; init; }
 
@@ -90,7 +90,7 @@ internal sealed record RunOptions
                 continue;
             }
 
-            if (option is not ("--server" or "--code" or "--node-id" or "--key" or "--api-key" or "--ca" or "--device" or "--runs" or "--json"))
+            if (option is not ("--server" or "--code" or "--node-id" or "--key" or "--api-key" or "--ca" or "--device" or "--json"))
             {
                 return Fail($"unknown option '{option}'");
             }
@@ -147,13 +147,6 @@ internal sealed record RunOptions
             }
         }
 
-        int runs = 5;
-        if (Value("--runs") is string runsText
-            && !(int.TryParse(runsText, System.Globalization.NumberStyles.None, null, out runs) && runs >= 1 && runs <= ProbeSettings.RunsMax))
-        {
-            return Fail($"--runs '{runsText}' is not a whole number from 1 to {ProbeSettings.RunsMax}");
-        }
-
         return new RunOptions
         {
             Server = serverUri,
@@ -163,7 +156,6 @@ internal sealed record RunOptions
             ApiKey = apiKey,
             CaPath = Value("--ca", CaVariable),
             Devices = devices,
-            Runs = runs,
             JsonPath = Value("--json"),
             Verbose = verbose,
         };

@@ -10,33 +10,45 @@ internal static class OutcomeTable
     {
         SampledNode node = result.Node;
         output.WriteLine($"node {node.NodeId} ({node.DeviceCount} x {node.DeviceModel} declared at {node.Site}): {Name(node.Outcome)}; attestation {result.AttestationId}, report SHA-256 {result.ReportSha256}");
-        string[] headers = ["device", "model", "outcome", "kernel", "path", "rate", "reference", "peak", "judged"];
+        if (node.ElapsedMs > 0)
+        {
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"committed {node.ElapsedMs / 1000.0:0.0} s after the challenges' issue on the server's clock; deadline {(node.DeadlineUnixMs - result.Validation.ChallengesIssuedUnixMs) / 1000.0:0.0} s after issue"));
+        }
+
+        // The server's rate is the set work over the time it measured; the probe's own is information only.
+        string[] headers = ["device", "model", "outcome", "kernel", "path", "server rate", "probe rate", "reference", "peak", "judged"];
         var rows = new List<string[]>();
         foreach (DeviceResult device in node.Devices)
         {
             string model = device.DeviceModel.Length == 0 ? "(unknown)" : device.DeviceModel;
             if (device.Kernels.Count == 0)
             {
-                rows.Add([$"{device.DeviceIndex}: {device.ReportedName}", model, Name(device.Outcome), "", "", "", "", "", ""]);
+                rows.Add([$"{device.DeviceIndex}: {device.ReportedName}", model, Name(device.Outcome), "", "", "", "", "", "", ""]);
             }
 
             foreach (KernelResult kernel in device.Kernels)
             {
                 rows.Add([
                     $"{device.DeviceIndex}: {device.ReportedName}", model, Name(device.Outcome), kernel.Kernel, kernel.ArithmeticPath,
-                    Rate(kernel.Rate, kernel.Unit), kernel.Reference == 0 ? "-" : Rate(kernel.Reference, kernel.Unit), kernel.Peak == 0 ? "-" : Rate(kernel.Peak, kernel.Unit),
+                    Rate(kernel.Rate, kernel.Unit), Rate(kernel.ReportedRate, kernel.Unit), kernel.Reference == 0 ? "-" : Rate(kernel.Reference, kernel.Unit), kernel.Peak == 0 ? "-" : Rate(kernel.Peak, kernel.Unit),
                     kernel.Judged ? "yes" : "no",
                 ]);
             }
         }
 
         int[] widths = headers.Select((h, i) => Math.Max(h.Length, rows.Select(r => r[i].Length).DefaultIfEmpty(0).Max())).ToArray();
-        bool Right(int column) => column is 5 or 6 or 7;
+        bool Right(int column) => column is 5 or 6 or 7 or 8;
         output.WriteLine(string.Join("  ", headers.Select((h, i) => Right(i) ? h.PadLeft(widths[i]) : h.PadRight(widths[i]))).TrimEnd());
         output.WriteLine(string.Join("  ", widths.Select(w => new string('-', w))));
         foreach (string[] row in rows)
         {
             output.WriteLine(string.Join("  ", row.Select((cell, i) => Right(i) ? cell.PadLeft(widths[i]) : cell.PadRight(widths[i]))).TrimEnd());
+        }
+
+        if (node.Detail.Length > 0)
+        {
+            output.WriteLine($"node {node.NodeId}: {node.Detail}");
         }
 
         foreach (DeviceResult device in node.Devices.Where(d => d.Detail.Length > 0))

@@ -59,7 +59,8 @@ internal static class AccessPolicy
 
         [Method(CapacityService.Descriptor.FullName, "RegisterNodeKey")] = Providers,
         [Method(CapacityService.Descriptor.FullName, "DeclareInventory")] = Providers,
-        [Method(CapacityService.Descriptor.FullName, "IssueNonce")] = Providers,
+        [Method(CapacityService.Descriptor.FullName, "StartChallenges")] = Providers,
+        [Method(CapacityService.Descriptor.FullName, "CommitResults")] = Providers,
         [Method(CapacityService.Descriptor.FullName, "SubmitAttestation")] = Providers,
         [Method(CapacityService.Descriptor.FullName, "GetFleetValidation")] = ProvidersAndOverseers,
         [Method(CapacityService.Descriptor.FullName, "ReviewUnknownModel")] = Operators,

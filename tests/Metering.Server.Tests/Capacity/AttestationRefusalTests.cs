@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using Google.Protobuf;
 using Grpc.Core;
+using Metering.Probe.Attestation.Checksums;
 using Metering.Probe.Attestation.Results;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
@@ -14,7 +15,7 @@ public sealed class TemplateReport
     public ProbeReport Report { get; } = CapacityScene.RunProbe(RandomNumberGenerator.GetBytes(32));
 
     /// <summary>The template claiming another nonce: parsed and signed like any report, its checksums belong to the template's nonce.</summary>
-    public ProbeReport For(ProbeNonce nonce) => Report with { Nonce = Convert.FromHexString(nonce.NonceHex) };
+    public ProbeReport For(NodeChallenge challenge) => Report with { Nonce = Convert.FromHexString(challenge.NonceHex) };
 }
 
 /// <summary>Every way an attestation, an inventory or a key is refused, each with its own reason, changing nothing.</summary>
@@ -27,10 +28,12 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(2);
         await scene.DeclareAsync(nodes);
-        ProbeNonce forFirst = await scene.NonceAsync(nodes[0]);
+        NodeChallenge forFirst = await scene.ChallengeAsync(nodes[0]);
 
         Assert.Equal((StatusCode.FailedPrecondition, "NONCE_UNKNOWN"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], template.Report))));
         Assert.Equal("NONCE_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[1], template.For(forFirst)))).Reason);
+        Assert.Equal("NONCE_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], template.Report))).Reason);
+        Assert.Equal("NONCE_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[1], template.For(forFirst)))).Reason);
         await AssertNothingStoredAsync(scene);
     }
 
@@ -40,10 +43,10 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
-        ProbeNonce nonce = await scene.NonceAsync(nodes[0]);
-        Assert.Equal(TimeSpan.FromMinutes(30), DateTimeOffset.FromUnixTimeMilliseconds(nonce.ExpiresUnixMs) - scene.Clock.Now);
+        NodeChallenge nonce = await scene.ChallengeAsync(nodes[0]);
+        Assert.Equal(TimeSpan.FromMinutes(30), TimeSpan.FromMilliseconds(nonce.ExpiresUnixMs - nonce.DeadlineUnixMs));
 
-        scene.Clock.Advance(TimeSpan.FromMinutes(30));
+        scene.Clock.Advance(DateTimeOffset.FromUnixTimeMilliseconds(nonce.ExpiresUnixMs) - scene.Clock.Now);
 
         Assert.Equal((StatusCode.FailedPrecondition, "NONCE_EXPIRED"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], template.For(nonce)))));
         await AssertNothingStoredAsync(scene);
@@ -55,7 +58,7 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
-        ProbeReport report = template.For(await scene.NonceAsync(nodes[0]));
+        ProbeReport report = template.For(await scene.ChallengeAsync(nodes[0]));
         using var stranger = new TestNode(nodes[0].NodeId);
         using var keyless = new TestNode("no-key");
 
@@ -64,6 +67,12 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         Assert.Equal("SIGNATURE_INVALID", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], report, tampered))).Reason);
         Assert.Equal("SIGNATURE_INVALID", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], report, ByteString.CopyFrom(new byte[64])))).Reason);
         Assert.Equal((StatusCode.FailedPrecondition, "NODE_KEY_UNKNOWN"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(keyless, report))));
+        // The commitment is signed with the same key: another key's signature, or the report's signature, does not pass for it.
+        byte[] commitment = nodes[0].Commit(report).Commitment;
+        Assert.Equal("SIGNATURE_INVALID", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], commitment, stranger.Commit(report).Signature))).Reason);
+        Assert.Equal("SIGNATURE_INVALID", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], commitment, nodes[0].Sign(report)))).Reason);
+        Assert.Equal("NODE_KEY_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(keyless, report))).Reason);
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_commitments"));
         await AssertNothingStoredAsync(scene);
         // Unsigned junk does not spend the node's nonce: the real attestation can still use it.
         Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_nonces WHERE used_at IS NOT NULL"));
@@ -76,9 +85,9 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
         // Results computed for another nonce, relabelled with the issued one: what a precomputing cheater sends.
-        ProbeReport precomputed = template.For(await scene.NonceAsync(nodes[0]));
+        ProbeReport precomputed = template.For(await scene.ChallengeAsync(nodes[0]));
 
-        var (status, reason, error) = await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], precomputed));
+        var (status, reason, error) = await CapacityScene.RefusalAsync(() => scene.CommitAndSubmitAsync(nodes[0], precomputed));
 
         Assert.Equal((StatusCode.InvalidArgument, "CHECKSUM_INVALID"), (status, reason));
         Assert.Equal("LeafMismatch", IngestCall.Metadata(error, "verification"));
@@ -93,11 +102,11 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
-        ProbeReport precomputed = template.For(await scene.NonceAsync(nodes[0]));
+        ProbeReport precomputed = template.For(await scene.ChallengeAsync(nodes[0]));
         byte[] encoded = ProbeReportEncoding.Encode(precomputed);
         Assert.True(encoded.Length > Engine.Capacity.FleetValidationService.RefusedReportBytesMax, $"the report is only {encoded.Length} bytes; it shows no bound");
 
-        Assert.Equal("CHECKSUM_INVALID", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], precomputed))).Reason);
+        Assert.Equal("CHECKSUM_INVALID", (await CapacityScene.RefusalAsync(() => scene.CommitAndSubmitAsync(nodes[0], precomputed))).Reason);
 
         var kept = (await scene.Server.QueryAsync<(byte[] Digest, byte[] Report, int Length)>(
             "SELECT report_sha256, report_encoded, report_bytes FROM capacity_attestations WHERE NOT accepted")).Single();
@@ -118,23 +127,23 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
     }
 
     [Fact]
-    public async Task Nonces_are_given_only_for_pending_sampled_nodes_of_an_open_validation_and_only_so_many_at_once()
+    public async Task Challenges_start_only_for_an_open_validation_and_a_commitment_only_for_the_committing_nodes_own_nonce()
     {
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
-        TestNode[] nodes = await scene.NodesAsync(1);
-        Assert.Equal("NO_OPEN_VALIDATION", (await CapacityScene.RefusalAsync(() => scene.NonceAsync(nodes[0]))).Reason);
+        TestNode[] nodes = await scene.NodesAsync(2);
+        Assert.Equal((StatusCode.FailedPrecondition, "NO_OPEN_VALIDATION"), Head(await CapacityScene.RefusalAsync(() => scene.StartChallengesAsync())));
         await scene.DeclareAsync(nodes);
-        using var outsider = new TestNode("not-declared");
-        Assert.Equal("NODE_NOT_SAMPLED", (await CapacityScene.RefusalAsync(() => scene.NonceAsync(outsider))).Reason);
+        ProbeReport forFirst = template.For(await scene.ChallengeAsync(nodes[0]));
 
-        for (int i = 0; i < 8; i++)
-        {
-            await scene.NonceAsync(nodes[0]);
-        }
-
-        Assert.Equal((StatusCode.ResourceExhausted, "NONCES_EXHAUSTED"), Head(await CapacityScene.RefusalAsync(() => scene.NonceAsync(nodes[0]))));
-        scene.Clock.Advance(TimeSpan.FromMinutes(31));
-        await scene.NonceAsync(nodes[0]);
+        // The second node signs a commitment naming the first node's nonce: refused, nothing recorded.
+        byte[] borrowed = ResultCommitment.Encode(nodes[1].NodeId, forFirst);
+        Assert.Equal("NONCE_UNKNOWN", (await CapacityScene.RefusalAsync(() =>
+            scene.CommitAsync(nodes[1], borrowed, ByteString.CopyFrom(ResultCommitment.Sign(nodes[1].Key, borrowed))))).Reason);
+        // A commitment naming one node, sent as another, or bytes that are no commitment, are malformed.
+        var (mine, signature) = nodes[0].Commit(forFirst);
+        Assert.Equal((StatusCode.InvalidArgument, "COMMITMENT_MALFORMED"), Head(await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[1], mine, signature))));
+        Assert.Equal("COMMITMENT_MALFORMED", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], mine[..^1], signature))).Reason);
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_commitments"));
     }
 
     [Fact]
@@ -143,13 +152,14 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(1);
         FleetValidation first = await scene.DeclareAsync(nodes);
-        ProbeReport report = template.For(await scene.NonceAsync(nodes[0]));
+        ProbeReport report = template.For(await scene.ChallengeAsync(nodes[0]));
 
         FleetValidation second = await scene.DeclareAsync(nodes);
 
         Assert.Equal((2u, first.ValidationId + 1), (second.InventoryVersion, second.ValidationId));
         FleetValidation old = await scene.Client.GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = scene.Code, ValidationId = first.ValidationId }, scene.Key);
         Assert.Equal(FleetValidationState.ValidationSuperseded, old.State);
+        Assert.Equal("NO_OPEN_VALIDATION", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], report))).Reason);
         Assert.Equal("NO_OPEN_VALIDATION", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], report))).Reason);
     }
 
@@ -211,7 +221,9 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         Assert.Equal((StatusCode.PermissionDenied, "OTHER_PROVIDER"), Head(await CapacityScene.RefusalAsync(() =>
             scene.Client.GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = scene.Code }, other).ResponseAsync)));
         Assert.Equal("OTHER_PROVIDER", (await CapacityScene.RefusalAsync(() =>
-            scene.Client.IssueNonceAsync(new IssueNonceRequest { CreditCode = scene.Code, NodeId = nodes[0].NodeId }, other).ResponseAsync)).Reason);
+            scene.Client.StartChallengesAsync(new StartChallengesRequest { CreditCode = scene.Code }, other).ResponseAsync)).Reason);
+        Assert.Equal("OTHER_PROVIDER", (await CapacityScene.RefusalAsync(() =>
+            scene.Client.CommitResultsAsync(new CommitResultsRequest { CreditCode = scene.Code, NodeId = nodes[0].NodeId }, other).ResponseAsync)).Reason);
         Assert.Equal("OTHER_PROVIDER", (await CapacityScene.RefusalAsync(() =>
             scene.Client.DeclareInventoryAsync(new DeclareInventoryRequest { CreditCode = scene.Code, Nodes = { new DeclaredNode { NodeId = "x", Site = "s", DeviceModel = "H100-SXM", DeviceCount = 1 } } }, other).ResponseAsync)).Reason);
         Assert.Equal("VALIDATION_UNKNOWN", (await CapacityScene.RefusalAsync(() =>

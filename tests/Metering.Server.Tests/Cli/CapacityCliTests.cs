@@ -43,7 +43,19 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
         Assert.Equal((3u, 24ul), (validation.NodeCount, validation.DeviceCount));
         Assert.Contains($"Validation {validation.ValidationId} of {Provider}, inventory version 1: collecting reports.", declareOutput, StringComparison.Ordinal);
         Assert.Contains("16 H100-SXM, 8 H200-SXM", declareOutput, StringComparison.Ordinal);
-        Assert.All(validation.Sample, node => Assert.Matches($@"(?m)^{node.NodeId} +sz-\S+ +{node.DeviceModel} +8 +pending *$", declareOutput));
+        // The sample stays hidden until the challenges start, so no node can prepare for it.
+        Assert.Contains($"Sample: {validation.SampleSize} of 3 nodes, shown when the challenges start", declareOutput, StringComparison.Ordinal);
+        Assert.DoesNotContain("gpu-0", declareOutput, StringComparison.Ordinal);
+
+        var (started, startOutput) = await ProviderAsync(server, "challenges", "start", "--code", Provider);
+
+        Assert.True(started == 0, startOutput);
+        validation = await server.CapacityClient().GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = Provider }, TestServer.Bearer());
+        Assert.Contains($"Challenges of validation {validation.ValidationId} started now", startOutput, StringComparison.Ordinal);
+        Assert.All(validation.Sample, node => Assert.Matches($@"(?m)^{node.NodeId} +{node.DeviceModel} +8 +\d+ +tensor-fp16 \d+x\d+, packed-fp16 \d+x\d+, fp32-fma \d+x\d+, memory-bandwidth \d+x\d+ +\d+\.\d *$", startOutput));
+        var (again, againOutput) = await ProviderAsync(server, "challenges", "start", "--code", Provider);
+        Assert.True(again == 0, againOutput);
+        Assert.Contains("already started", againOutput, StringComparison.Ordinal);
 
         var (shown, json) = await ProviderAsync(server, "validation", "show", validation.ValidationId.ToString(System.Globalization.CultureInfo.InvariantCulture), "--code", Provider, "--output", "json");
 
@@ -51,7 +63,8 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
         Assert.Equal(validation, FleetValidation.Parser.ParseJson(json));
         var (latest, table) = await ProviderAsync(server, "validation", "show", "--code", Provider);
         Assert.True(latest == 0, table);
-        Assert.Contains($"Sample: {validation.SampleSize} of 3 nodes (seed {validation.SampleSeedHex}); 0 passed, 0 failed.", table, StringComparison.Ordinal);
+        Assert.Contains($"Sample: {validation.SampleSize} of 3 nodes (seed {validation.SampleSeedHex}), challenged ", table, StringComparison.Ordinal);
+        Assert.All(validation.Sample, node => Assert.Matches($@"(?m)^{node.NodeId} +sz-\S+ +{node.DeviceModel} +8 +pending *$", table));
     }
 
     [Fact]
@@ -76,6 +89,7 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
             ["inventory", "declare", "--code", Provider, "--file", noNodes],
             ["inventory", "declare", "--code", Provider, "--file", countAsText],
             ["validation", "show", "--code", Provider, "--output", "yaml"],
+            ["challenges", "start"],
             ["review", "--code", Provider, "--validation", "1", "--node", "gpu-01", "--device", "0"],
             ["review", "--code", Provider, "--validation", "1", "--node", "gpu-01", "--device", "0", "--accept", "H100-SXM", "--reject", "--reasons", "x"],
             ["review", "--code", Provider, "--validation", "1", "--node", "gpu-01", "--device", "0", "--reject"],
@@ -106,6 +120,7 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
             ("INVENTORY_INVALID", ["inventory", "declare", "--code", Provider, "--file", twice]),
             ("MODEL_NOT_PROBEABLE", ["inventory", "declare", "--code", Provider, "--file", ascend]),
             ("VALIDATION_UNKNOWN", ["validation", "show", "--code", Provider]),
+            ("NO_OPEN_VALIDATION", ["challenges", "start", "--code", Provider]),
             ("ROLE_NOT_ALLOWED", ["review", "--code", Provider, "--validation", "1", "--node", "gpu-01", "--device", "0", "--accept", "H100-SXM"]),
         ];
         foreach (var (reason, attempt) in attempts)
@@ -123,10 +138,10 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
     [Fact]
     public async Task An_operator_accepts_one_device_awaiting_review_and_rejects_another_through_the_cli()
     {
-        // The shipped catalog has no CPU model: the provider says its nodes hold an H100 each, and the probe reports the CPU.
-        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, DeviceCatalog.LoadEmbedded());
+        // The catalog has no CPU model: the provider says its nodes hold a GPU whose probe names the CPU does not match.
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, UnnamedGpuCatalog());
         TestNode[] nodes = await scene.NodesAsync(2);
-        FleetValidation declared = await scene.DeclareAsync(nodes, "H100-SXM");
+        FleetValidation declared = await scene.DeclareAsync(nodes, UnnamedGpu);
         foreach (TestNode node in nodes)
         {
             Assert.Equal(NodeOutcome.NodeAwaitingReview, (await scene.AttestAsync(node)).Node.Outcome);
@@ -135,14 +150,14 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
         string id = declared.ValidationId.ToString(System.Globalization.CultureInfo.InvariantCulture);
         var (shownExit, shown) = await CliProcess.RunAsAsync(scene.Server, TestServer.OperatorKey, "capacity", "validation", "show", id, "--code", scene.Code);
         Assert.True(shownExit == 0, shown);
-        Assert.Matches($@"(?m)^{nodes[0].NodeId} +sz-test-dc +H100-SXM +1 +awaiting review +\d+ +0 awaiting review *$", shown);
+        Assert.Matches($@"(?m)^{nodes[0].NodeId} +sz-test-dc +{UnnamedGpu} +1 +awaiting review +\d+\.\d +\d+ +0 awaiting review *$", shown);
         Assert.Contains($"{nodes[0].NodeId} device 0 (CPUAccelerator): awaiting review: ", shown, StringComparison.Ordinal);
 
         var (accepted, acceptOutput) = await CliProcess.RunAsAsync(scene.Server, TestServer.OperatorKey,
-            "capacity", "review", "--code", scene.Code, "--validation", id, "--node", nodes[0].NodeId, "--device", "0", "--accept", "H100-SXM");
+            "capacity", "review", "--code", scene.Code, "--validation", id, "--node", nodes[0].NodeId, "--device", "0", "--accept", UnnamedGpu);
         Assert.True(accepted == 0, acceptOutput);
         var (again, againOutput) = await CliProcess.RunAsAsync(scene.Server, TestServer.OperatorKey,
-            "capacity", "review", "--code", scene.Code, "--validation", id, "--node", nodes[0].NodeId, "--device", "0", "--accept", "H100-SXM");
+            "capacity", "review", "--code", scene.Code, "--validation", id, "--node", nodes[0].NodeId, "--device", "0", "--accept", UnnamedGpu);
         Assert.Equal(1, again);
         Assert.Contains(" REVIEW_NOT_PENDING: ", againOutput, StringComparison.Ordinal);
         var (rejected, rejectOutput) = await CliProcess.RunAsAsync(scene.Server, TestServer.OperatorKey,
@@ -151,8 +166,26 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
 
         FleetValidation complete = FleetValidation.Parser.ParseJson(rejectOutput);
         Assert.Equal(FleetValidationState.ValidationComplete, complete.State);
-        Assert.Equal((NodeOutcome.NodePassed, "H100-SXM"), (complete.Sample.Single(n => n.NodeId == nodes[0].NodeId).Outcome, complete.Sample.Single(n => n.NodeId == nodes[0].NodeId).Devices.Single().DeviceModel));
+        Assert.Equal((NodeOutcome.NodePassed, UnnamedGpu), (complete.Sample.Single(n => n.NodeId == nodes[0].NodeId).Outcome, complete.Sample.Single(n => n.NodeId == nodes[0].NodeId).Devices.Single().DeviceModel));
         Assert.Equal(DeviceOutcome.DeviceRejected, complete.Sample.Single(n => n.NodeId == nodes[1].NodeId).Devices.Single().Outcome);
+    }
+
+    private const string UnnamedGpu = "GPU-UNNAMED";
+
+    /// <summary>The shipped catalog and one GPU model that ILGPU's CPU accelerator does not match by name, with the small preset as its challenge work.</summary>
+    private static DeviceCatalog UnnamedGpuCatalog()
+    {
+        const string Overlay = """
+            { "overlay": "Test: a GPU model the CPU accelerator does not match by name.",
+              "devices": [ { "key": "GPU-UNNAMED", "vendor": "test", "name": "Unnamed test GPU", "fp16DenseGflops": 989400, "source": "test figure",
+                "probe": { "deviceNames": [ "Unnamed Test GPU" ], "referencePath": "portable",
+                  "peak": { "tensorFp16Mflops": 989400000, "packedFp16Mflops": 1000000, "fp32Mflops": 1000000, "memoryMbps": 1000000 },
+                  "reference": { "tensorFp16Mflops": 1, "packedFp16Mflops": 1, "fp32Mflops": 1, "memoryMbps": 1 },
+                  "work": { "tensorFp16": "8:8", "packedFp16": "64:64", "fp32": "64:64", "memory": "16:2" },
+                  "source": "test figures" } } ] }
+            """;
+        using var stream = new MemoryStream(System.Text.Encoding.UTF8.GetBytes(Overlay));
+        return DeviceCatalog.LoadEmbedded().WithOverlay(stream, "test overlay");
     }
 
     private static Task<(int ExitCode, string Output)> ProviderAsync(TestServer server, params string[] arguments) =>
