@@ -247,7 +247,8 @@ public sealed partial class FleetValidationService
 
     /// <summary>
     /// Fails every pending sampled node whose deadline passed without a commitment, or whose nonce
-    /// expired without a report, and completes the validation when that was the last.
+    /// expired without an accepted report (none, or only refused ones), and completes the
+    /// validation when that was the last.
     /// </summary>
     private async Task FailOverdueAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, long validationId, DateTimeOffset now)
     {
@@ -256,11 +257,10 @@ public sealed partial class FleetValidationService
             SET outcome = 'failed',
                 detail = CASE WHEN NOT EXISTS (SELECT 1 FROM capacity_commitments m WHERE m.provider_id = n.provider_id AND m.nonce = n.nonce)
                               THEN 'no commitment by the deadline'
-                              ELSE 'no report before the nonce expired' END
+                              ELSE 'no accepted report before the nonce expired' END
             FROM capacity_nonces n
             WHERE s.provider_id = @code AND s.validation_id = @validationId AND s.outcome = 'pending'
               AND n.provider_id = s.provider_id AND n.validation_id = s.validation_id AND n.node_id = s.node_id AND n.deadline_at IS NOT NULL
-              AND n.used_at IS NULL
               AND (n.expires_at <= @now
                    OR (n.deadline_at <= @now AND NOT EXISTS (SELECT 1 FROM capacity_commitments m WHERE m.provider_id = n.provider_id AND m.nonce = n.nonce)))
             """, new { code, validationId, now = now.UtcDateTime }, transaction);
