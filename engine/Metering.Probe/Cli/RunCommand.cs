@@ -39,10 +39,19 @@ internal static class RunCommand
         try
         {
             nodeKey = NodeKeyFile.Read(options.KeyPath);
+        }
+        catch (ArgumentException bad)
+        {
+            return Usage(bad.Message);
+        }
+
+        try
+        {
             channel = ServerChannel.Open(options.Server, options.CaPath);
         }
         catch (ArgumentException bad)
         {
+            nodeKey.Dispose();
             return Usage(bad.Message);
         }
 
@@ -132,8 +141,16 @@ internal static class RunCommand
 
         if (options.JsonPath is not null)
         {
-            await File.WriteAllTextAsync(options.JsonPath, ProbeReportJson.Serialize(report));
-            ProbeLog.ReportWritten(logger, options.JsonPath);
+            // The commitment is made; a copy that cannot be written must not keep the report from the server.
+            try
+            {
+                await File.WriteAllTextAsync(options.JsonPath, ProbeReportJson.Serialize(report));
+                ProbeLog.ReportWritten(logger, options.JsonPath);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                Console.Error.WriteLine($"metering-probe: warning: cannot keep the report in {options.JsonPath}: {e.Message}");
+            }
         }
 
         RunLog.Submitting(logger, options.NodeId, report.Devices.Count);
