@@ -262,7 +262,7 @@ public sealed partial class FleetValidationService
             WHERE s.provider_id = @code AND s.validation_id = @validationId AND s.outcome = 'pending'
               AND n.provider_id = s.provider_id AND n.validation_id = s.validation_id AND n.node_id = s.node_id AND n.deadline_at IS NOT NULL
               AND (n.expires_at <= @now
-                   OR (n.deadline_at <= @now AND NOT EXISTS (SELECT 1 FROM capacity_commitments m WHERE m.provider_id = n.provider_id AND m.nonce = n.nonce)))
+                   OR (n.deadline_at < @now AND NOT EXISTS (SELECT 1 FROM capacity_commitments m WHERE m.provider_id = n.provider_id AND m.nonce = n.nonce)))
             """, new { code, validationId, now = now.UtcDateTime }, transaction);
         if (failed > 0)
         {

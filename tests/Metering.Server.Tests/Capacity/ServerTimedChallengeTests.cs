@@ -83,6 +83,26 @@ public sealed class ServerTimedChallengeTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task A_node_silent_past_its_deadline_fails_at_the_providers_next_call_and_the_validation_completes()
+    {
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        TestNode[] nodes = await scene.NodesAsync(1);
+        await scene.DeclareAsync(nodes);
+        NodeChallenge challenge = await scene.ChallengeAsync(nodes[0]);
+
+        // At the deadline itself the node may still commit; a millisecond later it has failed.
+        scene.Clock.Advance(DateTimeOffset.FromUnixTimeMilliseconds(challenge.DeadlineUnixMs) - scene.Clock.GetUtcNow());
+        await scene.StartChallengesAsync();
+        Assert.Equal(NodeOutcome.NodePending, (await scene.Client.GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = scene.Code }, scene.Key)).Sample.Single().Outcome);
+        scene.Clock.Advance(TimeSpan.FromMilliseconds(1));
+        await scene.StartChallengesAsync();
+
+        FleetValidation validation = await scene.Client.GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = scene.Code }, scene.Key);
+        Assert.Equal((NodeOutcome.NodeFailed, "no commitment by the deadline"), (validation.Sample.Single().Outcome, validation.Sample.Single().Detail));
+        Assert.Equal((FleetValidationState.ValidationComplete, 1u), (validation.State, validation.FailedNodes));
+    }
+
+    [Fact]
     public async Task One_device_answering_for_two_nodes_misses_the_second_nodes_deadline()
     {
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
