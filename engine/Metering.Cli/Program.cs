@@ -16,6 +16,7 @@ root.Subcommands.Add(ServeCommand.Create());
 root.Subcommands.Add(DbCommand.Create());
 root.Subcommands.Add(KeyCommand.Create());
 root.Subcommands.Add(RegistryCommand.Create());
+root.Subcommands.Add(CapacityCommand.Create());
 root.Subcommands.Add(DemoCommand.Create());
 root.Subcommands.Add(IngestFileCommand.Create());
 root.Subcommands.Add(VoucherCommand.Create());

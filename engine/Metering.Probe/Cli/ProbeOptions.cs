@@ -26,16 +26,19 @@ internal sealed record ProbeOptions
         each accelerator on this node through ILGPU, on inputs derived from a server-issued nonce,
         and commits to every result with a Merkle checksum the server can check exactly.
 
-        Usage: metering-probe [options]
+        Usage: metering-probe [options]              measure, and print the table
+               metering-probe keygen --out FILE     make this node's signing key (keygen --help)
+               metering-probe run --server URL ...  prove this node to the server (run --help)
 
         Options:
           --nonce HEX         The 32-byte nonce the server issued, as 64 hex digits. Without it the
                               probe draws a random nonce and the report is marked unattested.
                               With it, every kernel run needs its --work from the server's
                               challenge (and --runs its runs_per_kernel).
-          --device KIND       auto (default: CUDA devices, else OpenCL, else the CPU), cuda, opencl,
-                              cpu, or all (every accelerator ILGPU finds; a GPU seen through CUDA and
-                              OpenCL is then measured twice).
+          --device KIND       auto (default: CUDA devices, else OpenCL GPUs; never the CPU: without
+                              a GPU the probe says so and exits with 3), cuda, opencl, cpu (ILGPU's
+                              CPU accelerator, only when asked), or all (every accelerator ILGPU
+                              finds; a GPU seen through CUDA and OpenCL is then measured twice).
           --runs N            Timed runs per kernel after one warm-up run (1-100, default 5); the
                               median is reported.
           --size PRESET       auto (default: full on GPUs, small on the CPU), small, or full.
@@ -49,7 +52,8 @@ internal sealed record ProbeOptions
           -h, --help          Show this help.
 
         Output: progress on standard error, a table on standard output. Exit codes: 0 success,
-        1 a run failed, 2 bad options, 3 no matching accelerator, 4 the checksum self-check failed.
+        1 a run failed, 2 bad options, 3 no GPU (--device auto) or no accelerator of the kind asked,
+        4 the checksum self-check failed.
         """;
 
     public static ProbeOptions Parse(IReadOnlyList<string> args)

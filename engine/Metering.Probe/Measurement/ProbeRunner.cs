@@ -67,7 +67,9 @@ public sealed class ProbeRunner
         using Context context = Context.Create(builder =>
         {
             builder.Optimize(OptimizationLevel.O2);
-            if (_settings.Devices is DeviceFilter.Auto or DeviceFilter.All or DeviceFilter.Cpu)
+            // Auto looks for GPUs only: a CPU's figures count for nothing, and a run that measured
+            // one without being asked would look like a node with no accelerator that passed a probe.
+            if (_settings.Devices is DeviceFilter.All or DeviceFilter.Cpu)
             {
                 builder.DefaultCPU();
             }
@@ -84,6 +86,13 @@ public sealed class ProbeRunner
         });
 
         IReadOnlyList<Device> devices = Select(context.Devices, _settings.Devices);
+        if (devices.Count == 0 && _settings.Devices == DeviceFilter.Auto)
+        {
+            throw new NoAcceleratorException(
+                $"No GPU found: no CUDA device and no OpenCL GPU (ILGPU sees: {Describe(context.Devices)}). The probe does not fall back to the CPU by itself; "
+                + "check the NVIDIA driver (nvidia-smi), or pass --device cpu for a smoke run on the CPU, whose figures attest no GPU.");
+        }
+
         if (devices.Count == 0)
         {
             throw new NoAcceleratorException($"No {_settings.Devices.ToString().ToLowerInvariant()} accelerator found (ILGPU sees: {Describe(context.Devices)}).");
@@ -120,10 +129,13 @@ public sealed class ProbeRunner
             DeviceFilter.Cuda => OfType(AcceleratorType.Cuda),
             DeviceFilter.OpenCL => OfType(AcceleratorType.OpenCL),
             _ => OfType(AcceleratorType.Cuda) is { Count: > 0 } cuda ? cuda
-                : OfType(AcceleratorType.OpenCL) is { Count: > 0 } openCl ? openCl
-                : OfType(AcceleratorType.CPU),
+                : all.Where(IsOpenClGpu).ToList(),
         };
     }
+
+    /// <summary>An OpenCL device that is not a CPU: an OpenCL CPU driver (pocl, Intel's) would be the CPU fallback by another door.</summary>
+    private static bool IsOpenClGpu(Device device) =>
+        device is CLDevice openCl && !openCl.DeviceType.HasFlag(CLDeviceType.CL_DEVICE_TYPE_CPU);
 
     private static string Describe(IEnumerable<Device> devices)
     {

@@ -5,7 +5,10 @@ namespace Metering.Probe.Measurement;
 /// <summary>Which accelerators to measure.</summary>
 public enum DeviceFilter
 {
-    /// <summary>CUDA devices if there are any, else OpenCL devices, else the CPU: one measurement per physical device.</summary>
+    /// <summary>
+    /// CUDA devices if there are any, else OpenCL GPUs: one measurement per physical device. Never
+    /// the CPU: without a GPU the run fails with <see cref="NoAcceleratorException"/>.
+    /// </summary>
     Auto,
 
     /// <summary>Every accelerator ILGPU finds; a GPU visible through both CUDA and OpenCL is measured twice.</summary>

@@ -9,7 +9,7 @@ public sealed class CliTests
     {
         var (exit, output) = await RunAsync("--help");
         Assert.Equal(0, exit);
-        foreach (string command in new[] { "serve", "db", "key", "registry", "demo", "ingest-file", "voucher", "settle", "audit" })
+        foreach (string command in new[] { "serve", "db", "key", "registry", "capacity", "demo", "ingest-file", "voucher", "settle", "audit" })
         {
             Assert.Contains(command, output, StringComparison.Ordinal);
         }

@@ -13,7 +13,14 @@ public static class CliProcess
     /// locale the tests run under is not passed on: the CLI prints Chinese labels where it says
     /// zh, and a test that wants them names LANG itself.
     /// </summary>
-    public static async Task<(int ExitCode, string Output)> RunWithEnvironmentAsync(IReadOnlyDictionary<string, string> environment, params string[] arguments)
+    public static Task<(int ExitCode, string Output)> RunWithEnvironmentAsync(IReadOnlyDictionary<string, string> environment, params string[] arguments) =>
+        RunProgramAsync("metering.dll", environment, arguments);
+
+    /// <summary>`metering-probe` (the build next to the tests) as a provider's node runs it, with these environment variables.</summary>
+    public static Task<(int ExitCode, string Output)> RunProbeAsync(IReadOnlyDictionary<string, string> environment, params string[] arguments) =>
+        RunProgramAsync("metering-probe.dll", environment, arguments);
+
+    private static async Task<(int ExitCode, string Output)> RunProgramAsync(string program, IReadOnlyDictionary<string, string> environment, string[] arguments)
     {
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (string locale in (string[])["LC_ALL", "LC_MESSAGES", "LANG"])
@@ -26,7 +33,7 @@ public static class CliProcess
             start.Environment[name] = value;
         }
 
-        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "metering.dll"));
+        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, program));
         foreach (string argument in arguments)
         {
             start.ArgumentList.Add(argument);

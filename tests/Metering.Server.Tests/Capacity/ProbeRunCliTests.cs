@@ -1,0 +1,126 @@
+using System.Globalization;
+using Metering.Protocol.V1;
+using Metering.Server.Tests.Infrastructure;
+using Metering.Tests.Shared;
+
+namespace Metering.Server.Tests.Capacity;
+
+/// <summary>
+/// A provider's whole run with the shipped tools only, as separate processes against a real
+/// server over TLS: `metering-probe keygen` on the node, `metering capacity key register` and
+/// `inventory declare`, then `metering-probe run` on ILGPU's CPU accelerator (the CPU fixture
+/// model), and the cheats a provider might try with the same tools.
+/// </summary>
+[Collection(PostgresCollection.Name)]
+public sealed class ProbeRunCliTests(PostgresFixture postgres) : IDisposable
+{
+    private const string Provider = TestRecords.Provider;
+
+    private readonly string _folder = Directory.CreateTempSubdirectory("probe-run-").FullName;
+
+    [Fact]
+    public async Task Keygen_register_declare_and_probe_run_complete_a_validation_and_a_second_run_is_refused_before_it_measures()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres, catalog: TestCatalogs.WithCpuFixture());
+        string key = Path.Combine(_folder, "node.pem");
+        var (made, publicKey) = await CliProcess.RunProbeAsync(new Dictionary<string, string>(), "keygen", "--out", key);
+        Assert.True(made == 0, publicKey);
+        string publicKeyFile = await WriteAsync("node.pub.pem", publicKey[publicKey.IndexOf("-----BEGIN PUBLIC KEY-----", StringComparison.Ordinal)..]);
+        Assert.Equal(0, (await Capacity(server, "key", "register", "--code", Provider, "--node", "cpu-node-01", "--public-key", publicKeyFile)).ExitCode);
+        string inventory = await WriteAsync("inventory.json",
+            """{"nodes": [{"nodeId": "cpu-node-01", "site": "sz-test-dc", "deviceModel": "CPU-FIXTURE", "deviceCount": 1}]}""");
+        Assert.Equal(0, (await Capacity(server, "inventory", "declare", "--code", Provider, "--file", inventory)).ExitCode);
+        string report = Path.Combine(_folder, "report.json");
+
+        var (exit, output) = await RunAsync(server, key, "--json", report);
+
+        Assert.True(exit == 0, output);
+        FleetValidation validation = await server.CapacityClient().GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = Provider }, TestServer.Bearer());
+        SampledNode node = validation.Sample.Single();
+        Assert.Equal((FleetValidationState.ValidationComplete, NodeOutcome.NodePassed), (validation.State, node.Outcome));
+        Assert.Contains($"node cpu-node-01 (1 x CPU-FIXTURE declared at sz-test-dc): PASSED; attestation {node.AttestationId}", output, StringComparison.Ordinal);
+        Assert.Matches(@"(?m)^0: CPUAccelerator +CPU-FIXTURE +healthy +tensor-fp16 +portable +\S+ \S+ +\S+ \S+ +\S+ \S+ +\S+ \S+ +yes$", output);
+        Assert.Contains(string.Create(CultureInfo.InvariantCulture, $"validation {validation.ValidationId} (inventory 1): complete; 1 passed and 0 failed of 1 sampled nodes"), output, StringComparison.Ordinal);
+        Assert.Contains("Node cpu-node-01: asking", output, StringComparison.Ordinal);
+        Assert.True(File.Exists(report), "--json kept no report");
+
+        // The same node again: the validation is complete, and the server says so before anything is measured.
+        var (again, againOutput) = await RunAsync(server, key);
+
+        Assert.Equal(5, again);
+        Assert.Contains("refused: FailedPrecondition NO_OPEN_VALIDATION", againOutput, StringComparison.Ordinal);
+        Assert.DoesNotContain("Device 0", againOutput, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_run_signed_with_a_key_the_node_never_registered_is_refused_with_exit_5_and_the_node_stays_pending()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres, catalog: TestCatalogs.WithCpuFixture());
+        string registered = Path.Combine(_folder, "node.pem");
+        string stolenNode = Path.Combine(_folder, "other.pem");
+        var (_, publicKey) = await CliProcess.RunProbeAsync(new Dictionary<string, string>(), "keygen", "--out", registered);
+        Assert.Equal(0, (await CliProcess.RunProbeAsync(new Dictionary<string, string>(), "keygen", "--out", stolenNode)).ExitCode);
+        string publicKeyFile = await WriteAsync("node.pub.pem", publicKey[publicKey.IndexOf("-----BEGIN PUBLIC KEY-----", StringComparison.Ordinal)..]);
+        Assert.Equal(0, (await Capacity(server, "key", "register", "--code", Provider, "--node", "cpu-node-01", "--public-key", publicKeyFile)).ExitCode);
+        string inventory = await WriteAsync("inventory.json",
+            """{"nodes": [{"nodeId": "cpu-node-01", "site": "sz-test-dc", "deviceModel": "CPU-FIXTURE", "deviceCount": 1}]}""");
+        Assert.Equal(0, (await Capacity(server, "inventory", "declare", "--code", Provider, "--file", inventory)).ExitCode);
+
+        var (exit, output) = await RunAsync(server, stolenNode);
+
+        Assert.Equal(5, exit);
+        // The commitment is the first thing the node signs; the server refuses it before anything is recorded.
+        Assert.Contains("PermissionDenied SIGNATURE_INVALID", output, StringComparison.Ordinal);
+        FleetValidation validation = await server.CapacityClient().GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = Provider }, TestServer.Bearer());
+        Assert.Equal(NodeOutcome.NodePending, validation.Sample.Single().Outcome);
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM capacity_attestations"));
+    }
+
+    [Fact]
+    public async Task A_node_that_runs_after_its_deadline_on_the_servers_clock_exits_6_with_the_node_failed_and_nothing_attested()
+    {
+        // The server's clock is a manual one: the challenges start, and the node runs only after its deadline on that clock.
+        var clock = new ManualClock(DateTimeOffset.UtcNow);
+        await using TestServer server = await TestServer.StartAsync(postgres, catalog: TestCatalogs.WithCpuFixture(), time: clock);
+        string key = Path.Combine(_folder, "node.pem");
+        var (_, publicKey) = await CliProcess.RunProbeAsync(new Dictionary<string, string>(), "keygen", "--out", key);
+        string publicKeyFile = await WriteAsync("node.pub.pem", publicKey[publicKey.IndexOf("-----BEGIN PUBLIC KEY-----", StringComparison.Ordinal)..]);
+        Assert.Equal(0, (await Capacity(server, "key", "register", "--code", Provider, "--node", "cpu-node-01", "--public-key", publicKeyFile)).ExitCode);
+        string inventory = await WriteAsync("inventory.json",
+            """{"nodes": [{"nodeId": "cpu-node-01", "site": "sz-test-dc", "deviceModel": "CPU-FIXTURE", "deviceCount": 1}]}""");
+        Assert.Equal(0, (await Capacity(server, "inventory", "declare", "--code", Provider, "--file", inventory)).ExitCode);
+        var (started, startOutput) = await Capacity(server, "challenges", "start", "--code", Provider, "--output", "json");
+        Assert.True(started == 0, startOutput);
+        long deadline = ChallengeSet.Parser.ParseJson(startOutput).Challenges.Single().DeadlineUnixMs;
+        clock.Advance(DateTimeOffset.FromUnixTimeMilliseconds(deadline + 1) - clock.GetUtcNow());
+
+        var (exit, output) = await RunAsync(server, key);
+
+        Assert.True(exit == 6, output);
+        FleetValidation validation = await server.CapacityClient().GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = Provider }, TestServer.Bearer());
+        SampledNode node = validation.Sample.Single();
+        Assert.Equal(NodeOutcome.NodeFailed, node.Outcome);
+        Assert.NotEqual("", node.Detail);
+        Assert.Contains($"node cpu-node-01 has failed this validation: {node.Detail}", output, StringComparison.Ordinal);
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM capacity_attestations"));
+    }
+
+    private static Task<(int ExitCode, string Output)> RunAsync(TestServer server, string key, params string[] more) =>
+        CliProcess.RunProbeAsync(new Dictionary<string, string> { ["METERING_API_KEY"] = TestServer.ProviderKey },
+        [
+            "run", "--server", server.Address.ToString().TrimEnd('/'), "--ca", TestCertificates.CaPemPath, "--code", Provider, "--node-id", "cpu-node-01",
+            "--key", key, "--device", "cpu", .. more,
+        ]);
+
+    private static Task<(int ExitCode, string Output)> Capacity(TestServer server, params string[] arguments) =>
+        CliProcess.RunAsAsync(server, TestServer.ProviderKey, ["capacity", .. arguments]);
+
+    private async Task<string> WriteAsync(string name, string text)
+    {
+        string path = Path.Combine(_folder, name);
+        await File.WriteAllTextAsync(path, text);
+        return path;
+    }
+
+    public void Dispose() => Directory.Delete(_folder, recursive: true);
+}
