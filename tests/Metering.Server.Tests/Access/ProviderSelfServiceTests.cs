@@ -111,7 +111,7 @@ public sealed class ProviderSelfServiceTests(PostgresFixture postgres)
         QueryUsageResponse usage = await audit.QueryUsageAsync(new QueryUsageRequest { Selection = Day(TestRecords.Provider, "theirs-only") }, Me);
         var (csv, exported) = await ExportAsync(audit, Day(TestRecords.Provider, "theirs-only"));
         GetChainHashesResponse hashes = await audit.GetChainHashesAsync(new GetChainHashesRequest { CreditCode = TestRecords.Provider, StreamId = "theirs-only", Sequences = { 1, 4 } }, Me);
-        VerifyChainResponse chain = await audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = TestRecords.Provider, StreamId = "theirs-only" }, Me);
+        RpcException chain = await Refused(audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = TestRecords.Provider, StreamId = "theirs-only" }, Me).ResponseAsync);
         RpcException proof = await Refused(audit.GetInclusionProofAsync(new GetInclusionProofRequest { CreditCode = TestRecords.Provider, StreamId = "theirs-only", Sequence = 1 }, Me).ResponseAsync);
         // The shared stream name under its own code is its own three records, not the other's five.
         QueryUsageResponse shared = await audit.QueryUsageAsync(new QueryUsageRequest { Selection = Day(TestRecords.Provider, "cluster-x") }, Me);
@@ -120,7 +120,8 @@ public sealed class ProviderSelfServiceTests(PostgresFixture postgres)
         Assert.Equal((0UL, 1), (exported, csv.TrimEnd('\n').Split('\n').Length));
         Assert.Equal(0UL, hashes.CommittedSequence);
         Assert.All(hashes.Hashes, h => Assert.Equal((false, 0), (h.Stored, h.ChainHash.Length)));
-        Assert.Equal(0UL, chain.Streams.Single().RecordsChecked);
+        // Under its own code that stream does not exist: not found, as for any stream never opened.
+        Assert.Equal((StatusCode.NotFound, "AUDIT_NOT_FOUND"), (chain.StatusCode, IngestCall.Reason(chain)));
         Assert.Equal((StatusCode.NotFound, "AUDIT_NOT_FOUND"), (proof.StatusCode, IngestCall.Reason(proof)));
         Assert.Equal(3UL, shared.Total.Records);
         // The other provider's own key sees its four records there: they exist, just not for this caller.
