@@ -71,10 +71,11 @@ public static class Errors
     public static StatusCode CodeFor(CapacityRefusal reason) => reason switch
     {
         CapacityRefusal.PublicKeyInvalid or CapacityRefusal.InventoryInvalid or CapacityRefusal.ReportMalformed
-            or CapacityRefusal.ChecksumInvalid or CapacityRefusal.MeasurementForged or CapacityRefusal.WorkSizeRefused => StatusCode.InvalidArgument,
+            or CapacityRefusal.ChecksumInvalid or CapacityRefusal.MeasurementForged or CapacityRefusal.WorkSizeRefused
+            or CapacityRefusal.DeviceUuidMismatch => StatusCode.InvalidArgument,
         CapacityRefusal.NoncesExhausted or CapacityRefusal.VerificationBusy => StatusCode.ResourceExhausted,
         CapacityRefusal.SignatureInvalid => StatusCode.PermissionDenied,
-        CapacityRefusal.AttestationReplayed => StatusCode.AlreadyExists,
+        CapacityRefusal.AttestationReplayed or CapacityRefusal.DeviceUuidTaken => StatusCode.AlreadyExists,
         CapacityRefusal.ValidationUnknown => StatusCode.NotFound,
         _ => StatusCode.FailedPrecondition,
     };

@@ -84,7 +84,7 @@ public static class SchemaTables
         TableRule.Mutable("capacity_inventories"),
         TableRule.Mutable("capacity_inventory_nodes"),
         TableRule.Advancing("capacity_validations", "state", "passed_nodes", "failed_nodes", "nonconforming_nodes_bound", "pass_rate_lower_bound_ppm",
-            "verified_fp16_gflops", "completed_at", "expires_at"),
+            "verified_fp16_gflops", "completed_at", "expires_at", "abandoned_nodes"),
         TableRule.Mutable("capacity_sample_nodes", update: true),
         TableRule.Advancing("capacity_nonces", "used_at", "attestation_id"),
         TableRule.Evidence("capacity_attestations"),
@@ -122,6 +122,8 @@ public static class SchemaTables
         TableRule.Advancing("reconsiderations", "outcome", "decided_by", "decided_at", "reasons", "state_after"),
         // batch rules: every version of a batch's rules is written once and never changed.
         TableRule.Evidence("admission_batch_versions"),
+        // node key approvals: an operator's approval of one key version is written once and never changed.
+        TableRule.Evidence("capacity_node_key_approvals"),
         // The migrator's own bookkeeping; serve reads it to check the schema's version.
         TableRule.ReadOnly("schema_migrations"),
     ];

@@ -58,6 +58,7 @@ internal static class AccessPolicy
         [Method(AccessService.Descriptor.FullName, "ListKeys")] = Operators,
 
         [Method(CapacityService.Descriptor.FullName, "RegisterNodeKey")] = Providers,
+        [Method(CapacityService.Descriptor.FullName, "ApproveNodeKey")] = Operators,
         [Method(CapacityService.Descriptor.FullName, "DeclareInventory")] = Providers,
         [Method(CapacityService.Descriptor.FullName, "IssueNonce")] = Providers,
         [Method(CapacityService.Descriptor.FullName, "SubmitAttestation")] = Providers,
