@@ -89,6 +89,11 @@ public sealed class ProbeRunner
             throw new NoAcceleratorException($"No {_settings.Devices.ToString().ToLowerInvariant()} accelerator found (ILGPU sees: {Describe(context.Devices)}).");
         }
 
+        if (_settings.CpuDeviceUuid is not null && devices.Any(d => d.AcceleratorType != AcceleratorType.CPU))
+        {
+            throw new ArgumentException($"A device UUID is given only to the CPU accelerator; this run measures {Describe(devices)}, whose UUIDs are the hardware's.");
+        }
+
         ProbeLog.DevicesFound(_logger, devices.Count, Describe(devices));
         long createdAtUnixMs = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
         var reports = new List<DeviceReport>();
@@ -150,7 +155,9 @@ public sealed class ProbeRunner
             Multiprocessors = device.NumMultiprocessors,
             ClockMhz = ClockMhz(device),
             MemoryBytes = MemoryBytes(device),
-            Uuid = string.Empty,
+            // ILGPU 1.5.3 has no NVML binding and no cuDeviceGetUuid, so a CUDA device's UUID is not
+            // known here; the server refuses a report device without one (DEVICE_UUID_MISMATCH).
+            Uuid = device.AcceleratorType == AcceleratorType.CPU ? _settings.CpuDeviceUuid ?? string.Empty : string.Empty,
             PciBusId = device is CudaDevice cuda ? cuda.NVMLPCIBusId : string.Empty,
             Measurements = measurements,
         };
