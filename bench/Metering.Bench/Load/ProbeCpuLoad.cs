@@ -52,11 +52,11 @@ internal static class ProbeCpuLoad
         IngestLoad.DeleteCluster(directory);
 
         await using EmbeddedPostgres postgres = await EmbeddedPostgres.StartAsync(new EmbeddedPostgresOptions { DataDirectory = directory, Durable = true }, logger);
-        string apiKey;
+        SeededKeys seeded;
         await using (NpgsqlDataSource dataSource = Database.CreateDataSource(postgres.ConnectionString))
         {
             await new Migrator(dataSource, logger).MigrateAsync();
-            apiKey = (await Admissions.SeedAsync(dataSource)).Provider;
+            seeded = await Admissions.SeedAsync(dataSource);
         }
 
         await using MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
@@ -71,7 +71,8 @@ internal static class ProbeCpuLoad
 
         using var channel = GrpcChannel.ForAddress(server.Address);
         var capacity = new CapacityService.CapacityServiceClient(channel);
-        var headers = new Metadata { { "authorization", "Bearer " + apiKey } };
+        var headers = new Metadata { { "authorization", "Bearer " + seeded.Provider } };
+        var operatorHeaders = new Metadata { { "authorization", "Bearer " + seeded.Operator } };
         var keys = new Dictionary<string, ECDsa>();
         try
         {
@@ -79,7 +80,22 @@ internal static class ProbeCpuLoad
             {
                 string node = $"cpu-node-{i:D2}";
                 keys[node] = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-                await capacity.RegisterNodeKeyAsync(new RegisterNodeKeyRequest { CreditCode = Provider, NodeId = node, PublicKeyPem = keys[node].ExportSubjectPublicKeyInfoPem() }, headers);
+                // A CPU has no UUID: each node's one device gets the one its probe reports (--device-uuid).
+                NodeKey key = await capacity.RegisterNodeKeyAsync(new RegisterNodeKeyRequest
+                {
+                    CreditCode = Provider,
+                    NodeId = node,
+                    PublicKeyPem = keys[node].ExportSubjectPublicKeyInfoPem(),
+                    DeviceUuids = { DeviceUuid(node) },
+                }, headers);
+                await capacity.ApproveNodeKeyAsync(new ApproveNodeKeyRequest
+                {
+                    CreditCode = Provider,
+                    NodeId = node,
+                    KeyVersion = key.KeyVersion,
+                    KeySha256 = key.KeySha256,
+                    Reasons = "bench: fingerprint taken from the registration",
+                }, operatorHeaders);
             }
 
             FleetValidation validation = await capacity.DeclareInventoryAsync(new DeclareInventoryRequest
@@ -95,7 +111,7 @@ internal static class ProbeCpuLoad
                 ProbeNonce nonce = await capacity.IssueNonceAsync(new IssueNonceRequest { CreditCode = Provider, NodeId = sampled.NodeId }, headers);
                 var clock = Stopwatch.StartNew();
                 ProbeReport report = new ProbeRunner(
-                    new ProbeSettings { Nonce = Convert.FromHexString(nonce.NonceHex), Attested = true, Devices = DeviceFilter.Cpu, Size = SizePreset.Small },
+                    new ProbeSettings { Nonce = Convert.FromHexString(nonce.NonceHex), Attested = true, Devices = DeviceFilter.Cpu, Size = SizePreset.Small, CpuDeviceUuid = DeviceUuid(sampled.NodeId) },
                     NullLogger.Instance).Run();
                 double probeSeconds = clock.Elapsed.TotalSeconds;
                 var request = new SubmitAttestationRequest
@@ -144,4 +160,6 @@ internal static class ProbeCpuLoad
     }
 
     private const string ProtocolNameOfReplay = "ATTESTATION_REPLAYED";
+
+    private static string DeviceUuid(string node) => $"CPU-bench-{node}";
 }

@@ -54,6 +54,7 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
         ["RegistryService/GetOrganisation"] = [P, O, A, S],
         ["RegistryService/GetHistory"] = [O, A],
         ["CapacityService/RegisterNodeKey"] = [P],
+        ["CapacityService/ApproveNodeKey"] = [O],
         ["CapacityService/DeclareInventory"] = [P],
         ["CapacityService/IssueNonce"] = [P],
         ["CapacityService/SubmitAttestation"] = [P],

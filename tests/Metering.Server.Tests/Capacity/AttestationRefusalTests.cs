@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using Google.Protobuf;
 using Grpc.Core;
+using Metering.Engine.Capacity;
 using Metering.Probe.Attestation.Results;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
@@ -13,8 +14,11 @@ public sealed class TemplateReport
 {
     public ProbeReport Report { get; } = CapacityScene.RunProbe(RandomNumberGenerator.GetBytes(32));
 
-    /// <summary>The template claiming another nonce: parsed and signed like any report, its checksums belong to the template's nonce.</summary>
-    public ProbeReport For(ProbeNonce nonce) => Report with { Nonce = Convert.FromHexString(nonce.NonceHex) };
+    /// <summary>The template claiming another nonce and the node's device: parsed and signed like any report, its checksums belong to the template's nonce.</summary>
+    internal ProbeReport For(ProbeNonce nonce, TestNode node) => As(node) with { Nonce = Convert.FromHexString(nonce.NonceHex) };
+
+    /// <summary>The template naming the node's registered device, so that the checks after the device's get their turn.</summary>
+    internal ProbeReport As(TestNode node) => Report with { Devices = [.. Report.Devices.Select(d => d with { Uuid = node.DeviceUuid })] };
 }
 
 /// <summary>Every way an attestation, an inventory or a key is refused, each with its own reason, changing nothing.</summary>
@@ -29,8 +33,8 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         await scene.DeclareAsync(nodes);
         ProbeNonce forFirst = await scene.NonceAsync(nodes[0]);
 
-        Assert.Equal((StatusCode.FailedPrecondition, "NONCE_UNKNOWN"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], template.Report))));
-        Assert.Equal("NONCE_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[1], template.For(forFirst)))).Reason);
+        Assert.Equal((StatusCode.FailedPrecondition, "NONCE_UNKNOWN"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], template.As(nodes[0])))));
+        Assert.Equal("NONCE_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[1], template.For(forFirst, nodes[1])))).Reason);
         await AssertNothingStoredAsync(scene);
     }
 
@@ -45,7 +49,7 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
 
         scene.Clock.Advance(TimeSpan.FromMinutes(30));
 
-        Assert.Equal((StatusCode.FailedPrecondition, "NONCE_EXPIRED"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], template.For(nonce)))));
+        Assert.Equal((StatusCode.FailedPrecondition, "NONCE_EXPIRED"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], template.For(nonce, nodes[0])))));
         await AssertNothingStoredAsync(scene);
     }
 
@@ -55,7 +59,7 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
-        ProbeReport report = template.For(await scene.NonceAsync(nodes[0]));
+        ProbeReport report = template.For(await scene.NonceAsync(nodes[0]), nodes[0]);
         using var stranger = new TestNode(nodes[0].NodeId);
         using var keyless = new TestNode("no-key");
 
@@ -76,7 +80,7 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
         // Results computed for another nonce, relabelled with the issued one: what a precomputing cheater sends.
-        ProbeReport precomputed = template.For(await scene.NonceAsync(nodes[0]));
+        ProbeReport precomputed = template.For(await scene.NonceAsync(nodes[0]), nodes[0]);
 
         var (status, reason, error) = await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], precomputed));
 
@@ -93,7 +97,7 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
-        ProbeReport precomputed = template.For(await scene.NonceAsync(nodes[0]));
+        ProbeReport precomputed = template.For(await scene.NonceAsync(nodes[0]), nodes[0]);
         byte[] encoded = ProbeReportEncoding.Encode(precomputed);
         Assert.True(encoded.Length > Engine.Capacity.FleetValidationService.RefusedReportBytesMax, $"the report is only {encoded.Length} bytes; it shows no bound");
 
@@ -140,10 +144,11 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
     [Fact]
     public async Task A_new_inventory_supersedes_the_open_validation_and_its_nonces()
     {
-        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, capacity: new CapacitySettings { InventoryRedeclarationInterval = TimeSpan.FromMinutes(1) });
         TestNode[] nodes = await scene.NodesAsync(1);
         FleetValidation first = await scene.DeclareAsync(nodes);
-        ProbeReport report = template.For(await scene.NonceAsync(nodes[0]));
+        ProbeReport report = template.For(await scene.NonceAsync(nodes[0]), nodes[0]);
+        scene.Clock.Advance(TimeSpan.FromMinutes(1));
 
         FleetValidation second = await scene.DeclareAsync(nodes);
 
@@ -176,7 +181,7 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         using ECDsa p256 = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         RegisterNodeKeyRequest Request(Action<RegisterNodeKeyRequest> set)
         {
-            var request = new RegisterNodeKeyRequest { CreditCode = scene.Code, NodeId = "node-1" };
+            var request = new RegisterNodeKeyRequest { CreditCode = scene.Code, NodeId = "node-1", DeviceUuids = { "GPU-8a1c2f3e-0000-4000-8000-000000000001" } };
             set(request);
             return request;
         }

@@ -14,12 +14,24 @@ using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Metering.Server.Tests.Capacity;
 
-/// <summary>A node of a test fleet: its id and its own ECDSA P-256 key.</summary>
+/// <summary>A node of a test fleet: its id, its own ECDSA P-256 key and the UUID of its one device (ILGPU's CPU accelerator has none of its own).</summary>
 internal sealed class TestNode(string nodeId) : IDisposable
 {
     public string NodeId { get; } = nodeId;
 
     public ECDsa Key { get; } = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+
+    /// <summary>Unique per node, so that nodes of one database never claim each other's device.</summary>
+    public string DeviceUuid { get; } = $"CPU-{Guid.NewGuid()}";
+
+    /// <summary>The registration of this node's key with its device.</summary>
+    public RegisterNodeKeyRequest Registration(string code) => new()
+    {
+        CreditCode = code,
+        NodeId = NodeId,
+        PublicKeyPem = Key.ExportSubjectPublicKeyInfoPem(),
+        DeviceUuids = { DeviceUuid },
+    };
 
     /// <summary>DER signature over the report's canonical bytes, as a node agent would make it.</summary>
     public ByteString Sign(ProbeReport report) =>
@@ -84,28 +96,43 @@ internal sealed class CapacityScene : IAsyncDisposable
         return (code, key);
     }
 
-    /// <summary>Nodes with registered keys; the first registers its key as DER, the others as PEM.</summary>
-    public async Task<TestNode[]> NodesAsync(int count, string prefix = "cpu")
+    /// <summary>
+    /// Nodes with registered keys, each with its device's UUID; the first registers its key as DER,
+    /// the others as PEM. With <paramref name="approved"/> an operator approves every key.
+    /// </summary>
+    public async Task<TestNode[]> NodesAsync(int count, string prefix = "cpu", bool approved = true)
     {
         var nodes = new TestNode[count];
         for (int i = 0; i < count; i++)
         {
             nodes[i] = new TestNode($"{prefix}-{i:D2}");
-            var request = new RegisterNodeKeyRequest { CreditCode = Code, NodeId = nodes[i].NodeId };
+            RegisterNodeKeyRequest request = nodes[i].Registration(Code);
             if (i == 0)
             {
+                request.PublicKeyPem = "";
                 request.PublicKeyDer = ByteString.CopyFrom(nodes[i].Key.ExportSubjectPublicKeyInfo());
             }
-            else
-            {
-                request.PublicKeyPem = nodes[i].Key.ExportSubjectPublicKeyInfoPem();
-            }
 
-            await Client.RegisterNodeKeyAsync(request, Key);
+            NodeKey key = await Client.RegisterNodeKeyAsync(request, Key);
+            if (approved)
+            {
+                await ApproveAsync(key);
+            }
         }
 
         return nodes;
     }
+
+    /// <summary>An operator approves the key as registered, naming its version and fingerprint.</summary>
+    public async Task<NodeKey> ApproveAsync(NodeKey key, string reasons = "fingerprint read back to the provider by telephone") =>
+        await Client.ApproveNodeKeyAsync(new ApproveNodeKeyRequest
+        {
+            CreditCode = key.CreditCode,
+            NodeId = key.NodeId,
+            KeyVersion = key.KeyVersion,
+            KeySha256 = key.KeySha256,
+            Reasons = reasons,
+        }, RegistryScene.Operator);
 
     public Task<FleetValidation> DeclareAsync(IEnumerable<TestNode> nodes, string model = TestCatalogs.CpuFixtureModel, uint devices = 1) =>
         Client.DeclareInventoryAsync(new DeclareInventoryRequest
@@ -117,11 +144,12 @@ internal sealed class CapacityScene : IAsyncDisposable
     public Task<ProbeNonce> NonceAsync(TestNode node) =>
         Client.IssueNonceAsync(new IssueNonceRequest { CreditCode = Code, NodeId = node.NodeId }, Key).ResponseAsync;
 
-    /// <summary>The whole probe on ILGPU's CPU accelerator, small size, three timed runs per kernel, on the server's nonce.</summary>
-    public static ProbeReport RunProbe(ProbeNonce nonce) => RunProbe(Convert.FromHexString(nonce.NonceHex));
+    /// <summary>The whole probe on ILGPU's CPU accelerator, small size, three timed runs per kernel, on the server's nonce, reporting the node's device UUID.</summary>
+    public static ProbeReport RunProbe(ProbeNonce nonce, TestNode node) => RunProbe(Convert.FromHexString(nonce.NonceHex), node.DeviceUuid);
 
-    public static ProbeReport RunProbe(byte[] nonce) =>
-        new ProbeRunner(new ProbeSettings { Nonce = nonce, Attested = true, Devices = DeviceFilter.Cpu, Size = SizePreset.Small, Runs = 3 }, NullLogger.Instance).Run();
+    public static ProbeReport RunProbe(byte[] nonce, string? deviceUuid = null) =>
+        new ProbeRunner(new ProbeSettings { Nonce = nonce, Attested = true, Devices = DeviceFilter.Cpu, Size = SizePreset.Small, Runs = 3, CpuDeviceUuid = deviceUuid },
+            NullLogger.Instance).Run();
 
     public Task<AttestationResult> SubmitAsync(TestNode node, ProbeReport report, ByteString? signature = null) =>
         Client.SubmitAttestationAsync(new SubmitAttestationRequest
@@ -133,7 +161,7 @@ internal sealed class CapacityScene : IAsyncDisposable
         }, Key).ResponseAsync;
 
     /// <summary>Nonce, probe run, signature and submission for one node.</summary>
-    public async Task<AttestationResult> AttestAsync(TestNode node) => await SubmitAsync(node, RunProbe(await NonceAsync(node)));
+    public async Task<AttestationResult> AttestAsync(TestNode node) => await SubmitAsync(node, RunProbe(await NonceAsync(node), node));
 
     /// <summary>Files an application and passes its material review, so that it awaits verification.</summary>
     public async Task<long> ApplicationAwaitingVerificationAsync()

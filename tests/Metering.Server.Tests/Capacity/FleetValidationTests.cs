@@ -62,7 +62,7 @@ public sealed class FleetValidationTests(PostgresFixture postgres)
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(2);
         await scene.DeclareAsync(nodes);
-        ProbeReport report = CapacityScene.RunProbe(await scene.NonceAsync(nodes[0]));
+        ProbeReport report = CapacityScene.RunProbe(await scene.NonceAsync(nodes[0]), nodes[0]);
         var signature = nodes[0].Sign(report);
         AttestationResult accepted = await scene.SubmitAsync(nodes[0], report, signature);
 
@@ -81,7 +81,7 @@ public sealed class FleetValidationTests(PostgresFixture postgres)
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
-        ProbeReport honest = CapacityScene.RunProbe(await scene.NonceAsync(nodes[0]));
+        ProbeReport honest = CapacityScene.RunProbe(await scene.NonceAsync(nodes[0]), nodes[0]);
         // One nanosecond per FP32 run: about 1.3 × 10^8 MFLOP/s on a fixture whose FP32 peak is 10^6.
         ProbeReport forged = CapacityScene.WithDurations(honest, "fp32-fma", 1);
 
@@ -101,7 +101,7 @@ public sealed class FleetValidationTests(PostgresFixture postgres)
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
-        ProbeReport report = CapacityScene.RunProbe(await scene.NonceAsync(nodes[0]));
+        ProbeReport report = CapacityScene.RunProbe(await scene.NonceAsync(nodes[0]), nodes[0]);
         // An hour per packed-FP16 run: 0 MFLOP/s against a fixture reference of 1.
         ProbeReport slow = CapacityScene.WithDurations(report, "packed-fp16", 3_600_000_000_000);
 

@@ -26,7 +26,7 @@ public sealed class VerificationGateTests(PostgresFixture postgres, TemplateRepo
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
         // Results of another nonce relabelled with the issued one: leaves that are garbage for it, signed by the node.
-        ProbeReport garbage = template.For(await scene.NonceAsync(nodes[0]));
+        ProbeReport garbage = template.For(await scene.NonceAsync(nodes[0]), nodes[0]);
         var signature = nodes[0].Sign(garbage);
         long before = scene.Verifications.Started;
 
@@ -54,7 +54,7 @@ public sealed class VerificationGateTests(PostgresFixture postgres, TemplateRepo
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
         ProbeNonce nonce = await scene.NonceAsync(nodes[0]);
-        ProbeReport honest = CapacityScene.RunProbe(nonce);
+        ProbeReport honest = CapacityScene.RunProbe(nonce, nodes[0]);
         using var stranger = new TestNode(nodes[0].NodeId);
         ProbeReport tiny = WithWork(honest, "tensor-fp16", items: 1, iterations: 1);
         ProbeReport oversized = WithWork(honest, "packed-fp16", items: 64, iterations: WorkShape.StepsMax + 4);
@@ -85,8 +85,8 @@ public sealed class VerificationGateTests(PostgresFixture postgres, TemplateRepo
         TestNode[] secondNodes = await second.NodesAsync(1, "second");
         await first.DeclareAsync(firstNodes);
         await second.DeclareAsync(secondNodes);
-        ProbeReport firstReport = CapacityScene.RunProbe(await first.NonceAsync(firstNodes[0]));
-        ProbeReport secondReport = CapacityScene.RunProbe(await second.NonceAsync(secondNodes[0]));
+        ProbeReport firstReport = CapacityScene.RunProbe(await first.NonceAsync(firstNodes[0]), firstNodes[0]);
+        ProbeReport secondReport = CapacityScene.RunProbe(await second.NonceAsync(secondNodes[0]), secondNodes[0]);
         VerificationGate gate = first.Verifications;
         long before = gate.Started;
 
