@@ -133,6 +133,64 @@ public sealed class NodeKeyService(NpgsqlDataSource dataSource, CapacitySettings
         }, cancellationToken);
     }
 
+    /// <summary>Most nodes one listing returns.</summary>
+    public const int ListNodesMax = 1_000;
+
+    /// <summary>
+    /// A page of a provider's node keys, node by node: each node's latest key and, where that is not
+    /// approved, its key in force; with <paramref name="pendingOnly"/> only latest keys awaiting
+    /// approval. The next page's start is the last node listed, or null after the last page.
+    /// </summary>
+    public async Task<(IReadOnlyList<RegisteredNodeKey> Keys, string? NextAfterNodeId)> ListAsync(string creditCode, bool pendingOnly, string afterNodeId, int limit,
+        CancellationToken cancellationToken)
+    {
+        string code = FleetValidationService.CheckCreditCode(creditCode);
+        if (afterNodeId.Length > FleetValidationService.NodeIdLengthMax)
+        {
+            throw FilingRules.Invalid($"after_node_id is a node id, at most {FleetValidationService.NodeIdLengthMax} characters");
+        }
+
+        if (limit is < 0 or > ListNodesMax)
+        {
+            throw FilingRules.Invalid($"limit is 1 to {ListNodesMax} nodes, or 0 for {ListNodesMax}");
+        }
+
+        int nodes = limit == 0 ? ListNodesMax : limit;
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        var rows = (await connection.QueryAsync<KeyRow>(new CommandDefinition("""
+            WITH nodes AS (
+                SELECT k.node_id, max(k.key_version) AS latest,
+                       (SELECT max(a.key_version) FROM capacity_node_key_approvals a WHERE a.provider_id = @code AND a.node_id = k.node_id) AS in_force
+                FROM capacity_node_keys k WHERE k.provider_id = @code AND k.node_id > @after
+                GROUP BY k.node_id
+                HAVING NOT @pendingOnly
+                    OR max(k.key_version) IS DISTINCT FROM (SELECT max(a.key_version) FROM capacity_node_key_approvals a WHERE a.provider_id = @code AND a.node_id = k.node_id)
+                ORDER BY k.node_id LIMIT @nodes)
+            SELECT k.node_id AS NodeId, k.key_version AS KeyVersion, k.key_sha256 AS KeySha256, k.registered_at AS RegisteredAt, k.device_uuids AS DeviceUuids,
+                   a.approved_by AS ApprovedBy, a.approved_at AS ApprovedAt, a.reasons AS Reasons
+            FROM nodes n
+            JOIN capacity_node_keys k ON k.provider_id = @code AND k.node_id = n.node_id AND (k.key_version = n.latest OR (NOT @pendingOnly AND k.key_version = n.in_force))
+            LEFT JOIN capacity_node_key_approvals a ON a.provider_id = k.provider_id AND a.node_id = k.node_id AND a.key_version = k.key_version
+            ORDER BY k.node_id, k.key_version
+            """, new { code, after = afterNodeId, pendingOnly, nodes }, cancellationToken: cancellationToken))).ToList();
+        var keys = rows.Select(r => new RegisteredNodeKey(code, r.NodeId, r.KeyVersion, r.KeySha256, Instant(r.RegisteredAt), r.DeviceUuids,
+            r.ApprovedAt is { } at ? new NodeKeyApproval(r.ApprovedBy!, Instant(at), r.Reasons!) : null)).ToList();
+        bool full = keys.Select(k => k.NodeId).Distinct(StringComparer.Ordinal).Count() == nodes;
+        return (keys, full ? keys[^1].NodeId : null);
+    }
+
+    private sealed class KeyRow
+    {
+        public string NodeId { get; init; } = "";
+        public int KeyVersion { get; init; }
+        public byte[] KeySha256 { get; init; } = [];
+        public DateTime RegisteredAt { get; init; }
+        public string[] DeviceUuids { get; init; } = [];
+        public string? ApprovedBy { get; init; }
+        public DateTime? ApprovedAt { get; init; }
+        public string? Reasons { get; init; }
+    }
+
     /// <summary>
     /// The cheap checks of a report against the node's keys, before any nonce is touched: the node
     /// has a key (NODE_KEY_UNKNOWN); the signature verifies with its key in force, else, if it

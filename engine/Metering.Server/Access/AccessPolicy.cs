@@ -59,6 +59,7 @@ internal static class AccessPolicy
 
         [Method(CapacityService.Descriptor.FullName, "RegisterNodeKey")] = Providers,
         [Method(CapacityService.Descriptor.FullName, "ApproveNodeKey")] = Operators,
+        [Method(CapacityService.Descriptor.FullName, "ListNodeKeys")] = ProvidersAndOverseers,
         [Method(CapacityService.Descriptor.FullName, "DeclareInventory")] = Providers,
         [Method(CapacityService.Descriptor.FullName, "IssueNonce")] = Providers,
         [Method(CapacityService.Descriptor.FullName, "SubmitAttestation")] = Providers,

@@ -57,6 +57,13 @@ internal sealed partial class CapacityGrpcService(FleetValidationService validat
     public override Task<FleetValidation> ReviewUnknownModel(ReviewUnknownModelRequest request, ServerCallContext context) =>
         Run(context, "ReviewUnknownModel", request.CreditCode, (actor, ct) => validations.ReviewUnknownModelAsync(actor, request, ct));
 
+    public override Task<NodeKeyList> ListNodeKeys(ListNodeKeysRequest request, ServerCallContext context) =>
+        Run(context, "ListNodeKeys", request.CreditCode, async (actor, ct) =>
+        {
+            var (keys, next) = await nodeKeys.ListAsync(request.CreditCode, request.PendingOnly, request.AfterNodeId, (int)Math.Min(request.Limit, (uint)int.MaxValue), ct);
+            return new NodeKeyList { Keys = { keys.Select(ToMessage) }, NextAfterNodeId = next ?? "" };
+        });
+
     private static NodeKey ToMessage(RegisteredNodeKey key) => new()
     {
         CreditCode = key.ProviderId,

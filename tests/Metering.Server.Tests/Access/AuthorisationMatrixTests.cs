@@ -55,6 +55,7 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
         ["RegistryService/GetHistory"] = [O, A],
         ["CapacityService/RegisterNodeKey"] = [P],
         ["CapacityService/ApproveNodeKey"] = [O],
+        ["CapacityService/ListNodeKeys"] = [P, O, A],
         ["CapacityService/DeclareInventory"] = [P],
         ["CapacityService/IssueNonce"] = [P],
         ["CapacityService/SubmitAttestation"] = [P],

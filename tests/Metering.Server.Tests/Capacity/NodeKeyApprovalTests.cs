@@ -187,5 +187,40 @@ public sealed class NodeKeyApprovalTests(PostgresFixture postgres, TemplateRepor
         Assert.Equal("operator:operator-one", await scene.Server.ScalarAsync<string>("SELECT approved_by FROM capacity_node_key_approvals"));
     }
 
+    [Fact]
+    public async Task An_operator_lists_the_keys_awaiting_approval_page_by_page_and_a_provider_only_its_own()
+    {
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        TestNode[] nodes = await scene.NodesAsync(3, approved: false);
+        Task<NodeKeyList> List(bool pendingOnly, string after = "", uint limit = 0, Metadata? caller = null) => scene.Client.ListNodeKeysAsync(
+            new ListNodeKeysRequest { CreditCode = scene.Code, PendingOnly = pendingOnly, AfterNodeId = after, Limit = limit }, caller ?? RegistryScene.Operator).ResponseAsync;
+
+        NodeKeyList first = await List(pendingOnly: true, limit: 2);
+        NodeKeyList second = await List(pendingOnly: true, first.NextAfterNodeId, limit: 2);
+
+        Assert.Equal([nodes[0].NodeId, nodes[1].NodeId], first.Keys.Select(k => k.NodeId));
+        Assert.Equal(nodes[1].NodeId, first.NextAfterNodeId);
+        Assert.Equal([nodes[2].NodeId], second.Keys.Select(k => k.NodeId));
+        Assert.Equal("", second.NextAfterNodeId);
+        Assert.All(first.Keys.Concat(second.Keys), k => Assert.False(k.Approved));
+        foreach (NodeKey key in first.Keys.Concat(second.Keys))
+        {
+            await scene.ApproveAsync(key);
+        }
+
+        Assert.Empty((await List(pendingOnly: true)).Keys);
+
+        // A rotation awaits approval beside the key in force.
+        using var rotated = new TestNode(nodes[0].NodeId);
+        await scene.Client.RegisterNodeKeyAsync(rotated.Registration(scene.Code), scene.Key);
+        NodeKeyList all = await List(pendingOnly: false, caller: scene.Key);
+        Assert.Equal([(nodes[0].NodeId, 1u, true), (nodes[0].NodeId, 2u, false), (nodes[1].NodeId, 1u, true), (nodes[2].NodeId, 1u, true)],
+            all.Keys.Select(k => (k.NodeId, k.KeyVersion, k.Approved)));
+        Assert.Equal([(nodes[0].NodeId, 2u)], (await List(pendingOnly: true, caller: TestServer.Bearer(TestServer.AuditorKey))).Keys.Select(k => (k.NodeId, k.KeyVersion)));
+
+        Assert.Equal((StatusCode.PermissionDenied, "OTHER_PROVIDER"), Head(await CapacityScene.RefusalAsync(() => List(false, caller: TestServer.Bearer(TestServer.OtherProviderKey)))));
+        Assert.Equal("FIELD_INVALID", (await CapacityScene.RefusalAsync(() => List(false, limit: 1_001))).Reason);
+    }
+
     private static (StatusCode, string) Head((StatusCode Status, string Reason, RpcException Error) refusal) => (refusal.Status, refusal.Reason);
 }
