@@ -72,10 +72,11 @@ public static class Errors
     {
         CapacityRefusal.PublicKeyInvalid or CapacityRefusal.InventoryInvalid or CapacityRefusal.ReportMalformed
             or CapacityRefusal.ChecksumInvalid or CapacityRefusal.MeasurementForged or CapacityRefusal.WorkSizeRefused
+            or CapacityRefusal.CommitmentMismatch or CapacityRefusal.CommitmentMalformed or CapacityRefusal.DurationBelowFloor
             or CapacityRefusal.DeviceUuidMismatch => StatusCode.InvalidArgument,
         CapacityRefusal.NoncesExhausted or CapacityRefusal.VerificationBusy => StatusCode.ResourceExhausted,
         CapacityRefusal.SignatureInvalid => StatusCode.PermissionDenied,
-        CapacityRefusal.AttestationReplayed or CapacityRefusal.DeviceUuidTaken => StatusCode.AlreadyExists,
+        CapacityRefusal.AttestationReplayed or CapacityRefusal.CommitmentRepeated or CapacityRefusal.DeviceUuidTaken => StatusCode.AlreadyExists,
         CapacityRefusal.ValidationUnknown => StatusCode.NotFound,
         _ => StatusCode.FailedPrecondition,
     };
@@ -86,7 +87,7 @@ public static class Errors
         RegistryRefusal.RoleNotAllowed or RegistryRefusal.OtherProvider or RegistryRefusal.SameOperator => StatusCode.PermissionDenied,
         RegistryRefusal.FieldInvalid or RegistryRefusal.CreditCodeInvalid or RegistryRefusal.NotRegisteredInShenzhen
             or RegistryRefusal.DeviceModelUnknown or RegistryRefusal.ReasonRequired or RegistryRefusal.FeeScheduleInvalid
-            or RegistryRefusal.PeriodInvalid or RegistryRefusal.BatchRulesInvalid => StatusCode.InvalidArgument,
+            or RegistryRefusal.PeriodInvalid or RegistryRefusal.BatchRulesInvalid or RegistryRefusal.VerifierPartInvalid => StatusCode.InvalidArgument,
         RegistryRefusal.OrganisationUnknown or RegistryRefusal.BatchUnknown or RegistryRefusal.ApplicationUnknown
             or RegistryRefusal.ServiceItemUnknown => StatusCode.NotFound,
         RegistryRefusal.OrganisationExists or RegistryRefusal.ServiceItemTaken or RegistryRefusal.NoticeNumberTaken

@@ -11,7 +11,7 @@ public sealed class OptionsTests
     [Fact]
     public void A_nonce_makes_the_run_attested_and_other_options_are_read()
     {
-        ProbeOptions options = ProbeOptions.Parse(["--nonce", Nonce, "--device", "cpu", "--runs", "7", "--size", "small", "--work", "tensor=16:32", "--json", "out.json"]);
+        ProbeOptions options = ProbeOptions.Parse(["--nonce", Nonce, "--device", "cpu", "--runs", "7", "--size", "small", "--work", "tensor=16:32", "--kernels", "tensor", "--json", "out.json"]);
 
         Assert.Null(options.Error);
         Assert.True(options.Settings!.Attested);
@@ -37,6 +37,8 @@ public sealed class OptionsTests
     [Theory]
     [InlineData("unknown option '--gpu'", "--gpu")]
     [InlineData("--nonce needs a value", "--nonce")]
+    [InlineData("--nonce: an attested run takes the work of every kernel from the server's challenge; give --work for packed-fp16, fp32-fma, memory-bandwidth",
+        "--nonce", "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f", "--work", "tensor-fp16=8:8")]
     [InlineData("--nonce: a nonce is 64 hex digits (32 bytes), not 4 characters", "--nonce", "abcd")]
     [InlineData("--nonce: a nonce holds hex digits only (0-9, a-f)", "--nonce", "zz0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")]
     [InlineData("--device: 'tpu' is not one of auto, cuda, opencl, cpu, all", "--device", "tpu")]

@@ -61,7 +61,7 @@ public sealed class VerifierTests(CpuProbeFixture fixture) : IClassFixture<CpuPr
     [Fact]
     public void A_wrong_root_is_refused_as_a_root_mismatch()
     {
-        VerificationResult result = ProbeVerifier.VerifyChecksum(CpuProbeFixture.NonceA, KernelKind.PackedFp16, PackedSize, Flip(Packed.Checksum.Root), Packed.Checksum.Openings);
+        VerificationResult result = ProbeVerifier.VerifyChecksum(CpuProbeFixture.DeviceNonceA, KernelKind.PackedFp16, PackedSize, Flip(Packed.Checksum.Root), Packed.Checksum.Openings);
 
         Assert.Equal(VerificationFailure.RootMismatch, result.Failure);
     }
@@ -69,7 +69,7 @@ public sealed class VerifierTests(CpuProbeFixture fixture) : IClassFixture<CpuPr
     [Fact]
     public void A_wrong_root_on_a_kernel_whose_leaves_are_all_opened_is_refused_as_a_root_mismatch()
     {
-        VerificationResult result = ProbeVerifier.VerifyChecksum(CpuProbeFixture.NonceA, KernelKind.TensorFp16, new WorkSize(8, 8), Flip(Tensor.Checksum.Root), Tensor.Checksum.Openings);
+        VerificationResult result = ProbeVerifier.VerifyChecksum(CpuProbeFixture.DeviceNonceA, KernelKind.TensorFp16, new WorkSize(8, 8), Flip(Tensor.Checksum.Root), Tensor.Checksum.Openings);
 
         Assert.Equal(VerificationFailure.RootMismatch, result.Failure);
     }
@@ -101,7 +101,7 @@ public sealed class VerifierTests(CpuProbeFixture fixture) : IClassFixture<CpuPr
     [Fact]
     public void A_genuine_leaf_at_an_index_the_challenge_did_not_draw_is_refused_as_an_unexpected_index()
     {
-        InputKey key = InputKey.Derive(CpuProbeFixture.NonceA, KernelKind.PackedFp16, PackedSize);
+        InputKey key = InputKey.Derive(CpuProbeFixture.DeviceNonceA, KernelKind.PackedFp16, PackedSize);
         byte[] hashes = Commitment.HashLeaves(KernelKind.PackedFp16, PackedSize.Items, (i, payload) => ReferenceLeaves.Compute(KernelKind.PackedFp16, key, PackedSize, i, payload));
         MerkleTree tree = MerkleTree.Build(hashes);
         int notDrawn = Enumerable.Range(0, PackedSize.Items).First(i => Packed.Checksum.Openings.All(o => o.Index != i));
@@ -141,7 +141,7 @@ public sealed class VerifierTests(CpuProbeFixture fixture) : IClassFixture<CpuPr
     [Fact]
     public void A_work_size_beyond_the_limits_is_refused_before_any_recomputation()
     {
-        VerificationResult result = ProbeVerifier.VerifyChecksum(CpuProbeFixture.NonceA, KernelKind.TensorFp16, new WorkSize(8, WorkShape.TensorIterationsMax + 1), Tensor.Checksum.Root, Tensor.Checksum.Openings);
+        VerificationResult result = ProbeVerifier.VerifyChecksum(CpuProbeFixture.DeviceNonceA, KernelKind.TensorFp16, new WorkSize(8, WorkShape.TensorIterationsMax + 1), Tensor.Checksum.Root, Tensor.Checksum.Openings);
 
         Assert.Equal(VerificationFailure.InvalidWorkSize, result.Failure);
     }
@@ -175,7 +175,7 @@ public sealed class VerifierTests(CpuProbeFixture fixture) : IClassFixture<CpuPr
     }
 
     private VerificationResult Verify(IReadOnlyList<LeafOpening> openings) =>
-        ProbeVerifier.VerifyChecksum(CpuProbeFixture.NonceA, KernelKind.PackedFp16, PackedSize, Packed.Checksum.Root, openings);
+        ProbeVerifier.VerifyChecksum(CpuProbeFixture.DeviceNonceA, KernelKind.PackedFp16, PackedSize, Packed.Checksum.Root, openings);
 
     private static byte[] Flip(byte[] bytes)
     {

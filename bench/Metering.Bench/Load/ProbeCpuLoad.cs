@@ -7,6 +7,7 @@ using Grpc.Net.Client;
 using Metering.Engine.Registry;
 using Metering.Engine.Signing;
 using Metering.Engine.Storage;
+using Metering.Probe.Attestation.Checksums;
 using Metering.Probe.Attestation.Results;
 using Metering.Probe.Measurement;
 using Metering.Protocol.V1;
@@ -103,16 +104,34 @@ internal static class ProbeCpuLoad
                 CreditCode = Provider,
                 Nodes = { keys.Keys.Select(node => new DeclaredNode { NodeId = node, Site = "sz-bench-dc", DeviceModel = TestCatalogs.CpuFixtureModel, DeviceCount = 1 }) },
             }, headers);
-            Console.WriteLine($"probe-cpu: declared {validation.NodeCount} node(s), {FilingRules.Pflops(validation.DeclaredFp16Gflops)} PFLOPS; the server sampled {validation.SampleSize}: {string.Join(", ", validation.Sample.Select(s => s.NodeId))} (seed {validation.SampleSeedHex[..16]}…)");
+            ChallengeSet challenges = await capacity.StartChallengesAsync(new StartChallengesRequest { CreditCode = Provider }, headers);
+            Console.WriteLine($"probe-cpu: declared {validation.NodeCount} node(s), {FilingRules.Pflops(validation.DeclaredFp16Gflops)} PFLOPS; the server sampled {validation.SampleSize}, revealed with the challenges: {string.Join(", ", challenges.Challenges.Select(c => c.NodeId))}");
 
             SubmitAttestationRequest? first = null;
-            foreach (SampledNode sampled in validation.Sample)
+            foreach (NodeChallenge challenge in challenges.Challenges)
             {
-                ProbeNonce nonce = await capacity.IssueNonceAsync(new IssueNonceRequest { CreditCode = Provider, NodeId = sampled.NodeId }, headers);
                 var clock = Stopwatch.StartNew();
                 ProbeReport report = new ProbeRunner(
-                    new ProbeSettings { Nonce = Convert.FromHexString(nonce.NonceHex), Attested = true, Devices = DeviceFilter.Cpu, Size = SizePreset.Small, CpuDeviceUuid = DeviceUuid(sampled.NodeId) },
+                    new ProbeSettings
+                    {
+                        Nonce = Convert.FromHexString(challenge.NonceHex),
+                        Attested = true,
+                        Devices = DeviceFilter.Cpu,
+                        Runs = (int)challenge.RunsPerKernel,
+                        WorkOverrides = challenge.Work.ToDictionary(w => Kind(w.Kernel), w => new WorkSize((int)w.Items, (int)w.Iterations)),
+                        Kernels = challenge.Work.Select(w => Kind(w.Kernel)).ToList(),
+                        CpuDeviceUuid = DeviceUuid(challenge.NodeId),
+                    },
                     NullLogger.Instance).Run();
+                byte[] commitment = ResultCommitment.Encode(challenge.NodeId, report);
+                CommitmentReceipt receipt = await capacity.CommitResultsAsync(new CommitResultsRequest
+                {
+                    CreditCode = Provider,
+                    NodeId = challenge.NodeId,
+                    Commitment = ByteString.CopyFrom(commitment),
+                    Signature = ByteString.CopyFrom(ResultCommitment.Sign(keys[challenge.NodeId], commitment)),
+                }, headers);
+                var sampled = challenge;
                 double probeSeconds = clock.Elapsed.TotalSeconds;
                 var request = new SubmitAttestationRequest
                 {
@@ -126,7 +145,7 @@ internal static class ProbeCpuLoad
                 AttestationResult result = await capacity.SubmitAttestationAsync(request, headers);
                 string rates = string.Join(", ", result.Node.Devices.SelectMany(d => d.Kernels).Select(k => $"{k.Kernel} {k.Rate} {k.Unit}"));
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"probe-cpu: {sampled.NodeId}: probe {probeSeconds:0.00} s, server check {clock.Elapsed.TotalSeconds:0.00} s: {result.Node.Outcome} ({rates})"));
+                    $"probe-cpu: {sampled.NodeId}: probe {probeSeconds:0.00} s, committed {receipt.ElapsedMs} ms after issue (deadline {receipt.DeadlineUnixMs - receipt.IssuedUnixMs} ms), server check {clock.Elapsed.TotalSeconds:0.00} s: {result.Node.Outcome} ({rates})"));
                 validation = result.Validation;
             }
 
@@ -162,4 +181,6 @@ internal static class ProbeCpuLoad
     private const string ProtocolNameOfReplay = "ATTESTATION_REPLAYED";
 
     private static string DeviceUuid(string node) => $"CPU-bench-{node}";
+
+    private static KernelKind Kind(string kernel) => KernelKinds.TryParse(kernel, out KernelKind kind) ? kind : throw new InvalidDataException($"unknown kernel '{kernel}'");
 }

@@ -6,6 +6,7 @@ using Metering.Engine.Catalog;
 using Metering.Engine.Formatting;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
+using VerificationPart = Metering.Protocol.V1.VerificationPart;
 
 namespace Metering.Cli.Commands;
 
@@ -52,8 +53,33 @@ internal static class RegistryOutput
     public static void WriteApplication(Application application)
     {
         Fields(Summary(application));
+        WriteVerificationParts(application);
         Console.WriteLine();
         WriteStages(application.Stages);
+    }
+
+    /// <summary>
+    /// The parts of the recorded verification, each with where it came from: the probe's fleet
+    /// validation, or the commissioned verifier's figure for a model the probe cannot reach.
+    /// Nothing for an application verified by a total alone or not yet verified.
+    /// </summary>
+    private static void WriteVerificationParts(Application application)
+    {
+        if (application.VerificationParts.Count == 0)
+        {
+            return;
+        }
+
+        var table = new TextTable("source", "device model", "devices", "FP16 PFLOPS");
+        foreach (VerificationPart part in application.VerificationParts)
+        {
+            bool probe = part.Source == VerificationSource.Probe;
+            table.Add(probe ? $"probe: fleet validation {part.ValidationId}" : "commissioned verifier's figure",
+                probe ? "(the validation's inventory)" : part.DeviceModel, probe ? "" : Count((long)part.Devices), Pflops(part.Fp16Gflops));
+        }
+
+        table.Add("total", "", "", Pflops(application.VerificationParts.Sum(p => p.Fp16Gflops)));
+        Section("Verified capacity by part", table, application.VerificationParts.Count);
     }
 
     /// <summary>Everything on record about an application.</summary>
@@ -83,6 +109,7 @@ internal static class RegistryOutput
         }
 
         Section("Declared capacity", capacity, application.Capacity.Count);
+        WriteVerificationParts(application);
 
         var fees = new TextTable("device model", "unit", "price (fen)", "yuan");
         foreach (FeeLine line in application.Fees)
@@ -164,6 +191,10 @@ internal static class RegistryOutput
     private static string Proposal(long applicationId, StageProposal p) =>
         $"proposal {p.ProposalNo}: {p.Stage} {(p.Stage == "reconsideration" ? "uphold" : p.Pass ? "pass" : "reject")}"
         + (p.VerifiedFp16Gflops > 0 ? $" at {Pflops(p.VerifiedFp16Gflops)} PFLOPS FP16" : "")
+        + (p.VerifierParts.Count > 0
+            ? " with the commissioned verifier's figure for " + string.Join(", ", p.VerifierParts.Select(v => $"{v.DeviceModel} ({Count(v.Devices)} devices, {Pflops(v.DenseFp16Gflops)} PFLOPS FP16)"))
+              + " added to the fleet validation in force at approval"
+            : "")
         + $" by {p.ProposedBy} at {Local(p.ProposedUnixMs)}; a second operator approves it with: metering registry approve {applicationId} --proposal {p.ProposalNo}";
 
     private static void WriteStages(IEnumerable<Stage> stages)
@@ -331,15 +362,30 @@ internal static class RegistryOutput
 
     private static IEnumerable<string> Differences(JsonElement before, JsonElement after)
     {
-        foreach (JsonProperty property in after.EnumerateObject())
+        // A verification's parts come first, so that the summary's cut never hides where the figure came from.
+        foreach (JsonProperty property in after.EnumerateObject().OrderBy(p => p.Name == VerificationPartsField ? 0 : 1))
         {
             bool had = before.TryGetProperty(property.Name, out JsonElement was);
             if ((had ? was.GetRawText() : "null") != property.Value.GetRawText())
             {
-                yield return $"{property.Name}: {(had ? Value(was) : "null")} → {Value(property.Value)}";
+                yield return property.Name == VerificationPartsField
+                    ? $"{property.Name}: {Parts(property.Value)}"
+                    : $"{property.Name}: {(had ? Value(was) : "null")} → {Value(property.Value)}";
             }
         }
     }
+
+    private const string VerificationPartsField = "verification_parts";
+
+    /// <summary>A verification's parts in one line: `probe (fleet validation 3) 1.234 + commissioned verifier ASCEND-910B × 960 298.766 PFLOPS`.</summary>
+    private static string Parts(JsonElement parts) =>
+        string.Join(" + ", parts.EnumerateArray().Select(part =>
+        {
+            long gflops = part.TryGetProperty("fp16_gflops", out JsonElement g) && g.ValueKind == JsonValueKind.Number ? g.GetInt64() : 0;
+            return part.TryGetProperty("source", out JsonElement source) && source.GetString() == "probe"
+                ? $"probe (fleet validation {part.GetProperty("validation_id").GetRawText()}) {Pflops(gflops)}"
+                : $"commissioned verifier {part.GetProperty("device_model").GetString()} × {part.GetProperty("devices").GetRawText()} {Pflops(gflops)}";
+        })) + " PFLOPS";
 
     private static string Value(JsonElement value)
     {

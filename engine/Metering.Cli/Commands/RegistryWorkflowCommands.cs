@@ -1,8 +1,10 @@
 using System.CommandLine;
+using System.Globalization;
 using Google.Protobuf;
 using Metering.Engine.Catalog;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
+using VerifierPart = Metering.Protocol.V1.VerifierPart;
 
 namespace Metering.Cli.Commands;
 
@@ -142,23 +144,36 @@ internal static class RegistryWorkflowCommands
                 result.AddError("--verified-gflops cannot be negative.");
             }
         });
+        var parts = new Option<string[]>("--verifier-part")
+        {
+            Description = "The commissioned verifier's figure for one device model the probe cannot reach, as MODEL:DEVICES:GFLOPS "
+                + "(for example ASCEND-910B:1000:300000000: 1,000 devices confirmed, 300 PFLOPS dense FP16), integers only; repeat it per model. "
+                + "Added to the provider's fleet validation in force, if any; not with --verified-pflops or --verified-gflops.",
+        };
         var pass = new Option<bool>("--pass") { Description = "Verification confirms the capacity; it must reach the batch's capacity bar (`registry batch list`)." };
         var reject = new Option<bool>("--reject") { Description = "Reject the application at verification (needs --reasons)." };
         var reasons = Reasons("The verifier's report or why it failed; required with --reject.");
-        var command = RegistryInput.Subcommand("verify", "Record the commissioned verification of an application awaiting it, with the verified capacity. "
-            + "A figure typed here is proposed, and takes effect when a second operator approves it (`registry approve`), unless the batch allows single-operator decisions.", id, pflops, gflops, pass, reject, reasons);
+        var command = RegistryInput.Subcommand("verify", "Record the commissioned verification of an application awaiting it, with the verified capacity: "
+            + "the commissioned verifier's total, or the fleet validation in force plus the commissioned verifier's figure per model (--verifier-part). "
+            + "A figure typed here is proposed, and takes effect when a second operator approves it (`registry approve`), unless the batch allows single-operator decisions.",
+            id, pflops, gflops, parts, pass, reject, reasons);
         RegistryInput.ExactlyOne(command, pass, reject);
         command.Validators.Add(result =>
         {
             bool hasPflops = result.GetResult(pflops) is not null;
             bool hasGflops = result.GetResult(gflops) is not null;
+            bool hasParts = result.GetResult(parts) is not null;
             if (hasPflops && hasGflops)
             {
                 result.AddError("give the verified capacity once: --verified-pflops or --verified-gflops, not both.");
             }
-            else if (!hasPflops && !hasGflops && result.GetValue(pass))
+            else if (hasParts && (hasPflops || hasGflops))
             {
-                result.AddError("--pass needs the verified capacity: --verified-pflops or --verified-gflops.");
+                result.AddError("--verifier-part gives the commissioned verifier's figure per model, added to the fleet validation; it does not go with a total (--verified-pflops or --verified-gflops).");
+            }
+            else if (!hasPflops && !hasGflops && !hasParts && result.GetValue(pass))
+            {
+                result.AddError("--pass needs the verified capacity: --verified-pflops, --verified-gflops or --verifier-part.");
             }
         });
         RegistryInput.SetAction(command, parse =>
@@ -170,9 +185,33 @@ internal static class RegistryWorkflowCommands
                 Reasons = parse.GetValue(reasons)!,
                 VerifiedFp16Gflops = parse.GetValue(pflops) ?? parse.GetValue(gflops) ?? 0,
             };
+            decision.VerifierParts.Add((parse.GetValue(parts) ?? []).Select(ParseVerifierPart));
             return async call => RegistryOutput.WriteApplication(await call.Registry.RecordVerificationAsync(decision, call.Options));
         });
         return command;
+    }
+
+    /// <summary>`MODEL:DEVICES:GFLOPS`, integers only; the server checks the model against the catalog and the figure against its peak.</summary>
+    internal static VerifierPart ParseVerifierPart(string text)
+    {
+        string[] fields = text.Split(':');
+        string usage = $"--verifier-part '{text}': expected MODEL:DEVICES:GFLOPS with whole numbers, for example ASCEND-910B:1000:300000000";
+        if (fields.Length != 3 || fields[0].Trim().Length == 0)
+        {
+            throw new UsageException(usage);
+        }
+
+        if (!uint.TryParse(fields[1], NumberStyles.None, CultureInfo.InvariantCulture, out uint devices) || devices == 0)
+        {
+            throw new UsageException($"{usage}; DEVICES '{fields[1]}' is not a whole number of devices above 0");
+        }
+
+        if (!long.TryParse(fields[2], NumberStyles.None, CultureInfo.InvariantCulture, out long gflops) || gflops == 0)
+        {
+            throw new UsageException($"{usage}; GFLOPS '{fields[2]}' is not a whole number of GFLOPS above 0 (give GFLOPS, not PFLOPS: 1 PFLOPS = 1000000 GFLOPS)");
+        }
+
+        return new VerifierPart { DeviceModel = fields[0].Trim(), Devices = devices, DenseFp16Gflops = gflops };
     }
 
     private static Command Notice()

@@ -50,7 +50,7 @@ internal static partial class ServeCommand
             Description = "Serve even if the connection logs in as a superuser or as the schema's owner, which could drop the evidence guards. Off by default: serve as the runtime role `metering db migrate` creates.",
         };
         var limitOptions = LimitOptions.Select(l => (l.Env, l.Apply, Option: new Option<int?>(l.Name) { Description = $"{l.Description} Default {l.Default(new CallLimits())}, or ${l.Env}." })).ToList();
-        var command = new Command("serve", "Run the gRPC server (IngestService, RawLogService, RegistryService) against PostgreSQL. Callers authenticate with keys from `metering key issue`.")
+        var command = new Command("serve", "Run the gRPC server against PostgreSQL: AccessService, IngestService, RawLogService, RegistryService, CapacityService, VoucherService, SettlementService, AuditService, TransparencyService, PublicationService and SandboxService (whose clock moves only on a server run with --clock simulated). Callers authenticate with keys from `metering key issue`.")
         {
             listen, tlsCertificate, tlsKey, tlsPassword, insecure, migrate, connection, dataDirectory, signingKey, runtimeRole, clock, allowPrivileged,
         };

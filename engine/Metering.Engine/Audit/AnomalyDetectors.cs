@@ -312,8 +312,14 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
     /// validated figure is not an anomaly.
     ///
     /// Where no validation is in force, or the one in force holds none of the model (a model the
-    /// probe cannot reach, such as Ascend 910B beside validated NVIDIA nodes), no validated figure
-    /// bounds the usage, and judging it against 0 would flag every record. Instead, for each such
+    /// probe cannot reach, such as Ascend 910B beside validated NVIDIA nodes), the next source
+    /// ingest takes bounds it: the devices the commissioned verifier confirmed for the model in the
+    /// latest verification of an admitted application (as the registry stands now). Usage above
+    /// them is a CapacityExceeded anomaly whose facts name that source (capacity_source) and the
+    /// validation in force, if any.
+    ///
+    /// Where the verifier confirmed none of the model either, no measured figure bounds the
+    /// usage, and judging it against 0 would flag every record. Instead, for each such
     /// model in use, one CapacityUnvalidated anomaly is raised per stretch, spanning the usage in
     /// it, with its peak and the records at the peak; it names the devices the admitted
     /// applications declare (what ingest judged such usage against, as the registry stands now),
@@ -351,6 +357,16 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
                         }
                     }
                 }
+                else if (fleet.ConfirmedOf(model) is { } confirmed)
+                {
+                    foreach (Overload overload in Overloads(Clip(group, stretch.FromUnixMs, stretch.UntilUnixMs), r => r.DeviceCount, confirmed.Devices))
+                    {
+                        if (overload.UntilMs > fromMs && overload.FromMs < untilMs && ++exceededFound <= _settings.AnomaliesPerKindMax)
+                        {
+                            exceeded.Add(ExceededConfirmed(providerId, model, confirmed.Devices, confirmed.Source, stretch.Fleet, overload));
+                        }
+                    }
+                }
                 else
                 {
                     List<Span> spans = Clip(group, Math.Max(stretch.FromUnixMs, fromMs), Math.Min(stretch.UntilUnixMs, untilMs));
@@ -382,6 +398,18 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
              new("validation_id", validation.ValidationId.ToString(CultureInfo.InvariantCulture)), new("capacity_source", Describe(validation))]);
     }
 
+    /// <summary>Usage above the devices the commissioned verifier confirmed, where no validation in force covers the model.</summary>
+    private Anomaly ExceededConfirmed(string providerId, string model, long devices, string source, ValidatedFleet? inForce, Overload overload)
+    {
+        string peak = Shares(overload.PeakUnits, overload.UnitsPerDevice);
+        return new Anomaly(AnomalyKind.CapacityExceeded, providerId, null, overload.FromMs, overload.UntilMs,
+            $"{peak} {model} devices in use at once, above the {devices} confirmed by the commissioned verifier ({source})",
+            overload.Peak.Take(_settings.EvidenceRowsMax).Select(r => r.Evidence()).ToList(), overload.Peak.Count,
+            [new("device_model", model), new("peak_devices", peak), new("verified_devices", devices.ToString(CultureInfo.InvariantCulture)),
+             new("peak_at", Time(overload.PeakAtMs)), new("sites", Sites(overload.Peak)),
+             new("capacity_source", source), new("validation_in_force", inForce is null ? "none" : Describe(inForce))]);
+    }
+
     private Anomaly Unvalidated(string providerId, string model, long fromMs, long untilMs, Overload peak, long declared, ValidatedFleet? before, ValidatedFleet? inForce)
     {
         string devices = Shares(peak.PeakUnits, peak.UnitsPerDevice);
@@ -393,6 +421,7 @@ public sealed class AnomalyDetectors(NpgsqlDataSource dataSource, TimeProvider t
             peak.Peak.Take(_settings.EvidenceRowsMax).Select(r => r.Evidence()).ToList(), peak.Peak.Count,
             [new("device_model", model), new("peak_devices", devices), new("peak_at", Time(peak.PeakAtMs)), new("sites", Sites(peak.Peak)),
              new("declared_devices", declared.ToString(CultureInfo.InvariantCulture)), new("above_declared", aboveDeclared ? "true" : "false"),
+             new("capacity_source", FleetSnapshot.DeclaredSource),
              new("previous_validation", before is null ? "none" : Describe(before)), new("validation_in_force", inForce is null ? "none" : Describe(inForce))]);
     }
 

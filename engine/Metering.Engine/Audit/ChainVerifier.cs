@@ -158,7 +158,22 @@ public sealed class ChainVerifier
     public async Task<ChainVerification> VerifyStreamAsync(string providerId, string streamId, VerificationRange range, ICanonicalSink? sink, CancellationToken cancellationToken = default)
     {
         StreamState? state = await ReadStateAsync(providerId, streamId, cancellationToken);
+        if (state is null && !await AnyRowAsync(providerId, streamId, cancellationToken))
+        {
+            // Nothing to verify is not an intact chain: a stream that was never opened and holds
+            // no row is unknown. Rows under a stream ingest never opened are verified (and flagged).
+            throw new RecordNotFoundException($"{providerId} has no stream {streamId}: it was never opened and holds no record");
+        }
+
         return await VerifyAsync(providerId, state ?? new StreamState(streamId, 0, GenesisHash, 0), range, sink, cancellationToken);
+    }
+
+    private async Task<bool> AnyRowAsync(string providerId, string streamId, CancellationToken cancellationToken)
+    {
+        await using NpgsqlConnection connection = await _dataSource.OpenConnectionAsync(cancellationToken);
+        return await connection.ExecuteScalarAsync<bool>(new CommandDefinition(
+            "SELECT EXISTS (SELECT 1 FROM usage_records WHERE provider_id = @providerId AND stream_id = @streamId)",
+            new { providerId, streamId }, cancellationToken: cancellationToken));
     }
 
     /// <summary>Verifies every stream of a provider (proof streams included) over the same range, several at once.</summary>

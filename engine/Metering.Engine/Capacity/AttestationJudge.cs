@@ -24,8 +24,8 @@ public enum NodeVerdict
     AwaitingReview,
 }
 
-/// <summary>One kernel's rate beside the catalog figures it was judged by.</summary>
-public sealed record KernelJudgement(string Kernel, string Path, long Rate, string Unit, long Reference, long Peak, bool Judged);
+/// <summary>One kernel's rate (the server's, when the node was timed) beside the catalog figures it was judged by, and the rate the probe reported as information.</summary>
+public sealed record KernelJudgement(string Kernel, string Path, long Rate, string Unit, long Reference, long Peak, bool Judged, long ReportedRate = 0);
 
 /// <summary>One device's verdict.</summary>
 public sealed record DeviceJudgement(int Index, string ReportedName, int Multiprocessors, string? Model, DeviceVerdict Verdict, string Detail, IReadOnlyList<KernelJudgement> Kernels);
@@ -69,19 +69,29 @@ public static class AttestationJudge
             : null;
     }
 
-    /// <summary>The verdicts of a report's devices for a node declared as <paramref name="declaredCount"/> devices of <paramref name="declaredModel"/>; or the first forged rate.</summary>
+    /// <summary>
+    /// The verdicts of a report's devices for a node declared as <paramref name="declaredCount"/>
+    /// devices of <paramref name="declaredModel"/>; or the first forged rate. With
+    /// <paramref name="serverRates"/> (by kernel), those are the rates judged, and the probe's own
+    /// rates are kept beside them as information; a forged rate is still looked for among the
+    /// probe's own, since no honest probe reports one.
+    /// </summary>
     public static (IReadOnlyList<DeviceJudgement> Devices, Forgery? Forgery) Judge(
-        ProbeReport report, string declaredModel, int declaredCount, CatalogVersion catalog, IReadOnlyDictionary<(string Name, int Multiprocessors), string> aliases)
+        ProbeReport report, string declaredModel, int declaredCount, CatalogVersion catalog, IReadOnlyDictionary<(string Name, int Multiprocessors), string> aliases,
+        IReadOnlyDictionary<string, long>? serverRates = null)
     {
         var devices = new List<DeviceJudgement>(report.Devices.Count);
         for (int i = 0; i < report.Devices.Count; i++)
         {
             DeviceReport device = report.Devices[i];
-            IReadOnlyList<(string Kernel, string Path, long Rate, string Unit)> kernels =
+            IReadOnlyList<(string Kernel, string Path, long Rate, string Unit)> reported =
                 device.Measurements.Select(m => (m.Kernel, m.ArithmeticPath, m.MedianRate, m.RateUnit)).ToList();
+            IReadOnlyList<(string Kernel, string Path, long Rate, string Unit)> kernels = serverRates is null ? reported
+                : reported.Select(k => (k.Kernel, k.Path, serverRates.TryGetValue(k.Kernel, out long rate) ? rate : 0, k.Unit)).ToList();
             DeviceModel? model = Resolve(catalog, aliases, device.ModelName, device.Multiprocessors);
             DeviceJudgement judged = JudgeDevice(i, device.ModelName, device.Multiprocessors, kernels, model, declaredModel, reviewedBy: null);
-            if (FirstForged(i, kernels, model) is { } forgery)
+            judged = judged with { Kernels = judged.Kernels.Select((k, j) => k with { ReportedRate = reported[j].Rate }).ToList() };
+            if (FirstForged(i, reported, model) is { } forgery)
             {
                 return (devices, forgery);
             }

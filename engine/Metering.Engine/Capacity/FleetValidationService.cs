@@ -22,7 +22,7 @@ namespace Metering.Engine.Capacity;
 /// before anything is written, except that an attestation spends its nonce before its checksums
 /// are verified, and one refused for its checksums or a forged rate is kept as evidence.
 /// </summary>
-public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCatalog catalog, CapacitySettings settings, TimeProvider time, VerificationGate verifications)
+public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, DeviceCatalog catalog, CapacitySettings settings, TimeProvider time, VerificationGate verifications)
 {
     public const int NodeIdLengthMax = 64;
     public const int SiteLengthMax = 64;
@@ -36,7 +36,7 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
 
     // ---------------------------------------------------------------- inventory and sample
 
-    /// <summary>Stores a new inventory version, draws its sample and opens its validation; an open one is superseded.</summary>
+    /// <summary>Stores a new inventory version, draws its sample and opens its validation; an open one is closed (<see cref="CloseOpenValidationAsync"/>).</summary>
     public async Task<FleetValidation> DeclareInventoryAsync(Actor actor, DeclareInventoryRequest request, CancellationToken cancellationToken)
     {
         string code = OwnCode(actor, request.CreditCode);
@@ -162,92 +162,57 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
     }
 
     /// <summary>
-    /// Closes the validation still collecting, if any, before a new inventory opens the next. With
-    /// no failed node it is superseded. Once a sampled node has failed it completes instead, its
-    /// nodes without an outcome counted as failed (abandoned): a provider that sees a node fail
-    /// cannot erase the failure by declaring again, and the failed validation is the one in force
-    /// until a newer one completes.
+    /// Closes the validation still collecting, if any, before a new inventory opens the next. Its
+    /// nodes past their challenge deadline fail first, as at any of the provider's calls. With no
+    /// failed node it is superseded. Once a sampled node has failed it completes instead, its
+    /// nodes without an outcome counted as failed (abandoned): a provider that sees a node fail, or
+    /// miss its deadline, cannot erase the failure by declaring again, and the failed validation is
+    /// the one in force until a newer one completes.
     /// </summary>
     private async Task CloseOpenValidationAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, DateTimeOffset now)
     {
-        var open = await connection.QueryFirstOrDefaultAsync<(long Id, bool Failed)?>("""
-            SELECT v.validation_id, EXISTS (SELECT 1 FROM capacity_sample_nodes s WHERE s.provider_id = v.provider_id AND s.validation_id = v.validation_id AND s.outcome = 'failed')
-            FROM capacity_validations v WHERE v.provider_id = @code AND v.state = 'collecting'
-            """, new { code }, transaction);
-        if (open is not { } validation)
+        long? open = await connection.ExecuteScalarAsync<long?>(
+            "SELECT validation_id FROM capacity_validations WHERE provider_id = @code AND state = 'collecting'", new { code }, transaction);
+        if (open is not { } id)
         {
             return;
         }
 
-        if (!validation.Failed)
+        await FailOverdueAsync(connection, transaction, code, id, now);
+        var state = await connection.QueryFirstAsync<(string State, bool Failed)>("""
+            SELECT v.state, EXISTS (SELECT 1 FROM capacity_sample_nodes s WHERE s.provider_id = v.provider_id AND s.validation_id = v.validation_id AND s.outcome = 'failed')
+            FROM capacity_validations v WHERE v.provider_id = @code AND v.validation_id = @id
+            """, new { code, id }, transaction);
+        if (state.State != "collecting")
+        {
+            return;
+        }
+
+        if (!state.Failed)
         {
             await connection.ExecuteAsync("UPDATE capacity_validations SET state = 'superseded' WHERE provider_id = @code AND validation_id = @id",
-                new { code, id = validation.Id }, transaction);
+                new { code, id }, transaction);
             return;
         }
 
         int abandoned = await connection.ExecuteAsync("""
-            UPDATE capacity_sample_nodes SET outcome = 'failed'
+            UPDATE capacity_sample_nodes SET outcome = 'failed', detail = 'abandoned: the provider declared a new inventory while this validation had a failed node'
             WHERE provider_id = @code AND validation_id = @id AND outcome IN ('pending', 'awaiting_review')
-            """, new { code, id = validation.Id }, transaction);
+            """, new { code, id }, transaction);
         await connection.ExecuteAsync("UPDATE capacity_validations SET abandoned_nodes = @abandoned WHERE provider_id = @code AND validation_id = @id",
-            new { code, id = validation.Id, abandoned }, transaction);
-        await CompleteIfDoneAsync(connection, transaction, code, validation.Id, now);
-    }
-
-    // ---------------------------------------------------------------- nonces
-
-    public async Task<ProbeNonce> IssueNonceAsync(Actor actor, IssueNonceRequest request, CancellationToken cancellationToken)
-    {
-        string code = OwnCode(actor, request.CreditCode);
-        CheckNodeId(request.NodeId);
-        DateTimeOffset now = time.GetUtcNow();
-        byte[] nonce = RandomNumberGenerator.GetBytes(InputKey.NonceBytes);
-        return await InTransactionAsync(code, async (connection, transaction) =>
-        {
-            long validationId = await connection.ExecuteScalarAsync<long?>(
-                "SELECT validation_id FROM capacity_validations WHERE provider_id = @code AND state = 'collecting'", new { code }, transaction)
-                ?? throw new CapacityRefusedException(CapacityRefusal.NoOpenValidation, $"{code} has no fleet validation collecting attestations; declare an inventory first");
-            string outcome = await connection.ExecuteScalarAsync<string?>(
-                "SELECT outcome FROM capacity_sample_nodes WHERE provider_id = @code AND validation_id = @validationId AND node_id = @node",
-                new { code, validationId, node = request.NodeId }, transaction)
-                ?? throw new CapacityRefusedException(CapacityRefusal.NodeNotSampled, $"node '{request.NodeId}' is not in the sample of validation {validationId}");
-            if (outcome != "pending")
-            {
-                throw new CapacityRefusedException(CapacityRefusal.NodeAlreadyAttested, $"node '{request.NodeId}' already has an outcome in validation {validationId} ({outcome})");
-            }
-
-            int outstanding = await connection.ExecuteScalarAsync<int>("""
-                SELECT count(*) FROM capacity_nonces
-                WHERE provider_id = @code AND validation_id = @validationId AND node_id = @node AND used_at IS NULL AND expires_at > @now
-                """, new { code, validationId, node = request.NodeId, now = now.UtcDateTime }, transaction);
-            if (outstanding >= settings.NoncesOutstandingPerNodeMax)
-            {
-                throw new CapacityRefusedException(CapacityRefusal.NoncesExhausted,
-                    $"node '{request.NodeId}' holds {outstanding} unused nonces; use one or let them expire (at most {settings.NoncesOutstandingPerNodeMax})");
-            }
-
-            DateTimeOffset expires = now + settings.NonceTtl;
-            await connection.ExecuteAsync("""
-                INSERT INTO capacity_nonces (provider_id, nonce, validation_id, node_id, issued_at, expires_at) VALUES (@code, @nonce, @validationId, @node, @now, @expires)
-                """, new { code, nonce, validationId, node = request.NodeId, now = now.UtcDateTime, expires = expires.UtcDateTime }, transaction);
-            return new ProbeNonce
-            {
-                NonceHex = Convert.ToHexStringLower(nonce),
-                NodeId = request.NodeId,
-                ValidationId = validationId,
-                ExpiresUnixMs = expires.ToUnixTimeMilliseconds(),
-            };
-        }, cancellationToken);
+            new { code, id, abandoned }, transaction);
+        await CompleteIfDoneAsync(connection, transaction, code, id, now);
     }
 
     // ---------------------------------------------------------------- attestations
 
-    private sealed record NonceRow(byte[] Nonce, long ValidationId, string NodeId, DateTime ExpiresAt, DateTime? UsedAt);
+    private sealed record NonceRow(byte[] Nonce, long ValidationId, string NodeId, DateTime ExpiresAt, DateTime? UsedAt, string WorkSizes, DateTime IssuedAt, DateTime? DeadlineAt);
 
     /// <summary>
     /// Checks one node's signed report and records its outcome. Cheap checks first: form, replay,
-    /// node key (approved), signature, device UUIDs, nonce, sample, work sizes. Then the provider's place in the
+    /// node key (in force and approved), signature, device UUIDs (those registered with the key),
+    /// nonce, sample, the commitment (the report's roots must be the committed ones), exactly the
+    /// set work, the duration floor. Then the provider's place in the
     /// verification gate (one verification per provider at a time), and the nonce is spent under
     /// the provider's lock, so that any copy of the report is refused before it costs a leaf.
     /// Only then the probe's verifier, which recomputes leaves, in one of the gate's bounded slots
@@ -274,6 +239,7 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
         byte[] signature = request.Signature.ToByteArray();
         NonceRow nonce;
         int keyVersion;
+        NodeTiming timing;
         await using (NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken))
         {
             if (await connection.ExecuteScalarAsync<long?>("SELECT attestation_id FROM capacity_attestations WHERE report_sha256 = @digest AND accepted", new { digest }) is long replayed)
@@ -288,12 +254,7 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
                 ?? throw new CapacityRefusedException(CapacityRefusal.NonceUnknown, $"nonce {Shorten(report.Nonce)} was never issued to {code}");
             CheckNonce(nonce, request.NodeId, report.Nonce, time.GetUtcNow());
             await CheckSampledAsync(connection, null, code, nonce.ValidationId, request.NodeId);
-        }
-
-        if (ReportWorkFloor.FirstRefused(report) is { } work)
-        {
-            throw new CapacityRefusedException(CapacityRefusal.WorkSizeRefused, $"the report's work is not allowed: {work.Detail}",
-                new Dictionary<string, string> { ["kernel"] = work.Kernel });
+            timing = await CheckAgainstCommitmentAsync(connection, code, request.NodeId, report, nonce);
         }
 
         if (!verifications.TryEnter(code))
@@ -305,7 +266,7 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
         try
         {
             await SpendNonceAsync(code, request.NodeId, nonce.Nonce, cancellationToken);
-            return await VerifyAndRecordAsync(code, request, report, nonce, keyVersion, digest, encoded, signature, cancellationToken);
+            return await VerifyAndRecordAsync(code, request, report, nonce, keyVersion, digest, encoded, signature, timing, cancellationToken);
         }
         finally
         {
@@ -334,7 +295,7 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
         }, cancellationToken);
 
     private async Task<AttestationResult> VerifyAndRecordAsync(string code, SubmitAttestationRequest request, ProbeReport report, NonceRow nonce, int keyVersion,
-        byte[] digest, byte[] encoded, byte[] signature, CancellationToken cancellationToken)
+        byte[] digest, byte[] encoded, byte[] signature, NodeTiming timing, CancellationToken cancellationToken)
     {
         VerificationResult verification = await verifications.RunAsync(() => ProbeVerifier.VerifyReport(report.Nonce, report), cancellationToken);
         if (!verification.IsValid)
@@ -348,7 +309,7 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
         {
             var declared = await DeclaredNodeAsync(connection, null, code, nonce.ValidationId, request.NodeId);
             IReadOnlyDictionary<(string, int), string> aliases = await ReadAliasesAsync(connection, null);
-            var (devices, forgery) = AttestationJudge.Judge(report, declared.Model, declared.Count, catalog.Latest, aliases);
+            var (devices, forgery) = AttestationJudge.Judge(report, declared.Model, declared.Count, catalog.Latest, aliases, timing.ServerRates);
             if (forgery is { } forged)
             {
                 string detail = $"device {forged.DeviceIndex} {forged.Kernel}: rate {forged.Rate} is above 1.10 × the {forged.Model} peak {forged.Peak}";
@@ -400,6 +361,7 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
                     WHERE provider_id = @code AND validation_id = @validationId AND node_id = @node
                     """, new { code, validationId = current.ValidationId, node = request.NodeId, outcome = NodeVerdictName(verdict), attestationId }, transaction);
                 await TieNonceAsync(connection, transaction, code, nonce.Nonce, attestationId);
+                await FailOverdueAsync(connection, transaction, code, current.ValidationId, now);
                 await CompleteIfDoneAsync(connection, transaction, code, current.ValidationId, now);
                 FleetValidation validation = (await ReadValidationAsync(connection, transaction, code, current.ValidationId))!;
                 return new AttestationResult
@@ -455,9 +417,9 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
             return null;
         }
 
-        var row = await connection.QueryFirstOrDefaultAsync<(long ValidationId, string NodeId, DateTime ExpiresAt, DateTime? UsedAt)?>(
-            "SELECT validation_id, node_id, expires_at, used_at FROM capacity_nonces WHERE provider_id = @code AND nonce = @nonce", new { code, nonce }, transaction);
-        return row is { } r ? new NonceRow(nonce, r.ValidationId, r.NodeId, r.ExpiresAt, r.UsedAt) : null;
+        var row = await connection.QueryFirstOrDefaultAsync<(long ValidationId, string NodeId, DateTime ExpiresAt, DateTime? UsedAt, string WorkSizes, DateTime IssuedAt, DateTime? DeadlineAt)?>(
+            "SELECT validation_id, node_id, expires_at, used_at, work_sizes, issued_at, deadline_at FROM capacity_nonces WHERE provider_id = @code AND nonce = @nonce", new { code, nonce }, transaction);
+        return row is { } r ? new NonceRow(nonce, r.ValidationId, r.NodeId, r.ExpiresAt, r.UsedAt, r.WorkSizes, r.IssuedAt, r.DeadlineAt) : null;
     }
 
     private static void CheckNonce(NonceRow nonce, string node, byte[] value, DateTimeOffset now)
@@ -567,8 +529,10 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
             }
             else
             {
-                var kernels = (JsonSerializer.Deserialize<List<KernelJudgement>>(pending.Kernels, Json) ?? []).Select(k => (k.Kernel, k.Path, k.Rate, k.Unit)).ToList();
+                List<KernelJudgement> stored = JsonSerializer.Deserialize<List<KernelJudgement>>(pending.Kernels, Json) ?? [];
+                var kernels = stored.Select(k => (k.Kernel, k.Path, k.Rate, k.Unit)).ToList();
                 judgement = AttestationJudge.JudgeDevice((int)request.DeviceIndex, pending.Name, pending.Multiprocessors, kernels, accepted, pending.DeclaredModel, reviewer);
+                judgement = judgement with { Kernels = judgement.Kernels.Select((k, j) => k with { ReportedRate = stored[j].ReportedRate }).ToList() };
                 await connection.ExecuteAsync("""
                     INSERT INTO capacity_model_aliases (reported_name, multiprocessors, device_model, decided_by, decided_at) VALUES (@name, @sm, @model, @by, @now)
                     ON CONFLICT (reported_name, multiprocessors) DO UPDATE SET device_model = excluded.device_model, decided_by = excluded.decided_by, decided_at = excluded.decided_at
@@ -716,14 +680,33 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
             CatalogVersion = v.CatalogVersion,
             AbandonedNodes = (uint)v.Abandoned,
         };
+
+        // The sample, and the seed it can be re-derived from, stay hidden while the validation
+        // collects and its challenges have not started: a provider that knew its sample early
+        // could prepare the sampled nodes only.
+        DateTime? issued = await connection.ExecuteScalarAsync<DateTime?>(
+            "SELECT issued_at FROM capacity_challenges WHERE provider_id = @code AND validation_id = @validationId", new { code, validationId }, transaction);
+        validation.ChallengesIssuedUnixMs = issued is { } issuedAt ? Instant(issuedAt).ToUnixTimeMilliseconds() : 0;
+        bool hidden = issued is null && v.State == "collecting";
+        if (hidden)
+        {
+            validation.SampleSeedHex = "";
+        }
+
         var models = await connection.QueryAsync<(string Model, long Devices)>("""
             SELECT device_model, sum(device_count)::bigint FROM capacity_inventory_nodes WHERE provider_id = @code AND inventory_version = @inventory GROUP BY device_model ORDER BY device_model
             """, new { code, inventory = v.Inventory }, transaction);
         validation.Models.Add(models.Select(m => new ModelFleet { DeviceModel = m.Model, DeviceCount = (ulong)m.Devices }));
+        if (hidden)
+        {
+            return validation;
+        }
 
-        var sample = (await connection.QueryAsync<(string Node, string Site, string Model, int Count, string Outcome, long? AttestationId)>("""
-            SELECT s.node_id, n.site, n.device_model, n.device_count, s.outcome, s.attestation_id
+        var sample = (await connection.QueryAsync<(string Node, string Site, string Model, int Count, string Outcome, long? AttestationId, string Detail, DateTime? Deadline, DateTime? Committed, long? Elapsed)>("""
+            SELECT s.node_id, n.site, n.device_model, n.device_count, s.outcome, s.attestation_id, s.detail, c.deadline_at, m.received_at, m.elapsed_ms
             FROM capacity_sample_nodes s JOIN capacity_inventory_nodes n ON n.provider_id = s.provider_id AND n.inventory_version = @inventory AND n.node_id = s.node_id
+            LEFT JOIN capacity_nonces c ON c.provider_id = s.provider_id AND c.validation_id = s.validation_id AND c.node_id = s.node_id AND c.deadline_at IS NOT NULL
+            LEFT JOIN capacity_commitments m ON m.provider_id = c.provider_id AND m.nonce = c.nonce
             WHERE s.provider_id = @code AND s.validation_id = @validationId ORDER BY s.draw_order
             """, new { code, validationId, inventory = v.Inventory }, transaction)).ToList();
         long[] attestations = sample.Where(s => s.AttestationId is not null).Select(s => s.AttestationId!.Value).ToArray();
@@ -747,6 +730,10 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
                     _ => NodeOutcome.NodePending,
                 },
                 AttestationId = node.AttestationId ?? 0,
+                DeadlineUnixMs = node.Deadline is { } deadline ? Instant(deadline).ToUnixTimeMilliseconds() : 0,
+                CommittedUnixMs = node.Committed is { } committed ? Instant(committed).ToUnixTimeMilliseconds() : 0,
+                ElapsedMs = node.Elapsed ?? 0,
+                Detail = node.Detail,
             };
             foreach (var r in results[node.AttestationId ?? -1])
             {
@@ -768,6 +755,7 @@ public sealed class FleetValidationService(NpgsqlDataSource dataSource, DeviceCa
                     Reference = k.Reference,
                     Peak = k.Peak,
                     Judged = k.Judged,
+                    ReportedRate = k.ReportedRate,
                 }));
                 message.Devices.Add(device);
             }

@@ -202,6 +202,21 @@ public sealed class NodeKeyService(NpgsqlDataSource dataSource, CapacitySettings
     /// <returns>The version of the key in force that signed the report.</returns>
     internal static async Task<int> CheckReportAsync(NpgsqlConnection connection, string code, string node, ProbeReport report, byte[] encoded, byte[] signature)
     {
+        var (version, uuids) = await CheckSignedAsync(connection, null, code, node, encoded, signature, "the report's canonical bytes", "report");
+        CheckDevices(report.Devices.Select(d => (d.Index, d.Uuid)), uuids, node, version, "report");
+        return version;
+    }
+
+    /// <summary>
+    /// A signature by the node's key in force over <paramref name="signed"/>: the same key rules as
+    /// a report's, for a commitment too, so that a key no operator approved cannot start the clock
+    /// of a node's challenge either. <paramref name="what"/> names the signed bytes and
+    /// <paramref name="whose"/> the thing signed, in the refusal's message.
+    /// </summary>
+    /// <returns>The version of the key in force and the device UUIDs registered with it.</returns>
+    internal static async Task<(int Version, string[] DeviceUuids)> CheckSignedAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string code, string node,
+        byte[] signed, byte[] signature, string what, string whose)
+    {
         var keys = (await connection.QueryAsync<(int Version, byte[] Spki, string[] Uuids, bool InForce)>("""
             WITH approved AS (SELECT max(key_version) AS v FROM capacity_node_key_approvals WHERE provider_id = @code AND node_id = @node),
                  latest AS (SELECT max(key_version) AS v FROM capacity_node_keys WHERE provider_id = @code AND node_id = @node)
@@ -209,7 +224,7 @@ public sealed class NodeKeyService(NpgsqlDataSource dataSource, CapacitySettings
             FROM capacity_node_keys k
             WHERE k.provider_id = @code AND k.node_id = @node AND (k.key_version = (SELECT v FROM approved) OR k.key_version = (SELECT v FROM latest))
             ORDER BY k.key_version DESC
-            """, new { code, node })).ToList();
+            """, new { code, node }, transaction)).ToList();
         if (keys.Count == 0)
         {
             throw new CapacityRefusedException(CapacityRefusal.NodeKeyUnknown, $"node '{node}' of {code} has no registered key; register one with RegisterNodeKey");
@@ -217,39 +232,38 @@ public sealed class NodeKeyService(NpgsqlDataSource dataSource, CapacitySettings
 
         var inForce = keys.FirstOrDefault(k => k.InForce);
         var pending = keys.FirstOrDefault(k => !k.InForce);
-        if (inForce.Spki is not null && NodeKeys.Verify(inForce.Spki, encoded, signature))
+        if (inForce.Spki is not null && NodeKeys.Verify(inForce.Spki, signed, signature))
         {
-            CheckDevices(report, inForce.Uuids, node, inForce.Version);
-            return inForce.Version;
+            return (inForce.Version, inForce.Uuids);
         }
 
-        if (pending.Spki is not null && NodeKeys.Verify(pending.Spki, encoded, signature))
+        if (pending.Spki is not null && NodeKeys.Verify(pending.Spki, signed, signature))
         {
             string standing = inForce.Spki is null ? "the node has no approved key" : $"the node's key in force is version {inForce.Version}";
             throw new CapacityRefusedException(CapacityRefusal.NodeKeyNotApproved,
-                $"the report is signed with key version {pending.Version} of node '{node}', which no operator has approved ({standing}); an operator approves it with ApproveNodeKey");
+                $"the {whose} is signed with key version {pending.Version} of node '{node}', which no operator has approved ({standing}); an operator approves it with ApproveNodeKey");
         }
 
         throw new CapacityRefusedException(CapacityRefusal.SignatureInvalid, inForce.Spki is null
-            ? $"the signature does not verify with the latest key (version {pending.Version}) of node '{node}' over the report's canonical bytes (ECDSA P-256, SHA-256); the node has no approved key"
-            : $"the signature does not verify with key version {inForce.Version} of node '{node}', its key in force, over the report's canonical bytes (ECDSA P-256, SHA-256)");
+            ? $"the signature does not verify with the latest key (version {pending.Version}) of node '{node}' over {what} (ECDSA P-256, SHA-256); the node has no approved key"
+            : $"the signature does not verify with key version {inForce.Version} of node '{node}', its key in force, over {what} (ECDSA P-256, SHA-256)");
     }
 
-    /// <summary>Every device of the report names a distinct UUID registered with the key in force.</summary>
-    private static void CheckDevices(ProbeReport report, string[] registered, string node, int version)
+    /// <summary>Every device of a report or commitment names a distinct UUID registered with the key in force.</summary>
+    internal static void CheckDevices(IEnumerable<(int Index, string Uuid)> devices, string[] registered, string node, int version, string whose)
     {
         var seen = new HashSet<string>(StringComparer.Ordinal);
-        foreach (DeviceReport device in report.Devices)
+        foreach (var (index, uuid) in devices)
         {
-            string? wrong = device.Uuid.Length == 0
+            string? wrong = uuid.Length == 0
                 ? "reports no UUID (on CUDA the probe cannot read one yet: ILGPU 1.5.3 exposes no NVML UUID; on the CPU accelerator run the probe with --device-uuid)"
-                : !registered.Contains(device.Uuid, StringComparer.Ordinal) ? $"is {Shown(device.Uuid)}, which is not registered with key version {version} of node '{node}'"
-                : !seen.Add(device.Uuid) ? $"is {Shown(device.Uuid)} again: one device cannot stand for two"
+                : !registered.Contains(uuid, StringComparer.Ordinal) ? $"is {Shown(uuid)}, which is not registered with key version {version} of node '{node}'"
+                : !seen.Add(uuid) ? $"is {Shown(uuid)} again: one device cannot stand for two"
                 : null;
             if (wrong is not null)
             {
-                throw new CapacityRefusedException(CapacityRefusal.DeviceUuidMismatch, $"device {device.Index} of the report {wrong}",
-                    new Dictionary<string, string> { ["device"] = device.Index.ToString(CultureInfo.InvariantCulture) });
+                throw new CapacityRefusedException(CapacityRefusal.DeviceUuidMismatch, $"device {index} of the {whose} {wrong}",
+                    new Dictionary<string, string> { ["device"] = index.ToString(CultureInfo.InvariantCulture) });
             }
         }
     }

@@ -349,7 +349,21 @@ internal sealed class CatalogProbe
 
     public CatalogKernelFigures? Reference { get; set; }
 
+    public CatalogKernelWork? Work { get; set; }
+
     public string? Source { get; set; }
+}
+
+/// <summary>Explicit challenge work per kernel, "ITEMS:ITERATIONS"; absent, the server sizes the work from the reference.</summary>
+internal sealed class CatalogKernelWork
+{
+    public string? TensorFp16 { get; set; }
+
+    public string? PackedFp16 { get; set; }
+
+    public string? Fp32 { get; set; }
+
+    public string? Memory { get; set; }
 }
 
 internal sealed class CatalogKernelFigures

@@ -33,6 +33,12 @@ public sealed record ProbeProfile(
     KernelFigures Reference,
     string Source)
 {
+    /// <summary>
+    /// The challenge work the catalog sets explicitly for each kernel (the CPU test fixture's tiny
+    /// sizes); null when the server sizes the work from the reference (Capacity/ChallengeWork.cs).
+    /// </summary>
+    public IReadOnlyDictionary<KernelKind, WorkSize>? Work { get; init; }
+
     /// <summary>Rates the probe measured with inline PTX on CUDA: hardware rates.</summary>
     public const string PtxPath = "ptx";
 
@@ -92,7 +98,39 @@ public sealed record ProbeProfile(
             throw new InvalidDataException($"{where}: the tensor-fp16 peak {peak.TensorFp16Mflops} MFLOP/s is not fp16DenseGflops {fp16DenseGflops} × 1000.");
         }
 
-        return new ProbeProfile(names, probe.Multiprocessors, path, peak, reference, probe.Source);
+        return new ProbeProfile(names, probe.Multiprocessors, path, peak, reference, probe.Source) { Work = ParseWork(probe.Work, where) };
+    }
+
+    private static Dictionary<KernelKind, WorkSize>? ParseWork(CatalogKernelWork? work, string where)
+    {
+        if (work is null)
+        {
+            return null;
+        }
+
+        var sizes = new Dictionary<KernelKind, WorkSize>();
+        foreach ((KernelKind kind, string? text) in new[]
+        {
+            (KernelKind.TensorFp16, work.TensorFp16), (KernelKind.PackedFp16, work.PackedFp16), (KernelKind.Fp32Fma, work.Fp32), (KernelKind.MemoryBandwidth, work.Memory),
+        })
+        {
+            string[] parts = (text ?? "").Split(':');
+            if (parts.Length != 2 || !int.TryParse(parts[0], System.Globalization.NumberStyles.None, null, out int items)
+                || !int.TryParse(parts[1], System.Globalization.NumberStyles.None, null, out int iterations))
+            {
+                throw new InvalidDataException($"{where}: work gives every kernel as \"ITEMS:ITERATIONS\"; {KernelKinds.Name(kind)} is '{text}'.");
+            }
+
+            var size = new WorkSize(items, iterations);
+            if (WorkShape.Validate(kind, size) is string error)
+            {
+                throw new InvalidDataException($"{where}: work: {error}.");
+            }
+
+            sizes[kind] = size;
+        }
+
+        return sizes;
     }
 
     private static KernelFigures Figures(CatalogKernelFigures? figures, string where, string what)

@@ -9,7 +9,7 @@ namespace Metering.Engine.Registry;
 /// A verification or admission decision as one operator calls it. Under four-eyes it is a
 /// proposal until a second, different operator approves it.
 /// </summary>
-internal sealed record StageCall(string Stage, bool Pass, long VerifiedFp16Gflops, string Reasons)
+internal sealed record StageCall(string Stage, bool Pass, long VerifiedFp16Gflops, string Reasons, IReadOnlyList<VerifierPart>? Parts = null)
 {
     public const string Verification = "verification";
     public const string Decision = "decision";
@@ -17,12 +17,16 @@ internal sealed record StageCall(string Stage, bool Pass, long VerifiedFp16Gflop
     /// <summary>Upholding a refusal at the decision, which admits (Reconsiderations.cs).</summary>
     public const string Reconsideration = "reconsideration";
 
+    /// <summary>The commissioned verifier's parts (verification only).</summary>
+    public IReadOnlyList<VerifierPart> VerifierParts => Parts ?? [];
+
     /// <summary>
     /// The admission decision always needs a second operator; verification only when the
-    /// operator typed the figure. A figure taken from the capacity service's fleet validation
-    /// was measured by the server, not typed, so one operator may record it.
+    /// operator typed a figure (a total or a verifier's part). A figure taken from the capacity
+    /// service's fleet validation was measured by the server, not typed, so one operator may
+    /// record it.
     /// </summary>
-    public bool NeedsSecondOperator => Stage == Decision || VerifiedFp16Gflops > 0;
+    public bool NeedsSecondOperator => Stage == Decision || VerifiedFp16Gflops > 0 || VerifierParts.Count > 0;
 }
 
 /// <summary>
@@ -70,7 +74,8 @@ public sealed partial class ProviderRegistry
                     $"{approver.Subject} proposed this {open.Stage}; a second, different operator must approve it");
             }
 
-            var call = new StageCall(open.Stage, open.Pass, open.VerifiedFp16Gflops, open.Reasons);
+            var call = new StageCall(open.Stage, open.Pass, open.VerifiedFp16Gflops, open.Reasons,
+                await VerificationParts.ReadProposedAsync(connection, transaction, applicationId, open.ProposalNo));
             await ExpectStateAsync(connection, transaction, row, call.Stage, ExpectedState(call.Stage));
             DateTimeOffset now = time.GetUtcNow();
             await connection.ExecuteAsync("""
@@ -126,8 +131,9 @@ public sealed partial class ProviderRegistry
             FROM stage_proposals WHERE application_id = @id
             RETURNING proposal_no
             """, new { provider = providerId, id = applicationId, stage = call.Stage, pass = call.Pass, verified = call.VerifiedFp16Gflops, reasons = call.Reasons.Trim(), by = actor.Subject, now = now.UtcDateTime }, transaction);
+        await VerificationParts.WriteProposedAsync(connection, transaction, providerId, applicationId, proposalNo, call.VerifierParts);
         await RecordAsync(connection, transaction, actor, now, providerId, "proposal", $"{applicationId}/{proposalNo}", "propose", superseded,
-            await RowJsonAsync(connection, transaction, "stage_proposals", "application_id = @id AND proposal_no = @proposalNo", new { id = applicationId, proposalNo }));
+            await ProposalJsonAsync(connection, transaction, applicationId, proposalNo));
         return proposalNo;
     }
 
@@ -157,6 +163,17 @@ public sealed partial class ProviderRegistry
             ProposedUnixMs = p.AtMs,
         };
     }
+
+    /// <summary>A proposal as history shows it: its row, with the commissioned verifier's parts proposed, if any.</summary>
+    private static Task<string?> ProposalJsonAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, long applicationId, int proposalNo) =>
+        connection.ExecuteScalarAsync<string?>("""
+            SELECT (to_jsonb(s) || coalesce((
+                SELECT jsonb_build_object('verifier_parts', jsonb_agg(jsonb_build_object('device_model', p.device_model, 'devices', p.devices, 'fp16_gflops', p.fp16_gflops)
+                                                                      ORDER BY p.device_model COLLATE "C"))
+                FROM stage_proposal_parts p WHERE p.application_id = s.application_id AND p.proposal_no = s.proposal_no
+                HAVING count(*) > 0), '{}'::jsonb))::text
+            FROM stage_proposals s WHERE s.application_id = @applicationId AND s.proposal_no = @proposalNo
+            """, new { applicationId, proposalNo }, transaction);
 
     private sealed record ProposalRow(int ProposalNo, string Stage, bool Pass, long VerifiedFp16Gflops, string Reasons, string ProposedBy);
 }

@@ -261,38 +261,82 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
 
     /// <summary>
     /// Commissioned verification: the verified FP16 capacity must reach the batch's capacity bar
-    /// for the stage to pass. The figure is the commissioned verifier's (verified_fp16_gflops &gt; 0) or, with 0,
-    /// the provider's current fleet validation from the capacity probe (completed and not
-    /// expired); passing with 0 and no such validation is refused with CAPACITY_UNVERIFIED. A
-    /// rejection with 0 takes the validation's figure when there is one and records none otherwise.
+    /// for the stage to pass. The figure is the commissioned verifier's typed total
+    /// (verified_fp16_gflops &gt; 0, confirming no devices per model) or, with 0, the sum of the
+    /// provider's current fleet validation from the capacity probe (completed and not expired)
+    /// and the commissioned verifier's parts, one per model the probe cannot reach; passing with
+    /// neither is refused with CAPACITY_UNVERIFIED. A rejection with 0 takes what there is and
+    /// records no figure where there is nothing.
     /// </summary>
+    /// <remarks>This overload takes no verifier parts: the server maps them to engine records and calls the one below.</remarks>
     public Task<Application> RecordVerificationAsync(Actor actor, VerificationDecision decision, CancellationToken cancellationToken) =>
-        DecideOrProposeAsync(actor, decision.ApplicationId, new StageCall(StageCall.Verification, decision.Pass, decision.VerifiedFp16Gflops, decision.Reasons), cancellationToken);
+        decision.VerifierParts.Count > 0
+            ? throw new ArgumentException("Verifier parts go through the overload that takes engine VerifierPart records.", nameof(decision))
+            : RecordVerificationAsync(actor, decision.ApplicationId, decision.Pass, decision.VerifiedFp16Gflops, [], decision.Reasons, cancellationToken);
+
+    /// <summary>Commissioned verification with the commissioned verifier's parts per model; see the overload above.</summary>
+    public Task<Application> RecordVerificationAsync(Actor actor, long applicationId, bool pass, long verifiedFp16Gflops, IReadOnlyList<VerifierPart> verifierParts, string reasons,
+        CancellationToken cancellationToken)
+    {
+        if (verifiedFp16Gflops < 0)
+        {
+            throw FilingRules.Invalid("verified_fp16_gflops cannot be negative");
+        }
+
+        VerificationParts.Check(catalog, verifierParts, verifiedFp16Gflops);
+        // Parts are stored under their catalog keys, in one order, whatever order they came in.
+        VerifierPart[] parts = [.. verifierParts.Select(p => p with { DeviceModel = catalog.Find(p.DeviceModel)!.Key }).OrderBy(p => p.DeviceModel, StringComparer.Ordinal)];
+        return DecideOrProposeAsync(actor, applicationId, new StageCall(StageCall.Verification, pass, verifiedFp16Gflops, reasons, parts), cancellationToken);
+    }
+
+    /// <summary>Each application's latest recorded verification parts and its pending proposal's verifier parts, for the answers that show them.</summary>
+    public async Task<IReadOnlyDictionary<long, VerificationFigures>> GetVerificationFiguresAsync(IEnumerable<long> applicationIds, CancellationToken cancellationToken)
+    {
+        long[] ids = [.. applicationIds.Distinct()];
+        if (ids.Length == 0)
+        {
+            return new Dictionary<long, VerificationFigures>();
+        }
+
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        return await VerificationParts.ReadAsync(connection, ids, cancellationToken);
+    }
 
     private StageRule VerificationRule(StageCall decision) =>
         async (connection, transaction, row, now) =>
         {
-            if (decision.VerifiedFp16Gflops < 0)
-            {
-                throw FilingRules.Invalid("verified_fp16_gflops cannot be negative");
-            }
-
             long verified = decision.VerifiedFp16Gflops;
             string source = "the commissioned verifier's figure";
+            var parts = new List<VerificationPart>();
             if (verified == 0)
             {
                 CurrentValidation? validation = await FleetValidationService.CurrentAsync(connection, transaction, row.ProviderId, now);
+                var origins = new List<string>();
                 if (validation is { } current)
                 {
-                    verified = current.VerifiedFp16Gflops;
-                    source = string.Create(CultureInfo.InvariantCulture,
-                        $"fleet validation {current.ValidationId} (inventory version {current.InventoryVersion}: {current.Sampled} of {current.Nodes} nodes probed, {current.Failed} failed, pass rate at least {current.PassRateLowerBoundPpm / 10_000m:0.00}% at 95% confidence; valid until {current.ExpiresAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai)");
+                    VerificationParts.CheckNotCoveredByProbe(decision.VerifierParts, current.ValidationId,
+                        await VerificationParts.ProbedModelsAsync(connection, transaction, row.ProviderId, current.InventoryVersion));
+                    parts.Add(new VerificationPart(VerificationPartSource.Probe, current.ValidationId, "", 0, current.VerifiedFp16Gflops));
+                    origins.Add(string.Create(CultureInfo.InvariantCulture,
+                        $"fleet validation {current.ValidationId} (inventory version {current.InventoryVersion}: {current.Sampled} of {current.Nodes} nodes probed, {current.Failed} failed, pass rate at least {current.PassRateLowerBoundPpm / 10_000m:0.00}% at 95% confidence; valid until {current.ExpiresAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai)"));
                 }
-                else if (decision.Pass)
+                else if (decision.Pass && decision.VerifierParts.Count == 0)
                 {
                     throw new RegistryRefusedException(RegistryRefusal.CapacityUnverified,
-                        $"verified_fp16_gflops 0 takes {row.ProviderId}'s fleet validation, and it has none completed and unexpired; validate the fleet through CapacityService or record the commissioned verifier's figure");
+                        $"verified_fp16_gflops 0 takes {row.ProviderId}'s fleet validation and the commissioned verifier's parts; it has no validation completed and unexpired and no parts were given; validate the fleet through CapacityService or record the commissioned verifier's figure");
                 }
+
+                foreach (VerifierPart part in decision.VerifierParts)
+                {
+                    var verifier = new VerificationPart(VerificationPartSource.CommissionedVerifier, 0, part.DeviceModel, part.Devices, part.DenseFp16Gflops);
+                    parts.Add(verifier);
+                    origins.Add(verifier.Origin);
+                }
+
+                verified = parts.Sum(p => p.Fp16Gflops);
+                source = parts.Count == 1
+                    ? origins[0]
+                    : string.Join(" + ", parts.Zip(origins, (p, origin) => $"{FilingRules.Pflops(p.Fp16Gflops)} PFLOPS from {origin}"));
             }
 
             if (decision.Pass)
@@ -305,6 +349,14 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             {
                 await connection.ExecuteAsync("UPDATE applications SET verified_fp16_gflops = @v WHERE application_id = @id",
                     new { v = verified, id = row.ApplicationId }, transaction);
+            }
+
+            if (parts.Count > 0)
+            {
+                // The stage record the workflow adds next takes this number (the application is locked).
+                int stageNo = await connection.ExecuteScalarAsync<int>(
+                    "SELECT coalesce(max(stage_no), 0) + 1 FROM application_stages WHERE application_id = @id", new { id = row.ApplicationId }, transaction);
+                await VerificationParts.WriteAsync(connection, transaction, row.ProviderId, row.ApplicationId, stageNo, parts);
             }
 
             string figure = verified > 0 ? $"verified {FilingRules.Pflops(verified)} PFLOPS FP16 from {source}" : "no verified figure";
@@ -861,9 +913,18 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             FROM service_items s WHERE s.provider_id = @code AND s.application_id = @applicationId
             """, new { code, applicationId }, transaction);
 
+    /// <summary>An application as history shows it: its row, with the parts of its latest verification where it has any.</summary>
     private static Task<string?> ApplicationJsonAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, long id) =>
         connection.ExecuteScalarAsync<string?>("""
-            SELECT (to_jsonb(a) - 'fee_lines' - 'service_content' - 'service_standards')::text FROM applications a WHERE application_id = @id
+            SELECT ((to_jsonb(a) - 'fee_lines' - 'service_content' - 'service_standards') || coalesce((
+                SELECT jsonb_build_object('verification_parts', jsonb_agg(jsonb_build_object(
+                           'source', CASE p.source WHEN 'probe' THEN 'probe' ELSE 'commissioned_verifier' END,
+                           'validation_id', p.validation_id, 'device_model', p.device_model, 'devices', p.devices, 'fp16_gflops', p.fp16_gflops) ORDER BY p.part_no))
+                FROM verification_parts p
+                WHERE p.application_id = a.application_id
+                  AND p.stage_no = (SELECT max(s.stage_no) FROM application_stages s WHERE s.application_id = a.application_id AND s.stage = 'verification')
+                HAVING count(*) > 0), '{}'::jsonb))::text
+            FROM applications a WHERE application_id = @id
             """, new { id }, transaction);
 
     private static Task BumpEpochAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code) =>

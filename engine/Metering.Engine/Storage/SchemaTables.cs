@@ -122,7 +122,13 @@ public static class SchemaTables
         TableRule.Advancing("reconsiderations", "outcome", "decided_by", "decided_at", "reasons", "state_after"),
         // batch rules: every version of a batch's rules is written once and never changed.
         TableRule.Evidence("admission_batch_versions"),
-        // node key approvals: an operator's approval of one key version is written once and never changed.
+        // 0019 server-timed challenges
+        TableRule.Evidence("capacity_challenges"),
+        TableRule.Evidence("capacity_commitments"),
+        // 0020 verification in parts: a stage's parts and a proposal's parts are written once with it.
+        TableRule.Evidence("verification_parts"),
+        TableRule.Evidence("stage_proposal_parts"),
+        // 0021 node key approvals: an operator's approval of one key version is written once and never changed.
         TableRule.Evidence("capacity_node_key_approvals"),
         // The migrator's own bookkeeping; serve reads it to check the schema's version.
         TableRule.ReadOnly("schema_migrations"),

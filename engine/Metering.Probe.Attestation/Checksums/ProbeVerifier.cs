@@ -165,7 +165,8 @@ public static class ProbeVerifier
 
     /// <summary>
     /// Checks a whole report against the nonce the server issued: format, attestation, nonce, the
-    /// integer arithmetic of every measurement, then every kernel's checksum. Whether a rate is
+    /// integer arithmetic of every measurement, then every kernel's checksum on the device's own
+    /// nonce (<see cref="DeviceNonce"/>). Whether a rate is
     /// plausible for the device model is the catalog's question, not this one.
     /// </summary>
     public static VerificationResult VerifyReport(ReadOnlySpan<byte> issuedNonce, ProbeReport report)
@@ -193,6 +194,13 @@ public static class ProbeVerifier
 
         foreach (DeviceReport device in report.Devices)
         {
+            if (device.Index < 0 || device.Uuid is null || System.Text.Encoding.UTF8.GetByteCount(device.Uuid) > DeviceNonce.UuidBytesMax)
+            {
+                return Fail(VerificationFailure.MalformedChecksum, $"device {device.Index}: an index is not negative and a UUID is at most {DeviceNonce.UuidBytesMax} bytes");
+            }
+
+            // Each device's inputs come from its own nonce (the server's, its index and its UUID).
+            byte[] deviceNonce = DeviceNonce.Derive(issuedNonce, device.Index, device.Uuid);
             var seen = new HashSet<KernelKind>();
             foreach (KernelMeasurement measurement in device.Measurements)
             {
@@ -213,7 +221,7 @@ public static class ProbeVerifier
                     return Fail(VerificationFailure.MeasurementInconsistent, $"{where}: {inconsistency}");
                 }
 
-                VerificationResult checksum = VerifyChecksum(issuedNonce, kind, size, measurement.Checksum.Root, measurement.Checksum.Openings);
+                VerificationResult checksum = VerifyChecksum(deviceNonce, kind, size, measurement.Checksum.Root, measurement.Checksum.Openings);
                 if (!checksum.IsValid)
                 {
                     return checksum with { Detail = $"device {device.Index}: {checksum.Detail}" };

@@ -31,6 +31,8 @@ internal sealed record ProbeOptions
         Options:
           --nonce HEX         The 32-byte nonce the server issued, as 64 hex digits. Without it the
                               probe draws a random nonce and the report is marked unattested.
+                              With it, every kernel run needs its --work from the server's
+                              challenge (and --runs its runs_per_kernel).
           --device KIND       auto (default: CUDA devices, else OpenCL, else the CPU), cuda, opencl,
                               cpu, or all (every accelerator ILGPU finds; a GPU seen through CUDA and
                               OpenCL is then measured twice).
@@ -117,6 +119,15 @@ internal sealed record ProbeOptions
         }
 
         bool attested = nonce is not null;
+
+        // An attested run does the work the server set, not a preset the probe chose: the server
+        // refuses any other work (WORK_SIZE_REFUSED).
+        KernelKind[] unset = kernels.Where(k => !overrides.ContainsKey(k)).ToArray();
+        if (attested && unset.Length > 0)
+        {
+            return Fail($"--nonce: an attested run takes the work of every kernel from the server's challenge; give --work for {string.Join(", ", unset.Select(KernelKinds.Name))}");
+        }
+
         return new ProbeOptions
         {
             JsonPath = json,

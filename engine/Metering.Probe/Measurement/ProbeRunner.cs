@@ -140,11 +140,17 @@ public sealed class ProbeRunner
     {
         ProbeLog.DeviceStarting(_logger, index, device.Name, TypeName(device.AcceleratorType), device.NumMultiprocessors, MemoryBytes(device) / (1024 * 1024));
         using Accelerator accelerator = device.CreateAccelerator(context);
+        // The UUID enters the device's nonce, so it is known before any kernel runs: on the CPU
+        // accelerator the --device-uuid the probe was given. ILGPU 1.5.3 has no NVML binding and no
+        // cuDeviceGetUuid, so a CUDA device's UUID is not known here and stays empty; the server
+        // refuses a report device without one (DEVICE_UUID_MISMATCH).
+        string uuid = device.AcceleratorType == AcceleratorType.CPU ? _settings.CpuDeviceUuid ?? string.Empty : string.Empty;
+        byte[] deviceNonce = DeviceNonce.Derive(_settings.Nonce, index, uuid);
         var measurements = new List<KernelMeasurement>();
         foreach (KernelKind kind in _settings.Kernels)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            measurements.Add(MeasureKernel(accelerator, device, index, kind));
+            measurements.Add(MeasureKernel(accelerator, device, index, kind, deviceNonce));
         }
 
         return new DeviceReport
@@ -155,19 +161,18 @@ public sealed class ProbeRunner
             Multiprocessors = device.NumMultiprocessors,
             ClockMhz = ClockMhz(device),
             MemoryBytes = MemoryBytes(device),
-            // ILGPU 1.5.3 has no NVML binding and no cuDeviceGetUuid, so a CUDA device's UUID is not
-            // known here; the server refuses a report device without one (DEVICE_UUID_MISMATCH).
-            Uuid = device.AcceleratorType == AcceleratorType.CPU ? _settings.CpuDeviceUuid ?? string.Empty : string.Empty,
+            Uuid = uuid,
             PciBusId = device is CudaDevice cuda ? cuda.NVMLPCIBusId : string.Empty,
             Measurements = measurements,
         };
     }
 
-    private KernelMeasurement MeasureKernel(Accelerator accelerator, Device device, int index, KernelKind kind)
+    /// <param name="deviceNonce">The device's own nonce (<see cref="DeviceNonce"/>), from which its inputs and its challenge come.</param>
+    private KernelMeasurement MeasureKernel(Accelerator accelerator, Device device, int index, KernelKind kind, byte[] deviceNonce)
     {
         WorkSize size = SizeFor(kind, device);
         string name = KernelKinds.Name(kind);
-        InputKey key = InputKey.Derive(_settings.Nonce, kind, size);
+        InputKey key = InputKey.Derive(deviceNonce, kind, size);
         using KernelRun run = KernelRun.Create(accelerator, kind, key, size);
         ProbeLog.KernelStarting(_logger, index, name, run.ArithmeticPath, size.Items, size.Iterations);
 
@@ -191,7 +196,7 @@ public sealed class ProbeRunner
         long medianNs = MeasurementMath.MedianNs(durationsNs);
         long workPerRun = WorkShape.WorkPerRun(kind, size);
         long rate = MeasurementMath.Rate(kind, workPerRun, medianNs);
-        KernelChecksum checksum = Commitment.FromLeafHashes(_settings.Nonce, kind, size, run.HashLeaves());
+        KernelChecksum checksum = Commitment.FromLeafHashes(deviceNonce, kind, size, run.HashLeaves());
         ProbeLog.KernelDone(_logger, index, name, rate, KernelKinds.RateUnit(kind), Convert.ToHexStringLower(checksum.Root), checksum.Openings.Count);
         return new KernelMeasurement
         {

@@ -37,8 +37,25 @@ internal sealed partial class CapacityGrpcService(FleetValidationService validat
             return validation;
         });
 
-    public override Task<ProbeNonce> IssueNonce(IssueNonceRequest request, ServerCallContext context) =>
-        Run(context, "IssueNonce", request.CreditCode, (actor, ct) => validations.IssueNonceAsync(actor, request, ct));
+    public override Task<ChallengeSet> StartChallenges(StartChallengesRequest request, ServerCallContext context) =>
+        Run(context, "StartChallenges", request.CreditCode, async (actor, ct) =>
+        {
+            ChallengeRound round = await validations.StartChallengesAsync(actor, request.CreditCode, ct);
+            if (round.StartedNow)
+            {
+                LogChallengesStarted(logger, round.CreditCode, round.ValidationId, round.Nodes.Count, round.IssuedAt.ToUnixTimeMilliseconds());
+            }
+
+            return ChallengeMessages.Of(round);
+        });
+
+    public override Task<CommitmentReceipt> CommitResults(CommitResultsRequest request, ServerCallContext context) =>
+        Run(context, "CommitResults", request.CreditCode, async (actor, ct) =>
+        {
+            CommitmentRecord record = await validations.CommitResultsAsync(actor, request.CreditCode, request.NodeId, request.Commitment.ToByteArray(), request.Signature.ToByteArray(), ct);
+            LogCommitted(logger, request.CreditCode, record.NodeId, record.ElapsedMs, (long)(record.Deadline - record.IssuedAt).TotalMilliseconds);
+            return ChallengeMessages.Of(record);
+        });
 
     public override Task<AttestationResult> SubmitAttestation(SubmitAttestationRequest request, ServerCallContext context) =>
         Run(context, "SubmitAttestation", request.CreditCode, async (actor, ct) =>
@@ -109,9 +126,15 @@ internal sealed partial class CapacityGrpcService(FleetValidationService validat
     [LoggerMessage(EventId = 4002, Level = LogLevel.Information, Message = "Fleet validation {ValidationId} of {ProviderId} (inventory {InventoryVersion}, {Nodes} nodes): sample of {SampleSize} drawn from seed {Seed}")]
     private static partial void LogSampleDrawn(ILogger logger, string providerId, long validationId, uint inventoryVersion, uint nodes, uint sampleSize, string seed);
 
+    [LoggerMessage(EventId = 4004, Level = LogLevel.Information, Message = "Fleet validation {ValidationId} of {ProviderId}: challenges of {Nodes} sampled nodes issued at {IssuedUnixMs}")]
+    private static partial void LogChallengesStarted(ILogger logger, string providerId, long validationId, int nodes, long issuedUnixMs);
+
+    [LoggerMessage(EventId = 4005, Level = LogLevel.Information, Message = "Commitment of {ProviderId} node {NodeId}: {ElapsedMs} ms after issue, deadline {DeadlineMs} ms")]
+    private static partial void LogCommitted(ILogger logger, string providerId, string nodeId, long elapsedMs, long deadlineMs);
+
     [LoggerMessage(EventId = 4003, Level = LogLevel.Information, Message = "Attestation {AttestationId} of {ProviderId} node {NodeId}: {Outcome}; validation {State}")]
     private static partial void LogAttested(ILogger logger, string providerId, string nodeId, long attestationId, string outcome, string state);
 
-    [LoggerMessage(EventId = 4004, Level = LogLevel.Information, Message = "Node key {KeyVersion} of {ProviderId} node {NodeId} (sha256 {KeySha256}) approved by {Operator}")]
+    [LoggerMessage(EventId = 4006, Level = LogLevel.Information, Message = "Node key {KeyVersion} of {ProviderId} node {NodeId} (sha256 {KeySha256}) approved by {Operator}")]
     private static partial void LogKeyApproved(ILogger logger, string providerId, string nodeId, int keyVersion, string keySha256, string @operator);
 }

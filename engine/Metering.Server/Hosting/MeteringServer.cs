@@ -28,7 +28,9 @@ using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.AspNetCore.Server.Kestrel.Https;
+using Grpc.AspNetCore.Server.Model;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Npgsql;
@@ -210,6 +212,9 @@ public sealed class MeteringServer : IAsyncDisposable
             grpc.MaxSendMessageSize = AuditGrpcService.ResponseBytesMax;
             grpc.EnableDetailedErrors = false;
         });
+        // A request that does not parse is refused with a reason, not gRPC's bare UNKNOWN.
+        builder.Services.RemoveAll(typeof(IServiceMethodProvider<>));
+        builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton(typeof(IServiceMethodProvider<>), typeof(MalformedMessageRefusal<>)));
 
         WebApplication app = builder.Build();
         app.MapGrpcService<AccessGrpcService>();

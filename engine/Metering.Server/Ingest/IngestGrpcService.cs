@@ -38,6 +38,11 @@ internal sealed partial class IngestGrpcService(
             return;
         }
 
+        if (requestStream.Current.KindCase == IngestRequest.KindOneofCase.None)
+        {
+            throw NoKind();
+        }
+
         if (requestStream.Current.KindCase != IngestRequest.KindOneofCase.Open)
         {
             throw Errors.Refused(StatusCode.FailedPrecondition, IngestRefusal.StreamNotOpen, "the first message on an ingest stream must be 'open'");
@@ -105,6 +110,11 @@ internal sealed partial class IngestGrpcService(
                     continue;
                 }
 
+                if (request.KindCase == IngestRequest.KindOneofCase.None)
+                {
+                    throw NoKind();
+                }
+
                 if (request.KindCase != IngestRequest.KindOneofCase.Batch)
                 {
                     throw Errors.Refused(StatusCode.FailedPrecondition, IngestRefusal.StreamNotOpen, "the stream is already open; send only batches and heartbeats after 'open'");
@@ -133,8 +143,10 @@ internal sealed partial class IngestGrpcService(
             LogRefused(logger, caller.Subject, streamId, ProtocolNames.Of(refused.Refusal.Reason), refused.Message);
             throw Errors.From(refused);
         }
-        catch (OperationCanceledException) when (lease.TakenOver)
+        catch (Exception e) when (lease.TakenOver && e is not RpcException)
         {
+            // Whatever the takeover interrupted (a wait, a write, a COPY the cancellation ended)
+            // surfaces here; the client is told what happened, not how it was interrupted.
             LogTakenOver(logger, caller.Subject, streamId);
             throw Errors.Refused(StatusCode.Aborted, IngestRefusal.StreamTakenOver, "another connection opened this stream");
         }
@@ -148,6 +160,10 @@ internal sealed partial class IngestGrpcService(
             throw new RpcException(new Status(StatusCode.Unavailable, "the database is unavailable; nothing unacknowledged was kept, reconnect to resume"));
         }
     }
+
+    /// <summary>A message with no kind; one whose bytes do not parse is refused before it gets here (Hosting/MalformedMessageRefusal).</summary>
+    private static RpcException NoKind() =>
+        Errors.Refused(StatusCode.InvalidArgument, IngestRefusal.MessageMalformed, "the message sets no kind: send exactly one of open, batch and heartbeat");
 
     internal static bool IsValidStreamId(string streamId)
     {

@@ -39,25 +39,26 @@ internal sealed partial class RegistryGrpcService(ProviderRegistry registry, ILo
         });
 
     public override Task<Application> ReviewMaterials(StageDecision request, ServerCallContext context) =>
-        Run(context, "ReviewMaterials", (actor, ct) => registry.ReviewMaterialsAsync(actor, request, ct));
+        RunShown(context, "ReviewMaterials", (actor, ct) => registry.ReviewMaterialsAsync(actor, request, ct));
 
     public override Task<Application> RecordVerification(VerificationDecision request, ServerCallContext context) =>
-        Run(context, "RecordVerification", (actor, ct) => registry.RecordVerificationAsync(actor, request, ct));
+        RunShown(context, "RecordVerification", (actor, ct) =>
+            registry.RecordVerificationAsync(actor, request.ApplicationId, request.Pass, request.VerifiedFp16Gflops, VerificationMessages.PartsOf(request), request.Reasons, ct));
 
     public override Task<Application> OpenPublicNotice(StageDecision request, ServerCallContext context) =>
-        Run(context, "OpenPublicNotice", (actor, ct) => registry.OpenPublicNoticeAsync(actor, request, ct));
+        RunShown(context, "OpenPublicNotice", (actor, ct) => registry.OpenPublicNoticeAsync(actor, request, ct));
 
     public override Task<Application> RecordObjection(RecordObjectionRequest request, ServerCallContext context) =>
-        Run(context, "RecordObjection", (actor, ct) => registry.RecordObjectionAsync(actor, request, ct));
+        RunShown(context, "RecordObjection", (actor, ct) => registry.RecordObjectionAsync(actor, request, ct));
 
     public override Task<Application> DecideAdmission(StageDecision request, ServerCallContext context) =>
-        Run(context, "DecideAdmission", (actor, ct) => registry.DecideAdmissionAsync(actor, request, ct));
+        RunShown(context, "DecideAdmission", (actor, ct) => registry.DecideAdmissionAsync(actor, request, ct));
 
     public override Task<Application> ApproveProposal(ApproveProposalRequest request, ServerCallContext context) =>
-        Run(context, "ApproveProposal", (actor, ct) => registry.ApproveProposalAsync(actor, request.ApplicationId, request.ProposalNo, ct));
+        RunShown(context, "ApproveProposal", (actor, ct) => registry.ApproveProposalAsync(actor, request.ApplicationId, request.ProposalNo, ct));
 
     public override Task<Application> IssueAdmissionNotice(IssueAdmissionNoticeRequest request, ServerCallContext context) =>
-        Run(context, "IssueAdmissionNotice", (actor, ct) => registry.IssueAdmissionNoticeAsync(actor, request, ct));
+        RunShown(context, "IssueAdmissionNotice", (actor, ct) => registry.IssueAdmissionNoticeAsync(actor, request, ct));
 
     public override Task<Reconsideration> RequestReconsideration(RequestReconsiderationRequest request, ServerCallContext context) =>
         Run(context, "RequestReconsideration", async (actor, ct) =>
@@ -76,7 +77,7 @@ internal sealed partial class RegistryGrpcService(ProviderRegistry registry, ILo
                 throw new RegistryRefusedException(RegistryRefusal.ApplicationUnknown, $"there is no application {request.ApplicationId} of yours");
             }
 
-            return application;
+            return await VerificationMessages.WithPartsAsync(registry, application, ct);
         });
 
     public override Task<ListApplicationsResponse> ListApplications(ListApplicationsRequest request, ServerCallContext context) =>
@@ -89,7 +90,8 @@ internal sealed partial class RegistryGrpcService(ProviderRegistry registry, ILo
                 code = actor.Subject;
             }
 
-            return new ListApplicationsResponse { Applications = { await registry.ListApplicationsAsync(code, request.State, (int)Math.Min(request.Limit, int.MaxValue), ct) } };
+            IReadOnlyList<Application> applications = await registry.ListApplicationsAsync(code, request.State, (int)Math.Min(request.Limit, int.MaxValue), ct);
+            return new ListApplicationsResponse { Applications = { await VerificationMessages.WithPartsAsync(registry, applications, ct) } };
         });
 
     public override Task<FeeSchedule> FileFeeSchedule(FileFeeScheduleRequest request, ServerCallContext context) =>
@@ -127,6 +129,10 @@ internal sealed partial class RegistryGrpcService(ProviderRegistry registry, ILo
             throw new RegistryRefusedException(RegistryRefusal.OtherProvider, $"a provider reads and writes only its own registry entries; {actor.Subject} named '{creditCode}'");
         }
     }
+
+    /// <summary>A call that answers with the application, shown with its verification's parts.</summary>
+    private Task<Application> RunShown(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<Application>> call) =>
+        Run(context, method, async (actor, ct) => await VerificationMessages.WithPartsAsync(registry, await call(actor, ct), ct));
 
     private async Task<T> Run<T>(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<T>> call)
     {

@@ -91,4 +91,22 @@ public sealed class FleetHistoryTests
         Assert.Equal((64L, FleetSnapshot.DeclaredSource), fleet.DevicesOf("ASCEND-910B", 12 * Hour));
         Assert.Equal((0L, FleetSnapshot.DeclaredSource), fleet.DevicesOf("A100-SXM", 12 * Hour));
     }
+
+    [Fact]
+    public void Where_no_validation_covers_a_model_the_devices_the_commissioned_verifier_confirmed_bound_it_before_the_declaration()
+    {
+        var confirmed = new Dictionary<string, (long, string)>
+        {
+            ["ASCEND-910B"] = (48, $"{FleetSnapshot.VerifierSource} for application 7"),
+            ["H100-SXM"] = (300, $"{FleetSnapshot.VerifierSource} for application 7"),
+        };
+        var fleet = new FleetSnapshot(FleetHistory.Of([Validation(4, 10, 20, 100)]), new Dictionary<string, long> { ["H100-SXM"] = 320, ["ASCEND-910B"] = 64, ["MI300X"] = 8 }, confirmed);
+
+        // The validation in force wins for the model it holds; the verifier's figure counts only
+        // while no validation in force covers the model.
+        Assert.Equal((100L, "fleet validation 4"), fleet.DevicesOf("H100-SXM", 12 * Hour));
+        Assert.Equal((300L, $"{FleetSnapshot.VerifierSource} for application 7"), fleet.DevicesOf("H100-SXM", 25 * Hour));
+        Assert.Equal((48L, $"{FleetSnapshot.VerifierSource} for application 7"), fleet.DevicesOf("ASCEND-910B", 12 * Hour));
+        Assert.Equal((8L, FleetSnapshot.DeclaredSource), fleet.DevicesOf("MI300X", 12 * Hour));
+    }
 }

@@ -137,7 +137,7 @@ public sealed class CallLimitTests(PostgresFixture postgres)
         Assert.Equal(logged, await server.ScalarAsync<long>("SELECT count(*) FROM audit_query_log"));
 
         // A valid request is logged as before.
-        await audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = TestRecords.Provider, StreamId = "cluster-a" }, TestServer.Bearer(TestServer.AuditorKey));
+        await audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = TestRecords.Provider }, TestServer.Bearer(TestServer.AuditorKey));
         Assert.Equal(logged + 1, await server.ScalarAsync<long>("SELECT count(*) FROM audit_query_log"));
     }
 
@@ -155,16 +155,16 @@ public sealed class CallLimitTests(PostgresFixture postgres)
         using (limiter.AdmitAuditCall("auditor-one"))
         {
             RpcException error = await Assert.ThrowsAsync<RpcException>(() => audit.VerifyChainAsync(
-                new VerifyChainRequest { CreditCode = TestRecords.Provider, StreamId = "cluster-a" }, TestServer.Bearer(TestServer.AuditorKey)).ResponseAsync);
+                new VerifyChainRequest { CreditCode = TestRecords.Provider }, TestServer.Bearer(TestServer.AuditorKey)).ResponseAsync);
             Assert.Equal(StatusCode.ResourceExhausted, error.StatusCode);
             Assert.Equal("AUDIT_CALLS_IN_FLIGHT_EXCEEDED", IngestCall.Reason(error));
             Assert.Equal(logged, await server.ScalarAsync<long>("SELECT count(*) FROM audit_query_log"));
 
             // Another caller has limits of its own.
-            await audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = TestRecords.Provider, StreamId = "cluster-a" }, TestServer.Bearer(TestServer.OperatorKey));
+            await audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = TestRecords.Provider }, TestServer.Bearer(TestServer.OperatorKey));
         }
 
-        await audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = TestRecords.Provider, StreamId = "cluster-a" }, TestServer.Bearer(TestServer.AuditorKey));
+        await audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = TestRecords.Provider }, TestServer.Bearer(TestServer.AuditorKey));
         Assert.Equal(logged + 2, await server.ScalarAsync<long>("SELECT count(*) FROM audit_query_log"));
     }
 

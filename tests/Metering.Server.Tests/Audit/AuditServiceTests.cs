@@ -246,6 +246,12 @@ public sealed class AuditServiceTests(PostgresFixture postgres)
         Assert.Equal((StatusCode.NotFound, "AUDIT_NOT_FOUND"), (nobody.StatusCode, IngestCall.Reason(nobody)));
         Assert.Equal((StatusCode.NotFound, "AUDIT_NOT_FOUND"), (nobodysUsage.StatusCode, IngestCall.Reason(nobodysUsage)));
         Assert.Contains($"no provider {unknown} is registered", nobody.Status.Detail, StringComparison.Ordinal);
+
+        // A known provider's stream that was never opened is not an intact chain either.
+        RpcException neverOpened = await Assert.ThrowsAsync<RpcException>(() => audit.VerifyChainAsync(
+            new VerifyChainRequest { CreditCode = TestRecords.Provider, StreamId = "never-opened" }, Auditor).ResponseAsync);
+        Assert.Equal((StatusCode.NotFound, "AUDIT_NOT_FOUND"), (neverOpened.StatusCode, IngestCall.Reason(neverOpened)));
+        Assert.Contains("has no stream never-opened", neverOpened.Status.Detail, StringComparison.Ordinal);
         Assert.Equal(2L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM audit_query_log WHERE provider_id = @unknown", new { unknown }));
     }
 

@@ -211,13 +211,13 @@ public sealed class ChainVerifierTests(PostgresFixture postgres)
     }
 
     [Fact]
-    public async Task An_unknown_stream_is_empty_and_intact()
+    public async Task A_stream_never_opened_and_without_rows_is_not_found_rather_than_intact()
     {
         await using AuditScene scene = await AuditScene.StartAsync(postgres);
 
-        ChainVerification result = await new ChainVerifier(scene.DataSource).VerifyStreamAsync(TestRecords.Provider, "never-opened");
+        RecordNotFoundException missing = await Assert.ThrowsAsync<RecordNotFoundException>(() =>
+            new ChainVerifier(scene.DataSource).VerifyStreamAsync(TestRecords.Provider, "never-opened"));
 
-        Assert.True(result.Intact);
-        Assert.Equal(0UL, result.RecordsChecked);
+        Assert.Contains("never opened", missing.Message, StringComparison.Ordinal);
     }
 }

@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using Google.Protobuf;
 using Grpc.Core;
 using Metering.Engine.Capacity;
+using Metering.Probe.Attestation.Checksums;
 using Metering.Probe.Attestation.Results;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
@@ -14,8 +15,8 @@ public sealed class TemplateReport
 {
     public ProbeReport Report { get; } = CapacityScene.RunProbe(RandomNumberGenerator.GetBytes(32));
 
-    /// <summary>The template claiming another nonce and the node's device: parsed and signed like any report, its checksums belong to the template's nonce.</summary>
-    internal ProbeReport For(ProbeNonce nonce, TestNode node) => As(node) with { Nonce = Convert.FromHexString(nonce.NonceHex) };
+    /// <summary>The template claiming another nonce and the node's device: parsed and signed like any report, its checksums belong to the template's nonce and device.</summary>
+    internal ProbeReport For(NodeChallenge challenge, TestNode node) => As(node) with { Nonce = Convert.FromHexString(challenge.NonceHex) };
 
     /// <summary>The template naming the node's registered device, so that the checks after the device's get their turn.</summary>
     internal ProbeReport As(TestNode node) => Report with { Devices = [.. Report.Devices.Select(d => d with { Uuid = node.DeviceUuid })] };
@@ -31,10 +32,12 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(2);
         await scene.DeclareAsync(nodes);
-        ProbeNonce forFirst = await scene.NonceAsync(nodes[0]);
+        NodeChallenge forFirst = await scene.ChallengeAsync(nodes[0]);
 
         Assert.Equal((StatusCode.FailedPrecondition, "NONCE_UNKNOWN"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], template.As(nodes[0])))));
         Assert.Equal("NONCE_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[1], template.For(forFirst, nodes[1])))).Reason);
+        Assert.Equal("NONCE_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], template.As(nodes[0])))).Reason);
+        Assert.Equal("NONCE_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[1], template.For(forFirst, nodes[1])))).Reason);
         await AssertNothingStoredAsync(scene);
     }
 
@@ -44,10 +47,10 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
-        ProbeNonce nonce = await scene.NonceAsync(nodes[0]);
-        Assert.Equal(TimeSpan.FromMinutes(30), DateTimeOffset.FromUnixTimeMilliseconds(nonce.ExpiresUnixMs) - scene.Clock.Now);
+        NodeChallenge nonce = await scene.ChallengeAsync(nodes[0]);
+        Assert.Equal(TimeSpan.FromMinutes(30), TimeSpan.FromMilliseconds(nonce.ExpiresUnixMs - nonce.DeadlineUnixMs));
 
-        scene.Clock.Advance(TimeSpan.FromMinutes(30));
+        scene.Clock.Advance(DateTimeOffset.FromUnixTimeMilliseconds(nonce.ExpiresUnixMs) - scene.Clock.Now);
 
         Assert.Equal((StatusCode.FailedPrecondition, "NONCE_EXPIRED"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], template.For(nonce, nodes[0])))));
         await AssertNothingStoredAsync(scene);
@@ -59,7 +62,7 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
-        ProbeReport report = template.For(await scene.NonceAsync(nodes[0]), nodes[0]);
+        ProbeReport report = template.For(await scene.ChallengeAsync(nodes[0]), nodes[0]);
         using var stranger = new TestNode(nodes[0].NodeId);
         using var keyless = new TestNode("no-key");
 
@@ -68,6 +71,12 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         Assert.Equal("SIGNATURE_INVALID", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], report, tampered))).Reason);
         Assert.Equal("SIGNATURE_INVALID", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], report, ByteString.CopyFrom(new byte[64])))).Reason);
         Assert.Equal((StatusCode.FailedPrecondition, "NODE_KEY_UNKNOWN"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(keyless, report))));
+        // The commitment is signed with the same key: another key's signature, or the report's signature, does not pass for it.
+        byte[] commitment = nodes[0].Commit(report).Commitment;
+        Assert.Equal("SIGNATURE_INVALID", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], commitment, stranger.Commit(report).Signature))).Reason);
+        Assert.Equal("SIGNATURE_INVALID", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], commitment, nodes[0].Sign(report)))).Reason);
+        Assert.Equal("NODE_KEY_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(keyless, report))).Reason);
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_commitments"));
         await AssertNothingStoredAsync(scene);
         // Unsigned junk does not spend the node's nonce: the real attestation can still use it.
         Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_nonces WHERE used_at IS NOT NULL"));
@@ -80,9 +89,9 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
         // Results computed for another nonce, relabelled with the issued one: what a precomputing cheater sends.
-        ProbeReport precomputed = template.For(await scene.NonceAsync(nodes[0]), nodes[0]);
+        ProbeReport precomputed = template.For(await scene.ChallengeAsync(nodes[0]), nodes[0]);
 
-        var (status, reason, error) = await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], precomputed));
+        var (status, reason, error) = await CapacityScene.RefusalAsync(() => scene.CommitAndSubmitAsync(nodes[0], precomputed));
 
         Assert.Equal((StatusCode.InvalidArgument, "CHECKSUM_INVALID"), (status, reason));
         Assert.Equal("LeafMismatch", IngestCall.Metadata(error, "verification"));
@@ -97,11 +106,11 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
-        ProbeReport precomputed = template.For(await scene.NonceAsync(nodes[0]), nodes[0]);
+        ProbeReport precomputed = template.For(await scene.ChallengeAsync(nodes[0]), nodes[0]);
         byte[] encoded = ProbeReportEncoding.Encode(precomputed);
         Assert.True(encoded.Length > Engine.Capacity.FleetValidationService.RefusedReportBytesMax, $"the report is only {encoded.Length} bytes; it shows no bound");
 
-        Assert.Equal("CHECKSUM_INVALID", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], precomputed))).Reason);
+        Assert.Equal("CHECKSUM_INVALID", (await CapacityScene.RefusalAsync(() => scene.CommitAndSubmitAsync(nodes[0], precomputed))).Reason);
 
         var kept = (await scene.Server.QueryAsync<(byte[] Digest, byte[] Report, int Length)>(
             "SELECT report_sha256, report_encoded, report_bytes FROM capacity_attestations WHERE NOT accepted")).Single();
@@ -122,32 +131,40 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
     }
 
     [Fact]
-    public async Task Nonces_are_given_only_for_pending_sampled_nodes_of_an_open_validation_and_only_so_many_at_once()
+    public async Task Challenges_start_only_for_an_open_validation_and_a_commitment_only_for_the_committing_nodes_own_nonce()
     {
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
-        TestNode[] nodes = await scene.NodesAsync(1);
-        Assert.Equal("NO_OPEN_VALIDATION", (await CapacityScene.RefusalAsync(() => scene.NonceAsync(nodes[0]))).Reason);
+        TestNode[] nodes = await scene.NodesAsync(2);
+        Assert.Equal((StatusCode.FailedPrecondition, "NO_OPEN_VALIDATION"), Head(await CapacityScene.RefusalAsync(() => scene.StartChallengesAsync())));
         await scene.DeclareAsync(nodes);
-        using var outsider = new TestNode("not-declared");
-        Assert.Equal("NODE_NOT_SAMPLED", (await CapacityScene.RefusalAsync(() => scene.NonceAsync(outsider))).Reason);
+        ProbeReport forFirst = template.For(await scene.ChallengeAsync(nodes[0]), nodes[0]);
 
-        for (int i = 0; i < 8; i++)
-        {
-            await scene.NonceAsync(nodes[0]);
-        }
-
-        Assert.Equal((StatusCode.ResourceExhausted, "NONCES_EXHAUSTED"), Head(await CapacityScene.RefusalAsync(() => scene.NonceAsync(nodes[0]))));
-        scene.Clock.Advance(TimeSpan.FromMinutes(31));
-        await scene.NonceAsync(nodes[0]);
+        // The second node signs a commitment naming the first node's nonce: refused, nothing recorded.
+        byte[] borrowed = ResultCommitment.Encode(nodes[1].NodeId, forFirst);
+        Assert.Equal("NONCE_UNKNOWN", (await CapacityScene.RefusalAsync(() =>
+            scene.CommitAsync(nodes[1], borrowed, ByteString.CopyFrom(ResultCommitment.Sign(nodes[1].Key, borrowed))))).Reason);
+        // A commitment naming one node, sent as another, or bytes that are no commitment, are malformed.
+        var (mine, signature) = nodes[0].Commit(forFirst);
+        Assert.Equal((StatusCode.InvalidArgument, "COMMITMENT_MALFORMED"), Head(await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[1], mine, signature))));
+        Assert.Equal("COMMITMENT_MALFORMED", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], mine[..^1], signature))).Reason);
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_commitments"));
     }
 
     [Fact]
     public async Task A_new_inventory_supersedes_the_open_validation_and_its_nonces()
     {
-        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, capacity: new CapacitySettings { InventoryRedeclarationInterval = TimeSpan.FromMinutes(1) });
+        // A short redeclaration period, and a deadline beyond it: the node has not missed its
+        // deadline when the provider declares again, so nothing has failed and the open
+        // validation is superseded (InventoryRedeclarationTests: a failed one stays binding).
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, capacity: new CapacitySettings
+        {
+            InventoryRedeclarationInterval = TimeSpan.FromMinutes(1),
+            ChallengeKernelTime = TimeSpan.FromMinutes(2),
+            ChallengeAllowance = TimeSpan.FromMinutes(3),
+        });
         TestNode[] nodes = await scene.NodesAsync(1);
         FleetValidation first = await scene.DeclareAsync(nodes);
-        ProbeReport report = template.For(await scene.NonceAsync(nodes[0]), nodes[0]);
+        ProbeReport report = template.For(await scene.ChallengeAsync(nodes[0]), nodes[0]);
         scene.Clock.Advance(TimeSpan.FromMinutes(1));
 
         FleetValidation second = await scene.DeclareAsync(nodes);
@@ -155,6 +172,7 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         Assert.Equal((2u, first.ValidationId + 1), (second.InventoryVersion, second.ValidationId));
         FleetValidation old = await scene.Client.GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = scene.Code, ValidationId = first.ValidationId }, scene.Key);
         Assert.Equal(FleetValidationState.ValidationSuperseded, old.State);
+        Assert.Equal("NO_OPEN_VALIDATION", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], report))).Reason);
         Assert.Equal("NO_OPEN_VALIDATION", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], report))).Reason);
     }
 
@@ -216,7 +234,9 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         Assert.Equal((StatusCode.PermissionDenied, "OTHER_PROVIDER"), Head(await CapacityScene.RefusalAsync(() =>
             scene.Client.GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = scene.Code }, other).ResponseAsync)));
         Assert.Equal("OTHER_PROVIDER", (await CapacityScene.RefusalAsync(() =>
-            scene.Client.IssueNonceAsync(new IssueNonceRequest { CreditCode = scene.Code, NodeId = nodes[0].NodeId }, other).ResponseAsync)).Reason);
+            scene.Client.StartChallengesAsync(new StartChallengesRequest { CreditCode = scene.Code }, other).ResponseAsync)).Reason);
+        Assert.Equal("OTHER_PROVIDER", (await CapacityScene.RefusalAsync(() =>
+            scene.Client.CommitResultsAsync(new CommitResultsRequest { CreditCode = scene.Code, NodeId = nodes[0].NodeId }, other).ResponseAsync)).Reason);
         Assert.Equal("OTHER_PROVIDER", (await CapacityScene.RefusalAsync(() =>
             scene.Client.DeclareInventoryAsync(new DeclareInventoryRequest { CreditCode = scene.Code, Nodes = { new DeclaredNode { NodeId = "x", Site = "s", DeviceModel = "H100-SXM", DeviceCount = 1 } } }, other).ResponseAsync)).Reason);
         Assert.Equal("VALIDATION_UNKNOWN", (await CapacityScene.RefusalAsync(() =>

@@ -3,6 +3,7 @@ using Google.Protobuf;
 using Grpc.Core;
 using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
+using Metering.Probe.Attestation.Checksums;
 using Metering.Probe.Attestation.Results;
 using Metering.Probe.Measurement;
 using Metering.Protocol.V1;
@@ -14,15 +15,18 @@ using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Metering.Server.Tests.Capacity;
 
-/// <summary>A node of a test fleet: its id, its own ECDSA P-256 key and the UUID of its one device (ILGPU's CPU accelerator has none of its own).</summary>
-internal sealed class TestNode(string nodeId) : IDisposable
+/// <summary>A node of a test fleet: its id, its own ECDSA P-256 key and the UUIDs of its devices (ILGPU's CPU accelerator has none of its own).</summary>
+internal sealed class TestNode(string nodeId, int devices = 1) : IDisposable
 {
     public string NodeId { get; } = nodeId;
 
     public ECDsa Key { get; } = ECDsa.Create(ECCurve.NamedCurves.nistP256);
 
-    /// <summary>Unique per node, so that nodes of one database never claim each other's device.</summary>
-    public string DeviceUuid { get; } = $"CPU-{Guid.NewGuid()}";
+    /// <summary>Unique per node and device, so that nodes of one database never claim each other's device.</summary>
+    public IReadOnlyList<string> DeviceUuids { get; } = [.. Enumerable.Range(0, devices).Select(_ => $"CPU-{Guid.NewGuid()}")];
+
+    /// <summary>The UUID of the node's first device, the one the probe's CPU accelerator reports.</summary>
+    public string DeviceUuid => DeviceUuids[0];
 
     /// <summary>The registration of this node's key with its device.</summary>
     public RegisterNodeKeyRequest Registration(string code) => new()
@@ -30,12 +34,19 @@ internal sealed class TestNode(string nodeId) : IDisposable
         CreditCode = code,
         NodeId = NodeId,
         PublicKeyPem = Key.ExportSubjectPublicKeyInfoPem(),
-        DeviceUuids = { DeviceUuid },
+        DeviceUuids = { DeviceUuids },
     };
 
     /// <summary>DER signature over the report's canonical bytes, as a node agent would make it.</summary>
     public ByteString Sign(ProbeReport report) =>
         ByteString.CopyFrom(Key.SignData(ProbeReportEncoding.Encode(report), HashAlgorithmName.SHA256, DSASignatureFormat.Rfc3279DerSequence));
+
+    /// <summary>The node's commitment to a report's results, and its signature over it, as the probe tool makes them.</summary>
+    public (byte[] Commitment, ByteString Signature) Commit(ProbeReport report)
+    {
+        byte[] commitment = ResultCommitment.Encode(NodeId, report);
+        return (commitment, ByteString.CopyFrom(ResultCommitment.Sign(Key, commitment)));
+    }
 
     public void Dispose() => Key.Dispose();
 }
@@ -43,7 +54,7 @@ internal sealed class TestNode(string nodeId) : IDisposable
 /// <summary>
 /// A registry scene whose server attests against a chosen catalog (by default with the CPU fixture
 /// model), with a fresh registered provider and helpers for the capacity flow: keys, inventory,
-/// nonces, the probe run in-process on ILGPU's CPU accelerator, and signed submissions.
+/// challenges, the probe run in-process on ILGPU's CPU accelerator, commitments and signed submissions.
 /// </summary>
 internal sealed class CapacityScene : IAsyncDisposable
 {
@@ -100,12 +111,12 @@ internal sealed class CapacityScene : IAsyncDisposable
     /// Nodes with registered keys, each with its device's UUID; the first registers its key as DER,
     /// the others as PEM. With <paramref name="approved"/> an operator approves every key.
     /// </summary>
-    public async Task<TestNode[]> NodesAsync(int count, string prefix = "cpu", bool approved = true)
+    public async Task<TestNode[]> NodesAsync(int count, string prefix = "cpu", bool approved = true, int devicesPerNode = 1)
     {
         var nodes = new TestNode[count];
         for (int i = 0; i < count; i++)
         {
-            nodes[i] = new TestNode($"{prefix}-{i:D2}");
+            nodes[i] = new TestNode($"{prefix}-{i:D2}", devicesPerNode);
             RegisterNodeKeyRequest request = nodes[i].Registration(Code);
             if (i == 0)
             {
@@ -141,15 +152,45 @@ internal sealed class CapacityScene : IAsyncDisposable
             Nodes = { nodes.Select(n => new DeclaredNode { NodeId = n.NodeId, Site = "sz-test-dc", DeviceModel = model, DeviceCount = devices }) },
         }, Key).ResponseAsync;
 
-    public Task<ProbeNonce> NonceAsync(TestNode node) =>
-        Client.IssueNonceAsync(new IssueNonceRequest { CreditCode = Code, NodeId = node.NodeId }, Key).ResponseAsync;
+    /// <summary>Starts the open validation's challenges, or reads them when they have started.</summary>
+    public Task<ChallengeSet> StartChallengesAsync() =>
+        Client.StartChallengesAsync(new StartChallengesRequest { CreditCode = Code }, Key).ResponseAsync;
 
-    /// <summary>The whole probe on ILGPU's CPU accelerator, small size, three timed runs per kernel, on the server's nonce, reporting the node's device UUID.</summary>
-    public static ProbeReport RunProbe(ProbeNonce nonce, TestNode node) => RunProbe(Convert.FromHexString(nonce.NonceHex), node.DeviceUuid);
+    /// <summary>The node's challenge (starting the challenges if no call has yet).</summary>
+    public async Task<NodeChallenge> ChallengeAsync(TestNode node) => (await StartChallengesAsync()).Challenges.Single(c => c.NodeId == node.NodeId);
 
+    /// <summary>The whole probe on ILGPU's CPU accelerator, on the challenge's nonce, work and runs, reporting the node's device UUID, as `metering-probe run` does.</summary>
+    public static ProbeReport RunProbe(NodeChallenge challenge, TestNode node) => RunProbe(challenge, node.DeviceUuid);
+
+    /// <summary>The probe on the challenge's nonce, work and runs, its CPU device reporting <paramref name="deviceUuid"/> (none when null).</summary>
+    public static ProbeReport RunProbe(NodeChallenge challenge, string? deviceUuid) =>
+        new ProbeRunner(new ProbeSettings
+        {
+            Nonce = Convert.FromHexString(challenge.NonceHex),
+            Attested = true,
+            Devices = DeviceFilter.Cpu,
+            Runs = (int)challenge.RunsPerKernel,
+            WorkOverrides = challenge.Work.ToDictionary(w => Kind(w.Kernel), w => new WorkSize((int)w.Items, (int)w.Iterations)),
+            Kernels = challenge.Work.Select(w => Kind(w.Kernel)).ToList(),
+            CpuDeviceUuid = deviceUuid,
+        }, NullLogger.Instance).Run();
+
+    /// <summary>The probe's small preset (the CPU fixture's set work), three timed runs per kernel, on any nonce, its CPU device reporting <paramref name="deviceUuid"/>.</summary>
     public static ProbeReport RunProbe(byte[] nonce, string? deviceUuid = null) =>
         new ProbeRunner(new ProbeSettings { Nonce = nonce, Attested = true, Devices = DeviceFilter.Cpu, Size = SizePreset.Small, Runs = 3, CpuDeviceUuid = deviceUuid },
             NullLogger.Instance).Run();
+
+    private static KernelKind Kind(string kernel) => KernelKinds.TryParse(kernel, out KernelKind kind) ? kind : throw new ArgumentException(kernel);
+
+    /// <summary>Sends the node's signed commitment to the report's results.</summary>
+    public Task<CommitmentReceipt> CommitAsync(TestNode node, ProbeReport report)
+    {
+        var (commitment, signature) = node.Commit(report);
+        return CommitAsync(node, commitment, signature);
+    }
+
+    public Task<CommitmentReceipt> CommitAsync(TestNode node, byte[] commitment, ByteString signature) =>
+        Client.CommitResultsAsync(new CommitResultsRequest { CreditCode = Code, NodeId = node.NodeId, Commitment = ByteString.CopyFrom(commitment), Signature = signature }, Key).ResponseAsync;
 
     public Task<AttestationResult> SubmitAsync(TestNode node, ProbeReport report, ByteString? signature = null) =>
         Client.SubmitAttestationAsync(new SubmitAttestationRequest
@@ -160,8 +201,20 @@ internal sealed class CapacityScene : IAsyncDisposable
             Signature = signature ?? node.Sign(report),
         }, Key).ResponseAsync;
 
-    /// <summary>Nonce, probe run, signature and submission for one node.</summary>
-    public async Task<AttestationResult> AttestAsync(TestNode node) => await SubmitAsync(node, RunProbe(await NonceAsync(node), node));
+    /// <summary>Challenge, probe run, commitment and signed submission for one node.</summary>
+    public async Task<AttestationResult> AttestAsync(TestNode node)
+    {
+        ProbeReport report = RunProbe(await ChallengeAsync(node), node);
+        await CommitAsync(node, report);
+        return await SubmitAsync(node, report);
+    }
+
+    /// <summary>Commitment and submission of a report (an honest one or a forgery) for one node.</summary>
+    public async Task<AttestationResult> CommitAndSubmitAsync(TestNode node, ProbeReport report)
+    {
+        await CommitAsync(node, report);
+        return await SubmitAsync(node, report);
+    }
 
     /// <summary>Files an application and passes its material review, so that it awaits verification.</summary>
     public async Task<long> ApplicationAwaitingVerificationAsync()

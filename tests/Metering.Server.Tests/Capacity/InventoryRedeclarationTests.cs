@@ -1,4 +1,5 @@
 using Grpc.Core;
+using Metering.Engine.Capacity;
 using Metering.Probe.Attestation.Results;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
@@ -40,7 +41,9 @@ public sealed class InventoryRedeclarationTests(PostgresFixture postgres)
     [Fact]
     public async Task A_validation_with_a_failed_node_completes_when_the_inventory_is_redeclared_and_binds_until_a_newer_one_completes()
     {
-        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        // A redeclaration period of a minute, shorter than a nonce's life (deadline + 30 minutes),
+        // so that nodes can still be pending, their reports not yet sent, when the provider declares again.
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, capacity: new CapacitySettings { InventoryRedeclarationInterval = TimeSpan.FromMinutes(1) });
         long application = await scene.ApplicationAwaitingVerificationAsync();
         TestNode[] nodes = await scene.NodesAsync(3);
         await scene.DeclareAsync(nodes);
@@ -52,16 +55,24 @@ public sealed class InventoryRedeclarationTests(PostgresFixture postgres)
 
         Assert.Equal((FleetValidationState.ValidationComplete, 300_000_000L), (good.State, good.VerifiedFp16Gflops));
 
-        // Thirty days on, a new declaration; its first probed node fails (an hour per packed-FP16 run).
-        scene.Clock.Advance(TimeSpan.FromDays(30));
+        // A minute on, a new declaration: two nodes commit in time, the first commits after its deadline and fails.
+        scene.Clock.Advance(TimeSpan.FromMinutes(1));
         FleetValidation failing = await scene.DeclareAsync(nodes);
-        ProbeReport report = CapacityScene.RunProbe(await scene.NonceAsync(nodes[0]), nodes[0]);
-        AttestationResult failed = await scene.SubmitAsync(nodes[0], CapacityScene.WithDurations(report, "packed-fp16", 3_600_000_000_000));
-        Assert.Equal((NodeOutcome.NodeFailed, FleetValidationState.ValidationCollecting), (failed.Node.Outcome, failed.Validation.State));
+        NodeChallenge challenge = await scene.ChallengeAsync(nodes[0]);
+        ProbeReport report = CapacityScene.RunProbe(challenge, nodes[0]);
+        foreach (TestNode node in nodes.Skip(1))
+        {
+            await scene.CommitAsync(node, CapacityScene.RunProbe(await scene.ChallengeAsync(node), node));
+        }
+
+        scene.Clock.Advance(DateTimeOffset.FromUnixTimeMilliseconds(challenge.DeadlineUnixMs + 1) - scene.Clock.Now);
+        Assert.Equal("COMMITMENT_LATE", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], report))).Reason);
+        FleetValidation failed = await scene.Client.GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = scene.Code, ValidationId = failing.ValidationId }, scene.Key);
+        Assert.Equal((FleetValidationState.ValidationCollecting, 1u), (failed.State, failed.FailedNodes));
 
         // Declaring again at once, to draw a sample without the failure, is refused; after the period it closes the failing validation instead of erasing it.
         Assert.Equal("INVENTORY_TOO_SOON", (await CapacityScene.RefusalAsync(() => scene.DeclareAsync(nodes))).Reason);
-        scene.Clock.Advance(TimeSpan.FromDays(30));
+        scene.Clock.Advance(DateTimeOffset.FromUnixTimeMilliseconds(failing.DrawnUnixMs) + TimeSpan.FromMinutes(1) - scene.Clock.Now);
         FleetValidation next = await scene.DeclareAsync(nodes);
 
         FleetValidation closed = await scene.Client.GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = scene.Code, ValidationId = failing.ValidationId }, scene.Key);
@@ -76,5 +87,23 @@ public sealed class InventoryRedeclarationTests(PostgresFixture postgres)
             new VerificationDecision { ApplicationId = application, Pass = true, VerifiedFp16Gflops = 0 }, RegistryScene.Operator).ResponseAsync);
         Assert.Equal("CAPACITY_BELOW_MINIMUM", reason);
         Assert.Contains($"fleet validation {failing.ValidationId} ", error.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_node_silent_past_its_deadline_fails_when_the_inventory_is_redeclared_so_its_validation_is_not_superseded()
+    {
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, capacity: new CapacitySettings { InventoryRedeclarationInterval = TimeSpan.FromMinutes(1) });
+        TestNode[] nodes = await scene.NodesAsync(1);
+        FleetValidation first = await scene.DeclareAsync(nodes);
+        NodeChallenge challenge = await scene.ChallengeAsync(nodes[0]);
+        // The provider makes no call after its node misses the deadline, and declares again instead.
+        scene.Clock.Advance(TimeSpan.FromMinutes(1));
+        Assert.True(scene.Clock.Now.ToUnixTimeMilliseconds() > challenge.DeadlineUnixMs);
+
+        await scene.DeclareAsync(nodes);
+
+        FleetValidation closed = await scene.Client.GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = scene.Code, ValidationId = first.ValidationId }, scene.Key);
+        Assert.Equal((FleetValidationState.ValidationComplete, 1u, 0u, 0L), (closed.State, closed.FailedNodes, closed.AbandonedNodes, closed.VerifiedFp16Gflops));
+        Assert.Equal("no commitment by the deadline", closed.Sample.Single().Detail);
     }
 }

@@ -14,10 +14,10 @@ namespace Metering.Server.Tests.Capacity;
 /// with its own reason, before the nonce is spent, changing nothing.
 /// </summary>
 [Collection(PostgresCollection.Name)]
-public sealed class NodeKeyApprovalTests(PostgresFixture postgres, TemplateReport template) : IClassFixture<TemplateReport>
+public sealed class NodeKeyApprovalTests(PostgresFixture postgres)
 {
     [Fact]
-    public async Task A_report_signed_by_a_key_no_operator_approved_is_refused_before_its_nonce_is_spent()
+    public async Task A_commitment_or_report_signed_by_a_key_no_operator_approved_is_refused_before_its_nonce_is_spent()
     {
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         using var node = new TestNode("cpu-00");
@@ -25,18 +25,22 @@ public sealed class NodeKeyApprovalTests(PostgresFixture postgres, TemplateRepor
         NodeKey key = await scene.Client.RegisterNodeKeyAsync(node.Registration(scene.Code), scene.Key);
         Assert.False(key.Approved);
         await scene.DeclareAsync(nodes);
-        ProbeReport report = CapacityScene.RunProbe(await scene.NonceAsync(nodes[0]), nodes[0]);
+        ProbeReport report = CapacityScene.RunProbe(await scene.ChallengeAsync(nodes[0]), nodes[0]);
 
+        var (commitStatus, commitReason, commitError) = await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], report));
         var (status, reason, error) = await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], report));
 
+        Assert.Equal((StatusCode.FailedPrecondition, "NODE_KEY_NOT_APPROVED"), (commitStatus, commitReason));
+        Assert.Contains("the commitment is signed with key version 1", commitError.Status.Detail, StringComparison.Ordinal);
         Assert.Equal((StatusCode.FailedPrecondition, "NODE_KEY_NOT_APPROVED"), (status, reason));
         Assert.Contains("the node has no approved key", error.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_commitments"));
         Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_attestations"));
         Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_nonces WHERE used_at IS NOT NULL"));
 
-        // Once an operator approves the key, the very same signed report is taken: its nonce was kept.
+        // Once an operator approves the key, the very same results are committed and taken: the nonce was kept.
         await scene.ApproveAsync(key);
-        AttestationResult accepted = await scene.SubmitAsync(nodes[0], report);
+        AttestationResult accepted = await scene.CommitAndSubmitAsync(nodes[0], report);
         Assert.Equal(NodeOutcome.NodePassed, accepted.Node.Outcome);
     }
 
@@ -51,17 +55,20 @@ public sealed class NodeKeyApprovalTests(PostgresFixture postgres, TemplateRepor
         rotation.DeviceUuids[0] = nodes[0].DeviceUuid;
         NodeKey pending = await scene.Client.RegisterNodeKeyAsync(rotation, scene.Key);
         Assert.Equal((2u, false, ""), (pending.KeyVersion, pending.Approved, pending.ApprovedBy));
+        ProbeReport report = CapacityScene.RunProbe(await scene.ChallengeAsync(nodes[0]), nodes[0]);
 
-        // The approved key still signs: a report it signs gets past every key check (and fails later, on its borrowed leaves).
-        ProbeReport borrowed = template.For(await scene.NonceAsync(nodes[0]), nodes[0]);
-        Assert.Equal("CHECKSUM_INVALID", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], borrowed))).Reason);
+        // The rotated key cannot commit; the approved key still signs, so its commitment is taken.
+        var (commitStatus, commitReason, commitError) = await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], rotated.Commit(report).Commitment, rotated.Commit(report).Signature));
+        Assert.Equal((StatusCode.FailedPrecondition, "NODE_KEY_NOT_APPROVED"), (commitStatus, commitReason));
+        Assert.Contains("key in force is version 1", commitError.Status.Detail, StringComparison.Ordinal);
+        await scene.CommitAsync(nodes[0], report);
+        Assert.Equal(1, await scene.Server.ScalarAsync<int>("SELECT key_version FROM capacity_commitments"));
 
-        ProbeReport report = CapacityScene.RunProbe(await scene.NonceAsync(nodes[0]), nodes[0]);
         var (status, reason, error) = await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], report, rotated.Sign(report)));
         Assert.Equal((StatusCode.FailedPrecondition, "NODE_KEY_NOT_APPROVED"), (status, reason));
         Assert.Contains("key in force is version 1", error.Status.Detail, StringComparison.Ordinal);
 
-        scene.Clock.Advance(TimeSpan.FromMinutes(5));
+        scene.Clock.Advance(TimeSpan.FromSeconds(5));
         NodeKey approved = await scene.ApproveAsync(pending, "rotation after a TPM replacement; fingerprint checked on site");
 
         Assert.Equal((true, "operator:operator-one", scene.Clock.Now.ToUnixTimeMilliseconds()), (approved.Approved, approved.ApprovedBy, approved.ApprovedUnixMs));
@@ -69,21 +76,22 @@ public sealed class NodeKeyApprovalTests(PostgresFixture postgres, TemplateRepor
             "SELECT reasons FROM capacity_node_key_approvals WHERE provider_id = @code AND node_id = @node AND key_version = 2", new { code = scene.Code, node = nodes[0].NodeId }));
         // From the approval on, the old key is retired and the new one signs.
         Assert.Equal("SIGNATURE_INVALID", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], report))).Reason);
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_nonces WHERE used_at IS NOT NULL"));
         AttestationResult accepted = await scene.SubmitAsync(nodes[0], report, rotated.Sign(report));
         Assert.Equal(NodeOutcome.NodePassed, accepted.Node.Outcome);
         Assert.Equal(2, await scene.Server.ScalarAsync<int>("SELECT key_version FROM capacity_attestations WHERE accepted"));
     }
 
     [Fact]
-    public async Task A_report_naming_devices_other_than_the_nodes_registered_ones_is_refused_before_its_nonce_is_spent()
+    public async Task A_commitment_or_report_naming_devices_other_than_the_nodes_registered_ones_is_refused_before_its_nonce_is_spent()
     {
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
-        ProbeNonce nonce = await scene.NonceAsync(nodes[0]);
+        NodeChallenge challenge = await scene.ChallengeAsync(nodes[0]);
         // The probe run on another machine (another device): its UUID is not the node's.
-        ProbeReport elsewhere = CapacityScene.RunProbe(Convert.FromHexString(nonce.NonceHex), "CPU-some-other-machine");
-        ProbeReport report = CapacityScene.RunProbe(nonce, nodes[0]);
+        ProbeReport elsewhere = CapacityScene.RunProbe(challenge, "CPU-some-other-machine");
+        ProbeReport report = CapacityScene.RunProbe(challenge, nodes[0]);
         DeviceReport device = Assert.Single(report.Devices);
         Assert.Equal(nodes[0].DeviceUuid, device.Uuid);
         ProbeReport nameless = report with { Devices = [device with { Uuid = "" }] };
@@ -99,10 +107,17 @@ public sealed class NodeKeyApprovalTests(PostgresFixture postgres, TemplateRepor
         Assert.Contains("ILGPU 1.5.3 exposes no NVML UUID", namelessError.Status.Detail, StringComparison.Ordinal);
         var (_, doubledReason, doubledError) = await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], doubled));
         Assert.Equal(("DEVICE_UUID_MISMATCH", "1"), (doubledReason, IngestCall.Metadata(doubledError, "device")));
+        // The commitment is held to the same devices, so a foreign device cannot even start its clock.
+        var (commitStatus, commitReason, commitError) = await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], elsewhere));
+        Assert.Equal((StatusCode.InvalidArgument, "DEVICE_UUID_MISMATCH"), (commitStatus, commitReason));
+        Assert.Contains("device 0 of the commitment", commitError.Status.Detail, StringComparison.Ordinal);
+        var (_, doubledCommitReason, doubledCommitError) = await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], doubled));
+        Assert.Equal(("DEVICE_UUID_MISMATCH", "1"), (doubledCommitReason, IngestCall.Metadata(doubledCommitError, "device")));
 
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_commitments"));
         Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_attestations"));
         Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_nonces WHERE used_at IS NOT NULL"));
-        Assert.Equal(NodeOutcome.NodePassed, (await scene.SubmitAsync(nodes[0], report)).Node.Outcome);
+        Assert.Equal(NodeOutcome.NodePassed, (await scene.CommitAndSubmitAsync(nodes[0], report)).Node.Outcome);
     }
 
     [Fact]

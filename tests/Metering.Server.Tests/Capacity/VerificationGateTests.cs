@@ -26,8 +26,9 @@ public sealed class VerificationGateTests(PostgresFixture postgres, TemplateRepo
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
         // Results of another nonce relabelled with the issued one: leaves that are garbage for it, signed by the node.
-        ProbeReport garbage = template.For(await scene.NonceAsync(nodes[0]), nodes[0]);
+        ProbeReport garbage = template.For(await scene.ChallengeAsync(nodes[0]), nodes[0]);
         var signature = nodes[0].Sign(garbage);
+        await scene.CommitAsync(nodes[0], garbage);
         long before = scene.Verifications.Started;
 
         var refusals = await Task.WhenAll(Enumerable.Range(0, Copies).Select(_ => CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], garbage, signature))));
@@ -48,24 +49,39 @@ public sealed class VerificationGateTests(PostgresFixture postgres, TemplateRepo
     }
 
     [Fact]
-    public async Task A_wrong_signature_or_work_below_the_floor_is_refused_before_any_leaf_and_the_nonce_stays_usable()
+    public async Task A_wrong_signature_work_other_than_the_set_one_or_roots_other_than_the_committed_ones_are_refused_before_any_leaf_and_the_nonce_stays_usable()
     {
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
-        ProbeNonce nonce = await scene.NonceAsync(nodes[0]);
-        ProbeReport honest = CapacityScene.RunProbe(nonce, nodes[0]);
+        NodeChallenge challenge = await scene.ChallengeAsync(nodes[0]);
+        ProbeReport honest = CapacityScene.RunProbe(challenge, nodes[0]);
         using var stranger = new TestNode(nodes[0].NodeId);
+        // Tiny work: one warp, one mma, where the server set 8 x 8; and more steps than set.
         ProbeReport tiny = WithWork(honest, "tensor-fp16", items: 1, iterations: 1);
-        ProbeReport oversized = WithWork(honest, "packed-fp16", items: 64, iterations: WorkShape.StepsMax + 4);
+        ProbeReport oversized = WithWork(honest, "packed-fp16", items: 64, iterations: 128);
         long before = scene.Verifications.Started;
 
-        Assert.Equal((StatusCode.PermissionDenied, "SIGNATURE_INVALID"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], honest, stranger.Sign(honest)))));
-        var (status, reason, error) = await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], tiny));
+        var (status, reason, error) = await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], tiny));
         Assert.Equal((StatusCode.InvalidArgument, "WORK_SIZE_REFUSED"), (status, reason));
         Assert.Equal("tensor-fp16", IngestCall.Metadata(error, "kernel"));
-        Assert.Contains("below the floor 8x8", error.Status.Detail, StringComparison.Ordinal);
-        Assert.Equal("WORK_SIZE_REFUSED", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], oversized))).Reason);
+        Assert.Contains("ran 1x1 with 3 timed run(s); the challenge set 8x8 with 3", error.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal("WORK_SIZE_REFUSED", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], oversized))).Reason);
+        Assert.Equal((StatusCode.FailedPrecondition, "COMMITMENT_MISSING"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], honest))));
+
+        await scene.CommitAsync(nodes[0], honest);
+        Assert.Equal((StatusCode.AlreadyExists, "COMMITMENT_REPEATED"), Head(await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], tiny))));
+        Assert.Equal((StatusCode.PermissionDenied, "SIGNATURE_INVALID"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], honest, stranger.Sign(honest)))));
+        Assert.Equal((StatusCode.InvalidArgument, "COMMITMENT_MISMATCH"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], tiny))));
+        // Other roots than the committed ones: a report made after the commitment, from other results.
+        ProbeReport otherRoots = honest with
+        {
+            Devices = honest.Devices.Select(d => d with
+            {
+                Measurements = d.Measurements.Select(m => m with { Checksum = m.Checksum with { Root = new byte[32] } }).ToList(),
+            }).ToList(),
+        };
+        Assert.Equal("COMMITMENT_MISMATCH", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], otherRoots))).Reason);
 
         Assert.Equal(0, scene.Verifications.Started - before);
         Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_attestations"));
@@ -85,8 +101,10 @@ public sealed class VerificationGateTests(PostgresFixture postgres, TemplateRepo
         TestNode[] secondNodes = await second.NodesAsync(1, "second");
         await first.DeclareAsync(firstNodes);
         await second.DeclareAsync(secondNodes);
-        ProbeReport firstReport = CapacityScene.RunProbe(await first.NonceAsync(firstNodes[0]), firstNodes[0]);
-        ProbeReport secondReport = CapacityScene.RunProbe(await second.NonceAsync(secondNodes[0]), secondNodes[0]);
+        ProbeReport firstReport = CapacityScene.RunProbe(await first.ChallengeAsync(firstNodes[0]), firstNodes[0]);
+        ProbeReport secondReport = CapacityScene.RunProbe(await second.ChallengeAsync(secondNodes[0]), secondNodes[0]);
+        await first.CommitAsync(firstNodes[0], firstReport);
+        await second.CommitAsync(secondNodes[0], secondReport);
         VerificationGate gate = first.Verifications;
         long before = gate.Started;
 

@@ -16,6 +16,21 @@ public sealed class CliTests
     }
 
     [Fact]
+    public async Task Serve_help_names_every_service_the_protos_define()
+    {
+        var (exit, output) = await RunAsync("serve", "--help");
+        Assert.Equal(0, exit);
+        string[] services = typeof(Metering.Protocol.V1.IngestRequest).Assembly.GetTypes()
+            .Where(type => type.Namespace == "Metering.Protocol.V1" && type.Name.EndsWith("Reflection", StringComparison.Ordinal))
+            .Select(type => (Google.Protobuf.Reflection.FileDescriptor)type.GetProperty("Descriptor")!.GetValue(null)!)
+            .SelectMany(file => file.Services)
+            .Select(service => service.Name)
+            .ToArray();
+        Assert.NotEmpty(services);
+        Assert.All(services, service => Assert.Contains(service, output, StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task Serve_with_a_non_http_address_is_a_usage_error()
     {
         var (exit, output) = await RunAsync("serve", "--listen", "ftp://127.0.0.1:1");
