@@ -72,10 +72,11 @@ public static class Errors
     {
         CapacityRefusal.PublicKeyInvalid or CapacityRefusal.InventoryInvalid or CapacityRefusal.ReportMalformed
             or CapacityRefusal.ChecksumInvalid or CapacityRefusal.MeasurementForged or CapacityRefusal.WorkSizeRefused
-            or CapacityRefusal.CommitmentMismatch or CapacityRefusal.CommitmentMalformed or CapacityRefusal.DurationBelowFloor => StatusCode.InvalidArgument,
+            or CapacityRefusal.CommitmentMismatch or CapacityRefusal.CommitmentMalformed or CapacityRefusal.DurationBelowFloor
+            or CapacityRefusal.DeviceUuidMismatch => StatusCode.InvalidArgument,
         CapacityRefusal.NoncesExhausted or CapacityRefusal.VerificationBusy => StatusCode.ResourceExhausted,
         CapacityRefusal.SignatureInvalid => StatusCode.PermissionDenied,
-        CapacityRefusal.AttestationReplayed or CapacityRefusal.CommitmentRepeated => StatusCode.AlreadyExists,
+        CapacityRefusal.AttestationReplayed or CapacityRefusal.CommitmentRepeated or CapacityRefusal.DeviceUuidTaken => StatusCode.AlreadyExists,
         CapacityRefusal.ValidationUnknown => StatusCode.NotFound,
         _ => StatusCode.FailedPrecondition,
     };

@@ -49,9 +49,22 @@ public sealed class OptionsTests
     [InlineData("--work: tensor-fp16 iterations must be between 1 and 32768, not 40000", "--work", "tensor=8:40000")]
     [InlineData("--work: packed-fp16 iterations must be a multiple of 4, not 6", "--work", "fp16x2=8:6")]
     [InlineData("--kernels: 'int8' is not one of tensor, fp16x2, fp32, bandwidth", "--kernels", "tensor,int8")]
+    [InlineData("--device-uuid: only the CPU accelerator takes a UUID from the command line; add --device cpu (a GPU's UUID is the hardware's)", "--device-uuid", "GPU-1")]
+    [InlineData("--device-uuid: only the CPU accelerator takes a UUID from the command line; add --device cpu (a GPU's UUID is the hardware's)", "--device", "cuda", "--device-uuid", "GPU-1")]
+    [InlineData("--device-uuid: 'a b' is not 1 to 96 characters from [A-Za-z0-9._:/-]", "--device", "cpu", "--device-uuid", "a b")]
     public void Bad_options_give_a_specific_error(string expected, params string[] args)
     {
         Assert.Equal(expected, ProbeOptions.Parse(args).Error);
+    }
+
+    [Fact]
+    public void A_device_uuid_is_given_to_the_cpu_accelerator_only_when_the_run_measures_the_cpu()
+    {
+        ProbeOptions options = ProbeOptions.Parse(["--device", "cpu", "--device-uuid", "CPU-sandbox-node-1"]);
+
+        Assert.Null(options.Error);
+        Assert.Equal("CPU-sandbox-node-1", options.Settings!.CpuDeviceUuid);
+        Assert.Null(ProbeOptions.Parse(["--device", "cpu"]).Settings!.CpuDeviceUuid);
     }
 
     [Fact]

@@ -53,11 +53,11 @@ internal static class ProbeCpuLoad
         IngestLoad.DeleteCluster(directory);
 
         await using EmbeddedPostgres postgres = await EmbeddedPostgres.StartAsync(new EmbeddedPostgresOptions { DataDirectory = directory, Durable = true }, logger);
-        string apiKey;
+        SeededKeys seeded;
         await using (NpgsqlDataSource dataSource = Database.CreateDataSource(postgres.ConnectionString))
         {
             await new Migrator(dataSource, logger).MigrateAsync();
-            apiKey = (await Admissions.SeedAsync(dataSource)).Provider;
+            seeded = await Admissions.SeedAsync(dataSource);
         }
 
         await using MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
@@ -72,7 +72,8 @@ internal static class ProbeCpuLoad
 
         using var channel = GrpcChannel.ForAddress(server.Address);
         var capacity = new CapacityService.CapacityServiceClient(channel);
-        var headers = new Metadata { { "authorization", "Bearer " + apiKey } };
+        var headers = new Metadata { { "authorization", "Bearer " + seeded.Provider } };
+        var operatorHeaders = new Metadata { { "authorization", "Bearer " + seeded.Operator } };
         var keys = new Dictionary<string, ECDsa>();
         try
         {
@@ -80,7 +81,22 @@ internal static class ProbeCpuLoad
             {
                 string node = $"cpu-node-{i:D2}";
                 keys[node] = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-                await capacity.RegisterNodeKeyAsync(new RegisterNodeKeyRequest { CreditCode = Provider, NodeId = node, PublicKeyPem = keys[node].ExportSubjectPublicKeyInfoPem() }, headers);
+                // A CPU has no UUID: each node's one device gets the one its probe reports (--device-uuid).
+                NodeKey key = await capacity.RegisterNodeKeyAsync(new RegisterNodeKeyRequest
+                {
+                    CreditCode = Provider,
+                    NodeId = node,
+                    PublicKeyPem = keys[node].ExportSubjectPublicKeyInfoPem(),
+                    DeviceUuids = { DeviceUuid(node) },
+                }, headers);
+                await capacity.ApproveNodeKeyAsync(new ApproveNodeKeyRequest
+                {
+                    CreditCode = Provider,
+                    NodeId = node,
+                    KeyVersion = key.KeyVersion,
+                    KeySha256 = key.KeySha256,
+                    Reasons = "bench: fingerprint taken from the registration",
+                }, operatorHeaders);
             }
 
             FleetValidation validation = await capacity.DeclareInventoryAsync(new DeclareInventoryRequest
@@ -104,6 +120,7 @@ internal static class ProbeCpuLoad
                         Runs = (int)challenge.RunsPerKernel,
                         WorkOverrides = challenge.Work.ToDictionary(w => Kind(w.Kernel), w => new WorkSize((int)w.Items, (int)w.Iterations)),
                         Kernels = challenge.Work.Select(w => Kind(w.Kernel)).ToList(),
+                        CpuDeviceUuid = DeviceUuid(challenge.NodeId),
                     },
                     NullLogger.Instance).Run();
                 byte[] commitment = ResultCommitment.Encode(challenge.NodeId, report);
@@ -162,6 +179,8 @@ internal static class ProbeCpuLoad
     }
 
     private const string ProtocolNameOfReplay = "ATTESTATION_REPLAYED";
+
+    private static string DeviceUuid(string node) => $"CPU-bench-{node}";
 
     private static KernelKind Kind(string kernel) => KernelKinds.TryParse(kernel, out KernelKind kind) ? kind : throw new InvalidDataException($"unknown kernel '{kernel}'");
 }

@@ -29,6 +29,13 @@ public sealed class CapacitySettings
     /// <summary>How long a completed fleet validation counts, from its completion; then the provider validates again.</summary>
     public TimeSpan ValidationValidity { get; set; } = TimeSpan.FromDays(90);
 
+    /// <summary>
+    /// The least time between two inventory declarations of one provider. Each declaration draws
+    /// a new sample, so a provider that could redeclare at will could redraw until the sample
+    /// misses its weak nodes.
+    /// </summary>
+    public TimeSpan InventoryRedeclarationInterval { get; set; } = TimeSpan.FromDays(30);
+
     /// <summary>The confidence of the sampling claim, in percent.</summary>
     public int ConfidencePercent { get; set; } = 95;
 
@@ -55,6 +62,8 @@ public sealed class CapacitySettings
         Require(ChallengeRunsPerKernel is >= 1 and <= 10, nameof(ChallengeRunsPerKernel), "between 1 and 10");
         Require(NonceTtl >= TimeSpan.FromMinutes(1) && NonceTtl <= TimeSpan.FromDays(1), nameof(NonceTtl), "between 1 minute and 1 day");
         Require(ValidationValidity >= TimeSpan.FromDays(1) && ValidationValidity <= TimeSpan.FromDays(3 * 366), nameof(ValidationValidity), "between 1 day and 3 years");
+        Require(InventoryRedeclarationInterval >= TimeSpan.FromMinutes(1) && InventoryRedeclarationInterval <= TimeSpan.FromDays(366), nameof(InventoryRedeclarationInterval),
+            "between 1 minute and 366 days");
         Require(ConfidencePercent is >= 50 and <= 99, nameof(ConfidencePercent), "between 50 and 99");
         Require(ConformingPercent is >= 50 and <= 99, nameof(ConformingPercent), "between 50 and 99");
         Require(NodesMax is >= 1 and <= 100_000, nameof(NodesMax), "between 1 and 100000");

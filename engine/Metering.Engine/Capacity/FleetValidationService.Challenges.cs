@@ -88,9 +88,10 @@ public sealed partial class FleetValidationService
     }
 
     /// <summary>
-    /// Records a node's signed commitment at the server's receive time. After the deadline the
-    /// commitment is still recorded, as evidence, and the node fails; the call is then refused
-    /// with COMMITMENT_LATE.
+    /// Records a node's signed commitment at the server's receive time. It must be signed with the
+    /// node's key in force (approved by an operator), and an on-time commitment must name the
+    /// devices registered with that key. After the deadline the commitment is still recorded, as
+    /// evidence, and the node fails; the call is then refused with COMMITMENT_LATE.
     /// </summary>
     public async Task<CommitmentRecord> CommitResultsAsync(Actor actor, string creditCode, string nodeId, byte[] commitment, byte[] signature, CancellationToken cancellationToken)
     {
@@ -107,16 +108,7 @@ public sealed partial class FleetValidationService
         byte[] digest = SHA256.HashData(commitment);
         (CommitmentRecord Record, string? LateDetail) outcome = await InTransactionAsync(code, async (connection, transaction) =>
         {
-            var key = await connection.QueryFirstOrDefaultAsync<(int Version, byte[] Spki)?>("""
-                SELECT key_version, public_key_spki FROM capacity_node_keys WHERE provider_id = @code AND node_id = @node ORDER BY key_version DESC LIMIT 1
-                """, new { code, node = nodeId }, transaction)
-                ?? throw new CapacityRefusedException(CapacityRefusal.NodeKeyUnknown, $"node '{nodeId}' of {code} has no registered key; register one with RegisterNodeKey");
-            if (!NodeKeys.Verify(key.Spki, commitment, signature))
-            {
-                throw new CapacityRefusedException(CapacityRefusal.SignatureInvalid,
-                    $"the signature does not verify with key version {key.Version} of node '{nodeId}' over the commitment (ECDSA P-256, SHA-256)");
-            }
-
+            var key = await NodeKeyService.CheckSignedAsync(connection, transaction, code, nodeId, commitment, signature, "the commitment", "commitment");
             NonceRow nonce = await ReadNonceAsync(connection, transaction, code, results.Nonce) is { DeadlineAt: not null } row
                 ? row
                 : throw new CapacityRefusedException(CapacityRefusal.NonceUnknown, $"nonce {Shorten(results.Nonce)} was never issued to {code} by StartChallenges");
@@ -135,6 +127,7 @@ public sealed partial class FleetValidationService
             bool late = received > deadline;
             if (!late)
             {
+                NodeKeyService.CheckDevices(results.Devices.Select(d => (d.Index, d.Uuid)), key.DeviceUuids, nodeId, key.Version, "commitment");
                 ChallengePlan plan = ChallengeWork.From(ModelOf(declared.Model), declared.Count, await RunsOfAsync(connection, transaction, code, nonce.ValidationId), ChallengeWork.ParseSizes(nonce.WorkSizes));
                 if (ChallengeWork.FirstDifference(results.Devices, plan) is { } difference)
                 {

@@ -14,8 +14,8 @@ using Npgsql;
 namespace Metering.Engine.Capacity;
 
 /// <summary>
-/// Fleet validation: node keys, inventories, the probe sample, nonces, attestations and operator
-/// reviews, over PostgreSQL. Every write of one provider runs in a transaction that first takes
+/// Fleet validation: inventories, the probe sample, nonces, attestations and operator reviews, over
+/// PostgreSQL (the node keys that sign attestations are <see cref="NodeKeyService"/>'s). Every write of one provider runs in a transaction that first takes
 /// that provider's capacity lock (a transaction-scoped advisory lock), so two calls of one
 /// provider are ordered; calls of different providers never wait for each other. A refusal
 /// throws <see cref="CapacityRefusedException"/> or <see cref="RegistryRefusedException"/>
@@ -34,38 +34,9 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
     /// <summary>The gate every report verification passes; its count of started verifications is what tests and operators read.</summary>
     public VerificationGate Verifications => verifications;
 
-    // ---------------------------------------------------------------- node keys
-
-    public async Task<NodeKey> RegisterNodeKeyAsync(Actor actor, RegisterNodeKeyRequest request, CancellationToken cancellationToken)
-    {
-        string code = OwnCode(actor, request.CreditCode);
-        CheckNodeId(request.NodeId);
-        byte[] spki = NodeKeys.ParsePublicKey(request.PublicKeyDer.Span, request.PublicKeyPem);
-        byte[] fingerprint = SHA256.HashData(spki);
-        DateTimeOffset now = time.GetUtcNow();
-        return await InTransactionAsync(code, async (connection, transaction) =>
-        {
-            int version = await connection.ExecuteScalarAsync<int>(
-                "SELECT coalesce(max(key_version), 0) + 1 FROM capacity_node_keys WHERE provider_id = @code AND node_id = @node",
-                new { code, node = request.NodeId }, transaction);
-            await connection.ExecuteAsync("""
-                INSERT INTO capacity_node_keys (provider_id, node_id, key_version, public_key_spki, key_sha256, registered_at, registered_by)
-                VALUES (@code, @node, @version, @spki, @fingerprint, @now, @by)
-                """, new { code, node = request.NodeId, version, spki, fingerprint, now = now.UtcDateTime, by = actor.ToString() }, transaction);
-            return new NodeKey
-            {
-                CreditCode = code,
-                NodeId = request.NodeId,
-                KeyVersion = (uint)version,
-                KeySha256 = Convert.ToHexStringLower(fingerprint),
-                RegisteredUnixMs = now.ToUnixTimeMilliseconds(),
-            };
-        }, cancellationToken);
-    }
-
     // ---------------------------------------------------------------- inventory and sample
 
-    /// <summary>Stores a new inventory version, draws its sample and opens its validation; an open one is superseded.</summary>
+    /// <summary>Stores a new inventory version, draws its sample and opens its validation; an open one is closed (<see cref="CloseOpenValidationAsync"/>).</summary>
     public async Task<FleetValidation> DeclareInventoryAsync(Actor actor, DeclareInventoryRequest request, CancellationToken cancellationToken)
     {
         string code = OwnCode(actor, request.CreditCode);
@@ -118,6 +89,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
         DateTimeOffset now = time.GetUtcNow();
         return await InTransactionAsync(code, async (connection, transaction) =>
         {
+            await CheckRedeclarationAsync(connection, transaction, code, now);
             int inventory = await connection.ExecuteScalarAsync<int>(
                 "SELECT coalesce(max(inventory_version), 0) + 1 FROM capacity_inventories WHERE provider_id = @code", new { code }, transaction);
             await connection.ExecuteAsync("""
@@ -147,8 +119,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
                 counts = request.Nodes.Select(n => (int)n.DeviceCount).ToArray(),
                 gflops,
             }, transaction);
-            await connection.ExecuteAsync(
-                "UPDATE capacity_validations SET state = 'superseded' WHERE provider_id = @code AND state = 'collecting'", new { code }, transaction);
+            await CloseOpenValidationAsync(connection, transaction, code, now);
             long validationId = await connection.ExecuteScalarAsync<long>("""
                 INSERT INTO capacity_validations (provider_id, inventory_version, state, drawn_at, sample_seed, sample_size, confidence_percent, conforming_percent, catalog_version)
                 VALUES (@code, @inventory, 'collecting', @now, @seed, @sampleSize, @confidence, @conforming, @catalog)
@@ -172,14 +143,76 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
         }, cancellationToken);
     }
 
+    /// <summary>
+    /// A provider declares at most once per <see cref="CapacitySettings.InventoryRedeclarationInterval"/>:
+    /// every declaration draws a new sample, and one that came at will could be redrawn until it
+    /// missed the weak nodes.
+    /// </summary>
+    private async Task CheckRedeclarationAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, DateTimeOffset now)
+    {
+        DateTime? previous = await connection.ExecuteScalarAsync<DateTime?>(
+            "SELECT max(declared_at) FROM capacity_inventories WHERE provider_id = @code", new { code }, transaction);
+        if (previous is { } declared && Instant(declared) + settings.InventoryRedeclarationInterval > now)
+        {
+            DateTimeOffset next = Instant(declared) + settings.InventoryRedeclarationInterval;
+            throw new CapacityRefusedException(CapacityRefusal.InventoryTooSoon,
+                $"{code} declared an inventory at {Instant(declared):O}; the next declaration may come from {next:O} (one per {settings.InventoryRedeclarationInterval.TotalDays:0.###} days)",
+                new Dictionary<string, string> { ["next_declaration_unix_ms"] = next.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture) });
+        }
+    }
+
+    /// <summary>
+    /// Closes the validation still collecting, if any, before a new inventory opens the next. Its
+    /// nodes past their challenge deadline fail first, as at any of the provider's calls. With no
+    /// failed node it is superseded. Once a sampled node has failed it completes instead, its
+    /// nodes without an outcome counted as failed (abandoned): a provider that sees a node fail, or
+    /// miss its deadline, cannot erase the failure by declaring again, and the failed validation is
+    /// the one in force until a newer one completes.
+    /// </summary>
+    private async Task CloseOpenValidationAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, DateTimeOffset now)
+    {
+        long? open = await connection.ExecuteScalarAsync<long?>(
+            "SELECT validation_id FROM capacity_validations WHERE provider_id = @code AND state = 'collecting'", new { code }, transaction);
+        if (open is not { } id)
+        {
+            return;
+        }
+
+        await FailOverdueAsync(connection, transaction, code, id, now);
+        var state = await connection.QueryFirstAsync<(string State, bool Failed)>("""
+            SELECT v.state, EXISTS (SELECT 1 FROM capacity_sample_nodes s WHERE s.provider_id = v.provider_id AND s.validation_id = v.validation_id AND s.outcome = 'failed')
+            FROM capacity_validations v WHERE v.provider_id = @code AND v.validation_id = @id
+            """, new { code, id }, transaction);
+        if (state.State != "collecting")
+        {
+            return;
+        }
+
+        if (!state.Failed)
+        {
+            await connection.ExecuteAsync("UPDATE capacity_validations SET state = 'superseded' WHERE provider_id = @code AND validation_id = @id",
+                new { code, id }, transaction);
+            return;
+        }
+
+        int abandoned = await connection.ExecuteAsync("""
+            UPDATE capacity_sample_nodes SET outcome = 'failed', detail = 'abandoned: the provider declared a new inventory while this validation had a failed node'
+            WHERE provider_id = @code AND validation_id = @id AND outcome IN ('pending', 'awaiting_review')
+            """, new { code, id }, transaction);
+        await connection.ExecuteAsync("UPDATE capacity_validations SET abandoned_nodes = @abandoned WHERE provider_id = @code AND validation_id = @id",
+            new { code, id, abandoned }, transaction);
+        await CompleteIfDoneAsync(connection, transaction, code, id, now);
+    }
+
     // ---------------------------------------------------------------- attestations
 
     private sealed record NonceRow(byte[] Nonce, long ValidationId, string NodeId, DateTime ExpiresAt, DateTime? UsedAt, string WorkSizes, DateTime IssuedAt, DateTime? DeadlineAt);
 
     /// <summary>
     /// Checks one node's signed report and records its outcome. Cheap checks first: form, replay,
-    /// node key, signature, nonce, sample, the commitment (the report's roots must be the committed
-    /// ones), exactly the set work, the duration floor. Then the provider's place in the
+    /// node key (in force and approved), signature, device UUIDs (those registered with the key),
+    /// nonce, sample, the commitment (the report's roots must be the committed ones), exactly the
+    /// set work, the duration floor. Then the provider's place in the
     /// verification gate (one verification per provider at a time), and the nonce is spent under
     /// the provider's lock, so that any copy of the report is refused before it costs a leaf.
     /// Only then the probe's verifier, which recomputes leaves, in one of the gate's bounded slots
@@ -216,21 +249,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
                     new Dictionary<string, string> { ["attestation_id"] = replayed.ToString(CultureInfo.InvariantCulture) });
             }
 
-            var key = await connection.QueryFirstOrDefaultAsync<(int Version, byte[] Spki)?>("""
-                SELECT key_version, public_key_spki FROM capacity_node_keys WHERE provider_id = @code AND node_id = @node ORDER BY key_version DESC LIMIT 1
-                """, new { code, node = request.NodeId });
-            if (key is not { } current)
-            {
-                throw new CapacityRefusedException(CapacityRefusal.NodeKeyUnknown, $"node '{request.NodeId}' of {code} has no registered key; register one with RegisterNodeKey");
-            }
-
-            if (!NodeKeys.Verify(current.Spki, encoded, signature))
-            {
-                throw new CapacityRefusedException(CapacityRefusal.SignatureInvalid,
-                    $"the signature does not verify with key version {current.Version} of node '{request.NodeId}' over the report's canonical bytes (ECDSA P-256, SHA-256)");
-            }
-
-            keyVersion = current.Version;
+            keyVersion = await NodeKeyService.CheckReportAsync(connection, code, request.NodeId, report, encoded, signature);
             nonce = await ReadNonceAsync(connection, null, code, report.Nonce)
                 ?? throw new CapacityRefusedException(CapacityRefusal.NonceUnknown, $"nonce {Shorten(report.Nonce)} was never issued to {code}");
             CheckNonce(nonce, request.NodeId, report.Nonce, time.GetUtcNow());
@@ -624,7 +643,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
         var v = await connection.QueryFirstOrDefaultAsync<ValidationRecord>("""
             SELECT v.validation_id AS Id, v.inventory_version AS Inventory, v.state AS State, v.drawn_at AS DrawnAt, v.sample_seed AS Seed, v.sample_size AS SampleSize,
                    v.passed_nodes AS Passed, v.failed_nodes AS Failed, coalesce(v.nonconforming_nodes_bound, 0) AS Bound, coalesce(v.pass_rate_lower_bound_ppm, 0) AS Ppm,
-                   coalesce(v.verified_fp16_gflops, 0) AS Verified, v.completed_at AS CompletedAt, v.expires_at AS ExpiresAt, v.catalog_version AS CatalogVersion,
+                   coalesce(v.verified_fp16_gflops, 0) AS Verified, v.abandoned_nodes AS Abandoned, v.completed_at AS CompletedAt, v.expires_at AS ExpiresAt, v.catalog_version AS CatalogVersion,
                    i.node_count AS Nodes, i.device_count AS Devices, i.declared_fp16_gflops AS Declared
             FROM capacity_validations v JOIN capacity_inventories i ON i.provider_id = v.provider_id AND i.inventory_version = v.inventory_version
             WHERE v.provider_id = @code AND v.validation_id = @validationId
@@ -659,6 +678,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
             CompletedUnixMs = v.CompletedAt is { } completed ? Instant(completed).ToUnixTimeMilliseconds() : 0,
             ExpiresUnixMs = v.ExpiresAt is { } expires ? Instant(expires).ToUnixTimeMilliseconds() : 0,
             CatalogVersion = v.CatalogVersion,
+            AbandonedNodes = (uint)v.Abandoned,
         };
 
         // The sample, and the seed it can be re-derived from, stay hidden while the validation
@@ -759,6 +779,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
         public int Bound { get; init; }
         public int Ppm { get; init; }
         public long Verified { get; init; }
+        public int Abandoned { get; init; }
         public DateTime? CompletedAt { get; init; }
         public DateTime? ExpiresAt { get; init; }
         public string CatalogVersion { get; init; } = "";
@@ -769,7 +790,12 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
 
     // ---------------------------------------------------------------- helpers
 
-    private async Task<T> InTransactionAsync<T>(string code, Func<NpgsqlConnection, NpgsqlTransaction, Task<T>> work, CancellationToken cancellationToken)
+    private Task<T> InTransactionAsync<T>(string code, Func<NpgsqlConnection, NpgsqlTransaction, Task<T>> work, CancellationToken cancellationToken) =>
+        InProviderTransactionAsync(dataSource, code, work, cancellationToken);
+
+    /// <summary>Runs the work in a transaction that holds the provider's capacity lock; refuses an unknown organisation first.</summary>
+    internal static async Task<T> InProviderTransactionAsync<T>(NpgsqlDataSource dataSource, string code, Func<NpgsqlConnection, NpgsqlTransaction, Task<T>> work,
+        CancellationToken cancellationToken)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(IsolationLevel.ReadCommitted, cancellationToken);
@@ -792,7 +818,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
     }
 
     /// <summary>A provider acts for itself only.</summary>
-    private static string OwnCode(Actor actor, string creditCode)
+    internal static string OwnCode(Actor actor, string creditCode)
     {
         string code = CheckCreditCode(creditCode);
         if (actor.Role != Role.Provider || actor.Subject != code)
@@ -803,12 +829,12 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
         return code;
     }
 
-    private static string CheckCreditCode(string code) =>
+    internal static string CheckCreditCode(string code) =>
         Identity.CreditCode.IsValid(code)
             ? code
             : throw new RegistryRefusedException(RegistryRefusal.CreditCodeInvalid, $"'{code}' is not a valid unified social credit code");
 
-    private static void CheckNodeId(string nodeId, CapacityRefusal? refusal = null)
+    internal static void CheckNodeId(string nodeId, CapacityRefusal? refusal = null)
     {
         if (nodeId.Length is 0 or > NodeIdLengthMax || !nodeId.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or ':' or '-'))
         {

@@ -84,7 +84,7 @@ public static class SchemaTables
         TableRule.Mutable("capacity_inventories"),
         TableRule.Mutable("capacity_inventory_nodes"),
         TableRule.Advancing("capacity_validations", "state", "passed_nodes", "failed_nodes", "nonconforming_nodes_bound", "pass_rate_lower_bound_ppm",
-            "verified_fp16_gflops", "completed_at", "expires_at"),
+            "verified_fp16_gflops", "completed_at", "expires_at", "abandoned_nodes"),
         TableRule.Mutable("capacity_sample_nodes", update: true),
         TableRule.Advancing("capacity_nonces", "used_at", "attestation_id"),
         TableRule.Evidence("capacity_attestations"),
@@ -128,6 +128,8 @@ public static class SchemaTables
         // 0020 verification in parts: a stage's parts and a proposal's parts are written once with it.
         TableRule.Evidence("verification_parts"),
         TableRule.Evidence("stage_proposal_parts"),
+        // 0021 node key approvals: an operator's approval of one key version is written once and never changed.
+        TableRule.Evidence("capacity_node_key_approvals"),
         // The migrator's own bookkeeping; serve reads it to check the schema's version.
         TableRule.ReadOnly("schema_migrations"),
     ];

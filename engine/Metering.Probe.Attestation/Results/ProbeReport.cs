@@ -51,7 +51,11 @@ public sealed record DeviceReport
     /// <summary>Device memory; for the CPU accelerator the memory available to the process.</summary>
     public required long MemoryBytes { get; init; }
 
-    /// <summary>The device UUID; empty because ILGPU 1.5.3 does not expose it.</summary>
+    /// <summary>
+    /// The device UUID, which the server matches against the UUIDs registered with the node's key:
+    /// on the CPU accelerator the probe's --device-uuid (a CPU has none); on CUDA empty, because
+    /// ILGPU 1.5.3 exposes neither NVML's UUID nor cuDeviceGetUuid.
+    /// </summary>
     public required string Uuid { get; init; }
 
     /// <summary>The PCI bus id (domain:bus:device) of a CUDA device; empty elsewhere.</summary>

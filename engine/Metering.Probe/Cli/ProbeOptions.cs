@@ -47,6 +47,9 @@ internal sealed record ProbeOptions
                               chunks), N the iterations (mma per chain, map steps (a multiple of 4),
                               or copy passes).
           --kernels LIST      Comma-separated kernels to run (default: tensor,fp16x2,fp32,bandwidth).
+          --device-uuid ID    The UUID to report for ILGPU's CPU accelerator (tests and sandboxes:
+                              a CPU has none), as registered with the node's key. Only with
+                              --device cpu; a GPU's UUID comes from the hardware.
           --json FILE         Also write the machine-readable report (integers only) to FILE.
           --quiet             No progress lines on standard error.
           -h, --help          Show this help.
@@ -70,6 +73,7 @@ internal sealed record ProbeOptions
         var overrides = new Dictionary<KernelKind, WorkSize>();
         IReadOnlyList<KernelKind> kernels = KernelKinds.All;
         string? json = null;
+        string? deviceUuid = null;
         bool verbose = true;
         for (int i = 0; i < args.Count; i++)
         {
@@ -85,7 +89,7 @@ internal sealed record ProbeOptions
                 continue;
             }
 
-            if (option is not ("--nonce" or "--device" or "--runs" or "--size" or "--work" or "--kernels" or "--json"))
+            if (option is not ("--nonce" or "--device" or "--runs" or "--size" or "--work" or "--kernels" or "--json" or "--device-uuid"))
             {
                 return Fail($"unknown option '{option}'");
             }
@@ -104,12 +108,18 @@ internal sealed record ProbeOptions
                 "--size" => ParseSize(value, out size),
                 "--work" => ParseWork(value, overrides),
                 "--kernels" => ParseKernels(value, out kernels),
+                "--device-uuid" => ParseDeviceUuid(value, out deviceUuid),
                 _ => ParseJsonPath(value, out json),
             };
             if (error is not null)
             {
                 return Fail($"{option}: {error}");
             }
+        }
+
+        if (deviceUuid is not null && devices != DeviceFilter.Cpu)
+        {
+            return Fail("--device-uuid: only the CPU accelerator takes a UUID from the command line; add --device cpu (a GPU's UUID is the hardware's)");
         }
 
         bool attested = nonce is not null;
@@ -135,6 +145,7 @@ internal sealed record ProbeOptions
                 Size = size,
                 WorkOverrides = overrides,
                 Kernels = kernels,
+                CpuDeviceUuid = deviceUuid,
             },
         };
     }
@@ -238,6 +249,15 @@ internal sealed record ProbeOptions
         }
 
         return null;
+    }
+
+    /// <summary>What a server registers: 1 to 96 characters from [A-Za-z0-9._:/-].</summary>
+    private static string? ParseDeviceUuid(string value, out string? uuid)
+    {
+        uuid = value;
+        return value.Length is >= 1 and <= 96 && value.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or ':' or '/' or '-')
+            ? null
+            : $"'{value}' is not 1 to 96 characters from [A-Za-z0-9._:/-]";
     }
 
     private static string? ParseJsonPath(string value, out string? json)

@@ -98,6 +98,11 @@ public sealed class ProbeRunner
             throw new NoAcceleratorException($"No {_settings.Devices.ToString().ToLowerInvariant()} accelerator found (ILGPU sees: {Describe(context.Devices)}).");
         }
 
+        if (_settings.CpuDeviceUuid is not null && devices.Any(d => d.AcceleratorType != AcceleratorType.CPU))
+        {
+            throw new ArgumentException($"A device UUID is given only to the CPU accelerator; this run measures {Describe(devices)}, whose UUIDs are the hardware's.");
+        }
+
         ProbeLog.DevicesFound(_logger, devices.Count, Describe(devices));
         long createdAtUnixMs = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
         var reports = new List<DeviceReport>();
@@ -147,8 +152,11 @@ public sealed class ProbeRunner
     {
         ProbeLog.DeviceStarting(_logger, index, device.Name, TypeName(device.AcceleratorType), device.NumMultiprocessors, MemoryBytes(device) / (1024 * 1024));
         using Accelerator accelerator = device.CreateAccelerator(context);
-        // The UUID is empty until the probe reads one (NVML, or a test option on the CPU); it enters the device's nonce either way.
-        string uuid = string.Empty;
+        // The UUID enters the device's nonce, so it is known before any kernel runs: on the CPU
+        // accelerator the --device-uuid the probe was given. ILGPU 1.5.3 has no NVML binding and no
+        // cuDeviceGetUuid, so a CUDA device's UUID is not known here and stays empty; the server
+        // refuses a report device without one (DEVICE_UUID_MISMATCH).
+        string uuid = device.AcceleratorType == AcceleratorType.CPU ? _settings.CpuDeviceUuid ?? string.Empty : string.Empty;
         byte[] deviceNonce = DeviceNonce.Derive(_settings.Nonce, index, uuid);
         var measurements = new List<KernelMeasurement>();
         foreach (KernelKind kind in _settings.Kernels)

@@ -50,6 +50,13 @@ public sealed record ProbeSettings
     /// <summary>Explicit work sizes that replace the preset for their kernel.</summary>
     public IReadOnlyDictionary<KernelKind, WorkSize> WorkOverrides { get; init; } = new Dictionary<KernelKind, WorkSize>();
 
+    /// <summary>
+    /// The UUID the report gives ILGPU's CPU accelerator, which has none of its own, so that tests
+    /// and sandboxes can register it with a node key. Refused when a run would measure anything
+    /// but the CPU: a GPU's UUID is the hardware's, never the caller's.
+    /// </summary>
+    public string? CpuDeviceUuid { get; init; }
+
     /// <summary>The kernels to measure, in order.</summary>
     public IReadOnlyList<KernelKind> Kernels { get; init; } = KernelKinds.All;
 }

@@ -58,6 +58,8 @@ internal static class AccessPolicy
         [Method(AccessService.Descriptor.FullName, "ListKeys")] = Operators,
 
         [Method(CapacityService.Descriptor.FullName, "RegisterNodeKey")] = Providers,
+        [Method(CapacityService.Descriptor.FullName, "ApproveNodeKey")] = Operators,
+        [Method(CapacityService.Descriptor.FullName, "ListNodeKeys")] = ProvidersAndOverseers,
         [Method(CapacityService.Descriptor.FullName, "DeclareInventory")] = Providers,
         [Method(CapacityService.Descriptor.FullName, "StartChallenges")] = Providers,
         [Method(CapacityService.Descriptor.FullName, "CommitResults")] = Providers,

@@ -13,10 +13,21 @@ namespace Metering.Server.Capacity;
 /// this service keeps providers to their own entries: naming another organisation is refused
 /// with OTHER_PROVIDER, and another provider's validation reads as unknown.
 /// </summary>
-internal sealed partial class CapacityGrpcService(FleetValidationService validations, ILogger<CapacityGrpcService> logger) : CapacityService.CapacityServiceBase
+internal sealed partial class CapacityGrpcService(FleetValidationService validations, NodeKeyService nodeKeys, ILogger<CapacityGrpcService> logger)
+    : CapacityService.CapacityServiceBase
 {
     public override Task<NodeKey> RegisterNodeKey(RegisterNodeKeyRequest request, ServerCallContext context) =>
-        Run(context, "RegisterNodeKey", request.CreditCode, (actor, ct) => validations.RegisterNodeKeyAsync(actor, request, ct));
+        Run(context, "RegisterNodeKey", request.CreditCode, async (actor, ct) => ToMessage(
+            await nodeKeys.RegisterAsync(actor, request.CreditCode, request.NodeId, request.PublicKeyDer.Memory, request.PublicKeyPem, request.DeviceUuids, ct)));
+
+    public override Task<NodeKey> ApproveNodeKey(ApproveNodeKeyRequest request, ServerCallContext context) =>
+        Run(context, "ApproveNodeKey", request.CreditCode, async (actor, ct) =>
+        {
+            RegisteredNodeKey key = await nodeKeys.ApproveAsync(actor, request.CreditCode, request.NodeId, (int)Math.Min(request.KeyVersion, (uint)int.MaxValue),
+                request.KeySha256, request.Reasons, ct);
+            LogKeyApproved(logger, key.ProviderId, key.NodeId, key.KeyVersion, Convert.ToHexStringLower(key.KeySha256), key.Approval!.ApprovedBy);
+            return ToMessage(key);
+        });
 
     public override Task<FleetValidation> DeclareInventory(DeclareInventoryRequest request, ServerCallContext context) =>
         Run(context, "DeclareInventory", request.CreditCode, async (actor, ct) =>
@@ -63,6 +74,27 @@ internal sealed partial class CapacityGrpcService(FleetValidationService validat
     public override Task<FleetValidation> ReviewUnknownModel(ReviewUnknownModelRequest request, ServerCallContext context) =>
         Run(context, "ReviewUnknownModel", request.CreditCode, (actor, ct) => validations.ReviewUnknownModelAsync(actor, request, ct));
 
+    public override Task<NodeKeyList> ListNodeKeys(ListNodeKeysRequest request, ServerCallContext context) =>
+        Run(context, "ListNodeKeys", request.CreditCode, async (actor, ct) =>
+        {
+            var (keys, next) = await nodeKeys.ListAsync(request.CreditCode, request.PendingOnly, request.AfterNodeId, (int)Math.Min(request.Limit, (uint)int.MaxValue), ct);
+            return new NodeKeyList { Keys = { keys.Select(ToMessage) }, NextAfterNodeId = next ?? "" };
+        });
+
+    private static NodeKey ToMessage(RegisteredNodeKey key) => new()
+    {
+        CreditCode = key.ProviderId,
+        NodeId = key.NodeId,
+        KeyVersion = (uint)key.KeyVersion,
+        KeySha256 = Convert.ToHexStringLower(key.KeySha256),
+        RegisteredUnixMs = key.RegisteredAt.ToUnixTimeMilliseconds(),
+        DeviceUuids = { key.DeviceUuids },
+        Approved = key.Approval is not null,
+        ApprovedBy = key.Approval?.ApprovedBy ?? "",
+        ApprovedUnixMs = key.Approval?.ApprovedAt.ToUnixTimeMilliseconds() ?? 0,
+        ApprovalReasons = key.Approval?.Reasons ?? "",
+    };
+
     private async Task<T> Run<T>(ServerCallContext context, string method, string creditCode, Func<Actor, CancellationToken, Task<T>> call)
     {
         Actor actor = AuthenticationInterceptor.Caller(context);
@@ -102,4 +134,7 @@ internal sealed partial class CapacityGrpcService(FleetValidationService validat
 
     [LoggerMessage(EventId = 4003, Level = LogLevel.Information, Message = "Attestation {AttestationId} of {ProviderId} node {NodeId}: {Outcome}; validation {State}")]
     private static partial void LogAttested(ILogger logger, string providerId, string nodeId, long attestationId, string outcome, string state);
+
+    [LoggerMessage(EventId = 4006, Level = LogLevel.Information, Message = "Node key {KeyVersion} of {ProviderId} node {NodeId} (sha256 {KeySha256}) approved by {Operator}")]
+    private static partial void LogKeyApproved(ILogger logger, string providerId, string nodeId, int keyVersion, string keySha256, string @operator);
 }

@@ -190,6 +190,7 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(provider => new CallLimiter(settings.CallLimits, settings.Time, provider.GetRequiredService<ILogger<CallLimiter>>()));
         builder.Services.AddSingleton(provider => new KeyLookupCache(provider.GetRequiredService<CredentialStore>(), settings.CallLimits));
         builder.Services.AddSingleton(_ => new VerificationGate(settings.Capacity.VerificationsConcurrentMax));
+        builder.Services.AddSingleton(provider => new NodeKeyService(provider.GetRequiredService<NpgsqlDataSource>(), settings.Capacity, settings.Time));
         builder.Services.AddSingleton(provider => new FleetValidationService(provider.GetRequiredService<NpgsqlDataSource>(), settings.Catalog, settings.Capacity, settings.Time,
             provider.GetRequiredService<VerificationGate>()));
         builder.Services.AddSingleton(provider => new VoucherBook(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));

@@ -54,6 +54,8 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
         ["RegistryService/GetOrganisation"] = [P, O, A, S],
         ["RegistryService/GetHistory"] = [O, A],
         ["CapacityService/RegisterNodeKey"] = [P],
+        ["CapacityService/ApproveNodeKey"] = [O],
+        ["CapacityService/ListNodeKeys"] = [P, O, A],
         ["CapacityService/DeclareInventory"] = [P],
         ["CapacityService/StartChallenges"] = [P],
         ["CapacityService/CommitResults"] = [P],

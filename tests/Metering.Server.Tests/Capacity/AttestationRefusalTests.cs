@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using Google.Protobuf;
 using Grpc.Core;
+using Metering.Engine.Capacity;
 using Metering.Probe.Attestation.Checksums;
 using Metering.Probe.Attestation.Results;
 using Metering.Protocol.V1;
@@ -14,8 +15,11 @@ public sealed class TemplateReport
 {
     public ProbeReport Report { get; } = CapacityScene.RunProbe(RandomNumberGenerator.GetBytes(32));
 
-    /// <summary>The template claiming another nonce: parsed and signed like any report, its checksums belong to the template's nonce.</summary>
-    public ProbeReport For(NodeChallenge challenge) => Report with { Nonce = Convert.FromHexString(challenge.NonceHex) };
+    /// <summary>The template claiming another nonce and the node's device: parsed and signed like any report, its checksums belong to the template's nonce and device.</summary>
+    internal ProbeReport For(NodeChallenge challenge, TestNode node) => As(node) with { Nonce = Convert.FromHexString(challenge.NonceHex) };
+
+    /// <summary>The template naming the node's registered device, so that the checks after the device's get their turn.</summary>
+    internal ProbeReport As(TestNode node) => Report with { Devices = [.. Report.Devices.Select(d => d with { Uuid = node.DeviceUuid })] };
 }
 
 /// <summary>Every way an attestation, an inventory or a key is refused, each with its own reason, changing nothing.</summary>
@@ -30,10 +34,10 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         await scene.DeclareAsync(nodes);
         NodeChallenge forFirst = await scene.ChallengeAsync(nodes[0]);
 
-        Assert.Equal((StatusCode.FailedPrecondition, "NONCE_UNKNOWN"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], template.Report))));
-        Assert.Equal("NONCE_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[1], template.For(forFirst)))).Reason);
-        Assert.Equal("NONCE_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], template.Report))).Reason);
-        Assert.Equal("NONCE_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[1], template.For(forFirst)))).Reason);
+        Assert.Equal((StatusCode.FailedPrecondition, "NONCE_UNKNOWN"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], template.As(nodes[0])))));
+        Assert.Equal("NONCE_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[1], template.For(forFirst, nodes[1])))).Reason);
+        Assert.Equal("NONCE_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[0], template.As(nodes[0])))).Reason);
+        Assert.Equal("NONCE_UNKNOWN", (await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[1], template.For(forFirst, nodes[1])))).Reason);
         await AssertNothingStoredAsync(scene);
     }
 
@@ -48,7 +52,7 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
 
         scene.Clock.Advance(DateTimeOffset.FromUnixTimeMilliseconds(nonce.ExpiresUnixMs) - scene.Clock.Now);
 
-        Assert.Equal((StatusCode.FailedPrecondition, "NONCE_EXPIRED"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], template.For(nonce)))));
+        Assert.Equal((StatusCode.FailedPrecondition, "NONCE_EXPIRED"), Head(await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], template.For(nonce, nodes[0])))));
         await AssertNothingStoredAsync(scene);
     }
 
@@ -58,7 +62,7 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
-        ProbeReport report = template.For(await scene.ChallengeAsync(nodes[0]));
+        ProbeReport report = template.For(await scene.ChallengeAsync(nodes[0]), nodes[0]);
         using var stranger = new TestNode(nodes[0].NodeId);
         using var keyless = new TestNode("no-key");
 
@@ -85,7 +89,7 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
         // Results computed for another nonce, relabelled with the issued one: what a precomputing cheater sends.
-        ProbeReport precomputed = template.For(await scene.ChallengeAsync(nodes[0]));
+        ProbeReport precomputed = template.For(await scene.ChallengeAsync(nodes[0]), nodes[0]);
 
         var (status, reason, error) = await CapacityScene.RefusalAsync(() => scene.CommitAndSubmitAsync(nodes[0], precomputed));
 
@@ -102,7 +106,7 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
-        ProbeReport precomputed = template.For(await scene.ChallengeAsync(nodes[0]));
+        ProbeReport precomputed = template.For(await scene.ChallengeAsync(nodes[0]), nodes[0]);
         byte[] encoded = ProbeReportEncoding.Encode(precomputed);
         Assert.True(encoded.Length > Engine.Capacity.FleetValidationService.RefusedReportBytesMax, $"the report is only {encoded.Length} bytes; it shows no bound");
 
@@ -133,7 +137,7 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         TestNode[] nodes = await scene.NodesAsync(2);
         Assert.Equal((StatusCode.FailedPrecondition, "NO_OPEN_VALIDATION"), Head(await CapacityScene.RefusalAsync(() => scene.StartChallengesAsync())));
         await scene.DeclareAsync(nodes);
-        ProbeReport forFirst = template.For(await scene.ChallengeAsync(nodes[0]));
+        ProbeReport forFirst = template.For(await scene.ChallengeAsync(nodes[0]), nodes[0]);
 
         // The second node signs a commitment naming the first node's nonce: refused, nothing recorded.
         byte[] borrowed = ResultCommitment.Encode(nodes[1].NodeId, forFirst);
@@ -149,10 +153,19 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
     [Fact]
     public async Task A_new_inventory_supersedes_the_open_validation_and_its_nonces()
     {
-        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        // A short redeclaration period, and a deadline beyond it: the node has not missed its
+        // deadline when the provider declares again, so nothing has failed and the open
+        // validation is superseded (InventoryRedeclarationTests: a failed one stays binding).
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, capacity: new CapacitySettings
+        {
+            InventoryRedeclarationInterval = TimeSpan.FromMinutes(1),
+            ChallengeKernelTime = TimeSpan.FromMinutes(2),
+            ChallengeAllowance = TimeSpan.FromMinutes(3),
+        });
         TestNode[] nodes = await scene.NodesAsync(1);
         FleetValidation first = await scene.DeclareAsync(nodes);
-        ProbeReport report = template.For(await scene.ChallengeAsync(nodes[0]));
+        ProbeReport report = template.For(await scene.ChallengeAsync(nodes[0]), nodes[0]);
+        scene.Clock.Advance(TimeSpan.FromMinutes(1));
 
         FleetValidation second = await scene.DeclareAsync(nodes);
 
@@ -186,7 +199,7 @@ public sealed class AttestationRefusalTests(PostgresFixture postgres, TemplateRe
         using ECDsa p256 = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         RegisterNodeKeyRequest Request(Action<RegisterNodeKeyRequest> set)
         {
-            var request = new RegisterNodeKeyRequest { CreditCode = scene.Code, NodeId = "node-1" };
+            var request = new RegisterNodeKeyRequest { CreditCode = scene.Code, NodeId = "node-1", DeviceUuids = { "GPU-8a1c2f3e-0000-4000-8000-000000000001" } };
             set(request);
             return request;
         }

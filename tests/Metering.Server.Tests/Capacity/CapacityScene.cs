@@ -15,12 +15,27 @@ using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Metering.Server.Tests.Capacity;
 
-/// <summary>A node of a test fleet: its id and its own ECDSA P-256 key.</summary>
-internal sealed class TestNode(string nodeId) : IDisposable
+/// <summary>A node of a test fleet: its id, its own ECDSA P-256 key and the UUIDs of its devices (ILGPU's CPU accelerator has none of its own).</summary>
+internal sealed class TestNode(string nodeId, int devices = 1) : IDisposable
 {
     public string NodeId { get; } = nodeId;
 
     public ECDsa Key { get; } = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+
+    /// <summary>Unique per node and device, so that nodes of one database never claim each other's device.</summary>
+    public IReadOnlyList<string> DeviceUuids { get; } = [.. Enumerable.Range(0, devices).Select(_ => $"CPU-{Guid.NewGuid()}")];
+
+    /// <summary>The UUID of the node's first device, the one the probe's CPU accelerator reports.</summary>
+    public string DeviceUuid => DeviceUuids[0];
+
+    /// <summary>The registration of this node's key with its device.</summary>
+    public RegisterNodeKeyRequest Registration(string code) => new()
+    {
+        CreditCode = code,
+        NodeId = NodeId,
+        PublicKeyPem = Key.ExportSubjectPublicKeyInfoPem(),
+        DeviceUuids = { DeviceUuids },
+    };
 
     /// <summary>DER signature over the report's canonical bytes, as a node agent would make it.</summary>
     public ByteString Sign(ProbeReport report) =>
@@ -92,28 +107,43 @@ internal sealed class CapacityScene : IAsyncDisposable
         return (code, key);
     }
 
-    /// <summary>Nodes with registered keys; the first registers its key as DER, the others as PEM.</summary>
-    public async Task<TestNode[]> NodesAsync(int count, string prefix = "cpu")
+    /// <summary>
+    /// Nodes with registered keys, each with its device's UUID; the first registers its key as DER,
+    /// the others as PEM. With <paramref name="approved"/> an operator approves every key.
+    /// </summary>
+    public async Task<TestNode[]> NodesAsync(int count, string prefix = "cpu", bool approved = true, int devicesPerNode = 1)
     {
         var nodes = new TestNode[count];
         for (int i = 0; i < count; i++)
         {
-            nodes[i] = new TestNode($"{prefix}-{i:D2}");
-            var request = new RegisterNodeKeyRequest { CreditCode = Code, NodeId = nodes[i].NodeId };
+            nodes[i] = new TestNode($"{prefix}-{i:D2}", devicesPerNode);
+            RegisterNodeKeyRequest request = nodes[i].Registration(Code);
             if (i == 0)
             {
+                request.PublicKeyPem = "";
                 request.PublicKeyDer = ByteString.CopyFrom(nodes[i].Key.ExportSubjectPublicKeyInfo());
             }
-            else
-            {
-                request.PublicKeyPem = nodes[i].Key.ExportSubjectPublicKeyInfoPem();
-            }
 
-            await Client.RegisterNodeKeyAsync(request, Key);
+            NodeKey key = await Client.RegisterNodeKeyAsync(request, Key);
+            if (approved)
+            {
+                await ApproveAsync(key);
+            }
         }
 
         return nodes;
     }
+
+    /// <summary>An operator approves the key as registered, naming its version and fingerprint.</summary>
+    public async Task<NodeKey> ApproveAsync(NodeKey key, string reasons = "fingerprint read back to the provider by telephone") =>
+        await Client.ApproveNodeKeyAsync(new ApproveNodeKeyRequest
+        {
+            CreditCode = key.CreditCode,
+            NodeId = key.NodeId,
+            KeyVersion = key.KeyVersion,
+            KeySha256 = key.KeySha256,
+            Reasons = reasons,
+        }, RegistryScene.Operator);
 
     public Task<FleetValidation> DeclareAsync(IEnumerable<TestNode> nodes, string model = TestCatalogs.CpuFixtureModel, uint devices = 1) =>
         Client.DeclareInventoryAsync(new DeclareInventoryRequest
@@ -129,8 +159,11 @@ internal sealed class CapacityScene : IAsyncDisposable
     /// <summary>The node's challenge (starting the challenges if no call has yet).</summary>
     public async Task<NodeChallenge> ChallengeAsync(TestNode node) => (await StartChallengesAsync()).Challenges.Single(c => c.NodeId == node.NodeId);
 
-    /// <summary>The whole probe on ILGPU's CPU accelerator, on the challenge's nonce, work and runs, as `metering-probe run` does.</summary>
-    public static ProbeReport RunProbe(NodeChallenge challenge) =>
+    /// <summary>The whole probe on ILGPU's CPU accelerator, on the challenge's nonce, work and runs, reporting the node's device UUID, as `metering-probe run` does.</summary>
+    public static ProbeReport RunProbe(NodeChallenge challenge, TestNode node) => RunProbe(challenge, node.DeviceUuid);
+
+    /// <summary>The probe on the challenge's nonce, work and runs, its CPU device reporting <paramref name="deviceUuid"/> (none when null).</summary>
+    public static ProbeReport RunProbe(NodeChallenge challenge, string? deviceUuid) =>
         new ProbeRunner(new ProbeSettings
         {
             Nonce = Convert.FromHexString(challenge.NonceHex),
@@ -139,11 +172,13 @@ internal sealed class CapacityScene : IAsyncDisposable
             Runs = (int)challenge.RunsPerKernel,
             WorkOverrides = challenge.Work.ToDictionary(w => Kind(w.Kernel), w => new WorkSize((int)w.Items, (int)w.Iterations)),
             Kernels = challenge.Work.Select(w => Kind(w.Kernel)).ToList(),
+            CpuDeviceUuid = deviceUuid,
         }, NullLogger.Instance).Run();
 
-    /// <summary>The probe's small preset (the CPU fixture's set work), three timed runs per kernel, on any nonce.</summary>
-    public static ProbeReport RunProbe(byte[] nonce) =>
-        new ProbeRunner(new ProbeSettings { Nonce = nonce, Attested = true, Devices = DeviceFilter.Cpu, Size = SizePreset.Small, Runs = 3 }, NullLogger.Instance).Run();
+    /// <summary>The probe's small preset (the CPU fixture's set work), three timed runs per kernel, on any nonce, its CPU device reporting <paramref name="deviceUuid"/>.</summary>
+    public static ProbeReport RunProbe(byte[] nonce, string? deviceUuid = null) =>
+        new ProbeRunner(new ProbeSettings { Nonce = nonce, Attested = true, Devices = DeviceFilter.Cpu, Size = SizePreset.Small, Runs = 3, CpuDeviceUuid = deviceUuid },
+            NullLogger.Instance).Run();
 
     private static KernelKind Kind(string kernel) => KernelKinds.TryParse(kernel, out KernelKind kind) ? kind : throw new ArgumentException(kernel);
 
@@ -169,7 +204,7 @@ internal sealed class CapacityScene : IAsyncDisposable
     /// <summary>Challenge, probe run, commitment and signed submission for one node.</summary>
     public async Task<AttestationResult> AttestAsync(TestNode node)
     {
-        ProbeReport report = RunProbe(await ChallengeAsync(node));
+        ProbeReport report = RunProbe(await ChallengeAsync(node), node);
         await CommitAsync(node, report);
         return await SubmitAsync(node, report);
     }

@@ -65,7 +65,7 @@ public sealed class FleetValidationTests(PostgresFixture postgres)
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
         TestNode[] nodes = await scene.NodesAsync(2);
         await scene.DeclareAsync(nodes);
-        ProbeReport report = CapacityScene.RunProbe(await scene.ChallengeAsync(nodes[0]));
+        ProbeReport report = CapacityScene.RunProbe(await scene.ChallengeAsync(nodes[0]), nodes[0]);
         var signature = nodes[0].Sign(report);
         await scene.CommitAsync(nodes[0], report);
         AttestationResult accepted = await scene.SubmitAsync(nodes[0], report, signature);

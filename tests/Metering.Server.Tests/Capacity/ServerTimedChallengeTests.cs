@@ -1,4 +1,5 @@
 using Grpc.Core;
+using Metering.Engine.Capacity;
 using Metering.Probe.Attestation.Results;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
@@ -62,7 +63,7 @@ public sealed class ServerTimedChallengeTests(PostgresFixture postgres)
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
         NodeChallenge challenge = await scene.ChallengeAsync(nodes[0]);
-        ProbeReport report = CapacityScene.RunProbe(challenge);
+        ProbeReport report = CapacityScene.RunProbe(challenge, nodes[0]);
         // A slow node: its results reach the server 1 ms after the deadline.
         scene.Clock.Advance(DateTimeOffset.FromUnixTimeMilliseconds(challenge.DeadlineUnixMs + 1) - scene.Clock.GetUtcNow());
 
@@ -112,11 +113,12 @@ public sealed class ServerTimedChallengeTests(PostgresFixture postgres)
         NodeChallenge first = set.Challenges.Single(c => c.NodeId == nodes[0].NodeId);
         NodeChallenge second = set.Challenges.Single(c => c.NodeId == nodes[1].NodeId);
 
-        // One device, exactly at the healthy threshold, does the first node's work, then the second's.
-        ProbeReport firstReport = CapacityScene.RunProbe(first);
+        // One device, exactly at the healthy threshold, does the first node's work, then the second's,
+        // reporting each node's registered UUID.
+        ProbeReport firstReport = CapacityScene.RunProbe(first, nodes[0]);
         scene.Clock.Advance(TimeSpan.FromMilliseconds(first.ExpectedMs));
         CommitmentReceipt onTime = await scene.CommitAsync(nodes[0], firstReport);
-        ProbeReport secondReport = CapacityScene.RunProbe(second);
+        ProbeReport secondReport = CapacityScene.RunProbe(second, nodes[1]);
         scene.Clock.Advance(TimeSpan.FromMilliseconds(second.ExpectedMs));
         var (status, reason, _) = await CapacityScene.RefusalAsync(() => scene.CommitAsync(nodes[1], secondReport));
 
@@ -135,11 +137,12 @@ public sealed class ServerTimedChallengeTests(PostgresFixture postgres)
     public async Task One_devices_results_cannot_stand_for_a_second_device_of_the_node()
     {
         await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
-        TestNode[] nodes = await scene.NodesAsync(1);
+        TestNode[] nodes = await scene.NodesAsync(1, devicesPerNode: 2);
         await scene.DeclareAsync(nodes, devices: 2);
-        ProbeReport single = CapacityScene.RunProbe(await scene.ChallengeAsync(nodes[0]));
-        // The one CPU's results copied as device 1: its inputs come from the nonce, its index and its UUID, so they differ.
-        DeviceReport copy = single.Devices[0] with { Index = 1 };
+        ProbeReport single = CapacityScene.RunProbe(await scene.ChallengeAsync(nodes[0]), nodes[0]);
+        // The one CPU's results copied as device 1, under the node's second registered UUID: its
+        // inputs come from the nonce, its index and its UUID, so they differ.
+        DeviceReport copy = single.Devices[0] with { Index = 1, Uuid = nodes[0].DeviceUuids[1] };
         ProbeReport doubled = single with { Devices = [single.Devices[0], copy] };
 
         var (status, reason, error) = await CapacityScene.RefusalAsync(() => scene.CommitAndSubmitAsync(nodes[0], doubled));
@@ -156,7 +159,7 @@ public sealed class ServerTimedChallengeTests(PostgresFixture postgres)
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
         NodeChallenge challenge = await scene.ChallengeAsync(nodes[0]);
-        ProbeReport honest = CapacityScene.RunProbe(challenge);
+        ProbeReport honest = CapacityScene.RunProbe(challenge, nodes[0]);
         await scene.CommitAsync(nodes[0], honest);
         // One nanosecond per FP32 run: 131,072 FLOPs would need 1.3 × 10^8 MFLOP/s on a fixture whose FP32 peak is 10^6.
         ProbeReport forged = CapacityScene.WithDurations(honest, "fp32-fma", 1);
@@ -174,12 +177,14 @@ public sealed class ServerTimedChallengeTests(PostgresFixture postgres)
     [Fact]
     public async Task A_commitment_and_a_report_replayed_into_the_next_validation_are_refused()
     {
-        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        // A provider declares at most once per redeclaration period: a short one here, waited out.
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, capacity: new CapacitySettings { InventoryRedeclarationInterval = TimeSpan.FromMinutes(1) });
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
-        ProbeReport old = CapacityScene.RunProbe(await scene.ChallengeAsync(nodes[0]));
+        ProbeReport old = CapacityScene.RunProbe(await scene.ChallengeAsync(nodes[0]), nodes[0]);
         Assert.Equal(NodeOutcome.NodePassed, (await scene.CommitAndSubmitAsync(nodes[0], old)).Node.Outcome);
 
+        scene.Clock.Advance(TimeSpan.FromMinutes(1));
         await scene.DeclareAsync(nodes);
         NodeChallenge fresh = await scene.ChallengeAsync(nodes[0]);
 

@@ -26,7 +26,7 @@ public sealed class VerificationGateTests(PostgresFixture postgres, TemplateRepo
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
         // Results of another nonce relabelled with the issued one: leaves that are garbage for it, signed by the node.
-        ProbeReport garbage = template.For(await scene.ChallengeAsync(nodes[0]));
+        ProbeReport garbage = template.For(await scene.ChallengeAsync(nodes[0]), nodes[0]);
         var signature = nodes[0].Sign(garbage);
         await scene.CommitAsync(nodes[0], garbage);
         long before = scene.Verifications.Started;
@@ -55,7 +55,7 @@ public sealed class VerificationGateTests(PostgresFixture postgres, TemplateRepo
         TestNode[] nodes = await scene.NodesAsync(1);
         await scene.DeclareAsync(nodes);
         NodeChallenge challenge = await scene.ChallengeAsync(nodes[0]);
-        ProbeReport honest = CapacityScene.RunProbe(challenge);
+        ProbeReport honest = CapacityScene.RunProbe(challenge, nodes[0]);
         using var stranger = new TestNode(nodes[0].NodeId);
         // Tiny work: one warp, one mma, where the server set 8 x 8; and more steps than set.
         ProbeReport tiny = WithWork(honest, "tensor-fp16", items: 1, iterations: 1);
@@ -101,8 +101,8 @@ public sealed class VerificationGateTests(PostgresFixture postgres, TemplateRepo
         TestNode[] secondNodes = await second.NodesAsync(1, "second");
         await first.DeclareAsync(firstNodes);
         await second.DeclareAsync(secondNodes);
-        ProbeReport firstReport = CapacityScene.RunProbe(await first.ChallengeAsync(firstNodes[0]));
-        ProbeReport secondReport = CapacityScene.RunProbe(await second.ChallengeAsync(secondNodes[0]));
+        ProbeReport firstReport = CapacityScene.RunProbe(await first.ChallengeAsync(firstNodes[0]), firstNodes[0]);
+        ProbeReport secondReport = CapacityScene.RunProbe(await second.ChallengeAsync(secondNodes[0]), secondNodes[0]);
         await first.CommitAsync(firstNodes[0], firstReport);
         await second.CommitAsync(secondNodes[0], secondReport);
         VerificationGate gate = first.Verifications;
