@@ -24,8 +24,11 @@ namespace Metering.Bench.Load;
 /// gRPC server with the CPU fixture catalog (tests/Shared/catalog-cpu-fixture.json), and a
 /// provider that registers a key per node, declares N CPU nodes, and for every node the server
 /// samples asks for a nonce, runs the probe in-process on ILGPU's CPU accelerator, signs the
-/// report and submits it. It then submits the first attestation again, which must be refused as
-/// a replay. The last line of stdout is the RESULT line.
+/// report and submits it. Before the first node's honest report it plays the cheater: reports
+/// with other work, sub-floor durations, other roots than committed, an unregistered or an
+/// unapproved key, a device UUID not registered for the node, and the commitment sent again; each
+/// must be refused with its own reason. It then submits the first attestation again, which must
+/// be refused as a replay. The last line of stdout is the RESULT line.
 /// </summary>
 internal static class ProbeCpuLoad
 {
@@ -108,6 +111,8 @@ internal static class ProbeCpuLoad
             Console.WriteLine($"probe-cpu: declared {validation.NodeCount} node(s), {FilingRules.Pflops(validation.DeclaredFp16Gflops)} PFLOPS; the server sampled {validation.SampleSize}, revealed with the challenges: {string.Join(", ", challenges.Challenges.Select(c => c.NodeId))}");
 
             SubmitAttestationRequest? first = null;
+            int forgeries = 0;
+            int forgeriesRefused = 0;
             foreach (NodeChallenge challenge in challenges.Challenges)
             {
                 var clock = Stopwatch.StartNew();
@@ -124,6 +129,13 @@ internal static class ProbeCpuLoad
                     },
                     NullLogger.Instance).Run();
                 byte[] commitment = ResultCommitment.Encode(challenge.NodeId, report);
+                if (first is null)
+                {
+                    (int tried, int refused) = await PlayAsync(CommitmentForgeries(capacity, headers, challenge.NodeId, report, keys[challenge.NodeId]));
+                    forgeries += tried;
+                    forgeriesRefused += refused;
+                }
+
                 CommitmentReceipt receipt = await capacity.CommitResultsAsync(new CommitResultsRequest
                 {
                     CreditCode = Provider,
@@ -133,6 +145,13 @@ internal static class ProbeCpuLoad
                 }, headers);
                 var sampled = challenge;
                 double probeSeconds = clock.Elapsed.TotalSeconds;
+                if (first is null)
+                {
+                    (int tried, int refused) = await PlayAsync(ReportForgeries(capacity, headers, challenge.NodeId, report, keys[challenge.NodeId], commitment));
+                    forgeries += tried;
+                    forgeriesRefused += refused;
+                }
+
                 var request = new SubmitAttestationRequest
                 {
                     CreditCode = Provider,
@@ -149,25 +168,18 @@ internal static class ProbeCpuLoad
                 validation = result.Validation;
             }
 
-            bool replayRefused = false;
-            try
-            {
-                await capacity.SubmitAttestationAsync(first!, headers);
-                Console.WriteLine("probe-cpu: the replayed attestation was ACCEPTED");
-            }
-            catch (RpcException replay)
-            {
-                string reason = replay.GetRpcStatus()?.GetDetail<Google.Rpc.ErrorInfo>()?.Reason ?? replay.StatusCode.ToString();
-                replayRefused = reason == ProtocolNameOfReplay;
-                Console.WriteLine($"probe-cpu: the replayed attestation was refused: {replay.StatusCode} {reason}");
-            }
+            string replayReason = await ReasonAsync(() => capacity.SubmitAttestationAsync(first!, headers).ResponseAsync);
+            bool replayRefused = replayReason == ProtocolNameOfReplay;
+            Console.WriteLine($"probe-cpu: the replayed attestation: {replayReason}");
+            forgeries++;
+            forgeriesRefused += replayRefused ? 1 : 0;
 
             bool verified = validation.State == FleetValidationState.ValidationComplete && validation.FailedNodes == 0 && validation.VerifiedFp16Gflops > 0;
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"probe-cpu: validation {validation.ValidationId} {validation.State}: {validation.PassedNodes} passed, {validation.FailedNodes} failed, pass rate at least {validation.PassRateLowerBoundPpm / 10_000m:0.00}%, verified {FilingRules.Pflops(validation.VerifiedFp16Gflops)} PFLOPS until {DateTimeOffset.FromUnixTimeMilliseconds(validation.ExpiresUnixMs):yyyy-MM-dd}"));
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"RESULT verified={(verified ? "true" : "false")} replay_refused={(replayRefused ? "true" : "false")} devices={validation.DeviceCount} fleet_pflops={validation.VerifiedFp16Gflops / 1_000_000}.{validation.VerifiedFp16Gflops % 1_000_000 / 1_000:000}"));
-            return verified && replayRefused ? 0 : 1;
+                $"RESULT verified={(verified ? "true" : "false")} replay_refused={(replayRefused ? "true" : "false")} forgeries_refused={forgeriesRefused}/{forgeries} devices={validation.DeviceCount} fleet_pflops={validation.VerifiedFp16Gflops / 1_000_000}.{validation.VerifiedFp16Gflops % 1_000_000 / 1_000:000}"));
+            return verified && replayRefused && forgeriesRefused == forgeries ? 0 : 1;
         }
         finally
         {
@@ -179,6 +191,130 @@ internal static class ProbeCpuLoad
     }
 
     private const string ProtocolNameOfReplay = "ATTESTATION_REPLAYED";
+
+    /// <summary>Plays each attempt and counts those refused with exactly their expected reason.</summary>
+    private static async Task<(int Tried, int Refused)> PlayAsync(IEnumerable<(string Attempt, string Expected, Func<Task> Call)> attempts)
+    {
+        int tried = 0;
+        int refused = 0;
+        foreach ((string attempt, string expected, Func<Task> call) in attempts)
+        {
+            tried++;
+            string reason = await ReasonAsync(call);
+            bool caught = reason == expected;
+            refused += caught ? 1 : 0;
+            Console.WriteLine($"probe-cpu: forgery '{attempt}': {(caught ? "refused" : "NOT REFUSED AS EXPECTED")} ({reason}; expected {expected})");
+        }
+
+        return (tried, refused);
+    }
+
+    /// <summary>
+    /// Before its honest commitment: a commitment to less work than the server set (a forger who
+    /// ran tiny work commits its own roots), refused without using up the node's one commitment.
+    /// </summary>
+    private static IEnumerable<(string Attempt, string Expected, Func<Task> Call)> CommitmentForgeries(
+        CapacityService.CapacityServiceClient capacity, Metadata headers, string node, ProbeReport honest, ECDsa key)
+    {
+        DeviceReport device = honest.Devices[0];
+        KernelMeasurement measured = device.Measurements[0];
+        ProbeReport tiny = honest with
+        {
+            Devices = [device with { Measurements = [measured with { Items = 1, Iterations = 1, WorkPerRun = 1 }, .. device.Measurements.Skip(1)] }, .. honest.Devices.Skip(1)],
+        };
+        byte[] commitment = ResultCommitment.Encode(node, tiny);
+        yield return ("a commitment to less work than the server set", "WORK_SIZE_REFUSED", () => capacity.CommitResultsAsync(new CommitResultsRequest
+        {
+            CreditCode = Provider,
+            NodeId = node,
+            Commitment = ByteString.CopyFrom(commitment),
+            Signature = ByteString.CopyFrom(ResultCommitment.Sign(key, commitment)),
+        }, headers).ResponseAsync);
+    }
+
+    /// <summary>
+    /// What a dishonest provider would send for a node that has committed its honest results:
+    /// each attempt with the refusal reason it must get. All are refused by the cheap checks, so
+    /// the node's nonce stays usable for its honest report afterwards.
+    /// </summary>
+    private static IEnumerable<(string Attempt, string Expected, Func<Task> Call)> ReportForgeries(
+        CapacityService.CapacityServiceClient capacity, Metadata headers, string node, ProbeReport honest, ECDsa key, byte[] commitment)
+    {
+        DeviceReport device = honest.Devices[0];
+        KernelMeasurement measured = device.Measurements[0];
+
+        ProbeReport WithMeasurement(KernelMeasurement changed) =>
+            honest with { Devices = [device with { Measurements = [changed, .. device.Measurements.Skip(1)] }, .. honest.Devices.Skip(1)] };
+
+        Func<Task> Submit(ProbeReport report, ECDsa signer) => () => capacity.SubmitAttestationAsync(new SubmitAttestationRequest
+        {
+            CreditCode = Provider,
+            NodeId = node,
+            ReportJson = ProbeReportJson.Serialize(report),
+            Signature = ByteString.CopyFrom(signer.SignData(ProbeReportEncoding.Encode(report), HashAlgorithmName.SHA256, DSASignatureFormat.Rfc3279DerSequence)),
+        }, headers).ResponseAsync;
+
+        // The commitment names the work, so a report of other work no longer matches it.
+        yield return ("a report of other work than committed", "COMMITMENT_MISMATCH",
+            Submit(WithMeasurement(measured with { Items = measured.Items - 1, WorkPerRun = measured.WorkPerRun - 1 }), key));
+
+        // Every run rewritten to 1 ns, shorter than any kernel's set work takes at 1.10 × peak.
+        ProbeReport fast = honest with
+        {
+            Devices = [.. honest.Devices.Select(d => d with
+            {
+                Measurements = [.. d.Measurements.Select(m => m with { DurationsNs = [.. m.DurationsNs.Select(_ => 1L)], MedianDurationNs = 1 })],
+            })],
+        };
+        yield return ("durations below the physical floor", "DURATION_BELOW_FLOOR", Submit(fast, key));
+
+        byte[] otherRoot = [.. measured.Checksum.Root];
+        otherRoot[0] ^= 0xFF;
+        yield return ("roots other than the committed ones", "COMMITMENT_MISMATCH",
+            Submit(WithMeasurement(measured with { Checksum = measured.Checksum with { Root = otherRoot } }), key));
+
+        ECDsa stranger = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        yield return ("signed by a key the node never registered", "SIGNATURE_INVALID", Submit(honest, stranger));
+
+        // A rotation the operator has not approved signs nothing.
+        ECDsa rotated = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        yield return ("signed by a rotated key not yet approved", "NODE_KEY_NOT_APPROVED", async () =>
+        {
+            await capacity.RegisterNodeKeyAsync(new RegisterNodeKeyRequest
+            {
+                CreditCode = Provider,
+                NodeId = node,
+                PublicKeyPem = rotated.ExportSubjectPublicKeyInfoPem(),
+                DeviceUuids = { DeviceUuid(node) },
+            }, headers);
+            await Submit(honest, rotated)();
+        });
+
+        yield return ("a device UUID not registered for the node", "DEVICE_UUID_MISMATCH",
+            Submit(honest with { Devices = [device with { Uuid = "CPU-bench-another-device" }, .. honest.Devices.Skip(1)] }, key));
+
+        yield return ("the commitment sent a second time", "COMMITMENT_REPEATED", () => capacity.CommitResultsAsync(new CommitResultsRequest
+        {
+            CreditCode = Provider,
+            NodeId = node,
+            Commitment = ByteString.CopyFrom(commitment),
+            Signature = ByteString.CopyFrom(ResultCommitment.Sign(key, commitment)),
+        }, headers).ResponseAsync);
+    }
+
+    /// <summary>The ErrorInfo reason of a refused call, or ACCEPTED when the server took it.</summary>
+    private static async Task<string> ReasonAsync(Func<Task> call)
+    {
+        try
+        {
+            await call();
+            return "ACCEPTED";
+        }
+        catch (RpcException refused)
+        {
+            return refused.GetRpcStatus()?.GetDetail<Google.Rpc.ErrorInfo>()?.Reason ?? refused.StatusCode.ToString();
+        }
+    }
 
     private static string DeviceUuid(string node) => $"CPU-bench-{node}";
 
