@@ -48,27 +48,7 @@ internal static class BatchRulesFile
     /// <summary>Reads, parses and checks the rules file; returns the batch to put.</summary>
     public static AdmissionBatch Read(FileInfo path)
     {
-        if (!path.Exists)
-        {
-            throw new UsageException($"no rules file at {path.FullName}");
-        }
-
-        if (path.Length > FileBytesMax)
-        {
-            throw new UsageException($"{path.Name} is {path.Length:N0} bytes; a rules file is at most {FileBytesMax:N0}");
-        }
-
-        string text;
-        try
-        {
-            text = File.ReadAllText(path.FullName);
-        }
-        catch (IOException e)
-        {
-            throw new UsageException($"cannot read {path.FullName}: {e.Message}");
-        }
-
-        return Parse(text, path.Name);
+        return Parse(InputFile.ReadText(path, "rules file", FileBytesMax), path.Name);
     }
 
     public static AdmissionBatch Parse(string text, string name)

@@ -41,26 +41,7 @@ internal static class InventoryFile
 
     public static IReadOnlyList<DeclaredNode> Read(FileInfo path)
     {
-        if (!path.Exists)
-        {
-            throw new UsageException($"no inventory file at {path.FullName}");
-        }
-
-        if (path.Length > FileBytesMax)
-        {
-            throw new UsageException($"{path.Name} is {path.Length:N0} bytes; an inventory file is at most {FileBytesMax:N0}");
-        }
-
-        string text;
-        try
-        {
-            text = File.ReadAllText(path.FullName);
-        }
-        catch (IOException e)
-        {
-            throw new UsageException($"cannot read {path.FullName}: {e.Message}");
-        }
-
+        string text = InputFile.ReadText(path, "inventory file", FileBytesMax);
         InventoryJson json;
         try
         {
