@@ -101,6 +101,7 @@ internal static class RunCommand
             Nonce = assignment.Nonce,
             Attested = true,
             Devices = options.Devices,
+            CpuDeviceUuid = options.CpuDeviceUuid,
             Runs = assignment.RunsPerKernel,
             Kernels = assignment.Work.Select(w => w.Kind).ToList(),
             WorkOverrides = assignment.Work.ToDictionary(w => w.Kind, w => w.Size),
