@@ -46,7 +46,7 @@ internal static class CapacityCommand
         };
         var deviceUuids = new Option<string[]>("--device-uuid")
         {
-            Description = $"A UUID of one of the node's devices, repeated for each (1 to {NodeKeyService.DeviceUuidsMax}): on NVIDIA as `nvidia-smi -L` prints it (GPU-…), "
+            Description = $"Required, repeated for each device of the node (1 to {NodeKeyService.DeviceUuidsMax}): a device's UUID, on NVIDIA as `nvidia-smi -L` prints it (GPU-…), "
                 + "on the probe's CPU accelerator the --device-uuid that `metering-probe run` is given. A report signed with the key must name exactly these devices.",
             Arity = ArgumentArity.OneOrMore,
             AllowMultipleArgumentsPerToken = false,
