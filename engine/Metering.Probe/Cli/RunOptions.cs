@@ -45,11 +45,13 @@ internal sealed record RunOptions
 
         Output: progress on standard error; the node's outcome, a table of its devices and kernels
         against the catalog figures, and the fleet validation's state on standard output.
-        Exit codes: 0 the node passed, or is not sampled; 1 the run failed; 2 bad options, or a GPU
-        device whose UUID cannot be read (nothing was sent);
+        Exit codes: 0 the node passed, or is not sampled; 1 the run failed; 2 bad options, a GPU
+        device whose UUID cannot be read, or a --device-uuid the node's key does not register
+        (nothing was measured or committed);
         3 no GPU (or none of --device); 4 the probe's own checksum check failed (nothing was sent);
-        5 the server refused a call or could not be reached (its status and reason are printed; a key
-        no operator has approved yet is refused with NODE_KEY_NOT_APPROVED);
+        5 the server refused a call or could not be reached (its status and reason are printed), or
+        the server lists this key as awaiting an operator's approval (NODE_KEY_NOT_APPROVED: `run`
+        stops before the challenges start);
         6 the node failed (its report was judged so, or its commitment came after the deadline);
         7 a device awaits an operator's review.
         """;

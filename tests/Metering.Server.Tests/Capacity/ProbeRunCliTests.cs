@@ -108,7 +108,7 @@ public sealed class ProbeRunCliTests(PostgresFixture postgres) : IDisposable
     }
 
     [Fact]
-    public async Task A_run_before_an_operator_approves_the_node_key_is_refused_with_exit_5_and_nothing_is_committed()
+    public async Task A_run_before_an_operator_approves_the_node_key_is_refused_with_exit_5_before_the_challenges_start()
     {
         await using TestServer server = await TestServer.StartAsync(postgres, catalog: TestCatalogs.WithCpuFixture());
         string key = Path.Combine(_folder, "node.pem");
@@ -123,15 +123,19 @@ public sealed class ProbeRunCliTests(PostgresFixture postgres) : IDisposable
         var (exit, output) = await RunAsync(server, key);
 
         Assert.True(exit == 5, output);
-        Assert.Contains("refused: FailedPrecondition NODE_KEY_NOT_APPROVED", output, StringComparison.Ordinal);
+        Assert.Contains("refused: NODE_KEY_NOT_APPROVED: key version 1 of node cpu-node-01", output, StringComparison.Ordinal);
+        Assert.DoesNotContain("Device 0", output, StringComparison.Ordinal);
+        // The run stopped before StartChallenges: no sampled node's clock was started for a commitment the server must refuse.
         FleetValidation validation = await server.CapacityClient().GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = Provider }, TestServer.Bearer());
-        Assert.Equal(NodeOutcome.NodePending, validation.Sample.Single().Outcome);
+        Assert.Equal(0L, validation.ChallengesIssuedUnixMs);
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM capacity_nonces"));
+
         Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM capacity_commitments"));
         Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM capacity_attestations"));
     }
 
     [Fact]
-    public async Task A_run_on_a_gpu_or_on_the_cpu_without_its_device_uuid_stops_with_exit_2_before_the_challenges_start()
+    public async Task A_run_on_a_gpu_or_on_the_cpu_without_its_registered_device_uuid_stops_with_exit_2_before_the_challenges_start()
     {
         await using TestServer server = await TestServer.StartAsync(postgres, catalog: TestCatalogs.WithCpuFixture());
         string key = Path.Combine(_folder, "node.pem");
@@ -146,6 +150,7 @@ public sealed class ProbeRunCliTests(PostgresFixture postgres) : IDisposable
         var (gpu, gpuOutput) = await RunOnAsync(server, key, "--device", "cuda");
         var (noUuid, noUuidOutput) = await RunOnAsync(server, key, "--device", "cpu");
         var (badUuid, badUuidOutput) = await RunOnAsync(server, key, "--device", "cpu", "--device-uuid", "CPU 1");
+        var (otherUuid, otherUuidOutput) = await RunOnAsync(server, key, "--device", "cpu", "--device-uuid", "CPU-another-node-0");
 
         Assert.True(gpu == 2, gpuOutput);
         Assert.Contains("a GPU report cannot pass the server's device UUID check yet", gpuOutput, StringComparison.Ordinal);
@@ -153,6 +158,8 @@ public sealed class ProbeRunCliTests(PostgresFixture postgres) : IDisposable
         Assert.Contains("--device cpu needs --device-uuid ID", noUuidOutput, StringComparison.Ordinal);
         Assert.True(badUuid == 2, badUuidOutput);
         Assert.Contains("--device-uuid: 'CPU 1' is not 1 to 96 characters", badUuidOutput, StringComparison.Ordinal);
+        Assert.True(otherUuid == 2, otherUuidOutput);
+        Assert.Contains($"--device-uuid CPU-another-node-0 is not registered with key version 1 of node cpu-node-01 (it registers {DeviceUuid})", otherUuidOutput, StringComparison.Ordinal);
         Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM capacity_nonces"));
         FleetValidation validation = await server.CapacityClient().GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = Provider }, TestServer.Bearer());
         Assert.Equal(0L, validation.ChallengesIssuedUnixMs);
