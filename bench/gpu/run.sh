@@ -176,7 +176,14 @@ export METERING_API_KEY="$operator_key"
 provider_key=$("$metering" key issue --role provider --subject "$code" --label gpu-bench) || e2e_result "failed step=key_issue"
 export METERING_API_KEY="$provider_key"
 "$probe" keygen --out node.pem > node.pub.pem || e2e_result "failed step=keygen"
-"$metering" capacity key register --code "$code" --node gpu-node-0 --public-key node.pub.pem || e2e_result "failed step=key_register"
+# The key is bound to GPU 0's UUID and approved by the operator, as the server requires before it signs anything.
+gpu_uuid=$(nvidia-smi --query-gpu=uuid --format=csv,noheader -i 0 2>/dev/null | tr -d ' ') || true
+[ -n "$gpu_uuid" ] || e2e_result "skipped reason=no_gpu_uuid: nvidia-smi named no UUID for GPU 0, and a node key is registered with its devices' UUIDs"
+"$metering" capacity key register --code "$code" --node gpu-node-0 --public-key node.pub.pem --device-uuid "$gpu_uuid" > register.txt || e2e_result "failed step=key_register"
+cat register.txt
+fingerprint=$(sed -n 's/.*--fingerprint \([0-9a-f]\{64\}\).*/\1/p' register.txt)
+METERING_API_KEY="$operator_key" "$metering" capacity key approve --code "$code" --node gpu-node-0 --version 1 --fingerprint "$fingerprint" \
+    --reason "GPU bench: the key made on this machine a moment ago" || e2e_result "failed step=key_approve"
 printf '{"nodes": [{"nodeId": "gpu-node-0", "site": "gpu-bench", "deviceModel": "%s", "deviceCount": 1}]}\n' "$model_key" > inventory.json
 "$metering" capacity inventory declare --code "$code" --file inventory.json || e2e_result "failed step=declare"
 set +e
@@ -186,6 +193,7 @@ set -e
 "$metering" capacity validation show --code "$code" || true
 case $run_status in
     0) e2e_result "passed model=$model_key" ;;
+    2) e2e_result "skipped reason=gpu_uuid_unreadable: the probe cannot read a CUDA device's UUID yet, so a GPU report cannot pass the server's UUID check (see the run's message)" ;;
     7) e2e_result "awaiting_review model=$model_key (the catalog's probe names do not match the device: see the table)" ;;
     *) e2e_result "failed step=probe_run exit=$run_status model=$model_key (0 passed, 3 no GPU, 4 self-check, 5 refused, 6 node failed, 124 timed out)" ;;
 esac

@@ -68,6 +68,32 @@ public sealed class OptionsTests
     }
 
     [Fact]
+    public void Run_takes_the_cpu_device_uuid_it_attests_with()
+    {
+        RunOptions options = RunOptions.Parse([.. RunBase, "--device", "cpu", "--device-uuid", "CPU-node-01-0"], _ => null);
+
+        Assert.Null(options.Error);
+        Assert.Equal((DeviceFilter.Cpu, "CPU-node-01-0"), (options.Devices, options.CpuDeviceUuid));
+    }
+
+    [Theory]
+    [InlineData("a GPU report cannot pass the server's device UUID check yet")]
+    [InlineData("a GPU report cannot pass the server's device UUID check yet", "--device", "cuda")]
+    [InlineData("a GPU report cannot pass the server's device UUID check yet", "--device", "opencl")]
+    [InlineData("--device-uuid: only the CPU accelerator takes a UUID", "--device", "cuda", "--device-uuid", "GPU-1")]
+    [InlineData("--device cpu needs --device-uuid ID", "--device", "cpu")]
+    [InlineData("--device-uuid: 'CPU 0' is not 1 to 96 characters", "--device", "cpu", "--device-uuid", "CPU 0")]
+    public void Run_refuses_a_device_whose_uuid_the_server_cannot_match(string said, params string[] device)
+    {
+        string? error = RunOptions.Parse([.. RunBase, .. device], _ => null).Error;
+
+        Assert.NotNull(error);
+        Assert.Contains(said, error, StringComparison.Ordinal);
+    }
+
+    private static readonly string[] RunBase = ["--server", "https://127.0.0.1:9", "--code", "914403001922038216", "--node-id", "cpu-node-01", "--key", "node.pem", "--api-key", "k"];
+
+    [Fact]
     public void Help_is_recognised_anywhere_on_the_line()
     {
         Assert.True(ProbeOptions.Parse(["--runs", "3", "--help"]).ShowHelp);

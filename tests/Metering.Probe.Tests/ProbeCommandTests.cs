@@ -113,7 +113,7 @@ public sealed class ProbeCommandTests : IDisposable
     {
         // Nothing listens on the discard port: had the probe called it, it would exit 5, not 2.
         var (exit, _, error) = await ProbeProcess.RunAsync(new Dictionary<string, string> { ["METERING_API_KEY"] = "k" },
-            "run", "--server", "http://127.0.0.1:9", "--code", "914403001922038216", "--node-id", "gpu-01", "--key", Path.Combine(_folder, "absent.pem"), "--device", "cpu");
+            "run", "--server", "http://127.0.0.1:9", "--code", "914403001922038216", "--node-id", "gpu-01", "--key", Path.Combine(_folder, "absent.pem"), "--device", "cpu", "--device-uuid", "CPU-0");
 
         Assert.Equal(2, exit);
         Assert.Contains("metering-probe keygen", error, StringComparison.Ordinal);
@@ -129,7 +129,7 @@ public sealed class ProbeCommandTests : IDisposable
         }
 
         var (exit, _, error) = await ProbeProcess.RunAsync(new Dictionary<string, string> { ["METERING_API_KEY"] = "k" },
-            "run", "--server", "http://127.0.0.1:9", "--code", "914403001922038216", "--node-id", "gpu-01", "--key", path, "--device", "cpu");
+            "run", "--server", "http://127.0.0.1:9", "--code", "914403001922038216", "--node-id", "gpu-01", "--key", path, "--device", "cpu", "--device-uuid", "CPU-0");
 
         Assert.Equal(2, exit);
         Assert.Contains("no ECDSA private key", error, StringComparison.Ordinal);
@@ -144,7 +144,7 @@ public sealed class ProbeCommandTests : IDisposable
         Assert.Equal(0, (await ProbeProcess.RunAsync("keygen", "--out", key)).ExitCode);
         var environment = said == "cleartext" ? new Dictionary<string, string> { ["METERING_API_KEY"] = "k" } : null;
 
-        var (exit, _, error) = await ProbeProcess.RunAsync(environment, "run", "--server", server, "--code", "914403001922038216", "--node-id", "gpu-01", "--key", key, "--device", "cpu");
+        var (exit, _, error) = await ProbeProcess.RunAsync(environment, "run", "--server", server, "--code", "914403001922038216", "--node-id", "gpu-01", "--key", key, "--device", "cpu", "--device-uuid", "CPU-0");
 
         Assert.Equal(2, exit);
         Assert.Contains(said, error, StringComparison.Ordinal);
@@ -157,7 +157,7 @@ public sealed class ProbeCommandTests : IDisposable
         Assert.Equal(0, (await ProbeProcess.RunAsync("keygen", "--out", key)).ExitCode);
 
         var (exit, output, error) = await ProbeProcess.RunAsync(new Dictionary<string, string> { ["METERING_API_KEY"] = "k" },
-            "run", "--server", "http://127.0.0.1:9", "--code", "914403001922038216", "--node-id", "gpu-01", "--key", key, "--device", "cpu");
+            "run", "--server", "http://127.0.0.1:9", "--code", "914403001922038216", "--node-id", "gpu-01", "--key", key, "--device", "cpu", "--device-uuid", "CPU-0");
 
         Assert.Equal(5, exit);
         Assert.Contains("no Metering server answers", error, StringComparison.Ordinal);

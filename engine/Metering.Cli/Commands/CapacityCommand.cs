@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using Google.Protobuf;
 using Grpc.Core;
+using Metering.Engine.Capacity;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
 
@@ -43,18 +44,146 @@ internal static class CapacityCommand
             Description = "The node's ECDSA P-256 public key as PEM, as `metering-probe keygen --out node.pem` prints it.",
             Required = true,
         };
+        var deviceUuids = new Option<string[]>("--device-uuid")
+        {
+            Description = $"Required, repeated for each device of the node (1 to {NodeKeyService.DeviceUuidsMax}): a device's UUID, on NVIDIA as `nvidia-smi -L` prints it (GPU-…), "
+                + "on the probe's CPU accelerator the --device-uuid that `metering-probe run` is given. A report signed with the key must name exactly these devices.",
+            Arity = ArgumentArity.OneOrMore,
+            AllowMultipleArgumentsPerToken = false,
+        };
         Command register = ClientCommand.Create("register",
-            "Register a node's public key (provider). Registering again for the same node rotates its key: later reports must be signed with the new one.",
-            [code, node, publicKey], async (parse, call, ct) =>
+            "Register a node's public key with its devices' UUIDs (provider). The key signs nothing until an operator approves it "
+            + "(`capacity key approve` with the version and fingerprint printed here, checked with the provider out of band). Registering again for "
+            + "the same node rotates its key: the approved key stays in force until the new one is approved.",
+            [code, node, publicKey, deviceUuids], async (parse, call, ct) =>
             {
+                string[] uuids = CheckDeviceUuids(parse.GetValue(deviceUuids) ?? []);
                 string pem = ReadPublicKey(parse.GetValue(publicKey)!);
                 NodeKey registered = await Client(call).RegisterNodeKeyAsync(
-                    new RegisterNodeKeyRequest { CreditCode = parse.GetValue(code)!, NodeId = parse.GetValue(node)!, PublicKeyPem = pem },
+                    new RegisterNodeKeyRequest { CreditCode = parse.GetValue(code)!, NodeId = parse.GetValue(node)!, PublicKeyPem = pem, DeviceUuids = { uuids } },
                     call.Headers, cancellationToken: ct);
                 Console.WriteLine($"Registered key version {registered.KeyVersion} of node {registered.NodeId} for {registered.CreditCode}: SHA-256 {registered.KeySha256}.");
+                Console.WriteLine($"Devices: {string.Join(", ", registered.DeviceUuids)}.");
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"It signs nothing until an operator approves it: metering capacity key approve --code {registered.CreditCode} --node {registered.NodeId} --version {registered.KeyVersion} --fingerprint {registered.KeySha256} --reason \"...\""));
                 return 0;
             });
-        return new Command("key", "Node keys: each node signs its probe reports with its own ECDSA P-256 key.") { register };
+
+        var approveCode = Code("The provider whose node key is approved.");
+        var approveNode = new Option<string>("--node") { Description = "The node.", Required = true };
+        var version = new Option<uint>("--version") { Description = "The key version to approve: the node's latest, as `capacity key register` or `capacity key list --pending` shows it.", Required = true };
+        var fingerprint = new Option<string>("--fingerprint")
+        {
+            Description = "The key's SHA-256 fingerprint (64 hex digits) as checked with the provider; the server refuses the approval if it is not the registered key's.",
+            Required = true,
+        };
+        var reason = new Option<string>("--reason", "--reasons") { Description = "Why the key is approved, for example how the fingerprint was checked; recorded with the approval.", Required = true };
+        var approveOutput = OutputOption("the NodeKey");
+        Command approve = ClientCommand.Create("approve",
+            "Approve a node's latest registered key (operator): from then on that key, and only it, signs the node's attestations, and its reports must name "
+            + "the device UUIDs registered with it. Who and when are recorded; an approval is never changed.",
+            [approveCode, approveNode, version, fingerprint, reason, approveOutput], async (parse, call, ct) =>
+            {
+                string sha256 = parse.GetValue(fingerprint)!.Trim();
+                if (sha256.Length != 64 || !sha256.All(char.IsAsciiHexDigit))
+                {
+                    throw new UsageException($"--fingerprint '{sha256}' is not a SHA-256 fingerprint: 64 hex digits, as `capacity key register` printed it");
+                }
+
+                if (string.IsNullOrWhiteSpace(parse.GetValue(reason)))
+                {
+                    throw new UsageException("--reason needs text: why the key is approved, for example how its fingerprint was checked");
+                }
+
+                NodeKey approved = await Client(call).ApproveNodeKeyAsync(new ApproveNodeKeyRequest
+                {
+                    CreditCode = parse.GetValue(approveCode)!,
+                    NodeId = parse.GetValue(approveNode)!,
+                    KeyVersion = parse.GetValue(version),
+                    KeySha256 = sha256.ToLowerInvariant(),
+                    Reasons = parse.GetValue(reason)!,
+                }, call.Headers, cancellationToken: ct);
+                if (parse.GetValue(approveOutput) == "json")
+                {
+                    Console.Write(Json(approved));
+                    return 0;
+                }
+
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"Approved key version {approved.KeyVersion} of node {approved.NodeId} for {approved.CreditCode} (SHA-256 {approved.KeySha256}), by {approved.ApprovedBy} at {LocalTime.Minutes(approved.ApprovedUnixMs)} Asia/Shanghai."));
+                Console.WriteLine($"Devices: {string.Join(", ", approved.DeviceUuids)}.");
+                return 0;
+            });
+
+        var listCode = Code("The provider whose node keys are listed (a provider may list only its own).");
+        var pending = new Option<bool>("--pending") { Description = "Only the nodes whose latest key awaits approval, and only that key: what `capacity key approve` takes." };
+        var listOutput = OutputOption("the NodeKeyList");
+        Command list = ClientCommand.Create("list",
+            "List a provider's node keys (operator, auditor, or the provider for itself), node by node: each node's latest key and, where that is not approved, "
+            + "its key in force too, with the device UUIDs and who approved each and when.",
+            [listCode, pending, listOutput], async (parse, call, ct) =>
+            {
+                var all = new NodeKeyList();
+                string after = "";
+                do
+                {
+                    NodeKeyList page = await Client(call).ListNodeKeysAsync(
+                        new ListNodeKeysRequest { CreditCode = parse.GetValue(listCode)!, PendingOnly = parse.GetValue(pending), AfterNodeId = after },
+                        call.Headers, cancellationToken: ct);
+                    all.Keys.Add(page.Keys);
+                    after = page.NextAfterNodeId;
+                }
+                while (after.Length > 0);
+
+                if (parse.GetValue(listOutput) == "json")
+                {
+                    Console.Write(Json(all));
+                    return 0;
+                }
+
+                var table = new TextTable("node", "version", "fingerprint (SHA-256)", "device UUIDs", "state", "approved by", "approved (Asia/Shanghai)");
+                foreach (NodeKey key in all.Keys)
+                {
+                    table.Add(key.NodeId, key.KeyVersion.ToString(CultureInfo.InvariantCulture), key.KeySha256, string.Join(" ", key.DeviceUuids),
+                        key.Approved ? "approved" : "pending", key.ApprovedBy, key.Approved ? LocalTime.Minutes(key.ApprovedUnixMs) : "");
+                }
+
+                table.Write(Console.Out);
+                return 0;
+            });
+        return new Command("key", "Node keys: each node signs its probe reports with its own ECDSA P-256 key, bound to its devices' UUIDs and approved by an operator.")
+        {
+            register, approve, list,
+        };
+    }
+
+    /// <summary>The proto's rules for a registration's device UUIDs, checked before anything is sent.</summary>
+    private static string[] CheckDeviceUuids(string[] uuids)
+    {
+        if (uuids.Length == 0)
+        {
+            throw new UsageException("give the node's device UUIDs: --device-uuid UUID for each device (on NVIDIA as `nvidia-smi -L` prints them)");
+        }
+
+        if (uuids.Length > NodeKeyService.DeviceUuidsMax)
+        {
+            throw new UsageException($"a node has at most {NodeKeyService.DeviceUuidsMax} devices (what one probe report holds), not {uuids.Length}");
+        }
+
+        foreach (string uuid in uuids)
+        {
+            if (uuid.Length is 0 or > NodeKeyService.DeviceUuidLengthMax || !uuid.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or ':' or '/' or '-'))
+            {
+                throw new UsageException($"--device-uuid '{uuid}' is not 1 to {NodeKeyService.DeviceUuidLengthMax} characters from A-Z a-z 0-9 . _ : / -");
+            }
+        }
+
+        if (uuids.Distinct(StringComparer.Ordinal).Count() != uuids.Length)
+        {
+            throw new UsageException("--device-uuid names a device twice; each device of the node once");
+        }
+
+        return uuids;
     }
 
     private static Command InventoryCommand()

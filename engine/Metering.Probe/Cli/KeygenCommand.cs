@@ -16,9 +16,10 @@ internal static class KeygenCommand
 
         Writes the private key as PKCS#8 PEM to FILE, readable and writable by its owner only
         (mode 0600), and prints the public key (SubjectPublicKeyInfo PEM) on standard output.
-        Register the public key for the node with
-          metering capacity key register --code CODE --node NODE --public-key node.pub.pem
-        and keep FILE on the node: `metering-probe run --key FILE` signs every report with it.
+        Register the public key for the node with its devices' UUIDs
+          metering capacity key register --code CODE --node NODE --public-key node.pub.pem --device-uuid ID ...
+        have an operator approve it (`metering capacity key approve`, with the fingerprint printed
+        here), and keep FILE on the node: `metering-probe run --key FILE` signs every report with it.
 
         Options:
           --out FILE   Where to write the private key. An existing file is left alone unless --force.

@@ -255,10 +255,14 @@ internal sealed record ProbeOptions
     private static string? ParseDeviceUuid(string value, out string? uuid)
     {
         uuid = value;
-        return value.Length is >= 1 and <= 96 && value.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or ':' or '/' or '-')
+        return DeviceUuidError(value);
+    }
+
+    /// <summary>Why a device UUID is not one a server registers (1 to 96 characters from [A-Za-z0-9._:/-]), or null when it is.</summary>
+    public static string? DeviceUuidError(string value) =>
+        value.Length is >= 1 and <= 96 && value.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or ':' or '/' or '-')
             ? null
             : $"'{value}' is not 1 to 96 characters from [A-Za-z0-9._:/-]";
-    }
 
     private static string? ParseJsonPath(string value, out string? json)
     {

@@ -85,6 +85,11 @@ internal static class RunCommand
 
     private static async Task<int> AttestAsync(RunOptions options, AttestationProtocol protocol, ECDsa nodeKey, ILogger logger)
     {
+        if (await CheckKeyAsync(options, protocol, nodeKey) is int stopped)
+        {
+            return stopped;
+        }
+
         RunLog.AskingChallenge(logger, options.NodeId, options.Server.ToString());
         NodeAssignment? assignment = await protocol.BeginAsync(CancellationToken.None);
         if (assignment is null)
@@ -101,6 +106,7 @@ internal static class RunCommand
             Nonce = assignment.Nonce,
             Attested = true,
             Devices = options.Devices,
+            CpuDeviceUuid = options.CpuDeviceUuid,
             Runs = assignment.RunsPerKernel,
             Kernels = assignment.Work.Select(w => w.Kind).ToList(),
             WorkOverrides = assignment.Work.ToDictionary(w => w.Kind, w => w.Size),
@@ -163,6 +169,38 @@ internal static class RunCommand
             NodeOutcome.NodeAwaitingReview => ExitCodes.AwaitingReview,
             _ => ExitCodes.NodeFailed,
         };
+    }
+
+    /// <summary>
+    /// Stops the run, before the challenges start, where the server's records already say it
+    /// cannot pass: this key is the node's registered key but no operator has approved it, or the
+    /// CPU accelerator's UUID is not one registered with it. A key the server does not list for
+    /// the node goes on, and the server judges its signature (SIGNATURE_INVALID).
+    /// </summary>
+    private static async Task<int?> CheckKeyAsync(RunOptions options, AttestationProtocol protocol, ECDsa nodeKey)
+    {
+        string fingerprint = Convert.ToHexStringLower(SHA256.HashData(nodeKey.ExportSubjectPublicKeyInfo()));
+        NodeKey? listed = (await protocol.NodeKeysAsync(CancellationToken.None)).FirstOrDefault(k => k.KeySha256 == fingerprint);
+        if (listed is null)
+        {
+            return null;
+        }
+
+        if (!listed.Approved)
+        {
+            Console.Error.WriteLine($"metering-probe: refused: NODE_KEY_NOT_APPROVED: key version {listed.KeyVersion} of node {options.NodeId} (SHA-256 {fingerprint}) awaits an operator's approval "
+                + $"(`metering capacity key approve --code {options.CreditCode} --node {options.NodeId} --version {listed.KeyVersion} --fingerprint {fingerprint} --reason TEXT`); "
+                + "the challenges were not started and nothing was measured.");
+            return ExitCodes.Refused;
+        }
+
+        if (options.CpuDeviceUuid is string uuid && !listed.DeviceUuids.Contains(uuid, StringComparer.Ordinal))
+        {
+            return Usage($"--device-uuid {uuid} is not registered with key version {listed.KeyVersion} of node {options.NodeId} (it registers {string.Join(", ", listed.DeviceUuids)}); "
+                + "the server would refuse the report (DEVICE_UUID_MISMATCH)");
+        }
+
+        return null;
     }
 
     private static string Seconds(long milliseconds) => (milliseconds / 1000.0).ToString("0.0", System.Globalization.CultureInfo.InvariantCulture);

@@ -32,15 +32,26 @@ internal sealed record RunOptions
                             Defaults to METERING_CA, else the system's roots.
           --device KIND     auto (default: the node's GPUs; without one the run stops, exit 3),
                             cuda, opencl, or cpu (ILGPU's CPU accelerator: test fleets only).
+                            Only cpu can attest today: the server checks every device's UUID
+                            against those registered with the node's key, and this probe cannot
+                            read a GPU's UUID yet (ILGPU exposes none), so on a GPU `run` stops
+                            before anything is sent (exit 2).
+          --device-uuid ID  With --device cpu, required: the UUID the CPU accelerator reports, as
+                            registered with the node's key (`metering capacity key register
+                            --device-uuid ID`); it enters the report and the device's nonce.
           --json FILE       Also keep the submitted report in FILE.
           --quiet           No progress lines on standard error.
           -h, --help        Show this help.
 
         Output: progress on standard error; the node's outcome, a table of its devices and kernels
         against the catalog figures, and the fleet validation's state on standard output.
-        Exit codes: 0 the node passed, or is not sampled; 1 the run failed; 2 bad options (nothing was sent);
+        Exit codes: 0 the node passed, or is not sampled; 1 the run failed; 2 bad options, a GPU
+        device whose UUID cannot be read, or a --device-uuid the node's key does not register
+        (nothing was measured or committed);
         3 no GPU (or none of --device); 4 the probe's own checksum check failed (nothing was sent);
-        5 the server refused a call or could not be reached (its status and reason are printed);
+        5 the server refused a call or could not be reached (its status and reason are printed), or
+        the server lists this key as awaiting an operator's approval (NODE_KEY_NOT_APPROVED: `run`
+        stops before the challenges start);
         6 the node failed (its report was judged so, or its commitment came after the deadline);
         7 a device awaits an operator's review.
         """;
@@ -62,6 +73,8 @@ internal sealed record RunOptions
     public string? CaPath { get; init; }
 
     public DeviceFilter Devices { get; init; } = DeviceFilter.Auto;
+
+    public string? CpuDeviceUuid { get; init; }
 
     public string? JsonPath { get; init; }
 
@@ -90,7 +103,7 @@ internal sealed record RunOptions
                 continue;
             }
 
-            if (option is not ("--server" or "--code" or "--node-id" or "--key" or "--api-key" or "--ca" or "--device" or "--json"))
+            if (option is not ("--server" or "--code" or "--node-id" or "--key" or "--api-key" or "--ca" or "--device" or "--device-uuid" or "--json"))
             {
                 return Fail($"unknown option '{option}'");
             }
@@ -147,6 +160,28 @@ internal sealed record RunOptions
             }
         }
 
+        string? deviceUuid = Value("--device-uuid");
+        if (devices != DeviceFilter.Cpu)
+        {
+            // The server compares every report device's UUID with the node key's registered ones
+            // (DEVICE_UUID_MISMATCH); a GPU's would be empty. Stopping here keeps a run that
+            // cannot pass from starting every sampled node's challenge clock.
+            return Fail(deviceUuid is not null
+                ? "--device-uuid: only the CPU accelerator takes a UUID from the command line; add --device cpu (a GPU's UUID is the hardware's)"
+                : "a GPU report cannot pass the server's device UUID check yet: this probe cannot read a GPU's UUID (ILGPU exposes none), so its report "
+                    + "would name no device the node's key registered (DEVICE_UUID_MISMATCH). Nothing was sent. Only --device cpu with --device-uuid attests today");
+        }
+
+        if (deviceUuid is null)
+        {
+            return Fail("--device cpu needs --device-uuid ID: the UUID registered with the node's key (`metering capacity key register --device-uuid ID`)");
+        }
+
+        if (ProbeOptions.DeviceUuidError(deviceUuid) is string badUuid)
+        {
+            return Fail($"--device-uuid: {badUuid}");
+        }
+
         return new RunOptions
         {
             Server = serverUri,
@@ -156,6 +191,7 @@ internal sealed record RunOptions
             ApiKey = apiKey,
             CaPath = Value("--ca", CaVariable),
             Devices = devices,
+            CpuDeviceUuid = deviceUuid,
             JsonPath = Value("--json"),
             Verbose = verbose,
         };

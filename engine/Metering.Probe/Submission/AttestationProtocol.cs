@@ -34,6 +34,33 @@ internal sealed class AttestationProtocol(CapacityService.CapacityServiceClient 
     /// <summary>The wait between those tries: a verification takes seconds.</summary>
     public static readonly TimeSpan BusyRetryDelay = TimeSpan.FromSeconds(2);
 
+    /// <summary>
+    /// The node's keys as the server lists them (ListNodeKeys, the provider's own): its latest
+    /// registered key and, where that is not approved, its key in force. Read before the
+    /// challenges start, so that a node whose key awaits approval does not start every sampled
+    /// node's clock for a commitment the server must refuse.
+    /// </summary>
+    public async Task<IReadOnlyList<NodeKey>> NodeKeysAsync(CancellationToken cancellationToken)
+    {
+        var keys = new List<NodeKey>();
+        string after = "";
+        do
+        {
+            NodeKeyList page = await client.ListNodeKeysAsync(new ListNodeKeysRequest { CreditCode = creditCode, AfterNodeId = after }, headers, cancellationToken: cancellationToken);
+            keys.AddRange(page.Keys.Where(k => k.NodeId == nodeId));
+            // Pages come in node id order: once a later node is listed, this node has no more keys.
+            if (page.Keys.Any(k => string.CompareOrdinal(k.NodeId, nodeId) > 0))
+            {
+                break;
+            }
+
+            after = page.NextAfterNodeId;
+        }
+        while (after.Length > 0);
+
+        return keys;
+    }
+
     /// <summary>This node's challenge, starting the challenges if no node has; null when the node is not in the sample.</summary>
     public async Task<NodeAssignment?> BeginAsync(CancellationToken cancellationToken)
     {

@@ -27,13 +27,27 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         string publicKey = await WriteAsync("node.pub.pem", key.ExportSubjectPublicKeyInfoPem());
 
-        var (registered, registerOutput) = await ProviderAsync(server, "key", "register", "--code", Provider, "--node", "gpu-01", "--public-key", publicKey);
+        string[] uuids = [$"GPU-{Guid.NewGuid()}", $"GPU-{Guid.NewGuid()}"];
+
+        var (registered, registerOutput) = await ProviderAsync(server, "key", "register", "--code", Provider, "--node", "gpu-01", "--public-key", publicKey,
+            "--device-uuid", uuids[0], "--device-uuid", uuids[1]);
 
         Assert.True(registered == 0, registerOutput);
         string fingerprint = Convert.ToHexStringLower(SHA256.HashData(key.ExportSubjectPublicKeyInfo()));
         Assert.Contains($"key version 1 of node gpu-01 for {Provider}: SHA-256 {fingerprint}", registerOutput, StringComparison.Ordinal);
+        Assert.Contains($"metering capacity key approve --code {Provider} --node gpu-01 --version 1 --fingerprint {fingerprint}", registerOutput, StringComparison.Ordinal);
         Assert.Equal(fingerprint, Convert.ToHexStringLower(await server.ScalarAsync<byte[]>(
             "SELECT key_sha256 FROM capacity_node_keys WHERE provider_id = @Provider AND node_id = 'gpu-01'", new { Provider })));
+        Assert.Equal(uuids, await server.ScalarAsync<string[]>(
+            "SELECT device_uuids FROM capacity_node_keys WHERE provider_id = @Provider AND node_id = 'gpu-01'", new { Provider }));
+
+        var (approved, approveOutput) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey,
+            "capacity", "key", "approve", "--code", Provider, "--node", "gpu-01", "--version", "1", "--fingerprint", fingerprint, "--reason", "Fingerprint read back by the provider.");
+
+        Assert.True(approved == 0, approveOutput);
+        Assert.Contains($"Approved key version 1 of node gpu-01 for {Provider} (SHA-256 {fingerprint}), by operator:", approveOutput, StringComparison.Ordinal);
+        Assert.Equal("Fingerprint read back by the provider.", await server.ScalarAsync<string>(
+            "SELECT reasons FROM capacity_node_key_approvals WHERE provider_id = @Provider AND node_id = 'gpu-01' AND key_version = 1", new { Provider }));
 
         string inventory = await WriteAsync("inventory.json", Inventory(("gpu-01", "H100-SXM", 8), ("gpu-02", "H100-SXM", 8), ("gpu-03", "H200-SXM", 8)));
         var (declared, declareOutput) = await ProviderAsync(server, "inventory", "declare", "--code", Provider, "--file", inventory);
@@ -73,6 +87,7 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
         await using TestServer server = await TestServer.StartAsync(postgres);
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         string privateKey = await WriteAsync("node.pem", key.ExportPkcs8PrivateKeyPem());
+        string publicKey = await WriteAsync("node.pub.pem", key.ExportSubjectPublicKeyInfoPem());
         string notAKey = await WriteAsync("notes.txt", "gpu-01 is in rack 4\n");
         string unknownField = await WriteAsync("extra.json", """{"nodes": [{"nodeId": "gpu-01", "site": "sz", "deviceModel": "H100-SXM", "deviceCount": 8, "owner": "x"}]}""");
         string noNodes = await WriteAsync("empty.json", """{"nodes": []}""");
@@ -81,10 +96,17 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
         string[][] attempts =
         [
             // The private key would leave the node if the CLI sent it; it refuses to.
-            ["key", "register", "--code", Provider, "--node", "gpu-01", "--public-key", privateKey],
-            ["key", "register", "--code", Provider, "--node", "gpu-01", "--public-key", notAKey],
-            ["key", "register", "--code", Provider, "--node", "gpu-01", "--public-key", Path.Combine(_folder, "absent.pem")],
-            ["key", "register", "--node", "gpu-01", "--public-key", notAKey],
+            ["key", "register", "--code", Provider, "--node", "gpu-01", "--public-key", privateKey, "--device-uuid", "GPU-1"],
+            ["key", "register", "--code", Provider, "--node", "gpu-01", "--public-key", notAKey, "--device-uuid", "GPU-1"],
+            ["key", "register", "--code", Provider, "--node", "gpu-01", "--public-key", Path.Combine(_folder, "absent.pem"), "--device-uuid", "GPU-1"],
+            ["key", "register", "--node", "gpu-01", "--public-key", notAKey, "--device-uuid", "GPU-1"],
+            // A key bound to no device would let the node report any hardware; the CLI sends none without a UUID.
+            ["key", "register", "--code", Provider, "--node", "gpu-01", "--public-key", publicKey],
+            ["key", "register", "--code", Provider, "--node", "gpu-01", "--public-key", publicKey, "--device-uuid", "GPU 1"],
+            ["key", "register", "--code", Provider, "--node", "gpu-01", "--public-key", publicKey, "--device-uuid", "GPU-1", "--device-uuid", "GPU-1"],
+            ["key", "approve", "--code", Provider, "--node", "gpu-01", "--version", "1", "--fingerprint", "not-a-fingerprint", "--reason", "checked"],
+            ["key", "approve", "--code", Provider, "--node", "gpu-01", "--version", "1", "--fingerprint", new string('a', 64)],
+            ["key", "list", "--code", Provider, "--output", "yaml"],
             ["inventory", "declare", "--code", Provider, "--file", unknownField],
             ["inventory", "declare", "--code", Provider, "--file", noNodes],
             ["inventory", "declare", "--code", Provider, "--file", countAsText],
@@ -102,7 +124,58 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
         }
 
         Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM capacity_node_keys"));
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM capacity_node_key_approvals"));
         Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM capacity_inventories"));
+    }
+
+    [Fact]
+    public async Task Only_an_operator_approves_a_node_key_with_its_own_fingerprint_and_list_pending_shows_only_the_key_awaiting_approval()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        using var first = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        using var second = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        string firstKey = await WriteAsync("gpu-01.pub.pem", first.ExportSubjectPublicKeyInfoPem());
+        string secondKey = await WriteAsync("gpu-02.pub.pem", second.ExportSubjectPublicKeyInfoPem());
+        string firstUuid = $"GPU-{Guid.NewGuid()}";
+        string secondUuid = $"GPU-{Guid.NewGuid()}";
+        Assert.Equal(0, (await ProviderAsync(server, "key", "register", "--code", Provider, "--node", "gpu-01", "--public-key", firstKey, "--device-uuid", firstUuid)).ExitCode);
+        Assert.Equal(0, (await ProviderAsync(server, "key", "register", "--code", Provider, "--node", "gpu-02", "--public-key", secondKey, "--device-uuid", secondUuid)).ExitCode);
+        string firstFingerprint = Convert.ToHexStringLower(SHA256.HashData(first.ExportSubjectPublicKeyInfo()));
+        string secondFingerprint = Convert.ToHexStringLower(SHA256.HashData(second.ExportSubjectPublicKeyInfo()));
+
+        // The provider cannot approve its own key, and an operator cannot approve a key other than the one checked with the provider.
+        var (byProvider, byProviderOutput) = await ProviderAsync(server,
+            "key", "approve", "--code", Provider, "--node", "gpu-01", "--version", "1", "--fingerprint", firstFingerprint, "--reason", "Approving myself.");
+        var (wrongKey, wrongKeyOutput) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey,
+            "capacity", "key", "approve", "--code", Provider, "--node", "gpu-01", "--version", "1", "--fingerprint", secondFingerprint, "--reason", "Checked on the phone.");
+
+        Assert.True(byProvider == 1, byProviderOutput);
+        Assert.Contains(" ROLE_NOT_ALLOWED: ", byProviderOutput, StringComparison.Ordinal);
+        Assert.True(wrongKey == 1, wrongKeyOutput);
+        Assert.Contains("FailedPrecondition NODE_KEY_NOT_PENDING: ", wrongKeyOutput, StringComparison.Ordinal);
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM capacity_node_key_approvals"));
+
+        var (approved, approveOutput) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey,
+            "capacity", "key", "approve", "--code", Provider, "--node", "gpu-01", "--version", "1", "--fingerprint", firstFingerprint, "--reason", "Checked on the phone.");
+        Assert.True(approved == 0, approveOutput);
+
+        var (pendingExit, pending) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, "capacity", "key", "list", "--code", Provider, "--pending");
+
+        Assert.True(pendingExit == 0, pending);
+        Assert.Matches($@"(?m)^gpu-02 +1 +{secondFingerprint} +{secondUuid} +pending *$", pending);
+        Assert.DoesNotContain("gpu-01", pending, StringComparison.Ordinal);
+        Assert.DoesNotContain(firstFingerprint, pending, StringComparison.Ordinal);
+
+        // The provider lists its own keys: the approved one with who approved it and when, the pending one without.
+        var (allExit, all) = await ProviderAsync(server, "key", "list", "--code", Provider);
+        Assert.True(allExit == 0, all);
+        Assert.Matches($@"(?m)^gpu-01 +1 +{firstFingerprint} +{firstUuid} +approved +operator:\S+ +\d{{4}}-\d\d-\d\d \d\d:\d\d *$", all);
+        Assert.Matches($@"(?m)^gpu-02 +1 +{secondFingerprint} +{secondUuid} +pending *$", all);
+        var (jsonExit, json) = await CliProcess.RunAsAsync(server, TestServer.AuditorKey, "capacity", "key", "list", "--code", Provider, "--output", "json");
+        Assert.True(jsonExit == 0, json);
+        NodeKeyList listed = NodeKeyList.Parser.ParseJson(json);
+        Assert.Equal([("gpu-01", true), ("gpu-02", false)], listed.Keys.Select(k => (k.NodeId, k.Approved)));
+        Assert.Equal("Checked on the phone.", listed.Keys[0].ApprovalReasons);
     }
 
     [Fact]
@@ -116,7 +189,7 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
 
         (string Reason, string[] Arguments)[] attempts =
         [
-            ("OTHER_PROVIDER", ["key", "register", "--code", TestRecords.OtherProvider, "--node", "gpu-01", "--public-key", publicKey]),
+            ("OTHER_PROVIDER", ["key", "register", "--code", TestRecords.OtherProvider, "--node", "gpu-01", "--public-key", publicKey, "--device-uuid", "GPU-1"]),
             ("INVENTORY_INVALID", ["inventory", "declare", "--code", Provider, "--file", twice]),
             ("MODEL_NOT_PROBEABLE", ["inventory", "declare", "--code", Provider, "--file", ascend]),
             ("VALIDATION_UNKNOWN", ["validation", "show", "--code", Provider]),
