@@ -193,7 +193,7 @@ set -e
 "$metering" capacity validation show --code "$code" || true
 case $run_status in
     0) e2e_result "passed model=$model_key" ;;
-    2) e2e_result "skipped reason=gpu_uuid_unreadable: the probe cannot read a CUDA device's UUID yet, so a GPU report cannot pass the server's UUID check (see the run's message)" ;;
+    2) e2e_result "failed step=probe_run exit=2 reason=device_uuid: the probe could not read the GPU's UUID from the CUDA driver, or it differs from nvidia-smi's (see the run's message)" ;;
     7) e2e_result "awaiting_review model=$model_key (the catalog's probe names do not match the device: see the table)" ;;
     *) e2e_result "failed step=probe_run exit=$run_status model=$model_key (0 passed, 3 no GPU, 4 self-check, 5 refused, 6 node failed, 124 timed out)" ;;
 esac

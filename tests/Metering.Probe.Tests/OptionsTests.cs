@@ -77,9 +77,28 @@ public sealed class OptionsTests
     }
 
     [Theory]
-    [InlineData("a GPU report cannot pass the server's device UUID check yet")]
-    [InlineData("a GPU report cannot pass the server's device UUID check yet", "--device", "cuda")]
-    [InlineData("a GPU report cannot pass the server's device UUID check yet", "--device", "opencl")]
+    [InlineData("--device", "auto")]
+    [InlineData("--device", "cuda")]
+    public void Run_on_a_gpu_reads_the_uuid_from_the_driver_and_takes_none_from_the_command_line(params string[] device)
+    {
+        RunOptions options = RunOptions.Parse([.. RunBase, .. device], _ => null);
+
+        Assert.Null(options.Error);
+        Assert.NotEqual(DeviceFilter.Cpu, options.Devices);
+        Assert.Null(options.CpuDeviceUuid);
+    }
+
+    [Fact]
+    public void A_cuda_uuid_is_written_as_nvidia_smi_writes_it()
+    {
+        byte[] bytes = Convert.FromHexString("3f2a9c1b7d4e4f0a8b6c5d4e3f2a1b0c");
+
+        Assert.Equal("GPU-3f2a9c1b-7d4e-4f0a-8b6c-5d4e3f2a1b0c", CudaDeviceUuid.Format(bytes));
+        Assert.Throws<ArgumentException>(() => CudaDeviceUuid.Format(bytes.AsSpan(0, 15)));
+    }
+
+    [Theory]
+    [InlineData("--device opencl cannot attest: OpenCL exposes no device UUID", "--device", "opencl")]
     [InlineData("--device-uuid: only the CPU accelerator takes a UUID", "--device", "cuda", "--device-uuid", "GPU-1")]
     [InlineData("--device cpu needs --device-uuid ID", "--device", "cpu")]
     [InlineData("--device-uuid: 'CPU 0' is not 1 to 96 characters", "--device", "cpu", "--device-uuid", "CPU 0")]

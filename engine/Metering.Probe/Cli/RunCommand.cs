@@ -179,6 +179,25 @@ internal static class RunCommand
     /// </summary>
     private static async Task<int?> CheckKeyAsync(RunOptions options, AttestationProtocol protocol, ECDsa nodeKey)
     {
+        // The devices and the UUIDs their reports will carry, read before the challenges start:
+        // a GPU whose UUID cannot be read would fail at the server after every sampled node's
+        // clock had started.
+        IReadOnlyList<(string Name, string Uuid, string? Problem)> devices;
+        try
+        {
+            devices = ProbeRunner.DeviceUuids(options.Devices, options.CpuDeviceUuid);
+        }
+        catch (NoAcceleratorException e)
+        {
+            Console.Error.WriteLine($"metering-probe: error: {e.Message}");
+            return ExitCodes.NoAccelerator;
+        }
+
+        if (devices.FirstOrDefault(d => d.Uuid.Length == 0) is { Name: not null } unreadable)
+        {
+            return Usage($"cannot read the UUID of {unreadable.Name}: {unreadable.Problem}; the server would refuse its report (DEVICE_UUID_MISMATCH), so nothing was sent");
+        }
+
         string fingerprint = Convert.ToHexStringLower(SHA256.HashData(nodeKey.ExportSubjectPublicKeyInfo()));
         NodeKey? listed = (await protocol.NodeKeysAsync(CancellationToken.None)).FirstOrDefault(k => k.KeySha256 == fingerprint);
         if (listed is null)
@@ -194,9 +213,10 @@ internal static class RunCommand
             return ExitCodes.Refused;
         }
 
-        if (options.CpuDeviceUuid is string uuid && !listed.DeviceUuids.Contains(uuid, StringComparer.Ordinal))
+        if (devices.FirstOrDefault(d => !listed.DeviceUuids.Contains(d.Uuid, StringComparer.Ordinal)) is { Name: not null } stranger)
         {
-            return Usage($"--device-uuid {uuid} is not registered with key version {listed.KeyVersion} of node {options.NodeId} (it registers {string.Join(", ", listed.DeviceUuids)}); "
+            string named = options.CpuDeviceUuid is null ? $"{stranger.Name} has UUID {stranger.Uuid}, which" : $"--device-uuid {stranger.Uuid}";
+            return Usage($"{named} is not registered with key version {listed.KeyVersion} of node {options.NodeId} (it registers {string.Join(", ", listed.DeviceUuids)}); "
                 + "the server would refuse the report (DEVICE_UUID_MISMATCH)");
         }
 

@@ -31,11 +31,11 @@ internal sealed record RunOptions
           --ca FILE         PEM of the CA that issued the server's certificate; only it is trusted.
                             Defaults to METERING_CA, else the system's roots.
           --device KIND     auto (default: the node's GPUs; without one the run stops, exit 3),
-                            cuda, opencl, or cpu (ILGPU's CPU accelerator: test fleets only).
-                            Only cpu can attest today: the server checks every device's UUID
-                            against those registered with the node's key, and this probe cannot
-                            read a GPU's UUID yet (ILGPU exposes none), so on a GPU `run` stops
-                            before anything is sent (exit 2).
+                            cuda, or cpu (ILGPU's CPU accelerator: test fleets only). The server
+                            checks every device's UUID against those registered with the node's
+                            key; on CUDA it is read from the driver (as nvidia-smi -L prints it)
+                            and checked before the challenges start (exit 2 when unreadable or not
+                            registered). opencl is refused: OpenCL exposes no UUID.
           --device-uuid ID  With --device cpu, required: the UUID the CPU accelerator reports, as
                             registered with the node's key (`metering capacity key register
                             --device-uuid ID`); it enters the report and the device's nonce.
@@ -161,15 +161,19 @@ internal sealed record RunOptions
         }
 
         string? deviceUuid = Value("--device-uuid");
-        if (devices != DeviceFilter.Cpu)
+        if (devices == DeviceFilter.OpenCL)
         {
             // The server compares every report device's UUID with the node key's registered ones
-            // (DEVICE_UUID_MISMATCH); a GPU's would be empty. Stopping here keeps a run that
+            // (DEVICE_UUID_MISMATCH), and OpenCL exposes none: stopping here keeps a run that
             // cannot pass from starting every sampled node's challenge clock.
-            return Fail(deviceUuid is not null
-                ? "--device-uuid: only the CPU accelerator takes a UUID from the command line; add --device cpu (a GPU's UUID is the hardware's)"
-                : "a GPU report cannot pass the server's device UUID check yet: this probe cannot read a GPU's UUID (ILGPU exposes none), so its report "
-                    + "would name no device the node's key registered (DEVICE_UUID_MISMATCH). Nothing was sent. Only --device cpu with --device-uuid attests today");
+            return Fail("--device opencl cannot attest: OpenCL exposes no device UUID, which the server checks against the node key's; use --device cuda (or auto)");
+        }
+
+        if (devices != DeviceFilter.Cpu)
+        {
+            return deviceUuid is not null
+                ? Fail("--device-uuid: only the CPU accelerator takes a UUID from the command line; add --device cpu (a GPU's UUID is read from its driver)")
+                : Options(null);
         }
 
         if (deviceUuid is null)
@@ -182,7 +186,9 @@ internal sealed record RunOptions
             return Fail($"--device-uuid: {badUuid}");
         }
 
-        return new RunOptions
+        return Options(deviceUuid);
+
+        RunOptions Options(string? cpuDeviceUuid) => new()
         {
             Server = serverUri,
             CreditCode = Value("--code")!,
@@ -191,7 +197,7 @@ internal sealed record RunOptions
             ApiKey = apiKey,
             CaPath = Value("--ca", CaVariable),
             Devices = devices,
-            CpuDeviceUuid = deviceUuid,
+            CpuDeviceUuid = cpuDeviceUuid,
             JsonPath = Value("--json"),
             Verbose = verbose,
         };

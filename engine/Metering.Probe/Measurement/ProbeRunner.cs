@@ -64,40 +64,8 @@ public sealed class ProbeRunner
             ProbeLog.Unattested(_logger);
         }
 
-        using Context context = Context.Create(builder =>
-        {
-            builder.Optimize(OptimizationLevel.O2);
-            // Auto looks for GPUs only: a CPU's figures count for nothing, and a run that measured
-            // one without being asked would look like a node with no accelerator that passed a probe.
-            if (_settings.Devices is DeviceFilter.All or DeviceFilter.Cpu)
-            {
-                builder.DefaultCPU();
-            }
-
-            if (_settings.Devices is DeviceFilter.Auto or DeviceFilter.All or DeviceFilter.Cuda)
-            {
-                builder.Cuda();
-            }
-
-            if (_settings.Devices is DeviceFilter.Auto or DeviceFilter.All or DeviceFilter.OpenCL)
-            {
-                builder.OpenCL();
-            }
-        });
-
-        IReadOnlyList<Device> devices = Select(context.Devices, _settings.Devices);
-        if (devices.Count == 0 && _settings.Devices == DeviceFilter.Auto)
-        {
-            throw new NoAcceleratorException(
-                $"No GPU found: no CUDA device and no OpenCL GPU (ILGPU sees: {Describe(context.Devices)}). The probe does not fall back to the CPU by itself; "
-                + "check the NVIDIA driver (nvidia-smi), or pass --device cpu for a smoke run on the CPU, whose figures attest no GPU.");
-        }
-
-        if (devices.Count == 0)
-        {
-            throw new NoAcceleratorException($"No {_settings.Devices.ToString().ToLowerInvariant()} accelerator found (ILGPU sees: {Describe(context.Devices)}).");
-        }
-
+        using Context context = CreateContext(_settings.Devices);
+        IReadOnlyList<Device> devices = Devices(context, _settings.Devices);
         if (_settings.CpuDeviceUuid is not null && devices.Any(d => d.AcceleratorType != AcceleratorType.CPU))
         {
             throw new ArgumentException($"A device UUID is given only to the CPU accelerator; this run measures {Describe(devices)}, whose UUIDs are the hardware's.");
@@ -122,6 +90,81 @@ public sealed class ProbeRunner
             RunsPerKernel = _settings.Runs,
             Devices = reports,
         };
+    }
+
+    /// <summary>
+    /// The devices a run with this filter measures, each with the UUID its report will carry (empty
+    /// where none can be read, with the reason), without measuring anything: `run` checks them
+    /// against the node key's registered UUIDs before it starts the challenges.
+    /// </summary>
+    public static IReadOnlyList<(string Name, string Uuid, string? Problem)> DeviceUuids(DeviceFilter filter, string? cpuDeviceUuid)
+    {
+        using Context context = CreateContext(filter);
+        return [.. Devices(context, filter).Select(device =>
+        {
+            string uuid = UuidOf(device, cpuDeviceUuid, out string? problem);
+            return (device.Name, uuid, problem);
+        })];
+    }
+
+    private static Context CreateContext(DeviceFilter filter) => Context.Create(builder =>
+    {
+        builder.Optimize(OptimizationLevel.O2);
+        // Auto looks for GPUs only: a CPU's figures count for nothing, and a run that measured
+        // one without being asked would look like a node with no accelerator that passed a probe.
+        if (filter is DeviceFilter.All or DeviceFilter.Cpu)
+        {
+            builder.DefaultCPU();
+        }
+
+        if (filter is DeviceFilter.Auto or DeviceFilter.All or DeviceFilter.Cuda)
+        {
+            builder.Cuda();
+        }
+
+        if (filter is DeviceFilter.Auto or DeviceFilter.All or DeviceFilter.OpenCL)
+        {
+            builder.OpenCL();
+        }
+    });
+
+    private static IReadOnlyList<Device> Devices(Context context, DeviceFilter filter)
+    {
+        IReadOnlyList<Device> devices = Select(context.Devices, filter);
+        if (devices.Count == 0 && filter == DeviceFilter.Auto)
+        {
+            throw new NoAcceleratorException(
+                $"No GPU found: no CUDA device and no OpenCL GPU (ILGPU sees: {Describe(context.Devices)}). The probe does not fall back to the CPU by itself; "
+                + "check the NVIDIA driver (nvidia-smi), or pass --device cpu for a smoke run on the CPU, whose figures attest no GPU.");
+        }
+
+        if (devices.Count == 0)
+        {
+            throw new NoAcceleratorException($"No {filter.ToString().ToLowerInvariant()} accelerator found (ILGPU sees: {Describe(context.Devices)}).");
+        }
+
+        return devices;
+    }
+
+    /// <summary>
+    /// The UUID a device's report carries, known before any kernel runs because it enters the
+    /// device's nonce: on the CPU accelerator the --device-uuid the probe was given; on CUDA the
+    /// driver's (<see cref="CudaDeviceUuid"/>); none through OpenCL, which exposes no UUID. The
+    /// server refuses a report device whose UUID the node's key does not register.
+    /// </summary>
+    private static string UuidOf(Device device, string? cpuDeviceUuid, out string? problem)
+    {
+        problem = null;
+        switch (device)
+        {
+            case CudaDevice cuda:
+                return CudaDeviceUuid.TryRead(cuda.DeviceId, out problem) ?? string.Empty;
+            case { AcceleratorType: AcceleratorType.CPU }:
+                return cpuDeviceUuid ?? string.Empty;
+            default:
+                problem = "OpenCL exposes no device UUID; measure an NVIDIA GPU through CUDA (--device cuda)";
+                return string.Empty;
+        }
     }
 
     private static List<Device> Select(IEnumerable<Device> all, DeviceFilter filter)
@@ -152,11 +195,7 @@ public sealed class ProbeRunner
     {
         ProbeLog.DeviceStarting(_logger, index, device.Name, TypeName(device.AcceleratorType), device.NumMultiprocessors, MemoryBytes(device) / (1024 * 1024));
         using Accelerator accelerator = device.CreateAccelerator(context);
-        // The UUID enters the device's nonce, so it is known before any kernel runs: on the CPU
-        // accelerator the --device-uuid the probe was given. ILGPU 1.5.3 has no NVML binding and no
-        // cuDeviceGetUuid, so a CUDA device's UUID is not known here and stays empty; the server
-        // refuses a report device without one (DEVICE_UUID_MISMATCH).
-        string uuid = device.AcceleratorType == AcceleratorType.CPU ? _settings.CpuDeviceUuid ?? string.Empty : string.Empty;
+        string uuid = UuidOf(device, _settings.CpuDeviceUuid, out _);
         byte[] deviceNonce = DeviceNonce.Derive(_settings.Nonce, index, uuid);
         var measurements = new List<KernelMeasurement>();
         foreach (KernelKind kind in _settings.Kernels)

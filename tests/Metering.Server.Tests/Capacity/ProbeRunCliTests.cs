@@ -146,14 +146,14 @@ public sealed class ProbeRunCliTests(PostgresFixture postgres) : IDisposable
             """{"nodes": [{"nodeId": "cpu-node-01", "site": "sz-test-dc", "deviceModel": "CPU-FIXTURE", "deviceCount": 1}]}""");
         Assert.Equal(0, (await Capacity(server, "inventory", "declare", "--code", Provider, "--file", inventory)).ExitCode);
 
-        // A GPU's UUID cannot be read yet, so its report could never pass; the run says so instead of starting every node's clock.
-        var (gpu, gpuOutput) = await RunOnAsync(server, key, "--device", "cuda");
+        // OpenCL exposes no device UUID, so its report could never pass; the run says so instead of starting every node's clock.
+        var (gpu, gpuOutput) = await RunOnAsync(server, key, "--device", "opencl");
         var (noUuid, noUuidOutput) = await RunOnAsync(server, key, "--device", "cpu");
         var (badUuid, badUuidOutput) = await RunOnAsync(server, key, "--device", "cpu", "--device-uuid", "CPU 1");
         var (otherUuid, otherUuidOutput) = await RunOnAsync(server, key, "--device", "cpu", "--device-uuid", "CPU-another-node-0");
 
         Assert.True(gpu == 2, gpuOutput);
-        Assert.Contains("a GPU report cannot pass the server's device UUID check yet", gpuOutput, StringComparison.Ordinal);
+        Assert.Contains("--device opencl cannot attest: OpenCL exposes no device UUID", gpuOutput, StringComparison.Ordinal);
         Assert.True(noUuid == 2, noUuidOutput);
         Assert.Contains("--device cpu needs --device-uuid ID", noUuidOutput, StringComparison.Ordinal);
         Assert.True(badUuid == 2, badUuidOutput);
