@@ -83,7 +83,7 @@ public sealed class FleetValidationTests(PostgresFixture postgres)
     public async Task A_device_model_the_catalog_does_not_know_awaits_an_operators_review_whose_decision_completes_the_validation()
     {
         // The catalog has no CPU model: the provider says its nodes hold a GPU whose probe names the CPU does not match.
-        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, UnnamedGpuCatalog());
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, TestCatalogs.WithUnnamedGpu());
         TestNode[] nodes = await scene.NodesAsync(2);
         FleetValidation declared = await scene.DeclareAsync(nodes, UnnamedGpu);
         foreach (TestNode node in nodes)
@@ -140,27 +140,7 @@ public sealed class FleetValidationTests(PostgresFixture postgres)
         Assert.Equal(316_608_000, verified.VerifiedFp16Gflops);
     }
 
-    private const string UnnamedGpu = "GPU-UNNAMED";
-
-    /// <summary>
-    /// The shipped catalog plus a GPU model whose probe names no CPU, with the CPU fixture's tiny
-    /// challenge work, so that a CPU node can do its work and still be unknown by name. Its dense
-    /// FP16 figure is the H100's.
-    /// </summary>
-    private static DeviceCatalog UnnamedGpuCatalog()
-    {
-        const string Overlay = """
-            { "overlay": "Test: a GPU model the CPU accelerator does not match by name.",
-              "devices": [ { "key": "GPU-UNNAMED", "vendor": "test", "name": "Unnamed test GPU", "fp16DenseGflops": 989400, "source": "test figure",
-                "probe": { "deviceNames": [ "Unnamed Test GPU" ], "referencePath": "portable",
-                  "peak": { "tensorFp16Mflops": 989400000, "packedFp16Mflops": 1000000, "fp32Mflops": 1000000, "memoryMbps": 1000000 },
-                  "reference": { "tensorFp16Mflops": 1, "packedFp16Mflops": 1, "fp32Mflops": 1, "memoryMbps": 1 },
-                  "work": { "tensorFp16": "8:8", "packedFp16": "64:64", "fp32": "64:64", "memory": "16:2" },
-                  "source": "test figures" } } ] }
-            """;
-        using var stream = new MemoryStream(System.Text.Encoding.UTF8.GetBytes(Overlay));
-        return DeviceCatalog.LoadEmbedded().WithOverlay(stream, "test overlay");
-    }
+    private const string UnnamedGpu = TestCatalogs.UnnamedGpuModel;
 
     private static ReviewUnknownModelRequest Review(CapacityScene scene, FleetValidation validation, TestNode node, string model, string reasons = "") => new()
     {

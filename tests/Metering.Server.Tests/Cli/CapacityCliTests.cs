@@ -212,7 +212,7 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
     public async Task An_operator_accepts_one_device_awaiting_review_and_rejects_another_through_the_cli()
     {
         // The catalog has no CPU model: the provider says its nodes hold a GPU whose probe names the CPU does not match.
-        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, UnnamedGpuCatalog());
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, TestCatalogs.WithUnnamedGpu());
         TestNode[] nodes = await scene.NodesAsync(2);
         FleetValidation declared = await scene.DeclareAsync(nodes, UnnamedGpu);
         foreach (TestNode node in nodes)
@@ -243,23 +243,7 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
         Assert.Equal(DeviceOutcome.DeviceRejected, complete.Sample.Single(n => n.NodeId == nodes[1].NodeId).Devices.Single().Outcome);
     }
 
-    private const string UnnamedGpu = "GPU-UNNAMED";
-
-    /// <summary>The shipped catalog and one GPU model that ILGPU's CPU accelerator does not match by name, with the small preset as its challenge work.</summary>
-    private static DeviceCatalog UnnamedGpuCatalog()
-    {
-        const string Overlay = """
-            { "overlay": "Test: a GPU model the CPU accelerator does not match by name.",
-              "devices": [ { "key": "GPU-UNNAMED", "vendor": "test", "name": "Unnamed test GPU", "fp16DenseGflops": 989400, "source": "test figure",
-                "probe": { "deviceNames": [ "Unnamed Test GPU" ], "referencePath": "portable",
-                  "peak": { "tensorFp16Mflops": 989400000, "packedFp16Mflops": 1000000, "fp32Mflops": 1000000, "memoryMbps": 1000000 },
-                  "reference": { "tensorFp16Mflops": 1, "packedFp16Mflops": 1, "fp32Mflops": 1, "memoryMbps": 1 },
-                  "work": { "tensorFp16": "8:8", "packedFp16": "64:64", "fp32": "64:64", "memory": "16:2" },
-                  "source": "test figures" } } ] }
-            """;
-        using var stream = new MemoryStream(System.Text.Encoding.UTF8.GetBytes(Overlay));
-        return DeviceCatalog.LoadEmbedded().WithOverlay(stream, "test overlay");
-    }
+    private const string UnnamedGpu = TestCatalogs.UnnamedGpuModel;
 
     private static Task<(int ExitCode, string Output)> ProviderAsync(TestServer server, params string[] arguments) =>
         CliProcess.RunAsAsync(server, TestServer.ProviderKey, ["capacity", .. arguments]);
