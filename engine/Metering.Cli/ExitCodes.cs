@@ -40,12 +40,17 @@ internal static class ExitCodes
 
     /// <summary>The table as `--help` and the README print it.</summary>
     public const string Table = """
-        Exit codes (every metering command): 0 success; 1 unexpected error; 2 usage error (nothing
-        sent or changed); 3 evidence failure (a broken chain, a receipt or log head that fails, a
-        reconciliation that does not balance); 4 refused by the server or the engine's rules (status
-        and reason printed; nothing changed); 5 the server or the database cannot be reached (one line; --verbose adds
-        the stack trace); 6 nothing to examine (no records, no day to settle); 7 ingest-file
-        committed the good lines and the server refused some.
+        Exit codes (every metering command):
+          0  success
+          1  unexpected error
+          2  usage error: a missing, malformed or conflicting option or file; nothing sent or changed
+          3  evidence failure: a broken chain, a receipt or log head that fails, a reconciliation
+             that does not balance
+          4  refused by the server (or, for commands that open the database, by the engine's rules):
+             status and reason printed; nothing changed
+          5  the server or the database cannot be reached: one line, --verbose adds the stack trace
+          6  nothing to examine: no records to verify or judge, no day to settle
+          7  ingest-file committed the good lines and the server refused some (listed)
         """;
 
     /// <summary>Whether <paramref name="error"/> says the server or the database could not be reached, rather than what it answered.</summary>
