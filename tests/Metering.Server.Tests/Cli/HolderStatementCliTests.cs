@@ -110,7 +110,7 @@ public sealed class HolderStatementCliTests(PostgresFixture postgres)
         Assert.Matches($@"结算对象：服务机构 .*（{TestRecords.Provider}）\n", own.Content);
         Assert.DoesNotContain(TestRecords.OtherProvider, own.Content, StringComparison.Ordinal);
         Assert.All(new[] { other, holders, programme }, e => Assert.Equal((StatusCode.PermissionDenied, "STATEMENT_OF_OTHER_PARTY"), (e.StatusCode, IngestCall.Reason(e))));
-        Assert.Equal(1, exit);
+        Assert.Equal(4, exit);
         Assert.Contains("refused: PermissionDenied ROLE_NOT_ALLOWED", output, StringComparison.Ordinal);
         Assert.False(File.Exists(path) || File.Exists(path + ".partial"));
     }

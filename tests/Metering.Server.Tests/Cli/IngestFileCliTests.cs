@@ -35,7 +35,7 @@ public sealed class IngestFileCliTests(PostgresFixture postgres)
             "ingest-file", Sample("sacct-2026-11-20.txt"), "--server", server.Address.ToString().TrimEnd('/'), "--api-key", TestServer.ProviderKey,
             "--stream", "slurm-nanshan", "--format", "sacct", "--mapping", Sample("mapping.json"));
 
-        Assert.Equal(1, exit);
+        Assert.Equal(5, exit);
         Assert.Contains("SSL connection could not be established", output, StringComparison.Ordinal);
         Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM raw_log_uploads"));
     }
@@ -49,7 +49,7 @@ public sealed class IngestFileCliTests(PostgresFixture postgres)
 
         var (exit, output) = await RunAsync(server, Sample("sacct-2026-11-20.txt"), mapping);
 
-        Assert.Equal(1, exit);
+        Assert.Equal(4, exit);
         Assert.Contains("refused: InvalidArgument HEADER_INVALID", output, StringComparison.Ordinal);
         Assert.Contains("not-a-code", output, StringComparison.Ordinal);
     }
