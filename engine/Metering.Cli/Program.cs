@@ -15,6 +15,8 @@ var root = new RootCommand("""
     (--api-key or METERING_API_KEY; --ca for a private CA).
 
     """ + ExitCodes.Table);
+Option<bool> verboseOption = CommonOptions.Verbose();
+root.Options.Add(verboseOption);
 root.Subcommands.Add(ServeCommand.Create());
 root.Subcommands.Add(DbCommand.Create());
 root.Subcommands.Add(KeyCommand.Create());
@@ -40,9 +42,7 @@ if (parsed.Errors.Count > 0)
     return ExitCodes.Usage;
 }
 
-// --verbose is read from the arguments rather than declared on every command: it only decides
-// whether a failure prints its stack trace, and `demo` has a --verbose of its own that means more.
-bool verbose = args.Contains("--verbose", StringComparer.Ordinal);
+bool verbose = parsed.GetValue(verboseOption);
 try
 {
     return await parsed.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });

@@ -37,7 +37,8 @@ public sealed class IngestFileCliTests(PostgresFixture postgres)
             "--stream", "slurm-nanshan", "--format", "sacct", "--mapping", Sample("mapping.json"));
 
         Assert.Equal(5, exit);
-        Assert.Contains("SSL connection could not be established", output, StringComparison.Ordinal);\n        Assert.Contains("--ca", output, StringComparison.Ordinal);
+        Assert.Contains("SSL connection could not be established", output, StringComparison.Ordinal);
+        Assert.Contains("--ca", output, StringComparison.Ordinal);
         Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM raw_log_uploads"));
     }
 
