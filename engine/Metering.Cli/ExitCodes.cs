@@ -56,7 +56,9 @@ internal static class ExitCodes
     /// <summary>Whether <paramref name="error"/> says the server or the database could not be reached, rather than what it answered.</summary>
     public static bool IsUnreachable(Exception error) => error switch
     {
-        RpcException rpc => rpc.StatusCode == StatusCode.Unavailable && rpc.InnerException is HttpRequestException or SocketException,
+        // A call that never reached a server carries the transport's exception (Unavailable for a
+        // refused connection, Internal for a failed TLS handshake); a server's refusal carries none.
+        RpcException rpc => rpc.InnerException is HttpRequestException or SocketException,
         NpgsqlException npgsql => npgsql.SqlState is null,
         SocketException or HttpRequestException => true,
         _ => error.InnerException is { } inner && IsUnreachable(inner),

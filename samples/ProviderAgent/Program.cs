@@ -111,7 +111,7 @@ catch (RpcException e)
 
 static int Refused(RpcException e)
 {
-    if (e.StatusCode == StatusCode.Unavailable && e.InnerException is HttpRequestException or SocketException)
+    if (e.InnerException is HttpRequestException or SocketException)
     {
         Console.Error.WriteLine($"error: no Metering server answers ({e.InnerException.Message})");
         return 5;
