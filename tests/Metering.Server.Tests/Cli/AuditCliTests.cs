@@ -117,7 +117,7 @@ public sealed class AuditCliTests(PostgresFixture postgres)
         var (exportExit, export) = await CliProcess.RunAsAsync(scene.Server, TestServer.OtherProviderKey, "audit", "export", "--provider", TestRecords.Provider,
             "--from", "2026-11-20", "--to", "2026-11-20", "--format", "csv", "--out", path);
 
-        Assert.Equal((1, 1, 1), (verifyExit, usageExit, exportExit));
+        Assert.Equal((4, 4, 4), (verifyExit, usageExit, exportExit));
         Assert.Contains("refused: PermissionDenied OTHER_PROVIDER", verify, StringComparison.Ordinal);
         Assert.Contains("refused: PermissionDenied OTHER_PROVIDER", usage, StringComparison.Ordinal);
         Assert.Contains("refused: PermissionDenied OTHER_PROVIDER", export, StringComparison.Ordinal);

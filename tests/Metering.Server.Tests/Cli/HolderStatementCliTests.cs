@@ -128,7 +128,7 @@ public sealed class HolderStatementCliTests(PostgresFixture postgres)
         var (openExit, open) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, "settle", "statement", "--holder", holder, "--day", Day, "--to", "2026-11-21", "--out", path);
         var (idleExit, idleOutput) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, "settle", "statement", "--holder", idle, "--day", Day, "--out", path);
 
-        Assert.Equal((1, 2, 1, 4), (unknownExit, malformedExit, openExit, idleExit));
+        Assert.Equal((4, 2, 4, 6), (unknownExit, malformedExit, openExit, idleExit));
         Assert.Contains("refused: NotFound", unknown, StringComparison.Ordinal);
         Assert.Contains("--holder is not a unified social credit code", malformed, StringComparison.Ordinal);
         Assert.Contains("refused: NotFound DAY_NOT_SETTLED", open, StringComparison.Ordinal);
