@@ -1,4 +1,6 @@
 using System.CommandLine;
+using System.CommandLine.Parsing;
+using Metering.Cli;
 using Metering.Cli.Commands;
 
 var root = new RootCommand("""
@@ -11,7 +13,10 @@ var root = new RootCommand("""
     installed server binaries in ./.metering/pg. Every other command is a client of a running
     server (--server, default http://127.0.0.1:7390) and acts as the caller its key names
     (--api-key or METERING_API_KEY; --ca for a private CA).
-    """);
+
+    """ + ExitCodes.Table);
+Option<bool> verboseOption = CommonOptions.Verbose();
+root.Options.Add(verboseOption);
 root.Subcommands.Add(ServeCommand.Create());
 root.Subcommands.Add(DbCommand.Create());
 root.Subcommands.Add(KeyCommand.Create());
@@ -24,7 +29,36 @@ root.Subcommands.Add(SettleCommand.Create());
 root.Subcommands.Add(AuditCommand.Create());
 root.Subcommands.Add(ClockCommand.Create());
 ParseResult parsed = root.Parse(args);
-int exitCode = await parsed.InvokeAsync();
-// Bad usage (a missing, malformed or conflicting option) exits with 2, as the commands' own
-// input checks do; 1 stays for refusals, so scripts can tell a typo from a rule.
-return parsed.Errors.Count > 0 ? 2 : exitCode;
+if (parsed.Errors.Count > 0)
+{
+    // Bad usage exits with 2, as the commands' own input checks do, and says what is wrong with a
+    // pointer to the help rather than the whole help, which buries the one line that matters.
+    foreach (ParseError error in parsed.Errors)
+    {
+        Console.Error.WriteLine($"error: {error.Message}");
+    }
+
+    Console.Error.WriteLine($"Run `{CommandPath(parsed.CommandResult)} --help` for usage.");
+    return ExitCodes.Usage;
+}
+
+bool verbose = parsed.GetValue(verboseOption);
+try
+{
+    return await parsed.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+}
+catch (Exception e) when (ExitCodes.IsUnreachable(e))
+{
+    Console.Error.WriteLine($"error: cannot reach {(e is Npgsql.NpgsqlException ? "the database" : "the server")}: {Innermost(e).Message}{(verbose ? "\n" + e : " (--verbose prints the stack trace)")}");
+    return ExitCodes.Unreachable;
+}
+catch (Exception e) when (e is not OperationCanceledException)
+{
+    Console.Error.WriteLine($"error: unexpected {e.GetType().Name}: {e.Message}{(verbose ? "\n" + e : " (--verbose prints the stack trace)")}");
+    return ExitCodes.Unexpected;
+}
+
+static string CommandPath(CommandResult command) =>
+    command.Parent is CommandResult parent ? $"{CommandPath(parent)} {command.Command.Name}" : command.Command.Name;
+
+static Exception Innermost(Exception e) => e.InnerException is { } inner ? Innermost(inner) : e;

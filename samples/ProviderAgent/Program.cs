@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Net.Sockets;
 using System.Security.Cryptography;
 using Grpc.Core;
 using Grpc.Net.Client;
@@ -9,31 +10,46 @@ using Metering.Samples.ProviderAgent;
 //                  [--client-cert agent.pem --client-key agent.key] [--stream ID] [--day 2026-11-26]
 //                  [--jobs-per-interval 100] [--drop-once-after N] [--live true] [--heartbeat-seconds N]
 //                  [--receipts receipts.jsonl]
-var arguments = Arguments.Parse(args);
+const string Usage = """
+    Usage: provider-agent --server URL --api-key KEY [--ca FILE] [--client-cert FILE --client-key FILE]
+                          [--stream ID] [--site 0|1|2] [--pools MODEL:DEVICES[,...]] [--holders CODE[,...]]
+                          [--day YYYY-MM-DD]
+                          [--jobs-per-interval N] [--drop-once-after N] [--live true] [--heartbeat-seconds N]
+                          [--receipts FILE]
+    Streams a simulated site's day of GPU usage (5-minute metering intervals) and resumes
+    after a disconnect. The API key may also come from METERING_API_KEY.
+    --day defaults to yesterday by the server's clock (Asia/Shanghai), which in a sandbox
+    runs ahead of this machine's. --pools replaces the site's demo devices with these, for
+    example H100-SXM:256, so that the usage fits what the provider declared when it applied.
+    --holders gives the credit codes of the organisations the jobs run for (default: a dozen
+    sample codes), for example the holder of a contract with the provider.
+    URL is https://HOST:PORT (or http:// to a server on this machine). --ca FILE trusts only the
+    CA in that PEM file for the server's certificate; --client-cert and --client-key (PEM) give
+    the client certificate a key pinned to one needs (mutual TLS).
+    --live true sends each interval once it has ended, as a running scheduler would, and waits
+    in between; --heartbeat-seconds N (off by default) sends a heartbeat after N seconds of
+    waiting, so that the audit can tell an idle platform from a dead one.
+    --receipts FILE appends the server's signed receipt of every acknowledgement to FILE
+    (JSON Lines); `metering audit check-receipts FILE` checks them against the database later.
+    Exit codes, as the metering CLI's: 0 done; 1 unexpected error; 2 usage error (nothing sent);
+    4 refused by the server; 5 no server answers.
+    """;
+
+if (args.Contains("--help", StringComparer.Ordinal) || args is ["-h"])
+{
+    Console.WriteLine(Usage);
+    return 0;
+}
+
+var arguments = Arguments.Parse(args, out string? problem);
 if (arguments is null)
 {
-    Console.Error.WriteLine("""
-        Usage: provider-agent --server URL --api-key KEY [--ca FILE] [--client-cert FILE --client-key FILE]
-                              [--stream ID] [--site 0|1|2] [--pools MODEL:DEVICES[,...]] [--holders CODE[,...]]
-                              [--day YYYY-MM-DD]
-                              [--jobs-per-interval N] [--drop-once-after N] [--live true] [--heartbeat-seconds N]
-                              [--receipts FILE]
-        Streams a simulated site's day of GPU usage (5-minute metering intervals) and resumes
-        after a disconnect. The API key may also come from METERING_API_KEY.
-        --day defaults to yesterday by the server's clock (Asia/Shanghai), which in a sandbox
-        runs ahead of this machine's. --pools replaces the site's demo devices with these, for
-        example H100-SXM:256, so that the usage fits what the provider declared when it applied.
-        --holders gives the credit codes of the organisations the jobs run for (default: a dozen
-        sample codes), for example the holder of a contract with the provider.
-        URL is https://HOST:PORT (or http:// to a server on this machine). --ca FILE trusts only the
-        CA in that PEM file for the server's certificate; --client-cert and --client-key (PEM) give
-        the client certificate a key pinned to one needs (mutual TLS).
-        --live true sends each interval once it has ended, as a running scheduler would, and waits
-        in between; --heartbeat-seconds N (off by default) sends a heartbeat after N seconds of
-        waiting, so that the audit can tell an idle platform from a dead one.
-        --receipts FILE appends the server's signed receipt of every acknowledgement to FILE
-        (JSON Lines); `metering audit check-receipts FILE` checks them against the database later.
-        """);
+    if (problem is not null)
+    {
+        Console.Error.WriteLine($"error: {problem}");
+    }
+
+    Console.Error.WriteLine(Usage);
     return 2;
 }
 
@@ -56,8 +72,7 @@ try
 }
 catch (RpcException e)
 {
-    Console.Error.WriteLine($"refused: {e.StatusCode} {UsageStreamer.ReasonOf(e)}: {e.Status.Detail}");
-    return 1;
+    return Refused(e);
 }
 
 DateTimeOffset dayStart = new(day.ToDateTime(TimeOnly.MinValue), TimeSpan.FromHours(8));
@@ -91,15 +106,28 @@ try
 }
 catch (RpcException e)
 {
+    return Refused(e);
+}
+
+static int Refused(RpcException e)
+{
+    if (e.InnerException is HttpRequestException or SocketException)
+    {
+        Console.Error.WriteLine($"error: no Metering server answers ({e.InnerException.Message})");
+        return 5;
+    }
+
     Console.Error.WriteLine($"refused: {e.StatusCode} {UsageStreamer.ReasonOf(e)}: {e.Status.Detail}");
-    return 1;
+    return 4;
 }
 
 internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, int Site, DevicePool[]? Pools, string[]? Holders, DateOnly? Day, int JobsPerInterval, ulong? DropOnceAfter, bool Live, int? HeartbeatSeconds,
     string? Ca, string? ClientCertificate, string? ClientKey, string? ReceiptsPath)
 {
-    public static Arguments? Parse(string[] args)
+    /// <summary>The arguments, or null with what is wrong in <paramref name="problem"/> (null when only the usage needs showing).</summary>
+    public static Arguments? Parse(string[] args, out string? problem)
     {
+        problem = null;
         var values = new Dictionary<string, string>(StringComparer.Ordinal);
         for (int i = 0; i + 1 < args.Length; i += 2)
         {
@@ -123,9 +151,60 @@ internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, in
             return null;
         }
 
-        int? heartbeatSeconds = values.TryGetValue("heartbeat-seconds", out string? heartbeat) ? int.Parse(heartbeat, CultureInfo.InvariantCulture) : null;
-        if (heartbeatSeconds is <= 0)
+        int? heartbeatSeconds = null;
+        if (values.TryGetValue("heartbeat-seconds", out string? heartbeat))
         {
+            heartbeatSeconds = Whole(heartbeat, 1, int.MaxValue);
+            if (heartbeatSeconds is null)
+            {
+                problem = $"--heartbeat-seconds must be a whole number of seconds above 0, not '{heartbeat}'";
+                return null;
+            }
+        }
+
+        // The demo has three sites: an index outside them is a typo, not a crash.
+        string siteText = values.GetValueOrDefault("site", "0");
+        if (Whole(siteText, 0, 2) is not int site)
+        {
+            problem = $"--site must be 0, 1 or 2, not '{siteText}'";
+            return null;
+        }
+
+        string jobsText = values.GetValueOrDefault("jobs-per-interval", "100");
+        if (Whole(jobsText, 1, int.MaxValue) is not int jobsPerInterval)
+        {
+            problem = $"--jobs-per-interval must be a whole number above 0, not '{jobsText}'";
+            return null;
+        }
+
+        DateOnly? day = null;
+        if (values.TryGetValue("day", out string? dayText))
+        {
+            if (!DateOnly.TryParseExact(dayText, "yyyy-MM-dd", CultureInfo.InvariantCulture, DateTimeStyles.None, out DateOnly parsed))
+            {
+                problem = $"--day must be a date as yyyy-MM-dd, not '{dayText}'";
+                return null;
+            }
+
+            day = parsed;
+        }
+
+        ulong? dropOnceAfter = null;
+        if (values.TryGetValue("drop-once-after", out string? drop))
+        {
+            if (!ulong.TryParse(drop, NumberStyles.None, CultureInfo.InvariantCulture, out ulong records))
+            {
+                problem = $"--drop-once-after must be a whole number of records, not '{drop}'";
+                return null;
+            }
+
+            dropOnceAfter = records;
+        }
+
+        bool live = false;
+        if (values.TryGetValue("live", out string? liveText) && !bool.TryParse(liveText, out live))
+        {
+            problem = $"--live must be true or false, not '{liveText}'";
             return null;
         }
 
@@ -135,6 +214,7 @@ internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, in
             pools = ParsePools(poolList);
             if (pools is null)
             {
+                problem = $"--pools must be MODEL:DEVICES[,MODEL:DEVICES...] with whole devices above 0, not '{poolList}'";
                 return null;
             }
         }
@@ -143,19 +223,22 @@ internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, in
             serverUri,
             key,
             values.GetValueOrDefault("stream"),
-            int.Parse(values.GetValueOrDefault("site", "0"), CultureInfo.InvariantCulture),
+            site,
             pools,
             values.TryGetValue("holders", out string? holders) ? holders.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries) : null,
-            values.TryGetValue("day", out string? day) ? DateOnly.ParseExact(day, "yyyy-MM-dd", CultureInfo.InvariantCulture) : null,
-            int.Parse(values.GetValueOrDefault("jobs-per-interval", "100"), CultureInfo.InvariantCulture),
-            values.TryGetValue("drop-once-after", out string? drop) ? ulong.Parse(drop, CultureInfo.InvariantCulture) : null,
-            values.TryGetValue("live", out string? live) && bool.Parse(live),
+            day,
+            jobsPerInterval,
+            dropOnceAfter,
+            live,
             heartbeatSeconds,
             values.GetValueOrDefault("ca"),
             values.GetValueOrDefault("client-cert"),
             values.GetValueOrDefault("client-key"),
             values.GetValueOrDefault("receipts"));
     }
+
+    private static int? Whole(string text, int min, int max) =>
+        int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out int value) && value >= min && value <= max ? value : null;
 
     /// <summary>Whole-device pools from MODEL:DEVICES[,MODEL:DEVICES]; null when the list is malformed.</summary>
     private static DevicePool[]? ParsePools(string text)

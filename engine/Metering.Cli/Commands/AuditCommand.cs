@@ -13,17 +13,17 @@ namespace Metering.Cli.Commands;
 /// `metering audit ...`: the auditor's side, as a client of a running server's AuditService
 /// (proto/metering/v1/audit.proto). The server's role policy decides what the key may ask, and
 /// its audit query log records the key's subject before each query runs; nothing here opens the
-/// database. Exit codes: 0 done; 1 refused by the server or no server; 2 bad usage; 3 (verify) a
-/// chain is broken; 4 nothing to examine (the provider or period holds no records), so that an
-/// auditor's empty answer never reads as "all clean".
+/// database. Exit codes are <see cref="ExitCodes"/>'s: 3 (verify) a chain is broken; 6 nothing to
+/// examine (the provider or period holds no records), so that an auditor's empty answer never
+/// reads as "all clean".
 /// </summary>
 internal static class AuditCommand
 {
     /// <summary>`audit verify` found a broken chain.</summary>
-    public const int ChainBrokenExit = 3;
+    public const int ChainBrokenExit = ExitCodes.EvidenceFailed;
 
     /// <summary>The provider or period asked about holds no records: nothing was examined.</summary>
-    public const int NothingToExamineExit = 4;
+    public const int NothingToExamineExit = ExitCodes.NothingToExamine;
 
     public static Command Create()
     {
@@ -61,7 +61,7 @@ internal static class AuditCommand
         var stream = new Option<string?>("--stream") { Description = "One stream; every stream of the provider when left out." };
         var fromSequence = new Option<ulong>("--from-seq") { Description = "First sequence (a later start begins from the stored hash before it).", DefaultValueFactory = _ => 1 };
         var toSequence = new Option<ulong?>("--to-seq") { Description = "Last sequence; the committed mark when left out." };
-        return Client("verify", "Re-verify hash chains from the stored rows and show the first broken link with its evidence. Exits 3 when a chain is broken, 4 when there was nothing to verify.",
+        return Client("verify", "Re-verify hash chains from the stored rows and show the first broken link with its evidence. Exits 3 when a chain is broken, 6 when there was nothing to verify.",
             [provider, stream, fromSequence, toSequence], async (parse, client, headers, ct) =>
             {
                 string code = CodeOf(parse, provider);
@@ -205,7 +205,7 @@ internal static class AuditCommand
         var (selection, build) = Selection(from, to);
         var by = new Option<string>("--by") { Description = "Group by provider, holder, job, model, site, stream or day; none for the total only.", DefaultValueFactory = _ => "none" };
         by.AcceptOnlyFromAmong("none", "provider", "holder", "job", "model", "site", "stream", "day");
-        return Client("usage", "Usage totals (records, device-hours, FP16 PFLOPS·h, all exact) by provider, holder, job, device model, site, stream or day. Exits 4 when no record matches.",
+        return Client("usage", "Usage totals (records, device-hours, FP16 PFLOPS·h, all exact) by provider, holder, job, device model, site, stream or day. Exits 6 when no record matches.",
             [.. selection, from, to, by], async (parse, client, headers, ct) =>
             {
                 UsageSelection chosen = build(parse);
@@ -332,7 +332,7 @@ internal static class AuditCommand
         };
         var output = new Option<string>("--output") { Description = "text (the summary by kind, then each anomaly) or json (the DetectAnomaliesResponse in the protobuf JSON mapping).", DefaultValueFactory = _ => "text" };
         output.AcceptOnlyFromAmong("text", "json");
-        return Client("anomalies", "Run the anomaly detectors over a provider and period: a count per kind first (saying where the per-kind cap of 500 cut a list), then the anomalies with their evidence. Exits 4 when the period holds no records to judge.",
+        return Client("anomalies", "Run the anomaly detectors over a provider and period: a count per kind first (saying where the per-kind cap of 500 cut a list), then the anomalies with their evidence. Exits 6 when the period holds no records to judge.",
             [provider, from, to, silence, kind, output], async (parse, client, headers, ct) =>
             {
                 string code = CodeOf(parse, provider);

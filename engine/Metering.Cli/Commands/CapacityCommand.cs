@@ -25,7 +25,7 @@ internal static class CapacityCommand
         run `metering-probe run` on each sampled node, and follow the validation here. A provider's
         key acts for its own credit code only; operators and auditors read every provider's
         validations, and only operators review devices the catalog does not know. Bad input exits
-        with 2 before anything is sent; a refusal prints the status and reason and exits with 1.
+        with 2 before anything is sent; a refusal prints the status and reason and exits with 4.
         """)
     {
         KeyCommand(), InventoryCommand(), ChallengesCommand(), ValidationCommand(), ReviewCommand(),

@@ -33,7 +33,7 @@ internal static class CheckReceiptsCommand
             Description = "PEM file with a public key the receipts may be signed with, as the bureau publishes it; repeat for several. "
                 + "Without it, the server's current key is fetched, which trusts the server for the key.",
         };
-        var command = new Command("check-receipts", "Check saved receipts: every signature against the server's published key, every chain head against what the database holds now at that sequence. Exits 0 when all hold, 1 naming the first that does not.")
+        var command = new Command("check-receipts", "Check saved receipts: every signature against the server's published key, every chain head against what the database holds now at that sequence. Exits 0 when all hold, 3 naming the first that does not.\n\n" + ExitCodes.Table)
         {
             file, publicKeys,
         };
@@ -82,9 +82,7 @@ internal static class CheckReceiptsCommand
             }
             catch (RpcException e)
             {
-                // A refusal is the server's answer, not bad usage: exit 1, as every client command.
-                Console.Error.WriteLine($"refused: {ServerConnection.Describe(e)}");
-                return 1;
+                return ClientCommand.Refused(e, parse.GetValue(connection.Server)!);
             }
             catch (SigningKeyException e)
             {
@@ -171,7 +169,7 @@ internal static class CheckReceiptsCommand
             int first = Array.FindIndex(failures, f => f is not null);
             Console.WriteLine($"FAILED: receipt at line {saved[first].Line} ({Describe(saved[first], decoded[first])}): {failures[first]}");
             Console.WriteLine($"{failed:N0} of {saved.Count:N0} receipts fail; the first is shown.");
-            return 1;
+            return ExitCodes.EvidenceFailed;
         }
 
         var streams = decoded.GroupBy(r => (r!.ProviderId, r.StreamId)).Select(g => $"{g.Key.ProviderId}/{g.Key.StreamId} up to {g.Max(r => r!.Sequence):N0}");

@@ -1,6 +1,4 @@
 using System.CommandLine;
-using System.Net.Http;
-using System.Net.Sockets;
 using Grpc.Core;
 using Grpc.Net.Client;
 
@@ -12,14 +10,15 @@ internal sealed record ServerCall(GrpcChannel Channel, Metadata Headers, Uri Ser
 /// <summary>
 /// A command that works through a running server, as the caller its key names, like `kubectl` or
 /// `psql`: the server's role policy decides, and the audit query log records the real caller.
-/// Exit codes: 0 done; 1 the server refused (printed as status, ErrorInfo reason and message) or
-/// could not be reached; 2 bad usage found before any call (a missing key, an unreadable file).
+/// Exit codes are <see cref="ExitCodes"/>'s, printed in every such command's help: 2 bad usage found
+/// before any call (a missing key, an unreadable file); 4 the server refused (printed as status,
+/// ErrorInfo reason and message); 5 no server answers.
 /// </summary>
 internal static class ClientCommand
 {
     /// <summary>
     /// A command with <paramref name="symbols"/> and the server options. Its action runs with an
-    /// open channel; <see cref="UsageException"/> from it exits with 2, an <see cref="RpcException"/> with 1.
+    /// open channel; <see cref="UsageException"/> from it exits with 2, an <see cref="RpcException"/> with 4 (5 when no server answers).
     /// </summary>
     public static Command Create(string name, string description, IEnumerable<Symbol> symbols,
         Func<ParseResult, ServerCall, CancellationToken, Task<int>> action, bool anonymous = false)
@@ -49,6 +48,7 @@ internal static class ClientCommand
     {
         var connection = new ServerConnection();
         connection.AddTo(command);
+        command.Description = $"{command.Description?.TrimEnd()}\n\n{ExitCodes.Table}";
         command.SetAction((parse, cancellationToken) => RunAsync(connection, parse, action, cancellationToken, anonymous));
     }
 
@@ -76,23 +76,36 @@ internal static class ClientCommand
         {
             return Usage(bad.Message);
         }
-        catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && e.InnerException is HttpRequestException or SocketException)
-        {
-            Console.Error.WriteLine($"error: no Metering server answers at {server} ({e.InnerException.Message}). Start one with `metering serve`, or name it with --server or METERING_SERVER.");
-            return 1;
-        }
         catch (RpcException e)
         {
-            Console.Error.WriteLine($"refused: {ServerConnection.Describe(e)}");
-            return 1;
+            return Refused(e, server);
         }
+    }
+
+    /// <summary>
+    /// Prints what became of a call the server did not answer with a result: one line saying no
+    /// server answers (exit 5), or the refusal's status, reason and message (exit 4).
+    /// </summary>
+    public static int Refused(RpcException e, Uri server)
+    {
+        if (ExitCodes.IsUnreachable(e))
+        {
+            // A server whose certificate is not trusted is as unreachable as none, but the remedy differs.
+            Console.Error.WriteLine(e.InnerException?.InnerException is System.Security.Authentication.AuthenticationException
+                ? $"error: cannot reach {server} securely ({e.InnerException.Message}: {e.InnerException.InnerException.Message}). Name the CA that issued its certificate with --ca or METERING_CA."
+                : $"error: no Metering server answers at {server} ({e.InnerException?.Message ?? e.Status.Detail}). Start one with `metering serve`, or name it with --server or METERING_SERVER.");
+            return ExitCodes.Unreachable;
+        }
+
+        Console.Error.WriteLine($"refused: {ServerConnection.Describe(e)}");
+        return ExitCodes.Refused;
     }
 
     /// <summary>Prints a usage error and returns its exit code, 2.</summary>
     public static int Usage(string message)
     {
         Console.Error.WriteLine($"error: {message}");
-        return 2;
+        return ExitCodes.Usage;
     }
 
     private static void Add(Command command, Symbol symbol)

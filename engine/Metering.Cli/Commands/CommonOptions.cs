@@ -11,6 +11,16 @@ namespace Metering.Cli.Commands;
 /// <summary>Options several commands share, and how they resolve the database.</summary>
 internal static partial class CommonOptions
 {
+    /// <summary>The root's --verbose, which every command takes: stack traces on failure, and `demo`'s informational log lines.</summary>
+    public const string VerboseName = "--verbose";
+
+    /// <summary>The --verbose option, declared once on the root and inherited by every command.</summary>
+    public static Option<bool> Verbose() => new(VerboseName)
+    {
+        Description = "On a failure, print the stack trace too; `demo` also shows the server's and the database's informational log lines.",
+        Recursive = true,
+    };
+
     public static Option<string?> Connection() => new("--connection")
     {
         Description = "PostgreSQL connection string (Npgsql form). Defaults to METERING_CONNECTION, else the embedded PostgreSQL.",

@@ -57,8 +57,9 @@ internal static class DbCommand
                     }
                     catch (SandboxException e)
                     {
+                        // The engine's rule refuses, as the server would: the same code as a refusal.
                         Console.Error.WriteLine($"error: {e.Message}");
-                        return 1;
+                        return ExitCodes.Refused;
                     }
                 }
 

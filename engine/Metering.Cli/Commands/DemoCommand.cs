@@ -36,16 +36,11 @@ internal static class DemoCommand
         {
             Description = "The day to simulate (yyyy-MM-dd, Asia/Shanghai). Defaults to yesterday.",
         };
-        var verbose = new Option<bool>("--verbose")
-        {
-            Description = "Show the server's and the database's informational log lines.",
-        };
         var command = new Command("demo", "Run the main job on the embedded PostgreSQL: a provider streams a day of usage from three sites, one connection drops and resumes, and the chains are verified.")
         {
             dataDirectory,
             jobs,
             day,
-            verbose,
         };
         command.SetAction(async (parse, cancellationToken) =>
         {
@@ -65,7 +60,7 @@ internal static class DemoCommand
                 return 2;
             }
 
-            return await RunAsync(parse.GetValue(dataDirectory)!, jobsPerInterval, simulated, parse.GetValue(verbose) ? LogLevel.Information : LogLevel.Warning, cancellationToken);
+            return await RunAsync(parse.GetValue(dataDirectory)!, jobsPerInterval, simulated, parse.GetValue<bool>(CommonOptions.VerboseName) ? LogLevel.Information : LogLevel.Warning, cancellationToken);
         });
         return command;
     }

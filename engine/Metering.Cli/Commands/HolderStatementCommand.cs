@@ -30,8 +30,9 @@ internal static class HolderStatementCommand
             Export a holder's statement of a closed day or period, in Chinese with names beside credit codes (--format json for programs): per provider, the fees of its
             usage under contracts, what its vouchers paid and what the holder pays; then every
             voucher payment; then the daily statements it was read from, with their SHA-256.
-            Every day of the period must be settled. Exit codes: 0 written, 4 the holder has
-            nothing settled in the period, 1 refused, 2 bad usage.
+            Every day of the period must be settled. Exit codes: 0 written, 6 the holder has
+            nothing settled in the period, 3 a statement does not match its hash, 4 refused,
+            2 bad usage; the table is below.
             """, [holder, day, to, format, output], async (parse, call, ct) =>
             {
                 string code = parse.GetValue(holder)!;
@@ -64,7 +65,7 @@ internal static class HolderStatementCommand
                 catch (InvalidDataException mismatch)
                 {
                     Console.Error.WriteLine($"error: {mismatch.Message}; nothing was written.");
-                    return 1;
+                    return ExitCodes.EvidenceFailed;
                 }
 
                 if (daily.Count == 0)

@@ -32,7 +32,7 @@ internal static class IngestFileCommand
         };
         var uploadId = new Option<string?>("--upload-id") { Description = "The upload's id; defaults to the first 32 hex digits of the file's SHA-256." };
         var receipts = new Option<FileInfo?>("--receipts") { Description = "Append the server's signed receipt for the stream's head after the upload to this file (JSON Lines), for `metering audit check-receipts`." };
-        var command = new Command("ingest-file", "Upload a scheduler log (Slurm sacct or JSON Lines); good lines are committed as usage records, bad lines are reported with their numbers. Safe to repeat and to interrupt: it resumes where the server stands.")
+        var command = new Command("ingest-file", "Upload a scheduler log (Slurm sacct or JSON Lines); good lines are committed as usage records, bad lines are reported with their numbers (exit 7). Safe to repeat and to interrupt: it resumes where the server stands.\n\n" + ExitCodes.Table)
         {
             file, stream, format, mapping, uploadId, receipts,
         };
@@ -88,13 +88,13 @@ internal static class IngestFileCommand
                     Console.WriteLine($"Receipt for {report.StreamId} #{report.CommittedSequence:N0} appended to {receiptsFile.FullName}.");
                 }
 
-                return report.Complete ? 0 : 1;
+                // Refused lines are not a refusal of the upload: the good lines are committed and
+                // a rerun changes nothing, so they get their own code rather than 4 or 0.
+                return !report.Complete ? ExitCodes.Unexpected : report.LinesRefused > 0 ? ExitCodes.LinesRefused : ExitCodes.Success;
             }
             catch (RpcException e)
             {
-                // A refusal (or a server it could not reach) is the server's side, not bad usage: exit 1.
-                Console.Error.WriteLine($"refused: {ServerConnection.Describe(e)}");
-                return 1;
+                return ClientCommand.Refused(e, parse.GetValue(connection.Server)!);
             }
         });
         return command;
@@ -190,6 +190,6 @@ internal static class IngestFileCommand
     private static int Fail(string message)
     {
         Console.Error.WriteLine($"error: {message}");
-        return 2;
+        return ExitCodes.Usage;
     }
 }

@@ -152,7 +152,7 @@ internal static class KeyCommand
             catch (CredentialRefusedException refused)
             {
                 Console.Error.WriteLine($"refused: {Metering.Server.Access.CredentialRefusals.StatusOf(refused.Reason).Reason}: {refused.Message}");
-                return 1;
+                return ExitCodes.Refused;
             }
         }, cancellationToken));
         return command;

@@ -63,7 +63,7 @@ internal static class LogCommands
 
                 string? problem = head.SignatureProblem(await ReadKeyAsync(keyPath, ct));
                 Console.WriteLine(problem is null ? "signature:  verifies with the published key" : $"FAILED: {problem}");
-                return problem is null ? 0 : 1;
+                return problem is null ? ExitCodes.Success : ExitCodes.EvidenceFailed;
             });
     }
 
@@ -89,7 +89,7 @@ internal static class LogCommands
                 Console.WriteLine($"head {second.TreeSize}: root {second.RootHex}, key {second.KeyId}");
                 string? problem = LogCheck.Extends(first, second, proof.Path.Select(h => h.ToByteArray()).ToList(), key);
                 Console.WriteLine(problem is null ? "verifies: yes" : $"verifies: no: {problem}");
-                return problem is null ? 0 : 1;
+                return problem is null ? ExitCodes.Success : ExitCodes.EvidenceFailed;
             });
     }
 
@@ -97,7 +97,7 @@ internal static class LogCommands
     {
         var saved = new Option<string>("--head") { Description = "A tree head saved earlier with `metering audit log-head --out FILE`.", Required = true };
         var publicKey = PublicKey(required: true);
-        return Client("check-log", "Check that today's log extends a tree head saved earlier: both heads' signatures and the consistency proof between them. Exits 1 and names the first difference otherwise.",
+        return Client("check-log", "Check that today's log extends a tree head saved earlier: both heads' signatures and the consistency proof between them. Exits 3 and names the first difference otherwise.",
             [saved, publicKey],
             async (parse, client, headers, ct) =>
             {
@@ -124,7 +124,7 @@ internal static class LogCommands
                 Console.WriteLine(problem is null
                     ? $"OK: the log of size {current.TreeSize} extends the saved head of size {earlier.TreeSize}; both heads are signed by key {key.KeyId}"
                     : $"FAILED: {problem}");
-                return problem is null ? 0 : 1;
+                return problem is null ? ExitCodes.Success : ExitCodes.EvidenceFailed;
             });
     }
 
@@ -161,7 +161,7 @@ internal static class LogCommands
                     ? LogCheck.Includes(head, (long)proof.LeafIndex, engineLeaf, proof.AuditPath.Select(h => h.ToByteArray()).ToList(), key)
                     : "the leaf's encoded bytes are not the canonical encoding of its fields";
                 Console.WriteLine(problem is null ? $"OK: included under the head of size {head.TreeSize}, root {head.RootHex}, signed by key {key.KeyId}" : $"FAILED: {problem}");
-                return problem is null ? 0 : 1;
+                return problem is null ? ExitCodes.Success : ExitCodes.EvidenceFailed;
             });
     }
 

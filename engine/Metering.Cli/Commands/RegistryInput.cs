@@ -21,7 +21,7 @@ internal delegate Task RegistryWork(RegistryCall call);
 /// client of the running server (ClientCommand's --server, --api-key, --ca), recorded in the
 /// registry history under the key's subject. Malformed input is a parse error or a
 /// <see cref="UsageException"/> (exit code 2) found before the server is called; the server's
-/// refusals exit with 1.
+/// refusals exit with 4.
 /// </summary>
 internal static class RegistryInput
 {

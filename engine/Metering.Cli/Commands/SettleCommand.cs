@@ -20,10 +20,10 @@ namespace Metering.Cli.Commands;
 internal static class SettleCommand
 {
     /// <summary>Exit code of a run whose reconciliation failed (the server rolled it back).</summary>
-    private const int ReconciliationFailedExitCode = 3;
+    private const int ReconciliationFailedExitCode = ExitCodes.EvidenceFailed;
 
     /// <summary>Exit code of a catch-up that found every day through yesterday closed.</summary>
-    private const int NothingToSettleExitCode = 4;
+    private const int NothingToSettleExitCode = ExitCodes.NothingToExamine;
 
     public static Command Create()
     {
@@ -40,8 +40,8 @@ internal static class SettleCommand
             Close one day (--day), or every day still open through yesterday, oldest first, on a
             running server (--server, --api-key or METERING_API_KEY, --ca; a settlement key). A
             day with no usage records is closed only with --allow-empty. Exit codes: 0 settled
-            (or already closed), 3 reconciliation failed, 4 nothing to settle, 1 refused or
-            failed, 2 bad usage. For each day: price its usage per provider, holder, contract and model with each
+            (or already closed), 3 reconciliation failed, 6 nothing to settle, 4 refused (a day
+            with no records without --allow-empty), 2 bad usage; the table is below. For each day: price its usage per provider, holder, contract and model with each
             contract's fee schedule; settle records that arrived late for closed days as
             adjustments; post claim holds whose usage is now settled and expire overdue ones;
             write balanced ledger entries and statements per provider, per holder and for the
@@ -92,7 +92,8 @@ internal static class SettleCommand
                     {
                         Console.Error.WriteLine($"error: {next.Day} has no usage records. A closed day is never settled again (records that arrive later become adjustments of a later day); "
                             + $"if the platforms were idle, settle it with `metering settle --day {next.Day} --allow-empty` (or the whole backlog with --allow-empty). Settled {settledDays} day(s) before it.");
-                        return 1;
+                        // The server would refuse the day with DAY_EMPTY; said here first, with the way out.
+                        return ExitCodes.Refused;
                     }
 
                     Console.Error.WriteLine($"== {next.Day}: {next.Records:N0} record(s)");
@@ -300,7 +301,7 @@ internal static class SettleCommand
         if (settled is null)
         {
             Console.Error.WriteLine($"error: the server ended the settlement of {settledDay} without reporting its result; `metering settle show --day {settledDay}` tells whether it closed");
-            return 1;
+            return ExitCodes.Unexpected;
         }
 
         WriteSummary(settled);
@@ -313,7 +314,7 @@ internal static class SettleCommand
         if (Mismatch(settled, files) is { } problem)
         {
             Console.Error.WriteLine($"FAILED: {problem}; nothing was written to {folder}");
-            return 1;
+            return ExitCodes.EvidenceFailed;
         }
 
         Console.WriteLine(Labels.Format("Statements written to {0}", await WriteFilesAsync(settled, files, folder, ct)));

@@ -20,7 +20,7 @@ internal static class VoucherCommand
         through a running server (--server, --api-key or METERING_API_KEY, --ca). Changes need
         an operator's key; operators, auditors and the settlement batch read. Money is in fen
         (1 CNY = 100 fen) and dates are yyyy-MM-dd in Asia/Shanghai. A refused change prints
-        the status and reason (for example VOUCHER_EXHAUSTED) and exits with 1; nothing is
+        the status and reason (for example VOUCHER_EXHAUSTED) and exits with 4; nothing is
         written. Bad input exits with 2 before anything is sent.
         """)
     {

@@ -117,7 +117,7 @@ public sealed class AuditCliTests(PostgresFixture postgres)
         var (exportExit, export) = await CliProcess.RunAsAsync(scene.Server, TestServer.OtherProviderKey, "audit", "export", "--provider", TestRecords.Provider,
             "--from", "2026-11-20", "--to", "2026-11-20", "--format", "csv", "--out", path);
 
-        Assert.Equal((1, 1, 1), (verifyExit, usageExit, exportExit));
+        Assert.Equal((4, 4, 4), (verifyExit, usageExit, exportExit));
         Assert.Contains("refused: PermissionDenied OTHER_PROVIDER", verify, StringComparison.Ordinal);
         Assert.Contains("refused: PermissionDenied OTHER_PROVIDER", usage, StringComparison.Ordinal);
         Assert.Contains("refused: PermissionDenied OTHER_PROVIDER", export, StringComparison.Ordinal);
@@ -150,13 +150,13 @@ public sealed class AuditCliTests(PostgresFixture postgres)
         var (malformedExit, malformedOutput) = await CliProcess.RunAsAsync(scene.Server, TestServer.AuditorKey, "audit", "anomalies", "--provider", TestRecords.Provider[..17] + "X",
             "--from", "2026-11-20", "--to", "2026-11-20");
 
-        Assert.Equal(1, unknownExit);
+        Assert.Equal(4, unknownExit);
         Assert.Contains($"refused: NotFound AUDIT_NOT_FOUND: no provider {unknown} is registered", unknownOutput, StringComparison.Ordinal);
-        Assert.Equal(4, emptyExit);
+        Assert.Equal(6, emptyExit);
         Assert.Contains($"{registered} has no streams: nothing was verified.", emptyOutput, StringComparison.Ordinal);
-        Assert.Equal(4, usageExit);
+        Assert.Equal(6, usageExit);
         Assert.Contains($"No usage records of {TestRecords.Provider} match from 2026-10-01 to 2026-10-31", usageOutput, StringComparison.Ordinal);
-        Assert.Equal(4, anomaliesExit);
+        Assert.Equal(6, anomaliesExit);
         Assert.Contains("there was nothing to judge, which is not a clean period", anomaliesOutput, StringComparison.Ordinal);
         Assert.Equal(2, malformedExit);
         Assert.Contains("is not a unified social credit code", malformedOutput, StringComparison.Ordinal);

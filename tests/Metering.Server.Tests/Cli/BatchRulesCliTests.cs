@@ -36,9 +36,9 @@ public sealed class BatchRulesCliTests(PostgresFixture postgres)
         Assert.Contains("300.000", openedOutput, StringComparison.Ordinal);
         Assert.Equal(0, again);
         Assert.Contains("Saved batch 2027, rules version 1.", againOutput, StringComparison.Ordinal);
-        Assert.Equal(1, silent);
+        Assert.Equal(4, silent);
         Assert.Contains("refused: FailedPrecondition BATCH_RULES_FROZEN", silentOutput, StringComparison.Ordinal);
-        Assert.Equal(1, provider);
+        Assert.Equal(4, provider);
         Assert.Contains("refused: PermissionDenied ROLE_NOT_ALLOWED", providerOutput, StringComparison.Ordinal);
         Assert.Equal(300_000_000L, await server.ScalarAsync<long>("SELECT capacity_minimum_gflops FROM admission_batches WHERE batch_id = '2027'"));
         Assert.Equal(["create"], await BatchActionsAsync(server));

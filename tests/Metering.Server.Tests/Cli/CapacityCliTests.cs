@@ -11,7 +11,7 @@ namespace Metering.Server.Tests.Cli;
 /// <summary>
 /// `metering capacity` as a provider and an operator run it: the real process, a client of a real
 /// server over TLS with the test CA, calling as the key it is given. Bad input exits with 2 and
-/// sends nothing; the server's refusals exit with 1 and change nothing.
+/// sends nothing; the server's refusals exit with 4 and change nothing.
 /// </summary>
 [Collection(PostgresCollection.Name)]
 public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
@@ -149,9 +149,9 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
         var (wrongKey, wrongKeyOutput) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey,
             "capacity", "key", "approve", "--code", Provider, "--node", "gpu-01", "--version", "1", "--fingerprint", secondFingerprint, "--reason", "Checked on the phone.");
 
-        Assert.True(byProvider == 1, byProviderOutput);
+        Assert.True(byProvider == 4, byProviderOutput);
         Assert.Contains(" ROLE_NOT_ALLOWED: ", byProviderOutput, StringComparison.Ordinal);
-        Assert.True(wrongKey == 1, wrongKeyOutput);
+        Assert.True(wrongKey == 4, wrongKeyOutput);
         Assert.Contains("FailedPrecondition NODE_KEY_NOT_PENDING: ", wrongKeyOutput, StringComparison.Ordinal);
         Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM capacity_node_key_approvals"));
 
@@ -179,7 +179,7 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
     }
 
     [Fact]
-    public async Task The_servers_refusals_exit_1_with_status_and_reason_and_change_nothing()
+    public async Task The_servers_refusals_exit_4_with_status_and_reason_and_change_nothing()
     {
         await using TestServer server = await TestServer.StartAsync(postgres);
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
@@ -199,7 +199,7 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
         foreach (var (reason, attempt) in attempts)
         {
             var (exit, output) = await ProviderAsync(server, attempt);
-            Assert.True(exit == 1, $"capacity {string.Join(' ', attempt)} exited {exit}: {output}");
+            Assert.True(exit == 4, $"capacity {string.Join(' ', attempt)} exited {exit}: {output}");
             Assert.Contains($"refused: ", output, StringComparison.Ordinal);
             Assert.Contains($" {reason}: ", output, StringComparison.Ordinal);
         }
@@ -231,7 +231,7 @@ public sealed class CapacityCliTests(PostgresFixture postgres) : IDisposable
         Assert.True(accepted == 0, acceptOutput);
         var (again, againOutput) = await CliProcess.RunAsAsync(scene.Server, TestServer.OperatorKey,
             "capacity", "review", "--code", scene.Code, "--validation", id, "--node", nodes[0].NodeId, "--device", "0", "--accept", UnnamedGpu);
-        Assert.Equal(1, again);
+        Assert.Equal(4, again);
         Assert.Contains(" REVIEW_NOT_PENDING: ", againOutput, StringComparison.Ordinal);
         var (rejected, rejectOutput) = await CliProcess.RunAsAsync(scene.Server, TestServer.OperatorKey,
             "capacity", "review", "--code", scene.Code, "--validation", id, "--node", nodes[1].NodeId, "--device", "0", "--reject", "--reasons", "Not an H100: the probe saw a CPU.", "--output", "json");

@@ -11,7 +11,7 @@ public sealed class ClientTransportCliTests
     [InlineData("key", "list")]
     public async Task A_client_refuses_cleartext_http_to_another_machine_before_sending_its_key(params string[] command)
     {
-        // 192.0.2.1 is TEST-NET-1: nothing answers there, so a call that was attempted would hang or fail as unreachable (exit 1).
+        // 192.0.2.1 is TEST-NET-1: nothing answers there, so a call that was attempted would hang or fail as unreachable (exit 5).
         var (exit, output) = await CliProcess.RunAsync([.. command, "--server", "http://192.0.2.1:7390", "--api-key", "not-sent"]);
 
         Assert.Equal(2, exit);

@@ -110,7 +110,7 @@ public sealed class HolderStatementCliTests(PostgresFixture postgres)
         Assert.Matches($@"结算对象：服务机构 .*（{TestRecords.Provider}）\n", own.Content);
         Assert.DoesNotContain(TestRecords.OtherProvider, own.Content, StringComparison.Ordinal);
         Assert.All(new[] { other, holders, programme }, e => Assert.Equal((StatusCode.PermissionDenied, "STATEMENT_OF_OTHER_PARTY"), (e.StatusCode, IngestCall.Reason(e))));
-        Assert.Equal(1, exit);
+        Assert.Equal(4, exit);
         Assert.Contains("refused: PermissionDenied ROLE_NOT_ALLOWED", output, StringComparison.Ordinal);
         Assert.False(File.Exists(path) || File.Exists(path + ".partial"));
     }
@@ -128,7 +128,7 @@ public sealed class HolderStatementCliTests(PostgresFixture postgres)
         var (openExit, open) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, "settle", "statement", "--holder", holder, "--day", Day, "--to", "2026-11-21", "--out", path);
         var (idleExit, idleOutput) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, "settle", "statement", "--holder", idle, "--day", Day, "--out", path);
 
-        Assert.Equal((1, 2, 1, 4), (unknownExit, malformedExit, openExit, idleExit));
+        Assert.Equal((4, 2, 4, 6), (unknownExit, malformedExit, openExit, idleExit));
         Assert.Contains("refused: NotFound", unknown, StringComparison.Ordinal);
         Assert.Contains("--holder is not a unified social credit code", malformed, StringComparison.Ordinal);
         Assert.Contains("refused: NotFound DAY_NOT_SETTLED", open, StringComparison.Ordinal);

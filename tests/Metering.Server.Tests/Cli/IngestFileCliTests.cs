@@ -15,14 +15,15 @@ public sealed class IngestFileCliTests(PostgresFixture postgres)
 
         var (exit, output) = await RunAsync(server, Sample("sacct-2026-11-20.txt"));
 
-        Assert.Equal(0, exit);
+        // The good lines are committed and three are refused: neither success nor a refusal of the upload.
+        Assert.Equal(7, exit);
         Assert.Contains("Upload complete.", output, StringComparison.Ordinal);
         Assert.Contains("UNMAPPED_ACCOUNT", output, StringComparison.Ordinal);
         Assert.Contains("ELAPSED_MISMATCH", output, StringComparison.Ordinal);
         Assert.Equal(5L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id = 'slurm-nanshan'"));
 
         var (again, _) = await RunAsync(server, Sample("sacct-2026-11-20.txt"));
-        Assert.Equal(0, again);
+        Assert.Equal(7, again);
         Assert.Equal(5L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id = 'slurm-nanshan'"));
     }
 
@@ -35,8 +36,9 @@ public sealed class IngestFileCliTests(PostgresFixture postgres)
             "ingest-file", Sample("sacct-2026-11-20.txt"), "--server", server.Address.ToString().TrimEnd('/'), "--api-key", TestServer.ProviderKey,
             "--stream", "slurm-nanshan", "--format", "sacct", "--mapping", Sample("mapping.json"));
 
-        Assert.Equal(1, exit);
+        Assert.Equal(5, exit);
         Assert.Contains("SSL connection could not be established", output, StringComparison.Ordinal);
+        Assert.Contains("--ca", output, StringComparison.Ordinal);
         Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM raw_log_uploads"));
     }
 
@@ -49,7 +51,7 @@ public sealed class IngestFileCliTests(PostgresFixture postgres)
 
         var (exit, output) = await RunAsync(server, Sample("sacct-2026-11-20.txt"), mapping);
 
-        Assert.Equal(1, exit);
+        Assert.Equal(4, exit);
         Assert.Contains("refused: InvalidArgument HEADER_INVALID", output, StringComparison.Ordinal);
         Assert.Contains("not-a-code", output, StringComparison.Ordinal);
     }

@@ -58,7 +58,7 @@ public sealed class KeyCliTests(PostgresFixture postgres)
                 "SELECT actor, role, action FROM registry_history WHERE entity = 'credential' AND entity_key = @key ORDER BY change_id", new { key = Id(id) }));
 
         var (againExit, again) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, "key", "revoke", Id(id));
-        Assert.Equal(1, againExit);
+        Assert.Equal(4, againExit);
         Assert.Contains("FailedPrecondition CREDENTIAL_REVOKED", again, StringComparison.Ordinal);
     }
 
@@ -71,7 +71,7 @@ public sealed class KeyCliTests(PostgresFixture postgres)
 
         var (exit, output) = await CliProcess.RunAsAsync(server, TestServer.ProviderKey, "key", "issue", "--role", "operator", "--subject", TestRecords.Provider);
 
-        Assert.Equal(1, exit);
+        Assert.Equal(4, exit);
         Assert.Contains("PermissionDenied ROLE_NOT_ALLOWED", output, StringComparison.Ordinal);
         Assert.Equal(credentials, await server.ScalarAsync<long>("SELECT count(*) FROM credentials"));
         Assert.Equal(history, await server.ScalarAsync<long>("SELECT count(*) FROM registry_history"));
@@ -90,9 +90,9 @@ public sealed class KeyCliTests(PostgresFixture postgres)
         var (issueExit, issueOutput) = await CliProcess.RunAsAsync(server, leaving, "key", "issue", "--role", "operator", "--subject", "operator-leaving-again");
         var (listExit, listOutput) = await CliProcess.RunAsAsync(server, leaving, "key", "list");
 
-        Assert.Equal(1, issueExit);
+        Assert.Equal(4, issueExit);
         Assert.Contains("Unauthenticated UNAUTHENTICATED", issueOutput, StringComparison.Ordinal);
-        Assert.Equal(1, listExit);
+        Assert.Equal(4, listExit);
         Assert.Contains("Unauthenticated UNAUTHENTICATED", listOutput, StringComparison.Ordinal);
         Assert.Equal(credentials, await server.ScalarAsync<long>("SELECT count(*) FROM credentials"));
     }
@@ -105,7 +105,7 @@ public sealed class KeyCliTests(PostgresFixture postgres)
 
         var (exit, output) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, "key", "issue", "--role", "provider", "--subject", "914403001922038217");
 
-        Assert.Equal(1, exit);
+        Assert.Equal(4, exit);
         Assert.Contains("InvalidArgument CREDIT_CODE_INVALID", output, StringComparison.Ordinal);
         Assert.Equal(before, await server.ScalarAsync<long>("SELECT count(*) FROM credentials"));
     }
@@ -120,7 +120,7 @@ public sealed class KeyCliTests(PostgresFixture postgres)
 
         Assert.Equal(0, exit);
         string alice = output.Split('\n')[0].Trim();
-        Assert.Equal(1, againExit);
+        Assert.Equal(4, againExit);
         Assert.Contains("refused: OPERATOR_KEY_EXISTS", again, StringComparison.Ordinal);
         await using TestServer server = await TestServer.StartAsync(postgres, database: database);
         Assert.Equal(1L, await server.ScalarAsync<long>("SELECT count(*) FROM credentials"));
@@ -151,7 +151,7 @@ public sealed class KeyCliTests(PostgresFixture postgres)
         Assert.True(exit == 0, output);
         // The key is printed alone on its line, whatever the embedded database logged around it.
         Assert.Single(output.Split('\n'), line => Regex.IsMatch(line.Trim(), "^[A-Za-z0-9_-]{43}$"));
-        Assert.Equal(1, againExit);
+        Assert.Equal(4, againExit);
         Assert.Contains("refused: OPERATOR_KEY_EXISTS", again, StringComparison.Ordinal);
     }
 

@@ -71,6 +71,36 @@ public sealed class ProviderAgentCliTests(PostgresFixture postgres)
         Assert.Contains("Usage: provider-agent", output, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("--site", "5", "--site must be 0, 1 or 2, not '5'")]
+    [InlineData("--day", "2026/11/20", "--day must be a date as yyyy-MM-dd, not '2026/11/20'")]
+    [InlineData("--jobs-per-interval", "many", "--jobs-per-interval must be a whole number above 0, not 'many'")]
+    public async Task The_agent_names_a_malformed_option_and_exits_2_before_it_connects(string option, string value, string message)
+    {
+        var (exit, output) = await RunAgentAsync("--server", "http://127.0.0.1:9", "--api-key", "key", option, value);
+
+        Assert.Equal(2, exit);
+        Assert.Contains($"error: {message}", output, StringComparison.Ordinal);
+        Assert.DoesNotContain("Exception", output, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task The_agent_exits_0_on_help_4_on_a_refusal_and_5_with_no_server()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+
+        var (helpExit, help) = await RunAgentAsync("--help");
+        var (refusedExit, refused) = await RunAgentAsync("--server", server.Address.ToString().TrimEnd('/'), "--ca", TestCertificates.CaPemPath, "--api-key", "not-a-key");
+        var (nowhereExit, nowhere) = await RunAgentAsync("--server", "http://127.0.0.1:9", "--api-key", "key");
+
+        Assert.True(helpExit == 0, help);
+        Assert.Contains("Usage: provider-agent", help, StringComparison.Ordinal);
+        Assert.True(refusedExit == 4, refused);
+        Assert.Contains("refused: Unauthenticated", refused, StringComparison.Ordinal);
+        Assert.True(nowhereExit == 5, nowhere);
+        Assert.Contains("no Metering server answers", nowhere, StringComparison.Ordinal);
+    }
+
     private static async Task<(int ExitCode, string Output)> RunAgentAsync(params string[] arguments)
     {
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };

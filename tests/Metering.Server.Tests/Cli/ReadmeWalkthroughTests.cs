@@ -76,7 +76,7 @@ public sealed partial class ReadmeWalkthroughTests
 
         var run = await RunAsync([.. blocks.Take(stages), withoutAdvance]);
 
-        Assert.Equal(1, run.ExitCode);
+        Assert.Equal(4, run.ExitCode);
         Assert.Equal(stages + 1, run.Steps.Count);
         Assert.Contains("refused: FailedPrecondition NOTICE_PERIOD_RUNNING", run.Steps[^1], StringComparison.Ordinal);
         Assert.DoesNotContain("AWAITING_ADMISSION_NOTICE", run.Steps[^1], StringComparison.Ordinal);

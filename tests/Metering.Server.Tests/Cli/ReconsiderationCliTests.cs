@@ -39,7 +39,7 @@ public sealed class ReconsiderationCliTests(PostgresFixture postgres)
         AssertField("reason", "所附证明为 2023 年度。", dismissOutput);
 
         var (twice, twiceOutput) = await CliProcess.RunAsAsync(scene.Server, providerKey, "registry", "reconsider", "request", id, "--grounds", "再看一次。");
-        Assert.Equal(1, twice);
+        Assert.Equal(4, twice);
         Assert.Contains("refused: AlreadyExists RECONSIDERATION_ALREADY_REQUESTED", twiceOutput, StringComparison.Ordinal);
         Assert.Equal("rejected", await scene.Server.ScalarAsync<string>("SELECT state FROM applications WHERE application_id = @applicationId", new { applicationId }));
     }

@@ -54,7 +54,7 @@ public sealed class RegistryCliTests(PostgresFixture postgres)
 
         // Applicants file for themselves: an operator's key cannot file in the applicant's name.
         var (entered, enteredOutput) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, "registry", "apply", "--file", application);
-        Assert.Equal(1, entered);
+        Assert.Equal(4, entered);
         Assert.Contains("refused: PermissionDenied ROLE_NOT_ALLOWED", enteredOutput, StringComparison.Ordinal);
         Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM applications WHERE provider_id = @NewProvider", new { NewProvider }));
 
@@ -71,7 +71,7 @@ public sealed class RegistryCliTests(PostgresFixture postgres)
         AssertField("state", "AWAITING_VERIFICATION", proposed);
         Assert.Contains($"proposal 1: verification pass at 316.608 PFLOPS FP16 by {Operator}", proposed, StringComparison.Ordinal);
         var (alone, aloneOutput) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, "registry", "approve", id, "--proposal", "1");
-        Assert.Equal(1, alone);
+        Assert.Equal(4, alone);
         Assert.Contains("refused: PermissionDenied SAME_OPERATOR", aloneOutput, StringComparison.Ordinal);
         Assert.Equal(("awaiting_verification", 0L), await ApplicationAsync(server, applicationId));
         string verified = await SucceedsAsync(server, TestServer.SecondOperatorKey, "approve", id, "--proposal", "1");
@@ -87,7 +87,7 @@ public sealed class RegistryCliTests(PostgresFixture postgres)
         AssertField("state", "IN_PUBLIC_NOTICE", decided);
         Assert.Contains($"proposal 2: decision pass by {Operator}", decided, StringComparison.Ordinal);
         var (decidedAlone, decidedAloneOutput) = await CliProcess.RunAsAsync(server, TestServer.OperatorKey, "registry", "approve", id, "--proposal", "2");
-        Assert.Equal(1, decidedAlone);
+        Assert.Equal(4, decidedAlone);
         Assert.Contains("refused: PermissionDenied SAME_OPERATOR", decidedAloneOutput, StringComparison.Ordinal);
         Assert.Equal("in_public_notice", (await ApplicationAsync(server, applicationId)).State);
         AssertField("state", "AWAITING_ADMISSION_NOTICE", await SucceedsAsync(server, TestServer.SecondOperatorKey, "approve", id, "--proposal", "2"));
@@ -133,24 +133,24 @@ public sealed class RegistryCliTests(PostgresFixture postgres)
         // A provider suspending its competitor, and reinstating itself, as if it were the bureau.
         var (suspend, suspendOutput) = await CliProcess.RunAsAsync(server, TestServer.ProviderKey, "registry", "item", "suspend",
             "--code", TestRecords.OtherProvider, "--item", Admissions.ServiceItem, "--reasons", "a rival's wish");
-        Assert.Equal(1, suspend);
+        Assert.Equal(4, suspend);
         Assert.Contains("refused: PermissionDenied ROLE_NOT_ALLOWED", suspendOutput, StringComparison.Ordinal);
 
         // An auditor reads everything and writes nothing: not even an organisation.
         var (register, registerOutput) = await CliProcess.RunAsAsync(server, TestServer.AuditorKey, "registry", "org", "add", "--code", NewProvider,
             "--name", "审计员自建企业", "--legal-form", "enterprise", "--district", "nanshan", "--established", "2016-04-01");
-        Assert.Equal(1, register);
+        Assert.Equal(4, register);
         Assert.Contains("refused: PermissionDenied ROLE_NOT_ALLOWED", registerOutput, StringComparison.Ordinal);
 
         // A provider files only for itself, not in a competitor's name.
         var (impostor, impostorOutput) = await CliProcess.RunAsAsync(server, TestServer.ProviderKey, "registry", "apply",
             "--file", await ApplicationFileAsync(Admissions.Batch, TestRecords.OtherProvider, "gpu-inference"));
-        Assert.Equal(1, impostor);
+        Assert.Equal(4, impostor);
         Assert.Contains("refused: PermissionDenied OTHER_PROVIDER", impostorOutput, StringComparison.Ordinal);
 
         // A provider reads only its own entries.
         var (peek, peekOutput) = await CliProcess.RunAsAsync(server, TestServer.ProviderKey, "registry", "org", "show", TestRecords.OtherProvider);
-        Assert.Equal(1, peek);
+        Assert.Equal(4, peek);
         Assert.Contains("refused: PermissionDenied OTHER_PROVIDER", peekOutput, StringComparison.Ordinal);
 
         Assert.Equal(changes, await server.ScalarAsync<long>("SELECT count(*) FROM registry_history"));
@@ -167,7 +167,7 @@ public sealed class RegistryCliTests(PostgresFixture postgres)
         string file = Path.Combine(Directory.CreateTempSubdirectory("metering-apply-").FullName, "application.json");
         await File.WriteAllTextAsync(file, $$"""{"batchId": "test-2024", "creditCode": "{{TestRecords.Provider}}", "materials": [{"kind": "BUSINESS_LICENSE"}]}""");
 
-        // Pointed at a port where nothing listens, a call would exit with 1 ("no Metering server
+        // Pointed at a port where nothing listens, a call would exit with 5 ("no Metering server
         // answers"): exit 2 and the input's fault show that none was tried.
         string nowhere = $"https://127.0.0.1:{UnusedPort()}";
         var (malformed, malformedOutput) = await CliProcess.RunAsync("registry", "apply", "--file", file,
@@ -199,7 +199,7 @@ public sealed class RegistryCliTests(PostgresFixture postgres)
         var (exit, output) = await CliProcess.RunAsAsync(server, TestServer.ProviderKey, "registry", "apply",
             "--file", await ApplicationFileAsync(Admissions.Batch, TestRecords.Provider, "gpu-inference"));
 
-        Assert.Equal(1, exit);
+        Assert.Equal(4, exit);
         Assert.Contains("refused: FailedPrecondition OUTSIDE_BATCH_WINDOW", output, StringComparison.Ordinal);
         Assert.Equal(applications, await server.ScalarAsync<long>("SELECT count(*) FROM applications"));
         Assert.Equal(changes, await server.ScalarAsync<long>("SELECT count(*) FROM registry_history"));

@@ -47,14 +47,14 @@ public sealed class SettleCatchUpCliTests(PostgresFixture postgres)
         List<DateTime> afterSecond = await server.QueryAsync<DateTime>("SELECT day FROM settlement_runs ORDER BY day");
         var (third, thirdOutput) = await Settle(server);
 
-        Assert.True(first == 1, firstOutput);
+        Assert.True(first == 4, firstOutput);
         Assert.Equal([new DateTime(2026, 11, 20)], afterFirst);
         Assert.Contains("2026-11-21 has no usage records", firstOutput, StringComparison.Ordinal);
         Assert.Contains("--allow-empty", firstOutput, StringComparison.Ordinal);
         Assert.True(second == 0, secondOutput);
         Assert.Equal([new DateTime(2026, 11, 20), new DateTime(2026, 11, 21), new DateTime(2026, 11, 22)], afterSecond);
         Assert.Contains("Settled 2 day(s)", secondOutput, StringComparison.Ordinal);
-        Assert.Equal(4, third);
+        Assert.Equal(6, third);
         Assert.Contains("Nothing to settle", thirdOutput, StringComparison.Ordinal);
     }
 
@@ -72,7 +72,7 @@ public sealed class SettleCatchUpCliTests(PostgresFixture postgres)
 
         Assert.Equal((StatusCode.FailedPrecondition, "DAY_EMPTY"), (refused.StatusCode, refused.GetRpcStatus()!.GetDetail<ErrorInfo>()!.Reason));
         Assert.Equal(0L, closedAfterRefusal);
-        Assert.Equal(1, cliExit);
+        Assert.Equal(4, cliExit);
         Assert.Contains("FailedPrecondition DAY_EMPTY", cliOutput, StringComparison.Ordinal);
         Assert.Equal("2026-11-21", allowed.Day);
         // After the last closed day (11-21): only 11-22, with its two records, is still open.

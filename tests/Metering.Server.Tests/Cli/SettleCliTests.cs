@@ -198,7 +198,7 @@ public sealed partial class SettleCliTests(PostgresFixture postgres)
 
         foreach (var (exit, output) in new[] { settle, register, claim, @void })
         {
-            Assert.Equal(1, exit);
+            Assert.Equal(4, exit);
             Assert.Contains("refused: PermissionDenied ROLE_NOT_ALLOWED", output, StringComparison.Ordinal);
         }
 
@@ -222,7 +222,7 @@ public sealed partial class SettleCliTests(PostgresFixture postgres)
 
         foreach (var (exit, output) in new[] { auditor, @operator, auditorWrites })
         {
-            Assert.Equal(1, exit);
+            Assert.Equal(4, exit);
             Assert.Contains("refused: PermissionDenied ROLE_NOT_ALLOWED", output, StringComparison.Ordinal);
         }
 
@@ -233,7 +233,7 @@ public sealed partial class SettleCliTests(PostgresFixture postgres)
     }
 
     [Fact]
-    public async Task A_refused_claim_prints_the_status_and_reason_and_exits_with_one()
+    public async Task A_refused_claim_prints_the_status_and_reason_and_exits_with_four()
     {
         await using Running running = await StartAsync();
         var (server, scene) = running;
@@ -241,7 +241,7 @@ public sealed partial class SettleCliTests(PostgresFixture postgres)
 
         var (exit, output) = await AsOperator(server, "voucher", "claim", "file", "--contract", $"{contractId}", "--job", "job-1120-000", "--year", "2026");
 
-        Assert.Equal(1, exit);
+        Assert.Equal(4, exit);
         Assert.Contains("refused: AlreadyExists USAGE_ALREADY_REDEEMED", output, StringComparison.Ordinal);
         Assert.Equal(1, await scene.ScalarAsync<long>("SELECT count(*) FROM claims"));
     }
@@ -256,7 +256,7 @@ public sealed partial class SettleCliTests(PostgresFixture postgres)
         long holders = await scene.ScalarAsync<long>("SELECT count(*) FROM voucher_holders");
         string contract = $"{contractId}";
 
-        // Each is a mistake the server would refuse with exit 1 if it were asked; the CLI catches it first.
+        // Each is a mistake the server would refuse with exit 4 if it were asked; the CLI catches it first.
         (string[] Arguments, string Says)[] mistakes =
         [
             (["settle", "--day", "2026-11-31"], "--day must be a date as yyyy-MM-dd, not '2026-11-31'"),

@@ -8,7 +8,7 @@ namespace Metering.Server.Tests.Cli;
 /// <summary>
 /// `metering registry verify --verifier-part MODEL:DEVICES:GFLOPS` as an operator runs it, against
 /// a real server over TLS: malformed parts stop in the CLI with exit 2 and reach no server, a part
-/// the server refuses exits 1 with its reason, and a good one is proposed, approved by a second
+/// the server refuses exits 4 with its reason, and a good one is proposed, approved by a second
 /// operator and shown with its source.
 /// </summary>
 [Collection(PostgresCollection.Name)]
@@ -46,7 +46,7 @@ public sealed class VerifierPartCliTests(PostgresFixture postgres)
         // Well formed, but above what 10 devices can do by the catalog: the server refuses it.
         var (refused, refusedOutput) = await CliProcess.RunAsAsync(scene.Server, TestServer.OperatorKey,
             "registry", "verify", id, "--verifier-part", "ASCEND-910B:10:300000000", "--pass");
-        Assert.Equal(1, refused);
+        Assert.Equal(4, refused);
         Assert.Contains("refused: InvalidArgument VERIFIER_PART_INVALID", refusedOutput, StringComparison.Ordinal);
         Assert.Null((await scene.Client.GetApplicationAsync(new GetApplicationRequest { ApplicationId = filed.ApplicationId }, RegistryScene.Operator)).PendingProposal);
 

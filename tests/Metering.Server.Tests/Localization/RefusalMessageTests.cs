@@ -69,7 +69,7 @@ public sealed class RefusalMessageTests(PostgresFixture postgres)
         var (chineseExit, chinese) = await CliProcess.RunWithEnvironmentAsync(new Dictionary<string, string> { ["LANG"] = "zh_CN.UTF-8" }, command);
         var (englishExit, english) = await CliProcess.RunWithEnvironmentAsync(new Dictionary<string, string> { ["LANG"] = "en_US.UTF-8" }, command);
 
-        Assert.Equal((1, 1), (chineseExit, englishExit));
+        Assert.Equal((4, 4), (chineseExit, englishExit));
         Assert.Contains("Unauthenticated UNAUTHENTICATED", chinese, StringComparison.Ordinal);
         Assert.Contains(RefusalMessages.ChineseFor("UNAUTHENTICATED")!, chinese, StringComparison.Ordinal);
         Assert.Contains("Unauthenticated UNAUTHENTICATED", english, StringComparison.Ordinal);

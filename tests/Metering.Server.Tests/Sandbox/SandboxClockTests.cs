@@ -219,7 +219,7 @@ public sealed class SandboxClockTests(PostgresFixture postgres)
 
         var (exit, output) = await CliProcess.RunAsync("db", "migrate", "--sandbox", "--connection", database);
 
-        Assert.Equal(1, exit);
+        Assert.Equal(4, exit);
         Assert.Contains("only a new, empty database can be made a sandbox", output, StringComparison.Ordinal);
         await using NpgsqlDataSource owner = Database.CreateDataSource(database);
         Assert.Null(await new SandboxClockStore(owner).ReadOffsetAsync(CancellationToken.None));
@@ -241,7 +241,7 @@ public sealed class SandboxClockTests(PostgresFixture postgres)
         Assert.Contains("simulated (sandbox)", shownOutput, StringComparison.Ordinal);
         Assert.Equal(2, bad);
         Assert.Contains("is not a duration", badOutput, StringComparison.Ordinal);
-        Assert.Equal(1, refused);
+        Assert.Equal(4, refused);
         Assert.Contains("PermissionDenied ROLE_NOT_ALLOWED", refusedOutput, StringComparison.Ordinal);
         Assert.Equal(36 * 3_600_000L, await server.ScalarAsync<long>("SELECT offset_ms FROM sandbox_clock"));
     }

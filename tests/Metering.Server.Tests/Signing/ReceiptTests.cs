@@ -168,7 +168,7 @@ public sealed class ReceiptTests(PostgresFixture postgres)
 
         var (exit, output) = await CheckReceiptsAsync(server, receipts, TestServer.ProviderKey, await PublicKeyFileAsync(TestServer.SigningKey.PublicKey));
 
-        Assert.Equal(1, exit);
+        Assert.Equal(3, exit);
         Assert.Contains($"FAILED: receipt at line 3 ({TestRecords.Provider}/cluster-a #300): bad signature", output, StringComparison.Ordinal);
     }
 
@@ -185,7 +185,7 @@ public sealed class ReceiptTests(PostgresFixture postgres)
 
         var (exit, output) = await CheckReceiptsAsync(server, receipts, TestServer.ProviderKey, publicKey);
 
-        Assert.Equal(1, exit);
+        Assert.Equal(3, exit);
         Assert.Contains($"FAILED: receipt at line 3 ({TestRecords.Provider}/cluster-a #200): unknown key id {forger.KeyId}", output, StringComparison.Ordinal);
 
         // The same forgery under the server's key id fails its signature instead.
@@ -196,7 +196,7 @@ public sealed class ReceiptTests(PostgresFixture postgres)
 
         (exit, output) = await CheckReceiptsAsync(server, receipts, TestServer.ProviderKey, publicKey);
 
-        Assert.Equal(1, exit);
+        Assert.Equal(3, exit);
         Assert.Contains("line 3", output, StringComparison.Ordinal);
         Assert.Contains("bad signature", output, StringComparison.Ordinal);
     }
@@ -221,7 +221,7 @@ public sealed class ReceiptTests(PostgresFixture postgres)
         var (exit, output) = await CheckReceiptsAsync(server, receipts, TestServer.ProviderKey, await PublicKeyFileAsync(TestServer.SigningKey.PublicKey));
 
         byte[] rewrittenHeadAt500 = await server.ScalarAsync<byte[]>("SELECT chain_hash FROM usage_records WHERE stream_id = 'cluster-a' AND sequence = 500");
-        Assert.Equal(1, exit);
+        Assert.Equal(3, exit);
         Assert.Contains(
             $"FAILED: receipt at line 5 ({TestRecords.Provider}/cluster-a #500): head differs at sequence 500: receipt says {Convert.ToHexStringLower(honestHeadAt500)}, database holds {Convert.ToHexStringLower(rewrittenHeadAt500)}",
             output, StringComparison.Ordinal);
@@ -235,7 +235,7 @@ public sealed class ReceiptTests(PostgresFixture postgres)
 
         (exit, output) = await CheckReceiptsAsync(server, receipts, TestServer.ProviderKey, await PublicKeyFileAsync(TestServer.SigningKey.PublicKey));
 
-        Assert.Equal(1, exit);
+        Assert.Equal(3, exit);
         Assert.Contains("FAILED: receipt at line 5", output, StringComparison.Ordinal);
         Assert.Contains("7 of 11 receipts fail", output, StringComparison.Ordinal);
     }
@@ -250,7 +250,7 @@ public sealed class ReceiptTests(PostgresFixture postgres)
 
         var (exit, output) = await CheckReceiptsAsync(server, receipts, TestServer.ProviderKey, await PublicKeyFileAsync(TestServer.SigningKey.PublicKey));
 
-        Assert.Equal(1, exit);
+        Assert.Equal(3, exit);
         Assert.Contains($"FAILED: receipt at line 2 ({TestRecords.Provider}/cluster-a #100): receipts disagree at sequence 100: line 1 says", output, StringComparison.Ordinal);
     }
 
@@ -270,7 +270,7 @@ public sealed class ReceiptTests(PostgresFixture postgres)
 
         var (exit, output) = await CheckReceiptsAsync(server, receipts, TestServer.ProviderKey, await PublicKeyFileAsync(TestServer.SigningKey.PublicKey));
 
-        Assert.Equal(1, exit);
+        Assert.Equal(3, exit);
         Assert.Contains($"FAILED: receipt at line 3 ({TestRecords.Provider}/cluster-a #300): sequence 300 not stored", output, StringComparison.Ordinal);
     }
 
@@ -282,7 +282,7 @@ public sealed class ReceiptTests(PostgresFixture postgres)
 
         var (exit, output) = await CheckReceiptsAsync(server, receipts, TestServer.OtherProviderKey, await PublicKeyFileAsync(TestServer.SigningKey.PublicKey));
 
-        Assert.Equal(1, exit);
+        Assert.Equal(4, exit);
         Assert.Contains("refused: PermissionDenied OTHER_PROVIDER", output, StringComparison.Ordinal);
     }
 
@@ -296,7 +296,7 @@ public sealed class ReceiptTests(PostgresFixture postgres)
         var (uploadExit, uploadOutput) = await CliProcess.RunAsync(
             "ingest-file", Path.Combine(samples, "sacct-2026-11-20.txt"), "--server", server.Address.ToString().TrimEnd('/'), "--ca", TestCertificates.CaPemPath, "--api-key", TestServer.ProviderKey,
             "--stream", "slurm-nanshan", "--format", "sacct", "--mapping", Path.Combine(samples, "mapping.json"), "--receipts", receipts);
-        Assert.True(uploadExit == 0, uploadOutput);
+        Assert.True(uploadExit == 7, uploadOutput);
         Receipt receipt = Receipt.Decode(JsonDocument.Parse(File.ReadAllLines(receipts).Single()).RootElement.GetProperty("signed").GetBytesFromBase64());
         Assert.Equal(("slurm-nanshan", 5UL), (receipt.StreamId, receipt.Sequence));
 

@@ -214,9 +214,9 @@ public sealed class TransparencyLogTests(PostgresFixture postgres)
 
         Assert.True(headExit == 0, headOutput);
         Assert.Contains("verifies with the published key", headOutput, StringComparison.Ordinal);
-        Assert.Equal(1, sameSizeExit);
+        Assert.Equal(3, sameSizeExit);
         Assert.Contains("FAILED: the log of size 2 changed: the saved head's root is", sameSizeOutput, StringComparison.Ordinal);
-        Assert.Equal(1, grownExit);
+        Assert.Equal(3, grownExit);
         Assert.Contains("FAILED: the current log (size 4, root", grownOutput, StringComparison.Ordinal);
         Assert.Contains("does not extend the saved head (size 2", grownOutput, StringComparison.Ordinal);
         Assert.Contains("at least one of the first 2 leaves was rewritten", grownOutput, StringComparison.Ordinal);
@@ -247,11 +247,11 @@ public sealed class TransparencyLogTests(PostgresFixture postgres)
         await log.AsInsiderAsync("DELETE FROM transparency_log_leaves WHERE leaf_index >= 2; DELETE FROM transparency_tree_heads");
         var (shrunkExit, shrunkOutput) = await log.CheckLogAsync(saved);
 
-        Assert.Equal((1, 1), (editedExit, foreignExit));
+        Assert.Equal((3, 3), (editedExit, foreignExit));
         Assert.Contains("FAILED: the saved tree head (size 4) is not signed by the published key: its signature does not verify", editedOutput, StringComparison.Ordinal);
         Assert.Contains("FAILED: the saved tree head (size 4) is not signed by the published key: its signature does not verify", foreignOutput, StringComparison.Ordinal);
         Assert.True(honestExit == 0, honestOutput);
-        Assert.Equal(1, shrunkExit);
+        Assert.Equal(3, shrunkExit);
         Assert.Contains("FAILED: the log shrank: the saved head has 4 leaves, the current head 2", shrunkOutput, StringComparison.Ordinal);
     }
 
@@ -295,9 +295,9 @@ public sealed class TransparencyLogTests(PostgresFixture postgres)
         Assert.Equal(4UL, (await client.GetTreeHeadAsync(new GetTreeHeadRequest(), provider)).TreeSize);
         Assert.Equal(headsBefore, await log.Scene.ScalarAsync<long>("SELECT count(*) FROM transparency_tree_heads"));
 
-        // The CLI says the same, and exits 1.
+        // The CLI says the same, and exits 4.
         var (exit, output) = await log.CliAsync(TestServer.AuditorKey, "audit", "consistency", "--from", "3", "--to", "2", "--public-key", log.PublicKeyPath);
-        Assert.Equal(1, exit);
+        Assert.Equal(4, exit);
         Assert.Contains("InvalidArgument LOG_ARGUMENT_INVALID", output, StringComparison.Ordinal);
     }
 }

@@ -333,12 +333,12 @@ public sealed class PayoutTests(PostgresFixture postgres)
         Assert.Contains("is still owed 4.00 CNY", recorded.Output, StringComparison.Ordinal);
         Assert.True(again.ExitCode == 0, again.Output);
         Assert.Contains("recorded already; nothing was paid again", again.Output, StringComparison.Ordinal);
-        Assert.Equal(1, over.ExitCode);
+        Assert.Equal(4, over.ExitCode);
         Assert.Contains("PAYOUT_OVER_PAYABLE", over.Output, StringComparison.Ordinal);
         Assert.True(list.ExitCode == 0, list.Output);
         Assert.Contains("SPDB-7788", list.Output, StringComparison.Ordinal);
         Assert.DoesNotContain("SPDB-7789", list.Output, StringComparison.Ordinal);
-        Assert.Equal(1, release.ExitCode);
+        Assert.Equal(4, release.ExitCode);
         Assert.Contains("PROGRAMME_YEAR_NOT_ENDED", release.Output, StringComparison.Ordinal);
         Assert.Equal(1L, await setting.Scene.ScalarAsync<long>("SELECT count(*) FROM payouts"));
     }
