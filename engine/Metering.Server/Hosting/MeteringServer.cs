@@ -28,7 +28,11 @@ using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.AspNetCore.Server.Kestrel.Https;
+using Grpc.AspNetCore.HealthChecks;
 using Grpc.AspNetCore.Server.Model;
+using Grpc.Health.V1;
+using Grpc.HealthCheck;
+using Microsoft.Extensions.Options;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
@@ -265,6 +269,14 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton(typeof(IServiceMethodProvider<>), typeof(MalformedMessageRefusal<>)));
 
         WebApplication app = builder.Build();
+        // Until the first check has run, health says NOT_SERVING rather than NOT_FOUND: the
+        // services exist, and nothing has shown yet that the database answers.
+        HealthServiceImpl health = app.Services.GetRequiredService<HealthServiceImpl>();
+        foreach (ServiceMapping mapping in app.Services.GetRequiredService<IOptions<GrpcHealthChecksOptions>>().Value.Services)
+        {
+            health.SetStatus(mapping.Name, HealthCheckResponse.Types.ServingStatus.NotServing);
+        }
+
         app.MapGrpcService<AccessGrpcService>();
         app.MapGrpcService<IngestGrpcService>();
         app.MapGrpcService<RawLogGrpcService>();
