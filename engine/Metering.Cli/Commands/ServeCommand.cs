@@ -49,10 +49,16 @@ internal static partial class ServeCommand
         {
             Description = "Serve even if the connection logs in as a superuser or as the schema's owner, which could drop the evidence guards. Off by default: serve as the runtime role `metering db migrate` creates.",
         };
-        var limitOptions = LimitOptions.Select(l => (l.Env, l.Apply, Option: new Option<int?>(l.Name) { Description = $"{l.Description} Default {l.Default(new CallLimits())}, or ${l.Env}." })).ToList();
-        var command = new Command("serve", "Run the gRPC server against PostgreSQL: AccessService, IngestService, RawLogService, RegistryService, CapacityService, VoucherService, SettlementService, AuditService, TransparencyService, PublicationService and SandboxService (whose clock moves only on a server run with --clock simulated). Callers authenticate with keys from `metering key issue`.")
+        var reflection = new Option<bool>("--reflection")
         {
-            listen, tlsCertificate, tlsKey, tlsPassword, insecure, migrate, connection, dataDirectory, signingKey, runtimeRole, clock, allowPrivileged,
+            Description = "Serve gRPC server reflection (grpc.reflection.v1 and v1alpha), without a key, so that grpcurl can list and call the services; `--reflection false` turns it off. Health (grpc.health.v1.Health) is always served, without a key.",
+            DefaultValueFactory = _ => true,
+        };
+        var limitOptions = LimitOptions.Select(l => (l.Env, l.Apply, Option: new Option<int?>(l.Name) { Description = $"{l.Description} Default {l.Default(new CallLimits())}, or ${l.Env}." })).ToList();
+        var command = new Command("serve", "Run the gRPC server against PostgreSQL: AccessService, IngestService, RawLogService, RegistryService, CapacityService, VoucherService, SettlementService, AuditService, TransparencyService, PublicationService and SandboxService (whose clock moves only on a server run with --clock simulated). Callers authenticate with keys from `metering key issue`; "
+            + "PublicationService, grpc.health.v1.Health (SERVING while the database answers at the schema version this engine needs) and server reflection answer without one.")
+        {
+            listen, tlsCertificate, tlsKey, tlsPassword, insecure, migrate, connection, dataDirectory, signingKey, runtimeRole, clock, allowPrivileged, reflection,
         };
         foreach (var limit in limitOptions)
         {
@@ -199,6 +205,7 @@ internal static partial class ServeCommand
                     CallLimits = callLimits,
                     CredentialRecheck = recheckPolicy,
                     Time = parse.GetValue(clock) == "simulated" ? new SimulatedClock(0) : TimeProvider.System,
+                    Reflection = parse.GetValue(reflection),
                     ConfigureLogging = builder => builder
                         .AddSimpleConsole(console =>
                         {

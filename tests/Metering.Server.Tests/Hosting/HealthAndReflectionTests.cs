@@ -95,6 +95,20 @@ public sealed class HealthAndReflectionTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task Garbage_as_a_health_check_without_a_key_is_invalid_argument_with_the_malformed_reason()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres, healthCheckPeriodMs: PeriodMs);
+        var raw = Marshallers.Create(static (byte[] bytes) => bytes, static bytes => bytes);
+        var check = new Method<byte[], byte[]>(MethodType.Unary, Health.Descriptor.FullName, "Check", raw, raw);
+
+        var call = server.Channel.CreateCallInvoker().AsyncUnaryCall(check, null, new CallOptions(), [0xFF, 0xFF, 0xFF, 0xFF]);
+        RpcException error = await Assert.ThrowsAsync<RpcException>(async () => await call.ResponseAsync);
+
+        Assert.Equal(StatusCode.InvalidArgument, error.StatusCode);
+        Assert.Equal("MESSAGE_MALFORMED", IngestCall.Reason(error));
+    }
+
+    [Fact]
     public async Task Reflection_lists_every_service_of_the_protos_and_health_without_a_key()
     {
         await using TestServer server = await TestServer.StartAsync(postgres);
