@@ -121,13 +121,19 @@ internal static partial class CommonOptions
     }
 
     public static ILoggerFactory Logging(LogLevel minimum = LogLevel.Information) =>
-        LoggerFactory.Create(builder => builder
-            .AddSimpleConsole(console =>
-            {
-                console.SingleLine = true;
-                console.TimestampFormat = "HH:mm:ss ";
-            })
-            .SetMinimumLevel(minimum));
+        LoggerFactory.Create(builder => ConsoleLines(builder).SetMinimumLevel(minimum));
+
+    /// <summary>
+    /// One line per message, stamped in ISO 8601 with its offset, in UTC, so that a line read on
+    /// another host or beside another program's log is never taken for local time.
+    /// </summary>
+    public static ILoggingBuilder ConsoleLines(ILoggingBuilder builder) =>
+        builder.AddSimpleConsole(console =>
+        {
+            console.SingleLine = true;
+            console.UseUtcTimestamp = true;
+            console.TimestampFormat = "yyyy-MM-dd'T'HH:mm:ss.fffzzz ";
+        });
 
     /// <summary>
     /// Runs a command that opens the database itself (`key bootstrap`) against the database the

@@ -49,10 +49,21 @@ internal static partial class ServeCommand
         {
             Description = "Serve even if the connection logs in as a superuser or as the schema's owner, which could drop the evidence guards. Off by default: serve as the runtime role `metering db migrate` creates.",
         };
-        var limitOptions = LimitOptions.Select(l => (l.Env, l.Apply, Option: new Option<int?>(l.Name) { Description = $"{l.Description} Default {l.Default(new CallLimits())}, or ${l.Env}." })).ToList();
-        var command = new Command("serve", "Run the gRPC server against PostgreSQL: AccessService, IngestService, RawLogService, RegistryService, CapacityService, VoucherService, SettlementService, AuditService, TransparencyService, PublicationService and SandboxService (whose clock moves only on a server run with --clock simulated). Callers authenticate with keys from `metering key issue`.")
+        var reflection = new Option<bool>("--reflection")
         {
-            listen, tlsCertificate, tlsKey, tlsPassword, insecure, migrate, connection, dataDirectory, signingKey, runtimeRole, clock, allowPrivileged,
+            Description = "Serve gRPC server reflection (grpc.reflection.v1 and v1alpha), without a key, so that grpcurl can list and call the services; `--reflection false` turns it off. Health (grpc.health.v1.Health) is always served, without a key.",
+            DefaultValueFactory = _ => true,
+        };
+        var logLevel = new Option<LogLevel>("--log-level")
+        {
+            Description = "The least severe messages logged: Trace, Debug, Information, Warning, Error, Critical or None. Below Information, ASP.NET Core's own messages are logged too.",
+            DefaultValueFactory = _ => LogLevel.Information,
+        };
+        var limitOptions = LimitOptions.Select(l => (l.Env, l.Apply, Option: new Option<int?>(l.Name) { Description = $"{l.Description} Default {l.Default(new CallLimits())}, or ${l.Env}." })).ToList();
+        var command = new Command("serve", "Run the gRPC server against PostgreSQL: AccessService, IngestService, RawLogService, RegistryService, CapacityService, VoucherService, SettlementService, AuditService, TransparencyService, PublicationService and SandboxService (whose clock moves only on a server run with --clock simulated). Callers authenticate with keys from `metering key issue`; "
+            + "PublicationService, grpc.health.v1.Health (SERVING while the database answers at the schema version this engine needs) and server reflection answer without one.")
+        {
+            listen, tlsCertificate, tlsKey, tlsPassword, insecure, migrate, connection, dataDirectory, signingKey, runtimeRole, clock, allowPrivileged, reflection, logLevel,
         };
         foreach (var limit in limitOptions)
         {
@@ -100,7 +111,8 @@ internal static partial class ServeCommand
                 return 2;
             }
 
-            using ILoggerFactory logging = CommonOptions.Logging();
+            LogLevel level = parse.GetValue(logLevel);
+            using ILoggerFactory logging = CommonOptions.Logging(level);
             ILogger logger = logging.CreateLogger("metering.serve");
             Uri address = parse.GetValue(listen)!;
             string? certificatePath = parse.GetValue(tlsCertificate)?.FullName ?? Configured("METERING_TLS_CERT");
@@ -199,14 +211,12 @@ internal static partial class ServeCommand
                     CallLimits = callLimits,
                     CredentialRecheck = recheckPolicy,
                     Time = parse.GetValue(clock) == "simulated" ? new SimulatedClock(0) : TimeProvider.System,
-                    ConfigureLogging = builder => builder
-                        .AddSimpleConsole(console =>
-                        {
-                            console.SingleLine = true;
-                            console.TimestampFormat = "HH:mm:ss ";
-                        })
-                        // One line per request is noise at this volume; the services log what matters.
-                        .AddFilter("Microsoft.AspNetCore", LogLevel.Warning),
+                    Reflection = parse.GetValue(reflection),
+                    ConfigureLogging = builder => CommonOptions.ConsoleLines(builder)
+                        .SetMinimumLevel(level)
+                        // One line per request is noise at this volume; the services log what
+                        // matters. Asked for below Information, it is what was asked for.
+                        .AddFilter("Microsoft.AspNetCore", level < LogLevel.Information ? level : LogLevel.Warning),
                 }, cancellationToken);
                 if (server is null)
                 {

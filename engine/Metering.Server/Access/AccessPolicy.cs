@@ -126,13 +126,18 @@ internal static class AccessPolicy
     }.ToFrozenDictionary(StringComparer.Ordinal);
 
     /// <summary>
-    /// Methods served without a key: what the bureau posts for everyone (publication.proto). They
-    /// read published lists only; a key sent with them is ignored.
+    /// Methods served without a key: what the bureau posts for everyone (publication.proto), which
+    /// reads published lists only; health, for load balancers and probes that hold no key; and
+    /// reflection, which tells what the published .proto files already say. A key sent with them is ignored.
     /// </summary>
     private static readonly FrozenSet<string> PublicMethods = new[]
     {
         Method(PublicationService.Descriptor.FullName, "GetPublicNotice"),
         Method(PublicationService.Descriptor.FullName, "GetAdmittedList"),
+        Method(Grpc.Health.V1.Health.Descriptor.FullName, "Check"),
+        Method(Grpc.Health.V1.Health.Descriptor.FullName, "Watch"),
+        Method(Grpc.Reflection.V1.ServerReflection.Descriptor.FullName, "ServerReflectionInfo"),
+        Method(Grpc.Reflection.V1Alpha.ServerReflection.Descriptor.FullName, "ServerReflectionInfo"),
     }.ToFrozenSet(StringComparer.Ordinal);
 
     public static bool IsPublic(string method) => PublicMethods.Contains(method);

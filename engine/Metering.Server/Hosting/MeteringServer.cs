@@ -28,11 +28,17 @@ using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.AspNetCore.Server.Kestrel.Https;
+using Grpc.AspNetCore.HealthChecks;
 using Grpc.AspNetCore.Server.Model;
+using Grpc.Health.V1;
+using Grpc.HealthCheck;
+using Microsoft.Extensions.Options;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using Metering.Protocol.V1;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Npgsql;
 
 namespace Metering.Server.Hosting;
@@ -80,6 +86,29 @@ public sealed class ServerSettings
     /// (<see cref="ServingRole"/>); off by default, since such a role can drop the evidence guards.
     /// </summary>
     public bool AllowPrivilegedRole { get; init; }
+
+    /// <summary>
+    /// Serve grpc.reflection (v1 and v1alpha), without a key, so that grpcurl and similar tools
+    /// can list the services; on by default. It discloses only what the published .proto files say.
+    /// </summary>
+    public bool Reflection { get; init; } = true;
+
+    /// <summary>
+    /// How often, in ms, the database health check runs; grpc.health.v1.Health answers from its
+    /// latest result, so a change shows within this time (plus <see cref="DatabaseHealthCheck.Timeout"/>).
+    /// </summary>
+    public int HealthCheckPeriodMs { get; init; } = 5000;
+
+    /// <summary>The shortest health check period: ASP.NET Core's publisher allows no less than a second.</summary>
+    public const int HealthCheckPeriodMsMin = 1000;
+
+    internal void ValidateHealthCheck()
+    {
+        if (HealthCheckPeriodMs < HealthCheckPeriodMsMin)
+        {
+            throw new ArgumentException($"The health check period is {HealthCheckPeriodMs} ms; it must be at least {HealthCheckPeriodMsMin} ms.");
+        }
+    }
 
     /// <summary>How the server logs; the CLI passes its console logger.</summary>
     public Action<ILoggingBuilder>? ConfigureLogging { get; init; }
@@ -130,6 +159,7 @@ public sealed class MeteringServer : IAsyncDisposable
         settings.Capacity.Validate();
         settings.CallLimits.Validate();
         settings.CredentialRecheck.Validate();
+        settings.ValidateHealthCheck();
         // Read the refusal messages now: a broken table fails the start, not every later refusal.
         _ = RefusalMessages.Reasons.Count;
         if (TransportRules.Refusal(settings.Listen, settings.Certificate is not null, settings.Insecure) is { } refusal)
@@ -212,11 +242,41 @@ public sealed class MeteringServer : IAsyncDisposable
             grpc.MaxSendMessageSize = AuditGrpcService.ResponseBytesMax;
             grpc.EnableDetailedErrors = false;
         });
+        // Health answers from the periodic check's latest result, never by querying per call:
+        // it is served without a key.
+        builder.Services.AddHealthChecks().AddCheck<DatabaseHealthCheck>(DatabaseHealthCheck.Name, HealthStatus.Unhealthy, timeout: DatabaseHealthCheck.Timeout);
+        builder.Services.Configure<HealthCheckPublisherOptions>(publisher =>
+        {
+            publisher.Delay = TimeSpan.Zero;
+            publisher.Period = TimeSpan.FromMilliseconds(settings.HealthCheckPeriodMs);
+        });
+        builder.Services.AddGrpcHealthChecks(health =>
+        {
+            health.UseHealthChecksCache = true;
+            // Every service stands or falls with the database: a probe may name any of them.
+            foreach (string service in ServedServices)
+            {
+                health.Services.Map(service, _ => true);
+            }
+        });
+        if (settings.Reflection)
+        {
+            builder.Services.AddGrpcReflection();
+        }
+
         // A request that does not parse is refused with a reason, not gRPC's bare UNKNOWN.
         builder.Services.RemoveAll(typeof(IServiceMethodProvider<>));
         builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton(typeof(IServiceMethodProvider<>), typeof(MalformedMessageRefusal<>)));
 
         WebApplication app = builder.Build();
+        // Until the first check has run, health says NOT_SERVING rather than NOT_FOUND: the
+        // services exist, and nothing has shown yet that the database answers.
+        HealthServiceImpl health = app.Services.GetRequiredService<HealthServiceImpl>();
+        foreach (ServiceMapping mapping in app.Services.GetRequiredService<IOptions<GrpcHealthChecksOptions>>().Value.Services)
+        {
+            health.SetStatus(mapping.Name, HealthCheckResponse.Types.ServingStatus.NotServing);
+        }
+
         app.MapGrpcService<AccessGrpcService>();
         app.MapGrpcService<IngestGrpcService>();
         app.MapGrpcService<RawLogGrpcService>();
@@ -228,11 +288,26 @@ public sealed class MeteringServer : IAsyncDisposable
         app.MapGrpcService<TransparencyGrpcService>();
         app.MapGrpcService<SandboxGrpcService>();
         app.MapGrpcService<PublicationGrpcService>();
+        app.MapGrpcHealthChecksService();
+        if (settings.Reflection)
+        {
+            app.MapGrpcReflectionService();
+        }
+
         await app.StartAsync(cancellationToken);
 
         string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         return new MeteringServer(app, new Uri(bound));
     }
+
+    /// <summary>The full names of the product's services, each of which health answers for by name too.</summary>
+    private static readonly string[] ServedServices =
+    [
+        AccessService.Descriptor.FullName, IngestService.Descriptor.FullName, RawLogService.Descriptor.FullName,
+        RegistryService.Descriptor.FullName, CapacityService.Descriptor.FullName, VoucherService.Descriptor.FullName,
+        SettlementService.Descriptor.FullName, AuditService.Descriptor.FullName, TransparencyService.Descriptor.FullName,
+        SandboxService.Descriptor.FullName, PublicationService.Descriptor.FullName,
+    ];
 
     /// <summary>
     /// TLS 1.2 or 1.3 only. A client certificate is asked for but not required, and any is accepted

@@ -1,6 +1,10 @@
 using System.Reflection;
 using Google.Protobuf.Reflection;
+using Grpc.AspNetCore.Server;
 using Grpc.Core;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
 using Metering.Server.Tests.Infrastructure;
@@ -127,6 +131,36 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
         Assert.Equal(
             AllMethods().Select(m => $"{m.Service.Name}/{m.Name}").Order(),
             Allowed.Keys.Order());
+    }
+
+    /// <summary>
+    /// The rpcs the server maps besides the product's protos: standard infrastructure that
+    /// answers without a key (health for probes and load balancers; reflection, which repeats what
+    /// the published .proto files say). Tested through the server in HealthAndReflectionTests.
+    /// </summary>
+    private static readonly string[] Infrastructure =
+    [
+        "grpc.health.v1.Health/Check",
+        "grpc.health.v1.Health/Watch",
+        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ];
+
+    [Fact]
+    public async Task Every_rpc_the_server_maps_is_in_the_matrix_or_is_public_infrastructure()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        string[] mapped = server.Services.GetRequiredService<EndpointDataSource>().Endpoints
+            .Select(endpoint => endpoint.Metadata.GetMetadata<GrpcMethodMetadata>())
+            .OfType<GrpcMethodMetadata>()
+            .Select(metadata => metadata.Method.FullName.TrimStart('/'))
+            .Distinct()
+            .Order(StringComparer.Ordinal)
+            .ToArray();
+        string[] known = AllMethods().Select(m => $"{m.Service.FullName}/{m.Name}").Concat(Infrastructure).Order(StringComparer.Ordinal).ToArray();
+
+        Assert.Equal(known, mapped);
+        Assert.All(Infrastructure, method => Assert.True(AccessPolicy.IsPublic("/" + method), $"{method} needs a key"));
     }
 
     [Fact]

@@ -9,13 +9,19 @@ public sealed class ServerProcess : IAsyncDisposable
 {
     private readonly Process _process;
 
-    private ServerProcess(Process process, Uri address)
+    private readonly System.Collections.Concurrent.ConcurrentQueue<string> _output;
+
+    private ServerProcess(Process process, Uri address, System.Collections.Concurrent.ConcurrentQueue<string> output)
     {
         _process = process;
         Address = address;
+        _output = output;
     }
 
     public Uri Address { get; }
+
+    /// <summary>The lines the server has written so far, stdout and stderr in the order they arrived.</summary>
+    public IReadOnlyList<string> Output => [.. _output];
 
     /// <summary>
     /// The test run's signing key in an owner-only file: serve on an external database needs one,
@@ -97,7 +103,7 @@ public sealed class ServerProcess : IAsyncDisposable
             throw new InvalidOperationException("metering serve did not start:\n" + string.Join('\n', output));
         }
 
-        return new ServerProcess(process, address);
+        return new ServerProcess(process, address, output);
     }
 
     /// <summary>SIGKILL: no shutdown hooks, no flushing, no goodbyes.</summary>

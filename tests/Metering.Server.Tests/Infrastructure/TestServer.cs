@@ -65,7 +65,8 @@ public sealed class TestServer : IAsyncDisposable
     /// <param name="catalog">The device catalog; the embedded one unless a test needs the CPU fixture (<see cref="TestCatalogs.WithCpuFixture"/>).</param>
     /// <param name="database">The owner's connection string of a test database made earlier; a fresh one when null.</param>
     public static async Task<TestServer> StartAsync(PostgresFixture postgres, IngestLimits? limits = null, TimeProvider? time = null, DeviceCatalog? catalog = null,
-        CapacitySettings? capacity = null, CredentialRecheckPolicy? recheck = null, X509Certificate2? certificate = null, string? database = null, CallLimits? callLimits = null)
+        CapacitySettings? capacity = null, CredentialRecheckPolicy? recheck = null, X509Certificate2? certificate = null, string? database = null, CallLimits? callLimits = null,
+        bool reflection = true, int healthCheckPeriodMs = 5000)
     {
         string connectionString = database ?? await postgres.CreateDatabaseAsync();
         var settings = new ServerSettings
@@ -80,6 +81,8 @@ public sealed class TestServer : IAsyncDisposable
             Catalog = catalog ?? DeviceCatalog.LoadEmbedded(),
             Capacity = capacity ?? new CapacitySettings(),
             CallLimits = callLimits ?? new CallLimits(),
+            Reflection = reflection,
+            HealthCheckPeriodMs = healthCheckPeriodMs,
         };
         return new TestServer(await MeteringServer.StartAsync(settings), settings, connectionString);
     }
