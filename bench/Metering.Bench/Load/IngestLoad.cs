@@ -155,6 +155,22 @@ internal static class IngestLoad
             streams[i] = ($"load-{i}-{site.Site}", site);
         }
 
+        var (elapsed, latencies, results) = await StreamRecordsAsync(channel, apiKey,
+            streams.Select((s, i) => new LoadStream(s.StreamId, s.Site.RecordAt, (ulong)(perStream + (i < options.Records % options.Streams ? 1 : 0)))).ToArray(),
+            options.BatchRecords, options.WindowBatches);
+        return new Streamed(elapsed, latencies, streams.Select(s => s.Site).ToArray(), results);
+    }
+
+    /// <summary>
+    /// Streams each stream's records with the sample agent's <see cref="UsageStreamer"/>, one gRPC
+    /// call per stream over the one channel, printing progress each second; returns the wall time
+    /// from the first send to the last acknowledgement and every batch's ack latency. The raw log
+    /// bench uses it too, so that both benches measure the stream path the same way.
+    /// </summary>
+    internal static async Task<(double Seconds, List<double> LatenciesMs, StreamResult[] Results)> StreamRecordsAsync(
+        GrpcChannel channel, string apiKey, LoadStream[] streams, int batchRecords, int windowBatches)
+    {
+        ulong total = (ulong)streams.Sum(s => (decimal)s.Records);
         var committed = new ulong[streams.Length];
         var latencies = new List<double>[streams.Length];
         var clock = Stopwatch.StartNew();
@@ -165,14 +181,13 @@ internal static class IngestLoad
             latencies[index] = [];
             var streamer = new UsageStreamer(channel, apiKey, new StreamerOptions
             {
-                BatchRecords = options.BatchRecords,
-                WindowBatches = options.WindowBatches,
+                BatchRecords = batchRecords,
+                WindowBatches = windowBatches,
                 Committed = mark => Volatile.Write(ref committed[index], mark),
                 AckLatency = latency => latencies[index].Add(latency.TotalMilliseconds),
                 Reconnecting = reason => Console.Error.WriteLine($"load: {streams[index].StreamId} reconnecting: {reason}"),
             });
-            long records = perStream + (i < options.Records % options.Streams ? 1 : 0);
-            runs[i] = streamer.RunAsync(streams[i].StreamId, streams[i].Site.RecordAt, (ulong)records, CancellationToken.None);
+            runs[i] = streamer.RunAsync(streams[i].StreamId, streams[i].RecordAt, streams[i].Records, CancellationToken.None);
         }
 
         Task<StreamResult[]> all = Task.WhenAll(runs);
@@ -187,7 +202,7 @@ internal static class IngestLoad
             }
 
             double seconds = clock.Elapsed.TotalSeconds;
-            Console.WriteLine($"  {seconds,6:0.0} s  committed {done,12:N0} / {options.Records:N0}  now {(done - previous) / (seconds - previousSeconds),9:N0} records/s  mean {done / seconds,9:N0} records/s");
+            Console.WriteLine($"  {seconds,6:0.0} s  committed {done,12:N0} / {total:N0}  now {(done - previous) / (seconds - previousSeconds),9:N0} records/s  mean {done / seconds,9:N0} records/s");
             previous = done;
             previousSeconds = seconds;
         }
@@ -199,7 +214,7 @@ internal static class IngestLoad
             Console.WriteLine($"load: {results.Sum(r => r.Connections - 1)} reconnect(s) during the run");
         }
 
-        return new Streamed(elapsed, latencies.SelectMany(l => l).ToList(), streams.Select(s => s.Site).ToArray(), results);
+        return (elapsed, latencies.SelectMany(l => l).ToList(), results);
     }
 
     /// <summary>
@@ -301,7 +316,7 @@ internal static class IngestLoad
         return seconds;
     }
 
-    private static async Task CheckpointAsync(NpgsqlDataSource dataSource)
+    internal static async Task CheckpointAsync(NpgsqlDataSource dataSource)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync();
         await using var checkpoint = new NpgsqlCommand("CHECKPOINT", connection);
@@ -322,6 +337,9 @@ internal static class IngestLoad
 }
 
 /// <summary>The load tool's command line.</summary>
+/// <summary>One stream of a load: its id, its records by sequence (1-based) and how many.</summary>
+internal sealed record LoadStream(string StreamId, Func<ulong, UsageRecord> RecordAt, ulong Records);
+
 internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches, bool Tls)
 {
     public const long RecordsMax = 100_000_000;

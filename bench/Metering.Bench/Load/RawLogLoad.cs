@@ -21,8 +21,12 @@ namespace Metering.Bench.Load;
 /// Raw log parsing and upload, in one run: generates a Slurm `sacct --parsable2` file (1 GiB by
 /// default), times the parser over all of it on one thread (line splitting with a PipeReader and
 /// full parsing into usage records), then uploads a prefix of it through RawLogService to a server
-/// on a fresh durable embedded PostgreSQL and times records committed per second. The last line of
-/// stdout is the RESULT line.
+/// on a fresh durable embedded PostgreSQL and times records committed per second. Then, on the same
+/// server and database, the same records (moved one day later, so that they neither meet the
+/// uploaded ones in the fleet check nor count as the same usage) are streamed over the gRPC ingest
+/// path with the stream bench's tool and settings, and the two rates are compared: a cost that
+/// lands on the upload path alone shows as a falling upload_vs_stream. The last line of stdout is
+/// the RESULT line.
 /// </summary>
 internal static class RawLogLoad
 {
@@ -30,6 +34,7 @@ internal static class RawLogLoad
     private const string Provider = TestRecords.OtherProvider;
     private const string Header = "JobID|Account|Partition|AllocTRES|Start|End|Elapsed|State";
     private static readonly string[] Accounts = ["lab-vision", "lab-speech", "lab-robotics", "lab-llm", "lab-bio", "lab-chem", "lab-fin", "lab-map"];
+    private const long DayMs = 86_400_000;
     private static readonly (string Partition, string Gres)[] Pools = [("gpu-h100", "h100"), ("gpu-a100", "a100"), ("gpu-h20", ""), ("gpu-l40s", "l40s")];
 
     public static async Task<int> RunAsync(string[] args)
@@ -38,12 +43,20 @@ internal static class RawLogLoad
         if (values is null || !values.TryGetValue("data-dir", out string? dataDirectory))
         {
             Console.Error.WriteLine($"error: {error ?? "--data-dir is required"}");
-            Console.Error.WriteLine("usage: Metering.Bench rawlog --data-dir DIR [--bytes 1073741824] [--ingest-lines 1000000] [--file PATH]");
+            Console.Error.WriteLine("usage: Metering.Bench rawlog --data-dir DIR [--bytes 1073741824] [--ingest-lines 1000000] [--file PATH] [--streams 4] [--batch 5000] [--window 4]");
             return 2;
         }
 
         long bytes = BenchArguments.Long(values, "bytes", 1L << 30);
         long ingestLines = BenchArguments.Long(values, "ingest-lines", 1_000_000);
+        // The stream phase's defaults are bench/run-ingest's.
+        var stream = new StreamSettings((int)BenchArguments.Long(values, "streams", 4), (int)BenchArguments.Long(values, "batch", 5_000), (int)BenchArguments.Long(values, "window", 4));
+        if (stream.Streams is < 1 or > 64 || stream.BatchRecords is < 1 or > 100_000 || stream.WindowBatches is < 1 or > 64)
+        {
+            Console.Error.WriteLine("error: --streams must be 1 to 64, --batch 1 to 100000, --window 1 to 64");
+            return 2;
+        }
+
         string file = Path.GetFullPath(values.GetValueOrDefault("file", Path.Combine("bench", "out", "sacct.txt")));
         DateTime day = DateTime.UtcNow.Date.AddDays(-30);
 
@@ -58,9 +71,9 @@ internal static class RawLogLoad
 
         string prefix = file + ".prefix";
         await WritePrefixAsync(file, prefix, ingestLines);
-        double ingestPerSecond = await UploadAsync(prefix, Path.GetFullPath(dataDirectory));
+        var (ingestPerSecond, streamPerSecond) = await UploadAndStreamAsync(prefix, Path.GetFullPath(dataDirectory), stream);
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"RESULT parse_mb_per_s={parseMbPerSecond:0.0} ingest_records_per_s={ingestPerSecond:0}"));
+            $"RESULT parse_mb_per_s={parseMbPerSecond:0.0} ingest_records_per_s={ingestPerSecond:0} stream_records_per_s={streamPerSecond:0} upload_vs_stream={ingestPerSecond / streamPerSecond:0.00}"));
         return 0;
     }
 
@@ -153,7 +166,9 @@ internal static class RawLogLoad
         }
     }
 
-    private static async Task<double> UploadAsync(string file, string dataDirectory)
+    private sealed record StreamSettings(int Streams, int BatchRecords, int WindowBatches);
+
+    private static async Task<(double Upload, double Stream)> UploadAndStreamAsync(string file, string dataDirectory, StreamSettings settings)
     {
         using ILoggerFactory logging = LoggerFactory.Create(builder => builder
             .AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace)
@@ -161,12 +176,9 @@ internal static class RawLogLoad
         ILogger logger = logging.CreateLogger("metering.bench.rawlog");
         IngestLoad.DeleteCluster(dataDirectory);
         await using EmbeddedPostgres postgres = await EmbeddedPostgres.StartAsync(new EmbeddedPostgresOptions { DataDirectory = dataDirectory, Durable = true }, logger);
-        string apiKey;
-        await using (NpgsqlDataSource dataSource = Database.CreateDataSource(postgres.ConnectionString))
-        {
-            await new Migrator(dataSource, logger).MigrateAsync();
-            apiKey = (await Admissions.SeedAsync(dataSource)).OtherProvider;
-        }
+        await using NpgsqlDataSource dataSource = Database.CreateDataSource(postgres.ConnectionString);
+        await new Migrator(dataSource, logger).MigrateAsync();
+        string apiKey = (await Admissions.SeedAsync(dataSource)).OtherProvider;
 
         await using MeteringServer server = await MeteringServer.StartAsync(new ServerSettings
         {
@@ -203,7 +215,73 @@ internal static class RawLogLoad
         }
 
         Console.WriteLine($"rawlog: uploaded {length:N0} bytes, {report.Records:N0} records committed in {stopwatch.Elapsed.TotalSeconds:0.00} s (durable, fsync on)");
-        return report.Records / stopwatch.Elapsed.TotalSeconds;
+        double uploadPerSecond = report.Records / stopwatch.Elapsed.TotalSeconds;
+
+        // The stream phase starts right after a checkpoint, as the stream bench's does.
+        await IngestLoad.CheckpointAsync(dataSource);
+
+        LoadStream[] streams = StreamsOf(file, settings.Streams);
+        long records = streams.Sum(s => (long)s.Records);
+        if (records != (long)report.Records)
+        {
+            throw new InvalidOperationException($"The upload committed {report.Records} records; the file holds {records}.");
+        }
+
+        Console.WriteLine($"stream: the same {records:N0} records one day later over {settings.Streams} streams, batches of {settings.BatchRecords:N0}, window {settings.WindowBatches}");
+        var (seconds, _, results) = await IngestLoad.StreamRecordsAsync(channel, apiKey, streams, settings.BatchRecords, settings.WindowBatches);
+        long streamed = results.Sum(r => (long)r.CommittedSequence);
+        if (streamed != records)
+        {
+            throw new InvalidOperationException($"The streams committed {streamed} records of {records}.");
+        }
+
+        Console.WriteLine($"stream: {records:N0} records committed in {seconds:0.00} s (durable, fsync on)");
+        return (uploadPerSecond, records / seconds);
+    }
+
+    /// <summary>
+    /// The file's records dealt round-robin to <paramref name="count"/> streams, each parsed when
+    /// the streamer asks for it (the client pays the parse, as the server does for the upload) and
+    /// moved one day later.
+    /// </summary>
+    private static LoadStream[] StreamsOf(string file, int count)
+    {
+        byte[] bytes = File.ReadAllBytes(file);
+        var starts = new List<int>();
+        for (int at = Array.IndexOf(bytes, (byte)'\n') + 1; at < bytes.Length; at = Array.IndexOf(bytes, (byte)'\n', at) + 1)
+        {
+            starts.Add(at);
+        }
+
+        var rules = LogMappingRules.Create(Mapping(), DeviceCatalog.LoadEmbedded(), out string? problem);
+        if (problem is not null)
+        {
+            throw new InvalidOperationException(problem);
+        }
+
+        var streams = new LoadStream[Math.Min(count, Math.Max(1, starts.Count))];
+        for (int k = 0; k < streams.Length; k++)
+        {
+            int stream = k;
+            var parser = new SacctParser(rules);
+            parser.ReadHeader(Encoding.UTF8.GetBytes(Header));
+            streams[k] = new LoadStream($"slurm-bench-stream-{k}", sequence =>
+            {
+                int line = (int)((long)(sequence - 1) * streams.Length + stream);
+                int end = Array.IndexOf(bytes, (byte)'\n', starts[line]);
+                if (parser.Parse(bytes.AsSpan(starts[line], end - starts[line]), out UsageRecord? record, out LineRefusal refusal) != LineOutcome.Record)
+                {
+                    throw new InvalidOperationException($"Line {line + 2} is no record: {refusal.Message}");
+                }
+
+                record!.Sequence = sequence;
+                record.StartUnixMs += DayMs;
+                record.EndUnixMs += DayMs;
+                return record;
+            }, (ulong)((starts.Count - stream + streams.Length - 1) / streams.Length));
+        }
+
+        return streams;
     }
 
     private sealed class CountingSink(SacctParser parser) : ILogLineSink

@@ -1,4 +1,5 @@
 using System.Collections.Frozen;
+using System.Data;
 using System.Globalization;
 using System.Numerics;
 using Dapper;
@@ -124,10 +125,10 @@ public sealed class FleetSnapshot
 /// every sum is an exact integer; seconds are compared exactly as Σ_d sum_d / d ≤ fleet over the
 /// common multiple of the denominators present.
 ///
-/// The check runs in the commit's transaction after the COPY: it takes a transaction-scoped
-/// advisory lock per (provider, model) in ascending key order, adds the batch's sums, reads every
-/// denominator's sums for the minutes the batch touches and compares each second the batch
-/// touches. Two commits of one provider and model are thus ordered, and the second sees the
+/// The check runs in the commit's (read committed) transaction after the COPY: it takes a
+/// transaction-scoped advisory lock per (provider, model) in ascending key order, reads every
+/// denominator's sums for the minutes the batch touches, adds the batch's, compares each second the
+/// batch touches and writes the new sums back with a plain upsert (no array arithmetic in SQL). Two commits of one provider and model are thus ordered, and the second sees the
 /// first's sums; commits of different models or providers do not wait for each other.
 /// </summary>
 public static class FleetConcurrency
@@ -166,7 +167,46 @@ public static class FleetConcurrency
             return;
         }
 
+        // Read committed is what makes reading the sums after taking the lock see every commit
+        // that held it before; a snapshot taken earlier (repeatable read) would miss them.
+        if (transaction.IsolationLevel is not (IsolationLevel.ReadCommitted))
+        {
+            throw new InvalidOperationException($"The fleet check needs a read committed transaction, not {transaction.IsolationLevel}.");
+        }
+
         long[] keys = groups.Select(g => g.Model).Distinct(StringComparer.Ordinal).Select(m => FleetValidationService.LockKey("concurrency", providerId, m)).Order().ToArray();
+        await connection.ExecuteAsync("SELECT pg_advisory_xact_lock(k) FROM unnest(@keys) AS k", new { keys }, transaction);
+
+        // The sums are read under the locks, the batch's added here and written back whole: the
+        // locks order every writer of these rows, so nothing changes them in between. Each touched
+        // minute is looked up by its key (OFFSET 0 keeps the lookup from being turned into a join
+        // that scans all of the provider's minutes, which grow with every day metered).
+        var touched = groups.SelectMany(g => g.Minutes.Keys.Select(m => (g.Model, Minute: m))).Distinct().ToList();
+        var sums = new Dictionary<(string Model, long Minute), List<(long[] Levels, int Denominator)>>();
+        foreach (var (model, minute, denominator, stored) in await connection.QueryAsync<(string, DateTime, int, long[])>("""
+            SELECT u.m, u.t, c.share_denominator, c.levels
+            FROM unnest(@touchedModels, @touchedMinutes) AS u(m, t)
+            CROSS JOIN LATERAL (
+                SELECT c.share_denominator, c.levels FROM usage_concurrency c
+                WHERE c.provider_id = @providerId AND c.device_model = u.m AND c.minute_at = u.t OFFSET 0) AS c
+            """, new
+        {
+            providerId,
+            touchedModels = touched.Select(t => t.Model).ToArray(),
+            touchedMinutes = touched.Select(t => UnixMs.ToDateTime(t.Minute * SecondsPerRow * 1000)).ToArray(),
+        }, transaction))
+        {
+            var key = (model, UnixMs.FromDateTime(DateTime.SpecifyKind(minute, DateTimeKind.Utc)) / 1000 / SecondsPerRow);
+            if (!sums.TryGetValue(key, out var list))
+            {
+                list = [];
+                sums.Add(key, list);
+            }
+
+            list.Add((stored, denominator));
+        }
+
+        // Each row written is the stored sums plus the batch's, per denominator.
         var models = new string[rows];
         var minutes = new DateTime[rows];
         var denominators = new int[rows];
@@ -174,36 +214,37 @@ public static class FleetConcurrency
         int row = 0;
         foreach (Group group in groups)
         {
-            foreach (var (minute, seconds) in group.Minutes)
+            foreach (var (minute, added) in group.Minutes)
             {
+                if (!sums.TryGetValue((group.Model, minute), out var list))
+                {
+                    list = [];
+                    sums.Add((group.Model, minute), list);
+                }
+
+                int at = list.FindIndex(s => s.Denominator == (int)group.Denominator);
+                long[] total = new long[SecondsPerRow];
+                for (int second = 0; second < SecondsPerRow; second++)
+                {
+                    total[second] = checked(added[second] + (at >= 0 ? list[at].Levels[second] : 0));
+                }
+
+                if (at >= 0)
+                {
+                    list[at] = (total, (int)group.Denominator);
+                }
+                else
+                {
+                    list.Add((total, (int)group.Denominator));
+                }
+
                 models[row] = group.Model;
                 minutes[row] = UnixMs.ToDateTime(minute * SecondsPerRow * 1000);
                 denominators[row] = (int)group.Denominator;
-                seconds.CopyTo(levels, row * SecondsPerRow);
+                total.CopyTo(levels, row * SecondsPerRow);
                 row++;
             }
         }
-
-        await connection.ExecuteAsync("SELECT pg_advisory_xact_lock(k) FROM unnest(@keys) AS k", new { keys }, transaction);
-        await connection.ExecuteAsync("""
-            INSERT INTO usage_concurrency AS c (provider_id, device_model, minute_at, share_denominator, levels)
-            SELECT @providerId, u.m, u.t, u.d, @levels[(u.i - 1) * 60 + 1 : u.i * 60]
-            FROM unnest(@models, @minutes, @denominators) WITH ORDINALITY AS u(m, t, d, i)
-            ON CONFLICT (provider_id, device_model, minute_at, share_denominator) DO UPDATE
-            SET levels = ARRAY(SELECT x.a + x.b FROM unnest(c.levels, excluded.levels) WITH ORDINALITY AS x(a, b, o) ORDER BY x.o)
-            """, new { providerId, models, minutes, denominators, levels }, transaction);
-
-        var touched = groups.SelectMany(g => g.Minutes.Keys.Select(m => (g.Model, Minute: m))).Distinct().ToList();
-        var stored = (await connection.QueryAsync<(string Model, DateTime Minute, int Denominator, long[] Levels)>("""
-            SELECT c.device_model, c.minute_at, c.share_denominator, c.levels
-            FROM usage_concurrency c JOIN unnest(@touchedModels, @touchedMinutes) AS u(m, t) ON c.device_model = u.m AND c.minute_at = u.t
-            WHERE c.provider_id = @providerId
-            """, new
-        {
-            providerId,
-            touchedModels = touched.Select(t => t.Model).ToArray(),
-            touchedMinutes = touched.Select(t => UnixMs.ToDateTime(t.Minute * SecondsPerRow * 1000)).ToArray(),
-        }, transaction)).ToLookup(r => (r.Model, UnixMs.FromDateTime(DateTime.SpecifyKind(r.Minute, DateTimeKind.Utc)) / 1000 / SecondsPerRow));
 
         // The bound of each model is taken once per commit, from the snapshot read once per
         // admission epoch: a dictionary per batch, nothing per record.
@@ -216,13 +257,13 @@ public static class FleetConcurrency
         foreach (var (model, minute) in touched.OrderBy(t => t.Minute).ThenBy(t => t.Model, StringComparer.Ordinal))
         {
             var (devices, source) = bounds[model];
-            var sums = stored[(model, minute)].Select(r => (r.Levels, r.Denominator)).ToList();
+            List<(long[] Levels, int Denominator)> atMinute = sums[(model, minute)];
             long[][] mine = groups.Where(g => g.Model == model && g.Minutes.ContainsKey(minute)).Select(g => g.Minutes[minute]).ToArray();
             for (int second = 0; second < SecondsPerRow; second++)
             {
                 // Only seconds this batch adds to are judged: a fleet that shrank since is no
                 // reason to refuse records that do not touch the excess.
-                if (!mine.Any(levels => levels[second] > 0) || !Exceeds(sums, second, devices))
+                if (!mine.Any(added => added[second] > 0) || !Exceeds(atMinute, second, devices))
                 {
                     continue;
                 }
@@ -230,10 +271,17 @@ public static class FleetConcurrency
                 long atSecond = minute * SecondsPerRow + second;
                 UsageRecordRef first = FirstCovering(batch, model, atSecond);
                 throw new IngestRefusedException(new Refusal(IngestRefusal.ConcurrencyAboveFleet,
-                    $"record {first.Sequence}: at {Time(atSecond)} {providerId} would use {InUse(sums, second)} {model} devices at once over all its streams; its fleet holds {devices} ({source})"),
+                    $"record {first.Sequence}: at {Time(atSecond)} {providerId} would use {InUse(atMinute, second)} {model} devices at once over all its streams; its fleet holds {devices} ({source})"),
                     first.Sequence);
             }
         }
+
+        await connection.ExecuteAsync("""
+            INSERT INTO usage_concurrency (provider_id, device_model, minute_at, share_denominator, levels)
+            SELECT @providerId, u.m, u.t, u.d, @levels[(u.i - 1) * 60 + 1 : u.i * 60]
+            FROM unnest(@models, @minutes, @denominators) WITH ORDINALITY AS u(m, t, d, i)
+            ON CONFLICT (provider_id, device_model, minute_at, share_denominator) DO UPDATE SET levels = excluded.levels
+            """, new { providerId, models, minutes, denominators, levels }, transaction);
     }
 
     private readonly record struct UsageRecordRef(ulong Sequence);

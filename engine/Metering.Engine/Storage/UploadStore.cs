@@ -105,10 +105,14 @@ public sealed class UploadStore(NpgsqlDataSource dataSource)
     public async Task<HashSet<(string JobId, long StartUnixMs)>> MeteredJobsAsync(string providerId, string streamId, IReadOnlyList<RawLogJob> jobs, CancellationToken cancellationToken)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        // One primary key lookup per candidate, whatever the planner thinks of the unnest: as a
+        // join it hashed every job the stream ever metered, on every flush, so an upload slowed
+        // with each batch it committed. OFFSET 0 keeps the lateral lookup from being flattened.
         var found = await connection.QueryAsync<(string JobId, DateTime StartAt)>(new CommandDefinition("""
-            SELECT j.job_id, j.start_at FROM raw_log_jobs j
-            JOIN unnest(@jobIds::text[], @starts::timestamptz[]) AS c(job_id, start_at) ON (j.job_id, j.start_at) = (c.job_id, c.start_at)
-            WHERE j.provider_id = @providerId AND j.stream_id = @streamId
+            SELECT c.job_id, c.start_at FROM unnest(@jobIds::text[], @starts::timestamptz[]) AS c(job_id, start_at)
+            CROSS JOIN LATERAL (
+                SELECT 1 FROM raw_log_jobs j
+                WHERE j.provider_id = @providerId AND j.stream_id = @streamId AND j.job_id = c.job_id AND j.start_at = c.start_at OFFSET 0) AS j
             """, new
             {
                 providerId,

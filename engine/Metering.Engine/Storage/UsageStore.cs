@@ -155,7 +155,9 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
     public async Task CommitAsync(string providerId, string streamId, ulong expectedSequence, PreparedRecords batch, CancellationToken cancellationToken, Func<NpgsqlConnection, NpgsqlTransaction, Task>? alongside = null)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(cancellationToken);
+        // Read committed, named rather than left to the server's default: the fleet check reads
+        // the concurrency sums after taking its locks and must see every commit that held them.
+        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(System.Data.IsolationLevel.ReadCommitted, cancellationToken);
         long committed = await connection.QuerySingleAsync<long>(new CommandDefinition(
             "SELECT committed_sequence FROM ingest_streams WHERE provider_id = @providerId AND stream_id = @streamId FOR UPDATE",
             new { providerId, streamId }, transaction, cancellationToken: cancellationToken));

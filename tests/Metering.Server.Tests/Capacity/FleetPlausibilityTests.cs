@@ -43,6 +43,44 @@ public sealed class FleetPlausibilityTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task Streams_that_race_for_the_last_devices_are_ordered_and_together_never_exceed_the_fleet()
+    {
+        await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
+        var (_, key, _) = await scene.AdmitAsync();
+        DateTimeOffset start = scene.Clock.Now.AddHours(1);
+        scene.Clock.Now = start.AddHours(2);
+        string provider = RegistryScene.KeyOf(key);
+        var calls = new List<IngestCall>();
+        for (int i = 0; i < 8; i++)
+        {
+            calls.Add(await IngestCall.OpenAsync(scene.Server.Client(), $"race-{i}", provider));
+        }
+
+        // Eight commits of 50 devices each at once against a fleet of 320: each reads the sums,
+        // adds its own and writes them back, so two that read the same sums would both pass.
+        bool[] taken = await Task.WhenAll(calls.Select(async call =>
+        {
+            try
+            {
+                await call.SendAsync([At(1, start, TimeSpan.FromHours(1), 50)]);
+                return true;
+            }
+            catch (RpcException refused)
+            {
+                Assert.Equal("CONCURRENCY_ABOVE_FLEET", IngestCall.Reason(refused));
+                return false;
+            }
+        }));
+
+        Assert.Equal(6, taken.Count(t => t));
+        Assert.Equal(300L, await scene.Server.ScalarAsync<long>("SELECT max(l) FROM usage_concurrency, unnest(levels) AS l"));
+        foreach (IngestCall call in calls)
+        {
+            await call.DisposeAsync();
+        }
+    }
+
+    [Fact]
     public async Task Shares_add_up_exactly_in_fractions_over_all_their_denominators()
     {
         await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
