@@ -1,5 +1,6 @@
 using System.Globalization;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 
 namespace Metering.Cli;
 

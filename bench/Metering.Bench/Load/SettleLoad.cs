@@ -8,6 +8,7 @@ using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Engine.Settlement;
 using Metering.Engine.Storage;
+using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
 using Metering.Tests.Shared;

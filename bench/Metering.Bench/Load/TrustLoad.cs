@@ -11,6 +11,7 @@ using Metering.Engine.Registry;
 using Metering.Engine.Settlement;
 using Metering.Engine.Signing;
 using Metering.Engine.Storage;
+using Metering.Engine.Time;
 using Metering.Engine.Transparency;
 using Metering.Protocol.V1;
 using Metering.Samples.ProviderAgent;

@@ -5,6 +5,7 @@ using Grpc.Core;
 using Metering.Engine.Audit;
 using Metering.Engine.Identity;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 using Metering.Protocol.V1;
 
 namespace Metering.Cli.Commands;

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 using Metering.Protocol.V1;
 
 namespace Metering.Cli.Commands;

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.RegularExpressions;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 using Metering.Protocol.V1;
 
 namespace Metering.Cli.Commands;

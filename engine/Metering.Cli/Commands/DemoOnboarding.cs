@@ -5,6 +5,7 @@ using Grpc.Core;
 using Grpc.Net.Client;
 using Metering.Engine.Access;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 using Metering.Protocol.V1;
 using Metering.Samples.ProviderAgent;
 using Npgsql;

@@ -5,6 +5,7 @@ using Google.Rpc;
 using Grpc.Core;
 using Metering.Engine.Identity;
 using Metering.Engine.Settlement;
+using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
 
@@ -70,7 +71,7 @@ internal static class HolderStatementCommand
 
                 if (daily.Count == 0)
                 {
-                    Console.Error.WriteLine($"Holder {code} has no usage or voucher payment settled from {StatementFormats.Date(from)} to {StatementFormats.Date(until)}; nothing was written.");
+                    Console.Error.WriteLine($"Holder {code} has no usage or voucher payment settled from {ShanghaiTime.IsoDate(from)} to {ShanghaiTime.IsoDate(until)}; nothing was written.");
                     return AuditCommand.NothingToExamineExit;
                 }
 
@@ -126,7 +127,7 @@ internal static class HolderStatementCommand
         {
             statement = await client.GetStatementAsync(new GetStatementRequest
             {
-                Day = StatementFormats.Date(day),
+                Day = ShanghaiTime.IsoDate(day),
                 PartyKind = PartyKind.PartyHolder,
                 Party = holder,
                 Format = StatementFormat.StatementCsv,

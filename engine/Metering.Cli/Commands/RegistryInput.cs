@@ -3,6 +3,7 @@ using System.CommandLine.Parsing;
 using System.Globalization;
 using Grpc.Core;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 using Metering.Protocol.V1;
 
 namespace Metering.Cli.Commands;

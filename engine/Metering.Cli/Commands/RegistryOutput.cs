@@ -5,6 +5,7 @@ using Google.Protobuf.Reflection;
 using Metering.Engine.Catalog;
 using Metering.Engine.Formatting;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 using Metering.Protocol.V1;
 using VerificationPart = Metering.Protocol.V1.VerificationPart;
 

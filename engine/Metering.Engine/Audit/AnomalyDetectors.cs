@@ -4,6 +4,7 @@ using Metering.Engine.Capacity;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Engine.Storage;
+using Metering.Engine.Time;
 using Npgsql;
 
 namespace Metering.Engine.Audit;

@@ -4,6 +4,7 @@ using System.Text;
 using Dapper;
 using Metering.Engine.Registry;
 using Metering.Engine.Storage;
+using Metering.Engine.Time;
 using Npgsql;
 
 namespace Metering.Engine.Audit;

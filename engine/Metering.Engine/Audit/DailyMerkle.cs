@@ -2,6 +2,7 @@ using Dapper;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Engine.Storage;
+using Metering.Engine.Time;
 using Npgsql;
 
 namespace Metering.Engine.Audit;

@@ -6,6 +6,7 @@ using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 using Npgsql;
 
 namespace Metering.Engine.Audit;

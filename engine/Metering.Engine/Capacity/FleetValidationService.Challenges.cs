@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Catalog;
+using Metering.Engine.Time;
 using Metering.Probe.Attestation.Checksums;
 using Metering.Probe.Attestation.Results;
 using Metering.Protocol.V1;
@@ -49,7 +50,7 @@ public sealed partial class FleetValidationService
             if (started is { } existing)
             {
                 await FailOverdueAsync(connection, transaction, code, validationId, now);
-                return await ReadRoundAsync(connection, transaction, code, validationId, Instant(existing.IssuedAt), TimeSpan.FromMilliseconds(existing.AllowanceMs), existing.Runs, false);
+                return await ReadRoundAsync(connection, transaction, code, validationId, ShanghaiTime.Instant(existing.IssuedAt), TimeSpan.FromMilliseconds(existing.AllowanceMs), existing.Runs, false);
             }
 
             var sampled = (await connection.QueryAsync<(string Node, string Model, int Count)>("""
@@ -121,8 +122,8 @@ public sealed partial class FleetValidationService
 
             await CheckSampledAsync(connection, transaction, code, nonce.ValidationId, nodeId);
             var declared = await DeclaredNodeAsync(connection, transaction, code, nonce.ValidationId, nodeId);
-            DateTimeOffset issued = Instant(nonce.IssuedAt);
-            DateTimeOffset deadline = Instant(nonce.DeadlineAt!.Value);
+            DateTimeOffset issued = ShanghaiTime.Instant(nonce.IssuedAt);
+            DateTimeOffset deadline = ShanghaiTime.Instant(nonce.DeadlineAt!.Value);
             long elapsedMs = (long)(received - issued).TotalMilliseconds;
             bool late = received > deadline;
             if (!late)
@@ -283,7 +284,7 @@ public sealed partial class FleetValidationService
             WHERE c.provider_id = @code AND c.validation_id = @validationId AND c.deadline_at IS NOT NULL ORDER BY s.draw_order
             """, new { code, validationId }, transaction);
         var nodes = rows.Select(r => new NodeChallengeIssue(r.Node, r.Nonce, r.Model, r.Count,
-            ChallengeWork.From(ModelOf(r.Model), r.Count, runs, ChallengeWork.ParseSizes(r.Sizes)), Instant(r.Deadline), Instant(r.Expires))).ToList();
+            ChallengeWork.From(ModelOf(r.Model), r.Count, runs, ChallengeWork.ParseSizes(r.Sizes)), ShanghaiTime.Instant(r.Deadline), ShanghaiTime.Instant(r.Expires))).ToList();
         return new ChallengeRound(code, validationId, issued, allowance, startedNow, nodes);
     }
 

@@ -6,6 +6,7 @@ using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Catalog;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 using Metering.Probe.Attestation.Checksums;
 using Metering.Probe.Attestation.Results;
 using Metering.Protocol.V1;
@@ -152,11 +153,11 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
     {
         DateTime? previous = await connection.ExecuteScalarAsync<DateTime?>(
             "SELECT max(declared_at) FROM capacity_inventories WHERE provider_id = @code", new { code }, transaction);
-        if (previous is { } declared && Instant(declared) + settings.InventoryRedeclarationInterval > now)
+        if (previous is { } declared && ShanghaiTime.Instant(declared) + settings.InventoryRedeclarationInterval > now)
         {
-            DateTimeOffset next = Instant(declared) + settings.InventoryRedeclarationInterval;
+            DateTimeOffset next = ShanghaiTime.Instant(declared) + settings.InventoryRedeclarationInterval;
             throw new CapacityRefusedException(CapacityRefusal.InventoryTooSoon,
-                $"{code} declared an inventory at {Instant(declared):O}; the next declaration may come from {next:O} (one per {settings.InventoryRedeclarationInterval.TotalDays:0.###} days)",
+                $"{code} declared an inventory at {ShanghaiTime.Instant(declared):O}; the next declaration may come from {next:O} (one per {settings.InventoryRedeclarationInterval.TotalDays:0.###} days)",
                 new Dictionary<string, string> { ["next_declaration_unix_ms"] = next.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture) });
         }
     }
@@ -431,12 +432,12 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
 
         if (nonce.UsedAt is { } used)
         {
-            throw new CapacityRefusedException(CapacityRefusal.NonceUsed, $"nonce {Shorten(value)} was already used at {Instant(used):O}; nonces are single use");
+            throw new CapacityRefusedException(CapacityRefusal.NonceUsed, $"nonce {Shorten(value)} was already used at {ShanghaiTime.Instant(used):O}; nonces are single use");
         }
 
-        if (Instant(nonce.ExpiresAt) <= now)
+        if (ShanghaiTime.Instant(nonce.ExpiresAt) <= now)
         {
-            throw new CapacityRefusedException(CapacityRefusal.NonceExpired, $"nonce {Shorten(value)} expired at {Instant(nonce.ExpiresAt):O}; ask for a new one and run the probe again");
+            throw new CapacityRefusedException(CapacityRefusal.NonceExpired, $"nonce {Shorten(value)} expired at {ShanghaiTime.Instant(nonce.ExpiresAt):O}; ask for a new one and run the probe again");
         }
     }
 
@@ -633,8 +634,8 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
                    sample_size, failed_nodes, pass_rate_lower_bound_ppm
             FROM capacity_validations v WHERE provider_id = @providerId AND state = 'complete' ORDER BY completed_at DESC, validation_id DESC LIMIT 1
             """, new { providerId }, transaction);
-        return row is { } r && Instant(r.Expires) > now
-            ? new CurrentValidation(r.Id, r.Inventory, r.Verified, Instant(r.Completed), Instant(r.Expires), r.Nodes, r.Sampled, r.Failed, r.Ppm)
+        return row is { } r && ShanghaiTime.Instant(r.Expires) > now
+            ? new CurrentValidation(r.Id, r.Inventory, r.Verified, ShanghaiTime.Instant(r.Completed), ShanghaiTime.Instant(r.Expires), r.Nodes, r.Sampled, r.Failed, r.Ppm)
             : null;
     }
 
@@ -664,7 +665,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
                 "complete" => FleetValidationState.ValidationComplete,
                 _ => FleetValidationState.ValidationSuperseded,
             },
-            DrawnUnixMs = Instant(v.DrawnAt).ToUnixTimeMilliseconds(),
+            DrawnUnixMs = ShanghaiTime.Instant(v.DrawnAt).ToUnixTimeMilliseconds(),
             NodeCount = (uint)v.Nodes,
             DeviceCount = (ulong)v.Devices,
             DeclaredFp16Gflops = v.Declared,
@@ -675,8 +676,8 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
             NonconformingNodesBound = (uint)v.Bound,
             PassRateLowerBoundPpm = (uint)v.Ppm,
             VerifiedFp16Gflops = v.Verified,
-            CompletedUnixMs = v.CompletedAt is { } completed ? Instant(completed).ToUnixTimeMilliseconds() : 0,
-            ExpiresUnixMs = v.ExpiresAt is { } expires ? Instant(expires).ToUnixTimeMilliseconds() : 0,
+            CompletedUnixMs = v.CompletedAt is { } completed ? ShanghaiTime.Instant(completed).ToUnixTimeMilliseconds() : 0,
+            ExpiresUnixMs = v.ExpiresAt is { } expires ? ShanghaiTime.Instant(expires).ToUnixTimeMilliseconds() : 0,
             CatalogVersion = v.CatalogVersion,
             AbandonedNodes = (uint)v.Abandoned,
         };
@@ -686,7 +687,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
         // could prepare the sampled nodes only.
         DateTime? issued = await connection.ExecuteScalarAsync<DateTime?>(
             "SELECT issued_at FROM capacity_challenges WHERE provider_id = @code AND validation_id = @validationId", new { code, validationId }, transaction);
-        validation.ChallengesIssuedUnixMs = issued is { } issuedAt ? Instant(issuedAt).ToUnixTimeMilliseconds() : 0;
+        validation.ChallengesIssuedUnixMs = issued is { } issuedAt ? ShanghaiTime.Instant(issuedAt).ToUnixTimeMilliseconds() : 0;
         bool hidden = issued is null && v.State == "collecting";
         if (hidden)
         {
@@ -730,8 +731,8 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
                     _ => NodeOutcome.NodePending,
                 },
                 AttestationId = node.AttestationId ?? 0,
-                DeadlineUnixMs = node.Deadline is { } deadline ? Instant(deadline).ToUnixTimeMilliseconds() : 0,
-                CommittedUnixMs = node.Committed is { } committed ? Instant(committed).ToUnixTimeMilliseconds() : 0,
+                DeadlineUnixMs = node.Deadline is { } deadline ? ShanghaiTime.Instant(deadline).ToUnixTimeMilliseconds() : 0,
+                CommittedUnixMs = node.Committed is { } committed ? ShanghaiTime.Instant(committed).ToUnixTimeMilliseconds() : 0,
                 ElapsedMs = node.Elapsed ?? 0,
                 Detail = node.Detail,
             };
@@ -881,8 +882,6 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
     };
 
     private static string ProtocolName(CapacityRefusal refusal) => Ingest.ProtocolNames.Of(refusal);
-
-    private static DateTimeOffset Instant(DateTime utc) => new(DateTime.SpecifyKind(utc, DateTimeKind.Utc));
 
     private static string Shorten(byte[] nonce) => nonce.Length >= 4 ? Convert.ToHexStringLower(nonce.AsSpan(0, 4)) + "…" : "(not 32 bytes)";
 }

@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 using Metering.Probe.Attestation.Results;
 using Metering.Protocol.V1;
 using Npgsql;
@@ -128,7 +129,7 @@ public sealed class NodeKeyService(NpgsqlDataSource dataSource, CapacitySettings
             await connection.ExecuteAsync("""
                 INSERT INTO capacity_node_key_approvals (provider_id, node_id, key_version, approved_at, approved_by, reasons) VALUES (@code, @node, @version, @now, @by, @why)
                 """, new { code, node = nodeId, version = keyVersion, now = now.UtcDateTime, by = actor.ToString(), why }, transaction);
-            return new RegisteredNodeKey(code, nodeId, keyVersion, latest.Sha256, Instant(latest.RegisteredAt), latest.Uuids,
+            return new RegisteredNodeKey(code, nodeId, keyVersion, latest.Sha256, ShanghaiTime.Instant(latest.RegisteredAt), latest.Uuids,
                 new NodeKeyApproval(actor.ToString(), Truncated(now), why));
         }, cancellationToken);
     }
@@ -173,8 +174,8 @@ public sealed class NodeKeyService(NpgsqlDataSource dataSource, CapacitySettings
             LEFT JOIN capacity_node_key_approvals a ON a.provider_id = k.provider_id AND a.node_id = k.node_id AND a.key_version = k.key_version
             ORDER BY k.node_id, k.key_version
             """, new { code, after = afterNodeId, pendingOnly, nodes }, cancellationToken: cancellationToken))).ToList();
-        var keys = rows.Select(r => new RegisteredNodeKey(code, r.NodeId, r.KeyVersion, r.KeySha256, Instant(r.RegisteredAt), r.DeviceUuids,
-            r.ApprovedAt is { } at ? new NodeKeyApproval(r.ApprovedBy!, Instant(at), r.Reasons!) : null)).ToList();
+        var keys = rows.Select(r => new RegisteredNodeKey(code, r.NodeId, r.KeyVersion, r.KeySha256, ShanghaiTime.Instant(r.RegisteredAt), r.DeviceUuids,
+            r.ApprovedAt is { } at ? new NodeKeyApproval(r.ApprovedBy!, ShanghaiTime.Instant(at), r.Reasons!) : null)).ToList();
         bool full = keys.Select(k => k.NodeId).Distinct(StringComparer.Ordinal).Count() == nodes;
         return (keys, full ? keys[^1].NodeId : null);
     }
@@ -294,8 +295,6 @@ public sealed class NodeKeyService(NpgsqlDataSource dataSource, CapacitySettings
     }
 
     private static string Shown(string uuid) => uuid.Length > DeviceUuidLengthMax ? uuid[..DeviceUuidLengthMax] + "…" : uuid;
-
-    private static DateTimeOffset Instant(DateTime utc) => new(DateTime.SpecifyKind(utc, DateTimeKind.Utc));
 
     /// <summary>What PostgreSQL keeps of an instant: microseconds.</summary>
     private static DateTimeOffset Truncated(DateTimeOffset instant) => new(instant.UtcTicks - instant.UtcTicks % 10, TimeSpan.Zero);

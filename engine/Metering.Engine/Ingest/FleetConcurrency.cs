@@ -6,6 +6,7 @@ using Dapper;
 using Metering.Engine.Capacity;
 using Metering.Engine.Registry;
 using Metering.Engine.Storage;
+using Metering.Engine.Time;
 using Metering.Protocol.V1;
 using Npgsql;
 

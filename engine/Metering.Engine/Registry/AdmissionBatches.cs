@@ -1,6 +1,7 @@
 using System.Globalization;
 using Dapper;
 using Metering.Engine.Access;
+using Metering.Engine.Time;
 using Metering.Protocol.V1;
 using Npgsql;
 
@@ -84,7 +85,7 @@ public sealed partial class ProviderRegistry
                     FROM admission_batch_versions WHERE batch_id = @id) v
                 WHERE opens <= superseded
                 """, new { id = rules.BatchId, now = now.UtcDateTime }, transaction);
-            DateTimeOffset firstOpens = openedAt is { } at ? Instant(at) : current.WindowOpensAt;
+            DateTimeOffset firstOpens = openedAt is { } at ? ShanghaiTime.Instant(at) : current.WindowOpensAt;
             bool opened = openedAt is not null;
             if (changed.Count > 0 && opened && reason is null)
             {
@@ -191,6 +192,6 @@ public sealed partial class ProviderRegistry
             WHERE @id::text IS NULL OR b.batch_id = @id ORDER BY b.window_opens_at, b.batch_id{(lockRow ? " FOR UPDATE OF b" : "")}
             """, new { id = batchId }, transaction))
         .Select(r => new BatchRow(
-            new BatchRules(r.Id, Instant(r.Opens), Instant(r.Closes), Instant(r.Ends), r.Days, r.Bar, r.Materials, r.Year, r.PriorYear, r.CapitalVerification, r.ProgrammeYear),
-            r.SingleOperator, r.Version, r.RecordedBy, Instant(r.RecordedAt), r.Reason, r.MinRentalFen, r.ReconsiderationDays)).ToList();
+            new BatchRules(r.Id, ShanghaiTime.Instant(r.Opens), ShanghaiTime.Instant(r.Closes), ShanghaiTime.Instant(r.Ends), r.Days, r.Bar, r.Materials, r.Year, r.PriorYear, r.CapitalVerification, r.ProgrammeYear),
+            r.SingleOperator, r.Version, r.RecordedBy, ShanghaiTime.Instant(r.RecordedAt), r.Reason, r.MinRentalFen, r.ReconsiderationDays)).ToList();
 }

@@ -1,6 +1,7 @@
 using System.Globalization;
 using Dapper;
 using Metering.Engine.Ingest;
+using Metering.Engine.Time;
 using Metering.Protocol.V1;
 using Npgsql;
 

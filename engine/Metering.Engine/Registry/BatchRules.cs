@@ -1,4 +1,5 @@
 using System.Globalization;
+using Metering.Engine.Time;
 using Metering.Protocol.V1;
 
 namespace Metering.Engine.Registry;

@@ -1,5 +1,6 @@
 using System.Globalization;
 using Metering.Engine.Catalog;
+using Metering.Engine.Time;
 using Metering.Protocol.V1;
 
 namespace Metering.Engine.Registry;
@@ -135,7 +136,7 @@ public static class FilingRules
         if (filedAt < batch.WindowOpensAt || filedAt >= batch.WindowClosesAt)
         {
             throw new RegistryRefusedException(RegistryRefusal.OutsideBatchWindow,
-                $"batch {batch.BatchId} takes applications from {Local(batch.WindowOpensAt)} until {Local(batch.WindowClosesAt)} (Asia/Shanghai); this one was filed at {Local(filedAt)}");
+                $"batch {batch.BatchId} takes applications from {ShanghaiTime.LocalMinutes(batch.WindowOpensAt)} until {ShanghaiTime.LocalMinutes(batch.WindowClosesAt)} (Asia/Shanghai); this one was filed at {ShanghaiTime.LocalMinutes(filedAt)}");
         }
 
         CheckEligibility(context);
@@ -301,8 +302,6 @@ public static class FilingRules
     }
 
     internal static RegistryRefusedException Invalid(string message) => new(RegistryRefusal.FieldInvalid, message);
-
-    private static string Local(DateTimeOffset instant) => instant.ToOffset(ShanghaiTime.Offset).ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture);
 
     /// <summary>GFLOPS as PFLOPS with three decimals, by integer arithmetic.</summary>
     public static string Pflops(long gflops) => string.Create(CultureInfo.InvariantCulture, $"{gflops / 1_000_000:N0}.{gflops % 1_000_000 / 1_000:000}");

@@ -6,6 +6,8 @@ using Metering.Engine.Access;
 using Metering.Engine.Audit;
 using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
+using Metering.Engine.Storage;
+using Metering.Engine.Time;
 using Metering.Protocol.V1;
 using Npgsql;
 
@@ -107,7 +109,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
 
             await RecordAsync(connection, transaction, actor, now, code, "licence", $"{code}/{number}", "add", null,
                 await RowJsonAsync(connection, transaction, "licences", "provider_id = @code AND licence_number = @number", new { code, number }));
-            return new Licence { CreditCode = code, LicenceNumber = number, Issuer = licence.Issuer.Trim(), ValidFrom = Date(from), ValidUntil = Date(until) };
+            return new Licence { CreditCode = code, LicenceNumber = number, Issuer = licence.Issuer.Trim(), ValidFrom = ShanghaiTime.IsoDate(from), ValidUntil = ShanghaiTime.IsoDate(until) };
         }, cancellationToken);
     }
 
@@ -137,7 +139,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             await BumpEpochAsync(connection, transaction, code);
             await RecordAsync(connection, transaction, actor, now, code, "listing", $"{code}/{id}", "add", null,
                 await RowJsonAsync(connection, transaction, "integrity_listings", "provider_id = @code AND listing_id = @id", new { code, id }));
-            return new IntegrityListing { CreditCode = code, List = listing.List, ListedFrom = Date(from), ListedUntil = until is { } u ? Date(u) : "", Reason = reason };
+            return new IntegrityListing { CreditCode = code, List = listing.List, ListedFrom = ShanghaiTime.IsoDate(from), ListedUntil = until is { } u ? ShanghaiTime.IsoDate(u) : "", Reason = reason };
         }, cancellationToken);
     }
 
@@ -836,12 +838,9 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
 
     private async Task<T> InTransactionAsync<T>(Func<NpgsqlConnection, NpgsqlTransaction, Task<T>> work, CancellationToken cancellationToken)
     {
-        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(IsolationLevel.ReadCommitted, cancellationToken);
-        T result;
         try
         {
-            result = await work(connection, transaction);
+            return await dataSource.InTransactionAsync(work, cancellationToken);
         }
         catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation && e.ConstraintName == "applications_one_pending_per_item")
         {
@@ -851,9 +850,6 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         {
             throw new RegistryRefusedException(RegistryRefusal.NoticeNumberTaken, "the admission notice number was used at the same moment");
         }
-
-        await transaction.CommitAsync(cancellationToken);
-        return result;
     }
 
     private async Task<long> CheckMeteringProofAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, string stream, CancellationToken cancellationToken)
@@ -961,7 +957,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             SELECT application_id, provider_id, batch_id, service_item, state, intermediary, notice_ends_at, decided_at FROM applications WHERE application_id = @id FOR UPDATE
             """, new { id }, transaction);
         return row is { } r
-            ? new ApplicationRow(r.Id, r.Code, r.Batch, r.Item, Names.StateOf(r.State), r.Intermediary, r.NoticeEnds is { } n ? Instant(n) : null, r.Decided is { } d ? Instant(d) : null)
+            ? new ApplicationRow(r.Id, r.Code, r.Batch, r.Item, Names.StateOf(r.State), r.Intermediary, r.NoticeEnds is { } n ? ShanghaiTime.Instant(n) : null, r.Decided is { } d ? ShanghaiTime.Instant(d) : null)
             : throw new RegistryRefusedException(RegistryRefusal.ApplicationUnknown, $"there is no application {id}");
     }
 
@@ -1058,22 +1054,22 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             Name = row.Name,
             LegalForm = Names.LegalFormOf(row.LegalForm),
             District = row.District,
-            EstablishedOn = Date(row.EstablishedOn),
+            EstablishedOn = ShanghaiTime.IsoDate(row.EstablishedOn),
         };
         organisation.Licences.Add((await ReadLicencesAsync(connection, transaction, code)).Select(l => new Licence
         {
             CreditCode = code,
             LicenceNumber = l.LicenceNumber,
             Issuer = l.Issuer,
-            ValidFrom = Date(l.ValidFrom),
-            ValidUntil = Date(l.ValidUntil),
+            ValidFrom = ShanghaiTime.IsoDate(l.ValidFrom),
+            ValidUntil = ShanghaiTime.IsoDate(l.ValidUntil),
         }));
         organisation.Listings.Add((await ReadListingsAsync(connection, transaction, code)).Select(l => new IntegrityListing
         {
             CreditCode = code,
             List = l.ListName,
-            ListedFrom = Date(l.ListedFrom),
-            ListedUntil = l.ListedUntil is { } u ? Date(u) : "",
+            ListedFrom = ShanghaiTime.IsoDate(l.ListedFrom),
+            ListedUntil = l.ListedUntil is { } u ? ShanghaiTime.IsoDate(u) : "",
             Reason = l.Reason,
         }));
         organisation.ServiceItems.Add((await ReadServiceItemsAsync(connection, transaction, code, now)).Select(i => i.ToMessage(now)));
@@ -1118,8 +1114,8 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             LEFT JOIN service_item_suspensions p ON p.provider_id = s.provider_id AND p.service_item = s.service_item AND p.application_id = s.application_id AND p.reinstated_at IS NULL
             WHERE s.provider_id = @code ORDER BY s.valid_from, s.service_item
             """, new { code }, transaction))
-        .Select(r => new ServiceItemRow(code, r.Item, r.Id, r.Notice, Instant(r.From), Instant(r.Ends), r.Ended is { } e ? Instant(e) : null, r.Kind, r.Reason,
-            r.Suspended is { } s ? Instant(s) : null, r.SuspensionReason, r.Fees, r.Renews)).ToList();
+        .Select(r => new ServiceItemRow(code, r.Item, r.Id, r.Notice, ShanghaiTime.Instant(r.From), ShanghaiTime.Instant(r.Ends), r.Ended is { } e ? ShanghaiTime.Instant(e) : null, r.Kind, r.Reason,
+            r.Suspended is { } s ? ShanghaiTime.Instant(s) : null, r.SuspensionReason, r.Fees, r.Renews)).ToList();
 
     /// <summary>The item's admission in force (the latest that has started), whatever its status; a renewal waiting to start is not it.</summary>
     private static async Task<ServiceItemRow?> CurrentItemAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, string item, DateTimeOffset now) =>
@@ -1228,10 +1224,6 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         DateOnly.TryParseExact(text, "yyyy-MM-dd", CultureInfo.InvariantCulture, DateTimeStyles.None, out DateOnly date)
             ? date
             : throw FilingRules.Invalid($"{field} must be a date as yyyy-MM-dd, not '{text}'");
-
-    private static string Date(DateOnly date) => date.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
-
-    private static DateTimeOffset Instant(DateTime utc) => new(DateTime.SpecifyKind(utc, DateTimeKind.Utc));
 
     private static string Key(long id) => id.ToString(CultureInfo.InvariantCulture);
 

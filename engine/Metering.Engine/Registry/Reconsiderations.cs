@@ -1,6 +1,7 @@
 using System.Globalization;
 using Dapper;
 using Metering.Engine.Access;
+using Metering.Engine.Time;
 using Npgsql;
 
 namespace Metering.Engine.Registry;
@@ -164,17 +165,17 @@ public sealed partial class ProviderRegistry
             if (earlier is { } e)
             {
                 throw new ReconsiderationRefusedException(ReconsiderationRefusal.AlreadyRequested,
-                    $"the reconsideration of this refusal was asked for by {e.By} at {Local(Instant(e.At))} and {e.Outcome}; each refusal is reconsidered once",
+                    $"the reconsideration of this refusal was asked for by {e.By} at {ShanghaiTime.LocalMinutes(ShanghaiTime.Instant(e.At))} and {e.Outcome}; each refusal is reconsidered once",
                     new Dictionary<string, string> { ["outcome"] = e.Outcome });
             }
 
             int days = await connection.ExecuteScalarAsync<int>("SELECT reconsideration_days FROM admission_batches WHERE batch_id = @batch", new { batch = target.BatchId }, transaction);
-            DateTimeOffset refusedAt = Instant(refusal.At);
+            DateTimeOffset refusedAt = ShanghaiTime.Instant(refusal.At);
             DateTimeOffset windowEnds = refusedAt.AddDays(days);
             if (now >= windowEnds)
             {
                 throw new ReconsiderationRefusedException(ReconsiderationRefusal.WindowClosed,
-                    $"application {applicationId} was refused at {Local(refusedAt)}; reconsideration could be asked for within {days} day(s), until {Local(windowEnds)} Asia/Shanghai",
+                    $"application {applicationId} was refused at {ShanghaiTime.LocalMinutes(refusedAt)}; reconsideration could be asked for within {days} day(s), until {ShanghaiTime.LocalMinutes(windowEnds)} Asia/Shanghai",
                     new Dictionary<string, string> { ["window_ends_unix_ms"] = windowEnds.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture) });
             }
 
@@ -355,7 +356,7 @@ public sealed partial class ProviderRegistry
         if (latest is ("reconsideration", "upheld" or "dismissed") && decided is { } d)
         {
             throw new ReconsiderationRefusedException(ReconsiderationRefusal.AlreadyDecided,
-                $"the reconsideration of application {target.ApplicationId} was already decided by {d.By} at {Local(Instant(d.At))} ({d.Outcome}); it is now {target.State}",
+                $"the reconsideration of application {target.ApplicationId} was already decided by {d.By} at {ShanghaiTime.LocalMinutes(ShanghaiTime.Instant(d.At))} ({d.Outcome}); it is now {target.State}",
                 new Dictionary<string, string> { ["actor"] = d.By, ["outcome"] = d.Outcome, ["state"] = target.State });
         }
 
@@ -414,10 +415,10 @@ public sealed partial class ProviderRegistry
             row.ApplicationId,
             row.ProviderId,
             row.RefusedStage,
-            Instant(row.RefusedAt),
-            Instant(row.WindowEndsAt),
+            ShanghaiTime.Instant(row.RefusedAt),
+            ShanghaiTime.Instant(row.WindowEndsAt),
             row.RequestedBy,
-            Instant(row.RequestedAt),
+            ShanghaiTime.Instant(row.RequestedAt),
             row.Grounds,
             row.Outcome switch
             {
@@ -426,7 +427,7 @@ public sealed partial class ProviderRegistry
                 _ => ReconsiderationProgress.Pending,
             },
             row.DecidedBy,
-            row.DecidedAt is { } decided ? Instant(decided) : null,
+            row.DecidedAt is { } decided ? ShanghaiTime.Instant(decided) : null,
             row.Reasons,
             row.State,
             row.PendingProposalNo);
@@ -452,8 +453,6 @@ public sealed partial class ProviderRegistry
     }
 
     private static string Key(long applicationId, int stageNo) => string.Create(CultureInfo.InvariantCulture, $"{applicationId}/{stageNo}");
-
-    private static string Local(DateTimeOffset instant) => instant.ToOffset(ShanghaiTime.Offset).ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture);
 
     private sealed record Target(long ApplicationId, string ProviderId, string BatchId, string ServiceItem, string State);
 

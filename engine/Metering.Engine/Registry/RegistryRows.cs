@@ -29,14 +29,3 @@ public sealed record BatchRow(BatchRules Rules, bool SingleOperatorDecisions = f
 
     public int AuditReportYear => Rules.AuditReportYear;
 }
-
-/// <summary>Shenzhen local dates: the guide's dates are Beijing time, which has no daylight saving.</summary>
-public static class ShanghaiTime
-{
-    public static readonly TimeSpan Offset = TimeSpan.FromHours(8);
-
-    public static DateOnly DateOf(DateTimeOffset instant) => DateOnly.FromDateTime(instant.ToOffset(Offset).DateTime);
-
-    /// <summary>The first instant of a local date.</summary>
-    public static DateTimeOffset StartOf(DateOnly date) => new(date.ToDateTime(TimeOnly.MinValue), Offset);
-}

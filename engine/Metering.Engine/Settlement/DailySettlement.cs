@@ -5,6 +5,7 @@ using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Audit;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 using Metering.Engine.Transparency;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
@@ -107,13 +108,13 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         if (day < FirstDay || dayEnd > startedAt)
         {
             throw new SettlementRefusedException(SettlementRefusal.DayNotEnded,
-                day < FirstDay ? $"{Date(day)} is before the programme's first day {Date(FirstDay)}" : $"{Date(day)} has not ended in Asia/Shanghai; it can be settled from {VoucherBook.Local(dayEnd)}");
+                day < FirstDay ? $"{ShanghaiTime.IsoDate(day)} is before the programme's first day {ShanghaiTime.IsoDate(FirstDay)}" : $"{ShanghaiTime.IsoDate(day)} has not ended in Asia/Shanghai; it can be settled from {ShanghaiTime.Describe(dayEnd)}");
         }
 
         void Report(string stage, string message)
         {
             var step = new SettlementProgress(day, stage, message, clock.Elapsed);
-            LogProgress(logger, Date(day), stage, message, clock.Elapsed.TotalSeconds);
+            LogProgress(logger, ShanghaiTime.IsoDate(day), stage, message, clock.Elapsed.TotalSeconds);
             progress?.Invoke(step);
             cancellationToken.ThrowIfCancellationRequested();
         }
@@ -147,8 +148,8 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         }
         catch (LedgerInvariantException failure)
         {
-            LogReconciliationFailed(logger, Date(day), failure.Message);
-            throw new SettlementRefusedException(SettlementRefusal.ReconciliationFailed, $"settlement of {Date(day)} failed its reconciliation and was rolled back: {failure.Message}");
+            LogReconciliationFailed(logger, ShanghaiTime.IsoDate(day), failure.Message);
+            throw new SettlementRefusedException(SettlementRefusal.ReconciliationFailed, $"settlement of {ShanghaiTime.IsoDate(day)} failed its reconciliation and was rolled back: {failure.Message}");
         }
         finally
         {
@@ -163,7 +164,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
                 catch (NpgsqlException unlockFailure)
                 {
                     // A broken connection is closed by the pool, which ends the session and its lock.
-                    LogUnlockFailed(logger, Date(day), unlockFailure.Message);
+                    LogUnlockFailed(logger, ShanghaiTime.IsoDate(day), unlockFailure.Message);
                 }
             }
         }
@@ -482,7 +483,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             {
                 actions.Add(new HoldAction(r.Claim, r.Provider, r.Holder, r.Contract, r.Voucher, r.Amount, r.Mode, Post: true));
             }
-            else if (VoucherBook.Instant(r.Expires) <= dayEnd)
+            else if (ShanghaiTime.Instant(r.Expires) <= dayEnd)
             {
                 actions.Add(new HoldAction(r.Claim, r.Provider, r.Holder, r.Contract, r.Voucher, r.Amount, r.Mode, Post: false));
             }
@@ -651,7 +652,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         int entries = 0;
         foreach (var provider in lines.Where(l => l.FeeFen > 0).GroupBy(l => l.Group.Provider, StringComparer.Ordinal).OrderBy(g => g.Key, StringComparer.Ordinal))
         {
-            var entry = new LedgerEntry("usage_billing", $"day:{Date(day)}/provider:{provider.Key}", $"usage settled on {Date(day)} under contracts of {provider.Key}");
+            var entry = new LedgerEntry("usage_billing", $"day:{ShanghaiTime.IsoDate(day)}/provider:{provider.Key}", $"usage settled on {ShanghaiTime.IsoDate(day)} under contracts of {provider.Key}");
             foreach (var holder in provider.GroupBy(l => l.Group.Holder, StringComparer.Ordinal).OrderBy(g => g.Key, StringComparer.Ordinal))
             {
                 entry.Debit(Accounts.HolderDue(holder.Key), holder.Sum(l => l.FeeFen));
@@ -666,14 +667,14 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             if (!hold.Post)
             {
                 await Redemptions.ReleaseHoldAsync(connection, transaction, hold.Provider, hold.ClaimId, hold.VoucherId, hold.AmountFen, "expired",
-                    $"expired by the settlement of {Date(day)} before its usage was settled", runId, at, cancellationToken);
+                    $"expired by the settlement of {ShanghaiTime.IsoDate(day)} before its usage was settled", runId, at, cancellationToken);
                 entries++;
                 continue;
             }
 
             await connection.ExecuteAsync(new CommandDefinition("""
                 UPDATE voucher_holds SET state = 'posted', closed_at = @at, closed_by_run = @runId, close_reason = @reason WHERE provider_id = @provider AND claim_id = @claim AND state = 'reserved'
-                """, new { at = at.UtcDateTime, runId, reason = $"posted by the settlement of {Date(day)}", provider = hold.Provider, claim = hold.ClaimId }, transaction, cancellationToken: cancellationToken));
+                """, new { at = at.UtcDateTime, runId, reason = $"posted by the settlement of {ShanghaiTime.IsoDate(day)}", provider = hold.Provider, claim = hold.ClaimId }, transaction, cancellationToken: cancellationToken));
             int moved = await connection.ExecuteAsync(new CommandDefinition("""
                 UPDATE vouchers SET held_fen = held_fen - @amount, posted_fen = posted_fen + @amount WHERE provider_id = @provider AND voucher_id = @voucher AND held_fen >= @amount
                 """, new { amount = hold.AmountFen, provider = hold.Provider, voucher = hold.VoucherId }, transaction, cancellationToken: cancellationToken));
@@ -684,7 +685,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
 
             bool deduction = hold.PayeeMode == "provider_deduction";
             string payee = deduction ? hold.Provider : hold.Holder;
-            var entry = new LedgerEntry("hold_post", $"claim:{hold.ClaimId}", $"claim {hold.ClaimId} posted by the settlement of {Date(day)}: {hold.AmountFen} fen to {payee} ({hold.PayeeMode})")
+            var entry = new LedgerEntry("hold_post", $"claim:{hold.ClaimId}", $"claim {hold.ClaimId} posted by the settlement of {ShanghaiTime.IsoDate(day)}: {hold.AmountFen} fen to {payee} ({hold.PayeeMode})")
                 .Debit(Accounts.VoucherHeld(hold.VoucherId), hold.AmountFen)
                 .Credit(Accounts.PayeePayable(payee), hold.AmountFen);
             if (deduction)
@@ -718,13 +719,13 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             long priced = statement.Rows.Where(r => r.Record == "usage").Sum(r => r.Records ?? 0);
             if (leaves != priced)
             {
-                failures.Add($"provider {statement.Party}: its Merkle root of {Date(day)} has {leaves} leaves but {priced} records of the day were settled");
+                failures.Add($"provider {statement.Party}: its Merkle root of {ShanghaiTime.IsoDate(day)} has {leaves} leaves but {priced} records of the day were settled");
             }
         }
 
         foreach (DailyRoot root in roots.Values.Where(r => !providerStatements.ContainsKey(r.ProviderId)))
         {
-            failures.Add($"provider {root.ProviderId} has {root.LeafCount} Merkle leaves on {Date(day)} but no statement");
+            failures.Add($"provider {root.ProviderId} has {root.LeafCount} Merkle leaves on {ShanghaiTime.IsoDate(day)} but no statement");
         }
 
         // Debits equal credits: in every entry of the run, in the run, and in the whole ledger.
@@ -747,7 +748,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             """, new { runId }, transaction, cancellationToken: cancellationToken));
         if (settled != metered)
         {
-            failures.Add($"usage settled for {Date(day)} ({settled.Records} records, {settled.UsageNpfh} nPFh) ≠ usage metered ({metered.Records} records, {metered.UsageNpfh} nPFh)");
+            failures.Add($"usage settled for {ShanghaiTime.IsoDate(day)} ({settled.Records} records, {settled.UsageNpfh} nPFh) ≠ usage metered ({metered.Records} records, {metered.UsageNpfh} nPFh)");
         }
 
         // Every voucher: its row, its holds and its two ledger accounts tell the same story.
@@ -832,7 +833,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         public byte[] Sha256 { get; init; } = [];
 
         public SettlementOutcome ToOutcome(IReadOnlyList<StoredStatement> statements, bool alreadyClosed) =>
-            new(DateOnly.FromDateTime(Day), alreadyClosed, Sha256, DayRecords, DayUsageNpfh, AdjustmentRecords, FeeFen, SubsidyFen, SettledBy, VoucherBook.Instant(FinishedAt), statements);
+            new(DateOnly.FromDateTime(Day), alreadyClosed, Sha256, DayRecords, DayUsageNpfh, AdjustmentRecords, FeeFen, SubsidyFen, SettledBy, ShanghaiTime.Instant(FinishedAt), statements);
     }
 
     /// <summary>A closed day with its statements; with verify, each statement and the whole are re-hashed and must match what was recorded.</summary>
@@ -855,15 +856,13 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             if (altered is not null || !whole.AsSpan().SequenceEqual(run.Sha256))
             {
                 throw new SettlementRefusedException(SettlementRefusal.SettlementTampered,
-                    $"the stored settlement of {Date(day)} no longer hashes to its recorded settlement hash {Convert.ToHexStringLower(run.Sha256)}"
+                    $"the stored settlement of {ShanghaiTime.IsoDate(day)} no longer hashes to its recorded settlement hash {Convert.ToHexStringLower(run.Sha256)}"
                     + (altered is null ? "" : $" (statement of {altered.PartyKind} {altered.Party} changed)"));
             }
         }
 
         return run.ToOutcome(statements, alreadyClosed: true);
     }
-
-    private static string Date(DateOnly date) => StatementFormats.Date(date);
 
     [LoggerMessage(EventId = 5001, Level = LogLevel.Information, Message = "Settlement {Day}: {Stage}: {Detail} ({ElapsedSeconds:0.0} s)")]
     private static partial void LogProgress(ILogger logger, string day, string stage, string detail, double elapsedSeconds);

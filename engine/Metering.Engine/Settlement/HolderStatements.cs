@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using Metering.Engine.Formatting;
+using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 
 namespace Metering.Engine.Settlement;
@@ -61,7 +62,7 @@ public static class HolderStatements
         {
             if (statement.PartyKind != StatementFormats.HolderKind || statement.Party != holder || statement.Day < from || statement.Day > to)
             {
-                throw new ArgumentException($"The {statement.PartyKind} statement of {statement.Party} for {StatementFormats.Date(statement.Day)} is not one of holder {holder} in the period.");
+                throw new ArgumentException($"The {statement.PartyKind} statement of {statement.Party} for {ShanghaiTime.IsoDate(statement.Day)} is not one of holder {holder} in the period.");
             }
 
             sources.Add(new HolderStatementSource(statement.Day, sha256Hex));
@@ -119,7 +120,7 @@ public static class HolderStatements
             StatementRendering.TextTable(text, ["结算日", "服务机构", "申领", "训力券", "收款方", "支付方式", "金额（元）"],
                 [.. statement.Payments.Select(p => new[]
                 {
-                    StatementFormats.Date(p.Day), Named(p.Provider), N(p.Claim), N(p.Voucher), Named(p.Payee), StatementRendering.Note(p.PayeeMode), Pricing.Yuan(p.SubsidyFen),
+                    ShanghaiTime.IsoDate(p.Day), Named(p.Provider), N(p.Claim), N(p.Voucher), Named(p.Payee), StatementRendering.Note(p.PayeeMode), Pricing.Yuan(p.SubsidyFen),
                 })]);
         }
 
@@ -133,7 +134,7 @@ public static class HolderStatements
         text.Append("\n依据：持有方每日结算单（各规范 CSV 的 SHA-256）\n");
         foreach (HolderStatementSource source in statement.Sources)
         {
-            text.Append(CultureInfo.InvariantCulture, $"  {StatementFormats.Date(source.Day)}  {source.Sha256Hex}\n");
+            text.Append(CultureInfo.InvariantCulture, $"  {ShanghaiTime.IsoDate(source.Day)}  {source.Sha256Hex}\n");
         }
 
         return text.ToString();
@@ -148,8 +149,8 @@ public static class HolderStatements
             json.WriteStartObject();
             json.WriteString("format", "metering-holder-statement/1");
             json.WriteString("holder", statement.Holder);
-            json.WriteString("from", StatementFormats.Date(statement.From));
-            json.WriteString("to", StatementFormats.Date(statement.To));
+            json.WriteString("from", ShanghaiTime.IsoDate(statement.From));
+            json.WriteString("to", ShanghaiTime.IsoDate(statement.To));
             json.WriteNumber("feeFen", statement.FeeFen);
             json.WriteNumber("voucherPaidFen", statement.VoucherPaidFen);
             json.WriteNumber("holderPaysFen", statement.HolderPaysFen);
@@ -172,7 +173,7 @@ public static class HolderStatements
             foreach (HolderVoucherPayment p in statement.Payments)
             {
                 json.WriteStartObject();
-                json.WriteString("day", StatementFormats.Date(p.Day));
+                json.WriteString("day", ShanghaiTime.IsoDate(p.Day));
                 json.WriteString("provider", p.Provider);
                 json.WriteNumber("claim", p.Claim);
                 json.WriteNumber("voucher", p.Voucher);
@@ -187,7 +188,7 @@ public static class HolderStatements
             foreach (HolderStatementSource source in statement.Sources)
             {
                 json.WriteStartObject();
-                json.WriteString("day", StatementFormats.Date(source.Day));
+                json.WriteString("day", ShanghaiTime.IsoDate(source.Day));
                 json.WriteString("sha256", source.Sha256Hex);
                 json.WriteEndObject();
             }
@@ -200,8 +201,8 @@ public static class HolderStatements
     }
 
     private static string Period(HolderStatement statement) => statement.From == statement.To
-        ? StatementFormats.Date(statement.From)
-        : $"{StatementFormats.Date(statement.From)} 至 {StatementFormats.Date(statement.To)}";
+        ? ShanghaiTime.IsoDate(statement.From)
+        : $"{ShanghaiTime.IsoDate(statement.From)} 至 {ShanghaiTime.IsoDate(statement.To)}";
 
     private static string N(long value) => value.ToString("N0", CultureInfo.InvariantCulture);
 }

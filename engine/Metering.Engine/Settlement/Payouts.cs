@@ -4,6 +4,7 @@ using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Identity;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 using Npgsql;
 
@@ -125,7 +126,7 @@ public sealed partial class Payouts(NpgsqlDataSource dataSource, TimeProvider ti
         DateOnly today = ShanghaiTime.DateOf(time.GetUtcNow());
         if (order.PaidOn > today || order.PaidOn < DailySettlement.FirstDay)
         {
-            throw Invalid($"paid_on {StatementFormats.Date(order.PaidOn)} must lie from {StatementFormats.Date(DailySettlement.FirstDay)} to today, {StatementFormats.Date(today)} (Asia/Shanghai)");
+            throw Invalid($"paid_on {ShanghaiTime.IsoDate(order.PaidOn)} must lie from {ShanghaiTime.IsoDate(DailySettlement.FirstDay)} to today, {ShanghaiTime.IsoDate(today)} (Asia/Shanghai)");
         }
     }
 
@@ -145,7 +146,7 @@ public sealed partial class Payouts(NpgsqlDataSource dataSource, TimeProvider ti
             }
 
             throw new PayoutRefusedException(PayoutProblem.ReferenceTaken,
-                $"bank reference {order.BankReference} is recorded already as payout {earlier.PayoutId}: {earlier.AmountFen} fen to {earlier.PayeeCode} on {StatementFormats.Date(earlier.PaidOn)}",
+                $"bank reference {order.BankReference} is recorded already as payout {earlier.PayoutId}: {earlier.AmountFen} fen to {earlier.PayeeCode} on {ShanghaiTime.IsoDate(earlier.PaidOn)}",
                 new Dictionary<string, string> { ["payout_id"] = earlier.PayoutId.ToString(System.Globalization.CultureInfo.InvariantCulture) });
         }
 
@@ -160,19 +161,19 @@ public sealed partial class Payouts(NpgsqlDataSource dataSource, TimeProvider ti
         if (payable <= 0)
         {
             throw new PayoutRefusedException(PayoutProblem.NothingPayable, owed.Balance > 0
-                ? $"{order.PayeeCode} is owed {Pricing.Yuan(owed.Balance)} CNY, but what is unpaid was posted by settlement runs of {StatementFormats.Date(order.PaidOn)} or later, which a transfer dated {StatementFormats.Date(order.PaidOn)} cannot pay"
+                ? $"{order.PayeeCode} is owed {Pricing.Yuan(owed.Balance)} CNY, but what is unpaid was posted by settlement runs of {ShanghaiTime.IsoDate(order.PaidOn)} or later, which a transfer dated {ShanghaiTime.IsoDate(order.PaidOn)} cannot pay"
                 : $"the programme owes {order.PayeeCode} nothing: no subsidy was posted to it, or it was paid in full");
         }
 
         if (order.AmountFen > payable)
         {
             throw new PayoutRefusedException(PayoutProblem.OverPayable,
-                $"{order.AmountFen} fen is more than the {payable} fen the programme owes {order.PayeeCode} for subsidies posted before {StatementFormats.Date(order.PaidOn)}",
+                $"{order.AmountFen} fen is more than the {payable} fen the programme owes {order.PayeeCode} for subsidies posted before {ShanghaiTime.IsoDate(order.PaidOn)}",
                 new Dictionary<string, string> { ["payable_fen"] = payable.ToString(System.Globalization.CultureInfo.InvariantCulture) });
         }
 
         DateTimeOffset at = time.GetUtcNow();
-        var entry = new LedgerEntry("payout", $"payout:{order.BankReference}", $"transfer {order.BankReference} of {StatementFormats.Date(order.PaidOn)} to {order.PayeeCode}")
+        var entry = new LedgerEntry("payout", $"payout:{order.BankReference}", $"transfer {order.BankReference} of {ShanghaiTime.IsoDate(order.PaidOn)} to {order.PayeeCode}")
             .Debit(account, order.AmountFen)
             .Credit(Accounts.ProgrammePaid(order.PaidOn.Year), order.AmountFen);
         long entryId = await LedgerWriter.WriteAsync(connection, transaction, entry, null, at, cancellationToken)
@@ -257,7 +258,7 @@ public sealed partial class Payouts(NpgsqlDataSource dataSource, TimeProvider ti
         public long PayableFen { get; init; }
 
         public PayoutRecord ToRecord() =>
-            new(PayoutId, PayeeCode, AmountFen, BankReference, DateOnly.FromDateTime(PaidOn), EntryId, RecordedBy, VoucherBook.Instant(RecordedAt), PayableFen, AlreadyRecorded: false);
+            new(PayoutId, PayeeCode, AmountFen, BankReference, DateOnly.FromDateTime(PaidOn), EntryId, RecordedBy, ShanghaiTime.Instant(RecordedAt), PayableFen, AlreadyRecorded: false);
     }
 
     internal static PayoutRefusedException Invalid(string message) => new(PayoutProblem.FieldInvalid, message);

@@ -1,5 +1,6 @@
 using Dapper;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 using Npgsql;
 
 namespace Metering.Engine.Settlement;

@@ -3,6 +3,7 @@ using System.Net;
 using System.Text;
 using Metering.Engine.Formatting;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 
 namespace Metering.Engine.Settlement;
@@ -34,7 +35,7 @@ public static class StatementRendering
         var text = new StringBuilder();
         text.Append(Heading).Append('\n');
         text.Append("结算对象：").Append(Party(statement, context.Names)).Append('\n');
-        text.Append("结算日：").Append(StatementFormats.Date(statement.Day)).Append("（北京时间）\n");
+        text.Append("结算日：").Append(ShanghaiTime.IsoDate(statement.Day)).Append("（北京时间）\n");
         text.Append("结算完成：").Append(Local(context.SettledAt)).Append("（北京时间）\n");
         foreach (Section section in Sections(statement, context))
         {
@@ -51,7 +52,7 @@ public static class StatementRendering
     public static string Html(PartyStatement statement, StatementContext context)
     {
         string party = Party(statement, context.Names);
-        string day = StatementFormats.Date(statement.Day);
+        string day = ShanghaiTime.IsoDate(statement.Day);
         var html = new StringBuilder(16 * 1024);
         html.Append("""
             <!DOCTYPE html>
@@ -216,7 +217,7 @@ public static class StatementRendering
         _ => note,
     };
 
-    private static string Day(DateOnly? day) => day is { } d ? StatementFormats.Date(d) : "";
+    private static string Day(DateOnly? day) => day is { } d ? ShanghaiTime.IsoDate(d) : "";
 
     private static string Id(long? value) => value is { } v ? v.ToString(CultureInfo.InvariantCulture) : "";
 

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
+using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 
 namespace Metering.Engine.Settlement;
@@ -102,7 +103,7 @@ public static class StatementFormats
         {
             string[] fields =
             [
-                Date(statement.Day), statement.PartyKind, statement.Party, row.Record, row.UsageDay is { } d ? Date(d) : "", row.Provider, row.Holder, Number(row.Contract),
+                ShanghaiTime.IsoDate(statement.Day), statement.PartyKind, statement.Party, row.Record, row.UsageDay is { } d ? ShanghaiTime.IsoDate(d) : "", row.Provider, row.Holder, Number(row.Contract),
                 row.DeviceModel, row.FeeUnit, Number(row.Records), Number(row.UsageNpfh), Number(row.CardMs), Number(row.PriceFen), Number(row.FeeFen), Number(row.Claim),
                 Number(row.Voucher), row.Payee, Number(row.SubsidyFen), Number(row.HolderPaysFen), Number(row.ProgrammePaysFen), row.Note,
             ];
@@ -183,7 +184,7 @@ public static class StatementFormats
         {
             json.WriteStartObject();
             json.WriteString("format", $"metering-statement/{CanonicalFormat}");
-            json.WriteString("day", Date(statement.Day));
+            json.WriteString("day", ShanghaiTime.IsoDate(statement.Day));
             json.WriteString("partyKind", statement.PartyKind);
             json.WriteString("party", statement.Party);
             json.WriteString("sha256", Convert.ToHexStringLower(sha256));
@@ -195,7 +196,7 @@ public static class StatementFormats
                 if (row.Record == MerkleRootRecord)
                 {
                     // The same CSV fields under the names they have in this row kind.
-                    WriteText(json, "usageDay", row.UsageDay is { } rootDay ? Date(rootDay) : "");
+                    WriteText(json, "usageDay", row.UsageDay is { } rootDay ? ShanghaiTime.IsoDate(rootDay) : "");
                     WriteText(json, "provider", row.Provider);
                     WriteNumber(json, "leafCount", row.Records);
                     WriteText(json, "root", row.Note);
@@ -203,7 +204,7 @@ public static class StatementFormats
                     continue;
                 }
 
-                WriteText(json, "usageDay", row.UsageDay is { } d ? Date(d) : "");
+                WriteText(json, "usageDay", row.UsageDay is { } d ? ShanghaiTime.IsoDate(d) : "");
                 WriteText(json, "provider", row.Provider);
                 WriteText(json, "holder", row.Holder);
                 WriteNumber(json, "contract", row.Contract);
@@ -320,8 +321,6 @@ public static class StatementFormats
 
         return records;
     }
-
-    public static string Date(DateOnly date) => date.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
 
     private static DateOnly ParseDate(string text) => DateOnly.ParseExact(text, "yyyy-MM-dd", CultureInfo.InvariantCulture);
 

@@ -3,6 +3,7 @@ using System.Globalization;
 using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 using Npgsql;
 
@@ -38,7 +39,7 @@ public sealed class YearEndReleases(NpgsqlDataSource dataSource, TimeProvider ti
         if (now < yearEnd)
         {
             throw new PayoutRefusedException(PayoutProblem.YearNotEnded,
-                $"programme year {programmeYear} has not ended: its vouchers' unused balances can be released from {VoucherBook.Local(yearEnd)}; the server's clock says {VoucherBook.Local(now)}");
+                $"programme year {programmeYear} has not ended: its vouchers' unused balances can be released from {ShanghaiTime.Describe(yearEnd)}; the server's clock says {ShanghaiTime.Describe(now)}");
         }
 
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);

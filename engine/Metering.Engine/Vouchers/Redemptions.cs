@@ -6,6 +6,7 @@ using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Engine.Settlement;
 using Metering.Engine.Storage;
+using Metering.Engine.Time;
 using Metering.Protocol.V1;
 using Npgsql;
 
@@ -77,7 +78,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
         if (records.Count == 0)
         {
             throw new VoucherRefusedException(VoucherRefusal.UsageNotFound,
-                $"no metered usage of {holder.Code} at {contract.ProviderId} {(jobIds is null ? $"starts between {VoucherBook.Local(from)} and {VoucherBook.Local(until)}" : $"has the named job ids in {searchYear}")}");
+                $"no metered usage of {holder.Code} at {contract.ProviderId} {(jobIds is null ? $"starts between {ShanghaiTime.Describe(from)} and {ShanghaiTime.Describe(until)}" : $"has the named job ids in {searchYear}")}");
         }
 
         if (records.Count > ClaimRecordsMax)
@@ -556,7 +557,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
 
     private static DateOnly DayOf(long unixMs) => ShanghaiTime.DateOf(DateTimeOffset.FromUnixTimeMilliseconds(unixMs));
 
-    private static string Time(long unixMs) => VoucherBook.Local(DateTimeOffset.FromUnixTimeMilliseconds(unixMs));
+    private static string Time(long unixMs) => ShanghaiTime.Describe(DateTimeOffset.FromUnixTimeMilliseconds(unixMs));
 
     private static string Describe(ClaimedRecord record) => $"record {record.Sequence} of stream {record.StreamId} (job {record.JobId})";
 

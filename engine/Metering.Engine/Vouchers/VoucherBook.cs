@@ -5,6 +5,8 @@ using Metering.Engine.Access;
 using Metering.Engine.Identity;
 using Metering.Engine.Registry;
 using Metering.Engine.Settlement;
+using Metering.Engine.Storage;
+using Metering.Engine.Time;
 using Metering.Protocol.V1;
 using Npgsql;
 
@@ -87,7 +89,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
             throw Invalid("established_on lies in the future");
         }
 
-        return await InTransactionAsync(async (connection, transaction) =>
+        return await dataSource.InTransactionAsync(async (connection, transaction) =>
         {
             await LockOrganisationIfRegisteredAsync(connection, transaction, code);
             await CheckIntegrityAsync(connection, transaction, code, ShanghaiTime.DateOf(now));
@@ -110,7 +112,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
     {
         string code = CheckCode(creditCode);
         DateTimeOffset now = time.GetUtcNow();
-        return await InTransactionAsync(async (connection, transaction) =>
+        return await dataSource.InTransactionAsync(async (connection, transaction) =>
         {
             await LockOrganisationIfRegisteredAsync(connection, transaction, code);
             HolderRow holder = await LockHolderAsync(connection, transaction, code);
@@ -144,7 +146,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
 
         DateTimeOffset now = time.GetUtcNow();
         DateOnly today = ShanghaiTime.DateOf(now);
-        return await InTransactionAsync(async (connection, transaction) =>
+        return await dataSource.InTransactionAsync(async (connection, transaction) =>
         {
             // The same lock order as a registration: the organisation's registry row, then the
             // holder's, so that a provider filing and this change are ordered.
@@ -235,7 +237,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
         string mode = VoucherNames.Of(parameters.PayeeMode);
         DateTimeOffset now = time.GetUtcNow();
         DateTimeOffset effective = parameters.EffectiveFromUnixMs == 0 ? now : DateTimeOffset.FromUnixTimeMilliseconds(parameters.EffectiveFromUnixMs);
-        return await InTransactionAsync(async (connection, transaction) =>
+        return await dataSource.InTransactionAsync(async (connection, transaction) =>
         {
             // Versions of one year are numbered under a lock so that two operators cannot both take the same number.
             await connection.ExecuteAsync("SELECT pg_advisory_xact_lock(@key)", new { key = 0x5041_5241_4d00_0000L + parameters.ProgrammeYear }, transaction);
@@ -245,7 +247,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
             if (latest is { } l && effective.UtcDateTime < l.EffectiveFrom)
             {
                 throw new VoucherRefusedException(VoucherRefusal.ParametersInvalid,
-                    $"a new version takes effect no earlier than version {l.Version} ({Local(Instant(l.EffectiveFrom))}); versions are not back-dated");
+                    $"a new version takes effect no earlier than version {l.Version} ({ShanghaiTime.Describe(ShanghaiTime.Instant(l.EffectiveFrom))}); versions are not back-dated");
             }
 
             int version = (latest?.Version ?? 0) + 1;
@@ -281,14 +283,14 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
     /// <summary>The version of a year's parameters in force at an instant.</summary>
     internal static async Task<ParametersRow> ParametersInForceAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, int year, DateTimeOffset at) =>
         (await ReadParametersAsync(connection, transaction, year)).Where(p => p.EffectiveFrom <= at).MaxBy(p => p.Version)
-        ?? throw new VoucherRefusedException(VoucherRefusal.ParametersUnknown, $"no programme parameters for {year} are in force at {Local(at)}");
+        ?? throw new VoucherRefusedException(VoucherRefusal.ParametersUnknown, $"no programme parameters for {year} are in force at {ShanghaiTime.Describe(at)}");
 
     private static async Task<IReadOnlyList<ParametersRow>> ReadParametersAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, int? year) =>
         (await connection.QueryAsync<(int Year, int Version, DateTime From, int Ratio, int Startup, long Cap, int Stacking, long Minimum, string Mode, int HoldDays)>("""
             SELECT programme_year, version, effective_from, support_ratio_bp, startup_ratio_bp, annual_cap_fen, stacking_cap_bp, min_annual_rental_fen, payee_mode, hold_days
             FROM programme_parameters WHERE @year::integer IS NULL OR programme_year = @year ORDER BY programme_year, version
             """, new { year }, transaction))
-        .Select(r => new ParametersRow(r.Year, r.Version, Instant(r.From), r.Ratio, r.Startup, r.Cap, r.Stacking, r.Minimum, r.Mode, r.HoldDays)).ToList();
+        .Select(r => new ParametersRow(r.Year, r.Version, ShanghaiTime.Instant(r.From), r.Ratio, r.Startup, r.Cap, r.Stacking, r.Minimum, r.Mode, r.HoldDays)).ToList();
 
     // ---------------------------------------------------------------- contracts
 
@@ -345,7 +347,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
         DateTimeOffset now = time.GetUtcNow();
         DateTimeOffset startsAt = ShanghaiTime.StartOf(starts);
         DateTimeOffset endsBefore = ShanghaiTime.StartOf(ends.AddDays(1));
-        return await InTransactionAsync(async (connection, transaction) =>
+        return await dataSource.InTransactionAsync(async (connection, transaction) =>
         {
             HolderRow holder = await LockHolderAsync(connection, transaction, holderCode);
             if (holder.Status == "left")
@@ -362,7 +364,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
                 SELECT application_id, valid_from, validity_ends_at, ended_at FROM service_items
                 WHERE provider_id = @provider AND service_item = @item ORDER BY valid_from
                 """, new { provider = contract.ProviderId, item = contract.ServiceItem }, transaction)).ToList();
-            var spans = items.Select(i => (i.ApplicationId, From: Instant(i.From), Until: Instant(i.Ended is { } e && e < i.Ends ? e : i.Ends))).ToList();
+            var spans = items.Select(i => (i.ApplicationId, From: ShanghaiTime.Instant(i.From), Until: ShanghaiTime.Instant(i.Ended is { } e && e < i.Ends ? e : i.Ends))).ToList();
             var covering = spans.FirstOrDefault(i => i.From <= startsAt && startsAt < i.Until);
             DateTimeOffset coveredUntil = covering == default ? startsAt : covering.Until;
             for (int step = 0; step < spans.Count && coveredUntil < endsBefore; step++)
@@ -381,7 +383,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
                 throw new VoucherRefusedException(VoucherRefusal.ContractOutsideAdmission, items.Count == 0
                     ? $"{contract.ProviderId} holds no admitted service item '{contract.ServiceItem}'"
                     : $"the contract runs {starts:yyyy-MM-dd} to {ends:yyyy-MM-dd}, outside {contract.ProviderId}'s admission of '{contract.ServiceItem}' ("
-                        + string.Join(", ", items.Select(i => $"{Local(Instant(i.From))} to {Local(Instant(i.Ended is { } e && e < i.Ends ? e : i.Ends))}")) + ")");
+                        + string.Join(", ", items.Select(i => $"{ShanghaiTime.Describe(ShanghaiTime.Instant(i.From))} to {ShanghaiTime.Describe(ShanghaiTime.Instant(i.Ended is { } e && e < i.Ends ? e : i.Ends))}")) + ")");
             }
 
             int version = (int)contract.FeeScheduleVersion;
@@ -389,7 +391,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
                 SELECT version, effective_from, lines::text FROM fee_schedules WHERE provider_id = @provider AND service_item = @item ORDER BY version
                 """, new { provider = contract.ProviderId, item = contract.ServiceItem }, transaction)).ToList();
             var schedule = version == 0
-                ? schedules.Where(s => Instant(s.EffectiveFrom) <= startsAt).MaxBy(s => s.Version)
+                ? schedules.Where(s => ShanghaiTime.Instant(s.EffectiveFrom) <= startsAt).MaxBy(s => s.Version)
                 : schedules.FirstOrDefault(s => s.Version == version);
             if (schedule == default || !ProviderRegistry.ParseFees(schedule.Lines).Any(l => l.Unit == contract.FeeUnit))
             {
@@ -459,7 +461,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
         }
 
         DateTimeOffset now = time.GetUtcNow();
-        return await InTransactionAsync(async (connection, transaction) =>
+        return await dataSource.InTransactionAsync(async (connection, transaction) =>
         {
             ContractRow contract = await ReadContractAsync(connection, transaction, request.ContractId)
                 ?? throw new VoucherRefusedException(VoucherRefusal.ContractUnknown, $"there is no contract {request.ContractId}");
@@ -496,7 +498,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
         }
 
         DateTimeOffset now = time.GetUtcNow();
-        return await InTransactionAsync(async (connection, transaction) =>
+        return await dataSource.InTransactionAsync(async (connection, transaction) =>
         {
             ContractRow contract = await ReadContractAsync(connection, transaction, request.ContractId)
                 ?? throw new VoucherRefusedException(VoucherRefusal.ContractUnknown, $"there is no contract {request.ContractId}");
@@ -651,7 +653,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
             Name = r.Name,
             Type = VoucherNames.HolderTypeOf(r.Type),
             District = r.District ?? "",
-            EstablishedOn = r.Established is { } e ? Date(DateOnly.FromDateTime(e)) : "",
+            EstablishedOn = r.Established is { } e ? ShanghaiTime.IsoDate(DateOnly.FromDateTime(e)) : "",
             Status = VoucherNames.HolderStatusOf(r.Status),
         };
         if (details)
@@ -708,9 +710,9 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
             ProviderId = row.ProviderId,
             ServiceItem = row.ServiceItem,
             ContractNumber = row.ContractNumber,
-            SignedOn = Date(row.SignedOn),
-            StartsOn = Date(row.StartsOn),
-            EndsOn = Date(row.EndsOn),
+            SignedOn = ShanghaiTime.IsoDate(row.SignedOn),
+            StartsOn = ShanghaiTime.IsoDate(row.StartsOn),
+            EndsOn = ShanghaiTime.IsoDate(row.EndsOn),
             AmountFen = row.AmountFen,
             FeeScheduleVersion = (uint)row.FeeScheduleVersion,
             FeeUnit = Names.FeeUnitOf(row.FeeUnit),
@@ -737,8 +739,8 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
                 ProviderId = r.Provider,
                 ProgrammeYear = (uint)r.Year,
                 FaceValueFen = r.Face,
-                ValidFrom = Date(DateOnly.FromDateTime(r.From)),
-                ValidUntil = Date(DateOnly.FromDateTime(r.Until)),
+                ValidFrom = ShanghaiTime.IsoDate(DateOnly.FromDateTime(r.From)),
+                ValidUntil = ShanghaiTime.IsoDate(DateOnly.FromDateTime(r.Until)),
                 HeldFen = r.Held,
                 PostedFen = r.Posted,
                 RemainingFen = r.Face - r.Held - r.Posted - r.Released,
@@ -747,14 +749,6 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
             : null;
     }
 
-    private async Task<T> InTransactionAsync<T>(Func<NpgsqlConnection, NpgsqlTransaction, Task<T>> work, CancellationToken cancellationToken)
-    {
-        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(IsolationLevel.ReadCommitted, cancellationToken);
-        T result = await work(connection, transaction);
-        await transaction.CommitAsync(cancellationToken);
-        return result;
-    }
 
     internal static string CheckCode(string code) =>
         CreditCode.IsValid(code)
@@ -767,10 +761,4 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
         DateOnly.TryParseExact(text, "yyyy-MM-dd", CultureInfo.InvariantCulture, DateTimeStyles.None, out DateOnly date)
             ? date
             : throw Invalid($"{field} must be a date as yyyy-MM-dd, not '{text}'");
-
-    internal static string Date(DateOnly date) => date.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
-
-    internal static DateTimeOffset Instant(DateTime utc) => new(DateTime.SpecifyKind(utc, DateTimeKind.Utc));
-
-    internal static string Local(DateTimeOffset instant) => instant.ToOffset(ShanghaiTime.Offset).ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture) + " Asia/Shanghai";
 }

@@ -4,6 +4,7 @@ using System.Threading.RateLimiting;
 using Grpc.Core;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 using Metering.Protocol.V1;
 using Microsoft.Extensions.Logging;
 

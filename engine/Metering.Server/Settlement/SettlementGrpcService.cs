@@ -4,6 +4,7 @@ using Grpc.Core;
 using Metering.Engine.Access;
 using Metering.Engine.Registry;
 using Metering.Engine.Settlement;
+using Metering.Engine.Time;
 using Metering.Engine.Transparency;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
@@ -173,7 +174,7 @@ internal sealed partial class SettlementGrpcService(DailySettlement settlement, 
 
     private async Task<SettlementOutcome> ClosedAsync(DateOnly day, CancellationToken cancellationToken) =>
         await settlement.GetAsync(day, cancellationToken)
-        ?? throw new SettlementRefusedException(SettlementRefusal.DayNotSettled, $"{StatementFormats.Date(day)} has not been settled");
+        ?? throw new SettlementRefusedException(SettlementRefusal.DayNotSettled, $"{ShanghaiTime.IsoDate(day)} has not been settled");
 
     private static DateOnly ParseDay(string text) =>
         DateOnly.TryParseExact(text, "yyyy-MM-dd", CultureInfo.InvariantCulture, DateTimeStyles.None, out DateOnly day)
@@ -182,7 +183,7 @@ internal sealed partial class SettlementGrpcService(DailySettlement settlement, 
 
     private static Protocol.V1.Settlement ToMessage(SettlementOutcome outcome) => new()
     {
-        Day = StatementFormats.Date(outcome.Day),
+        Day = ShanghaiTime.IsoDate(outcome.Day),
         AlreadyClosed = outcome.AlreadyClosed,
         SettlementSha256 = outcome.SettlementHex,
         DayRecords = outcome.DayRecords,

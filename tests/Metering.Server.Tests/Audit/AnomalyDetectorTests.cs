@@ -2,6 +2,7 @@ using Metering.Engine.Audit;
 using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Capacity;
 using Metering.Server.Tests.Infrastructure;

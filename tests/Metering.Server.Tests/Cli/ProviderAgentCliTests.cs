@@ -3,6 +3,7 @@ using Dapper;
 using Metering.Engine.Registry;
 using Metering.Engine.Sandbox;
 using Metering.Engine.Storage;
+using Metering.Engine.Time;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;

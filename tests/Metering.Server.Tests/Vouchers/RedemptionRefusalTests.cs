@@ -2,6 +2,7 @@ using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
+using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
