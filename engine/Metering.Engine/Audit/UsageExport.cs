@@ -20,7 +20,10 @@ public enum ExportFormat
 /// Exports the records an audit filter selects, one row per record, ordered by provider, stream
 /// and sequence, with every stored column: the attested fields, the derived usage (nPFh and
 /// device-milliseconds, integers), the catalog version, the chain hash in hex and the commit
-/// time. Times are Unix milliseconds and ISO 8601 UTC.
+/// time. Times are Unix milliseconds and UTC instants: ISO 8601 with a Z in CSV, and in Parquet
+/// the TIMESTAMP logical type in milliseconds with isAdjustedToUTC, plus the file's key-value
+/// metadata <see cref="ZoneKey"/> saying so. Programme days elsewhere are Asia/Shanghai dates;
+/// an instant has no zone to convert.
 /// </summary>
 public sealed class UsageExport(NpgsqlDataSource dataSource)
 {
@@ -29,6 +32,12 @@ public sealed class UsageExport(NpgsqlDataSource dataSource)
 
     /// <summary>Records held in memory per Parquet row group.</summary>
     public const int RowGroupRecords = 65_536;
+
+    /// <summary>The key of the Parquet file metadata that states the zone of the file's times.</summary>
+    public const string ZoneKey = "metering.time_zone";
+
+    /// <summary>The value of <see cref="ZoneKey"/>.</summary>
+    public const string ZoneValue = "UTC: start_at, end_at and committed_at are instants (TIMESTAMP, millisecond, isAdjustedToUTC); start_unix_ms and end_unix_ms are Unix milliseconds";
 
     public static readonly string[] Columns =
     [
@@ -156,8 +165,8 @@ public sealed class UsageExport(NpgsqlDataSource dataSource)
     private static readonly DataField<int> DenominatorField = new("share_denominator");
     private static readonly DataField<long> StartMsField = new("start_unix_ms");
     private static readonly DataField<long> EndMsField = new("end_unix_ms");
-    private static readonly DataField<string> StartField = new("start_at");
-    private static readonly DataField<string> EndField = new("end_at");
+    private static readonly DateTimeDataField StartField = Instant("start_at");
+    private static readonly DateTimeDataField EndField = Instant("end_at");
     private static readonly DataField<string> SiteField = new("site");
     private static readonly DataField<string> UuidsField = new("device_uuids");
     private static readonly DataField<long?> EnergyField = new("energy_mwh");
@@ -165,15 +174,34 @@ public sealed class UsageExport(NpgsqlDataSource dataSource)
     private static readonly DataField<long> UsageField = new("usage_npfh");
     private static readonly DataField<long> DeviceMsField = new("device_ms");
     private static readonly DataField<string> HashField = new("chain_hash");
-    private static readonly DataField<string> CommittedField = new("committed_at");
+    private static readonly DateTimeDataField CommittedField = Instant("committed_at");
+
+    private static DateTimeDataField Instant(string name) => new(name, DateTimeFormat.Timestamp, isAdjustedToUTC: true, unit: DateTimeTimeUnit.Millis);
 
     public static ParquetSchema Schema { get; } = new(
         ProviderField, StreamField, SequenceField, JobField, HolderField, ModelField, CountField, NumeratorField, DenominatorField, StartMsField, EndMsField,
         StartField, EndField, SiteField, UuidsField, EnergyField, CatalogField, UsageField, DeviceMsField, HashField, CommittedField);
 
+    /// <summary>
+    /// Strings that repeat from record to record (a provider has a few streams, sites, holders and
+    /// models) are written once per row group in a dictionary page; Parquet.Net dictionary-encodes
+    /// only the columns it is told to. Chain hashes, all different, stay plain.
+    /// </summary>
+    private static ParquetOptions Options()
+    {
+        var options = new ParquetOptions();
+        foreach (DataField field in (DataField[])[ProviderField, StreamField, JobField, HolderField, ModelField, SiteField, UuidsField, CatalogField])
+        {
+            options.ColumnEncodingHints[field.Path.ToString()] = EncodingHint.Dictionary;
+        }
+
+        return options;
+    }
+
     private static async Task<long> WriteParquetAsync(NpgsqlDataReader reader, Stream output, CancellationToken cancellationToken)
     {
-        await using ParquetWriter writer = await ParquetWriter.CreateAsync(Schema, output, cancellationToken: cancellationToken);
+        await using ParquetWriter writer = await ParquetWriter.CreateAsync(Schema, output, Options(), cancellationToken: cancellationToken);
+        writer.CustomMetadata = new Dictionary<string, string> { [ZoneKey] = ZoneValue };
         var rows = new List<Row>(RowGroupRecords);
         long count = 0;
         while (true)
@@ -212,8 +240,8 @@ public sealed class UsageExport(NpgsqlDataSource dataSource)
         await group.WriteAsync<int>(DenominatorField, rows.Select(r => r.ShareDenominator).ToArray(), cancellationToken: cancellationToken);
         await group.WriteAsync<long>(StartMsField, rows.Select(r => r.StartMs).ToArray(), cancellationToken: cancellationToken);
         await group.WriteAsync<long>(EndMsField, rows.Select(r => r.EndMs).ToArray(), cancellationToken: cancellationToken);
-        await group.WriteAsync(StartField, rows.Select(r => Iso(r.StartMs)).ToArray());
-        await group.WriteAsync(EndField, rows.Select(r => Iso(r.EndMs)).ToArray());
+        await group.WriteAsync<DateTime>(StartField, rows.Select(r => Storage.UnixMs.ToDateTime(r.StartMs)).ToArray(), cancellationToken: cancellationToken);
+        await group.WriteAsync<DateTime>(EndField, rows.Select(r => Storage.UnixMs.ToDateTime(r.EndMs)).ToArray(), cancellationToken: cancellationToken);
         await group.WriteAsync(SiteField, rows.Select(r => r.Site).ToArray());
         await group.WriteAsync(UuidsField, rows.Select(r => r.DeviceUuids ?? "").ToArray());
         await group.WriteAsync<long>(EnergyField, rows.Select(r => r.EnergyMwh).ToArray(), cancellationToken: cancellationToken);
@@ -221,7 +249,7 @@ public sealed class UsageExport(NpgsqlDataSource dataSource)
         await group.WriteAsync<long>(UsageField, rows.Select(r => r.UsageNpfh).ToArray(), cancellationToken: cancellationToken);
         await group.WriteAsync<long>(DeviceMsField, rows.Select(r => r.DeviceMs).ToArray(), cancellationToken: cancellationToken);
         await group.WriteAsync(HashField, rows.Select(r => r.ChainHash).ToArray());
-        await group.WriteAsync(CommittedField, rows.Select(r => Iso(r.CommittedMs)).ToArray());
+        await group.WriteAsync<DateTime>(CommittedField, rows.Select(r => Storage.UnixMs.ToDateTime(r.CommittedMs)).ToArray(), cancellationToken: cancellationToken);
     }
 
     /// <summary>The filter's SQL with Npgsql's positional parameters, since the export uses plain commands.</summary>

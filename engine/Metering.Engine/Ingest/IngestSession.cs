@@ -3,7 +3,6 @@ using Metering.Engine.Catalog;
 using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
-using Npgsql;
 
 namespace Metering.Engine.Ingest;
 
@@ -44,6 +43,9 @@ public sealed class IngestSession
     private readonly AdmissionGate _gate;
     private readonly bool _proofStream;
     private readonly HeartbeatMinutes _heartbeats;
+    private readonly AdmissionEpochStep _epochStep;
+    private readonly FleetConcurrencyStep _fleetStep;
+    private readonly ICommitStep[] _steps;
     private AdmissionSnapshot _admission;
     private ulong _committed;
     private byte[] _head;
@@ -79,6 +81,11 @@ public sealed class IngestSession
         _validatedModels = new DeviceModel?[validator.Limits.BatchRecordsMax];
         _scratch = new byte[CanonicalEncoding.HashBytes + validator.Limits.CanonicalBytesMax + ProviderAndStreamBytesMax];
         _heartbeats = new HeartbeatMinutes(validator.Limits.HeartbeatsPerMinuteMax);
+        _epochStep = new AdmissionEpochStep(providerId);
+        _fleetStep = new FleetConcurrencyStep(providerId, _prepared, time, validator.Limits.ConcurrencyMinutesPerBatchMax);
+        // Proof streams are never settled and come before admission, when there is no fleet yet;
+        // every other stream's records must fit the provider's fleet.
+        _steps = _proofStream ? [_epochStep] : [_epochStep, _fleetStep];
     }
 
     // Provider ids are 18-character credit codes and stream ids at most 64 ASCII characters.
@@ -181,8 +188,8 @@ public sealed class IngestSession
     }
 
     /// <summary>Validates the whole batch, then commits its new records; throws <see cref="IngestRefusedException"/> on refusal.</summary>
-    /// <param name="alongside">Work to commit in the same transaction as the records, or null.</param>
-    public async Task<BatchOutcome> AppendAsync(IReadOnlyList<UsageRecord> records, CancellationToken cancellationToken, Func<NpgsqlConnection, NpgsqlTransaction, Task>? alongside = null)
+    /// <param name="alongside">A step of the caller's that commits with the records (a raw-log upload's progress), or null.</param>
+    public async Task<BatchOutcome> AppendAsync(IReadOnlyList<UsageRecord> records, CancellationToken cancellationToken, ICommitStep? alongside = null)
     {
         for (int attempt = 1; ; attempt++)
         {
@@ -204,7 +211,7 @@ public sealed class IngestSession
         }
     }
 
-    private async Task<BatchOutcome> AppendOnceAsync(IReadOnlyList<UsageRecord> records, CancellationToken cancellationToken, Func<NpgsqlConnection, NpgsqlTransaction, Task>? alongside)
+    private async Task<BatchOutcome> AppendOnceAsync(IReadOnlyList<UsageRecord> records, CancellationToken cancellationToken, ICommitStep? alongside)
     {
         CheckShape(records);
         ulong first = records[0].Sequence;
@@ -241,27 +248,9 @@ public sealed class IngestSession
             Prepare(records, replayed);
             try
             {
-                AdmissionSnapshot admission = _admission;
-                await _store.CommitAsync(ProviderId, StreamId, _committed, _prepared, cancellationToken, async (connection, transaction) =>
-                {
-                    if (await AdmissionGate.ReadEpochForShareAsync(connection, transaction, ProviderId) != admission.Epoch)
-                    {
-                        throw new AdmissionChangedException(ProviderId);
-                    }
-
-                    // Proof streams are never settled and come before admission, when there is no
-                    // fleet yet; every other stream's records must fit the provider's fleet.
-                    if (!_proofStream)
-                    {
-                        await FleetConcurrency.CheckAsync(connection, transaction, ProviderId, _prepared, admission.Fleet,
-                            _time.GetUtcNow().ToUnixTimeMilliseconds(), _validator.Limits.ConcurrencyMinutesPerBatchMax);
-                    }
-
-                    if (alongside is not null)
-                    {
-                        await alongside(connection, transaction);
-                    }
-                });
+                _epochStep.ExpectedEpoch = _admission.Epoch;
+                _fleetStep.Fleet = _admission.Fleet;
+                await _store.CommitAsync(ProviderId, StreamId, _committed, _prepared, alongside is null ? _steps : [.. _steps, alongside], cancellationToken);
                 _committed = last;
                 _head = _prepared.HashAt(fresh - 1).ToArray();
             }

@@ -3,6 +3,7 @@ using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
+using Npgsql;
 
 namespace Metering.Engine.RawLogs;
 
@@ -162,11 +163,7 @@ public sealed class UploadProcessor : ILogLineSink
         var progress = new UploadProgress(_upload.CommittedOffset, _pendingEndOffset, _lines, _records.Count, _skipped, _errors, _refused, _duplicates, _headerLine);
         if (_records.Count > 0)
         {
-            await _session.AppendAsync(_records, cancellationToken, async (connection, transaction) =>
-            {
-                await UploadStore.RecordJobsAsync(connection, transaction, _upload, jobs);
-                await UploadStore.AdvanceAsync(connection, transaction, _upload, progress);
-            });
+            await _session.AppendAsync(_records, cancellationToken, new UploadProgressStep(_upload, jobs, progress));
         }
         else
         {
@@ -209,5 +206,18 @@ public sealed class UploadProcessor : ILogLineSink
     {
         _refused++;
         _errors.Add(new UploadLineError(lineNumber, reason, message));
+    }
+}
+
+/// <summary>
+/// A flush's raw-log bookkeeping, committed with its records or not at all: the jobs it metered
+/// (so that an overlapping export cannot meter them again) and how far the upload has read.
+/// </summary>
+internal sealed class UploadProgressStep(UploadState upload, IReadOnlyList<RawLogJob> jobs, UploadProgress progress) : ICommitStep
+{
+    public async Task RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken)
+    {
+        await UploadStore.RecordJobsAsync(connection, transaction, upload, jobs);
+        await UploadStore.AdvanceAsync(connection, transaction, upload, progress);
     }
 }

@@ -1,7 +1,4 @@
 using Dapper;
-using Metering.Engine.Catalog;
-using Metering.Engine.Ingest;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Storage;
@@ -9,34 +6,45 @@ namespace Metering.Engine.Storage;
 /// <summary>Where a stream stands in the database.</summary>
 public readonly record struct StreamHead(ulong CommittedSequence, byte[] ChainHash);
 
-/// <summary>A batch's new records, ready to commit: each with its usage, catalog entry and chain hash.</summary>
-public sealed class PreparedRecords
+/// <summary>
+/// One row of <c>usage_records</c> as a writer hands it to the store: a record that has been
+/// validated, normalised and chained elsewhere. A struct, so that handing a batch over allocates
+/// nothing per row.
+/// </summary>
+public readonly record struct UsageRow(
+    ulong Sequence,
+    string JobId,
+    string HolderCode,
+    string DeviceModel,
+    uint DeviceCount,
+    uint ShareNumerator,
+    uint ShareDenominator,
+    long StartUnixMs,
+    long EndUnixMs,
+    string Site,
+    IReadOnlyList<string> DeviceUuids,
+    ulong? EnergyMwh,
+    string CatalogVersion,
+    long UsageNanoPflopsHours,
+    ReadOnlyMemory<byte> ChainHash);
+
+/// <summary>A batch of rows for one stream, in sequence order, that the store copies in one go.</summary>
+public interface IUsageRows
 {
-    public PreparedRecords(int capacity)
-    {
-        Records = new UsageRecord[capacity];
-        UsageNanoPflopsHours = new long[capacity];
-        Models = new DeviceModel[capacity];
-        Hashes = new byte[capacity * CanonicalEncoding.HashBytes];
-    }
+    int Count { get; }
 
-    public UsageRecord[] Records { get; }
-    public long[] UsageNanoPflopsHours { get; }
-    public DeviceModel[] Models { get; }
+    UsageRow RowAt(int index);
+}
 
-    /// <summary>The chain hashes, 32 bytes each, back to back.</summary>
-    public byte[] Hashes { get; }
-
-    public int Count { get; set; }
-
-    public ReadOnlyMemory<byte> HashAt(int index) => Hashes.AsMemory(index * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes);
-
-    public void Clear()
-    {
-        Array.Clear(Records, 0, Count);
-        Array.Clear(Models, 0, Count);
-        Count = 0;
-    }
+/// <summary>
+/// A check or a write that must commit with a batch's rows or not at all (the registry's epoch,
+/// the fleet's concurrency, a raw-log upload's progress). The store runs the steps in order after
+/// the rows and the head are written and before it commits; a step that throws rolls it all back.
+/// Each step is a named type of the feature that owns the rule; the store knows none of them.
+/// </summary>
+public interface ICommitStep
+{
+    Task RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken);
 }
 
 /// <summary>The stream's committed mark moved under us: another writer committed to it.</summary>
@@ -49,7 +57,10 @@ public sealed class StreamMovedException(string message) : Exception(message);
 /// </summary>
 public sealed class UsageStore(NpgsqlDataSource dataSource)
 {
-    private static readonly byte[] GenesisHash = new byte[CanonicalEncoding.HashBytes];
+    /// <summary>A chain hash is SHA-256: 32 bytes.</summary>
+    public const int ChainHashBytes = 32;
+
+    private static readonly byte[] GenesisHash = new byte[ChainHashBytes];
 
     private const string CopyCommand =
         "COPY usage_records (provider_id, stream_id, sequence, job_id, holder_code, device_model, device_count, "
@@ -151,8 +162,8 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
     /// all in one transaction. Throws <see cref="StreamMovedException"/> when the head is no longer
     /// where this writer believes it is.
     /// </summary>
-    /// <param name="alongside">More work for the same transaction (a raw-log upload's progress), or null.</param>
-    public async Task CommitAsync(string providerId, string streamId, ulong expectedSequence, PreparedRecords batch, CancellationToken cancellationToken, Func<NpgsqlConnection, NpgsqlTransaction, Task>? alongside = null)
+    /// <param name="steps">The checks and writes that commit with the rows, run in order after them.</param>
+    public async Task CommitAsync(string providerId, string streamId, ulong expectedSequence, IUsageRows batch, IReadOnlyList<ICommitStep> steps, CancellationToken cancellationToken)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         // Read committed, named rather than left to the server's default: the fleet check reads
@@ -176,7 +187,7 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
                 rows.WriteHeader();
                 for (int i = 0; i < batch.Count; i++)
                 {
-                    WriteRow(rows, providerId, streamId, batch, i);
+                    WriteRow(rows, providerId, streamId, batch.RowAt(i));
                     if (rows.Length >= BinaryCopyWriter.ChunkBytes)
                     {
                         await copy.WriteAsync(rows.Written, cancellationToken);
@@ -196,60 +207,60 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
             }
         }
 
-        ulong last = batch.Records[batch.Count - 1].Sequence;
+        UsageRow newest = batch.RowAt(batch.Count - 1);
         int moved = await connection.ExecuteAsync(new CommandDefinition(
             "UPDATE ingest_streams SET committed_sequence = @last, chain_head = @head, updated_at = now() WHERE provider_id = @providerId AND stream_id = @streamId",
-            new { providerId, streamId, last = (long)last, head = batch.HashAt(batch.Count - 1).ToArray() }, transaction, cancellationToken: cancellationToken));
+            new { providerId, streamId, last = (long)newest.Sequence, head = newest.ChainHash.ToArray() }, transaction, cancellationToken: cancellationToken));
         if (moved != 1)
         {
             throw new InvalidOperationException($"Stream {providerId}/{streamId}: the head update touched {moved} rows; the batch is rolled back.");
         }
-        if (alongside is not null)
+
+        for (int i = 0; i < steps.Count; i++)
         {
-            await alongside(connection, transaction);
+            await steps[i].RunAsync(connection, transaction, cancellationToken);
         }
 
         await transaction.CommitAsync(cancellationToken);
     }
 
-    /// <summary>One row of <see cref="CopyCommand"/>, in its column order.</summary>
-    private static void WriteRow(BinaryCopyWriter rows, string providerId, string streamId, PreparedRecords batch, int index)
+    /// <summary>One row of <see cref="CopyCommand"/>, in its column order: the one place that order is written for writing.</summary>
+    private static void WriteRow(BinaryCopyWriter rows, string providerId, string streamId, in UsageRow row)
     {
-        UsageRecord record = batch.Records[index];
         rows.StartRow(CopyColumnCount);
         rows.WriteTextField(providerId);
         rows.WriteTextField(streamId);
-        rows.WriteInt64Field((long)record.Sequence);
-        rows.WriteTextField(record.JobId);
-        rows.WriteTextField(record.HolderCode);
-        rows.WriteTextField(record.DeviceModel);
-        rows.WriteInt32Field((int)record.DeviceCount);
-        rows.WriteInt32Field((int)record.ShareNumerator);
-        rows.WriteInt32Field((int)record.ShareDenominator);
-        rows.WriteTimestampField(record.StartUnixMs);
-        rows.WriteTimestampField(record.EndUnixMs);
-        rows.WriteTextField(record.Site);
-        if (record.DeviceUuids.Count == 0)
+        rows.WriteInt64Field((long)row.Sequence);
+        rows.WriteTextField(row.JobId);
+        rows.WriteTextField(row.HolderCode);
+        rows.WriteTextField(row.DeviceModel);
+        rows.WriteInt32Field((int)row.DeviceCount);
+        rows.WriteInt32Field((int)row.ShareNumerator);
+        rows.WriteInt32Field((int)row.ShareDenominator);
+        rows.WriteTimestampField(row.StartUnixMs);
+        rows.WriteTimestampField(row.EndUnixMs);
+        rows.WriteTextField(row.Site);
+        if (row.DeviceUuids.Count == 0)
         {
             rows.WriteNull();
         }
         else
         {
-            rows.WriteTextArrayField(record.DeviceUuids);
+            rows.WriteTextArrayField(row.DeviceUuids);
         }
 
-        if (record.HasEnergyMwh)
+        if (row.EnergyMwh is ulong energy)
         {
-            rows.WriteInt64Field((long)record.EnergyMwh);
+            rows.WriteInt64Field((long)energy);
         }
         else
         {
             rows.WriteNull();
         }
 
-        rows.WriteTextField(batch.Models[index].CatalogVersion);
-        rows.WriteInt64Field(batch.UsageNanoPflopsHours[index]);
-        rows.WriteByteaField(batch.Hashes.AsSpan(index * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes));
+        rows.WriteTextField(row.CatalogVersion);
+        rows.WriteInt64Field(row.UsageNanoPflopsHours);
+        rows.WriteByteaField(row.ChainHash.Span);
     }
 
     /// <summary>

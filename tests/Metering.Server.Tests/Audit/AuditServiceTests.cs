@@ -125,6 +125,44 @@ public sealed class AuditServiceTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task A_parquet_export_stores_its_times_as_utc_timestamps_says_so_and_keeps_repeated_strings_in_a_dictionary()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await SeedAsync(scene);
+        var audit = new AuditService.AuditServiceClient(scene.Server.Channel);
+
+        byte[] parquet = await ExportAsync(audit, ExportFormat.Parquet);
+
+        using var stream = new MemoryStream(parquet);
+        await using ParquetReader reader = await ParquetReader.CreateAsync(stream);
+        Assert.Equal(Metering.Engine.Audit.UsageExport.ZoneValue, reader.CustomMetadata[Metering.Engine.Audit.UsageExport.ZoneKey]);
+        DataField[] fields = reader.Schema.GetDataFields();
+        foreach (string name in (string[])["start_at", "end_at", "committed_at"])
+        {
+            var field = Assert.IsType<DateTimeDataField>(fields.Single(f => f.Name == name));
+            Assert.Equal((DateTimeFormat.Timestamp, true, DateTimeTimeUnit.Millis), (field.DateTimeFormat, field.IsAdjustedToUTC, field.Unit));
+        }
+
+        using ParquetRowGroupReader group = reader.OpenRowGroupReader(0);
+        var startMs = new long[group.RowCount];
+        await group.ReadAsync<long>(fields.Single(f => f.Name == "start_unix_ms"), startMs);
+        var startAt = new DateTime[group.RowCount];
+        await group.ReadAsync<DateTime>(fields.Single(f => f.Name == "start_at"), startAt);
+        var committedAt = new DateTime[group.RowCount];
+        await group.ReadAsync<DateTime>(fields.Single(f => f.Name == "committed_at"), committedAt);
+        Assert.Equal(startMs, startAt.Select(t => new DateTimeOffset(DateTime.SpecifyKind(t, DateTimeKind.Utc)).ToUnixTimeMilliseconds()));
+        Assert.Contains(TestRecords.Valid(1).StartUnixMs, startMs);
+        Assert.All(committedAt, t => Assert.InRange(t, DateTime.UtcNow.AddMinutes(-10), DateTime.UtcNow.AddMinutes(1)));
+
+        // Repeated strings (14 records of one provider) are written once, in a dictionary page;
+        // the chain hashes, all different, are not.
+        Parquet.Meta.ColumnChunk Column(string name) => reader.Metadata!.RowGroups[0].Columns.Single(c => c.MetaData!.PathInSchema.SequenceEqual([name]));
+        Assert.Contains(Column("provider_id").MetaData!.Encodings, e => e is Parquet.Meta.Encoding.RLE_DICTIONARY or Parquet.Meta.Encoding.PLAIN_DICTIONARY);
+        Assert.Contains(Column("device_model").MetaData!.Encodings, e => e is Parquet.Meta.Encoding.RLE_DICTIONARY or Parquet.Meta.Encoding.PLAIN_DICTIONARY);
+        Assert.Equal(Parquet.Meta.Type.INT64, Column("start_at").MetaData!.Type);
+    }
+
+    [Fact]
     public async Task Every_audit_query_is_logged_with_who_asked_what_and_when_and_the_log_cannot_be_rewritten()
     {
         await using AuditScene scene = await AuditScene.StartAsync(postgres);

@@ -195,7 +195,13 @@ internal sealed class VoucherScene : IAsyncDisposable
             previous = hash.ToArray();
         }
 
-        await store.CommitAsync(provider, stream, head.CommittedSequence, prepared, CancellationToken.None, beforeCommit);
+        await store.CommitAsync(provider, stream, head.CommittedSequence, prepared, beforeCommit is null ? [] : [new TestStep(beforeCommit)], CancellationToken.None);
+    }
+
+    /// <summary>A test's own work inside the ingest transaction, where it can hold the commit back.</summary>
+    private sealed class TestStep(Func<NpgsqlConnection, NpgsqlTransaction, Task> work) : ICommitStep
+    {
+        public Task RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken) => work(connection, transaction);
     }
 
     public Task<Claim> ClaimJobsAsync(long contractId, params string[] jobs) =>

@@ -1,0 +1,43 @@
+using Metering.Engine.Catalog;
+using Metering.Engine.Storage;
+using Metering.Protocol.V1;
+
+namespace Metering.Engine.Ingest;
+
+/// <summary>A batch's new records, ready to commit: each with its usage, catalog entry and chain hash.</summary>
+public sealed class PreparedRecords : IUsageRows
+{
+    public PreparedRecords(int capacity)
+    {
+        Records = new UsageRecord[capacity];
+        UsageNanoPflopsHours = new long[capacity];
+        Models = new DeviceModel[capacity];
+        Hashes = new byte[capacity * CanonicalEncoding.HashBytes];
+    }
+
+    public UsageRecord[] Records { get; }
+    public long[] UsageNanoPflopsHours { get; }
+    public DeviceModel[] Models { get; }
+
+    /// <summary>The chain hashes, 32 bytes each, back to back.</summary>
+    public byte[] Hashes { get; }
+
+    public int Count { get; set; }
+
+    public ReadOnlyMemory<byte> HashAt(int index) => Hashes.AsMemory(index * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes);
+
+    public UsageRow RowAt(int index)
+    {
+        UsageRecord record = Records[index];
+        return new UsageRow(record.Sequence, record.JobId, record.HolderCode, record.DeviceModel, record.DeviceCount, record.ShareNumerator, record.ShareDenominator,
+            record.StartUnixMs, record.EndUnixMs, record.Site, record.DeviceUuids, record.HasEnergyMwh ? record.EnergyMwh : null,
+            Models[index].CatalogVersion, UsageNanoPflopsHours[index], HashAt(index));
+    }
+
+    public void Clear()
+    {
+        Array.Clear(Records, 0, Count);
+        Array.Clear(Models, 0, Count);
+        Count = 0;
+    }
+}
