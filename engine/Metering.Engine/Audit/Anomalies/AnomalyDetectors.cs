@@ -37,6 +37,9 @@ public sealed partial class AnomalyDetectors(NpgsqlDataSource dataSource, TimePr
         public EvidenceRow Evidence() => new(StreamId, Sequence, JobId, HolderCode, DeviceModel, DeviceCount, ShareNumerator, ShareDenominator, StartMs, EndMs, Site, DeviceUuids, UsageNpfh);
     }
 
+    /// <summary>The same detectors over the same database and clock, with other thresholds (a caller's own silence threshold).</summary>
+    public AnomalyDetectors With(DetectorSettings settings) => new(dataSource, time, settings);
+
     /// <summary>Every detector over the provider and period; the anomalies kept, without the counts.</summary>
     public async Task<IReadOnlyList<Anomaly>> DetectAsync(string providerId, DateTimeOffset from, DateTimeOffset until, CancellationToken cancellationToken) =>
         (await FindAsync(providerId, from, until, null, cancellationToken)).Anomalies;
