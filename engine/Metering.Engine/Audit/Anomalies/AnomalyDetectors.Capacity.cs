@@ -1,6 +1,5 @@
 using System.Globalization;
 using Metering.Engine.Capacity;
-using Metering.Engine.Ingest;
 
 namespace Metering.Engine.Audit;
 
