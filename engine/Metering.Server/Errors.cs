@@ -65,7 +65,7 @@ public static class Errors
         Refused(CodeFor(refused.Reason), ProtocolNames.Of(refused.Reason), refused.Message, refused.Metadata.ToDictionary());
 
     public static RpcException From(CapacityRefusedException refused) =>
-        Refused(CodeFor(refused.Reason), ProtocolNames.Of(refused.Reason), refused.Message, refused.Metadata.ToDictionary());
+        Refused(Capacity.CapacityRefusals.StatusFor(refused.Reason), ProtocolNames.Of(Capacity.CapacityRefusals.ToWire(refused.Reason)), refused.Message, refused.Metadata.ToDictionary());
 
     /// <summary>The gRPC status each capacity refusal carries, as capacity.proto documents it.</summary>
     public static StatusCode CodeFor(CapacityRefusal reason) => reason switch

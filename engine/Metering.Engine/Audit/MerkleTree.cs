@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using Metering.Engine.Ingest;
+using NodeRule = Metering.Probe.Attestation.Checksums.MerkleTree;
 
 namespace Metering.Engine.Audit;
 
@@ -23,13 +24,14 @@ public readonly record struct ProofStep(ProofSide Side, byte[] Sibling);
 /// Levels pair nodes left to right; a last node without a partner is carried up unchanged (it
 /// is never paired with itself, so two different leaf lists never share a root by duplication).
 /// The root of no leaves is SHA-256 of nothing; the root of one leaf is that leaf's hash.
-/// The prefixes keep a leaf from ever being read as a node and the other way round.
+/// The prefixes keep a leaf from ever being read as a node and the other way round. The node rule
+/// and the prefixes are the probe's (<see cref="NodeRule"/>), the same tree rule, implemented once;
+/// <see cref="Sha256Lanes"/> hashes whole levels of nodes eight at a time to the same results.
 /// </summary>
 public static class MerkleTree
 {
-    public const int HashBytes = 32;
-    public const byte LeafPrefix = 0x00;
-    public const byte NodePrefix = 0x01;
+    public const int HashBytes = NodeRule.HashBytes;
+    public const byte LeafPrefix = NodeRule.LeafPrefix;
 
     /// <summary>Most leaves one tree takes (512 MiB of hashes); a larger day is refused, not truncated.</summary>
     public const int LeavesMax = 16 * 1024 * 1024;
@@ -40,16 +42,6 @@ public static class MerkleTree
         Span<byte> input = stackalloc byte[1 + HashBytes];
         input[0] = LeafPrefix;
         chainHash.CopyTo(input[1..]);
-        Sha256Digest.Hash(input, destination);
-    }
-
-    /// <summary>SHA-256(0x01 || left || right), through <see cref="Sha256Digest"/> for the same reason as the leaf hash.</summary>
-    public static void NodeHash(ReadOnlySpan<byte> left, ReadOnlySpan<byte> right, Span<byte> destination)
-    {
-        Span<byte> input = stackalloc byte[1 + 2 * HashBytes];
-        input[0] = NodePrefix;
-        left.CopyTo(input[1..]);
-        right.CopyTo(input[(1 + HashBytes)..]);
         Sha256Digest.Hash(input, destination);
     }
 
@@ -112,11 +104,11 @@ public static class MerkleTree
         {
             if (step.Side == ProofSide.Left)
             {
-                NodeHash(step.Sibling, running, running);
+                NodeRule.NodeHash(step.Sibling, running, running);
             }
             else
             {
-                NodeHash(running, step.Sibling, running);
+                NodeRule.NodeHash(running, step.Sibling, running);
             }
         }
 

@@ -4,6 +4,7 @@ using System.Diagnostics.CodeAnalysis;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using NodeRule = Metering.Probe.Attestation.Checksums.MerkleTree;
 
 namespace Metering.Engine.Audit;
 
@@ -151,7 +152,7 @@ internal static class Sha256Lanes
             for (; done < count; done++)
             {
                 ReadOnlySpan<byte> pair = pairs.Slice(done * 2 * HashBytes, 2 * HashBytes);
-                MerkleTree.NodeHash(pair[..HashBytes], pair[HashBytes..], parents.Slice(done * HashBytes, HashBytes));
+                NodeRule.NodeHash(pair[..HashBytes], pair[HashBytes..], parents.Slice(done * HashBytes, HashBytes));
             }
         }
     }

@@ -50,7 +50,7 @@ public readonly record struct FleetStretch(long FromUnixMs, long UntilUnixMs, Va
 
 /// <summary>
 /// The one definition of which validated fleet is in force when, shared by ingest's plausibility
-/// check (<see cref="Ingest.FleetSnapshot"/>) and the audit's capacity detector and report.
+/// check (<see cref="FleetSnapshot"/>) and the audit's capacity detector and report.
 ///
 /// At an instant t the validation in force is the provider's latest completed validation with
 /// completion ≤ t (latest by completion time, then by validation id), provided t is before its

@@ -43,7 +43,7 @@ public sealed partial class FleetValidationService
         {
             long validationId = await connection.ExecuteScalarAsync<long?>(
                 "SELECT validation_id FROM capacity_validations WHERE provider_id = @code AND state = 'collecting'", new { code }, transaction)
-                ?? throw new CapacityRefusedException(CapacityRefusal.NoOpenValidation, $"{code} has no fleet validation collecting attestations; declare an inventory first");
+                ?? throw new CapacityRefusedException(CapacityRefusalReason.NoOpenValidation, $"{code} has no fleet validation collecting attestations; declare an inventory first");
             var started = await connection.QueryFirstOrDefaultAsync<(DateTime IssuedAt, long AllowanceMs, int Runs)?>(
                 "SELECT issued_at, allowance_ms, runs_per_kernel FROM capacity_challenges WHERE provider_id = @code AND validation_id = @validationId",
                 new { code, validationId }, transaction);
@@ -104,7 +104,7 @@ public sealed partial class FleetValidationService
         ArgumentNullException.ThrowIfNull(signature);
         CommittedResults results = ResultCommitment.TryDecode(commitment) is { } decoded && decoded.NodeId == nodeId
             ? decoded
-            : throw new CapacityRefusedException(CapacityRefusal.CommitmentMalformed,
+            : throw new CapacityRefusedException(CapacityRefusalReason.CommitmentMalformed,
                 $"the commitment is not a metering-probe/v1/commitment of node '{nodeId}' of at most {ResultCommitment.BytesMax} bytes");
         byte[] digest = SHA256.HashData(commitment);
         (CommitmentRecord Record, string? LateDetail) outcome = await InTransactionAsync(code, async (connection, transaction) =>
@@ -112,12 +112,12 @@ public sealed partial class FleetValidationService
             var key = await NodeKeyService.CheckSignedAsync(connection, transaction, code, nodeId, commitment, signature, "the commitment", "commitment");
             NonceRow nonce = await ReadNonceAsync(connection, transaction, code, results.Nonce) is { DeadlineAt: not null } row
                 ? row
-                : throw new CapacityRefusedException(CapacityRefusal.NonceUnknown, $"nonce {Shorten(results.Nonce)} was never issued to {code} by StartChallenges");
+                : throw new CapacityRefusedException(CapacityRefusalReason.NonceUnknown, $"nonce {Shorten(results.Nonce)} was never issued to {code} by StartChallenges");
             CheckNonce(nonce, nodeId, results.Nonce, received);
             if (await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM capacity_commitments WHERE provider_id = @code AND nonce = @nonce)",
                 new { code, nonce = nonce.Nonce }, transaction))
             {
-                throw new CapacityRefusedException(CapacityRefusal.CommitmentRepeated, $"node '{nodeId}' already committed for nonce {Shorten(nonce.Nonce)}; a commitment is made once");
+                throw new CapacityRefusedException(CapacityRefusalReason.CommitmentRepeated, $"node '{nodeId}' already committed for nonce {Shorten(nonce.Nonce)}; a commitment is made once");
             }
 
             await CheckSampledAsync(connection, transaction, code, nonce.ValidationId, nodeId);
@@ -132,7 +132,7 @@ public sealed partial class FleetValidationService
                 ChallengePlan plan = ChallengeWork.From(ModelOf(declared.Model), declared.Count, await RunsOfAsync(connection, transaction, code, nonce.ValidationId), ChallengeWork.ParseSizes(nonce.WorkSizes));
                 if (ChallengeWork.FirstDifference(results.Devices, plan) is { } difference)
                 {
-                    throw new CapacityRefusedException(CapacityRefusal.WorkSizeRefused, $"the committed work is not the work the server set: {difference.Detail}",
+                    throw new CapacityRefusedException(CapacityRefusalReason.WorkSizeRefused, $"the committed work is not the work the server set: {difference.Detail}",
                         new Dictionary<string, string> { ["kernel"] = difference.Kernel });
                 }
             }
@@ -168,7 +168,7 @@ public sealed partial class FleetValidationService
         }, cancellationToken);
         if (outcome.LateDetail is { } detail)
         {
-            throw new CapacityRefusedException(CapacityRefusal.CommitmentLate, $"node '{nodeId}' fails: {detail}", new Dictionary<string, string>
+            throw new CapacityRefusedException(CapacityRefusalReason.CommitmentLate, $"node '{nodeId}' fails: {detail}", new Dictionary<string, string>
             {
                 ["elapsed_ms"] = outcome.Record.ElapsedMs.ToString(CultureInfo.InvariantCulture),
                 ["deadline_ms"] = ((long)(outcome.Record.Deadline - outcome.Record.IssuedAt).TotalMilliseconds).ToString(CultureInfo.InvariantCulture),
@@ -187,7 +187,7 @@ public sealed partial class FleetValidationService
     {
         var committed = await connection.QueryFirstOrDefaultAsync<(byte[] Commitment, long ElapsedMs)?>(
             "SELECT commitment, elapsed_ms FROM capacity_commitments WHERE provider_id = @code AND nonce = @nonce", new { code, nonce = nonce.Nonce })
-            ?? throw new CapacityRefusedException(CapacityRefusal.CommitmentMissing,
+            ?? throw new CapacityRefusedException(CapacityRefusalReason.CommitmentMissing,
                 $"node '{nodeId}' has not committed to its results for nonce {Shorten(nonce.Nonce)}; send CommitResults first (the nonce is not spent)");
         byte[] fromReport;
         try
@@ -196,12 +196,12 @@ public sealed partial class FleetValidationService
         }
         catch (ArgumentException e)
         {
-            throw new CapacityRefusedException(CapacityRefusal.ReportMalformed, $"the report is not a probe report: {e.Message}");
+            throw new CapacityRefusedException(CapacityRefusalReason.ReportMalformed, $"the report is not a probe report: {e.Message}");
         }
 
         if (!fromReport.AsSpan().SequenceEqual(committed.Commitment))
         {
-            throw new CapacityRefusedException(CapacityRefusal.CommitmentMismatch,
+            throw new CapacityRefusedException(CapacityRefusalReason.CommitmentMismatch,
                 $"the report's devices, UUIDs, work or Merkle roots are not the ones node '{nodeId}' committed to (commitment sha256 {Convert.ToHexStringLower(SHA256.HashData(committed.Commitment))}, report's {Convert.ToHexStringLower(SHA256.HashData(fromReport))})");
         }
 
@@ -212,19 +212,19 @@ public sealed partial class FleetValidationService
         var devices = ResultCommitment.TryDecode(fromReport)!.Devices;
         if (ChallengeWork.FirstDifference(devices, plan) is { } difference)
         {
-            throw new CapacityRefusedException(CapacityRefusal.WorkSizeRefused, $"the report's work is not the work the server set: {difference.Detail}",
+            throw new CapacityRefusedException(CapacityRefusalReason.WorkSizeRefused, $"the report's work is not the work the server set: {difference.Detail}",
                 new Dictionary<string, string> { ["kernel"] = difference.Kernel });
         }
 
         if (report.RunsPerKernel != runs)
         {
-            throw new CapacityRefusedException(CapacityRefusal.WorkSizeRefused, $"the report ran {report.RunsPerKernel} timed run(s) per kernel; the challenge set {runs}",
+            throw new CapacityRefusedException(CapacityRefusalReason.WorkSizeRefused, $"the report ran {report.RunsPerKernel} timed run(s) per kernel; the challenge set {runs}",
                 new Dictionary<string, string> { ["kernel"] = "" });
         }
 
         if (ChallengeWork.FirstBelowFloor(report, plan) is { } fast)
         {
-            throw new CapacityRefusedException(CapacityRefusal.DurationBelowFloor, string.Create(CultureInfo.InvariantCulture,
+            throw new CapacityRefusedException(CapacityRefusalReason.DurationBelowFloor, string.Create(CultureInfo.InvariantCulture,
                 $"device {fast.Device} {fast.Kernel}: a run of {fast.DurationNs} ns is below the {fast.FloorNs} ns the set work takes at 1.10 × the {model.Key} peak"),
                 new Dictionary<string, string>
                 {
@@ -296,5 +296,5 @@ public sealed partial class FleetValidationService
     private DeviceModel ModelOf(string key) =>
         catalog.Latest.TryGet(key, out DeviceModel model) && model.Probe is not null
             ? model
-            : throw new CapacityRefusedException(CapacityRefusal.ModelNotProbeable, $"device model '{key}' has no probe figures in device catalog {catalog.Latest.Version}");
+            : throw new CapacityRefusedException(CapacityRefusalReason.ModelNotProbeable, $"device model '{key}' has no probe figures in device catalog {catalog.Latest.Version}");
 }

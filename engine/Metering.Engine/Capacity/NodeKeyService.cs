@@ -4,8 +4,8 @@ using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Registry;
 using Metering.Engine.Time;
-using Metering.Probe.Attestation.Results;
 using Metering.Protocol.V1;
+using Metering.Probe.Attestation.Results;
 using Npgsql;
 
 namespace Metering.Engine.Capacity;
@@ -64,7 +64,7 @@ public sealed class NodeKeyService(NpgsqlDataSource dataSource, CapacitySettings
             {
                 // Another provider's node is not named: which provider owns which hardware is not this provider's business.
                 string owner = taken.Provider == code ? $"node '{taken.Node}' of {code}" : "a node of another provider";
-                throw new CapacityRefusedException(CapacityRefusal.DeviceUuidTaken,
+                throw new CapacityRefusedException(CapacityRefusalReason.DeviceUuidTaken,
                     $"device {taken.Uuid} is registered for {owner}; a device belongs to one node, so that node registers a key without it first",
                     new Dictionary<string, string> { ["device_uuid"] = taken.Uuid });
             }
@@ -116,14 +116,14 @@ public sealed class NodeKeyService(NpgsqlDataSource dataSource, CapacitySettings
                        EXISTS (SELECT 1 FROM capacity_node_key_approvals a WHERE a.provider_id = k.provider_id AND a.node_id = k.node_id AND a.key_version = k.key_version)
                 FROM capacity_node_keys k WHERE k.provider_id = @code AND k.node_id = @node ORDER BY k.key_version DESC LIMIT 1
                 """, new { code, node = nodeId }, transaction)
-                ?? throw new CapacityRefusedException(CapacityRefusal.NodeKeyUnknown, $"node '{nodeId}' of {code} has no registered key");
+                ?? throw new CapacityRefusedException(CapacityRefusalReason.NodeKeyUnknown, $"node '{nodeId}' of {code} has no registered key");
             string? wrong = latest.Version != keyVersion ? $"the node's latest key is version {latest.Version}, not {keyVersion}"
                 : latest.Approved ? $"key version {keyVersion} is approved already"
                 : !CryptographicOperations.FixedTimeEquals(latest.Sha256, fingerprint) ? $"key version {keyVersion} has fingerprint {Convert.ToHexStringLower(latest.Sha256)}, not {keySha256Hex.ToLowerInvariant()}"
                 : null;
             if (wrong is not null)
             {
-                throw new CapacityRefusedException(CapacityRefusal.NodeKeyNotPending, $"key version {keyVersion} of node '{nodeId}' of {code} is not awaiting approval: {wrong}");
+                throw new CapacityRefusedException(CapacityRefusalReason.NodeKeyNotPending, $"key version {keyVersion} of node '{nodeId}' of {code} is not awaiting approval: {wrong}");
             }
 
             await connection.ExecuteAsync("""
@@ -228,7 +228,7 @@ public sealed class NodeKeyService(NpgsqlDataSource dataSource, CapacitySettings
             """, new { code, node }, transaction)).ToList();
         if (keys.Count == 0)
         {
-            throw new CapacityRefusedException(CapacityRefusal.NodeKeyUnknown, $"node '{node}' of {code} has no registered key; register one with RegisterNodeKey");
+            throw new CapacityRefusedException(CapacityRefusalReason.NodeKeyUnknown, $"node '{node}' of {code} has no registered key; register one with RegisterNodeKey");
         }
 
         var inForce = keys.FirstOrDefault(k => k.InForce);
@@ -241,11 +241,11 @@ public sealed class NodeKeyService(NpgsqlDataSource dataSource, CapacitySettings
         if (pending.Spki is not null && NodeKeys.Verify(pending.Spki, signed, signature))
         {
             string standing = inForce.Spki is null ? "the node has no approved key" : $"the node's key in force is version {inForce.Version}";
-            throw new CapacityRefusedException(CapacityRefusal.NodeKeyNotApproved,
+            throw new CapacityRefusedException(CapacityRefusalReason.NodeKeyNotApproved,
                 $"the {whose} is signed with key version {pending.Version} of node '{node}', which no operator has approved ({standing}); an operator approves it with ApproveNodeKey");
         }
 
-        throw new CapacityRefusedException(CapacityRefusal.SignatureInvalid, inForce.Spki is null
+        throw new CapacityRefusedException(CapacityRefusalReason.SignatureInvalid, inForce.Spki is null
             ? $"the signature does not verify with the latest key (version {pending.Version}) of node '{node}' over {what} (ECDSA P-256, SHA-256); the node has no approved key"
             : $"the signature does not verify with key version {inForce.Version} of node '{node}', its key in force, over {what} (ECDSA P-256, SHA-256)");
     }
@@ -263,7 +263,7 @@ public sealed class NodeKeyService(NpgsqlDataSource dataSource, CapacitySettings
                 : null;
             if (wrong is not null)
             {
-                throw new CapacityRefusedException(CapacityRefusal.DeviceUuidMismatch, $"device {index} of the {whose} {wrong}",
+                throw new CapacityRefusedException(CapacityRefusalReason.DeviceUuidMismatch, $"device {index} of the {whose} {wrong}",
                     new Dictionary<string, string> { ["device"] = index.ToString(CultureInfo.InvariantCulture) });
             }
         }

@@ -1,5 +1,4 @@
 using System.Security.Cryptography;
-using Metering.Protocol.V1;
 
 namespace Metering.Engine.Capacity;
 
@@ -92,14 +91,14 @@ public static class NodeKeys
         }
     }
 
-    private static CapacityRefusedException Invalid(string detail) => new(CapacityRefusal.PublicKeyInvalid, detail);
+    private static CapacityRefusedException Invalid(string detail) => new(CapacityRefusalReason.PublicKeyInvalid, detail);
 }
 
 /// <summary>A capacity call was refused for a stated rule; nothing was changed but the evidence the refusal names.</summary>
-public sealed class CapacityRefusedException(CapacityRefusal reason, string message, IReadOnlyDictionary<string, string>? metadata = null)
+public sealed class CapacityRefusedException(CapacityRefusalReason reason, string message, IReadOnlyDictionary<string, string>? metadata = null)
     : Exception(message)
 {
-    public CapacityRefusal Reason { get; } = reason;
+    public CapacityRefusalReason Reason { get; } = reason;
 
     public IReadOnlyDictionary<string, string> Metadata { get; } = metadata ?? new Dictionary<string, string>();
 }

@@ -1,5 +1,6 @@
 using System.Globalization;
 using Dapper;
+using Metering.Engine.Capacity;
 using Metering.Engine.Ingest;
 using Metering.Engine.Time;
 using Metering.Protocol.V1;

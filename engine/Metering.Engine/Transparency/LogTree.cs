@@ -1,6 +1,6 @@
 using System.Numerics;
 using System.Security.Cryptography;
-using Metering.Engine.Audit;
+using NodeRule = Metering.Probe.Attestation.Checksums.MerkleTree;
 
 namespace Metering.Engine.Transparency;
 
@@ -15,7 +15,7 @@ namespace Metering.Engine.Transparency;
 /// </summary>
 public static class LogTree
 {
-    public const int HashBytes = MerkleTree.HashBytes;
+    public const int HashBytes = NodeRule.HashBytes;
 
     /// <summary>MTH of the empty list: SHA-256 of no bytes.</summary>
     public static byte[] EmptyRoot() => SHA256.HashData(ReadOnlySpan<byte>.Empty);
@@ -24,7 +24,7 @@ public static class LogTree
     public static byte[] LeafHash(ReadOnlySpan<byte> leaf)
     {
         using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        hash.AppendData([MerkleTree.LeafPrefix]);
+        hash.AppendData([NodeRule.LeafPrefix]);
         hash.AppendData(leaf);
         return hash.GetHashAndReset();
     }
@@ -33,7 +33,7 @@ public static class LogTree
     public static byte[] NodeHash(ReadOnlySpan<byte> left, ReadOnlySpan<byte> right)
     {
         var node = new byte[HashBytes];
-        MerkleTree.NodeHash(left, right, node);
+        NodeRule.NodeHash(left, right, node);
         return node;
     }
 

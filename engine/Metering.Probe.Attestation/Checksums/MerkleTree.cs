@@ -9,10 +9,21 @@ namespace Metering.Probe.Attestation.Checksums;
 /// SHA-256(0x01 || left || right). A level with an odd count promotes its last node unchanged, so a
 /// path has one sibling per level where a sibling exists and the verifier knows which from the
 /// index and the leaf count.
+/// <para>
+/// The inner node rule and the two domain prefixes are the ones of proto/metering/v1/merkle-proofs.md,
+/// and this class is their one implementation: the engine's daily usage trees and its transparency
+/// log hash their nodes through <see cref="NodeHash"/>.
+/// </para>
 /// </summary>
 public sealed class MerkleTree
 {
     public const int HashBytes = 32;
+
+    /// <summary>The first byte hashed for a leaf, so that a leaf is never read as a node.</summary>
+    public const byte LeafPrefix = 0x00;
+
+    /// <summary>The first byte hashed for an inner node, so that a node is never read as a leaf.</summary>
+    public const byte NodePrefix = 0x01;
 
     /// <summary>Leaves beyond this are refused: 2^24 leaves already need a 1 GiB tree.</summary>
     public const int LeavesMax = 1 << 24;
@@ -35,17 +46,18 @@ public sealed class MerkleTree
     {
         int length = 1 + 1 + 8 + payload.Length;
         Span<byte> input = length <= 8192 ? stackalloc byte[length] : new byte[length];
-        input[0] = 0x00;
+        input[0] = LeafPrefix;
         input[1] = (byte)kind;
         BinaryPrimitives.WriteInt64BigEndian(input[2..], index);
         payload.CopyTo(input[10..]);
         SHA256.HashData(input, hash);
     }
 
+    /// <summary>SHA-256(0x01 || left || right); <paramref name="hash"/> may overlap either input.</summary>
     public static void NodeHash(ReadOnlySpan<byte> left, ReadOnlySpan<byte> right, Span<byte> hash)
     {
         Span<byte> input = stackalloc byte[1 + (2 * HashBytes)];
-        input[0] = 0x01;
+        input[0] = NodePrefix;
         left.CopyTo(input[1..]);
         right.CopyTo(input[(1 + HashBytes)..]);
         SHA256.HashData(input, hash);

@@ -3,7 +3,6 @@ using Google.Protobuf;
 using Grpc.Core;
 using Metering.Engine.Access;
 using Metering.Engine.Audit;
-using Metering.Engine.Catalog;
 using Metering.Engine.Identity;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
@@ -12,7 +11,6 @@ using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
 using Microsoft.Extensions.Logging;
-using Npgsql;
 using EngineAnomaly = Metering.Engine.Audit.Anomaly;
 using EngineAnomalyKind = Metering.Engine.Audit.AnomalyKind;
 using EngineChainBreak = Metering.Engine.Audit.ChainBreak;
@@ -28,8 +26,8 @@ namespace Metering.Server.Audit;
 /// log before running it, and never writes anything else.
 /// </summary>
 internal sealed partial class AuditGrpcService(
-    NpgsqlDataSource dataSource, DeviceCatalog catalog, TimeProvider time, ServerSigningKey signingKey, UsageStore usageStore, CallLimiter limiter, KeyLookupCache credentials,
-    ILogger<AuditGrpcService> logger)
+    AuditedProvider auditedProvider, ChainVerifier verifier, DailyMerkle merkle, UsageQueries queries, UsageExport export, AnomalyDetectors detectors, HtmlReport reports,
+    AuditQueryLog queryLog, ServerSigningKey signingKey, UsageStore usageStore, CallLimiter limiter, KeyLookupCache credentials, ILogger<AuditGrpcService> logger)
     : AuditService.AuditServiceBase
 {
     /// <summary>
@@ -52,14 +50,11 @@ internal sealed partial class AuditGrpcService(
     /// <summary>Bytes of file per export chunk, well under a client's default 4 MiB receive limit.</summary>
     public const int ExportChunkBytes = 1024 * 1024;
 
-    private readonly AuditQueryLog _log = new(dataSource, time);
-
     public override Task<VerifyChainResponse> VerifyChain(VerifyChainRequest request, ServerCallContext context) =>
         Run(context, "VerifyChain", request, request.CreditCode, async (actor, ct) =>
         {
-            await new AuditedProvider(dataSource).RequireKnownAsync(request.CreditCode, ct);
+            await auditedProvider.RequireKnownAsync(request.CreditCode, ct);
             var range = new VerificationRange(Math.Max(request.FromSequence, 1), request.ToSequence == 0 ? null : request.ToSequence);
-            var verifier = new ChainVerifier(dataSource);
             IReadOnlyList<ChainVerification> results = request.StreamId.Length == 0
                 ? await verifier.VerifyProviderAsync(request.CreditCode, range, ct)
                 : [await verifier.VerifyStreamAsync(request.CreditCode, request.StreamId, range, null, ct)];
@@ -71,7 +66,7 @@ internal sealed partial class AuditGrpcService(
         Run(context, "GetMerkleRoot", request, request.CreditCode, async (actor, ct) =>
         {
             RequireCode(request.CreditCode);
-            DailyRoot root = await new DailyMerkle(dataSource).RootAsync(request.CreditCode, Day(request.Day, "day"), CutOff(request.AsOfUnixMs, request.Settled), ct);
+            DailyRoot root = await merkle.RootAsync(request.CreditCode, Day(request.Day, "day"), CutOff(request.AsOfUnixMs, request.Settled), ct);
             return new MerkleRoot
             {
                 CreditCode = root.ProviderId,
@@ -92,7 +87,7 @@ internal sealed partial class AuditGrpcService(
                 throw new ArgumentException("stream_id and sequence name the record to prove; both are required");
             }
 
-            EngineProof proof = await new DailyMerkle(dataSource).ProveAsync(request.CreditCode, request.StreamId, request.Sequence, CutOff(request.AsOfUnixMs, request.Settled), ct);
+            EngineProof proof = await merkle.ProveAsync(request.CreditCode, request.StreamId, request.Sequence, CutOff(request.AsOfUnixMs, request.Settled), ct);
             return new Protocol.V1.InclusionProof
             {
                 CreditCode = proof.ProviderId,
@@ -124,10 +119,10 @@ internal sealed partial class AuditGrpcService(
         {
             if (NullIfEmpty(request.Selection?.CreditCode) is { } code)
             {
-                await new AuditedProvider(dataSource).RequireKnownAsync(code, ct);
+                await auditedProvider.RequireKnownAsync(code, ct);
             }
 
-            UsageSummary summary = await new UsageQueries(dataSource).SummariseAsync(Filter(request.Selection), Grouping(request.GroupBy), (int)Math.Min(request.GroupsLimit, int.MaxValue), ct);
+            UsageSummary summary = await queries.SummariseAsync(Filter(request.Selection), Grouping(request.GroupBy), (int)Math.Min(request.GroupsLimit, int.MaxValue), ct);
             return new QueryUsageResponse { Groups = { summary.Groups.Select(ToMessage) }, Total = ToMessage(summary.Total), Truncated = summary.Truncated };
         });
 
@@ -138,7 +133,7 @@ internal sealed partial class AuditGrpcService(
             // A mistyped but well-formed code is NOT_FOUND, as for the other queries, not an empty file.
             if (NullIfEmpty(request.Selection?.CreditCode) is { } code)
             {
-                await new AuditedProvider(dataSource).RequireKnownAsync(code, ct);
+                await auditedProvider.RequireKnownAsync(code, ct);
             }
 
             UsageFilter filter = Filter(request.Selection);
@@ -157,7 +152,7 @@ internal sealed partial class AuditGrpcService(
                 long records;
                 await using (var file = new FileStream(path, FileMode.Create, FileAccess.ReadWrite, FileShare.None, 64 * 1024, FileOptions.DeleteOnClose))
                 {
-                    records = await new UsageExport(dataSource).WriteAsync(filter, format, file, ct);
+                    records = await export.WriteAsync(filter, format, file, ct);
                     await RequireKeyStillValidAsync(context);
                     file.Position = 0;
                     var buffer = new byte[ExportChunkBytes];
@@ -182,13 +177,13 @@ internal sealed partial class AuditGrpcService(
     public override Task<DetectAnomaliesResponse> DetectAnomalies(DetectAnomaliesRequest request, ServerCallContext context) =>
         Run(context, "DetectAnomalies", request, request.CreditCode, async (actor, ct) =>
         {
-            await new AuditedProvider(dataSource).RequireKnownAsync(request.CreditCode, ct);
+            await auditedProvider.RequireKnownAsync(request.CreditCode, ct);
             var settings = new DetectorSettings { Silence = request.SilenceMinutes == 0 ? new DetectorSettings().Silence : TimeSpan.FromMinutes(request.SilenceMinutes) };
             DateTimeOffset from = Instant(request.FromUnixMs, "from_unix_ms");
             DateTimeOffset until = Instant(request.UntilUnixMs, "until_unix_ms");
             HashSet<EngineAnomalyKind> kinds = request.Kinds.Select(EngineKind).ToHashSet();
-            AnomalyFindings findings = await new AnomalyDetectors(dataSource, time, settings).FindAsync(request.CreditCode, from, until, kinds, ct);
-            UsageSummary examined = await new UsageQueries(dataSource).SummariseAsync(new UsageFilter { ProviderId = request.CreditCode, From = from, Until = until }, UsageGrouping.None, 0, ct);
+            AnomalyFindings findings = await detectors.With(settings).FindAsync(request.CreditCode, from, until, kinds, ct);
+            UsageSummary examined = await queries.SummariseAsync(new UsageFilter { ProviderId = request.CreditCode, From = from, Until = until }, UsageGrouping.None, 0, ct);
             return new DetectAnomaliesResponse
             {
                 Kinds = { findings.Kinds.Select(k => new Protocol.V1.AnomalyKindCount { Kind = WireKind(k.Kind), Found = (ulong)k.Found, Shown = (uint)k.Kept, Truncated = k.Truncated }) },
@@ -201,8 +196,8 @@ internal sealed partial class AuditGrpcService(
     public override Task<AuditReport> RenderReport(RenderReportRequest request, ServerCallContext context) =>
         Run(context, "RenderReport", request, request.CreditCode, async (actor, ct) =>
         {
-            await new AuditedProvider(dataSource).RequireKnownAsync(request.CreditCode, ct);
-            RenderedReport report = await new HtmlReport(dataSource, catalog, time).RenderAsync(request.CreditCode, Day(request.FromDay, "from_day"), Day(request.ToDay, "to_day"), ct);
+            await auditedProvider.RequireKnownAsync(request.CreditCode, ct);
+            RenderedReport report = await reports.RenderAsync(request.CreditCode, Day(request.FromDay, "from_day"), Day(request.ToDay, "to_day"), ct);
             ByteString html = ByteString.CopyFromUtf8(report.Html);
             if (html.Length > ResponseBytesMax - 1024)
             {
@@ -215,7 +210,7 @@ internal sealed partial class AuditGrpcService(
     public override Task<ListAuditQueriesResponse> ListAuditQueries(ListAuditQueriesRequest request, ServerCallContext context) =>
         Run(context, "ListAuditQueries", request, null, async (actor, ct) =>
         {
-            IReadOnlyList<AuditQueryEntry> entries = await _log.ListAsync(NullIfEmpty(request.Actor), (int)Math.Min(request.Limit, int.MaxValue), ct);
+            IReadOnlyList<AuditQueryEntry> entries = await queryLog.ListAsync(NullIfEmpty(request.Actor), (int)Math.Min(request.Limit, int.MaxValue), ct);
             return new ListAuditQueriesResponse
             {
                 Queries =
@@ -491,7 +486,7 @@ internal sealed partial class AuditGrpcService(
         }
 
         using IDisposable inFlight = limiter.AdmitAuditCall(actor.Subject);
-        await _log.RecordJsonAsync(actor, AuditChannel.Grpc, query, providerId, JsonFormatter.Default.Format(request), context.CancellationToken);
+        await queryLog.RecordJsonAsync(actor, AuditChannel.Grpc, query, providerId, JsonFormatter.Default.Format(request), context.CancellationToken);
         LogQuery(logger, query, actor.ToString(), providerId ?? "all providers");
         try
         {

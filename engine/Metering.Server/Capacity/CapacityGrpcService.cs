@@ -68,7 +68,7 @@ internal sealed partial class CapacityGrpcService(FleetValidationService validat
     public override Task<FleetValidation> GetFleetValidation(GetFleetValidationRequest request, ServerCallContext context) =>
         Run(context, "GetFleetValidation", request.CreditCode, async (actor, ct) =>
             await validations.GetAsync(request.CreditCode, request.ValidationId, ct)
-            ?? throw new CapacityRefusedException(CapacityRefusal.ValidationUnknown,
+            ?? throw new CapacityRefusedException(CapacityRefusalReason.ValidationUnknown,
                 request.ValidationId == 0 ? $"{request.CreditCode} has no fleet validation" : $"{request.CreditCode} has no fleet validation {request.ValidationId}"));
 
     public override Task<FleetValidation> ReviewUnknownModel(ReviewUnknownModelRequest request, ServerCallContext context) =>

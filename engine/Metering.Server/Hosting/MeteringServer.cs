@@ -231,6 +231,7 @@ public sealed class MeteringServer : IAsyncDisposable
             provider.GetRequiredService<ILoggerFactory>().CreateLogger<DailySettlement>()));
         builder.Services.AddSingleton(provider => new TransparencyLog(provider.GetRequiredService<NpgsqlDataSource>(), settings.SigningKey, settings.Time,
             provider.GetRequiredService<ILoggerFactory>().CreateLogger<TransparencyLog>()));
+        builder.Services.AddAuditServices(settings.Catalog, settings.Time);
         builder.Services.AddSingleton<StreamLeases>();
         builder.Services.AddSingleton<AuthenticationInterceptor>();
         builder.Services.AddGrpc(grpc =>

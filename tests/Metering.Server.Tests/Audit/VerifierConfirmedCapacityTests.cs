@@ -1,6 +1,7 @@
 using System.Globalization;
 using Dapper;
 using Metering.Engine.Audit;
+using Metering.Engine.Capacity;
 using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;

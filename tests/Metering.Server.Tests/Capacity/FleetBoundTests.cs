@@ -1,4 +1,5 @@
 using Grpc.Core;
+using Metering.Engine.Capacity;
 using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;

@@ -1,5 +1,6 @@
 using System.Globalization;
 using Grpc.Core;
+using Metering.Engine.Capacity;
 using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;

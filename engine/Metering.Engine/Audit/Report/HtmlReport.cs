@@ -1,7 +1,6 @@
 using System.Globalization;
 using System.Net;
 using System.Text;
-using Dapper;
 using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
@@ -41,36 +40,9 @@ public sealed class HtmlReport(NpgsqlDataSource dataSource, DeviceCatalog catalo
             throw new ArgumentException($"A report covers 1 to {DaysMax} whole days; {fromDay:yyyy-MM-dd} to {toDay:yyyy-MM-dd} is {days}.");
         }
 
-        DateTimeOffset from = ShanghaiTime.StartOf(fromDay);
-        DateTimeOffset until = ShanghaiTime.StartOf(toDay.AddDays(1));
-        var filter = new UsageFilter { ProviderId = providerId, From = from, Until = until };
-        var queries = new UsageQueries(dataSource);
-        UsageSummary byDay = await queries.SummariseAsync(filter, UsageGrouping.Day, 0, cancellationToken);
-        UsageSummary byModel = await queries.SummariseAsync(filter, UsageGrouping.DeviceModel, 0, cancellationToken);
-        UsageSummary byHolder = await queries.SummariseAsync(filter, UsageGrouping.Holder, 0, cancellationToken);
-        FleetSnapshot fleet = await AnomalyDetectors.LoadFleetAsync(dataSource, providerId, from.ToUnixTimeMilliseconds(), until.ToUnixTimeMilliseconds(), cancellationToken);
-        IReadOnlyList<FleetStretch> stretches = fleet.History.Stretches(from.ToUnixTimeMilliseconds(), until.ToUnixTimeMilliseconds());
-        IReadOnlyList<Anomaly> anomalies = await new AnomalyDetectors(dataSource, time, settings).DetectAsync(providerId, from, until, cancellationToken);
-        IReadOnlyList<ChainVerification> chains = await new ChainVerifier(dataSource).VerifyProviderAsync(providerId, VerificationRange.Whole, cancellationToken);
-        var merkle = new DailyMerkle(dataSource);
-        var roots = new List<DailyRoot>();
-        for (DateOnly day = fromDay; day <= toDay; day = day.AddDays(1))
-        {
-            roots.Add(await merkle.RootAsync(providerId, day, MerkleCutOff.None, cancellationToken));
-        }
-
-        string name;
-        Dictionary<string, string> holderNames;
-        await using (NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken))
-        {
-            name = await connection.ExecuteScalarAsync<string?>(new CommandDefinition("SELECT name FROM organisations WHERE provider_id = @providerId", new { providerId }, cancellationToken: cancellationToken))
-                ?? "（登记簿中无此机构）";
-            // People read names; the credit code stays beside each one, as the key the data uses.
-            string[] codes = [.. byHolder.Groups.Take(HoldersShown).Select(g => g.Key)];
-            holderNames = (await connection.QueryAsync<(string Code, string Name)>(new CommandDefinition(
-                "SELECT holder_code, name FROM voucher_holders WHERE holder_code = ANY(@codes)", new { codes }, cancellationToken: cancellationToken)))
-                .ToDictionary(h => h.Code, h => h.Name, StringComparer.Ordinal);
-        }
+        ReportData data = await ReportData.LoadAsync(dataSource, time, settings, providerId, fromDay, toDay, HoldersShown, cancellationToken);
+        (string name, Dictionary<string, string> holderNames, UsageSummary byDay, UsageSummary byModel, UsageSummary byHolder,
+            FleetSnapshot fleet, IReadOnlyList<FleetStretch> stretches, IReadOnlyList<Anomaly> anomalies, IReadOnlyList<ChainVerification> chains, List<DailyRoot> roots) = data;
 
         long[] capacityByDay = DailyCapacityNanoPflopsHours(stretches, fromDay, days);
         long capacityTotal = capacityByDay.Aggregate(0L, (sum, day) => checked(sum + day));
