@@ -51,9 +51,9 @@ public sealed class EngineReferenceTests
     [Fact]
     public void Engine_dependency_closure_carries_no_gRPC_server_and_no_ASP_NET_Core()
     {
-        // This test project references the engine alone (and xunit), so the packages its build
-        // resolved are the engine's transitive closure: a package that pulls in the gRPC server
-        // shows up here even though no engine code calls it.
+        // This test project references the engine, xunit and the fixtures library (which references
+        // the engine alone), so the packages its build resolved are the engine's transitive
+        // closure: a package that pulls in the gRPC server shows up here even though no engine code calls it.
         string depsPath = Path.Combine(AppContext.BaseDirectory, "Metering.Engine.Tests.deps.json");
         string runtimeConfigPath = Path.Combine(AppContext.BaseDirectory, "Metering.Engine.Tests.runtimeconfig.json");
         using JsonDocument deps = JsonDocument.Parse(File.ReadAllText(depsPath));
