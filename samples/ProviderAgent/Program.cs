@@ -1,8 +1,11 @@
 using System.Globalization;
 using System.Net.Sockets;
-using System.Security.Cryptography;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Metering.Client.Channels;
+using Metering.Client.Receipts;
+using Metering.Client.Simulation;
+using Metering.Client.Streaming;
 using Metering.Samples.ProviderAgent;
 
 // A provider agent: streams one simulated site's day of usage to a Metering server.
@@ -56,11 +59,12 @@ if (arguments is null)
 GrpcChannel channel;
 try
 {
-    channel = AgentChannel.Open(arguments.Server, arguments.Ca, arguments.ClientCertificate, arguments.ClientKey);
+    channel = MeteringChannel.Open(new ChannelSettings(arguments.Server, arguments.Ca, arguments.ClientCertificate, arguments.ClientKey));
 }
-catch (Exception e) when (e is IOException or CryptographicException)
+catch (ArgumentException e)
 {
-    Console.Error.WriteLine($"error: a certificate file could not be read: {e.Message}");
+    // A certificate file that is missing or unreadable, or an http:// address to another machine.
+    Console.Error.WriteLine($"error: {e.Message}");
     return 2;
 }
 
@@ -117,7 +121,7 @@ static int Refused(RpcException e)
         return 5;
     }
 
-    Console.Error.WriteLine($"refused: {e.StatusCode} {UsageStreamer.ReasonOf(e)}: {e.Status.Detail}");
+    Console.Error.WriteLine($"refused: {e.StatusCode} {MeteringChannel.ReasonOf(e)}: {e.Status.Detail}");
     return 4;
 }
 

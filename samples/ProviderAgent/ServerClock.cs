@@ -1,5 +1,6 @@
 using Grpc.Core;
 using Grpc.Net.Client;
+using Metering.Client.Channels;
 using Metering.Protocol.V1;
 
 namespace Metering.Samples.ProviderAgent;
@@ -15,7 +16,7 @@ public static class ServerClock
     /// <summary>Yesterday in Asia/Shanghai by the server's clock (SandboxService.GetClock, any role).</summary>
     public static async Task<DateOnly> YesterdayAsync(GrpcChannel channel, string apiKey)
     {
-        var headers = new Metadata { { "authorization", "Bearer " + apiKey } };
+        Metadata headers = MeteringChannel.Bearer(apiKey);
         Clock clock = await new SandboxService.SandboxServiceClient(channel).GetClockAsync(new GetClockRequest(), headers);
         DateTimeOffset now = DateTimeOffset.FromUnixTimeMilliseconds(clock.NowUnixMs).ToOffset(Shanghai);
         return DateOnly.FromDateTime(now.DateTime).AddDays(-1);

@@ -1,10 +1,10 @@
 using BenchmarkDotNet.Attributes;
+using Metering.Client.Simulation;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
-using Metering.Samples.ProviderAgent;
 using Npgsql;
 
 namespace Metering.Bench.Ingest;

@@ -3,6 +3,7 @@ using System.Net.Security;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Grpc.Net.Client;
+using Metering.Client.Channels;
 using Metering.Tests.Shared;
 
 namespace Metering.Bench.Load;
@@ -36,10 +37,7 @@ internal sealed class BenchCertificates : IDisposable
     /// </summary>
     public static GrpcChannel Channel(Uri address, X509Certificate2 trust, Action<string?, SslPolicyErrors>? handshake = null)
     {
-        var policy = new X509ChainPolicy { TrustMode = X509ChainTrustMode.CustomRootTrust, RevocationMode = X509RevocationMode.NoCheck };
-        policy.CustomTrustStore.Add(trust);
-        var handler = new SocketsHttpHandler { EnableMultipleHttp2Connections = true };
-        handler.SslOptions.CertificateChainPolicy = policy;
+        SocketsHttpHandler handler = ClientTls.Handler([trust], clientCertificate: null);
         handler.SslOptions.RemoteCertificateValidationCallback = (_, certificate, _, errors) =>
         {
             handshake?.Invoke(certificate?.GetCertHashString(HashAlgorithmName.SHA256), errors);

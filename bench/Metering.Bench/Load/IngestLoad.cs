@@ -2,13 +2,14 @@ using System.Diagnostics;
 using System.Globalization;
 using Dapper;
 using Grpc.Net.Client;
+using Metering.Client.Simulation;
+using Metering.Client.Streaming;
 using Metering.Engine.Audit;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.Signing;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
-using Metering.Samples.ProviderAgent;
 using Metering.Server.Hosting;
 using Metering.Tests.Shared;
 using Microsoft.Extensions.Logging;
@@ -162,7 +163,7 @@ internal static class IngestLoad
     }
 
     /// <summary>
-    /// Streams each stream's records with the sample agent's <see cref="UsageStreamer"/>, one gRPC
+    /// Streams each stream's records with the client library's <see cref="UsageStreamer"/>, one gRPC
     /// call per stream over the one channel, printing progress each second; returns the wall time
     /// from the first send to the last acknowledgement and every batch's ack latency. The raw log
     /// bench uses it too, so that both benches measure the stream path the same way.

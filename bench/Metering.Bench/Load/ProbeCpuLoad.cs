@@ -21,7 +21,7 @@ namespace Metering.Bench.Load;
 
 /// <summary>
 /// The capacity probe's CPU path end to end, in one process: a fresh embedded PostgreSQL, the
-/// gRPC server with the CPU fixture catalog (tests/Shared/catalog-cpu-fixture.json), and a
+/// gRPC server with the CPU fixture catalog (tests/Metering.Fixtures/catalog-cpu-fixture.json), and a
 /// provider that registers a key per node, declares N CPU nodes, and for every node the server
 /// samples asks for a nonce, runs the probe in-process on ILGPU's CPU accelerator, signs the
 /// report and submits it. Before the first node's honest report it plays the cheater: reports

@@ -2,10 +2,12 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net.Security;
 using System.Text;
-using System.Text.Json;
 using Dapper;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Metering.Client.Receipts;
+using Metering.Client.Simulation;
+using Metering.Client.Streaming;
 using Metering.Engine.Audit;
 using Metering.Engine.Registry;
 using Metering.Engine.Settlement;
@@ -14,7 +16,6 @@ using Metering.Engine.Storage;
 using Metering.Engine.Time;
 using Metering.Engine.Transparency;
 using Metering.Protocol.V1;
-using Metering.Samples.ProviderAgent;
 using Metering.Server.Hosting;
 using Metering.Tests.Shared;
 using Microsoft.Extensions.Logging;
@@ -41,9 +42,6 @@ internal static class TrustLoad
     private const string StreamId = "trust-sz";
 
     private const int IntervalsPerDay = 288;
-
-    /// <summary>Sequences per GetChainHashes call: the server's limit per call (audit.proto).</summary>
-    private const int SequencesPerCall = 1_000;
 
     public const long RecordsMax = 200_000;
 
@@ -119,7 +117,7 @@ internal static class TrustLoad
         }
 
         double streamSeconds = clock.Elapsed.TotalSeconds;
-        List<SignedReceipt> receipts = ReadReceipts(receiptsPath);
+        List<SignedReceipt> receipts = await ReadReceiptsAsync(receiptsPath);
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"ingest: {streamed.CommittedSequence:N0} records of {day:yyyy-MM-dd} ({site.Site}) in batches of {batch} in {streamSeconds:0.00} s = {streamed.CommittedSequence / streamSeconds:N0} records/s; {receipts.Count} receipts kept in {receiptsPath}"));
 
@@ -224,14 +222,9 @@ internal static class TrustLoad
         return false;
     }
 
-    /// <summary>The receipts as the agent kept them, one JSON object a line.</summary>
-    private static List<SignedReceipt> ReadReceipts(string path) =>
-        File.ReadLines(path).Where(l => l.Length > 0).Select(line =>
-        {
-            using JsonDocument document = JsonDocument.Parse(line);
-            JsonElement root = document.RootElement;
-            return new SignedReceipt(root.GetProperty("signed").GetBytesFromBase64(), root.GetProperty("signature").GetBytesFromBase64(), root.GetProperty("key_id").GetString() ?? "");
-        }).ToList();
+    /// <summary>The receipts as the agent kept them, read as `metering audit check-receipts` reads them.</summary>
+    private static async Task<List<SignedReceipt>> ReadReceiptsAsync(string path) =>
+        [.. (await SavedReceipts.ReadAsync(path, int.MaxValue, CancellationToken.None)).Select(saved => new SignedReceipt(saved.Signed, saved.Signature, saved.KeyId))];
 
     private sealed record ReceiptCheck(int Passed, string? FirstFailure, ulong? FirstFailedSequence);
 
@@ -255,23 +248,11 @@ internal static class TrustLoad
 
         foreach (var stream in Enumerable.Range(0, receipts.Count).Where(i => failures[i] is null).GroupBy(i => (decoded[i]!.ProviderId, decoded[i]!.StreamId)))
         {
-            var stored = new Dictionary<ulong, StoredChainHash>();
-            ulong committed = 0;
-            foreach (ulong[] chunk in stream.Select(i => decoded[i]!.Sequence).Distinct().Order().Chunk(SequencesPerCall))
-            {
-                GetChainHashesResponse answer = await audit.GetChainHashesAsync(
-                    new GetChainHashesRequest { CreditCode = stream.Key.ProviderId, StreamId = stream.Key.StreamId, Sequences = { chunk } }, headers);
-                committed = answer.CommittedSequence;
-                foreach (StoredChainHash hash in answer.Hashes)
-                {
-                    stored[hash.Sequence] = hash;
-                }
-            }
-
+            StoredHeads stored = await StoredChainHeads.FetchAsync(audit, headers, stream.Key.ProviderId, stream.Key.StreamId, stream.Select(i => decoded[i]!.Sequence), CancellationToken.None);
             foreach (int i in stream)
             {
-                StoredChainHash? hash = stored.GetValueOrDefault(decoded[i]!.Sequence);
-                failures[i] = ReceiptVerifier.StoredHeadProblem(decoded[i]!, hash?.Stored == true, hash?.Duplicated == true, hash is null ? default : hash.ChainHash.Span, committed);
+                StoredChainHash? hash = stored.BySequence.GetValueOrDefault(decoded[i]!.Sequence);
+                failures[i] = ReceiptVerifier.StoredHeadProblem(decoded[i]!, hash?.Stored == true, hash?.Duplicated == true, hash is null ? default : hash.ChainHash.Span, stored.CommittedSequence);
             }
         }
 

@@ -1,8 +1,8 @@
 using System.CommandLine;
 using System.Globalization;
-using System.Text.Json;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Metering.Client.Receipts;
 using Metering.Engine.Signing;
 using Metering.Protocol.V1;
 using Receipt = Metering.Engine.Signing.Receipt;
@@ -18,9 +18,6 @@ namespace Metering.Cli.Commands;
 /// </summary>
 internal static class CheckReceiptsCommand
 {
-    /// <summary>Sequences per GetChainHashes call: the server's limit per call (audit.proto).</summary>
-    private const int SequencesPerCall = 256;
-
     /// <summary>Receipts one run reads; a file past it is split or checked in parts.</summary>
     private const int ReceiptsMax = 10_000_000;
 
@@ -50,7 +47,7 @@ internal static class CheckReceiptsCommand
             List<ServerPublicKey>? trusted = null;
             try
             {
-                saved = await ReadAsync(parse.GetValue(file)!, cancellationToken);
+                saved = await SavedReceipts.ReadAsync(parse.GetValue(file)!.FullName, ReceiptsMax, cancellationToken);
                 if (parse.GetValue(publicKeys) is { Length: > 0 } pems)
                 {
                     trusted = [.. pems.Select(pem => ServerPublicKey.FromPem(File.ReadAllText(pem.FullName)))];
@@ -92,9 +89,6 @@ internal static class CheckReceiptsCommand
         return command;
     }
 
-    /// <summary>A receipt as read from its line, with the readable fields kept beside it.</summary>
-    private sealed record SavedReceipt(int Line, SignedReceipt Signed, string? StreamId, ulong? Sequence, string? ChainHeadHex);
-
     private static async Task<int> CheckAsync(AuditService.AuditServiceClient client, Metadata headers, List<SavedReceipt> saved, ReceiptVerifier verifier, CancellationToken cancellationToken)
     {
         // First every signature, so that only receipts the server really signed are looked up.
@@ -102,7 +96,7 @@ internal static class CheckReceiptsCommand
         var failures = new string?[saved.Count];
         for (int i = 0; i < saved.Count; i++)
         {
-            ReceiptSignatureCheck check = verifier.Check(saved[i].Signed, out decoded[i], out string detail);
+            ReceiptSignatureCheck check = verifier.Check(new SignedReceipt(saved[i].Signed, saved[i].Signature, saved[i].KeyId), out decoded[i], out string detail);
             failures[i] = check switch
             {
                 ReceiptSignatureCheck.Valid => Disagreement(saved[i], decoded[i]!),
@@ -131,23 +125,10 @@ internal static class CheckReceiptsCommand
         }
 
         // Then the stored hashes, per stream, in calls of at most the server's limit.
-        var stored = new Dictionary<(string Provider, string Stream), Dictionary<ulong, StoredChainHash>>();
-        var committed = new Dictionary<(string Provider, string Stream), ulong>();
+        var stored = new Dictionary<(string Provider, string Stream), StoredHeads>();
         foreach (var stream in Enumerable.Range(0, saved.Count).Where(i => failures[i] is null).GroupBy(i => (decoded[i]!.ProviderId, decoded[i]!.StreamId)))
         {
-            var hashes = new Dictionary<ulong, StoredChainHash>();
-            foreach (ulong[] chunk in stream.Select(i => decoded[i]!.Sequence).Distinct().Order().Chunk(SequencesPerCall))
-            {
-                var request = new GetChainHashesRequest { CreditCode = stream.Key.ProviderId, StreamId = stream.Key.StreamId, Sequences = { chunk } };
-                GetChainHashesResponse answer = await client.GetChainHashesAsync(request, headers, cancellationToken: cancellationToken);
-                committed[stream.Key] = answer.CommittedSequence;
-                foreach (StoredChainHash hash in answer.Hashes)
-                {
-                    hashes[hash.Sequence] = hash;
-                }
-            }
-
-            stored[stream.Key] = hashes;
+            stored[stream.Key] = await StoredChainHeads.FetchAsync(client, headers, stream.Key.ProviderId, stream.Key.StreamId, stream.Select(i => decoded[i]!.Sequence), cancellationToken);
         }
 
         for (int i = 0; i < saved.Count; i++)
@@ -158,9 +139,10 @@ internal static class CheckReceiptsCommand
             }
 
             Receipt receipt = decoded[i]!;
-            StoredChainHash? hash = stored[(receipt.ProviderId, receipt.StreamId)].GetValueOrDefault(receipt.Sequence);
+            StoredHeads heads = stored[(receipt.ProviderId, receipt.StreamId)];
+            StoredChainHash? hash = heads.BySequence.GetValueOrDefault(receipt.Sequence);
             failures[i] = ReceiptVerifier.StoredHeadProblem(receipt, hash?.Stored == true, hash?.Duplicated == true,
-                hash is null ? default : hash.ChainHash.Span, committed[(receipt.ProviderId, receipt.StreamId)]);
+                hash is null ? default : hash.ChainHash.Span, heads.CommittedSequence);
         }
 
         int failed = failures.Count(f => f is not null);
@@ -199,47 +181,6 @@ internal static class CheckReceiptsCommand
     private static string Describe(SavedReceipt saved, Receipt? receipt) => receipt is not null
         ? $"{receipt.ProviderId}/{receipt.StreamId} #{receipt.Sequence}"
         : $"{saved.StreamId ?? "?"} #{saved.Sequence?.ToString(CultureInfo.InvariantCulture) ?? "?"}";
-
-    private static async Task<List<SavedReceipt>> ReadAsync(FileInfo file, CancellationToken cancellationToken)
-    {
-        var receipts = new List<SavedReceipt>();
-        int line = 0;
-        await foreach (string text in File.ReadLinesAsync(file.FullName, cancellationToken))
-        {
-            line++;
-            if (string.IsNullOrWhiteSpace(text))
-            {
-                continue;
-            }
-
-            if (receipts.Count == ReceiptsMax)
-            {
-                throw new FormatException($"{file.Name} holds more than {ReceiptsMax:N0} receipts; check it in parts");
-            }
-
-            try
-            {
-                using JsonDocument document = JsonDocument.Parse(text);
-                JsonElement root = document.RootElement;
-                receipts.Add(new SavedReceipt(
-                    line,
-                    new SignedReceipt(Required(root, "signed").GetBytesFromBase64(), Required(root, "signature").GetBytesFromBase64(),
-                        root.TryGetProperty("key_id", out JsonElement keyId) ? keyId.GetString() ?? "" : ""),
-                    root.TryGetProperty("stream_id", out JsonElement stream) ? stream.GetString() : null,
-                    root.TryGetProperty("sequence", out JsonElement sequence) ? sequence.GetUInt64() : null,
-                    root.TryGetProperty("chain_head", out JsonElement head) ? head.GetString() : null));
-            }
-            catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException or KeyNotFoundException)
-            {
-                throw new FormatException($"{file.Name} line {line} is not a receipt: {e.Message}");
-            }
-        }
-
-        return receipts.Count > 0 ? receipts : throw new FormatException($"{file.Name} holds no receipts");
-    }
-
-    private static JsonElement Required(JsonElement root, string name) =>
-        root.TryGetProperty(name, out JsonElement value) ? value : throw new KeyNotFoundException($"it has no \"{name}\"");
 
     private static int Fail(string message)
     {

@@ -3,11 +3,12 @@ using System.Security.Cryptography;
 using System.Text;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Metering.Client.Simulation;
+using Metering.Client.Streaming;
 using Metering.Engine.Access;
 using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Metering.Protocol.V1;
-using Metering.Samples.ProviderAgent;
 using Npgsql;
 
 namespace Metering.Cli.Commands;

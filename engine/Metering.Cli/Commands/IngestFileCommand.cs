@@ -5,6 +5,7 @@ using System.Security.Cryptography;
 using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Metering.Client.Receipts;
 using Metering.Protocol.V1;
 
 namespace Metering.Cli.Commands;
@@ -83,7 +84,7 @@ internal static class IngestFileCommand
                 Print(report);
                 if (parse.GetValue(receipts) is { } receiptsFile && report.Receipt is not null)
                 {
-                    using var kept = new Metering.Samples.ProviderAgent.ReceiptsFile(receiptsFile.FullName);
+                    using var kept = new ReceiptsFile(receiptsFile.FullName);
                     kept.Append(report.StreamId, report.CommittedSequence, report.ChainHead.Span, report.Receipt);
                     Console.WriteLine($"Receipt for {report.StreamId} #{report.CommittedSequence:N0} appended to {receiptsFile.FullName}.");
                 }

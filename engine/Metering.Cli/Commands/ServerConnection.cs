@@ -1,11 +1,9 @@
 using System.CommandLine;
 using System.Diagnostics.CodeAnalysis;
-using System.Net.Security;
-using System.Security.Cryptography;
-using System.Security.Cryptography.X509Certificates;
 using Google.Rpc;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Metering.Client.Channels;
 
 namespace Metering.Cli.Commands;
 
@@ -57,7 +55,7 @@ internal sealed class ServerConnection
     public string? ResolveApiKey(ParseResult parse) =>
         (parse.GetValue(ApiKey) ?? Environment.GetEnvironmentVariable(ApiKeyVariable)) is { Length: > 0 } key ? key : null;
 
-    public static Metadata Bearer(string apiKey) => new() { { "authorization", "Bearer " + apiKey } };
+    public static Metadata Bearer(string apiKey) => MeteringChannel.Bearer(apiKey);
 
     /// <summary>
     /// A refusal as one line: status, ErrorInfo reason and the server's message; where the reader
@@ -95,71 +93,7 @@ internal sealed class ServerConnection
         parse.GetValue(ClientCertificate)?.FullName ?? Environment.GetEnvironmentVariable("METERING_CLIENT_CERT"),
         parse.GetValue(ClientKey)?.FullName ?? Environment.GetEnvironmentVariable("METERING_CLIENT_KEY"));
 
-    public static GrpcChannel Open(Uri server, string? caPath, string? clientCertificatePath, string? clientKeyPath)
-    {
-        // Every call carries the key in a header: cleartext only where it never leaves the machine,
-        // as `serve` allows it (TransportRules), whether the address came from --server or METERING_SERVER.
-        if (server.Scheme == Uri.UriSchemeHttp && !server.IsLoopback)
-        {
-            throw new ArgumentException($"--server {server} is http:// to another machine: the API key would travel in cleartext. Use https://{server.Authority} (with --ca for a private CA)");
-        }
-
-        var handler = new SocketsHttpHandler { EnableMultipleHttp2Connections = true };
-        if (!string.IsNullOrEmpty(caPath))
-        {
-            var roots = new X509Certificate2Collection();
-            Read(caPath, () => roots.ImportFromPemFile(caPath));
-            if (roots.Count == 0)
-            {
-                throw new ArgumentException($"--ca {caPath} holds no PEM certificate");
-            }
-
-            // The CA replaces the system's roots rather than adding to them; a private CA has no
-            // revocation service, and a stolen key is revoked through `metering key revoke`.
-            handler.SslOptions.CertificateChainPolicy = new X509ChainPolicy
-            {
-                TrustMode = X509ChainTrustMode.CustomRootTrust,
-                RevocationMode = X509RevocationMode.NoCheck,
-            };
-            handler.SslOptions.CertificateChainPolicy.CustomTrustStore.AddRange(roots);
-        }
-
-        if (!string.IsNullOrEmpty(clientCertificatePath))
-        {
-            X509Certificate2 certificate = Read(clientCertificatePath, () => string.IsNullOrEmpty(clientKeyPath)
-                ? X509CertificateLoader.LoadPkcs12FromFile(clientCertificatePath, null)
-                : X509Certificate2.CreateFromPemFile(clientCertificatePath, clientKeyPath));
-            // Sent whatever CA names the server lists: a provider's certificate is usually self-signed.
-            handler.SslOptions.ClientCertificateContext = SslStreamCertificateContext.Create(certificate, null, offline: true);
-        }
-        else if (!string.IsNullOrEmpty(clientKeyPath))
-        {
-            throw new ArgumentException("--client-key needs --client-cert");
-        }
-
-        return GrpcChannel.ForAddress(server, new GrpcChannelOptions { HttpHandler = handler, DisposeHttpClient = true, MaxReceiveMessageSize = ReceiveBytesMax });
-    }
-
-    private static T Read<T>(string path, Func<T> read)
-    {
-        if (!File.Exists(path))
-        {
-            throw new ArgumentException($"no file at {Path.GetFullPath(path)}");
-        }
-
-        try
-        {
-            return read();
-        }
-        catch (CryptographicException e)
-        {
-            throw new ArgumentException($"{path}: {e.Message}", e);
-        }
-    }
-
-    private static void Read(string path, Action read) => Read(path, () =>
-    {
-        read();
-        return true;
-    });
+    /// <summary>A channel as the client library opens it, taking messages up to <see cref="ReceiveBytesMax"/>.</summary>
+    public static GrpcChannel Open(Uri server, string? caPath, string? clientCertificatePath, string? clientKeyPath) =>
+        MeteringChannel.Open(new ChannelSettings(server, caPath, clientCertificatePath, clientKeyPath, ReceiveBytesMax));
 }

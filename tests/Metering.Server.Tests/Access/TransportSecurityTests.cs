@@ -5,10 +5,12 @@ using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Metering.Client.Channels;
+using Metering.Client.Simulation;
+using Metering.Client.Streaming;
 using Metering.Engine.Access;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
-using Metering.Samples.ProviderAgent;
 using Metering.Server.Access;
 using Metering.Server.Hosting;
 using Metering.Server.Tests.Infrastructure;
@@ -96,7 +98,7 @@ public sealed class TransportSecurityTests(PostgresFixture postgres)
         await using TestServer server = await TestServer.StartAsync(postgres);
         await PinAsync(server, TestServer.ProviderKey, TestCertificates.ProviderClient);
         var (certificate, key) = TestCertificates.ProviderClientPemPaths;
-        using GrpcChannel channel = AgentChannel.Open(server.Address, TestCertificates.CaPemPath, certificate, key);
+        using GrpcChannel channel = MeteringChannel.Open(new ChannelSettings(server.Address, TestCertificates.CaPemPath, certificate, key));
         SimulatedCluster site = SimulatedCluster.DemoSites(Day, jobsPerInterval: 2, seed: 5)[0];
 
         StreamResult result = await new UsageStreamer(channel, TestServer.ProviderKey, new StreamerOptions()).RunAsync("pinned", site.RecordAt, 50, CancellationToken.None);

@@ -105,7 +105,7 @@ public sealed class ProviderAgentCliTests(PostgresFixture postgres)
     private static async Task<(int ExitCode, string Output)> RunAgentAsync(params string[] arguments)
     {
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "provider-agent.dll"));
+        start.ArgumentList.Add(ProgramBuilds.PathOf("provider-agent.dll"));
         foreach (string argument in arguments)
         {
             start.ArgumentList.Add(argument);

@@ -168,7 +168,7 @@ public sealed partial class ReadmeWalkthroughTests
         Directory.CreateSymbolicLink(Path.Combine(folder, "samples"), Path.Combine(TestRecords.RepositoryRoot(), "samples"));
         string server = $"127.0.0.1:{Infrastructure.ServerProcess.FreePort()}";
         string cli = Path.Combine(AppContext.BaseDirectory, "metering.dll");
-        string agent = Path.Combine(AppContext.BaseDirectory, "provider-agent.dll");
+        string agent = Infrastructure.ProgramBuilds.PathOf("provider-agent.dll");
 
         var script = new StringBuilder();
         script.AppendLine("set -euo pipefail");

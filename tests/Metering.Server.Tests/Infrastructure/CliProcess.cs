@@ -16,7 +16,7 @@ public static class CliProcess
     public static Task<(int ExitCode, string Output)> RunWithEnvironmentAsync(IReadOnlyDictionary<string, string> environment, params string[] arguments) =>
         RunProgramAsync("metering.dll", environment, arguments);
 
-    /// <summary>`metering-probe` (the build next to the tests) as a provider's node runs it, with these environment variables.</summary>
+    /// <summary>`metering-probe` (its own build) as a provider's node runs it, with these environment variables.</summary>
     public static Task<(int ExitCode, string Output)> RunProbeAsync(IReadOnlyDictionary<string, string> environment, params string[] arguments) =>
         RunProgramAsync("metering-probe.dll", environment, arguments);
 
@@ -33,7 +33,7 @@ public static class CliProcess
             start.Environment[name] = value;
         }
 
-        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, program));
+        start.ArgumentList.Add(ProgramBuilds.PathOf(program));
         foreach (string argument in arguments)
         {
             start.ArgumentList.Add(argument);

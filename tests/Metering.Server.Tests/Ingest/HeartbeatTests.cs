@@ -1,7 +1,8 @@
 using Grpc.Core;
+using Metering.Client.Simulation;
+using Metering.Client.Streaming;
 using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
-using Metering.Samples.ProviderAgent;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
 

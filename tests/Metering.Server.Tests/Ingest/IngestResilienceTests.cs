@@ -1,8 +1,9 @@
 using Dapper;
 using Grpc.Core;
+using Metering.Client.Simulation;
+using Metering.Client.Streaming;
 using Metering.Engine.Audit;
 using Metering.Engine.Storage;
-using Metering.Samples.ProviderAgent;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
 

@@ -1,6 +1,6 @@
 using Metering.Protocol.V1;
 
-namespace Metering.Samples.ProviderAgent;
+namespace Metering.Client.Simulation;
 
 /// <summary>One pool of identical accelerators at a site.</summary>
 /// <param name="ShareDenominator">How the pool is sliced: 1 for whole devices, 7 for MIG slices (1g, 2g, 3g, 4g or 7g), 2 for half time-slices.</param>

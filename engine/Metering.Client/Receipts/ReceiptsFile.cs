@@ -1,7 +1,7 @@
 using System.Text.Json;
 using Metering.Protocol.V1;
 
-namespace Metering.Samples.ProviderAgent;
+namespace Metering.Client.Receipts;
 
 /// <summary>
 /// The agent's receipts: one JSON object per line, appended as acknowledgements arrive, in the

@@ -1,10 +1,11 @@
 using System.Diagnostics;
-using Google.Rpc;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Metering.Client.Channels;
+using Metering.Client.Receipts;
 using Metering.Protocol.V1;
 
-namespace Metering.Samples.ProviderAgent;
+namespace Metering.Client.Streaming;
 
 /// <summary>How the streamer batches, pipelines and reconnects.</summary>
 public sealed class StreamerOptions
@@ -87,7 +88,7 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
             throw new ArgumentOutOfRangeException(nameof(options), "HeartbeatInterval and IdlePollInterval must be positive.");
         }
 
-        var headers = new Metadata { { "authorization", "Bearer " + apiKey } };
+        Metadata headers = MeteringChannel.Bearer(apiKey);
         int connections = 0;
         int failuresInRow = 0;
         ulong replayed = 0;
@@ -298,5 +299,5 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
             or StatusCode.DeadlineExceeded or StatusCode.Internal or StatusCode.Unknown;
 
     /// <summary>The machine-readable refusal reason of an error, or null.</summary>
-    public static string? ReasonOf(RpcException e) => e.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason;
+    public static string? ReasonOf(RpcException e) => MeteringChannel.ReasonOf(e);
 }

@@ -10,7 +10,7 @@ internal static class TestCatalogs
     /// <summary>A GPU model whose probe names no CPU: a CPU node does its work and is still unknown by name.</summary>
     public const string UnnamedGpuModel = "GPU-UNNAMED";
 
-    public static string CpuFixturePath => Path.Combine(TestRecords.RepositoryRoot(), "tests", "Shared", "catalog-cpu-fixture.json");
+    public static string CpuFixturePath => Path.Combine(TestRecords.RepositoryRoot(), "tests", "Metering.Fixtures", "catalog-cpu-fixture.json");
 
     /// <summary>The embedded catalog plus ILGPU's CPU accelerator as <see cref="CpuFixtureModel"/>.</summary>
     public static DeviceCatalog WithCpuFixture()

@@ -1,0 +1,98 @@
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using Google.Rpc;
+using Grpc.Core;
+using Grpc.Net.Client;
+
+namespace Metering.Client.Channels;
+
+/// <summary>Where a client connects and with which certificate files; the paths are PEM files unless said otherwise.</summary>
+/// <param name="Server">https://HOST:PORT, or http:// to a server on this machine.</param>
+/// <param name="CaPath">The CA that issued the server's certificate; null or empty for the system's roots.</param>
+/// <param name="ClientCertificatePath">The client certificate (with <paramref name="ClientKeyPath"/>), or PKCS#12 alone; null or empty for none.</param>
+/// <param name="ClientKeyPath">The private key of <paramref name="ClientCertificatePath"/>.</param>
+/// <param name="ReceiveBytesMax">The largest message taken from the server; null for gRPC's default of 4 MiB.</param>
+public sealed record ChannelSettings(Uri Server, string? CaPath = null, string? ClientCertificatePath = null, string? ClientKeyPath = null, int? ReceiveBytesMax = null);
+
+/// <summary>
+/// Opens a client's channel to a Metering server and speaks the parts of the protocol every client
+/// shares: the bearer key in the call headers and the refusal reason in a google.rpc.ErrorInfo.
+/// </summary>
+public static class MeteringChannel
+{
+    /// <summary>A channel to <see cref="ChannelSettings.Server"/>.</summary>
+    /// <exception cref="ArgumentException">The address would send the key in cleartext, or a certificate file is missing or unreadable; the message says which, naming the options as the clients spell them.</exception>
+    public static GrpcChannel Open(ChannelSettings settings)
+    {
+        Uri server = settings.Server;
+
+        // Every call carries the key in a header: cleartext only where it never leaves the machine,
+        // as `serve` allows it, whether the address came from an option or the environment.
+        if (server.Scheme == Uri.UriSchemeHttp && !server.IsLoopback)
+        {
+            throw new ArgumentException($"--server {server} is http:// to another machine: the API key would travel in cleartext. Use https://{server.Authority} (with --ca for a private CA)");
+        }
+
+        X509Certificate2Collection? roots = null;
+        if (!string.IsNullOrEmpty(settings.CaPath))
+        {
+            string caPath = settings.CaPath;
+            roots = [];
+            Read(caPath, () => roots.ImportFromPemFile(caPath));
+            if (roots.Count == 0)
+            {
+                throw new ArgumentException($"--ca {caPath} holds no PEM certificate");
+            }
+        }
+
+        X509Certificate2? certificate = null;
+        if (!string.IsNullOrEmpty(settings.ClientCertificatePath))
+        {
+            string certificatePath = settings.ClientCertificatePath;
+            string? keyPath = settings.ClientKeyPath;
+            certificate = Read(certificatePath, () => string.IsNullOrEmpty(keyPath)
+                ? X509CertificateLoader.LoadPkcs12FromFile(certificatePath, null)
+                : X509Certificate2.CreateFromPemFile(certificatePath, keyPath));
+        }
+        else if (!string.IsNullOrEmpty(settings.ClientKeyPath))
+        {
+            throw new ArgumentException("--client-key needs --client-cert");
+        }
+
+        return GrpcChannel.ForAddress(server, new GrpcChannelOptions
+        {
+            HttpHandler = ClientTls.Handler(roots, certificate),
+            DisposeHttpClient = true,
+            MaxReceiveMessageSize = settings.ReceiveBytesMax ?? new GrpcChannelOptions().MaxReceiveMessageSize,
+        });
+    }
+
+    /// <summary>The call headers that present <paramref name="apiKey"/>.</summary>
+    public static Metadata Bearer(string apiKey) => new() { { "authorization", "Bearer " + apiKey } };
+
+    /// <summary>The machine-readable refusal reason of an error (its google.rpc.ErrorInfo), or null.</summary>
+    public static string? ReasonOf(RpcException e) => e.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason;
+
+    private static T Read<T>(string path, Func<T> read)
+    {
+        if (!File.Exists(path))
+        {
+            throw new ArgumentException($"no file at {Path.GetFullPath(path)}");
+        }
+
+        try
+        {
+            return read();
+        }
+        catch (CryptographicException e)
+        {
+            throw new ArgumentException($"{path}: {e.Message}", e);
+        }
+    }
+
+    private static void Read(string path, Action read) => Read(path, () =>
+    {
+        read();
+        return true;
+    });
+}
