@@ -32,9 +32,11 @@ internal sealed class AuthenticationInterceptor(KeyLookupCache credentials, Call
     }
 
     public static Actor Caller(ServerCallContext context) =>
-        context.UserState.TryGetValue(ActorKey, out object? actor) && actor is Actor caller
-            ? caller
-            : throw new InvalidOperationException("The call was not authenticated.");
+        CallerOrNull(context) ?? throw new InvalidOperationException("The call was not authenticated.");
+
+    /// <summary>The authenticated caller, or null for a published method, which is served without a key.</summary>
+    public static Actor? CallerOrNull(ServerCallContext context) =>
+        context.UserState.TryGetValue(ActorKey, out object? actor) && actor is Actor caller ? caller : null;
 
     public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
     {
