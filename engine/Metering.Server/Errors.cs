@@ -1,11 +1,16 @@
 using Google.Protobuf.WellKnownTypes;
 using Google.Rpc;
 using Grpc.Core;
+using Metering.Engine.Access;
+using Metering.Engine.Audit;
 using Metering.Engine.Capacity;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
+using Metering.Engine.Transparency;
 using Metering.Protocol.V1;
+using Metering.Server.Access;
 using Metering.Server.Localization;
+using Metering.Server.Registry;
 
 namespace Metering.Server;
 
@@ -63,6 +68,42 @@ public static class Errors
 
     public static RpcException From(RegistryRefusedException refused) =>
         Refused(CodeFor(refused.Reason), ProtocolNames.Of(refused.Reason), refused.Message, refused.Metadata.ToDictionary());
+
+    /// <summary>A reconsideration refusal travels as the registry reason it stands for (registry.proto).</summary>
+    public static RpcException From(ReconsiderationRefusedException refused) =>
+        From(new RegistryRefusedException(ReconsiderationMessages.ReasonFor(refused.Reason), refused.Message, refused.Metadata));
+
+    public static RpcException From(CredentialRefusedException refused)
+    {
+        var (code, reason) = CredentialRefusals.StatusOf(refused.Reason);
+        return Refused(code, reason, refused.Message);
+    }
+
+    /// <summary>A transparency log refusal with the status transparency.proto documents for it.</summary>
+    public static RpcException From(TransparencyLogException refused)
+    {
+        (StatusCode code, LogRefusal reason) = refused.Problem switch
+        {
+            LogProblem.ArgumentInvalid => (StatusCode.InvalidArgument, LogRefusal.LogArgumentInvalid),
+            LogProblem.LeafNotFound => (StatusCode.NotFound, LogRefusal.LogLeafNotFound),
+            LogProblem.HeadNotFound => (StatusCode.NotFound, LogRefusal.LogHeadNotFound),
+            LogProblem.BeyondLog => (StatusCode.OutOfRange, LogRefusal.LogBeyondLog),
+            _ => (StatusCode.ResourceExhausted, LogRefusal.LogLimitExceeded),
+        };
+        return Refused(code, ProtocolNames.Of(reason), refused.Message);
+    }
+
+    /// <summary>An audit read of a record or day that is not there (audit.proto's AUDIT_NOT_FOUND).</summary>
+    public static RpcException From(RecordNotFoundException refused) =>
+        Refused(StatusCode.NotFound, ProtocolNames.Of(AuditRefusal.AuditNotFound), refused.Message);
+
+    /// <summary>An audit read of a day not yet settled (audit.proto's AUDIT_NOT_FOUND).</summary>
+    public static RpcException From(DayNotSettledException refused) =>
+        Refused(StatusCode.NotFound, ProtocolNames.Of(AuditRefusal.AuditNotFound), refused.Message);
+
+    /// <summary>An audit answer past what one call may carry (audit.proto's AUDIT_LIMIT_EXCEEDED).</summary>
+    public static RpcException From(AuditLimitExceededException refused) =>
+        Refused(StatusCode.ResourceExhausted, ProtocolNames.Of(AuditRefusal.AuditLimitExceeded), refused.Message);
 
     public static RpcException From(CapacityRefusedException refused) =>
         Refused(Capacity.CapacityRefusals.StatusFor(refused.Reason), ProtocolNames.Of(Capacity.CapacityRefusals.ToWire(refused.Reason)), refused.Message, refused.Metadata.ToDictionary());

@@ -453,14 +453,21 @@ public sealed partial class EmbeddedPostgres : IAsyncDisposable
         return process.ExitCode == 0 && owner.Length > 0 && owner != "UNKNOWN" ? owner : null;
     }
 
-    internal static string? FindBinaries()
+    internal static string? FindBinaries() => FindBinaries(Environment.GetEnvironmentVariable("PATH"), "/usr/lib/postgresql");
+
+    /// <summary>
+    /// The first folder of <paramref name="searchPath"/> (a PATH value) that holds initdb, pg_ctl
+    /// and postgres; else the bin folder of the newest version under <paramref name="debianRoot"/>
+    /// (Debian's /usr/lib/postgresql/VERSION/bin) that holds all three; else null.
+    /// </summary>
+    internal static string? FindBinaries(string? searchPath, string debianRoot)
     {
         static bool Complete(string directory) =>
             File.Exists(Path.Combine(directory, "initdb"))
             && File.Exists(Path.Combine(directory, "pg_ctl"))
             && File.Exists(Path.Combine(directory, "postgres"));
 
-        foreach (string directory in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries))
+        foreach (string directory in (searchPath ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries))
         {
             if (Complete(directory))
             {
@@ -468,7 +475,6 @@ public sealed partial class EmbeddedPostgres : IAsyncDisposable
             }
         }
 
-        const string debianRoot = "/usr/lib/postgresql";
         if (!Directory.Exists(debianRoot))
         {
             return null;

@@ -68,20 +68,12 @@ internal sealed partial class AccessGrpcService(CredentialStore credentials, Key
             return response;
         });
 
-    private async Task<T> Run<T>(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<T>> call)
-    {
-        Actor actor = AuthenticationInterceptor.Caller(context);
-        try
-        {
-            return await call(actor, context.CancellationToken);
-        }
-        catch (CredentialRefusedException refused)
-        {
-            LogRefused(logger, method, actor.ToString(), refused.Reason.ToString(), refused.Message);
-            var (code, reason) = CredentialRefusals.StatusOf(refused.Reason);
-            throw Errors.Refused(code, reason, refused.Message);
-        }
-    }
+    /// <summary>
+    /// Runs a call as its authenticated caller. RefusalInterceptor turns credential refusals into statuses and
+    /// logs them with the gRPC method, which <paramref name="method"/> names where the call is written.
+    /// </summary>
+    private Task<T> Run<T>(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<T>> call) =>
+        call(AuthenticationInterceptor.Caller(context), context.CancellationToken);
 
     private static EngineRole RoleOf(CredentialRole role) => role switch
     {
@@ -114,9 +106,6 @@ internal sealed partial class AccessGrpcService(CredentialStore credentials, Key
         RevokedAtUnixMs = info.RevokedAt?.ToUnixTimeMilliseconds() ?? 0,
         ClientCertificateSha256 = info.ClientCertificateSha256 is { } pin ? ByteString.CopyFrom(pin) : ByteString.Empty,
     };
-
-    [LoggerMessage(EventId = 8001, Level = LogLevel.Information, Message = "Access {Method} by {Actor} refused: {Reason}: {Detail}")]
-    private static partial void LogRefused(ILogger logger, string method, string actor, string reason, string detail);
 
     [LoggerMessage(EventId = 8002, Level = LogLevel.Information, Message = "Issued credential {CredentialId} ({Role} {Subject}) by {Actor}")]
     private static partial void LogIssued(ILogger logger, long credentialId, string role, string subject, string actor);

@@ -149,4 +149,13 @@ internal static class AccessPolicy
 
     public static bool Allows(string method, Role role) =>
         AllowedByMethod.TryGetValue(method, out Role[]? roles) && roles.Contains(role);
+
+    /// <summary>Refuses <paramref name="actor"/> with ROLE_NOT_ALLOWED (CallerRefusal) where its role may not call <paramref name="method"/>.</summary>
+    public static void Authorise(string method, Actor actor)
+    {
+        if (!Allows(method, actor.Role))
+        {
+            throw CallerRefusals.Refused(CallerRefusal.RoleNotAllowed, $"the {actor.RoleName} role may not call {method}");
+        }
+    }
 }

@@ -3,7 +3,6 @@ using Grpc.AspNetCore.Server;
 using Grpc.Core;
 using Grpc.Core.Interceptors;
 using Metering.Engine.Access;
-using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
 
 namespace Metering.Server.Access;
@@ -32,9 +31,11 @@ internal sealed class AuthenticationInterceptor(KeyLookupCache credentials, Call
     }
 
     public static Actor Caller(ServerCallContext context) =>
-        context.UserState.TryGetValue(ActorKey, out object? actor) && actor is Actor caller
-            ? caller
-            : throw new InvalidOperationException("The call was not authenticated.");
+        CallerOrNull(context) ?? throw new InvalidOperationException("The call was not authenticated.");
+
+    /// <summary>The authenticated caller, or null for a published method, which is served without a key.</summary>
+    public static Actor? CallerOrNull(ServerCallContext context) =>
+        context.UserState.TryGetValue(ActorKey, out object? actor) && actor is Actor caller ? caller : null;
 
     public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
     {
@@ -70,23 +71,18 @@ internal sealed class AuthenticationInterceptor(KeyLookupCache credentials, Call
 
         string? header = context.RequestHeaders.GetValue("authorization");
         Authentication found = await LookUpAsync(KeyOf(context), context)
-            ?? throw Errors.Refused(StatusCode.Unauthenticated, IngestRefusal.Unauthenticated,
+            ?? throw CallerRefusals.Refused(CallerRefusal.Unauthenticated,
                 header is null ? "no authorization header; send 'authorization: Bearer <api key>'" : "the API key is not valid, or it was revoked");
         X509Certificate2? presented = context.GetHttpContext().Connection.ClientCertificate;
         if (ClientCertificatePin.Check(found.ClientCertificateSha256, presented) is { } refused)
         {
             Dictionary<string, string>? metadata = presented is null ? null
                 : new() { ["presented_sha256"] = Convert.ToHexStringLower(ClientCertificatePin.Sha256(presented)) };
-            throw Errors.Refused(StatusCode.Unauthenticated, refused.Reason, refused.Message, metadata);
+            throw CallerRefusals.Refused(refused.Reason, refused.Message, metadata);
         }
 
         Actor actor = found.Actor;
-        if (!AccessPolicy.Allows(context.Method, actor.Role))
-        {
-            throw Errors.Refused(StatusCode.PermissionDenied, ProtocolNames.Of(RegistryRefusal.RoleNotAllowed),
-                $"the {actor.RoleName} role may not call {context.Method}");
-        }
-
+        AccessPolicy.Authorise(context.Method, actor);
         context.UserState[ActorKey] = actor;
     }
 

@@ -15,7 +15,7 @@ internal static class ClientCertificatePin
     public static byte[] Sha256(X509Certificate2 certificate) => certificate.GetCertHash(HashAlgorithmName.SHA256);
 
     /// <summary>Null when the presented certificate satisfies the pin, else the refusal and its message.</summary>
-    public static (IngestRefusal Reason, string Message)? Check(byte[]? pin, X509Certificate2? presented)
+    public static (CallerRefusal Reason, string Message)? Check(byte[]? pin, X509Certificate2? presented)
     {
         if (pin is null)
         {
@@ -24,12 +24,12 @@ internal static class ClientCertificatePin
 
         if (presented is null)
         {
-            return (IngestRefusal.ClientCertificateRequired,
+            return (CallerRefusal.ClientCertificateRequired,
                 "this API key is pinned to a client certificate, and the connection presented none; connect over https:// with that certificate and its key");
         }
 
         return CryptographicOperations.FixedTimeEquals(pin, Sha256(presented))
             ? null
-            : (IngestRefusal.ClientCertificateMismatch, "this API key is pinned to another client certificate than the one the connection presented");
+            : (CallerRefusal.ClientCertificateMismatch, "this API key is pinned to another client certificate than the one the connection presented");
     }
 }

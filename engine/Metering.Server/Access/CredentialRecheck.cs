@@ -39,7 +39,7 @@ internal sealed class CredentialRecheck(KeyLookupCache credentials, CredentialRe
 
         if (AuthenticationInterceptor.KeyOf(context) is not { } key || !KeyLookupCache.IsWellFormed(key) || await credentials.LookUpAsync(key, cancellationToken) is null)
         {
-            throw Errors.Refused(StatusCode.Unauthenticated, IngestRefusal.Unauthenticated, "the API key was revoked while the stream was open; nothing after the last acknowledgement was committed");
+            throw CallerRefusals.Refused(CallerRefusal.Unauthenticated, "the API key was revoked while the stream was open; nothing after the last acknowledgement was committed");
         }
 
         _checkedAt = Stopwatch.GetTimestamp();

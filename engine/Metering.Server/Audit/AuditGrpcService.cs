@@ -458,17 +458,17 @@ internal sealed partial class AuditGrpcService(
     }
 
     /// <summary>
-    /// Keeps a provider to its own data, logs the query, runs it, and turns the engine's
-    /// exceptions into the contract's refusals.
+    /// Keeps a provider to its own data, logs the query, and runs it. RefusalInterceptor turns the
+    /// engine's refusals into the contract's; an ArgumentException is a refusal only here, where
+    /// every argument comes from the caller, so this method turns it into AUDIT_ARGUMENT_INVALID.
     /// </summary>
     private async Task<T> Run<T>(ServerCallContext context, string query, IMessage request, string? providerId, Func<Actor, CancellationToken, Task<T>> call)
     {
         Actor actor = AuthenticationInterceptor.Caller(context);
         if (actor.Role == Role.Provider && providerId != actor.Subject)
         {
-            LogRefused(logger, query, actor.ToString(), "OTHER_PROVIDER", $"named '{providerId}'");
             // An empty code means every provider to an auditor, so a provider must name itself.
-            throw Errors.Refused(StatusCode.PermissionDenied, ProtocolNames.Of(RegistryRefusal.OtherProvider), providerId is null
+            throw new RegistryRefusedException(RegistryRefusal.OtherProvider, providerId is null
                 ? $"a provider audits only its own data and must name its own credit code; {actor.Subject} named none, which means every provider"
                 : $"a provider audits only its own data; {actor.Subject} named '{providerId}'");
         }
@@ -492,10 +492,11 @@ internal sealed partial class AuditGrpcService(
         {
             return await call(actor, context.CancellationToken);
         }
-        catch (Exception error) when (Refusal(error) is { } refusal)
+        catch (ArgumentException error)
         {
-            LogRefused(logger, query, actor.ToString(), ProtocolNames.Of(refusal.Reason), error.Message);
-            throw Errors.Refused(refusal.Code, ProtocolNames.Of(refusal.Reason), error.Message);
+            string reason = ProtocolNames.Of(AuditRefusal.AuditArgumentInvalid);
+            LogRefused(logger, query, actor.ToString(), reason, error.Message);
+            throw Errors.Refused(StatusCode.InvalidArgument, reason, error.Message);
         }
     }
 
@@ -572,14 +573,6 @@ internal sealed partial class AuditGrpcService(
             throw Errors.Refused(StatusCode.Unauthenticated, IngestRefusal.Unauthenticated, "the API key was revoked while the audit call ran; no results were sent");
         }
     }
-
-    private static (StatusCode Code, AuditRefusal Reason)? Refusal(Exception error) => error switch
-    {
-        ArgumentException => (StatusCode.InvalidArgument, AuditRefusal.AuditArgumentInvalid),
-        RecordNotFoundException or DayNotSettledException => (StatusCode.NotFound, AuditRefusal.AuditNotFound),
-        AuditLimitExceededException => (StatusCode.ResourceExhausted, AuditRefusal.AuditLimitExceeded),
-        _ => null,
-    };
 
     [LoggerMessage(EventId = 6001, Level = LogLevel.Information, Message = "Audit {Query} by {Actor} about {Provider}")]
     private static partial void LogQuery(ILogger logger, string query, string actor, string provider);

@@ -95,33 +95,22 @@ internal sealed partial class CapacityGrpcService(FleetValidationService validat
         ApprovalReasons = key.Approval?.Reasons ?? "",
     };
 
-    private async Task<T> Run<T>(ServerCallContext context, string method, string creditCode, Func<Actor, CancellationToken, Task<T>> call)
+    /// <summary>
+    /// Runs a call as its authenticated caller, keeping a provider to its own credit code.
+    /// RefusalInterceptor turns capacity and registry refusals into statuses and logs them with
+    /// the gRPC method, which <paramref name="method"/> names where the call is written.
+    /// </summary>
+    private Task<T> Run<T>(ServerCallContext context, string method, string creditCode, Func<Actor, CancellationToken, Task<T>> call)
     {
         Actor actor = AuthenticationInterceptor.Caller(context);
-        try
+        if (actor.Role == Role.Provider && creditCode != actor.Subject)
         {
-            if (actor.Role == Role.Provider && creditCode != actor.Subject)
-            {
-                throw new RegistryRefusedException(RegistryRefusal.OtherProvider,
-                    $"a provider reads and writes only its own capacity entries; {actor.Subject} named '{creditCode}'");
-            }
+            throw new RegistryRefusedException(RegistryRefusal.OtherProvider,
+                $"a provider reads and writes only its own capacity entries; {actor.Subject} named '{creditCode}'");
+        }
 
-            return await call(actor, context.CancellationToken);
-        }
-        catch (CapacityRefusedException refused)
-        {
-            LogRefused(logger, method, actor.ToString(), refused.Reason.ToString(), refused.Message);
-            throw Errors.From(refused);
-        }
-        catch (RegistryRefusedException refused)
-        {
-            LogRefused(logger, method, actor.ToString(), refused.Reason.ToString(), refused.Message);
-            throw Errors.From(refused);
-        }
+        return call(actor, context.CancellationToken);
     }
-
-    [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "Capacity {Method} by {Actor} refused: {Reason}: {Detail}")]
-    private static partial void LogRefused(ILogger logger, string method, string actor, string reason, string detail);
 
     [LoggerMessage(EventId = 4002, Level = LogLevel.Information, Message = "Fleet validation {ValidationId} of {ProviderId} (inventory {InventoryVersion}, {Nodes} nodes): sample of {SampleSize} drawn from seed {Seed}")]
     private static partial void LogSampleDrawn(ILogger logger, string providerId, long validationId, uint inventoryVersion, uint nodes, uint sampleSize, string seed);

@@ -234,9 +234,12 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddAuditServices(settings.Catalog, settings.Time);
         builder.Services.AddSingleton<StreamLeases>();
         builder.Services.AddSingleton<AuthenticationInterceptor>();
+        builder.Services.AddSingleton<RefusalInterceptor>();
         builder.Services.AddGrpc(grpc =>
         {
             grpc.Interceptors.Add<AuthenticationInterceptor>();
+            // Inside authentication, so that a refusal is logged with its authenticated caller.
+            grpc.Interceptors.Add<RefusalInterceptor>();
             grpc.MaxReceiveMessageSize = settings.Limits.MessageBytesMax;
             // Audit answers (a rendered report, a provider's stream verifications) are sent whole;
             // AuditGrpcService keeps each under this.

@@ -3,7 +3,6 @@ using Metering.Engine.Access;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
-using Microsoft.Extensions.Logging;
 
 namespace Metering.Server.Registry;
 
@@ -13,7 +12,7 @@ namespace Metering.Server.Registry;
 /// OTHER_PROVIDER, and an application of another provider reads as unknown, so that ids reveal
 /// nothing.
 /// </summary>
-internal sealed partial class RegistryGrpcService(ProviderRegistry registry, ILogger<RegistryGrpcService> logger) : RegistryService.RegistryServiceBase
+internal sealed class RegistryGrpcService(ProviderRegistry registry) : RegistryService.RegistryServiceBase
 {
     public override Task<Organisation> RegisterOrganisation(RegisterOrganisationRequest request, ServerCallContext context) =>
         Run(context, "RegisterOrganisation", (actor, ct) => registry.RegisterOrganisationAsync(actor, request.Organisation ?? new Organisation(), ct));
@@ -134,26 +133,10 @@ internal sealed partial class RegistryGrpcService(ProviderRegistry registry, ILo
     private Task<Application> RunShown(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<Application>> call) =>
         Run(context, method, async (actor, ct) => await VerificationMessages.WithPartsAsync(registry, await call(actor, ct), ct));
 
-    private async Task<T> Run<T>(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<T>> call)
-    {
-        Actor actor = AuthenticationInterceptor.Caller(context);
-        try
-        {
-            return await call(actor, context.CancellationToken);
-        }
-        catch (RegistryRefusedException refused)
-        {
-            LogRefused(logger, method, actor.ToString(), refused.Reason.ToString(), refused.Message);
-            throw Errors.From(refused);
-        }
-        catch (ReconsiderationRefusedException refused)
-        {
-            RegistryRefusal reason = ReconsiderationMessages.ReasonFor(refused.Reason);
-            LogRefused(logger, method, actor.ToString(), reason.ToString(), refused.Message);
-            throw Errors.From(new RegistryRefusedException(reason, refused.Message, refused.Metadata));
-        }
-    }
-
-    [LoggerMessage(EventId = 3001, Level = LogLevel.Information, Message = "Registry {Method} by {Actor} refused: {Reason}: {Detail}")]
-    private static partial void LogRefused(ILogger logger, string method, string actor, string reason, string detail);
+    /// <summary>
+    /// Runs a call as its authenticated caller. RefusalInterceptor turns the registry's refusals into statuses and
+    /// logs them with the gRPC method, which <paramref name="method"/> names where the call is written.
+    /// </summary>
+    private Task<T> Run<T>(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<T>> call) =>
+        call(AuthenticationInterceptor.Caller(context), context.CancellationToken);
 }

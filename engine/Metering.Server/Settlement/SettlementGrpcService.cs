@@ -8,7 +8,6 @@ using Metering.Engine.Time;
 using Metering.Engine.Transparency;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
-using Metering.Server.Vouchers;
 using Microsoft.Extensions.Logging;
 
 namespace Metering.Server.Settlement;
@@ -216,22 +215,12 @@ internal sealed partial class SettlementGrpcService(DailySettlement settlement, 
         };
     }
 
-    private async Task<T> Run<T>(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<T>> call)
-    {
-        Actor actor = AuthenticationInterceptor.Caller(context);
-        try
-        {
-            return await call(actor, context.CancellationToken);
-        }
-        catch (SettlementRefusedException refused)
-        {
-            LogRefused(logger, method, actor.ToString(), refused.Reason.ToString(), refused.Message);
-            throw VoucherErrors.From(refused);
-        }
-    }
-
-    [LoggerMessage(EventId = 6101, Level = LogLevel.Information, Message = "Settlement {Method} by {Actor} refused: {Reason}: {Detail}")]
-    private static partial void LogRefused(ILogger logger, string method, string actor, string reason, string detail);
+    /// <summary>
+    /// Runs a call as its authenticated caller. RefusalInterceptor turns settlement's refusals into statuses and
+    /// logs them with the gRPC method, which <paramref name="method"/> names where the call is written.
+    /// </summary>
+    private Task<T> Run<T>(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<T>> call) =>
+        call(AuthenticationInterceptor.Caller(context), context.CancellationToken);
 
     [LoggerMessage(EventId = 6102, Level = LogLevel.Warning, Message = "Settlement: the transparency log's new head was not signed after the run ({Detail}); it is signed when next asked for")]
     private static partial void LogHeadNotSigned(ILogger logger, string detail);

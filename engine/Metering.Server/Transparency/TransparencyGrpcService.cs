@@ -6,7 +6,6 @@ using Metering.Engine.Ingest;
 using Metering.Engine.Transparency;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
-using Microsoft.Extensions.Logging;
 using EngineLogLeaf = Metering.Engine.Transparency.LogLeaf;
 using EngineTreeHead = Metering.Engine.Transparency.SignedTreeHead;
 
@@ -16,7 +15,7 @@ namespace Metering.Server.Transparency;
 /// The transparency log over gRPC: signed tree heads, inclusion proofs and consistency proofs.
 /// The access policy lets every role in; this service keeps a provider to its own leaves.
 /// </summary>
-internal sealed partial class TransparencyGrpcService(TransparencyLog log, ILogger<TransparencyGrpcService> logger) : TransparencyService.TransparencyServiceBase
+internal sealed class TransparencyGrpcService(TransparencyLog log) : TransparencyService.TransparencyServiceBase
 {
     public override Task<Protocol.V1.SignedTreeHead> GetTreeHead(GetTreeHeadRequest request, ServerCallContext context) =>
         Run(context, "GetTreeHead", async (actor, ct) => ToMessage(request.TreeSize == 0
@@ -90,28 +89,10 @@ internal sealed partial class TransparencyGrpcService(TransparencyLog log, ILogg
         Errors.Refused(StatusCode.PermissionDenied, ProtocolNames.Of(RegistryRefusal.OtherProvider),
             $"a provider reads only its own leaves of the transparency log; {actor.Subject} asked for {named}");
 
-    private async Task<T> Run<T>(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<T>> call)
-    {
-        Actor actor = AuthenticationInterceptor.Caller(context);
-        try
-        {
-            return await call(actor, context.CancellationToken);
-        }
-        catch (TransparencyLogException refused)
-        {
-            (StatusCode code, LogRefusal reason) = refused.Problem switch
-            {
-                LogProblem.ArgumentInvalid => (StatusCode.InvalidArgument, LogRefusal.LogArgumentInvalid),
-                LogProblem.LeafNotFound => (StatusCode.NotFound, LogRefusal.LogLeafNotFound),
-                LogProblem.HeadNotFound => (StatusCode.NotFound, LogRefusal.LogHeadNotFound),
-                LogProblem.BeyondLog => (StatusCode.OutOfRange, LogRefusal.LogBeyondLog),
-                _ => (StatusCode.ResourceExhausted, LogRefusal.LogLimitExceeded),
-            };
-            LogRefused(logger, method, actor.ToString(), ProtocolNames.Of(reason), refused.Message);
-            throw Errors.Refused(code, ProtocolNames.Of(reason), refused.Message);
-        }
-    }
-
-    [LoggerMessage(EventId = 6201, Level = LogLevel.Information, Message = "Transparency {Method} by {Actor} refused: {Reason}: {Detail}")]
-    private static partial void LogRefused(ILogger logger, string method, string actor, string reason, string detail);
+    /// <summary>
+    /// Runs a call as its authenticated caller. RefusalInterceptor turns the log's refusals into statuses and
+    /// logs them with the gRPC method, which <paramref name="method"/> names where the call is written.
+    /// </summary>
+    private Task<T> Run<T>(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<T>> call) =>
+        call(AuthenticationInterceptor.Caller(context), context.CancellationToken);
 }

@@ -136,27 +136,12 @@ internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions r
         AlreadyRecorded = payout.AlreadyRecorded,
     };
 
-    private async Task<T> Run<T>(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<T>> call)
-    {
-        Actor actor = AuthenticationInterceptor.Caller(context);
-        try
-        {
-            return await call(actor, context.CancellationToken);
-        }
-        catch (VoucherRefusedException refused)
-        {
-            LogRefused(logger, method, actor.ToString(), refused.Reason.ToString(), refused.Message);
-            throw VoucherErrors.From(refused);
-        }
-        catch (PayoutRefusedException refused)
-        {
-            LogRefused(logger, method, actor.ToString(), VoucherErrors.ReasonFor(refused.Problem).ToString(), refused.Message);
-            throw VoucherErrors.From(refused);
-        }
-    }
-
-    [LoggerMessage(EventId = 6001, Level = LogLevel.Information, Message = "Vouchers {Method} by {Actor} refused: {Reason}: {Detail}")]
-    private static partial void LogRefused(ILogger logger, string method, string actor, string reason, string detail);
+    /// <summary>
+    /// Runs a call as its authenticated caller. RefusalInterceptor turns voucher and payout refusals into statuses and
+    /// logs them with the gRPC method, which <paramref name="method"/> names where the call is written.
+    /// </summary>
+    private Task<T> Run<T>(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<T>> call) =>
+        call(AuthenticationInterceptor.Caller(context), context.CancellationToken);
 
     [LoggerMessage(EventId = 6011, Level = LogLevel.Information, Message = "Payout {PayoutId}: {AmountFen} fen to {Payee}, bank reference {Reference}, recorded by {Actor}")]
     private static partial void LogPayout(ILogger logger, long payoutId, long amountFen, string payee, string reference, string actor);

@@ -9,10 +9,10 @@ public sealed class CliTests
     {
         var (exit, output) = await RunAsync("--help");
         Assert.Equal(0, exit);
-        foreach (string command in new[] { "serve", "db", "key", "registry", "capacity", "demo", "ingest-file", "voucher", "settle", "audit" })
-        {
-            Assert.Contains(command, output, StringComparison.Ordinal);
-        }
+        Assert.Equal(
+            new SortedSet<string>(["serve", "db", "key", "registry", "capacity", "demo", "ingest-file", "voucher", "settle", "audit", "clock"], StringComparer.Ordinal),
+            new SortedSet<string>(CliHelp.Commands(output), StringComparer.Ordinal));
+        Assert.Superset(new HashSet<string>(["--verbose", "--help", "-h", "--version"]), new HashSet<string>(CliHelp.Options(output)));
     }
 
     [Fact]

@@ -11,7 +11,11 @@ namespace Metering.Server.Tests.Localization;
 [Collection(PostgresCollection.Name)]
 public sealed class RefusalMessageTests(PostgresFixture postgres)
 {
-    /// <summary>Every value of every *Refusal enum the protos define, but the UNSPECIFIED ones.</summary>
+    /// <summary>
+    /// The reason of every value of every *Refusal enum the protos define, but the UNSPECIFIED
+    /// ones: the value's name, less its enum's name as a prefix where it carries one
+    /// (CALLER_REFUSAL_UNAUTHENTICATED travels as UNAUTHENTICATED), as the protos document.
+    /// </summary>
     private static List<string> ContractReasons() =>
     [
         .. typeof(IngestRequest).Assembly.GetTypes()
@@ -21,8 +25,14 @@ public sealed class RefusalMessageTests(PostgresFixture postgres)
             .Where(type => type.Name.EndsWith("Refusal", StringComparison.Ordinal))
             .SelectMany(type => type.Values)
             .Where(value => value.Number != 0)
-            .Select(value => value.Name),
+            .Select(value => value.Name.StartsWith(UpperSnake(value.EnumDescriptor.Name) + "_", StringComparison.Ordinal)
+                ? value.Name[(UpperSnake(value.EnumDescriptor.Name).Length + 1)..]
+                : value.Name),
     ];
+
+    /// <summary>CallerRefusal as CALLER_REFUSAL, the form protobuf's style gives a value prefix.</summary>
+    private static string UpperSnake(string name) =>
+        string.Concat(name.Select((c, i) => i > 0 && char.IsUpper(c) ? "_" + c : char.ToUpperInvariant(c).ToString()));
 
     [Fact]
     public void Every_refusal_reason_in_the_protos_has_a_Chinese_message()

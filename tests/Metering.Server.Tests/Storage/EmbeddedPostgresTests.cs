@@ -105,11 +105,54 @@ public sealed class EmbeddedPostgresTests(PostgresFixture postgres)
     }
 
     [Fact]
-    public void Server_binaries_are_found_on_this_machine()
+    public void Server_binaries_are_found_in_the_first_folder_on_the_path_that_holds_all_three()
     {
-        string? bin = EmbeddedPostgres.FindBinaries();
-        Assert.NotNull(bin);
-        Assert.True(File.Exists(Path.Combine(bin, "postgres")));
+        string root = Directory.CreateTempSubdirectory("metering-bin-").FullName;
+        string partial = Binaries(Path.Combine(root, "partial"), "initdb", "pg_ctl");
+        string complete = Binaries(Path.Combine(root, "complete"), "initdb", "pg_ctl", "postgres");
+        string later = Binaries(Path.Combine(root, "later"), "initdb", "pg_ctl", "postgres");
+        string noDebian = Path.Combine(root, "no-debian");
+
+        Assert.Equal(complete, EmbeddedPostgres.FindBinaries(string.Join(':', partial, complete, later), noDebian));
+        Assert.Equal(later, EmbeddedPostgres.FindBinaries(string.Join(':', partial, later), noDebian));
+    }
+
+    [Fact]
+    public void Without_them_on_the_path_the_newest_complete_debian_version_is_taken()
+    {
+        string root = Directory.CreateTempSubdirectory("metering-bin-").FullName;
+        string debian = Path.Combine(root, "postgresql");
+        Binaries(Path.Combine(debian, "9", "bin"), "initdb", "pg_ctl", "postgres");
+        string fifteen = Binaries(Path.Combine(debian, "15", "bin"), "initdb", "pg_ctl", "postgres");
+        // Newer but without its server binary, as when only the client package is installed.
+        Binaries(Path.Combine(debian, "16", "bin"), "initdb", "pg_ctl");
+
+        Assert.Equal(fifteen, EmbeddedPostgres.FindBinaries(Path.Combine(root, "empty"), debian));
+    }
+
+    [Fact]
+    public void A_folder_that_lacks_one_of_the_binaries_is_not_taken()
+    {
+        string root = Directory.CreateTempSubdirectory("metering-bin-").FullName;
+        string noPostgres = Binaries(Path.Combine(root, "no-postgres"), "initdb", "pg_ctl");
+        string noInitdb = Binaries(Path.Combine(root, "no-initdb"), "pg_ctl", "postgres");
+        string debian = Path.Combine(root, "postgresql");
+        Binaries(Path.Combine(debian, "15", "bin"), "initdb", "postgres");
+
+        Assert.Null(EmbeddedPostgres.FindBinaries(string.Join(':', noPostgres, noInitdb), debian));
+        Assert.Null(EmbeddedPostgres.FindBinaries(null, Path.Combine(root, "missing")));
+    }
+
+    /// <summary>A folder holding empty files of the given names; the lookup checks names only.</summary>
+    private static string Binaries(string directory, params string[] names)
+    {
+        Directory.CreateDirectory(directory);
+        foreach (string name in names)
+        {
+            File.WriteAllBytes(Path.Combine(directory, name), []);
+        }
+
+        return directory;
     }
 
     /// <summary>A fresh folder the server's user can walk into, as a data folder's parent.</summary>

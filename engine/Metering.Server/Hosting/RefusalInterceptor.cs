@@ -1,0 +1,105 @@
+using Google.Rpc;
+using Grpc.Core;
+using Grpc.Core.Interceptors;
+using Metering.Engine.Access;
+using Metering.Engine.Audit;
+using Metering.Engine.Capacity;
+using Metering.Engine.Ingest;
+using Metering.Engine.Registry;
+using Metering.Engine.Settlement;
+using Metering.Engine.Transparency;
+using Metering.Engine.Vouchers;
+using Metering.Server.Access;
+using Metering.Server.Vouchers;
+using Microsoft.Extensions.Logging;
+
+namespace Metering.Server.Hosting;
+
+/// <summary>
+/// Turns the engine's refusals into the contract's statuses for every service, in one place: a
+/// handler throws the feature's refused exception, and this interceptor logs it once and throws
+/// the RpcException that <see cref="Errors"/> builds for it (status, ErrorInfo reason and
+/// metadata, Chinese LocalizedMessage). Anything else passes through untouched, so a refusal a
+/// handler built itself keeps its status and a fault stays a fault. It runs inside
+/// <see cref="AuthenticationInterceptor"/>, so the caller it logs is the authenticated one.
+/// </summary>
+internal sealed partial class RefusalInterceptor(ILogger<RefusalInterceptor> logger) : Interceptor
+{
+    /// <summary>The call's refusal as the contract puts it, or null when the exception is no engine refusal.</summary>
+    public static RpcException? StatusOf(Exception error) => error switch
+    {
+        IngestRefusedException refused => Errors.From(refused),
+        RegistryRefusedException refused => Errors.From(refused),
+        ReconsiderationRefusedException refused => Errors.From(refused),
+        CapacityRefusedException refused => Errors.From(refused),
+        CredentialRefusedException refused => Errors.From(refused),
+        TransparencyLogException refused => Errors.From(refused),
+        VoucherRefusedException refused => VoucherErrors.From(refused),
+        PayoutRefusedException refused => VoucherErrors.From(refused),
+        SettlementRefusedException refused => VoucherErrors.From(refused),
+        RecordNotFoundException refused => Errors.From(refused),
+        DayNotSettledException refused => Errors.From(refused),
+        AuditLimitExceededException refused => Errors.From(refused),
+        _ => null,
+    };
+
+    public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
+    {
+        try
+        {
+            return await continuation(request, context);
+        }
+        catch (Exception error) when (StatusOf(error) is { } refusal)
+        {
+            throw Logged(context, error, refusal);
+        }
+    }
+
+    public override async Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        try
+        {
+            return await continuation(requestStream, context);
+        }
+        catch (Exception error) when (StatusOf(error) is { } refusal)
+        {
+            throw Logged(context, error, refusal);
+        }
+    }
+
+    public override async Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        try
+        {
+            await continuation(request, responseStream, context);
+        }
+        catch (Exception error) when (StatusOf(error) is { } refusal)
+        {
+            throw Logged(context, error, refusal);
+        }
+    }
+
+    public override async Task DuplexStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, DuplexStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        try
+        {
+            await continuation(requestStream, responseStream, context);
+        }
+        catch (Exception error) when (StatusOf(error) is { } refusal)
+        {
+            throw Logged(context, error, refusal);
+        }
+    }
+
+    private RpcException Logged(ServerCallContext context, Exception error, RpcException refusal)
+    {
+        // The reason logged is the one the caller reads, so a log line and a client's report match.
+        string reason = refusal.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason ?? refusal.StatusCode.ToString();
+        string actor = AuthenticationInterceptor.CallerOrNull(context)?.ToString() ?? "an unauthenticated caller";
+        LogRefused(logger, context.Method, actor, reason, error.Message);
+        return refusal;
+    }
+
+    [LoggerMessage(EventId = 9001, Level = LogLevel.Information, Message = "{Method} by {Actor} refused: {Reason}: {Detail}")]
+    private static partial void LogRefused(ILogger logger, string method, string actor, string reason, string detail);
+}
