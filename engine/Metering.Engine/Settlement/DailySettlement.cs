@@ -4,6 +4,7 @@ using System.Globalization;
 using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Audit;
+using Metering.Engine.Ledger;
 using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Metering.Engine.Transparency;

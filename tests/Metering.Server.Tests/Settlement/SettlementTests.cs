@@ -1,4 +1,5 @@
 using System.Text;
+using Metering.Engine.Ledger;
 using Metering.Engine.Registry;
 using Metering.Engine.Settlement;
 using Metering.Engine.Vouchers;

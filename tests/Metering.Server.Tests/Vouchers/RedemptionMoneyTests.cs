@@ -1,3 +1,4 @@
+using Metering.Engine.Ledger;
 using Metering.Engine.Settlement;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
