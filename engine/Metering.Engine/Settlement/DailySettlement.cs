@@ -9,18 +9,11 @@ using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Metering.Engine.Transparency;
 using Metering.Engine.Vouchers;
-using Metering.Protocol.V1;
 using Microsoft.Extensions.Logging;
 using Npgsql;
 using NpgsqlTypes;
 
 namespace Metering.Engine.Settlement;
-
-/// <summary>A settlement call was refused; nothing was written.</summary>
-public sealed class SettlementRefusedException(SettlementRefusal reason, string message) : Exception(message)
-{
-    public SettlementRefusal Reason { get; } = reason;
-}
 
 /// <summary>A step of a run, for progress output.</summary>
 public sealed record SettlementProgress(DateOnly Day, string Stage, string Message, TimeSpan Elapsed);
@@ -108,7 +101,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         DateTimeOffset startedAt = time.GetUtcNow();
         if (day < FirstDay || dayEnd > startedAt)
         {
-            throw new SettlementRefusedException(SettlementRefusal.DayNotEnded,
+            throw new SettlementRefusedException(SettlementRefusalReason.DayNotEnded,
                 day < FirstDay ? $"{ShanghaiTime.IsoDate(day)} is before the programme's first day {ShanghaiTime.IsoDate(FirstDay)}" : $"{ShanghaiTime.IsoDate(day)} has not ended in Asia/Shanghai; it can be settled from {ShanghaiTime.Describe(dayEnd)}");
         }
 
@@ -150,7 +143,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         catch (LedgerInvariantException failure)
         {
             LogReconciliationFailed(logger, ShanghaiTime.IsoDate(day), failure.Message);
-            throw new SettlementRefusedException(SettlementRefusal.ReconciliationFailed, $"settlement of {ShanghaiTime.IsoDate(day)} failed its reconciliation and was rolled back: {failure.Message}");
+            throw new SettlementRefusedException(SettlementRefusalReason.ReconciliationFailed, $"settlement of {ShanghaiTime.IsoDate(day)} failed its reconciliation and was rolled back: {failure.Message}");
         }
         finally
         {
@@ -856,7 +849,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             byte[] whole = StatementFormats.SettlementHash(statements.Select(s => s.CanonicalCsv));
             if (altered is not null || !whole.AsSpan().SequenceEqual(run.Sha256))
             {
-                throw new SettlementRefusedException(SettlementRefusal.SettlementTampered,
+                throw new SettlementRefusedException(SettlementRefusalReason.SettlementTampered,
                     $"the stored settlement of {ShanghaiTime.IsoDate(day)} no longer hashes to its recorded settlement hash {Convert.ToHexStringLower(run.Sha256)}"
                     + (altered is null ? "" : $" (statement of {altered.PartyKind} {altered.Party} changed)"));
             }

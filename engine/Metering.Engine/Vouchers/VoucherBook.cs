@@ -75,11 +75,11 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
 
         string type = VoucherNames.Of(holder.Type);
         string district = Districts.Normalise(holder.District)
-            ?? throw new VoucherRefusedException(VoucherRefusal.HolderNotInShenzhen,
+            ?? throw new VoucherRefusedException(VoucherRefusalReason.HolderNotInShenzhen,
                 $"district '{holder.District}' is not in Shenzhen; holders are registered in one of: {string.Join(", ", Districts.Keys)}");
         if (!Districts.CodeRegionMatches(code, district))
         {
-            throw new VoucherRefusedException(VoucherRefusal.HolderNotInShenzhen, $"{code} was registered in region {code.Substring(2, 6)}, which is not Shenzhen (4403xx)");
+            throw new VoucherRefusedException(VoucherRefusalReason.HolderNotInShenzhen, $"{code} was registered in region {code.Substring(2, 6)}, which is not Shenzhen (4403xx)");
         }
 
         DateOnly established = ParseDate("established_on", holder.EstablishedOn);
@@ -101,7 +101,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
                 """, new { code, name, now = now.UtcDateTime, type, district, established, by = actor.Subject }, transaction);
             if (inserted == 0)
             {
-                throw new VoucherRefusedException(VoucherRefusal.HolderExists, $"{code} is already registered as a voucher holder or applicant");
+                throw new VoucherRefusedException(VoucherRefusalReason.HolderExists, $"{code} is already registered as a voucher holder or applicant");
             }
 
             return (await ReadHolderAsync(connection, transaction, code, details: false))!;
@@ -118,7 +118,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
             HolderRow holder = await LockHolderAsync(connection, transaction, code);
             if (holder.Status != "applicant")
             {
-                throw new VoucherRefusedException(VoucherRefusal.HolderNotApproved, $"{code} is already approved");
+                throw new VoucherRefusedException(VoucherRefusalReason.HolderNotApproved, $"{code} is already approved");
             }
 
             await CheckIntegrityAsync(connection, transaction, code, ShanghaiTime.DateOf(now));
@@ -154,14 +154,14 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
             HolderRow holder = await LockHolderAsync(connection, transaction, code);
             if (holder.Status == "left")
             {
-                throw new VoucherRefusedException(VoucherRefusal.HolderNotApproved, $"{code} already left the holder role");
+                throw new VoucherRefusedException(VoucherRefusalReason.HolderNotApproved, $"{code} already left the holder role");
             }
 
             var contract = await connection.QueryFirstOrDefaultAsync<(long Id, DateTime EndsOn)?>(
                 "SELECT contract_id, ends_on FROM contracts WHERE holder_code = @code AND ends_on >= @today ORDER BY contract_id LIMIT 1", new { code, today }, transaction);
             if (contract is { } c)
             {
-                throw new VoucherRefusedException(VoucherRefusal.HolderStillEngaged, $"contract {c.Id} of {code} runs until {c.EndsOn:yyyy-MM-dd}; the holder role ends once no contract runs",
+                throw new VoucherRefusedException(VoucherRefusalReason.HolderStillEngaged, $"contract {c.Id} of {code} runs until {c.EndsOn:yyyy-MM-dd}; the holder role ends once no contract runs",
                     new Dictionary<string, string> { ["contract_id"] = c.Id.ToString(CultureInfo.InvariantCulture) });
             }
 
@@ -169,7 +169,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
                 "SELECT voucher_id, valid_until FROM vouchers WHERE holder_code = @code AND valid_until >= @today ORDER BY voucher_id LIMIT 1", new { code, today }, transaction);
             if (voucher is { } v)
             {
-                throw new VoucherRefusedException(VoucherRefusal.HolderStillEngaged, $"voucher {v.Id} of {code} is valid until {v.ValidUntil:yyyy-MM-dd}; the holder role ends once no voucher is valid",
+                throw new VoucherRefusedException(VoucherRefusalReason.HolderStillEngaged, $"voucher {v.Id} of {code} is valid until {v.ValidUntil:yyyy-MM-dd}; the holder role ends once no voucher is valid",
                     new Dictionary<string, string> { ["voucher_id"] = v.Id.ToString(CultureInfo.InvariantCulture) });
             }
 
@@ -179,7 +179,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
                 """, new { code }, transaction);
             if (held is { } claim)
             {
-                throw new VoucherRefusedException(VoucherRefusal.HolderStillEngaged, $"claim {claim} of {code} still holds part of a voucher; the holder role ends once it is posted, voided or expired",
+                throw new VoucherRefusedException(VoucherRefusalReason.HolderStillEngaged, $"claim {claim} of {code} still holds part of a voucher; the holder role ends once it is posted, voided or expired",
                     new Dictionary<string, string> { ["claim_id"] = claim.ToString(CultureInfo.InvariantCulture) });
             }
 
@@ -215,23 +215,23 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
     {
         if (parameters.ProgrammeYear is < 2024 or > 2100)
         {
-            throw new VoucherRefusedException(VoucherRefusal.ParametersInvalid, "programme_year must be 2024 to 2100");
+            throw new VoucherRefusedException(VoucherRefusalReason.ParametersInvalid, "programme_year must be 2024 to 2100");
         }
 
         if (parameters.SupportRatioBp is 0 or > Pricing.BasisPointsWhole || parameters.StartupRatioBp is 0 or > Pricing.BasisPointsWhole
             || parameters.StackingCapBp is 0 or > Pricing.BasisPointsWhole)
         {
-            throw new VoucherRefusedException(VoucherRefusal.ParametersInvalid, "support_ratio_bp, startup_ratio_bp and stacking_cap_bp must be 1 to 10000 basis points");
+            throw new VoucherRefusedException(VoucherRefusalReason.ParametersInvalid, "support_ratio_bp, startup_ratio_bp and stacking_cap_bp must be 1 to 10000 basis points");
         }
 
         if (parameters.AnnualCapFen <= 0 || parameters.AnnualCapFen > AmountFenMax || parameters.MinAnnualRentalFen < 0 || parameters.MinAnnualRentalFen > AmountFenMax)
         {
-            throw new VoucherRefusedException(VoucherRefusal.ParametersInvalid, $"annual_cap_fen must be 1 to {AmountFenMax} and min_annual_rental_fen 0 to {AmountFenMax}");
+            throw new VoucherRefusedException(VoucherRefusalReason.ParametersInvalid, $"annual_cap_fen must be 1 to {AmountFenMax} and min_annual_rental_fen 0 to {AmountFenMax}");
         }
 
         if (parameters.HoldDays is 0 or > 400)
         {
-            throw new VoucherRefusedException(VoucherRefusal.ParametersInvalid, "hold_days must be 1 to 400");
+            throw new VoucherRefusedException(VoucherRefusalReason.ParametersInvalid, "hold_days must be 1 to 400");
         }
 
         string mode = VoucherNames.Of(parameters.PayeeMode);
@@ -246,7 +246,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
                 new { year = (int)parameters.ProgrammeYear }, transaction);
             if (latest is { } l && effective.UtcDateTime < l.EffectiveFrom)
             {
-                throw new VoucherRefusedException(VoucherRefusal.ParametersInvalid,
+                throw new VoucherRefusedException(VoucherRefusalReason.ParametersInvalid,
                     $"a new version takes effect no earlier than version {l.Version} ({ShanghaiTime.Describe(ShanghaiTime.Instant(l.EffectiveFrom))}); versions are not back-dated");
             }
 
@@ -283,7 +283,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
     /// <summary>The version of a year's parameters in force at an instant.</summary>
     internal static async Task<ParametersRow> ParametersInForceAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, int year, DateTimeOffset at) =>
         (await ReadParametersAsync(connection, transaction, year)).Where(p => p.EffectiveFrom <= at).MaxBy(p => p.Version)
-        ?? throw new VoucherRefusedException(VoucherRefusal.ParametersUnknown, $"no programme parameters for {year} are in force at {ShanghaiTime.Describe(at)}");
+        ?? throw new VoucherRefusedException(VoucherRefusalReason.ParametersUnknown, $"no programme parameters for {year} are in force at {ShanghaiTime.Describe(at)}");
 
     private static async Task<IReadOnlyList<ParametersRow>> ReadParametersAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, int? year) =>
         (await connection.QueryAsync<(int Year, int Version, DateTime From, int Ratio, int Startup, long Cap, int Stacking, long Minimum, string Mode, int HoldDays)>("""
@@ -312,7 +312,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
 
         if (!contract.NonRelatedParty || declaration.Length == 0)
         {
-            throw new VoucherRefusedException(VoucherRefusal.RelatedPartyNotDeclared,
+            throw new VoucherRefusedException(VoucherRefusalReason.RelatedPartyNotDeclared,
                 "the programme pays only for compute rented from a non-related party: set non_related_party and give the signed declaration's declaration_ref");
         }
 
@@ -341,7 +341,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
         };
         if (holderCode == contract.ProviderId)
         {
-            throw new VoucherRefusedException(VoucherRefusal.HolderIsProvider, $"{holderCode} cannot contract with itself");
+            throw new VoucherRefusedException(VoucherRefusalReason.HolderIsProvider, $"{holderCode} cannot contract with itself");
         }
 
         DateTimeOffset now = time.GetUtcNow();
@@ -352,7 +352,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
             HolderRow holder = await LockHolderAsync(connection, transaction, holderCode);
             if (holder.Status == "left")
             {
-                throw new VoucherRefusedException(VoucherRefusal.HolderNotApproved, $"{holderCode} left the holder role; it records no new contract");
+                throw new VoucherRefusedException(VoucherRefusalReason.HolderNotApproved, $"{holderCode} left the holder role; it records no new contract");
             }
 
             await CheckIntegrityAsync(connection, transaction, holderCode, ShanghaiTime.DateOf(now));
@@ -380,7 +380,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
 
             if (covering == default || coveredUntil < endsBefore)
             {
-                throw new VoucherRefusedException(VoucherRefusal.ContractOutsideAdmission, items.Count == 0
+                throw new VoucherRefusedException(VoucherRefusalReason.ContractOutsideAdmission, items.Count == 0
                     ? $"{contract.ProviderId} holds no admitted service item '{contract.ServiceItem}'"
                     : $"the contract runs {starts:yyyy-MM-dd} to {ends:yyyy-MM-dd}, outside {contract.ProviderId}'s admission of '{contract.ServiceItem}' ("
                         + string.Join(", ", items.Select(i => $"{ShanghaiTime.Describe(ShanghaiTime.Instant(i.From))} to {ShanghaiTime.Describe(ShanghaiTime.Instant(i.Ended is { } e && e < i.Ends ? e : i.Ends))}")) + ")");
@@ -395,7 +395,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
                 : schedules.FirstOrDefault(s => s.Version == version);
             if (schedule == default || !ProviderRegistry.ParseFees(schedule.Lines).Any(l => l.Unit == contract.FeeUnit))
             {
-                throw new VoucherRefusedException(VoucherRefusal.FeeScheduleUnknown,
+                throw new VoucherRefusedException(VoucherRefusalReason.FeeScheduleUnknown,
                     $"{contract.ProviderId} '{contract.ServiceItem}' has no fee schedule {(version == 0 ? "in force" : $"version {version}")} with a {unit} line");
             }
 
@@ -404,7 +404,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
                 """, new { holderCode, provider = contract.ProviderId, starts, ends }, transaction);
             if (overlapping is { } other)
             {
-                throw new VoucherRefusedException(VoucherRefusal.ContractOverlaps,
+                throw new VoucherRefusedException(VoucherRefusalReason.ContractOverlaps,
                     $"contract {other} of {holderCode} with {contract.ProviderId} overlaps {starts:yyyy-MM-dd} to {ends:yyyy-MM-dd}; usage must map to one contract");
             }
 
@@ -439,7 +439,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
             }
             catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation)
             {
-                throw new VoucherRefusedException(VoucherRefusal.ContractNumberTaken, $"{contract.ProviderId} already has a contract numbered {number}");
+                throw new VoucherRefusedException(VoucherRefusalReason.ContractNumberTaken, $"{contract.ProviderId} already has a contract numbered {number}");
             }
 
             return (await ReadContractMessageAsync(connection, transaction, id))!;
@@ -464,7 +464,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
         return await dataSource.InTransactionAsync(async (connection, transaction) =>
         {
             ContractRow contract = await ReadContractAsync(connection, transaction, request.ContractId)
-                ?? throw new VoucherRefusedException(VoucherRefusal.ContractUnknown, $"there is no contract {request.ContractId}");
+                ?? throw new VoucherRefusedException(VoucherRefusalReason.ContractUnknown, $"there is no contract {request.ContractId}");
             await LockHolderAsync(connection, transaction, contract.HolderCode);
             await connection.ExecuteAsync("""
                 INSERT INTO contract_other_support (provider_id, contract_id, source, amount_fen, recorded_by, recorded_at) VALUES (@provider, @id, @source, @amount, @by, @now)
@@ -501,11 +501,11 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
         return await dataSource.InTransactionAsync(async (connection, transaction) =>
         {
             ContractRow contract = await ReadContractAsync(connection, transaction, request.ContractId)
-                ?? throw new VoucherRefusedException(VoucherRefusal.ContractUnknown, $"there is no contract {request.ContractId}");
+                ?? throw new VoucherRefusedException(VoucherRefusalReason.ContractUnknown, $"there is no contract {request.ContractId}");
             HolderRow holder = await LockHolderAsync(connection, transaction, contract.HolderCode);
             if (holder.Status != "holder")
             {
-                throw new VoucherRefusedException(VoucherRefusal.HolderNotApproved,
+                throw new VoucherRefusedException(VoucherRefusalReason.HolderNotApproved,
                     $"{holder.Code} is {(holder.Status == "left" ? "no longer a holder (it left the role)" : "an applicant")}; vouchers are issued to approved holders");
             }
 
@@ -521,7 +521,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
             long ratioLimit = Pricing.ShareFen(contract.AmountFen, ratio);
             if (request.FaceValueFen > ratioLimit || request.FaceValueFen > parameters.AnnualCapFen)
             {
-                throw new VoucherRefusedException(VoucherRefusal.FaceValueOverLimit,
+                throw new VoucherRefusedException(VoucherRefusalReason.FaceValueOverLimit,
                     $"face value {Pricing.Yuan(request.FaceValueFen)} CNY exceeds {(request.FaceValueFen > ratioLimit ? $"{ratio / 100}% of the contract amount ({Pricing.Yuan(ratioLimit)} CNY)" : $"the annual cap ({Pricing.Yuan(parameters.AnnualCapFen)} CNY)")}");
             }
 
@@ -546,7 +546,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
             }
             catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation)
             {
-                throw new VoucherRefusedException(VoucherRefusal.VoucherExists, $"contract {contract.ContractId} already has a voucher for {year}");
+                throw new VoucherRefusedException(VoucherRefusalReason.VoucherExists, $"contract {contract.ContractId} already has a voucher for {year}");
             }
 
             var entry = new LedgerEntry("voucher_issue", $"voucher:{id}", $"voucher {id} for contract {contract.ContractId}, {year}, to {holder.Code}")
@@ -575,7 +575,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
             """, new { code }, transaction);
         return row is { } r
             ? new HolderRow(r.Code, r.Name, r.Status, r.Type, r.District, r.Established is { } e ? DateOnly.FromDateTime(e) : null)
-            : throw new VoucherRefusedException(VoucherRefusal.HolderUnknown, $"no voucher holder {code} is registered");
+            : throw new VoucherRefusedException(VoucherRefusalReason.HolderUnknown, $"no voucher holder {code} is registered");
     }
 
     /// <summary>Refuses a holder on an integrity list on the given day. The lists are keyed by credit code, registered or not.</summary>
@@ -587,7 +587,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
             """, new { code, day }, transaction);
         if (listed is { } l)
         {
-            throw new VoucherRefusedException(VoucherRefusal.HolderOnIntegrityList,
+            throw new VoucherRefusedException(VoucherRefusalReason.HolderOnIntegrityList,
                 $"{code} is on the {l.List} list from {l.From:yyyy-MM-dd}{(l.Until is { } u ? $" to {u:yyyy-MM-dd}" : "")}: {l.Reason}",
                 new Dictionary<string, string> { ["list"] = l.List });
         }
@@ -601,7 +601,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
             """, new { code, yearStart = new DateOnly(year, 1, 1), yearEnd = new DateOnly(year, 12, 31) }, transaction);
         if (contracted < parameters.MinAnnualRentalFen)
         {
-            throw new VoucherRefusedException(VoucherRefusal.BelowMinimumAnnualRental,
+            throw new VoucherRefusedException(VoucherRefusalReason.BelowMinimumAnnualRental,
                 $"{code}'s contracts running in {year} total {Pricing.Yuan(contracted)} CNY; the programme asks for at least {Pricing.Yuan(parameters.MinAnnualRentalFen)} CNY of rented compute a year");
         }
     }
@@ -617,7 +617,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
             """, new { code }, transaction);
         if (pending is not null)
         {
-            throw new VoucherRefusedException(VoucherRefusal.HolderIsProvider, $"{code} has a provider application in progress ({pending}); an organisation cannot both provide compute and hold vouchers");
+            throw new VoucherRefusedException(VoucherRefusalReason.HolderIsProvider, $"{code} has a provider application in progress ({pending}); an organisation cannot both provide compute and hold vouchers");
         }
 
         string? admitted = await connection.ExecuteScalarAsync<string?>("""
@@ -625,7 +625,7 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
             """, new { code, now = now.UtcDateTime }, transaction);
         if (admitted is not null)
         {
-            throw new VoucherRefusedException(VoucherRefusal.HolderIsProvider, $"{code} is an admitted provider (service item '{admitted}'); an organisation cannot both provide compute and hold vouchers");
+            throw new VoucherRefusedException(VoucherRefusalReason.HolderIsProvider, $"{code} is an admitted provider (service item '{admitted}'); an organisation cannot both provide compute and hold vouchers");
         }
     }
 
@@ -753,9 +753,9 @@ public sealed class VoucherBook(NpgsqlDataSource dataSource, TimeProvider time)
     internal static string CheckCode(string code) =>
         CreditCode.IsValid(code)
             ? code
-            : throw new VoucherRefusedException(VoucherRefusal.HolderCreditCodeInvalid, $"'{code}' is not a valid unified social credit code (18 characters, GB 32100-2015 check character)");
+            : throw new VoucherRefusedException(VoucherRefusalReason.HolderCreditCodeInvalid, $"'{code}' is not a valid unified social credit code (18 characters, GB 32100-2015 check character)");
 
-    internal static VoucherRefusedException Invalid(string message) => new(VoucherRefusal.VoucherFieldInvalid, message);
+    internal static VoucherRefusedException Invalid(string message) => new(VoucherRefusalReason.VoucherFieldInvalid, message);
 
     public static DateOnly ParseDate(string field, string text) =>
         DateOnly.TryParseExact(text, "yyyy-MM-dd", CultureInfo.InvariantCulture, DateTimeStyles.None, out DateOnly date)
