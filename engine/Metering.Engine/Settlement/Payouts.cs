@@ -4,7 +4,6 @@ using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Identity;
 using Metering.Engine.Ledger;
-using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 using Npgsql;

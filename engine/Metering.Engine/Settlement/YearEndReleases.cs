@@ -3,7 +3,6 @@ using System.Globalization;
 using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Ledger;
-using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 using Npgsql;
