@@ -402,7 +402,7 @@ internal static class SettleLoad
                 await redemptions.FileClaimAsync(Operator, new FileClaimRequest { ContractId = contract.ContractId, JobIds = { jobs }, ProgrammeYear = 2026 }, CancellationToken.None);
                 filed++;
             }
-            catch (VoucherRefusedException refused) when (refused.Reason is VoucherRefusal.UsageAlreadyRedeemed)
+            catch (VoucherRefusedException refused) when (refused.Reason is VoucherRefusalReason.UsageAlreadyRedeemed)
             {
                 // The same contract drawn again before its next twenty jobs: not a fault of the run.
             }

@@ -8,6 +8,7 @@ using Metering.Engine.Settlement;
 using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
+using Metering.Server.Vouchers;
 
 namespace Metering.Cli.Commands;
 

@@ -7,6 +7,7 @@ using Grpc.Core;
 using Metering.Engine.Settlement;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
+using Metering.Server.Vouchers;
 
 namespace Metering.Cli.Commands;
 

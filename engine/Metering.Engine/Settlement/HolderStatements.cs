@@ -1,7 +1,6 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
-using Metering.Engine.Formatting;
 using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 

@@ -3,7 +3,7 @@ using System.Text.RegularExpressions;
 using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Identity;
-using Metering.Engine.Registry;
+using Metering.Engine.Ledger;
 using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 using Npgsql;

@@ -1,5 +1,4 @@
 using Dapper;
-using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Npgsql;
 

@@ -2,7 +2,6 @@ using System.Globalization;
 using System.Net;
 using System.Text;
 using Metering.Engine.Formatting;
-using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 

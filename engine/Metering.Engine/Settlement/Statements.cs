@@ -3,7 +3,6 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using Metering.Engine.Time;
-using Metering.Engine.Vouchers;
 
 namespace Metering.Engine.Settlement;
 

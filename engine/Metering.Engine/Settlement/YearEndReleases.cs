@@ -2,7 +2,7 @@ using System.Data;
 using System.Globalization;
 using Dapper;
 using Metering.Engine.Access;
-using Metering.Engine.Registry;
+using Metering.Engine.Ledger;
 using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 using Npgsql;

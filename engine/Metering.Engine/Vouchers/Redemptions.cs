@@ -3,8 +3,8 @@ using System.Globalization;
 using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Ingest;
+using Metering.Engine.Ledger;
 using Metering.Engine.Registry;
-using Metering.Engine.Settlement;
 using Metering.Engine.Storage;
 using Metering.Engine.Time;
 using Metering.Protocol.V1;
@@ -54,7 +54,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
         await using (NpgsqlConnection reader = await dataSource.OpenConnectionAsync(cancellationToken))
         {
             contract = await VoucherBook.ReadContractAsync(reader, null, request.ContractId)
-                ?? throw new VoucherRefusedException(VoucherRefusal.ContractUnknown, $"there is no contract {request.ContractId}");
+                ?? throw new VoucherRefusedException(VoucherRefusalReason.ContractUnknown, $"there is no contract {request.ContractId}");
         }
 
         AdmissionSnapshot admission = await new AdmissionGate(dataSource).LoadAsync(contract.ProviderId, cancellationToken);
@@ -64,7 +64,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
         VoucherBook.HolderRow holder = await VoucherBook.LockHolderAsync(connection, transaction, contract.HolderCode);
         if (holder.Status != "holder")
         {
-            throw new VoucherRefusedException(VoucherRefusal.HolderNotApproved, $"{holder.Code} is an applicant; only approved holders redeem vouchers");
+            throw new VoucherRefusedException(VoucherRefusalReason.HolderNotApproved, $"{holder.Code} is an applicant; only approved holders redeem vouchers");
         }
 
         await VoucherBook.CheckIntegrityAsync(connection, transaction, holder.Code, today);
@@ -77,37 +77,37 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
         List<ClaimedRecord> records = await SelectUsageAsync(connection, transaction, contract, jobIds, from, until, cancellationToken);
         if (records.Count == 0)
         {
-            throw new VoucherRefusedException(VoucherRefusal.UsageNotFound,
+            throw new VoucherRefusedException(VoucherRefusalReason.UsageNotFound,
                 $"no metered usage of {holder.Code} at {contract.ProviderId} {(jobIds is null ? $"starts between {ShanghaiTime.Describe(from)} and {ShanghaiTime.Describe(until)}" : $"has the named job ids in {searchYear}")}");
         }
 
         if (records.Count > ClaimRecordsMax)
         {
-            throw new VoucherRefusedException(VoucherRefusal.ClaimTooLarge, $"the claim covers more than {ClaimRecordsMax} records; split it into smaller periods");
+            throw new VoucherRefusedException(VoucherRefusalReason.ClaimTooLarge, $"the claim covers more than {ClaimRecordsMax} records; split it into smaller periods");
         }
 
         if (jobIds is not null && jobIds.Except(records.Select(r => r.JobId), StringComparer.Ordinal).FirstOrDefault() is { } missing)
         {
-            throw new VoucherRefusedException(VoucherRefusal.UsageNotFound, $"job '{missing}' has no metered usage of {holder.Code} at {contract.ProviderId} in {searchYear}",
+            throw new VoucherRefusedException(VoucherRefusalReason.UsageNotFound, $"job '{missing}' has no metered usage of {holder.Code} at {contract.ProviderId} in {searchYear}",
                 new Dictionary<string, string> { ["job_id"] = missing });
         }
 
         int[] years = records.Select(r => DayOf(r.StartMs).Year).Distinct().ToArray();
         if (years.Length > 1)
         {
-            throw new VoucherRefusedException(VoucherRefusal.ClaimSpansYears, $"the claimed usage falls in {string.Join(" and ", years.Order())}; claim each programme year separately");
+            throw new VoucherRefusedException(VoucherRefusalReason.ClaimSpansYears, $"the claimed usage falls in {string.Join(" and ", years.Order())}; claim each programme year separately");
         }
 
         int year = years[0];
         var voucher = await connection.QueryFirstOrDefaultAsync<(long Id, DateTime From, DateTime Until)?>("""
             SELECT voucher_id, valid_from, valid_until FROM vouchers WHERE provider_id = @provider AND contract_id = @contract AND programme_year = @year
             """, new { provider = contract.ProviderId, contract = contract.ContractId, year }, transaction)
-            ?? throw new VoucherRefusedException(VoucherRefusal.VoucherUnknown, $"contract {contract.ContractId} has no voucher for {year}");
+            ?? throw new VoucherRefusedException(VoucherRefusalReason.VoucherUnknown, $"contract {contract.ContractId} has no voucher for {year}");
         DateOnly validFrom = DateOnly.FromDateTime(voucher.From);
         DateOnly validUntil = DateOnly.FromDateTime(voucher.Until);
         if (today > validUntil)
         {
-            throw new VoucherRefusedException(VoucherRefusal.VoucherExpired, $"voucher {voucher.Id} was valid until {validUntil:yyyy-MM-dd}; claims are filed by then");
+            throw new VoucherRefusedException(VoucherRefusalReason.VoucherExpired, $"voucher {voucher.Id} was valid until {validUntil:yyyy-MM-dd}; claims are filed by then");
         }
 
         ParametersRow parameters = await VoucherBook.ParametersInForceAsync(connection, transaction, year, now);
@@ -116,7 +116,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
         ClaimedRecord? outside = records.FirstOrDefault(r => r.StartMs < contract.StartsAt.ToUnixTimeMilliseconds() || r.EndMs > contract.EndsBefore.ToUnixTimeMilliseconds());
         if (outside is not null)
         {
-            throw new VoucherRefusedException(VoucherRefusal.UsageOutsideContract,
+            throw new VoucherRefusedException(VoucherRefusalReason.UsageOutsideContract,
                 $"{Describe(outside)} runs {Time(outside.StartMs)} to {Time(outside.EndMs)}, outside contract {contract.ContractId} ({contract.StartsOn:yyyy-MM-dd} to {contract.EndsOn:yyyy-MM-dd})",
                 Identify(outside));
         }
@@ -124,7 +124,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
         outside = records.FirstOrDefault(r => DayOf(r.StartMs) < validFrom || DayOf(r.EndMs - 1) > validUntil);
         if (outside is not null)
         {
-            throw new VoucherRefusedException(VoucherRefusal.UsageOutsideVoucherValidity,
+            throw new VoucherRefusedException(VoucherRefusalReason.UsageOutsideVoucherValidity,
                 $"{Describe(outside)} runs {Time(outside.StartMs)} to {Time(outside.EndMs)}, outside voucher {voucher.Id}'s validity ({validFrom:yyyy-MM-dd} to {validUntil:yyyy-MM-dd})",
                 Identify(outside));
         }
@@ -136,7 +136,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
             {
                 var metadata = Identify(record);
                 metadata["ingest_reason"] = ProtocolNames.Of(refusal.Reason);
-                throw new VoucherRefusedException(VoucherRefusal.ProviderNotAdmittedAtUsage, $"stream {record.StreamId} {refusal.Message}", metadata);
+                throw new VoucherRefusedException(VoucherRefusalReason.ProviderNotAdmittedAtUsage, $"stream {record.StreamId} {refusal.Message}", metadata);
             }
         }
 
@@ -145,7 +145,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
             var broken = await RecordLinks.FirstBrokenAsync(connection, transaction, contract.ProviderId, stream.Key, stream.Select(r => r.Sequence).ToList(), cancellationToken);
             if (broken is { } b)
             {
-                throw new VoucherRefusedException(VoucherRefusal.UsageChainBroken, $"the claimed usage does not verify against its hash chain: {b.Evidence}",
+                throw new VoucherRefusedException(VoucherRefusalReason.UsageChainBroken, $"the claimed usage does not verify against its hash chain: {b.Evidence}",
                     new Dictionary<string, string> { ["stream_id"] = stream.Key, ["sequence"] = b.Sequence.ToString(CultureInfo.InvariantCulture) });
             }
         }
@@ -162,7 +162,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
         long voucherRemaining = balance.Face - balance.Held - balance.Posted;
         if (voucherRemaining <= 0)
         {
-            throw new VoucherRefusedException(VoucherRefusal.VoucherExhausted, $"voucher {voucher.Id} has nothing left ({Pricing.Yuan(balance.Held)} CNY held, {Pricing.Yuan(balance.Posted)} CNY posted)");
+            throw new VoucherRefusedException(VoucherRefusalReason.VoucherExhausted, $"voucher {voucher.Id} has nothing left ({Pricing.Yuan(balance.Held)} CNY held, {Pricing.Yuan(balance.Posted)} CNY posted)");
         }
 
         long usedThisYear = await connection.ExecuteScalarAsync<long>("""
@@ -172,7 +172,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
         long capRemaining = parameters.AnnualCapFen - usedThisYear;
         if (capRemaining <= 0)
         {
-            throw new VoucherRefusedException(VoucherRefusal.HolderOverCap,
+            throw new VoucherRefusedException(VoucherRefusalReason.HolderOverCap,
                 $"{holder.Code} has used its whole {year} cap of {Pricing.Yuan(parameters.AnnualCapFen)} CNY ({Pricing.Yuan(usedThisYear)} CNY held or posted)");
         }
 
@@ -180,7 +180,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
         long stackingRoom = Pricing.StackingRoomFen(contract.AmountFen, parameters.StackingCapBp, otherFen, voucherSupportFen);
         if (stackingRoom <= 0)
         {
-            throw new VoucherRefusedException(VoucherRefusal.StackingCapReached,
+            throw new VoucherRefusedException(VoucherRefusalReason.StackingCapReached,
                 $"public support for contract {contract.ContractId} has reached {parameters.StackingCapBp / 100}% of its amount ({Pricing.Yuan(otherFen)} CNY from other sources, {Pricing.Yuan(voucherSupportFen)} CNY from vouchers)");
         }
 
@@ -188,7 +188,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
         SubsidyDecision decision = Pricing.Subsidy(eligibleFen, ratioBp, voucherRemaining, capRemaining, stackingRoom);
         if (decision.SubsidyFen <= 0)
         {
-            throw new VoucherRefusedException(VoucherRefusal.SubsidyZero, $"an eligible fee of {eligibleFen} fen at {ratioBp} basis points gives no whole fen of subsidy");
+            throw new VoucherRefusedException(VoucherRefusalReason.SubsidyZero, $"an eligible fee of {eligibleFen} fen at {ratioBp} basis points gives no whole fen of subsidy");
         }
 
         string payee = parameters.PayeeMode == "provider_deduction" ? contract.ProviderId : holder.Code;
@@ -246,7 +246,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
             // Claims of one holder are serialised by its row lock, so this is a record claimed by
             // a claim that committed between our check and our insert under another holder lock:
             // a record of one holder cannot be, but the key says the last word.
-            throw new VoucherRefusedException(VoucherRefusal.UsageAlreadyRedeemed, "a record of the claim was redeemed by another claim at the same moment");
+            throw new VoucherRefusedException(VoucherRefusalReason.UsageAlreadyRedeemed, "a record of the claim was redeemed by another claim at the same moment");
         }
 
         await connection.ExecuteAsync("""
@@ -283,14 +283,14 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
         await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(IsolationLevel.ReadCommitted, cancellationToken);
         var claim = await connection.QueryFirstOrDefaultAsync<(string Provider, string Holder)?>(
             "SELECT provider_id, holder_code FROM claims WHERE claim_id = @id", new { id = request.ClaimId }, transaction)
-            ?? throw new VoucherRefusedException(VoucherRefusal.ClaimUnknown, $"there is no claim {request.ClaimId}");
+            ?? throw new VoucherRefusedException(VoucherRefusalReason.ClaimUnknown, $"there is no claim {request.ClaimId}");
         await VoucherBook.LockHolderAsync(connection, transaction, claim.Holder);
         var hold = await connection.QuerySingleAsync<(long Voucher, long Amount, string State)>(
             "SELECT voucher_id, amount_fen, state FROM voucher_holds WHERE provider_id = @provider AND claim_id = @id FOR UPDATE",
             new { provider = claim.Provider, id = request.ClaimId }, transaction);
         if (hold.State != "reserved")
         {
-            throw new VoucherRefusedException(VoucherRefusal.ClaimNotReserved, $"claim {request.ClaimId}'s hold is {hold.State}; only a reserved hold can be voided");
+            throw new VoucherRefusedException(VoucherRefusalReason.ClaimNotReserved, $"claim {request.ClaimId}'s hold is {hold.State}; only a reserved hold can be voided");
         }
 
         await ReleaseHoldAsync(connection, transaction, claim.Provider, request.ClaimId, hold.Voucher, hold.Amount, "voided", $"voided by {actor.Subject}: {reason}", null, now, cancellationToken);
@@ -422,7 +422,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
             """, new { provider = providerId, streams = records.Select(r => r.StreamId).ToArray(), sequences = records.Select(r => r.Sequence).ToArray() }, transaction);
         if (redeemed is { } r)
         {
-            throw new VoucherRefusedException(VoucherRefusal.UsageAlreadyRedeemed, $"record {r.Sequence} of stream {r.Stream} is already redeemed by claim {r.Claim}",
+            throw new VoucherRefusedException(VoucherRefusalReason.UsageAlreadyRedeemed, $"record {r.Sequence} of stream {r.Stream} is already redeemed by claim {r.Claim}",
                 new Dictionary<string, string>
                 {
                     ["stream_id"] = r.Stream,
@@ -445,7 +445,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
         {
             if (!prices.TryGetValue(model.Key, out long price))
             {
-                throw new VoucherRefusedException(VoucherRefusal.NoFiledPrice,
+                throw new VoucherRefusedException(VoucherRefusalReason.NoFiledPrice,
                     $"fee schedule version {contract.FeeScheduleVersion} of {contract.ProviderId} '{contract.ServiceItem}' has no {contract.FeeUnit} price for {model.Key}",
                     new Dictionary<string, string> { ["device_model"] = model.Key });
             }

@@ -10,7 +10,7 @@ public static class VoucherNames
         HolderType.HolderEnterprise => "enterprise",
         HolderType.HolderUniversity => "university",
         HolderType.HolderResearchInstitute => "research_institute",
-        _ => throw new VoucherRefusedException(VoucherRefusal.VoucherFieldInvalid, "type must be HOLDER_ENTERPRISE, HOLDER_UNIVERSITY or HOLDER_RESEARCH_INSTITUTE"),
+        _ => throw new VoucherRefusedException(VoucherRefusalReason.VoucherFieldInvalid, "type must be HOLDER_ENTERPRISE, HOLDER_UNIVERSITY or HOLDER_RESEARCH_INSTITUTE"),
     };
 
     public static HolderType HolderTypeOf(string? name) => name switch
@@ -33,7 +33,7 @@ public static class VoucherNames
     {
         PayeeMode.HolderReimbursement => "holder_reimbursement",
         PayeeMode.ProviderDeduction => "provider_deduction",
-        _ => throw new VoucherRefusedException(VoucherRefusal.ParametersInvalid, "payee_mode must be HOLDER_REIMBURSEMENT or PROVIDER_DEDUCTION"),
+        _ => throw new VoucherRefusedException(VoucherRefusalReason.ParametersInvalid, "payee_mode must be HOLDER_REIMBURSEMENT or PROVIDER_DEDUCTION"),
     };
 
     public static PayeeMode PayeeModeOf(string name) => name switch

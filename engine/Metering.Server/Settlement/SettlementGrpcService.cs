@@ -80,7 +80,7 @@ internal sealed partial class SettlementGrpcService(DailySettlement settlement, 
         if (!request.AllowEmpty && ShanghaiTime.StartOf(day.AddDays(1)) <= time.GetUtcNow()
             && !await pending.HasRecordsAsync(day, cancellationToken) && await settlement.GetAsync(day, cancellationToken) is null)
         {
-            throw new SettlementRefusedException(SettlementRefusal.DayEmpty,
+            throw new SettlementRefusedException(SettlementRefusalReason.DayEmpty,
                 $"no usage record starts in {day:yyyy-MM-dd}; a closed day is never settled again, so close an idle day with allow_empty (metering settle --allow-empty)");
         }
 
@@ -134,17 +134,17 @@ internal sealed partial class SettlementGrpcService(DailySettlement settlement, 
                 PartyKind.PartyProgramme => StatementFormats.Programme,
                 PartyKind.PartyProvider => StatementFormats.ProviderKind,
                 PartyKind.PartyHolder => StatementFormats.HolderKind,
-                _ => throw new SettlementRefusedException(SettlementRefusal.SettlementFieldInvalid, "party_kind must be PARTY_PROGRAMME, PARTY_PROVIDER or PARTY_HOLDER"),
+                _ => throw new SettlementRefusedException(SettlementRefusalReason.SettlementFieldInvalid, "party_kind must be PARTY_PROGRAMME, PARTY_PROVIDER or PARTY_HOLDER"),
             };
             string party = kind == StatementFormats.Programme ? StatementFormats.Programme : request.Party;
             if (actor.Role == Role.Provider && (kind != StatementFormats.ProviderKind || party != actor.Subject))
             {
-                throw new SettlementRefusedException(SettlementRefusal.StatementOfOtherParty, $"a provider reads only its own statements; {actor.Subject} asked for the {kind} statement of '{party}'");
+                throw new SettlementRefusedException(SettlementRefusalReason.StatementOfOtherParty, $"a provider reads only its own statements; {actor.Subject} asked for the {kind} statement of '{party}'");
             }
 
             SettlementOutcome closed = await ClosedAsync(day, ct);
             StoredStatement stored = closed.Statements.FirstOrDefault(s => s.PartyKind == kind && s.Party == party)
-                ?? throw new SettlementRefusedException(SettlementRefusal.StatementUnknown, $"the settlement of {request.Day} has no statement for {kind} {party}");
+                ?? throw new SettlementRefusedException(SettlementRefusalReason.StatementUnknown, $"the settlement of {request.Day} has no statement for {kind} {party}");
             StatementFormat format = request.Format == StatementFormat.Unspecified ? StatementFormat.StatementCsv : request.Format;
             // The renderings for people add the party's payee account from the ledger; the canonical CSV stays as hashed.
             PayeePosition? payable = format == StatementFormat.StatementCsv ? null : await payouts.PositionAsync(kind, party, day, ct);
@@ -154,7 +154,7 @@ internal sealed partial class SettlementGrpcService(DailySettlement settlement, 
                 StatementFormat.StatementJson => StatementFormats.Json(stored.Parse(), stored.Sha256, payable),
                 StatementFormat.StatementText => StatementRendering.Text(stored.Parse(), await ContextAsync(closed, stored, payable, ct)),
                 StatementFormat.StatementHtml => StatementRendering.Html(stored.Parse(), await ContextAsync(closed, stored, payable, ct)),
-                _ => throw new SettlementRefusedException(SettlementRefusal.SettlementFieldInvalid, "format must be STATEMENT_CSV, STATEMENT_JSON, STATEMENT_TEXT or STATEMENT_HTML"),
+                _ => throw new SettlementRefusedException(SettlementRefusalReason.SettlementFieldInvalid, "format must be STATEMENT_CSV, STATEMENT_JSON, STATEMENT_TEXT or STATEMENT_HTML"),
             };
             return new Statement
             {
@@ -173,12 +173,12 @@ internal sealed partial class SettlementGrpcService(DailySettlement settlement, 
 
     private async Task<SettlementOutcome> ClosedAsync(DateOnly day, CancellationToken cancellationToken) =>
         await settlement.GetAsync(day, cancellationToken)
-        ?? throw new SettlementRefusedException(SettlementRefusal.DayNotSettled, $"{ShanghaiTime.IsoDate(day)} has not been settled");
+        ?? throw new SettlementRefusedException(SettlementRefusalReason.DayNotSettled, $"{ShanghaiTime.IsoDate(day)} has not been settled");
 
     private static DateOnly ParseDay(string text) =>
         DateOnly.TryParseExact(text, "yyyy-MM-dd", CultureInfo.InvariantCulture, DateTimeStyles.None, out DateOnly day)
             ? day
-            : throw new SettlementRefusedException(SettlementRefusal.SettlementFieldInvalid, $"day must be a date as yyyy-MM-dd, not '{text}'");
+            : throw new SettlementRefusedException(SettlementRefusalReason.SettlementFieldInvalid, $"day must be a date as yyyy-MM-dd, not '{text}'");
 
     private static Protocol.V1.Settlement ToMessage(SettlementOutcome outcome) => new()
     {

@@ -28,7 +28,7 @@ internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions r
 
     public override Task<Holder> GetHolder(GetHolderRequest request, ServerCallContext context) =>
         Run(context, "GetHolder", async (actor, ct) => await book.GetHolderAsync(request.CreditCode, ct)
-            ?? throw new VoucherRefusedException(VoucherRefusal.HolderUnknown, $"no voucher holder {request.CreditCode} is registered"));
+            ?? throw new VoucherRefusedException(VoucherRefusalReason.HolderUnknown, $"no voucher holder {request.CreditCode} is registered"));
 
     public override Task<ListHoldersResponse> ListHolders(ListHoldersRequest request, ServerCallContext context) =>
         Run(context, "ListHolders", async (actor, ct) => new ListHoldersResponse { Holders = { await book.ListHoldersAsync((int)Math.Min(request.Limit, int.MaxValue), ct) } });
@@ -47,7 +47,7 @@ internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions r
 
     public override Task<Contract> GetContract(GetContractRequest request, ServerCallContext context) =>
         Run(context, "GetContract", async (actor, ct) => await book.GetContractAsync(request.ContractId, ct)
-            ?? throw new VoucherRefusedException(VoucherRefusal.ContractUnknown, $"there is no contract {request.ContractId}"));
+            ?? throw new VoucherRefusedException(VoucherRefusalReason.ContractUnknown, $"there is no contract {request.ContractId}"));
 
     public override Task<Contract> RecordOtherSupport(RecordOtherSupportRequest request, ServerCallContext context) =>
         Run(context, "RecordOtherSupport", (actor, ct) => book.RecordOtherSupportAsync(actor, request, ct));
@@ -57,7 +57,7 @@ internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions r
 
     public override Task<Voucher> GetVoucher(GetVoucherRequest request, ServerCallContext context) =>
         Run(context, "GetVoucher", async (actor, ct) => await book.GetVoucherAsync(request.VoucherId, ct)
-            ?? throw new VoucherRefusedException(VoucherRefusal.VoucherUnknown, $"there is no voucher {request.VoucherId}"));
+            ?? throw new VoucherRefusedException(VoucherRefusalReason.VoucherUnknown, $"there is no voucher {request.VoucherId}"));
 
     public override Task<Claim> FileClaim(FileClaimRequest request, ServerCallContext context) =>
         Run(context, "FileClaim", (actor, ct) => redemptions.FileClaimAsync(actor, request, ct));
@@ -67,14 +67,14 @@ internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions r
 
     public override Task<Claim> GetClaim(GetClaimRequest request, ServerCallContext context) =>
         Run(context, "GetClaim", async (actor, ct) => await redemptions.GetClaimAsync(request.ClaimId, ct)
-            ?? throw new VoucherRefusedException(VoucherRefusal.ClaimUnknown, $"there is no claim {request.ClaimId}"));
+            ?? throw new VoucherRefusedException(VoucherRefusalReason.ClaimUnknown, $"there is no claim {request.ClaimId}"));
 
     public override Task<ListClaimsResponse> ListClaims(ListClaimsRequest request, ServerCallContext context) =>
         Run(context, "ListClaims", async (actor, ct) =>
         {
             if (request.ContractId < 0)
             {
-                throw new VoucherRefusedException(VoucherRefusal.VoucherFieldInvalid, $"contract_id must be a contract's id, or 0 for every contract, not {request.ContractId}");
+                throw new VoucherRefusedException(VoucherRefusalReason.VoucherFieldInvalid, $"contract_id must be a contract's id, or 0 for every contract, not {request.ContractId}");
             }
 
             long? contract = request.ContractId == 0 ? null : request.ContractId;

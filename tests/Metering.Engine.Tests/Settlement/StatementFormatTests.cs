@@ -1,4 +1,5 @@
 using System.Text;
+using Metering.Engine.Ledger;
 using Metering.Engine.Settlement;
 
 namespace Metering.Engine.Tests.Settlement;

@@ -1,4 +1,5 @@
 using System.Text;
+using Metering.Engine.Ledger;
 using Metering.Engine.Registry;
 using Metering.Engine.Settlement;
 using Metering.Engine.Vouchers;
@@ -239,7 +240,7 @@ public sealed class SettlementTests(PostgresFixture postgres)
 
         var failed = await Assert.ThrowsAsync<SettlementRefusedException>(() => scene.SettleAsync(Day));
 
-        Assert.Equal(SettlementRefusal.ReconciliationFailed, failed.Reason);
+        Assert.Equal(SettlementRefusalReason.ReconciliationFailed, failed.Reason);
         Assert.Contains($"voucher {voucher.VoucherId}", failed.Message, StringComparison.Ordinal);
         Assert.Equal(before, await CountsAsync(scene));
     }
@@ -252,7 +253,7 @@ public sealed class SettlementTests(PostgresFixture postgres)
 
         var refused = await Assert.ThrowsAsync<SettlementRefusedException>(() => scene.SettleAsync(Day));
 
-        Assert.Equal(SettlementRefusal.DayNotEnded, refused.Reason);
+        Assert.Equal(SettlementRefusalReason.DayNotEnded, refused.Reason);
     }
 
     [Fact]

@@ -1,3 +1,4 @@
+using Metering.Engine.Ledger;
 using Metering.Engine.Settlement;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
@@ -32,7 +33,7 @@ public sealed class ConcurrentRedemptionTests(PostgresFixture postgres)
 
         var held = claims.Where(c => c.IsCompletedSuccessfully).Select(c => c.Result).ToList();
         var refused = claims.Where(c => c.IsFaulted).Select(c => c.Exception!.InnerException).ToList();
-        Assert.All(refused, e => Assert.Equal(VoucherRefusal.VoucherExhausted, Assert.IsType<VoucherRefusedException>(e).Reason));
+        Assert.All(refused, e => Assert.Equal(VoucherRefusalReason.VoucherExhausted, Assert.IsType<VoucherRefusedException>(e).Reason));
         Assert.Equal(21, held.Count);
         Assert.Equal(43, refused.Count);
         Assert.Equal(20, held.Count(c => c.SubsidyFen == 600));

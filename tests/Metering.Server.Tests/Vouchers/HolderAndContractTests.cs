@@ -20,7 +20,7 @@ public sealed class HolderAndContractTests(PostgresFixture postgres)
         EstablishedOn = "2010-09-01",
     };
 
-    private static async Task<VoucherRefusal> RefusalAsync(Func<Task> call) => (await Assert.ThrowsAsync<VoucherRefusedException>(call)).Reason;
+    private static async Task<VoucherRefusalReason> RefusalAsync(Func<Task> call) => (await Assert.ThrowsAsync<VoucherRefusedException>(call)).Reason;
 
     [Fact]
     public async Task A_Shenzhen_university_registers_as_an_applicant_and_is_approved()
@@ -33,7 +33,7 @@ public sealed class HolderAndContractTests(PostgresFixture postgres)
 
         Assert.Equal((HolderStatus.HolderApplicant, "nanshan", HolderType.HolderUniversity), (applicant.Status, applicant.District, applicant.Type));
         Assert.Equal(HolderStatus.HolderApproved, approved.Status);
-        Assert.Equal(VoucherRefusal.HolderNotApproved, await RefusalAsync(() => scene.Book.ApproveHolderAsync(VoucherScene.Operator, code, CancellationToken.None)));
+        Assert.Equal(VoucherRefusalReason.HolderNotApproved, await RefusalAsync(() => scene.Book.ApproveHolderAsync(VoucherScene.Operator, code, CancellationToken.None)));
     }
 
     [Fact]
@@ -43,7 +43,7 @@ public sealed class HolderAndContractTests(PostgresFixture postgres)
         string code = VoucherScene.NewCode();
         string wrong = code[..17] + (code[17] == '0' ? '1' : '0');
 
-        Assert.Equal(VoucherRefusal.HolderCreditCodeInvalid, await RefusalAsync(() => scene.Book.RegisterHolderAsync(VoucherScene.Operator, Applicant(wrong), CancellationToken.None)));
+        Assert.Equal(VoucherRefusalReason.HolderCreditCodeInvalid, await RefusalAsync(() => scene.Book.RegisterHolderAsync(VoucherScene.Operator, Applicant(wrong), CancellationToken.None)));
     }
 
     [Fact]
@@ -51,10 +51,10 @@ public sealed class HolderAndContractTests(PostgresFixture postgres)
     {
         await using VoucherScene scene = await VoucherScene.StartAsync(postgres);
 
-        Assert.Equal(VoucherRefusal.HolderNotInShenzhen,
+        Assert.Equal(VoucherRefusalReason.HolderNotInShenzhen,
             await RefusalAsync(() => scene.Book.RegisterHolderAsync(VoucherScene.Operator, Applicant(VoucherScene.NewCode(), district: "haidian"), CancellationToken.None)));
         // A Guangzhou (440100) registration region, whatever district is claimed.
-        Assert.Equal(VoucherRefusal.HolderNotInShenzhen,
+        Assert.Equal(VoucherRefusalReason.HolderNotInShenzhen,
             await RefusalAsync(() => scene.Book.RegisterHolderAsync(VoucherScene.Operator, Applicant(Metering.Engine.Identity.CreditCode.Complete("91440101MA5J00001")), CancellationToken.None)));
     }
 
@@ -73,7 +73,7 @@ public sealed class HolderAndContractTests(PostgresFixture postgres)
 
         var refused = await Assert.ThrowsAsync<VoucherRefusedException>(() => scene.Book.RegisterHolderAsync(VoucherScene.Operator, Applicant(code), CancellationToken.None));
 
-        Assert.Equal(VoucherRefusal.HolderOnIntegrityList, refused.Reason);
+        Assert.Equal(VoucherRefusalReason.HolderOnIntegrityList, refused.Reason);
         Assert.Equal("research_integrity", refused.Metadata["list"]);
     }
 
@@ -85,7 +85,7 @@ public sealed class HolderAndContractTests(PostgresFixture postgres)
         var refused = await Assert.ThrowsAsync<VoucherRefusedException>(() =>
             scene.Book.RegisterHolderAsync(VoucherScene.Operator, Applicant(TestRecords.Provider, type: HolderType.HolderEnterprise), CancellationToken.None));
 
-        Assert.Equal(VoucherRefusal.HolderIsProvider, refused.Reason);
+        Assert.Equal(VoucherRefusalReason.HolderIsProvider, refused.Reason);
         Assert.Contains("admitted provider", refused.Message, StringComparison.Ordinal);
     }
 
@@ -99,7 +99,7 @@ public sealed class HolderAndContractTests(PostgresFixture postgres)
 
         var refused = await Assert.ThrowsAsync<VoucherRefusedException>(() => book.RegisterHolderAsync(VoucherScene.Operator, Applicant(code), CancellationToken.None));
 
-        Assert.Equal(VoucherRefusal.HolderIsProvider, refused.Reason);
+        Assert.Equal(VoucherRefusalReason.HolderIsProvider, refused.Reason);
         Assert.Contains("application in progress", refused.Message, StringComparison.Ordinal);
     }
 
@@ -125,7 +125,7 @@ public sealed class HolderAndContractTests(PostgresFixture postgres)
         var refused = await Assert.ThrowsAsync<VoucherRefusedException>(() => scene.ContractAsync(holder, starts: "2027-06-01", ends: "2028-01-01"));
         Contract inside = await scene.ContractAsync(holder, starts: "2027-06-01", ends: "2027-12-31");
 
-        Assert.Equal(VoucherRefusal.ContractOutsideAdmission, refused.Reason);
+        Assert.Equal(VoucherRefusalReason.ContractOutsideAdmission, refused.Reason);
         Assert.Equal(1u, inside.FeeScheduleVersion);
     }
 
@@ -135,7 +135,7 @@ public sealed class HolderAndContractTests(PostgresFixture postgres)
         await using VoucherScene scene = await VoucherScene.StartAsync(postgres);
         string holder = await scene.HolderAsync();
 
-        Assert.Equal(VoucherRefusal.RelatedPartyNotDeclared, await RefusalAsync(() => scene.Book.RecordContractAsync(VoucherScene.Operator, new Contract
+        Assert.Equal(VoucherRefusalReason.RelatedPartyNotDeclared, await RefusalAsync(() => scene.Book.RecordContractAsync(VoucherScene.Operator, new Contract
         {
             HolderCode = holder,
             ProviderId = TestRecords.Provider,
@@ -157,7 +157,7 @@ public sealed class HolderAndContractTests(PostgresFixture postgres)
         string holder = await scene.HolderAsync();
         await scene.ContractAsync(holder, starts: "2026-01-01", ends: "2026-06-30");
 
-        Assert.Equal(VoucherRefusal.ContractOverlaps, await RefusalAsync(() => scene.ContractAsync(holder, starts: "2026-06-30", ends: "2026-12-31")));
+        Assert.Equal(VoucherRefusalReason.ContractOverlaps, await RefusalAsync(() => scene.ContractAsync(holder, starts: "2026-06-30", ends: "2026-12-31")));
         await scene.ContractAsync(holder, starts: "2026-07-01", ends: "2026-12-31");
         await scene.ContractAsync(holder, provider: TestRecords.OtherProvider, starts: "2026-03-01", ends: "2026-12-31");
     }
@@ -168,7 +168,7 @@ public sealed class HolderAndContractTests(PostgresFixture postgres)
         await using VoucherScene scene = await VoucherScene.StartAsync(postgres);
         string holder = await scene.HolderAsync();
 
-        Assert.Equal(VoucherRefusal.FeeScheduleUnknown, await RefusalAsync(() => scene.Book.RecordContractAsync(VoucherScene.Operator, new Contract
+        Assert.Equal(VoucherRefusalReason.FeeScheduleUnknown, await RefusalAsync(() => scene.Book.RecordContractAsync(VoucherScene.Operator, new Contract
         {
             HolderCode = holder,
             ProviderId = TestRecords.Provider,
@@ -200,6 +200,6 @@ public sealed class HolderAndContractTests(PostgresFixture postgres)
         Assert.Equal([1u, 2u], versions.Select(v => v.Version));
         Assert.Equal((5_000u, PayeeMode.HolderReimbursement, 1_000_000_000L), (versions[0].SupportRatioBp, versions[0].PayeeMode, versions[0].AnnualCapFen));
         Assert.Equal(4_000u, versions[1].SupportRatioBp);
-        Assert.Equal(VoucherRefusal.ParametersInvalid, backdated.Reason);
+        Assert.Equal(VoucherRefusalReason.ParametersInvalid, backdated.Reason);
     }
 }

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Dapper;
 using Grpc.Core;
+using Metering.Engine.Ledger;
 using Metering.Engine.Sandbox;
 using Metering.Engine.Settlement;
 using Metering.Engine.Storage;

@@ -1,3 +1,4 @@
+using Metering.Engine.Ledger;
 using Metering.Engine.Settlement;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
@@ -106,7 +107,7 @@ public sealed class RedemptionMoneyTests(PostgresFixture postgres)
 
         Assert.Equal((6_000L, SubsidyLimit.LimitedByRatio), (atProviderOne.SubsidyFen, atProviderOne.LimitedBy));
         Assert.Equal((4_000L, 4_000L, SubsidyLimit.LimitedByAnnualCap), (atProviderTwo.AnnualCapRemainingFen, atProviderTwo.SubsidyFen, atProviderTwo.LimitedBy));
-        Assert.Equal(VoucherRefusal.HolderOverCap, refused.Reason);
+        Assert.Equal(VoucherRefusalReason.HolderOverCap, refused.Reason);
         Assert.Equal(2u, atProviderTwo.ParametersVersion);
     }
 
@@ -127,7 +128,7 @@ public sealed class RedemptionMoneyTests(PostgresFixture postgres)
         var refused = await Assert.ThrowsAsync<VoucherRefusedException>(() => scene.ClaimJobsAsync(contract.ContractId, jobs[10..]));
 
         Assert.Equal((6_000L, 4_000L, 4_000L, SubsidyLimit.LimitedByStackingCap), (claim.RatioSubsidyFen, claim.StackingRoomFen, claim.SubsidyFen, claim.LimitedBy));
-        Assert.Equal(VoucherRefusal.StackingCapReached, refused.Reason);
+        Assert.Equal(VoucherRefusalReason.StackingCapReached, refused.Reason);
         Contract after = (await scene.Book.GetContractAsync(contract.ContractId, CancellationToken.None))!;
         Assert.Equal((29_996_000L, 4_000L), (after.OtherSupportFen, after.VoucherSupportFen));
     }
@@ -148,7 +149,7 @@ public sealed class RedemptionMoneyTests(PostgresFixture postgres)
 
         Assert.Equal(6_000, first.SubsidyFen);
         Assert.Equal((4_000L, 4_000L, SubsidyLimit.LimitedByVoucherRemaining), (second.VoucherRemainingFen, second.SubsidyFen, second.LimitedBy));
-        Assert.Equal(VoucherRefusal.VoucherExhausted, refused.Reason);
+        Assert.Equal(VoucherRefusalReason.VoucherExhausted, refused.Reason);
         Voucher after = (await scene.Book.GetVoucherAsync(voucher.VoucherId, CancellationToken.None))!;
         Assert.Equal((10_000L, 0L), (after.HeldFen, after.RemainingFen));
     }
@@ -163,7 +164,7 @@ public sealed class RedemptionMoneyTests(PostgresFixture postgres)
         var refused = await Assert.ThrowsAsync<VoucherRefusedException>(() => scene.VoucherAsync(contract.ContractId, faceFen: 30_000_001));
         Voucher issued = await scene.VoucherAsync(contract.ContractId, faceFen: 30_000_000);
 
-        Assert.Equal(VoucherRefusal.FaceValueOverLimit, refused.Reason);
+        Assert.Equal(VoucherRefusalReason.FaceValueOverLimit, refused.Reason);
         Assert.Equal(30_000_000, issued.RemainingFen);
         Assert.Equal(-30_000_000, await scene.CreditBalanceAsync(Accounts.ProgrammeBudget(2026)));
     }
@@ -185,7 +186,7 @@ public sealed class RedemptionMoneyTests(PostgresFixture postgres)
 
         Assert.Equal(HoldState.HoldVoided, voided.HoldState);
         Assert.Equal(6_000, again.SubsidyFen);
-        Assert.Equal(VoucherRefusal.ClaimNotReserved, twice.Reason);
+        Assert.Equal(VoucherRefusalReason.ClaimNotReserved, twice.Reason);
         Voucher after = (await scene.Book.GetVoucherAsync(voucher.VoucherId, CancellationToken.None))!;
         Assert.Equal(6_000, after.HeldFen);
     }

@@ -33,7 +33,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
         return new Ready(scene, holder, contract, voucher);
     }
 
-    private static async Task<VoucherRefusedException> RefusedAsync(VoucherScene scene, Func<Task> claim, VoucherRefusal reason)
+    private static async Task<VoucherRefusedException> RefusedAsync(VoucherScene scene, Func<Task> claim, VoucherRefusalReason reason)
     {
         long entriesBefore = await scene.ScalarAsync<long>("SELECT count(*) FROM ledger_entries");
         var refused = await Assert.ThrowsAsync<VoucherRefusedException>(claim);
@@ -49,7 +49,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
         var (scene, holder, contract) = (ready.Scene, ready.Holder, ready.Contract);
         Claim first = await scene.ClaimJobsAsync(contract.ContractId, "job-1120-003");
 
-        var refused = await RefusedAsync(scene, () => scene.ClaimDayAsync(contract.ContractId, Day), VoucherRefusal.UsageAlreadyRedeemed);
+        var refused = await RefusedAsync(scene, () => scene.ClaimDayAsync(contract.ContractId, Day), VoucherRefusalReason.UsageAlreadyRedeemed);
 
         Assert.Equal(first.ClaimId.ToString(System.Globalization.CultureInfo.InvariantCulture), refused.Metadata["claim_id"]);
         Assert.Equal(1L, await scene.ScalarAsync<long>("SELECT count(*) FROM redeemed_usage"));
@@ -61,7 +61,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
         await using Ready ready = await ReadyAsync(postgres, contractStarts: "2026-11-21");
         var (scene, contract) = (ready.Scene, ready.Contract);
 
-        var refused = await RefusedAsync(scene, () => scene.ClaimDayAsync(contract.ContractId, Day), VoucherRefusal.UsageOutsideContract);
+        var refused = await RefusedAsync(scene, () => scene.ClaimDayAsync(contract.ContractId, Day), VoucherRefusalReason.UsageOutsideContract);
 
         Assert.Contains("outside contract", refused.Message, StringComparison.Ordinal);
     }
@@ -75,7 +75,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
         await scene.VoucherAsync(contract.ContractId, 100_000_000, from: "2026-11-21");
         await scene.IngestAsync("cluster-a", VoucherScene.Jobs(holder, Day, 10));
 
-        await RefusedAsync(scene, () => scene.ClaimDayAsync(contract.ContractId, Day), VoucherRefusal.UsageOutsideVoucherValidity);
+        await RefusedAsync(scene, () => scene.ClaimDayAsync(contract.ContractId, Day), VoucherRefusalReason.UsageOutsideVoucherValidity);
     }
 
     [Fact]
@@ -103,7 +103,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
         scene.Clock.Now = VoucherScene.Now;
         await scene.WriteUngatedAsync("side-path", [VoucherScene.Usage(holder, Day, slot: 150, job: "job-suspended")]);
 
-        var refused = await RefusedAsync(scene, () => scene.ClaimDayAsync(contract.ContractId, Day), VoucherRefusal.ProviderNotAdmittedAtUsage);
+        var refused = await RefusedAsync(scene, () => scene.ClaimDayAsync(contract.ContractId, Day), VoucherRefusalReason.ProviderNotAdmittedAtUsage);
 
         Assert.Equal("PROVIDER_SUSPENDED", refused.Metadata["ingest_reason"]);
         Assert.Equal("job-suspended", refused.Metadata["job_id"]);
@@ -124,7 +124,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
                 """);
         }
 
-        var refused = await RefusedAsync(scene, () => scene.ClaimDayAsync(contract.ContractId, Day), VoucherRefusal.UsageChainBroken);
+        var refused = await RefusedAsync(scene, () => scene.ClaimDayAsync(contract.ContractId, Day), VoucherRefusalReason.UsageChainBroken);
 
         Assert.Equal("4", refused.Metadata["sequence"]);
         Assert.Contains("stored hash", refused.Message, StringComparison.Ordinal);
@@ -152,7 +152,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
                 """, new { hash });
         }
 
-        var refused = await RefusedAsync(scene, () => scene.ClaimJobsAsync(contract.ContractId, "job-forged"), VoucherRefusal.UsageChainBroken);
+        var refused = await RefusedAsync(scene, () => scene.ClaimJobsAsync(contract.ContractId, "job-forged"), VoucherRefusalReason.UsageChainBroken);
 
         Assert.Equal("5", refused.Metadata["sequence"]);
     }
@@ -163,7 +163,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
         await using Ready ready = await ReadyAsync(postgres, voucherUntil: "2026-11-30");
         var (scene, contract) = (ready.Scene, ready.Contract);
 
-        await RefusedAsync(scene, () => scene.ClaimDayAsync(contract.ContractId, Day), VoucherRefusal.VoucherExpired);
+        await RefusedAsync(scene, () => scene.ClaimDayAsync(contract.ContractId, Day), VoucherRefusalReason.VoucherExpired);
     }
 
     [Fact]
@@ -176,7 +176,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
             "job-1120-005", "job-1120-006", "job-1120-007", "job-1120-008", "job-1120-009");
         await scene.IngestAsync("cluster-a", VoucherScene.Jobs(holder, Day, 1, firstSlot: 100));
 
-        var refused = await RefusedAsync(scene, () => scene.ClaimJobsAsync(contract.ContractId, "job-1120-100"), VoucherRefusal.HolderOverCap);
+        var refused = await RefusedAsync(scene, () => scene.ClaimJobsAsync(contract.ContractId, "job-1120-100"), VoucherRefusalReason.HolderOverCap);
 
         Assert.Contains("whole 2026 cap", refused.Message, StringComparison.Ordinal);
     }
@@ -188,7 +188,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
         var (scene, holder, contract) = (ready.Scene, ready.Holder, ready.Contract);
         await scene.IngestAsync("cluster-a", [VoucherScene.Usage(holder, Day, 200, "job-a100", model: "A100-SXM")]);
 
-        var refused = await RefusedAsync(scene, () => scene.ClaimJobsAsync(contract.ContractId, "job-a100"), VoucherRefusal.NoFiledPrice);
+        var refused = await RefusedAsync(scene, () => scene.ClaimJobsAsync(contract.ContractId, "job-a100"), VoucherRefusalReason.NoFiledPrice);
 
         Assert.Equal("A100-SXM", refused.Metadata["device_model"]);
     }
@@ -199,7 +199,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
         await using Ready ready = await ReadyAsync(postgres);
         var (scene, contract) = (ready.Scene, ready.Contract);
 
-        var refused = await RefusedAsync(scene, () => scene.ClaimJobsAsync(contract.ContractId, "job-1120-001", "job-nowhere"), VoucherRefusal.UsageNotFound);
+        var refused = await RefusedAsync(scene, () => scene.ClaimJobsAsync(contract.ContractId, "job-1120-001", "job-nowhere"), VoucherRefusalReason.UsageNotFound);
 
         Assert.Equal("job-nowhere", refused.Metadata["job_id"]);
     }
@@ -213,7 +213,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
         await scene.VoucherAsync(contract.ContractId, 100_000_000);
         await scene.IngestAsync("proof:second", VoucherScene.Jobs(holder, Day, 3));
 
-        await RefusedAsync(scene, () => scene.ClaimDayAsync(contract.ContractId, Day), VoucherRefusal.UsageNotFound);
+        await RefusedAsync(scene, () => scene.ClaimDayAsync(contract.ContractId, Day), VoucherRefusalReason.UsageNotFound);
     }
 
     [Fact]
@@ -231,7 +231,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
             ContractId = contract.ContractId,
             PeriodFromUnixMs = ShanghaiTime.StartOf(new DateOnly(2026, 12, 31)).ToUnixTimeMilliseconds(),
             PeriodUntilUnixMs = ShanghaiTime.StartOf(new DateOnly(2027, 1, 2)).ToUnixTimeMilliseconds(),
-        }, CancellationToken.None), VoucherRefusal.ClaimSpansYears);
+        }, CancellationToken.None), VoucherRefusalReason.ClaimSpansYears);
     }
 
     [Fact]
@@ -246,7 +246,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
             JobIds = { "job-1120-001" },
             PeriodFromUnixMs = 1,
             PeriodUntilUnixMs = 2,
-        }, CancellationToken.None), VoucherRefusal.VoucherFieldInvalid);
+        }, CancellationToken.None), VoucherRefusalReason.VoucherFieldInvalid);
     }
 
     [Fact]
@@ -258,7 +258,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
 
         var refused = await Assert.ThrowsAsync<VoucherRefusedException>(() => scene.VoucherAsync(contract.ContractId, 1_000_000));
 
-        Assert.Equal(VoucherRefusal.BelowMinimumAnnualRental, refused.Reason);
+        Assert.Equal(VoucherRefusalReason.BelowMinimumAnnualRental, refused.Reason);
         Assert.Contains("499,999.99 CNY", refused.Message, StringComparison.Ordinal);
     }
 
@@ -271,7 +271,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
 
         var refused = await Assert.ThrowsAsync<VoucherRefusedException>(() => scene.VoucherAsync(contract.ContractId, 1_000_000));
 
-        Assert.Equal(VoucherRefusal.HolderNotApproved, refused.Reason);
+        Assert.Equal(VoucherRefusalReason.HolderNotApproved, refused.Reason);
     }
 
     [Fact]
@@ -287,7 +287,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
             Reason = "Listed by the credit authority.",
         }, CancellationToken.None);
 
-        await RefusedAsync(scene, () => scene.ClaimDayAsync(contract.ContractId, Day), VoucherRefusal.HolderOnIntegrityList);
+        await RefusedAsync(scene, () => scene.ClaimDayAsync(contract.ContractId, Day), VoucherRefusalReason.HolderOnIntegrityList);
     }
 
     [Fact]

@@ -1,7 +1,7 @@
 using Dapper;
 using Npgsql;
 
-namespace Metering.Engine.Settlement;
+namespace Metering.Engine.Ledger;
 
 /// <summary>
 /// A ledger invariant does not hold: an entry does not balance, a balance would go negative, or

@@ -1,7 +1,7 @@
 using Google.Protobuf.Reflection;
 using Metering.Protocol.V1;
 
-namespace Metering.Engine.Vouchers;
+namespace Metering.Server.Vouchers;
 
 /// <summary>The voucher and settlement refusals as their .proto files spell them: the machine-readable reasons.</summary>
 public static class VoucherProtocolNames

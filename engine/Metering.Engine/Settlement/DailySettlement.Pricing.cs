@@ -1,0 +1,62 @@
+using System.Data;
+using System.Globalization;
+using Dapper;
+using Metering.Engine.Audit;
+using Metering.Engine.Ledger;
+using Metering.Engine.Registry;
+using Metering.Engine.Transparency;
+using Metering.Engine.Vouchers;
+using Npgsql;
+
+namespace Metering.Engine.Settlement;
+
+// Stage 4 of a run: each group priced under the contract that covers it, rounded down once per line.
+public sealed partial class DailySettlement
+{
+    private static async Task<List<PricedLine>> PriceAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, List<Group> groups, CancellationToken cancellationToken)
+    {
+        if (groups.Count == 0)
+        {
+            return [];
+        }
+
+        DateOnly first = groups.Min(g => g.UsageDay);
+        DateOnly last = groups.Max(g => g.UsageDay);
+        var contracts = (await connection.QueryAsync<(long Id, string Provider, string Holder, DateTime Starts, DateTime Ends, string Item, int Version, string Unit)>(new CommandDefinition("""
+            SELECT contract_id, provider_id, holder_code, starts_on, ends_on, service_item, fee_schedule_version, fee_unit FROM contracts
+            WHERE starts_on <= @last AND ends_on >= @first
+            """, new { first, last }, transaction, cancellationToken: cancellationToken)))
+            .Select(c => new ContractTerms(c.Id, c.Provider, c.Holder, DateOnly.FromDateTime(c.Starts), DateOnly.FromDateTime(c.Ends), c.Item, c.Version, c.Unit))
+            .ToLookup(c => (c.Provider, c.Holder));
+        var prices = new Dictionary<(string Provider, string Item, int Version), Dictionary<(string Model, string Unit), long>>();
+        foreach (var key in contracts.SelectMany(c => c).Select(c => (c.Provider, c.ServiceItem, c.Version)).Distinct())
+        {
+            string json = await connection.ExecuteScalarAsync<string>(new CommandDefinition(
+                "SELECT lines::text FROM fee_schedules WHERE provider_id = @provider AND service_item = @item AND version = @version",
+                new { provider = key.Provider, item = key.ServiceItem, version = key.Version }, transaction, cancellationToken: cancellationToken)) ?? "[]";
+            prices[key] = ProviderRegistry.ParseFees(json).ToDictionary(l => (l.DeviceModel, Names.Of(l.Unit)), l => l.PriceFen);
+        }
+
+        var lines = new List<PricedLine>(groups.Count);
+        foreach (Group group in groups)
+        {
+            // Contracts of one holder with one provider never overlap, so at most one covers a day.
+            ContractTerms? contract = contracts[(group.Provider, group.Holder)].FirstOrDefault(c => c.StartsOn <= group.UsageDay && group.UsageDay <= c.EndsOn);
+            if (contract is null)
+            {
+                lines.Add(new PricedLine(group, null, "", null, 0, "no_contract"));
+            }
+            else if (!prices[(contract.Provider, contract.ServiceItem, contract.Version)].TryGetValue((group.Model, contract.FeeUnit), out long price))
+            {
+                lines.Add(new PricedLine(group, contract.ContractId, contract.FeeUnit, null, 0, "no_filed_price"));
+            }
+            else
+            {
+                long fee = Pricing.FeeFen(Names.FeeUnitOf(contract.FeeUnit), group.UsageNpfh, group.CardMs, price);
+                lines.Add(new PricedLine(group, contract.ContractId, contract.FeeUnit, price, fee, null));
+            }
+        }
+
+        return lines;
+    }
+}

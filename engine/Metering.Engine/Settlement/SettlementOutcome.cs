@@ -1,0 +1,30 @@
+namespace Metering.Engine.Settlement;
+
+/// <summary>A step of a run, for progress output.</summary>
+public sealed record SettlementProgress(DateOnly Day, string Stage, string Message, TimeSpan Elapsed);
+
+/// <summary>One statement as stored: its canonical CSV and hash.</summary>
+public sealed record StoredStatement(string PartyKind, string Party, byte[] CanonicalCsv, byte[] Sha256)
+{
+    public PartyStatement Parse() => StatementFormats.ParseCanonicalCsv(CanonicalCsv);
+}
+
+/// <summary>A closed day, as the run that closed it recorded it.</summary>
+public sealed record SettlementOutcome(DateOnly Day, bool AlreadyClosed, byte[] SettlementSha256, long DayRecords, long DayUsageNpfh, long AdjustmentRecords,
+    long FeeFen, long SubsidyFen, string SettledBy, DateTimeOffset FinishedAt, IReadOnlyList<StoredStatement> Statements)
+{
+    public string SettlementHex => Convert.ToHexStringLower(SettlementSha256);
+}
+
+/// <summary>Knobs of a run that do not change its result.</summary>
+public sealed class SettlementOptions
+{
+    /// <summary>
+    /// For fault drills: how long a run waits, all its work done and checked, before it commits,
+    /// so that an operator can kill it and watch the rerun. Zero in normal runs.
+    /// </summary>
+    public TimeSpan PauseBeforeCommit { get; init; } = TimeSpan.Zero;
+
+    /// <summary>Longest a run may take before PostgreSQL cancels its statements.</summary>
+    public TimeSpan StatementTimeout { get; init; } = TimeSpan.FromMinutes(30);
+}

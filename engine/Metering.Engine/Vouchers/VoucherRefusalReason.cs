@@ -1,0 +1,53 @@
+namespace Metering.Engine.Vouchers;
+
+/// <summary>
+/// Why the voucher book refused a call: the engine's own copy of vouchers.proto's VoucherRefusal,
+/// with the same member names and numbers, so that the server maps it by value and a test keeps the
+/// two from drifting apart.
+/// </summary>
+public enum VoucherRefusalReason
+{
+    Unspecified = 0,
+    VoucherFieldInvalid = 1,
+    HolderCreditCodeInvalid = 2,
+    HolderNotInShenzhen = 3,
+    HolderExists = 4,
+    HolderUnknown = 5,
+    HolderNotApproved = 6,
+    HolderOnIntegrityList = 7,
+    HolderIsProvider = 8,
+    ParametersInvalid = 9,
+    ParametersUnknown = 10,
+    ContractOutsideAdmission = 11,
+    RelatedPartyNotDeclared = 12,
+    ContractOverlaps = 13,
+    ContractNumberTaken = 14,
+    ContractUnknown = 15,
+    FeeScheduleUnknown = 16,
+    VoucherExists = 17,
+    VoucherUnknown = 18,
+    FaceValueOverLimit = 19,
+    BelowMinimumAnnualRental = 20,
+    UsageNotFound = 21,
+    ClaimTooLarge = 22,
+    UsageAlreadyRedeemed = 23,
+    UsageOutsideContract = 24,
+    UsageOutsideVoucherValidity = 25,
+    ProviderNotAdmittedAtUsage = 26,
+    UsageChainBroken = 27,
+    VoucherExpired = 28,
+    HolderOverCap = 29,
+    VoucherExhausted = 30,
+    StackingCapReached = 31,
+    NoFiledPrice = 32,
+    ClaimSpansYears = 33,
+    ClaimUnknown = 34,
+    ClaimNotReserved = 35,
+    SubsidyZero = 36,
+    HolderStillEngaged = 37,
+    PayoutOverPayable = 38,
+    PayeeNothingPayable = 39,
+    PayoutReferenceTaken = 40,
+    ProgrammeYearNotEnded = 41,
+    NothingToRelease = 42,
+}

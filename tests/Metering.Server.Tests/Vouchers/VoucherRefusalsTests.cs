@@ -1,0 +1,54 @@
+using Google.Rpc;
+using Grpc.Core;
+using Metering.Engine.Settlement;
+using Metering.Engine.Vouchers;
+using Metering.Protocol.V1;
+using Metering.Server.Vouchers;
+
+namespace Metering.Server.Tests.Vouchers;
+
+/// <summary>
+/// The engine's voucher refusal reasons are mapped to vouchers.proto's VoucherRefusal by value:
+/// these tests keep the two enums from drifting apart, member by member, in both directions.
+/// </summary>
+public sealed class VoucherRefusalsTests
+{
+    [Fact]
+    public void Every_engine_voucher_reason_has_a_proto_member_of_the_same_name_and_number()
+    {
+        foreach (VoucherRefusalReason reason in Enum.GetValues<VoucherRefusalReason>())
+        {
+            Assert.True(Enum.TryParse(reason.ToString(), out VoucherRefusal proto), $"vouchers.proto has no VoucherRefusal named {reason}");
+            Assert.Equal((int)reason, (int)proto);
+            Assert.Equal(proto, VoucherRefusals.ToProto(reason));
+        }
+    }
+
+    [Fact]
+    public void Every_proto_voucher_refusal_has_an_engine_reason_of_the_same_name_and_number()
+    {
+        foreach (VoucherRefusal proto in Enum.GetValues<VoucherRefusal>())
+        {
+            Assert.True(Enum.TryParse(proto.ToString(), out VoucherRefusalReason reason), $"the engine has no VoucherRefusalReason named {proto}");
+            Assert.Equal((int)proto, (int)reason);
+        }
+    }
+
+    [Fact]
+    public void A_refused_overdraw_reaches_the_wire_under_its_proto_name_and_status()
+    {
+        RpcException wire = VoucherErrors.From(new VoucherRefusedException(VoucherRefusalReason.VoucherExhausted, "the voucher has no balance left"));
+
+        Assert.Equal(StatusCode.FailedPrecondition, wire.StatusCode);
+        Assert.Equal("VOUCHER_EXHAUSTED", wire.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason);
+    }
+
+    [Fact]
+    public void A_payout_problem_is_refused_with_its_voucher_reason()
+    {
+        RpcException wire = VoucherErrors.From(new PayoutRefusedException(PayoutProblem.ReferenceTaken, "the bank reference was used before"));
+
+        Assert.Equal(StatusCode.AlreadyExists, wire.StatusCode);
+        Assert.Equal("PAYOUT_REFERENCE_TAKEN", wire.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason);
+    }
+}
