@@ -1,3 +1,4 @@
+using Metering.Engine.Capacity;
 using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Npgsql;
