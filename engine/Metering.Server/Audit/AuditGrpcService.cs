@@ -570,7 +570,7 @@ internal sealed partial class AuditGrpcService(
     {
         if (await credentials.AuthenticateAsync(AuthenticationInterceptor.KeyOf(context), context.CancellationToken) is null)
         {
-            throw Errors.Refused(StatusCode.Unauthenticated, IngestRefusal.Unauthenticated, "the API key was revoked while the audit call ran; no results were sent");
+            throw CallerRefusals.Refused(CallerRefusal.Unauthenticated, "the API key was revoked while the audit call ran; no results were sent");
         }
     }
 
