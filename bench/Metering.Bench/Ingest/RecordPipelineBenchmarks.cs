@@ -1,7 +1,6 @@
 using BenchmarkDotNet.Attributes;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
-using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Samples.ProviderAgent;

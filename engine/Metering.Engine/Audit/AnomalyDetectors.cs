@@ -2,7 +2,6 @@ using System.Globalization;
 using Dapper;
 using Metering.Engine.Capacity;
 using Metering.Engine.Ingest;
-using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Engine.Time;
 using Npgsql;

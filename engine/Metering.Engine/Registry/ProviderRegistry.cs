@@ -3,8 +3,6 @@ using System.Globalization;
 using System.Text.Json;
 using Dapper;
 using Metering.Engine.Access;
-using Metering.Engine.Audit;
-using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Storage;
 using Metering.Engine.Time;
@@ -22,9 +20,12 @@ namespace Metering.Engine.Registry;
 /// the change and appends the change to registry_history. A refusal throws
 /// <see cref="RegistryRefusedException"/> before anything is written. Who may call what is the
 /// server's access policy; this class checks only what follows from the actor itself (a provider
-/// files for itself).
+/// files for itself). What it needs from the features above it (the fleet validation, the proof
+/// stream's chain) comes in through its ports, <see cref="IFleetValidationEvidence"/> and
+/// <see cref="IProofChainEvidence"/>.
 /// </summary>
-public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog catalog, TimeProvider time)
+public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, DeviceCatalog catalog, TimeProvider time,
+    IFleetValidationEvidence fleetValidations, IProofChainEvidence proofChains)
 {
     public const int ListLimitDefault = 100;
     public const int ListLimitMax = 1_000;
@@ -312,7 +313,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             var parts = new List<VerificationPart>();
             if (verified == 0)
             {
-                CurrentValidation? validation = await FleetValidationService.CurrentAsync(connection, transaction, row.ProviderId, now);
+                FleetValidationEvidence? validation = await fleetValidations.CurrentAsync(connection, transaction, row.ProviderId, now);
                 var origins = new List<string>();
                 if (validation is { } current)
                 {
@@ -862,7 +863,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
                 $"metering-log proof stream '{stream}' of {code} holds no records; stream a test log to it through ingest first");
         }
 
-        ChainVerification verification = await new ChainVerifier(dataSource).VerifyStreamAsync(code, stream, cancellationToken);
+        ProofChainEvidence verification = await proofChains.VerifyStreamAsync(code, stream, cancellationToken);
         byte[] head = await connection.ExecuteScalarAsync<byte[]>(
             "SELECT chain_head FROM ingest_streams WHERE provider_id = @code AND stream_id = @stream", new { code, stream }, transaction) ?? [];
         if (verification.Intact && ((long)verification.RecordsChecked != records || !verification.ComputedHead.AsSpan().SequenceEqual(head)))
