@@ -6,6 +6,7 @@ using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
 using Metering.Server.Localization;
+using Metering.Server.Registry;
 
 namespace Metering.Server;
 
@@ -62,7 +63,7 @@ public static class Errors
     }
 
     public static RpcException From(RegistryRefusedException refused) =>
-        Refused(CodeFor(refused.Reason), ProtocolNames.Of(refused.Reason), refused.Message, refused.Metadata.ToDictionary());
+        Refused(RegistryRefusals.StatusOf(refused.Reason), ProtocolNames.Of(RegistryRefusals.ToProto(refused.Reason)), refused.Message, refused.Metadata.ToDictionary());
 
     public static RpcException From(CapacityRefusedException refused) =>
         Refused(CodeFor(refused.Reason), ProtocolNames.Of(refused.Reason), refused.Message, refused.Metadata.ToDictionary());

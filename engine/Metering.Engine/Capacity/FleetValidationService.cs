@@ -71,7 +71,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
 
             if (!version.TryGet(node.DeviceModel, out DeviceModel model))
             {
-                throw new RegistryRefusedException(RegistryRefusal.DeviceModelUnknown, $"node '{node.NodeId}': device model '{node.DeviceModel}' is not in device catalog {version.Version}");
+                throw new RegistryRefusedException(RegistryRefusalReason.DeviceModelUnknown, $"node '{node.NodeId}': device model '{node.DeviceModel}' is not in device catalog {version.Version}");
             }
 
             if (model.Probe is null || model.CapacityFromVerifier)
@@ -493,7 +493,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
         {
             if (!catalog.Latest.TryGet(request.DeviceModel, out DeviceModel model))
             {
-                throw new RegistryRefusedException(RegistryRefusal.DeviceModelUnknown, $"device model '{request.DeviceModel}' is not in device catalog {catalog.Latest.Version}");
+                throw new RegistryRefusedException(RegistryRefusalReason.DeviceModelUnknown, $"device model '{request.DeviceModel}' is not in device catalog {catalog.Latest.Version}");
             }
 
             accepted = model.Probe is not null && !model.CapacityFromVerifier
@@ -502,7 +502,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
         }
         else if (reasons.Length == 0)
         {
-            throw new RegistryRefusedException(RegistryRefusal.ReasonRequired, "rejecting a device needs its reasons");
+            throw new RegistryRefusedException(RegistryRefusalReason.ReasonRequired, "rejecting a device needs its reasons");
         }
 
         DateTimeOffset now = time.GetUtcNow();
@@ -802,7 +802,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
         await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(IsolationLevel.ReadCommitted, cancellationToken);
         if (!await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM organisations WHERE provider_id = @code)", new { code }, transaction))
         {
-            throw new RegistryRefusedException(RegistryRefusal.OrganisationUnknown, $"no organisation {code} is registered");
+            throw new RegistryRefusedException(RegistryRefusalReason.OrganisationUnknown, $"no organisation {code} is registered");
         }
 
         await connection.ExecuteAsync("SELECT pg_advisory_xact_lock(@key)", new { key = LockKey("capacity", code) }, transaction);
@@ -824,7 +824,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
         string code = CheckCreditCode(creditCode);
         if (actor.Role != Role.Provider || actor.Subject != code)
         {
-            throw new RegistryRefusedException(RegistryRefusal.OtherProvider, $"capacity entries of {code} are written by {code} itself");
+            throw new RegistryRefusedException(RegistryRefusalReason.OtherProvider, $"capacity entries of {code} are written by {code} itself");
         }
 
         return code;
@@ -833,7 +833,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
     internal static string CheckCreditCode(string code) =>
         Identity.CreditCode.IsValid(code)
             ? code
-            : throw new RegistryRefusedException(RegistryRefusal.CreditCodeInvalid, $"'{code}' is not a valid unified social credit code");
+            : throw new RegistryRefusedException(RegistryRefusalReason.CreditCodeInvalid, $"'{code}' is not a valid unified social credit code");
 
     internal static void CheckNodeId(string nodeId, CapacityRefusal? refusal = null)
     {

@@ -47,11 +47,11 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
 
         string legalForm = Names.Of(organisation.LegalForm);
         string district = Districts.Normalise(organisation.District)
-            ?? throw new RegistryRefusedException(RegistryRefusal.NotRegisteredInShenzhen,
+            ?? throw new RegistryRefusedException(RegistryRefusalReason.NotRegisteredInShenzhen,
                 $"district '{organisation.District}' is not in Shenzhen; the programme admits organisations registered in one of: {string.Join(", ", Districts.Keys)}");
         if (!Districts.CodeRegionMatches(code, district))
         {
-            throw new RegistryRefusedException(RegistryRefusal.NotRegisteredInShenzhen,
+            throw new RegistryRefusedException(RegistryRefusalReason.NotRegisteredInShenzhen,
                 $"{code} was registered in region {code.Substring(2, 6)}, which is not Shenzhen (4403xx)");
         }
 
@@ -71,7 +71,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
                 """, new { code, name = organisation.Name.Trim(), legalForm, district, established, now = now.UtcDateTime }, transaction);
             if (inserted == 0)
             {
-                throw new RegistryRefusedException(RegistryRefusal.OrganisationExists, $"{code} is already registered");
+                throw new RegistryRefusedException(RegistryRefusalReason.OrganisationExists, $"{code} is already registered");
             }
 
             await RecordAsync(connection, transaction, actor, now, code, "organisation", code, "register", null, await RowJsonAsync(connection, transaction, "organisations", "provider_id = @code", new { code }));
@@ -91,7 +91,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         DateOnly until = ParseDate("valid_until", licence.ValidUntil);
         if (until < from)
         {
-            throw new RegistryRefusedException(RegistryRefusal.PeriodInvalid, $"the licence is valid until {until:yyyy-MM-dd}, before it is valid from {from:yyyy-MM-dd}");
+            throw new RegistryRefusedException(RegistryRefusalReason.PeriodInvalid, $"the licence is valid until {until:yyyy-MM-dd}, before it is valid from {from:yyyy-MM-dd}");
         }
 
         DateTimeOffset now = time.GetUtcNow();
@@ -126,7 +126,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         DateOnly? until = listing.ListedUntil.Length == 0 ? null : ParseDate("listed_until", listing.ListedUntil);
         if (until < from)
         {
-            throw new RegistryRefusedException(RegistryRefusal.PeriodInvalid, $"the listing ends on {until:yyyy-MM-dd}, before it starts on {from:yyyy-MM-dd}");
+            throw new RegistryRefusedException(RegistryRefusalReason.PeriodInvalid, $"the listing ends on {until:yyyy-MM-dd}, before it starts on {from:yyyy-MM-dd}");
         }
 
         string reason = RequireReasons(listing.Reason, "a listing needs its reason");
@@ -153,7 +153,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         if (actor.Role != Role.Provider || actor.Subject != code)
         {
             // The guide requires applicants to file for themselves (自主申报).
-            throw new RegistryRefusedException(RegistryRefusal.OtherProvider, $"an application for {code} must be filed by {code} itself");
+            throw new RegistryRefusedException(RegistryRefusalReason.OtherProvider, $"an application for {code} must be filed by {code} itself");
         }
 
         FilingRules.CheckForm(request, catalog);
@@ -162,7 +162,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             OrganisationRow organisation = await RequireOrganisationAsync(connection, transaction, code, lockRow: true);
             DateTimeOffset now = time.GetUtcNow();
             BatchRow batch = (await ReadBatchesAsync(connection, transaction, request.BatchId)).SingleOrDefault()
-                ?? throw new RegistryRefusedException(RegistryRefusal.BatchUnknown, $"there is no admission batch '{request.BatchId}'");
+                ?? throw new RegistryRefusedException(RegistryRefusalReason.BatchUnknown, $"there is no admission batch '{request.BatchId}'");
             var context = new FilingContext(
                 organisation,
                 batch,
@@ -177,7 +177,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
                 """, new { code, item = request.ServiceItem }, transaction);
             if (pending is not null)
             {
-                throw new RegistryRefusedException(RegistryRefusal.ServiceItemTaken, $"{code} already has an application for service item '{request.ServiceItem}' in progress ({pending})");
+                throw new RegistryRefusedException(RegistryRefusalReason.ServiceItemTaken, $"{code} already has an application for service item '{request.ServiceItem}' in progress ({pending})");
             }
 
             // An item whose admission has ended (expired, withdrawn, revoked) may be applied for
@@ -190,7 +190,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             else if (await CurrentItemAsync(connection, transaction, code, request.ServiceItem, now) is { } current
                 && current.Status(now) is ServiceItemStatus.Active or ServiceItemStatus.Suspended)
             {
-                throw new RegistryRefusedException(RegistryRefusal.ServiceItemTaken,
+                throw new RegistryRefusedException(RegistryRefusalReason.ServiceItemTaken,
                     $"{code} is already admitted for service item '{request.ServiceItem}' until {current.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; a new service is applied for under a new item, and this one is renewed in a later batch with renews_application_id {current.ApplicationId}");
             }
 
@@ -325,7 +325,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
                 }
                 else if (decision.Pass && decision.VerifierParts.Count == 0)
                 {
-                    throw new RegistryRefusedException(RegistryRefusal.CapacityUnverified,
+                    throw new RegistryRefusedException(RegistryRefusalReason.CapacityUnverified,
                         $"verified_fp16_gflops 0 takes {row.ProviderId}'s fleet validation and the commissioned verifier's parts; it has no validation completed and unexpired and no parts were given; validate the fleet through CapacityService or record the commissioned verifier's figure");
                 }
 
@@ -400,7 +400,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             // it is recorded until the decision, which must then answer it.
             if (row.State != ApplicationState.InPublicNotice)
             {
-                throw new RegistryRefusedException(RegistryRefusal.WrongStage, $"objections are recorded between public notice and the decision; application {row.ApplicationId} is {Names.Of(row.State)}");
+                throw new RegistryRefusedException(RegistryRefusalReason.WrongStage, $"objections are recorded between public notice and the decision; application {row.ApplicationId} is {Names.Of(row.State)}");
             }
 
             int stageNo = await AddStageAsync(connection, transaction, row.ProviderId, row.ApplicationId, "objection", actor, now, "recorded", $"{objector}: {content}");
@@ -419,7 +419,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         {
             if (row.NoticeEndsAt is { } ends && now < ends)
             {
-                throw new RegistryRefusedException(RegistryRefusal.NoticePeriodRunning,
+                throw new RegistryRefusedException(RegistryRefusalReason.NoticePeriodRunning,
                     $"public notice of application {row.ApplicationId} runs until {ends.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai");
             }
 
@@ -466,7 +466,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             }
             if (await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM applications WHERE notice_number = @number)", new { number }, transaction))
             {
-                throw new RegistryRefusedException(RegistryRefusal.NoticeNumberTaken, $"admission notice number {number} is already used");
+                throw new RegistryRefusedException(RegistryRefusalReason.NoticeNumberTaken, $"admission notice number {number} is already used");
             }
 
             BatchRow batch = (await ReadBatchesAsync(connection, transaction, row.BatchId)).Single();
@@ -479,7 +479,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
                 if (renewed.EndKind is not null)
                 {
                     // Withdrawal and revocation reject a renewal in progress; this guards the rule.
-                    throw new RegistryRefusedException(RegistryRefusal.RenewalInvalid,
+                    throw new RegistryRefusedException(RegistryRefusalReason.RenewalInvalid,
                         $"the admission of application {renewedId} was {renewed.EndKind}; a renewal does not revive it");
                 }
 
@@ -493,7 +493,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
 
             if (validFrom >= batch.ValidityEndsAt)
             {
-                throw new RegistryRefusedException(RegistryRefusal.PeriodInvalid, $"batch {batch.BatchId}'s validity ended at {batch.ValidityEndsAt:O}; nothing can be admitted under it");
+                throw new RegistryRefusedException(RegistryRefusalReason.PeriodInvalid, $"batch {batch.BatchId}'s validity ended at {batch.ValidityEndsAt:O}; nothing can be admitted under it");
             }
 
             string before = (await ApplicationJsonAsync(connection, transaction, row.ApplicationId))!;
@@ -559,7 +559,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         string code = CheckCreditCode(request.CreditCode);
         if (actor.Role != Role.Provider || actor.Subject != code)
         {
-            throw new RegistryRefusedException(RegistryRefusal.OtherProvider, $"{code}'s fee schedule is filed by {code} itself");
+            throw new RegistryRefusedException(RegistryRefusalReason.OtherProvider, $"{code}'s fee schedule is filed by {code} itself");
         }
 
         Names.CheckServiceItem(request.ServiceItem);
@@ -575,14 +575,14 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             DateTimeOffset effective = request.EffectiveFromUnixMs == 0 ? tomorrow : DateTimeOffset.FromUnixTimeMilliseconds(request.EffectiveFromUnixMs);
             if (effective < tomorrow)
             {
-                throw new RegistryRefusedException(RegistryRefusal.FeeScheduleInvalid,
+                throw new RegistryRefusedException(RegistryRefusalReason.FeeScheduleInvalid,
                     $"a new fee schedule takes effect from the start of a day that has not begun: {tomorrow.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai or later");
             }
             ServiceItemRow item = await CurrentItemAsync(connection, transaction, code, request.ServiceItem, now)
-                ?? throw new RegistryRefusedException(RegistryRefusal.ServiceItemUnknown, $"{code} holds no admitted service item '{request.ServiceItem}'");
+                ?? throw new RegistryRefusedException(RegistryRefusalReason.ServiceItemUnknown, $"{code} holds no admitted service item '{request.ServiceItem}'");
             if (item.Status(now) is ServiceItemStatus.Withdrawn or ServiceItemStatus.Revoked or ServiceItemStatus.Expired)
             {
-                throw new RegistryRefusedException(RegistryRefusal.StatusChangeInvalid, $"service item '{request.ServiceItem}' is {item.Status(now)}; its fees can no longer change");
+                throw new RegistryRefusedException(RegistryRefusalReason.StatusChangeInvalid, $"service item '{request.ServiceItem}' is {item.Status(now)}; its fees can no longer change");
             }
 
             var latest = await connection.QuerySingleAsync<(int Version, DateTime EffectiveFrom)>("""
@@ -590,7 +590,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
                 """, new { code, item = request.ServiceItem }, transaction);
             if (effective.UtcDateTime < latest.EffectiveFrom)
             {
-                throw new RegistryRefusedException(RegistryRefusal.FeeScheduleInvalid,
+                throw new RegistryRefusedException(RegistryRefusalReason.FeeScheduleInvalid,
                     $"a new fee schedule takes effect no earlier than version {latest.Version} ({latest.EffectiveFrom:O})");
             }
 
@@ -629,7 +629,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             DateTimeOffset now = time.GetUtcNow();
             IReadOnlyList<ServiceItemRow> admissions = (await ReadServiceItemsAsync(connection, transaction, code, now)).Where(i => i.Item == request.ServiceItem).ToList();
             ServiceItemRow item = InForce(admissions, now)
-                ?? throw new RegistryRefusedException(RegistryRefusal.ServiceItemUnknown, $"{code} holds no admitted service item '{request.ServiceItem}'");
+                ?? throw new RegistryRefusedException(RegistryRefusalReason.ServiceItemUnknown, $"{code} holds no admitted service item '{request.ServiceItem}'");
             // A renewal admitted but not yet started follows the admission in force: it is
             // suspended, reinstated and ended with it, so that no status change is escaped by
             // waiting for the renewal to take over, and a renewal never revives an admission
@@ -675,7 +675,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
                     await RejectRenewalsInProgressAsync(connection, transaction, actor, code, request.ServiceItem, kind, now);
                     break;
                 default:
-                    throw new RegistryRefusedException(RegistryRefusal.StatusChangeInvalid,
+                    throw new RegistryRefusedException(RegistryRefusalReason.StatusChangeInvalid,
                         $"service item '{request.ServiceItem}' of {code} is {status.ToString().ToLowerInvariant()}; it cannot be {Past(request.Action)}");
             }
 
@@ -828,12 +828,12 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             """, new { id = row.ApplicationId, stage }, transaction);
         if (decided is { } d)
         {
-            return new RegistryRefusedException(RegistryRefusal.AlreadyDecided,
+            return new RegistryRefusedException(RegistryRefusalReason.AlreadyDecided,
                 $"{stage.Replace('_', ' ')} of application {row.ApplicationId} was already decided by {d.Actor} at {new DateTimeOffset(d.At, TimeSpan.Zero).ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm:ss} ({d.Outcome}); it is now {Names.Of(row.State)}",
                 new Dictionary<string, string> { ["actor"] = d.Actor, ["outcome"] = d.Outcome, ["state"] = Names.Of(row.State) });
         }
 
-        return new RegistryRefusedException(RegistryRefusal.WrongStage, $"{rule}; application {row.ApplicationId} is {Names.Of(row.State)}",
+        return new RegistryRefusedException(RegistryRefusalReason.WrongStage, $"{rule}; application {row.ApplicationId} is {Names.Of(row.State)}",
             new Dictionary<string, string> { ["state"] = Names.Of(row.State) });
     }
 
@@ -845,11 +845,11 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         }
         catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation && e.ConstraintName == "applications_one_pending_per_item")
         {
-            throw new RegistryRefusedException(RegistryRefusal.ServiceItemTaken, "another application for this service item was filed at the same moment");
+            throw new RegistryRefusedException(RegistryRefusalReason.ServiceItemTaken, "another application for this service item was filed at the same moment");
         }
         catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation && e.ConstraintName == "applications_notice_number_key")
         {
-            throw new RegistryRefusedException(RegistryRefusal.NoticeNumberTaken, "the admission notice number was used at the same moment");
+            throw new RegistryRefusedException(RegistryRefusalReason.NoticeNumberTaken, "the admission notice number was used at the same moment");
         }
     }
 
@@ -859,7 +859,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             "SELECT coalesce((SELECT committed_sequence FROM ingest_streams WHERE provider_id = @code AND stream_id = @stream), 0)", new { code, stream }, transaction);
         if (records == 0)
         {
-            throw new RegistryRefusedException(RegistryRefusal.MeteringProofMissing,
+            throw new RegistryRefusedException(RegistryRefusalReason.MeteringProofMissing,
                 $"metering-log proof stream '{stream}' of {code} holds no records; stream a test log to it through ingest first");
         }
 
@@ -868,14 +868,14 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             "SELECT chain_head FROM ingest_streams WHERE provider_id = @code AND stream_id = @stream", new { code, stream }, transaction) ?? [];
         if (verification.Intact && ((long)verification.RecordsChecked != records || !verification.ComputedHead.AsSpan().SequenceEqual(head)))
         {
-            throw new RegistryRefusedException(RegistryRefusal.MeteringProofBroken,
+            throw new RegistryRefusedException(RegistryRefusalReason.MeteringProofBroken,
                 $"metering-log proof stream '{stream}' holds {verification.RecordsChecked} verifiable records, but its head says {records}: the stored log is incomplete",
                 new Dictionary<string, string> { ["sequence"] = (verification.RecordsChecked + 1).ToString(CultureInfo.InvariantCulture) });
         }
 
         if (!verification.Intact)
         {
-            throw new RegistryRefusedException(RegistryRefusal.MeteringProofBroken,
+            throw new RegistryRefusedException(RegistryRefusalReason.MeteringProofBroken,
                 $"metering-log proof stream '{stream}' does not verify: {verification.Evidence}",
                 new Dictionary<string, string> { ["sequence"] = verification.FirstBrokenSequence!.Value.ToString(CultureInfo.InvariantCulture) });
         }
@@ -937,7 +937,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             """, new { code }, transaction);
         return row is { } r
             ? new OrganisationRow(r.Code, r.Name, r.LegalForm, r.District, DateOnly.FromDateTime(r.Established), r.Epoch, new DateTimeOffset(r.RegisteredAt, TimeSpan.Zero))
-            : throw new RegistryRefusedException(RegistryRefusal.OrganisationUnknown, $"no organisation {code} is registered");
+            : throw new RegistryRefusedException(RegistryRefusalReason.OrganisationUnknown, $"no organisation {code} is registered");
     }
 
     private static async Task<IReadOnlyList<LicenceRow>> ReadLicencesAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string code) =>
@@ -959,7 +959,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             """, new { id }, transaction);
         return row is { } r
             ? new ApplicationRow(r.Id, r.Code, r.Batch, r.Item, Names.StateOf(r.State), r.Intermediary, r.NoticeEnds is { } n ? ShanghaiTime.Instant(n) : null, r.Decided is { } d ? ShanghaiTime.Instant(d) : null)
-            : throw new RegistryRefusedException(RegistryRefusal.ApplicationUnknown, $"there is no application {id}");
+            : throw new RegistryRefusedException(RegistryRefusalReason.ApplicationUnknown, $"there is no application {id}");
     }
 
     private async Task<Application?> ReadApplicationAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, long id, bool details)
@@ -1136,29 +1136,29 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         long id = request.RenewsApplicationId;
         IReadOnlyList<ServiceItemRow> admissions = await ReadServiceItemsAsync(connection, transaction, code, now);
         ServiceItemRow renewed = admissions.FirstOrDefault(i => i.ApplicationId == id)
-            ?? throw new RegistryRefusedException(RegistryRefusal.RenewalInvalid, $"application {id} admitted no service item of {code}; a renewal names the applicant's own admission");
+            ?? throw new RegistryRefusedException(RegistryRefusalReason.RenewalInvalid, $"application {id} admitted no service item of {code}; a renewal names the applicant's own admission");
         if (renewed.Item != request.ServiceItem)
         {
-            throw new RegistryRefusedException(RegistryRefusal.RenewalInvalid,
+            throw new RegistryRefusedException(RegistryRefusalReason.RenewalInvalid,
                 $"application {id} admitted service item '{renewed.Item}', not '{request.ServiceItem}'; a renewal is for the same item, and another item is a new application");
         }
 
         if (renewed.Status(now) is not (ServiceItemStatus.Active or ServiceItemStatus.Suspended))
         {
-            throw new RegistryRefusedException(RegistryRefusal.RenewalInvalid,
+            throw new RegistryRefusedException(RegistryRefusalReason.RenewalInvalid,
                 $"the admission of application {id} is {renewed.Status(now).ToString().ToLowerInvariant()}; only a running admission is renewed, and an ended item is applied for anew (renews_application_id 0)");
         }
 
         if (admissions.FirstOrDefault(i => i.Item == renewed.Item && i.ValidFrom > renewed.ValidFrom) is { } later)
         {
-            throw new RegistryRefusedException(RegistryRefusal.ServiceItemTaken,
+            throw new RegistryRefusedException(RegistryRefusalReason.ServiceItemTaken,
                 $"the admission of application {id} is already renewed by application {later.ApplicationId} from {later.ValidFrom.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai");
         }
 
         string renewedBatch = await connection.ExecuteScalarAsync<string>("SELECT batch_id FROM applications WHERE application_id = @id", new { id }, transaction) ?? "";
         if (renewedBatch == batch.BatchId || batch.ValidityEndsAt <= renewed.ValidityEndsAt)
         {
-            throw new RegistryRefusedException(RegistryRefusal.RenewalInvalid,
+            throw new RegistryRefusedException(RegistryRefusalReason.RenewalInvalid,
                 $"batch {batch.BatchId} is valid until {batch.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; it cannot renew an admission of batch {renewedBatch} valid until {renewed.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm}: a renewal is filed in a later batch");
         }
 
@@ -1188,7 +1188,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
     {
         if (!Identity.CreditCode.IsValid(code))
         {
-            throw new RegistryRefusedException(RegistryRefusal.CreditCodeInvalid, $"'{code}' is not a valid unified social credit code (18 characters, GB 32100-2015 check character)");
+            throw new RegistryRefusedException(RegistryRefusalReason.CreditCodeInvalid, $"'{code}' is not a valid unified social credit code (18 characters, GB 32100-2015 check character)");
         }
 
         return code;
@@ -1199,7 +1199,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         string trimmed = reasons.Trim();
         if (trimmed.Length == 0)
         {
-            throw new RegistryRefusedException(RegistryRefusal.ReasonRequired, message);
+            throw new RegistryRefusedException(RegistryRefusalReason.ReasonRequired, message);
         }
 
         if (trimmed.Length > ReasonsMax)

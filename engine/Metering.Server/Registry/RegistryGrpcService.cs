@@ -74,7 +74,7 @@ internal sealed partial class RegistryGrpcService(ProviderRegistry registry, ILo
             Application? application = await registry.GetApplicationAsync(request.ApplicationId, ct);
             if (application is null || (actor.Role == Role.Provider && application.CreditCode != actor.Subject))
             {
-                throw new RegistryRefusedException(RegistryRefusal.ApplicationUnknown, $"there is no application {request.ApplicationId} of yours");
+                throw new RegistryRefusedException(RegistryRefusalReason.ApplicationUnknown, $"there is no application {request.ApplicationId} of yours");
             }
 
             return await VerificationMessages.WithPartsAsync(registry, application, ct);
@@ -112,7 +112,7 @@ internal sealed partial class RegistryGrpcService(ProviderRegistry registry, ILo
         {
             OwnOnly(actor, request.CreditCode);
             return await registry.GetOrganisationAsync(request.CreditCode, ct)
-                ?? throw new RegistryRefusedException(RegistryRefusal.OrganisationUnknown, $"no organisation {request.CreditCode} is registered");
+                ?? throw new RegistryRefusedException(RegistryRefusalReason.OrganisationUnknown, $"no organisation {request.CreditCode} is registered");
         });
 
     public override Task<GetHistoryResponse> GetHistory(GetHistoryRequest request, ServerCallContext context) =>
@@ -126,7 +126,7 @@ internal sealed partial class RegistryGrpcService(ProviderRegistry registry, ILo
     {
         if (actor.Role == Role.Provider && creditCode != actor.Subject)
         {
-            throw new RegistryRefusedException(RegistryRefusal.OtherProvider, $"a provider reads and writes only its own registry entries; {actor.Subject} named '{creditCode}'");
+            throw new RegistryRefusedException(RegistryRefusalReason.OtherProvider, $"a provider reads and writes only its own registry entries; {actor.Subject} named '{creditCode}'");
         }
     }
 
@@ -148,7 +148,7 @@ internal sealed partial class RegistryGrpcService(ProviderRegistry registry, ILo
         }
         catch (ReconsiderationRefusedException refused)
         {
-            RegistryRefusal reason = ReconsiderationMessages.ReasonFor(refused.Reason);
+            RegistryRefusalReason reason = ReconsiderationMessages.ReasonFor(refused.Reason);
             LogRefused(logger, method, actor.ToString(), reason.ToString(), refused.Message);
             throw Errors.From(new RegistryRefusedException(reason, refused.Message, refused.Metadata));
         }
