@@ -67,7 +67,7 @@ public static class Errors
     }
 
     public static RpcException From(RegistryRefusedException refused) =>
-        Refused(CodeFor(refused.Reason), ProtocolNames.Of(refused.Reason), refused.Message, refused.Metadata.ToDictionary());
+        Refused(RegistryRefusals.StatusOf(refused.Reason), ProtocolNames.Of(RegistryRefusals.ToProto(refused.Reason)), refused.Message, refused.Metadata.ToDictionary());
 
     /// <summary>A reconsideration refusal travels as the registry reason it stands for (registry.proto).</summary>
     public static RpcException From(ReconsiderationRefusedException refused) =>

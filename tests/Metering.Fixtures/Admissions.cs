@@ -1,4 +1,6 @@
 using Metering.Engine.Access;
+using Metering.Engine.Audit;
+using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
@@ -46,7 +48,7 @@ internal static class Admissions
     public static async Task<SeededKeys> SeedAsync(NpgsqlDataSource dataSource)
     {
         var clock = new ManualClock(AdmittedAt);
-        var registry = new ProviderRegistry(dataSource, DeviceCatalog.LoadEmbedded(), clock);
+        var registry = new ProviderRegistry(dataSource, DeviceCatalog.LoadEmbedded(), clock, new RegistryFleetEvidence(), new RegistryProofEvidence(dataSource));
         await registry.PutBatchAsync(Operator, TestBatch(), singleOperatorDecisions: false, reconsiderationDays: 0, correctionReason: null, CancellationToken.None);
         foreach (string code in new[] { TestRecords.Provider, TestRecords.OtherProvider })
         {

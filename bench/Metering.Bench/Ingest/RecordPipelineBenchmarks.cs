@@ -2,7 +2,6 @@ using BenchmarkDotNet.Attributes;
 using Metering.Client.Simulation;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
-using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Npgsql;

@@ -2,6 +2,8 @@ using System.Diagnostics;
 using System.Globalization;
 using Dapper;
 using Metering.Engine.Access;
+using Metering.Engine.Audit;
+using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Identity;
 using Metering.Engine.Ingest;
@@ -161,7 +163,7 @@ internal static class SettleLoad
     {
         await Admissions.SeedAsync(dataSource);
         var clock = new ManualClock(Admissions.AdmittedAt);
-        var registry = new ProviderRegistry(dataSource, DeviceCatalog.LoadEmbedded(), clock);
+        var registry = new ProviderRegistry(dataSource, DeviceCatalog.LoadEmbedded(), clock, new RegistryFleetEvidence(), new RegistryProofEvidence(dataSource));
         var codes = new List<string> { TestRecords.Provider, TestRecords.OtherProvider };
         for (int i = 0; codes.Count < count; i++)
         {

@@ -51,7 +51,7 @@ public sealed partial class FleetValidationService
 
             if (!version.TryGet(node.DeviceModel, out DeviceModel model))
             {
-                throw new RegistryRefusedException(RegistryRefusal.DeviceModelUnknown, $"node '{node.NodeId}': device model '{node.DeviceModel}' is not in device catalog {version.Version}");
+                throw new RegistryRefusedException(RegistryRefusalReason.DeviceModelUnknown, $"node '{node.NodeId}': device model '{node.DeviceModel}' is not in device catalog {version.Version}");
             }
 
             if (model.Probe is null || model.CapacityFromVerifier)

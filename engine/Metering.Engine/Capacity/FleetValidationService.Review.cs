@@ -32,7 +32,7 @@ public sealed partial class FleetValidationService
         {
             if (!catalog.Latest.TryGet(request.DeviceModel, out DeviceModel model))
             {
-                throw new RegistryRefusedException(RegistryRefusal.DeviceModelUnknown, $"device model '{request.DeviceModel}' is not in device catalog {catalog.Latest.Version}");
+                throw new RegistryRefusedException(RegistryRefusalReason.DeviceModelUnknown, $"device model '{request.DeviceModel}' is not in device catalog {catalog.Latest.Version}");
             }
 
             accepted = model.Probe is not null && !model.CapacityFromVerifier
@@ -41,7 +41,7 @@ public sealed partial class FleetValidationService
         }
         else if (reasons.Length == 0)
         {
-            throw new RegistryRefusedException(RegistryRefusal.ReasonRequired, "rejecting a device needs its reasons");
+            throw new RegistryRefusedException(RegistryRefusalReason.ReasonRequired, "rejecting a device needs its reasons");
         }
 
         DateTimeOffset now = time.GetUtcNow();

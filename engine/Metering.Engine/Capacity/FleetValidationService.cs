@@ -46,7 +46,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
         await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(IsolationLevel.ReadCommitted, cancellationToken);
         if (!await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM organisations WHERE provider_id = @code)", new { code }, transaction))
         {
-            throw new RegistryRefusedException(RegistryRefusal.OrganisationUnknown, $"no organisation {code} is registered");
+            throw new RegistryRefusedException(RegistryRefusalReason.OrganisationUnknown, $"no organisation {code} is registered");
         }
 
         await connection.ExecuteAsync("SELECT pg_advisory_xact_lock(@key)", new { key = LockKey("capacity", code) }, transaction);
@@ -68,7 +68,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
         string code = CheckCreditCode(creditCode);
         if (actor.Role != Role.Provider || actor.Subject != code)
         {
-            throw new RegistryRefusedException(RegistryRefusal.OtherProvider, $"capacity entries of {code} are written by {code} itself");
+            throw new RegistryRefusedException(RegistryRefusalReason.OtherProvider, $"capacity entries of {code} are written by {code} itself");
         }
 
         return code;
@@ -77,7 +77,7 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
     internal static string CheckCreditCode(string code) =>
         Identity.CreditCode.IsValid(code)
             ? code
-            : throw new RegistryRefusedException(RegistryRefusal.CreditCodeInvalid, $"'{code}' is not a valid unified social credit code");
+            : throw new RegistryRefusedException(RegistryRefusalReason.CreditCodeInvalid, $"'{code}' is not a valid unified social credit code");
 
     internal static void CheckNodeId(string nodeId, CapacityRefusalReason? refusal = null)
     {

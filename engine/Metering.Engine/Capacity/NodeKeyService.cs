@@ -86,7 +86,7 @@ public sealed class NodeKeyService(NpgsqlDataSource dataSource, CapacitySettings
     {
         if (actor.Role != Role.Operator)
         {
-            throw new RegistryRefusedException(RegistryRefusal.RoleNotAllowed, "only an operator approves a node key");
+            throw new RegistryRefusedException(RegistryRefusalReason.RoleNotAllowed, "only an operator approves a node key");
         }
 
         string code = FleetValidationService.CheckCreditCode(creditCode);
@@ -94,7 +94,7 @@ public sealed class NodeKeyService(NpgsqlDataSource dataSource, CapacitySettings
         string why = reasons.Trim();
         if (why.Length == 0)
         {
-            throw new RegistryRefusedException(RegistryRefusal.ReasonRequired, "approving a node key needs its reasons, for example how the fingerprint was checked");
+            throw new RegistryRefusedException(RegistryRefusalReason.ReasonRequired, "approving a node key needs its reasons, for example how the fingerprint was checked");
         }
 
         if (why.Length > settings.ReasonsMax)

@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using Metering.Engine.Catalog;
-using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 

@@ -2,7 +2,6 @@ using System.Globalization;
 using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Registry;
@@ -89,14 +88,14 @@ public sealed partial class ProviderRegistry
             bool opened = openedAt is not null;
             if (changed.Count > 0 && opened && reason is null)
             {
-                throw new RegistryRefusedException(RegistryRefusal.BatchRulesFrozen,
+                throw new RegistryRefusedException(RegistryRefusalReason.BatchRulesFrozen,
                     $"batch {rules.BatchId}'s filing window opened at {firstOpens.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; its rules ({string.Join(", ", changed)}) change only by a correction that states its reason (correction_reason), recorded as version {current.RulesVersion + 1}",
                     new Dictionary<string, string> { ["fields"] = string.Join(",", changed), ["rules_version"] = current.RulesVersion.ToString(CultureInfo.InvariantCulture) });
             }
 
             if (changed.Contains("validity_ends") && await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM applications WHERE batch_id = @id)", key, transaction))
             {
-                throw new RegistryRefusedException(RegistryRefusal.PeriodInvalid, $"batch {rules.BatchId} has applications; its validity end stays as it is");
+                throw new RegistryRefusedException(RegistryRefusalReason.PeriodInvalid, $"batch {rules.BatchId} has applications; its validity end stays as it is");
             }
 
             string before = (await BatchJsonAsync(connection, transaction, rules.BatchId, current.CorrectionReason))!;

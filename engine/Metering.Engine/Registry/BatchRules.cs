@@ -1,6 +1,5 @@
 using System.Globalization;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 
 namespace Metering.Engine.Registry;
 
@@ -59,7 +58,7 @@ public sealed record BatchRules(
 
         if (WindowClosesAt <= WindowOpensAt || ValidityEndsAt <= WindowClosesAt)
         {
-            throw new RegistryRefusedException(RegistryRefusal.PeriodInvalid, "a batch's window must close after it opens, and its validity must end after the window closes");
+            throw new RegistryRefusedException(RegistryRefusalReason.PeriodInvalid, "a batch's window must close after it opens, and its validity must end after the window closes");
         }
 
         if (PublicNoticeDays is < 0 or > PublicNoticeDaysMax)
@@ -137,5 +136,5 @@ public sealed record BatchRules(
     }
 
     internal static RegistryRefusedException Invalid(string field, string message) =>
-        new(RegistryRefusal.BatchRulesInvalid, message, new Dictionary<string, string> { ["field"] = field });
+        new(RegistryRefusalReason.BatchRulesInvalid, message, new Dictionary<string, string> { ["field"] = field });
 }

@@ -58,7 +58,7 @@ public static class FilingRules
 
             if (catalog.Find(devices.DeviceModel) is null)
             {
-                throw new RegistryRefusedException(RegistryRefusal.DeviceModelUnknown, $"capacity: device model '{devices.DeviceModel}' is not in the device catalog");
+                throw new RegistryRefusedException(RegistryRefusalReason.DeviceModelUnknown, $"capacity: device model '{devices.DeviceModel}' is not in the device catalog");
             }
 
             if (devices.DeviceCount is 0 or > 1_000_000)
@@ -96,28 +96,28 @@ public static class FilingRules
             count++;
             if (catalog.Find(line.DeviceModel) is null)
             {
-                throw new RegistryRefusedException(RegistryRefusal.DeviceModelUnknown, $"fees: device model '{line.DeviceModel}' is not in the device catalog");
+                throw new RegistryRefusedException(RegistryRefusalReason.DeviceModelUnknown, $"fees: device model '{line.DeviceModel}' is not in the device catalog");
             }
 
             if (line.Unit == FeeUnit.Unspecified || !Enum.IsDefined(line.Unit))
             {
-                throw new RegistryRefusedException(RegistryRefusal.FeeScheduleInvalid, $"fees: the line for {line.DeviceModel} needs a unit (PER_PFLOPS_HOUR or PER_CARD_HOUR)");
+                throw new RegistryRefusedException(RegistryRefusalReason.FeeScheduleInvalid, $"fees: the line for {line.DeviceModel} needs a unit (PER_PFLOPS_HOUR or PER_CARD_HOUR)");
             }
 
             if (line.PriceFen is <= 0 or > PriceFenMax)
             {
-                throw new RegistryRefusedException(RegistryRefusal.FeeScheduleInvalid, $"fees: the price for {line.DeviceModel} is {line.PriceFen} fen; it must be positive and at most {PriceFenMax}");
+                throw new RegistryRefusedException(RegistryRefusalReason.FeeScheduleInvalid, $"fees: the price for {line.DeviceModel} is {line.PriceFen} fen; it must be positive and at most {PriceFenMax}");
             }
 
             if (!seen.Add((line.DeviceModel, line.Unit)))
             {
-                throw new RegistryRefusedException(RegistryRefusal.FeeScheduleInvalid, $"fees: {line.DeviceModel} {line.Unit} is priced twice");
+                throw new RegistryRefusedException(RegistryRefusalReason.FeeScheduleInvalid, $"fees: {line.DeviceModel} {line.Unit} is priced twice");
             }
         }
 
         if (count is 0 or > FeeLinesMax)
         {
-            throw new RegistryRefusedException(RegistryRefusal.FeeScheduleInvalid, $"fees: a fee schedule has 1 to {FeeLinesMax} lines");
+            throw new RegistryRefusedException(RegistryRefusalReason.FeeScheduleInvalid, $"fees: a fee schedule has 1 to {FeeLinesMax} lines");
         }
     }
 
@@ -135,7 +135,7 @@ public static class FilingRules
 
         if (filedAt < batch.WindowOpensAt || filedAt >= batch.WindowClosesAt)
         {
-            throw new RegistryRefusedException(RegistryRefusal.OutsideBatchWindow,
+            throw new RegistryRefusedException(RegistryRefusalReason.OutsideBatchWindow,
                 $"batch {batch.BatchId} takes applications from {ShanghaiTime.LocalMinutes(batch.WindowOpensAt)} until {ShanghaiTime.LocalMinutes(batch.WindowClosesAt)} (Asia/Shanghai); this one was filed at {ShanghaiTime.LocalMinutes(filedAt)}");
         }
 
@@ -152,7 +152,7 @@ public static class FilingRules
     {
         if (gflops < batch.Rules.CapacityMinimumGflops)
         {
-            throw new RegistryRefusedException(RegistryRefusal.CapacityBelowMinimum,
+            throw new RegistryRefusedException(RegistryRefusalReason.CapacityBelowMinimum,
                 $"{which} FP16 capacity is {Pflops(gflops)} PFLOPS{source}; batch {batch.BatchId} requires at least {Pflops(batch.Rules.CapacityMinimumGflops)}",
                 new Dictionary<string, string> { ["capacity_minimum_gflops"] = batch.Rules.CapacityMinimumGflops.ToString(CultureInfo.InvariantCulture) });
         }
@@ -169,26 +169,26 @@ public static class FilingRules
         DateOnly filedOn = ShanghaiTime.DateOf(context.FiledAt);
         if (Districts.Normalise(organisation.District) is null || !Districts.CodeRegionMatches(organisation.ProviderId, organisation.District))
         {
-            throw new RegistryRefusedException(RegistryRefusal.NotRegisteredInShenzhen,
+            throw new RegistryRefusedException(RegistryRefusalReason.NotRegisteredInShenzhen,
                 $"{organisation.ProviderId} is not registered in Shenzhen (district '{organisation.District}', registration region {organisation.ProviderId.Substring(2, 6)})");
         }
 
         ListingRow? listed = context.Listings.FirstOrDefault(l => l.ListedFrom <= filedOn && (l.ListedUntil is null || l.ListedUntil >= filedOn));
         if (listed is not null)
         {
-            throw new RegistryRefusedException(RegistryRefusal.OnIntegrityList,
+            throw new RegistryRefusedException(RegistryRefusalReason.OnIntegrityList,
                 $"{organisation.ProviderId} is on the {listed.ListName} list from {listed.ListedFrom:yyyy-MM-dd}{(listed.ListedUntil is { } until ? $" to {until:yyyy-MM-dd}" : "")}: {listed.Reason}");
         }
 
         if (context.VoucherStatus is { } status)
         {
-            throw new RegistryRefusedException(RegistryRefusal.VoucherHolderConflict,
+            throw new RegistryRefusedException(RegistryRefusalReason.VoucherHolderConflict,
                 $"{organisation.ProviderId} is a voucher {status}; an organisation cannot both hold vouchers and be an admitted provider (a holder with no contract or voucher still running leaves the holder role first)");
         }
 
         if (!context.Licences.Any(l => l.ValidFrom <= filedOn && l.ValidUntil >= filedOn))
         {
-            throw new RegistryRefusedException(RegistryRefusal.NoValidLicence,
+            throw new RegistryRefusedException(RegistryRefusalReason.NoValidLicence,
                 context.Licences.Count == 0
                     ? $"{organisation.ProviderId} has no IDC/ISP licence on record"
                     : $"none of {organisation.ProviderId}'s IDC/ISP licences is valid on {filedOn:yyyy-MM-dd} ({string.Join(", ", context.Licences.Select(l => $"{l.LicenceNumber} {l.ValidFrom:yyyy-MM-dd}..{l.ValidUntil:yyyy-MM-dd}"))})");
@@ -204,7 +204,7 @@ public static class FilingRules
         string tax = Names.Of(MaterialKind.TaxCertificate);
         if (!publicInstitution && rules.Requires(tax) && !filed.Contains(tax))
         {
-            throw new RegistryRefusedException(RegistryRefusal.TaxCertificateMissing,
+            throw new RegistryRefusedException(RegistryRefusalReason.TaxCertificateMissing,
                 $"a tax certificate is required of every applicant but a public institution, and {organisation.ProviderId} is {Names.Article(organisation.LegalForm)}",
                 new Dictionary<string, string> { ["kind"] = tax });
         }
@@ -213,7 +213,7 @@ public static class FilingRules
         {
             if (!filed.Contains(kind) && !(kind == tax && publicInstitution))
             {
-                throw new RegistryRefusedException(RegistryRefusal.MaterialMissing, $"the {kind} material is missing; batch {batch.BatchId} requires {string.Join(", ", rules.MaterialsRequired)}",
+                throw new RegistryRefusedException(RegistryRefusalReason.MaterialMissing, $"the {kind} material is missing; batch {batch.BatchId} requires {string.Join(", ", rules.MaterialsRequired)}",
                     new Dictionary<string, string> { ["kind"] = kind });
             }
         }
@@ -236,10 +236,10 @@ public static class FilingRules
         switch (request.FinancialReportKind)
         {
             case FinancialReportKind.CapitalVerification when !rules.CapitalVerificationForNewEntities:
-                throw new RegistryRefusedException(RegistryRefusal.CapitalVerificationNotAccepted,
+                throw new RegistryRefusedException(RegistryRefusalReason.CapitalVerificationNotAccepted,
                     $"batch {batch.BatchId} takes no capital verification report in place of the audit report; file an audit report for {rules.AuditReportYear}");
             case FinancialReportKind.CapitalVerification when !underAYear:
-                throw new RegistryRefusedException(RegistryRefusal.CapitalVerificationNotAccepted,
+                throw new RegistryRefusedException(RegistryRefusalReason.CapitalVerificationNotAccepted,
                     $"a capital verification report stands in for the audit report only for an organisation established under a year before filing; {organisation.ProviderId} was established on {organisation.EstablishedOn:yyyy-MM-dd}");
             case FinancialReportKind.CapitalVerification:
                 return;
@@ -263,7 +263,7 @@ public static class FilingRules
         {
             if (string.IsNullOrWhiteSpace(request.AuditReportReason))
             {
-                throw new RegistryRefusedException(RegistryRefusal.AuditReportYearInvalid,
+                throw new RegistryRefusedException(RegistryRefusalReason.AuditReportYearInvalid,
                     $"a {year} report is accepted in place of the {rules.AuditReportYear} one only with a stated reason (audit_report_reason){alternatives}");
             }
 
@@ -271,7 +271,7 @@ public static class FilingRules
         }
 
         string accepted = rules.AuditReportPriorYearWithReason ? $"{rules.AuditReportYear}, or {rules.AuditReportYear - 1} with a stated reason" : $"{rules.AuditReportYear} (batch {batch.BatchId} takes no earlier year)";
-        throw new RegistryRefusedException(RegistryRefusal.AuditReportYearInvalid,
+        throw new RegistryRefusedException(RegistryRefusalReason.AuditReportYearInvalid,
             $"the financial report must be for {accepted}; this one is for {(year == 0 ? "no year" : year.ToString(CultureInfo.InvariantCulture))}{alternatives}");
     }
 
@@ -301,7 +301,7 @@ public static class FilingRules
         }
     }
 
-    internal static RegistryRefusedException Invalid(string message) => new(RegistryRefusal.FieldInvalid, message);
+    internal static RegistryRefusedException Invalid(string message) => new(RegistryRefusalReason.FieldInvalid, message);
 
     /// <summary>GFLOPS as PFLOPS with three decimals, by integer arithmetic.</summary>
     public static string Pflops(long gflops) => string.Create(CultureInfo.InvariantCulture, $"{gflops / 1_000_000:N0}.{gflops % 1_000_000 / 1_000:000}");

@@ -59,18 +59,18 @@ public sealed partial class ProviderRegistry
                     new { applicationId, no = (int)proposalNo }, transaction);
                 throw approvedStage is not null
                     ? await StageConflictAsync(connection, transaction, row, approvedStage, $"proposal {proposalNo} was approved")
-                    : new RegistryRefusedException(RegistryRefusal.NoPendingProposal, $"application {applicationId} has no proposal awaiting approval");
+                    : new RegistryRefusedException(RegistryRefusalReason.NoPendingProposal, $"application {applicationId} has no proposal awaiting approval");
             }
 
             if (open.ProposalNo != proposalNo)
             {
-                throw new RegistryRefusedException(RegistryRefusal.ProposalChanged,
+                throw new RegistryRefusedException(RegistryRefusalReason.ProposalChanged,
                     $"proposal {proposalNo} of application {applicationId} is not the pending one; proposal {open.ProposalNo} ({open.Stage} by {open.ProposedBy}) is. Read it before approving");
             }
 
             if (string.Equals(open.ProposedBy, approver.Subject, StringComparison.Ordinal))
             {
-                throw new RegistryRefusedException(RegistryRefusal.SameOperator,
+                throw new RegistryRefusedException(RegistryRefusalReason.SameOperator,
                     $"{approver.Subject} proposed this {open.Stage}; a second, different operator must approve it");
             }
 

@@ -1,5 +1,4 @@
 using Dapper;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Registry;
@@ -92,7 +91,7 @@ public sealed class Publication(NpgsqlDataSource dataSource, TimeProvider time)
     {
         if (!await connection.ExecuteScalarAsync<bool>(new CommandDefinition("SELECT EXISTS (SELECT FROM admission_batches WHERE batch_id = @batchId)", new { batchId }, cancellationToken: cancellationToken)))
         {
-            throw new RegistryRefusedException(RegistryRefusal.BatchUnknown, $"no admission batch '{batchId}'");
+            throw new RegistryRefusedException(RegistryRefusalReason.BatchUnknown, $"no admission batch '{batchId}'");
         }
     }
 

@@ -1,7 +1,6 @@
 using System.Globalization;
 using Dapper;
 using Metering.Engine.Catalog;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Registry;
@@ -78,7 +77,7 @@ internal static class VerificationParts
             }
 
             DeviceModel model = catalog.Find(part.DeviceModel)
-                ?? throw new RegistryRefusedException(RegistryRefusal.DeviceModelUnknown,
+                ?? throw new RegistryRefusedException(RegistryRefusalReason.DeviceModelUnknown,
                     $"verifier part {number}: device model '{part.DeviceModel}' is not in catalog {catalog.Latest.Version}",
                     Metadata(number, "device_model"));
             if (!seen.Add(model.Key))
@@ -107,7 +106,7 @@ internal static class VerificationParts
         {
             if (probedModels.Contains(part.DeviceModel))
             {
-                throw new RegistryRefusedException(RegistryRefusal.VerifierPartCoveredByProbe,
+                throw new RegistryRefusedException(RegistryRefusalReason.VerifierPartCoveredByProbe,
                     $"fleet validation {validationId}, in force, covers {part.DeviceModel}, and its figure counts those devices; the commissioned verifier's part may not count them again",
                     new Dictionary<string, string> { ["device_model"] = part.DeviceModel, ["validation_id"] = validationId.ToString(CultureInfo.InvariantCulture) });
             }
@@ -182,7 +181,7 @@ internal static class VerificationParts
     }
 
     private static RegistryRefusedException Invalid(int part, string field, string message) =>
-        new(RegistryRefusal.VerifierPartInvalid, message, Metadata(part, field));
+        new(RegistryRefusalReason.VerifierPartInvalid, message, Metadata(part, field));
 
     private static Dictionary<string, string> Metadata(int part, string field) =>
         new() { ["part"] = part.ToString(CultureInfo.InvariantCulture), ["field"] = field };

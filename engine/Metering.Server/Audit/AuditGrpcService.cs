@@ -468,7 +468,7 @@ internal sealed partial class AuditGrpcService(
         if (actor.Role == Role.Provider && providerId != actor.Subject)
         {
             // An empty code means every provider to an auditor, so a provider must name itself.
-            throw new RegistryRefusedException(RegistryRefusal.OtherProvider, providerId is null
+            throw new RegistryRefusedException(RegistryRefusalReason.OtherProvider, providerId is null
                 ? $"a provider audits only its own data and must name its own credit code; {actor.Subject} named none, which means every provider"
                 : $"a provider audits only its own data; {actor.Subject} named '{providerId}'");
         }

@@ -105,7 +105,7 @@ internal sealed partial class CapacityGrpcService(FleetValidationService validat
         Actor actor = AuthenticationInterceptor.Caller(context);
         if (actor.Role == Role.Provider && creditCode != actor.Subject)
         {
-            throw new RegistryRefusedException(RegistryRefusal.OtherProvider,
+            throw new RegistryRefusedException(RegistryRefusalReason.OtherProvider,
                 $"a provider reads and writes only its own capacity entries; {actor.Subject} named '{creditCode}'");
         }
 

@@ -1,6 +1,7 @@
 using System.Security.Authentication;
 using System.Security.Cryptography.X509Certificates;
 using Metering.Engine.Access;
+using Metering.Engine.Audit;
 using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
@@ -214,7 +215,8 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(provider => new SandboxClockStore(provider.GetRequiredService<NpgsqlDataSource>()));
         builder.Services.AddSingleton(provider => new CredentialStore(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
         builder.Services.AddSingleton(provider => new AdmissionGate(provider.GetRequiredService<NpgsqlDataSource>()));
-        builder.Services.AddSingleton(provider => new ProviderRegistry(provider.GetRequiredService<NpgsqlDataSource>(), settings.Catalog, settings.Time));
+        builder.Services.AddSingleton(provider => new ProviderRegistry(provider.GetRequiredService<NpgsqlDataSource>(), settings.Catalog, settings.Time,
+            new RegistryFleetEvidence(), new RegistryProofEvidence(provider.GetRequiredService<NpgsqlDataSource>())));
         builder.Services.AddSingleton(settings.CredentialRecheck);
         builder.Services.AddSingleton(settings.CallLimits);
         builder.Services.AddSingleton(provider => new CallLimiter(settings.CallLimits, settings.Time, provider.GetRequiredService<ILogger<CallLimiter>>()));

@@ -4,7 +4,6 @@ using Metering.Engine.Ingest;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Engine.Access;
-using Metering.Engine.Registry;
 using Metering.Engine.Signing;
 using Metering.Server.Access;
 using Microsoft.Extensions.Hosting;

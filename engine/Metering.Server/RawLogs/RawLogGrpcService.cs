@@ -6,7 +6,6 @@ using Metering.Engine.RawLogs;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Engine.Access;
-using Metering.Engine.Registry;
 using Metering.Engine.Signing;
 using Metering.Server.Access;
 using Metering.Server.Ingest;

@@ -55,7 +55,7 @@ internal sealed class PublicationGrpcService(Publication publication, TimeProvid
                 Names.CheckBatchId(batchId);
                 if (!(await BatchIdsAsync(cancellationToken)).Contains(batchId))
                 {
-                    throw new RegistryRefusedException(RegistryRefusal.BatchUnknown, $"no admission batch '{batchId}'");
+                    throw new RegistryRefusedException(RegistryRefusalReason.BatchUnknown, $"no admission batch '{batchId}'");
                 }
             }
 

@@ -34,23 +34,23 @@ internal static class ReconsiderationMessages
     {
         ReconsiderationVerdict.ReconsiderationUphold => ReconsiderationRuling.Uphold,
         ReconsiderationVerdict.ReconsiderationDismiss => ReconsiderationRuling.Dismiss,
-        _ => throw new RegistryRefusedException(RegistryRefusal.FieldInvalid, "verdict must be RECONSIDERATION_UPHOLD or RECONSIDERATION_DISMISS"),
+        _ => throw new RegistryRefusedException(RegistryRefusalReason.FieldInvalid, "verdict must be RECONSIDERATION_UPHOLD or RECONSIDERATION_DISMISS"),
     };
 
     /// <summary>The wire reason of each engine refusal; the gRPC status follows from it (Errors.CodeFor).</summary>
-    public static RegistryRefusal ReasonFor(ReconsiderationRefusal refusal) => refusal switch
+    public static RegistryRefusalReason ReasonFor(ReconsiderationRefusal refusal) => refusal switch
     {
-        ReconsiderationRefusal.ReasonRequired => RegistryRefusal.ReasonRequired,
-        ReconsiderationRefusal.FieldInvalid => RegistryRefusal.FieldInvalid,
-        ReconsiderationRefusal.OtherProvider => RegistryRefusal.OtherProvider,
-        ReconsiderationRefusal.ApplicationUnknown => RegistryRefusal.ApplicationUnknown,
-        ReconsiderationRefusal.NotRejected => RegistryRefusal.ApplicationNotRejected,
-        ReconsiderationRefusal.NotReconsiderable => RegistryRefusal.NotReconsiderable,
-        ReconsiderationRefusal.WindowClosed => RegistryRefusal.ReconsiderationWindowClosed,
-        ReconsiderationRefusal.AlreadyRequested => RegistryRefusal.ReconsiderationAlreadyRequested,
-        ReconsiderationRefusal.NonePending => RegistryRefusal.NoPendingReconsideration,
-        ReconsiderationRefusal.AlreadyDecided => RegistryRefusal.AlreadyDecided,
-        ReconsiderationRefusal.ServiceItemTaken => RegistryRefusal.ServiceItemTaken,
+        ReconsiderationRefusal.ReasonRequired => RegistryRefusalReason.ReasonRequired,
+        ReconsiderationRefusal.FieldInvalid => RegistryRefusalReason.FieldInvalid,
+        ReconsiderationRefusal.OtherProvider => RegistryRefusalReason.OtherProvider,
+        ReconsiderationRefusal.ApplicationUnknown => RegistryRefusalReason.ApplicationUnknown,
+        ReconsiderationRefusal.NotRejected => RegistryRefusalReason.ApplicationNotRejected,
+        ReconsiderationRefusal.NotReconsiderable => RegistryRefusalReason.NotReconsiderable,
+        ReconsiderationRefusal.WindowClosed => RegistryRefusalReason.ReconsiderationWindowClosed,
+        ReconsiderationRefusal.AlreadyRequested => RegistryRefusalReason.ReconsiderationAlreadyRequested,
+        ReconsiderationRefusal.NonePending => RegistryRefusalReason.NoPendingReconsideration,
+        ReconsiderationRefusal.AlreadyDecided => RegistryRefusalReason.AlreadyDecided,
+        ReconsiderationRefusal.ServiceItemTaken => RegistryRefusalReason.ServiceItemTaken,
         _ => throw new ArgumentOutOfRangeException(nameof(refusal), refusal, "a reconsideration refusal without a wire reason"),
     };
 }

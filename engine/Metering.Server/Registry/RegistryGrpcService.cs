@@ -73,7 +73,7 @@ internal sealed class RegistryGrpcService(ProviderRegistry registry) : RegistryS
             Application? application = await registry.GetApplicationAsync(request.ApplicationId, ct);
             if (application is null || (actor.Role == Role.Provider && application.CreditCode != actor.Subject))
             {
-                throw new RegistryRefusedException(RegistryRefusal.ApplicationUnknown, $"there is no application {request.ApplicationId} of yours");
+                throw new RegistryRefusedException(RegistryRefusalReason.ApplicationUnknown, $"there is no application {request.ApplicationId} of yours");
             }
 
             return await VerificationMessages.WithPartsAsync(registry, application, ct);
@@ -111,7 +111,7 @@ internal sealed class RegistryGrpcService(ProviderRegistry registry) : RegistryS
         {
             OwnOnly(actor, request.CreditCode);
             return await registry.GetOrganisationAsync(request.CreditCode, ct)
-                ?? throw new RegistryRefusedException(RegistryRefusal.OrganisationUnknown, $"no organisation {request.CreditCode} is registered");
+                ?? throw new RegistryRefusedException(RegistryRefusalReason.OrganisationUnknown, $"no organisation {request.CreditCode} is registered");
         });
 
     public override Task<GetHistoryResponse> GetHistory(GetHistoryRequest request, ServerCallContext context) =>
@@ -125,7 +125,7 @@ internal sealed class RegistryGrpcService(ProviderRegistry registry) : RegistryS
     {
         if (actor.Role == Role.Provider && creditCode != actor.Subject)
         {
-            throw new RegistryRefusedException(RegistryRefusal.OtherProvider, $"a provider reads and writes only its own registry entries; {actor.Subject} named '{creditCode}'");
+            throw new RegistryRefusedException(RegistryRefusalReason.OtherProvider, $"a provider reads and writes only its own registry entries; {actor.Subject} named '{creditCode}'");
         }
     }
 

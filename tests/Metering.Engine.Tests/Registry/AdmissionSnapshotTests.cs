@@ -1,4 +1,4 @@
-using Metering.Engine.Registry;
+using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
 
 namespace Metering.Engine.Tests.Registry;

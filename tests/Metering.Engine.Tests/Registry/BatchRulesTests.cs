@@ -45,14 +45,14 @@ public sealed class BatchRulesTests
     {
         RegistryRefusedException refused = Assert.Throws<RegistryRefusedException>(() => Broken(how).Checked());
 
-        Assert.Equal((RegistryRefusal.BatchRulesInvalid, field), (refused.Reason, refused.Metadata["field"]));
+        Assert.Equal((RegistryRefusalReason.BatchRulesInvalid, field), (refused.Reason, refused.Metadata["field"]));
     }
 
     [Fact]
     public void A_window_out_of_order_is_a_period_refusal()
     {
-        Assert.Equal(RegistryRefusal.PeriodInvalid, Assert.Throws<RegistryRefusedException>(() => (Guide with { WindowClosesAt = Guide.WindowOpensAt }).Checked()).Reason);
-        Assert.Equal(RegistryRefusal.PeriodInvalid, Assert.Throws<RegistryRefusedException>(() => (Guide with { ValidityEndsAt = Guide.WindowClosesAt }).Checked()).Reason);
+        Assert.Equal(RegistryRefusalReason.PeriodInvalid, Assert.Throws<RegistryRefusedException>(() => (Guide with { WindowClosesAt = Guide.WindowOpensAt }).Checked()).Reason);
+        Assert.Equal(RegistryRefusalReason.PeriodInvalid, Assert.Throws<RegistryRefusedException>(() => (Guide with { ValidityEndsAt = Guide.WindowClosesAt }).Checked()).Reason);
     }
 
     [Fact]

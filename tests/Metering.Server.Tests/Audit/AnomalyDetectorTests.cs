@@ -278,7 +278,7 @@ public sealed class AnomalyDetectorTests(PostgresFixture postgres)
         await scene.StreamAsync("cluster-a", Steady(Day0, 48));
         // The operator suspends from 01:00 to 02:00 UTC, after the usage was committed.
         var clock = new ManualClock(At(Day0 + 3_600_000));
-        var registry = new ProviderRegistry(scene.DataSource, DeviceCatalog.LoadEmbedded(), clock);
+        var registry = new ProviderRegistry(scene.DataSource, DeviceCatalog.LoadEmbedded(), clock, new RegistryFleetEvidence(), new RegistryProofEvidence(scene.DataSource));
         var change = new ChangeServiceItemStatusRequest { CreditCode = TestRecords.Provider, ServiceItem = Admissions.ServiceItem, Action = ServiceItemAction.Suspend, Reasons = "metering review" };
         await registry.ChangeServiceItemStatusAsync(Admissions.Operator, change, CancellationToken.None);
         clock.Now = At(Day0 + 2 * 3_600_000);

@@ -1,5 +1,6 @@
 using Grpc.Core;
 using Metering.Engine.Access;
+using Metering.Engine.Audit;
 using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Identity;
@@ -35,7 +36,7 @@ internal sealed class RegistryScene : IAsyncDisposable
         Clock = clock;
         DataSource = dataSource;
         Client = server.RegistryClient();
-        Engine = new ProviderRegistry(dataSource, catalog, clock);
+        Engine = new ProviderRegistry(dataSource, catalog, clock, new RegistryFleetEvidence(), new RegistryProofEvidence(dataSource));
     }
 
     public TestServer Server { get; }

@@ -1,5 +1,7 @@
 using Dapper;
 using Metering.Engine.Access;
+using Metering.Engine.Audit;
+using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Identity;
 using Metering.Engine.Ingest;
@@ -43,7 +45,7 @@ internal sealed class VoucherScene : IAsyncDisposable
         Clock = clock;
         Book = new VoucherBook(dataSource, clock);
         Claims = new Redemptions(dataSource, clock);
-        Registry = new ProviderRegistry(dataSource, DeviceCatalog.LoadEmbedded(), clock);
+        Registry = new ProviderRegistry(dataSource, DeviceCatalog.LoadEmbedded(), clock, new RegistryFleetEvidence(), new RegistryProofEvidence(dataSource));
     }
 
     public string ConnectionString { get; }

@@ -1,12 +1,11 @@
 using System.Globalization;
 using Dapper;
 using Metering.Engine.Capacity;
-using Metering.Engine.Ingest;
 using Metering.Engine.Time;
 using Metering.Protocol.V1;
 using Npgsql;
 
-namespace Metering.Engine.Registry;
+namespace Metering.Engine.Ingest;
 
 /// <summary>The registry changed what ingest accepts from a provider after its snapshot was read.</summary>
 public sealed class AdmissionChangedException(string providerId)
