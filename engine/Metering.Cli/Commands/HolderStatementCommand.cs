@@ -4,6 +4,7 @@ using System.Text;
 using Google.Rpc;
 using Grpc.Core;
 using Metering.Engine.Identity;
+using Metering.Engine.Ingest;
 using Metering.Engine.Settlement;
 using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
@@ -134,7 +135,7 @@ internal static class HolderStatementCommand
                 Format = StatementFormat.StatementCsv,
             }, headers, cancellationToken: ct);
         }
-        catch (RpcException e) when (e.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason == VoucherProtocolNames.Of(SettlementRefusal.StatementUnknown))
+        catch (RpcException e) when (e.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason == ProtocolNames.Of(SettlementRefusal.StatementUnknown))
         {
             return null;
         }

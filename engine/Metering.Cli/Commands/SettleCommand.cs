@@ -4,6 +4,7 @@ using System.Security.Cryptography;
 using System.Text;
 using Google.Rpc;
 using Grpc.Core;
+using Metering.Engine.Ingest;
 using Metering.Engine.Settlement;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
@@ -293,7 +294,7 @@ internal static class SettleCommand
                 }
             }
         }
-        catch (RpcException e) when (e.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason == VoucherProtocolNames.Of(SettlementRefusal.ReconciliationFailed))
+        catch (RpcException e) when (e.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason == ProtocolNames.Of(SettlementRefusal.ReconciliationFailed))
         {
             Console.Error.WriteLine($"FAILED: {ServerConnection.Describe(e)}");
             return ReconciliationFailedExitCode;

@@ -13,6 +13,8 @@ public static class ProtocolNames
     private static readonly string[] AuditRefusals = Names(AuditReflection.Descriptor, nameof(AuditRefusal));
     private static readonly string[] LogRefusals = Names(TransparencyReflection.Descriptor, nameof(LogRefusal));
     private static readonly string[] LimitRefusals = Names(LimitsReflection.Descriptor, nameof(LimitRefusal));
+    private static readonly string[] VoucherRefusals = Names(VouchersReflection.Descriptor, nameof(VoucherRefusal));
+    private static readonly string[] SettlementRefusals = Names(SettlementReflection.Descriptor, nameof(SettlementRefusal));
 
     public static string Of(IngestRefusal reason) => IngestRefusals[(int)reason];
 
@@ -25,6 +27,10 @@ public static class ProtocolNames
 
     public static string Of(LogRefusal reason) => LogRefusals[(int)reason];
     public static string Of(LimitRefusal reason) => LimitRefusals[(int)reason];
+
+    public static string Of(VoucherRefusal reason) => VoucherRefusals[(int)reason];
+
+    public static string Of(SettlementRefusal reason) => SettlementRefusals[(int)reason];
 
     private static string[] Names(FileDescriptor file, string enumName)
     {

@@ -1,4 +1,5 @@
 using Grpc.Core;
+using Metering.Engine.Ingest;
 using Metering.Engine.Settlement;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
@@ -12,13 +13,13 @@ internal static class VoucherErrors
     public static RpcException From(VoucherRefusedException refused)
     {
         VoucherRefusal reason = VoucherRefusals.ToProto(refused.Reason);
-        return Errors.Refused(VoucherRefusals.CodeFor(reason), VoucherProtocolNames.Of(reason), refused.Message, refused.Metadata.ToDictionary());
+        return Errors.Refused(VoucherRefusals.CodeFor(reason), ProtocolNames.Of(reason), refused.Message, refused.Metadata.ToDictionary());
     }
 
     public static RpcException From(SettlementRefusedException refused)
     {
         SettlementRefusal reason = SettlementRefusals.ToProto(refused.Reason);
-        return Errors.Refused(SettlementRefusals.CodeFor(reason), VoucherProtocolNames.Of(reason), refused.Message);
+        return Errors.Refused(SettlementRefusals.CodeFor(reason), ProtocolNames.Of(reason), refused.Message);
     }
 
     /// <summary>A payout or release refusal of the engine as its VoucherRefusal on the wire.</summary>

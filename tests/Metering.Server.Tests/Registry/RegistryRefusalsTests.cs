@@ -2,6 +2,7 @@ using Grpc.Core;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
 using Metering.Server.Registry;
+using Metering.Server.Tests.Infrastructure;
 
 namespace Metering.Server.Tests.Registry;
 
@@ -9,13 +10,8 @@ namespace Metering.Server.Tests.Registry;
 public sealed class RegistryRefusalsTests
 {
     [Fact]
-    public void Every_engine_registry_refusal_reason_has_a_wire_reason_of_the_same_name_and_number_and_back()
-    {
-        string[] engine = [.. Enum.GetValues<RegistryRefusalReason>().Select(r => $"{r}={(int)r}").Order(StringComparer.Ordinal)];
-        string[] wire = [.. Enum.GetValues<RegistryRefusal>().Select(r => $"{r}={(int)r}").Order(StringComparer.Ordinal)];
-
-        Assert.Equal(wire, engine);
-    }
+    public void Every_engine_registry_refusal_reason_has_a_wire_reason_of_the_same_name_and_number_and_back() =>
+        EnumMirror.AssertMirrors<RegistryRefusalReason, RegistryRefusal>();
 
     [Fact]
     public void Each_engine_reason_maps_to_the_wire_reason_of_its_name()

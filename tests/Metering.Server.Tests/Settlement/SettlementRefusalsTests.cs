@@ -3,6 +3,7 @@ using Grpc.Core;
 using Metering.Engine.Settlement;
 using Metering.Protocol.V1;
 using Metering.Server.Settlement;
+using Metering.Server.Tests.Infrastructure;
 using Metering.Server.Vouchers;
 
 namespace Metering.Server.Tests.Settlement;
@@ -14,23 +15,14 @@ namespace Metering.Server.Tests.Settlement;
 public sealed class SettlementRefusalsTests
 {
     [Fact]
-    public void Every_engine_settlement_reason_has_a_proto_member_of_the_same_name_and_number()
+    public void The_engines_settlement_reasons_and_the_wires_hold_the_same_names_at_the_same_numbers() => EnumMirror.AssertMirrors<SettlementRefusalReason, SettlementRefusal>();
+
+    [Fact]
+    public void Every_engine_settlement_reason_maps_to_the_wire_reason_of_its_name()
     {
         foreach (SettlementRefusalReason reason in Enum.GetValues<SettlementRefusalReason>())
         {
-            Assert.True(Enum.TryParse(reason.ToString(), out SettlementRefusal proto), $"settlement.proto has no SettlementRefusal named {reason}");
-            Assert.Equal((int)reason, (int)proto);
-            Assert.Equal(proto, SettlementRefusals.ToProto(reason));
-        }
-    }
-
-    [Fact]
-    public void Every_proto_settlement_refusal_has_an_engine_reason_of_the_same_name_and_number()
-    {
-        foreach (SettlementRefusal proto in Enum.GetValues<SettlementRefusal>())
-        {
-            Assert.True(Enum.TryParse(proto.ToString(), out SettlementRefusalReason reason), $"the engine has no SettlementRefusalReason named {proto}");
-            Assert.Equal((int)proto, (int)reason);
+            Assert.Equal(reason.ToString(), SettlementRefusals.ToProto(reason).ToString());
         }
     }
 
