@@ -94,29 +94,20 @@ public sealed class SystemdUnitTests
 
     private static async Task<(int ExitCode, string Output)> VerifyAsync(string folder, IEnumerable<string> units)
     {
-        var start = new ProcessStartInfo("systemd-analyze") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        var start = new ProcessStartInfo("systemd-analyze");
         start.ArgumentList.Add("verify");
         foreach (string unit in units)
         {
             start.ArgumentList.Add(Path.Combine(folder, unit));
         }
 
-        Process process;
         try
         {
-            process = Process.Start(start)!;
+            return await CliProcess.RunAsync(start);
         }
         catch (System.ComponentModel.Win32Exception e)
         {
             throw new InvalidOperationException("systemd-analyze is not installed: run .ci/ensure-systemd (Debian's systemd package)", e);
-        }
-
-        using (process)
-        {
-            Task<string> output = process.StandardOutput.ReadToEndAsync();
-            Task<string> error = process.StandardError.ReadToEndAsync();
-            await process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(60));
-            return (process.ExitCode, await output + await error);
         }
     }
 

@@ -22,7 +22,7 @@ public static class CliProcess
 
     private static async Task<(int ExitCode, string Output)> RunProgramAsync(string program, IReadOnlyDictionary<string, string> environment, string[] arguments)
     {
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        var start = new ProcessStartInfo("dotnet");
         foreach (string locale in (string[])["LC_ALL", "LC_MESSAGES", "LANG"])
         {
             start.Environment.Remove(locale);
@@ -39,6 +39,15 @@ public static class CliProcess
             start.ArgumentList.Add(argument);
         }
 
+        return await RunAsync(start);
+    }
+
+    /// <summary>Runs a prepared process to its end (at most 60 s) and returns its exit code with its standard output and error.</summary>
+    public static async Task<(int ExitCode, string Output)> RunAsync(ProcessStartInfo start)
+    {
+        start.RedirectStandardOutput = true;
+        start.RedirectStandardError = true;
+        start.UseShellExecute = false;
         using Process process = Process.Start(start)!;
         Task<string> output = process.StandardOutput.ReadToEndAsync();
         Task<string> error = process.StandardError.ReadToEndAsync();
