@@ -46,7 +46,7 @@ internal sealed partial class CapacityGrpcService(FleetValidationService validat
                 LogChallengesStarted(logger, round.CreditCode, round.ValidationId, round.Nodes.Count, round.IssuedAt.ToUnixTimeMilliseconds());
             }
 
-            return ChallengeMessages.Of(round);
+            return CapacityMapping.ToMessage(round);
         });
 
     public override Task<CommitmentReceipt> CommitResults(CommitResultsRequest request, ServerCallContext context) =>
@@ -54,7 +54,7 @@ internal sealed partial class CapacityGrpcService(FleetValidationService validat
         {
             CommitmentRecord record = await validations.CommitResultsAsync(actor, request.CreditCode, request.NodeId, request.Commitment.ToByteArray(), request.Signature.ToByteArray(), ct);
             LogCommitted(logger, request.CreditCode, record.NodeId, record.ElapsedMs, (long)(record.Deadline - record.IssuedAt).TotalMilliseconds);
-            return ChallengeMessages.Of(record);
+            return CapacityMapping.ToMessage(record);
         });
 
     public override Task<AttestationResult> SubmitAttestation(SubmitAttestationRequest request, ServerCallContext context) =>

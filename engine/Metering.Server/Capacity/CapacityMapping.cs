@@ -4,7 +4,8 @@ using Metering.Protocol.V1;
 namespace Metering.Server.Capacity;
 
 /// <summary>
-/// The edge between the capacity service's wire messages and the engine's records. Requests come
+/// The edge between the capacity service's wire messages and the engine's records (fleet
+/// validations, attestations, challenges, commitments and node keys). Requests come
 /// in as the engine's inputs unchanged (numbers widened, never clamped, so the engine's checks see
 /// what was sent); records go out as messages, an absent instant or id as 0 and digests as
 /// lowercase hex. The three outcome enums map by value: the engine's and the wire's share names
@@ -122,6 +123,54 @@ internal static class CapacityMapping
         ApprovedBy = key.Approval?.ApprovedBy ?? "",
         ApprovedUnixMs = key.Approval?.ApprovedAt.ToUnixTimeMilliseconds() ?? 0,
         ApprovalReasons = key.Approval?.Reasons ?? "",
+    };
+
+    public static ChallengeSet ToMessage(ChallengeRound round)
+    {
+        var set = new ChallengeSet
+        {
+            CreditCode = round.CreditCode,
+            ValidationId = round.ValidationId,
+            IssuedUnixMs = round.IssuedAt.ToUnixTimeMilliseconds(),
+            AllowanceMs = (long)round.Allowance.TotalMilliseconds,
+            StartedNow = round.StartedNow,
+        };
+        foreach (NodeChallengeIssue node in round.Nodes)
+        {
+            var challenge = new NodeChallenge
+            {
+                NodeId = node.NodeId,
+                NonceHex = Convert.ToHexStringLower(node.Nonce),
+                DeviceModel = node.DeviceModel,
+                DeviceCount = (uint)node.DeviceCount,
+                RunsPerKernel = (uint)node.Plan.Runs,
+                ExpectedMs = node.Plan.ExpectedMs,
+                DeadlineUnixMs = node.Deadline.ToUnixTimeMilliseconds(),
+                ExpiresUnixMs = node.Expires.ToUnixTimeMilliseconds(),
+            };
+            challenge.Work.Add(node.Plan.Kernels.Select(k => new KernelWork
+            {
+                Kernel = k.Kernel,
+                Items = (uint)k.Size.Items,
+                Iterations = (uint)k.Size.Iterations,
+                WorkPerRun = k.WorkPerRun,
+                DurationFloorNs = k.DurationFloorNs,
+            }));
+            set.Challenges.Add(challenge);
+        }
+
+        return set;
+    }
+
+    public static CommitmentReceipt ToMessage(CommitmentRecord record) => new()
+    {
+        NodeId = record.NodeId,
+        ValidationId = record.ValidationId,
+        IssuedUnixMs = record.IssuedAt.ToUnixTimeMilliseconds(),
+        ReceivedUnixMs = record.ReceivedAt.ToUnixTimeMilliseconds(),
+        ElapsedMs = record.ElapsedMs,
+        DeadlineUnixMs = record.Deadline.ToUnixTimeMilliseconds(),
+        CommitmentSha256 = Convert.ToHexStringLower(record.Sha256),
     };
 
     private static long UnixMs(DateTimeOffset? instant) => instant?.ToUnixTimeMilliseconds() ?? 0;
