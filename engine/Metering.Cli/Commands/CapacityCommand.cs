@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using Google.Protobuf;
 using Grpc.Core;
+using Metering.Client.Capacity;
 using Metering.Engine.Capacity;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
@@ -385,10 +386,10 @@ internal static class CapacityCommand
         var table = new TextTable("node", "site", "model", "devices", "outcome", "committed (s)", "attestation", "device results");
         foreach (SampledNode node in validation.Sample)
         {
-            table.Add(node.NodeId, node.Site, node.DeviceModel, node.DeviceCount.ToString(CultureInfo.InvariantCulture), Name(node.Outcome),
+            table.Add(node.NodeId, node.Site, node.DeviceModel, node.DeviceCount.ToString(CultureInfo.InvariantCulture), OutcomeNames.Of(node.Outcome),
                 node.CommittedUnixMs == 0 ? "" : (node.ElapsedMs / 1000.0).ToString("0.0", CultureInfo.InvariantCulture),
                 node.AttestationId == 0 ? "" : node.AttestationId.ToString(CultureInfo.InvariantCulture),
-                string.Join("; ", node.Devices.Select(d => $"{d.DeviceIndex} {Name(d.Outcome)}{(d.DeviceModel.Length == 0 ? "" : " " + d.DeviceModel)}")));
+                string.Join("; ", node.Devices.Select(d => $"{d.DeviceIndex} {OutcomeNames.Of(d.Outcome)}{(d.DeviceModel.Length == 0 ? "" : " " + d.DeviceModel)}")));
         }
 
         table.Write(Console.Out);
@@ -401,7 +402,7 @@ internal static class CapacityCommand
 
             foreach (DeviceResult device in node.Devices.Where(d => d.Outcome is DeviceOutcome.DeviceAwaitingReview or DeviceOutcome.DeviceUnhealthy or DeviceOutcome.DeviceModelMismatch or DeviceOutcome.DeviceRejected))
             {
-                Console.WriteLine($"{node.NodeId} device {device.DeviceIndex} ({device.ReportedName}): {Name(device.Outcome)}: {device.Detail}");
+                Console.WriteLine($"{node.NodeId} device {device.DeviceIndex} ({device.ReportedName}): {OutcomeNames.Of(device.Outcome)}: {device.Detail}");
             }
         }
     }
@@ -415,25 +416,5 @@ internal static class CapacityCommand
         FleetValidationState.ValidationComplete => "complete",
         FleetValidationState.ValidationSuperseded => "superseded",
         _ => state.ToString(),
-    };
-
-    private static string Name(NodeOutcome outcome) => outcome switch
-    {
-        NodeOutcome.NodePending => "pending",
-        NodeOutcome.NodePassed => "passed",
-        NodeOutcome.NodeFailed => "failed",
-        NodeOutcome.NodeAwaitingReview => "awaiting review",
-        _ => outcome.ToString(),
-    };
-
-    private static string Name(DeviceOutcome outcome) => outcome switch
-    {
-        DeviceOutcome.DeviceHealthy => "healthy",
-        DeviceOutcome.DeviceUnhealthy => "unhealthy",
-        DeviceOutcome.DeviceModelMismatch => "model mismatch",
-        DeviceOutcome.DeviceAwaitingReview => "awaiting review",
-        DeviceOutcome.DeviceRejected => "rejected",
-        DeviceOutcome.DeviceUndeclared => "undeclared",
-        _ => outcome.ToString(),
     };
 }

@@ -9,7 +9,6 @@ using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Metering.Probe.Attestation.Checksums;
 using Metering.Probe.Attestation.Results;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Capacity;
@@ -30,7 +29,7 @@ public sealed partial class FleetValidationService
     /// and outside any transaction; then the catalog judgement, and under the provider's lock the
     /// node is checked again and the outcome written.
     /// </summary>
-    public async Task<AttestationResult> SubmitAttestationAsync(Actor actor, SubmitAttestationRequest request, CancellationToken cancellationToken)
+    public async Task<AttestationRecord> SubmitAttestationAsync(Actor actor, AttestationSubmission request, CancellationToken cancellationToken)
     {
         string code = OwnCode(actor, request.CreditCode);
         CheckNodeId(request.NodeId);
@@ -47,7 +46,7 @@ public sealed partial class FleetValidationService
         }
 
         byte[] digest = SHA256.HashData(encoded);
-        byte[] signature = request.Signature.ToByteArray();
+        byte[] signature = request.Signature;
         NonceRow nonce;
         int keyVersion;
         NodeTiming timing;
@@ -105,7 +104,7 @@ public sealed partial class FleetValidationService
                 : throw new CapacityRefusedException(CapacityRefusalReason.NonceUsed, $"nonce {Shorten(value)} was spent by another call at the same moment; nonces are single use");
         }, cancellationToken);
 
-    private async Task<AttestationResult> VerifyAndRecordAsync(string code, SubmitAttestationRequest request, ProbeReport report, NonceRow nonce, int keyVersion,
+    private async Task<AttestationRecord> VerifyAndRecordAsync(string code, AttestationSubmission request, ProbeReport report, NonceRow nonce, int keyVersion,
         byte[] digest, byte[] encoded, byte[] signature, NodeTiming timing, CancellationToken cancellationToken)
     {
         VerificationResult verification = await verifications.RunAsync(() => ProbeVerifier.VerifyReport(report.Nonce, report), cancellationToken);
@@ -138,7 +137,7 @@ public sealed partial class FleetValidationService
         }
     }
 
-    private async Task<AttestationResult> AcceptAsync(string code, SubmitAttestationRequest request, NonceRow nonce, int keyVersion, byte[] digest, byte[] encoded, byte[] signature,
+    private async Task<AttestationRecord> AcceptAsync(string code, AttestationSubmission request, NonceRow nonce, int keyVersion, byte[] digest, byte[] encoded, byte[] signature,
         IReadOnlyList<DeviceJudgement> devices, int declaredCount, CancellationToken cancellationToken)
     {
         var (verdict, _) = AttestationJudge.NodeOf(devices, declaredCount);
@@ -174,14 +173,8 @@ public sealed partial class FleetValidationService
                 await TieNonceAsync(connection, transaction, code, nonce.Nonce, attestationId);
                 await FailOverdueAsync(connection, transaction, code, current.ValidationId, now);
                 await CompleteIfDoneAsync(connection, transaction, code, current.ValidationId, now);
-                FleetValidation validation = (await ReadValidationAsync(connection, transaction, code, current.ValidationId))!;
-                return new AttestationResult
-                {
-                    AttestationId = attestationId,
-                    ReportSha256 = Convert.ToHexStringLower(digest),
-                    Node = validation.Sample.Single(n => n.NodeId == request.NodeId),
-                    Validation = validation,
-                };
+                FleetValidationRecord validation = (await ReadValidationAsync(connection, transaction, code, current.ValidationId))!;
+                return new AttestationRecord(attestationId, digest, validation.Sample.Single(n => n.NodeId == request.NodeId), validation);
             }, cancellationToken);
         }
         catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation && e.ConstraintName == "capacity_attestations_accepted_once")
@@ -198,7 +191,7 @@ public sealed partial class FleetValidationService
     public const int RefusedReportBytesMax = 4096;
 
     /// <summary>Keeps a signed but refused attestation as evidence (its digest and first bytes) and ties its spent nonce to it, so that the node runs the probe again.</summary>
-    private async Task KeepRefusedAsync(string code, SubmitAttestationRequest request, NonceRow nonce, int keyVersion, byte[] digest, byte[] encoded, byte[] signature,
+    private async Task KeepRefusedAsync(string code, AttestationSubmission request, NonceRow nonce, int keyVersion, byte[] digest, byte[] encoded, byte[] signature,
         CapacityRefusalReason refusal, string detail, CancellationToken cancellationToken) =>
         await InTransactionAsync(code, async (connection, transaction) =>
         {

@@ -6,7 +6,6 @@ using Metering.Engine.Catalog;
 using Metering.Engine.Time;
 using Metering.Probe.Attestation.Checksums;
 using Metering.Probe.Attestation.Results;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Capacity;

@@ -7,9 +7,7 @@ using Metering.Engine.Access;
 using Metering.Engine.Catalog;
 using Metering.Engine.Registry;
 using Metering.Engine.Time;
-using Metering.Probe.Attestation.Checksums;
 using Metering.Probe.Attestation.Results;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Capacity;
@@ -18,7 +16,7 @@ namespace Metering.Engine.Capacity;
 public sealed partial class FleetValidationService
 {
     /// <summary>Stores a new inventory version, draws its sample and opens its validation; an open one is closed (<see cref="CloseOpenValidationAsync"/>).</summary>
-    public async Task<FleetValidation> DeclareInventoryAsync(Actor actor, DeclareInventoryRequest request, CancellationToken cancellationToken)
+    public async Task<FleetValidationRecord> DeclareInventoryAsync(Actor actor, InventoryDeclaration request, CancellationToken cancellationToken)
     {
         string code = OwnCode(actor, request.CreditCode);
         CatalogVersion version = catalog.Latest;
@@ -31,7 +29,7 @@ public sealed partial class FleetValidationService
         var gflops = new long[request.Nodes.Count];
         for (int i = 0; i < request.Nodes.Count; i++)
         {
-            DeclaredNode node = request.Nodes[i];
+            InventoryNode node = request.Nodes[i];
             CheckNodeId(node.NodeId, CapacityRefusalReason.InventoryInvalid);
             if (!seen.Add(node.NodeId))
             {
@@ -83,7 +81,7 @@ public sealed partial class FleetValidationService
                 now = now.UtcDateTime,
                 by = actor.ToString(),
                 nodes,
-                devices = request.Nodes.Sum(n => (long)n.DeviceCount),
+                devices = request.Nodes.Sum(n => n.DeviceCount),
                 declared = gflops.Sum(),
                 catalog = version.Version,
             }, transaction);

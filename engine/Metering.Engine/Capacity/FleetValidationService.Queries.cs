@@ -9,16 +9,15 @@ using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Metering.Probe.Attestation.Checksums;
 using Metering.Probe.Attestation.Results;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Capacity;
 
-/// <summary>Fleet validation, the reads: a provider's validation as the wire shows it, and the one in force.</summary>
+/// <summary>Fleet validation, the reads: a provider's validation as the provider, operators and auditors read it, and the one in force.</summary>
 public sealed partial class FleetValidationService
 {
     /// <summary>A provider's validation, or its latest when <paramref name="validationId"/> is 0; null when there is none.</summary>
-    public async Task<FleetValidation?> GetAsync(string creditCode, long validationId, CancellationToken cancellationToken)
+    public async Task<FleetValidationRecord?> GetAsync(string creditCode, long validationId, CancellationToken cancellationToken)
     {
         string code = CheckCreditCode(creditCode);
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
@@ -41,9 +40,9 @@ public sealed partial class FleetValidationService
             : null;
     }
 
-    private async Task<FleetValidation?> ReadValidationAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string code, long validationId)
+    private async Task<FleetValidationRecord?> ReadValidationAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string code, long validationId)
     {
-        var v = await connection.QueryFirstOrDefaultAsync<ValidationRecord>("""
+        var v = await connection.QueryFirstOrDefaultAsync<ValidationRow>("""
             SELECT v.validation_id AS Id, v.inventory_version AS Inventory, v.state AS State, v.drawn_at AS DrawnAt, v.sample_seed AS Seed, v.sample_size AS SampleSize,
                    v.passed_nodes AS Passed, v.failed_nodes AS Failed, coalesce(v.nonconforming_nodes_bound, 0) AS Bound, coalesce(v.pass_rate_lower_bound_ppm, 0) AS Ppm,
                    coalesce(v.verified_fp16_gflops, 0) AS Verified, v.abandoned_nodes AS Abandoned, v.completed_at AS CompletedAt, v.expires_at AS ExpiresAt, v.catalog_version AS CatalogVersion,
@@ -56,32 +55,11 @@ public sealed partial class FleetValidationService
             return null;
         }
 
-        var validation = new FleetValidation
+        ValidationState state = v.State switch
         {
-            CreditCode = code,
-            ValidationId = v.Id,
-            InventoryVersion = (uint)v.Inventory,
-            State = v.State switch
-            {
-                "collecting" => FleetValidationState.ValidationCollecting,
-                "complete" => FleetValidationState.ValidationComplete,
-                _ => FleetValidationState.ValidationSuperseded,
-            },
-            DrawnUnixMs = ShanghaiTime.Instant(v.DrawnAt).ToUnixTimeMilliseconds(),
-            NodeCount = (uint)v.Nodes,
-            DeviceCount = (ulong)v.Devices,
-            DeclaredFp16Gflops = v.Declared,
-            SampleSize = (uint)v.SampleSize,
-            SampleSeedHex = Convert.ToHexStringLower(v.Seed),
-            PassedNodes = (uint)v.Passed,
-            FailedNodes = (uint)v.Failed,
-            NonconformingNodesBound = (uint)v.Bound,
-            PassRateLowerBoundPpm = (uint)v.Ppm,
-            VerifiedFp16Gflops = v.Verified,
-            CompletedUnixMs = v.CompletedAt is { } completed ? ShanghaiTime.Instant(completed).ToUnixTimeMilliseconds() : 0,
-            ExpiresUnixMs = v.ExpiresAt is { } expires ? ShanghaiTime.Instant(expires).ToUnixTimeMilliseconds() : 0,
-            CatalogVersion = v.CatalogVersion,
-            AbandonedNodes = (uint)v.Abandoned,
+            "collecting" => ValidationState.ValidationCollecting,
+            "complete" => ValidationState.ValidationComplete,
+            _ => ValidationState.ValidationSuperseded,
         };
 
         // The sample, and the seed it can be re-derived from, stay hidden while the validation
@@ -89,87 +67,73 @@ public sealed partial class FleetValidationService
         // could prepare the sampled nodes only.
         DateTime? issued = await connection.ExecuteScalarAsync<DateTime?>(
             "SELECT issued_at FROM capacity_challenges WHERE provider_id = @code AND validation_id = @validationId", new { code, validationId }, transaction);
-        validation.ChallengesIssuedUnixMs = issued is { } issuedAt ? ShanghaiTime.Instant(issuedAt).ToUnixTimeMilliseconds() : 0;
         bool hidden = issued is null && v.State == "collecting";
-        if (hidden)
-        {
-            validation.SampleSeedHex = "";
-        }
-
-        var models = await connection.QueryAsync<(string Model, long Devices)>("""
+        var models = (await connection.QueryAsync<(string Model, long Devices)>("""
             SELECT device_model, sum(device_count)::bigint FROM capacity_inventory_nodes WHERE provider_id = @code AND inventory_version = @inventory GROUP BY device_model ORDER BY device_model
-            """, new { code, inventory = v.Inventory }, transaction);
-        validation.Models.Add(models.Select(m => new ModelFleet { DeviceModel = m.Model, DeviceCount = (ulong)m.Devices }));
-        if (hidden)
-        {
-            return validation;
-        }
+            """, new { code, inventory = v.Inventory }, transaction)).Select(m => new ModelFleetRecord(m.Model, m.Devices)).ToList();
+        IReadOnlyList<SampledNodeRecord> sample = hidden ? [] : await ReadSampleAsync(connection, transaction, code, validationId, v.Inventory);
+        return new FleetValidationRecord(
+            CreditCode: code,
+            ValidationId: v.Id,
+            InventoryVersion: v.Inventory,
+            State: state,
+            DrawnAt: ShanghaiTime.Instant(v.DrawnAt),
+            NodeCount: v.Nodes,
+            DeviceCount: v.Devices,
+            Models: models,
+            DeclaredFp16Gflops: v.Declared,
+            SampleSize: v.SampleSize,
+            SampleSeed: hidden ? [] : v.Seed,
+            Sample: sample,
+            PassedNodes: v.Passed,
+            FailedNodes: v.Failed,
+            NonconformingNodesBound: v.Bound,
+            PassRateLowerBoundPpm: v.Ppm,
+            VerifiedFp16Gflops: v.Verified,
+            CompletedAt: v.CompletedAt is { } completed ? ShanghaiTime.Instant(completed) : null,
+            ExpiresAt: v.ExpiresAt is { } expires ? ShanghaiTime.Instant(expires) : null,
+            CatalogVersion: v.CatalogVersion,
+            ChallengesIssuedAt: issued is { } issuedAt ? ShanghaiTime.Instant(issuedAt) : null,
+            AbandonedNodes: v.Abandoned);
+    }
 
+    /// <summary>The sampled nodes in draw order, each with its challenge's timing and the device results of its accepted attestation.</summary>
+    private static async Task<IReadOnlyList<SampledNodeRecord>> ReadSampleAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string code, long validationId, int inventory)
+    {
         var sample = (await connection.QueryAsync<(string Node, string Site, string Model, int Count, string Outcome, long? AttestationId, string Detail, DateTime? Deadline, DateTime? Committed, long? Elapsed)>("""
             SELECT s.node_id, n.site, n.device_model, n.device_count, s.outcome, s.attestation_id, s.detail, c.deadline_at, m.received_at, m.elapsed_ms
             FROM capacity_sample_nodes s JOIN capacity_inventory_nodes n ON n.provider_id = s.provider_id AND n.inventory_version = @inventory AND n.node_id = s.node_id
             LEFT JOIN capacity_nonces c ON c.provider_id = s.provider_id AND c.validation_id = s.validation_id AND c.node_id = s.node_id AND c.deadline_at IS NOT NULL
             LEFT JOIN capacity_commitments m ON m.provider_id = c.provider_id AND m.nonce = c.nonce
             WHERE s.provider_id = @code AND s.validation_id = @validationId ORDER BY s.draw_order
-            """, new { code, validationId, inventory = v.Inventory }, transaction)).ToList();
+            """, new { code, validationId, inventory }, transaction)).ToList();
         long[] attestations = sample.Where(s => s.AttestationId is not null).Select(s => s.AttestationId!.Value).ToArray();
         var results = (await connection.QueryAsync<(long AttestationId, int Index, string Name, int Multiprocessors, string? Model, string Outcome, string Detail, string Kernels)>("""
             SELECT attestation_id, device_index, reported_name, multiprocessors, device_model, outcome, detail, kernels::text
             FROM capacity_device_results WHERE provider_id = @code AND attestation_id = ANY(@attestations) ORDER BY attestation_id, device_index
             """, new { code, attestations }, transaction)).ToLookup(r => r.AttestationId);
-        foreach (var node in sample)
-        {
-            var message = new SampledNode
+        return sample.Select(node => new SampledNodeRecord(
+            NodeId: node.Node,
+            Site: node.Site,
+            DeviceModel: node.Model,
+            DeviceCount: node.Count,
+            Outcome: node.Outcome switch
             {
-                NodeId = node.Node,
-                Site = node.Site,
-                DeviceModel = node.Model,
-                DeviceCount = (uint)node.Count,
-                Outcome = node.Outcome switch
-                {
-                    "passed" => NodeOutcome.NodePassed,
-                    "failed" => NodeOutcome.NodeFailed,
-                    "awaiting_review" => NodeOutcome.NodeAwaitingReview,
-                    _ => NodeOutcome.NodePending,
-                },
-                AttestationId = node.AttestationId ?? 0,
-                DeadlineUnixMs = node.Deadline is { } deadline ? ShanghaiTime.Instant(deadline).ToUnixTimeMilliseconds() : 0,
-                CommittedUnixMs = node.Committed is { } committed ? ShanghaiTime.Instant(committed).ToUnixTimeMilliseconds() : 0,
-                ElapsedMs = node.Elapsed ?? 0,
-                Detail = node.Detail,
-            };
-            foreach (var r in results[node.AttestationId ?? -1])
-            {
-                var device = new DeviceResult
-                {
-                    DeviceIndex = (uint)r.Index,
-                    ReportedName = r.Name,
-                    Multiprocessors = (uint)Math.Max(0, r.Multiprocessors),
-                    DeviceModel = r.Model ?? "",
-                    Outcome = DeviceOutcomeOf(DeviceVerdictOf(r.Outcome)),
-                    Detail = r.Detail,
-                };
-                device.Kernels.Add((JsonSerializer.Deserialize<List<KernelJudgement>>(r.Kernels, Json) ?? []).Select(k => new KernelResult
-                {
-                    Kernel = k.Kernel,
-                    ArithmeticPath = k.Path,
-                    Rate = k.Rate,
-                    Unit = k.Unit,
-                    Reference = k.Reference,
-                    Peak = k.Peak,
-                    Judged = k.Judged,
-                    ReportedRate = k.ReportedRate,
-                }));
-                message.Devices.Add(device);
-            }
-
-            validation.Sample.Add(message);
-        }
-
-        return validation;
+                "passed" => SampledNodeOutcome.NodePassed,
+                "failed" => SampledNodeOutcome.NodeFailed,
+                "awaiting_review" => SampledNodeOutcome.NodeAwaitingReview,
+                _ => SampledNodeOutcome.NodePending,
+            },
+            AttestationId: node.AttestationId,
+            Devices: results[node.AttestationId ?? -1].Select(r => new DeviceResultRecord(r.Index, r.Name, r.Multiprocessors, r.Model, DeviceOutcomeOf(DeviceVerdictOf(r.Outcome)), r.Detail,
+                JsonSerializer.Deserialize<List<KernelJudgement>>(r.Kernels, Json) ?? [])).ToList(),
+            DeadlineAt: node.Deadline is { } deadline ? ShanghaiTime.Instant(deadline) : null,
+            CommittedAt: node.Committed is { } committed ? ShanghaiTime.Instant(committed) : null,
+            ElapsedMs: node.Elapsed,
+            Detail: node.Detail)).ToList();
     }
 
-    private sealed class ValidationRecord
+    private sealed class ValidationRow
     {
         public long Id { get; init; }
         public int Inventory { get; init; }

@@ -9,7 +9,6 @@ using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Metering.Probe.Attestation.Checksums;
 using Metering.Probe.Attestation.Results;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Capacity;
@@ -18,7 +17,7 @@ namespace Metering.Engine.Capacity;
 public sealed partial class FleetValidationService
 {
     /// <summary>An operator decides a device awaiting review: accepted as a catalog model (and remembered), or rejected.</summary>
-    public async Task<FleetValidation> ReviewUnknownModelAsync(Actor actor, ReviewUnknownModelRequest request, CancellationToken cancellationToken)
+    public async Task<FleetValidationRecord> ReviewUnknownModelAsync(Actor actor, UnknownModelReview request, CancellationToken cancellationToken)
     {
         string code = CheckCreditCode(request.CreditCode);
         string reasons = request.Reasons.Trim();

@@ -9,7 +9,6 @@ using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Metering.Probe.Attestation.Checksums;
 using Metering.Probe.Attestation.Results;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Capacity;
@@ -108,14 +107,14 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
         _ => DeviceVerdict.Undeclared,
     };
 
-    private static DeviceOutcome DeviceOutcomeOf(DeviceVerdict verdict) => verdict switch
+    private static DeviceResultOutcome DeviceOutcomeOf(DeviceVerdict verdict) => verdict switch
     {
-        DeviceVerdict.Healthy => DeviceOutcome.DeviceHealthy,
-        DeviceVerdict.Unhealthy => DeviceOutcome.DeviceUnhealthy,
-        DeviceVerdict.ModelMismatch => DeviceOutcome.DeviceModelMismatch,
-        DeviceVerdict.AwaitingReview => DeviceOutcome.DeviceAwaitingReview,
-        DeviceVerdict.Rejected => DeviceOutcome.DeviceRejected,
-        _ => DeviceOutcome.DeviceUndeclared,
+        DeviceVerdict.Healthy => DeviceResultOutcome.DeviceHealthy,
+        DeviceVerdict.Unhealthy => DeviceResultOutcome.DeviceUnhealthy,
+        DeviceVerdict.ModelMismatch => DeviceResultOutcome.DeviceModelMismatch,
+        DeviceVerdict.AwaitingReview => DeviceResultOutcome.DeviceAwaitingReview,
+        DeviceVerdict.Rejected => DeviceResultOutcome.DeviceRejected,
+        _ => DeviceResultOutcome.DeviceUndeclared,
     };
 
     private static string NodeVerdictName(NodeVerdict verdict) => verdict switch

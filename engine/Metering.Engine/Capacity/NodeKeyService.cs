@@ -4,7 +4,6 @@ using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Registry;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 using Metering.Probe.Attestation.Results;
 using Npgsql;
 

@@ -1,4 +1,5 @@
 using System.Globalization;
+using Metering.Client.Capacity;
 using Metering.Protocol.V1;
 
 namespace Metering.Probe.Reporting;
@@ -79,25 +80,10 @@ internal static class OutcomeTable
         return string.Create(CultureInfo.InvariantCulture, $"{display.ToString(display >= 100 ? "F1" : "F3", CultureInfo.InvariantCulture)} {shown}");
     }
 
-    public static string Name(NodeOutcome outcome) => outcome switch
-    {
-        NodeOutcome.NodePassed => "PASSED",
-        NodeOutcome.NodeFailed => "FAILED",
-        NodeOutcome.NodeAwaitingReview => "AWAITING REVIEW",
-        NodeOutcome.NodePending => "PENDING",
-        _ => outcome.ToString(),
-    };
+    /// <summary>A node's outcome as the probe's last line shows it: the clients' shared word, in capitals so that it stands out under the table.</summary>
+    public static string Name(NodeOutcome outcome) => OutcomeNames.Of(outcome).ToUpperInvariant();
 
-    private static string Name(DeviceOutcome outcome) => outcome switch
-    {
-        DeviceOutcome.DeviceHealthy => "healthy",
-        DeviceOutcome.DeviceUnhealthy => "unhealthy",
-        DeviceOutcome.DeviceModelMismatch => "model mismatch",
-        DeviceOutcome.DeviceAwaitingReview => "awaiting review",
-        DeviceOutcome.DeviceRejected => "rejected",
-        DeviceOutcome.DeviceUndeclared => "undeclared",
-        _ => outcome.ToString(),
-    };
+    private static string Name(DeviceOutcome outcome) => OutcomeNames.Of(outcome);
 
     private static string Name(FleetValidationState state) => state switch
     {

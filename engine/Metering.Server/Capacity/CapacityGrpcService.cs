@@ -17,7 +17,7 @@ internal sealed partial class CapacityGrpcService(FleetValidationService validat
     : CapacityService.CapacityServiceBase
 {
     public override Task<NodeKey> RegisterNodeKey(RegisterNodeKeyRequest request, ServerCallContext context) =>
-        Run(context, "RegisterNodeKey", request.CreditCode, async (actor, ct) => ToMessage(
+        Run(context, "RegisterNodeKey", request.CreditCode, async (actor, ct) => CapacityMapping.ToMessage(
             await nodeKeys.RegisterAsync(actor, request.CreditCode, request.NodeId, request.PublicKeyDer.Memory, request.PublicKeyPem, request.DeviceUuids, ct)));
 
     public override Task<NodeKey> ApproveNodeKey(ApproveNodeKeyRequest request, ServerCallContext context) =>
@@ -26,13 +26,13 @@ internal sealed partial class CapacityGrpcService(FleetValidationService validat
             RegisteredNodeKey key = await nodeKeys.ApproveAsync(actor, request.CreditCode, request.NodeId, (int)Math.Min(request.KeyVersion, (uint)int.MaxValue),
                 request.KeySha256, request.Reasons, ct);
             LogKeyApproved(logger, key.ProviderId, key.NodeId, key.KeyVersion, Convert.ToHexStringLower(key.KeySha256), key.Approval!.ApprovedBy);
-            return ToMessage(key);
+            return CapacityMapping.ToMessage(key);
         });
 
     public override Task<FleetValidation> DeclareInventory(DeclareInventoryRequest request, ServerCallContext context) =>
         Run(context, "DeclareInventory", request.CreditCode, async (actor, ct) =>
         {
-            FleetValidation validation = await validations.DeclareInventoryAsync(actor, request, ct);
+            FleetValidation validation = CapacityMapping.ToMessage(await validations.DeclareInventoryAsync(actor, CapacityMapping.ToDeclaration(request), ct));
             LogSampleDrawn(logger, validation.CreditCode, validation.ValidationId, validation.InventoryVersion, validation.NodeCount, validation.SampleSize, validation.SampleSeedHex);
             return validation;
         });
@@ -46,7 +46,7 @@ internal sealed partial class CapacityGrpcService(FleetValidationService validat
                 LogChallengesStarted(logger, round.CreditCode, round.ValidationId, round.Nodes.Count, round.IssuedAt.ToUnixTimeMilliseconds());
             }
 
-            return ChallengeMessages.Of(round);
+            return CapacityMapping.ToMessage(round);
         });
 
     public override Task<CommitmentReceipt> CommitResults(CommitResultsRequest request, ServerCallContext context) =>
@@ -54,46 +54,34 @@ internal sealed partial class CapacityGrpcService(FleetValidationService validat
         {
             CommitmentRecord record = await validations.CommitResultsAsync(actor, request.CreditCode, request.NodeId, request.Commitment.ToByteArray(), request.Signature.ToByteArray(), ct);
             LogCommitted(logger, request.CreditCode, record.NodeId, record.ElapsedMs, (long)(record.Deadline - record.IssuedAt).TotalMilliseconds);
-            return ChallengeMessages.Of(record);
+            return CapacityMapping.ToMessage(record);
         });
 
     public override Task<AttestationResult> SubmitAttestation(SubmitAttestationRequest request, ServerCallContext context) =>
         Run(context, "SubmitAttestation", request.CreditCode, async (actor, ct) =>
         {
-            AttestationResult result = await validations.SubmitAttestationAsync(actor, request, ct);
+            AttestationResult result = CapacityMapping.ToMessage(await validations.SubmitAttestationAsync(actor, CapacityMapping.ToSubmission(request), ct));
             LogAttested(logger, result.Validation.CreditCode, result.Node.NodeId, result.AttestationId, result.Node.Outcome.ToString(), result.Validation.State.ToString());
             return result;
         });
 
     public override Task<FleetValidation> GetFleetValidation(GetFleetValidationRequest request, ServerCallContext context) =>
         Run(context, "GetFleetValidation", request.CreditCode, async (actor, ct) =>
-            await validations.GetAsync(request.CreditCode, request.ValidationId, ct)
-            ?? throw new CapacityRefusedException(CapacityRefusalReason.ValidationUnknown,
+            await validations.GetAsync(request.CreditCode, request.ValidationId, ct) is { } validation
+                ? CapacityMapping.ToMessage(validation)
+                : throw new CapacityRefusedException(CapacityRefusalReason.ValidationUnknown,
                 request.ValidationId == 0 ? $"{request.CreditCode} has no fleet validation" : $"{request.CreditCode} has no fleet validation {request.ValidationId}"));
 
     public override Task<FleetValidation> ReviewUnknownModel(ReviewUnknownModelRequest request, ServerCallContext context) =>
-        Run(context, "ReviewUnknownModel", request.CreditCode, (actor, ct) => validations.ReviewUnknownModelAsync(actor, request, ct));
+        Run(context, "ReviewUnknownModel", request.CreditCode, async (actor, ct) =>
+            CapacityMapping.ToMessage(await validations.ReviewUnknownModelAsync(actor, CapacityMapping.ToReview(request), ct)));
 
     public override Task<NodeKeyList> ListNodeKeys(ListNodeKeysRequest request, ServerCallContext context) =>
         Run(context, "ListNodeKeys", request.CreditCode, async (actor, ct) =>
         {
             var (keys, next) = await nodeKeys.ListAsync(request.CreditCode, request.PendingOnly, request.AfterNodeId, (int)Math.Min(request.Limit, (uint)int.MaxValue), ct);
-            return new NodeKeyList { Keys = { keys.Select(ToMessage) }, NextAfterNodeId = next ?? "" };
+            return new NodeKeyList { Keys = { keys.Select(CapacityMapping.ToMessage) }, NextAfterNodeId = next ?? "" };
         });
-
-    private static NodeKey ToMessage(RegisteredNodeKey key) => new()
-    {
-        CreditCode = key.ProviderId,
-        NodeId = key.NodeId,
-        KeyVersion = (uint)key.KeyVersion,
-        KeySha256 = Convert.ToHexStringLower(key.KeySha256),
-        RegisteredUnixMs = key.RegisteredAt.ToUnixTimeMilliseconds(),
-        DeviceUuids = { key.DeviceUuids },
-        Approved = key.Approval is not null,
-        ApprovedBy = key.Approval?.ApprovedBy ?? "",
-        ApprovedUnixMs = key.Approval?.ApprovedAt.ToUnixTimeMilliseconds() ?? 0,
-        ApprovalReasons = key.Approval?.Reasons ?? "",
-    };
 
     /// <summary>
     /// Runs a call as its authenticated caller, keeping a provider to its own credit code.
