@@ -7,8 +7,8 @@ using Metering.Engine.Ledger;
 using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 using Npgsql;
+using FeeUnit = Metering.Protocol.V1.FeeUnit;
 
 namespace Metering.Engine.Vouchers;
 
@@ -40,7 +40,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
     private sealed record ClaimedRecord(string StreamId, long Sequence, string JobId, string DeviceModel, uint DeviceCount, uint ShareNumerator, uint ShareDenominator,
         long StartMs, long EndMs, long UsageNpfh);
 
-    public async Task<Claim> FileClaimAsync(Actor actor, FileClaimRequest request, CancellationToken cancellationToken)
+    public async Task<Claim> FileClaimAsync(Actor actor, ClaimFiling request, CancellationToken cancellationToken)
     {
         string[]? jobIds = CheckSelector(request);
         DateTimeOffset now = time.GetUtcNow();
@@ -270,7 +270,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
     }
 
     /// <summary>Voids a claim whose hold is reserved: the subsidy returns to the voucher and its usage can be claimed again.</summary>
-    public async Task<Claim> VoidClaimAsync(Actor actor, VoidClaimRequest request, CancellationToken cancellationToken)
+    public async Task<Claim> VoidClaimAsync(Actor actor, ClaimVoid request, CancellationToken cancellationToken)
     {
         string reason = request.Reason.Trim();
         if (reason.Length is 0 or > ReasonLengthMax)
@@ -348,7 +348,7 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
 
     // ---------------------------------------------------------------- the steps
 
-    private static string[]? CheckSelector(FileClaimRequest request)
+    private static string[]? CheckSelector(ClaimFiling request)
     {
         bool byJobs = request.JobIds.Count > 0;
         bool byPeriod = request.PeriodFromUnixMs != 0 || request.PeriodUntilUnixMs != 0;
@@ -490,7 +490,10 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
             return null;
         }
 
-        var claim = new Claim
+        var lines = await connection.QueryAsync<(string Model, string Unit, long Records, long Npfh, long CardMs, long Price, long Fee)>("""
+            SELECT device_model, fee_unit, records, usage_npfh, card_ms, price_fen, fee_fen FROM claim_lines WHERE provider_id = @provider AND claim_id = @claimId ORDER BY device_model
+            """, new { provider = row.Provider, claimId }, transaction);
+        return new Claim
         {
             ClaimId = row.Id,
             ContractId = row.Contract,
@@ -512,22 +515,18 @@ public sealed class Redemptions(NpgsqlDataSource dataSource, TimeProvider time)
             HoldState = VoucherNames.HoldStateOf(row.HoldState),
             HoldExpiresUnixMs = row.ExpiresMs,
             FiledUnixMs = row.FiledMs,
+            UsageDays = row.Days.Split(',', StringSplitOptions.RemoveEmptyEntries),
+            Lines = lines.Select(l => new ClaimLine
+            {
+                DeviceModel = l.Model,
+                FeeUnit = Names.FeeUnitOf(l.Unit),
+                Records = l.Records,
+                UsageNpfh = l.Npfh,
+                CardMs = l.CardMs,
+                PriceFen = l.Price,
+                FeeFen = l.Fee,
+            }).ToList(),
         };
-        claim.UsageDays.Add(row.Days.Split(',', StringSplitOptions.RemoveEmptyEntries));
-        var lines = await connection.QueryAsync<(string Model, string Unit, long Records, long Npfh, long CardMs, long Price, long Fee)>("""
-            SELECT device_model, fee_unit, records, usage_npfh, card_ms, price_fen, fee_fen FROM claim_lines WHERE provider_id = @provider AND claim_id = @claimId ORDER BY device_model
-            """, new { provider = row.Provider, claimId }, transaction);
-        claim.Lines.Add(lines.Select(l => new ClaimLine
-        {
-            DeviceModel = l.Model,
-            FeeUnit = Names.FeeUnitOf(l.Unit),
-            Records = l.Records,
-            UsageNpfh = l.Npfh,
-            CardMs = l.CardMs,
-            PriceFen = l.Price,
-            FeeFen = l.Fee,
-        }));
-        return claim;
     }
 
     private sealed class ClaimRecord
