@@ -17,6 +17,9 @@ using Metering.Tests.Shared;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
+using Contract = Metering.Engine.Vouchers.Contract;
+using Holder = Metering.Engine.Vouchers.Holder;
+using HolderType = Metering.Engine.Vouchers.HolderType;
 
 namespace Metering.Bench.Load;
 
@@ -219,7 +222,7 @@ internal static class SettleLoad
                 byProvider[provider].Add(code);
                 if ((h + k) % 4 == 0)
                 {
-                    await book.IssueVoucherAsync(Operator, new IssueVoucherRequest { ContractId = contract.ContractId, ProgrammeYear = 2026, FaceValueFen = 50_000_000 }, CancellationToken.None);
+                    await book.IssueVoucherAsync(Operator, new VoucherIssue(contract.ContractId, 2026, 50_000_000), CancellationToken.None);
                     vouchered.Add(contract);
                 }
             }
@@ -401,7 +404,7 @@ internal static class SettleLoad
 
             try
             {
-                await redemptions.FileClaimAsync(Operator, new FileClaimRequest { ContractId = contract.ContractId, JobIds = { jobs }, ProgrammeYear = 2026 }, CancellationToken.None);
+                await redemptions.FileClaimAsync(Operator, new ClaimFiling(contract.ContractId, jobs, ProgrammeYear: 2026), CancellationToken.None);
                 filed++;
             }
             catch (VoucherRefusedException refused) when (refused.Reason is VoucherRefusalReason.UsageAlreadyRedeemed)

@@ -10,6 +10,7 @@ using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
 using Metering.Server.Vouchers;
+using Holder = Metering.Protocol.V1.Holder;
 
 namespace Metering.Cli.Commands;
 

@@ -5,6 +5,18 @@ using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
+using Claim = Metering.Protocol.V1.Claim;
+using ClaimLine = Metering.Protocol.V1.ClaimLine;
+using Contract = Metering.Protocol.V1.Contract;
+using EngineHolderType = Metering.Engine.Vouchers.HolderType;
+using Holder = Metering.Protocol.V1.Holder;
+using HolderStatus = Metering.Protocol.V1.HolderStatus;
+using HolderType = Metering.Protocol.V1.HolderType;
+using HoldState = Metering.Protocol.V1.HoldState;
+using PayeeMode = Metering.Protocol.V1.PayeeMode;
+using ProgrammeParameters = Metering.Protocol.V1.ProgrammeParameters;
+using SubsidyLimit = Metering.Protocol.V1.SubsidyLimit;
+using Voucher = Metering.Protocol.V1.Voucher;
 
 namespace Metering.Cli.Commands;
 
@@ -49,7 +61,7 @@ internal static class VoucherCommand
                     {
                         CreditCode = parse.GetValue(code)!,
                         Name = parse.GetValue(name)!,
-                        Type = VoucherNames.HolderTypeOf(parse.GetValue(type)),
+                        Type = (HolderType)VoucherNames.HolderTypeOf(parse.GetValue(type)),
                         District = parse.GetValue(district)!,
                         EstablishedOn = establishedOn,
                     },
@@ -87,7 +99,7 @@ internal static class VoucherCommand
             foreach (Holder h in listed.Holders)
             {
                 // Rows the registry wrote before the voucher book owned the table carry no type.
-                table.Add(h.CreditCode, h.Name, h.Type == HolderType.Unspecified ? "" : VoucherNames.Of(h.Type), h.District, h.EstablishedOn, Status(h.Status));
+                table.Add(h.CreditCode, h.Name, h.Type == HolderType.Unspecified ? "" : VoucherNames.Of((EngineHolderType)h.Type), h.District, h.EstablishedOn, Status(h.Status));
             }
 
             table.Write(Console.Out);
@@ -132,7 +144,7 @@ internal static class VoucherCommand
                     AnnualCapFen = NotNegative(parse, cap),
                     StackingCapBp = NotNegative(parse, stacking),
                     MinAnnualRentalFen = NotNegative(parse, minimum),
-                    PayeeMode = VoucherNames.PayeeModeOf(parse.GetValue(payee)!),
+                    PayeeMode = (PayeeMode)VoucherNames.PayeeModeOf(parse.GetValue(payee)!),
                     HoldDays = NotNegative(parse, holdDays),
                     EffectiveFromUnixMs = parse.GetValue(from) is null ? 0 : ShanghaiTime.StartOf(ParseDate(parse, from)).ToUnixTimeMilliseconds(),
                 };

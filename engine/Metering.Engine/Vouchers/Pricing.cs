@@ -1,19 +1,10 @@
 using System.Diagnostics;
-using Metering.Protocol.V1;
+using FeeUnit = Metering.Protocol.V1.FeeUnit;
 
 namespace Metering.Engine.Vouchers;
 
-/// <summary>Which cap decided a subsidy.</summary>
-public enum SubsidyLimitKind
-{
-    Ratio,
-    VoucherRemaining,
-    AnnualCap,
-    StackingCap,
-}
-
 /// <summary>A subsidy and the cap that decided it.</summary>
-public readonly record struct SubsidyDecision(long SubsidyFen, long RatioSubsidyFen, SubsidyLimitKind LimitedBy);
+public readonly record struct SubsidyDecision(long SubsidyFen, long RatioSubsidyFen, SubsidyLimit LimitedBy);
 
 /// <summary>
 /// The money arithmetic of the programme, pure and exact. Quantities come in whole nano-units
@@ -92,20 +83,20 @@ public static class Pricing
     public static SubsidyDecision Subsidy(long eligibleFeeFen, int ratioBp, long voucherRemainingFen, long annualCapRemainingFen, long stackingRoomFen)
     {
         long ratio = ShareFen(eligibleFeeFen, ratioBp);
-        var decision = new SubsidyDecision(ratio, ratio, SubsidyLimitKind.Ratio);
+        var decision = new SubsidyDecision(ratio, ratio, SubsidyLimit.LimitedByRatio);
         if (voucherRemainingFen < decision.SubsidyFen)
         {
-            decision = decision with { SubsidyFen = Math.Max(0, voucherRemainingFen), LimitedBy = SubsidyLimitKind.VoucherRemaining };
+            decision = decision with { SubsidyFen = Math.Max(0, voucherRemainingFen), LimitedBy = SubsidyLimit.LimitedByVoucherRemaining };
         }
 
         if (annualCapRemainingFen < decision.SubsidyFen)
         {
-            decision = decision with { SubsidyFen = Math.Max(0, annualCapRemainingFen), LimitedBy = SubsidyLimitKind.AnnualCap };
+            decision = decision with { SubsidyFen = Math.Max(0, annualCapRemainingFen), LimitedBy = SubsidyLimit.LimitedByAnnualCap };
         }
 
         if (stackingRoomFen < decision.SubsidyFen)
         {
-            decision = decision with { SubsidyFen = Math.Max(0, stackingRoomFen), LimitedBy = SubsidyLimitKind.StackingCap };
+            decision = decision with { SubsidyFen = Math.Max(0, stackingRoomFen), LimitedBy = SubsidyLimit.LimitedByStackingCap };
         }
 
         return decision;

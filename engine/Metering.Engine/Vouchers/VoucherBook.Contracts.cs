@@ -5,8 +5,8 @@ using Metering.Engine.Identity;
 using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 using Npgsql;
+using FeeUnit = Metering.Protocol.V1.FeeUnit;
 
 namespace Metering.Engine.Vouchers;
 
@@ -161,17 +161,17 @@ public sealed partial class VoucherBook
                 throw new VoucherRefusedException(VoucherRefusalReason.ContractNumberTaken, $"{contract.ProviderId} already has a contract numbered {number}");
             }
 
-            return (await ReadContractMessageAsync(connection, transaction, id))!;
+            return (await ReadContractRecordAsync(connection, transaction, id))!;
         }, cancellationToken);
     }
 
     public async Task<Contract?> GetContractAsync(long contractId, CancellationToken cancellationToken)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        return await ReadContractMessageAsync(connection, null, contractId);
+        return await ReadContractRecordAsync(connection, null, contractId);
     }
 
-    public async Task<Contract> RecordOtherSupportAsync(Actor actor, RecordOtherSupportRequest request, CancellationToken cancellationToken)
+    public async Task<Contract> RecordOtherSupportAsync(Actor actor, OtherSupport request, CancellationToken cancellationToken)
     {
         string source = request.Source.Trim();
         if (source.Length is 0 or > 200 || request.AmountFen is <= 0 or > AmountFenMax)
@@ -188,7 +188,7 @@ public sealed partial class VoucherBook
             await connection.ExecuteAsync("""
                 INSERT INTO contract_other_support (provider_id, contract_id, source, amount_fen, recorded_by, recorded_at) VALUES (@provider, @id, @source, @amount, @by, @now)
                 """, new { provider = contract.ProviderId, id = contract.ContractId, source, amount = request.AmountFen, by = actor.Subject, now = now.UtcDateTime }, transaction);
-            return (await ReadContractMessageAsync(connection, transaction, contract.ContractId))!;
+            return (await ReadContractRecordAsync(connection, transaction, contract.ContractId))!;
         }, cancellationToken);
     }
 }

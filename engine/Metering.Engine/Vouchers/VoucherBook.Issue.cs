@@ -4,7 +4,6 @@ using Metering.Engine.Access;
 using Metering.Engine.Ledger;
 using Metering.Engine.Storage;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Vouchers;
@@ -12,7 +11,7 @@ namespace Metering.Engine.Vouchers;
 // Issuing vouchers against contracts, with the budget entry in the ledger.
 public sealed partial class VoucherBook
 {
-    public async Task<Voucher> IssueVoucherAsync(Actor actor, IssueVoucherRequest request, CancellationToken cancellationToken)
+    public async Task<Voucher> IssueVoucherAsync(Actor actor, VoucherIssue request, CancellationToken cancellationToken)
     {
         int year = (int)request.ProgrammeYear;
         if (year is < 2024 or > 2100)

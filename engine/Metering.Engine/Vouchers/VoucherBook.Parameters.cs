@@ -5,7 +5,6 @@ using Metering.Engine.Ledger;
 using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Vouchers;
@@ -72,14 +71,14 @@ public sealed partial class VoucherBook
                 by = actor.Subject,
                 now = now.UtcDateTime,
             }, transaction);
-            return (await ReadParametersAsync(connection, transaction, (int)parameters.ProgrammeYear)).Single(p => p.Version == version).ToMessage();
+            return (await ReadParametersAsync(connection, transaction, (int)parameters.ProgrammeYear)).Single(p => p.Version == version).ToParameters();
         }, cancellationToken);
     }
 
     public async Task<IReadOnlyList<ProgrammeParameters>> ListParametersAsync(int year, CancellationToken cancellationToken)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        return (await ReadParametersAsync(connection, null, year == 0 ? null : year)).Select(p => p.ToMessage()).ToList();
+        return (await ReadParametersAsync(connection, null, year == 0 ? null : year)).Select(p => p.ToParameters()).ToList();
     }
 
     /// <summary>The version of a year's parameters in force at an instant.</summary>

@@ -4,7 +4,6 @@ using Metering.Engine.Identity;
 using Metering.Engine.Ledger;
 using Metering.Engine.Registry;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Vouchers;
@@ -31,20 +30,24 @@ public sealed partial class VoucherBook
             EstablishedOn = r.Established is { } e ? ShanghaiTime.IsoDate(DateOnly.FromDateTime(e)) : "",
             Status = VoucherNames.HolderStatusOf(r.Status),
         };
-        if (details)
+        if (!details)
         {
-            foreach (long id in await connection.QueryAsync<long>("SELECT contract_id FROM contracts WHERE holder_code = @code ORDER BY contract_id", new { code }, transaction))
-            {
-                holder.Contracts.Add((await ReadContractMessageAsync(connection, transaction, id))!);
-            }
-
-            foreach (long id in await connection.QueryAsync<long>("SELECT voucher_id FROM vouchers WHERE holder_code = @code ORDER BY voucher_id", new { code }, transaction))
-            {
-                holder.Vouchers.Add((await ReadVoucherAsync(connection, transaction, id))!);
-            }
+            return holder;
         }
 
-        return holder;
+        var contracts = new List<Contract>();
+        foreach (long id in await connection.QueryAsync<long>("SELECT contract_id FROM contracts WHERE holder_code = @code ORDER BY contract_id", new { code }, transaction))
+        {
+            contracts.Add((await ReadContractRecordAsync(connection, transaction, id))!);
+        }
+
+        var vouchers = new List<Voucher>();
+        foreach (long id in await connection.QueryAsync<long>("SELECT voucher_id FROM vouchers WHERE holder_code = @code ORDER BY voucher_id", new { code }, transaction))
+        {
+            vouchers.Add((await ReadVoucherAsync(connection, transaction, id))!);
+        }
+
+        return holder with { Contracts = contracts, Vouchers = vouchers };
     }
 
     internal static async Task<ContractRow?> ReadContractAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, long contractId)
@@ -68,7 +71,7 @@ public sealed partial class VoucherBook
                     WHERE c.provider_id = @provider AND c.contract_id = @id AND h.state IN ('reserved', 'posted'))
             """, new { provider = contract.ProviderId, id = contract.ContractId }, transaction);
 
-    private static async Task<Contract?> ReadContractMessageAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, long contractId)
+    private static async Task<Contract?> ReadContractRecordAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, long contractId)
     {
         ContractRow? row = await ReadContractAsync(connection, transaction, contractId);
         if (row is null)

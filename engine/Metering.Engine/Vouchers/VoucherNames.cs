@@ -1,5 +1,3 @@
-using Metering.Protocol.V1;
-
 namespace Metering.Engine.Vouchers;
 
 /// <summary>How the voucher enums are spelt in the database, and back.</summary>
@@ -43,12 +41,13 @@ public static class VoucherNames
         _ => PayeeMode.Unspecified,
     };
 
-    public static string Of(SubsidyLimitKind limit) => limit switch
+    public static string Of(SubsidyLimit limit) => limit switch
     {
-        SubsidyLimitKind.Ratio => "ratio",
-        SubsidyLimitKind.VoucherRemaining => "voucher_remaining",
-        SubsidyLimitKind.AnnualCap => "annual_cap",
-        _ => "stacking_cap",
+        SubsidyLimit.LimitedByRatio => "ratio",
+        SubsidyLimit.LimitedByVoucherRemaining => "voucher_remaining",
+        SubsidyLimit.LimitedByAnnualCap => "annual_cap",
+        SubsidyLimit.LimitedByStackingCap => "stacking_cap",
+        _ => throw new ArgumentOutOfRangeException(nameof(limit), $"no cap is named {limit}"),
     };
 
     public static SubsidyLimit SubsidyLimitOf(string name) => name switch

@@ -1,5 +1,4 @@
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 
 namespace Metering.Engine.Vouchers;
 
@@ -9,7 +8,7 @@ public sealed record ParametersRow(int Year, int Version, DateTimeOffset Effecti
 {
     public int RatioBp(bool startup) => startup ? StartupRatioBp : SupportRatioBp;
 
-    public ProgrammeParameters ToMessage() => new()
+    public ProgrammeParameters ToParameters() => new()
     {
         ProgrammeYear = (uint)Year,
         Version = (uint)Version,

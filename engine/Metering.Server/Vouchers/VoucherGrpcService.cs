@@ -4,6 +4,11 @@ using Metering.Engine.Access;
 using Metering.Engine.Settlement;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
+using Claim = Metering.Protocol.V1.Claim;
+using Contract = Metering.Protocol.V1.Contract;
+using Holder = Metering.Protocol.V1.Holder;
+using ProgrammeParameters = Metering.Protocol.V1.ProgrammeParameters;
+using Voucher = Metering.Protocol.V1.Voucher;
 using Metering.Server.Access;
 using Microsoft.Extensions.Logging;
 
@@ -18,56 +23,56 @@ internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions r
     ILogger<VoucherGrpcService> logger) : VoucherService.VoucherServiceBase
 {
     public override Task<Holder> RegisterHolder(RegisterHolderRequest request, ServerCallContext context) =>
-        Run(context, "RegisterHolder", (actor, ct) => book.RegisterHolderAsync(actor, request.Holder ?? new Holder(), ct));
+        Run(context, "RegisterHolder", async (actor, ct) => VoucherMapping.ToWire(await book.RegisterHolderAsync(actor, VoucherMapping.ToEngine(request.Holder ?? new Holder()), ct)));
 
     public override Task<Holder> ApproveHolder(ApproveHolderRequest request, ServerCallContext context) =>
-        Run(context, "ApproveHolder", (actor, ct) => book.ApproveHolderAsync(actor, request.CreditCode, ct));
+        Run(context, "ApproveHolder", async (actor, ct) => VoucherMapping.ToWire(await book.ApproveHolderAsync(actor, request.CreditCode, ct)));
 
     public override Task<Holder> LeaveHolderRole(LeaveHolderRoleRequest request, ServerCallContext context) =>
-        Run(context, "LeaveHolderRole", (actor, ct) => book.LeaveHolderRoleAsync(actor, request.CreditCode, request.Reason, ct));
+        Run(context, "LeaveHolderRole", async (actor, ct) => VoucherMapping.ToWire(await book.LeaveHolderRoleAsync(actor, request.CreditCode, request.Reason, ct)));
 
     public override Task<Holder> GetHolder(GetHolderRequest request, ServerCallContext context) =>
-        Run(context, "GetHolder", async (actor, ct) => await book.GetHolderAsync(request.CreditCode, ct)
-            ?? throw new VoucherRefusedException(VoucherRefusalReason.HolderUnknown, $"no voucher holder {request.CreditCode} is registered"));
+        Run(context, "GetHolder", async (actor, ct) => VoucherMapping.ToWire(await book.GetHolderAsync(request.CreditCode, ct)
+            ?? throw new VoucherRefusedException(VoucherRefusalReason.HolderUnknown, $"no voucher holder {request.CreditCode} is registered")));
 
     public override Task<ListHoldersResponse> ListHolders(ListHoldersRequest request, ServerCallContext context) =>
-        Run(context, "ListHolders", async (actor, ct) => new ListHoldersResponse { Holders = { await book.ListHoldersAsync((int)Math.Min(request.Limit, int.MaxValue), ct) } });
+        Run(context, "ListHolders", async (actor, ct) => new ListHoldersResponse { Holders = { (await book.ListHoldersAsync((int)Math.Min(request.Limit, int.MaxValue), ct)).Select(VoucherMapping.ToWire) } });
 
     public override Task<ProgrammeParameters> PutProgrammeParameters(ProgrammeParameters request, ServerCallContext context) =>
-        Run(context, "PutProgrammeParameters", (actor, ct) => book.PutParametersAsync(actor, request, ct));
+        Run(context, "PutProgrammeParameters", async (actor, ct) => VoucherMapping.ToWire(await book.PutParametersAsync(actor, VoucherMapping.ToEngine(request), ct)));
 
     public override Task<ListProgrammeParametersResponse> ListProgrammeParameters(ListProgrammeParametersRequest request, ServerCallContext context) =>
         Run(context, "ListProgrammeParameters", async (actor, ct) => new ListProgrammeParametersResponse
         {
-            Parameters = { await book.ListParametersAsync((int)Math.Min(request.ProgrammeYear, 10_000), ct) },
+            Parameters = { (await book.ListParametersAsync((int)Math.Min(request.ProgrammeYear, 10_000), ct)).Select(VoucherMapping.ToWire) },
         });
 
     public override Task<Contract> RecordContract(RecordContractRequest request, ServerCallContext context) =>
-        Run(context, "RecordContract", (actor, ct) => book.RecordContractAsync(actor, request.Contract ?? new Contract(), ct));
+        Run(context, "RecordContract", async (actor, ct) => VoucherMapping.ToWire(await book.RecordContractAsync(actor, VoucherMapping.ToEngine(request.Contract ?? new Contract()), ct)));
 
     public override Task<Contract> GetContract(GetContractRequest request, ServerCallContext context) =>
-        Run(context, "GetContract", async (actor, ct) => await book.GetContractAsync(request.ContractId, ct)
-            ?? throw new VoucherRefusedException(VoucherRefusalReason.ContractUnknown, $"there is no contract {request.ContractId}"));
+        Run(context, "GetContract", async (actor, ct) => VoucherMapping.ToWire(await book.GetContractAsync(request.ContractId, ct)
+            ?? throw new VoucherRefusedException(VoucherRefusalReason.ContractUnknown, $"there is no contract {request.ContractId}")));
 
     public override Task<Contract> RecordOtherSupport(RecordOtherSupportRequest request, ServerCallContext context) =>
-        Run(context, "RecordOtherSupport", (actor, ct) => book.RecordOtherSupportAsync(actor, request, ct));
+        Run(context, "RecordOtherSupport", async (actor, ct) => VoucherMapping.ToWire(await book.RecordOtherSupportAsync(actor, VoucherMapping.ToEngine(request), ct)));
 
     public override Task<Voucher> IssueVoucher(IssueVoucherRequest request, ServerCallContext context) =>
-        Run(context, "IssueVoucher", (actor, ct) => book.IssueVoucherAsync(actor, request, ct));
+        Run(context, "IssueVoucher", async (actor, ct) => VoucherMapping.ToWire(await book.IssueVoucherAsync(actor, VoucherMapping.ToEngine(request), ct)));
 
     public override Task<Voucher> GetVoucher(GetVoucherRequest request, ServerCallContext context) =>
-        Run(context, "GetVoucher", async (actor, ct) => await book.GetVoucherAsync(request.VoucherId, ct)
-            ?? throw new VoucherRefusedException(VoucherRefusalReason.VoucherUnknown, $"there is no voucher {request.VoucherId}"));
+        Run(context, "GetVoucher", async (actor, ct) => VoucherMapping.ToWire(await book.GetVoucherAsync(request.VoucherId, ct)
+            ?? throw new VoucherRefusedException(VoucherRefusalReason.VoucherUnknown, $"there is no voucher {request.VoucherId}")));
 
     public override Task<Claim> FileClaim(FileClaimRequest request, ServerCallContext context) =>
-        Run(context, "FileClaim", (actor, ct) => redemptions.FileClaimAsync(actor, request, ct));
+        Run(context, "FileClaim", async (actor, ct) => VoucherMapping.ToWire(await redemptions.FileClaimAsync(actor, VoucherMapping.ToEngine(request), ct)));
 
     public override Task<Claim> VoidClaim(VoidClaimRequest request, ServerCallContext context) =>
-        Run(context, "VoidClaim", (actor, ct) => redemptions.VoidClaimAsync(actor, request, ct));
+        Run(context, "VoidClaim", async (actor, ct) => VoucherMapping.ToWire(await redemptions.VoidClaimAsync(actor, VoucherMapping.ToEngine(request), ct)));
 
     public override Task<Claim> GetClaim(GetClaimRequest request, ServerCallContext context) =>
-        Run(context, "GetClaim", async (actor, ct) => await redemptions.GetClaimAsync(request.ClaimId, ct)
-            ?? throw new VoucherRefusedException(VoucherRefusalReason.ClaimUnknown, $"there is no claim {request.ClaimId}"));
+        Run(context, "GetClaim", async (actor, ct) => VoucherMapping.ToWire(await redemptions.GetClaimAsync(request.ClaimId, ct)
+            ?? throw new VoucherRefusedException(VoucherRefusalReason.ClaimUnknown, $"there is no claim {request.ClaimId}")));
 
     public override Task<ListClaimsResponse> ListClaims(ListClaimsRequest request, ServerCallContext context) =>
         Run(context, "ListClaims", async (actor, ct) =>
@@ -79,7 +84,7 @@ internal sealed partial class VoucherGrpcService(VoucherBook book, Redemptions r
 
             long? contract = request.ContractId == 0 ? null : request.ContractId;
             int limit = (int)Math.Min(request.Limit, VoucherBook.ListLimitMax);
-            return new ListClaimsResponse { Claims = { await redemptions.ListClaimsAsync(contract, limit, ct) } };
+            return new ListClaimsResponse { Claims = { (await redemptions.ListClaimsAsync(contract, limit, ct)).Select(VoucherMapping.ToWire) } };
         });
 
     public override Task<Payout> RecordPayout(RecordPayoutRequest request, ServerCallContext context) =>

@@ -1,5 +1,5 @@
 using Metering.Engine.Vouchers;
-using Metering.Protocol.V1;
+using FeeUnit = Metering.Protocol.V1.FeeUnit;
 
 namespace Metering.Engine.Tests.Vouchers;
 
@@ -76,12 +76,12 @@ public sealed class PricingTests
     [Fact]
     public void The_subsidy_is_the_least_of_ratio_voucher_cap_and_stacking_and_names_which()
     {
-        Assert.Equal(new SubsidyDecision(6_000, 6_000, SubsidyLimitKind.Ratio), Pricing.Subsidy(12_000, 5_000, 10_000, 10_000, 10_000));
-        Assert.Equal(new SubsidyDecision(4_000, 6_000, SubsidyLimitKind.VoucherRemaining), Pricing.Subsidy(12_000, 5_000, 4_000, 10_000, 10_000));
-        Assert.Equal(new SubsidyDecision(3_000, 6_000, SubsidyLimitKind.AnnualCap), Pricing.Subsidy(12_000, 5_000, 4_000, 3_000, 10_000));
-        Assert.Equal(new SubsidyDecision(2_000, 6_000, SubsidyLimitKind.StackingCap), Pricing.Subsidy(12_000, 5_000, 4_000, 3_000, 2_000));
+        Assert.Equal(new SubsidyDecision(6_000, 6_000, SubsidyLimit.LimitedByRatio), Pricing.Subsidy(12_000, 5_000, 10_000, 10_000, 10_000));
+        Assert.Equal(new SubsidyDecision(4_000, 6_000, SubsidyLimit.LimitedByVoucherRemaining), Pricing.Subsidy(12_000, 5_000, 4_000, 10_000, 10_000));
+        Assert.Equal(new SubsidyDecision(3_000, 6_000, SubsidyLimit.LimitedByAnnualCap), Pricing.Subsidy(12_000, 5_000, 4_000, 3_000, 10_000));
+        Assert.Equal(new SubsidyDecision(2_000, 6_000, SubsidyLimit.LimitedByStackingCap), Pricing.Subsidy(12_000, 5_000, 4_000, 3_000, 2_000));
         // A tie names the earlier cap: the ratio alone suffices.
-        Assert.Equal(SubsidyLimitKind.Ratio, Pricing.Subsidy(12_000, 5_000, 6_000, 6_000, 6_000).LimitedBy);
+        Assert.Equal(SubsidyLimit.LimitedByRatio, Pricing.Subsidy(12_000, 5_000, 6_000, 6_000, 6_000).LimitedBy);
         Assert.Equal(0, Pricing.Subsidy(12_000, 5_000, 10_000, -5, 10_000).SubsidyFen);
     }
 

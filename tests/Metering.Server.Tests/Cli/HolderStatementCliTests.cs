@@ -4,6 +4,7 @@ using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Server.Tests.Vouchers;
 using Metering.Tests.Shared;
+using Claim = Metering.Engine.Vouchers.Claim;
 
 namespace Metering.Server.Tests.Cli;
 
@@ -37,14 +38,14 @@ public sealed class HolderStatementCliTests(PostgresFixture postgres)
         TestServer server = await TestServer.StartAsync(postgres, time: clock);
         VoucherScene scene = VoucherScene.Over(server.ConnectionString, clock);
         string holder = await scene.HolderAsync();
-        Contract mine = await scene.ContractAsync(holder);
-        Contract theirs = await scene.ContractAsync(holder, TestRecords.OtherProvider);
+        var mine = await scene.ContractAsync(holder);
+        var theirs = await scene.ContractAsync(holder, TestRecords.OtherProvider);
         await scene.VoucherAsync(mine.ContractId, 100_000_000);
         await scene.VoucherAsync(theirs.ContractId, 100_000_000);
         await scene.IngestAsync("cluster-a", VoucherScene.Jobs(holder, VoucherScene.Day, 12));
         await scene.IngestAsync("cluster-b", VoucherScene.Jobs(holder, VoucherScene.Day, 6, prefix: "other"), TestRecords.OtherProvider);
-        Claim atProvider = await scene.ClaimJobsAsync(mine.ContractId, "job-1120-000", "job-1120-001");
-        Claim atOther = await scene.ClaimJobsAsync(theirs.ContractId, "other-1120-000");
+        var atProvider = await scene.ClaimJobsAsync(mine.ContractId, "job-1120-000", "job-1120-001");
+        var atOther = await scene.ClaimJobsAsync(theirs.ContractId, "other-1120-000");
         await scene.SettleAsync(VoucherScene.Day);
         return new Running(server, scene, holder, atProvider, atOther);
     }

@@ -42,7 +42,7 @@ public sealed partial class SettleCliTests(PostgresFixture postgres)
     private static async Task<long> SeedAsync(VoucherScene scene)
     {
         string holder = await scene.HolderAsync();
-        Contract contract = await scene.ContractAsync(holder);
+        var contract = await scene.ContractAsync(holder);
         await scene.VoucherAsync(contract.ContractId, 100_000_000);
         await scene.IngestAsync("cluster-a", VoucherScene.Jobs(holder, VoucherScene.Day, 12));
         await scene.ClaimJobsAsync(contract.ContractId, "job-1120-000", "job-1120-001");

@@ -31,7 +31,7 @@ public sealed class SettlementProgressTests(PostgresFixture postgres)
         await using TestServer server = await TestServer.StartAsync(postgres, time: clock);
         await using VoucherScene scene = VoucherScene.Over(server.ConnectionString, clock);
         string holder = await scene.HolderAsync();
-        Contract contract = await scene.ContractAsync(holder);
+        var contract = await scene.ContractAsync(holder);
         await scene.VoucherAsync(contract.ContractId, 100_000_000);
         await scene.IngestAsync("cluster-a", VoucherScene.Jobs(holder, VoucherScene.Day, 6));
         var client = new SettlementService.SettlementServiceClient(server.Channel);

@@ -7,6 +7,11 @@ using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Server.Tests.Vouchers;
 using Metering.Tests.Shared;
+using Claim = Metering.Engine.Vouchers.Claim;
+using Contract = Metering.Engine.Vouchers.Contract;
+using HoldState = Metering.Engine.Vouchers.HoldState;
+using PayeeMode = Metering.Engine.Vouchers.PayeeMode;
+using Voucher = Metering.Engine.Vouchers.Voucher;
 
 namespace Metering.Server.Tests.Settlement;
 
@@ -38,7 +43,7 @@ public sealed class SettlementTests(PostgresFixture postgres)
         Voucher voucher = await scene.VoucherAsync(contract.ContractId, 100_000_000);
         if (mode == PayeeMode.ProviderDeduction)
         {
-            await scene.ParametersAsync(p => p.PayeeMode = PayeeMode.ProviderDeduction);
+            await scene.ParametersAsync(p => p with { PayeeMode = PayeeMode.ProviderDeduction });
         }
 
         await scene.IngestAsync("cluster-a", VoucherScene.Jobs(holder, Day, 10));
@@ -214,7 +219,7 @@ public sealed class SettlementTests(PostgresFixture postgres)
         string holder = await scene.HolderAsync();
         Contract contract = await scene.ContractAsync(holder);
         Voucher voucher = await scene.VoucherAsync(contract.ContractId, 100_000_000);
-        await scene.ParametersAsync(p => p.HoldDays = 1);
+        await scene.ParametersAsync(p => p with { HoldDays = 1 });
         await scene.IngestAsync("cluster-a", [.. VoucherScene.Jobs(holder, Day, 1), .. VoucherScene.Jobs(holder, NextDay, 1)]);
         Claim claim = await scene.ClaimJobsAsync(contract.ContractId, "job-1120-000", "job-1121-000");
         scene.Clock.Now = VoucherScene.Now.AddDays(3);

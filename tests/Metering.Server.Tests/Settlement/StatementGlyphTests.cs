@@ -21,7 +21,7 @@ public sealed class StatementGlyphTests(PostgresFixture postgres)
     {
         await using VoucherScene scene = await VoucherScene.StartAsync(postgres);
         string holder = await scene.HolderAsync();
-        Contract contract = await scene.ContractAsync(holder);
+        var contract = await scene.ContractAsync(holder);
         await scene.IngestAsync("cluster-a", VoucherScene.Jobs(holder, VoucherScene.Day, 4));
         SettlementOutcome outcome = await scene.SettleAsync(VoucherScene.Day);
         StoredStatement stored = outcome.Statements.Single(s => s.PartyKind == StatementFormats.HolderKind && s.Party == holder);

@@ -3,6 +3,9 @@ using Metering.Engine.Settlement;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
+using Claim = Metering.Engine.Vouchers.Claim;
+using Contract = Metering.Engine.Vouchers.Contract;
+using Voucher = Metering.Engine.Vouchers.Voucher;
 
 namespace Metering.Server.Tests.Vouchers;
 

@@ -4,6 +4,12 @@ using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Server.Tests.Registry;
 using Metering.Tests.Shared;
+using Contract = Metering.Engine.Vouchers.Contract;
+using Holder = Metering.Engine.Vouchers.Holder;
+using HolderStatus = Metering.Engine.Vouchers.HolderStatus;
+using HolderType = Metering.Engine.Vouchers.HolderType;
+using PayeeMode = Metering.Engine.Vouchers.PayeeMode;
+using ProgrammeParameters = Metering.Engine.Vouchers.ProgrammeParameters;
 
 namespace Metering.Server.Tests.Vouchers;
 
@@ -189,10 +195,10 @@ public sealed class HolderAndContractTests(PostgresFixture postgres)
     public async Task Parameters_are_versioned_and_a_claim_uses_the_version_in_force_when_filed()
     {
         await using VoucherScene scene = await VoucherScene.StartAsync(postgres);
-        ProgrammeParameters second = await scene.ParametersAsync(p => p.SupportRatioBp = 4_000);
+        ProgrammeParameters second = await scene.ParametersAsync(p => p with { SupportRatioBp = 4_000 });
 
         var versions = await scene.Book.ListParametersAsync(2026, CancellationToken.None);
-        var backdated = await Assert.ThrowsAsync<VoucherRefusedException>(() => scene.Book.PutParametersAsync(VoucherScene.Operator, new ProgrammeParameters(second)
+        var backdated = await Assert.ThrowsAsync<VoucherRefusedException>(() => scene.Book.PutParametersAsync(VoucherScene.Operator, second with
         {
             EffectiveFromUnixMs = second.EffectiveFromUnixMs - 1,
         }, CancellationToken.None));

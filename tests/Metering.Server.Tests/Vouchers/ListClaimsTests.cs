@@ -17,14 +17,14 @@ public sealed class ListClaimsTests(PostgresFixture postgres)
         await using VoucherScene scene = VoucherScene.Over(server.ConnectionString, clock);
         string first = await scene.HolderAsync();
         string second = await scene.HolderAsync(VoucherScene.NewCode());
-        Contract a = await scene.ContractAsync(first);
-        Contract b = await scene.ContractAsync(second);
+        var a = await scene.ContractAsync(first);
+        var b = await scene.ContractAsync(second);
         await scene.VoucherAsync(a.ContractId, 100_000_000);
         await scene.VoucherAsync(b.ContractId, 100_000_000);
         await scene.IngestAsync("cluster-a", [.. VoucherScene.Jobs(first, VoucherScene.Day, 2), .. VoucherScene.Jobs(second, VoucherScene.Day, 1, firstSlot: 10, prefix: "other")]);
-        Claim one = await scene.ClaimJobsAsync(a.ContractId, "job-1120-000");
-        Claim two = await scene.ClaimJobsAsync(b.ContractId, "other-1120-010");
-        Claim three = await scene.ClaimJobsAsync(a.ContractId, "job-1120-001");
+        var one = await scene.ClaimJobsAsync(a.ContractId, "job-1120-000");
+        var two = await scene.ClaimJobsAsync(b.ContractId, "other-1120-010");
+        var three = await scene.ClaimJobsAsync(a.ContractId, "job-1120-001");
         var vouchers = new VoucherService.VoucherServiceClient(server.Channel);
         Metadata auditor = TestServer.Bearer(TestServer.AuditorKey);
 

@@ -50,13 +50,13 @@ public sealed class PayoutTests(PostgresFixture postgres)
     /// claimed (1,200 fen of subsidy), and 2026-11-20 settled: the programme owes the holder
     /// 1,200 fen (Shenzhen's holder reimbursement). Returns the holder and the voucher.
     /// </summary>
-    private static async Task<(string Holder, Voucher Voucher)> OwedAsync(VoucherScene scene)
+    private static async Task<(string Holder, Metering.Engine.Vouchers.Voucher Voucher)> OwedAsync(VoucherScene scene)
     {
         string holder = await scene.HolderAsync();
-        Contract contract = await scene.ContractAsync(holder);
-        Voucher voucher = await scene.VoucherAsync(contract.ContractId, 50_000_000);
+        var contract = await scene.ContractAsync(holder);
+        var voucher = await scene.VoucherAsync(contract.ContractId, 50_000_000);
         await scene.IngestAsync("cluster-a", VoucherScene.Jobs(holder, VoucherScene.Day, 10));
-        Claim claim = await scene.ClaimJobsAsync(contract.ContractId, "job-1120-000", "job-1120-001");
+        var claim = await scene.ClaimJobsAsync(contract.ContractId, "job-1120-000", "job-1120-001");
         Assert.Equal(1_200L, claim.SubsidyFen);
         await scene.SettleAsync(VoucherScene.Day);
         return (holder, voucher);
@@ -231,11 +231,11 @@ public sealed class PayoutTests(PostgresFixture postgres)
     {
         await using Setting setting = await StartAsync();
         VoucherScene scene = setting.Scene;
-        (string holder, Voucher voucher) = await OwedAsync(scene);
-        Contract other = await scene.ContractAsync(await scene.HolderAsync(VoucherScene.NewCode()), TestRecords.OtherProvider);
-        Voucher untouched = await scene.VoucherAsync(other.ContractId, 20_000_000);
+        (string holder, var voucher) = await OwedAsync(scene);
+        var other = await scene.ContractAsync(await scene.HolderAsync(VoucherScene.NewCode()), TestRecords.OtherProvider);
+        var untouched = await scene.VoucherAsync(other.ContractId, 20_000_000);
         await scene.IngestAsync("cluster-a", VoucherScene.Jobs(holder, new DateOnly(2026, 11, 25), 2, prefix: "held"));
-        Claim held = await scene.ClaimJobsAsync(voucher.ContractId, "held-1125-000", "held-1125-001");
+        var held = await scene.ClaimJobsAsync(voucher.ContractId, "held-1125-000", "held-1125-001");
         await PayAsync(setting, holder, 700, "BOC-0001", "2026-11-30");
         string state = await LedgerStateAsync(scene);
 

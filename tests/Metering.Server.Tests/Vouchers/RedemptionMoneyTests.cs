@@ -4,6 +4,12 @@ using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
+using Claim = Metering.Engine.Vouchers.Claim;
+using ClaimLine = Metering.Engine.Vouchers.ClaimLine;
+using Contract = Metering.Engine.Vouchers.Contract;
+using HoldState = Metering.Engine.Vouchers.HoldState;
+using SubsidyLimit = Metering.Engine.Vouchers.SubsidyLimit;
+using Voucher = Metering.Engine.Vouchers.Voucher;
 
 namespace Metering.Server.Tests.Vouchers;
 
@@ -99,7 +105,7 @@ public sealed class RedemptionMoneyTests(PostgresFixture postgres)
         await scene.VoucherAsync(second.ContractId, faceFen: 100_000_000);
         await scene.IngestAsync("cluster-a", VoucherScene.Jobs(holder, Day, 10));
         await scene.IngestAsync("cluster-b", VoucherScene.Jobs(holder, Day, 20), TestRecords.OtherProvider);
-        await scene.ParametersAsync(p => p.AnnualCapFen = 10_000);
+        await scene.ParametersAsync(p => p with { AnnualCapFen = 10_000 });
 
         Claim atProviderOne = await scene.ClaimDayAsync(first.ContractId, Day);
         Claim atProviderTwo = await scene.ClaimJobsAsync(second.ContractId, VoucherScene.Jobs(holder, Day, 10).Select(r => r.JobId).ToArray());
@@ -119,7 +125,7 @@ public sealed class RedemptionMoneyTests(PostgresFixture postgres)
         Contract contract = await scene.ContractAsync(holder, amountFen: 60_000_000);
         await scene.VoucherAsync(contract.ContractId, faceFen: 20_000_000);
         // Half of 600,000 CNY is 300,000 CNY; another fund already gave 299,960 CNY.
-        await scene.Book.RecordOtherSupportAsync(VoucherScene.Operator, new RecordOtherSupportRequest { ContractId = contract.ContractId, Source = "District AI fund", AmountFen = 29_996_000 },
+        await scene.Book.RecordOtherSupportAsync(VoucherScene.Operator, new OtherSupport(contract.ContractId, "District AI fund", 29_996_000),
             CancellationToken.None);
         await scene.IngestAsync("cluster-a", VoucherScene.Jobs(holder, Day, 20));
 
@@ -179,10 +185,10 @@ public sealed class RedemptionMoneyTests(PostgresFixture postgres)
         await scene.IngestAsync("cluster-a", VoucherScene.Jobs(holder, Day, 10));
         Claim claim = await scene.ClaimDayAsync(contract.ContractId, Day);
 
-        Claim voided = await scene.Claims.VoidClaimAsync(VoucherScene.Operator, new VoidClaimRequest { ClaimId = claim.ClaimId, Reason = "Filed against the wrong contract." }, CancellationToken.None);
+        Claim voided = await scene.Claims.VoidClaimAsync(VoucherScene.Operator, new ClaimVoid(claim.ClaimId, "Filed against the wrong contract."), CancellationToken.None);
         Claim again = await scene.ClaimDayAsync(contract.ContractId, Day);
         var twice = await Assert.ThrowsAsync<VoucherRefusedException>(() =>
-            scene.Claims.VoidClaimAsync(VoucherScene.Operator, new VoidClaimRequest { ClaimId = claim.ClaimId, Reason = "again" }, CancellationToken.None));
+            scene.Claims.VoidClaimAsync(VoucherScene.Operator, new ClaimVoid(claim.ClaimId, "again"), CancellationToken.None));
 
         Assert.Equal(HoldState.HoldVoided, voided.HoldState);
         Assert.Equal(6_000, again.SubsidyFen);

@@ -8,6 +8,10 @@ using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
 using Npgsql;
+using Claim = Metering.Engine.Vouchers.Claim;
+using Contract = Metering.Engine.Vouchers.Contract;
+using Holder = Metering.Engine.Vouchers.Holder;
+using Voucher = Metering.Engine.Vouchers.Voucher;
 
 namespace Metering.Server.Tests.Vouchers;
 
@@ -171,7 +175,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
     {
         await using Ready ready = await ReadyAsync(postgres);
         var (scene, holder, contract) = (ready.Scene, ready.Holder, ready.Contract);
-        await scene.ParametersAsync(p => p.AnnualCapFen = 6_000);
+        await scene.ParametersAsync(p => p with { AnnualCapFen = 6_000 });
         await scene.ClaimJobsAsync(contract.ContractId, "job-1120-000", "job-1120-001", "job-1120-002", "job-1120-003", "job-1120-004",
             "job-1120-005", "job-1120-006", "job-1120-007", "job-1120-008", "job-1120-009");
         await scene.IngestAsync("cluster-a", VoucherScene.Jobs(holder, Day, 1, firstSlot: 100));
@@ -226,12 +230,8 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
         await scene.VoucherAsync(contract.ContractId, 100_000_000);
         await scene.IngestAsync("cluster-a", [.. VoucherScene.Jobs(holder, new DateOnly(2026, 12, 31), 2, firstSlot: 280), .. VoucherScene.Jobs(holder, new DateOnly(2027, 1, 1), 2)]);
 
-        await RefusedAsync(scene, () => scene.Claims.FileClaimAsync(VoucherScene.Operator, new FileClaimRequest
-        {
-            ContractId = contract.ContractId,
-            PeriodFromUnixMs = ShanghaiTime.StartOf(new DateOnly(2026, 12, 31)).ToUnixTimeMilliseconds(),
-            PeriodUntilUnixMs = ShanghaiTime.StartOf(new DateOnly(2027, 1, 2)).ToUnixTimeMilliseconds(),
-        }, CancellationToken.None), VoucherRefusalReason.ClaimSpansYears);
+        await RefusedAsync(scene, () => scene.Claims.FileClaimAsync(VoucherScene.Operator, new ClaimFiling(contract.ContractId, [],
+            ShanghaiTime.StartOf(new DateOnly(2026, 12, 31)).ToUnixTimeMilliseconds(), ShanghaiTime.StartOf(new DateOnly(2027, 1, 2)).ToUnixTimeMilliseconds()), CancellationToken.None), VoucherRefusalReason.ClaimSpansYears);
     }
 
     [Fact]
@@ -240,13 +240,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
         await using Ready ready = await ReadyAsync(postgres);
         var (scene, contract) = (ready.Scene, ready.Contract);
 
-        await RefusedAsync(scene, () => scene.Claims.FileClaimAsync(VoucherScene.Operator, new FileClaimRequest
-        {
-            ContractId = contract.ContractId,
-            JobIds = { "job-1120-001" },
-            PeriodFromUnixMs = 1,
-            PeriodUntilUnixMs = 2,
-        }, CancellationToken.None), VoucherRefusalReason.VoucherFieldInvalid);
+        await RefusedAsync(scene, () => scene.Claims.FileClaimAsync(VoucherScene.Operator, new ClaimFiling(contract.ContractId, ["job-1120-001"], PeriodFromUnixMs: 1, PeriodUntilUnixMs: 2), CancellationToken.None), VoucherRefusalReason.VoucherFieldInvalid);
     }
 
     [Fact]
@@ -296,7 +290,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
         await using Ready ready = await ReadyAsync(postgres);
         var (scene, contract) = (ready.Scene, ready.Contract);
 
-        Claim claim = await scene.Claims.FileClaimAsync(new Actor(Role.Operator, "desk-7"), new FileClaimRequest { ContractId = contract.ContractId, JobIds = { "job-1120-001" }, ProgrammeYear = 2026 },
+        Claim claim = await scene.Claims.FileClaimAsync(new Actor(Role.Operator, "desk-7"), new ClaimFiling(contract.ContractId, ["job-1120-001"], ProgrammeYear: 2026),
             CancellationToken.None);
 
         Assert.Equal("desk-7", await scene.ScalarAsync<string>("SELECT filed_by FROM claims WHERE claim_id = @id", new { id = claim.ClaimId }));

@@ -15,6 +15,13 @@ using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
 using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
+using Claim = Metering.Engine.Vouchers.Claim;
+using Contract = Metering.Engine.Vouchers.Contract;
+using Holder = Metering.Engine.Vouchers.Holder;
+using HolderType = Metering.Engine.Vouchers.HolderType;
+using PayeeMode = Metering.Engine.Vouchers.PayeeMode;
+using ProgrammeParameters = Metering.Engine.Vouchers.ProgrammeParameters;
+using Voucher = Metering.Engine.Vouchers.Voucher;
 
 namespace Metering.Server.Tests.Vouchers;
 
@@ -118,8 +125,7 @@ internal sealed class VoucherScene : IAsyncDisposable
         }, CancellationToken.None);
 
     public Task<Voucher> VoucherAsync(long contractId, long faceFen, int year = 2026, string from = "", string until = "") =>
-        Book.IssueVoucherAsync(Operator, new IssueVoucherRequest { ContractId = contractId, ProgrammeYear = (uint)year, FaceValueFen = faceFen, ValidFrom = from, ValidUntil = until },
-            CancellationToken.None);
+        Book.IssueVoucherAsync(Operator, new VoucherIssue(contractId, (uint)year, faceFen, from, until), CancellationToken.None);
 
     /// <summary>
     /// A record of a holder on a day: devices × 5 minutes (by default 8 H100s, 40 card-minutes,
@@ -207,21 +213,18 @@ internal sealed class VoucherScene : IAsyncDisposable
     }
 
     public Task<Claim> ClaimJobsAsync(long contractId, params string[] jobs) =>
-        Claims.FileClaimAsync(Operator, new FileClaimRequest { ContractId = contractId, JobIds = { jobs }, ProgrammeYear = 2026 }, CancellationToken.None);
+        Claims.FileClaimAsync(Operator, new ClaimFiling(contractId, jobs, ProgrammeYear: 2026), CancellationToken.None);
 
     public Task<Claim> ClaimDayAsync(long contractId, DateOnly day) =>
-        Claims.FileClaimAsync(Operator, new FileClaimRequest
-        {
-            ContractId = contractId,
-            PeriodFromUnixMs = ShanghaiTime.StartOf(day).ToUnixTimeMilliseconds(),
-            PeriodUntilUnixMs = ShanghaiTime.StartOf(day.AddDays(1)).ToUnixTimeMilliseconds(),
-        }, CancellationToken.None);
+        Claims.FileClaimAsync(Operator,
+            new ClaimFiling(contractId, [], ShanghaiTime.StartOf(day).ToUnixTimeMilliseconds(), ShanghaiTime.StartOf(day.AddDays(1)).ToUnixTimeMilliseconds()),
+            CancellationToken.None);
 
     public Task<SettlementOutcome> SettleAsync(DateOnly day, Action<SettlementProgress>? progress = null, CancellationToken cancellationToken = default) =>
         Settlement().SettleAsync(day, Batch, progress, cancellationToken);
 
     /// <summary>Puts a new version of 2026's parameters in force now, changing what the test names.</summary>
-    public Task<ProgrammeParameters> ParametersAsync(Action<ProgrammeParameters> change)
+    public Task<ProgrammeParameters> ParametersAsync(Func<ProgrammeParameters, ProgrammeParameters> change)
     {
         var parameters = new ProgrammeParameters
         {
@@ -235,8 +238,7 @@ internal sealed class VoucherScene : IAsyncDisposable
             PayeeMode = PayeeMode.HolderReimbursement,
             HoldDays = 90,
         };
-        change(parameters);
-        return Book.PutParametersAsync(Operator, parameters, CancellationToken.None);
+        return Book.PutParametersAsync(Operator, change(parameters), CancellationToken.None);
     }
 
     public async Task<T> ScalarAsync<T>(string sql, object? parameters = null)
