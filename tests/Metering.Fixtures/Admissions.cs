@@ -7,6 +7,9 @@ using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Npgsql;
+using FinancialReportKind = Metering.Protocol.V1.FinancialReportKind;
+using LegalForm = Metering.Protocol.V1.LegalForm;
+using MaterialKind = Metering.Protocol.V1.MaterialKind;
 
 namespace Metering.Tests.Shared;
 
@@ -164,8 +167,8 @@ internal static class Admissions
             Enum.GetValues<MaterialKind>().Where(k => k != MaterialKind.Unspecified).Select(kind => new Material
             {
                 Kind = kind,
-                DocumentRef = $"{code}/{Names.Of(kind)}.pdf",
-                Sha256 = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(Names.Of(kind)))),
+                DocumentRef = $"{code}/{Spelling(kind)}.pdf",
+                Sha256 = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(Spelling(kind)))),
             }),
         },
         FinancialReportKind = FinancialReportKind.AuditReport,
@@ -209,6 +212,9 @@ internal static class Admissions
         filing.Capacity.Add(SeededModels.Select(model => new DeclaredDevices { Site = "sz-test-fleet", DeviceModel = model, DeviceCount = SeededDevicesPerModel }));
         return filing;
     }
+
+    /// <summary>A wire material kind as the registry spells it; the engine's enum carries the same numbers.</summary>
+    private static string Spelling(MaterialKind kind) => Names.Of((Metering.Engine.Registry.MaterialKind)(int)kind);
 
     /// <summary>Passes every stage after filing, as one operator with a second approving what four-eyes asks of two.</summary>
     public static async Task<Application> DecideAllAsync(ProviderRegistry registry, long applicationId, string code)

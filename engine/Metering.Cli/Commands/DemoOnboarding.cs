@@ -9,6 +9,9 @@ using Metering.Engine.Access;
 using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Metering.Protocol.V1;
+using FinancialReportKind = Metering.Protocol.V1.FinancialReportKind;
+using LegalForm = Metering.Protocol.V1.LegalForm;
+using MaterialKind = Metering.Protocol.V1.MaterialKind;
 using Npgsql;
 
 namespace Metering.Cli.Commands;
@@ -91,7 +94,7 @@ internal static class DemoOnboarding
         };
         foreach (MaterialKind kind in Enum.GetValues<MaterialKind>().Where(k => k != MaterialKind.Unspecified))
         {
-            string document = $"demo/{Names.Of(kind)}.pdf";
+            string document = $"demo/{RegistryOutput.Spelling(kind)}.pdf";
             filing.Materials.Add(new Material { Kind = kind, DocumentRef = document, Sha256 = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(document))) });
         }
 

@@ -1,6 +1,8 @@
 using System.CommandLine;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
+using LegalForm = Metering.Protocol.V1.LegalForm;
+using ServiceItemAction = Metering.Protocol.V1.ServiceItemAction;
 
 namespace Metering.Cli.Commands;
 

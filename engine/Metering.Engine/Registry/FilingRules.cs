@@ -37,9 +37,9 @@ public static class FilingRules
         foreach (Material material in request.Materials)
         {
             CheckMaterial(material);
-            if (!seen.Add(material.Kind))
+            if (!seen.Add((MaterialKind)material.Kind))
             {
-                throw Invalid($"materials: {Names.Of(material.Kind)} is listed twice");
+                throw Invalid($"materials: {Names.Of((MaterialKind)material.Kind)} is listed twice");
             }
         }
 
@@ -200,7 +200,7 @@ public static class FilingRules
     {
         BatchRules rules = batch.Rules;
         bool publicInstitution = organisation.LegalForm == "public_institution";
-        var filed = request.Materials.Select(m => Names.Of(m.Kind)).ToHashSet();
+        var filed = request.Materials.Select(m => Names.Of((MaterialKind)m.Kind)).ToHashSet();
         string tax = Names.Of(MaterialKind.TaxCertificate);
         if (!publicInstitution && rules.Requires(tax) && !filed.Contains(tax))
         {
@@ -233,7 +233,7 @@ public static class FilingRules
     {
         BatchRules rules = batch.Rules;
         bool underAYear = organisation.EstablishedOn > filedOn.AddYears(-1);
-        switch (request.FinancialReportKind)
+        switch ((FinancialReportKind)request.FinancialReportKind)
         {
             case FinancialReportKind.CapitalVerification when !rules.CapitalVerificationForNewEntities:
                 throw new RegistryRefusedException(RegistryRefusalReason.CapitalVerificationNotAccepted,
@@ -277,19 +277,19 @@ public static class FilingRules
 
     private static void CheckMaterial(Material material)
     {
-        if (material.Kind == MaterialKind.Unspecified || !Enum.IsDefined(material.Kind))
+        if ((MaterialKind)material.Kind == MaterialKind.Unspecified || !Enum.IsDefined((MaterialKind)material.Kind))
         {
             throw Invalid("materials: every material needs its kind");
         }
 
         if (material.DocumentRef.Length is 0 or > 256)
         {
-            throw Invalid($"materials: {Names.Of(material.Kind)} needs a document_ref of 1 to 256 characters");
+            throw Invalid($"materials: {Names.Of((MaterialKind)material.Kind)} needs a document_ref of 1 to 256 characters");
         }
 
         if (material.Sha256.Length != 64 || !material.Sha256.All(char.IsAsciiHexDigitLower))
         {
-            throw Invalid($"materials: {Names.Of(material.Kind)} needs its SHA-256 as 64 lower-case hex characters");
+            throw Invalid($"materials: {Names.Of((MaterialKind)material.Kind)} needs its SHA-256 as 64 lower-case hex characters");
         }
     }
 

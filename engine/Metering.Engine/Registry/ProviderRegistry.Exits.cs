@@ -13,12 +13,13 @@ public sealed partial class ProviderRegistry
 {
     public async Task<ServiceItem> ChangeServiceItemStatusAsync(Actor actor, ChangeServiceItemStatusRequest request, CancellationToken cancellationToken)
     {
+        var action = (ServiceItemAction)request.Action;
         string code = CheckCreditCode(request.CreditCode);
         Names.CheckServiceItem(request.ServiceItem);
-        string reasons = request.Action is ServiceItemAction.Suspend or ServiceItemAction.Revoke
-            ? RequireReasons(request.Reasons, $"{request.Action.ToString().ToLowerInvariant()} needs its reasons")
+        string reasons = action is ServiceItemAction.Suspend or ServiceItemAction.Revoke
+            ? RequireReasons(request.Reasons, $"{action.ToString().ToLowerInvariant()} needs its reasons")
             : request.Reasons.Trim();
-        if (request.Action == ServiceItemAction.Unspecified || !Enum.IsDefined(request.Action))
+        if (action == ServiceItemAction.Unspecified || !Enum.IsDefined(action))
         {
             throw FilingRules.Invalid("action must be SUSPEND, REINSTATE, WITHDRAW or REVOKE");
         }
@@ -39,7 +40,7 @@ public sealed partial class ProviderRegistry
             ServiceItemStatus status = item.Status(now);
             string before = (await ServiceItemJsonAsync(connection, transaction, code, item.ApplicationId))!;
             string? waitingBefore = waiting is null ? null : await ServiceItemJsonAsync(connection, transaction, code, waiting.ApplicationId);
-            switch (request.Action, status)
+            switch (action, status)
             {
                 case (ServiceItemAction.Suspend, ServiceItemStatus.Active):
                     await connection.ExecuteAsync("""
@@ -63,7 +64,7 @@ public sealed partial class ProviderRegistry
                         """, new { code, item = request.ServiceItem, ids, now = now.UtcDateTime }, transaction);
                     break;
                 case (ServiceItemAction.Withdraw or ServiceItemAction.Revoke, ServiceItemStatus.Active or ServiceItemStatus.Suspended):
-                    string kind = request.Action == ServiceItemAction.Withdraw ? "withdrawn" : "revoked";
+                    string kind = action == ServiceItemAction.Withdraw ? "withdrawn" : "revoked";
                     await connection.ExecuteAsync("""
                         UPDATE service_items SET ended_at = @now, end_kind = @kind, end_reason = @reasons
                         WHERE provider_id = @code AND service_item = @item AND application_id = ANY(@ids)
@@ -76,17 +77,17 @@ public sealed partial class ProviderRegistry
                     break;
                 default:
                     throw new RegistryRefusedException(RegistryRefusalReason.StatusChangeInvalid,
-                        $"service item '{request.ServiceItem}' of {code} is {status.ToString().ToLowerInvariant()}; it cannot be {Past(request.Action)}");
+                        $"service item '{request.ServiceItem}' of {code} is {status.ToString().ToLowerInvariant()}; it cannot be {Past(action)}");
             }
 
             if (waiting is not null)
             {
-                await RecordAsync(connection, transaction, actor, now, code, "service_item", $"{code}/{request.ServiceItem}", request.Action.ToString().ToLowerInvariant(), waitingBefore,
+                await RecordAsync(connection, transaction, actor, now, code, "service_item", $"{code}/{request.ServiceItem}", action.ToString().ToLowerInvariant(), waitingBefore,
                     await ServiceItemJsonAsync(connection, transaction, code, waiting.ApplicationId));
             }
 
             await BumpEpochAsync(connection, transaction, code);
-            await RecordAsync(connection, transaction, actor, now, code, "service_item", $"{code}/{request.ServiceItem}", request.Action.ToString().ToLowerInvariant(), before,
+            await RecordAsync(connection, transaction, actor, now, code, "service_item", $"{code}/{request.ServiceItem}", action.ToString().ToLowerInvariant(), before,
                 await ServiceItemJsonAsync(connection, transaction, code, item.ApplicationId));
             return (await ReadServiceItemsAsync(connection, transaction, code, now)).First(i => i.Item == request.ServiceItem && i.ApplicationId == item.ApplicationId).ToMessage(now);
         }, cancellationToken);

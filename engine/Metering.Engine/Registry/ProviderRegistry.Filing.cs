@@ -73,8 +73,8 @@ public sealed partial class ProviderRegistry
                 batch = batch.BatchId,
                 item = request.ServiceItem,
                 now = now.UtcDateTime,
-                reportKind = Names.Of(request.FinancialReportKind),
-                year = request.FinancialReportKind == FinancialReportKind.CapitalVerification || request.AuditReportYear == 0 ? (int?)null : (int)request.AuditReportYear,
+                reportKind = Names.Of((FinancialReportKind)request.FinancialReportKind),
+                year = (FinancialReportKind)request.FinancialReportKind == FinancialReportKind.CapitalVerification || request.AuditReportYear == 0 ? (int?)null : (int)request.AuditReportYear,
                 reason = NullIfEmpty(request.AuditReportReason),
                 declared,
                 content = request.ServiceContent,
@@ -90,7 +90,7 @@ public sealed partial class ProviderRegistry
             {
                 await connection.ExecuteAsync("""
                     INSERT INTO application_materials (provider_id, application_id, kind, document_ref, sha256) VALUES (@code, @id, @kind, @ref, @sha)
-                    """, new { code, id, kind = Names.Of(material.Kind), @ref = material.DocumentRef, sha = Convert.FromHexString(material.Sha256) }, transaction);
+                    """, new { code, id, kind = Names.Of((MaterialKind)material.Kind), @ref = material.DocumentRef, sha = Convert.FromHexString(material.Sha256) }, transaction);
             }
 
             foreach (DeclaredDevices devices in request.Capacity)

@@ -109,7 +109,7 @@ public sealed partial class ProviderRegistry
             CreditCode = row.Code,
             BatchId = row.Batch,
             ServiceItem = row.Item,
-            State = Names.StateOf(row.State),
+            State = (Protocol.V1.ApplicationState)Names.StateOf(row.State),
             FiledUnixMs = row.FiledMs,
             DeclaredFp16Gflops = row.Declared,
             VerifiedFp16Gflops = row.Verified,
@@ -135,7 +135,7 @@ public sealed partial class ProviderRegistry
         application.Fees.Add(ParseFees(row.Fees));
         var materials = await connection.QueryAsync<(string Kind, string Ref, byte[] Sha)>(
             "SELECT kind, document_ref, sha256 FROM application_materials WHERE application_id = @id ORDER BY kind", new { id }, transaction);
-        application.Materials.Add(materials.Select(m => new Material { Kind = Names.MaterialKindOf(m.Kind), DocumentRef = m.Ref, Sha256 = Convert.ToHexStringLower(m.Sha) }));
+        application.Materials.Add(materials.Select(m => new Material { Kind = (Protocol.V1.MaterialKind)Names.MaterialKindOf(m.Kind), DocumentRef = m.Ref, Sha256 = Convert.ToHexStringLower(m.Sha) }));
         var capacity = await connection.QueryAsync<(string Site, string Model, int Count)>(
             "SELECT site, device_model, device_count FROM application_capacity WHERE application_id = @id ORDER BY site, device_model", new { id }, transaction);
         application.Capacity.Add(capacity.Select(c => new DeclaredDevices { Site = c.Site, DeviceModel = c.Model, DeviceCount = (uint)c.Count }));
@@ -179,7 +179,7 @@ public sealed partial class ProviderRegistry
         {
             CreditCode = row.ProviderId,
             Name = row.Name,
-            LegalForm = Names.LegalFormOf(row.LegalForm),
+            LegalForm = (Protocol.V1.LegalForm)Names.LegalFormOf(row.LegalForm),
             District = row.District,
             EstablishedOn = ShanghaiTime.IsoDate(row.EstablishedOn),
         };
@@ -224,7 +224,7 @@ public sealed partial class ProviderRegistry
             NoticeNumber = NoticeNumber,
             ValidFromUnixMs = ValidFrom.ToUnixTimeMilliseconds(),
             ValidUntilUnixMs = (EndedAt is { } ended && ended < ValidityEndsAt ? ended : ValidityEndsAt).ToUnixTimeMilliseconds(),
-            Status = Status(now),
+            Status = (Protocol.V1.ServiceItemStatus)Status(now),
             StatusReason = EndReason ?? SuspensionReason ?? "",
             FeeScheduleVersion = (uint)FeeVersion,
             RenewsApplicationId = RenewsApplicationId ?? 0,

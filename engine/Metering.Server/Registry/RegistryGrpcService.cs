@@ -89,7 +89,7 @@ internal sealed class RegistryGrpcService(ProviderRegistry registry) : RegistryS
                 code = actor.Subject;
             }
 
-            IReadOnlyList<Application> applications = await registry.ListApplicationsAsync(code, request.State, (int)Math.Min(request.Limit, int.MaxValue), ct);
+            IReadOnlyList<Application> applications = await registry.ListApplicationsAsync(code, RegistryMapping.ToEngine(request.State), (int)Math.Min(request.Limit, int.MaxValue), ct);
             return new ListApplicationsResponse { Applications = { await VerificationMessages.WithPartsAsync(registry, applications, ct) } };
         });
 

@@ -2,6 +2,8 @@ using Metering.Engine.Catalog;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
 using Metering.Tests.Shared;
+using FinancialReportKind = Metering.Protocol.V1.FinancialReportKind;
+using MaterialKind = Metering.Protocol.V1.MaterialKind;
 
 namespace Metering.Engine.Tests.Registry;
 

@@ -10,6 +10,7 @@ using Metering.Server.Tests.Registry;
 using Metering.Tests.Shared;
 using Anomaly = Metering.Engine.Audit.Anomaly;
 using AnomalyKind = Metering.Engine.Audit.AnomalyKind;
+using ServiceItemAction = Metering.Protocol.V1.ServiceItemAction;
 
 namespace Metering.Server.Tests.Audit;
 

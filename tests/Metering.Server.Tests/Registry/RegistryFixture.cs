@@ -10,6 +10,7 @@ using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
 using Npgsql;
+using LegalForm = Metering.Protocol.V1.LegalForm;
 
 namespace Metering.Server.Tests.Registry;
 

@@ -8,6 +8,8 @@ using Metering.Protocol.V1;
 using Metering.Server.Access;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
+using ApplicationState = Metering.Protocol.V1.ApplicationState;
+using ServiceItemStatus = Metering.Protocol.V1.ServiceItemStatus;
 
 namespace Metering.Server.Tests.Registry;
 

@@ -3,6 +3,9 @@ using Metering.Engine.Registry;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
+using ApplicationState = Metering.Protocol.V1.ApplicationState;
+using ServiceItemAction = Metering.Protocol.V1.ServiceItemAction;
+using ServiceItemStatus = Metering.Protocol.V1.ServiceItemStatus;
 
 namespace Metering.Server.Tests.Registry;
 

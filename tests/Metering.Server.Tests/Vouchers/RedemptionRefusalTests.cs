@@ -8,6 +8,7 @@ using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
 using Npgsql;
+using ServiceItemAction = Metering.Protocol.V1.ServiceItemAction;
 
 namespace Metering.Server.Tests.Vouchers;
 
