@@ -13,6 +13,10 @@ using FinancialReportKind = Metering.Protocol.V1.FinancialReportKind;
 using LegalForm = Metering.Protocol.V1.LegalForm;
 using MaterialKind = Metering.Protocol.V1.MaterialKind;
 using Npgsql;
+using Material = Metering.Protocol.V1.Material;
+using DeclaredDevices = Metering.Protocol.V1.DeclaredDevices;
+using Licence = Metering.Protocol.V1.Licence;
+using Organisation = Metering.Protocol.V1.Organisation;
 
 namespace Metering.Cli.Commands;
 

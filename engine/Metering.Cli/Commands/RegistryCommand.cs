@@ -3,6 +3,9 @@ using Metering.Engine.Registry;
 using Metering.Protocol.V1;
 using LegalForm = Metering.Protocol.V1.LegalForm;
 using ServiceItemAction = Metering.Protocol.V1.ServiceItemAction;
+using IntegrityListing = Metering.Protocol.V1.IntegrityListing;
+using Licence = Metering.Protocol.V1.Licence;
+using Organisation = Metering.Protocol.V1.Organisation;
 
 namespace Metering.Cli.Commands;
 

@@ -9,6 +9,13 @@ using Metering.Engine.Time;
 using Metering.Protocol.V1;
 using VerificationPart = Metering.Protocol.V1.VerificationPart;
 using MaterialKind = Metering.Protocol.V1.MaterialKind;
+using Material = Metering.Protocol.V1.Material;
+using DeclaredDevices = Metering.Protocol.V1.DeclaredDevices;
+using HistoryEntry = Metering.Protocol.V1.HistoryEntry;
+using IntegrityListing = Metering.Protocol.V1.IntegrityListing;
+using Licence = Metering.Protocol.V1.Licence;
+using Organisation = Metering.Protocol.V1.Organisation;
+using ServiceItem = Metering.Protocol.V1.ServiceItem;
 
 namespace Metering.Cli.Commands;
 

@@ -3,7 +3,6 @@ using Metering.Engine.Access;
 using Metering.Engine.Catalog;
 using Metering.Engine.Storage;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Registry;
@@ -19,7 +18,7 @@ public sealed partial class ProviderRegistry
             throw FilingRules.Invalid("name must be 1 to 200 characters");
         }
 
-        string legalForm = Names.Of((LegalForm)organisation.LegalForm);
+        string legalForm = Names.Of(organisation.LegalForm);
         string district = Districts.Normalise(organisation.District)
             ?? throw new RegistryRefusedException(RegistryRefusalReason.NotRegisteredInShenzhen,
                 $"district '{organisation.District}' is not in Shenzhen; the programme admits organisations registered in one of: {string.Join(", ", Districts.Keys)}");

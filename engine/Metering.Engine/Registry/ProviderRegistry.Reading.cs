@@ -135,10 +135,10 @@ public sealed partial class ProviderRegistry
         application.Fees.Add(ParseFees(row.Fees));
         var materials = await connection.QueryAsync<(string Kind, string Ref, byte[] Sha)>(
             "SELECT kind, document_ref, sha256 FROM application_materials WHERE application_id = @id ORDER BY kind", new { id }, transaction);
-        application.Materials.Add(materials.Select(m => new Material { Kind = (Protocol.V1.MaterialKind)Names.MaterialKindOf(m.Kind), DocumentRef = m.Ref, Sha256 = Convert.ToHexStringLower(m.Sha) }));
+        application.Materials.Add(materials.Select(m => new Protocol.V1.Material { Kind = (Protocol.V1.MaterialKind)Names.MaterialKindOf(m.Kind), DocumentRef = m.Ref, Sha256 = Convert.ToHexStringLower(m.Sha) }));
         var capacity = await connection.QueryAsync<(string Site, string Model, int Count)>(
             "SELECT site, device_model, device_count FROM application_capacity WHERE application_id = @id ORDER BY site, device_model", new { id }, transaction);
-        application.Capacity.Add(capacity.Select(c => new DeclaredDevices { Site = c.Site, DeviceModel = c.Model, DeviceCount = (uint)c.Count }));
+        application.Capacity.Add(capacity.Select(c => new Protocol.V1.DeclaredDevices { Site = c.Site, DeviceModel = c.Model, DeviceCount = (uint)c.Count }));
         return application;
     }
 
@@ -175,32 +175,34 @@ public sealed partial class ProviderRegistry
             return null;
         }
 
-        var organisation = new Organisation
+        IReadOnlyList<LicenceRow> licences = await ReadLicencesAsync(connection, transaction, code);
+        IReadOnlyList<ListingRow> listings = await ReadListingsAsync(connection, transaction, code);
+        IReadOnlyList<ServiceItemRow> items = await ReadServiceItemsAsync(connection, transaction, code, now);
+        return new Organisation
         {
             CreditCode = row.ProviderId,
             Name = row.Name,
-            LegalForm = (Protocol.V1.LegalForm)Names.LegalFormOf(row.LegalForm),
+            LegalForm = Names.LegalFormOf(row.LegalForm),
             District = row.District,
             EstablishedOn = ShanghaiTime.IsoDate(row.EstablishedOn),
+            Licences = [.. licences.Select(l => new Licence
+            {
+                CreditCode = code,
+                LicenceNumber = l.LicenceNumber,
+                Issuer = l.Issuer,
+                ValidFrom = ShanghaiTime.IsoDate(l.ValidFrom),
+                ValidUntil = ShanghaiTime.IsoDate(l.ValidUntil),
+            })],
+            Listings = [.. listings.Select(l => new IntegrityListing
+            {
+                CreditCode = code,
+                List = l.ListName,
+                ListedFrom = ShanghaiTime.IsoDate(l.ListedFrom),
+                ListedUntil = l.ListedUntil is { } u ? ShanghaiTime.IsoDate(u) : "",
+                Reason = l.Reason,
+            })],
+            ServiceItems = [.. items.Select(i => i.ToRecord(now))],
         };
-        organisation.Licences.Add((await ReadLicencesAsync(connection, transaction, code)).Select(l => new Licence
-        {
-            CreditCode = code,
-            LicenceNumber = l.LicenceNumber,
-            Issuer = l.Issuer,
-            ValidFrom = ShanghaiTime.IsoDate(l.ValidFrom),
-            ValidUntil = ShanghaiTime.IsoDate(l.ValidUntil),
-        }));
-        organisation.Listings.Add((await ReadListingsAsync(connection, transaction, code)).Select(l => new IntegrityListing
-        {
-            CreditCode = code,
-            List = l.ListName,
-            ListedFrom = ShanghaiTime.IsoDate(l.ListedFrom),
-            ListedUntil = l.ListedUntil is { } u ? ShanghaiTime.IsoDate(u) : "",
-            Reason = l.Reason,
-        }));
-        organisation.ServiceItems.Add((await ReadServiceItemsAsync(connection, transaction, code, now)).Select(i => i.ToMessage(now)));
-        return organisation;
     }
 
     /// <summary>A service item row with its open suspension, if any.</summary>
@@ -216,15 +218,15 @@ public sealed partial class ProviderRegistry
             _ => ServiceItemStatus.Active,
         };
 
-        public ServiceItem ToMessage(DateTimeOffset now) => new()
+        public ServiceItem ToRecord(DateTimeOffset now) => new()
         {
             CreditCode = ProviderId,
-            ServiceItem_ = Item,
+            Item = Item,
             ApplicationId = ApplicationId,
             NoticeNumber = NoticeNumber,
             ValidFromUnixMs = ValidFrom.ToUnixTimeMilliseconds(),
             ValidUntilUnixMs = (EndedAt is { } ended && ended < ValidityEndsAt ? ended : ValidityEndsAt).ToUnixTimeMilliseconds(),
-            Status = (Protocol.V1.ServiceItemStatus)Status(now),
+            Status = Status(now),
             StatusReason = EndReason ?? SuspensionReason ?? "",
             FeeScheduleVersion = (uint)FeeVersion,
             RenewsApplicationId = RenewsApplicationId ?? 0,

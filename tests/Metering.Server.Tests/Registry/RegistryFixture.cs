@@ -11,6 +11,8 @@ using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
 using Npgsql;
 using LegalForm = Metering.Protocol.V1.LegalForm;
+using Licence = Metering.Protocol.V1.Licence;
+using Organisation = Metering.Protocol.V1.Organisation;
 
 namespace Metering.Server.Tests.Registry;
 

@@ -10,6 +10,9 @@ using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
 using ApplicationState = Metering.Protocol.V1.ApplicationState;
 using ServiceItemStatus = Metering.Protocol.V1.ServiceItemStatus;
+using FeeSchedule = Metering.Protocol.V1.FeeSchedule;
+using IntegrityListing = Metering.Protocol.V1.IntegrityListing;
+using Organisation = Metering.Protocol.V1.Organisation;
 
 namespace Metering.Server.Tests.Registry;
 

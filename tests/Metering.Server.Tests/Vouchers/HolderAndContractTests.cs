@@ -4,6 +4,7 @@ using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Server.Tests.Registry;
 using Metering.Tests.Shared;
+using IntegrityListing = Metering.Engine.Registry.IntegrityListing;
 
 namespace Metering.Server.Tests.Vouchers;
 
