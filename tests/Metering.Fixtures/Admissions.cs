@@ -9,6 +9,7 @@ using Metering.Protocol.V1;
 using Npgsql;
 using FinancialReportKind = Metering.Protocol.V1.FinancialReportKind;
 using LegalForm = Metering.Engine.Registry.LegalForm;
+using Application = Metering.Engine.Registry.Application;
 using MaterialKind = Metering.Protocol.V1.MaterialKind;
 using Material = Metering.Protocol.V1.Material;
 using DeclaredDevices = Metering.Protocol.V1.DeclaredDevices;
@@ -247,10 +248,10 @@ internal static class Admissions
     {
         await registry.ReviewMaterialsAsync(Operator, new OperatorDecision(applicationId, Pass: true), CancellationToken.None);
         Application proposed = await registry.RecordVerificationAsync(Operator, applicationId, pass: true, verifiedFp16Gflops: 316_608_000, verifierParts: [], reasons: "", CancellationToken.None);
-        await registry.ApproveProposalAsync(SecondOperator, applicationId, proposed.PendingProposal.ProposalNo, CancellationToken.None);
+        await registry.ApproveProposalAsync(SecondOperator, applicationId, proposed.PendingProposal!.ProposalNo, CancellationToken.None);
         await registry.OpenPublicNoticeAsync(Operator, new OperatorDecision(applicationId, Pass: true), CancellationToken.None);
         proposed = await registry.DecideAdmissionAsync(Operator, new OperatorDecision(applicationId, Pass: true), CancellationToken.None);
-        await registry.ApproveProposalAsync(SecondOperator, applicationId, proposed.PendingProposal.ProposalNo, CancellationToken.None);
+        await registry.ApproveProposalAsync(SecondOperator, applicationId, proposed.PendingProposal!.ProposalNo, CancellationToken.None);
         return await registry.IssueAdmissionNoticeAsync(Operator, new AdmissionNotice(applicationId, $"TEST-{code}-{applicationId}"), CancellationToken.None);
     }
 }

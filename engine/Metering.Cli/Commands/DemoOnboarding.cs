@@ -17,6 +17,7 @@ using Material = Metering.Protocol.V1.Material;
 using DeclaredDevices = Metering.Protocol.V1.DeclaredDevices;
 using Licence = Metering.Protocol.V1.Licence;
 using Organisation = Metering.Protocol.V1.Organisation;
+using Application = Metering.Protocol.V1.Application;
 
 namespace Metering.Cli.Commands;
 

@@ -16,6 +16,8 @@ using IntegrityListing = Metering.Protocol.V1.IntegrityListing;
 using Licence = Metering.Protocol.V1.Licence;
 using Organisation = Metering.Protocol.V1.Organisation;
 using ServiceItem = Metering.Protocol.V1.ServiceItem;
+using Application = Metering.Protocol.V1.Application;
+using StageProposal = Metering.Protocol.V1.StageProposal;
 
 namespace Metering.Cli.Commands;
 

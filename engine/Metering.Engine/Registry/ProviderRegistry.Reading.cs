@@ -103,13 +103,16 @@ public sealed partial class ProviderRegistry
             return null;
         }
 
+        var stages = await connection.QueryAsync<(string Stage, string Actor, long AtMs, string Outcome, string Reasons)>("""
+            SELECT stage, actor, floor(extract(epoch FROM at) * 1000)::bigint, outcome, reasons FROM application_stages WHERE application_id = @id ORDER BY stage_no
+            """, new { id }, transaction);
         var application = new Application
         {
             ApplicationId = row.Id,
             CreditCode = row.Code,
             BatchId = row.Batch,
             ServiceItem = row.Item,
-            State = (Protocol.V1.ApplicationState)Names.StateOf(row.State),
+            State = Names.StateOf(row.State),
             FiledUnixMs = row.FiledMs,
             DeclaredFp16Gflops = row.Declared,
             VerifiedFp16Gflops = row.Verified,
@@ -119,27 +122,27 @@ public sealed partial class ProviderRegistry
             MeteringProofStream = row.ProofStream,
             MeteringProofRecords = (ulong)row.ProofRecords,
             RenewsApplicationId = row.Renews,
+            Stages = [.. stages.Select(s => new StageEntry { Stage = s.Stage, Actor = s.Actor, AtUnixMs = s.AtMs, Outcome = s.Outcome, Reasons = s.Reasons })],
+            PendingProposal = await ReadPendingProposalAsync(connection, transaction, id),
         };
-        var stages = await connection.QueryAsync<(string Stage, string Actor, long AtMs, string Outcome, string Reasons)>("""
-            SELECT stage, actor, floor(extract(epoch FROM at) * 1000)::bigint, outcome, reasons FROM application_stages WHERE application_id = @id ORDER BY stage_no
-            """, new { id }, transaction);
-        application.Stages.Add(stages.Select(s => new Stage { Stage_ = s.Stage, Actor = s.Actor, AtUnixMs = s.AtMs, Outcome = s.Outcome, Reasons = s.Reasons }));
-        application.PendingProposal = await ReadPendingProposalAsync(connection, transaction, id);
         if (!details)
         {
             return application;
         }
 
-        application.ServiceContent = row.Content;
-        application.ServiceStandards = row.Standards;
-        application.Fees.Add(ParseFees(row.Fees));
+        IReadOnlyList<Protocol.V1.FeeLine> fees = [.. ParseFees(row.Fees)];
         var materials = await connection.QueryAsync<(string Kind, string Ref, byte[] Sha)>(
             "SELECT kind, document_ref, sha256 FROM application_materials WHERE application_id = @id ORDER BY kind", new { id }, transaction);
-        application.Materials.Add(materials.Select(m => new Protocol.V1.Material { Kind = (Protocol.V1.MaterialKind)Names.MaterialKindOf(m.Kind), DocumentRef = m.Ref, Sha256 = Convert.ToHexStringLower(m.Sha) }));
         var capacity = await connection.QueryAsync<(string Site, string Model, int Count)>(
             "SELECT site, device_model, device_count FROM application_capacity WHERE application_id = @id ORDER BY site, device_model", new { id }, transaction);
-        application.Capacity.Add(capacity.Select(c => new Protocol.V1.DeclaredDevices { Site = c.Site, DeviceModel = c.Model, DeviceCount = (uint)c.Count }));
-        return application;
+        return application with
+        {
+            ServiceContent = row.Content,
+            ServiceStandards = row.Standards,
+            Fees = fees,
+            Materials = [.. materials.Select(m => new Material(Names.MaterialKindOf(m.Kind), m.Ref, Convert.ToHexStringLower(m.Sha)))],
+            Capacity = [.. capacity.Select(c => new DeclaredDevices(c.Site, c.Model, (uint)c.Count))],
+        };
     }
 
     private sealed class ApplicationRecord

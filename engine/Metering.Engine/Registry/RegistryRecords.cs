@@ -120,3 +120,85 @@ public sealed record HistoryEntry
 
     public string AfterJson { get; init; } = "";
 }
+
+/// <summary>An application for admission as the registry holds it; the details (content, fees, materials, capacity) only where asked for.</summary>
+public sealed record Application
+{
+    public long ApplicationId { get; init; }
+
+    public string CreditCode { get; init; } = "";
+
+    public string BatchId { get; init; } = "";
+
+    public string ServiceItem { get; init; } = "";
+
+    public ApplicationState State { get; init; }
+
+    public long FiledUnixMs { get; init; }
+
+    public long DeclaredFp16Gflops { get; init; }
+
+    /// <summary>The verified capacity; 0 until the verification records one.</summary>
+    public long VerifiedFp16Gflops { get; init; }
+
+    public string Intermediary { get; init; } = "";
+
+    /// <summary>When the public notice ends; 0 before it opens.</summary>
+    public long NoticeEndsUnixMs { get; init; }
+
+    public string NoticeNumber { get; init; } = "";
+
+    public IReadOnlyList<StageEntry> Stages { get; init; } = [];
+
+    public IReadOnlyList<Material> Materials { get; init; } = [];
+
+    public IReadOnlyList<DeclaredDevices> Capacity { get; init; } = [];
+
+    /// <summary>The fee lines filed, still the wire's own FeeLine (see <see cref="ApplicationFiling.Fees"/>).</summary>
+    public IReadOnlyList<Protocol.V1.FeeLine> Fees { get; init; } = [];
+
+    public string MeteringProofStream { get; init; } = "";
+
+    public ulong MeteringProofRecords { get; init; }
+
+    public string ServiceContent { get; init; } = "";
+
+    public string ServiceStandards { get; init; } = "";
+
+    /// <summary>The decision proposed under four-eyes and awaiting approval, or null.</summary>
+    public StageProposal? PendingProposal { get; init; }
+
+    public long RenewsApplicationId { get; init; }
+}
+
+/// <summary>One recorded stage of an application: who decided what, when, and why.</summary>
+public sealed record StageEntry
+{
+    public string Stage { get; init; } = "";
+
+    public string Actor { get; init; } = "";
+
+    public long AtUnixMs { get; init; }
+
+    public string Outcome { get; init; } = "";
+
+    public string Reasons { get; init; } = "";
+}
+
+/// <summary>A stage decision proposed under four-eyes, awaiting a second, different operator.</summary>
+public sealed record StageProposal
+{
+    public uint ProposalNo { get; init; }
+
+    public string Stage { get; init; } = "";
+
+    public bool Pass { get; init; }
+
+    public long VerifiedFp16Gflops { get; init; }
+
+    public string Reasons { get; init; } = "";
+
+    public string ProposedBy { get; init; } = "";
+
+    public long ProposedUnixMs { get; init; }
+}

@@ -3,6 +3,7 @@ using Metering.Engine.Access;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
+using Application = Metering.Protocol.V1.Application;
 using FeeSchedule = Metering.Protocol.V1.FeeSchedule;
 using IntegrityListing = Metering.Protocol.V1.IntegrityListing;
 using Licence = Metering.Protocol.V1.Licence;
@@ -38,10 +39,10 @@ internal sealed class RegistryGrpcService(ProviderRegistry registry) : RegistryS
         Run(context, "ListAdmissionBatches", async (actor, ct) => new ListAdmissionBatchesResponse { Batches = { (await registry.ListBatchesAsync(ct)).Select(BatchMessages.ToMessage) } });
 
     public override Task<Application> FileApplication(FileApplicationRequest request, ServerCallContext context) =>
-        Run(context, "FileApplication", (actor, ct) =>
+        Run(context, "FileApplication", async (actor, ct) =>
         {
             OwnOnly(actor, request.CreditCode);
-            return registry.FileApplicationAsync(actor, RegistryMapping.ToEngine(request), ct);
+            return RegistryMapping.ToWire(await registry.FileApplicationAsync(actor, RegistryMapping.ToEngine(request), ct));
         });
 
     public override Task<Application> ReviewMaterials(StageDecision request, ServerCallContext context) =>
@@ -77,13 +78,13 @@ internal sealed class RegistryGrpcService(ProviderRegistry registry) : RegistryS
     public override Task<Application> GetApplication(GetApplicationRequest request, ServerCallContext context) =>
         Run(context, "GetApplication", async (actor, ct) =>
         {
-            Application? application = await registry.GetApplicationAsync(request.ApplicationId, ct);
+            Engine.Registry.Application? application = await registry.GetApplicationAsync(request.ApplicationId, ct);
             if (application is null || (actor.Role == Role.Provider && application.CreditCode != actor.Subject))
             {
                 throw new RegistryRefusedException(RegistryRefusalReason.ApplicationUnknown, $"there is no application {request.ApplicationId} of yours");
             }
 
-            return await VerificationMessages.WithPartsAsync(registry, application, ct);
+            return await VerificationMessages.WithPartsAsync(registry, RegistryMapping.ToWire(application), ct);
         });
 
     public override Task<ListApplicationsResponse> ListApplications(ListApplicationsRequest request, ServerCallContext context) =>
@@ -96,7 +97,8 @@ internal sealed class RegistryGrpcService(ProviderRegistry registry) : RegistryS
                 code = actor.Subject;
             }
 
-            IReadOnlyList<Application> applications = await registry.ListApplicationsAsync(code, RegistryMapping.ToEngine(request.State), (int)Math.Min(request.Limit, int.MaxValue), ct);
+            IReadOnlyList<Application> applications =
+                [.. (await registry.ListApplicationsAsync(code, RegistryMapping.ToEngine(request.State), (int)Math.Min(request.Limit, int.MaxValue), ct)).Select(RegistryMapping.ToWire)];
             return new ListApplicationsResponse { Applications = { await VerificationMessages.WithPartsAsync(registry, applications, ct) } };
         });
 
@@ -139,8 +141,8 @@ internal sealed class RegistryGrpcService(ProviderRegistry registry) : RegistryS
     }
 
     /// <summary>A call that answers with the application, shown with its verification's parts.</summary>
-    private Task<Application> RunShown(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<Application>> call) =>
-        Run(context, method, async (actor, ct) => await VerificationMessages.WithPartsAsync(registry, await call(actor, ct), ct));
+    private Task<Application> RunShown(ServerCallContext context, string method, Func<Actor, CancellationToken, Task<Engine.Registry.Application>> call) =>
+        Run(context, method, async (actor, ct) => await VerificationMessages.WithPartsAsync(registry, RegistryMapping.ToWire(await call(actor, ct)), ct));
 
     /// <summary>
     /// Runs a call as its authenticated caller. RefusalInterceptor turns the registry's refusals into statuses and

@@ -10,6 +10,42 @@ namespace Metering.Server.Registry;
 /// </summary>
 internal static class RegistryMapping
 {
+    public static Wire.Application ToWire(Engine.Registry.Application application) => new()
+    {
+        ApplicationId = application.ApplicationId,
+        CreditCode = application.CreditCode,
+        BatchId = application.BatchId,
+        ServiceItem = application.ServiceItem,
+        State = ToWire(application.State),
+        FiledUnixMs = application.FiledUnixMs,
+        DeclaredFp16Gflops = application.DeclaredFp16Gflops,
+        VerifiedFp16Gflops = application.VerifiedFp16Gflops,
+        Intermediary = application.Intermediary,
+        NoticeEndsUnixMs = application.NoticeEndsUnixMs,
+        NoticeNumber = application.NoticeNumber,
+        Stages = { application.Stages.Select(s => new Wire.Stage { Stage_ = s.Stage, Actor = s.Actor, AtUnixMs = s.AtUnixMs, Outcome = s.Outcome, Reasons = s.Reasons }) },
+        Materials = { application.Materials.Select(m => new Wire.Material { Kind = ToWire(m.Kind), DocumentRef = m.DocumentRef, Sha256 = m.Sha256 }) },
+        Capacity = { application.Capacity.Select(d => new Wire.DeclaredDevices { Site = d.Site, DeviceModel = d.DeviceModel, DeviceCount = d.DeviceCount }) },
+        Fees = { application.Fees },
+        MeteringProofStream = application.MeteringProofStream,
+        MeteringProofRecords = application.MeteringProofRecords,
+        ServiceContent = application.ServiceContent,
+        ServiceStandards = application.ServiceStandards,
+        PendingProposal = application.PendingProposal is { } proposal ? ToWire(proposal) : null,
+        RenewsApplicationId = application.RenewsApplicationId,
+    };
+
+    public static Wire.StageProposal ToWire(Engine.Registry.StageProposal proposal) => new()
+    {
+        ProposalNo = proposal.ProposalNo,
+        Stage = proposal.Stage,
+        Pass = proposal.Pass,
+        VerifiedFp16Gflops = proposal.VerifiedFp16Gflops,
+        Reasons = proposal.Reasons,
+        ProposedBy = proposal.ProposedBy,
+        ProposedUnixMs = proposal.ProposedUnixMs,
+    };
+
     public static Engine.Registry.Organisation ToEngine(Wire.Organisation organisation) => new()
     {
         CreditCode = organisation.CreditCode,

@@ -24,8 +24,8 @@ public sealed class PublicationTests(PostgresFixture postgres)
         var (admittedCode, admittedKey) = await scene.RegisterAsync();
         long admitted = await OpenNoticeAsync(scene, admittedCode, admittedKey);
         scene.Clock.Advance(TimeSpan.FromDays(6));
-        Application proposed = await scene.Engine.DecideAdmissionAsync(Admissions.Operator, new OperatorDecision(admitted, Pass: true), CancellationToken.None);
-        await scene.Engine.ApproveProposalAsync(Admissions.SecondOperator, admitted, proposed.PendingProposal.ProposalNo, CancellationToken.None);
+        var proposed = await scene.Engine.DecideAdmissionAsync(Admissions.Operator, new OperatorDecision(admitted, Pass: true), CancellationToken.None);
+        await scene.Engine.ApproveProposalAsync(Admissions.SecondOperator, admitted, proposed.PendingProposal!.ProposalNo, CancellationToken.None);
         await scene.Engine.IssueAdmissionNoticeAsync(Admissions.Operator, new AdmissionNotice(admitted, $"PUB-{admittedCode}"), CancellationToken.None);
         var (code, key) = await scene.RegisterAsync();
         await OpenNoticeAsync(scene, code, key);
@@ -37,9 +37,9 @@ public sealed class PublicationTests(PostgresFixture postgres)
     {
         Application filed = await scene.Client.FileApplicationAsync(RegistryScene.Filing(code), key);
         await scene.Engine.ReviewMaterialsAsync(Admissions.Operator, new OperatorDecision(filed.ApplicationId, Pass: true), CancellationToken.None);
-        Application proposed = await scene.Engine.RecordVerificationAsync(Admissions.Operator,
+        var proposed = await scene.Engine.RecordVerificationAsync(Admissions.Operator,
             filed.ApplicationId, pass: true, verifiedFp16Gflops: 316_608_000, verifierParts: [], reasons: "", CancellationToken.None);
-        await scene.Engine.ApproveProposalAsync(Admissions.SecondOperator, filed.ApplicationId, proposed.PendingProposal.ProposalNo, CancellationToken.None);
+        await scene.Engine.ApproveProposalAsync(Admissions.SecondOperator, filed.ApplicationId, proposed.PendingProposal!.ProposalNo, CancellationToken.None);
         await scene.Engine.OpenPublicNoticeAsync(Admissions.Operator, new OperatorDecision(filed.ApplicationId, Pass: true), CancellationToken.None);
         return filed.ApplicationId;
     }

@@ -13,6 +13,7 @@ using ServiceItemStatus = Metering.Protocol.V1.ServiceItemStatus;
 using FeeSchedule = Metering.Protocol.V1.FeeSchedule;
 using IntegrityListing = Metering.Protocol.V1.IntegrityListing;
 using Organisation = Metering.Protocol.V1.Organisation;
+using Application = Metering.Protocol.V1.Application;
 
 namespace Metering.Server.Tests.Registry;
 
@@ -38,7 +39,7 @@ public sealed class RegistryRulesTests(PostgresFixture postgres)
         again.BatchId = "dec-2026";
 
         Application refiled = await scene.Client.FileApplicationAsync(again, key);
-        Application admitted = await Admissions.DecideAllAsync(scene.Engine, refiled.ApplicationId, code);
+        Application admitted = Metering.Server.Registry.RegistryMapping.ToWire(await Admissions.DecideAllAsync(scene.Engine, refiled.ApplicationId, code));
 
         Assert.Equal(ApplicationState.Admitted, admitted.State);
         Organisation organisation = await scene.Client.GetOrganisationAsync(new GetOrganisationRequest { CreditCode = code }, key);
