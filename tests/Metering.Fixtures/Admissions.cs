@@ -7,6 +7,14 @@ using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Npgsql;
+using FinancialReportKind = Metering.Protocol.V1.FinancialReportKind;
+using LegalForm = Metering.Engine.Registry.LegalForm;
+using Application = Metering.Engine.Registry.Application;
+using MaterialKind = Metering.Protocol.V1.MaterialKind;
+using Material = Metering.Protocol.V1.Material;
+using DeclaredDevices = Metering.Protocol.V1.DeclaredDevices;
+using Licence = Metering.Engine.Registry.Licence;
+using Organisation = Metering.Engine.Registry.Organisation;
 
 namespace Metering.Tests.Shared;
 
@@ -103,7 +111,7 @@ internal static class Admissions
         FileApplicationRequest? filing = null)
     {
         await RegisterAsync(dataSource, registry, clock, code, name);
-        Application filed = await registry.FileApplicationAsync(new Actor(Role.Provider, code), filing ?? Filing(code, serviceItem), CancellationToken.None);
+        Application filed = await registry.FileApplicationAsync(new Actor(Role.Provider, code), ToFiling(filing ?? Filing(code, serviceItem)), CancellationToken.None);
         return await DecideAllAsync(registry, filed.ApplicationId, code);
     }
 
@@ -164,8 +172,8 @@ internal static class Admissions
             Enum.GetValues<MaterialKind>().Where(k => k != MaterialKind.Unspecified).Select(kind => new Material
             {
                 Kind = kind,
-                DocumentRef = $"{code}/{Names.Of(kind)}.pdf",
-                Sha256 = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(Names.Of(kind)))),
+                DocumentRef = $"{code}/{Spelling(kind)}.pdf",
+                Sha256 = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(Spelling(kind)))),
             }),
         },
         FinancialReportKind = FinancialReportKind.AuditReport,
@@ -210,15 +218,40 @@ internal static class Admissions
         return filing;
     }
 
+    /// <summary>
+    /// A filing request as the engine's own record, field by field as the server's RegistryMapping
+    /// copies it, for the tests that file with the engine directly rather than over gRPC.
+    /// </summary>
+    public static ApplicationFiling ToFiling(FileApplicationRequest request) => new()
+    {
+        BatchId = request.BatchId,
+        CreditCode = request.CreditCode,
+        ServiceItem = request.ServiceItem,
+        Materials = [.. request.Materials.Select(m => new Metering.Engine.Registry.Material((Metering.Engine.Registry.MaterialKind)(int)m.Kind, m.DocumentRef, m.Sha256))],
+        FinancialReportKind = (Metering.Engine.Registry.FinancialReportKind)(int)request.FinancialReportKind,
+        AuditReportYear = request.AuditReportYear,
+        AuditReportReason = request.AuditReportReason,
+        Capacity = [.. request.Capacity.Select(d => new Metering.Engine.Registry.DeclaredDevices(d.Site, d.DeviceModel, d.DeviceCount))],
+        ServiceContent = request.ServiceContent,
+        ServiceStandards = request.ServiceStandards,
+        Fees = [.. request.Fees],
+        MeteringProofStream = request.MeteringProofStream,
+        Intermediary = request.Intermediary,
+        RenewsApplicationId = request.RenewsApplicationId,
+    };
+
+    /// <summary>A wire material kind as the registry spells it; the engine's enum carries the same numbers.</summary>
+    private static string Spelling(MaterialKind kind) => Names.Of((Metering.Engine.Registry.MaterialKind)(int)kind);
+
     /// <summary>Passes every stage after filing, as one operator with a second approving what four-eyes asks of two.</summary>
     public static async Task<Application> DecideAllAsync(ProviderRegistry registry, long applicationId, string code)
     {
-        await registry.ReviewMaterialsAsync(Operator, new StageDecision { ApplicationId = applicationId, Pass = true }, CancellationToken.None);
-        Application proposed = await registry.RecordVerificationAsync(Operator, new VerificationDecision { ApplicationId = applicationId, Pass = true, VerifiedFp16Gflops = 316_608_000 }, CancellationToken.None);
-        await registry.ApproveProposalAsync(SecondOperator, applicationId, proposed.PendingProposal.ProposalNo, CancellationToken.None);
-        await registry.OpenPublicNoticeAsync(Operator, new StageDecision { ApplicationId = applicationId, Pass = true }, CancellationToken.None);
-        proposed = await registry.DecideAdmissionAsync(Operator, new StageDecision { ApplicationId = applicationId, Pass = true }, CancellationToken.None);
-        await registry.ApproveProposalAsync(SecondOperator, applicationId, proposed.PendingProposal.ProposalNo, CancellationToken.None);
-        return await registry.IssueAdmissionNoticeAsync(Operator, new IssueAdmissionNoticeRequest { ApplicationId = applicationId, NoticeNumber = $"TEST-{code}-{applicationId}" }, CancellationToken.None);
+        await registry.ReviewMaterialsAsync(Operator, new OperatorDecision(applicationId, Pass: true), CancellationToken.None);
+        Application proposed = await registry.RecordVerificationAsync(Operator, applicationId, pass: true, verifiedFp16Gflops: 316_608_000, verifierParts: [], reasons: "", CancellationToken.None);
+        await registry.ApproveProposalAsync(SecondOperator, applicationId, proposed.PendingProposal!.ProposalNo, CancellationToken.None);
+        await registry.OpenPublicNoticeAsync(Operator, new OperatorDecision(applicationId, Pass: true), CancellationToken.None);
+        proposed = await registry.DecideAdmissionAsync(Operator, new OperatorDecision(applicationId, Pass: true), CancellationToken.None);
+        await registry.ApproveProposalAsync(SecondOperator, applicationId, proposed.PendingProposal!.ProposalNo, CancellationToken.None);
+        return await registry.IssueAdmissionNoticeAsync(Operator, new AdmissionNotice(applicationId, $"TEST-{code}-{applicationId}"), CancellationToken.None);
     }
 }

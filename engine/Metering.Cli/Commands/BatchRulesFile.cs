@@ -4,6 +4,7 @@ using System.Text.Json.Serialization;
 using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Metering.Protocol.V1;
+using MaterialKind = Metering.Protocol.V1.MaterialKind;
 
 namespace Metering.Cli.Commands;
 
@@ -77,7 +78,7 @@ internal static class BatchRulesFile
             LocalTime(name, "validityEnds", json.ValidityEnds),
             json.PublicNoticeDays,
             json.CapacityMinimumGflops,
-            materials.Select(Names.Of).ToArray(),
+            materials.Select(RegistryOutput.Spelling).ToArray(),
             json.AuditReportYear,
             json.AuditReportPriorYearWithReason,
             json.CapitalVerificationForNewEntities,
@@ -99,7 +100,7 @@ internal static class BatchRulesFile
             ValidityEndsUnixMs = rules.ValidityEndsAt.ToUnixTimeMilliseconds(),
             PublicNoticeDays = (uint)rules.PublicNoticeDays,
             CapacityMinimumGflops = rules.CapacityMinimumGflops,
-            MaterialsRequired = { rules.MaterialsRequired.Select(Names.MaterialKindOf) },
+            MaterialsRequired = { rules.MaterialsRequired.Select(RegistryOutput.MaterialKindOf) },
             AuditReportYear = (uint)rules.AuditReportYear,
             AuditReportPriorYearWithReason = rules.AuditReportPriorYearWithReason,
             CapitalVerificationForNewEntities = rules.CapitalVerificationForNewEntities,
@@ -111,7 +112,7 @@ internal static class BatchRulesFile
 
     /// <summary>A material kind by its registry.proto name, for example BUSINESS_LICENCE.</summary>
     private static MaterialKind MaterialOf(string name, string material) =>
-        Enum.GetValues<MaterialKind>().FirstOrDefault(kind => kind != MaterialKind.Unspecified && Names.Of(kind).ToUpperInvariant() == material) is var kind && kind != MaterialKind.Unspecified
+        Enum.GetValues<MaterialKind>().FirstOrDefault(kind => kind != MaterialKind.Unspecified && RegistryOutput.Spelling(kind).ToUpperInvariant() == material) is var kind && kind != MaterialKind.Unspecified
             ? kind
             : throw new UsageException($"{name}: materialsRequired names '{material}'; the kinds are {string.Join(", ", BatchRules.Materials.Select(m => m.ToUpperInvariant()))}");
 

@@ -9,7 +9,15 @@ using Metering.Engine.Access;
 using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Metering.Protocol.V1;
+using FinancialReportKind = Metering.Protocol.V1.FinancialReportKind;
+using LegalForm = Metering.Protocol.V1.LegalForm;
+using MaterialKind = Metering.Protocol.V1.MaterialKind;
 using Npgsql;
+using Material = Metering.Protocol.V1.Material;
+using DeclaredDevices = Metering.Protocol.V1.DeclaredDevices;
+using Licence = Metering.Protocol.V1.Licence;
+using Organisation = Metering.Protocol.V1.Organisation;
+using Application = Metering.Protocol.V1.Application;
 
 namespace Metering.Cli.Commands;
 
@@ -91,7 +99,7 @@ internal static class DemoOnboarding
         };
         foreach (MaterialKind kind in Enum.GetValues<MaterialKind>().Where(k => k != MaterialKind.Unspecified))
         {
-            string document = $"demo/{Names.Of(kind)}.pdf";
+            string document = $"demo/{RegistryOutput.Spelling(kind)}.pdf";
             filing.Materials.Add(new Material { Kind = kind, DocumentRef = document, Sha256 = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(document))) });
         }
 

@@ -1,6 +1,12 @@
 using System.CommandLine;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
+using LegalForm = Metering.Protocol.V1.LegalForm;
+using ServiceItemAction = Metering.Protocol.V1.ServiceItemAction;
+using IntegrityListing = Metering.Protocol.V1.IntegrityListing;
+using Licence = Metering.Protocol.V1.Licence;
+using Organisation = Metering.Protocol.V1.Organisation;
+using Application = Metering.Protocol.V1.Application;
 
 namespace Metering.Cli.Commands;
 

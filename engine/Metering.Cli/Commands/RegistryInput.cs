@@ -5,6 +5,7 @@ using Grpc.Core;
 using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Metering.Protocol.V1;
+using ApplicationState = Metering.Protocol.V1.ApplicationState;
 
 namespace Metering.Cli.Commands;
 

@@ -8,6 +8,16 @@ using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Metering.Protocol.V1;
 using VerificationPart = Metering.Protocol.V1.VerificationPart;
+using MaterialKind = Metering.Protocol.V1.MaterialKind;
+using Material = Metering.Protocol.V1.Material;
+using DeclaredDevices = Metering.Protocol.V1.DeclaredDevices;
+using HistoryEntry = Metering.Protocol.V1.HistoryEntry;
+using IntegrityListing = Metering.Protocol.V1.IntegrityListing;
+using Licence = Metering.Protocol.V1.Licence;
+using Organisation = Metering.Protocol.V1.Organisation;
+using ServiceItem = Metering.Protocol.V1.ServiceItem;
+using Application = Metering.Protocol.V1.Application;
+using StageProposal = Metering.Protocol.V1.StageProposal;
 
 namespace Metering.Cli.Commands;
 
@@ -29,6 +39,15 @@ internal static class RegistryOutput
     public static string Local(DateTimeOffset instant) => LocalTime.Minutes(instant);
 
     public static string Pflops(long gflops) => FilingRules.Pflops(gflops);
+
+    /// <summary>
+    /// A material kind as the registry spells it (business_licence). The engine's enum and the
+    /// wire's carry the same names at the same numbers (RegistryEnumMirrorTests holds them so).
+    /// </summary>
+    public static string Spelling(MaterialKind kind) => Names.Of((Engine.Registry.MaterialKind)(int)kind);
+
+    /// <summary>The material kind a registry spelling names, or unspecified.</summary>
+    public static MaterialKind MaterialKindOf(string spelling) => (MaterialKind)(int)Names.MaterialKindOf(spelling);
 
     public static string Count(long value) => value.ToString(CultureInfo.InvariantCulture);
 
@@ -287,7 +306,7 @@ internal static class RegistryOutput
             Console.WriteLine();
             Console.WriteLine($"Batch {batch.BatchId}, rules version {batch.RulesVersion}, recorded by {batch.RulesRecordedBy} at {Local(batch.RulesRecordedUnixMs)}"
                 + (batch.CorrectionReason.Length > 0 ? $" (correction: {batch.CorrectionReason})" : ""));
-            Console.WriteLine($"  materials required: {string.Join(", ", batch.MaterialsRequired.Select(Names.Of))}");
+            Console.WriteLine($"  materials required: {string.Join(", ", batch.MaterialsRequired.Select(Spelling))}");
             Console.WriteLine($"  capital verification in place of the audit report, for an organisation under a year old: {(batch.CapitalVerificationForNewEntities ? "accepted" : "not accepted")}");
             Console.WriteLine($"  least annual rental of a holder ({batch.VoucherProgrammeYear} programme parameters): {Yuan(batch.MinAnnualRentalFen)} CNY");
         }

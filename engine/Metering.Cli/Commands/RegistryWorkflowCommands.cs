@@ -5,6 +5,7 @@ using Metering.Engine.Catalog;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
 using VerifierPart = Metering.Protocol.V1.VerifierPart;
+using Application = Metering.Protocol.V1.Application;
 
 namespace Metering.Cli.Commands;
 

@@ -28,13 +28,13 @@ public static class FilingRules
     public const long PriceFenMax = 1_000_000_000_000;
     public const int TextMax = 20_000;
 
-    /// <summary>Checks the request's form alone: every field present and well formed.</summary>
-    public static void CheckForm(FileApplicationRequest request, DeviceCatalog catalog)
+    /// <summary>Checks the filing's form alone: every field present and well formed.</summary>
+    public static void CheckForm(ApplicationFiling filing, DeviceCatalog catalog)
     {
-        Names.CheckServiceItem(request.ServiceItem);
-        Names.CheckBatchId(request.BatchId);
+        Names.CheckServiceItem(filing.ServiceItem);
+        Names.CheckBatchId(filing.BatchId);
         var seen = new HashSet<MaterialKind>();
-        foreach (Material material in request.Materials)
+        foreach (Material material in filing.Materials)
         {
             CheckMaterial(material);
             if (!seen.Add(material.Kind))
@@ -43,13 +43,13 @@ public static class FilingRules
             }
         }
 
-        if (request.Capacity.Count is 0 or > CapacityLinesMax)
+        if (filing.Capacity.Count is 0 or > CapacityLinesMax)
         {
             throw Invalid($"capacity: declare 1 to {CapacityLinesMax} site and model lines");
         }
 
         var lines = new HashSet<(string, string)>();
-        foreach (DeclaredDevices devices in request.Capacity)
+        foreach (DeclaredDevices devices in filing.Capacity)
         {
             if (devices.Site.Length is 0 or > 64)
             {
@@ -72,15 +72,15 @@ public static class FilingRules
             }
         }
 
-        CheckFees(request.Fees, catalog);
-        CheckText("service_content", request.ServiceContent);
-        CheckText("service_standards", request.ServiceStandards);
-        if (!request.MeteringProofStream.StartsWith("proof:", StringComparison.Ordinal) || request.MeteringProofStream.Length > 64)
+        CheckFees(filing.Fees, catalog);
+        CheckText("service_content", filing.ServiceContent);
+        CheckText("service_standards", filing.ServiceStandards);
+        if (!filing.MeteringProofStream.StartsWith("proof:", StringComparison.Ordinal) || filing.MeteringProofStream.Length > 64)
         {
             throw Invalid("metering_proof_stream must name one of the applicant's ingest streams whose id starts with 'proof:'");
         }
 
-        if (request.Intermediary.Length > 200)
+        if (filing.Intermediary.Length > 200)
         {
             throw Invalid("intermediary is longer than 200 characters");
         }
@@ -126,7 +126,7 @@ public static class FilingRules
         capacity.Sum(devices => checked(devices.DeviceCount * catalog.Find(devices.DeviceModel)!.Fp16DenseGflops));
 
     /// <summary>Checks the filing against the organisation, the batch and the lists; returns the declared capacity.</summary>
-    public static long Check(FileApplicationRequest request, FilingContext context, DeviceCatalog catalog)
+    public static long Check(ApplicationFiling filing, FilingContext context, DeviceCatalog catalog)
     {
         OrganisationRow organisation = context.Organisation;
         BatchRow batch = context.Batch;
@@ -140,9 +140,9 @@ public static class FilingRules
         }
 
         CheckEligibility(context);
-        CheckMaterials(request, organisation, batch, filedOn);
+        CheckMaterials(filing, organisation, batch, filedOn);
 
-        long declared = DeclaredGflops(request.Capacity, catalog);
+        long declared = DeclaredGflops(filing.Capacity, catalog);
         CheckCapacity(batch, declared, "declared");
         return declared;
     }
@@ -196,11 +196,11 @@ public static class FilingRules
 
     }
 
-    private static void CheckMaterials(FileApplicationRequest request, OrganisationRow organisation, BatchRow batch, DateOnly filedOn)
+    private static void CheckMaterials(ApplicationFiling filing, OrganisationRow organisation, BatchRow batch, DateOnly filedOn)
     {
         BatchRules rules = batch.Rules;
         bool publicInstitution = organisation.LegalForm == "public_institution";
-        var filed = request.Materials.Select(m => Names.Of(m.Kind)).ToHashSet();
+        var filed = filing.Materials.Select(m => Names.Of(m.Kind)).ToHashSet();
         string tax = Names.Of(MaterialKind.TaxCertificate);
         if (!publicInstitution && rules.Requires(tax) && !filed.Contains(tax))
         {
@@ -220,7 +220,7 @@ public static class FilingRules
 
         if (rules.Requires(Names.Of(MaterialKind.FinancialReport)))
         {
-            CheckFinancialReport(request, organisation, batch, filedOn, publicInstitution);
+            CheckFinancialReport(filing, organisation, batch, filedOn, publicInstitution);
         }
     }
 
@@ -229,11 +229,11 @@ public static class FilingRules
     /// filing may file a capital verification report where the batch allows it (the guide's
     /// 可提供: optional, so it may file an audit report instead); no one else may.
     /// </summary>
-    private static void CheckFinancialReport(FileApplicationRequest request, OrganisationRow organisation, BatchRow batch, DateOnly filedOn, bool publicInstitution)
+    private static void CheckFinancialReport(ApplicationFiling filing, OrganisationRow organisation, BatchRow batch, DateOnly filedOn, bool publicInstitution)
     {
         BatchRules rules = batch.Rules;
         bool underAYear = organisation.EstablishedOn > filedOn.AddYears(-1);
-        switch (request.FinancialReportKind)
+        switch (filing.FinancialReportKind)
         {
             case FinancialReportKind.CapitalVerification when !rules.CapitalVerificationForNewEntities:
                 throw new RegistryRefusedException(RegistryRefusalReason.CapitalVerificationNotAccepted,
@@ -252,7 +252,7 @@ public static class FilingRules
                 throw Invalid("financial_report_kind must say what the financial report is (AUDIT_REPORT, FINAL_ACCOUNTS or CAPITAL_VERIFICATION)");
         }
 
-        int year = (int)request.AuditReportYear;
+        int year = (int)filing.AuditReportYear;
         if (year == rules.AuditReportYear)
         {
             return;
@@ -261,7 +261,7 @@ public static class FilingRules
         string alternatives = underAYear && rules.CapitalVerificationForNewEntities ? "; an organisation under a year old may file a capital verification report instead" : "";
         if (year == rules.AuditReportYear - 1 && rules.AuditReportPriorYearWithReason)
         {
-            if (string.IsNullOrWhiteSpace(request.AuditReportReason))
+            if (string.IsNullOrWhiteSpace(filing.AuditReportReason))
             {
                 throw new RegistryRefusedException(RegistryRefusalReason.AuditReportYearInvalid,
                     $"a {year} report is accepted in place of the {rules.AuditReportYear} one only with a stated reason (audit_report_reason){alternatives}");

@@ -1,6 +1,5 @@
 using Dapper;
 using Metering.Engine.Access;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Registry;

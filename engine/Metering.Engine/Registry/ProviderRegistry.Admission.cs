@@ -3,7 +3,6 @@ using Metering.Engine.Access;
 using Metering.Engine.Catalog;
 using Metering.Engine.Storage;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Registry;
@@ -12,7 +11,7 @@ namespace Metering.Engine.Registry;
 public sealed partial class ProviderRegistry
 {
     /// <summary>The admission decision, once public notice has ended. Admitting over objections needs reasons.</summary>
-    public Task<Application> DecideAdmissionAsync(Actor actor, StageDecision decision, CancellationToken cancellationToken) =>
+    public Task<Application> DecideAdmissionAsync(Actor actor, OperatorDecision decision, CancellationToken cancellationToken) =>
         DecideOrProposeAsync(actor, decision.ApplicationId, new StageCall(StageCall.Decision, decision.Pass, 0, decision.Reasons), cancellationToken);
 
     private StageRule DecisionRule(StageCall decision) =>
@@ -41,9 +40,9 @@ public sealed partial class ProviderRegistry
         };
 
     /// <summary>Issues the admission notice: the service item is admitted from the decision to the batch's validity end.</summary>
-    public async Task<Application> IssueAdmissionNoticeAsync(Actor actor, IssueAdmissionNoticeRequest request, CancellationToken cancellationToken)
+    public async Task<Application> IssueAdmissionNoticeAsync(Actor actor, AdmissionNotice notice, CancellationToken cancellationToken)
     {
-        string number = request.NoticeNumber.Trim();
+        string number = notice.NoticeNumber.Trim();
         if (number.Length is 0 or > 64)
         {
             throw FilingRules.Invalid("notice_number must be 1 to 64 characters");
@@ -53,13 +52,13 @@ public sealed partial class ProviderRegistry
         {
             // The organisation is locked before the application, in the order every other change
             // that takes both locks uses, so that two such changes cannot deadlock.
-            string? provider = await connection.ExecuteScalarAsync<string?>("SELECT provider_id FROM applications WHERE application_id = @id", new { id = request.ApplicationId }, transaction);
+            string? provider = await connection.ExecuteScalarAsync<string?>("SELECT provider_id FROM applications WHERE application_id = @id", new { id = notice.ApplicationId }, transaction);
             if (provider is not null)
             {
                 await LockOrganisationAsync(connection, transaction, provider);
             }
 
-            ApplicationRow row = await LockApplicationAsync(connection, transaction, request.ApplicationId);
+            ApplicationRow row = await LockApplicationAsync(connection, transaction, notice.ApplicationId);
             DateTimeOffset now = time.GetUtcNow();
             if (row.State != ApplicationState.AwaitingAdmissionNotice)
             {

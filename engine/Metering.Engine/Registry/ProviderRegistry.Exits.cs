@@ -3,7 +3,6 @@ using Metering.Engine.Access;
 using Metering.Engine.Catalog;
 using Metering.Engine.Storage;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Registry;
@@ -11,14 +10,15 @@ namespace Metering.Engine.Registry;
 /// <summary>Exits and sanctions: suspension, reinstatement, withdrawal and revocation of a service item, and false materials.</summary>
 public sealed partial class ProviderRegistry
 {
-    public async Task<ServiceItem> ChangeServiceItemStatusAsync(Actor actor, ChangeServiceItemStatusRequest request, CancellationToken cancellationToken)
+    public async Task<ServiceItem> ChangeServiceItemStatusAsync(Actor actor, ServiceItemStatusChange change, CancellationToken cancellationToken)
     {
-        string code = CheckCreditCode(request.CreditCode);
-        Names.CheckServiceItem(request.ServiceItem);
-        string reasons = request.Action is ServiceItemAction.Suspend or ServiceItemAction.Revoke
-            ? RequireReasons(request.Reasons, $"{request.Action.ToString().ToLowerInvariant()} needs its reasons")
-            : request.Reasons.Trim();
-        if (request.Action == ServiceItemAction.Unspecified || !Enum.IsDefined(request.Action))
+        ServiceItemAction action = change.Action;
+        string code = CheckCreditCode(change.CreditCode);
+        Names.CheckServiceItem(change.ServiceItem);
+        string reasons = action is ServiceItemAction.Suspend or ServiceItemAction.Revoke
+            ? RequireReasons(change.Reasons, $"{action.ToString().ToLowerInvariant()} needs its reasons")
+            : change.Reasons.Trim();
+        if (action == ServiceItemAction.Unspecified || !Enum.IsDefined(action))
         {
             throw FilingRules.Invalid("action must be SUSPEND, REINSTATE, WITHDRAW or REVOKE");
         }
@@ -27,9 +27,9 @@ public sealed partial class ProviderRegistry
         {
             await LockOrganisationAsync(connection, transaction, code);
             DateTimeOffset now = time.GetUtcNow();
-            IReadOnlyList<ServiceItemRow> admissions = (await ReadServiceItemsAsync(connection, transaction, code, now)).Where(i => i.Item == request.ServiceItem).ToList();
+            IReadOnlyList<ServiceItemRow> admissions = (await ReadServiceItemsAsync(connection, transaction, code, now)).Where(i => i.Item == change.ServiceItem).ToList();
             ServiceItemRow item = InForce(admissions, now)
-                ?? throw new RegistryRefusedException(RegistryRefusalReason.ServiceItemUnknown, $"{code} holds no admitted service item '{request.ServiceItem}'");
+                ?? throw new RegistryRefusedException(RegistryRefusalReason.ServiceItemUnknown, $"{code} holds no admitted service item '{change.ServiceItem}'");
             // A renewal admitted but not yet started follows the admission in force: it is
             // suspended, reinstated and ended with it, so that no status change is escaped by
             // waiting for the renewal to take over, and a renewal never revives an admission
@@ -39,12 +39,12 @@ public sealed partial class ProviderRegistry
             ServiceItemStatus status = item.Status(now);
             string before = (await ServiceItemJsonAsync(connection, transaction, code, item.ApplicationId))!;
             string? waitingBefore = waiting is null ? null : await ServiceItemJsonAsync(connection, transaction, code, waiting.ApplicationId);
-            switch (request.Action, status)
+            switch (action, status)
             {
                 case (ServiceItemAction.Suspend, ServiceItemStatus.Active):
                     await connection.ExecuteAsync("""
                         INSERT INTO service_item_suspensions (provider_id, service_item, application_id, suspended_at, reason) VALUES (@code, @item, @id, @now, @reasons)
-                        """, new { code, item = request.ServiceItem, id = item.ApplicationId, now = now.UtcDateTime, reasons }, transaction);
+                        """, new { code, item = change.ServiceItem, id = item.ApplicationId, now = now.UtcDateTime, reasons }, transaction);
                     if (waiting is not null)
                     {
                         // A renewal's suspension starts with it. Suspended, reinstated and
@@ -52,7 +52,7 @@ public sealed partial class ProviderRegistry
                         await connection.ExecuteAsync("""
                             INSERT INTO service_item_suspensions (provider_id, service_item, application_id, suspended_at, reason) VALUES (@code, @item, @id, @from, @reasons)
                             ON CONFLICT (provider_id, service_item, application_id, suspended_at) DO UPDATE SET reinstated_at = NULL, reason = excluded.reason
-                            """, new { code, item = request.ServiceItem, id = waiting.ApplicationId, from = waiting.ValidFrom.UtcDateTime, reasons }, transaction);
+                            """, new { code, item = change.ServiceItem, id = waiting.ApplicationId, from = waiting.ValidFrom.UtcDateTime, reasons }, transaction);
                     }
 
                     break;
@@ -60,35 +60,35 @@ public sealed partial class ProviderRegistry
                     await connection.ExecuteAsync("""
                         UPDATE service_item_suspensions SET reinstated_at = greatest(@now, suspended_at)
                         WHERE provider_id = @code AND service_item = @item AND application_id = ANY(@ids) AND reinstated_at IS NULL
-                        """, new { code, item = request.ServiceItem, ids, now = now.UtcDateTime }, transaction);
+                        """, new { code, item = change.ServiceItem, ids, now = now.UtcDateTime }, transaction);
                     break;
                 case (ServiceItemAction.Withdraw or ServiceItemAction.Revoke, ServiceItemStatus.Active or ServiceItemStatus.Suspended):
-                    string kind = request.Action == ServiceItemAction.Withdraw ? "withdrawn" : "revoked";
+                    string kind = action == ServiceItemAction.Withdraw ? "withdrawn" : "revoked";
                     await connection.ExecuteAsync("""
                         UPDATE service_items SET ended_at = @now, end_kind = @kind, end_reason = @reasons
                         WHERE provider_id = @code AND service_item = @item AND application_id = ANY(@ids)
-                        """, new { code, item = request.ServiceItem, ids, now = now.UtcDateTime, kind, reasons }, transaction);
+                        """, new { code, item = change.ServiceItem, ids, now = now.UtcDateTime, kind, reasons }, transaction);
                     await connection.ExecuteAsync("""
                         UPDATE service_item_suspensions SET reinstated_at = greatest(@now, suspended_at)
                         WHERE provider_id = @code AND service_item = @item AND application_id = ANY(@ids) AND reinstated_at IS NULL
-                        """, new { code, item = request.ServiceItem, ids, now = now.UtcDateTime }, transaction);
-                    await RejectRenewalsInProgressAsync(connection, transaction, actor, code, request.ServiceItem, kind, now);
+                        """, new { code, item = change.ServiceItem, ids, now = now.UtcDateTime }, transaction);
+                    await RejectRenewalsInProgressAsync(connection, transaction, actor, code, change.ServiceItem, kind, now);
                     break;
                 default:
                     throw new RegistryRefusedException(RegistryRefusalReason.StatusChangeInvalid,
-                        $"service item '{request.ServiceItem}' of {code} is {status.ToString().ToLowerInvariant()}; it cannot be {Past(request.Action)}");
+                        $"service item '{change.ServiceItem}' of {code} is {status.ToString().ToLowerInvariant()}; it cannot be {Past(action)}");
             }
 
             if (waiting is not null)
             {
-                await RecordAsync(connection, transaction, actor, now, code, "service_item", $"{code}/{request.ServiceItem}", request.Action.ToString().ToLowerInvariant(), waitingBefore,
+                await RecordAsync(connection, transaction, actor, now, code, "service_item", $"{code}/{change.ServiceItem}", action.ToString().ToLowerInvariant(), waitingBefore,
                     await ServiceItemJsonAsync(connection, transaction, code, waiting.ApplicationId));
             }
 
             await BumpEpochAsync(connection, transaction, code);
-            await RecordAsync(connection, transaction, actor, now, code, "service_item", $"{code}/{request.ServiceItem}", request.Action.ToString().ToLowerInvariant(), before,
+            await RecordAsync(connection, transaction, actor, now, code, "service_item", $"{code}/{change.ServiceItem}", action.ToString().ToLowerInvariant(), before,
                 await ServiceItemJsonAsync(connection, transaction, code, item.ApplicationId));
-            return (await ReadServiceItemsAsync(connection, transaction, code, now)).First(i => i.Item == request.ServiceItem && i.ApplicationId == item.ApplicationId).ToMessage(now);
+            return (await ReadServiceItemsAsync(connection, transaction, code, now)).First(i => i.Item == change.ServiceItem && i.ApplicationId == item.ApplicationId).ToRecord(now);
         }, cancellationToken);
     }
 
@@ -96,10 +96,10 @@ public sealed partial class ProviderRegistry
     /// False materials found: pending applications are rejected, admitted items revoked, and the
     /// organisation goes on the integrity-anomaly list (科研诚信异常名录) from today.
     /// </summary>
-    public async Task<Organisation> RecordFalseMaterialsAsync(Actor actor, RecordFalseMaterialsRequest request, CancellationToken cancellationToken)
+    public async Task<Organisation> RecordFalseMaterialsAsync(Actor actor, FalseMaterialsFinding finding, CancellationToken cancellationToken)
     {
-        string code = CheckCreditCode(request.CreditCode);
-        string reasons = RequireReasons(request.Reasons, "recording false materials needs what was found false");
+        string code = CheckCreditCode(finding.CreditCode);
+        string reasons = RequireReasons(finding.Reasons, "recording false materials needs what was found false");
         return await InTransactionAsync(async (connection, transaction) =>
         {
             await RequireOrganisationAsync(connection, transaction, code, lockRow: true);

@@ -4,7 +4,6 @@ using Metering.Engine.Access;
 using Metering.Engine.Catalog;
 using Metering.Engine.Storage;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Registry;
@@ -13,22 +12,22 @@ namespace Metering.Engine.Registry;
 public sealed partial class ProviderRegistry
 {
     /// <param name="enteredBy">The operator who entered the applicant's filing on its behalf, recorded beside the applicant; null when the applicant filed over the API.</param>
-    public async Task<Application> FileApplicationAsync(Actor actor, FileApplicationRequest request, CancellationToken cancellationToken, string? enteredBy = null)
+    public async Task<Application> FileApplicationAsync(Actor actor, ApplicationFiling filing, CancellationToken cancellationToken, string? enteredBy = null)
     {
-        string code = CheckCreditCode(request.CreditCode);
+        string code = CheckCreditCode(filing.CreditCode);
         if (actor.Role != Role.Provider || actor.Subject != code)
         {
             // The guide requires applicants to file for themselves (自主申报).
             throw new RegistryRefusedException(RegistryRefusalReason.OtherProvider, $"an application for {code} must be filed by {code} itself");
         }
 
-        FilingRules.CheckForm(request, catalog);
+        FilingRules.CheckForm(filing, catalog);
         return await InTransactionAsync(async (connection, transaction) =>
         {
             OrganisationRow organisation = await RequireOrganisationAsync(connection, transaction, code, lockRow: true);
             DateTimeOffset now = time.GetUtcNow();
-            BatchRow batch = (await ReadBatchesAsync(connection, transaction, request.BatchId)).SingleOrDefault()
-                ?? throw new RegistryRefusedException(RegistryRefusalReason.BatchUnknown, $"there is no admission batch '{request.BatchId}'");
+            BatchRow batch = (await ReadBatchesAsync(connection, transaction, filing.BatchId)).SingleOrDefault()
+                ?? throw new RegistryRefusedException(RegistryRefusalReason.BatchUnknown, $"there is no admission batch '{filing.BatchId}'");
             var context = new FilingContext(
                 organisation,
                 batch,
@@ -36,31 +35,31 @@ public sealed partial class ProviderRegistry
                 await ReadListingsAsync(connection, transaction, code),
                 await connection.ExecuteScalarAsync<string?>("SELECT status FROM voucher_holders WHERE holder_code = @code AND status <> 'left'", new { code }, transaction),
                 now);
-            long declared = FilingRules.Check(request, context, catalog);
+            long declared = FilingRules.Check(filing, context, catalog);
 
             string? pending = await connection.ExecuteScalarAsync<string?>("""
                 SELECT state FROM applications WHERE provider_id = @code AND service_item = @item AND state NOT IN ('admitted', 'rejected')
-                """, new { code, item = request.ServiceItem }, transaction);
+                """, new { code, item = filing.ServiceItem }, transaction);
             if (pending is not null)
             {
-                throw new RegistryRefusedException(RegistryRefusalReason.ServiceItemTaken, $"{code} already has an application for service item '{request.ServiceItem}' in progress ({pending})");
+                throw new RegistryRefusedException(RegistryRefusalReason.ServiceItemTaken, $"{code} already has an application for service item '{filing.ServiceItem}' in progress ({pending})");
             }
 
             // An item whose admission has ended (expired, withdrawn, revoked) may be applied for
             // again; one still admitted only as a renewal of that admission in a later batch.
             long? renews = null;
-            if (request.RenewsApplicationId != 0)
+            if (filing.RenewsApplicationId != 0)
             {
-                renews = await CheckRenewalAsync(connection, transaction, code, request, batch, now);
+                renews = await CheckRenewalAsync(connection, transaction, code, filing, batch, now);
             }
-            else if (await CurrentItemAsync(connection, transaction, code, request.ServiceItem, now) is { } current
+            else if (await CurrentItemAsync(connection, transaction, code, filing.ServiceItem, now) is { } current
                 && current.Status(now) is ServiceItemStatus.Active or ServiceItemStatus.Suspended)
             {
                 throw new RegistryRefusedException(RegistryRefusalReason.ServiceItemTaken,
-                    $"{code} is already admitted for service item '{request.ServiceItem}' until {current.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; a new service is applied for under a new item, and this one is renewed in a later batch with renews_application_id {current.ApplicationId}");
+                    $"{code} is already admitted for service item '{filing.ServiceItem}' until {current.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; a new service is applied for under a new item, and this one is renewed in a later batch with renews_application_id {current.ApplicationId}");
             }
 
-            long proofRecords = await CheckMeteringProofAsync(connection, transaction, code, request.MeteringProofStream, cancellationToken);
+            long proofRecords = await CheckMeteringProofAsync(connection, transaction, code, filing.MeteringProofStream, cancellationToken);
             long id = await connection.ExecuteScalarAsync<long>("""
                 INSERT INTO applications (provider_id, batch_id, service_item, state, filed_at, financial_report_kind, audit_report_year, audit_report_reason,
                     declared_fp16_gflops, service_content, service_standards, metering_proof_stream, metering_proof_records, fee_lines, intermediary, renews_application_id)
@@ -71,29 +70,29 @@ public sealed partial class ProviderRegistry
             {
                 code,
                 batch = batch.BatchId,
-                item = request.ServiceItem,
+                item = filing.ServiceItem,
                 now = now.UtcDateTime,
-                reportKind = Names.Of(request.FinancialReportKind),
-                year = request.FinancialReportKind == FinancialReportKind.CapitalVerification || request.AuditReportYear == 0 ? (int?)null : (int)request.AuditReportYear,
-                reason = NullIfEmpty(request.AuditReportReason),
+                reportKind = Names.Of(filing.FinancialReportKind),
+                year = filing.FinancialReportKind == FinancialReportKind.CapitalVerification || filing.AuditReportYear == 0 ? (int?)null : (int)filing.AuditReportYear,
+                reason = NullIfEmpty(filing.AuditReportReason),
                 declared,
-                content = request.ServiceContent,
-                standards = request.ServiceStandards,
-                proof = request.MeteringProofStream,
+                content = filing.ServiceContent,
+                standards = filing.ServiceStandards,
+                proof = filing.MeteringProofStream,
                 proofRecords,
-                fees = FeesJson(request.Fees),
-                intermediary = NullIfEmpty(request.Intermediary.Trim()),
+                fees = FeesJson(filing.Fees),
+                intermediary = NullIfEmpty(filing.Intermediary.Trim()),
                 renews,
             }, transaction);
 
-            foreach (Material material in request.Materials)
+            foreach (Material material in filing.Materials)
             {
                 await connection.ExecuteAsync("""
                     INSERT INTO application_materials (provider_id, application_id, kind, document_ref, sha256) VALUES (@code, @id, @kind, @ref, @sha)
                     """, new { code, id, kind = Names.Of(material.Kind), @ref = material.DocumentRef, sha = Convert.FromHexString(material.Sha256) }, transaction);
             }
 
-            foreach (DeclaredDevices devices in request.Capacity)
+            foreach (DeclaredDevices devices in filing.Capacity)
             {
                 await connection.ExecuteAsync("""
                     INSERT INTO application_capacity (provider_id, application_id, site, device_model, device_count) VALUES (@code, @id, @site, @model, @count)
@@ -102,7 +101,7 @@ public sealed partial class ProviderRegistry
 
             string filingNote = string.Join("; ", new[]
             {
-                request.Intermediary.Length > 0 ? $"flagged: filed through an intermediary ({request.Intermediary.Trim()})" : "",
+                filing.Intermediary.Length > 0 ? $"flagged: filed through an intermediary ({filing.Intermediary.Trim()})" : "",
                 renews is { } renewed ? $"renews the admission of application {renewed}" : "",
                 enteredBy is not null ? $"entered by operator {enteredBy}" : "",
             }.Where(note => note.Length > 0));
@@ -149,16 +148,16 @@ public sealed partial class ProviderRegistry
     /// running, not already followed by a later admission, in a batch other than its own that
     /// runs past its end.
     /// </summary>
-    private static async Task<long> CheckRenewalAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, FileApplicationRequest request, BatchRow batch, DateTimeOffset now)
+    private static async Task<long> CheckRenewalAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, ApplicationFiling filing, BatchRow batch, DateTimeOffset now)
     {
-        long id = request.RenewsApplicationId;
+        long id = filing.RenewsApplicationId;
         IReadOnlyList<ServiceItemRow> admissions = await ReadServiceItemsAsync(connection, transaction, code, now);
         ServiceItemRow renewed = admissions.FirstOrDefault(i => i.ApplicationId == id)
             ?? throw new RegistryRefusedException(RegistryRefusalReason.RenewalInvalid, $"application {id} admitted no service item of {code}; a renewal names the applicant's own admission");
-        if (renewed.Item != request.ServiceItem)
+        if (renewed.Item != filing.ServiceItem)
         {
             throw new RegistryRefusedException(RegistryRefusalReason.RenewalInvalid,
-                $"application {id} admitted service item '{renewed.Item}', not '{request.ServiceItem}'; a renewal is for the same item, and another item is a new application");
+                $"application {id} admitted service item '{renewed.Item}', not '{filing.ServiceItem}'; a renewal is for the same item, and another item is a new application");
         }
 
         if (renewed.Status(now) is not (ServiceItemStatus.Active or ServiceItemStatus.Suspended))

@@ -3,7 +3,6 @@ using Metering.Engine.Access;
 using Metering.Engine.Catalog;
 using Metering.Engine.Storage;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Registry;
@@ -12,7 +11,7 @@ namespace Metering.Engine.Registry;
 public sealed partial class ProviderRegistry
 {
     /// <summary>Opens consultation and public notice for the batch's number of days (or rejects after consultation).</summary>
-    public Task<Application> OpenPublicNoticeAsync(Actor actor, StageDecision decision, CancellationToken cancellationToken) =>
+    public Task<Application> OpenPublicNoticeAsync(Actor actor, OperatorDecision decision, CancellationToken cancellationToken) =>
         DecideStageAsync(actor, decision.ApplicationId, "public_notice", ApplicationState.AwaitingPublicNotice, "public_notice", async (connection, transaction, row, now) =>
         {
             if (!decision.Pass)
@@ -26,10 +25,10 @@ public sealed partial class ProviderRegistry
             return (ApplicationState.InPublicNotice, "opened", Join($"public notice for {days} day(s), until {ends.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai", decision.Reasons));
         }, cancellationToken);
 
-    public async Task<Application> RecordObjectionAsync(Actor actor, RecordObjectionRequest request, CancellationToken cancellationToken)
+    public async Task<Application> RecordObjectionAsync(Actor actor, Objection objection, CancellationToken cancellationToken)
     {
-        string objector = request.Objector.Trim();
-        string content = request.Content.Trim();
+        string objector = objection.Objector.Trim();
+        string content = objection.Content.Trim();
         if (objector.Length is 0 or > 200 || content.Length is 0 or > ReasonsMax)
         {
             throw FilingRules.Invalid($"an objection needs the objector (1 to 200 characters) and its content (1 to {ReasonsMax})");
@@ -37,7 +36,7 @@ public sealed partial class ProviderRegistry
 
         return await InTransactionAsync(async (connection, transaction) =>
         {
-            ApplicationRow row = await LockApplicationAsync(connection, transaction, request.ApplicationId);
+            ApplicationRow row = await LockApplicationAsync(connection, transaction, objection.ApplicationId);
             DateTimeOffset now = time.GetUtcNow();
             // An objection raised during the notice may reach the operator after the period ends;
             // it is recorded until the decision, which must then answer it.

@@ -103,6 +103,9 @@ public sealed partial class ProviderRegistry
             return null;
         }
 
+        var stages = await connection.QueryAsync<(string Stage, string Actor, long AtMs, string Outcome, string Reasons)>("""
+            SELECT stage, actor, floor(extract(epoch FROM at) * 1000)::bigint, outcome, reasons FROM application_stages WHERE application_id = @id ORDER BY stage_no
+            """, new { id }, transaction);
         var application = new Application
         {
             ApplicationId = row.Id,
@@ -119,27 +122,27 @@ public sealed partial class ProviderRegistry
             MeteringProofStream = row.ProofStream,
             MeteringProofRecords = (ulong)row.ProofRecords,
             RenewsApplicationId = row.Renews,
+            Stages = [.. stages.Select(s => new StageEntry { Stage = s.Stage, Actor = s.Actor, AtUnixMs = s.AtMs, Outcome = s.Outcome, Reasons = s.Reasons })],
+            PendingProposal = await ReadPendingProposalAsync(connection, transaction, id),
         };
-        var stages = await connection.QueryAsync<(string Stage, string Actor, long AtMs, string Outcome, string Reasons)>("""
-            SELECT stage, actor, floor(extract(epoch FROM at) * 1000)::bigint, outcome, reasons FROM application_stages WHERE application_id = @id ORDER BY stage_no
-            """, new { id }, transaction);
-        application.Stages.Add(stages.Select(s => new Stage { Stage_ = s.Stage, Actor = s.Actor, AtUnixMs = s.AtMs, Outcome = s.Outcome, Reasons = s.Reasons }));
-        application.PendingProposal = await ReadPendingProposalAsync(connection, transaction, id);
         if (!details)
         {
             return application;
         }
 
-        application.ServiceContent = row.Content;
-        application.ServiceStandards = row.Standards;
-        application.Fees.Add(ParseFees(row.Fees));
+        IReadOnlyList<Protocol.V1.FeeLine> fees = [.. ParseFees(row.Fees)];
         var materials = await connection.QueryAsync<(string Kind, string Ref, byte[] Sha)>(
             "SELECT kind, document_ref, sha256 FROM application_materials WHERE application_id = @id ORDER BY kind", new { id }, transaction);
-        application.Materials.Add(materials.Select(m => new Material { Kind = Names.MaterialKindOf(m.Kind), DocumentRef = m.Ref, Sha256 = Convert.ToHexStringLower(m.Sha) }));
         var capacity = await connection.QueryAsync<(string Site, string Model, int Count)>(
             "SELECT site, device_model, device_count FROM application_capacity WHERE application_id = @id ORDER BY site, device_model", new { id }, transaction);
-        application.Capacity.Add(capacity.Select(c => new DeclaredDevices { Site = c.Site, DeviceModel = c.Model, DeviceCount = (uint)c.Count }));
-        return application;
+        return application with
+        {
+            ServiceContent = row.Content,
+            ServiceStandards = row.Standards,
+            Fees = fees,
+            Materials = [.. materials.Select(m => new Material(Names.MaterialKindOf(m.Kind), m.Ref, Convert.ToHexStringLower(m.Sha)))],
+            Capacity = [.. capacity.Select(c => new DeclaredDevices(c.Site, c.Model, (uint)c.Count))],
+        };
     }
 
     private sealed class ApplicationRecord
@@ -175,32 +178,34 @@ public sealed partial class ProviderRegistry
             return null;
         }
 
-        var organisation = new Organisation
+        IReadOnlyList<LicenceRow> licences = await ReadLicencesAsync(connection, transaction, code);
+        IReadOnlyList<ListingRow> listings = await ReadListingsAsync(connection, transaction, code);
+        IReadOnlyList<ServiceItemRow> items = await ReadServiceItemsAsync(connection, transaction, code, now);
+        return new Organisation
         {
             CreditCode = row.ProviderId,
             Name = row.Name,
             LegalForm = Names.LegalFormOf(row.LegalForm),
             District = row.District,
             EstablishedOn = ShanghaiTime.IsoDate(row.EstablishedOn),
+            Licences = [.. licences.Select(l => new Licence
+            {
+                CreditCode = code,
+                LicenceNumber = l.LicenceNumber,
+                Issuer = l.Issuer,
+                ValidFrom = ShanghaiTime.IsoDate(l.ValidFrom),
+                ValidUntil = ShanghaiTime.IsoDate(l.ValidUntil),
+            })],
+            Listings = [.. listings.Select(l => new IntegrityListing
+            {
+                CreditCode = code,
+                List = l.ListName,
+                ListedFrom = ShanghaiTime.IsoDate(l.ListedFrom),
+                ListedUntil = l.ListedUntil is { } u ? ShanghaiTime.IsoDate(u) : "",
+                Reason = l.Reason,
+            })],
+            ServiceItems = [.. items.Select(i => i.ToRecord(now))],
         };
-        organisation.Licences.Add((await ReadLicencesAsync(connection, transaction, code)).Select(l => new Licence
-        {
-            CreditCode = code,
-            LicenceNumber = l.LicenceNumber,
-            Issuer = l.Issuer,
-            ValidFrom = ShanghaiTime.IsoDate(l.ValidFrom),
-            ValidUntil = ShanghaiTime.IsoDate(l.ValidUntil),
-        }));
-        organisation.Listings.Add((await ReadListingsAsync(connection, transaction, code)).Select(l => new IntegrityListing
-        {
-            CreditCode = code,
-            List = l.ListName,
-            ListedFrom = ShanghaiTime.IsoDate(l.ListedFrom),
-            ListedUntil = l.ListedUntil is { } u ? ShanghaiTime.IsoDate(u) : "",
-            Reason = l.Reason,
-        }));
-        organisation.ServiceItems.Add((await ReadServiceItemsAsync(connection, transaction, code, now)).Select(i => i.ToMessage(now)));
-        return organisation;
     }
 
     /// <summary>A service item row with its open suspension, if any.</summary>
@@ -216,10 +221,10 @@ public sealed partial class ProviderRegistry
             _ => ServiceItemStatus.Active,
         };
 
-        public ServiceItem ToMessage(DateTimeOffset now) => new()
+        public ServiceItem ToRecord(DateTimeOffset now) => new()
         {
             CreditCode = ProviderId,
-            ServiceItem_ = Item,
+            Item = Item,
             ApplicationId = ApplicationId,
             NoticeNumber = NoticeNumber,
             ValidFromUnixMs = ValidFrom.ToUnixTimeMilliseconds(),

@@ -3,7 +3,6 @@ using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Catalog;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Registry;
@@ -12,7 +11,7 @@ namespace Metering.Engine.Registry;
 public sealed partial class ProviderRegistry
 {
     /// <summary>Electronic material review. An application filed through an intermediary is rejected here, whatever the operator asked.</summary>
-    public Task<Application> ReviewMaterialsAsync(Actor actor, StageDecision decision, CancellationToken cancellationToken) =>
+    public Task<Application> ReviewMaterialsAsync(Actor actor, OperatorDecision decision, CancellationToken cancellationToken) =>
         DecideStageAsync(actor, decision.ApplicationId, "material_review", ApplicationState.AwaitingMaterialReview, "material_review", async (connection, transaction, row, now) =>
         {
             if (row.Intermediary is not null)
@@ -35,13 +34,6 @@ public sealed partial class ProviderRegistry
     /// neither is refused with CAPACITY_UNVERIFIED. A rejection with 0 takes what there is and
     /// records no figure where there is nothing.
     /// </summary>
-    /// <remarks>This overload takes no verifier parts: the server maps them to engine records and calls the one below.</remarks>
-    public Task<Application> RecordVerificationAsync(Actor actor, VerificationDecision decision, CancellationToken cancellationToken) =>
-        decision.VerifierParts.Count > 0
-            ? throw new ArgumentException("Verifier parts go through the overload that takes engine VerifierPart records.", nameof(decision))
-            : RecordVerificationAsync(actor, decision.ApplicationId, decision.Pass, decision.VerifiedFp16Gflops, [], decision.Reasons, cancellationToken);
-
-    /// <summary>Commissioned verification with the commissioned verifier's parts per model; see the overload above.</summary>
     public Task<Application> RecordVerificationAsync(Actor actor, long applicationId, bool pass, long verifiedFp16Gflops, IReadOnlyList<VerifierPart> verifierParts, string reasons,
         CancellationToken cancellationToken)
     {

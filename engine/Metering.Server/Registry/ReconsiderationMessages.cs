@@ -25,7 +25,7 @@ internal static class ReconsiderationMessages
         DecidedBy = reconsideration.DecidedBy ?? "",
         DecidedUnixMs = reconsideration.DecidedAt?.ToUnixTimeMilliseconds() ?? 0,
         Reasons = reconsideration.Reasons ?? "",
-        ApplicationState = Names.StateOf(reconsideration.ApplicationState),
+        ApplicationState = RegistryMapping.ToWire(Names.StateOf(reconsideration.ApplicationState)),
         PendingProposalNo = (uint)reconsideration.PendingProposalNo,
     };
 

@@ -2,6 +2,7 @@ using Metering.Engine.Registry;
 using Metering.Protocol.V1;
 using VerificationPart = Metering.Engine.Registry.VerificationPart;
 using VerifierPart = Metering.Engine.Registry.VerifierPart;
+using Application = Metering.Protocol.V1.Application;
 
 namespace Metering.Server.Registry;
 

@@ -2,6 +2,9 @@ using Metering.Engine.Catalog;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
 using Metering.Tests.Shared;
+using FinancialReportKind = Metering.Protocol.V1.FinancialReportKind;
+using MaterialKind = Metering.Protocol.V1.MaterialKind;
+using DeclaredDevices = Metering.Protocol.V1.DeclaredDevices;
 
 namespace Metering.Engine.Tests.Registry;
 
@@ -32,15 +35,20 @@ public sealed class FilingRulesTests
         return filing;
     }
 
+    /// <summary>The rules on the filing as the engine takes it; the tests shape the filing as a request.</summary>
+    private static long Check(FileApplicationRequest filing, FilingContext context, DeviceCatalog catalog) => FilingRules.Check(Admissions.ToFiling(filing), context, catalog);
+
+    private static void CheckForm(FileApplicationRequest filing, DeviceCatalog catalog) => FilingRules.CheckForm(Admissions.ToFiling(filing), catalog);
+
     private static RegistryRefusalReason RefusalOf(Action check) => Assert.Throws<RegistryRefusedException>(check).Reason;
 
     [Fact]
     public void The_2025_window_takes_filings_from_14_March_until_7_April_at_18_00_Shanghai_time()
     {
-        Assert.Equal(316_608_000, FilingRules.Check(Filing(), Context(Opens), Catalog));
-        Assert.Equal(316_608_000, FilingRules.Check(Filing(), Context(Closes.AddTicks(-1)), Catalog));
-        Assert.Equal(RegistryRefusalReason.OutsideBatchWindow, RefusalOf(() => FilingRules.Check(Filing(), Context(Opens.AddTicks(-1)), Catalog)));
-        Assert.Equal(RegistryRefusalReason.OutsideBatchWindow, RefusalOf(() => FilingRules.Check(Filing(), Context(Closes), Catalog)));
+        Assert.Equal(316_608_000, Check(Filing(), Context(Opens), Catalog));
+        Assert.Equal(316_608_000, Check(Filing(), Context(Closes.AddTicks(-1)), Catalog));
+        Assert.Equal(RegistryRefusalReason.OutsideBatchWindow, RefusalOf(() => Check(Filing(), Context(Opens.AddTicks(-1)), Catalog)));
+        Assert.Equal(RegistryRefusalReason.OutsideBatchWindow, RefusalOf(() => Check(Filing(), Context(Closes), Catalog)));
     }
 
     [Fact]
@@ -51,27 +59,27 @@ public sealed class FilingRulesTests
         capital.FinancialReportKind = FinancialReportKind.CapitalVerification;
         capital.AuditReportYear = 0;
 
-        Assert.Equal(RegistryRefusalReason.CapitalVerificationNotAccepted, RefusalOf(() => FilingRules.Check(capital, Context(filed, established: new DateOnly(2024, 3, 20)), Catalog)));
-        Assert.Equal(316_608_000, FilingRules.Check(capital, Context(filed, established: new DateOnly(2024, 3, 21)), Catalog));
+        Assert.Equal(RegistryRefusalReason.CapitalVerificationNotAccepted, RefusalOf(() => Check(capital, Context(filed, established: new DateOnly(2024, 3, 20)), Catalog)));
+        Assert.Equal(316_608_000, Check(capital, Context(filed, established: new DateOnly(2024, 3, 21)), Catalog));
         // Optional, as the guide writes it (可提供): the young organisation may file its audit report instead.
-        Assert.Equal(316_608_000, FilingRules.Check(Filing(), Context(filed, established: new DateOnly(2024, 3, 21)), Catalog));
+        Assert.Equal(316_608_000, Check(Filing(), Context(filed, established: new DateOnly(2024, 3, 21)), Catalog));
         // A batch that takes no capital verification refuses it even from a young organisation.
-        Assert.Equal(RegistryRefusalReason.CapitalVerificationNotAccepted, RefusalOf(() => FilingRules.Check(capital,
+        Assert.Equal(RegistryRefusalReason.CapitalVerificationNotAccepted, RefusalOf(() => Check(capital,
             Context(filed, established: new DateOnly(2024, 3, 21), rules: Guide with { CapitalVerificationForNewEntities = false }), Catalog)));
     }
 
     [Fact]
     public void The_bar_and_the_materials_are_the_batchs()
     {
-        Assert.Equal(RegistryRefusalReason.CapacityBelowMinimum, RefusalOf(() => FilingRules.Check(Filing(), Context(Opens, rules: Guide with { CapacityMinimumGflops = 316_608_001 }), Catalog)));
-        Assert.Equal(316_608_000, FilingRules.Check(Filing(), Context(Opens, rules: Guide with { CapacityMinimumGflops = 316_608_000 }), Catalog));
+        Assert.Equal(RegistryRefusalReason.CapacityBelowMinimum, RefusalOf(() => Check(Filing(), Context(Opens, rules: Guide with { CapacityMinimumGflops = 316_608_001 }), Catalog)));
+        Assert.Equal(316_608_000, Check(Filing(), Context(Opens, rules: Guide with { CapacityMinimumGflops = 316_608_000 }), Catalog));
 
         FileApplicationRequest withoutLetters = Filing();
         withoutLetters.Materials.Remove(withoutLetters.Materials.Single(m => m.Kind == MaterialKind.CommitmentLetters));
-        RegistryRefusedException missing = Assert.Throws<RegistryRefusedException>(() => FilingRules.Check(withoutLetters, Context(Opens), Catalog));
+        RegistryRefusedException missing = Assert.Throws<RegistryRefusedException>(() => Check(withoutLetters, Context(Opens), Catalog));
         Assert.Equal((RegistryRefusalReason.MaterialMissing, "commitment_letters"), (missing.Reason, missing.Metadata["kind"]));
         BatchRules lettersNotRequired = Guide with { MaterialsRequired = BatchRules.Materials.Where(m => m != "commitment_letters").ToArray() };
-        Assert.Equal(316_608_000, FilingRules.Check(withoutLetters, Context(Opens, rules: lettersNotRequired), Catalog));
+        Assert.Equal(316_608_000, Check(withoutLetters, Context(Opens, rules: lettersNotRequired), Catalog));
     }
 
     [Fact]
@@ -79,10 +87,10 @@ public sealed class FilingRulesTests
     {
         FileApplicationRequest prior = Filing();
         prior.AuditReportYear = 2023;
-        Assert.Equal(RegistryRefusalReason.AuditReportYearInvalid, RefusalOf(() => FilingRules.Check(prior, Context(Opens), Catalog)));
+        Assert.Equal(RegistryRefusalReason.AuditReportYearInvalid, RefusalOf(() => Check(prior, Context(Opens), Catalog)));
         prior.AuditReportReason = "The 2024 audit is not finished.";
-        Assert.Equal(316_608_000, FilingRules.Check(prior, Context(Opens), Catalog));
-        Assert.Equal(RegistryRefusalReason.AuditReportYearInvalid, RefusalOf(() => FilingRules.Check(prior, Context(Opens, rules: Guide with { AuditReportPriorYearWithReason = false }), Catalog)));
+        Assert.Equal(316_608_000, Check(prior, Context(Opens), Catalog));
+        Assert.Equal(RegistryRefusalReason.AuditReportYearInvalid, RefusalOf(() => Check(prior, Context(Opens, rules: Guide with { AuditReportPriorYearWithReason = false }), Catalog)));
     }
 
     [Fact]
@@ -90,8 +98,8 @@ public sealed class FilingRulesTests
     {
         FileApplicationRequest filing = Filing();
         filing.FinancialReportKind = FinancialReportKind.FinalAccounts;
-        Assert.Equal(RegistryRefusalReason.FieldInvalid, RefusalOf(() => FilingRules.Check(filing, Context(Opens), Catalog)));
-        Assert.Equal(316_608_000, FilingRules.Check(filing, Context(Opens, legalForm: "public_institution"), Catalog));
+        Assert.Equal(RegistryRefusalReason.FieldInvalid, RefusalOf(() => Check(filing, Context(Opens), Catalog)));
+        Assert.Equal(316_608_000, Check(filing, Context(Opens, legalForm: "public_institution"), Catalog));
     }
 
     [Fact]
@@ -99,19 +107,19 @@ public sealed class FilingRulesTests
     {
         FileApplicationRequest twice = Filing();
         twice.Materials.Add(twice.Materials[0].Clone());
-        Assert.Equal(RegistryRefusalReason.FieldInvalid, RefusalOf(() => FilingRules.CheckForm(twice, Catalog)));
+        Assert.Equal(RegistryRefusalReason.FieldInvalid, RefusalOf(() => CheckForm(twice, Catalog)));
 
         FileApplicationRequest unknown = Filing();
         unknown.Capacity[0].DeviceModel = "B300";
-        Assert.Equal(RegistryRefusalReason.DeviceModelUnknown, RefusalOf(() => FilingRules.CheckForm(unknown, Catalog)));
+        Assert.Equal(RegistryRefusalReason.DeviceModelUnknown, RefusalOf(() => CheckForm(unknown, Catalog)));
 
         FileApplicationRequest free = Filing();
         free.Fees[0].PriceFen = 0;
-        Assert.Equal(RegistryRefusalReason.FeeScheduleInvalid, RefusalOf(() => FilingRules.CheckForm(free, Catalog)));
+        Assert.Equal(RegistryRefusalReason.FeeScheduleInvalid, RefusalOf(() => CheckForm(free, Catalog)));
 
         FileApplicationRequest notProof = Filing();
         notProof.MeteringProofStream = "cluster-a";
-        Assert.Equal(RegistryRefusalReason.FieldInvalid, RefusalOf(() => FilingRules.CheckForm(notProof, Catalog)));
+        Assert.Equal(RegistryRefusalReason.FieldInvalid, RefusalOf(() => CheckForm(notProof, Catalog)));
     }
 
     [Fact]
@@ -122,9 +130,9 @@ public sealed class FilingRulesTests
         filing.Capacity.Clear();
         filing.Capacity.Add(new DeclaredDevices { Site = "a", DeviceModel = "H100-SXM", DeviceCount = 200 });
         filing.Capacity.Add(new DeclaredDevices { Site = "b", DeviceModel = "H20", DeviceCount = 690 });
-        Assert.Equal(Guide.CapacityMinimumGflops, FilingRules.Check(filing, Context(Opens), Catalog));
+        Assert.Equal(Guide.CapacityMinimumGflops, Check(filing, Context(Opens), Catalog));
         filing.Capacity[1].DeviceCount = 689;
-        Assert.Equal(RegistryRefusalReason.CapacityBelowMinimum, RefusalOf(() => FilingRules.Check(filing, Context(Opens), Catalog)));
+        Assert.Equal(RegistryRefusalReason.CapacityBelowMinimum, RefusalOf(() => Check(filing, Context(Opens), Catalog)));
     }
 
     [Fact]
@@ -134,8 +142,8 @@ public sealed class FilingRulesTests
         FileApplicationRequest filing = Filing();
         filing.Capacity.Clear();
         filing.Capacity.Add(new DeclaredDevices { Site = "a", DeviceModel = "L40S", DeviceCount = 829 });
-        Assert.Equal(300_139_450, FilingRules.Check(filing, Context(Opens), Catalog));
+        Assert.Equal(300_139_450, Check(filing, Context(Opens), Catalog));
         filing.Capacity[0].DeviceCount = 828;
-        Assert.Equal(RegistryRefusalReason.CapacityBelowMinimum, RefusalOf(() => FilingRules.Check(filing, Context(Opens), Catalog)));
+        Assert.Equal(RegistryRefusalReason.CapacityBelowMinimum, RefusalOf(() => Check(filing, Context(Opens), Catalog)));
     }
 }

@@ -10,6 +10,8 @@ using Metering.Server.Tests.Registry;
 using Metering.Tests.Shared;
 using Anomaly = Metering.Engine.Audit.Anomaly;
 using AnomalyKind = Metering.Engine.Audit.AnomalyKind;
+using ServiceItemAction = Metering.Engine.Registry.ServiceItemAction;
+using DeclaredDevices = Metering.Protocol.V1.DeclaredDevices;
 
 namespace Metering.Server.Tests.Audit;
 
@@ -279,10 +281,10 @@ public sealed class AnomalyDetectorTests(PostgresFixture postgres)
         // The operator suspends from 01:00 to 02:00 UTC, after the usage was committed.
         var clock = new ManualClock(At(Day0 + 3_600_000));
         var registry = new ProviderRegistry(scene.DataSource, DeviceCatalog.LoadEmbedded(), clock, new RegistryFleetEvidence(), new RegistryProofEvidence(scene.DataSource));
-        var change = new ChangeServiceItemStatusRequest { CreditCode = TestRecords.Provider, ServiceItem = Admissions.ServiceItem, Action = ServiceItemAction.Suspend, Reasons = "metering review" };
+        var change = new ServiceItemStatusChange(TestRecords.Provider, Admissions.ServiceItem, ServiceItemAction.Suspend, "metering review");
         await registry.ChangeServiceItemStatusAsync(Admissions.Operator, change, CancellationToken.None);
         clock.Now = At(Day0 + 2 * 3_600_000);
-        await registry.ChangeServiceItemStatusAsync(Admissions.Operator, new ChangeServiceItemStatusRequest { CreditCode = TestRecords.Provider, ServiceItem = Admissions.ServiceItem, Action = ServiceItemAction.Reinstate }, CancellationToken.None);
+        await registry.ChangeServiceItemStatusAsync(Admissions.Operator, new ServiceItemStatusChange(TestRecords.Provider, Admissions.ServiceItem, ServiceItemAction.Reinstate), CancellationToken.None);
 
         IReadOnlyList<Anomaly> suspended = await DetectAsync(scene, Day0, Day0 + 4 * 3_600_000L);
 
@@ -294,7 +296,7 @@ public sealed class AnomalyDetectorTests(PostgresFixture postgres)
 
         // Revoked at 03:00: everything after is outside admission too.
         clock.Now = At(Day0 + 3 * 3_600_000);
-        await registry.ChangeServiceItemStatusAsync(Admissions.Operator, new ChangeServiceItemStatusRequest { CreditCode = TestRecords.Provider, ServiceItem = Admissions.ServiceItem, Action = ServiceItemAction.Revoke, Reasons = "false materials" }, CancellationToken.None);
+        await registry.ChangeServiceItemStatusAsync(Admissions.Operator, new ServiceItemStatusChange(TestRecords.Provider, Admissions.ServiceItem, ServiceItemAction.Revoke, "false materials"), CancellationToken.None);
         IReadOnlyList<Anomaly> revoked = await DetectAsync(scene, Day0, Day0 + 4 * 3_600_000L);
         Anomaly after = Assert.Single(revoked, a => a.Kind == AnomalyKind.OutsideAdmission && a.Facts.Contains(new Fact("reason", "ADMISSION_REVOKED")));
         Assert.Equal(12, after.EvidenceTotal);

@@ -3,6 +3,8 @@ using Grpc.Core;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
+using AdmissionNotice = Metering.Engine.Registry.AdmissionNotice;
+using OperatorDecision = Metering.Engine.Registry.OperatorDecision;
 
 namespace Metering.Server.Tests.Registry;
 
@@ -22,9 +24,9 @@ public sealed class PublicationTests(PostgresFixture postgres)
         var (admittedCode, admittedKey) = await scene.RegisterAsync();
         long admitted = await OpenNoticeAsync(scene, admittedCode, admittedKey);
         scene.Clock.Advance(TimeSpan.FromDays(6));
-        Application proposed = await scene.Engine.DecideAdmissionAsync(Admissions.Operator, new StageDecision { ApplicationId = admitted, Pass = true }, CancellationToken.None);
-        await scene.Engine.ApproveProposalAsync(Admissions.SecondOperator, admitted, proposed.PendingProposal.ProposalNo, CancellationToken.None);
-        await scene.Engine.IssueAdmissionNoticeAsync(Admissions.Operator, new IssueAdmissionNoticeRequest { ApplicationId = admitted, NoticeNumber = $"PUB-{admittedCode}" }, CancellationToken.None);
+        var proposed = await scene.Engine.DecideAdmissionAsync(Admissions.Operator, new OperatorDecision(admitted, Pass: true), CancellationToken.None);
+        await scene.Engine.ApproveProposalAsync(Admissions.SecondOperator, admitted, proposed.PendingProposal!.ProposalNo, CancellationToken.None);
+        await scene.Engine.IssueAdmissionNoticeAsync(Admissions.Operator, new AdmissionNotice(admitted, $"PUB-{admittedCode}"), CancellationToken.None);
         var (code, key) = await scene.RegisterAsync();
         await OpenNoticeAsync(scene, code, key);
         return (scene, code, admittedCode);
@@ -34,11 +36,11 @@ public sealed class PublicationTests(PostgresFixture postgres)
     private static async Task<long> OpenNoticeAsync(RegistryScene scene, string code, Metadata key)
     {
         Application filed = await scene.Client.FileApplicationAsync(RegistryScene.Filing(code), key);
-        await scene.Engine.ReviewMaterialsAsync(Admissions.Operator, new StageDecision { ApplicationId = filed.ApplicationId, Pass = true }, CancellationToken.None);
-        Application proposed = await scene.Engine.RecordVerificationAsync(Admissions.Operator,
-            new VerificationDecision { ApplicationId = filed.ApplicationId, Pass = true, VerifiedFp16Gflops = 316_608_000 }, CancellationToken.None);
-        await scene.Engine.ApproveProposalAsync(Admissions.SecondOperator, filed.ApplicationId, proposed.PendingProposal.ProposalNo, CancellationToken.None);
-        await scene.Engine.OpenPublicNoticeAsync(Admissions.Operator, new StageDecision { ApplicationId = filed.ApplicationId, Pass = true }, CancellationToken.None);
+        await scene.Engine.ReviewMaterialsAsync(Admissions.Operator, new OperatorDecision(filed.ApplicationId, Pass: true), CancellationToken.None);
+        var proposed = await scene.Engine.RecordVerificationAsync(Admissions.Operator,
+            filed.ApplicationId, pass: true, verifiedFp16Gflops: 316_608_000, verifierParts: [], reasons: "", CancellationToken.None);
+        await scene.Engine.ApproveProposalAsync(Admissions.SecondOperator, filed.ApplicationId, proposed.PendingProposal!.ProposalNo, CancellationToken.None);
+        await scene.Engine.OpenPublicNoticeAsync(Admissions.Operator, new OperatorDecision(filed.ApplicationId, Pass: true), CancellationToken.None);
         return filed.ApplicationId;
     }
 

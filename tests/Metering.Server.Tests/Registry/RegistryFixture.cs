@@ -10,6 +10,10 @@ using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
 using Npgsql;
+using LegalForm = Metering.Protocol.V1.LegalForm;
+using Licence = Metering.Protocol.V1.Licence;
+using Organisation = Metering.Protocol.V1.Organisation;
+using Application = Metering.Protocol.V1.Application;
 
 namespace Metering.Server.Tests.Registry;
 
@@ -127,7 +131,7 @@ internal sealed class RegistryScene : IAsyncDisposable
         FileApplicationRequest filing = Filing(code);
         adjust?.Invoke(filing);
         Application filed = await Client.FileApplicationAsync(filing, key);
-        Application admitted = await Admissions.DecideAllAsync(Engine, filed.ApplicationId, code);
+        Application admitted = Metering.Server.Registry.RegistryMapping.ToWire(await Admissions.DecideAllAsync(Engine, filed.ApplicationId, code));
         return (code, key, admitted);
     }
 

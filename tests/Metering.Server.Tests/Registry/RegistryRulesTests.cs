@@ -8,6 +8,12 @@ using Metering.Protocol.V1;
 using Metering.Server.Access;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
+using ApplicationState = Metering.Protocol.V1.ApplicationState;
+using ServiceItemStatus = Metering.Protocol.V1.ServiceItemStatus;
+using FeeSchedule = Metering.Protocol.V1.FeeSchedule;
+using IntegrityListing = Metering.Protocol.V1.IntegrityListing;
+using Organisation = Metering.Protocol.V1.Organisation;
+using Application = Metering.Protocol.V1.Application;
 
 namespace Metering.Server.Tests.Registry;
 
@@ -33,7 +39,7 @@ public sealed class RegistryRulesTests(PostgresFixture postgres)
         again.BatchId = "dec-2026";
 
         Application refiled = await scene.Client.FileApplicationAsync(again, key);
-        Application admitted = await Admissions.DecideAllAsync(scene.Engine, refiled.ApplicationId, code);
+        Application admitted = Metering.Server.Registry.RegistryMapping.ToWire(await Admissions.DecideAllAsync(scene.Engine, refiled.ApplicationId, code));
 
         Assert.Equal(ApplicationState.Admitted, admitted.State);
         Organisation organisation = await scene.Client.GetOrganisationAsync(new GetOrganisationRequest { CreditCode = code }, key);

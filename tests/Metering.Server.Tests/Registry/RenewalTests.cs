@@ -3,6 +3,12 @@ using Metering.Engine.Registry;
 using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Tests.Shared;
+using ApplicationState = Metering.Protocol.V1.ApplicationState;
+using ServiceItemAction = Metering.Protocol.V1.ServiceItemAction;
+using ServiceItemStatus = Metering.Protocol.V1.ServiceItemStatus;
+using HistoryEntry = Metering.Protocol.V1.HistoryEntry;
+using ServiceItem = Metering.Protocol.V1.ServiceItem;
+using Application = Metering.Protocol.V1.Application;
 
 namespace Metering.Server.Tests.Registry;
 
@@ -306,13 +312,13 @@ public sealed class RenewalTests(PostgresFixture postgres)
     {
         ProviderRegistry registry = scene.Engine;
         CancellationToken none = CancellationToken.None;
-        await registry.ReviewMaterialsAsync(Admissions.Operator, new StageDecision { ApplicationId = id, Pass = true }, none);
-        Application proposed = await registry.RecordVerificationAsync(Admissions.Operator, new VerificationDecision { ApplicationId = id, Pass = true, VerifiedFp16Gflops = 316_608_000 }, none);
-        await registry.ApproveProposalAsync(Admissions.SecondOperator, id, proposed.PendingProposal.ProposalNo, none);
-        await registry.OpenPublicNoticeAsync(Admissions.Operator, new StageDecision { ApplicationId = id, Pass = true }, none);
+        await registry.ReviewMaterialsAsync(Admissions.Operator, new OperatorDecision(id, Pass: true), none);
+        var proposed = await registry.RecordVerificationAsync(Admissions.Operator, id, pass: true, verifiedFp16Gflops: 316_608_000, verifierParts: [], reasons: "", none);
+        await registry.ApproveProposalAsync(Admissions.SecondOperator, id, proposed.PendingProposal!.ProposalNo, none);
+        await registry.OpenPublicNoticeAsync(Admissions.Operator, new OperatorDecision(id, Pass: true), none);
         scene.Clock.Now = decideAt;
-        proposed = await registry.DecideAdmissionAsync(Admissions.Operator, new StageDecision { ApplicationId = id, Pass = true }, none);
-        await registry.ApproveProposalAsync(Admissions.SecondOperator, id, proposed.PendingProposal.ProposalNo, none);
+        proposed = await registry.DecideAdmissionAsync(Admissions.Operator, new OperatorDecision(id, Pass: true), none);
+        await registry.ApproveProposalAsync(Admissions.SecondOperator, id, proposed.PendingProposal!.ProposalNo, none);
         return await scene.Client.IssueAdmissionNoticeAsync(new IssueAdmissionNoticeRequest { ApplicationId = id, NoticeNumber = $"SZ-{code}-{id}" }, RegistryScene.Operator);
     }
 

@@ -10,6 +10,7 @@ using HolderStatus = Metering.Engine.Vouchers.HolderStatus;
 using HolderType = Metering.Engine.Vouchers.HolderType;
 using PayeeMode = Metering.Engine.Vouchers.PayeeMode;
 using ProgrammeParameters = Metering.Engine.Vouchers.ProgrammeParameters;
+using IntegrityListing = Metering.Engine.Registry.IntegrityListing;
 
 namespace Metering.Server.Tests.Vouchers;
 

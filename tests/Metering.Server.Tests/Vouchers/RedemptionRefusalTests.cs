@@ -12,6 +12,8 @@ using Claim = Metering.Engine.Vouchers.Claim;
 using Contract = Metering.Engine.Vouchers.Contract;
 using Holder = Metering.Engine.Vouchers.Holder;
 using Voucher = Metering.Engine.Vouchers.Voucher;
+using ServiceItemAction = Metering.Engine.Registry.ServiceItemAction;
+using IntegrityListing = Metering.Engine.Registry.IntegrityListing;
 
 namespace Metering.Server.Tests.Vouchers;
 
@@ -90,20 +92,11 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
         // The provider is suspended from 12:00 to 14:00 on the day; a record of 12:30 reached the
         // store past the ingest gate.
         scene.Clock.Now = ShanghaiTime.StartOf(Day).AddHours(12);
-        await scene.Registry.ChangeServiceItemStatusAsync(Admissions.Operator, new ChangeServiceItemStatusRequest
-        {
-            CreditCode = TestRecords.Provider,
-            ServiceItem = Admissions.ServiceItem,
-            Action = ServiceItemAction.Suspend,
-            Reasons = "Metering logs arrive late.",
-        }, CancellationToken.None);
+        await scene.Registry.ChangeServiceItemStatusAsync(Admissions.Operator,
+            new ServiceItemStatusChange(TestRecords.Provider, Admissions.ServiceItem, ServiceItemAction.Suspend, "Metering logs arrive late."), CancellationToken.None);
         scene.Clock.Now = ShanghaiTime.StartOf(Day).AddHours(14);
-        await scene.Registry.ChangeServiceItemStatusAsync(Admissions.Operator, new ChangeServiceItemStatusRequest
-        {
-            CreditCode = TestRecords.Provider,
-            ServiceItem = Admissions.ServiceItem,
-            Action = ServiceItemAction.Reinstate,
-        }, CancellationToken.None);
+        await scene.Registry.ChangeServiceItemStatusAsync(Admissions.Operator,
+            new ServiceItemStatusChange(TestRecords.Provider, Admissions.ServiceItem, ServiceItemAction.Reinstate), CancellationToken.None);
         scene.Clock.Now = VoucherScene.Now;
         await scene.WriteUngatedAsync("side-path", [VoucherScene.Usage(holder, Day, slot: 150, job: "job-suspended")]);
 
