@@ -63,7 +63,7 @@ public static class Errors
             metadata["expected"] = expected.ToString(System.Globalization.CultureInfo.InvariantCulture);
         }
 
-        return Refused(CodeFor(refused.Refusal.Reason), refused.Refusal.Reason, refused.Refusal.Message, metadata);
+        return Refused(Ingest.IngestRefusals.StatusFor(refused.Refusal.Reason), Ingest.IngestRefusals.ToWire(refused.Refusal.Reason), refused.Refusal.Message, metadata);
     }
 
     public static RpcException From(RegistryRefusedException refused) =>

@@ -48,7 +48,7 @@ public class RecordPipelineBenchmarks
         // Admitted for all of 2024 to 2027, with one suspension in 2025, so that the admission
         // check scans an interval and a suspension for every record as it would in production.
         var admission = new AdmissionSnapshot(ProviderId, registered: true, epoch: 1,
-            [new AdmissionSnapshot.Interval(new DateTimeOffset(2024, 2, 1, 0, 0, 0, TimeSpan.Zero).ToUnixTimeMilliseconds(), new DateTimeOffset(2028, 1, 1, 0, 0, 0, TimeSpan.Zero).ToUnixTimeMilliseconds(), IngestRefusal.AdmissionExpired, "gpu-training", 1)],
+            [new AdmissionSnapshot.Interval(new DateTimeOffset(2024, 2, 1, 0, 0, 0, TimeSpan.Zero).ToUnixTimeMilliseconds(), new DateTimeOffset(2028, 1, 1, 0, 0, 0, TimeSpan.Zero).ToUnixTimeMilliseconds(), IngestRefusalReason.AdmissionExpired, "gpu-training", 1)],
             [new AdmissionSnapshot.Suspension(new DateTimeOffset(2025, 5, 1, 0, 0, 0, TimeSpan.Zero).ToUnixTimeMilliseconds(), new DateTimeOffset(2025, 5, 8, 0, 0, 0, TimeSpan.Zero).ToUnixTimeMilliseconds(), "bench", 1)]);
         _session = new IngestSession(new UsageStore(_dataSource), _validator, TimeProvider.System, new AdmissionGate(_dataSource), admission, "bench-stream", head);
     }

@@ -19,7 +19,7 @@ public sealed class AdmissionChangedException(string providerId)
 public sealed class AdmissionSnapshot
 {
     /// <summary>One admission: [from, until), ended by expiry, withdrawal or revocation.</summary>
-    internal readonly record struct Interval(long FromMs, long UntilMs, IngestRefusal EndReason, string Item, long ApplicationId);
+    internal readonly record struct Interval(long FromMs, long UntilMs, IngestRefusalReason EndReason, string Item, long ApplicationId);
 
     /// <summary>A suspension: [from, until); an open one runs to long.MaxValue.</summary>
     internal readonly record struct Suspension(long FromMs, long UntilMs, string Reason, long ApplicationId);
@@ -132,7 +132,7 @@ public sealed class AdmissionSnapshot
     private Refusal Suspended(ulong sequence, long startMs, long endMs)
     {
         Suspension s = _suspensions.First(s => s.FromMs < endMs && startMs < s.UntilMs);
-        return new Refusal(IngestRefusal.ProviderSuspended,
+        return new Refusal(IngestRefusalReason.ProviderSuspended,
             $"record {sequence}: {ProviderId} was suspended from {Time(s.FromMs)}{(s.UntilMs == long.MaxValue ? "" : $" to {Time(s.UntilMs)}")}, during the record ({s.Reason})");
     }
 
@@ -152,14 +152,14 @@ public sealed class AdmissionSnapshot
         {
             string how = e.EndReason switch
             {
-                IngestRefusal.AdmissionWithdrawn => "withdrew from the programme",
-                IngestRefusal.AdmissionRevoked => "had its admission revoked",
+                IngestRefusalReason.AdmissionWithdrawn => "withdrew from the programme",
+                IngestRefusalReason.AdmissionRevoked => "had its admission revoked",
                 _ => "reached the end of its admission validity",
             };
             return new Refusal(e.EndReason, $"record {sequence}: it ends at {Time(endMs)}, but {ProviderId} {how} at {Time(e.UntilMs)} (service item '{e.Item}')");
         }
 
-        return new Refusal(IngestRefusal.ProviderNotAdmitted,
+        return new Refusal(IngestRefusalReason.ProviderNotAdmitted,
             _intervals.Length == 0
                 ? $"record {sequence}: {ProviderId} holds no admitted service item; usage is taken only from admitted providers"
                 : $"record {sequence}: it starts at {Time(startMs)}, before {ProviderId} was admitted ({string.Join(", ", _intervals.Select(i => $"'{i.Item}' from {Time(i.FromMs)}"))})");
@@ -221,8 +221,8 @@ public sealed class AdmissionGate(NpgsqlDataSource dataSource)
         AdmissionSnapshot.Interval[] intervals = items.Select(i =>
         {
             bool exited = i.EndedMs is { } ended && ended < i.EndsMs;
-            IngestRefusal reason = !exited ? IngestRefusal.AdmissionExpired
-                : i.EndKind == "withdrawn" ? IngestRefusal.AdmissionWithdrawn : IngestRefusal.AdmissionRevoked;
+            IngestRefusalReason reason = !exited ? IngestRefusalReason.AdmissionExpired
+                : i.EndKind == "withdrawn" ? IngestRefusalReason.AdmissionWithdrawn : IngestRefusalReason.AdmissionRevoked;
             return new AdmissionSnapshot.Interval(i.FromMs, exited ? i.EndedMs!.Value : i.EndsMs, reason, i.Item, i.ApplicationId);
         }).ToArray();
         // A suspension belongs to one admitted item: usage that another, unsuspended item covers

@@ -56,7 +56,7 @@ public static class FleetConcurrency
             rows += Sweep(group, minutesPerBatchMax - rows);
             if (rows > minutesPerBatchMax)
             {
-                throw new IngestRefusedException(new Refusal(IngestRefusal.BatchTooLarge,
+                throw new IngestRefusedException(new Refusal(IngestRefusalReason.BatchTooLarge,
                     $"the batch's records cover more than {minutesPerBatchMax} device-model minutes, more than the concurrency check takes at once; send records of fewer days per batch"));
             }
         }
@@ -169,7 +169,7 @@ public static class FleetConcurrency
 
                 long atSecond = minute * SecondsPerRow + second;
                 UsageRecordRef first = FirstCovering(batch, model, atSecond);
-                throw new IngestRefusedException(new Refusal(IngestRefusal.ConcurrencyAboveFleet,
+                throw new IngestRefusedException(new Refusal(IngestRefusalReason.ConcurrencyAboveFleet,
                     $"record {first.Sequence}: at {Time(atSecond)} {providerId} would use {InUse(atMinute, second)} {model} devices at once over all its streams; its fleet holds {devices} ({source})"),
                     first.Sequence);
             }

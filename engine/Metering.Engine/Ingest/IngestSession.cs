@@ -111,17 +111,17 @@ public sealed class IngestSession
         {
             if (!admission.Registered)
             {
-                return new Refusal(IngestRefusal.OrganisationNotRegistered, $"{admission.ProviderId} is not a registered organisation; proof streams are for applicants the registry holds");
+                return new Refusal(IngestRefusalReason.OrganisationNotRegistered, $"{admission.ProviderId} is not a registered organisation; proof streams are for applicants the registry holds");
             }
 
             return admission.ListedOn is { } list
-                ? new Refusal(IngestRefusal.ProofNotAllowed, $"{admission.ProviderId} is on the {list} list and may not write a metering-log proof")
+                ? new Refusal(IngestRefusalReason.ProofNotAllowed, $"{admission.ProviderId} is on the {list} list and may not write a metering-log proof")
                 : default;
         }
 
         return admission.EverAdmitted
             ? default
-            : new Refusal(IngestRefusal.ProviderNotAdmitted, $"{admission.ProviderId} holds no admitted service item; usage is taken only from admitted providers");
+            : new Refusal(IngestRefusalReason.ProviderNotAdmitted, $"{admission.ProviderId} holds no admitted service item; usage is taken only from admitted providers");
     }
 
     /// <summary>
@@ -134,16 +134,16 @@ public sealed class IngestSession
         {
             if (!_admission.Registered)
             {
-                return new Refusal(IngestRefusal.OrganisationNotRegistered, $"record {record.Sequence}: {ProviderId} is not a registered organisation; proof streams are for applicants the registry holds");
+                return new Refusal(IngestRefusalReason.OrganisationNotRegistered, $"record {record.Sequence}: {ProviderId} is not a registered organisation; proof streams are for applicants the registry holds");
             }
 
             if (_admission.ListedOn is { } list)
             {
-                return new Refusal(IngestRefusal.ProofNotAllowed, $"record {record.Sequence}: {ProviderId} is on the {list} list and may not write a metering-log proof");
+                return new Refusal(IngestRefusalReason.ProofNotAllowed, $"record {record.Sequence}: {ProviderId} is on the {list} list and may not write a metering-log proof");
             }
 
             return record.Sequence > ProofRecordsMax
-                ? new Refusal(IngestRefusal.ProofNotAllowed, $"record {record.Sequence}: a proof stream holds at most {ProofRecordsMax} records")
+                ? new Refusal(IngestRefusalReason.ProofNotAllowed, $"record {record.Sequence}: a proof stream holds at most {ProofRecordsMax} records")
                 : default;
         }
 
@@ -165,14 +165,14 @@ public sealed class IngestSession
         long skewMaxMs = (long)skewMax.TotalMilliseconds;
         if (clientUnixMs is long client && (client < now - skewMaxMs || client > now + skewMaxMs))
         {
-            throw new IngestRefusedException(new Refusal(IngestRefusal.ClientClockOutOfRange,
+            throw new IngestRefusedException(new Refusal(IngestRefusalReason.ClientClockOutOfRange,
                 $"the heartbeat's client clock ({client} ms since the epoch) is more than {(long)skewMax.TotalMinutes} minutes from the server's ({now} ms)"));
         }
 
         HeartbeatDecision decision = _heartbeats.Take(now, out long minute);
         if (decision == HeartbeatDecision.TooFrequent)
         {
-            throw new IngestRefusedException(new Refusal(IngestRefusal.HeartbeatsTooFrequent,
+            throw new IngestRefusedException(new Refusal(IngestRefusalReason.HeartbeatsTooFrequent,
                 $"the stream sent more than {_validator.Limits.HeartbeatsPerMinuteMax} heartbeats in one minute of the server's clock"));
         }
 
@@ -205,7 +205,7 @@ public sealed class IngestSession
             catch (AdmissionChangedException changed)
             {
                 _admission = await _gate.LoadAsync(ProviderId, cancellationToken);
-                throw new IngestRefusedException(new Refusal(IngestRefusal.RegistryBusy, $"{changed.Message} Nothing was committed; resume from the committed mark."));
+                throw new IngestRefusedException(new Refusal(IngestRefusalReason.RegistryBusy, $"{changed.Message} Nothing was committed; resume from the committed mark."));
             }
         }
     }
@@ -255,7 +255,7 @@ public sealed class IngestSession
             }
             catch (StreamMovedException moved)
             {
-                throw new IngestRefusedException(new Refusal(IngestRefusal.StreamTakenOver, moved.Message));
+                throw new IngestRefusedException(new Refusal(IngestRefusalReason.StreamTakenOver, moved.Message));
             }
             finally
             {
@@ -270,12 +270,12 @@ public sealed class IngestSession
     {
         if (records.Count == 0)
         {
-            throw new IngestRefusedException(new Refusal(IngestRefusal.BatchEmpty, "the batch has no records"));
+            throw new IngestRefusedException(new Refusal(IngestRefusalReason.BatchEmpty, "the batch has no records"));
         }
 
         if (records.Count > _validator.Limits.BatchRecordsMax)
         {
-            throw new IngestRefusedException(new Refusal(IngestRefusal.BatchTooLarge, $"the batch has {records.Count} records; at most {_validator.Limits.BatchRecordsMax} are taken"));
+            throw new IngestRefusedException(new Refusal(IngestRefusalReason.BatchTooLarge, $"the batch has {records.Count} records; at most {_validator.Limits.BatchRecordsMax} are taken"));
         }
 
         ulong first = records[0].Sequence;
@@ -294,7 +294,7 @@ public sealed class IngestSession
     }
 
     private static IngestRefusedException Gap(ulong sequence, ulong expected, string detail) =>
-        new(new Refusal(IngestRefusal.SequenceGap, $"{detail}; expected {expected}"), sequence, expected);
+        new(new Refusal(IngestRefusalReason.SequenceGap, $"{detail}; expected {expected}"), sequence, expected);
 
     /// <summary>
     /// Replayed records must reproduce the committed chain exactly. Recomputing from the committed
@@ -316,7 +316,7 @@ public sealed class IngestSession
             {
                 // Too long to encode, so it cannot be what was committed: refuse it as invalid.
                 Refusal invalid = _validator.Validate(records[i], _time.GetUtcNow().ToUnixTimeMilliseconds(), out _);
-                throw new IngestRefusedException(invalid.IsRefused ? invalid : new Refusal(IngestRefusal.JobIdInvalid, $"record {records[i].Sequence}: a field is too long to encode"), records[i].Sequence);
+                throw new IngestRefusedException(invalid.IsRefused ? invalid : new Refusal(IngestRefusalReason.JobIdInvalid, $"record {records[i].Sequence}: a field is too long to encode"), records[i].Sequence);
             }
 
             byte[] scratch = CanonicalEncoding.HashBytes + canonicalBytes <= _scratch.Length ? _scratch : new byte[CanonicalEncoding.HashBytes + canonicalBytes];
@@ -326,7 +326,7 @@ public sealed class IngestSession
                 int length = CanonicalEncoding.Encode(fields, scratch);
                 await _store.RecordTamperConflictAsync(ProviderId, StreamId, records[i].Sequence, stored[i + 1], hash.ToArray(), scratch.AsMemory(0, length), _peer, cancellationToken);
                 throw new IngestRefusedException(
-                    new Refusal(IngestRefusal.TamperConflict, $"record {records[i].Sequence} is already committed with different content; the conflict is recorded for audit"),
+                    new Refusal(IngestRefusalReason.TamperConflict, $"record {records[i].Sequence} is already committed with different content; the conflict is recorded for audit"),
                     records[i].Sequence);
             }
 

@@ -18,6 +18,9 @@ public static class ProtocolNames
 
     public static string Of(IngestRefusal reason) => IngestRefusals[(int)reason];
 
+    /// <summary>The engine's ingest reason under the contract's name, for the features that report one (vouchers, audit).</summary>
+    public static string Of(IngestRefusalReason reason) => reason.ContractName();
+
     public static string Of(RawLogRefusal reason) => RawLogRefusals[(int)reason];
 
     public static string Of(RegistryRefusal reason) => RegistryRefusals[(int)reason];

@@ -6,11 +6,11 @@ using Metering.Protocol.V1;
 namespace Metering.Engine.Ingest;
 
 /// <summary>A refusal of one record or batch: the machine-readable reason and a sentence for people.</summary>
-public readonly record struct Refusal(IngestRefusal Reason, string Message)
+public readonly record struct Refusal(IngestRefusalReason Reason, string Message)
 {
-    public static readonly Refusal None = new(IngestRefusal.Unspecified, "");
+    public static readonly Refusal None = new(IngestRefusalReason.Unspecified, "");
 
-    public bool IsRefused => Reason != IngestRefusal.Unspecified;
+    public bool IsRefused => Reason != IngestRefusalReason.Unspecified;
 }
 
 /// <summary>
@@ -49,68 +49,68 @@ public sealed class RecordValidator
         int jobBytes = Utf8Length(record.JobId);
         if (jobBytes == 0 || jobBytes > _limits.JobIdBytesMax || HasNul(record.JobId))
         {
-            return Refuse(IngestRefusal.JobIdInvalid, record, $"job_id must be 1 to {_limits.JobIdBytesMax} bytes of UTF-8 without NUL, got {jobBytes} bytes");
+            return Refuse(IngestRefusalReason.JobIdInvalid, record, $"job_id must be 1 to {_limits.JobIdBytesMax} bytes of UTF-8 without NUL, got {jobBytes} bytes");
         }
 
         if (!CreditCode.IsValid(record.HolderCode))
         {
-            return Refuse(IngestRefusal.HolderCodeInvalid, record, $"holder_code '{Truncate(record.HolderCode)}' is not a GB 32100-2015 unified social credit code (18 characters with a valid check character)");
+            return Refuse(IngestRefusalReason.HolderCodeInvalid, record, $"holder_code '{Truncate(record.HolderCode)}' is not a GB 32100-2015 unified social credit code (18 characters with a valid check character)");
         }
 
         if (record.DeviceModel.Length > CanonicalEncoding.DeviceModelBytesMax
             || !_catalog.VersionAt(record.StartUnixMs).TryGet(record.DeviceModel, out DeviceModel? found))
         {
-            return Refuse(IngestRefusal.UnknownDeviceModel, record, $"device_model '{Truncate(record.DeviceModel)}' is not in device catalog {_catalog.VersionAt(record.StartUnixMs).Version}");
+            return Refuse(IngestRefusalReason.UnknownDeviceModel, record, $"device_model '{Truncate(record.DeviceModel)}' is not in device catalog {_catalog.VersionAt(record.StartUnixMs).Version}");
         }
 
         if (record.DeviceCount == 0 || record.DeviceCount > (uint)_limits.DeviceCountMax)
         {
-            return Refuse(IngestRefusal.DeviceCountOutOfRange, record, $"device_count {record.DeviceCount} is outside 1..{_limits.DeviceCountMax}");
+            return Refuse(IngestRefusalReason.DeviceCountOutOfRange, record, $"device_count {record.DeviceCount} is outside 1..{_limits.DeviceCountMax}");
         }
 
         if (record.ShareDenominator == 0 || record.ShareDenominator > (uint)_limits.ShareDenominatorMax
             || record.ShareNumerator == 0 || record.ShareNumerator > record.ShareDenominator)
         {
-            return Refuse(IngestRefusal.ShareOutOfRange, record, $"share {record.ShareNumerator}/{record.ShareDenominator} is not in (0, 1] with a denominator of 1..{_limits.ShareDenominatorMax}");
+            return Refuse(IngestRefusalReason.ShareOutOfRange, record, $"share {record.ShareNumerator}/{record.ShareDenominator} is not in (0, 1] with a denominator of 1..{_limits.ShareDenominatorMax}");
         }
 
         if (!found.TryComputeShare(record.ShareNumerator, record.ShareDenominator, out _, out _))
         {
-            return Refuse(IngestRefusal.ShareOutOfRange, record, $"share {record.ShareNumerator}/{record.ShareDenominator} of {found.Key} names MIG slices, but no MIG profile of it in device catalog {found.CatalogVersion} takes {record.ShareNumerator} slices (profiles: {found.Mig!.SliceCounts}); send each MIG instance as its own share, or a time slice with another denominator");
+            return Refuse(IngestRefusalReason.ShareOutOfRange, record, $"share {record.ShareNumerator}/{record.ShareDenominator} of {found.Key} names MIG slices, but no MIG profile of it in device catalog {found.CatalogVersion} takes {record.ShareNumerator} slices (profiles: {found.Mig!.SliceCounts}); send each MIG instance as its own share, or a time slice with another denominator");
         }
 
         if (record.EndUnixMs <= record.StartUnixMs)
         {
-            return Refuse(IngestRefusal.EndNotAfterStart, record, $"end_unix_ms {record.EndUnixMs} is not after start_unix_ms {record.StartUnixMs}");
+            return Refuse(IngestRefusalReason.EndNotAfterStart, record, $"end_unix_ms {record.EndUnixMs} is not after start_unix_ms {record.StartUnixMs}");
         }
 
         if (record.StartUnixMs < _startEarliestMs)
         {
-            return Refuse(IngestRefusal.TimeTooOld, record, $"start_unix_ms {record.StartUnixMs} is before the earliest accepted start {_limits.StartEarliest:O}");
+            return Refuse(IngestRefusalReason.TimeTooOld, record, $"start_unix_ms {record.StartUnixMs} is before the earliest accepted start {_limits.StartEarliest:O}");
         }
 
         long latestMs = nowUnixMs + _futureSkewMs;
         if (record.EndUnixMs > latestMs || record.StartUnixMs > latestMs)
         {
-            return Refuse(IngestRefusal.TimeInFuture, record, $"end_unix_ms {record.EndUnixMs} lies more than {_limits.FutureSkewMax.TotalMinutes:0} minutes in the future");
+            return Refuse(IngestRefusalReason.TimeInFuture, record, $"end_unix_ms {record.EndUnixMs} lies more than {_limits.FutureSkewMax.TotalMinutes:0} minutes in the future");
         }
 
         long durationMs = record.EndUnixMs - record.StartUnixMs;
         if (durationMs > _durationMaxMs)
         {
-            return Refuse(IngestRefusal.DurationTooLong, record, $"duration {durationMs} ms exceeds the maximum {_durationMaxMs} ms");
+            return Refuse(IngestRefusalReason.DurationTooLong, record, $"duration {durationMs} ms exceeds the maximum {_durationMaxMs} ms");
         }
 
         int siteBytes = Utf8Length(record.Site);
         if (siteBytes == 0 || siteBytes > _limits.SiteBytesMax || HasNul(record.Site))
         {
-            return Refuse(IngestRefusal.SiteInvalid, record, $"site must be 1 to {_limits.SiteBytesMax} bytes of UTF-8 without NUL, got {siteBytes} bytes");
+            return Refuse(IngestRefusalReason.SiteInvalid, record, $"site must be 1 to {_limits.SiteBytesMax} bytes of UTF-8 without NUL, got {siteBytes} bytes");
         }
 
         var uuids = record.DeviceUuids;
         if (uuids.Count > record.DeviceCount || uuids.Count > _limits.DeviceUuidsMax)
         {
-            return Refuse(IngestRefusal.DeviceUuidsInvalid, record, $"{uuids.Count} device UUIDs for {record.DeviceCount} devices (at most {_limits.DeviceUuidsMax} are listed)");
+            return Refuse(IngestRefusalReason.DeviceUuidsInvalid, record, $"{uuids.Count} device UUIDs for {record.DeviceCount} devices (at most {_limits.DeviceUuidsMax} are listed)");
         }
 
         for (int i = 0; i < uuids.Count; i++)
@@ -118,7 +118,7 @@ public sealed class RecordValidator
             int uuidBytes = Utf8Length(uuids[i]);
             if (uuidBytes == 0 || uuidBytes > _limits.DeviceUuidBytesMax || HasNul(uuids[i]))
             {
-                return Refuse(IngestRefusal.DeviceUuidsInvalid, record, $"device UUID #{i + 1} must be 1 to {_limits.DeviceUuidBytesMax} bytes");
+                return Refuse(IngestRefusalReason.DeviceUuidsInvalid, record, $"device UUID #{i + 1} must be 1 to {_limits.DeviceUuidBytesMax} bytes");
             }
         }
 
@@ -128,7 +128,7 @@ public sealed class RecordValidator
             UInt128 energyMaxMwh = (UInt128)record.DeviceCount * DeviceWattsMax * (ulong)durationMs / 3_600;
             if (record.EnergyMwh > energyMaxMwh)
             {
-                return Refuse(IngestRefusal.EnergyOutOfRange, record, $"energy_mwh {record.EnergyMwh} exceeds {DeviceWattsMax} W per device over the record ({energyMaxMwh} mWh)");
+                return Refuse(IngestRefusalReason.EnergyOutOfRange, record, $"energy_mwh {record.EnergyMwh} exceeds {DeviceWattsMax} W per device over the record ({energyMaxMwh} mWh)");
             }
         }
 
@@ -143,6 +143,6 @@ public sealed class RecordValidator
 
     private static string Truncate(string value) => value.Length <= 40 ? value : string.Concat(value.AsSpan(0, 40), "…");
 
-    private static Refusal Refuse(IngestRefusal reason, UsageRecord record, string detail) =>
+    private static Refusal Refuse(IngestRefusalReason reason, UsageRecord record, string detail) =>
         new(reason, $"record {record.Sequence}: {detail}");
 }

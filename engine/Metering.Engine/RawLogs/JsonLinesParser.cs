@@ -25,7 +25,7 @@ public sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
 
         if (!Utf8.IsValid(line))
         {
-            refusal = LineRefusal.Of(RawLogRefusal.InvalidUtf8, "the line is not valid UTF-8");
+            refusal = LineRefusal.Of(RawLogRefusalReason.InvalidUtf8, "the line is not valid UTF-8");
             return LineOutcome.Refused;
         }
 
@@ -85,7 +85,7 @@ public sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
         {
             if (!rules.TryHolder(Encoding.UTF8.GetBytes(account), out string holder))
             {
-                refusal = LineRefusal.Of(RawLogRefusal.UnmappedAccount, $"account '{account}' has no holder in the mapping");
+                refusal = LineRefusal.Of(RawLogRefusalReason.UnmappedAccount, $"account '{account}' has no holder in the mapping");
                 return LineOutcome.Refused;
             }
 
@@ -101,7 +101,7 @@ public sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
         {
             if (!rules.TryGresModel(Encoding.UTF8.GetBytes(gres), out string model))
             {
-                refusal = LineRefusal.Of(RawLogRefusal.UnmappedDevice, $"GRES type '{gres}' has no device model in the mapping");
+                refusal = LineRefusal.Of(RawLogRefusalReason.UnmappedDevice, $"GRES type '{gres}' has no device model in the mapping");
                 return LineOutcome.Refused;
             }
 
@@ -114,7 +114,7 @@ public sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
 
     private static LineOutcome Malformed(string message, out LineRefusal refusal)
     {
-        refusal = LineRefusal.Of(RawLogRefusal.MalformedLine, message);
+        refusal = LineRefusal.Of(RawLogRefusalReason.MalformedLine, message);
         return LineOutcome.Refused;
     }
 

@@ -16,10 +16,10 @@ public enum LineOutcome
     Refused,
 }
 
-/// <summary>Why a line was refused: a RawLogRefusal or IngestRefusal name and a sentence.</summary>
+/// <summary>Why a line was refused: a RawLogRefusalReason or IngestRefusalReason name and a sentence.</summary>
 public readonly record struct LineRefusal(string Reason, string Message)
 {
-    public static LineRefusal Of(RawLogRefusal reason, string message) => new(ProtocolNames.Of(reason), message);
+    public static LineRefusal Of(RawLogRefusalReason reason, string message) => new(reason.ContractName(), message);
 }
 
 /// <summary>Parses one line of a log format into a usage record (without its sequence number).</summary>

@@ -73,7 +73,7 @@ public sealed class SacctParser : ILogLineParser
 
         if (!_rules.TryHolder(parsed.Account, out string holder))
         {
-            refusal = LineRefusal.Of(RawLogRefusal.UnmappedAccount, $"account '{Encoding.UTF8.GetString(parsed.Account)}' has no holder in the mapping");
+            refusal = LineRefusal.Of(RawLogRefusalReason.UnmappedAccount, $"account '{Encoding.UTF8.GetString(parsed.Account)}' has no holder in the mapping");
             return LineOutcome.Refused;
         }
 
@@ -82,13 +82,13 @@ public sealed class SacctParser : ILogLineParser
         {
             if (!_rules.TryGresModel(parsed.GresType, out model))
             {
-                refusal = LineRefusal.Of(RawLogRefusal.UnmappedDevice, $"GRES type '{Encoding.UTF8.GetString(parsed.GresType)}' has no device model in the mapping");
+                refusal = LineRefusal.Of(RawLogRefusalReason.UnmappedDevice, $"GRES type '{Encoding.UTF8.GetString(parsed.GresType)}' has no device model in the mapping");
                 return LineOutcome.Refused;
             }
         }
         else if (!_rules.TryPartitionModel(parsed.Partition, out model))
         {
-            refusal = LineRefusal.Of(RawLogRefusal.UnmappedDevice, $"partition '{Encoding.UTF8.GetString(parsed.Partition)}' has no device model in the mapping (and AllocTRES names no GRES type)");
+            refusal = LineRefusal.Of(RawLogRefusalReason.UnmappedDevice, $"partition '{Encoding.UTF8.GetString(parsed.Partition)}' has no device model in the mapping (and AllocTRES names no GRES type)");
             return LineOutcome.Refused;
         }
 
@@ -131,7 +131,7 @@ public sealed class SacctParser : ILogLineParser
 
         if (!Utf8.IsValid(line))
         {
-            refusal = LineRefusal.Of(RawLogRefusal.InvalidUtf8, "the line is not valid UTF-8");
+            refusal = LineRefusal.Of(RawLogRefusalReason.InvalidUtf8, "the line is not valid UTF-8");
             return LineOutcome.Refused;
         }
 
@@ -139,7 +139,7 @@ public sealed class SacctParser : ILogLineParser
         int count = SplitInto(line, fields, (byte)'|');
         if (count != _fieldCount)
         {
-            refusal = LineRefusal.Of(RawLogRefusal.MalformedLine, $"the line has {count} fields; the header has {_fieldCount}");
+            refusal = LineRefusal.Of(RawLogRefusalReason.MalformedLine, $"the line has {count} fields; the header has {_fieldCount}");
             return LineOutcome.Refused;
         }
 
@@ -191,7 +191,7 @@ public sealed class SacctParser : ILogLineParser
         end -= _rules.UtcOffset.Ticks / TimeSpan.TicksPerMillisecond;
         if (Math.Abs((end - start) / 1000 - elapsedSeconds) > 1)
         {
-            refusal = LineRefusal.Of(RawLogRefusal.ElapsedMismatch, $"Elapsed is {elapsedSeconds} s but End − Start is {(end - start) / 1000} s");
+            refusal = LineRefusal.Of(RawLogRefusalReason.ElapsedMismatch, $"Elapsed is {elapsedSeconds} s but End − Start is {(end - start) / 1000} s");
             return LineOutcome.Refused;
         }
 
@@ -212,7 +212,7 @@ public sealed class SacctParser : ILogLineParser
 
     private static LineOutcome Malformed(string message, out LineRefusal refusal)
     {
-        refusal = LineRefusal.Of(RawLogRefusal.MalformedLine, message);
+        refusal = LineRefusal.Of(RawLogRefusalReason.MalformedLine, message);
         return LineOutcome.Refused;
     }
 

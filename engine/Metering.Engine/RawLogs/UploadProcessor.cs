@@ -8,9 +8,9 @@ using Npgsql;
 namespace Metering.Engine.RawLogs;
 
 /// <summary>The whole upload is refused before anything of it is committed (a bad header line).</summary>
-public sealed class UploadRefusedException(RawLogRefusal reason, string message) : Exception(message)
+public sealed class UploadRefusedException(RawLogRefusalReason reason, string message) : Exception(message)
 {
-    public RawLogRefusal Reason { get; } = reason;
+    public RawLogRefusalReason Reason { get; } = reason;
 }
 
 /// <summary>
@@ -55,7 +55,7 @@ public sealed class UploadProcessor : ILogLineSink
             _parser = _sacct;
             if (upload.HeaderLine is not null && _sacct.ReadHeader(Encoding.UTF8.GetBytes(upload.HeaderLine)) is string problem)
             {
-                throw new UploadRefusedException(RawLogRefusal.HeaderInvalid, $"the stored header line is unusable: {problem}");
+                throw new UploadRefusedException(RawLogRefusalReason.HeaderInvalid, $"the stored header line is unusable: {problem}");
             }
         }
         else
@@ -84,12 +84,12 @@ public sealed class UploadProcessor : ILogLineSink
 
             if (hasNul)
             {
-                throw new UploadRefusedException(RawLogRefusal.HeaderInvalid, $"line {lineNumber}: the header contains a NUL byte");
+                throw new UploadRefusedException(RawLogRefusalReason.HeaderInvalid, $"line {lineNumber}: the header contains a NUL byte");
             }
 
             if (_sacct.ReadHeader(line) is string problem)
             {
-                throw new UploadRefusedException(RawLogRefusal.HeaderInvalid, $"line {lineNumber}: {problem}");
+                throw new UploadRefusedException(RawLogRefusalReason.HeaderInvalid, $"line {lineNumber}: {problem}");
             }
 
             _headerLine = Encoding.UTF8.GetString(line);
@@ -100,7 +100,7 @@ public sealed class UploadProcessor : ILogLineSink
         if (hasNul)
         {
             // UTF-8 allows NUL, PostgreSQL text does not: no field of a record may carry one.
-            Refuse(lineNumber, ProtocolNames.Of(RawLogRefusal.MalformedLine), "the line contains a NUL byte");
+            Refuse(lineNumber, RawLogRefusalReason.MalformedLine.ContractName(), "the line contains a NUL byte");
             return;
         }
 
@@ -123,7 +123,7 @@ public sealed class UploadProcessor : ILogLineSink
 
                 if (invalid.IsRefused)
                 {
-                    Refuse(lineNumber, ProtocolNames.Of(invalid.Reason), invalid.Message[(invalid.Message.IndexOf(": ", StringComparison.Ordinal) + 2)..]);
+                    Refuse(lineNumber, invalid.Reason.ContractName(), invalid.Message[(invalid.Message.IndexOf(": ", StringComparison.Ordinal) + 2)..]);
                 }
                 else if (!_batchJobs.Add((record!.JobId, record.StartUnixMs)))
                 {
@@ -142,7 +142,7 @@ public sealed class UploadProcessor : ILogLineSink
     {
         _lines++;
         _pendingEndOffset = endOffset;
-        Refuse(lineNumber, ProtocolNames.Of(RawLogRefusal.LineTooLong), $"the line has {length} bytes; the limit is {_validator.Limits.RawLineBytesMax}");
+        Refuse(lineNumber, RawLogRefusalReason.LineTooLong.ContractName(), $"the line has {length} bytes; the limit is {_validator.Limits.RawLineBytesMax}");
     }
 
     public async ValueTask FlushAsync(CancellationToken cancellationToken)

@@ -139,7 +139,7 @@ internal sealed partial class IngestGrpcService(
         }
         catch (IngestRefusedException refused)
         {
-            LogRefused(logger, caller.Subject, streamId, ProtocolNames.Of(refused.Refusal.Reason), refused.Message);
+            LogRefused(logger, caller.Subject, streamId, ProtocolNames.Of(IngestRefusals.ToWire(refused.Refusal.Reason)), refused.Message);
             throw Errors.From(refused);
         }
         catch (Exception e) when (lease.TakenOver && e is not RpcException)

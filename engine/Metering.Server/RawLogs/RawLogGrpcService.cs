@@ -105,7 +105,7 @@ internal sealed partial class RawLogGrpcService(
         }
         catch (UploadRefusedException refused)
         {
-            throw Refused(StatusCode.InvalidArgument, refused.Reason, refused.Message);
+            throw Refused(RawLogRefusals.StatusFor(refused.Reason), RawLogRefusals.ToWire(refused.Reason), refused.Message);
         }
 
         LogStarted(logger, caller.Subject, upload.UploadId, header.StreamId, upload.CommittedOffset, upload.TotalBytes);
@@ -135,7 +135,7 @@ internal sealed partial class RawLogGrpcService(
         }
         catch (UploadRefusedException refused)
         {
-            throw Refused(StatusCode.InvalidArgument, refused.Reason, refused.Message);
+            throw Refused(RawLogRefusals.StatusFor(refused.Reason), RawLogRefusals.ToWire(refused.Reason), refused.Message);
         }
         catch (IngestRefusedException refused)
         {

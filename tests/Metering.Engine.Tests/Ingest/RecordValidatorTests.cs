@@ -20,36 +20,36 @@ public sealed class RecordValidatorTests
         Assert.Equal("H100-SXM", model!.Key);
     }
 
-    public static TheoryData<string, IngestRefusal> Mutations => new()
+    public static TheoryData<string, IngestRefusalReason> Mutations => new()
     {
-        { "unknown model", IngestRefusal.UnknownDeviceModel },
-        { "sparse-looking model key", IngestRefusal.UnknownDeviceModel },
-        { "end equals start", IngestRefusal.EndNotAfterStart },
-        { "end before start", IngestRefusal.EndNotAfterStart },
-        { "longer than 24 h", IngestRefusal.DurationTooLong },
-        { "end 6 minutes in the future", IngestRefusal.TimeInFuture },
-        { "start before 2024", IngestRefusal.TimeTooOld },
-        { "zero devices", IngestRefusal.DeviceCountOutOfRange },
-        { "too many devices", IngestRefusal.DeviceCountOutOfRange },
-        { "zero share", IngestRefusal.ShareOutOfRange },
-        { "share above one", IngestRefusal.ShareOutOfRange },
-        { "zero denominator", IngestRefusal.ShareOutOfRange },
-        { "denominator above 1000", IngestRefusal.ShareOutOfRange },
-        { "holder check character wrong", IngestRefusal.HolderCodeInvalid },
-        { "holder too short", IngestRefusal.HolderCodeInvalid },
-        { "empty job id", IngestRefusal.JobIdInvalid },
-        { "job id of 129 bytes", IngestRefusal.JobIdInvalid },
-        { "empty site", IngestRefusal.SiteInvalid },
-        { "NUL in job id", IngestRefusal.JobIdInvalid },
-        { "NUL in site", IngestRefusal.SiteInvalid },
-        { "more UUIDs than devices", IngestRefusal.DeviceUuidsInvalid },
-        { "empty UUID", IngestRefusal.DeviceUuidsInvalid },
-        { "energy above 5 kW per device", IngestRefusal.EnergyOutOfRange },
+        { "unknown model", IngestRefusalReason.UnknownDeviceModel },
+        { "sparse-looking model key", IngestRefusalReason.UnknownDeviceModel },
+        { "end equals start", IngestRefusalReason.EndNotAfterStart },
+        { "end before start", IngestRefusalReason.EndNotAfterStart },
+        { "longer than 24 h", IngestRefusalReason.DurationTooLong },
+        { "end 6 minutes in the future", IngestRefusalReason.TimeInFuture },
+        { "start before 2024", IngestRefusalReason.TimeTooOld },
+        { "zero devices", IngestRefusalReason.DeviceCountOutOfRange },
+        { "too many devices", IngestRefusalReason.DeviceCountOutOfRange },
+        { "zero share", IngestRefusalReason.ShareOutOfRange },
+        { "share above one", IngestRefusalReason.ShareOutOfRange },
+        { "zero denominator", IngestRefusalReason.ShareOutOfRange },
+        { "denominator above 1000", IngestRefusalReason.ShareOutOfRange },
+        { "holder check character wrong", IngestRefusalReason.HolderCodeInvalid },
+        { "holder too short", IngestRefusalReason.HolderCodeInvalid },
+        { "empty job id", IngestRefusalReason.JobIdInvalid },
+        { "job id of 129 bytes", IngestRefusalReason.JobIdInvalid },
+        { "empty site", IngestRefusalReason.SiteInvalid },
+        { "NUL in job id", IngestRefusalReason.JobIdInvalid },
+        { "NUL in site", IngestRefusalReason.SiteInvalid },
+        { "more UUIDs than devices", IngestRefusalReason.DeviceUuidsInvalid },
+        { "empty UUID", IngestRefusalReason.DeviceUuidsInvalid },
+        { "energy above 5 kW per device", IngestRefusalReason.EnergyOutOfRange },
     };
 
     [Theory]
     [MemberData(nameof(Mutations))]
-    public void Each_invalid_field_is_refused_with_its_reason(string mutation, IngestRefusal expected)
+    public void Each_invalid_field_is_refused_with_its_reason(string mutation, IngestRefusalReason expected)
     {
         UsageRecord record = RecordMutations.Apply(TestRecords.Valid(1), mutation, NowMs);
         Refusal refusal = Validator.Validate(record, NowMs, out DeviceModel? model);
