@@ -62,6 +62,9 @@ public static class MeteringTelemetry
     private static readonly Counter<long> KeyLookups = Meter.CreateCounter<long>("metering.access.key.lookups", "{lookup}",
         "API key look-ups, by outcome: hit (answered from the authentication cache) or miss (read from the database).");
 
+    private static readonly Counter<long> CallRefusals = Meter.CreateCounter<long>("metering.rpc.refusals", "{refusal}",
+        "Calls a handler ended with an error status (a refusal, or UNAVAILABLE), by gRPC method, status and ErrorInfo reason (the status's name when it has none).");
+
     private const string ProviderTag = "provider";
     private const string ReasonTag = "reason";
     private const string OutcomeTag = "outcome";
@@ -192,6 +195,10 @@ public static class MeteringTelemetry
         ChainRecordsVerified.Add((long)records);
         ChainBytesVerified.Add(canonicalBytes);
     }
+
+    /// <summary>A call ended with a refusal: a status and, for every refusal the contract documents, an ErrorInfo reason.</summary>
+    public static void CallRefused(string method, string status, string reason) =>
+        CallRefusals.Add(1, new TagList { { "method", method }, { "status", status }, { ReasonTag, reason } });
 
     public static void KeyLookup(bool cacheHit) =>
         KeyLookups.Add(1, new TagList { { OutcomeTag, cacheHit ? "hit" : "miss" } });

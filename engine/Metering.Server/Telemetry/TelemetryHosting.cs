@@ -15,8 +15,11 @@ namespace Metering.Server.Telemetry;
 /// <summary>Where the server's measurements and traces go; all off unless asked for.</summary>
 public sealed record TelemetrySettings
 {
+    /// <summary>The path Prometheus scrapes on <see cref="MetricsListen"/>.</summary>
+    public const string ScrapePath = "/metrics";
+
     /// <summary>
-    /// Where to serve the Prometheus scrape endpoint <see cref="TelemetryHosting.ScrapePath"/>:
+    /// Where to serve the Prometheus scrape endpoint <see cref="ScrapePath"/>:
     /// http://IP:PORT, on a port of its own, never the gRPC one; null serves no metrics.
     /// </summary>
     public Uri? MetricsListen { get; init; }
@@ -43,7 +46,7 @@ public sealed record TelemetrySettings
 
         if (listen.Scheme != Uri.UriSchemeHttp || listen.AbsolutePath != "/" || listen.Query.Length > 0)
         {
-            return $"metrics address {listen} must be http://IP:PORT; the scrape path is always {TelemetryHosting.ScrapePath}";
+            return $"metrics address {listen} must be http://IP:PORT; the scrape path is always {ScrapePath}";
         }
 
         if (listen.Host != "localhost" && !IPAddress.TryParse(listen.DnsSafeHost, out _))
@@ -64,8 +67,6 @@ public sealed record TelemetrySettings
 /// <summary>Wires the engine's meter and activity source (<see cref="MeteringTelemetry"/>) to OpenTelemetry.</summary>
 internal static class TelemetryHosting
 {
-    public const string ScrapePath = "/metrics";
-
     /// <summary>Registers OpenTelemetry when metrics or OTLP export are asked for; otherwise nothing listens and the engine's instruments cost a branch each.</summary>
     public static void AddTelemetry(IServiceCollection services, TelemetrySettings settings)
     {
@@ -133,7 +134,7 @@ internal static class TelemetryHosting
 
     /// <summary>
     /// Answers every request on the metrics port before routing reaches the gRPC services: the
-    /// scrape at <see cref="ScrapePath"/>, 404 for anything else. The gRPC port never serves the scrape.
+    /// scrape at <see cref="TelemetrySettings.ScrapePath"/>, 404 for anything else. The gRPC port never serves the scrape.
     /// </summary>
     public static void MapMetrics(WebApplication app, TelemetrySettings settings)
     {
@@ -144,7 +145,7 @@ internal static class TelemetryHosting
 
         app.MapWhen(IsMetricsConnection, branch =>
         {
-            branch.UseOpenTelemetryPrometheusScrapingEndpoint(ScrapePath);
+            branch.UseOpenTelemetryPrometheusScrapingEndpoint(TelemetrySettings.ScrapePath);
             branch.Run(static context =>
             {
                 context.Response.StatusCode = StatusCodes.Status404NotFound;
