@@ -130,9 +130,16 @@ internal sealed partial class RefusalInterceptor(ILogger<RefusalInterceptor> log
             return;
         }
 
-        string status = refusal.StatusCode.ToString();
+        string status = (int)refusal.StatusCode < StatusNames.Length ? StatusNames[(int)refusal.StatusCode] : refusal.StatusCode.ToString();
         MeteringTelemetry.CallRefused(context.Method, status, refusal.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason ?? status);
     }
+
+    /// <summary>The status codes as gRPC's specification and every client spell them, indexed by code.</summary>
+    private static readonly string[] StatusNames =
+    [
+        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+    ];
 
     [LoggerMessage(EventId = 9001, Level = LogLevel.Information, Message = "{Method} by {Actor} refused: {Reason}: {Detail}")]
     private static partial void LogRefused(ILogger logger, string method, string actor, string reason, string detail);

@@ -166,8 +166,47 @@ public sealed class MetricsTests(PostgresFixture postgres)
         // read from the database once, and the call was refused.
         Assert.Contains("# TYPE metering_access_key_lookups_total counter", text, StringComparison.Ordinal);
         Assert.Matches(@"(?m)^metering_access_key_lookups_total\{[^}]*outcome=""miss""[^}]*\} 1( |$)", text);
-        Assert.Matches(@"(?m)^metering_rpc_refusals_total\{[^}]*reason=""UPLOAD_NOT_FOUND""[^}]*\} 1( |$)", text);
+        Assert.Matches(@"(?m)^metering_rpc_refusals_total\{[^}]*reason=""UPLOAD_NOT_FOUND"",status=""NOT_FOUND""\} 1( |$)", text);
         Assert.Contains(server.Output, line => line.Contains($"Serving Prometheus metrics on http://127.0.0.1:{metricsPort}/metrics", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Verification_and_settlement_are_counted_by_what_they_did()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres, telemetry: LoopbackMetrics);
+        using var http = new HttpClient();
+        Uri scrape = new(server.MetricsAddress!, TelemetrySettings.ScrapePath);
+        await using (IngestCall call = await IngestCall.OpenAsync(server.Client(), "metrics-verify"))
+        {
+            await call.SendAsync(TestRecords.Range(1, 7));
+        }
+
+        long stored = await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE provider_id = @provider", new { provider = TestRecords.Provider });
+        Scrape before = await Scrape.ReadAsync(http, scrape);
+
+        var audit = new AuditService.AuditServiceClient(server.Channel);
+        await audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = TestRecords.Provider }, TestServer.Bearer(TestServer.AuditorKey));
+        var settlement = new SettlementService.SettlementServiceClient(server.Channel);
+        await settlement.SettleDayAsync(new SettleDayRequest { Day = "2026-11-20" }, TestServer.Bearer(TestServer.SettlementKey));
+        await settlement.SettleDayAsync(new SettleDayRequest { Day = "2026-11-20" }, TestServer.Bearer(TestServer.SettlementKey));
+
+        Scrape after = await Scrape.ReadAsync(http, scrape);
+        // Verification re-hashes every stored record of the provider, proof streams included.
+        Assert.Equal(stored, after.Sum("metering_audit_chain_verified_records_total") - before.Sum("metering_audit_chain_verified_records_total"));
+        Assert.True(after.Sum("metering_audit_chain_verified_bytes_total") - before.Sum("metering_audit_chain_verified_bytes_total") > stored * 100);
+        Assert.Equal(1, after.Sum("metering_settlement_run_duration_seconds_count", "result=\"closed\"") - before.Sum("metering_settlement_run_duration_seconds_count", "result=\"closed\""));
+        Assert.Equal(1, after.Sum("metering_settlement_run_duration_seconds_count", "result=\"already_closed\"") - before.Sum("metering_settlement_run_duration_seconds_count", "result=\"already_closed\""));
+    }
+
+    [Fact]
+    public async Task Serve_help_describes_the_metrics_and_otlp_options()
+    {
+        var (exit, output) = await CliProcess.RunAsync("serve", "--help");
+
+        Assert.Equal(0, exit);
+        Assert.Superset(new HashSet<string> { "--metrics-listen", "--metrics-public", "--otlp-endpoint", "--otlp-protocol" }, new HashSet<string>(CliHelp.Options(output)));
+        Assert.Contains("/metrics", output, StringComparison.Ordinal);
+        Assert.Contains("OTEL_EXPORTER_OTLP_ENDPOINT", output, StringComparison.Ordinal);
     }
 
     /// <summary>One scrape in the Prometheus text format: each sample line's name, labels and value.</summary>
