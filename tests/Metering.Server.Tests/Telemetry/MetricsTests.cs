@@ -1,5 +1,7 @@
 using System.Globalization;
 using System.Net;
+using System.Text;
+using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Metering.Protocol.V1;
@@ -168,6 +170,38 @@ public sealed class MetricsTests(PostgresFixture postgres)
         Assert.Matches(@"(?m)^metering_access_key_lookups_total\{[^}]*outcome=""miss""[^}]*\} 1( |$)", text);
         Assert.Matches(@"(?m)^metering_rpc_refusals_total\{[^}]*reason=""UPLOAD_NOT_FOUND"",status=""NOT_FOUND""\} 1( |$)", text);
         Assert.Contains(server.Output, line => line.Contains($"Serving Prometheus metrics on http://127.0.0.1:{metricsPort}/metrics", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_raw_log_upload_counts_its_lines_by_outcome_and_its_records_as_committed()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres, telemetry: LoopbackMetrics);
+        using var http = new HttpClient();
+        Uri scrape = new(server.MetricsAddress!, TelemetrySettings.ScrapePath);
+        byte[] sacct = Encoding.UTF8.GetBytes(RawLogSamples.Sacct);
+        string provider = $"provider=\"{TestRecords.Provider}\"";
+        Scrape before = await Scrape.ReadAsync(http, scrape);
+
+        using var call = server.RawLogClient().UploadLog(TestServer.Bearer());
+        await call.RequestStream.WriteAsync(new LogChunk
+        {
+            Header = new UploadHeader
+            {
+                UploadId = "metrics-upload", StreamId = "metrics-slurm", Format = LogFormat.SacctParsable2, Mapping = RawLogSamples.Mapping(), TotalBytes = (ulong)sacct.Length,
+            },
+        });
+        await call.RequestStream.WriteAsync(new LogChunk { Data = ByteString.CopyFrom(sacct) });
+        await call.RequestStream.CompleteAsync();
+        UploadReport report = await call.ResponseAsync;
+
+        Scrape after = await Scrape.ReadAsync(http, scrape);
+        Assert.True(report.Records > 0 && report.LinesSkipped > 0 && report.LinesRefused > 0, "the sample has lines of every outcome but duplicates");
+        double Lines(Scrape s, string outcome) => s.Sum("metering_rawlog_lines_total", provider, $"outcome=\"{outcome}\"");
+        Assert.Equal(report.Records, Lines(after, "metered") - Lines(before, "metered"));
+        Assert.Equal(report.LinesSkipped, Lines(after, "skipped") - Lines(before, "skipped"));
+        Assert.Equal(report.LinesRefused, Lines(after, "refused") - Lines(before, "refused"));
+        Assert.Equal(0, Lines(after, "duplicate") - Lines(before, "duplicate"));
+        Assert.Equal(report.Records, after.Sum("metering_ingest_records_committed_total", provider) - before.Sum("metering_ingest_records_committed_total", provider));
     }
 
     [Fact]
