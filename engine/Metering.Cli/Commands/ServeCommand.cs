@@ -6,7 +6,9 @@ using Metering.Engine.Sandbox;
 using Metering.Engine.Signing;
 using Metering.Server.Access;
 using Metering.Server.Hosting;
+using Metering.Server.Telemetry;
 using Microsoft.Extensions.Logging;
+using OpenTelemetry.Exporter;
 
 namespace Metering.Cli.Commands;
 
@@ -59,11 +61,33 @@ internal static partial class ServeCommand
             Description = "The least severe messages logged: Trace, Debug, Information, Warning, Error, Critical or None. Below Information, ASP.NET Core's own messages are logged too.",
             DefaultValueFactory = _ => LogLevel.Information,
         };
+        var metricsListen = new Option<Uri?>("--metrics-listen")
+        {
+            Description = "Serve Prometheus metrics at http://IP:PORT/metrics, on a port of its own (for example http://127.0.0.1:9464); off unless given. "
+                + "Loopback only unless --metrics-public: the endpoint has no key.",
+            CustomParser = result => AbsoluteUri(result, "--metrics-listen", "http://127.0.0.1:9464"),
+        };
+        var metricsPublic = new Option<bool>("--metrics-public")
+        {
+            Description = "Serve --metrics-listen on a non-loopback address. Anyone who reaches it reads provider ids and volumes: only behind a firewall or on a private network.",
+        };
+        var otlpEndpoint = new Option<Uri?>("--otlp-endpoint")
+        {
+            Description = "Export traces (a batch commit, a settlement run) and metrics by OTLP to this collector, for example http://127.0.0.1:4317. Defaults to OTEL_EXPORTER_OTLP_ENDPOINT; off when neither is set.",
+            CustomParser = result => AbsoluteUri(result, "--otlp-endpoint", "http://127.0.0.1:4317"),
+        };
+        var otlpProtocol = new Option<string>("--otlp-protocol")
+        {
+            Description = "grpc (the collector's port 4317) or http/protobuf (port 4318). Defaults to OTEL_EXPORTER_OTLP_PROTOCOL, else grpc.",
+            DefaultValueFactory = _ => Configured("OTEL_EXPORTER_OTLP_PROTOCOL") ?? "grpc",
+        };
+        otlpProtocol.AcceptOnlyFromAmong("grpc", "http/protobuf");
         var limitOptions = LimitOptions.Select(l => (l.Env, l.Apply, Option: new Option<int?>(l.Name) { Description = $"{l.Description} Default {l.Default(new CallLimits())}, or ${l.Env}." })).ToList();
         var command = new Command("serve", "Run the gRPC server against PostgreSQL: AccessService, IngestService, RawLogService, RegistryService, CapacityService, VoucherService, SettlementService, AuditService, TransparencyService, PublicationService and SandboxService (whose clock moves only on a server run with --clock simulated). Callers authenticate with keys from `metering key issue`; "
             + "PublicationService, grpc.health.v1.Health (SERVING while the database answers at the schema version this engine needs) and server reflection answer without one.")
         {
             listen, tlsCertificate, tlsKey, tlsPassword, insecure, migrate, connection, dataDirectory, signingKey, runtimeRole, clock, allowPrivileged, reflection, logLevel,
+            metricsListen, metricsPublic, otlpEndpoint, otlpProtocol,
         };
         foreach (var limit in limitOptions)
         {
@@ -108,6 +132,27 @@ internal static partial class ServeCommand
             catch (ArgumentException e)
             {
                 Console.Error.WriteLine($"error: {e.Message}");
+                return 2;
+            }
+
+            if (parse.GetValue(otlpProtocol) is not ("grpc" or "http/protobuf"))
+            {
+                // OTEL_EXPORTER_OTLP_PROTOCOL reaches here unchecked by the option's parser.
+                Console.Error.WriteLine($"error: OTEL_EXPORTER_OTLP_PROTOCOL '{parse.GetValue(otlpProtocol)}' is neither grpc nor http/protobuf.");
+                return 2;
+            }
+
+            var telemetry = new TelemetrySettings
+            {
+                MetricsListen = parse.GetValue(metricsListen),
+                MetricsPublic = parse.GetValue(metricsPublic),
+                OtlpEndpoint = parse.GetValue(otlpEndpoint),
+                OtlpProtocol = parse.GetValue(otlpProtocol) == "grpc" ? OtlpExportProtocol.Grpc : OtlpExportProtocol.HttpProtobuf,
+            };
+            // Refused before the database starts, like a wrong --listen.
+            if (telemetry.MetricsRefusal() is { } metricsRefusal)
+            {
+                Console.Error.WriteLine($"error: {metricsRefusal}.");
                 return 2;
             }
 
@@ -212,6 +257,7 @@ internal static partial class ServeCommand
                     CredentialRecheck = recheckPolicy,
                     Time = parse.GetValue(clock) == "simulated" ? new SimulatedClock(0) : TimeProvider.System,
                     Reflection = parse.GetValue(reflection),
+                    Telemetry = telemetry,
                     ConfigureLogging = builder => CommonOptions.ConsoleLines(builder)
                         .SetMinimumLevel(level)
                         // One line per request is noise at this volume; the services log what
@@ -230,6 +276,10 @@ internal static partial class ServeCommand
                 }
 
                 LogServing(logger, server.Address, credentials, signing.KeyId);
+                if (server.MetricsAddress is { } metricsAddress)
+                {
+                    LogMetrics(logger, new Uri(metricsAddress, TelemetrySettings.ScrapePath));
+                }
                 if (server.Services.GetService(typeof(TimeProvider)) is SimulatedClock simulated)
                 {
                     LogSandbox(logger, simulated.GetUtcNow(), simulated.OffsetMs);
@@ -245,6 +295,18 @@ internal static partial class ServeCommand
             return 0;
         });
         return command;
+    }
+
+    private static Uri? AbsoluteUri(System.CommandLine.Parsing.ArgumentResult result, string name, string example)
+    {
+        string text = result.Tokens.Single().Value;
+        if (Uri.TryCreate(text, UriKind.Absolute, out Uri? uri) && (uri.Scheme == Uri.UriSchemeHttp || uri.Scheme == Uri.UriSchemeHttps))
+        {
+            return uri;
+        }
+
+        result.AddError($"{name} '{text}' is not an http:// or https:// address (for example {example}).");
+        return null;
     }
 
     private static string? Configured(string variable) => Environment.GetEnvironmentVariable(variable) is { Length: > 0 } value ? value : null;
@@ -302,6 +364,9 @@ internal static partial class ServeCommand
 
     [LoggerMessage(EventId = 4002, Level = LogLevel.Warning, Message = "No credential is active, so every call will be refused. Stop the server and issue the first operator key with: metering key bootstrap --name <name>")]
     private static partial void LogNoKeys(ILogger logger);
+
+    [LoggerMessage(EventId = 4004, Level = LogLevel.Information, Message = "Serving Prometheus metrics on {Address}")]
+    private static partial void LogMetrics(ILogger logger, Uri address);
 
     [LoggerMessage(EventId = 4003, Level = LogLevel.Warning, Message = "SANDBOX: this server runs on a simulated clock, now {Now:yyyy-MM-dd HH:mm:ss}Z ({OffsetMs} ms ahead of real time); operators move it with `metering clock advance`")]
     private static partial void LogSandbox(ILogger logger, DateTimeOffset now, long offsetMs);

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Metering.Engine.Catalog;
 using Metering.Engine.Storage;
+using Metering.Engine.Telemetry;
 using Metering.Protocol.V1;
 
 namespace Metering.Engine.Ingest;
@@ -212,6 +213,7 @@ public sealed class IngestSession
 
     private async Task<BatchOutcome> AppendOnceAsync(IReadOnlyList<UsageRecord> records, CancellationToken cancellationToken, ICommitStep? alongside)
     {
+        using MeteringTelemetry.BatchSpan span = MeteringTelemetry.StartBatch(ProviderId, StreamId, records.Count);
         CheckShape(records);
         ulong first = records[0].Sequence;
         ulong last = records[^1].Sequence;
@@ -251,6 +253,7 @@ public sealed class IngestSession
                 _fleetStep.Fleet = _admission.Fleet;
                 await _store.CommitAsync(ProviderId, StreamId, _committed, _prepared, alongside is null ? _steps : [.. _steps, alongside], cancellationToken);
                 _committed = last;
+                span.Committed(fresh);
                 _head = _prepared.HashAt(fresh - 1).ToArray();
             }
             catch (StreamMovedException moved)

@@ -2,6 +2,7 @@ using System.Text;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.Storage;
+using Metering.Engine.Telemetry;
 using Metering.Protocol.V1;
 using Npgsql;
 
@@ -177,6 +178,7 @@ public sealed class UploadProcessor : ILogLineSink
         _upload.LinesRefused += _refused;
         _upload.LinesDuplicate += _duplicates;
         _upload.HeaderLine ??= _headerLine;
+        MeteringTelemetry.RawLogFlushed(_upload.ProviderId, _records.Count, _skipped, _refused, _duplicates);
         _records.Clear();
         _batchJobs.Clear();
         _errors.Clear();

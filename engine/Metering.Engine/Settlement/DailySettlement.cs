@@ -5,6 +5,7 @@ using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Audit;
 using Metering.Engine.Ledger;
+using Metering.Engine.Telemetry;
 using Metering.Engine.Time;
 using Metering.Engine.Transparency;
 using Metering.Engine.Vouchers;
@@ -74,6 +75,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
                 day < FirstDay ? $"{ShanghaiTime.IsoDate(day)} is before the programme's first day {ShanghaiTime.IsoDate(FirstDay)}" : $"{ShanghaiTime.IsoDate(day)} has not ended in Asia/Shanghai; it can be settled from {ShanghaiTime.Describe(dayEnd)}");
         }
 
+        using MeteringTelemetry.SettlementRun run = MeteringTelemetry.StartSettlement(day);
         void Report(string stage, string message)
         {
             var step = new SettlementProgress(day, stage, message, clock.Elapsed);
@@ -95,6 +97,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             {
                 Report("closed", $"already closed; settlement hash {closed.SettlementHex}; nothing written");
                 await transaction.CommitAsync(cancellationToken);
+                run.Result = "already_closed";
                 return closed;
             }
 
@@ -107,6 +110,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
 
             await transaction.CommitAsync(cancellationToken);
             Report("committed", $"day closed; settlement hash {outcome.SettlementHex}");
+            run.Result = "closed";
             return outcome;
         }
         catch (LedgerInvariantException failure)

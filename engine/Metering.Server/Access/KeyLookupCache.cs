@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using Metering.Engine.Access;
+using Metering.Engine.Telemetry;
 using Metering.Protocol.V1;
 
 namespace Metering.Server.Access;
@@ -34,6 +35,7 @@ internal sealed class KeyLookupCache(CredentialStore credentials, CallLimits lim
         if (_results.TryGetValue(Id(key), out var entry) && Stopwatch.GetElapsedTime(entry.At).TotalMilliseconds < limits.AuthenticationCacheMs)
         {
             found = entry.Found;
+            MeteringTelemetry.KeyLookup(cacheHit: true);
             return true;
         }
 
@@ -50,6 +52,7 @@ internal sealed class KeyLookupCache(CredentialStore credentials, CallLimits lim
         // A look-up that read the database before a revocation committed must not land in the
         // cache after Forget() emptied it: it is remembered only if no Forget() came in between.
         long generation = Volatile.Read(ref _generation);
+        MeteringTelemetry.KeyLookup(cacheHit: false);
         Authentication? found = await credentials.FindAsync(key, cancellationToken);
         string id = Id(key);
         long now = Stopwatch.GetTimestamp();

@@ -21,6 +21,7 @@ using Metering.Server.RawLogs;
 using Metering.Server.Registry;
 using Metering.Server.Sandbox;
 using Metering.Server.Settlement;
+using Metering.Server.Telemetry;
 using Metering.Server.Transparency;
 using Metering.Server.Vouchers;
 using Microsoft.AspNetCore.Builder;
@@ -111,6 +112,9 @@ public sealed class ServerSettings
         }
     }
 
+    /// <summary>The Prometheus scrape endpoint and OTLP export, both off unless asked for.</summary>
+    public TelemetrySettings Telemetry { get; init; } = new();
+
     /// <summary>How the server logs; the CLI passes its console logger.</summary>
     public Action<ILoggingBuilder>? ConfigureLogging { get; init; }
 }
@@ -120,14 +124,18 @@ public sealed class MeteringServer : IAsyncDisposable
 {
     private readonly WebApplication _app;
 
-    private MeteringServer(WebApplication app, Uri address)
+    private MeteringServer(WebApplication app, Uri address, Uri? metricsAddress)
     {
         _app = app;
         Address = address;
+        MetricsAddress = metricsAddress;
     }
 
     /// <summary>The address actually bound (with the real port when port 0 was asked for).</summary>
     public Uri Address { get; }
+
+    /// <summary>The metrics endpoint's address actually bound, scraped at /metrics; null when metrics are not served.</summary>
+    public Uri? MetricsAddress { get; }
 
     public IServiceProvider Services => _app.Services;
 
@@ -168,6 +176,11 @@ public sealed class MeteringServer : IAsyncDisposable
             throw new ArgumentException(refusal);
         }
 
+        if (settings.Telemetry.MetricsRefusal() is { } metricsRefusal)
+        {
+            throw new ArgumentException(metricsRefusal);
+        }
+
         await using (NpgsqlDataSource probe = Database.CreateDataSource(settings.ConnectionString))
         {
             if (!settings.AllowPrivilegedRole && await ServingRole.WhyPrivilegedAsync(probe, cancellationToken) is string why)
@@ -199,7 +212,10 @@ public sealed class MeteringServer : IAsyncDisposable
             kestrel.Limits.Http2.InitialConnectionWindowSize = 16 * 1024 * 1024;
             kestrel.Limits.Http2.InitialStreamWindowSize = 8 * 1024 * 1024;
             kestrel.Limits.Http2.MaxStreamsPerConnection = 256;
+            // After the gRPC endpoint, so that the bound addresses list it second.
+            TelemetryHosting.Listen(kestrel, settings.Telemetry);
         });
+        TelemetryHosting.AddTelemetry(builder.Services, settings.Telemetry);
 
         builder.Services.AddSingleton(settings.Time);
         builder.Services.AddSingleton(settings.Catalog);
@@ -275,6 +291,7 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton(typeof(IServiceMethodProvider<>), typeof(MalformedMessageRefusal<>)));
 
         WebApplication app = builder.Build();
+        TelemetryHosting.MapMetrics(app, settings.Telemetry);
         // Until the first check has run, health says NOT_SERVING rather than NOT_FOUND: the
         // services exist, and nothing has shown yet that the database answers.
         HealthServiceImpl health = app.Services.GetRequiredService<HealthServiceImpl>();
@@ -302,8 +319,9 @@ public sealed class MeteringServer : IAsyncDisposable
 
         await app.StartAsync(cancellationToken);
 
-        string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        return new MeteringServer(app, new Uri(bound));
+        // Kestrel lists the addresses in the order they were added: gRPC first, then metrics.
+        string[] bound = [.. app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses];
+        return new MeteringServer(app, new Uri(bound[0]), settings.Telemetry.MetricsListen is null ? null : new Uri(bound[1]));
     }
 
     /// <summary>The full names of the product's services, each of which health answers for by name too.</summary>

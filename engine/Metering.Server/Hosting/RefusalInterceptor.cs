@@ -7,6 +7,7 @@ using Metering.Engine.Capacity;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Engine.Settlement;
+using Metering.Engine.Telemetry;
 using Metering.Engine.Transparency;
 using Metering.Engine.Vouchers;
 using Metering.Server.Access;
@@ -49,6 +50,11 @@ internal sealed partial class RefusalInterceptor(ILogger<RefusalInterceptor> log
         {
             return await continuation(request, context);
         }
+        catch (RpcException refused)
+        {
+            Count(context, refused);
+            throw;
+        }
         catch (Exception error) when (StatusOf(error) is { } refusal)
         {
             throw Logged(context, error, refusal);
@@ -60,6 +66,11 @@ internal sealed partial class RefusalInterceptor(ILogger<RefusalInterceptor> log
         try
         {
             return await continuation(requestStream, context);
+        }
+        catch (RpcException refused)
+        {
+            Count(context, refused);
+            throw;
         }
         catch (Exception error) when (StatusOf(error) is { } refusal)
         {
@@ -73,6 +84,11 @@ internal sealed partial class RefusalInterceptor(ILogger<RefusalInterceptor> log
         {
             await continuation(request, responseStream, context);
         }
+        catch (RpcException refused)
+        {
+            Count(context, refused);
+            throw;
+        }
         catch (Exception error) when (StatusOf(error) is { } refusal)
         {
             throw Logged(context, error, refusal);
@@ -84,6 +100,11 @@ internal sealed partial class RefusalInterceptor(ILogger<RefusalInterceptor> log
         try
         {
             await continuation(requestStream, responseStream, context);
+        }
+        catch (RpcException refused)
+        {
+            Count(context, refused);
+            throw;
         }
         catch (Exception error) when (StatusOf(error) is { } refusal)
         {
@@ -97,8 +118,28 @@ internal sealed partial class RefusalInterceptor(ILogger<RefusalInterceptor> log
         string reason = refusal.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason ?? refusal.StatusCode.ToString();
         string actor = AuthenticationInterceptor.CallerOrNull(context)?.ToString() ?? "an unauthenticated caller";
         LogRefused(logger, context.Method, actor, reason, error.Message);
+        Count(context, refusal);
         return refusal;
     }
+
+    /// <summary>Counts a refusal, whether a handler built it or this interceptor did; a status without ErrorInfo counts under its status name.</summary>
+    private static void Count(ServerCallContext context, RpcException refusal)
+    {
+        if (refusal.StatusCode is StatusCode.OK or StatusCode.Cancelled)
+        {
+            return;
+        }
+
+        string status = (int)refusal.StatusCode < StatusNames.Length ? StatusNames[(int)refusal.StatusCode] : refusal.StatusCode.ToString();
+        MeteringTelemetry.CallRefused(context.Method, status, refusal.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason ?? status);
+    }
+
+    /// <summary>The status codes as gRPC's specification and every client spell them, indexed by code.</summary>
+    private static readonly string[] StatusNames =
+    [
+        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+    ];
 
     [LoggerMessage(EventId = 9001, Level = LogLevel.Information, Message = "{Method} by {Actor} refused: {Reason}: {Detail}")]
     private static partial void LogRefused(ILogger logger, string method, string actor, string reason, string detail);

@@ -5,6 +5,7 @@ using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Engine.Access;
 using Metering.Engine.Signing;
+using Metering.Engine.Telemetry;
 using Metering.Server.Access;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -73,6 +74,7 @@ internal sealed partial class IngestGrpcService(
             StreamHead head = await store.OpenStreamAsync(caller.Subject, streamId, lease.Token);
             var session = new IngestSession(store, validator, time, gate, admission, streamId, head, context.Peer);
             LogOpened(logger, caller.Subject, streamId, head.CommittedSequence, context.Peer);
+            using MeteringTelemetry.OpenStream openStream = MeteringTelemetry.StreamOpened(caller.Subject);
             await responseStream.WriteAsync(new IngestResponse
             {
                 Opened = new StreamOpened
@@ -91,11 +93,13 @@ internal sealed partial class IngestGrpcService(
             var recheck = new CredentialRecheck(credentials, recheckPolicy, context);
             while (await requestStream.MoveNext(lease.Token))
             {
+                long receivedTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
                 await recheck.CheckAsync(lease.Token);
                 IngestRequest request = requestStream.Current;
                 if (request.KindCase == IngestRequest.KindOneofCase.Heartbeat)
                 {
                     HeartbeatOutcome beat = await session.HeartbeatAsync(request.Heartbeat.HasClientUnixMs ? request.Heartbeat.ClientUnixMs : null, lease.Token);
+                    MeteringTelemetry.Heartbeat(caller.Subject, beat.Recorded);
                     await responseStream.WriteAsync(new IngestResponse
                     {
                         HeartbeatAck = new HeartbeatAck
@@ -135,11 +139,13 @@ internal sealed partial class IngestGrpcService(
                         Receipt = ReceiptMessages.ToMessage(receipt),
                     },
                 }, lease.Token);
+                MeteringTelemetry.Acknowledged(receivedTimestamp);
             }
         }
         catch (IngestRefusedException refused)
         {
             LogRefused(logger, caller.Subject, streamId, ProtocolNames.Of(IngestRefusals.ToWire(refused.Refusal.Reason)), refused.Message);
+            MeteringTelemetry.Refused(caller.Subject, ProtocolNames.Of(IngestRefusals.ToWire(refused.Refusal.Reason)), requestStream.Current.Batch?.Records.Count ?? 0);
             throw Errors.From(refused);
         }
         catch (Exception e) when (lease.TakenOver && e is not RpcException)

@@ -23,7 +23,7 @@ public sealed partial class FeatureCycleTests
     /// <summary>The order README's layout gives: a folder may use only the folders before it.</summary>
     private static readonly string[] Layers =
     [
-        "Time", "Identity", "Formatting", "Catalog", "Signing", "Storage", "Access", "Sandbox", "Registry", "Capacity",
+        "Telemetry", "Time", "Identity", "Formatting", "Catalog", "Signing", "Storage", "Access", "Sandbox", "Registry", "Capacity",
         "Ingest", "RawLogs", "Audit", "Transparency", "Ledger", "Vouchers", "Settlement",
     ];
 

@@ -9,6 +9,7 @@ using Metering.Engine.Signing;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
 using Metering.Server.Hosting;
+using Metering.Server.Telemetry;
 using Metering.Tests.Shared;
 using Npgsql;
 
@@ -56,6 +57,9 @@ public sealed class TestServer : IAsyncDisposable
 
     public Uri Address => _server.Address;
 
+    /// <summary>Where the server serves /metrics; null unless the test asked for metrics.</summary>
+    public Uri? MetricsAddress => _server.MetricsAddress;
+
     /// <summary>A channel of its own (its own connections) that trusts the test CA and presents <paramref name="client"/>, if any.</summary>
     public GrpcChannel NewChannel(X509Certificate2? client = null) => TestCertificates.Channel(Address, client);
 
@@ -66,7 +70,7 @@ public sealed class TestServer : IAsyncDisposable
     /// <param name="database">The owner's connection string of a test database made earlier; a fresh one when null.</param>
     public static async Task<TestServer> StartAsync(PostgresFixture postgres, IngestLimits? limits = null, TimeProvider? time = null, DeviceCatalog? catalog = null,
         CapacitySettings? capacity = null, CredentialRecheckPolicy? recheck = null, X509Certificate2? certificate = null, string? database = null, CallLimits? callLimits = null,
-        bool reflection = true, int healthCheckPeriodMs = 5000)
+        bool reflection = true, int healthCheckPeriodMs = 5000, TelemetrySettings? telemetry = null)
     {
         string connectionString = database ?? await postgres.CreateDatabaseAsync();
         var settings = new ServerSettings
@@ -83,6 +87,7 @@ public sealed class TestServer : IAsyncDisposable
             CallLimits = callLimits ?? new CallLimits(),
             Reflection = reflection,
             HealthCheckPeriodMs = healthCheckPeriodMs,
+            Telemetry = telemetry ?? new TelemetrySettings(),
         };
         return new TestServer(await MeteringServer.StartAsync(settings), settings, connectionString);
     }

@@ -1,6 +1,7 @@
 using Dapper;
 using Metering.Engine.Ingest;
 using Metering.Engine.Storage;
+using Metering.Engine.Telemetry;
 using Npgsql;
 
 namespace Metering.Engine.Audit;
@@ -226,6 +227,7 @@ public sealed class ChainVerifier
             return Broken(providerId, state, from, to, checkedRecords, canonicalBytes, head, beyond);
         }
 
+        MeteringTelemetry.ChainVerified(checkedRecords, canonicalBytes);
         return new ChainVerification(providerId, state.StreamId, checkedRecords, head, null, null)
         {
             FromSequence = from,
