@@ -158,7 +158,7 @@ internal static class Admissions
             records.Add(record);
         }
 
-        await session.AppendAsync(records, CancellationToken.None);
+        await session.AppendAsync(EngineRecords.Of(records), CancellationToken.None);
     }
 
     /// <summary>A filing that meets every rule: 320 H100 (316.6 PFLOPS), all eight materials, a 2023 audit report.</summary>

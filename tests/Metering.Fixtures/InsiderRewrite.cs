@@ -48,7 +48,7 @@ internal static class InsiderRewrite
                 change(record);
             }
 
-            CanonicalEncoding.ChainHash(previous, RecordFields.From(providerId, streamId, record), scratch, hash);
+            CanonicalEncoding.ChainHash(previous, RecordFields.From(providerId, streamId, EngineRecords.Of(record)), scratch, hash);
             (sequences[i], hashes[i], devices[i]) = ((long)sequence, Convert.ToHexStringLower(hash), (int)record.DeviceCount);
             previous = (byte[])hash.Clone();
         }

@@ -4,12 +4,14 @@ using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
+using Metering.Server.Ingest;
 using Npgsql;
 
 namespace Metering.Bench.Ingest;
 
 /// <summary>
-/// The per-record CPU work of ingest, without transport or database: validate, check admission,
+/// The per-record CPU work of ingest, without transport or database: read each record of a batch
+/// message through the stream's mapping view, as the server does, then validate, check admission,
 /// normalise, hash and canonically encode. The design requires this path to allocate nothing per record, so the
 /// Allocated column must read 0 B. Not sealed: BenchmarkDotNet derives from benchmark classes.
 /// </summary>
@@ -19,7 +21,8 @@ public class RecordPipelineBenchmarks
     private const int BatchRecords = 1_000;
     private const string ProviderId = "91440300MA5F00001A";
 
-    private UsageRecord[] _records = [];
+    private readonly UsageBatch _batch = new();
+    private readonly IngestRecordView _view = new();
     private RecordValidator _validator = null!;
     private IngestSession _session = null!;
     private NpgsqlDataSource _dataSource = null!;
@@ -33,10 +36,9 @@ public class RecordPipelineBenchmarks
         var dayStart = new DateTimeOffset(2026, 11, 26, 0, 0, 0, TimeSpan.FromHours(8));
         _nowUnixMs = dayStart.AddDays(30).ToUnixTimeMilliseconds();
         SimulatedCluster site = SimulatedCluster.DemoSites(dayStart, jobsPerInterval: 100, seed: 2025, devicesPerLaneMin: 32)[0];
-        _records = new UsageRecord[BatchRecords];
         for (int i = 0; i < BatchRecords; i++)
         {
-            _records[i] = site.RecordAt((ulong)i + 1);
+            _batch.Records.Add(site.RecordAt((ulong)i + 1));
         }
 
         _validator = new RecordValidator(new IngestLimits(), DeviceCatalog.LoadEmbedded());
@@ -61,9 +63,10 @@ public class RecordPipelineBenchmarks
     public int ValidateAndPrepare()
     {
         ReadOnlySpan<byte> previous = _session.ChainHead;
-        for (int slot = 0; slot < _records.Length; slot++)
+        IReadOnlyList<IngestRecord> records = _view.Over(_batch.Records);
+        for (int slot = 0; slot < records.Count; slot++)
         {
-            UsageRecord record = _records[slot];
+            IngestRecord record = records[slot];
             Refusal refusal = _validator.Validate(record, _nowUnixMs, out DeviceModel? model);
             if (!refusal.IsRefused)
             {

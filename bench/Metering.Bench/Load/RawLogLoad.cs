@@ -6,6 +6,7 @@ using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Metering.Engine.Catalog;
+using Metering.Engine.Ingest;
 using Metering.Engine.RawLogs;
 using Metering.Engine.Signing;
 using Metering.Engine.Storage;
@@ -133,7 +134,7 @@ internal static class RawLogLoad
     /// <summary>Splits and parses the whole file on the calling thread; returns seconds and records.</summary>
     private static async Task<(double Seconds, long Records)> ParseAsync(string file)
     {
-        var rules = LogMappingRules.Create(Mapping(), DeviceCatalog.LoadEmbedded(), out string? problem);
+        var rules = LogMappingRules.Create(EngineRecords.Of(Mapping()), DeviceCatalog.LoadEmbedded(), out string? problem);
         if (problem is not null)
         {
             throw new InvalidOperationException(problem);
@@ -253,7 +254,7 @@ internal static class RawLogLoad
             starts.Add(at);
         }
 
-        var rules = LogMappingRules.Create(Mapping(), DeviceCatalog.LoadEmbedded(), out string? problem);
+        var rules = LogMappingRules.Create(EngineRecords.Of(Mapping()), DeviceCatalog.LoadEmbedded(), out string? problem);
         if (problem is not null)
         {
             throw new InvalidOperationException(problem);
@@ -269,15 +270,12 @@ internal static class RawLogLoad
             {
                 int line = (int)((long)(sequence - 1) * streams.Length + stream);
                 int end = Array.IndexOf(bytes, (byte)'\n', starts[line]);
-                if (parser.Parse(bytes.AsSpan(starts[line], end - starts[line]), out UsageRecord? record, out LineRefusal refusal) != LineOutcome.Record)
+                if (parser.Parse(bytes.AsSpan(starts[line], end - starts[line]), out IngestRecord record, out LineRefusal refusal) != LineOutcome.Record)
                 {
                     throw new InvalidOperationException($"Line {line + 2} is no record: {refusal.Message}");
                 }
 
-                record!.Sequence = sequence;
-                record.StartUnixMs += DayMs;
-                record.EndUnixMs += DayMs;
-                return record;
+                return EngineRecords.ToWire(record with { Sequence = sequence, StartUnixMs = record.StartUnixMs + DayMs, EndUnixMs = record.EndUnixMs + DayMs });
             }, (ulong)((starts.Count - stream + streams.Length - 1) / streams.Length));
         }
 

@@ -187,7 +187,7 @@ internal static class VerifyLoad
         {
             SimulatedCluster site = sites[i % sites.Length];
             UsageRecord record = site.RecordAt((ulong)(i / sites.Length) + 1);
-            bytes += CanonicalEncoding.Length(RecordFields.From(Provider, $"verify-{i % streams}-{site.Site}", record));
+            bytes += CanonicalEncoding.Length(RecordFields.From(Provider, $"verify-{i % streams}-{site.Site}", EngineRecords.Of(record)));
         }
 
         return canonicalTarget * SampleRecords / bytes * 102 / 100;

@@ -5,6 +5,7 @@ using BenchmarkDotNet.Attributes;
 using Metering.Engine.Catalog;
 using Metering.Engine.RawLogs;
 using Metering.Protocol.V1;
+using Metering.Tests.Shared;
 
 namespace Metering.Bench.RawLogs;
 
@@ -37,7 +38,7 @@ public class SacctLineBenchmarks
 
         _log = new ReadOnlySequence<byte>(Encoding.UTF8.GetBytes(text.ToString()));
         var mapping = new LogMapping { Site = "sz-bench", AccountHolders = { ["lab-vision"] = "9144030071526726XG" }, GresModels = { ["h100"] = "H100-SXM" } };
-        _parser = new SacctParser(LogMappingRules.Create(mapping, DeviceCatalog.LoadEmbedded(), out _));
+        _parser = new SacctParser(LogMappingRules.Create(EngineRecords.Of(mapping), DeviceCatalog.LoadEmbedded(), out _));
         _parser.ReadHeader("JobID|Account|Partition|AllocTRES|Start|End|Elapsed|State"u8);
         _reader = new LogLineReader(64 * 1024);
     }

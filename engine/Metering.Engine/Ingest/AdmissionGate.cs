@@ -2,7 +2,6 @@ using System.Globalization;
 using Dapper;
 using Metering.Engine.Capacity;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Ingest;

@@ -1,6 +1,5 @@
 using System.Buffers.Binary;
 using System.Text;
-using Metering.Protocol.V1;
 
 namespace Metering.Engine.Ingest;
 
@@ -25,7 +24,7 @@ public readonly struct RecordFields
     public required IReadOnlyList<string> DeviceUuids { get; init; }
     public required ulong? EnergyMwh { get; init; }
 
-    public static RecordFields From(string providerId, string streamId, UsageRecord record) => new()
+    public static RecordFields From(string providerId, string streamId, in IngestRecord record) => new()
     {
         ProviderId = providerId,
         StreamId = streamId,
@@ -40,7 +39,7 @@ public readonly struct RecordFields
         EndUnixMs = record.EndUnixMs,
         Site = record.Site,
         DeviceUuids = record.DeviceUuids,
-        EnergyMwh = record.HasEnergyMwh ? record.EnergyMwh : null,
+        EnergyMwh = record.EnergyMwh,
     };
 }
 

@@ -7,7 +7,6 @@ using Metering.Engine.Capacity;
 using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Ingest;
@@ -190,7 +189,7 @@ public static class FleetConcurrency
         var groups = new Dictionary<(string, uint), Group>();
         for (int i = 0; i < batch.Count; i++)
         {
-            UsageRecord record = batch.Records[i];
+            ref readonly IngestRecord record = ref batch.Records[i];
             // Whole seconds covered: [⌈start / 1000⌉, ⌊end / 1000⌋).
             long first = CeilingSeconds(record.StartUnixMs);
             long end = record.EndUnixMs / 1000;
@@ -304,7 +303,7 @@ public static class FleetConcurrency
     {
         for (int i = 0; i < batch.Count; i++)
         {
-            UsageRecord record = batch.Records[i];
+            ref readonly IngestRecord record = ref batch.Records[i];
             if (batch.Models[i].Key == model && CeilingSeconds(record.StartUnixMs) <= second && second < record.EndUnixMs / 1000)
             {
                 return new UsageRecordRef(record.Sequence);

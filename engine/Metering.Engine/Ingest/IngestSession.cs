@@ -2,7 +2,6 @@ using System.Diagnostics;
 using Metering.Engine.Catalog;
 using Metering.Engine.Storage;
 using Metering.Engine.Telemetry;
-using Metering.Protocol.V1;
 
 namespace Metering.Engine.Ingest;
 
@@ -129,7 +128,7 @@ public sealed class IngestSession
     /// Whether the registry lets this provider's stream take the record: a proof stream needs a
     /// registered organisation; any other stream an admission covering the record's whole time.
     /// </summary>
-    public Refusal CheckAdmission(UsageRecord record)
+    public Refusal CheckAdmission(in IngestRecord record)
     {
         if (_proofStream)
         {
@@ -189,7 +188,7 @@ public sealed class IngestSession
 
     /// <summary>Validates the whole batch, then commits its new records; throws <see cref="IngestRefusedException"/> on refusal.</summary>
     /// <param name="alongside">A step of the caller's that commits with the records (a raw-log upload's progress), or null.</param>
-    public async Task<BatchOutcome> AppendAsync(IReadOnlyList<UsageRecord> records, CancellationToken cancellationToken, ICommitStep? alongside = null)
+    public async Task<BatchOutcome> AppendAsync(IReadOnlyList<IngestRecord> records, CancellationToken cancellationToken, ICommitStep? alongside = null)
     {
         for (int attempt = 1; ; attempt++)
         {
@@ -211,7 +210,7 @@ public sealed class IngestSession
         }
     }
 
-    private async Task<BatchOutcome> AppendOnceAsync(IReadOnlyList<UsageRecord> records, CancellationToken cancellationToken, ICommitStep? alongside)
+    private async Task<BatchOutcome> AppendOnceAsync(IReadOnlyList<IngestRecord> records, CancellationToken cancellationToken, ICommitStep? alongside)
     {
         using MeteringTelemetry.BatchSpan span = MeteringTelemetry.StartBatch(ProviderId, StreamId, records.Count);
         CheckShape(records);
@@ -230,16 +229,17 @@ public sealed class IngestSession
         long now = _time.GetUtcNow().ToUnixTimeMilliseconds();
         for (int i = replayed; i < records.Count; i++)
         {
-            Refusal refusal = _validator.Validate(records[i], now, out _validatedModels[i]);
+            IngestRecord record = records[i];
+            Refusal refusal = _validator.Validate(record, now, out _validatedModels[i]);
             if (!refusal.IsRefused)
             {
-                refusal = CheckAdmission(records[i]);
+                refusal = CheckAdmission(record);
             }
 
             if (refusal.IsRefused)
             {
                 Array.Clear(_validatedModels, 0, records.Count);
-                throw new IngestRefusedException(refusal, records[i].Sequence);
+                throw new IngestRefusedException(refusal, record.Sequence);
             }
         }
 
@@ -269,7 +269,7 @@ public sealed class IngestSession
         return new BatchOutcome(first, last, _committed, _head, replayed, fresh);
     }
 
-    private void CheckShape(IReadOnlyList<UsageRecord> records)
+    private void CheckShape(IReadOnlyList<IngestRecord> records)
     {
         if (records.Count == 0)
         {
@@ -287,12 +287,16 @@ public sealed class IngestSession
             throw Gap(first, _committed + 1, $"record {first} does not follow the committed sequence {_committed}");
         }
 
+        ulong previous = first;
         for (int i = 1; i < records.Count; i++)
         {
-            if (records[i].Sequence != first + (ulong)i)
+            ulong sequence = records[i].Sequence;
+            if (sequence != first + (ulong)i)
             {
-                throw Gap(records[i].Sequence, first + (ulong)i, $"record {records[i].Sequence} follows record {records[i - 1].Sequence} in the batch");
+                throw Gap(sequence, first + (ulong)i, $"record {sequence} follows record {previous} in the batch");
             }
+
+            previous = sequence;
         }
     }
 
@@ -303,7 +307,7 @@ public sealed class IngestSession
     /// Replayed records must reproduce the committed chain exactly. Recomputing from the committed
     /// hash before the first replayed record, each record's hash must equal the stored one.
     /// </summary>
-    private async Task CheckReplayAsync(IReadOnlyList<UsageRecord> records, int replayed, CancellationToken cancellationToken)
+    private async Task CheckReplayAsync(IReadOnlyList<IngestRecord> records, int replayed, CancellationToken cancellationToken)
     {
         ulong first = records[0].Sequence;
         byte[][] stored = await _store.ReadChainHashesAsync(ProviderId, StreamId, first - 1, first + (ulong)replayed - 1, cancellationToken);
@@ -311,15 +315,16 @@ public sealed class IngestSession
         ReadOnlySpan<byte> previous = stored[0];
         for (int i = 0; i < replayed; i++)
         {
-            var fields = RecordFields.From(ProviderId, StreamId, records[i]);
+            IngestRecord record = records[i];
+            var fields = RecordFields.From(ProviderId, StreamId, record);
             // A replay is not validated, so its strings may exceed the limits the scratch buffer
             // is sized for; such a record cannot match and is encoded in a buffer of its own.
             int canonicalBytes = CanonicalEncoding.Length(fields);
             if (canonicalBytes < 0)
             {
                 // Too long to encode, so it cannot be what was committed: refuse it as invalid.
-                Refusal invalid = _validator.Validate(records[i], _time.GetUtcNow().ToUnixTimeMilliseconds(), out _);
-                throw new IngestRefusedException(invalid.IsRefused ? invalid : new Refusal(IngestRefusalReason.JobIdInvalid, $"record {records[i].Sequence}: a field is too long to encode"), records[i].Sequence);
+                Refusal invalid = _validator.Validate(record, _time.GetUtcNow().ToUnixTimeMilliseconds(), out _);
+                throw new IngestRefusedException(invalid.IsRefused ? invalid : new Refusal(IngestRefusalReason.JobIdInvalid, $"record {record.Sequence}: a field is too long to encode"), record.Sequence);
             }
 
             byte[] scratch = CanonicalEncoding.HashBytes + canonicalBytes <= _scratch.Length ? _scratch : new byte[CanonicalEncoding.HashBytes + canonicalBytes];
@@ -327,10 +332,10 @@ public sealed class IngestSession
             if (!hash.SequenceEqual(stored[i + 1]))
             {
                 int length = CanonicalEncoding.Encode(fields, scratch);
-                await _store.RecordTamperConflictAsync(ProviderId, StreamId, records[i].Sequence, stored[i + 1], hash.ToArray(), scratch.AsMemory(0, length), _peer, cancellationToken);
+                await _store.RecordTamperConflictAsync(ProviderId, StreamId, record.Sequence, stored[i + 1], hash.ToArray(), scratch.AsMemory(0, length), _peer, cancellationToken);
                 throw new IngestRefusedException(
-                    new Refusal(IngestRefusalReason.TamperConflict, $"record {records[i].Sequence} is already committed with different content; the conflict is recorded for audit"),
-                    records[i].Sequence);
+                    new Refusal(IngestRefusalReason.TamperConflict, $"record {record.Sequence} is already committed with different content; the conflict is recorded for audit"),
+                    record.Sequence);
             }
 
             previous = stored[i + 1];
@@ -338,7 +343,7 @@ public sealed class IngestSession
     }
 
     /// <summary>Normalises and chains the records after the replayed prefix. Allocates nothing per record.</summary>
-    private void Prepare(IReadOnlyList<UsageRecord> records, int offset)
+    private void Prepare(IReadOnlyList<IngestRecord> records, int offset)
     {
         Debug.Assert(_prepared.Count == 0);
         ReadOnlySpan<byte> previous = _head;
@@ -358,7 +363,7 @@ public sealed class IngestSession
     internal ReadOnlySpan<byte> PreparedHashAt(int slot) => _prepared.Hashes.AsSpan(slot * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes);
 
     /// <summary>Normalises and chains one validated record into a slot of the prepared batch.</summary>
-    internal void PrepareOne(UsageRecord record, DeviceModel model, int slot, ReadOnlySpan<byte> previousHash)
+    internal void PrepareOne(in IngestRecord record, DeviceModel model, int slot, ReadOnlySpan<byte> previousHash)
     {
         _prepared.Records[slot] = record;
         _prepared.Models[slot] = model;

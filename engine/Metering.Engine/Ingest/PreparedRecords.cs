@@ -1,6 +1,5 @@
 using Metering.Engine.Catalog;
 using Metering.Engine.Storage;
-using Metering.Protocol.V1;
 
 namespace Metering.Engine.Ingest;
 
@@ -9,13 +8,13 @@ public sealed class PreparedRecords : IUsageRows
 {
     public PreparedRecords(int capacity)
     {
-        Records = new UsageRecord[capacity];
+        Records = new IngestRecord[capacity];
         UsageNanoPflopsHours = new long[capacity];
         Models = new DeviceModel[capacity];
         Hashes = new byte[capacity * CanonicalEncoding.HashBytes];
     }
 
-    public UsageRecord[] Records { get; }
+    public IngestRecord[] Records { get; }
     public long[] UsageNanoPflopsHours { get; }
     public DeviceModel[] Models { get; }
 
@@ -28,9 +27,9 @@ public sealed class PreparedRecords : IUsageRows
 
     public UsageRow RowAt(int index)
     {
-        UsageRecord record = Records[index];
+        ref readonly IngestRecord record = ref Records[index];
         return new UsageRow(record.Sequence, record.JobId, record.HolderCode, record.DeviceModel, record.DeviceCount, record.ShareNumerator, record.ShareDenominator,
-            record.StartUnixMs, record.EndUnixMs, record.Site, record.DeviceUuids, record.HasEnergyMwh ? record.EnergyMwh : null,
+            record.StartUnixMs, record.EndUnixMs, record.Site, record.DeviceUuids, record.EnergyMwh,
             Models[index].CatalogVersion, UsageNanoPflopsHours[index], HashAt(index));
     }
 

@@ -1,7 +1,6 @@
 using System.Text;
 using Metering.Engine.Catalog;
 using Metering.Engine.Identity;
-using Metering.Protocol.V1;
 
 namespace Metering.Engine.Ingest;
 
@@ -43,7 +42,7 @@ public sealed class RecordValidator
     public DeviceCatalog Catalog => _catalog;
 
     /// <summary>Validates a record; on success gives the catalog entry it normalises with.</summary>
-    public Refusal Validate(UsageRecord record, long nowUnixMs, out DeviceModel? model)
+    public Refusal Validate(in IngestRecord record, long nowUnixMs, out DeviceModel? model)
     {
         model = null;
         int jobBytes = Utf8Length(record.JobId);
@@ -107,7 +106,7 @@ public sealed class RecordValidator
             return Refuse(IngestRefusalReason.SiteInvalid, record, $"site must be 1 to {_limits.SiteBytesMax} bytes of UTF-8 without NUL, got {siteBytes} bytes");
         }
 
-        var uuids = record.DeviceUuids;
+        IReadOnlyList<string> uuids = record.DeviceUuids;
         if (uuids.Count > record.DeviceCount || uuids.Count > _limits.DeviceUuidsMax)
         {
             return Refuse(IngestRefusalReason.DeviceUuidsInvalid, record, $"{uuids.Count} device UUIDs for {record.DeviceCount} devices (at most {_limits.DeviceUuidsMax} are listed)");
@@ -122,13 +121,13 @@ public sealed class RecordValidator
             }
         }
 
-        if (record.HasEnergyMwh)
+        if (record.EnergyMwh is ulong energyMwh)
         {
             // mWh = W × ms / 3,600; the bound is generous (a B200 draws about 1 kW).
             UInt128 energyMaxMwh = (UInt128)record.DeviceCount * DeviceWattsMax * (ulong)durationMs / 3_600;
-            if (record.EnergyMwh > energyMaxMwh)
+            if (energyMwh > energyMaxMwh)
             {
-                return Refuse(IngestRefusalReason.EnergyOutOfRange, record, $"energy_mwh {record.EnergyMwh} exceeds {DeviceWattsMax} W per device over the record ({energyMaxMwh} mWh)");
+                return Refuse(IngestRefusalReason.EnergyOutOfRange, record, $"energy_mwh {energyMwh} exceeds {DeviceWattsMax} W per device over the record ({energyMaxMwh} mWh)");
             }
         }
 
@@ -143,6 +142,6 @@ public sealed class RecordValidator
 
     private static string Truncate(string value) => value.Length <= 40 ? value : string.Concat(value.AsSpan(0, 40), "…");
 
-    private static Refusal Refuse(IngestRefusalReason reason, UsageRecord record, string detail) =>
+    private static Refusal Refuse(IngestRefusalReason reason, in IngestRecord record, string detail) =>
         new(reason, $"record {record.Sequence}: {detail}");
 }

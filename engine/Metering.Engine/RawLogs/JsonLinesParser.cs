@@ -1,7 +1,7 @@
 using System.Text;
 using System.Text.Json;
 using System.Text.Unicode;
-using Metering.Protocol.V1;
+using Metering.Engine.Ingest;
 
 namespace Metering.Engine.RawLogs;
 
@@ -14,9 +14,9 @@ public sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
 {
     private const int UuidsMax = 64;
 
-    public LineOutcome Parse(ReadOnlySpan<byte> line, out UsageRecord? record, out LineRefusal refusal)
+    public LineOutcome Parse(ReadOnlySpan<byte> line, out IngestRecord record, out LineRefusal refusal)
     {
-        record = null;
+        record = default;
         refusal = default;
         if (line.IsEmpty || line.IndexOfAnyExcept((byte)' ', (byte)'\t') < 0)
         {
@@ -29,7 +29,11 @@ public sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
             return LineOutcome.Refused;
         }
 
-        var parsed = new UsageRecord { ShareNumerator = 1, ShareDenominator = 1, Site = rules.Site };
+        string jobId = "", holderCode = "", deviceModel = "", site = rules.Site;
+        uint deviceCount = 0, shareNumerator = 1, shareDenominator = 1;
+        long startUnixMs = 0, endUnixMs = 0;
+        ulong? energyMwh = null;
+        List<string>? uuids = null;
         bool hasStart = false, hasEnd = false, hasCount = false;
         string? account = null, gres = null;
         try
@@ -42,19 +46,19 @@ public sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
 
             while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
             {
-                if (reader.ValueTextEquals("job_id"u8)) { parsed.JobId = ReadString(ref reader); }
-                else if (reader.ValueTextEquals("holder_code"u8)) { parsed.HolderCode = ReadString(ref reader); }
+                if (reader.ValueTextEquals("job_id"u8)) { jobId = ReadString(ref reader); }
+                else if (reader.ValueTextEquals("holder_code"u8)) { holderCode = ReadString(ref reader); }
                 else if (reader.ValueTextEquals("account"u8)) { account = ReadString(ref reader); }
-                else if (reader.ValueTextEquals("device_model"u8)) { parsed.DeviceModel = ReadString(ref reader); }
+                else if (reader.ValueTextEquals("device_model"u8)) { deviceModel = ReadString(ref reader); }
                 else if (reader.ValueTextEquals("gres"u8)) { gres = ReadString(ref reader); }
-                else if (reader.ValueTextEquals("device_count"u8)) { parsed.DeviceCount = ReadUInt32(ref reader); hasCount = true; }
-                else if (reader.ValueTextEquals("share_numerator"u8)) { parsed.ShareNumerator = ReadUInt32(ref reader); }
-                else if (reader.ValueTextEquals("share_denominator"u8)) { parsed.ShareDenominator = ReadUInt32(ref reader); }
-                else if (reader.ValueTextEquals("start"u8)) { parsed.StartUnixMs = ReadTime(ref reader); hasStart = true; }
-                else if (reader.ValueTextEquals("end"u8)) { parsed.EndUnixMs = ReadTime(ref reader); hasEnd = true; }
-                else if (reader.ValueTextEquals("site"u8)) { parsed.Site = ReadString(ref reader); }
-                else if (reader.ValueTextEquals("energy_mwh"u8)) { parsed.EnergyMwh = ReadUInt64(ref reader); }
-                else if (reader.ValueTextEquals("device_uuids"u8)) { ReadUuids(ref reader, parsed); }
+                else if (reader.ValueTextEquals("device_count"u8)) { deviceCount = ReadUInt32(ref reader); hasCount = true; }
+                else if (reader.ValueTextEquals("share_numerator"u8)) { shareNumerator = ReadUInt32(ref reader); }
+                else if (reader.ValueTextEquals("share_denominator"u8)) { shareDenominator = ReadUInt32(ref reader); }
+                else if (reader.ValueTextEquals("start"u8)) { startUnixMs = ReadTime(ref reader); hasStart = true; }
+                else if (reader.ValueTextEquals("end"u8)) { endUnixMs = ReadTime(ref reader); hasEnd = true; }
+                else if (reader.ValueTextEquals("site"u8)) { site = ReadString(ref reader); }
+                else if (reader.ValueTextEquals("energy_mwh"u8)) { energyMwh = ReadUInt64(ref reader); }
+                else if (reader.ValueTextEquals("device_uuids"u8)) { ReadUuids(ref reader, uuids ??= []); }
                 else
                 {
                     return Malformed($"unknown property '{reader.GetString()}'", out refusal);
@@ -71,12 +75,12 @@ public sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
             return Malformed(e.Message, out refusal);
         }
 
-        if (string.IsNullOrEmpty(parsed.JobId) || !hasCount || !hasStart || !hasEnd)
+        if (string.IsNullOrEmpty(jobId) || !hasCount || !hasStart || !hasEnd)
         {
             return Malformed("job_id, device_count, start and end are required", out refusal);
         }
 
-        if (string.IsNullOrEmpty(parsed.HolderCode) == (account is null))
+        if (string.IsNullOrEmpty(holderCode) == (account is null))
         {
             return Malformed("give exactly one of holder_code and account", out refusal);
         }
@@ -89,10 +93,10 @@ public sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
                 return LineOutcome.Refused;
             }
 
-            parsed.HolderCode = holder;
+            holderCode = holder;
         }
 
-        if (string.IsNullOrEmpty(parsed.DeviceModel) == (gres is null))
+        if (string.IsNullOrEmpty(deviceModel) == (gres is null))
         {
             return Malformed("give exactly one of device_model and gres", out refusal);
         }
@@ -105,10 +109,12 @@ public sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
                 return LineOutcome.Refused;
             }
 
-            parsed.DeviceModel = model;
+            deviceModel = model;
         }
 
-        record = parsed;
+        // A record without UUIDs shares the one empty array instead of allocating a list.
+        record = new IngestRecord(0, jobId, holderCode, deviceModel, deviceCount, shareNumerator, shareDenominator,
+            startUnixMs, endUnixMs, site, uuids is null ? Array.Empty<string>() : uuids, energyMwh);
         return LineOutcome.Record;
     }
 
@@ -154,7 +160,7 @@ public sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
         text.Length >= 20 && text[10] is (byte)'T' or (byte)'t'
         && (text[^1] is (byte)'Z' or (byte)'z' || (text[^6] is (byte)'+' or (byte)'-' && text[^3] == (byte)':'));
 
-    private static void ReadUuids(ref Utf8JsonReader reader, UsageRecord record)
+    private static void ReadUuids(ref Utf8JsonReader reader, List<string> uuids)
     {
         reader.Read();
         if (reader.TokenType != JsonTokenType.StartArray)
@@ -164,12 +170,12 @@ public sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
 
         while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
         {
-            if (reader.TokenType != JsonTokenType.String || record.DeviceUuids.Count >= UuidsMax)
+            if (reader.TokenType != JsonTokenType.String || uuids.Count >= UuidsMax)
             {
                 throw new FormatException($"device_uuids must be at most {UuidsMax} strings");
             }
 
-            record.DeviceUuids.Add(reader.GetString()!);
+            uuids.Add(reader.GetString()!);
         }
     }
 }

@@ -1,5 +1,4 @@
 using Metering.Engine.Ingest;
-using Metering.Protocol.V1;
 
 namespace Metering.Engine.RawLogs;
 
@@ -25,6 +24,9 @@ public readonly record struct LineRefusal(string Reason, string Message)
 /// <summary>Parses one line of a log format into a usage record (without its sequence number).</summary>
 public interface ILogLineParser
 {
-    /// <summary>Parses a line. Allocates only for a record or a refusal, never for a skipped line.</summary>
-    LineOutcome Parse(ReadOnlySpan<byte> line, out UsageRecord? record, out LineRefusal refusal);
+    /// <summary>
+    /// Parses a line. Allocates only for a record or a refusal, never for a skipped line;
+    /// <paramref name="record"/> is the default (no record) unless the outcome is <see cref="LineOutcome.Record"/>.
+    /// </summary>
+    LineOutcome Parse(ReadOnlySpan<byte> line, out IngestRecord record, out LineRefusal refusal);
 }

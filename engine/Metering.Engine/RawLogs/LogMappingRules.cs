@@ -1,12 +1,11 @@
 using System.Text;
 using Metering.Engine.Catalog;
 using Metering.Engine.Identity;
-using Metering.Protocol.V1;
 
 namespace Metering.Engine.RawLogs;
 
 /// <summary>
-/// A checked <see cref="LogMapping"/>: every holder is a valid credit code and every model a catalog
+/// A checked <see cref="LogMappingSpec"/>: every holder is a valid credit code and every model a catalog
 /// key, so a line can only fail on its own content. Lookups take UTF-8 bytes straight from the line
 /// and allocate nothing.
 /// </summary>
@@ -18,13 +17,13 @@ public sealed class LogMappingRules
     private readonly Dictionary<string, string>.AlternateLookup<ReadOnlySpan<char>> _gresModels;
     private readonly Dictionary<string, string>.AlternateLookup<ReadOnlySpan<char>> _partitionModels;
 
-    private LogMappingRules(LogMapping mapping)
+    private LogMappingRules(LogMappingSpec mapping)
     {
         _holders = new Dictionary<string, string>(mapping.AccountHolders, StringComparer.Ordinal).GetAlternateLookup<ReadOnlySpan<char>>();
         _gresModels = new Dictionary<string, string>(mapping.GresModels, StringComparer.Ordinal).GetAlternateLookup<ReadOnlySpan<char>>();
         _partitionModels = new Dictionary<string, string>(mapping.PartitionModels, StringComparer.Ordinal).GetAlternateLookup<ReadOnlySpan<char>>();
         Site = mapping.Site;
-        UtcOffset = TimeSpan.FromMinutes(mapping.HasUtcOffsetMinutes ? mapping.UtcOffsetMinutes : 480);
+        UtcOffset = TimeSpan.FromMinutes(mapping.UtcOffsetMinutes ?? 480);
         MeterSteps = mapping.MeterSteps;
     }
 
@@ -35,7 +34,7 @@ public sealed class LogMappingRules
     public bool MeterSteps { get; }
 
     /// <summary>Checks a mapping; returns the rules, or the first problem as a sentence.</summary>
-    public static LogMappingRules Create(LogMapping mapping, DeviceCatalog catalog, out string? problem, int siteBytesMax = 64)
+    public static LogMappingRules Create(LogMappingSpec mapping, DeviceCatalog catalog, out string? problem, int siteBytesMax = 64)
     {
         problem = null;
         int siteBytes = Encoding.UTF8.GetByteCount(mapping.Site);
@@ -60,9 +59,9 @@ public sealed class LogMappingRules
             }
         }
 
-        if (mapping.HasUtcOffsetMinutes && Math.Abs(mapping.UtcOffsetMinutes) > 14 * 60)
+        if (mapping.UtcOffsetMinutes is int offsetMinutes && Math.Abs(offsetMinutes) > 14 * 60)
         {
-            problem = $"mapping utc_offset_minutes {mapping.UtcOffsetMinutes} is outside ±840";
+            problem = $"mapping utc_offset_minutes {offsetMinutes} is outside ±840";
         }
 
         if (mapping.AccountHolders.Keys.Concat(mapping.GresModels.Keys).Concat(mapping.PartitionModels.Keys).Any(k => k.Length is 0 or > KeyCharsMax))
@@ -77,7 +76,7 @@ public sealed class LogMappingRules
     /// SHA-256 of the mapping's canonical text (each map sorted by key, then site, offset and the
     /// steps switch): two mappings that map every line alike have the same fingerprint.
     /// </summary>
-    public static string Fingerprint(LogMapping mapping)
+    public static string Fingerprint(LogMappingSpec mapping)
     {
         var text = new StringBuilder();
         foreach (var (name, map) in new[] { ("holder", mapping.AccountHolders), ("gres", mapping.GresModels), ("partition", mapping.PartitionModels) })
@@ -89,7 +88,7 @@ public sealed class LogMappingRules
         }
 
         text.Append("site\t").Append(mapping.Site).Append('\n');
-        text.Append("utc_offset_minutes\t").Append(mapping.HasUtcOffsetMinutes ? mapping.UtcOffsetMinutes : 480).Append('\n');
+        text.Append("utc_offset_minutes\t").Append(mapping.UtcOffsetMinutes ?? 480).Append('\n');
         text.Append("meter_steps\t").Append(mapping.MeterSteps ? 1 : 0).Append('\n');
         return Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(text.ToString())));
     }

@@ -1,7 +1,7 @@
 using System.Buffers.Text;
 using System.Text;
 using System.Text.Unicode;
-using Metering.Protocol.V1;
+using Metering.Engine.Ingest;
 
 namespace Metering.Engine.RawLogs;
 
@@ -61,9 +61,9 @@ public sealed class SacctParser : ILogLineParser
         return null;
     }
 
-    public LineOutcome Parse(ReadOnlySpan<byte> line, out UsageRecord? record, out LineRefusal refusal)
+    public LineOutcome Parse(ReadOnlySpan<byte> line, out IngestRecord record, out LineRefusal refusal)
     {
-        record = null;
+        record = default;
         refusal = default;
         LineOutcome outcome = ParseFields(line, out SacctLine parsed, out refusal);
         if (outcome != LineOutcome.Record)
@@ -92,18 +92,19 @@ public sealed class SacctParser : ILogLineParser
             return LineOutcome.Refused;
         }
 
-        record = new UsageRecord
-        {
-            JobId = Encoding.UTF8.GetString(parsed.JobId),
-            HolderCode = holder,
-            DeviceModel = model,
-            DeviceCount = parsed.GpuCount,
-            ShareNumerator = 1,
-            ShareDenominator = 1,
-            StartUnixMs = parsed.StartUnixMs,
-            EndUnixMs = parsed.EndUnixMs,
-            Site = _rules.Site,
-        };
+        record = new IngestRecord(
+            Sequence: 0,
+            JobId: Encoding.UTF8.GetString(parsed.JobId),
+            HolderCode: holder,
+            DeviceModel: model,
+            DeviceCount: parsed.GpuCount,
+            ShareNumerator: 1,
+            ShareDenominator: 1,
+            StartUnixMs: parsed.StartUnixMs,
+            EndUnixMs: parsed.EndUnixMs,
+            Site: _rules.Site,
+            DeviceUuids: [],
+            EnergyMwh: null);
         return LineOutcome.Record;
     }
 

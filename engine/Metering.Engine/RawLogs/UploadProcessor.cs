@@ -3,7 +3,6 @@ using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.Storage;
 using Metering.Engine.Telemetry;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.RawLogs;
@@ -30,7 +29,7 @@ public sealed class UploadProcessor : ILogLineSink
     private readonly SacctParser? _sacct;
     private readonly TimeProvider _time;
     private readonly int _batchRecordsMax;
-    private readonly List<UsageRecord> _records;
+    private readonly List<IngestRecord> _records;
     private readonly HashSet<(string JobId, long StartUnixMs)> _batchJobs = [];
     private readonly List<UploadLineError> _errors = [];
     private long _pendingEndOffset;
@@ -40,7 +39,7 @@ public sealed class UploadProcessor : ILogLineSink
     private long _duplicates;
     private string? _headerLine;
 
-    public UploadProcessor(IngestSession session, RecordValidator validator, UploadStore store, UploadState upload, LogFormat format, LogMappingRules rules, TimeProvider time)
+    public UploadProcessor(IngestSession session, RecordValidator validator, UploadStore store, UploadState upload, RawLogFormat format, LogMappingRules rules, TimeProvider time)
     {
         _session = session;
         _validator = validator;
@@ -48,9 +47,9 @@ public sealed class UploadProcessor : ILogLineSink
         _upload = upload;
         _time = time;
         _batchRecordsMax = validator.Limits.BatchRecordsMax;
-        _records = new List<UsageRecord>(_batchRecordsMax);
+        _records = new List<IngestRecord>(_batchRecordsMax);
         _pendingEndOffset = upload.CommittedOffset;
-        if (format == LogFormat.SacctParsable2)
+        if (format == RawLogFormat.SacctParsable2)
         {
             _sacct = new SacctParser(rules);
             _parser = _sacct;
@@ -105,7 +104,7 @@ public sealed class UploadProcessor : ILogLineSink
             return;
         }
 
-        switch (_parser.Parse(line, out UsageRecord? record, out LineRefusal refusal))
+        switch (_parser.Parse(line, out IngestRecord record, out LineRefusal refusal))
         {
             case LineOutcome.Skipped:
                 _skipped++;
@@ -116,17 +115,17 @@ public sealed class UploadProcessor : ILogLineSink
             default:
                 // Sequence numbers are given at flush, once duplicates are known; a refused or
                 // duplicate line takes none.
-                Refusal invalid = _validator.Validate(record!, _time.GetUtcNow().ToUnixTimeMilliseconds(), out DeviceModel? _);
+                Refusal invalid = _validator.Validate(record, _time.GetUtcNow().ToUnixTimeMilliseconds(), out DeviceModel? _);
                 if (!invalid.IsRefused)
                 {
-                    invalid = _session.CheckAdmission(record!);
+                    invalid = _session.CheckAdmission(record);
                 }
 
                 if (invalid.IsRefused)
                 {
                     Refuse(lineNumber, invalid.Reason.ContractName(), invalid.Message[(invalid.Message.IndexOf(": ", StringComparison.Ordinal) + 2)..]);
                 }
-                else if (!_batchJobs.Add((record!.JobId, record.StartUnixMs)))
+                else if (!_batchJobs.Add((record.JobId, record.StartUnixMs)))
                 {
                     _duplicates++;
                 }
@@ -157,8 +156,9 @@ public sealed class UploadProcessor : ILogLineSink
         var jobs = new List<RawLogJob>(_records.Count);
         for (int i = 0; i < _records.Count; i++)
         {
-            _records[i].Sequence = _session.CommittedSequence + (ulong)i + 1;
-            jobs.Add(new RawLogJob(_records[i].JobId, _records[i].StartUnixMs, (long)_records[i].Sequence));
+            IngestRecord numbered = _records[i] with { Sequence = _session.CommittedSequence + (ulong)i + 1 };
+            _records[i] = numbered;
+            jobs.Add(new RawLogJob(numbered.JobId, numbered.StartUnixMs, (long)numbered.Sequence));
         }
 
         var progress = new UploadProgress(_upload.CommittedOffset, _pendingEndOffset, _lines, _records.Count, _skipped, _errors, _refused, _duplicates, _headerLine);

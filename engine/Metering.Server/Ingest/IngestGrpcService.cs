@@ -91,6 +91,7 @@ internal sealed partial class IngestGrpcService(
             }, lease.Token);
 
             var recheck = new CredentialRecheck(credentials, recheckPolicy, context);
+            var batchRecords = new IngestRecordView();
             while (await requestStream.MoveNext(lease.Token))
             {
                 long receivedTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -123,7 +124,7 @@ internal sealed partial class IngestGrpcService(
                     throw Errors.Refused(StatusCode.FailedPrecondition, IngestRefusal.StreamNotOpen, "the stream is already open; send only batches and heartbeats after 'open'");
                 }
 
-                BatchOutcome outcome = await session.AppendAsync(request.Batch.Records, lease.Token);
+                BatchOutcome outcome = await session.AppendAsync(batchRecords.Over(request.Batch.Records), lease.Token);
                 // Signed after the commit, outside its transaction and any lock: one signature per
                 // batch, whatever its size, so the cost stays off the per-record path.
                 SignedReceipt receipt = receipts.Sign(caller.Subject, streamId, outcome.CommittedSequence, outcome.ChainHead);

@@ -51,8 +51,9 @@ internal sealed partial class RawLogGrpcService(
         }
 
         UploadHeader header = requestStream.Current.Header;
-        LogMappingRules rules = CheckHeader(header);
-        string mappingSha256 = LogMappingRules.Fingerprint(header.Mapping);
+        LogMappingSpec mapping = RawLogMapping.ToEngine(header.Mapping ?? new LogMapping());
+        LogMappingRules rules = CheckHeader(header, mapping);
+        string mappingSha256 = LogMappingRules.Fingerprint(mapping);
         UploadState upload;
         try
         {
@@ -101,7 +102,7 @@ internal sealed partial class RawLogGrpcService(
         UploadProcessor processor;
         try
         {
-            processor = new UploadProcessor(session, validator, uploadStore, upload, header.Format, rules, time);
+            processor = new UploadProcessor(session, validator, uploadStore, upload, RawLogMapping.ToEngine(header.Format), rules, time);
         }
         catch (UploadRefusedException refused)
         {
@@ -242,7 +243,7 @@ internal sealed partial class RawLogGrpcService(
         public long Position;
     }
 
-    private LogMappingRules CheckHeader(UploadHeader header)
+    private LogMappingRules CheckHeader(UploadHeader header, LogMappingSpec mapping)
     {
         if (!IngestGrpcService.IsValidStreamId(header.UploadId))
         {
@@ -269,8 +270,7 @@ internal sealed partial class RawLogGrpcService(
             throw Refused(StatusCode.InvalidArgument, RawLogRefusal.HeaderInvalid, "offset lies past total_bytes");
         }
 
-        header.Mapping ??= new LogMapping();
-        LogMappingRules rules = LogMappingRules.Create(header.Mapping, validator.Catalog, out string? problem, validator.Limits.SiteBytesMax);
+        LogMappingRules rules = LogMappingRules.Create(mapping, validator.Catalog, out string? problem, validator.Limits.SiteBytesMax);
         return problem is null ? rules : throw Refused(StatusCode.InvalidArgument, RawLogRefusal.HeaderInvalid, problem);
     }
 

@@ -1,6 +1,5 @@
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
-using Metering.Protocol.V1;
 using Metering.Tests.Shared;
 
 namespace Metering.Engine.Tests.Ingest;
@@ -15,7 +14,7 @@ public sealed class RecordValidatorTests
     [Fact]
     public void A_valid_record_passes_and_yields_its_catalog_entry()
     {
-        Refusal refusal = Validator.Validate(TestRecords.Valid(1), NowMs, out DeviceModel? model);
+        Refusal refusal = Validator.Validate(EngineRecords.Of(TestRecords.Valid(1)), NowMs, out DeviceModel? model);
         Assert.False(refusal.IsRefused, refusal.Message);
         Assert.Equal("H100-SXM", model!.Key);
     }
@@ -51,7 +50,7 @@ public sealed class RecordValidatorTests
     [MemberData(nameof(Mutations))]
     public void Each_invalid_field_is_refused_with_its_reason(string mutation, IngestRefusalReason expected)
     {
-        UsageRecord record = RecordMutations.Apply(TestRecords.Valid(1), mutation, NowMs);
+        IngestRecord record = EngineRecords.Of(RecordMutations.Apply(TestRecords.Valid(1), mutation, NowMs));
         Refusal refusal = Validator.Validate(record, NowMs, out DeviceModel? model);
         Assert.Equal(expected, refusal.Reason);
         Assert.StartsWith("record 1: ", refusal.Message, StringComparison.Ordinal);
@@ -61,18 +60,15 @@ public sealed class RecordValidatorTests
     [Fact]
     public void A_record_ending_exactly_at_the_skew_bound_is_accepted()
     {
-        UsageRecord record = TestRecords.Valid(1);
-        record.EndUnixMs = NowMs + 300_000;
-        record.StartUnixMs = record.EndUnixMs - 60_000;
+        IngestRecord record = EngineRecords.Of(TestRecords.Valid(1)) with { StartUnixMs = NowMs + 300_000 - 60_000, EndUnixMs = NowMs + 300_000 };
         Assert.False(Validator.Validate(record, NowMs, out _).IsRefused);
     }
 
     [Fact]
     public void A_record_of_exactly_24_hours_is_accepted()
     {
-        UsageRecord record = TestRecords.Valid(1);
-        record.EndUnixMs = record.StartUnixMs + 86_400_000;
-        record.EnergyMwh = 0;
+        IngestRecord valid = EngineRecords.Of(TestRecords.Valid(1));
+        IngestRecord record = valid with { EndUnixMs = valid.StartUnixMs + 86_400_000, EnergyMwh = 0 };
         Assert.False(Validator.Validate(record, record.EndUnixMs, out _).IsRefused);
     }
 

@@ -1,21 +1,21 @@
 using System.Text;
 using Metering.Engine.Catalog;
+using Metering.Engine.Ingest;
 using Metering.Engine.RawLogs;
-using Metering.Protocol.V1;
 using Metering.Tests.Shared;
 
 namespace Metering.Engine.Tests.RawLogs;
 
 public sealed class JsonLinesParserTests
 {
-    private static readonly JsonLinesParser Parser = new(LogMappingRules.Create(RawLogSamples.Mapping(), DeviceCatalog.LoadEmbedded(), out _));
+    private static readonly JsonLinesParser Parser = new(LogMappingRules.Create(EngineRecords.Of(RawLogSamples.Mapping()), DeviceCatalog.LoadEmbedded(), out _));
 
     [Fact]
     public void A_full_line_becomes_a_record()
     {
         const string line = """{"job_id":"j-1","holder_code":"9144030071526726XG","device_model":"A100-SXM","device_count":1,"share_numerator":3,"share_denominator":7,"start":"2026-11-20T08:00:00+08:00","end":"2026-11-20T00:30:00Z","site":"sz-qianhai-dc2","device_uuids":["GPU-1"],"energy_mwh":150000}""";
-        Assert.Equal(LineOutcome.Record, Parser.Parse(Encoding.UTF8.GetBytes(line), out UsageRecord? record, out _));
-        Assert.Equal("j-1", record!.JobId);
+        Assert.Equal(LineOutcome.Record, Parser.Parse(Encoding.UTF8.GetBytes(line), out IngestRecord record, out _));
+        Assert.Equal("j-1", record.JobId);
         Assert.Equal((3u, 7u), (record.ShareNumerator, record.ShareDenominator));
         Assert.Equal(1_800_000, record.EndUnixMs - record.StartUnixMs);
         Assert.Equal("sz-qianhai-dc2", record.Site);
@@ -27,9 +27,9 @@ public sealed class JsonLinesParserTests
     public void Account_and_gres_go_through_the_mapping_and_defaults_fill_the_rest()
     {
         const string line = """{"job_id":"j-2","account":"lab-speech","gres":"h100","device_count":8,"start":"2026-11-20T08:00:00+08:00","end":"2026-11-20T09:00:00+08:00"}""";
-        Assert.Equal(LineOutcome.Record, Parser.Parse(Encoding.UTF8.GetBytes(line), out UsageRecord? record, out _));
-        Assert.Equal(("914403001922038216", "H100-SXM", "sz-nanshan-dc1", 1u, 1u), (record!.HolderCode, record.DeviceModel, record.Site, record.ShareNumerator, record.ShareDenominator));
-        Assert.False(record.HasEnergyMwh);
+        Assert.Equal(LineOutcome.Record, Parser.Parse(Encoding.UTF8.GetBytes(line), out IngestRecord record, out _));
+        Assert.Equal(("914403001922038216", "H100-SXM", "sz-nanshan-dc1", 1u, 1u), (record.HolderCode, record.DeviceModel, record.Site, record.ShareNumerator, record.ShareDenominator));
+        Assert.Null(record.EnergyMwh);
     }
 
     [Theory]
@@ -47,8 +47,8 @@ public sealed class JsonLinesParserTests
     [InlineData("""{"job_id":"j"} {"job_id":"k"}""", "MALFORMED_LINE", "more than one")]
     public void Bad_lines_are_refused_with_their_reason(string line, string reason, string detail)
     {
-        Assert.Equal(LineOutcome.Refused, Parser.Parse(Encoding.UTF8.GetBytes(line), out UsageRecord? record, out LineRefusal refusal));
-        Assert.Null(record);
+        Assert.Equal(LineOutcome.Refused, Parser.Parse(Encoding.UTF8.GetBytes(line), out IngestRecord record, out LineRefusal refusal));
+        Assert.Equal(default, record);
         Assert.Equal(reason, refusal.Reason);
         Assert.Contains(detail, refusal.Message, StringComparison.Ordinal);
     }

@@ -1,5 +1,6 @@
 using System.Text;
 using Metering.Engine.Catalog;
+using Metering.Engine.Ingest;
 using Metering.Engine.RawLogs;
 using Metering.Protocol.V1;
 using Metering.Tests.Shared;
@@ -17,14 +18,14 @@ public sealed class SacctParserTests
         SacctParser parser = Parser();
         string[] lines = RawLogSamples.Sacct.TrimEnd('\n').Split('\n');
         Assert.Null(parser.ReadHeader(Encoding.UTF8.GetBytes(lines[0])));
-        var records = new List<UsageRecord>();
+        var records = new List<IngestRecord>();
         var refused = new List<(long, string)>();
         int skipped = 1;
         for (int i = 1; i < lines.Length; i++)
         {
-            switch (parser.Parse(Encoding.UTF8.GetBytes(lines[i]), out UsageRecord? record, out LineRefusal refusal))
+            switch (parser.Parse(Encoding.UTF8.GetBytes(lines[i]), out IngestRecord record, out LineRefusal refusal))
             {
-                case LineOutcome.Record: records.Add(record!); break;
+                case LineOutcome.Record: records.Add(record); break;
                 case LineOutcome.Skipped: skipped++; break;
                 default: refused.Add((i + 1, refusal.Reason)); break;
             }
@@ -41,7 +42,7 @@ public sealed class SacctParserTests
     [Fact]
     public void Local_times_are_read_in_the_mapped_zone()
     {
-        UsageRecord record = ParseOne("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T10:30:00|02:30:00|COMPLETED");
+        IngestRecord record = ParseOne("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T10:30:00|02:30:00|COMPLETED");
         Assert.Equal(ShanghaiEightAmMs, record.StartUnixMs);
         Assert.Equal(ShanghaiEightAmMs + 9_000_000, record.EndUnixMs);
         Assert.Equal(TestRecords.Holder, record.HolderCode);
@@ -50,7 +51,7 @@ public sealed class SacctParserTests
 
         var utc = RawLogSamples.Mapping();
         utc.UtcOffsetMinutes = 0;
-        UsageRecord inUtc = ParseOne("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T00:00:00|2026-11-20T01:00:00|01:00:00|COMPLETED", utc);
+        IngestRecord inUtc = ParseOne("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T00:00:00|2026-11-20T01:00:00|01:00:00|COMPLETED", utc);
         Assert.Equal(ShanghaiEightAmMs, inUtc.StartUnixMs);
     }
 
@@ -62,8 +63,8 @@ public sealed class SacctParserTests
         SacctParser parser = Parser(mapping);
         Assert.Equal(LineOutcome.Skipped, parser.Parse("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out _, out _));
         Assert.Equal(LineOutcome.Skipped, parser.Parse("4201.batch|lab-vision||gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out _, out _));
-        Assert.Equal(LineOutcome.Record, parser.Parse("4201.0|lab-vision||gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out UsageRecord? step, out _));
-        Assert.Equal("4201.0", step!.JobId);
+        Assert.Equal(LineOutcome.Record, parser.Parse("4201.0|lab-vision||gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out IngestRecord step, out _));
+        Assert.Equal("4201.0", step.JobId);
     }
 
     [Theory]
@@ -82,8 +83,8 @@ public sealed class SacctParserTests
     public void Bad_lines_are_refused_with_their_reason(string line, string reason)
     {
         SacctParser parser = Parser();
-        Assert.Equal(LineOutcome.Refused, parser.Parse(Encoding.UTF8.GetBytes(line), out UsageRecord? record, out LineRefusal refusal));
-        Assert.Null(record);
+        Assert.Equal(LineOutcome.Refused, parser.Parse(Encoding.UTF8.GetBytes(line), out IngestRecord record, out LineRefusal refusal));
+        Assert.Equal(default, record);
         Assert.Equal(reason, refusal.Reason);
         Assert.False(string.IsNullOrWhiteSpace(refusal.Message));
     }
@@ -91,7 +92,7 @@ public sealed class SacctParserTests
     [Fact]
     public void Other_gres_sharing_the_gpu_prefix_are_not_gpus()
     {
-        UsageRecord record = ParseOne("4201|lab-vision|gpu-h100|gres/gpumem=40G,gres/gpu:h100=8,gres/gpuutil=100|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED");
+        IngestRecord record = ParseOne("4201|lab-vision|gpu-h100|gres/gpumem=40G,gres/gpu:h100=8,gres/gpuutil=100|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED");
         Assert.Equal(("H100-SXM", 8u), (record.DeviceModel, record.DeviceCount));
     }
 
@@ -118,20 +119,20 @@ public sealed class SacctParserTests
     {
         var parser = new SacctParser(Rules());
         Assert.Null(parser.ReadHeader("State|Elapsed|End|Start|AllocTRES|Partition|Account|JobID|NodeList"u8));
-        Assert.Equal(LineOutcome.Record, parser.Parse("COMPLETED|01:00:00|2026-11-20T09:00:00|2026-11-20T08:00:00|gres/gpu:h100=8|gpu-h100|lab-vision|4201|node[01-02]"u8, out UsageRecord? record, out _));
-        Assert.Equal(("4201", 8u), (record!.JobId, record.DeviceCount));
+        Assert.Equal(LineOutcome.Record, parser.Parse("COMPLETED|01:00:00|2026-11-20T09:00:00|2026-11-20T08:00:00|gres/gpu:h100=8|gpu-h100|lab-vision|4201|node[01-02]"u8, out IngestRecord record, out _));
+        Assert.Equal(("4201", 8u), (record.JobId, record.DeviceCount));
     }
 
-    private static UsageRecord ParseOne(string line, LogMapping? mapping = null)
+    private static IngestRecord ParseOne(string line, LogMapping? mapping = null)
     {
-        Assert.Equal(LineOutcome.Record, Parser(mapping).Parse(Encoding.UTF8.GetBytes(line), out UsageRecord? record, out LineRefusal refusal));
+        Assert.Equal(LineOutcome.Record, Parser(mapping).Parse(Encoding.UTF8.GetBytes(line), out IngestRecord record, out LineRefusal refusal));
         Assert.Null(refusal.Reason);
-        return record!;
+        return record;
     }
 
     private static LogMappingRules Rules(LogMapping? mapping = null)
     {
-        LogMappingRules rules = LogMappingRules.Create(mapping ?? RawLogSamples.Mapping(), Catalog, out string? problem);
+        LogMappingRules rules = LogMappingRules.Create(EngineRecords.Of(mapping ?? RawLogSamples.Mapping()), Catalog, out string? problem);
         Assert.Null(problem);
         return rules;
     }

@@ -136,7 +136,7 @@ public sealed class RegistryRulesTests(PostgresFixture postgres)
                 record.EndUnixMs = record.StartUnixMs + 60_000;
                 return record;
             }).ToList();
-            await session.AppendAsync(batch, CancellationToken.None);
+            await session.AppendAsync(EngineRecords.Of(batch), CancellationToken.None);
         }
 
         await using (IngestCall call = await IngestCall.OpenAsync(scene.Server.Client(), "proof:big", RegistryScene.KeyOf(key)))

@@ -139,7 +139,7 @@ public sealed class RedemptionRefusalTests(PostgresFixture postgres)
         forged.JobId = "job-forged";
         byte[] previous = await scene.ScalarAsync<byte[]>("SELECT chain_hash FROM usage_records WHERE stream_id = 'cluster-a' AND sequence = 3");
         byte[] hash = new byte[CanonicalEncoding.HashBytes];
-        CanonicalEncoding.ChainHash(previous, RecordFields.From(TestRecords.Provider, "cluster-a", forged), new byte[4096], hash);
+        CanonicalEncoding.ChainHash(previous, RecordFields.From(TestRecords.Provider, "cluster-a", EngineRecords.Of(forged)), new byte[4096], hash);
         await using (NpgsqlConnection connection = await scene.DataSource.OpenConnectionAsync())
         {
             await connection.ExecuteAsync("""

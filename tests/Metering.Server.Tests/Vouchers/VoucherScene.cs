@@ -169,7 +169,7 @@ internal sealed class VoucherScene : IAsyncDisposable
         }).ToList();
         foreach (UsageRecord[] batch in numbered.Chunk(5_000))
         {
-            await session.AppendAsync(batch, CancellationToken.None);
+            await session.AppendAsync(EngineRecords.Of(batch), CancellationToken.None);
         }
     }
 
@@ -194,12 +194,12 @@ internal sealed class VoucherScene : IAsyncDisposable
             record.Sequence = ++sequence;
             DeviceModel model = catalog.Find(record.DeviceModel)!;
             int i = prepared.Count++;
-            prepared.Records[i] = record;
+            prepared.Records[i] = EngineRecords.Of(record);
             prepared.Models[i] = model;
             prepared.UsageNanoPflopsHours[i] = UsageNormaliser.UsageNanoPflopsHours(record.DeviceCount, record.ShareNumerator, record.ShareDenominator,
                 record.EndUnixMs - record.StartUnixMs, model.Fp16DenseGflops);
             Span<byte> hash = prepared.Hashes.AsSpan(i * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes);
-            CanonicalEncoding.ChainHash(previous, RecordFields.From(provider, stream, record), scratch, hash);
+            CanonicalEncoding.ChainHash(previous, RecordFields.From(provider, stream, prepared.Records[i]), scratch, hash);
             previous = hash.ToArray();
         }
 
