@@ -48,7 +48,7 @@ public interface ICommitStep
 }
 
 /// <summary>The stream's committed mark moved under us: another writer committed to it.</summary>
-public sealed class StreamMovedException(string message) : Exception(message);
+internal sealed class StreamMovedException(string message) : Exception(message);
 
 /// <summary>
 /// The ingest tables. Commits a batch with one binary COPY inside a transaction that first locks
