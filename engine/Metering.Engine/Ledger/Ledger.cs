@@ -16,7 +16,7 @@ internal sealed class LedgerInvariantException(string message) : Exception(messa
 /// balance and "credit-normal" ones a credit balance. The ledger is the clearing view of the
 /// programme; settlement.md explains each account and the entries that move it.
 /// </summary>
-public static class Accounts
+internal static class Accounts
 {
     /// <summary>Debit-normal: funds of a programme year committed to vouchers.</summary>
     public static string ProgrammeBudget(int year) => $"programme_budget:{year}";

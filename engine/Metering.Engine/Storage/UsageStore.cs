@@ -315,7 +315,7 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
 }
 
 /// <summary>Conversions between Unix milliseconds and UTC DateTime.</summary>
-public static class UnixMs
+internal static class UnixMs
 {
     public static DateTime ToDateTime(long unixMs) => new(DateTime.UnixEpoch.Ticks + unixMs * TimeSpan.TicksPerMillisecond, DateTimeKind.Utc);
 
