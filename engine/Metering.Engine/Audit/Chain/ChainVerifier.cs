@@ -23,7 +23,6 @@ public sealed class ChainVerifier
     /// <summary>The longest canonical record the verifier encodes; any record ingest accepts is far shorter.</summary>
     public const int CanonicalBytesMax = 1024 * 1024;
 
-
     private readonly NpgsqlDataSource _dataSource;
     private readonly VerifierLimits _limits;
 
