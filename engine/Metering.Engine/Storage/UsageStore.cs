@@ -57,10 +57,14 @@ internal sealed class StreamMovedException(string message) : Exception(message);
 /// </summary>
 public sealed class UsageStore(NpgsqlDataSource dataSource)
 {
-    /// <summary>A chain hash is SHA-256: 32 bytes.</summary>
+    /// <summary>A chain hash is SHA-256: 32 bytes. The canonical encoding and the verifier size their hashes by it.</summary>
     public const int ChainHashBytes = 32;
 
-    private static readonly byte[] GenesisHash = new byte[ChainHashBytes];
+    /// <summary>
+    /// hash(0), the previous hash of a stream's first record: 32 zero bytes. One shared array for
+    /// the store, the verifier and the claim checks, so it is never written to.
+    /// </summary>
+    internal static readonly byte[] GenesisHash = new byte[ChainHashBytes];
 
     private const string CopyCommand =
         "COPY usage_records (provider_id, stream_id, sequence, job_id, holder_code, device_model, device_count, "
