@@ -128,7 +128,7 @@ def _run(arguments: argparse.Namespace) -> int:
     from .receipts import ReceiptChecker, load_public_key
     from .state import StateFile
     from .stream import StreamSettings, Streamer
-    from .transport import Endpoint, Services, UsageError, error_from, open_channel
+    from .transport import CALL_TIMEOUT_S, Endpoint, Services, UsageError, error_from, open_channel
     from .upload import file_sha256, upload
 
     if not arguments.api_key:
@@ -175,7 +175,7 @@ def _run(arguments: argparse.Namespace) -> int:
         services = Services(channel, arguments.api_key, pb)
         if not trusted:
             try:
-                published = services.get_signing_key(pb["audit"].GetSigningKeyRequest(), metadata=services.metadata)
+                published = services.get_signing_key(pb["audit"].GetSigningKeyRequest(), metadata=services.metadata, timeout=CALL_TIMEOUT_S)
             except Exception as error:  # grpc.RpcError: mapped like every call's
                 raise error_from(error) from None
             log.warning("trusting the server's own signing key %s: pin the bureau's published key with --public-key", published.key_id)

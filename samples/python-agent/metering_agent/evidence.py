@@ -8,7 +8,7 @@ import grpc
 
 from .receipts import EvidenceError, ReceiptChecker, ReceiptFields, append
 from .state import Acknowledged, StateFile
-from .transport import Services, error_from
+from .transport import CALL_TIMEOUT_S, Services, error_from
 
 
 def check_server_still_holds(services: Services, provider_id: str, stream_id: str, acknowledged: Optional[Acknowledged]) -> int:
@@ -21,7 +21,7 @@ def check_server_still_holds(services: Services, provider_id: str, stream_id: st
     asked = acknowledged.sequence if acknowledged and acknowledged.sequence > 0 else 1
     try:
         answer = services.get_chain_hashes(
-            audit.GetChainHashesRequest(credit_code=provider_id, stream_id=stream_id, sequences=[asked]), metadata=services.metadata)
+            audit.GetChainHashesRequest(credit_code=provider_id, stream_id=stream_id, sequences=[asked]), metadata=services.metadata, timeout=CALL_TIMEOUT_S)
     except grpc.RpcError as error:
         raise error_from(error) from None
     if acknowledged is None or acknowledged.sequence == 0:

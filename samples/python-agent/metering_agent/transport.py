@@ -14,8 +14,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 log = logging.getLogger("metering_agent")
 
-CONNECT_TIMEOUT_S = 15
-"""How long the agent waits for a connection before it says the server cannot be reached."""
+CALL_TIMEOUT_S = 60
+"""How long a unary call may take; a refused connection fails at once, without waiting for it."""
 
 
 class UsageError(Exception):
@@ -73,7 +73,8 @@ def error_from(error: grpc.RpcError) -> Exception:
                 if detail.type_url.endswith("/google.rpc.ErrorInfo"):
                     reason = _ErrorInfo.FromString(detail.value).reason
     if not reason and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return Unreachable(f"the server does not answer ({code.name}: {message})")
+        hint = " (a server certificate from a private CA needs --ca)" if "SSL" in message or "ertificate" in message else ""
+        return Unreachable(f"the server does not answer ({code.name}: {message}){hint}")
     return Refused(code, reason, message)
 
 
@@ -98,12 +99,13 @@ def _is_loopback(host: str) -> bool:
 
 
 def open_channel(endpoint: Endpoint) -> grpc.Channel:
-    """A channel over TLS (https://), or cleartext to a loopback address only (http://), ready to call."""
+    """A channel over TLS (https://), or cleartext to a loopback address only (http://); it connects on the first call."""
     parts = urlsplit(endpoint.url)
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in ("", "/"):
         raise UsageError(f"--server must be https://HOST:PORT (or http:// on loopback), not '{endpoint.url}'")
     host = parts.hostname
-    target = f"[{host}]:{parts.port or 443}" if ":" in host else f"{host}:{parts.port or 443}"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if (endpoint.client_cert is None) != (endpoint.client_key is None):
         raise UsageError("--client-cert and --client-key go together")
     if parts.scheme == "http":
@@ -111,23 +113,15 @@ def open_channel(endpoint: Endpoint) -> grpc.Channel:
             raise UsageError(f"the API key would travel in cleartext to {host}: use https://")
         if endpoint.ca or endpoint.client_cert:
             raise UsageError("--ca and --client-cert need an https:// server")
-        channel = grpc.insecure_channel(target)
-    else:
-        try:
-            root = endpoint.ca.read_bytes() if endpoint.ca else None
-            chain = endpoint.client_cert.read_bytes() if endpoint.client_cert else None
-            key = endpoint.client_key.read_bytes() if endpoint.client_key else None
-        except OSError as error:
-            raise UsageError(f"cannot read {error.filename}: {error.strerror}") from None
-        credentials = grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=chain)
-        channel = grpc.secure_channel(target, credentials)
+        return grpc.insecure_channel(target)
     try:
-        grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
-    except grpc.FutureTimeoutError:
-        channel.close()
-        hint = "" if endpoint.ca or parts.scheme == "http" else " (a private CA needs --ca)"
-        raise Unreachable(f"cannot connect to {endpoint.url} within {CONNECT_TIMEOUT_S} s{hint}") from None
-    return channel
+        root = endpoint.ca.read_bytes() if endpoint.ca else None
+        chain = endpoint.client_cert.read_bytes() if endpoint.client_cert else None
+        key = endpoint.client_key.read_bytes() if endpoint.client_key else None
+    except OSError as error:
+        raise UsageError(f"cannot read {error.filename}: {error.strerror}") from None
+    credentials = grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=chain)
+    return grpc.secure_channel(target, credentials)
 
 
 class Services:

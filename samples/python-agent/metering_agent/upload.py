@@ -12,7 +12,7 @@ import grpc
 from .evidence import check_server_still_holds, keep_receipt
 from .receipts import EvidenceError, ReceiptChecker
 from .state import StateFile
-from .transport import Refused, Services, UsageError, error_from
+from .transport import CALL_TIMEOUT_S, Refused, Services, UsageError, error_from
 
 log = logging.getLogger("metering_agent")
 
@@ -39,7 +39,7 @@ def upload(services: Services, provider_id: str, state: StateFile, checker: Rece
     check_server_still_holds(services, provider_id, stream_id, state.acknowledged(provider_id, stream_id))
     offset = 0
     try:
-        known = services.get_upload(rawlog.GetUploadRequest(upload_id=upload_id), metadata=services.metadata)
+        known = services.get_upload(rawlog.GetUploadRequest(upload_id=upload_id), metadata=services.metadata, timeout=CALL_TIMEOUT_S)
         offset = known.committed_offset
         log.info("upload %s stands at byte %d of %d", upload_id, offset, total_bytes)
     except grpc.RpcError as error:
