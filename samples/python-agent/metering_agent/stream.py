@@ -58,7 +58,9 @@ class Streamer:
                 self._session(first=attempt == 0)
                 return self.summary
             except (Unreachable, Refused) as error:
-                retryable = isinstance(error, Unreachable) or error.reason == "REGISTRY_BUSY"
+                retryable = isinstance(error, Unreachable) or error.reason == "REGISTRY_BUSY" or (
+                    # Every refusal carries a reason; a status without one is a connection that ended (a server restarting).
+                    not error.reason and error.status in (grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN))
                 if not retryable or attempt >= self._settings.reconnects:
                     raise
                 attempt += 1

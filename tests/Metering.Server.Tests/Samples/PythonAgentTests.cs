@@ -102,6 +102,64 @@ public sealed class PythonAgentTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task An_agent_whose_server_restarts_mid_stream_reconnects_and_finishes_without_a_replay()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        await PythonAgent.RequireAsync();
+        string state = NewFolder();
+        using Process paced = new()
+        {
+            StartInfo = PythonAgent.Start(server, TestServer.ProviderKey, state,
+                "stream", "--stream", Stream, "--input", Input(200), "--batch-records", "10", "--batches-in-flight", "1", "--pause-ms", "100", "--verbose"),
+        };
+        var log = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var third = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        paced.ErrorDataReceived += (_, line) =>
+        {
+            log.Enqueue(line.Data ?? "");
+            if (line.Data?.Contains($"acknowledged {Stream} 21..30,", StringComparison.Ordinal) == true)
+            {
+                third.TrySetResult();
+            }
+        };
+        paced.Start();
+        paced.BeginErrorReadLine();
+        Task<string> summary = paced.StandardOutput.ReadToEndAsync();
+        await third.Task.WaitAsync(TimeSpan.FromSeconds(45));
+
+        await server.RestartAsync();
+        await paced.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(60));
+
+        string all = string.Join('\n', log);
+        Assert.True(paced.ExitCode == 0, all);
+        Assert.Contains("reconnecting in", all, StringComparison.Ordinal);
+        Assert.Equal(0, JsonDocument.Parse(await summary).RootElement.GetProperty("replayed").GetInt32());
+        Assert.Equal(Enumerable.Range(1, 200).Select(n => Expected((ulong)n)), await StoredAsync(server));
+    }
+
+    [Fact]
+    public async Task The_agent_answers_help_usage_errors_and_a_missing_server_with_the_readmes_exit_codes()
+    {
+        await PythonAgent.RequireAsync();
+        string agent = Path.Combine(PythonAgent.Folder, "metering-agent");
+
+        var (helpExit, help) = await CliProcess.RunAsync(new ProcessStartInfo(PythonAgent.Python, [agent, "stream", "--help"]));
+        var (usageExit, usage) = await CliProcess.RunAsync(new ProcessStartInfo(PythonAgent.Python, [agent, "stream", "--stream", "x", "--generate", "many"]));
+        var (noServerExit, noServer) = await CliProcess.RunAsync(new ProcessStartInfo(PythonAgent.Python,
+            [agent, "stream", "--server", "https://127.0.0.1:9", "--ca", TestCertificates.CaPemPath, "--api-key", "k", "--provider", TestRecords.Provider,
+             "--stream", Stream, "--generate", "1", "--from", "2026-11-20T00:00:00Z", "--holder", TestRecords.Holder, "--state-dir", NewFolder()]));
+
+        Assert.True(helpExit == 0, help);
+        Assert.Contains("4  refused by the server (refused: STATUS REASON: message)", help, StringComparison.Ordinal);
+        Assert.True(usageExit == 2, usage);
+        Assert.Contains("argument --generate: a whole number above 0, not 'many'", usage, StringComparison.Ordinal);
+        Assert.Contains("Try 'metering-agent stream --help'.", usage, StringComparison.Ordinal);
+        Assert.DoesNotContain("--batches-in-flight", usage, StringComparison.Ordinal);
+        Assert.True(noServerExit == 5, noServer);
+        Assert.Single(noServer.Trim().Split('\n'));
+    }
+
+    [Fact]
     public async Task An_agent_whose_server_lost_acknowledged_records_stops_loudly_and_sends_nothing()
     {
         await using TestServer server = await TestServer.StartAsync(postgres);
