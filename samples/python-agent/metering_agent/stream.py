@@ -7,7 +7,7 @@ import logging
 import queue
 import time
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 import grpc
 

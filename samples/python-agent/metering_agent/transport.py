@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -11,8 +10,6 @@ from urllib.parse import urlsplit
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-log = logging.getLogger("metering_agent")
 
 CALL_TIMEOUT_S = 60
 """How long a unary call may take; a refused connection fails at once, without waiting for it."""
