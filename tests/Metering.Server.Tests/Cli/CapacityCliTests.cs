@@ -2,9 +2,9 @@ using System.Security.Cryptography;
 using System.Text.Json;
 using Metering.Engine.Catalog;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Capacity;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 
 namespace Metering.Server.Tests.Cli;
 

@@ -3,10 +3,9 @@ using System.Text;
 using System.Text.RegularExpressions;
 using Metering.Cli;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Audit;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Server.Tests.Vouchers;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 
 namespace Metering.Server.Tests.Cli;
 

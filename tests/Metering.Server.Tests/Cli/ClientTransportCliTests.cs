@@ -1,4 +1,4 @@
-using Metering.Server.Tests.Infrastructure;
+using Metering.Server.Fixtures;
 
 namespace Metering.Server.Tests.Cli;
 

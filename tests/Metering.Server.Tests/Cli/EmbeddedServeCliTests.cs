@@ -1,5 +1,5 @@
 using System.Text.RegularExpressions;
-using Metering.Server.Tests.Infrastructure;
+using Metering.Server.Fixtures;
 
 namespace Metering.Server.Tests.Cli;
 

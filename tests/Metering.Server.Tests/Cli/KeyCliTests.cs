@@ -4,8 +4,9 @@ using System.Text.RegularExpressions;
 using Grpc.Core;
 using Metering.Engine.Access;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 
 namespace Metering.Server.Tests.Cli;
 

@@ -3,7 +3,8 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
+using Metering.Server.Fixtures;
 
 namespace Metering.Server.Tests.Cli;
 
@@ -166,9 +167,9 @@ public sealed partial class ReadmeWalkthroughTests
         }
 
         Directory.CreateSymbolicLink(Path.Combine(folder, "samples"), Path.Combine(TestRecords.RepositoryRoot(), "samples"));
-        string server = $"127.0.0.1:{Infrastructure.ServerProcess.FreePort()}";
+        string server = $"127.0.0.1:{Metering.Server.Fixtures.ServerProcess.FreePort()}";
         string cli = Path.Combine(AppContext.BaseDirectory, "metering.dll");
-        string agent = Infrastructure.ProgramBuilds.PathOf("provider-agent.dll");
+        string agent = Metering.Server.Fixtures.ProgramBuilds.PathOf("provider-agent.dll");
 
         var script = new StringBuilder();
         script.AppendLine("set -euo pipefail");

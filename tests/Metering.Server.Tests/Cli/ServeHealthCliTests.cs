@@ -3,7 +3,8 @@ using Grpc.Health.V1;
 using Grpc.Net.Client;
 using Grpc.Reflection.V1;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
 
 namespace Metering.Server.Tests.Cli;
 

@@ -4,7 +4,8 @@ using Grpc.Core;
 using Grpc.Net.Client;
 using Metering.Engine.Access;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
 
 namespace Metering.Server.Tests.Cli;
 

@@ -3,9 +3,9 @@ using System.Text.RegularExpressions;
 using Dapper;
 using Metering.Engine.Settlement;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Server.Tests.Vouchers;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 using Npgsql;
 
 namespace Metering.Server.Tests.Cli;

@@ -1,7 +1,7 @@
 using System.Globalization;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Server.Tests.Registry;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
 
 namespace Metering.Server.Tests.Cli;
 

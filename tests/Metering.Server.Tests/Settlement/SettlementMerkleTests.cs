@@ -3,9 +3,8 @@ using System.Text;
 using Dapper;
 using Metering.Engine.Audit;
 using Metering.Engine.Settlement;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Server.Tests.Vouchers;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Fixtures;
 using Npgsql;
 
 namespace Metering.Server.Tests.Settlement;

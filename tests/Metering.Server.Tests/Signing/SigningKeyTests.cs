@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Security.Cryptography;
 using Metering.Engine.Signing;
-using Metering.Server.Tests.Infrastructure;
+using Metering.Server.Fixtures;
 
 namespace Metering.Server.Tests.Signing;
 

@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using Metering.Engine.Storage;
-using Metering.Server.Tests.Infrastructure;
+using Metering.Engine.Fixtures;
 using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
 

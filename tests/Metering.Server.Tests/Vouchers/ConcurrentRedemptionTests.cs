@@ -2,7 +2,7 @@ using Metering.Engine.Ledger;
 using Metering.Engine.Settlement;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
+using Metering.Engine.Fixtures;
 using Claim = Metering.Engine.Vouchers.Claim;
 using Contract = Metering.Engine.Vouchers.Contract;
 using Voucher = Metering.Engine.Vouchers.Voucher;

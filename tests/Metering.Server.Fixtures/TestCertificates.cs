@@ -2,9 +2,9 @@ using System.Net;
 using System.Net.Security;
 using System.Security.Cryptography.X509Certificates;
 using Grpc.Net.Client;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 
-namespace Metering.Server.Tests.Infrastructure;
+namespace Metering.Server.Fixtures;
 
 /// <summary>
 /// Certificates made once per test run with CertificateRequest, never stored in the repository: a

@@ -1,6 +1,6 @@
 using Metering.Protocol.V1;
 
-namespace Metering.Tests.Shared;
+namespace Metering.Fixtures;
 
 /// <summary>Named ways to make a valid record invalid, shared by the unit and integration tests.</summary>
 internal static class RecordMutations

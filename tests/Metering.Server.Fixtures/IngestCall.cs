@@ -2,7 +2,7 @@ using Google.Rpc;
 using Grpc.Core;
 using Metering.Protocol.V1;
 
-namespace Metering.Server.Tests.Infrastructure;
+namespace Metering.Server.Fixtures;
 
 /// <summary>A thin driver of one ingest stream call, for tests that need message-level control.</summary>
 public sealed class IngestCall : IAsyncDisposable

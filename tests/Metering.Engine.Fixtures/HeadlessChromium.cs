@@ -1,6 +1,6 @@
 using System.Diagnostics;
 
-namespace Metering.Server.Tests.Infrastructure;
+namespace Metering.Engine.Fixtures;
 
 /// <summary>
 /// Debian's chromium, headless, as the report tests use it: found on PATH (.ci/ensure-chromium

@@ -1,6 +1,6 @@
 using System.Diagnostics;
 
-namespace Metering.Server.Tests.Infrastructure;
+namespace Metering.Server.Fixtures;
 
 /// <summary>The `metering` command built next to the tests, run as a user runs it: a real process, its exit code and its output.</summary>
 public static class CliProcess

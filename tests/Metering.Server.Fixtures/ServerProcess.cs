@@ -1,8 +1,9 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using Metering.Engine.Fixtures;
 
-namespace Metering.Server.Tests.Infrastructure;
+namespace Metering.Server.Fixtures;
 
 /// <summary>`metering serve` as a separate OS process, so that a test can kill it outright.</summary>
 public sealed class ServerProcess : IAsyncDisposable

@@ -2,11 +2,11 @@ using Dapper;
 using Metering.Engine.Catalog;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Fixtures;
 using Npgsql;
 
-namespace Metering.Server.Tests.Audit;
+namespace Metering.Server.Fixtures;
 
 /// <summary>A test server with helpers to stream usage through ingest and to tamper with stored rows as a superuser would.</summary>
 internal sealed class AuditScene : IAsyncDisposable

@@ -1,6 +1,6 @@
 using System.Reflection;
 
-namespace Metering.Server.Tests.Infrastructure;
+namespace Metering.Server.Fixtures;
 
 /// <summary>
 /// Where the programs the tests run as processes are. `metering` is built with ASP.NET Core, as

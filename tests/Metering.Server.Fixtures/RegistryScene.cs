@@ -7,15 +7,15 @@ using Metering.Engine.Identity;
 using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Fixtures;
 using Npgsql;
 using LegalForm = Metering.Protocol.V1.LegalForm;
 using Licence = Metering.Protocol.V1.Licence;
 using Organisation = Metering.Protocol.V1.Organisation;
 using Application = Metering.Protocol.V1.Application;
 
-namespace Metering.Server.Tests.Registry;
+namespace Metering.Server.Fixtures;
 
 /// <summary>
 /// A test server whose clock the test sets, with a batch open in November 2026, and helpers that

@@ -11,8 +11,7 @@ using Metering.Engine.Storage;
 using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
 using Claim = Metering.Engine.Vouchers.Claim;
@@ -23,7 +22,7 @@ using PayeeMode = Metering.Engine.Vouchers.PayeeMode;
 using ProgrammeParameters = Metering.Engine.Vouchers.ProgrammeParameters;
 using Voucher = Metering.Engine.Vouchers.Voucher;
 
-namespace Metering.Server.Tests.Vouchers;
+namespace Metering.Engine.Fixtures;
 
 /// <summary>
 /// A test database of its own, in which both test providers are admitted (2024-02-01 to

@@ -1,6 +1,6 @@
 using Metering.Protocol.V1;
 
-namespace Metering.Tests.Shared;
+namespace Metering.Fixtures;
 
 /// <summary>Small Slurm and JSON Lines logs with known contents, good and bad lines mixed.</summary>
 internal static class RawLogSamples

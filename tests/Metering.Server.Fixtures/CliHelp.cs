@@ -1,4 +1,4 @@
-namespace Metering.Server.Tests.Infrastructure;
+namespace Metering.Server.Fixtures;
 
 /// <summary>
 /// Reads the command and option names out of a System.CommandLine --help text, so that a help test

@@ -1,10 +1,10 @@
 using Dapper;
 using Metering.Engine.Storage;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
 
-namespace Metering.Server.Tests.Infrastructure;
+namespace Metering.Engine.Fixtures;
 
 /// <summary>
 /// One embedded PostgreSQL for the whole test collection, started once. A migrated template
@@ -103,8 +103,12 @@ public sealed class PostgresFixture : IAsyncLifetime
     }
 }
 
-[CollectionDefinition(Name)]
-public sealed class PostgresCollection : ICollectionFixture<PostgresFixture>
+/// <summary>
+/// The collection whose tests share one <see cref="PostgresFixture"/>. xunit finds a collection's
+/// definition only in the assembly of its tests, so each test project declares its own under
+/// this name (Infrastructure/PostgresCollectionDefinition.cs).
+/// </summary>
+public static class PostgresCollection
 {
     public const string Name = "postgres";
 }

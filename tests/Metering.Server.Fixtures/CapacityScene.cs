@@ -7,13 +7,12 @@ using Metering.Probe.Attestation.Checksums;
 using Metering.Probe.Attestation.Results;
 using Metering.Probe.Measurement;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Server.Tests.Registry;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Fixtures;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
 
-namespace Metering.Server.Tests.Capacity;
+namespace Metering.Server.Fixtures;
 
 /// <summary>A node of a test fleet: its id, its own ECDSA P-256 key and the UUIDs of its devices (ILGPU's CPU accelerator has none of its own).</summary>
 internal sealed class TestNode(string nodeId, int devices = 1) : IDisposable

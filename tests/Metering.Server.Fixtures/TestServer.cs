@@ -10,10 +10,11 @@ using Metering.Protocol.V1;
 using Metering.Server.Access;
 using Metering.Server.Hosting;
 using Metering.Server.Telemetry;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 using Npgsql;
+using Metering.Engine.Fixtures;
 
-namespace Metering.Server.Tests.Infrastructure;
+namespace Metering.Server.Fixtures;
 
 /// <summary>
 /// A real Kestrel gRPC server on a loopback port over a test's own database, in which both test
