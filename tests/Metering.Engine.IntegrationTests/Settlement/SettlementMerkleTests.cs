@@ -7,7 +7,7 @@ using Metering.Engine.Fixtures;
 using Metering.Fixtures;
 using Npgsql;
 
-namespace Metering.Server.Tests.Settlement;
+namespace Metering.Engine.IntegrationTests.Settlement;
 
 /// <summary>
 /// The daily Merkle root each provider statement publishes: that it is the root of exactly the

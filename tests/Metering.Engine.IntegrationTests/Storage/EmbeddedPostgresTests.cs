@@ -4,7 +4,7 @@ using Metering.Engine.Fixtures;
 using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
 
-namespace Metering.Server.Tests.Storage;
+namespace Metering.Engine.IntegrationTests.Storage;
 
 [Collection(PostgresCollection.Name)]
 [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]

@@ -15,7 +15,7 @@ using Voucher = Metering.Engine.Vouchers.Voucher;
 using ServiceItemAction = Metering.Engine.Registry.ServiceItemAction;
 using IntegrityListing = Metering.Engine.Registry.IntegrityListing;
 
-namespace Metering.Server.Tests.Vouchers;
+namespace Metering.Engine.IntegrationTests.Vouchers;
 
 /// <summary>Every refusal of a claim, each with its reason, and a refused claim changes nothing.</summary>
 [Collection(PostgresCollection.Name)]

@@ -12,7 +12,7 @@ using HoldState = Metering.Engine.Vouchers.HoldState;
 using PayeeMode = Metering.Engine.Vouchers.PayeeMode;
 using Voucher = Metering.Engine.Vouchers.Voucher;
 
-namespace Metering.Server.Tests.Settlement;
+namespace Metering.Engine.IntegrationTests.Settlement;
 
 /// <summary>
 /// Nightly settlement against a real PostgreSQL: pricing, the ledger in both payee modes, holds

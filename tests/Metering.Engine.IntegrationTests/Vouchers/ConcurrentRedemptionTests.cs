@@ -7,7 +7,7 @@ using Claim = Metering.Engine.Vouchers.Claim;
 using Contract = Metering.Engine.Vouchers.Contract;
 using Voucher = Metering.Engine.Vouchers.Voucher;
 
-namespace Metering.Server.Tests.Vouchers;
+namespace Metering.Engine.IntegrationTests.Vouchers;
 
 /// <summary>Many redemptions at once on one voucher stay exact and never overdraw it.</summary>
 [Collection(PostgresCollection.Name)]

@@ -11,7 +11,7 @@ using HoldState = Metering.Engine.Vouchers.HoldState;
 using SubsidyLimit = Metering.Engine.Vouchers.SubsidyLimit;
 using Voucher = Metering.Engine.Vouchers.Voucher;
 
-namespace Metering.Server.Tests.Vouchers;
+namespace Metering.Engine.IntegrationTests.Vouchers;
 
 /// <summary>
 /// Exact money on worked examples, one per ratio and cap. The unit of usage throughout: one

@@ -1,10 +1,9 @@
 using Metering.Engine.Settlement;
 using Metering.Protocol.V1;
 using Metering.Engine.Fixtures;
-using Metering.Server.Tests.Audit;
 using Metering.Fixtures;
 
-namespace Metering.Server.Tests.Settlement;
+namespace Metering.Engine.IntegrationTests.Settlement;
 
 /// <summary>
 /// A statement's HTML form, rendered from a settled day with the names the registry and the voucher
