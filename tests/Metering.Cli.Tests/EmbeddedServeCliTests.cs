@@ -1,7 +1,7 @@
 using System.Text.RegularExpressions;
 using Metering.Server.Fixtures;
 
-namespace Metering.Server.Tests.Cli;
+namespace Metering.Cli.Tests;
 
 /// <summary>
 /// The embedded database as a small bureau runs it: one `metering serve` holds the data folder,

@@ -2,7 +2,7 @@ using Metering.Engine.Fixtures;
 using Metering.Server.Fixtures;
 using Metering.Fixtures;
 
-namespace Metering.Server.Tests.Cli;
+namespace Metering.Cli.Tests;
 
 [Collection(PostgresCollection.Name)]
 public sealed class IngestFileCliTests(PostgresFixture postgres)

@@ -6,7 +6,7 @@ using Metering.Server.Fixtures;
 using Metering.Fixtures;
 using Claim = Metering.Engine.Vouchers.Claim;
 
-namespace Metering.Server.Tests.Cli;
+namespace Metering.Cli.Tests;
 
 /// <summary>
 /// `metering settle statement --holder`: the holder-facing statement that a bureau key exports

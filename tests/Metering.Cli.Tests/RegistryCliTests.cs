@@ -13,7 +13,7 @@ using Metering.Server.Fixtures;
 using Metering.Fixtures;
 using Npgsql;
 
-namespace Metering.Server.Tests.Cli;
+namespace Metering.Cli.Tests;
 
 /// <summary>
 /// `metering registry` as an operator runs it: the real process, a client of a real server over

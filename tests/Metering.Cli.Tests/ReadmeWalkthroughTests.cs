@@ -6,7 +6,7 @@ using System.Text.RegularExpressions;
 using Metering.Fixtures;
 using Metering.Server.Fixtures;
 
-namespace Metering.Server.Tests.Cli;
+namespace Metering.Cli.Tests;
 
 /// <summary>
 /// The sandbox walk-through (samples/Walkthrough/README.md, linked from the README's sandbox

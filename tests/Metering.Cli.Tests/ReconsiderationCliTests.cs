@@ -5,7 +5,7 @@ using Metering.Engine.Fixtures;
 using Metering.Server.Fixtures;
 using Metering.Fixtures;
 
-namespace Metering.Server.Tests.Cli;
+namespace Metering.Cli.Tests;
 
 /// <summary>`metering registry reconsider request|decide` as a provider and an operator would type them, against the real server.</summary>
 [Collection(PostgresCollection.Name)]

@@ -10,7 +10,7 @@ using Metering.Server.Fixtures;
 using Metering.Fixtures;
 using Npgsql;
 
-namespace Metering.Server.Tests.Cli;
+namespace Metering.Cli.Tests;
 
 /// <summary>
 /// The sample agent as a provider runs it. Its default day used to be yesterday by the machine's

@@ -1,6 +1,6 @@
 using Metering.Server.Fixtures;
 
-namespace Metering.Server.Tests.Cli;
+namespace Metering.Cli.Tests;
 
 /// <summary>Where a client command sends its key: never in cleartext off the machine.</summary>
 public sealed class ClientTransportCliTests

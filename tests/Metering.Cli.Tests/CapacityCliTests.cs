@@ -6,7 +6,7 @@ using Metering.Engine.Fixtures;
 using Metering.Server.Fixtures;
 using Metering.Fixtures;
 
-namespace Metering.Server.Tests.Cli;
+namespace Metering.Cli.Tests;
 
 /// <summary>
 /// `metering capacity` as a provider and an operator run it: the real process, a client of a real

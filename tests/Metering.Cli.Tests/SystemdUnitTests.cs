@@ -2,7 +2,7 @@ using System.Diagnostics;
 using Metering.Server.Fixtures;
 using Metering.Fixtures;
 
-namespace Metering.Server.Tests.Deploy;
+namespace Metering.Cli.Tests;
 
 /// <summary>
 /// The sample systemd units in samples/deploy: systemd itself accepts them, and every command and

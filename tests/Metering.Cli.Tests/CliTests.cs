@@ -1,6 +1,6 @@
 using Metering.Server.Fixtures;
 
-namespace Metering.Server.Tests.Cli;
+namespace Metering.Cli.Tests;
 
 public sealed class CliTests
 {

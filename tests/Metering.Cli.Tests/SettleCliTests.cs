@@ -8,7 +8,7 @@ using Metering.Server.Fixtures;
 using Metering.Fixtures;
 using Npgsql;
 
-namespace Metering.Server.Tests.Cli;
+namespace Metering.Cli.Tests;
 
 /// <summary>
 /// `metering voucher` and `metering settle` as clients of a running server over TLS: the key's

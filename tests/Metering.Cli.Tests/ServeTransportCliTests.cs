@@ -7,7 +7,7 @@ using Metering.Protocol.V1;
 using Metering.Engine.Fixtures;
 using Metering.Server.Fixtures;
 
-namespace Metering.Server.Tests.Cli;
+namespace Metering.Cli.Tests;
 
 /// <summary>`metering serve`'s transport rules and `metering key pin`, run as a user runs them.</summary>
 [Collection(PostgresCollection.Name)]

@@ -5,7 +5,7 @@ using Metering.Engine.Fixtures;
 using Metering.Server.Fixtures;
 using Metering.Fixtures;
 
-namespace Metering.Server.Tests.Cli;
+namespace Metering.Cli.Tests;
 
 /// <summary>`metering audit` as an auditor runs it: a client of a running server over TLS, as the caller its key names.</summary>
 [Collection(PostgresCollection.Name)]

@@ -5,7 +5,7 @@ using Metering.Engine.Fixtures;
 using Metering.Server.Fixtures;
 using Metering.Fixtures;
 
-namespace Metering.Server.Tests.Cli;
+namespace Metering.Cli.Tests;
 
 /// <summary>
 /// `metering settle` without --day: the nightly habit. It closes every open day through yesterday

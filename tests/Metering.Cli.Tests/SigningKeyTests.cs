@@ -3,7 +3,7 @@ using System.Security.Cryptography;
 using Metering.Engine.Signing;
 using Metering.Server.Fixtures;
 
-namespace Metering.Server.Tests.Signing;
+namespace Metering.Cli.Tests;
 
 /// <summary>
 /// The server's signing key as an operator makes it and as an outsider checks what it signed:

@@ -5,7 +5,7 @@ using Metering.Engine.Fixtures;
 using Metering.Server.Fixtures;
 using Metering.Fixtures;
 
-namespace Metering.Server.Tests.Capacity;
+namespace Metering.Cli.Tests;
 
 /// <summary>
 /// A provider's whole run with the shipped tools only, as separate processes against a real

@@ -3,7 +3,7 @@ using Metering.Protocol.V1;
 using Metering.Engine.Fixtures;
 using Metering.Server.Fixtures;
 
-namespace Metering.Server.Tests.Cli;
+namespace Metering.Cli.Tests;
 
 /// <summary>
 /// `metering registry verify --verifier-part MODEL:DEVICES:GFLOPS` as an operator runs it, against

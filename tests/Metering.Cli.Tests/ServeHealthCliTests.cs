@@ -6,7 +6,7 @@ using Metering.Protocol.V1;
 using Metering.Engine.Fixtures;
 using Metering.Server.Fixtures;
 
-namespace Metering.Server.Tests.Cli;
+namespace Metering.Cli.Tests;
 
 /// <summary>
 /// `metering serve` as the README's grpcurl examples reach it: cleartext HTTP/2 on loopback,

@@ -7,7 +7,7 @@ using Metering.Engine.Fixtures;
 using Metering.Server.Fixtures;
 using Metering.Fixtures;
 
-namespace Metering.Server.Tests.Cli;
+namespace Metering.Cli.Tests;
 
 /// <summary>
 /// The CLI prints Chinese labels where LANG starts with zh and English otherwise; what machines
