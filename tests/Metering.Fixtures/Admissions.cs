@@ -18,7 +18,7 @@ using FeeUnit = Metering.Protocol.V1.FeeUnit;
 using Licence = Metering.Engine.Registry.Licence;
 using Organisation = Metering.Engine.Registry.Organisation;
 
-namespace Metering.Tests.Shared;
+namespace Metering.Fixtures;
 
 /// <summary>A clock that stays where it is set.</summary>
 internal sealed class ManualClock(DateTimeOffset now) : TimeProvider

@@ -13,7 +13,7 @@ using Metering.Engine.Storage;
 using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;

@@ -204,7 +204,7 @@ public sealed partial class PublicSurfaceTests
     /// </summary>
     private static IReadOnlySet<string> NamesUsedIn(IEnumerable<string> projects)
     {
-        string root = Metering.Tests.Shared.TestRecords.RepositoryRoot();
+        string root = Metering.Fixtures.TestRecords.RepositoryRoot();
         var names = new HashSet<string>(StringComparer.Ordinal);
         foreach (string project in projects)
         {

@@ -1,7 +1,7 @@
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 
 namespace Metering.Engine.Tests.Ingest;
 

@@ -1,8 +1,9 @@
 using Grpc.Core;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 using ApplicationState = Metering.Protocol.V1.ApplicationState;
 using ServiceItemAction = Metering.Protocol.V1.ServiceItemAction;
 using ServiceItemStatus = Metering.Protocol.V1.ServiceItemStatus;
