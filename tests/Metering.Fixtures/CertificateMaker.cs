@@ -1,7 +1,7 @@
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 
-namespace Metering.Tests.Shared;
+namespace Metering.Fixtures;
 
 /// <summary>
 /// Makes ECDSA P-256 certificates in memory with CertificateRequest, for the tests' and the

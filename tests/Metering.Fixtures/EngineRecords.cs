@@ -2,7 +2,7 @@ using Metering.Engine.Ingest;
 using Metering.Engine.RawLogs;
 using Metering.Protocol.V1;
 
-namespace Metering.Tests.Shared;
+namespace Metering.Fixtures;
 
 /// <summary>
 /// The engine's form of the wire records the tests and load tools build, for the places that call

@@ -3,7 +3,7 @@ using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
 using Npgsql;
 
-namespace Metering.Tests.Shared;
+namespace Metering.Fixtures;
 
 /// <summary>
 /// The strongest insider of the issue: the database superuser, who switches the guard triggers

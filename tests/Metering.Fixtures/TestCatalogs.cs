@@ -1,6 +1,6 @@
 using Metering.Engine.Catalog;
 
-namespace Metering.Tests.Shared;
+namespace Metering.Fixtures;
 
 /// <summary>The shipped catalog with the overlays that tests and the CPU bench attest against.</summary>
 internal static class TestCatalogs

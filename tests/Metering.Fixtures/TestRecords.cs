@@ -1,6 +1,6 @@
 using Metering.Protocol.V1;
 
-namespace Metering.Tests.Shared;
+namespace Metering.Fixtures;
 
 /// <summary>Valid usage records for tests, each a small, fixed variation of one baseline.</summary>
 internal static class TestRecords

@@ -4,7 +4,7 @@ using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Grpc.Net.Client;
 using Metering.Client.Channels;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 
 namespace Metering.Bench.Load;
 

@@ -12,7 +12,7 @@ using Metering.Probe.Attestation.Results;
 using Metering.Probe.Measurement;
 using Metering.Protocol.V1;
 using Metering.Server.Hosting;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;

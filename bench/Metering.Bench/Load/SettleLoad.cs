@@ -13,11 +13,12 @@ using Metering.Engine.Storage;
 using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
 using Contract = Metering.Engine.Vouchers.Contract;
+using FeeUnit = Metering.Engine.Registry.FeeUnit;
 using Holder = Metering.Engine.Vouchers.Holder;
 using HolderType = Metering.Engine.Vouchers.HolderType;
 

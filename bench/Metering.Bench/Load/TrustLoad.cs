@@ -17,7 +17,7 @@ using Metering.Engine.Time;
 using Metering.Engine.Transparency;
 using Metering.Protocol.V1;
 using Metering.Server.Hosting;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 using Microsoft.Extensions.Logging;
 using Npgsql;
 using EngineTreeHead = Metering.Engine.Transparency.SignedTreeHead;

@@ -10,7 +10,7 @@ using Metering.Engine.Signing;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Server.Hosting;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 using Microsoft.Extensions.Logging;
 using Npgsql;
 

@@ -5,7 +5,7 @@ using BenchmarkDotNet.Attributes;
 using Metering.Engine.Catalog;
 using Metering.Engine.RawLogs;
 using Metering.Protocol.V1;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 
 namespace Metering.Bench.RawLogs;
 

@@ -1,7 +1,7 @@
 using System.Text;
 using Metering.Engine.Catalog;
 using Metering.Probe.Attestation.Checksums;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 
 namespace Metering.Engine.Tests.Catalog;
 

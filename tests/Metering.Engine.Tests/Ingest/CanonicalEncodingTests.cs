@@ -1,7 +1,7 @@
 using System.Security.Cryptography;
 using System.Text.RegularExpressions;
 using Metering.Engine.Ingest;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 
 namespace Metering.Engine.Tests.Ingest;
 

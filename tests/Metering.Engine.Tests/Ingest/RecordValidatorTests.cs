@@ -1,6 +1,6 @@
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 
 namespace Metering.Engine.Tests.Ingest;
 

@@ -2,7 +2,7 @@ using System.Text;
 using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.RawLogs;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 
 namespace Metering.Engine.Tests.RawLogs;
 

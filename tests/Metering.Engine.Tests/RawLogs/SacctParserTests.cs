@@ -3,7 +3,7 @@ using Metering.Engine.Catalog;
 using Metering.Engine.Ingest;
 using Metering.Engine.RawLogs;
 using Metering.Protocol.V1;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 
 namespace Metering.Engine.Tests.RawLogs;
 

@@ -1,7 +1,7 @@
 using Metering.Engine.Catalog;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 using FinancialReportKind = Metering.Protocol.V1.FinancialReportKind;
 using MaterialKind = Metering.Protocol.V1.MaterialKind;
 using DeclaredDevices = Metering.Protocol.V1.DeclaredDevices;

@@ -1,6 +1,6 @@
 using System.Text.RegularExpressions;
 using Metering.Engine.Signing;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 
 namespace Metering.Engine.Tests.Signing;
 

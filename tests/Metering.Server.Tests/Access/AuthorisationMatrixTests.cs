@@ -7,7 +7,9 @@ using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
-using Metering.Server.Tests.Infrastructure;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Server.Tests.Hosting;
 
 namespace Metering.Server.Tests.Access;
 
@@ -221,11 +223,11 @@ public sealed class AuthorisationMatrixTests(PostgresFixture postgres)
         await using TestServer server = await TestServer.StartAsync(postgres);
         await using var dataSource = Metering.Engine.Storage.Database.CreateDataSource(server.ConnectionString);
         var store = new Metering.Engine.Access.CredentialStore(dataSource, TimeProvider.System);
-        var (credential, key) = await store.IssueAsync(Metering.Tests.Shared.Admissions.Operator, Metering.Engine.Access.Role.Auditor, "auditor-temp", "", CancellationToken.None);
+        var (credential, key) = await store.IssueAsync(Metering.Fixtures.Admissions.Operator, Metering.Engine.Access.Role.Auditor, "auditor-temp", "", CancellationToken.None);
         var registry = server.RegistryClient();
         await registry.ListAdmissionBatchesAsync(new ListAdmissionBatchesRequest(), TestServer.Bearer(key));
 
-        await store.RevokeAsync(Metering.Tests.Shared.Admissions.Operator, credential.CredentialId, CancellationToken.None);
+        await store.RevokeAsync(Metering.Fixtures.Admissions.Operator, credential.CredentialId, CancellationToken.None);
         await Task.Delay(new CallLimits().AuthenticationCacheMs + 200);
 
         RpcException error = await Assert.ThrowsAsync<RpcException>(() => registry.ListAdmissionBatchesAsync(new ListAdmissionBatchesRequest(), TestServer.Bearer(key)).ResponseAsync);

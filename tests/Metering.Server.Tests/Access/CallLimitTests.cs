@@ -4,8 +4,9 @@ using Metering.Engine.Ingest;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace Metering.Server.Tests.Access;

@@ -1,6 +1,7 @@
 using Grpc.Core;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
+using Metering.Server.Fixtures;
 
 namespace Metering.Server.Tests.Access;
 
@@ -34,6 +35,6 @@ public sealed class CallerRefusalTests
     {
         RpcException refused = CallerRefusals.Refused(CallerRefusal.RoleNotAllowed, "the auditor role may not call /metering.v1.AccessService/IssueKey");
 
-        Assert.Equal((StatusCode.PermissionDenied, "ROLE_NOT_ALLOWED"), (refused.StatusCode, Infrastructure.IngestCall.Reason(refused)));
+        Assert.Equal((StatusCode.PermissionDenied, "ROLE_NOT_ALLOWED"), (refused.StatusCode, Metering.Server.Fixtures.IngestCall.Reason(refused)));
     }
 }

@@ -1,9 +1,9 @@
 using System.Text;
 using Grpc.Core;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Audit;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 
 namespace Metering.Server.Tests.Access;
 

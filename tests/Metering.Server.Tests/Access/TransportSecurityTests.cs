@@ -13,7 +13,8 @@ using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
 using Metering.Server.Hosting;
-using Metering.Server.Tests.Infrastructure;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
 using Npgsql;
 
 namespace Metering.Server.Tests.Access;

@@ -1,7 +1,8 @@
 using System.Security.Cryptography;
 using Metering.Engine.Audit;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 
 namespace Metering.Server.Tests.Audit;
 

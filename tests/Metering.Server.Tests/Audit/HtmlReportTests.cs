@@ -1,8 +1,9 @@
 using System.Diagnostics;
 using System.Text.RegularExpressions;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 
 namespace Metering.Server.Tests.Audit;
 

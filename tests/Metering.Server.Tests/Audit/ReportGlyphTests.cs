@@ -1,7 +1,8 @@
 using Metering.Engine.Audit;
 using Metering.Engine.Catalog;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 
 namespace Metering.Server.Tests.Audit;
 

@@ -2,6 +2,7 @@ using Grpc.Core;
 using Metering.Engine.Capacity;
 using Metering.Protocol.V1;
 using Metering.Server.Capacity;
+using Metering.Server.Fixtures;
 using Metering.Server.Tests.Infrastructure;
 using Xunit;
 
@@ -30,7 +31,7 @@ public sealed class CapacityRefusalsTests
     {
         foreach (CapacityRefusalReason reason in Enum.GetValues<CapacityRefusalReason>())
         {
-            Assert.Equal(Engine.Ingest.ProtocolNames.Of(CapacityRefusals.ToWire(reason)), CapacityRefusalNames.Of(reason));
+            Assert.Equal(ProtocolNames.Of(CapacityRefusals.ToWire(reason)), reason.ContractName());
         }
     }
 

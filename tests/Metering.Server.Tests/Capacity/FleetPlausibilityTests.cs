@@ -1,9 +1,9 @@
 using Grpc.Core;
 using Metering.Engine.Capacity;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Server.Tests.Registry;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 
 namespace Metering.Server.Tests.Capacity;
 

@@ -2,9 +2,9 @@ using System.Security.Cryptography;
 using Grpc.Core;
 using Metering.Probe.Attestation.Results;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Server.Tests.Registry;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 
 namespace Metering.Server.Tests.Capacity;
 

@@ -5,7 +5,8 @@ using Grpc.Core;
 using Grpc.Health.V1;
 using Grpc.Reflection.V1;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
 using Npgsql;
 
 namespace Metering.Server.Tests.Hosting;

@@ -2,8 +2,9 @@ using System.Collections.Concurrent;
 using Grpc.Core;
 using Metering.Protocol.V1;
 using Metering.Server.Hosting;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 

@@ -3,8 +3,9 @@ using Metering.Client.Simulation;
 using Metering.Client.Streaming;
 using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 
 namespace Metering.Server.Tests.Ingest;
 

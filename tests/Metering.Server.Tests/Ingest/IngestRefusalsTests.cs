@@ -2,6 +2,7 @@ using Grpc.Core;
 using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
 using Metering.Server.Ingest;
+using Metering.Server.Fixtures;
 using Metering.Server.Tests.Infrastructure;
 using Xunit;
 

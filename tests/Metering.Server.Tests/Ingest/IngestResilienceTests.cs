@@ -4,8 +4,9 @@ using Metering.Client.Simulation;
 using Metering.Client.Streaming;
 using Metering.Engine.Audit;
 using Metering.Engine.Storage;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 
 namespace Metering.Server.Tests.Ingest;
 

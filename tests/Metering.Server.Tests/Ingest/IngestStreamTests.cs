@@ -2,8 +2,9 @@ using Grpc.Core;
 using Metering.Engine.Audit;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 
 namespace Metering.Server.Tests.Ingest;
 

@@ -4,7 +4,8 @@ using Google.Rpc;
 using Grpc.Core;
 using Metering.Protocol.V1;
 using Metering.Server.Localization;
-using Metering.Server.Tests.Infrastructure;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
 
 namespace Metering.Server.Tests.Localization;
 

@@ -6,8 +6,9 @@ using Metering.Engine.Audit;
 using Metering.Engine.Ingest;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 using Npgsql;
 
 namespace Metering.Server.Tests.RawLogs;

@@ -1,6 +1,7 @@
 using Grpc.Core;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
 
 namespace Metering.Server.Tests.Registry;
 
@@ -194,7 +195,7 @@ public sealed class FilingRefusalTests(PostgresFixture postgres)
         await AssertRefusedAsync(scene, RegistryScene.Filing(code), key, StatusCode.FailedPrecondition, "METERING_PROOF_MISSING", "proof:onboarding");
 
         // A proof whose stored row was altered no longer verifies.
-        await Metering.Tests.Shared.Admissions.WriteProofAsync(scene.DataSource, scene.Clock, code);
+        await Metering.Fixtures.Admissions.WriteProofAsync(scene.DataSource, scene.Clock, code);
         await scene.Server.ScalarAsync<int>("""
             ALTER TABLE usage_records DISABLE TRIGGER USER;
             UPDATE usage_records SET device_count = 1 WHERE provider_id = @code AND sequence = 2;

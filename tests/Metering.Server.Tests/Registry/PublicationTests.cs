@@ -1,8 +1,9 @@
 using Google.Rpc;
 using Grpc.Core;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 using AdmissionNotice = Metering.Engine.Registry.AdmissionNotice;
 using OperatorDecision = Metering.Engine.Registry.OperatorDecision;
 

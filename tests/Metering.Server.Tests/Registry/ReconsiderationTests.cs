@@ -6,8 +6,10 @@ using Metering.Engine.Access;
 using Metering.Engine.Sandbox;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Server.Tests.Sandbox;
+using Metering.Fixtures;
 using Npgsql;
 
 namespace Metering.Server.Tests.Registry;

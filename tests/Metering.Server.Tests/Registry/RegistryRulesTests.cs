@@ -6,14 +6,17 @@ using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 using ApplicationState = Metering.Protocol.V1.ApplicationState;
 using ServiceItemStatus = Metering.Protocol.V1.ServiceItemStatus;
 using FeeSchedule = Metering.Protocol.V1.FeeSchedule;
 using IntegrityListing = Metering.Protocol.V1.IntegrityListing;
 using Organisation = Metering.Protocol.V1.Organisation;
 using Application = Metering.Protocol.V1.Application;
+using FeeLine = Metering.Protocol.V1.FeeLine;
+using FeeUnit = Metering.Protocol.V1.FeeUnit;
 
 namespace Metering.Server.Tests.Registry;
 

@@ -1,14 +1,16 @@
 using Grpc.Core;
 using Metering.Engine.Registry;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 using ApplicationState = Metering.Protocol.V1.ApplicationState;
 using ServiceItemAction = Metering.Protocol.V1.ServiceItemAction;
 using ServiceItemStatus = Metering.Protocol.V1.ServiceItemStatus;
 using HistoryEntry = Metering.Protocol.V1.HistoryEntry;
 using ServiceItem = Metering.Protocol.V1.ServiceItem;
 using Application = Metering.Protocol.V1.Application;
+using FeeUnit = Metering.Protocol.V1.FeeUnit;
 
 namespace Metering.Server.Tests.Registry;
 

@@ -4,8 +4,9 @@ using Grpc.Core;
 using Metering.Engine.Sandbox;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 using Npgsql;
 
 namespace Metering.Server.Tests.Sandbox;

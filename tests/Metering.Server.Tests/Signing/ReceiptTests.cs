@@ -6,8 +6,9 @@ using Metering.Client.Receipts;
 using Metering.Client.Streaming;
 using Metering.Engine.Signing;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 using Npgsql;
 using Receipt = Metering.Engine.Signing.Receipt;
 

@@ -1,8 +1,9 @@
 using Dapper;
 using Metering.Engine.Storage;
 using Metering.Server.Hosting;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
 

@@ -6,8 +6,9 @@ using Grpc.Core;
 using Grpc.Net.Client;
 using Metering.Protocol.V1;
 using Metering.Server.Telemetry;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 
 namespace Metering.Server.Tests.Telemetry;
 

@@ -1,7 +1,8 @@
 using System.Collections.Concurrent;
 using System.Text;
 using Metering.Server.Telemetry;
-using Metering.Server.Tests.Infrastructure;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -41,7 +42,7 @@ public sealed class OtlpExportTests(PostgresFixture postgres)
             telemetry: new TelemetrySettings { OtlpEndpoint = collectorAddress, OtlpProtocol = OtlpExportProtocol.HttpProtobuf }))
         {
             await using IngestCall call = await IngestCall.OpenAsync(server.Client(), "traced");
-            await call.SendAsync(Metering.Tests.Shared.TestRecords.Range(1, 3));
+            await call.SendAsync(Metering.Fixtures.TestRecords.Range(1, 3));
         }
 
         // Stopping the server flushes its exporters.

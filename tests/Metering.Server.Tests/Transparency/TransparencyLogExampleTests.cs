@@ -3,7 +3,7 @@ using System.Security.Cryptography;
 using System.Text.RegularExpressions;
 using Metering.Engine.Signing;
 using Metering.Engine.Transparency;
-using Metering.Tests.Shared;
+using Metering.Fixtures;
 
 namespace Metering.Server.Tests.Transparency;
 

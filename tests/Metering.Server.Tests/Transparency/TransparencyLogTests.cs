@@ -5,9 +5,9 @@ using Metering.Engine.Settlement;
 using Metering.Engine.Signing;
 using Metering.Engine.Transparency;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Server.Tests.Vouchers;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 using Npgsql;
 using EngineTreeHead = Metering.Engine.Transparency.SignedTreeHead;
 

@@ -1,10 +1,11 @@
 using Metering.Engine.Registry;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Server.Tests.Registry;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+using Metering.Fixtures;
 using Contract = Metering.Engine.Vouchers.Contract;
+using FeeUnit = Metering.Engine.Registry.FeeUnit;
 using Holder = Metering.Engine.Vouchers.Holder;
 using HolderStatus = Metering.Engine.Vouchers.HolderStatus;
 using HolderType = Metering.Engine.Vouchers.HolderType;
