@@ -19,10 +19,9 @@ namespace Metering.Engine.Settlement;
 /// under a session advisory lock that orders runs:
 /// <list type="number">
 /// <item>reads every usage stream's committed mark in its snapshot;</item>
-/// <item>aggregates the day's usage (proof streams excluded) per provider, holder and model in
-///   one set-based query, while a second connection on the same exported snapshot reads the
-///   day's records once more, on their own, to fold each provider's daily Merkle root and to
-///   count the day's metered usage for the reconciliation;</item>
+/// <item>reads the day's usage records (proof streams excluded) once, in one binary COPY, and
+///   from that one read both aggregates them per provider, holder and model and folds each
+///   provider's daily Merkle root, counting the leaves' usage for the reconciliation;</item>
 /// <item>aggregates, as adjustments, records of earlier closed days committed after the
 ///   previous run's marks (late data);</item>
 /// <item>prices each group under the contract that covers it, with the contract's fee-schedule
@@ -167,31 +166,30 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             "SELECT count(*) FROM ingest_streams WHERE stream_id NOT LIKE 'proof:%'", transaction: transaction, cancellationToken: cancellationToken));
         report("marks", $"{streams:N0} usage streams; {closedDays.Length:N0} days closed before; previous run {(previousRun?.ToString(CultureInfo.InvariantCulture) ?? "none")}");
 
-        // 2. The day, with the independent count and the Merkle roots running beside it on the
-        // same snapshot: the roots cover exactly the records this run counts, no more (a record
-        // committed after the snapshot, even one whose ingest transaction began before it) and
-        // no fewer.
-        string snapshot = await connection.ExecuteScalarAsync<string>(new CommandDefinition("SELECT pg_export_snapshot()", transaction: transaction, cancellationToken: cancellationToken))
-            ?? throw new InvalidOperationException("PostgreSQL exported no snapshot.");
-        Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> metered = MeterAsync(snapshot, day, cancellationToken);
+        // 2. The day: one read of its records in the run's snapshot gives both the groups the run
+        // prices and each provider's Merkle leaves, so the roots cover exactly the records this
+        // run counts, no more (a record committed after the snapshot, even one whose ingest
+        // transaction began before it) and no fewer. The roots are folded on the thread pool
+        // while the run prices.
+        DayRead read = await ReadDayAsync(connection, day, cancellationToken);
+        List<Group> groups = read.Groups;
+        Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> metered = Task.Run(() => FoldRoots(day, read.Leaves, cancellationToken), cancellationToken);
         try
         {
-            return await ContinueAsync(connection, transaction, day, dayEnd, actor, startedAt, report, previousRun, closedDays, metered, cancellationToken);
+            return await ContinueAsync(connection, transaction, day, dayEnd, actor, startedAt, report, previousRun, closedDays, groups, metered, cancellationToken);
         }
         catch
         {
-            // The side pass must not outlive the run that exported its snapshot, nor fail unobserved.
+            // The fold must not outlive the run, nor fail unobserved.
             await Task.WhenAny(metered);
             throw;
         }
     }
 
     private async Task<SettlementOutcome> ContinueAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, DateTimeOffset dayEnd, Actor actor,
-        DateTimeOffset startedAt, Action<string, string> report, long? previousRun, DateOnly[] closedDays, Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> metered,
-        CancellationToken cancellationToken)
+        DateTimeOffset startedAt, Action<string, string> report, long? previousRun, DateOnly[] closedDays, List<Group> groups,
+        Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> metered, CancellationToken cancellationToken)
     {
-        DateTimeOffset dayStart = ShanghaiTime.StartOf(day);
-        List<Group> groups = await AggregateDayAsync(connection, transaction, day, dayStart, dayEnd, cancellationToken);
         report("aggregate", $"{groups.Sum(g => g.Records):N0} records of the day in {groups.Count:N0} provider/holder/model groups");
 
         // 3. Late data for days already closed.
