@@ -297,7 +297,8 @@ internal static class DailyLeaves
     /// and no leaves.
     /// </summary>
     /// <param name="moreColumns">Columns of <c>usage_records u</c> a caller reads beside the leaves, after the five leaf columns.</param>
-    public static string Sql(DateOnly day, bool oneProvider, MerkleCutOff cutOff, string? moreColumns = null)
+    /// <param name="providerCondition">A condition on <c>u.provider_id</c> alone that selects whole providers, for a reader that splits the day by provider; null for none.</param>
+    public static string Sql(DateOnly day, bool oneProvider, MerkleCutOff cutOff, string? moreColumns = null, string? providerCondition = null)
     {
         DateTimeOffset from = ShanghaiTime.StartOf(day);
         string Literal(DateTimeOffset instant) => $"'{instant.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture)}+00'::timestamptz";
@@ -327,6 +328,11 @@ internal static class DailyLeaves
         if (oneProvider)
         {
             sql.Append("  AND u.provider_id = current_setting('metering.leaves_provider')\n");
+        }
+
+        if (providerCondition is not null)
+        {
+            sql.Append("  AND ").Append(providerCondition).Append('\n');
         }
 
         if (cutOff.CommittedBy is not null)

@@ -37,16 +37,108 @@ public sealed partial class DailySettlement
     private sealed record DayRead(List<Group> Groups, List<ProviderLeaves> Leaves);
 
     /// <summary>
-    /// The day's records (proof streams excluded), read once, in the run's transaction and so in
-    /// its snapshot: one <c>COPY (SELECT …) TO STDOUT</c> in binary, parsed straight from Npgsql's
-    /// raw COPY stream, that feeds every row both to the aggregation per provider, holder and
-    /// model and to its provider's Merkle leaves (the leaf statement of <see cref="DailyLeaves"/>,
-    /// with the aggregation's columns added). The leaves are therefore exactly the records the
-    /// run prices. Leaf chunks are hashed on the thread pool while the rows arrive.
+    /// The day's records (proof streams excluded), read once in the run's snapshot: each row goes
+    /// both to the aggregation per provider, holder and model and to its provider's Merkle
+    /// leaves (the leaf statement of <see cref="DailyLeaves"/>, with the aggregation's columns
+    /// added), so the leaves are exactly the records the run prices. With more than one segment
+    /// the providers are shared out, by their streams' committed records, between the run's
+    /// connection and connections that import its snapshot, each reading its providers' records
+    /// alone; a provider's records are all in one segment, so segments merge by concatenation.
     /// </summary>
-    private static async Task<DayRead> ReadDayAsync(NpgsqlConnection connection, DateOnly day, CancellationToken cancellationToken)
+    private async Task<DayRead> ReadDayAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, CancellationToken cancellationToken)
     {
-        string copySql = $"COPY ({DailyLeaves.Sql(day, oneProvider: false, MerkleCutOff.None, DayColumns)}) TO STDOUT (FORMAT BINARY)";
+        List<string>[] shares = await ShareProvidersAsync(connection, transaction, cancellationToken);
+        if (shares.Length == 1)
+        {
+            return await ReadSegmentAsync(connection, day, null, cancellationToken);
+        }
+
+        // Segment k reads the providers of share k; the last reads every provider not in another
+        // share, so that a record of a provider without a stream row is read all the same.
+        string[] conditions = new string[shares.Length];
+        for (int k = 0; k < shares.Length - 1; k++)
+        {
+            conditions[k] = $"u.provider_id = ANY({TextArrayLiteral(shares[k])})";
+        }
+
+        conditions[^1] = $"NOT (u.provider_id = ANY({TextArrayLiteral(shares.SkipLast(1).SelectMany(s => s).ToList())}))";
+        string snapshot = await connection.ExecuteScalarAsync<string>(new CommandDefinition("SELECT pg_export_snapshot()", transaction: transaction, cancellationToken: cancellationToken))
+            ?? throw new InvalidOperationException("PostgreSQL exported no snapshot.");
+        var reads = new List<Task<DayRead>> { ReadSegmentAsync(connection, day, conditions[0], cancellationToken) };
+        for (int k = 1; k < shares.Length; k++)
+        {
+            reads.Add(ReadSegmentInSnapshotAsync(snapshot, day, conditions[k], cancellationToken));
+        }
+
+        // WhenAll waits for every segment, so none outlives the run, however one ended.
+        DayRead[] segments = await Task.WhenAll(reads);
+        List<Group> groups = [.. segments.SelectMany(r => r.Groups)
+            .OrderBy(g => g.Provider, StringComparer.Ordinal).ThenBy(g => g.Holder, StringComparer.Ordinal).ThenBy(g => g.Model, StringComparer.Ordinal)];
+        List<ProviderLeaves> leaves = [.. segments.SelectMany(r => r.Leaves).OrderBy(p => p.ProviderId, StringComparer.Ordinal)];
+        return new DayRead(groups, leaves);
+    }
+
+    /// <summary>
+    /// The providers of the run's snapshot shared out into at most <see cref="SettlementOptions.DaySegments"/>
+    /// shares of about equal committed records (largest first, each to the lightest share); one
+    /// share when there is one segment or fewer than two providers.
+    /// </summary>
+    private async Task<List<string>[]> ShareProvidersAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken)
+    {
+        if (_options.DaySegments == 1)
+        {
+            return [[]];
+        }
+
+        var providers = (await connection.QueryAsync<(string Provider, long Records)>(new CommandDefinition("""
+            SELECT provider_id, sum(committed_sequence)::bigint FROM ingest_streams WHERE stream_id NOT LIKE 'proof:%'
+            GROUP BY provider_id ORDER BY 2 DESC, 1
+            """, transaction: transaction, cancellationToken: cancellationToken))).ToList();
+        if (providers.Count < 2)
+        {
+            return [[]];
+        }
+
+        int count = Math.Min(_options.DaySegments, providers.Count);
+        var shares = Enumerable.Range(0, count).Select(_ => new List<string>()).ToArray();
+        long[] weights = new long[count];
+        foreach (var (provider, records) in providers)
+        {
+            int lightest = Array.IndexOf(weights, weights.Min());
+            shares[lightest].Add(provider);
+            weights[lightest] += records;
+        }
+
+        return shares;
+    }
+
+    /// <summary>A SQL literal of a text array: each element in single quotes, a quote in it doubled (standard_conforming_strings is on since PostgreSQL 9.1).</summary>
+    private static string TextArrayLiteral(IReadOnlyCollection<string> values) =>
+        values.Count == 0 ? "ARRAY[]::text[]" : $"ARRAY[{string.Join(", ", values.Select(v => "'" + v.Replace("'", "''", StringComparison.Ordinal) + "'"))}]::text[]";
+
+    /// <summary>One segment of the day on a connection of its own, in a transaction that imports the run's snapshot.</summary>
+    private async Task<DayRead> ReadSegmentInSnapshotAsync(string snapshot, DateOnly day, string providerCondition, CancellationToken cancellationToken)
+    {
+        // Off the caller's thread at once, so that the segments parse side by side.
+        await Task.Yield();
+        await using NpgsqlConnection side = await dataSource.OpenConnectionAsync(cancellationToken);
+        await using NpgsqlTransaction transaction = await side.BeginTransactionAsync(IsolationLevel.RepeatableRead, cancellationToken);
+        await side.ExecuteAsync(new CommandDefinition($"SET TRANSACTION SNAPSHOT '{snapshot}'", transaction: transaction, cancellationToken: cancellationToken));
+        await side.ExecuteAsync(new CommandDefinition($"SET LOCAL statement_timeout = {(long)_options.StatementTimeout.TotalMilliseconds}", transaction: transaction, cancellationToken: cancellationToken));
+        DayRead read = await ReadSegmentAsync(side, day, providerCondition, cancellationToken);
+        await transaction.CommitAsync(cancellationToken);
+        return read;
+    }
+
+    /// <summary>
+    /// One read of the day's records (of the providers the condition selects, or all), in the
+    /// connection's transaction: one <c>COPY (SELECT …) TO STDOUT</c> in binary, parsed straight
+    /// from Npgsql's raw COPY stream. Leaf chunks are hashed on the thread pool while the rows
+    /// arrive.
+    /// </summary>
+    private static async Task<DayRead> ReadSegmentAsync(NpgsqlConnection connection, DateOnly day, string? providerCondition, CancellationToken cancellationToken)
+    {
+        string copySql = $"COPY ({DailyLeaves.Sql(day, oneProvider: false, MerkleCutOff.None, DayColumns, providerCondition)}) TO STDOUT (FORMAT BINARY)";
         var leaves = new LeafCollector(day);
         var totals = new DayTotals();
         try

@@ -50,7 +50,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
     // Orders settlement runs across processes: any constant distinct from the migrator's.
     private const long RunLockKey = 0x5345_5454_4c45_0001;
 
-    private readonly SettlementOptions _options = options ?? new SettlementOptions();
+    private readonly SettlementOptions _options = Checked(options ?? new SettlementOptions());
 
     /// <summary>One aggregated group of usage.</summary>
     private sealed record Group(string Kind, DateOnly UsageDay, string Provider, string Holder, string Model, long Records, long UsageNpfh, long CardMs);
@@ -136,6 +136,10 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         }
     }
 
+    private static SettlementOptions Checked(SettlementOptions options) =>
+        options.DaySegments is >= 1 and <= SettlementOptions.DaySegmentsMax ? options
+            : throw new ArgumentOutOfRangeException(nameof(options), $"DaySegments is {options.DaySegments}; a day is read in 1 to {SettlementOptions.DaySegmentsMax} segments");
+
     /// <summary>A closed day's settlement, or null when the day is not closed.</summary>
     public async Task<SettlementOutcome?> GetAsync(DateOnly day, CancellationToken cancellationToken)
     {
@@ -171,7 +175,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         // run counts, no more (a record committed after the snapshot, even one whose ingest
         // transaction began before it) and no fewer. The roots are folded on the thread pool
         // while the run prices.
-        DayRead read = await ReadDayAsync(connection, day, cancellationToken);
+        DayRead read = await ReadDayAsync(connection, transaction, day, cancellationToken);
         List<Group> groups = read.Groups;
         Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> metered = Task.Run(() => FoldRoots(day, read.Leaves, cancellationToken), cancellationToken);
         try

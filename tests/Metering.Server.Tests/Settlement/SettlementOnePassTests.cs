@@ -5,8 +5,9 @@ using Metering.Protocol.V1;
 using Metering.Server.Tests.Infrastructure;
 using Metering.Server.Tests.Vouchers;
 using Metering.Tests.Shared;
+using Microsoft.Extensions.Logging.Abstractions;
+using Npgsql;
 using Contract = Metering.Engine.Vouchers.Contract;
-using FeeUnit = Metering.Engine.Vouchers.FeeUnit;
 
 namespace Metering.Server.Tests.Settlement;
 
@@ -54,13 +55,16 @@ public sealed class SettlementOnePassTests(PostgresFixture postgres)
         return record;
     }
 
-    [Fact]
-    public async Task One_read_of_a_day_of_several_providers_holders_and_contracts_gives_the_totals_of_the_set_based_aggregation_and_one_leaf_per_record()
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public async Task One_read_of_a_day_of_several_providers_holders_and_contracts_gives_the_totals_of_the_set_based_aggregation_and_one_leaf_per_record(int segments)
     {
         await using VoucherScene scene = await VoucherScene.StartAsync(postgres);
         string cardHours = await scene.HolderAsync();
-        string pflopsHours = await scene.HolderAsync();
-        string elsewhere = await scene.HolderAsync();
+        string pflopsHours = await scene.HolderAsync(VoucherScene.NewCode());
+        string elsewhere = await scene.HolderAsync(VoucherScene.NewCode());
         Contract first = await scene.ContractAsync(cardHours);
         await scene.ContractAsync(pflopsHours, unit: FeeUnit.PerPflopsHour);
         await scene.ContractAsync(elsewhere, provider: TestRecords.OtherProvider);
@@ -87,8 +91,10 @@ public sealed class SettlementOnePassTests(PostgresFixture postgres)
             Sliced(Stranger, 61, "stranger-r", 1, 6, 7, 4_321, "H100-SXM"),
         ], provider: TestRecords.OtherProvider);
 
-        SettlementOutcome outcome = await scene.SettleAsync(Day);
-        SettlementOutcome again = await scene.SettleAsync(Day);
+        // Read on one connection, or shared out by provider between two or three (more segments than providers: as many as there are providers).
+        DailySettlement settlement = scene.Settlement(new SettlementOptions { DaySegments = segments });
+        SettlementOutcome outcome = await settlement.SettleAsync(Day, VoucherScene.Batch, null, CancellationToken.None);
+        SettlementOutcome again = await settlement.SettleAsync(Day, VoucherScene.Batch, null, CancellationToken.None);
 
         var bounds = new { from = ShanghaiTime.StartOf(Day).UtcDateTime, until = ShanghaiTime.StartOf(Day.AddDays(1)).UtcDateTime };
         var expected = await scene.QueryAsync<(string ProviderId, string HolderCode, string DeviceModel, long Records, long UsageNpfh, long CardMs)>(IndependentAggregation, bounds);
@@ -113,5 +119,18 @@ public sealed class SettlementOnePassTests(PostgresFixture postgres)
         Assert.True(again.AlreadyClosed);
         Assert.Equal(outcome.SettlementHex, again.SettlementHex);
         Assert.Equal(expected, await scene.QueryAsync<(string ProviderId, string HolderCode, string DeviceModel, long Records, long UsageNpfh, long CardMs)>(SettledLines, new { day = Day }));
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(SettlementOptions.DaySegmentsMax + 1)]
+    public async Task A_number_of_day_segments_outside_its_limits_is_refused_when_the_settlement_is_made(int segments)
+    {
+        // No connection is opened: the options are checked before anything runs.
+        await using NpgsqlDataSource unused = NpgsqlDataSource.Create("Host=unused.invalid");
+
+        var refused = Assert.Throws<ArgumentOutOfRangeException>(() => new DailySettlement(unused, TimeProvider.System, NullLogger.Instance, new SettlementOptions { DaySegments = segments }));
+
+        Assert.Contains($"DaySegments is {segments}", refused.Message, StringComparison.Ordinal);
     }
 }
