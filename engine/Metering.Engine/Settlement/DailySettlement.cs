@@ -254,12 +254,24 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             SELECT provider_id, stream_id, @runId, committed_sequence FROM ingest_streams WHERE stream_id NOT LIKE 'proof:%'
             """, new { runId }, transaction, cancellationToken: cancellationToken));
         await WriteLinesAsync(connection, runId, lines, cancellationToken);
-        for (int i = 0; i < canonical.Count; i++)
+        // All statements in one statement: a day has hundreds of parties, and a round trip each cost more than writing them.
+        await using (var statementsInsert = new NpgsqlCommand("""
+            INSERT INTO settlement_statements (run_id, party_kind, party_code, ordinal, canonical_csv, sha256)
+            SELECT $1, s.kind, s.party, s.ordinal, s.csv, s.sha FROM unnest($2::text[], $3::text[], $4::integer[], $5::bytea[], $6::bytea[]) AS s(kind, party, ordinal, csv, sha)
+            """, connection, transaction)
         {
-            await connection.ExecuteAsync(new CommandDefinition("""
-                INSERT INTO settlement_statements (run_id, party_kind, party_code, ordinal, canonical_csv, sha256) VALUES (@runId, @kind, @party, @ordinal, @csv, @sha)
-                """, new { runId, kind = canonical[i].Statement.PartyKind, party = canonical[i].Statement.Party, ordinal = i, csv = canonical[i].Csv, sha = StatementFormats.Sha256(canonical[i].Csv) },
-                transaction, cancellationToken: cancellationToken));
+            Parameters =
+            {
+                new() { Value = runId },
+                new() { Value = canonical.Select(c => c.Statement.PartyKind).ToArray() },
+                new() { Value = canonical.Select(c => c.Statement.Party).ToArray() },
+                new() { Value = Enumerable.Range(0, canonical.Count).ToArray() },
+                new() { Value = canonical.Select(c => c.Csv).ToArray() },
+                new() { Value = canonical.Select(c => StatementFormats.Sha256(c.Csv)).ToArray() },
+            },
+        })
+        {
+            await statementsInsert.ExecuteNonQueryAsync(cancellationToken);
         }
 
         report("write", $"run {runId}: {lines.Count:N0} lines and {canonical.Count:N0} statements written; writing the ledger");
