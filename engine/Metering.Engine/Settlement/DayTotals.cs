@@ -35,6 +35,7 @@ internal sealed class DayTotals
             throw new InvalidDataException($"A usage record of {Encoding.UTF8.GetString(providerUtf8)} has {deviceCount} device(s), share {shareNumerator}/{shareDenominator} and {durationMicroseconds} µs; the table's checks allow none of these.");
         }
 
+        long cardMs = CardMilliseconds((ulong)deviceCount * (ulong)shareNumerator, (ulong)durationMicroseconds, (ulong)shareDenominator);
         int length = providerUtf8.Length + 1 + holderUtf8.Length + 1 + modelUtf8.Length;
         if (length > _key.Length)
         {
@@ -54,11 +55,22 @@ internal sealed class DayTotals
             _groups.Add(key.ToArray(), totals);
         }
 
-        UInt128 product = (UInt128)(ulong)deviceCount * (ulong)shareNumerator * (ulong)durationMicroseconds;
-        long cardMs = checked((long)(ulong)(product / ((ulong)shareDenominator * MicrosecondsPerMillisecond)));
         totals.Records++;
         totals.UsageNpfh = checked(totals.UsageNpfh + usageNpfh);
         totals.CardMs = checked(totals.CardMs + cardMs);
+    }
+
+    /// <summary>
+    /// devices × numerator × duration µs / (denominator × 1000), rounded down: in 64 bits when the
+    /// product fits, which is every realistic record, else in 128.
+    /// </summary>
+    private static long CardMilliseconds(ulong deviceShares, ulong durationMicroseconds, ulong shareDenominator)
+    {
+        ulong divisor = shareDenominator * MicrosecondsPerMillisecond;
+        ulong high = Math.BigMul(deviceShares, durationMicroseconds, out ulong low);
+        return high == 0
+            ? checked((long)(low / divisor))
+            : checked((long)(ulong)(new UInt128(high, low) / divisor));
     }
 
     /// <summary>The groups, in ordinal order of provider, holder and model.</summary>
