@@ -9,7 +9,7 @@ namespace Metering.Samples.ProviderAgent;
 /// The server's date. A sandbox's clock runs ahead of this machine's, and the server judges every
 /// record's time by its own clock, so the day to replay is "yesterday" as the server sees it.
 /// </summary>
-public static class ServerClock
+internal static class ServerClock
 {
     private static readonly TimeSpan Shanghai = TimeSpan.FromHours(8);
 

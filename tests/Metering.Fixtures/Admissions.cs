@@ -13,6 +13,8 @@ using Application = Metering.Engine.Registry.Application;
 using MaterialKind = Metering.Protocol.V1.MaterialKind;
 using Material = Metering.Protocol.V1.Material;
 using DeclaredDevices = Metering.Protocol.V1.DeclaredDevices;
+using FeeLine = Metering.Protocol.V1.FeeLine;
+using FeeUnit = Metering.Protocol.V1.FeeUnit;
 using Licence = Metering.Engine.Registry.Licence;
 using Organisation = Metering.Engine.Registry.Organisation;
 
@@ -234,7 +236,7 @@ internal static class Admissions
         Capacity = [.. request.Capacity.Select(d => new Metering.Engine.Registry.DeclaredDevices(d.Site, d.DeviceModel, d.DeviceCount))],
         ServiceContent = request.ServiceContent,
         ServiceStandards = request.ServiceStandards,
-        Fees = [.. request.Fees],
+        Fees = [.. request.Fees.Select(f => new Metering.Engine.Registry.FeeLine(f.DeviceModel, (Metering.Engine.Registry.FeeUnit)(int)f.Unit, f.PriceFen))],
         MeteringProofStream = request.MeteringProofStream,
         Intermediary = request.Intermediary,
         RenewsApplicationId = request.RenewsApplicationId,

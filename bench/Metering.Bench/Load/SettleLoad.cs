@@ -18,6 +18,7 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
 using Contract = Metering.Engine.Vouchers.Contract;
+using FeeUnit = Metering.Engine.Registry.FeeUnit;
 using Holder = Metering.Engine.Vouchers.Holder;
 using HolderType = Metering.Engine.Vouchers.HolderType;
 

@@ -15,6 +15,8 @@ using MaterialKind = Metering.Protocol.V1.MaterialKind;
 using Npgsql;
 using Material = Metering.Protocol.V1.Material;
 using DeclaredDevices = Metering.Protocol.V1.DeclaredDevices;
+using FeeLine = Metering.Protocol.V1.FeeLine;
+using FeeUnit = Metering.Protocol.V1.FeeUnit;
 using Licence = Metering.Protocol.V1.Licence;
 using Organisation = Metering.Protocol.V1.Organisation;
 using Application = Metering.Protocol.V1.Application;

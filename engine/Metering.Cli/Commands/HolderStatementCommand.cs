@@ -4,11 +4,11 @@ using System.Text;
 using Google.Rpc;
 using Grpc.Core;
 using Metering.Engine.Identity;
-using Metering.Engine.Ingest;
 using Metering.Engine.Settlement;
 using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
+using Metering.Server;
 using Metering.Server.Vouchers;
 using Holder = Metering.Protocol.V1.Holder;
 

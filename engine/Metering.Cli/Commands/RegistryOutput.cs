@@ -11,6 +11,7 @@ using VerificationPart = Metering.Protocol.V1.VerificationPart;
 using MaterialKind = Metering.Protocol.V1.MaterialKind;
 using Material = Metering.Protocol.V1.Material;
 using DeclaredDevices = Metering.Protocol.V1.DeclaredDevices;
+using FeeLine = Metering.Protocol.V1.FeeLine;
 using HistoryEntry = Metering.Protocol.V1.HistoryEntry;
 using IntegrityListing = Metering.Protocol.V1.IntegrityListing;
 using Licence = Metering.Protocol.V1.Licence;

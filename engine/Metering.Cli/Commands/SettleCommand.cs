@@ -4,10 +4,10 @@ using System.Security.Cryptography;
 using System.Text;
 using Google.Rpc;
 using Grpc.Core;
-using Metering.Engine.Ingest;
 using Metering.Engine.Settlement;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
+using Metering.Server;
 using Metering.Server.Vouchers;
 
 namespace Metering.Cli.Commands;

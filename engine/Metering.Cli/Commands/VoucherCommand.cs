@@ -9,6 +9,7 @@ using Claim = Metering.Protocol.V1.Claim;
 using ClaimLine = Metering.Protocol.V1.ClaimLine;
 using Contract = Metering.Protocol.V1.Contract;
 using EngineHolderType = Metering.Engine.Vouchers.HolderType;
+using FeeUnit = Metering.Protocol.V1.FeeUnit;
 using Holder = Metering.Protocol.V1.Holder;
 using HolderStatus = Metering.Protocol.V1.HolderStatus;
 using HolderType = Metering.Protocol.V1.HolderType;
@@ -200,7 +201,7 @@ internal static class VoucherCommand
                     StartsOn = Date(parse, starts),
                     EndsOn = Date(parse, ends),
                     AmountFen = Positive(parse, amount),
-                    FeeUnit = Names.FeeUnitOf(parse.GetValue(unit)!),
+                    FeeUnit = UnitOf(parse.GetValue(unit)!),
                     FeeScheduleVersion = parse.GetValue(version),
                     NonRelatedParty = true,
                     DeclarationRef = parse.GetValue(declaration)!,
@@ -407,7 +408,7 @@ internal static class VoucherCommand
         var table = new TextTable("contract", "number", "holder", "provider", "item", "from", "to", "amount CNY", "unit", "fees v", "start-up", "other support CNY", "voucher support CNY");
         foreach (Contract c in contracts)
         {
-            table.Add(N(c.ContractId), c.ContractNumber, c.HolderCode, c.ProviderId, c.ServiceItem, c.StartsOn, c.EndsOn, Pricing.Yuan(c.AmountFen), Names.Of(c.FeeUnit), N(c.FeeScheduleVersion),
+            table.Add(N(c.ContractId), c.ContractNumber, c.HolderCode, c.ProviderId, c.ServiceItem, c.StartsOn, c.EndsOn, Pricing.Yuan(c.AmountFen), Spelling(c.FeeUnit), N(c.FeeScheduleVersion),
                 c.Startup ? "yes" : "no", Pricing.Yuan(c.OtherSupportFen), Pricing.Yuan(c.VoucherSupportFen));
         }
 
@@ -433,7 +434,7 @@ internal static class VoucherCommand
         var lines = new TextTable("model", "unit", "records", "card-ms", "nPFh", "price CNY", "fee CNY");
         foreach (ClaimLine l in claim.Lines)
         {
-            lines.Add(l.DeviceModel, Names.Of(l.FeeUnit), N(l.Records), N(l.CardMs), N(l.UsageNpfh), Pricing.Yuan(l.PriceFen), Pricing.Yuan(l.FeeFen));
+            lines.Add(l.DeviceModel, Spelling(l.FeeUnit), N(l.Records), N(l.CardMs), N(l.UsageNpfh), Pricing.Yuan(l.PriceFen), Pricing.Yuan(l.FeeFen));
         }
 
         lines.Write(Console.Out);
@@ -513,4 +514,10 @@ internal static class VoucherCommand
     private static string N(long value) => value.ToString("N0", CultureInfo.InvariantCulture);
 
     private static string Local(long unixMs) => LocalTime.Minutes(unixMs);
+
+    // The registry spells fee units in its database and on the command line; the wire's enum and
+    // the engine's carry the same members at the same numbers, so they convert by value.
+    private static string Spelling(FeeUnit unit) => Names.Of((Engine.Registry.FeeUnit)(int)unit);
+
+    private static FeeUnit UnitOf(string name) => (FeeUnit)(int)Names.FeeUnitOf(name);
 }

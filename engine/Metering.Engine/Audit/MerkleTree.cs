@@ -28,7 +28,7 @@ public readonly record struct ProofStep(ProofSide Side, byte[] Sibling);
 /// and the prefixes are the probe's (<see cref="NodeRule"/>), the same tree rule, implemented once;
 /// <see cref="Sha256Lanes"/> hashes whole levels of nodes eight at a time to the same results.
 /// </summary>
-public static class MerkleTree
+internal static class MerkleTree
 {
     public const int HashBytes = NodeRule.HashBytes;
     public const byte LeafPrefix = NodeRule.LeafPrefix;

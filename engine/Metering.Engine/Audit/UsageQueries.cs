@@ -106,7 +106,7 @@ public sealed record UsageTotals(string Key, long Records, long DeviceMs, long U
 public sealed record UsageSummary(IReadOnlyList<UsageTotals> Groups, UsageTotals Total, bool Truncated);
 
 /// <summary>Fixed-point formatting of integers; the audit path never touches floating point.</summary>
-public static class Units
+internal static class Units
 {
     /// <summary>Formats <paramref name="scaled"/> / 10^<paramref name="decimals"/> with thousands separators.</summary>
     public static string Fixed(long scaled, int decimals)

@@ -6,7 +6,7 @@ using Metering.Probe.Attestation.Results;
 namespace Metering.Engine.Capacity;
 
 /// <summary>What the server found for one reported device (the proto's DeviceOutcome).</summary>
-public enum DeviceVerdict
+internal enum DeviceVerdict
 {
     Healthy,
     Unhealthy,
@@ -17,7 +17,7 @@ public enum DeviceVerdict
 }
 
 /// <summary>What became of a sampled node (the proto's NodeOutcome, less "pending").</summary>
-public enum NodeVerdict
+internal enum NodeVerdict
 {
     Passed,
     Failed,
@@ -28,10 +28,10 @@ public enum NodeVerdict
 public sealed record KernelJudgement(string Kernel, string Path, long Rate, string Unit, long Reference, long Peak, bool Judged, long ReportedRate = 0);
 
 /// <summary>One device's verdict.</summary>
-public sealed record DeviceJudgement(int Index, string ReportedName, int Multiprocessors, string? Model, DeviceVerdict Verdict, string Detail, IReadOnlyList<KernelJudgement> Kernels);
+internal sealed record DeviceJudgement(int Index, string ReportedName, int Multiprocessors, string? Model, DeviceVerdict Verdict, string Detail, IReadOnlyList<KernelJudgement> Kernels);
 
 /// <summary>A rate no healthy device of the model reaches: the whole attestation is refused.</summary>
-public sealed record Forgery(int DeviceIndex, string Kernel, long Rate, long Peak, string Model);
+internal sealed record Forgery(int DeviceIndex, string Kernel, long Rate, long Peak, string Model);
 
 /// <summary>
 /// Judges a report whose checksums already verified against the catalog and the node it claims
@@ -45,7 +45,7 @@ public sealed record Forgery(int DeviceIndex, string Kernel, long Rate, long Pea
 /// counted rate below 0.90 × the reference fails the device; a device with no counted rate goes
 /// to review; every kernel must have been measured.
 /// </summary>
-public static class AttestationJudge
+internal static class AttestationJudge
 {
     /// <summary>Forged above peak × 11 / 10.</summary>
     public const int ForgedAbovePeakTenths = 11;

@@ -1,3 +1,5 @@
+using Metering.Engine.Formatting;
+
 namespace Metering.Engine.Capacity;
 
 /// <summary>
@@ -105,35 +107,13 @@ public enum CapacityRefusalReason
 }
 
 /// <summary>
-/// The wire name of each reason (PUBLIC_KEY_INVALID for <see cref="CapacityRefusalReason.PublicKeyInvalid"/>),
-/// which the engine stores beside a refused attestation report. The wire's names are the members'
-/// words in upper case joined by underscores; the server's drift test holds every one to the proto.
+/// The contract's spelling of each reason (PUBLIC_KEY_INVALID for <see cref="CapacityRefusalReason.PublicKeyInvalid"/>),
+/// which the engine stores beside a refused attestation report; the server's drift test holds every
+/// one to the proto.
 /// </summary>
 internal static class CapacityRefusalNames
 {
-    private static readonly Dictionary<CapacityRefusalReason, string> Names = Enum.GetValues<CapacityRefusalReason>().ToDictionary(r => r, Wire);
+    private static readonly string[] Names = ContractNames.Of<CapacityRefusalReason>("CAPACITY_REFUSAL_UNSPECIFIED");
 
-    public static string Of(CapacityRefusalReason reason) => Names[reason];
-
-    private static string Wire(CapacityRefusalReason reason)
-    {
-        if (reason == CapacityRefusalReason.Unspecified)
-        {
-            return "CAPACITY_REFUSAL_UNSPECIFIED";
-        }
-
-        string name = reason.ToString();
-        var wire = new System.Text.StringBuilder(name.Length + 8);
-        for (int i = 0; i < name.Length; i++)
-        {
-            if (i > 0 && char.IsUpper(name[i]))
-            {
-                wire.Append('_');
-            }
-
-            wire.Append(char.ToUpperInvariant(name[i]));
-        }
-
-        return wire.ToString();
-    }
+    public static string ContractName(this CapacityRefusalReason reason) => Names[(int)reason];
 }

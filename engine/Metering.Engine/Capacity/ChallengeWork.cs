@@ -50,7 +50,7 @@ public sealed record ChallengePlan(string Model, int Devices, int Runs, IReadOnl
 /// its share, never above the model's peak. A commitment inside the deadline (T ≤ expected +
 /// allowance) so gives every kernel at least the healthy threshold; one after it is late.
 /// </summary>
-public static class ChallengeWork
+internal static class ChallengeWork
 {
     /// <summary>Iterations a computed size starts from (as the probe's full preset), so that items carry the parallelism.</summary>
     private static int BaseIterations(KernelKind kind) => kind switch

@@ -5,7 +5,7 @@ using Npgsql;
 namespace Metering.Engine.Capacity;
 
 /// <summary>A provider has more completed fleet validations in the span asked for than the reader takes at once.</summary>
-public sealed class FleetHistoryLimitExceededException(string message) : Exception(message);
+internal sealed class FleetHistoryLimitExceededException(string message) : Exception(message);
 
 /// <summary>
 /// The fleet one completed validation validated: the devices of each model in its inventory

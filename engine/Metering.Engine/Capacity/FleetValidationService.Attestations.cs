@@ -197,7 +197,7 @@ public sealed partial class FleetValidationService
         {
             DateTimeOffset now = time.GetUtcNow();
             long attestationId = await InsertAttestationAsync(connection, transaction, code, nonce.ValidationId, request.NodeId, keyVersion, digest,
-                encoded.AsSpan(0, Math.Min(encoded.Length, RefusedReportBytesMax)).ToArray(), signature, now, ProtocolName(refusal), detail.Length > 4_000 ? detail[..4_000] : detail, encoded.Length);
+                encoded.AsSpan(0, Math.Min(encoded.Length, RefusedReportBytesMax)).ToArray(), signature, now, refusal.ContractName(), detail.Length > 4_000 ? detail[..4_000] : detail, encoded.Length);
             await TieNonceAsync(connection, transaction, code, nonce.Nonce, attestationId);
             return attestationId;
         }, cancellationToken);

@@ -124,8 +124,6 @@ public sealed partial class FleetValidationService(NpgsqlDataSource dataSource, 
         _ => "awaiting_review",
     };
 
-    private static string ProtocolName(CapacityRefusalReason refusal) => CapacityRefusalNames.Of(refusal);
-
     private static string Shorten(byte[] nonce) => nonce.Length >= 4 ? Convert.ToHexStringLower(nonce.AsSpan(0, 4)) + "…" : "(not 32 bytes)";
 }
 

@@ -6,7 +6,7 @@ namespace Metering.Engine.Capacity;
 /// The nodes' ECDSA P-256 keys: parsing what a provider registers, and checking a report's
 /// signature. Only P-256 with SHA-256 is taken, the curve every HSM, TPM and OpenSSL offers.
 /// </summary>
-public static class NodeKeys
+internal static class NodeKeys
 {
     /// <summary>The OID of NIST P-256 (secp256r1, prime256v1).</summary>
     private const string P256Oid = "1.2.840.10045.3.1.7";

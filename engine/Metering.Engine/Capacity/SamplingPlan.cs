@@ -16,7 +16,7 @@ namespace Metering.Engine.Capacity;
 /// distribution (sampling without replacement from the declared inventory), so small fleets get
 /// the exact finite-population answer and large ones tend to the binomial's 59.
 /// </summary>
-public static class SamplingPlan
+internal static class SamplingPlan
 {
     /// <summary>
     /// The fewest non-conforming nodes that make the claim false: D* = ⌊N × (100 − c) / 100⌋ + 1

@@ -8,7 +8,7 @@ namespace Metering.Engine.Formatting;
 /// under that name, and the engine never reads the generated descriptors to learn it; a server test
 /// holds every spelling equal to the descriptor's.
 /// </summary>
-public static class ContractNames
+internal static class ContractNames
 {
     /// <summary>
     /// The names of <typeparamref name="TEnum"/>'s members indexed by value. Value 0 takes

@@ -8,7 +8,7 @@ using Npgsql;
 namespace Metering.Engine.Ingest;
 
 /// <summary>The registry changed what ingest accepts from a provider after its snapshot was read.</summary>
-public sealed class AdmissionChangedException(string providerId)
+internal sealed class AdmissionChangedException(string providerId)
     : Exception($"The registry entries of {providerId} changed while a batch was being committed.");
 
 /// <summary>

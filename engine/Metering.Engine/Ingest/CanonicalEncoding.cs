@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text;
+using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 
 namespace Metering.Engine.Ingest;
@@ -52,7 +53,10 @@ public readonly struct RecordFields
 public static class CanonicalEncoding
 {
     public const byte FormatVersion = 1;
-    public const int HashBytes = 32;
+
+    /// <summary>The chain hash's length, as the store keeps it (SHA-256, 32 bytes).</summary>
+    public const int HashBytes = UsageStore.ChainHashBytes;
+
     public const int StreamIdBytesMax = 64;
     public const int DeviceModelBytesMax = 32;
 

@@ -30,7 +30,7 @@ namespace Metering.Engine.Ingest;
 /// batch touches and writes the new sums back with a plain upsert (no array arithmetic in SQL). Two commits of one provider and model are thus ordered, and the second sees the
 /// first's sums; commits of different models or providers do not wait for each other.
 /// </summary>
-public static class FleetConcurrency
+internal static class FleetConcurrency
 {
     public const int SecondsPerRow = 60;
 

@@ -3,7 +3,7 @@ using System.Diagnostics;
 namespace Metering.Engine.Ingest;
 
 /// <summary>What to do with one heartbeat.</summary>
-public enum HeartbeatDecision
+internal enum HeartbeatDecision
 {
     /// <summary>The first heartbeat of its minute: write the minute.</summary>
     Record,
@@ -23,7 +23,7 @@ public enum HeartbeatDecision
 /// back into an earlier minute simply starts counting that minute afresh. Not thread-safe: a
 /// stream has a single writer.
 /// </summary>
-public sealed class HeartbeatMinutes
+internal sealed class HeartbeatMinutes
 {
     public const long MinuteMs = 60_000;
 

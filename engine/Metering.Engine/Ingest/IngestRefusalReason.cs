@@ -116,7 +116,7 @@ public enum IngestRefusalReason
 }
 
 /// <summary>The contract's spelling of an ingest refusal reason, for what the engine stores under it.</summary>
-public static class IngestRefusalNames
+internal static class IngestRefusalNames
 {
     private static readonly string[] Names = ContractNames.Of<IngestRefusalReason>("INGEST_REFUSAL_UNSPECIFIED");
 

@@ -5,7 +5,7 @@ using Metering.Protocol.V1;
 namespace Metering.Engine.Ingest;
 
 /// <summary>A batch's new records, ready to commit: each with its usage, catalog entry and chain hash.</summary>
-public sealed class PreparedRecords : IUsageRows
+internal sealed class PreparedRecords : IUsageRows
 {
     public PreparedRecords(int capacity)
     {

@@ -18,7 +18,7 @@ namespace Metering.Engine.Ingest;
 /// They are deprecated in OpenSSL 3 but exported by every libcrypto 1.1 and 3; a digest is
 /// checked against .NET's at start-up before they are used.
 /// </summary>
-public static class Sha256Digest
+internal static class Sha256Digest
 {
     /// <summary>Bytes of OpenSSL's SHA256_CTX (eight state words, two length words, a 64-byte block, two counters), with room to spare.</summary>
     private const int ContextBytes = 128;

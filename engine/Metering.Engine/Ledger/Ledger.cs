@@ -8,7 +8,7 @@ namespace Metering.Engine.Ledger;
 /// a reconciliation found a mismatch. Checked in Release builds too; the transaction that met it
 /// is rolled back and the caller fails loudly.
 /// </summary>
-public sealed class LedgerInvariantException(string message) : Exception(message);
+internal sealed class LedgerInvariantException(string message) : Exception(message);
 
 /// <summary>
 /// The chart of accounts. An account is named kind:key, where the key is a programme year, a
@@ -16,7 +16,7 @@ public sealed class LedgerInvariantException(string message) : Exception(message
 /// balance and "credit-normal" ones a credit balance. The ledger is the clearing view of the
 /// programme; settlement.md explains each account and the entries that move it.
 /// </summary>
-public static class Accounts
+internal static class Accounts
 {
     /// <summary>Debit-normal: funds of a programme year committed to vouchers.</summary>
     public static string ProgrammeBudget(int year) => $"programme_budget:{year}";
@@ -41,13 +41,13 @@ public static class Accounts
 }
 
 /// <summary>One line of an entry: exactly one of debit and credit is positive.</summary>
-public readonly record struct LedgerLine(string Account, long DebitFen, long CreditFen);
+internal readonly record struct LedgerLine(string Account, long DebitFen, long CreditFen);
 
 /// <summary>
 /// A double-entry ledger entry being built. Lines of zero are left out; <see cref="AssertBalanced"/>
 /// throws when debits and credits differ, in every build.
 /// </summary>
-public sealed class LedgerEntry(string kind, string reference, string memo)
+internal sealed class LedgerEntry(string kind, string reference, string memo)
 {
     /// <summary>Most lines one entry may have; a settlement groups its billing per provider.</summary>
     public const int LinesMax = 100_000;
@@ -103,7 +103,7 @@ public sealed class LedgerEntry(string kind, string reference, string memo)
 }
 
 /// <summary>Writes entries: the entry row, then all its lines in one INSERT so that the database's balance trigger sees the whole entry.</summary>
-public static class LedgerWriter
+internal static class LedgerWriter
 {
     /// <summary>Writes a balanced entry and returns its id, or null when every line was zero.</summary>
     public static async Task<long?> WriteAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, LedgerEntry entry, long? runId, DateTimeOffset bookedAt, CancellationToken cancellationToken)

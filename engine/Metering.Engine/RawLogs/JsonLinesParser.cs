@@ -10,7 +10,7 @@ namespace Metering.Engine.RawLogs;
 /// proto/metering/v1/rawlog-formats.md. Unknown properties are refused, so a typo cannot silently
 /// drop a field.
 /// </summary>
-public sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
+internal sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
 {
     private const int UuidsMax = 64;
 

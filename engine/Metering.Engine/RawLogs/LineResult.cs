@@ -23,7 +23,7 @@ public readonly record struct LineRefusal(string Reason, string Message)
 }
 
 /// <summary>Parses one line of a log format into a usage record (without its sequence number).</summary>
-public interface ILogLineParser
+internal interface ILogLineParser
 {
     /// <summary>Parses a line. Allocates only for a record or a refusal, never for a skipped line.</summary>
     LineOutcome Parse(ReadOnlySpan<byte> line, out UsageRecord? record, out LineRefusal refusal);

@@ -56,7 +56,7 @@ public enum RawLogRefusalReason
 }
 
 /// <summary>The contract's spelling of a raw-log refusal reason: the name a line error is stored and reported under.</summary>
-public static class RawLogRefusalNames
+internal static class RawLogRefusalNames
 {
     private static readonly string[] Names = ContractNames.Of<RawLogRefusalReason>("RAW_LOG_REFUSAL_UNSPECIFIED");
 

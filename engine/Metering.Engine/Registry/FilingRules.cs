@@ -1,7 +1,6 @@
 using System.Globalization;
 using Metering.Engine.Catalog;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 
 namespace Metering.Engine.Registry;
 

@@ -69,16 +69,14 @@ public static class Names
     public static FinancialReportKind FinancialReportKindOf(string name) =>
         Enum.GetValues<FinancialReportKind>().FirstOrDefault(k => Of(k) == name);
 
-    // The fee unit is still the wire's own type: Vouchers and Settlement read fee lines through
-    // ProviderRegistry.ParseFees with it, and change over to an engine FeeUnit with their own types.
-    public static string Of(Protocol.V1.FeeUnit unit) => unit switch
+    public static string Of(FeeUnit unit) => unit switch
     {
-        Protocol.V1.FeeUnit.PerPflopsHour => "per_pflops_hour",
-        Protocol.V1.FeeUnit.PerCardHour => "per_card_hour",
+        FeeUnit.PerPflopsHour => "per_pflops_hour",
+        FeeUnit.PerCardHour => "per_card_hour",
         _ => "unspecified",
     };
 
-    public static Protocol.V1.FeeUnit FeeUnitOf(string name) => Enum.GetValues<Protocol.V1.FeeUnit>().FirstOrDefault(u => Of(u) == name);
+    public static FeeUnit FeeUnitOf(string name) => Enum.GetValues<FeeUnit>().FirstOrDefault(u => Of(u) == name);
 
     public static readonly string[] ListNames = ["research_integrity", "serious_dishonesty", "overdue_acceptance", "funding_restricted", "integrity_anomaly"];
 

@@ -4,7 +4,6 @@ using Metering.Engine.Access;
 using Metering.Engine.Catalog;
 using Metering.Engine.Storage;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Registry;
@@ -71,9 +70,9 @@ public sealed partial class ProviderRegistry
 
     private sealed record FeeLineJson(string DeviceModel, string Unit, long PriceFen);
 
-    private static string FeesJson(IEnumerable<FeeLine> lines) =>
+    internal static string FeesJson(IEnumerable<FeeLine> lines) =>
         Serialize(lines.Select(l => new FeeLineJson(l.DeviceModel, Names.Of(l.Unit), l.PriceFen)).ToList());
 
     public static IEnumerable<FeeLine> ParseFees(string json) =>
-        (JsonSerializer.Deserialize<List<FeeLineJson>>(json, Json) ?? []).Select(l => new FeeLine { DeviceModel = l.DeviceModel, Unit = Names.FeeUnitOf(l.Unit), PriceFen = l.PriceFen });
+        (JsonSerializer.Deserialize<List<FeeLineJson>>(json, Json) ?? []).Select(l => new FeeLine(l.DeviceModel, Names.FeeUnitOf(l.Unit), l.PriceFen));
 }

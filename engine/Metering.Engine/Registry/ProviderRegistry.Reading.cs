@@ -2,7 +2,6 @@ using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Catalog;
 using Metering.Engine.Time;
-using Metering.Protocol.V1;
 using Npgsql;
 
 namespace Metering.Engine.Registry;
@@ -130,7 +129,7 @@ public sealed partial class ProviderRegistry
             return application;
         }
 
-        IReadOnlyList<Protocol.V1.FeeLine> fees = [.. ParseFees(row.Fees)];
+        IReadOnlyList<FeeLine> fees = [.. ParseFees(row.Fees)];
         var materials = await connection.QueryAsync<(string Kind, string Ref, byte[] Sha)>(
             "SELECT kind, document_ref, sha256 FROM application_materials WHERE application_id = @id ORDER BY kind", new { id }, transaction);
         var capacity = await connection.QueryAsync<(string Site, string Model, int Count)>(

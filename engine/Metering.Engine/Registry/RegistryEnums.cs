@@ -139,3 +139,16 @@ public enum ServiceItemAction
     /// <summary>Revoke for a violation, from now; reasons required.</summary>
     Revoke = 4,
 }
+
+/// <summary>The unit a fee line prices (metering.v1.FeeUnit).</summary>
+public enum FeeUnit
+{
+    /// <summary>Not used; a fee line without a unit is refused.</summary>
+    Unspecified = 0,
+
+    /// <summary>Fen per FP16 PFLOPS·h of normalised usage.</summary>
+    PerPflopsHour = 1,
+
+    /// <summary>Fen per device-hour (card-hour).</summary>
+    PerCardHour = 2,
+}

@@ -95,8 +95,7 @@ public sealed record FeeSchedule
 
     public long EffectiveFromUnixMs { get; init; }
 
-    /// <summary>The lines, still the wire's own FeeLine (see <see cref="ApplicationFiling.Fees"/>).</summary>
-    public IReadOnlyList<Protocol.V1.FeeLine> Lines { get; init; } = [];
+    public IReadOnlyList<FeeLine> Lines { get; init; } = [];
 }
 
 /// <summary>One change to the registry as its history records it, with the entity before and after as JSON.</summary>
@@ -154,8 +153,8 @@ public sealed record Application
 
     public IReadOnlyList<DeclaredDevices> Capacity { get; init; } = [];
 
-    /// <summary>The fee lines filed, still the wire's own FeeLine (see <see cref="ApplicationFiling.Fees"/>).</summary>
-    public IReadOnlyList<Protocol.V1.FeeLine> Fees { get; init; } = [];
+    /// <summary>The fee lines filed.</summary>
+    public IReadOnlyList<FeeLine> Fees { get; init; } = [];
 
     public string MeteringProofStream { get; init; } = "";
 

@@ -22,13 +22,14 @@ public sealed record FalseMaterialsFinding(string CreditCode, string Reasons);
 /// <summary>One filed document: its kind, where it is kept, and its SHA-256 as 64 lower-case hex characters.</summary>
 public sealed record Material(MaterialKind Kind, string DocumentRef, string Sha256);
 
+/// <summary>One line of a fee schedule: the price in fen of one unit of one catalog model's use.</summary>
+public sealed record FeeLine(string DeviceModel, FeeUnit Unit, long PriceFen);
+
 /// <summary>Devices of one catalog model declared at one site.</summary>
 public sealed record DeclaredDevices(string Site, string DeviceModel, uint DeviceCount);
 
 /// <summary>
-/// An application as its applicant files it. Dates and years are as the applicant gave them; the
-/// fee lines are still the wire's own FeeLine, since Vouchers and Settlement read fee lines in that
-/// type until they change over to the engine's.
+/// An application as its applicant files it. Dates and years are as the applicant gave them.
 /// </summary>
 public sealed record ApplicationFiling
 {
@@ -54,7 +55,7 @@ public sealed record ApplicationFiling
 
     public string ServiceStandards { get; init; } = "";
 
-    public IReadOnlyList<Protocol.V1.FeeLine> Fees { get; init; } = [];
+    public IReadOnlyList<FeeLine> Fees { get; init; } = [];
 
     /// <summary>The applicant's ingest stream that proves it keeps metering logs; its id starts with "proof:".</summary>
     public string MeteringProofStream { get; init; } = "";
@@ -67,4 +68,4 @@ public sealed record ApplicationFiling
 }
 
 /// <summary>A new fee schedule an admitted provider files for one of its service items.</summary>
-public sealed record FeeScheduleFiling(string CreditCode, string ServiceItem, long EffectiveFromUnixMs, IReadOnlyList<Protocol.V1.FeeLine> Lines);
+public sealed record FeeScheduleFiling(string CreditCode, string ServiceItem, long EffectiveFromUnixMs, IReadOnlyList<FeeLine> Lines);

@@ -108,7 +108,7 @@ public sealed record Receipt(string KeyId, string ProviderId, string StreamId, u
 public sealed record SignedReceipt(byte[] Signed, byte[] Signature, string KeyId);
 
 /// <summary>Bytes that are not a receipt of the documented format.</summary>
-public sealed class ReceiptFormatException(string message) : Exception(message);
+internal sealed class ReceiptFormatException(string message) : Exception(message);
 
 /// <summary>
 /// Signs receipts with the server's key. One signature per acknowledgement, never per record:

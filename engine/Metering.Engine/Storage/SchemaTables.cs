@@ -20,7 +20,7 @@ public enum TableKind
 }
 
 /// <summary>One table of the engine's schema, its kind and the privileges the runtime role holds on it.</summary>
-public sealed record TableRule(string Table, TableKind Kind, string RuntimePrivileges)
+internal sealed record TableRule(string Table, TableKind Kind, string RuntimePrivileges)
 {
     public static TableRule Evidence(string table) => new(table, TableKind.Evidence, "SELECT, INSERT");
 
@@ -50,7 +50,7 @@ public sealed record TableRule(string Table, TableKind Kind, string RuntimePrivi
 /// what the engine's code runs (UPDATE only where a row legitimately changes, DELETE only for
 /// released redemptions); see Storage/README.md for the reasons per table.
 /// </summary>
-public static class SchemaTables
+internal static class SchemaTables
 {
     public static IReadOnlyList<TableRule> All { get; } =
     [

@@ -8,7 +8,7 @@ namespace Metering.Engine.Storage;
 /// READ COMMITTED transaction, committed only when the work returns. A rule a workflow enforces with
 /// a unique constraint is translated by the caller, around this call.
 /// </summary>
-public static class Transactions
+internal static class Transactions
 {
     public static async Task<T> InTransactionAsync<T>(this NpgsqlDataSource dataSource, Func<NpgsqlConnection, NpgsqlTransaction, Task<T>> work,
         CancellationToken cancellationToken)

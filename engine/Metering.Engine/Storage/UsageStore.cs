@@ -48,7 +48,7 @@ public interface ICommitStep
 }
 
 /// <summary>The stream's committed mark moved under us: another writer committed to it.</summary>
-public sealed class StreamMovedException(string message) : Exception(message);
+internal sealed class StreamMovedException(string message) : Exception(message);
 
 /// <summary>
 /// The ingest tables. Commits a batch with one binary COPY inside a transaction that first locks
@@ -57,10 +57,14 @@ public sealed class StreamMovedException(string message) : Exception(message);
 /// </summary>
 public sealed class UsageStore(NpgsqlDataSource dataSource)
 {
-    /// <summary>A chain hash is SHA-256: 32 bytes.</summary>
+    /// <summary>A chain hash is SHA-256: 32 bytes. The canonical encoding and the verifier size their hashes by it.</summary>
     public const int ChainHashBytes = 32;
 
-    private static readonly byte[] GenesisHash = new byte[ChainHashBytes];
+    /// <summary>
+    /// hash(0), the previous hash of a stream's first record: 32 zero bytes. One shared array for
+    /// the store, the verifier and the claim checks, so it is never written to.
+    /// </summary>
+    internal static readonly byte[] GenesisHash = new byte[ChainHashBytes];
 
     private const string CopyCommand =
         "COPY usage_records (provider_id, stream_id, sequence, job_id, holder_code, device_model, device_count, "
@@ -315,7 +319,7 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
 }
 
 /// <summary>Conversions between Unix milliseconds and UTC DateTime.</summary>
-public static class UnixMs
+internal static class UnixMs
 {
     public static DateTime ToDateTime(long unixMs) => new(DateTime.UnixEpoch.Ticks + unixMs * TimeSpan.TicksPerMillisecond, DateTimeKind.Utc);
 

@@ -13,7 +13,7 @@ namespace Metering.Engine.Transparency;
 /// reachable from every later one; a consistency proof shows it with a logarithmic number of
 /// hashes. See proto/metering/v1/transparency-log.md.
 /// </summary>
-public static class LogTree
+internal static class LogTree
 {
     public const int HashBytes = NodeRule.HashBytes;
 

@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using FeeUnit = Metering.Protocol.V1.FeeUnit;
+using Metering.Engine.Registry;
 
 namespace Metering.Engine.Vouchers;
 

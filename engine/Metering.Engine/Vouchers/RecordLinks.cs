@@ -103,7 +103,7 @@ internal static class RecordLinks
                 byte[] previous;
                 if (link == 1)
                 {
-                    previous = new byte[CanonicalEncoding.HashBytes];
+                    previous = UsageStore.GenesisHash;
                 }
                 else if (rows.TryGetValue(link - 1, out var before))
                 {

@@ -8,7 +8,6 @@ using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Engine.Time;
 using Npgsql;
-using FeeUnit = Metering.Protocol.V1.FeeUnit;
 
 namespace Metering.Engine.Vouchers;
 
@@ -110,7 +109,7 @@ public sealed partial class Redemptions
             if (refusal.IsRefused)
             {
                 var metadata = Identify(record);
-                metadata["ingest_reason"] = ProtocolNames.Of(refusal.Reason);
+                metadata["ingest_reason"] = refusal.Reason.ContractName();
                 throw new VoucherRefusedException(VoucherRefusalReason.ProviderNotAdmittedAtUsage, $"stream {record.StreamId} {refusal.Message}", metadata);
             }
         }

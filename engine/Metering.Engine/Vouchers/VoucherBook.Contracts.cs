@@ -6,7 +6,6 @@ using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Engine.Time;
 using Npgsql;
-using FeeUnit = Metering.Protocol.V1.FeeUnit;
 
 namespace Metering.Engine.Vouchers;
 

@@ -1,4 +1,4 @@
-using FeeUnit = Metering.Protocol.V1.FeeUnit;
+using Metering.Engine.Registry;
 
 namespace Metering.Engine.Vouchers;
 

@@ -3,7 +3,7 @@ using Metering.Engine.Time;
 namespace Metering.Engine.Vouchers;
 
 /// <summary>One version of a programme year's parameters, as stored.</summary>
-public sealed record ParametersRow(int Year, int Version, DateTimeOffset EffectiveFrom, int SupportRatioBp, int StartupRatioBp, long AnnualCapFen,
+internal sealed record ParametersRow(int Year, int Version, DateTimeOffset EffectiveFrom, int SupportRatioBp, int StartupRatioBp, long AnnualCapFen,
     int StackingCapBp, long MinAnnualRentalFen, string PayeeMode, int HoldDays)
 {
     public int RatioBp(bool startup) => startup ? StartupRatioBp : SupportRatioBp;
@@ -24,7 +24,7 @@ public sealed record ParametersRow(int Year, int Version, DateTimeOffset Effecti
 }
 
 /// <summary>A contract as stored, with the instants its dates span.</summary>
-public sealed record ContractRow(long ContractId, string ProviderId, string HolderCode, string ServiceItem, string ContractNumber, DateOnly SignedOn,
+internal sealed record ContractRow(long ContractId, string ProviderId, string HolderCode, string ServiceItem, string ContractNumber, DateOnly SignedOn,
     DateOnly StartsOn, DateOnly EndsOn, long AmountFen, int FeeScheduleVersion, string FeeUnit, bool Startup)
 {
     /// <summary>The first instant of starts_on, Asia/Shanghai.</summary>

@@ -11,7 +11,7 @@ namespace Metering.Probe.Attestation.Checksums;
 /// drawn. A kernel with no more leaves than that opens them all, in ascending order. The probe
 /// cannot choose its leaves: changing any leaf changes the root and with it every draw.
 /// </summary>
-public static class Challenge
+internal static class Challenge
 {
     /// <summary>Draws beyond this would mean a broken hash; it bounds the loop.</summary>
     private const int DrawsMax = 1 << 16;

@@ -9,7 +9,7 @@ namespace Metering.Probe.Attestation.Checksums;
 /// FMA kernels: per pair the final x then y as 32-bit words (binary32 bits, or two binary16 with
 /// the low lane in the low half); bandwidth: the chunk's 64-bit fold.
 /// </summary>
-public static class ReferenceLeaves
+internal static class ReferenceLeaves
 {
     public static void Compute(KernelKind kind, InputKey key, WorkSize size, int item, Span<byte> payload)
     {

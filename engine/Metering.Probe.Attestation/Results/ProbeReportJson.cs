@@ -38,7 +38,7 @@ public static class ProbeReportJson
 internal sealed partial class ProbeReportJsonContext : JsonSerializerContext;
 
 /// <summary>Byte strings as lowercase hex rather than base64, so they read the same as in the README and the logs.</summary>
-public sealed class HexBytesConverter : JsonConverter<byte[]>
+internal sealed class HexBytesConverter : JsonConverter<byte[]>
 {
     public override byte[] Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) =>
         reader.TokenType == JsonTokenType.String
@@ -50,7 +50,7 @@ public sealed class HexBytesConverter : JsonConverter<byte[]>
 }
 
 /// <summary>A list of byte strings as a JSON array of lowercase hex strings.</summary>
-public sealed class HexBytesListConverter : JsonConverter<IReadOnlyList<byte[]>>
+internal sealed class HexBytesListConverter : JsonConverter<IReadOnlyList<byte[]>>
 {
     /// <summary>A Merkle path over at most 2^24 leaves has at most 24 siblings.</summary>
     private const int ItemsMax = 64;

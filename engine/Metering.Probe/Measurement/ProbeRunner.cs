@@ -13,7 +13,7 @@ using Microsoft.Extensions.Logging;
 namespace Metering.Probe.Measurement;
 
 /// <summary>No accelerator matched the device filter.</summary>
-public sealed class NoAcceleratorException(string message) : Exception(message);
+internal sealed class NoAcceleratorException(string message) : Exception(message);
 
 /// <summary>
 /// Runs the probe in-process: enumerates accelerators through ILGPU, measures each kernel on each

@@ -2,7 +2,6 @@ using System.Globalization;
 using System.Net;
 using System.Threading.RateLimiting;
 using Grpc.Core;
-using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Engine.Time;
 using Metering.Protocol.V1;

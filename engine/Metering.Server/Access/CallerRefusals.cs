@@ -10,7 +10,7 @@ namespace Metering.Server.Access;
 /// reason leaves out, so the strings clients match on stay UNAUTHENTICATED, ROLE_NOT_ALLOWED and
 /// CLIENT_CERTIFICATE_REQUIRED / _MISMATCH.
 /// </summary>
-public static class CallerRefusals
+internal static class CallerRefusals
 {
     /// <summary>The prefix every CallerRefusal value's name carries and its reason leaves out.</summary>
     public const string NamePrefix = "CALLER_REFUSAL_";

@@ -1,7 +1,6 @@
 using Google.Protobuf.Reflection;
 using Grpc.Core;
 using Metering.Engine.Access;
-using Metering.Engine.Ingest;
 using Metering.Protocol.V1;
 
 namespace Metering.Server.Access;

@@ -9,7 +9,7 @@ namespace Metering.Server.Localization;
 /// carries as a google.rpc.LocalizedMessage beside its ErrorInfo. The machine reason stays the
 /// contract; the message is for the person reading it.
 /// </summary>
-public static class RefusalMessages
+internal static class RefusalMessages
 {
     /// <summary>The locale of the messages, as BCP 47 names it.</summary>
     public const string Locale = "zh-CN";

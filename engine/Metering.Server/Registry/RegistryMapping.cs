@@ -26,7 +26,7 @@ internal static class RegistryMapping
         Stages = { application.Stages.Select(s => new Wire.Stage { Stage_ = s.Stage, Actor = s.Actor, AtUnixMs = s.AtUnixMs, Outcome = s.Outcome, Reasons = s.Reasons }) },
         Materials = { application.Materials.Select(m => new Wire.Material { Kind = ToWire(m.Kind), DocumentRef = m.DocumentRef, Sha256 = m.Sha256 }) },
         Capacity = { application.Capacity.Select(d => new Wire.DeclaredDevices { Site = d.Site, DeviceModel = d.DeviceModel, DeviceCount = d.DeviceCount }) },
-        Fees = { application.Fees },
+        Fees = { application.Fees.Select(ToWire) },
         MeteringProofStream = application.MeteringProofStream,
         MeteringProofRecords = application.MeteringProofRecords,
         ServiceContent = application.ServiceContent,
@@ -125,8 +125,12 @@ internal static class RegistryMapping
         ServiceItem = schedule.ServiceItem,
         Version = schedule.Version,
         EffectiveFromUnixMs = schedule.EffectiveFromUnixMs,
-        Lines = { schedule.Lines },
+        Lines = { schedule.Lines.Select(ToWire) },
     };
+
+    public static Wire.FeeLine ToWire(Engine.Registry.FeeLine line) => new() { DeviceModel = line.DeviceModel, Unit = ToWire(line.Unit), PriceFen = line.PriceFen };
+
+    public static Engine.Registry.FeeLine ToEngine(Wire.FeeLine line) => new(line.DeviceModel, ToEngine(line.Unit), line.PriceFen);
 
     public static Wire.HistoryEntry ToWire(Engine.Registry.HistoryEntry entry) => new()
     {
@@ -153,7 +157,7 @@ internal static class RegistryMapping
     public static Engine.Registry.FalseMaterialsFinding ToEngine(Wire.RecordFalseMaterialsRequest request) => new(request.CreditCode, request.Reasons);
 
     public static Engine.Registry.FeeScheduleFiling ToEngine(Wire.FileFeeScheduleRequest request) =>
-        new(request.CreditCode, request.ServiceItem, request.EffectiveFromUnixMs, [.. request.Lines]);
+        new(request.CreditCode, request.ServiceItem, request.EffectiveFromUnixMs, [.. request.Lines.Select(ToEngine)]);
 
     public static Engine.Registry.ApplicationFiling ToEngine(Wire.FileApplicationRequest request) => new()
     {
@@ -167,7 +171,7 @@ internal static class RegistryMapping
         Capacity = [.. request.Capacity.Select(d => new Engine.Registry.DeclaredDevices(d.Site, d.DeviceModel, d.DeviceCount))],
         ServiceContent = request.ServiceContent,
         ServiceStandards = request.ServiceStandards,
-        Fees = [.. request.Fees],
+        Fees = [.. request.Fees.Select(ToEngine)],
         MeteringProofStream = request.MeteringProofStream,
         Intermediary = request.Intermediary,
         RenewsApplicationId = request.RenewsApplicationId,
@@ -196,4 +200,8 @@ internal static class RegistryMapping
     public static Engine.Registry.ServiceItemAction ToEngine(Wire.ServiceItemAction action) => (Engine.Registry.ServiceItemAction)(int)action;
 
     public static Wire.ServiceItemAction ToWire(Engine.Registry.ServiceItemAction action) => (Wire.ServiceItemAction)(int)action;
+
+    public static Engine.Registry.FeeUnit ToEngine(Wire.FeeUnit unit) => (Engine.Registry.FeeUnit)(int)unit;
+
+    public static Wire.FeeUnit ToWire(Engine.Registry.FeeUnit unit) => (Wire.FeeUnit)(int)unit;
 }

@@ -2,7 +2,6 @@ using System.Globalization;
 using Google.Protobuf;
 using Grpc.Core;
 using Metering.Engine.Access;
-using Metering.Engine.Ingest;
 using Metering.Engine.Transparency;
 using Metering.Protocol.V1;
 using Metering.Server.Access;

@@ -1,5 +1,4 @@
 using Grpc.Core;
-using Metering.Engine.Ingest;
 using Metering.Engine.Settlement;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;

@@ -72,7 +72,7 @@ internal static class VoucherMapping
         EndsOn = contract.EndsOn,
         AmountFen = contract.AmountFen,
         FeeScheduleVersion = contract.FeeScheduleVersion,
-        FeeUnit = contract.FeeUnit,
+        FeeUnit = (Engine.Registry.FeeUnit)(int)contract.FeeUnit,
         NonRelatedParty = contract.NonRelatedParty,
         DeclarationRef = contract.DeclarationRef,
         Startup = contract.Startup,
@@ -92,7 +92,7 @@ internal static class VoucherMapping
         EndsOn = contract.EndsOn,
         AmountFen = contract.AmountFen,
         FeeScheduleVersion = contract.FeeScheduleVersion,
-        FeeUnit = contract.FeeUnit,
+        FeeUnit = (Wire.FeeUnit)(int)contract.FeeUnit,
         NonRelatedParty = contract.NonRelatedParty,
         DeclarationRef = contract.DeclarationRef,
         Startup = contract.Startup,
@@ -152,7 +152,7 @@ internal static class VoucherMapping
             claim.Lines.Select(l => new Wire.ClaimLine
             {
                 DeviceModel = l.DeviceModel,
-                FeeUnit = l.FeeUnit,
+                FeeUnit = (Wire.FeeUnit)(int)l.FeeUnit,
                 Records = l.Records,
                 UsageNpfh = l.UsageNpfh,
                 CardMs = l.CardMs,

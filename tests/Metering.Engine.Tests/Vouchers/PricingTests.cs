@@ -1,5 +1,5 @@
 using Metering.Engine.Vouchers;
-using FeeUnit = Metering.Protocol.V1.FeeUnit;
+using Metering.Engine.Registry;
 
 namespace Metering.Engine.Tests.Vouchers;
 

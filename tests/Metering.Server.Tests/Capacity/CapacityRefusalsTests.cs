@@ -30,7 +30,7 @@ public sealed class CapacityRefusalsTests
     {
         foreach (CapacityRefusalReason reason in Enum.GetValues<CapacityRefusalReason>())
         {
-            Assert.Equal(Engine.Ingest.ProtocolNames.Of(CapacityRefusals.ToWire(reason)), CapacityRefusalNames.Of(reason));
+            Assert.Equal(ProtocolNames.Of(CapacityRefusals.ToWire(reason)), reason.ContractName());
         }
     }
 

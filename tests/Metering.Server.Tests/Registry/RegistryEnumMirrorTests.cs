@@ -36,6 +36,10 @@ public sealed class RegistryEnumMirrorTests
         EnumMirror.AssertMirrors<Domain.ServiceItemAction, Generated.ServiceItemAction>();
 
     [Fact]
+    public void Fee_units_hold_the_same_names_at_the_same_numbers_on_both_sides() =>
+        EnumMirror.AssertMirrors<Domain.FeeUnit, Generated.FeeUnit>();
+
+    [Fact]
     public void Each_wire_member_maps_to_the_engine_member_of_its_name_and_back()
     {
         AssertMapsByName<Generated.ApplicationState, Domain.ApplicationState>(RegistryMapping.ToEngine, RegistryMapping.ToWire);
@@ -44,6 +48,7 @@ public sealed class RegistryEnumMirrorTests
         AssertMapsByName<Generated.FinancialReportKind, Domain.FinancialReportKind>(RegistryMapping.ToEngine, RegistryMapping.ToWire);
         AssertMapsByName<Generated.ServiceItemStatus, Domain.ServiceItemStatus>(RegistryMapping.ToEngine, RegistryMapping.ToWire);
         AssertMapsByName<Generated.ServiceItemAction, Domain.ServiceItemAction>(RegistryMapping.ToEngine, RegistryMapping.ToWire);
+        AssertMapsByName<Generated.FeeUnit, Domain.FeeUnit>(RegistryMapping.ToEngine, RegistryMapping.ToWire);
     }
 
     [Fact]
@@ -54,6 +59,7 @@ public sealed class RegistryEnumMirrorTests
         Assert.False(Enum.IsDefined(RegistryMapping.ToEngine((Generated.ServiceItemAction)99)));
         Assert.False(Enum.IsDefined(RegistryMapping.ToEngine((Generated.MaterialKind)99)));
         Assert.False(Enum.IsDefined(RegistryMapping.ToEngine((Generated.FinancialReportKind)99)));
+        Assert.False(Enum.IsDefined(RegistryMapping.ToEngine((Generated.FeeUnit)99)));
     }
 
     private static void AssertMapsByName<TWire, TEngine>(Func<TWire, TEngine> toEngine, Func<TEngine, TWire> toWire)

@@ -14,6 +14,8 @@ using FeeSchedule = Metering.Protocol.V1.FeeSchedule;
 using IntegrityListing = Metering.Protocol.V1.IntegrityListing;
 using Organisation = Metering.Protocol.V1.Organisation;
 using Application = Metering.Protocol.V1.Application;
+using FeeLine = Metering.Protocol.V1.FeeLine;
+using FeeUnit = Metering.Protocol.V1.FeeUnit;
 
 namespace Metering.Server.Tests.Registry;
 

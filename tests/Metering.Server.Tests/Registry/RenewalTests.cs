@@ -9,6 +9,7 @@ using ServiceItemStatus = Metering.Protocol.V1.ServiceItemStatus;
 using HistoryEntry = Metering.Protocol.V1.HistoryEntry;
 using ServiceItem = Metering.Protocol.V1.ServiceItem;
 using Application = Metering.Protocol.V1.Application;
+using FeeUnit = Metering.Protocol.V1.FeeUnit;
 
 namespace Metering.Server.Tests.Registry;
 

@@ -5,6 +5,7 @@ using Metering.Server.Tests.Infrastructure;
 using Metering.Server.Tests.Registry;
 using Metering.Tests.Shared;
 using Contract = Metering.Engine.Vouchers.Contract;
+using FeeUnit = Metering.Engine.Registry.FeeUnit;
 using Holder = Metering.Engine.Vouchers.Holder;
 using HolderStatus = Metering.Engine.Vouchers.HolderStatus;
 using HolderType = Metering.Engine.Vouchers.HolderType;

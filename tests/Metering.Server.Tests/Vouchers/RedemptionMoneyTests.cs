@@ -7,6 +7,7 @@ using Metering.Tests.Shared;
 using Claim = Metering.Engine.Vouchers.Claim;
 using ClaimLine = Metering.Engine.Vouchers.ClaimLine;
 using Contract = Metering.Engine.Vouchers.Contract;
+using FeeUnit = Metering.Engine.Registry.FeeUnit;
 using HoldState = Metering.Engine.Vouchers.HoldState;
 using SubsidyLimit = Metering.Engine.Vouchers.SubsidyLimit;
 using Voucher = Metering.Engine.Vouchers.Voucher;

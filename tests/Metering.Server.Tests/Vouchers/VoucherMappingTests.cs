@@ -67,6 +67,25 @@ public sealed class VoucherMappingTests
     }
 
     [Fact]
+    public void A_claim_line_leaves_the_engine_with_its_fee_unit_and_every_figure()
+    {
+        var line = new ClaimLine { DeviceModel = "H100-SXM", FeeUnit = Engine.Registry.FeeUnit.PerPflopsHour, Records = 3, UsageNpfh = 4, CardMs = 5, PriceFen = 6, FeeFen = 7 };
+
+        Proto.ClaimLine wire = Assert.Single(VoucherMapping.ToWire(new Claim { ClaimId = 1, Lines = [line] }).Lines);
+
+        Assert.Equal(new Proto.ClaimLine { DeviceModel = "H100-SXM", FeeUnit = Proto.FeeUnit.PerPflopsHour, Records = 3, UsageNpfh = 4, CardMs = 5, PriceFen = 6, FeeFen = 7 }, wire);
+    }
+
+    [Fact]
+    public void A_fee_unit_the_wire_does_not_name_reaches_the_engine_as_itself_to_be_refused_there()
+    {
+        Contract contract = VoucherMapping.ToEngine(new Proto.Contract { FeeUnit = (Proto.FeeUnit)99 });
+
+        Assert.Equal(99, (int)contract.FeeUnit);
+        Assert.False(Enum.IsDefined(contract.FeeUnit));
+    }
+
+    [Fact]
     public void Programme_parameters_keep_every_field_on_their_way_into_the_engine_and_back()
     {
         var parameters = new Proto.ProgrammeParameters

@@ -17,6 +17,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
 using Claim = Metering.Engine.Vouchers.Claim;
 using Contract = Metering.Engine.Vouchers.Contract;
+using FeeUnit = Metering.Engine.Registry.FeeUnit;
 using Holder = Metering.Engine.Vouchers.Holder;
 using HolderType = Metering.Engine.Vouchers.HolderType;
 using PayeeMode = Metering.Engine.Vouchers.PayeeMode;

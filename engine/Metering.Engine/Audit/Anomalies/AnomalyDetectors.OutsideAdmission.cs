@@ -20,7 +20,7 @@ public sealed partial class AnomalyDetectors
             new(AnomalyKind.OutsideAdmission, providerId, r.First.StreamId, r.Records.Min(x => x.StartMs), r.Records.Max(x => x.EndMs),
                 r.Records.Count == 1 ? r.Refusal.Message : $"{r.Refusal.Message} (and {r.Records.Count - 1} more records of {r.First.StreamId})",
                 r.Records.Take(_settings.EvidenceRowsMax).Select(x => x.Evidence()).ToList(), r.Records.Count,
-                [new("reason", ProtocolNames.Of(r.Refusal.Reason))]);
+                [new("reason", r.Refusal.Reason.ContractName())]);
 
         foreach (Usage record in records)
         {

@@ -23,9 +23,6 @@ public sealed class ChainVerifier
     /// <summary>The longest canonical record the verifier encodes; any record ingest accepts is far shorter.</summary>
     public const int CanonicalBytesMax = 1024 * 1024;
 
-    private static readonly byte[] GenesisHash = new byte[CanonicalEncoding.HashBytes];
-
-
     private readonly NpgsqlDataSource _dataSource;
     private readonly VerifierLimits _limits;
 
@@ -55,7 +52,7 @@ public sealed class ChainVerifier
             throw new RecordNotFoundException($"{providerId} has no stream {streamId}: it was never opened and holds no record");
         }
 
-        return await VerifyAsync(providerId, state ?? new StreamState(streamId, 0, GenesisHash, 0), range, sink, cancellationToken);
+        return await VerifyAsync(providerId, state ?? new StreamState(streamId, 0, UsageStore.GenesisHash, 0), range, sink, cancellationToken);
     }
 
     private async Task<bool> AnyRowAsync(string providerId, string streamId, CancellationToken cancellationToken)
@@ -92,7 +89,7 @@ public sealed class ChainVerifier
                 SELECT (SELECT min(stream_id) FROM usage_records WHERE provider_id = @providerId AND stream_id > ids.id) FROM ids WHERE ids.id IS NOT NULL)
             SELECT id FROM ids WHERE id IS NOT NULL LIMIT @limit
             """, new { providerId, limit = _limits.StreamsMax + 1 }, cancellationToken: cancellationToken));
-        states.AddRange(stored.Where(id => !known.Contains(id)).Select(id => new StreamState(id, 0, GenesisHash, UnopenedStream)));
+        states.AddRange(stored.Where(id => !known.Contains(id)).Select(id => new StreamState(id, 0, UsageStore.GenesisHash, UnopenedStream)));
         states.Sort((a, b) => string.CompareOrdinal(a.StreamId, b.StreamId));
 
         return await VerifyAllAsync(providerId, states, range, null, cancellationToken);
@@ -118,7 +115,7 @@ public sealed class ChainVerifier
             bool stored = await connection.ExecuteScalarAsync<bool>(new CommandDefinition(
                 "SELECT EXISTS (SELECT 1 FROM usage_records WHERE provider_id = @providerId AND stream_id = @streamId)",
                 new { providerId, streamId }, cancellationToken: cancellationToken));
-            return stored ? new StreamState(streamId, 0, GenesisHash, UnopenedStream) : null;
+            return stored ? new StreamState(streamId, 0, UsageStore.GenesisHash, UnopenedStream) : null;
         }
 
         return new StreamState(streamId, (ulong)rows[0].Committed, rows[0].Head, rows[0].Beyond);
@@ -185,14 +182,14 @@ public sealed class ChainVerifier
     {
         if (state.RowsBeyondHead == UnopenedStream)
         {
-            return Broken(providerId, state, from, to, 0, 0, (byte[])GenesisHash.Clone(), new ChainBreak(1, ChainBreakKind.RecordBeyondHead, "", "", "", "",
+            return Broken(providerId, state, from, to, 0, 0, (byte[])UsageStore.GenesisHash.Clone(), new ChainBreak(1, ChainBreakKind.RecordBeyondHead, "", "", "", "",
                 $"rows are stored under stream {state.StreamId}, which ingest never opened"));
         }
 
         if (parts.Count == 0)
         {
             // An empty range (or an empty stream) is intact by definition.
-            return new ChainVerification(providerId, state.StreamId, 0, to == 0 ? (byte[])GenesisHash.Clone() : [], null, null)
+            return new ChainVerification(providerId, state.StreamId, 0, to == 0 ? (byte[])UsageStore.GenesisHash.Clone() : [], null, null)
             {
                 FromSequence = from,
                 ToSequence = to,

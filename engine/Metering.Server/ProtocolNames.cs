@@ -1,9 +1,13 @@
 using Google.Protobuf.Reflection;
 using Metering.Protocol.V1;
 
-namespace Metering.Engine.Ingest;
+namespace Metering.Server;
 
-/// <summary>Enum values as the .proto files spell them (UNKNOWN_DEVICE_MODEL, LINE_TOO_LONG, ...): the machine-readable reasons.</summary>
+/// <summary>
+/// Enum values as the .proto files spell them (UNKNOWN_DEVICE_MODEL, LINE_TOO_LONG, ...): the
+/// machine-readable reasons, read from the generated descriptors. It lives in the server because
+/// it names wire enums; the engine names its own mirrored enums through Formatting/ContractNames.
+/// </summary>
 public static class ProtocolNames
 {
     private static readonly string[] IngestRefusals = Names(IngestReflection.Descriptor, nameof(IngestRefusal));
@@ -17,9 +21,6 @@ public static class ProtocolNames
     private static readonly string[] SettlementRefusals = Names(SettlementReflection.Descriptor, nameof(SettlementRefusal));
 
     public static string Of(IngestRefusal reason) => IngestRefusals[(int)reason];
-
-    /// <summary>The engine's ingest reason under the contract's name, for the features that report one (vouchers, audit).</summary>
-    public static string Of(IngestRefusalReason reason) => reason.ContractName();
 
     public static string Of(RawLogRefusal reason) => RawLogRefusals[(int)reason];
 
