@@ -8,6 +8,7 @@ using Metering.Tests.Shared;
 using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
 using Contract = Metering.Engine.Vouchers.Contract;
+using FeeUnit = Metering.Engine.Registry.FeeUnit;
 
 namespace Metering.Server.Tests.Settlement;
 
