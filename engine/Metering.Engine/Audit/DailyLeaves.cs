@@ -296,12 +296,20 @@ internal static class DailyLeaves
     /// stream's mark in the run that closed the day; a stream the run did not know has no mark
     /// and no leaves.
     /// </summary>
-    public static string Sql(DateOnly day, bool oneProvider, MerkleCutOff cutOff)
+    /// <param name="moreColumns">Columns of <c>usage_records u</c> a caller reads beside the leaves, after the five leaf columns.</param>
+    /// <param name="providerCondition">A condition on <c>u.provider_id</c> alone that selects whole providers, for a reader that splits the day by provider; null for none.</param>
+    public static string Sql(DateOnly day, bool oneProvider, MerkleCutOff cutOff, string? moreColumns = null, string? providerCondition = null)
     {
         DateTimeOffset from = ShanghaiTime.StartOf(day);
         string Literal(DateTimeOffset instant) => $"'{instant.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture)}+00'::timestamptz";
 
-        var sql = new StringBuilder("SELECT u.provider_id, u.stream_id, u.sequence, u.usage_npfh, u.chain_hash FROM usage_records u\n");
+        var sql = new StringBuilder("SELECT u.provider_id, u.stream_id, u.sequence, u.usage_npfh, u.chain_hash");
+        if (moreColumns is not null)
+        {
+            sql.Append(", ").Append(moreColumns);
+        }
+
+        sql.Append(" FROM usage_records u\n");
         if (cutOff.IsSettled)
         {
             sql.Append($"""
@@ -320,6 +328,11 @@ internal static class DailyLeaves
         if (oneProvider)
         {
             sql.Append("  AND u.provider_id = current_setting('metering.leaves_provider')\n");
+        }
+
+        if (providerCondition is not null)
+        {
+            sql.Append("  AND ").Append(providerCondition).Append('\n');
         }
 
         if (cutOff.CommittedBy is not null)
@@ -355,72 +368,100 @@ internal static class DailyLeaves
         string asOf = cutOff.CommittedBy?.ToString("O", CultureInfo.InvariantCulture) ?? "infinity";
         string leavesSql = Sql(day, providerId is not null, cutOff);
         await connection.ExecuteAsync(new CommandDefinition(SetKeys, new { providerId = provider, asOf }, transaction, cancellationToken: cancellationToken));
-        // Streams by "provider NUL stream" (neither holds a NUL: PostgreSQL text cannot), looked
-        // up only when the stream changes from one row to the next, which in physical order is
-        // once per ingest batch or so.
-        var streams = new Dictionary<string, StreamLeaves>(StringComparer.Ordinal);
-        var byKey = streams.GetAlternateLookup<ReadOnlySpan<char>>();
-        char[] key = new char[256];
-        StreamLeaves? current = null;
-        int leaves = 0;
-        void Switch(ReadOnlySpan<byte> provider, ReadOnlySpan<byte> stream)
-        {
-            int length = Encoding.UTF8.GetCharCount(provider) + 1 + Encoding.UTF8.GetCharCount(stream);
-            if (length > key.Length)
-            {
-                key = new char[length];
-            }
-
-            int written = Encoding.UTF8.GetChars(provider, key);
-            key[written++] = '\0';
-            written += Encoding.UTF8.GetChars(stream, key.AsSpan(written));
-            if (!byKey.TryGetValue(key.AsSpan(0, written), out current))
-            {
-                current = new StreamLeaves(Encoding.UTF8.GetString(provider), Encoding.UTF8.GetString(stream), provider.ToArray(), stream.ToArray());
-                streams.Add(new string(key, 0, written), current);
-            }
-        }
-
-        var hashing = new List<Task>();
-        async Task ReadRowsAsync(NpgsqlDataReader reader)
-        {
-            var rows = new RowReader(reader, 5);
-            while (await rows.ReadAsync(cancellationToken))
-            {
-                if (current is null || !rows.Field(1).SequenceEqual(current.StreamUtf8) || !rows.Field(0).SequenceEqual(current.ProviderUtf8))
-                {
-                    Switch(rows.Field(0), rows.Field(1));
-                }
-
-                if (++leaves > ReadLeavesMax)
-                {
-                    throw new AuditLimitExceededException($"the daily trees of {day:yyyy-MM-dd} have more than {ReadLeavesMax} leaves in all; one read takes at most that many.");
-                }
-
-                current!.Add(rows.Int64(2), rows.Field(4), rows.Int64(3), hashing);
-            }
-        }
-
+        var leaves = new LeafCollector(day);
         try
         {
             await using (var command = new NpgsqlCommand(leavesSql, connection, transaction) { CommandTimeout = 0 })
             await using (NpgsqlDataReader reader = await command.ExecuteReaderAsync(cancellationToken))
             {
-                await ReadRowsAsync(reader);
+                var rows = new RowReader(reader, 5);
+                while (await rows.ReadAsync(cancellationToken))
+                {
+                    leaves.Add(rows.Field(0), rows.Field(1), rows.Int64(2), rows.Field(4), rows.Int64(3));
+                }
             }
 
-            foreach (StreamLeaves stream in streams.Values)
-            {
-                stream.Finish(hashing);
-            }
+            await leaves.FinishAsync();
         }
         finally
         {
-            // Hashing tasks only read their own chunks; whatever ended the read, none outlives it.
-            await Task.WhenAll(hashing);
+            await leaves.DrainAsync();
         }
 
-        foreach (var group in streams.Values.GroupBy(s => s.ProviderId, StringComparer.Ordinal).OrderBy(g => g.Key, StringComparer.Ordinal))
+        List<ProviderLeaves> providers = leaves.Providers();
+        foreach (ProviderLeaves one in providers)
+        {
+            onProvider(one);
+        }
+
+        if (providerId is not null && providers.Count == 0)
+        {
+            onProvider(new ProviderLeaves(providerId, []));
+        }
+    }
+}
+
+/// <summary>
+/// Collects the leaves of a day's rows as they are read, in whatever order they come: each row
+/// goes to its stream's <see cref="StreamLeaves"/> (looked up only when the stream changes from
+/// one row to the next, which in physical order is once per ingest batch or so), full chunks
+/// are hashed on the thread pool while the read goes on, and at the end every provider's streams
+/// are put in leaf order. Every reader of leaves (the audit path's, settlement's one pass) goes
+/// through it, so they order leaves the same way. Not thread-safe; one per read.
+/// </summary>
+internal sealed class LeafCollector(DateOnly day)
+{
+    // Streams by "provider NUL stream" (neither holds a NUL: PostgreSQL text cannot).
+    private readonly Dictionary<string, StreamLeaves> _streams = new(StringComparer.Ordinal);
+    private readonly List<Task> _hashing = [];
+    private char[] _key = new char[256];
+    private int _leaves;
+
+    /// <summary>The stream of the row added last.</summary>
+    public StreamLeaves? Current { get; private set; }
+
+    /// <summary>Adds one row's leaf; returns its stream.</summary>
+    /// <exception cref="AuditLimitExceededException">The read has more than <see cref="DailyLeaves.ReadLeavesMax"/> leaves.</exception>
+    public StreamLeaves Add(ReadOnlySpan<byte> providerUtf8, ReadOnlySpan<byte> streamUtf8, long sequence, ReadOnlySpan<byte> chainHash, long usageNpfh)
+    {
+        StreamLeaves? current = Current;
+        if (current is null || !streamUtf8.SequenceEqual(current.StreamUtf8) || !providerUtf8.SequenceEqual(current.ProviderUtf8))
+        {
+            current = Switch(providerUtf8, streamUtf8);
+        }
+
+        if (++_leaves > DailyLeaves.ReadLeavesMax)
+        {
+            throw new AuditLimitExceededException($"the daily trees of {day:yyyy-MM-dd} have more than {DailyLeaves.ReadLeavesMax} leaves in all; one read takes at most that many.");
+        }
+
+        current.Add(sequence, chainHash, usageNpfh, _hashing);
+        return current;
+    }
+
+    /// <summary>Hashes every stream's last, partly filled chunk and waits for all hashing.</summary>
+    public async Task FinishAsync()
+    {
+        foreach (StreamLeaves stream in _streams.Values)
+        {
+            stream.Finish(_hashing);
+        }
+
+        await Task.WhenAll(_hashing);
+    }
+
+    /// <summary>Waits for the hashing tasks, which only read their own chunks, so that none outlives the read, however it ended.</summary>
+    public Task DrainAsync() => Task.WhenAll(_hashing);
+
+    /// <summary>
+    /// Every provider's leaves, in ordinal order of the providers, each's streams in leaf order;
+    /// call after <see cref="FinishAsync"/>.
+    /// </summary>
+    /// <exception cref="AuditLimitExceededException">A provider has more than <see cref="MerkleTree.LeavesMax"/> leaves.</exception>
+    public List<ProviderLeaves> Providers()
+    {
+        var providers = new List<ProviderLeaves>();
+        foreach (var group in _streams.Values.GroupBy(s => s.ProviderId, StringComparer.Ordinal).OrderBy(g => g.Key, StringComparer.Ordinal))
         {
             List<StreamLeaves> ordered = [.. group];
             ordered.Sort((a, b) => a.StreamUtf8.AsSpan().SequenceCompareTo(b.StreamUtf8));
@@ -435,12 +476,30 @@ internal static class DailyLeaves
                 stream.Order();
             }
 
-            onProvider(new ProviderLeaves(group.Key, ordered));
+            providers.Add(new ProviderLeaves(group.Key, ordered));
         }
 
-        if (providerId is not null && streams.Count == 0)
+        return providers;
+    }
+
+    private StreamLeaves Switch(ReadOnlySpan<byte> provider, ReadOnlySpan<byte> stream)
+    {
+        int length = Encoding.UTF8.GetCharCount(provider) + 1 + Encoding.UTF8.GetCharCount(stream);
+        if (length > _key.Length)
         {
-            onProvider(new ProviderLeaves(providerId, []));
+            _key = new char[length];
         }
+
+        int written = Encoding.UTF8.GetChars(provider, _key);
+        _key[written++] = '\0';
+        written += Encoding.UTF8.GetChars(stream, _key.AsSpan(written));
+        if (!_streams.GetAlternateLookup<ReadOnlySpan<char>>().TryGetValue(_key.AsSpan(0, written), out StreamLeaves? current))
+        {
+            current = new StreamLeaves(Encoding.UTF8.GetString(provider), Encoding.UTF8.GetString(stream), provider.ToArray(), stream.ToArray());
+            _streams.Add(new string(_key, 0, written), current);
+        }
+
+        Current = current;
+        return current;
     }
 }

@@ -46,8 +46,8 @@ public sealed class AuditLimitExceededException(string message) : Exception(mess
 /// specifies: the leaves are the chain hashes of the provider's usage records (proof streams
 /// excluded, since they are never settled) whose start falls in the Asia/Shanghai day, ordered
 /// by stream id (bytewise) and then sequence (<see cref="DailyLeaves"/> reads them). Settlement publishes each provider's root as
-/// settled in its statement (<see cref="RootsInSnapshotAsync"/>, on the run's own snapshot);
-/// anyone holding a proof can check a record against it.
+/// settled in its statement (folded from the leaves of its one read of the day, selected by the
+/// same statement); anyone holding a proof can check a record against it.
 /// </summary>
 public sealed class DailyMerkle(NpgsqlDataSource dataSource)
 {
@@ -56,25 +56,6 @@ public sealed class DailyMerkle(NpgsqlDataSource dataSource)
         DailyRoot? root = null;
         await ReadLeavesAsync(providerId, day, cutOff, leaves => root = leaves.Fold(day, cutOff), cancellationToken);
         return root ?? throw new InvalidOperationException($"the leaves of {providerId} on {day:yyyy-MM-dd} were never folded");
-    }
-
-    /// <summary>
-    /// Every provider's root of <paramref name="day"/> over the records visible in the caller's
-    /// transaction, in one pass, with the records and usage the pass counted; providers without
-    /// records are absent. Settlement calls it inside its run's snapshot, where the visible
-    /// records are exactly those the run counts, so the roots are
-    /// <see cref="MerkleCutOff.AsSettled"/> once the run commits.
-    /// </summary>
-    internal static async Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> RootsInSnapshotAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day,
-        CancellationToken cancellationToken)
-    {
-        var providers = new List<ProviderLeaves>();
-        await DailyLeaves.ReadAsync(connection, transaction, day, null, MerkleCutOff.None, providers.Add, cancellationToken);
-        // Folding is pure CPU and independent per provider; the leaves are all read and hashed by now.
-        var roots = new (DailyRoot Root, long UsageNpfh)[providers.Count];
-        Parallel.For(0, providers.Count, new ParallelOptions { CancellationToken = cancellationToken },
-            i => roots[i] = (providers[i].Fold(day, MerkleCutOff.AsSettled), providers[i].UsageNpfh));
-        return roots.ToDictionary(r => r.Root.ProviderId, StringComparer.Ordinal);
     }
 
     /// <summary>The proof that record <paramref name="sequence"/> of a stream is a leaf of its day's root under <paramref name="cutOff"/>.</summary>

@@ -19,8 +19,8 @@ public sealed partial class DailySettlement
         var failures = new List<string>();
 
         // Each provider's published root has one leaf per record of the day it was priced for:
-        // the leaves were read by their own pass, so this checks that the root covers exactly
-        // what the aggregation settled.
+        // the leaves and the totals come from the same read but are counted apart, so this
+        // checks that the root covers exactly what the aggregation settled.
         var providerStatements = statements.Where(s => s.PartyKind == StatementFormats.ProviderKind).ToDictionary(s => s.Party, StringComparer.Ordinal);
         foreach (PartyStatement statement in providerStatements.Values)
         {
@@ -51,7 +51,7 @@ public sealed partial class DailySettlement
             failures.Add($"debits ≠ credits: run {balance.RunDebits} vs {balance.RunCredits} fen ({balance.Unbalanced} unbalanced entries); ledger {balance.AllDebits} vs {balance.AllCredits} fen");
         }
 
-        // The usage settled, as written, against the usage metered, as counted on the side by the pass that read the Merkle leaves.
+        // The usage settled, as written to the lines, against the usage metered, as counted by the Merkle leaves of the same read.
         var settled = await connection.QuerySingleAsync<(long Records, long UsageNpfh)>(new CommandDefinition("""
             SELECT coalesce(sum(records), 0)::bigint, coalesce(sum(usage_npfh), 0)::bigint FROM settlement_lines WHERE run_id = @runId AND kind = 'usage'
             """, new { runId }, transaction, cancellationToken: cancellationToken));

@@ -19,10 +19,9 @@ namespace Metering.Engine.Settlement;
 /// under a session advisory lock that orders runs:
 /// <list type="number">
 /// <item>reads every usage stream's committed mark in its snapshot;</item>
-/// <item>aggregates the day's usage (proof streams excluded) per provider, holder and model in
-///   one set-based query, while a second connection on the same exported snapshot reads the
-///   day's records once more, on their own, to fold each provider's daily Merkle root and to
-///   count the day's metered usage for the reconciliation;</item>
+/// <item>reads the day's usage records (proof streams excluded) once, in one binary COPY, and
+///   from that one read both aggregates them per provider, holder and model and folds each
+///   provider's daily Merkle root, counting the leaves' usage for the reconciliation;</item>
 /// <item>aggregates, as adjustments, records of earlier closed days committed after the
 ///   previous run's marks (late data);</item>
 /// <item>prices each group under the contract that covers it, with the contract's fee-schedule
@@ -51,7 +50,7 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
     // Orders settlement runs across processes: any constant distinct from the migrator's.
     private const long RunLockKey = 0x5345_5454_4c45_0001;
 
-    private readonly SettlementOptions _options = options ?? new SettlementOptions();
+    private readonly SettlementOptions _options = Checked(options ?? new SettlementOptions());
 
     /// <summary>One aggregated group of usage.</summary>
     private sealed record Group(string Kind, DateOnly UsageDay, string Provider, string Holder, string Model, long Records, long UsageNpfh, long CardMs);
@@ -137,6 +136,10 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         }
     }
 
+    private static SettlementOptions Checked(SettlementOptions options) =>
+        options.DaySegments is >= 1 and <= SettlementOptions.DaySegmentsMax ? options
+            : throw new ArgumentOutOfRangeException(nameof(options), $"DaySegments is {options.DaySegments}; a day is read in 1 to {SettlementOptions.DaySegmentsMax} segments");
+
     /// <summary>A closed day's settlement, or null when the day is not closed.</summary>
     public async Task<SettlementOutcome?> GetAsync(DateOnly day, CancellationToken cancellationToken)
     {
@@ -167,31 +170,30 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             "SELECT count(*) FROM ingest_streams WHERE stream_id NOT LIKE 'proof:%'", transaction: transaction, cancellationToken: cancellationToken));
         report("marks", $"{streams:N0} usage streams; {closedDays.Length:N0} days closed before; previous run {(previousRun?.ToString(CultureInfo.InvariantCulture) ?? "none")}");
 
-        // 2. The day, with the independent count and the Merkle roots running beside it on the
-        // same snapshot: the roots cover exactly the records this run counts, no more (a record
-        // committed after the snapshot, even one whose ingest transaction began before it) and
-        // no fewer.
-        string snapshot = await connection.ExecuteScalarAsync<string>(new CommandDefinition("SELECT pg_export_snapshot()", transaction: transaction, cancellationToken: cancellationToken))
-            ?? throw new InvalidOperationException("PostgreSQL exported no snapshot.");
-        Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> metered = MeterAsync(snapshot, day, cancellationToken);
+        // 2. The day: one read of its records in the run's snapshot gives both the groups the run
+        // prices and each provider's Merkle leaves, so the roots cover exactly the records this
+        // run counts, no more (a record committed after the snapshot, even one whose ingest
+        // transaction began before it) and no fewer. The roots are folded on the thread pool
+        // while the run prices.
+        DayRead read = await ReadDayAsync(connection, transaction, day, cancellationToken);
+        List<Group> groups = read.Groups;
+        Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> metered = Task.Run(() => FoldRoots(day, read.Leaves, cancellationToken), cancellationToken);
         try
         {
-            return await ContinueAsync(connection, transaction, day, dayEnd, actor, startedAt, report, previousRun, closedDays, metered, cancellationToken);
+            return await ContinueAsync(connection, transaction, day, dayEnd, actor, startedAt, report, previousRun, closedDays, groups, metered, cancellationToken);
         }
         catch
         {
-            // The side pass must not outlive the run that exported its snapshot, nor fail unobserved.
+            // The fold must not outlive the run, nor fail unobserved.
             await Task.WhenAny(metered);
             throw;
         }
     }
 
     private async Task<SettlementOutcome> ContinueAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, DateTimeOffset dayEnd, Actor actor,
-        DateTimeOffset startedAt, Action<string, string> report, long? previousRun, DateOnly[] closedDays, Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> metered,
-        CancellationToken cancellationToken)
+        DateTimeOffset startedAt, Action<string, string> report, long? previousRun, DateOnly[] closedDays, List<Group> groups,
+        Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> metered, CancellationToken cancellationToken)
     {
-        DateTimeOffset dayStart = ShanghaiTime.StartOf(day);
-        List<Group> groups = await AggregateDayAsync(connection, transaction, day, dayStart, dayEnd, cancellationToken);
         report("aggregate", $"{groups.Sum(g => g.Records):N0} records of the day in {groups.Count:N0} provider/holder/model groups");
 
         // 3. Late data for days already closed.
@@ -252,12 +254,24 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             SELECT provider_id, stream_id, @runId, committed_sequence FROM ingest_streams WHERE stream_id NOT LIKE 'proof:%'
             """, new { runId }, transaction, cancellationToken: cancellationToken));
         await WriteLinesAsync(connection, runId, lines, cancellationToken);
-        for (int i = 0; i < canonical.Count; i++)
+        // All statements in one statement: a day has hundreds of parties, and a round trip each cost more than writing them.
+        await using (var statementsInsert = new NpgsqlCommand("""
+            INSERT INTO settlement_statements (run_id, party_kind, party_code, ordinal, canonical_csv, sha256)
+            SELECT $1, s.kind, s.party, s.ordinal, s.csv, s.sha FROM unnest($2::text[], $3::text[], $4::integer[], $5::bytea[], $6::bytea[]) AS s(kind, party, ordinal, csv, sha)
+            """, connection, transaction)
         {
-            await connection.ExecuteAsync(new CommandDefinition("""
-                INSERT INTO settlement_statements (run_id, party_kind, party_code, ordinal, canonical_csv, sha256) VALUES (@runId, @kind, @party, @ordinal, @csv, @sha)
-                """, new { runId, kind = canonical[i].Statement.PartyKind, party = canonical[i].Statement.Party, ordinal = i, csv = canonical[i].Csv, sha = StatementFormats.Sha256(canonical[i].Csv) },
-                transaction, cancellationToken: cancellationToken));
+            Parameters =
+            {
+                new() { Value = runId },
+                new() { Value = canonical.Select(c => c.Statement.PartyKind).ToArray() },
+                new() { Value = canonical.Select(c => c.Statement.Party).ToArray() },
+                new() { Value = Enumerable.Range(0, canonical.Count).ToArray() },
+                new() { Value = canonical.Select(c => c.Csv).ToArray() },
+                new() { Value = canonical.Select(c => StatementFormats.Sha256(c.Csv)).ToArray() },
+            },
+        })
+        {
+            await statementsInsert.ExecuteNonQueryAsync(cancellationToken);
         }
 
         report("write", $"run {runId}: {lines.Count:N0} lines and {canonical.Count:N0} statements written; writing the ledger");

@@ -27,4 +27,14 @@ public sealed class SettlementOptions
 
     /// <summary>Longest a run may take before PostgreSQL cancels its statements.</summary>
     public TimeSpan StatementTimeout { get; init; } = TimeSpan.FromMinutes(30);
+
+    /// <summary>Most connections that may read one day side by side.</summary>
+    public const int DaySegmentsMax = 8;
+
+    /// <summary>
+    /// How many connections read the day side by side, each the records of a share of the
+    /// providers, all in the run's snapshot: PostgreSQL's sending of the rows is the larger part
+    /// of a run, and one backend sends on one core. 1 reads the day on the run's connection alone.
+    /// </summary>
+    public int DaySegments { get; init; } = 2;
 }
