@@ -2,15 +2,14 @@ using Metering.Engine.Audit;
 using Metering.Engine.Settlement;
 using Metering.Engine.Time;
 using Metering.Protocol.V1;
-using Metering.Server.Tests.Infrastructure;
-using Metering.Server.Tests.Vouchers;
-using Metering.Tests.Shared;
+using Metering.Engine.Fixtures;
+using Metering.Fixtures;
 using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
 using Contract = Metering.Engine.Vouchers.Contract;
 using FeeUnit = Metering.Engine.Registry.FeeUnit;
 
-namespace Metering.Server.Tests.Settlement;
+namespace Metering.Engine.IntegrationTests.Settlement;
 
 /// <summary>
 /// The run reads the day once and computes from that one read both the totals it prices and the
