@@ -1,0 +1,177 @@
+using System.Runtime.Versioning;
+using Metering.Engine.Fixtures;
+using Metering.Server.Fixtures;
+
+namespace Metering.Cli.Tests.Slurm;
+
+/// <summary>
+/// Real jobs on a real single-node Slurm (<see cref="SlurmCluster"/>), their real `sacct
+/// --parsable2` output uploaded with `metering ingest-file` to a real server: what is committed is
+/// compared, job by job, with what Slurm reported.
+/// </summary>
+[Collection(PostgresCollection.Name)]
+[SupportedOSPlatform("linux")]
+public sealed class RealSlurmIngestTests(PostgresFixture postgres, SlurmClusterFixture slurm) : IClassFixture<SlurmClusterFixture>
+{
+    internal const string Stream = "slurm-real";
+
+    /// <summary>Why the tests of the four kinds of job that the parser on main loses are skipped until the parser's fixes merge.</summary>
+    internal const string AwaitsParser = "expected to pass once branch slurm-parser (issue 16: suspended, multi-type GRES, requeued and .batch-only jobs) merges";
+
+    private SlurmCluster Cluster => slurm.Cluster;
+
+    [Fact]
+    public async Task Finished_jobs_of_every_outcome_are_committed_exactly_as_sacct_reports_them_and_a_running_job_is_not()
+    {
+        // The timed-out job goes first: Slurm keeps time limits in whole minutes and checks them
+        // every 30 s, so it ends a minute or more later while the others run beside it.
+        string timedOut = await Cluster.SubmitAsync("-A", SlurmCluster.Account, "--gres=gpu:a100:1", "--time=1", "--wrap", "sleep 300");
+        string completed = await Cluster.SubmitAsync("-A", SlurmCluster.Account, "--gres=gpu:a100:1", "--wrap", "sleep 1");
+        string array = await Cluster.SubmitAsync("-A", SlurmCluster.OtherAccount, "--gres=gpu:h100:1", "--array=0-2", "--wrap", "sleep 1");
+        string failed = await Cluster.SubmitAsync("-A", SlurmCluster.Account, "--gres=gpu:h100:1", "--wrap", "sleep 1; exit 3");
+        string cancelled = await Cluster.SubmitAsync("-A", SlurmCluster.Account, "--gres=gpu:a100:2", "--wrap", "sleep 300");
+        string running = await Cluster.SubmitAsync("-A", SlurmCluster.Account, "--gres=gpu:a100:1", "--wrap", "sleep 300");
+        try
+        {
+            await Cluster.WaitForStateAsync(cancelled, "RUNNING");
+            await Task.Delay(TimeSpan.FromSeconds(2));
+            await Cluster.RunCheckedAsync("scancel", cancelled);
+            await Cluster.WaitForEndAsync(timedOut, completed, array, failed, cancelled);
+            await Cluster.WaitForStateAsync(running, "RUNNING");
+
+            string sacct = await Cluster.SacctAsync(timedOut, completed, array, failed, cancelled, running);
+            List<SacctOutput.Line> lines = SacctOutput.Parse(sacct);
+            Assert.Equal(["CANCELLED", "COMPLETED", "FAILED", "RUNNING", "TIMEOUT"],
+                lines.Where(line => line.IsAllocation).Select(line => line.State.Split(' ')[0]).Distinct().Order(StringComparer.Ordinal));
+
+            await using TestServer server = await TestServer.StartAsync(postgres);
+            var (exit, output) = await IngestAsync(server, sacct);
+
+            Assert.True(exit == 0, output + "\n" + sacct);
+            List<SacctOutput.Line> finished = lines.Where(line => line.IsAllocation && line.State != "RUNNING").ToList();
+            Assert.Equal(7, finished.Count);
+            Assert.Equal(finished.Select(Expected).OrderBy(row => row.JobId, StringComparer.Ordinal), await CommittedAsync(server));
+            Assert.Equal([$"{array}_0", $"{array}_1", $"{array}_2"], (await CommittedAsync(server)).Where(row => row.JobId.StartsWith(array + "_", StringComparison.Ordinal)).Select(row => row.JobId));
+            Assert.DoesNotContain(await CommittedAsync(server), row => row.JobId == running);
+
+            // The same output again commits nothing: every job is a duplicate of itself.
+            var (again, againOutput) = await IngestAsync(server, sacct, uploadId: "again");
+            Assert.True(again == 0, againOutput);
+            Assert.Equal(7L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id = @Stream", new { Stream }));
+        }
+        finally
+        {
+            await Cluster.RunAsync("scancel", running, timedOut, cancelled);
+        }
+    }
+
+    [Fact(Skip = AwaitsParser)]
+    public async Task A_suspended_and_resumed_job_is_metered_from_its_start_to_its_end_since_its_gpus_stayed_allocated()
+    {
+        string suspended = await Cluster.SubmitAsync("-A", SlurmCluster.Account, "--gres=gpu:a100:1", "--wrap", "sleep 4");
+        await Cluster.WaitForStateAsync(suspended, "RUNNING");
+        await Cluster.RunCheckedAsync("scontrol", "suspend", suspended);
+        await Task.Delay(TimeSpan.FromSeconds(3));
+        await Cluster.RunCheckedAsync("scontrol", "resume", suspended);
+        await Cluster.WaitForEndAsync(suspended);
+        string sacct = await Cluster.SacctAsync(suspended);
+        SacctOutput.Line job = SacctOutput.Parse(sacct).Single(line => line.IsAllocation);
+
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        var (exit, output) = await IngestAsync(server, sacct);
+
+        Assert.True(exit == 0, output + "\n" + sacct);
+        Assert.Equal([Expected(job)], await CommittedAsync(server));
+    }
+
+    [Fact(Skip = AwaitsParser)]
+    public async Task A_job_holding_two_gpu_types_becomes_one_record_per_type()
+    {
+        string twoTypes = await Cluster.SubmitAsync("-A", SlurmCluster.Account, "--gres=gpu:a100:1,gpu:h100:1", "--wrap", "sleep 1");
+        await Cluster.WaitForEndAsync(twoTypes);
+        string sacct = await Cluster.SacctAsync(twoTypes);
+        SacctOutput.Line job = SacctOutput.Parse(sacct).Single(line => line.IsAllocation);
+        Assert.Equal([("a100", 1), ("h100", 1)], job.TypedGpus);
+
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        var (exit, output) = await IngestAsync(server, sacct);
+
+        Assert.True(exit == 0, output + "\n" + sacct);
+        Assert.Equal([("A100-SXM", 1, job.StartUtc, job.EndUtc), ("H100-SXM", 1, job.StartUtc, job.EndUtc)],
+            (await CommittedAsync(server)).Select(row => (row.DeviceModel, row.DeviceCount, row.StartAt, row.EndAt)).Order());
+    }
+
+    [Fact(Skip = AwaitsParser)]
+    public async Task A_requeued_jobs_earlier_run_is_metered_beside_its_final_run()
+    {
+        string requeued = await Cluster.SubmitAsync("-A", SlurmCluster.Account, "--gres=gpu:a100:1", "--wrap", "sleep 3");
+        await Cluster.WaitForStateAsync(requeued, "RUNNING");
+        await Task.Delay(TimeSpan.FromSeconds(2));
+        await Cluster.RunCheckedAsync("scontrol", "requeue", requeued);
+        await Cluster.WaitForEndAsync(requeued);
+        await Cluster.WaitForStateAsync(requeued, "COMPLETED", "REQUEUED");
+        string sacct = await Cluster.SacctAsync(requeued);
+        List<SacctOutput.Line> runs = SacctOutput.Parse(sacct).Where(line => line.IsAllocation).ToList();
+        Assert.Equal(["COMPLETED", "REQUEUED"], runs.Select(run => run.State).Order(StringComparer.Ordinal));
+
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        var (exit, output) = await IngestAsync(server, sacct);
+
+        Assert.True(exit == 0, output + "\n" + sacct);
+        Assert.Equal(runs.Select(Expected).OrderBy(row => row.StartAt), (await CommittedAsync(server)).OrderBy(row => row.StartAt));
+    }
+
+    [Fact(Skip = AwaitsParser)]
+    public async Task With_meter_steps_an_sbatch_job_without_srun_steps_is_metered_from_its_batch_step()
+    {
+        string batchOnly = await Cluster.SubmitAsync("-A", SlurmCluster.Account, "--gres=gpu:a100:1", "--wrap", "sleep 1");
+        await Cluster.WaitForEndAsync(batchOnly);
+        string sacct = await Cluster.SacctAsync(batchOnly);
+        SacctOutput.Line batch = SacctOutput.Parse(sacct).Single(line => line.JobId == batchOnly + ".batch");
+
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        var (exit, output) = await IngestAsync(server, sacct, meterSteps: true);
+
+        Assert.True(exit == 0, output + "\n" + sacct);
+        Assert.Equal([Expected(batch)], await CommittedAsync(server));
+    }
+
+    internal sealed record Row(string JobId, string DeviceModel, int DeviceCount, DateTime StartAt, DateTime EndAt);
+
+    /// <summary>The record a finished allocation line must become: its one typed GPU entry mapped to the catalog.</summary>
+    internal static Row Expected(SacctOutput.Line line)
+    {
+        (string type, int count) = Assert.Single(line.TypedGpus);
+        return new Row(line.JobId, type == "a100" ? "A100-SXM" : "H100-SXM", count, line.StartUtc, line.EndUtc);
+    }
+
+    internal static async Task<List<Row>> CommittedAsync(TestServer server, string stream = Stream) =>
+        await server.QueryAsync<Row>(
+            "SELECT job_id AS JobId, device_model AS DeviceModel, device_count AS DeviceCount, start_at AS StartAt, end_at AS EndAt FROM usage_records WHERE stream_id = @stream ORDER BY job_id, start_at, device_model",
+            new { stream });
+
+    /// <summary>The mapping of this cluster's accounts and GRES types, in the cluster's zone (+480).</summary>
+    internal static string WriteMapping(bool meterSteps = false)
+    {
+        string path = Path.Combine(Directory.CreateTempSubdirectory("metering-slurm-map-").FullName, "mapping.json");
+        File.WriteAllText(path, $$"""
+            {
+              "accountHolders": { "{{SlurmCluster.Account}}": "9144030071526726XG", "{{SlurmCluster.OtherAccount}}": "91440300MA5G2XK3P1" },
+              "gresModels": { "a100": "A100-SXM", "h100": "H100-SXM" },
+              "site": "sz-test-slurm",
+              "utcOffsetMinutes": 480,
+              "meterSteps": {{(meterSteps ? "true" : "false")}}
+            }
+            """);
+        return path;
+    }
+
+    private static async Task<(int ExitCode, string Output)> IngestAsync(TestServer server, string sacct, bool meterSteps = false, string? uploadId = null)
+    {
+        string file = Path.Combine(Directory.CreateTempSubdirectory("metering-sacct-").FullName, "sacct.txt");
+        await File.WriteAllTextAsync(file, sacct);
+        string[] id = uploadId is null ? [] : ["--upload-id", uploadId];
+        return await CliProcess.RunAsAsync(server, TestServer.ProviderKey,
+            ["ingest-file", file, "--stream", Stream, "--format", "sacct", "--mapping", WriteMapping(meterSteps), .. id]);
+    }
+}
