@@ -24,6 +24,7 @@ root.Subcommands.Add(RegistryCommand.Create());
 root.Subcommands.Add(CapacityCommand.Create());
 root.Subcommands.Add(DemoCommand.Create());
 root.Subcommands.Add(IngestFileCommand.Create());
+root.Subcommands.Add(AgentCommand.Create());
 root.Subcommands.Add(VoucherCommand.Create());
 root.Subcommands.Add(SettleCommand.Create());
 root.Subcommands.Add(AuditCommand.Create());

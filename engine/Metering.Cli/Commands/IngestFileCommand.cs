@@ -101,7 +101,7 @@ internal static class IngestFileCommand
         return command;
     }
 
-    private static async Task<UploadReport> UploadAsync(RawLogService.RawLogServiceClient client, Metadata headers, FileInfo log, UploadHeader header, CancellationToken cancellationToken)
+    internal static async Task<UploadReport> UploadAsync(RawLogService.RawLogServiceClient client, Metadata headers, FileInfo log, UploadHeader header, CancellationToken cancellationToken)
     {
         var clock = Stopwatch.StartNew();
         for (int attempt = 1; ; attempt++)
