@@ -29,6 +29,7 @@ public sealed class UploadProcessor : ILogLineSink
     private readonly SacctParser? _sacct;
     private readonly TimeProvider _time;
     private readonly int _batchRecordsMax;
+    private readonly int _fullAt;
     private readonly List<IngestRecord> _records;
     private readonly HashSet<(string JobId, long StartUnixMs)> _batchJobs = [];
     private readonly List<UploadLineError> _errors = [];
@@ -48,6 +49,9 @@ public sealed class UploadProcessor : ILogLineSink
         _time = time;
         _batchRecordsMax = validator.Limits.BatchRecordsMax;
         _records = new List<IngestRecord>(_batchRecordsMax);
+
+        // One sacct line gives a record per GPU type: leave room for a whole line in the batch.
+        _fullAt = format == RawLogFormat.SacctParsable2 ? Math.Max(1, _batchRecordsMax - SacctParser.GpuTypesMax + 1) : _batchRecordsMax;
         _pendingEndOffset = upload.CommittedOffset;
         if (format == RawLogFormat.SacctParsable2)
         {
@@ -67,7 +71,7 @@ public sealed class UploadProcessor : ILogLineSink
     public UploadState Upload => _upload;
 
     // Errors are bounded too: a file of garbage must not grow one flush without limit.
-    public bool IsFull => _records.Count >= _batchRecordsMax || _errors.Count >= UploadStore.StoredErrorsMax;
+    public bool IsFull => _records.Count >= _fullAt || _errors.Count >= UploadStore.StoredErrorsMax;
 
     public void OnLine(ReadOnlySpan<byte> line, long lineNumber, long endOffset)
     {
@@ -113,28 +117,37 @@ public sealed class UploadProcessor : ILogLineSink
                 Refuse(lineNumber, refusal.Reason, refusal.Message);
                 break;
             default:
-                // Sequence numbers are given at flush, once duplicates are known; a refused or
-                // duplicate line takes none.
-                Refusal invalid = _validator.Validate(record, _time.GetUtcNow().ToUnixTimeMilliseconds(), out DeviceModel? _);
-                if (!invalid.IsRefused)
+                Admit(record, lineNumber);
+                while (_sacct is not null && _sacct.TryNextRecord(out IngestRecord next))
                 {
-                    invalid = _session.CheckAdmission(record);
-                }
-
-                if (invalid.IsRefused)
-                {
-                    Refuse(lineNumber, invalid.Reason.ContractName(), invalid.Message[(invalid.Message.IndexOf(": ", StringComparison.Ordinal) + 2)..]);
-                }
-                else if (!_batchJobs.Add((record.JobId, record.StartUnixMs)))
-                {
-                    _duplicates++;
-                }
-                else
-                {
-                    _records.Add(record);
+                    Admit(next, lineNumber);
                 }
 
                 break;
+        }
+    }
+
+    private void Admit(IngestRecord record, long lineNumber)
+    {
+        // Sequence numbers are given at flush, once duplicates are known; a refused or
+        // duplicate line takes none.
+        Refusal invalid = _validator.Validate(record, _time.GetUtcNow().ToUnixTimeMilliseconds(), out DeviceModel? _);
+        if (!invalid.IsRefused)
+        {
+            invalid = _session.CheckAdmission(record);
+        }
+
+        if (invalid.IsRefused)
+        {
+            Refuse(lineNumber, invalid.Reason.ContractName(), invalid.Message[(invalid.Message.IndexOf(": ", StringComparison.Ordinal) + 2)..]);
+        }
+        else if (!_batchJobs.Add((record.JobId, record.StartUnixMs)))
+        {
+            _duplicates++;
+        }
+        else
+        {
+            _records.Add(record);
         }
     }
 

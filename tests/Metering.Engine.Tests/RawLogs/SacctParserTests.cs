@@ -74,7 +74,14 @@ public sealed class SacctParserTests
     [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-02-30T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "MALFORMED_LINE")]
     [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|1:00:99|COMPLETED", "MALFORMED_LINE")]
     [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=eight|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "MALFORMED_LINE")]
-    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8,gres/gpu:a100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "MALFORMED_LINE")]
+    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8,gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "MALFORMED_LINE")]
+    [InlineData("4201|lab-vision|gpu-h100|gres/gpu=1,gres/gpu:a100=1,gres/gpu:h100=7|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "MALFORMED_LINE")]
+    [InlineData("4201|lab-vision|gpu-h100|gres/gpu=2,gres/gpu=2|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "MALFORMED_LINE")]
+    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:=2|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "MALFORMED_LINE")]
+    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:a100=1,gres/gpu:v100=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "UNMAPPED_DEVICE")]
+    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:02|COMPLETED", "ELAPSED_MISMATCH")]
+    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|REQUEUED_SOMEHOW", "MALFORMED_LINE")]
+    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|Unknown|01:00:00|COMPLETED", "MALFORMED_LINE")]
     [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|EXPLODED", "MALFORMED_LINE")]
     [InlineData("4201|lab-other|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "UNMAPPED_ACCOUNT")]
     [InlineData("4201|lab-vision|gpu-h100|gres/gpu:v100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "UNMAPPED_DEVICE")]
@@ -123,6 +130,127 @@ public sealed class SacctParserTests
         Assert.Equal(("4201", 8u), (record.JobId, record.DeviceCount));
     }
 
+    [Fact]
+    public void A_suspended_job_is_metered_for_the_time_it_ran_when_its_line_shows_the_suspension()
+    {
+        // sacct --parsable2 --format=JobID,Account,Partition,AllocTRES,Start,End,Elapsed,Suspended,State
+        SacctParser parser = Parser(header: "JobID|Account|Partition|AllocTRES|Start|End|Elapsed|Suspended|State");
+        Assert.Equal(LineOutcome.Record, parser.Parse("4301|lab-vision|gpu-h100|billing=8,cpu=8,gres/gpu:h100=2,gres/gpu=2,mem=16G,node=1|2026-11-20T08:00:00|2026-11-20T10:00:00|01:30:00|00:30:00|COMPLETED"u8, out IngestRecord record, out _));
+        Assert.Equal(ShanghaiEightAmMs, record.StartUnixMs);
+        Assert.Equal(ShanghaiEightAmMs + 5_400_000, record.EndUnixMs);
+        Assert.Equal(2u, record.DeviceCount);
+    }
+
+    [Theory]
+    // End moved an hour later by hand, Elapsed and Suspended left alone.
+    [InlineData("JobID|Account|Partition|AllocTRES|Start|End|Elapsed|Suspended|State", "4301|lab-vision|gpu-h100|gres/gpu:h100=2|2026-11-20T08:00:00|2026-11-20T11:00:00|01:30:00|00:30:00|COMPLETED")]
+    // Suspended raised without moving End: the parts no longer add up.
+    [InlineData("JobID|Account|Partition|AllocTRES|Start|End|Elapsed|Suspended|State", "4301|lab-vision|gpu-h100|gres/gpu:h100=2|2026-11-20T08:00:00|2026-11-20T10:00:00|01:30:00|01:30:00|COMPLETED")]
+    // A shorter Elapsed with no Suspended column to account for it.
+    [InlineData("JobID|Account|Partition|AllocTRES|Start|End|Elapsed|State", "4301|lab-vision|gpu-h100|gres/gpu:h100=2|2026-11-20T08:00:00|2026-11-20T10:00:00|01:30:00|COMPLETED")]
+    // Elapsed longer than the window, "explained" by a negative suspension that cannot be written.
+    [InlineData("JobID|Account|Partition|AllocTRES|Start|End|Elapsed|Suspended|State", "4301|lab-vision|gpu-h100|gres/gpu:h100=2|2026-11-20T08:00:00|2026-11-20T10:00:00|03:00:00|00:00:00|COMPLETED")]
+    public void A_forged_suspension_is_refused_as_an_elapsed_mismatch(string header, string line)
+    {
+        SacctParser parser = Parser(header: header);
+        Assert.Equal(LineOutcome.Refused, parser.Parse(Encoding.UTF8.GetBytes(line), out IngestRecord record, out LineRefusal refusal));
+        Assert.Equal("ELAPSED_MISMATCH", refusal.Reason);
+        Assert.Equal(default, record);
+    }
+
+    [Fact]
+    public void A_job_holding_two_gpu_types_gives_one_record_per_type_with_stable_job_ids()
+    {
+        SacctParser parser = Parser();
+        const string line = "4302|lab-vision|gpu-mixed|billing=2,cpu=2,gres/gpu:a100=1,gres/gpu:h100=1,gres/gpu=2,mem=4G,node=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED";
+        for (int upload = 0; upload < 2; upload++)
+        {
+            Assert.Equal(LineOutcome.Record, parser.Parse(Encoding.UTF8.GetBytes(line), out IngestRecord first, out _));
+            Assert.True(parser.TryNextRecord(out IngestRecord second));
+            Assert.False(parser.TryNextRecord(out _));
+            Assert.Equal(("4302/gpu:a100", "A100-SXM", 1u), (first.JobId, first.DeviceModel, first.DeviceCount));
+            Assert.Equal(("4302/gpu:h100", "H100-SXM", 1u), (second.JobId, second.DeviceModel, second.DeviceCount));
+            Assert.Equal((first.StartUnixMs, first.EndUnixMs), (second.StartUnixMs, second.EndUnixMs));
+        }
+
+        // The next line starts afresh: no record of the previous line is left to take.
+        Assert.Equal(LineOutcome.Record, parser.Parse("4303|lab-vision|gpu-h100|gres/gpu:h100=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out IngestRecord single, out _));
+        Assert.Equal("4303", single.JobId);
+        Assert.False(parser.TryNextRecord(out _));
+    }
+
+    [Fact]
+    public void A_two_type_line_with_one_unmapped_type_gives_no_record_at_all()
+    {
+        SacctParser parser = Parser();
+        Assert.Equal(LineOutcome.Refused, parser.Parse("4302|lab-vision|gpu-x|gres/gpu:a100=1,gres/gpu:v100=1,gres/gpu=2|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out IngestRecord record, out LineRefusal refusal));
+        Assert.Equal("UNMAPPED_DEVICE", refusal.Reason);
+        Assert.Equal(default, record);
+        Assert.False(parser.TryNextRecord(out _));
+    }
+
+    [Fact]
+    public void An_earlier_run_of_a_requeued_job_is_metered_apart_from_its_later_run()
+    {
+        // sacct -D lists each run of a requeued job under the same JobID with its own Start.
+        SacctParser parser = Parser();
+        Assert.Equal(LineOutcome.Record, parser.Parse("4304|lab-vision|gpu-h100|billing=1,cpu=1,gres/gpu:h100=1,gres/gpu=1,mem=1G,node=1|2026-11-20T08:00:00|2026-11-20T08:20:00|00:20:00|REQUEUED"u8, out IngestRecord earlier, out _));
+        Assert.Equal(LineOutcome.Record, parser.Parse("4304|lab-vision|gpu-h100|billing=1,cpu=1,gres/gpu:h100=1,gres/gpu=1,mem=1G,node=1|2026-11-20T08:21:00|2026-11-20T09:21:00|01:00:00|COMPLETED"u8, out IngestRecord later, out _));
+        Assert.Equal(("4304", "4304"), (earlier.JobId, later.JobId));
+        Assert.Equal(1_200_000, earlier.EndUnixMs - earlier.StartUnixMs);
+        Assert.NotEqual(earlier.StartUnixMs, later.StartUnixMs);
+
+        // A requeued run not yet over has no End to meter.
+        Assert.Equal(LineOutcome.Skipped, parser.Parse("4305|lab-vision|gpu-h100|gres/gpu:h100=1|2026-11-20T08:00:00|Unknown|00:20:00|REQUEUED"u8, out _, out _));
+    }
+
+    [Theory]
+    [InlineData("REVOKED")]
+    [InlineData("SPECIAL_EXIT")]
+    [InlineData("CANCELLED by 1000")]
+    public void Finished_states_slurm_knows_are_metered(string state)
+    {
+        IngestRecord record = ParseOne($"4306|lab-vision|gpu-h100|gres/gpu:h100=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|{state}");
+        Assert.Equal(3_600_000, record.EndUnixMs - record.StartUnixMs);
+    }
+
+    [Fact]
+    public void A_job_that_never_started_is_skipped()
+    {
+        SacctParser parser = Parser();
+        Assert.Equal(LineOutcome.Skipped, parser.Parse("4307|lab-vision|gpu-h100|billing=1,cpu=1,gres/gpu:h100=1,gres/gpu=1,mem=1G,node=1|None|2026-11-20T09:00:00|00:00:00|CANCELLED by 1000"u8, out IngestRecord record, out _));
+        Assert.Equal(default, record);
+    }
+
+    [Fact]
+    public void Heterogeneous_job_components_are_metered_each_under_its_own_id()
+    {
+        SacctParser parser = Parser();
+        Assert.Equal(LineOutcome.Record, parser.Parse("18+0|lab-vision|gpu-h100|gres/gpu:h100=2|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out IngestRecord first, out _));
+        Assert.Equal(LineOutcome.Record, parser.Parse("18+1|lab-vision|gpu-h20|gres/gpu=4|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out IngestRecord second, out _));
+        Assert.Equal(LineOutcome.Skipped, parser.Parse("18+0.batch|lab-vision||gres/gpu:h100=2|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out _, out _));
+        Assert.Equal(("18+0", "H100-SXM", "18+1", "H20"), (first.JobId, first.DeviceModel, second.JobId, second.DeviceModel));
+    }
+
+    [Fact]
+    public void A_partition_model_applies_when_the_node_writes_a_gres_type_the_mapping_does_not_name()
+    {
+        // Slurm writes the node's GRES type (here "tesla") even for a job that asked for untyped GPUs.
+        IngestRecord record = ParseOne("4308|lab-vision|gpu-h20|billing=4,cpu=4,gres/gpu:tesla=4,gres/gpu=4,mem=8G,node=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED");
+        Assert.Equal(("H20", 4u), (record.DeviceModel, record.DeviceCount));
+
+        // A type the mapping names still wins over the partition.
+        IngestRecord named = ParseOne("4309|lab-vision|gpu-h20|gres/gpu:h100=4,gres/gpu=4|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED");
+        Assert.Equal("H100-SXM", named.DeviceModel);
+    }
+
+    [Fact]
+    public void An_unnamed_gres_type_in_an_unmapped_partition_is_still_refused()
+    {
+        Assert.Equal(LineOutcome.Refused, Parser().Parse("4310|lab-vision|gpu-other|gres/gpu:tesla=4,gres/gpu=4|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out _, out LineRefusal refusal));
+        Assert.Equal("UNMAPPED_DEVICE", refusal.Reason);
+    }
+
     private static IngestRecord ParseOne(string line, LogMapping? mapping = null)
     {
         Assert.Equal(LineOutcome.Record, Parser(mapping).Parse(Encoding.UTF8.GetBytes(line), out IngestRecord record, out LineRefusal refusal));
@@ -137,10 +265,10 @@ public sealed class SacctParserTests
         return rules;
     }
 
-    private static SacctParser Parser(LogMapping? mapping = null)
+    private static SacctParser Parser(LogMapping? mapping = null, string header = "JobID|Account|Partition|AllocTRES|Start|End|Elapsed|State")
     {
         var parser = new SacctParser(Rules(mapping));
-        Assert.Null(parser.ReadHeader("JobID|Account|Partition|AllocTRES|Start|End|Elapsed|State"u8));
+        Assert.Null(parser.ReadHeader(Encoding.UTF8.GetBytes(header)));
         return parser;
     }
 }
