@@ -23,11 +23,23 @@ public sealed class SacctParser : ILogLineParser
     /// <summary>At most this many GPU types in one AllocTRES; Slurm nodes carry a handful.</summary>
     internal const int GpuTypesMax = 8;
 
+    /// <summary>A held `.batch` line's job id (without `.batch`) is kept in this many bytes; a longer one is not held but skipped.</summary>
+    private const int HeldJobBytesMax = 256;
+
     private readonly LogMappingRules _rules;
     private readonly int[] _index = new int[Required.Length];
     private readonly IngestRecord[] _extra = new IngestRecord[GpuTypesMax - 1];
     private int _extraCount;
     private int _extraTaken;
+    private readonly IngestRecord[] _held = new IngestRecord[GpuTypesMax];
+    private readonly IngestRecord[] _released = new IngestRecord[GpuTypesMax];
+    private int _releasedCount;
+    private readonly HashSet<string> _releasedJobs = new(StringComparer.Ordinal);
+    private readonly byte[] _heldJob = new byte[HeldJobBytesMax];
+    private int _heldCount;
+    private int _heldJobLength = -1;
+    private int _releasedTaken;
+    private Resolution _resolution;
     private int _suspendedIndex = -1;
     private int _fieldCount;
 
@@ -99,10 +111,35 @@ public sealed class SacctParser : ILogLineParser
         record = default;
         refusal = default;
         _extraCount = _extraTaken = 0;
+        HeldThisLine = false;
+        if (_resolution != Resolution.None)
+        {
+            _resolution = Resolution.None;
+            _released.AsSpan().Clear();
+            _releasedCount = _releasedTaken = 0;
+        }
+
         LineOutcome outcome = ParseFields(line, out SacctLine parsed, out refusal);
+        if (_heldJobLength >= 0 && !parsed.JobId.IsEmpty)
+        {
+            Resolve(parsed.JobId);
+        }
+
         if (outcome != LineOutcome.Record)
         {
             return outcome;
+        }
+
+        if (_releasedJobs.Count > 0 && IsReleasedJobStep(parsed.JobId))
+        {
+            refusal = LineRefusal.Of(RawLogRefusalReason.MalformedLine, $"step {Encoding.UTF8.GetString(parsed.JobId)} comes after its job's .batch step was metered for want of numbered steps; sacct lists a job's lines together");
+            return LineOutcome.Refused;
+        }
+
+        bool batch = parsed.JobId.EndsWith(".batch"u8);
+        if (batch && parsed.JobId.Length - ".batch".Length > HeldJobBytesMax)
+        {
+            return LineOutcome.Skipped;
         }
 
         if (!_rules.TryHolder(parsed.Account, out string holder))
@@ -119,7 +156,7 @@ public sealed class SacctParser : ILogLineParser
             }
 
             record = NewRecord(Encoding.UTF8.GetString(parsed.JobId), holder, model, parsed.GpuCount, parsed);
-            return LineOutcome.Record;
+            return batch ? Hold(ref record, parsed.JobId) : LineOutcome.Record;
         }
 
         // Several GPU types: every type must map before any record is given, so a line is metered
@@ -151,7 +188,129 @@ public sealed class SacctParser : ILogLineParser
         }
 
         _extraCount = typeCount - 1;
-        return LineOutcome.Record;
+        return batch ? Hold(ref record, parsed.JobId) : LineOutcome.Record;
+    }
+
+    /// <summary>
+    /// True when the last <see cref="Parse"/> held its line (a `.batch` step with meter_steps) instead of
+    /// giving its records: it returned <see cref="LineOutcome.Skipped"/>, and a later line decides.
+    /// </summary>
+    internal bool HeldThisLine { get; private set; }
+
+    /// <summary>True while a `.batch` line waits to learn whether its job has numbered steps.</summary>
+    internal bool Holding => _heldJobLength >= 0;
+
+    /// <summary>What the last <see cref="Parse"/> (or <see cref="EndOfFile"/>) decided about the line held before it.</summary>
+    internal Resolution LastResolution => _resolution;
+
+    /// <summary>
+    /// The file ended: a held `.batch` line's job had no numbered step, so its records are released
+    /// (<see cref="TryTakeReleased"/>).
+    /// </summary>
+    internal void EndOfFile()
+    {
+        if (_heldJobLength >= 0)
+        {
+            Release();
+        }
+    }
+
+    /// <summary>Gives up a held line without metering it (the caller can no longer keep its place).</summary>
+    internal void DropHeld()
+    {
+        if (_heldJobLength >= 0)
+        {
+            _heldJobLength = -1;
+            _held.AsSpan().Clear();
+            _heldCount = 0;
+            _resolution = Resolution.Dropped;
+        }
+    }
+
+    /// <summary>The released records of the held line, one by one.</summary>
+    internal bool TryTakeReleased(out IngestRecord record)
+    {
+        if (_resolution == Resolution.Released && _releasedTaken < _releasedCount)
+        {
+            record = _released[_releasedTaken];
+            _released[_releasedTaken++] = default;
+            return true;
+        }
+
+        record = default;
+        return false;
+    }
+
+    /// <summary>
+    /// With meter_steps, a `.batch` step is metered only for a job without numbered steps (an sbatch
+    /// script that never called srun); sacct lists a job's `.batch` before its numbered steps, so the
+    /// line is held until a later line shows whether the job has any.
+    /// </summary>
+    private LineOutcome Hold(ref IngestRecord record, ReadOnlySpan<byte> jobId)
+    {
+        ReadOnlySpan<byte> job = jobId[..^".batch".Length];
+        _held[0] = record;
+        for (int e = 0; e < _extraCount; e++)
+        {
+            _held[e + 1] = _extra[e];
+            _extra[e] = default;
+        }
+
+        _heldCount = _extraCount + 1;
+        _extraCount = 0;
+        job.CopyTo(_heldJob);
+        _heldJobLength = job.Length;
+        HeldThisLine = true;
+        record = default;
+        return LineOutcome.Skipped;
+    }
+
+    /// <summary>A numbered step of the held job drops the held line; a line of another job releases it.</summary>
+    private void Resolve(ReadOnlySpan<byte> jobId)
+    {
+        int dot = jobId.IndexOf((byte)'.');
+        ReadOnlySpan<byte> job = dot < 0 ? jobId : jobId[..dot];
+        if (!job.SequenceEqual(_heldJob.AsSpan(0, _heldJobLength)))
+        {
+            Release();
+        }
+        else if (dot > 0 && IsDigits(jobId[(dot + 1)..]))
+        {
+            DropHeld();
+        }
+    }
+
+    private bool IsReleasedJobStep(ReadOnlySpan<byte> jobId)
+    {
+        int dot = jobId.IndexOf((byte)'.');
+        if (dot <= 0 || dot > HeldJobBytesMax || !IsDigits(jobId[(dot + 1)..]))
+        {
+            return false;
+        }
+
+        Span<char> chars = stackalloc char[HeldJobBytesMax];
+        int written = Encoding.UTF8.GetChars(jobId[..dot], chars);
+        return _releasedJobs.GetAlternateLookup<ReadOnlySpan<char>>().Contains(chars[..written]);
+    }
+
+    private void Release()
+    {
+        // Remembered for the rest of the file, so that a step of this job placed later cannot be paid too.
+        _releasedJobs.Add(Encoding.UTF8.GetString(_heldJob.AsSpan(0, _heldJobLength)));
+        _held.AsSpan(0, _heldCount).CopyTo(_released);
+        _held.AsSpan().Clear();
+        _releasedCount = _heldCount;
+        _releasedTaken = 0;
+        _heldCount = 0;
+        _heldJobLength = -1;
+        _resolution = Resolution.Released;
+    }
+
+    internal enum Resolution
+    {
+        None,
+        Released,
+        Dropped,
     }
 
     private IngestRecord NewRecord(string jobId, string holder, string model, uint count, in SacctLine parsed) => new(
@@ -240,9 +399,11 @@ public sealed class SacctParser : ILogLineParser
             return Malformed("JobID is empty", out refusal);
         }
 
+        // Set before any skip: with meter_steps, every line tells whether a held `.batch` line's job has steps.
+        parsed.JobId = jobId;
         int dot = jobId.IndexOf((byte)'.');
-        bool numberedStep = dot > 0 && IsDigits(jobId[(dot + 1)..]);
-        if (dot > 0 ? !(numberedStep && _rules.MeterSteps) : _rules.MeterSteps)
+        bool meteredStep = dot > 0 && (IsDigits(jobId[(dot + 1)..]) || jobId[(dot + 1)..].SequenceEqual("batch"u8));
+        if (dot > 0 ? !(meteredStep && _rules.MeterSteps) : _rules.MeterSteps)
         {
             return LineOutcome.Skipped;
         }
@@ -292,8 +453,19 @@ public sealed class SacctParser : ILogLineParser
             return Malformed($"Elapsed '{Encoding.UTF8.GetString(line[fields[_index[6]]])}' is not [D-]HH:MM:SS", out refusal);
         }
 
-        start -= _rules.UtcOffset.Ticks / TimeSpan.TicksPerMillisecond;
-        end -= _rules.UtcOffset.Ticks / TimeSpan.TicksPerMillisecond;
+        if (_rules.Zone is TimeZoneInfo zone)
+        {
+            if (!TryToUtc(zone, ref start, "Start", startText, out refusal) || !TryToUtc(zone, ref end, "End", endText, out refusal))
+            {
+                return LineOutcome.Refused;
+            }
+        }
+        else
+        {
+            start -= _rules.UtcOffset.Ticks / TimeSpan.TicksPerMillisecond;
+            end -= _rules.UtcOffset.Ticks / TimeSpan.TicksPerMillisecond;
+        }
+
         long windowSeconds = (end - start) / 1000;
         if (elapsedSeconds > windowSeconds + 1)
         {
@@ -343,6 +515,31 @@ public sealed class SacctParser : ILogLineParser
         parsed.StartUnixMs = start;
         parsed.EndUnixMs = end;
         return LineOutcome.Record;
+    }
+
+    /// <summary>
+    /// Converts a local time (milliseconds read as if UTC) to UTC with the zone's rule for that date.
+    /// A time the zone skips or repeats has no single instant, and guessing would move usage by the
+    /// size of the change; it is refused.
+    /// </summary>
+    private static bool TryToUtc(TimeZoneInfo zone, ref long unixMs, string field, ReadOnlySpan<byte> text, out LineRefusal refusal)
+    {
+        refusal = default;
+        var local = new DateTime(DateTime.UnixEpoch.Ticks + (unixMs * TimeSpan.TicksPerMillisecond), DateTimeKind.Unspecified);
+        if (zone.IsInvalidTime(local))
+        {
+            refusal = LineRefusal.Of(RawLogRefusalReason.UnresolvableLocalTime, $"{field} {Encoding.UTF8.GetString(text)} does not exist in {zone.Id} (clocks moved forward past it)");
+            return false;
+        }
+
+        if (zone.IsAmbiguousTime(local))
+        {
+            refusal = LineRefusal.Of(RawLogRefusalReason.UnresolvableLocalTime, $"{field} {Encoding.UTF8.GetString(text)} happens twice in {zone.Id} (clocks moved back over it)");
+            return false;
+        }
+
+        unixMs -= zone.GetUtcOffset(local).Ticks / TimeSpan.TicksPerMillisecond;
+        return true;
     }
 
     private enum JobState

@@ -65,69 +65,72 @@ public sealed class SacctParserTests
         Assert.Equal(LineOutcome.Skipped, parser.Parse("4201.batch|lab-vision||gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out _, out _));
         Assert.Equal(LineOutcome.Record, parser.Parse("4201.0|lab-vision||gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out IngestRecord step, out _));
         Assert.Equal("4201.0", step.JobId);
-    }
-
-    [Theory]
-    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00", "MALFORMED_LINE")]
-    [InlineData("|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "MALFORMED_LINE")]
-    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20 08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "MALFORMED_LINE")]
-    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-02-30T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "MALFORMED_LINE")]
-    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|1:00:99|COMPLETED", "MALFORMED_LINE")]
-    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=eight|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "MALFORMED_LINE")]
-    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8,gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "MALFORMED_LINE")]
-    [InlineData("4201|lab-vision|gpu-h100|gres/gpu=1,gres/gpu:a100=1,gres/gpu:h100=7|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "MALFORMED_LINE")]
-    [InlineData("4201|lab-vision|gpu-h100|gres/gpu=2,gres/gpu=2|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "MALFORMED_LINE")]
-    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:=2|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "MALFORMED_LINE")]
-    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:a100=1,gres/gpu:v100=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "UNMAPPED_DEVICE")]
-    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:02|COMPLETED", "ELAPSED_MISMATCH")]
-    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|REQUEUED_SOMEHOW", "MALFORMED_LINE")]
-    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|Unknown|01:00:00|COMPLETED", "MALFORMED_LINE")]
-    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|EXPLODED", "MALFORMED_LINE")]
-    [InlineData("4201|lab-other|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "UNMAPPED_ACCOUNT")]
-    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:v100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "UNMAPPED_DEVICE")]
-    [InlineData("4201|lab-vision|gpu-x|gres/gpu=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED", "UNMAPPED_DEVICE")]
-    [InlineData("4201|lab-vision|gpu-h100|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|00:59:00|COMPLETED", "ELAPSED_MISMATCH")]
-    public void Bad_lines_are_refused_with_their_reason(string line, string reason)
-    {
-        SacctParser parser = Parser();
-        Assert.Equal(LineOutcome.Refused, parser.Parse(Encoding.UTF8.GetBytes(line), out IngestRecord record, out LineRefusal refusal));
-        Assert.Equal(default, record);
-        Assert.Equal(reason, refusal.Reason);
-        Assert.False(string.IsNullOrWhiteSpace(refusal.Message));
+        Assert.Equal(SacctParser.Resolution.Dropped, parser.LastResolution);
+        Assert.False(parser.TryTakeReleased(out _));
     }
 
     [Fact]
-    public void Other_gres_sharing_the_gpu_prefix_are_not_gpus()
+    public void With_steps_metered_a_batch_job_without_numbered_steps_is_metered_by_its_batch_step()
     {
-        IngestRecord record = ParseOne("4201|lab-vision|gpu-h100|gres/gpumem=40G,gres/gpu:h100=8,gres/gpuutil=100|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED");
-        Assert.Equal(("H100-SXM", 8u), (record.DeviceModel, record.DeviceCount));
+        var mapping = RawLogSamples.Mapping();
+        mapping.MeterSteps = true;
+        SacctParser parser = Parser(mapping);
+
+        // sacct --parsable2 lists the allocation, then .batch, then .extern, then numbered steps.
+        Assert.Equal(LineOutcome.Skipped, parser.Parse("4401|lab-vision|gpu-h100|billing=2,cpu=2,gres/gpu:h100=2,gres/gpu=2,mem=4G,node=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out _, out _));
+        Assert.Equal(LineOutcome.Skipped, parser.Parse("4401.batch|lab-vision||cpu=2,gres/gpu:h100=2,gres/gpu=2,mem=4G,node=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out _, out _));
+        Assert.True(parser.HeldThisLine);
+        Assert.Equal(LineOutcome.Skipped, parser.Parse("4401.extern|lab-vision||billing=2,cpu=2,gres/gpu:h100=2,gres/gpu=2,mem=4G,node=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out _, out _));
+        Assert.Equal(SacctParser.Resolution.None, parser.LastResolution);
+
+        // The next job's first line shows 4401 had no numbered step: its .batch is released.
+        Assert.Equal(LineOutcome.Skipped, parser.Parse("4402|lab-vision|gpu-h100|gres/gpu:h100=1,gres/gpu=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out _, out _));
+        Assert.Equal(SacctParser.Resolution.Released, parser.LastResolution);
+        Assert.True(parser.TryTakeReleased(out IngestRecord batch));
+        Assert.False(parser.TryTakeReleased(out _));
+        Assert.Equal(("4401.batch", "H100-SXM", 2u), (batch.JobId, batch.DeviceModel, batch.DeviceCount));
+
+        // 4402 has a step: its .batch is dropped and only the step is metered, never both.
+        Assert.Equal(LineOutcome.Skipped, parser.Parse("4402.batch|lab-vision||gres/gpu:h100=1,gres/gpu=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out _, out _));
+        Assert.Equal(LineOutcome.Record, parser.Parse("4402.0|lab-vision||gres/gpu:h100=1,gres/gpu=1|2026-11-20T08:10:00|2026-11-20T08:50:00|00:40:00|COMPLETED"u8, out IngestRecord step, out _));
+        Assert.Equal(SacctParser.Resolution.Dropped, parser.LastResolution);
+        Assert.Equal("4402.0", step.JobId);
+
+        // The last job of a file is released by the end of the file.
+        Assert.Equal(LineOutcome.Skipped, parser.Parse("4403.batch|lab-vision||gres/gpu:h100=1,gres/gpu=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out _, out _));
+        parser.EndOfFile();
+        Assert.True(parser.TryTakeReleased(out IngestRecord last));
+        Assert.Equal("4403.batch", last.JobId);
     }
 
     [Fact]
-    public void Invalid_utf8_is_refused_as_such()
+    public void With_steps_metered_the_extern_step_and_a_batch_step_of_an_unfinished_job_are_not_metered()
     {
-        byte[] line = [.. "4201|lab-vision|"u8, 0xC3, 0x28, .. "|gres/gpu:h100=8|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8];
-        Assert.Equal(LineOutcome.Refused, Parser().Parse(line, out _, out LineRefusal refusal));
-        Assert.Equal("INVALID_UTF8", refusal.Reason);
-    }
-
-    [Theory]
-    [InlineData("JobID|Account|Partition|Start|End|Elapsed|State", "AllocTRES")]
-    [InlineData("", "JobID")]
-    public void A_header_without_a_required_field_names_it(string header, string missing)
-    {
-        string? problem = new SacctParser(Rules()).ReadHeader(Encoding.UTF8.GetBytes(header));
-        Assert.NotNull(problem);
-        Assert.Contains(missing, problem, StringComparison.Ordinal);
+        var mapping = RawLogSamples.Mapping();
+        mapping.MeterSteps = true;
+        SacctParser parser = Parser(mapping);
+        Assert.Equal(LineOutcome.Skipped, parser.Parse("4404.extern|lab-vision||gres/gpu:h100=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out _, out _));
+        Assert.False(parser.HeldThisLine);
+        Assert.Equal(LineOutcome.Skipped, parser.Parse("4405.batch|lab-vision||gres/gpu:h100=1|2026-11-20T08:00:00|Unknown|01:00:00|RUNNING"u8, out _, out _));
+        Assert.False(parser.HeldThisLine);
+        parser.EndOfFile();
+        Assert.False(parser.TryTakeReleased(out _));
     }
 
     [Fact]
-    public void Columns_are_found_by_name_in_any_order()
+    public void A_step_moved_after_another_job_cannot_be_paid_beside_its_released_batch_step()
     {
-        var parser = new SacctParser(Rules());
-        Assert.Null(parser.ReadHeader("State|Elapsed|End|Start|AllocTRES|Partition|Account|JobID|NodeList"u8));
-        Assert.Equal(LineOutcome.Record, parser.Parse("COMPLETED|01:00:00|2026-11-20T09:00:00|2026-11-20T08:00:00|gres/gpu:h100=8|gpu-h100|lab-vision|4201|node[01-02]"u8, out IngestRecord record, out _));
-        Assert.Equal(("4201", 8u), (record.JobId, record.DeviceCount));
+        // The cheater moves job 4406's step below the next job, so that its .batch is released first.
+        var mapping = RawLogSamples.Mapping();
+        mapping.MeterSteps = true;
+        SacctParser parser = Parser(mapping);
+        Assert.Equal(LineOutcome.Skipped, parser.Parse("4406.batch|lab-vision||gres/gpu:h100=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out _, out _));
+        Assert.Equal(LineOutcome.Skipped, parser.Parse("4407|lab-vision|gpu-h100|gres/gpu:h100=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out _, out _));
+        Assert.True(parser.TryTakeReleased(out IngestRecord batch));
+        Assert.Equal("4406.batch", batch.JobId);
+        Assert.Equal(LineOutcome.Refused, parser.Parse("4406.0|lab-vision||gres/gpu:h100=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out IngestRecord step, out LineRefusal refusal));
+        Assert.Equal("MALFORMED_LINE", refusal.Reason);
+        Assert.Equal(default, step);
     }
 
     [Fact]
@@ -249,6 +252,79 @@ public sealed class SacctParserTests
     {
         Assert.Equal(LineOutcome.Refused, Parser().Parse("4310|lab-vision|gpu-other|gres/gpu:tesla=4,gres/gpu=4|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED"u8, out _, out LineRefusal refusal));
         Assert.Equal("UNMAPPED_DEVICE", refusal.Reason);
+    }
+
+    [Fact]
+    public void A_named_zone_reads_summer_and_winter_times_with_their_own_offsets()
+    {
+        LogMapping york = NewYork();
+        IngestRecord summer = ParseOne("4501|lab-vision|gpu-h100|gres/gpu:h100=1|2026-07-01T08:00:00|2026-07-01T09:00:00|01:00:00|COMPLETED", york);
+        IngestRecord winter = ParseOne("4502|lab-vision|gpu-h100|gres/gpu:h100=1|2026-12-01T08:00:00|2026-12-01T09:00:00|01:00:00|COMPLETED", york);
+        Assert.Equal(new DateTimeOffset(2026, 7, 1, 12, 0, 0, TimeSpan.Zero).ToUnixTimeMilliseconds(), summer.StartUnixMs);
+        Assert.Equal(new DateTimeOffset(2026, 12, 1, 13, 0, 0, TimeSpan.Zero).ToUnixTimeMilliseconds(), winter.StartUnixMs);
+    }
+
+    [Fact]
+    public void A_job_across_the_spring_change_is_metered_for_the_hour_it_really_ran()
+    {
+        // 01:30 EST is 06:30Z; 03:30 EDT is 07:30Z: one hour, as Slurm's Elapsed says.
+        IngestRecord record = ParseOne("4503|lab-vision|gpu-h100|gres/gpu:h100=1|2026-03-08T01:30:00|2026-03-08T03:30:00|01:00:00|COMPLETED", NewYork());
+        Assert.Equal(new DateTimeOffset(2026, 3, 8, 6, 30, 0, TimeSpan.Zero).ToUnixTimeMilliseconds(), record.StartUnixMs);
+        Assert.Equal(3_600_000, record.EndUnixMs - record.StartUnixMs);
+    }
+
+    [Theory]
+    // 02:30 on 8 March 2026 does not exist in New York (02:00 became 03:00).
+    [InlineData("4504|lab-vision|gpu-h100|gres/gpu:h100=1|2026-03-08T02:30:00|2026-03-08T03:30:00|00:30:00|COMPLETED")]
+    // 01:30 on 1 November 2026 happens twice (02:00 became 01:00 again).
+    [InlineData("4505|lab-vision|gpu-h100|gres/gpu:h100=1|2026-11-01T00:30:00|2026-11-01T01:30:00|01:00:00|COMPLETED")]
+    [InlineData("4506|lab-vision|gpu-h100|gres/gpu:h100=1|2026-11-01T01:30:00|2026-11-01T03:00:00|01:30:00|COMPLETED")]
+    public void A_local_time_the_zone_skips_or_repeats_is_refused_by_name(string line)
+    {
+        Assert.Equal(LineOutcome.Refused, Parser(NewYork()).Parse(Encoding.UTF8.GetBytes(line), out IngestRecord record, out LineRefusal refusal));
+        Assert.Equal("UNRESOLVABLE_LOCAL_TIME", refusal.Reason);
+        Assert.Contains("America/New_York", refusal.Message, StringComparison.Ordinal);
+        Assert.Equal(default, record);
+    }
+
+    [Fact]
+    public void A_named_zone_still_catches_an_end_moved_by_hand()
+    {
+        Assert.Equal(LineOutcome.Refused, Parser(NewYork()).Parse("4507|lab-vision|gpu-h100|gres/gpu:h100=1|2026-03-08T01:30:00|2026-03-08T04:30:00|01:00:00|COMPLETED"u8, out _, out LineRefusal refusal));
+        Assert.Equal("ELAPSED_MISMATCH", refusal.Reason);
+    }
+
+    [Theory]
+    [InlineData("Mars/Olympus_Mons", null)]
+    [InlineData("America/New_York", 480)]
+    public void A_mapping_with_an_unknown_zone_or_a_zone_and_an_offset_is_refused(string zone, int? offset)
+    {
+        LogMapping mapping = RawLogSamples.Mapping();
+        mapping.TimeZone = zone;
+        if (offset is int minutes)
+        {
+            mapping.UtcOffsetMinutes = minutes;
+        }
+
+        LogMappingRules.Create(EngineRecords.Of(mapping), Catalog, out string? problem);
+        Assert.NotNull(problem);
+        Assert.Contains("time_zone", problem, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void The_zone_is_part_of_the_mapping_fingerprint_only_when_given()
+    {
+        LogMapping plain = RawLogSamples.Mapping();
+        string before = LogMappingRules.Fingerprint(EngineRecords.Of(plain));
+        Assert.Equal(before, LogMappingRules.Fingerprint(EngineRecords.Of(RawLogSamples.Mapping())));
+        Assert.NotEqual(before, LogMappingRules.Fingerprint(EngineRecords.Of(NewYork())));
+    }
+
+    private static LogMapping NewYork()
+    {
+        LogMapping mapping = RawLogSamples.Mapping();
+        mapping.TimeZone = "America/New_York";
+        return mapping;
     }
 
     private static IngestRecord ParseOne(string line, LogMapping? mapping = null)
