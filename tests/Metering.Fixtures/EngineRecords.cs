@@ -58,5 +58,6 @@ internal static class EngineRecords
         mapping.PartitionModels,
         mapping.Site,
         mapping.HasUtcOffsetMinutes ? mapping.UtcOffsetMinutes : null,
-        mapping.MeterSteps);
+        mapping.MeterSteps,
+        mapping.TimeZone.Length == 0 ? null : mapping.TimeZone);
 }

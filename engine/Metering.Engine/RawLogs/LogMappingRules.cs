@@ -25,6 +25,7 @@ public sealed class LogMappingRules
         Site = mapping.Site;
         UtcOffset = TimeSpan.FromMinutes(mapping.UtcOffsetMinutes ?? 480);
         MeterSteps = mapping.MeterSteps;
+        Zone = string.IsNullOrEmpty(mapping.TimeZone) || !TimeZoneInfo.TryFindSystemTimeZoneById(mapping.TimeZone, out TimeZoneInfo? zone) ? null : zone;
     }
 
     public string Site { get; }
@@ -32,6 +33,9 @@ public sealed class LogMappingRules
     public TimeSpan UtcOffset { get; }
 
     public bool MeterSteps { get; }
+
+    /// <summary>The cluster's IANA zone, when the mapping names one; otherwise <see cref="UtcOffset"/> applies.</summary>
+    public TimeZoneInfo? Zone { get; }
 
     /// <summary>Checks a mapping; returns the rules, or the first problem as a sentence.</summary>
     public static LogMappingRules Create(LogMappingSpec mapping, DeviceCatalog catalog, out string? problem, int siteBytesMax = 64)
@@ -64,6 +68,18 @@ public sealed class LogMappingRules
             problem = $"mapping utc_offset_minutes {offsetMinutes} is outside ±840";
         }
 
+        if (!string.IsNullOrEmpty(mapping.TimeZone))
+        {
+            if (mapping.UtcOffsetMinutes is not null)
+            {
+                problem = "mapping names both time_zone and utc_offset_minutes; give one";
+            }
+            else if (mapping.TimeZone.Length > KeyCharsMax || !TimeZoneInfo.TryFindSystemTimeZoneById(mapping.TimeZone, out _))
+            {
+                problem = $"mapping time_zone '{mapping.TimeZone}' is not an IANA time zone this server knows (like Asia/Shanghai or America/New_York)";
+            }
+        }
+
         if (mapping.AccountHolders.Keys.Concat(mapping.GresModels.Keys).Concat(mapping.PartitionModels.Keys).Any(k => k.Length is 0 or > KeyCharsMax))
         {
             problem = $"mapping keys must be 1 to {KeyCharsMax} characters";
@@ -90,6 +106,13 @@ public sealed class LogMappingRules
         text.Append("site\t").Append(mapping.Site).Append('\n');
         text.Append("utc_offset_minutes\t").Append(mapping.UtcOffsetMinutes ?? 480).Append('\n');
         text.Append("meter_steps\t").Append(mapping.MeterSteps ? 1 : 0).Append('\n');
+
+        // Only when given, so that the fingerprints of mappings without a zone stay as they were.
+        if (!string.IsNullOrEmpty(mapping.TimeZone))
+        {
+            text.Append("time_zone\t").Append(mapping.TimeZone).Append('\n');
+        }
+
         return Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(text.ToString())));
     }
 

@@ -3,7 +3,8 @@ namespace Metering.Engine.RawLogs;
 /// <summary>
 /// An upload's mapping from scheduler names to what a usage record needs, as the sender gave it
 /// (rawlog.proto's <c>LogMapping</c>), not yet checked: <see cref="LogMappingRules.Create"/> checks
-/// it. A null <see cref="UtcOffsetMinutes"/> means the sender gave none, and Shanghai time applies.
+/// it. A null <see cref="UtcOffsetMinutes"/> means the sender gave none, and Shanghai time applies,
+/// unless <see cref="TimeZone"/> names an IANA zone (empty or null: none).
 /// </summary>
 public sealed record LogMappingSpec(
     IReadOnlyDictionary<string, string> AccountHolders,
@@ -11,4 +12,5 @@ public sealed record LogMappingSpec(
     IReadOnlyDictionary<string, string> PartitionModels,
     string Site,
     int? UtcOffsetMinutes,
-    bool MeterSteps);
+    bool MeterSteps,
+    string? TimeZone = null);

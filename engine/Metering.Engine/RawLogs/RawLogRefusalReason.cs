@@ -53,6 +53,9 @@ public enum RawLogRefusalReason
 
     /// <summary>Another call advanced the same upload meanwhile (whole call; ABORTED): ask GetUpload and resume.</summary>
     UploadBusy = 14,
+
+    /// <summary>A sacct time is skipped or repeated by the mapping's time zone (a daylight-saving change), so it names no single instant.</summary>
+    UnresolvableLocalTime = 15,
 }
 
 /// <summary>The contract's spelling of a raw-log refusal reason: the name a line error is stored and reported under.</summary>

@@ -20,8 +20,27 @@ public sealed class SacctParser : ILogLineParser
     private const int FieldsMax = 128;
     private static readonly string[] Required = ["JobID", "Account", "Partition", "AllocTRES", "Start", "End", "Elapsed", "State"];
 
+    /// <summary>At most this many GPU types in one AllocTRES; Slurm nodes carry a handful.</summary>
+    internal const int GpuTypesMax = 8;
+
+    /// <summary>A held `.batch` line's job id (without `.batch`) is kept in this many bytes; a longer one is not held but skipped.</summary>
+    private const int HeldJobBytesMax = 256;
+
     private readonly LogMappingRules _rules;
     private readonly int[] _index = new int[Required.Length];
+    private readonly IngestRecord[] _extra = new IngestRecord[GpuTypesMax - 1];
+    private int _extraCount;
+    private int _extraTaken;
+    private readonly IngestRecord[] _held = new IngestRecord[GpuTypesMax];
+    private readonly IngestRecord[] _released = new IngestRecord[GpuTypesMax];
+    private int _releasedCount;
+    private readonly HashSet<string> _releasedJobs = new(StringComparer.Ordinal);
+    private readonly byte[] _heldJob = new byte[HeldJobBytesMax];
+    private int _heldCount;
+    private int _heldJobLength = -1;
+    private int _releasedTaken;
+    private Resolution _resolution;
+    private int _suspendedIndex = -1;
     private int _fieldCount;
 
     public SacctParser(LogMappingRules rules) => _rules = rules;
@@ -57,18 +76,70 @@ public sealed class SacctParser : ILogLineParser
             }
         }
 
+        _suspendedIndex = -1;
+        for (int f = 0; f < count; f++)
+        {
+            if (Ascii.EqualsIgnoreCase(line[fields[f]], "Suspended"u8))
+            {
+                _suspendedIndex = f;
+            }
+        }
+
         _fieldCount = count;
         return null;
+    }
+
+    /// <summary>
+    /// After <see cref="Parse"/> returned a record for a line holding several GPU types, gives the
+    /// records of the other types one by one (each with the job id suffixed by its GRES type).
+    /// </summary>
+    public bool TryNextRecord(out IngestRecord record)
+    {
+        if (_extraTaken < _extraCount)
+        {
+            record = _extra[_extraTaken];
+            _extra[_extraTaken++] = default;
+            return true;
+        }
+
+        record = default;
+        return false;
     }
 
     public LineOutcome Parse(ReadOnlySpan<byte> line, out IngestRecord record, out LineRefusal refusal)
     {
         record = default;
         refusal = default;
+        _extraCount = _extraTaken = 0;
+        HeldThisLine = false;
+        if (_resolution != Resolution.None)
+        {
+            _resolution = Resolution.None;
+            _released.AsSpan().Clear();
+            _releasedCount = _releasedTaken = 0;
+        }
+
         LineOutcome outcome = ParseFields(line, out SacctLine parsed, out refusal);
+        if (_heldJobLength >= 0 && !parsed.JobId.IsEmpty)
+        {
+            Resolve(parsed.JobId);
+        }
+
         if (outcome != LineOutcome.Record)
         {
             return outcome;
+        }
+
+        if (_releasedJobs.Count > 0 && IsReleasedJobStep(parsed.JobId))
+        {
+            refusal = LineRefusal.Of(RawLogRefusalReason.MalformedLine, $"step {Encoding.UTF8.GetString(parsed.JobId)} comes after its job's .batch step was metered for want of numbered steps; sacct lists a job's lines together");
+            return LineOutcome.Refused;
+        }
+
+        bool batch = parsed.JobId.EndsWith(".batch"u8);
+        if (batch && parsed.JobId.Length - ".batch".Length > HeldJobBytesMax)
+        {
+            return LineOutcome.Skipped;
         }
 
         if (!_rules.TryHolder(parsed.Account, out string holder))
@@ -77,35 +148,201 @@ public sealed class SacctParser : ILogLineParser
             return LineOutcome.Refused;
         }
 
-        string model;
-        if (!parsed.GresType.IsEmpty)
+        if (parsed.GpuTypes <= 1)
         {
-            if (!_rules.TryGresModel(parsed.GresType, out model))
+            if (!TryModel(parsed.GresType, parsed.Partition, out string model, out refusal))
             {
-                refusal = LineRefusal.Of(RawLogRefusalReason.UnmappedDevice, $"GRES type '{Encoding.UTF8.GetString(parsed.GresType)}' has no device model in the mapping");
                 return LineOutcome.Refused;
             }
-        }
-        else if (!_rules.TryPartitionModel(parsed.Partition, out model))
-        {
-            refusal = LineRefusal.Of(RawLogRefusalReason.UnmappedDevice, $"partition '{Encoding.UTF8.GetString(parsed.Partition)}' has no device model in the mapping (and AllocTRES names no GRES type)");
-            return LineOutcome.Refused;
+
+            record = NewRecord(Encoding.UTF8.GetString(parsed.JobId), holder, model, parsed.GpuCount, parsed);
+            return batch ? Hold(ref record, parsed.JobId) : LineOutcome.Record;
         }
 
-        record = new IngestRecord(
-            Sequence: 0,
-            JobId: Encoding.UTF8.GetString(parsed.JobId),
-            HolderCode: holder,
-            DeviceModel: model,
-            DeviceCount: parsed.GpuCount,
-            ShareNumerator: 1,
-            ShareDenominator: 1,
-            StartUnixMs: parsed.StartUnixMs,
-            EndUnixMs: parsed.EndUnixMs,
-            Site: _rules.Site,
-            DeviceUuids: [],
-            EnergyMwh: null);
-        return LineOutcome.Record;
+        // Several GPU types: every type must map before any record is given, so a line is metered
+        // whole or not at all. Each type's job id is the line's with `/gpu:TYPE` appended, the same
+        // on every upload, so that a re-uploaded line is still recognised as a duplicate.
+        Span<Range> types = stackalloc Range[GpuTypesMax];
+        Span<uint> counts = stackalloc uint[GpuTypesMax];
+        int typeCount = ScanGpus(parsed.AllocTres, types, counts, out _, out _);
+        string jobId = Encoding.UTF8.GetString(parsed.JobId);
+        for (int t = 0; t < typeCount; t++)
+        {
+            ReadOnlySpan<byte> type = parsed.AllocTres[types[t]];
+            if (!TryModel(type, parsed.Partition, out string model, out refusal))
+            {
+                record = default;
+                _extra.AsSpan().Clear();
+                return LineOutcome.Refused;
+            }
+
+            IngestRecord typed = NewRecord($"{jobId}/gpu:{Encoding.UTF8.GetString(type)}", holder, model, counts[t], parsed);
+            if (t == 0)
+            {
+                record = typed;
+            }
+            else
+            {
+                _extra[t - 1] = typed;
+            }
+        }
+
+        _extraCount = typeCount - 1;
+        return batch ? Hold(ref record, parsed.JobId) : LineOutcome.Record;
+    }
+
+    /// <summary>
+    /// True when the last <see cref="Parse"/> held its line (a `.batch` step with meter_steps) instead of
+    /// giving its records: it returned <see cref="LineOutcome.Skipped"/>, and a later line decides.
+    /// </summary>
+    internal bool HeldThisLine { get; private set; }
+
+    /// <summary>True while a `.batch` line waits to learn whether its job has numbered steps.</summary>
+    internal bool Holding => _heldJobLength >= 0;
+
+    /// <summary>What the last <see cref="Parse"/> (or <see cref="EndOfFile"/>) decided about the line held before it.</summary>
+    internal Resolution LastResolution => _resolution;
+
+    /// <summary>
+    /// The file ended: a held `.batch` line's job had no numbered step, so its records are released
+    /// (<see cref="TryTakeReleased"/>).
+    /// </summary>
+    internal void EndOfFile()
+    {
+        if (_heldJobLength >= 0)
+        {
+            Release();
+        }
+    }
+
+    /// <summary>Gives up a held line without metering it (the caller can no longer keep its place).</summary>
+    internal void DropHeld()
+    {
+        if (_heldJobLength >= 0)
+        {
+            _heldJobLength = -1;
+            _held.AsSpan().Clear();
+            _heldCount = 0;
+            _resolution = Resolution.Dropped;
+        }
+    }
+
+    /// <summary>The released records of the held line, one by one.</summary>
+    internal bool TryTakeReleased(out IngestRecord record)
+    {
+        if (_resolution == Resolution.Released && _releasedTaken < _releasedCount)
+        {
+            record = _released[_releasedTaken];
+            _released[_releasedTaken++] = default;
+            return true;
+        }
+
+        record = default;
+        return false;
+    }
+
+    /// <summary>
+    /// With meter_steps, a `.batch` step is metered only for a job without numbered steps (an sbatch
+    /// script that never called srun); sacct lists a job's `.batch` before its numbered steps, so the
+    /// line is held until a later line shows whether the job has any.
+    /// </summary>
+    private LineOutcome Hold(ref IngestRecord record, ReadOnlySpan<byte> jobId)
+    {
+        ReadOnlySpan<byte> job = jobId[..^".batch".Length];
+        _held[0] = record;
+        for (int e = 0; e < _extraCount; e++)
+        {
+            _held[e + 1] = _extra[e];
+            _extra[e] = default;
+        }
+
+        _heldCount = _extraCount + 1;
+        _extraCount = 0;
+        job.CopyTo(_heldJob);
+        _heldJobLength = job.Length;
+        HeldThisLine = true;
+        record = default;
+        return LineOutcome.Skipped;
+    }
+
+    /// <summary>A numbered step of the held job drops the held line; a line of another job releases it.</summary>
+    private void Resolve(ReadOnlySpan<byte> jobId)
+    {
+        int dot = jobId.IndexOf((byte)'.');
+        ReadOnlySpan<byte> job = dot < 0 ? jobId : jobId[..dot];
+        if (!job.SequenceEqual(_heldJob.AsSpan(0, _heldJobLength)))
+        {
+            Release();
+        }
+        else if (dot > 0 && IsDigits(jobId[(dot + 1)..]))
+        {
+            DropHeld();
+        }
+    }
+
+    private bool IsReleasedJobStep(ReadOnlySpan<byte> jobId)
+    {
+        int dot = jobId.IndexOf((byte)'.');
+        if (dot <= 0 || dot > HeldJobBytesMax || !IsDigits(jobId[(dot + 1)..]))
+        {
+            return false;
+        }
+
+        Span<char> chars = stackalloc char[HeldJobBytesMax];
+        int written = Encoding.UTF8.GetChars(jobId[..dot], chars);
+        return _releasedJobs.GetAlternateLookup<ReadOnlySpan<char>>().Contains(chars[..written]);
+    }
+
+    private void Release()
+    {
+        // Remembered for the rest of the file, so that a step of this job placed later cannot be paid too.
+        _releasedJobs.Add(Encoding.UTF8.GetString(_heldJob.AsSpan(0, _heldJobLength)));
+        _held.AsSpan(0, _heldCount).CopyTo(_released);
+        _held.AsSpan().Clear();
+        _releasedCount = _heldCount;
+        _releasedTaken = 0;
+        _heldCount = 0;
+        _heldJobLength = -1;
+        _resolution = Resolution.Released;
+    }
+
+    internal enum Resolution
+    {
+        None,
+        Released,
+        Dropped,
+    }
+
+    private IngestRecord NewRecord(string jobId, string holder, string model, uint count, in SacctLine parsed) => new(
+        Sequence: 0,
+        JobId: jobId,
+        HolderCode: holder,
+        DeviceModel: model,
+        DeviceCount: count,
+        ShareNumerator: 1,
+        ShareDenominator: 1,
+        StartUnixMs: parsed.StartUnixMs,
+        EndUnixMs: parsed.EndUnixMs,
+        Site: _rules.Site,
+        DeviceUuids: [],
+        EnergyMwh: null);
+
+    /// <summary>
+    /// The GRES type through gres_models; a line without a type, or with a type the mapping does not
+    /// name, through partition_models (Slurm writes a node's GRES type even for an untyped request).
+    /// </summary>
+    private bool TryModel(ReadOnlySpan<byte> gresType, ReadOnlySpan<byte> partition, out string model, out LineRefusal refusal)
+    {
+        refusal = default;
+        if ((!gresType.IsEmpty && _rules.TryGresModel(gresType, out model)) || _rules.TryPartitionModel(partition, out model))
+        {
+            return true;
+        }
+
+        refusal = gresType.IsEmpty
+            ? LineRefusal.Of(RawLogRefusalReason.UnmappedDevice, $"partition '{Encoding.UTF8.GetString(partition)}' has no device model in the mapping (and AllocTRES names no GRES type)")
+            : LineRefusal.Of(RawLogRefusalReason.UnmappedDevice, $"GRES type '{Encoding.UTF8.GetString(gresType)}' has no device model in the mapping, nor has partition '{Encoding.UTF8.GetString(partition)}'");
+        return false;
     }
 
     /// <summary>The fields of one metered line, as slices of the line.</summary>
@@ -114,9 +351,21 @@ public sealed class SacctParser : ILogLineParser
         public ReadOnlySpan<byte> JobId;
         public ReadOnlySpan<byte> Account;
         public ReadOnlySpan<byte> Partition;
+
+        /// <summary>The first GPU type of AllocTRES, or empty for untyped GPUs.</summary>
         public ReadOnlySpan<byte> GresType;
+
+        /// <summary>The GPU count of that type (or the untyped count).</summary>
         public uint GpuCount;
+
+        /// <summary>How many GPU types AllocTRES holds (0 for untyped GPUs); a record per type.</summary>
+        public int GpuTypes;
+
+        /// <summary>The whole AllocTRES field.</summary>
+        public ReadOnlySpan<byte> AllocTres;
         public long StartUnixMs;
+
+        /// <summary>Start plus the metered seconds: End, or less for a job that was suspended.</summary>
         public long EndUnixMs;
     }
 
@@ -150,35 +399,51 @@ public sealed class SacctParser : ILogLineParser
             return Malformed("JobID is empty", out refusal);
         }
 
+        // Set before any skip: with meter_steps, every line tells whether a held `.batch` line's job has steps.
+        parsed.JobId = jobId;
         int dot = jobId.IndexOf((byte)'.');
-        bool numberedStep = dot > 0 && IsDigits(jobId[(dot + 1)..]);
-        if (dot > 0 ? !(numberedStep && _rules.MeterSteps) : _rules.MeterSteps)
+        bool meteredStep = dot > 0 && (IsDigits(jobId[(dot + 1)..]) || jobId[(dot + 1)..].SequenceEqual("batch"u8));
+        if (dot > 0 ? !(meteredStep && _rules.MeterSteps) : _rules.MeterSteps)
         {
             return LineOutcome.Skipped;
         }
 
-        if (!TryState(line[fields[_index[7]]], out bool finished))
+        if (!TryState(line[fields[_index[7]]], out JobState state))
         {
             return Malformed($"State '{Encoding.UTF8.GetString(line[fields[_index[7]]])}' is not a Slurm job state", out refusal);
         }
 
-        if (!finished)
+        if (state == JobState.Unfinished)
         {
             return LineOutcome.Skipped;
         }
 
         ReadOnlySpan<byte> tres = line[fields[_index[3]]];
-        if (!TryGpus(tres, out ReadOnlySpan<byte> gresType, out uint gpus, out string? tresProblem))
+        Span<Range> types = stackalloc Range[GpuTypesMax];
+        Span<uint> counts = stackalloc uint[GpuTypesMax];
+        int typeCount = ScanGpus(tres, types, counts, out uint untyped, out string? tresProblem);
+        if (typeCount < 0)
         {
             return Malformed(tresProblem!, out refusal);
         }
 
-        if (gpus == 0)
+        if ((typeCount == 0 ? untyped : counts[0]) == 0)
         {
             return LineOutcome.Skipped;
         }
 
-        if (!TryTime(line[fields[_index[4]]], out long start) || !TryTime(line[fields[_index[5]]], out long end))
+        ReadOnlySpan<byte> startText = line[fields[_index[4]]];
+        ReadOnlySpan<byte> endText = line[fields[_index[5]]];
+
+        // A job that never started (cancelled while pending, revoked to another cluster) held no GPU;
+        // a requeued run's line has an End only once that run is over (sacct -D lists earlier runs).
+        if (startText.SequenceEqual("None"u8) || startText.SequenceEqual("Unknown"u8)
+            || (state == JobState.Requeued && (endText.SequenceEqual("Unknown"u8) || endText.SequenceEqual("None"u8))))
+        {
+            return LineOutcome.Skipped;
+        }
+
+        if (!TryTime(startText, out long start) || !TryTime(endText, out long end))
         {
             return Malformed("Start and End must be yyyy-MM-ddTHH:mm:ss", out refusal);
         }
@@ -188,12 +453,51 @@ public sealed class SacctParser : ILogLineParser
             return Malformed($"Elapsed '{Encoding.UTF8.GetString(line[fields[_index[6]]])}' is not [D-]HH:MM:SS", out refusal);
         }
 
-        start -= _rules.UtcOffset.Ticks / TimeSpan.TicksPerMillisecond;
-        end -= _rules.UtcOffset.Ticks / TimeSpan.TicksPerMillisecond;
-        if (Math.Abs((end - start) / 1000 - elapsedSeconds) > 1)
+        if (_rules.Zone is TimeZoneInfo zone)
         {
-            refusal = LineRefusal.Of(RawLogRefusalReason.ElapsedMismatch, $"Elapsed is {elapsedSeconds} s but End − Start is {(end - start) / 1000} s");
+            if (!TryToUtc(zone, ref start, "Start", startText, out refusal) || !TryToUtc(zone, ref end, "End", endText, out refusal))
+            {
+                return LineOutcome.Refused;
+            }
+        }
+        else
+        {
+            start -= _rules.UtcOffset.Ticks / TimeSpan.TicksPerMillisecond;
+            end -= _rules.UtcOffset.Ticks / TimeSpan.TicksPerMillisecond;
+        }
+
+        long windowSeconds = (end - start) / 1000;
+        if (elapsedSeconds > windowSeconds + 1)
+        {
+            refusal = LineRefusal.Of(RawLogRefusalReason.ElapsedMismatch, $"Elapsed is {elapsedSeconds} s, longer than End − Start ({windowSeconds} s)");
             return LineOutcome.Refused;
+        }
+
+        // Slurm's Elapsed leaves out the time a job was suspended. A shorter Elapsed is believed only
+        // when the line's own Suspended field accounts for the difference, so that an End moved later
+        // by hand is still caught; and what is metered is Elapsed, the time the job ran.
+        if (_suspendedIndex >= 0)
+        {
+            if (!TryElapsed(line[fields[_suspendedIndex]], out long suspendedSeconds))
+            {
+                return Malformed($"Suspended '{Encoding.UTF8.GetString(line[fields[_suspendedIndex]])}' is not [D-]HH:MM:SS", out refusal);
+            }
+
+            if (Math.Abs(elapsedSeconds + suspendedSeconds - windowSeconds) > 1)
+            {
+                refusal = LineRefusal.Of(RawLogRefusalReason.ElapsedMismatch, $"Elapsed ({elapsedSeconds} s) plus Suspended ({suspendedSeconds} s) is not End − Start ({windowSeconds} s)");
+                return LineOutcome.Refused;
+            }
+        }
+        else if (elapsedSeconds < windowSeconds - 1)
+        {
+            refusal = LineRefusal.Of(RawLogRefusalReason.ElapsedMismatch, $"Elapsed is {elapsedSeconds} s but End − Start is {windowSeconds} s (a suspended job needs the Suspended field in --format)");
+            return LineOutcome.Refused;
+        }
+
+        if (elapsedSeconds < windowSeconds - 1)
+        {
+            end = start + elapsedSeconds * 1000;
         }
 
         if (end == start)
@@ -204,11 +508,45 @@ public sealed class SacctParser : ILogLineParser
         parsed.JobId = jobId;
         parsed.Account = line[fields[_index[1]]];
         parsed.Partition = line[fields[_index[2]]];
-        parsed.GresType = gresType;
-        parsed.GpuCount = gpus;
+        parsed.GresType = typeCount == 0 ? default : tres[types[0]];
+        parsed.GpuCount = typeCount == 0 ? untyped : counts[0];
+        parsed.GpuTypes = typeCount;
+        parsed.AllocTres = tres;
         parsed.StartUnixMs = start;
         parsed.EndUnixMs = end;
         return LineOutcome.Record;
+    }
+
+    /// <summary>
+    /// Converts a local time (milliseconds read as if UTC) to UTC with the zone's rule for that date.
+    /// A time the zone skips or repeats has no single instant, and guessing would move usage by the
+    /// size of the change; it is refused.
+    /// </summary>
+    private static bool TryToUtc(TimeZoneInfo zone, ref long unixMs, string field, ReadOnlySpan<byte> text, out LineRefusal refusal)
+    {
+        refusal = default;
+        var local = new DateTime(DateTime.UnixEpoch.Ticks + (unixMs * TimeSpan.TicksPerMillisecond), DateTimeKind.Unspecified);
+        if (zone.IsInvalidTime(local))
+        {
+            refusal = LineRefusal.Of(RawLogRefusalReason.UnresolvableLocalTime, $"{field} {Encoding.UTF8.GetString(text)} does not exist in {zone.Id} (clocks moved forward past it)");
+            return false;
+        }
+
+        if (zone.IsAmbiguousTime(local))
+        {
+            refusal = LineRefusal.Of(RawLogRefusalReason.UnresolvableLocalTime, $"{field} {Encoding.UTF8.GetString(text)} happens twice in {zone.Id} (clocks moved back over it)");
+            return false;
+        }
+
+        unixMs -= zone.GetUtcOffset(local).Ticks / TimeSpan.TicksPerMillisecond;
+        return true;
+    }
+
+    private enum JobState
+    {
+        Finished,
+        Unfinished,
+        Requeued,
     }
 
     private static LineOutcome Malformed(string message, out LineRefusal refusal)
@@ -219,30 +557,42 @@ public sealed class SacctParser : ILogLineParser
 
     private static bool IsDigits(ReadOnlySpan<byte> text) => !text.IsEmpty && !text.ContainsAnyExceptInRange((byte)'0', (byte)'9');
 
-    /// <summary>Finished states are metered; running, pending and the like are skipped until they end.</summary>
-    private static bool TryState(ReadOnlySpan<byte> state, out bool finished)
+    /// <summary>
+    /// Finished states are metered; running, pending and the like are skipped until they end. A
+    /// REQUEUED line is an earlier run of a requeued job (sacct -D): metered once it has an End.
+    /// </summary>
+    private static bool TryState(ReadOnlySpan<byte> state, out JobState kind)
     {
         int space = state.IndexOf((byte)' ');
         ReadOnlySpan<byte> word = space < 0 ? state : state[..space];
-        finished = word.SequenceEqual("COMPLETED"u8) || word.SequenceEqual("FAILED"u8) || word.SequenceEqual("CANCELLED"u8)
+        bool finished = word.SequenceEqual("COMPLETED"u8) || word.SequenceEqual("FAILED"u8) || word.SequenceEqual("CANCELLED"u8)
             || word.SequenceEqual("TIMEOUT"u8) || word.SequenceEqual("OUT_OF_MEMORY"u8) || word.SequenceEqual("NODE_FAIL"u8)
-            || word.SequenceEqual("PREEMPTED"u8) || word.SequenceEqual("BOOT_FAIL"u8) || word.SequenceEqual("DEADLINE"u8);
-        bool unfinished = word.SequenceEqual("RUNNING"u8) || word.SequenceEqual("PENDING"u8) || word.SequenceEqual("REQUEUED"u8)
-            || word.SequenceEqual("SUSPENDED"u8) || word.SequenceEqual("RESIZING"u8) || word.SequenceEqual("COMPLETING"u8);
-        return finished || unfinished;
+            || word.SequenceEqual("PREEMPTED"u8) || word.SequenceEqual("BOOT_FAIL"u8) || word.SequenceEqual("DEADLINE"u8)
+            || word.SequenceEqual("REVOKED"u8) || word.SequenceEqual("SPECIAL_EXIT"u8);
+        bool unfinished = word.SequenceEqual("RUNNING"u8) || word.SequenceEqual("PENDING"u8)
+            || word.SequenceEqual("SUSPENDED"u8) || word.SequenceEqual("RESIZING"u8) || word.SequenceEqual("COMPLETING"u8)
+            || word.SequenceEqual("REQUEUE_HOLD"u8) || word.SequenceEqual("REQUEUE_FED"u8);
+        kind = finished ? JobState.Finished : word.SequenceEqual("REQUEUED"u8) ? JobState.Requeued : JobState.Unfinished;
+        return finished || unfinished || kind == JobState.Requeued;
     }
 
-    /// <summary>Finds `gres/gpu:TYPE=N` (preferred) or `gres/gpu=N` in AllocTRES.</summary>
-    private static bool TryGpus(ReadOnlySpan<byte> tres, out ReadOnlySpan<byte> gresType, out uint count, out string? problem)
+    /// <summary>
+    /// Reads the GPUs of AllocTRES: each `gres/gpu:TYPE=N` (their type names as ranges of
+    /// <paramref name="tres"/>, at most <see cref="GpuTypesMax"/>, each type once) and the untyped
+    /// `gres/gpu=N`, which Slurm writes as the total of the typed ones when both appear. Returns the
+    /// number of types, or -1 with a problem sentence.
+    /// </summary>
+    private static int ScanGpus(ReadOnlySpan<byte> tres, Span<Range> types, Span<uint> counts, out uint untyped, out string? problem)
     {
-        gresType = default;
-        count = 0;
+        untyped = 0;
         problem = null;
-        uint untyped = 0;
-        bool typed = false;
+        bool hasUntyped = false;
+        int typeCount = 0;
+        ulong typedSum = 0;
         foreach (Range range in tres.Split((byte)','))
         {
             ReadOnlySpan<byte> item = tres[range];
+            int itemStart = range.Start.GetOffset(tres.Length);
             // gres/gpu=N or gres/gpu:TYPE=N; not gres/gpumem=… or other GRES that share the prefix.
             if (!item.StartsWith("gres/gpu"u8) || item.Length == "gres/gpu".Length || item["gres/gpu".Length] is not ((byte)'=' or (byte)':'))
             {
@@ -253,34 +603,59 @@ public sealed class SacctParser : ILogLineParser
             if (equals < 0 || !Utf8Parser.TryParse(item[(equals + 1)..], out uint value, out int consumed) || consumed != item.Length - equals - 1)
             {
                 problem = $"AllocTRES entry '{Encoding.UTF8.GetString(item)}' has no whole GPU count";
-                return false;
+                return -1;
             }
 
             ReadOnlySpan<byte> key = item[..equals];
             if (key.Length == "gres/gpu".Length)
             {
-                untyped = value;
-            }
-            else if (key["gres/gpu".Length] == (byte)':')
-            {
-                if (typed)
+                if (hasUntyped)
                 {
-                    problem = "AllocTRES holds several GPU types; split the allocation per type";
-                    return false;
+                    problem = "AllocTRES names gres/gpu twice";
+                    return -1;
                 }
 
-                typed = true;
-                gresType = key[("gres/gpu".Length + 1)..];
-                count = value;
+                hasUntyped = true;
+                untyped = value;
+                continue;
             }
+
+            Range type = (itemStart + "gres/gpu:".Length)..(itemStart + equals);
+            if (tres[type].IsEmpty)
+            {
+                problem = $"AllocTRES entry '{Encoding.UTF8.GetString(item)}' has an empty GPU type";
+                return -1;
+            }
+
+            for (int t = 0; t < typeCount; t++)
+            {
+                if (tres[types[t]].SequenceEqual(tres[type]))
+                {
+                    problem = $"AllocTRES names GPU type '{Encoding.UTF8.GetString(tres[type])}' twice";
+                    return -1;
+                }
+            }
+
+            if (typeCount == types.Length)
+            {
+                problem = $"AllocTRES holds more than {GpuTypesMax} GPU types";
+                return -1;
+            }
+
+            types[typeCount] = type;
+            counts[typeCount++] = value;
+            typedSum += value;
         }
 
-        if (!typed)
+        // Slurm's untyped entry is the sum of the typed ones: a typed entry added to a line by hand
+        // (or a count raised) breaks the sum and is caught.
+        if (hasUntyped && typeCount > 0 && typedSum != untyped)
         {
-            count = untyped;
+            problem = $"AllocTRES gives gres/gpu={untyped} but its GPU types add up to {typedSum}";
+            return -1;
         }
 
-        return true;
+        return typeCount;
     }
 
     /// <summary>yyyy-MM-ddTHH:mm:ss as milliseconds, read as if UTC (the caller applies the zone).</summary>

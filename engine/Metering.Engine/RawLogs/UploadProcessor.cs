@@ -29,6 +29,7 @@ public sealed class UploadProcessor : ILogLineSink
     private readonly SacctParser? _sacct;
     private readonly TimeProvider _time;
     private readonly int _batchRecordsMax;
+    private readonly int _fullAt;
     private readonly List<IngestRecord> _records;
     private readonly HashSet<(string JobId, long StartUnixMs)> _batchJobs = [];
     private readonly List<UploadLineError> _errors = [];
@@ -39,6 +40,16 @@ public sealed class UploadProcessor : ILogLineSink
     private long _duplicates;
     private string? _headerLine;
 
+    // While the sacct parser holds a `.batch` line, what the counters were just before it: a flush
+    // then commits only up to that line, so that a resumed upload reads it again.
+    private long _heldLineNumber;
+    private long _holdOffset;
+    private long _holdLines;
+    private long _holdSkipped;
+    private long _holdRefused;
+    private long _holdDuplicates;
+    private int _holdErrors;
+
     public UploadProcessor(IngestSession session, RecordValidator validator, UploadStore store, UploadState upload, RawLogFormat format, LogMappingRules rules, TimeProvider time)
     {
         _session = session;
@@ -48,6 +59,10 @@ public sealed class UploadProcessor : ILogLineSink
         _time = time;
         _batchRecordsMax = validator.Limits.BatchRecordsMax;
         _records = new List<IngestRecord>(_batchRecordsMax);
+
+        // One sacct line gives a record per GPU type, and the line that decides a held `.batch` line
+        // adds that line's records too: leave room for both in the batch.
+        _fullAt = format == RawLogFormat.SacctParsable2 ? Math.Max(1, _batchRecordsMax - (2 * SacctParser.GpuTypesMax) + 1) : _batchRecordsMax;
         _pendingEndOffset = upload.CommittedOffset;
         if (format == RawLogFormat.SacctParsable2)
         {
@@ -67,10 +82,12 @@ public sealed class UploadProcessor : ILogLineSink
     public UploadState Upload => _upload;
 
     // Errors are bounded too: a file of garbage must not grow one flush without limit.
-    public bool IsFull => _records.Count >= _batchRecordsMax || _errors.Count >= UploadStore.StoredErrorsMax;
+    // A held line keeps the batch open until it is decided (see Refuse for the bound on that).
+    public bool IsFull => _heldLineNumber == 0 && (_records.Count >= _fullAt || _errors.Count >= UploadStore.StoredErrorsMax);
 
     public void OnLine(ReadOnlySpan<byte> line, long lineNumber, long endOffset)
     {
+        long startOffset = _pendingEndOffset;
         _lines++;
         _pendingEndOffset = endOffset;
         bool hasNul = line.Contains((byte)0);
@@ -104,7 +121,22 @@ public sealed class UploadProcessor : ILogLineSink
             return;
         }
 
-        switch (_parser.Parse(line, out IngestRecord record, out LineRefusal refusal))
+        LineOutcome outcome = _parser.Parse(line, out IngestRecord record, out LineRefusal refusal);
+        if (_sacct is not null)
+        {
+            TakeResolved();
+            if (_sacct.HeldThisLine)
+            {
+                // Counted once decided; until then a flush stops before this line.
+                _heldLineNumber = lineNumber;
+                _holdOffset = startOffset;
+                _holdLines = _lines - 1;
+                (_holdSkipped, _holdRefused, _holdDuplicates, _holdErrors) = (_skipped, _refused, _duplicates, _errors.Count);
+                return;
+            }
+        }
+
+        switch (outcome)
         {
             case LineOutcome.Skipped:
                 _skipped++;
@@ -113,28 +145,70 @@ public sealed class UploadProcessor : ILogLineSink
                 Refuse(lineNumber, refusal.Reason, refusal.Message);
                 break;
             default:
-                // Sequence numbers are given at flush, once duplicates are known; a refused or
-                // duplicate line takes none.
-                Refusal invalid = _validator.Validate(record, _time.GetUtcNow().ToUnixTimeMilliseconds(), out DeviceModel? _);
-                if (!invalid.IsRefused)
+                Admit(record, lineNumber);
+                while (_sacct is not null && _sacct.TryNextRecord(out IngestRecord next))
                 {
-                    invalid = _session.CheckAdmission(record);
-                }
-
-                if (invalid.IsRefused)
-                {
-                    Refuse(lineNumber, invalid.Reason.ContractName(), invalid.Message[(invalid.Message.IndexOf(": ", StringComparison.Ordinal) + 2)..]);
-                }
-                else if (!_batchJobs.Add((record.JobId, record.StartUnixMs)))
-                {
-                    _duplicates++;
-                }
-                else
-                {
-                    _records.Add(record);
+                    Admit(next, lineNumber);
                 }
 
                 break;
+        }
+    }
+
+    /// <summary>The file ended (not just this call): a `.batch` line still held is metered.</summary>
+    public void EndOfFile()
+    {
+        if (_sacct is not null)
+        {
+            _sacct.EndOfFile();
+            TakeResolved();
+        }
+    }
+
+    /// <summary>Counts a held `.batch` line once the parser has decided it: its records, or a skip.</summary>
+    private void TakeResolved()
+    {
+        SacctParser.Resolution resolution = _sacct!.LastResolution;
+        if (_heldLineNumber == 0 || resolution == SacctParser.Resolution.None)
+        {
+            return;
+        }
+
+        long lineNumber = _heldLineNumber;
+        _heldLineNumber = 0;
+        if (resolution == SacctParser.Resolution.Dropped)
+        {
+            _skipped++;
+            return;
+        }
+
+        while (_sacct.TryTakeReleased(out IngestRecord held))
+        {
+            Admit(held, lineNumber);
+        }
+    }
+
+    private void Admit(IngestRecord record, long lineNumber)
+    {
+        // Sequence numbers are given at flush, once duplicates are known; a refused or
+        // duplicate line takes none.
+        Refusal invalid = _validator.Validate(record, _time.GetUtcNow().ToUnixTimeMilliseconds(), out DeviceModel? _);
+        if (!invalid.IsRefused)
+        {
+            invalid = _session.CheckAdmission(record);
+        }
+
+        if (invalid.IsRefused)
+        {
+            Refuse(lineNumber, invalid.Reason.ContractName(), invalid.Message[(invalid.Message.IndexOf(": ", StringComparison.Ordinal) + 2)..]);
+        }
+        else if (!_batchJobs.Add((record.JobId, record.StartUnixMs)))
+        {
+            _duplicates++;
+        }
+        else
+        {
+            _records.Add(record);
         }
     }
 
@@ -161,7 +235,20 @@ public sealed class UploadProcessor : ILogLineSink
             jobs.Add(new RawLogJob(numbered.JobId, numbered.StartUnixMs, (long)numbered.Sequence));
         }
 
-        var progress = new UploadProgress(_upload.CommittedOffset, _pendingEndOffset, _lines, _records.Count, _skipped, _errors, _refused, _duplicates, _headerLine);
+        // A held line and the lines after it (its own job's other steps) stay uncommitted.
+        bool holding = _heldLineNumber != 0;
+        long endOffset = holding ? _holdOffset : _pendingEndOffset;
+        long lines = holding ? _holdLines : _lines;
+        long skipped = holding ? _holdSkipped : _skipped;
+        long refused = holding ? _holdRefused : _refused;
+        long duplicates = holding ? _holdDuplicates : _duplicates;
+        if (holding && endOffset == _upload.CommittedOffset && _records.Count == 0)
+        {
+            return;
+        }
+
+        List<UploadLineError> errors = holding ? _errors.GetRange(0, _holdErrors) : _errors;
+        var progress = new UploadProgress(_upload.CommittedOffset, endOffset, lines, _records.Count, skipped, errors, refused, duplicates, _headerLine);
         if (_records.Count > 0)
         {
             await _session.AppendAsync(_records, cancellationToken, new UploadProgressStep(_upload, jobs, progress));
@@ -171,18 +258,19 @@ public sealed class UploadProcessor : ILogLineSink
             await _store.AdvanceAloneAsync(_upload, progress, cancellationToken);
         }
 
-        _upload.CommittedOffset = _pendingEndOffset;
-        _upload.Lines += _lines;
+        _upload.CommittedOffset = endOffset;
+        _upload.Lines += lines;
         _upload.Records += _records.Count;
-        _upload.LinesSkipped += _skipped;
-        _upload.LinesRefused += _refused;
-        _upload.LinesDuplicate += _duplicates;
+        _upload.LinesSkipped += skipped;
+        _upload.LinesRefused += refused;
+        _upload.LinesDuplicate += duplicates;
         _upload.HeaderLine ??= _headerLine;
-        MeteringTelemetry.RawLogFlushed(_upload.ProviderId, _records.Count, _skipped, _refused, _duplicates);
+        MeteringTelemetry.RawLogFlushed(_upload.ProviderId, _records.Count, skipped, refused, duplicates);
         _records.Clear();
         _batchJobs.Clear();
-        _errors.Clear();
-        _lines = _skipped = _refused = _duplicates = 0;
+        _errors.RemoveRange(0, errors.Count);
+        (_lines, _skipped, _refused, _duplicates) = (_lines - lines, _skipped - skipped, _refused - refused, _duplicates - duplicates);
+        (_holdLines, _holdSkipped, _holdRefused, _holdDuplicates, _holdErrors) = (0, 0, 0, 0, 0);
     }
 
     /// <summary>
@@ -208,6 +296,13 @@ public sealed class UploadProcessor : ILogLineSink
     {
         _refused++;
         _errors.Add(new UploadLineError(lineNumber, reason, message));
+        if (_heldLineNumber != 0 && _errors.Count >= UploadStore.StoredErrorsMax)
+        {
+            // Refused lines after a held `.batch` line must not grow the batch without bound: give
+            // the held line up unmetered (it may not be paid twice should the job have steps after all).
+            _sacct!.DropHeld();
+            TakeResolved();
+        }
     }
 }
 

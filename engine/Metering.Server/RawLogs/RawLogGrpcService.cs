@@ -179,6 +179,12 @@ internal sealed partial class RawLogGrpcService(
         try
         {
             await reader.ReadAsync(pipe, processor, upload.CommittedOffset, upload.Lines, reachedEndOfFile, cancellationToken);
+            if (reachedEndOfFile())
+            {
+                // A line the parser held for what follows it has nothing more to wait for.
+                processor.EndOfFile();
+                await processor.FlushAsync(cancellationToken);
+            }
         }
         finally
         {

@@ -13,7 +13,8 @@ internal static class RawLogMapping
         mapping.PartitionModels,
         mapping.Site,
         mapping.HasUtcOffsetMinutes ? mapping.UtcOffsetMinutes : null,
-        mapping.MeterSteps);
+        mapping.MeterSteps,
+        mapping.TimeZone.Length == 0 ? null : mapping.TimeZone);
 
     /// <summary>By value: the two enums share names and numbers, which a test holds.</summary>
     public static RawLogFormat ToEngine(LogFormat format) => (RawLogFormat)(int)format;

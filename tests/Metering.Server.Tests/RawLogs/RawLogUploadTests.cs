@@ -308,6 +308,68 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
         Assert.Equal(StatusCode.Unauthenticated, error.StatusCode);
     }
 
+    private const string StepsHeader = "JobID|Account|Partition|AllocTRES|Start|End|Elapsed|State\n";
+
+    // sacct --parsable2 of three sbatch jobs: 5101 and 5103 never call srun, 5102 runs one step.
+    private static readonly byte[] BatchJobs = Encoding.UTF8.GetBytes(StepsHeader
+        + "5101|lab-vision|gpu-h100|billing=1,cpu=1,gres/gpu:h100=1,gres/gpu=1,mem=1G,node=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED\n"
+        + "5101.batch|lab-vision||cpu=1,gres/gpu:h100=1,gres/gpu=1,mem=1G,node=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED\n"
+        + "5101.extern|lab-vision||billing=1,cpu=1,gres/gpu:h100=1,gres/gpu=1,mem=1G,node=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED\n"
+        + "5102|lab-vision|gpu-h100|billing=1,cpu=1,gres/gpu:h100=1,gres/gpu=1,mem=1G,node=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED\n"
+        + "5102.batch|lab-vision||cpu=1,gres/gpu:h100=1,gres/gpu=1,mem=1G,node=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED\n"
+        + "5102.extern|lab-vision||billing=1,cpu=1,gres/gpu:h100=1,gres/gpu=1,mem=1G,node=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED\n"
+        + "5102.0|lab-vision||cpu=1,gres/gpu:h100=1,gres/gpu=1,mem=1G,node=1|2026-11-20T08:05:00|2026-11-20T08:55:00|00:50:00|COMPLETED\n"
+        + "5103|lab-vision|gpu-h100|billing=1,cpu=1,gres/gpu:h100=1,gres/gpu=1,mem=1G,node=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED\n"
+        + "5103.batch|lab-vision||cpu=1,gres/gpu:h100=1,gres/gpu=1,mem=1G,node=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED\n");
+
+    [Fact]
+    public async Task With_steps_metered_batch_jobs_without_steps_are_metered_once_and_held_lines_survive_an_interruption()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        LogMapping steps = RawLogSamples.Mapping();
+        steps.MeterSteps = true;
+
+        UploadReport whole = await UploadAsync(server, "whole", "steps-whole", BatchJobs, chunks: [BatchJobs.Length], mapping: steps);
+        Assert.True(whole.Complete);
+        Assert.Equal((10ul, 3ul, 7ul, 0ul), (whole.Lines, whole.Records, whole.LinesSkipped, whole.LinesRefused));
+        Assert.Equal(["5101.batch", "5102.0", "5103.batch"], await server.QueryAsync<string>("SELECT job_id FROM usage_records WHERE stream_id = 'steps-whole' ORDER BY sequence"));
+
+        // Interrupted just after 5101.extern, while 5101.batch waits to learn whether 5101 has steps,
+        // and again just before the last line: neither held line may be lost or counted twice.
+        string text = Encoding.UTF8.GetString(BatchJobs);
+        int heldAt = text.IndexOf("5101.batch", StringComparison.Ordinal);
+        int firstStop = text.IndexOf("5102|", StringComparison.Ordinal);
+        UploadReport partial = await UploadAsync(server, "u1", "steps-resumed", BatchJobs, chunks: [firstStop], complete: false, totalBytes: (ulong)BatchJobs.Length, mapping: steps);
+        Assert.False(partial.Complete);
+        Assert.Equal((ulong)heldAt, partial.CommittedOffset);
+        Assert.Equal((2ul, 0ul), (partial.Lines, partial.Records));
+
+        int secondStop = text.IndexOf("5103.batch", StringComparison.Ordinal) + 3;
+        UploadReport second = await UploadAsync(server, "u1", "steps-resumed", BatchJobs[heldAt..], chunks: [secondStop - heldAt], offset: (ulong)heldAt, complete: false, totalBytes: (ulong)BatchJobs.Length, mapping: steps);
+        Assert.False(second.Complete);
+        UploadReport last = await UploadAsync(server, "u1", "steps-resumed", BatchJobs[(int)second.CommittedOffset..], chunks: [BatchJobs.Length - (int)second.CommittedOffset], offset: second.CommittedOffset, mapping: steps);
+
+        Assert.True(last.Complete);
+        Assert.Equal((whole.Lines, whole.Records, whole.LinesSkipped, whole.LinesRefused), (last.Lines, last.Records, last.LinesSkipped, last.LinesRefused));
+        Assert.Equal(await ContentAsync(server, "steps-whole"), await ContentAsync(server, "steps-resumed"));
+    }
+
+    [Fact]
+    public async Task A_job_holding_two_gpu_types_commits_a_record_per_type_once_across_re_uploads()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        byte[] file = Encoding.UTF8.GetBytes(StepsHeader
+            + "5201|lab-vision|gpu-mixed|billing=2,cpu=2,gres/gpu:a100=1,gres/gpu:h100=1,gres/gpu=2,mem=4G,node=1|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED\n");
+
+        UploadReport first = await UploadAsync(server, "u1", "mixed", file, chunks: [file.Length]);
+        UploadReport again = await UploadAsync(server, "u2", "mixed", file, chunks: [file.Length]);
+
+        Assert.Equal((2ul, 2ul, 0ul), (first.Lines, first.Records, first.LinesRefused));
+        Assert.Equal((0ul, 2ul), (again.Records, again.LinesDuplicate));
+        var rows = await server.QueryAsync<string>("SELECT job_id || ' ' || device_model FROM usage_records WHERE stream_id = 'mixed' ORDER BY sequence");
+        Assert.Equal(["5201/gpu:a100 A100-SXM", "5201/gpu:h100 H100-SXM"], rows);
+    }
+
     private static UploadHeader Header(string uploadId, string streamId, ulong totalBytes, ulong offset, LogFormat format, LogMapping? mapping = null) => new()
     {
         UploadId = uploadId,
