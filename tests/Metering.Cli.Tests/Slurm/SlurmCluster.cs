@@ -234,10 +234,10 @@ internal sealed class SlurmCluster : IAsyncDisposable
                 && !line.StartsWith("SUSPENDED", StringComparison.Ordinal) && !line.StartsWith("REQUEUED", StringComparison.Ordinal));
         }, TimeSpan.FromSeconds(120));
 
-    /// <summary>The sacct lines (header first) of these jobs, with every column rawlog-formats.md requires, duplicates (-D) included.</summary>
+    /// <summary>The sacct lines (header first) of these jobs, with every column rawlog-formats.md requires and Suspended, duplicates (-D) included.</summary>
     public async Task<string> SacctAsync(params string[] jobIds) =>
         await RunCheckedAsync("sacct", "--allusers", "--parsable2", "-D", "-j", string.Join(',', jobIds),
-            "--format=JobID,Account,Partition,AllocTRES,Start,End,Elapsed,State");
+            "--format=JobID,Account,Partition,AllocTRES,Start,End,Elapsed,Suspended,State");
 
     /// <summary>Runs a Slurm client of this cluster and fails with its output unless it exits 0.</summary>
     public async Task<string> RunCheckedAsync(string program, params string[] arguments)
