@@ -20,8 +20,12 @@ namespace Metering.Cli.Commands;
 /// </summary>
 internal static class FollowSacctCommand
 {
-    /// <summary>The sacct columns rawlog-formats.md requires, in the order the follower asks for them.</summary>
-    private const string Columns = "JobID,Account,Partition,AllocTRES,Start,End,Elapsed,State";
+    /// <summary>
+    /// The sacct columns rawlog-formats.md requires, in the order the follower asks for them, and
+    /// `Suspended`: without it the server cannot tell a suspended job's short Elapsed from an End
+    /// moved by hand and refuses the line.
+    /// </summary>
+    private const string Columns = "JobID,Account,Partition,AllocTRES,Start,End,Elapsed,Suspended,State";
     private const string LocalTimeFormat = "yyyy-MM-dd'T'HH:mm:ss";
     private static readonly TimeSpan EveryMin = TimeSpan.FromSeconds(1);
     private static readonly TimeSpan SacctTimeoutMax = TimeSpan.FromMinutes(5);
@@ -163,6 +167,22 @@ internal static class FollowSacctCommand
             var freshKeys = new Dictionary<string, DateTime>(StringComparer.Ordinal);
             int unfinished = 0;
             int sentBefore = 0;
+
+            // A step is sent only with the rest of its job, once the job's allocation has ended:
+            // with meter_steps the server meters a .batch line when no numbered step of its job
+            // follows in the same upload, so a step sent in an earlier poll would let the .batch
+            // be metered beside it.
+            var runningJobs = new HashSet<string>(StringComparer.Ordinal);
+            foreach (string raw in lines.Skip(1))
+            {
+                string[] fields = raw.TrimEnd('\r').Split('|');
+                if (fields.Length == header.Length && !fields[jobColumn].Contains('.', StringComparison.Ordinal)
+                    && !DateTime.TryParseExact(fields[endColumn], LocalTimeFormat, CultureInfo.InvariantCulture, DateTimeStyles.None, out _))
+                {
+                    runningJobs.Add(fields[jobColumn]);
+                }
+            }
+
             foreach (string raw in lines.Skip(1))
             {
                 string line = raw.TrimEnd('\r');
@@ -171,6 +191,12 @@ internal static class FollowSacctCommand
                 {
                     // The server refuses it with its line number and reason; the follower does not judge lines.
                     fresh.Add(line);
+                    continue;
+                }
+
+                int stepDot = fields[jobColumn].IndexOf('.', StringComparison.Ordinal);
+                if (stepDot > 0 && runningJobs.Contains(fields[jobColumn][..stepDot]))
+                {
                     continue;
                 }
 
