@@ -111,10 +111,11 @@ public sealed class RealSlurmIngestTests(PostgresFixture postgres, SlurmClusterF
         await Task.Delay(TimeSpan.FromSeconds(2));
         await Cluster.RunCheckedAsync("scontrol", "requeue", requeued);
 
-        // Slurm holds a requeued batch job back for a while before it may start again; releasing
-        // it at once keeps the test short.
-        await Cluster.WaitForStateAsync(requeued, "PENDING", "REQUEUED");
-        await Cluster.RunAsync("scontrol", "update", $"JobId={requeued}", "StartTime=now");
+        // Slurm holds a requeued batch job back for a while (its BeginTime about two minutes
+        // later) before it may start again; releasing it at once keeps the test short. The
+        // release is refused while the old run is still completing, so it is repeated until the
+        // job is no longer pending.
+        await Cluster.ReleasePendingAsync(requeued);
         await Cluster.WaitForEndAsync(requeued);
         await Cluster.WaitForStateAsync(requeued, "COMPLETED", "REQUEUED");
         string sacct = await Cluster.SacctAsync(requeued);

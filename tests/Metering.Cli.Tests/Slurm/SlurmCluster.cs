@@ -234,6 +234,37 @@ internal sealed class SlurmCluster : IAsyncDisposable
                 && !line.StartsWith("SUSPENDED", StringComparison.Ordinal) && !line.StartsWith("REQUEUED", StringComparison.Ordinal));
         }, TimeSpan.FromSeconds(120));
 
+    /// <summary>
+    /// Sets a requeued job's start time to now until its new run has started (at most 60 s):
+    /// Slurm refuses the change while the previous run is still completing, and only then does
+    /// the job pend with a BeginTime minutes away. The controller's state is read, since sacct
+    /// shows the old run as REQUEUED before the job has really left it.
+    /// </summary>
+    public async Task ReleasePendingAsync(string jobId)
+    {
+        bool requeued = false;
+        await WaitUntilAsync($"requeued job {jobId} starts again", async () =>
+        {
+            string show = (await RunAsync("scontrol", "show", "job", jobId)).Output;
+            int at = show.IndexOf("JobState=", StringComparison.Ordinal);
+            string state = at < 0 ? "" : show[(at + "JobState=".Length)..].Split(' ', '\n')[0];
+            if (state.Length == 0)
+            {
+                return false;
+            }
+
+            if (state is "RUNNING" or "COMPLETED")
+            {
+                // RUNNING before any other state is the old run, not yet requeued.
+                return requeued;
+            }
+
+            requeued = true;
+            await RunAsync("scontrol", "update", $"JobId={jobId}", "StartTime=now");
+            return false;
+        }, TimeSpan.FromSeconds(60));
+    }
+
     /// <summary>The sacct lines (header first) of these jobs, with every column rawlog-formats.md requires and Suspended, duplicates (-D) included.</summary>
     public async Task<string> SacctAsync(params string[] jobIds) =>
         await RunCheckedAsync("sacct", "--allusers", "--parsable2", "-D", "-j", string.Join(',', jobIds),
