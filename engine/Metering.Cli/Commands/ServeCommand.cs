@@ -61,6 +61,7 @@ internal static partial class ServeCommand
             Description = "The least severe messages logged: Trace, Debug, Information, Warning, Error, Critical or None. Below Information, ASP.NET Core's own messages are logged too.",
             DefaultValueFactory = _ => LogLevel.Information,
         };
+        var logFormat = CommonOptions.LogFormat();
         var metricsListen = new Option<Uri?>("--metrics-listen")
         {
             Description = "Serve Prometheus metrics at http://IP:PORT/metrics, on a port of its own (for example http://127.0.0.1:9464); off unless given. "
@@ -86,7 +87,7 @@ internal static partial class ServeCommand
         var command = new Command("serve", "Run the gRPC server against PostgreSQL: AccessService, IngestService, RawLogService, RegistryService, CapacityService, VoucherService, SettlementService, AuditService, TransparencyService, PublicationService and SandboxService (whose clock moves only on a server run with --clock simulated). Callers authenticate with keys from `metering key issue`; "
             + "PublicationService, grpc.health.v1.Health (SERVING while the database answers at the schema version this engine needs) and server reflection answer without one.")
         {
-            listen, tlsCertificate, tlsKey, tlsPassword, insecure, migrate, connection, dataDirectory, signingKey, runtimeRole, clock, allowPrivileged, reflection, logLevel,
+            listen, tlsCertificate, tlsKey, tlsPassword, insecure, migrate, connection, dataDirectory, signingKey, runtimeRole, clock, allowPrivileged, reflection, logLevel, logFormat,
             metricsListen, metricsPublic, otlpEndpoint, otlpProtocol,
         };
         foreach (var limit in limitOptions)
@@ -157,7 +158,8 @@ internal static partial class ServeCommand
             }
 
             LogLevel level = parse.GetValue(logLevel);
-            using ILoggerFactory logging = CommonOptions.Logging(level);
+            string format = parse.GetValue(logFormat)!;
+            using ILoggerFactory logging = CommonOptions.Logging(level, format);
             ILogger logger = logging.CreateLogger("metering.serve");
             Uri address = parse.GetValue(listen)!;
             string? certificatePath = parse.GetValue(tlsCertificate)?.FullName ?? Configured("METERING_TLS_CERT");
@@ -258,7 +260,7 @@ internal static partial class ServeCommand
                     Time = parse.GetValue(clock) == "simulated" ? new SimulatedClock(0) : TimeProvider.System,
                     Reflection = parse.GetValue(reflection),
                     Telemetry = telemetry,
-                    ConfigureLogging = builder => CommonOptions.ConsoleLines(builder)
+                    ConfigureLogging = builder => CommonOptions.ConsoleLines(builder, format)
                         .SetMinimumLevel(level)
                         // One line per request is noise at this volume; the services log what
                         // matters. Asked for below Information, it is what was asked for.
