@@ -168,7 +168,10 @@ internal sealed class Rows(params Column[] columns)
     }
 
     /// <summary>The table as people read it; the caller prints whatever else it prints around it.</summary>
-    public void WriteTable(TextWriter output)
+    public void WriteTable(TextWriter output) => ToTable().Write(output);
+
+    /// <summary>The table's columns and texts, for a caller that prints it as one section of several.</summary>
+    public TextTable ToTable()
     {
         int[] shown = [.. Enumerable.Range(0, _columns.Length).Where(i => _columns[i].Header is not null)];
         var table = new TextTable([.. shown.Select(i => _columns[i].Header!)]);
@@ -177,7 +180,7 @@ internal sealed class Rows(params Column[] columns)
             table.Add([.. shown.Select(i => row[i].Text)]);
         }
 
-        table.Write(output);
+        return table;
     }
 
     private int[] DataColumns() => [.. Enumerable.Range(0, _columns.Length).Where(i => _columns[i].Name is not null)];
