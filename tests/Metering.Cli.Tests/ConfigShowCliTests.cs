@@ -53,7 +53,7 @@ public sealed class ConfigShowCliTests
     }
 
     [Fact]
-    public async Task Config_show_masks_the_database_password_the_api_key_and_the_tls_password_in_table_and_json()
+    public async Task Config_show_masks_the_database_password_the_api_key_and_the_tls_password_in_table_json_and_csv()
     {
         var environment = new Dictionary<string, string>
         {
@@ -62,7 +62,7 @@ public sealed class ConfigShowCliTests
             ["METERING_TLS_PASSWORD"] = "pfx-secret-password",
         };
 
-        foreach (string format in (string[])["table", "json"])
+        foreach (string format in (string[])["table", "json", "csv"])
         {
             var (exit, output) = await CliProcess.RunWithEnvironmentAsync(environment, "config", "show", "--output", format);
 

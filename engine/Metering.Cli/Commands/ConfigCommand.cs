@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.Text.Json;
 using Metering.Cli.Configuration;
 
 namespace Metering.Cli.Commands;
@@ -12,11 +11,7 @@ internal static class ConfigCommand
         var configFile = MeteringSettings.ConfigFileOption();
         var sets = MeteringSettings.SetOption();
         var namedLimits = MeteringSettings.CreateNamedOptions();
-        var output = new Option<string>("--output")
-        {
-            Description = "table (the default) or json.",
-            DefaultValueFactory = _ => "table",
-        }.AcceptOnlyFromAmong("table", "json");
+        var output = OutputOption.Create();
         var show = new Command("show", "Print the effective configuration `serve` would run with, read as serve reads it (default < --config file or metering.json < "
             + "METERING__Area__Name environment variables < command line): every setting, its value and where it came from; passwords and keys are masked. "
             + "An unknown setting or a value out of range exits 2, as serve does.")
@@ -43,20 +38,13 @@ internal static class ConfigCommand
                 return ExitCodes.Usage;
             }
 
-            var rows = settings.Describe();
-            if (parse.GetValue(output) == "json")
+            var rows = new Rows(("Setting", "key"), ("Value", "value"), ("Source", "source"));
+            foreach (var (key, value, source) in settings.Describe())
             {
-                Console.WriteLine(JsonSerializer.Serialize(rows.Select(r => new Dictionary<string, string> { ["key"] = r.Key, ["value"] = r.Value, ["source"] = r.Source })));
-                return ExitCodes.Success;
+                rows.Add(key, value, source);
             }
 
-            var table = new TextTable("Setting", "Value", "Source");
-            foreach (var (key, value, source) in rows)
-            {
-                table.Add(key, value, source);
-            }
-
-            table.Write(Console.Out);
+            rows.Write(parse.GetValue(output), Console.Out);
             return ExitCodes.Success;
         });
         return new Command("config", "Show the server's configuration.") { show };
