@@ -21,7 +21,9 @@ namespace Metering.Bench.Load;
 /// End-to-end durable ingest against its baseline, in one process and one run:
 /// a fresh embedded PostgreSQL with fsync on, the gRPC server on loopback, and S sample agents
 /// streaming N records; then the same rows exported to CSV and loaded back into the same table
-/// by psql's \copy. The last line of stdout is the machine-readable RESULT line.
+/// by psql's \copy (what a user might try), and the limit: the same rows, already encoded in binary
+/// COPY format, loaded by S parallel COPY sessions (<see cref="BinaryCopyBaseline"/>). The last line
+/// of stdout is the machine-readable RESULT line.
 /// </summary>
 internal static class IngestLoad
 {
@@ -67,6 +69,7 @@ internal static class IngestLoad
 
         double ingestPerSecond;
         double copyPerSecond;
+        double binaryPerSecond;
         double p50Ms;
         double p99Ms;
         await using (EmbeddedPostgres postgres = await EmbeddedPostgres.StartAsync(new EmbeddedPostgresOptions { DataDirectory = dataDirectory, Durable = true }, logger))
@@ -127,10 +130,13 @@ internal static class IngestLoad
             copyPerSecond = copied / copySeconds;
             Console.WriteLine($"copy: {copied:N0} rows in {copySeconds:0.00} s = {copyPerSecond:N0} records/s");
             File.Delete(csv);
+
+            binaryPerSecond = await BinaryCopyBaseline.RunAsync(dataSource, Provider, streamed.Results.Select(r => r.StreamId).ToArray());
         }
 
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"RESULT ingest_records_per_s={ingestPerSecond:0} copy_records_per_s={copyPerSecond:0} ratio={ingestPerSecond / copyPerSecond:0.00} p50_ack_ms={p50Ms:0.0} p99_ack_ms={p99Ms:0.0} tls={(options.Tls ? "true" : "false")}"));
+            $"RESULT ingest_records_per_s={ingestPerSecond:0} copy_records_per_s={copyPerSecond:0} ratio={ingestPerSecond / copyPerSecond:0.00} "
+            + $"binary_copy_records_per_s={binaryPerSecond:0} ratio_vs_binary={ingestPerSecond / binaryPerSecond:0.00} p50_ack_ms={p50Ms:0.0} p99_ack_ms={p99Ms:0.0} tls={(options.Tls ? "true" : "false")}"));
         return 0;
     }
 
