@@ -29,6 +29,7 @@ root.Subcommands.Add(VoucherCommand.Create());
 root.Subcommands.Add(SettleCommand.Create());
 root.Subcommands.Add(AuditCommand.Create());
 root.Subcommands.Add(ClockCommand.Create());
+root.Subcommands.Add(ConfigCommand.Create());
 ParseResult parsed = root.Parse(args);
 if (parsed.Errors.Count > 0)
 {

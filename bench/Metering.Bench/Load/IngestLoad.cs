@@ -21,7 +21,9 @@ namespace Metering.Bench.Load;
 /// End-to-end durable ingest against its baseline, in one process and one run:
 /// a fresh embedded PostgreSQL with fsync on, the gRPC server on loopback, and S sample agents
 /// streaming N records; then the same rows exported to CSV and loaded back into the same table
-/// by psql's \copy. The last line of stdout is the machine-readable RESULT line.
+/// by psql's \copy (what a user might try), and the limit: the same rows, already encoded in binary
+/// COPY format, loaded by S parallel COPY sessions (<see cref="BinaryCopyBaseline"/>). The last line
+/// of stdout is the machine-readable RESULT line.
 /// </summary>
 internal static class IngestLoad
 {
@@ -50,7 +52,7 @@ internal static class IngestLoad
         if (options is null)
         {
             Console.Error.WriteLine($"error: {error}");
-            Console.Error.WriteLine("usage: Metering.Bench load --records N --streams S --data-dir DIR [--batch B --window W --tls true|false]");
+            Console.Error.WriteLine("usage: Metering.Bench load --records N --streams S --data-dir DIR [--batch B --window W --tls true|false --log-statements true|false]");
             return 2;
         }
 
@@ -67,6 +69,7 @@ internal static class IngestLoad
 
         double ingestPerSecond;
         double copyPerSecond;
+        double binaryPerSecond;
         double p50Ms;
         double p99Ms;
         await using (EmbeddedPostgres postgres = await EmbeddedPostgres.StartAsync(new EmbeddedPostgresOptions { DataDirectory = dataDirectory, Durable = true }, logger))
@@ -76,6 +79,17 @@ internal static class IngestLoad
             Console.WriteLine($"load: PostgreSQL {await ServerVersionAsync(dataSource)} in {postgres.DataDirectory} (fsync on, synchronous_commit on)");
 
             string apiKey = (await Admissions.SeedAsync(dataSource)).OtherProvider;
+            if (options.LogStatements)
+            {
+                // Where a commit's time goes: every statement with its duration in the cluster's
+                // log (DIR.log), at the cost of some throughput, so the figures of such a run are
+                // for the breakdown, not for the record.
+                await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync();
+                await connection.ExecuteAsync("ALTER SYSTEM SET log_min_duration_statement = 0");
+                await connection.ExecuteAsync("ALTER SYSTEM SET log_line_prefix = '%m [%p] '");
+                await connection.ExecuteAsync("SELECT pg_reload_conf()");
+            }
+
             Streamed streamed;
             using BenchCertificates? certificates = options.Tls ? BenchCertificates.Make() : null;
             using ServerSigningKey signingKey = ServerSigningKey.CreateNew();
@@ -127,10 +141,13 @@ internal static class IngestLoad
             copyPerSecond = copied / copySeconds;
             Console.WriteLine($"copy: {copied:N0} rows in {copySeconds:0.00} s = {copyPerSecond:N0} records/s");
             File.Delete(csv);
+
+            binaryPerSecond = await BinaryCopyBaseline.RunAsync(dataSource, Provider, streamed.Results.Select(r => r.StreamId).ToArray());
         }
 
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"RESULT ingest_records_per_s={ingestPerSecond:0} copy_records_per_s={copyPerSecond:0} ratio={ingestPerSecond / copyPerSecond:0.00} p50_ack_ms={p50Ms:0.0} p99_ack_ms={p99Ms:0.0} tls={(options.Tls ? "true" : "false")}"));
+            $"RESULT ingest_records_per_s={ingestPerSecond:0} copy_records_per_s={copyPerSecond:0} ratio={ingestPerSecond / copyPerSecond:0.00} "
+            + $"binary_copy_records_per_s={binaryPerSecond:0} ratio_vs_binary={ingestPerSecond / binaryPerSecond:0.00} p50_ack_ms={p50Ms:0.0} p99_ack_ms={p99Ms:0.0} tls={(options.Tls ? "true" : "false")}"));
         return 0;
     }
 
@@ -341,7 +358,7 @@ internal static class IngestLoad
 /// <summary>One stream of a load: its id, its records by sequence (1-based) and how many.</summary>
 internal sealed record LoadStream(string StreamId, Func<ulong, UsageRecord> RecordAt, ulong Records);
 
-internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches, bool Tls)
+internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches, bool Tls, bool LogStatements = false)
 {
     public const long RecordsMax = 100_000_000;
     public const int StreamsMax = 64;
@@ -366,11 +383,12 @@ internal sealed record LoadOptions(long Records, int Streams, string DataDirecto
         int batch = int.Parse(values.GetValueOrDefault("batch", "5000"), CultureInfo.InvariantCulture);
         int window = int.Parse(values.GetValueOrDefault("window", "4"), CultureInfo.InvariantCulture);
         bool tls = bool.Parse(values.GetValueOrDefault("tls", "false"));
+        bool logStatements = bool.Parse(values.GetValueOrDefault("log-statements", "false"));
         error = records is < 1 or > RecordsMax ? $"--records must be 1 to {RecordsMax}"
             : streams < 1 || streams > StreamsMax || streams > records ? $"--streams must be 1 to {StreamsMax} and at most --records"
             : batch is < 1 or > 100_000 ? "--batch must be 1 to 100000"
             : window is < 1 or > WindowBatchesMax ? $"--window must be 1 to {WindowBatchesMax}"
             : null;
-        return error is null ? new LoadOptions(records, streams, dataDirectory, batch, window, tls) : null;
+        return error is null ? new LoadOptions(records, streams, dataDirectory, batch, window, tls, logStatements) : null;
     }
 }

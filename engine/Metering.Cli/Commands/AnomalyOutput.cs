@@ -95,6 +95,19 @@ internal static class AnomalyOutput
         return text.ToString();
     }
 
+    /// <summary>One row per anomaly for `--output csv`: its kind, period, stream, summary and how many evidence rows it has.</summary>
+    public static Rows CsvRows(DetectAnomaliesResponse found)
+    {
+        var rows = new Rows(("kind", "kind"), ("from", "from"), ("until", "until"), ("stream", "streamId"), ("summary", "summary"), ("evidence rows", "evidenceRows"));
+        foreach (Anomaly anomaly in found.Anomalies)
+        {
+            rows.Add(NameOf(anomaly.Kind), Cell.Instant(anomaly.FromUnixMs), Cell.Instant(anomaly.UntilUnixMs), anomaly.StreamId, anomaly.Summary,
+                Cell.Number(anomaly.EvidenceTotal, N(anomaly.EvidenceTotal)));
+        }
+
+        return rows;
+    }
+
     private static string N(ulong value) => value.ToString("N0", CultureInfo.InvariantCulture);
 
     private static string N(long value) => value.ToString("N0", CultureInfo.InvariantCulture);

@@ -62,8 +62,9 @@ internal static class AuditCommand
         var stream = new Option<string?>("--stream") { Description = "One stream; every stream of the provider when left out." };
         var fromSequence = new Option<ulong>("--from-seq") { Description = "First sequence (a later start begins from the stored hash before it).", DefaultValueFactory = _ => 1 };
         var toSequence = new Option<ulong?>("--to-seq") { Description = "Last sequence; the committed mark when left out." };
+        var output = OutputOption.Create();
         return Client("verify", "Re-verify hash chains from the stored rows and show the first broken link with its evidence. Exits 3 when a chain is broken, 6 when there was nothing to verify.",
-            [provider, stream, fromSequence, toSequence], async (parse, client, headers, ct) =>
+            [provider, stream, fromSequence, toSequence, output], async (parse, client, headers, ct) =>
             {
                 string code = CodeOf(parse, provider);
                 var request = new VerifyChainRequest
@@ -85,14 +86,25 @@ internal static class AuditCommand
                     return NothingToExamineExit;
                 }
 
-                var table = new TextTable("stream", "from", "to", "checked", "chain", "head");
+                var rows = new Rows(("stream", "streamId"), ("from", "fromSequence"), ("to", "toSequence"), ("checked", "recordsChecked"), Column.TableOnly("chain"), Column.DataOnly("intact"),
+                    Column.DataOnly("breakSequence"), Column.DataOnly("breakKind"), Column.DataOnly("breakDetail"), ("head", "computedHead"));
                 foreach (StreamVerification r in response.Streams)
                 {
-                    table.Add(r.StreamId, N(r.FromSequence), N(r.ToSequence), N(r.RecordsChecked), r.Intact ? Labels.Of("intact") : Labels.Format("BROKEN at {0} ({1})", r.Break.Sequence, r.Break.Kind),
+                    rows.Add(r.StreamId, Cell.Number(r.FromSequence, N(r.FromSequence)), Cell.Number(r.ToSequence, N(r.ToSequence)), Cell.Number(r.RecordsChecked, N(r.RecordsChecked)),
+                        r.Intact ? Labels.Of("intact") : Labels.Format("BROKEN at {0} ({1})", r.Break.Sequence, r.Break.Kind), Cell.Flag(r.Intact, ""),
+                        r.Intact ? Cell.Data(null) : Cell.Data(r.Break.Sequence), r.Intact ? Cell.Data(null) : Cell.Data(r.Break.Kind.ToString()), r.Intact ? Cell.Data(null) : Cell.Data(r.Break.Detail),
                         Convert.ToHexStringLower(r.ComputedHead.Span));
                 }
 
-                table.Write(Console.Out);
+                OutputFormat format = parse.GetValue(output);
+                if (format != OutputFormat.Table)
+                {
+                    // The rows carry each break's sequence, kind and detail; the hashes of a break are the table's evidence block.
+                    rows.Write(format, Console.Out);
+                    return response.Streams.All(r => r.Intact) ? 0 : ChainBrokenExit;
+                }
+
+                rows.WriteTable(Console.Out);
                 ulong bytes = response.Streams.Aggregate(0UL, (sum, r) => sum + r.CanonicalBytes);
                 Console.WriteLine(Labels.Format("{0} stream(s), {1} records, {2:N1} MB of canonical encoding re-hashed in {3:N2} s ({4:N1} MB/s)",
                     response.Streams.Count, N(records), bytes / 1e6, seconds, bytes / 1e6 / seconds));
@@ -206,8 +218,9 @@ internal static class AuditCommand
         var (selection, build) = Selection(from, to);
         var by = new Option<string>("--by") { Description = "Group by provider, holder, job, model, site, stream or day; none for the total only.", DefaultValueFactory = _ => "none" };
         by.AcceptOnlyFromAmong("none", "provider", "holder", "job", "model", "site", "stream", "day");
+        var output = OutputOption.Create();
         return Client("usage", "Usage totals (records, device-hours, FP16 PFLOPS·h, all exact) by provider, holder, job, device model, site, stream or day. Exits 6 when no record matches.",
-            [.. selection, from, to, by], async (parse, client, headers, ct) =>
+            [.. selection, from, to, by, output], async (parse, client, headers, ct) =>
             {
                 UsageSelection chosen = build(parse);
                 UsageGroupBy grouping = parse.GetValue(by) switch
@@ -228,16 +241,20 @@ internal static class AuditCommand
                     return NothingToExamineExit;
                 }
 
-                var table = new TextTable(grouping == UsageGroupBy.GroupByNone ? "" : parse.GetValue(by)!, "records", "device-hours", "FP16 PFLOPS·h");
+                // Device-hours and PFLOPS·h stay the exact decimal strings the server computed, never a floating number.
+                var rows = new Rows((grouping == UsageGroupBy.GroupByNone ? "" : parse.GetValue(by)!, "group"), Column.DataOnly("total"), ("records", "records"),
+                    ("device-hours", "deviceHours"), ("FP16 PFLOPS·h", "pflopsHours"));
                 foreach (Protocol.V1.UsageTotals row in summary.Groups.Append(summary.Total))
                 {
-                    table.Add(row == summary.Total ? Labels.Of(row.Key) : row.Key, N(row.Records), row.DeviceHours, row.PflopsHours);
+                    bool total = row == summary.Total;
+                    rows.Add(new Cell(total ? Labels.Of(row.Key) : row.Key, total ? null : row.Key), Cell.Flag(total, ""), Cell.Number(row.Records, N(row.Records)), row.DeviceHours, row.PflopsHours);
                 }
 
-                table.Write(Console.Out);
+                OutputFormat format = parse.GetValue(output);
+                rows.Write(format, Console.Out);
                 if (summary.Truncated)
                 {
-                    Console.WriteLine(Labels.Format("(only the largest {0:N0} groups are shown; the total covers all)", summary.Groups.Count));
+                    (format == OutputFormat.Table ? Console.Out : Console.Error).WriteLine(Labels.Format("(only the largest {0:N0} groups are shown; the total covers all)", summary.Groups.Count));
                 }
 
                 return 0;
@@ -331,8 +348,10 @@ internal static class AuditCommand
         {
             Description = $"Only this kind (repeat for several): {string.Join(", ", AnomalyOutput.Kinds.Select(k => k.Name))}. Every kind when left out.",
         };
-        var output = new Option<string>("--output") { Description = "text (the summary by kind, then each anomaly) or json (the DetectAnomaliesResponse in the protobuf JSON mapping).", DefaultValueFactory = _ => "text" };
-        output.AcceptOnlyFromAmong("text", "json");
+        // `text` is what the option took before every command shared it; scripts that say it keep working.
+        Option<OutputFormat> output = OutputOption.Create(aliasForTable: "text");
+        output.Description = "table (the summary by kind, then each anomaly; `text` says the same), json (the DetectAnomaliesResponse in the protobuf JSON mapping, "
+            + "64-bit counts as strings) or csv (one row per anomaly, its evidence counted, not listed).";
         return Client("anomalies", "Run the anomaly detectors over a provider and period: a count per kind first (saying where the per-kind cap of 500 cut a list), then the anomalies with their evidence. Exits 6 when the period holds no records to judge.",
             [provider, from, to, silence, kind, output], async (parse, client, headers, ct) =>
             {
@@ -351,10 +370,14 @@ internal static class AuditCommand
                     Kinds = { (parse.GetValue(kind) ?? []).Select(AnomalyOutput.Parse).Distinct() },
                 };
                 DetectAnomaliesResponse found = await client.DetectAnomaliesAsync(request, headers, cancellationToken: ct);
-                bool json = parse.GetValue(output) == "json";
-                if (json)
+                OutputFormat format = parse.GetValue(output);
+                if (format == OutputFormat.Json)
                 {
                     Console.Write(AnomalyOutput.Json(found));
+                }
+                else if (format == OutputFormat.Csv)
+                {
+                    AnomalyOutput.CsvRows(found).Write(format, Console.Out);
                 }
 
                 if (found.RecordsExamined == 0 && found.Anomalies.Count == 0)
@@ -363,7 +386,7 @@ internal static class AuditCommand
                     return NothingToExamineExit;
                 }
 
-                if (!json)
+                if (format == OutputFormat.Table)
                 {
                     Console.Write(AnomalyOutput.Text(found, code, parse.GetValue(from)!, parse.GetValue(to)!));
                 }
@@ -398,7 +421,8 @@ internal static class AuditCommand
     {
         var actorFilter = new Option<string?>("--actor") { Description = "Only queries of this actor (a key's subject)." };
         var limit = new Option<uint>("--limit") { Description = $"Most entries, newest first (at most {AuditQueryLog.ListLimitMax:N0}).", DefaultValueFactory = _ => 50 };
-        return Client("log", "The audit query log: who asked what, and when.", [actorFilter, limit], async (parse, client, headers, ct) =>
+        var output = OutputOption.Create();
+        return Client("log", "The audit query log: who asked what, and when.", [actorFilter, limit, output], async (parse, client, headers, ct) =>
         {
             if (parse.GetValue(limit) is 0 or > AuditQueryLog.ListLimitMax)
             {
@@ -407,13 +431,14 @@ internal static class AuditCommand
 
             ListAuditQueriesResponse response = await client.ListAuditQueriesAsync(
                 new ListAuditQueriesRequest { Actor = parse.GetValue(actorFilter) ?? "", Limit = parse.GetValue(limit) }, headers, cancellationToken: ct);
-            var table = new TextTable("id", "when", "who", "role", "via", "query", "provider", "parameters");
+            var rows = new Rows(("id", "queryId"), ("when", "askedAt"), ("who", "actor"), ("role", "role"), ("via", "via"), ("query", "query"), ("provider", "creditCode"), ("parameters", "parametersJson"));
             foreach (AuditQuery e in response.Queries)
             {
-                table.Add(e.QueryId.ToString(CultureInfo.InvariantCulture), Local(e.AskedAtUnixMs), e.Actor, e.Role, e.Via, e.Query, e.CreditCode, e.ParametersJson);
+                rows.Add(Cell.Number(e.QueryId, e.QueryId.ToString(CultureInfo.InvariantCulture)), Cell.Instant(e.AskedAtUnixMs) with { Text = Local(e.AskedAtUnixMs) }, e.Actor, e.Role, e.Via, e.Query,
+                    e.CreditCode, e.ParametersJson);
             }
 
-            table.Write(Console.Out);
+            rows.Write(parse.GetValue(output), Console.Out);
             return 0;
         });
     }

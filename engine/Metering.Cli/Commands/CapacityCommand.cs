@@ -104,9 +104,16 @@ internal static class CapacityCommand
                     KeySha256 = sha256.ToLowerInvariant(),
                     Reasons = parse.GetValue(reason)!,
                 }, call.Headers, cancellationToken: ct);
-                if (parse.GetValue(approveOutput) == "json")
+                OutputFormat approveFormat = parse.GetValue(approveOutput);
+                if (approveFormat == OutputFormat.Json)
                 {
                     Console.Write(Json(approved));
+                    return 0;
+                }
+
+                if (approveFormat == OutputFormat.Csv)
+                {
+                    KeyRows([approved]).Write(approveFormat, Console.Out);
                     return 0;
                 }
 
@@ -136,20 +143,14 @@ internal static class CapacityCommand
                 }
                 while (after.Length > 0);
 
-                if (parse.GetValue(listOutput) == "json")
+                OutputFormat format = parse.GetValue(listOutput);
+                if (format == OutputFormat.Json)
                 {
                     Console.Write(Json(all));
                     return 0;
                 }
 
-                var table = new TextTable("node", "version", "fingerprint (SHA-256)", "device UUIDs", "state", "approved by", "approved (Asia/Shanghai)");
-                foreach (NodeKey key in all.Keys)
-                {
-                    table.Add(key.NodeId, key.KeyVersion.ToString(CultureInfo.InvariantCulture), key.KeySha256, string.Join(" ", key.DeviceUuids),
-                        key.Approved ? "approved" : "pending", key.ApprovedBy, key.Approved ? LocalTime.Minutes(key.ApprovedUnixMs) : "");
-                }
-
-                table.Write(Console.Out);
+                KeyRows(all.Keys).Write(format, Console.Out);
                 return 0;
             });
         return new Command("key", "Node keys: each node signs its probe reports with its own ECDSA P-256 key, bound to its devices' UUIDs and approved by an operator.")
@@ -205,7 +206,7 @@ internal static class CapacityCommand
                 IReadOnlyList<DeclaredNode> nodes = InventoryFile.Read(parse.GetValue(file)!);
                 FleetValidation validation = await Client(call).DeclareInventoryAsync(
                     new DeclareInventoryRequest { CreditCode = parse.GetValue(code)!, Nodes = { nodes } }, call.Headers, cancellationToken: ct);
-                Write(validation, parse.GetValue(output)!);
+                Write(validation, parse.GetValue(output));
                 return 0;
             });
         return new Command("inventory", "The provider's declared nodes, devices and sites.") { declare };
@@ -221,24 +222,23 @@ internal static class CapacityCommand
             [code, output], async (parse, call, ct) =>
             {
                 ChallengeSet set = await Client(call).StartChallengesAsync(new StartChallengesRequest { CreditCode = parse.GetValue(code)! }, call.Headers, cancellationToken: ct);
-                if (parse.GetValue(output) == "json")
+                OutputFormat format = parse.GetValue(output);
+                if (format == OutputFormat.Json)
                 {
                     Console.Write(Json(set));
+                    return 0;
+                }
+
+                if (format == OutputFormat.Csv)
+                {
+                    ChallengeRows(set).Write(format, Console.Out);
                     return 0;
                 }
 
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"Challenges of validation {set.ValidationId} {(set.StartedNow ? "started now" : "already started")}, issued {LocalTime.Minutes(set.IssuedUnixMs)} Asia/Shanghai; each deadline includes {set.AllowanceMs / 1000.0:0.0} s for network and start-up. Run `metering-probe run` on every node below now."));
                 Console.WriteLine();
-                var table = new TextTable("node", "model", "devices", "runs", "work", "commit within (s)");
-                foreach (NodeChallenge challenge in set.Challenges)
-                {
-                    table.Add(challenge.NodeId, challenge.DeviceModel, challenge.DeviceCount.ToString(CultureInfo.InvariantCulture), challenge.RunsPerKernel.ToString(CultureInfo.InvariantCulture),
-                        string.Join(", ", challenge.Work.Select(w => $"{w.Kernel} {w.Items}x{w.Iterations}")),
-                        ((challenge.DeadlineUnixMs - set.IssuedUnixMs) / 1000.0).ToString("0.0", CultureInfo.InvariantCulture));
-                }
-
-                table.Write(Console.Out);
+                ChallengeRows(set).WriteTable(Console.Out);
                 return 0;
             });
         return new Command("challenges", "The server-timed challenges of the open validation: every sampled node at one instant.") { start };
@@ -262,7 +262,7 @@ internal static class CapacityCommand
             {
                 FleetValidation validation = await Client(call).GetFleetValidationAsync(
                     new GetFleetValidationRequest { CreditCode = parse.GetValue(code)!, ValidationId = parse.GetValue(id) }, call.Headers, cancellationToken: ct);
-                Write(validation, parse.GetValue(output)!);
+                Write(validation, parse.GetValue(output));
                 return 0;
             });
         return new Command("validation", "Fleet validations: the sample the server drew, and what became of each node.") { show };
@@ -291,7 +291,7 @@ internal static class CapacityCommand
                     DeviceModel = parse.GetValue(reject) ? "" : parse.GetValue(accept)!,
                     Reasons = parse.GetValue(reasons)!,
                 }, call.Headers, cancellationToken: ct);
-                Write(after, parse.GetValue(output)!);
+                Write(after, parse.GetValue(output));
                 return 0;
             });
         review.Validators.Add(result =>
@@ -314,11 +314,58 @@ internal static class CapacityCommand
         return review;
     }
 
-    private static Option<string> OutputOption(string message = "the FleetValidation")
+    /// <summary>
+    /// The shared `--output`; JSON here stays the message in the protobuf JSON mapping (64-bit
+    /// numbers as strings), as it was before the option was shared, so programs that read it keep working.
+    /// </summary>
+    private static Option<OutputFormat> OutputOption(string message = "the FleetValidation")
     {
-        var output = new Option<string>("--output") { Description = $"table (default: a summary and a table) or json ({message} in the protobuf JSON mapping).", DefaultValueFactory = _ => "table" };
-        output.AcceptOnlyFromAmong("table", "json");
+        Option<OutputFormat> output = global::Metering.Cli.OutputOption.Create();
+        output.Description = $"table (default: a summary and a table), json ({message} in the protobuf JSON mapping) or csv (the table's rows, RFC 4180 with a header row).";
         return output;
+    }
+
+    private static Rows KeyRows(IEnumerable<NodeKey> keys)
+    {
+        var rows = new Rows(("node", "nodeId"), ("version", "keyVersion"), ("fingerprint (SHA-256)", "keySha256"), ("device UUIDs", "deviceUuids"), ("state", "state"),
+            ("approved by", "approvedBy"), ("approved (Asia/Shanghai)", "approvedAt"));
+        foreach (NodeKey key in keys)
+        {
+            rows.Add(key.NodeId, Cell.Number(key.KeyVersion, key.KeyVersion.ToString(CultureInfo.InvariantCulture)), key.KeySha256, string.Join(" ", key.DeviceUuids),
+                key.Approved ? "approved" : "pending", key.ApprovedBy, key.Approved ? Cell.Instant(key.ApprovedUnixMs) : Cell.Data(null));
+        }
+
+        return rows;
+    }
+
+    private static Rows ChallengeRows(ChallengeSet set)
+    {
+        var rows = new Rows(("node", "nodeId"), ("model", "deviceModel"), ("devices", "deviceCount"), ("runs", "runsPerKernel"), ("work", "work"), Column.TableOnly("commit within (s)"),
+            Column.DataOnly("deadline"));
+        foreach (NodeChallenge challenge in set.Challenges)
+        {
+            rows.Add(challenge.NodeId, challenge.DeviceModel, Cell.Number(challenge.DeviceCount, challenge.DeviceCount.ToString(CultureInfo.InvariantCulture)),
+                Cell.Number(challenge.RunsPerKernel, challenge.RunsPerKernel.ToString(CultureInfo.InvariantCulture)), string.Join(", ", challenge.Work.Select(w => $"{w.Kernel} {w.Items}x{w.Iterations}")),
+                ((challenge.DeadlineUnixMs - set.IssuedUnixMs) / 1000.0).ToString("0.0", CultureInfo.InvariantCulture), Cell.Instant(challenge.DeadlineUnixMs));
+        }
+
+        return rows;
+    }
+
+    private static Rows SampleRows(FleetValidation validation)
+    {
+        var rows = new Rows(("node", "nodeId"), ("site", "site"), ("model", "deviceModel"), ("devices", "deviceCount"), ("outcome", "outcome"), Column.TableOnly("committed (s)"),
+            Column.DataOnly("elapsedMs"), ("attestation", "attestationId"), ("device results", "deviceResults"), Column.DataOnly("detail"));
+        foreach (SampledNode node in validation.Sample)
+        {
+            rows.Add(node.NodeId, node.Site, node.DeviceModel, Cell.Number(node.DeviceCount, node.DeviceCount.ToString(CultureInfo.InvariantCulture)), OutcomeNames.Of(node.Outcome),
+                node.CommittedUnixMs == 0 ? "" : (node.ElapsedMs / 1000.0).ToString("0.0", CultureInfo.InvariantCulture),
+                node.CommittedUnixMs == 0 ? Cell.Data(null) : Cell.Data(node.ElapsedMs),
+                node.AttestationId == 0 ? Cell.Data(null) : Cell.Number(node.AttestationId, node.AttestationId.ToString(CultureInfo.InvariantCulture)),
+                string.Join("; ", node.Devices.Select(d => $"{d.DeviceIndex} {OutcomeNames.Of(d.Outcome)}{(d.DeviceModel.Length == 0 ? "" : " " + d.DeviceModel)}")), node.Detail);
+        }
+
+        return rows;
     }
 
     private static string ReadPublicKey(FileInfo file)
@@ -348,11 +395,18 @@ internal static class CapacityCommand
         return pem;
     }
 
-    private static void Write(FleetValidation validation, string output)
+    private static void Write(FleetValidation validation, OutputFormat output)
     {
-        if (output == "json")
+        if (output == OutputFormat.Json)
         {
             Console.Write(Json(validation));
+            return;
+        }
+
+        if (output == OutputFormat.Csv)
+        {
+            // One row per sampled node; the validation's own figures are in its JSON.
+            SampleRows(validation).Write(output, Console.Out);
             return;
         }
 
@@ -383,16 +437,7 @@ internal static class CapacityCommand
             return;
         }
 
-        var table = new TextTable("node", "site", "model", "devices", "outcome", "committed (s)", "attestation", "device results");
-        foreach (SampledNode node in validation.Sample)
-        {
-            table.Add(node.NodeId, node.Site, node.DeviceModel, node.DeviceCount.ToString(CultureInfo.InvariantCulture), OutcomeNames.Of(node.Outcome),
-                node.CommittedUnixMs == 0 ? "" : (node.ElapsedMs / 1000.0).ToString("0.0", CultureInfo.InvariantCulture),
-                node.AttestationId == 0 ? "" : node.AttestationId.ToString(CultureInfo.InvariantCulture),
-                string.Join("; ", node.Devices.Select(d => $"{d.DeviceIndex} {OutcomeNames.Of(d.Outcome)}{(d.DeviceModel.Length == 0 ? "" : " " + d.DeviceModel)}")));
-        }
-
-        table.Write(Console.Out);
+        SampleRows(validation).WriteTable(Console.Out);
         foreach (SampledNode node in validation.Sample)
         {
             if (node.Detail.Length > 0)

@@ -120,20 +120,41 @@ internal static partial class CommonOptions
         return ServerSigningKey.Load(path);
     }
 
-    public static ILoggerFactory Logging(LogLevel minimum = LogLevel.Information) =>
-        LoggerFactory.Create(builder => ConsoleLines(builder).SetMinimumLevel(minimum));
+    /// <summary>
+    /// `--log-format text|json`, on every command that logs (serve, db migrate, demo): text for a
+    /// person at a terminal, json (one object a line) for a log collector.
+    /// </summary>
+    public static Option<string> LogFormat() => new Option<string>("--log-format")
+    {
+        Description = "How log lines are written: text (one line, the default) or json (one JSON object a line: Timestamp, EventId, LogLevel, Category, Message, State). Timestamps are ISO 8601 in UTC with the offset either way.",
+        DefaultValueFactory = _ => "text",
+    }.AcceptOnlyFromAmong("text", "json");
+
+    public static ILoggerFactory Logging(LogLevel minimum = LogLevel.Information, string format = "text") =>
+        LoggerFactory.Create(builder => ConsoleLines(builder, format).SetMinimumLevel(minimum));
 
     /// <summary>
     /// One line per message, stamped in ISO 8601 with its offset, in UTC, so that a line read on
-    /// another host or beside another program's log is never taken for local time.
+    /// another host or beside another program's log is never taken for local time; as text, or as
+    /// Microsoft.Extensions.Logging's JSON console formatter writes it.
     /// </summary>
-    public static ILoggingBuilder ConsoleLines(ILoggingBuilder builder) =>
-        builder.AddSimpleConsole(console =>
-        {
-            console.SingleLine = true;
-            console.UseUtcTimestamp = true;
-            console.TimestampFormat = "yyyy-MM-dd'T'HH:mm:ss.fffzzz ";
-        });
+    public static ILoggingBuilder ConsoleLines(ILoggingBuilder builder, string format = "text") =>
+        format == "json"
+            ? builder.AddJsonConsole(console =>
+            {
+                console.UseUtcTimestamp = true;
+                console.TimestampFormat = LogTimestampFormat;
+                console.JsonWriterOptions = new System.Text.Json.JsonWriterOptions { Indented = false };
+            })
+            : builder.AddSimpleConsole(console =>
+            {
+                console.SingleLine = true;
+                console.UseUtcTimestamp = true;
+                console.TimestampFormat = LogTimestampFormat + " ";
+            });
+
+    /// <summary>ISO 8601 to the millisecond with the offset (always +00:00: logs are in UTC).</summary>
+    private const string LogTimestampFormat = "yyyy-MM-dd'T'HH:mm:ss.fffzzz";
 
     /// <summary>
     /// Runs a command that opens the database itself (`key bootstrap`) against the database the

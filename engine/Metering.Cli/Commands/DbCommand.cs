@@ -13,6 +13,7 @@ internal static class DbCommand
         var connection = CommonOptions.Connection();
         var dataDirectory = CommonOptions.DataDirectory();
         var runtimeRole = CommonOptions.RuntimeRole();
+        var logFormat = CommonOptions.LogFormat();
         var sandbox = new Option<bool>("--sandbox")
         {
             Description = "Also mark the database a sandbox, to be served with `metering serve --clock simulated` whose clock operators move forward (sandbox.proto). "
@@ -25,10 +26,11 @@ internal static class DbCommand
             dataDirectory,
             runtimeRole,
             sandbox,
+            logFormat,
         };
         migrate.SetAction(async (parse, cancellationToken) =>
         {
-            using ILoggerFactory logging = CommonOptions.Logging();
+            using ILoggerFactory logging = CommonOptions.Logging(format: parse.GetValue(logFormat)!);
             ILogger logger = logging.CreateLogger("metering.db");
             var (connectionString, embedded) = await CommonOptions.ResolveDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, logger, cancellationToken);
             await using (embedded)

@@ -37,11 +37,13 @@ internal static class DemoCommand
         {
             Description = "The day to simulate (yyyy-MM-dd, Asia/Shanghai). Defaults to yesterday.",
         };
+        var logFormat = CommonOptions.LogFormat();
         var command = new Command("demo", "Run the main job on the embedded PostgreSQL: a provider streams a day of usage from three sites, one connection drops and resumes, and the chains are verified.")
         {
             dataDirectory,
             jobs,
             day,
+            logFormat,
         };
         command.SetAction(async (parse, cancellationToken) =>
         {
@@ -61,14 +63,14 @@ internal static class DemoCommand
                 return 2;
             }
 
-            return await RunAsync(parse.GetValue(dataDirectory)!, jobsPerInterval, simulated, parse.GetValue<bool>(CommonOptions.VerboseName) ? LogLevel.Information : LogLevel.Warning, cancellationToken);
+            return await RunAsync(parse.GetValue(dataDirectory)!, jobsPerInterval, simulated, parse.GetValue<bool>(CommonOptions.VerboseName) ? LogLevel.Information : LogLevel.Warning, parse.GetValue(logFormat)!, cancellationToken);
         });
         return command;
     }
 
-    private static async Task<int> RunAsync(string dataDirectory, int jobsPerInterval, DateOnly day, LogLevel logLevel, CancellationToken cancellationToken)
+    private static async Task<int> RunAsync(string dataDirectory, int jobsPerInterval, DateOnly day, LogLevel logLevel, string logFormat, CancellationToken cancellationToken)
     {
-        using ILoggerFactory logging = CommonOptions.Logging(logLevel);
+        using ILoggerFactory logging = CommonOptions.Logging(logLevel, logFormat);
         ILogger logger = logging.CreateLogger("metering.demo");
         var total = Stopwatch.StartNew();
 
@@ -88,7 +90,7 @@ internal static class DemoCommand
             ConnectionString = new NpgsqlConnectionStringBuilder(connectionString) { Username = SchemaGuard.DefaultRuntimeRole }.ConnectionString,
             SigningKey = signing,
             Time = clock,
-            ConfigureLogging = builder => builder.AddSimpleConsole(c => c.SingleLine = true).SetMinimumLevel(logLevel),
+            ConfigureLogging = builder => CommonOptions.ConsoleLines(builder, logFormat).SetMinimumLevel(logLevel),
         }, cancellationToken);
         Step($"gRPC server listening on {server.Address}");
 

@@ -93,24 +93,28 @@ internal static class KeyCommand
                 return 0;
             });
 
-        Command list = ClientCommand.Create("list", "List credentials through the server (never their keys).", [], async (parse, call, cancellationToken) =>
+        var output = OutputOption.Create();
+        Command list = ClientCommand.Create("list", "List credentials through the server (never their keys).", [output], async (parse, call, cancellationToken) =>
         {
-            var table = new TextTable("id", "role", "subject", "label", "issued", "by", "revoked", "client cert sha256");
+            var rows = new Rows(("id", "credentialId"), ("role", "role"), ("subject", "subject"), ("label", "label"), ("issued", "issuedAt"), ("by", "issuedBy"),
+                Column.TableOnly("revoked"), Column.DataOnly("revokedAt"), Column.DataOnly("revokedBy"), ("client cert sha256", "clientCertificateSha256"));
             long after = 0;
             do
             {
                 ListKeysResponse page = await Client(call).ListKeysAsync(new ListKeysRequest { AfterCredentialId = after, PageSize = ListPageSize }, call.Headers, cancellationToken: cancellationToken);
                 foreach (Credential c in page.Credentials)
                 {
-                    table.Add(c.CredentialId.ToString(CultureInfo.InvariantCulture), RoleName(c.Role), c.Subject, c.Label, Local(c.IssuedAtUnixMs), c.IssuedBy,
-                        c.RevokedAtUnixMs != 0 ? $"{Local(c.RevokedAtUnixMs)} by {c.RevokedBy}" : "", Convert.ToHexStringLower(c.ClientCertificateSha256.Span));
+                    bool revoked = c.RevokedAtUnixMs != 0;
+                    rows.Add(Cell.Number(c.CredentialId, c.CredentialId.ToString(CultureInfo.InvariantCulture)), RoleName(c.Role), c.Subject, c.Label, Cell.Instant(c.IssuedAtUnixMs), c.IssuedBy,
+                        revoked ? $"{Local(c.RevokedAtUnixMs)} by {c.RevokedBy}" : "", Cell.Instant(c.RevokedAtUnixMs), revoked ? c.RevokedBy : Cell.Data(null),
+                        Convert.ToHexStringLower(c.ClientCertificateSha256.Span));
                 }
 
                 after = page.NextAfterCredentialId;
             }
             while (after != 0);
 
-            table.Write(Console.Out);
+            rows.Write(parse.GetValue(output), Console.Out);
             return 0;
         });
 

@@ -169,27 +169,32 @@ internal static class RegistryOutput
         ]);
     }
 
-    public static void WriteApplications(IReadOnlyList<Application> applications)
+    public static void WriteApplications(IReadOnlyList<Application> applications, OutputFormat format)
     {
-        if (applications.Count == 0)
+        if (applications.Count == 0 && format == OutputFormat.Table)
         {
             Console.WriteLine(Labels.Of("No applications."));
             return;
         }
 
-        Table(applications).Write(Console.Out);
+        ApplicationRows(applications).Write(format, Console.Out);
     }
 
-    private static TextTable Table(IEnumerable<Application> applications)
+    private static TextTable Table(IEnumerable<Application> applications) => ApplicationRows(applications).ToTable();
+
+    /// <summary>Applications as rows; the data carries capacity as the integer GFLOPS on record, not the PFLOPS shown.</summary>
+    private static Rows ApplicationRows(IEnumerable<Application> applications)
     {
-        var table = new TextTable("id", "applicant", "batch", "service item", "state", "filed", "declared PFLOPS", "verified PFLOPS", "notice");
+        var rows = new Rows(("id", "applicationId"), ("applicant", "creditCode"), ("batch", "batchId"), ("service item", "serviceItem"), ("state", "state"), ("filed", "filedAt"),
+            ("declared PFLOPS", "declaredFp16Gflops"), ("verified PFLOPS", "verifiedFp16Gflops"), ("notice", "noticeNumber"));
         foreach (Application a in applications)
         {
-            table.Add(Count(a.ApplicationId), a.CreditCode, a.BatchId, a.ServiceItem, Name(a.State), Local(a.FiledUnixMs), Pflops(a.DeclaredFp16Gflops),
-                a.VerifiedFp16Gflops == 0 ? "" : Pflops(a.VerifiedFp16Gflops), a.NoticeNumber);
+            rows.Add(Cell.Number(a.ApplicationId, Count(a.ApplicationId)), a.CreditCode, a.BatchId, a.ServiceItem, Name(a.State), Cell.Instant(a.FiledUnixMs) with { Text = Local(a.FiledUnixMs) },
+                Cell.Number(a.DeclaredFp16Gflops, Pflops(a.DeclaredFp16Gflops)),
+                a.VerifiedFp16Gflops == 0 ? Cell.Data(null) : Cell.Number(a.VerifiedFp16Gflops, Pflops(a.VerifiedFp16Gflops)), a.NoticeNumber);
         }
 
-        return table;
+        return rows;
     }
 
     private static List<(string Label, string Value)> Summary(Application a) =>

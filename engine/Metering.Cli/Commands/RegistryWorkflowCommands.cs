@@ -331,11 +331,13 @@ internal static class RegistryWorkflowCommands
         var code = RegistryInput.CreditCode("Only this organisation's applications.", required: false);
         var state = RegistryInput.State();
         var limit = RegistryInput.Limit("applications");
-        var command = RegistryInput.Subcommand("applications", "List applications, newest first.", code, state, limit);
+        var output = OutputOption.Create();
+        var command = RegistryInput.Subcommand("applications", "List applications, newest first.", code, state, limit, output);
         RegistryInput.SetAction(command, parse =>
         {
             var request = new ListApplicationsRequest { CreditCode = parse.GetValue(code)!, State = parse.GetValue(state), Limit = (uint)parse.GetValue(limit) };
-            return async call => RegistryOutput.WriteApplications((await call.Registry.ListApplicationsAsync(request, call.Options)).Applications);
+            OutputFormat format = parse.GetValue(output);
+            return async call => RegistryOutput.WriteApplications((await call.Registry.ListApplicationsAsync(request, call.Options)).Applications, format);
         });
         return command;
     }

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Security.Cryptography.X509Certificates;
+using Metering.Cli.Configuration;
 using Metering.Engine.Storage;
 using Metering.Engine.Access;
 using Metering.Engine.Sandbox;
@@ -61,6 +62,7 @@ internal static partial class ServeCommand
             Description = "The least severe messages logged: Trace, Debug, Information, Warning, Error, Critical or None. Below Information, ASP.NET Core's own messages are logged too.",
             DefaultValueFactory = _ => LogLevel.Information,
         };
+        var logFormat = CommonOptions.LogFormat();
         var metricsListen = new Option<Uri?>("--metrics-listen")
         {
             Description = "Serve Prometheus metrics at http://IP:PORT/metrics, on a port of its own (for example http://127.0.0.1:9464); off unless given. "
@@ -82,23 +84,20 @@ internal static partial class ServeCommand
             DefaultValueFactory = _ => Configured("OTEL_EXPORTER_OTLP_PROTOCOL") ?? "grpc",
         };
         otlpProtocol.AcceptOnlyFromAmong("grpc", "http/protobuf");
-        var limitOptions = LimitOptions.Select(l => (l.Env, l.Apply, Option: new Option<int?>(l.Name) { Description = $"{l.Description} Default {l.Default(new CallLimits())}, or ${l.Env}." })).ToList();
+        var namedLimits = MeteringSettings.CreateNamedOptions();
+        var configFile = MeteringSettings.ConfigFileOption();
+        var sets = MeteringSettings.SetOption();
         var command = new Command("serve", "Run the gRPC server against PostgreSQL: AccessService, IngestService, RawLogService, RegistryService, CapacityService, VoucherService, SettlementService, AuditService, TransparencyService, PublicationService and SandboxService (whose clock moves only on a server run with --clock simulated). Callers authenticate with keys from `metering key issue`; "
             + "PublicationService, grpc.health.v1.Health (SERVING while the database answers at the schema version this engine needs) and server reflection answer without one.")
         {
-            listen, tlsCertificate, tlsKey, tlsPassword, insecure, migrate, connection, dataDirectory, signingKey, runtimeRole, clock, allowPrivileged, reflection, logLevel,
-            metricsListen, metricsPublic, otlpEndpoint, otlpProtocol,
+            listen, tlsCertificate, tlsKey, tlsPassword, insecure, migrate, connection, dataDirectory, signingKey, runtimeRole, clock, allowPrivileged, reflection, logLevel, logFormat,
+            metricsListen, metricsPublic, otlpEndpoint, otlpProtocol, configFile, sets,
         };
-        foreach (var limit in limitOptions)
+        foreach (var limit in namedLimits)
         {
             command.Options.Add(limit.Option);
         }
 
-        var recheck = new Option<int?>("--credential-recheck-ms")
-        {
-            Description = $"How often an open stream looks its key up again, in ms (0 to {CredentialRecheckPolicy.IntervalMax.TotalMilliseconds:0}). Default {CredentialRecheckPolicy.Default.Interval.TotalMilliseconds:0}, or $METERING_CREDENTIAL_RECHECK_MS.",
-        };
-        command.Options.Add(recheck);
         command.SetAction(async (parse, cancellationToken) =>
         {
             if (parse.GetValue(clock) is not ("system" or "simulated"))
@@ -109,27 +108,12 @@ internal static partial class ServeCommand
             }
 
             // Limits are checked before anything starts, so that a wrong one costs nothing.
-            CallLimits callLimits = new();
-            CredentialRecheckPolicy recheckPolicy = CredentialRecheckPolicy.Default;
+            MeteringSettings settings;
             try
             {
-                foreach (var limit in limitOptions)
-                {
-                    if (Pick(parse.GetValue(limit.Option), limit.Env) is int value)
-                    {
-                        callLimits = limit.Apply(callLimits, value);
-                    }
-                }
-
-                if (Pick(parse.GetValue(recheck), "METERING_CREDENTIAL_RECHECK_MS") is int recheckMs)
-                {
-                    recheckPolicy = new CredentialRecheckPolicy(TimeSpan.FromMilliseconds(recheckMs));
-                }
-
-                callLimits.Validate();
-                recheckPolicy.Validate();
+                settings = MeteringSettings.Load(parse.GetValue(configFile), parse.GetValue(sets) ?? [], MeteringSettings.Given(parse, namedLimits));
             }
-            catch (ArgumentException e)
+            catch (SettingsException e)
             {
                 Console.Error.WriteLine($"error: {e.Message}");
                 return 2;
@@ -157,7 +141,8 @@ internal static partial class ServeCommand
             }
 
             LogLevel level = parse.GetValue(logLevel);
-            using ILoggerFactory logging = CommonOptions.Logging(level);
+            string format = parse.GetValue(logFormat)!;
+            using ILoggerFactory logging = CommonOptions.Logging(level, format);
             ILogger logger = logging.CreateLogger("metering.serve");
             Uri address = parse.GetValue(listen)!;
             string? certificatePath = parse.GetValue(tlsCertificate)?.FullName ?? Configured("METERING_TLS_CERT");
@@ -253,12 +238,14 @@ internal static partial class ServeCommand
                     ConnectionString = servingConnection,
                     SigningKey = signing,
                     AllowPrivilegedRole = parse.GetValue(allowPrivileged),
-                    CallLimits = callLimits,
-                    CredentialRecheck = recheckPolicy,
+                    Limits = settings.Ingest,
+                    CallLimits = settings.Access,
+                    CredentialRecheck = settings.CredentialRecheck,
+                    Capacity = settings.Capacity,
                     Time = parse.GetValue(clock) == "simulated" ? new SimulatedClock(0) : TimeProvider.System,
                     Reflection = parse.GetValue(reflection),
                     Telemetry = telemetry,
-                    ConfigureLogging = builder => CommonOptions.ConsoleLines(builder)
+                    ConfigureLogging = builder => CommonOptions.ConsoleLines(builder, format)
                         .SetMinimumLevel(level)
                         // One line per request is noise at this volume; the services log what
                         // matters. Asked for below Information, it is what was asked for.
@@ -327,36 +314,6 @@ internal static partial class ServeCommand
             Console.Error.WriteLine($"error: {refused.Message}");
             return null;
         }
-    }
-
-    /// <summary>Each per-caller limit as a `serve` option and an environment variable (proto/metering/v1/limits.md).</summary>
-    private static readonly (string Name, string Env, string Description, Func<CallLimits, int> Default, Func<CallLimits, int, CallLimits> Apply)[] LimitOptions =
-    [
-        ("--streams-per-key", "METERING_STREAMS_PER_KEY_MAX", "Ingest streams one caller holds open at once.", l => l.StreamsPerKeyMax, (l, v) => l with { StreamsPerKeyMax = v }),
-        ("--stream-ids-per-day", "METERING_STREAM_IDS_PER_DAY_MAX", "Distinct stream ids one caller opens per day (Asia/Shanghai).", l => l.StreamIdsPerDayMax, (l, v) => l with { StreamIdsPerDayMax = v }),
-        ("--stream-opens-per-minute", "METERING_STREAM_OPENS_PER_MINUTE_MAX", "Stream opens one caller makes per minute.", l => l.StreamOpensPerMinuteMax, (l, v) => l with { StreamOpensPerMinuteMax = v }),
-        ("--audit-calls-in-flight", "METERING_AUDIT_CALLS_IN_FLIGHT_MAX", "Audit calls one caller has running at once.", l => l.AuditCallsInFlightMax, (l, v) => l with { AuditCallsInFlightMax = v }),
-        ("--unknown-keys-per-peer-per-minute", "METERING_UNKNOWN_KEYS_PER_PEER_PER_MINUTE_MAX", "Look-ups of keys not seen valid lately, per client IP per minute.", l => l.UnknownKeysPerPeerPerMinuteMax, (l, v) => l with { UnknownKeysPerPeerPerMinuteMax = v }),
-        ("--auth-cache-ms", "METERING_AUTH_CACHE_MS", "How long a key look-up is reused, in ms (0 turns the cache off).", l => l.AuthenticationCacheMs, (l, v) => l with { AuthenticationCacheMs = v }),
-    ];
-
-    /// <summary>The option's value, else the environment variable's, else null (the default).</summary>
-    private static int? Pick(int? option, string env)
-    {
-        if (option is int value)
-        {
-            return value;
-        }
-
-        string? text = Environment.GetEnvironmentVariable(env);
-        if (string.IsNullOrWhiteSpace(text))
-        {
-            return null;
-        }
-
-        return int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int parsed)
-            ? parsed
-            : throw new ArgumentException($"${env} is '{text}', not a whole number");
     }
 
     [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "Serving gRPC on {Address}; {Keys} credential(s) are active; receipts are signed with key {KeyId}. Ctrl+C stops.")]

@@ -5,6 +5,7 @@ using System.Text;
 using Google.Rpc;
 using Grpc.Core;
 using Metering.Engine.Settlement;
+using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
 using Metering.Protocol.V1;
 using Metering.Server;
@@ -60,54 +61,22 @@ internal static class SettleCommand
         {
             day, empty, output,
         };
+        var resultOutput = OutputOption.Create();
+        settle.Options.Add(resultOutput);
         ClientCommand.SetAction(settle, async (parse, call, ct) =>
         {
-            var client = new SettlementService.SettlementServiceClient(call.Channel);
-            bool allowEmpty = parse.GetValue(empty);
-            string? folder = parse.GetValue(output);
             if (parse.GetValue(day) is { } given)
             {
                 VoucherCommand.ParseDate(day.Name, given);
-                return await SettleOneAsync(client, call.Headers, given, allowEmpty, folder, ct);
             }
 
-            // Catch up: every day after the last closed one through yesterday, oldest first.
-            int settledDays = 0;
-            while (true)
-            {
-                ListPendingDaysResponse pending = await client.ListPendingDaysAsync(new ListPendingDaysRequest(), call.Headers, cancellationToken: ct);
-                if (pending.Days.Count == 0)
-                {
-                    if (settledDays == 0)
-                    {
-                        Console.WriteLine(Labels.Of("Nothing to settle: every day through yesterday (Asia/Shanghai) is closed."));
-                        return NothingToSettleExitCode;
-                    }
-
-                    Console.WriteLine(Labels.Format("Settled {0} day(s); every day through yesterday (Asia/Shanghai) is closed.", settledDays));
-                    return 0;
-                }
-
-                foreach (Protocol.V1.PendingDay next in pending.Days)
-                {
-                    if (next.Records == 0 && !allowEmpty)
-                    {
-                        Console.Error.WriteLine($"error: {next.Day} has no usage records. A closed day is never settled again (records that arrive later become adjustments of a later day); "
-                            + $"if the platforms were idle, settle it with `metering settle --day {next.Day} --allow-empty` (or the whole backlog with --allow-empty). Settled {settledDays} day(s) before it.");
-                        // The server would refuse the day with DAY_EMPTY; said here first, with the way out.
-                        return ExitCodes.Refused;
-                    }
-
-                    Console.Error.WriteLine($"== {next.Day}: {next.Records:N0} record(s)");
-                    int exit = await SettleOneAsync(client, call.Headers, next.Day, allowEmpty, folder, ct);
-                    if (exit != 0)
-                    {
-                        return exit;
-                    }
-
-                    settledDays++;
-                }
-            }
+            // For programs, one row per day settled, printed once at the end (also after a failure,
+            // for the days closed before it); the words around them go to standard error then.
+            OutputFormat format = parse.GetValue(resultOutput);
+            Rows? results = format == OutputFormat.Table ? null : ResultRows();
+            int exit = await SettleAsync(new SettlementService.SettlementServiceClient(call.Channel), call.Headers, parse.GetValue(day), parse.GetValue(empty), parse.GetValue(output), results, ct);
+            results?.Write(format, Console.Out);
+            return exit;
         });
 
         var showDay = new Option<string>("--day") { Description = "The closed day.", Required = true };
@@ -138,18 +107,22 @@ internal static class SettleCommand
                 return 0;
             });
 
-        Command list = ClientCommand.Create("list", "List closed days, newest first (at most 1,000), with their settlement hashes.", [], async (parse, call, ct) =>
+        var listOutput = OutputOption.Create();
+        Command list = ClientCommand.Create("list", "List closed days, newest first (at most 1,000), with their settlement hashes.", [listOutput], async (parse, call, ct) =>
         {
             ListSettlementsResponse listed = await new SettlementService.SettlementServiceClient(call.Channel)
                 .ListSettlementsAsync(new ListSettlementsRequest { Limit = VoucherBook.ListLimitMax }, call.Headers, cancellationToken: ct);
-            var table = new TextTable("day", "records", "late records", "fees CNY", "subsidies CNY", "settled by", "finished", "settlement sha256");
+            var rows = new Rows(("day", "day"), ("records", "dayRecords"), ("late records", "lateRecords"), ("fees CNY", "feeFen"), ("subsidies CNY", "subsidyFen"), ("settled by", "settledBy"),
+                ("finished", "finishedAt"), ("settlement sha256", "settlementSha256"));
             foreach (Protocol.V1.Settlement s in listed.Settlements)
             {
-                table.Add(s.Day, N(s.DayRecords), N(s.AdjustmentRecords), Pricing.Yuan(s.FeeFen), Pricing.Yuan(s.SubsidyFen), s.SettledBy,
-                    DateTimeOffset.FromUnixTimeMilliseconds(s.FinishedUnixMs).ToOffset(TimeSpan.FromHours(8)).ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture), s.SettlementSha256);
+                DateTimeOffset finished = DateTimeOffset.FromUnixTimeMilliseconds(s.FinishedUnixMs);
+                rows.Add(s.Day, Cell.Number(s.DayRecords, N(s.DayRecords)), Cell.Number(s.AdjustmentRecords, N(s.AdjustmentRecords)), Cell.Fen(s.FeeFen, Pricing.Yuan(s.FeeFen)),
+                    Cell.Fen(s.SubsidyFen, Pricing.Yuan(s.SubsidyFen)), s.SettledBy,
+                    Cell.Instant(finished, finished.ToOffset(ShanghaiTime.Offset).ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture)), s.SettlementSha256);
             }
 
-            table.Write(Console.Out);
+            rows.Write(parse.GetValue(listOutput), Console.Out);
             return 0;
         });
 
@@ -158,6 +131,59 @@ internal static class SettleCommand
         settle.Subcommands.Add(HolderStatementCommand.Create());
         return settle;
     }
+
+    /// <summary>Settles <paramref name="given"/>, or every open day through yesterday, oldest first.</summary>
+    private static async Task<int> SettleAsync(SettlementService.SettlementServiceClient client, Metadata headers, string? given, bool allowEmpty, string? folder, Rows? results,
+        CancellationToken ct)
+    {
+        TextWriter words = results is null ? Console.Out : Console.Error;
+        if (given is not null)
+        {
+            return await SettleOneAsync(client, headers, given, allowEmpty, folder, results, ct);
+        }
+
+        // Catch up: every day after the last closed one through yesterday, oldest first.
+        int settledDays = 0;
+        while (true)
+        {
+            ListPendingDaysResponse pending = await client.ListPendingDaysAsync(new ListPendingDaysRequest(), headers, cancellationToken: ct);
+            if (pending.Days.Count == 0)
+            {
+                if (settledDays == 0)
+                {
+                    words.WriteLine(Labels.Of("Nothing to settle: every day through yesterday (Asia/Shanghai) is closed."));
+                    return NothingToSettleExitCode;
+                }
+
+                words.WriteLine(Labels.Format("Settled {0} day(s); every day through yesterday (Asia/Shanghai) is closed.", settledDays));
+                return 0;
+            }
+
+            foreach (Protocol.V1.PendingDay next in pending.Days)
+            {
+                if (next.Records == 0 && !allowEmpty)
+                {
+                    Console.Error.WriteLine($"error: {next.Day} has no usage records. A closed day is never settled again (records that arrive later become adjustments of a later day); "
+                        + $"if the platforms were idle, settle it with `metering settle --day {next.Day} --allow-empty` (or the whole backlog with --allow-empty). Settled {settledDays} day(s) before it.");
+                    // The server would refuse the day with DAY_EMPTY; said here first, with the way out.
+                    return ExitCodes.Refused;
+                }
+
+                Console.Error.WriteLine($"== {next.Day}: {next.Records:N0} record(s)");
+                int exit = await SettleOneAsync(client, headers, next.Day, allowEmpty, folder, results, ct);
+                if (exit != 0)
+                {
+                    return exit;
+                }
+
+                settledDays++;
+            }
+        }
+    }
+
+    /// <summary>The rows `settle --output json|csv` prints: one per day the run closed or found closed.</summary>
+    private static Rows ResultRows() => new(("day", "day"), ("already closed", "alreadyClosed"), ("day records", "dayRecords"), ("usage nPFh", "usageNpfh"), ("late records", "lateRecords"),
+        ("fees CNY", "feeFen"), ("subsidies posted CNY", "subsidyFen"), ("statements", "statements"), ("settlement sha256", "settlementSha256"), ("statements written to", "writtenTo"));
 
     /// <summary>One statement in the four forms written to disk; the CSV as the bytes that were hashed.</summary>
     private sealed record StatementFiles(StatementSummary Summary, string Name, byte[] Csv, string Json, string Text, string Html);
@@ -276,7 +302,8 @@ internal static class SettleCommand
 
     /// <summary>The option's day, checked here so that a typo exits with 2 before any call.</summary>
     /// <summary>Settles one day with progress on standard error, prints its summary and writes its statements to <paramref name="folder"/>.</summary>
-    private static async Task<int> SettleOneAsync(SettlementService.SettlementServiceClient client, Metadata headers, string settledDay, bool allowEmpty, string? folder, CancellationToken ct)
+    private static async Task<int> SettleOneAsync(SettlementService.SettlementServiceClient client, Metadata headers, string settledDay, bool allowEmpty, string? folder, Rows? results,
+        CancellationToken ct)
     {
         Protocol.V1.Settlement? settled = null;
         try
@@ -306,21 +333,33 @@ internal static class SettleCommand
             return ExitCodes.Unexpected;
         }
 
-        WriteSummary(settled);
-        if (folder is null)
+        if (results is null)
         {
-            return 0;
+            WriteSummary(settled);
         }
 
-        List<StatementFiles> files = await FetchAsync(client, headers, settled, ct);
-        if (Mismatch(settled, files) is { } problem)
+        string? written = null;
+        int exit = 0;
+        if (folder is not null)
         {
-            Console.Error.WriteLine($"FAILED: {problem}; nothing was written to {folder}");
-            return ExitCodes.EvidenceFailed;
+            List<StatementFiles> files = await FetchAsync(client, headers, settled, ct);
+            if (Mismatch(settled, files) is { } problem)
+            {
+                Console.Error.WriteLine($"FAILED: {problem}; nothing was written to {folder}");
+                exit = ExitCodes.EvidenceFailed;
+            }
+            else
+            {
+                written = await WriteFilesAsync(settled, files, folder, ct);
+                (results is null ? Console.Out : Console.Error).WriteLine(Labels.Format("Statements written to {0}", written));
+            }
         }
 
-        Console.WriteLine(Labels.Format("Statements written to {0}", await WriteFilesAsync(settled, files, folder, ct)));
-        return 0;
+        results?.Add(settled.Day, Cell.Flag(settled.AlreadyClosed, settled.AlreadyClosed ? "yes" : "no"), Cell.Number(settled.DayRecords, N(settled.DayRecords)),
+            Cell.Number(settled.DayUsageNpfh, N(settled.DayUsageNpfh)), Cell.Number(settled.AdjustmentRecords, N(settled.AdjustmentRecords)), Cell.Fen(settled.FeeFen, Pricing.Yuan(settled.FeeFen)),
+            Cell.Fen(settled.SubsidyFen, Pricing.Yuan(settled.SubsidyFen)), Cell.Number(settled.Statements.Count, N(settled.Statements.Count)), settled.SettlementSha256,
+            written is null ? Cell.Data(null) : written);
+        return exit;
     }
 
     private static string Day(ParseResult parse, Option<string> option)

@@ -93,17 +93,18 @@ internal static class VoucherCommand
                 Console.WriteLine($"{holder.CreditCode} ({holder.Name}) has left the holder role: it records no new contract, and may apply as a provider.");
             });
 
-        Command list = Client("list", "List holders and applicants.", [], async (parse, vouchers, headers, ct) =>
+        var listOutput = OutputOption.Create();
+        Command list = Client("list", "List holders and applicants.", [listOutput], async (parse, vouchers, headers, ct) =>
         {
             ListHoldersResponse listed = await vouchers.ListHoldersAsync(new ListHoldersRequest { Limit = VoucherBook.ListLimitMax }, headers, cancellationToken: ct);
-            var table = new TextTable("code", "name", "type", "district", "established", "status");
+            var rows = new Rows(("code", "creditCode"), ("name", "name"), ("type", "type"), ("district", "district"), ("established", "establishedOn"), ("status", "status"));
             foreach (Holder h in listed.Holders)
             {
                 // Rows the registry wrote before the voucher book owned the table carry no type.
-                table.Add(h.CreditCode, h.Name, h.Type == HolderType.Unspecified ? "" : VoucherNames.Of((EngineHolderType)h.Type), h.District, h.EstablishedOn, Status(h.Status));
+                rows.Add(h.CreditCode, h.Name, h.Type == HolderType.Unspecified ? "" : VoucherNames.Of((EngineHolderType)h.Type), h.District, h.EstablishedOn, Status(h.Status));
             }
 
-            table.Write(Console.Out);
+            rows.Write(parse.GetValue(listOutput), Console.Out);
         });
 
         var showCode = new Argument<string>("code") { Description = "The holder's credit code." };
@@ -112,9 +113,9 @@ internal static class VoucherCommand
             Holder holder = await vouchers.GetHolderAsync(new GetHolderRequest { CreditCode = parse.GetValue(showCode)! }, headers, cancellationToken: ct);
             Console.WriteLine(Labels.Format("{0}  {1}  ({2}, established {3}, {4})", holder.CreditCode, holder.Name, holder.District, holder.EstablishedOn, Status(holder.Status)));
             Console.WriteLine();
-            WriteContracts(holder.Contracts);
+            ContractRows(holder.Contracts).WriteTable(Console.Out);
             Console.WriteLine();
-            WriteVouchers(holder.Vouchers);
+            VoucherRows(holder.Vouchers).WriteTable(Console.Out);
         });
 
         return new Command("holder", "Voucher holders: register, approve, leave, list, show.") { register, approve, leave, list, show };
@@ -154,18 +155,23 @@ internal static class VoucherCommand
             });
 
         var listYear = new Option<int>("--year") { Description = "Only this year; all years when left out." };
-        Command list = Client("list", "List every version of the programme parameters.", [listYear], async (parse, vouchers, headers, ct) =>
+        var listOutput = OutputOption.Create();
+        Command list = Client("list", "List every version of the programme parameters.", [listYear, listOutput], async (parse, vouchers, headers, ct) =>
         {
             uint onlyYear = parse.GetResult(listYear) is null ? 0 : Positive(parse, listYear);
             ListProgrammeParametersResponse listed = await vouchers.ListProgrammeParametersAsync(new ListProgrammeParametersRequest { ProgrammeYear = onlyYear }, headers, cancellationToken: ct);
-            var table = new TextTable("year", "version", "effective from", "ratio", "start-up", "annual cap CNY", "stacking", "min rental CNY", "payee", "hold days");
+            var rows = new Rows(("year", "programmeYear"), ("version", "version"), ("effective from", "effectiveFrom"), ("ratio", "supportRatioBp"), ("start-up", "startupRatioBp"),
+                ("annual cap CNY", "annualCapFen"), ("stacking", "stackingCapBp"), ("min rental CNY", "minAnnualRentalFen"), ("payee", "payeeMode"), ("hold days", "holdDays"));
             foreach (ProgrammeParameters p in listed.Parameters)
             {
-                table.Add(p.ProgrammeYear.ToString(CultureInfo.InvariantCulture), N(p.Version), Local(p.EffectiveFromUnixMs), Percent(p.SupportRatioBp), Percent(p.StartupRatioBp), Pricing.Yuan(p.AnnualCapFen),
-                    Percent(p.StackingCapBp), Pricing.Yuan(p.MinAnnualRentalFen), p.PayeeMode == PayeeMode.ProviderDeduction ? "provider_deduction" : "holder_reimbursement", N(p.HoldDays));
+                rows.Add(Cell.Number(p.ProgrammeYear, p.ProgrammeYear.ToString(CultureInfo.InvariantCulture)), Cell.Number(p.Version, N(p.Version)),
+                    Cell.Instant(p.EffectiveFromUnixMs) with { Text = Local(p.EffectiveFromUnixMs) },
+                    Cell.Number(p.SupportRatioBp, Percent(p.SupportRatioBp)), Cell.Number(p.StartupRatioBp, Percent(p.StartupRatioBp)), Cell.Fen(p.AnnualCapFen, Pricing.Yuan(p.AnnualCapFen)),
+                    Cell.Number(p.StackingCapBp, Percent(p.StackingCapBp)), Cell.Fen(p.MinAnnualRentalFen, Pricing.Yuan(p.MinAnnualRentalFen)),
+                    p.PayeeMode == PayeeMode.ProviderDeduction ? "provider_deduction" : "holder_reimbursement", Cell.Number(p.HoldDays, N(p.HoldDays)));
             }
 
-            table.Write(Console.Out);
+            rows.Write(parse.GetValue(listOutput), Console.Out);
         });
 
         return new Command("params", "Programme-year parameters: ratios, caps, minimum rental, payee mode; versioned.") { set, list };
@@ -206,12 +212,13 @@ internal static class VoucherCommand
                     NonRelatedParty = true,
                     DeclarationRef = parse.GetValue(declaration)!,
                 };
-                WriteContracts([await vouchers.RecordContractAsync(new RecordContractRequest { Contract = contract }, headers, cancellationToken: ct)]);
+                ContractRows([await vouchers.RecordContractAsync(new RecordContractRequest { Contract = contract }, headers, cancellationToken: ct)]).WriteTable(Console.Out);
             });
 
         var showId = new Argument<long>("contract-id") { Description = "The contract's id." };
-        Command show = Client("show", "Show a contract and the support recorded against it.", [showId], async (parse, vouchers, headers, ct) =>
-            WriteContracts([await vouchers.GetContractAsync(new GetContractRequest { ContractId = Id(parse, showId) }, headers, cancellationToken: ct)]));
+        var showOutput = OutputOption.Create();
+        Command show = Client("show", "Show a contract and the support recorded against it.", [showId, showOutput], async (parse, vouchers, headers, ct) =>
+            ContractRows([await vouchers.GetContractAsync(new GetContractRequest { ContractId = Id(parse, showId) }, headers, cancellationToken: ct)]).WriteOne(parse.GetValue(showOutput), Console.Out));
 
         var contractId = new Option<long>("--contract") { Description = "The contract's id.", Required = true };
         var source = new Option<string>("--source") { Description = "Which programme or fund gave it.", Required = true };
@@ -220,7 +227,7 @@ internal static class VoucherCommand
             [contractId, source, supportFen], async (parse, vouchers, headers, ct) =>
             {
                 var request = new RecordOtherSupportRequest { ContractId = Id(parse, contractId), Source = parse.GetValue(source)!, AmountFen = Positive(parse, supportFen) };
-                WriteContracts([await vouchers.RecordOtherSupportAsync(request, headers, cancellationToken: ct)]);
+                ContractRows([await vouchers.RecordOtherSupportAsync(request, headers, cancellationToken: ct)]).WriteTable(Console.Out);
             });
 
         return new Command("contract", "Service contracts between holders and admitted providers: add, show, support.") { add, show, support };
@@ -245,15 +252,16 @@ internal static class VoucherCommand
                 ValidFrom = parse.GetValue(from) is { Length: > 0 } ? Date(parse, from) : "",
                 ValidUntil = parse.GetValue(until) is { Length: > 0 } ? Date(parse, until) : "",
             };
-            WriteVouchers([await vouchers.IssueVoucherAsync(request, headers, cancellationToken: ct)]);
+            VoucherRows([await vouchers.IssueVoucherAsync(request, headers, cancellationToken: ct)]).WriteTable(Console.Out);
         });
     }
 
     private static Command ShowVoucherCommand()
     {
         var id = new Argument<long>("voucher-id") { Description = "The voucher's id." };
-        return Client("show", "Show a voucher: face value, held, posted and remaining.", [id], async (parse, vouchers, headers, ct) =>
-            WriteVouchers([await vouchers.GetVoucherAsync(new GetVoucherRequest { VoucherId = Id(parse, id) }, headers, cancellationToken: ct)]));
+        var output = OutputOption.Create();
+        return Client("show", "Show a voucher: face value, held, posted and remaining.", [id, output], async (parse, vouchers, headers, ct) =>
+            VoucherRows([await vouchers.GetVoucherAsync(new GetVoucherRequest { VoucherId = Id(parse, id) }, headers, cancellationToken: ct)]).WriteOne(parse.GetValue(output), Console.Out));
     }
 
     // ---------------------------------------------------------------- claims
@@ -323,17 +331,20 @@ internal static class VoucherCommand
             WriteClaim(await vouchers.GetClaimAsync(new GetClaimRequest { ClaimId = Id(parse, showId) }, headers, cancellationToken: ct)));
 
         var listContract = new Option<long?>("--contract") { Description = "Only this contract's claims." };
-        Command list = Client("list", "List claims, newest first (at most 1,000).", [listContract], async (parse, vouchers, headers, ct) =>
+        var listOutput = OutputOption.Create();
+        Command list = Client("list", "List claims, newest first (at most 1,000).", [listContract, listOutput], async (parse, vouchers, headers, ct) =>
         {
             long only = parse.GetValue(listContract) is { } id ? (id > 0 ? id : throw new UsageException($"--contract must be a contract's id (1 or more), not {id}")) : 0;
             ListClaimsResponse listed = await vouchers.ListClaimsAsync(new ListClaimsRequest { ContractId = only, Limit = VoucherBook.ListLimitMax }, headers, cancellationToken: ct);
-            var table = new TextTable("claim", "contract", "voucher", "holder", "records", "eligible CNY", "subsidy CNY", "limited by", "hold");
+            var rows = new Rows(("claim", "claimId"), ("contract", "contractId"), ("voucher", "voucherId"), ("holder", "holderCode"), ("records", "records"),
+                ("eligible CNY", "eligibleFeeFen"), ("subsidy CNY", "subsidyFen"), ("limited by", "limitedBy"), ("hold", "hold"));
             foreach (Claim c in listed.Claims)
             {
-                table.Add(N(c.ClaimId), N(c.ContractId), N(c.VoucherId), c.HolderCode, N(c.Records), Pricing.Yuan(c.EligibleFeeFen), Pricing.Yuan(c.SubsidyFen), Limit(c.LimitedBy), Hold(c.HoldState));
+                rows.Add(Cell.Number(c.ClaimId, N(c.ClaimId)), Cell.Number(c.ContractId, N(c.ContractId)), Cell.Number(c.VoucherId, N(c.VoucherId)), c.HolderCode, Cell.Number(c.Records, N(c.Records)),
+                    Cell.Fen(c.EligibleFeeFen, Pricing.Yuan(c.EligibleFeeFen)), Cell.Fen(c.SubsidyFen, Pricing.Yuan(c.SubsidyFen)), Limit(c.LimitedBy), Hold(c.HoldState));
             }
 
-            table.Write(Console.Out);
+            rows.Write(parse.GetValue(listOutput), Console.Out);
         });
 
         return new Command("claim", "Redemption claims: file, void, show, list.") { file, @void, show, list };
@@ -369,17 +380,20 @@ internal static class VoucherCommand
             });
 
         var listPayee = new Option<string?>("--payee") { Description = "Only this payee's payouts." };
-        Command list = Client("list", "List payouts, newest first (at most 1,000), with each payee's outstanding payable.", [listPayee], async (parse, vouchers, headers, ct) =>
+        var listOutput = OutputOption.Create();
+        Command list = Client("list", "List payouts, newest first (at most 1,000), with each payee's outstanding payable.", [listPayee, listOutput], async (parse, vouchers, headers, ct) =>
         {
             ListPayoutsResponse listed = await vouchers.ListPayoutsAsync(new ListPayoutsRequest { PayeeCode = parse.GetValue(listPayee) ?? "", Limit = VoucherBook.ListLimitMax },
                 headers, cancellationToken: ct);
-            var table = new TextTable("payout", "payee", "paid on", "amount CNY", "bank reference", "recorded by", "payee still owed CNY");
+            var rows = new Rows(("payout", "payoutId"), ("payee", "payeeCode"), ("paid on", "paidOn"), ("amount CNY", "amountFen"), ("bank reference", "bankReference"),
+                ("recorded by", "recordedBy"), ("payee still owed CNY", "payableFen"));
             foreach (Payout p in listed.Payouts)
             {
-                table.Add(N(p.PayoutId), p.PayeeCode, p.PaidOn, Pricing.Yuan(p.AmountFen), p.BankReference, p.RecordedBy, Pricing.Yuan(p.PayableFen));
+                rows.Add(Cell.Number(p.PayoutId, N(p.PayoutId)), p.PayeeCode, p.PaidOn, Cell.Fen(p.AmountFen, Pricing.Yuan(p.AmountFen)), p.BankReference, p.RecordedBy,
+                    Cell.Fen(p.PayableFen, Pricing.Yuan(p.PayableFen)));
             }
 
-            table.Write(Console.Out);
+            rows.Write(parse.GetValue(listOutput), Console.Out);
         });
 
         return new Command("payout", "Payouts to payees: record, list.") { record, list };
@@ -403,28 +417,33 @@ internal static class VoucherCommand
 
     // ---------------------------------------------------------------- output
 
-    private static void WriteContracts(IEnumerable<Contract> contracts)
+    private static Rows ContractRows(IEnumerable<Contract> contracts)
     {
-        var table = new TextTable("contract", "number", "holder", "provider", "item", "from", "to", "amount CNY", "unit", "fees v", "start-up", "other support CNY", "voucher support CNY");
+        var rows = new Rows(("contract", "contractId"), ("number", "contractNumber"), ("holder", "holderCode"), ("provider", "providerId"), ("item", "serviceItem"), ("from", "startsOn"),
+            ("to", "endsOn"), ("amount CNY", "amountFen"), ("unit", "feeUnit"), ("fees v", "feeScheduleVersion"), ("start-up", "startup"), ("other support CNY", "otherSupportFen"),
+            ("voucher support CNY", "voucherSupportFen"));
         foreach (Contract c in contracts)
         {
-            table.Add(N(c.ContractId), c.ContractNumber, c.HolderCode, c.ProviderId, c.ServiceItem, c.StartsOn, c.EndsOn, Pricing.Yuan(c.AmountFen), Spelling(c.FeeUnit), N(c.FeeScheduleVersion),
-                c.Startup ? "yes" : "no", Pricing.Yuan(c.OtherSupportFen), Pricing.Yuan(c.VoucherSupportFen));
+            rows.Add(Cell.Number(c.ContractId, N(c.ContractId)), c.ContractNumber, c.HolderCode, c.ProviderId, c.ServiceItem, c.StartsOn, c.EndsOn, Cell.Fen(c.AmountFen, Pricing.Yuan(c.AmountFen)),
+                Spelling(c.FeeUnit), Cell.Number(c.FeeScheduleVersion, N(c.FeeScheduleVersion)), Cell.Flag(c.Startup, c.Startup ? "yes" : "no"),
+                Cell.Fen(c.OtherSupportFen, Pricing.Yuan(c.OtherSupportFen)), Cell.Fen(c.VoucherSupportFen, Pricing.Yuan(c.VoucherSupportFen)));
         }
 
-        table.Write(Console.Out);
+        return rows;
     }
 
-    private static void WriteVouchers(IEnumerable<Voucher> vouchers)
+    private static Rows VoucherRows(IEnumerable<Voucher> vouchers)
     {
-        var table = new TextTable("voucher", "contract", "holder", "year", "valid from", "valid until", "face CNY", "held CNY", "posted CNY", "released CNY", "remaining CNY");
+        var rows = new Rows(("voucher", "voucherId"), ("contract", "contractId"), ("holder", "holderCode"), ("year", "programmeYear"), ("valid from", "validFrom"), ("valid until", "validUntil"),
+            ("face CNY", "faceValueFen"), ("held CNY", "heldFen"), ("posted CNY", "postedFen"), ("released CNY", "releasedFen"), ("remaining CNY", "remainingFen"));
         foreach (Voucher v in vouchers)
         {
-            table.Add(N(v.VoucherId), N(v.ContractId), v.HolderCode, v.ProgrammeYear.ToString(CultureInfo.InvariantCulture), v.ValidFrom, v.ValidUntil, Pricing.Yuan(v.FaceValueFen), Pricing.Yuan(v.HeldFen),
-                Pricing.Yuan(v.PostedFen), Pricing.Yuan(v.ReleasedFen), Pricing.Yuan(v.RemainingFen));
+            rows.Add(Cell.Number(v.VoucherId, N(v.VoucherId)), Cell.Number(v.ContractId, N(v.ContractId)), v.HolderCode, Cell.Number(v.ProgrammeYear, v.ProgrammeYear.ToString(CultureInfo.InvariantCulture)),
+                v.ValidFrom, v.ValidUntil, Cell.Fen(v.FaceValueFen, Pricing.Yuan(v.FaceValueFen)), Cell.Fen(v.HeldFen, Pricing.Yuan(v.HeldFen)), Cell.Fen(v.PostedFen, Pricing.Yuan(v.PostedFen)),
+                Cell.Fen(v.ReleasedFen, Pricing.Yuan(v.ReleasedFen)), Cell.Fen(v.RemainingFen, Pricing.Yuan(v.RemainingFen)));
         }
 
-        table.Write(Console.Out);
+        return rows;
     }
 
     private static void WriteClaim(Claim claim)

@@ -76,25 +76,29 @@ internal static class FleetConcurrency
         await connection.ExecuteAsync("SELECT pg_advisory_xact_lock(k) FROM unnest(@keys) AS k", new { keys }, transaction);
 
         // The sums are read under the locks, the batch's added here and written back whole: the
-        // locks order every writer of these rows, so nothing changes them in between. Each touched
-        // minute is looked up by its key (OFFSET 0 keeps the lookup from being turned into a join
-        // that scans all of the provider's minutes, which grow with every day metered).
+        // locks order every writer of these rows, so nothing changes them in between. The touched
+        // minutes of a model are read as a few ranges of the primary key (runs of minutes with
+        // short gaps), each one index range scan; OFFSET 0 keeps each range from being turned into
+        // a join that scans all of the provider's minutes, which grow with every day metered.
         var touched = groups.SelectMany(g => g.Minutes.Keys.Select(m => (g.Model, Minute: m))).Distinct().ToList();
+        var touchedSet = touched.ToHashSet();
+        var (rangeModels, rangeFirsts, rangeLasts) = Ranges(touched);
         var sums = new Dictionary<(string Model, long Minute), List<(long[] Levels, int Denominator)>>();
         foreach (var (model, minute, denominator, stored) in await connection.QueryAsync<(string, DateTime, int, long[])>("""
-            SELECT u.m, u.t, c.share_denominator, c.levels
-            FROM unnest(@touchedModels, @touchedMinutes) AS u(m, t)
+            SELECT u.m, c.minute_at, c.share_denominator, c.levels
+            FROM unnest(@rangeModels, @rangeFirsts, @rangeLasts) AS u(m, f, l)
             CROSS JOIN LATERAL (
-                SELECT c.share_denominator, c.levels FROM usage_concurrency c
-                WHERE c.provider_id = @providerId AND c.device_model = u.m AND c.minute_at = u.t OFFSET 0) AS c
-            """, new
-        {
-            providerId,
-            touchedModels = touched.Select(t => t.Model).ToArray(),
-            touchedMinutes = touched.Select(t => UnixMs.ToDateTime(t.Minute * SecondsPerRow * 1000)).ToArray(),
-        }, transaction))
+                SELECT c.minute_at, c.share_denominator, c.levels FROM usage_concurrency c
+                WHERE c.provider_id = @providerId AND c.device_model = u.m AND c.minute_at BETWEEN u.f AND u.l OFFSET 0) AS c
+            """, new { providerId, rangeModels, rangeFirsts, rangeLasts }, transaction))
         {
             var key = (model, UnixMs.FromDateTime(DateTime.SpecifyKind(minute, DateTimeKind.Utc)) / 1000 / SecondsPerRow);
+            if (!touchedSet.Contains(key))
+            {
+                // A minute in a gap of a range: the batch adds nothing there, so it is neither judged nor written.
+                continue;
+            }
+
             if (!sums.TryGetValue(key, out var list))
             {
                 list = [];
@@ -180,6 +184,42 @@ internal static class FleetConcurrency
             FROM unnest(@models, @minutes, @denominators) WITH ORDINALITY AS u(m, t, d, i)
             ON CONFLICT (provider_id, device_model, minute_at, share_denominator) DO UPDATE SET levels = excluded.levels
             """, new { providerId, models, minutes, denominators, levels }, transaction);
+    }
+
+    /// <summary>
+    /// Untouched minutes a range read may step over between two touched ones: reading a few
+    /// stored rows the batch does not need costs less than starting another index scan.
+    /// </summary>
+    private const long RangeGapMinutesMax = 30;
+
+    /// <summary>The touched minutes of each model as inclusive ranges of minute starts, split where a gap is longer than <see cref="RangeGapMinutesMax"/>.</summary>
+    private static (string[] Models, DateTime[] Firsts, DateTime[] Lasts) Ranges(List<(string Model, long Minute)> touched)
+    {
+        var models = new List<string>();
+        var firsts = new List<DateTime>();
+        var lasts = new List<DateTime>();
+        foreach (var byModel in touched.GroupBy(t => t.Model, StringComparer.Ordinal))
+        {
+            long[] minutes = byModel.Select(t => t.Minute).Order().ToArray();
+            long first = minutes[0];
+            for (int i = 1; i <= minutes.Length; i++)
+            {
+                if (i < minutes.Length && minutes[i] - minutes[i - 1] <= RangeGapMinutesMax + 1)
+                {
+                    continue;
+                }
+
+                models.Add(byModel.Key);
+                firsts.Add(UnixMs.ToDateTime(first * SecondsPerRow * 1000));
+                lasts.Add(UnixMs.ToDateTime(minutes[i - 1] * SecondsPerRow * 1000));
+                if (i < minutes.Length)
+                {
+                    first = minutes[i];
+                }
+            }
+        }
+
+        return (models.ToArray(), firsts.ToArray(), lasts.ToArray());
     }
 
     private readonly record struct UsageRecordRef(ulong Sequence);

@@ -9,6 +9,15 @@ public sealed class IngestLimits
     /// <summary>Most records in one batch.</summary>
     public int BatchRecordsMax { get; set; } = 10_000;
 
+    /// <summary>
+    /// Most records one flush of a raw-log upload commits at once. Larger than a stream's batch:
+    /// the fleet check rewrites every (model, minute) a flush touches, and the jobs of a day's
+    /// export touch about the same minutes however many of them a flush holds, so fewer, larger
+    /// flushes rewrite each minute fewer times. A flush also ends early when its records span
+    /// enough minutes to come near <see cref="ConcurrencyMinutesPerBatchMax"/>.
+    /// </summary>
+    public int UploadFlushRecordsMax { get; set; } = 50_000;
+
     /// <summary>Longest single record (end minus start).</summary>
     public TimeSpan RecordDurationMax { get; set; } = TimeSpan.FromHours(24);
 
@@ -66,6 +75,7 @@ public sealed class IngestLimits
     public void Validate()
     {
         Require(BatchRecordsMax is > 0 and <= 100_000, nameof(BatchRecordsMax), "between 1 and 100000");
+        Require(UploadFlushRecordsMax is > 0 and <= 1_000_000, nameof(UploadFlushRecordsMax), "between 1 and 1000000");
         Require(RecordDurationMax > TimeSpan.Zero && RecordDurationMax <= TimeSpan.FromDays(31), nameof(RecordDurationMax), "between 1 ms and 31 days");
         Require(FutureSkewMax >= TimeSpan.Zero && FutureSkewMax <= TimeSpan.FromHours(1), nameof(FutureSkewMax), "between 0 and 1 hour");
         Require(DeviceCountMax is > 0 and <= 1_000_000, nameof(DeviceCountMax), "between 1 and 1000000");

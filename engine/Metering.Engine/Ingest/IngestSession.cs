@@ -45,6 +45,7 @@ public sealed class IngestSession
     private readonly AdmissionEpochStep _epochStep;
     private readonly FleetConcurrencyStep _fleetStep;
     private readonly ICommitStep[] _steps;
+    private readonly int _batchRecordsMax;
     private AdmissionSnapshot _admission;
     private ulong _committed;
     private byte[] _head;
@@ -62,8 +63,19 @@ public sealed class IngestSession
     /// <summary>A proof stream shows the platform keeps a verifiable log; it is not a place for usage.</summary>
     public const ulong ProofRecordsMax = 10_000;
 
-    public IngestSession(UsageStore store, RecordValidator validator, TimeProvider time, AdmissionGate gate, AdmissionSnapshot admission, string streamId, StreamHead head, string? peer = null)
+    /// <param name="batchRecordsMax">
+    /// Most records one batch may hold: the stream limit (<see cref="IngestLimits.BatchRecordsMax"/>)
+    /// unless the caller is a raw-log upload, whose flushes may be larger
+    /// (<see cref="IngestLimits.UploadFlushRecordsMax"/>).
+    /// </param>
+    public IngestSession(UsageStore store, RecordValidator validator, TimeProvider time, AdmissionGate gate, AdmissionSnapshot admission, string streamId, StreamHead head, string? peer = null, int? batchRecordsMax = null)
     {
+        _batchRecordsMax = batchRecordsMax ?? validator.Limits.BatchRecordsMax;
+        if (_batchRecordsMax < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(batchRecordsMax), "A batch holds at least one record.");
+        }
+
         _store = store;
         _validator = validator;
         _time = time;
@@ -76,8 +88,8 @@ public sealed class IngestSession
         _committed = head.CommittedSequence;
         _head = head.ChainHash;
         _peer = peer;
-        _prepared = new PreparedRecords(validator.Limits.BatchRecordsMax);
-        _validatedModels = new DeviceModel?[validator.Limits.BatchRecordsMax];
+        _prepared = new PreparedRecords(_batchRecordsMax);
+        _validatedModels = new DeviceModel?[_batchRecordsMax];
         _scratch = new byte[CanonicalEncoding.HashBytes + validator.Limits.CanonicalBytesMax + ProviderAndStreamBytesMax];
         _heartbeats = new HeartbeatMinutes(validator.Limits.HeartbeatsPerMinuteMax);
         _epochStep = new AdmissionEpochStep(providerId);
@@ -276,9 +288,9 @@ public sealed class IngestSession
             throw new IngestRefusedException(new Refusal(IngestRefusalReason.BatchEmpty, "the batch has no records"));
         }
 
-        if (records.Count > _validator.Limits.BatchRecordsMax)
+        if (records.Count > _batchRecordsMax)
         {
-            throw new IngestRefusedException(new Refusal(IngestRefusalReason.BatchTooLarge, $"the batch has {records.Count} records; at most {_validator.Limits.BatchRecordsMax} are taken"));
+            throw new IngestRefusedException(new Refusal(IngestRefusalReason.BatchTooLarge, $"the batch has {records.Count} records; at most {_batchRecordsMax} are taken"));
         }
 
         ulong first = records[0].Sequence;

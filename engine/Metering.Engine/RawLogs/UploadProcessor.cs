@@ -33,6 +33,15 @@ public sealed class UploadProcessor : ILogLineSink
     private readonly List<IngestRecord> _records;
     private readonly HashSet<(string JobId, long StartUnixMs)> _batchJobs = [];
     private readonly List<UploadLineError> _errors = [];
+    private readonly Dictionary<(string Model, uint Denominator), (long First, long Last)> _spans = [];
+    private readonly long _spanMinutesMax;
+
+    // Most uploads carry no job the stream has metered before, so a flush first tries to record
+    // its jobs as new, and the primary key of raw_log_jobs refuses any that are not (the flush is
+    // then rolled back and tried again without them). After one such refusal the upload's jobs are
+    // looked up before each flush instead.
+    private bool _lookUpMeteredJobs;
+    private long _spanMinutes;
     private long _pendingEndOffset;
     private long _lines;
     private long _skipped;
@@ -57,7 +66,11 @@ public sealed class UploadProcessor : ILogLineSink
         _store = store;
         _upload = upload;
         _time = time;
-        _batchRecordsMax = validator.Limits.BatchRecordsMax;
+        _batchRecordsMax = validator.Limits.UploadFlushRecordsMax;
+        // One record adds at most its own length in minutes (plus the two it starts and ends in)
+        // to the minutes a flush spans; stopping that far short of the fleet check's bound means a
+        // flush never carries more minutes than the check takes at once.
+        _spanMinutesMax = Math.Max(0, validator.Limits.ConcurrencyMinutesPerBatchMax - ((long)validator.Limits.RecordDurationMax.TotalMinutes + 2));
         _records = new List<IngestRecord>(_batchRecordsMax);
 
         // One sacct line gives a record per GPU type, and the line that decides a held `.batch` line
@@ -82,8 +95,11 @@ public sealed class UploadProcessor : ILogLineSink
     public UploadState Upload => _upload;
 
     // Errors are bounded too: a file of garbage must not grow one flush without limit.
+    // So is the span of minutes: the fleet check refuses a batch that touches more (model, minute)
+    // rows than ConcurrencyMinutesPerBatchMax, so an export of many days ends its flushes early.
     // A held line keeps the batch open until it is decided (see Refuse for the bound on that).
-    public bool IsFull => _heldLineNumber == 0 && (_records.Count >= _fullAt || _errors.Count >= UploadStore.StoredErrorsMax);
+    public bool IsFull => _heldLineNumber == 0
+        && (_records.Count >= _fullAt || _errors.Count >= UploadStore.StoredErrorsMax || (_records.Count > 0 && _spanMinutes >= _spanMinutesMax));
 
     public void OnLine(ReadOnlySpan<byte> line, long lineNumber, long endOffset)
     {
@@ -192,7 +208,7 @@ public sealed class UploadProcessor : ILogLineSink
     {
         // Sequence numbers are given at flush, once duplicates are known; a refused or
         // duplicate line takes none.
-        Refusal invalid = _validator.Validate(record, _time.GetUtcNow().ToUnixTimeMilliseconds(), out DeviceModel? _);
+        Refusal invalid = _validator.Validate(record, _time.GetUtcNow().ToUnixTimeMilliseconds(), out DeviceModel? model);
         if (!invalid.IsRefused)
         {
             invalid = _session.CheckAdmission(record);
@@ -209,6 +225,7 @@ public sealed class UploadProcessor : ILogLineSink
         else
         {
             _records.Add(record);
+            Span(model!.Key, record);
         }
     }
 
@@ -226,13 +243,9 @@ public sealed class UploadProcessor : ILogLineSink
             return;
         }
 
-        await DropMeteredJobsAsync(cancellationToken);
-        var jobs = new List<RawLogJob>(_records.Count);
-        for (int i = 0; i < _records.Count; i++)
+        if (_lookUpMeteredJobs)
         {
-            IngestRecord numbered = _records[i] with { Sequence = _session.CommittedSequence + (ulong)i + 1 };
-            _records[i] = numbered;
-            jobs.Add(new RawLogJob(numbered.JobId, numbered.StartUnixMs, (long)numbered.Sequence));
+            await DropMeteredJobsAsync(cancellationToken);
         }
 
         // A held line and the lines after it (its own job's other steps) stay uncommitted.
@@ -241,21 +254,44 @@ public sealed class UploadProcessor : ILogLineSink
         long lines = holding ? _holdLines : _lines;
         long skipped = holding ? _holdSkipped : _skipped;
         long refused = holding ? _holdRefused : _refused;
-        long duplicates = holding ? _holdDuplicates : _duplicates;
-        if (holding && endOffset == _upload.CommittedOffset && _records.Count == 0)
-        {
-            return;
-        }
-
         List<UploadLineError> errors = holding ? _errors.GetRange(0, _holdErrors) : _errors;
-        var progress = new UploadProgress(_upload.CommittedOffset, endOffset, lines, _records.Count, skipped, errors, refused, duplicates, _headerLine);
-        if (_records.Count > 0)
+        long duplicates;
+        while (true)
         {
-            await _session.AppendAsync(_records, cancellationToken, new UploadProgressStep(_upload, jobs, progress));
-        }
-        else
-        {
-            await _store.AdvanceAloneAsync(_upload, progress, cancellationToken);
+            duplicates = holding ? _holdDuplicates : _duplicates;
+            if (holding && endOffset == _upload.CommittedOffset && _records.Count == 0)
+            {
+                return;
+            }
+
+            var jobs = new List<RawLogJob>(_records.Count);
+            for (int i = 0; i < _records.Count; i++)
+            {
+                IngestRecord numbered = _records[i] with { Sequence = _session.CommittedSequence + (ulong)i + 1 };
+                _records[i] = numbered;
+                jobs.Add(new RawLogJob(numbered.JobId, numbered.StartUnixMs, (long)numbered.Sequence));
+            }
+
+            var progress = new UploadProgress(_upload.CommittedOffset, endOffset, lines, _records.Count, skipped, errors, refused, duplicates, _headerLine);
+            if (_records.Count == 0)
+            {
+                await _store.AdvanceAloneAsync(_upload, progress, cancellationToken);
+                break;
+            }
+
+            try
+            {
+                await _session.AppendAsync(_records, cancellationToken, new UploadProgressStep(_upload, jobs, progress));
+                break;
+            }
+            catch (MeteredJobsFoundException) when (!_lookUpMeteredJobs)
+            {
+                // The flush was rolled back whole. This upload repeats jobs the stream metered
+                // before (an overlapping export, a corrected mapping): drop them and look them up
+                // before every later flush of this call, so that only this flush is tried twice.
+                _lookUpMeteredJobs = true;
+                await DropMeteredJobsAsync(cancellationToken);
+            }
         }
 
         _upload.CommittedOffset = endOffset;
@@ -269,6 +305,8 @@ public sealed class UploadProcessor : ILogLineSink
         _records.Clear();
         _batchJobs.Clear();
         _errors.RemoveRange(0, errors.Count);
+        _spans.Clear();
+        _spanMinutes = 0;
         (_lines, _skipped, _refused, _duplicates) = (_lines - lines, _skipped - skipped, _refused - refused, _duplicates - duplicates);
         (_holdLines, _holdSkipped, _holdRefused, _holdDuplicates, _holdErrors) = (0, 0, 0, 0, 0);
     }
@@ -290,6 +328,31 @@ public sealed class UploadProcessor : ILogLineSink
         {
             _duplicates += _records.RemoveAll(r => metered.Contains((r.JobId, r.StartUnixMs)));
         }
+    }
+
+    /// <summary>
+    /// Widens the minutes the flush spans for the record's model and share denominator (the
+    /// groups the fleet check writes rows for). The sum over groups of first-to-last minute is never
+    /// below the rows the check will write, since it counts the gaps between records too.
+    /// </summary>
+    private void Span(string model, in IngestRecord record)
+    {
+        long first = record.StartUnixMs / 60_000;
+        long last = record.EndUnixMs / 60_000;
+        var key = (model, record.ShareDenominator);
+        if (_spans.TryGetValue(key, out var span))
+        {
+            long before = span.Last - span.First + 1;
+            span = (Math.Min(span.First, first), Math.Max(span.Last, last));
+            _spanMinutes += span.Last - span.First + 1 - before;
+        }
+        else
+        {
+            span = (first, last);
+            _spanMinutes += last - first + 1;
+        }
+
+        _spans[key] = span;
     }
 
     private void Refuse(long lineNumber, string reason, string message)
@@ -314,7 +377,17 @@ internal sealed class UploadProgressStep(UploadState upload, IReadOnlyList<RawLo
 {
     public async Task RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken)
     {
-        await UploadStore.RecordJobsAsync(connection, transaction, upload, jobs);
+        if (!await UploadStore.RecordJobsAsync(connection, transaction, upload, jobs))
+        {
+            throw new MeteredJobsFoundException();
+        }
+
         await UploadStore.AdvanceAsync(connection, transaction, upload, progress);
     }
 }
+
+/// <summary>
+/// Some of a flush's jobs were metered before: the step refuses the flush, which rolls back whole,
+/// and the processor tries it again without them.
+/// </summary>
+internal sealed class MeteredJobsFoundException() : Exception("Jobs of the flush were metered before.");

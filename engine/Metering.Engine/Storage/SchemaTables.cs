@@ -55,7 +55,7 @@ internal static class SchemaTables
     public static IReadOnlyList<TableRule> All { get; } =
     [
         // 0001 ingest
-        TableRule.Advancing("ingest_streams", "committed_sequence", "chain_head", "updated_at"),
+        TableRule.Advancing("ingest_streams", "committed_sequence", "chain_head", "head_start_at", "updated_at"),
         TableRule.Evidence("usage_records"),
         TableRule.Evidence("tamper_conflicts"),
         // 0002 raw logs

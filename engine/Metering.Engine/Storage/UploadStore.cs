@@ -123,22 +123,36 @@ public sealed class UploadStore(NpgsqlDataSource dataSource)
         return found.Select(row => (row.JobId, UnixMs.FromDateTime(row.StartAt))).ToHashSet();
     }
 
-    /// <summary>Remembers jobs as metered, inside the transaction that commits their records.</summary>
-    public static async Task RecordJobsAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, UploadState upload, IReadOnlyList<RawLogJob> jobs)
+    /// <summary>
+    /// Remembers jobs as metered, inside the transaction that commits their records. Returns false
+    /// when the stream metered one of them before: the primary key refused the insert, which
+    /// leaves the transaction aborted, so the caller must roll back. A plain insert, not
+    /// ON CONFLICT: a speculative insertion per row costs about as much as looking every job up
+    /// first, and jobs metered before are the exception.
+    /// </summary>
+    public static async Task<bool> RecordJobsAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, UploadState upload, IReadOnlyList<RawLogJob> jobs)
     {
-        await connection.ExecuteAsync("""
-            INSERT INTO raw_log_jobs (provider_id, stream_id, job_id, start_at, sequence, upload_id)
-            SELECT @ProviderId, @StreamId, c.job_id, c.start_at, c.sequence, @UploadId
-            FROM unnest(@jobIds::text[], @starts::timestamptz[], @sequences::bigint[]) AS c(job_id, start_at, sequence)
-            """, new
-            {
-                upload.ProviderId,
-                upload.StreamId,
-                upload.UploadId,
-                jobIds = jobs.Select(j => j.JobId).ToArray(),
-                starts = jobs.Select(j => UnixMs.ToDateTime(j.StartUnixMs)).ToArray(),
-                sequences = jobs.Select(j => j.Sequence).ToArray(),
-            }, transaction);
+        try
+        {
+            await connection.ExecuteAsync("""
+                INSERT INTO raw_log_jobs (provider_id, stream_id, job_id, start_at, sequence, upload_id)
+                SELECT @ProviderId, @StreamId, c.job_id, c.start_at, c.sequence, @UploadId
+                FROM unnest(@jobIds::text[], @starts::timestamptz[], @sequences::bigint[]) AS c(job_id, start_at, sequence)
+                """, new
+                {
+                    upload.ProviderId,
+                    upload.StreamId,
+                    upload.UploadId,
+                    jobIds = jobs.Select(j => j.JobId).ToArray(),
+                    starts = jobs.Select(j => UnixMs.ToDateTime(j.StartUnixMs)).ToArray(),
+                    sequences = jobs.Select(j => j.Sequence).ToArray(),
+                }, transaction);
+            return true;
+        }
+        catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation && e.ConstraintName == "raw_log_jobs_pkey")
+        {
+            return false;
+        }
     }
 
     /// <summary>Messages quote the offending input; keep them storable (PostgreSQL text holds no NUL) and short.</summary>

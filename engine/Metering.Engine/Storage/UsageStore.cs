@@ -211,10 +211,13 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
             }
         }
 
+        // The newest record's start time names its partition, so the head trigger's check that the
+        // new head is a committed record probes one partition instead of all of them.
         UsageRow newest = batch.RowAt(batch.Count - 1);
         int moved = await connection.ExecuteAsync(new CommandDefinition(
-            "UPDATE ingest_streams SET committed_sequence = @last, chain_head = @head, updated_at = now() WHERE provider_id = @providerId AND stream_id = @streamId",
-            new { providerId, streamId, last = (long)newest.Sequence, head = newest.ChainHash.ToArray() }, transaction, cancellationToken: cancellationToken));
+            "UPDATE ingest_streams SET committed_sequence = @last, chain_head = @head, head_start_at = @headStart, updated_at = now() WHERE provider_id = @providerId AND stream_id = @streamId",
+            new { providerId, streamId, last = (long)newest.Sequence, head = newest.ChainHash.ToArray(), headStart = UnixMs.ToDateTime(newest.StartUnixMs) },
+            transaction, cancellationToken: cancellationToken));
         if (moved != 1)
         {
             throw new InvalidOperationException($"Stream {providerId}/{streamId}: the head update touched {moved} rows; the batch is rolled back.");

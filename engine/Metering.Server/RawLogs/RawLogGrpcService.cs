@@ -98,7 +98,7 @@ internal sealed partial class RawLogGrpcService(
 
         StreamHead head = await usageStore.OpenStreamAsync(caller.Subject, header.StreamId, lease.Token);
         AdmissionSnapshot admission = await gate.LoadAsync(caller.Subject, lease.Token);
-        var session = new IngestSession(usageStore, validator, time, gate, admission, header.StreamId, head, context.Peer);
+        var session = new IngestSession(usageStore, validator, time, gate, admission, header.StreamId, head, context.Peer, validator.Limits.UploadFlushRecordsMax);
         UploadProcessor processor;
         try
         {

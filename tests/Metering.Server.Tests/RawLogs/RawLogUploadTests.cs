@@ -119,6 +119,53 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task An_upload_claiming_more_devices_than_the_fleet_is_refused_even_when_its_flushes_each_fit()
+    {
+        // Flushes of four jobs: each flush alone fits the seeded fleet of 250,000 H100, but the
+        // fourth brings the minute to 16 × 16,384 = 262,144 devices at once.
+        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { UploadFlushRecordsMax = 4 });
+        var lines = new StringBuilder(RawLogSamples.Sacct.Split('\n')[0] + "\n");
+        for (int job = 0; job < 16; job++)
+        {
+            lines.Append(System.Globalization.CultureInfo.InvariantCulture, $"{9000 + job}|lab-vision|gpu-h100|gres/gpu:h100=16384|2026-11-20T08:00:00|2026-11-20T09:00:00|01:00:00|COMPLETED\n");
+        }
+
+        byte[] log = Encoding.UTF8.GetBytes(lines.ToString());
+
+        RpcException error = await Assert.ThrowsAsync<RpcException>(() => UploadAsync(server, "cheat", "cheat", log, chunks: [log.Length]));
+
+        Assert.Equal((StatusCode.FailedPrecondition, "CONCURRENCY_ABOVE_FLEET"), (error.StatusCode, IngestCall.Reason(error)));
+        Assert.Equal(12L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id = 'cheat'"));
+        Assert.Equal(12L, await server.ScalarAsync<long>("SELECT count(*) FROM raw_log_jobs WHERE stream_id = 'cheat'"));
+        UploadReport status = await server.RawLogClient().GetUploadAsync(new GetUploadRequest { UploadId = "cheat" }, TestServer.Bearer());
+        Assert.Equal((12ul, 12ul), (status.Records, status.CommittedSequence));
+    }
+
+    [Fact]
+    public async Task An_export_touching_more_minutes_than_one_fleet_check_takes_commits_in_several_flushes()
+    {
+        // Thirteen two-hour jobs touch 13 × 120 minutes, more than the 1,440 one batch may add to
+        // the fleet check: a single flush would be refused as too large, so the upload ends its
+        // flushes early by the minutes they span.
+        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { ConcurrencyMinutesPerBatchMax = 1_440, RecordDurationMax = TimeSpan.FromHours(3) });
+        var lines = new StringBuilder(RawLogSamples.Sacct.Split('\n')[0] + "\n");
+        var start = new DateTime(2026, 11, 18, 0, 0, 0, DateTimeKind.Unspecified);
+        for (int job = 0; job < 13; job++)
+        {
+            DateTime from = start.AddHours(3 * job);
+            lines.Append(System.Globalization.CultureInfo.InvariantCulture, $"{9100 + job}|lab-vision|gpu-h100|gres/gpu:h100=8|{from:yyyy-MM-ddTHH:mm:ss}|{from.AddHours(2):yyyy-MM-ddTHH:mm:ss}|02:00:00|COMPLETED\n");
+        }
+
+        byte[] log = Encoding.UTF8.GetBytes(lines.ToString());
+
+        UploadReport report = await UploadAsync(server, "long", "long", log, chunks: [log.Length]);
+
+        Assert.True(report.Complete);
+        Assert.Equal((13ul, 0ul, 13ul), (report.Records, report.LinesRefused, report.CommittedSequence));
+        Assert.Equal(13L * 120, await server.ScalarAsync<long>("SELECT count(*) FROM usage_concurrency WHERE device_model = 'H100-SXM' AND share_denominator = 1 AND minute_at >= '2026-11-17' AND minute_at < '2026-11-21'"));
+    }
+
+    [Fact]
     public async Task A_job_twice_in_one_file_is_metered_once()
     {
         await using TestServer server = await TestServer.StartAsync(postgres);
@@ -298,13 +345,18 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
     {
         await using TestServer server = await TestServer.StartAsync(postgres);
         using var call = server.RawLogClient().UploadLog(new Metadata());
-        // The server refuses a keyless call before it reads a message, so the write may already
-        // see the call's status; either way it is UNAUTHENTICATED.
-        RpcException error = await Assert.ThrowsAsync<RpcException>(async () =>
+        // The server refuses a keyless call before it reads a message and resets the request
+        // side, so the write may fail (even as CANCELLED when the reset wins); the call's status
+        // is what the response side reads.
+        try
         {
             await call.RequestStream.WriteAsync(new LogChunk { Header = Header("u1", "s1", 10, 0, LogFormat.SacctParsable2) });
-            await call.ResponseAsync;
-        });
+        }
+        catch (RpcException)
+        {
+        }
+
+        RpcException error = await Assert.ThrowsAsync<RpcException>(() => call.ResponseAsync);
         Assert.Equal(StatusCode.Unauthenticated, error.StatusCode);
     }
 

@@ -103,6 +103,9 @@ public sealed class RuntimeRoleTests(PostgresFixture postgres)
         await using NpgsqlConnection look = await OpenAsync(owner);
         var head = await look.QuerySingleAsync<(long Sequence, byte[] Head)>($"SELECT committed_sequence, chain_head FROM ingest_streams {Where}");
         Assert.Equal(5L, head.Sequence);
+        // The writer names the partition of the record at the mark, so that the trigger's check searches one partition.
+        Assert.True(await look.ExecuteScalarAsync<bool>(
+            $"SELECT head_start_at = (SELECT start_at FROM usage_records {Where} AND sequence = 5) FROM ingest_streams {Where}"));
 
         await using NpgsqlConnection runtime = await OpenAsync(PostgresFixture.AsRuntimeRole(owner));
         foreach (var (sql, says) in new[]
@@ -111,6 +114,9 @@ public sealed class RuntimeRoleTests(PostgresFixture postgres)
             ($"UPDATE ingest_streams SET chain_head = sha256('forged') {Where}", "without the committed mark advancing"),
             ($"UPDATE ingest_streams SET committed_sequence = 99, chain_head = sha256('forged') {Where}", "only advance to a committed record"),
             ($"UPDATE ingest_streams SET committed_sequence = 6, chain_head = sha256('forged') {Where}", "only advance to a committed record"),
+            // The partition hint is only a hint: pointing it at a real record's partition lets no forged head through.
+            ($"UPDATE ingest_streams SET committed_sequence = 6, chain_head = sha256('forged'), head_start_at = (SELECT start_at FROM usage_records {Where} AND sequence = 5) {Where}", "only advance to a committed record"),
+            ($"UPDATE ingest_streams SET committed_sequence = 6, chain_head = (SELECT chain_hash FROM usage_records {Where} AND sequence = 5), head_start_at = (SELECT start_at FROM usage_records {Where} AND sequence = 5) {Where}", "only advance to a committed record"),
             ($"UPDATE ingest_streams SET stream_id = 'cluster-b' {Where}", "permission denied"),
             ($"DELETE FROM ingest_streams {Where}", "permission denied"),
         })
