@@ -9,7 +9,7 @@ using Metering.Client.Streaming;
 using Metering.Samples.ProviderAgent;
 
 // A provider agent: streams one simulated site's day of usage to a Metering server.
-//   provider-agent --server https://metering.example.org:7390 --api-key KEY [--ca ca.pem]
+//   provider-agent --server https://metering.example.org:7390[,https://...] --api-key KEY [--ca ca.pem]
 //                  [--client-cert agent.pem --client-key agent.key] [--stream ID] [--day 2026-11-26]
 //                  [--jobs-per-interval 100] [--drop-once-after N] [--live true] [--heartbeat-seconds N]
 //                  [--receipts receipts.jsonl]
@@ -26,9 +26,11 @@ const string Usage = """
     example H100-SXM:256, so that the usage fits what the provider declared when it applied.
     --holders gives the credit codes of the organisations the jobs run for (default: a dozen
     sample codes), for example the holder of a contract with the provider.
-    URL is https://HOST:PORT (or http:// to a server on this machine). --ca FILE trusts only the
-    CA in that PEM file for the server's certificate; --client-cert and --client-key (PEM) give
-    the client certificate a key pinned to one needs (mutual TLS).
+    URL is https://HOST:PORT (or http:// to a server on this machine); several servers on one
+    database as https://a:7390,https://b:7390, balanced round-robin, and a stream that loses
+    its server resumes on another. --ca FILE trusts only the CA in that PEM file for the
+    servers' certificates; --client-cert and --client-key (PEM) give the client certificate
+    a key pinned to one needs (mutual TLS).
     --live true sends each interval once it has ended, as a running scheduler would, and waits
     in between; --heartbeat-seconds N (off by default) sends a heartbeat after N seconds of
     waiting, so that the audit can tell an idle platform from a dead one.
@@ -125,7 +127,7 @@ static int Refused(RpcException e)
     return 4;
 }
 
-internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, int Site, DevicePool[]? Pools, string[]? Holders, DateOnly? Day, int JobsPerInterval, ulong? DropOnceAfter, bool Live, int? HeartbeatSeconds,
+internal sealed record Arguments(ServerList Server, string ApiKey, string? StreamId, int Site, DevicePool[]? Pools, string[]? Holders, DateOnly? Day, int JobsPerInterval, ulong? DropOnceAfter, bool Live, int? HeartbeatSeconds,
     string? Ca, string? ClientCertificate, string? ClientKey, string? ReceiptsPath)
 {
     /// <summary>The arguments, or null with what is wrong in <paramref name="problem"/> (null when only the usage needs showing).</summary>
@@ -143,8 +145,12 @@ internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, in
             values[args[i][2..]] = args[i + 1];
         }
 
-        if (args.Length % 2 != 0 || !values.TryGetValue("server", out string? server)
-            || !Uri.TryCreate(server, UriKind.Absolute, out Uri? serverUri) || (serverUri.Scheme != Uri.UriSchemeHttps && serverUri.Scheme != Uri.UriSchemeHttp))
+        if (args.Length % 2 != 0 || !values.TryGetValue("server", out string? server))
+        {
+            return null;
+        }
+
+        if (!ServerList.TryParse(server, "--server", out ServerList? servers, out problem))
         {
             return null;
         }
@@ -224,7 +230,7 @@ internal sealed record Arguments(Uri Server, string ApiKey, string? StreamId, in
         }
 
         return new Arguments(
-            serverUri,
+            servers!,
             key,
             values.GetValueOrDefault("stream"),
             site,

@@ -52,7 +52,7 @@ internal static class IngestLoad
         if (options is null)
         {
             Console.Error.WriteLine($"error: {error}");
-            Console.Error.WriteLine("usage: Metering.Bench load --records N --streams S --data-dir DIR [--batch B --window W --tls true|false --log-statements true|false]");
+            Console.Error.WriteLine("usage: Metering.Bench load --records N --streams S --data-dir DIR [--batch B --window W --tls true|false --log-statements true|false --servers N]");
             return 2;
         }
 
@@ -61,6 +61,10 @@ internal static class IngestLoad
             .AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace)
             .SetMinimumLevel(LogLevel.Warning));
         ILogger logger = logging.CreateLogger("metering.bench.load");
+        if (options.Servers > 1)
+        {
+            return await ServersLoad.RunAsync(options, logger);
+        }
 
         string dataDirectory = Path.GetFullPath(options.DataDirectory);
         DeleteCluster(dataDirectory);
@@ -155,7 +159,7 @@ internal static class IngestLoad
     /// Streams the records over one HTTP/2 connection, one gRPC call per stream, and returns the
     /// wall time from the first send to the last acknowledgement and every batch's ack latency.
     /// </summary>
-    private static async Task<Streamed> StreamAsync(GrpcChannel channel, string apiKey, LoadOptions options)
+    internal static async Task<Streamed> StreamAsync(GrpcChannel channel, string apiKey, LoadOptions options)
     {
         // A day 30 days back in Shanghai: every record lies in the past, whatever the run time.
         DateOnly today = DateOnly.FromDateTime(DateTime.UtcNow.AddHours(8));
@@ -240,7 +244,7 @@ internal static class IngestLoad
     /// ends at the acknowledged head, and the stored usage adds up to the usage of the records
     /// sent, normalised again here with the catalog in force.
     /// </summary>
-    private static async Task VerifyAsync(NpgsqlDataSource dataSource, Streamed streamed)
+    internal static async Task VerifyAsync(NpgsqlDataSource dataSource, Streamed streamed)
     {
         var clock = Stopwatch.StartNew();
         var verifier = new ChainVerifier(dataSource);
@@ -274,9 +278,9 @@ internal static class IngestLoad
         Console.WriteLine($"verify: {streamed.Results.Length} chains intact and equal to the acknowledged heads; usage {storedUsageNpfh:N0} nPFh as expected ({clock.Elapsed.TotalSeconds:0.0} s, not timed)");
     }
 
-    private sealed record Streamed(double Seconds, List<double> LatenciesMs, SimulatedCluster[] Sites, StreamResult[] Results);
+    internal sealed record Streamed(double Seconds, List<double> LatenciesMs, SimulatedCluster[] Sites, StreamResult[] Results);
 
-    private static double Percentile(List<double> sorted, double quantile) =>
+    internal static double Percentile(List<double> sorted, double quantile) =>
         sorted.Count == 0 ? 0 : sorted[Math.Clamp((int)Math.Ceiling(quantile * sorted.Count) - 1, 0, sorted.Count - 1)];
 
     /// <summary>Removes an earlier run's cluster with its lock and log files, so each run starts fresh.</summary>
@@ -341,7 +345,7 @@ internal static class IngestLoad
         await checkpoint.ExecuteNonQueryAsync();
     }
 
-    private static async Task<long> CountAsync(NpgsqlDataSource dataSource)
+    internal static async Task<long> CountAsync(NpgsqlDataSource dataSource)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync();
         return await connection.ExecuteScalarAsync<long>($"SELECT count(*) FROM usage_records WHERE {UsageStreams}");
@@ -358,11 +362,14 @@ internal static class IngestLoad
 /// <summary>One stream of a load: its id, its records by sequence (1-based) and how many.</summary>
 internal sealed record LoadStream(string StreamId, Func<ulong, UsageRecord> RecordAt, ulong Records);
 
-internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches, bool Tls, bool LogStatements = false)
+internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches, bool Tls, bool LogStatements = false, int Servers = 1)
 {
     public const long RecordsMax = 100_000_000;
     public const int StreamsMax = 64;
     public const int WindowBatchesMax = 64;
+
+    /// <summary>The most server hosts `--servers` starts: a few, as a deployment runs behind one name.</summary>
+    public const int ServersMax = 8;
 
     public static LoadOptions? Parse(string[] args, out string? error)
     {
@@ -384,11 +391,14 @@ internal sealed record LoadOptions(long Records, int Streams, string DataDirecto
         int window = int.Parse(values.GetValueOrDefault("window", "4"), CultureInfo.InvariantCulture);
         bool tls = bool.Parse(values.GetValueOrDefault("tls", "false"));
         bool logStatements = bool.Parse(values.GetValueOrDefault("log-statements", "false"));
+        int servers = int.Parse(values.GetValueOrDefault("servers", "1"), CultureInfo.InvariantCulture);
         error = records is < 1 or > RecordsMax ? $"--records must be 1 to {RecordsMax}"
             : streams < 1 || streams > StreamsMax || streams > records ? $"--streams must be 1 to {StreamsMax} and at most --records"
             : batch is < 1 or > 100_000 ? "--batch must be 1 to 100000"
             : window is < 1 or > WindowBatchesMax ? $"--window must be 1 to {WindowBatchesMax}"
+            : servers is < 1 or > ServersMax ? $"--servers must be 1 to {ServersMax}"
+            : servers > 1 && logStatements ? "--log-statements is for the one-server run; leave it out with --servers"
             : null;
-        return error is null ? new LoadOptions(records, streams, dataDirectory, batch, window, tls, logStatements) : null;
+        return error is null ? new LoadOptions(records, streams, dataDirectory, batch, window, tls, logStatements, servers) : null;
     }
 }

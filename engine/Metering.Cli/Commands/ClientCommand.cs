@@ -1,11 +1,12 @@
 using System.CommandLine;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Metering.Client.Channels;
 
 namespace Metering.Cli.Commands;
 
 /// <summary>What a client command's action gets: the open channel and the caller's key as call headers.</summary>
-internal sealed record ServerCall(GrpcChannel Channel, Metadata Headers, Uri Server);
+internal sealed record ServerCall(GrpcChannel Channel, Metadata Headers, ServerList Server);
 
 /// <summary>
 /// A command that works through a running server, as the caller its key names, like `kubectl` or
@@ -67,7 +68,7 @@ internal static class ClientCommand
         }
 
         using GrpcChannel channel = opened;
-        Uri server = parse.GetValue(connection.Server)!;
+        ServerList server = parse.GetValue(connection.Server)!;
         try
         {
             return await action(parse, new ServerCall(channel, key is null ? [] : ServerConnection.Bearer(key), server), cancellationToken);
@@ -86,7 +87,7 @@ internal static class ClientCommand
     /// Prints what became of a call the server did not answer with a result: one line saying no
     /// server answers (exit 5), or the refusal's status, reason and message (exit 4).
     /// </summary>
-    public static int Refused(RpcException e, Uri server)
+    public static int Refused(RpcException e, ServerList server)
     {
         if (ExitCodes.IsUnreachable(e))
         {

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Metering.Client.Channels;
 using Metering.Engine.Access;
 using Metering.Engine.Registry;
 using Metering.Engine.Signing;
@@ -68,20 +69,32 @@ internal static partial class CommonOptions
         },
     };
 
-    /// <summary>The address of a server to call: http:// or https:// with a host name or an IP address.</summary>
-    public static Option<Uri> ServerAddress() => new("--server")
+    /// <summary>
+    /// The server to call, http:// or https:// with a host name or an IP address; or several
+    /// stateless servers on one database, comma-separated, which the channel balances round-robin.
+    /// </summary>
+    public static Option<ServerList> ServerAddress() => new("--server")
     {
-        Description = "The Metering server, as https://HOST:PORT (or http:// on loopback). Defaults to METERING_SERVER, else http://127.0.0.1:7390.",
-        DefaultValueFactory = _ => new Uri(Environment.GetEnvironmentVariable("METERING_SERVER") is { Length: > 0 } server ? server : "http://127.0.0.1:7390"),
-        CustomParser = result =>
+        Description = "The Metering server, as https://HOST:PORT (or http:// on loopback); several servers on one database as a comma-separated list (https://a:7390,https://b:7390), balanced round-robin. Defaults to METERING_SERVER, else http://127.0.0.1:7390.",
+        DefaultValueFactory = result =>
         {
-            string text = result.Tokens.Single().Value;
-            if (Uri.TryCreate(text, UriKind.Absolute, out Uri? uri) && (uri.Scheme == Uri.UriSchemeHttp || uri.Scheme == Uri.UriSchemeHttps))
+            string text = Environment.GetEnvironmentVariable("METERING_SERVER") is { Length: > 0 } server ? server : "http://127.0.0.1:7390";
+            if (ServerList.TryParse(text, "METERING_SERVER", out ServerList? servers, out string? problem))
             {
-                return uri;
+                return servers!;
             }
 
-            result.AddError($"--server '{text}' is not an https:// or http:// address (for example https://metering.example.org:7390).");
+            result.AddError(problem! + ".");
+            return null!;
+        },
+        CustomParser = result =>
+        {
+            if (ServerList.TryParse(result.Tokens.Single().Value, "--server", out ServerList? servers, out string? problem))
+            {
+                return servers;
+            }
+
+            result.AddError(problem! + ".");
             return null;
         },
     };

@@ -23,7 +23,7 @@ internal sealed class ServerConnection
     /// </summary>
     public const int ReceiveBytesMax = 16 * 1024 * 1024;
 
-    public Option<Uri> Server { get; } = CommonOptions.ServerAddress();
+    public Option<ServerList> Server { get; } = CommonOptions.ServerAddress();
 
     public Option<string?> ApiKey { get; } = new("--api-key") { Description = $"The caller's API key; defaults to {ApiKeyVariable}." };
 
@@ -94,6 +94,6 @@ internal sealed class ServerConnection
         parse.GetValue(ClientKey)?.FullName ?? Environment.GetEnvironmentVariable("METERING_CLIENT_KEY"));
 
     /// <summary>A channel as the client library opens it, taking messages up to <see cref="ReceiveBytesMax"/>.</summary>
-    public static GrpcChannel Open(Uri server, string? caPath, string? clientCertificatePath, string? clientKeyPath) =>
+    public static GrpcChannel Open(ServerList server, string? caPath, string? clientCertificatePath, string? clientKeyPath) =>
         MeteringChannel.Open(new ChannelSettings(server, caPath, clientCertificatePath, clientKeyPath, ReceiveBytesMax));
 }
