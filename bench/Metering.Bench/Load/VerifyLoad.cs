@@ -121,7 +121,7 @@ internal static class VerifyLoad
 
             long verifiedRecords = results.Sum(r => (long)r.RecordsChecked);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"verify: {verifiedRecords:N0} records, {verifiedBytes:N0} canonical bytes in {verifySeconds:0.00} s = {verifiedBytes / 1e6 / verifySeconds:0.0} MB/s ({Environment.ProcessorCount} cores, {results.Count} streams, Npgsql data reader)"));
+                $"verify: {verifiedRecords:N0} records, {verifiedBytes:N0} canonical bytes in {verifySeconds:0.00} s = {verifiedBytes / 1e6 / verifySeconds:0.0} MB/s ({Environment.ProcessorCount} cores, {results.Count} streams, Npgsql binary COPY)"));
 
             double floorSeconds = await ServerCopyFloorAsync(dataSource, usage.Select(r => r.StreamId).ToList());
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,

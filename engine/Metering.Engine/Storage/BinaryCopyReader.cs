@@ -14,31 +14,38 @@ namespace Metering.Engine.Storage;
 /// </summary>
 internal sealed class BinaryCopyReader
 {
-    /// <summary>The buffer the rows are read into: many rows per refill.</summary>
+    /// <summary>The buffer the rows are read into by default: many rows per refill.</summary>
     public const int BufferBytes = 1024 * 1024;
 
-    /// <summary>The longest row the reader accepts; a longer one is refused, not accommodated.</summary>
-    public const int RowBytesMax = BufferBytes / 2;
+    /// <summary>Largest buffer a reader may ask for.</summary>
+    public const int BufferBytesMax = 64 * 1024 * 1024;
 
     private const int HeaderBytes = 11 + 4 + 4;
 
     private readonly Stream _stream;
     private readonly int[] _fieldStart;
     private readonly int[] _fieldLength;
-    private readonly byte[] _buffer = new byte[BufferBytes];
+    private readonly byte[] _buffer;
     private int _start;
     private int _end;
     private bool _streamEnded;
     private bool _headerRead;
     private bool _trailerRead;
 
-    public BinaryCopyReader(Stream stream, int fieldCount)
+    /// <param name="bufferBytes">The buffer's size; a row may take half of it. A reader whose rows may be long asks for more than the default.</param>
+    public BinaryCopyReader(Stream stream, int fieldCount, int bufferBytes = BufferBytes)
     {
         Debug.Assert(fieldCount is > 0 and < 1600);
+        ArgumentOutOfRangeException.ThrowIfLessThan(bufferBytes, 64 * 1024);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(bufferBytes, BufferBytesMax);
         _stream = stream;
+        _buffer = new byte[bufferBytes];
         _fieldStart = new int[fieldCount];
         _fieldLength = new int[fieldCount];
     }
+
+    /// <summary>The longest row the reader accepts, half its buffer; a longer one is refused, not accommodated.</summary>
+    public int RowBytesMax => _buffer.Length / 2;
 
     /// <summary>Rows read so far.</summary>
     public long Rows { get; private set; }
@@ -182,7 +189,7 @@ internal sealed class BinaryCopyReader
     /// <summary>Reads until the buffer holds at least <paramref name="bytes"/> unread bytes, moving the unread tail to the front first.</summary>
     private async ValueTask EnsureAsync(int bytes, CancellationToken cancellationToken)
     {
-        Debug.Assert(bytes <= BufferBytes);
+        Debug.Assert(bytes <= _buffer.Length);
         if (_start > 0)
         {
             _buffer.AsSpan(_start, _end - _start).CopyTo(_buffer);
@@ -192,7 +199,7 @@ internal sealed class BinaryCopyReader
 
         // Npgsql's raw COPY stream hands over at most one CopyData message (one row) per read, so
         // the buffer is filled most of the way before the rows in it are parsed.
-        while (_end < bytes || (_end < BufferBytes - RowBytesMax && !_streamEnded))
+        while (_end < bytes || (_end < _buffer.Length - RowBytesMax && !_streamEnded))
         {
             if (_streamEnded)
             {

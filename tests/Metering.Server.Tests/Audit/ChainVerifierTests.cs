@@ -106,6 +106,52 @@ public sealed class ChainVerifierTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task A_rewritten_device_uuid_is_caught_and_its_evidence_carries_the_forged_uuid()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await scene.StreamAsync(Stream, 1, 50);
+        await scene.TamperAsync($"UPDATE usage_records SET device_uuids = ARRAY['GPU-forged-1', 'GPU-forged-2'] WHERE {Where} AND sequence = 11");
+
+        ChainVerification result = await new ChainVerifier(scene.DataSource).VerifyStreamAsync(TestRecords.Provider, Stream);
+
+        Assert.Equal((11UL, ChainBreakKind.HashMismatch), (result.FirstBrokenSequence!.Value, result.Break!.Kind));
+        // The list as the encoding holds it: a u16 count of 2, then each UUID behind its u16 length.
+        string forged = "0002" + "000c" + Convert.ToHexStringLower("GPU-forged-1"u8) + "000c" + Convert.ToHexStringLower("GPU-forged-2"u8);
+        Assert.Contains(forged, result.Break.CanonicalHex, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("ARRAY['GPU-a', NULL]::text[]", "element 2 is NULL")]
+    [InlineData("ARRAY[['GPU-a', 'GPU-b'], ['GPU-c', 'GPU-d']]", "2 dimensions")]
+    public async Task Device_uuids_that_are_not_a_list_of_strings_cannot_be_encoded(string uuids, string reason)
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await scene.StreamAsync(Stream, 1, 50);
+        await scene.TamperAsync($"UPDATE usage_records SET device_uuids = {uuids} WHERE {Where} AND sequence = 9");
+
+        ChainVerification result = await new ChainVerifier(scene.DataSource).VerifyStreamAsync(TestRecords.Provider, Stream);
+
+        Assert.Equal((9UL, ChainBreakKind.RecordNotEncodable), (result.FirstBrokenSequence!.Value, result.Break!.Kind));
+        Assert.Contains(reason, result.Break.Detail, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("job_id = repeat('j', 70000)", "job_id is 70000 bytes")]
+    [InlineData("device_uuids = array_fill(repeat('u', 60000), ARRAY[20])", "would exceed")]
+    public async Task A_row_too_long_for_the_encoding_is_reported_at_its_record_rather_than_failing_the_read(string change, string reason)
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await scene.StreamAsync(Stream, 1, 50);
+        await scene.TamperAsync($"UPDATE usage_records SET {change} WHERE {Where} AND sequence = 40");
+
+        ChainVerification result = await new ChainVerifier(scene.DataSource).VerifyStreamAsync(TestRecords.Provider, Stream);
+
+        Assert.Equal((40UL, ChainBreakKind.RecordNotEncodable), (result.FirstBrokenSequence!.Value, result.Break!.Kind));
+        Assert.Equal(39UL, result.RecordsChecked);
+        Assert.Contains(reason, result.Break.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task A_row_past_the_committed_mark_and_a_rewritten_head_are_both_caught()
     {
         await using AuditScene scene = await AuditScene.StartAsync(postgres);

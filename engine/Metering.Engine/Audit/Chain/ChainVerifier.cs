@@ -10,10 +10,11 @@ namespace Metering.Engine.Audit;
 /// Recomputes hash chains from the stored rows, exactly as an auditor would with sha256sum
 /// (proto/metering/v1/canonical-encoding.md), and reports the first broken link with its evidence.
 ///
-/// Rows stream out of PostgreSQL through an Npgsql data reader into one reused buffer
-/// (<see cref="RowReader"/>): text is read into a reused char buffer and encoded to UTF-8 in
-/// place, hashes are copied, so no string or array is allocated per record, and SHA-256 runs
-/// over the previous hash and the encoding in one span. A long range is cut into segments that are verified side by side on their own
+/// Rows stream out of PostgreSQL as one binary COPY per segment, parsed straight from Npgsql's
+/// raw COPY stream into one large reused buffer (<see cref="ChainRows"/>): the fields arrive in
+/// the byte order and representation the encoding wants, so no string or array is allocated per
+/// record, and SHA-256 runs over the previous hash and the encoding in one span. A long range is
+/// cut into segments that are verified side by side on their own
 /// connections: a segment starts from the stored hash of the record before it, and the segment
 /// before checks that very hash, so the segments together prove exactly what one pass would.
 /// Streams of a provider are verified in parallel the same way.
@@ -254,12 +255,12 @@ public sealed class ChainVerifier
     private async Task<SegmentResult> VerifySegmentAsync(string providerId, string streamId, ulong first, ulong last, ICanonicalSink? sink, CancellationToken cancellationToken)
     {
         await using ChainRowSource source = await ChainRows.OpenAsync(_dataSource, providerId, streamId, first > 1 ? first - 1 : 1, last, cancellationToken);
-        RowReader rows = source.Rows;
+        BinaryCopyReader rows = source.Rows;
         byte[] previous = new byte[CanonicalEncoding.HashBytes];
         if (first > 1)
         {
             bool anchored = await rows.ReadAsync(cancellationToken) && !rows.IsNull(0) && rows.Int64(0) == (long)(first - 1);
-            if (!anchored || rows.FieldLength(12) != CanonicalEncoding.HashBytes)
+            if (!anchored || rows.Field(12).Length != CanonicalEncoding.HashBytes)
             {
                 await source.AbandonAsync();
                 return new SegmentResult(0, 0, previous, new ChainBreak(first - 1, anchored ? ChainBreakKind.RecordNotEncodable : ChainBreakKind.RecordMissing, "", "", "", "",

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Text;
 using Metering.Engine.Ingest;
+using Metering.Engine.Storage;
 
 namespace Metering.Engine.Audit;
 
@@ -12,6 +13,9 @@ internal sealed class RowEncoder
 {
     private const long PostgresEpochUnixMs = 946_684_800_000;
 
+    /// <summary>PostgreSQL's type oid of text, the element type a binary text[] names.</summary>
+    private const uint TextTypeOid = 25;
+
     private readonly byte[] _prefix;
 
     public RowEncoder(string providerId, string streamId)
@@ -22,13 +26,20 @@ internal sealed class RowEncoder
         at += WriteString(Encoding.UTF8.GetBytes(providerId), prefix.AsSpan(at));
         WriteString(Encoding.UTF8.GetBytes(streamId), prefix.AsSpan(at));
         _prefix = prefix;
+        Scratch = new byte[CanonicalEncoding.HashBytes + prefix.Length + ChainRows.ReadBufferBytes / 2];
     }
 
-    /// <summary>The previous hash, then the encoding.</summary>
-    public byte[] Scratch { get; } = new byte[CanonicalEncoding.HashBytes + ChainVerifier.CanonicalBytesMax];
+    /// <summary>
+    /// The previous hash, then the encoding. Past the provider and stream prefix, a row takes no
+    /// more bytes in the encoding than in binary COPY (the stored hash alone, which the encoding
+    /// leaves out, outweighs the one field that grows, a NULL energy), so any row the reader
+    /// accepts fits; its length is checked against <see cref="ChainVerifier.CanonicalBytesMax"/>
+    /// once it is built.
+    /// </summary>
+    public byte[] Scratch { get; }
 
     /// <summary>The encoding's length, or -1 with the reason when the row cannot be encoded.</summary>
-    public int Encode(RowReader row, out string? notEncodable)
+    public int Encode(BinaryCopyReader row, out string? notEncodable)
     {
         notEncodable = null;
         for (int i = 0; i < ChainRows.FieldCount; i++)
@@ -41,21 +52,20 @@ internal sealed class RowEncoder
             }
         }
 
-        if (row.FieldLength(12) != CanonicalEncoding.HashBytes)
+        if (row.Field(12).Length != CanonicalEncoding.HashBytes)
         {
-            notEncodable = $"the stored chain hash is {row.FieldLength(12)} bytes, not 32";
+            notEncodable = $"the stored chain hash is {row.Field(12).Length} bytes, not 32";
             return -1;
+        }
+
+        // The query's column types fix these widths; a row that differs was not read as asked.
+        if (row.Field(0).Length != 8 || row.Field(4).Length != 4 || row.Field(5).Length != 4 || row.Field(6).Length != 4
+            || row.Field(7).Length != 8 || row.Field(8).Length != 8 || (!row.IsNull(11) && row.Field(11).Length != 8))
+        {
+            throw new InvalidDataException("A row of the chain read has a field of an unexpected width; the query and the table disagree.");
         }
 
         Span<byte> output = Scratch.AsSpan(CanonicalEncoding.HashBytes);
-        int fixedBytes = _prefix.Length + 8 + 4 * 3 + 8 * 2 + 2 + 1 + 8 + 2 * 4;
-        long length = fixedBytes + (long)row.FieldLength(1) + row.FieldLength(2) + row.FieldLength(3) + row.FieldLength(9) + UuidsBytes(row.Strings(10));
-        if (length > ChainVerifier.CanonicalBytesMax)
-        {
-            notEncodable = $"the row's canonical encoding would exceed {ChainVerifier.CanonicalBytesMax} bytes";
-            return -1;
-        }
-
         _prefix.CopyTo(output);
         int at = _prefix.Length;
         row.Field(0).CopyTo(output[at..]);
@@ -77,7 +87,8 @@ internal sealed class RowEncoder
             return -1;
         }
 
-        if (!TryString(row.Field(9), output, ref at, "site", ref notEncodable) || !TryUuids(row, output, ref at, ref notEncodable))
+        if (!TryString(row.Field(9), output, ref at, "site", ref notEncodable)
+            || !TryUuids(row.IsNull(10), row.Field(10), output, ref at, ref notEncodable))
         {
             return -1;
         }
@@ -94,6 +105,12 @@ internal sealed class RowEncoder
         }
 
         at += 8;
+        if (at > ChainVerifier.CanonicalBytesMax)
+        {
+            notEncodable = $"the row's canonical encoding would exceed {ChainVerifier.CanonicalBytesMax} bytes";
+            return -1;
+        }
+
         return at;
     }
 
@@ -123,56 +140,97 @@ internal sealed class RowEncoder
         return true;
     }
 
-    /// <summary>A one-dimensional text[] without NULL elements, as the u16 count and the strings.</summary>
-    private static bool TryUuids(RowReader row, Span<byte> output, ref int at, ref string? notEncodable)
+    /// <summary>
+    /// A text[] in PostgreSQL's binary array format (dimensions, a has-NULL flag, the element type,
+    /// each dimension's length and lower bound, then each element's length and UTF-8 bytes) as the
+    /// encoding's u16 count and strings. Only a one-dimensional array without NULL elements (or an
+    /// empty one) is a list of device UUIDs.
+    /// </summary>
+    private static bool TryUuids(bool isNull, ReadOnlySpan<byte> array, Span<byte> output, ref int at, ref string? notEncodable)
     {
-        string?[]? uuids = row.Strings(10);
-        if (uuids is null)
+        if (isNull)
         {
             BinaryPrimitives.WriteUInt16BigEndian(output[at..], 0);
             at += 2;
             return true;
         }
 
-        if (uuids.Length > ushort.MaxValue)
+        if (array.Length < 12)
+        {
+            throw new InvalidDataException("device_uuids is not a binary array; the query and the table disagree.");
+        }
+
+        int dimensions = BinaryPrimitives.ReadInt32BigEndian(array);
+        if (BinaryPrimitives.ReadUInt32BigEndian(array[8..]) != TextTypeOid)
+        {
+            throw new InvalidDataException("device_uuids is not an array of text; the query and the table disagree.");
+        }
+
+        if (dimensions == 0)
+        {
+            BinaryPrimitives.WriteUInt16BigEndian(output[at..], 0);
+            at += 2;
+            return true;
+        }
+
+        if (dimensions != 1)
+        {
+            notEncodable = $"device_uuids has {dimensions} dimensions; the canonical encoding holds a list";
+            return false;
+        }
+
+        if (array.Length < 20)
+        {
+            throw new InvalidDataException("device_uuids is a truncated binary array.");
+        }
+
+        int count = BinaryPrimitives.ReadInt32BigEndian(array[12..]);
+        if (count > ushort.MaxValue)
         {
             notEncodable = "device_uuids has more than 65535 elements";
             return false;
         }
 
-        BinaryPrimitives.WriteUInt16BigEndian(output[at..], (ushort)uuids.Length);
-        at += 2;
-        for (int i = 0; i < uuids.Length; i++)
+        BinaryPrimitives.WriteUInt16BigEndian(output[at..], (ushort)count);
+        int write = at + 2;
+        int read = 20;
+        for (int i = 0; i < count; i++)
         {
-            if (uuids[i] is not { } uuid)
+            if (array.Length - read < 4)
+            {
+                throw new InvalidDataException("device_uuids is a truncated binary array.");
+            }
+
+            int length = BinaryPrimitives.ReadInt32BigEndian(array[read..]);
+            read += 4;
+            if (length < 0)
             {
                 notEncodable = $"device_uuids element {i + 1} is NULL";
                 return false;
             }
 
-            if (Encoding.UTF8.GetByteCount(uuid) > ushort.MaxValue)
+            if (length > ushort.MaxValue)
             {
-                notEncodable = $"a device UUID is {Encoding.UTF8.GetByteCount(uuid)} bytes; the canonical encoding holds at most 65535";
+                notEncodable = $"a device UUID is {length} bytes; the canonical encoding holds at most 65535";
                 return false;
             }
 
-            BinaryPrimitives.WriteUInt16BigEndian(output[at..], (ushort)Encoding.UTF8.GetByteCount(uuid));
-            at += 2 + Encoding.UTF8.GetBytes(uuid, output[(at + 2)..]);
+            if (array.Length - read < length)
+            {
+                throw new InvalidDataException("device_uuids is a truncated binary array.");
+            }
+
+            write += WriteString(array.Slice(read, length), output[write..]);
+            read += length;
         }
 
-        return true;
-    }
-
-    /// <summary>Bytes the device UUIDs take in the encoding, past their count.</summary>
-    private static long UuidsBytes(string?[]? uuids)
-    {
-        long bytes = 0;
-        foreach (string? uuid in uuids ?? [])
+        if (read != array.Length)
         {
-            bytes += 2 + (uuid is null ? 0 : Encoding.UTF8.GetByteCount(uuid));
+            throw new InvalidDataException("device_uuids has bytes past its last element.");
         }
 
-        return bytes;
+        at = write;
+        return true;
     }
 
     private static int WriteString(ReadOnlySpan<byte> utf8, Span<byte> destination)
