@@ -23,6 +23,7 @@ internal static class AnomalyOutput
         ("SilentStream", AnomalyKind.AnomalySilentStream),
         ("UsageSpike", AnomalyKind.AnomalyUsageSpike),
         ("CapacityUnvalidated", AnomalyKind.AnomalyCapacityUnvalidated),
+        ("AllocatedIdle", AnomalyKind.AnomalyAllocatedIdle),
     ];
 
     /// <summary>

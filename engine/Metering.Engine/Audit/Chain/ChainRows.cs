@@ -12,7 +12,7 @@ namespace Metering.Engine.Audit;
 internal static class ChainRows
 {
     /// <summary>Columns of the verifier's read, in the order <see cref="RowEncoder"/> reads them.</summary>
-    internal const int FieldCount = 13;
+    internal const int FieldCount = 14;
 
     // Session settings carry the provider and stream into the range query, so that the same
     // text serves the bench's server-side COPY, which takes no parameters; the
@@ -54,7 +54,7 @@ internal static class ChainRows
     /// <summary>The rows [from, to] of the stream named by the session settings metering.audit_provider and metering.audit_stream, in the order <see cref="RowEncoder"/> reads their columns.</summary>
     internal static string RangeSelect(ulong from, ulong to) => string.Create(CultureInfo.InvariantCulture, $"""
         SELECT sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator,
-               start_at, end_at, site, device_uuids, energy_mwh, chain_hash
+               start_at, end_at, site, device_uuids, energy_mwh, chain_hash, sm_active_bp
         FROM usage_records
         WHERE provider_id = current_setting('metering.audit_provider') AND stream_id = current_setting('metering.audit_stream')
           AND sequence BETWEEN {from} AND {to}

@@ -33,8 +33,8 @@ internal sealed class RowEncoder
         notEncodable = null;
         for (int i = 0; i < ChainRows.FieldCount; i++)
         {
-            // device_uuids and energy_mwh may be NULL; nothing else may.
-            if (row.IsNull(i) && i is not 10 and not 11)
+            // device_uuids, energy_mwh and sm_active_bp may be NULL; nothing else may.
+            if (row.IsNull(i) && i is not 10 and not 11 and not 13)
             {
                 notEncodable = $"column {i + 1} of the row is NULL";
                 return -1;
@@ -47,8 +47,14 @@ internal sealed class RowEncoder
             return -1;
         }
 
+        if (!row.IsNull(13) && row.FieldLength(13) != 4)
+        {
+            notEncodable = $"sm_active_bp is {row.FieldLength(13)} bytes, not a 4-byte integer";
+            return -1;
+        }
+
         Span<byte> output = Scratch.AsSpan(CanonicalEncoding.HashBytes);
-        int fixedBytes = _prefix.Length + 8 + 4 * 3 + 8 * 2 + 2 + 1 + 8 + 2 * 4;
+        int fixedBytes = _prefix.Length + 8 + 4 * 3 + 8 * 2 + 2 + 1 + 8 + 2 * 4 + (row.IsNull(13) ? 0 : CanonicalEncoding.SmActiveBytes);
         long length = fixedBytes + (long)row.FieldLength(1) + row.FieldLength(2) + row.FieldLength(3) + row.FieldLength(9) + UuidsBytes(row.Strings(10));
         if (length > ChainVerifier.CanonicalBytesMax)
         {
@@ -94,6 +100,17 @@ internal sealed class RowEncoder
         }
 
         at += 8;
+
+        // Absent stays absent: a NULL writes nothing, so rows from before the column verify as
+        // they always did. An int4 on disk is the u32 of the encoding; the column's check keeps it
+        // at 0..10,000, and a tamperer who lifts the check still changes the bytes hashed.
+        if (!row.IsNull(13))
+        {
+            output[at++] = CanonicalEncoding.SmActiveTag;
+            row.Field(13).CopyTo(output[at..]);
+            at += 4;
+        }
+
         return at;
     }
 
