@@ -210,6 +210,40 @@ public sealed class AllocatedIdleTests(PostgresFixture postgres)
         Assert.Contains("<dt>sm_active_mean_bp</dt><dd>300</dd>", html, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task Exports_carry_each_figure_in_a_last_column_and_leave_an_unreported_one_empty()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await scene.StreamAsync(Stream, [.. Job("train-idle", 1, Day0, 2, i => i == 0 ? 0u : 250u), .. Job("train-unmeasured", 3, Day0, 1, _ => null)]);
+        var audit = new AuditService.AuditServiceClient(scene.Server.Channel);
+
+        string[] lines = Encoding.UTF8.GetString(await ExportAsync(audit, ExportFormat.Csv)).TrimEnd('\n').Split('\n');
+        byte[] parquet = await ExportAsync(audit, ExportFormat.Parquet);
+
+        Assert.EndsWith(",committed_at,sm_active_bp", lines[0], StringComparison.Ordinal);
+        Assert.Equal(["0", "250", ""], lines[1..].Select(l => l[(l.LastIndexOf(',') + 1)..]));
+        using var stream = new MemoryStream(parquet);
+        await using Parquet.ParquetReader reader = await Parquet.ParquetReader.CreateAsync(stream);
+        Parquet.Schema.DataField field = reader.Schema.GetDataFields().Single(f => f.Name == "sm_active_bp");
+        using Parquet.ParquetRowGroupReader group = reader.OpenRowGroupReader(0);
+        var values = new int?[group.RowCount];
+        await group.ReadAsync<int>(field, values);
+        Assert.Equal([0, 250, null], values);
+    }
+
+    private static async Task<byte[]> ExportAsync(AuditService.AuditServiceClient audit, ExportFormat format)
+    {
+        var selection = new UsageSelection { CreditCode = TestRecords.Provider, FromUnixMs = Day0, UntilUnixMs = Day0 + 86_400_000 };
+        using var call = audit.ExportUsage(new ExportUsageRequest { Selection = selection, Format = format }, Auditor);
+        using var file = new MemoryStream();
+        await foreach (ExportChunk chunk in call.ResponseStream.ReadAllAsync())
+        {
+            chunk.Data.WriteTo(file);
+        }
+
+        return file.ToArray();
+    }
+
     private static UsageRecord With(UsageRecord record, Action<UsageRecord> change)
     {
         UsageRecord copy = record.Clone();
