@@ -32,7 +32,7 @@ public sealed class PythonAgentTests(PostgresFixture postgres)
         });
 
         Assert.True(exit == 0, output);
-        Assert.Contains("Ran 7 tests", output, StringComparison.Ordinal);
+        Assert.Contains("Ran 8 tests", output, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -271,7 +271,11 @@ public sealed class PythonAgentTests(PostgresFixture postgres)
         Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM ingest_streams WHERE stream_id = @Stream", new { Stream }));
     }
 
-    /// <summary>The records the tests send: the fixture's, with every third one a half share without UUIDs or energy.</summary>
+    /// <summary>
+    /// The records the tests send: the fixture's, with every third one a half share without UUIDs or
+    /// energy, and every fourth one carrying an SM activity (0 at every twentieth), which the agent
+    /// hashes as the optional field of canonical-encoding.md.
+    /// </summary>
     private static UsageRecord Sent(ulong sequence)
     {
         UsageRecord record = TestRecords.Valid(sequence);
@@ -280,6 +284,11 @@ public sealed class PythonAgentTests(PostgresFixture postgres)
             record.ShareDenominator = 2;
             record.DeviceUuids.Clear();
             record.ClearEnergyMwh();
+        }
+
+        if (sequence % 4 == 0)
+        {
+            record.SmActiveBp = sequence % 20 == 0 ? 0 : (uint)(sequence * 613 % 10_001);
         }
 
         return record;
@@ -307,6 +316,11 @@ public sealed class PythonAgentTests(PostgresFixture postgres)
                 line["energy_mwh"] = record.EnergyMwh;
             }
 
+            if (record.HasSmActiveBp)
+            {
+                line["sm_active_bp"] = record.SmActiveBp;
+            }
+
             writer.WriteLine(JsonSerializer.Serialize(line));
         }
 
@@ -317,7 +331,8 @@ public sealed class PythonAgentTests(PostgresFixture postgres)
     {
         UsageRecord r = Sent(sequence);
         return $"{r.Sequence}|{r.JobId}|{r.HolderCode}|{r.DeviceModel}|{r.DeviceCount}|{r.ShareNumerator}/{r.ShareDenominator}|{r.StartUnixMs}|{r.EndUnixMs}|{r.Site}|"
-            + $"{string.Join(',', r.DeviceUuids)}|{(r.HasEnergyMwh ? r.EnergyMwh.ToString(System.Globalization.CultureInfo.InvariantCulture) : "-")}";
+            + $"{string.Join(',', r.DeviceUuids)}|{(r.HasEnergyMwh ? r.EnergyMwh.ToString(System.Globalization.CultureInfo.InvariantCulture) : "-")}"
+            + $"|{(r.HasSmActiveBp ? r.SmActiveBp.ToString(System.Globalization.CultureInfo.InvariantCulture) : "-")}";
     }
 
     private static async Task<List<string>> StoredAsync(TestServer server)
@@ -326,7 +341,7 @@ public sealed class PythonAgentTests(PostgresFixture postgres)
         return [.. await connection.QueryAsync<string>("""
             SELECT concat_ws('|', sequence, job_id, holder_code, device_model, device_count, share_numerator || '/' || share_denominator,
                    (extract(epoch FROM start_at) * 1000)::bigint, (extract(epoch FROM end_at) * 1000)::bigint, site,
-                   coalesce(array_to_string(device_uuids, ','), ''), coalesce(energy_mwh::text, '-'))
+                   coalesce(array_to_string(device_uuids, ','), ''), coalesce(energy_mwh::text, '-'), coalesce(sm_active_bp::text, '-'))
             FROM usage_records WHERE provider_id = @Provider AND stream_id = @Stream ORDER BY sequence
             """, new { TestRecords.Provider, Stream })];
     }

@@ -23,7 +23,8 @@ internal static class EngineRecords
         record.EndUnixMs,
         record.Site,
         record.DeviceUuids,
-        record.HasEnergyMwh ? record.EnergyMwh : null);
+        record.HasEnergyMwh ? record.EnergyMwh : null,
+        record.HasSmActiveBp ? record.SmActiveBp : null);
 
     public static IngestRecord[] Of(IEnumerable<UsageRecord> records) => [.. records.Select(Of)];
 
@@ -47,6 +48,11 @@ internal static class EngineRecords
         if (record.EnergyMwh is ulong energyMwh)
         {
             wire.EnergyMwh = energyMwh;
+        }
+
+        if (record.SmActiveBp is uint smActiveBp)
+        {
+            wire.SmActiveBp = smActiveBp;
         }
 
         return wire;

@@ -49,6 +49,8 @@ internal static class RecordMutations
                 // 8 devices × 5,000 W × 5 min = 3,333,333 mWh is the bound.
                 record.EnergyMwh = 3_333_334;
                 break;
+            case "SM activity of 10001 basis points": record.SmActiveBp = 10_001; break;
+            case "SM activity of the largest u32": record.SmActiveBp = uint.MaxValue; break;
             default: throw new ArgumentException($"Unknown mutation {mutation}", nameof(mutation));
         }
 

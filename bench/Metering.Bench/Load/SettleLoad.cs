@@ -335,6 +335,7 @@ internal static class SettleLoad
                     Site = site,
                     DeviceUuids = [],
                     EnergyMwh = null,
+                    SmActiveBp = null,
                 };
                 CanonicalEncoding.ChainHash(previous, fields, scratch, hash);
                 (previous, hash) = (hash, previous);

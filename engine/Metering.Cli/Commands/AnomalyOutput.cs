@@ -23,6 +23,7 @@ internal static class AnomalyOutput
         ("SilentStream", AnomalyKind.AnomalySilentStream),
         ("UsageSpike", AnomalyKind.AnomalyUsageSpike),
         ("CapacityUnvalidated", AnomalyKind.AnomalyCapacityUnvalidated),
+        ("AllocatedIdle", AnomalyKind.AnomalyAllocatedIdle),
     ];
 
     /// <summary>
@@ -79,7 +80,7 @@ internal static class AnomalyOutput
             foreach (EvidenceRecord row in anomaly.Evidence)
             {
                 text.Append(CultureInfo.InvariantCulture,
-                    $"    {row.StreamId} #{row.Sequence} job {row.JobId} {row.DeviceCount}×{row.DeviceModel} {row.ShareNumerator}/{row.ShareDenominator} {LocalTime.Minutes(row.StartUnixMs)}–{LocalTime.Minutes(row.EndUnixMs)} {row.Site} {string.Join(' ', row.DeviceUuids)}\n");
+                    $"    {row.StreamId} #{row.Sequence} job {row.JobId} {row.DeviceCount}×{row.DeviceModel} {row.ShareNumerator}/{row.ShareDenominator} {LocalTime.Minutes(row.StartUnixMs)}–{LocalTime.Minutes(row.EndUnixMs)} {row.Site} {string.Join(' ', row.DeviceUuids)}{(row.HasSmActiveBp ? $" SM {row.SmActiveBp} bp" : "")}\n");
             }
 
             if (anomaly.EvidenceTotal > anomaly.Evidence.Count)

@@ -114,7 +114,7 @@ public sealed class DailyMerkle(NpgsqlDataSource dataSource)
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         await using var command = new NpgsqlCommand("""
             SELECT job_id, holder_code, device_model, device_count, share_numerator, share_denominator,
-                   start_at, end_at, site, device_uuids, energy_mwh, chain_hash, committed_at
+                   start_at, end_at, site, device_uuids, energy_mwh, chain_hash, committed_at, sm_active_bp
             FROM usage_records WHERE provider_id = $1 AND stream_id = $2 AND sequence = $3
             """, connection)
         {
@@ -142,6 +142,7 @@ public sealed class DailyMerkle(NpgsqlDataSource dataSource)
             Site = reader.GetString(8),
             DeviceUuids = reader.IsDBNull(9) ? [] : reader.GetFieldValue<string[]>(9),
             EnergyMwh = reader.IsDBNull(10) ? null : (ulong)reader.GetInt64(10),
+            SmActiveBp = reader.IsDBNull(13) ? null : (uint)reader.GetInt32(13),
         };
         return (fields, reader.GetFieldValue<byte[]>(11), new DateTimeOffset(DateTime.SpecifyKind(reader.GetDateTime(12), DateTimeKind.Utc)));
     }

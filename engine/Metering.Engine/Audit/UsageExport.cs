@@ -20,7 +20,8 @@ public enum ExportFormat
 /// Exports the records an audit filter selects, one row per record, ordered by provider, stream
 /// and sequence, with every stored column: the attested fields, the derived usage (nPFh and
 /// device-milliseconds, integers), the catalog version, the chain hash in hex and the commit
-/// time. Times are Unix milliseconds and UTC instants: ISO 8601 with a Z in CSV, and in Parquet
+/// time, then the optional SM activity (empty where the record reported none), last so that the
+/// columns before it keep their places. Times are Unix milliseconds and UTC instants: ISO 8601 with a Z in CSV, and in Parquet
 /// the TIMESTAMP logical type in milliseconds with isAdjustedToUTC, plus the file's key-value
 /// metadata <see cref="ZoneKey"/> saying so. Programme days elsewhere are Asia/Shanghai dates;
 /// an instant has no zone to convert.
@@ -43,7 +44,7 @@ public sealed class UsageExport(NpgsqlDataSource dataSource)
     [
         "provider_id", "stream_id", "sequence", "job_id", "holder_code", "device_model", "device_count", "share_numerator", "share_denominator",
         "start_unix_ms", "end_unix_ms", "start_at", "end_at", "site", "device_uuids", "energy_mwh", "catalog_version", "usage_npfh", "device_ms",
-        "chain_hash", "committed_at",
+        "chain_hash", "committed_at", "sm_active_bp",
     ];
 
     /// <summary>Writes the export and returns the number of records. Parquet needs a seekable stream.</summary>
@@ -64,7 +65,7 @@ public sealed class UsageExport(NpgsqlDataSource dataSource)
 
         await using var command = new NpgsqlCommand($"""
             SELECT provider_id, stream_id, sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator,
-                   start_at, end_at, site, array_to_string(device_uuids, ';'), energy_mwh, catalog_version, usage_npfh, chain_hash, committed_at
+                   start_at, end_at, site, array_to_string(device_uuids, ';'), energy_mwh, catalog_version, usage_npfh, chain_hash, committed_at, sm_active_bp
             FROM usage_records WHERE {Positional(UsageFilter.Where)}
             ORDER BY provider_id, stream_id COLLATE "C", sequence
             """, connection, transaction);
@@ -82,7 +83,7 @@ public sealed class UsageExport(NpgsqlDataSource dataSource)
     private readonly record struct Row(
         string ProviderId, string StreamId, long Sequence, string JobId, string HolderCode, string DeviceModel, int DeviceCount, int ShareNumerator,
         int ShareDenominator, long StartMs, long EndMs, string Site, string? DeviceUuids, long? EnergyMwh, string CatalogVersion, long UsageNpfh,
-        long DeviceMs, string ChainHash, long CommittedMs);
+        long DeviceMs, string ChainHash, long CommittedMs, int? SmActiveBp);
 
     private static async Task<Row?> ReadAsync(NpgsqlDataReader reader, CancellationToken cancellationToken)
     {
@@ -109,8 +110,9 @@ public sealed class UsageExport(NpgsqlDataSource dataSource)
         long usage = reader.GetInt64(15);
         string hash = Convert.ToHexStringLower(reader.GetFieldValue<byte[]>(16));
         long committed = Storage.UnixMs.FromDateTime(reader.GetDateTime(17));
+        int? smActiveBp = reader.IsDBNull(18) ? null : reader.GetInt32(18);
         long deviceMs = UsageQueries.DeviceMs((uint)count, (uint)numerator, (uint)denominator, end - start);
-        return new Row(provider, stream, sequence, job, holder, model, count, numerator, denominator, start, end, site, uuids, energy, catalog, usage, deviceMs, hash, committed);
+        return new Row(provider, stream, sequence, job, holder, model, count, numerator, denominator, start, end, site, uuids, energy, catalog, usage, deviceMs, hash, committed, smActiveBp);
     }
 
     private static async Task<long> WriteCsvAsync(NpgsqlDataReader reader, Stream output, CancellationToken cancellationToken)
@@ -133,7 +135,7 @@ public sealed class UsageExport(NpgsqlDataSource dataSource)
             Append(line, r.DeviceUuids ?? "").Append(',');
             line.Append(r.EnergyMwh?.ToString(CultureInfo.InvariantCulture) ?? "").Append(',');
             Append(line, r.CatalogVersion).Append(',');
-            line.Append(CultureInfo.InvariantCulture, $"{r.UsageNpfh},{r.DeviceMs},{r.ChainHash},{Iso(r.CommittedMs)}");
+            line.Append(CultureInfo.InvariantCulture, $"{r.UsageNpfh},{r.DeviceMs},{r.ChainHash},{Iso(r.CommittedMs)},{r.SmActiveBp?.ToString(CultureInfo.InvariantCulture)}");
             await writer.WriteLineAsync(line, cancellationToken);
             count++;
         }
@@ -175,12 +177,13 @@ public sealed class UsageExport(NpgsqlDataSource dataSource)
     private static readonly DataField<long> DeviceMsField = new("device_ms");
     private static readonly DataField<string> HashField = new("chain_hash");
     private static readonly DateTimeDataField CommittedField = Instant("committed_at");
+    private static readonly DataField<int?> SmActiveField = new("sm_active_bp");
 
     private static DateTimeDataField Instant(string name) => new(name, DateTimeFormat.Timestamp, isAdjustedToUTC: true, unit: DateTimeTimeUnit.Millis);
 
     public static ParquetSchema Schema { get; } = new(
         ProviderField, StreamField, SequenceField, JobField, HolderField, ModelField, CountField, NumeratorField, DenominatorField, StartMsField, EndMsField,
-        StartField, EndField, SiteField, UuidsField, EnergyField, CatalogField, UsageField, DeviceMsField, HashField, CommittedField);
+        StartField, EndField, SiteField, UuidsField, EnergyField, CatalogField, UsageField, DeviceMsField, HashField, CommittedField, SmActiveField);
 
     /// <summary>
     /// Strings that repeat from record to record (a provider has a few streams, sites, holders and
@@ -250,6 +253,7 @@ public sealed class UsageExport(NpgsqlDataSource dataSource)
         await group.WriteAsync<long>(DeviceMsField, rows.Select(r => r.DeviceMs).ToArray(), cancellationToken: cancellationToken);
         await group.WriteAsync(HashField, rows.Select(r => r.ChainHash).ToArray());
         await group.WriteAsync<DateTime>(CommittedField, rows.Select(r => Storage.UnixMs.ToDateTime(r.CommittedMs)).ToArray(), cancellationToken: cancellationToken);
+        await group.WriteAsync<int>(SmActiveField, rows.Select(r => r.SmActiveBp).ToArray(), cancellationToken: cancellationToken);
     }
 
     /// <summary>The filter's SQL with Npgsql's positional parameters, since the export uses plain commands.</summary>

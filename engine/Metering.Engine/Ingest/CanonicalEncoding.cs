@@ -25,6 +25,9 @@ public readonly struct RecordFields
     public required IReadOnlyList<string> DeviceUuids { get; init; }
     public required ulong? EnergyMwh { get; init; }
 
+    /// <summary>Mean SM activity in basis points; null when the record reports none, and then nothing of it is encoded.</summary>
+    public required uint? SmActiveBp { get; init; }
+
     public static RecordFields From(string providerId, string streamId, in IngestRecord record) => new()
     {
         ProviderId = providerId,
@@ -41,6 +44,7 @@ public readonly struct RecordFields
         Site = record.Site,
         DeviceUuids = record.DeviceUuids,
         EnergyMwh = record.EnergyMwh,
+        SmActiveBp = record.SmActiveBp,
     };
 }
 
@@ -58,6 +62,16 @@ public static class CanonicalEncoding
 
     public const int StreamIdBytesMax = 64;
     public const int DeviceModelBytesMax = 32;
+
+    /// <summary>
+    /// The tag of the optional SM-activity field written after the fixed fields when a record
+    /// carries it. A field added to format 1 is written only when present, as its tag and value,
+    /// so that every record without it keeps the bytes, and the chain the hashes, it always had.
+    /// </summary>
+    public const byte SmActiveTag = 0x01;
+
+    /// <summary>Bytes of the SM-activity field when present: its tag and a u32.</summary>
+    public const int SmActiveBytes = 1 + 4;
 
     /// <summary>Bytes of a record that do not depend on its strings: the version, integers, flags and length prefixes.</summary>
     public const int FixedBytes =
@@ -104,6 +118,13 @@ public static class CanonicalEncoding
         destination[at++] = record.EnergyMwh.HasValue ? (byte)1 : (byte)0;
         BinaryPrimitives.WriteUInt64BigEndian(destination[at..], record.EnergyMwh ?? 0);
         at += 8;
+        if (record.SmActiveBp is uint smActiveBp)
+        {
+            destination[at++] = SmActiveTag;
+            BinaryPrimitives.WriteUInt32BigEndian(destination[at..], smActiveBp);
+            at += 4;
+        }
+
         return at;
     }
 
@@ -119,7 +140,7 @@ public static class CanonicalEncoding
             return -1;
         }
 
-        long length = FixedBytes;
+        long length = FixedBytes + (record.SmActiveBp.HasValue ? SmActiveBytes : 0);
         foreach (string value in (ReadOnlySpan<string>)[record.ProviderId, record.StreamId, record.JobId, record.HolderCode, record.DeviceModel, record.Site])
         {
             int bytes = Encoding.UTF8.GetByteCount(value);

@@ -95,6 +95,7 @@ public sealed class IngestLimits
     /// <summary>The longest canonical encoding a record within these limits can have.</summary>
     public int CanonicalBytesMax =>
         CanonicalEncoding.FixedBytes
+        + CanonicalEncoding.SmActiveBytes
         + CanonicalEncoding.StreamIdBytesMax
         + JobIdBytesMax + SiteBytesMax + CanonicalEncoding.DeviceModelBytesMax
         + DeviceUuidsMax * (2 + DeviceUuidBytesMax)

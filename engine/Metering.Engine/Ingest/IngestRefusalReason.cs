@@ -113,6 +113,9 @@ public enum IngestRefusalReason
 
     /// <summary>A message on the stream is not an IngestRequest: its bytes do not parse, a string field holds bytes that are not UTF-8 (protobuf requires UTF-8, so such text is refused, never replaced by U+FFFD), or no `kind` is set (INVALID_ARGUMENT). Nothing of that message was kept; what was acknowledged before it stands.</summary>
     MessageMalformed = 34,
+
+    /// <summary>sm_active_bp is above 10,000 basis points: a device cannot be busy more than all of the time (INVALID_ARGUMENT). Nothing of the batch was committed.</summary>
+    SmActiveOutOfRange = 35,
 }
 
 /// <summary>The contract's spelling of an ingest refusal reason, for what the engine stores under it.</summary>

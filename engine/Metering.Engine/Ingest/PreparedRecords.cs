@@ -30,7 +30,7 @@ internal sealed class PreparedRecords : IUsageRows
         ref readonly IngestRecord record = ref Records[index];
         return new UsageRow(record.Sequence, record.JobId, record.HolderCode, record.DeviceModel, record.DeviceCount, record.ShareNumerator, record.ShareDenominator,
             record.StartUnixMs, record.EndUnixMs, record.Site, record.DeviceUuids, record.EnergyMwh,
-            Models[index].CatalogVersion, UsageNanoPflopsHours[index], HashAt(index));
+            Models[index].CatalogVersion, UsageNanoPflopsHours[index], HashAt(index), record.SmActiveBp);
     }
 
     public void Clear()

@@ -27,6 +27,9 @@ public sealed class RecordValidator
     /// <summary>The most power one device is believed to draw, for the energy plausibility bound.</summary>
     public const uint DeviceWattsMax = 5_000;
 
+    /// <summary>The most SM activity a record can report: every multiprocessor busy all of the time, in basis points.</summary>
+    public const uint SmActiveBpMax = 10_000;
+
     public RecordValidator(IngestLimits limits, DeviceCatalog catalog)
     {
         limits.Validate();
@@ -129,6 +132,11 @@ public sealed class RecordValidator
             {
                 return Refuse(IngestRefusalReason.EnergyOutOfRange, record, $"energy_mwh {energyMwh} exceeds {DeviceWattsMax} W per device over the record ({energyMaxMwh} mWh)");
             }
+        }
+
+        if (record.SmActiveBp is uint smActiveBp && smActiveBp > SmActiveBpMax)
+        {
+            return Refuse(IngestRefusalReason.SmActiveOutOfRange, record, $"sm_active_bp {smActiveBp} is above {SmActiveBpMax} basis points (every multiprocessor busy all of the time)");
         }
 
         model = found;

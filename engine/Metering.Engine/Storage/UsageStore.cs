@@ -26,7 +26,8 @@ public readonly record struct UsageRow(
     ulong? EnergyMwh,
     string CatalogVersion,
     long UsageNanoPflopsHours,
-    ReadOnlyMemory<byte> ChainHash);
+    ReadOnlyMemory<byte> ChainHash,
+    uint? SmActiveBp = null);
 
 /// <summary>A batch of rows for one stream, in sequence order, that the store copies in one go.</summary>
 public interface IUsageRows
@@ -68,10 +69,10 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
 
     private const string CopyCommand =
         "COPY usage_records (provider_id, stream_id, sequence, job_id, holder_code, device_model, device_count, "
-        + "share_numerator, share_denominator, start_at, end_at, site, device_uuids, energy_mwh, catalog_version, usage_npfh, chain_hash) "
+        + "share_numerator, share_denominator, start_at, end_at, site, device_uuids, energy_mwh, catalog_version, usage_npfh, chain_hash, sm_active_bp) "
         + "FROM STDIN (FORMAT BINARY)";
 
-    private const short CopyColumnCount = 17;
+    private const short CopyColumnCount = 18;
 
     public NpgsqlDataSource DataSource => dataSource;
 
@@ -268,6 +269,14 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
         rows.WriteTextField(row.CatalogVersion);
         rows.WriteInt64Field(row.UsageNanoPflopsHours);
         rows.WriteByteaField(row.ChainHash.Span);
+        if (row.SmActiveBp is uint smActiveBp)
+        {
+            rows.WriteInt32Field((int)smActiveBp);
+        }
+        else
+        {
+            rows.WriteNull();
+        }
     }
 
     /// <summary>

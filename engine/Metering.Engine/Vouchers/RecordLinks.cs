@@ -29,7 +29,7 @@ internal static class RecordLinks
         var rows = new Dictionary<long, (RecordFields Fields, byte[] Hash)>();
         await using (var command = new NpgsqlCommand("""
             SELECT sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator,
-                   start_at, end_at, site, device_uuids, energy_mwh, chain_hash
+                   start_at, end_at, site, device_uuids, energy_mwh, chain_hash, sm_active_bp
             FROM usage_records WHERE provider_id = $1 AND stream_id = $2 AND sequence = ANY($3)
             """, connection, transaction)
         {
@@ -56,6 +56,7 @@ internal static class RecordLinks
                     Site = reader.GetString(9),
                     DeviceUuids = reader.IsDBNull(10) ? [] : reader.GetFieldValue<string[]>(10),
                     EnergyMwh = reader.IsDBNull(11) ? null : (ulong)reader.GetInt64(11),
+                    SmActiveBp = reader.IsDBNull(13) ? null : (uint)reader.GetInt32(13),
                 }, reader.GetFieldValue<byte[]>(12));
             }
         }

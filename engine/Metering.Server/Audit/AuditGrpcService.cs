@@ -14,6 +14,7 @@ using Microsoft.Extensions.Logging;
 using EngineAnomaly = Metering.Engine.Audit.Anomaly;
 using EngineAnomalyKind = Metering.Engine.Audit.AnomalyKind;
 using EngineChainBreak = Metering.Engine.Audit.ChainBreak;
+using EngineEvidenceRow = Metering.Engine.Audit.EvidenceRow;
 using EngineExportFormat = Metering.Engine.Audit.ExportFormat;
 using EngineProof = Metering.Engine.Audit.InclusionProof;
 using EngineUsageTotals = Metering.Engine.Audit.UsageTotals;
@@ -323,6 +324,7 @@ internal sealed partial class AuditGrpcService(
         (EngineAnomalyKind.SilentStream, Protocol.V1.AnomalyKind.AnomalySilentStream),
         (EngineAnomalyKind.UsageSpike, Protocol.V1.AnomalyKind.AnomalyUsageSpike),
         (EngineAnomalyKind.CapacityUnvalidated, Protocol.V1.AnomalyKind.AnomalyCapacityUnvalidated),
+        (EngineAnomalyKind.AllocatedIdle, Protocol.V1.AnomalyKind.AnomalyAllocatedIdle),
     ];
 
     private static Protocol.V1.AnomalyKind WireKind(EngineAnomalyKind kind) =>
@@ -350,27 +352,36 @@ internal sealed partial class AuditGrpcService(
         UntilUnixMs = a.UntilUnixMs,
         Summary = a.Summary,
         EvidenceTotal = (uint)a.EvidenceTotal,
-        Evidence =
-        {
-            a.Evidence.Select(r => new EvidenceRecord
-            {
-                StreamId = r.StreamId,
-                Sequence = r.Sequence,
-                JobId = r.JobId,
-                HolderCode = r.HolderCode,
-                DeviceModel = r.DeviceModel,
-                DeviceCount = r.DeviceCount,
-                ShareNumerator = r.ShareNumerator,
-                ShareDenominator = r.ShareDenominator,
-                StartUnixMs = r.StartUnixMs,
-                EndUnixMs = r.EndUnixMs,
-                Site = r.Site,
-                DeviceUuids = { r.DeviceUuids },
-                UsageNpfh = (ulong)r.UsageNanoPflopsHours,
-            }),
-        },
+        Evidence = { a.Evidence.Select(Evidence) },
         Facts = { a.Facts.Select(f => new AnomalyFact { Name = f.Name, Value = f.Value }) },
     };
+
+    /// <summary>An evidence row on the wire; an SM activity the record did not report stays unset.</summary>
+    private static EvidenceRecord Evidence(EngineEvidenceRow r)
+    {
+        var row = new EvidenceRecord
+        {
+            StreamId = r.StreamId,
+            Sequence = r.Sequence,
+            JobId = r.JobId,
+            HolderCode = r.HolderCode,
+            DeviceModel = r.DeviceModel,
+            DeviceCount = r.DeviceCount,
+            ShareNumerator = r.ShareNumerator,
+            ShareDenominator = r.ShareDenominator,
+            StartUnixMs = r.StartUnixMs,
+            EndUnixMs = r.EndUnixMs,
+            Site = r.Site,
+            DeviceUuids = { r.DeviceUuids },
+            UsageNpfh = (ulong)r.UsageNanoPflopsHours,
+        };
+        if (r.SmActiveBp is uint smActiveBp)
+        {
+            row.SmActiveBp = smActiveBp;
+        }
+
+        return row;
+    }
 
     private static UsageFilter Filter(UsageSelection? selection)
     {

@@ -21,7 +21,8 @@ internal static class IngestMapping
         record.EndUnixMs,
         record.Site,
         record.DeviceUuids,
-        record.HasEnergyMwh ? record.EnergyMwh : null);
+        record.HasEnergyMwh ? record.EnergyMwh : null,
+        record.HasSmActiveBp ? record.SmActiveBp : null);
 }
 
 /// <summary>

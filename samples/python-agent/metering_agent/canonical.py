@@ -12,6 +12,9 @@ GENESIS = bytes(32)
 
 FORMAT = 1
 
+SM_ACTIVE_TAG = 0x01
+"""The tag of the optional mean SM activity (basis points, u32) after the energy field."""
+
 
 @dataclass(frozen=True)
 class Record:
@@ -29,6 +32,7 @@ class Record:
     site: str
     device_uuids: tuple[str, ...] = ()
     energy_mwh: Optional[int] = None
+    sm_active_bp: Optional[int] = None
 
 
 def _string(text: str) -> bytes:
@@ -60,6 +64,10 @@ def encode(provider_id: str, stream_id: str, record: Record) -> bytes:
         parts.append(b"\x00" + bytes(8))
     else:
         parts.append(b"\x01" + struct.pack(">Q", record.energy_mwh))
+    # Optional fields added to format 1 are written only when present, as a tag byte and the
+    # value; an absent one writes nothing, so records without it hash as they always did.
+    if record.sm_active_bp is not None:
+        parts.append(bytes([SM_ACTIVE_TAG]) + struct.pack(">I", record.sm_active_bp))
     return b"".join(parts)
 
 

@@ -12,7 +12,7 @@ from .transport import UsageError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _PROPERTIES = {"job_id", "holder_code", "account", "device_model", "gres", "device_count", "share_numerator",
-               "share_denominator", "start", "end", "site", "device_uuids", "energy_mwh"}
+               "share_denominator", "start", "end", "site", "device_uuids", "energy_mwh", "sm_active_bp"}
 
 
 def unix_ms(text: str) -> int:
@@ -75,6 +75,7 @@ def read_jsonl(path: Path, mapping: dict[str, Any]) -> list[Record]:
             if not isinstance(uuids, list) or not all(isinstance(u, str) for u in uuids):
                 raise ValueError("device_uuids must be an array of strings")
             energy = line.get("energy_mwh")
+            sm_active = line.get("sm_active_bp")
             record = Record(
                 sequence=len(records) + 1,
                 job_id=_text(line, "job_id"),
@@ -88,6 +89,7 @@ def read_jsonl(path: Path, mapping: dict[str, Any]) -> list[Record]:
                 site=_text(line, "site") if "site" in line else mapping.get("site", ""),
                 device_uuids=tuple(uuids),
                 energy_mwh=None if energy is None else _integer(line, "energy_mwh"),
+                sm_active_bp=None if sm_active is None else _integer(line, "sm_active_bp"),
             )
             record.job_id.encode("utf-8")
             for text_field in (record.holder_code, record.site, *record.device_uuids):

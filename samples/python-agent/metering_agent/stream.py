@@ -106,6 +106,8 @@ class Streamer:
             message.device_uuids.extend(record.device_uuids)
             if record.energy_mwh is not None:
                 message.energy_mwh = record.energy_mwh
+            if record.sm_active_bp is not None:
+                message.sm_active_bp = record.sm_active_bp
         return ingest.IngestRequest(batch=batch)
 
     def _session(self, first: bool) -> None:

@@ -24,6 +24,8 @@ RECORDS = [
     canonical.Record(1, "job-42", "9144030071526726XG", "H100-SXM", 8, 1, 1, START_MS, START_MS + 3_600_000, "sz-nanshan-dc1",
                      ("GPU-0001", "GPU-0002"), 5_600_000),
     canonical.Record(2, "job-43", "9144030071526726XG", "A100-SXM", 1, 3, 7, START_MS, START_MS + 1_800_000, "sz-nanshan-dc1"),
+    canonical.Record(3, "job-44", "9144030071526726XG", "H100-SXM", 2, 1, 1, START_MS + 3_600_000, START_MS + 7_200_000, "sz-nanshan-dc1",
+                     sm_active_bp=312),
 ]
 
 
@@ -31,10 +33,16 @@ class CanonicalEncodingTests(unittest.TestCase):
     def test_the_records_encode_to_the_documents_bytes(self):
         self.assertEqual(example("canonical-encoding.md", "R1"), canonical.encode("914403001922038216", "cluster-a", RECORDS[0]).hex())
         self.assertEqual(example("canonical-encoding.md", "R2"), canonical.encode("914403001922038216", "cluster-a", RECORDS[1]).hex())
+        self.assertEqual(example("canonical-encoding.md", "R3"), canonical.encode("914403001922038216", "cluster-a", RECORDS[2]).hex())
 
     def test_the_chain_gives_the_documents_hashes(self):
         hashes = canonical.chain("914403001922038216", "cluster-a", RECORDS)
-        self.assertEqual([example("canonical-encoding.md", "H1"), example("canonical-encoding.md", "H2")], [h.hex() for h in hashes[1:]])
+        self.assertEqual([example("canonical-encoding.md", name) for name in ("H1", "H2", "H3")], [h.hex() for h in hashes[1:]])
+
+    def test_an_absent_sm_activity_adds_no_bytes_and_a_measured_zero_adds_its_tag(self):
+        without = canonical.encode("914403001922038216", "cluster-a", RECORDS[1])
+        zero = canonical.encode("914403001922038216", "cluster-a", dataclasses.replace(RECORDS[1], sm_active_bp=0))
+        self.assertEqual(without + bytes.fromhex("0100000000"), zero)
 
     def test_text_that_is_not_utf8_is_refused_rather_than_replaced(self):
         with self.assertRaises(UnicodeEncodeError):

@@ -23,6 +23,7 @@ public sealed partial class CanonicalEncodingTests
         Site = "sz-nanshan-dc1",
         DeviceUuids = ["GPU-0001", "GPU-0002"],
         EnergyMwh = 5_600_000,
+        SmActiveBp = null,
     };
 
     private static readonly RecordFields Second = First with
@@ -38,6 +39,20 @@ public sealed partial class CanonicalEncodingTests
         EnergyMwh = null,
     };
 
+    /// <summary>The third record of the worked example: the only one that reports an SM activity.</summary>
+    private static readonly RecordFields Third = Second with
+    {
+        Sequence = 3,
+        JobId = "job-44",
+        DeviceModel = "H100-SXM",
+        DeviceCount = 2,
+        ShareNumerator = 1,
+        ShareDenominator = 1,
+        StartUnixMs = 1763600400000,
+        EndUnixMs = 1763604000000,
+        SmActiveBp = 312,
+    };
+
     [Fact]
     public void Encoding_and_chain_match_the_worked_example_in_the_contract()
     {
@@ -47,14 +62,18 @@ public sealed partial class CanonicalEncodingTests
 
         Assert.Equal(Value("R1"), Hex(Encode(First)));
         Assert.Equal(Value("R2"), Hex(Encode(Second)));
+        Assert.Equal(Value("R3"), Hex(Encode(Third)));
 
         byte[] h1 = new byte[32];
         byte[] h2 = new byte[32];
+        byte[] h3 = new byte[32];
         byte[] scratch = new byte[4096];
         CanonicalEncoding.ChainHash(new byte[32], First, scratch, h1);
         CanonicalEncoding.ChainHash(h1, Second, scratch, h2);
+        CanonicalEncoding.ChainHash(h2, Third, scratch, h3);
         Assert.Equal(Value("H1"), Hex(h1));
         Assert.Equal(Value("H2"), Hex(h2));
+        Assert.Equal(Value("H3"), Hex(h3));
     }
 
     [Fact]
@@ -89,6 +108,8 @@ public sealed partial class CanonicalEncodingTests
             First with { DeviceUuids = ["GPU-0001"] },
             First with { EnergyMwh = 5_600_001 },
             First with { EnergyMwh = null },
+            First with { SmActiveBp = 0 },
+            First with { SmActiveBp = 10_000 },
         ];
         foreach (RecordFields variant in variants)
         {
@@ -112,6 +133,23 @@ public sealed partial class CanonicalEncodingTests
     }
 
     [Fact]
+    public void An_absent_sm_activity_adds_no_bytes_and_a_present_one_adds_its_tag_and_value()
+    {
+        // Absent stays absent: the record's bytes are those it had before the field existed, so
+        // chains committed without it verify unchanged.
+        byte[] without = Encode(Second);
+        byte[] zero = Encode(Second with { SmActiveBp = 0 });
+        byte[] busy = Encode(Second with { SmActiveBp = 9_999 });
+
+        Assert.Equal(without.Length + CanonicalEncoding.SmActiveBytes, zero.Length);
+        Assert.Equal(without, zero[..without.Length]);
+        Assert.Equal("0100000000", Hex(zero.AsSpan(without.Length)));
+        Assert.Equal("010000270f", Hex(busy.AsSpan(without.Length)));
+        Assert.Equal(zero.Length, CanonicalEncoding.Length(Second with { SmActiveBp = 0 }));
+        Assert.Equal(without.Length, CanonicalEncoding.Length(Second));
+    }
+
+    [Fact]
     public void Length_prefixes_keep_field_boundaries_unambiguous()
     {
         // Moving a character from one string to the next must not produce the same bytes.
@@ -129,6 +167,7 @@ public sealed partial class CanonicalEncodingTests
             Site = new string('x', limits.SiteBytesMax),
             DeviceModel = new string('m', CanonicalEncoding.DeviceModelBytesMax),
             DeviceUuids = Enumerable.Repeat(new string('u', limits.DeviceUuidBytesMax), limits.DeviceUuidsMax).ToArray(),
+            SmActiveBp = uint.MaxValue,
         };
         Assert.True(Encode(longest).Length <= limits.CanonicalBytesMax);
     }

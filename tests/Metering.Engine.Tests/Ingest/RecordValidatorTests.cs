@@ -44,6 +44,8 @@ public sealed class RecordValidatorTests
         { "more UUIDs than devices", IngestRefusalReason.DeviceUuidsInvalid },
         { "empty UUID", IngestRefusalReason.DeviceUuidsInvalid },
         { "energy above 5 kW per device", IngestRefusalReason.EnergyOutOfRange },
+        { "SM activity of 10001 basis points", IngestRefusalReason.SmActiveOutOfRange },
+        { "SM activity of the largest u32", IngestRefusalReason.SmActiveOutOfRange },
     };
 
     [Theory]
@@ -70,6 +72,16 @@ public sealed class RecordValidatorTests
         IngestRecord valid = EngineRecords.Of(TestRecords.Valid(1));
         IngestRecord record = valid with { EndUnixMs = valid.StartUnixMs + 86_400_000, EnergyMwh = 0 };
         Assert.False(Validator.Validate(record, record.EndUnixMs, out _).IsRefused);
+    }
+
+    [Theory]
+    [InlineData(0u)]
+    [InlineData(499u)]
+    [InlineData(10_000u)]
+    public void An_sm_activity_from_0_to_10000_basis_points_is_accepted(uint smActiveBp)
+    {
+        IngestRecord record = EngineRecords.Of(TestRecords.Valid(1)) with { SmActiveBp = smActiveBp };
+        Assert.False(Validator.Validate(record, NowMs, out _).IsRefused);
     }
 
     [Fact]

@@ -58,6 +58,23 @@ public sealed class IngestMappingTests
     }
 
     [Fact]
+    public void An_absent_sm_activity_stays_absent_and_a_measured_zero_stays_zero_with_different_chain_bytes()
+    {
+        UsageRecord zero = Wire();
+        zero.SmActiveBp = 0;
+        UsageRecord busy = Wire();
+        busy.SmActiveBp = 8_750;
+
+        IngestRecord absent = IngestMapping.ToEngine(Wire());
+        IngestRecord measuredZero = IngestMapping.ToEngine(zero);
+
+        Assert.Null(absent.SmActiveBp);
+        Assert.Equal(0u, measuredZero.SmActiveBp);
+        Assert.Equal(8_750u, IngestMapping.ToEngine(busy).SmActiveBp);
+        Assert.NotEqual(Encode(absent), Encode(measuredZero));
+    }
+
+    [Fact]
     public void A_mapped_record_encodes_to_the_bytes_of_the_same_fields_written_out()
     {
         var fields = new RecordFields
@@ -76,6 +93,7 @@ public sealed class IngestMappingTests
             Site = "sz-nanshan-dc1",
             DeviceUuids = ["GPU-0001", "GPU-0002"],
             EnergyMwh = 280_000,
+            SmActiveBp = null,
         };
 
         Assert.Equal(Encode(fields), Encode(IngestMapping.ToEngine(Wire())));

@@ -28,6 +28,8 @@ public sealed class IngestRefusalTests(PostgresFixture postgres)
         { "NUL in site", StatusCode.InvalidArgument, "SITE_INVALID" },
         { "more UUIDs than devices", StatusCode.InvalidArgument, "DEVICE_UUIDS_INVALID" },
         { "energy above 5 kW per device", StatusCode.InvalidArgument, "ENERGY_OUT_OF_RANGE" },
+        { "SM activity of 10001 basis points", StatusCode.InvalidArgument, "SM_ACTIVE_OUT_OF_RANGE" },
+        { "SM activity of the largest u32", StatusCode.InvalidArgument, "SM_ACTIVE_OUT_OF_RANGE" },
     };
 
     [Theory]

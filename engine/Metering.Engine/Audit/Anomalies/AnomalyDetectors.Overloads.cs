@@ -119,12 +119,12 @@ public sealed partial class AnomalyDetectors
 
     private static async Task<List<EvidenceRow>> EvidenceAsync(NpgsqlConnection connection, string providerId, string streamId, ulong sequence, CancellationToken cancellationToken)
     {
-        var rows = await connection.QueryAsync<(string Job, string Holder, string Model, int Count, int Num, int Den, DateTime Start, DateTime End, string Site, string[]? Uuids, long Usage)>(new CommandDefinition("""
-            SELECT job_id, holder_code, device_model, device_count, share_numerator, share_denominator, start_at, end_at, site, device_uuids, usage_npfh
+        var rows = await connection.QueryAsync<(string Job, string Holder, string Model, int Count, int Num, int Den, DateTime Start, DateTime End, string Site, string[]? Uuids, long Usage, int? SmActive)>(new CommandDefinition("""
+            SELECT job_id, holder_code, device_model, device_count, share_numerator, share_denominator, start_at, end_at, site, device_uuids, usage_npfh, sm_active_bp
             FROM usage_records WHERE provider_id = @providerId AND stream_id = @streamId AND sequence = @sequence
             """, new { providerId, streamId, sequence = (long)sequence }, cancellationToken: cancellationToken));
         return rows.Select(r => new EvidenceRow(streamId, sequence, r.Job, r.Holder, r.Model, (uint)r.Count, (uint)r.Num, (uint)r.Den,
-            UnixMs.FromDateTime(r.Start), UnixMs.FromDateTime(r.End), r.Site, r.Uuids ?? [], r.Usage)).ToList();
+            UnixMs.FromDateTime(r.Start), UnixMs.FromDateTime(r.End), r.Site, r.Uuids ?? [], r.Usage, r.SmActive is int bp ? (uint)bp : null)).ToList();
     }
 
     private static string Time(long unixMs) =>

@@ -32,9 +32,9 @@ public sealed partial class AnomalyDetectors(NpgsqlDataSource dataSource, TimePr
     /// <summary>One loaded record; strings are shared between records.</summary>
     private sealed record Usage(
         string StreamId, ulong Sequence, string JobId, string HolderCode, string DeviceModel, uint DeviceCount, uint ShareNumerator, uint ShareDenominator,
-        long StartMs, long EndMs, string Site, string[] DeviceUuids, long UsageNpfh)
+        long StartMs, long EndMs, string Site, string[] DeviceUuids, long UsageNpfh, uint? SmActiveBp)
     {
-        public EvidenceRow Evidence() => new(StreamId, Sequence, JobId, HolderCode, DeviceModel, DeviceCount, ShareNumerator, ShareDenominator, StartMs, EndMs, Site, DeviceUuids, UsageNpfh);
+        public EvidenceRow Evidence() => new(StreamId, Sequence, JobId, HolderCode, DeviceModel, DeviceCount, ShareNumerator, ShareDenominator, StartMs, EndMs, Site, DeviceUuids, UsageNpfh, SmActiveBp);
     }
 
     /// <summary>The same detectors over the same database and clock, with other thresholds (a caller's own silence threshold).</summary>
@@ -61,7 +61,7 @@ public sealed partial class AnomalyDetectors(NpgsqlDataSource dataSource, TimePr
         long fromMs = from.ToUnixTimeMilliseconds();
         long untilMs = until.ToUnixTimeMilliseconds();
         long lookBackMs = (long)LookBack.TotalMilliseconds;
-        List<Usage> records = capacity || Wants(AnomalyKind.DeviceDoubleBooked) || Wants(AnomalyKind.OutsideAdmission) || Wants(AnomalyKind.SilentStream)
+        List<Usage> records = capacity || Wants(AnomalyKind.DeviceDoubleBooked) || Wants(AnomalyKind.OutsideAdmission) || Wants(AnomalyKind.SilentStream) || Wants(AnomalyKind.AllocatedIdle)
             ? await LoadAsync(providerId, fromMs - lookBackMs, untilMs, cancellationToken)
             : [];
         Counted? exceeded = null, unvalidated = null;
@@ -91,6 +91,7 @@ public sealed partial class AnomalyDetectors(NpgsqlDataSource dataSource, TimePr
 
         found.Add(AnomalyKind.UsageSpike, Wants(AnomalyKind.UsageSpike) ? new Counted(await SpikesAsync(providerId, from, until, cancellationToken)) : null);
         found.Add(AnomalyKind.CapacityUnvalidated, Wants(AnomalyKind.CapacityUnvalidated) ? unvalidated : null);
+        found.Add(AnomalyKind.AllocatedIdle, Wants(AnomalyKind.AllocatedIdle) ? new Counted(AllocatedIdle(providerId, records, fromMs)) : null);
         return new AnomalyFindings(found.Kept, found.Kinds, _settings.AnomaliesPerKindMax);
     }
 
@@ -158,7 +159,7 @@ public sealed partial class AnomalyDetectors(NpgsqlDataSource dataSource, TimePr
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         await using var command = new NpgsqlCommand("""
             SELECT stream_id, sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator,
-                   start_at, end_at, site, device_uuids, usage_npfh
+                   start_at, end_at, site, device_uuids, usage_npfh, sm_active_bp
             FROM usage_records
             WHERE provider_id = $1 AND start_at >= $2 AND start_at < $3 AND stream_id NOT LIKE 'proof:%'
             ORDER BY stream_id COLLATE "C", sequence
@@ -182,7 +183,8 @@ public sealed partial class AnomalyDetectors(NpgsqlDataSource dataSource, TimePr
 
             records.Add(new Usage(Shared(reader.GetString(0)), (ulong)reader.GetInt64(1), reader.GetString(2), Shared(reader.GetString(3)), Shared(reader.GetString(4)),
                 (uint)reader.GetInt32(5), (uint)reader.GetInt32(6), (uint)reader.GetInt32(7), UnixMs.FromDateTime(reader.GetDateTime(8)),
-                UnixMs.FromDateTime(reader.GetDateTime(9)), Shared(reader.GetString(10)), uuids, reader.GetInt64(12)));
+                UnixMs.FromDateTime(reader.GetDateTime(9)), Shared(reader.GetString(10)), uuids, reader.GetInt64(12),
+                reader.IsDBNull(13) ? null : (uint)reader.GetInt32(13)));
         }
 
         return records;

@@ -28,12 +28,15 @@ public enum AnomalyKind
 
     /// <summary>Devices of a model in use while no fleet validation of the provider was in force, so that no validated fleet bounds them.</summary>
     CapacityUnvalidated,
+
+    /// <summary>A job's devices allocated with a reported mean SM activity below the idle threshold for at least the idle duration.</summary>
+    AllocatedIdle,
 }
 
 /// <summary>One usage record offered as evidence.</summary>
 public sealed record EvidenceRow(
     string StreamId, ulong Sequence, string JobId, string HolderCode, string DeviceModel, uint DeviceCount, uint ShareNumerator, uint ShareDenominator,
-    long StartUnixMs, long EndUnixMs, string Site, IReadOnlyList<string> DeviceUuids, long UsageNanoPflopsHours);
+    long StartUnixMs, long EndUnixMs, string Site, IReadOnlyList<string> DeviceUuids, long UsageNanoPflopsHours, uint? SmActiveBp = null);
 
 /// <summary>A named figure of an anomaly (peak devices, capacity, baseline, hashes...).</summary>
 public readonly record struct Fact(string Name, string Value);
@@ -92,6 +95,12 @@ public sealed record DetectorSettings
     /// </summary>
     public int HeartbeatRunsMax { get; init; } = 1_000_000;
 
+    /// <summary>A record whose mean SM activity is below this many basis points (5 % by default) counts as idle.</summary>
+    public uint IdleSmActiveBelowBp { get; init; } = 500;
+
+    /// <summary>Idle records of one job that follow one another for at least this long are an anomaly.</summary>
+    public TimeSpan IdleDurationMin { get; init; } = TimeSpan.FromHours(1);
+
     public void Validate()
     {
         Require(Silence >= TimeSpan.FromMinutes(1) && Silence <= TimeSpan.FromDays(31), nameof(Silence), "between 1 minute and 31 days");
@@ -103,6 +112,8 @@ public sealed record DetectorSettings
         Require(AnomaliesPerKindMax is >= 1 and <= 100_000, nameof(AnomaliesPerKindMax), "between 1 and 100000");
         Require(RecordsMax is >= 1 and <= 50_000_000, nameof(RecordsMax), "between 1 and 50000000");
         Require(HeartbeatRunsMax is >= 1 and <= 50_000_000, nameof(HeartbeatRunsMax), "between 1 and 50000000");
+        Require(IdleSmActiveBelowBp is >= 1 and <= RecordValidator.SmActiveBpMax, nameof(IdleSmActiveBelowBp), "between 1 and 10000 basis points");
+        Require(IdleDurationMin >= TimeSpan.FromMinutes(1) && IdleDurationMin <= TimeSpan.FromDays(31), nameof(IdleDurationMin), "between 1 minute and 31 days");
     }
 
     private static void Require(bool condition, string name, string range)

@@ -16,7 +16,7 @@ namespace Metering.Engine.Audit;
 internal static class ChainRows
 {
     /// <summary>Columns of the verifier's read, in the order <see cref="RowEncoder"/> reads them.</summary>
-    internal const int FieldCount = 13;
+    internal const int FieldCount = 14;
 
     /// <summary>
     /// The reader's buffer: a row may take half of it, which is more than the longest canonical
@@ -63,7 +63,7 @@ internal static class ChainRows
     /// <summary>The rows [from, to] of the stream named by the session settings metering.audit_provider and metering.audit_stream, in the order <see cref="RowEncoder"/> reads their columns.</summary>
     internal static string RangeSelect(ulong from, ulong to) => string.Create(CultureInfo.InvariantCulture, $"""
         SELECT sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator,
-               start_at, end_at, site, device_uuids, energy_mwh, chain_hash
+               start_at, end_at, site, device_uuids, energy_mwh, chain_hash, sm_active_bp
         FROM usage_records
         WHERE provider_id = current_setting('metering.audit_provider') AND stream_id = current_setting('metering.audit_stream')
           AND sequence BETWEEN {from} AND {to}

@@ -32,7 +32,7 @@ internal sealed class RowEncoder
     /// <summary>
     /// The previous hash, then the encoding. Past the provider and stream prefix, a row takes no
     /// more bytes in the encoding than in binary COPY (the stored hash alone, which the encoding
-    /// leaves out, outweighs the one field that grows, a NULL energy), so any row the reader
+    /// leaves out, outweighs the fields that grow: a NULL energy, and the tag before a utilisation figure), so any row the reader
     /// accepts fits; its length is checked against <see cref="ChainVerifier.CanonicalBytesMax"/>
     /// once it is built.
     /// </summary>
@@ -44,8 +44,8 @@ internal sealed class RowEncoder
         notEncodable = null;
         for (int i = 0; i < ChainRows.FieldCount; i++)
         {
-            // device_uuids and energy_mwh may be NULL; nothing else may.
-            if (row.IsNull(i) && i is not 10 and not 11)
+            // device_uuids, energy_mwh and sm_active_bp may be NULL; nothing else may.
+            if (row.IsNull(i) && i is not 10 and not 11 and not 13)
             {
                 notEncodable = $"column {i + 1} of the row is NULL";
                 return -1;
@@ -60,7 +60,8 @@ internal sealed class RowEncoder
 
         // The query's column types fix these widths; a row that differs was not read as asked.
         if (row.Field(0).Length != 8 || row.Field(4).Length != 4 || row.Field(5).Length != 4 || row.Field(6).Length != 4
-            || row.Field(7).Length != 8 || row.Field(8).Length != 8 || (!row.IsNull(11) && row.Field(11).Length != 8))
+            || row.Field(7).Length != 8 || row.Field(8).Length != 8 || (!row.IsNull(11) && row.Field(11).Length != 8)
+            || (!row.IsNull(13) && row.Field(13).Length != 4))
         {
             throw new InvalidDataException("A row of the chain read has a field of an unexpected width; the query and the table disagree.");
         }
@@ -105,6 +106,17 @@ internal sealed class RowEncoder
         }
 
         at += 8;
+
+        // Absent stays absent: a NULL writes nothing, so rows from before the column verify as
+        // they always did. An int4 on disk is the u32 of the encoding; the column's check keeps it
+        // at 0..10,000, and a tamperer who lifts the check still changes the bytes hashed.
+        if (!row.IsNull(13))
+        {
+            output[at++] = CanonicalEncoding.SmActiveTag;
+            row.Field(13).CopyTo(output[at..]);
+            at += 4;
+        }
+
         if (at > ChainVerifier.CanonicalBytesMax)
         {
             notEncodable = $"the row's canonical encoding would exceed {ChainVerifier.CanonicalBytesMax} bytes";
