@@ -122,8 +122,10 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
     public async Task An_upload_claiming_more_devices_than_the_fleet_is_refused_even_when_its_flushes_each_fit()
     {
         // Flushes of four jobs: each flush alone fits the seeded fleet of 250,000 H100, but the
-        // fourth brings the minute to 16 × 16,384 = 262,144 devices at once.
-        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { UploadFlushRecordsMax = 4 });
+        // fourth brings the minute to 16 × 16,384 = 262,144 devices at once. A sacct flush keeps
+        // room for one line's records per GPU type and a held `.batch` line's, so it ends that
+        // far short of the limit.
+        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { UploadFlushRecordsMax = 4 + (2 * Metering.Engine.RawLogs.SacctParser.GpuTypesMax) - 1 });
         var lines = new StringBuilder(RawLogSamples.Sacct.Split('\n')[0] + "\n");
         for (int job = 0; job < 16; job++)
         {
