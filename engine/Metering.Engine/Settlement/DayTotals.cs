@@ -8,7 +8,9 @@ namespace Metering.Engine.Settlement;
 /// as the set-based aggregation (<see cref="DailySettlement.DayAggregationSql"/>):
 /// devices × share numerator × duration, divided by the share denominator, rounded down once
 /// per record. A group is looked up by the row's UTF-8 bytes, so a row allocates nothing; a new
-/// group decodes its names once. Not thread-safe.
+/// group decodes its names once. A reader that splits the day keeps one per segment and adds
+/// the others into the first (<see cref="Absorb"/>) before it asks for the groups, which are
+/// sorted once. Not thread-safe.
 /// </summary>
 internal sealed class DayTotals
 {
@@ -24,18 +26,21 @@ internal sealed class DayTotals
         _byBytes = _groups.GetAlternateLookup<ReadOnlySpan<byte>>();
     }
 
-    /// <summary>Adds one record.</summary>
+    /// <summary>
+    /// Adds one record. Its device count and share numerator come as their product, which
+    /// PostgreSQL computes in the read, so that one field travels instead of two.
+    /// </summary>
     /// <exception cref="InvalidDataException">The record breaks a rule its table's checks enforce (a count, share or duration that is not positive).</exception>
     public void Add(ReadOnlySpan<byte> providerUtf8, ReadOnlySpan<byte> holderUtf8, ReadOnlySpan<byte> modelUtf8, long usageNpfh,
-        int deviceCount, int shareNumerator, int shareDenominator, long startMicroseconds, long endMicroseconds)
+        long deviceShares, int shareDenominator, long startMicroseconds, long endMicroseconds)
     {
         long durationMicroseconds = checked(endMicroseconds - startMicroseconds);
-        if (deviceCount <= 0 || shareNumerator <= 0 || shareDenominator <= 0 || durationMicroseconds <= 0)
+        if (deviceShares <= 0 || shareDenominator <= 0 || durationMicroseconds <= 0)
         {
-            throw new InvalidDataException($"A usage record of {Encoding.UTF8.GetString(providerUtf8)} has {deviceCount} device(s), share {shareNumerator}/{shareDenominator} and {durationMicroseconds} µs; the table's checks allow none of these.");
+            throw new InvalidDataException($"A usage record of {Encoding.UTF8.GetString(providerUtf8)} has {deviceShares} device share(s) over {shareDenominator} and {durationMicroseconds} µs; the table's checks allow none of these.");
         }
 
-        long cardMs = CardMilliseconds((ulong)deviceCount * (ulong)shareNumerator, (ulong)durationMicroseconds, (ulong)shareDenominator);
+        long cardMs = CardMilliseconds((ulong)deviceShares, (ulong)durationMicroseconds, (ulong)shareDenominator);
         int length = providerUtf8.Length + 1 + holderUtf8.Length + 1 + modelUtf8.Length;
         if (length > _key.Length)
         {
@@ -71,6 +76,24 @@ internal sealed class DayTotals
         return high == 0
             ? checked((long)(low / divisor))
             : checked((long)(ulong)(new UInt128(high, low) / divisor));
+    }
+
+    /// <summary>Adds another segment's totals of the same day into these; the other is not used afterwards.</summary>
+    public void Absorb(DayTotals other)
+    {
+        foreach (var (key, theirs) in other._groups)
+        {
+            if (_groups.TryGetValue(key, out Totals? ours))
+            {
+                ours.Records += theirs.Records;
+                ours.UsageNpfh = checked(ours.UsageNpfh + theirs.UsageNpfh);
+                ours.CardMs = checked(ours.CardMs + theirs.CardMs);
+            }
+            else
+            {
+                _groups.Add(key, theirs);
+            }
+        }
     }
 
     /// <summary>The groups, in ordinal order of provider, holder and model.</summary>

@@ -23,9 +23,9 @@ public sealed class DayTotalsTests
     public void Records_are_summed_per_provider_holder_and_model_with_card_time_rounded_down_once_per_record()
     {
         var totals = new DayTotals();
-        totals.Add(Provider, Holder, A100, 100, 1, 3, 7, 0, 1_234_567);
-        totals.Add(Provider, Holder, A100, 200, 2, 5, 7, 10, 999_999);
-        totals.Add(Provider, Holder, H100, 300, 8, 1, 1, 0, 300_000_000);
+        totals.Add(Provider, Holder, A100, 100, 1 * 3, 7, 0, 1_234_567);
+        totals.Add(Provider, Holder, A100, 200, 2 * 5, 7, 10, 999_999);
+        totals.Add(Provider, Holder, H100, 300, 8 * 1, 1, 0, 300_000_000);
 
         var groups = totals.Groups();
 
@@ -41,10 +41,10 @@ public sealed class DayTotalsTests
     {
         var totals = new DayTotals();
         long microseconds = 3_000_000_000_000_000;
-        totals.Add(Provider, Holder, H100, 0, 4_000, 6, 7, 0, microseconds);
+        totals.Add(Provider, Holder, H100, 0, 4_000 * 6, 7, 0, microseconds);
 
         Assert.Equal(Reference(4_000, 6, 7, microseconds), totals.Groups().Single().CardMs);
-        Assert.Throws<OverflowException>(() => totals.Add(Provider, Holder, H100, 0, int.MaxValue, int.MaxValue, 1, 0, long.MaxValue));
+        Assert.Throws<OverflowException>(() => totals.Add(Provider, Holder, H100, 0, (long)int.MaxValue * int.MaxValue, 1, 0, long.MaxValue));
     }
 
     [Theory]
@@ -57,7 +57,7 @@ public sealed class DayTotalsTests
     {
         var totals = new DayTotals();
 
-        Assert.Throws<InvalidDataException>(() => totals.Add(Provider, Holder, H100, 0, devices, numerator, denominator, 1_000, 1_000 + microseconds));
+        Assert.Throws<InvalidDataException>(() => totals.Add(Provider, Holder, H100, 0, (long)devices * numerator, denominator, 1_000, 1_000 + microseconds));
         Assert.Empty(totals.Groups());
     }
 }
