@@ -60,4 +60,31 @@ public sealed class DayTotalsTests
         Assert.Throws<InvalidDataException>(() => totals.Add(Provider, Holder, H100, 0, (long)devices * numerator, denominator, 1_000, 1_000 + microseconds));
         Assert.Empty(totals.Groups());
     }
+
+    [Fact]
+    public void Segments_absorbed_into_one_give_the_groups_of_one_read_sorted_once()
+    {
+        byte[] other = Encoding.UTF8.GetBytes("91440300MA5B000029");
+        var rows = new (byte[] Provider, byte[] Model, long Usage, long Shares, int Denominator, long Microseconds)[]
+        {
+            (other, H100, 7, 8, 1, 60_000_001), (Provider, A100, 100, 3, 7, 1_234_567), (Provider, H100, 300, 8, 1, 300_000_000),
+            (other, H100, 9, 1, 1, 999), (Provider, A100, 200, 10, 7, 999_989), (Provider, H100, 1, 4, 1, 5_000),
+        };
+        var whole = new DayTotals();
+        var first = new DayTotals();
+        var second = new DayTotals();
+        for (int i = 0; i < rows.Length; i++)
+        {
+            var (provider, model, usage, shares, denominator, microseconds) = rows[i];
+            whole.Add(provider, Holder, model, usage, shares, denominator, 0, microseconds);
+            (i < 3 ? first : second).Add(provider, Holder, model, usage, shares, denominator, 0, microseconds);
+        }
+
+        first.Absorb(second);
+
+        Assert.Equal(whole.Groups(), first.Groups());
+        Assert.Equal(3, first.Groups().Count);
+        Assert.Equal(["91440300MA5B000011/A100-SXM", "91440300MA5B000011/H100-SXM", "91440300MA5B000029/H100-SXM"], first.Groups().Select(g => $"{g.Provider}/{g.Model}"));
+        Assert.Equal((2L, 300L), (first.Groups()[0].Records, first.Groups()[0].UsageNpfh));
+    }
 }
