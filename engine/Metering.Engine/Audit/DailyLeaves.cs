@@ -135,6 +135,25 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
     public void Finish(List<Task> hashing) => Hash(_chunks[^1], hashing);
 
     /// <summary>
+    /// Appends the same stream's leaves from a later part of the table (the next segment of a
+    /// read split by block ranges), both finished: physical order is kept, so a stream written
+    /// in sequence order stays in order and <see cref="Order"/> still costs nothing.
+    /// </summary>
+    public void Append(StreamLeaves later)
+    {
+        if (later.Count == 0)
+        {
+            return;
+        }
+
+        _ordered &= later._ordered && later._chunks[0].Sequences[0] > _last;
+        _chunks.AddRange(later._chunks);
+        Count += later.Count;
+        UsageNpfh += later.UsageNpfh;
+        _last = later._last;
+    }
+
+    /// <summary>
     /// Puts the leaves in sequence order, once every chunk is hashed. Rows come in the table's
     /// physical order, which is the order ingest wrote them in, so a stream is nearly always in
     /// order already and this costs nothing. A sequence stored twice (only a rewrite past the
@@ -297,12 +316,9 @@ internal static class DailyLeaves
     /// and no leaves.
     /// </summary>
     /// <param name="moreColumns">Columns of <c>usage_records u</c> a caller reads beside the leaves, after the five leaf columns.</param>
-    /// <param name="providerCondition">A condition on <c>u.provider_id</c> alone that selects whole providers, for a reader that splits the day by provider; null for none.</param>
-    public static string Sql(DateOnly day, bool oneProvider, MerkleCutOff cutOff, string? moreColumns = null, string? providerCondition = null)
+    /// <param name="segmentCondition">A condition that selects a reader's segment of the rows (a range of block numbers), for a reader that splits the day; null for none.</param>
+    public static string Sql(DateOnly day, bool oneProvider, MerkleCutOff cutOff, string? moreColumns = null, string? segmentCondition = null)
     {
-        DateTimeOffset from = ShanghaiTime.StartOf(day);
-        string Literal(DateTimeOffset instant) => $"'{instant.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture)}+00'::timestamptz";
-
         var sql = new StringBuilder("SELECT u.provider_id, u.stream_id, u.sequence, u.usage_npfh, u.chain_hash");
         if (moreColumns is not null)
         {
@@ -320,8 +336,7 @@ internal static class DailyLeaves
         }
 
         sql.Append($"""
-            WHERE u.start_at >= {Literal(from)}
-              AND u.start_at < {Literal(from.AddDays(1))}
+            WHERE {DayBounds(day)}
               AND u.stream_id NOT LIKE 'proof:%'
 
             """);
@@ -330,9 +345,9 @@ internal static class DailyLeaves
             sql.Append("  AND u.provider_id = current_setting('metering.leaves_provider')\n");
         }
 
-        if (providerCondition is not null)
+        if (segmentCondition is not null)
         {
-            sql.Append("  AND ").Append(providerCondition).Append('\n');
+            sql.Append("  AND ").Append(segmentCondition).Append('\n');
         }
 
         if (cutOff.CommittedBy is not null)
@@ -346,6 +361,14 @@ internal static class DailyLeaves
         }
 
         return sql.ToString();
+    }
+
+    /// <summary>The day's bounds on <c>u.start_at</c>, written as literals so that the planner prunes partitions by them.</summary>
+    public static string DayBounds(DateOnly day)
+    {
+        DateTimeOffset from = ShanghaiTime.StartOf(day);
+        string Literal(DateTimeOffset instant) => $"'{instant.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture)}+00'::timestamptz";
+        return $"u.start_at >= {Literal(from)} AND u.start_at < {Literal(from.AddDays(1))}";
     }
 
     /// <summary>
@@ -452,6 +475,34 @@ internal sealed class LeafCollector(DateOnly day)
 
     /// <summary>Waits for the hashing tasks, which only read their own chunks, so that none outlives the read, however it ended.</summary>
     public Task DrainAsync() => Task.WhenAll(_hashing);
+
+    /// <summary>
+    /// Takes in the leaves of a read of the next block range of the same day, both finished: a
+    /// stream in both has the other's leaves appended to its own, so collectors absorbed in
+    /// block order keep each stream's rows in physical order. The other is not used afterwards.
+    /// </summary>
+    /// <exception cref="AuditLimitExceededException">The two reads have more than <see cref="DailyLeaves.ReadLeavesMax"/> leaves together.</exception>
+    public void Absorb(LeafCollector later)
+    {
+        if (_leaves + later._leaves > DailyLeaves.ReadLeavesMax)
+        {
+            throw new AuditLimitExceededException($"the daily trees of {day:yyyy-MM-dd} have more than {DailyLeaves.ReadLeavesMax} leaves in all; one read takes at most that many.");
+        }
+
+        foreach (var (key, stream) in later._streams)
+        {
+            if (_streams.TryGetValue(key, out StreamLeaves? ours))
+            {
+                ours.Append(stream);
+            }
+            else
+            {
+                _streams.Add(key, stream);
+            }
+        }
+
+        _leaves += later._leaves;
+    }
 
     /// <summary>
     /// Every provider's leaves, in ordinal order of the providers, each's streams in leaf order;

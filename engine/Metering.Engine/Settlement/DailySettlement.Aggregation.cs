@@ -1,5 +1,6 @@
 using System.Data;
 using System.Globalization;
+using System.Text.Json;
 using Dapper;
 using Metering.Engine.Audit;
 using Metering.Engine.Registry;
@@ -28,96 +29,130 @@ public sealed partial class DailySettlement
         GROUP BY u.provider_id, u.holder_code, u.device_model
         """;
 
-    /// <summary>What the one pass reads beside the five leaf columns: what the aggregation groups by and what card time is computed from.</summary>
-    private const string DayColumns = "u.holder_code, u.device_model, u.device_count, u.share_numerator, u.share_denominator, u.start_at, u.end_at";
+    /// <summary>
+    /// What the one pass reads beside the five leaf columns: what the aggregation groups by and
+    /// what card time is computed from, the device count and share numerator as their product
+    /// (both are positive integers, so the product fits a bigint), which saves PostgreSQL the
+    /// sending of one field per record.
+    /// </summary>
+    private const string DayColumns = "u.holder_code, u.device_model, u.device_count::bigint * u.share_numerator, u.share_denominator, u.start_at, u.end_at";
 
-    private const int DayColumnCount = 12;
+    private const int DayColumnCount = 11;
 
-    /// <summary>The day's groups and every provider's leaves, in leaf order, from one read.</summary>
-    private sealed record DayRead(List<Group> Groups, List<ProviderLeaves> Leaves);
+    /// <summary>The day's groups, every provider's leaves in leaf order, and how many records each segment read, from one read.</summary>
+    private sealed record DayRead(List<Group> Groups, List<ProviderLeaves> Leaves, long[] SegmentRecords);
+
+    /// <summary>One segment's share of the read, before the segments are put together.</summary>
+    private sealed record Segment(DayTotals Totals, LeafCollector Leaves, long Records);
 
     /// <summary>
     /// The day's records (proof streams excluded), read once in the run's snapshot: each row goes
     /// both to the aggregation per provider, holder and model and to its provider's Merkle
     /// leaves (the leaf statement of <see cref="DailyLeaves"/>, with the aggregation's columns
     /// added), so the leaves are exactly the records the run prices. With more than one segment
-    /// the providers are shared out, by their streams' committed records, between the run's
-    /// connection and connections that import its snapshot, each reading its providers' records
-    /// alone; a provider's records are all in one segment, so segments merge by concatenation.
+    /// the table is cut into ranges of blocks, read side by side by the run's connection and by
+    /// connections that import its snapshot, so that each backend scans its own blocks instead
+    /// of every backend scanning the whole day. The segments are put together in block order:
+    /// totals are summed, and a stream's leaves from a later range follow those of an earlier one,
+    /// which keeps them in physical order, the order they are nearly always in already.
     /// </summary>
     private async Task<DayRead> ReadDayAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, CancellationToken cancellationToken)
     {
-        List<string>[] shares = await ShareProvidersAsync(connection, transaction, cancellationToken);
-        if (shares.Length == 1)
+        string?[] ranges = await BlockRangesAsync(connection, transaction, day, cancellationToken);
+        Segment[] segments;
+        if (ranges.Length == 1)
         {
-            return await ReadSegmentAsync(connection, day, null, cancellationToken);
+            segments = [await ReadSegmentAsync(connection, day, null, cancellationToken)];
+        }
+        else
+        {
+            string snapshot = await connection.ExecuteScalarAsync<string>(new CommandDefinition("SELECT pg_export_snapshot()", transaction: transaction, cancellationToken: cancellationToken))
+                ?? throw new InvalidOperationException("PostgreSQL exported no snapshot.");
+            var reads = new List<Task<Segment>> { ReadSegmentAsync(connection, day, ranges[0], cancellationToken) };
+            for (int k = 1; k < ranges.Length; k++)
+            {
+                reads.Add(ReadSegmentInSnapshotAsync(snapshot, day, ranges[k]!, cancellationToken));
+            }
+
+            // WhenAll waits for every segment, so none outlives the run, however one ended.
+            segments = await Task.WhenAll(reads);
         }
 
-        // Segment k reads the providers of share k; the last reads every provider not in another
-        // share, so that a record of a provider without a stream row is read all the same.
-        string[] conditions = new string[shares.Length];
-        for (int k = 0; k < shares.Length - 1; k++)
+        DayTotals totals = segments[0].Totals;
+        LeafCollector leaves = segments[0].Leaves;
+        foreach (Segment later in segments.Skip(1))
         {
-            conditions[k] = $"u.provider_id = ANY({TextArrayLiteral(shares[k])})";
+            totals.Absorb(later.Totals);
+            leaves.Absorb(later.Leaves);
         }
 
-        conditions[^1] = $"NOT (u.provider_id = ANY({TextArrayLiteral(shares.SkipLast(1).SelectMany(s => s).ToList())}))";
-        string snapshot = await connection.ExecuteScalarAsync<string>(new CommandDefinition("SELECT pg_export_snapshot()", transaction: transaction, cancellationToken: cancellationToken))
-            ?? throw new InvalidOperationException("PostgreSQL exported no snapshot.");
-        var reads = new List<Task<DayRead>> { ReadSegmentAsync(connection, day, conditions[0], cancellationToken) };
-        for (int k = 1; k < shares.Length; k++)
-        {
-            reads.Add(ReadSegmentInSnapshotAsync(snapshot, day, conditions[k], cancellationToken));
-        }
-
-        // WhenAll waits for every segment, so none outlives the run, however one ended.
-        DayRead[] segments = await Task.WhenAll(reads);
-        List<Group> groups = [.. segments.SelectMany(r => r.Groups)
-            .OrderBy(g => g.Provider, StringComparer.Ordinal).ThenBy(g => g.Holder, StringComparer.Ordinal).ThenBy(g => g.Model, StringComparer.Ordinal)];
-        List<ProviderLeaves> leaves = [.. segments.SelectMany(r => r.Leaves).OrderBy(p => p.ProviderId, StringComparer.Ordinal)];
-        return new DayRead(groups, leaves);
+        List<Group> groups = totals.Groups().Select(g => new Group("usage", day, g.Provider, g.Holder, g.Model, g.Records, g.UsageNpfh, g.CardMs)).ToList();
+        return new DayRead(groups, leaves.Providers(), [.. segments.Select(s => s.Records)]);
     }
 
     /// <summary>
-    /// The providers of the run's snapshot shared out into at most <see cref="SettlementOptions.DaySegments"/>
-    /// shares of about equal committed records (largest first, each to the lightest share); one
-    /// share when there is one segment or fewer than two providers.
+    /// The block ranges the day is read in: a condition on <c>u.ctid</c> per segment, the first
+    /// open below and the last open above, so that together they hold every row, including rows
+    /// of blocks added after the sizes were taken. The ranges cut the largest partition that
+    /// holds the day (found by PostgreSQL's own pruning of the day's bounds) into equal parts;
+    /// a ctid condition applies to each partition's own blocks. One range, and no condition,
+    /// when there is one segment or the day's partitions have fewer blocks than segments.
+    /// The conditions are written into the statement, since COPY takes no parameters; they hold
+    /// nothing but block numbers.
     /// </summary>
-    private async Task<List<string>[]> ShareProvidersAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken)
+    private async Task<string?[]> BlockRangesAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, CancellationToken cancellationToken)
     {
         if (_options.DaySegments == 1)
         {
-            return [[]];
+            return [null];
         }
 
-        var providers = (await connection.QueryAsync<(string Provider, long Records)>(new CommandDefinition("""
-            SELECT provider_id, sum(committed_sequence)::bigint FROM ingest_streams WHERE stream_id NOT LIKE 'proof:%'
-            GROUP BY provider_id ORDER BY 2 DESC, 1
-            """, transaction: transaction, cancellationToken: cancellationToken))).ToList();
-        if (providers.Count < 2)
+        string plan = await connection.ExecuteScalarAsync<string>(new CommandDefinition(
+            $"EXPLAIN (FORMAT JSON) SELECT 1 FROM usage_records u WHERE {DailyLeaves.DayBounds(day)}", transaction: transaction, cancellationToken: cancellationToken))
+            ?? throw new InvalidOperationException("PostgreSQL returned no plan.");
+        string[] partitions = [.. RelationNames(JsonDocument.Parse(plan).RootElement).Distinct(StringComparer.Ordinal)];
+        long blocks = await connection.ExecuteScalarAsync<long>(new CommandDefinition("""
+            SELECT coalesce(max(pg_relation_size(c.oid)), 0) / current_setting('block_size')::bigint
+            FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(@partitions)
+            """, new { partitions }, transaction, cancellationToken: cancellationToken));
+        if (blocks < _options.DaySegments)
         {
-            return [[]];
+            return [null];
         }
 
-        int count = Math.Min(_options.DaySegments, providers.Count);
-        var shares = Enumerable.Range(0, count).Select(_ => new List<string>()).ToArray();
-        long[] weights = new long[count];
-        foreach (var (provider, records) in providers)
+        var ranges = new string?[_options.DaySegments];
+        for (int k = 0; k < ranges.Length; k++)
         {
-            int lightest = Array.IndexOf(weights, weights.Min());
-            shares[lightest].Add(provider);
-            weights[lightest] += records;
+            long from = blocks * k / ranges.Length;
+            long until = blocks * (k + 1) / ranges.Length;
+            ranges[k] = k == 0 ? $"u.ctid < '({until},0)'::tid"
+                : k == ranges.Length - 1 ? $"u.ctid >= '({from},0)'::tid"
+                : $"u.ctid >= '({from},0)'::tid AND u.ctid < '({until},0)'::tid";
         }
 
-        return shares;
+        return ranges;
     }
 
-    /// <summary>A SQL literal of a text array: each element in single quotes, a quote in it doubled (standard_conforming_strings is on since PostgreSQL 9.1).</summary>
-    private static string TextArrayLiteral(IReadOnlyCollection<string> values) =>
-        values.Count == 0 ? "ARRAY[]::text[]" : $"ARRAY[{string.Join(", ", values.Select(v => "'" + v.Replace("'", "''", StringComparison.Ordinal) + "'"))}]::text[]";
+    /// <summary>The names of the relations a JSON plan scans, at any depth.</summary>
+    private static IEnumerable<string> RelationNames(JsonElement node)
+    {
+        if (node.ValueKind == JsonValueKind.Array)
+        {
+            return node.EnumerateArray().SelectMany(RelationNames);
+        }
+
+        if (node.ValueKind != JsonValueKind.Object)
+        {
+            return [];
+        }
+
+        return node.EnumerateObject().SelectMany(p => p.NameEquals("Relation Name") && p.Value.ValueKind == JsonValueKind.String
+            ? [p.Value.GetString()!]
+            : RelationNames(p.Value));
+    }
 
     /// <summary>One segment of the day on a connection of its own, in a transaction that imports the run's snapshot.</summary>
-    private async Task<DayRead> ReadSegmentInSnapshotAsync(string snapshot, DateOnly day, string providerCondition, CancellationToken cancellationToken)
+    private async Task<Segment> ReadSegmentInSnapshotAsync(string snapshot, DateOnly day, string blockRange, CancellationToken cancellationToken)
     {
         // Off the caller's thread at once, so that the segments parse side by side.
         await Task.Yield();
@@ -125,20 +160,19 @@ public sealed partial class DailySettlement
         await using NpgsqlTransaction transaction = await side.BeginTransactionAsync(IsolationLevel.RepeatableRead, cancellationToken);
         await side.ExecuteAsync(new CommandDefinition($"SET TRANSACTION SNAPSHOT '{snapshot}'", transaction: transaction, cancellationToken: cancellationToken));
         await side.ExecuteAsync(new CommandDefinition($"SET LOCAL statement_timeout = {(long)_options.StatementTimeout.TotalMilliseconds}", transaction: transaction, cancellationToken: cancellationToken));
-        DayRead read = await ReadSegmentAsync(side, day, providerCondition, cancellationToken);
+        Segment read = await ReadSegmentAsync(side, day, blockRange, cancellationToken);
         await transaction.CommitAsync(cancellationToken);
         return read;
     }
 
     /// <summary>
-    /// One read of the day's records (of the providers the condition selects, or all), in the
-    /// connection's transaction: one <c>COPY (SELECT …) TO STDOUT</c> in binary, parsed straight
-    /// from Npgsql's raw COPY stream. Leaf chunks are hashed on the thread pool while the rows
-    /// arrive.
+    /// One read of the day's records (of the block range, or all), in the connection's
+    /// transaction: one <c>COPY (SELECT …) TO STDOUT</c> in binary, parsed straight from
+    /// Npgsql's raw COPY stream. Leaf chunks are hashed on the thread pool while the rows arrive.
     /// </summary>
-    private static async Task<DayRead> ReadSegmentAsync(NpgsqlConnection connection, DateOnly day, string? providerCondition, CancellationToken cancellationToken)
+    private static async Task<Segment> ReadSegmentAsync(NpgsqlConnection connection, DateOnly day, string? blockRange, CancellationToken cancellationToken)
     {
-        string copySql = $"COPY ({DailyLeaves.Sql(day, oneProvider: false, MerkleCutOff.None, DayColumns, providerCondition)}) TO STDOUT (FORMAT BINARY)";
+        string copySql = $"COPY ({DailyLeaves.Sql(day, oneProvider: false, MerkleCutOff.None, DayColumns, blockRange)}) TO STDOUT (FORMAT BINARY)";
         // A sequential scan that starts while another scans the same large table joins it midway
         // and wraps around (synchronized scans): the rows of every stream would then come out of
         // sequence order, and putting ten million leaves back in order costs more than the read.
@@ -149,6 +183,7 @@ public sealed partial class DailySettlement
 
         var leaves = new LeafCollector(day);
         var totals = new DayTotals();
+        long records = 0;
         try
         {
             await using (NpgsqlRawCopyStream copy = await connection.BeginRawBinaryCopyAsync(copySql, cancellationToken))
@@ -158,8 +193,10 @@ public sealed partial class DailySettlement
                 {
                     long usageNpfh = rows.Int64(3);
                     StreamLeaves stream = leaves.Add(rows.Field(0), rows.Field(1), rows.Int64(2), rows.Field(4), usageNpfh);
-                    totals.Add(stream.ProviderUtf8, rows.Field(5), rows.Field(6), usageNpfh, rows.Int32(7), rows.Int32(8), rows.Int32(9), rows.Int64(10), rows.Int64(11));
+                    totals.Add(stream.ProviderUtf8, rows.Field(5), rows.Field(6), usageNpfh, rows.Int64(7), rows.Int32(8), rows.Int64(9), rows.Int64(10));
                 }
+
+                records = rows.Rows;
             }
 
             await leaves.FinishAsync();
@@ -169,8 +206,7 @@ public sealed partial class DailySettlement
             await leaves.DrainAsync();
         }
 
-        List<Group> groups = totals.Groups().Select(g => new Group("usage", day, g.Provider, g.Holder, g.Model, g.Records, g.UsageNpfh, g.CardMs)).ToList();
-        return new DayRead(groups, leaves.Providers());
+        return new Segment(totals, leaves, records);
     }
 
     /// <summary>

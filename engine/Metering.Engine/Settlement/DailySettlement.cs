@@ -180,7 +180,9 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> metered = Task.Run(() => FoldRoots(day, read.Leaves, cancellationToken), cancellationToken);
         try
         {
-            return await ContinueAsync(connection, transaction, day, dayEnd, actor, startedAt, report, previousRun, closedDays, groups, metered, cancellationToken);
+            string segments = read.SegmentRecords.Length == 1 ? "one segment"
+                : $"{read.SegmentRecords.Length} block-range segments of {string.Join(", ", read.SegmentRecords.Select(r => r.ToString("N0", CultureInfo.InvariantCulture)))}";
+            return await ContinueAsync(connection, transaction, day, dayEnd, actor, startedAt, report, previousRun, closedDays, groups, segments, metered, cancellationToken);
         }
         catch
         {
@@ -191,10 +193,10 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
     }
 
     private async Task<SettlementOutcome> ContinueAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, DateTimeOffset dayEnd, Actor actor,
-        DateTimeOffset startedAt, Action<string, string> report, long? previousRun, DateOnly[] closedDays, List<Group> groups,
+        DateTimeOffset startedAt, Action<string, string> report, long? previousRun, DateOnly[] closedDays, List<Group> groups, string segments,
         Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> metered, CancellationToken cancellationToken)
     {
-        report("aggregate", $"{groups.Sum(g => g.Records):N0} records of the day in {groups.Count:N0} provider/holder/model groups");
+        report("aggregate", $"{groups.Sum(g => g.Records):N0} records of the day in {groups.Count:N0} provider/holder/model groups, read in {segments}");
 
         // 3. Late data for days already closed.
         List<Group> adjustments = previousRun is { } prior && closedDays.Length > 0

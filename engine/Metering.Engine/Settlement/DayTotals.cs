@@ -8,53 +8,37 @@ namespace Metering.Engine.Settlement;
 /// as the set-based aggregation (<see cref="DailySettlement.DayAggregationSql"/>):
 /// devices × share numerator × duration, divided by the share denominator, rounded down once
 /// per record. A group is looked up by the row's UTF-8 bytes, so a row allocates nothing; a new
-/// group decodes its names once. Not thread-safe.
+/// group decodes its names once. Rows come in runs of one stream, so the provider is compared
+/// with the last row's and looked up only when it changes; within a provider the holder is
+/// looked up, and the holder's few models are searched in turn. A reader that splits the day
+/// keeps one per segment and adds the others into the first (<see cref="Absorb"/>) before it
+/// asks for the groups, which are sorted once. Not thread-safe.
 /// </summary>
 internal sealed class DayTotals
 {
     /// <summary>Microseconds in a millisecond: durations arrive in microseconds (timestamptz) and card time is counted in milliseconds.</summary>
     private const long MicrosecondsPerMillisecond = 1_000;
 
-    private readonly Dictionary<byte[], Totals> _groups = new(KeyComparer.Instance);
-    private readonly Dictionary<byte[], Totals>.AlternateLookup<ReadOnlySpan<byte>> _byBytes;
-    private byte[] _key = new byte[256];
+    private readonly Dictionary<byte[], ProviderTotals> _providers = new(KeyComparer.Instance);
+    private ProviderTotals? _current;
 
-    public DayTotals()
-    {
-        _byBytes = _groups.GetAlternateLookup<ReadOnlySpan<byte>>();
-    }
-
-    /// <summary>Adds one record.</summary>
+    /// <summary>
+    /// Adds one record. Its device count and share numerator come as their product, which
+    /// PostgreSQL computes in the read, so that one field travels instead of two.
+    /// </summary>
     /// <exception cref="InvalidDataException">The record breaks a rule its table's checks enforce (a count, share or duration that is not positive).</exception>
     public void Add(ReadOnlySpan<byte> providerUtf8, ReadOnlySpan<byte> holderUtf8, ReadOnlySpan<byte> modelUtf8, long usageNpfh,
-        int deviceCount, int shareNumerator, int shareDenominator, long startMicroseconds, long endMicroseconds)
+        long deviceShares, int shareDenominator, long startMicroseconds, long endMicroseconds)
     {
         long durationMicroseconds = checked(endMicroseconds - startMicroseconds);
-        if (deviceCount <= 0 || shareNumerator <= 0 || shareDenominator <= 0 || durationMicroseconds <= 0)
+        if (deviceShares <= 0 || shareDenominator <= 0 || durationMicroseconds <= 0)
         {
-            throw new InvalidDataException($"A usage record of {Encoding.UTF8.GetString(providerUtf8)} has {deviceCount} device(s), share {shareNumerator}/{shareDenominator} and {durationMicroseconds} µs; the table's checks allow none of these.");
+            throw new InvalidDataException($"A usage record of {Encoding.UTF8.GetString(providerUtf8)} has {deviceShares} device share(s) over {shareDenominator} and {durationMicroseconds} µs; the table's checks allow none of these.");
         }
 
-        long cardMs = CardMilliseconds((ulong)deviceCount * (ulong)shareNumerator, (ulong)durationMicroseconds, (ulong)shareDenominator);
-        int length = providerUtf8.Length + 1 + holderUtf8.Length + 1 + modelUtf8.Length;
-        if (length > _key.Length)
-        {
-            _key = new byte[Math.Max(length, _key.Length * 2)];
-        }
-
-        // Provider NUL holder NUL model: PostgreSQL text holds no NUL, so the key is unambiguous.
-        Span<byte> key = _key.AsSpan(0, length);
-        providerUtf8.CopyTo(key);
-        key[providerUtf8.Length] = 0;
-        holderUtf8.CopyTo(key[(providerUtf8.Length + 1)..]);
-        key[providerUtf8.Length + 1 + holderUtf8.Length] = 0;
-        modelUtf8.CopyTo(key[(providerUtf8.Length + 2 + holderUtf8.Length)..]);
-        if (!_byBytes.TryGetValue(key, out Totals? totals))
-        {
-            totals = new Totals(Encoding.UTF8.GetString(providerUtf8), Encoding.UTF8.GetString(holderUtf8), Encoding.UTF8.GetString(modelUtf8));
-            _groups.Add(key.ToArray(), totals);
-        }
-
+        long cardMs = CardMilliseconds((ulong)deviceShares, (ulong)durationMicroseconds, (ulong)shareDenominator);
+        ProviderTotals provider = _current is { } current && providerUtf8.SequenceEqual(current.Utf8) ? current : Switch(providerUtf8);
+        Totals totals = provider.Find(holderUtf8, modelUtf8);
         totals.Records++;
         totals.UsageNpfh = checked(totals.UsageNpfh + usageNpfh);
         totals.CardMs = checked(totals.CardMs + cardMs);
@@ -73,20 +57,89 @@ internal sealed class DayTotals
             : checked((long)(ulong)(new UInt128(high, low) / divisor));
     }
 
+    private ProviderTotals Switch(ReadOnlySpan<byte> providerUtf8)
+    {
+        if (!_providers.GetAlternateLookup<ReadOnlySpan<byte>>().TryGetValue(providerUtf8, out ProviderTotals? provider))
+        {
+            provider = new ProviderTotals(providerUtf8.ToArray());
+            _providers.Add(provider.Utf8, provider);
+        }
+
+        _current = provider;
+        return provider;
+    }
+
+    /// <summary>Adds another segment's totals of the same day into these; the other is not used afterwards.</summary>
+    public void Absorb(DayTotals other)
+    {
+        foreach (ProviderTotals theirs in other._providers.Values)
+        {
+            if (!_providers.TryGetValue(theirs.Utf8, out ProviderTotals? ours))
+            {
+                _providers.Add(theirs.Utf8, theirs);
+                continue;
+            }
+
+            foreach (var (holder, models) in theirs.Holders)
+            {
+                foreach (Totals model in models)
+                {
+                    Totals into = ours.Find(holder, model.ModelUtf8);
+                    into.Records += model.Records;
+                    into.UsageNpfh = checked(into.UsageNpfh + model.UsageNpfh);
+                    into.CardMs = checked(into.CardMs + model.CardMs);
+                }
+            }
+        }
+    }
+
     /// <summary>The groups, in ordinal order of provider, holder and model.</summary>
     public List<(string Provider, string Holder, string Model, long Records, long UsageNpfh, long CardMs)> Groups() =>
-        _groups.Values
+        _providers.Values.SelectMany(p => p.Holders.Values.SelectMany(models => models))
             .OrderBy(t => t.Provider, StringComparer.Ordinal).ThenBy(t => t.Holder, StringComparer.Ordinal).ThenBy(t => t.Model, StringComparer.Ordinal)
             .Select(t => (t.Provider, t.Holder, t.Model, t.Records, t.UsageNpfh, t.CardMs))
             .ToList();
 
-    private sealed class Totals(string provider, string holder, string model)
+    /// <summary>One provider's groups: by holder, then a short list of the holder's models.</summary>
+    private sealed class ProviderTotals(byte[] utf8)
+    {
+        public byte[] Utf8 { get; } = utf8;
+
+        public string Id { get; } = Encoding.UTF8.GetString(utf8);
+
+        public Dictionary<byte[], List<Totals>> Holders { get; } = new(KeyComparer.Instance);
+
+        public Totals Find(ReadOnlySpan<byte> holderUtf8, ReadOnlySpan<byte> modelUtf8)
+        {
+            if (!Holders.GetAlternateLookup<ReadOnlySpan<byte>>().TryGetValue(holderUtf8, out List<Totals>? models))
+            {
+                models = [];
+                Holders.Add(holderUtf8.ToArray(), models);
+            }
+
+            foreach (Totals totals in models)
+            {
+                if (modelUtf8.SequenceEqual(totals.ModelUtf8))
+                {
+                    return totals;
+                }
+            }
+
+            var added = new Totals(Id, Encoding.UTF8.GetString(holderUtf8), modelUtf8.ToArray());
+            models.Add(added);
+            return added;
+        }
+    }
+
+    private sealed class Totals(string provider, string holder, byte[] modelUtf8)
     {
         public string Provider { get; } = provider;
 
         public string Holder { get; } = holder;
 
-        public string Model { get; } = model;
+        public byte[] ModelUtf8 { get; } = modelUtf8;
+
+        public string Model { get; } = Encoding.UTF8.GetString(modelUtf8);
 
         public long Records { get; set; }
 

@@ -32,9 +32,10 @@ public sealed class SettlementOptions
     public const int DaySegmentsMax = 8;
 
     /// <summary>
-    /// How many connections read the day side by side, each the records of a share of the
-    /// providers, all in the run's snapshot: PostgreSQL's sending of the rows is the larger part
-    /// of a run, and one backend sends on one core. 1 reads the day on the run's connection alone.
+    /// How many connections read the day side by side, each the records of a range of the day's
+    /// partition's blocks, all in the run's snapshot: PostgreSQL's scanning and sending of the
+    /// rows is the larger part of a run, and one backend works on one core. 1 reads the day on
+    /// the run's connection alone.
     /// </summary>
     public int DaySegments { get; init; } = 2;
 }

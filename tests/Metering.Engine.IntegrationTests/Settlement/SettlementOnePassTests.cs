@@ -91,9 +91,16 @@ public sealed class SettlementOnePassTests(PostgresFixture postgres)
             Sliced(Stranger, 61, "stranger-r", 1, 6, 7, 4_321, "H100-SXM"),
         ], provider: TestRecords.OtherProvider);
 
-        // Read on one connection, or shared out by provider between two or three (more segments than providers: as many as there are providers).
+        // Bulk in turns, so that the table spans blocks and each of these streams has rows in
+        // several of them: a read split by block ranges then cuts streams between segments.
+        await scene.IngestAsync("cluster-a", VoucherScene.Jobs(cardHours, Day, 90, firstSlot: 150, prefix: "bulk-a1"));
+        await scene.IngestAsync("rack-1", VoucherScene.Jobs(elsewhere, Day, 90, firstSlot: 150, prefix: "bulk-r"), provider: TestRecords.OtherProvider);
+        await scene.IngestAsync("cluster-a", VoucherScene.Jobs(cardHours, Day, 90, firstSlot: 150, prefix: "bulk-a2"));
+
+        // Read on one connection, or cut into two or three block ranges read side by side.
         DailySettlement settlement = scene.Settlement(new SettlementOptions { DaySegments = segments });
-        SettlementOutcome outcome = await settlement.SettleAsync(Day, VoucherScene.Batch, null, CancellationToken.None);
+        var progress = new List<SettlementProgress>();
+        SettlementOutcome outcome = await settlement.SettleAsync(Day, VoucherScene.Batch, progress.Add, CancellationToken.None);
         SettlementOutcome again = await settlement.SettleAsync(Day, VoucherScene.Batch, null, CancellationToken.None);
 
         var bounds = new { from = ShanghaiTime.StartOf(Day).UtcDateTime, until = ShanghaiTime.StartOf(Day.AddDays(1)).UtcDateTime };
@@ -103,7 +110,23 @@ public sealed class SettlementOnePassTests(PostgresFixture postgres)
         Assert.Contains(expected, l => l.CardMs % 1_000 != 0);
         Assert.Equal(expected, settled);
         Assert.Equal((expected.Sum(l => l.Records), expected.Sum(l => l.UsageNpfh)), (outcome.DayRecords, outcome.DayUsageNpfh));
-        Assert.Equal(24, outcome.DayRecords);
+        Assert.Equal(24 + 270, outcome.DayRecords);
+
+        // The day was read in as many segments as asked, each of which read records of the day.
+        string aggregate = progress.Single(p => p.Stage == "aggregate").Message;
+        if (segments == 1)
+        {
+            Assert.EndsWith("read in one segment", aggregate, StringComparison.Ordinal);
+        }
+        else
+        {
+            long[] perSegment = [.. aggregate[(aggregate.IndexOf(" segments of ", StringComparison.Ordinal) + " segments of ".Length)..]
+                .Split(", ").Select(n => long.Parse(n, System.Globalization.NumberStyles.AllowThousands, System.Globalization.CultureInfo.InvariantCulture))];
+            Assert.Contains($"read in {segments} block-range segments", aggregate, StringComparison.Ordinal);
+            Assert.Equal(segments, perSegment.Length);
+            Assert.All(perSegment, records => Assert.True(records > 0, aggregate));
+            Assert.Equal(outcome.DayRecords, perSegment.Sum());
+        }
 
         // Each provider's published root is the auditor's, read on its own through the leaf statement, with one leaf per settled record.
         foreach (string provider in new[] { TestRecords.Provider, TestRecords.OtherProvider })

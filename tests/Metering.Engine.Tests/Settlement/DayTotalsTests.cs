@@ -23,9 +23,9 @@ public sealed class DayTotalsTests
     public void Records_are_summed_per_provider_holder_and_model_with_card_time_rounded_down_once_per_record()
     {
         var totals = new DayTotals();
-        totals.Add(Provider, Holder, A100, 100, 1, 3, 7, 0, 1_234_567);
-        totals.Add(Provider, Holder, A100, 200, 2, 5, 7, 10, 999_999);
-        totals.Add(Provider, Holder, H100, 300, 8, 1, 1, 0, 300_000_000);
+        totals.Add(Provider, Holder, A100, 100, 1 * 3, 7, 0, 1_234_567);
+        totals.Add(Provider, Holder, A100, 200, 2 * 5, 7, 10, 999_999);
+        totals.Add(Provider, Holder, H100, 300, 8 * 1, 1, 0, 300_000_000);
 
         var groups = totals.Groups();
 
@@ -41,10 +41,10 @@ public sealed class DayTotalsTests
     {
         var totals = new DayTotals();
         long microseconds = 3_000_000_000_000_000;
-        totals.Add(Provider, Holder, H100, 0, 4_000, 6, 7, 0, microseconds);
+        totals.Add(Provider, Holder, H100, 0, 4_000 * 6, 7, 0, microseconds);
 
         Assert.Equal(Reference(4_000, 6, 7, microseconds), totals.Groups().Single().CardMs);
-        Assert.Throws<OverflowException>(() => totals.Add(Provider, Holder, H100, 0, int.MaxValue, int.MaxValue, 1, 0, long.MaxValue));
+        Assert.Throws<OverflowException>(() => totals.Add(Provider, Holder, H100, 0, (long)int.MaxValue * int.MaxValue, 1, 0, long.MaxValue));
     }
 
     [Theory]
@@ -57,7 +57,34 @@ public sealed class DayTotalsTests
     {
         var totals = new DayTotals();
 
-        Assert.Throws<InvalidDataException>(() => totals.Add(Provider, Holder, H100, 0, devices, numerator, denominator, 1_000, 1_000 + microseconds));
+        Assert.Throws<InvalidDataException>(() => totals.Add(Provider, Holder, H100, 0, (long)devices * numerator, denominator, 1_000, 1_000 + microseconds));
         Assert.Empty(totals.Groups());
+    }
+
+    [Fact]
+    public void Segments_absorbed_into_one_give_the_groups_of_one_read_sorted_once()
+    {
+        byte[] other = Encoding.UTF8.GetBytes("91440300MA5B000029");
+        var rows = new (byte[] Provider, byte[] Model, long Usage, long Shares, int Denominator, long Microseconds)[]
+        {
+            (other, H100, 7, 8, 1, 60_000_001), (Provider, A100, 100, 3, 7, 1_234_567), (Provider, H100, 300, 8, 1, 300_000_000),
+            (other, H100, 9, 1, 1, 999), (Provider, A100, 200, 10, 7, 999_989), (Provider, H100, 1, 4, 1, 5_000),
+        };
+        var whole = new DayTotals();
+        var first = new DayTotals();
+        var second = new DayTotals();
+        for (int i = 0; i < rows.Length; i++)
+        {
+            var (provider, model, usage, shares, denominator, microseconds) = rows[i];
+            whole.Add(provider, Holder, model, usage, shares, denominator, 0, microseconds);
+            (i < 3 ? first : second).Add(provider, Holder, model, usage, shares, denominator, 0, microseconds);
+        }
+
+        first.Absorb(second);
+
+        Assert.Equal(whole.Groups(), first.Groups());
+        Assert.Equal(3, first.Groups().Count);
+        Assert.Equal(["91440300MA5B000011/A100-SXM", "91440300MA5B000011/H100-SXM", "91440300MA5B000029/H100-SXM"], first.Groups().Select(g => $"{g.Provider}/{g.Model}"));
+        Assert.Equal((2L, 300L), (first.Groups()[0].Records, first.Groups()[0].UsageNpfh));
     }
 }
