@@ -52,7 +52,7 @@ internal static class IngestLoad
         if (options is null)
         {
             Console.Error.WriteLine($"error: {error}");
-            Console.Error.WriteLine("usage: Metering.Bench load --records N --streams S --data-dir DIR [--batch B --window W --tls true|false --log-statements true|false]");
+            Console.Error.WriteLine("usage: Metering.Bench load --records N --streams S --data-dir DIR [--batch B --window W --tls true|false --log-statements true|false --group-commit N]");
             return 2;
         }
 
@@ -99,6 +99,8 @@ internal static class IngestLoad
                 Listen = new Uri(certificates is null ? "http://127.0.0.1:0" : "https://127.0.0.1:0"),
                 Certificate = certificates?.Server,
                 ConnectionString = postgres.RuntimeConnectionString,
+                // The server's default unless a run compares group commit sizes (1: a transaction per batch).
+                Limits = options.GroupCommit is int groupCommit ? new IngestLimits { GroupCommitBatchesMax = groupCommit } : new IngestLimits(),
                 ConfigureLogging = builder => builder.AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace).SetMinimumLevel(LogLevel.Warning),
             }))
             {
@@ -358,7 +360,7 @@ internal static class IngestLoad
 /// <summary>One stream of a load: its id, its records by sequence (1-based) and how many.</summary>
 internal sealed record LoadStream(string StreamId, Func<ulong, UsageRecord> RecordAt, ulong Records);
 
-internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches, bool Tls, bool LogStatements = false)
+internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches, bool Tls, bool LogStatements = false, int? GroupCommit = null)
 {
     public const long RecordsMax = 100_000_000;
     public const int StreamsMax = 64;
@@ -384,11 +386,13 @@ internal sealed record LoadOptions(long Records, int Streams, string DataDirecto
         int window = int.Parse(values.GetValueOrDefault("window", "4"), CultureInfo.InvariantCulture);
         bool tls = bool.Parse(values.GetValueOrDefault("tls", "false"));
         bool logStatements = bool.Parse(values.GetValueOrDefault("log-statements", "false"));
+        int? groupCommit = values.TryGetValue("group-commit", out string? group) ? int.Parse(group, CultureInfo.InvariantCulture) : null;
         error = records is < 1 or > RecordsMax ? $"--records must be 1 to {RecordsMax}"
             : streams < 1 || streams > StreamsMax || streams > records ? $"--streams must be 1 to {StreamsMax} and at most --records"
             : batch is < 1 or > 100_000 ? "--batch must be 1 to 100000"
             : window is < 1 or > WindowBatchesMax ? $"--window must be 1 to {WindowBatchesMax}"
+            : groupCommit is < 1 or > 256 ? "--group-commit must be 1 to 256"
             : null;
-        return error is null ? new LoadOptions(records, streams, dataDirectory, batch, window, tls, logStatements) : null;
+        return error is null ? new LoadOptions(records, streams, dataDirectory, batch, window, tls, logStatements, groupCommit) : null;
     }
 }
