@@ -116,10 +116,18 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
             await hold.ExecuteScalarAsync();
         }
 
-        // The blocker's record shares no second with the others.
+        // The blocker's record shares no second with the others. Its commit must be the one
+        // running (waiting for the held row) before the others are sent, or one of them could be
+        // taken first and commit alone.
         Task<BatchAck> first = blocker.SendAsync([At(1, start.AddMinutes(150), 1)]);
+        DateTime deadline = DateTime.UtcNow.AddSeconds(60);
+        while (await scene.Server.ScalarAsync<long>("SELECT count(*) FROM pg_stat_activity WHERE @holder = ANY(pg_blocking_pids(pid))", new { holder = connection.ProcessID }) == 0)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the blocker's commit never waited for its held head row");
+            await Task.Delay(20);
+        }
+
         Task<BatchAck>[] queued = batches.Select(batch => batch.Call.SendAsync(batch.Records)).ToArray();
-        DateTime deadline = DateTime.UtcNow.AddSeconds(30);
         while (committer.WaitingOf(code) < batches.Length)
         {
             Assert.True(DateTime.UtcNow < deadline, $"only {committer.WaitingOf(code)} of {batches.Length} batches queued behind the blocked commit");
