@@ -52,7 +52,7 @@ internal static class IngestLoad
         if (options is null)
         {
             Console.Error.WriteLine($"error: {error}");
-            Console.Error.WriteLine("usage: Metering.Bench load --records N --streams S --data-dir DIR [--batch B --window W --tls true|false --log-statements true|false --servers N]");
+            Console.Error.WriteLine("usage: Metering.Bench load --records N --streams S --data-dir DIR [--batch B --window W --tls true|false --log-statements true|false --servers N --group-commit N]");
             return 2;
         }
 
@@ -103,6 +103,8 @@ internal static class IngestLoad
                 Listen = new Uri(certificates is null ? "http://127.0.0.1:0" : "https://127.0.0.1:0"),
                 Certificate = certificates?.Server,
                 ConnectionString = postgres.RuntimeConnectionString,
+                // The server's default unless a run compares group commit sizes (1: a transaction per batch).
+                Limits = options.GroupCommit is int groupCommit ? new IngestLimits { GroupCommitBatchesMax = groupCommit } : new IngestLimits(),
                 ConfigureLogging = builder => builder.AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace).SetMinimumLevel(LogLevel.Warning),
             }))
             {
@@ -362,7 +364,7 @@ internal static class IngestLoad
 /// <summary>One stream of a load: its id, its records by sequence (1-based) and how many.</summary>
 internal sealed record LoadStream(string StreamId, Func<ulong, UsageRecord> RecordAt, ulong Records);
 
-internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches, bool Tls, bool LogStatements = false, int Servers = 1)
+internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches, bool Tls, bool LogStatements = false, int Servers = 1, int? GroupCommit = null)
 {
     public const long RecordsMax = 100_000_000;
     public const int StreamsMax = 64;
@@ -392,13 +394,15 @@ internal sealed record LoadOptions(long Records, int Streams, string DataDirecto
         bool tls = bool.Parse(values.GetValueOrDefault("tls", "false"));
         bool logStatements = bool.Parse(values.GetValueOrDefault("log-statements", "false"));
         int servers = int.Parse(values.GetValueOrDefault("servers", "1"), CultureInfo.InvariantCulture);
+        int? groupCommit = values.TryGetValue("group-commit", out string? group) ? int.Parse(group, CultureInfo.InvariantCulture) : null;
         error = records is < 1 or > RecordsMax ? $"--records must be 1 to {RecordsMax}"
             : streams < 1 || streams > StreamsMax || streams > records ? $"--streams must be 1 to {StreamsMax} and at most --records"
             : batch is < 1 or > 100_000 ? "--batch must be 1 to 100000"
             : window is < 1 or > WindowBatchesMax ? $"--window must be 1 to {WindowBatchesMax}"
             : servers is < 1 or > ServersMax ? $"--servers must be 1 to {ServersMax}"
             : servers > 1 && logStatements ? "--log-statements is for the one-server run; leave it out with --servers"
+            : groupCommit is < 1 or > 256 ? "--group-commit must be 1 to 256"
             : null;
-        return error is null ? new LoadOptions(records, streams, dataDirectory, batch, window, tls, logStatements, servers) : null;
+        return error is null ? new LoadOptions(records, streams, dataDirectory, batch, window, tls, logStatements, servers, groupCommit) : null;
     }
 }

@@ -25,15 +25,16 @@ internal sealed class AdmissionEpochStep(string providerId) : ICommitStep
 }
 
 /// <summary>
-/// The batch, with everything already committed, never uses more devices of a model at any second
-/// than the provider's validated fleet holds (<see cref="FleetConcurrency"/>).
+/// The batches (one stream's, or a group commit's), with everything already committed, never use
+/// more devices of a model at any second than the provider's validated fleet holds
+/// (<see cref="FleetConcurrency"/>).
 /// </summary>
-internal sealed class FleetConcurrencyStep(string providerId, PreparedRecords batch, TimeProvider time, int minutesPerBatchMax) : ICommitStep
+internal sealed class FleetConcurrencyStep(string providerId, IReadOnlyList<PreparedRecords> batches, TimeProvider time, int minutesPerBatchMax) : ICommitStep
 {
     /// <summary>The fleet of the admission snapshot the batch was checked against; set before each commit.</summary>
     public FleetSnapshot? Fleet { get; set; }
 
     public Task RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken) =>
-        FleetConcurrency.CheckAsync(connection, transaction, providerId, batch,
+        FleetConcurrency.CheckAsync(connection, transaction, providerId, batches,
             Fleet ?? throw new InvalidOperationException("The fleet check ran without a fleet."), time.GetUtcNow().ToUnixTimeMilliseconds(), minutesPerBatchMax);
 }

@@ -44,11 +44,15 @@ internal static class FleetConcurrency
         public SortedDictionary<long, long[]> Minutes { get; } = [];
     }
 
-    /// <summary>Checks the prepared batch against the fleet; throws <see cref="IngestRefusedException"/> when a second would exceed it.</summary>
-    public static async Task CheckAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string providerId, PreparedRecords batch, FleetSnapshot fleet,
+    /// <summary>
+    /// Checks the prepared batches (one stream's, or those of several streams a group commit
+    /// takes together) against the fleet; throws <see cref="IngestRefusedException"/> when a
+    /// second would exceed it.
+    /// </summary>
+    public static async Task CheckAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string providerId, IReadOnlyList<PreparedRecords> batches, FleetSnapshot fleet,
         long nowUnixMs, int minutesPerBatchMax)
     {
-        List<Group> groups = Aggregate(batch);
+        List<Group> groups = Aggregate(batches);
         int rows = 0;
         foreach (Group group in groups)
         {
@@ -171,7 +175,7 @@ internal static class FleetConcurrency
                 }
 
                 long atSecond = minute * SecondsPerRow + second;
-                UsageRecordRef first = FirstCovering(batch, model, atSecond);
+                UsageRecordRef first = FirstCovering(batches, model, atSecond);
                 throw new IngestRefusedException(new Refusal(IngestRefusalReason.ConcurrencyAboveFleet,
                     $"record {first.Sequence}: at {Time(atSecond)} {providerId} would use {InUse(atMinute, second)} {model} devices at once over all its streams; its fleet holds {devices} ({source})"),
                     first.Sequence);
@@ -224,9 +228,19 @@ internal static class FleetConcurrency
 
     private readonly record struct UsageRecordRef(ulong Sequence);
 
-    private static List<Group> Aggregate(PreparedRecords batch)
+    private static List<Group> Aggregate(IReadOnlyList<PreparedRecords> batches)
     {
         var groups = new Dictionary<(string, uint), Group>();
+        foreach (PreparedRecords batch in batches)
+        {
+            AggregateInto(groups, batch);
+        }
+
+        return groups.Values.OrderBy(g => g.Model, StringComparer.Ordinal).ThenBy(g => g.Denominator).ToList();
+    }
+
+    private static void AggregateInto(Dictionary<(string, uint), Group> groups, PreparedRecords batch)
+    {
         for (int i = 0; i < batch.Count; i++)
         {
             ref readonly IngestRecord record = ref batch.Records[i];
@@ -249,8 +263,6 @@ internal static class FleetConcurrency
             group.Events.Add((first, weight));
             group.Events.Add((end, -weight));
         }
-
-        return groups.Values.OrderBy(g => g.Model, StringComparer.Ordinal).ThenBy(g => g.Denominator).ToList();
     }
 
     /// <summary>Turns a group's start and end events into per-second sums by minute; returns the rows made, stopping past the budget.</summary>
@@ -339,18 +351,21 @@ internal static class FleetConcurrency
         return (numerator, common);
     }
 
-    private static UsageRecordRef FirstCovering(PreparedRecords batch, string model, long second)
+    private static UsageRecordRef FirstCovering(IReadOnlyList<PreparedRecords> batches, string model, long second)
     {
-        for (int i = 0; i < batch.Count; i++)
+        foreach (PreparedRecords batch in batches)
         {
-            ref readonly IngestRecord record = ref batch.Records[i];
-            if (batch.Models[i].Key == model && CeilingSeconds(record.StartUnixMs) <= second && second < record.EndUnixMs / 1000)
+            for (int i = 0; i < batch.Count; i++)
             {
-                return new UsageRecordRef(record.Sequence);
+                ref readonly IngestRecord record = ref batch.Records[i];
+                if (batch.Models[i].Key == model && CeilingSeconds(record.StartUnixMs) <= second && second < record.EndUnixMs / 1000)
+                {
+                    return new UsageRecordRef(record.Sequence);
+                }
             }
         }
 
-        return new UsageRecordRef(batch.Records[0].Sequence);
+        return new UsageRecordRef(batches[0].Records[0].Sequence);
     }
 
     private static long CeilingSeconds(long unixMs) => unixMs / 1000 + (unixMs % 1000 > 0 ? 1 : 0);

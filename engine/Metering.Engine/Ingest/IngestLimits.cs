@@ -68,6 +68,13 @@ public sealed class IngestLimits
     /// <summary>How far a heartbeat's client clock may lie from the server's before it is refused as broken.</summary>
     public TimeSpan HeartbeatClockSkewMax { get; set; } = TimeSpan.FromDays(1);
 
+    /// <summary>
+    /// Most batches, each of a different stream of one provider, that one group commit takes into
+    /// one transaction (Ingest/GroupCommitter.cs). 1 commits every batch in a transaction of its
+    /// own. The bound keeps one transaction, and the rollback of a group that fails, small.
+    /// </summary>
+    public int GroupCommitBatchesMax { get; set; } = 16;
+
     /// <summary>Largest gRPC message the server accepts, in bytes.</summary>
     public int MessageBytesMax { get; set; } = 16 * 1024 * 1024;
 
@@ -89,6 +96,7 @@ public sealed class IngestLimits
         Require(ConcurrencyMinutesPerBatchMax is >= 1_440 and <= 10_000_000, nameof(ConcurrencyMinutesPerBatchMax), "between 1440 (a day) and 10000000");
         Require(HeartbeatsPerMinuteMax is >= 1 and <= 6_000, nameof(HeartbeatsPerMinuteMax), "between 1 and 6000");
         Require(HeartbeatClockSkewMax >= TimeSpan.FromMinutes(1) && HeartbeatClockSkewMax <= TimeSpan.FromDays(31), nameof(HeartbeatClockSkewMax), "between 1 minute and 31 days");
+        Require(GroupCommitBatchesMax is >= 1 and <= 256, nameof(GroupCommitBatchesMax), "between 1 and 256");
         Require(MessageBytesMax is >= 64 * 1024 and <= 256 * 1024 * 1024, nameof(MessageBytesMax), "between 64 KiB and 256 MiB");
     }
 

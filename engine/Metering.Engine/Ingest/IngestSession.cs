@@ -46,6 +46,7 @@ public sealed class IngestSession
     private readonly FleetConcurrencyStep _fleetStep;
     private readonly ICommitStep[] _steps;
     private readonly int _batchRecordsMax;
+    private readonly GroupCommitter? _committer;
     private AdmissionSnapshot _admission;
     private ulong _committed;
     private byte[] _head;
@@ -68,7 +69,12 @@ public sealed class IngestSession
     /// unless the caller is a raw-log upload, whose flushes may be larger
     /// (<see cref="IngestLimits.UploadFlushRecordsMax"/>).
     /// </param>
-    public IngestSession(UsageStore store, RecordValidator validator, TimeProvider time, AdmissionGate gate, AdmissionSnapshot admission, string streamId, StreamHead head, string? peer = null, int? batchRecordsMax = null)
+    /// <param name="committer">
+    /// The provider's group commit, or null to commit every batch in a transaction of its own. A
+    /// proof stream's batches and those with a step alongside always commit alone.
+    /// </param>
+    public IngestSession(UsageStore store, RecordValidator validator, TimeProvider time, AdmissionGate gate, AdmissionSnapshot admission, string streamId, StreamHead head, string? peer = null,
+        int? batchRecordsMax = null, GroupCommitter? committer = null)
     {
         _batchRecordsMax = batchRecordsMax ?? validator.Limits.BatchRecordsMax;
         if (_batchRecordsMax < 1)
@@ -93,10 +99,11 @@ public sealed class IngestSession
         _scratch = new byte[CanonicalEncoding.HashBytes + validator.Limits.CanonicalBytesMax + ProviderAndStreamBytesMax];
         _heartbeats = new HeartbeatMinutes(validator.Limits.HeartbeatsPerMinuteMax);
         _epochStep = new AdmissionEpochStep(providerId);
-        _fleetStep = new FleetConcurrencyStep(providerId, _prepared, time, validator.Limits.ConcurrencyMinutesPerBatchMax);
+        _fleetStep = new FleetConcurrencyStep(providerId, [_prepared], time, validator.Limits.ConcurrencyMinutesPerBatchMax);
         // Proof streams are never settled and come before admission, when there is no fleet yet;
         // every other stream's records must fit the provider's fleet.
         _steps = _proofStream ? [_epochStep] : [_epochStep, _fleetStep];
+        _committer = _proofStream ? null : committer;
     }
 
     // Provider ids are 18-character credit codes and stream ids at most 64 ASCII characters.
@@ -263,7 +270,17 @@ public sealed class IngestSession
             {
                 _epochStep.ExpectedEpoch = _admission.Epoch;
                 _fleetStep.Fleet = _admission.Fleet;
-                await _store.CommitAsync(ProviderId, StreamId, _committed, _prepared, alongside is null ? _steps : [.. _steps, alongside], cancellationToken);
+                if (_committer is not null && alongside is null)
+                {
+                    // Awaited without the token: once a group commit has taken the batch it may
+                    // commit, and the stream must not be let go (or answered) before it knows.
+                    await _committer.CommitAsync(ProviderId, new PendingCommit(StreamId, _committed, _prepared, _admission.Epoch, _admission.Fleet, _steps, cancellationToken));
+                }
+                else
+                {
+                    await _store.CommitAsync(ProviderId, StreamId, _committed, _prepared, alongside is null ? _steps : [.. _steps, alongside], cancellationToken);
+                }
+
                 _committed = last;
                 span.Committed(fresh);
                 _head = _prepared.HashAt(fresh - 1).ToArray();

@@ -48,6 +48,9 @@ public interface ICommitStep
     Task RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken);
 }
 
+/// <summary>One stream's part of a group commit: its rows and the mark its writer believes the stream is at.</summary>
+internal readonly record struct StreamBatch(string StreamId, ulong ExpectedSequence, IUsageRows Rows);
+
 /// <summary>The stream's committed mark moved under us: another writer committed to it.</summary>
 internal sealed class StreamMovedException(string message) : Exception(message);
 
@@ -182,35 +185,7 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
             throw new StreamMovedException($"Stream {providerId}/{streamId} is at {committed}, not {expectedSequence}: another writer extended it.");
         }
 
-        // Rows are encoded synchronously into one pooled buffer and sent in chunks of about
-        // 64 KiB, so the loop costs a few bytes per field and a socket write per chunk.
-        await using (NpgsqlRawCopyStream copy = await connection.BeginRawBinaryCopyAsync(CopyCommand, cancellationToken))
-        {
-            try
-            {
-                using var rows = new BinaryCopyWriter();
-                rows.WriteHeader();
-                for (int i = 0; i < batch.Count; i++)
-                {
-                    WriteRow(rows, providerId, streamId, batch.RowAt(i));
-                    if (rows.Length >= BinaryCopyWriter.ChunkBytes)
-                    {
-                        await copy.WriteAsync(rows.Written, cancellationToken);
-                        rows.Clear();
-                    }
-                }
-
-                rows.WriteTrailer();
-                await copy.WriteAsync(rows.Written, cancellationToken);
-            }
-            catch
-            {
-                // Disposal would end the COPY normally and submit the rows sent so far; cancel it
-                // instead. The transaction is rolled back either way.
-                await copy.CancelAsync();
-                throw;
-            }
-        }
+        await CopyRowsAsync(connection, providerId, [new StreamBatch(streamId, expectedSequence, batch)], cancellationToken);
 
         // The newest record's start time names its partition, so the head trigger's check that the
         // new head is a committed record probes one partition instead of all of them.
@@ -230,6 +205,102 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
         }
 
         await transaction.CommitAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// Commits the batches of several streams of one provider in one transaction (a group
+    /// commit): locks every stream's head row in stream order and checks each mark, copies all
+    /// rows in one COPY, moves every head in one statement, runs the steps once for the group and
+    /// commits once. All or nothing: any stream's failure rolls back every stream's rows, and the
+    /// caller decides what each stream is told. Throws <see cref="StreamMovedException"/> when a
+    /// head is not where its writer believes it is.
+    /// </summary>
+    internal async Task CommitGroupAsync(string providerId, IReadOnlyList<StreamBatch> batches, IReadOnlyList<ICommitStep> steps, CancellationToken cancellationToken)
+    {
+        var streamIds = new string[batches.Count];
+        var lasts = new long[batches.Count];
+        var heads = new byte[batches.Count][];
+        var headStarts = new DateTime[batches.Count];
+        for (int i = 0; i < batches.Count; i++)
+        {
+            UsageRow newest = batches[i].Rows.RowAt(batches[i].Rows.Count - 1);
+            streamIds[i] = batches[i].StreamId;
+            lasts[i] = (long)newest.Sequence;
+            heads[i] = newest.ChainHash.ToArray();
+            headStarts[i] = UnixMs.ToDateTime(newest.StartUnixMs);
+        }
+
+        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(System.Data.IsolationLevel.ReadCommitted, cancellationToken);
+        // The head rows are locked in stream order, so two group commits of overlapping streams
+        // (from two server processes) take them in the same order and cannot deadlock.
+        var committed = (await connection.QueryAsync<(string StreamId, long Sequence)>(new CommandDefinition(
+            "SELECT stream_id, committed_sequence FROM ingest_streams WHERE provider_id = @providerId AND stream_id = ANY(@streamIds) ORDER BY stream_id FOR UPDATE",
+            new { providerId, streamIds }, transaction, cancellationToken: cancellationToken))).ToDictionary(r => r.StreamId, r => r.Sequence, StringComparer.Ordinal);
+        foreach (StreamBatch batch in batches)
+        {
+            if (!committed.TryGetValue(batch.StreamId, out long at) || (ulong)at != batch.ExpectedSequence)
+            {
+                throw new StreamMovedException($"Stream {providerId}/{batch.StreamId} is not at {batch.ExpectedSequence}: another writer extended it.");
+            }
+        }
+
+        await CopyRowsAsync(connection, providerId, batches, cancellationToken);
+
+        int moved = await connection.ExecuteAsync(new CommandDefinition("""
+            UPDATE ingest_streams s SET committed_sequence = u.last, chain_head = u.head, head_start_at = u.start_at, updated_at = now()
+            FROM unnest(@streamIds, @lasts, @heads, @headStarts) AS u(stream_id, last, head, start_at)
+            WHERE s.provider_id = @providerId AND s.stream_id = u.stream_id
+            """, new { providerId, streamIds, lasts, heads, headStarts }, transaction, cancellationToken: cancellationToken));
+        if (moved != batches.Count)
+        {
+            throw new InvalidOperationException($"Provider {providerId}: the group's head update touched {moved} rows for {batches.Count} streams; the group is rolled back.");
+        }
+
+        for (int i = 0; i < steps.Count; i++)
+        {
+            await steps[i].RunAsync(connection, transaction, cancellationToken);
+        }
+
+        await transaction.CommitAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// Copies the rows of one or more streams in one binary COPY. Rows are encoded synchronously
+    /// into one pooled buffer and sent in chunks of about 64 KiB, so the loop costs a few bytes
+    /// per field and a socket write per chunk.
+    /// </summary>
+    private static async Task CopyRowsAsync(NpgsqlConnection connection, string providerId, IReadOnlyList<StreamBatch> batches, CancellationToken cancellationToken)
+    {
+        await using NpgsqlRawCopyStream copy = await connection.BeginRawBinaryCopyAsync(CopyCommand, cancellationToken);
+        try
+        {
+            using var rows = new BinaryCopyWriter();
+            rows.WriteHeader();
+            for (int b = 0; b < batches.Count; b++)
+            {
+                IUsageRows batch = batches[b].Rows;
+                for (int i = 0; i < batch.Count; i++)
+                {
+                    WriteRow(rows, providerId, batches[b].StreamId, batch.RowAt(i));
+                    if (rows.Length >= BinaryCopyWriter.ChunkBytes)
+                    {
+                        await copy.WriteAsync(rows.Written, cancellationToken);
+                        rows.Clear();
+                    }
+                }
+            }
+
+            rows.WriteTrailer();
+            await copy.WriteAsync(rows.Written, cancellationToken);
+        }
+        catch
+        {
+            // Disposal would end the COPY normally and submit the rows sent so far; cancel it
+            // instead. The transaction is rolled back either way.
+            await copy.CancelAsync();
+            throw;
+        }
     }
 
     /// <summary>One row of <see cref="CopyCommand"/>, in its column order: the one place that order is written for writing.</summary>

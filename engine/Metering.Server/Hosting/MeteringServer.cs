@@ -224,6 +224,7 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(new RecordValidator(settings.Limits, settings.Catalog));
         builder.Services.AddSingleton(_ => Database.CreateDataSource(settings.ConnectionString));
         builder.Services.AddSingleton(provider => new UsageStore(provider.GetRequiredService<NpgsqlDataSource>()));
+        builder.Services.AddSingleton(provider => new GroupCommitter(provider.GetRequiredService<UsageStore>(), settings.Time, settings.Limits));
         builder.Services.AddSingleton(provider => new UploadStore(provider.GetRequiredService<NpgsqlDataSource>()));
         builder.Services.AddSingleton(provider => new PendingDays(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
         builder.Services.AddSingleton(provider => new StatementNames(provider.GetRequiredService<NpgsqlDataSource>()));

@@ -19,6 +19,7 @@ namespace Metering.Server.Ingest;
 /// </summary>
 internal sealed partial class IngestGrpcService(
     UsageStore store,
+    GroupCommitter committer,
     RecordValidator validator,
     StreamLeases leases,
     AdmissionGate gate,
@@ -72,7 +73,7 @@ internal sealed partial class IngestGrpcService(
             }
 
             StreamHead head = await store.OpenStreamAsync(caller.Subject, streamId, lease.Token);
-            var session = new IngestSession(store, validator, time, gate, admission, streamId, head, context.Peer);
+            var session = new IngestSession(store, validator, time, gate, admission, streamId, head, context.Peer, committer: committer);
             LogOpened(logger, caller.Subject, streamId, head.CommittedSequence, context.Peer);
             using MeteringTelemetry.OpenStream openStream = MeteringTelemetry.StreamOpened(caller.Subject);
             await responseStream.WriteAsync(new IngestResponse
