@@ -82,12 +82,18 @@ internal static partial class ServeCommand
             DefaultValueFactory = _ => Configured("OTEL_EXPORTER_OTLP_PROTOCOL") ?? "grpc",
         };
         otlpProtocol.AcceptOnlyFromAmong("grpc", "http/protobuf");
+        var requireDurable = new Option<bool?>("--require-durable-replication")
+        {
+            Description = "Acknowledge nothing unless synchronous_commit is on or remote_apply and a synchronous standby is attached; checked at start and every second, "
+                + "refused meanwhile with UNAVAILABLE REPLICATION_NOT_DURABLE, health NOT_SERVING and the gauge metering_replication_not_durable saying why. "
+                + "Default: on when the connection string names several hosts (Host=a,b), else off; or $METERING_REQUIRE_DURABLE_REPLICATION (true or false).",
+        };
         var limitOptions = LimitOptions.Select(l => (l.Env, l.Apply, Option: new Option<int?>(l.Name) { Description = $"{l.Description} Default {l.Default(new CallLimits())}, or ${l.Env}." })).ToList();
         var command = new Command("serve", "Run the gRPC server against PostgreSQL: AccessService, IngestService, RawLogService, RegistryService, CapacityService, VoucherService, SettlementService, AuditService, TransparencyService, PublicationService and SandboxService (whose clock moves only on a server run with --clock simulated). Callers authenticate with keys from `metering key issue`; "
             + "PublicationService, grpc.health.v1.Health (SERVING while the database answers at the schema version this engine needs) and server reflection answer without one.")
         {
             listen, tlsCertificate, tlsKey, tlsPassword, insecure, migrate, connection, dataDirectory, signingKey, runtimeRole, clock, allowPrivileged, reflection, logLevel,
-            metricsListen, metricsPublic, otlpEndpoint, otlpProtocol,
+            metricsListen, metricsPublic, otlpEndpoint, otlpProtocol, requireDurable,
         };
         foreach (var limit in limitOptions)
         {
@@ -245,6 +251,17 @@ internal static partial class ServeCommand
                 // The embedded database was migrated by its superuser just now; serving logs in as
                 // the runtime role, like a production deployment does.
                 string servingConnection = embedded?.RuntimeConnectionString ?? connectionString;
+                bool requireDurableReplication;
+                try
+                {
+                    requireDurableReplication = RequireDurableReplication(parse.GetValue(requireDurable), servingConnection);
+                }
+                catch (ArgumentException e)
+                {
+                    Console.Error.WriteLine($"error: {e.Message}");
+                    return 2;
+                }
+
                 await using MeteringServer? server = await StartServerAsync(new ServerSettings
                 {
                     Listen = address,
@@ -253,6 +270,7 @@ internal static partial class ServeCommand
                     ConnectionString = servingConnection,
                     SigningKey = signing,
                     AllowPrivilegedRole = parse.GetValue(allowPrivileged),
+                    RequireDurableReplication = requireDurableReplication,
                     CallLimits = callLimits,
                     CredentialRecheck = recheckPolicy,
                     Time = parse.GetValue(clock) == "simulated" ? new SimulatedClock(0) : TimeProvider.System,
@@ -339,6 +357,30 @@ internal static partial class ServeCommand
         ("--unknown-keys-per-peer-per-minute", "METERING_UNKNOWN_KEYS_PER_PEER_PER_MINUTE_MAX", "Look-ups of keys not seen valid lately, per client IP per minute.", l => l.UnknownKeysPerPeerPerMinuteMax, (l, v) => l with { UnknownKeysPerPeerPerMinuteMax = v }),
         ("--auth-cache-ms", "METERING_AUTH_CACHE_MS", "How long a key look-up is reused, in ms (0 turns the cache off).", l => l.AuthenticationCacheMs, (l, v) => l with { AuthenticationCacheMs = v }),
     ];
+
+    /// <summary>
+    /// --require-durable-replication, else METERING_REQUIRE_DURABLE_REPLICATION, else whether the
+    /// connection string names several hosts: a deployment that lists a standby means to survive a
+    /// failover, which only synchronous replication makes lossless.
+    /// </summary>
+    internal static bool RequireDurableReplication(bool? option, string connectionString)
+    {
+        if (option is bool chosen)
+        {
+            return chosen;
+        }
+
+        string? text = Environment.GetEnvironmentVariable("METERING_REQUIRE_DURABLE_REPLICATION");
+        if (!string.IsNullOrWhiteSpace(text))
+        {
+            return bool.TryParse(text, out bool parsed)
+                ? parsed
+                : throw new ArgumentException($"$METERING_REQUIRE_DURABLE_REPLICATION is '{text}', neither true nor false");
+        }
+
+        string? hosts = new Npgsql.NpgsqlConnectionStringBuilder(connectionString).Host;
+        return hosts is not null && hosts.Contains(',', StringComparison.Ordinal);
+    }
 
     /// <summary>The option's value, else the environment variable's, else null (the default).</summary>
     private static int? Pick(int? option, string env)

@@ -113,6 +113,12 @@ public enum IngestRefusalReason
 
     /// <summary>A message on the stream is not an IngestRequest: its bytes do not parse, a string field holds bytes that are not UTF-8 (protobuf requires UTF-8, so such text is refused, never replaced by U+FFFD), or no `kind` is set (INVALID_ARGUMENT). Nothing of that message was kept; what was acknowledged before it stands.</summary>
     MessageMalformed = 34,
+
+    /// <summary>The server requires durable replication and the database does not provide it now: synchronous_commit is neither on nor remote_apply, no synchronous standby is attached, or the server is connected to a standby (UNAVAILABLE). Metadata `why` names the condition.</summary>
+    ReplicationNotDurable = 35,
+
+    /// <summary>The server lost its database in the middle of the call (a failover, a restart, a network cut) or reached a read-only standby (UNAVAILABLE); reconnect and resume.</summary>
+    DatabaseUnavailable = 36,
 }
 
 /// <summary>The contract's spelling of an ingest refusal reason, for what the engine stores under it.</summary>
