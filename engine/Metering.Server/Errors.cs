@@ -143,7 +143,7 @@ public static class Errors
         IngestRefusal.ProviderNotAdmitted or IngestRefusal.ProviderSuspended or IngestRefusal.AdmissionExpired
             or IngestRefusal.AdmissionWithdrawn or IngestRefusal.AdmissionRevoked or IngestRefusal.OrganisationNotRegistered
             or IngestRefusal.ProofNotAllowed or IngestRefusal.ConcurrencyAboveFleet => StatusCode.FailedPrecondition,
-        IngestRefusal.RegistryBusy => StatusCode.Unavailable,
+        IngestRefusal.RegistryBusy or IngestRefusal.ReplicationNotDurable or IngestRefusal.DatabaseUnavailable => StatusCode.Unavailable,
         IngestRefusal.Unauthenticated or IngestRefusal.ClientCertificateRequired or IngestRefusal.ClientCertificateMismatch => StatusCode.Unauthenticated,
         IngestRefusal.StreamNotOpen => StatusCode.FailedPrecondition,
         IngestRefusal.SequenceGap => StatusCode.FailedPrecondition,

@@ -71,7 +71,7 @@ public sealed class TestServer : IAsyncDisposable
     /// <param name="database">The owner's connection string of a test database made earlier; a fresh one when null.</param>
     public static async Task<TestServer> StartAsync(PostgresFixture postgres, IngestLimits? limits = null, TimeProvider? time = null, DeviceCatalog? catalog = null,
         CapacitySettings? capacity = null, CredentialRecheckPolicy? recheck = null, X509Certificate2? certificate = null, string? database = null, CallLimits? callLimits = null,
-        bool reflection = true, int healthCheckPeriodMs = 5000, TelemetrySettings? telemetry = null)
+        bool reflection = true, int healthCheckPeriodMs = 5000, TelemetrySettings? telemetry = null, bool requireDurableReplication = false)
     {
         string connectionString = database ?? await postgres.CreateDatabaseAsync();
         var settings = new ServerSettings
@@ -89,6 +89,7 @@ public sealed class TestServer : IAsyncDisposable
             Reflection = reflection,
             HealthCheckPeriodMs = healthCheckPeriodMs,
             Telemetry = telemetry ?? new TelemetrySettings(),
+            RequireDurableReplication = requireDurableReplication,
         };
         return new TestServer(await MeteringServer.StartAsync(settings), settings, connectionString);
     }

@@ -84,6 +84,12 @@ internal static partial class ServeCommand
             DefaultValueFactory = _ => Configured("OTEL_EXPORTER_OTLP_PROTOCOL") ?? "grpc",
         };
         otlpProtocol.AcceptOnlyFromAmong("grpc", "http/protobuf");
+        var requireDurable = new Option<bool?>("--require-durable-replication")
+        {
+            Description = "Acknowledge nothing unless synchronous_commit is on or remote_apply and a synchronous standby is attached; checked at start and every second, "
+                + "refused meanwhile with UNAVAILABLE REPLICATION_NOT_DURABLE, health NOT_SERVING and the gauge metering_replication_not_durable saying why. "
+                + "Default: on when the connection string names several hosts (Host=a,b), else off; or $METERING_REQUIRE_DURABLE_REPLICATION (true or false).",
+        };
         var namedLimits = MeteringSettings.CreateNamedOptions();
         var configFile = MeteringSettings.ConfigFileOption();
         var sets = MeteringSettings.SetOption();
@@ -91,7 +97,7 @@ internal static partial class ServeCommand
             + "PublicationService, grpc.health.v1.Health (SERVING while the database answers at the schema version this engine needs) and server reflection answer without one.")
         {
             listen, tlsCertificate, tlsKey, tlsPassword, insecure, migrate, connection, dataDirectory, signingKey, runtimeRole, clock, allowPrivileged, reflection, logLevel, logFormat,
-            metricsListen, metricsPublic, otlpEndpoint, otlpProtocol, configFile, sets,
+            metricsListen, metricsPublic, otlpEndpoint, otlpProtocol, configFile, sets, requireDurable,
         };
         foreach (var limit in namedLimits)
         {
@@ -230,6 +236,17 @@ internal static partial class ServeCommand
                 // The embedded database was migrated by its superuser just now; serving logs in as
                 // the runtime role, like a production deployment does.
                 string servingConnection = embedded?.RuntimeConnectionString ?? connectionString;
+                bool requireDurableReplication;
+                try
+                {
+                    requireDurableReplication = RequireDurableReplication(parse.GetValue(requireDurable), servingConnection);
+                }
+                catch (ArgumentException e)
+                {
+                    Console.Error.WriteLine($"error: {e.Message}");
+                    return 2;
+                }
+
                 await using MeteringServer? server = await StartServerAsync(new ServerSettings
                 {
                     Listen = address,
@@ -238,6 +255,7 @@ internal static partial class ServeCommand
                     ConnectionString = servingConnection,
                     SigningKey = signing,
                     AllowPrivilegedRole = parse.GetValue(allowPrivileged),
+                    RequireDurableReplication = requireDurableReplication,
                     Limits = settings.Ingest,
                     CallLimits = settings.Access,
                     CredentialRecheck = settings.CredentialRecheck,
@@ -314,6 +332,30 @@ internal static partial class ServeCommand
             Console.Error.WriteLine($"error: {refused.Message}");
             return null;
         }
+    }
+
+    /// <summary>
+    /// --require-durable-replication, else METERING_REQUIRE_DURABLE_REPLICATION, else whether the
+    /// connection string names several hosts: a deployment that lists a standby means to survive a
+    /// failover, which only synchronous replication makes lossless.
+    /// </summary>
+    internal static bool RequireDurableReplication(bool? option, string connectionString)
+    {
+        if (option is bool chosen)
+        {
+            return chosen;
+        }
+
+        string? text = Environment.GetEnvironmentVariable("METERING_REQUIRE_DURABLE_REPLICATION");
+        if (!string.IsNullOrWhiteSpace(text))
+        {
+            return bool.TryParse(text, out bool parsed)
+                ? parsed
+                : throw new ArgumentException($"$METERING_REQUIRE_DURABLE_REPLICATION is '{text}', neither true nor false");
+        }
+
+        string? hosts = new Npgsql.NpgsqlConnectionStringBuilder(connectionString).Host;
+        return hosts is not null && hosts.Contains(',', StringComparison.Ordinal);
     }
 
     [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "Serving gRPC on {Address}; {Keys} credential(s) are active; receipts are signed with key {KeyId}. Ctrl+C stops.")]

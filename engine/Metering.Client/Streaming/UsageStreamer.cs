@@ -59,6 +59,15 @@ public sealed class StreamerOptions
     public Action<HeartbeatAck>? HeartbeatAcknowledged { get; set; }
 
     /// <summary>
+    /// What the server acknowledged for the stream before this streamer started (its committed
+    /// mark and chain head, as an agent that restarts keeps them): a server that reopens the
+    /// stream behind it, or at it with another head, is refused as one that lost acknowledged
+    /// records (<see cref="ServerBehindException"/>). Null: only this streamer's own
+    /// acknowledgements are compared.
+    /// </summary>
+    public (ulong CommittedSequence, byte[] ChainHead)? AcknowledgedBefore { get; set; }
+
+    /// <summary>
     /// Where the server's signed receipts go: one for every acknowledged batch, and one for the
     /// point a reconnect resumes from. Null: receipts are not kept (they then prove nothing later).
     /// </summary>
@@ -79,7 +88,8 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
 {
     private readonly IngestService.IngestServiceClient _client = new(channel);
     private bool _dropped;
-    private ulong _acknowledged;
+    private ulong _acknowledged = options.AcknowledgedBefore?.CommittedSequence ?? 0;
+    private byte[]? _acknowledgedHead = options.AcknowledgedBefore?.ChainHead;
 
     public async Task<StreamResult> RunAsync(string streamId, Func<ulong, UsageRecord> recordAt, ulong lastSequence, CancellationToken cancellationToken)
     {
@@ -145,6 +155,14 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
         StreamOpened opened = call.ResponseStream.Current.Opened;
         ulong committed = opened.CommittedSequence;
         byte[] head = opened.ChainHead.ToByteArray();
+        CheckNotBehind(streamId, committed, head);
+        if (opened.Receipt is not null)
+        {
+            // The mark the stream reopens at comes with a signed receipt: it is acknowledged too.
+            _acknowledgedHead = head;
+            Volatile.Write(ref _acknowledged, committed);
+        }
+
         if (opened.Receipt is not null)
         {
             // The acknowledgement of the last batch may have been lost with the connection; the
@@ -266,8 +284,9 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
                 }
 
                 committed = ack.CommittedSequence;
-                Volatile.Write(ref _acknowledged, committed);
                 head = ack.ChainHead.ToByteArray();
+                _acknowledgedHead = head;
+                Volatile.Write(ref _acknowledged, committed);
                 replayed += ack.ReplayedRecords;
                 if (ack.Receipt is not null)
                 {
@@ -293,6 +312,29 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
         return (committed, head, replayed);
     }
 
+    /// <summary>
+    /// A server that reopens the stream behind a mark it acknowledged, or at that mark with
+    /// another chain head, lost or rewrote records it promised to keep (an asynchronous failover,
+    /// a restore from backup, an insider). Streaming on would paper over it with records sent
+    /// again, so the streamer stops and says so; it is never retried. A mark ahead of the last
+    /// acknowledgement is normal: an acknowledgement lost with the connection.
+    /// </summary>
+    private void CheckNotBehind(string streamId, ulong committed, byte[] head)
+    {
+        ulong acknowledged = Volatile.Read(ref _acknowledged);
+        if (committed < acknowledged)
+        {
+            throw new ServerBehindException(streamId, acknowledged, committed,
+                $"{streamId}: the server reopened the stream at {committed}, behind {acknowledged}, which it acknowledged before: acknowledged records were lost (a failover without synchronous replication, or a restore). Stopped without sending anything.");
+        }
+
+        if (committed == acknowledged && _acknowledgedHead is { } known && acknowledged > 0 && !head.AsSpan().SequenceEqual(known))
+        {
+            throw new ServerBehindException(streamId, acknowledged, committed,
+                $"{streamId}: the server holds chain head {Convert.ToHexStringLower(head)} at {committed}, where it acknowledged {Convert.ToHexStringLower(known)}: the stream was rewritten. Stopped without sending anything.");
+        }
+    }
+
     /// <summary>Failures worth a reconnect; refusals of content (bad records, gaps, tampering) are not.</summary>
     private static bool IsTransient(RpcException e, CancellationToken runCancelled) =>
         !runCancelled.IsCancellationRequested && e.StatusCode is StatusCode.Unavailable or StatusCode.Aborted or StatusCode.Cancelled
@@ -300,4 +342,19 @@ public sealed class UsageStreamer(GrpcChannel channel, string apiKey, StreamerOp
 
     /// <summary>The machine-readable refusal reason of an error, or null.</summary>
     public static string? ReasonOf(RpcException e) => MeteringChannel.ReasonOf(e);
+}
+
+/// <summary>
+/// The server reopened a stream behind, or apart from, what it acknowledged to this streamer: an
+/// evidence failure, not a network one, which the streamer never retries.
+/// </summary>
+public sealed class ServerBehindException(string streamId, ulong acknowledgedSequence, ulong reopenedSequence, string message) : Exception(message)
+{
+    public string StreamId { get; } = streamId;
+
+    /// <summary>The highest mark the server had acknowledged.</summary>
+    public ulong AcknowledgedSequence { get; } = acknowledgedSequence;
+
+    /// <summary>The mark the server reopened the stream at.</summary>
+    public ulong ReopenedSequence { get; } = reopenedSequence;
 }

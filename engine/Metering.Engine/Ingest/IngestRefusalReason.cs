@@ -116,6 +116,12 @@ public enum IngestRefusalReason
 
     /// <summary>sm_active_bp is above 10,000 basis points: a device cannot be busy more than all of the time (INVALID_ARGUMENT). Nothing of the batch was committed.</summary>
     SmActiveOutOfRange = 35,
+
+    /// <summary>The server requires durable replication and the database does not provide it now: synchronous_commit is neither on nor remote_apply, no synchronous standby is attached, or the server is connected to a standby (UNAVAILABLE). Metadata `why` names the condition.</summary>
+    ReplicationNotDurable = 36,
+
+    /// <summary>The server lost its database in the middle of the call (a failover, a restart, a network cut) or reached a read-only standby (UNAVAILABLE); reconnect and resume.</summary>
+    DatabaseUnavailable = 37,
 }
 
 /// <summary>The contract's spelling of an ingest refusal reason, for what the engine stores under it.</summary>

@@ -110,6 +110,10 @@ public static partial class SchemaGuard
             await CheckPrivilegesAsync(connection, transaction, runtimeRole, schema, rule, relations);
         }
 
+        // The one function the runtime role calls directly: the replication check of a server
+        // that requires durable replication (migration replication_durability).
+        await connection.ExecuteAsync($"GRANT EXECUTE ON FUNCTION {Quote(schema)}.synchronous_standbys_attached() TO {role}", transaction: transaction);
+
         if (await connection.ExecuteScalarAsync<bool>("SELECT has_schema_privilege(@role, current_schema(), 'CREATE')", new { role = runtimeRole }, transaction))
         {
             throw new SchemaGuardException($"Role {runtimeRole} may still CREATE in schema {schema} (through a role it belongs to); revoke that as the schema's owner and migrate again.");

@@ -112,6 +112,29 @@ public sealed class ServerSettings
         }
     }
 
+    /// <summary>
+    /// Acknowledge nothing unless the database replicates synchronously: synchronous_commit on or
+    /// remote_apply and a synchronous standby attached (<see cref="ReplicationMonitor"/>). Off here;
+    /// `metering serve` turns it on by default when its connection string names several hosts.
+    /// </summary>
+    public bool RequireDurableReplication { get; init; }
+
+    /// <summary>How often, in ms, the server looks at the database's replication; the longest a lost standby goes unnoticed.</summary>
+    public int ReplicationCheckPeriodMs { get; init; } = 1000;
+
+    /// <summary>The bounds of <see cref="ReplicationCheckPeriodMs"/>: at least a tenth of a second, at most a minute.</summary>
+    public const int ReplicationCheckPeriodMsMin = 100;
+
+    public const int ReplicationCheckPeriodMsMax = 60_000;
+
+    internal void ValidateReplicationCheck()
+    {
+        if (ReplicationCheckPeriodMs is < ReplicationCheckPeriodMsMin or > ReplicationCheckPeriodMsMax)
+        {
+            throw new ArgumentException($"The replication check period is {ReplicationCheckPeriodMs} ms; it must be {ReplicationCheckPeriodMsMin} to {ReplicationCheckPeriodMsMax} ms.");
+        }
+    }
+
     /// <summary>The Prometheus scrape endpoint and OTLP export, both off unless asked for.</summary>
     public TelemetrySettings Telemetry { get; init; } = new();
 
@@ -169,6 +192,7 @@ public sealed class MeteringServer : IAsyncDisposable
         settings.CallLimits.Validate();
         settings.CredentialRecheck.Validate();
         settings.ValidateHealthCheck();
+        settings.ValidateReplicationCheck();
         // Read the refusal messages now: a broken table fails the start, not every later refusal.
         _ = RefusalMessages.Reasons.Count;
         if (TransportRules.Refusal(settings.Listen, settings.Certificate is not null, settings.Insecure) is { } refusal)
@@ -251,6 +275,9 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(provider => new TransparencyLog(provider.GetRequiredService<NpgsqlDataSource>(), settings.SigningKey, settings.Time,
             provider.GetRequiredService<ILoggerFactory>().CreateLogger<TransparencyLog>()));
         builder.Services.AddAuditServices(settings.Catalog, settings.Time);
+        builder.Services.AddSingleton(settings);
+        builder.Services.AddSingleton<ReplicationMonitor>();
+        builder.Services.AddHostedService(provider => provider.GetRequiredService<ReplicationMonitor>());
         builder.Services.AddSingleton<StreamLeases>();
         builder.Services.AddSingleton<AuthenticationInterceptor>();
         builder.Services.AddSingleton<RefusalInterceptor>();
@@ -267,7 +294,12 @@ public sealed class MeteringServer : IAsyncDisposable
         });
         // Health answers from the periodic check's latest result, never by querying per call:
         // it is served without a key.
-        builder.Services.AddHealthChecks().AddCheck<DatabaseHealthCheck>(DatabaseHealthCheck.Name, HealthStatus.Unhealthy, timeout: DatabaseHealthCheck.Timeout);
+        IHealthChecksBuilder checks = builder.Services.AddHealthChecks().AddCheck<DatabaseHealthCheck>(DatabaseHealthCheck.Name, HealthStatus.Unhealthy, timeout: DatabaseHealthCheck.Timeout);
+        if (settings.RequireDurableReplication)
+        {
+            checks.AddCheck<ReplicationHealthCheck>(ReplicationHealthCheck.Name, HealthStatus.Unhealthy);
+        }
+
         builder.Services.Configure<HealthCheckPublisherOptions>(publisher =>
         {
             publisher.Delay = TimeSpan.Zero;

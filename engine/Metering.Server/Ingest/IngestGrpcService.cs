@@ -7,6 +7,7 @@ using Metering.Engine.Access;
 using Metering.Engine.Signing;
 using Metering.Engine.Telemetry;
 using Metering.Server.Access;
+using Metering.Server.Hosting;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 
@@ -28,6 +29,7 @@ internal sealed partial class IngestGrpcService(
     CallLimiter limiter,
     TimeProvider time,
     ReceiptSigner receipts,
+    ReplicationMonitor replication,
     IHostApplicationLifetime lifetime,
     ILogger<IngestGrpcService> logger) : IngestService.IngestServiceBase
 {
@@ -72,6 +74,13 @@ internal sealed partial class IngestGrpcService(
                 throw new IngestRefusedException(notAdmitted);
             }
 
+            // The mark a stream opens at must survive a failover: without a synchronous standby
+            // it might not, and the client would resume from a mark the next primary never saw.
+            if (replication.Refusal() is { } notDurable)
+            {
+                throw notDurable;
+            }
+
             StreamHead head = await store.OpenStreamAsync(caller.Subject, streamId, lease.Token);
             var session = new IngestSession(store, validator, time, gate, admission, streamId, head, context.Peer, committer: committer);
             LogOpened(logger, caller.Subject, streamId, head.CommittedSequence, context.Peer);
@@ -100,6 +109,11 @@ internal sealed partial class IngestGrpcService(
                 IngestRequest request = requestStream.Current;
                 if (request.KindCase == IngestRequest.KindOneofCase.Heartbeat)
                 {
+                    if (replication.Refusal() is { } heartbeatNotDurable)
+                    {
+                        throw heartbeatNotDurable;
+                    }
+
                     HeartbeatOutcome beat = await session.HeartbeatAsync(request.Heartbeat.HasClientUnixMs ? request.Heartbeat.ClientUnixMs : null, lease.Token);
                     MeteringTelemetry.Heartbeat(caller.Subject, beat.Recorded);
                     await responseStream.WriteAsync(new IngestResponse
@@ -125,7 +139,20 @@ internal sealed partial class IngestGrpcService(
                     throw Errors.Refused(StatusCode.FailedPrecondition, IngestRefusal.StreamNotOpen, "the stream is already open; send only batches and heartbeats after 'open'");
                 }
 
+                if (replication.Refusal() is { } beforeAppend)
+                {
+                    throw beforeAppend;
+                }
+
                 BatchOutcome outcome = await session.AppendAsync(batchRecords.Over(request.Batch.Records), lease.Token);
+                // Replication may have been lost while the batch committed. Then it stays committed
+                // but unacknowledged: the client sends it again after reconnecting and gets the
+                // replay's acknowledgement, or, after a failover that lost it, commits it anew.
+                if (replication.Refusal() is { } afterCommit)
+                {
+                    throw afterCommit;
+                }
+
                 // Signed after the commit, outside its transaction and any lock: one signature per
                 // batch, whatever its size, so the cost stays off the per-record path.
                 SignedReceipt receipt = receipts.Sign(caller.Subject, streamId, outcome.CommittedSequence, outcome.ChainHead);
@@ -161,16 +188,34 @@ internal sealed partial class IngestGrpcService(
         {
             throw new RpcException(new Status(StatusCode.Unavailable, "the server is shutting down; reconnect to resume"));
         }
-        catch (Npgsql.NpgsqlException e) when (e.IsTransient)
+        catch (Exception e) when (e is not RpcException && DatabaseLost(e))
         {
+            // A failover ends the call here: the primary vanished under a commit or a read, or a
+            // demoted one refused a write. The client reconnects, and the data source finds the
+            // new primary (Target Session Attributes=primary) when the stream opens again.
             LogDatabaseUnavailable(logger, caller.Subject, streamId, e.Message);
-            throw new RpcException(new Status(StatusCode.Unavailable, "the database is unavailable; nothing unacknowledged was kept, reconnect to resume"));
+            throw Errors.Refused(StatusCode.Unavailable, IngestRefusal.DatabaseUnavailable,
+                "the database is unavailable (a failover or restart); nothing unacknowledged was kept, reconnect to resume");
         }
     }
 
     /// <summary>A message with no kind; one whose bytes do not parse is refused before it gets here (Hosting/MalformedMessageRefusal).</summary>
     private static RpcException NoKind() =>
         Errors.Refused(StatusCode.InvalidArgument, IngestRefusal.MessageMalformed, "the message sets no kind: send exactly one of open, batch and heartbeat");
+
+    /// <summary>Whether the exception, or one it wraps, is the database going away (<see cref="ReplicationDurability.IsDatabaseLost"/>).</summary>
+    private static bool DatabaseLost(Exception e)
+    {
+        for (Exception? current = e; current is not null; current = current.InnerException)
+        {
+            if (ReplicationDurability.IsDatabaseLost(current))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
 
     internal static bool IsValidStreamId(string streamId)
     {

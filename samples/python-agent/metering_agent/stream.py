@@ -20,6 +20,11 @@ from .transport import Refused, Services, Unreachable, UsageError, error_from
 log = logging.getLogger("metering_agent")
 
 
+# Refusals that say "later", not "never": the registry busy, the database failing over, or no
+# synchronous standby attached to a server that requires one (proto/metering/v1/ingest.proto).
+RETRYABLE_REASONS = ("REGISTRY_BUSY", "DATABASE_UNAVAILABLE", "REPLICATION_NOT_DURABLE")
+
+
 @dataclass(frozen=True)
 class StreamSettings:
     stream_id: str
@@ -51,14 +56,17 @@ class Streamer:
         self.summary = StreamSummary(settings.stream_id, len(records))
 
     def run(self) -> StreamSummary:
-        """Streams to the end, reconnecting after a lost connection (or REGISTRY_BUSY) at most `reconnects` times."""
+        """Streams to the end, reconnecting after a lost connection (or a retryable refusal) at most `reconnects` times."""
         attempt = 0
         while True:
             try:
                 self._session(first=attempt == 0)
                 return self.summary
             except (Unreachable, Refused) as error:
-                retryable = isinstance(error, Unreachable) or error.reason == "REGISTRY_BUSY" or (
+                # A database failover (DATABASE_UNAVAILABLE) or a server waiting for its synchronous
+                # standby (REPLICATION_NOT_DURABLE) passes; the reopened stream is then checked
+                # against what was acknowledged before anything is sent.
+                retryable = isinstance(error, Unreachable) or error.reason in RETRYABLE_REASONS or (
                     # Every refusal carries a reason; a status without one is a connection that ended (a server restarting).
                     not error.reason and error.status in (grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN))
                 if not retryable or attempt >= self._settings.reconnects:
