@@ -130,6 +130,67 @@ public sealed class OutputFormatCliTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task Sectioned_and_key_value_commands_give_json_with_the_values_the_table_shows_and_refuse_csv_where_sections_differ()
+    {
+        var clock = new ManualClock(VoucherScene.Now);
+        await using TestServer server = await TestServer.StartAsync(postgres, time: clock);
+        await using VoucherScene scene = VoucherScene.Over(server.ConnectionString, clock);
+        string holder = await scene.HolderAsync();
+        var contract = await scene.ContractAsync(holder);
+        var voucher = await scene.VoucherAsync(contract.ContractId, 100_000_000);
+        await scene.IngestAsync("cluster-a", VoucherScene.Jobs(holder, VoucherScene.Day, 3));
+
+        // A holder with its contracts and vouchers: one object with a member per section.
+        var holderJson = await RunAsync(server, TestServer.OperatorKey, "voucher", "holder", "show", holder, "--output", "json");
+        using (JsonDocument shown = Parse(holderJson))
+        {
+            JsonElement root = shown.RootElement;
+            Assert.Equal(holder, root.GetProperty("holder").GetProperty("creditCode").GetString());
+            Assert.Equal(contract.ContractId, root.GetProperty("contracts").EnumerateArray().Single().GetProperty("contractId").GetInt64());
+            JsonElement shownVoucher = root.GetProperty("vouchers").EnumerateArray().Single();
+            Assert.Equal(voucher.VoucherId, shownVoucher.GetProperty("voucherId").GetInt64());
+            Assert.Equal("100000000", shownVoucher.GetProperty("faceValueFen").GetRawText());
+        }
+
+        // CSV has one header row, so it cannot hold three sections: a usage error before any call.
+        var holderCsv = await RunAsync(server, TestServer.OperatorKey, "voucher", "holder", "show", holder, "--output", "csv");
+        Assert.Equal(2, holderCsv.ExitCode);
+        Assert.Contains("--output csv is not available for `voucher holder show`", holderCsv.Stderr, StringComparison.Ordinal);
+        Assert.Equal("", holderCsv.Stdout);
+
+        // The server's clock as values: the test's clock, in Shanghai time with its offset.
+        long nowMs = clock.GetUtcNow().ToUnixTimeMilliseconds();
+        var clockJson = await RunAsync(server, TestServer.OperatorKey, "clock", "show", "--output", "json");
+        using (JsonDocument shown = Parse(clockJson))
+        {
+            Assert.Equal(nowMs, shown.RootElement.GetProperty("nowUnixMs").GetInt64());
+            string now = shown.RootElement.GetProperty("now").GetString()!;
+            Assert.EndsWith("+08:00", now, StringComparison.Ordinal);
+            Assert.Equal(nowMs, DateTimeOffset.Parse(now, CultureInfo.InvariantCulture).ToUnixTimeMilliseconds());
+            Assert.False(shown.RootElement.GetProperty("simulated").GetBoolean());
+        }
+
+        List<string[]> clockCsv = Rfc4180(await RunAsync(server, TestServer.OperatorKey, "clock", "show", "--output", "csv"));
+        Assert.Equal(new[] { "now", "nowUnixMs", "simulated", "offsetMs" }, clockCsv[0]);
+        Assert.Equal(nowMs.ToString(CultureInfo.InvariantCulture), clockCsv[1][1]);
+
+        // The day's Merkle root: the same leaves and root as the table prints.
+        string day = VoucherScene.Day.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
+        var rootTable = await RunAsync(server, TestServer.AuditorKey, "audit", "merkle-root", "--provider", TestRecords.Provider, "--day", day);
+        var rootJson = await RunAsync(server, TestServer.AuditorKey, "audit", "merkle-root", "--provider", TestRecords.Provider, "--day", day, "--output", "json");
+        Assert.True(rootTable.ExitCode == 0, rootTable.Stderr);
+        using (JsonDocument shown = Parse(rootJson))
+        {
+            JsonElement root = shown.RootElement;
+            Assert.Equal(3, root.GetProperty("leaves").GetInt64());
+            Assert.Equal(day, root.GetProperty("day").GetString());
+            Assert.Contains($"leaves    {root.GetProperty("leaves").GetInt64()}", rootTable.Stdout, StringComparison.Ordinal);
+            Assert.Contains($"root      {root.GetProperty("root").GetString()}", rootTable.Stdout, StringComparison.Ordinal);
+            Assert.Matches("^[0-9a-f]{64}$", root.GetProperty("root").GetString()!);
+        }
+    }
+
+    [Fact]
     public async Task An_output_format_the_cli_does_not_know_exits_with_2_before_any_call_and_prints_nothing_on_standard_output()
     {
         await using TestServer server = await TestServer.StartAsync(postgres);

@@ -129,12 +129,21 @@ internal static class AuditCommand
         var day = Day("--day", "The day");
         var asOf = AsOf("Only records committed at or before this instant (ISO 8601); committed means when the ingest transaction began.");
         var settled = Settled("The root as settled: the records the settlement of the day counted, the root its provider statement publishes in its merkle_root row.");
+        var output = OutputOption.Create();
         return Client("merkle-root", "The provider's Merkle root over one day's records (proto/metering/v1/merkle-proofs.md).",
-            [provider, day, asOf, settled], async (parse, client, headers, ct) =>
+            [provider, day, asOf, settled, output], async (parse, client, headers, ct) =>
             {
                 var request = new GetMerkleRootRequest { CreditCode = CodeOf(parse, provider), Day = DayText(parse, day) };
                 (request.AsOfUnixMs, request.Settled) = CutOff(parse, asOf, settled);
                 Protocol.V1.MerkleRoot root = await client.GetMerkleRootAsync(request, headers, cancellationToken: ct);
+                if (parse.GetValue(output) is not OutputFormat.Table and var format)
+                {
+                    var rows = new Rows(Column.DataOnly("provider"), Column.DataOnly("day"), Column.DataOnly("settled"), Column.DataOnly("asOf"), Column.DataOnly("leaves"), Column.DataOnly("root"));
+                    rows.Add(root.CreditCode, root.Day, Cell.Data(root.Settled), Cell.Instant(root.AsOfUnixMs), Cell.Data(root.LeafCount), Convert.ToHexStringLower(root.Root.Span));
+                    rows.WriteOne(format, Console.Out);
+                    return 0;
+                }
+
                 Console.WriteLine($"provider  {root.CreditCode}");
                 Console.WriteLine($"day       {root.Day}");
                 Console.WriteLine($"cut-off   {CutOffText(root.Settled, root.AsOfUnixMs)}");
@@ -343,7 +352,10 @@ internal static class AuditCommand
         var provider = Provider();
         var from = Day("--from", "First day, inclusive");
         var to = Day("--to", "Last day, inclusive");
-        var silence = new Option<int>("--silence-minutes") { Description = "A stream that sent neither records nor heartbeats for longer than this is an anomaly.", DefaultValueFactory = _ => 120 };
+        var silence = new Option<int?>("--silence-minutes")
+        {
+            Description = "A stream that sent neither records nor heartbeats for longer than this is an anomaly; without it, the server's threshold (120 unless its operator set Anomalies:Silence).",
+        };
         var kind = new Option<string[]>("--kind")
         {
             Description = $"Only this kind (repeat for several): {string.Join(", ", AnomalyOutput.Kinds.Select(k => k.Name))}. Every kind when left out.",
@@ -352,7 +364,7 @@ internal static class AuditCommand
         Option<OutputFormat> output = OutputOption.Create(aliasForTable: "text");
         output.Description = "table (the summary by kind, then each anomaly; `text` says the same), json (the DetectAnomaliesResponse in the protobuf JSON mapping, "
             + "64-bit counts as strings) or csv (one row per anomaly, its evidence counted, not listed).";
-        return Client("anomalies", "Run the anomaly detectors over a provider and period: a count per kind first (saying where the per-kind cap of 500 cut a list), then the anomalies with their evidence. Exits 6 when the period holds no records to judge.",
+        return Client("anomalies", "Run the anomaly detectors over a provider and period: a count per kind first (saying where the per-kind cap, 500 unless the operator set Anomalies:AnomaliesPerKindMax, cut a list), then the anomalies with their evidence. Exits 6 when the period holds no records to judge.",
             [provider, from, to, silence, kind, output], async (parse, client, headers, ct) =>
             {
                 string code = CodeOf(parse, provider);
@@ -366,7 +378,7 @@ internal static class AuditCommand
                     CreditCode = code,
                     FromUnixMs = ShanghaiTime.StartOf(ParseDay(parse.GetValue(from)!, "--from")).ToUnixTimeMilliseconds(),
                     UntilUnixMs = ShanghaiTime.StartOf(ParseDay(parse.GetValue(to)!, "--to").AddDays(1)).ToUnixTimeMilliseconds(),
-                    SilenceMinutes = (uint)parse.GetValue(silence),
+                    SilenceMinutes = (uint)(parse.GetValue(silence) ?? 0),
                     Kinds = { (parse.GetValue(kind) ?? []).Select(AnomalyOutput.Parse).Distinct() },
                 };
                 DetectAnomaliesResponse found = await client.DetectAnomaliesAsync(request, headers, cancellationToken: ct);

@@ -108,9 +108,18 @@ internal static class VoucherCommand
         });
 
         var showCode = new Argument<string>("code") { Description = "The holder's credit code." };
-        Command show = Client("show", "Show a holder with its contracts and vouchers.", [showCode], async (parse, vouchers, headers, ct) =>
+        var holderShowOutput = OutputOption.Sections("voucher holder show");
+        Command show = Client("show", "Show a holder with its contracts and vouchers; --output json gives one object: holder, contracts, vouchers.", [showCode, holderShowOutput], async (parse, vouchers, headers, ct) =>
         {
             Holder holder = await vouchers.GetHolderAsync(new GetHolderRequest { CreditCode = parse.GetValue(showCode)! }, headers, cancellationToken: ct);
+            if (parse.GetValue(holderShowOutput) == OutputFormat.Json)
+            {
+                var holderRow = new Rows(Column.DataOnly("creditCode"), Column.DataOnly("name"), Column.DataOnly("district"), Column.DataOnly("establishedOn"), Column.DataOnly("status"));
+                holderRow.Add(holder.CreditCode, holder.Name, holder.District, holder.EstablishedOn, Status(holder.Status));
+                new Sections().One("holder", holderRow).Many("contracts", ContractRows(holder.Contracts)).Many("vouchers", VoucherRows(holder.Vouchers)).WriteJson(Console.Out);
+                return;
+            }
+
             Console.WriteLine(Labels.Format("{0}  {1}  ({2}, established {3}, {4})", holder.CreditCode, holder.Name, holder.District, holder.EstablishedOn, Status(holder.Status)));
             Console.WriteLine();
             ContractRows(holder.Contracts).WriteTable(Console.Out);
