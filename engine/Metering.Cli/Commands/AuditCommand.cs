@@ -160,12 +160,19 @@ internal static class AuditCommand
         var sequence = new Option<ulong>("--sequence") { Description = "The record's sequence number.", Required = true };
         var asOf = AsOf("Prove against the root as of this instant (ISO 8601).");
         var settled = Settled("Prove against the root as settled, the one the provider's statement of the record's day publishes.");
-        return Client("proof", "The inclusion proof of one record in its day's Merkle root, with shell lines that check it with sha256sum.",
-            [provider, stream, sequence, asOf, settled], async (parse, client, headers, ct) =>
+        var output = OutputOption.Sections("audit proof");
+        return Client("proof", "The inclusion proof of one record in its day's Merkle root, with shell lines that check it with sha256sum; --output json gives one object: proof (hashes in hex) and steps (side, sibling).",
+            [provider, stream, sequence, asOf, settled, output], async (parse, client, headers, ct) =>
             {
                 var request = new GetInclusionProofRequest { CreditCode = CodeOf(parse, provider), StreamId = parse.GetValue(stream)!, Sequence = parse.GetValue(sequence) };
                 (request.AsOfUnixMs, request.Settled) = CutOff(parse, asOf, settled);
                 Protocol.V1.InclusionProof proof = await client.GetInclusionProofAsync(request, headers, cancellationToken: ct);
+                if (parse.GetValue(output) == OutputFormat.Json)
+                {
+                    WriteProofJson(proof);
+                    return 0;
+                }
+
                 Console.WriteLine($"# {proof.StreamId} #{proof.Sequence}: leaf {proof.LeafIndex} of {proof.LeafCount} on {proof.Day} ({CutOffText(proof.Settled, proof.AsOfUnixMs)}); check with bash and sha256sum:");
                 Console.WriteLine("hex2bin() { printf \"$(printf '%s' \"$1\" | sed 's/../\\\\x&/g')\"; }");
                 Console.WriteLine("node() { { printf '\\x01'; hex2bin \"$1\"; hex2bin \"$2\"; } | sha256sum | cut -d' ' -f1; }");
@@ -182,6 +189,24 @@ internal static class AuditCommand
                 Console.WriteLine($"echo $P   # = root {Convert.ToHexStringLower(proof.Root.Span)}");
                 return 0;
             });
+    }
+
+    /// <summary>The proof as data: the record and its hashes in hex, then the steps from the leaf up, each sibling with the side it stands on.</summary>
+    private static void WriteProofJson(Protocol.V1.InclusionProof proof)
+    {
+        var fields = new Rows(Column.DataOnly("provider"), Column.DataOnly("day"), Column.DataOnly("settled"), Column.DataOnly("asOf"), Column.DataOnly("streamId"), Column.DataOnly("sequence"),
+            Column.DataOnly("leafIndex"), Column.DataOnly("leafCount"), Column.DataOnly("previousHash"), Column.DataOnly("canonical"), Column.DataOnly("chainHash"),
+            Column.DataOnly("leafHash"), Column.DataOnly("root"));
+        fields.Add(proof.CreditCode, proof.Day, Cell.Data(proof.Settled), Cell.Instant(proof.AsOfUnixMs), proof.StreamId, Cell.Data(proof.Sequence), Cell.Data(proof.LeafIndex),
+            Cell.Data(proof.LeafCount), Convert.ToHexStringLower(proof.PreviousHash.Span), Convert.ToHexStringLower(proof.Canonical.Span), Convert.ToHexStringLower(proof.ChainHash.Span),
+            Convert.ToHexStringLower(proof.LeafHash.Span), Convert.ToHexStringLower(proof.Root.Span));
+        var steps = new Rows(Column.DataOnly("side"), Column.DataOnly("sibling"));
+        foreach (Protocol.V1.ProofStep step in proof.Steps)
+        {
+            steps.Add(step.Side == Protocol.V1.ProofSide.Left ? "left" : "right", Convert.ToHexStringLower(step.Sibling.Span));
+        }
+
+        new Sections().One("proof", fields).Many("steps", steps).WriteJson(Console.Out);
     }
 
     private static Option<DateTimeOffset?> AsOf(string description) => new("--as-of") { Description = description };
