@@ -63,6 +63,19 @@ public sealed class OutputFormatCliTests(PostgresFixture postgres)
             Assert.Matches($"{code} .*{Regex(row.GetProperty("status").GetString()!)}", holdersTable.Stdout);
         }
 
+        // A claim with its caps and lines: one object, money in fen, csv refused.
+        long claimId = await server.ScalarAsync<long>("SELECT max(claim_id) FROM claims");
+        using (JsonDocument shownClaim = Parse(await RunAsync(server, TestServer.AuditorKey, "voucher", "claim", "show", $"{claimId}", "--output", "json")))
+        {
+            JsonElement fields = shownClaim.RootElement.GetProperty("claim");
+            Assert.Equal(claimId, fields.GetProperty("claimId").GetInt64());
+            Assert.Equal("2400", fields.GetProperty("eligibleFeeFen").GetRawText());
+            Assert.Equal("1200", fields.GetProperty("subsidyFen").GetRawText());
+            Assert.Equal(2400, shownClaim.RootElement.GetProperty("lines").EnumerateArray().Sum(l => l.GetProperty("feeFen").GetInt64()));
+        }
+
+        Assert.Equal(2, (await RunAsync(server, TestServer.AuditorKey, "voucher", "claim", "show", $"{claimId}", "--output", "csv")).ExitCode);
+
         // Claims: money as integer fen where the table shows yuan.
         var claimsTable = await RunAsync(server, TestServer.AuditorKey, "voucher", "claim", "list");
         var claimsJson = await RunAsync(server, TestServer.AuditorKey, "voucher", "claim", "list", "--output", "json");
@@ -237,7 +250,8 @@ public sealed class OutputFormatCliTests(PostgresFixture postgres)
         Assert.NotEmpty(batches);
         foreach (JsonElement batch in batches)
         {
-            Assert.Matches($"(?m)^{Regex(batch.GetProperty("batchId").GetString()!)} ", batchTable.Stdout);
+            // An all-digit id is right-aligned in the table, as numbers are.
+            Assert.Matches($"(?m)^ *{Regex(batch.GetProperty("batchId").GetString()!)} ", batchTable.Stdout);
             Assert.Equal(JsonValueKind.Number, batch.GetProperty("minAnnualRentalFen").ValueKind);
             Assert.Equal(JsonValueKind.Number, batch.GetProperty("capacityMinimumGflops").ValueKind);
         }

@@ -336,8 +336,20 @@ internal static class VoucherCommand
             });
 
         var showId = new Argument<long>("claim-id") { Description = "The claim's id." };
-        Command show = Client("show", "Show a claim: its lines, the four caps and its hold.", [showId], async (parse, vouchers, headers, ct) =>
-            WriteClaim(await vouchers.GetClaimAsync(new GetClaimRequest { ClaimId = Id(parse, showId) }, headers, cancellationToken: ct)));
+        var claimShowOutput = OutputOption.Sections("voucher claim show");
+        Command show = Client("show", "Show a claim: its lines, the four caps and its hold; --output json gives one object: claim (caps in fen) and lines.", [showId, claimShowOutput],
+            async (parse, vouchers, headers, ct) =>
+            {
+                Claim claim = await vouchers.GetClaimAsync(new GetClaimRequest { ClaimId = Id(parse, showId) }, headers, cancellationToken: ct);
+                if (parse.GetValue(claimShowOutput) == OutputFormat.Json)
+                {
+                    WriteClaimJson(claim);
+                }
+                else
+                {
+                    WriteClaim(claim);
+                }
+            });
 
         var listContract = new Option<long?>("--contract") { Description = "Only this contract's claims." };
         var listOutput = OutputOption.Create();
@@ -470,6 +482,27 @@ internal static class VoucherCommand
         caps.Add(Pricing.Yuan(claim.EligibleFeeFen), Pricing.Yuan(claim.RatioSubsidyFen), Pricing.Yuan(claim.VoucherRemainingFen), Pricing.Yuan(claim.AnnualCapRemainingFen),
             Pricing.Yuan(claim.StackingRoomFen), Pricing.Yuan(claim.SubsidyFen), Limit(claim.LimitedBy));
         caps.Write(Console.Out);
+    }
+
+    /// <summary>A claim as one object: its fields and caps (money in fen, usage days as a space-separated list), then its lines.</summary>
+    private static void WriteClaimJson(Claim claim)
+    {
+        var fields = new Rows(Column.DataOnly("claimId"), Column.DataOnly("contractId"), Column.DataOnly("voucherId"), Column.DataOnly("holderCode"), Column.DataOnly("providerId"),
+            Column.DataOnly("programmeYear"), Column.DataOnly("parametersVersion"), Column.DataOnly("ratioBp"), Column.DataOnly("records"), Column.DataOnly("usageDays"),
+            Column.DataOnly("eligibleFeeFen"), Column.DataOnly("ratioSubsidyFen"), Column.DataOnly("voucherRemainingFen"), Column.DataOnly("annualCapRemainingFen"),
+            Column.DataOnly("stackingRoomFen"), Column.DataOnly("subsidyFen"), Column.DataOnly("limitedBy"), Column.DataOnly("hold"), Column.DataOnly("holdExpires"), Column.DataOnly("filed"));
+        fields.Add(Cell.Data(claim.ClaimId), Cell.Data(claim.ContractId), Cell.Data(claim.VoucherId), claim.HolderCode, claim.ProviderId, Cell.Data(claim.ProgrammeYear),
+            Cell.Data(claim.ParametersVersion), Cell.Data(claim.RatioBp), Cell.Data(claim.Records), string.Join(' ', claim.UsageDays), Cell.Data(claim.EligibleFeeFen),
+            Cell.Data(claim.RatioSubsidyFen), Cell.Data(claim.VoucherRemainingFen), Cell.Data(claim.AnnualCapRemainingFen), Cell.Data(claim.StackingRoomFen), Cell.Data(claim.SubsidyFen),
+            Limit(claim.LimitedBy), Hold(claim.HoldState), Cell.Instant(claim.HoldExpiresUnixMs), Cell.Instant(claim.FiledUnixMs));
+        var lines = new Rows(Column.DataOnly("deviceModel"), Column.DataOnly("feeUnit"), Column.DataOnly("records"), Column.DataOnly("cardMs"), Column.DataOnly("usageNpfh"),
+            Column.DataOnly("priceFen"), Column.DataOnly("feeFen"));
+        foreach (ClaimLine l in claim.Lines)
+        {
+            lines.Add(l.DeviceModel, Spelling(l.FeeUnit), Cell.Data(l.Records), Cell.Data(l.CardMs), Cell.Data(l.UsageNpfh), Cell.Data(l.PriceFen), Cell.Data(l.FeeFen));
+        }
+
+        new Sections().One("claim", fields).Many("lines", lines).WriteJson(Console.Out);
     }
 
     // ---------------------------------------------------------------- plumbing
