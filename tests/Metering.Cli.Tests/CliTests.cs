@@ -10,7 +10,7 @@ public sealed class CliTests
         var (exit, output) = await RunAsync("--help");
         Assert.Equal(0, exit);
         Assert.Equal(
-            new SortedSet<string>(["serve", "db", "key", "registry", "capacity", "demo", "ingest-file", "voucher", "settle", "audit", "clock"], StringComparer.Ordinal),
+            new SortedSet<string>(["serve", "db", "key", "registry", "capacity", "config", "demo", "ingest-file", "voucher", "settle", "audit", "clock"], StringComparer.Ordinal),
             new SortedSet<string>(CliHelp.Commands(output), StringComparer.Ordinal));
         Assert.Superset(new HashSet<string>(["--verbose", "--help", "-h", "--version"]), new HashSet<string>(CliHelp.Options(output)));
     }
