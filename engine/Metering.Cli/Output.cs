@@ -60,6 +60,69 @@ internal static class OutputOption
         option.CompletionSources.Add(Spellings);
         return option;
     }
+
+    /// <summary>
+    /// `--output` for a command that prints several sections (a holder with its contracts and
+    /// vouchers): json is one object with a member per section; csv has one header row and so
+    /// cannot hold them, and is refused as a usage error (exit 2) before any call.
+    /// </summary>
+    public static Option<OutputFormat> Sections(string command)
+    {
+        Option<OutputFormat> option = Create();
+        option.Description = "table (default, for people) or json (one object with a member per section, camelCase names, money as integer fen, times ISO 8601 with their offset). "
+            + "csv is refused: the sections have different columns.";
+        option.Validators.Add(result =>
+        {
+            if (result.GetValueOrDefault<OutputFormat>() == OutputFormat.Csv)
+            {
+                result.AddError($"{Name} csv is not available for `{command}`, which prints several sections with different columns; use {Name} json");
+            }
+        });
+        return option;
+    }
+}
+
+/// <summary>
+/// A command's output in named sections: the table prints them one after another (the caller's
+/// own way), json writes one object with a member per section, an object for a single row and an
+/// array for a list.
+/// </summary>
+internal sealed class Sections
+{
+    private readonly List<(string Name, Rows Rows, bool Single)> _sections = [];
+
+    /// <summary>A section of one row, written as an object (null when it has none).</summary>
+    public Sections One(string name, Rows rows)
+    {
+        _sections.Add((name, rows, true));
+        return this;
+    }
+
+    /// <summary>A section of rows, written as an array.</summary>
+    public Sections Many(string name, Rows rows)
+    {
+        _sections.Add((name, rows, false));
+        return this;
+    }
+
+    public void WriteJson(TextWriter output)
+    {
+        using var buffer = new MemoryStream();
+        using (var json = new Utf8JsonWriter(buffer, Rows.JsonOptions))
+        {
+            json.WriteStartObject();
+            foreach (var (name, rows, single) in _sections)
+            {
+                json.WritePropertyName(name);
+                rows.WriteJson(json, single);
+            }
+
+            json.WriteEndObject();
+        }
+
+        output.Write(Encoding.UTF8.GetString(buffer.GetBuffer(), 0, (int)buffer.Length));
+        output.Write('\n');
+    }
 }
 
 /// <summary>
@@ -114,7 +177,7 @@ internal readonly record struct Cell(string Text, object? Value)
 /// </summary>
 internal sealed class Rows(params Column[] columns)
 {
-    private static readonly JsonWriterOptions JsonOptions = new()
+    internal static readonly JsonWriterOptions JsonOptions = new()
     {
         Indented = true,
 
@@ -187,39 +250,45 @@ internal sealed class Rows(params Column[] columns)
 
     private void WriteJson(TextWriter output, bool single)
     {
-        int[] data = DataColumns();
         using var buffer = new MemoryStream();
         using (var json = new Utf8JsonWriter(buffer, JsonOptions))
         {
-            if (!single)
-            {
-                json.WriteStartArray();
-            }
-
-            foreach (Cell[] row in single ? _rows.Take(1) : _rows)
-            {
-                json.WriteStartObject();
-                foreach (int i in data)
-                {
-                    json.WritePropertyName(_columns[i].Name!);
-                    WriteValue(json, row[i].Value);
-                }
-
-                json.WriteEndObject();
-            }
-
-            if (!single)
-            {
-                json.WriteEndArray();
-            }
-            else if (_rows.Count == 0)
-            {
-                json.WriteNullValue();
-            }
+            WriteJson(json, single);
         }
 
         output.Write(Encoding.UTF8.GetString(buffer.GetBuffer(), 0, (int)buffer.Length));
         output.Write('\n');
+    }
+
+    /// <summary>The rows as one JSON array, or the first as one object (null when there is none), into a writer that may hold more.</summary>
+    internal void WriteJson(Utf8JsonWriter json, bool single)
+    {
+        int[] data = DataColumns();
+        if (!single)
+        {
+            json.WriteStartArray();
+        }
+
+        foreach (Cell[] row in single ? _rows.Take(1) : _rows)
+        {
+            json.WriteStartObject();
+            foreach (int i in data)
+            {
+                json.WritePropertyName(_columns[i].Name!);
+                WriteValue(json, row[i].Value);
+            }
+
+            json.WriteEndObject();
+        }
+
+        if (!single)
+        {
+            json.WriteEndArray();
+        }
+        else if (_rows.Count == 0)
+        {
+            json.WriteNullValue();
+        }
     }
 
     private static void WriteValue(Utf8JsonWriter json, object? value)

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using Metering.Engine.Fixtures;
+using Metering.Engine.Identity;
 using Metering.Fixtures;
 using Metering.Server.Fixtures;
 
@@ -61,6 +62,19 @@ public sealed class OutputFormatCliTests(PostgresFixture postgres)
             // The table shows the same holder with the same status.
             Assert.Matches($"{code} .*{Regex(row.GetProperty("status").GetString()!)}", holdersTable.Stdout);
         }
+
+        // A claim with its caps and lines: one object, money in fen, csv refused.
+        long claimId = await server.ScalarAsync<long>("SELECT max(claim_id) FROM claims");
+        using (JsonDocument shownClaim = Parse(await RunAsync(server, TestServer.AuditorKey, "voucher", "claim", "show", $"{claimId}", "--output", "json")))
+        {
+            JsonElement fields = shownClaim.RootElement.GetProperty("claim");
+            Assert.Equal(claimId, fields.GetProperty("claimId").GetInt64());
+            Assert.Equal("2400", fields.GetProperty("eligibleFeeFen").GetRawText());
+            Assert.Equal("1200", fields.GetProperty("subsidyFen").GetRawText());
+            Assert.Equal(2400, shownClaim.RootElement.GetProperty("lines").EnumerateArray().Sum(l => l.GetProperty("feeFen").GetInt64()));
+        }
+
+        Assert.Equal(2, (await RunAsync(server, TestServer.AuditorKey, "voucher", "claim", "show", $"{claimId}", "--output", "csv")).ExitCode);
 
         // Claims: money as integer fen where the table shows yuan.
         var claimsTable = await RunAsync(server, TestServer.AuditorKey, "voucher", "claim", "list");
@@ -127,6 +141,155 @@ public sealed class OutputFormatCliTests(PostgresFixture postgres)
         }
 
         Assert.Equal(keys.Length, keysTable.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length - 2);
+    }
+
+    [Fact]
+    public async Task Sectioned_and_key_value_commands_give_json_with_the_values_the_table_shows_and_refuse_csv_where_sections_differ()
+    {
+        var clock = new ManualClock(VoucherScene.Now);
+        await using TestServer server = await TestServer.StartAsync(postgres, time: clock);
+        await using VoucherScene scene = VoucherScene.Over(server.ConnectionString, clock);
+        string holder = await scene.HolderAsync();
+        var contract = await scene.ContractAsync(holder);
+        var voucher = await scene.VoucherAsync(contract.ContractId, 100_000_000);
+        await scene.IngestAsync("cluster-a", VoucherScene.Jobs(holder, VoucherScene.Day, 3));
+
+        // A holder with its contracts and vouchers: one object with a member per section.
+        var holderJson = await RunAsync(server, TestServer.OperatorKey, "voucher", "holder", "show", holder, "--output", "json");
+        using (JsonDocument shown = Parse(holderJson))
+        {
+            JsonElement root = shown.RootElement;
+            Assert.Equal(holder, root.GetProperty("holder").GetProperty("creditCode").GetString());
+            Assert.Equal(contract.ContractId, root.GetProperty("contracts").EnumerateArray().Single().GetProperty("contractId").GetInt64());
+            JsonElement shownVoucher = root.GetProperty("vouchers").EnumerateArray().Single();
+            Assert.Equal(voucher.VoucherId, shownVoucher.GetProperty("voucherId").GetInt64());
+            Assert.Equal("100000000", shownVoucher.GetProperty("faceValueFen").GetRawText());
+        }
+
+        // CSV has one header row, so it cannot hold three sections: a usage error before any call.
+        var holderCsv = await RunAsync(server, TestServer.OperatorKey, "voucher", "holder", "show", holder, "--output", "csv");
+        Assert.Equal(2, holderCsv.ExitCode);
+        Assert.Contains("--output csv is not available for `voucher holder show`", holderCsv.Stderr, StringComparison.Ordinal);
+        Assert.Equal("", holderCsv.Stdout);
+
+        // The server's clock as values: the test's clock, in Shanghai time with its offset.
+        long nowMs = clock.GetUtcNow().ToUnixTimeMilliseconds();
+        var clockJson = await RunAsync(server, TestServer.OperatorKey, "clock", "show", "--output", "json");
+        using (JsonDocument shown = Parse(clockJson))
+        {
+            Assert.Equal(nowMs, shown.RootElement.GetProperty("nowUnixMs").GetInt64());
+            string now = shown.RootElement.GetProperty("now").GetString()!;
+            Assert.EndsWith("+08:00", now, StringComparison.Ordinal);
+            Assert.Equal(nowMs, DateTimeOffset.Parse(now, CultureInfo.InvariantCulture).ToUnixTimeMilliseconds());
+            Assert.False(shown.RootElement.GetProperty("simulated").GetBoolean());
+        }
+
+        List<string[]> clockCsv = Rfc4180(await RunAsync(server, TestServer.OperatorKey, "clock", "show", "--output", "csv"));
+        Assert.Equal(new[] { "now", "nowUnixMs", "simulated", "offsetMs" }, clockCsv[0]);
+        Assert.Equal(nowMs.ToString(CultureInfo.InvariantCulture), clockCsv[1][1]);
+
+        // The day's Merkle root: the same leaves and root as the table prints.
+        string day = VoucherScene.Day.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
+        var rootTable = await RunAsync(server, TestServer.AuditorKey, "audit", "merkle-root", "--provider", TestRecords.Provider, "--day", day);
+        var rootJson = await RunAsync(server, TestServer.AuditorKey, "audit", "merkle-root", "--provider", TestRecords.Provider, "--day", day, "--output", "json");
+        Assert.True(rootTable.ExitCode == 0, rootTable.Stderr);
+        using (JsonDocument shown = Parse(rootJson))
+        {
+            JsonElement root = shown.RootElement;
+            Assert.Equal(3, root.GetProperty("leaves").GetInt64());
+            Assert.Equal(day, root.GetProperty("day").GetString());
+            Assert.Contains($"leaves    {root.GetProperty("leaves").GetInt64()}", rootTable.Stdout, StringComparison.Ordinal);
+            Assert.Contains($"root      {root.GetProperty("root").GetString()}", rootTable.Stdout, StringComparison.Ordinal);
+            Assert.Matches("^[0-9a-f]{64}$", root.GetProperty("root").GetString()!);
+
+            // A record's proof leads to that root: folding its steps over its leaf hash gives it.
+            var proofJson = await RunAsync(server, TestServer.AuditorKey, "audit", "proof", "--provider", TestRecords.Provider, "--stream", "cluster-a", "--sequence", "1", "--output", "json");
+            using JsonDocument proof = Parse(proofJson);
+            Assert.Equal(root.GetProperty("root").GetString(), proof.RootElement.GetProperty("proof").GetProperty("root").GetString());
+            byte[] node = Convert.FromHexString(proof.RootElement.GetProperty("proof").GetProperty("leafHash").GetString()!);
+            foreach (JsonElement step in proof.RootElement.GetProperty("steps").EnumerateArray())
+            {
+                byte[] sibling = Convert.FromHexString(step.GetProperty("sibling").GetString()!);
+                byte[] pair = step.GetProperty("side").GetString() == "left" ? [.. sibling, .. node] : [.. node, .. sibling];
+                node = System.Security.Cryptography.SHA256.HashData([0x01, .. pair]);
+            }
+
+            Assert.Equal(root.GetProperty("root").GetString(), Convert.ToHexStringLower(node));
+        }
+    }
+
+    [Fact]
+    public async Task Registry_org_show_batch_list_and_history_give_json_and_csv_with_the_values_the_table_shows()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+
+        // The organisation with its sections: the admitted item active, as the table says.
+        var orgTable = await RunAsync(server, TestServer.OperatorKey, "registry", "org", "show", TestRecords.Provider);
+        var orgJson = await RunAsync(server, TestServer.OperatorKey, "registry", "org", "show", TestRecords.Provider, "--output", "json");
+        Assert.True(orgTable.ExitCode == 0, orgTable.Stderr);
+        using (JsonDocument shown = Parse(orgJson))
+        {
+            JsonElement root = shown.RootElement;
+            Assert.Equal(TestRecords.Provider, root.GetProperty("organisation").GetProperty("creditCode").GetString());
+            JsonElement item = root.GetProperty("serviceItems").EnumerateArray().Single(i => i.GetProperty("serviceItem").GetString() == Admissions.ServiceItem);
+            Assert.Equal("ACTIVE", item.GetProperty("status").GetString());
+            Assert.EndsWith("+08:00", item.GetProperty("validUntil").GetString(), StringComparison.Ordinal);
+            JsonElement application = root.GetProperty("applications").EnumerateArray().Single();
+            Assert.Equal(JsonValueKind.Number, application.GetProperty("declaredFp16Gflops").ValueKind);
+            Assert.Contains(application.GetProperty("noticeNumber").GetString()!, orgTable.Stdout, StringComparison.Ordinal);
+        }
+
+        var orgCsv = await RunAsync(server, TestServer.OperatorKey, "registry", "org", "show", TestRecords.Provider, "--output", "csv");
+        Assert.Equal(2, orgCsv.ExitCode);
+        Assert.Contains("--output csv is not available for `registry org show`", orgCsv.Stderr, StringComparison.Ordinal);
+        Assert.Equal("", orgCsv.Stdout);
+
+        // Batches: the table's batch ids, with money in fen and capacity in integer GFLOPS.
+        var batchTable = await RunAsync(server, TestServer.OperatorKey, "registry", "batch", "list");
+        JsonElement[] batches = [.. Array(await RunAsync(server, TestServer.OperatorKey, "registry", "batch", "list", "--output", "json")).EnumerateArray()];
+        Assert.NotEmpty(batches);
+        foreach (JsonElement batch in batches)
+        {
+            // An all-digit id is right-aligned in the table, as numbers are.
+            Assert.Matches($"(?m)^ *{Regex(batch.GetProperty("batchId").GetString()!)} ", batchTable.Stdout);
+            Assert.Equal(JsonValueKind.Number, batch.GetProperty("minAnnualRentalFen").ValueKind);
+            Assert.Equal(JsonValueKind.Number, batch.GetProperty("capacityMinimumGflops").ValueKind);
+        }
+
+        List<string[]> batchCsv = Rfc4180(await RunAsync(server, TestServer.OperatorKey, "registry", "batch", "list", "--output", "csv"));
+        Assert.Equal("batchId", batchCsv[0][0]);
+        Assert.Equal(batches.Select(b => b.GetProperty("batchId").GetString()), batchCsv.Skip(1).Select(l => l[0]));
+
+        // History: an organisation registered now is its one change, the entity after it as the JSON text recorded.
+        string code = CreditCode.Complete("91440300MA5G00077");
+        var register = await RunAsync(server, TestServer.OperatorKey, "registry", "org", "add", "--code", code, "--name", "Output Test Co", "--legal-form", "enterprise",
+            "--district", "nanshan", "--established", "2016-04-01");
+        Assert.True(register.ExitCode == 0, register.Stderr);
+        JsonElement change = Array(await RunAsync(server, TestServer.AuditorKey, "registry", "history", "--code", code, "--output", "json")).EnumerateArray().Single();
+        Assert.Equal(JsonValueKind.Number, change.GetProperty("changeId").ValueKind);
+        Assert.Equal(JsonValueKind.Null, change.GetProperty("beforeJson").ValueKind);
+        using JsonDocument after = JsonDocument.Parse(change.GetProperty("afterJson").GetString()!);
+        Assert.Contains(after.RootElement.EnumerateObject(), field => field.Value.ValueKind == JsonValueKind.String && field.Value.GetString() == "Output Test Co");
+    }
+
+    [Fact]
+    public async Task Ingest_file_json_report_counts_what_the_database_holds_and_lists_the_refused_lines_with_exit_7()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        string samples = Path.Combine(TestRecords.RepositoryRoot(), "samples", "RawLogs");
+
+        var run = await RunAsync(server, TestServer.ProviderKey, "ingest-file", Path.Combine(samples, "sacct-2026-11-20.txt"), "--stream", "slurm-nanshan", "--format", "sacct",
+            "--mapping", Path.Combine(samples, "mapping.json"), "--output", "json");
+
+        Assert.True(run.ExitCode == 7, run.Stderr);
+        using JsonDocument report = JsonDocument.Parse(run.Stdout);
+        JsonElement upload = report.RootElement.GetProperty("upload");
+        Assert.True(upload.GetProperty("complete").GetBoolean());
+        Assert.Equal(await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id = 'slurm-nanshan'"), upload.GetProperty("records").GetInt64());
+        JsonElement[] refused = [.. report.RootElement.GetProperty("refusedLines").EnumerateArray()];
+        Assert.Contains(refused, line => line.GetProperty("reason").GetString() == "UNMAPPED_ACCOUNT" && line.GetProperty("line").ValueKind == JsonValueKind.Number);
+        Assert.Contains(refused, line => line.GetProperty("reason").GetString() == "ELAPSED_MISMATCH");
+        Assert.True(upload.GetProperty("refused").GetInt64() >= refused.Length);
     }
 
     [Fact]

@@ -129,12 +129,21 @@ internal static class AuditCommand
         var day = Day("--day", "The day");
         var asOf = AsOf("Only records committed at or before this instant (ISO 8601); committed means when the ingest transaction began.");
         var settled = Settled("The root as settled: the records the settlement of the day counted, the root its provider statement publishes in its merkle_root row.");
+        var output = OutputOption.Create();
         return Client("merkle-root", "The provider's Merkle root over one day's records (proto/metering/v1/merkle-proofs.md).",
-            [provider, day, asOf, settled], async (parse, client, headers, ct) =>
+            [provider, day, asOf, settled, output], async (parse, client, headers, ct) =>
             {
                 var request = new GetMerkleRootRequest { CreditCode = CodeOf(parse, provider), Day = DayText(parse, day) };
                 (request.AsOfUnixMs, request.Settled) = CutOff(parse, asOf, settled);
                 Protocol.V1.MerkleRoot root = await client.GetMerkleRootAsync(request, headers, cancellationToken: ct);
+                if (parse.GetValue(output) is not OutputFormat.Table and var format)
+                {
+                    var rows = new Rows(Column.DataOnly("provider"), Column.DataOnly("day"), Column.DataOnly("settled"), Column.DataOnly("asOf"), Column.DataOnly("leaves"), Column.DataOnly("root"));
+                    rows.Add(root.CreditCode, root.Day, Cell.Data(root.Settled), Cell.Instant(root.AsOfUnixMs), Cell.Data(root.LeafCount), Convert.ToHexStringLower(root.Root.Span));
+                    rows.WriteOne(format, Console.Out);
+                    return 0;
+                }
+
                 Console.WriteLine($"provider  {root.CreditCode}");
                 Console.WriteLine($"day       {root.Day}");
                 Console.WriteLine($"cut-off   {CutOffText(root.Settled, root.AsOfUnixMs)}");
@@ -151,12 +160,19 @@ internal static class AuditCommand
         var sequence = new Option<ulong>("--sequence") { Description = "The record's sequence number.", Required = true };
         var asOf = AsOf("Prove against the root as of this instant (ISO 8601).");
         var settled = Settled("Prove against the root as settled, the one the provider's statement of the record's day publishes.");
-        return Client("proof", "The inclusion proof of one record in its day's Merkle root, with shell lines that check it with sha256sum.",
-            [provider, stream, sequence, asOf, settled], async (parse, client, headers, ct) =>
+        var output = OutputOption.Sections("audit proof");
+        return Client("proof", "The inclusion proof of one record in its day's Merkle root, with shell lines that check it with sha256sum; --output json gives one object: proof (hashes in hex) and steps (side, sibling).",
+            [provider, stream, sequence, asOf, settled, output], async (parse, client, headers, ct) =>
             {
                 var request = new GetInclusionProofRequest { CreditCode = CodeOf(parse, provider), StreamId = parse.GetValue(stream)!, Sequence = parse.GetValue(sequence) };
                 (request.AsOfUnixMs, request.Settled) = CutOff(parse, asOf, settled);
                 Protocol.V1.InclusionProof proof = await client.GetInclusionProofAsync(request, headers, cancellationToken: ct);
+                if (parse.GetValue(output) == OutputFormat.Json)
+                {
+                    WriteProofJson(proof);
+                    return 0;
+                }
+
                 Console.WriteLine($"# {proof.StreamId} #{proof.Sequence}: leaf {proof.LeafIndex} of {proof.LeafCount} on {proof.Day} ({CutOffText(proof.Settled, proof.AsOfUnixMs)}); check with bash and sha256sum:");
                 Console.WriteLine("hex2bin() { printf \"$(printf '%s' \"$1\" | sed 's/../\\\\x&/g')\"; }");
                 Console.WriteLine("node() { { printf '\\x01'; hex2bin \"$1\"; hex2bin \"$2\"; } | sha256sum | cut -d' ' -f1; }");
@@ -173,6 +189,24 @@ internal static class AuditCommand
                 Console.WriteLine($"echo $P   # = root {Convert.ToHexStringLower(proof.Root.Span)}");
                 return 0;
             });
+    }
+
+    /// <summary>The proof as data: the record and its hashes in hex, then the steps from the leaf up, each sibling with the side it stands on.</summary>
+    private static void WriteProofJson(Protocol.V1.InclusionProof proof)
+    {
+        var fields = new Rows(Column.DataOnly("provider"), Column.DataOnly("day"), Column.DataOnly("settled"), Column.DataOnly("asOf"), Column.DataOnly("streamId"), Column.DataOnly("sequence"),
+            Column.DataOnly("leafIndex"), Column.DataOnly("leafCount"), Column.DataOnly("previousHash"), Column.DataOnly("canonical"), Column.DataOnly("chainHash"),
+            Column.DataOnly("leafHash"), Column.DataOnly("root"));
+        fields.Add(proof.CreditCode, proof.Day, Cell.Data(proof.Settled), Cell.Instant(proof.AsOfUnixMs), proof.StreamId, Cell.Data(proof.Sequence), Cell.Data(proof.LeafIndex),
+            Cell.Data(proof.LeafCount), Convert.ToHexStringLower(proof.PreviousHash.Span), Convert.ToHexStringLower(proof.Canonical.Span), Convert.ToHexStringLower(proof.ChainHash.Span),
+            Convert.ToHexStringLower(proof.LeafHash.Span), Convert.ToHexStringLower(proof.Root.Span));
+        var steps = new Rows(Column.DataOnly("side"), Column.DataOnly("sibling"));
+        foreach (Protocol.V1.ProofStep step in proof.Steps)
+        {
+            steps.Add(step.Side == Protocol.V1.ProofSide.Left ? "left" : "right", Convert.ToHexStringLower(step.Sibling.Span));
+        }
+
+        new Sections().One("proof", fields).Many("steps", steps).WriteJson(Console.Out);
     }
 
     private static Option<DateTimeOffset?> AsOf(string description) => new("--as-of") { Description = description };
@@ -343,7 +377,10 @@ internal static class AuditCommand
         var provider = Provider();
         var from = Day("--from", "First day, inclusive");
         var to = Day("--to", "Last day, inclusive");
-        var silence = new Option<int>("--silence-minutes") { Description = "A stream that sent neither records nor heartbeats for longer than this is an anomaly.", DefaultValueFactory = _ => 120 };
+        var silence = new Option<int?>("--silence-minutes")
+        {
+            Description = "A stream that sent neither records nor heartbeats for longer than this is an anomaly; without it, the server's threshold (120 unless its operator set Anomalies:Silence).",
+        };
         var kind = new Option<string[]>("--kind")
         {
             Description = $"Only this kind (repeat for several): {string.Join(", ", AnomalyOutput.Kinds.Select(k => k.Name))}. Every kind when left out.",
@@ -352,7 +389,7 @@ internal static class AuditCommand
         Option<OutputFormat> output = OutputOption.Create(aliasForTable: "text");
         output.Description = "table (the summary by kind, then each anomaly; `text` says the same), json (the DetectAnomaliesResponse in the protobuf JSON mapping, "
             + "64-bit counts as strings) or csv (one row per anomaly, its evidence counted, not listed).";
-        return Client("anomalies", "Run the anomaly detectors over a provider and period: a count per kind first (saying where the per-kind cap of 500 cut a list), then the anomalies with their evidence. Exits 6 when the period holds no records to judge.",
+        return Client("anomalies", "Run the anomaly detectors over a provider and period: a count per kind first (saying where the per-kind cap, 500 unless the operator set Anomalies:AnomaliesPerKindMax, cut a list), then the anomalies with their evidence. Exits 6 when the period holds no records to judge.",
             [provider, from, to, silence, kind, output], async (parse, client, headers, ct) =>
             {
                 string code = CodeOf(parse, provider);
@@ -366,7 +403,7 @@ internal static class AuditCommand
                     CreditCode = code,
                     FromUnixMs = ShanghaiTime.StartOf(ParseDay(parse.GetValue(from)!, "--from")).ToUnixTimeMilliseconds(),
                     UntilUnixMs = ShanghaiTime.StartOf(ParseDay(parse.GetValue(to)!, "--to").AddDays(1)).ToUnixTimeMilliseconds(),
-                    SilenceMinutes = (uint)parse.GetValue(silence),
+                    SilenceMinutes = (uint)(parse.GetValue(silence) ?? 0),
                     Kinds = { (parse.GetValue(kind) ?? []).Select(AnomalyOutput.Parse).Distinct() },
                 };
                 DetectAnomaliesResponse found = await client.DetectAnomaliesAsync(request, headers, cancellationToken: ct);

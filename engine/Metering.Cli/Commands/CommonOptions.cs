@@ -143,6 +143,17 @@ internal static partial class CommonOptions
         DefaultValueFactory = _ => "text",
     }.AcceptOnlyFromAmong("text", "json");
 
+    /// <summary>
+    /// `--log-level`: the least severe messages a command that logs writes. Each command has its own
+    /// default (serve and db migrate Information, demo and key bootstrap Warning, since their own
+    /// output is what the user reads).
+    /// </summary>
+    public static Option<LogLevel> LogLevelOption(LogLevel defaultLevel) => new("--log-level")
+    {
+        Description = $"The least severe messages logged: Trace, Debug, Information, Warning, Error, Critical or None (default {defaultLevel}).",
+        DefaultValueFactory = _ => defaultLevel,
+    };
+
     public static ILoggerFactory Logging(LogLevel minimum = LogLevel.Information, string format = "text") =>
         LoggerFactory.Create(builder => ConsoleLines(builder, format).SetMinimumLevel(minimum));
 
@@ -173,9 +184,10 @@ internal static partial class CommonOptions
     /// Runs a command that opens the database itself (`key bootstrap`) against the database the
     /// options name: migrated if it is the embedded one, refused if it is behind the engine's schema.
     /// </summary>
-    public static async Task<int> WithDatabaseAsync(string? connection, string dataDirectory, Func<NpgsqlDataSource, Task<int>> action, CancellationToken cancellationToken)
+    public static async Task<int> WithDatabaseAsync(string? connection, string dataDirectory, Func<NpgsqlDataSource, Task<int>> action, CancellationToken cancellationToken,
+        LogLevel logLevel = LogLevel.Warning, string logFormat = "text")
     {
-        using ILoggerFactory logging = Logging(LogLevel.Warning);
+        using ILoggerFactory logging = Logging(logLevel, logFormat);
         ILogger logger = logging.CreateLogger("metering");
         string connectionString;
         EmbeddedPostgres? embedded;

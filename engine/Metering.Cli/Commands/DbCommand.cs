@@ -14,6 +14,7 @@ internal static class DbCommand
         var dataDirectory = CommonOptions.DataDirectory();
         var runtimeRole = CommonOptions.RuntimeRole();
         var logFormat = CommonOptions.LogFormat();
+        var logLevel = CommonOptions.LogLevelOption(LogLevel.Information);
         var sandbox = new Option<bool>("--sandbox")
         {
             Description = "Also mark the database a sandbox, to be served with `metering serve --clock simulated` whose clock operators move forward (sandbox.proto). "
@@ -26,11 +27,12 @@ internal static class DbCommand
             dataDirectory,
             runtimeRole,
             sandbox,
+            logLevel,
             logFormat,
         };
         migrate.SetAction(async (parse, cancellationToken) =>
         {
-            using ILoggerFactory logging = CommonOptions.Logging(format: parse.GetValue(logFormat)!);
+            using ILoggerFactory logging = CommonOptions.Logging(parse.GetValue(logLevel), parse.GetValue(logFormat)!);
             ILogger logger = logging.CreateLogger("metering.db");
             var (connectionString, embedded) = await CommonOptions.ResolveDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, logger, cancellationToken);
             await using (embedded)

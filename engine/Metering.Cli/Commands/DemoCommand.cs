@@ -38,11 +38,14 @@ internal static class DemoCommand
             Description = "The day to simulate (yyyy-MM-dd, Asia/Shanghai). Defaults to yesterday.",
         };
         var logFormat = CommonOptions.LogFormat();
+        var logLevel = CommonOptions.LogLevelOption(LogLevel.Warning);
+        logLevel.Description += " --verbose alone means Information.";
         var command = new Command("demo", "Run the main job on the embedded PostgreSQL: a provider streams a day of usage from three sites, one connection drops and resumes, and the chains are verified.")
         {
             dataDirectory,
             jobs,
             day,
+            logLevel,
             logFormat,
         };
         command.SetAction(async (parse, cancellationToken) =>
@@ -63,10 +66,15 @@ internal static class DemoCommand
                 return 2;
             }
 
-            return await RunAsync(parse.GetValue(dataDirectory)!, jobsPerInterval, simulated, parse.GetValue<bool>(CommonOptions.VerboseName) ? LogLevel.Information : LogLevel.Warning, parse.GetValue(logFormat)!, cancellationToken);
+            return await RunAsync(parse.GetValue(dataDirectory)!, jobsPerInterval, simulated, Level(parse, logLevel), parse.GetValue(logFormat)!, cancellationToken);
         });
         return command;
     }
+
+    /// <summary>An explicit --log-level wins; otherwise --verbose, as before, means Information.</summary>
+    private static LogLevel Level(ParseResult parse, Option<LogLevel> logLevel) =>
+        parse.GetResult(logLevel) is { Implicit: false } ? parse.GetValue(logLevel)
+            : parse.GetValue<bool>(CommonOptions.VerboseName) ? LogLevel.Information : LogLevel.Warning;
 
     private static async Task<int> RunAsync(string dataDirectory, int jobsPerInterval, DateOnly day, LogLevel logLevel, string logFormat, CancellationToken cancellationToken)
     {

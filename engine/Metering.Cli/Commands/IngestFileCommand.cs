@@ -33,9 +33,11 @@ internal static class IngestFileCommand
         };
         var uploadId = new Option<string?>("--upload-id") { Description = "The upload's id; defaults to the first 32 hex digits of the file's SHA-256." };
         var receipts = new Option<FileInfo?>("--receipts") { Description = "Append the server's signed receipt for the stream's head after the upload to this file (JSON Lines), for `metering audit check-receipts`." };
-        var command = new Command("ingest-file", "Upload a scheduler log (Slurm sacct or JSON Lines); good lines are committed as usage records, bad lines are reported with their numbers (exit 7). Safe to repeat and to interrupt: it resumes where the server stands.\n\n" + ExitCodes.Table)
+        var output = OutputOption.Sections("ingest-file");
+        var command = new Command("ingest-file", "Upload a scheduler log (Slurm sacct or JSON Lines); good lines are committed as usage records, bad lines are reported with their numbers (exit 7). Safe to repeat and to interrupt: it resumes where the server stands. "
+            + "--output json gives one object: upload (the counts, complete) and refusedLines.\n\n" + ExitCodes.Table)
         {
-            file, stream, format, mapping, uploadId, receipts,
+            file, stream, format, mapping, uploadId, receipts, output,
         };
         connection.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
@@ -81,12 +83,22 @@ internal static class IngestFileCommand
             try
             {
                 UploadReport report = await UploadAsync(client, headers, log, header, cancellationToken);
-                Print(report);
+                bool json = parse.GetValue(output) == OutputFormat.Json;
+                if (json)
+                {
+                    PrintJson(report);
+                }
+                else
+                {
+                    Print(report);
+                }
+
                 if (parse.GetValue(receipts) is { } receiptsFile && report.Receipt is not null)
                 {
                     using var kept = new ReceiptsFile(receiptsFile.FullName);
                     kept.Append(report.StreamId, report.CommittedSequence, report.ChainHead.Span, report.Receipt);
-                    Console.WriteLine($"Receipt for {report.StreamId} #{report.CommittedSequence:N0} appended to {receiptsFile.FullName}.");
+                    // Under json, standard output holds the object alone.
+                    (json ? Console.Error : Console.Out).WriteLine($"Receipt for {report.StreamId} #{report.CommittedSequence:N0} appended to {receiptsFile.FullName}.");
                 }
 
                 // Refused lines are not a refusal of the upload: the good lines are committed and
@@ -186,6 +198,22 @@ internal static class IngestFileCommand
         }
 
         Console.WriteLine(report.Complete ? "Upload complete." : "Upload incomplete: run the same command again to resume.");
+    }
+
+    /// <summary>The report as one object: the upload's counts, and the refused lines the server listed (it lists at most a few; refused counts them all).</summary>
+    private static void PrintJson(UploadReport report)
+    {
+        var upload = new Rows(Column.DataOnly("uploadId"), Column.DataOnly("bytesCommitted"), Column.DataOnly("lines"), Column.DataOnly("records"), Column.DataOnly("skipped"),
+            Column.DataOnly("duplicate"), Column.DataOnly("refused"), Column.DataOnly("streamId"), Column.DataOnly("committedSequence"), Column.DataOnly("complete"));
+        upload.Add(report.UploadId, Cell.Data(report.CommittedOffset), Cell.Data(report.Lines), Cell.Data(report.Records), Cell.Data(report.LinesSkipped),
+            Cell.Data(report.LinesDuplicate), Cell.Data(report.LinesRefused), report.StreamId, Cell.Data(report.CommittedSequence), Cell.Data(report.Complete));
+        var refused = new Rows(Column.DataOnly("line"), Column.DataOnly("reason"), Column.DataOnly("detail"));
+        foreach (LineError error in report.Errors)
+        {
+            refused.Add(Cell.Data(error.Line), error.Reason, error.Message);
+        }
+
+        new Sections().One("upload", upload).Many("refusedLines", refused).WriteJson(Console.Out);
     }
 
     private static int Fail(string message)

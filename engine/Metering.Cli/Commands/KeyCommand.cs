@@ -137,11 +137,14 @@ internal static class KeyCommand
         };
         var connection = CommonOptions.Connection();
         var dataDirectory = CommonOptions.DataDirectory();
+        // The key goes to standard output and the log lines too, so only warnings show unless asked.
+        var logLevel = CommonOptions.LogLevelOption(Microsoft.Extensions.Logging.LogLevel.Warning);
+        var logFormat = CommonOptions.LogFormat();
         var command = new Command("bootstrap",
             "Issue the first operator key, straight into the database (stop `metering serve` first on the embedded database). "
             + "Refused once any unrevoked operator key exists; that operator then issues every other key with `metering key issue`.")
         {
-            name, connection, dataDirectory,
+            name, connection, dataDirectory, logLevel, logFormat,
         };
         command.SetAction((parse, cancellationToken) => CommonOptions.WithDatabaseAsync(parse.GetValue(connection), parse.GetValue(dataDirectory)!, async dataSource =>
         {
@@ -158,7 +161,7 @@ internal static class KeyCommand
                 Console.Error.WriteLine($"refused: {Metering.Server.Access.CredentialRefusals.StatusOf(refused.Reason).Reason}: {refused.Message}");
                 return ExitCodes.Refused;
             }
-        }, cancellationToken));
+        }, cancellationToken, parse.GetValue(logLevel), parse.GetValue(logFormat)!));
         return command;
     }
 

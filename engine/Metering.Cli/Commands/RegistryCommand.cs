@@ -82,12 +82,14 @@ internal static class RegistryCommand
         });
 
         var shown = new Argument<string>("credit-code") { Description = "The organisation's credit code." };
-        var show = RegistryInput.Subcommand("show", "Show an organisation: its licences, integrity listings, service items with status and validity, and its applications.", shown);
+        var showOutput = OutputOption.Sections("registry org show");
+        var show = RegistryInput.Subcommand("show", "Show an organisation: its licences, integrity listings, service items with status and validity, and its applications; "
+            + "--output json gives one object: organisation, licences, integrityListings, serviceItems, applications.", shown, showOutput);
         RegistryInput.SetAction(show, parse => async call =>
         {
             string creditCode = parse.GetValue(shown)!;
             Organisation organisation = await call.Registry.GetOrganisationAsync(new GetOrganisationRequest { CreditCode = creditCode }, call.Options);
-            RegistryOutput.WriteOrganisation(organisation, await ApplicationsOfAsync(call, creditCode), TimeProvider.System.GetUtcNow());
+            RegistryOutput.WriteOrganisation(organisation, await ApplicationsOfAsync(call, creditCode), TimeProvider.System.GetUtcNow(), parse.GetValue(showOutput));
         });
 
         return new Command("org", "Organisations: register one, or show everything the registry holds about one.") { add, show };
@@ -181,9 +183,10 @@ internal static class RegistryCommand
             };
         });
 
-        var list = RegistryInput.Subcommand("list", "List the admission batches by window start, with the version of their rules in force.");
-        RegistryInput.SetAction(list, _ => async call =>
-            RegistryOutput.WriteBatches((await call.Registry.ListAdmissionBatchesAsync(new ListAdmissionBatchesRequest(), call.Options)).Batches));
+        var listOutput = OutputOption.Create();
+        var list = RegistryInput.Subcommand("list", "List the admission batches by window start, with the version of their rules in force.", listOutput);
+        RegistryInput.SetAction(list, parse => async call =>
+            RegistryOutput.WriteBatches((await call.Registry.ListAdmissionBatchesAsync(new ListAdmissionBatchesRequest(), call.Options)).Batches, parse.GetValue(listOutput)));
         return new Command("batch", "Admission batches and their rules: when applications are taken, until when admission is valid, and what a filing must meet.") { put, list };
     }
 
@@ -246,11 +249,12 @@ internal static class RegistryCommand
         var code = RegistryInput.CreditCode("Only changes to this organisation's entries; leave out for all (batches belong to no organisation).", required: false);
         var limit = RegistryInput.Limit("changes");
         var json = new Option<bool>("--json") { Description = "Show each change's entity before and after as whole JSON instead of a one-line summary." };
-        var command = RegistryInput.Subcommand("history", "The registry's change history, newest first: who changed what, when, and how.", code, limit, json);
+        var output = OutputOption.Create();
+        var command = RegistryInput.Subcommand("history", "The registry's change history, newest first: who changed what, when, and how.", code, limit, json, output);
         RegistryInput.SetAction(command, parse =>
         {
             var request = new GetHistoryRequest { CreditCode = parse.GetValue(code)!, Limit = (uint)parse.GetValue(limit) };
-            return async call => RegistryOutput.WriteHistory((await call.Registry.GetHistoryAsync(request, call.Options)).Entries, parse.GetValue(json));
+            return async call => RegistryOutput.WriteHistory((await call.Registry.GetHistoryAsync(request, call.Options)).Entries, parse.GetValue(json), parse.GetValue(output));
         });
         return command;
     }

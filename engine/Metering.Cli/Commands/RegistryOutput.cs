@@ -236,8 +236,14 @@ internal static class RegistryOutput
 
     // ---------------------------------------------------------------- organisations
 
-    public static void WriteOrganisation(Organisation organisation, IReadOnlyList<Application> applications, DateTimeOffset now)
+    public static void WriteOrganisation(Organisation organisation, IReadOnlyList<Application> applications, DateTimeOffset now, OutputFormat format = OutputFormat.Table)
     {
+        if (format == OutputFormat.Json)
+        {
+            WriteOrganisationJson(organisation, applications);
+            return;
+        }
+
         Fields(
         [
             ("credit code", organisation.CreditCode),
@@ -276,6 +282,35 @@ internal static class RegistryOutput
         Section("Applications", Table(applications), applications.Count);
     }
 
+    /// <summary>The organisation as one JSON object: its fields, then a member per section, each a list of rows.</summary>
+    private static void WriteOrganisationJson(Organisation organisation, IReadOnlyList<Application> applications)
+    {
+        var fields = new Rows(Column.DataOnly("creditCode"), Column.DataOnly("name"), Column.DataOnly("legalForm"), Column.DataOnly("district"), Column.DataOnly("establishedOn"));
+        fields.Add(organisation.CreditCode, organisation.Name, Name(organisation.LegalForm), organisation.District, organisation.EstablishedOn);
+        var licences = new Rows(Column.DataOnly("licenceNumber"), Column.DataOnly("issuer"), Column.DataOnly("validFrom"), Column.DataOnly("validUntil"));
+        foreach (Licence licence in organisation.Licences)
+        {
+            licences.Add(licence.LicenceNumber, licence.Issuer, licence.ValidFrom, licence.ValidUntil);
+        }
+
+        var listings = new Rows(Column.DataOnly("list"), Column.DataOnly("listedFrom"), Column.DataOnly("listedUntil"), Column.DataOnly("reason"));
+        foreach (IntegrityListing listing in organisation.Listings)
+        {
+            listings.Add(listing.List, listing.ListedFrom, listing.ListedUntil.Length == 0 ? Cell.Data(null) : listing.ListedUntil, listing.Reason);
+        }
+
+        var items = new Rows(Column.DataOnly("serviceItem"), Column.DataOnly("status"), Column.DataOnly("validFrom"), Column.DataOnly("validUntil"), Column.DataOnly("applicationId"),
+            Column.DataOnly("noticeNumber"), Column.DataOnly("feeScheduleVersion"), Column.DataOnly("reason"));
+        foreach (ServiceItem item in organisation.ServiceItems)
+        {
+            items.Add(item.ServiceItem_, Name(item.Status), Cell.Instant(item.ValidFromUnixMs), Cell.Instant(item.ValidUntilUnixMs),
+                item.ApplicationId == 0 ? Cell.Data(null) : Cell.Data(item.ApplicationId), item.NoticeNumber, Cell.Data(item.FeeScheduleVersion), item.StatusReason);
+        }
+
+        new Sections().One("organisation", fields).Many("licences", licences).Many("integrityListings", listings).Many("serviceItems", items)
+            .Many("applications", ApplicationRows(applications)).WriteJson(Console.Out);
+    }
+
     public static void WriteServiceItem(ServiceItem item) => Fields(
     [
         ("provider", item.CreditCode),
@@ -289,8 +324,14 @@ internal static class RegistryOutput
         ("fee schedule", $"version {item.FeeScheduleVersion}"),
     ]);
 
-    public static void WriteBatches(IReadOnlyList<AdmissionBatch> batches)
+    public static void WriteBatches(IReadOnlyList<AdmissionBatch> batches, OutputFormat format = OutputFormat.Table)
     {
+        if (format != OutputFormat.Table)
+        {
+            BatchRows(batches).Write(format, Console.Out);
+            return;
+        }
+
         if (batches.Count == 0)
         {
             Console.WriteLine("No admission batches.");
@@ -318,10 +359,44 @@ internal static class RegistryOutput
         }
     }
 
+    /// <summary>Batches as data: every field the table and the lines under it show, times as instants, money as fen, capacity as integer GFLOPS.</summary>
+    private static Rows BatchRows(IEnumerable<AdmissionBatch> batches)
+    {
+        var rows = new Rows(Column.DataOnly("batchId"), Column.DataOnly("rulesVersion"), Column.DataOnly("windowOpens"), Column.DataOnly("windowCloses"), Column.DataOnly("validityEnds"),
+            Column.DataOnly("publicNoticeDays"), Column.DataOnly("capacityMinimumGflops"), Column.DataOnly("auditReportYear"), Column.DataOnly("auditReportPriorYearWithReason"),
+            Column.DataOnly("voucherProgrammeYear"), Column.DataOnly("singleOperatorDecisions"), Column.DataOnly("reconsiderationDays"), Column.DataOnly("materialsRequired"),
+            Column.DataOnly("capitalVerificationForNewEntities"), Column.DataOnly("minAnnualRentalFen"), Column.DataOnly("rulesRecordedBy"), Column.DataOnly("rulesRecordedAt"),
+            Column.DataOnly("correctionReason"));
+        foreach (AdmissionBatch b in batches)
+        {
+            rows.Add(b.BatchId, Cell.Data(b.RulesVersion), Cell.Instant(b.WindowOpensUnixMs), Cell.Instant(b.WindowClosesUnixMs), Cell.Instant(b.ValidityEndsUnixMs),
+                Cell.Data(b.PublicNoticeDays), Cell.Data(b.CapacityMinimumGflops), Cell.Data(b.AuditReportYear), Cell.Data(b.AuditReportPriorYearWithReason),
+                Cell.Data(b.VoucherProgrammeYear), Cell.Data(b.SingleOperatorDecisions), Cell.Data(b.ReconsiderationDays), string.Join(' ', b.MaterialsRequired.Select(Spelling)),
+                Cell.Data(b.CapitalVerificationForNewEntities), Cell.Data(b.MinAnnualRentalFen), b.RulesRecordedBy, Cell.Instant(b.RulesRecordedUnixMs), b.CorrectionReason);
+        }
+
+        return rows;
+    }
+
     // ---------------------------------------------------------------- history
 
-    public static void WriteHistory(IReadOnlyList<HistoryEntry> entries, bool json)
+    public static void WriteHistory(IReadOnlyList<HistoryEntry> entries, bool json, OutputFormat format = OutputFormat.Table)
     {
+        if (format != OutputFormat.Table)
+        {
+            // The entity before and after stay the JSON text the server recorded, so that nothing is reinterpreted.
+            var rows = new Rows(Column.DataOnly("changeId"), Column.DataOnly("at"), Column.DataOnly("actor"), Column.DataOnly("role"), Column.DataOnly("entity"),
+                Column.DataOnly("entityKey"), Column.DataOnly("action"), Column.DataOnly("beforeJson"), Column.DataOnly("afterJson"));
+            foreach (HistoryEntry e in entries)
+            {
+                rows.Add(Cell.Data(e.ChangeId), Cell.Instant(e.AtUnixMs), e.Actor, e.Role, e.Entity, e.EntityKey, e.Action,
+                    e.BeforeJson.Length == 0 ? Cell.Data(null) : e.BeforeJson, e.AfterJson.Length == 0 ? Cell.Data(null) : e.AfterJson);
+            }
+
+            rows.Write(format, Console.Out);
+            return;
+        }
+
         if (entries.Count == 0)
         {
             Console.WriteLine("No changes recorded.");

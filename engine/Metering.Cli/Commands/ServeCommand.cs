@@ -57,11 +57,8 @@ internal static partial class ServeCommand
             Description = "Serve gRPC server reflection (grpc.reflection.v1 and v1alpha), without a key, so that grpcurl can list and call the services; `--reflection false` turns it off. Health (grpc.health.v1.Health) is always served, without a key.",
             DefaultValueFactory = _ => true,
         };
-        var logLevel = new Option<LogLevel>("--log-level")
-        {
-            Description = "The least severe messages logged: Trace, Debug, Information, Warning, Error, Critical or None. Below Information, ASP.NET Core's own messages are logged too.",
-            DefaultValueFactory = _ => LogLevel.Information,
-        };
+        var logLevel = CommonOptions.LogLevelOption(LogLevel.Information);
+        logLevel.Description += " Below Information, ASP.NET Core's own messages are logged too.";
         var logFormat = CommonOptions.LogFormat();
         var metricsListen = new Option<Uri?>("--metrics-listen")
         {
@@ -260,6 +257,8 @@ internal static partial class ServeCommand
                     CallLimits = settings.Access,
                     CredentialRecheck = settings.CredentialRecheck,
                     Capacity = settings.Capacity,
+                    Settlement = settings.Settlement.ToOptions(),
+                    Anomalies = settings.Anomalies,
                     Time = parse.GetValue(clock) == "simulated" ? new SimulatedClock(0) : TimeProvider.System,
                     Reflection = parse.GetValue(reflection),
                     Telemetry = telemetry,

@@ -108,9 +108,18 @@ internal static class VoucherCommand
         });
 
         var showCode = new Argument<string>("code") { Description = "The holder's credit code." };
-        Command show = Client("show", "Show a holder with its contracts and vouchers.", [showCode], async (parse, vouchers, headers, ct) =>
+        var holderShowOutput = OutputOption.Sections("voucher holder show");
+        Command show = Client("show", "Show a holder with its contracts and vouchers; --output json gives one object: holder, contracts, vouchers.", [showCode, holderShowOutput], async (parse, vouchers, headers, ct) =>
         {
             Holder holder = await vouchers.GetHolderAsync(new GetHolderRequest { CreditCode = parse.GetValue(showCode)! }, headers, cancellationToken: ct);
+            if (parse.GetValue(holderShowOutput) == OutputFormat.Json)
+            {
+                var holderRow = new Rows(Column.DataOnly("creditCode"), Column.DataOnly("name"), Column.DataOnly("district"), Column.DataOnly("establishedOn"), Column.DataOnly("status"));
+                holderRow.Add(holder.CreditCode, holder.Name, holder.District, holder.EstablishedOn, Status(holder.Status));
+                new Sections().One("holder", holderRow).Many("contracts", ContractRows(holder.Contracts)).Many("vouchers", VoucherRows(holder.Vouchers)).WriteJson(Console.Out);
+                return;
+            }
+
             Console.WriteLine(Labels.Format("{0}  {1}  ({2}, established {3}, {4})", holder.CreditCode, holder.Name, holder.District, holder.EstablishedOn, Status(holder.Status)));
             Console.WriteLine();
             ContractRows(holder.Contracts).WriteTable(Console.Out);
@@ -327,8 +336,20 @@ internal static class VoucherCommand
             });
 
         var showId = new Argument<long>("claim-id") { Description = "The claim's id." };
-        Command show = Client("show", "Show a claim: its lines, the four caps and its hold.", [showId], async (parse, vouchers, headers, ct) =>
-            WriteClaim(await vouchers.GetClaimAsync(new GetClaimRequest { ClaimId = Id(parse, showId) }, headers, cancellationToken: ct)));
+        var claimShowOutput = OutputOption.Sections("voucher claim show");
+        Command show = Client("show", "Show a claim: its lines, the four caps and its hold; --output json gives one object: claim (caps in fen) and lines.", [showId, claimShowOutput],
+            async (parse, vouchers, headers, ct) =>
+            {
+                Claim claim = await vouchers.GetClaimAsync(new GetClaimRequest { ClaimId = Id(parse, showId) }, headers, cancellationToken: ct);
+                if (parse.GetValue(claimShowOutput) == OutputFormat.Json)
+                {
+                    WriteClaimJson(claim);
+                }
+                else
+                {
+                    WriteClaim(claim);
+                }
+            });
 
         var listContract = new Option<long?>("--contract") { Description = "Only this contract's claims." };
         var listOutput = OutputOption.Create();
@@ -461,6 +482,27 @@ internal static class VoucherCommand
         caps.Add(Pricing.Yuan(claim.EligibleFeeFen), Pricing.Yuan(claim.RatioSubsidyFen), Pricing.Yuan(claim.VoucherRemainingFen), Pricing.Yuan(claim.AnnualCapRemainingFen),
             Pricing.Yuan(claim.StackingRoomFen), Pricing.Yuan(claim.SubsidyFen), Limit(claim.LimitedBy));
         caps.Write(Console.Out);
+    }
+
+    /// <summary>A claim as one object: its fields and caps (money in fen, usage days as a space-separated list), then its lines.</summary>
+    private static void WriteClaimJson(Claim claim)
+    {
+        var fields = new Rows(Column.DataOnly("claimId"), Column.DataOnly("contractId"), Column.DataOnly("voucherId"), Column.DataOnly("holderCode"), Column.DataOnly("providerId"),
+            Column.DataOnly("programmeYear"), Column.DataOnly("parametersVersion"), Column.DataOnly("ratioBp"), Column.DataOnly("records"), Column.DataOnly("usageDays"),
+            Column.DataOnly("eligibleFeeFen"), Column.DataOnly("ratioSubsidyFen"), Column.DataOnly("voucherRemainingFen"), Column.DataOnly("annualCapRemainingFen"),
+            Column.DataOnly("stackingRoomFen"), Column.DataOnly("subsidyFen"), Column.DataOnly("limitedBy"), Column.DataOnly("hold"), Column.DataOnly("holdExpires"), Column.DataOnly("filed"));
+        fields.Add(Cell.Data(claim.ClaimId), Cell.Data(claim.ContractId), Cell.Data(claim.VoucherId), claim.HolderCode, claim.ProviderId, Cell.Data(claim.ProgrammeYear),
+            Cell.Data(claim.ParametersVersion), Cell.Data(claim.RatioBp), Cell.Data(claim.Records), string.Join(' ', claim.UsageDays), Cell.Data(claim.EligibleFeeFen),
+            Cell.Data(claim.RatioSubsidyFen), Cell.Data(claim.VoucherRemainingFen), Cell.Data(claim.AnnualCapRemainingFen), Cell.Data(claim.StackingRoomFen), Cell.Data(claim.SubsidyFen),
+            Limit(claim.LimitedBy), Hold(claim.HoldState), Cell.Instant(claim.HoldExpiresUnixMs), Cell.Instant(claim.FiledUnixMs));
+        var lines = new Rows(Column.DataOnly("deviceModel"), Column.DataOnly("feeUnit"), Column.DataOnly("records"), Column.DataOnly("cardMs"), Column.DataOnly("usageNpfh"),
+            Column.DataOnly("priceFen"), Column.DataOnly("feeFen"));
+        foreach (ClaimLine l in claim.Lines)
+        {
+            lines.Add(l.DeviceModel, Spelling(l.FeeUnit), Cell.Data(l.Records), Cell.Data(l.CardMs), Cell.Data(l.UsageNpfh), Cell.Data(l.PriceFen), Cell.Data(l.FeeFen));
+        }
+
+        new Sections().One("claim", fields).Many("lines", lines).WriteJson(Console.Out);
     }
 
     // ---------------------------------------------------------------- plumbing

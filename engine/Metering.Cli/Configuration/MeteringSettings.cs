@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Reflection;
+using Metering.Engine.Audit;
 using Metering.Engine.Capacity;
 using Metering.Engine.Ingest;
 using Metering.Server.Access;
@@ -32,6 +33,8 @@ internal sealed class MeteringSettings
         ("Ingest", typeof(IngestLimits)),
         ("Access", typeof(CallLimits)),
         ("Capacity", typeof(CapacitySettings)),
+        ("Settlement", typeof(SettlementSettings)),
+        ("Anomalies", typeof(DetectorSettings)),
     ];
 
     /// <summary>Access settings that are not part of <see cref="CallLimits"/>.</summary>
@@ -92,6 +95,10 @@ internal sealed class MeteringSettings
     public required CredentialRecheckPolicy CredentialRecheck { get; init; }
 
     public required CapacitySettings Capacity { get; init; }
+
+    public required SettlementSettings Settlement { get; init; }
+
+    public required DetectorSettings Anomalies { get; init; }
 
     /// <summary>`--config PATH`: the JSON file of settings.</summary>
     public static Option<FileInfo?> ConfigFileOption() => new("--config")
@@ -185,6 +192,8 @@ internal sealed class MeteringSettings
             Ingest = new IngestLimits(),
             Access = new CallLimits(),
             Capacity = new CapacitySettings(),
+            Settlement = new SettlementSettings(),
+            Anomalies = new DetectorSettings(),
             CredentialRecheck = CredentialRecheckPolicy.Default,
         };
         settings.RefuseUnknownKeys();
@@ -242,12 +251,16 @@ internal sealed class MeteringSettings
         services.AddOptions<IngestLimits>().Bind(_root.GetSection("Ingest")).Validate(Valid<IngestLimits>(l => l.Validate()), "Ingest");
         services.AddOptions<CallLimits>().Bind(_root.GetSection("Access")).Validate(Valid<CallLimits>(l => l.Validate()), "Access");
         services.AddOptions<CapacitySettings>().Bind(_root.GetSection("Capacity")).Validate(Valid<CapacitySettings>(l => l.Validate()), "Capacity");
+        services.AddOptions<SettlementSettings>().Bind(_root.GetSection("Settlement")).Validate(Valid<SettlementSettings>(l => l.Validate()), "Settlement");
+        services.AddOptions<DetectorSettings>().Bind(_root.GetSection("Anomalies")).Validate(Valid<DetectorSettings>(l => l.Validate()), "Anomalies");
         using ServiceProvider provider = services.BuildServiceProvider();
         try
         {
             IngestLimits ingest = provider.GetRequiredService<IOptions<IngestLimits>>().Value;
             CallLimits access = provider.GetRequiredService<IOptions<CallLimits>>().Value;
             CapacitySettings capacity = provider.GetRequiredService<IOptions<CapacitySettings>>().Value;
+            SettlementSettings settlement = provider.GetRequiredService<IOptions<SettlementSettings>>().Value;
+            DetectorSettings anomalies = provider.GetRequiredService<IOptions<DetectorSettings>>().Value;
             int recheckMs = _root.GetValue<int>(CredentialRecheckKey);
             var recheck = new CredentialRecheckPolicy(TimeSpan.FromMilliseconds(recheckMs));
             try
@@ -259,7 +272,7 @@ internal sealed class MeteringSettings
                 throw Refusal(CredentialRecheckKey, e);
             }
 
-            return new MeteringSettings(_root, _sourceNames) { Ingest = ingest, Access = access, Capacity = capacity, CredentialRecheck = recheck };
+            return new MeteringSettings(_root, _sourceNames) { Ingest = ingest, Access = access, Capacity = capacity, Settlement = settlement, Anomalies = anomalies, CredentialRecheck = recheck };
         }
         catch (ValidationFailure failure)
         {

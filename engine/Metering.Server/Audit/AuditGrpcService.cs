@@ -179,7 +179,8 @@ internal sealed partial class AuditGrpcService(
         Run(context, "DetectAnomalies", request, request.CreditCode, async (actor, ct) =>
         {
             await auditedProvider.RequireKnownAsync(request.CreditCode, ct);
-            var settings = new DetectorSettings { Silence = request.SilenceMinutes == 0 ? new DetectorSettings().Silence : TimeSpan.FromMinutes(request.SilenceMinutes) };
+            // Silence 0 means the operator's threshold (setting Anomalies:Silence); the other thresholds are always the operator's.
+            DetectorSettings settings = request.SilenceMinutes == 0 ? detectors.Settings : detectors.Settings with { Silence = TimeSpan.FromMinutes(request.SilenceMinutes) };
             DateTimeOffset from = Instant(request.FromUnixMs, "from_unix_ms");
             DateTimeOffset until = Instant(request.UntilUnixMs, "until_unix_ms");
             HashSet<EngineAnomalyKind> kinds = request.Kinds.Select(EngineKind).ToHashSet();

@@ -11,7 +11,7 @@ namespace Metering.Server.Audit;
 /// </summary>
 internal static class AuditServices
 {
-    public static IServiceCollection AddAuditServices(this IServiceCollection services, DeviceCatalog catalog, TimeProvider time)
+    public static IServiceCollection AddAuditServices(this IServiceCollection services, DeviceCatalog catalog, TimeProvider time, DetectorSettings? anomalies = null)
     {
         services.AddSingleton(provider => new AuditedProvider(provider.GetRequiredService<NpgsqlDataSource>()));
         services.AddSingleton(provider => new AuditQueryLog(provider.GetRequiredService<NpgsqlDataSource>(), time));
@@ -19,7 +19,7 @@ internal static class AuditServices
         services.AddSingleton(provider => new DailyMerkle(provider.GetRequiredService<NpgsqlDataSource>()));
         services.AddSingleton(provider => new UsageQueries(provider.GetRequiredService<NpgsqlDataSource>()));
         services.AddSingleton(provider => new UsageExport(provider.GetRequiredService<NpgsqlDataSource>()));
-        services.AddSingleton(provider => new AnomalyDetectors(provider.GetRequiredService<NpgsqlDataSource>(), time));
+        services.AddSingleton(provider => new AnomalyDetectors(provider.GetRequiredService<NpgsqlDataSource>(), time, anomalies));
         services.AddSingleton(provider => new HtmlReport(provider.GetRequiredService<NpgsqlDataSource>(), catalog, time));
         return services;
     }

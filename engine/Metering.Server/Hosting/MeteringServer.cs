@@ -83,6 +83,12 @@ public sealed class ServerSettings
     /// <summary>Nonce lifetime, validation validity, the sampling levels and the capacity limits.</summary>
     public CapacitySettings Capacity { get; init; } = new();
 
+    /// <summary>How many connections read a day, the run's statement timeout and the fault-drill pause.</summary>
+    public SettlementOptions Settlement { get; init; } = new();
+
+    /// <summary>The anomaly detectors' thresholds; a caller's silence_minutes overrides the silence one per call.</summary>
+    public DetectorSettings Anomalies { get; init; } = new();
+
     /// <summary>
     /// Serve even when the connection's role is a superuser or owns the schema
     /// (<see cref="ServingRole"/>); off by default, since such a role can drop the evidence guards.
@@ -271,10 +277,10 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(provider => new YearEndReleases(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
         builder.Services.AddSingleton(provider => new Redemptions(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time));
         builder.Services.AddSingleton(provider => new DailySettlement(provider.GetRequiredService<NpgsqlDataSource>(), settings.Time,
-            provider.GetRequiredService<ILoggerFactory>().CreateLogger<DailySettlement>()));
+            provider.GetRequiredService<ILoggerFactory>().CreateLogger<DailySettlement>(), settings.Settlement));
         builder.Services.AddSingleton(provider => new TransparencyLog(provider.GetRequiredService<NpgsqlDataSource>(), settings.SigningKey, settings.Time,
             provider.GetRequiredService<ILoggerFactory>().CreateLogger<TransparencyLog>()));
-        builder.Services.AddAuditServices(settings.Catalog, settings.Time);
+        builder.Services.AddAuditServices(settings.Catalog, settings.Time, settings.Anomalies);
         builder.Services.AddSingleton(settings);
         builder.Services.AddSingleton<ReplicationMonitor>();
         builder.Services.AddHostedService(provider => provider.GetRequiredService<ReplicationMonitor>());

@@ -37,6 +37,9 @@ public sealed partial class AnomalyDetectors(NpgsqlDataSource dataSource, TimePr
         public EvidenceRow Evidence() => new(StreamId, Sequence, JobId, HolderCode, DeviceModel, DeviceCount, ShareNumerator, ShareDenominator, StartMs, EndMs, Site, DeviceUuids, UsageNpfh, SmActiveBp);
     }
 
+    /// <summary>The thresholds these detectors run with: the operator's, which a caller's own silence threshold overrides one run at a time.</summary>
+    public DetectorSettings Settings => _settings;
+
     /// <summary>The same detectors over the same database and clock, with other thresholds (a caller's own silence threshold).</summary>
     public AnomalyDetectors With(DetectorSettings settings) => new(dataSource, time, settings);
 
