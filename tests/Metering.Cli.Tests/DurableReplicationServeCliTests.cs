@@ -61,27 +61,8 @@ public sealed class DurableReplicationServeCliTests(PostgresFixture postgres)
                 await using IngestCall call = await IngestCall.OpenAsync(client, "two-hosts");
                 Assert.Equal(1UL, (await call.SendAsync([TestRecords.Valid(1)])).CommittedSequence);
                 Assert.Matches(@"(?m)^metering_replication_required( |\{[^}]*\} )0( |$)", metrics);
-                Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, await ServingWithinAsync(new Health.HealthClient(channel)));
+                Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, await HealthWait.ServingWithinAsync(new Health.HealthClient(channel)));
             }
         }
-    }
-
-    private static async Task<HealthCheckResponse.Types.ServingStatus> ServingWithinAsync(Health.HealthClient health)
-    {
-        DateTime until = DateTime.UtcNow.AddSeconds(15);
-        HealthCheckResponse.Types.ServingStatus status;
-        do
-        {
-            status = (await health.CheckAsync(new HealthCheckRequest())).Status;
-            if (status == HealthCheckResponse.Types.ServingStatus.Serving)
-            {
-                break;
-            }
-
-            await Task.Delay(200);
-        }
-        while (DateTime.UtcNow < until);
-
-        return status;
     }
 }

@@ -28,7 +28,7 @@ public sealed class ServeHealthCliTests(PostgresFixture postgres)
             await using ServerProcess server = await ServerProcess.StartAsync(address, reflectionOn ? arguments : [.. arguments, "--reflection", "false"]);
             using GrpcChannel channel = GrpcChannel.ForAddress(server.Address);
 
-            Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, await ServingWithinAsync(new Health.HealthClient(channel)));
+            Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, await HealthWait.ServingWithinAsync(new Health.HealthClient(channel)));
 
             using var call = new ServerReflection.ServerReflectionClient(channel).ServerReflectionInfo();
             await call.RequestStream.WriteAsync(new ServerReflectionRequest { ListServices = "" });
@@ -55,7 +55,7 @@ public sealed class ServeHealthCliTests(PostgresFixture postgres)
         await using ServerProcess server = await ServerProcess.StartAsync(address,
             "serve", "--connection", database, "--listen", address.ToString(), "--signing-key", ServerProcess.SigningKeyPath, "--log-level", "Debug");
         using GrpcChannel channel = GrpcChannel.ForAddress(server.Address);
-        await ServingWithinAsync(new Health.HealthClient(channel));
+        await HealthWait.ServingWithinAsync(new Health.HealthClient(channel));
 
         string serving = Assert.Single(server.Output, line => line.Contains("Serving gRPC on", StringComparison.Ordinal));
         Assert.Matches(@"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}\+00:00 info: ", serving);
@@ -73,25 +73,5 @@ public sealed class ServeHealthCliTests(PostgresFixture postgres)
         Assert.NotEqual(0, exit);
         Assert.Contains("verbose", output, StringComparison.Ordinal);
         Assert.False(Directory.Exists(folder));
-    }
-
-    /// <summary>The server's status once it is SERVING, or the last one seen after the health check's first runs.</summary>
-    private static async Task<HealthCheckResponse.Types.ServingStatus> ServingWithinAsync(Health.HealthClient health)
-    {
-        DateTime until = DateTime.UtcNow.AddSeconds(15);
-        HealthCheckResponse.Types.ServingStatus status;
-        do
-        {
-            status = (await health.CheckAsync(new HealthCheckRequest())).Status;
-            if (status == HealthCheckResponse.Types.ServingStatus.Serving)
-            {
-                break;
-            }
-
-            await Task.Delay(200);
-        }
-        while (DateTime.UtcNow < until);
-
-        return status;
     }
 }

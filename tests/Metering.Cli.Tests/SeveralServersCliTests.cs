@@ -64,7 +64,7 @@ public sealed class SeveralServersCliTests(PostgresFixture postgres)
         await using IngestCall resumed = await IngestCall.OpenAsync(clients[1], streamId);
         Assert.Equal(acknowledged[^1].CommittedSequence, resumed.Opened.CommittedSequence);
         Assert.Equal(acknowledged[^1].ChainHead, resumed.Opened.ChainHead);
-        await AssertStoredExactlyOnceAsync(database, streamId, 3 * batchRecords, acknowledged[^1].ChainHead.ToByteArray());
+        await StoredStream.AssertExactlyOnceAsync(database, streamId, 3 * batchRecords, acknowledged[^1].ChainHead.ToByteArray());
     }
 
     [Fact]
@@ -107,7 +107,7 @@ public sealed class SeveralServersCliTests(PostgresFixture postgres)
         Assert.True(result.Connections >= 2, $"{result.Connections} connection(s): the kill should have cut the stream");
         // The other server reopened the stream where the killed one had committed it, not at 0.
         Assert.Contains(Opens(other, opened), line => !line.Contains(opened + "0 by", StringComparison.Ordinal));
-        await AssertStoredExactlyOnceAsync(database, "roaming", total, result.ChainHead);
+        await StoredStream.AssertExactlyOnceAsync(database, "roaming", total, result.ChainHead);
     }
 
     [Fact]
@@ -175,20 +175,5 @@ public sealed class SeveralServersCliTests(PostgresFixture postgres)
         {
             return refused;
         }
-    }
-
-    private static async Task AssertStoredExactlyOnceAsync(string connectionString, string streamId, ulong total, byte[] acknowledgedHead)
-    {
-        await using var dataSource = Database.CreateDataSource(connectionString);
-        await using (var connection = await dataSource.OpenConnectionAsync())
-        {
-            var counts = await connection.QuerySingleAsync<(long Rows, long Distinct, long Max)>(
-                "SELECT count(*), count(DISTINCT sequence), max(sequence) FROM usage_records WHERE stream_id = @streamId", new { streamId });
-            Assert.Equal(((long)total, (long)total, (long)total), counts);
-        }
-
-        ChainVerification verification = await new ChainVerifier(dataSource).VerifyStreamAsync(TestRecords.Provider, streamId);
-        Assert.True(verification.Intact, verification.Evidence);
-        Assert.Equal(acknowledgedHead, verification.ComputedHead);
     }
 }

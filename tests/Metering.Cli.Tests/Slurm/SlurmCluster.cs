@@ -215,13 +215,33 @@ internal sealed class SlurmCluster : IAsyncDisposable
     }
 
     /// <summary>Waits until the job's allocation has one of <paramref name="states"/> (at most 90 s).</summary>
-    public Task WaitForStateAsync(string jobId, params string[] states) =>
-        WaitUntilAsync($"job {jobId} reaches {string.Join('/', states)}", async () =>
+    public async Task WaitForStateAsync(string jobId, params string[] states)
+    {
+        try
         {
-            string output = (await RunAsync("sacct", "-n", "-P", "-X", "-j", jobId, "--format=State")).Output;
-            string[] lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-            return lines.Length > 0 && lines.All(line => states.Any(state => line.StartsWith(state, StringComparison.Ordinal)));
-        }, TimeSpan.FromSeconds(90));
+            await WaitUntilAsync($"job {jobId} reaches {string.Join('/', states)}", async () =>
+            {
+                // The controller knows a job's state at once; the accounting database learns it
+                // from slurmdbd's queue, which has lagged by seconds here. Either one will do.
+                string controller = (await RunAsync("squeue", "-h", "-j", jobId, "-o", "%T")).Output.Trim();
+                if (controller.Length > 0 && states.Contains(controller, StringComparer.Ordinal))
+                {
+                    return true;
+                }
+
+                string output = (await RunAsync("sacct", "-n", "-P", "-X", "-j", jobId, "--format=State")).Output;
+                string[] lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+                return lines.Length > 0 && lines.All(line => states.Any(state => line.StartsWith(state, StringComparison.Ordinal)));
+            }, TimeSpan.FromSeconds(90));
+        }
+        catch (TimeoutException e)
+        {
+            // Say why: a job left pending names its reason, and the node's state shows a drain.
+            string queue = (await RunAsync("squeue", "-a", "-o", "%i %T %r %b")).Output;
+            string node = (await RunAsync("sinfo", "-N", "-o", "%N %T %E %G")).Output;
+            throw new TimeoutException($"{e.Message}\nsqueue:\n{queue}\nsinfo:\n{node}", e);
+        }
+    }
 
     /// <summary>Waits until every allocation of these jobs (array tasks included) has ended in the accounting database.</summary>
     public Task WaitForEndAsync(params string[] jobIds) =>

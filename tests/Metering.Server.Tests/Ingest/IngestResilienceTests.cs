@@ -34,7 +34,7 @@ public sealed class IngestResilienceTests(PostgresFixture postgres)
 
         Assert.Equal(1, reconnects);
         Assert.Equal(2, result.Connections);
-        await AssertStoredExactlyOnceAsync(server.ConnectionString, "qianhai", total, result.ChainHead);
+        await StoredStream.AssertExactlyOnceAsync(server.ConnectionString, "qianhai", total, result.ChainHead);
     }
 
     [Fact]
@@ -70,7 +70,7 @@ public sealed class IngestResilienceTests(PostgresFixture postgres)
         StreamResult result = await run.WaitAsync(TimeSpan.FromSeconds(120));
 
         Assert.True(result.Connections >= 2);
-        await AssertStoredExactlyOnceAsync(server.ConnectionString, "nanshan", total, result.ChainHead);
+        await StoredStream.AssertExactlyOnceAsync(server.ConnectionString, "nanshan", total, result.ChainHead);
     }
 
     [Fact]
@@ -115,7 +115,7 @@ public sealed class IngestResilienceTests(PostgresFixture postgres)
         await server.DisposeAsync();
 
         Assert.True(result.Connections >= 2);
-        await AssertStoredExactlyOnceAsync(connectionString, "shenshan", total, result.ChainHead);
+        await StoredStream.AssertExactlyOnceAsync(connectionString, "shenshan", total, result.ChainHead);
     }
 
     [Fact]
@@ -147,7 +147,7 @@ public sealed class IngestResilienceTests(PostgresFixture postgres)
         StreamResult result = await run.WaitAsync(TimeSpan.FromSeconds(120));
 
         Assert.True(reconnects >= 1, "the restart should have cut the stream at least once");
-        await AssertStoredExactlyOnceAsync(server.ConnectionString, "qianhai", total, result.ChainHead);
+        await StoredStream.AssertExactlyOnceAsync(server.ConnectionString, "qianhai", total, result.ChainHead);
     }
 
     [Fact]
@@ -160,20 +160,5 @@ public sealed class IngestResilienceTests(PostgresFixture postgres)
 
         Assert.Equal(StatusCode.Unauthenticated, error.StatusCode);
         Assert.Equal("UNAUTHENTICATED", UsageStreamer.ReasonOf(error));
-    }
-
-    private static async Task AssertStoredExactlyOnceAsync(string connectionString, string streamId, ulong total, byte[] acknowledgedHead)
-    {
-        await using var dataSource = Database.CreateDataSource(connectionString);
-        await using (var connection = await dataSource.OpenConnectionAsync())
-        {
-            var counts = await connection.QuerySingleAsync<(long Rows, long Distinct, long Max)>(
-                "SELECT count(*), count(DISTINCT sequence), max(sequence) FROM usage_records WHERE stream_id = @streamId", new { streamId });
-            Assert.Equal(((long)total, (long)total, (long)total), counts);
-        }
-
-        ChainVerification verification = await new ChainVerifier(dataSource).VerifyStreamAsync(TestRecords.Provider, streamId);
-        Assert.True(verification.Intact, verification.Evidence);
-        Assert.Equal(acknowledgedHead, verification.ComputedHead);
     }
 }
