@@ -37,9 +37,13 @@ public static partial class SchemaGuard
             "SELECT current_schema(), current_user::text, current_database()::text", transaction: transaction);
         await EnsureRoleAsync(connection, transaction, runtimeRole, owner, schema, logger);
 
+        // Relations an extension owns (pg_stat_statements' views, which pg_autoctl installs, say)
+        // are the extension's: its script made them, DROP EXTENSION removes them, and they hold no
+        // evidence. Every other relation, a hand-added table above all, must be classified.
         var tables = (await connection.QueryAsync<(string Name, bool Partitioned)>("""
             SELECT c.relname, c.relkind = 'p' FROM pg_class c
             WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
             ORDER BY c.relname
             """, transaction: transaction)).ToList();
         var rules = SchemaTables.All.ToDictionary(r => r.Table, StringComparer.Ordinal);

@@ -196,6 +196,32 @@ public sealed class RuntimeRoleTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task Migrate_passes_over_an_extensions_relations_and_the_server_starts_but_a_hand_added_table_beside_them_is_still_refused()
+    {
+        // pg_autoctl installs pg_stat_statements into the database it creates: its views belong to
+        // the extension, not to the schema the guard classifies.
+        string owner = await postgres.CreateDatabaseAsync();
+        await using NpgsqlConnection look = await OpenAsync(owner);
+        await look.ExecuteAsync("CREATE EXTENSION pg_stat_statements");
+        Assert.True(await look.ExecuteScalarAsync<bool>("SELECT to_regclass('pg_stat_statements') IS NOT NULL"));
+        await using NpgsqlDataSource dataSource = Database.CreateDataSource(owner);
+
+        await new Migrator(dataSource, NullLogger.Instance).MigrateAsync();
+        await using (TestServer server = await TestServer.StartAsync(postgres, database: owner))
+        {
+            await using IngestCall call = await IngestCall.OpenAsync(server.Client(), "beside-an-extension");
+            Assert.Equal(1UL, (await call.SendAsync([TestRecords.Valid(1)])).CommittedSequence);
+        }
+
+        // The cheater's table is no extension's, whatever sits beside it.
+        await look.ExecuteAsync("CREATE TABLE pg_stat_statements_shadow (id bigint PRIMARY KEY)");
+        var error = await Assert.ThrowsAsync<SchemaGuardException>(() => new Migrator(dataSource, NullLogger.Instance).MigrateAsync());
+        Assert.Contains("pg_stat_statements_shadow", error.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("pg_stat_statements,", error.Message, StringComparison.Ordinal);
+        Assert.False(await look.ExecuteScalarAsync<bool>("SELECT has_table_privilege(@Role, 'pg_stat_statements_shadow', 'SELECT')", new { Role }));
+    }
+
+    [Fact]
     public async Task Migrate_takes_an_existing_role_by_name_and_refuses_one_that_could_act_as_the_owner()
     {
         string owner = await postgres.CreateDatabaseAsync();
