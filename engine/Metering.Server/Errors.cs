@@ -50,6 +50,23 @@ public static class Errors
         return status.ToRpcException();
     }
 
+    /// <summary>
+    /// The refusal for a call that lost its database (a failover, a restart, a network cut, a
+    /// standby answering a write): UNAVAILABLE with reason DATABASE_UNAVAILABLE, the same for every
+    /// service, so that a client retries it once a primary answers again.
+    /// </summary>
+    public static RpcException DatabaseUnavailable(string whatNow) =>
+        Refused(StatusCode.Unavailable, IngestRefusal.DatabaseUnavailable, $"the database is unavailable (a failover, a restart or a network cut); {whatNow}");
+
+    /// <summary>
+    /// What any call but an ingest stream is told when it loses its database. Nothing it wrote was
+    /// acknowledged: a write that reached its commit may stand or not, and the write's retry finds
+    /// out (a settled day answers already_closed, a registered organisation ORGANISATION_EXISTS, an
+    /// upload its report under the same file hash).
+    /// </summary>
+    public static RpcException CallLostDatabase() =>
+        DatabaseUnavailable("nothing this call did is acknowledged; retry once the database answers again");
+
     public static RpcException From(IngestRefusedException refused)
     {
         var metadata = new Dictionary<string, string>();

@@ -84,4 +84,18 @@ public static class ReplicationDurability
         NpgsqlException => true,
         _ => false,
     };
+
+    /// <summary>Whether the exception, or one it wraps, is the database going away (<see cref="IsDatabaseLost"/>).</summary>
+    public static bool IsDatabaseLostWithin(Exception e)
+    {
+        for (Exception? current = e; current is not null; current = current.InnerException)
+        {
+            if (IsDatabaseLost(current))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
 }

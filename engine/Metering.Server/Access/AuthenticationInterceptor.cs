@@ -3,6 +3,7 @@ using Grpc.AspNetCore.Server;
 using Grpc.Core;
 using Grpc.Core.Interceptors;
 using Metering.Engine.Access;
+using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 
 namespace Metering.Server.Access;
@@ -107,6 +108,15 @@ internal sealed class AuthenticationInterceptor(KeyLookupCache credentials, Call
             }
         }
 
-        return await credentials.LookUpAsync(key!, context.CancellationToken);
+        try
+        {
+            return await credentials.LookUpAsync(key!, context.CancellationToken);
+        }
+        catch (Exception e) when (ReplicationDurability.IsDatabaseLostWithin(e))
+        {
+            // The look-up runs outside RefusalInterceptor; its database going away reads as it does
+            // in every handler, not as an unknown fault.
+            throw Errors.CallLostDatabase();
+        }
     }
 }

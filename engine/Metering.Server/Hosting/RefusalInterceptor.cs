@@ -7,6 +7,7 @@ using Metering.Engine.Capacity;
 using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Engine.Settlement;
+using Metering.Engine.Storage;
 using Metering.Engine.Telemetry;
 using Metering.Engine.Transparency;
 using Metering.Engine.Vouchers;
@@ -21,7 +22,9 @@ namespace Metering.Server.Hosting;
 /// handler throws the feature's refused exception, and this interceptor logs it once and throws
 /// the RpcException that <see cref="Errors"/> builds for it (status, ErrorInfo reason and
 /// metadata, Chinese LocalizedMessage). Anything else passes through untouched, so a refusal a
-/// handler built itself keeps its status and a fault stays a fault. It runs inside
+/// handler built itself keeps its status and a fault stays a fault, except the database going
+/// away (connection refused, a failover, an administrator's shutdown), which every service answers
+/// with UNAVAILABLE and reason DATABASE_UNAVAILABLE rather than UNKNOWN. It runs inside
 /// <see cref="AuthenticationInterceptor"/>, so the caller it logs is the authenticated one.
 /// </summary>
 internal sealed partial class RefusalInterceptor(ILogger<RefusalInterceptor> logger) : Interceptor
@@ -41,6 +44,7 @@ internal sealed partial class RefusalInterceptor(ILogger<RefusalInterceptor> log
         RecordNotFoundException refused => Errors.From(refused),
         DayNotSettledException refused => Errors.From(refused),
         AuditLimitExceededException refused => Errors.From(refused),
+        _ when ReplicationDurability.IsDatabaseLostWithin(error) => Errors.CallLostDatabase(),
         _ => null,
     };
 

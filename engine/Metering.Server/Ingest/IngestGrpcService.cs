@@ -188,34 +188,19 @@ internal sealed partial class IngestGrpcService(
         {
             throw new RpcException(new Status(StatusCode.Unavailable, "the server is shutting down; reconnect to resume"));
         }
-        catch (Exception e) when (e is not RpcException && DatabaseLost(e))
+        catch (Exception e) when (e is not RpcException && ReplicationDurability.IsDatabaseLostWithin(e))
         {
             // A failover ends the call here: the primary vanished under a commit or a read, or a
             // demoted one refused a write. The client reconnects, and the data source finds the
             // new primary (Target Session Attributes=primary) when the stream opens again.
             LogDatabaseUnavailable(logger, caller.Subject, streamId, e.Message);
-            throw Errors.Refused(StatusCode.Unavailable, IngestRefusal.DatabaseUnavailable,
-                "the database is unavailable (a failover or restart); nothing unacknowledged was kept, reconnect to resume");
+            throw Errors.DatabaseUnavailable("nothing unacknowledged was kept, reconnect to resume");
         }
     }
 
     /// <summary>A message with no kind; one whose bytes do not parse is refused before it gets here (Hosting/MalformedMessageRefusal).</summary>
     private static RpcException NoKind() =>
         Errors.Refused(StatusCode.InvalidArgument, IngestRefusal.MessageMalformed, "the message sets no kind: send exactly one of open, batch and heartbeat");
-
-    /// <summary>Whether the exception, or one it wraps, is the database going away (<see cref="ReplicationDurability.IsDatabaseLost"/>).</summary>
-    private static bool DatabaseLost(Exception e)
-    {
-        for (Exception? current = e; current is not null; current = current.InnerException)
-        {
-            if (ReplicationDurability.IsDatabaseLost(current))
-            {
-                return true;
-            }
-        }
-
-        return false;
-    }
 
     internal static bool IsValidStreamId(string streamId)
     {

@@ -154,9 +154,9 @@ internal sealed partial class RawLogGrpcService(
         {
             throw Refused(StatusCode.Aborted, RawLogRefusal.UploadBusy, moved.Message);
         }
-        catch (Npgsql.NpgsqlException e) when (e.IsTransient)
+        catch (Exception e) when (e is not RpcException && ReplicationDurability.IsDatabaseLostWithin(e))
         {
-            throw new RpcException(new Status(StatusCode.Unavailable, $"the database is unavailable ({e.Message}); resume the upload from its committed offset"));
+            throw Errors.DatabaseUnavailable("resume the upload from its committed offset");
         }
 
         LogFinished(logger, caller.Subject, upload.UploadId, upload.CommittedOffset, upload.Records, upload.LinesRefused);
