@@ -287,11 +287,15 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton<StreamLeases>();
         builder.Services.AddSingleton<AuthenticationInterceptor>();
         builder.Services.AddSingleton<RefusalInterceptor>();
+        builder.Services.AddSingleton<DurableAcknowledgementInterceptor>();
         builder.Services.AddGrpc(grpc =>
         {
             grpc.Interceptors.Add<AuthenticationInterceptor>();
             // Inside authentication, so that a refusal is logged with its authenticated caller.
             grpc.Interceptors.Add<RefusalInterceptor>();
+            // Inside both: a caller refused for its key or role learns that first, and a write
+            // refused for replication is counted like any refusal.
+            grpc.Interceptors.Add<DurableAcknowledgementInterceptor>();
             grpc.MaxReceiveMessageSize = settings.Limits.MessageBytesMax;
             // Audit answers (a rendered report, a provider's stream verifications) are sent whole;
             // AuditGrpcService keeps each under this.
