@@ -1,12 +1,17 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Text.RegularExpressions;
 using Dapper;
+using Google.Rpc;
+using Grpc.Core;
 using Grpc.Net.Client;
 using Metering.Client.Simulation;
 using Metering.Client.Streaming;
 using Metering.Engine.Audit;
+using Metering.Engine.Fixtures;
 using Metering.Engine.Storage;
 using Metering.Fixtures;
+using Metering.Protocol.V1;
 using Metering.Server.Fixtures;
 using Npgsql;
 using Xunit.Abstractions;
@@ -25,33 +30,51 @@ public sealed class FailoverTests(ITestOutputHelper output)
 {
     private static readonly DateTimeOffset Day = new(2026, 11, 1, 0, 0, 0, TimeSpan.FromHours(8));
 
+    /// <summary>The day the settlement run settles (VoucherScene.Day), apart from the streams' day.</summary>
+    private const string SettledDay = "2026-11-20";
+
+    /// <summary>How long a run waits before its commit: the kill lands in this pause, and the rerun waits it too.</summary>
+    private static readonly TimeSpan SettlementPause = TimeSpan.FromSeconds(8);
+
     [Fact]
     public async Task Acknowledged_records_survive_a_primary_killed_mid_stream_exactly_once_and_every_chain_verifies()
     {
         await using AutoFailoverCluster cluster = await AutoFailoverCluster.StartAsync();
-        // pg_autoctl installs pg_stat_statements into the database it creates; migrate refuses
-        // relations it has not classified in the schema it guards, so the extension goes first.
-        await using (var connection = new NpgsqlConnection(cluster.OwnerConnection(1)))
-        {
-            await connection.OpenAsync();
-            await connection.ExecuteAsync("DROP EXTENSION IF EXISTS pg_stat_statements");
-        }
-
+        // pg_autoctl installs pg_stat_statements into the database it creates; migrate passes over
+        // an extension's relations, so the database is migrated as pg_autoctl left it.
         var (migrated, migrateOutput) = await CliProcess.RunAsync("db", "migrate", "--connection", cluster.OwnerConnection(1));
         Assert.True(migrated == 0, migrateOutput);
         SeededKeys keys;
+        Metering.Engine.Vouchers.Claim claim;
+        long voucherId;
         await using (NpgsqlDataSource owner = Database.CreateDataSource(cluster.OwnerConnection(1)))
         {
             keys = await Admissions.SeedAsync(owner);
         }
 
+        // The day the settlement run settles: its usage, a contract, a voucher and a claim on it,
+        // all committed before the streams start, so that the run and its rerun read the same day.
+        await using (VoucherScene scene = VoucherScene.Over(cluster.OwnerConnection(1), new ManualClock(VoucherScene.Now)))
+        {
+            string holder = await scene.HolderAsync();
+            Metering.Engine.Vouchers.Contract contract = await scene.ContractAsync(holder);
+            voucherId = (await scene.VoucherAsync(contract.ContractId, 100_000_000)).VoucherId;
+            await scene.IngestAsync("settled-day", VoucherScene.Jobs(holder, VoucherScene.Day, 40));
+            claim = await scene.ClaimJobsAsync(contract.ContractId, "job-1120-000", "job-1120-001", "job-1120-002");
+        }
+
         int port = ServerProcess.FreePort();
         var address = new Uri($"http://127.0.0.1:{port}");
         // Two hosts: the server requires durable replication by default, so every acknowledgement
-        // below was held by a synchronous standby when it was sent.
+        // below was held by a synchronous standby when it was sent. A settlement run waits before
+        // its commit (the fault drill), so that the kill lands inside it.
         await using ServerProcess server = await ServerProcess.StartAsync(address,
-            "serve", "--connection", cluster.ServingConnection(SchemaGuard.DefaultRuntimeRole), "--listen", address.ToString(), "--signing-key", ServerProcess.SigningKeyPath);
+            "serve", "--connection", cluster.ServingConnection(SchemaGuard.DefaultRuntimeRole), "--listen", address.ToString(), "--signing-key", ServerProcess.SigningKeyPath,
+            "--set", $"Settlement:PauseBeforeCommit={SettlementPause:c}");
         using GrpcChannel channel = GrpcChannel.ForAddress(address);
+        var settlement = new SettlementService.SettlementServiceClient(channel);
+        Metadata batch = new() { { "authorization", "Bearer " + keys.Settlement } };
+        var settleRequest = new SettleDayRequest { Day = SettledDay };
 
         SimulatedCluster[] sites = [.. SimulatedCluster.DemoSites(Day, jobsPerInterval: 10, seed: 18).Take(3)];
         var acknowledged = new ConcurrentDictionary<string, ulong>();
@@ -94,9 +117,16 @@ public sealed class FailoverTests(ITestOutputHelper output)
 
         await quarter.Task.WaitAsync(TimeSpan.FromSeconds(120));
         Assert.All(streams, s => Assert.False(s.IsCompleted, "a stream finished before the kill; give it more records"));
+
+        // The settlement run computes its statements and hash, then pauses before its commit; the
+        // primary is killed there, mid-run, with the streams still running.
+        using AsyncServerStreamingCall<SettleDayProgress> interrupted = settlement.SettleDayWithProgress(settleRequest, batch);
+        string hashBeforeKill = await HashThenDrillAsync(interrupted.ResponseStream).WaitAsync(TimeSpan.FromSeconds(120));
         ulong acknowledgedBeforeKill = (ulong)acknowledged.Values.Sum(v => (decimal)v);
         Interlocked.Exchange(ref killedAt, Stopwatch.GetTimestamp());
         await cluster.KillAsync("node1");
+        RpcException cut = await Assert.ThrowsAsync<RpcException>(() => ReadToEndAsync(interrupted.ResponseStream)).WaitAsync(TimeSpan.FromSeconds(120));
+        Assert.Equal((StatusCode.Unavailable, "DATABASE_UNAVAILABLE"), (cut.StatusCode, cut.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason));
 
         // Once the standby is promoted, the killed node comes back, as a restarted machine would,
         // and rejoins as the synchronous standby the server waits for.
@@ -108,10 +138,25 @@ public sealed class FailoverTests(ITestOutputHelper output)
         Assert.NotEqual(0, Interlocked.Read(ref firstAckAfterFailover));
         double failoverS = Stopwatch.GetElapsedTime(killedAt, firstAckAfterFailover).TotalSeconds;
 
+        // The streams finished, so the killed node is the synchronous standby again and the server
+        // acknowledges; the rerun on the new primary settles the day the interrupted run never
+        // committed, to the hash that run computed before the kill, and a third call finds it closed.
+        Protocol.V1.Settlement rerun = await settlement.SettleDayAsync(settleRequest, batch, deadline: DateTime.UtcNow.AddMinutes(3));
+        Protocol.V1.Settlement again = await settlement.SettleDayAsync(settleRequest, batch, deadline: DateTime.UtcNow.AddMinutes(3));
+        bool settlementHashEqual = rerun.SettlementSha256 == hashBeforeKill && again.SettlementSha256 == hashBeforeKill;
+
         long stored = 0, lost = 0, duplicated = 0;
         await using (NpgsqlDataSource primary = Database.CreateDataSource(cluster.OwnerConnection(2)))
         {
             await using NpgsqlConnection connection = await primary.OpenConnectionAsync();
+            // Nothing is paid twice: one run of the day, a balanced ledger, the claim posted once.
+            var paid = await connection.QuerySingleAsync<(long Runs, long Unbalanced, long PostedFen, long PostedHolds)>("""
+                SELECT (SELECT count(*) FROM settlement_runs WHERE day = @day::date),
+                       (SELECT coalesce(sum(debit_fen - credit_fen), 0)::bigint FROM ledger_lines),
+                       (SELECT posted_fen FROM vouchers WHERE voucher_id = @voucherId),
+                       (SELECT count(*) FROM voucher_holds WHERE state = 'posted')
+                """, new { day = SettledDay, voucherId });
+            Assert.Equal((1L, 0L, claim.SubsidyFen, 1L), paid);
             for (int i = 0; i < sites.Length; i++)
             {
                 string streamId = $"failover-{i}";
@@ -131,17 +176,47 @@ public sealed class FailoverTests(ITestOutputHelper output)
 
         long acked = (long)acknowledged.Values.Sum(v => (decimal)v);
         string result = FormattableString.Invariant(
-            $"RESULT acked={acked} stored={stored} lost={lost} duplicated={duplicated} failover_s={failoverS:0.0} settlement_hash_equal=not_run");
+            $"RESULT acked={acked} stored={stored} lost={lost} duplicated={duplicated} failover_s={failoverS:0.0} settlement_hash_equal={(settlementHashEqual ? "true" : "false")}");
+        string settled = $"settlement of {SettledDay}: hash before the kill {hashBeforeKill}, rerun on the new primary {rerun.SettlementSha256} (already_closed={rerun.AlreadyClosed}), again {again.SettlementSha256} (already_closed={again.AlreadyClosed})";
         output.WriteLine(FormattableString.Invariant($"acknowledged before the kill: {acknowledgedBeforeKill}; node2 promoted {promotedS:0.0} s after the kill; first acknowledgement on it {failoverS:0.0} s after"));
-        output.WriteLine("settlement: not rerun across the failover by this suite yet, so settlement_hash_equal reads not_run");
+        output.WriteLine(settled);
         output.WriteLine(result);
         if (Environment.GetEnvironmentVariable("METERING_FAILOVER_RESULT") is { Length: > 0 } path)
         {
-            await File.WriteAllTextAsync(path, $"acknowledged before the kill: {acknowledgedBeforeKill}; promoted after {promotedS:0.0} s\n{result}\n");
+            await File.WriteAllTextAsync(path, $"acknowledged before the kill: {acknowledgedBeforeKill}; promoted after {promotedS:0.0} s\n{settled}\n{result}\n");
         }
 
         Assert.Equal((0L, 0L), (lost, duplicated));
+        Assert.True(settlementHashEqual, settled);
+        Assert.Equal((false, true), (rerun.AlreadyClosed, again.AlreadyClosed));
         Assert.Equal(acked, stored);
         Assert.Contains(server.Output, line => line.Contains("DATABASE_UNAVAILABLE", StringComparison.Ordinal) || line.Contains("lost the database", StringComparison.Ordinal));
+    }
+
+    /// <summary>Reads the run's steps up to its fault-drill pause and returns the settlement hash its statements step reported.</summary>
+    private static async Task<string> HashThenDrillAsync(IAsyncStreamReader<SettleDayProgress> steps)
+    {
+        string? hash = null;
+        while (await steps.MoveNext())
+        {
+            SettlementStep step = steps.Current.Step ?? throw new InvalidOperationException($"the run ended before its pause: {steps.Current}");
+            if (step.Stage == "statements")
+            {
+                hash = Regex.Match(step.Message, "settlement hash ([0-9a-f]{64})").Groups[1].Value;
+            }
+            else if (step.Stage == "drill")
+            {
+                return hash is { Length: 64 } ? hash : throw new InvalidOperationException("the run paused without reporting its settlement hash");
+            }
+        }
+
+        throw new InvalidOperationException("the run's stream ended before its pause");
+    }
+
+    private static async Task ReadToEndAsync(IAsyncStreamReader<SettleDayProgress> steps)
+    {
+        while (await steps.MoveNext())
+        {
+        }
     }
 }
