@@ -25,14 +25,7 @@ public sealed class ProbeRunCliTests(PostgresFixture postgres) : IDisposable
     public async Task Keygen_register_declare_and_probe_run_complete_a_validation_and_a_second_run_is_refused_before_it_measures()
     {
         await using TestServer server = await TestServer.StartAsync(postgres, catalog: TestCatalogs.WithCpuFixture());
-        string key = Path.Combine(_folder, "node.pem");
-        var (made, publicKey) = await CliProcess.RunProbeAsync(new Dictionary<string, string>(), "keygen", "--out", key);
-        Assert.True(made == 0, publicKey);
-        string publicKeyFile = await WriteAsync("node.pub.pem", publicKey[publicKey.IndexOf("-----BEGIN PUBLIC KEY-----", StringComparison.Ordinal)..]);
-        await RegisterAndApproveAsync(server, publicKeyFile);
-        string inventory = await WriteAsync("inventory.json",
-            """{"nodes": [{"nodeId": "cpu-node-01", "site": "sz-test-dc", "deviceModel": "CPU-FIXTURE", "deviceCount": 1}]}""");
-        Assert.Equal(0, (await Capacity(server, "inventory", "declare", "--code", Provider, "--file", inventory)).ExitCode);
+        string key = await NodeReadyAsync(server);
         string report = Path.Combine(_folder, "report.json");
 
         var (exit, output) = await RunAsync(server, key, "--json", report);
@@ -53,6 +46,24 @@ public sealed class ProbeRunCliTests(PostgresFixture postgres) : IDisposable
         Assert.Equal(5, again);
         Assert.Contains("refused: FailedPrecondition NO_OPEN_VALIDATION", againOutput, StringComparison.Ordinal);
         Assert.DoesNotContain("Device 0", againOutput, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_run_given_two_servers_on_one_database_completes_the_validation_through_the_one_that_answers()
+    {
+        await using TestServer down = await TestServer.StartAsync(postgres, catalog: TestCatalogs.WithCpuFixture());
+        await using TestServer up = await TestServer.StartAsync(postgres, catalog: TestCatalogs.WithCpuFixture(), database: down.ConnectionString);
+        string key = await NodeReadyAsync(up);
+        await down.StopAsync();
+        string servers = $"{down.Address.ToString().TrimEnd('/')},{up.Address.ToString().TrimEnd('/')}";
+
+        var (exit, output) = await CliProcess.RunProbeAsync(new Dictionary<string, string> { ["METERING_API_KEY"] = TestServer.ProviderKey },
+            "run", "--server", servers, "--ca", TestCertificates.CaPemPath, "--code", Provider, "--node-id", "cpu-node-01", "--key", key, "--device", "cpu", "--device-uuid", DeviceUuid);
+
+        Assert.True(exit == 0, output);
+        FleetValidation validation = await up.CapacityClient().GetFleetValidationAsync(new GetFleetValidationRequest { CreditCode = Provider }, TestServer.Bearer());
+        Assert.Equal((FleetValidationState.ValidationComplete, NodeOutcome.NodePassed), (validation.State, validation.Sample.Single().Outcome));
+        Assert.Contains($"Node cpu-node-01: asking {servers}", output, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -180,6 +191,20 @@ public sealed class ProbeRunCliTests(PostgresFixture postgres) : IDisposable
             "capacity", "key", "approve", "--code", Provider, "--node", "cpu-node-01", "--version", approval.Groups[1].Value, "--fingerprint", approval.Groups[2].Value,
             "--reason", "Fingerprint read back by the provider's engineer on the phone.");
         Assert.True(approved == 0, approveOutput);
+    }
+
+    /// <summary>A node key made, registered and approved, and the node declared: what a run needs; returns the key's path.</summary>
+    private async Task<string> NodeReadyAsync(TestServer server)
+    {
+        string key = Path.Combine(_folder, "node.pem");
+        var (made, publicKey) = await CliProcess.RunProbeAsync(new Dictionary<string, string>(), "keygen", "--out", key);
+        Assert.True(made == 0, publicKey);
+        string publicKeyFile = await WriteAsync("node.pub.pem", publicKey[publicKey.IndexOf("-----BEGIN PUBLIC KEY-----", StringComparison.Ordinal)..]);
+        await RegisterAndApproveAsync(server, publicKeyFile);
+        string inventory = await WriteAsync("inventory.json",
+            """{"nodes": [{"nodeId": "cpu-node-01", "site": "sz-test-dc", "deviceModel": "CPU-FIXTURE", "deviceCount": 1}]}""");
+        Assert.Equal(0, (await Capacity(server, "inventory", "declare", "--code", Provider, "--file", inventory)).ExitCode);
+        return key;
     }
 
     private static Task<(int ExitCode, string Output)> RunAsync(TestServer server, string key, params string[] more) =>

@@ -49,13 +49,16 @@ internal static class PythonAgent
         }
     }
 
-    /// <summary>The agent's process, with the connection options for <paramref name="server"/> and the key after the arguments.</summary>
+    /// <summary>
+    /// The agent's process, with the connection options for <paramref name="server"/> and the key
+    /// after the arguments; arguments that name --server themselves keep theirs.
+    /// </summary>
     public static ProcessStartInfo Start(TestServer server, string apiKey, string stateFolder, params string[] arguments)
     {
         var start = new ProcessStartInfo(Python) { WorkingDirectory = Folder };
-        foreach (string argument in (string[])[Path.Combine(Folder, "metering-agent"), .. arguments,
-                     "--server", server.Address.ToString().TrimEnd('/'), "--ca", TestCertificates.CaPemPath, "--api-key", apiKey,
-                     "--provider", TestRecords.Provider, "--state-dir", stateFolder])
+        string[] serverOption = arguments.Contains("--server") ? [] : ["--server", server.Address.ToString().TrimEnd('/')];
+        foreach (string argument in (string[])[Path.Combine(Folder, "metering-agent"), .. arguments, .. serverOption,
+                     "--ca", TestCertificates.CaPemPath, "--api-key", apiKey, "--provider", TestRecords.Provider, "--state-dir", stateFolder])
         {
             start.ArgumentList.Add(argument);
         }

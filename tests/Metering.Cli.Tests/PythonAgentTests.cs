@@ -59,6 +59,28 @@ public sealed class PythonAgentTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task The_agent_given_two_servers_streams_through_the_one_that_answers_when_the_other_is_down()
+    {
+        await using TestServer down = await TestServer.StartAsync(postgres);
+        await using TestServer up = await TestServer.StartAsync(postgres, database: down.ConnectionString);
+        await down.StopAsync();
+        string servers = $"{down.Address.ToString().TrimEnd('/')},{up.Address.ToString().TrimEnd('/')}";
+
+        PythonAgent.Run run = await PythonAgent.RunAsync(up, TestServer.ProviderKey, NewFolder(), "stream", "--stream", Stream, "--input", Input(60), "--batch-records", "20",
+            "--server", servers);
+
+        Assert.True(run.ExitCode == 0, run.ToString());
+        Assert.Equal(60, run.Summary.GetProperty("committed_sequence").GetInt32());
+        Assert.Equal(Enumerable.Range(1, 60).Select(n => Expected((ulong)n)), await StoredAsync(up));
+
+        // Two schemes in one list are a usage error, before anything is sent.
+        PythonAgent.Run mixed = await PythonAgent.RunAsync(up, TestServer.ProviderKey, NewFolder(), "stream", "--stream", Stream, "--input", Input(1),
+            "--server", $"http://127.0.0.1:9,{up.Address.ToString().TrimEnd('/')}");
+        Assert.True(mixed.ExitCode == 2, mixed.ToString());
+        Assert.Contains("mixes http:// and https://", mixed.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task An_agent_killed_mid_stream_resumes_at_the_servers_mark_and_sends_nothing_twice()
     {
         await using TestServer server = await TestServer.StartAsync(postgres);

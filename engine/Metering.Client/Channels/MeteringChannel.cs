@@ -17,6 +17,9 @@ namespace Metering.Client.Channels;
 /// <param name="ReceiveBytesMax">The largest message taken from the server; null for gRPC's default of 4 MiB.</param>
 public sealed record ChannelSettings(ServerList Servers, string? CaPath = null, string? ClientCertificatePath = null, string? ClientKeyPath = null, int? ReceiveBytesMax = null)
 {
+    /// <summary>The largest message sent to the server (a probe's report); null for gRPC's default, no limit.</summary>
+    public int? SendBytesMax { get; init; }
+
     /// <summary>Settings for one server.</summary>
     public ChannelSettings(Uri server, string? caPath = null, string? clientCertificatePath = null, string? clientKeyPath = null, int? receiveBytesMax = null)
         : this(ServerList.Of(server), caPath, clientCertificatePath, clientKeyPath, receiveBytesMax)
@@ -80,6 +83,7 @@ public static class MeteringChannel
             HttpHandler = ClientTls.Handler(roots, certificate),
             DisposeHttpClient = true,
             MaxReceiveMessageSize = settings.ReceiveBytesMax ?? new GrpcChannelOptions().MaxReceiveMessageSize,
+            MaxSendMessageSize = settings.SendBytesMax ?? new GrpcChannelOptions().MaxSendMessageSize,
         };
         return settings.Servers.Addresses.Count == 1
             ? GrpcChannel.ForAddress(settings.Servers.First, options)

@@ -47,7 +47,7 @@ internal static class RunCommand
 
         try
         {
-            channel = ServerChannel.Open(options.Server, options.CaPath);
+            channel = ServerChannel.Open(options.Servers, options.CaPath);
         }
         catch (ArgumentException bad)
         {
@@ -66,7 +66,7 @@ internal static class RunCommand
             }
             catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && e.InnerException is HttpRequestException or SocketException)
             {
-                Console.Error.WriteLine($"metering-probe: error: no Metering server answers at {options.Server} ({e.InnerException.Message})");
+                Console.Error.WriteLine($"metering-probe: error: no Metering server answers at {string.Join(", ", options.Servers.Addresses.Select(a => a.GetLeftPart(UriPartial.Authority)))} ({e.InnerException.Message})");
                 return ExitCodes.Refused;
             }
             catch (RpcException e) when (AttestationProtocol.Reason(e) == "COMMITMENT_LATE")
@@ -90,7 +90,7 @@ internal static class RunCommand
             return stopped;
         }
 
-        RunLog.AskingChallenge(logger, options.NodeId, options.Server.ToString());
+        RunLog.AskingChallenge(logger, options.NodeId, string.Join(",", options.Servers.Addresses.Select(a => a.GetLeftPart(UriPartial.Authority))));
         NodeAssignment? assignment = await protocol.BeginAsync(CancellationToken.None);
         if (assignment is null)
         {

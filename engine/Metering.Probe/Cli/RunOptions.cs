@@ -1,3 +1,4 @@
+using Metering.Client.Channels;
 using Metering.Probe.Measurement;
 
 namespace Metering.Probe.Cli;
@@ -21,7 +22,9 @@ internal sealed record RunOptions
         Usage: metering-probe run --server URL --code CODE --node-id NODE --key FILE [options]
 
         Options:
-          --server URL      The Metering server, https://HOST:PORT (http:// only to this machine).
+          --server URL      The Metering server, https://HOST:PORT (http:// only to this machine), or
+                            several stateless servers on one database, comma-separated
+                            (https://a:7390,https://b:7390): calls go round-robin to those that answer.
                             Defaults to METERING_SERVER.
           --code CODE       The provider's credit code, as the API key's holder.
           --node-id NODE    This node, as the inventory declares it (`metering capacity inventory declare`).
@@ -60,7 +63,8 @@ internal sealed record RunOptions
 
     public string? Error { get; init; }
 
-    public Uri Server { get; init; } = null!;
+    /// <summary>The server, or the servers balanced round-robin, that --server names.</summary>
+    public ServerList Servers { get; init; } = null!;
 
     public string CreditCode { get; init; } = "";
 
@@ -137,9 +141,9 @@ internal sealed record RunOptions
             return Fail($"give --api-key or set {ApiKeyVariable}: the provider's API key");
         }
 
-        if (!Uri.TryCreate(server, UriKind.Absolute, out Uri? serverUri) || serverUri.Scheme is not ("http" or "https"))
+        if (!ServerList.TryParse(server!, "--server", out ServerList? servers, out string? badServer))
         {
-            return Fail($"--server '{server}' is not an https:// address");
+            return Fail(badServer!);
         }
 
         DeviceFilter devices = DeviceFilter.Auto;
@@ -190,7 +194,7 @@ internal sealed record RunOptions
 
         RunOptions Options(string? cpuDeviceUuid) => new()
         {
-            Server = serverUri,
+            Servers = servers!,
             CreditCode = Value("--code")!,
             NodeId = Value("--node-id")!,
             KeyPath = Value("--key")!,

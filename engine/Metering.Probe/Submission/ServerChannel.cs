@@ -1,65 +1,40 @@
-using System.Security.Cryptography;
-using System.Security.Cryptography.X509Certificates;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Metering.Client.Channels;
 
 namespace Metering.Probe.Submission;
 
 /// <summary>
 /// The channel to the Metering server, with the same rules as the `metering` CLI: the API key
 /// travels in a header, so cleartext only to this machine, and `--ca` trusts exactly one private CA
-/// (the host name is still checked) instead of the system's roots.
+/// (the host name is still checked) instead of the system's roots. Several servers are balanced
+/// round-robin, as the CLI's `--server a,b`.
 /// </summary>
 internal static class ServerChannel
 {
     /// <summary>A probe report is at most 16 MiB (capacity.proto); answers are far smaller, requests carry the report.</summary>
     private const int SendBytesMax = 17 * 1024 * 1024;
 
-    /// <exception cref="ArgumentException">The address or the CA file is not usable; the message says why.</exception>
-    public static GrpcChannel Open(Uri server, string? caPath)
+    /// <summary>
+    /// A channel to the server, or round-robin over the servers, that --server names, through the
+    /// client library's one channel builder (the same rules as the `metering` CLI).
+    /// </summary>
+    /// <exception cref="ArgumentException">An address or the CA file is not usable; the message says why.</exception>
+    public static GrpcChannel Open(ServerList servers, string? caPath)
     {
-        if (server.Scheme == Uri.UriSchemeHttp && !server.IsLoopback)
+        if (!string.IsNullOrEmpty(caPath) && !File.Exists(caPath))
         {
-            throw new ArgumentException($"--server {server} is http:// to another machine: the API key would travel in cleartext. Use https://{server.Authority} (with --ca for a private CA)");
+            throw new ArgumentException($"--ca: no file at {Path.GetFullPath(caPath)}");
         }
 
-        if (server.Scheme != Uri.UriSchemeHttp && server.Scheme != Uri.UriSchemeHttps)
+        try
         {
-            throw new ArgumentException($"--server {server} is not an http:// or https:// address");
+            return MeteringChannel.Open(new ChannelSettings(servers, caPath) { SendBytesMax = SendBytesMax });
         }
-
-        var handler = new SocketsHttpHandler { EnableMultipleHttp2Connections = true };
-        if (!string.IsNullOrEmpty(caPath))
+        catch (ArgumentException e) when (!string.IsNullOrEmpty(caPath) && e.Message.StartsWith(caPath, StringComparison.Ordinal))
         {
-            if (!File.Exists(caPath))
-            {
-                throw new ArgumentException($"--ca: no file at {Path.GetFullPath(caPath)}");
-            }
-
-            var roots = new X509Certificate2Collection();
-            try
-            {
-                roots.ImportFromPemFile(caPath);
-            }
-            catch (CryptographicException e)
-            {
-                throw new ArgumentException($"--ca {caPath}: {e.Message}", e);
-            }
-
-            if (roots.Count == 0)
-            {
-                throw new ArgumentException($"--ca {caPath} holds no PEM certificate");
-            }
-
-            handler.SslOptions.CertificateChainPolicy = new X509ChainPolicy
-            {
-                TrustMode = X509ChainTrustMode.CustomRootTrust,
-                RevocationMode = X509RevocationMode.NoCheck,
-            };
-            handler.SslOptions.CertificateChainPolicy.CustomTrustStore.AddRange(roots);
+            throw new ArgumentException($"--ca {e.Message}", e);
         }
-
-        return GrpcChannel.ForAddress(server, new GrpcChannelOptions { HttpHandler = handler, DisposeHttpClient = true, MaxSendMessageSize = SendBytesMax });
     }
 
     public static Metadata Bearer(string apiKey) => new() { { "authorization", "Bearer " + apiKey } };

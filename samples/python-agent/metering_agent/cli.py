@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -63,7 +64,8 @@ def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     connection = common.add_argument_group("connection")
     connection.add_argument("--server", default=os.environ.get("METERING_SERVER", "http://127.0.0.1:7390"),
-                            help="https://HOST:PORT (or http:// on loopback); default $METERING_SERVER or http://127.0.0.1:7390")
+                            help="https://HOST:PORT (or http:// on loopback), or several stateless servers on one database, comma-separated, "
+                                 "taken in turn; default $METERING_SERVER or http://127.0.0.1:7390")
     connection.add_argument("--api-key", default=os.environ.get("METERING_API_KEY"), help="the provider's API key; default $METERING_API_KEY")
     connection.add_argument("--ca", type=Path, default=os.environ.get("METERING_CA"), help="PEM file of the CA to trust instead of the system's roots; default $METERING_CA")
     connection.add_argument("--client-cert", type=Path, help="PEM client certificate, for a key pinned to it (mutual TLS)")
@@ -128,7 +130,7 @@ def _run(arguments: argparse.Namespace) -> int:
     from .receipts import ReceiptChecker, load_public_key
     from .state import StateFile
     from .stream import StreamSettings, Streamer
-    from .transport import CALL_TIMEOUT_S, Endpoint, Services, UsageError, error_from, open_channel
+    from .transport import CALL_TIMEOUT_S, Endpoint, Services, UsageError, error_from, open_channels
     from .upload import file_sha256, upload
 
     if not arguments.api_key:
@@ -170,9 +172,8 @@ def _run(arguments: argparse.Namespace) -> int:
         upload_id = arguments.upload_id or file_sha256(arguments.file)
 
     endpoint = Endpoint(arguments.server, arguments.api_key, arguments.ca, arguments.client_cert, arguments.client_key)
-    channel = open_channel(endpoint)
-    with channel:
-        services = Services(channel, arguments.api_key, pb)
+    with contextlib.ExitStack() as channels:
+        services = Services([channels.enter_context(channel) for channel in open_channels(endpoint)], arguments.api_key, pb)
         if not trusted:
             try:
                 published = services.get_signing_key(pb["audit"].GetSigningKeyRequest(), metadata=services.metadata, timeout=CALL_TIMEOUT_S)

@@ -95,11 +95,30 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def open_channel(endpoint: Endpoint) -> grpc.Channel:
-    """A channel over TLS (https://), or cleartext to a loopback address only (http://); it connects on the first call."""
-    parts = urlsplit(endpoint.url)
+SERVERS_MAX = 16
+"""The most servers one --server names, as the C# client takes (ServerList.ServersMax)."""
+
+
+def open_channels(endpoint: Endpoint) -> list[grpc.Channel]:
+    """One channel per server --server names (comma-separated: several stateless servers on one database); each connects on its first call."""
+    urls = [url.strip() for url in endpoint.url.split(",") if url.strip()]
+    if not urls:
+        raise UsageError("--server names no server")
+    if len(urls) > SERVERS_MAX:
+        raise UsageError(f"--server names {len(urls)} servers; at most {SERVERS_MAX} are taken")
+    if len({urlsplit(url).scheme for url in urls}) > 1:
+        raise UsageError("--server mixes http:// and https://; every server is reached the same way")
+    authorities = [urlsplit(url).netloc.lower() for url in urls]
+    if len(set(authorities)) < len(authorities):
+        raise UsageError("--server names a server twice")
+    return [_open_channel(url, endpoint) for url in urls]
+
+
+def _open_channel(url: str, endpoint: Endpoint) -> grpc.Channel:
+    """A channel over TLS (https://), or cleartext to a loopback address only (http://)."""
+    parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in ("", "/"):
-        raise UsageError(f"--server must be https://HOST:PORT (or http:// on loopback), not '{endpoint.url}'")
+        raise UsageError(f"--server must be https://HOST:PORT (or http:// on loopback), not '{url}'")
     host = parts.hostname
     port = parts.port or (443 if parts.scheme == "https" else 80)
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -121,20 +140,47 @@ def open_channel(endpoint: Endpoint) -> grpc.Channel:
     return grpc.secure_channel(target, credentials)
 
 
+class _RoundRobin:
+    """
+    One rpc over several servers: each call goes to the next server in turn, so a stream that
+    reconnects after its server went away lands on another. A unary call that finds its server
+    unreachable (UNAVAILABLE without a reason) is tried on the others before it fails; a
+    streaming call is not, since its requests are consumed as they go: its caller reconnects.
+    """
+
+    def __init__(self, callables: list, unary: bool) -> None:
+        self._callables, self._unary, self._next = callables, unary, 0
+
+    def _take(self):
+        chosen = self._callables[self._next % len(self._callables)]
+        self._next += 1
+        return chosen
+
+    def __call__(self, request, **options):
+        if not self._unary:
+            return self._take()(request, **options)
+        for attempt in range(len(self._callables)):
+            try:
+                return self._take()(request, **options)
+            except grpc.RpcError as error:
+                if attempt == len(self._callables) - 1 or not isinstance(error_from(error), Unreachable):
+                    raise
+        raise AssertionError("unreachable: the loop returns or raises")
+
+
 class Services:
     """The rpcs the agent calls, through grpc's generic callables and the messages' own (de)serialisers."""
 
-    def __init__(self, channel: grpc.Channel, api_key: str, pb: dict) -> None:
+    def __init__(self, channels: list[grpc.Channel], api_key: str, pb: dict) -> None:
         self.pb = pb
         self.metadata = (("authorization", f"Bearer {api_key}"),)
         ingest, rawlog, audit = pb["ingest"], pb["rawlog"], pb["audit"]
-        self.ingest_stream = channel.stream_stream(
-            "/metering.v1.IngestService/Stream", ingest.IngestRequest.SerializeToString, ingest.IngestResponse.FromString)
-        self.upload_log = channel.stream_unary(
-            "/metering.v1.RawLogService/UploadLog", rawlog.LogChunk.SerializeToString, rawlog.UploadReport.FromString)
-        self.get_upload = channel.unary_unary(
-            "/metering.v1.RawLogService/GetUpload", rawlog.GetUploadRequest.SerializeToString, rawlog.UploadReport.FromString)
-        self.get_signing_key = channel.unary_unary(
-            "/metering.v1.AuditService/GetSigningKey", audit.GetSigningKeyRequest.SerializeToString, audit.SigningKey.FromString)
-        self.get_chain_hashes = channel.unary_unary(
-            "/metering.v1.AuditService/GetChainHashes", audit.GetChainHashesRequest.SerializeToString, audit.GetChainHashesResponse.FromString)
+
+        def rpc(kind: str, method: str, request: Any, response: Any) -> _RoundRobin:
+            return _RoundRobin([getattr(channel, kind)(method, request.SerializeToString, response.FromString) for channel in channels], kind == "unary_unary")
+
+        self.ingest_stream = rpc("stream_stream", "/metering.v1.IngestService/Stream", ingest.IngestRequest, ingest.IngestResponse)
+        self.upload_log = rpc("stream_unary", "/metering.v1.RawLogService/UploadLog", rawlog.LogChunk, rawlog.UploadReport)
+        self.get_upload = rpc("unary_unary", "/metering.v1.RawLogService/GetUpload", rawlog.GetUploadRequest, rawlog.UploadReport)
+        self.get_signing_key = rpc("unary_unary", "/metering.v1.AuditService/GetSigningKey", audit.GetSigningKeyRequest, audit.SigningKey)
+        self.get_chain_hashes = rpc("unary_unary", "/metering.v1.AuditService/GetChainHashes", audit.GetChainHashesRequest, audit.GetChainHashesResponse)
