@@ -141,8 +141,8 @@ public sealed class FailoverTests(ITestOutputHelper output)
         // The streams finished, so the killed node is the synchronous standby again and the server
         // acknowledges; the rerun on the new primary settles the day the interrupted run never
         // committed, to the hash that run computed before the kill, and a third call finds it closed.
-        Protocol.V1.Settlement rerun = await settlement.SettleDayAsync(settleRequest, batch, deadline: DateTime.UtcNow.AddMinutes(3));
-        Protocol.V1.Settlement again = await settlement.SettleDayAsync(settleRequest, batch, deadline: DateTime.UtcNow.AddMinutes(3));
+        Protocol.V1.Settlement rerun = await SettleAsync(settlement, settleRequest, batch);
+        Protocol.V1.Settlement again = await SettleAsync(settlement, settleRequest, batch);
         bool settlementHashEqual = rerun.SettlementSha256 == hashBeforeKill && again.SettlementSha256 == hashBeforeKill;
 
         long stored = 0, lost = 0, duplicated = 0;
@@ -211,6 +211,27 @@ public sealed class FailoverTests(ITestOutputHelper output)
         }
 
         throw new InvalidOperationException("the run's stream ended before its pause");
+    }
+
+    /// <summary>
+    /// Settles the day as the nightly batch does: a refusal that says "later" (the database failing
+    /// over, replication not yet durable again) is retried for up to a minute, anything else fails.
+    /// </summary>
+    private static async Task<Protocol.V1.Settlement> SettleAsync(SettlementService.SettlementServiceClient settlement, SettleDayRequest request, Metadata batch)
+    {
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            try
+            {
+                return await settlement.SettleDayAsync(request, batch, deadline: DateTime.UtcNow.AddMinutes(3));
+            }
+            catch (RpcException later) when (later.StatusCode == StatusCode.Unavailable && clock.Elapsed < TimeSpan.FromMinutes(1)
+                && later.GetRpcStatus()?.GetDetail<ErrorInfo>()?.Reason is "DATABASE_UNAVAILABLE" or "REPLICATION_NOT_DURABLE")
+            {
+                await Task.Delay(500);
+            }
+        }
     }
 
     private static async Task ReadToEndAsync(IAsyncStreamReader<SettleDayProgress> steps)
