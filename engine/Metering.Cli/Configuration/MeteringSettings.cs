@@ -388,6 +388,9 @@ internal sealed class MeteringSettings
         return keys;
     }
 
+    /// <summary>Every setting there is, `Area:Name`, with its built-in default as `config show` prints it: what README's Configuration section must list.</summary>
+    internal static IReadOnlyDictionary<string, string?> DefaultsByKey() => Defaults();
+
     private static IEnumerable<PropertyInfo> Settable(Type type) =>
         type.GetProperties(BindingFlags.Public | BindingFlags.Instance).Where(p => p.SetMethod is { IsPublic: true } && p.GetIndexParameters().Length == 0);
 
