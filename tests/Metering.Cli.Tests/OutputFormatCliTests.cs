@@ -16,7 +16,7 @@ namespace Metering.Cli.Tests;
 /// the CLI does not know is a usage error.
 /// </summary>
 [Collection(PostgresCollection.Name)]
-public sealed class OutputFormatCliTests(PostgresFixture postgres)
+public sealed partial class OutputFormatCliTests(PostgresFixture postgres)
 {
     private const string Day = "2026-11-20";
 

@@ -228,11 +228,11 @@ public sealed class RegistryCliTests(PostgresFixture postgres)
     }
 
     /// <summary>A provider key for <paramref name="creditCode"/>, issued as `key issue` would.</summary>
-    private static async Task<string> ProviderKeyAsync(NpgsqlDataSource dataSource, string creditCode) =>
+    internal static async Task<string> ProviderKeyAsync(NpgsqlDataSource dataSource, string creditCode) =>
         (await new CredentialStore(dataSource, TimeProvider.System).IssueAsync(Admissions.Operator, Role.Provider, creditCode, "registry-cli-test", CancellationToken.None)).Key;
 
     /// <summary>The sample application, made out for the given batch, applicant and item, in a file of its own.</summary>
-    private static async Task<string> ApplicationFileAsync(string batchId, string creditCode, string serviceItem = Admissions.ServiceItem)
+    internal static async Task<string> ApplicationFileAsync(string batchId, string creditCode, string serviceItem = Admissions.ServiceItem)
     {
         string sample = Path.Combine(TestRecords.RepositoryRoot(), "samples", "Registry", "application.json");
         FileApplicationRequest request = JsonParser.Default.Parse<FileApplicationRequest>(await File.ReadAllTextAsync(sample));

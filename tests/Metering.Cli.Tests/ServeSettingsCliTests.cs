@@ -1,10 +1,13 @@
+using System.Diagnostics;
 using System.Text.Json;
 using Grpc.Core;
 using Grpc.Health.V1;
 using Grpc.Net.Client;
 using Metering.Engine.Fixtures;
 using Metering.Fixtures;
+using Metering.Protocol.V1;
 using Metering.Server.Fixtures;
+using Npgsql;
 
 namespace Metering.Cli.Tests;
 
@@ -59,6 +62,98 @@ public sealed class ServeSettingsCliTests(PostgresFixture postgres)
         Assert.Equal(7, response.RootElement.GetProperty("anomaliesPerKindMax").GetInt32());
     }
 
+    [Fact]
+    public async Task A_connection_taking_over_a_stream_whose_holder_is_stuck_in_a_commit_waits_the_configured_takeover_wait_not_30_s()
+    {
+        string owner = await postgres.CreateDatabaseAsync();
+        int port = ServerProcess.FreePort();
+        var address = new Uri($"http://127.0.0.1:{port}");
+        await using ServerProcess server = await ServerProcess.StartAsync(address, new Dictionary<string, string>(),
+            "serve", "--connection", PostgresFixture.AsRuntimeRole(owner), "--listen", address.ToString(), "--signing-key", ServerProcess.SigningKeyPath,
+            "--set", "Ingest:TakeoverWaitMax=00:00:01.500");
+        using GrpcChannel channel = GrpcChannel.ForAddress(server.Address);
+        var client = new IngestService.IngestServiceClient(channel);
+        await using IngestCall holder = await IngestCall.OpenAsync(client, "takeover-wait");
+
+        // The holder's commit waits on a lock the test holds, and a commit once started runs to its end: the holder cannot let go.
+        await using var locker = new NpgsqlConnection(owner);
+        await locker.OpenAsync();
+        await using NpgsqlTransaction locked = await locker.BeginTransactionAsync();
+        await using (var lockRecords = new NpgsqlCommand("LOCK TABLE usage_records IN ACCESS EXCLUSIVE MODE", locker, locked))
+        {
+            await lockRecords.ExecuteNonQueryAsync();
+        }
+
+        var batch = new UsageBatch();
+        batch.Records.Add(TestRecords.Range(1, 3));
+        await holder.WriteRawAsync(new IngestRequest { Batch = batch });
+        await WaitForLockWaiterAsync(owner);
+
+        var waited = Stopwatch.StartNew();
+        RpcException refused = await IngestCall.OpenRefusedAsync(client, "takeover-wait");
+        waited.Stop();
+        Assert.Equal(StatusCode.Unavailable, refused.StatusCode);
+        Assert.Contains("did not let go within 1500 ms", refused.Status.Detail, StringComparison.Ordinal);
+        Assert.InRange(waited.Elapsed, TimeSpan.FromSeconds(1.4), TimeSpan.FromSeconds(15));
+
+        // Once the lock goes the holder's commit ends, and the next opener resumes after it: nothing was lost.
+        await locked.RollbackAsync();
+        var reopened = Stopwatch.StartNew();
+        await using IngestCall next = await IngestCall.OpenAsync(client, "takeover-wait");
+        Assert.Equal(3UL, next.Opened.CommittedSequence);
+        Assert.True(reopened.Elapsed < TimeSpan.FromSeconds(15), $"the reopen took {reopened.Elapsed}");
+    }
+
+    [Fact]
+    public async Task Serve_serves_metrics_on_the_address_its_settings_file_names_and_the_environment_overrides_the_file()
+    {
+        string database = PostgresFixture.AsRuntimeRole(await postgres.CreateDatabaseAsync());
+        int port = ServerProcess.FreePort();
+        int metricsPort = ServerProcess.FreePort();
+        var address = new Uri($"http://127.0.0.1:{port}");
+        string folder = Directory.CreateTempSubdirectory("metering-telemetry-").FullName;
+        string file = Path.Combine(folder, "metering.json");
+        await File.WriteAllTextAsync(file, $$$"""{"Telemetry": {"MetricsListen": "http://127.0.0.1:{{{metricsPort}}}"}}""");
+
+        await using (ServerProcess server = await ServerProcess.StartAsync(address, new Dictionary<string, string>(),
+            "serve", "--connection", database, "--listen", address.ToString(), "--signing-key", ServerProcess.SigningKeyPath, "--config", file))
+        {
+            using GrpcChannel channel = GrpcChannel.ForAddress(server.Address);
+            // A call with a key counts a key look-up, so the scrape has a series of the engine's to show.
+            await new AccessService.AccessServiceClient(channel).ListKeysAsync(new ListKeysRequest(), TestServer.Bearer(TestServer.OperatorKey));
+            using var http = new HttpClient();
+            string scrape = await http.GetStringAsync(new Uri($"http://127.0.0.1:{metricsPort}/metrics"));
+            Assert.Contains("metering_", scrape, StringComparison.Ordinal);
+            Assert.Contains(server.Output, line => line.Contains($"Serving Prometheus metrics on http://127.0.0.1:{metricsPort}/metrics", StringComparison.Ordinal));
+        }
+
+        // The environment wins over the file, and `config show` says where each value came from.
+        var (exit, shown) = await CliProcess.RunWithEnvironmentAsync(
+            new Dictionary<string, string> { ["METERING__Telemetry__MetricsListen"] = "http://127.0.0.1:9465", ["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf" },
+            "config", "show", "--config", file, "--output", "json");
+        Assert.True(exit == 0, shown);
+        JsonElement[] settings = [.. JsonDocument.Parse(shown).RootElement.EnumerateArray()];
+        JsonElement listen = settings.Single(s => s.GetProperty("key").GetString() == "Telemetry:MetricsListen");
+        Assert.Equal("http://127.0.0.1:9465", listen.GetProperty("value").GetString());
+        Assert.Equal("env METERING__Telemetry__MetricsListen", listen.GetProperty("source").GetString());
+        JsonElement protocol = settings.Single(s => s.GetProperty("key").GetString() == "Telemetry:OtlpProtocol");
+        Assert.Equal("http/protobuf", protocol.GetProperty("value").GetString());
+        Assert.Equal("env OTEL_EXPORTER_OTLP_PROTOCOL", protocol.GetProperty("source").GetString());
+    }
+
+    [Theory]
+    [InlineData("METERING__Telemetry__MetricsListen", "http://0.0.0.0:9464", "setting Telemetry:MetricsListen = 'http://0.0.0.0:9464' (from env METERING__Telemetry__MetricsListen) is refused")]
+    [InlineData("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift", "setting Telemetry:OtlpProtocol = 'thrift' (from env OTEL_EXPORTER_OTLP_PROTOCOL) is refused: Telemetry setting OtlpProtocol must be grpc or http/protobuf")]
+    [InlineData("METERING__Ingest__TakeoverWaitMax", "00:00:00.050", "setting Ingest:TakeoverWaitMax = '00:00:00.050' (from env METERING__Ingest__TakeoverWaitMax) is refused: Ingest limit TakeoverWaitMax must be between 100 ms and 10 minutes")]
+    public async Task Serve_refuses_a_telemetry_or_takeover_setting_out_of_range_with_exit_2_naming_it_and_its_source_before_it_starts(string variable, string value, string message)
+    {
+        string dataFolder = Path.Combine(Path.GetTempPath(), $"metering-settings-never-{Guid.NewGuid():N}");
+        var (exit, output) = await CliProcess.RunWithEnvironmentAsync(new Dictionary<string, string> { [variable] = value }, "serve", "--data-dir", dataFolder);
+        Assert.Equal(2, exit);
+        Assert.Contains("error: " + message, output, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(dataFolder));
+    }
+
     [Theory]
     [InlineData("Settlement:DaySegments=9", "setting Settlement:DaySegments = '9' (from command line) is refused: Settlement setting DaySegments must be between 1 and 8")]
     [InlineData("Anomalies:Silence=00:00:30", "setting Anomalies:Silence = '00:00:30' (from command line) is refused: Detector setting Silence must be between 1 minute and 31 days")]
@@ -86,6 +181,20 @@ public sealed class ServeSettingsCliTests(PostgresFixture postgres)
         var (badExit, bad) = await CliProcess.RunAsync("db", "migrate", "--connection", database, "--log-level", "Chatty");
         Assert.Equal(2, badExit);
         Assert.Contains("Chatty", bad, StringComparison.Ordinal);
+    }
+
+    /// <summary>Waits until a session of the database waits on a lock: the holder's commit has reached the locked table.</summary>
+    private static async Task WaitForLockWaiterAsync(string connectionString)
+    {
+        await using var connection = new NpgsqlConnection(connectionString);
+        await connection.OpenAsync();
+        await using var waiters = new NpgsqlCommand("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'", connection);
+        var deadline = Stopwatch.StartNew();
+        while ((long)(await waiters.ExecuteScalarAsync())! == 0)
+        {
+            Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(30), "the holder's commit never reached the locked table");
+            await Task.Delay(50);
+        }
     }
 
     private static List<JsonElement> JsonLines(string output) =>

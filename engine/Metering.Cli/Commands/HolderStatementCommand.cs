@@ -27,7 +27,10 @@ internal static class HolderStatementCommand
         var holder = new Option<string>("--holder") { Description = "The holder's 18-character credit code.", Required = true };
         var day = new Option<string>("--day") { Description = "The first closed day (yyyy-MM-dd, Asia/Shanghai).", Required = true };
         var to = new Option<string?>("--to") { Description = $"The last closed day, inclusive; --day alone when left out. At most {HolderStatements.PeriodDaysMax} days in all." };
-        var format = new Option<string>("--format") { Description = "text or json.", DefaultValueFactory = _ => "text" };
+        var format = new Option<string>("--format") {
+            Description = "text or json. A statement is a document with its own formats, so this command takes --format, not --output.",
+            DefaultValueFactory = _ => "text",
+        };
         format.AcceptOnlyFromAmong("text", "json");
         var output = new Option<string?>("--out") { Description = "File to write the statement to; standard output when left out." };
         return ClientCommand.Create("statement", """

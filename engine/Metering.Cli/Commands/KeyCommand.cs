@@ -204,7 +204,8 @@ internal static class KeyCommand
             Description = "Where to write the new private key (PEM, mode 0600). An existing file is never overwritten.",
             Required = true,
         };
-        var create = new Command("new", "Make a new ECDSA P-256 signing key for `metering serve --signing-key`. Prints its public key and key id, to publish.") { output };
+        var createFormat = OutputOption.Create();
+        var create = new Command("new", "Make a new ECDSA P-256 signing key for `metering serve --signing-key`. Prints its public key and key id, to publish.") { output, createFormat };
         create.SetAction(parse =>
         {
             string path = parse.GetValue(output)!;
@@ -220,18 +221,19 @@ internal static class KeyCommand
             }
 
             Console.Error.WriteLine($"Wrote {path}. Keep it outside the database and back it up; publish the public key below.");
-            WritePublic(key.PublicKey);
+            WritePublic(key.PublicKey, parse.GetValue(createFormat));
             return 0;
         });
 
         var file = new Argument<string>("file") { Description = "The private key file that `metering serve --signing-key` uses." };
-        var show = new Command("show", "Print a signing key's public key (PEM) and key id, to publish.") { file };
+        var showFormat = OutputOption.Create();
+        var show = new Command("show", "Print a signing key's public key (PEM) and key id, to publish; --output json or csv gives keyId and publicKeyPem.") { file, showFormat };
         show.SetAction(parse =>
         {
             try
             {
                 using ServerSigningKey key = ServerSigningKey.Load(parse.GetValue(file)!);
-                WritePublic(key.PublicKey);
+                WritePublic(key.PublicKey, parse.GetValue(showFormat));
                 return 0;
             }
             catch (SigningKeyException e)
@@ -244,8 +246,16 @@ internal static class KeyCommand
         return new Command("signing", "The server's signing key: receipts on acknowledgements and the transparency log's tree heads are signed with it.") { create, show };
     }
 
-    private static void WritePublic(ServerPublicKey key)
+    private static void WritePublic(ServerPublicKey key, OutputFormat format)
     {
+        if (format != OutputFormat.Table)
+        {
+            var row = new Rows(Column.DataOnly("keyId"), Column.DataOnly("publicKeyPem"));
+            row.Add(key.KeyId, key.Pem);
+            row.WriteOne(format, Console.Out);
+            return;
+        }
+
         Console.WriteLine($"key id: {key.KeyId}");
         Console.Write(key.Pem);
         Console.WriteLine();

@@ -167,10 +167,11 @@ internal static class RegistryCommand
         var reason = RegistryInput.Text("--reason",
             "Why the rules change: required to change the rules of a batch whose filing window has opened (a correction, recorded as a new version with this reason).",
             required: false);
+        var putOutput = OutputOption.Create();
         var put = RegistryInput.Subcommand("put",
             "Open an admission batch from a rules file, or change one. Once the batch's filing window has opened its rules change only by a correction with --reason; "
             + "a batch with applications keeps its validity end. A file that states the rules in force changes nothing.",
-            rules, reason);
+            rules, reason, putOutput);
         RegistryInput.SetAction(put, parse =>
         {
             AdmissionBatch batch = BatchRulesFile.Read(parse.GetValue(rules)!);
@@ -178,8 +179,9 @@ internal static class RegistryCommand
             return async call =>
             {
                 AdmissionBatch saved = await call.Registry.PutAdmissionBatchAsync(batch, call.Options);
-                Console.WriteLine($"Saved batch {saved.BatchId}, rules version {saved.RulesVersion}.");
-                RegistryOutput.WriteBatches([saved]);
+                OutputFormat format = parse.GetValue(putOutput);
+                (format == OutputFormat.Table ? Console.Out : Console.Error).WriteLine($"Saved batch {saved.BatchId}, rules version {saved.RulesVersion}.");
+                RegistryOutput.WriteBatches([saved], format);
             };
         });
 
@@ -204,7 +206,8 @@ internal static class RegistryCommand
             var code = RegistryInput.CreditCode("The provider's credit code.");
             var serviceItem = RegistryInput.Text("--item", "The admitted service item, for example gpu-training.");
             var reasons = RegistryInput.Text("--reasons", "Why; required to suspend or revoke.", required: false);
-            var command = RegistryInput.Subcommand(RegistryOutput.Name(action).ToLowerInvariant(), description, code, serviceItem, reasons);
+            var output = OutputOption.Create();
+            var command = RegistryInput.Subcommand(RegistryOutput.Name(action).ToLowerInvariant(), description, code, serviceItem, reasons, output);
             RegistryInput.SetAction(command, parse =>
             {
                 var request = new ChangeServiceItemStatusRequest
@@ -214,7 +217,7 @@ internal static class RegistryCommand
                     Action = action,
                     Reasons = parse.GetValue(reasons)!,
                 };
-                return async call => RegistryOutput.WriteServiceItem(await call.Registry.ChangeServiceItemStatusAsync(request, call.Options));
+                return async call => RegistryOutput.WriteServiceItem(await call.Registry.ChangeServiceItemStatusAsync(request, call.Options), parse.GetValue(output));
             });
             item.Subcommands.Add(command);
         }
@@ -226,9 +229,10 @@ internal static class RegistryCommand
     {
         var code = RegistryInput.CreditCode("The organisation's credit code.");
         var reasons = RegistryInput.Text("--reasons", "What was found false.");
+        var output = OutputOption.Sections("registry false-materials");
         var command = RegistryInput.Subcommand("false-materials",
             "Record that an organisation filed false materials: its pending applications are rejected, its admitted items revoked, and it goes on the integrity_anomaly list from today.",
-            code, reasons);
+            code, reasons, output);
         RegistryInput.SetAction(command, parse =>
         {
             var request = new RecordFalseMaterialsRequest { CreditCode = parse.GetValue(code)!, Reasons = parse.GetValue(reasons)! };
@@ -236,9 +240,11 @@ internal static class RegistryCommand
             {
                 Organisation organisation = await call.Registry.RecordFalseMaterialsAsync(request, call.Options);
                 IReadOnlyList<Application> applications = await ApplicationsOfAsync(call, request.CreditCode);
-                Console.WriteLine($"Recorded false materials of {organisation.CreditCode}.");
-                Console.WriteLine();
-                RegistryOutput.WriteOrganisation(organisation, applications, TimeProvider.System.GetUtcNow());
+                OutputFormat format = parse.GetValue(output);
+                TextWriter words = format == OutputFormat.Table ? Console.Out : Console.Error;
+                words.WriteLine($"Recorded false materials of {organisation.CreditCode}.");
+                words.WriteLine();
+                RegistryOutput.WriteOrganisation(organisation, applications, TimeProvider.System.GetUtcNow(), format);
             };
         });
         return command;

@@ -70,13 +70,23 @@ internal static class RegistryOutput
 
     // ---------------------------------------------------------------- applications
 
-    /// <summary>An application's summary and its stages: what every workflow command prints.</summary>
-    public static void WriteApplication(Application application)
+    /// <summary>
+    /// An application's summary and its stages: what every workflow command prints; as JSON one
+    /// object with the members application, verificationParts and stages.
+    /// </summary>
+    public static void WriteApplication(Application application, OutputFormat format = OutputFormat.Table)
     {
+        if (format == OutputFormat.Json)
+        {
+            new Sections().One("application", SummaryRows(application, detail: false)).Many("verificationParts", VerificationPartRows(application))
+                .Many("stages", StageRows(application.Stages)).WriteJson(Console.Out);
+            return;
+        }
+
         Fields(Summary(application));
         WriteVerificationParts(application);
         Console.WriteLine();
-        WriteStages(application.Stages);
+        StageRows(application.Stages).WriteTable(Console.Out);
     }
 
     /// <summary>
@@ -91,61 +101,90 @@ internal static class RegistryOutput
             return;
         }
 
-        var table = new TextTable("source", "device model", "devices", "FP16 PFLOPS");
-        foreach (VerificationPart part in application.VerificationParts)
-        {
-            bool probe = part.Source == VerificationSource.Probe;
-            table.Add(probe ? $"probe: fleet validation {part.ValidationId}" : "commissioned verifier's figure",
-                probe ? "(the validation's inventory)" : part.DeviceModel, probe ? "" : Count((long)part.Devices), Pflops(part.Fp16Gflops));
-        }
-
+        TextTable table = VerificationPartRows(application).ToTable();
         table.Add("total", "", "", Pflops(application.VerificationParts.Sum(p => p.Fp16Gflops)));
         Section("Verified capacity by part", table, application.VerificationParts.Count);
     }
 
-    /// <summary>Everything on record about an application.</summary>
-    public static void WriteApplicationDetail(Application application, DeviceCatalog catalog)
+    /// <summary>The parts of a verification; the data names the source (probe or verifier) and carries capacity as integer GFLOPS.</summary>
+    private static Rows VerificationPartRows(Application application)
     {
+        var rows = new Rows(Column.TableOnly("source"), Column.DataOnly("source"), Column.DataOnly("validationId"), ("device model", "deviceModel"), ("devices", "devices"),
+            ("FP16 PFLOPS", "fp16Gflops"));
+        foreach (VerificationPart part in application.VerificationParts)
+        {
+            bool probe = part.Source == VerificationSource.Probe;
+            rows.Add(probe ? $"probe: fleet validation {part.ValidationId}" : "commissioned verifier's figure", probe ? "probe" : "verifier",
+                probe ? Cell.Data(part.ValidationId) : Cell.Data(null), probe ? Cell.Data(null, "(the validation's inventory)") : part.DeviceModel,
+                probe ? Cell.Data(null) : Cell.Number(part.Devices, Count((long)part.Devices)), Cell.Number(part.Fp16Gflops, Pflops(part.Fp16Gflops)));
+        }
+
+        return rows;
+    }
+
+    /// <summary>
+    /// Everything on record about an application; as JSON one object with the members
+    /// application, materials, capacity, verificationParts, fees and stages.
+    /// </summary>
+    public static void WriteApplicationDetail(Application application, DeviceCatalog catalog, OutputFormat format = OutputFormat.Table)
+    {
+        var materials = new Rows(("material", "kind"), Column.DataOnly("documentRef"), Column.TableOnly("document"), Column.TableOnly("sha256"), Column.DataOnly("sha256"));
+        foreach (Material material in application.Materials)
+        {
+            materials.Add(Name(material.Kind), material.DocumentRef, material.DocumentRef, material.Sha256[..Math.Min(Sha256PrefixChars, material.Sha256.Length)] + "…", material.Sha256);
+        }
+
+        // The last column says whether the probe can prove the figure or only the commissioned verifier can.
+        var capacity = new Rows(("site", "site"), ("device model", "deviceModel"), ("devices", "deviceCount"), ("FP16 PFLOPS", "fp16Gflops"), ("capacity figure", "capacityFigure"));
+        foreach (DeclaredDevices devices in application.Capacity)
+        {
+            DeviceModel? model = catalog.Find(devices.DeviceModel);
+            capacity.Add(devices.Site, devices.DeviceModel, Cell.Number(devices.DeviceCount, Count(devices.DeviceCount)),
+                model is null ? Cell.Data(null) : Cell.Number(devices.DeviceCount * model.Fp16DenseGflops, Pflops(devices.DeviceCount * model.Fp16DenseGflops)),
+                model is null ? Cell.Data(null) : model.CapacityFromVerifier ? "commissioned verifier" : "probe");
+        }
+
+        var fees = new Rows(("device model", "deviceModel"), ("unit", "unit"), ("price (fen)", "priceFen"), Column.TableOnly("yuan"));
+        foreach (FeeLine line in application.Fees)
+        {
+            fees.Add(line.DeviceModel, Name(line.Unit), Cell.Number(line.PriceFen, Count(line.PriceFen)), Yuan(line.PriceFen));
+        }
+
+        if (format == OutputFormat.Json)
+        {
+            new Sections().One("application", SummaryRows(application, detail: true)).Many("materials", materials).Many("capacity", capacity)
+                .Many("verificationParts", VerificationPartRows(application)).Many("fees", fees).Many("stages", StageRows(application.Stages)).WriteJson(Console.Out);
+            return;
+        }
+
         var fields = Summary(application);
         fields.Add(("proof stream", $"{application.MeteringProofStream} ({application.MeteringProofRecords} records at filing)"));
         fields.Add(("service content", application.ServiceContent));
         fields.Add(("service standards", application.ServiceStandards));
         Fields(fields);
-
-        var materials = new TextTable("material", "document", "sha256");
-        foreach (Material material in application.Materials)
-        {
-            materials.Add(Name(material.Kind), material.DocumentRef, material.Sha256[..Math.Min(Sha256PrefixChars, material.Sha256.Length)] + "…");
-        }
-
-        Section("Materials", materials, application.Materials.Count);
-
-        // The last column says whether the probe can prove the figure or only the commissioned verifier can.
-        var capacity = new TextTable("site", "device model", "devices", "FP16 PFLOPS", "capacity figure");
-        foreach (DeclaredDevices devices in application.Capacity)
-        {
-            DeviceModel? model = catalog.Find(devices.DeviceModel);
-            capacity.Add(devices.Site, devices.DeviceModel, Count(devices.DeviceCount), model is null ? "" : Pflops(devices.DeviceCount * model.Fp16DenseGflops),
-                model is null ? "" : model.CapacityFromVerifier ? "commissioned verifier" : "probe");
-        }
-
-        Section("Declared capacity", capacity, application.Capacity.Count);
+        Section("Materials", materials.ToTable(), application.Materials.Count);
+        Section("Declared capacity", capacity.ToTable(), application.Capacity.Count);
         WriteVerificationParts(application);
-
-        var fees = new TextTable("device model", "unit", "price (fen)", "yuan");
-        foreach (FeeLine line in application.Fees)
-        {
-            fees.Add(line.DeviceModel, Name(line.Unit), Count(line.PriceFen), Yuan(line.PriceFen));
-        }
-
-        Section("Fee schedule (version 1)", fees, application.Fees.Count);
+        Section("Fee schedule (version 1)", fees.ToTable(), application.Fees.Count);
         Console.WriteLine();
-        WriteStages(application.Stages);
+        StageRows(application.Stages).WriteTable(Console.Out);
     }
 
-    /// <summary>A reconsideration and where it stands, with the command that approves an uphold awaiting a second operator.</summary>
-    public static void WriteReconsideration(Reconsideration r)
+    /// <summary>A reconsideration and where it stands, with the command that approves an uphold awaiting a second operator; as data one row.</summary>
+    public static void WriteReconsideration(Reconsideration r, OutputFormat format = OutputFormat.Table)
     {
+        if (format != OutputFormat.Table)
+        {
+            var row = new Rows(Column.DataOnly("applicationId"), Column.DataOnly("creditCode"), Column.DataOnly("refusedStage"), Column.DataOnly("refusedAt"), Column.DataOnly("windowEnds"),
+                Column.DataOnly("requestedAt"), Column.DataOnly("requestedBy"), Column.DataOnly("grounds"), Column.DataOnly("status"), Column.DataOnly("pendingProposalNo"),
+                Column.DataOnly("decidedAt"), Column.DataOnly("decidedBy"), Column.DataOnly("reasons"), Column.DataOnly("applicationState"));
+            row.Add(Cell.Data(r.ApplicationId), r.CreditCode, r.RefusedStage, Cell.Instant(r.RefusedUnixMs), Cell.Instant(r.WindowEndsUnixMs), Cell.Instant(r.RequestedUnixMs), r.RequestedBy,
+                r.Grounds, Name(r.Status), r.PendingProposalNo == 0 ? Cell.Data(null) : Cell.Data(r.PendingProposalNo), Cell.Instant(r.DecidedUnixMs),
+                r.DecidedBy.Length == 0 ? Cell.Data(null) : r.DecidedBy, r.Reasons, Name(r.ApplicationState));
+            row.WriteOne(format, Console.Out);
+            return;
+        }
+
         string status = r.Status switch
         {
             ReconsiderationStatus.ReconsiderationUpheld => "upheld",
@@ -197,6 +236,26 @@ internal static class RegistryOutput
         return rows;
     }
 
+    /// <summary>An application's summary as one row of data: capacity as integer GFLOPS, times as instants, a pending proposal by its number and the command that approves it.</summary>
+    private static Rows SummaryRows(Application a, bool detail)
+    {
+        List<Column> columns = [Column.DataOnly("applicationId"), Column.DataOnly("creditCode"), Column.DataOnly("batchId"), Column.DataOnly("serviceItem"), Column.DataOnly("state"),
+            Column.DataOnly("filedAt"), Column.DataOnly("declaredFp16Gflops"), Column.DataOnly("verifiedFp16Gflops"), Column.DataOnly("intermediary"),
+            Column.DataOnly("publicNoticeEnds"), Column.DataOnly("noticeNumber"), Column.DataOnly("pendingProposalNo"), Column.DataOnly("awaitingApproval")];
+        List<Cell> cells = [Cell.Data(a.ApplicationId), a.CreditCode, a.BatchId, a.ServiceItem, Name(a.State), Cell.Instant(a.FiledUnixMs), Cell.Data(a.DeclaredFp16Gflops),
+            a.VerifiedFp16Gflops == 0 ? Cell.Data(null) : Cell.Data(a.VerifiedFp16Gflops), a.Intermediary, Cell.Instant(a.NoticeEndsUnixMs), a.NoticeNumber,
+            a.PendingProposal is { } pending ? Cell.Data(pending.ProposalNo) : Cell.Data(null), a.PendingProposal is { } p ? (Cell)Proposal(a.ApplicationId, p) : Cell.Data(null)];
+        if (detail)
+        {
+            columns.AddRange([Column.DataOnly("meteringProofStream"), Column.DataOnly("meteringProofRecords"), Column.DataOnly("serviceContent"), Column.DataOnly("serviceStandards")]);
+            cells.AddRange([a.MeteringProofStream, Cell.Data(a.MeteringProofRecords), a.ServiceContent, a.ServiceStandards]);
+        }
+
+        var rows = new Rows([.. columns]);
+        rows.Add([.. cells]);
+        return rows;
+    }
+
     private static List<(string Label, string Value)> Summary(Application a) =>
     [
         ("application", Count(a.ApplicationId)),
@@ -223,15 +282,15 @@ internal static class RegistryOutput
             : "")
         + $" by {p.ProposedBy} at {Local(p.ProposedUnixMs)}; a second operator approves it with: metering registry approve {applicationId} --proposal {p.ProposalNo}";
 
-    private static void WriteStages(IEnumerable<Stage> stages)
+    private static Rows StageRows(IEnumerable<Stage> stages)
     {
-        var table = new TextTable("stage", "by", "when", "outcome", "reasons");
+        var rows = new Rows(("stage", "stage"), ("by", "actor"), ("when", "at"), ("outcome", "outcome"), ("reasons", "reasons"));
         foreach (Stage stage in stages)
         {
-            table.Add(stage.Stage_, stage.Actor, Local(stage.AtUnixMs), stage.Outcome, stage.Reasons);
+            rows.Add(stage.Stage_, stage.Actor, Cell.Instant(stage.AtUnixMs), stage.Outcome, stage.Reasons);
         }
 
-        table.Write(Console.Out);
+        return rows;
     }
 
     // ---------------------------------------------------------------- organisations
@@ -311,18 +370,31 @@ internal static class RegistryOutput
             .Many("applications", ApplicationRows(applications)).WriteJson(Console.Out);
     }
 
-    public static void WriteServiceItem(ServiceItem item) => Fields(
-    [
-        ("provider", item.CreditCode),
-        ("service item", item.ServiceItem_),
-        ("status", Name(item.Status)),
-        ("reason", item.StatusReason),
-        ("valid from", Local(item.ValidFromUnixMs)),
-        ("valid until", Local(item.ValidUntilUnixMs)),
-        ("application", Count(item.ApplicationId)),
-        ("admission notice", item.NoticeNumber),
-        ("fee schedule", $"version {item.FeeScheduleVersion}"),
-    ]);
+    public static void WriteServiceItem(ServiceItem item, OutputFormat format = OutputFormat.Table)
+    {
+        if (format != OutputFormat.Table)
+        {
+            var row = new Rows(Column.DataOnly("creditCode"), Column.DataOnly("serviceItem"), Column.DataOnly("status"), Column.DataOnly("reason"), Column.DataOnly("validFrom"),
+                Column.DataOnly("validUntil"), Column.DataOnly("applicationId"), Column.DataOnly("noticeNumber"), Column.DataOnly("feeScheduleVersion"));
+            row.Add(item.CreditCode, item.ServiceItem_, Name(item.Status), item.StatusReason, Cell.Instant(item.ValidFromUnixMs), Cell.Instant(item.ValidUntilUnixMs),
+                item.ApplicationId == 0 ? Cell.Data(null) : Cell.Data(item.ApplicationId), item.NoticeNumber, Cell.Data(item.FeeScheduleVersion));
+            row.WriteOne(format, Console.Out);
+            return;
+        }
+
+        Fields(
+        [
+            ("provider", item.CreditCode),
+            ("service item", item.ServiceItem_),
+            ("status", Name(item.Status)),
+            ("reason", item.StatusReason),
+            ("valid from", Local(item.ValidFromUnixMs)),
+            ("valid until", Local(item.ValidUntilUnixMs)),
+            ("application", Count(item.ApplicationId)),
+            ("admission notice", item.NoticeNumber),
+            ("fee schedule", $"version {item.FeeScheduleVersion}"),
+        ]);
+    }
 
     public static void WriteBatches(IReadOnlyList<AdmissionBatch> batches, OutputFormat format = OutputFormat.Table)
     {

@@ -45,7 +45,11 @@ internal static class RegistryPublishCommand
             batch.DefaultValueFactory = _ => "";
         }
 
-        var format = new Option<string>("--format") { Description = "html, csv or json.", DefaultValueFactory = _ => "html" };
+        var format = new Option<string>("--format") {
+            Description = "html, csv or json: the list as the bureau posts it (Chinese headers, the English field names beneath in csv). "
+                + "A posted list is a document with its own formats, so this command takes --format, not --output.",
+            DefaultValueFactory = _ => "html",
+        };
         format.AcceptOnlyFromAmong("html", "csv", "json");
         var output = new Option<FileInfo?>("--out") { Description = "The file to write; standard output when left out." };
         return ClientCommand.Create(kind, description, [batch, format, output], async (parse, call, ct) =>

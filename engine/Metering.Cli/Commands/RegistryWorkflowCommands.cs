@@ -47,10 +47,11 @@ internal static class RegistryWorkflowCommands
             Description = "Renew this admitted application of the same organisation and service item in a later batch (renewsApplicationId in the file): "
                 + "admitted before the old admission ends, the renewal starts exactly at its end, so ingest sees no gap.",
         };
+        var output = ApplicationOutput("registry apply");
         var command = RegistryInput.Subcommand("apply",
             "File an application for one service item from a JSON file. Applicants file for themselves (自主申报): run it with the provider key of the applicant "
             + "the file names (creditCode); any other key is refused. Every filing rule is checked and a broken one refuses the filing.",
-            file, renews);
+            file, renews, output);
         RegistryInput.SetAction(command, parse =>
         {
             FileApplicationRequest request = ReadApplication(parse.GetValue(file)!);
@@ -72,9 +73,12 @@ internal static class RegistryWorkflowCommands
             return async call =>
             {
                 Application filed = await call.Registry.FileApplicationAsync(request, call.Options);
-                Console.WriteLine($"Filed application {filed.ApplicationId} of {filed.CreditCode} for '{filed.ServiceItem}' in batch {filed.BatchId}.");
-                Console.WriteLine();
-                RegistryOutput.WriteApplication(filed);
+                OutputFormat format = parse.GetValue(output);
+                // Standard output stays one JSON document for programs; the sentence goes to standard error then.
+                TextWriter words = format == OutputFormat.Table ? Console.Out : Console.Error;
+                words.WriteLine($"Filed application {filed.ApplicationId} of {filed.CreditCode} for '{filed.ServiceItem}' in batch {filed.BatchId}.");
+                words.WriteLine();
+                RegistryOutput.WriteApplication(filed, format);
             };
         });
         return command;
@@ -121,14 +125,15 @@ internal static class RegistryWorkflowCommands
         var pass = new Option<bool>("--pass") { Description = "The materials are complete and in order: the application goes on to verification." };
         var reject = new Option<bool>("--reject") { Description = "Reject the application at material review (needs --reasons)." };
         var reasons = Reasons("Why; required with --reject.");
+        var output = ApplicationOutput("registry review");
         var command = RegistryInput.Subcommand("review",
             "Electronic material review of an application awaiting it. An application filed through an intermediary is rejected whatever is asked.",
-            id, pass, reject, reasons);
+            id, pass, reject, reasons, output);
         RegistryInput.ExactlyOne(command, pass, reject);
         RegistryInput.SetAction(command, parse =>
         {
             var decision = new StageDecision { ApplicationId = parse.GetValue(id), Pass = parse.GetValue(pass), Reasons = parse.GetValue(reasons)! };
-            return async call => RegistryOutput.WriteApplication(await call.Registry.ReviewMaterialsAsync(decision, call.Options));
+            return async call => RegistryOutput.WriteApplication(await call.Registry.ReviewMaterialsAsync(decision, call.Options), parse.GetValue(output));
         });
         return command;
     }
@@ -154,10 +159,11 @@ internal static class RegistryWorkflowCommands
         var pass = new Option<bool>("--pass") { Description = "Verification confirms the capacity; it must reach the batch's capacity bar (`registry batch list`)." };
         var reject = new Option<bool>("--reject") { Description = "Reject the application at verification (needs --reasons)." };
         var reasons = Reasons("The verifier's report or why it failed; required with --reject.");
+        var output = ApplicationOutput("registry verify");
         var command = RegistryInput.Subcommand("verify", "Record the commissioned verification of an application awaiting it, with the verified capacity: "
             + "the commissioned verifier's total, or the fleet validation in force plus the commissioned verifier's figure per model (--verifier-part). "
             + "A figure typed here is proposed, and takes effect when a second operator approves it (`registry approve`), unless the batch allows single-operator decisions.",
-            id, pflops, gflops, parts, pass, reject, reasons);
+            id, pflops, gflops, parts, pass, reject, reasons, output);
         RegistryInput.ExactlyOne(command, pass, reject);
         command.Validators.Add(result =>
         {
@@ -187,7 +193,7 @@ internal static class RegistryWorkflowCommands
                 VerifiedFp16Gflops = parse.GetValue(pflops) ?? parse.GetValue(gflops) ?? 0,
             };
             decision.VerifierParts.Add((parse.GetValue(parts) ?? []).Select(ParseVerifierPart));
-            return async call => RegistryOutput.WriteApplication(await call.Registry.RecordVerificationAsync(decision, call.Options));
+            return async call => RegistryOutput.WriteApplication(await call.Registry.RecordVerificationAsync(decision, call.Options), parse.GetValue(output));
         });
         return command;
     }
@@ -220,20 +226,23 @@ internal static class RegistryWorkflowCommands
         var openId = RegistryInput.ApplicationId();
         var reject = new Option<bool>("--reject") { Description = "Reject the application after consultation instead of opening the notice (needs --reasons)." };
         var openReasons = Reasons("Why; required with --reject.");
-        var open = RegistryInput.Subcommand("open", "Open consultation and public notice of a verified application for the batch's number of days.", openId, reject, openReasons);
+        var openOutput = ApplicationOutput("registry notice open");
+        var open = RegistryInput.Subcommand("open", "Open consultation and public notice of a verified application for the batch's number of days.", openId, reject, openReasons, openOutput);
         RegistryInput.SetAction(open, parse =>
         {
             var decision = new StageDecision { ApplicationId = parse.GetValue(openId), Pass = !parse.GetValue(reject), Reasons = parse.GetValue(openReasons)! };
-            return async call => RegistryOutput.WriteApplication(await call.Registry.OpenPublicNoticeAsync(decision, call.Options));
+            return async call => RegistryOutput.WriteApplication(await call.Registry.OpenPublicNoticeAsync(decision, call.Options), parse.GetValue(openOutput));
         });
 
         var issueId = RegistryInput.ApplicationId();
         var number = RegistryInput.Text("--number", "The admission notice number, unique, 1 to 64 characters, for example 深科创训力入库〔2025〕1号.");
-        var issue = RegistryInput.Subcommand("issue", "Issue the admission notice of a decided application: its service item is admitted from the decision until the batch's validity end.", issueId, number);
+        var issueOutput = ApplicationOutput("registry notice issue");
+        var issue = RegistryInput.Subcommand("issue", "Issue the admission notice of a decided application: its service item is admitted from the decision until the batch's validity end.",
+            issueId, number, issueOutput);
         RegistryInput.SetAction(issue, parse =>
         {
             var request = new IssueAdmissionNoticeRequest { ApplicationId = parse.GetValue(issueId), NoticeNumber = parse.GetValue(number)! };
-            return async call => RegistryOutput.WriteApplication(await call.Registry.IssueAdmissionNoticeAsync(request, call.Options));
+            return async call => RegistryOutput.WriteApplication(await call.Registry.IssueAdmissionNoticeAsync(request, call.Options), parse.GetValue(issueOutput));
         });
         return new Command("notice", "Public notice (open) and the admission notice (issue).") { open, issue };
     }
@@ -243,11 +252,12 @@ internal static class RegistryWorkflowCommands
         var id = RegistryInput.ApplicationId();
         var objector = RegistryInput.Text("--objector", "Who objected, as recorded (1 to 200 characters).");
         var content = RegistryInput.Text("--content", "What the objection says.");
-        var add = RegistryInput.Subcommand("add", "Record an objection raised during public notice; admitting over it then needs reasons that answer it.", id, objector, content);
+        var output = ApplicationOutput("registry objection add");
+        var add = RegistryInput.Subcommand("add", "Record an objection raised during public notice; admitting over it then needs reasons that answer it.", id, objector, content, output);
         RegistryInput.SetAction(add, parse =>
         {
             var request = new RecordObjectionRequest { ApplicationId = parse.GetValue(id), Objector = parse.GetValue(objector)!, Content = parse.GetValue(content)! };
-            return async call => RegistryOutput.WriteApplication(await call.Registry.RecordObjectionAsync(request, call.Options));
+            return async call => RegistryOutput.WriteApplication(await call.Registry.RecordObjectionAsync(request, call.Options), parse.GetValue(output));
         });
         return new Command("objection", "Objections raised during public notice.") { add };
     }
@@ -258,14 +268,15 @@ internal static class RegistryWorkflowCommands
         var admit = new Option<bool>("--admit") { Description = "Admit: the application goes on to the admission notice (needs --reasons if objections were recorded)." };
         var reject = new Option<bool>("--reject") { Description = "Reject the application (needs --reasons)." };
         var reasons = Reasons("Why; required with --reject, and to admit over recorded objections.");
+        var output = ApplicationOutput("registry decide");
         var command = RegistryInput.Subcommand("decide",
             "Decide admission of an application whose public notice has ended. Unless the batch allows single-operator decisions, this proposes the decision, "
-            + "which takes effect when a second operator approves it (`registry approve`).", id, admit, reject, reasons);
+            + "which takes effect when a second operator approves it (`registry approve`).", id, admit, reject, reasons, output);
         RegistryInput.ExactlyOne(command, admit, reject);
         RegistryInput.SetAction(command, parse =>
         {
             var decision = new StageDecision { ApplicationId = parse.GetValue(id), Pass = parse.GetValue(admit), Reasons = parse.GetValue(reasons)! };
-            return async call => RegistryOutput.WriteApplication(await call.Registry.DecideAdmissionAsync(decision, call.Options));
+            return async call => RegistryOutput.WriteApplication(await call.Registry.DecideAdmissionAsync(decision, call.Options), parse.GetValue(output));
         });
         return command;
     }
@@ -278,13 +289,14 @@ internal static class RegistryWorkflowCommands
             Description = "The proposal approved, as the application shows it under 'awaiting approval'.",
             Required = true,
         };
+        var output = ApplicationOutput("registry approve");
         var command = RegistryInput.Subcommand("approve",
             "Approve the pending proposal of an admission decision, a typed verification figure or an upheld reconsideration of a refusal at the decision (four-eyes). Run it with another operator's key than the proposer's (a different subject); "
-            + "the stage then takes effect as proposed, checked again as of now.", id, proposal);
+            + "the stage then takes effect as proposed, checked again as of now.", id, proposal, output);
         RegistryInput.SetAction(command, parse =>
         {
             var request = new ApproveProposalRequest { ApplicationId = parse.GetValue(id), ProposalNo = parse.GetValue(proposal) };
-            return async call => RegistryOutput.WriteApplication(await call.Registry.ApproveProposalAsync(request, call.Options));
+            return async call => RegistryOutput.WriteApplication(await call.Registry.ApproveProposalAsync(request, call.Options), parse.GetValue(output));
         });
         return command;
     }
@@ -293,14 +305,15 @@ internal static class RegistryWorkflowCommands
     {
         var requestId = RegistryInput.ApplicationId();
         var grounds = RegistryInput.Text("--grounds", "Why the refusal should be reconsidered, 1 to 4000 characters.");
+        var requestOutput = OutputOption.Create();
         var request = RegistryInput.Subcommand("request",
             "Ask for reconsideration (复核) of your application's refusal, with your grounds. Run it with the applicant's provider key, within the batch's "
             + "reconsideration days of the refusal (15 unless the batch says otherwise). Each refusal is reconsidered once; the application then awaits an operator.",
-            requestId, grounds);
+            requestId, grounds, requestOutput);
         RegistryInput.SetAction(request, parse =>
         {
             var call = new RequestReconsiderationRequest { ApplicationId = parse.GetValue(requestId), Grounds = parse.GetValue(grounds)! };
-            return async registry => RegistryOutput.WriteReconsideration(await registry.Registry.RequestReconsiderationAsync(call, registry.Options));
+            return async registry => RegistryOutput.WriteReconsideration(await registry.Registry.RequestReconsiderationAsync(call, registry.Options), parse.GetValue(requestOutput));
         });
 
         var decideId = RegistryInput.ApplicationId();
@@ -311,7 +324,8 @@ internal static class RegistryWorkflowCommands
         };
         var dismiss = new Option<bool>("--dismiss") { Description = "Let the refusal stand: the application stays rejected." };
         var reason = RegistryInput.Text("--reason", "Why, 1 to 4000 characters; recorded in the application's stages and the registry history.");
-        var decide = RegistryInput.Subcommand("decide", "Decide a pending reconsideration (operator), with the reason.", decideId, uphold, dismiss, reason);
+        var decideOutput = OutputOption.Create();
+        var decide = RegistryInput.Subcommand("decide", "Decide a pending reconsideration (operator), with the reason.", decideId, uphold, dismiss, reason, decideOutput);
         RegistryInput.ExactlyOne(decide, uphold, dismiss);
         RegistryInput.SetAction(decide, parse =>
         {
@@ -321,7 +335,7 @@ internal static class RegistryWorkflowCommands
                 Verdict = parse.GetValue(uphold) ? ReconsiderationVerdict.ReconsiderationUphold : ReconsiderationVerdict.ReconsiderationDismiss,
                 Reasons = parse.GetValue(reason)!,
             };
-            return async registry => RegistryOutput.WriteReconsideration(await registry.Registry.DecideReconsiderationAsync(call, registry.Options));
+            return async registry => RegistryOutput.WriteReconsideration(await registry.Registry.DecideReconsiderationAsync(call, registry.Options), parse.GetValue(decideOutput));
         });
         return new Command("reconsider", "Reconsideration (复核) of a refusal: the applicant requests it, an operator decides it.") { request, decide };
     }
@@ -345,14 +359,20 @@ internal static class RegistryWorkflowCommands
     private static Command ShowApplication()
     {
         var id = RegistryInput.ApplicationId();
-        var command = RegistryInput.Subcommand("application", "Show an application in full: materials (with SHA-256 prefixes), declared capacity, fee schedule and every stage.", id);
+        var output = ApplicationOutput("registry application");
+        var command = RegistryInput.Subcommand("application",
+            "Show an application in full: materials (with SHA-256 prefixes), declared capacity, fee schedule and every stage; "
+            + "--output json gives one object: application, materials (whole SHA-256), capacity, verificationParts, fees, stages.", id, output);
         RegistryInput.SetAction(command, parse =>
         {
             var request = new GetApplicationRequest { ApplicationId = parse.GetValue(id) };
-            return async call => RegistryOutput.WriteApplicationDetail(await call.Registry.GetApplicationAsync(request, call.Options), DeviceCatalog.LoadEmbedded());
+            return async call => RegistryOutput.WriteApplicationDetail(await call.Registry.GetApplicationAsync(request, call.Options), DeviceCatalog.LoadEmbedded(), parse.GetValue(output));
         });
         return command;
     }
+
+    /// <summary>`--output` of a command that prints an application: table, or json with a member per section; csv is refused.</summary>
+    private static Option<OutputFormat> ApplicationOutput(string command) => OutputOption.Sections(command);
 
     private static Option<string> Reasons(string description) => RegistryInput.Text("--reasons", description, required: false);
 }

@@ -9,7 +9,6 @@ using Metering.Server.Access;
 using Metering.Server.Hosting;
 using Metering.Server.Telemetry;
 using Microsoft.Extensions.Logging;
-using OpenTelemetry.Exporter;
 
 namespace Metering.Cli.Commands;
 
@@ -63,22 +62,24 @@ internal static partial class ServeCommand
         var metricsListen = new Option<Uri?>("--metrics-listen")
         {
             Description = "Serve Prometheus metrics at http://IP:PORT/metrics, on a port of its own (for example http://127.0.0.1:9464); off unless given. "
-                + "Loopback only unless --metrics-public: the endpoint has no key.",
+                + "Loopback only unless --metrics-public: the endpoint has no key. Sets Telemetry:MetricsListen (also METERING__Telemetry__MetricsListen or the settings file).",
             CustomParser = result => AbsoluteUri(result, "--metrics-listen", "http://127.0.0.1:9464"),
         };
-        var metricsPublic = new Option<bool>("--metrics-public")
+        var metricsPublic = new Option<bool?>("--metrics-public")
         {
-            Description = "Serve --metrics-listen on a non-loopback address. Anyone who reaches it reads provider ids and volumes: only behind a firewall or on a private network.",
+            Description = "Serve --metrics-listen on a non-loopback address. Anyone who reaches it reads provider ids and volumes: only behind a firewall or on a private network. "
+                + "Sets Telemetry:MetricsPublic.",
+            Arity = ArgumentArity.ZeroOrOne,
         };
         var otlpEndpoint = new Option<Uri?>("--otlp-endpoint")
         {
-            Description = "Export traces (a batch commit, a settlement run) and metrics by OTLP to this collector, for example http://127.0.0.1:4317. Defaults to OTEL_EXPORTER_OTLP_ENDPOINT; off when neither is set.",
+            Description = "Export traces (a batch commit, a settlement run) and metrics by OTLP to this collector, for example http://127.0.0.1:4317. "
+                + "Sets Telemetry:OtlpEndpoint (also METERING__Telemetry__OtlpEndpoint, else OTEL_EXPORTER_OTLP_ENDPOINT); off when none is set.",
             CustomParser = result => AbsoluteUri(result, "--otlp-endpoint", "http://127.0.0.1:4317"),
         };
-        var otlpProtocol = new Option<string>("--otlp-protocol")
+        var otlpProtocol = new Option<string?>("--otlp-protocol")
         {
-            Description = "grpc (the collector's port 4317) or http/protobuf (port 4318). Defaults to OTEL_EXPORTER_OTLP_PROTOCOL, else grpc.",
-            DefaultValueFactory = _ => Configured("OTEL_EXPORTER_OTLP_PROTOCOL") ?? "grpc",
+            Description = "grpc (the collector's port 4317) or http/protobuf (port 4318). Sets Telemetry:OtlpProtocol (also METERING__Telemetry__OtlpProtocol, else OTEL_EXPORTER_OTLP_PROTOCOL); grpc by default.",
         };
         otlpProtocol.AcceptOnlyFromAmong("grpc", "http/protobuf");
         var requireDurable = new Option<bool?>("--require-durable-replication")
@@ -114,7 +115,8 @@ internal static partial class ServeCommand
             MeteringSettings settings;
             try
             {
-                settings = MeteringSettings.Load(parse.GetValue(configFile), parse.GetValue(sets) ?? [], MeteringSettings.Given(parse, namedLimits));
+                settings = MeteringSettings.Load(parse.GetValue(configFile), parse.GetValue(sets) ?? [],
+                    [.. MeteringSettings.Given(parse, namedLimits), .. TelemetryGiven(parse, metricsListen, metricsPublic, otlpEndpoint, otlpProtocol)]);
             }
             catch (SettingsException e)
             {
@@ -122,26 +124,9 @@ internal static partial class ServeCommand
                 return 2;
             }
 
-            if (parse.GetValue(otlpProtocol) is not ("grpc" or "http/protobuf"))
-            {
-                // OTEL_EXPORTER_OTLP_PROTOCOL reaches here unchecked by the option's parser.
-                Console.Error.WriteLine($"error: OTEL_EXPORTER_OTLP_PROTOCOL '{parse.GetValue(otlpProtocol)}' is neither grpc nor http/protobuf.");
-                return 2;
-            }
-
-            var telemetry = new TelemetrySettings
-            {
-                MetricsListen = parse.GetValue(metricsListen),
-                MetricsPublic = parse.GetValue(metricsPublic),
-                OtlpEndpoint = parse.GetValue(otlpEndpoint),
-                OtlpProtocol = parse.GetValue(otlpProtocol) == "grpc" ? OtlpExportProtocol.Grpc : OtlpExportProtocol.HttpProtobuf,
-            };
-            // Refused before the database starts, like a wrong --listen.
-            if (telemetry.MetricsRefusal() is { } metricsRefusal)
-            {
-                Console.Error.WriteLine($"error: {metricsRefusal}.");
-                return 2;
-            }
+            // Checked with the other settings (a metrics address off loopback without
+            // MetricsPublic is refused there), before the database starts, like a wrong --listen.
+            TelemetrySettings telemetry = settings.Telemetry.ToSettings();
 
             LogLevel level = parse.GetValue(logLevel);
             string format = parse.GetValue(logFormat)!;
@@ -311,6 +296,32 @@ internal static partial class ServeCommand
 
         result.AddError($"{name} '{text}' is not an http:// or https:// address (for example {example}).");
         return null;
+    }
+
+    /// <summary>The telemetry options the command line gave, as the Telemetry settings they set.</summary>
+    private static IEnumerable<KeyValuePair<string, string?>> TelemetryGiven(ParseResult parse, Option<Uri?> metricsListen, Option<bool?> metricsPublic, Option<Uri?> otlpEndpoint,
+        Option<string?> otlpProtocol)
+    {
+        if (parse.GetValue(metricsListen) is { } listen)
+        {
+            yield return new("Telemetry:MetricsListen", listen.ToString());
+        }
+
+        if (parse.GetResult(metricsPublic) is not null)
+        {
+            // A bare --metrics-public means true, as a flag does.
+            yield return new("Telemetry:MetricsPublic", parse.GetValue(metricsPublic) is false ? "false" : "true");
+        }
+
+        if (parse.GetValue(otlpEndpoint) is { } endpoint)
+        {
+            yield return new("Telemetry:OtlpEndpoint", endpoint.ToString());
+        }
+
+        if (parse.GetValue(otlpProtocol) is { } protocol)
+        {
+            yield return new("Telemetry:OtlpProtocol", protocol);
+        }
     }
 
     private static string? Configured(string variable) => Environment.GetEnvironmentVariable(variable) is { Length: > 0 } value ? value : null;

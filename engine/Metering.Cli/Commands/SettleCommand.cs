@@ -83,7 +83,11 @@ internal static class SettleCommand
         var kind = new Option<string>("--party-kind") { Description = "programme, provider or holder.", DefaultValueFactory = _ => StatementFormats.Programme };
         kind.AcceptOnlyFromAmong(StatementFormats.Programme, StatementFormats.ProviderKind, StatementFormats.HolderKind);
         var party = new Option<string?>("--party") { Description = "The provider's or holder's credit code; needed with --party-kind provider or holder." };
-        var format = new Option<string>("--format") { Description = "text (in Chinese), html (in Chinese, one self-contained page), csv (the canonical form) or json.", DefaultValueFactory = _ => "text" };
+        var format = new Option<string>("--format") {
+            Description = "text (in Chinese), html (in Chinese, one self-contained page), csv (the canonical form) or json. "
+                + "A statement is a document with its own formats, so this command takes --format, not --output: its csv and json are the hashed statement itself.",
+            DefaultValueFactory = _ => "text",
+        };
         format.AcceptOnlyFromAmong("text", "html", "csv", "json");
         Command show = ClientCommand.Create("show", "Print one statement of a closed day; with no --party-kind, the programme's. A provider's key reads only its own.",
             [showDay, kind, party, format], async (parse, call, ct) =>

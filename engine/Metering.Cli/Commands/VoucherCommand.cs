@@ -202,9 +202,10 @@ internal static class VoucherCommand
         unit.AcceptOnlyFromAmong("per_card_hour", "per_pflops_hour");
         var version = new Option<uint>("--fee-version") { Description = "Fee-schedule version; default the one in force on the first day." };
         var declaration = new Option<string>("--non-related-declaration") { Description = "Where the signed non-related-party declaration is kept; required.", Required = true };
+        var addOutput = OutputOption.Create();
         Command add = Client("add",
             "Record a contract (operator). Its dates must lie within the provider's admission of the item; it may not overlap the holder's other contract with that provider.",
-            [holder, provider, item, number, signed, starts, ends, amount, unit, version, declaration], async (parse, vouchers, headers, ct) =>
+            [holder, provider, item, number, signed, starts, ends, amount, unit, version, declaration, addOutput], async (parse, vouchers, headers, ct) =>
             {
                 var contract = new Contract
                 {
@@ -221,7 +222,8 @@ internal static class VoucherCommand
                     NonRelatedParty = true,
                     DeclarationRef = parse.GetValue(declaration)!,
                 };
-                ContractRows([await vouchers.RecordContractAsync(new RecordContractRequest { Contract = contract }, headers, cancellationToken: ct)]).WriteTable(Console.Out);
+                ContractRows([await vouchers.RecordContractAsync(new RecordContractRequest { Contract = contract }, headers, cancellationToken: ct)])
+                    .WriteOne(parse.GetValue(addOutput), Console.Out);
             });
 
         var showId = new Argument<long>("contract-id") { Description = "The contract's id." };
@@ -232,11 +234,12 @@ internal static class VoucherCommand
         var contractId = new Option<long>("--contract") { Description = "The contract's id.", Required = true };
         var source = new Option<string>("--source") { Description = "Which programme or fund gave it.", Required = true };
         var supportFen = new Option<long>("--amount-fen") { Description = "The amount in fen.", Required = true };
-        Command support = Client("support", "Record public support for a contract from another source (operator); it counts against the stacking cap.",
-            [contractId, source, supportFen], async (parse, vouchers, headers, ct) =>
+        var supportOutput = OutputOption.Create();
+        Command support = Client("support", "Record public support for a contract from another source (operator); it counts against the stacking cap. Prints the contract with its support.",
+            [contractId, source, supportFen, supportOutput], async (parse, vouchers, headers, ct) =>
             {
                 var request = new RecordOtherSupportRequest { ContractId = Id(parse, contractId), Source = parse.GetValue(source)!, AmountFen = Positive(parse, supportFen) };
-                ContractRows([await vouchers.RecordOtherSupportAsync(request, headers, cancellationToken: ct)]).WriteTable(Console.Out);
+                ContractRows([await vouchers.RecordOtherSupportAsync(request, headers, cancellationToken: ct)]).WriteOne(parse.GetValue(supportOutput), Console.Out);
             });
 
         return new Command("contract", "Service contracts between holders and admitted providers: add, show, support.") { add, show, support };
@@ -251,7 +254,8 @@ internal static class VoucherCommand
         var face = new Option<long>("--face-fen") { Description = "Face value in fen: at most the support ratio of the contract amount and the annual cap.", Required = true };
         var from = new Option<string>("--valid-from") { Description = "First valid day; default 1 January.", DefaultValueFactory = _ => "" };
         var until = new Option<string>("--valid-until") { Description = "Last valid day; default 31 December.", DefaultValueFactory = _ => "" };
-        return Client("issue", "Issue the voucher of a contract for a programme year (operator).", [contract, year, face, from, until], async (parse, vouchers, headers, ct) =>
+        var output = OutputOption.Create();
+        return Client("issue", "Issue the voucher of a contract for a programme year (operator).", [contract, year, face, from, until, output], async (parse, vouchers, headers, ct) =>
         {
             var request = new IssueVoucherRequest
             {
@@ -261,7 +265,7 @@ internal static class VoucherCommand
                 ValidFrom = parse.GetValue(from) is { Length: > 0 } ? Date(parse, from) : "",
                 ValidUntil = parse.GetValue(until) is { Length: > 0 } ? Date(parse, until) : "",
             };
-            VoucherRows([await vouchers.IssueVoucherAsync(request, headers, cancellationToken: ct)]).WriteTable(Console.Out);
+            VoucherRows([await vouchers.IssueVoucherAsync(request, headers, cancellationToken: ct)]).WriteOne(parse.GetValue(output), Console.Out);
         });
     }
 
@@ -282,12 +286,13 @@ internal static class VoucherCommand
         var from = new Option<string?>("--from") { Description = "Or: claim every record that starts on or after this day..." };
         var until = new Option<string?>("--until") { Description = "...and on or before this day (default --from)." };
         var year = new Option<int>("--year") { Description = "For --job: the programme year searched; default this year." };
+        var fileOutput = OutputOption.Sections("voucher claim file");
         Command file = Client("file", """
             File a redemption claim and reserve its subsidy on the contract's voucher (operator):
             subsidy = min(ratio × eligible fee, voucher remaining, annual cap remaining, stacking room).
             The hold is posted by the first settlement run after which every day of the claimed usage is closed.
-            Name the usage with --job or with --from/--until, not both.
-            """, [contract, jobs, from, until, year], async (parse, vouchers, headers, ct) =>
+            Name the usage with --job or with --from/--until, not both. --output json gives one object: claim (caps in fen) and lines.
+            """, [contract, jobs, from, until, year, fileOutput], async (parse, vouchers, headers, ct) =>
             {
                 string[] named = parse.GetValue(jobs) ?? [];
                 if ((named.Length > 0) == (parse.GetValue(from) is not null))
@@ -319,20 +324,23 @@ internal static class VoucherCommand
                     request.PeriodUntilUnixMs = ShanghaiTime.StartOf(last.AddDays(1)).ToUnixTimeMilliseconds();
                 }
 
-                WriteClaim(await vouchers.FileClaimAsync(request, headers, cancellationToken: ct));
+                WriteClaim(await vouchers.FileClaimAsync(request, headers, cancellationToken: ct), parse.GetValue(fileOutput));
             });
 
         var voidId = new Argument<long>("claim-id") { Description = "The claim's id." };
         var reason = new Option<string>("--reason") { Description = "Why it is voided.", Required = true };
-        Command @void = Client("void", "Void a claim whose hold is still reserved (operator); its subsidy returns to the voucher and its usage can be claimed again.",
-            [voidId, reason], async (parse, vouchers, headers, ct) =>
+        var voidOutput = OutputOption.Sections("voucher claim void");
+        Command @void = Client("void", "Void a claim whose hold is still reserved (operator); its subsidy returns to the voucher and its usage can be claimed again. "
+            + "--output json gives one object: claim and lines.",
+            [voidId, reason, voidOutput], async (parse, vouchers, headers, ct) =>
             {
                 if (string.IsNullOrWhiteSpace(parse.GetValue(reason)))
                 {
                     throw new UsageException("--reason must say why the claim is voided");
                 }
 
-                WriteClaim(await vouchers.VoidClaimAsync(new VoidClaimRequest { ClaimId = Id(parse, voidId), Reason = parse.GetValue(reason)! }, headers, cancellationToken: ct));
+                WriteClaim(await vouchers.VoidClaimAsync(new VoidClaimRequest { ClaimId = Id(parse, voidId), Reason = parse.GetValue(reason)! }, headers, cancellationToken: ct),
+                    parse.GetValue(voidOutput));
             });
 
         var showId = new Argument<long>("claim-id") { Description = "The claim's id." };
@@ -340,15 +348,7 @@ internal static class VoucherCommand
         Command show = Client("show", "Show a claim: its lines, the four caps and its hold; --output json gives one object: claim (caps in fen) and lines.", [showId, claimShowOutput],
             async (parse, vouchers, headers, ct) =>
             {
-                Claim claim = await vouchers.GetClaimAsync(new GetClaimRequest { ClaimId = Id(parse, showId) }, headers, cancellationToken: ct);
-                if (parse.GetValue(claimShowOutput) == OutputFormat.Json)
-                {
-                    WriteClaimJson(claim);
-                }
-                else
-                {
-                    WriteClaim(claim);
-                }
+                WriteClaim(await vouchers.GetClaimAsync(new GetClaimRequest { ClaimId = Id(parse, showId) }, headers, cancellationToken: ct), parse.GetValue(claimShowOutput));
             });
 
         var listContract = new Option<long?>("--contract") { Description = "Only this contract's claims." };
@@ -467,8 +467,15 @@ internal static class VoucherCommand
         return rows;
     }
 
-    private static void WriteClaim(Claim claim)
+    /// <summary>A claim as `--output` asks: one JSON object of claim and lines, or the people's tables (csv is refused before the call).</summary>
+    private static void WriteClaim(Claim claim, OutputFormat format)
     {
+        if (format == OutputFormat.Json)
+        {
+            WriteClaimJson(claim);
+            return;
+        }
+
         Console.WriteLine($"Claim {claim.ClaimId} on contract {claim.ContractId}, voucher {claim.VoucherId}, holder {claim.HolderCode}, {claim.ProgrammeYear} parameters v{claim.ParametersVersion}");
         Console.WriteLine($"  usage days {string.Join(", ", claim.UsageDays)}; hold {Hold(claim.HoldState)} until {Local(claim.HoldExpiresUnixMs)}");
         var lines = new TextTable("model", "unit", "records", "card-ms", "nPFh", "price CNY", "fee CNY");

@@ -35,6 +35,7 @@ internal sealed class MeteringSettings
         ("Capacity", typeof(CapacitySettings)),
         ("Settlement", typeof(SettlementSettings)),
         ("Anomalies", typeof(DetectorSettings)),
+        ("Telemetry", typeof(TelemetryOptions)),
     ];
 
     /// <summary>Access settings that are not part of <see cref="CallLimits"/>.</summary>
@@ -50,6 +51,13 @@ internal sealed class MeteringSettings
         ("METERING_UNKNOWN_KEYS_PER_PEER_PER_MINUTE_MAX", "Access:UnknownKeysPerPeerPerMinuteMax"),
         ("METERING_AUTH_CACHE_MS", "Access:AuthenticationCacheMs"),
         ("METERING_CREDENTIAL_RECHECK_MS", CredentialRecheckKey),
+    ];
+
+    /// <summary>The variables every OpenTelemetry SDK reads, taken as Telemetry settings below METERING__Telemetry__….</summary>
+    private static readonly (string Variable, string Key)[] OpenTelemetryVariables =
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "Telemetry:OtlpEndpoint"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "Telemetry:OtlpProtocol"),
     ];
 
     /// <summary>`serve`'s named limit options, and the keys they set (proto/metering/v1/limits.md).</summary>
@@ -99,6 +107,8 @@ internal sealed class MeteringSettings
     public required SettlementSettings Settlement { get; init; }
 
     public required DetectorSettings Anomalies { get; init; }
+
+    public required TelemetryOptions Telemetry { get; init; }
 
     /// <summary>`--config PATH`: the JSON file of settings.</summary>
     public static Option<FileInfo?> ConfigFileOption() => new("--config")
@@ -150,7 +160,7 @@ internal sealed class MeteringSettings
             names.Add($"file {path}");
         }
 
-        foreach (var (variable, key) in LegacyVariables)
+        foreach (var (variable, key) in LegacyVariables.Concat(OpenTelemetryVariables))
         {
             if (Environment.GetEnvironmentVariable(variable) is { Length: > 0 } value)
             {
@@ -194,6 +204,7 @@ internal sealed class MeteringSettings
             Capacity = new CapacitySettings(),
             Settlement = new SettlementSettings(),
             Anomalies = new DetectorSettings(),
+            Telemetry = new TelemetryOptions(),
             CredentialRecheck = CredentialRecheckPolicy.Default,
         };
         settings.RefuseUnknownKeys();
@@ -253,6 +264,7 @@ internal sealed class MeteringSettings
         services.AddOptions<CapacitySettings>().Bind(_root.GetSection("Capacity")).Validate(Valid<CapacitySettings>(l => l.Validate()), "Capacity");
         services.AddOptions<SettlementSettings>().Bind(_root.GetSection("Settlement")).Validate(Valid<SettlementSettings>(l => l.Validate()), "Settlement");
         services.AddOptions<DetectorSettings>().Bind(_root.GetSection("Anomalies")).Validate(Valid<DetectorSettings>(l => l.Validate()), "Anomalies");
+        services.AddOptions<TelemetryOptions>().Bind(_root.GetSection("Telemetry")).Validate(Valid<TelemetryOptions>(l => l.Validate()), "Telemetry");
         using ServiceProvider provider = services.BuildServiceProvider();
         try
         {
@@ -261,6 +273,7 @@ internal sealed class MeteringSettings
             CapacitySettings capacity = provider.GetRequiredService<IOptions<CapacitySettings>>().Value;
             SettlementSettings settlement = provider.GetRequiredService<IOptions<SettlementSettings>>().Value;
             DetectorSettings anomalies = provider.GetRequiredService<IOptions<DetectorSettings>>().Value;
+            TelemetryOptions telemetry = provider.GetRequiredService<IOptions<TelemetryOptions>>().Value;
             int recheckMs = _root.GetValue<int>(CredentialRecheckKey);
             var recheck = new CredentialRecheckPolicy(TimeSpan.FromMilliseconds(recheckMs));
             try
@@ -272,7 +285,8 @@ internal sealed class MeteringSettings
                 throw Refusal(CredentialRecheckKey, e);
             }
 
-            return new MeteringSettings(_root, _sourceNames) { Ingest = ingest, Access = access, Capacity = capacity, Settlement = settlement, Anomalies = anomalies, CredentialRecheck = recheck };
+            return new MeteringSettings(_root, _sourceNames) { Ingest = ingest, Access = access, Capacity = capacity, Settlement = settlement, Anomalies = anomalies, Telemetry = telemetry,
+                CredentialRecheck = recheck };
         }
         catch (ValidationFailure failure)
         {
@@ -351,7 +365,13 @@ internal sealed class MeteringSettings
     {
         string[] parts = key.Split(':');
         PropertyInfo? property = Areas.FirstOrDefault(a => a.Area == parts[0]).Type?.GetProperty(parts[^1]);
-        return property?.PropertyType == typeof(TimeSpan) ? "time span (d.hh:mm:ss)" : property?.PropertyType == typeof(DateTimeOffset) ? "date and time with offset" : "whole number";
+        return property?.PropertyType switch
+        {
+            Type t when t == typeof(TimeSpan) => "time span (d.hh:mm:ss)",
+            Type t when t == typeof(DateTimeOffset) => "date and time with offset",
+            Type t when t == typeof(bool) => "true or false",
+            _ => "whole number",
+        };
     }
 
     private static HashSet<string> KnownKeys()
@@ -367,6 +387,9 @@ internal sealed class MeteringSettings
 
         return keys;
     }
+
+    /// <summary>Every setting there is, `Area:Name`, with its built-in default as `config show` prints it: what README's Configuration section must list.</summary>
+    internal static IReadOnlyDictionary<string, string?> DefaultsByKey() => Defaults();
 
     private static IEnumerable<PropertyInfo> Settable(Type type) =>
         type.GetProperties(BindingFlags.Public | BindingFlags.Instance).Where(p => p.SetMethod is { IsPublic: true } && p.GetIndexParameters().Length == 0);
@@ -385,6 +408,7 @@ internal sealed class MeteringSettings
                 defaults[$"{area}:{property.Name}"] = property.GetValue(instance) switch
                 {
                     TimeSpan span => span.ToString("c", CultureInfo.InvariantCulture),
+                    bool flag => flag ? "true" : "false",
                     DateTimeOffset instant => instant.ToString("yyyy-MM-dd'T'HH:mm:sszzz", CultureInfo.InvariantCulture),
                     IFormattable number => number.ToString(null, CultureInfo.InvariantCulture),
                     var other => other?.ToString(),

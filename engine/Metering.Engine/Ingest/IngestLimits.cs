@@ -78,6 +78,13 @@ public sealed class IngestLimits
     /// <summary>Largest gRPC message the server accepts, in bytes.</summary>
     public int MessageBytesMax { get; set; } = 16 * 1024 * 1024;
 
+    /// <summary>
+    /// How long a connection that opens a stream held by another connection of this server waits
+    /// for the holder to let go (it is cancelled at once, but a commit it has started runs to its
+    /// end) before the opener is refused with UNAVAILABLE and tries again.
+    /// </summary>
+    public TimeSpan TakeoverWaitMax { get; set; } = TimeSpan.FromSeconds(30);
+
     /// <summary>Throws with the offending setting when a bound is out of its sane range.</summary>
     public void Validate()
     {
@@ -98,6 +105,7 @@ public sealed class IngestLimits
         Require(HeartbeatClockSkewMax >= TimeSpan.FromMinutes(1) && HeartbeatClockSkewMax <= TimeSpan.FromDays(31), nameof(HeartbeatClockSkewMax), "between 1 minute and 31 days");
         Require(GroupCommitBatchesMax is >= 1 and <= 256, nameof(GroupCommitBatchesMax), "between 1 and 256");
         Require(MessageBytesMax is >= 64 * 1024 and <= 256 * 1024 * 1024, nameof(MessageBytesMax), "between 64 KiB and 256 MiB");
+        Require(TakeoverWaitMax >= TimeSpan.FromMilliseconds(100) && TakeoverWaitMax <= TimeSpan.FromMinutes(10), nameof(TakeoverWaitMax), "between 100 ms and 10 minutes");
     }
 
     /// <summary>The longest canonical encoding a record within these limits can have.</summary>

@@ -284,7 +284,7 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(settings);
         builder.Services.AddSingleton<ReplicationMonitor>();
         builder.Services.AddHostedService(provider => provider.GetRequiredService<ReplicationMonitor>());
-        builder.Services.AddSingleton<StreamLeases>();
+        builder.Services.AddSingleton(new StreamLeases(settings.Limits.TakeoverWaitMax));
         builder.Services.AddSingleton<AuthenticationInterceptor>();
         builder.Services.AddSingleton<RefusalInterceptor>();
         builder.Services.AddSingleton<DurableAcknowledgementInterceptor>();

@@ -1,5 +1,7 @@
 using System.Collections.Concurrent;
+using System.Globalization;
 using Grpc.Core;
+using Metering.Engine.Ingest;
 
 namespace Metering.Server.Ingest;
 
@@ -8,12 +10,18 @@ namespace Metering.Server.Ingest;
 /// over from the connection holding it, which is cancelled and waited for before the newcomer
 /// reads the stream head. A client that reconnects after a silent network drop thus never waits
 /// for the dead connection to time out. Across processes the database's head check guards.
+/// The newcomer waits at most <c>takeoverWaitMax</c> (the setting
+/// Ingest:TakeoverWaitMax): a holder stuck in a commit keeps the stream until its commit ends.
 /// </summary>
-internal sealed class StreamLeases
+internal sealed class StreamLeases(TimeSpan takeoverWaitMax)
 {
     private readonly ConcurrentDictionary<(string ProviderId, string StreamId), Lease> _leases = new();
 
-    public static readonly TimeSpan TakeoverWaitMax = TimeSpan.FromSeconds(30);
+    /// <summary>Leases with the default wait, <see cref="IngestLimits.TakeoverWaitMax"/>.</summary>
+    public StreamLeases()
+        : this(new IngestLimits().TakeoverWaitMax)
+    {
+    }
 
     public async Task<Lease> AcquireAsync(string providerId, string streamId, CancellationToken callCancelled)
     {
@@ -32,7 +40,7 @@ internal sealed class StreamLeases
             await previous.CancelAsync();
             try
             {
-                await previous.Released.WaitAsync(TakeoverWaitMax, callCancelled);
+                await previous.Released.WaitAsync(takeoverWaitMax, callCancelled);
             }
             catch (Exception e)
             {
@@ -41,7 +49,7 @@ internal sealed class StreamLeases
                 lease.Dispose();
                 if (e is TimeoutException)
                 {
-                    throw new RpcException(new Status(StatusCode.Unavailable, $"the stream's previous connection did not let go within {TakeoverWaitMax.TotalSeconds:0} s; try again"));
+                    throw new RpcException(new Status(StatusCode.Unavailable, $"the stream's previous connection did not let go within {Wait(takeoverWaitMax)}; try again"));
                 }
 
                 throw;
@@ -52,6 +60,11 @@ internal sealed class StreamLeases
     }
 
     public int ActiveCount => _leases.Count;
+
+    private static string Wait(TimeSpan wait) =>
+        wait.TotalMilliseconds % 1000 == 0
+            ? string.Create(CultureInfo.InvariantCulture, $"{wait.TotalSeconds:0} s")
+            : string.Create(CultureInfo.InvariantCulture, $"{wait.TotalMilliseconds:0} ms");
 
     internal sealed class Lease : IDisposable
     {
