@@ -1,6 +1,9 @@
 using System.Net.Http;
 using System.Net.Sockets;
 using Grpc.Core;
+using Metering.Client.Channels;
+using Metering.Protocol.V1;
+using Metering.Server;
 using Npgsql;
 
 namespace Metering.Cli;
@@ -58,9 +61,13 @@ internal static class ExitCodes
     {
         // A call that never reached a server carries the transport's exception (Unavailable for a
         // refused connection, Internal for a failed TLS handshake); a server's refusal carries none.
-        RpcException rpc => rpc.InnerException is HttpRequestException or SocketException,
+        RpcException rpc => rpc.InnerException is HttpRequestException or SocketException || IsDatabaseUnavailable(rpc),
         NpgsqlException npgsql => npgsql.SqlState is null,
         SocketException or HttpRequestException => true,
         _ => error.InnerException is { } inner && IsUnreachable(inner),
     };
+
+    /// <summary>Whether the server answered that it cannot reach its database (UNAVAILABLE / DATABASE_UNAVAILABLE): a fault to retry, not a refusal.</summary>
+    public static bool IsDatabaseUnavailable(RpcException e) =>
+        MeteringChannel.ReasonOf(e) == ProtocolNames.Of(IngestRefusal.DatabaseUnavailable);
 }

@@ -92,6 +92,12 @@ internal static class ClientCommand
         if (ExitCodes.IsUnreachable(e))
         {
             // A server whose certificate is not trusted is as unreachable as none, but the remedy differs.
+            if (ExitCodes.IsDatabaseUnavailable(e))
+            {
+                Console.Error.WriteLine($"error: the server at {server} cannot reach its database ({e.Status.Detail}); nothing was changed, retry later.");
+                return ExitCodes.Unreachable;
+            }
+
             Console.Error.WriteLine(e.InnerException?.InnerException is System.Security.Authentication.AuthenticationException
                 ? $"error: cannot reach {server} securely ({e.InnerException.Message}: {e.InnerException.InnerException.Message}). Name the CA that issued its certificate with --ca or METERING_CA."
                 : $"error: no Metering server answers at {server} ({e.InnerException?.Message ?? e.Status.Detail}). Start one with `metering serve`, or name it with --server or METERING_SERVER.");
