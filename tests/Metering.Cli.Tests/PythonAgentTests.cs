@@ -32,7 +32,7 @@ public sealed class PythonAgentTests(PostgresFixture postgres)
         });
 
         Assert.True(exit == 0, output);
-        Assert.Contains("Ran 8 tests", output, StringComparison.Ordinal);
+        Assert.Contains("Ran 11 tests", output, StringComparison.Ordinal);
     }
 
     [Fact]
