@@ -4,12 +4,6 @@ using Metering.Protocol.V1;
 using Metering.Engine.Fixtures;
 using Metering.Server.Fixtures;
 using Metering.Fixtures;
-using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
-using Microsoft.AspNetCore.Http;
-using Microsoft.Extensions.DependencyInjection;
 
 namespace Metering.Cli.Tests;
 
@@ -30,7 +24,7 @@ public sealed class ProviderAgentSmActivityTests(PostgresFixture postgres)
     /// </summary>
     private static readonly uint[] RecordedGpuBp = [125, 200, 0, 313, 8_734, 9_123, 8_000, 9_501];
 
-    private static string Recorded() => File.ReadAllText(Path.Combine(TestRecords.RepositoryRoot(), "tests", "Metering.Cli.Tests", "Dcgm", "dcgm-exporter-gpu-node-07.txt"));
+    private static string Recorded() => RecordedExporter.Recorded();
 
     private static Task<(int ExitCode, string Output)> RunAgentAsync(TestServer server, string stream, params string[] options) =>
         ProviderAgentCliTests.RunAgentAsync([
@@ -162,43 +156,5 @@ public sealed class ProviderAgentSmActivityTests(PostgresFixture postgres)
         Assert.Equal((5_000u, 4_999u, 163u), (SmActivitySampler.ToBasisPoints(0.49995m), SmActivitySampler.ToBasisPoints(0.499949999m),
             SmActivitySampler.MeanBp(new Dictionary<int, uint> { [0] = 125, [1] = 200 }, [0, 1])));
         Assert.Null(SmActivitySampler.MeanBp(new Dictionary<int, uint> { [0] = 125 }, [3]));
-    }
-
-    /// <summary>A real HTTP server on loopback that answers GET /metrics with what <c>respond</c> gives for the n-th request (1-based).</summary>
-    private sealed class RecordedExporter : IAsyncDisposable
-    {
-        private readonly WebApplication _app;
-        private int _requests;
-
-        private RecordedExporter(WebApplication app) => _app = app;
-
-        public int Requests => _requests;
-
-        public string MetricsUrl { get; private set; } = "";
-
-        public static async Task<RecordedExporter> StartAsync(Func<int, (int Status, string Body)> respond)
-        {
-            WebApplicationBuilder builder = WebApplication.CreateSlimBuilder();
-            builder.WebHost.UseUrls("http://127.0.0.1:0");
-            WebApplication app = builder.Build();
-            var exporter = new RecordedExporter(app);
-            app.MapGet("/metrics", async context =>
-            {
-                (int status, string body) = respond(Interlocked.Increment(ref exporter._requests));
-                context.Response.StatusCode = status;
-                context.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
-                await context.Response.WriteAsync(body);
-            });
-            await app.StartAsync();
-            string address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.Single();
-            exporter.MetricsUrl = address.TrimEnd('/') + "/metrics";
-            return exporter;
-        }
-
-        public async ValueTask DisposeAsync()
-        {
-            await _app.StopAsync();
-            await _app.DisposeAsync();
-        }
     }
 }
