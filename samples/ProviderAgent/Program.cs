@@ -6,19 +6,21 @@ using Metering.Client.Channels;
 using Metering.Client.Receipts;
 using Metering.Client.Simulation;
 using Metering.Client.Streaming;
+using Metering.Client.Utilisation;
 using Metering.Samples.ProviderAgent;
 
 // A provider agent: streams one simulated site's day of usage to a Metering server.
 //   provider-agent --server https://metering.example.org:7390[,https://...] --api-key KEY [--ca ca.pem]
 //                  [--client-cert agent.pem --client-key agent.key] [--stream ID] [--day 2026-11-26]
 //                  [--jobs-per-interval 100] [--drop-once-after N] [--live true] [--heartbeat-seconds N]
-//                  [--receipts receipts.jsonl]
+//                  [--receipts receipts.jsonl] [--dcgm-url http://HOST:9400/metrics | --nvidia-smi PROGRAM]
 const string Usage = """
     Usage: provider-agent --server URL --api-key KEY [--ca FILE] [--client-cert FILE --client-key FILE]
                           [--stream ID] [--site 0|1|2] [--pools MODEL:DEVICES[,...]] [--holders CODE[,...]]
                           [--day YYYY-MM-DD]
                           [--jobs-per-interval N] [--drop-once-after N] [--live true] [--heartbeat-seconds N]
                           [--receipts FILE]
+                          [--dcgm-url URL | --nvidia-smi PROGRAM] [--sm-samples N] [--sm-sample-seconds N]
     Streams a simulated site's day of GPU usage (5-minute metering intervals) and resumes
     after a disconnect. The API key may also come from METERING_API_KEY.
     --day defaults to yesterday by the server's clock (Asia/Shanghai), which in a sandbox
@@ -36,6 +38,20 @@ const string Usage = """
     waiting, so that the audit can tell an idle platform from a dead one.
     --receipts FILE appends the server's signed receipt of every acknowledgement to FILE
     (JSON Lines); `metering audit check-receipts FILE` checks them against the database later.
+    --dcgm-url http://HOST:9400/metrics reads DCGM_FI_PROF_SM_ACTIVE (a fraction from 0 to 1
+    per GPU) from dcgm-exporter's Prometheus text, --sm-samples times (default 3),
+    --sm-sample-seconds apart (default 5), before anything is sent; each GPU's mean becomes
+    whole basis points (decimal arithmetic, rounded half away from zero) and every record
+    carries sm_active_bp, the mean of its devices' GPUs rounded the same way. Device NNNN of
+    the simulated site (the number in its UUID GPU-SITE-NNNN) is the exporter's GPU
+    NNNN mod G, counting the G GPUs it lists in gpu-index order (gpu="NNNN mod G" when they
+    are 0..G-1); a record listing no UUIDs (a job of more than 8 devices) takes the mean of
+    all of them. --nvidia-smi PROGRAM reads nvidia-smi --query-gpu=index,utilization.gpu
+    --format=csv,noheader,nounits instead: utilization.gpu counts a GPU busy when any kernel
+    runs, so it is coarser than SM activity and reads high. Without either option records
+    carry no sm_active_bp. A source that does not answer (connection, HTTP status, program
+    failure) stops the agent with exit 5, one that answers with no usable figures (no
+    DCGM_FI_PROF_SM_ACTIVE, garbage, a value above 1) with exit 2; nothing is sent then.
     Exit codes, as the metering CLI's: 0 done; 1 unexpected error; 2 usage error (nothing sent);
     4 refused by the server; 5 no server answers.
     """;
@@ -56,6 +72,27 @@ if (arguments is null)
 
     Console.Error.WriteLine(Usage);
     return 2;
+}
+
+SortedDictionary<int, uint>? gpuMeansBp = null;
+if (arguments.ActivitySource is not null)
+{
+    using var http = new HttpClient();
+    var sampler = new SmActivitySampler(arguments.ActivitySource.StartsWith("nvidia-smi:", StringComparison.Ordinal)
+        ? GpuActivitySources.NvidiaSmi(arguments.ActivitySource["nvidia-smi:".Length..])
+        : GpuActivitySources.DcgmExporter(http, new Uri(arguments.ActivitySource)));
+    try
+    {
+        await sampler.SampleAsync(arguments.SmSamples, TimeSpan.FromSeconds(arguments.SmSampleSeconds), CancellationToken.None);
+    }
+    catch (GpuActivityException e)
+    {
+        Console.Error.WriteLine($"error: {e.Message}");
+        return e.Problem == GpuActivityProblem.Unreachable ? 5 : 2;
+    }
+
+    gpuMeansBp = sampler.TakeMeansBp();
+    Console.Error.WriteLine($"SM activity over {arguments.SmSamples} sample(s): {string.Join(", ", gpuMeansBp.Select(gpu => $"gpu {gpu.Key} {gpu.Value} bp"))}");
 }
 
 GrpcChannel channel;
@@ -101,7 +138,8 @@ var streamer = new UsageStreamer(channel, arguments.ApiKey, new StreamerOptions
 
 try
 {
-    StreamResult result = await streamer.RunAsync(arguments.StreamId ?? site.Site, site.RecordAt, site.RecordsPerDay, CancellationToken.None);
+    Func<ulong, Metering.Protocol.V1.UsageRecord> recordAt = gpuMeansBp is null ? site.RecordAt : sequence => WithSmActivity(site.RecordAt(sequence), gpuMeansBp);
+    StreamResult result = await streamer.RunAsync(arguments.StreamId ?? site.Site, recordAt, site.RecordsPerDay, CancellationToken.None);
     Console.WriteLine($"stream {result.StreamId}: committed {result.CommittedSequence} records over {result.Connections} connection(s); chain head {Convert.ToHexStringLower(result.ChainHead)}");
     if (receipts is not null)
     {
@@ -113,6 +151,22 @@ try
 catch (RpcException e)
 {
     return Refused(e);
+}
+
+// The mapping of simulated devices to the exporter's GPUs that --help states. The figures were
+// taken before streaming and never change, so a record resent after a reconnect is the same record.
+static Metering.Protocol.V1.UsageRecord WithSmActivity(Metering.Protocol.V1.UsageRecord record, SortedDictionary<int, uint> gpuMeansBp)
+{
+    int[] gpus = [.. gpuMeansBp.Keys];
+    IEnumerable<int> used = record.DeviceUuids.Count == 0
+        ? gpus
+        : record.DeviceUuids.Select(uuid => gpus[(int)(ulong.Parse(uuid[(uuid.LastIndexOf('-') + 1)..], CultureInfo.InvariantCulture) % (ulong)gpus.Length)]);
+    if (SmActivitySampler.MeanBp(gpuMeansBp, used) is uint bp)
+    {
+        record.SmActiveBp = bp;
+    }
+
+    return record;
 }
 
 static int Refused(RpcException e)
@@ -128,7 +182,7 @@ static int Refused(RpcException e)
 }
 
 internal sealed record Arguments(ServerList Server, string ApiKey, string? StreamId, int Site, DevicePool[]? Pools, string[]? Holders, DateOnly? Day, int JobsPerInterval, ulong? DropOnceAfter, bool Live, int? HeartbeatSeconds,
-    string? Ca, string? ClientCertificate, string? ClientKey, string? ReceiptsPath)
+    string? Ca, string? ClientCertificate, string? ClientKey, string? ReceiptsPath, string? ActivitySource, int SmSamples, int SmSampleSeconds)
 {
     /// <summary>The arguments, or null with what is wrong in <paramref name="problem"/> (null when only the usage needs showing).</summary>
     public static Arguments? Parse(string[] args, out string? problem)
@@ -229,6 +283,37 @@ internal sealed record Arguments(ServerList Server, string ApiKey, string? Strea
             }
         }
 
+        // The SM-activity source: a dcgm-exporter URL, or "nvidia-smi:PROGRAM".
+        string? activitySource = null;
+        if (values.TryGetValue("dcgm-url", out string? dcgmUrl))
+        {
+            if (values.ContainsKey("nvidia-smi"))
+            {
+                problem = "give --dcgm-url or --nvidia-smi, not both";
+                return null;
+            }
+
+            if (!Uri.TryCreate(dcgmUrl, UriKind.Absolute, out Uri? url) || url.Scheme is not ("http" or "https"))
+            {
+                problem = $"--dcgm-url must be an http:// or https:// URL like http://gpu-node-1:9400/metrics, not '{dcgmUrl}'";
+                return null;
+            }
+
+            activitySource = url.ToString();
+        }
+        else if (values.TryGetValue("nvidia-smi", out string? nvidiaSmi))
+        {
+            activitySource = "nvidia-smi:" + nvidiaSmi;
+        }
+
+        string samplesText = values.GetValueOrDefault("sm-samples", "3");
+        string secondsText = values.GetValueOrDefault("sm-sample-seconds", "5");
+        if (Whole(samplesText, 1, 1_000) is not int smSamples || Whole(secondsText, 0, 3_600) is not int smSampleSeconds)
+        {
+            problem = $"--sm-samples must be 1 to 1000 and --sm-sample-seconds 0 to 3600, not '{samplesText}' and '{secondsText}'";
+            return null;
+        }
+
         return new Arguments(
             servers!,
             key,
@@ -244,7 +329,10 @@ internal sealed record Arguments(ServerList Server, string ApiKey, string? Strea
             values.GetValueOrDefault("ca"),
             values.GetValueOrDefault("client-cert"),
             values.GetValueOrDefault("client-key"),
-            values.GetValueOrDefault("receipts"));
+            values.GetValueOrDefault("receipts"),
+            activitySource,
+            smSamples,
+            smSampleSeconds);
     }
 
     private static int? Whole(string text, int min, int max) =>

@@ -57,6 +57,21 @@ public sealed class IngestFileCliTests(PostgresFixture postgres)
         Assert.Contains("not-a-code", output, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task Ingest_file_commits_the_dcgm_sample_with_its_sm_activity_and_refuses_the_figure_above_one()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+
+        var (exit, output) = await CliProcess.RunAsync(
+            "ingest-file", Sample("dcgm-jobs-2026-11-20.jsonl"), "--server", server.Address.ToString().TrimEnd('/'), "--ca", TestCertificates.CaPemPath,
+            "--api-key", TestServer.ProviderKey, "--stream", "jobs-nanshan", "--format", "jsonl", "--mapping", Sample("mapping-sm-active.json"));
+
+        Assert.True(exit == 7, output);
+        Assert.Contains("SM_ACTIVE_OUT_OF_RANGE", output, StringComparison.Ordinal);
+        Assert.Equal(["train-8841=7315", "train-8842=125", "eval-311=null"],
+            await server.QueryAsync<string>("SELECT job_id || '=' || coalesce(sm_active_bp::text, 'null') FROM usage_records WHERE stream_id = 'jobs-nanshan' ORDER BY sequence"));
+    }
+
     private static Task<(int ExitCode, string Output)> RunAsync(TestServer server, string file, string? mapping = null) =>
         CliProcess.RunAsync(
             "ingest-file", file, "--server", server.Address.ToString().TrimEnd('/'), "--ca", TestCertificates.CaPemPath, "--api-key", TestServer.ProviderKey,

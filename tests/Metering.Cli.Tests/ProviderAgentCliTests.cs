@@ -50,11 +50,13 @@ public sealed class ProviderAgentCliTests(PostgresFixture postgres)
         var (records, firstDay, lastDay, models, holders) = (await server.QueryAsync<(long, DateTime, DateTime, long, long)>("""
             SELECT count(*), min((start_at AT TIME ZONE 'Asia/Shanghai')::date), max(((end_at - interval '1 ms') AT TIME ZONE 'Asia/Shanghai')::date),
                    count(DISTINCT device_model) FILTER (WHERE device_model <> 'H100-SXM'), count(DISTINCT holder_code) FILTER (WHERE holder_code <> @holder)
+                   + count(*) FILTER (WHERE sm_active_bp IS NOT NULL)
             FROM usage_records WHERE stream_id = 'sandbox-agent'
             """, new { holder = TestRecords.Holder })).Single();
         Assert.Equal(288L * 2, records);
         Assert.Equal((sandboxYesterday, sandboxYesterday), (DateOnly.FromDateTime(firstDay), DateOnly.FromDateTime(lastDay)));
         Assert.NotEqual(DateOnly.FromDateTime(DateTime.UtcNow.AddHours(8)).AddDays(-1), sandboxYesterday);
+        // Without --dcgm-url or --nvidia-smi no record carries an SM-activity figure (counted with the holders).
         Assert.Equal((0L, 0L), (models, holders));
     }
 
@@ -103,7 +105,7 @@ public sealed class ProviderAgentCliTests(PostgresFixture postgres)
         Assert.Contains("no Metering server answers", nowhere, StringComparison.Ordinal);
     }
 
-    private static async Task<(int ExitCode, string Output)> RunAgentAsync(params string[] arguments)
+    internal static async Task<(int ExitCode, string Output)> RunAgentAsync(params string[] arguments)
     {
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         start.ArgumentList.Add(ProgramBuilds.PathOf("provider-agent.dll"));

@@ -32,7 +32,7 @@ public sealed class PythonAgentTests(PostgresFixture postgres)
         });
 
         Assert.True(exit == 0, output);
-        Assert.Contains("Ran 8 tests", output, StringComparison.Ordinal);
+        Assert.Contains("Ran 11 tests", output, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -254,6 +254,30 @@ public sealed class PythonAgentTests(PostgresFixture postgres)
         Assert.True(run.ExitCode == 4, run.ToString());
         Assert.Contains("refused: PermissionDenied OTHER_PROVIDER", run.Error, StringComparison.Ordinal);
         Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM ingest_streams WHERE stream_id = @Stream", new { Stream }));
+    }
+
+    [Fact]
+    public async Task Generated_records_carry_the_mean_sm_activity_dcgm_exporter_reports_for_their_gpus()
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres);
+        await using RecordedExporter exporter = await RecordedExporter.StartAsync(_ => (200, RecordedExporter.Recorded()));
+
+        PythonAgent.Run run = await PythonAgent.RunAsync(server, TestServer.ProviderKey, NewFolder(), "stream", "--stream", "py-dcgm", "--generate", "12",
+            "--from", "2026-11-20T00:00:00+08:00", "--holder", TestRecords.Holder, "--dcgm-url", exporter.MetricsUrl, "--sm-samples", "2", "--sm-sample-seconds", "0");
+
+        Assert.True(run.ExitCode == 0, run.ToString());
+        Assert.Equal(2, exporter.Requests);
+        // Eight devices: GPUs 0 to 7 of the recording, (125 + 200 + 0 + 313 + 8,734 + 9,123 + 8,000 + 9,501) / 8 = 4,499.5 → 4,500.
+        Assert.Equal([4_500], await server.QueryAsync<int>("SELECT DISTINCT sm_active_bp FROM usage_records WHERE stream_id = 'py-dcgm'"));
+        byte[] head = await server.ScalarAsync<byte[]>("SELECT chain_head FROM ingest_streams WHERE stream_id = 'py-dcgm'");
+        Assert.Equal(Convert.ToHexStringLower(head), run.Summary.GetProperty("chain_head").GetString());
+
+        await using RecordedExporter broken = await RecordedExporter.StartAsync(_ => (500, "dcgm: failed to collect metrics\n"));
+        PythonAgent.Run failed = await PythonAgent.RunAsync(server, TestServer.ProviderKey, NewFolder(), "stream", "--stream", "py-dcgm-bad", "--generate", "12",
+            "--from", "2026-11-20T00:00:00+08:00", "--holder", TestRecords.Holder, "--dcgm-url", broken.MetricsUrl, "--sm-sample-seconds", "0");
+        Assert.True(failed.ExitCode == 5, failed.ToString());
+        Assert.Contains("answered HTTP 500", failed.Error, StringComparison.Ordinal);
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id = 'py-dcgm-bad'"));
     }
 
     [Fact]

@@ -65,5 +65,7 @@ internal static class EngineRecords
         mapping.Site,
         mapping.HasUtcOffsetMinutes ? mapping.UtcOffsetMinutes : null,
         mapping.MeterSteps,
-        mapping.TimeZone.Length == 0 ? null : mapping.TimeZone);
+        mapping.TimeZone.Length == 0 ? null : mapping.TimeZone,
+        mapping.SmActiveProperty.Length == 0 ? null : mapping.SmActiveProperty,
+        (Metering.Engine.RawLogs.SmActiveScale)(int)mapping.SmActiveScale);
 }

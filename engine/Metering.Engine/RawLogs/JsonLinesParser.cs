@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using System.Text.Unicode;
@@ -8,11 +9,20 @@ namespace Metering.Engine.RawLogs;
 /// <summary>
 /// Parses JSON Lines usage logs: one object per line in the schema of
 /// proto/metering/v1/rawlog-formats.md. Unknown properties are refused, so a typo cannot silently
-/// drop a field.
+/// drop a field; the mapping may name one more property, which carries SM activity.
 /// </summary>
 internal sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
 {
     private const int UuidsMax = 64;
+
+    private static readonly string[] FixedProperties =
+    [
+        "job_id", "holder_code", "account", "device_model", "gres", "device_count", "share_numerator", "share_denominator",
+        "start", "end", "site", "energy_mwh", "device_uuids",
+    ];
+
+    /// <summary>Whether the format itself defines a property of this name, so that a mapping cannot take it for SM activity.</summary>
+    public static bool IsFixedProperty(string name) => FixedProperties.Contains(name, StringComparer.Ordinal);
 
     public LineOutcome Parse(ReadOnlySpan<byte> line, out IngestRecord record, out LineRefusal refusal)
     {
@@ -33,6 +43,7 @@ internal sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
         uint deviceCount = 0, shareNumerator = 1, shareDenominator = 1;
         long startUnixMs = 0, endUnixMs = 0;
         ulong? energyMwh = null;
+        uint? smActiveBp = null;
         List<string>? uuids = null;
         bool hasStart = false, hasEnd = false, hasCount = false;
         string? account = null, gres = null;
@@ -59,6 +70,13 @@ internal sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
                 else if (reader.ValueTextEquals("site"u8)) { site = ReadString(ref reader); }
                 else if (reader.ValueTextEquals("energy_mwh"u8)) { energyMwh = ReadUInt64(ref reader); }
                 else if (reader.ValueTextEquals("device_uuids"u8)) { ReadUuids(ref reader, uuids ??= []); }
+                else if (rules.SmActiveProperty is byte[] smActiveProperty && reader.ValueTextEquals(smActiveProperty))
+                {
+                    if (!TryReadSmActive(ref reader, rules.SmActiveScale, out smActiveBp, out refusal))
+                    {
+                        return LineOutcome.Refused;
+                    }
+                }
                 else
                 {
                     return Malformed($"unknown property '{reader.GetString()}'", out refusal);
@@ -114,7 +132,7 @@ internal sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
 
         // A record without UUIDs shares the one empty array instead of allocating a list.
         record = new IngestRecord(0, jobId, holderCode, deviceModel, deviceCount, shareNumerator, shareDenominator,
-            startUnixMs, endUnixMs, site, uuids is null ? Array.Empty<string>() : uuids, energyMwh);
+            startUnixMs, endUnixMs, site, uuids is null ? Array.Empty<string>() : uuids, energyMwh, smActiveBp);
         return LineOutcome.Record;
     }
 
@@ -140,6 +158,60 @@ internal sealed class JsonLinesParser(LogMappingRules rules) : ILogLineParser
     {
         reader.Read();
         return reader.TokenType == JsonTokenType.Number && reader.TryGetUInt64(out ulong value) ? value : throw new FormatException("expected a whole number");
+    }
+
+    /// <summary>
+    /// Reads an SM-activity figure in <paramref name="scale"/> into whole basis points: a JSON number
+    /// or decimal text, parsed as <see cref="decimal"/> (never binary floating point, whose 0.1 is
+    /// not 0.1), checked against the scale's range as written, then scaled and rounded half away
+    /// from zero. JSON null is no figure. Out of range is the ingest stream's own reason, so that a
+    /// figure is refused alike on both paths.
+    /// </summary>
+    private static bool TryReadSmActive(ref Utf8JsonReader reader, SmActiveScale scale, out uint? smActiveBp, out LineRefusal refusal)
+    {
+        smActiveBp = null;
+        refusal = default;
+        reader.Read();
+        decimal value = 0;
+        if (reader.TokenType == JsonTokenType.Null)
+        {
+            return true;
+        }
+
+        const NumberStyles Style = NumberStyles.AllowLeadingSign | NumberStyles.AllowDecimalPoint | NumberStyles.AllowExponent;
+        bool parsed = reader.TokenType switch
+        {
+            JsonTokenType.Number => reader.TryGetDecimal(out value),
+            JsonTokenType.String => !reader.ValueIsEscaped && decimal.TryParse(reader.ValueSpan, Style, CultureInfo.InvariantCulture, out value),
+            _ => false,
+        };
+        if (!parsed)
+        {
+            refusal = LineRefusal.Of(RawLogRefusalReason.MalformedLine, "the SM activity is not a number (a JSON number or decimal text like \"0.73\")");
+            return false;
+        }
+
+        (decimal max, decimal basisPointsPerUnit, string unit) = scale switch
+        {
+            SmActiveScale.Fraction => (1m, 10_000m, "a fraction from 0 to 1"),
+            SmActiveScale.Percent => (100m, 100m, "a percentage from 0 to 100"),
+            _ => ((decimal)RecordValidator.SmActiveBpMax, 1m, $"basis points from 0 to {RecordValidator.SmActiveBpMax}"),
+        };
+        if (value < 0 || value > max)
+        {
+            refusal = new LineRefusal(IngestRefusalReason.SmActiveOutOfRange.ContractName(),
+                $"the SM activity {value.ToString(CultureInfo.InvariantCulture)} is outside {unit}");
+            return false;
+        }
+
+        if (scale == SmActiveScale.BasisPoints && value != decimal.Truncate(value))
+        {
+            refusal = LineRefusal.Of(RawLogRefusalReason.MalformedLine, "SM activity in basis points must be a whole number");
+            return false;
+        }
+
+        smActiveBp = (uint)decimal.Round(value * basisPointsPerUnit, 0, MidpointRounding.AwayFromZero);
+        return true;
     }
 
     private static long ReadTime(ref Utf8JsonReader reader)

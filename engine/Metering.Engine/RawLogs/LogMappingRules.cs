@@ -25,6 +25,8 @@ public sealed class LogMappingRules
         Site = mapping.Site;
         UtcOffset = TimeSpan.FromMinutes(mapping.UtcOffsetMinutes ?? 480);
         MeterSteps = mapping.MeterSteps;
+        SmActiveProperty = string.IsNullOrEmpty(mapping.SmActiveProperty) ? null : Encoding.UTF8.GetBytes(mapping.SmActiveProperty);
+        SmActiveScale = mapping.SmActiveScale;
         Zone = string.IsNullOrEmpty(mapping.TimeZone) || !TimeZoneInfo.TryFindSystemTimeZoneById(mapping.TimeZone, out TimeZoneInfo? zone) ? null : zone;
     }
 
@@ -36,6 +38,12 @@ public sealed class LogMappingRules
 
     /// <summary>The cluster's IANA zone, when the mapping names one; otherwise <see cref="UtcOffset"/> applies.</summary>
     public TimeZoneInfo? Zone { get; }
+
+    /// <summary>The UTF-8 name of the JSON Lines property that carries SM activity; null when lines carry none.</summary>
+    public byte[]? SmActiveProperty { get; }
+
+    /// <summary>The scale of <see cref="SmActiveProperty"/>'s values.</summary>
+    public SmActiveScale SmActiveScale { get; }
 
     /// <summary>Checks a mapping; returns the rules, or the first problem as a sentence.</summary>
     public static LogMappingRules Create(LogMappingSpec mapping, DeviceCatalog catalog, out string? problem, int siteBytesMax = 64)
@@ -80,6 +88,16 @@ public sealed class LogMappingRules
             }
         }
 
+        if (string.IsNullOrEmpty(mapping.SmActiveProperty) != (mapping.SmActiveScale == SmActiveScale.Unspecified))
+        {
+            problem = "mapping sm_active_property and sm_active_scale go together: name the property and its scale (basis points, fraction or percent), or neither";
+        }
+        else if (!string.IsNullOrEmpty(mapping.SmActiveProperty)
+            && (mapping.SmActiveProperty.Length > KeyCharsMax || !Enum.IsDefined(mapping.SmActiveScale) || JsonLinesParser.IsFixedProperty(mapping.SmActiveProperty)))
+        {
+            problem = $"mapping sm_active_property '{mapping.SmActiveProperty}' must be 1 to {KeyCharsMax} characters, not a property the format already defines, with a known sm_active_scale";
+        }
+
         if (mapping.AccountHolders.Keys.Concat(mapping.GresModels.Keys).Concat(mapping.PartitionModels.Keys).Any(k => k.Length is 0 or > KeyCharsMax))
         {
             problem = $"mapping keys must be 1 to {KeyCharsMax} characters";
@@ -111,6 +129,11 @@ public sealed class LogMappingRules
         if (!string.IsNullOrEmpty(mapping.TimeZone))
         {
             text.Append("time_zone\t").Append(mapping.TimeZone).Append('\n');
+        }
+
+        if (!string.IsNullOrEmpty(mapping.SmActiveProperty))
+        {
+            text.Append("sm_active\t").Append(mapping.SmActiveProperty).Append('\t').Append((int)mapping.SmActiveScale).Append('\n');
         }
 
         return Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(text.ToString())));

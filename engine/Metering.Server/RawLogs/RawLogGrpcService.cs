@@ -276,6 +276,11 @@ internal sealed partial class RawLogGrpcService(
             throw Refused(StatusCode.InvalidArgument, RawLogRefusal.HeaderInvalid, "offset lies past total_bytes");
         }
 
+        if (header.Format == LogFormat.SacctParsable2 && mapping.SmActiveProperty is not null)
+        {
+            throw Refused(StatusCode.InvalidArgument, RawLogRefusal.HeaderInvalid, "sacct has no SM-activity figure: sm_active_property applies to JSON_LINES only");
+        }
+
         LogMappingRules rules = LogMappingRules.Create(mapping, validator.Catalog, out string? problem, validator.Limits.SiteBytesMax);
         return problem is null ? rules : throw Refused(StatusCode.InvalidArgument, RawLogRefusal.HeaderInvalid, problem);
     }

@@ -14,7 +14,9 @@ internal static class RawLogMapping
         mapping.Site,
         mapping.HasUtcOffsetMinutes ? mapping.UtcOffsetMinutes : null,
         mapping.MeterSteps,
-        mapping.TimeZone.Length == 0 ? null : mapping.TimeZone);
+        mapping.TimeZone.Length == 0 ? null : mapping.TimeZone,
+        mapping.SmActiveProperty.Length == 0 ? null : mapping.SmActiveProperty,
+        (Metering.Engine.RawLogs.SmActiveScale)(int)mapping.SmActiveScale);
 
     /// <summary>By value: the two enums share names and numbers, which a test holds.</summary>
     public static RawLogFormat ToEngine(LogFormat format) => (RawLogFormat)(int)format;

@@ -98,6 +98,11 @@ def parser() -> argparse.ArgumentParser:
     stream.add_argument("--model", default="H100-SXM", help="--generate: device catalog key (default H100-SXM)")
     stream.add_argument("--devices", type=_positive, default=8, help="--generate: devices per job (default 8)")
     stream.add_argument("--site", default="sz-nanshan-dc1", help="--generate: the site (default sz-nanshan-dc1)")
+    stream.add_argument("--dcgm-url", help="--generate: read DCGM_FI_PROF_SM_ACTIVE from dcgm-exporter (http://HOST:9400/metrics) before sending, "
+                        "and give each record the mean of GPUs 0 to --devices - 1 of those it lists (in gpu-index order, "
+                        "wrapping round) as sm_active_bp; exit 5 when it does not answer, 2 when it gives no usable figures")
+    stream.add_argument("--sm-samples", type=_positive, default=3, help="--dcgm-url: scrapes to average (default 3)")
+    stream.add_argument("--sm-sample-seconds", type=_not_negative, default=5, help="--dcgm-url: seconds between scrapes (default 5)")
     stream.add_argument("--batch-records", type=_positive, default=500, help="records per batch, at most the server's batch_records_max (default 500)")
     stream.add_argument("--batches-in-flight", type=_positive, default=4, help="batches sent before their acknowledgement (default 4)")
     stream.add_argument("--pause-ms", type=_not_negative, default=0, help="wait after each acknowledgement, as a paced platform would (default 0)")
@@ -162,6 +167,10 @@ def _run(arguments: argparse.Namespace) -> int:
             except ValueError as error:
                 raise UsageError(f"--from: {error}") from None
             chosen = records.generate(arguments.generate, start_ms, arguments.holder, arguments.model, arguments.devices, arguments.site)
+            if arguments.dcgm_url:
+                chosen = _with_sm_activity(chosen, arguments)
+        if arguments.dcgm_url and arguments.input is not None:
+            raise UsageError("--dcgm-url goes with --generate; JSON Lines input gives sm_active_bp itself")
     else:
         try:
             mapping = json_format.Parse(mapping_json, pb["rawlog"].LogMapping())
@@ -204,6 +213,22 @@ def _run(arguments: argparse.Namespace) -> int:
             "committed_sequence": report.committed_sequence, "chain_head": report.chain_head.hex(), "receipts": str(state.receipts),
         }))
         return LINES_REFUSED if report.lines_refused else SUCCESS
+
+
+def _with_sm_activity(chosen: list, arguments: argparse.Namespace) -> list:
+    """The generated records with the exporter's figures, sampled once before anything is sent, so that a resent record is the same record."""
+    import dataclasses
+
+    from . import dcgm
+    from .transport import Unreachable, UsageError
+
+    try:
+        gpu_bp = dcgm.sample(arguments.dcgm_url, arguments.sm_samples, arguments.sm_sample_seconds)
+    except dcgm.DcgmError as error:
+        raise (Unreachable if error.unreachable else UsageError)(str(error)) from None
+    gpus = list(gpu_bp)
+    figure = dcgm.mean_bp(gpu_bp, [gpus[index % len(gpus)] for index in range(arguments.devices)])
+    return [dataclasses.replace(record, sm_active_bp=figure) for record in chosen]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

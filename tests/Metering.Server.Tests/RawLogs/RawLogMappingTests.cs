@@ -17,6 +17,19 @@ public sealed class RawLogMappingTests
     public void The_engines_log_formats_and_the_wires_hold_the_same_names_at_the_same_numbers() => EnumMirror.AssertMirrors<RawLogFormat, LogFormat>();
 
     [Fact]
+    public void The_engines_sm_activity_scales_and_the_wires_hold_the_same_names_at_the_same_numbers() =>
+        EnumMirror.AssertMirrors<Metering.Engine.RawLogs.SmActiveScale, Metering.Protocol.V1.SmActiveScale>();
+
+    [Fact]
+    public void A_header_mapping_s_sm_activity_property_and_scale_reach_the_engine()
+    {
+        LogMappingSpec mapping = RawLogMapping.ToEngine(new LogMapping { Site = "s", SmActiveProperty = "sm_active", SmActiveScale = Metering.Protocol.V1.SmActiveScale.Percent });
+
+        Assert.Equal(("sm_active", Metering.Engine.RawLogs.SmActiveScale.Percent), (mapping.SmActiveProperty, mapping.SmActiveScale));
+        Assert.Null(RawLogMapping.ToEngine(new LogMapping { Site = "s" }).SmActiveProperty);
+    }
+
+    [Fact]
     public void A_header_mapping_reaches_the_engine_with_its_maps_site_offset_and_steps()
     {
         var wire = new LogMapping

@@ -424,7 +424,7 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
         Assert.Equal(["5201/gpu:a100 A100-SXM", "5201/gpu:h100 H100-SXM"], rows);
     }
 
-    private static UploadHeader Header(string uploadId, string streamId, ulong totalBytes, ulong offset, LogFormat format, LogMapping? mapping = null) => new()
+    internal static UploadHeader Header(string uploadId, string streamId, ulong totalBytes, ulong offset, LogFormat format, LogMapping? mapping = null) => new()
     {
         UploadId = uploadId,
         StreamId = streamId,
@@ -435,7 +435,7 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
     };
 
     /// <summary>Sends <paramref name="data"/> (the file from <paramref name="offset"/> on) in chunks of the given sizes.</summary>
-    private static async Task<UploadReport> UploadAsync(TestServer server, string uploadId, string streamId, byte[] data, int[] chunks,
+    internal static async Task<UploadReport> UploadAsync(TestServer server, string uploadId, string streamId, byte[] data, int[] chunks,
         ulong offset = 0, bool complete = true, LogFormat format = LogFormat.SacctParsable2, ulong? totalBytes = null, LogMapping? mapping = null)
     {
         ulong total = totalBytes ?? (complete ? offset + (ulong)data.Length : (ulong)Sacct.Length);
