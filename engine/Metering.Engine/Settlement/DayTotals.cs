@@ -3,58 +3,35 @@ using System.Text;
 namespace Metering.Engine.Settlement;
 
 /// <summary>
-/// The day's usage summed per provider, holder and device model while the rows stream past, in
-/// integers only: records, nPFh and card-milliseconds, each record's card time by the same rule
-/// as the set-based aggregation (<see cref="DailySettlement.DayAggregationSql"/>):
-/// devices × share numerator × duration, divided by the share denominator, rounded down once
-/// per record. A group is looked up by the row's UTF-8 bytes, so a row allocates nothing; a new
-/// group decodes its names once. Rows come in runs of one stream, so the provider is compared
-/// with the last row's and looked up only when it changes; within a provider the holder is
-/// looked up, and the holder's few models are searched in turn. A reader that splits the day
-/// keeps one per segment and adds the others into the first (<see cref="Absorb"/>) before it
-/// asks for the groups, which are sorted once. Not thread-safe.
+/// The day's usage summed per provider, holder and device model from the runs of the day's read,
+/// in integers only: records, nPFh and card-milliseconds, each run already summed by PostgreSQL
+/// with card time by the set-based aggregation's own rule (<see cref="DailySettlement.DayAggregationSql"/>),
+/// rounded down once per record. A group is looked up by the run's UTF-8 bytes; a new group
+/// decodes its names once. Runs come grouped by provider, so the provider is compared with the
+/// last run's and looked up only when it changes; within a provider the holder is looked up, and
+/// the holder's few models are searched in turn. A reader that splits the day keeps one per
+/// segment and adds the others into the first (<see cref="Absorb"/>) before it asks for the
+/// groups, which are sorted once. Not thread-safe.
 /// </summary>
 internal sealed class DayTotals
 {
-    /// <summary>Microseconds in a millisecond: durations arrive in microseconds (timestamptz) and card time is counted in milliseconds.</summary>
-    private const long MicrosecondsPerMillisecond = 1_000;
-
     private readonly Dictionary<byte[], ProviderTotals> _providers = new(KeyComparer.Instance);
     private ProviderTotals? _current;
 
-    /// <summary>
-    /// Adds one record. Its device count and share numerator come as their product, which
-    /// PostgreSQL computes in the read, so that one field travels instead of two.
-    /// </summary>
-    /// <exception cref="InvalidDataException">The record breaks a rule its table's checks enforce (a count, share or duration that is not positive).</exception>
-    public void Add(ReadOnlySpan<byte> providerUtf8, ReadOnlySpan<byte> holderUtf8, ReadOnlySpan<byte> modelUtf8, long usageNpfh,
-        long deviceShares, int shareDenominator, long startMicroseconds, long endMicroseconds)
+    /// <summary>Adds a run of <paramref name="records"/> records of one provider, holder and model, with their summed nPFh and card-milliseconds.</summary>
+    /// <exception cref="InvalidDataException">The run has no record, or negative usage or card time (the table's checks allow neither).</exception>
+    public void Add(ReadOnlySpan<byte> providerUtf8, ReadOnlySpan<byte> holderUtf8, ReadOnlySpan<byte> modelUtf8, long records, long usageNpfh, long cardMs)
     {
-        long durationMicroseconds = checked(endMicroseconds - startMicroseconds);
-        if (deviceShares <= 0 || shareDenominator <= 0 || durationMicroseconds <= 0)
+        if (records <= 0 || usageNpfh < 0 || cardMs < 0)
         {
-            throw new InvalidDataException($"A usage record of {Encoding.UTF8.GetString(providerUtf8)} has {deviceShares} device share(s) over {shareDenominator} and {durationMicroseconds} µs; the table's checks allow none of these.");
+            throw new InvalidDataException($"A run of {Encoding.UTF8.GetString(providerUtf8)} has {records} record(s), {usageNpfh} nPFh and {cardMs} card-ms; the table's checks allow no run like it.");
         }
 
-        long cardMs = CardMilliseconds((ulong)deviceShares, (ulong)durationMicroseconds, (ulong)shareDenominator);
         ProviderTotals provider = _current is { } current && providerUtf8.SequenceEqual(current.Utf8) ? current : Switch(providerUtf8);
         Totals totals = provider.Find(holderUtf8, modelUtf8);
-        totals.Records++;
+        totals.Records += records;
         totals.UsageNpfh = checked(totals.UsageNpfh + usageNpfh);
         totals.CardMs = checked(totals.CardMs + cardMs);
-    }
-
-    /// <summary>
-    /// devices × numerator × duration µs / (denominator × 1000), rounded down: in 64 bits when the
-    /// product fits, which is every realistic record, else in 128.
-    /// </summary>
-    private static long CardMilliseconds(ulong deviceShares, ulong durationMicroseconds, ulong shareDenominator)
-    {
-        ulong divisor = shareDenominator * MicrosecondsPerMillisecond;
-        ulong high = Math.BigMul(deviceShares, durationMicroseconds, out ulong low);
-        return high == 0
-            ? checked((long)(low / divisor))
-            : checked((long)(ulong)(new UInt128(high, low) / divisor));
     }
 
     private ProviderTotals Switch(ReadOnlySpan<byte> providerUtf8)
