@@ -30,16 +30,23 @@ public sealed partial class DailySettlement
         """;
 
     /// <summary>
-    /// What the one pass groups the day's runs by beside provider and stream, and what it sums
-    /// beside records and nPFh: card time by the same rule, in the same SQL, as the set-based
-    /// aggregation (<see cref="DayAggregationSql"/>).
+    /// What the one pass groups the day's runs by beside provider and stream: what the
+    /// aggregation groups by, and what card time is computed from, the device count and share
+    /// numerator as their product (both are positive integers, so the product fits a bigint)
+    /// and the share denominator, which take few values, so a run has one of each.
     /// </summary>
-    private const string DayGroupColumns = "u.holder_code, u.device_model";
+    private const string DayGroupColumns = "u.holder_code, u.device_model, u.device_count::bigint * u.share_numerator, u.share_denominator";
 
-    private const string DayMoreAggregates = $"sum({CardMsSql})::bigint";
+    /// <summary>
+    /// Beside records and nPFh, each run's records' durations, as PostgreSQL's binary intervals
+    /// back to back, from which <see cref="DayTotals.CardMilliseconds"/> rounds each record's
+    /// card time down once: the set-based SQL's numeric arithmetic per record cost PostgreSQL
+    /// more than the rest of the read.
+    /// </summary>
+    private const string DayMoreAggregates = "string_agg(interval_send(u.end_at - u.start_at), ''::bytea)";
 
-    /// <summary>Columns of a run row: provider, stream, holder, model, records, nPFh, other hash lengths, pairs, card-ms.</summary>
-    private const int DayColumnCount = 9;
+    /// <summary>Columns of a run row: provider, stream, holder, model, device shares, share denominator, records, nPFh, other hash lengths, pairs, durations.</summary>
+    private const int DayColumnCount = 11;
 
     /// <summary>
     /// The memory PostgreSQL may give the read's grouping (<c>work_mem</c>, which hash
@@ -180,10 +187,10 @@ public sealed partial class DailySettlement
     /// One read of the day's records (of the block range, or all), in the connection's
     /// transaction: one <c>COPY (SELECT …) TO STDOUT</c> in binary of the day's runs
     /// (<see cref="DailyLeaves.RunsSql"/>), grouped by PostgreSQL per provider, stream, holder,
-    /// model and block of sequence numbers, parsed straight from Npgsql's raw COPY stream. Each
-    /// run goes to the totals of its provider, holder and model, already summed, and its records'
-    /// chain hashes to its stream's leaves, whose chunks are hashed on the thread pool while the
-    /// runs arrive.
+    /// model, device share and block of sequence numbers, parsed straight from Npgsql's raw COPY
+    /// stream. Each run goes to the totals of its provider, holder and model, with its card time
+    /// summed from its records' durations, and its records' chain hashes to its stream's leaves,
+    /// whose chunks are hashed on the thread pool while the runs arrive.
     /// </summary>
     private static async Task<Segment> ReadSegmentAsync(NpgsqlConnection connection, DateOnly day, string? blockRange, CancellationToken cancellationToken)
     {
@@ -217,10 +224,11 @@ public sealed partial class DailySettlement
                 var runs = new BinaryCopyReader(copy, DayColumnCount, DayReadBufferBytes);
                 while (await runs.ReadAsync(cancellationToken))
                 {
-                    long runRecords = runs.Int64(4);
-                    long usageNpfh = runs.Int64(5);
-                    StreamLeaves stream = leaves.AddRun(runs.Field(0), runs.Field(1), runRecords, usageNpfh, runs.Int64(6), runs.Field(7));
-                    totals.Add(stream.ProviderUtf8, runs.Field(2), runs.Field(3), runRecords, usageNpfh, runs.Int64(8));
+                    long runRecords = runs.Int64(6);
+                    long usageNpfh = runs.Int64(7);
+                    StreamLeaves stream = leaves.AddRun(runs.Field(0), runs.Field(1), runRecords, usageNpfh, runs.Int64(8), runs.Field(9));
+                    long cardMs = DayTotals.CardMilliseconds(runs.Int64(4), runs.Int32(5), runRecords, runs.Field(10));
+                    totals.Add(stream.ProviderUtf8, runs.Field(2), runs.Field(3), runRecords, usageNpfh, cardMs);
                     records += runRecords;
                 }
             }

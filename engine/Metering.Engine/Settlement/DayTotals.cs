@@ -1,12 +1,14 @@
+using System.Buffers.Binary;
 using System.Text;
 
 namespace Metering.Engine.Settlement;
 
 /// <summary>
 /// The day's usage summed per provider, holder and device model from the runs of the day's read,
-/// in integers only: records, nPFh and card-milliseconds, each run already summed by PostgreSQL
-/// with card time by the set-based aggregation's own rule (<see cref="DailySettlement.DayAggregationSql"/>),
-/// rounded down once per record. A group is looked up by the run's UTF-8 bytes; a new group
+/// in integers only: records, nPFh (summed by PostgreSQL per run) and card-milliseconds, each
+/// record's card time by the same rule as the set-based aggregation
+/// (<see cref="DailySettlement.DayAggregationSql"/>): devices × share numerator × duration,
+/// divided by the share denominator, rounded down once per record (<see cref="CardMilliseconds(long, int, long, ReadOnlySpan{byte})"/>). A group is looked up by the run's UTF-8 bytes; a new group
 /// decodes its names once. Runs come grouped by provider, so the provider is compared with the
 /// last run's and looked up only when it changes; within a provider the holder is looked up, and
 /// the holder's few models are searched in turn. A reader that splits the day keeps one per
@@ -15,8 +17,62 @@ namespace Metering.Engine.Settlement;
 /// </summary>
 internal sealed class DayTotals
 {
+    /// <summary>Microseconds in a millisecond: durations arrive in microseconds and card time is counted in milliseconds.</summary>
+    private const long MicrosecondsPerMillisecond = 1_000;
+
+    private const long MicrosecondsPerDay = 86_400_000_000;
+
+    /// <summary>Bytes of one duration: PostgreSQL's binary interval, microseconds (int64), days (int32) and months (int32), big-endian.</summary>
+    public const int IntervalBytes = 16;
+
     private readonly Dictionary<byte[], ProviderTotals> _providers = new(KeyComparer.Instance);
     private ProviderTotals? _current;
+
+    /// <summary>
+    /// The card time of a run of <paramref name="records"/> records of one device share:
+    /// devices × numerator × duration µs / (denominator × 1000) per record, rounded down once per
+    /// record, as the set-based aggregation's numeric <c>div</c> does. The durations are the
+    /// records' <c>end_at - start_at</c> as binary intervals, which a difference of two
+    /// timestamps gives in days and microseconds, never months.
+    /// </summary>
+    /// <exception cref="InvalidDataException">A count, share or duration the table's checks would have refused, or durations that are not one interval per record.</exception>
+    public static long CardMilliseconds(long deviceShares, int shareDenominator, long records, ReadOnlySpan<byte> durations)
+    {
+        if (deviceShares <= 0 || shareDenominator <= 0 || durations.Length != records * IntervalBytes)
+        {
+            throw new InvalidDataException($"A run of {records} record(s) has {deviceShares} device share(s) over {shareDenominator} and {durations.Length} bytes of durations; the table's checks allow no run like it.");
+        }
+
+        long cardMs = 0;
+        for (int at = 0; at < durations.Length; at += IntervalBytes)
+        {
+            long microseconds = BinaryPrimitives.ReadInt64BigEndian(durations[at..]);
+            int days = BinaryPrimitives.ReadInt32BigEndian(durations[(at + 8)..]);
+            int months = BinaryPrimitives.ReadInt32BigEndian(durations[(at + 12)..]);
+            long durationMicroseconds = months == 0 ? checked(days * MicrosecondsPerDay + microseconds) : 0;
+            if (durationMicroseconds <= 0)
+            {
+                throw new InvalidDataException($"A record lasts {months} month(s), {days} day(s) and {microseconds} µs; the table's checks allow only a positive duration in days and microseconds.");
+            }
+
+            cardMs = checked(cardMs + CardMilliseconds((ulong)deviceShares, (ulong)durationMicroseconds, (ulong)shareDenominator));
+        }
+
+        return cardMs;
+    }
+
+    /// <summary>
+    /// devices × numerator × duration µs / (denominator × 1000), rounded down: in 64 bits when the
+    /// product fits, which is every realistic record, else in 128.
+    /// </summary>
+    private static long CardMilliseconds(ulong deviceShares, ulong durationMicroseconds, ulong shareDenominator)
+    {
+        ulong divisor = shareDenominator * MicrosecondsPerMillisecond;
+        ulong high = Math.BigMul(deviceShares, durationMicroseconds, out ulong low);
+        return high == 0
+            ? checked((long)(low / divisor))
+            : checked((long)(ulong)(new UInt128(high, low) / divisor));
+    }
 
     /// <summary>Adds a run of <paramref name="records"/> records of one provider, holder and model, with their summed nPFh and card-milliseconds.</summary>
     /// <exception cref="InvalidDataException">The run has no record, or negative usage or card time (the table's checks allow neither).</exception>

@@ -1,3 +1,5 @@
+using System.Buffers.Binary;
+using System.Numerics;
 using System.Text;
 using Metering.Engine.Settlement;
 
@@ -5,8 +7,9 @@ namespace Metering.Engine.Tests.Settlement;
 
 /// <summary>
 /// The one pass's totals per provider, holder and model, summed from runs that PostgreSQL has
-/// already summed per stream and block of sequences; card time's rounding is the SQL's own
-/// (SettlementOnePassTests holds the run to an independent GROUP BY).
+/// grouped per stream, device share and block of sequences, with card time rounded down once
+/// per record exactly as the set-based SQL's numeric <c>div</c> does, in 64 bits and past them
+/// (SettlementOnePassTests holds the run to an independent GROUP BY too).
 /// </summary>
 public sealed class DayTotalsTests
 {
@@ -14,6 +17,51 @@ public sealed class DayTotalsTests
     private static readonly byte[] Holder = Encoding.UTF8.GetBytes("91440300MA5C000022");
     private static readonly byte[] H100 = Encoding.UTF8.GetBytes("H100-SXM");
     private static readonly byte[] A100 = Encoding.UTF8.GetBytes("A100-SXM");
+
+    /// <summary>The reference rule in arbitrary precision: shares × µs / (denominator × 1000), rounded down.</summary>
+    private static long Reference(long shares, int denominator, long microseconds) =>
+        (long)(new BigInteger(shares) * microseconds / (new BigInteger(denominator) * 1000));
+
+    /// <summary>Durations as PostgreSQL sends end_at - start_at: whole days split off the microseconds, no months.</summary>
+    private static byte[] Intervals(params long[] microseconds)
+    {
+        var bytes = new byte[microseconds.Length * DayTotals.IntervalBytes];
+        for (int i = 0; i < microseconds.Length; i++)
+        {
+            BinaryPrimitives.WriteInt64BigEndian(bytes.AsSpan(i * 16), microseconds[i] % 86_400_000_000);
+            BinaryPrimitives.WriteInt32BigEndian(bytes.AsSpan(i * 16 + 8), (int)(microseconds[i] / 86_400_000_000));
+        }
+
+        return bytes;
+    }
+
+    [Fact]
+    public void Card_time_is_rounded_down_once_per_record_and_a_product_past_64_bits_is_divided_in_128()
+    {
+        long[] durations = [1_234_567, 999_989, 90_000_000_001, 1];
+
+        Assert.Equal(durations.Sum(d => Reference(3, 7, d)), DayTotals.CardMilliseconds(3, 7, durations.Length, Intervals(durations)));
+        Assert.Equal(529L + 428L + 38_571_428L + 0L, DayTotals.CardMilliseconds(3, 7, durations.Length, Intervals(durations)));
+
+        long microseconds = 3_000_000_000_000_000;
+        Assert.Equal(Reference(4_000 * 6, 7, microseconds), DayTotals.CardMilliseconds(4_000 * 6, 7, 1, Intervals(microseconds)));
+        Assert.Throws<OverflowException>(() => DayTotals.CardMilliseconds((long)int.MaxValue * int.MaxValue, 1, 1, Intervals(long.MaxValue / 2)));
+    }
+
+    [Theory]
+    [InlineData(0, 1, 1_000, 0)]
+    [InlineData(1, 0, 1_000, 0)]
+    [InlineData(1, 1, 0, 0)]
+    [InlineData(1, 1, -5, 0)]
+    [InlineData(1, 1, 1_000, 1)]
+    public void A_run_of_shares_or_durations_the_table_checks_would_have_refused_is_refused(long shares, int denominator, long microseconds, int months)
+    {
+        byte[] durations = Intervals(microseconds);
+        BinaryPrimitives.WriteInt32BigEndian(durations.AsSpan(12), months);
+
+        Assert.Throws<InvalidDataException>(() => DayTotals.CardMilliseconds(shares, denominator, 1, durations));
+        Assert.Throws<InvalidDataException>(() => DayTotals.CardMilliseconds(1, 1, 2, Intervals(1_000)));
+    }
 
     [Fact]
     public void Runs_are_summed_per_provider_holder_and_model()
