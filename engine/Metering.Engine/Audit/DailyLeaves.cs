@@ -1,3 +1,5 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text;
@@ -88,8 +90,17 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
     /// <summary>Chunks from this size up are hashed on the thread pool; smaller ones on the reading thread, where a task would cost more than the hashing.</summary>
     public const int ChunkRecordsHashedApart = 2 * 1024;
 
+    /// <summary>
+    /// A stream out of order is put in order by placing each leaf at its sequence's offset from
+    /// the smallest, when its sequences span at most this many times its leaf count; a sparser
+    /// stream is sorted.
+    /// </summary>
+    public const int PlacedSpreadMax = 4;
+
     private List<LeafChunk> _chunks = [new LeafChunk(ChunkRecordsFirst)];
     private long _last = long.MinValue;
+    private long _smallest = long.MaxValue;
+    private long _largest = long.MinValue;
     private bool _ordered = true;
 
     public string ProviderId { get; } = providerId;
@@ -116,14 +127,35 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
             throw new InvalidDataException($"The chain hash of record {sequence} of {ProviderId}/{StreamId} is {chainHash.Length} bytes, not 32; verify the chain.");
         }
 
+        Append(sequence, chainHash, hashing);
+        UsageNpfh += usageNpfh;
+    }
+
+    /// <summary>
+    /// Appends a run of records (<see cref="DailyLeaves.RunsSql"/>): (sequence, chain hash)
+    /// pairs back to back, whose usage together is <paramref name="usageNpfh"/>.
+    /// </summary>
+    public void AddRun(ReadOnlySpan<byte> pairs, long usageNpfh, List<Task> hashing)
+    {
+        for (int at = 0; at < pairs.Length; at += DailyLeaves.RunPairBytes)
+        {
+            Append(BinaryPrimitives.ReadInt64BigEndian(pairs[at..]), pairs.Slice(at + sizeof(long), MerkleTree.HashBytes), hashing);
+        }
+
+        UsageNpfh += usageNpfh;
+    }
+
+    private void Append(long sequence, ReadOnlySpan<byte> chainHash, List<Task> hashing)
+    {
         LeafChunk chunk = _chunks[^1];
         chunk.Sequences[chunk.Count] = sequence;
         chainHash.CopyTo(chunk.Hashes.AsSpan(chunk.Count * MerkleTree.HashBytes));
         chunk.Count++;
         Count++;
-        UsageNpfh += usageNpfh;
         _ordered &= sequence > _last;
         _last = sequence;
+        _smallest = Math.Min(_smallest, sequence);
+        _largest = Math.Max(_largest, sequence);
         if (chunk.Full)
         {
             Hash(chunk, hashing);
@@ -151,6 +183,8 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
         Count += later.Count;
         UsageNpfh += later.UsageNpfh;
         _last = later._last;
+        _smallest = Math.Min(_smallest, later._smallest);
+        _largest = Math.Max(_largest, later._largest);
     }
 
     /// <summary>
@@ -162,8 +196,9 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
     /// </summary>
     public void Order()
     {
-        if (_ordered)
+        if (_ordered || Place())
         {
+            _ordered = true;
             return;
         }
 
@@ -193,6 +228,63 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
 
         _chunks = [ordered];
         _ordered = true;
+    }
+
+    /// <summary>
+    /// Puts the leaves in sequence order by writing each at its sequence's offset from the
+    /// smallest, in one pass, where the sequences are positive, dense enough
+    /// (<see cref="PlacedSpreadMax"/>) and each stored once: the order of a read that ships
+    /// runs of records in no order. False, with nothing changed, where they are not; the sort
+    /// then decides, which also orders a sequence stored twice.
+    /// </summary>
+    private bool Place()
+    {
+        long span = _largest - _smallest + 1;
+        if (Count == 0 || _smallest <= 0 || span > (long)Count * PlacedSpreadMax || span > Array.MaxLength / MerkleTree.HashBytes)
+        {
+            return false;
+        }
+
+        // A slot's sequence stays 0 until a leaf lands in it: stored sequences are positive.
+        var placed = new LeafChunk((int)span);
+        foreach (LeafChunk chunk in _chunks)
+        {
+            for (int i = 0; i < chunk.Count; i++)
+            {
+                long sequence = chunk.Sequences[i];
+                int slot = (int)(sequence - _smallest);
+                if (placed.Sequences[slot] != 0)
+                {
+                    return false;
+                }
+
+                placed.Sequences[slot] = sequence;
+                chunk.Hashes.AsSpan(i * MerkleTree.HashBytes, MerkleTree.HashBytes).CopyTo(placed.Hashes.AsSpan(slot * MerkleTree.HashBytes));
+            }
+        }
+
+        // Close the gaps of sequences that are not leaves of the day (other days' records).
+        int kept = 0;
+        for (int slot = 0; slot < span; slot++)
+        {
+            if (placed.Sequences[slot] == 0)
+            {
+                continue;
+            }
+
+            if (kept != slot)
+            {
+                placed.Sequences[kept] = placed.Sequences[slot];
+                placed.Hashes.AsSpan(slot * MerkleTree.HashBytes, MerkleTree.HashBytes).CopyTo(placed.Hashes.AsSpan(kept * MerkleTree.HashBytes));
+            }
+
+            kept++;
+        }
+
+        Debug.Assert(kept == Count);
+        placed.Count = kept;
+        _chunks = [placed];
+        return true;
     }
 
     /// <summary>The position of a sequence among the stream's leaves (the first, should it be stored twice), or -1.</summary>
@@ -325,6 +417,41 @@ internal static class DailyLeaves
             sql.Append(", ").Append(moreColumns);
         }
 
+        AppendRows(sql, day, oneProvider, cutOff, segmentCondition);
+        return sql.ToString();
+    }
+
+    /// <summary>
+    /// The leaf statement's records of the whole day (every provider, no cut-off) grouped into
+    /// runs: per provider, stream, the caller's <paramref name="groupColumns"/> and block of
+    /// <see cref="RunRecordsMax"/> sequence numbers, the run's record count, nPFh, count of
+    /// chain hashes that are not 32 bytes long, and its (sequence, chain hash) pairs, each the
+    /// sequence as 8 bytes big-endian then the hash, back to back in no particular order; then
+    /// the caller's <paramref name="moreAggregates"/>. PostgreSQL then sends a row per run
+    /// instead of a row per record, which on a day of millions of records costs it far less
+    /// than formatting every record, and the reader puts the leaves in sequence order itself
+    /// (<see cref="LeafCollector.AddRun"/>). The same rows as <see cref="Sql"/> selects.
+    /// </summary>
+    public static string RunsSql(DateOnly day, string groupColumns, string moreAggregates, string? segmentCondition)
+    {
+        var sql = new StringBuilder($"""
+            SELECT u.provider_id, u.stream_id, {groupColumns}, count(*)::bigint, sum(u.usage_npfh)::bigint,
+                   count(*) FILTER (WHERE octet_length(u.chain_hash) <> {MerkleTree.HashBytes}),
+                   string_agg(int8send(u.sequence) || u.chain_hash, ''::bytea), {moreAggregates}
+            """);
+        AppendRows(sql, day, oneProvider: false, MerkleCutOff.None, segmentCondition);
+        sql.Append($"GROUP BY u.provider_id, u.stream_id, u.sequence / {RunRecordsMax}, {groupColumns}\n");
+        return sql.ToString();
+    }
+
+    /// <summary>The most records one run of <see cref="RunsSql"/> carries (2.5 MiB of pairs): sequence numbers are grouped in blocks of this many.</summary>
+    public const int RunRecordsMax = 64 * 1024;
+
+    /// <summary>Bytes of one (sequence, chain hash) pair of a run.</summary>
+    public const int RunPairBytes = sizeof(long) + MerkleTree.HashBytes;
+
+    private static void AppendRows(StringBuilder sql, DateOnly day, bool oneProvider, MerkleCutOff cutOff, string? segmentCondition)
+    {
         sql.Append(" FROM usage_records u\n");
         if (cutOff.IsSettled)
         {
@@ -359,8 +486,6 @@ internal static class DailyLeaves
         {
             sql.Append("  AND u.sequence <= m.committed_sequence\n");
         }
-
-        return sql.ToString();
     }
 
     /// <summary>The day's bounds on <c>u.start_at</c>, written as literals so that the planner prunes partitions by them.</summary>
@@ -462,6 +587,35 @@ internal sealed class LeafCollector(DateOnly day)
         return current;
     }
 
+    /// <summary>
+    /// Adds one run of <see cref="DailyLeaves.RunsSql"/>: <paramref name="records"/> (sequence,
+    /// chain hash) pairs of one stream whose usage together is <paramref name="usageNpfh"/>.
+    /// </summary>
+    /// <exception cref="InvalidDataException">The pairs are not <paramref name="records"/> pairs of a sequence and a 32-byte hash.</exception>
+    /// <exception cref="AuditLimitExceededException">The read has more than <see cref="DailyLeaves.ReadLeavesMax"/> leaves.</exception>
+    public StreamLeaves AddRun(ReadOnlySpan<byte> providerUtf8, ReadOnlySpan<byte> streamUtf8, long records, long usageNpfh, long otherHashLengths, ReadOnlySpan<byte> pairs)
+    {
+        StreamLeaves? current = Current;
+        if (current is null || !streamUtf8.SequenceEqual(current.StreamUtf8) || !providerUtf8.SequenceEqual(current.ProviderUtf8))
+        {
+            current = Switch(providerUtf8, streamUtf8);
+        }
+
+        if (otherHashLengths != 0 || records < 1 || records > DailyLeaves.RunRecordsMax || pairs.Length != records * DailyLeaves.RunPairBytes)
+        {
+            throw new InvalidDataException($"A run of {current.ProviderId}/{current.StreamId} has {records} record(s), {otherHashLengths} of them with a chain hash that is not 32 bytes, in {pairs.Length} bytes of pairs; verify the chain.");
+        }
+
+        _leaves += (int)records;
+        if (_leaves > DailyLeaves.ReadLeavesMax)
+        {
+            throw new AuditLimitExceededException($"the daily trees of {day:yyyy-MM-dd} have more than {DailyLeaves.ReadLeavesMax} leaves in all; one read takes at most that many.");
+        }
+
+        current.AddRun(pairs, usageNpfh, _hashing);
+        return current;
+    }
+
     /// <summary>Hashes every stream's last, partly filled chunk and waits for all hashing.</summary>
     public async Task FinishAsync()
     {
@@ -522,14 +676,11 @@ internal sealed class LeafCollector(DateOnly day)
                 throw new AuditLimitExceededException($"{group.Key} has more than {MerkleTree.LeavesMax} records on {day:yyyy-MM-dd}; the daily tree takes at most that many leaves.");
             }
 
-            foreach (StreamLeaves stream in ordered)
-            {
-                stream.Order();
-            }
-
             providers.Add(new ProviderLeaves(group.Key, ordered));
         }
 
+        // Streams are put in order side by side: each touches only its own leaves.
+        Parallel.ForEach(_streams.Values, stream => stream.Order());
         return providers;
     }
 

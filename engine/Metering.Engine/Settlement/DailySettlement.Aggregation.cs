@@ -30,14 +30,33 @@ public sealed partial class DailySettlement
         """;
 
     /// <summary>
-    /// What the one pass reads beside the five leaf columns: what the aggregation groups by and
-    /// what card time is computed from, the device count and share numerator as their product
-    /// (both are positive integers, so the product fits a bigint), which saves PostgreSQL the
-    /// sending of one field per record.
+    /// What the one pass groups the day's runs by beside provider and stream: what the
+    /// aggregation groups by, and what card time is computed from, the device count and share
+    /// numerator as their product (both are positive integers, so the product fits a bigint)
+    /// and the share denominator, which take few values, so a run has one of each.
     /// </summary>
-    private const string DayColumns = "u.holder_code, u.device_model, u.device_count::bigint * u.share_numerator, u.share_denominator, u.start_at, u.end_at";
+    private const string DayGroupColumns = "u.holder_code, u.device_model, u.device_count::bigint * u.share_numerator, u.share_denominator";
 
+    /// <summary>
+    /// Beside records and nPFh, each run's records' durations, as PostgreSQL's binary intervals
+    /// back to back, from which <see cref="DayTotals.CardMilliseconds"/> rounds each record's
+    /// card time down once: the set-based SQL's numeric arithmetic per record cost PostgreSQL
+    /// more than the rest of the read.
+    /// </summary>
+    private const string DayMoreAggregates = "string_agg(interval_send(u.end_at - u.start_at), ''::bytea)";
+
+    /// <summary>Columns of a run row: provider, stream, holder, model, device shares, share denominator, records, nPFh, other hash lengths, pairs, durations.</summary>
     private const int DayColumnCount = 11;
+
+    /// <summary>
+    /// The memory PostgreSQL may give the read's grouping (<c>work_mem</c>, which hash
+    /// aggregation may use twice over): the runs' pairs, 40 bytes a record, are held there until
+    /// the segment's scan ends. A larger segment spills to disk, slower but the same.
+    /// </summary>
+    private const int DayReadWorkMemMb = 1024;
+
+    /// <summary>The read's buffer: a run row (at most <see cref="DailyLeaves.RunRecordsMax"/> pairs) must fit in half of it.</summary>
+    private const int DayReadBufferBytes = 8 * 1024 * 1024;
 
     /// <summary>The day's groups, every provider's leaves in leaf order, and how many records each segment read, from one read.</summary>
     private sealed record DayRead(List<Group> Groups, List<ProviderLeaves> Leaves, long[] SegmentRecords);
@@ -46,15 +65,14 @@ public sealed partial class DailySettlement
     private sealed record Segment(DayTotals Totals, LeafCollector Leaves, long Records);
 
     /// <summary>
-    /// The day's records (proof streams excluded), read once in the run's snapshot: each row goes
-    /// both to the aggregation per provider, holder and model and to its provider's Merkle
-    /// leaves (the leaf statement of <see cref="DailyLeaves"/>, with the aggregation's columns
-    /// added), so the leaves are exactly the records the run prices. With more than one segment
+    /// The day's records (proof streams excluded), read once in the run's snapshot as runs
+    /// grouped by PostgreSQL (the leaf statement's rows, <see cref="DailyLeaves.RunsSql"/>): each
+    /// run goes both to the aggregation per provider, holder and model and to its provider's
+    /// Merkle leaves, so the leaves are exactly the records the run prices. With more than one segment
     /// the table is cut into ranges of blocks, read side by side by the run's connection and by
     /// connections that import its snapshot, so that each backend scans its own blocks instead
-    /// of every backend scanning the whole day. The segments are put together in block order:
-    /// totals are summed, and a stream's leaves from a later range follow those of an earlier one,
-    /// which keeps them in physical order, the order they are nearly always in already.
+    /// of every backend scanning the whole day. The segments are put together: totals are
+    /// summed, and each stream's leaves are put in sequence order once all are in.
     /// </summary>
     private async Task<DayRead> ReadDayAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, CancellationToken cancellationToken)
     {
@@ -167,18 +185,33 @@ public sealed partial class DailySettlement
 
     /// <summary>
     /// One read of the day's records (of the block range, or all), in the connection's
-    /// transaction: one <c>COPY (SELECT …) TO STDOUT</c> in binary, parsed straight from
-    /// Npgsql's raw COPY stream. Leaf chunks are hashed on the thread pool while the rows arrive.
+    /// transaction: one <c>COPY (SELECT …) TO STDOUT</c> in binary of the day's runs
+    /// (<see cref="DailyLeaves.RunsSql"/>), grouped by PostgreSQL per provider, stream, holder,
+    /// model, device share and block of sequence numbers, parsed straight from Npgsql's raw COPY
+    /// stream. Each run goes to the totals of its provider, holder and model, with its card time
+    /// summed from its records' durations, and its records' chain hashes to its stream's leaves,
+    /// whose chunks are hashed on the thread pool while the runs arrive.
     /// </summary>
     private static async Task<Segment> ReadSegmentAsync(NpgsqlConnection connection, DateOnly day, string? blockRange, CancellationToken cancellationToken)
     {
-        string copySql = $"COPY ({DailyLeaves.Sql(day, oneProvider: false, MerkleCutOff.None, DayColumns, blockRange)}) TO STDOUT (FORMAT BINARY)";
+        string copySql = $"COPY ({DailyLeaves.RunsSql(day, DayGroupColumns, DayMoreAggregates, blockRange)}) TO STDOUT (FORMAT BINARY)";
         // A sequential scan that starts while another scans the same large table joins it midway
-        // and wraps around (synchronized scans): the rows of every stream would then come out of
-        // sequence order, and putting ten million leaves back in order costs more than the read.
-        await using (var unsynchronised = new NpgsqlCommand("SET LOCAL synchronize_seqscans = off", connection))
+        // and wraps around (synchronized scans): each segment would then scan more than its own
+        // blocks. The grouping holds the segment's pairs in memory until its scan ends, so its
+        // memory is raised for the read; and the planner, which cannot know how few runs a day
+        // has (it multiplies the grouping columns' distinct values), would sort the day's rows to
+        // group them, which costs more than the read, so sorting is off for it. Both settings
+        // are put back after the read.
+        (string WorkMem, string EnableSort) saved;
+        await using (var settings = new NpgsqlCommand("SELECT current_setting('work_mem'), current_setting('enable_sort')", connection))
+        await using (NpgsqlDataReader reader = await settings.ExecuteReaderAsync(cancellationToken))
         {
-            await unsynchronised.ExecuteNonQueryAsync(cancellationToken);
+            saved = await reader.ReadAsync(cancellationToken) ? (reader.GetString(0), reader.GetString(1)) : throw new InvalidOperationException("PostgreSQL returned no settings.");
+        }
+
+        await using (var setup = new NpgsqlCommand($"SET LOCAL synchronize_seqscans = off; SET LOCAL work_mem = '{DayReadWorkMemMb}MB'; SET LOCAL enable_sort = off", connection))
+        {
+            await setup.ExecuteNonQueryAsync(cancellationToken);
         }
 
         var leaves = new LeafCollector(day);
@@ -188,15 +221,16 @@ public sealed partial class DailySettlement
         {
             await using (NpgsqlRawCopyStream copy = await connection.BeginRawBinaryCopyAsync(copySql, cancellationToken))
             {
-                var rows = new BinaryCopyReader(copy, DayColumnCount);
-                while (await rows.ReadAsync(cancellationToken))
+                var runs = new BinaryCopyReader(copy, DayColumnCount, DayReadBufferBytes);
+                while (await runs.ReadAsync(cancellationToken))
                 {
-                    long usageNpfh = rows.Int64(3);
-                    StreamLeaves stream = leaves.Add(rows.Field(0), rows.Field(1), rows.Int64(2), rows.Field(4), usageNpfh);
-                    totals.Add(stream.ProviderUtf8, rows.Field(5), rows.Field(6), usageNpfh, rows.Int64(7), rows.Int32(8), rows.Int64(9), rows.Int64(10));
+                    long runRecords = runs.Int64(6);
+                    long usageNpfh = runs.Int64(7);
+                    StreamLeaves stream = leaves.AddRun(runs.Field(0), runs.Field(1), runRecords, usageNpfh, runs.Int64(8), runs.Field(9));
+                    long cardMs = DayTotals.CardMilliseconds(runs.Int64(4), runs.Int32(5), runRecords, runs.Field(10));
+                    totals.Add(stream.ProviderUtf8, runs.Field(2), runs.Field(3), runRecords, usageNpfh, cardMs);
+                    records += runRecords;
                 }
-
-                records = rows.Rows;
             }
 
             await leaves.FinishAsync();
@@ -204,6 +238,14 @@ public sealed partial class DailySettlement
         finally
         {
             await leaves.DrainAsync();
+        }
+
+        await using (var restore = new NpgsqlCommand("SELECT set_config('work_mem', $1, true), set_config('enable_sort', $2, true)", connection)
+        {
+            Parameters = { new() { Value = saved.WorkMem }, new() { Value = saved.EnableSort } },
+        })
+        {
+            await restore.ExecuteNonQueryAsync(cancellationToken);
         }
 
         return new Segment(totals, leaves, records);

@@ -1,47 +1,64 @@
+using System.Buffers.Binary;
 using System.Text;
 
 namespace Metering.Engine.Settlement;
 
 /// <summary>
-/// The day's usage summed per provider, holder and device model while the rows stream past, in
-/// integers only: records, nPFh and card-milliseconds, each record's card time by the same rule
-/// as the set-based aggregation (<see cref="DailySettlement.DayAggregationSql"/>):
-/// devices × share numerator × duration, divided by the share denominator, rounded down once
-/// per record. A group is looked up by the row's UTF-8 bytes, so a row allocates nothing; a new
-/// group decodes its names once. Rows come in runs of one stream, so the provider is compared
-/// with the last row's and looked up only when it changes; within a provider the holder is
-/// looked up, and the holder's few models are searched in turn. A reader that splits the day
-/// keeps one per segment and adds the others into the first (<see cref="Absorb"/>) before it
-/// asks for the groups, which are sorted once. Not thread-safe.
+/// The day's usage summed per provider, holder and device model from the runs of the day's read,
+/// in integers only: records, nPFh (summed by PostgreSQL per run) and card-milliseconds, each
+/// record's card time by the same rule as the set-based aggregation
+/// (<see cref="DailySettlement.DayAggregationSql"/>): devices × share numerator × duration,
+/// divided by the share denominator, rounded down once per record (<see cref="CardMilliseconds(long, int, long, ReadOnlySpan{byte})"/>). A group is looked up by the run's UTF-8 bytes; a new group
+/// decodes its names once. Runs come grouped by provider, so the provider is compared with the
+/// last run's and looked up only when it changes; within a provider the holder is looked up, and
+/// the holder's few models are searched in turn. A reader that splits the day keeps one per
+/// segment and adds the others into the first (<see cref="Absorb"/>) before it asks for the
+/// groups, which are sorted once. Not thread-safe.
 /// </summary>
 internal sealed class DayTotals
 {
-    /// <summary>Microseconds in a millisecond: durations arrive in microseconds (timestamptz) and card time is counted in milliseconds.</summary>
+    /// <summary>Microseconds in a millisecond: durations arrive in microseconds and card time is counted in milliseconds.</summary>
     private const long MicrosecondsPerMillisecond = 1_000;
+
+    private const long MicrosecondsPerDay = 86_400_000_000;
+
+    /// <summary>Bytes of one duration: PostgreSQL's binary interval, microseconds (int64), days (int32) and months (int32), big-endian.</summary>
+    public const int IntervalBytes = 16;
 
     private readonly Dictionary<byte[], ProviderTotals> _providers = new(KeyComparer.Instance);
     private ProviderTotals? _current;
 
     /// <summary>
-    /// Adds one record. Its device count and share numerator come as their product, which
-    /// PostgreSQL computes in the read, so that one field travels instead of two.
+    /// The card time of a run of <paramref name="records"/> records of one device share:
+    /// devices × numerator × duration µs / (denominator × 1000) per record, rounded down once per
+    /// record, as the set-based aggregation's numeric <c>div</c> does. The durations are the
+    /// records' <c>end_at - start_at</c> as binary intervals, which a difference of two
+    /// timestamps gives in days and microseconds, never months.
     /// </summary>
-    /// <exception cref="InvalidDataException">The record breaks a rule its table's checks enforce (a count, share or duration that is not positive).</exception>
-    public void Add(ReadOnlySpan<byte> providerUtf8, ReadOnlySpan<byte> holderUtf8, ReadOnlySpan<byte> modelUtf8, long usageNpfh,
-        long deviceShares, int shareDenominator, long startMicroseconds, long endMicroseconds)
+    /// <exception cref="InvalidDataException">A count, share or duration the table's checks would have refused, or durations that are not one interval per record.</exception>
+    public static long CardMilliseconds(long deviceShares, int shareDenominator, long records, ReadOnlySpan<byte> durations)
     {
-        long durationMicroseconds = checked(endMicroseconds - startMicroseconds);
-        if (deviceShares <= 0 || shareDenominator <= 0 || durationMicroseconds <= 0)
+        if (deviceShares <= 0 || shareDenominator <= 0 || durations.Length != records * IntervalBytes)
         {
-            throw new InvalidDataException($"A usage record of {Encoding.UTF8.GetString(providerUtf8)} has {deviceShares} device share(s) over {shareDenominator} and {durationMicroseconds} µs; the table's checks allow none of these.");
+            throw new InvalidDataException($"A run of {records} record(s) has {deviceShares} device share(s) over {shareDenominator} and {durations.Length} bytes of durations; the table's checks allow no run like it.");
         }
 
-        long cardMs = CardMilliseconds((ulong)deviceShares, (ulong)durationMicroseconds, (ulong)shareDenominator);
-        ProviderTotals provider = _current is { } current && providerUtf8.SequenceEqual(current.Utf8) ? current : Switch(providerUtf8);
-        Totals totals = provider.Find(holderUtf8, modelUtf8);
-        totals.Records++;
-        totals.UsageNpfh = checked(totals.UsageNpfh + usageNpfh);
-        totals.CardMs = checked(totals.CardMs + cardMs);
+        long cardMs = 0;
+        for (int at = 0; at < durations.Length; at += IntervalBytes)
+        {
+            long microseconds = BinaryPrimitives.ReadInt64BigEndian(durations[at..]);
+            int days = BinaryPrimitives.ReadInt32BigEndian(durations[(at + 8)..]);
+            int months = BinaryPrimitives.ReadInt32BigEndian(durations[(at + 12)..]);
+            long durationMicroseconds = months == 0 ? checked(days * MicrosecondsPerDay + microseconds) : 0;
+            if (durationMicroseconds <= 0)
+            {
+                throw new InvalidDataException($"A record lasts {months} month(s), {days} day(s) and {microseconds} µs; the table's checks allow only a positive duration in days and microseconds.");
+            }
+
+            cardMs = checked(cardMs + CardMilliseconds((ulong)deviceShares, (ulong)durationMicroseconds, (ulong)shareDenominator));
+        }
+
+        return cardMs;
     }
 
     /// <summary>
@@ -55,6 +72,22 @@ internal sealed class DayTotals
         return high == 0
             ? checked((long)(low / divisor))
             : checked((long)(ulong)(new UInt128(high, low) / divisor));
+    }
+
+    /// <summary>Adds a run of <paramref name="records"/> records of one provider, holder and model, with their summed nPFh and card-milliseconds.</summary>
+    /// <exception cref="InvalidDataException">The run has no record, or negative usage or card time (the table's checks allow neither).</exception>
+    public void Add(ReadOnlySpan<byte> providerUtf8, ReadOnlySpan<byte> holderUtf8, ReadOnlySpan<byte> modelUtf8, long records, long usageNpfh, long cardMs)
+    {
+        if (records <= 0 || usageNpfh < 0 || cardMs < 0)
+        {
+            throw new InvalidDataException($"A run of {Encoding.UTF8.GetString(providerUtf8)} has {records} record(s), {usageNpfh} nPFh and {cardMs} card-ms; the table's checks allow no run like it.");
+        }
+
+        ProviderTotals provider = _current is { } current && providerUtf8.SequenceEqual(current.Utf8) ? current : Switch(providerUtf8);
+        Totals totals = provider.Find(holderUtf8, modelUtf8);
+        totals.Records += records;
+        totals.UsageNpfh = checked(totals.UsageNpfh + usageNpfh);
+        totals.CardMs = checked(totals.CardMs + cardMs);
     }
 
     private ProviderTotals Switch(ReadOnlySpan<byte> providerUtf8)

@@ -70,4 +70,67 @@ public sealed class LeafCollectorTests
         Assert.Equal(Shape(inOrder.Providers()), Shape(providers));
         Assert.Equal([0, 1, 2, 3, 4], [.. Enumerable.Range(1, 5).Select(s => providers.Single().IndexOf("site-0", (ulong)s))]);
     }
+
+    /// <summary>One run as the grouped read ships it: (sequence big-endian, chain hash) pairs back to back, in the order given.</summary>
+    private static byte[] Pairs(byte[] stream, params long[] sequences) =>
+        [.. sequences.SelectMany(q => (byte[])[.. BitConverter.GetBytes(q).Reverse(), .. Chain(q, stream)])];
+
+    [Theory]
+    [InlineData(new long[] { 5, 1, 3 }, new long[] { 2, 4, 6 })]
+    [InlineData(new long[] { 7, 9, 1 }, new long[] { 12, 4 })]
+    [InlineData(new long[] { 1000, 1 }, new long[] { 2, 500 })]
+    [InlineData(new long[] { 3, 2, 1 }, new long[] { })]
+    public async Task Runs_in_any_order_give_the_leaves_of_records_read_in_sequence_order(long[] firstRun, long[] secondRun)
+    {
+        // Dense streams are placed by sequence (with gaps where other days' records are), a
+        // sparse one (1 to 1000 over four leaves) is sorted; both must give sequence order.
+        byte[] stream = Encoding.UTF8.GetBytes("site-0");
+        long[] all = [.. firstRun.Concat(secondRun).Order()];
+        LeafCollector inOrder = await CollectAsync(all.Select(q => (Provider, stream, q)));
+
+        var runs = new LeafCollector(Day);
+        runs.AddRun(Provider, stream, firstRun.Length, firstRun.Sum() * 10, 0, Pairs(stream, firstRun));
+        if (secondRun.Length > 0)
+        {
+            runs.AddRun(Provider, stream, secondRun.Length, secondRun.Sum() * 10, 0, Pairs(stream, secondRun));
+        }
+
+        await runs.FinishAsync();
+
+        Assert.Equal(Shape(inOrder.Providers()), Shape(runs.Providers()));
+    }
+
+    [Fact]
+    public async Task A_sequence_shipped_twice_in_runs_keeps_both_leaves_the_smaller_leaf_hash_first()
+    {
+        byte[] stream = Encoding.UTF8.GetBytes("site-0");
+        byte[] twice = Chain(2, Encoding.UTF8.GetBytes("rewritten"));
+        byte[] firstRun = [.. Pairs(stream, 3, 2), .. BitConverter.GetBytes(2L).Reverse(), .. twice];
+        var runs = new LeafCollector(Day);
+        runs.AddRun(Provider, stream, 3, 0, 0, firstRun);
+        runs.AddRun(Provider, stream, 1, 0, 0, Pairs(stream, 1));
+        await runs.FinishAsync();
+
+        ProviderLeaves provider = runs.Providers().Single();
+
+        byte[] Leaf(byte[] chain) => SHA256.HashData([0, .. chain]);
+        byte[][] seconds = [Leaf(Chain(2, stream)), Leaf(twice)];
+        Array.Sort(seconds, (a, b) => a.AsSpan().SequenceCompareTo(b));
+        Assert.Equal(Convert.ToHexStringLower([.. Leaf(Chain(1, stream)), .. seconds[0], .. seconds[1], .. Leaf(Chain(3, stream))]), Convert.ToHexStringLower(provider.LeafHashes()));
+    }
+
+    [Theory]
+    [InlineData(2, 0, 79)]
+    [InlineData(3, 0, 80)]
+    [InlineData(2, 1, 80)]
+    [InlineData(0, 0, 0)]
+    public void A_run_whose_pairs_do_not_match_its_record_count_or_hold_a_hash_of_another_length_is_refused(long records, long otherHashLengths, int pairBytes)
+    {
+        byte[] stream = Encoding.UTF8.GetBytes("site-0");
+        var runs = new LeafCollector(Day);
+
+        var refused = Assert.Throws<InvalidDataException>(() => runs.AddRun(Provider, stream, records, 0, otherHashLengths, Pairs(stream, 1, 2).AsSpan(0, pairBytes)));
+
+        Assert.Contains("verify the chain", refused.Message, StringComparison.Ordinal);
+    }
 }

@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Numerics;
 using System.Text;
 using Metering.Engine.Settlement;
@@ -5,8 +6,10 @@ using Metering.Engine.Settlement;
 namespace Metering.Engine.Tests.Settlement;
 
 /// <summary>
-/// The one pass's totals per provider, holder and model: card time rounded down once per record,
-/// exactly as the set-based SQL's numeric <c>div</c> does, in 64 bits and past them.
+/// The one pass's totals per provider, holder and model, summed from runs that PostgreSQL has
+/// grouped per stream, device share and block of sequences, with card time rounded down once
+/// per record exactly as the set-based SQL's numeric <c>div</c> does, in 64 bits and past them
+/// (SettlementOnePassTests holds the run to an independent GROUP BY too).
 /// </summary>
 public sealed class DayTotalsTests
 {
@@ -15,49 +18,85 @@ public sealed class DayTotalsTests
     private static readonly byte[] H100 = Encoding.UTF8.GetBytes("H100-SXM");
     private static readonly byte[] A100 = Encoding.UTF8.GetBytes("A100-SXM");
 
-    /// <summary>The reference rule in arbitrary precision: devices × numerator × µs / (denominator × 1000), rounded down.</summary>
-    private static long Reference(int devices, int numerator, int denominator, long microseconds) =>
-        (long)(new BigInteger(devices) * numerator * microseconds / (new BigInteger(denominator) * 1000));
+    /// <summary>The reference rule in arbitrary precision: shares × µs / (denominator × 1000), rounded down.</summary>
+    private static long Reference(long shares, int denominator, long microseconds) =>
+        (long)(new BigInteger(shares) * microseconds / (new BigInteger(denominator) * 1000));
+
+    /// <summary>Durations as PostgreSQL sends end_at - start_at: whole days split off the microseconds, no months.</summary>
+    private static byte[] Intervals(params long[] microseconds)
+    {
+        var bytes = new byte[microseconds.Length * DayTotals.IntervalBytes];
+        for (int i = 0; i < microseconds.Length; i++)
+        {
+            BinaryPrimitives.WriteInt64BigEndian(bytes.AsSpan(i * 16), microseconds[i] % 86_400_000_000);
+            BinaryPrimitives.WriteInt32BigEndian(bytes.AsSpan(i * 16 + 8), (int)(microseconds[i] / 86_400_000_000));
+        }
+
+        return bytes;
+    }
 
     [Fact]
-    public void Records_are_summed_per_provider_holder_and_model_with_card_time_rounded_down_once_per_record()
+    public void Card_time_is_rounded_down_once_per_record_and_a_product_past_64_bits_is_divided_in_128()
+    {
+        long[] durations = [1_234_567, 999_989, 90_000_000_001, 1];
+
+        Assert.Equal(durations.Sum(d => Reference(3, 7, d)), DayTotals.CardMilliseconds(3, 7, durations.Length, Intervals(durations)));
+        Assert.Equal(529L + 428L + 38_571_428L + 0L, DayTotals.CardMilliseconds(3, 7, durations.Length, Intervals(durations)));
+
+        long microseconds = 3_000_000_000_000_000;
+        Assert.Equal(Reference(4_000 * 6, 7, microseconds), DayTotals.CardMilliseconds(4_000 * 6, 7, 1, Intervals(microseconds)));
+        Assert.Throws<OverflowException>(() => DayTotals.CardMilliseconds((long)int.MaxValue * int.MaxValue, 1, 1, Intervals(long.MaxValue / 2)));
+    }
+
+    [Theory]
+    [InlineData(0, 1, 1_000, 0)]
+    [InlineData(1, 0, 1_000, 0)]
+    [InlineData(1, 1, 0, 0)]
+    [InlineData(1, 1, -5, 0)]
+    [InlineData(1, 1, 1_000, 1)]
+    public void A_run_of_shares_or_durations_the_table_checks_would_have_refused_is_refused(long shares, int denominator, long microseconds, int months)
+    {
+        byte[] durations = Intervals(microseconds);
+        BinaryPrimitives.WriteInt32BigEndian(durations.AsSpan(12), months);
+
+        Assert.Throws<InvalidDataException>(() => DayTotals.CardMilliseconds(shares, denominator, 1, durations));
+        Assert.Throws<InvalidDataException>(() => DayTotals.CardMilliseconds(1, 1, 2, Intervals(1_000)));
+    }
+
+    [Fact]
+    public void Runs_are_summed_per_provider_holder_and_model()
     {
         var totals = new DayTotals();
-        totals.Add(Provider, Holder, A100, 100, 1 * 3, 7, 0, 1_234_567);
-        totals.Add(Provider, Holder, A100, 200, 2 * 5, 7, 10, 999_999);
-        totals.Add(Provider, Holder, H100, 300, 8 * 1, 1, 0, 300_000_000);
+        totals.Add(Provider, Holder, A100, 2, 100, 529);
+        totals.Add(Provider, Holder, H100, 1, 300, 2_400_000);
+        totals.Add(Provider, Holder, A100, 5, 200, 1_428);
 
         var groups = totals.Groups();
 
         Assert.Equal(2, groups.Count);
-        Assert.Equal(("A100-SXM", 2L, 300L, Reference(1, 3, 7, 1_234_567) + Reference(2, 5, 7, 999_989)),
-            (groups[0].Model, groups[0].Records, groups[0].UsageNpfh, groups[0].CardMs));
-        Assert.Equal(529L + 1_428L, groups[0].CardMs);
+        Assert.Equal(("A100-SXM", 7L, 300L, 1_957L), (groups[0].Model, groups[0].Records, groups[0].UsageNpfh, groups[0].CardMs));
         Assert.Equal(("H100-SXM", 1L, 300L, 2_400_000L), (groups[1].Model, groups[1].Records, groups[1].UsageNpfh, groups[1].CardMs));
     }
 
     [Fact]
-    public void A_product_past_64_bits_is_divided_in_128_and_a_total_past_a_bigint_is_refused()
+    public void A_total_past_a_bigint_is_refused()
     {
         var totals = new DayTotals();
-        long microseconds = 3_000_000_000_000_000;
-        totals.Add(Provider, Holder, H100, 0, 4_000 * 6, 7, 0, microseconds);
+        totals.Add(Provider, Holder, H100, 1, long.MaxValue, 0);
 
-        Assert.Equal(Reference(4_000, 6, 7, microseconds), totals.Groups().Single().CardMs);
-        Assert.Throws<OverflowException>(() => totals.Add(Provider, Holder, H100, 0, (long)int.MaxValue * int.MaxValue, 1, 0, long.MaxValue));
+        Assert.Throws<OverflowException>(() => totals.Add(Provider, Holder, H100, 1, 1, 0));
     }
 
     [Theory]
-    [InlineData(0, 1, 1, 1_000)]
-    [InlineData(1, 0, 1, 1_000)]
-    [InlineData(1, 1, 0, 1_000)]
-    [InlineData(1, 1, 1, 0)]
-    [InlineData(1, 1, 1, -5)]
-    public void A_record_the_table_checks_would_have_refused_is_refused(int devices, int numerator, int denominator, long microseconds)
+    [InlineData(0, 1, 1)]
+    [InlineData(-1, 1, 1)]
+    [InlineData(1, -1, 1)]
+    [InlineData(1, 1, -1)]
+    public void A_run_the_table_checks_would_not_give_is_refused(long records, long usageNpfh, long cardMs)
     {
         var totals = new DayTotals();
 
-        Assert.Throws<InvalidDataException>(() => totals.Add(Provider, Holder, H100, 0, (long)devices * numerator, denominator, 1_000, 1_000 + microseconds));
+        Assert.Throws<InvalidDataException>(() => totals.Add(Provider, Holder, H100, records, usageNpfh, cardMs));
         Assert.Empty(totals.Groups());
     }
 
@@ -65,19 +104,19 @@ public sealed class DayTotalsTests
     public void Segments_absorbed_into_one_give_the_groups_of_one_read_sorted_once()
     {
         byte[] other = Encoding.UTF8.GetBytes("91440300MA5B000029");
-        var rows = new (byte[] Provider, byte[] Model, long Usage, long Shares, int Denominator, long Microseconds)[]
+        var runs = new (byte[] Provider, byte[] Model, long Records, long Usage, long CardMs)[]
         {
-            (other, H100, 7, 8, 1, 60_000_001), (Provider, A100, 100, 3, 7, 1_234_567), (Provider, H100, 300, 8, 1, 300_000_000),
-            (other, H100, 9, 1, 1, 999), (Provider, A100, 200, 10, 7, 999_989), (Provider, H100, 1, 4, 1, 5_000),
+            (other, H100, 1, 7, 480), (Provider, A100, 1, 100, 529), (Provider, H100, 3, 300, 2_400_000),
+            (other, H100, 2, 9, 1), (Provider, A100, 1, 200, 1_428), (Provider, H100, 1, 1, 20),
         };
         var whole = new DayTotals();
         var first = new DayTotals();
         var second = new DayTotals();
-        for (int i = 0; i < rows.Length; i++)
+        for (int i = 0; i < runs.Length; i++)
         {
-            var (provider, model, usage, shares, denominator, microseconds) = rows[i];
-            whole.Add(provider, Holder, model, usage, shares, denominator, 0, microseconds);
-            (i < 3 ? first : second).Add(provider, Holder, model, usage, shares, denominator, 0, microseconds);
+            var (provider, model, records, usage, cardMs) = runs[i];
+            whole.Add(provider, Holder, model, records, usage, cardMs);
+            (i < 3 ? first : second).Add(provider, Holder, model, records, usage, cardMs);
         }
 
         first.Absorb(second);
@@ -85,6 +124,6 @@ public sealed class DayTotalsTests
         Assert.Equal(whole.Groups(), first.Groups());
         Assert.Equal(3, first.Groups().Count);
         Assert.Equal(["91440300MA5B000011/A100-SXM", "91440300MA5B000011/H100-SXM", "91440300MA5B000029/H100-SXM"], first.Groups().Select(g => $"{g.Provider}/{g.Model}"));
-        Assert.Equal((2L, 300L), (first.Groups()[0].Records, first.Groups()[0].UsageNpfh));
+        Assert.Equal((2L, 300L, 1_957L), (first.Groups()[0].Records, first.Groups()[0].UsageNpfh, first.Groups()[0].CardMs));
     }
 }
