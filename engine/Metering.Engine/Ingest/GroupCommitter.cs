@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using Metering.Engine.Capacity;
 using Metering.Engine.Storage;
+using Metering.Engine.Telemetry;
 
 namespace Metering.Engine.Ingest;
 
@@ -136,6 +137,7 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
             {
                 await CommitGroupAsync(providerId, taken);
                 Interlocked.Increment(ref _groupsCommitted);
+                MeteringTelemetry.GroupCommitted(providerId, taken.Count);
                 foreach (PendingCommit pending in taken)
                 {
                     pending.Done.TrySetResult();
@@ -156,6 +158,7 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
             try
             {
                 await store.CommitAsync(providerId, pending.StreamId, pending.ExpectedSequence, pending.Rows, pending.Steps, CancellationToken.None);
+                MeteringTelemetry.GroupCommitted(providerId, 1);
                 pending.Done.TrySetResult();
             }
             catch (Exception e)

@@ -40,6 +40,10 @@ public static class MeteringTelemetry
         "From a batch arriving on a stream to its signed acknowledgement being written back.",
         tags: null, advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBoundsSeconds });
 
+    private static readonly Histogram<int> GroupCommitBatches = Meter.CreateHistogram("metering.ingest.group_commit.batches", "{batch}",
+        "Stream batches each ingest transaction committed: 1 for a batch committed alone (no group, or a group split after a failure), more for a group commit.",
+        tags: null, advice: new InstrumentAdvice<int> { HistogramBucketBoundaries = [1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 256] });
+
     private static readonly UpDownCounter<long> OpenStreams = Meter.CreateUpDownCounter<long>("metering.ingest.streams.open", "{stream}",
         "Ingest streams open now, by provider.");
 
@@ -123,6 +127,10 @@ public static class MeteringTelemetry
     /// <summary>A batch's acknowledgement was written, <paramref name="receivedTimestamp"/> (<see cref="Stopwatch.GetTimestamp"/>) after it arrived.</summary>
     public static void Acknowledged(long receivedTimestamp) =>
         AckDuration.Record(Stopwatch.GetElapsedTime(receivedTimestamp).TotalSeconds);
+
+    /// <summary>A group commit's transaction committed <paramref name="batches"/> stream batches of <paramref name="providerId"/>.</summary>
+    public static void GroupCommitted(string providerId, int batches) =>
+        GroupCommitBatches.Record(batches, new TagList { { ProviderTag, providerId } });
 
     /// <summary>Counts a stream open until the returned value is disposed.</summary>
     public static OpenStream StreamOpened(string providerId)
