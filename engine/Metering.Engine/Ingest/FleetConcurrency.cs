@@ -77,7 +77,6 @@ internal static class FleetConcurrency
         }
 
         long[] keys = groups.Select(g => g.Model).Distinct(StringComparer.Ordinal).Select(m => FleetValidationService.LockKey("concurrency", providerId, m)).Order().ToArray();
-        await connection.ExecuteAsync("SELECT pg_advisory_xact_lock(k) FROM unnest(@keys) AS k", new { keys }, transaction);
 
         // The sums are read under the locks, the batch's added here and written back whole: the
         // locks order every writer of these rows, so nothing changes them in between. The touched
@@ -87,14 +86,24 @@ internal static class FleetConcurrency
         var touched = groups.SelectMany(g => g.Minutes.Keys.Select(m => (g.Model, Minute: m))).Distinct().ToList();
         var touchedSet = touched.ToHashSet();
         var (rangeModels, rangeFirsts, rangeLasts) = Ranges(touched);
+        // The locks and the read go in one round trip: the statements run in order, and the read,
+        // a statement of its own under read committed, takes its snapshot after the locks are held.
         var sums = new Dictionary<(string Model, long Minute), List<(long[] Levels, int Denominator)>>();
-        foreach (var (model, minute, denominator, stored) in await connection.QueryAsync<(string, DateTime, int, long[])>("""
+        IEnumerable<(string, DateTime, int, long[])> stored;
+        using (SqlMapper.GridReader locked = await connection.QueryMultipleAsync("""
+            SELECT pg_advisory_xact_lock(k) FROM unnest(@keys) AS k;
             SELECT u.m, c.minute_at, c.share_denominator, c.levels
             FROM unnest(@rangeModels, @rangeFirsts, @rangeLasts) AS u(m, f, l)
             CROSS JOIN LATERAL (
                 SELECT c.minute_at, c.share_denominator, c.levels FROM usage_concurrency c
                 WHERE c.provider_id = @providerId AND c.device_model = u.m AND c.minute_at BETWEEN u.f AND u.l OFFSET 0) AS c
-            """, new { providerId, rangeModels, rangeFirsts, rangeLasts }, transaction))
+            """, new { keys, providerId, rangeModels, rangeFirsts, rangeLasts }, transaction))
+        {
+            await locked.ReadAsync();
+            stored = (await locked.ReadAsync<(string, DateTime, int, long[])>()).AsList();
+        }
+
+        foreach (var (model, minute, denominator, levelsStored) in stored)
         {
             var key = (model, UnixMs.FromDateTime(DateTime.SpecifyKind(minute, DateTimeKind.Utc)) / 1000 / SecondsPerRow);
             if (!touchedSet.Contains(key))
@@ -109,7 +118,7 @@ internal static class FleetConcurrency
                 sums.Add(key, list);
             }
 
-            list.Add((stored, denominator));
+            list.Add((levelsStored, denominator));
         }
 
         // Each row written is the stored sums plus the batch's, per denominator.
