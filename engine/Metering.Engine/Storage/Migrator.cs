@@ -27,6 +27,9 @@ public sealed partial class Migrator(NpgsqlDataSource dataSource, ILogger logger
     /// <summary>The role the server runs as; created when missing, granted what <see cref="SchemaTables"/> says.</summary>
     public string RuntimeRole { get; init; } = SchemaGuard.DefaultRuntimeRole;
 
+    /// <summary>After the migrations, lay the tables out on Citus (<see cref="CitusLayout"/>) before granting and guarding them.</summary>
+    public bool Distributed { get; init; }
+
     public static IReadOnlyList<Migration> Embedded()
     {
         var assembly = typeof(Migrator).Assembly;
@@ -94,9 +97,30 @@ public sealed partial class Migrator(NpgsqlDataSource dataSource, ILogger logger
             applied.Add(migration);
         }
 
+        if (Distributed)
+        {
+            // Session-level: the layout runs Citus's own functions, some outside one transaction.
+            await connection.ExecuteAsync("SELECT pg_advisory_lock(@key)", new { key = AdvisoryLockKey });
+            try
+            {
+                await CitusLayout.ApplyAsync(connection, logger, cancellationToken);
+            }
+            finally
+            {
+                await connection.ExecuteAsync("SELECT pg_advisory_unlock(@key)", new { key = AdvisoryLockKey });
+            }
+        }
+
         await using (NpgsqlTransaction transaction = await connection.BeginTransactionAsync(cancellationToken))
         {
             await connection.ExecuteAsync("SELECT pg_advisory_xact_lock(@key)", new { key = AdvisoryLockKey }, transaction);
+            if (Distributed)
+            {
+                // Grants on a distributed table reach each of its shards; one connection per
+                // worker keeps that in the transaction's own connections.
+                await connection.ExecuteAsync("SET LOCAL citus.multi_shard_modify_mode = 'sequential'", transaction: transaction);
+            }
+
             await SchemaGuard.ApplyAsync(connection, transaction, RuntimeRole, logger, cancellationToken);
             await transaction.CommitAsync(cancellationToken);
         }
