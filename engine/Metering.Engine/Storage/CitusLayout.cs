@@ -101,6 +101,22 @@ public static partial class CitusLayout
                 converted++;
             }
 
+            // Citus refuses to distribute a table that a coordinator table references, and a
+            // distributed table may not reference a coordinator table; so a foreign key between
+            // two tables of the list, whose referencing table is not distributed yet, is dropped
+            // first and added again once both are distributed (it then holds shard by shard).
+            var pendingKeys = (await connection.QueryAsync<(string Table, string Name, string Definition)>(new CommandDefinition("""
+                SELECT c.conrelid::regclass::text, c.conname::text, pg_get_constraintdef(c.oid) FROM pg_constraint c
+                WHERE c.contype = 'f' AND c.conrelid::regclass::text = ANY(@tables) AND c.confrelid::regclass::text = ANY(@tables)
+                  AND NOT EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = c.conrelid)
+                  AND c.conparentid = 0
+                ORDER BY 1, 2
+                """, new { tables = Distributed.ToArray() }, cancellationToken: cancellationToken))).ToList();
+            foreach (var (table, name, _) in pendingKeys)
+            {
+                await connection.ExecuteAsync(new CommandDefinition($"ALTER TABLE {Quote(table)} DROP CONSTRAINT {Quote(name)}", cancellationToken: cancellationToken));
+            }
+
             foreach (string table in Distributed)
             {
                 if (placed.TryGetValue(table, out string? kind) && kind[0] == 'h')
@@ -121,6 +137,11 @@ public static partial class CitusLayout
                 converted++;
             }
 
+            foreach (var (table, name, definition) in pendingKeys)
+            {
+                await connection.ExecuteAsync(new CommandDefinition($"ALTER TABLE {Quote(table)} ADD CONSTRAINT {Quote(name)} {definition}", commandTimeout: 0, cancellationToken: cancellationToken));
+            }
+
             await ResyncIdentitiesAsync(connection, cancellationToken);
             return converted;
         }
@@ -138,8 +159,7 @@ public static partial class CitusLayout
     /// </summary>
     private static async Task DropLocalCopyAsync(NpgsqlConnection connection, string table, CancellationToken cancellationToken)
     {
-        string quoted = "\"" + table.Replace("\"", "\"\"", StringComparison.Ordinal) + "\"";
-        if (!await connection.ExecuteScalarAsync<bool>(new CommandDefinition($"SELECT EXISTS (SELECT 1 FROM ONLY {quoted})", cancellationToken: cancellationToken))
+        if (!await connection.ExecuteScalarAsync<bool>(new CommandDefinition($"SELECT EXISTS (SELECT 1 FROM ONLY {Quote(table)})", cancellationToken: cancellationToken))
             && !await connection.ExecuteScalarAsync<bool>(new CommandDefinition(
                 "SELECT EXISTS (SELECT 1 FROM pg_partition_tree(@table::regclass) t JOIN pg_class c ON c.oid = t.relid WHERE t.level > 0 AND c.reltuples > 0)", new { table }, cancellationToken: cancellationToken)))
         {
@@ -168,13 +188,15 @@ public static partial class CitusLayout
             """, cancellationToken: cancellationToken));
         foreach (var (table, column) in identities)
         {
-            string quotedTable = "\"" + table.Replace("\"", "\"\"", StringComparison.Ordinal) + "\"";
-            string quotedColumn = "\"" + column.Replace("\"", "\"\"", StringComparison.Ordinal) + "\"";
+            string quotedTable = Quote(table);
+            string quotedColumn = Quote(column);
             await connection.ExecuteAsync(new CommandDefinition(
                 $"SELECT setval(pg_get_serial_sequence(@table, @column), m) FROM (SELECT max({quotedColumn}) AS m FROM {quotedTable}) t WHERE m IS NOT NULL",
                 new { table = quotedTable, column }, cancellationToken: cancellationToken));
         }
     }
+
+    private static string Quote(string identifier) => "\"" + identifier.Replace("\"", "\"\"", StringComparison.Ordinal) + "\"";
 
     [LoggerMessage(EventId = 1021, Level = LogLevel.Information, Message = "Citus: {Table} is now {Placement}")]
     private static partial void LogPlaced(ILogger logger, string table, string placement);

@@ -114,11 +114,12 @@ public sealed partial class Migrator(NpgsqlDataSource dataSource, ILogger logger
         await using (NpgsqlTransaction transaction = await connection.BeginTransactionAsync(cancellationToken))
         {
             await connection.ExecuteAsync("SELECT pg_advisory_xact_lock(@key)", new { key = AdvisoryLockKey }, transaction);
-            if (Distributed)
+            if (Distributed || await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')", transaction: transaction))
             {
-                // Grants on a distributed table reach each of its shards; one connection per
-                // worker keeps that in the transaction's own connections.
-                await connection.ExecuteAsync("SET LOCAL citus.multi_shard_modify_mode = 'sequential'", transaction: transaction);
+                // On Citus, grants and guard triggers on a distributed table reach each of its
+                // shards: over one connection per worker, so that they stay in this transaction,
+                // and triggers only when Citus is told that they touch nothing but their own row.
+                await connection.ExecuteAsync("SET LOCAL citus.multi_shard_modify_mode = 'sequential'; SET LOCAL citus.enable_unsafe_triggers = on", transaction: transaction);
             }
 
             await SchemaGuard.ApplyAsync(connection, transaction, RuntimeRole, logger, cancellationToken);

@@ -37,9 +37,14 @@ public static partial class SchemaGuard
             "SELECT current_schema(), current_user::text, current_database()::text", transaction: transaction);
         await EnsureRoleAsync(connection, transaction, runtimeRole, owner, schema, logger);
 
+        // Citus puts two views of its own (citus_tables, citus_schemas) into the schema it is
+        // created in; they are the extension's, not the engine's, and stay as Citus made them.
         var tables = (await connection.QueryAsync<(string Name, bool Partitioned)>("""
             SELECT c.relname, c.relkind = 'p' FROM pg_class c
             WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition
+              AND NOT EXISTS (
+                  SELECT 1 FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e' AND e.extname = 'citus')
             ORDER BY c.relname
             """, transaction: transaction)).ToList();
         var rules = SchemaTables.All.ToDictionary(r => r.Table, StringComparer.Ordinal);
