@@ -101,14 +101,16 @@ public static partial class CitusLayout
                 converted++;
             }
 
-            // Citus refuses to distribute a table that a coordinator table references, and a
-            // distributed table may not reference a coordinator table; so a foreign key between
-            // two tables of the list, whose referencing table is not distributed yet, is dropped
-            // first and added again once both are distributed (it then holds shard by shard).
+            // Citus refuses to distribute a table that a coordinator table references (a table
+            // that references a reference table is by now a Citus local table, still on the
+            // coordinator), and a distributed table may not reference a coordinator table; so a
+            // foreign key between two tables of the list, whose referencing table is not
+            // distributed yet, is dropped first and added again once both are distributed (it
+            // then holds shard by shard).
             var pendingKeys = (await connection.QueryAsync<(string Table, string Name, string Definition)>(new CommandDefinition("""
                 SELECT c.conrelid::regclass::text, c.conname::text, pg_get_constraintdef(c.oid) FROM pg_constraint c
                 WHERE c.contype = 'f' AND c.conrelid::regclass::text = ANY(@tables) AND c.confrelid::regclass::text = ANY(@tables)
-                  AND NOT EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = c.conrelid)
+                  AND NOT EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = c.conrelid AND p.partmethod = 'h')
                   AND c.conparentid = 0
                 ORDER BY 1, 2
                 """, new { tables = Distributed.ToArray() }, cancellationToken: cancellationToken))).ToList();
