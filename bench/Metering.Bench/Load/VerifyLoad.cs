@@ -241,11 +241,9 @@ internal static class VerifyLoad
         {
             await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(ct);
             await connection.ExecuteAsync(new CommandDefinition(
-                $"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {ChainRows.ReadSettings}; "
-                + "SELECT set_config('metering.audit_provider', @Provider, true), set_config('metering.audit_stream', @stream, true)",
-                new { Provider, stream }, cancellationToken: ct));
+                $"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {ChainRows.ReadSettings}", cancellationToken: ct));
             // The verifier's own query, with the server's /dev/null in place of the client.
-            string copy = $"COPY ({ChainRows.RangeSelect(1, long.MaxValue)}) TO '/dev/null' (FORMAT BINARY)";
+            string copy = $"COPY ({ChainRows.RangeSelect(Provider, stream, 1, long.MaxValue)}) TO '/dev/null' (FORMAT BINARY)";
             await connection.ExecuteAsync(new CommandDefinition(copy + "; COMMIT", commandTimeout: 3_600, cancellationToken: ct));
         });
         return clock.Elapsed.TotalSeconds;

@@ -20,6 +20,11 @@ internal static class DbCommand
             Description = "Also mark the database a sandbox, to be served with `metering serve --clock simulated` whose clock operators move forward (sandbox.proto). "
                 + "Only a new, empty database can be marked; a mark cannot be removed.",
         };
+        var distributed = new Option<bool>("--distributed")
+        {
+            Description = "After the migrations, lay the schema out on Citus: per-provider evidence tables distributed on provider_id and co-located, registry-wide tables "
+                + "as reference tables, the rest on the coordinator (Storage/README.md, \"Citus\"). Needs the citus extension installed and preloaded, and the workers added; idempotent.",
+        };
         var migrate = new Command("migrate", "Apply the engine's SQL migrations (Storage/Migrations/NNNN_*.sql) that the database lacks, in order, recording each in schema_migrations; "
             + "then create (or check) the runtime role `serve` runs as and grant it only what serving needs. Run it as the schema's owner.")
         {
@@ -27,6 +32,7 @@ internal static class DbCommand
             dataDirectory,
             runtimeRole,
             sandbox,
+            distributed,
             logLevel,
             logFormat,
         };
@@ -38,7 +44,7 @@ internal static class DbCommand
             await using (embedded)
             {
                 await using var dataSource = Database.CreateDataSource(connectionString);
-                var migrator = new Migrator(dataSource, logger) { RuntimeRole = parse.GetValue(runtimeRole)! };
+                var migrator = new Migrator(dataSource, logger) { RuntimeRole = parse.GetValue(runtimeRole)!, Distributed = parse.GetValue(distributed) };
                 IReadOnlyList<Migration> applied;
                 try
                 {
@@ -48,6 +54,12 @@ internal static class DbCommand
                 {
                     Console.Error.WriteLine($"error: {e.Message}");
                     return 2;
+                }
+                catch (CitusUnavailableException e)
+                {
+                    // The option does not apply to this server: a usage error, as for any option.
+                    Console.Error.WriteLine($"error: {e.Message}");
+                    return ExitCodes.Usage;
                 }
 
                 if (parse.GetValue(sandbox))
@@ -71,6 +83,11 @@ internal static class DbCommand
                 Console.WriteLine(applied.Count == 0
                     ? $"Database is up to date at version {version}."
                     : $"Applied {applied.Count} migration(s); database is at version {version}.");
+                if (migrator.Distributed)
+                {
+                    Console.WriteLine($"Laid out on Citus: {CitusLayout.Distributed.Count} table(s) distributed on provider_id, {CitusLayout.Reference.Count} reference table(s), the rest on the coordinator.");
+                }
+
                 Console.WriteLine($"Runtime role {migrator.RuntimeRole} holds only what serving needs; serve with a connection string that logs in as it.");
             }
 

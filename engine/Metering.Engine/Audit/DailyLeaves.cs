@@ -396,16 +396,21 @@ internal static class DailyLeaves
     /// <summary>Most leaves one read holds (all providers of a day when settlement reads): 1.25 GiB of leaves and sequences.</summary>
     public const int ReadLeavesMax = 32 * 1024 * 1024;
 
-    // The provider, which comes from a caller, travels as a transaction-local setting, as the
-    // cut-off does; the day's bounds are written into the statement, from a
-    // DateOnly, so that the planner prunes partitions and weighs the start_at index on them.
-    private const string SetKeys = "SELECT set_config('metering.leaves_provider', @providerId, true), set_config('metering.leaves_as_of', @asOf, true)";
+    // The provider, which comes from a caller, travels as a parameter of the statement, as the
+    // cut-off does: on Citus a provider named by a parameter routes the read to the one shard
+    // that holds it, where a session setting of the coordinator would be unknown. The day's
+    // bounds are written into the statement, from a DateOnly, so that the planner prunes
+    // partitions and weighs the start_at index on them.
+    private const string ProviderParameter = "leaves_provider";
+    private const string AsOfParameter = "leaves_as_of";
 
     /// <summary>
     /// The leaf statement: (provider, stream, sequence, usage, chain hash) of the day's records,
     /// proof streams left out. As settled, a record counts when its sequence is at or below its
     /// stream's mark in the run that closed the day; a stream the run did not know has no mark
-    /// and no leaves.
+    /// and no leaves. With one provider, the statement takes it as the parameter
+    /// <c>@leaves_provider</c>; with a committed-by cut-off, that instant as <c>@leaves_as_of</c>
+    /// (text of an ISO 8601 instant).
     /// </summary>
     /// <param name="moreColumns">Columns of <c>usage_records u</c> a caller reads beside the leaves, after the five leaf columns.</param>
     /// <param name="segmentCondition">A condition that selects a reader's segment of the rows (a range of block numbers), for a reader that splits the day; null for none.</param>
@@ -469,7 +474,7 @@ internal static class DailyLeaves
             """);
         if (oneProvider)
         {
-            sql.Append("  AND u.provider_id = current_setting('metering.leaves_provider')\n");
+            sql.Append($"  AND u.provider_id = @{ProviderParameter}\n");
         }
 
         if (segmentCondition is not null)
@@ -479,7 +484,7 @@ internal static class DailyLeaves
 
         if (cutOff.CommittedBy is not null)
         {
-            sql.Append("  AND u.committed_at <= current_setting('metering.leaves_as_of')::timestamptz\n");
+            sql.Append($"  AND u.committed_at <= @{AsOfParameter}::timestamptz\n");
         }
 
         if (cutOff.IsSettled)
@@ -512,14 +517,21 @@ internal static class DailyLeaves
             throw new DayNotSettledException($"{day:yyyy-MM-dd} has not been settled; there is no settled root of it yet");
         }
 
-        string provider = providerId ?? "";
-        string asOf = cutOff.CommittedBy?.ToString("O", CultureInfo.InvariantCulture) ?? "infinity";
         string leavesSql = Sql(day, providerId is not null, cutOff);
-        await connection.ExecuteAsync(new CommandDefinition(SetKeys, new { providerId = provider, asOf }, transaction, cancellationToken: cancellationToken));
         var leaves = new LeafCollector(day);
         try
         {
-            await using (var command = new NpgsqlCommand(leavesSql, connection, transaction) { CommandTimeout = 0 })
+            await using var command = new NpgsqlCommand(leavesSql, connection, transaction) { CommandTimeout = 0 };
+            if (providerId is not null)
+            {
+                command.Parameters.AddWithValue(ProviderParameter, providerId);
+            }
+
+            if (cutOff.CommittedBy is { } committedBy)
+            {
+                command.Parameters.AddWithValue(AsOfParameter, committedBy.ToString("O", CultureInfo.InvariantCulture));
+            }
+
             await using (NpgsqlDataReader reader = await command.ExecuteReaderAsync(cancellationToken))
             {
                 var rows = new RowReader(reader, 5);

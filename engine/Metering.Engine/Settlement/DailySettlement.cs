@@ -91,6 +91,11 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         {
             await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(IsolationLevel.RepeatableRead, cancellationToken);
             await connection.ExecuteAsync(new CommandDefinition($"SET LOCAL statement_timeout = {(long)_options.StatementTimeout.TotalMilliseconds}", transaction: transaction, cancellationToken: cancellationToken));
+            // On Citus, a run that has read the distributed usage tables over several connections
+            // may not then write the coordinator's voucher and ledger tables in the same
+            // transaction; one connection per worker lets it. Plain PostgreSQL keeps the setting
+            // as an unused placeholder.
+            await connection.ExecuteAsync(new CommandDefinition("SET LOCAL citus.multi_shard_modify_mode = 'sequential'", transaction: transaction, cancellationToken: cancellationToken));
             SettlementOutcome? closed = await ReadClosedAsync(connection, transaction, day, verify: true, cancellationToken);
             if (closed is not null)
             {

@@ -32,6 +32,13 @@ public sealed class EmbeddedPostgresOptions
 
     /// <summary>How long to wait for the server to start or stop.</summary>
     public TimeSpan StartTimeout { get; set; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>
+    /// More server settings, as name=value, after the engine's own (a later setting wins): for
+    /// example <c>shared_preload_libraries=citus</c> for a Citus node started by the tests.
+    /// Values must not hold quotes or spaces.
+    /// </summary>
+    public IReadOnlyList<string> ServerSettings { get; set; } = [];
 }
 
 /// <summary>
@@ -111,6 +118,11 @@ public sealed partial class EmbeddedPostgres : IAsyncDisposable
         if (!SchemaGuard.IsValidRoleName(options.RuntimeRole))
         {
             throw new EmbeddedPostgresException($"Runtime role name '{options.RuntimeRole}' is not a plain SQL identifier.");
+        }
+
+        if (options.ServerSettings.FirstOrDefault(setting => !setting.Contains('=', StringComparison.Ordinal) || setting.Any(c => c is ' ' or '\'' or '"' or '\\')) is string badSetting)
+        {
+            throw new EmbeddedPostgresException($"Server setting '{badSetting}' is not name=value without spaces or quotes.");
         }
 
         if (options.OsUser is string configured && RefusedOsUsers.Contains(configured, StringComparer.Ordinal))
@@ -214,7 +226,8 @@ public sealed partial class EmbeddedPostgres : IAsyncDisposable
             "-c shared_buffers=256MB",
             "-c max_wal_size=4GB",
             "-c wal_compression=on",
-            "-c TimeZone=UTC");
+            "-c TimeZone=UTC",
+            string.Join(' ', _options.ServerSettings.Select(setting => "-c " + setting)));
         LogStarting(_logger, _dataDirectory, _socketDirectory);
         await RunAsync("pg_ctl", ["start", "-D", _dataDirectory, "-w", "-t", ((int)_options.StartTimeout.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture), "-l", logFile, "-o", serverOptions], cancellationToken);
         _started = true;

@@ -27,6 +27,9 @@ public sealed partial class Migrator(NpgsqlDataSource dataSource, ILogger logger
     /// <summary>The role the server runs as; created when missing, granted what <see cref="SchemaTables"/> says.</summary>
     public string RuntimeRole { get; init; } = SchemaGuard.DefaultRuntimeRole;
 
+    /// <summary>After the migrations, lay the tables out on Citus (<see cref="CitusLayout"/>) before granting and guarding them.</summary>
+    public bool Distributed { get; init; }
+
     public static IReadOnlyList<Migration> Embedded()
     {
         var assembly = typeof(Migrator).Assembly;
@@ -94,9 +97,31 @@ public sealed partial class Migrator(NpgsqlDataSource dataSource, ILogger logger
             applied.Add(migration);
         }
 
+        if (Distributed)
+        {
+            // Session-level: the layout runs Citus's own functions, some outside one transaction.
+            await connection.ExecuteAsync("SELECT pg_advisory_lock(@key)", new { key = AdvisoryLockKey });
+            try
+            {
+                await CitusLayout.ApplyAsync(connection, logger, cancellationToken);
+            }
+            finally
+            {
+                await connection.ExecuteAsync("SELECT pg_advisory_unlock(@key)", new { key = AdvisoryLockKey });
+            }
+        }
+
         await using (NpgsqlTransaction transaction = await connection.BeginTransactionAsync(cancellationToken))
         {
             await connection.ExecuteAsync("SELECT pg_advisory_xact_lock(@key)", new { key = AdvisoryLockKey }, transaction);
+            if (Distributed || await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')", transaction: transaction))
+            {
+                // On Citus, grants and guard triggers on a distributed table reach each of its
+                // shards: over one connection per worker, so that they stay in this transaction,
+                // and triggers only when Citus is told that they touch nothing but their own row.
+                await connection.ExecuteAsync("SET LOCAL citus.multi_shard_modify_mode = 'sequential'; SET LOCAL citus.enable_unsafe_triggers = on", transaction: transaction);
+            }
+
             await SchemaGuard.ApplyAsync(connection, transaction, RuntimeRole, logger, cancellationToken);
             await transaction.CommitAsync(cancellationToken);
         }

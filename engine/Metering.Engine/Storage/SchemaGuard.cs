@@ -37,7 +37,8 @@ public static partial class SchemaGuard
             "SELECT current_schema(), current_user::text, current_database()::text", transaction: transaction);
         await EnsureRoleAsync(connection, transaction, runtimeRole, owner, schema, logger);
 
-        // Relations an extension owns (pg_stat_statements' views, which pg_autoctl installs, say)
+        // Relations an extension owns (pg_stat_statements' views, which pg_autoctl installs, or Citus's
+        // citus_tables and citus_schemas)
         // are the extension's: its script made them, DROP EXTENSION removes them, and they hold no
         // evidence. Every other relation, a hand-added table above all, must be classified.
         var tables = (await connection.QueryAsync<(string Name, bool Partitioned)>("""

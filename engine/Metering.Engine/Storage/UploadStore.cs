@@ -79,12 +79,16 @@ public sealed class UploadStore(NpgsqlDataSource dataSource)
     /// <summary>Records a flush inside the caller's transaction (the one that commits its records).</summary>
     public static async Task AdvanceAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, UploadState upload, UploadProgress progress)
     {
-        int updated = await connection.ExecuteAsync("""
+        // Whether this flush completes the upload is decided here, from the upload's size (which
+        // never changes), so that the statement sets completed_at to now() or to NULL outright:
+        // Citus evaluates now() once for a distributed table, but refuses it inside a CASE.
+        string completedAt = progress.ToOffset == upload.TotalBytes ? "now()" : "NULL";
+        int updated = await connection.ExecuteAsync($"""
             UPDATE raw_log_uploads SET
                 committed_offset = @ToOffset, lines = lines + @Lines, records = records + @Records,
                 lines_skipped = lines_skipped + @Skipped, lines_refused = lines_refused + @Refused, lines_duplicate = lines_duplicate + @Duplicates,
                 header_line = coalesce(header_line, @HeaderLine), updated_at = now(),
-                completed_at = CASE WHEN @ToOffset = total_bytes THEN now() END
+                completed_at = {completedAt}
             WHERE provider_id = @ProviderId AND upload_id = @UploadId AND committed_offset = @FromOffset
             """, new { upload.ProviderId, upload.UploadId, progress.FromOffset, progress.ToOffset, progress.Lines, progress.Records, progress.Skipped, progress.Refused, progress.Duplicates, progress.HeaderLine }, transaction);
         if (updated != 1)

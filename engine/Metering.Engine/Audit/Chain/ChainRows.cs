@@ -25,10 +25,6 @@ internal static class ChainRows
     /// </summary>
     internal const int ReadBufferBytes = 4 * ChainVerifier.CanonicalBytesMax;
 
-    // Session settings carry the provider and stream into the range query, because COPY takes
-    // no parameters; the values never become SQL text.
-    private const string SetKeys = "SELECT set_config('metering.audit_provider', @providerId, true), set_config('metering.audit_stream', @streamId, true)";
-
     /// <summary>
     /// The rows [from, to] of one stream in sequence order, read through Npgsql in a read-only
     /// repeatable-read transaction on a connection of the pool.
@@ -40,8 +36,7 @@ internal static class ChainRows
         {
             NpgsqlTransaction transaction = await connection.BeginTransactionAsync(System.Data.IsolationLevel.RepeatableRead, cancellationToken);
             await connection.ExecuteAsync(new CommandDefinition("SET TRANSACTION READ ONLY; " + ReadSettings, transaction: transaction, cancellationToken: cancellationToken));
-            await connection.ExecuteAsync(new CommandDefinition(SetKeys, new { providerId, streamId }, transaction, cancellationToken: cancellationToken));
-            NpgsqlRawCopyStream copy = await connection.BeginRawBinaryCopyAsync($"COPY ({RangeSelect(from, to)}) TO STDOUT (FORMAT BINARY)", cancellationToken);
+            NpgsqlRawCopyStream copy = await connection.BeginRawBinaryCopyAsync($"COPY ({RangeSelect(providerId, streamId, from, to)}) TO STDOUT (FORMAT BINARY)", cancellationToken);
             return new ChainRowSource(new BinaryCopyReader(copy, FieldCount, ReadBufferBytes), copy, connection);
         }
         catch
@@ -56,16 +51,24 @@ internal static class ChainRows
     /// index) touches only the range asked for, needs no sort, and streams from the first row.
     /// Left to itself the planner scans whole partitions and sorts on disk, and its parallel
     /// workers compete with the segments that already run side by side. JIT compilation of the
-    /// plan costs more than it saves on a scan this simple.
+    /// plan costs more than it saves on a scan this simple. Standard-conforming strings are
+    /// required because the range's provider and stream are written into the statement as
+    /// literals (<see cref="SqlLiteral"/>).
     /// </summary>
-    internal const string ReadSettings = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off";
+    internal const string ReadSettings = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off; SET LOCAL standard_conforming_strings = on";
 
-    /// <summary>The rows [from, to] of the stream named by the session settings metering.audit_provider and metering.audit_stream, in the order <see cref="RowEncoder"/> reads their columns.</summary>
-    internal static string RangeSelect(ulong from, ulong to) => string.Create(CultureInfo.InvariantCulture, $"""
+    /// <summary>
+    /// The rows [from, to] of one stream, in the order <see cref="RowEncoder"/> reads their
+    /// columns. COPY takes no parameters, so the provider and the stream are written into the
+    /// statement as quoted literals. They are not carried in session settings: on Citus the
+    /// statement runs on the worker that holds the provider's shard, which never sees a setting
+    /// of the coordinator's session, while a literal provider routes the read to that one shard.
+    /// </summary>
+    internal static string RangeSelect(string providerId, string streamId, ulong from, ulong to) => string.Create(CultureInfo.InvariantCulture, $"""
         SELECT sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator,
                start_at, end_at, site, device_uuids, energy_mwh, chain_hash, sm_active_bp
         FROM usage_records
-        WHERE provider_id = current_setting('metering.audit_provider') AND stream_id = current_setting('metering.audit_stream')
+        WHERE provider_id = {SqlLiteral.Text(providerId)} AND stream_id = {SqlLiteral.Text(streamId)}
           AND sequence BETWEEN {from} AND {to}
         ORDER BY sequence
         """);
