@@ -106,7 +106,8 @@ public sealed class RealSlurmIngestTests(PostgresFixture postgres, SlurmClusterF
     [Fact]
     public async Task A_requeued_jobs_earlier_run_is_metered_beside_its_final_run()
     {
-        string requeued = await Cluster.SubmitAsync("-A", SlurmCluster.Account, "--gres=gpu:a100:1", "--wrap", "sleep 3");
+        // The first run lasts until it is requeued, so the requeue cannot race its end; the run after it (SLURM_RESTART_COUNT set) is short.
+        string requeued = await Cluster.SubmitAsync("-A", SlurmCluster.Account, "--gres=gpu:a100:1", "--wrap", "if [ -n \"$SLURM_RESTART_COUNT\" ]; then sleep 2; else sleep 60; fi");
         await Cluster.WaitForStateAsync(requeued, "RUNNING");
         await Task.Delay(TimeSpan.FromSeconds(2));
         await Cluster.RunCheckedAsync("scontrol", "requeue", requeued);

@@ -258,31 +258,52 @@ internal sealed class SlurmCluster : IAsyncDisposable
     /// Sets a requeued job's start time to now until its new run has started (at most 60 s):
     /// Slurm refuses the change while the previous run is still completing, and only then does
     /// the job pend with a BeginTime minutes away. The controller's state is read, since sacct
-    /// shows the old run as REQUEUED before the job has really left it.
+    /// shows the old run as REQUEUED before the job has really left it; its restart count tells
+    /// the new run from the old one, even where a poll never saw the job between the two, and a
+    /// job the controller no longer knows has ended its last run.
     /// </summary>
     public async Task ReleasePendingAsync(string jobId)
     {
-        bool requeued = false;
-        await WaitUntilAsync($"requeued job {jobId} starts again", async () =>
+        string show = "";
+        try
         {
-            string show = (await RunAsync("scontrol", "show", "job", jobId)).Output;
-            int at = show.IndexOf("JobState=", StringComparison.Ordinal);
-            string state = at < 0 ? "" : show[(at + "JobState=".Length)..].Split(' ', '\n')[0];
-            if (state.Length == 0)
+            await WaitUntilAsync($"requeued job {jobId} starts again", async () =>
             {
+                show = (await RunAsync("scontrol", "show", "job", jobId)).Output;
+                if (show.Contains("Invalid job id", StringComparison.Ordinal))
+                {
+                    // The controller forgets an ended job within MinJobAge (2 s here): its new run
+                    // came and went between two polls. What sacct recorded is checked by the caller.
+                    return true;
+                }
+
+                string state = Field(show, "JobState");
+                if (state.Length == 0)
+                {
+                    return false;
+                }
+
+                bool restarted = int.TryParse(Field(show, "Restarts"), out int restarts) && restarts > 0;
+                if (state is "RUNNING" or "COMPLETED")
+                {
+                    // RUNNING with no restart yet is the old run, not yet requeued.
+                    return restarted;
+                }
+
+                await RunAsync("scontrol", "update", $"JobId={jobId}", "StartTime=now");
                 return false;
-            }
+            }, TimeSpan.FromSeconds(60));
+        }
+        catch (TimeoutException e)
+        {
+            throw new TimeoutException($"{e.Message}\nscontrol show job {jobId}:\n{show}", e);
+        }
 
-            if (state is "RUNNING" or "COMPLETED")
-            {
-                // RUNNING before any other state is the old run, not yet requeued.
-                return requeued;
-            }
-
-            requeued = true;
-            await RunAsync("scontrol", "update", $"JobId={jobId}", "StartTime=now");
-            return false;
-        }, TimeSpan.FromSeconds(60));
+        static string Field(string show, string name)
+        {
+            int at = show.IndexOf(name + "=", StringComparison.Ordinal);
+            return at < 0 ? "" : show[(at + name.Length + 1)..].Split(' ', '\n')[0];
+        }
     }
 
     /// <summary>The sacct lines (header first) of these jobs, with every column rawlog-formats.md requires and Suspended, duplicates (-D) included.</summary>
