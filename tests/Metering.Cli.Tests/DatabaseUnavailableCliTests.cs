@@ -1,10 +1,7 @@
 using Metering.Engine.Fixtures;
-using Metering.Engine.Storage;
 using Metering.Fixtures;
 using Metering.Server.Access;
 using Metering.Server.Fixtures;
-using Microsoft.Extensions.Logging.Abstractions;
-using Npgsql;
 
 namespace Metering.Cli.Tests;
 
@@ -19,21 +16,7 @@ public sealed class DatabaseUnavailableCliTests(PostgresFixture postgres)
     [Fact]
     public async Task A_server_whose_database_is_gone_makes_the_cli_exit_5_with_one_line_not_4()
     {
-        string root = Directory.CreateTempSubdirectory("metering-cli-db-down-").FullName;
-        if (!OperatingSystem.IsWindows())
-        {
-            // PostgreSQL runs as an unprivileged user when the tests run as root; it must walk in.
-            File.SetUnixFileMode(root, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute | UnixFileMode.GroupExecute | UnixFileMode.OtherExecute);
-        }
-
-        EmbeddedPostgres database = await EmbeddedPostgres.StartAsync(
-            new EmbeddedPostgresOptions { DataDirectory = Path.Combine(root, "pg"), Durable = false, Database = "metering" }, NullLogger.Instance);
-        SeededKeys keys;
-        await using (NpgsqlDataSource owner = Database.CreateDataSource(database.ConnectionString))
-        {
-            await new Migrator(owner, NullLogger.Instance).MigrateAsync();
-            keys = await Admissions.SeedAsync(owner);
-        }
+        var (database, keys) = await OwnSeededDatabase.StartAsync("metering-cli-db-down-");
 
         // The key stays remembered, so that the second call reaches the handler, which meets the lost database.
         await using TestServer server = await TestServer.StartAsync(postgres, database: database.ConnectionString,

@@ -1,12 +1,9 @@
 using Grpc.Core;
 using Metering.Engine.Fixtures;
-using Metering.Engine.Storage;
 using Metering.Fixtures;
 using Metering.Protocol.V1;
 using Metering.Server.Access;
 using Metering.Server.Fixtures;
-using Microsoft.Extensions.Logging.Abstractions;
-using Npgsql;
 
 namespace Metering.Server.Tests.Hosting;
 
@@ -22,21 +19,7 @@ public sealed class DatabaseUnavailableTests(PostgresFixture postgres)
     [Fact]
     public async Task Every_service_answers_unavailable_database_unavailable_once_postgresql_is_stopped_under_the_server()
     {
-        string root = Directory.CreateTempSubdirectory("metering-db-down-").FullName;
-        if (!OperatingSystem.IsWindows())
-        {
-            // PostgreSQL runs as an unprivileged user when the tests run as root; it must walk in.
-            File.SetUnixFileMode(root, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute | UnixFileMode.GroupExecute | UnixFileMode.OtherExecute);
-        }
-
-        EmbeddedPostgres database = await EmbeddedPostgres.StartAsync(
-            new EmbeddedPostgresOptions { DataDirectory = Path.Combine(root, "pg"), Durable = false, Database = "metering" }, NullLogger.Instance);
-        SeededKeys keys;
-        await using (NpgsqlDataSource owner = Database.CreateDataSource(database.ConnectionString))
-        {
-            await new Migrator(owner, NullLogger.Instance).MigrateAsync();
-            keys = await Admissions.SeedAsync(owner);
-        }
+        var (database, keys) = await OwnSeededDatabase.StartAsync("metering-db-down-");
 
         // Keys stay remembered for the whole test, so that the calls below reach their handlers.
         await using TestServer server = await TestServer.StartAsync(postgres, database: database.ConnectionString,
