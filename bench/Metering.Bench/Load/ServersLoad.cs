@@ -1,25 +1,26 @@
 using System.Globalization;
 using Grpc.Net.Client;
 using Metering.Client.Channels;
-using Metering.Engine.Signing;
 using Metering.Engine.Storage;
 using Metering.Fixtures;
-using Metering.Server.Hosting;
+using Metering.Server.Fixtures;
 using Microsoft.Extensions.Logging;
 using Npgsql;
 
 namespace Metering.Bench.Load;
 
 /// <summary>
-/// `load --servers N`: the same streams through one server and through N stateless servers on one
-/// PostgreSQL, in one run. The N servers are N Kestrel hosts of <see cref="MeteringServer"/> in this
-/// process, each on its own port with its own connection pool, and the agents reach them through
-/// the client library's balanced channel (round-robin over a static list), as a provider naming
-/// several servers does. That measures what statelessness costs or gains on the database (each
-/// host commits on its own), not process separation: the hosts share this process's CPU and
-/// thread pool. Each phase gets its own freshly migrated database in the one cluster, so neither
-/// writes into a table the other has grown; the psql and binary COPY baselines are left to the
-/// plain run. The last line of stdout is the RESULT line.
+/// `load --servers N`: the same streams through one `metering serve` process and then through N
+/// of them on one PostgreSQL, in one run. Each server is the CLI built beside the bench, started as
+/// its own OS process (the tests' <see cref="ServerProcess"/>) on its own loopback port, logged in
+/// as the runtime role, with one receipt key shared by all; the agents reach them through the
+/// client library's balanced channel (round-robin over a static list), as a provider naming
+/// several servers does. So each phase pays what a deployment pays: a process per server, each
+/// with its own thread pool, connection pool and HTTP/2 connection, all on this machine's cores.
+/// Each phase gets its own freshly migrated database in the one cluster, so neither writes into a
+/// table the other has grown; the psql and binary COPY baselines are left to the plain run. The
+/// one-server phase's database also gives the bytes a stored record takes
+/// (<see cref="StorageFootprint"/>). The last line of stdout is the RESULT line.
 /// </summary>
 internal static class ServersLoad
 {
@@ -28,32 +29,22 @@ internal static class ServersLoad
         string dataDirectory = Path.GetFullPath(options.DataDirectory);
         IngestLoad.DeleteCluster(dataDirectory);
         Console.WriteLine($"load: {options.Records:N0} records over {options.Streams} streams, batches of {options.BatchRecords:N0}, window {options.WindowBatches}, "
-            + $"through 1 server, then {options.Servers} server hosts in this process on one PostgreSQL ({(options.Tls ? "TLS" : "cleartext HTTP/2 on loopback")}); fresh cluster in {dataDirectory}");
-
-        using BenchCertificates? certificates = options.Tls ? BenchCertificates.Make() : null;
-        string? caPath = null;
-        if (certificates is not null)
-        {
-            // The balanced channel reads its CA from a file, as a client's --ca does.
-            caPath = Path.Combine(Path.GetDirectoryName(dataDirectory)!, "servers-ca.pem");
-            await File.WriteAllTextAsync(caPath, certificates.Ca.ExportCertificatePem());
-        }
+            + $"through 1 `metering serve` process, then {options.Servers} on one PostgreSQL ({(options.Tls ? "TLS" : "cleartext HTTP/2 on loopback")}); fresh cluster in {dataDirectory}");
 
         await using EmbeddedPostgres postgres = await EmbeddedPostgres.StartAsync(new EmbeddedPostgresOptions { DataDirectory = dataDirectory, Durable = true }, logger);
-        Phase one = await RunPhaseAsync(postgres, "metering_one_server", 1, options, certificates, caPath, logger);
-        Phase many = await RunPhaseAsync(postgres, "metering_servers", options.Servers, options, certificates, caPath, logger);
+        (Phase one, StorageFootprint footprint) = await RunPhaseAsync(postgres, "metering_one_server", 1, options, logger);
+        (Phase many, _) = await RunPhaseAsync(postgres, "metering_servers", options.Servers, options, logger);
 
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"RESULT servers={options.Servers} one_server_records_per_s={one.RecordsPerSecond:0} servers_records_per_s={many.RecordsPerSecond:0} "
             + $"ratio_servers={many.RecordsPerSecond / one.RecordsPerSecond:0.00} p99_ack_ms_one={one.P99Ms:0.0} p99_ack_ms_servers={many.P99Ms:0.0} "
-            + $"hosts=in_process tls={(options.Tls ? "true" : "false")}"));
+            + $"bytes_per_record={footprint.BytesPerRecord} hosts=processes tls={(options.Tls ? "true" : "false")}"));
         return 0;
     }
 
     private sealed record Phase(double RecordsPerSecond, double P99Ms);
 
-    private static async Task<Phase> RunPhaseAsync(EmbeddedPostgres postgres, string database, int servers, LoadOptions options,
-        BenchCertificates? certificates, string? caPath, ILogger logger)
+    private static async Task<(Phase Phase, StorageFootprint Footprint)> RunPhaseAsync(EmbeddedPostgres postgres, string database, int servers, LoadOptions options, ILogger logger)
     {
         await using (NpgsqlDataSource cluster = Database.CreateDataSource(postgres.ConnectionString))
         await using (NpgsqlConnection connection = await cluster.OpenConnectionAsync())
@@ -68,26 +59,19 @@ internal static class ServersLoad
         await new Migrator(dataSource, logger).MigrateAsync();
         string apiKey = (await Admissions.SeedAsync(dataSource)).OtherProvider;
 
-        using ServerSigningKey signingKey = ServerSigningKey.CreateNew();
-        var hosts = new List<MeteringServer>();
+        var processes = new List<ServerProcess>();
         try
         {
+            // One after the other: on two cores, N processes starting at once mostly wait for each other.
             for (int i = 0; i < servers; i++)
             {
-                hosts.Add(await MeteringServer.StartAsync(new ServerSettings
-                {
-                    SigningKey = signingKey,
-                    Listen = new Uri(certificates is null ? "http://127.0.0.1:0" : "https://127.0.0.1:0"),
-                    Certificate = certificates?.Server,
-                    ConnectionString = runtime,
-                    ConfigureLogging = builder => builder.AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace).SetMinimumLevel(LogLevel.Warning),
-                }));
+                processes.Add(await StartServerAsync(owner, runtime, options.Tls));
             }
 
-            ServerList list = Parse(string.Join(',', hosts.Select(h => h.Address.ToString().TrimEnd('/'))));
+            ServerList list = Parse(string.Join(',', processes.Select(p => p.Address.ToString().TrimEnd('/'))));
             await IngestLoad.CheckpointAsync(dataSource);
-            using GrpcChannel channel = MeteringChannel.Open(new ChannelSettings(list, caPath));
-            Console.WriteLine($"load: {database}: {servers} server host(s) at {list}");
+            using GrpcChannel channel = MeteringChannel.Open(new ChannelSettings(list, options.Tls ? TestCertificates.CaPemPath : null));
+            Console.WriteLine($"load: {database}: {servers} `metering serve` process(es) at {list}");
             IngestLoad.Streamed streamed = await IngestLoad.StreamAsync(channel, apiKey, options);
 
             long stored = await IngestLoad.CountAsync(dataSource);
@@ -97,18 +81,46 @@ internal static class ServersLoad
             }
 
             await IngestLoad.VerifyAsync(dataSource, streamed);
+            StorageFootprint footprint = await StorageFootprint.MeasureAsync(dataSource);
             streamed.LatenciesMs.Sort();
             var phase = new Phase(options.Records / streamed.Seconds, IngestLoad.Percentile(streamed.LatenciesMs, 0.99));
-            Console.WriteLine($"ingest: {servers} server host(s): {options.Records:N0} records in {streamed.Seconds:0.00} s = {phase.RecordsPerSecond:N0} records/s; ack p99 {phase.P99Ms:0.0} ms");
-            return phase;
+            Console.WriteLine($"ingest: {servers} process(es): {options.Records:N0} records in {streamed.Seconds:0.00} s = {phase.RecordsPerSecond:N0} records/s; ack p99 {phase.P99Ms:0.0} ms");
+            return (phase, footprint);
         }
         finally
         {
-            foreach (MeteringServer host in hosts)
+            // SIGTERM and wait, as a service manager stops them; a process that will not stop is
+            // killed by its disposal, so none outlives the bench, whatever failed above.
+            foreach (ServerProcess process in processes)
             {
-                await host.DisposeAsync();
+                try
+                {
+                    await process.StopAsync();
+                }
+                finally
+                {
+                    await process.DisposeAsync();
+                }
             }
         }
+    }
+
+    /// <summary>
+    /// One `metering serve` on a free loopback port, logged in as the runtime role: with TLS the
+    /// tests' certificate and receipt key (<see cref="ServerProcess.StartAsync(string, int)"/>),
+    /// cleartext otherwise, which serve allows on loopback.
+    /// </summary>
+    private static Task<ServerProcess> StartServerAsync(string ownerConnectionString, string runtimeConnectionString, bool tls)
+    {
+        int port = ServerProcess.FreePort();
+        if (tls)
+        {
+            return ServerProcess.StartAsync(ownerConnectionString, port);
+        }
+
+        var address = new Uri($"http://127.0.0.1:{port}");
+        return ServerProcess.StartAsync(address, "serve", "--connection", runtimeConnectionString,
+            "--listen", address.ToString(), "--signing-key", ServerProcess.SigningKeyPath);
     }
 
     private static ServerList Parse(string text) =>
