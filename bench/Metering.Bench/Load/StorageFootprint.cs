@@ -25,6 +25,11 @@ internal sealed record StorageFootprint(long Rows, long HeapBytes, long IndexByt
                    coalesce(sum(pg_indexes_size(t.relid)), 0)::bigint AS IndexBytes
             FROM pg_partition_tree('usage_records'::regclass) t
             """);
+        // What the rows hold, so that the figure can be scaled to another record mix: device UUIDs
+        // are the one field whose size varies much (the load's jobs list up to 8).
+        var mix = await connection.QuerySingleAsync<(decimal UuidsPerRecord, decimal RowBytes)>(
+            "SELECT round(avg(coalesce(cardinality(device_uuids), 0)), 2), round(avg(pg_column_size(u.*)), 1) FROM usage_records u", commandTimeout: 0);
+        Console.WriteLine($"footprint: {mix.UuidsPerRecord} device UUIDs and {mix.RowBytes} bytes of row data (pg_column_size) per record on average");
         Console.WriteLine($"footprint: usage_records holds {footprint.Rows:N0} rows in {footprint.HeapBytes:N0} bytes of heap and {footprint.IndexBytes:N0} bytes of indexes: "
             + $"{footprint.HeapBytes / Math.Max(footprint.Rows, 1):N0} + {footprint.IndexBytes / Math.Max(footprint.Rows, 1):N0} = {footprint.BytesPerRecord:N0} bytes per record");
         return footprint;
