@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Runtime.InteropServices;
 using Grpc.Net.Client;
 using Metering.Client.Channels;
 using Metering.Engine.Storage;
@@ -32,8 +33,22 @@ internal static class ServersLoad
             + $"through 1 `metering serve` process, then {options.Servers} on one PostgreSQL ({(options.Tls ? "TLS" : "cleartext HTTP/2 on loopback")}); fresh cluster in {dataDirectory}");
 
         await using EmbeddedPostgres postgres = await EmbeddedPostgres.StartAsync(new EmbeddedPostgresOptions { DataDirectory = dataDirectory, Durable = true }, logger);
-        (Phase one, StorageFootprint footprint) = await RunPhaseAsync(postgres, "metering_one_server", 1, options, logger);
-        (Phase many, _) = await RunPhaseAsync(postgres, "metering_servers", options.Servers, options, logger);
+
+        // Stopped from outside (SIGTERM, or Ctrl+C in a terminal), the bench never reaches its
+        // finally blocks and disposals: the runtime ends it from the signal. So the signal first
+        // stops the running servers and the cluster here, and then ends the bench as it would have,
+        // so that no `metering serve` and no PostgreSQL outlives it.
+        var running = new List<ServerProcess>();
+        void StopOnSignal(PosixSignalContext _)
+        {
+            StopAllAsync(running).GetAwaiter().GetResult();
+            postgres.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+
+        using PosixSignalRegistration onTerminate = PosixSignalRegistration.Create(PosixSignal.SIGTERM, StopOnSignal);
+        using PosixSignalRegistration onInterrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, StopOnSignal);
+        (Phase one, StorageFootprint footprint) = await RunPhaseAsync(postgres, running, "metering_one_server", 1, options, logger);
+        (Phase many, _) = await RunPhaseAsync(postgres, running, "metering_servers", options.Servers, options, logger);
 
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"RESULT servers={options.Servers} one_server_records_per_s={one.RecordsPerSecond:0} servers_records_per_s={many.RecordsPerSecond:0} "
@@ -44,7 +59,8 @@ internal static class ServersLoad
 
     private sealed record Phase(double RecordsPerSecond, double P99Ms);
 
-    private static async Task<(Phase Phase, StorageFootprint Footprint)> RunPhaseAsync(EmbeddedPostgres postgres, string database, int servers, LoadOptions options, ILogger logger)
+    private static async Task<(Phase Phase, StorageFootprint Footprint)> RunPhaseAsync(EmbeddedPostgres postgres, List<ServerProcess> processes, string database, int servers,
+        LoadOptions options, ILogger logger)
     {
         await using (NpgsqlDataSource cluster = Database.CreateDataSource(postgres.ConnectionString))
         await using (NpgsqlConnection connection = await cluster.OpenConnectionAsync())
@@ -59,13 +75,16 @@ internal static class ServersLoad
         await new Migrator(dataSource, logger).MigrateAsync();
         string apiKey = (await Admissions.SeedAsync(dataSource)).OtherProvider;
 
-        var processes = new List<ServerProcess>();
         try
         {
             // One after the other: on two cores, N processes starting at once mostly wait for each other.
             for (int i = 0; i < servers; i++)
             {
-                processes.Add(await StartServerAsync(owner, runtime, options.Tls));
+                ServerProcess started = await StartServerAsync(owner, runtime, options.Tls);
+                lock (processes)
+                {
+                    processes.Add(started);
+                }
             }
 
             ServerList list = Parse(string.Join(',', processes.Select(p => p.Address.ToString().TrimEnd('/'))));
@@ -89,18 +108,34 @@ internal static class ServersLoad
         }
         finally
         {
-            // SIGTERM and wait, as a service manager stops them; a process that will not stop is
-            // killed by its disposal, so none outlives the bench, whatever failed above.
-            foreach (ServerProcess process in processes)
+            await StopAllAsync(processes);
+        }
+    }
+
+    /// <summary>
+    /// SIGTERM to each server and a wait for it, as a service manager stops them; a process that
+    /// will not stop is killed by its disposal, so none outlives the bench, whatever failed. Each
+    /// leaves the list before it is stopped, so that a signal during the phase's own stop does
+    /// not stop it twice.
+    /// </summary>
+    private static async Task StopAllAsync(List<ServerProcess> processes)
+    {
+        ServerProcess[] stopping;
+        lock (processes)
+        {
+            stopping = [.. processes];
+            processes.Clear();
+        }
+
+        foreach (ServerProcess process in stopping)
+        {
+            try
             {
-                try
-                {
-                    await process.StopAsync();
-                }
-                finally
-                {
-                    await process.DisposeAsync();
-                }
+                await process.StopAsync();
+            }
+            finally
+            {
+                await process.DisposeAsync();
             }
         }
     }
