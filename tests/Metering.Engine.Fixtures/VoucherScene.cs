@@ -209,7 +209,11 @@ internal sealed class VoucherScene : IAsyncDisposable
     /// <summary>A test's own work inside the ingest transaction, where it can hold the commit back.</summary>
     private sealed class TestStep(Func<NpgsqlConnection, NpgsqlTransaction, Task> work) : ICommitStep
     {
-        public Task RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken) => work(connection, transaction);
+        public async Task<NpgsqlBatchCommand?> RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken)
+        {
+            await work(connection, transaction);
+            return null;
+        }
     }
 
     public Task<Claim> ClaimJobsAsync(long contractId, params string[] jobs) =>

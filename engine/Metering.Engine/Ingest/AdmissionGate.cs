@@ -230,7 +230,10 @@ public sealed class AdmissionGate(NpgsqlDataSource dataSource)
         return new AdmissionSnapshot(providerId, registered: true, epoch.Value, intervals, paused, fleet, listedOn);
     }
 
-    /// <summary>Reads the epoch inside a commit's transaction and holds it until the commit ends; -1 when not registered.</summary>
-    public static async Task<long> ReadEpochForShareAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string providerId) =>
-        await connection.ExecuteScalarAsync<long?>("SELECT admission_epoch FROM organisations WHERE provider_id = @providerId FOR SHARE", new { providerId }, transaction) ?? -1;
+    /// <summary>
+    /// The statement that reads the epoch inside a commit's transaction and holds it until the
+    /// commit ends, sent in the round trip that locks the stream heads (no row: not registered).
+    /// </summary>
+    public static NpgsqlBatchCommand EpochForShare(string providerId) =>
+        new("SELECT admission_epoch FROM organisations WHERE provider_id = $1 FOR SHARE") { Parameters = { new() { Value = providerId } } };
 }

@@ -47,9 +47,10 @@ internal static class FleetConcurrency
     /// <summary>
     /// Checks the prepared batches (one stream's, or those of several streams a group commit
     /// takes together) against the fleet; throws <see cref="IngestRefusedException"/> when a
-    /// second would exceed it.
+    /// second would exceed it. Returns the write of the new sums, for the caller to send with the
+    /// rest of its commit, or null when the batches add to no second.
     /// </summary>
-    public static async Task CheckAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string providerId, IReadOnlyList<PreparedRecords> batches, FleetSnapshot fleet,
+    public static async Task<NpgsqlBatchCommand?> CheckAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string providerId, IReadOnlyList<PreparedRecords> batches, FleetSnapshot fleet,
         long nowUnixMs, int minutesPerBatchMax)
     {
         List<Group> groups = Aggregate(batches);
@@ -66,7 +67,7 @@ internal static class FleetConcurrency
 
         if (rows == 0)
         {
-            return;
+            return null;
         }
 
         // Read committed is what makes reading the sums after taking the lock see every commit
@@ -191,12 +192,17 @@ internal static class FleetConcurrency
             }
         }
 
-        await connection.ExecuteAsync("""
+        // Still under the locks: the caller sends the write before its commit, and the locks are
+        // held until then.
+        return new NpgsqlBatchCommand("""
             INSERT INTO usage_concurrency (provider_id, device_model, minute_at, share_denominator, levels)
-            SELECT @providerId, u.m, u.t, u.d, @levels[(u.i - 1) * 60 + 1 : u.i * 60]
-            FROM unnest(@models, @minutes, @denominators) WITH ORDINALITY AS u(m, t, d, i)
+            SELECT $1, u.m, u.t, u.d, ($5::bigint[])[(u.i - 1) * 60 + 1 : u.i * 60]
+            FROM unnest($2::text[], $3::timestamptz[], $4::integer[]) WITH ORDINALITY AS u(m, t, d, i)
             ON CONFLICT (provider_id, device_model, minute_at, share_denominator) DO UPDATE SET levels = excluded.levels
-            """, new { providerId, models, minutes, denominators, levels }, transaction);
+            """)
+        {
+            Parameters = { new() { Value = providerId }, new() { Value = models }, new() { Value = minutes }, new() { Value = denominators }, new() { Value = levels } },
+        };
     }
 
     /// <summary>

@@ -375,7 +375,7 @@ public sealed class UploadProcessor : ILogLineSink
 /// </summary>
 internal sealed class UploadProgressStep(UploadState upload, IReadOnlyList<RawLogJob> jobs, UploadProgress progress) : ICommitStep
 {
-    public async Task RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken)
+    public async Task<NpgsqlBatchCommand?> RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken)
     {
         if (!await UploadStore.RecordJobsAsync(connection, transaction, upload, jobs))
         {
@@ -383,6 +383,7 @@ internal sealed class UploadProgressStep(UploadState upload, IReadOnlyList<RawLo
         }
 
         await UploadStore.AdvanceAsync(connection, transaction, upload, progress);
+        return null;
     }
 }
 

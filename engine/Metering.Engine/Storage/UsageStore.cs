@@ -39,13 +39,31 @@ public interface IUsageRows
 
 /// <summary>
 /// A check or a write that must commit with a batch's rows or not at all (the registry's epoch,
-/// the fleet's concurrency, a raw-log upload's progress). The store runs the steps in order after
-/// the rows and the head are written and before it commits; a step that throws rolls it all back.
-/// Each step is a named type of the feature that owns the rule; the store knows none of them.
+/// the fleet's concurrency, a raw-log upload's progress). Each step is a named type of the feature
+/// that owns the rule; the store knows none of them. A commit runs in as few round trips as the
+/// steps allow: a step may hand the store a read to send with the head lock (before the rows are
+/// copied) and a write to send with the head update (after every step has run), instead of
+/// statements of their own. A step that throws rolls everything back.
 /// </summary>
 public interface ICommitStep
 {
-    Task RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken);
+    /// <summary>
+    /// A statement the store sends in the round trip that locks the stream heads, after the lock,
+    /// or null for none; <see cref="CheckLockRead"/> then gets the first column of its first row.
+    /// </summary>
+    NpgsqlBatchCommand? ReadWithLock() => null;
+
+    /// <summary>Checks what <see cref="ReadWithLock"/>'s statement returned (null for no row); throws to roll the commit back.</summary>
+    void CheckLockRead(object? value)
+    {
+    }
+
+    /// <summary>
+    /// Runs after the rows are copied, steps in order, while every stream head is locked and before
+    /// any head moves. Returns a write for the store to send in one round trip with the head
+    /// update, or null.
+    /// </summary>
+    Task<NpgsqlBatchCommand?> RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken);
 }
 
 /// <summary>One stream's part of a group commit: its rows and the mark its writer believes the stream is at.</summary>
@@ -170,51 +188,24 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
     /// all in one transaction. Throws <see cref="StreamMovedException"/> when the head is no longer
     /// where this writer believes it is.
     /// </summary>
-    /// <param name="steps">The checks and writes that commit with the rows, run in order after them.</param>
-    public async Task CommitAsync(string providerId, string streamId, ulong expectedSequence, IUsageRows batch, IReadOnlyList<ICommitStep> steps, CancellationToken cancellationToken)
-    {
-        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        // Read committed, named rather than left to the server's default: the fleet check reads
-        // the concurrency sums after taking its locks and must see every commit that held them.
-        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(System.Data.IsolationLevel.ReadCommitted, cancellationToken);
-        long committed = await connection.QuerySingleAsync<long>(new CommandDefinition(
-            "SELECT committed_sequence FROM ingest_streams WHERE provider_id = @providerId AND stream_id = @streamId FOR UPDATE",
-            new { providerId, streamId }, transaction, cancellationToken: cancellationToken));
-        if ((ulong)committed != expectedSequence)
-        {
-            throw new StreamMovedException($"Stream {providerId}/{streamId} is at {committed}, not {expectedSequence}: another writer extended it.");
-        }
-
-        await CopyRowsAsync(connection, providerId, [new StreamBatch(streamId, expectedSequence, batch)], cancellationToken);
-
-        // The newest record's start time names its partition, so the head trigger's check that the
-        // new head is a committed record probes one partition instead of all of them.
-        UsageRow newest = batch.RowAt(batch.Count - 1);
-        int moved = await connection.ExecuteAsync(new CommandDefinition(
-            "UPDATE ingest_streams SET committed_sequence = @last, chain_head = @head, head_start_at = @headStart, updated_at = now() WHERE provider_id = @providerId AND stream_id = @streamId",
-            new { providerId, streamId, last = (long)newest.Sequence, head = newest.ChainHash.ToArray(), headStart = UnixMs.ToDateTime(newest.StartUnixMs) },
-            transaction, cancellationToken: cancellationToken));
-        if (moved != 1)
-        {
-            throw new InvalidOperationException($"Stream {providerId}/{streamId}: the head update touched {moved} rows; the batch is rolled back.");
-        }
-
-        for (int i = 0; i < steps.Count; i++)
-        {
-            await steps[i].RunAsync(connection, transaction, cancellationToken);
-        }
-
-        await transaction.CommitAsync(cancellationToken);
-    }
+    /// <param name="steps">The checks and writes that commit with the rows (<see cref="ICommitStep"/>).</param>
+    public Task CommitAsync(string providerId, string streamId, ulong expectedSequence, IUsageRows batch, IReadOnlyList<ICommitStep> steps, CancellationToken cancellationToken) =>
+        CommitGroupAsync(providerId, [new StreamBatch(streamId, expectedSequence, batch)], steps, cancellationToken);
 
     /// <summary>
-    /// Commits the batches of several streams of one provider in one transaction (a group
+    /// Commits the batches of one or more streams of one provider in one transaction (a group
     /// commit): locks every stream's head row in stream order and checks each mark, copies all
-    /// rows in one COPY, moves every head in one statement, runs the steps once for the group and
+    /// rows in one COPY, runs the steps once for the group, moves every head in one statement and
     /// commits once. All or nothing: any stream's failure rolls back every stream's rows, and the
     /// caller decides what each stream is told. Throws <see cref="StreamMovedException"/> when a
     /// head is not where its writer believes it is.
     /// </summary>
+    /// <remarks>
+    /// Six round trips: the head locks with the steps' reads, the start of the COPY, its rows and
+    /// end, each step's own statements (the fleet check's locks and sums), the head update with the
+    /// steps' writes, and the COMMIT. A stream's newest record's start time goes with its head, as
+    /// it names the partition where the head trigger finds that record.
+    /// </remarks>
     internal async Task CommitGroupAsync(string providerId, IReadOnlyList<StreamBatch> batches, IReadOnlyList<ICommitStep> steps, CancellationToken cancellationToken)
     {
         var streamIds = new string[batches.Count];
@@ -231,38 +222,103 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
         }
 
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        // Read committed, named rather than left to the server's default: the fleet check reads
+        // the concurrency sums after taking its locks and must see every commit that held them.
         await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(System.Data.IsolationLevel.ReadCommitted, cancellationToken);
-        // The head rows are locked in stream order, so two group commits of overlapping streams
-        // (from two server processes) take them in the same order and cannot deadlock.
-        var committed = (await connection.QueryAsync<(string StreamId, long Sequence)>(new CommandDefinition(
-            "SELECT stream_id, committed_sequence FROM ingest_streams WHERE provider_id = @providerId AND stream_id = ANY(@streamIds) ORDER BY stream_id FOR UPDATE",
-            new { providerId, streamIds }, transaction, cancellationToken: cancellationToken))).ToDictionary(r => r.StreamId, r => r.Sequence, StringComparer.Ordinal);
-        foreach (StreamBatch batch in batches)
+        await LockHeadsAsync(connection, transaction, providerId, batches, streamIds, steps, cancellationToken);
+        await CopyRowsAsync(connection, providerId, batches, cancellationToken);
+
+        var writes = new List<NpgsqlBatchCommand>();
+        for (int i = 0; i < steps.Count; i++)
         {
-            if (!committed.TryGetValue(batch.StreamId, out long at) || (ulong)at != batch.ExpectedSequence)
+            if (await steps[i].RunAsync(connection, transaction, cancellationToken) is { } write)
             {
-                throw new StreamMovedException($"Stream {providerId}/{batch.StreamId} is not at {batch.ExpectedSequence}: another writer extended it.");
+                writes.Add(write);
             }
         }
 
-        await CopyRowsAsync(connection, providerId, batches, cancellationToken);
-
-        int moved = await connection.ExecuteAsync(new CommandDefinition("""
-            UPDATE ingest_streams s SET committed_sequence = u.last, chain_head = u.head, head_start_at = u.start_at, updated_at = now()
-            FROM unnest(@streamIds, @lasts, @heads, @headStarts) AS u(stream_id, last, head, start_at)
-            WHERE s.provider_id = @providerId AND s.stream_id = u.stream_id
-            """, new { providerId, streamIds, lasts, heads, headStarts }, transaction, cancellationToken: cancellationToken));
-        if (moved != batches.Count)
+        await using (var moveHeads = new NpgsqlBatch(connection, transaction))
         {
-            throw new InvalidOperationException($"Provider {providerId}: the group's head update touched {moved} rows for {batches.Count} streams; the group is rolled back.");
-        }
+            moveHeads.BatchCommands.Add(new NpgsqlBatchCommand("""
+                UPDATE ingest_streams s SET committed_sequence = u.last, chain_head = u.head, head_start_at = u.start_at, updated_at = now()
+                FROM unnest($2::text[], $3::bigint[], $4::bytea[], $5::timestamptz[]) AS u(stream_id, last, head, start_at)
+                WHERE s.provider_id = $1 AND s.stream_id = u.stream_id
+                """)
+            {
+                Parameters = { new() { Value = providerId }, new() { Value = streamIds }, new() { Value = lasts }, new() { Value = heads }, new() { Value = headStarts } },
+            });
+            foreach (NpgsqlBatchCommand write in writes)
+            {
+                moveHeads.BatchCommands.Add(write);
+            }
 
-        for (int i = 0; i < steps.Count; i++)
-        {
-            await steps[i].RunAsync(connection, transaction, cancellationToken);
+            await moveHeads.ExecuteNonQueryAsync(cancellationToken);
+            int moved = moveHeads.BatchCommands[0].RecordsAffected;
+            if (moved != batches.Count)
+            {
+                throw new InvalidOperationException($"Provider {providerId}: the head update touched {moved} rows for {batches.Count} streams; the commit is rolled back.");
+            }
         }
 
         await transaction.CommitAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// Locks the head rows of the batches' streams and checks each mark, with the steps' reads in
+    /// the same round trip, then lets each step check what it read. The rows are locked in stream
+    /// order, so two group commits of overlapping streams (from two server processes) take them in
+    /// the same order and cannot deadlock; the steps' reads run after the locks, as statements of
+    /// their own.
+    /// </summary>
+    private static async Task LockHeadsAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string providerId, IReadOnlyList<StreamBatch> batches, string[] streamIds,
+        IReadOnlyList<ICommitStep> steps, CancellationToken cancellationToken)
+    {
+        await using var batch = new NpgsqlBatch(connection, transaction);
+        batch.BatchCommands.Add(new NpgsqlBatchCommand(
+            "SELECT stream_id, committed_sequence FROM ingest_streams WHERE provider_id = $1 AND stream_id = ANY($2) ORDER BY stream_id FOR UPDATE")
+        {
+            Parameters = { new() { Value = providerId }, new() { Value = streamIds } },
+        });
+        var readers = new List<ICommitStep>();
+        foreach (ICommitStep step in steps)
+        {
+            if (step.ReadWithLock() is { } read)
+            {
+                batch.BatchCommands.Add(read);
+                readers.Add(step);
+            }
+        }
+
+        var committed = new Dictionary<string, long>(StringComparer.Ordinal);
+        var values = new object?[readers.Count];
+        await using (NpgsqlDataReader reader = await batch.ExecuteReaderAsync(cancellationToken))
+        {
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                committed[reader.GetString(0)] = reader.GetInt64(1);
+            }
+
+            for (int i = 0; i < readers.Count; i++)
+            {
+                await reader.NextResultAsync(cancellationToken);
+                values[i] = await reader.ReadAsync(cancellationToken) && !await reader.IsDBNullAsync(0, cancellationToken) ? reader.GetValue(0) : null;
+            }
+        }
+
+        foreach (StreamBatch stream in batches)
+        {
+            if (!committed.TryGetValue(stream.StreamId, out long at) || (ulong)at != stream.ExpectedSequence)
+            {
+                throw new StreamMovedException(committed.ContainsKey(stream.StreamId)
+                    ? $"Stream {providerId}/{stream.StreamId} is at {at}, not {stream.ExpectedSequence}: another writer extended it."
+                    : $"Stream {providerId}/{stream.StreamId} is not open.");
+            }
+        }
+
+        for (int i = 0; i < readers.Count; i++)
+        {
+            readers[i].CheckLockRead(values[i]);
+        }
     }
 
     /// <summary>
