@@ -58,10 +58,10 @@ public sealed partial class DailySettlement
     /// <summary>The read's buffer: a run row (at most <see cref="DailyLeaves.RunRecordsMax"/> pairs) must fit in half of it.</summary>
     private const int DayReadBufferBytes = 8 * 1024 * 1024;
 
-    /// <summary>The day's groups, every provider's leaves in leaf order, and how many records each segment read, from one read.</summary>
-    private sealed record DayRead(List<Group> Groups, List<ProviderLeaves> Leaves, long[] SegmentRecords);
+    /// <summary>The day's groups, every provider's leaves in leaf order, how many connections read it and how many records each block range held, from one read.</summary>
+    private sealed record DayRead(List<Group> Groups, List<ProviderLeaves> Leaves, int Connections, long[] RangeRecords);
 
-    /// <summary>One segment's share of the read, before the segments are put together.</summary>
+    /// <summary>One block range's share of the read, before the ranges are put together.</summary>
     private sealed record Segment(DayTotals Totals, LeafCollector Leaves, long Records);
 
     /// <summary>
@@ -71,29 +71,34 @@ public sealed partial class DailySettlement
     /// Merkle leaves, so the leaves are exactly the records the run prices. With more than one segment
     /// the table is cut into ranges of blocks, read side by side by the run's connection and by
     /// connections that import its snapshot, so that each backend scans its own blocks instead
-    /// of every backend scanning the whole day. The segments are put together: totals are
-    /// summed, and each stream's leaves are put in sequence order once all are in.
+    /// of every backend scanning the whole day; each connection reads its ranges one after the
+    /// other (range k on connection k modulo the connections), so that the engine takes in one
+    /// range's runs while the backends group the next. The ranges are put together in block
+    /// order: totals are summed, and each stream's leaves are put in sequence order once all are in.
     /// </summary>
     private async Task<DayRead> ReadDayAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, CancellationToken cancellationToken)
     {
         string?[] ranges = await BlockRangesAsync(connection, transaction, day, cancellationToken);
+        int connections = Math.Min(_options.DaySegments, ranges.Length);
         Segment[] segments;
-        if (ranges.Length == 1)
+        if (connections == 1)
         {
-            segments = [await ReadSegmentAsync(connection, day, null, cancellationToken)];
+            segments = await ReadRangesAsync(connection, day, ranges, cancellationToken);
         }
         else
         {
             string snapshot = await connection.ExecuteScalarAsync<string>(new CommandDefinition("SELECT pg_export_snapshot()", transaction: transaction, cancellationToken: cancellationToken))
                 ?? throw new InvalidOperationException("PostgreSQL exported no snapshot.");
-            var reads = new List<Task<Segment>> { ReadSegmentAsync(connection, day, ranges[0], cancellationToken) };
-            for (int k = 1; k < ranges.Length; k++)
+            string?[] Turns(int c) => [.. ranges.Where((_, k) => k % connections == c)];
+            var reads = new List<Task<Segment[]>> { ReadRangesAsync(connection, day, Turns(0), cancellationToken) };
+            for (int c = 1; c < connections; c++)
             {
-                reads.Add(ReadSegmentInSnapshotAsync(snapshot, day, ranges[k]!, cancellationToken));
+                reads.Add(ReadRangesInSnapshotAsync(snapshot, day, Turns(c), cancellationToken));
             }
 
-            // WhenAll waits for every segment, so none outlives the run, however one ended.
-            segments = await Task.WhenAll(reads);
+            // WhenAll waits for every connection, so none outlives the run, however one ended.
+            Segment[][] byConnection = await Task.WhenAll(reads);
+            segments = [.. Enumerable.Range(0, ranges.Length).Select(k => byConnection[k % connections][k / connections])];
         }
 
         DayTotals totals = segments[0].Totals;
@@ -105,22 +110,24 @@ public sealed partial class DailySettlement
         }
 
         List<Group> groups = totals.Groups().Select(g => new Group("usage", day, g.Provider, g.Holder, g.Model, g.Records, g.UsageNpfh, g.CardMs)).ToList();
-        return new DayRead(groups, leaves.Providers(), [.. segments.Select(s => s.Records)]);
+        return new DayRead(groups, leaves.Providers(), connections, [.. segments.Select(s => s.Records)]);
     }
 
     /// <summary>
-    /// The block ranges the day is read in: a condition on <c>u.ctid</c> per segment, the first
+    /// The block ranges the day is read in: a condition on <c>u.ctid</c> per range, the first
     /// open below and the last open above, so that together they hold every row, including rows
     /// of blocks added after the sizes were taken. The ranges cut the largest partition that
-    /// holds the day (found by PostgreSQL's own pruning of the day's bounds) into equal parts;
-    /// a ctid condition applies to each partition's own blocks. One range, and no condition,
-    /// when there is one segment or the day's partitions have fewer blocks than segments.
+    /// holds the day (found by PostgreSQL's own pruning of the day's bounds) into equal parts,
+    /// <see cref="SettlementOptions.DayRangesPerSegment"/> per segment, or one per segment when
+    /// the partition has fewer blocks than that; a ctid condition applies to each partition's own
+    /// blocks. One range, and no condition, when there is one segment read in one range or the
+    /// day's partitions have fewer blocks than segments.
     /// The conditions are written into the statement, since COPY takes no parameters; they hold
     /// nothing but block numbers.
     /// </summary>
     private async Task<string?[]> BlockRangesAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, CancellationToken cancellationToken)
     {
-        if (_options.DaySegments == 1)
+        if (_options.DaySegments * _options.DayRangesPerSegment == 1)
         {
             return [null];
         }
@@ -133,12 +140,13 @@ public sealed partial class DailySettlement
             SELECT coalesce(max(pg_relation_size(c.oid)), 0) / current_setting('block_size')::bigint
             FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(@partitions)
             """, new { partitions }, transaction, cancellationToken: cancellationToken));
-        if (blocks < _options.DaySegments)
+        int count = blocks >= _options.DaySegments * _options.DayRangesPerSegment ? _options.DaySegments * _options.DayRangesPerSegment : _options.DaySegments;
+        if (blocks < count || count == 1)
         {
             return [null];
         }
 
-        var ranges = new string?[_options.DaySegments];
+        var ranges = new string?[count];
         for (int k = 0; k < ranges.Length; k++)
         {
             long from = blocks * k / ranges.Length;
@@ -169,8 +177,8 @@ public sealed partial class DailySettlement
             : RelationNames(p.Value));
     }
 
-    /// <summary>One segment of the day on a connection of its own, in a transaction that imports the run's snapshot.</summary>
-    private async Task<Segment> ReadSegmentInSnapshotAsync(string snapshot, DateOnly day, string blockRange, CancellationToken cancellationToken)
+    /// <summary>Block ranges of the day, one after the other, on a connection of its own, in a transaction that imports the run's snapshot.</summary>
+    private async Task<Segment[]> ReadRangesInSnapshotAsync(string snapshot, DateOnly day, string?[] blockRanges, CancellationToken cancellationToken)
     {
         // Off the caller's thread at once, so that the segments parse side by side.
         await Task.Yield();
@@ -178,26 +186,20 @@ public sealed partial class DailySettlement
         await using NpgsqlTransaction transaction = await side.BeginTransactionAsync(IsolationLevel.RepeatableRead, cancellationToken);
         await side.ExecuteAsync(new CommandDefinition($"SET TRANSACTION SNAPSHOT '{snapshot}'", transaction: transaction, cancellationToken: cancellationToken));
         await side.ExecuteAsync(new CommandDefinition($"SET LOCAL statement_timeout = {(long)_options.StatementTimeout.TotalMilliseconds}", transaction: transaction, cancellationToken: cancellationToken));
-        Segment read = await ReadSegmentAsync(side, day, blockRange, cancellationToken);
+        Segment[] read = await ReadRangesAsync(side, day, blockRanges, cancellationToken);
         await transaction.CommitAsync(cancellationToken);
         return read;
     }
 
     /// <summary>
-    /// One read of the day's records (of the block range, or all), in the connection's
-    /// transaction: one <c>COPY (SELECT …) TO STDOUT</c> in binary of the day's runs
-    /// (<see cref="DailyLeaves.RunsSql"/>), grouped by PostgreSQL per provider, stream, holder,
-    /// model, device share and block of sequence numbers, parsed straight from Npgsql's raw COPY
-    /// stream. Each run goes to the totals of its provider, holder and model, with its card time
-    /// summed from its records' durations, and its records' chain hashes to its stream's leaves,
-    /// whose chunks are hashed on the thread pool while the runs arrive.
+    /// Reads the block ranges (or, for a null range, the whole day) one after the other in the
+    /// connection's transaction, under the read's settings, which are put back after the last.
     /// </summary>
-    private static async Task<Segment> ReadSegmentAsync(NpgsqlConnection connection, DateOnly day, string? blockRange, CancellationToken cancellationToken)
+    private static async Task<Segment[]> ReadRangesAsync(NpgsqlConnection connection, DateOnly day, string?[] blockRanges, CancellationToken cancellationToken)
     {
-        string copySql = $"COPY ({DailyLeaves.RunsSql(day, DayGroupColumns, DayMoreAggregates, blockRange)}) TO STDOUT (FORMAT BINARY)";
         // A sequential scan that starts while another scans the same large table joins it midway
-        // and wraps around (synchronized scans): each segment would then scan more than its own
-        // blocks. The grouping holds the segment's pairs in memory until its scan ends, so its
+        // and wraps around (synchronized scans): each range would then scan more than its own
+        // blocks. The grouping holds the range's pairs in memory until its scan ends, so its
         // memory is raised for the read; and the planner, which cannot know how few runs a day
         // has (it multiplies the grouping columns' distinct values), would sort the day's rows to
         // group them, which costs more than the read, so sorting is off for it. Both settings
@@ -214,6 +216,35 @@ public sealed partial class DailySettlement
             await setup.ExecuteNonQueryAsync(cancellationToken);
         }
 
+        var read = new Segment[blockRanges.Length];
+        for (int k = 0; k < blockRanges.Length; k++)
+        {
+            read[k] = await ReadRangeAsync(connection, day, blockRanges[k], cancellationToken);
+        }
+
+        await using (var restore = new NpgsqlCommand("SELECT set_config('work_mem', $1, true), set_config('enable_sort', $2, true)", connection)
+        {
+            Parameters = { new() { Value = saved.WorkMem }, new() { Value = saved.EnableSort } },
+        })
+        {
+            await restore.ExecuteNonQueryAsync(cancellationToken);
+        }
+
+        return read;
+    }
+
+    /// <summary>
+    /// One read of the day's records (of the block range, or all), in the connection's
+    /// transaction: one <c>COPY (SELECT …) TO STDOUT</c> in binary of the day's runs
+    /// (<see cref="DailyLeaves.RunsSql"/>), grouped by PostgreSQL per provider, stream, holder,
+    /// model, device share and block of sequence numbers, parsed straight from Npgsql's raw COPY
+    /// stream. Each run goes to the totals of its provider, holder and model, with its card time
+    /// summed from its records' durations, and its records' chain hashes to its stream's leaves,
+    /// whose chunks are hashed on the thread pool while the runs arrive.
+    /// </summary>
+    private static async Task<Segment> ReadRangeAsync(NpgsqlConnection connection, DateOnly day, string? blockRange, CancellationToken cancellationToken)
+    {
+        string copySql = $"COPY ({DailyLeaves.RunsSql(day, DayGroupColumns, DayMoreAggregates, blockRange)}) TO STDOUT (FORMAT BINARY)";
         var leaves = new LeafCollector(day);
         var totals = new DayTotals();
         long records = 0;
@@ -238,14 +269,6 @@ public sealed partial class DailySettlement
         finally
         {
             await leaves.DrainAsync();
-        }
-
-        await using (var restore = new NpgsqlCommand("SELECT set_config('work_mem', $1, true), set_config('enable_sort', $2, true)", connection)
-        {
-            Parameters = { new() { Value = saved.WorkMem }, new() { Value = saved.EnableSort } },
-        })
-        {
-            await restore.ExecuteNonQueryAsync(cancellationToken);
         }
 
         return new Segment(totals, leaves, records);

@@ -142,8 +142,11 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
     }
 
     private static SettlementOptions Checked(SettlementOptions options) =>
-        options.DaySegments is >= 1 and <= SettlementOptions.DaySegmentsMax ? options
-            : throw new ArgumentOutOfRangeException(nameof(options), $"DaySegments is {options.DaySegments}; a day is read in 1 to {SettlementOptions.DaySegmentsMax} segments");
+        options.DaySegments is < 1 or > SettlementOptions.DaySegmentsMax
+            ? throw new ArgumentOutOfRangeException(nameof(options), $"DaySegments is {options.DaySegments}; a day is read in 1 to {SettlementOptions.DaySegmentsMax} segments")
+            : options.DayRangesPerSegment is < 1 or > SettlementOptions.DayRangesPerSegmentMax
+            ? throw new ArgumentOutOfRangeException(nameof(options), $"DayRangesPerSegment is {options.DayRangesPerSegment}; a connection reads 1 to {SettlementOptions.DayRangesPerSegmentMax} block ranges")
+            : options;
 
     /// <summary>A closed day's settlement, or null when the day is not closed.</summary>
     public async Task<SettlementOutcome?> GetAsync(DateOnly day, CancellationToken cancellationToken)
@@ -185,8 +188,8 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
         Task<Dictionary<string, (DailyRoot Root, long UsageNpfh)>> metered = Task.Run(() => FoldRoots(day, read.Leaves, cancellationToken), cancellationToken);
         try
         {
-            string segments = read.SegmentRecords.Length == 1 ? "one segment"
-                : $"{read.SegmentRecords.Length} block-range segments of {string.Join(", ", read.SegmentRecords.Select(r => r.ToString("N0", CultureInfo.InvariantCulture)))}";
+            string segments = read.RangeRecords.Length == 1 ? "one segment"
+                : $"{read.Connections} block-range segment{(read.Connections == 1 ? "" : "s")}, {read.RangeRecords.Length} ranges of {string.Join(", ", read.RangeRecords.Select(r => r.ToString("N0", CultureInfo.InvariantCulture)))}";
             return await ContinueAsync(connection, transaction, day, dayEnd, actor, startedAt, report, previousRun, closedDays, groups, segments, metered, cancellationToken);
         }
         catch

@@ -38,4 +38,17 @@ public sealed class SettlementOptions
     /// the run's connection alone.
     /// </summary>
     public int DaySegments { get; init; } = 2;
+
+    /// <summary>Most block ranges one connection reads in turn.</summary>
+    internal const int DayRangesPerSegmentMax = 16;
+
+    /// <summary>
+    /// How many block ranges each of the <see cref="DaySegments"/> connections reads, one after
+    /// the other. PostgreSQL groups a range's records in memory and sends nothing until the
+    /// range's scan ends, so with one range per connection the engine waits idle for the whole
+    /// scan and PostgreSQL then waits for the engine; with several, the engine hashes one
+    /// range's runs while the backends group the next. Not a setting: tests set it to cut a small
+    /// day into many ranges.
+    /// </summary>
+    internal int DayRangesPerSegment { get; init; } = 4;
 }

@@ -183,6 +183,43 @@ public sealed class SettlementMerkleTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task A_day_read_in_many_block_ranges_gives_the_documented_root_with_streams_across_ranges_sparse_sequences_and_a_sequence_stored_twice()
+    {
+        await using VoucherScene scene = await SeedAsync(postgres);
+        // A stream that runs through the whole table, so that every range boundary cuts it, with
+        // every third record of the next day, so that the day's sequences have gaps.
+        await scene.WriteUngatedAsync("cluster-long", Enumerable.Range(0, 6_000)
+            .Select(i => VoucherScene.Usage(TestRecords.Holder, i % 3 == 0 ? NextDay : Day, i % 280, $"long-{i:D4}")).ToList());
+        // A sequence stored twice, as only a rewrite past the append-only triggers can: the copy
+        // lands in the table's last block, in another range than the record it copies, with
+        // another chain hash, which orders the two leaves.
+        await using (NpgsqlConnection connection = await scene.DataSource.OpenConnectionAsync())
+        {
+            const string Columns = "provider_id, stream_id, sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator, start_at, end_at, site, device_uuids, energy_mwh, catalog_version, usage_npfh, chain_hash, committed_at";
+            await connection.ExecuteAsync($"""
+                SET session_replication_role = replica;
+                INSERT INTO usage_records ({Columns})
+                SELECT {Columns.Replace("start_at, end_at", "start_at + interval '1 second', end_at + interval '1 second'", StringComparison.Ordinal).Replace("chain_hash,", "sha256(chain_hash),", StringComparison.Ordinal)}
+                FROM usage_records WHERE stream_id = 'cluster-long' AND job_id = 'long-3001';
+                RESET session_replication_role;
+                ANALYZE usage_records_2026_11;
+                """);
+        }
+
+        Assert.Equal([2L], await scene.QueryAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id = 'cluster-long' AND sequence = (SELECT sequence FROM usage_records WHERE job_id = 'long-3001' LIMIT 1)"));
+        var progress = new List<SettlementProgress>();
+        SettlementOutcome outcome = await scene.Settlement(new SettlementOptions { DaySegments = 2, DayRangesPerSegment = 8 }).SettleAsync(Day, VoucherScene.Batch, progress.Add, CancellationToken.None);
+
+        // Two connections read sixteen ranges, eight each, in turn.
+        Assert.Contains("read in 2 block-range segments, 16 ranges of ", progress.Single(p => p.Stage == "aggregate").Message, StringComparison.Ordinal);
+        StatementRow published = PublishedRoot(outcome, TestRecords.Provider);
+        Assert.Equal(13L + 4_000 + 1, published.Records!.Value);
+        Assert.Equal(await IndependentRootAsync(scene, TestRecords.Provider, Day), published.Note);
+        Assert.Equal(await IndependentRootAsync(scene, TestRecords.OtherProvider, Day), PublishedRoot(outcome, TestRecords.OtherProvider).Note);
+        Assert.Equal(Convert.ToHexStringLower((await RootAsync(scene, TestRecords.Provider, Day, MerkleCutOff.AsSettled)).Root), published.Note);
+    }
+
+    [Fact]
     public async Task A_record_rewritten_by_sql_after_settlement_makes_the_recomputed_root_or_its_proof_disagree_with_the_statement()
     {
         await using VoucherScene scene = await SeedAsync(postgres);
@@ -291,7 +328,7 @@ public sealed class SettlementMerkleTests(PostgresFixture postgres)
              AND m.run_id = (SELECT run_id FROM settlement_runs WHERE day = @day)
             WHERE u.provider_id = @provider AND u.sequence <= m.committed_sequence AND u.stream_id NOT LIKE 'proof:%'
               AND u.start_at >= @from AND u.start_at < @until
-            ORDER BY u.stream_id COLLATE "C", u.sequence
+            ORDER BY u.stream_id COLLATE "C", u.sequence, sha256('\x00'::bytea || u.chain_hash)
             """, new
         {
             provider,

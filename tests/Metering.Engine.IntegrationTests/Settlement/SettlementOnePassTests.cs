@@ -56,10 +56,11 @@ public sealed class SettlementOnePassTests(PostgresFixture postgres)
     }
 
     [Theory]
-    [InlineData(1)]
-    [InlineData(2)]
-    [InlineData(3)]
-    public async Task One_read_of_a_day_of_several_providers_holders_and_contracts_gives_the_totals_of_the_set_based_aggregation_and_one_leaf_per_record(int segments)
+    [InlineData(1, 1)]
+    [InlineData(2, 1)]
+    [InlineData(3, 1)]
+    [InlineData(1, 4)]
+    public async Task One_read_of_a_day_of_several_providers_holders_and_contracts_gives_the_totals_of_the_set_based_aggregation_and_one_leaf_per_record(int segments, int rangesPerSegment)
     {
         await using VoucherScene scene = await VoucherScene.StartAsync(postgres);
         string cardHours = await scene.HolderAsync();
@@ -97,8 +98,9 @@ public sealed class SettlementOnePassTests(PostgresFixture postgres)
         await scene.IngestAsync("rack-1", VoucherScene.Jobs(elsewhere, Day, 90, firstSlot: 150, prefix: "bulk-r"), provider: TestRecords.OtherProvider);
         await scene.IngestAsync("cluster-a", VoucherScene.Jobs(cardHours, Day, 90, firstSlot: 150, prefix: "bulk-a2"));
 
-        // Read on one connection, or cut into two or three block ranges read side by side.
-        DailySettlement settlement = scene.Settlement(new SettlementOptions { DaySegments = segments });
+        // Read on one connection, cut into two or three block ranges read side by side, or cut
+        // into four ranges that one connection reads one after the other.
+        DailySettlement settlement = scene.Settlement(new SettlementOptions { DaySegments = segments, DayRangesPerSegment = rangesPerSegment });
         var progress = new List<SettlementProgress>();
         SettlementOutcome outcome = await settlement.SettleAsync(Day, VoucherScene.Batch, progress.Add, CancellationToken.None);
         SettlementOutcome again = await settlement.SettleAsync(Day, VoucherScene.Batch, null, CancellationToken.None);
@@ -112,20 +114,20 @@ public sealed class SettlementOnePassTests(PostgresFixture postgres)
         Assert.Equal((expected.Sum(l => l.Records), expected.Sum(l => l.UsageNpfh)), (outcome.DayRecords, outcome.DayUsageNpfh));
         Assert.Equal(24 + 270, outcome.DayRecords);
 
-        // The day was read in as many segments as asked, each of which read records of the day.
+        // The day was read in as many segments and ranges as asked, which together read the day's records.
         string aggregate = progress.Single(p => p.Stage == "aggregate").Message;
-        if (segments == 1)
+        if (segments * rangesPerSegment == 1)
         {
             Assert.EndsWith("read in one segment", aggregate, StringComparison.Ordinal);
         }
         else
         {
-            long[] perSegment = [.. aggregate[(aggregate.IndexOf(" segments of ", StringComparison.Ordinal) + " segments of ".Length)..]
+            long[] perRange = [.. aggregate[(aggregate.IndexOf(" ranges of ", StringComparison.Ordinal) + " ranges of ".Length)..]
                 .Split(", ").Select(n => long.Parse(n, System.Globalization.NumberStyles.AllowThousands, System.Globalization.CultureInfo.InvariantCulture))];
-            Assert.Contains($"read in {segments} block-range segments", aggregate, StringComparison.Ordinal);
-            Assert.Equal(segments, perSegment.Length);
-            Assert.All(perSegment, records => Assert.True(records > 0, aggregate));
-            Assert.Equal(outcome.DayRecords, perSegment.Sum());
+            Assert.Contains($"read in {segments} block-range segment{(segments == 1 ? "" : "s")}, {segments * rangesPerSegment} ranges of ", aggregate, StringComparison.Ordinal);
+            Assert.Equal(segments * rangesPerSegment, perRange.Length);
+            Assert.All(perRange, records => Assert.True(records > 0, aggregate));
+            Assert.Equal(outcome.DayRecords, perRange.Sum());
         }
 
         // Each provider's published root is the auditor's, read on its own through the leaf statement, with one leaf per settled record.
