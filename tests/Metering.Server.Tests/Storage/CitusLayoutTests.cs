@@ -59,14 +59,19 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
         Assert.Equal(60L, await coordinator.ExecuteScalarAsync<long>("SELECT count(*) FROM usage_records WHERE provider_id = @p AND stream_id = @s", new { p = TestRecords.Provider, s = Stream }));
     }
 
-    [CitusFact(Skip = "Settlement on the distributed layout still fails in the server (an exception in SettleDay after ingest, verification and the live root succeed); see Storage/README.md, Citus")]
-    public async Task Settlement_and_the_settled_root_on_the_distributed_layout_match_one_node()
+    [CitusFact]
+    public async Task Settlement_and_the_settled_root_on_the_distributed_layout_match_one_node_and_a_rerun_writes_nothing()
     {
-        Outcome single = await RunDayAsync(await postgres.CreateDatabaseAsync(), TestServer.ProviderKey, TestServer.AuditorKey, TestServer.SettlementKey, settle: true);
-        Outcome distributed = await RunDayAsync(citus.ConnectionString, citus.Keys.Provider, citus.Keys.Auditor, citus.Keys.Settlement, settle: true);
+        Outcome single = await RunDayAsync(await postgres.CreateDatabaseAsync(), TestServer.ProviderKey, TestServer.AuditorKey, TestServer.SettlementKey, settle: true,
+            TestServer.OperatorKey);
+        Outcome distributed = await RunDayAsync(citus.ConnectionString, citus.Keys.Provider, citus.Keys.Auditor, citus.Keys.Settlement, settle: true, citus.Keys.Operator);
 
+        // Priced under a contract, with a claim's hold posted: the ledger has entries to balance.
+        Assert.Equal((60L, 72_000L, 1_200L), (distributed.Settled!.DayRecords, distributed.Settled.FeeFen, distributed.Settled.SubsidyFen));
         Assert.Equal(single.SettlementSha256, distributed.SettlementSha256);
         Assert.Equal(single.SettledRoot, distributed.SettledRoot);
+        Assert.Equal(single.Settled, distributed.Settled);
+        Assert.Equal(single, distributed);
     }
 
     [CitusFact]
@@ -117,10 +122,18 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
         Assert.False(await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"));
     }
 
-    private sealed record Outcome(string ChainHead, ulong Verified, bool Intact, string LiveRoot, string SettlementSha256, string SettledRoot);
+    private sealed record Outcome(string ChainHead, ulong Verified, bool Intact, string LiveRoot, string SettlementSha256, string SettledRoot, SettledDay? Settled = null);
 
-    /// <summary>One day of one provider through a real server on the database: ingest, verify, root, settle, settled root.</summary>
-    private async Task<Outcome> RunDayAsync(string database, string providerKey, string auditorKey, string settlementKey, bool settle)
+    /// <summary>What a settlement run wrote: its totals and the ledger lines of its entries.</summary>
+    private sealed record SettledDay(long DayRecords, long FeeFen, long SubsidyFen, long LedgerLines, long DebitFen, long CreditFen);
+
+    /// <summary>
+    /// One day of one provider through a real server on the database: ingest, verify, root; and
+    /// when asked, a holder with a contract, a voucher and a claim recorded through the server,
+    /// the day settled, settled again (which must find it closed and write nothing), and the
+    /// settled root.
+    /// </summary>
+    private async Task<Outcome> RunDayAsync(string database, string providerKey, string auditorKey, string settlementKey, bool settle, string? operatorKey = null)
     {
         var clock = new ManualClock(VoucherScene.Now);
         await using TestServer server = await TestServer.StartAsync(postgres, time: clock, database: database);
@@ -136,14 +149,71 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
             return new Outcome(head, stream.RecordsChecked, stream.Intact, Convert.ToHexStringLower(live.Root.ToByteArray()), "", "");
         }
 
+        await RecordVoucherAndClaimAsync(server, TestServer.Bearer(operatorKey));
         var settlement = new SettlementService.SettlementServiceClient(server.Channel);
         Protocol.V1.Settlement settled = await settlement.SettleDayAsync(new SettleDayRequest { Day = "2026-11-20" }, TestServer.Bearer(settlementKey));
+        Assert.False(settled.AlreadyClosed);
+        var (entries, lines, debits, credits) = (await server.QueryAsync<(long, long, long, long)>("""
+            SELECT count(DISTINCT e.entry_id), count(*), coalesce(sum(l.debit_fen), 0)::bigint, coalesce(sum(l.credit_fen), 0)::bigint
+            FROM ledger_entries e JOIN ledger_lines l ON l.entry_id = e.entry_id
+            WHERE e.run_id = (SELECT run_id FROM settlement_runs WHERE day = '2026-11-20')
+            """)).Single();
+        Assert.True(entries > 0);
+        Assert.Equal(debits, credits);
+
+        // A second run of the closed day returns what is stored and writes nothing.
+        const string Written = """
+            SELECT (SELECT count(*) FROM settlement_runs) + (SELECT count(*) FROM settlement_lines) + (SELECT count(*) FROM settlement_statements)
+                 + (SELECT count(*) FROM settlement_stream_marks) + (SELECT count(*) FROM ledger_entries) + (SELECT count(*) FROM ledger_lines)
+                 + (SELECT count(*) FROM transparency_log_leaves) + (SELECT count(*) FROM voucher_holds)
+            """;
+        long before = await server.ScalarAsync<long>(Written);
+        Protocol.V1.Settlement again = await settlement.SettleDayAsync(new SettleDayRequest { Day = "2026-11-20" }, TestServer.Bearer(settlementKey));
+        Assert.True(again.AlreadyClosed);
+        Assert.Equal(settled.SettlementSha256, again.SettlementSha256);
+        Assert.Equal(before, await server.ScalarAsync<long>(Written));
+
         MerkleRoot settledRoot = await audit.GetMerkleRootAsync(
             new GetMerkleRootRequest { CreditCode = TestRecords.Provider, Day = "2026-11-20", Settled = true }, TestServer.Bearer(auditorKey));
         Assert.Equal(60U, settledRoot.LeafCount);
 
         return new Outcome(head, stream.RecordsChecked, stream.Intact, Convert.ToHexStringLower(live.Root.ToByteArray()), settled.SettlementSha256,
-            Convert.ToHexStringLower(settledRoot.Root.ToByteArray()));
+            Convert.ToHexStringLower(settledRoot.Root.ToByteArray()), new SettledDay(settled.DayRecords, settled.FeeFen, settled.SubsidyFen, lines, debits, credits));
+    }
+
+    /// <summary>The holder registered and approved, a contract with the provider for the year, a voucher on it, and a claim on two of the day's jobs, all through the server.</summary>
+    private static async Task RecordVoucherAndClaimAsync(TestServer server, Metadata operatorKey)
+    {
+        var vouchers = new VoucherService.VoucherServiceClient(server.Channel);
+        await vouchers.RegisterHolderAsync(new RegisterHolderRequest
+        {
+            Holder = new Holder { CreditCode = TestRecords.Holder, Name = "Tencent", Type = HolderType.HolderEnterprise, District = "南山区", EstablishedOn = "1999-11-11" },
+        }, operatorKey);
+        await vouchers.ApproveHolderAsync(new ApproveHolderRequest { CreditCode = TestRecords.Holder }, operatorKey);
+        Contract contract = await vouchers.RecordContractAsync(new RecordContractRequest
+        {
+            Contract = new Contract
+            {
+                HolderCode = TestRecords.Holder,
+                ProviderId = TestRecords.Provider,
+                ServiceItem = Admissions.ServiceItem,
+                ContractNumber = "HT-CITUS-001",
+                SignedOn = "2026-01-01",
+                StartsOn = "2026-01-01",
+                EndsOn = "2026-12-31",
+                AmountFen = 200_000_000,
+                FeeUnit = FeeUnit.PerCardHour,
+                NonRelatedParty = true,
+                DeclarationRef = "declarations/HT-CITUS-001.pdf",
+            },
+        }, operatorKey);
+        await vouchers.IssueVoucherAsync(new IssueVoucherRequest { ContractId = contract.ContractId, ProgrammeYear = 2026, FaceValueFen = 50_000_000 }, operatorKey);
+        await vouchers.FileClaimAsync(new FileClaimRequest
+        {
+            ContractId = contract.ContractId,
+            JobIds = { $"{Stream}-1120-000", $"{Stream}-1120-001" },
+            ProgrammeYear = 2026,
+        }, operatorKey);
     }
 
     /// <summary>Sends records 1..count of a stream in batches of ten and returns the chain head the last acknowledgement carried.</summary>
