@@ -75,6 +75,58 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
     }
 
     [CitusFact]
+    public async Task Audit_verify_anomalies_report_root_and_proof_through_the_server_match_one_node()
+    {
+        // The other provider, whose rows no other test of the cluster touches, so that its
+        // provider-wide audits see the same streams on both layouts.
+        AuditAnswers single = await AuditDayAsync(await postgres.CreateDatabaseAsync(), TestServer.OtherProviderKey, TestServer.AuditorKey);
+        AuditAnswers distributed = await AuditDayAsync(citus.ConnectionString, citus.Keys.OtherProvider, citus.Keys.Auditor);
+
+        // Its two streams of the day and the proof stream of its admission, each intact.
+        Assert.Equal(3, distributed.Verified.Streams.Count);
+        Assert.Contains(distributed.Verified.Streams, s => s.StreamId == "audit-b" && s.RecordsChecked == 12);
+        Assert.All(distributed.Verified.Streams, s => Assert.True(s.Intact));
+        Assert.Contains(distributed.Anomalies.Anomalies, a => a.Kind == AnomalyKind.AnomalySilentStream);
+        Assert.Equal(distributed.Root.Root, distributed.Proof.Root);
+        Assert.Equal(single.Verified, distributed.Verified);
+        Assert.Equal(single.Anomalies, distributed.Anomalies);
+        Assert.Equal(single.Root, distributed.Root);
+        Assert.Equal(single.Proof, distributed.Proof);
+        Assert.Equal((single.Report.Anomalies, single.Report.StreamsBroken), (distributed.Report.Anomalies, distributed.Report.StreamsBroken));
+        Assert.True(distributed.Report.Anomalies > 0);
+    }
+
+    private sealed record AuditAnswers(VerifyChainResponse Verified, DetectAnomaliesResponse Anomalies, AuditReport Report, MerkleRoot Root, InclusionProof Proof);
+
+    /// <summary>Two streams of the other provider on the day, the second after two idle hours, then every audit of the provider through the server.</summary>
+    private async Task<AuditAnswers> AuditDayAsync(string database, string providerKey, string auditorKey)
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres, time: new ManualClock(VoucherScene.Now), database: database);
+        foreach (var (stream, firstSlot) in new[] { ("audit-a", 0), ("audit-b", 40) })
+        {
+            List<UsageRecord> records = VoucherScene.Jobs(TestRecords.Holder, VoucherScene.Day, 12, firstSlot, prefix: stream);
+            for (int i = 0; i < records.Count; i++)
+            {
+                records[i].Sequence = (ulong)i + 1;
+            }
+
+            await using IngestCall call = await IngestCall.OpenAsync(server.Client(), stream, providerKey);
+            await call.SendAsync([.. records]);
+            await call.CompleteAsync();
+        }
+
+        var audit = new AuditService.AuditServiceClient(server.Channel);
+        Metadata auditor = TestServer.Bearer(auditorKey);
+        long from = new DateTimeOffset(2026, 11, 20, 0, 0, 0, TimeSpan.FromHours(8)).ToUnixTimeMilliseconds();
+        return new AuditAnswers(
+            await audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = TestRecords.OtherProvider }, auditor),
+            await audit.DetectAnomaliesAsync(new DetectAnomaliesRequest { CreditCode = TestRecords.OtherProvider, FromUnixMs = from, UntilUnixMs = from + 86_400_000, SilenceMinutes = 60 }, auditor),
+            await audit.RenderReportAsync(new RenderReportRequest { CreditCode = TestRecords.OtherProvider, FromDay = "2026-11-20", ToDay = "2026-11-20" }, auditor),
+            await audit.GetMerkleRootAsync(new GetMerkleRootRequest { CreditCode = TestRecords.OtherProvider, Day = "2026-11-20" }, auditor),
+            await audit.GetInclusionProofAsync(new GetInclusionProofRequest { CreditCode = TestRecords.OtherProvider, StreamId = "audit-b", Sequence = 5 }, auditor));
+    }
+
+    [CitusFact]
     public async Task An_update_of_evidence_is_refused_on_the_distributed_table_and_on_the_shard_itself()
     {
         await using TestServer server = await TestServer.StartAsync(postgres, time: new ManualClock(VoucherScene.Now), database: citus.ConnectionString);
