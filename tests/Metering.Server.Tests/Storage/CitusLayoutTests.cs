@@ -160,6 +160,56 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
         Assert.Equal(0L, await onWorker.ExecuteScalarAsync<long>($"SELECT count(*) FROM {shard} WHERE site = 'rewritten'"));
     }
 
+    [CitusFact]
+    public async Task A_monthly_partition_created_later_is_distributed_by_citus_and_guarded_on_its_shards_by_migrate_distributed()
+    {
+        // Past the last partition the migrations create (2027-12), as an operator adds one.
+        await using var coordinator = new NpgsqlConnection(citus.ConnectionString);
+        await coordinator.ExecuteAsync("""
+            CREATE TABLE usage_records_2028_03 PARTITION OF usage_records FOR VALUES FROM ('2028-03-01 00:00+00') TO ('2028-04-01 00:00+00')
+            """);
+        await using (NpgsqlDataSource dataSource = Database.CreateDataSource(citus.ConnectionString))
+        {
+            await new Migrator(dataSource, NullLogger.Instance) { Distributed = true }.MigrateAsync();
+        }
+
+        var (method, colocated) = await coordinator.QuerySingleAsync<(string, bool)>("""
+            SELECT p.partmethod::text, p.colocationid = (SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'usage_records'::regclass)
+            FROM pg_dist_partition p WHERE p.logicalrelid = 'usage_records_2028_03'::regclass
+            """);
+        Assert.Equal(("h", true), (method, colocated));
+
+        // The partition and each of its shards carry the guards that a partition the migrations
+        // made carries (on a shard, Citus appends a shard id to each trigger's name).
+        Assert.Equal(await TriggersAsync(coordinator, "usage_records_2027_12"), await TriggersAsync(coordinator, "usage_records_2028_03"));
+        Assert.Contains("evidence_refuses_truncate", await TriggersAsync(coordinator, "usage_records_2028_03"));
+        string[] madeEarlier = await ShardTriggersAsync(coordinator, "usage_records_2027_12");
+        Assert.Contains("usage_records_append_only", madeEarlier);
+        Assert.Equal(madeEarlier, await ShardTriggersAsync(coordinator, "usage_records_2028_03"));
+        PostgresException truncate = await Assert.ThrowsAsync<PostgresException>(() => coordinator.ExecuteAsync("TRUNCATE usage_records_2028_03"));
+        Assert.Contains("append-only", truncate.MessageText, StringComparison.Ordinal);
+    }
+
+    private static async Task<string[]> TriggersAsync(NpgsqlConnection connection, string table) =>
+        [.. await connection.QueryAsync<string>("SELECT tgname::text FROM pg_trigger WHERE tgrelid = @table::regclass AND NOT tgisinternal AND tgname NOT LIKE 'truncate_trigger%' ORDER BY 1", new { table })];
+
+    /// <summary>The triggers on every shard of the table, read on the worker that holds each, with the number Citus appends taken off their names; one set for all shards.</summary>
+    private async Task<string[]> ShardTriggersAsync(NpgsqlConnection coordinator, string table)
+    {
+        var shards = (await coordinator.QueryAsync<(string Shard, string Host)>(
+            "SELECT s.shard_name::text, s.nodename FROM citus_shards s WHERE s.table_name = @table::regclass", new { table })).ToList();
+        Assert.NotEmpty(shards);
+        var sets = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (shard, host) in shards)
+        {
+            await using var onWorker = new NpgsqlConnection(citus.WorkerConnectionStrings.Single(w => new NpgsqlConnectionStringBuilder(w).Host == host));
+            var names = await onWorker.QueryAsync<string>("SELECT tgname::text FROM pg_trigger WHERE tgrelid = @shard::regclass AND NOT tgisinternal ORDER BY 1", new { shard });
+            sets.Add(string.Join(",", names.Select(n => System.Text.RegularExpressions.Regex.Replace(n, "_[0-9]+$", ""))));
+        }
+
+        return Assert.Single(sets).Split(',', StringSplitOptions.RemoveEmptyEntries);
+    }
+
     [Fact]
     public async Task Migrate_distributed_without_citus_in_the_database_refuses_with_one_clear_line()
     {
