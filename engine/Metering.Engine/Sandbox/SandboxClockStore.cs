@@ -54,7 +54,7 @@ public sealed class SandboxClockStore(NpgsqlDataSource dataSource)
         }
 
         if (await connection.ExecuteScalarAsync<bool>(new CommandDefinition(
-            "SELECT EXISTS (SELECT FROM organisations) OR EXISTS (SELECT FROM usage_records) OR EXISTS (SELECT FROM settlement_runs)",
+            "SELECT EXISTS (SELECT 1 FROM organisations) OR EXISTS (SELECT 1 FROM usage_records) OR EXISTS (SELECT 1 FROM settlement_runs)",
             transaction: transaction, cancellationToken: cancellationToken)))
         {
             throw new SandboxException(SandboxProblem.NotEmpty,

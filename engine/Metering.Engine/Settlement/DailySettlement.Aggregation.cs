@@ -135,7 +135,16 @@ public sealed partial class DailySettlement
         string plan = await connection.ExecuteScalarAsync<string>(new CommandDefinition(
             $"EXPLAIN (FORMAT JSON) SELECT 1 FROM usage_records u WHERE {DailyLeaves.DayBounds(day)}", transaction: transaction, cancellationToken: cancellationToken))
             ?? throw new InvalidOperationException("PostgreSQL returned no plan.");
-        string[] partitions = [.. RelationNames(JsonDocument.Parse(plan).RootElement).Distinct(StringComparer.Ordinal)];
+        JsonElement root = JsonDocument.Parse(plan).RootElement;
+        if (PlannedByCitus(root))
+        {
+            // On Citus the day is on the workers' shards, and an exported snapshot covers the
+            // coordinator only: side connections would not read the shards in the run's
+            // snapshot. The run's own transaction reads them, in one segment.
+            return [null];
+        }
+
+        string[] partitions = [.. RelationNames(root).Distinct(StringComparer.Ordinal)];
         long blocks = await connection.ExecuteScalarAsync<long>(new CommandDefinition("""
             SELECT coalesce(max(pg_relation_size(c.oid)), 0) / current_setting('block_size')::bigint
             FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(@partitions)
@@ -158,6 +167,13 @@ public sealed partial class DailySettlement
 
         return ranges;
     }
+
+    /// <summary>Whether a JSON plan is Citus's (a custom scan of its executor at the top): the table is distributed.</summary>
+    private static bool PlannedByCitus(JsonElement plan) =>
+        plan.ValueKind == JsonValueKind.Array && plan.GetArrayLength() > 0
+        && plan[0].TryGetProperty("Plan", out JsonElement top)
+        && top.TryGetProperty("Custom Plan Provider", out JsonElement provider)
+        && provider.GetString()?.StartsWith("Citus", StringComparison.Ordinal) == true;
 
     /// <summary>The names of the relations a JSON plan scans, at any depth.</summary>
     private static IEnumerable<string> RelationNames(JsonElement node)

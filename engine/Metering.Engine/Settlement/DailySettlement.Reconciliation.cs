@@ -60,23 +60,27 @@ public sealed partial class DailySettlement
             failures.Add($"usage settled for {ShanghaiTime.IsoDate(day)} ({settled.Records} records, {settled.UsageNpfh} nPFh) ≠ usage metered ({metered.Records} records, {metered.UsageNpfh} nPFh)");
         }
 
-        // Every voucher: its row, its holds and its two ledger accounts tell the same story.
-        var vouchers = await connection.QueryAsync<(long Id, long Face, long Held, long Posted, long Released, long HoldsReserved, long HoldsPosted, long LedgerAvailable, long LedgerHeld)>(new CommandDefinition("""
-            WITH ledger AS (
-                SELECT account, sum(credit_fen - debit_fen)::bigint AS credit_balance FROM ledger_lines
-                WHERE account LIKE 'voucher_available:%' OR account LIKE 'voucher_held:%' GROUP BY account),
-            holds AS (
+        // Every voucher: its row, its holds and its two ledger accounts tell the same story. The
+        // ledger's balances are read by a statement of their own and joined here: on Citus the
+        // voucher tables are Citus tables on the coordinator and the ledger a plain table; Citus
+        // sends a statement joining both to the coordinator's shards as a task, and in a run that
+        // task was answered without the ledger lines the run had just written.
+        var ledgerBalances = (await connection.QueryAsync<(string Account, long CreditBalance)>(new CommandDefinition("""
+            SELECT account, sum(credit_fen - debit_fen)::bigint FROM ledger_lines
+            WHERE account LIKE 'voucher_available:%' OR account LIKE 'voucher_held:%' GROUP BY account
+            """, transaction: transaction, cancellationToken: cancellationToken))).ToDictionary(b => b.Account, b => b.CreditBalance, StringComparer.Ordinal);
+        var voucherRows = await connection.QueryAsync<(long Id, long Face, long Held, long Posted, long Released, long HoldsReserved, long HoldsPosted)>(new CommandDefinition("""
+            WITH holds AS (
                 SELECT voucher_id, coalesce(sum(amount_fen) FILTER (WHERE state = 'reserved'), 0)::bigint AS reserved,
                        coalesce(sum(amount_fen) FILTER (WHERE state = 'posted'), 0)::bigint AS posted
                 FROM voucher_holds GROUP BY voucher_id)
-            SELECT v.voucher_id, v.face_value_fen, v.held_fen, v.posted_fen, v.released_fen, coalesce(h.reserved, 0), coalesce(h.posted, 0),
-                   coalesce(a.credit_balance, 0), coalesce(d.credit_balance, 0)
+            SELECT v.voucher_id, v.face_value_fen, v.held_fen, v.posted_fen, v.released_fen, coalesce(h.reserved, 0), coalesce(h.posted, 0)
             FROM vouchers v
             LEFT JOIN holds h ON h.voucher_id = v.voucher_id
-            LEFT JOIN ledger a ON a.account = 'voucher_available:' || v.voucher_id
-            LEFT JOIN ledger d ON d.account = 'voucher_held:' || v.voucher_id
             ORDER BY v.voucher_id
             """, transaction: transaction, cancellationToken: cancellationToken));
+        var vouchers = voucherRows.Select(v => (v.Id, v.Face, v.Held, v.Posted, v.Released, v.HoldsReserved, v.HoldsPosted,
+            LedgerAvailable: ledgerBalances.GetValueOrDefault(Accounts.VoucherAvailable(v.Id)), LedgerHeld: ledgerBalances.GetValueOrDefault(Accounts.VoucherHeld(v.Id))));
         foreach (var v in vouchers)
         {
             long balanceFen = v.Face - v.Posted - v.Held - v.Released;

@@ -46,12 +46,15 @@ public sealed class PendingDays(NpgsqlDataSource dataSource, TimeProvider time)
     /// <summary>
     /// Whether any usage record (proof streams aside) starts in <paramref name="day"/>: the first
     /// one found answers, so a day of ten million records costs no count before its settlement.
+    /// The subquery selects a constant, not an empty list: Citus plans an empty target list over
+    /// the shards of a distributed table into a statement PostgreSQL refuses ("a column
+    /// definition list is required").
     /// </summary>
     public async Task<bool> HasRecordsAsync(DateOnly day, CancellationToken cancellationToken)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         return await connection.ExecuteScalarAsync<bool>(new CommandDefinition(
-            "SELECT EXISTS (SELECT FROM usage_records WHERE start_at >= @from AND start_at < @until AND stream_id NOT LIKE 'proof:%')",
+            "SELECT EXISTS (SELECT 1 FROM usage_records WHERE start_at >= @from AND start_at < @until AND stream_id NOT LIKE 'proof:%')",
             new { from = ShanghaiTime.StartOf(day).UtcDateTime, until = ShanghaiTime.StartOf(day.AddDays(1)).UtcDateTime }, cancellationToken: cancellationToken));
     }
 

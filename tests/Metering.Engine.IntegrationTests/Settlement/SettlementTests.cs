@@ -250,6 +250,31 @@ public sealed class SettlementTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task A_ledger_that_disagrees_with_a_voucher_fails_the_reconciliation_and_writes_nothing()
+    {
+        var (scene, _, _, voucher, _) = await SeedAsync(postgres);
+        await using var owned = scene;
+        // A balanced entry, booked around the voucher book, that takes 1 fen from the voucher's
+        // available account: the ledger, read apart from the voucher rows, must still be checked
+        // against them.
+        await scene.ScalarAsync<int>("""
+            WITH e AS (INSERT INTO ledger_entries (kind, reference, booked_at, memo) VALUES ('voucher_issue', 'stray', now(), 'stray') RETURNING entry_id)
+            INSERT INTO ledger_lines (entry_id, line_no, account, debit_fen, credit_fen)
+            SELECT e.entry_id, l.n, l.account, l.debit, l.credit FROM e,
+                (VALUES (1, 'voucher_available:' || @id, 1::bigint, 0::bigint), (2, 'programme_budget:2026', 0::bigint, 1::bigint)) AS l(n, account, debit, credit)
+            RETURNING 1
+            """, new { id = voucher.VoucherId });
+        string before = await CountsAsync(scene);
+
+        var failed = await Assert.ThrowsAsync<SettlementRefusedException>(() => scene.SettleAsync(Day));
+
+        Assert.Equal(SettlementRefusalReason.ReconciliationFailed, failed.Reason);
+        Assert.Contains($"voucher {voucher.VoucherId}", failed.Message, StringComparison.Ordinal);
+        Assert.Contains("the ledger says available", failed.Message, StringComparison.Ordinal);
+        Assert.Equal(before, await CountsAsync(scene));
+    }
+
+    [Fact]
     public async Task A_day_that_has_not_ended_in_Shanghai_cannot_be_settled()
     {
         await using VoucherScene scene = await VoucherScene.StartAsync(postgres);

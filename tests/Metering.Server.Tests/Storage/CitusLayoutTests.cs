@@ -59,14 +59,71 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
         Assert.Equal(60L, await coordinator.ExecuteScalarAsync<long>("SELECT count(*) FROM usage_records WHERE provider_id = @p AND stream_id = @s", new { p = TestRecords.Provider, s = Stream }));
     }
 
-    [CitusFact(Skip = "Settlement on the distributed layout still fails in the server (an exception in SettleDay after ingest, verification and the live root succeed); see Storage/README.md, Citus")]
-    public async Task Settlement_and_the_settled_root_on_the_distributed_layout_match_one_node()
+    [CitusFact]
+    public async Task Settlement_and_the_settled_root_on_the_distributed_layout_match_one_node_and_a_rerun_writes_nothing()
     {
-        Outcome single = await RunDayAsync(await postgres.CreateDatabaseAsync(), TestServer.ProviderKey, TestServer.AuditorKey, TestServer.SettlementKey, settle: true);
-        Outcome distributed = await RunDayAsync(citus.ConnectionString, citus.Keys.Provider, citus.Keys.Auditor, citus.Keys.Settlement, settle: true);
+        Outcome single = await RunDayAsync(await postgres.CreateDatabaseAsync(), TestServer.ProviderKey, TestServer.AuditorKey, TestServer.SettlementKey, settle: true,
+            TestServer.OperatorKey);
+        Outcome distributed = await RunDayAsync(citus.ConnectionString, citus.Keys.Provider, citus.Keys.Auditor, citus.Keys.Settlement, settle: true, citus.Keys.Operator);
 
+        // Priced under a contract, with a claim's hold posted: the ledger has entries to balance.
+        Assert.Equal((60L, 72_000L, 1_200L), (distributed.Settled!.DayRecords, distributed.Settled.FeeFen, distributed.Settled.SubsidyFen));
         Assert.Equal(single.SettlementSha256, distributed.SettlementSha256);
         Assert.Equal(single.SettledRoot, distributed.SettledRoot);
+        Assert.Equal(single.Settled, distributed.Settled);
+        Assert.Equal(single, distributed);
+    }
+
+    [CitusFact]
+    public async Task Audit_verify_anomalies_report_root_and_proof_through_the_server_match_one_node()
+    {
+        // The other provider, whose rows no other test of the cluster touches, so that its
+        // provider-wide audits see the same streams on both layouts.
+        AuditAnswers single = await AuditDayAsync(await postgres.CreateDatabaseAsync(), TestServer.OtherProviderKey, TestServer.AuditorKey);
+        AuditAnswers distributed = await AuditDayAsync(citus.ConnectionString, citus.Keys.OtherProvider, citus.Keys.Auditor);
+
+        // Its two streams of the day and the proof stream of its admission, each intact.
+        Assert.Equal(3, distributed.Verified.Streams.Count);
+        Assert.Contains(distributed.Verified.Streams, s => s.StreamId == "audit-b" && s.RecordsChecked == 12);
+        Assert.All(distributed.Verified.Streams, s => Assert.True(s.Intact));
+        Assert.Contains(distributed.Anomalies.Anomalies, a => a.Kind == AnomalyKind.AnomalySilentStream);
+        Assert.Equal(distributed.Root.Root, distributed.Proof.Root);
+        Assert.Equal(single.Verified, distributed.Verified);
+        Assert.Equal(single.Anomalies, distributed.Anomalies);
+        Assert.Equal(single.Root, distributed.Root);
+        Assert.Equal(single.Proof, distributed.Proof);
+        Assert.Equal((single.Report.Anomalies, single.Report.StreamsBroken), (distributed.Report.Anomalies, distributed.Report.StreamsBroken));
+        Assert.True(distributed.Report.Anomalies > 0);
+    }
+
+    private sealed record AuditAnswers(VerifyChainResponse Verified, DetectAnomaliesResponse Anomalies, AuditReport Report, MerkleRoot Root, InclusionProof Proof);
+
+    /// <summary>Two streams of the other provider on the day, the second after two idle hours, then every audit of the provider through the server.</summary>
+    private async Task<AuditAnswers> AuditDayAsync(string database, string providerKey, string auditorKey)
+    {
+        await using TestServer server = await TestServer.StartAsync(postgres, time: new ManualClock(VoucherScene.Now), database: database);
+        foreach (var (stream, firstSlot) in new[] { ("audit-a", 0), ("audit-b", 40) })
+        {
+            List<UsageRecord> records = VoucherScene.Jobs(TestRecords.Holder, VoucherScene.Day, 12, firstSlot, prefix: stream);
+            for (int i = 0; i < records.Count; i++)
+            {
+                records[i].Sequence = (ulong)i + 1;
+            }
+
+            await using IngestCall call = await IngestCall.OpenAsync(server.Client(), stream, providerKey);
+            await call.SendAsync([.. records]);
+            await call.CompleteAsync();
+        }
+
+        var audit = new AuditService.AuditServiceClient(server.Channel);
+        Metadata auditor = TestServer.Bearer(auditorKey);
+        long from = new DateTimeOffset(2026, 11, 20, 0, 0, 0, TimeSpan.FromHours(8)).ToUnixTimeMilliseconds();
+        return new AuditAnswers(
+            await audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = TestRecords.OtherProvider }, auditor),
+            await audit.DetectAnomaliesAsync(new DetectAnomaliesRequest { CreditCode = TestRecords.OtherProvider, FromUnixMs = from, UntilUnixMs = from + 86_400_000, SilenceMinutes = 60 }, auditor),
+            await audit.RenderReportAsync(new RenderReportRequest { CreditCode = TestRecords.OtherProvider, FromDay = "2026-11-20", ToDay = "2026-11-20" }, auditor),
+            await audit.GetMerkleRootAsync(new GetMerkleRootRequest { CreditCode = TestRecords.OtherProvider, Day = "2026-11-20" }, auditor),
+            await audit.GetInclusionProofAsync(new GetInclusionProofRequest { CreditCode = TestRecords.OtherProvider, StreamId = "audit-b", Sequence = 5 }, auditor));
     }
 
     [CitusFact]
@@ -103,6 +160,56 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
         Assert.Equal(0L, await onWorker.ExecuteScalarAsync<long>($"SELECT count(*) FROM {shard} WHERE site = 'rewritten'"));
     }
 
+    [CitusFact]
+    public async Task A_monthly_partition_created_later_is_distributed_by_citus_and_guarded_on_its_shards_by_migrate_distributed()
+    {
+        // Past the last partition the migrations create (2027-12), as an operator adds one.
+        await using var coordinator = new NpgsqlConnection(citus.ConnectionString);
+        await coordinator.ExecuteAsync("""
+            CREATE TABLE usage_records_2028_03 PARTITION OF usage_records FOR VALUES FROM ('2028-03-01 00:00+00') TO ('2028-04-01 00:00+00')
+            """);
+        await using (NpgsqlDataSource dataSource = Database.CreateDataSource(citus.ConnectionString))
+        {
+            await new Migrator(dataSource, NullLogger.Instance) { Distributed = true }.MigrateAsync();
+        }
+
+        var (method, colocated) = await coordinator.QuerySingleAsync<(string, bool)>("""
+            SELECT p.partmethod::text, p.colocationid = (SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'usage_records'::regclass)
+            FROM pg_dist_partition p WHERE p.logicalrelid = 'usage_records_2028_03'::regclass
+            """);
+        Assert.Equal(("h", true), (method, colocated));
+
+        // The partition and each of its shards carry the guards that a partition the migrations
+        // made carries (on a shard, Citus appends a shard id to each trigger's name).
+        Assert.Equal(await TriggersAsync(coordinator, "usage_records_2027_12"), await TriggersAsync(coordinator, "usage_records_2028_03"));
+        Assert.Contains("evidence_refuses_truncate", await TriggersAsync(coordinator, "usage_records_2028_03"));
+        string[] madeEarlier = await ShardTriggersAsync(coordinator, "usage_records_2027_12");
+        Assert.Contains("usage_records_append_only", madeEarlier);
+        Assert.Equal(madeEarlier, await ShardTriggersAsync(coordinator, "usage_records_2028_03"));
+        PostgresException truncate = await Assert.ThrowsAsync<PostgresException>(() => coordinator.ExecuteAsync("TRUNCATE usage_records_2028_03"));
+        Assert.Contains("append-only", truncate.MessageText, StringComparison.Ordinal);
+    }
+
+    private static async Task<string[]> TriggersAsync(NpgsqlConnection connection, string table) =>
+        [.. await connection.QueryAsync<string>("SELECT tgname::text FROM pg_trigger WHERE tgrelid = @table::regclass AND NOT tgisinternal AND tgname NOT LIKE 'truncate_trigger%' ORDER BY 1", new { table })];
+
+    /// <summary>The triggers on every shard of the table, read on the worker that holds each, with the number Citus appends taken off their names; one set for all shards.</summary>
+    private async Task<string[]> ShardTriggersAsync(NpgsqlConnection coordinator, string table)
+    {
+        var shards = (await coordinator.QueryAsync<(string Shard, string Host)>(
+            "SELECT s.shard_name::text, s.nodename FROM citus_shards s WHERE s.table_name = @table::regclass", new { table })).ToList();
+        Assert.NotEmpty(shards);
+        var sets = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (shard, host) in shards)
+        {
+            await using var onWorker = new NpgsqlConnection(citus.WorkerConnectionStrings.Single(w => new NpgsqlConnectionStringBuilder(w).Host == host));
+            var names = await onWorker.QueryAsync<string>("SELECT tgname::text FROM pg_trigger WHERE tgrelid = @shard::regclass AND NOT tgisinternal ORDER BY 1", new { shard });
+            sets.Add(string.Join(",", names.Select(n => System.Text.RegularExpressions.Regex.Replace(n, "_[0-9]+$", ""))));
+        }
+
+        return Assert.Single(sets).Split(',', StringSplitOptions.RemoveEmptyEntries);
+    }
+
     [Fact]
     public async Task Migrate_distributed_without_citus_in_the_database_refuses_with_one_clear_line()
     {
@@ -117,10 +224,18 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
         Assert.False(await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"));
     }
 
-    private sealed record Outcome(string ChainHead, ulong Verified, bool Intact, string LiveRoot, string SettlementSha256, string SettledRoot);
+    private sealed record Outcome(string ChainHead, ulong Verified, bool Intact, string LiveRoot, string SettlementSha256, string SettledRoot, SettledDay? Settled = null);
 
-    /// <summary>One day of one provider through a real server on the database: ingest, verify, root, settle, settled root.</summary>
-    private async Task<Outcome> RunDayAsync(string database, string providerKey, string auditorKey, string settlementKey, bool settle)
+    /// <summary>What a settlement run wrote: its totals and the ledger lines of its entries.</summary>
+    private sealed record SettledDay(long DayRecords, long FeeFen, long SubsidyFen, long LedgerLines, long DebitFen, long CreditFen);
+
+    /// <summary>
+    /// One day of one provider through a real server on the database: ingest, verify, root; and
+    /// when asked, a holder with a contract, a voucher and a claim recorded through the server,
+    /// the day settled, settled again (which must find it closed and write nothing), and the
+    /// settled root.
+    /// </summary>
+    private async Task<Outcome> RunDayAsync(string database, string providerKey, string auditorKey, string settlementKey, bool settle, string? operatorKey = null)
     {
         var clock = new ManualClock(VoucherScene.Now);
         await using TestServer server = await TestServer.StartAsync(postgres, time: clock, database: database);
@@ -136,14 +251,71 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
             return new Outcome(head, stream.RecordsChecked, stream.Intact, Convert.ToHexStringLower(live.Root.ToByteArray()), "", "");
         }
 
+        await RecordVoucherAndClaimAsync(server, TestServer.Bearer(operatorKey));
         var settlement = new SettlementService.SettlementServiceClient(server.Channel);
         Protocol.V1.Settlement settled = await settlement.SettleDayAsync(new SettleDayRequest { Day = "2026-11-20" }, TestServer.Bearer(settlementKey));
+        Assert.False(settled.AlreadyClosed);
+        var (entries, lines, debits, credits) = (await server.QueryAsync<(long, long, long, long)>("""
+            SELECT count(DISTINCT e.entry_id), count(*), coalesce(sum(l.debit_fen), 0)::bigint, coalesce(sum(l.credit_fen), 0)::bigint
+            FROM ledger_entries e JOIN ledger_lines l ON l.entry_id = e.entry_id
+            WHERE e.run_id = (SELECT run_id FROM settlement_runs WHERE day = '2026-11-20')
+            """)).Single();
+        Assert.True(entries > 0);
+        Assert.Equal(debits, credits);
+
+        // A second run of the closed day returns what is stored and writes nothing.
+        const string Written = """
+            SELECT (SELECT count(*) FROM settlement_runs) + (SELECT count(*) FROM settlement_lines) + (SELECT count(*) FROM settlement_statements)
+                 + (SELECT count(*) FROM settlement_stream_marks) + (SELECT count(*) FROM ledger_entries) + (SELECT count(*) FROM ledger_lines)
+                 + (SELECT count(*) FROM transparency_log_leaves) + (SELECT count(*) FROM voucher_holds)
+            """;
+        long before = await server.ScalarAsync<long>(Written);
+        Protocol.V1.Settlement again = await settlement.SettleDayAsync(new SettleDayRequest { Day = "2026-11-20" }, TestServer.Bearer(settlementKey));
+        Assert.True(again.AlreadyClosed);
+        Assert.Equal(settled.SettlementSha256, again.SettlementSha256);
+        Assert.Equal(before, await server.ScalarAsync<long>(Written));
+
         MerkleRoot settledRoot = await audit.GetMerkleRootAsync(
             new GetMerkleRootRequest { CreditCode = TestRecords.Provider, Day = "2026-11-20", Settled = true }, TestServer.Bearer(auditorKey));
         Assert.Equal(60U, settledRoot.LeafCount);
 
         return new Outcome(head, stream.RecordsChecked, stream.Intact, Convert.ToHexStringLower(live.Root.ToByteArray()), settled.SettlementSha256,
-            Convert.ToHexStringLower(settledRoot.Root.ToByteArray()));
+            Convert.ToHexStringLower(settledRoot.Root.ToByteArray()), new SettledDay(settled.DayRecords, settled.FeeFen, settled.SubsidyFen, lines, debits, credits));
+    }
+
+    /// <summary>The holder registered and approved, a contract with the provider for the year, a voucher on it, and a claim on two of the day's jobs, all through the server.</summary>
+    private static async Task RecordVoucherAndClaimAsync(TestServer server, Metadata operatorKey)
+    {
+        var vouchers = new VoucherService.VoucherServiceClient(server.Channel);
+        await vouchers.RegisterHolderAsync(new RegisterHolderRequest
+        {
+            Holder = new Holder { CreditCode = TestRecords.Holder, Name = "Tencent", Type = HolderType.HolderEnterprise, District = "南山区", EstablishedOn = "1999-11-11" },
+        }, operatorKey);
+        await vouchers.ApproveHolderAsync(new ApproveHolderRequest { CreditCode = TestRecords.Holder }, operatorKey);
+        Contract contract = await vouchers.RecordContractAsync(new RecordContractRequest
+        {
+            Contract = new Contract
+            {
+                HolderCode = TestRecords.Holder,
+                ProviderId = TestRecords.Provider,
+                ServiceItem = Admissions.ServiceItem,
+                ContractNumber = "HT-CITUS-001",
+                SignedOn = "2026-01-01",
+                StartsOn = "2026-01-01",
+                EndsOn = "2026-12-31",
+                AmountFen = 200_000_000,
+                FeeUnit = FeeUnit.PerCardHour,
+                NonRelatedParty = true,
+                DeclarationRef = "declarations/HT-CITUS-001.pdf",
+            },
+        }, operatorKey);
+        await vouchers.IssueVoucherAsync(new IssueVoucherRequest { ContractId = contract.ContractId, ProgrammeYear = 2026, FaceValueFen = 50_000_000 }, operatorKey);
+        await vouchers.FileClaimAsync(new FileClaimRequest
+        {
+            ContractId = contract.ContractId,
+            JobIds = { $"{Stream}-1120-000", $"{Stream}-1120-001" },
+            ProgrammeYear = 2026,
+        }, operatorKey);
     }
 
     /// <summary>Sends records 1..count of a stream in batches of ten and returns the chain head the last acknowledgement carried.</summary>
