@@ -21,28 +21,7 @@ public sealed class SettlementServiceTests(PostgresFixture postgres)
         var vouchers = new VoucherService.VoucherServiceClient(server.Channel);
         var settlement = new SettlementService.SettlementServiceClient(server.Channel);
 
-        await vouchers.RegisterHolderAsync(new RegisterHolderRequest
-        {
-            Holder = new Holder { CreditCode = TestRecords.Holder, Name = "Tencent", Type = HolderType.HolderEnterprise, District = "南山区", EstablishedOn = "1999-11-11" },
-        }, Operator);
-        Holder approved = await vouchers.ApproveHolderAsync(new ApproveHolderRequest { CreditCode = TestRecords.Holder }, Operator);
-        Contract contract = await vouchers.RecordContractAsync(new RecordContractRequest
-        {
-            Contract = new Contract
-            {
-                HolderCode = TestRecords.Holder,
-                ProviderId = TestRecords.Provider,
-                ServiceItem = Admissions.ServiceItem,
-                ContractNumber = "HT-2026-001",
-                SignedOn = "2026-01-01",
-                StartsOn = "2026-01-01",
-                EndsOn = "2026-12-31",
-                AmountFen = 200_000_000,
-                FeeUnit = FeeUnit.PerCardHour,
-                NonRelatedParty = true,
-                DeclarationRef = "declarations/HT-2026-001.pdf",
-            },
-        }, Operator);
+        (Holder approved, Contract contract) = await VoucherRequests.HolderAndContractAsync(vouchers, Operator, "HT-2026-001");
         Voucher voucher = await vouchers.IssueVoucherAsync(new IssueVoucherRequest { ContractId = contract.ContractId, ProgrammeYear = 2026, FaceValueFen = 50_000_000 }, Operator);
         await scene.IngestAsync("cluster-a", VoucherScene.Jobs(TestRecords.Holder, VoucherScene.Day, 10));
         Claim claim = await vouchers.FileClaimAsync(new FileClaimRequest { ContractId = contract.ContractId, JobIds = { "job-1120-000", "job-1120-001" }, ProgrammeYear = 2026 }, Operator);

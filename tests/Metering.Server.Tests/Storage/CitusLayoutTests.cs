@@ -287,28 +287,7 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
     private static async Task RecordVoucherAndClaimAsync(TestServer server, Metadata operatorKey)
     {
         var vouchers = new VoucherService.VoucherServiceClient(server.Channel);
-        await vouchers.RegisterHolderAsync(new RegisterHolderRequest
-        {
-            Holder = new Holder { CreditCode = TestRecords.Holder, Name = "Tencent", Type = HolderType.HolderEnterprise, District = "南山区", EstablishedOn = "1999-11-11" },
-        }, operatorKey);
-        await vouchers.ApproveHolderAsync(new ApproveHolderRequest { CreditCode = TestRecords.Holder }, operatorKey);
-        Contract contract = await vouchers.RecordContractAsync(new RecordContractRequest
-        {
-            Contract = new Contract
-            {
-                HolderCode = TestRecords.Holder,
-                ProviderId = TestRecords.Provider,
-                ServiceItem = Admissions.ServiceItem,
-                ContractNumber = "HT-CITUS-001",
-                SignedOn = "2026-01-01",
-                StartsOn = "2026-01-01",
-                EndsOn = "2026-12-31",
-                AmountFen = 200_000_000,
-                FeeUnit = FeeUnit.PerCardHour,
-                NonRelatedParty = true,
-                DeclarationRef = "declarations/HT-CITUS-001.pdf",
-            },
-        }, operatorKey);
+        (_, Contract contract) = await VoucherRequests.HolderAndContractAsync(vouchers, operatorKey, "HT-CITUS-001");
         await vouchers.IssueVoucherAsync(new IssueVoucherRequest { ContractId = contract.ContractId, ProgrammeYear = 2026, FaceValueFen = 50_000_000 }, operatorKey);
         await vouchers.FileClaimAsync(new FileClaimRequest
         {
