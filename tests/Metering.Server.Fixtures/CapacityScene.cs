@@ -92,10 +92,11 @@ internal sealed class CapacityScene : IAsyncDisposable
 
     /// <param name="admitted">Take the provider through admission (320 H100 declared) instead of only registering it.</param>
     /// <param name="filing">With <paramref name="admitted"/>, changes the filing before it is filed (its declared devices, for example).</param>
+    /// <param name="database">A database of the test's own (a Citus cluster's), whose operator key is <paramref name="operatorKey"/>.</param>
     public static async Task<CapacityScene> StartAsync(PostgresFixture postgres, DeviceCatalog? catalog = null, CapacitySettings? capacity = null, bool admitted = false,
-        Action<FileApplicationRequest>? filing = null)
+        Action<FileApplicationRequest>? filing = null, string? database = null, string? operatorKey = null)
     {
-        RegistryScene registry = await RegistryScene.StartAsync(postgres, catalog: catalog ?? TestCatalogs.WithCpuFixture(), capacity: capacity);
+        RegistryScene registry = await RegistryScene.StartAsync(postgres, catalog: catalog ?? TestCatalogs.WithCpuFixture(), capacity: capacity, database: database, operatorKey: operatorKey);
         var (code, key) = admitted ? await AdmitAsync(registry, filing) : await registry.RegisterAsync();
         return new CapacityScene(registry, code, key);
     }
@@ -142,7 +143,7 @@ internal sealed class CapacityScene : IAsyncDisposable
             KeyVersion = key.KeyVersion,
             KeySha256 = key.KeySha256,
             Reasons = reasons,
-        }, RegistryScene.Operator);
+        }, Registry.OperatorHeaders);
 
     public Task<FleetValidation> DeclareAsync(IEnumerable<TestNode> nodes, string model = TestCatalogs.CpuFixtureModel, uint devices = 1) =>
         Client.DeclareInventoryAsync(new DeclareInventoryRequest
@@ -219,7 +220,7 @@ internal sealed class CapacityScene : IAsyncDisposable
     public async Task<long> ApplicationAwaitingVerificationAsync()
     {
         Application filed = await Registry.Client.FileApplicationAsync(RegistryScene.Filing(Code), Key);
-        await Registry.Client.ReviewMaterialsAsync(new StageDecision { ApplicationId = filed.ApplicationId, Pass = true }, RegistryScene.Operator);
+        await Registry.Client.ReviewMaterialsAsync(new StageDecision { ApplicationId = filed.ApplicationId, Pass = true }, Registry.OperatorHeaders);
         return filed.ApplicationId;
     }
 

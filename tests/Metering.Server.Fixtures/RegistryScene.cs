@@ -34,9 +34,10 @@ internal sealed class RegistryScene : IAsyncDisposable
 
     private static int _codes;
 
-    private RegistryScene(TestServer server, ManualClock clock, NpgsqlDataSource dataSource, DeviceCatalog catalog)
+    private RegistryScene(TestServer server, ManualClock clock, NpgsqlDataSource dataSource, DeviceCatalog catalog, Metadata operatorHeaders)
     {
         Server = server;
+        OperatorHeaders = operatorHeaders;
         Clock = clock;
         DataSource = dataSource;
         Client = server.RegistryClient();
@@ -56,18 +57,25 @@ internal sealed class RegistryScene : IAsyncDisposable
 
     public static Metadata Operator => TestServer.Bearer(TestServer.OperatorKey);
 
+    /// <summary>The operator key of this scene's database: <see cref="Operator"/>, or the one a database of its own (a Citus cluster's) was seeded with.</summary>
+    public Metadata OperatorHeaders { get; }
+
     /// <summary>A second, different operator: four-eyes approvals.</summary>
     public static Metadata SecondOperator => TestServer.Bearer(TestServer.SecondOperatorKey);
 
     /// <summary>The bare key in bearer headers, for the ingest helpers.</summary>
     public static string KeyOf(Metadata headers) => headers.GetValue("authorization")!["Bearer ".Length..];
 
-    public static async Task<RegistryScene> StartAsync(PostgresFixture postgres, int noticeDays = 0, DeviceCatalog? catalog = null, CapacitySettings? capacity = null)
+    /// <param name="database">A database of the test's own (a Citus cluster's) instead of a fresh clone of the template.</param>
+    /// <param name="operatorKey">The operator key seeded in <paramref name="database"/>.</param>
+    public static async Task<RegistryScene> StartAsync(PostgresFixture postgres, int noticeDays = 0, DeviceCatalog? catalog = null, CapacitySettings? capacity = null,
+        string? database = null, string? operatorKey = null)
     {
         var clock = new ManualClock(WindowOpens.AddDays(1));
         catalog ??= DeviceCatalog.LoadEmbedded();
-        TestServer server = await TestServer.StartAsync(postgres, time: clock, catalog: catalog, capacity: capacity);
-        var scene = new RegistryScene(server, clock, Database.CreateDataSource(server.ConnectionString), catalog);
+        TestServer server = await TestServer.StartAsync(postgres, time: clock, catalog: catalog, capacity: capacity, database: database);
+        Metadata operatorHeaders = operatorKey is null ? Operator : TestServer.Bearer(operatorKey);
+        var scene = new RegistryScene(server, clock, Database.CreateDataSource(server.ConnectionString), catalog, operatorHeaders);
         await scene.Client.PutAdmissionBatchAsync(new AdmissionBatch
         {
             BatchId = Batch,
@@ -76,7 +84,7 @@ internal sealed class RegistryScene : IAsyncDisposable
             ValidityEndsUnixMs = ValidityEnds.ToUnixTimeMilliseconds(),
             PublicNoticeDays = (uint)noticeDays,
             AuditReportYear = 2025,
-        }.WithGuideRules(), Operator);
+        }.WithGuideRules(), operatorHeaders);
         return scene;
     }
 
@@ -95,13 +103,13 @@ internal sealed class RegistryScene : IAsyncDisposable
         await Client.RegisterOrganisationAsync(new RegisterOrganisationRequest
         {
             Organisation = new Organisation { CreditCode = code, Name = $"Applicant {code[^5..]}", LegalForm = legalForm, District = "福田区", EstablishedOn = established },
-        }, Operator);
+        }, OperatorHeaders);
         if (licence)
         {
             await Client.AddLicenceAsync(new AddLicenceRequest
             {
                 Licence = new Licence { CreditCode = code, LicenceNumber = $"B1-{code[^6..]}", Issuer = "MIIT", ValidFrom = "2021-01-01", ValidUntil = "2030-12-31" },
-            }, Operator);
+            }, OperatorHeaders);
         }
 
         if (proof)

@@ -52,7 +52,7 @@ public sealed partial class FleetValidationService
         NodeTiming timing;
         await using (NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken))
         {
-            if (await connection.ExecuteScalarAsync<long?>("SELECT attestation_id FROM capacity_attestations WHERE report_sha256 = @digest AND accepted", new { digest }) is long replayed)
+            if (await connection.ExecuteScalarAsync<long?>("SELECT attestation_id FROM capacity_attestations WHERE provider_id = @code AND report_sha256 = @digest AND accepted", new { code, digest }) is long replayed)
             {
                 throw new CapacityRefusedException(CapacityRefusalReason.AttestationReplayed,
                     $"this report (sha256 {Convert.ToHexStringLower(digest)}) was already accepted as attestation {replayed}",

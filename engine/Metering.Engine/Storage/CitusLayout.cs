@@ -87,6 +87,29 @@ public static partial class CitusLayout
             var placed = (await connection.QueryAsync<(string Table, string Kind)>(new CommandDefinition(
                 "SELECT c.relname::text, p.partmethod::text || p.repmodel::text FROM pg_dist_partition p JOIN pg_class c ON c.oid = p.logicalrelid WHERE c.relnamespace = current_schema()::regnamespace",
                 cancellationToken: cancellationToken))).ToDictionary(p => p.Table, p => p.Kind, StringComparer.Ordinal);
+
+            // Citus refuses to distribute a table that a coordinator table references, and a
+            // distributed table may not reference a coordinator table; so a foreign key between
+            // two tables of the list, whose referencing table is not distributed yet, is dropped
+            // first and added again once both are distributed (it then holds shard by shard). It
+            // is dropped before any reference table is made: a table that references a reference
+            // table, or a table that does, becomes a Citus local table of Citus's own accord, and
+            // Citus can neither distribute nor turn back such a table that has an identity column
+            // ("cannot complete operation on a table with identity column"); with the keys gone
+            // first, only the tables that reference organisations themselves become local tables
+            // before they are distributed.
+            var pendingKeys = (await connection.QueryAsync<(string Table, string Name, string Definition)>(new CommandDefinition("""
+                SELECT c.conrelid::regclass::text, c.conname::text, pg_get_constraintdef(c.oid) FROM pg_constraint c
+                WHERE c.contype = 'f' AND c.conrelid::regclass::text = ANY(@tables) AND c.confrelid::regclass::text = ANY(@tables)
+                  AND NOT EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = c.conrelid AND p.partmethod = 'h')
+                  AND c.conparentid = 0
+                ORDER BY 1, 2
+                """, new { tables = Distributed.ToArray() }, cancellationToken: cancellationToken))).ToList();
+            foreach (var (table, name, _) in pendingKeys)
+            {
+                await connection.ExecuteAsync(new CommandDefinition($"ALTER TABLE {Quote(table)} DROP CONSTRAINT {Quote(name)}", cancellationToken: cancellationToken));
+            }
+
             int converted = 0;
             foreach (string table in Reference)
             {
@@ -99,24 +122,6 @@ public static partial class CitusLayout
                 await DropLocalCopyAsync(connection, table, cancellationToken);
                 LogPlaced(logger, table, "a reference table");
                 converted++;
-            }
-
-            // Citus refuses to distribute a table that a coordinator table references (a table
-            // that references a reference table is by now a Citus local table, still on the
-            // coordinator), and a distributed table may not reference a coordinator table; so a
-            // foreign key between two tables of the list, whose referencing table is not
-            // distributed yet, is dropped first and added again once both are distributed (it
-            // then holds shard by shard).
-            var pendingKeys = (await connection.QueryAsync<(string Table, string Name, string Definition)>(new CommandDefinition("""
-                SELECT c.conrelid::regclass::text, c.conname::text, pg_get_constraintdef(c.oid) FROM pg_constraint c
-                WHERE c.contype = 'f' AND c.conrelid::regclass::text = ANY(@tables) AND c.confrelid::regclass::text = ANY(@tables)
-                  AND NOT EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = c.conrelid AND p.partmethod = 'h')
-                  AND c.conparentid = 0
-                ORDER BY 1, 2
-                """, new { tables = Distributed.ToArray() }, cancellationToken: cancellationToken))).ToList();
-            foreach (var (table, name, _) in pendingKeys)
-            {
-                await connection.ExecuteAsync(new CommandDefinition($"ALTER TABLE {Quote(table)} DROP CONSTRAINT {Quote(name)}", cancellationToken: cancellationToken));
             }
 
             foreach (string table in Distributed)

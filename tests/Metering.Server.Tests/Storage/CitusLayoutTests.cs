@@ -4,6 +4,7 @@ using Metering.Engine.Fixtures;
 using Metering.Engine.Storage;
 using Metering.Fixtures;
 using Metering.Protocol.V1;
+using Metering.Probe.Attestation.Results;
 using Metering.Server.Fixtures;
 using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
@@ -188,6 +189,62 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
         Assert.Equal(madeEarlier, await ShardTriggersAsync(coordinator, "usage_records_2028_03"));
         PostgresException truncate = await Assert.ThrowsAsync<PostgresException>(() => coordinator.ExecuteAsync("TRUNCATE usage_records_2028_03"));
         Assert.Contains("append-only", truncate.MessageText, StringComparison.Ordinal);
+    }
+
+    [CitusFact]
+    public async Task An_application_and_its_fleet_validation_through_the_server_on_the_distributed_layout_match_one_node()
+    {
+        FleetOutcome single = await ValidateFleetAsync(null, null);
+        FleetOutcome distributed = await ValidateFleetAsync(citus.ConnectionString, citus.Keys.Operator);
+
+        Assert.Equal((FleetValidationState.ValidationComplete, 3u, 0u, 300_000_000L), (distributed.State, distributed.Passed, distributed.Failed, distributed.VerifiedFp16Gflops));
+        Assert.Equal(ApplicationState.AwaitingPublicNotice, distributed.Application);
+        Assert.Equal("ATTESTATION_REPLAYED", distributed.Replay);
+        Assert.Equal(single, distributed with { Code = single.Code });
+
+        // The rows are read back through the coordinator.
+        await using var coordinator = new NpgsqlConnection(citus.ConnectionString);
+        Assert.Equal(3L, await coordinator.ExecuteScalarAsync<long>("SELECT count(*) FROM capacity_attestations WHERE provider_id = @p AND accepted", new { p = distributed.Code }));
+    }
+
+    [CitusFact]
+    public async Task The_sandbox_mark_is_refused_by_its_guard_on_the_distributed_layout_not_by_an_error_of_citus()
+    {
+        // The guard asks the distributed usage_records first; before migration 0026 it asked with an
+        // empty target list, which Citus sends to the shards as a statement PostgreSQL refuses.
+        await using var coordinator = new NpgsqlConnection(citus.ConnectionString);
+        PostgresException mark = await Assert.ThrowsAsync<PostgresException>(() => coordinator.ExecuteAsync("INSERT INTO sandbox_clock DEFAULT VALUES"));
+        Assert.Equal(PostgresErrorCodes.CheckViolation, mark.SqlState);
+        Assert.Contains("only a database with no organisations", mark.MessageText, StringComparison.Ordinal);
+        Assert.Equal(0L, await coordinator.ExecuteScalarAsync<long>("SELECT count(*) FROM sandbox_clock"));
+    }
+
+    private sealed record FleetOutcome(string Code, FleetValidationState State, uint Passed, uint Failed, long VerifiedFp16Gflops, ApplicationState Application, string Replay);
+
+    /// <summary>
+    /// A new provider's application filed and its materials passed, three CPU nodes registered,
+    /// approved, declared, challenged, probed, committed and attested, the verification stage
+    /// recorded on the fleet's figure, and the first accepted report sent again; all through the
+    /// server, on a clone of the template or on <paramref name="database"/>.
+    /// </summary>
+    private async Task<FleetOutcome> ValidateFleetAsync(string? database, string? operatorKey)
+    {
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres, database: database, operatorKey: operatorKey);
+        long application = await scene.ApplicationAwaitingVerificationAsync();
+        TestNode[] nodes = await scene.NodesAsync(3);
+        await scene.DeclareAsync(nodes);
+        ProbeReport first = CapacityScene.RunProbe(await scene.ChallengeAsync(nodes[0]), nodes[0]);
+        AttestationResult last = await scene.CommitAndSubmitAsync(nodes[0], first);
+        foreach (TestNode node in nodes.Skip(1))
+        {
+            last = await scene.AttestAsync(node);
+        }
+
+        Application verified = await scene.Registry.Client.RecordVerificationAsync(
+            new VerificationDecision { ApplicationId = application, Pass = true, VerifiedFp16Gflops = 0 }, scene.Registry.OperatorHeaders);
+        var (_, replay, _) = await CapacityScene.RefusalAsync(() => scene.SubmitAsync(nodes[0], first));
+        FleetValidation complete = last.Validation;
+        return new FleetOutcome(scene.Code, complete.State, complete.PassedNodes, complete.FailedNodes, complete.VerifiedFp16Gflops, verified.State, replay);
     }
 
     private static async Task<string[]> TriggersAsync(NpgsqlConnection connection, string table) =>
