@@ -48,8 +48,8 @@ public sealed partial class ProviderRegistry
             ApplicationRow row = await LockApplicationAsync(connection, transaction, applicationId);
             ProposalRow? open = await connection.QueryFirstOrDefaultAsync<ProposalRow>("""
                 SELECT proposal_no AS ProposalNo, stage AS Stage, pass AS Pass, verified_fp16_gflops AS VerifiedFp16Gflops, reasons AS Reasons, proposed_by AS ProposedBy
-                FROM stage_proposals WHERE application_id = @applicationId AND closed_as IS NULL
-                """, new { applicationId }, transaction);
+                FROM stage_proposals WHERE provider_id = @provider AND application_id = @applicationId AND closed_as IS NULL
+                """, new { provider = row.ProviderId, applicationId }, transaction);
             if (open is null)
             {
                 // Of two approvals racing, the second finds the stage decided: say so, and by whom.
@@ -119,11 +119,12 @@ public sealed partial class ProviderRegistry
     /// <summary>Records <paramref name="call"/> as the application's pending proposal, superseding an open one, and returns its number.</summary>
     private static async Task<int> ProposeAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, Actor actor, string providerId, long applicationId, StageCall call, DateTimeOffset now)
     {
-        string? superseded = await RowJsonAsync(connection, transaction, "stage_proposals", "application_id = @id AND closed_as IS NULL", new { id = applicationId }, lockRow: true);
+        string? superseded = await RowJsonAsync(connection, transaction, "stage_proposals", "provider_id = @provider AND application_id = @id AND closed_as IS NULL",
+            new { provider = providerId, id = applicationId }, lockRow: true);
         await connection.ExecuteAsync("""
             UPDATE stage_proposals SET closed_as = 'superseded', closed_by = @by, closed_at = @now
-            WHERE application_id = @id AND closed_as IS NULL
-            """, new { by = actor.Subject, now = now.UtcDateTime, id = applicationId }, transaction);
+            WHERE provider_id = @provider AND application_id = @id AND closed_as IS NULL
+            """, new { by = actor.Subject, now = now.UtcDateTime, provider = providerId, id = applicationId }, transaction);
         int proposalNo = await connection.ExecuteScalarAsync<int>("""
             INSERT INTO stage_proposals (provider_id, application_id, proposal_no, stage, pass, verified_fp16_gflops, reasons, proposed_by, proposed_at)
             SELECT @provider, @id, coalesce(max(proposal_no), 0) + 1, @stage, @pass, @verified, @reasons, @by, @now
@@ -145,12 +146,12 @@ public sealed partial class ProviderRegistry
 
     private StageRule RuleFor(StageCall call) => call.Stage == StageCall.Decision ? DecisionRule(call) : VerificationRule(call);
 
-    private static async Task<StageProposal?> ReadPendingProposalAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, long applicationId)
+    private static async Task<StageProposal?> ReadPendingProposalAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string providerId, long applicationId)
     {
         var open = await connection.QueryFirstOrDefaultAsync<(int No, string Stage, bool Pass, long Verified, string Reasons, string By, long AtMs)?>("""
             SELECT proposal_no, stage, pass, verified_fp16_gflops, reasons, proposed_by, floor(extract(epoch FROM proposed_at) * 1000)::bigint
-            FROM stage_proposals WHERE application_id = @applicationId AND closed_as IS NULL
-            """, new { applicationId }, transaction);
+            FROM stage_proposals WHERE provider_id = @providerId AND application_id = @applicationId AND closed_as IS NULL
+            """, new { providerId, applicationId }, transaction);
         return open is not { } p ? null : new StageProposal
         {
             ProposalNo = (uint)p.No,

@@ -77,11 +77,18 @@ public sealed partial class ProviderRegistry
 
     private sealed record ApplicationRow(long ApplicationId, string ProviderId, string BatchId, string ServiceItem, ApplicationState State, string? Intermediary, DateTimeOffset? NoticeEndsAt, DateTimeOffset? DecidedAt);
 
+    /// <summary>
+    /// Locks the application. Its provider, which never changes, is read first without a lock and
+    /// then named in the locking statement: on Citus a row lock must route to one shard (a
+    /// `SELECT … FOR UPDATE` over several shards is refused), and on one node it is the same row.
+    /// </summary>
     private static async Task<ApplicationRow> LockApplicationAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, long id)
     {
-        var row = await connection.QueryFirstOrDefaultAsync<(long Id, string Code, string Batch, string Item, string State, string? Intermediary, DateTime? NoticeEnds, DateTime? Decided)?>("""
-            SELECT application_id, provider_id, batch_id, service_item, state, intermediary, notice_ends_at, decided_at FROM applications WHERE application_id = @id FOR UPDATE
-            """, new { id }, transaction);
+        string? provider = await connection.ExecuteScalarAsync<string?>("SELECT provider_id FROM applications WHERE application_id = @id", new { id }, transaction);
+        var row = provider is null ? null : await connection.QueryFirstOrDefaultAsync<(long Id, string Code, string Batch, string Item, string State, string? Intermediary, DateTime? NoticeEnds, DateTime? Decided)?>("""
+            SELECT application_id, provider_id, batch_id, service_item, state, intermediary, notice_ends_at, decided_at FROM applications
+            WHERE provider_id = @provider AND application_id = @id FOR UPDATE
+            """, new { provider, id }, transaction);
         return row is { } r
             ? new ApplicationRow(r.Id, r.Code, r.Batch, r.Item, Names.StateOf(r.State), r.Intermediary, r.NoticeEnds is { } n ? ShanghaiTime.Instant(n) : null, r.Decided is { } d ? ShanghaiTime.Instant(d) : null)
             : throw new RegistryRefusedException(RegistryRefusalReason.ApplicationUnknown, $"there is no application {id}");
@@ -122,7 +129,7 @@ public sealed partial class ProviderRegistry
             MeteringProofRecords = (ulong)row.ProofRecords,
             RenewsApplicationId = row.Renews,
             Stages = [.. stages.Select(s => new StageEntry { Stage = s.Stage, Actor = s.Actor, AtUnixMs = s.AtMs, Outcome = s.Outcome, Reasons = s.Reasons })],
-            PendingProposal = await ReadPendingProposalAsync(connection, transaction, id),
+            PendingProposal = await ReadPendingProposalAsync(connection, transaction, row.Code, id),
         };
         if (!details)
         {

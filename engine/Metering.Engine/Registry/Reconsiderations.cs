@@ -276,7 +276,8 @@ public sealed partial class ProviderRegistry
     {
         // An uphold proposed and not yet approved falls with the dismissal.
         int? proposalNo = await connection.ExecuteScalarAsync<int?>(
-            "SELECT proposal_no FROM stage_proposals WHERE application_id = @id AND closed_as IS NULL FOR UPDATE", new { id = target.ApplicationId }, transaction);
+            "SELECT proposal_no FROM stage_proposals WHERE provider_id = @provider AND application_id = @id AND closed_as IS NULL FOR UPDATE",
+            new { provider = target.ProviderId, id = target.ApplicationId }, transaction);
         if (proposalNo is { } open)
         {
             var key = new { id = target.ApplicationId, open };
@@ -318,8 +319,11 @@ public sealed partial class ProviderRegistry
     /// </summary>
     private static async Task DismissOvertakenAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, Actor actor, long applicationId, string reasons, DateTimeOffset now)
     {
+        // The provider first, so that the row lock names it (one shard on Citus).
+        string provider = await connection.ExecuteScalarAsync<string>("SELECT provider_id FROM applications WHERE application_id = @applicationId", new { applicationId }, transaction) ?? "";
         int? stageNo = await connection.ExecuteScalarAsync<int?>(
-            "SELECT refused_stage_no FROM reconsiderations WHERE application_id = @applicationId AND outcome IS NULL FOR UPDATE", new { applicationId }, transaction);
+            "SELECT refused_stage_no FROM reconsiderations WHERE provider_id = @provider AND application_id = @applicationId AND outcome IS NULL FOR UPDATE",
+            new { provider, applicationId }, transaction);
         if (stageNo is not { } pending)
         {
             return;
@@ -330,7 +334,6 @@ public sealed partial class ProviderRegistry
             UPDATE reconsiderations SET outcome = 'dismissed', decided_by = @by, decided_at = @now, reasons = @reasons, state_after = 'rejected'
             WHERE application_id = @applicationId AND refused_stage_no = @pending
             """, new { by = actor.Subject, now = now.UtcDateTime, reasons, applicationId, pending }, transaction);
-        string provider = await connection.ExecuteScalarAsync<string>("SELECT provider_id FROM applications WHERE application_id = @applicationId", new { applicationId }, transaction) ?? "";
         await RecordAsync(connection, transaction, actor, now, provider, "reconsideration", Key(applicationId, pending), "dismiss", before,
             await ReconsiderationJsonAsync(connection, transaction, applicationId, pending));
     }
@@ -339,8 +342,8 @@ public sealed partial class ProviderRegistry
     private static async Task<Pending> RequirePendingAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, Target target)
     {
         var pending = await connection.QueryFirstOrDefaultAsync<(int StageNo, string Stage)?>("""
-            SELECT refused_stage_no, refused_stage FROM reconsiderations WHERE application_id = @id AND outcome IS NULL
-            """, new { id = target.ApplicationId }, transaction);
+            SELECT refused_stage_no, refused_stage FROM reconsiderations WHERE provider_id = @provider AND application_id = @id AND outcome IS NULL
+            """, new { provider = target.ProviderId, id = target.ApplicationId }, transaction);
         if (pending is { } p && target.State == "under_reconsideration")
         {
             return new Pending(p.StageNo, p.Stage);
@@ -396,8 +399,8 @@ public sealed partial class ProviderRegistry
 
         return await connection.QueryFirstOrDefaultAsync<Target>("""
             SELECT application_id AS ApplicationId, provider_id AS ProviderId, batch_id AS BatchId, service_item AS ServiceItem, state AS State
-            FROM applications WHERE application_id = @applicationId FOR UPDATE
-            """, new { applicationId }, transaction);
+            FROM applications WHERE provider_id = @provider AND application_id = @applicationId FOR UPDATE
+            """, new { provider, applicationId }, transaction);
     }
 
     private static async Task<ReconsiderationCase?> ReadReconsiderationAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, long applicationId, int stageNo)
