@@ -47,8 +47,12 @@ public sealed class SettlementOptions
     /// the other. PostgreSQL groups a range's records in memory and sends nothing until the
     /// range's scan ends, so with one range per connection the engine waits idle for the whole
     /// scan and PostgreSQL then waits for the engine; with several, the engine hashes one
-    /// range's runs while the backends group the next. Not a setting: tests set it to cut a small
-    /// day into many ranges.
+    /// range's runs while the backends group the next. But each range's scan and grouping costs
+    /// PostgreSQL more CPU in all (a stream's block cut by a range boundary becomes two runs),
+    /// and on a two-core host the engine competes with the backends for the same cores: one range
+    /// per connection gave the lower settle time, quiet (8c60713 against d12c116) and under load
+    /// (bench/RESULTS.md, issue 17, one pass), so it is the default. Not a setting: tests set it
+    /// to cut a small day into many ranges, and run-settle --day-ranges for A/B runs.
     /// </summary>
-    internal int DayRangesPerSegment { get; init; } = 4;
+    internal int DayRangesPerSegment { get; init; } = 1;
 }
