@@ -229,12 +229,7 @@ public sealed partial class DailySettlement
             saved = await reader.ReadAsync(cancellationToken) ? (reader.GetString(0), reader.GetString(1)) : throw new InvalidOperationException("PostgreSQL returned no settings.");
         }
 
-        // The grouping sends nothing until its scan ends, and Npgsql waits for the COPY's first
-        // message and reads its rows under the timeout of the connection's last command (30 s by
-        // default), which a range of millions of records on a busy host outlasts (seen in
-        // run-settle at load 40). The setup command takes no client timeout, so neither does the
-        // read; the run's statement_timeout, set by PostgreSQL, bounds it instead.
-        await using (var setup = new NpgsqlCommand($"SET LOCAL synchronize_seqscans = off; SET LOCAL work_mem = '{DayReadWorkMemMb}MB'; SET LOCAL enable_sort = off", connection) { CommandTimeout = 0 })
+        await using (var setup = new NpgsqlCommand($"SET LOCAL synchronize_seqscans = off; SET LOCAL work_mem = '{DayReadWorkMemMb}MB'; SET LOCAL enable_sort = off", connection))
         {
             await setup.ExecuteNonQueryAsync(cancellationToken);
         }
