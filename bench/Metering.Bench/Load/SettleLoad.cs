@@ -39,7 +39,12 @@ internal static class SettleLoad
     private static readonly DateOnly Day = new(2026, 11, 20);
     private static readonly Actor Operator = new(Role.Operator, "bench-operator");
 
-    private sealed record Options(long Records, int Providers, int Holders, int ContractsPerHolder, int Claims, int Loaders, string DataDirectory)
+    /// <param name="DayRanges">
+    /// Block ranges each of the run's reading connections takes in turn
+    /// (<see cref="SettlementOptions.DayRangesPerSegment"/>), or 0 for the engine's default: a
+    /// knob of the bench for A/B runs of the day's read, not a setting of the engine.
+    /// </param>
+    private sealed record Options(long Records, int Providers, int Holders, int ContractsPerHolder, int Claims, int Loaders, int DayRanges, string DataDirectory)
     {
         public static Options? Parse(string[] args, out string? error)
         {
@@ -56,11 +61,13 @@ internal static class SettleLoad
                 (int)BenchArguments.Long(values, "contracts-per-holder", 3),
                 (int)BenchArguments.Long(values, "claims", 30),
                 (int)BenchArguments.Long(values, "loaders", 2),
+                (int)BenchArguments.Long(values, "day-ranges", 0),
                 values.TryGetValue("data-dir", out string? directory) ? directory : Path.Combine("bench", "out", "settle-pg"));
             if (options.Records < 1 || options.Providers is < 2 or > 10_000 || options.Holders < 1 || options.ContractsPerHolder < 1
-                || options.ContractsPerHolder > options.Providers || options.Loaders is < 1 or > 16 || options.Claims < 0)
+                || options.ContractsPerHolder > options.Providers || options.Loaders is < 1 or > 16 || options.Claims < 0
+                || options.DayRanges is < 0 or > SettlementOptions.DayRangesPerSegmentMax)
             {
-                error = "records ≥ 1, providers 2 to 10000, holders ≥ 1, contracts-per-holder 1 to providers, loaders 1 to 16, claims ≥ 0";
+                error = $"records ≥ 1, providers 2 to 10000, holders ≥ 1, contracts-per-holder 1 to providers, loaders 1 to 16, claims ≥ 0, day-ranges 0 (default) to {SettlementOptions.DayRangesPerSegmentMax}";
                 return null;
             }
 
@@ -76,7 +83,7 @@ internal static class SettleLoad
         if (options is null)
         {
             Console.Error.WriteLine($"error: {error}");
-            Console.Error.WriteLine("usage: Metering.Bench settle --records N --providers P --holders H --contracts-per-holder K --claims C --loaders L --data-dir DIR");
+            Console.Error.WriteLine("usage: Metering.Bench settle --records N --providers P --holders H --contracts-per-holder K --claims C --loaders L --day-ranges R --data-dir DIR");
             return 2;
         }
 
@@ -126,12 +133,14 @@ internal static class SettleLoad
         Console.WriteLine($"settle: VACUUM ANALYZE and CHECKPOINT in {clock.Elapsed.TotalSeconds:0.0} s");
 
         double floorBefore = await TimeFloorAsync(dataSource, options.Records);
-        var settlement = new DailySettlement(dataSource, TimeProvider.System, NullLogger.Instance);
+        var settlementOptions = options.DayRanges == 0 ? new SettlementOptions() : new SettlementOptions { DayRangesPerSegment = options.DayRanges };
+        Console.WriteLine($"settle: the day read by {settlementOptions.DaySegments} connection(s), {settlementOptions.DayRangesPerSegment} block range(s) each; load average {LoadAverage()}");
+        var settlement = new DailySettlement(dataSource, TimeProvider.System, NullLogger.Instance, settlementOptions);
         var batch = new Actor(Role.Settlement, "bench-settlement");
         clock.Restart();
         SettlementOutcome first = await settlement.SettleAsync(Day, batch, step => Console.WriteLine($"  [{step.Elapsed.TotalSeconds,6:0.0} s] {step.Stage}: {step.Message}"), CancellationToken.None);
         double settleSeconds = clock.Elapsed.TotalSeconds;
-        Console.WriteLine($"settle: first run {settleSeconds:0.00} s, hash {first.SettlementHex}");
+        Console.WriteLine($"settle: first run {settleSeconds:0.00} s, hash {first.SettlementHex}; load average {LoadAverage()}");
 
         string before = await CountsAsync(dataSource);
         clock.Restart();
@@ -158,7 +167,7 @@ internal static class SettleLoad
 
         Console.WriteLine($"settle: {first.Statements.Count:N0} statements, fees {Pricing.Yuan(first.FeeFen)} CNY, subsidies posted {Pricing.Yuan(first.SubsidyFen)} CNY; floor {floorBefore:0.00} s before, {floorAfter:0.00} s after");
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"RESULT settle_records={first.DayRecords} settle_s={settleSeconds:0.00} sql_floor_s={floor:0.00} ratio_vs_sql={settleSeconds / floor:0.00} balanced={(balanced ? "true" : "false")} idempotent={(idempotent ? "true" : "false")}"));
+            $"RESULT settle_records={first.DayRecords} settle_s={settleSeconds:0.00} sql_floor_s={floor:0.00} ratio_vs_sql={settleSeconds / floor:0.00} balanced={(balanced ? "true" : "false")} idempotent={(idempotent ? "true" : "false")} day_ranges={settlementOptions.DayRangesPerSegment}"));
         return 0;
     }
 
@@ -448,6 +457,10 @@ internal static class SettleLoad
         Console.WriteLine($"settle: SQL floor {seconds:0.00} s ({records:N0} records into {groups:N0} groups)");
         return seconds;
     }
+
+    /// <summary>The host's load averages over 1, 5 and 15 minutes, where Linux shows them: a loaded host's figures compare only as ratios.</summary>
+    private static string LoadAverage() =>
+        File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : "unknown";
 
     private static async Task<string> CountsAsync(NpgsqlDataSource dataSource)
     {

@@ -428,24 +428,24 @@ internal static class DailyLeaves
 
     /// <summary>
     /// The leaf statement's records of the whole day (every provider, no cut-off) grouped into
-    /// runs: per provider, stream, the caller's <paramref name="groupColumns"/> and block of
-    /// <see cref="RunRecordsMax"/> sequence numbers, the run's record count, nPFh, count of
-    /// chain hashes that are not 32 bytes long, and its (sequence, chain hash) pairs, each the
-    /// sequence as 8 bytes big-endian then the hash, back to back in no particular order; then
-    /// the caller's <paramref name="moreAggregates"/>. PostgreSQL then sends a row per run
-    /// instead of a row per record, which on a day of millions of records costs it far less
-    /// than formatting every record, and the reader puts the leaves in sequence order itself
-    /// (<see cref="LeafCollector.AddRun"/>). The same rows as <see cref="Sql"/> selects.
+    /// runs: per provider, stream and block of <see cref="RunRecordsMax"/> sequence numbers, the
+    /// run's record count, nPFh, count of chain hashes that are not 32 bytes long, and its
+    /// (sequence, chain hash) pairs, each the sequence as 8 bytes big-endian then the hash, back
+    /// to back in no particular order; then the caller's <paramref name="moreAggregates"/>.
+    /// PostgreSQL then sends a row per run instead of a row per record, which on a day of
+    /// millions of records costs it far less than formatting every record, and the reader puts
+    /// the leaves in sequence order itself (<see cref="LeafCollector.AddRun"/>). The same rows
+    /// as <see cref="Sql"/> selects.
     /// </summary>
-    public static string RunsSql(DateOnly day, string groupColumns, string moreAggregates, string? segmentCondition)
+    public static string RunsSql(DateOnly day, string moreAggregates, string? segmentCondition)
     {
         var sql = new StringBuilder($"""
-            SELECT u.provider_id, u.stream_id, {groupColumns}, count(*)::bigint, sum(u.usage_npfh)::bigint,
+            SELECT u.provider_id, u.stream_id, count(*)::bigint, sum(u.usage_npfh)::bigint,
                    count(*) FILTER (WHERE octet_length(u.chain_hash) <> {MerkleTree.HashBytes}),
                    string_agg(int8send(u.sequence) || u.chain_hash, ''::bytea), {moreAggregates}
             """);
         AppendRows(sql, day, oneProvider: false, MerkleCutOff.None, segmentCondition);
-        sql.Append($"GROUP BY u.provider_id, u.stream_id, u.sequence / {RunRecordsMax}, {groupColumns}\n");
+        sql.Append($"GROUP BY u.provider_id, u.stream_id, u.sequence / {RunRecordsMax}\n");
         return sql.ToString();
     }
 

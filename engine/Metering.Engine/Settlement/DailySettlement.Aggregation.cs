@@ -30,23 +30,21 @@ public sealed partial class DailySettlement
         """;
 
     /// <summary>
-    /// What the one pass groups the day's runs by beside provider and stream: what the
-    /// aggregation groups by, and what card time is computed from, the device count and share
-    /// numerator as their product (both are positive integers, so the product fits a bigint)
-    /// and the share denominator, which take few values, so a run has one of each.
+    /// Beside each run's records, nPFh and pairs, what each of its records is priced by, back to
+    /// back (<see cref="DayTotals.AddRecords"/>): its duration as PostgreSQL's binary interval,
+    /// its nPFh, its device count × share numerator (both positive integers, so the product fits
+    /// a bigint) and its share denominator, then its holder and its device model, each as UTF-8
+    /// ended by a NUL byte (PostgreSQL text holds none). The runs are grouped by provider,
+    /// stream and block of sequences only: grouping by holder, model and share as well made
+    /// PostgreSQL hash and compare four more columns per record, which cost it more than
+    /// sending them (bench/RESULTS.md, issue 17, one pass).
     /// </summary>
-    private const string DayGroupColumns = "u.holder_code, u.device_model, u.device_count::bigint * u.share_numerator, u.share_denominator";
+    private const string DayRecordAttributes =
+        "string_agg(interval_send(u.end_at - u.start_at) || int8send(u.usage_npfh) || int8send(u.device_count::bigint * u.share_numerator) || int4send(u.share_denominator)"
+        + " || textsend(u.holder_code) || '\\x00'::bytea || textsend(u.device_model) || '\\x00'::bytea, ''::bytea)";
 
-    /// <summary>
-    /// Beside records and nPFh, each run's records' durations, as PostgreSQL's binary intervals
-    /// back to back, from which <see cref="DayTotals.CardMilliseconds"/> rounds each record's
-    /// card time down once: the set-based SQL's numeric arithmetic per record cost PostgreSQL
-    /// more than the rest of the read.
-    /// </summary>
-    private const string DayMoreAggregates = "string_agg(interval_send(u.end_at - u.start_at), ''::bytea)";
-
-    /// <summary>Columns of a run row: provider, stream, holder, model, device shares, share denominator, records, nPFh, other hash lengths, pairs, durations.</summary>
-    private const int DayColumnCount = 11;
+    /// <summary>Columns of a run row: provider, stream, records, nPFh, other hash lengths, pairs, record attributes.</summary>
+    private const int DayColumnCount = 7;
 
     /// <summary>
     /// The memory PostgreSQL may give the read's grouping (<c>work_mem</c>, which hash
@@ -55,8 +53,12 @@ public sealed partial class DailySettlement
     /// </summary>
     private const int DayReadWorkMemMb = 1024;
 
-    /// <summary>The read's buffer: a run row (at most <see cref="DailyLeaves.RunRecordsMax"/> pairs) must fit in half of it.</summary>
-    private const int DayReadBufferBytes = 8 * 1024 * 1024;
+    /// <summary>
+    /// The read's buffer: a run row must fit in half of it. A run has at most
+    /// <see cref="DailyLeaves.RunRecordsMax"/> records of at most 128 bytes each (a 40-byte pair,
+    /// 36 bytes of numbers, an 18-byte holder code, a model of at most 32 bytes, two NULs), 8 MiB.
+    /// </summary>
+    private const int DayReadBufferBytes = 32 * 1024 * 1024;
 
     /// <summary>The day's groups, every provider's leaves in leaf order, how many connections read it and how many records each block range held, from one read.</summary>
     private sealed record DayRead(List<Group> Groups, List<ProviderLeaves> Leaves, int Connections, long[] RangeRecords);
@@ -252,15 +254,15 @@ public sealed partial class DailySettlement
     /// <summary>
     /// One read of the day's records (of the block range, or all), in the connection's
     /// transaction: one <c>COPY (SELECT …) TO STDOUT</c> in binary of the day's runs
-    /// (<see cref="DailyLeaves.RunsSql"/>), grouped by PostgreSQL per provider, stream, holder,
-    /// model, device share and block of sequence numbers, parsed straight from Npgsql's raw COPY
-    /// stream. Each run goes to the totals of its provider, holder and model, with its card time
-    /// summed from its records' durations, and its records' chain hashes to its stream's leaves,
-    /// whose chunks are hashed on the thread pool while the runs arrive.
+    /// (<see cref="DailyLeaves.RunsSql"/>), grouped by PostgreSQL per provider, stream and block
+    /// of sequence numbers, parsed straight from Npgsql's raw COPY stream. Each run's records go
+    /// to the totals of their provider, holder and model, each with its card time from its
+    /// duration, and its records' chain hashes to its stream's leaves, whose chunks are hashed
+    /// on the thread pool while the runs arrive.
     /// </summary>
     private static async Task<Segment> ReadRangeAsync(NpgsqlConnection connection, DateOnly day, string? blockRange, CancellationToken cancellationToken)
     {
-        string copySql = $"COPY ({DailyLeaves.RunsSql(day, DayGroupColumns, DayMoreAggregates, blockRange)}) TO STDOUT (FORMAT BINARY)";
+        string copySql = $"COPY ({DailyLeaves.RunsSql(day, DayRecordAttributes, blockRange)}) TO STDOUT (FORMAT BINARY)";
         var leaves = new LeafCollector(day);
         var totals = new DayTotals();
         long records = 0;
@@ -271,11 +273,10 @@ public sealed partial class DailySettlement
                 var runs = new BinaryCopyReader(copy, DayColumnCount, DayReadBufferBytes);
                 while (await runs.ReadAsync(cancellationToken))
                 {
-                    long runRecords = runs.Int64(6);
-                    long usageNpfh = runs.Int64(7);
-                    StreamLeaves stream = leaves.AddRun(runs.Field(0), runs.Field(1), runRecords, usageNpfh, runs.Int64(8), runs.Field(9));
-                    long cardMs = DayTotals.CardMilliseconds(runs.Int64(4), runs.Int32(5), runRecords, runs.Field(10));
-                    totals.Add(stream.ProviderUtf8, runs.Field(2), runs.Field(3), runRecords, usageNpfh, cardMs);
+                    long runRecords = runs.Int64(2);
+                    long usageNpfh = runs.Int64(3);
+                    StreamLeaves stream = leaves.AddRun(runs.Field(0), runs.Field(1), runRecords, usageNpfh, runs.Int64(4), runs.Field(5));
+                    totals.AddRecords(stream.ProviderUtf8, runRecords, usageNpfh, runs.Field(6));
                     records += runRecords;
                 }
             }

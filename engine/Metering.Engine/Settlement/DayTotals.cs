@@ -4,8 +4,8 @@ using System.Text;
 namespace Metering.Engine.Settlement;
 
 /// <summary>
-/// The day's usage summed per provider, holder and device model from the runs of the day's read,
-/// in integers only: records, nPFh (summed by PostgreSQL per run) and card-milliseconds, each
+/// The day's usage summed per provider, holder and device model from the records of the day's
+/// read (<see cref="AddRecords"/>), in integers only: records, nPFh and card-milliseconds, each
 /// record's card time by the same rule as the set-based aggregation
 /// (<see cref="DailySettlement.DayAggregationSql"/>): devices × share numerator × duration,
 /// divided by the share denominator, rounded down once per record (<see cref="CardMilliseconds(long, int, long, ReadOnlySpan{byte})"/>). A group is looked up by the run's UTF-8 bytes; a new group
@@ -14,6 +14,12 @@ namespace Metering.Engine.Settlement;
 /// the holder's few models are searched in turn. A reader that splits the day keeps one per
 /// segment and adds the others into the first (<see cref="Absorb"/>) before it asks for the
 /// groups, which are sorted once. Not thread-safe.
+/// <para>
+/// A record's attributes, as the read sends them back to back per run: its duration (a binary
+/// interval, <see cref="IntervalBytes"/>), its nPFh (int8), its device count × share numerator
+/// (int8) and its share denominator (int4), all big-endian, then its holder and its device
+/// model, each UTF-8 ended by a NUL byte.
+/// </para>
 /// </summary>
 internal sealed class DayTotals
 {
@@ -74,6 +80,62 @@ internal sealed class DayTotals
             : checked((long)(ulong)(new UInt128(high, low) / divisor));
     }
 
+    /// <summary>Bytes of a record's attributes before its holder and model: duration, nPFh, device shares and share denominator.</summary>
+    public const int RecordNumbersBytes = IntervalBytes + sizeof(long) + sizeof(long) + sizeof(int);
+
+    /// <summary>
+    /// Adds a run's <paramref name="records"/> records of one provider from their attributes
+    /// (the class's summary), each to the totals of its holder and model, with its card time
+    /// rounded down once (<see cref="CardMilliseconds(long, int, long, ReadOnlySpan{byte})"/>).
+    /// A run of one stream tends to repeat its holder and model, so the last record's totals
+    /// are tried first.
+    /// </summary>
+    /// <exception cref="InvalidDataException">The attributes are not <paramref name="records"/> records whose nPFh sum to <paramref name="usageNpfh"/>, or hold a value the table's checks would have refused.</exception>
+    public void AddRecords(ReadOnlySpan<byte> providerUtf8, long records, long usageNpfh, ReadOnlySpan<byte> attributes)
+    {
+        long seen = 0;
+        long usageSeen = 0;
+        Totals? last = null;
+        int at = 0;
+        while (at < attributes.Length)
+        {
+            ReadOnlySpan<byte> record = attributes[at..];
+            int holderEnd = record.Length > RecordNumbersBytes ? record[RecordNumbersBytes..].IndexOf((byte)0) : -1;
+            int modelEnd = holderEnd < 0 ? -1 : record[(RecordNumbersBytes + holderEnd + 1)..].IndexOf((byte)0);
+            if (modelEnd < 0)
+            {
+                throw new InvalidDataException($"Record {seen + 1} of a run of {Encoding.UTF8.GetString(providerUtf8)} is cut short: {record.Length} bytes of attributes without a holder and a model each ended by a NUL.");
+            }
+
+            long recordNpfh = BinaryPrimitives.ReadInt64BigEndian(record[IntervalBytes..]);
+            long deviceShares = BinaryPrimitives.ReadInt64BigEndian(record[(IntervalBytes + sizeof(long))..]);
+            int shareDenominator = BinaryPrimitives.ReadInt32BigEndian(record[(IntervalBytes + 2 * sizeof(long))..]);
+            ReadOnlySpan<byte> holderUtf8 = record.Slice(RecordNumbersBytes, holderEnd);
+            ReadOnlySpan<byte> modelUtf8 = record.Slice(RecordNumbersBytes + holderEnd + 1, modelEnd);
+            long cardMs = CardMilliseconds(deviceShares, shareDenominator, 1, record[..IntervalBytes]);
+            if (recordNpfh < 0)
+            {
+                throw new InvalidDataException($"Record {seen + 1} of a run of {Encoding.UTF8.GetString(providerUtf8)} has {recordNpfh} nPFh; the table's checks allow no negative usage.");
+            }
+
+            if (last is null || !holderUtf8.SequenceEqual(last.HolderUtf8) || !modelUtf8.SequenceEqual(last.ModelUtf8))
+            {
+                ProviderTotals provider = _current is { } current && providerUtf8.SequenceEqual(current.Utf8) ? current : Switch(providerUtf8);
+                last = provider.Find(holderUtf8, modelUtf8);
+            }
+
+            Sum(last, 1, recordNpfh, cardMs);
+            seen++;
+            usageSeen = checked(usageSeen + recordNpfh);
+            at += RecordNumbersBytes + holderEnd + 1 + modelEnd + 1;
+        }
+
+        if (seen != records || usageSeen != usageNpfh)
+        {
+            throw new InvalidDataException($"A run of {Encoding.UTF8.GetString(providerUtf8)} counts {records} record(s) and {usageNpfh} nPFh; its records' attributes hold {seen} and {usageSeen}.");
+        }
+    }
+
     /// <summary>Adds a run of <paramref name="records"/> records of one provider, holder and model, with their summed nPFh and card-milliseconds.</summary>
     /// <exception cref="InvalidDataException">The run has no record, or negative usage or card time (the table's checks allow neither).</exception>
     public void Add(ReadOnlySpan<byte> providerUtf8, ReadOnlySpan<byte> holderUtf8, ReadOnlySpan<byte> modelUtf8, long records, long usageNpfh, long cardMs)
@@ -84,7 +146,11 @@ internal sealed class DayTotals
         }
 
         ProviderTotals provider = _current is { } current && providerUtf8.SequenceEqual(current.Utf8) ? current : Switch(providerUtf8);
-        Totals totals = provider.Find(holderUtf8, modelUtf8);
+        Sum(provider.Find(holderUtf8, modelUtf8), records, usageNpfh, cardMs);
+    }
+
+    private static void Sum(Totals totals, long records, long usageNpfh, long cardMs)
+    {
         totals.Records += records;
         totals.UsageNpfh = checked(totals.UsageNpfh + usageNpfh);
         totals.CardMs = checked(totals.CardMs + cardMs);
@@ -158,17 +224,19 @@ internal sealed class DayTotals
                 }
             }
 
-            var added = new Totals(Id, Encoding.UTF8.GetString(holderUtf8), modelUtf8.ToArray());
+            var added = new Totals(Id, holderUtf8.ToArray(), modelUtf8.ToArray());
             models.Add(added);
             return added;
         }
     }
 
-    private sealed class Totals(string provider, string holder, byte[] modelUtf8)
+    private sealed class Totals(string provider, byte[] holderUtf8, byte[] modelUtf8)
     {
         public string Provider { get; } = provider;
 
-        public string Holder { get; } = holder;
+        public byte[] HolderUtf8 { get; } = holderUtf8;
+
+        public string Holder { get; } = Encoding.UTF8.GetString(holderUtf8);
 
         public byte[] ModelUtf8 { get; } = modelUtf8;
 

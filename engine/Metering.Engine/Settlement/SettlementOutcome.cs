@@ -47,8 +47,13 @@ public sealed class SettlementOptions
     /// the other. PostgreSQL groups a range's records in memory and sends nothing until the
     /// range's scan ends, so with one range per connection the engine waits idle for the whole
     /// scan and PostgreSQL then waits for the engine; with several, the engine hashes one
-    /// range's runs while the backends group the next. Not a setting: tests set it to cut a small
-    /// day into many ranges.
+    /// range's runs while the backends group the next. One range per connection cost less on a
+    /// quiet two-core host (8c60713 against d12c116) but fails there under load: Npgsql waits for
+    /// a COPY's first message under the connection's command timeout (30 s by default), and a
+    /// grouping of half a large day sends nothing until its scan ends (bench/RESULTS.md, issue
+    /// 17, one pass). Four shorter ranges stay the default until the read is freed of that
+    /// timeout. Not a setting: tests set it to cut a small day into many ranges, and
+    /// run-settle --day-ranges for A/B runs.
     /// </summary>
     internal int DayRangesPerSegment { get; init; } = 4;
 }

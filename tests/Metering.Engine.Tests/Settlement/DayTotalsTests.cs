@@ -78,6 +78,51 @@ public sealed class DayTotalsTests
         Assert.Equal(("H100-SXM", 1L, 300L, 2_400_000L), (groups[1].Model, groups[1].Records, groups[1].UsageNpfh, groups[1].CardMs));
     }
 
+    /// <summary>One record's attributes as the day's read sends them: duration, nPFh, device shares, denominator, holder NUL, model NUL.</summary>
+    private static byte[] Attributes(long microseconds, long usageNpfh, long shares, int denominator, byte[] holder, byte[] model)
+    {
+        var bytes = new byte[DayTotals.RecordNumbersBytes + holder.Length + 1 + model.Length + 1];
+        Intervals(microseconds).CopyTo(bytes, 0);
+        BinaryPrimitives.WriteInt64BigEndian(bytes.AsSpan(16), usageNpfh);
+        BinaryPrimitives.WriteInt64BigEndian(bytes.AsSpan(24), shares);
+        BinaryPrimitives.WriteInt32BigEndian(bytes.AsSpan(32), denominator);
+        holder.CopyTo(bytes, DayTotals.RecordNumbersBytes);
+        model.CopyTo(bytes, DayTotals.RecordNumbersBytes + holder.Length + 1);
+        return bytes;
+    }
+
+    [Fact]
+    public void A_runs_records_are_summed_each_to_its_holder_and_model_with_card_time_rounded_down_per_record()
+    {
+        byte[] other = Encoding.UTF8.GetBytes("91440300MA5C000030");
+        byte[] run = [.. Attributes(1_234_567, 100, 3, 7, Holder, A100), .. Attributes(300_000_000, 300, 8, 1, Holder, H100),
+            .. Attributes(999_989, 200, 3, 7, Holder, A100), .. Attributes(60_000_000, 5, 1, 1, other, A100)];
+        var totals = new DayTotals();
+
+        totals.AddRecords(Provider, 4, 605, run);
+
+        var groups = totals.Groups();
+        Assert.Equal(3, groups.Count);
+        Assert.Equal((Encoding.UTF8.GetString(Holder), "A100-SXM", 2L, 300L, Reference(3, 7, 1_234_567) + Reference(3, 7, 999_989)),
+            (groups[0].Holder, groups[0].Model, groups[0].Records, groups[0].UsageNpfh, groups[0].CardMs));
+        Assert.Equal(("H100-SXM", 1L, 300L, 2_400_000L), (groups[1].Model, groups[1].Records, groups[1].UsageNpfh, groups[1].CardMs));
+        Assert.Equal(("91440300MA5C000030", 1L, 5L, 60_000L), (groups[2].Holder, groups[2].Records, groups[2].UsageNpfh, groups[2].CardMs));
+    }
+
+    [Fact]
+    public void Attributes_that_do_not_add_up_to_the_run_or_are_cut_short_are_refused()
+    {
+        byte[] one = Attributes(60_000_000, 5, 1, 1, Holder, H100);
+
+        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 2, 5, one));
+        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, 6, one));
+        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, 5, one.AsSpan(0, one.Length - 1)));
+        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, 5, one.AsSpan(0, DayTotals.RecordNumbersBytes)));
+        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, -5, Attributes(60_000_000, -5, 1, 1, Holder, H100)));
+        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, 5, Attributes(60_000_000, 5, 0, 1, Holder, H100)));
+        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, 5, Attributes(0, 5, 1, 1, Holder, H100)));
+    }
+
     [Fact]
     public void A_total_past_a_bigint_is_refused()
     {
