@@ -136,19 +136,6 @@ internal sealed class DayTotals
         }
     }
 
-    /// <summary>Adds a run of <paramref name="records"/> records of one provider, holder and model, with their summed nPFh and card-milliseconds.</summary>
-    /// <exception cref="InvalidDataException">The run has no record, or negative usage or card time (the table's checks allow neither).</exception>
-    public void Add(ReadOnlySpan<byte> providerUtf8, ReadOnlySpan<byte> holderUtf8, ReadOnlySpan<byte> modelUtf8, long records, long usageNpfh, long cardMs)
-    {
-        if (records <= 0 || usageNpfh < 0 || cardMs < 0)
-        {
-            throw new InvalidDataException($"A run of {Encoding.UTF8.GetString(providerUtf8)} has {records} record(s), {usageNpfh} nPFh and {cardMs} card-ms; the table's checks allow no run like it.");
-        }
-
-        ProviderTotals provider = _current is { } current && providerUtf8.SequenceEqual(current.Utf8) ? current : Switch(providerUtf8);
-        Sum(provider.Find(holderUtf8, modelUtf8), records, usageNpfh, cardMs);
-    }
-
     private static void Sum(Totals totals, long records, long usageNpfh, long cardMs)
     {
         totals.Records += records;

@@ -63,21 +63,6 @@ public sealed class DayTotalsTests
         Assert.Throws<InvalidDataException>(() => DayTotals.CardMilliseconds(1, 1, 2, Intervals(1_000)));
     }
 
-    [Fact]
-    public void Runs_are_summed_per_provider_holder_and_model()
-    {
-        var totals = new DayTotals();
-        totals.Add(Provider, Holder, A100, 2, 100, 529);
-        totals.Add(Provider, Holder, H100, 1, 300, 2_400_000);
-        totals.Add(Provider, Holder, A100, 5, 200, 1_428);
-
-        var groups = totals.Groups();
-
-        Assert.Equal(2, groups.Count);
-        Assert.Equal(("A100-SXM", 7L, 300L, 1_957L), (groups[0].Model, groups[0].Records, groups[0].UsageNpfh, groups[0].CardMs));
-        Assert.Equal(("H100-SXM", 1L, 300L, 2_400_000L), (groups[1].Model, groups[1].Records, groups[1].UsageNpfh, groups[1].CardMs));
-    }
-
     /// <summary>One record's attributes as the day's read sends them: duration, nPFh, device shares, denominator, holder NUL, model NUL.</summary>
     private static byte[] Attributes(long microseconds, long usageNpfh, long shares, int denominator, byte[] holder, byte[] model)
     {
@@ -127,41 +112,30 @@ public sealed class DayTotalsTests
     public void A_total_past_a_bigint_is_refused()
     {
         var totals = new DayTotals();
-        totals.Add(Provider, Holder, H100, 1, long.MaxValue, 0);
+        totals.AddRecords(Provider, 1, long.MaxValue, Attributes(60_000_000, long.MaxValue, 1, 1, Holder, H100));
 
-        Assert.Throws<OverflowException>(() => totals.Add(Provider, Holder, H100, 1, 1, 0));
-    }
-
-    [Theory]
-    [InlineData(0, 1, 1)]
-    [InlineData(-1, 1, 1)]
-    [InlineData(1, -1, 1)]
-    [InlineData(1, 1, -1)]
-    public void A_run_the_table_checks_would_not_give_is_refused(long records, long usageNpfh, long cardMs)
-    {
-        var totals = new DayTotals();
-
-        Assert.Throws<InvalidDataException>(() => totals.Add(Provider, Holder, H100, records, usageNpfh, cardMs));
-        Assert.Empty(totals.Groups());
+        Assert.Throws<OverflowException>(() => totals.AddRecords(Provider, 1, 1, Attributes(60_000_000, 1, 1, 1, Holder, H100)));
     }
 
     [Fact]
     public void Segments_absorbed_into_one_give_the_groups_of_one_read_sorted_once()
     {
         byte[] other = Encoding.UTF8.GetBytes("91440300MA5B000029");
-        var runs = new (byte[] Provider, byte[] Model, long Records, long Usage, long CardMs)[]
+        // One record per run, its card time as whole milliseconds of one full device.
+        var runs = new (byte[] Provider, byte[] Model, long Usage, long CardMs)[]
         {
-            (other, H100, 1, 7, 480), (Provider, A100, 1, 100, 529), (Provider, H100, 3, 300, 2_400_000),
-            (other, H100, 2, 9, 1), (Provider, A100, 1, 200, 1_428), (Provider, H100, 1, 1, 20),
+            (other, H100, 7, 480), (Provider, A100, 100, 529), (Provider, H100, 300, 2_400_000),
+            (other, H100, 9, 1), (Provider, A100, 200, 1_428), (Provider, H100, 1, 20),
         };
         var whole = new DayTotals();
         var first = new DayTotals();
         var second = new DayTotals();
         for (int i = 0; i < runs.Length; i++)
         {
-            var (provider, model, records, usage, cardMs) = runs[i];
-            whole.Add(provider, Holder, model, records, usage, cardMs);
-            (i < 3 ? first : second).Add(provider, Holder, model, records, usage, cardMs);
+            var (provider, model, usage, cardMs) = runs[i];
+            byte[] record = Attributes(cardMs * 1_000, usage, 1, 1, Holder, model);
+            whole.AddRecords(provider, 1, usage, record);
+            (i < 3 ? first : second).AddRecords(provider, 1, usage, record);
         }
 
         first.Absorb(second);
