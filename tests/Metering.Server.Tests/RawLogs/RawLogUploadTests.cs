@@ -45,14 +45,37 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
         UploadReport whole = await UploadAsync(server, "whole", "split-whole", Sacct, chunks: [Sacct.Length]);
         string expected = await ContentAsync(server, "split-whole");
 
-        for (int split = 0; split <= Sacct.Length; split += 1)
+        // Upload k cuts the file at k, k + Stride, k + 2 × Stride, …, so that over the Stride
+        // uploads every byte position (0 and the end included) is a chunk boundary once, at a
+        // Stride-th of the uploads that cutting at one position per upload would take.
+        const int Stride = 61;
+        var covered = new bool[Sacct.Length + 1];
+        for (int phase = 0; phase < Stride; phase++)
         {
-            string stream = $"split-{split}";
-            UploadReport report = await UploadAsync(server, stream, stream, Sacct, chunks: [split, Sacct.Length - split]);
+            var chunks = new List<int> { phase };
+            for (int at = phase; at < Sacct.Length; at += Stride)
+            {
+                chunks.Add(Math.Min(Stride, Sacct.Length - at));
+            }
+
+            if ((Sacct.Length - phase) % Stride == 0)
+            {
+                chunks.Add(0); // a cut at the very end: an empty last chunk, as phase 0 sends an empty first one
+            }
+
+            for (int cut = phase; cut <= Sacct.Length; cut += Stride)
+            {
+                covered[cut] = true;
+            }
+
+            string stream = $"split-{phase}";
+            UploadReport report = await UploadAsync(server, stream, stream, Sacct, chunks: [.. chunks]);
             Assert.Equal((whole.Lines, whole.Records, whole.LinesSkipped, whole.LinesRefused), (report.Lines, report.Records, report.LinesSkipped, report.LinesRefused));
             Assert.Equal(whole.Errors, report.Errors);
             Assert.Equal(expected, await ContentAsync(server, stream));
         }
+
+        Assert.All(covered, Assert.True);
     }
 
     [Fact]
