@@ -7,19 +7,43 @@ using Npgsql;
 namespace Metering.Engine.Fixtures;
 
 /// <summary>
-/// One embedded PostgreSQL for the whole test collection, started once. A migrated template
+/// One embedded PostgreSQL for the whole test process, started once. A migrated template
 /// database is built once too; each test gets its own database cloned from it, so tests never
-/// see each other's rows.
+/// see each other's rows. Every collection that names this fixture (a test project may split its
+/// tests into several collections, which xunit runs side by side) shares the one server: the
+/// first to start it starts it, the last to finish stops it, and the keys seeded in the template
+/// are the same for all of them.
 /// </summary>
 public sealed class PostgresFixture : IAsyncLifetime
 {
     private const string Template = "metering_template";
-    private int _databases;
-    private string _root = "";
+    private static readonly SemaphoreSlim SharedGate = new(1, 1);
+    private static EmbeddedPostgres? _shared;
+    private static string _root = "";
+    private static int _users;
+    private static int _databases;
 
-    public EmbeddedPostgres Server { get; private set; } = null!;
+    public EmbeddedPostgres Server => _shared ?? throw new InvalidOperationException("the embedded PostgreSQL has not started");
 
     public async Task InitializeAsync()
+    {
+        await SharedGate.WaitAsync();
+        try
+        {
+            if (_users == 0)
+            {
+                await StartSharedAsync();
+            }
+
+            _users++;
+        }
+        finally
+        {
+            SharedGate.Release();
+        }
+    }
+
+    private static async Task StartSharedAsync()
     {
         _root = Directory.CreateTempSubdirectory("metering-tests-").FullName;
         // When the tests run as root, PostgreSQL runs as an unprivileged user that must be able
@@ -29,10 +53,10 @@ public sealed class PostgresFixture : IAsyncLifetime
             File.SetUnixFileMode(_root, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute | UnixFileMode.GroupExecute | UnixFileMode.OtherExecute);
         }
 
-        Server = await EmbeddedPostgres.StartAsync(
+        _shared = await EmbeddedPostgres.StartAsync(
             new EmbeddedPostgresOptions { DataDirectory = Path.Combine(_root, "pg"), Durable = false, Database = Template },
             NullLogger.Instance);
-        await using NpgsqlDataSource template = Database.CreateDataSource(Server.ConnectionString);
+        await using NpgsqlDataSource template = Database.CreateDataSource(_shared.ConnectionString);
         await new Migrator(template, NullLogger.Instance).MigrateAsync();
         // Both test providers are admitted, and each role holds a key, in every test database.
         Keys = await Admissions.SeedAsync(template);
@@ -86,10 +110,28 @@ public sealed class PostgresFixture : IAsyncLifetime
 
     public async Task DisposeAsync()
     {
-        await Server.DisposeAsync();
+        await SharedGate.WaitAsync();
         try
         {
-            Directory.Delete(Server.DataDirectory, recursive: true);
+            if (--_users == 0)
+            {
+                await StopSharedAsync();
+            }
+        }
+        finally
+        {
+            SharedGate.Release();
+        }
+    }
+
+    private static async Task StopSharedAsync()
+    {
+        EmbeddedPostgres server = _shared!;
+        _shared = null;
+        await server.DisposeAsync();
+        try
+        {
+            Directory.Delete(server.DataDirectory, recursive: true);
             Directory.Delete(_root, recursive: true);
         }
         catch (IOException)

@@ -12,7 +12,7 @@ namespace Metering.Cli.Tests.Slurm;
 /// the follower polls, more jobs run, the follower restarts from its state file and polls again,
 /// and every finished job is committed exactly once.
 /// </summary>
-[Collection(PostgresCollection.Name)]
+[Collection(SlurmCollection.Name)]
 [SupportedOSPlatform("linux")]
 public sealed class RealSlurmFollowerTests(PostgresFixture postgres, SlurmClusterFixture slurm) : IClassFixture<SlurmClusterFixture>
 {

@@ -9,7 +9,7 @@ namespace Metering.Cli.Tests.Slurm;
 /// --parsable2` output uploaded with `metering ingest-file` to a real server: what is committed is
 /// compared, job by job, with what Slurm reported.
 /// </summary>
-[Collection(PostgresCollection.Name)]
+[Collection(SlurmCollection.Name)]
 [SupportedOSPlatform("linux")]
 public sealed class RealSlurmIngestTests(PostgresFixture postgres, SlurmClusterFixture slurm) : IClassFixture<SlurmClusterFixture>
 {
