@@ -34,12 +34,17 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
     private readonly ConcurrentDictionary<string, ProviderQueue> _providers = new(StringComparer.Ordinal);
     private long _groupsCommitted;
     private long _groupsSplit;
+    private long _transactions;
+    private long _batches;
 
     /// <summary>How many transactions committed more than one stream's batch.</summary>
     internal long GroupsCommitted => Interlocked.Read(ref _groupsCommitted);
 
     /// <summary>How many groups failed as a whole and were committed again batch by batch.</summary>
     internal long GroupsSplit => Interlocked.Read(ref _groupsSplit);
+
+    /// <summary>How many transactions committed, and how many stream batches they held: how full the groups ran.</summary>
+    internal (long Transactions, long Batches) Committed => (Interlocked.Read(ref _transactions), Interlocked.Read(ref _batches));
 
     /// <summary>How many batches of the provider wait for its next commit (not counting one being committed).</summary>
     internal int WaitingOf(string providerId)
@@ -152,6 +157,8 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
             {
                 await CommitGroupAsync(providerId, taken);
                 Interlocked.Increment(ref _groupsCommitted);
+                Interlocked.Increment(ref _transactions);
+                Interlocked.Add(ref _batches, taken.Count);
                 MeteringTelemetry.GroupCommitted(providerId, taken.Count);
                 foreach (PendingCommit pending in taken)
                 {
@@ -181,6 +188,8 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
             {
                 await store.CommitAsync(providerId, pending.StreamId, pending.ExpectedSequence, pending.Rows, pending.Steps, CancellationToken.None);
                 MeteringTelemetry.GroupCommitted(providerId, 1);
+                Interlocked.Increment(ref _transactions);
+                Interlocked.Increment(ref _batches);
                 pending.Done.TrySetResult();
             }
             catch (Exception e)
