@@ -22,12 +22,8 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     [Fact]
     public async Task Batches_that_queue_behind_a_commit_commit_in_one_transaction_and_each_stream_gets_its_own_acknowledgement()
     {
-        await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
-        var (code, key, _) = await scene.AdmitAsync();
-        DateTimeOffset start = scene.Clock.Now.AddHours(1);
-        scene.Clock.Now = start.AddHours(3);
-        string provider = RegistryScene.KeyOf(key);
-        GroupCommitter committer = scene.Server.Services.GetRequiredService<GroupCommitter>();
+        await using Admitted admitted = await AdmitAsync();
+        var (scene, code, provider, start, committer) = admitted;
         await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
         await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
         await using IngestCall b = await IngestCall.OpenAsync(scene.Server.Client(), "b", provider);
@@ -63,12 +59,8 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     [Fact]
     public async Task A_group_with_one_batch_above_the_fleet_refuses_only_that_stream_and_commits_the_others()
     {
-        await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
-        var (code, key, _) = await scene.AdmitAsync();
-        DateTimeOffset start = scene.Clock.Now.AddHours(1);
-        scene.Clock.Now = start.AddHours(3);
-        string provider = RegistryScene.KeyOf(key);
-        GroupCommitter committer = scene.Server.Services.GetRequiredService<GroupCommitter>();
+        await using Admitted admitted = await AdmitAsync();
+        var (scene, code, provider, start, committer) = admitted;
         await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
         await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
         await using IngestCall b = await IngestCall.OpenAsync(scene.Server.Client(), "b", provider);
@@ -103,12 +95,8 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     [Fact]
     public async Task Consecutive_batches_of_one_stream_sent_ahead_commit_in_one_group_and_are_acknowledged_in_order()
     {
-        await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
-        var (code, key, _) = await scene.AdmitAsync();
-        DateTimeOffset start = scene.Clock.Now.AddHours(1);
-        scene.Clock.Now = start.AddHours(3);
-        string provider = RegistryScene.KeyOf(key);
-        GroupCommitter committer = scene.Server.Services.GetRequiredService<GroupCommitter>();
+        await using Admitted admitted = await AdmitAsync();
+        var (scene, code, provider, start, committer) = admitted;
         await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
         await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
         await using IngestCall b = await IngestCall.OpenAsync(scene.Server.Client(), "b", provider);
@@ -147,12 +135,8 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     [Fact]
     public async Task A_refused_batch_with_the_next_already_sent_ends_the_stream_with_the_refusal_and_commits_neither()
     {
-        await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
-        var (code, key, _) = await scene.AdmitAsync();
-        DateTimeOffset start = scene.Clock.Now.AddHours(1);
-        scene.Clock.Now = start.AddHours(3);
-        string provider = RegistryScene.KeyOf(key);
-        GroupCommitter committer = scene.Server.Services.GetRequiredService<GroupCommitter>();
+        await using Admitted admitted = await AdmitAsync();
+        var (scene, code, provider, start, committer) = admitted;
         await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
         await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
         await using IngestCall b = await IngestCall.OpenAsync(scene.Server.Client(), "b", provider);
@@ -185,11 +169,9 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     [Fact]
     public async Task A_lone_batch_refused_at_its_commit_is_refused_while_the_client_waits_without_sending()
     {
-        await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
-        var (code, key, _) = await scene.AdmitAsync();
-        DateTimeOffset start = scene.Clock.Now.AddHours(1);
-        scene.Clock.Now = start.AddHours(3);
-        await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", RegistryScene.KeyOf(key));
+        await using Admitted admitted = await AdmitAsync();
+        var (scene, code, provider, start, _) = admitted;
+        await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
         Assert.Equal(1UL, (await a.SendAsync([At(1, start, 10)])).CommittedSequence);
 
         // Begun ahead of its commit, the batch is refused by the commit while the server waits
@@ -204,12 +186,8 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     [Fact]
     public async Task Batches_in_flight_when_the_registry_changes_are_checked_again_and_acknowledged_in_order()
     {
-        await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
-        var (code, key, _) = await scene.AdmitAsync();
-        DateTimeOffset start = scene.Clock.Now.AddHours(1);
-        scene.Clock.Now = start.AddHours(3);
-        string provider = RegistryScene.KeyOf(key);
-        GroupCommitter committer = scene.Server.Services.GetRequiredService<GroupCommitter>();
+        await using Admitted admitted = await AdmitAsync();
+        var (scene, code, provider, start, committer) = admitted;
         await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
         await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
 
@@ -240,12 +218,8 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     [Fact]
     public async Task A_takeover_while_batches_wait_behind_a_commit_drops_them_unwritten_and_the_new_connection_opens_at_the_mark()
     {
-        await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
-        var (code, key, _) = await scene.AdmitAsync();
-        DateTimeOffset start = scene.Clock.Now.AddHours(1);
-        scene.Clock.Now = start.AddHours(3);
-        string provider = RegistryScene.KeyOf(key);
-        GroupCommitter committer = scene.Server.Services.GetRequiredService<GroupCommitter>();
+        await using Admitted admitted = await AdmitAsync();
+        var (scene, code, provider, start, committer) = admitted;
         await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
         await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
 
@@ -269,6 +243,21 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
         Assert.Equal((ulong)mark, taker.Opened.CommittedSequence);
         Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE provider_id = @code AND stream_id = 'a'", new { code }));
         Assert.Equal(1UL, (await taker.SendAsync([At(1, start, 10)])).CommittedSequence);
+    }
+
+    /// <summary>A scene with one admitted provider, its key, and a clock three hours past the start of its records.</summary>
+    private async Task<Admitted> AdmitAsync()
+    {
+        RegistryScene scene = await RegistryScene.StartAsync(postgres);
+        var (code, key, _) = await scene.AdmitAsync();
+        DateTimeOffset start = scene.Clock.Now.AddHours(1);
+        scene.Clock.Now = start.AddHours(3);
+        return new Admitted(scene, code, RegistryScene.KeyOf(key), start, scene.Server.Services.GetRequiredService<GroupCommitter>());
+    }
+
+    private sealed record Admitted(RegistryScene Scene, string Code, string Provider, DateTimeOffset Start, GroupCommitter Committer) : IAsyncDisposable
+    {
+        public ValueTask DisposeAsync() => Scene.DisposeAsync();
     }
 
     /// <summary>
