@@ -12,6 +12,7 @@ using Metering.Engine.Storage;
 using Metering.Protocol.V1;
 using Metering.Server.Hosting;
 using Metering.Fixtures;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Npgsql;
 
@@ -52,7 +53,7 @@ internal static class IngestLoad
         if (options is null)
         {
             Console.Error.WriteLine($"error: {error}");
-            Console.Error.WriteLine("usage: Metering.Bench load --records N --streams S --data-dir DIR [--batch B --window W --tls true|false --log-statements true|false --servers N --group-commit N]");
+            Console.Error.WriteLine("usage: Metering.Bench load --records N --streams S --data-dir DIR [--batch B --window W --tls true|false --log-statements true|false --servers N --group-commit N --in-flight N]");
             return 2;
         }
 
@@ -104,7 +105,7 @@ internal static class IngestLoad
                 Certificate = certificates?.Server,
                 ConnectionString = postgres.RuntimeConnectionString,
                 // The server's default unless a run compares group commit sizes (1: a transaction per batch).
-                Limits = options.GroupCommit is int groupCommit ? new IngestLimits { GroupCommitBatchesMax = groupCommit } : new IngestLimits(),
+                Limits = LimitsOf(options),
                 ConfigureLogging = builder => builder.AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace).SetMinimumLevel(LogLevel.Warning),
             }))
             {
@@ -115,6 +116,8 @@ internal static class IngestLoad
                     ? GrpcChannel.ForAddress(server.Address, new GrpcChannelOptions { MaxSendMessageSize = null })
                     : BenchCertificates.Channel(server.Address, certificates.Ca);
                 streamed = await StreamAsync(channel, apiKey, options);
+                var (transactions, batches) = server.Services.GetRequiredService<GroupCommitter>().Committed;
+                Console.WriteLine($"group commit: {batches:N0} stream batches in {transactions:N0} transactions, {(double)batches / Math.Max(1, transactions):0.00} per transaction");
             }
 
             long stored = await CountAsync(dataSource);
@@ -155,6 +158,25 @@ internal static class IngestLoad
             $"RESULT ingest_records_per_s={ingestPerSecond:0} copy_records_per_s={copyPerSecond:0} ratio={ingestPerSecond / copyPerSecond:0.00} "
             + $"binary_copy_records_per_s={binaryPerSecond:0} ratio_vs_binary={ingestPerSecond / binaryPerSecond:0.00} p50_ack_ms={p50Ms:0.0} p99_ack_ms={p99Ms:0.0} tls={(options.Tls ? "true" : "false")}"));
         return 0;
+    }
+
+    /// <summary>The server's ingest limits: its defaults, unless a run compares group commit sizes or batches in flight per stream.</summary>
+    internal static IngestLimits LimitsOf(LoadOptions options)
+    {
+        var limits = new IngestLimits();
+        if (options.GroupCommit is int groupCommit)
+        {
+            // 1: a transaction per batch.
+            limits.GroupCommitBatchesMax = groupCommit;
+        }
+
+        if (options.InFlight is int inFlight)
+        {
+            // 1: a stream's batches one at a time.
+            limits.StreamBatchesInFlightMax = inFlight;
+        }
+
+        return limits;
     }
 
     /// <summary>
@@ -364,7 +386,7 @@ internal static class IngestLoad
 /// <summary>One stream of a load: its id, its records by sequence (1-based) and how many.</summary>
 internal sealed record LoadStream(string StreamId, Func<ulong, UsageRecord> RecordAt, ulong Records);
 
-internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches, bool Tls, bool LogStatements = false, int Servers = 1, int? GroupCommit = null)
+internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches, bool Tls, bool LogStatements = false, int Servers = 1, int? GroupCommit = null, int? InFlight = null)
 {
     public const long RecordsMax = 100_000_000;
     public const int StreamsMax = 64;
@@ -395,6 +417,7 @@ internal sealed record LoadOptions(long Records, int Streams, string DataDirecto
         bool logStatements = bool.Parse(values.GetValueOrDefault("log-statements", "false"));
         int servers = int.Parse(values.GetValueOrDefault("servers", "1"), CultureInfo.InvariantCulture);
         int? groupCommit = values.TryGetValue("group-commit", out string? group) ? int.Parse(group, CultureInfo.InvariantCulture) : null;
+        int? inFlight = values.TryGetValue("in-flight", out string? ahead) ? int.Parse(ahead, CultureInfo.InvariantCulture) : null;
         error = records is < 1 or > RecordsMax ? $"--records must be 1 to {RecordsMax}"
             : streams < 1 || streams > StreamsMax || streams > records ? $"--streams must be 1 to {StreamsMax} and at most --records"
             : batch is < 1 or > 100_000 ? "--batch must be 1 to 100000"
@@ -402,7 +425,8 @@ internal sealed record LoadOptions(long Records, int Streams, string DataDirecto
             : servers is < 1 or > ServersMax ? $"--servers must be 1 to {ServersMax}"
             : servers > 1 && logStatements ? "--log-statements is for the one-server run; leave it out with --servers"
             : groupCommit is < 1 or > 256 ? "--group-commit must be 1 to 256"
+            : inFlight is < 1 or > 8 ? "--in-flight must be 1 to 8"
             : null;
-        return error is null ? new LoadOptions(records, streams, dataDirectory, batch, window, tls, logStatements, servers, groupCommit) : null;
+        return error is null ? new LoadOptions(records, streams, dataDirectory, batch, window, tls, logStatements, servers, groupCommit, inFlight) : null;
     }
 }

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using Metering.Engine.Capacity;
 using Metering.Engine.Storage;
 using Metering.Engine.Telemetry;
@@ -14,24 +15,36 @@ namespace Metering.Engine.Ingest;
 /// session acknowledges its own batch with its own mark and chain head, and only after the COMMIT
 /// that holds it.
 ///
+/// A stream whose server prepares its next batch while the one before commits may have two or
+/// more consecutive batches waiting; one group takes them together, as one run of rows after the
+/// stream's mark, so a stream's batches commit in order and a group fills with whatever the
+/// provider's streams have ready.
+///
 /// A group that fails as a whole (one stream's batch above the fleet, a stream taken over, the
 /// registry changed) is rolled back and its batches are committed again one by one in arrival
 /// order, each with its own checks, so a refusal reaches only the stream it belongs to and the
 /// others commit exactly as if they had come alone. The fleet check over the union is never more
 /// lenient than the batches one after another: at every second a batch touches, the group's sum
-/// includes that batch and everything committed before it.
+/// includes that batch and everything committed before it. A batch that failed takes every later
+/// batch of its stream with it, unwritten (<see cref="EarlierBatchFailedException"/>): they are
+/// chained on records that were not committed.
 /// </summary>
 public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLimits limits)
 {
     private readonly ConcurrentDictionary<string, ProviderQueue> _providers = new(StringComparer.Ordinal);
     private long _groupsCommitted;
     private long _groupsSplit;
+    private long _transactions;
+    private long _batches;
 
     /// <summary>How many transactions committed more than one stream's batch.</summary>
     internal long GroupsCommitted => Interlocked.Read(ref _groupsCommitted);
 
     /// <summary>How many groups failed as a whole and were committed again batch by batch.</summary>
     internal long GroupsSplit => Interlocked.Read(ref _groupsSplit);
+
+    /// <summary>How many transactions committed, and how many stream batches they held: how full the groups ran.</summary>
+    internal (long Transactions, long Batches) Committed => (Interlocked.Read(ref _transactions), Interlocked.Read(ref _batches));
 
     /// <summary>How many batches of the provider wait for its next commit (not counting one being committed).</summary>
     internal int WaitingOf(string providerId)
@@ -76,6 +89,7 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
     private async Task DrainAsync(string providerId, ProviderQueue queue)
     {
         var taken = new List<PendingCommit>();
+        var leftBehind = new HashSet<string>(StringComparer.Ordinal);
         while (true)
         {
             taken.Clear();
@@ -87,21 +101,24 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
                     return;
                 }
 
-                Take(queue.Waiting, taken, limits.GroupCommitBatchesMax);
+                Take(queue.Waiting, taken, limits.GroupCommitBatchesMax, leftBehind);
             }
 
-            await CommitTakenAsync(providerId, taken);
+            await CommitTakenAsync(providerId, queue, taken);
         }
     }
 
     /// <summary>
     /// Moves into <paramref name="taken"/> the waiting batches the next transaction can hold:
-    /// those checked against the same registry epoch as the oldest, one per stream, in arrival
-    /// order, at most <paramref name="batchesMax"/>. Batches whose caller gave up are dropped.
+    /// those checked against the same registry epoch as the oldest, in arrival order, at most
+    /// <paramref name="batchesMax"/>. A stream's batches wait in its order, each continuing the one
+    /// before; a batch left behind keeps every later batch of its stream behind too, so a group
+    /// never holds a batch without the one it continues. Batches whose caller gave up are dropped.
     /// </summary>
-    private static void Take(List<PendingCommit> waiting, List<PendingCommit> taken, int batchesMax)
+    private static void Take(List<PendingCommit> waiting, List<PendingCommit> taken, int batchesMax, HashSet<string> leftBehind)
     {
         long? epoch = null;
+        leftBehind.Clear();
         for (int i = 0; i < waiting.Count && taken.Count < batchesMax;)
         {
             PendingCommit pending = waiting[i];
@@ -113,18 +130,21 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
             }
 
             epoch ??= pending.ExpectedEpoch;
-            if (pending.ExpectedEpoch == epoch && !taken.Exists(t => t.StreamId == pending.StreamId))
+            if (pending.ExpectedEpoch == epoch && !leftBehind.Contains(pending.StreamId))
             {
+                Debug.Assert(taken.FindLast(t => t.StreamId == pending.StreamId) is not { } before || before.LastSequence == pending.ExpectedSequence,
+                    "A stream's batches wait in its order, each continuing the one before.");
                 waiting.RemoveAt(i);
                 taken.Add(pending);
                 continue;
             }
 
+            leftBehind.Add(pending.StreamId);
             i++;
         }
     }
 
-    private async Task CommitTakenAsync(string providerId, List<PendingCommit> taken)
+    private async Task CommitTakenAsync(string providerId, ProviderQueue queue, List<PendingCommit> taken)
     {
         if (taken.Count == 0)
         {
@@ -137,6 +157,8 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
             {
                 await CommitGroupAsync(providerId, taken);
                 Interlocked.Increment(ref _groupsCommitted);
+                Interlocked.Increment(ref _transactions);
+                Interlocked.Add(ref _batches, taken.Count);
                 MeteringTelemetry.GroupCommitted(providerId, taken.Count);
                 foreach (PendingCommit pending in taken)
                 {
@@ -153,30 +175,87 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
             }
         }
 
-        foreach (PendingCommit pending in taken)
+        for (int i = 0; i < taken.Count; i++)
         {
+            PendingCommit pending = taken[i];
+            if (pending.Done.Task.IsCompleted)
+            {
+                // Failed with a batch of its stream before it in this group.
+                continue;
+            }
+
             try
             {
                 await store.CommitAsync(providerId, pending.StreamId, pending.ExpectedSequence, pending.Rows, pending.Steps, CancellationToken.None);
                 MeteringTelemetry.GroupCommitted(providerId, 1);
+                Interlocked.Increment(ref _transactions);
+                Interlocked.Increment(ref _batches);
                 pending.Done.TrySetResult();
             }
             catch (Exception e)
             {
-                pending.Done.TrySetException(e);
+                FailWithLaterBatches(queue, taken, i, e);
             }
         }
     }
 
-    /// <summary>Commits the taken batches in one transaction; visible to tests, which drive a group directly.</summary>
+    /// <summary>
+    /// Fails a batch, and with it every later batch of its stream, in this group or still waiting:
+    /// they continue records that were not committed, so they could only fail on the stream's mark.
+    /// The later ones fail first, so that their stream learns of them before it sees the batch's own
+    /// failure and lets them go.
+    /// </summary>
+    private static void FailWithLaterBatches(ProviderQueue queue, List<PendingCommit> taken, int index, Exception failure)
+    {
+        PendingCommit failed = taken[index];
+        var later = new EarlierBatchFailedException(failed.StreamId, failed.ExpectedSequence);
+        for (int i = index + 1; i < taken.Count; i++)
+        {
+            if (taken[i].StreamId == failed.StreamId)
+            {
+                taken[i].Done.TrySetException(later);
+            }
+        }
+
+        lock (queue.Gate)
+        {
+            for (int i = 0; i < queue.Waiting.Count;)
+            {
+                if (queue.Waiting[i].StreamId == failed.StreamId)
+                {
+                    queue.Waiting[i].Done.TrySetException(later);
+                    queue.Waiting.RemoveAt(i);
+                    continue;
+                }
+
+                i++;
+            }
+        }
+
+        failed.Done.TrySetException(failure);
+    }
+
+    /// <summary>
+    /// Commits the taken batches in one transaction, a stream's consecutive batches as one run of
+    /// rows after its mark; visible to tests, which drive a group directly.
+    /// </summary>
     internal async Task CommitGroupAsync(string providerId, IReadOnlyList<PendingCommit> taken)
     {
-        var batches = new StreamBatch[taken.Count];
+        var batches = new List<StreamBatch>(taken.Count);
         var prepared = new PreparedRecords[taken.Count];
         for (int i = 0; i < taken.Count; i++)
         {
-            batches[i] = new StreamBatch(taken[i].StreamId, taken[i].ExpectedSequence, taken[i].Rows);
             prepared[i] = taken[i].Rows;
+            int run = batches.FindIndex(b => b.StreamId == taken[i].StreamId);
+            if (run < 0)
+            {
+                batches.Add(new StreamBatch(taken[i].StreamId, taken[i].ExpectedSequence, taken[i].Rows));
+                continue;
+            }
+
+            // A later batch of a stream already in the group continues it: its rows go after the
+            // ones before, under the mark the first one expects.
+            batches[run] = batches[run] with { Rows = PreparedRun.Append(batches[run].Rows, taken[i].Rows) };
         }
 
         var epochStep = new AdmissionEpochStep(providerId) { ExpectedEpoch = taken[0].ExpectedEpoch };
@@ -207,6 +286,9 @@ internal sealed class PendingCommit(string streamId, ulong expectedSequence, Pre
 
     public PreparedRecords Rows { get; } = rows;
 
+    /// <summary>The sequence of the batch's last record: the mark the stream's next batch expects.</summary>
+    public ulong LastSequence => Rows.Records[Rows.Count - 1].Sequence;
+
     /// <summary>The registry epoch the batch was checked against; a group holds batches of one epoch.</summary>
     public long ExpectedEpoch { get; } = expectedEpoch;
 
@@ -219,3 +301,10 @@ internal sealed class PendingCommit(string streamId, ulong expectedSequence, Pre
 
     public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 }
+
+/// <summary>
+/// A batch was not committed because a batch of its stream before it failed: it continues records
+/// that are not there. The stream's session reports the earlier batch's failure, not this.
+/// </summary>
+internal sealed class EarlierBatchFailedException(string streamId, ulong expectedSequence)
+    : Exception($"Stream {streamId}: the batch after {expectedSequence} failed, so the batches queued behind it were not committed.");

@@ -75,6 +75,15 @@ public sealed class IngestLimits
     /// </summary>
     public int GroupCommitBatchesMax { get; set; } = 16;
 
+    /// <summary>
+    /// Most batches of one stream the server holds in flight at once: the one committing and those
+    /// validated, chained and queued behind it while it commits (Metering.Server/Ingest/IngestStreamLoop.cs),
+    /// so that a client with batches in flight keeps its provider's group commits full. Each costs
+    /// the stream buffers for <see cref="BatchRecordsMax"/> records. 1 takes a stream's batches one
+    /// at a time.
+    /// </summary>
+    public int StreamBatchesInFlightMax { get; set; } = 2;
+
     /// <summary>Largest gRPC message the server accepts, in bytes.</summary>
     public int MessageBytesMax { get; set; } = 16 * 1024 * 1024;
 
@@ -104,6 +113,7 @@ public sealed class IngestLimits
         Require(HeartbeatsPerMinuteMax is >= 1 and <= 6_000, nameof(HeartbeatsPerMinuteMax), "between 1 and 6000");
         Require(HeartbeatClockSkewMax >= TimeSpan.FromMinutes(1) && HeartbeatClockSkewMax <= TimeSpan.FromDays(31), nameof(HeartbeatClockSkewMax), "between 1 minute and 31 days");
         Require(GroupCommitBatchesMax is >= 1 and <= 256, nameof(GroupCommitBatchesMax), "between 1 and 256");
+        Require(StreamBatchesInFlightMax is >= 1 and <= 8, nameof(StreamBatchesInFlightMax), "between 1 and 8");
         Require(MessageBytesMax is >= 64 * 1024 and <= 256 * 1024 * 1024, nameof(MessageBytesMax), "between 64 KiB and 256 MiB");
         Require(TakeoverWaitMax >= TimeSpan.FromMilliseconds(100) && TakeoverWaitMax <= TimeSpan.FromMinutes(10), nameof(TakeoverWaitMax), "between 100 ms and 10 minutes");
     }

@@ -28,7 +28,14 @@ public readonly record struct HeartbeatOutcome(long MinuteUnixMs, long ServerUni
 /// One writer's session on one stream: validates, normalises and chains each batch, then commits
 /// it. The session caches the committed mark and chain head; the database re-checks the mark on
 /// every commit, so a stale session fails instead of forking the chain.
-/// Not thread-safe: a stream has a single writer.
+///
+/// A batch goes either through <see cref="AppendAsync"/>, which returns once it has committed, or,
+/// on a group-committed stream, ahead (<see cref="BeginAhead"/>): it is validated, chained on the
+/// last batch begun and queued for its provider's next group commit while the batches before it
+/// may still be committing, and <see cref="EndOldestAheadAsync"/> then waits for the commits in
+/// the order they began. A batch begun ahead commits only if every batch before it did: it expects
+/// the stream's mark where the batch before it ends, and the database checks that mark.
+/// Not thread-safe: a stream has a single writer, and one caller drives it.
 /// </summary>
 public sealed class IngestSession
 {
@@ -36,6 +43,7 @@ public sealed class IngestSession
     private readonly RecordValidator _validator;
     private readonly TimeProvider _time;
     private readonly PreparedRecords _prepared;
+    private readonly CommitSlot?[] _slots;
     private readonly byte[] _scratch;
     private readonly DeviceModel?[] _validatedModels;
     private readonly string? _peer;
@@ -50,6 +58,14 @@ public sealed class IngestSession
     private AdmissionSnapshot _admission;
     private ulong _committed;
     private byte[] _head;
+
+    // The batches begun ahead and not yet ended, a ring over the slots: the oldest is at
+    // _aheadFirst. _preparedThrough and _preparedHead are where the last of them ends (the
+    // committed mark and head when none is), which the next batch begun ahead is chained on.
+    private int _aheadFirst;
+    private int _aheadCount;
+    private ulong _preparedThrough;
+    private readonly byte[] _preparedHead = new byte[CanonicalEncoding.HashBytes];
 
     /// <summary>Stream ids with this prefix carry an applicant's metering-log proof; see ingest.proto.</summary>
     public const string ProofStreamPrefix = "proof:";
@@ -73,9 +89,18 @@ public sealed class IngestSession
     /// The provider's group commit, or null to commit every batch in a transaction of its own. A
     /// proof stream's batches and those with a step alongside always commit alone.
     /// </param>
+    /// <param name="batchesInFlightMax">
+    /// Most batches begun ahead (<see cref="BeginAhead"/>) and not yet ended; each has buffers of
+    /// its own, made when first needed. 1, or no committer: every batch goes through <see cref="AppendAsync"/>.
+    /// </param>
     public IngestSession(UsageStore store, RecordValidator validator, TimeProvider time, AdmissionGate gate, AdmissionSnapshot admission, string streamId, StreamHead head, string? peer = null,
-        int? batchRecordsMax = null, GroupCommitter? committer = null)
+        int? batchRecordsMax = null, GroupCommitter? committer = null, int batchesInFlightMax = 1)
     {
+        if (batchesInFlightMax < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(batchesInFlightMax), "At least the batch being committed is in flight.");
+        }
+
         _batchRecordsMax = batchRecordsMax ?? validator.Limits.BatchRecordsMax;
         if (_batchRecordsMax < 1)
         {
@@ -93,17 +118,33 @@ public sealed class IngestSession
         StreamId = streamId;
         _committed = head.CommittedSequence;
         _head = head.ChainHash;
+        _preparedThrough = _committed;
+        _head.CopyTo(_preparedHead, 0);
         _peer = peer;
-        _prepared = new PreparedRecords(_batchRecordsMax);
         _validatedModels = new DeviceModel?[_batchRecordsMax];
         _scratch = new byte[CanonicalEncoding.HashBytes + validator.Limits.CanonicalBytesMax + ProviderAndStreamBytesMax];
         _heartbeats = new HeartbeatMinutes(validator.Limits.HeartbeatsPerMinuteMax);
-        _epochStep = new AdmissionEpochStep(providerId);
-        _fleetStep = new FleetConcurrencyStep(providerId, [_prepared], time, validator.Limits.ConcurrencyMinutesPerBatchMax);
+        _committer = _proofStream ? null : committer;
+        // The first slot serves AppendAsync too; the others are made when a batch first needs them,
+        // so a stream that never has two batches in flight holds the buffers of one.
+        _slots = new CommitSlot?[_committer is null ? 1 : batchesInFlightMax];
+        CommitSlot first = NewSlot();
+        _slots[0] = first;
+        _prepared = first.Rows;
+        _epochStep = first.EpochStep;
+        _fleetStep = first.FleetStep;
+        _steps = first.Steps;
+    }
+
+    /// <summary>A batch's buffers with the steps that commit with it.</summary>
+    private CommitSlot NewSlot()
+    {
+        var rows = new PreparedRecords(_batchRecordsMax);
+        var epochStep = new AdmissionEpochStep(ProviderId);
+        var fleetStep = new FleetConcurrencyStep(ProviderId, [rows], _time, _validator.Limits.ConcurrencyMinutesPerBatchMax);
         // Proof streams are never settled and come before admission, when there is no fleet yet;
         // every other stream's records must fit the provider's fleet.
-        _steps = _proofStream ? [_epochStep] : [_epochStep, _fleetStep];
-        _committer = _proofStream ? null : committer;
+        return new CommitSlot(rows, epochStep, fleetStep, _proofStream ? [epochStep] : [epochStep, fleetStep]);
     }
 
     // Provider ids are 18-character credit codes and stream ids at most 64 ASCII characters.
@@ -116,6 +157,12 @@ public sealed class IngestSession
     public ulong CommittedSequence => _committed;
 
     public byte[] ChainHead => _head;
+
+    /// <summary>How many batches begun ahead have not been ended yet.</summary>
+    public int AheadCount => _aheadCount;
+
+    /// <summary>Most batches in flight at once; 1 when every batch goes through <see cref="AppendAsync"/>.</summary>
+    public int AheadMax => _slots.Length;
 
     /// <summary>
     /// Whether the registry lets <paramref name="admission"/>'s provider open
@@ -209,6 +256,11 @@ public sealed class IngestSession
     /// <param name="alongside">A step of the caller's that commits with the records (a raw-log upload's progress), or null.</param>
     public async Task<BatchOutcome> AppendAsync(IReadOnlyList<IngestRecord> records, CancellationToken cancellationToken, ICommitStep? alongside = null)
     {
+        if (_aheadCount > 0)
+        {
+            throw new InvalidOperationException("Batches begun ahead are in flight; end them before appending the next batch.");
+        }
+
         for (int attempt = 1; ; attempt++)
         {
             try
@@ -232,7 +284,7 @@ public sealed class IngestSession
     private async Task<BatchOutcome> AppendOnceAsync(IReadOnlyList<IngestRecord> records, CancellationToken cancellationToken, ICommitStep? alongside)
     {
         using MeteringTelemetry.BatchSpan span = MeteringTelemetry.StartBatch(ProviderId, StreamId, records.Count);
-        CheckShape(records);
+        CheckShape(records, _committed);
         ulong first = records[0].Sequence;
         ulong last = records[^1].Sequence;
         int replayed = last <= _committed ? records.Count : (int)(_committed >= first ? _committed - first + 1 : 0);
@@ -245,27 +297,11 @@ public sealed class IngestSession
             await CheckReplayAsync(records, replayed, cancellationToken);
         }
 
-        long now = _time.GetUtcNow().ToUnixTimeMilliseconds();
-        for (int i = replayed; i < records.Count; i++)
-        {
-            IngestRecord record = records[i];
-            Refusal refusal = _validator.Validate(record, now, out _validatedModels[i]);
-            if (!refusal.IsRefused)
-            {
-                refusal = CheckAdmission(record);
-            }
-
-            if (refusal.IsRefused)
-            {
-                Array.Clear(_validatedModels, 0, records.Count);
-                throw new IngestRefusedException(refusal, record.Sequence);
-            }
-        }
-
+        Validate(records, replayed);
         int fresh = records.Count - replayed;
         if (fresh > 0)
         {
-            Prepare(records, replayed);
+            Prepare(_prepared, records, replayed, _head);
             try
             {
                 _epochStep.ExpectedEpoch = _admission.Epoch;
@@ -284,6 +320,8 @@ public sealed class IngestSession
                 _committed = last;
                 span.Committed(fresh);
                 _head = _prepared.HashAt(fresh - 1).ToArray();
+                _preparedThrough = last;
+                _head.CopyTo(_preparedHead, 0);
             }
             catch (StreamMovedException moved)
             {
@@ -298,7 +336,158 @@ public sealed class IngestSession
         return new BatchOutcome(first, last, _committed, _head, replayed, fresh);
     }
 
-    private void CheckShape(IReadOnlyList<IngestRecord> records)
+    /// <summary>
+    /// Whether <paramref name="records"/> can be begun ahead (<see cref="BeginAhead"/>): the stream
+    /// commits through a group commit, a slot is free, and the batch starts right after the last
+    /// batch begun (or the committed mark), so it replays nothing. Any other batch goes through
+    /// <see cref="AppendAsync"/> once the batches ahead of it have ended.
+    /// </summary>
+    public bool CanBeginAhead(IReadOnlyList<IngestRecord> records) =>
+        _slots.Length > 1 && _aheadCount < _slots.Length && records.Count > 0 && records[0].Sequence == _preparedThrough + 1;
+
+    /// <summary>
+    /// Validates, normalises and chains the next batch on the last one begun and queues it for the
+    /// provider's next group commit, while the batches before it may still be committing; returns
+    /// at once. Nothing is acknowledged until <see cref="EndOldestAheadAsync"/> has seen it commit.
+    /// Throws <see cref="IngestRefusedException"/>, having begun nothing, for a batch
+    /// <see cref="AppendAsync"/> would refuse before its commit.
+    /// </summary>
+    /// <param name="cancellationToken">Drops the batch unwritten if it fires before a group commit takes it.</param>
+    public void BeginAhead(IReadOnlyList<IngestRecord> records, CancellationToken cancellationToken)
+    {
+        if (!CanBeginAhead(records))
+        {
+            throw new InvalidOperationException("Only a batch that follows the last one begun, with a slot free, on a group-committed stream, is begun ahead.");
+        }
+
+        CheckShape(records, _preparedThrough);
+        Validate(records, 0);
+        int index = (_aheadFirst + _aheadCount) % _slots.Length;
+        CommitSlot slot = _slots[index] ??= NewSlot();
+        Prepare(slot.Rows, records, 0, _preparedHead);
+        slot.EpochStep.ExpectedEpoch = _admission.Epoch;
+        slot.FleetStep.Fleet = _admission.Fleet;
+        // The batch's trace runs beside the stream's next messages until its commit ends, so it
+        // does not stay the current activity above them.
+        Activity? current = Activity.Current;
+        slot.Span = MeteringTelemetry.StartBatch(ProviderId, StreamId, records.Count);
+        Activity.Current = current;
+        slot.LastSequence = records[^1].Sequence;
+        slot.Commit = _committer!.CommitAsync(ProviderId, new PendingCommit(StreamId, _preparedThrough, slot.Rows, _admission.Epoch, _admission.Fleet, slot.Steps, cancellationToken));
+        _aheadCount++;
+        _preparedThrough = slot.LastSequence;
+        slot.Rows.HashAt(slot.Rows.Count - 1).Span.CopyTo(_preparedHead);
+    }
+
+    /// <summary>The commit of the oldest batch begun ahead and not ended; it ends when the commit has committed or failed.</summary>
+    public Task OldestAhead => _aheadCount > 0
+        ? _slots[_aheadFirst]!.Commit!
+        : throw new InvalidOperationException("No batch is in flight.");
+
+    /// <summary>
+    /// Waits for the commit of the oldest batch begun ahead and returns what it did to the stream.
+    /// Returns null, with the batch and every later one left in flight, when the registry changed
+    /// the provider since they were checked: nothing of them was committed, and the caller calls
+    /// <see cref="RestartAheadAsync"/> and appends them again. Throws
+    /// <see cref="IngestRefusedException"/> (a stream taken over) or the commit's own error
+    /// otherwise; the call then ends, after <see cref="AbandonAheadAsync"/>.
+    /// </summary>
+    public async Task<BatchOutcome?> EndOldestAheadAsync()
+    {
+        CommitSlot slot = _aheadCount > 0 ? _slots[_aheadFirst]! : throw new InvalidOperationException("No batch is in flight.");
+        try
+        {
+            await slot.Commit!;
+        }
+        catch (AdmissionChangedException)
+        {
+            return null;
+        }
+        catch (StreamMovedException moved)
+        {
+            throw new IngestRefusedException(new Refusal(IngestRefusalReason.StreamTakenOver, moved.Message));
+        }
+
+        int fresh = slot.Rows.Count;
+        ulong first = slot.Rows.Records[0].Sequence;
+        _committed = slot.LastSequence;
+        slot.Span.Committed(fresh);
+        _head = slot.Rows.HashAt(fresh - 1).ToArray();
+        Release(slot);
+        _aheadFirst = (_aheadFirst + 1) % _slots.Length;
+        _aheadCount--;
+        return new BatchOutcome(first, _committed, _committed, _head, 0, fresh);
+    }
+
+    /// <summary>
+    /// Waits until no batch begun ahead can still commit, whatever became of each, and forgets them
+    /// all: the stream is back at its committed mark. The caller ends the call, or appends again.
+    /// </summary>
+    public async Task AbandonAheadAsync()
+    {
+        for (; _aheadCount > 0; _aheadCount--)
+        {
+            CommitSlot slot = _slots[_aheadFirst]!;
+            try
+            {
+                await slot.Commit!;
+            }
+            catch (Exception)
+            {
+                // What became of it is reported by the batch ahead of it, or by the call's own error.
+            }
+
+            Release(slot);
+            _aheadFirst = (_aheadFirst + 1) % _slots.Length;
+        }
+
+        _preparedThrough = _committed;
+        _head.CopyTo(_preparedHead, 0);
+    }
+
+    /// <summary>
+    /// After <see cref="EndOldestAheadAsync"/> returned null: forgets the batches in flight (none
+    /// of them committed) and checks the stream against what the registry says now, so that the
+    /// caller can append them again, one by one, with <see cref="AppendAsync"/>.
+    /// </summary>
+    public async Task RestartAheadAsync(CancellationToken cancellationToken)
+    {
+        ulong committedBefore = _committed;
+        await AbandonAheadAsync();
+        Debug.Assert(_committed == committedBefore);
+        _admission = await _gate.LoadAsync(ProviderId, cancellationToken);
+    }
+
+    private static void Release(CommitSlot slot)
+    {
+        slot.Span.Dispose();
+        slot.Span = default;
+        slot.Commit = null;
+        slot.Rows.Clear();
+    }
+
+    /// <summary>Validates the records after the replayed prefix, keeping each one's catalog entry for <see cref="Prepare"/>.</summary>
+    private void Validate(IReadOnlyList<IngestRecord> records, int replayed)
+    {
+        long now = _time.GetUtcNow().ToUnixTimeMilliseconds();
+        for (int i = replayed; i < records.Count; i++)
+        {
+            IngestRecord record = records[i];
+            Refusal refusal = _validator.Validate(record, now, out _validatedModels[i]);
+            if (!refusal.IsRefused)
+            {
+                refusal = CheckAdmission(record);
+            }
+
+            if (refusal.IsRefused)
+            {
+                Array.Clear(_validatedModels, 0, records.Count);
+                throw new IngestRefusedException(refusal, record.Sequence);
+            }
+        }
+    }
+
+    private void CheckShape(IReadOnlyList<IngestRecord> records, ulong committed)
     {
         if (records.Count == 0)
         {
@@ -311,9 +500,9 @@ public sealed class IngestSession
         }
 
         ulong first = records[0].Sequence;
-        if (first == 0 || first > _committed + 1)
+        if (first == 0 || first > committed + 1)
         {
-            throw Gap(first, _committed + 1, $"record {first} does not follow the committed sequence {_committed}");
+            throw Gap(first, committed + 1, $"record {first} does not follow the committed sequence {committed}");
         }
 
         ulong previous = first;
@@ -371,18 +560,21 @@ public sealed class IngestSession
         }
     }
 
-    /// <summary>Normalises and chains the records after the replayed prefix. Allocates nothing per record.</summary>
-    private void Prepare(IReadOnlyList<IngestRecord> records, int offset)
+    /// <summary>
+    /// Normalises and chains the records after the replayed prefix into <paramref name="rows"/>,
+    /// from <paramref name="previousHash"/>. Allocates nothing per record.
+    /// </summary>
+    private void Prepare(PreparedRecords rows, IReadOnlyList<IngestRecord> records, int offset, ReadOnlySpan<byte> previousHash)
     {
-        Debug.Assert(_prepared.Count == 0);
-        ReadOnlySpan<byte> previous = _head;
+        Debug.Assert(rows.Count == 0);
+        ReadOnlySpan<byte> previous = previousHash;
         for (int i = offset; i < records.Count; i++)
         {
-            int slot = _prepared.Count++;
+            int slot = rows.Count++;
             DeviceModel? model = _validatedModels[i];
             Debug.Assert(model is not null, "Records are validated before they are prepared.");
-            PrepareOne(records[i], model, slot, previous);
-            previous = PreparedHashAt(slot);
+            PrepareOne(rows, records[i], model, slot, previous);
+            previous = rows.Hashes.AsSpan(slot * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes);
         }
 
         Array.Clear(_validatedModels, 0, records.Count);
@@ -392,12 +584,36 @@ public sealed class IngestSession
     internal ReadOnlySpan<byte> PreparedHashAt(int slot) => _prepared.Hashes.AsSpan(slot * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes);
 
     /// <summary>Normalises and chains one validated record into a slot of the prepared batch.</summary>
-    internal void PrepareOne(in IngestRecord record, DeviceModel model, int slot, ReadOnlySpan<byte> previousHash)
+    internal void PrepareOne(in IngestRecord record, DeviceModel model, int slot, ReadOnlySpan<byte> previousHash) =>
+        PrepareOne(_prepared, record, model, slot, previousHash);
+
+    private void PrepareOne(PreparedRecords rows, in IngestRecord record, DeviceModel model, int slot, ReadOnlySpan<byte> previousHash)
     {
-        _prepared.Records[slot] = record;
-        _prepared.Models[slot] = model;
-        _prepared.UsageNanoPflopsHours[slot] = UsageNormaliser.UsageNanoPflopsHours(
+        rows.Records[slot] = record;
+        rows.Models[slot] = model;
+        rows.UsageNanoPflopsHours[slot] = UsageNormaliser.UsageNanoPflopsHours(
             record.DeviceCount, record.ShareNumerator, record.ShareDenominator, record.EndUnixMs - record.StartUnixMs, model);
-        CanonicalEncoding.ChainHash(previousHash, RecordFields.From(ProviderId, StreamId, record), _scratch, _prepared.Hashes.AsSpan(slot * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes));
+        CanonicalEncoding.ChainHash(previousHash, RecordFields.From(ProviderId, StreamId, record), _scratch, rows.Hashes.AsSpan(slot * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes));
     }
+}
+
+/// <summary>
+/// One batch's buffers and the steps that commit with it; while the batch is in flight (begun
+/// ahead and not ended) also its commit, its last sequence and its trace.
+/// </summary>
+internal sealed class CommitSlot(PreparedRecords rows, AdmissionEpochStep epochStep, FleetConcurrencyStep fleetStep, ICommitStep[] steps)
+{
+    public PreparedRecords Rows { get; } = rows;
+
+    public AdmissionEpochStep EpochStep { get; } = epochStep;
+
+    public FleetConcurrencyStep FleetStep { get; } = fleetStep;
+
+    public ICommitStep[] Steps { get; } = steps;
+
+    public Task? Commit { get; set; }
+
+    public ulong LastSequence { get; set; }
+
+    public MeteringTelemetry.BatchSpan Span { get; set; }
 }

@@ -65,6 +65,7 @@ internal sealed partial class IngestGrpcService(
         // server shuts down; in the last case the client sees UNAVAILABLE and reconnects elsewhere.
         using var callOrShutdown = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, lifetime.ApplicationStopping);
         using StreamLeases.Lease lease = await leases.AcquireAsync(caller.Subject, streamId, callOrShutdown.Token);
+        IngestStreamLoop? loop = null;
         try
         {
             // The registry is asked first: an opener it refuses outright leaves no stream row.
@@ -82,7 +83,8 @@ internal sealed partial class IngestGrpcService(
             }
 
             StreamHead head = await store.OpenStreamAsync(caller.Subject, streamId, lease.Token);
-            var session = new IngestSession(store, validator, time, gate, admission, streamId, head, context.Peer, committer: committer);
+            var session = new IngestSession(store, validator, time, gate, admission, streamId, head, context.Peer, committer: committer,
+                batchesInFlightMax: validator.Limits.StreamBatchesInFlightMax);
             LogOpened(logger, caller.Subject, streamId, head.CommittedSequence, context.Peer);
             using MeteringTelemetry.OpenStream openStream = MeteringTelemetry.StreamOpened(caller.Subject);
             await responseStream.WriteAsync(new IngestResponse
@@ -101,80 +103,13 @@ internal sealed partial class IngestGrpcService(
             }, lease.Token);
 
             var recheck = new CredentialRecheck(credentials, recheckPolicy, context);
-            var batchRecords = new IngestRecordView();
-            while (await requestStream.MoveNext(lease.Token))
-            {
-                long receivedTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
-                await recheck.CheckAsync(lease.Token);
-                IngestRequest request = requestStream.Current;
-                if (request.KindCase == IngestRequest.KindOneofCase.Heartbeat)
-                {
-                    if (replication.Refusal() is { } heartbeatNotDurable)
-                    {
-                        throw heartbeatNotDurable;
-                    }
-
-                    HeartbeatOutcome beat = await session.HeartbeatAsync(request.Heartbeat.HasClientUnixMs ? request.Heartbeat.ClientUnixMs : null, lease.Token);
-                    MeteringTelemetry.Heartbeat(caller.Subject, beat.Recorded);
-                    await responseStream.WriteAsync(new IngestResponse
-                    {
-                        HeartbeatAck = new HeartbeatAck
-                        {
-                            MinuteUnixMs = beat.MinuteUnixMs,
-                            ServerUnixMs = beat.ServerUnixMs,
-                            Recorded = beat.Recorded,
-                            CommittedSequence = beat.CommittedSequence,
-                        },
-                    }, lease.Token);
-                    continue;
-                }
-
-                if (request.KindCase == IngestRequest.KindOneofCase.None)
-                {
-                    throw NoKind();
-                }
-
-                if (request.KindCase != IngestRequest.KindOneofCase.Batch)
-                {
-                    throw Errors.Refused(StatusCode.FailedPrecondition, IngestRefusal.StreamNotOpen, "the stream is already open; send only batches and heartbeats after 'open'");
-                }
-
-                if (replication.Refusal() is { } beforeAppend)
-                {
-                    throw beforeAppend;
-                }
-
-                BatchOutcome outcome = await session.AppendAsync(batchRecords.Over(request.Batch.Records), lease.Token);
-                // Replication may have been lost while the batch committed. Then it stays committed
-                // but unacknowledged: the client sends it again after reconnecting and gets the
-                // replay's acknowledgement, or, after a failover that lost it, commits it anew.
-                if (replication.Refusal() is { } afterCommit)
-                {
-                    throw afterCommit;
-                }
-
-                // Signed after the commit, outside its transaction and any lock: one signature per
-                // batch, whatever its size, so the cost stays off the per-record path.
-                SignedReceipt receipt = receipts.Sign(caller.Subject, streamId, outcome.CommittedSequence, outcome.ChainHead);
-                await responseStream.WriteAsync(new IngestResponse
-                {
-                    Ack = new BatchAck
-                    {
-                        FirstSequence = outcome.FirstSequence,
-                        LastSequence = outcome.LastSequence,
-                        CommittedSequence = outcome.CommittedSequence,
-                        ChainHead = UnsafeByteOperations.UnsafeWrap(outcome.ChainHead),
-                        ReplayedRecords = (uint)outcome.ReplayedRecords,
-                        Receipt = ReceiptMessages.ToMessage(receipt),
-                    },
-                }, lease.Token);
-                MeteringTelemetry.Acknowledged(receivedTimestamp);
-            }
+            loop = new IngestStreamLoop(requestStream, responseStream, session, caller.Subject, recheck, replication, receipts, lease.Token);
+            await loop.RunAsync();
         }
         catch (IngestRefusedException refused)
         {
             LogRefused(logger, caller.Subject, streamId, ProtocolNames.Of(IngestRefusals.ToWire(refused.Refusal.Reason)), refused.Message);
-            MeteringTelemetry.Refused(caller.Subject, ProtocolNames.Of(IngestRefusals.ToWire(refused.Refusal.Reason)), requestStream.Current.Batch?.Records.Count ?? 0);
+            MeteringTelemetry.Refused(caller.Subject, ProtocolNames.Of(IngestRefusals.ToWire(refused.Refusal.Reason)), loop?.AnsweringRecords ?? 0);
             throw Errors.From(refused);
         }
         catch (Exception e) when (lease.TakenOver && e is not RpcException)
@@ -199,7 +134,7 @@ internal sealed partial class IngestGrpcService(
     }
 
     /// <summary>A message with no kind; one whose bytes do not parse is refused before it gets here (Hosting/MalformedMessageRefusal).</summary>
-    private static RpcException NoKind() =>
+    internal static RpcException NoKind() =>
         Errors.Refused(StatusCode.InvalidArgument, IngestRefusal.MessageMalformed, "the message sets no kind: send exactly one of open, batch and heartbeat");
 
     internal static bool IsValidStreamId(string streamId)

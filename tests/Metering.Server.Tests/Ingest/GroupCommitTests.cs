@@ -22,12 +22,8 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     [Fact]
     public async Task Batches_that_queue_behind_a_commit_commit_in_one_transaction_and_each_stream_gets_its_own_acknowledgement()
     {
-        await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
-        var (code, key, _) = await scene.AdmitAsync();
-        DateTimeOffset start = scene.Clock.Now.AddHours(1);
-        scene.Clock.Now = start.AddHours(3);
-        string provider = RegistryScene.KeyOf(key);
-        GroupCommitter committer = scene.Server.Services.GetRequiredService<GroupCommitter>();
+        await using Admitted admitted = await AdmitAsync();
+        var (scene, code, provider, start, committer) = admitted;
         await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
         await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
         await using IngestCall b = await IngestCall.OpenAsync(scene.Server.Client(), "b", provider);
@@ -63,12 +59,8 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     [Fact]
     public async Task A_group_with_one_batch_above_the_fleet_refuses_only_that_stream_and_commits_the_others()
     {
-        await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
-        var (code, key, _) = await scene.AdmitAsync();
-        DateTimeOffset start = scene.Clock.Now.AddHours(1);
-        scene.Clock.Now = start.AddHours(3);
-        string provider = RegistryScene.KeyOf(key);
-        GroupCommitter committer = scene.Server.Services.GetRequiredService<GroupCommitter>();
+        await using Admitted admitted = await AdmitAsync();
+        var (scene, code, provider, start, committer) = admitted;
         await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
         await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
         await using IngestCall b = await IngestCall.OpenAsync(scene.Server.Client(), "b", provider);
@@ -100,6 +92,174 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
             "SELECT max(l) FROM usage_concurrency, unnest(levels) AS l WHERE provider_id = @code", new { code }));
     }
 
+    [Fact]
+    public async Task Consecutive_batches_of_one_stream_sent_ahead_commit_in_one_group_and_are_acknowledged_in_order()
+    {
+        await using Admitted admitted = await AdmitAsync();
+        var (scene, code, provider, start, committer) = admitted;
+        await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
+        await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
+        await using IngestCall b = await IngestCall.OpenAsync(scene.Server.Client(), "b", provider);
+
+        // a sends two batches without waiting: the server begins the second while the first waits,
+        // so both queue behind the blocked commit, with b's one.
+        Blocked blocked = await BlockAsync(scene, code, blocker, start);
+        await SendAheadAsync(a, [At(1, start, 10), At(2, start.AddMinutes(1), 10)]);
+        await SendAheadAsync(a, [At(3, start.AddMinutes(2), 10), At(4, start.AddMinutes(3), 10)]);
+        Task<BatchAck> bAck = b.SendAsync([At(1, start, 10)]);
+        await WaitQueuedAsync(committer, code, 3, blocked);
+        long groupsBefore = committer.GroupsCommitted;
+        await ReleaseAsync(blocked);
+        Assert.Equal(1UL, (await blocked.First).CommittedSequence);
+
+        BatchAck first = await ReadAckAsync(a);
+        BatchAck second = await ReadAckAsync(a);
+        Assert.Equal((1UL, 2UL, 2UL), (first.FirstSequence, first.LastSequence, first.CommittedSequence));
+        Assert.Equal((3UL, 4UL, 4UL), (second.FirstSequence, second.LastSequence, second.CommittedSequence));
+        Assert.Equal(1UL, (await bAck).CommittedSequence);
+        Assert.Equal(groupsBefore + 1, committer.GroupsCommitted);
+        // One transaction wrote both of a's batches and b's.
+        Assert.Equal(1L, await scene.Server.ScalarAsync<long>(
+            "SELECT count(DISTINCT xmin::text) FROM usage_records WHERE provider_id = @code AND stream_id IN ('a', 'b')", new { code }));
+        Assert.Equal(5L, await scene.Server.ScalarAsync<long>(
+            "SELECT count(*) FROM usage_records WHERE provider_id = @code AND stream_id IN ('a', 'b')", new { code }));
+        // Each acknowledgement carries the chain head of its own last record, as the database holds it.
+        byte[][] hashes = (await scene.Server.QueryAsync<byte[]>(
+            "SELECT chain_hash FROM usage_records WHERE provider_id = @code AND stream_id = 'a' ORDER BY sequence", new { code })).ToArray();
+        Assert.Equal(hashes[1], first.ChainHead.ToByteArray());
+        Assert.Equal(hashes[3], second.ChainHead.ToByteArray());
+        Assert.Equal(hashes[3], await scene.Server.ScalarAsync<byte[]>(
+            "SELECT chain_head FROM ingest_streams WHERE provider_id = @code AND stream_id = 'a'", new { code }));
+    }
+
+    [Fact]
+    public async Task A_refused_batch_with_the_next_already_sent_ends_the_stream_with_the_refusal_and_commits_neither()
+    {
+        await using Admitted admitted = await AdmitAsync();
+        var (scene, code, provider, start, committer) = admitted;
+        await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
+        await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
+        await using IngestCall b = await IngestCall.OpenAsync(scene.Server.Client(), "b", provider);
+
+        // a's first batch needs 321 devices of a fleet of 320, which only its commit finds out; its
+        // second batch, valid alone, continues it. The client then waits, sending nothing more.
+        Blocked blocked = await BlockAsync(scene, code, blocker, start);
+        await SendAheadAsync(a, [At(1, start.AddMinutes(40), 321)]);
+        await SendAheadAsync(a, [At(2, start, 10)]);
+        Task<BatchAck> bAck = b.SendAsync([At(1, start, 10)]);
+        await WaitQueuedAsync(committer, code, 3, blocked);
+        long splitBefore = committer.GroupsSplit;
+        await ReleaseAsync(blocked);
+        Assert.Equal(1UL, (await blocked.First).CommittedSequence);
+
+        // The refusal arrives without the client sending again, and no acknowledgement before it.
+        RpcException refused = await Assert.ThrowsAsync<RpcException>(a.ReadAsync).WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.Equal((StatusCode.FailedPrecondition, "CONCURRENCY_ABOVE_FLEET"), (refused.StatusCode, IngestCall.Reason(refused)));
+        Assert.Equal(1UL, (await bAck).CommittedSequence);
+        Assert.Equal(splitBefore + 1, committer.GroupsSplit);
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT committed_sequence FROM ingest_streams WHERE provider_id = @code AND stream_id = 'a'", new { code }));
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE provider_id = @code AND stream_id = 'a'", new { code }));
+
+        // The stream reopens at its mark and takes the second batch's record as its first.
+        await using IngestCall again = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
+        Assert.Equal(0UL, again.Opened.CommittedSequence);
+        Assert.Equal(1UL, (await again.SendAsync([At(1, start, 10)])).CommittedSequence);
+    }
+
+    [Fact]
+    public async Task A_lone_batch_refused_at_its_commit_is_refused_while_the_client_waits_without_sending()
+    {
+        await using Admitted admitted = await AdmitAsync();
+        var (scene, code, provider, start, _) = admitted;
+        await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
+        Assert.Equal(1UL, (await a.SendAsync([At(1, start, 10)])).CommittedSequence);
+
+        // Begun ahead of its commit, the batch is refused by the commit while the server waits
+        // for the client's next message: the refusal must not wait for that message.
+        await SendAheadAsync(a, [At(2, start.AddMinutes(40), 321)]);
+        RpcException refused = await Assert.ThrowsAsync<RpcException>(a.ReadAsync).WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.True(refused.StatusCode == StatusCode.FailedPrecondition, $"{refused.StatusCode}: {refused.Status.Detail}");
+        Assert.Equal((StatusCode.FailedPrecondition, "CONCURRENCY_ABOVE_FLEET"), (refused.StatusCode, IngestCall.Reason(refused)));
+        Assert.Equal(1L, await scene.Server.ScalarAsync<long>("SELECT committed_sequence FROM ingest_streams WHERE provider_id = @code AND stream_id = 'a'", new { code }));
+    }
+
+    [Fact]
+    public async Task Batches_in_flight_when_the_registry_changes_are_checked_again_and_acknowledged_in_order()
+    {
+        await using Admitted admitted = await AdmitAsync();
+        var (scene, code, provider, start, committer) = admitted;
+        await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
+        await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
+
+        Blocked blocked = await BlockAsync(scene, code, blocker, start);
+        await SendAheadAsync(a, [At(1, start, 10)]);
+        await SendAheadAsync(a, [At(2, start.AddMinutes(1), 10), At(3, start.AddMinutes(2), 10)]);
+        await WaitQueuedAsync(committer, code, 2, blocked);
+        // The registry moves on while every batch waits: each was checked against the old epoch,
+        // so none may commit as it was prepared.
+        await using (NpgsqlConnection owner = await scene.DataSource.OpenConnectionAsync())
+        await using (var bump = new NpgsqlCommand("UPDATE organisations SET admission_epoch = admission_epoch + 1 WHERE provider_id = @code", owner))
+        {
+            bump.Parameters.AddWithValue("code", code);
+            Assert.Equal(1, await bump.ExecuteNonQueryAsync());
+        }
+
+        await ReleaseAsync(blocked);
+        Assert.Equal(1UL, (await blocked.First).CommittedSequence);
+        BatchAck first = await ReadAckAsync(a);
+        BatchAck second = await ReadAckAsync(a);
+        Assert.Equal((1UL, 1UL), (first.LastSequence, first.CommittedSequence));
+        Assert.Equal((3UL, 3UL), (second.LastSequence, second.CommittedSequence));
+        Assert.Equal(3L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE provider_id = @code AND stream_id = 'a'", new { code }));
+        Assert.Equal(second.ChainHead.ToByteArray(), await scene.Server.ScalarAsync<byte[]>(
+            "SELECT chain_head FROM ingest_streams WHERE provider_id = @code AND stream_id = 'a'", new { code }));
+    }
+
+    [Fact]
+    public async Task A_takeover_while_batches_wait_behind_a_commit_drops_them_unwritten_and_the_new_connection_opens_at_the_mark()
+    {
+        await using Admitted admitted = await AdmitAsync();
+        var (scene, code, provider, start, committer) = admitted;
+        await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
+        await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
+
+        Blocked blocked = await BlockAsync(scene, code, blocker, start);
+        await SendAheadAsync(a, [At(1, start, 10)]);
+        await SendAheadAsync(a, [At(2, start.AddMinutes(1), 10)]);
+        await WaitQueuedAsync(committer, code, 2, blocked);
+
+        // The new connection waits until the old one lets go, which it does only once neither of
+        // its batches can still commit.
+        Task<IngestCall> taking = IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
+        await Task.Delay(200);
+        Assert.False(taking.IsCompleted, "the new connection opened while the old one's batches could still commit");
+        await ReleaseAsync(blocked);
+        await using IngestCall taker = await taking;
+
+        RpcException error = await Assert.ThrowsAsync<RpcException>(a.ReadAsync);
+        Assert.Equal((StatusCode.Aborted, "STREAM_TAKEN_OVER"), (error.StatusCode, IngestCall.Reason(error)));
+        long mark = await scene.Server.ScalarAsync<long>("SELECT committed_sequence FROM ingest_streams WHERE provider_id = @code AND stream_id = 'a'", new { code });
+        Assert.Equal(0L, mark);
+        Assert.Equal((ulong)mark, taker.Opened.CommittedSequence);
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE provider_id = @code AND stream_id = 'a'", new { code }));
+        Assert.Equal(1UL, (await taker.SendAsync([At(1, start, 10)])).CommittedSequence);
+    }
+
+    /// <summary>A scene with one admitted provider, its key, and a clock three hours past the start of its records.</summary>
+    private async Task<Admitted> AdmitAsync()
+    {
+        RegistryScene scene = await RegistryScene.StartAsync(postgres);
+        var (code, key, _) = await scene.AdmitAsync();
+        DateTimeOffset start = scene.Clock.Now.AddHours(1);
+        scene.Clock.Now = start.AddHours(3);
+        return new Admitted(scene, code, RegistryScene.KeyOf(key), start, scene.Server.Services.GetRequiredService<GroupCommitter>());
+    }
+
+    private sealed record Admitted(RegistryScene Scene, string Code, string Provider, DateTimeOffset Start, GroupCommitter Committer) : IAsyncDisposable
+    {
+        public ValueTask DisposeAsync() => Scene.DisposeAsync();
+    }
+
     /// <summary>
     /// Holds the blocker stream's head row, sends one batch on it (whose commit then waits for the
     /// row), sends the given batches and returns once all of them wait in the provider's queue.
@@ -107,6 +267,19 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     /// </summary>
     private static async Task<(Blocked Blocked, Task<BatchAck>[] Queued)> QueueBehindBlockerAsync(RegistryScene scene, GroupCommitter committer, string code,
         IngestCall blocker, DateTimeOffset start, (IngestCall Call, UsageRecord[] Records)[] batches)
+    {
+        Blocked blocked = await BlockAsync(scene, code, blocker, start);
+        Task<BatchAck>[] queued = batches.Select(batch => batch.Call.SendAsync(batch.Records)).ToArray();
+        await WaitQueuedAsync(committer, code, batches.Length, blocked);
+        return (blocked, queued);
+    }
+
+    /// <summary>
+    /// Holds the blocker stream's head row and sends one batch on it, whose commit then waits for
+    /// the row, so that the provider's next batches queue behind it. The caller ends the returned
+    /// transaction to let the commits go.
+    /// </summary>
+    private static async Task<Blocked> BlockAsync(RegistryScene scene, string code, IngestCall blocker, DateTimeOffset start)
     {
         NpgsqlConnection connection = await scene.DataSource.OpenConnectionAsync();
         NpgsqlTransaction blocked = await connection.BeginTransactionAsync();
@@ -127,15 +300,30 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
             await Task.Delay(20);
         }
 
-        Task<BatchAck>[] queued = batches.Select(batch => batch.Call.SendAsync(batch.Records)).ToArray();
-        while (committer.WaitingOf(code) < batches.Length)
+        return new Blocked(connection, blocked, first);
+    }
+
+    /// <summary>Returns once <paramref name="batches"/> batches of the provider wait behind the blocked commit.</summary>
+    private static async Task WaitQueuedAsync(GroupCommitter committer, string code, int batches, Blocked blocked)
+    {
+        DateTime deadline = DateTime.UtcNow.AddSeconds(60);
+        while (committer.WaitingOf(code) < batches)
         {
-            Assert.True(DateTime.UtcNow < deadline, $"only {committer.WaitingOf(code)} of {batches.Length} batches queued behind the blocked commit");
-            Assert.False(first.IsCompleted, "the blocker's commit finished while its head row was held");
+            Assert.True(DateTime.UtcNow < deadline, $"only {committer.WaitingOf(code)} of {batches} batches queued behind the blocked commit");
+            Assert.False(blocked.First.IsCompleted, "the blocker's commit finished while its head row was held");
             await Task.Delay(20);
         }
+    }
 
-        return (new Blocked(connection, blocked, first), queued);
+    /// <summary>Sends a batch without waiting for its answer, as a client with batches in flight does.</summary>
+    private static Task SendAheadAsync(IngestCall call, UsageRecord[] records) =>
+        call.WriteRawAsync(new IngestRequest { Batch = new UsageBatch { Records = { records } } });
+
+    private static async Task<BatchAck> ReadAckAsync(IngestCall call)
+    {
+        IngestResponse response = await call.ReadAsync();
+        Assert.Equal(IngestResponse.KindOneofCase.Ack, response.KindCase);
+        return response.Ack;
     }
 
     private sealed record Blocked(NpgsqlConnection Connection, NpgsqlTransaction Transaction, Task<BatchAck> First);
