@@ -80,6 +80,36 @@ public sealed class FleetValidationTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task A_report_accepted_for_one_provider_and_copied_by_another_is_refused_and_changes_nothing()
+    {
+        // "A report is accepted once" holds per provider (migration 0027, for Citus); what stops a
+        // second provider from passing its own gate with the first one's accepted report is that
+        // the report answers a nonce the server issued to the first provider only, and carries
+        // the first provider's node signature.
+        await using CapacityScene scene = await CapacityScene.StartAsync(postgres);
+        TestNode[] nodes = await scene.NodesAsync(2);
+        await scene.DeclareAsync(nodes);
+        ProbeReport report = CapacityScene.RunProbe(await scene.ChallengeAsync(nodes[0]), nodes[0]);
+        await scene.CommitAndSubmitAsync(nodes[0], report);
+
+        await using CapacityScene cheater = await scene.AnotherProviderAsync();
+        TestNode[] theirs = await cheater.NodesAsync(2);
+        await cheater.DeclareAsync(theirs);
+        await cheater.StartChallengesAsync();
+        Assert.Equal(nodes[0].NodeId, theirs[0].NodeId);
+
+        var resigned = await CapacityScene.RefusalAsync(() => cheater.CommitAndSubmitAsync(theirs[0], report));
+        var asSigned = await CapacityScene.RefusalAsync(() => cheater.SubmitAsync(theirs[0], report, nodes[0].Sign(report)));
+
+        // Signed again with the cheater's own approved node key, the copy answers a nonce the
+        // cheater was never issued; sent with the first provider's signature, it fails the
+        // cheater's node key before that.
+        Assert.Equal(("NONCE_UNKNOWN", "SIGNATURE_INVALID"), (resigned.Reason, asSigned.Reason));
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_attestations WHERE provider_id = @code", new { code = cheater.Code }));
+        Assert.Equal(1L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM capacity_attestations"));
+    }
+
+    [Fact]
     public async Task A_device_model_the_catalog_does_not_know_awaits_an_operators_review_whose_decision_completes_the_validation()
     {
         // The catalog has no CPU model: the provider says its nodes hold a GPU whose probe names the CPU does not match.
