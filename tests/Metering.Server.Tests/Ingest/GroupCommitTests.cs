@@ -23,11 +23,11 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     public async Task Batches_that_queue_behind_a_commit_commit_in_one_transaction_and_each_stream_gets_its_own_acknowledgement()
     {
         await using Admitted admitted = await AdmitAsync();
-        var (scene, code, provider, start, committer) = admitted;
-        await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
-        await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
-        await using IngestCall b = await IngestCall.OpenAsync(scene.Server.Client(), "b", provider);
-        await using IngestCall c = await IngestCall.OpenAsync(scene.Server.Client(), "c", provider);
+        var (scene, code, _, start, committer) = admitted;
+        await using IngestCall blocker = await admitted.OpenAsync("blocker");
+        await using IngestCall a = await admitted.OpenAsync("a");
+        await using IngestCall b = await admitted.OpenAsync("b");
+        await using IngestCall c = await admitted.OpenAsync("c");
 
         var (blocked, queued) = await QueueBehindBlockerAsync(scene, committer, code, blocker, start, [
             (a, [At(1, start, 50), At(2, start.AddMinutes(1), 10)]),
@@ -36,7 +36,6 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
         ]);
         long groupsBefore = committer.GroupsCommitted;
         await ReleaseAsync(blocked);
-        Assert.Equal(1UL, (await blocked.First).CommittedSequence);
         BatchAck[] acks = await Task.WhenAll(queued);
 
         Assert.Equal([2UL, 1UL, 3UL], acks.Select(ack => ack.CommittedSequence));
@@ -60,11 +59,11 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     public async Task A_group_with_one_batch_above_the_fleet_refuses_only_that_stream_and_commits_the_others()
     {
         await using Admitted admitted = await AdmitAsync();
-        var (scene, code, provider, start, committer) = admitted;
-        await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
-        await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
-        await using IngestCall b = await IngestCall.OpenAsync(scene.Server.Client(), "b", provider);
-        await using IngestCall c = await IngestCall.OpenAsync(scene.Server.Client(), "c", provider);
+        var (scene, code, _, start, committer) = admitted;
+        await using IngestCall blocker = await admitted.OpenAsync("blocker");
+        await using IngestCall a = await admitted.OpenAsync("a");
+        await using IngestCall b = await admitted.OpenAsync("b");
+        await using IngestCall c = await admitted.OpenAsync("c");
 
         // b alone needs 321 devices of a fleet of 320 at seconds no other record touches, whatever
         // order the batches arrive in; a and c together need 300.
@@ -75,7 +74,6 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
         ]);
         long splitBefore = committer.GroupsSplit;
         await ReleaseAsync(blocked);
-        Assert.Equal(1UL, (await blocked.First).CommittedSequence);
 
         Assert.Equal(1UL, (await queued[0]).CommittedSequence);
         RpcException refused = await Assert.ThrowsAsync<RpcException>(() => queued[1]);
@@ -96,10 +94,10 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     public async Task Consecutive_batches_of_one_stream_sent_ahead_commit_in_one_group_and_are_acknowledged_in_order()
     {
         await using Admitted admitted = await AdmitAsync();
-        var (scene, code, provider, start, committer) = admitted;
-        await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
-        await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
-        await using IngestCall b = await IngestCall.OpenAsync(scene.Server.Client(), "b", provider);
+        var (scene, code, _, start, committer) = admitted;
+        await using IngestCall blocker = await admitted.OpenAsync("blocker");
+        await using IngestCall a = await admitted.OpenAsync("a");
+        await using IngestCall b = await admitted.OpenAsync("b");
 
         // a sends two batches without waiting: the server begins the second while the first waits,
         // so both queue behind the blocked commit, with b's one.
@@ -110,7 +108,6 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
         await WaitQueuedAsync(committer, code, 3, blocked);
         long groupsBefore = committer.GroupsCommitted;
         await ReleaseAsync(blocked);
-        Assert.Equal(1UL, (await blocked.First).CommittedSequence);
 
         BatchAck first = await ReadAckAsync(a);
         BatchAck second = await ReadAckAsync(a);
@@ -136,10 +133,10 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     public async Task A_refused_batch_with_the_next_already_sent_ends_the_stream_with_the_refusal_and_commits_neither()
     {
         await using Admitted admitted = await AdmitAsync();
-        var (scene, code, provider, start, committer) = admitted;
-        await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
-        await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
-        await using IngestCall b = await IngestCall.OpenAsync(scene.Server.Client(), "b", provider);
+        var (scene, code, _, start, committer) = admitted;
+        await using IngestCall blocker = await admitted.OpenAsync("blocker");
+        await using IngestCall a = await admitted.OpenAsync("a");
+        await using IngestCall b = await admitted.OpenAsync("b");
 
         // a's first batch needs 321 devices of a fleet of 320, which only its commit finds out; its
         // second batch, valid alone, continues it. The client then waits, sending nothing more.
@@ -150,7 +147,6 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
         await WaitQueuedAsync(committer, code, 3, blocked);
         long splitBefore = committer.GroupsSplit;
         await ReleaseAsync(blocked);
-        Assert.Equal(1UL, (await blocked.First).CommittedSequence);
 
         // The refusal arrives without the client sending again, and no acknowledgement before it.
         RpcException refused = await Assert.ThrowsAsync<RpcException>(a.ReadAsync).WaitAsync(TimeSpan.FromSeconds(60));
@@ -161,7 +157,7 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
         Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE provider_id = @code AND stream_id = 'a'", new { code }));
 
         // The stream reopens at its mark and takes the second batch's record as its first.
-        await using IngestCall again = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
+        await using IngestCall again = await admitted.OpenAsync("a");
         Assert.Equal(0UL, again.Opened.CommittedSequence);
         Assert.Equal(1UL, (await again.SendAsync([At(1, start, 10)])).CommittedSequence);
     }
@@ -170,8 +166,8 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     public async Task A_lone_batch_refused_at_its_commit_is_refused_while_the_client_waits_without_sending()
     {
         await using Admitted admitted = await AdmitAsync();
-        var (scene, code, provider, start, _) = admitted;
-        await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
+        var (scene, code, _, start, _) = admitted;
+        await using IngestCall a = await admitted.OpenAsync("a");
         Assert.Equal(1UL, (await a.SendAsync([At(1, start, 10)])).CommittedSequence);
 
         // Begun ahead of its commit, the batch is refused by the commit while the server waits
@@ -187,9 +183,9 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     public async Task Batches_in_flight_when_the_registry_changes_are_checked_again_and_acknowledged_in_order()
     {
         await using Admitted admitted = await AdmitAsync();
-        var (scene, code, provider, start, committer) = admitted;
-        await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
-        await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
+        var (scene, code, _, start, committer) = admitted;
+        await using IngestCall blocker = await admitted.OpenAsync("blocker");
+        await using IngestCall a = await admitted.OpenAsync("a");
 
         Blocked blocked = await BlockAsync(scene, code, blocker, start);
         await SendAheadAsync(a, [At(1, start, 10)]);
@@ -205,7 +201,6 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
         }
 
         await ReleaseAsync(blocked);
-        Assert.Equal(1UL, (await blocked.First).CommittedSequence);
         BatchAck first = await ReadAckAsync(a);
         BatchAck second = await ReadAckAsync(a);
         Assert.Equal((1UL, 1UL), (first.LastSequence, first.CommittedSequence));
@@ -219,9 +214,9 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     public async Task A_takeover_while_batches_wait_behind_a_commit_drops_them_unwritten_and_the_new_connection_opens_at_the_mark()
     {
         await using Admitted admitted = await AdmitAsync();
-        var (scene, code, provider, start, committer) = admitted;
-        await using IngestCall blocker = await IngestCall.OpenAsync(scene.Server.Client(), "blocker", provider);
-        await using IngestCall a = await IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
+        var (scene, code, _, start, committer) = admitted;
+        await using IngestCall blocker = await admitted.OpenAsync("blocker");
+        await using IngestCall a = await admitted.OpenAsync("a");
 
         Blocked blocked = await BlockAsync(scene, code, blocker, start);
         await SendAheadAsync(a, [At(1, start, 10)]);
@@ -230,7 +225,7 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
 
         // The new connection waits until the old one lets go, which it does only once neither of
         // its batches can still commit.
-        Task<IngestCall> taking = IngestCall.OpenAsync(scene.Server.Client(), "a", provider);
+        Task<IngestCall> taking = admitted.OpenAsync("a");
         await Task.Delay(200);
         Assert.False(taking.IsCompleted, "the new connection opened while the old one's batches could still commit");
         await ReleaseAsync(blocked);
@@ -257,6 +252,9 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
 
     private sealed record Admitted(RegistryScene Scene, string Code, string Provider, DateTimeOffset Start, GroupCommitter Committer) : IAsyncDisposable
     {
+        /// <summary>Opens <paramref name="stream"/> of the admitted provider on the scene's server.</summary>
+        public Task<IngestCall> OpenAsync(string stream) => IngestCall.OpenAsync(Scene.Server.Client(), stream, Provider);
+
         public ValueTask DisposeAsync() => Scene.DisposeAsync();
     }
 
@@ -328,11 +326,13 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
 
     private sealed record Blocked(NpgsqlConnection Connection, NpgsqlTransaction Transaction, Task<BatchAck> First);
 
+    /// <summary>Ends the transaction that held the blocker's head row, and checks that the blocker's own batch then committed.</summary>
     private static async Task ReleaseAsync(Blocked blocked)
     {
         await blocked.Transaction.CommitAsync();
         await blocked.Transaction.DisposeAsync();
         await blocked.Connection.DisposeAsync();
+        Assert.Equal(1UL, (await blocked.First).CommittedSequence);
     }
 
     private static UsageRecord At(ulong sequence, DateTimeOffset start, uint devices) => new()
