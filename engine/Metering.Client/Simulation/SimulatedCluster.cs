@@ -39,6 +39,13 @@ public sealed class SimulatedCluster
     private readonly uint[] _laneDevicesMax;
     private readonly string[] _holders;
 
+    // Each pool's device UUIDs, made the first time a record names the device and shared by every
+    // later record that does: a record names up to eight, and a load tool asks for millions of
+    // records, so making them anew cost up to eight strings per record in the process that
+    // also runs the server in the load tool.
+    // Filled without a lock: two threads that race make equal strings, and either may stay.
+    private readonly string?[][] _deviceUuids;
+
     /// <param name="holders">The organisations the jobs run for; null: <see cref="Holders"/>.</param>
     public SimulatedCluster(string site, DevicePool[] pools, DateTimeOffset dayStart, int jobsPerInterval, ulong seed, string[]? holders = null)
     {
@@ -49,6 +56,7 @@ public sealed class SimulatedCluster
         _jobsPerInterval = jobsPerInterval;
         _seed = seed;
         _laneDevicesMax = pools.Select((pool, index) => (uint)Math.Max(1, pool.Devices / LanesOf(index, pools.Length, jobsPerInterval))).ToArray();
+        _deviceUuids = pools.Select(pool => new string?[pool.Devices]).ToArray();
     }
 
     /// <summary>Lanes l &lt; jobsPerInterval with l mod pools = index: the job slots of one pool.</summary>
@@ -122,7 +130,8 @@ public sealed class SimulatedCluster
         {
             for (uint d = 0; d < devices; d++)
             {
-                record.DeviceUuids.Add($"GPU-{_site}-{(lane * 8 + d) % (ulong)pool.Devices:D4}");
+                int device = (int)((lane * 8 + d) % (ulong)pool.Devices);
+                record.DeviceUuids.Add(_deviceUuids[poolIndex][device] ??= $"GPU-{_site}-{device:D4}");
             }
         }
 

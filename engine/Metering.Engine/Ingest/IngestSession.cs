@@ -42,7 +42,6 @@ public sealed class IngestSession
     private readonly UsageStore _store;
     private readonly RecordValidator _validator;
     private readonly TimeProvider _time;
-    private readonly PreparedRecords _prepared;
     private readonly CommitSlot?[] _slots;
     private readonly byte[] _scratch;
     private readonly DeviceModel?[] _validatedModels;
@@ -50,9 +49,6 @@ public sealed class IngestSession
     private readonly AdmissionGate _gate;
     private readonly bool _proofStream;
     private readonly HeartbeatMinutes _heartbeats;
-    private readonly AdmissionEpochStep _epochStep;
-    private readonly FleetConcurrencyStep _fleetStep;
-    private readonly ICommitStep[] _steps;
     private readonly int _batchRecordsMax;
     private readonly GroupCommitter? _committer;
     private AdmissionSnapshot _admission;
@@ -128,13 +124,11 @@ public sealed class IngestSession
         // The first slot serves AppendAsync too; the others are made when a batch first needs them,
         // so a stream that never has two batches in flight holds the buffers of one.
         _slots = new CommitSlot?[_committer is null ? 1 : batchesInFlightMax];
-        CommitSlot first = NewSlot();
-        _slots[0] = first;
-        _prepared = first.Rows;
-        _epochStep = first.EpochStep;
-        _fleetStep = first.FleetStep;
-        _steps = first.Steps;
+        _slots[0] = NewSlot();
     }
+
+    /// <summary>The slot <see cref="AppendAsync"/> prepares and commits in; a batch begun ahead may use it too, never while an append runs.</summary>
+    private CommitSlot AppendSlot => _slots[0]!;
 
     /// <summary>A batch's buffers with the steps that commit with it.</summary>
     private CommitSlot NewSlot()
@@ -301,25 +295,26 @@ public sealed class IngestSession
         int fresh = records.Count - replayed;
         if (fresh > 0)
         {
-            Prepare(_prepared, records, replayed, _head);
+            CommitSlot slot = AppendSlot;
+            Prepare(slot.Rows, records, replayed, _head);
             try
             {
-                _epochStep.ExpectedEpoch = _admission.Epoch;
-                _fleetStep.Fleet = _admission.Fleet;
+                slot.EpochStep.ExpectedEpoch = _admission.Epoch;
+                slot.FleetStep.Fleet = _admission.Fleet;
                 if (_committer is not null && alongside is null)
                 {
                     // Awaited without the token: once a group commit has taken the batch it may
                     // commit, and the stream must not be let go (or answered) before it knows.
-                    await _committer.CommitAsync(ProviderId, new PendingCommit(StreamId, _committed, _prepared, _admission.Epoch, _admission.Fleet, _steps, cancellationToken));
+                    await _committer.CommitAsync(ProviderId, new PendingCommit(StreamId, _committed, slot.Rows, _admission.Epoch, _admission.Fleet, slot.Steps, cancellationToken));
                 }
                 else
                 {
-                    await _store.CommitAsync(ProviderId, StreamId, _committed, _prepared, alongside is null ? _steps : [.. _steps, alongside], cancellationToken);
+                    await _store.CommitAsync(ProviderId, StreamId, _committed, slot.Rows, alongside is null ? slot.Steps : [.. slot.Steps, alongside], cancellationToken);
                 }
 
                 _committed = last;
                 span.Committed(fresh);
-                _head = _prepared.HashAt(fresh - 1).ToArray();
+                _head = slot.Rows.HashAt(fresh - 1).ToArray();
                 _preparedThrough = last;
                 _head.CopyTo(_preparedHead, 0);
             }
@@ -329,7 +324,7 @@ public sealed class IngestSession
             }
             finally
             {
-                _prepared.Clear();
+                slot.Rows.Clear();
             }
         }
 
@@ -581,11 +576,11 @@ public sealed class IngestSession
     }
 
     /// <summary>The chain hash that <see cref="PrepareOne"/> wrote into a slot.</summary>
-    internal ReadOnlySpan<byte> PreparedHashAt(int slot) => _prepared.Hashes.AsSpan(slot * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes);
+    internal ReadOnlySpan<byte> PreparedHashAt(int slot) => AppendSlot.Rows.Hashes.AsSpan(slot * CanonicalEncoding.HashBytes, CanonicalEncoding.HashBytes);
 
     /// <summary>Normalises and chains one validated record into a slot of the prepared batch.</summary>
     internal void PrepareOne(in IngestRecord record, DeviceModel model, int slot, ReadOnlySpan<byte> previousHash) =>
-        PrepareOne(_prepared, record, model, slot, previousHash);
+        PrepareOne(AppendSlot.Rows, record, model, slot, previousHash);
 
     private void PrepareOne(PreparedRecords rows, in IngestRecord record, DeviceModel model, int slot, ReadOnlySpan<byte> previousHash)
     {
