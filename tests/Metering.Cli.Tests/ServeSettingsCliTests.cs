@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using Dapper;
 using Grpc.Core;
 using Grpc.Health.V1;
 using Grpc.Net.Client;
@@ -203,6 +204,29 @@ public sealed class ServeSettingsCliTests(PostgresFixture postgres)
         var (badExit, bad) = await CliProcess.RunAsync("db", "migrate", "--connection", database, "--log-level", "Chatty");
         Assert.Equal(2, badExit);
         Assert.Contains("Chatty", bad, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Db_migrate_creates_the_monthly_partitions_it_is_asked_for_and_refuses_a_reach_out_of_range_changing_nothing()
+    {
+        string database = await postgres.CreateDatabaseAsync();
+        await using var connection = new NpgsqlConnection(database);
+        const string Partitions = "SELECT count(*) FROM pg_inherits WHERE inhparent = 'usage_records'::regclass";
+        long before = await connection.ExecuteScalarAsync<long>(Partitions);
+
+        var (badExit, bad) = await CliProcess.RunAsync("db", "migrate", "--connection", database, "--partition-months-ahead", "121");
+        long afterRefusal = await connection.ExecuteScalarAsync<long>(Partitions);
+        // Thirteen months ahead of this machine's clock: at least one month past the migrations' 2027-12 while it reads 2026-12 or later.
+        DateTime now = DateTime.UtcNow;
+        string farthest = $"usage_records_{new DateTime(now.Year, now.Month, 1).AddMonths(13):yyyy_MM}";
+        var (exit, output) = await CliProcess.RunAsync("db", "migrate", "--connection", database, "--partition-months-ahead", "13");
+
+        Assert.Equal(2, badExit);
+        Assert.Contains("--partition-months-ahead must be 0 to 120", bad, StringComparison.Ordinal);
+        Assert.Equal(before, afterRefusal);
+        Assert.True(exit == 0, output);
+        Assert.Contains("monthly partition(s)", output, StringComparison.Ordinal);
+        Assert.Equal(farthest, await connection.ExecuteScalarAsync<string>("SELECT to_regclass(@farthest)::text", new { farthest }));
     }
 
     /// <summary>Waits until a session of the database waits on a lock: the holder's commit has reached the locked table.</summary>

@@ -25,6 +25,20 @@ internal static class DbCommand
             Description = "After the migrations, lay the schema out on Citus: per-provider evidence tables distributed on provider_id and co-located, registry-wide tables "
                 + "as reference tables, the rest on the coordinator (Storage/README.md, \"Citus\"). Needs the citus extension installed and preloaded, and the workers added; idempotent.",
         };
+        var monthsAhead = new Option<int>("--partition-months-ahead")
+        {
+            Description = $"Make sure the monthly partitions of usage_records exist through the current month plus this many months (0 to {MonthlyPartitions.MonthsAheadMax}), "
+                + "creating the missing ones (distributed too, on Citus); run migrate again before they run out (`serve` warns "
+                + $"{MonthlyPartitions.WarningDays} days ahead).",
+            DefaultValueFactory = _ => MonthlyPartitions.MonthsAheadDefault,
+        };
+        monthsAhead.Validators.Add(result =>
+        {
+            if (result.GetValueOrDefault<int>() is < 0 or > MonthlyPartitions.MonthsAheadMax)
+            {
+                result.AddError($"--partition-months-ahead must be 0 to {MonthlyPartitions.MonthsAheadMax}.");
+            }
+        });
         var migrate = new Command("migrate", "Apply the engine's SQL migrations (Storage/Migrations/NNNN_*.sql) that the database lacks, in order, recording each in schema_migrations; "
             + "then create (or check) the runtime role `serve` runs as and grant it only what serving needs. Run it as the schema's owner.")
         {
@@ -33,6 +47,7 @@ internal static class DbCommand
             runtimeRole,
             sandbox,
             distributed,
+            monthsAhead,
             logLevel,
             logFormat,
         };
@@ -44,7 +59,9 @@ internal static class DbCommand
             await using (embedded)
             {
                 await using var dataSource = Database.CreateDataSource(connectionString);
-                var migrator = new Migrator(dataSource, logger) { RuntimeRole = parse.GetValue(runtimeRole)!, Distributed = parse.GetValue(distributed) };
+                var migrator = new Migrator(dataSource, logger) { RuntimeRole = parse.GetValue(runtimeRole)!, Distributed = parse.GetValue(distributed),
+                    PartitionMonthsAhead = parse.GetValue(monthsAhead),
+                };
                 IReadOnlyList<Migration> applied;
                 try
                 {
@@ -86,6 +103,11 @@ internal static class DbCommand
                 if (migrator.Distributed)
                 {
                     Console.WriteLine($"Laid out on Citus: {CitusLayout.Distributed.Count} table(s) distributed on provider_id, {CitusLayout.Reference.Count} reference table(s), the rest on the coordinator.");
+                }
+
+                if (migrator.PartitionsCreated.Count > 0)
+                {
+                    Console.WriteLine($"Created {migrator.PartitionsCreated.Count} monthly partition(s), {migrator.PartitionsCreated[0]} to {migrator.PartitionsCreated[^1]}.");
                 }
 
                 Console.WriteLine($"Runtime role {migrator.RuntimeRole} holds only what serving needs; serve with a connection string that logs in as it.");

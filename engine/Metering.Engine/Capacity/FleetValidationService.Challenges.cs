@@ -243,19 +243,26 @@ public sealed partial class FleetValidationService
     /// expired without an accepted report (none, or only refused ones), and completes the
     /// validation when that was the last.
     /// </summary>
+    /// <remarks>
+    /// The commitment is joined, not asked for in a correlated subquery: Citus sends an UPDATE
+    /// whose SET or WHERE holds a subquery correlated with another table to every shard (32
+    /// tasks, run in parallel), and after that parallel write the transaction may no longer
+    /// write the reference table organisations (the validation's completion moves the
+    /// admission epoch), which failed the last node's attestation. Joined, with every table
+    /// naming the provider, the statement routes to the provider's shard.
+    /// </remarks>
     private async Task FailOverdueAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, long validationId, DateTimeOffset now)
     {
+        // (provider_id, nonce) is the commitments' primary key: the join adds no row.
         int failed = await connection.ExecuteAsync("""
             UPDATE capacity_sample_nodes s
             SET outcome = 'failed',
-                detail = CASE WHEN NOT EXISTS (SELECT 1 FROM capacity_commitments m WHERE m.provider_id = n.provider_id AND m.nonce = n.nonce)
-                              THEN 'no commitment by the deadline'
-                              ELSE 'no accepted report before the nonce expired' END
+                detail = CASE WHEN m.nonce IS NULL THEN 'no commitment by the deadline' ELSE 'no accepted report before the nonce expired' END
             FROM capacity_nonces n
+            LEFT JOIN capacity_commitments m ON m.provider_id = n.provider_id AND m.nonce = n.nonce
             WHERE s.provider_id = @code AND s.validation_id = @validationId AND s.outcome = 'pending'
-              AND n.provider_id = s.provider_id AND n.validation_id = s.validation_id AND n.node_id = s.node_id AND n.deadline_at IS NOT NULL
-              AND (n.expires_at <= @now
-                   OR (n.deadline_at < @now AND NOT EXISTS (SELECT 1 FROM capacity_commitments m WHERE m.provider_id = n.provider_id AND m.nonce = n.nonce)))
+              AND n.provider_id = @code AND n.validation_id = s.validation_id AND n.node_id = s.node_id AND n.deadline_at IS NOT NULL
+              AND (n.expires_at <= @now OR (n.deadline_at < @now AND m.nonce IS NULL))
             """, new { code, validationId, now = now.UtcDateTime }, transaction);
         if (failed > 0)
         {

@@ -159,7 +159,7 @@ public sealed partial class FleetValidationService
 
         await FailOverdueAsync(connection, transaction, code, id, now);
         var state = await connection.QueryFirstAsync<(string State, bool Failed)>("""
-            SELECT v.state, EXISTS (SELECT 1 FROM capacity_sample_nodes s WHERE s.provider_id = v.provider_id AND s.validation_id = v.validation_id AND s.outcome = 'failed')
+            SELECT v.state, EXISTS (SELECT 1 FROM capacity_sample_nodes s WHERE s.provider_id = @code AND s.validation_id = v.validation_id AND s.outcome = 'failed')
             FROM capacity_validations v WHERE v.provider_id = @code AND v.validation_id = @id
             """, new { code, id }, transaction);
         if (state.State != "collecting")

@@ -31,7 +31,7 @@ public sealed partial class FleetValidationService
     {
         var row = await connection.QueryFirstOrDefaultAsync<(long Id, int Inventory, long Verified, DateTime Completed, DateTime Expires, int Nodes, int Sampled, int Failed, int Ppm)?>("""
             SELECT validation_id, inventory_version, verified_fp16_gflops, completed_at, expires_at,
-                   (SELECT node_count FROM capacity_inventories i WHERE i.provider_id = v.provider_id AND i.inventory_version = v.inventory_version),
+                   (SELECT node_count FROM capacity_inventories i WHERE i.provider_id = @providerId AND i.inventory_version = v.inventory_version),
                    sample_size, failed_nodes, pass_rate_lower_bound_ppm
             FROM capacity_validations v WHERE provider_id = @providerId AND state = 'complete' ORDER BY completed_at DESC, validation_id DESC LIMIT 1
             """, new { providerId }, transaction);

@@ -112,7 +112,7 @@ public sealed class NodeKeyService(NpgsqlDataSource dataSource, CapacitySettings
         {
             var latest = await connection.QueryFirstOrDefaultAsync<(int Version, byte[] Sha256, DateTime RegisteredAt, string[] Uuids, bool Approved)?>("""
                 SELECT k.key_version, k.key_sha256, k.registered_at, k.device_uuids,
-                       EXISTS (SELECT 1 FROM capacity_node_key_approvals a WHERE a.provider_id = k.provider_id AND a.node_id = k.node_id AND a.key_version = k.key_version)
+                       EXISTS (SELECT 1 FROM capacity_node_key_approvals a WHERE a.provider_id = @code AND a.node_id = k.node_id AND a.key_version = k.key_version)
                 FROM capacity_node_keys k WHERE k.provider_id = @code AND k.node_id = @node ORDER BY k.key_version DESC LIMIT 1
                 """, new { code, node = nodeId }, transaction)
                 ?? throw new CapacityRefusedException(CapacityRefusalReason.NodeKeyUnknown, $"node '{nodeId}' of {code} has no registered key");

@@ -33,7 +33,10 @@ public static partial class CitusLayout
     /// <summary>
     /// Distributed on provider_id and co-located, in this order (the first sets the co-location
     /// group): the ingest tables, raw-log uploads, the registry's per-provider licences and
-    /// listings, and node keys with their approvals (which reference them).
+    /// listings, node keys with their approvals (which reference them), the fleet validation's
+    /// tables (inventories, validations, sampled nodes, nonces, commitments, challenges,
+    /// attestations and their device results, which reference each other), and the fleet's
+    /// per-second device levels that ingest writes (usage_concurrency).
     /// </summary>
     public static IReadOnlyList<string> Distributed { get; } =
     [
@@ -41,6 +44,9 @@ public static partial class CitusLayout
         "raw_log_uploads", "raw_log_line_errors", "raw_log_jobs",
         "licences", "integrity_listings",
         "capacity_node_keys", "capacity_node_key_approvals",
+        "capacity_inventories", "capacity_inventory_nodes", "capacity_validations", "capacity_sample_nodes", "capacity_nonces", "capacity_commitments",
+        "capacity_challenges", "capacity_attestations", "capacity_device_results",
+        "usage_concurrency",
     ];
 
     /// <summary>Registry-wide tables, read by every shard and referenced by distributed ones.</summary>

@@ -30,6 +30,15 @@ public sealed partial class Migrator(NpgsqlDataSource dataSource, ILogger logger
     /// <summary>After the migrations, lay the tables out on Citus (<see cref="CitusLayout"/>) before granting and guarding them.</summary>
     public bool Distributed { get; init; }
 
+    /// <summary>Monthly partitions made ahead of the current month (<see cref="MonthlyPartitions"/>).</summary>
+    public int PartitionMonthsAhead { get; init; } = MonthlyPartitions.MonthsAheadDefault;
+
+    /// <summary>The clock whose month the partitions are made ahead of.</summary>
+    public TimeProvider Time { get; init; } = TimeProvider.System;
+
+    /// <summary>The monthly partitions the last <see cref="MigrateAsync"/> created.</summary>
+    public IReadOnlyList<string> PartitionsCreated { get; private set; } = [];
+
     public static IReadOnlyList<Migration> Embedded()
     {
         var assembly = typeof(Migrator).Assembly;
@@ -109,6 +118,18 @@ public sealed partial class Migrator(NpgsqlDataSource dataSource, ILogger logger
             {
                 await connection.ExecuteAsync("SELECT pg_advisory_unlock(@key)", new { key = AdvisoryLockKey });
             }
+        }
+
+        // Under the session lock, outside a transaction: on Citus each new partition is
+        // distributed as it is created. Before the guard step, which grants and guards them.
+        await connection.ExecuteAsync("SELECT pg_advisory_lock(@key)", new { key = AdvisoryLockKey });
+        try
+        {
+            PartitionsCreated = await MonthlyPartitions.EnsureAsync(connection, Time.GetUtcNow(), PartitionMonthsAhead, logger, cancellationToken);
+        }
+        finally
+        {
+            await connection.ExecuteAsync("SELECT pg_advisory_unlock(@key)", new { key = AdvisoryLockKey });
         }
 
         await using (NpgsqlTransaction transaction = await connection.BeginTransactionAsync(cancellationToken))

@@ -284,6 +284,8 @@ public sealed class MeteringServer : IAsyncDisposable
         builder.Services.AddSingleton(settings);
         builder.Services.AddSingleton<ReplicationMonitor>();
         builder.Services.AddHostedService(provider => provider.GetRequiredService<ReplicationMonitor>());
+        builder.Services.AddSingleton<PartitionCoverageMonitor>();
+        builder.Services.AddHostedService(provider => provider.GetRequiredService<PartitionCoverageMonitor>());
         builder.Services.AddSingleton(new StreamLeases(settings.Limits.TakeoverWaitMax));
         builder.Services.AddSingleton<AuthenticationInterceptor>();
         builder.Services.AddSingleton<RefusalInterceptor>();

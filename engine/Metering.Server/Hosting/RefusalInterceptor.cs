@@ -63,6 +63,10 @@ internal sealed partial class RefusalInterceptor(ILogger<RefusalInterceptor> log
         {
             throw Logged(context, error, refusal);
         }
+        catch (Exception error) when (Unmapped(context, error))
+        {
+            throw;
+        }
     }
 
     public override async Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
@@ -79,6 +83,10 @@ internal sealed partial class RefusalInterceptor(ILogger<RefusalInterceptor> log
         catch (Exception error) when (StatusOf(error) is { } refusal)
         {
             throw Logged(context, error, refusal);
+        }
+        catch (Exception error) when (Unmapped(context, error))
+        {
+            throw;
         }
     }
 
@@ -97,6 +105,10 @@ internal sealed partial class RefusalInterceptor(ILogger<RefusalInterceptor> log
         {
             throw Logged(context, error, refusal);
         }
+        catch (Exception error) when (Unmapped(context, error))
+        {
+            throw;
+        }
     }
 
     public override async Task DuplexStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, DuplexStreamingServerMethod<TRequest, TResponse> continuation)
@@ -114,6 +126,10 @@ internal sealed partial class RefusalInterceptor(ILogger<RefusalInterceptor> log
         {
             throw Logged(context, error, refusal);
         }
+        catch (Exception error) when (Unmapped(context, error))
+        {
+            throw;
+        }
     }
 
     private RpcException Logged(ServerCallContext context, Exception error, RpcException refusal)
@@ -124,6 +140,27 @@ internal sealed partial class RefusalInterceptor(ILogger<RefusalInterceptor> log
         LogRefused(logger, context.Method, actor, reason, error.Message);
         Count(context, refusal);
         return refusal;
+    }
+
+    /// <summary>
+    /// Logs a fault that no refusal maps (a database error the engine did not expect, a bug) with
+    /// its type and, for a PostgreSQL error, its SQLSTATE, and counts it as UNKNOWN, which is what
+    /// gRPC answers for it; the caller reads only "Exception was thrown by handler", so without
+    /// this line the error would be lost. Returns false, so that the exception passes on as it is
+    /// (a fault stays a fault). A call its caller cancelled is not a fault and is not logged.
+    /// </summary>
+    private bool Unmapped(ServerCallContext context, Exception error)
+    {
+        if (error is OperationCanceledException && context.CancellationToken.IsCancellationRequested)
+        {
+            return false;
+        }
+
+        string actor = AuthenticationInterceptor.CallerOrNull(context)?.ToString() ?? "an unauthenticated caller";
+        string sqlState = error is Npgsql.PostgresException postgres ? postgres.SqlState : "-";
+        LogUnmapped(logger, error, context.Method, actor, error.GetType().Name, sqlState, error.Message);
+        MeteringTelemetry.CallRefused(context.Method, StatusNames[(int)StatusCode.Unknown], StatusNames[(int)StatusCode.Unknown]);
+        return false;
     }
 
     /// <summary>Counts a refusal, whether a handler built it or this interceptor did; a status without ErrorInfo counts under its status name.</summary>
@@ -147,4 +184,7 @@ internal sealed partial class RefusalInterceptor(ILogger<RefusalInterceptor> log
 
     [LoggerMessage(EventId = 9001, Level = LogLevel.Information, Message = "{Method} by {Actor} refused: {Reason}: {Detail}")]
     private static partial void LogRefused(ILogger logger, string method, string actor, string reason, string detail);
+
+    [LoggerMessage(EventId = 9002, Level = LogLevel.Error, Message = "{Method} by {Actor} failed with an error no refusal maps, answered UNKNOWN: {ErrorType} (SQLSTATE {SqlState}): {Detail}")]
+    private static partial void LogUnmapped(ILogger logger, Exception error, string method, string actor, string errorType, string sqlState, string detail);
 }

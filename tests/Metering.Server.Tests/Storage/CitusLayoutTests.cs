@@ -162,16 +162,34 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
     }
 
     [CitusFact]
-    public async Task A_monthly_partition_created_later_is_distributed_by_citus_and_guarded_on_its_shards_by_migrate_distributed()
+    public async Task Migrate_distributed_past_2027_creates_the_months_ahead_distributed_and_guarded_on_their_shards_and_a_2028_03_record_lands_in_its_own()
     {
-        // Past the last partition the migrations create (2027-12), as an operator adds one.
+        // Past the last partition the migrations create (2027-12): migrate on a clock of
+        // 2028-02 makes 2028-01 through 2028-03 (one month ahead), and a second run nothing.
         await using var coordinator = new NpgsqlConnection(citus.ConnectionString);
-        await coordinator.ExecuteAsync("""
-            CREATE TABLE usage_records_2028_03 PARTITION OF usage_records FOR VALUES FROM ('2028-03-01 00:00+00') TO ('2028-04-01 00:00+00')
-            """);
         await using (NpgsqlDataSource dataSource = Database.CreateDataSource(citus.ConnectionString))
         {
-            await new Migrator(dataSource, NullLogger.Instance) { Distributed = true }.MigrateAsync();
+            var later = new ManualClock(new DateTimeOffset(2028, 2, 15, 8, 0, 0, TimeSpan.Zero));
+            var migrator = new Migrator(dataSource, NullLogger.Instance) { Distributed = true, Time = later, PartitionMonthsAhead = 1 };
+            await migrator.MigrateAsync();
+            Assert.Equal(["usage_records_2028_01", "usage_records_2028_02", "usage_records_2028_03"], migrator.PartitionsCreated);
+            var again = new Migrator(dataSource, NullLogger.Instance) { Distributed = true, Time = later, PartitionMonthsAhead = 1 };
+            await again.MigrateAsync();
+            Assert.Empty(again.PartitionsCreated);
+        }
+
+        await coordinator.ExecuteAsync(PartitionRows.Insert, PartitionRows.Row(TestRecords.Provider, "cluster-2028", new DateTimeOffset(2028, 3, 10, 8, 0, 0, TimeSpan.Zero)));
+        Assert.Equal((1L, 0L), await coordinator.QuerySingleAsync<(long, long)>(
+            "SELECT (SELECT count(*) FROM usage_records_2028_03 WHERE provider_id = @p AND stream_id = 'cluster-2028'), (SELECT count(*) FROM usage_records_default WHERE provider_id = @p)",
+            new { p = TestRecords.Provider }));
+        // On the worker that holds the provider's shard of the new partition.
+        var (newShard, newHost) = await coordinator.QuerySingleAsync<(string, string)>("""
+            SELECT s.shard_name::text, s.nodename FROM citus_shards s
+            WHERE s.table_name = 'usage_records_2028_03'::regclass AND s.shardid = get_shard_id_for_distribution_column('usage_records_2028_03', @p)
+            """, new { p = TestRecords.Provider });
+        await using (var onWorker = new NpgsqlConnection(citus.WorkerConnectionStrings.Single(w => new NpgsqlConnectionStringBuilder(w).Host == newHost)))
+        {
+            Assert.Equal(1L, await onWorker.ExecuteScalarAsync<long>($"SELECT count(*) FROM {newShard} WHERE stream_id = 'cluster-2028'"));
         }
 
         var (method, colocated) = await coordinator.QuerySingleAsync<(string, bool)>("""
@@ -281,7 +299,11 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
         Assert.False(await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"));
     }
 
-    private sealed record Outcome(string ChainHead, ulong Verified, bool Intact, string LiveRoot, string SettlementSha256, string SettledRoot, SettledDay? Settled = null);
+    private sealed record Outcome(string ChainHead, ulong Verified, bool Intact, string LiveRoot, string SettlementSha256, string SettledRoot, SettledDay? Settled = null)
+    {
+        /// <summary>The fleet's device levels ingest wrote for the provider (usage_concurrency).</summary>
+        public string Concurrency { get; init; } = "";
+    }
 
     /// <summary>What a settlement run wrote: its totals and the ledger lines of its entries.</summary>
     private sealed record SettledDay(long DayRecords, long FeeFen, long SubsidyFen, long LedgerLines, long DebitFen, long CreditFen);
@@ -297,6 +319,13 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
         var clock = new ManualClock(VoucherScene.Now);
         await using TestServer server = await TestServer.StartAsync(postgres, time: clock, database: database);
         string head = await IngestAsync(server, Stream, providerKey, 60, VoucherScene.Day);
+        // Ingest's INSERT … SELECT … ON CONFLICT of the fleet's per-second device levels, beside
+        // the records (usage_concurrency, distributed with them): its rows and their sum.
+        var (minutes, deviceSeconds) = (await server.QueryAsync<(long, long)>(
+            "SELECT count(DISTINCT (c.minute_at, c.device_model)), coalesce(sum(l), 0)::bigint FROM usage_concurrency c, unnest(c.levels) l WHERE c.provider_id = @p AND c.minute_at >= @from AND c.minute_at < @from + interval '1 day'",
+            new { p = TestRecords.Provider, from = new DateTimeOffset(VoucherScene.Day.ToDateTime(TimeOnly.MinValue), TimeSpan.FromHours(8)).UtcDateTime })).Single();
+        Assert.True(minutes > 0 && deviceSeconds > 0);
+        string concurrency = $"{minutes} minutes, {deviceSeconds} device-seconds";
 
         var audit = new AuditService.AuditServiceClient(server.Channel);
         VerifyChainResponse verified = await audit.VerifyChainAsync(new VerifyChainRequest { CreditCode = TestRecords.Provider, StreamId = Stream }, TestServer.Bearer(auditorKey));
@@ -305,7 +334,7 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
 
         if (!settle)
         {
-            return new Outcome(head, stream.RecordsChecked, stream.Intact, Convert.ToHexStringLower(live.Root.ToByteArray()), "", "");
+            return new Outcome(head, stream.RecordsChecked, stream.Intact, Convert.ToHexStringLower(live.Root.ToByteArray()), "", "") { Concurrency = concurrency };
         }
 
         await RecordVoucherAndClaimAsync(server, TestServer.Bearer(operatorKey));
@@ -337,7 +366,7 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
         Assert.Equal(60U, settledRoot.LeafCount);
 
         return new Outcome(head, stream.RecordsChecked, stream.Intact, Convert.ToHexStringLower(live.Root.ToByteArray()), settled.SettlementSha256,
-            Convert.ToHexStringLower(settledRoot.Root.ToByteArray()), new SettledDay(settled.DayRecords, settled.FeeFen, settled.SubsidyFen, lines, debits, credits));
+            Convert.ToHexStringLower(settledRoot.Root.ToByteArray()), new SettledDay(settled.DayRecords, settled.FeeFen, settled.SubsidyFen, lines, debits, credits)) { Concurrency = concurrency };
     }
 
     /// <summary>The holder registered and approved, a contract with the provider for the year, a voucher on it, and a claim on two of the day's jobs, all through the server.</summary>

@@ -70,7 +70,7 @@ public sealed class ChainVerifier
         await using NpgsqlConnection connection = await _dataSource.OpenConnectionAsync(cancellationToken);
         List<StreamState> states = (await connection.QueryAsync<(string Stream, long Committed, byte[] Head, long Beyond)>(new CommandDefinition("""
             SELECT s.stream_id, s.committed_sequence, s.chain_head,
-                   (SELECT count(*) FROM usage_records r WHERE r.provider_id = s.provider_id AND r.stream_id = s.stream_id AND r.sequence > s.committed_sequence)
+                   (SELECT count(*) FROM usage_records r WHERE r.provider_id = @providerId AND r.stream_id = s.stream_id AND r.sequence > s.committed_sequence)
             FROM ingest_streams s WHERE s.provider_id = @providerId ORDER BY s.stream_id COLLATE "C" LIMIT @limit
             """, new { providerId, limit = _limits.StreamsMax + 1 }, cancellationToken: cancellationToken)))
             .Select(s => new StreamState(s.Stream, (ulong)s.Committed, s.Head, s.Beyond)).ToList();
@@ -105,10 +105,11 @@ public sealed class ChainVerifier
     {
         await using NpgsqlConnection connection = await _dataSource.OpenConnectionAsync(cancellationToken);
         // One statement, one snapshot: a commit that moves the head between two reads cannot
-        // make its own new rows look as if they lay beyond the head.
+        // make its own new rows look as if they lay beyond the head. The subquery names the
+        // provider itself: correlated on s.provider_id, Citus sends it to every shard.
         var rows = (await connection.QueryAsync<(long Committed, byte[] Head, long Beyond)>(new CommandDefinition("""
             SELECT s.committed_sequence, s.chain_head,
-                   (SELECT count(*) FROM usage_records r WHERE r.provider_id = s.provider_id AND r.stream_id = s.stream_id AND r.sequence > s.committed_sequence)
+                   (SELECT count(*) FROM usage_records r WHERE r.provider_id = @providerId AND r.stream_id = s.stream_id AND r.sequence > s.committed_sequence)
             FROM ingest_streams s WHERE s.provider_id = @providerId AND s.stream_id = @streamId
             """, new { providerId, streamId }, cancellationToken: cancellationToken))).AsList();
         if (rows.Count == 0)
