@@ -47,6 +47,7 @@ public static partial class CitusLayout
     public static IReadOnlyList<string> Reference { get; } =
     [
         "organisations", "admission_batches", "voucher_holders", "credentials", "capacity_model_aliases", "programme_parameters", "schema_migrations",
+        "admission_notice_numbers",
     ];
 
     /// <summary>Where <paramref name="table"/> goes.</summary>
