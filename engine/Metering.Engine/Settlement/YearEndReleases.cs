@@ -5,6 +5,7 @@ using Metering.Engine.Access;
 using Metering.Engine.Ledger;
 using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
+using Metering.Engine.Storage;
 using Npgsql;
 
 namespace Metering.Engine.Settlement;
@@ -48,7 +49,7 @@ public sealed class YearEndReleases(NpgsqlDataSource dataSource, TimeProvider ti
             new { space = ReleaseLockSpace, year = programmeYear }, transaction, cancellationToken: cancellationToken));
         // Writing the coordinator's release and ledger tables after vouchers on several shards
         // needs one connection per worker on Citus; plain PostgreSQL keeps it as a placeholder.
-        await connection.ExecuteAsync(new CommandDefinition("SET LOCAL citus.multi_shard_modify_mode = 'sequential'", transaction: transaction, cancellationToken: cancellationToken));
+        await Transactions.SequentialOnCitusAsync(connection, transaction, cancellationToken);
         // The vouchers are locked provider by provider, in provider order and then id order, each
         // lock naming provider_id (Citus takes a row lock on one shard only); the ledger balances
         // are read by a statement of their own, not joined to the distributed rows.

@@ -33,7 +33,9 @@ public static partial class CitusLayout
     /// <summary>
     /// Distributed on provider_id and co-located, in this order (the first sets the co-location
     /// group): the ingest tables, raw-log uploads, the registry's per-provider licences and
-    /// listings, and node keys with their approvals (which reference them).
+    /// listings, node keys with their approvals (which reference them), and the applications
+    /// component: applications and the tables that hang off them, with the contract and voucher
+    /// tables (their keys name provider_id since migration 0028).
     /// </summary>
     public static IReadOnlyList<string> Distributed { get; } =
     [
@@ -41,6 +43,9 @@ public static partial class CitusLayout
         "raw_log_uploads", "raw_log_line_errors", "raw_log_jobs",
         "licences", "integrity_listings",
         "capacity_node_keys", "capacity_node_key_approvals",
+        "applications", "application_materials", "application_capacity", "application_stages", "verification_parts", "stage_proposals", "stage_proposal_parts",
+        "reconsiderations", "service_items", "service_item_suspensions", "fee_schedules",
+        "contracts", "contract_other_support", "vouchers", "claims", "claim_lines", "redeemed_usage", "voucher_holds",
     ];
 
     /// <summary>Registry-wide tables, read by every shard and referenced by distributed ones.</summary>
@@ -91,8 +96,9 @@ public static partial class CitusLayout
 
             // Citus refuses to distribute a table that a coordinator table references, and a
             // distributed table may not reference a coordinator table; so a foreign key between
-            // two tables of the list, whose referencing table is not distributed yet, is dropped
-            // first and added again once both are distributed (it then holds shard by shard). It
+            // two tables of the list, or from a table of the list to a reference table, whose
+            // referencing table is not distributed yet, is dropped first and added again once the
+            // tables are placed (it then holds shard by shard, or against each node's copy). It
             // is dropped before any reference table is made: a table that references a reference
             // table, or a table that does, becomes a Citus local table of Citus's own accord, and
             // Citus can neither distribute nor turn back such a table that has an identity column
@@ -101,11 +107,11 @@ public static partial class CitusLayout
             // before they are distributed.
             var pendingKeys = (await connection.QueryAsync<(string Table, string Name, string Definition)>(new CommandDefinition("""
                 SELECT c.conrelid::regclass::text, c.conname::text, pg_get_constraintdef(c.oid) FROM pg_constraint c
-                WHERE c.contype = 'f' AND c.conrelid::regclass::text = ANY(@tables) AND c.confrelid::regclass::text = ANY(@tables)
+                WHERE c.contype = 'f' AND c.conrelid::regclass::text = ANY(@tables) AND c.confrelid::regclass::text = ANY(@tables || @references)
                   AND NOT EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = c.conrelid AND p.partmethod = 'h')
                   AND c.conparentid = 0
                 ORDER BY 1, 2
-                """, new { tables = Distributed.ToArray() }, cancellationToken: cancellationToken))).ToList();
+                """, new { tables = Distributed.ToArray(), references = Reference.ToArray() }, cancellationToken: cancellationToken))).ToList();
             foreach (var (table, name, _) in pendingKeys)
             {
                 await connection.ExecuteAsync(new CommandDefinition($"ALTER TABLE {Quote(table)} DROP CONSTRAINT {Quote(name)}", cancellationToken: cancellationToken));
