@@ -16,14 +16,7 @@ public sealed class RegistryWorkflowTests(PostgresFixture postgres)
         // applications' own keys hold per provider only.
         await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
         var (first, _, admitted) = await scene.AdmitAsync();
-        var (second, key) = await scene.RegisterAsync();
-        long id = (await scene.Client.FileApplicationAsync(RegistryScene.Filing(second), key)).ApplicationId;
-        await scene.Engine.ReviewMaterialsAsync(Admissions.Operator, new Metering.Engine.Registry.OperatorDecision(id, Pass: true), CancellationToken.None);
-        var proposed = await scene.Engine.RecordVerificationAsync(Admissions.Operator, id, pass: true, verifiedFp16Gflops: 316_608_000, verifierParts: [], reasons: "", CancellationToken.None);
-        await scene.Engine.ApproveProposalAsync(Admissions.SecondOperator, id, proposed.PendingProposal!.ProposalNo, CancellationToken.None);
-        await scene.Engine.OpenPublicNoticeAsync(Admissions.Operator, new Metering.Engine.Registry.OperatorDecision(id, Pass: true), CancellationToken.None);
-        proposed = await scene.Engine.DecideAdmissionAsync(Admissions.Operator, new Metering.Engine.Registry.OperatorDecision(id, Pass: true), CancellationToken.None);
-        await scene.Engine.ApproveProposalAsync(Admissions.SecondOperator, id, proposed.PendingProposal!.ProposalNo, CancellationToken.None);
+        var (second, id) = await scene.AwaitingAdmissionNoticeAsync();
         long historyBefore = await scene.Server.ScalarAsync<long>("SELECT count(*) FROM registry_history");
 
         RpcException taken = await Assert.ThrowsAsync<RpcException>(() => scene.Client.IssueAdmissionNoticeAsync(
