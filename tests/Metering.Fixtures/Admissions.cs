@@ -248,12 +248,18 @@ internal static class Admissions
     /// <summary>Passes every stage after filing, as one operator with a second approving what four-eyes asks of two.</summary>
     public static async Task<Application> DecideAllAsync(ProviderRegistry registry, long applicationId, string code)
     {
+        await DecideAllButTheNoticeAsync(registry, applicationId);
+        return await registry.IssueAdmissionNoticeAsync(Operator, new AdmissionNotice(applicationId, $"TEST-{code}-{applicationId}"), CancellationToken.None);
+    }
+
+    /// <summary>Every stage up to the admission notice: the application then awaits its notice.</summary>
+    public static async Task DecideAllButTheNoticeAsync(ProviderRegistry registry, long applicationId)
+    {
         await registry.ReviewMaterialsAsync(Operator, new OperatorDecision(applicationId, Pass: true), CancellationToken.None);
         Application proposed = await registry.RecordVerificationAsync(Operator, applicationId, pass: true, verifiedFp16Gflops: 316_608_000, verifierParts: [], reasons: "", CancellationToken.None);
         await registry.ApproveProposalAsync(SecondOperator, applicationId, proposed.PendingProposal!.ProposalNo, CancellationToken.None);
         await registry.OpenPublicNoticeAsync(Operator, new OperatorDecision(applicationId, Pass: true), CancellationToken.None);
         proposed = await registry.DecideAdmissionAsync(Operator, new OperatorDecision(applicationId, Pass: true), CancellationToken.None);
         await registry.ApproveProposalAsync(SecondOperator, applicationId, proposed.PendingProposal!.ProposalNo, CancellationToken.None);
-        return await registry.IssueAdmissionNoticeAsync(Operator, new AdmissionNotice(applicationId, $"TEST-{code}-{applicationId}"), CancellationToken.None);
     }
 }

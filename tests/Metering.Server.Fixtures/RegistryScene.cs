@@ -143,6 +143,15 @@ internal sealed class RegistryScene : IAsyncDisposable
         return (code, key, admitted);
     }
 
+    /// <summary>Registers, files and takes an application through every stage but the admission notice; returns the provider and the application.</summary>
+    public async Task<(string Code, long ApplicationId)> AwaitingAdmissionNoticeAsync()
+    {
+        var (code, key) = await RegisterAsync();
+        long id = (await Client.FileApplicationAsync(Filing(code), key)).ApplicationId;
+        await Admissions.DecideAllButTheNoticeAsync(Engine, id);
+        return (code, id);
+    }
+
     public async ValueTask DisposeAsync()
     {
         await DataSource.DisposeAsync();

@@ -54,8 +54,8 @@ public sealed partial class ProviderRegistry
             {
                 // Of two approvals racing, the second finds the stage decided: say so, and by whom.
                 string? approvedStage = await connection.ExecuteScalarAsync<string?>(
-                    "SELECT stage FROM stage_proposals WHERE application_id = @applicationId AND proposal_no = @no AND closed_as = 'approved'",
-                    new { applicationId, no = (int)proposalNo }, transaction);
+                    "SELECT stage FROM stage_proposals WHERE provider_id = @provider AND application_id = @applicationId AND proposal_no = @no AND closed_as = 'approved'",
+                    new { provider = row.ProviderId, applicationId, no = (int)proposalNo }, transaction);
                 throw approvedStage is not null
                     ? await StageConflictAsync(connection, transaction, row, approvedStage, $"proposal {proposalNo} was approved")
                     : new RegistryRefusedException(RegistryRefusalReason.NoPendingProposal, $"application {applicationId} has no proposal awaiting approval");
@@ -74,18 +74,18 @@ public sealed partial class ProviderRegistry
             }
 
             var call = new StageCall(open.Stage, open.Pass, open.VerifiedFp16Gflops, open.Reasons,
-                await VerificationParts.ReadProposedAsync(connection, transaction, applicationId, open.ProposalNo));
+                await VerificationParts.ReadProposedAsync(connection, transaction, row.ProviderId, applicationId, open.ProposalNo));
             await ExpectStateAsync(connection, transaction, row, call.Stage, ExpectedState(call.Stage));
             DateTimeOffset now = time.GetUtcNow();
             await connection.ExecuteAsync("""
                 UPDATE stage_proposals SET closed_as = 'approved', closed_by = @by, closed_at = @now
-                WHERE application_id = @applicationId AND proposal_no = @no
-                """, new { by = approver.Subject, now = now.UtcDateTime, applicationId, no = (int)open.ProposalNo }, transaction);
+                WHERE provider_id = @provider AND application_id = @applicationId AND proposal_no = @no
+                """, new { by = approver.Subject, now = now.UtcDateTime, provider = row.ProviderId, applicationId, no = (int)open.ProposalNo }, transaction);
             Actor both = approver with { Subject = $"{open.ProposedBy}, approved by {approver.Subject}" };
             if (call.Stage == StageCall.Reconsideration)
             {
                 await UpholdAsync(connection, transaction, both, applicationId, call.Reasons, now);
-                return (await ReadApplicationAsync(connection, transaction, applicationId, details: true))!;
+                return (await ReadApplicationAsync(connection, transaction, row.ProviderId, applicationId, details: true))!;
             }
 
             return await ApplyStageAsync(connection, transaction, both, row, call.Stage, call.Stage, RuleFor(call), now);
@@ -113,7 +113,7 @@ public sealed partial class ProviderRegistry
             await transaction.RollbackAsync(ProposalSavepoint, cancellationToken);
 
             await ProposeAsync(connection, transaction, actor, row.ProviderId, applicationId, call, now);
-            return (await ReadApplicationAsync(connection, transaction, applicationId, details: true))!;
+            return (await ReadApplicationAsync(connection, transaction, row.ProviderId, applicationId, details: true))!;
         }, cancellationToken);
 
     /// <summary>Records <paramref name="call"/> as the application's pending proposal, superseding an open one, and returns its number.</summary>
@@ -128,12 +128,12 @@ public sealed partial class ProviderRegistry
         int proposalNo = await connection.ExecuteScalarAsync<int>("""
             INSERT INTO stage_proposals (provider_id, application_id, proposal_no, stage, pass, verified_fp16_gflops, reasons, proposed_by, proposed_at)
             SELECT @provider, @id, coalesce(max(proposal_no), 0) + 1, @stage, @pass, @verified, @reasons, @by, @now
-            FROM stage_proposals WHERE application_id = @id
+            FROM stage_proposals WHERE provider_id = @provider AND application_id = @id
             RETURNING proposal_no
             """, new { provider = providerId, id = applicationId, stage = call.Stage, pass = call.Pass, verified = call.VerifiedFp16Gflops, reasons = call.Reasons.Trim(), by = actor.Subject, now = now.UtcDateTime }, transaction);
         await VerificationParts.WriteProposedAsync(connection, transaction, providerId, applicationId, proposalNo, call.VerifierParts);
         await RecordAsync(connection, transaction, actor, now, providerId, "proposal", $"{applicationId}/{proposalNo}", "propose", superseded,
-            await ProposalJsonAsync(connection, transaction, applicationId, proposalNo));
+            await ProposalJsonAsync(connection, transaction, providerId, applicationId, proposalNo));
         return proposalNo;
     }
 
@@ -165,15 +165,15 @@ public sealed partial class ProviderRegistry
     }
 
     /// <summary>A proposal as history shows it: its row, with the commissioned verifier's parts proposed, if any.</summary>
-    private static Task<string?> ProposalJsonAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, long applicationId, int proposalNo) =>
+    private static Task<string?> ProposalJsonAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string providerId, long applicationId, int proposalNo) =>
         connection.ExecuteScalarAsync<string?>("""
             SELECT (to_jsonb(s) || coalesce((
                 SELECT jsonb_build_object('verifier_parts', jsonb_agg(jsonb_build_object('device_model', p.device_model, 'devices', p.devices, 'fp16_gflops', p.fp16_gflops)
                                                                       ORDER BY p.device_model COLLATE "C"))
-                FROM stage_proposal_parts p WHERE p.application_id = s.application_id AND p.proposal_no = s.proposal_no
+                FROM stage_proposal_parts p WHERE p.provider_id = s.provider_id AND p.application_id = s.application_id AND p.proposal_no = s.proposal_no
                 HAVING count(*) > 0), '{}'::jsonb))::text
-            FROM stage_proposals s WHERE s.application_id = @applicationId AND s.proposal_no = @proposalNo
-            """, new { applicationId, proposalNo }, transaction);
+            FROM stage_proposals s WHERE s.provider_id = @providerId AND s.application_id = @applicationId AND s.proposal_no = @proposalNo
+            """, new { providerId, applicationId, proposalNo }, transaction);
 
     private sealed record ProposalRow(int ProposalNo, string Stage, bool Pass, long VerifiedFp16Gflops, string Reasons, string ProposedBy);
 }

@@ -31,11 +31,11 @@ public sealed partial class ProviderRegistry
             // Eligibility may have changed since filing: a listing, a lapsed licence, a voucher application.
             await CheckStillEligibleAsync(connection, transaction, row, now);
             int objections = await connection.ExecuteScalarAsync<int>(
-                "SELECT count(*) FROM application_stages WHERE application_id = @id AND stage = 'objection'", new { id = row.ApplicationId }, transaction);
+                "SELECT count(*) FROM application_stages WHERE provider_id = @code AND application_id = @id AND stage = 'objection'", new { code = row.ProviderId, id = row.ApplicationId }, transaction);
             string reasons = objections > 0
                 ? RequireReasons(decision.Reasons, $"admitting over {objections} recorded objection(s) needs reasons that answer them")
                 : decision.Reasons.Trim();
-            await connection.ExecuteAsync("UPDATE applications SET decided_at = @now WHERE application_id = @id", new { now = now.UtcDateTime, id = row.ApplicationId }, transaction);
+            await connection.ExecuteAsync("UPDATE applications SET decided_at = @now WHERE provider_id = @code AND application_id = @id", new { now = now.UtcDateTime, code = row.ProviderId, id = row.ApplicationId }, transaction);
             return (ApplicationState.AwaitingAdmissionNotice, "passed", reasons);
         };
 
@@ -52,7 +52,7 @@ public sealed partial class ProviderRegistry
         {
             // The organisation is locked before the application, in the order every other change
             // that takes both locks uses, so that two such changes cannot deadlock.
-            string? provider = await connection.ExecuteScalarAsync<string?>("SELECT provider_id FROM applications WHERE application_id = @id", new { id = notice.ApplicationId }, transaction);
+            string? provider = await ProviderOfApplicationAsync(connection, transaction, notice.ApplicationId);
             if (provider is not null)
             {
                 await LockOrganisationAsync(connection, transaction, provider);
@@ -64,14 +64,14 @@ public sealed partial class ProviderRegistry
             {
                 throw await StageConflictAsync(connection, transaction, row, "admission_notice", "the admission notice follows the admission decision");
             }
-            if (await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM applications WHERE notice_number = @number)", new { number }, transaction))
+            if (await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM admission_notice_numbers WHERE notice_number = @number)", new { number }, transaction))
             {
                 throw new RegistryRefusedException(RegistryRefusalReason.NoticeNumberTaken, $"admission notice number {number} is already used");
             }
 
             BatchRow batch = (await ReadBatchesAsync(connection, transaction, row.BatchId)).Single();
             DateTimeOffset validFrom = row.DecidedAt ?? now;
-            long? renews = await connection.ExecuteScalarAsync<long?>("SELECT renews_application_id FROM applications WHERE application_id = @id", new { id = row.ApplicationId }, transaction);
+            long? renews = await connection.ExecuteScalarAsync<long?>("SELECT renews_application_id FROM applications WHERE provider_id = @code AND application_id = @id", new { code = row.ProviderId, id = row.ApplicationId }, transaction);
             ServiceItemRow? renewed = null;
             if (renews is { } renewedId)
             {
@@ -96,8 +96,13 @@ public sealed partial class ProviderRegistry
                 throw new RegistryRefusedException(RegistryRefusalReason.PeriodInvalid, $"batch {batch.BatchId}'s validity ended at {batch.ValidityEndsAt:O}; nothing can be admitted under it");
             }
 
-            string before = (await ApplicationJsonAsync(connection, transaction, row.ApplicationId))!;
-            await connection.ExecuteAsync("UPDATE applications SET state = 'admitted', notice_number = @number WHERE application_id = @id", new { number, id = row.ApplicationId }, transaction);
+            string before = (await ApplicationJsonAsync(connection, transaction, row.ProviderId, row.ApplicationId))!;
+            // The number is registered programme-wide first (its primary key holds it unique
+            // across providers, on Citus too), then named by the application.
+            await connection.ExecuteAsync("INSERT INTO admission_notice_numbers (notice_number, provider_id, application_id) VALUES (@number, @code, @id)",
+                new { number, code = row.ProviderId, id = row.ApplicationId }, transaction);
+            await connection.ExecuteAsync("UPDATE applications SET state = 'admitted', notice_number = @number WHERE provider_id = @code AND application_id = @id",
+                new { number, code = row.ProviderId, id = row.ApplicationId }, transaction);
             await connection.ExecuteAsync("""
                 INSERT INTO service_items (provider_id, service_item, application_id, notice_number, valid_from, validity_ends_at, renews_application_id)
                 VALUES (@code, @item, @id, @number, @from, @ends, @renews)
@@ -113,7 +118,7 @@ public sealed partial class ProviderRegistry
             int version = await connection.ExecuteScalarAsync<int>("""
                 INSERT INTO fee_schedules (provider_id, service_item, version, effective_from, filed_at, lines)
                 SELECT @code, @item, coalesce((SELECT max(version) FROM fee_schedules WHERE provider_id = @code AND service_item = @item), 0) + 1, @from, filed_at, fee_lines
-                FROM applications WHERE application_id = @id
+                FROM applications WHERE provider_id = @code AND application_id = @id
                 RETURNING version
                 """, new { code = row.ProviderId, item = row.ServiceItem, id = row.ApplicationId, from = validFrom.UtcDateTime }, transaction);
             await RecordAsync(connection, transaction, actor, now, row.ProviderId, "fee_schedule", $"{row.ProviderId}/{row.ServiceItem}/{version}", "file", null,
@@ -121,10 +126,10 @@ public sealed partial class ProviderRegistry
             await BumpEpochAsync(connection, transaction, row.ProviderId);
             await AddStageAsync(connection, transaction, row.ProviderId, row.ApplicationId, "admission_notice", actor, now, "passed",
                 $"notice {number}; {(renewed is null ? "" : $"renews application {renewed.ApplicationId}{(validFrom == renewed.ValidityEndsAt ? " without a gap" : $", whose admission ended at {renewed.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm}")}; ")}admitted from {validFrom.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} until {batch.ValidityEndsAt.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai; fee schedule version {version}");
-            await RecordAsync(connection, transaction, actor, now, row.ProviderId, "application", Key(row.ApplicationId), "admission_notice", before, await ApplicationJsonAsync(connection, transaction, row.ApplicationId));
+            await RecordAsync(connection, transaction, actor, now, row.ProviderId, "application", Key(row.ApplicationId), "admission_notice", before, await ApplicationJsonAsync(connection, transaction, row.ProviderId, row.ApplicationId));
             await RecordAsync(connection, transaction, actor, now, row.ProviderId, "service_item", $"{row.ProviderId}/{row.ServiceItem}", renewed is null ? "admit" : "renew", null,
                 await ServiceItemJsonAsync(connection, transaction, row.ProviderId, row.ApplicationId));
-            return (await ReadApplicationAsync(connection, transaction, row.ApplicationId, details: true))!;
+            return (await ReadApplicationAsync(connection, transaction, row.ProviderId, row.ApplicationId, details: true))!;
         }, cancellationToken);
     }
 }

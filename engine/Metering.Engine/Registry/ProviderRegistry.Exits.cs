@@ -109,11 +109,11 @@ public sealed partial class ProviderRegistry
                 """, new { code }, transaction)).ToList();
             foreach (long id in pending)
             {
-                string before = (await ApplicationJsonAsync(connection, transaction, id))!;
-                await connection.ExecuteAsync("UPDATE applications SET state = 'rejected' WHERE application_id = @id", new { id }, transaction);
-                await DismissOvertakenAsync(connection, transaction, actor, id, "false materials: " + reasons, now);
+                string before = (await ApplicationJsonAsync(connection, transaction, code, id))!;
+                await connection.ExecuteAsync("UPDATE applications SET state = 'rejected' WHERE provider_id = @code AND application_id = @id", new { code, id }, transaction);
+                await DismissOvertakenAsync(connection, transaction, actor, code, id, "false materials: " + reasons, now);
                 await AddStageAsync(connection, transaction, code, id, "false_materials", actor, now, "rejected", reasons);
-                await RecordAsync(connection, transaction, actor, now, code, "application", Key(id), "false_materials", before, await ApplicationJsonAsync(connection, transaction, id));
+                await RecordAsync(connection, transaction, actor, now, code, "application", Key(id), "false_materials", before, await ApplicationJsonAsync(connection, transaction, code, id));
             }
 
             foreach (ServiceItemRow item in await ReadServiceItemsAsync(connection, transaction, code, now))
@@ -149,11 +149,11 @@ public sealed partial class ProviderRegistry
             """, new { code, item }, transaction);
         foreach (long id in pending)
         {
-            string before = (await ApplicationJsonAsync(connection, transaction, id))!;
-            await connection.ExecuteAsync("UPDATE applications SET state = 'rejected' WHERE application_id = @id", new { id }, transaction);
-            await DismissOvertakenAsync(connection, transaction, actor, id, $"the admission this application renews was {endKind}", now);
+            string before = (await ApplicationJsonAsync(connection, transaction, code, id))!;
+            await connection.ExecuteAsync("UPDATE applications SET state = 'rejected' WHERE provider_id = @code AND application_id = @id", new { code, id }, transaction);
+            await DismissOvertakenAsync(connection, transaction, actor, code, id, $"the admission this application renews was {endKind}", now);
             await AddStageAsync(connection, transaction, code, id, "exit", actor, now, "rejected", $"the admission this application renews was {endKind}; a renewal does not revive it");
-            await RecordAsync(connection, transaction, actor, now, code, "application", Key(id), "exit", before, await ApplicationJsonAsync(connection, transaction, id));
+            await RecordAsync(connection, transaction, actor, now, code, "application", Key(id), "exit", before, await ApplicationJsonAsync(connection, transaction, code, id));
         }
     }
 

@@ -107,8 +107,8 @@ public sealed partial class ProviderRegistry
             }.Where(note => note.Length > 0));
             Actor recorded = enteredBy is null ? actor : actor with { Subject = $"{actor.Subject} (entered by {enteredBy})" };
             await AddStageAsync(connection, transaction, code, id, "filing", actor, now, "recorded", filingNote);
-            await RecordAsync(connection, transaction, recorded, now, code, "application", id.ToString(CultureInfo.InvariantCulture), "file", null, await ApplicationJsonAsync(connection, transaction, id));
-            return (await ReadApplicationAsync(connection, transaction, id, details: true))!;
+            await RecordAsync(connection, transaction, recorded, now, code, "application", id.ToString(CultureInfo.InvariantCulture), "file", null, await ApplicationJsonAsync(connection, transaction, code, id));
+            return (await ReadApplicationAsync(connection, transaction, code, id, details: true))!;
         }, cancellationToken);
     }
 
@@ -172,7 +172,7 @@ public sealed partial class ProviderRegistry
                 $"the admission of application {id} is already renewed by application {later.ApplicationId} from {later.ValidFrom.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai");
         }
 
-        string renewedBatch = await connection.ExecuteScalarAsync<string>("SELECT batch_id FROM applications WHERE application_id = @id", new { id }, transaction) ?? "";
+        string renewedBatch = await connection.ExecuteScalarAsync<string>("SELECT batch_id FROM applications WHERE provider_id = @code AND application_id = @id", new { code, id }, transaction) ?? "";
         if (renewedBatch == batch.BatchId || batch.ValidityEndsAt <= renewed.ValidityEndsAt)
         {
             throw new RegistryRefusedException(RegistryRefusalReason.RenewalInvalid,

@@ -21,7 +21,7 @@ public sealed partial class ProviderRegistry
 
             int days = await connection.ExecuteScalarAsync<int>("SELECT public_notice_days FROM admission_batches WHERE batch_id = @b", new { b = row.BatchId }, transaction);
             DateTimeOffset ends = now.AddDays(days);
-            await connection.ExecuteAsync("UPDATE applications SET notice_ends_at = @ends WHERE application_id = @id", new { ends = ends.UtcDateTime, id = row.ApplicationId }, transaction);
+            await connection.ExecuteAsync("UPDATE applications SET notice_ends_at = @ends WHERE provider_id = @code AND application_id = @id", new { ends = ends.UtcDateTime, code = row.ProviderId, id = row.ApplicationId }, transaction);
             return (ApplicationState.InPublicNotice, "opened", Join($"public notice for {days} day(s), until {ends.ToOffset(ShanghaiTime.Offset):yyyy-MM-dd HH:mm} Asia/Shanghai", decision.Reasons));
         }, cancellationToken);
 
@@ -47,8 +47,8 @@ public sealed partial class ProviderRegistry
 
             int stageNo = await AddStageAsync(connection, transaction, row.ProviderId, row.ApplicationId, "objection", actor, now, "recorded", $"{objector}: {content}");
             await RecordAsync(connection, transaction, actor, now, row.ProviderId, "objection", $"{row.ApplicationId}/{stageNo}", "record", null,
-                await RowJsonAsync(connection, transaction, "application_stages", "application_id = @id AND stage_no = @stageNo", new { id = row.ApplicationId, stageNo }));
-            return (await ReadApplicationAsync(connection, transaction, row.ApplicationId, details: true))!;
+                await RowJsonAsync(connection, transaction, "application_stages", "provider_id = @code AND application_id = @id AND stage_no = @stageNo", new { code = row.ProviderId, id = row.ApplicationId, stageNo }));
+            return (await ReadApplicationAsync(connection, transaction, row.ProviderId, row.ApplicationId, details: true))!;
         }, cancellationToken);
     }
 }

@@ -12,22 +12,22 @@ public sealed partial class ProviderRegistry
     public async Task<Application?> GetApplicationAsync(long applicationId, CancellationToken cancellationToken)
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        return await ReadApplicationAsync(connection, null, applicationId, details: true);
+        return await ReadApplicationAsync(connection, null, null, applicationId, details: true);
     }
 
     public async Task<IReadOnlyList<Application>> ListApplicationsAsync(string? creditCode, ApplicationState state, int limit, CancellationToken cancellationToken)
     {
         limit = limit == 0 ? ListLimitDefault : Math.Clamp(limit, 1, ListLimitMax);
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        var ids = await connection.QueryAsync<long>("""
-            SELECT application_id FROM applications
+        var ids = await connection.QueryAsync<(string, long)>("""
+            SELECT provider_id, application_id FROM applications
             WHERE (@code::text IS NULL OR provider_id = @code) AND (@state::text IS NULL OR state = @state)
             ORDER BY application_id DESC LIMIT @limit
             """, new { code = NullIfEmpty(creditCode), state = state == ApplicationState.Unspecified ? null : Names.Of(state), limit });
         var applications = new List<Application>();
-        foreach (long id in ids)
+        foreach (var (provider, id) in ids)
         {
-            applications.Add((await ReadApplicationAsync(connection, null, id, details: false))!);
+            applications.Add((await ReadApplicationAsync(connection, null, provider, id, details: false))!);
         }
 
         return applications;
@@ -84,7 +84,7 @@ public sealed partial class ProviderRegistry
     /// </summary>
     private static async Task<ApplicationRow> LockApplicationAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, long id)
     {
-        string? provider = await connection.ExecuteScalarAsync<string?>("SELECT provider_id FROM applications WHERE application_id = @id", new { id }, transaction);
+        string? provider = await ProviderOfApplicationAsync(connection, transaction, id);
         var row = provider is null ? null : await connection.QueryFirstOrDefaultAsync<(long Id, string Code, string Batch, string Item, string State, string? Intermediary, DateTime? NoticeEnds, DateTime? Decided)?>("""
             SELECT application_id, provider_id, batch_id, service_item, state, intermediary, notice_ends_at, decided_at FROM applications
             WHERE provider_id = @provider AND application_id = @id FOR UPDATE
@@ -94,24 +94,39 @@ public sealed partial class ProviderRegistry
             : throw new RegistryRefusedException(RegistryRefusalReason.ApplicationUnknown, $"there is no application {id}");
     }
 
-    private async Task<Application?> ReadApplicationAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, long id, bool details)
+    /// <summary>
+    /// The provider of application <paramref name="id"/>, or null: read unlocked, by the id alone
+    /// (on Citus a read of every shard), so that every statement after it names provider_id and
+    /// reads or locks the row on the provider's shard alone.
+    /// </summary>
+    private static Task<string?> ProviderOfApplicationAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, long id) =>
+        connection.ExecuteScalarAsync<string?>("SELECT provider_id FROM applications WHERE application_id = @id", new { id }, transaction);
+
+    /// <summary>Application <paramref name="id"/> of <paramref name="code"/>, or of whichever provider filed it when <paramref name="code"/> is null.</summary>
+    private async Task<Application?> ReadApplicationAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string? code, long id, bool details)
     {
+        code ??= await ProviderOfApplicationAsync(connection, transaction, id);
+        if (code is null)
+        {
+            return null;
+        }
+
         var row = await connection.QueryFirstOrDefaultAsync<ApplicationRecord>("""
             SELECT application_id AS Id, provider_id AS Code, batch_id AS Batch, service_item AS Item, state AS State,
                    floor(extract(epoch FROM filed_at) * 1000)::bigint AS FiledMs, declared_fp16_gflops AS Declared, coalesce(verified_fp16_gflops, 0) AS Verified,
                    coalesce(intermediary, '') AS Intermediary, coalesce(floor(extract(epoch FROM notice_ends_at) * 1000)::bigint, 0) AS NoticeEndsMs,
                    coalesce(notice_number, '') AS NoticeNumber, metering_proof_stream AS ProofStream, metering_proof_records AS ProofRecords,
                    service_content AS Content, service_standards AS Standards, fee_lines::text AS Fees, coalesce(renews_application_id, 0) AS Renews
-            FROM applications WHERE application_id = @id
-            """, new { id }, transaction);
+            FROM applications WHERE provider_id = @code AND application_id = @id
+            """, new { code, id }, transaction);
         if (row is null)
         {
             return null;
         }
 
         var stages = await connection.QueryAsync<(string Stage, string Actor, long AtMs, string Outcome, string Reasons)>("""
-            SELECT stage, actor, floor(extract(epoch FROM at) * 1000)::bigint, outcome, reasons FROM application_stages WHERE application_id = @id ORDER BY stage_no
-            """, new { id }, transaction);
+            SELECT stage, actor, floor(extract(epoch FROM at) * 1000)::bigint, outcome, reasons FROM application_stages WHERE provider_id = @code AND application_id = @id ORDER BY stage_no
+            """, new { code, id }, transaction);
         var application = new Application
         {
             ApplicationId = row.Id,
@@ -138,9 +153,9 @@ public sealed partial class ProviderRegistry
 
         IReadOnlyList<FeeLine> fees = [.. ParseFees(row.Fees)];
         var materials = await connection.QueryAsync<(string Kind, string Ref, byte[] Sha)>(
-            "SELECT kind, document_ref, sha256 FROM application_materials WHERE application_id = @id ORDER BY kind", new { id }, transaction);
+            "SELECT kind, document_ref, sha256 FROM application_materials WHERE provider_id = @code AND application_id = @id ORDER BY kind", new { code, id }, transaction);
         var capacity = await connection.QueryAsync<(string Site, string Model, int Count)>(
-            "SELECT site, device_model, device_count FROM application_capacity WHERE application_id = @id ORDER BY site, device_model", new { id }, transaction);
+            "SELECT site, device_model, device_count FROM application_capacity WHERE provider_id = @code AND application_id = @id ORDER BY site, device_model", new { code, id }, transaction);
         return application with
         {
             ServiceContent = row.Content,

@@ -106,15 +106,15 @@ public sealed partial class ProviderRegistry
 
             if (verified > 0)
             {
-                await connection.ExecuteAsync("UPDATE applications SET verified_fp16_gflops = @v WHERE application_id = @id",
-                    new { v = verified, id = row.ApplicationId }, transaction);
+                await connection.ExecuteAsync("UPDATE applications SET verified_fp16_gflops = @v WHERE provider_id = @code AND application_id = @id",
+                    new { v = verified, code = row.ProviderId, id = row.ApplicationId }, transaction);
             }
 
             if (parts.Count > 0)
             {
                 // The stage record the workflow adds next takes this number (the application is locked).
                 int stageNo = await connection.ExecuteScalarAsync<int>(
-                    "SELECT coalesce(max(stage_no), 0) + 1 FROM application_stages WHERE application_id = @id", new { id = row.ApplicationId }, transaction);
+                    "SELECT coalesce(max(stage_no), 0) + 1 FROM application_stages WHERE provider_id = @code AND application_id = @id", new { code = row.ProviderId, id = row.ApplicationId }, transaction);
                 await VerificationParts.WriteAsync(connection, transaction, row.ProviderId, row.ApplicationId, stageNo, parts);
             }
 

@@ -59,12 +59,12 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
     /// <summary>Runs a stage's rule on the locked application and records its outcome, the stage and the history entry.</summary>
     private async Task<Application> ApplyStageAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, Actor actor, ApplicationRow row, string stage, string action, StageRule rule, DateTimeOffset now)
     {
-        string before = (await ApplicationJsonAsync(connection, transaction, row.ApplicationId))!;
+        string before = (await ApplicationJsonAsync(connection, transaction, row.ProviderId, row.ApplicationId))!;
         var (next, outcome, reasons) = await rule(connection, transaction, row, now);
-        await connection.ExecuteAsync("UPDATE applications SET state = @state WHERE application_id = @id", new { state = Names.Of(next), id = row.ApplicationId }, transaction);
+        await connection.ExecuteAsync("UPDATE applications SET state = @state WHERE provider_id = @code AND application_id = @id", new { state = Names.Of(next), code = row.ProviderId, id = row.ApplicationId }, transaction);
         await AddStageAsync(connection, transaction, row.ProviderId, row.ApplicationId, stage, actor, now, outcome, reasons);
-        await RecordAsync(connection, transaction, actor, now, row.ProviderId, "application", Key(row.ApplicationId), action, before, await ApplicationJsonAsync(connection, transaction, row.ApplicationId));
-        return (await ReadApplicationAsync(connection, transaction, row.ApplicationId, details: true))!;
+        await RecordAsync(connection, transaction, actor, now, row.ProviderId, "application", Key(row.ApplicationId), action, before, await ApplicationJsonAsync(connection, transaction, row.ProviderId, row.ApplicationId));
+        return (await ReadApplicationAsync(connection, transaction, row.ProviderId, row.ApplicationId, details: true))!;
     }
 
     private static Task CheckStillEligibleAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, ApplicationRow row, DateTimeOffset now) =>
@@ -87,8 +87,8 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
     private static async Task<RegistryRefusedException> StageConflictAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, ApplicationRow row, string stage, string rule)
     {
         var decided = await connection.QueryFirstOrDefaultAsync<(string Actor, DateTime At, string Outcome)?>("""
-            SELECT actor, at, outcome FROM application_stages WHERE application_id = @id AND stage = @stage ORDER BY stage_no DESC LIMIT 1
-            """, new { id = row.ApplicationId, stage }, transaction);
+            SELECT actor, at, outcome FROM application_stages WHERE provider_id = @code AND application_id = @id AND stage = @stage ORDER BY stage_no DESC LIMIT 1
+            """, new { code = row.ProviderId, id = row.ApplicationId, stage }, transaction);
         if (decided is { } d)
         {
             return new RegistryRefusedException(RegistryRefusalReason.AlreadyDecided,
@@ -110,7 +110,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
         {
             throw new RegistryRefusedException(RegistryRefusalReason.ServiceItemTaken, "another application for this service item was filed at the same moment");
         }
-        catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation && e.ConstraintName == "applications_notice_number_key")
+        catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation && e.ConstraintName == "admission_notice_numbers_pkey")
         {
             throw new RegistryRefusedException(RegistryRefusalReason.NoticeNumberTaken, "the admission notice number was used at the same moment");
         }
@@ -120,7 +120,7 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
     private static Task<int> AddStageAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, long id, string stage, Actor actor, DateTimeOffset now, string outcome, string reasons) =>
         connection.ExecuteScalarAsync<int>("""
             INSERT INTO application_stages (provider_id, application_id, stage_no, stage, actor, at, outcome, reasons)
-            SELECT @code, @id, coalesce(max(stage_no), 0) + 1, @stage, @actor, @now, @outcome, @reasons FROM application_stages WHERE application_id = @id
+            SELECT @code, @id, coalesce(max(stage_no), 0) + 1, @stage, @actor, @now, @outcome, @reasons FROM application_stages WHERE provider_id = @code AND application_id = @id
             RETURNING stage_no
             """, new { code, id, stage, actor = actor.Subject, now = now.UtcDateTime, outcome, reasons }, transaction);
 
@@ -144,18 +144,19 @@ public sealed partial class ProviderRegistry(NpgsqlDataSource dataSource, Device
             """, new { code, applicationId }, transaction);
 
     /// <summary>An application as history shows it: its row, with the parts of its latest verification where it has any.</summary>
-    private static Task<string?> ApplicationJsonAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, long id) =>
+    private static Task<string?> ApplicationJsonAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code, long id) =>
         connection.ExecuteScalarAsync<string?>("""
             SELECT ((to_jsonb(a) - 'fee_lines' - 'service_content' - 'service_standards') || coalesce((
                 SELECT jsonb_build_object('verification_parts', jsonb_agg(jsonb_build_object(
                            'source', CASE p.source WHEN 'probe' THEN 'probe' ELSE 'commissioned_verifier' END,
                            'validation_id', p.validation_id, 'device_model', p.device_model, 'devices', p.devices, 'fp16_gflops', p.fp16_gflops) ORDER BY p.part_no))
                 FROM verification_parts p
-                WHERE p.application_id = a.application_id
-                  AND p.stage_no = (SELECT max(s.stage_no) FROM application_stages s WHERE s.application_id = a.application_id AND s.stage = 'verification')
+                WHERE p.provider_id = a.provider_id AND p.application_id = a.application_id
+                  AND p.stage_no = (SELECT max(s.stage_no) FROM application_stages s
+                                    WHERE s.provider_id = a.provider_id AND s.application_id = a.application_id AND s.stage = 'verification')
                 HAVING count(*) > 0), '{}'::jsonb))::text
-            FROM applications a WHERE application_id = @id
-            """, new { id }, transaction);
+            FROM applications a WHERE provider_id = @code AND application_id = @id
+            """, new { code, id }, transaction);
 
     private static Task BumpEpochAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string code) =>
         connection.ExecuteAsync("UPDATE organisations SET admission_epoch = admission_epoch + 1 WHERE provider_id = @code", new { code }, transaction);

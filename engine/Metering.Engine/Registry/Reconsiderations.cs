@@ -151,8 +151,8 @@ public sealed partial class ProviderRegistry
             }
 
             var refusal = await connection.QuerySingleAsync<(int StageNo, string Stage, DateTime At)>("""
-                SELECT stage_no, stage, at FROM application_stages WHERE application_id = @applicationId AND outcome = 'rejected' ORDER BY stage_no DESC LIMIT 1
-                """, new { applicationId }, transaction);
+                SELECT stage_no, stage, at FROM application_stages WHERE provider_id = @provider AND application_id = @applicationId AND outcome = 'rejected' ORDER BY stage_no DESC LIMIT 1
+                """, new { provider = target.ProviderId, applicationId }, transaction);
             if (!ReconsiderationRules.StateAfterUphold.ContainsKey(refusal.Stage))
             {
                 throw new ReconsiderationRefusedException(ReconsiderationRefusal.NotReconsiderable,
@@ -160,8 +160,8 @@ public sealed partial class ProviderRegistry
             }
 
             var earlier = await connection.QueryFirstOrDefaultAsync<(string By, DateTime At, string Outcome)?>("""
-                SELECT requested_by, requested_at, outcome FROM reconsiderations WHERE application_id = @applicationId AND refused_stage_no = @stageNo
-                """, new { applicationId, stageNo = refusal.StageNo }, transaction);
+                SELECT requested_by, requested_at, outcome FROM reconsiderations WHERE provider_id = @provider AND application_id = @applicationId AND refused_stage_no = @stageNo
+                """, new { provider = target.ProviderId, applicationId, stageNo = refusal.StageNo }, transaction);
             if (earlier is { } e)
             {
                 throw new ReconsiderationRefusedException(ReconsiderationRefusal.AlreadyRequested,
@@ -180,7 +180,7 @@ public sealed partial class ProviderRegistry
             }
 
             await RequireItemFreeAsync(connection, transaction, target, now);
-            string before = (await ApplicationJsonAsync(connection, transaction, applicationId))!;
+            string before = (await ApplicationJsonAsync(connection, transaction, target.ProviderId, applicationId))!;
             await connection.ExecuteAsync("""
                 INSERT INTO reconsiderations (provider_id, application_id, refused_stage_no, refused_stage, refused_at, window_ends_at, requested_by, requested_at, grounds)
                 VALUES (@provider, @applicationId, @stageNo, @stage, @refusedAt, @windowEnds, @by, @now, @grounds)
@@ -196,13 +196,13 @@ public sealed partial class ProviderRegistry
                 now = now.UtcDateTime,
                 grounds = trimmed,
             }, transaction);
-            await connection.ExecuteAsync("UPDATE applications SET state = 'under_reconsideration' WHERE application_id = @applicationId", new { applicationId }, transaction);
+            await connection.ExecuteAsync("UPDATE applications SET state = 'under_reconsideration' WHERE provider_id = @provider AND application_id = @applicationId", new { provider = target.ProviderId, applicationId }, transaction);
             await AddStageAsync(connection, transaction, target.ProviderId, applicationId, "reconsideration", actor, now, "requested", $"of the refusal at {refusal.Stage}: {trimmed}");
             await RecordAsync(connection, transaction, actor, now, target.ProviderId, "reconsideration", Key(applicationId, refusal.StageNo), "request", null,
-                await ReconsiderationJsonAsync(connection, transaction, applicationId, refusal.StageNo));
+                await ReconsiderationJsonAsync(connection, transaction, target.ProviderId, applicationId, refusal.StageNo));
             await RecordAsync(connection, transaction, actor, now, target.ProviderId, "application", Key(applicationId), "reconsideration_request", before,
-                await ApplicationJsonAsync(connection, transaction, applicationId));
-            return (await ReadReconsiderationAsync(connection, transaction, applicationId, refusal.StageNo))!;
+                await ApplicationJsonAsync(connection, transaction, target.ProviderId, applicationId));
+            return (await ReadReconsiderationAsync(connection, transaction, target.ProviderId, applicationId, refusal.StageNo))!;
         }, cancellationToken);
     }
 
@@ -227,7 +227,7 @@ public sealed partial class ProviderRegistry
             if (verdict == ReconsiderationRuling.Dismiss)
             {
                 await DismissAsync(connection, transaction, actor, target, pending, trimmed, now);
-                return (await ReadReconsiderationAsync(connection, transaction, applicationId, pending.StageNo))!;
+                return (await ReadReconsiderationAsync(connection, transaction, target.ProviderId, applicationId, pending.StageNo))!;
             }
 
             bool singleOperator = await connection.ExecuteScalarAsync<bool>(
@@ -235,7 +235,7 @@ public sealed partial class ProviderRegistry
             if (pending.RefusedStage != StageCall.Decision || singleOperator)
             {
                 await UpholdAsync(connection, transaction, actor, applicationId, trimmed, now);
-                return (await ReadReconsiderationAsync(connection, transaction, applicationId, pending.StageNo))!;
+                return (await ReadReconsiderationAsync(connection, transaction, target.ProviderId, applicationId, pending.StageNo))!;
             }
 
             // As with a proposed decision, the uphold runs now so that one that could never take
@@ -245,7 +245,7 @@ public sealed partial class ProviderRegistry
             await UpholdAsync(connection, transaction, actor, applicationId, trimmed, now);
             await transaction.RollbackAsync(ProposalSavepoint, cancellationToken);
             await ProposeAsync(connection, transaction, actor, target.ProviderId, applicationId, new StageCall(StageCall.Reconsideration, true, 0, trimmed), now);
-            return (await ReadReconsiderationAsync(connection, transaction, applicationId, pending.StageNo))!;
+            return (await ReadReconsiderationAsync(connection, transaction, target.ProviderId, applicationId, pending.StageNo))!;
         }, cancellationToken);
     }
 
@@ -265,7 +265,7 @@ public sealed partial class ProviderRegistry
         if (pending.RefusedStage == StageCall.Decision)
         {
             await CheckStillEligibleAsync(connection, transaction, target.ProviderId, target.BatchId, now);
-            await connection.ExecuteAsync("UPDATE applications SET decided_at = @now WHERE application_id = @applicationId", new { now = now.UtcDateTime, applicationId }, transaction);
+            await connection.ExecuteAsync("UPDATE applications SET decided_at = @now WHERE provider_id = @provider AND application_id = @applicationId", new { now = now.UtcDateTime, provider = target.ProviderId, applicationId }, transaction);
         }
 
         await CloseAsync(connection, transaction, actor, target, pending, "upheld", next, reasons, now,
@@ -280,13 +280,13 @@ public sealed partial class ProviderRegistry
             new { provider = target.ProviderId, id = target.ApplicationId }, transaction);
         if (proposalNo is { } open)
         {
-            var key = new { id = target.ApplicationId, open };
-            string? proposal = await RowJsonAsync(connection, transaction, "stage_proposals", "application_id = @id AND proposal_no = @open", key);
+            var key = new { provider = target.ProviderId, id = target.ApplicationId, open };
+            string? proposal = await RowJsonAsync(connection, transaction, "stage_proposals", "provider_id = @provider AND application_id = @id AND proposal_no = @open", key);
             await connection.ExecuteAsync("""
-                UPDATE stage_proposals SET closed_as = 'superseded', closed_by = @by, closed_at = @now WHERE application_id = @id AND proposal_no = @open
-                """, new { by = actor.Subject, now = now.UtcDateTime, id = target.ApplicationId, open }, transaction);
+                UPDATE stage_proposals SET closed_as = 'superseded', closed_by = @by, closed_at = @now WHERE provider_id = @provider AND application_id = @id AND proposal_no = @open
+                """, new { by = actor.Subject, now = now.UtcDateTime, provider = target.ProviderId, id = target.ApplicationId, open }, transaction);
             await RecordAsync(connection, transaction, actor, now, target.ProviderId, "proposal", Key(target.ApplicationId, open), "supersede", proposal,
-                await RowJsonAsync(connection, transaction, "stage_proposals", "application_id = @id AND proposal_no = @open", key));
+                await RowJsonAsync(connection, transaction, "stage_proposals", "provider_id = @provider AND application_id = @id AND proposal_no = @open", key));
         }
 
         await CloseAsync(connection, transaction, actor, target, pending, "dismissed", "rejected", reasons, now, $"the refusal at {pending.RefusedStage} stands: {reasons}");
@@ -297,19 +297,19 @@ public sealed partial class ProviderRegistry
         string reasons, DateTimeOffset now, string stageReasons)
     {
         long applicationId = target.ApplicationId;
-        string before = (await ApplicationJsonAsync(connection, transaction, applicationId))!;
-        string reconsiderationBefore = (await ReconsiderationJsonAsync(connection, transaction, applicationId, pending.StageNo))!;
+        string before = (await ApplicationJsonAsync(connection, transaction, target.ProviderId, applicationId))!;
+        string reconsiderationBefore = (await ReconsiderationJsonAsync(connection, transaction, target.ProviderId, applicationId, pending.StageNo))!;
         await connection.ExecuteAsync("""
             UPDATE reconsiderations SET outcome = @outcome, decided_by = @by, decided_at = @now, reasons = @reasons, state_after = @next
-            WHERE application_id = @applicationId AND refused_stage_no = @stageNo
-            """, new { outcome, by = actor.Subject, now = now.UtcDateTime, reasons, next, applicationId, stageNo = pending.StageNo }, transaction);
-        await connection.ExecuteAsync("UPDATE applications SET state = @next WHERE application_id = @applicationId", new { next, applicationId }, transaction);
+            WHERE provider_id = @provider AND application_id = @applicationId AND refused_stage_no = @stageNo
+            """, new { outcome, by = actor.Subject, now = now.UtcDateTime, reasons, next, provider = target.ProviderId, applicationId, stageNo = pending.StageNo }, transaction);
+        await connection.ExecuteAsync("UPDATE applications SET state = @next WHERE provider_id = @provider AND application_id = @applicationId", new { next, provider = target.ProviderId, applicationId }, transaction);
         await AddStageAsync(connection, transaction, target.ProviderId, applicationId, "reconsideration", actor, now, outcome, stageReasons);
         string action = outcome == "upheld" ? "uphold" : "dismiss";
         await RecordAsync(connection, transaction, actor, now, target.ProviderId, "reconsideration", Key(applicationId, pending.StageNo), action, reconsiderationBefore,
-            await ReconsiderationJsonAsync(connection, transaction, applicationId, pending.StageNo));
+            await ReconsiderationJsonAsync(connection, transaction, target.ProviderId, applicationId, pending.StageNo));
         await RecordAsync(connection, transaction, actor, now, target.ProviderId, "application", Key(applicationId), $"reconsideration_{action}", before,
-            await ApplicationJsonAsync(connection, transaction, applicationId));
+            await ApplicationJsonAsync(connection, transaction, target.ProviderId, applicationId));
     }
 
     /// <summary>
@@ -317,10 +317,8 @@ public sealed partial class ProviderRegistry
     /// admission ended early) closes it as dismissed with that rejection's reasons, so that no
     /// request is left pending on an application nobody can decide any more.
     /// </summary>
-    private static async Task DismissOvertakenAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, Actor actor, long applicationId, string reasons, DateTimeOffset now)
+    private static async Task DismissOvertakenAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, Actor actor, string provider, long applicationId, string reasons, DateTimeOffset now)
     {
-        // The provider first, so that the row lock names it (one shard on Citus).
-        string provider = await connection.ExecuteScalarAsync<string>("SELECT provider_id FROM applications WHERE application_id = @applicationId", new { applicationId }, transaction) ?? "";
         int? stageNo = await connection.ExecuteScalarAsync<int?>(
             "SELECT refused_stage_no FROM reconsiderations WHERE provider_id = @provider AND application_id = @applicationId AND outcome IS NULL FOR UPDATE",
             new { provider, applicationId }, transaction);
@@ -329,13 +327,13 @@ public sealed partial class ProviderRegistry
             return;
         }
 
-        string before = (await ReconsiderationJsonAsync(connection, transaction, applicationId, pending))!;
+        string before = (await ReconsiderationJsonAsync(connection, transaction, provider, applicationId, pending))!;
         await connection.ExecuteAsync("""
             UPDATE reconsiderations SET outcome = 'dismissed', decided_by = @by, decided_at = @now, reasons = @reasons, state_after = 'rejected'
-            WHERE application_id = @applicationId AND refused_stage_no = @pending
-            """, new { by = actor.Subject, now = now.UtcDateTime, reasons, applicationId, pending }, transaction);
+            WHERE provider_id = @provider AND application_id = @applicationId AND refused_stage_no = @pending
+            """, new { by = actor.Subject, now = now.UtcDateTime, reasons, provider, applicationId, pending }, transaction);
         await RecordAsync(connection, transaction, actor, now, provider, "reconsideration", Key(applicationId, pending), "dismiss", before,
-            await ReconsiderationJsonAsync(connection, transaction, applicationId, pending));
+            await ReconsiderationJsonAsync(connection, transaction, provider, applicationId, pending));
     }
 
     /// <summary>The pending reconsideration; ALREADY_DECIDED when the latest one was just decided by someone, else NONE_PENDING.</summary>
@@ -352,10 +350,10 @@ public sealed partial class ProviderRegistry
         // When the application's latest stage is a reconsideration's decision, a second operator
         // came to a request another had just decided: say who, as a stage decided twice does.
         var latest = await connection.QueryFirstOrDefaultAsync<(string Stage, string Outcome)?>(
-            "SELECT stage, outcome FROM application_stages WHERE application_id = @id ORDER BY stage_no DESC LIMIT 1", new { id = target.ApplicationId }, transaction);
+            "SELECT stage, outcome FROM application_stages WHERE provider_id = @provider AND application_id = @id ORDER BY stage_no DESC LIMIT 1", new { provider = target.ProviderId, id = target.ApplicationId }, transaction);
         var decided = await connection.QueryFirstOrDefaultAsync<(string By, DateTime At, string Outcome)?>("""
-            SELECT decided_by, decided_at, outcome FROM reconsiderations WHERE application_id = @id AND outcome IS NOT NULL ORDER BY refused_stage_no DESC LIMIT 1
-            """, new { id = target.ApplicationId }, transaction);
+            SELECT decided_by, decided_at, outcome FROM reconsiderations WHERE provider_id = @provider AND application_id = @id AND outcome IS NOT NULL ORDER BY refused_stage_no DESC LIMIT 1
+            """, new { provider = target.ProviderId, id = target.ApplicationId }, transaction);
         if (latest is ("reconsideration", "upheld" or "dismissed") && decided is { } d)
         {
             throw new ReconsiderationRefusedException(ReconsiderationRefusal.AlreadyDecided,
@@ -377,7 +375,7 @@ public sealed partial class ProviderRegistry
         long? other = await connection.ExecuteScalarAsync<long?>("""
             SELECT s.application_id FROM service_items s
             WHERE s.provider_id = @provider AND s.service_item = @item AND s.end_kind IS NULL AND s.validity_ends_at > @now
-              AND s.application_id IS DISTINCT FROM (SELECT renews_application_id FROM applications WHERE application_id = @id)
+              AND s.application_id IS DISTINCT FROM (SELECT renews_application_id FROM applications WHERE provider_id = @provider AND application_id = @id)
             ORDER BY s.valid_from DESC LIMIT 1
             """, new { provider = target.ProviderId, item = target.ServiceItem, now = now.UtcDateTime, id = target.ApplicationId }, transaction);
         if (other is { } admitted)
@@ -391,7 +389,7 @@ public sealed partial class ProviderRegistry
     {
         // The organisation is locked before the application, in the order every change that
         // takes both locks uses, so that two such changes cannot deadlock.
-        string? provider = await connection.ExecuteScalarAsync<string?>("SELECT provider_id FROM applications WHERE application_id = @applicationId", new { applicationId }, transaction);
+        string? provider = await ProviderOfApplicationAsync(connection, transaction, applicationId);
         if (provider is not null && lockOrganisation)
         {
             await LockOrganisationAsync(connection, transaction, provider);
@@ -403,17 +401,17 @@ public sealed partial class ProviderRegistry
             """, new { provider, applicationId }, transaction);
     }
 
-    private static async Task<ReconsiderationCase?> ReadReconsiderationAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, long applicationId, int stageNo)
+    private static async Task<ReconsiderationCase?> ReadReconsiderationAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string provider, long applicationId, int stageNo)
     {
         var row = await connection.QueryFirstOrDefaultAsync<ReconsiderationRecord>("""
             SELECT r.application_id AS ApplicationId, r.provider_id AS ProviderId, r.refused_stage AS RefusedStage, r.refused_at AS RefusedAt, r.window_ends_at AS WindowEndsAt,
                    r.requested_by AS RequestedBy, r.requested_at AS RequestedAt, r.grounds AS Grounds, r.outcome AS Outcome, r.decided_by AS DecidedBy,
                    r.decided_at AS DecidedAt, r.reasons AS Reasons, a.state AS State,
-                   coalesce((SELECT p.proposal_no FROM stage_proposals p WHERE p.application_id = r.application_id AND p.closed_as IS NULL AND p.stage = 'reconsideration'
+                   coalesce((SELECT p.proposal_no FROM stage_proposals p WHERE p.provider_id = r.provider_id AND p.application_id = r.application_id AND p.closed_as IS NULL AND p.stage = 'reconsideration'
                              AND r.outcome IS NULL), 0) AS PendingProposalNo
             FROM reconsiderations r JOIN applications a USING (provider_id, application_id)
-            WHERE r.application_id = @applicationId AND r.refused_stage_no = @stageNo
-            """, new { applicationId, stageNo }, transaction);
+            WHERE r.provider_id = @provider AND r.application_id = @applicationId AND r.refused_stage_no = @stageNo
+            """, new { provider, applicationId, stageNo }, transaction);
         return row is null ? null : new ReconsiderationCase(
             row.ApplicationId,
             row.ProviderId,
@@ -436,8 +434,8 @@ public sealed partial class ProviderRegistry
             row.PendingProposalNo);
     }
 
-    private static Task<string?> ReconsiderationJsonAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, long applicationId, int stageNo) =>
-        RowJsonAsync(connection, transaction, "reconsiderations", "application_id = @applicationId AND refused_stage_no = @stageNo", new { applicationId, stageNo });
+    private static Task<string?> ReconsiderationJsonAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string provider, long applicationId, int stageNo) =>
+        RowJsonAsync(connection, transaction, "reconsiderations", "provider_id = @provider AND application_id = @applicationId AND refused_stage_no = @stageNo", new { provider, applicationId, stageNo });
 
     private static string Required(string text, string field, string missing)
     {

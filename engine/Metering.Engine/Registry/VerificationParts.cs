@@ -151,11 +151,11 @@ internal static class VerificationParts
     }
 
     /// <summary>A proposal's verifier parts, in the order proposed (by model).</summary>
-    internal static async Task<IReadOnlyList<VerifierPart>> ReadProposedAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, long applicationId, int proposalNo) =>
+    internal static async Task<IReadOnlyList<VerifierPart>> ReadProposedAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string providerId, long applicationId, int proposalNo) =>
         (await connection.QueryAsync<(string Model, long Devices, long Gflops)>("""
             SELECT device_model, devices, fp16_gflops FROM stage_proposal_parts
-            WHERE application_id = @applicationId AND proposal_no = @proposalNo ORDER BY device_model COLLATE "C"
-            """, new { applicationId, proposalNo }, transaction)).Select(p => new VerifierPart(p.Model, p.Devices, p.Gflops)).ToList();
+            WHERE provider_id = @providerId AND application_id = @applicationId AND proposal_no = @proposalNo ORDER BY device_model COLLATE "C"
+            """, new { providerId, applicationId, proposalNo }, transaction)).Select(p => new VerifierPart(p.Model, p.Devices, p.Gflops)).ToList();
 
     /// <summary>Each application's latest verification parts and its open proposal's verifier parts; an application with neither is absent.</summary>
     internal static async Task<IReadOnlyDictionary<long, VerificationFigures>> ReadAsync(NpgsqlConnection connection, long[] applicationIds, CancellationToken cancellationToken)
@@ -164,7 +164,8 @@ internal static class VerificationParts
             SELECT p.application_id, p.source, p.validation_id, p.device_model, p.devices, p.fp16_gflops
             FROM verification_parts p
             WHERE p.application_id = ANY(@applicationIds)
-              AND p.stage_no = (SELECT max(s.stage_no) FROM application_stages s WHERE s.application_id = p.application_id AND s.stage = 'verification')
+              AND p.stage_no = (SELECT max(s.stage_no) FROM application_stages s
+                                WHERE s.provider_id = p.provider_id AND s.application_id = p.application_id AND s.stage = 'verification')
             ORDER BY p.application_id, p.part_no
             """, new { applicationIds }, cancellationToken: cancellationToken)))
             .ToLookup(r => r.Id, r => new VerificationPart(r.Source == "probe" ? VerificationPartSource.Probe : VerificationPartSource.CommissionedVerifier,

@@ -71,12 +71,12 @@ public sealed partial class DailySettlement
             """, transaction: transaction, cancellationToken: cancellationToken))).ToDictionary(b => b.Account, b => b.CreditBalance, StringComparer.Ordinal);
         var voucherRows = await connection.QueryAsync<(long Id, long Face, long Held, long Posted, long Released, long HoldsReserved, long HoldsPosted)>(new CommandDefinition("""
             WITH holds AS (
-                SELECT voucher_id, coalesce(sum(amount_fen) FILTER (WHERE state = 'reserved'), 0)::bigint AS reserved,
+                SELECT provider_id, voucher_id, coalesce(sum(amount_fen) FILTER (WHERE state = 'reserved'), 0)::bigint AS reserved,
                        coalesce(sum(amount_fen) FILTER (WHERE state = 'posted'), 0)::bigint AS posted
-                FROM voucher_holds GROUP BY voucher_id)
+                FROM voucher_holds GROUP BY provider_id, voucher_id)
             SELECT v.voucher_id, v.face_value_fen, v.held_fen, v.posted_fen, v.released_fen, coalesce(h.reserved, 0), coalesce(h.posted, 0)
             FROM vouchers v
-            LEFT JOIN holds h ON h.voucher_id = v.voucher_id
+            LEFT JOIN holds h ON h.provider_id = v.provider_id AND h.voucher_id = v.voucher_id
             ORDER BY v.voucher_id
             """, transaction: transaction, cancellationToken: cancellationToken));
         var vouchers = voucherRows.Select(v => (v.Id, v.Face, v.Held, v.Posted, v.Released, v.HoldsReserved, v.HoldsPosted,

@@ -6,6 +6,7 @@ using Metering.Engine.Identity;
 using Metering.Engine.Ledger;
 using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
+using Metering.Engine.Storage;
 using Npgsql;
 
 namespace Metering.Engine.Settlement;
@@ -134,6 +135,7 @@ public sealed partial class Payouts(NpgsqlDataSource dataSource, TimeProvider ti
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(IsolationLevel.ReadCommitted, cancellationToken);
+        await Transactions.SequentialOnCitusAsync(connection, transaction, cancellationToken);
         await connection.ExecuteAsync(new CommandDefinition("SELECT pg_advisory_xact_lock(@space, hashtext(@payee))",
             new { space = PayeeLockSpace, payee = order.PayeeCode }, transaction, cancellationToken: cancellationToken));
 

@@ -5,6 +5,7 @@ using Metering.Engine.Access;
 using Metering.Engine.Ledger;
 using Metering.Engine.Time;
 using Metering.Engine.Vouchers;
+using Metering.Engine.Storage;
 using Npgsql;
 
 namespace Metering.Engine.Settlement;
@@ -24,7 +25,7 @@ public sealed class YearEndReleases(NpgsqlDataSource dataSource, TimeProvider ti
     /// <summary>
     /// Returns the unused balance (face − posted − held − released) of every voucher of the
     /// year to the year's budget, once the year has ended by the server's clock. Vouchers are
-    /// locked in id order, each one's ledger balance is checked against its row before it moves,
+    /// locked provider by provider (in provider order, then id order), each one's ledger balance is checked against its row before it moves,
     /// and one release row and its entries are written; nothing is written when nothing is left.
     /// </summary>
     public async Task<YearEndReleaseRecord> ReleaseYearEndAsync(Actor actor, int programmeYear, CancellationToken cancellationToken)
@@ -46,14 +47,30 @@ public sealed class YearEndReleases(NpgsqlDataSource dataSource, TimeProvider ti
         await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(IsolationLevel.ReadCommitted, cancellationToken);
         await connection.ExecuteAsync(new CommandDefinition("SELECT pg_advisory_xact_lock(@space, @year)",
             new { space = ReleaseLockSpace, year = programmeYear }, transaction, cancellationToken: cancellationToken));
-        var unused = (await connection.QueryAsync<(string Provider, long Voucher, long AvailableFen, long LedgerFen)>(new CommandDefinition("""
-            WITH locked AS (
-                SELECT provider_id, voucher_id, face_value_fen - held_fen - posted_fen - released_fen AS available_fen FROM vouchers
-                WHERE programme_year = @year ORDER BY voucher_id FOR UPDATE)
-            SELECT k.provider_id, k.voucher_id, k.available_fen,
-                   (SELECT coalesce(sum(credit_fen - debit_fen), 0)::bigint FROM ledger_lines WHERE account = 'voucher_available:' || k.voucher_id)
-            FROM locked k ORDER BY k.voucher_id
-            """, new { year = programmeYear }, transaction, cancellationToken: cancellationToken))).ToList();
+        // Writing the coordinator's release and ledger tables after vouchers on several shards
+        // needs one connection per worker on Citus; plain PostgreSQL keeps it as a placeholder.
+        await Transactions.SequentialOnCitusAsync(connection, transaction, cancellationToken);
+        // The vouchers are locked provider by provider, in provider order and then id order, each
+        // lock naming provider_id (Citus takes a row lock on one shard only); the ledger balances
+        // are read by a statement of their own, not joined to the distributed rows.
+        var providers = (await connection.QueryAsync<string>(new CommandDefinition(
+            "SELECT DISTINCT provider_id FROM vouchers WHERE programme_year = @year ORDER BY provider_id", new { year = programmeYear }, transaction,
+            cancellationToken: cancellationToken))).ToList();
+        var locked = new List<(string Provider, long Voucher, long AvailableFen)>();
+        foreach (string provider in providers)
+        {
+            locked.AddRange(await connection.QueryAsync<(string, long, long)>(new CommandDefinition("""
+                SELECT provider_id, voucher_id, face_value_fen - held_fen - posted_fen - released_fen FROM vouchers
+                WHERE provider_id = @provider AND programme_year = @year ORDER BY voucher_id FOR UPDATE
+                """, new { provider, year = programmeYear }, transaction, cancellationToken: cancellationToken)));
+        }
+
+        var ledgerFen = (await connection.QueryAsync<(string Account, long Fen)>(new CommandDefinition("""
+            SELECT account, sum(credit_fen - debit_fen)::bigint FROM ledger_lines WHERE account = ANY(@accounts) GROUP BY account
+            """, new { accounts = locked.Select(l => Accounts.VoucherAvailable(l.Voucher)).ToArray() }, transaction, cancellationToken: cancellationToken)))
+            .ToDictionary(b => b.Account, b => b.Fen, StringComparer.Ordinal);
+        var unused = locked.OrderBy(l => l.Voucher)
+            .Select(l => (l.Provider, l.Voucher, l.AvailableFen, LedgerFen: ledgerFen.GetValueOrDefault(Accounts.VoucherAvailable(l.Voucher)))).ToList();
         var mismatched = unused.FirstOrDefault(u => u.AvailableFen != u.LedgerFen);
         if (mismatched.Voucher != 0)
         {
@@ -75,16 +92,21 @@ public sealed class YearEndReleases(NpgsqlDataSource dataSource, TimeProvider ti
         long releaseId = await connection.ExecuteScalarAsync<long>(new CommandDefinition("""
             INSERT INTO year_end_releases (programme_year, vouchers, released_fen, released_by, released_at) VALUES (@year, @count, @total, @by, @at) RETURNING release_id
             """, new { year = programmeYear, count = releasing.Count, total = totalFen, by = actor.Subject, at = at.UtcDateTime }, transaction, cancellationToken: cancellationToken));
-        int moved = await connection.ExecuteAsync(new CommandDefinition("""
-            UPDATE vouchers v SET released_fen = v.released_fen + r.amount
-            FROM unnest(@providers, @vouchers, @amounts) AS r(provider_id, voucher_id, amount)
-            WHERE v.provider_id = r.provider_id AND v.voucher_id = r.voucher_id
-            """, new
+        int moved = 0;
+        foreach (var provider in releasing.GroupBy(u => u.Provider, StringComparer.Ordinal))
         {
-            providers = releasing.Select(u => u.Provider).ToArray(),
-            vouchers = releasing.Select(u => u.Voucher).ToArray(),
-            amounts = releasing.Select(u => u.AvailableFen).ToArray(),
-        }, transaction, cancellationToken: cancellationToken));
+            moved += await connection.ExecuteAsync(new CommandDefinition("""
+                UPDATE vouchers v SET released_fen = v.released_fen + r.amount
+                FROM unnest(@vouchers, @amounts) AS r(voucher_id, amount)
+                WHERE v.provider_id = @provider AND v.voucher_id = r.voucher_id
+                """, new
+            {
+                provider = provider.Key,
+                vouchers = provider.Select(u => u.Voucher).ToArray(),
+                amounts = provider.Select(u => u.AvailableFen).ToArray(),
+            }, transaction, cancellationToken: cancellationToken));
+        }
+
         if (moved != releasing.Count)
         {
             throw new LedgerInvariantException($"release {releaseId} moved {moved} voucher rows, not {releasing.Count}");

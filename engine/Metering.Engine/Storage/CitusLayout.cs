@@ -35,8 +35,10 @@ public static partial class CitusLayout
     /// group): the ingest tables, raw-log uploads, the registry's per-provider licences and
     /// listings, node keys with their approvals (which reference them), the fleet validation's
     /// tables (inventories, validations, sampled nodes, nonces, commitments, challenges,
-    /// attestations and their device results, which reference each other), and the fleet's
-    /// per-second device levels that ingest writes (usage_concurrency).
+    /// attestations and their device results, which reference each other), the fleet's
+    /// per-second device levels that ingest writes (usage_concurrency), and the applications
+    /// component: applications and the tables that hang off them, with the contract and voucher
+    /// tables (their keys name provider_id since migration 0028).
     /// </summary>
     public static IReadOnlyList<string> Distributed { get; } =
     [
@@ -47,12 +49,16 @@ public static partial class CitusLayout
         "capacity_inventories", "capacity_inventory_nodes", "capacity_validations", "capacity_sample_nodes", "capacity_nonces", "capacity_commitments",
         "capacity_challenges", "capacity_attestations", "capacity_device_results",
         "usage_concurrency",
+        "applications", "application_materials", "application_capacity", "application_stages", "verification_parts", "stage_proposals", "stage_proposal_parts",
+        "reconsiderations", "service_items", "service_item_suspensions", "fee_schedules",
+        "contracts", "contract_other_support", "vouchers", "claims", "claim_lines", "redeemed_usage", "voucher_holds",
     ];
 
     /// <summary>Registry-wide tables, read by every shard and referenced by distributed ones.</summary>
     public static IReadOnlyList<string> Reference { get; } =
     [
         "organisations", "admission_batches", "voucher_holders", "credentials", "capacity_model_aliases", "programme_parameters", "schema_migrations",
+        "admission_notice_numbers",
     ];
 
     /// <summary>Where <paramref name="table"/> goes.</summary>
@@ -96,8 +102,9 @@ public static partial class CitusLayout
 
             // Citus refuses to distribute a table that a coordinator table references, and a
             // distributed table may not reference a coordinator table; so a foreign key between
-            // two tables of the list, whose referencing table is not distributed yet, is dropped
-            // first and added again once both are distributed (it then holds shard by shard). It
+            // two tables of the list, or from a table of the list to a reference table, whose
+            // referencing table is not distributed yet, is dropped first and added again once the
+            // tables are placed (it then holds shard by shard, or against each node's copy). It
             // is dropped before any reference table is made: a table that references a reference
             // table, or a table that does, becomes a Citus local table of Citus's own accord, and
             // Citus can neither distribute nor turn back such a table that has an identity column
@@ -106,11 +113,11 @@ public static partial class CitusLayout
             // before they are distributed.
             var pendingKeys = (await connection.QueryAsync<(string Table, string Name, string Definition)>(new CommandDefinition("""
                 SELECT c.conrelid::regclass::text, c.conname::text, pg_get_constraintdef(c.oid) FROM pg_constraint c
-                WHERE c.contype = 'f' AND c.conrelid::regclass::text = ANY(@tables) AND c.confrelid::regclass::text = ANY(@tables)
+                WHERE c.contype = 'f' AND c.conrelid::regclass::text = ANY(@tables) AND c.confrelid::regclass::text = ANY(@tables || @references)
                   AND NOT EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = c.conrelid AND p.partmethod = 'h')
                   AND c.conparentid = 0
                 ORDER BY 1, 2
-                """, new { tables = Distributed.ToArray() }, cancellationToken: cancellationToken))).ToList();
+                """, new { tables = Distributed.ToArray(), references = Reference.ToArray() }, cancellationToken: cancellationToken))).ToList();
             foreach (var (table, name, _) in pendingKeys)
             {
                 await connection.ExecuteAsync(new CommandDefinition($"ALTER TABLE {Quote(table)} DROP CONSTRAINT {Quote(name)}", cancellationToken: cancellationToken));

@@ -130,6 +130,8 @@ internal static class SchemaTables
         TableRule.Evidence("stage_proposal_parts"),
         // 0021 node key approvals: an operator's approval of one key version is written once and never changed.
         TableRule.Evidence("capacity_node_key_approvals"),
+        // 0028 admission notice numbers: registered once, programme-wide, with the admission that carries the number.
+        TableRule.Evidence("admission_notice_numbers"),
         // The migrator's own bookkeeping; serve reads it to check the schema's version.
         TableRule.ReadOnly("schema_migrations"),
     ];

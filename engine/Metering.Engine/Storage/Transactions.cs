@@ -1,4 +1,5 @@
 using System.Data;
+using Dapper;
 using Npgsql;
 
 namespace Metering.Engine.Storage;
@@ -15,8 +16,19 @@ internal static class Transactions
     {
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(IsolationLevel.ReadCommitted, cancellationToken);
+        await SequentialOnCitusAsync(connection, transaction, cancellationToken);
         T result = await work(connection, transaction);
         await transaction.CommitAsync(cancellationToken);
         return result;
     }
+
+    /// <summary>
+    /// On Citus, one connection per worker for the rest of the transaction: a workflow reads a row
+    /// by its id alone over every shard before it locks it on one, and then writes reference and
+    /// coordinator tables (organisations, the ledger, the history), which Citus refuses after a
+    /// parallel read of a distributed table that references them. Plain PostgreSQL keeps the
+    /// setting as an unused placeholder.
+    /// </summary>
+    public static Task SequentialOnCitusAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken) =>
+        connection.ExecuteAsync(new CommandDefinition("SET LOCAL citus.multi_shard_modify_mode = 'sequential'", transaction: transaction, cancellationToken: cancellationToken));
 }

@@ -35,6 +35,7 @@ public sealed partial class Redemptions
 
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(IsolationLevel.ReadCommitted, cancellationToken);
+        await Transactions.SequentialOnCitusAsync(connection, transaction, cancellationToken);
         VoucherBook.HolderRow holder = await VoucherBook.LockHolderAsync(connection, transaction, contract.HolderCode);
         if (holder.Status != "holder")
         {

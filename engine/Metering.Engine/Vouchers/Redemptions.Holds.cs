@@ -2,6 +2,7 @@ using System.Data;
 using Dapper;
 using Metering.Engine.Access;
 using Metering.Engine.Ledger;
+using Metering.Engine.Storage;
 using Npgsql;
 
 namespace Metering.Engine.Vouchers;
@@ -21,6 +22,7 @@ public sealed partial class Redemptions
         DateTimeOffset now = time.GetUtcNow();
         await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(IsolationLevel.ReadCommitted, cancellationToken);
+        await Transactions.SequentialOnCitusAsync(connection, transaction, cancellationToken);
         var claim = await connection.QueryFirstOrDefaultAsync<(string Provider, string Holder)?>(
             "SELECT provider_id, holder_code FROM claims WHERE claim_id = @id", new { id = request.ClaimId }, transaction)
             ?? throw new VoucherRefusedException(VoucherRefusalReason.ClaimUnknown, $"there is no claim {request.ClaimId}");

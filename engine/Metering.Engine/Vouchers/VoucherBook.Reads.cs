@@ -80,7 +80,7 @@ public sealed partial class VoucherBook
         }
 
         var (other, vouchers) = await ContractSupportAsync(connection, transaction, row);
-        string declaration = await connection.ExecuteScalarAsync<string>("SELECT declaration_ref FROM contracts WHERE contract_id = @contractId", new { contractId }, transaction) ?? "";
+        string declaration = await connection.ExecuteScalarAsync<string>("SELECT declaration_ref FROM contracts WHERE provider_id = @provider AND contract_id = @contractId", new { provider = row.ProviderId, contractId }, transaction) ?? "";
         return new Contract
         {
             ContractId = row.ContractId,

@@ -108,4 +108,79 @@ public sealed class MigratorTests(PostgresFixture postgres)
             """);
         Assert.Equal(MonthlyPartitions.Tables.Select(t => t.Table).Order(StringComparer.Ordinal), partitioned);
     }
+
+    [Fact]
+    public async Task Migration_28_moves_the_notice_numbers_of_a_database_holding_admissions_into_their_programme_wide_table()
+    {
+        // A database at migration 27, as a deployment of the previous release leaves it, holding
+        // an admitted application with its notice number and a pending one of another provider.
+        var admin = new NpgsqlConnectionStringBuilder(postgres.Server.ConnectionString) { Database = "postgres", Pooling = false };
+        string name = $"at27_{Environment.ProcessId}_{Guid.NewGuid():N}";
+        await using (var connection = new NpgsqlConnection(admin.ConnectionString))
+        {
+            await connection.OpenAsync();
+            await connection.ExecuteAsync($"CREATE DATABASE {name} TEMPLATE template0");
+        }
+
+        await using NpgsqlDataSource dataSource = Database.CreateDataSource(new NpgsqlConnectionStringBuilder(postgres.Server.ConnectionString) { Database = name }.ConnectionString);
+        long admitted, pending;
+        await using (NpgsqlConnection connection = await dataSource.OpenConnectionAsync())
+        {
+            await connection.ExecuteAsync("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())");
+            foreach (Migration migration in Migrator.Embedded().Where(m => m.Version <= 27))
+            {
+                await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync();
+                await connection.ExecuteAsync(migration.Sql, transaction: transaction);
+                await connection.ExecuteAsync("INSERT INTO schema_migrations (version, name, checksum) VALUES (@Version, @Name, @Checksum)", migration, transaction);
+                await transaction.CommitAsync();
+            }
+
+            await connection.ExecuteAsync("""
+                INSERT INTO organisations (provider_id, name, legal_form, district, established_on, registered_at)
+                VALUES (@a, 'A', 'enterprise', 'nanshan', '2015-06-01', now()), (@b, 'B', 'enterprise', 'futian', '2015-06-01', now())
+                """, new { a = TestRecords.Provider, b = TestRecords.OtherProvider });
+            const string insert = """
+                INSERT INTO applications (provider_id, batch_id, service_item, state, filed_at, financial_report_kind, declared_fp16_gflops, service_content,
+                                          service_standards, metering_proof_stream, metering_proof_records, fee_lines, notice_number)
+                VALUES (@provider, '2025', 'gpu-training', @state, now(), 'audited', 316608000, 'content', 'standards', 'proof', 2, '[]', @number)
+                RETURNING application_id
+                """;
+            admitted = await connection.ExecuteScalarAsync<long>(insert, new { provider = TestRecords.Provider, state = "admitted", number = "SZ-2025-0001" });
+            pending = await connection.ExecuteScalarAsync<long>(insert, new { provider = TestRecords.OtherProvider, state = "awaiting_admission_notice", number = (string?)null });
+        }
+
+        IReadOnlyList<Migration> applied = await new Migrator(dataSource, NullLogger.Instance).MigrateAsync();
+
+        Assert.Equal(new[] { 28 }, applied.Select(m => m.Version).Where(v => v <= 28));
+        await using (NpgsqlConnection connection = await dataSource.OpenConnectionAsync())
+        {
+            Assert.Equal(new[] { ("SZ-2025-0001", TestRecords.Provider, admitted) },
+                await connection.QueryAsync<(string, string, long)>("SELECT notice_number, provider_id, application_id FROM admission_notice_numbers"));
+
+            // The number stays unique programme-wide: the other provider can neither register it
+            // again nor write it on its application without a registration of its own.
+            var registered = await Assert.ThrowsAsync<PostgresException>(() => connection.ExecuteAsync(
+                "INSERT INTO admission_notice_numbers (notice_number, provider_id, application_id) VALUES ('SZ-2025-0001', @b, @pending)", new { b = TestRecords.OtherProvider, pending }));
+            Assert.Equal((PostgresErrorCodes.UniqueViolation, "admission_notice_numbers_pkey"), (registered.SqlState, registered.ConstraintName));
+            var written = await Assert.ThrowsAsync<PostgresException>(() => connection.ExecuteAsync(
+                "UPDATE applications SET notice_number = 'SZ-2025-0001' WHERE provider_id = @b AND application_id = @pending", new { b = TestRecords.OtherProvider, pending }));
+            Assert.Equal((PostgresErrorCodes.ForeignKeyViolation, "applications_notice_number_fkey"), (written.SqlState, written.ConstraintName));
+
+            // Every unique key of the applications component now names provider_id.
+            var withoutProvider = await connection.QueryAsync<string>("""
+                SELECT i.indexrelid::regclass::text FROM pg_index i
+                WHERE i.indisunique AND i.indrelid::regclass::text = ANY(@tables)
+                  AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) AND a.attname = 'provider_id')
+                """, new { tables = ApplicationComponent });
+            Assert.Empty(withoutProvider);
+        }
+    }
+
+    /// <summary>The 18 tables tied by foreign keys to applications (Storage/README.md, "Citus").</summary>
+    private static readonly string[] ApplicationComponent =
+    [
+        "applications", "application_materials", "application_capacity", "application_stages", "verification_parts", "stage_proposals", "stage_proposal_parts",
+        "reconsiderations", "service_items", "service_item_suspensions", "fee_schedules", "contracts", "contract_other_support", "vouchers", "claims", "claim_lines",
+        "redeemed_usage", "voucher_holds",
+    ];
 }

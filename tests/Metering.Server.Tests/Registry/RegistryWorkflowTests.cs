@@ -10,6 +10,29 @@ namespace Metering.Server.Tests.Registry;
 public sealed class RegistryWorkflowTests(PostgresFixture postgres)
 {
     [Fact]
+    public async Task A_notice_number_another_provider_was_admitted_under_is_refused_and_nothing_changes()
+    {
+        // Migration 0028 keeps the number unique programme-wide in admission_notice_numbers, since
+        // applications' own keys hold per provider only.
+        await using RegistryScene scene = await RegistryScene.StartAsync(postgres);
+        var (first, _, admitted) = await scene.AdmitAsync();
+        var (second, id) = await scene.AwaitingAdmissionNoticeAsync();
+        long historyBefore = await scene.Server.ScalarAsync<long>("SELECT count(*) FROM registry_history");
+
+        RpcException taken = await Assert.ThrowsAsync<RpcException>(() => scene.Client.IssueAdmissionNoticeAsync(
+            new IssueAdmissionNoticeRequest { ApplicationId = id, NoticeNumber = admitted.NoticeNumber }, RegistryScene.Operator).ResponseAsync);
+
+        Assert.Equal("NOTICE_NUMBER_TAKEN", IngestCall.Reason(taken));
+        Assert.Equal(ApplicationState.AwaitingAdmissionNotice, (await scene.Client.GetApplicationAsync(new GetApplicationRequest { ApplicationId = id }, RegistryScene.Operator)).State);
+        Assert.Equal(new[] { first }, await scene.Server.QueryAsync<string>("SELECT provider_id FROM admission_notice_numbers WHERE notice_number = @number", new { number = admitted.NoticeNumber }));
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM service_items WHERE provider_id = @second", new { second }));
+        Assert.Equal(historyBefore, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM registry_history"));
+
+        Application own = await scene.Client.IssueAdmissionNoticeAsync(new IssueAdmissionNoticeRequest { ApplicationId = id, NoticeNumber = $"{admitted.NoticeNumber}-2" }, RegistryScene.Operator);
+        Assert.Equal(ApplicationState.Admitted, own.State);
+    }
+
+    [Fact]
     public async Task Application_goes_from_filing_to_admission_notice_and_the_provider_may_then_stream()
     {
         await using RegistryScene scene = await RegistryScene.StartAsync(postgres, noticeDays: 5);

@@ -226,6 +226,30 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
     }
 
     [CitusFact]
+    public async Task An_admission_notice_on_the_distributed_layout_registers_its_number_once_programme_wide()
+    {
+        // The notice number's registration is written to the reference table and the application
+        // on its shard names it; another provider's admission under the same number is refused.
+        await using RegistryScene scene = await RegistryScene.StartAsync(postgres, database: citus.ConnectionString, operatorKey: citus.Keys.Operator);
+        var (first, firstId) = await scene.AwaitingAdmissionNoticeAsync();
+        var (second, secondId) = await scene.AwaitingAdmissionNoticeAsync();
+        string number = $"SZ-CITUS-{firstId}";
+        Application admitted = await scene.Client.IssueAdmissionNoticeAsync(new IssueAdmissionNoticeRequest { ApplicationId = firstId, NoticeNumber = number }, scene.OperatorHeaders);
+
+        RpcException taken = await Assert.ThrowsAsync<RpcException>(() => scene.Client.IssueAdmissionNoticeAsync(
+            new IssueAdmissionNoticeRequest { ApplicationId = secondId, NoticeNumber = number }, scene.OperatorHeaders).ResponseAsync);
+
+        Assert.Equal((ApplicationState.Admitted, number), (admitted.State, admitted.NoticeNumber));
+        Assert.Equal("NOTICE_NUMBER_TAKEN", IngestCall.Reason(taken));
+        Assert.Equal(ApplicationState.AwaitingAdmissionNotice,
+            (await scene.Client.GetApplicationAsync(new GetApplicationRequest { ApplicationId = secondId }, scene.OperatorHeaders)).State);
+        await using var coordinator = new NpgsqlConnection(citus.ConnectionString);
+        Assert.Equal(new[] { (first, firstId) }, await coordinator.QueryAsync<(string, long)>(
+            "SELECT provider_id, application_id FROM admission_notice_numbers WHERE notice_number = @number", new { number }));
+        Assert.Equal(0L, await coordinator.ExecuteScalarAsync<long>("SELECT count(*) FROM service_items WHERE provider_id = @second", new { second }));
+    }
+
+    [CitusFact]
     public async Task The_sandbox_mark_is_refused_by_its_guard_on_the_distributed_layout_not_by_an_error_of_citus()
     {
         // The guard asks the distributed usage_records first; before migration 0026 it asked with an
