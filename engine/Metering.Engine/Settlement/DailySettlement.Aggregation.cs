@@ -200,7 +200,7 @@ public sealed partial class DailySettlement
     {
         // Off the caller's thread at once, so that the segments parse side by side.
         await Task.Yield();
-        await using NpgsqlConnection side = await dataSource.OpenConnectionAsync(cancellationToken);
+        await using NpgsqlConnection side = await OpenRunConnectionAsync(cancellationToken);
         await using NpgsqlTransaction transaction = await side.BeginTransactionAsync(IsolationLevel.RepeatableRead, cancellationToken);
         await side.ExecuteAsync(new CommandDefinition($"SET TRANSACTION SNAPSHOT '{snapshot}'", transaction: transaction, cancellationToken: cancellationToken));
         await side.ExecuteAsync(new CommandDefinition($"SET LOCAL statement_timeout = {(long)_options.StatementTimeout.TotalMilliseconds}", transaction: transaction, cancellationToken: cancellationToken));
