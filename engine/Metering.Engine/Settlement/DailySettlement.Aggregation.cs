@@ -30,21 +30,26 @@ public sealed partial class DailySettlement
         """;
 
     /// <summary>
-    /// Beside each run's records, nPFh and pairs, what each of its records is priced by, back to
-    /// back (<see cref="DayTotals.AddRecords"/>): its duration as PostgreSQL's binary interval,
-    /// its nPFh, its device count × share numerator (both positive integers, so the product fits
-    /// a bigint) and its share denominator, then its holder and its device model, each as UTF-8
-    /// ended by a NUL byte (PostgreSQL text holds none). The runs are grouped by provider,
-    /// stream and block of sequences only: grouping by holder, model and share as well made
-    /// PostgreSQL hash and compare four more columns per record, which cost it more than
-    /// sending them (bench/RESULTS.md, issue 17, one pass).
+    /// Beside each run's records, nPFh and pairs, what each of its records is priced by, one
+    /// aggregate per attribute, the records in the same order in each (PostgreSQL advances all of
+    /// a group's aggregates with each row): their durations as PostgreSQL's binary interval,
+    /// their nPFh, their device count × share numerator (both positive integers, so the product
+    /// fits a bigint) and their share denominators, back to back; then their holders and their
+    /// device models, each as text joined by line feeds (<see cref="DayTotals.AddRecords"/>).
+    /// One aggregate per attribute cost PostgreSQL about a third less than one aggregate of
+    /// each record's attributes concatenated, whose <c>||</c> built a new value four times per
+    /// record (bench/RESULTS.md, issue 17, attributes per aggregate). The runs are grouped by
+    /// provider, stream and block of sequences only: grouping by holder, model and share as well
+    /// made PostgreSQL hash and compare four more columns per record, which cost it more than
+    /// sending them.
     /// </summary>
     private const string DayRecordAttributes =
-        "string_agg(interval_send(u.end_at - u.start_at) || int8send(u.usage_npfh) || int8send(u.device_count::bigint * u.share_numerator) || int4send(u.share_denominator)"
-        + " || textsend(u.holder_code) || '\\x00'::bytea || textsend(u.device_model) || '\\x00'::bytea, ''::bytea)";
+        "string_agg(interval_send(u.end_at - u.start_at), ''::bytea), string_agg(int8send(u.usage_npfh), ''::bytea),"
+        + " string_agg(int8send(u.device_count::bigint * u.share_numerator), ''::bytea), string_agg(int4send(u.share_denominator), ''::bytea),"
+        + " string_agg(u.holder_code, E'\\n'), string_agg(u.device_model, E'\\n')";
 
-    /// <summary>Columns of a run row: provider, stream, records, nPFh, other hash lengths, pairs, record attributes.</summary>
-    private const int DayColumnCount = 7;
+    /// <summary>Columns of a run row: provider, stream, records, nPFh, other hash lengths, pairs, then the six record attributes.</summary>
+    private const int DayColumnCount = 12;
 
     /// <summary>
     /// The memory PostgreSQL may give the read's grouping (<c>work_mem</c>, which hash
@@ -56,7 +61,7 @@ public sealed partial class DailySettlement
     /// <summary>
     /// The read's buffer: a run row must fit in half of it. A run has at most
     /// <see cref="DailyLeaves.RunRecordsMax"/> records of at most 128 bytes each (a 40-byte pair,
-    /// 36 bytes of numbers, an 18-byte holder code, a model of at most 32 bytes, two NULs), 8 MiB.
+    /// 36 bytes of numbers, an 18-byte holder code, a model of at most 32 bytes, two line feeds), 8 MiB.
     /// </summary>
     private const int DayReadBufferBytes = 32 * 1024 * 1024;
 
@@ -200,7 +205,7 @@ public sealed partial class DailySettlement
     {
         // Off the caller's thread at once, so that the segments parse side by side.
         await Task.Yield();
-        await using NpgsqlConnection side = await dataSource.OpenConnectionAsync(cancellationToken);
+        await using NpgsqlConnection side = await OpenRunConnectionAsync(cancellationToken);
         await using NpgsqlTransaction transaction = await side.BeginTransactionAsync(IsolationLevel.RepeatableRead, cancellationToken);
         await side.ExecuteAsync(new CommandDefinition($"SET TRANSACTION SNAPSHOT '{snapshot}'", transaction: transaction, cancellationToken: cancellationToken));
         await side.ExecuteAsync(new CommandDefinition($"SET LOCAL statement_timeout = {(long)_options.StatementTimeout.TotalMilliseconds}", transaction: transaction, cancellationToken: cancellationToken));
@@ -276,7 +281,7 @@ public sealed partial class DailySettlement
                     long runRecords = runs.Int64(2);
                     long usageNpfh = runs.Int64(3);
                     StreamLeaves stream = leaves.AddRun(runs.Field(0), runs.Field(1), runRecords, usageNpfh, runs.Int64(4), runs.Field(5));
-                    totals.AddRecords(stream.ProviderUtf8, runRecords, usageNpfh, runs.Field(6));
+                    totals.AddRecords(stream.ProviderUtf8, runRecords, usageNpfh, new RunAttributes(runs.Field(6), runs.Field(7), runs.Field(8), runs.Field(9), runs.Field(10), runs.Field(11)));
                     records += runRecords;
                 }
             }

@@ -52,6 +52,21 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
 
     private readonly SettlementOptions _options = Checked(options ?? new SettlementOptions());
 
+    /// <summary>
+    /// The data source's connection string with no command timeout, for the run's connections.
+    /// Npgsql waits for a raw COPY's first message under the connection string's command timeout
+    /// (30 s unless set): the COPY is started without a command, so no per-command timeout
+    /// reaches it. PostgreSQL sends nothing of a range of the day's grouped runs until it has
+    /// scanned the range, so on a large day a legitimate read would time out while PostgreSQL is
+    /// still working on it. The run's statements are bounded instead by
+    /// <see cref="SettlementOptions.StatementTimeout"/>, which PostgreSQL enforces, and the run
+    /// stops when its cancellation token fires, which Npgsql honours while it waits.
+    /// </summary>
+    private readonly string _untimedConnectionString = new NpgsqlConnectionStringBuilder(dataSource.ConnectionString) { CommandTimeout = 0 }.ConnectionString;
+
+    /// <summary>The data source's own command timeout, in seconds, which still bounds the wait for the run lock.</summary>
+    private readonly int _lockTimeoutSeconds = new NpgsqlConnectionStringBuilder(dataSource.ConnectionString).CommandTimeout;
+
     /// <summary>One aggregated group of usage.</summary>
     private sealed record Group(string Kind, DateOnly UsageDay, string Provider, string Holder, string Model, long Records, long UsageNpfh, long CardMs);
 
@@ -83,10 +98,12 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             cancellationToken.ThrowIfCancellationRequested();
         }
 
-        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        await using NpgsqlConnection connection = await OpenRunConnectionAsync(cancellationToken);
         // A session lock, taken before the transaction starts, so that the run's snapshot is
         // taken after the previous run committed: the second of two runs of a day sees it closed.
-        await connection.ExecuteAsync(new CommandDefinition("SELECT pg_advisory_lock(@key)", new { key = RunLockKey }, cancellationToken: cancellationToken));
+        // Outside the transaction no statement timeout applies: the data source's command timeout
+        // bounds the wait, as for any other statement of the engine.
+        await connection.ExecuteAsync(new CommandDefinition("SELECT pg_advisory_lock(@key)", new { key = RunLockKey }, commandTimeout: _lockTimeoutSeconds, cancellationToken: cancellationToken));
         try
         {
             await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(IsolationLevel.RepeatableRead, cancellationToken);
@@ -138,6 +155,27 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
                     LogUnlockFailed(logger, ShanghaiTime.IsoDate(day), unlockFailure.Message);
                 }
             }
+        }
+    }
+
+    /// <summary>
+    /// A connection of the run, opened with no command timeout (<see cref="_untimedConnectionString"/>):
+    /// a clone of one of the data source's, which carries over its password and TLS callbacks;
+    /// Npgsql pools it under that connection string.
+    /// </summary>
+    private async Task<NpgsqlConnection> OpenRunConnectionAsync(CancellationToken cancellationToken)
+    {
+        await using NpgsqlConnection template = dataSource.CreateConnection();
+        NpgsqlConnection connection = await template.CloneWithAsync(_untimedConnectionString, cancellationToken);
+        try
+        {
+            await connection.OpenAsync(cancellationToken);
+            return connection;
+        }
+        catch
+        {
+            await connection.DisposeAsync();
+            throw;
         }
     }
 

@@ -15,10 +15,11 @@ namespace Metering.Engine.Settlement;
 /// segment and adds the others into the first (<see cref="Absorb"/>) before it asks for the
 /// groups, which are sorted once. Not thread-safe.
 /// <para>
-/// A record's attributes, as the read sends them back to back per run: its duration (a binary
-/// interval, <see cref="IntervalBytes"/>), its nPFh (int8), its device count × share numerator
-/// (int8) and its share denominator (int4), all big-endian, then its holder and its device
-/// model, each UTF-8 ended by a NUL byte.
+/// A run's attributes, as the read sends them (<see cref="RunAttributes"/>): one column per
+/// attribute, the run's records in the same order in each: their durations (binary intervals,
+/// <see cref="IntervalBytes"/> each), their nPFh (int8), their device count × share numerator
+/// (int8) and their share denominators (int4), all big-endian and back to back; then their
+/// holders and their device models, each column UTF-8 text joined by line feeds.
 /// </para>
 /// </summary>
 internal sealed class DayTotals
@@ -80,8 +81,8 @@ internal sealed class DayTotals
             : checked((long)(ulong)(new UInt128(high, low) / divisor));
     }
 
-    /// <summary>Bytes of a record's attributes before its holder and model: duration, nPFh, device shares and share denominator.</summary>
-    public const int RecordNumbersBytes = IntervalBytes + sizeof(long) + sizeof(long) + sizeof(int);
+    /// <summary>The byte that joins a run's holders, and its models, in their text columns: neither a credit code nor a catalog model holds one.</summary>
+    public const byte NameSeparator = (byte)'\n';
 
     /// <summary>
     /// Adds a run's <paramref name="records"/> records of one provider from their attributes
@@ -90,32 +91,33 @@ internal sealed class DayTotals
     /// A run of one stream tends to repeat its holder and model, so the last record's totals
     /// are tried first.
     /// </summary>
-    /// <exception cref="InvalidDataException">The attributes are not <paramref name="records"/> records whose nPFh sum to <paramref name="usageNpfh"/>, or hold a value the table's checks would have refused.</exception>
-    public void AddRecords(ReadOnlySpan<byte> providerUtf8, long records, long usageNpfh, ReadOnlySpan<byte> attributes)
+    /// <exception cref="InvalidDataException">The attributes are not <paramref name="records"/> records whose nPFh sum to <paramref name="usageNpfh"/> (a name holding a line feed among them), or hold a value the table's checks would have refused.</exception>
+    public void AddRecords(ReadOnlySpan<byte> providerUtf8, long records, long usageNpfh, RunAttributes attributes)
     {
-        long seen = 0;
+        if (records is < 1 or > int.MaxValue / IntervalBytes || attributes.Durations.Length != records * IntervalBytes || attributes.Usages.Length != records * sizeof(long)
+            || attributes.DeviceShares.Length != records * sizeof(long) || attributes.Denominators.Length != records * sizeof(int))
+        {
+            throw new InvalidDataException($"A run of {Encoding.UTF8.GetString(providerUtf8)} counts {records} record(s); its attributes hold {attributes.Durations.Length} bytes of durations, "
+                + $"{attributes.Usages.Length} of nPFh, {attributes.DeviceShares.Length} of device shares and {attributes.Denominators.Length} of denominators.");
+        }
+
+        int count = (int)records;
+        ReadOnlySpan<byte> holders = attributes.Holders;
+        ReadOnlySpan<byte> models = attributes.Models;
         long usageSeen = 0;
         Totals? last = null;
-        int at = 0;
-        while (at < attributes.Length)
+        for (int i = 0; i < count; i++)
         {
-            ReadOnlySpan<byte> record = attributes[at..];
-            int holderEnd = record.Length > RecordNumbersBytes ? record[RecordNumbersBytes..].IndexOf((byte)0) : -1;
-            int modelEnd = holderEnd < 0 ? -1 : record[(RecordNumbersBytes + holderEnd + 1)..].IndexOf((byte)0);
-            if (modelEnd < 0)
-            {
-                throw new InvalidDataException($"Record {seen + 1} of a run of {Encoding.UTF8.GetString(providerUtf8)} is cut short: {record.Length} bytes of attributes without a holder and a model each ended by a NUL.");
-            }
-
-            long recordNpfh = BinaryPrimitives.ReadInt64BigEndian(record[IntervalBytes..]);
-            long deviceShares = BinaryPrimitives.ReadInt64BigEndian(record[(IntervalBytes + sizeof(long))..]);
-            int shareDenominator = BinaryPrimitives.ReadInt32BigEndian(record[(IntervalBytes + 2 * sizeof(long))..]);
-            ReadOnlySpan<byte> holderUtf8 = record.Slice(RecordNumbersBytes, holderEnd);
-            ReadOnlySpan<byte> modelUtf8 = record.Slice(RecordNumbersBytes + holderEnd + 1, modelEnd);
-            long cardMs = CardMilliseconds(deviceShares, shareDenominator, 1, record[..IntervalBytes]);
+            bool final = i == count - 1;
+            ReadOnlySpan<byte> holderUtf8 = NextName(ref holders, final, providerUtf8, records, "holders");
+            ReadOnlySpan<byte> modelUtf8 = NextName(ref models, final, providerUtf8, records, "models");
+            long recordNpfh = BinaryPrimitives.ReadInt64BigEndian(attributes.Usages[(i * sizeof(long))..]);
+            long deviceShares = BinaryPrimitives.ReadInt64BigEndian(attributes.DeviceShares[(i * sizeof(long))..]);
+            int shareDenominator = BinaryPrimitives.ReadInt32BigEndian(attributes.Denominators[(i * sizeof(int))..]);
+            long cardMs = CardMilliseconds(deviceShares, shareDenominator, 1, attributes.Durations.Slice(i * IntervalBytes, IntervalBytes));
             if (recordNpfh < 0)
             {
-                throw new InvalidDataException($"Record {seen + 1} of a run of {Encoding.UTF8.GetString(providerUtf8)} has {recordNpfh} nPFh; the table's checks allow no negative usage.");
+                throw new InvalidDataException($"Record {i + 1} of a run of {Encoding.UTF8.GetString(providerUtf8)} has {recordNpfh} nPFh; the table's checks allow no negative usage.");
             }
 
             if (last is null || !holderUtf8.SequenceEqual(last.HolderUtf8) || !modelUtf8.SequenceEqual(last.ModelUtf8))
@@ -125,15 +127,30 @@ internal sealed class DayTotals
             }
 
             Sum(last, 1, recordNpfh, cardMs);
-            seen++;
             usageSeen = checked(usageSeen + recordNpfh);
-            at += RecordNumbersBytes + holderEnd + 1 + modelEnd + 1;
         }
 
-        if (seen != records || usageSeen != usageNpfh)
+        if (usageSeen != usageNpfh)
         {
-            throw new InvalidDataException($"A run of {Encoding.UTF8.GetString(providerUtf8)} counts {records} record(s) and {usageNpfh} nPFh; its records' attributes hold {seen} and {usageSeen}.");
+            throw new InvalidDataException($"A run of {Encoding.UTF8.GetString(providerUtf8)} counts {usageNpfh} nPFh; its records' attributes hold {usageSeen}.");
         }
+    }
+
+    /// <summary>
+    /// The next name of a text column of a run's names joined by <see cref="NameSeparator"/>,
+    /// taken off its front: the last record's is all that is left, and holds no separator.
+    /// </summary>
+    private static ReadOnlySpan<byte> NextName(ref ReadOnlySpan<byte> names, bool final, ReadOnlySpan<byte> providerUtf8, long records, string column)
+    {
+        int end = names.IndexOf(NameSeparator);
+        if (final ? end >= 0 : end < 0)
+        {
+            throw new InvalidDataException($"A run of {Encoding.UTF8.GetString(providerUtf8)} counts {records} record(s); its {column} are {(final ? "more" : "fewer")} (or one of them holds a line feed).");
+        }
+
+        ReadOnlySpan<byte> name = final ? names : names[..end];
+        names = final ? [] : names[(end + 1)..];
+        return name;
     }
 
     private static void Sum(Totals totals, long records, long usageNpfh, long cardMs)
@@ -256,4 +273,24 @@ internal sealed class DayTotals
 
         public byte[] Create(ReadOnlySpan<byte> alternate) => alternate.ToArray();
     }
+}
+
+/// <summary>
+/// A run's record attributes as the day's read sends them, one column each, the records in the
+/// same order in every column (<see cref="DayTotals"/>'s summary).
+/// </summary>
+internal readonly ref struct RunAttributes(ReadOnlySpan<byte> durations, ReadOnlySpan<byte> usages, ReadOnlySpan<byte> deviceShares, ReadOnlySpan<byte> denominators,
+    ReadOnlySpan<byte> holders, ReadOnlySpan<byte> models)
+{
+    public ReadOnlySpan<byte> Durations { get; } = durations;
+
+    public ReadOnlySpan<byte> Usages { get; } = usages;
+
+    public ReadOnlySpan<byte> DeviceShares { get; } = deviceShares;
+
+    public ReadOnlySpan<byte> Denominators { get; } = denominators;
+
+    public ReadOnlySpan<byte> Holders { get; } = holders;
+
+    public ReadOnlySpan<byte> Models { get; } = models;
 }

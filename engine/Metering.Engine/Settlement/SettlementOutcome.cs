@@ -25,7 +25,7 @@ public sealed class SettlementOptions
     /// </summary>
     public TimeSpan PauseBeforeCommit { get; init; } = TimeSpan.Zero;
 
-    /// <summary>Longest a run may take before PostgreSQL cancels its statements.</summary>
+    /// <summary>Longest a run may take before PostgreSQL cancels its statements: the only time limit on them, since the run's connections have no command timeout.</summary>
     public TimeSpan StatementTimeout { get; init; } = TimeSpan.FromMinutes(30);
 
     /// <summary>Most connections that may read one day side by side.</summary>
@@ -45,15 +45,15 @@ public sealed class SettlementOptions
     /// <summary>
     /// How many block ranges each of the <see cref="DaySegments"/> connections reads, one after
     /// the other. PostgreSQL groups a range's records in memory and sends nothing until the
-    /// range's scan ends, so with one range per connection the engine waits idle for the whole
-    /// scan and PostgreSQL then waits for the engine; with several, the engine hashes one
-    /// range's runs while the backends group the next. One range per connection cost less on a
-    /// quiet two-core host (8c60713 against d12c116) but fails there under load: Npgsql waits for
-    /// a COPY's first message under the connection's command timeout (30 s by default), and a
-    /// grouping of half a large day sends nothing until its scan ends (bench/RESULTS.md, issue
-    /// 17, one pass). Four shorter ranges stay the default until the read is freed of that
-    /// timeout. Not a setting: tests set it to cut a small day into many ranges, and
-    /// run-settle --day-ranges for A/B runs.
+    /// range's scan ends, so with one range per connection the engine waits for the whole scan
+    /// and PostgreSQL then waits for the engine; with several, the engine hashes one range's
+    /// runs while the backends group the next, at the cost of more, smaller scans and groupings.
+    /// One range per connection cost less in the bench (bench/RESULTS.md, issue 17: 1.82 × the
+    /// floor against 2.20 at four on a quiet two-core host), and it is the default since the
+    /// run's connections wait for a range as long as PostgreSQL works on it: they have no
+    /// command timeout of their own (<see cref="DailySettlement"/>), only
+    /// <see cref="StatementTimeout"/>. Not a setting: tests set it to cut a small day into many
+    /// ranges, and run-settle --day-ranges for A/B runs.
     /// </summary>
-    internal int DayRangesPerSegment { get; init; } = 4;
+    internal int DayRangesPerSegment { get; init; } = 1;
 }

@@ -63,28 +63,54 @@ public sealed class DayTotalsTests
         Assert.Throws<InvalidDataException>(() => DayTotals.CardMilliseconds(1, 1, 2, Intervals(1_000)));
     }
 
-    /// <summary>One record's attributes as the day's read sends them: duration, nPFh, device shares, denominator, holder NUL, model NUL.</summary>
-    private static byte[] Attributes(long microseconds, long usageNpfh, long shares, int denominator, byte[] holder, byte[] model)
+    /// <summary>One record's attributes.</summary>
+    private sealed record Record(long Microseconds, long UsageNpfh, long Shares, int Denominator, byte[] Holder, byte[] Model);
+
+    /// <summary>A run's attributes as the day's read sends them: one column per attribute, numbers back to back, names joined by line feeds.</summary>
+    private sealed class Run(params Record[] records)
     {
-        var bytes = new byte[DayTotals.RecordNumbersBytes + holder.Length + 1 + model.Length + 1];
-        Intervals(microseconds).CopyTo(bytes, 0);
-        BinaryPrimitives.WriteInt64BigEndian(bytes.AsSpan(16), usageNpfh);
-        BinaryPrimitives.WriteInt64BigEndian(bytes.AsSpan(24), shares);
-        BinaryPrimitives.WriteInt32BigEndian(bytes.AsSpan(32), denominator);
-        holder.CopyTo(bytes, DayTotals.RecordNumbersBytes);
-        model.CopyTo(bytes, DayTotals.RecordNumbersBytes + holder.Length + 1);
-        return bytes;
+        public Record[] Records { get; } = records;
+
+        public byte[] Durations { get; set; } = Intervals([.. records.Select(r => r.Microseconds)]);
+
+        public byte[] Usages { get; set; } = [.. records.SelectMany(r => BigEndian(r.UsageNpfh))];
+
+        public byte[] Shares { get; set; } = [.. records.SelectMany(r => BigEndian(r.Shares))];
+
+        public byte[] Denominators { get; set; } = [.. records.SelectMany(r => BigEndian(r.Denominator))];
+
+        public byte[] Holders { get; set; } = Joined(records.Select(r => r.Holder));
+
+        public byte[] Models { get; set; } = Joined(records.Select(r => r.Model));
+
+        public RunAttributes Attributes => new(Durations, Usages, Shares, Denominators, Holders, Models);
+
+        private static byte[] BigEndian(long value)
+        {
+            var bytes = new byte[sizeof(long)];
+            BinaryPrimitives.WriteInt64BigEndian(bytes, value);
+            return bytes;
+        }
+
+        private static byte[] BigEndian(int value)
+        {
+            var bytes = new byte[sizeof(int)];
+            BinaryPrimitives.WriteInt32BigEndian(bytes, value);
+            return bytes;
+        }
+
+        private static byte[] Joined(IEnumerable<byte[]> names) => [.. names.SelectMany((name, i) => i == 0 ? name : [DayTotals.NameSeparator, .. name])];
     }
 
     [Fact]
     public void A_runs_records_are_summed_each_to_its_holder_and_model_with_card_time_rounded_down_per_record()
     {
         byte[] other = Encoding.UTF8.GetBytes("91440300MA5C000030");
-        byte[] run = [.. Attributes(1_234_567, 100, 3, 7, Holder, A100), .. Attributes(300_000_000, 300, 8, 1, Holder, H100),
-            .. Attributes(999_989, 200, 3, 7, Holder, A100), .. Attributes(60_000_000, 5, 1, 1, other, A100)];
+        var run = new Run(new Record(1_234_567, 100, 3, 7, Holder, A100), new Record(300_000_000, 300, 8, 1, Holder, H100),
+            new Record(999_989, 200, 3, 7, Holder, A100), new Record(60_000_000, 5, 1, 1, other, A100));
         var totals = new DayTotals();
 
-        totals.AddRecords(Provider, 4, 605, run);
+        totals.AddRecords(Provider, 4, 605, run.Attributes);
 
         var groups = totals.Groups();
         Assert.Equal(3, groups.Count);
@@ -97,24 +123,32 @@ public sealed class DayTotalsTests
     [Fact]
     public void Attributes_that_do_not_add_up_to_the_run_or_are_cut_short_are_refused()
     {
-        byte[] one = Attributes(60_000_000, 5, 1, 1, Holder, H100);
+        Run One() => new(new Record(60_000_000, 5, 1, 1, Holder, H100));
+        Run two = new(new Record(60_000_000, 5, 1, 1, Holder, H100), new Record(60_000_000, 5, 1, 1, Holder, A100));
 
-        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 2, 5, one));
-        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, 6, one));
-        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, 5, one.AsSpan(0, one.Length - 1)));
-        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, 5, one.AsSpan(0, DayTotals.RecordNumbersBytes)));
-        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, -5, Attributes(60_000_000, -5, 1, 1, Holder, H100)));
-        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, 5, Attributes(60_000_000, 5, 0, 1, Holder, H100)));
-        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, 5, Attributes(0, 5, 1, 1, Holder, H100)));
+        new DayTotals().AddRecords(Provider, 1, 5, One().Attributes);
+        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 2, 5, One().Attributes));
+        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, 6, One().Attributes));
+        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, 5, new Run(new Record(60_000_000, 5, 1, 1, Holder, H100)) { Durations = new byte[15] }.Attributes));
+        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, 5, new Run(new Record(60_000_000, 5, 1, 1, Holder, H100)) { Denominators = new byte[8] }.Attributes));
+        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, -5, new Run(new Record(60_000_000, -5, 1, 1, Holder, H100)).Attributes));
+        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, 5, new Run(new Record(60_000_000, 5, 0, 1, Holder, H100)).Attributes));
+        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, 5, new Run(new Record(0, 5, 1, 1, Holder, H100)).Attributes));
+
+        // Names that are not one per record: a holder missing, a model too many, or a name that holds the separator.
+        new DayTotals().AddRecords(Provider, 2, 10, two.Attributes);
+        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 2, 10, new Run(two.Records) { Holders = Holder }.Attributes));
+        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 2, 10, new Run(two.Records) { Models = [.. H100, DayTotals.NameSeparator, .. A100, DayTotals.NameSeparator, .. A100] }.Attributes));
+        Assert.Throws<InvalidDataException>(() => new DayTotals().AddRecords(Provider, 1, 5, new Run(new Record(60_000_000, 5, 1, 1, [.. Holder, DayTotals.NameSeparator], H100)).Attributes));
     }
 
     [Fact]
     public void A_total_past_a_bigint_is_refused()
     {
         var totals = new DayTotals();
-        totals.AddRecords(Provider, 1, long.MaxValue, Attributes(60_000_000, long.MaxValue, 1, 1, Holder, H100));
+        totals.AddRecords(Provider, 1, long.MaxValue, new Run(new Record(60_000_000, long.MaxValue, 1, 1, Holder, H100)).Attributes);
 
-        Assert.Throws<OverflowException>(() => totals.AddRecords(Provider, 1, 1, Attributes(60_000_000, 1, 1, 1, Holder, H100)));
+        Assert.Throws<OverflowException>(() => totals.AddRecords(Provider, 1, 1, new Run(new Record(60_000_000, 1, 1, 1, Holder, H100)).Attributes));
     }
 
     [Fact]
@@ -133,9 +167,9 @@ public sealed class DayTotalsTests
         for (int i = 0; i < runs.Length; i++)
         {
             var (provider, model, usage, cardMs) = runs[i];
-            byte[] record = Attributes(cardMs * 1_000, usage, 1, 1, Holder, model);
-            whole.AddRecords(provider, 1, usage, record);
-            (i < 3 ? first : second).AddRecords(provider, 1, usage, record);
+            var record = new Run(new Record(cardMs * 1_000, usage, 1, 1, Holder, model));
+            whole.AddRecords(provider, 1, usage, record.Attributes);
+            (i < 3 ? first : second).AddRecords(provider, 1, usage, record.Attributes);
         }
 
         first.Absorb(second);
