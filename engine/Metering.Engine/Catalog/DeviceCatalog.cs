@@ -204,6 +204,13 @@ public sealed class DeviceCatalog
             throw new InvalidDataException($"{origin}: a device has no key.");
         }
 
+        // Keys travel as names in text: the settlement's day read joins a run's models by line
+        // feeds (DayTotals), and outputs print them in columns.
+        if (device.Key.Any(char.IsControl))
+        {
+            throw new InvalidDataException($"{origin}: device key '{device.Key.ReplaceLineEndings(" ")}' holds a control character.");
+        }
+
         if (device.Fp16DenseGflops is <= 0 or > Fp16DenseGflopsMax)
         {
             throw new InvalidDataException($"{origin}: device {device.Key} has fp16DenseGflops {device.Fp16DenseGflops}; it must be positive and at most {Fp16DenseGflopsMax} (100 PFLOPS per device).");

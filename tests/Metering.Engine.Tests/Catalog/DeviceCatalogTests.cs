@@ -65,6 +65,8 @@ public sealed class DeviceCatalogTests
     [InlineData("""{"version":"v","effectiveFrom":"2025-01-01","devices":[{"key":"X","fp16DenseGflops":0,"source":"s"}]}""", "positive")]
     [InlineData("""{"version":"v","effectiveFrom":"2025-01-01","devices":[{"key":"X","fp16DenseGflops":989400000,"source":"s"}]}""", "at most")]
     [InlineData("""{"version":"v","effectiveFrom":"2025-01-01","devices":[{"key":"X","fp16DenseGflops":5,"source":""}]}""", "source")]
+    [InlineData("""{"version":"v","effectiveFrom":"2025-01-01","devices":[{"key":"H100\nSXM","fp16DenseGflops":1,"source":"s"}]}""", "control character")]
+    [InlineData("""{"version":"v","effectiveFrom":"2025-01-01","devices":[{"key":"H100\tSXM","fp16DenseGflops":1,"source":"s"}]}""", "control character")]
     [InlineData("""{"version":"","effectiveFrom":"2025-01-01","devices":[]}""", "no version")]
     [InlineData("""{"version":"v","effectiveFrom":"2025/01/01","devices":[]}""", "effectiveFrom")]
     public void Malformed_catalog_files_are_refused_with_the_reason(string json, string expected)
