@@ -239,7 +239,8 @@ internal sealed class SlurmCluster : IAsyncDisposable
             // Say why: a job left pending names its reason, and the node's state shows a drain.
             string queue = (await RunAsync("squeue", "-a", "-o", "%i %T %r %b")).Output;
             string node = (await RunAsync("sinfo", "-N", "-o", "%N %T %E %G")).Output;
-            throw new TimeoutException($"{e.Message}\nsqueue:\n{queue}\nsinfo:\n{node}", e);
+            string accounted = (await RunAsync("sacct", "-n", "-P", "-X", "-j", jobId, "--format=JobID,State,Start,End")).Output;
+            throw new TimeoutException($"{e.Message}\nsqueue:\n{queue}\nsinfo:\n{node}\nsacct:\n{accounted}", e);
         }
     }
 
