@@ -1,9 +1,11 @@
+using Dapper;
 using Grpc.Core;
 using Metering.Engine.Fixtures;
 using Metering.Engine.Ledger;
 using Metering.Fixtures;
 using Metering.Protocol.V1;
 using Metering.Server.Fixtures;
+using Npgsql;
 using static Metering.Server.Fixtures.RegistryScene;
 
 namespace Metering.Server.Tests.Storage;
@@ -77,6 +79,12 @@ public sealed partial class CitusLayoutTests
         Assert.Equal((0L, 0L), distributed.AvailableAndBudget);
         Assert.True(distributed.RefusalsChangedNothing);
         Assert.Equal(single, distributed);
+
+        // The two providers' vouchers lie on two shards: the release locked and moved rows on each.
+        await using var coordinator = new NpgsqlConnection(Cluster.ConnectionString);
+        Assert.Equal(2L, await coordinator.ExecuteScalarAsync<long>(
+            "SELECT count(DISTINCT get_shard_id_for_distribution_column('vouchers', p)) FROM unnest(@providers) p",
+            new { providers = new[] { TestRecords.Provider, TestRecords.OtherProvider } }));
     }
 
     /// <param name="FalseMaterials">The liar's service item, its listings and its pending application after the finding.</param>
