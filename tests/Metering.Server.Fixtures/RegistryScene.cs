@@ -152,6 +152,19 @@ internal sealed class RegistryScene : IAsyncDisposable
         return (code, id);
     }
 
+    /// <summary>A change of the test service item's status, with its reasons.</summary>
+    public static ChangeServiceItemStatusRequest Change(string code, Metering.Protocol.V1.ServiceItemAction action, string reasons) =>
+        new() { CreditCode = code, ServiceItem = Admissions.ServiceItem, Action = action, Reasons = reasons };
+
+    /// <summary>A valid record (<see cref="TestRecords.Valid"/>) that runs the given minutes from <paramref name="start"/>.</summary>
+    public static UsageRecord At(ulong sequence, DateTimeOffset start, int minutes)
+    {
+        UsageRecord record = TestRecords.Valid(sequence);
+        record.StartUnixMs = start.ToUnixTimeMilliseconds();
+        record.EndUnixMs = start.AddMinutes(minutes).ToUnixTimeMilliseconds();
+        return record;
+    }
+
     public async ValueTask DisposeAsync()
     {
         await DataSource.DisposeAsync();

@@ -2,6 +2,7 @@ using Grpc.Core;
 using Metering.Protocol.V1;
 using Metering.Engine.Fixtures;
 using Metering.Server.Fixtures;
+using static Metering.Server.Fixtures.RegistryScene;
 using Metering.Fixtures;
 
 namespace Metering.Server.Tests.Registry;
@@ -146,16 +147,5 @@ public sealed class AdmissionGateTests(PostgresFixture postgres)
         Assert.Equal(1UL, report.Records);
         LineError refused = Assert.Single(report.Errors);
         Assert.Equal((2UL, "ADMISSION_EXPIRED"), (refused.Line, refused.Reason));
-    }
-
-    private static ChangeServiceItemStatusRequest Change(string code, ServiceItemAction action, string reasons) =>
-        new() { CreditCode = code, ServiceItem = Admissions.ServiceItem, Action = action, Reasons = reasons };
-
-    private static UsageRecord At(ulong sequence, DateTimeOffset start, int minutes)
-    {
-        UsageRecord record = TestRecords.Valid(sequence);
-        record.StartUnixMs = start.ToUnixTimeMilliseconds();
-        record.EndUnixMs = start.AddMinutes(minutes).ToUnixTimeMilliseconds();
-        return record;
     }
 }

@@ -3,6 +3,7 @@ using Metering.Engine.Registry;
 using Metering.Protocol.V1;
 using Metering.Engine.Fixtures;
 using Metering.Server.Fixtures;
+using static Metering.Server.Fixtures.RegistryScene;
 using Metering.Fixtures;
 using ApplicationState = Metering.Protocol.V1.ApplicationState;
 using ServiceItemAction = Metering.Protocol.V1.ServiceItemAction;
@@ -332,16 +333,5 @@ public sealed class RenewalTests(PostgresFixture postgres)
         RpcException error = await Assert.ThrowsAsync<RpcException>(() => scene.Client.FileApplicationAsync(filing, key).ResponseAsync);
         Assert.Equal((status, reason), (error.StatusCode, IngestCall.Reason(error)));
         Assert.Contains(detail, error.Status.Detail, StringComparison.Ordinal);
-    }
-
-    private static ChangeServiceItemStatusRequest Change(string code, ServiceItemAction action, string reasons) =>
-        new() { CreditCode = code, ServiceItem = Admissions.ServiceItem, Action = action, Reasons = reasons };
-
-    private static UsageRecord At(ulong sequence, DateTimeOffset start, int minutes)
-    {
-        UsageRecord record = TestRecords.Valid(sequence);
-        record.StartUnixMs = start.ToUnixTimeMilliseconds();
-        record.EndUnixMs = start.AddMinutes(minutes).ToUnixTimeMilliseconds();
-        return record;
     }
 }

@@ -15,12 +15,19 @@ namespace Metering.Server.Tests.Storage;
 /// The schema laid out on Citus by `metering db migrate --distributed`, on a coordinator and two
 /// workers that the fixture starts on loopback (skipped where the citus extension is not
 /// installed): the layout itself, ingest, verification, Merkle roots and settlement through the
-/// real server giving what one node gives, and the evidence guards still standing on the shards.
+/// real server giving what one node gives, and the evidence guards still standing on the shards;
+/// the registry's and the voucher book's workflows are in CitusLayoutTests.Workflows.cs.
 /// </summary>
 [Collection(PostgresCollection.Name)]
-public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citus) : IClassFixture<CitusCluster>
+public sealed partial class CitusLayoutTests(PostgresFixture postgres, CitusCluster citus) : IClassFixture<CitusCluster>
 {
     private const string Stream = "cluster-citus";
+
+    /// <summary>The one-node fixture, for the parts of the class in other files (a primary constructor's parameters are seen only in this one).</summary>
+    private PostgresFixture Postgres => postgres;
+
+    /// <summary>The Citus cluster, for the parts of the class in other files.</summary>
+    private CitusCluster Cluster => citus;
 
     [CitusFact]
     public async Task Migrate_distributed_shards_per_provider_tables_co_located_copies_registry_tables_and_changes_nothing_when_run_again()
@@ -63,8 +70,8 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
     [CitusFact]
     public async Task Settlement_and_the_settled_root_on_the_distributed_layout_match_one_node_and_a_rerun_writes_nothing()
     {
-        Outcome single = await RunDayAsync(await postgres.CreateDatabaseAsync(), TestServer.ProviderKey, TestServer.AuditorKey, TestServer.SettlementKey, settle: true,
-            TestServer.OperatorKey);
+        Outcome single = await RunDayAsync(await AtTheClustersCountersAsync(await postgres.CreateDatabaseAsync()), TestServer.ProviderKey, TestServer.AuditorKey,
+            TestServer.SettlementKey, settle: true, TestServer.OperatorKey);
         Outcome distributed = await RunDayAsync(citus.ConnectionString, citus.Keys.Provider, citus.Keys.Auditor, citus.Keys.Settlement, settle: true, citus.Keys.Operator);
 
         // Priced under a contract, with a claim's hold posted: the ledger has entries to balance.
@@ -323,6 +330,29 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
         Assert.False(await connection.ExecuteScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"));
     }
 
+    /// <summary>
+    /// Moves each counter of the one-node database to where the cluster's stands, and returns
+    /// the database. A settlement's statements name contract, voucher and claim ids, and the
+    /// cluster's database is shared by the class: a workflow test that recorded vouchers there
+    /// first has used ids that a fresh database would give out again.
+    /// </summary>
+    private async Task<string> AtTheClustersCountersAsync(string database)
+    {
+        await using var coordinator = new NpgsqlConnection(citus.ConnectionString);
+        var counters = await coordinator.QueryAsync<(string Name, long Value)>(
+            "SELECT sequencename::text, last_value FROM pg_sequences WHERE schemaname = current_schema() AND last_value IS NOT NULL");
+        await using var single = new NpgsqlConnection(database);
+        foreach (var (name, value) in counters)
+        {
+            await single.ExecuteAsync("""
+                SELECT setval(to_regclass(quote_ident(@name)), @value) FROM pg_sequences
+                WHERE schemaname = current_schema() AND sequencename = @name AND coalesce(last_value, 0) < @value
+                """, new { name, value });
+        }
+
+        return database;
+    }
+
     private sealed record Outcome(string ChainHead, ulong Verified, bool Intact, string LiveRoot, string SettlementSha256, string SettledRoot, SettledDay? Settled = null)
     {
         /// <summary>The fleet's device levels ingest wrote for the provider (usage_concurrency).</summary>
@@ -407,10 +437,10 @@ public sealed class CitusLayoutTests(PostgresFixture postgres, CitusCluster citu
         }, operatorKey);
     }
 
-    /// <summary>Sends records 1..count of a stream in batches of ten and returns the chain head the last acknowledgement carried.</summary>
-    private static async Task<string> IngestAsync(TestServer server, string stream, string providerKey, int count, DateOnly day)
+    /// <summary>Sends records 1..count of a stream (of the test holder unless told) in batches of ten and returns the chain head the last acknowledgement carried.</summary>
+    private static async Task<string> IngestAsync(TestServer server, string stream, string providerKey, int count, DateOnly day, string holder = TestRecords.Holder)
     {
-        List<UsageRecord> records = VoucherScene.Jobs(TestRecords.Holder, day, count, prefix: stream);
+        List<UsageRecord> records = VoucherScene.Jobs(holder, day, count, prefix: stream);
         for (int i = 0; i < records.Count; i++)
         {
             records[i].Sequence = (ulong)i + 1;
