@@ -48,12 +48,14 @@ public sealed class SettlementOptions
     /// range's scan ends, so with one range per connection the engine waits for the whole scan
     /// and PostgreSQL then waits for the engine; with several, the engine hashes one range's
     /// runs while the backends group the next, at the cost of more, smaller scans and groupings.
-    /// One range per connection cost less in the bench (bench/RESULTS.md, issue 17: 1.82 × the
-    /// floor against 2.20 at four on a quiet two-core host), and it is the default since the
-    /// run's connections wait for a range as long as PostgreSQL works on it: they have no
-    /// command timeout of their own (<see cref="DailySettlement"/>), only
-    /// <see cref="StatementTimeout"/>. Not a setting: tests set it to cut a small day into many
-    /// ranges, and run-settle --day-ranges for A/B runs.
+    /// Which costs less has moved with the read: one range per connection measured 1.82 × the
+    /// floor against 2.20 at four with the records' attributes sent in one aggregate, and 2.46
+    /// against 2.17 once each attribute had an aggregate of its own (bench/RESULTS.md, issue 17,
+    /// quiet two-core host, same session each), so four stay the default. Either way the run's
+    /// connections wait for a range as long as PostgreSQL works on it: they have no command
+    /// timeout of their own (<see cref="DailySettlement"/>), only <see cref="StatementTimeout"/>.
+    /// Not a setting: tests set it to cut a small day into many ranges, and run-settle
+    /// --day-ranges for A/B runs.
     /// </summary>
-    internal int DayRangesPerSegment { get; init; } = 1;
+    internal int DayRangesPerSegment { get; init; } = 4;
 }
