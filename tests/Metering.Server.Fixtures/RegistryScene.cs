@@ -4,6 +4,7 @@ using Metering.Engine.Audit;
 using Metering.Engine.Capacity;
 using Metering.Engine.Catalog;
 using Metering.Engine.Identity;
+using Metering.Engine.Ingest;
 using Metering.Engine.Registry;
 using Metering.Engine.Storage;
 using Metering.Protocol.V1;
@@ -68,12 +69,13 @@ internal sealed class RegistryScene : IAsyncDisposable
 
     /// <param name="database">A database of the test's own (a Citus cluster's) instead of a fresh clone of the template.</param>
     /// <param name="operatorKey">The operator key seeded in <paramref name="database"/>.</param>
+    /// <param name="limits">The server's ingest limits, when not the defaults.</param>
     public static async Task<RegistryScene> StartAsync(PostgresFixture postgres, int noticeDays = 0, DeviceCatalog? catalog = null, CapacitySettings? capacity = null,
-        string? database = null, string? operatorKey = null)
+        string? database = null, string? operatorKey = null, IngestLimits? limits = null)
     {
         var clock = new ManualClock(WindowOpens.AddDays(1));
         catalog ??= DeviceCatalog.LoadEmbedded();
-        TestServer server = await TestServer.StartAsync(postgres, time: clock, catalog: catalog, capacity: capacity, database: database);
+        TestServer server = await TestServer.StartAsync(postgres, limits: limits, time: clock, catalog: catalog, capacity: capacity, database: database);
         Metadata operatorHeaders = operatorKey is null ? Operator : TestServer.Bearer(operatorKey);
         var scene = new RegistryScene(server, clock, Database.CreateDataSource(server.ConnectionString), catalog, operatorHeaders);
         await scene.Client.PutAdmissionBatchAsync(new AdmissionBatch

@@ -53,7 +53,7 @@ internal static class IngestLoad
         if (options is null)
         {
             Console.Error.WriteLine($"error: {error}");
-            Console.Error.WriteLine("usage: Metering.Bench load --records N --streams S --data-dir DIR [--batch B --window W --tls true|false --log-statements true|false --servers N --group-commit N --in-flight N]");
+            Console.Error.WriteLine("usage: Metering.Bench load --records N --streams S --data-dir DIR [--batch B --window W --tls true|false --log-statements true|false --servers N --group-commit N --in-flight N --group-commits-in-flight N]");
             return 2;
         }
 
@@ -160,7 +160,7 @@ internal static class IngestLoad
         return 0;
     }
 
-    /// <summary>The server's ingest limits: its defaults, unless a run compares group commit sizes or batches in flight per stream.</summary>
+    /// <summary>The server's ingest limits: its defaults, unless a run compares group commit sizes, batches in flight per stream or group commits in flight per provider.</summary>
     internal static IngestLimits LimitsOf(LoadOptions options)
     {
         var limits = new IngestLimits();
@@ -174,6 +174,12 @@ internal static class IngestLoad
         {
             // 1: a stream's batches one at a time.
             limits.StreamBatchesInFlightMax = inFlight;
+        }
+
+        if (options.GroupCommitsInFlight is int groupsInFlight)
+        {
+            // 1: a provider's group commits one after another, none copying while another commits.
+            limits.GroupCommitsInFlightMax = groupsInFlight;
         }
 
         return limits;
@@ -386,7 +392,8 @@ internal static class IngestLoad
 /// <summary>One stream of a load: its id, its records by sequence (1-based) and how many.</summary>
 internal sealed record LoadStream(string StreamId, Func<ulong, UsageRecord> RecordAt, ulong Records);
 
-internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches, bool Tls, bool LogStatements = false, int Servers = 1, int? GroupCommit = null, int? InFlight = null)
+internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches, bool Tls, bool LogStatements = false, int Servers = 1, int? GroupCommit = null, int? InFlight = null,
+    int? GroupCommitsInFlight = null)
 {
     public const long RecordsMax = 100_000_000;
     public const int StreamsMax = 64;
@@ -418,6 +425,7 @@ internal sealed record LoadOptions(long Records, int Streams, string DataDirecto
         int servers = int.Parse(values.GetValueOrDefault("servers", "1"), CultureInfo.InvariantCulture);
         int? groupCommit = values.TryGetValue("group-commit", out string? group) ? int.Parse(group, CultureInfo.InvariantCulture) : null;
         int? inFlight = values.TryGetValue("in-flight", out string? ahead) ? int.Parse(ahead, CultureInfo.InvariantCulture) : null;
+        int? groupsInFlight = values.TryGetValue("group-commits-in-flight", out string? groups) ? int.Parse(groups, CultureInfo.InvariantCulture) : null;
         error = records is < 1 or > RecordsMax ? $"--records must be 1 to {RecordsMax}"
             : streams < 1 || streams > StreamsMax || streams > records ? $"--streams must be 1 to {StreamsMax} and at most --records"
             : batch is < 1 or > 100_000 ? "--batch must be 1 to 100000"
@@ -426,7 +434,8 @@ internal sealed record LoadOptions(long Records, int Streams, string DataDirecto
             : servers > 1 && logStatements ? "--log-statements is for the one-server run; leave it out with --servers"
             : groupCommit is < 1 or > 256 ? "--group-commit must be 1 to 256"
             : inFlight is < 1 or > 8 ? "--in-flight must be 1 to 8"
+            : groupsInFlight is < 1 or > 4 ? "--group-commits-in-flight must be 1 to 4"
             : null;
-        return error is null ? new LoadOptions(records, streams, dataDirectory, batch, window, tls, logStatements, servers, groupCommit, inFlight) : null;
+        return error is null ? new LoadOptions(records, streams, dataDirectory, batch, window, tls, logStatements, servers, groupCommit, inFlight, groupsInFlight) : null;
     }
 }

@@ -34,6 +34,7 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
     private readonly ConcurrentDictionary<string, ProviderQueue> _providers = new(StringComparer.Ordinal);
     private long _groupsCommitted;
     private long _groupsSplit;
+    private long _groupsFailedAhead;
     private long _transactions;
     private long _batches;
 
@@ -43,10 +44,16 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
     /// <summary>How many groups failed as a whole and were committed again batch by batch.</summary>
     internal long GroupsSplit => Interlocked.Read(ref _groupsSplit);
 
+    /// <summary>
+    /// How many groups in flight were rolled back before they locked anything because a batch of
+    /// theirs had already failed with an earlier batch of its stream in a group ahead.
+    /// </summary>
+    internal long GroupsFailedAhead => Interlocked.Read(ref _groupsFailedAhead);
+
     /// <summary>How many transactions committed, and how many stream batches they held: how full the groups ran.</summary>
     internal (long Transactions, long Batches) Committed => (Interlocked.Read(ref _transactions), Interlocked.Read(ref _batches));
 
-    /// <summary>How many batches of the provider wait for its next commit (not counting one being committed).</summary>
+    /// <summary>How many batches of the provider wait for its next commit (not counting those of groups in flight).</summary>
     internal int WaitingOf(string providerId)
     {
         if (!_providers.TryGetValue(providerId, out ProviderQueue? queue))
@@ -57,6 +64,20 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
         lock (queue.Gate)
         {
             return queue.Waiting.Count;
+        }
+    }
+
+    /// <summary>How many groups of the provider are taken and not ended: copying, waiting for the group ahead, or committing.</summary>
+    internal int GroupsInFlightOf(string providerId)
+    {
+        if (!_providers.TryGetValue(providerId, out ProviderQueue? queue))
+        {
+            return 0;
+        }
+
+        lock (queue.Gate)
+        {
+            return queue.InFlight.Count;
         }
     }
 
@@ -71,13 +92,17 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
     {
         ProviderQueue queue = _providers.GetOrAdd(providerId, static _ => new ProviderQueue());
         bool start;
+        TaskCompletionSource? arrival;
         lock (queue.Gate)
         {
             queue.Waiting.Add(pending);
             start = !queue.Draining;
             queue.Draining = true;
+            arrival = queue.Arrival;
+            queue.Arrival = null;
         }
 
+        arrival?.TrySetResult();
         if (start)
         {
             _ = Task.Run(() => DrainAsync(providerId, queue));
@@ -86,25 +111,75 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
         return pending.Done.Task;
     }
 
+    /// <summary>
+    /// Takes the provider's groups in arrival order and runs each (<see cref="RunGroupAsync"/>).
+    /// With <see cref="IngestLimits.GroupCommitsInFlightMax"/> above 1, the next group is taken as
+    /// soon as the one before has copied its rows, while that one locks, checks and commits, so
+    /// the COPYs of consecutive groups overlap with the part of a commit that runs one at a time;
+    /// the batches that arrive during a COPY gather for the next group. Each group still locks,
+    /// checks and commits only after the group ahead of it has ended.
+    /// </summary>
     private async Task DrainAsync(string providerId, ProviderQueue queue)
     {
-        var taken = new List<PendingCommit>();
         var leftBehind = new HashSet<string>(StringComparer.Ordinal);
+        var ends = new Queue<Task>();
+        Task ahead = Task.CompletedTask;
+        Task aheadCopied = Task.CompletedTask;
         while (true)
         {
-            taken.Clear();
+            await aheadCopied;
+            while (ends.Count > 0 && ends.Peek().IsCompleted)
+            {
+                _ = ends.Dequeue();
+            }
+
+            if (ends.Count >= limits.GroupCommitsInFlightMax)
+            {
+                await ends.Dequeue();
+                continue;
+            }
+
+            var taken = new List<PendingCommit>();
+            Task? arrived = null;
             lock (queue.Gate)
             {
-                if (queue.Waiting.Count == 0)
+                if (queue.Waiting.Count > 0)
+                {
+                    Take(queue.Waiting, taken, limits.GroupCommitBatchesMax, leftBehind);
+                }
+
+                if (taken.Count > 0)
+                {
+                    queue.InFlight.Add(taken);
+                }
+                else if (queue.Waiting.Count == 0 && ends.Count == 0)
                 {
                     queue.Draining = false;
                     return;
                 }
-
-                Take(queue.Waiting, taken, limits.GroupCommitBatchesMax, leftBehind);
+                else if (queue.Waiting.Count == 0)
+                {
+                    queue.Arrival = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                    arrived = queue.Arrival.Task;
+                }
             }
 
-            await CommitTakenAsync(providerId, queue, taken);
+            if (taken.Count == 0)
+            {
+                if (arrived is not null)
+                {
+                    // Nothing waits, and a group is still in flight: the next batch to arrive, or
+                    // the end of the oldest group, whichever comes first.
+                    await Task.WhenAny(arrived, ends.Peek());
+                }
+
+                continue;
+            }
+
+            var copied = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            ahead = RunGroupAsync(providerId, queue, taken, ahead, copied);
+            aheadCopied = copied.Task;
+            ends.Enqueue(ahead);
         }
     }
 
@@ -144,43 +219,120 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
         }
     }
 
-    private async Task CommitTakenAsync(string providerId, ProviderQueue queue, List<PendingCommit> taken)
+    /// <summary>
+    /// Copies the group's rows in a transaction of its own, signals <paramref name="copied"/>, waits
+    /// for the group ahead to end (<paramref name="ahead"/>), then locks, checks and commits. Only
+    /// then do the group's sums and marks include everything the groups before it committed, so the
+    /// fleet check and the head check are as strict as with one group at a time. A group that the
+    /// group ahead left with a failed batch (a later batch of a stream that failed there), or that
+    /// fails as a whole, is rolled back and committed again batch by batch. Never throws: every
+    /// batch's outcome goes to its <see cref="PendingCommit.Done"/>.
+    /// </summary>
+    private async Task RunGroupAsync(string providerId, ProviderQueue queue, List<PendingCommit> taken, Task ahead, TaskCompletionSource copied)
     {
-        if (taken.Count == 0)
+        try
         {
-            return;
-        }
-
-        if (taken.Count > 1)
-        {
+            (List<StreamBatch> batches, IReadOnlyList<ICommitStep> steps) = GroupOf(providerId, taken);
+            UsageStore.OpenGroupCommit? open = null;
+            Exception? failure = null;
             try
             {
-                await CommitGroupAsync(providerId, taken);
-                Interlocked.Increment(ref _groupsCommitted);
-                Interlocked.Increment(ref _transactions);
-                Interlocked.Add(ref _batches, taken.Count);
-                MeteringTelemetry.GroupCommitted(providerId, taken.Count);
-                foreach (PendingCommit pending in taken)
-                {
-                    pending.Done.TrySetResult();
-                }
+                open = await store.BeginGroupAsync(providerId, batches, CancellationToken.None);
+            }
+            catch (Exception e)
+            {
+                failure = e;
+            }
+            finally
+            {
+                copied.TrySetResult();
+            }
 
+            try
+            {
+                await ahead;
+                if (open is not null && taken.Exists(pending => pending.Done.Task.IsCompleted))
+                {
+                    Interlocked.Increment(ref _groupsFailedAhead);
+                }
+                else if (open is not null)
+                {
+                    await open.FinishAsync(steps, CancellationToken.None);
+                    Interlocked.Increment(ref _transactions);
+                    Interlocked.Add(ref _batches, taken.Count);
+                    if (taken.Count > 1)
+                    {
+                        Interlocked.Increment(ref _groupsCommitted);
+                    }
+
+                    MeteringTelemetry.GroupCommitted(providerId, taken.Count);
+                    foreach (PendingCommit pending in taken)
+                    {
+                        pending.Done.TrySetResult();
+                    }
+
+                    return;
+                }
+            }
+            catch (Exception e)
+            {
+                failure = e;
+            }
+            finally
+            {
+                // Rolled back before anything of it is committed again below, which would
+                // otherwise wait for its own uncommitted rows.
+                if (open is not null)
+                {
+                    await open.DisposeAsync();
+                }
+            }
+
+            if (taken.TrueForAll(pending => pending.Done.Task.IsCompleted))
+            {
+                // Every batch failed with an earlier batch of its stream in a group ahead.
                 return;
             }
-            catch (Exception)
+
+            if (taken.Count == 1 && failure is not null)
             {
-                // The whole group was rolled back; which batch caused it, and how each stream
-                // should be answered, is found by committing them one by one below.
-                Interlocked.Increment(ref _groupsSplit);
+                // A lone batch's own commit failed: that is its outcome.
+                FailWithLaterBatches(queue, taken, 0, failure);
+                return;
+            }
+
+            // The whole group was rolled back; which batch caused it, and how each stream should be
+            // answered, is found by committing them one by one below.
+            Interlocked.Increment(ref _groupsSplit);
+            await CommitOneByOneAsync(providerId, queue, taken);
+        }
+        catch (Exception e)
+        {
+            // Not expected: every failure of a commit is caught above. The batches still get an
+            // answer, so that no stream waits for ever.
+            foreach (PendingCommit pending in taken)
+            {
+                pending.Done.TrySetException(e);
             }
         }
+        finally
+        {
+            copied.TrySetResult();
+            lock (queue.Gate)
+            {
+                queue.InFlight.Remove(taken);
+            }
+        }
+    }
 
+    private async Task CommitOneByOneAsync(string providerId, ProviderQueue queue, List<PendingCommit> taken)
+    {
         for (int i = 0; i < taken.Count; i++)
         {
             PendingCommit pending = taken[i];
             if (pending.Done.Task.IsCompleted)
             {
-                // Failed with a batch of its stream before it in this group.
+                // Failed with a batch of its stream before it, in this group or a group ahead.
                 continue;
             }
 
@@ -200,10 +352,12 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
     }
 
     /// <summary>
-    /// Fails a batch, and with it every later batch of its stream, in this group or still waiting:
-    /// they continue records that were not committed, so they could only fail on the stream's mark.
-    /// The later ones fail first, so that their stream learns of them before it sees the batch's own
-    /// failure and lets them go.
+    /// Fails a batch, and with it every later batch of its stream, in this group, in a group behind
+    /// it already in flight (its rows copied, its transaction waiting for this group to end) or
+    /// still waiting: they continue records that were not committed, so they could only fail on the
+    /// stream's mark. A group behind that finds one of its batches failed rolls back as a whole.
+    /// The later ones fail first, so that their stream learns of them before it sees the batch's
+    /// own failure and lets them go.
     /// </summary>
     private static void FailWithLaterBatches(ProviderQueue queue, List<PendingCommit> taken, int index, Exception failure)
     {
@@ -219,6 +373,18 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
 
         lock (queue.Gate)
         {
+            // Groups in flight are listed in take order; those after this one are behind it.
+            for (int g = queue.InFlight.IndexOf(taken) + 1; g is > 0 && g < queue.InFlight.Count; g++)
+            {
+                foreach (PendingCommit behind in queue.InFlight[g])
+                {
+                    if (behind.StreamId == failed.StreamId)
+                    {
+                        behind.Done.TrySetException(later);
+                    }
+                }
+            }
+
             for (int i = 0; i < queue.Waiting.Count;)
             {
                 if (queue.Waiting[i].StreamId == failed.StreamId)
@@ -236,12 +402,19 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
     }
 
     /// <summary>
-    /// Commits the taken batches in one transaction, a stream's consecutive batches as one run of
-    /// rows after its mark; visible to tests, which drive a group directly.
+    /// What the taken batches commit as: a stream's consecutive batches as one run of rows after
+    /// its mark, and the group's steps (one registry epoch check, one fleet check over all of
+    /// them), or a lone batch's own steps.
     /// </summary>
-    internal async Task CommitGroupAsync(string providerId, IReadOnlyList<PendingCommit> taken)
+    private (List<StreamBatch> Batches, IReadOnlyList<ICommitStep> Steps) GroupOf(string providerId, List<PendingCommit> taken)
     {
         var batches = new List<StreamBatch>(taken.Count);
+        if (taken.Count == 1)
+        {
+            batches.Add(new StreamBatch(taken[0].StreamId, taken[0].ExpectedSequence, taken[0].Rows));
+            return (batches, taken[0].Steps);
+        }
+
         var prepared = new PreparedRecords[taken.Count];
         for (int i = 0; i < taken.Count; i++)
         {
@@ -260,7 +433,7 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
 
         var epochStep = new AdmissionEpochStep(providerId) { ExpectedEpoch = taken[0].ExpectedEpoch };
         var fleetStep = new FleetConcurrencyStep(providerId, prepared, time, limits.ConcurrencyMinutesPerBatchMax) { Fleet = taken[0].Fleet };
-        await store.CommitGroupAsync(providerId, batches, [epochStep, fleetStep], CancellationToken.None);
+        return (batches, [epochStep, fleetStep]);
     }
 
     private sealed class ProviderQueue
@@ -269,7 +442,13 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
 
         public List<PendingCommit> Waiting { get; } = [];
 
+        /// <summary>The groups taken and not ended, in take order.</summary>
+        public List<List<PendingCommit>> InFlight { get; } = [];
+
         public bool Draining { get; set; }
+
+        /// <summary>Set by the next batch to arrive, for a drain that waits with nothing to take.</summary>
+        public TaskCompletionSource? Arrival { get; set; }
     }
 }
 

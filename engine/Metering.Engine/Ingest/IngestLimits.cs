@@ -76,6 +76,15 @@ public sealed class IngestLimits
     public int GroupCommitBatchesMax { get; set; } = 16;
 
     /// <summary>
+    /// Most group commits of one provider in flight at once (Ingest/GroupCommitter.cs): the next
+    /// group copies its rows in a transaction of its own while the group ahead of it locks the
+    /// heads, checks the fleet and commits, and takes its own locks only after that group ended.
+    /// 1 commits a provider's groups one after another. Each group in flight holds a database
+    /// connection.
+    /// </summary>
+    public int GroupCommitsInFlightMax { get; set; } = 2;
+
+    /// <summary>
     /// Most batches of one stream the server holds in flight at once: the one committing and those
     /// validated, chained and queued behind it while it commits (Metering.Server/Ingest/IngestStreamLoop.cs),
     /// so that a client with batches in flight keeps its provider's group commits full. Each costs
@@ -113,6 +122,7 @@ public sealed class IngestLimits
         Require(HeartbeatsPerMinuteMax is >= 1 and <= 6_000, nameof(HeartbeatsPerMinuteMax), "between 1 and 6000");
         Require(HeartbeatClockSkewMax >= TimeSpan.FromMinutes(1) && HeartbeatClockSkewMax <= TimeSpan.FromDays(31), nameof(HeartbeatClockSkewMax), "between 1 minute and 31 days");
         Require(GroupCommitBatchesMax is >= 1 and <= 256, nameof(GroupCommitBatchesMax), "between 1 and 256");
+        Require(GroupCommitsInFlightMax is >= 1 and <= 4, nameof(GroupCommitsInFlightMax), "between 1 and 4");
         Require(StreamBatchesInFlightMax is >= 1 and <= 8, nameof(StreamBatchesInFlightMax), "between 1 and 8");
         Require(MessageBytesMax is >= 64 * 1024 and <= 256 * 1024 * 1024, nameof(MessageBytesMax), "between 64 KiB and 256 MiB");
         Require(TakeoverWaitMax >= TimeSpan.FromMilliseconds(100) && TakeoverWaitMax <= TimeSpan.FromMinutes(10), nameof(TakeoverWaitMax), "between 100 ms and 10 minutes");

@@ -70,10 +70,10 @@ public interface ICommitStep
 internal readonly record struct StreamBatch(string StreamId, ulong ExpectedSequence, IUsageRows Rows);
 
 /// <summary>The stream's committed mark moved under us: another writer committed to it.</summary>
-internal sealed class StreamMovedException(string message) : Exception(message);
+internal sealed class StreamMovedException(string message, Exception? inner = null) : Exception(message, inner);
 
 /// <summary>
-/// The ingest tables. Commits a batch with one binary COPY inside a transaction that first locks
+/// The ingest tables. Commits a batch with one binary COPY inside a transaction that then locks
 /// the stream's head row and checks the expected high-water mark, so only one writer can extend a
 /// stream, whatever the number of server processes.
 /// </summary>
@@ -194,73 +194,159 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
 
     /// <summary>
     /// Commits the batches of one or more streams of one provider in one transaction (a group
-    /// commit): locks every stream's head row in stream order and checks each mark, copies all
-    /// rows in one COPY, runs the steps once for the group, moves every head in one statement and
+    /// commit): copies all rows in one COPY, locks every stream's head row in stream order and
+    /// checks each mark, runs the steps once for the group, moves every head in one statement and
     /// commits once. All or nothing: any stream's failure rolls back every stream's rows, and the
     /// caller decides what each stream is told. Throws <see cref="StreamMovedException"/> when a
     /// head is not where its writer believes it is.
     /// </summary>
-    /// <remarks>
-    /// Six round trips: the head locks with the steps' reads, the start of the COPY, its rows and
-    /// end, each step's own statements (the fleet check's locks and sums), the head update with the
-    /// steps' writes, and the COMMIT. A stream's newest record's start time goes with its head, as
-    /// it names the partition where the head trigger finds that record.
-    /// </remarks>
     internal async Task CommitGroupAsync(string providerId, IReadOnlyList<StreamBatch> batches, IReadOnlyList<ICommitStep> steps, CancellationToken cancellationToken)
     {
-        var streamIds = new string[batches.Count];
-        var lasts = new long[batches.Count];
-        var heads = new byte[batches.Count][];
-        var headStarts = new DateTime[batches.Count];
-        for (int i = 0; i < batches.Count; i++)
-        {
-            UsageRow newest = batches[i].Rows.RowAt(batches[i].Rows.Count - 1);
-            streamIds[i] = batches[i].StreamId;
-            lasts[i] = (long)newest.Sequence;
-            heads[i] = newest.ChainHash.ToArray();
-            headStarts[i] = UnixMs.ToDateTime(newest.StartUnixMs);
-        }
+        await using OpenGroupCommit open = await BeginGroupAsync(providerId, batches, cancellationToken);
+        await open.FinishAsync(steps, cancellationToken);
+    }
 
-        await using NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
-        // Read committed, named rather than left to the server's default: the fleet check reads
-        // the concurrency sums after taking its locks and must see every commit that held them.
-        await using NpgsqlTransaction transaction = await connection.BeginTransactionAsync(System.Data.IsolationLevel.ReadCommitted, cancellationToken);
-        await LockHeadsAsync(connection, transaction, providerId, batches, streamIds, steps, cancellationToken);
-        await CopyRowsAsync(connection, providerId, batches, cancellationToken);
-
-        var writes = new List<NpgsqlBatchCommand>();
-        for (int i = 0; i < steps.Count; i++)
+    /// <summary>
+    /// The first half of <see cref="CommitGroupAsync"/>: opens a transaction and copies the rows,
+    /// taking no lock that another commit of the provider waits for (the rows are new keys, and
+    /// nothing references a stream's head row), so that a provider's next group can copy its rows
+    /// while the group ahead of it holds the heads. <see cref="OpenGroupCommit.FinishAsync"/> does
+    /// the rest; disposing the returned commit without finishing it rolls the rows back.
+    /// </summary>
+    /// <remarks>
+    /// With the rows copied before the heads are locked, a second writer of the same stream (another
+    /// server process after a takeover) meets this one at the unique index instead of at the head
+    /// row: its COPY waits for this transaction and then fails with a unique violation, or the two
+    /// COPYs deadlock. Either means another writer is extending the stream, and is reported as the
+    /// head check would report it, with <see cref="StreamMovedException"/>.
+    /// </remarks>
+    internal async Task<OpenGroupCommit> BeginGroupAsync(string providerId, IReadOnlyList<StreamBatch> batches, CancellationToken cancellationToken)
+    {
+        NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        NpgsqlTransaction? transaction = null;
+        try
         {
-            if (await steps[i].RunAsync(connection, transaction, cancellationToken) is { } write)
+            // Read committed, named rather than left to the server's default: the fleet check reads
+            // the concurrency sums after taking its locks and must see every commit that held them.
+            transaction = await connection.BeginTransactionAsync(System.Data.IsolationLevel.ReadCommitted, cancellationToken);
+            try
             {
-                writes.Add(write);
+                await CopyRowsAsync(connection, providerId, batches, cancellationToken);
+            }
+            catch (PostgresException e) when (e.SqlState is PostgresErrorCodes.UniqueViolation or PostgresErrorCodes.DeadlockDetected)
+            {
+                throw new StreamMovedException(
+                    $"Provider {providerId}: another writer is writing the same records of stream {string.Join(", ", batches.Select(b => b.StreamId))} ({e.SqlState}).", e);
+            }
+
+            var open = new OpenGroupCommit(connection, transaction, providerId, batches);
+            transaction = null;
+            return open;
+        }
+        catch
+        {
+            if (transaction is not null)
+            {
+                await transaction.DisposeAsync();
+            }
+
+            await connection.DisposeAsync();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// A group commit whose rows are copied and whose transaction is open: the heads are not locked
+    /// yet. <see cref="FinishAsync"/> locks, checks, runs the steps, moves the heads and commits;
+    /// disposing it without that rolls everything back and returns the connection.
+    /// </summary>
+    internal sealed class OpenGroupCommit : IAsyncDisposable
+    {
+        private readonly NpgsqlConnection _connection;
+        private readonly NpgsqlTransaction _transaction;
+        private readonly string _providerId;
+        private readonly IReadOnlyList<StreamBatch> _batches;
+        private readonly string[] _streamIds;
+        private readonly long[] _lasts;
+        private readonly byte[][] _heads;
+        private readonly DateTime[] _headStarts;
+
+        internal OpenGroupCommit(NpgsqlConnection connection, NpgsqlTransaction transaction, string providerId, IReadOnlyList<StreamBatch> batches)
+        {
+            _connection = connection;
+            _transaction = transaction;
+            _providerId = providerId;
+            _batches = batches;
+            _streamIds = new string[batches.Count];
+            _lasts = new long[batches.Count];
+            _heads = new byte[batches.Count][];
+            _headStarts = new DateTime[batches.Count];
+            for (int i = 0; i < batches.Count; i++)
+            {
+                UsageRow newest = batches[i].Rows.RowAt(batches[i].Rows.Count - 1);
+                _streamIds[i] = batches[i].StreamId;
+                _lasts[i] = (long)newest.Sequence;
+                _heads[i] = newest.ChainHash.ToArray();
+                _headStarts[i] = UnixMs.ToDateTime(newest.StartUnixMs);
             }
         }
 
-        await using (var moveHeads = new NpgsqlBatch(connection, transaction))
+        /// <summary>
+        /// Locks the heads with the steps' reads, runs the steps, moves every head with the steps'
+        /// writes and commits. Throws <see cref="StreamMovedException"/> when a head is not where
+        /// its writer believes it is; the commit then stays open until disposed, uncommitted.
+        /// </summary>
+        /// <remarks>
+        /// With <see cref="BeginGroupAsync"/>, six round trips: the start of the COPY, its rows and
+        /// end, the head locks with the steps' reads, each step's own statements (the fleet check's
+        /// locks and sums), the head update with the steps' writes, and the COMMIT; the last four
+        /// are the ones a provider's commits take one after another. A stream's newest record's
+        /// start time goes with its head, as it names the partition where the head trigger finds
+        /// that record.
+        /// </remarks>
+        public async Task FinishAsync(IReadOnlyList<ICommitStep> steps, CancellationToken cancellationToken)
         {
-            moveHeads.BatchCommands.Add(new NpgsqlBatchCommand("""
-                UPDATE ingest_streams s SET committed_sequence = u.last, chain_head = u.head, head_start_at = u.start_at, updated_at = now()
-                FROM unnest($2::text[], $3::bigint[], $4::bytea[], $5::timestamptz[]) AS u(stream_id, last, head, start_at)
-                WHERE s.provider_id = $1 AND s.stream_id = u.stream_id
-                """)
+            await LockHeadsAsync(_connection, _transaction, _providerId, _batches, _streamIds, steps, cancellationToken);
+            var writes = new List<NpgsqlBatchCommand>();
+            for (int i = 0; i < steps.Count; i++)
             {
-                Parameters = { new() { Value = providerId }, new() { Value = streamIds }, new() { Value = lasts }, new() { Value = heads }, new() { Value = headStarts } },
-            });
-            foreach (NpgsqlBatchCommand write in writes)
-            {
-                moveHeads.BatchCommands.Add(write);
+                if (await steps[i].RunAsync(_connection, _transaction, cancellationToken) is { } write)
+                {
+                    writes.Add(write);
+                }
             }
 
-            await moveHeads.ExecuteNonQueryAsync(cancellationToken);
-            int moved = moveHeads.BatchCommands[0].RecordsAffected;
-            if (moved != batches.Count)
+            await using (var moveHeads = new NpgsqlBatch(_connection, _transaction))
             {
-                throw new InvalidOperationException($"Provider {providerId}: the head update touched {moved} rows for {batches.Count} streams; the commit is rolled back.");
+                moveHeads.BatchCommands.Add(new NpgsqlBatchCommand("""
+                    UPDATE ingest_streams s SET committed_sequence = u.last, chain_head = u.head, head_start_at = u.start_at, updated_at = now()
+                    FROM unnest($2::text[], $3::bigint[], $4::bytea[], $5::timestamptz[]) AS u(stream_id, last, head, start_at)
+                    WHERE s.provider_id = $1 AND s.stream_id = u.stream_id
+                    """)
+                {
+                    Parameters = { new() { Value = _providerId }, new() { Value = _streamIds }, new() { Value = _lasts }, new() { Value = _heads }, new() { Value = _headStarts } },
+                });
+                foreach (NpgsqlBatchCommand write in writes)
+                {
+                    moveHeads.BatchCommands.Add(write);
+                }
+
+                await moveHeads.ExecuteNonQueryAsync(cancellationToken);
+                int moved = moveHeads.BatchCommands[0].RecordsAffected;
+                if (moved != _batches.Count)
+                {
+                    throw new InvalidOperationException($"Provider {_providerId}: the head update touched {moved} rows for {_batches.Count} streams; the commit is rolled back.");
+                }
             }
+
+            await _transaction.CommitAsync(cancellationToken);
         }
 
-        await transaction.CommitAsync(cancellationToken);
+        public async ValueTask DisposeAsync()
+        {
+            await _transaction.DisposeAsync();
+            await _connection.DisposeAsync();
+        }
     }
 
     /// <summary>

@@ -15,6 +15,11 @@ namespace Metering.Server.Tests.Ingest;
 /// only. To make a group form every time, a test holds the head row of a stream the provider is
 /// committing to, so that the other streams' batches queue behind that commit; releasing it lets
 /// the queued batches go as one group. The scene's provider declared 320 H100 SXM.
+///
+/// The tests of how groups form run with one group commit in flight per provider
+/// (<see cref="IngestLimits.GroupCommitsInFlightMax"/> 1): with two, the first batch behind the
+/// blocker would be taken at once, as a group of its own that copies its rows while the blocker
+/// waits. The tests of that pipeline run with the default, two.
 /// </summary>
 [Collection(PostgresCollection.Name)]
 public sealed class GroupCommitTests(PostgresFixture postgres)
@@ -240,10 +245,164 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
         Assert.Equal(1UL, (await taker.SendAsync([At(1, start, 10)])).CommittedSequence);
     }
 
-    /// <summary>A scene with one admitted provider, its key, and a clock three hours past the start of its records.</summary>
-    private async Task<Admitted> AdmitAsync()
+    [Fact]
+    public async Task The_next_group_copies_its_rows_while_the_group_ahead_waits_and_commits_only_after_it()
     {
-        RegistryScene scene = await RegistryScene.StartAsync(postgres);
+        await using Admitted admitted = await AdmitAsync(groupsInFlight: 2);
+        var (scene, code, _, start, committer) = admitted;
+        await using IngestCall blocker = await admitted.OpenAsync("blocker");
+        await using IngestCall a = await admitted.OpenAsync("a");
+        await using IngestCall b = await admitted.OpenAsync("b");
+
+        Blocked blocked = await BlockAsync(scene, code, blocker, start);
+        await SendAheadAsync(a, [At(1, start, 10)]);
+        // a's batch is a group of its own, in flight behind the blocker's: its rows are copied in a
+        // transaction that then waits, although it shares no lock with the blocker's commit.
+        await WaitUntilAsync(async () => committer.GroupsInFlightOf(code) == 2 && await CopiedAndWaitingAsync(scene) == 1, "a's group never copied its rows behind the blocker");
+        await Task.Delay(200);
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT committed_sequence FROM ingest_streams WHERE provider_id = @code AND stream_id = 'a'", new { code }));
+
+        // Two groups are in flight: the next batches wait.
+        await SendAheadAsync(a, [At(2, start.AddMinutes(1), 10)]);
+        Task<BatchAck> bAck = b.SendAsync([At(1, start, 10)]);
+        await WaitQueuedAsync(committer, code, 2, blocked);
+        await ReleaseAsync(blocked);
+
+        BatchAck first = await ReadAckAsync(a);
+        BatchAck second = await ReadAckAsync(a);
+        Assert.Equal((1UL, 2UL), (first.CommittedSequence, second.CommittedSequence));
+        Assert.Equal(1UL, (await bAck).CommittedSequence);
+        // The blocker's commit ended before a's began: a's rows carry a later transaction id.
+        Assert.True(await scene.Server.ScalarAsync<bool>("""
+            SELECT (SELECT max(xmin::text::bigint) FROM usage_records WHERE provider_id = @code AND stream_id = 'blocker')
+                 < (SELECT min(xmin::text::bigint) FROM usage_records WHERE provider_id = @code AND stream_id = 'a')
+            """, new { code }));
+        Assert.Equal(second.ChainHead.ToByteArray(), await scene.Server.ScalarAsync<byte[]>(
+            "SELECT chain_head FROM ingest_streams WHERE provider_id = @code AND stream_id = 'a'", new { code }));
+    }
+
+    [Fact]
+    public async Task A_batch_refused_in_the_group_ahead_fails_the_later_batch_of_its_stream_in_the_group_in_flight_behind_it_and_the_others_commit()
+    {
+        await using Admitted admitted = await AdmitAsync(groupsInFlight: 2);
+        var (scene, code, _, start, committer) = admitted;
+        await using IngestCall blocker = await admitted.OpenAsync("blocker");
+        await using IngestCall a = await admitted.OpenAsync("a");
+        await using IngestCall b = await admitted.OpenAsync("b");
+
+        // a's first batch needs 321 devices of a fleet of 320 and is a group of its own behind the
+        // blocker; its second batch, valid alone, and b's wait for the next group.
+        Blocked blocked = await BlockAsync(scene, code, blocker, start);
+        await SendAheadAsync(a, [At(1, start.AddMinutes(40), 321)]);
+        await WaitUntilAsync(async () => committer.GroupsInFlightOf(code) == 2 && await CopiedAndWaitingAsync(scene) == 1, "a's first group never copied its rows");
+        await SendAheadAsync(a, [At(2, start, 10)]);
+        Task<BatchAck> bAck = b.SendAsync([At(1, start, 10)]);
+        await WaitQueuedAsync(committer, code, 2, blocked);
+
+        // a's head row is held too, so that a's first group, once the blocker's ends, waits at its
+        // head lock while the next group is taken and copies a's second batch and b's.
+        (NpgsqlConnection holder, NpgsqlTransaction held) = await HoldHeadAsync(scene, code, "a");
+        long splitBefore = committer.GroupsSplit;
+        long failedAheadBefore = committer.GroupsFailedAhead;
+        await ReleaseAsync(blocked);
+        await WaitUntilAsync(async () => committer.WaitingOf(code) == 0 && await CopiedAndWaitingAsync(scene) == 1
+            && await scene.Server.ScalarAsync<long>("SELECT count(*) FROM pg_stat_activity WHERE @holder = ANY(pg_blocking_pids(pid))", new { holder = holder.ProcessID }) == 1,
+            "the next group was not in flight while a's first group waited for its head");
+        await held.CommitAsync();
+        await held.DisposeAsync();
+        await holder.DisposeAsync();
+
+        RpcException refused = await Assert.ThrowsAsync<RpcException>(a.ReadAsync).WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.Equal((StatusCode.FailedPrecondition, "CONCURRENCY_ABOVE_FLEET"), (refused.StatusCode, IngestCall.Reason(refused)));
+        Assert.Equal(1UL, (await bAck).CommittedSequence);
+        Assert.Equal(splitBefore + 1, committer.GroupsSplit);
+        // The group behind learnt of the failure before it locked anything: its batch of a failed
+        // with a's first, not on a's mark.
+        Assert.Equal(failedAheadBefore + 1, committer.GroupsFailedAhead);
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT committed_sequence FROM ingest_streams WHERE provider_id = @code AND stream_id = 'a'", new { code }));
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE provider_id = @code AND stream_id = 'a'", new { code }));
+        Assert.Equal(1L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE provider_id = @code AND stream_id = 'b'", new { code }));
+
+        // The stream reopens at its mark and takes the second batch's record as its first.
+        await using IngestCall again = await admitted.OpenAsync("a");
+        Assert.Equal(0UL, again.Opened.CommittedSequence);
+        Assert.Equal(1UL, (await again.SendAsync([At(1, start, 10)])).CommittedSequence);
+    }
+
+    [Fact]
+    public async Task Another_writer_committing_the_same_records_while_the_copy_waits_for_them_ends_the_stream_as_taken_over()
+    {
+        await using Admitted admitted = await AdmitAsync(groupsInFlight: 2);
+        var (scene, code, _, start, _) = admitted;
+        await using IngestCall a = await admitted.OpenAsync("a");
+
+        // Another writer (a server process that took the stream over) has written a's record 1,
+        // with the same start, and not committed yet: this server's COPY of record 1 waits for it
+        // at the unique index, before this server locks the head.
+        UsageRecord record = At(1, start, 10);
+        byte[] theirs = new byte[32];
+        theirs[0] = 7;
+        await using NpgsqlConnection other = await scene.DataSource.OpenConnectionAsync();
+        await using NpgsqlTransaction writing = await other.BeginTransactionAsync();
+        await using (var write = new NpgsqlCommand("""
+            INSERT INTO usage_records (provider_id, stream_id, sequence, job_id, holder_code, device_model, device_count, share_numerator, share_denominator,
+                start_at, end_at, site, catalog_version, usage_npfh, chain_hash)
+            VALUES (@code, 'a', 1, 'theirs', @holder, 'H100-SXM', 10, 1, 1, @start, @end, 'sz-nanshan-dc1', 'theirs', 0, @hash);
+            UPDATE ingest_streams SET committed_sequence = 1, chain_head = @hash WHERE provider_id = @code AND stream_id = 'a';
+            """, other, writing))
+        {
+            write.Parameters.AddWithValue("code", code);
+            write.Parameters.AddWithValue("holder", TestRecords.Holder);
+            write.Parameters.AddWithValue("start", DateTimeOffset.FromUnixTimeMilliseconds(record.StartUnixMs).UtcDateTime);
+            write.Parameters.AddWithValue("end", DateTimeOffset.FromUnixTimeMilliseconds(record.EndUnixMs).UtcDateTime);
+            write.Parameters.AddWithValue("hash", theirs);
+            await write.ExecuteNonQueryAsync();
+        }
+
+        Task<BatchAck> ours = a.SendAsync([record]);
+        await WaitUntilAsync(async () => await scene.Server.ScalarAsync<long>(
+            "SELECT count(*) FROM pg_stat_activity WHERE @other = ANY(pg_blocking_pids(pid))", new { other = other.ProcessID }) == 1,
+            "this server's COPY never waited for the other writer's record");
+        await writing.CommitAsync();
+
+        RpcException error = await Assert.ThrowsAsync<RpcException>(() => ours).WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.Equal((StatusCode.Aborted, "STREAM_TAKEN_OVER"), (error.StatusCode, IngestCall.Reason(error)));
+        Assert.Equal(theirs, await scene.Server.ScalarAsync<byte[]>(
+            "SELECT chain_hash FROM usage_records WHERE provider_id = @code AND stream_id = 'a' AND sequence = 1", new { code }));
+        Assert.Equal(1L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE provider_id = @code AND stream_id = 'a'", new { code }));
+    }
+
+    /// <summary>How many of the server's connections copied rows and wait, their transaction open: a group in flight behind another.</summary>
+    private static Task<long> CopiedAndWaitingAsync(RegistryScene scene) => scene.Server.ScalarAsync<long>(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND query LIKE 'COPY usage_records%'");
+
+    private static async Task WaitUntilAsync(Func<Task<bool>> condition, string failure)
+    {
+        DateTime deadline = DateTime.UtcNow.AddSeconds(60);
+        while (!await condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, failure);
+            await Task.Delay(20);
+        }
+    }
+
+    /// <summary>Holds the head row of <paramref name="stream"/> until the caller ends the returned transaction.</summary>
+    private static async Task<(NpgsqlConnection Connection, NpgsqlTransaction Transaction)> HoldHeadAsync(RegistryScene scene, string code, string stream)
+    {
+        NpgsqlConnection connection = await scene.DataSource.OpenConnectionAsync();
+        NpgsqlTransaction transaction = await connection.BeginTransactionAsync();
+        await using var hold = new NpgsqlCommand("SELECT 1 FROM ingest_streams WHERE provider_id = @code AND stream_id = @stream FOR UPDATE", connection, transaction);
+        hold.Parameters.AddWithValue("code", code);
+        hold.Parameters.AddWithValue("stream", stream);
+        await hold.ExecuteScalarAsync();
+        return (connection, transaction);
+    }
+
+    /// <summary>A scene with one admitted provider, its key, and a clock three hours past the start of its records.</summary>
+    /// <param name="groupsInFlight">The provider's group commits in flight at once (<see cref="IngestLimits.GroupCommitsInFlightMax"/>).</param>
+    private async Task<Admitted> AdmitAsync(int groupsInFlight = 1)
+    {
+        RegistryScene scene = await RegistryScene.StartAsync(postgres, limits: new IngestLimits { GroupCommitsInFlightMax = groupsInFlight });
         var (code, key, _) = await scene.AdmitAsync();
         DateTimeOffset start = scene.Clock.Now.AddHours(1);
         scene.Clock.Now = start.AddHours(3);
