@@ -28,6 +28,14 @@ namespace Metering.Engine.Ingest;
 /// includes that batch and everything committed before it. A batch that failed takes every later
 /// batch of its stream with it, unwritten (<see cref="EarlierBatchFailedException"/>): they are
 /// chained on records that were not committed.
+///
+/// Up to <see cref="IngestLimits.GroupCommitsInFlightMax"/> groups of a provider are in flight:
+/// the next group copies its rows, on a connection of its own, while the group ahead locks the
+/// heads, checks the registry and the fleet, moves the heads and commits, which is the part that
+/// runs one group at a time. A group locks only after the group ahead has ended, so it reads the
+/// marks and the concurrency sums that group committed, exactly as if the two had run one after
+/// the other; a batch that fails ahead fails its stream's later batches in the group in flight
+/// too, and that group is rolled back and committed batch by batch.
 /// </summary>
 public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLimits limits)
 {
