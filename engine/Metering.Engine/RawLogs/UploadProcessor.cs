@@ -377,7 +377,7 @@ internal sealed class UploadProgressStep(UploadState upload, IReadOnlyList<RawLo
 {
     public async Task<NpgsqlBatchCommand?> RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken)
     {
-        if (!await UploadStore.RecordJobsAsync(connection, transaction, upload, jobs))
+        if (!await UploadStore.RecordJobsAsync(connection, upload, jobs, cancellationToken))
         {
             throw new MeteredJobsFoundException();
         }
