@@ -18,7 +18,7 @@ public interface ILogLineSink
     /// <summary>True when the sink wants <see cref="FlushAsync"/> before it takes more lines.</summary>
     bool IsFull { get; }
 
-    /// <summary>Commits what the sink holds.</summary>
+    /// <summary>Commits what the sink holds, or begins to (an upload commits one flush while it parses the next).</summary>
     ValueTask FlushAsync(CancellationToken cancellationToken);
 }
 

@@ -18,6 +18,13 @@ public sealed class UploadRefusedException(RawLogRefusalReason reason, string me
 /// stream's next sequence numbers; every other line is counted and, if refused, reported. Each flush
 /// commits the records together with the byte offset and counters they account for, so a resumed
 /// upload continues exactly after the last committed line.
+///
+/// One flush commits while the lines after it are parsed into the next: <see cref="FlushAsync"/>
+/// waits for the flush before (and throws its failure, having begun nothing more), then begins
+/// committing the next and returns. The upload's counters move only once a flush has committed,
+/// and a flush begins only after the one before it committed, so whatever fails, the committed
+/// offset is that of the last flush that committed and nothing parsed after it is kept. The caller
+/// ends with <see cref="EndFlushAsync"/>, or, failing, <see cref="AbandonFlushAsync"/>.
 /// </summary>
 public sealed class UploadProcessor : ILogLineSink
 {
@@ -30,7 +37,8 @@ public sealed class UploadProcessor : ILogLineSink
     private readonly TimeProvider _time;
     private readonly int _batchRecordsMax;
     private readonly int _fullAt;
-    private readonly List<IngestRecord> _records;
+    private List<IngestRecord> _records;
+    private List<IngestRecord> _spareRecords;
     private readonly HashSet<(string JobId, long StartUnixMs)> _batchJobs = [];
     private readonly List<UploadLineError> _errors = [];
     private readonly Dictionary<(string Model, uint Denominator), (long First, long Last)> _spans = [];
@@ -48,6 +56,10 @@ public sealed class UploadProcessor : ILogLineSink
     private long _refused;
     private long _duplicates;
     private string? _headerLine;
+
+    // The flush being committed while the next is parsed, if any, and what it accounts for.
+    private Task? _committing;
+    private Flush? _flushing;
 
     // While the sacct parser holds a `.batch` line, what the counters were just before it: a flush
     // then commits only up to that line, so that a resumed upload reads it again.
@@ -72,6 +84,7 @@ public sealed class UploadProcessor : ILogLineSink
         // flush never carries more minutes than the check takes at once.
         _spanMinutesMax = Math.Max(0, validator.Limits.ConcurrencyMinutesPerBatchMax - ((long)validator.Limits.RecordDurationMax.TotalMinutes + 2));
         _records = new List<IngestRecord>(_batchRecordsMax);
+        _spareRecords = new List<IngestRecord>(_batchRecordsMax);
 
         // One sacct line gives a record per GPU type, and the line that decides a held `.batch` line
         // adds that line's records too: leave room for both in the batch.
@@ -98,8 +111,10 @@ public sealed class UploadProcessor : ILogLineSink
     // So is the span of minutes: the fleet check refuses a batch that touches more (model, minute)
     // rows than ConcurrencyMinutesPerBatchMax, so an export of many days ends its flushes early.
     // A held line keeps the batch open until it is decided (see Refuse for the bound on that).
-    public bool IsFull => _heldLineNumber == 0
-        && (_records.Count >= _fullAt || _errors.Count >= UploadStore.StoredErrorsMax || (_records.Count > 0 && _spanMinutes >= _spanMinutesMax));
+    // A flush that failed while the next was parsed ends the parsing at once: the next flush
+    // throws its failure.
+    public bool IsFull => _committing is { IsCompleted: true, IsCompletedSuccessfully: false } || (_heldLineNumber == 0
+        && (_records.Count >= _fullAt || _errors.Count >= UploadStore.StoredErrorsMax || (_records.Count > 0 && _spanMinutes >= _spanMinutesMax)));
 
     public void OnLine(ReadOnlySpan<byte> line, long lineNumber, long endOffset)
     {
@@ -236,8 +251,13 @@ public sealed class UploadProcessor : ILogLineSink
         Refuse(lineNumber, RawLogRefusalReason.LineTooLong.ContractName(), $"the line has {length} bytes; the limit is {_validator.Limits.RawLineBytesMax}");
     }
 
+    /// <summary>
+    /// Waits for the flush being committed, if any (throwing its failure), then begins committing
+    /// what the processor holds and returns while it commits.
+    /// </summary>
     public async ValueTask FlushAsync(CancellationToken cancellationToken)
     {
+        await EndFlushAsync();
         if (_pendingEndOffset == _upload.CommittedOffset)
         {
             return;
@@ -245,35 +265,107 @@ public sealed class UploadProcessor : ILogLineSink
 
         if (_lookUpMeteredJobs)
         {
-            await DropMeteredJobsAsync(cancellationToken);
+            _duplicates += await DropMeteredJobsAsync(_records, cancellationToken);
         }
 
         // A held line and the lines after it (its own job's other steps) stay uncommitted.
         bool holding = _heldLineNumber != 0;
         long endOffset = holding ? _holdOffset : _pendingEndOffset;
-        long lines = holding ? _holdLines : _lines;
-        long skipped = holding ? _holdSkipped : _skipped;
-        long refused = holding ? _holdRefused : _refused;
-        List<UploadLineError> errors = holding ? _errors.GetRange(0, _holdErrors) : _errors;
-        long duplicates;
+        if (holding && endOffset == _upload.CommittedOffset && _records.Count == 0)
+        {
+            return;
+        }
+
+        var flush = new Flush(
+            _records,
+            endOffset,
+            holding ? _holdLines : _lines,
+            holding ? _holdSkipped : _skipped,
+            holding ? _holdRefused : _refused,
+            holding ? _holdDuplicates : _duplicates,
+            _errors.GetRange(0, holding ? _holdErrors : _errors.Count));
+
+        // What the flush takes leaves the processor, which goes on with what remains.
+        _records = _spareRecords;
+        _spareRecords = null!;
+        _batchJobs.Clear();
+        _errors.RemoveRange(0, flush.Errors.Count);
+        _spans.Clear();
+        _spanMinutes = 0;
+        (_lines, _skipped, _refused, _duplicates) = (_lines - flush.Lines, _skipped - flush.Skipped, _refused - flush.Refused, _duplicates - flush.Duplicates);
+        (_holdLines, _holdSkipped, _holdRefused, _holdDuplicates, _holdErrors) = (0, 0, 0, 0, 0);
+
+        _flushing = flush;
+        _committing = CommitAsync(flush, cancellationToken);
+    }
+
+    /// <summary>Waits for the flush being committed, if any, and counts it; throws its failure.</summary>
+    public async ValueTask EndFlushAsync()
+    {
+        if (_committing is not { } committing)
+        {
+            return;
+        }
+
+        Flush flush = _flushing!;
+        _committing = null;
+        _flushing = null;
+        try
+        {
+            await committing;
+        }
+        finally
+        {
+            flush.Records.Clear();
+            _spareRecords = flush.Records;
+        }
+
+        _upload.CommittedOffset = flush.EndOffset;
+        _upload.Lines += flush.Lines;
+        _upload.Records += flush.Committed;
+        _upload.LinesSkipped += flush.Skipped;
+        _upload.LinesRefused += flush.Refused;
+        _upload.LinesDuplicate += flush.Duplicates;
+        _upload.HeaderLine ??= _headerLine;
+        MeteringTelemetry.RawLogFlushed(_upload.ProviderId, flush.Committed, flush.Skipped, flush.Refused, flush.Duplicates);
+    }
+
+    /// <summary>
+    /// The call is failing: waits until the flush being committed, if any, has committed or failed
+    /// (so that nothing of the upload is still being written when the call ends), and keeps any
+    /// failure of it to itself, since the call's own error is what the client is told.
+    /// </summary>
+    public async ValueTask AbandonFlushAsync()
+    {
+        try
+        {
+            await EndFlushAsync();
+        }
+        catch (Exception)
+        {
+            // The flush did not commit: the upload stays at the offset before it.
+        }
+    }
+
+    /// <summary>
+    /// Commits one flush: its records with the stream's next sequence numbers, the jobs they meter
+    /// and the upload's progress, in one transaction. Runs while the processor parses on.
+    /// </summary>
+    private async Task CommitAsync(Flush flush, CancellationToken cancellationToken)
+    {
+        List<IngestRecord> records = flush.Records;
         while (true)
         {
-            duplicates = holding ? _holdDuplicates : _duplicates;
-            if (holding && endOffset == _upload.CommittedOffset && _records.Count == 0)
+            var jobs = new List<RawLogJob>(records.Count);
+            for (int i = 0; i < records.Count; i++)
             {
-                return;
-            }
-
-            var jobs = new List<RawLogJob>(_records.Count);
-            for (int i = 0; i < _records.Count; i++)
-            {
-                IngestRecord numbered = _records[i] with { Sequence = _session.CommittedSequence + (ulong)i + 1 };
-                _records[i] = numbered;
+                IngestRecord numbered = records[i] with { Sequence = _session.CommittedSequence + (ulong)i + 1 };
+                records[i] = numbered;
                 jobs.Add(new RawLogJob(numbered.JobId, numbered.StartUnixMs, (long)numbered.Sequence));
             }
 
-            var progress = new UploadProgress(_upload.CommittedOffset, endOffset, lines, _records.Count, skipped, errors, refused, duplicates, _headerLine);
-            if (_records.Count == 0)
+            var progress = new UploadProgress(_upload.CommittedOffset, flush.EndOffset, flush.Lines, records.Count, flush.Skipped, flush.Errors, flush.Refused, flush.Duplicates, _headerLine);
+            if (records.Count == 0)
             {
                 await _store.AdvanceAloneAsync(_upload, progress, cancellationToken);
                 break;
@@ -281,7 +373,7 @@ public sealed class UploadProcessor : ILogLineSink
 
             try
             {
-                await _session.AppendAsync(_records, cancellationToken, new UploadProgressStep(_upload, jobs, progress));
+                await _session.AppendAsync(records, cancellationToken, new UploadProgressStep(_upload, jobs, progress));
                 break;
             }
             catch (MeteredJobsFoundException) when (!_lookUpMeteredJobs)
@@ -290,44 +382,49 @@ public sealed class UploadProcessor : ILogLineSink
                 // before (an overlapping export, a corrected mapping): drop them and look them up
                 // before every later flush of this call, so that only this flush is tried twice.
                 _lookUpMeteredJobs = true;
-                await DropMeteredJobsAsync(cancellationToken);
+                flush.Duplicates += await DropMeteredJobsAsync(records, cancellationToken);
             }
         }
 
-        _upload.CommittedOffset = endOffset;
-        _upload.Lines += lines;
-        _upload.Records += _records.Count;
-        _upload.LinesSkipped += skipped;
-        _upload.LinesRefused += refused;
-        _upload.LinesDuplicate += duplicates;
-        _upload.HeaderLine ??= _headerLine;
-        MeteringTelemetry.RawLogFlushed(_upload.ProviderId, _records.Count, skipped, refused, duplicates);
-        _records.Clear();
-        _batchJobs.Clear();
-        _errors.RemoveRange(0, errors.Count);
-        _spans.Clear();
-        _spanMinutes = 0;
-        (_lines, _skipped, _refused, _duplicates) = (_lines - lines, _skipped - skipped, _refused - refused, _duplicates - duplicates);
-        (_holdLines, _holdSkipped, _holdRefused, _holdDuplicates, _holdErrors) = (0, 0, 0, 0, 0);
+        flush.Committed = records.Count;
     }
 
     /// <summary>
     /// Drops the records whose job this stream already metered from an earlier raw log: overlapping
-    /// exports repeat jobs that cross their boundary, and a job is paid once.
+    /// exports repeat jobs that cross their boundary, and a job is paid once. Returns how many it dropped.
     /// </summary>
-    private async Task DropMeteredJobsAsync(CancellationToken cancellationToken)
+    private async Task<int> DropMeteredJobsAsync(List<IngestRecord> records, CancellationToken cancellationToken)
     {
-        if (_records.Count == 0)
+        if (records.Count == 0)
         {
-            return;
+            return 0;
         }
 
-        var candidates = _records.Select(r => new RawLogJob(r.JobId, r.StartUnixMs, 0)).ToList();
+        var candidates = records.Select(r => new RawLogJob(r.JobId, r.StartUnixMs, 0)).ToList();
         HashSet<(string JobId, long StartUnixMs)> metered = await _store.MeteredJobsAsync(_upload.ProviderId, _upload.StreamId, candidates, cancellationToken);
-        if (metered.Count > 0)
-        {
-            _duplicates += _records.RemoveAll(r => metered.Contains((r.JobId, r.StartUnixMs)));
-        }
+        return metered.Count > 0 ? records.RemoveAll(r => metered.Contains((r.JobId, r.StartUnixMs))) : 0;
+    }
+
+    /// <summary>What one flush takes from the processor: its records and the lines and counts they account for.</summary>
+    private sealed class Flush(List<IngestRecord> records, long endOffset, long lines, long skipped, long refused, long duplicates, List<UploadLineError> errors)
+    {
+        public List<IngestRecord> Records { get; } = records;
+
+        public long EndOffset { get; } = endOffset;
+
+        public long Lines { get; } = lines;
+
+        public long Skipped { get; } = skipped;
+
+        public long Refused { get; } = refused;
+
+        /// <summary>Duplicates in the file, and jobs found metered before once the commit has looked.</summary>
+        public long Duplicates { get; set; } = duplicates;
+
+        public List<UploadLineError> Errors { get; } = errors;
+
+        /// <summary>The records committed, once the flush has.</summary>
+        public int Committed { get; set; }
     }
 
     /// <summary>
@@ -377,7 +474,7 @@ internal sealed class UploadProgressStep(UploadState upload, IReadOnlyList<RawLo
 {
     public async Task<NpgsqlBatchCommand?> RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken)
     {
-        if (!await UploadStore.RecordJobsAsync(connection, transaction, upload, jobs))
+        if (!await UploadStore.RecordJobsAsync(connection, upload, jobs, cancellationToken))
         {
             throw new MeteredJobsFoundException();
         }

@@ -173,7 +173,10 @@ internal sealed partial class RawLogGrpcService(
         }
     }
 
-    /// <summary>Parses until the pipe ends; on failure completes the pipe so that the receiving side stops writing.</summary>
+    /// <summary>
+    /// Parses until the pipe ends and the last flush has committed; on failure waits for a flush
+    /// still committing, then completes the pipe so that the receiving side stops writing.
+    /// </summary>
     private static async Task ParseAsync(LogLineReader reader, PipeReader pipe, UploadProcessor processor, UploadState upload, Func<bool> reachedEndOfFile, CancellationToken cancellationToken)
     {
         try
@@ -185,6 +188,15 @@ internal sealed partial class RawLogGrpcService(
                 processor.EndOfFile();
                 await processor.FlushAsync(cancellationToken);
             }
+
+            await processor.EndFlushAsync();
+        }
+        catch (Exception)
+        {
+            // The lease must outlive every write of the call: a flush begun before the failure
+            // commits or fails before the call ends.
+            await processor.AbandonFlushAsync();
+            throw;
         }
         finally
         {

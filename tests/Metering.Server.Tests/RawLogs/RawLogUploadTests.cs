@@ -200,6 +200,79 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task A_flush_failing_while_the_next_is_parsed_keeps_what_committed_and_the_upload_resumes_right_after_it()
+    {
+        // Flushes of four jobs, sent in one chunk: the parser reads the third flush's lines while
+        // the second commits. The second flush's commit fails (a trigger refuses one of its jobs),
+        // so the call must end with only the first flush committed and nothing parsed after it
+        // kept; resumed without the fault, the upload continues right after the first flush.
+        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { UploadFlushRecordsMax = 4 + (2 * Metering.Engine.RawLogs.SacctParser.GpuTypesMax) - 1 });
+        byte[] log = Jobs(16);
+        await UploadAsync(server, "reference", "reference", log, chunks: [log.Length]);
+        await server.ExecuteAsync("""
+            CREATE FUNCTION refuse_job_9006() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN IF NEW.stream_id = 'faulty' AND NEW.job_id = '9006' THEN RAISE EXCEPTION 'job 9006 may not commit'; END IF; RETURN NEW; END $$;
+            CREATE TRIGGER refuse_job_9006 BEFORE INSERT ON raw_log_jobs FOR EACH ROW EXECUTE FUNCTION refuse_job_9006();
+            """);
+
+        await Assert.ThrowsAsync<RpcException>(() => UploadAsync(server, "faulty", "faulty", log, chunks: [log.Length]));
+
+        UploadReport status = await server.RawLogClient().GetUploadAsync(new GetUploadRequest { UploadId = "faulty" }, TestServer.Bearer());
+        int afterFirstFlush = IndexAfterLines(log, 1 + 4);
+        Assert.Equal(((ulong)afterFirstFlush, 5ul, 4ul, 1ul, 4ul), (status.CommittedOffset, status.Lines, status.Records, status.LinesSkipped, status.CommittedSequence));
+        Assert.Equal(4L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id = 'faulty'"));
+        Assert.Equal(["9000", "9001", "9002", "9003"], await server.QueryAsync<string>("SELECT job_id FROM raw_log_jobs WHERE stream_id = 'faulty' ORDER BY sequence"));
+
+        await server.ExecuteAsync("DROP TRIGGER refuse_job_9006 ON raw_log_jobs");
+        UploadReport resumed = await UploadAsync(server, "faulty", "faulty", log[afterFirstFlush..], chunks: [log.Length - afterFirstFlush], offset: (ulong)afterFirstFlush);
+
+        Assert.True(resumed.Complete);
+        Assert.Equal((17ul, 16ul, 0ul, 16ul), (resumed.Lines, resumed.Records, resumed.LinesDuplicate, resumed.CommittedSequence));
+        Assert.Equal(await ContentAsync(server, "reference"), await ContentAsync(server, "faulty"));
+    }
+
+    [Fact]
+    public async Task A_job_repeated_in_a_later_flush_is_metered_once()
+    {
+        // The repeat lies three flushes after the job: the flush that carries it is refused by
+        // raw_log_jobs' key while the next is parsed, and is tried again without it.
+        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { UploadFlushRecordsMax = 4 + (2 * Metering.Engine.RawLogs.SacctParser.GpuTypesMax) - 1 });
+        string jobs = Encoding.UTF8.GetString(Jobs(16));
+        byte[] log = Encoding.UTF8.GetBytes(jobs.Insert(IndexAfterLines(Encoding.UTF8.GetBytes(jobs), 1 + 13), jobs.Split('\n')[2] + "\n"));
+
+        UploadReport report = await UploadAsync(server, "repeat", "repeat", log, chunks: [log.Length]);
+
+        Assert.True(report.Complete);
+        Assert.Equal((18ul, 16ul, 1ul, 16ul), (report.Lines, report.Records, report.LinesDuplicate, report.CommittedSequence));
+        Assert.Equal(1L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id = 'repeat' AND job_id = '9001'"));
+        Assert.Equal(Enumerable.Range(1, 16).Select(i => (long)i), await server.QueryAsync<long>("SELECT sequence FROM usage_records WHERE stream_id = 'repeat' ORDER BY 1"));
+    }
+
+    /// <summary>A sacct file of <paramref name="count"/> one-GPU jobs, 9000 on.</summary>
+    private static byte[] Jobs(int count)
+    {
+        var lines = new StringBuilder(RawLogSamples.Sacct.Split('\n')[0] + "\n");
+        for (int job = 0; job < count; job++)
+        {
+            lines.Append(System.Globalization.CultureInfo.InvariantCulture, $"{9000 + job}|lab-vision|gpu-h100|gres/gpu:h100=1|2026-11-20T08:{job:00}:00|2026-11-20T09:00:00|{TimeSpan.FromMinutes(60 - job):hh\\:mm\\:ss}|COMPLETED\n");
+        }
+
+        return Encoding.UTF8.GetBytes(lines.ToString());
+    }
+
+    /// <summary>The byte offset just past the first <paramref name="lines"/> lines.</summary>
+    private static int IndexAfterLines(byte[] data, int lines)
+    {
+        int at = 0;
+        for (int i = 0; i < lines; i++)
+        {
+            at = Array.IndexOf(data, (byte)'\n', at) + 1;
+        }
+
+        return at;
+    }
+
+    [Fact]
     public async Task A_corrected_mapping_goes_with_a_new_upload_id_and_commits_only_what_was_missing()
     {
         await using TestServer server = await TestServer.StartAsync(postgres);
