@@ -372,6 +372,15 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
         return -1;
     }
 
+    /// <summary>Puts each of the provider's streams in sequence order, where <see cref="LeafCollector.Providers"/> was asked not to; each touches only its own leaves.</summary>
+    public void Order()
+    {
+        foreach (StreamLeaves stream in Streams)
+        {
+            stream.Order();
+        }
+    }
+
     public DailyRoot Fold(DateOnly day, MerkleCutOff cutOff) =>
         new(ProviderId, day, cutOff, Count, MerkleTree.Root(LeafHashes(), -1, null));
 }
@@ -672,27 +681,33 @@ internal sealed class LeafCollector(DateOnly day)
 
     /// <summary>
     /// Every provider's leaves, in ordinal order of the providers, each's streams in leaf order;
-    /// call after <see cref="FinishAsync"/>.
+    /// call after <see cref="FinishAsync"/>. With <paramref name="ordered"/> false the streams'
+    /// leaves are left in the order they were read, for a caller that puts each provider's in
+    /// order itself (<see cref="ProviderLeaves.Order"/>) before it folds them.
     /// </summary>
     /// <exception cref="AuditLimitExceededException">A provider has more than <see cref="MerkleTree.LeavesMax"/> leaves.</exception>
-    public List<ProviderLeaves> Providers()
+    public List<ProviderLeaves> Providers(bool ordered = true)
     {
         var providers = new List<ProviderLeaves>();
         foreach (var group in _streams.Values.GroupBy(s => s.ProviderId, StringComparer.Ordinal).OrderBy(g => g.Key, StringComparer.Ordinal))
         {
-            List<StreamLeaves> ordered = [.. group];
-            ordered.Sort((a, b) => a.StreamUtf8.AsSpan().SequenceCompareTo(b.StreamUtf8));
-            long count = ordered.Sum(s => (long)s.Count);
+            List<StreamLeaves> streams = [.. group];
+            streams.Sort((a, b) => a.StreamUtf8.AsSpan().SequenceCompareTo(b.StreamUtf8));
+            long count = streams.Sum(s => (long)s.Count);
             if (count > MerkleTree.LeavesMax)
             {
                 throw new AuditLimitExceededException($"{group.Key} has more than {MerkleTree.LeavesMax} records on {day:yyyy-MM-dd}; the daily tree takes at most that many leaves.");
             }
 
-            providers.Add(new ProviderLeaves(group.Key, ordered));
+            providers.Add(new ProviderLeaves(group.Key, streams));
         }
 
-        // Streams are put in order side by side: each touches only its own leaves.
-        Parallel.ForEach(_streams.Values, stream => stream.Order());
+        if (ordered)
+        {
+            // Streams are put in order side by side: each touches only its own leaves.
+            Parallel.ForEach(_streams.Values, stream => stream.Order());
+        }
+
         return providers;
     }
 

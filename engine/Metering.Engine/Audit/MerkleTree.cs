@@ -26,7 +26,7 @@ public readonly record struct ProofStep(ProofSide Side, byte[] Sibling);
 /// The root of no leaves is SHA-256 of nothing; the root of one leaf is that leaf's hash.
 /// The prefixes keep a leaf from ever being read as a node and the other way round. The node rule
 /// and the prefixes are the probe's (<see cref="NodeRule"/>), the same tree rule, implemented once;
-/// <see cref="Sha256Lanes"/> hashes whole levels of nodes eight at a time to the same results.
+/// <see cref="Sha256Lanes"/> hashes whole levels of nodes eight or sixteen at a time to the same results.
 /// </summary>
 internal static class MerkleTree
 {

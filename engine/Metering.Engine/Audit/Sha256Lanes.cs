@@ -14,6 +14,8 @@ namespace Metering.Engine.Audit;
 /// compression serves eight hashes. A day of ten million records is ten million 33-byte leaves
 /// and as many 65-byte nodes; through the platform's SHA-256 each is an OpenSSL call that costs
 /// several times the compression it does, which made hashing the largest part of settling a day.
+/// Where the processor has AVX-512, whole batches of sixteen go through the sixteen-lane path
+/// first (Sha256Lanes.Wide.cs), and the eight lanes take what is left.
 /// <para>
 /// Only the two message shapes of merkle-proofs.md are hashed here, so their padding is written
 /// out rather than computed. Where the vector unit is emulated (<see cref="IsAccelerated"/> is
@@ -21,7 +23,7 @@ namespace Metering.Engine.Audit;
 /// tests hold both to the same results.
 /// </para>
 /// </summary>
-internal static class Sha256Lanes
+internal static partial class Sha256Lanes
 {
     public const int Lanes = 8;
 
@@ -65,6 +67,7 @@ internal static class Sha256Lanes
         int done = 0;
         if (lanes ?? IsAccelerated)
         {
+            done = IsWide ? HashLeavesWide(chainHashes, leaves, count) : 0;
             Span<uint> words = stackalloc uint[Lanes * 8];
             Span<Vector256<uint>> block = stackalloc Vector256<uint>[16];
             Span<Vector256<uint>> state = stackalloc Vector256<uint>[8];
@@ -117,6 +120,7 @@ internal static class Sha256Lanes
         int done = 0;
         if (lanes ?? IsAccelerated)
         {
+            done = IsWide ? HashNodesWide(pairs, parents, count) : 0;
             Span<uint> words = stackalloc uint[Lanes * 16];
             Span<Vector256<uint>> block = stackalloc Vector256<uint>[16];
             Span<Vector256<uint>> state = stackalloc Vector256<uint>[8];

@@ -117,7 +117,9 @@ public sealed partial class DailySettlement
         }
 
         List<Group> groups = totals.Groups().Select(g => new Group("usage", day, g.Provider, g.Holder, g.Model, g.Records, g.UsageNpfh, g.CardMs)).ToList();
-        return new DayRead(groups, leaves.Providers(), connections, [.. segments.Select(s => s.Records)]);
+        // The streams are put in leaf order by the fold of the roots, provider by provider, on
+        // the thread pool while the run prices, instead of here, before it can price.
+        return new DayRead(groups, leaves.Providers(ordered: false), connections, [.. segments.Select(s => s.Records)]);
     }
 
     /// <summary>
@@ -297,15 +299,19 @@ public sealed partial class DailySettlement
     }
 
     /// <summary>
-    /// Each provider's root of the day, folded from the pass's leaves (pure CPU, providers side
-    /// by side), with the leaves' own count of usage for the reconciliation. These are the roots
-    /// as settled, which the statements publish.
+    /// Each provider's root of the day, folded from the pass's leaves once its streams are put in
+    /// sequence order (pure CPU, providers side by side), with the leaves' own count of usage for
+    /// the reconciliation. These are the roots as settled, which the statements publish.
     /// </summary>
     private static Dictionary<string, (DailyRoot Root, long UsageNpfh)> FoldRoots(DateOnly day, List<ProviderLeaves> providers, CancellationToken cancellationToken)
     {
         var roots = new (DailyRoot Root, long UsageNpfh)[providers.Count];
         Parallel.For(0, providers.Count, new ParallelOptions { CancellationToken = cancellationToken },
-            i => roots[i] = (providers[i].Fold(day, MerkleCutOff.AsSettled), providers[i].UsageNpfh));
+            i =>
+            {
+                providers[i].Order();
+                roots[i] = (providers[i].Fold(day, MerkleCutOff.AsSettled), providers[i].UsageNpfh);
+            });
         return roots.ToDictionary(r => r.Root.ProviderId, StringComparer.Ordinal);
     }
 
