@@ -44,7 +44,11 @@ internal static class SettleLoad
     /// (<see cref="SettlementOptions.DayRangesPerSegment"/>), or 0 for the engine's default: a
     /// knob of the bench for A/B runs of the day's read, not a setting of the engine.
     /// </param>
-    private sealed record Options(long Records, int Providers, int Holders, int ContractsPerHolder, int Claims, int Loaders, int DayRanges, string DataDirectory)
+    /// <param name="DaySegments">
+    /// Connections that read the day side by side (<see cref="SettlementOptions.DaySegments"/>,
+    /// the setting <c>Settlement:DaySegments</c>), or 0 for the engine's default.
+    /// </param>
+    private sealed record Options(long Records, int Providers, int Holders, int ContractsPerHolder, int Claims, int Loaders, int DayRanges, int DaySegments, string DataDirectory)
     {
         public static Options? Parse(string[] args, out string? error)
         {
@@ -62,12 +66,13 @@ internal static class SettleLoad
                 (int)BenchArguments.Long(values, "claims", 30),
                 (int)BenchArguments.Long(values, "loaders", 2),
                 (int)BenchArguments.Long(values, "day-ranges", 0),
+                (int)BenchArguments.Long(values, "day-segments", 0),
                 values.TryGetValue("data-dir", out string? directory) ? directory : Path.Combine("bench", "out", "settle-pg"));
             if (options.Records < 1 || options.Providers is < 2 or > 10_000 || options.Holders < 1 || options.ContractsPerHolder < 1
                 || options.ContractsPerHolder > options.Providers || options.Loaders is < 1 or > 16 || options.Claims < 0
-                || options.DayRanges is < 0 or > SettlementOptions.DayRangesPerSegmentMax)
+                || options.DayRanges is < 0 or > SettlementOptions.DayRangesPerSegmentMax || options.DaySegments is < 0 or > SettlementOptions.DaySegmentsMax)
             {
-                error = $"records ≥ 1, providers 2 to 10000, holders ≥ 1, contracts-per-holder 1 to providers, loaders 1 to 16, claims ≥ 0, day-ranges 0 (default) to {SettlementOptions.DayRangesPerSegmentMax}";
+                error = $"records ≥ 1, providers 2 to 10000, holders ≥ 1, contracts-per-holder 1 to providers, loaders 1 to 16, claims ≥ 0, day-ranges 0 (default) to {SettlementOptions.DayRangesPerSegmentMax}, day-segments 0 (default) to {SettlementOptions.DaySegmentsMax}";
                 return null;
             }
 
@@ -83,7 +88,7 @@ internal static class SettleLoad
         if (options is null)
         {
             Console.Error.WriteLine($"error: {error}");
-            Console.Error.WriteLine("usage: Metering.Bench settle --records N --providers P --holders H --contracts-per-holder K --claims C --loaders L --day-ranges R --data-dir DIR");
+            Console.Error.WriteLine("usage: Metering.Bench settle --records N --providers P --holders H --contracts-per-holder K --claims C --loaders L --day-ranges R --day-segments S --data-dir DIR");
             return 2;
         }
 
@@ -133,7 +138,12 @@ internal static class SettleLoad
         Console.WriteLine($"settle: VACUUM ANALYZE and CHECKPOINT in {clock.Elapsed.TotalSeconds:0.0} s");
 
         double floorBefore = await TimeFloorAsync(dataSource, options.Records);
-        var settlementOptions = options.DayRanges == 0 ? new SettlementOptions() : new SettlementOptions { DayRangesPerSegment = options.DayRanges };
+        var defaults = new SettlementOptions();
+        var settlementOptions = new SettlementOptions
+        {
+            DayRangesPerSegment = options.DayRanges == 0 ? defaults.DayRangesPerSegment : options.DayRanges,
+            DaySegments = options.DaySegments == 0 ? defaults.DaySegments : options.DaySegments,
+        };
         Console.WriteLine($"settle: the day read by {settlementOptions.DaySegments} connection(s), {settlementOptions.DayRangesPerSegment} block range(s) each; load average {LoadAverage()}");
         var settlement = new DailySettlement(dataSource, TimeProvider.System, NullLogger.Instance, settlementOptions);
         var batch = new Actor(Role.Settlement, "bench-settlement");
