@@ -158,13 +158,7 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
         Assert.Equal((StatusCode.FailedPrecondition, "CONCURRENCY_ABOVE_FLEET"), (refused.StatusCode, IngestCall.Reason(refused)));
         Assert.Equal(1UL, (await bAck).CommittedSequence);
         Assert.Equal(splitBefore + 1, committer.GroupsSplit);
-        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT committed_sequence FROM ingest_streams WHERE provider_id = @code AND stream_id = 'a'", new { code }));
-        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE provider_id = @code AND stream_id = 'a'", new { code }));
-
-        // The stream reopens at its mark and takes the second batch's record as its first.
-        await using IngestCall again = await admitted.OpenAsync("a");
-        Assert.Equal(0UL, again.Opened.CommittedSequence);
-        Assert.Equal(1UL, (await again.SendAsync([At(1, start, 10)])).CommittedSequence);
+        await AssertAUnwrittenAndReopensAtItsMarkAsync(admitted);
     }
 
     [Fact]
@@ -319,14 +313,8 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
         // The group behind learnt of the failure before it locked anything: its batch of a failed
         // with a's first, not on a's mark.
         Assert.Equal(failedAheadBefore + 1, committer.GroupsFailedAhead);
-        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT committed_sequence FROM ingest_streams WHERE provider_id = @code AND stream_id = 'a'", new { code }));
-        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE provider_id = @code AND stream_id = 'a'", new { code }));
         Assert.Equal(1L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE provider_id = @code AND stream_id = 'b'", new { code }));
-
-        // The stream reopens at its mark and takes the second batch's record as its first.
-        await using IngestCall again = await admitted.OpenAsync("a");
-        Assert.Equal(0UL, again.Opened.CommittedSequence);
-        Assert.Equal(1UL, (await again.SendAsync([At(1, start, 10)])).CommittedSequence);
+        await AssertAUnwrittenAndReopensAtItsMarkAsync(admitted);
     }
 
     [Fact]
@@ -373,6 +361,20 @@ public sealed class GroupCommitTests(PostgresFixture postgres)
     }
 
     /// <summary>How many of the server's connections copied rows and wait, their transaction open: a group in flight behind another.</summary>
+    /// <summary>
+    /// Stream a committed nothing, neither mark nor rows, and reopens at its mark, taking the
+    /// record of its batch that failed behind the refused one as its first.
+    /// </summary>
+    private static async Task AssertAUnwrittenAndReopensAtItsMarkAsync(Admitted admitted)
+    {
+        var (scene, code, _, start, _) = admitted;
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT committed_sequence FROM ingest_streams WHERE provider_id = @code AND stream_id = 'a'", new { code }));
+        Assert.Equal(0L, await scene.Server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE provider_id = @code AND stream_id = 'a'", new { code }));
+        await using IngestCall again = await admitted.OpenAsync("a");
+        Assert.Equal(0UL, again.Opened.CommittedSequence);
+        Assert.Equal(1UL, (await again.SendAsync([At(1, start, 10)])).CommittedSequence);
+    }
+
     private static Task<long> CopiedAndWaitingAsync(RegistryScene scene) => scene.Server.ScalarAsync<long>(
         "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND query LIKE 'COPY usage_records%'");
 
