@@ -48,7 +48,11 @@ internal static class SettleLoad
     /// Connections that read the day side by side (<see cref="SettlementOptions.DaySegments"/>,
     /// the setting <c>Settlement:DaySegments</c>), or 0 for the engine's default.
     /// </param>
-    private sealed record Options(long Records, int Providers, int Holders, int ContractsPerHolder, int Claims, int Loaders, int DayRanges, int DaySegments, string DataDirectory)
+    /// <param name="DayChunkBlocks">
+    /// Blocks of a range PostgreSQL groups at a time (<see cref="SettlementOptions.DayChunkBlocks"/>),
+    /// or 0 for the engine's default: a knob of the bench for A/B runs of the day's read.
+    /// </param>
+    private sealed record Options(long Records, int Providers, int Holders, int ContractsPerHolder, int Claims, int Loaders, int DayRanges, int DaySegments, int DayChunkBlocks, string DataDirectory)
     {
         public static Options? Parse(string[] args, out string? error)
         {
@@ -67,12 +71,14 @@ internal static class SettleLoad
                 (int)BenchArguments.Long(values, "loaders", 2),
                 (int)BenchArguments.Long(values, "day-ranges", 0),
                 (int)BenchArguments.Long(values, "day-segments", 0),
+                (int)BenchArguments.Long(values, "day-chunk-blocks", 0),
                 values.TryGetValue("data-dir", out string? directory) ? directory : Path.Combine("bench", "out", "settle-pg"));
             if (options.Records < 1 || options.Providers is < 2 or > 10_000 || options.Holders < 1 || options.ContractsPerHolder < 1
                 || options.ContractsPerHolder > options.Providers || options.Loaders is < 1 or > 16 || options.Claims < 0
-                || options.DayRanges is < 0 or > SettlementOptions.DayRangesPerSegmentMax || options.DaySegments is < 0 or > SettlementOptions.DaySegmentsMax)
+                || options.DayRanges is < 0 or > SettlementOptions.DayRangesPerSegmentMax || options.DaySegments is < 0 or > SettlementOptions.DaySegmentsMax
+                || options.DayChunkBlocks is < 0 or > SettlementOptions.DayChunkBlocksMax)
             {
-                error = $"records ≥ 1, providers 2 to 10000, holders ≥ 1, contracts-per-holder 1 to providers, loaders 1 to 16, claims ≥ 0, day-ranges 0 (default) to {SettlementOptions.DayRangesPerSegmentMax}, day-segments 0 (default) to {SettlementOptions.DaySegmentsMax}";
+                error = $"records ≥ 1, providers 2 to 10000, holders ≥ 1, contracts-per-holder 1 to providers, loaders 1 to 16, claims ≥ 0, day-ranges 0 (default) to {SettlementOptions.DayRangesPerSegmentMax}, day-segments 0 (default) to {SettlementOptions.DaySegmentsMax}, day-chunk-blocks 0 (default) to {SettlementOptions.DayChunkBlocksMax}";
                 return null;
             }
 
@@ -88,7 +94,7 @@ internal static class SettleLoad
         if (options is null)
         {
             Console.Error.WriteLine($"error: {error}");
-            Console.Error.WriteLine("usage: Metering.Bench settle --records N --providers P --holders H --contracts-per-holder K --claims C --loaders L --day-ranges R --day-segments S --data-dir DIR");
+            Console.Error.WriteLine("usage: Metering.Bench settle --records N --providers P --holders H --contracts-per-holder K --claims C --loaders L --day-ranges R --day-segments S --day-chunk-blocks B --data-dir DIR");
             return 2;
         }
 
@@ -143,8 +149,9 @@ internal static class SettleLoad
         {
             DayRangesPerSegment = options.DayRanges == 0 ? defaults.DayRangesPerSegment : options.DayRanges,
             DaySegments = options.DaySegments == 0 ? defaults.DaySegments : options.DaySegments,
+            DayChunkBlocks = options.DayChunkBlocks == 0 ? defaults.DayChunkBlocks : options.DayChunkBlocks,
         };
-        Console.WriteLine($"settle: the day read by {settlementOptions.DaySegments} connection(s), {settlementOptions.DayRangesPerSegment} block range(s) each; load average {LoadAverage()}");
+        Console.WriteLine($"settle: the day read by {settlementOptions.DaySegments} connection(s), {settlementOptions.DayRangesPerSegment} block range(s) each, grouped {settlementOptions.DayChunkBlocks} blocks at a time; load average {LoadAverage()}");
         var settlement = new DailySettlement(dataSource, TimeProvider.System, NullLogger.Instance, settlementOptions);
         var batch = new Actor(Role.Settlement, "bench-settlement");
         // The engine's CPU time in this process (the run's own work: parsing, totals, hashing,

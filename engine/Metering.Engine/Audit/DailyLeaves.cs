@@ -458,6 +458,40 @@ internal static class DailyLeaves
         return sql.ToString();
     }
 
+    /// <summary>
+    /// <see cref="RunsSql"/> over the blocks <paramref name="fromBlock"/> to
+    /// <paramref name="untilBlock"/> of the day's partitions (and every block past it too when
+    /// <paramref name="openAbove"/>), grouped a chunk of <paramref name="chunkBlocks"/> blocks at
+    /// a time: each chunk is a TID range scan of its own with a hash aggregate of its own,
+    /// rescanned for the next chunk, so PostgreSQL sends a chunk's runs as soon as it has scanned
+    /// it instead of once it has scanned the whole range, and the reader takes in one chunk's
+    /// runs while PostgreSQL scans the next. A stream has a run per chunk and block of sequence
+    /// numbers it has records in; chunks come in block order. The same rows as
+    /// <see cref="RunsSql"/> over the range.
+    /// </summary>
+    public static string ChunkedRunsSql(DateOnly day, string moreAggregates, long fromBlock, long untilBlock, bool openAbove, int chunkBlocks)
+    {
+        if (fromBlock < 0 || untilBlock <= fromBlock || untilBlock > MaxBlocks || chunkBlocks < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(untilBlock), $"blocks {fromBlock} to {untilBlock} in chunks of {chunkBlocks}: not a range of a table's blocks");
+        }
+
+        // The chunk's bounds are the lateral reference c.first_block, which the subquery sees as a
+        // parameter: PostgreSQL scans just the chunk's blocks (a TID range scan) at each rescan.
+        // The last chunk of a range open above takes every block past the end as well.
+        long lastUpper = openAbove ? MaxBlocks : untilBlock;
+        string chunk = $"u.ctid >= ('(' || c.first_block || ',0)')::tid"
+            + $" AND u.ctid < ('(' || CASE WHEN c.first_block + {chunkBlocks} >= {untilBlock} THEN {lastUpper} ELSE c.first_block + {chunkBlocks} END || ',0)')::tid";
+        return $"""
+            SELECT r.* FROM generate_series({fromBlock}::bigint, {untilBlock - 1}::bigint, {chunkBlocks}) AS c(first_block)
+            CROSS JOIN LATERAL (
+            {RunsSql(day, moreAggregates, chunk)}) AS r
+            """;
+    }
+
+    /// <summary>Block numbers are 32-bit and unsigned: a TID of this block is past every tuple.</summary>
+    private const long MaxBlocks = uint.MaxValue;
+
     /// <summary>The most records one run of <see cref="RunsSql"/> carries (2.5 MiB of pairs): sequence numbers are grouped in blocks of this many.</summary>
     public const int RunRecordsMax = 64 * 1024;
 

@@ -68,6 +68,13 @@ public sealed partial class DailySettlement
     /// <summary>The day's groups, every provider's leaves in leaf order, how many connections read it and how many records each block range held, from one read.</summary>
     private sealed record DayRead(List<Group> Groups, List<ProviderLeaves> Leaves, int Connections, long[] RangeRecords);
 
+    /// <summary>
+    /// Blocks <see cref="FromBlock"/> up to <see cref="UntilBlock"/> of the day's partitions, and
+    /// every block past them too when <see cref="OpenAbove"/> (the last range, which takes the
+    /// blocks added after the sizes were taken).
+    /// </summary>
+    private sealed record BlockRange(long FromBlock, long UntilBlock, bool OpenAbove);
+
     /// <summary>One block range's share of the read, before the ranges are put together.</summary>
     private sealed record Segment(DayTotals Totals, LeafCollector Leaves, long Records);
 
@@ -85,19 +92,19 @@ public sealed partial class DailySettlement
     /// </summary>
     private async Task<DayRead> ReadDayAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, CancellationToken cancellationToken)
     {
-        string?[] ranges = await BlockRangesAsync(connection, transaction, day, cancellationToken);
+        BlockRange?[] ranges = await BlockRangesAsync(connection, transaction, day, cancellationToken);
         int connections = Math.Min(_options.DaySegments, ranges.Length);
         Segment[] segments;
         if (connections == 1)
         {
-            segments = await ReadRangesAsync(connection, day, ranges, cancellationToken);
+            segments = await ReadRangesAsync(connection, day, ranges, _options.DayChunkBlocks, cancellationToken);
         }
         else
         {
             string snapshot = await connection.ExecuteScalarAsync<string>(new CommandDefinition("SELECT pg_export_snapshot()", transaction: transaction, cancellationToken: cancellationToken))
                 ?? throw new InvalidOperationException("PostgreSQL exported no snapshot.");
-            string?[] Turns(int c) => [.. ranges.Where((_, k) => k % connections == c)];
-            var reads = new List<Task<Segment[]>> { ReadRangesAsync(connection, day, Turns(0), cancellationToken) };
+            BlockRange?[] Turns(int c) => [.. ranges.Where((_, k) => k % connections == c)];
+            var reads = new List<Task<Segment[]>> { ReadRangesAsync(connection, day, Turns(0), _options.DayChunkBlocks, cancellationToken) };
             for (int c = 1; c < connections; c++)
             {
                 reads.Add(ReadRangesInSnapshotAsync(snapshot, day, Turns(c), cancellationToken));
@@ -123,24 +130,20 @@ public sealed partial class DailySettlement
     }
 
     /// <summary>
-    /// The block ranges the day is read in: a condition on <c>u.ctid</c> per range, the first
-    /// open below and the last open above, so that together they hold every row, including rows
-    /// of blocks added after the sizes were taken. The ranges cut the largest partition that
-    /// holds the day (found by PostgreSQL's own pruning of the day's bounds) into equal parts,
+    /// The block ranges the day is read in, the first from block 0 and the last open above, so
+    /// that together they hold every row, including rows of blocks added after the sizes were
+    /// taken. The ranges cut the largest partition that holds the day (found by PostgreSQL's own
+    /// pruning of the day's bounds) into equal parts,
     /// <see cref="SettlementOptions.DayRangesPerSegment"/> per segment, or one per segment when
-    /// the partition has fewer blocks than that; a ctid condition applies to each partition's own
-    /// blocks. One range, and no condition, when there is one segment read in one range or the
-    /// day's partitions have fewer blocks than segments.
+    /// the partition has fewer blocks than that, or one in all when it has fewer blocks than
+    /// segments; a range's condition on <c>u.ctid</c> applies to each partition's own blocks.
+    /// No range (null, the whole day without a condition) when the day's partitions are empty or
+    /// distributed by Citus.
     /// The conditions are written into the statement, since COPY takes no parameters; they hold
     /// nothing but block numbers.
     /// </summary>
-    private async Task<string?[]> BlockRangesAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, CancellationToken cancellationToken)
+    private async Task<BlockRange?[]> BlockRangesAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, DateOnly day, CancellationToken cancellationToken)
     {
-        if (_options.DaySegments * _options.DayRangesPerSegment == 1)
-        {
-            return [null];
-        }
-
         string plan = await connection.ExecuteScalarAsync<string>(new CommandDefinition(
             $"EXPLAIN (FORMAT JSON) SELECT 1 FROM usage_records u WHERE {DailyLeaves.DayBounds(day)}", transaction: transaction, cancellationToken: cancellationToken))
             ?? throw new InvalidOperationException("PostgreSQL returned no plan.");
@@ -158,20 +161,18 @@ public sealed partial class DailySettlement
             SELECT coalesce(max(pg_relation_size(c.oid)), 0) / current_setting('block_size')::bigint
             FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(@partitions)
             """, new { partitions }, transaction, cancellationToken: cancellationToken));
-        int count = blocks >= _options.DaySegments * _options.DayRangesPerSegment ? _options.DaySegments * _options.DayRangesPerSegment : _options.DaySegments;
-        if (blocks < count || count == 1)
+        if (blocks == 0)
         {
             return [null];
         }
 
-        var ranges = new string?[count];
+        int count = blocks >= _options.DaySegments * _options.DayRangesPerSegment ? _options.DaySegments * _options.DayRangesPerSegment
+            : blocks >= _options.DaySegments ? _options.DaySegments : 1;
+
+        var ranges = new BlockRange?[count];
         for (int k = 0; k < ranges.Length; k++)
         {
-            long from = blocks * k / ranges.Length;
-            long until = blocks * (k + 1) / ranges.Length;
-            ranges[k] = k == 0 ? $"u.ctid < '({until},0)'::tid"
-                : k == ranges.Length - 1 ? $"u.ctid >= '({from},0)'::tid"
-                : $"u.ctid >= '({from},0)'::tid AND u.ctid < '({until},0)'::tid";
+            ranges[k] = new BlockRange(blocks * k / ranges.Length, blocks * (k + 1) / ranges.Length, OpenAbove: k == ranges.Length - 1);
         }
 
         return ranges;
@@ -203,7 +204,7 @@ public sealed partial class DailySettlement
     }
 
     /// <summary>Block ranges of the day, one after the other, on a connection of its own, in a transaction that imports the run's snapshot.</summary>
-    private async Task<Segment[]> ReadRangesInSnapshotAsync(string snapshot, DateOnly day, string?[] blockRanges, CancellationToken cancellationToken)
+    private async Task<Segment[]> ReadRangesInSnapshotAsync(string snapshot, DateOnly day, BlockRange?[] blockRanges, CancellationToken cancellationToken)
     {
         // Off the caller's thread at once, so that the segments parse side by side.
         await Task.Yield();
@@ -211,7 +212,7 @@ public sealed partial class DailySettlement
         await using NpgsqlTransaction transaction = await side.BeginTransactionAsync(IsolationLevel.RepeatableRead, cancellationToken);
         await side.ExecuteAsync(new CommandDefinition($"SET TRANSACTION SNAPSHOT '{snapshot}'", transaction: transaction, cancellationToken: cancellationToken));
         await side.ExecuteAsync(new CommandDefinition($"SET LOCAL statement_timeout = {(long)_options.StatementTimeout.TotalMilliseconds}", transaction: transaction, cancellationToken: cancellationToken));
-        Segment[] read = await ReadRangesAsync(side, day, blockRanges, cancellationToken);
+        Segment[] read = await ReadRangesAsync(side, day, blockRanges, _options.DayChunkBlocks, cancellationToken);
         await transaction.CommitAsync(cancellationToken);
         return read;
     }
@@ -220,7 +221,7 @@ public sealed partial class DailySettlement
     /// Reads the block ranges (or, for a null range, the whole day) one after the other in the
     /// connection's transaction, under the read's settings, which are put back after the last.
     /// </summary>
-    private static async Task<Segment[]> ReadRangesAsync(NpgsqlConnection connection, DateOnly day, string?[] blockRanges, CancellationToken cancellationToken)
+    private static async Task<Segment[]> ReadRangesAsync(NpgsqlConnection connection, DateOnly day, BlockRange?[] blockRanges, int chunkBlocks, CancellationToken cancellationToken)
     {
         // A sequential scan that starts while another scans the same large table joins it midway
         // and wraps around (synchronized scans): each range would then scan more than its own
@@ -244,7 +245,7 @@ public sealed partial class DailySettlement
         var read = new Segment[blockRanges.Length];
         for (int k = 0; k < blockRanges.Length; k++)
         {
-            read[k] = await ReadRangeAsync(connection, day, blockRanges[k], cancellationToken);
+            read[k] = await ReadRangeAsync(connection, day, blockRanges[k], chunkBlocks, cancellationToken);
         }
 
         await using (var restore = new NpgsqlCommand("SELECT set_config('work_mem', $1, true), set_config('enable_sort', $2, true)", connection)
@@ -262,14 +263,19 @@ public sealed partial class DailySettlement
     /// One read of the day's records (of the block range, or all), in the connection's
     /// transaction: one <c>COPY (SELECT …) TO STDOUT</c> in binary of the day's runs
     /// (<see cref="DailyLeaves.RunsSql"/>), grouped by PostgreSQL per provider, stream and block
-    /// of sequence numbers, parsed straight from Npgsql's raw COPY stream. Each run's records go
+    /// of sequence numbers, a range's a chunk of <paramref name="chunkBlocks"/> blocks at a time
+    /// (<see cref="DailyLeaves.ChunkedRunsSql"/>) so that its runs flow while PostgreSQL scans,
+    /// parsed straight from Npgsql's raw COPY stream. Each run's records go
     /// to the totals of their provider, holder and model, each with its card time from its
     /// duration, and its records' chain hashes to its stream's leaves, whose chunks are hashed
     /// on the thread pool while the runs arrive.
     /// </summary>
-    private static async Task<Segment> ReadRangeAsync(NpgsqlConnection connection, DateOnly day, string? blockRange, CancellationToken cancellationToken)
+    private static async Task<Segment> ReadRangeAsync(NpgsqlConnection connection, DateOnly day, BlockRange? blockRange, int chunkBlocks, CancellationToken cancellationToken)
     {
-        string copySql = $"COPY ({DailyLeaves.RunsSql(day, DayRecordAttributes, blockRange)}) TO STDOUT (FORMAT BINARY)";
+        string runsSql = blockRange is { } range
+            ? DailyLeaves.ChunkedRunsSql(day, DayRecordAttributes, range.FromBlock, range.UntilBlock, range.OpenAbove, chunkBlocks)
+            : DailyLeaves.RunsSql(day, DayRecordAttributes, null);
+        string copySql = $"COPY ({runsSql}) TO STDOUT (FORMAT BINARY)";
         var leaves = new LeafCollector(day);
         var totals = new DayTotals();
         long records = 0;

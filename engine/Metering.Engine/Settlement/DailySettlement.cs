@@ -184,6 +184,8 @@ public sealed partial class DailySettlement(NpgsqlDataSource dataSource, TimePro
             ? throw new ArgumentOutOfRangeException(nameof(options), $"DaySegments is {options.DaySegments}; a day is read in 1 to {SettlementOptions.DaySegmentsMax} segments")
             : options.DayRangesPerSegment is < 1 or > SettlementOptions.DayRangesPerSegmentMax
             ? throw new ArgumentOutOfRangeException(nameof(options), $"DayRangesPerSegment is {options.DayRangesPerSegment}; a connection reads 1 to {SettlementOptions.DayRangesPerSegmentMax} block ranges")
+            : options.DayChunkBlocks is < 1 or > SettlementOptions.DayChunkBlocksMax
+            ? throw new ArgumentOutOfRangeException(nameof(options), $"DayChunkBlocks is {options.DayChunkBlocks}; a range is grouped in chunks of 1 to {SettlementOptions.DayChunkBlocksMax} blocks")
             : options;
 
     /// <summary>A closed day's settlement, or null when the day is not closed.</summary>

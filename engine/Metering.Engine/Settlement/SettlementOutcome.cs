@@ -58,4 +58,17 @@ public sealed class SettlementOptions
     /// --day-ranges for A/B runs.
     /// </summary>
     internal int DayRangesPerSegment { get; init; } = 4;
+
+    /// <summary>Most blocks of one chunk of a range (1 GiB of 8 KiB blocks).</summary>
+    internal const int DayChunkBlocksMax = 128 * 1024;
+
+    /// <summary>
+    /// How many blocks of a range PostgreSQL groups at a time (<c>DailyLeaves.ChunkedRunsSql</c>):
+    /// it sends a chunk's runs as soon as it has scanned the chunk, so the engine takes in one
+    /// chunk while PostgreSQL scans the next, instead of waiting for the scan of the whole range.
+    /// A chunk of 1,024 blocks (8 MiB) holds about 34,000 of the bench's records. Not a setting:
+    /// tests set it small to cut a small day into many chunks, and run-settle --day-chunk-blocks
+    /// for A/B runs.
+    /// </summary>
+    internal int DayChunkBlocks { get; init; } = 1024;
 }

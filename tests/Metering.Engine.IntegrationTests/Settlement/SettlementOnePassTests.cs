@@ -56,11 +56,14 @@ public sealed class SettlementOnePassTests(PostgresFixture postgres)
     }
 
     [Theory]
-    [InlineData(1, 1)]
-    [InlineData(2, 1)]
-    [InlineData(3, 1)]
-    [InlineData(1, 4)]
-    public async Task One_read_of_a_day_of_several_providers_holders_and_contracts_gives_the_totals_of_the_set_based_aggregation_and_one_leaf_per_record(int segments, int rangesPerSegment)
+    [InlineData(1, 1, 1024)]
+    [InlineData(2, 1, 1024)]
+    [InlineData(3, 1, 1024)]
+    [InlineData(1, 4, 1024)]
+    [InlineData(1, 1, 1)]
+    [InlineData(2, 2, 1)]
+    [InlineData(1, 1, 3)]
+    public async Task One_read_of_a_day_of_several_providers_holders_and_contracts_gives_the_totals_of_the_set_based_aggregation_and_one_leaf_per_record(int segments, int rangesPerSegment, int chunkBlocks)
     {
         await using VoucherScene scene = await VoucherScene.StartAsync(postgres);
         string cardHours = await scene.HolderAsync();
@@ -99,8 +102,10 @@ public sealed class SettlementOnePassTests(PostgresFixture postgres)
         await scene.IngestAsync("cluster-a", VoucherScene.Jobs(cardHours, Day, 90, firstSlot: 150, prefix: "bulk-a2"));
 
         // Read on one connection, cut into two or three block ranges read side by side, or cut
-        // into four ranges that one connection reads one after the other.
-        DailySettlement settlement = scene.Settlement(new SettlementOptions { DaySegments = segments, DayRangesPerSegment = rangesPerSegment });
+        // into four ranges that one connection reads one after the other; each range grouped by
+        // PostgreSQL in chunks of a block or three, so that every stream comes in several runs
+        // of a block of sequence numbers, or in one chunk of the whole range.
+        DailySettlement settlement = scene.Settlement(new SettlementOptions { DaySegments = segments, DayRangesPerSegment = rangesPerSegment, DayChunkBlocks = chunkBlocks });
         var progress = new List<SettlementProgress>();
         SettlementOutcome outcome = await settlement.SettleAsync(Day, VoucherScene.Batch, progress.Add, CancellationToken.None);
         SettlementOutcome again = await settlement.SettleAsync(Day, VoucherScene.Batch, null, CancellationToken.None);
@@ -157,5 +162,19 @@ public sealed class SettlementOnePassTests(PostgresFixture postgres)
         var refused = Assert.Throws<ArgumentOutOfRangeException>(() => new DailySettlement(unused, TimeProvider.System, NullLogger.Instance, new SettlementOptions { DaySegments = segments }));
 
         Assert.Contains($"DaySegments is {segments}", refused.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(-1)]
+    [InlineData(SettlementOptions.DayChunkBlocksMax + 1)]
+    public async Task A_chunk_of_blocks_outside_its_limits_is_refused_when_the_settlement_is_made(int chunkBlocks)
+    {
+        // No connection is opened: the options are checked before anything runs.
+        await using NpgsqlDataSource unused = NpgsqlDataSource.Create("Host=unused.invalid");
+
+        var refused = Assert.Throws<ArgumentOutOfRangeException>(() => new DailySettlement(unused, TimeProvider.System, NullLogger.Instance, new SettlementOptions { DayChunkBlocks = chunkBlocks }));
+
+        Assert.Contains($"DayChunkBlocks is {chunkBlocks}", refused.Message, StringComparison.Ordinal);
     }
 }
