@@ -28,12 +28,20 @@ public sealed partial class DailySettlement
             """, new { first, last }, transaction, cancellationToken: cancellationToken)))
             .Select(c => new ContractTerms(c.Id, c.Provider, c.Holder, DateOnly.FromDateTime(c.Starts), DateOnly.FromDateTime(c.Ends), c.Item, c.Version, c.Unit))
             .ToLookup(c => (c.Provider, c.Holder));
+        // Every fee schedule a contract prices by, in one round trip instead of one per schedule:
+        // the contracted providers' schedules, of which the run keeps the versions its contracts
+        // name. A plain filter on the provider, which Citus sends to the providers' shards as it is.
+        var wanted = contracts.SelectMany(c => c).Select(c => (c.Provider, c.ServiceItem, c.Version)).ToHashSet();
+        string[] contracted = [.. wanted.Select(k => k.Provider).Distinct(StringComparer.Ordinal)];
+        var schedules = await connection.QueryAsync<(string Provider, string Item, int Version, string Lines)>(new CommandDefinition(
+            "SELECT provider_id, service_item, version, lines::text FROM fee_schedules WHERE provider_id = ANY(@contracted)",
+            new { contracted }, transaction, cancellationToken: cancellationToken));
+        var filed = schedules.Where(f => wanted.Contains((f.Provider, f.Item, f.Version))).ToDictionary(f => (f.Provider, f.Item, f.Version), f => f.Lines);
         var prices = new Dictionary<(string Provider, string Item, int Version), Dictionary<(string Model, string Unit), long>>();
-        foreach (var key in contracts.SelectMany(c => c).Select(c => (c.Provider, c.ServiceItem, c.Version)).Distinct())
+        foreach (var key in wanted)
         {
-            string json = await connection.ExecuteScalarAsync<string>(new CommandDefinition(
-                "SELECT lines::text FROM fee_schedules WHERE provider_id = @provider AND service_item = @item AND version = @version",
-                new { provider = key.Provider, item = key.ServiceItem, version = key.Version }, transaction, cancellationToken: cancellationToken)) ?? "[]";
+            // A contract whose schedule is not filed prices nothing, as an empty schedule would.
+            string json = filed.GetValueOrDefault(key) ?? "[]";
             prices[key] = ProviderRegistry.ParseFees(json).ToDictionary(l => (l.DeviceModel, Names.Of(l.Unit)), l => l.PriceFen);
         }
 

@@ -56,6 +56,28 @@ public sealed class SettlementTests(PostgresFixture postgres)
         outcome.Statements.Single(s => s.PartyKind == kind && s.Party == party).Parse().Rows.Single(r => r.Record == "total");
 
     [Fact]
+    public async Task A_line_is_priced_by_the_fee_schedule_version_its_contract_names_when_the_provider_has_filed_a_newer_one()
+    {
+        var (scene, _, contract, _, _) = await SeedAsync(postgres);
+        await using var owned = scene;
+        // The run reads every schedule of the contracted providers in one statement: a later
+        // version of the same item, with another price, must not be the one it prices by.
+        int filed = await scene.ScalarAsync<int>("""
+            INSERT INTO fee_schedules (provider_id, service_item, version, effective_from, filed_at, lines)
+            SELECT provider_id, service_item, version + 1, effective_from + interval '1 day', filed_at + interval '1 day',
+                   '[{"deviceModel": "H100-SXM", "unit": "per_card_hour", "priceFen": 9999}]'::jsonb
+            FROM fee_schedules WHERE provider_id = @provider AND service_item = @item AND version = @version
+            RETURNING version
+            """, new { provider = contract.ProviderId, item = contract.ServiceItem, version = (int)contract.FeeScheduleVersion });
+
+        SettlementOutcome outcome = await scene.SettleAsync(Day);
+
+        StatementRow priced = outcome.Statements.Single(s => s.PartyKind == "provider").Parse().Rows.Single(r => r.Record == "usage" && r.Holder == TestRecords.Holder);
+        Assert.Equal((contract.ContractId, 1_800L, 12_000L), (priced.Contract!.Value, priced.PriceFen!.Value, priced.FeeFen!.Value));
+        Assert.Equal((int)contract.FeeScheduleVersion + 1, filed);
+    }
+
+    [Fact]
     public async Task A_day_is_priced_per_contract_line_with_usage_outside_contracts_counted_but_unpriced_and_proof_streams_left_out()
     {
         var (scene, other, contract, _, _) = await SeedAsync(postgres);
