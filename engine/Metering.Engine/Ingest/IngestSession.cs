@@ -418,8 +418,11 @@ public sealed class IngestSession
         slot.LastSequence = records[^1].Sequence;
         CommitSlot? before = _aheadCount > 0 ? _slots[(index + _slots.Length - 1) % _slots.Length] : null;
         Task ahead = before?.Commit ?? Task.CompletedTask;
+        Task aheadCopied = before?.Copied ?? Task.CompletedTask;
         ulong aheadExpected = before is null ? _committed : before.Rows.Records[0].Sequence - 1;
-        slot.Commit = CommitAfterAsync(new StreamBatch(StreamId, _preparedThrough, slot.Rows), [.. slot.Steps, alongside], ahead, aheadExpected, cancellationToken);
+        var copied = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        slot.Copied = copied.Task;
+        slot.Commit = CommitAfterAsync(new StreamBatch(StreamId, _preparedThrough, slot.Rows), [.. slot.Steps, alongside], aheadCopied, copied, ahead, aheadExpected, cancellationToken);
         _aheadCount++;
         _preparedThrough = slot.LastSequence;
         slot.Rows.HashAt(slot.Rows.Count - 1).Span.CopyTo(_preparedHead);
@@ -427,14 +430,34 @@ public sealed class IngestSession
     }
 
     /// <summary>
-    /// Copies a batch begun ahead with a step alongside, then, once the batch ahead of it has
-    /// committed, locks, checks and commits it; rolls it back unlocked should that batch fail.
+    /// Copies a batch begun ahead with a step alongside, once the batch ahead of it has copied its
+    /// own rows, then, once that batch has committed, locks, checks and commits it; rolls it back
+    /// unlocked should that batch fail.
     /// </summary>
-    private async Task CommitAfterAsync(StreamBatch batch, IReadOnlyList<ICommitStep> steps, Task ahead, ulong aheadExpected, CancellationToken cancellationToken)
+    /// <remarks>
+    /// The COPYs run one after the other so that a key the two batches share (a raw-log job
+    /// repeated in the next flush) is always written first by the batch ahead: the batch behind
+    /// then waits for that batch's commit and fails on the key, or goes on once it rolled back.
+    /// Were the batch behind first, the batch ahead would wait in the database for a transaction
+    /// that itself waits here for the batch ahead: a deadlock that the database cannot see.
+    /// </remarks>
+    private async Task CommitAfterAsync(StreamBatch batch, IReadOnlyList<ICommitStep> steps, Task aheadCopied, TaskCompletionSource copied, Task ahead, ulong aheadExpected,
+        CancellationToken cancellationToken)
     {
         // Off the caller's thread: the COPY's encoding runs beside the parsing that follows.
         await Task.Yield();
-        await using UsageStore.OpenGroupCommit open = await _store.BeginGroupAsync(ProviderId, [batch], steps, cancellationToken);
+        UsageStore.OpenGroupCommit open;
+        try
+        {
+            await aheadCopied;
+            open = await _store.BeginGroupAsync(ProviderId, [batch], steps, cancellationToken);
+        }
+        finally
+        {
+            copied.TrySetResult();
+        }
+
+        await using UsageStore.OpenGroupCommit begun = open;
         try
         {
             await ahead;
@@ -444,7 +467,7 @@ public sealed class IngestSession
             throw new EarlierBatchFailedException(StreamId, aheadExpected);
         }
 
-        await open.FinishAsync(cancellationToken);
+        await begun.FinishAsync(cancellationToken);
     }
 
     /// <summary>The commit of the oldest batch begun ahead and not ended; it ends when the commit has committed or failed.</summary>
@@ -531,6 +554,7 @@ public sealed class IngestSession
         slot.Span.Dispose();
         slot.Span = default;
         slot.Commit = null;
+        slot.Copied = null;
         slot.Rows.Clear();
     }
 
@@ -680,6 +704,9 @@ internal sealed class CommitSlot(PreparedRecords rows, AdmissionEpochStep epochS
     public ICommitStep[] Steps { get; } = steps;
 
     public Task? Commit { get; set; }
+
+    /// <summary>For a batch begun ahead with a step alongside: ends once its rows are copied, or its COPY failed.</summary>
+    public Task? Copied { get; set; }
 
     public ulong LastSequence { get; set; }
 
