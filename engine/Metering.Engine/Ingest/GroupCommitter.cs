@@ -245,7 +245,7 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
             Exception? failure = null;
             try
             {
-                open = await store.BeginGroupAsync(providerId, batches, CancellationToken.None);
+                open = await store.BeginGroupAsync(providerId, batches, steps, CancellationToken.None);
             }
             catch (Exception e)
             {
@@ -265,7 +265,7 @@ public sealed class GroupCommitter(UsageStore store, TimeProvider time, IngestLi
                 }
                 else if (open is not null)
                 {
-                    await open.FinishAsync(steps, CancellationToken.None);
+                    await open.FinishAsync(CancellationToken.None);
                     Interlocked.Increment(ref _transactions);
                     Interlocked.Add(ref _batches, taken.Count);
                     if (taken.Count > 1)

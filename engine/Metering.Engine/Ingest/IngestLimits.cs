@@ -80,7 +80,8 @@ public sealed class IngestLimits
     /// group copies its rows in a transaction of its own while the group ahead of it locks the
     /// heads, checks the fleet and commits, and takes its own locks only after that group ended.
     /// 1 commits a provider's groups one after another. Each group in flight holds a database
-    /// connection.
+    /// connection. A raw-log upload keeps as many of its flushes in flight (RawLogs/UploadProcessor.cs),
+    /// each copying its rows and jobs while the flush before it commits.
     /// </summary>
     public int GroupCommitsInFlightMax { get; set; } = 2;
 

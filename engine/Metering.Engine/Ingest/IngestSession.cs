@@ -29,12 +29,15 @@ public readonly record struct HeartbeatOutcome(long MinuteUnixMs, long ServerUni
 /// it. The session caches the committed mark and chain head; the database re-checks the mark on
 /// every commit, so a stale session fails instead of forking the chain.
 ///
-/// A batch goes either through <see cref="AppendAsync"/>, which returns once it has committed, or,
-/// on a group-committed stream, ahead (<see cref="BeginAhead"/>): it is validated, chained on the
-/// last batch begun and queued for its provider's next group commit while the batches before it
-/// may still be committing, and <see cref="EndOldestAheadAsync"/> then waits for the commits in
-/// the order they began. A batch begun ahead commits only if every batch before it did: it expects
-/// the stream's mark where the batch before it ends, and the database checks that mark.
+/// A batch goes either through <see cref="AppendAsync"/>, which returns once it has committed, or
+/// ahead (<see cref="BeginAhead(IReadOnlyList{IngestRecord}, CancellationToken)"/>): it is
+/// validated, chained on the last batch begun and, on a group-committed stream, queued for its
+/// provider's next group commit while the batches before it may still be committing, or, with a
+/// step of the caller's alongside (a raw-log upload's flush), committed in a transaction of its
+/// own whose rows are copied while the batch before it commits. <see cref="EndOldestAheadAsync"/>
+/// then waits for the commits in the order they began. A batch begun ahead commits only if every
+/// batch before it did: it expects the stream's mark where the batch before it ends, and the
+/// database checks that mark.
 /// Not thread-safe: a stream has a single writer, and one caller drives it.
 /// </summary>
 public sealed class IngestSession
@@ -86,8 +89,9 @@ public sealed class IngestSession
     /// proof stream's batches and those with a step alongside always commit alone.
     /// </param>
     /// <param name="batchesInFlightMax">
-    /// Most batches begun ahead (<see cref="BeginAhead"/>) and not yet ended; each has buffers of
-    /// its own, made when first needed. 1, or no committer: every batch goes through <see cref="AppendAsync"/>.
+    /// Most batches begun ahead and not yet ended; each has buffers of its own, made when first
+    /// needed. With a committer they go to its group commits; without one only batches with a step
+    /// alongside are begun ahead. 1, or a proof stream: every batch goes through <see cref="AppendAsync"/>.
     /// </param>
     public IngestSession(UsageStore store, RecordValidator validator, TimeProvider time, AdmissionGate gate, AdmissionSnapshot admission, string streamId, StreamHead head, string? peer = null,
         int? batchRecordsMax = null, GroupCommitter? committer = null, int batchesInFlightMax = 1)
@@ -123,7 +127,7 @@ public sealed class IngestSession
         _committer = _proofStream ? null : committer;
         // The first slot serves AppendAsync too; the others are made when a batch first needs them,
         // so a stream that never has two batches in flight holds the buffers of one.
-        _slots = new CommitSlot?[_committer is null ? 1 : batchesInFlightMax];
+        _slots = new CommitSlot?[_proofStream ? 1 : batchesInFlightMax];
         _slots[0] = NewSlot();
     }
 
@@ -154,6 +158,9 @@ public sealed class IngestSession
 
     /// <summary>How many batches begun ahead have not been ended yet.</summary>
     public int AheadCount => _aheadCount;
+
+    /// <summary>The sequence the last batch begun ends at (the committed mark when none is in flight): the next batch starts after it.</summary>
+    public ulong PreparedThrough => _preparedThrough;
 
     /// <summary>Most batches in flight at once; 1 when every batch goes through <see cref="AppendAsync"/>.</summary>
     public int AheadMax => _slots.Length;
@@ -332,12 +339,14 @@ public sealed class IngestSession
     }
 
     /// <summary>
-    /// Whether <paramref name="records"/> can be begun ahead (<see cref="BeginAhead"/>): the stream
+    /// Whether <paramref name="records"/> can be begun ahead (<see cref="BeginAhead(IReadOnlyList{IngestRecord}, CancellationToken)"/>): the stream
     /// commits through a group commit, a slot is free, and the batch starts right after the last
     /// batch begun (or the committed mark), so it replays nothing. Any other batch goes through
     /// <see cref="AppendAsync"/> once the batches ahead of it have ended.
     /// </summary>
-    public bool CanBeginAhead(IReadOnlyList<IngestRecord> records) =>
+    public bool CanBeginAhead(IReadOnlyList<IngestRecord> records) => _committer is not null && HasRoomAhead(records);
+
+    private bool HasRoomAhead(IReadOnlyList<IngestRecord> records) =>
         _slots.Length > 1 && _aheadCount < _slots.Length && records.Count > 0 && records[0].Sequence == _preparedThrough + 1;
 
     /// <summary>
@@ -372,6 +381,93 @@ public sealed class IngestSession
         _aheadCount++;
         _preparedThrough = slot.LastSequence;
         slot.Rows.HashAt(slot.Rows.Count - 1).Span.CopyTo(_preparedHead);
+    }
+
+    /// <summary>
+    /// Begins a batch that commits with a step of the caller's (a raw-log upload's flush), on a
+    /// stream without a group commit, while the batches begun before it may still be committing:
+    /// validates, normalises and chains it on the last batch begun, then, in a transaction of its
+    /// own, copies its rows and the step's (<see cref="UsageStore.BeginGroupAsync"/>) at once, and
+    /// locks, checks and commits (<see cref="UsageStore.OpenGroupCommit.FinishAsync"/>) only after
+    /// the batch before it has committed; should that batch fail, this one is rolled back unlocked.
+    /// So its COPY overlaps the commit ahead of it, and it reads the marks and sums that commit
+    /// left, as if the two had run one after the other. Returns at once; nothing is acknowledged
+    /// until <see cref="EndOldestAheadAsync"/> has seen it commit. Throws
+    /// <see cref="IngestRefusedException"/>, having begun nothing, for a batch that
+    /// <see cref="AppendAsync"/> would refuse before its commit.
+    /// </summary>
+    /// <param name="cancellationToken">Cancels the batch's COPY and commit; the caller still ends or abandons it.</param>
+    /// <returns>The batch's commit, which ends when it has committed or failed (for watching; end it with <see cref="EndOldestAheadAsync"/>).</returns>
+    public Task BeginAhead(IReadOnlyList<IngestRecord> records, ICommitStep alongside, CancellationToken cancellationToken)
+    {
+        if (_committer is not null || !HasRoomAhead(records))
+        {
+            throw new InvalidOperationException("Only a batch that follows the last one begun, with a slot free, on a stream without a group commit, is begun ahead with a step alongside.");
+        }
+
+        CheckShape(records, _preparedThrough);
+        Validate(records, 0);
+        int index = (_aheadFirst + _aheadCount) % _slots.Length;
+        CommitSlot slot = _slots[index] ??= NewSlot();
+        Prepare(slot.Rows, records, 0, _preparedHead);
+        slot.EpochStep.ExpectedEpoch = _admission.Epoch;
+        slot.FleetStep.Fleet = _admission.Fleet;
+        Activity? current = Activity.Current;
+        slot.Span = MeteringTelemetry.StartBatch(ProviderId, StreamId, records.Count);
+        Activity.Current = current;
+        slot.LastSequence = records[^1].Sequence;
+        CommitSlot? before = _aheadCount > 0 ? _slots[(index + _slots.Length - 1) % _slots.Length] : null;
+        Task ahead = before?.Commit ?? Task.CompletedTask;
+        Task aheadCopied = before?.Copied ?? Task.CompletedTask;
+        ulong aheadExpected = before is null ? _committed : before.Rows.Records[0].Sequence - 1;
+        var copied = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        slot.Copied = copied.Task;
+        slot.Commit = CommitAfterAsync(new StreamBatch(StreamId, _preparedThrough, slot.Rows), [.. slot.Steps, alongside], aheadCopied, copied, ahead, aheadExpected, cancellationToken);
+        _aheadCount++;
+        _preparedThrough = slot.LastSequence;
+        slot.Rows.HashAt(slot.Rows.Count - 1).Span.CopyTo(_preparedHead);
+        return slot.Commit;
+    }
+
+    /// <summary>
+    /// Copies a batch begun ahead with a step alongside, once the batch ahead of it has copied its
+    /// own rows, then, once that batch has committed, locks, checks and commits it; rolls it back
+    /// unlocked should that batch fail.
+    /// </summary>
+    /// <remarks>
+    /// The COPYs run one after the other so that a key the two batches share (a raw-log job
+    /// repeated in the next flush) is always written first by the batch ahead: the batch behind
+    /// then waits for that batch's commit and fails on the key, or goes on once it rolled back.
+    /// Were the batch behind first, the batch ahead would wait in the database for a transaction
+    /// that itself waits here for the batch ahead: a deadlock that the database cannot see.
+    /// </remarks>
+    private async Task CommitAfterAsync(StreamBatch batch, IReadOnlyList<ICommitStep> steps, Task aheadCopied, TaskCompletionSource copied, Task ahead, ulong aheadExpected,
+        CancellationToken cancellationToken)
+    {
+        // Off the caller's thread: the COPY's encoding runs beside the parsing that follows.
+        await Task.Yield();
+        UsageStore.OpenGroupCommit open;
+        try
+        {
+            await aheadCopied;
+            open = await _store.BeginGroupAsync(ProviderId, [batch], steps, cancellationToken);
+        }
+        finally
+        {
+            copied.TrySetResult();
+        }
+
+        await using UsageStore.OpenGroupCommit begun = open;
+        try
+        {
+            await ahead;
+        }
+        catch (Exception)
+        {
+            throw new EarlierBatchFailedException(StreamId, aheadExpected);
+        }
+
+        await begun.FinishAsync(cancellationToken);
     }
 
     /// <summary>The commit of the oldest batch begun ahead and not ended; it ends when the commit has committed or failed.</summary>
@@ -458,6 +554,7 @@ public sealed class IngestSession
         slot.Span.Dispose();
         slot.Span = default;
         slot.Commit = null;
+        slot.Copied = null;
         slot.Rows.Clear();
     }
 
@@ -607,6 +704,9 @@ internal sealed class CommitSlot(PreparedRecords rows, AdmissionEpochStep epochS
     public ICommitStep[] Steps { get; } = steps;
 
     public Task? Commit { get; set; }
+
+    /// <summary>For a batch begun ahead with a step alongside: ends once its rows are copied, or its COPY failed.</summary>
+    public Task? Copied { get; set; }
 
     public ulong LastSequence { get; set; }
 

@@ -19,12 +19,17 @@ public sealed class UploadRefusedException(RawLogRefusalReason reason, string me
 /// commits the records together with the byte offset and counters they account for, so a resumed
 /// upload continues exactly after the last committed line.
 ///
-/// One flush commits while the lines after it are parsed into the next: <see cref="FlushAsync"/>
-/// waits for the flush before (and throws its failure, having begun nothing more), then begins
-/// committing the next and returns. The upload's counters move only once a flush has committed,
-/// and a flush begins only after the one before it committed, so whatever fails, the committed
-/// offset is that of the last flush that committed and nothing parsed after it is kept. The caller
-/// ends with <see cref="EndFlushAsync"/>, or, failing, <see cref="AbandonFlushAsync"/>.
+/// Flushes commit while the lines after them are parsed, up to the session's batches in flight
+/// (<see cref="IngestSession.AheadMax"/>, the provider's commits in flight,
+/// <see cref="IngestLimits.GroupCommitsInFlightMax"/>): each flush is numbered and chained on the
+/// one before and begun ahead (<see cref="IngestSession.BeginAhead(IReadOnlyList{IngestRecord}, ICommitStep, CancellationToken)"/>),
+/// so that it copies its rows and jobs while the flush before it locks, checks and commits, and
+/// commits only after that flush has, in a transaction of its own. <see cref="FlushAsync"/> first
+/// ends the oldest flush when as many are in flight as may be, and any flush that failed (throwing
+/// its failure, having begun nothing more). The upload's counters move only once a flush has
+/// committed, in order, and a flush commits only if every flush before it did, so whatever fails,
+/// the committed offset is that of the last flush that committed and nothing parsed after it is
+/// kept. The caller ends with <see cref="EndFlushAsync"/>, or, failing, <see cref="AbandonFlushAsync"/>.
 /// </summary>
 public sealed class UploadProcessor : ILogLineSink
 {
@@ -37,8 +42,9 @@ public sealed class UploadProcessor : ILogLineSink
     private readonly TimeProvider _time;
     private readonly int _batchRecordsMax;
     private readonly int _fullAt;
+    private readonly int _flushesInFlightMax;
     private List<IngestRecord> _records;
-    private List<IngestRecord> _spareRecords;
+    private readonly Stack<List<IngestRecord>> _spareRecords = new();
     private readonly HashSet<(string JobId, long StartUnixMs)> _batchJobs = [];
     private readonly List<UploadLineError> _errors = [];
     private readonly Dictionary<(string Model, uint Denominator), (long First, long Last)> _spans = [];
@@ -57,9 +63,11 @@ public sealed class UploadProcessor : ILogLineSink
     private long _duplicates;
     private string? _headerLine;
 
-    // The flush being committed while the next is parsed, if any, and what it accounts for.
-    private Task? _committing;
-    private Flush? _flushing;
+    // The flushes being committed while the next is parsed, oldest first, and where the last of
+    // them ends (the committed offset, and lines refused, when none is in flight).
+    private readonly Queue<Flush> _inFlight = new();
+    private long _begunOffset;
+    private long _begunRefused;
 
     // While the sacct parser holds a `.batch` line, what the counters were just before it: a flush
     // then commits only up to that line, so that a resumed upload reads it again.
@@ -84,7 +92,9 @@ public sealed class UploadProcessor : ILogLineSink
         // flush never carries more minutes than the check takes at once.
         _spanMinutesMax = Math.Max(0, validator.Limits.ConcurrencyMinutesPerBatchMax - ((long)validator.Limits.RecordDurationMax.TotalMinutes + 2));
         _records = new List<IngestRecord>(_batchRecordsMax);
-        _spareRecords = new List<IngestRecord>(_batchRecordsMax);
+        _flushesInFlightMax = session.AheadMax;
+        _begunOffset = upload.CommittedOffset;
+        _begunRefused = upload.LinesRefused;
 
         // One sacct line gives a record per GPU type, and the line that decides a held `.batch` line
         // adds that line's records too: leave room for both in the batch.
@@ -113,8 +123,21 @@ public sealed class UploadProcessor : ILogLineSink
     // A held line keeps the batch open until it is decided (see Refuse for the bound on that).
     // A flush that failed while the next was parsed ends the parsing at once: the next flush
     // throws its failure.
-    public bool IsFull => _committing is { IsCompleted: true, IsCompletedSuccessfully: false } || (_heldLineNumber == 0
+    public bool IsFull => AnyFlushFailed() || (_heldLineNumber == 0
         && (_records.Count >= _fullAt || _errors.Count >= UploadStore.StoredErrorsMax || (_records.Count > 0 && _spanMinutes >= _spanMinutesMax)));
+
+    private bool AnyFlushFailed()
+    {
+        foreach (Flush flush in _inFlight)
+        {
+            if (flush.Commit is { IsCompleted: true, IsCompletedSuccessfully: false })
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
 
     public void OnLine(ReadOnlySpan<byte> line, long lineNumber, long endOffset)
     {
@@ -252,74 +275,168 @@ public sealed class UploadProcessor : ILogLineSink
     }
 
     /// <summary>
-    /// Waits for the flush being committed, if any (throwing its failure), then begins committing
-    /// what the processor holds and returns while it commits.
+    /// Ends the oldest flush in flight when as many are in flight as may be, and any flush that
+    /// failed (throwing its failure), then begins committing what the processor holds and returns
+    /// while it commits.
     /// </summary>
     public async ValueTask FlushAsync(CancellationToken cancellationToken)
     {
-        await EndFlushAsync();
-        if (_pendingEndOffset == _upload.CommittedOffset)
+        while (_inFlight.Count > 0 && (_inFlight.Count >= _flushesInFlightMax || AnyFlushFailed()))
+        {
+            await EndOldestFlushAsync();
+        }
+
+        if (_pendingEndOffset == _begunOffset)
         {
             return;
         }
 
         if (_lookUpMeteredJobs)
         {
+            // Jobs of a flush still in flight are not seen here: raw_log_jobs' key finds them.
             _duplicates += await DropMeteredJobsAsync(_records, cancellationToken);
         }
 
         // A held line and the lines after it (its own job's other steps) stay uncommitted.
         bool holding = _heldLineNumber != 0;
         long endOffset = holding ? _holdOffset : _pendingEndOffset;
-        if (holding && endOffset == _upload.CommittedOffset && _records.Count == 0)
+        if (holding && endOffset == _begunOffset && _records.Count == 0)
         {
             return;
         }
 
         var flush = new Flush(
             _records,
+            _begunOffset,
             endOffset,
             holding ? _holdLines : _lines,
             holding ? _holdSkipped : _skipped,
             holding ? _holdRefused : _refused,
             holding ? _holdDuplicates : _duplicates,
-            _errors.GetRange(0, holding ? _holdErrors : _errors.Count));
+            _errors.GetRange(0, holding ? _holdErrors : _errors.Count),
+            _begunRefused,
+            _headerLine,
+            cancellationToken);
 
         // What the flush takes leaves the processor, which goes on with what remains.
-        _records = _spareRecords;
-        _spareRecords = null!;
+        _records = _spareRecords.TryPop(out List<IngestRecord>? spare) ? spare : new List<IngestRecord>(_batchRecordsMax);
         _batchJobs.Clear();
         _errors.RemoveRange(0, flush.Errors.Count);
         _spans.Clear();
         _spanMinutes = 0;
         (_lines, _skipped, _refused, _duplicates) = (_lines - flush.Lines, _skipped - flush.Skipped, _refused - flush.Refused, _duplicates - flush.Duplicates);
         (_holdLines, _holdSkipped, _holdRefused, _holdDuplicates, _holdErrors) = (0, 0, 0, 0, 0);
+        _begunOffset = flush.EndOffset;
+        _begunRefused += flush.Refused;
 
-        _flushing = flush;
-        _committing = CommitAsync(flush, cancellationToken);
+        bool ahead = flush.Records.Count > 0 && _flushesInFlightMax > 1;
+        if (!ahead || (_inFlight.Count > 0 && !_inFlight.Peek().Ahead))
+        {
+            // A flush of no records (only its progress), or a session that commits one batch at a
+            // time, commits by itself after every flush before it; so does any flush after one
+            // of those.
+            await EndFlushAsync();
+        }
+
+        if (ahead)
+        {
+            List<RawLogJob> jobs = Number(flush.Records, _session.PreparedThrough);
+            try
+            {
+                flush.Commit = _session.BeginAhead(flush.Records, new UploadProgressStep(_upload, jobs, flush.Progress(flush.Records.Count)), cancellationToken);
+            }
+            catch (IngestRefusedException)
+            {
+                // Refused before its commit: the flushes before it end first, so that the first
+                // failure is the one reported and what committed is counted.
+                await EndFlushAsync();
+                throw;
+            }
+
+            flush.Ahead = true;
+        }
+        else
+        {
+            flush.Commit = CommitAloneAsync(flush);
+        }
+
+        _inFlight.Enqueue(flush);
     }
 
-    /// <summary>Waits for the flush being committed, if any, and counts it; throws its failure.</summary>
+    /// <summary>Waits for every flush in flight, oldest first, and counts each; throws the first failure.</summary>
     public async ValueTask EndFlushAsync()
     {
-        if (_committing is not { } committing)
+        while (_inFlight.Count > 0)
         {
-            return;
+            await EndOldestFlushAsync();
+        }
+    }
+
+    /// <summary>
+    /// Waits for the oldest flush in flight and counts it; throws its failure. A flush begun ahead
+    /// that the registry changed under, or whose jobs raw_log_jobs' key found metered before (a
+    /// job of the flush ahead of it, or of an earlier export), was rolled back with every flush
+    /// behind it: they are committed again one by one, each after the one before, each checked
+    /// against what the registry says now and without the jobs metered before.
+    /// </summary>
+    private async Task EndOldestFlushAsync()
+    {
+        Flush flush = _inFlight.Peek();
+        if (flush.Ahead)
+        {
+            BatchOutcome? outcome;
+            try
+            {
+                outcome = await _session.EndOldestAheadAsync();
+            }
+            catch (MeteredJobsFoundException)
+            {
+                _lookUpMeteredJobs = true;
+                await _session.AbandonAheadAsync();
+                await CommitInFlightOneByOneAsync();
+                return;
+            }
+
+            if (outcome is null)
+            {
+                await _session.RestartAheadAsync(flush.CancellationToken);
+                await CommitInFlightOneByOneAsync();
+                return;
+            }
+
+            flush.Committed = outcome.Value.CommittedRecords;
+        }
+        else
+        {
+            await flush.Commit!;
         }
 
-        Flush flush = _flushing!;
-        _committing = null;
-        _flushing = null;
-        try
-        {
-            await committing;
-        }
-        finally
-        {
-            flush.Records.Clear();
-            _spareRecords = flush.Records;
-        }
+        Count(_inFlight.Dequeue());
+    }
 
+    /// <summary>After the flushes begun ahead were rolled back: commits each again, by itself, oldest first.</summary>
+    private async Task CommitInFlightOneByOneAsync()
+    {
+        while (_inFlight.TryPeek(out Flush? flush))
+        {
+            if (_lookUpMeteredJobs)
+            {
+                // Every flush before this one has committed: the look-up sees all their jobs.
+                flush.Duplicates += await DropMeteredJobsAsync(flush.Records, flush.CancellationToken);
+            }
+
+            flush.Ahead = false;
+            flush.Commit = CommitAloneAsync(flush);
+            await flush.Commit;
+            Count(_inFlight.Dequeue());
+        }
+    }
+
+    /// <summary>Moves the upload's counters by a flush that committed, and takes its buffer back.</summary>
+    private void Count(Flush flush)
+    {
+        flush.Records.Clear();
+        _spareRecords.Push(flush.Records);
         _upload.CommittedOffset = flush.EndOffset;
         _upload.Lines += flush.Lines;
         _upload.Records += flush.Committed;
@@ -331,40 +448,60 @@ public sealed class UploadProcessor : ILogLineSink
     }
 
     /// <summary>
-    /// The call is failing: waits until the flush being committed, if any, has committed or failed
-    /// (so that nothing of the upload is still being written when the call ends), and keeps any
-    /// failure of it to itself, since the call's own error is what the client is told.
+    /// The call is failing: waits until every flush in flight has committed or failed (so that
+    /// nothing of the upload is still being written when the call ends), and keeps their failures
+    /// to itself, since the call's own error is what the client is told.
     /// </summary>
     public async ValueTask AbandonFlushAsync()
     {
-        try
+        foreach (Flush flush in _inFlight)
         {
-            await EndFlushAsync();
+            if (!flush.Ahead && flush.Commit is { } commit)
+            {
+                try
+                {
+                    await commit;
+                }
+                catch (Exception)
+                {
+                    // The flush did not commit: the upload stays at the offset before it.
+                }
+            }
         }
-        catch (Exception)
+
+        // Flushes begun ahead: none that failed or followed a failure committed.
+        await _session.AbandonAheadAsync();
+        _inFlight.Clear();
+    }
+
+    /// <summary>Gives the records the stream's next sequence numbers after <paramref name="after"/>; returns the jobs they meter.</summary>
+    private static List<RawLogJob> Number(List<IngestRecord> records, ulong after)
+    {
+        var jobs = new List<RawLogJob>(records.Count);
+        for (int i = 0; i < records.Count; i++)
         {
-            // The flush did not commit: the upload stays at the offset before it.
+            IngestRecord numbered = records[i] with { Sequence = after + (ulong)i + 1 };
+            records[i] = numbered;
+            jobs.Add(new RawLogJob(numbered.JobId, numbered.StartUnixMs, (long)numbered.Sequence));
         }
+
+        return jobs;
     }
 
     /// <summary>
-    /// Commits one flush: its records with the stream's next sequence numbers, the jobs they meter
-    /// and the upload's progress, in one transaction. Runs while the processor parses on.
+    /// Commits one flush by itself, after every flush before it has committed: its records with the
+    /// stream's next sequence numbers, the jobs they meter and the upload's progress, in one
+    /// transaction. Runs while the processor parses on.
     /// </summary>
-    private async Task CommitAsync(Flush flush, CancellationToken cancellationToken)
+    private async Task CommitAloneAsync(Flush flush)
     {
+        CancellationToken cancellationToken = flush.CancellationToken;
         List<IngestRecord> records = flush.Records;
+        bool lookedUp = false;
         while (true)
         {
-            var jobs = new List<RawLogJob>(records.Count);
-            for (int i = 0; i < records.Count; i++)
-            {
-                IngestRecord numbered = records[i] with { Sequence = _session.CommittedSequence + (ulong)i + 1 };
-                records[i] = numbered;
-                jobs.Add(new RawLogJob(numbered.JobId, numbered.StartUnixMs, (long)numbered.Sequence));
-            }
-
-            var progress = new UploadProgress(_upload.CommittedOffset, flush.EndOffset, flush.Lines, records.Count, flush.Skipped, flush.Errors, flush.Refused, flush.Duplicates, _headerLine);
+            List<RawLogJob> jobs = Number(records, _session.CommittedSequence);
+            UploadProgress progress = flush.Progress(records.Count);
             if (records.Count == 0)
             {
                 await _store.AdvanceAloneAsync(_upload, progress, cancellationToken);
@@ -376,11 +513,13 @@ public sealed class UploadProcessor : ILogLineSink
                 await _session.AppendAsync(records, cancellationToken, new UploadProgressStep(_upload, jobs, progress));
                 break;
             }
-            catch (MeteredJobsFoundException) when (!_lookUpMeteredJobs)
+            catch (MeteredJobsFoundException) when (!lookedUp)
             {
                 // The flush was rolled back whole. This upload repeats jobs the stream metered
-                // before (an overlapping export, a corrected mapping): drop them and look them up
-                // before every later flush of this call, so that only this flush is tried twice.
+                // before (an overlapping export, a corrected mapping, a job repeated further on in
+                // the file): drop them and look them up before every later flush of this call.
+                // Every flush before this one has committed, so the look-up sees all of them.
+                lookedUp = true;
                 _lookUpMeteredJobs = true;
                 flush.Duplicates += await DropMeteredJobsAsync(records, cancellationToken);
             }
@@ -406,9 +545,13 @@ public sealed class UploadProcessor : ILogLineSink
     }
 
     /// <summary>What one flush takes from the processor: its records and the lines and counts they account for.</summary>
-    private sealed class Flush(List<IngestRecord> records, long endOffset, long lines, long skipped, long refused, long duplicates, List<UploadLineError> errors)
+    private sealed class Flush(List<IngestRecord> records, long fromOffset, long endOffset, long lines, long skipped, long refused, long duplicates, List<UploadLineError> errors,
+        long refusedBefore, string? headerLine, CancellationToken cancellationToken)
     {
         public List<IngestRecord> Records { get; } = records;
+
+        /// <summary>Where the flush before it ends: the committed offset it expects.</summary>
+        public long FromOffset { get; } = fromOffset;
 
         public long EndOffset { get; } = endOffset;
 
@@ -425,6 +568,18 @@ public sealed class UploadProcessor : ILogLineSink
 
         /// <summary>The records committed, once the flush has.</summary>
         public int Committed { get; set; }
+
+        public CancellationToken CancellationToken { get; } = cancellationToken;
+
+        /// <summary>Whether the flush was begun ahead in the session, which ends it; otherwise it commits by itself.</summary>
+        public bool Ahead { get; set; }
+
+        /// <summary>The flush's commit, which ends when it has committed or failed.</summary>
+        public Task? Commit { get; set; }
+
+        /// <summary>The upload's progress by this flush, with <paramref name="records"/> records.</summary>
+        public UploadProgress Progress(int records) =>
+            new(FromOffset, EndOffset, Lines, records, Skipped, Errors, Refused, Duplicates, headerLine, refusedBefore);
     }
 
     /// <summary>
@@ -469,16 +624,21 @@ public sealed class UploadProcessor : ILogLineSink
 /// <summary>
 /// A flush's raw-log bookkeeping, committed with its records or not at all: the jobs it metered
 /// (so that an overlapping export cannot meter them again) and how far the upload has read.
+/// The jobs are copied with the records, before any lock, so that they too are copied while the
+/// flush ahead commits; the progress is written under the locks.
 /// </summary>
 internal sealed class UploadProgressStep(UploadState upload, IReadOnlyList<RawLogJob> jobs, UploadProgress progress) : ICommitStep
 {
-    public async Task<NpgsqlBatchCommand?> RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken)
+    public async Task CopyAsync(NpgsqlConnection connection, CancellationToken cancellationToken)
     {
         if (!await UploadStore.RecordJobsAsync(connection, upload, jobs, cancellationToken))
         {
             throw new MeteredJobsFoundException();
         }
+    }
 
+    public async Task<NpgsqlBatchCommand?> RunAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken)
+    {
         await UploadStore.AdvanceAsync(connection, transaction, upload, progress);
         return null;
     }

@@ -25,8 +25,13 @@ public sealed class UploadState
 /// <summary>One refused line of an upload.</summary>
 public sealed record UploadLineError(long Line, string Reason, string Message);
 
-/// <summary>The progress delta of one flush of an upload, committed atomically with its records.</summary>
-public sealed record UploadProgress(long FromOffset, long ToOffset, long Lines, long Records, long Skipped, IReadOnlyList<UploadLineError> Errors, long Refused, long Duplicates, string? HeaderLine);
+/// <summary>
+/// The progress delta of one flush of an upload, committed atomically with its records.
+/// <paramref name="RefusedBefore"/> is the lines refused by the upload's flushes before this one,
+/// which decides how many of its errors are still kept: the flushes before it may still be
+/// committing when it is made.
+/// </summary>
+public sealed record UploadProgress(long FromOffset, long ToOffset, long Lines, long Records, long Skipped, IReadOnlyList<UploadLineError> Errors, long Refused, long Duplicates, string? HeaderLine, long RefusedBefore);
 
 /// <summary>The identity of a metered raw log job within its stream.</summary>
 public readonly record struct RawLogJob(string JobId, long StartUnixMs, long Sequence);
@@ -96,7 +101,7 @@ public sealed class UploadStore(NpgsqlDataSource dataSource)
             throw new UploadMovedException($"Upload {upload.UploadId} is no longer at offset {progress.FromOffset}: another call advanced it.");
         }
 
-        long room = StoredErrorsMax - upload.LinesRefused;
+        long room = StoredErrorsMax - progress.RefusedBefore;
         foreach (UploadLineError error in progress.Errors.Take((int)Math.Max(0, Math.Min(room, int.MaxValue))))
         {
             await connection.ExecuteAsync(

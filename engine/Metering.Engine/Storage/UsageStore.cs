@@ -41,12 +41,20 @@ public interface IUsageRows
 /// A check or a write that must commit with a batch's rows or not at all (the registry's epoch,
 /// the fleet's concurrency, a raw-log upload's progress). Each step is a named type of the feature
 /// that owns the rule; the store knows none of them. A commit runs in as few round trips as the
-/// steps allow: a step may hand the store a read to send with the head lock (before the rows are
-/// copied) and a write to send with the head update (after every step has run), instead of
-/// statements of their own. A step that throws rolls everything back.
+/// steps allow: a step may copy rows of its own right after the batch's rows (before any lock),
+/// hand the store a read to send with the head lock and a write to send with the head update
+/// (after every step has run), instead of statements of their own. A step that throws rolls
+/// everything back.
 /// </summary>
 public interface ICommitStep
 {
+    /// <summary>
+    /// Runs right after the batch's rows are copied, before any head is locked: a write of new
+    /// keys only (a raw-log upload's jobs), which no commit ahead of this one waits for, so that it
+    /// overlaps that commit as the rows' COPY does. Throws to roll the commit back.
+    /// </summary>
+    Task CopyAsync(NpgsqlConnection connection, CancellationToken cancellationToken) => Task.CompletedTask;
+
     /// <summary>
     /// A statement the store sends in the round trip that locks the stream heads, after the lock,
     /// or null for none; <see cref="CheckLockRead"/> then gets the first column of its first row.
@@ -202,16 +210,17 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
     /// </summary>
     internal async Task CommitGroupAsync(string providerId, IReadOnlyList<StreamBatch> batches, IReadOnlyList<ICommitStep> steps, CancellationToken cancellationToken)
     {
-        await using OpenGroupCommit open = await BeginGroupAsync(providerId, batches, cancellationToken);
-        await open.FinishAsync(steps, cancellationToken);
+        await using OpenGroupCommit open = await BeginGroupAsync(providerId, batches, steps, cancellationToken);
+        await open.FinishAsync(cancellationToken);
     }
 
     /// <summary>
     /// The first half of <see cref="CommitGroupAsync"/>: opens a transaction and copies the rows,
-    /// taking no lock that another commit of the provider waits for (the rows are new keys, and
-    /// nothing references a stream's head row), so that a provider's next group can copy its rows
-    /// while the group ahead of it holds the heads. <see cref="OpenGroupCommit.FinishAsync"/> does
-    /// the rest; disposing the returned commit without finishing it rolls the rows back.
+    /// then each step's own rows (<see cref="ICommitStep.CopyAsync"/>), taking no lock that another
+    /// commit of the provider waits for (the rows are new keys, and nothing references a stream's
+    /// head row), so that a provider's next commit can copy its rows while the one ahead of it
+    /// holds the heads. <see cref="OpenGroupCommit.FinishAsync"/> does the rest with the same
+    /// steps; disposing the returned commit without finishing it rolls the rows back.
     /// </summary>
     /// <remarks>
     /// With the rows copied before the heads are locked, a second writer of the same stream (another
@@ -220,7 +229,7 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
     /// COPYs deadlock. Either means another writer is extending the stream, and is reported as the
     /// head check would report it, with <see cref="StreamMovedException"/>.
     /// </remarks>
-    internal async Task<OpenGroupCommit> BeginGroupAsync(string providerId, IReadOnlyList<StreamBatch> batches, CancellationToken cancellationToken)
+    internal async Task<OpenGroupCommit> BeginGroupAsync(string providerId, IReadOnlyList<StreamBatch> batches, IReadOnlyList<ICommitStep> steps, CancellationToken cancellationToken)
     {
         NpgsqlConnection connection = await dataSource.OpenConnectionAsync(cancellationToken);
         NpgsqlTransaction? transaction = null;
@@ -239,7 +248,12 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
                     $"Provider {providerId}: another writer is writing the same records of stream {string.Join(", ", batches.Select(b => b.StreamId))} ({e.SqlState}).", e);
             }
 
-            var open = new OpenGroupCommit(connection, transaction, providerId, batches);
+            for (int i = 0; i < steps.Count; i++)
+            {
+                await steps[i].CopyAsync(connection, cancellationToken);
+            }
+
+            var open = new OpenGroupCommit(connection, transaction, providerId, batches, steps);
             transaction = null;
             return open;
         }
@@ -266,17 +280,19 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
         private readonly NpgsqlTransaction _transaction;
         private readonly string _providerId;
         private readonly IReadOnlyList<StreamBatch> _batches;
+        private readonly IReadOnlyList<ICommitStep> _steps;
         private readonly string[] _streamIds;
         private readonly long[] _lasts;
         private readonly byte[][] _heads;
         private readonly DateTime[] _headStarts;
 
-        internal OpenGroupCommit(NpgsqlConnection connection, NpgsqlTransaction transaction, string providerId, IReadOnlyList<StreamBatch> batches)
+        internal OpenGroupCommit(NpgsqlConnection connection, NpgsqlTransaction transaction, string providerId, IReadOnlyList<StreamBatch> batches, IReadOnlyList<ICommitStep> steps)
         {
             _connection = connection;
             _transaction = transaction;
             _providerId = providerId;
             _batches = batches;
+            _steps = steps;
             _streamIds = new string[batches.Count];
             _lasts = new long[batches.Count];
             _heads = new byte[batches.Count][];
@@ -304,8 +320,9 @@ public sealed class UsageStore(NpgsqlDataSource dataSource)
         /// start time goes with its head, as it names the partition where the head trigger finds
         /// that record.
         /// </remarks>
-        public async Task FinishAsync(IReadOnlyList<ICommitStep> steps, CancellationToken cancellationToken)
+        public async Task FinishAsync(CancellationToken cancellationToken)
         {
+            IReadOnlyList<ICommitStep> steps = _steps;
             await LockHeadsAsync(_connection, _transaction, _providerId, _batches, _streamIds, steps, cancellationToken);
             var writes = new List<NpgsqlBatchCommand>();
             for (int i = 0; i < steps.Count; i++)

@@ -12,7 +12,7 @@ namespace Metering.Server.Ingest;
 
 /// <summary>
 /// The messages of one open ingest stream, answered in the order they came. A batch that follows
-/// the last one begun is begun ahead (<see cref="IngestSession.BeginAhead"/>): validated, chained
+/// the last one begun is begun ahead (<see cref="IngestSession.BeginAhead(IReadOnlyList{IngestRecord}, CancellationToken)"/>): validated, chained
 /// and queued for the provider's next group commit while the batch before it may still be
 /// committing, so that a client with two or more batches in flight keeps its provider's groups
 /// full. The next message is read while the oldest commit runs, with a read that the commit's

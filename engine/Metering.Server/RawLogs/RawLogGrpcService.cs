@@ -98,7 +98,10 @@ internal sealed partial class RawLogGrpcService(
 
         StreamHead head = await usageStore.OpenStreamAsync(caller.Subject, header.StreamId, lease.Token);
         AdmissionSnapshot admission = await gate.LoadAsync(caller.Subject, lease.Token);
-        var session = new IngestSession(usageStore, validator, time, gate, admission, header.StreamId, head, context.Peer, validator.Limits.UploadFlushRecordsMax);
+        // The upload's flushes are the provider's commits too: as many are in flight as a provider's
+        // group commits, each copying its rows while the one ahead of it commits.
+        var session = new IngestSession(usageStore, validator, time, gate, admission, header.StreamId, head, context.Peer, validator.Limits.UploadFlushRecordsMax,
+            batchesInFlightMax: validator.Limits.GroupCommitsInFlightMax);
         UploadProcessor processor;
         try
         {

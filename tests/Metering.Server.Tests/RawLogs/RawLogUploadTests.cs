@@ -148,7 +148,7 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
         // fourth brings the minute to 16 × 16,384 = 262,144 devices at once. A sacct flush keeps
         // room for one line's records per GPU type and a held `.batch` line's, so it ends that
         // far short of the limit.
-        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { UploadFlushRecordsMax = 4 + (2 * Metering.Engine.RawLogs.SacctParser.GpuTypesMax) - 1 });
+        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { UploadFlushRecordsMax = FourJobFlushRecordsMax });
         var lines = new StringBuilder(RawLogSamples.Sacct.Split('\n')[0] + "\n");
         for (int job = 0; job < 16; job++)
         {
@@ -199,14 +199,17 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
         Assert.Equal((5ul, 1ul), (report.Records, report.LinesDuplicate));
     }
 
-    [Fact]
-    public async Task A_flush_failing_while_the_next_is_parsed_keeps_what_committed_and_the_upload_resumes_right_after_it()
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public async Task A_flush_failing_while_the_next_is_parsed_keeps_what_committed_and_the_upload_resumes_right_after_it(int commitsInFlight)
     {
         // Flushes of four jobs, sent in one chunk: the parser reads the third flush's lines while
         // the second commits. The second flush's commit fails (a trigger refuses one of its jobs),
         // so the call must end with only the first flush committed and nothing parsed after it
-        // kept; resumed without the fault, the upload continues right after the first flush.
-        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { UploadFlushRecordsMax = 4 + (2 * Metering.Engine.RawLogs.SacctParser.GpuTypesMax) - 1 });
+        // kept; resumed without the fault, the upload continues right after the first flush. With
+        // one commit in flight each flush commits by itself; with two, each is begun ahead.
+        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { UploadFlushRecordsMax = FourJobFlushRecordsMax, GroupCommitsInFlightMax = commitsInFlight });
         byte[] log = Jobs(16);
         await UploadAsync(server, "reference", "reference", log, chunks: [log.Length]);
         await server.ExecuteAsync("""
@@ -231,14 +234,18 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
         Assert.Equal(await ContentAsync(server, "reference"), await ContentAsync(server, "faulty"));
     }
 
-    [Fact]
-    public async Task A_job_repeated_in_a_later_flush_is_metered_once()
+    [Theory]
+    [InlineData(1 + 5)]
+    [InlineData(1 + 13)]
+    public async Task A_job_repeated_in_a_later_flush_is_metered_once(int repeatAfterLines)
     {
-        // The repeat lies three flushes after the job: the flush that carries it is refused by
-        // raw_log_jobs' key while the next is parsed, and is tried again without it.
-        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { UploadFlushRecordsMax = 4 + (2 * Metering.Engine.RawLogs.SacctParser.GpuTypesMax) - 1 });
+        // The repeat lies in the next flush (whose jobs are copied while the flush that holds the
+        // job commits, so raw_log_jobs' key waits for that commit and then refuses it) or three
+        // flushes after the job (refused by the key at once). Either way the flush that carries it
+        // is rolled back and committed again without it.
+        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { UploadFlushRecordsMax = FourJobFlushRecordsMax });
         string jobs = Encoding.UTF8.GetString(Jobs(16));
-        byte[] log = Encoding.UTF8.GetBytes(jobs.Insert(IndexAfterLines(Encoding.UTF8.GetBytes(jobs), 1 + 13), jobs.Split('\n')[2] + "\n"));
+        byte[] log = Encoding.UTF8.GetBytes(jobs.Insert(IndexAfterLines(Encoding.UTF8.GetBytes(jobs), repeatAfterLines), jobs.Split('\n')[2] + "\n"));
 
         UploadReport report = await UploadAsync(server, "repeat", "repeat", log, chunks: [log.Length]);
 
@@ -246,6 +253,179 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
         Assert.Equal((18ul, 16ul, 1ul, 16ul), (report.Lines, report.Records, report.LinesDuplicate, report.CommittedSequence));
         Assert.Equal(1L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id = 'repeat' AND job_id = '9001'"));
         Assert.Equal(Enumerable.Range(1, 16).Select(i => (long)i), await server.QueryAsync<long>("SELECT sequence FROM usage_records WHERE stream_id = 'repeat' ORDER BY 1"));
+    }
+
+    [Fact]
+    public async Task A_flush_copies_its_rows_and_jobs_while_the_flush_before_it_waits_to_commit()
+    {
+        // The test holds the stream's head row, so the first flush, its rows copied, waits for the
+        // lock. The second flush must copy its rows and jobs meanwhile, in a transaction of its
+        // own, and wait for the first to end before it locks; released, the upload ends exactly as
+        // one committed flush by flush.
+        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { UploadFlushRecordsMax = FourJobFlushRecordsMax });
+        byte[] log = Jobs(16);
+        UploadReport reference = await UploadAsync(server, "reference", "reference", log, chunks: [log.Length]);
+
+        Task<UploadReport> upload;
+        await using (HeldHead held = await HeldHead.TakeAsync(server, "piped"))
+        {
+            upload = UploadAsync(server, "piped", "piped", log, chunks: [log.Length]);
+            await WaitUntilAsync(server, WaitingForHeadSql, 1);
+            await WaitUntilAsync(server, CopiedAheadSql, 1);
+            Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id = 'piped'"));
+        }
+
+        UploadReport report = await upload;
+        Assert.True(report.Complete);
+        Assert.Equal((reference.Lines, reference.Records, reference.CommittedSequence), (report.Lines, report.Records, report.CommittedSequence));
+        Assert.Equal(await ContentAsync(server, "reference"), await ContentAsync(server, "piped"));
+        Assert.Equal(Enumerable.Range(1, 16).Select(i => (long)i), await server.QueryAsync<long>("SELECT sequence FROM raw_log_jobs WHERE stream_id = 'piped' ORDER BY 1"));
+        await using var dataSource = Database.CreateDataSource(server.ConnectionString);
+        ChainVerification chain = await new ChainVerifier(dataSource).VerifyStreamAsync(TestRecords.Provider, "piped");
+        Assert.True(chain.Intact, chain.Evidence);
+        Assert.Equal(report.ChainHead.ToByteArray(), chain.ComputedHead);
+    }
+
+    [Fact]
+    public async Task A_later_flush_failing_while_the_one_before_commits_keeps_that_one_and_the_upload_resumes_right_after_it()
+    {
+        // The first flush waits for the head row the test holds while the second copies its jobs,
+        // one of which a trigger refuses (and counts, outside any transaction). Only after that
+        // failure is the first flush let go: it commits, the call reports the second's failure,
+        // and nothing of the second or of anything parsed after it is kept.
+        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { UploadFlushRecordsMax = FourJobFlushRecordsMax });
+        byte[] log = Jobs(16);
+        await UploadAsync(server, "reference", "reference", log, chunks: [log.Length]);
+        await server.ExecuteAsync("""
+            CREATE SEQUENCE refusals_fired;
+            CREATE FUNCTION refuse_job_9005() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+            BEGIN IF NEW.stream_id = 'later' AND NEW.job_id = '9005' THEN PERFORM nextval('refusals_fired'); RAISE EXCEPTION 'job 9005 may not commit'; END IF; RETURN NEW; END $$;
+            CREATE TRIGGER refuse_job_9005 BEFORE INSERT ON raw_log_jobs FOR EACH ROW EXECUTE FUNCTION refuse_job_9005();
+            """);
+
+        Task<UploadReport> upload;
+        await using (HeldHead held = await HeldHead.TakeAsync(server, "later"))
+        {
+            upload = UploadAsync(server, "later", "later", log, chunks: [log.Length]);
+            await WaitUntilAsync(server, WaitingForHeadSql, 1);
+            await WaitUntilAsync(server, "SELECT (CASE WHEN is_called THEN 1 ELSE 0 END)::bigint FROM refusals_fired", 1);
+            Assert.Equal(0L, await server.ScalarAsync<long>("SELECT committed_offset FROM raw_log_uploads WHERE upload_id = 'later'"));
+        }
+
+        await Assert.ThrowsAsync<RpcException>(() => upload);
+
+        int afterFirstFlush = IndexAfterLines(log, 1 + 4);
+        UploadReport status = await server.RawLogClient().GetUploadAsync(new GetUploadRequest { UploadId = "later" }, TestServer.Bearer());
+        Assert.Equal(((ulong)afterFirstFlush, 5ul, 4ul, 4ul), (status.CommittedOffset, status.Lines, status.Records, status.CommittedSequence));
+        Assert.Equal([1L, 2L, 3L, 4L], await server.QueryAsync<long>("SELECT sequence FROM usage_records WHERE stream_id = 'later' ORDER BY 1"));
+        Assert.Equal(["9000", "9001", "9002", "9003"], await server.QueryAsync<string>("SELECT job_id FROM raw_log_jobs WHERE stream_id = 'later' ORDER BY sequence"));
+        Assert.Equal(0L, await server.ScalarAsync<long>(OpenTransactionsSql));
+
+        await server.ExecuteAsync("DROP TRIGGER refuse_job_9005 ON raw_log_jobs");
+        UploadReport resumed = await UploadAsync(server, "later", "later", log[afterFirstFlush..], chunks: [log.Length - afterFirstFlush], offset: (ulong)afterFirstFlush);
+
+        Assert.True(resumed.Complete);
+        Assert.Equal((17ul, 16ul, 0ul, 16ul), (resumed.Lines, resumed.Records, resumed.LinesDuplicate, resumed.CommittedSequence));
+        Assert.Equal(await ContentAsync(server, "reference"), await ContentAsync(server, "later"));
+    }
+
+    [Fact]
+    public async Task A_flush_failing_under_its_locks_rolls_back_the_next_one_already_copied_and_the_upload_resumes_from_the_start()
+    {
+        // The first flush fails after its locks (a trigger refuses its progress) once the second
+        // has copied its rows and jobs, chained on the first's. The second must then be rolled
+        // back unlocked: nothing of the upload is stored, no transaction is left open, and the
+        // upload sent again from the start ends as one that never failed.
+        await using TestServer server = await TestServer.StartAsync(postgres, new IngestLimits { UploadFlushRecordsMax = FourJobFlushRecordsMax });
+        byte[] log = Jobs(16);
+        await UploadAsync(server, "reference", "reference", log, chunks: [log.Length]);
+        await server.ExecuteAsync("""
+            CREATE FUNCTION refuse_first_progress() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN IF NEW.upload_id = 'early' AND OLD.committed_offset = 0 THEN RAISE EXCEPTION 'the first flush may not commit'; END IF; RETURN NEW; END $$;
+            CREATE TRIGGER refuse_first_progress BEFORE UPDATE ON raw_log_uploads FOR EACH ROW EXECUTE FUNCTION refuse_first_progress();
+            """);
+
+        Task<UploadReport> upload;
+        await using (HeldHead held = await HeldHead.TakeAsync(server, "early"))
+        {
+            upload = UploadAsync(server, "early", "early", log, chunks: [log.Length]);
+            await WaitUntilAsync(server, WaitingForHeadSql, 1);
+            await WaitUntilAsync(server, CopiedAheadSql, 1);
+        }
+
+        await Assert.ThrowsAsync<RpcException>(() => upload);
+
+        UploadReport status = await server.RawLogClient().GetUploadAsync(new GetUploadRequest { UploadId = "early" }, TestServer.Bearer());
+        Assert.Equal((0ul, 0ul, 0ul, 0ul), (status.CommittedOffset, status.Lines, status.Records, status.CommittedSequence));
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM usage_records WHERE stream_id = 'early'"));
+        Assert.Equal(0L, await server.ScalarAsync<long>("SELECT count(*) FROM raw_log_jobs WHERE stream_id = 'early'"));
+        Assert.Equal(0L, await server.ScalarAsync<long>(OpenTransactionsSql));
+
+        await server.ExecuteAsync("DROP TRIGGER refuse_first_progress ON raw_log_uploads");
+        UploadReport again = await UploadAsync(server, "early", "early", log, chunks: [log.Length]);
+
+        Assert.True(again.Complete);
+        Assert.Equal((17ul, 16ul, 0ul, 16ul), (again.Lines, again.Records, again.LinesDuplicate, again.CommittedSequence));
+        Assert.Equal(await ContentAsync(server, "reference"), await ContentAsync(server, "early"));
+    }
+
+    /// <summary>Flushes of four one-GPU jobs: a sacct flush keeps room for one line's records per GPU type and a held `.batch` line's.</summary>
+    private const int FourJobFlushRecordsMax = 4 + (2 * Metering.Engine.RawLogs.SacctParser.GpuTypesMax) - 1;
+
+    /// <summary>The server's connections waiting for a stream's head lock (a flush ready to commit).</summary>
+    private const string WaitingForHeadSql = """
+        SELECT count(*) FROM pg_stat_activity
+        WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FROM ingest_streams%FOR UPDATE%'
+        """;
+
+    /// <summary>The server's transactions that have copied a flush's jobs and wait to lock (a flush begun ahead).</summary>
+    private const string CopiedAheadSql = """
+        SELECT count(*) FROM pg_stat_activity
+        WHERE datname = current_database() AND state = 'idle in transaction' AND query LIKE 'COPY raw_log_jobs%'
+        """;
+
+    /// <summary>Transactions of other connections still open in the test database.</summary>
+    private const string OpenTransactionsSql = """
+        SELECT count(*) FROM pg_stat_activity
+        WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND xact_start IS NOT NULL
+        """;
+
+    /// <summary>Polls <paramref name="sql"/> until it returns <paramref name="expected"/>; fails after 30 seconds.</summary>
+    private static async Task WaitUntilAsync(TestServer server, string sql, long expected)
+    {
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (await server.ScalarAsync<long>(sql) != expected)
+        {
+            Assert.True(waited.Elapsed < TimeSpan.FromSeconds(30), $"Waited 30 s for {expected} from: {sql}");
+            await Task.Delay(20);
+        }
+    }
+
+    /// <summary>A stream's head row, created and locked by the test in a transaction of its own until disposed (rolled back).</summary>
+    private sealed class HeldHead : IAsyncDisposable
+    {
+        private readonly NpgsqlConnection _connection;
+        private readonly NpgsqlTransaction _transaction;
+
+        private HeldHead(NpgsqlConnection connection, NpgsqlTransaction transaction) => (_connection, _transaction) = (connection, transaction);
+
+        public static async Task<HeldHead> TakeAsync(TestServer server, string streamId)
+        {
+            await server.ExecuteAsync(
+                "INSERT INTO ingest_streams (provider_id, stream_id, chain_head) VALUES (@provider, @streamId, decode(repeat('00', 32), 'hex'))",
+                new { provider = TestRecords.Provider, streamId });
+            var connection = new NpgsqlConnection(server.ConnectionString);
+            await connection.OpenAsync();
+            NpgsqlTransaction transaction = await connection.BeginTransactionAsync();
+            await connection.ExecuteAsync("SELECT 1 FROM ingest_streams WHERE provider_id = @provider AND stream_id = @streamId FOR UPDATE", new { provider = TestRecords.Provider, streamId }, transaction);
+            return new HeldHead(connection, transaction);
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await _transaction.DisposeAsync();
+            await _connection.DisposeAsync();
+        }
     }
 
     /// <summary>A sacct file of <paramref name="count"/> one-GPU jobs, 9000 on.</summary>
