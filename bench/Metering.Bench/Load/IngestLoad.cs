@@ -53,7 +53,7 @@ internal static class IngestLoad
         if (options is null)
         {
             Console.Error.WriteLine($"error: {error}");
-            Console.Error.WriteLine("usage: Metering.Bench load --records N --streams S --data-dir DIR [--batch B --window W --tls true|false --log-statements true|false --servers N --group-commit N --in-flight N --group-commits-in-flight N]");
+            Console.Error.WriteLine("usage: Metering.Bench load --records N --streams S --data-dir DIR [--batch B --window W --tls true|false --log-statements true|false --servers N --group-commit N --in-flight N --group-commits-in-flight N --client prepared|agent]");
             return 2;
         }
 
@@ -71,12 +71,16 @@ internal static class IngestLoad
         DeleteCluster(dataDirectory);
         Console.WriteLine($"load: {options.Records:N0} records over {options.Streams} streams, batches of {options.BatchRecords:N0}, window {options.WindowBatches}, "
             + $"{(options.Tls ? "TLS (a CA and certificate made at run time)" : "cleartext HTTP/2 on loopback")}, a signed receipt on every acknowledgement; fresh cluster in {dataDirectory}");
+        Console.WriteLine(options.Client == LoadClient.Prepared
+            ? "load: client prepared: every batch generated and serialised before the clock starts, as the binary baseline's rows are (--client agent: the agent's streamer, inside the clock)"
+            : "load: client agent: the client library's streamer generates and serialises each batch inside the clock (--client prepared: before it, as the binary baseline's rows are)");
 
         double ingestPerSecond;
         double copyPerSecond;
         double binaryPerSecond;
         double p50Ms;
         double p99Ms;
+        double cpuUsPerRecord;
         await using (EmbeddedPostgres postgres = await EmbeddedPostgres.StartAsync(new EmbeddedPostgresOptions { DataDirectory = dataDirectory, Durable = true }, logger))
         {
             await using NpgsqlDataSource dataSource = Database.CreateDataSource(postgres.ConnectionString);
@@ -132,7 +136,9 @@ internal static class IngestLoad
             streamed.LatenciesMs.Sort();
             p50Ms = Percentile(streamed.LatenciesMs, 0.50);
             p99Ms = Percentile(streamed.LatenciesMs, 0.99);
-            Console.WriteLine($"ingest: {options.Records:N0} records in {streamed.Seconds:0.00} s = {ingestPerSecond:N0} records/s; ack latency p50 {p50Ms:0.0} ms, p99 {p99Ms:0.0} ms over {streamed.LatenciesMs.Count:N0} batches");
+            cpuUsPerRecord = streamed.ProcessCpuSeconds * 1e6 / options.Records;
+            Console.WriteLine($"ingest: {options.Records:N0} records in {streamed.Seconds:0.00} s = {ingestPerSecond:N0} records/s; ack latency p50 {p50Ms:0.0} ms, p99 {p99Ms:0.0} ms over {streamed.LatenciesMs.Count:N0} batches; "
+                + $"this process (client {options.ClientName} and server) {cpuUsPerRecord:0.00} CPU µs per record");
 
             string csv = Path.Combine(Path.GetDirectoryName(dataDirectory)!, "ingest-copy.csv");
             string psql = FindPsql(postgres.BinDirectory);
@@ -156,7 +162,8 @@ internal static class IngestLoad
 
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"RESULT ingest_records_per_s={ingestPerSecond:0} copy_records_per_s={copyPerSecond:0} ratio={ingestPerSecond / copyPerSecond:0.00} "
-            + $"binary_copy_records_per_s={binaryPerSecond:0} ratio_vs_binary={ingestPerSecond / binaryPerSecond:0.00} p50_ack_ms={p50Ms:0.0} p99_ack_ms={p99Ms:0.0} tls={(options.Tls ? "true" : "false")}"));
+            + $"binary_copy_records_per_s={binaryPerSecond:0} ratio_vs_binary={ingestPerSecond / binaryPerSecond:0.00} p50_ack_ms={p50Ms:0.0} p99_ack_ms={p99Ms:0.0} tls={(options.Tls ? "true" : "false")} client={options.ClientName} "
+            + $"process_cpu_us_per_record={cpuUsPerRecord:0.00}"));
         return 0;
     }
 
@@ -207,10 +214,50 @@ internal static class IngestLoad
             streams[i] = ($"load-{i}-{site.Site}", site);
         }
 
-        var (elapsed, latencies, results) = await StreamRecordsAsync(channel, apiKey,
-            streams.Select((s, i) => new LoadStream(s.StreamId, s.Site.RecordAt, (ulong)(perStream + (i < options.Records % options.Streams ? 1 : 0)))).ToArray(),
-            options.BatchRecords, options.WindowBatches);
-        return new Streamed(elapsed, latencies, streams.Select(s => s.Site).ToArray(), results);
+        LoadStream[] loadStreams = streams.Select((s, i) => new LoadStream(s.StreamId, s.Site.RecordAt, (ulong)(perStream + (i < options.Records % options.Streams ? 1 : 0)))).ToArray();
+        PreparedStreams.Prepared[]? prepared = null;
+        if (options.Client == LoadClient.Prepared)
+        {
+            var preparing = Stopwatch.StartNew();
+            prepared = PreparedStreams.Prepare(loadStreams, options.BatchRecords);
+            Console.WriteLine($"load: client prepared: {prepared.Sum(p => p.Messages.Length):N0} batch messages of {loadStreams.Length} streams serialised in memory "
+                + $"({prepared.Sum(p => p.Bytes) / (1024.0 * 1024.0):N0} MiB) in {preparing.Elapsed.TotalSeconds:0.0} s, not timed");
+        }
+
+        // This process's CPU time (client and server together) over the timed part only.
+        TimeSpan cpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
+        var (elapsed, latencies, results) = prepared is not null
+            ? await StreamPreparedAsync(channel, apiKey, prepared, options.BatchRecords, options.WindowBatches)
+            : await StreamRecordsAsync(channel, apiKey, loadStreams, options.BatchRecords, options.WindowBatches);
+        TimeSpan cpu = Process.GetCurrentProcess().TotalProcessorTime - cpuBefore;
+        return new Streamed(elapsed, latencies, streams.Select(s => s.Site).ToArray(), results, cpu.TotalSeconds);
+    }
+
+    /// <summary>
+    /// `--client prepared`: streams the batches that <see cref="PreparedStreams.Prepare"/> generated
+    /// and serialised before the clock starts (as the binary baseline encodes its rows) as they
+    /// are, one gRPC call per stream over the one channel; returns what
+    /// <see cref="StreamRecordsAsync"/> returns.
+    /// </summary>
+    internal static async Task<(double Seconds, List<double> LatenciesMs, StreamResult[] Results)> StreamPreparedAsync(
+        GrpcChannel channel, string apiKey, PreparedStreams.Prepared[] prepared, int batchRecords, int windowBatches)
+    {
+        ulong total = (ulong)prepared.Sum(p => (decimal)p.Records);
+        var committed = new ulong[prepared.Length];
+        var latencies = new List<double>[prepared.Length];
+        var clock = Stopwatch.StartNew();
+        var runs = new Task<StreamResult>[prepared.Length];
+        for (int i = 0; i < prepared.Length; i++)
+        {
+            int index = i;
+            latencies[index] = [];
+            runs[i] = PreparedStreams.RunAsync(channel, apiKey, prepared[i], batchRecords, windowBatches,
+                mark => Volatile.Write(ref committed[index], mark),
+                latency => latencies[index].Add(latency.TotalMilliseconds));
+        }
+
+        StreamResult[] results = await AwaitWithProgressAsync(runs, committed, total, clock);
+        return (clock.Elapsed.TotalSeconds, latencies.SelectMany(l => l).ToList(), results);
     }
 
     /// <summary>
@@ -242,6 +289,19 @@ internal static class IngestLoad
             runs[i] = streamer.RunAsync(streams[i].StreamId, streams[i].RecordAt, streams[i].Records, CancellationToken.None);
         }
 
+        StreamResult[] results = await AwaitWithProgressAsync(runs, committed, total, clock);
+        double elapsed = clock.Elapsed.TotalSeconds;
+        if (results.Any(r => r.Connections != 1))
+        {
+            Console.WriteLine($"load: {results.Sum(r => r.Connections - 1)} reconnect(s) during the run");
+        }
+
+        return (elapsed, latencies.SelectMany(l => l).ToList(), results);
+    }
+
+    /// <summary>Waits for the streams' runs, printing the committed records each second.</summary>
+    private static async Task<StreamResult[]> AwaitWithProgressAsync(Task<StreamResult>[] runs, ulong[] committed, ulong total, Stopwatch clock)
+    {
         Task<StreamResult[]> all = Task.WhenAll(runs);
         ulong previous = 0;
         double previousSeconds = 0;
@@ -259,14 +319,7 @@ internal static class IngestLoad
             previousSeconds = seconds;
         }
 
-        StreamResult[] results = await all;
-        double elapsed = clock.Elapsed.TotalSeconds;
-        if (results.Any(r => r.Connections != 1))
-        {
-            Console.WriteLine($"load: {results.Sum(r => r.Connections - 1)} reconnect(s) during the run");
-        }
-
-        return (elapsed, latencies.SelectMany(l => l).ToList(), results);
+        return await all;
     }
 
     /// <summary>
@@ -308,7 +361,7 @@ internal static class IngestLoad
         Console.WriteLine($"verify: {streamed.Results.Length} chains intact and equal to the acknowledged heads; usage {storedUsageNpfh:N0} nPFh as expected ({clock.Elapsed.TotalSeconds:0.0} s, not timed)");
     }
 
-    internal sealed record Streamed(double Seconds, List<double> LatenciesMs, SimulatedCluster[] Sites, StreamResult[] Results);
+    internal sealed record Streamed(double Seconds, List<double> LatenciesMs, SimulatedCluster[] Sites, StreamResult[] Results, double ProcessCpuSeconds);
 
     internal static double Percentile(List<double> sorted, double quantile) =>
         sorted.Count == 0 ? 0 : sorted[Math.Clamp((int)Math.Ceiling(quantile * sorted.Count) - 1, 0, sorted.Count - 1)];
@@ -388,13 +441,28 @@ internal static class IngestLoad
     }
 }
 
-/// <summary>The load tool's command line.</summary>
 /// <summary>One stream of a load: its id, its records by sequence (1-based) and how many.</summary>
 internal sealed record LoadStream(string StreamId, Func<ulong, UsageRecord> RecordAt, ulong Records);
 
-internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches, bool Tls, bool LogStatements = false, int Servers = 1, int? GroupCommit = null, int? InFlight = null,
-    int? GroupCommitsInFlight = null)
+/// <summary>
+/// How the load's client makes what it sends. Prepared: every batch generated and serialised before
+/// the clock starts, as the binary baseline's rows are encoded before its clock starts. Agent: the
+/// client library's streamer, which generates each record and serialises each batch inside the
+/// clock, on the same cores as the server and PostgreSQL, as a provider's agent does.
+/// </summary>
+internal enum LoadClient
 {
+    Prepared,
+    Agent,
+}
+
+/// <summary>The load tool's command line.</summary>
+internal sealed record LoadOptions(long Records, int Streams, string DataDirectory, int BatchRecords, int WindowBatches, bool Tls, bool LogStatements = false, int Servers = 1, int? GroupCommit = null, int? InFlight = null,
+    int? GroupCommitsInFlight = null, LoadClient Client = LoadClient.Prepared)
+{
+    /// <summary>The mode's name as `--client` takes it and the RESULT line prints it.</summary>
+    public string ClientName => Client == LoadClient.Prepared ? "prepared" : "agent";
+
     public const long RecordsMax = 100_000_000;
     public const int StreamsMax = 64;
     public const int WindowBatchesMax = 64;
@@ -426,6 +494,8 @@ internal sealed record LoadOptions(long Records, int Streams, string DataDirecto
         int? groupCommit = values.TryGetValue("group-commit", out string? group) ? int.Parse(group, CultureInfo.InvariantCulture) : null;
         int? inFlight = values.TryGetValue("in-flight", out string? ahead) ? int.Parse(ahead, CultureInfo.InvariantCulture) : null;
         int? groupsInFlight = values.TryGetValue("group-commits-in-flight", out string? groups) ? int.Parse(groups, CultureInfo.InvariantCulture) : null;
+        string clientName = values.GetValueOrDefault("client", "prepared");
+        LoadClient client = clientName == "agent" ? LoadClient.Agent : LoadClient.Prepared;
         error = records is < 1 or > RecordsMax ? $"--records must be 1 to {RecordsMax}"
             : streams < 1 || streams > StreamsMax || streams > records ? $"--streams must be 1 to {StreamsMax} and at most --records"
             : batch is < 1 or > 100_000 ? "--batch must be 1 to 100000"
@@ -435,7 +505,8 @@ internal sealed record LoadOptions(long Records, int Streams, string DataDirecto
             : groupCommit is < 1 or > 256 ? "--group-commit must be 1 to 256"
             : inFlight is < 1 or > 8 ? "--in-flight must be 1 to 8"
             : groupsInFlight is < 1 or > 4 ? "--group-commits-in-flight must be 1 to 4"
+            : clientName is not ("prepared" or "agent") ? "--client must be prepared or agent"
             : null;
-        return error is null ? new LoadOptions(records, streams, dataDirectory, batch, window, tls, logStatements, servers, groupCommit, inFlight, groupsInFlight) : null;
+        return error is null ? new LoadOptions(records, streams, dataDirectory, batch, window, tls, logStatements, servers, groupCommit, inFlight, groupsInFlight, client) : null;
     }
 }

@@ -53,7 +53,7 @@ internal static class ServersLoad
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"RESULT servers={options.Servers} one_server_records_per_s={one.RecordsPerSecond:0} servers_records_per_s={many.RecordsPerSecond:0} "
             + $"ratio_servers={many.RecordsPerSecond / one.RecordsPerSecond:0.00} p99_ack_ms_one={one.P99Ms:0.0} p99_ack_ms_servers={many.P99Ms:0.0} "
-            + $"bytes_per_record={footprint.BytesPerRecord} hosts=processes tls={(options.Tls ? "true" : "false")}"));
+            + $"bytes_per_record={footprint.BytesPerRecord} hosts=processes tls={(options.Tls ? "true" : "false")} client={options.ClientName}"));
         return 0;
     }
 
