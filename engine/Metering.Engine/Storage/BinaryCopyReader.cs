@@ -69,7 +69,7 @@ internal sealed class BinaryCopyReader
 
         while (true)
         {
-            int length = RowLength();
+            int length = TakeRow();
             if (length == 0)
             {
                 // The trailer: a field count of -1, then the end of the stream.
@@ -80,7 +80,6 @@ internal sealed class BinaryCopyReader
 
             if (length > 0)
             {
-                SetFields();
                 Rows++;
                 return true;
             }
@@ -124,10 +123,12 @@ internal sealed class BinaryCopyReader
     }
 
     /// <summary>
-    /// The byte length of the row at the start of the buffer, 0 for the trailer, or -1 when the
-    /// buffer does not hold it whole yet.
+    /// Takes the row at the start of the buffer in one pass over its field lengths: records where
+    /// each field lies, moves past the row and returns its byte length; 0 for the trailer (not
+    /// taken); -1 when the buffer does not hold the whole row yet (nothing taken, and the fields
+    /// of the row before are no longer valid).
     /// </summary>
-    private int RowLength()
+    private int TakeRow()
     {
         ReadOnlySpan<byte> row = _buffer.AsSpan(_start, _end - _start);
         if (row.Length < 2)
@@ -141,13 +142,16 @@ internal sealed class BinaryCopyReader
             return 0;
         }
 
-        if (fields != _fieldStart.Length)
+        int[] starts = _fieldStart;
+        int[] lengths = _fieldLength;
+        if (fields != starts.Length)
         {
-            throw new InvalidDataException($"Row {Rows + 1} of the COPY stream has {fields} fields; {_fieldStart.Length} were expected.");
+            throw new InvalidDataException($"Row {Rows + 1} of the COPY stream has {fields} fields; {starts.Length} were expected.");
         }
 
+        int rowBytesMax = RowBytesMax;
         int at = 2;
-        for (int i = 0; i < fields; i++)
+        for (int i = 0; i < starts.Length; i++)
         {
             if (row.Length < at + 4)
             {
@@ -155,35 +159,28 @@ internal sealed class BinaryCopyReader
             }
 
             int length = BinaryPrimitives.ReadInt32BigEndian(row[at..]);
-            if (length < -1 || length > RowBytesMax)
+            if (length < -1 || length > rowBytesMax)
             {
-                throw new InvalidDataException($"Field {i + 1} of row {Rows + 1} of the COPY stream claims {length} bytes; a row is at most {RowBytesMax} bytes.");
+                throw new InvalidDataException($"Field {i + 1} of row {Rows + 1} of the COPY stream claims {length} bytes; a row is at most {rowBytesMax} bytes.");
             }
 
-            at += 4 + Math.Max(length, 0);
-            if (at > RowBytesMax)
-            {
-                throw new InvalidDataException($"Row {Rows + 1} of the COPY stream is longer than {RowBytesMax} bytes.");
-            }
-        }
-
-        return row.Length < at ? -1 : at;
-    }
-
-    /// <summary>Records where each field of the (whole, checked) row at the start of the buffer lies, and moves past it.</summary>
-    private void SetFields()
-    {
-        int at = _start + 2;
-        for (int i = 0; i < _fieldStart.Length; i++)
-        {
-            int length = BinaryPrimitives.ReadInt32BigEndian(_buffer.AsSpan(at));
             at += 4;
-            _fieldStart[i] = at;
-            _fieldLength[i] = length;
+            starts[i] = _start + at;
+            lengths[i] = length;
             at += Math.Max(length, 0);
+            if (at > rowBytesMax)
+            {
+                throw new InvalidDataException($"Row {Rows + 1} of the COPY stream is longer than {rowBytesMax} bytes.");
+            }
         }
 
-        _start = at;
+        if (row.Length < at)
+        {
+            return -1;
+        }
+
+        _start += at;
+        return at;
     }
 
     /// <summary>Reads until the buffer holds at least <paramref name="bytes"/> unread bytes, moving the unread tail to the front first.</summary>

@@ -220,6 +220,71 @@ public sealed class ChainVerifierTests(PostgresFixture postgres)
         Assert.Equal(onePass.Break, broken.Break);
     }
 
+    [Theory]
+    [InlineData(2_000UL)]
+    [InlineData(2_001UL)]
+    public async Task A_rewrite_at_a_segment_boundary_whose_own_hash_was_recomputed_is_caught_at_the_next_record(ulong rewritten)
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await scene.StreamAsync(Stream, AuditScene.Records(1, 5_000, AuditScene.EarlyStartMs));
+        var segmented = new ChainVerifier(scene.DataSource, new VerifierLimits { ParallelReadersMax = 5, SegmentRecordsMin = 1_000 });
+        var onePass = new ChainVerifier(scene.DataSource, new VerifierLimits { ParallelReadersMax = 1 });
+
+        // The cheater changes a record next to a segment boundary (2,000 is the last record of
+        // the second segment, whose stored hash the third segment starts from; 2,001 is the first
+        // record of the third) and stores the hash that its previous record and new content give,
+        // as the verifier itself computes it. The record then verifies on its own, and the
+        // segment after 2,000 starts from the cheater's hash.
+        await scene.TamperAsync($"UPDATE usage_records SET job_id = 'forged' WHERE {Where} AND sequence = @rewritten", new { rewritten = (long)rewritten });
+        ChainBreak forged = (await onePass.VerifyStreamAsync(TestRecords.Provider, Stream)).Break!;
+        Assert.Equal((rewritten, ChainBreakKind.HashMismatch), (forged.Sequence, forged.Kind));
+        await scene.TamperAsync($"UPDATE usage_records SET chain_hash = @hash WHERE {Where} AND sequence = @rewritten",
+            new { hash = Convert.FromHexString(forged.ComputedHashHex), rewritten = (long)rewritten });
+
+        ChainVerification broken = await segmented.VerifyStreamAsync(TestRecords.Provider, Stream);
+        ChainVerification reference = await onePass.VerifyStreamAsync(TestRecords.Provider, Stream);
+
+        // The next record was chained to the hash the rewrite replaced.
+        Assert.Equal(rewritten + 1, broken.FirstBrokenSequence);
+        Assert.Equal(ChainBreakKind.HashMismatch, broken.Break!.Kind);
+        Assert.Equal(forged.ComputedHashHex, broken.Break.PreviousHashHex);
+        Assert.Equal(reference.Break, broken.Break);
+        Assert.Equal(rewritten, broken.RecordsChecked);
+    }
+
+    [Fact]
+    public async Task A_verification_cancelled_while_it_reads_stops_and_leaves_the_pool_usable()
+    {
+        await using AuditScene scene = await AuditScene.StartAsync(postgres);
+        await scene.StreamAsync(Stream, AuditScene.Records(1, 5_000, AuditScene.EarlyStartMs));
+        var verifier = new ChainVerifier(scene.DataSource);
+        using var cancel = new CancellationTokenSource();
+        var sink = new CancellingSink(cancel, afterRecords: 100);
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => verifier.VerifyStreamAsync(TestRecords.Provider, Stream, VerificationRange.Whole, sink, cancel.Token));
+
+        // No record past the one that cancelled was verified, and the next verification (on the
+        // pool's connections) reads every record.
+        Assert.Equal(100, sink.Records);
+        ChainVerification after = await verifier.VerifyStreamAsync(TestRecords.Provider, Stream);
+        Assert.True(after.Intact, after.Evidence);
+        Assert.Equal(5_000UL, after.RecordsChecked);
+    }
+
+    /// <summary>Cancels the verification from inside it, once it has seen some records.</summary>
+    private sealed class CancellingSink(CancellationTokenSource cancel, int afterRecords) : ICanonicalSink
+    {
+        public int Records { get; private set; }
+
+        public void Write(ReadOnlySpan<byte> canonical)
+        {
+            if (++Records == afterRecords)
+            {
+                cancel.Cancel();
+            }
+        }
+    }
+
     [Fact]
     public async Task A_provider_is_verified_stream_by_stream_and_only_the_tampered_stream_breaks()
     {

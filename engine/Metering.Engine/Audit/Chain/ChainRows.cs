@@ -77,18 +77,41 @@ internal static class ChainRows
 /// <summary>The rows of one segment and what to close when they are read.</summary>
 internal sealed class ChainRowSource(BinaryCopyReader rows, NpgsqlRawCopyStream copy, NpgsqlConnection connection) : IAsyncDisposable
 {
-    private bool _abandoned;
+    private int _abandoned;
 
     public BinaryCopyReader Rows => rows;
 
     /// <summary>
     /// Stops the read before its end. Closing a COPY that is still sending reads the rest of it,
-    /// so the statement is cancelled first; the rest of a long segment is then never sent.
+    /// so the statement is cancelled first; the rest of a long segment is then never sent. Only
+    /// the first call cancels.
     /// </summary>
     public async ValueTask AbandonAsync()
     {
-        _abandoned = true;
-        await copy.CancelAsync();
+        if (Interlocked.Exchange(ref _abandoned, 1) == 0)
+        {
+            await copy.CancelAsync();
+        }
+    }
+
+    /// <summary>
+    /// <see cref="AbandonAsync"/> for a cancellation callback, on whichever thread cancels, while
+    /// a read may wait for rows (the read then fails with the server's cancellation). It must not
+    /// throw into whoever cancelled: a cancellation that cannot be sent leaves the read to run on.
+    /// </summary>
+    public void AbandonQuietly()
+    {
+        try
+        {
+            if (Interlocked.Exchange(ref _abandoned, 1) == 0)
+            {
+                copy.Cancel();
+            }
+        }
+        catch (Exception e) when (e is NpgsqlException or InvalidOperationException or IOException or System.Net.Sockets.SocketException)
+        {
+            // The reading side ends or fails on its own.
+        }
     }
 
     public async ValueTask DisposeAsync()
@@ -97,7 +120,7 @@ internal sealed class ChainRowSource(BinaryCopyReader rows, NpgsqlRawCopyStream 
         {
             await copy.DisposeAsync();
         }
-        catch (PostgresException e) when (_abandoned && e.SqlState == PostgresErrorCodes.QueryCanceled)
+        catch (PostgresException e) when (Volatile.Read(ref _abandoned) == 1 && e.SqlState == PostgresErrorCodes.QueryCanceled)
         {
             // The cancellation asked for in AbandonAsync.
         }

@@ -256,11 +256,28 @@ public sealed class ChainVerifier
     private async Task<SegmentResult> VerifySegmentAsync(string providerId, string streamId, ulong first, ulong last, ICanonicalSink? sink, CancellationToken cancellationToken)
     {
         await using ChainRowSource source = await ChainRows.OpenAsync(_dataSource, providerId, streamId, first > 1 ? first - 1 : 1, last, cancellationToken);
+
+        // Cancellation cancels the statement once, which fails a read that waits for rows; the
+        // reads themselves go without a token, since Npgsql registers and unregisters a token on
+        // every read, and a read here returns one row.
+        await using CancellationTokenRegistration cancel = cancellationToken.Register(static state => ((ChainRowSource)state!).AbandonQuietly(), source);
+        try
+        {
+            return await ReadSegmentAsync(source, providerId, streamId, first, last, sink, cancellationToken);
+        }
+        catch (Exception e) when (cancellationToken.IsCancellationRequested && e is NpgsqlException or InvalidOperationException or IOException)
+        {
+            throw new OperationCanceledException("The verification was cancelled.", e, cancellationToken);
+        }
+    }
+
+    private static async Task<SegmentResult> ReadSegmentAsync(ChainRowSource source, string providerId, string streamId, ulong first, ulong last, ICanonicalSink? sink, CancellationToken cancellationToken)
+    {
         BinaryCopyReader rows = source.Rows;
         byte[] previous = new byte[CanonicalEncoding.HashBytes];
         if (first > 1)
         {
-            bool anchored = await rows.ReadAsync(cancellationToken) && !rows.IsNull(0) && rows.Int64(0) == (long)(first - 1);
+            bool anchored = await rows.ReadAsync(CancellationToken.None) && !rows.IsNull(0) && rows.Int64(0) == (long)(first - 1);
             if (!anchored || rows.Field(12).Length != CanonicalEncoding.HashBytes)
             {
                 await source.AbandonAsync();
@@ -276,8 +293,10 @@ public sealed class ChainVerifier
         ulong expected = first;
         long canonicalBytes = 0;
         SegmentResult? outcome = null;
-        while (await rows.ReadAsync(cancellationToken))
+        while (await rows.ReadAsync(CancellationToken.None))
         {
+            // Rows already in the reader's buffer come without a read that could fail.
+            cancellationToken.ThrowIfCancellationRequested();
             if (rows.IsNull(0))
             {
                 // Only a row written around the table's constraints can get here.
