@@ -364,10 +364,20 @@ public sealed class IngestSession
             throw new InvalidOperationException("Only a batch that follows the last one begun, with a slot free, on a group-committed stream, is begun ahead.");
         }
 
+        CommitSlot slot = PrepareAhead(records);
+        slot.Commit = _committer!.CommitAsync(ProviderId, new PendingCommit(StreamId, _preparedThrough, slot.Rows, _admission.Epoch, _admission.Fleet, slot.Steps, cancellationToken));
+        Advance(slot);
+    }
+
+    /// <summary>
+    /// Validates, normalises and chains a batch to be begun ahead into the next free slot, and
+    /// starts its trace; <see cref="Advance"/> then counts it in once its commit is set.
+    /// </summary>
+    private CommitSlot PrepareAhead(IReadOnlyList<IngestRecord> records)
+    {
         CheckShape(records, _preparedThrough);
         Validate(records, 0);
-        int index = (_aheadFirst + _aheadCount) % _slots.Length;
-        CommitSlot slot = _slots[index] ??= NewSlot();
+        CommitSlot slot = _slots[(_aheadFirst + _aheadCount) % _slots.Length] ??= NewSlot();
         Prepare(slot.Rows, records, 0, _preparedHead);
         slot.EpochStep.ExpectedEpoch = _admission.Epoch;
         slot.FleetStep.Fleet = _admission.Fleet;
@@ -377,7 +387,12 @@ public sealed class IngestSession
         slot.Span = MeteringTelemetry.StartBatch(ProviderId, StreamId, records.Count);
         Activity.Current = current;
         slot.LastSequence = records[^1].Sequence;
-        slot.Commit = _committer!.CommitAsync(ProviderId, new PendingCommit(StreamId, _preparedThrough, slot.Rows, _admission.Epoch, _admission.Fleet, slot.Steps, cancellationToken));
+        return slot;
+    }
+
+    /// <summary>Counts in a batch begun ahead: the next batch starts after it and chains on its last hash.</summary>
+    private void Advance(CommitSlot slot)
+    {
         _aheadCount++;
         _preparedThrough = slot.LastSequence;
         slot.Rows.HashAt(slot.Rows.Count - 1).Span.CopyTo(_preparedHead);
@@ -405,17 +420,8 @@ public sealed class IngestSession
             throw new InvalidOperationException("Only a batch that follows the last one begun, with a slot free, on a stream without a group commit, is begun ahead with a step alongside.");
         }
 
-        CheckShape(records, _preparedThrough);
-        Validate(records, 0);
         int index = (_aheadFirst + _aheadCount) % _slots.Length;
-        CommitSlot slot = _slots[index] ??= NewSlot();
-        Prepare(slot.Rows, records, 0, _preparedHead);
-        slot.EpochStep.ExpectedEpoch = _admission.Epoch;
-        slot.FleetStep.Fleet = _admission.Fleet;
-        Activity? current = Activity.Current;
-        slot.Span = MeteringTelemetry.StartBatch(ProviderId, StreamId, records.Count);
-        Activity.Current = current;
-        slot.LastSequence = records[^1].Sequence;
+        CommitSlot slot = PrepareAhead(records);
         CommitSlot? before = _aheadCount > 0 ? _slots[(index + _slots.Length - 1) % _slots.Length] : null;
         Task ahead = before?.Commit ?? Task.CompletedTask;
         Task aheadCopied = before?.Copied ?? Task.CompletedTask;
@@ -423,9 +429,7 @@ public sealed class IngestSession
         var copied = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         slot.Copied = copied.Task;
         slot.Commit = CommitAfterAsync(new StreamBatch(StreamId, _preparedThrough, slot.Rows), [.. slot.Steps, alongside], aheadCopied, copied, ahead, aheadExpected, cancellationToken);
-        _aheadCount++;
-        _preparedThrough = slot.LastSequence;
-        slot.Rows.HashAt(slot.Rows.Count - 1).Span.CopyTo(_preparedHead);
+        Advance(slot);
         return slot.Commit;
     }
 
