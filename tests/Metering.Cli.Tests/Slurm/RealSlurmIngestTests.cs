@@ -110,13 +110,11 @@ public sealed class RealSlurmIngestTests(PostgresFixture postgres, SlurmClusterF
         string requeued = await Cluster.SubmitAsync("-A", SlurmCluster.Account, "--gres=gpu:a100:1", "--wrap", "if [ -n \"$SLURM_RESTART_COUNT\" ]; then sleep 2; else sleep 60; fi");
         await Cluster.WaitForStateAsync(requeued, "RUNNING");
         await Task.Delay(TimeSpan.FromSeconds(2));
-        await Cluster.RunCheckedAsync("scontrol", "requeue", requeued);
-
         // Slurm holds a requeued batch job back for a while (its BeginTime about two minutes
         // later) before it may start again; releasing it at once keeps the test short. The
         // release is refused while the old run is still completing, so it is repeated until the
         // job is no longer pending.
-        await Cluster.ReleasePendingAsync(requeued);
+        await Cluster.RequeueAsync(requeued);
         await Cluster.WaitForEndAsync(requeued);
         await Cluster.WaitForStateAsync(requeued, "COMPLETED", "REQUEUED");
         string sacct = await Cluster.SacctAsync(requeued);

@@ -240,7 +240,8 @@ internal sealed class SlurmCluster : IAsyncDisposable
             string queue = (await RunAsync("squeue", "-a", "-o", "%i %T %r %b")).Output;
             string node = (await RunAsync("sinfo", "-N", "-o", "%N %T %E %G")).Output;
             string accounted = (await RunAsync("sacct", "-n", "-P", "-X", "-j", jobId, "--format=JobID,State,Start,End")).Output;
-            throw new TimeoutException($"{e.Message}\nsqueue:\n{queue}\nsinfo:\n{node}\nsacct:\n{accounted}", e);
+            // The daemons' logs say why a run ended as it did (a launch refused, a node drained).
+            throw new TimeoutException($"{e.Message}\nsqueue:\n{queue}\nsinfo:\n{node}\nsacct:\n{accounted}\n{LogTails()}", e);
         }
     }
 
@@ -256,6 +257,22 @@ internal sealed class SlurmCluster : IAsyncDisposable
         }, TimeSpan.FromSeconds(120));
 
     /// <summary>
+    /// Requeues a running batch job (<c>scontrol requeue</c>) and lets its next run start at once
+    /// instead of minutes later (<see cref="ReleasePendingAsync"/>).
+    /// </summary>
+    public async Task RequeueAsync(string jobId)
+    {
+        await RunCheckedAsync("scontrol", "requeue", jobId);
+        // The requeue revokes the old run's job credential as of its second, and slurmctld counts
+        // a credential issued within that same second as revoked too: a run released that soon is
+        // killed at launch ("Killing non-startable batch JobId=…: Job credential revoked" in
+        // slurmctld.log) and ends FAILED. Slurm's own hold of a requeued job (a BeginTime minutes
+        // away) never meets this; a release must first let the clock pass into a later second.
+        await Task.Delay(TimeSpan.FromSeconds(2));
+        await ReleasePendingAsync(jobId);
+    }
+
+    /// <summary>
     /// Sets a requeued job's start time to now until its new run has started (at most 60 s):
     /// Slurm refuses the change while the previous run is still completing, and only then does
     /// the job pend with a BeginTime minutes away. The controller's state is read, since sacct
@@ -263,7 +280,7 @@ internal sealed class SlurmCluster : IAsyncDisposable
     /// the new run from the old one, even where a poll never saw the job between the two, and a
     /// job the controller no longer knows has ended its last run.
     /// </summary>
-    public async Task ReleasePendingAsync(string jobId)
+    private async Task ReleasePendingAsync(string jobId)
     {
         string show = "";
         try
