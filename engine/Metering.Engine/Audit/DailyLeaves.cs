@@ -55,13 +55,16 @@ public sealed class DayNotSettledException(string message) : Exception(message);
 /// <summary>
 /// A run of one stream's records as they were read: their sequences and 32-byte hashes, chain
 /// hashes until <see cref="HashLeaves"/> turns them, in place, into leaf hashes. A chunk is
-/// written by the reading thread until full and is then left to a hashing task alone.
+/// written by the reading thread until full and is then left to a hashing task alone. Only the
+/// first <see cref="Count"/> slots hold anything: the arrays are not cleared when made (the
+/// sequences are, where <paramref name="zeroedSequences"/>), so that the runtime does not write
+/// memory before the chunk does.
 /// </summary>
-internal sealed class LeafChunk(int capacity)
+internal sealed class LeafChunk(int capacity, bool zeroedSequences = false)
 {
-    public long[] Sequences { get; } = new long[capacity];
+    public long[] Sequences { get; } = zeroedSequences ? new long[capacity] : GC.AllocateUninitializedArray<long>(capacity);
 
-    public byte[] Hashes { get; } = new byte[capacity * MerkleTree.HashBytes];
+    public byte[] Hashes { get; } = GC.AllocateUninitializedArray<byte>(capacity * MerkleTree.HashBytes);
 
     public int Count { get; set; }
 
@@ -75,9 +78,26 @@ internal sealed class LeafChunk(int capacity)
 }
 
 /// <summary>
+/// Leaves <see cref="Start"/> to <see cref="Start"/> + <see cref="Count"/> of a chunk, whose
+/// sequences follow one another without a gap.
+/// </summary>
+internal readonly record struct LeafPiece(LeafChunk Chunk, int Start, int Count)
+{
+    public long FirstSequence => Chunk.Sequences[Start];
+
+    public long LastSequence => Chunk.Sequences[Start + Count - 1];
+
+    public ReadOnlySpan<long> Sequences => Chunk.Sequences.AsSpan(Start, Count);
+
+    public ReadOnlyMemory<byte> Hashes => Chunk.Hashes.AsMemory(Start * MerkleTree.HashBytes, Count * MerkleTree.HashBytes);
+}
+
+/// <summary>
 /// One stream's records of a day as they are read, in chunks that are hashed into leaves as they
 /// fill, on the thread pool, while the read is still going on; put in sequence order once
-/// all are read and hashed.
+/// all are read and hashed. The leaves are kept as pieces of consecutive sequences
+/// (<see cref="LeafPiece"/>), so that a stream whose runs came out of order is most often put in
+/// order by sorting its pieces, without moving a leaf.
 /// </summary>
 internal sealed class StreamLeaves(string providerId, string streamId, byte[] providerUtf8, byte[] streamUtf8)
 {
@@ -97,7 +117,16 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
     /// </summary>
     public const int PlacedSpreadMax = 4;
 
+    /// <summary>
+    /// A stream out of order is put in order by sorting its pieces when it has at most one piece
+    /// per this many leaves; a stream cut into smaller pieces (records of other days between
+    /// nearly every two of its own) is placed or sorted leaf by leaf.
+    /// </summary>
+    public const int PieceLeavesMin = 8;
+
     private List<LeafChunk> _chunks = [new LeafChunk(ChunkRecordsFirst)];
+    private List<LeafPiece> _pieces = [];
+    private int _pieceStart;
     private long _last = long.MinValue;
     private long _smallest = long.MaxValue;
     private long _largest = long.MinValue;
@@ -116,8 +145,8 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
     /// <summary>Sum of the records' usage_npfh.</summary>
     public long UsageNpfh { get; private set; }
 
-    /// <summary>The chunks in order; once <see cref="Order"/> has run, leaf hashes in leaf order.</summary>
-    public IReadOnlyList<LeafChunk> Chunks => _chunks;
+    /// <summary>The pieces, once <see cref="Finish"/> has run; once <see cref="Order"/> has run, leaf hashes in leaf order.</summary>
+    public IReadOnlyList<LeafPiece> Pieces => _pieces;
 
     /// <summary>Appends a record; a chunk it fills is hashed, on the thread pool (added to <paramref name="hashing"/>) when it is large.</summary>
     public void Add(long sequence, ReadOnlySpan<byte> chainHash, long usageNpfh, List<Task> hashing)
@@ -148,6 +177,11 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
     private void Append(long sequence, ReadOnlySpan<byte> chainHash, List<Task> hashing)
     {
         LeafChunk chunk = _chunks[^1];
+        if (sequence != _last + 1)
+        {
+            ClosePiece(chunk);
+        }
+
         chunk.Sequences[chunk.Count] = sequence;
         chainHash.CopyTo(chunk.Hashes.AsSpan(chunk.Count * MerkleTree.HashBytes));
         chunk.Count++;
@@ -158,13 +192,29 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
         _largest = Math.Max(_largest, sequence);
         if (chunk.Full)
         {
+            ClosePiece(chunk);
             Hash(chunk, hashing);
             _chunks.Add(new LeafChunk(Math.Min(chunk.Sequences.Length * 2, ChunkRecordsMax)));
+            _pieceStart = 0;
         }
     }
 
-    /// <summary>Hashes the last, partly filled chunk; every full one was handed over as it filled.</summary>
-    public void Finish(List<Task> hashing) => Hash(_chunks[^1], hashing);
+    /// <summary>Ends the piece open in the last chunk, if it holds a leaf; the next leaf begins one.</summary>
+    private void ClosePiece(LeafChunk chunk)
+    {
+        if (chunk.Count > _pieceStart)
+        {
+            _pieces.Add(new LeafPiece(chunk, _pieceStart, chunk.Count - _pieceStart));
+            _pieceStart = chunk.Count;
+        }
+    }
+
+    /// <summary>Hashes the last, partly filled chunk (every full one was handed over as it filled) and ends the last piece.</summary>
+    public void Finish(List<Task> hashing)
+    {
+        ClosePiece(_chunks[^1]);
+        Hash(_chunks[^1], hashing);
+    }
 
     /// <summary>
     /// Appends the same stream's leaves from a later part of the table (the next segment of a
@@ -178,8 +228,9 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
             return;
         }
 
-        _ordered &= later._ordered && later._chunks[0].Sequences[0] > _last;
+        _ordered &= later._ordered && later._pieces[0].FirstSequence > _last;
         _chunks.AddRange(later._chunks);
+        _pieces.AddRange(later._pieces);
         Count += later.Count;
         UsageNpfh += later.UsageNpfh;
         _last = later._last;
@@ -196,7 +247,7 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
     /// </summary>
     public void Order()
     {
-        if (_ordered || Place())
+        if (_ordered || Reorder() || Place())
         {
             _ordered = true;
             return;
@@ -227,7 +278,35 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
         }
 
         _chunks = [ordered];
+        _pieces = [new LeafPiece(ordered, 0, Count)];
         _ordered = true;
+    }
+
+    /// <summary>
+    /// Puts the leaves in sequence order by putting the pieces in order of their first sequence,
+    /// where that leaves every sequence above the one before it, which it does unless a sequence
+    /// is stored twice: each piece holds consecutive sequences. Nothing is copied. False, with
+    /// nothing changed, where the pieces overlap or are too many (<see cref="PieceLeavesMin"/>).
+    /// </summary>
+    private bool Reorder()
+    {
+        if (_pieces.Count > Math.Max(1, Count / PieceLeavesMin))
+        {
+            return false;
+        }
+
+        LeafPiece[] pieces = [.. _pieces];
+        Array.Sort(pieces, (a, b) => a.FirstSequence.CompareTo(b.FirstSequence));
+        for (int i = 1; i < pieces.Length; i++)
+        {
+            if (pieces[i].FirstSequence <= pieces[i - 1].LastSequence)
+            {
+                return false;
+            }
+        }
+
+        _pieces = [.. pieces];
+        return true;
     }
 
     /// <summary>
@@ -246,7 +325,7 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
         }
 
         // A slot's sequence stays 0 until a leaf lands in it: stored sequences are positive.
-        var placed = new LeafChunk((int)span);
+        var placed = new LeafChunk((int)span, zeroedSequences: true);
         foreach (LeafChunk chunk in _chunks)
         {
             for (int i = 0; i < chunk.Count; i++)
@@ -284,6 +363,7 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
         Debug.Assert(kept == Count);
         placed.Count = kept;
         _chunks = [placed];
+        _pieces = [new LeafPiece(placed, 0, kept)];
         return true;
     }
 
@@ -291,10 +371,10 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
     public int IndexOf(long sequence)
     {
         int offset = 0;
-        foreach (LeafChunk chunk in _chunks)
+        foreach (LeafPiece piece in _pieces)
         {
-            ReadOnlySpan<long> sequences = chunk.Sequences.AsSpan(0, chunk.Count);
-            if (chunk.Count > 0 && sequence >= sequences[0] && sequence <= sequences[^1])
+            ReadOnlySpan<long> sequences = piece.Sequences;
+            if (sequence >= sequences[0] && sequence <= sequences[^1])
             {
                 int at = sequences.BinarySearch(sequence);
                 while (at > 0 && sequences[at - 1] == sequence)
@@ -308,7 +388,7 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
                 }
             }
 
-            offset += chunk.Count;
+            offset += piece.Count;
         }
 
         return -1;
@@ -345,10 +425,10 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
     {
         var leaves = new byte[(long)Count * MerkleTree.HashBytes];
         int at = 0;
-        foreach (LeafChunk chunk in Streams.SelectMany(s => s.Chunks))
+        foreach (LeafPiece piece in Streams.SelectMany(s => s.Pieces))
         {
-            chunk.Hashes.AsSpan(0, chunk.Count * MerkleTree.HashBytes).CopyTo(leaves.AsSpan(at));
-            at += chunk.Count * MerkleTree.HashBytes;
+            piece.Hashes.Span.CopyTo(leaves.AsSpan(at));
+            at += piece.Hashes.Length;
         }
 
         return leaves;
@@ -381,8 +461,9 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
         }
     }
 
+    /// <summary>The provider's root, folded straight from the streams' chunks, without a copy of its leaves.</summary>
     public DailyRoot Fold(DateOnly day, MerkleCutOff cutOff) =>
-        new(ProviderId, day, cutOff, Count, MerkleTree.Root(LeafHashes(), -1, null));
+        new(ProviderId, day, cutOff, Count, MerkleTree.Root(Streams.SelectMany(s => s.Pieces).Select(p => p.Hashes), Count));
 }
 
 /// <summary>

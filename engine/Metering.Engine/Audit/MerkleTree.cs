@@ -96,6 +96,70 @@ internal static class MerkleTree
         return leaves[..HashBytes].ToArray();
     }
 
+    /// <summary>
+    /// The root over <paramref name="count"/> leaf hashes held in <paramref name="pieces"/>, one
+    /// after the other (32 bytes each, a piece may end between two leaves, never inside one):
+    /// the same root as <see cref="Root"/> over the leaves copied into one buffer, without that
+    /// copy. The first level is hashed straight from the pieces into a buffer half the leaves'
+    /// size (a pair that spans two pieces through a copy of its 64 bytes), which the rest of
+    /// the fold then overwrites; the pieces are left as they are.
+    /// </summary>
+    public static byte[] Root(IEnumerable<ReadOnlyMemory<byte>> pieces, int count)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(count);
+        if (count <= 1)
+        {
+            byte[] single = [.. pieces.SelectMany(piece => piece.ToArray())];
+            return single.Length == count * HashBytes ? Root(single, -1, null) : throw new ArgumentException($"The pieces hold {single.Length} bytes, not {count} leaf hashes.", nameof(pieces));
+        }
+
+        byte[] parents = GC.AllocateUninitializedArray<byte>((count + 1) / 2 * HashBytes);
+        Span<byte> pair = stackalloc byte[2 * HashBytes];
+        int written = 0;
+        int seen = 0;
+        bool carried = false;
+        foreach (ReadOnlyMemory<byte> piece in pieces)
+        {
+            ReadOnlySpan<byte> leaves = piece.Span;
+            if (leaves.Length % HashBytes != 0 || seen + (leaves.Length / HashBytes) > count)
+            {
+                throw new ArgumentException($"A piece of {leaves.Length} bytes after {seen} leaves does not hold whole leaf hashes within {count}.", nameof(pieces));
+            }
+
+            seen += leaves.Length / HashBytes;
+            if (carried && !leaves.IsEmpty)
+            {
+                leaves[..HashBytes].CopyTo(pair[HashBytes..]);
+                Sha256Lanes.HashNodes(pair, parents.AsSpan(written * HashBytes, HashBytes));
+                written++;
+                leaves = leaves[HashBytes..];
+                carried = false;
+            }
+
+            int pairs = leaves.Length / (2 * HashBytes);
+            Sha256Lanes.HashNodes(leaves[..(pairs * 2 * HashBytes)], parents.AsSpan(written * HashBytes, pairs * HashBytes));
+            written += pairs;
+            if (leaves.Length > pairs * 2 * HashBytes)
+            {
+                leaves[^HashBytes..].CopyTo(pair);
+                carried = true;
+            }
+        }
+
+        if (seen != count)
+        {
+            throw new ArgumentException($"The pieces hold {seen} leaf hashes, not {count}.", nameof(pieces));
+        }
+
+        if (carried)
+        {
+            pair[..HashBytes].CopyTo(parents.AsSpan(written * HashBytes));
+            written++;
+        }
+
+        return Root(parents.AsSpan(0, written * HashBytes), -1, null);
+    }
+
     /// <summary>Folds a leaf hash up a proof; equal to the root when the leaf is in the tree at the proof's position.</summary>
     public static byte[] Fold(ReadOnlySpan<byte> leafHash, IEnumerable<ProofStep> steps)
     {

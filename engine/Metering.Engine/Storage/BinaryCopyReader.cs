@@ -34,14 +34,30 @@ internal sealed class BinaryCopyReader
 
     /// <param name="bufferBytes">The buffer's size; a row may take half of it. A reader whose rows may be long asks for more than the default.</param>
     public BinaryCopyReader(Stream stream, int fieldCount, int bufferBytes = BufferBytes)
+        : this(stream, fieldCount, GC.AllocateUninitializedArray<byte>(CheckedSize(bufferBytes)))
+    {
+    }
+
+    /// <summary>
+    /// A reader that parses into the caller's <paramref name="buffer"/>, which it owns until the
+    /// read ends: a caller that reads one COPY after another on a connection hands each reader the
+    /// same large buffer instead of touching fresh memory for every statement.
+    /// </summary>
+    public BinaryCopyReader(Stream stream, int fieldCount, byte[] buffer)
     {
         Debug.Assert(fieldCount is > 0 and < 1600);
-        ArgumentOutOfRangeException.ThrowIfLessThan(bufferBytes, 64 * 1024);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(bufferBytes, BufferBytesMax);
+        CheckedSize(buffer.Length);
         _stream = stream;
-        _buffer = new byte[bufferBytes];
+        _buffer = buffer;
         _fieldStart = new int[fieldCount];
         _fieldLength = new int[fieldCount];
+    }
+
+    private static int CheckedSize(int bufferBytes)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(bufferBytes, 64 * 1024);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(bufferBytes, BufferBytesMax);
+        return bufferBytes;
     }
 
     /// <summary>The longest row the reader accepts, half its buffer; a longer one is refused, not accommodated.</summary>

@@ -80,6 +80,8 @@ public sealed class LeafCollectorTests
     [InlineData(new long[] { 7, 9, 1 }, new long[] { 12, 4 })]
     [InlineData(new long[] { 1000, 1 }, new long[] { 2, 500 })]
     [InlineData(new long[] { 3, 2, 1 }, new long[] { })]
+    [InlineData(new long[] { 4, 5, 6 }, new long[] { 1, 2, 3 })]
+    [InlineData(new long[] { 70_000, 70_001, 1, 2 }, new long[] { 3, 65_536 })]
     public async Task Runs_in_any_order_give_the_leaves_of_records_read_in_sequence_order(long[] firstRun, long[] secondRun)
     {
         // Dense streams are placed by sequence (with gaps where other days' records are), a

@@ -85,6 +85,59 @@ public sealed class MerkleTreeTests
         Assert.Equal(level[0], MerkleTree.Root(leaves, -1, null));
     }
 
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(17)]
+    [InlineData(40)]
+    [InlineData(1_001)]
+    public void The_root_of_leaves_held_in_pieces_is_the_root_of_the_leaves_in_one_buffer(int count)
+    {
+        // Settlement folds a provider's root straight from its streams' chunks; any cut of the
+        // same leaves (odd pieces, so that pairs span two; empty pieces) must give the same root.
+        var random = new Random(count);
+        byte[] leaves = new byte[count * 32];
+        random.NextBytes(leaves);
+        byte[] original = leaves.ToArray();
+        byte[] expected = MerkleTree.Root(leaves.ToArray(), -1, null);
+        for (int cut = 0; cut < 20; cut++)
+        {
+            var pieces = new List<ReadOnlyMemory<byte>>();
+            int at = 0;
+            while (at < count)
+            {
+                int length = Math.Min(count - at, random.Next(0, 6));
+                pieces.Add(leaves.AsMemory(at * 32, length * 32));
+                at += length;
+            }
+
+            Assert.Equal(expected, MerkleTree.Root(pieces, count));
+        }
+
+        Assert.Equal(original, leaves);
+    }
+
+    [Theory]
+    [InlineData(3, 2)]
+    [InlineData(3, 4)]
+    [InlineData(1, 2)]
+    public void Pieces_that_do_not_hold_the_leaf_count_are_refused(int held, int count)
+    {
+        byte[] leaves = new byte[held * 32];
+
+        Assert.Throws<ArgumentException>(() => MerkleTree.Root([leaves.AsMemory()], count));
+    }
+
+    [Fact]
+    public void A_piece_that_ends_inside_a_leaf_hash_is_refused()
+    {
+        byte[] leaves = new byte[3 * 32];
+
+        Assert.Throws<ArgumentException>(() => MerkleTree.Root([leaves.AsMemory(0, 40), leaves.AsMemory(40)], 3));
+    }
+
     [Fact]
     public void Swapping_two_leaves_changes_the_root()
     {
