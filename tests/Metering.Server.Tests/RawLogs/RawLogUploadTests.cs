@@ -229,9 +229,7 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
         await server.ExecuteAsync("DROP TRIGGER refuse_job_9006 ON raw_log_jobs");
         UploadReport resumed = await UploadAsync(server, "faulty", "faulty", log[afterFirstFlush..], chunks: [log.Length - afterFirstFlush], offset: (ulong)afterFirstFlush);
 
-        Assert.True(resumed.Complete);
-        Assert.Equal((17ul, 16ul, 0ul, 16ul), (resumed.Lines, resumed.Records, resumed.LinesDuplicate, resumed.CommittedSequence));
-        Assert.Equal(await ContentAsync(server, "reference"), await ContentAsync(server, "faulty"));
+        await AssertEndsAsReferenceAsync(server, resumed, "faulty");
     }
 
     [Theory]
@@ -324,9 +322,7 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
         await server.ExecuteAsync("DROP TRIGGER refuse_job_9005 ON raw_log_jobs");
         UploadReport resumed = await UploadAsync(server, "later", "later", log[afterFirstFlush..], chunks: [log.Length - afterFirstFlush], offset: (ulong)afterFirstFlush);
 
-        Assert.True(resumed.Complete);
-        Assert.Equal((17ul, 16ul, 0ul, 16ul), (resumed.Lines, resumed.Records, resumed.LinesDuplicate, resumed.CommittedSequence));
-        Assert.Equal(await ContentAsync(server, "reference"), await ContentAsync(server, "later"));
+        await AssertEndsAsReferenceAsync(server, resumed, "later");
     }
 
     [Fact]
@@ -364,9 +360,19 @@ public sealed class RawLogUploadTests(PostgresFixture postgres)
         await server.ExecuteAsync("DROP TRIGGER refuse_first_progress ON raw_log_uploads");
         UploadReport again = await UploadAsync(server, "early", "early", log, chunks: [log.Length]);
 
-        Assert.True(again.Complete);
-        Assert.Equal((17ul, 16ul, 0ul, 16ul), (again.Lines, again.Records, again.LinesDuplicate, again.CommittedSequence));
-        Assert.Equal(await ContentAsync(server, "reference"), await ContentAsync(server, "early"));
+        await AssertEndsAsReferenceAsync(server, again, "early");
+    }
+
+    /// <summary>
+    /// Where an upload of <c>Jobs(16)</c> that failed part way must end once sent again: complete,
+    /// every line and record counted once, and stored exactly as the upload "reference" of the
+    /// same lines that never failed.
+    /// </summary>
+    private static async Task AssertEndsAsReferenceAsync(TestServer server, UploadReport report, string stream)
+    {
+        Assert.True(report.Complete);
+        Assert.Equal((17ul, 16ul, 0ul, 16ul), (report.Lines, report.Records, report.LinesDuplicate, report.CommittedSequence));
+        Assert.Equal(await ContentAsync(server, "reference"), await ContentAsync(server, stream));
     }
 
     /// <summary>Flushes of four one-GPU jobs: a sacct flush keeps room for one line's records per GPU type and a held `.batch` line's.</summary>
