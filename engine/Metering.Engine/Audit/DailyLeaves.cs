@@ -461,7 +461,7 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
         }
     }
 
-    /// <summary>The provider's root, folded straight from the streams' chunks, without a copy of its leaves.</summary>
+    /// <summary>The provider's root, folded straight from its streams' pieces, without a copy of its leaves.</summary>
     public DailyRoot Fold(DateOnly day, MerkleCutOff cutOff) =>
         new(ProviderId, day, cutOff, Count, MerkleTree.Root(Streams.SelectMany(s => s.Pieces).Select(p => p.Hashes), Count));
 }
