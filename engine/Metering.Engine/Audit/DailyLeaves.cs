@@ -90,6 +90,9 @@ internal readonly record struct LeafPiece(LeafChunk Chunk, int Start, int Count)
     public ReadOnlySpan<long> Sequences => Chunk.Sequences.AsSpan(Start, Count);
 
     public ReadOnlyMemory<byte> Hashes => Chunk.Hashes.AsMemory(Start * MerkleTree.HashBytes, Count * MerkleTree.HashBytes);
+
+    /// <summary>The piece's leaf hashes, for a fold that overwrites them (<see cref="MerkleTree.RootOverwriting"/>).</summary>
+    public ArraySegment<byte> HashSegment => new(Chunk.Hashes, Start * MerkleTree.HashBytes, Count * MerkleTree.HashBytes);
 }
 
 /// <summary>
@@ -410,6 +413,8 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
 /// <summary>One provider's leaves of a day, in leaf order, with the day's usage they carry.</summary>
 internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeaves> streams)
 {
+    private bool _folded;
+
     public string ProviderId { get; } = providerId;
 
     /// <summary>The provider's streams in leaf order (stream id bytewise), each in sequence order.</summary>
@@ -423,6 +428,7 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
     /// <summary>The leaf hashes, 32 bytes each, back to back in leaf order, in a new buffer that folding may overwrite.</summary>
     public byte[] LeafHashes()
     {
+        ThrowIfFolded();
         var leaves = new byte[(long)Count * MerkleTree.HashBytes];
         int at = 0;
         foreach (LeafPiece piece in Streams.SelectMany(s => s.Pieces))
@@ -461,9 +467,25 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
         }
     }
 
-    /// <summary>The provider's root, folded straight from its streams' pieces, without a copy of its leaves.</summary>
-    public DailyRoot Fold(DateOnly day, MerkleCutOff cutOff) =>
-        new(ProviderId, day, cutOff, Count, MerkleTree.Root(Streams.SelectMany(s => s.Pieces).Select(p => p.Hashes), Count));
+    /// <summary>
+    /// The provider's root, folded straight from its streams' pieces, without a copy of its
+    /// leaves: the fold writes each level over the one below (<see cref="MerkleTree.RootOverwriting"/>),
+    /// so the leaves are spent, and nothing may read them after.
+    /// </summary>
+    public DailyRoot Fold(DateOnly day, MerkleCutOff cutOff)
+    {
+        ThrowIfFolded();
+        _folded = true;
+        return new(ProviderId, day, cutOff, Count, MerkleTree.RootOverwriting(Streams.SelectMany(s => s.Pieces).Select(p => p.HashSegment), Count));
+    }
+
+    private void ThrowIfFolded()
+    {
+        if (_folded)
+        {
+            throw new InvalidOperationException($"The leaves of {ProviderId} were spent by folding its root.");
+        }
+    }
 }
 
 /// <summary>

@@ -100,49 +100,29 @@ internal static class MerkleTree
     /// The root over <paramref name="count"/> leaf hashes held in <paramref name="pieces"/>, one
     /// after the other (32 bytes each, a piece may end between two leaves, never inside one):
     /// the same root as <see cref="Root"/> over the leaves copied into one buffer, without that
-    /// copy. The first level is hashed straight from the pieces into a buffer half the leaves'
-    /// size (a pair that spans two pieces through a copy of its 64 bytes), which the rest of
-    /// the fold then overwrites; the pieces are left as they are.
+    /// copy and without a buffer of its own. Each level is written over the level below it,
+    /// piece by piece: a piece's parents go to the front of the piece, and a pair that spans two
+    /// pieces (through a copy of its 64 bytes) goes to the front of the later one, whose first
+    /// leaf it consumed. A buffer the size of the leaves would be memory the process has never
+    /// touched, and the kernel's zeroing of those pages cost about as much as the hashing
+    /// (bench/RESULTS.md, issue 17). The pieces hold nothing useful afterwards.
     /// </summary>
-    public static byte[] Root(IEnumerable<ReadOnlyMemory<byte>> pieces, int count)
+    public static byte[] RootOverwriting(IEnumerable<ArraySegment<byte>> pieces, int count)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(count);
-        if (count <= 1)
-        {
-            byte[] single = [.. pieces.SelectMany(piece => piece.ToArray())];
-            return single.Length == count * HashBytes ? Root(single, -1, null) : throw new ArgumentException($"The pieces hold {single.Length} bytes, not {count} leaf hashes.", nameof(pieces));
-        }
-
-        byte[] parents = GC.AllocateUninitializedArray<byte>((count + 1) / 2 * HashBytes);
-        Span<byte> pair = stackalloc byte[2 * HashBytes];
-        int written = 0;
+        var level = new List<ArraySegment<byte>>();
         int seen = 0;
-        bool carried = false;
-        foreach (ReadOnlyMemory<byte> piece in pieces)
+        foreach (ArraySegment<byte> piece in pieces)
         {
-            ReadOnlySpan<byte> leaves = piece.Span;
-            if (leaves.Length % HashBytes != 0 || seen + (leaves.Length / HashBytes) > count)
+            if (piece.Count % HashBytes != 0 || seen + (piece.Count / HashBytes) > count)
             {
-                throw new ArgumentException($"A piece of {leaves.Length} bytes after {seen} leaves does not hold whole leaf hashes within {count}.", nameof(pieces));
+                throw new ArgumentException($"A piece of {piece.Count} bytes after {seen} leaves does not hold whole leaf hashes within {count}.", nameof(pieces));
             }
 
-            seen += leaves.Length / HashBytes;
-            if (carried && !leaves.IsEmpty)
+            seen += piece.Count / HashBytes;
+            if (piece.Count > 0)
             {
-                leaves[..HashBytes].CopyTo(pair[HashBytes..]);
-                Sha256Lanes.HashNodes(pair, parents.AsSpan(written * HashBytes, HashBytes));
-                written++;
-                leaves = leaves[HashBytes..];
-                carried = false;
-            }
-
-            int pairs = leaves.Length / (2 * HashBytes);
-            Sha256Lanes.HashNodes(leaves[..(pairs * 2 * HashBytes)], parents.AsSpan(written * HashBytes, pairs * HashBytes));
-            written += pairs;
-            if (leaves.Length > pairs * 2 * HashBytes)
-            {
-                leaves[^HashBytes..].CopyTo(pair);
-                carried = true;
+                level.Add(piece);
             }
         }
 
@@ -151,13 +131,53 @@ internal static class MerkleTree
             throw new ArgumentException($"The pieces hold {seen} leaf hashes, not {count}.", nameof(pieces));
         }
 
-        if (carried)
+        if (count == 0)
         {
-            pair[..HashBytes].CopyTo(parents.AsSpan(written * HashBytes));
-            written++;
+            return SHA256.HashData(ReadOnlySpan<byte>.Empty);
         }
 
-        return Root(parents.AsSpan(0, written * HashBytes), -1, null);
+        Span<byte> pair = stackalloc byte[2 * HashBytes];
+        for (int nodes = count; nodes > 1; nodes = (nodes + 1) / 2)
+        {
+            // The node left without a partner at the end of the last piece that held one.
+            int carriedFrom = -1;
+            for (int k = 0; k < level.Count; k++)
+            {
+                Span<byte> span = level[k];
+                int held = span.Length / HashBytes;
+                int start = 0;
+                if (carriedFrom >= 0)
+                {
+                    span[..HashBytes].CopyTo(pair[HashBytes..]);
+                    Sha256Lanes.HashNodes(pair, span[..HashBytes]);
+                    start = 1;
+                    carriedFrom = -1;
+                }
+
+                // Parent j of the pairs after `start` goes to slot start + j, never ahead of the children it reads.
+                int pairs = (held - start) / 2;
+                Sha256Lanes.HashNodes(span.Slice(start * HashBytes, pairs * 2 * HashBytes), span.Slice(start * HashBytes, pairs * HashBytes));
+                if ((held - start) % 2 == 1)
+                {
+                    span.Slice((held - 1) * HashBytes, HashBytes).CopyTo(pair);
+                    carriedFrom = k;
+                }
+
+                level[k] = level[k][..((start + pairs) * HashBytes)];
+            }
+
+            if (carriedFrom >= 0)
+            {
+                // The last node of the level: its piece gave up at least that slot to its own parents.
+                ArraySegment<byte> last = level[carriedFrom];
+                pair[..HashBytes].CopyTo(last.Array.AsSpan(last.Offset + last.Count, HashBytes));
+                level[carriedFrom] = new ArraySegment<byte>(last.Array!, last.Offset, last.Count + HashBytes);
+            }
+
+            level.RemoveAll(piece => piece.Count == 0);
+        }
+
+        return level[0][..HashBytes].ToArray();
     }
 
     /// <summary>Folds a leaf hash up a proof; equal to the root when the leaf is in the tree at the proof's position.</summary>

@@ -55,6 +55,19 @@ public sealed class LeafCollectorTests
     }
 
     [Fact]
+    public async Task Folding_a_providers_root_spends_its_leaves()
+    {
+        // The fold writes each level of the tree over its leaves, so nothing may read them after.
+        LeafCollector leaves = await CollectAsync(Rows((Provider, "site-0", 1), (Provider, "site-0", 2), (Provider, "site-1", 1)));
+        ProviderLeaves provider = leaves.Providers().Single();
+        byte[] expected = MerkleTree.Root(provider.LeafHashes(), -1, null);
+
+        Assert.Equal(expected, provider.Fold(Day, MerkleCutOff.AsSettled).Root);
+        Assert.Throws<InvalidOperationException>(() => provider.LeafHashes());
+        Assert.Throws<InvalidOperationException>(() => provider.Fold(Day, MerkleCutOff.AsSettled));
+    }
+
+    [Fact]
     public async Task A_later_range_that_holds_earlier_sequences_is_put_in_sequence_order()
     {
         // Physical order is not sequence order here (only a rewrite past the guards does this),

@@ -95,39 +95,54 @@ public sealed class MerkleTreeTests
     [InlineData(1_001)]
     public void The_root_of_leaves_held_in_pieces_is_the_root_of_the_leaves_in_one_buffer(int count)
     {
-        // Settlement folds a provider's root straight from its streams' chunks; any cut of the
-        // same leaves (odd pieces, so that pairs span two; empty pieces) must give the same root.
+        // Settlement folds a provider's root straight from its streams' chunks, over the leaves
+        // themselves; any cut of the same leaves (odd pieces, so that pairs span two; empty
+        // pieces; pieces apart in memory and in any order there) must give the same root.
         var random = new Random(count);
         byte[] leaves = new byte[count * 32];
         random.NextBytes(leaves);
-        byte[] original = leaves.ToArray();
         byte[] expected = MerkleTree.Root(leaves.ToArray(), -1, null);
         for (int cut = 0; cut < 20; cut++)
         {
-            var pieces = new List<ReadOnlyMemory<byte>>();
-            int at = 0;
-            while (at < count)
+            var lengths = new List<int>();
+            for (int at = 0; at < count; at += lengths[^1])
             {
-                int length = Math.Min(count - at, random.Next(0, 6));
-                pieces.Add(leaves.AsMemory(at * 32, length * 32));
-                at += length;
+                lengths.Add(Math.Min(count - at, random.Next(0, 6)));
             }
 
-            Assert.Equal(expected, MerkleTree.Root(pieces, count));
-        }
+            // Each piece in a buffer of its own, with a leaf's worth of bytes on either side that must not change.
+            var pieces = new List<ArraySegment<byte>>();
+            var guards = new List<byte[]>();
+            int taken = 0;
+            foreach (int length in lengths)
+            {
+                byte[] buffer = new byte[(length + 2) * 32];
+                random.NextBytes(buffer);
+                leaves.AsSpan(taken * 32, length * 32).CopyTo(buffer.AsSpan(32));
+                guards.Add([.. buffer.AsSpan(0, 32), .. buffer.AsSpan((length + 1) * 32)]);
+                pieces.Add(new ArraySegment<byte>(buffer, 32, length * 32));
+                taken += length;
+            }
 
-        Assert.Equal(original, leaves);
+            Assert.Equal(expected, MerkleTree.RootOverwriting(pieces, count));
+            for (int i = 0; i < pieces.Count; i++)
+            {
+                byte[] buffer = pieces[i].Array!;
+                Assert.Equal(guards[i], (byte[])[.. buffer.AsSpan(0, 32), .. buffer.AsSpan(buffer.Length - 32)]);
+            }
+        }
     }
 
     [Theory]
     [InlineData(3, 2)]
     [InlineData(3, 4)]
     [InlineData(1, 2)]
+    [InlineData(0, 1)]
     public void Pieces_that_do_not_hold_the_leaf_count_are_refused(int held, int count)
     {
         byte[] leaves = new byte[held * 32];
 
-        Assert.Throws<ArgumentException>(() => MerkleTree.Root([leaves.AsMemory()], count));
+        Assert.Throws<ArgumentException>(() => MerkleTree.RootOverwriting([new ArraySegment<byte>(leaves)], count));
     }
 
     [Fact]
@@ -135,7 +150,14 @@ public sealed class MerkleTreeTests
     {
         byte[] leaves = new byte[3 * 32];
 
-        Assert.Throws<ArgumentException>(() => MerkleTree.Root([leaves.AsMemory(0, 40), leaves.AsMemory(40)], 3));
+        Assert.Throws<ArgumentException>(() => MerkleTree.RootOverwriting([new ArraySegment<byte>(leaves, 0, 40), new ArraySegment<byte>(leaves, 40, 56)], 3));
+    }
+
+    [Fact]
+    public void No_pieces_fold_to_the_root_of_no_leaves()
+    {
+        Assert.Equal(MerkleTree.Root([], -1, null), MerkleTree.RootOverwriting([], 0));
+        Assert.Equal(MerkleTree.Root([], -1, null), MerkleTree.RootOverwriting([new ArraySegment<byte>([])], 0));
     }
 
     [Fact]
