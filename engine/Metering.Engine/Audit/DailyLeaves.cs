@@ -53,22 +53,22 @@ public readonly record struct MerkleCutOff
 public sealed class DayNotSettledException(string message) : Exception(message);
 
 /// <summary>
-/// A run of one stream's records as they were read: their sequences and 32-byte hashes, chain
-/// hashes until <see cref="HashLeaves"/> turns them, in place, into leaf hashes. A chunk is
-/// written by the reading thread until full and is then left to a hashing task alone. Only the
-/// first <see cref="Count"/> slots hold anything: the arrays are not cleared when made (the
-/// sequences are, where <paramref name="zeroedSequences"/>), so that the runtime does not write
-/// memory before the chunk does.
+/// A run of one stream's records as they were read: their 32-byte hashes, chain hashes until
+/// <see cref="HashLeaves"/> turns them, in place, into leaf hashes. Their sequences are kept by
+/// the pieces that cut the chunk (<see cref="LeafPiece"/>), not per leaf. A chunk is written by
+/// the reading thread until full and is then left to a hashing task alone. Only the first
+/// <see cref="Count"/> slots hold anything: the array is not cleared when made, so that the
+/// runtime does not write memory before the chunk does.
 /// </summary>
-internal sealed class LeafChunk(int capacity, bool zeroedSequences = false)
+internal sealed class LeafChunk(int capacity)
 {
-    public long[] Sequences { get; } = zeroedSequences ? new long[capacity] : GC.AllocateUninitializedArray<long>(capacity);
-
     public byte[] Hashes { get; } = GC.AllocateUninitializedArray<byte>(capacity * MerkleTree.HashBytes);
+
+    public int Capacity { get; } = capacity;
 
     public int Count { get; set; }
 
-    public bool Full => Count == Sequences.Length;
+    public bool Full => Count == Capacity;
 
     public void HashLeaves()
     {
@@ -79,15 +79,12 @@ internal sealed class LeafChunk(int capacity, bool zeroedSequences = false)
 
 /// <summary>
 /// Leaves <see cref="Start"/> to <see cref="Start"/> + <see cref="Count"/> of a chunk, whose
-/// sequences follow one another without a gap.
+/// sequences follow one another without a gap from <see cref="FirstSequence"/>: a piece is all a
+/// stream keeps of its leaves' sequences, 8 bytes a leaf less to hold.
 /// </summary>
-internal readonly record struct LeafPiece(LeafChunk Chunk, int Start, int Count)
+internal readonly record struct LeafPiece(LeafChunk Chunk, int Start, int Count, long FirstSequence)
 {
-    public long FirstSequence => Chunk.Sequences[Start];
-
-    public long LastSequence => Chunk.Sequences[Start + Count - 1];
-
-    public ReadOnlySpan<long> Sequences => Chunk.Sequences.AsSpan(Start, Count);
+    public long LastSequence => FirstSequence + Count - 1;
 
     public ReadOnlyMemory<byte> Hashes => Chunk.Hashes.AsMemory(Start * MerkleTree.HashBytes, Count * MerkleTree.HashBytes);
 
@@ -130,6 +127,7 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
     private List<LeafChunk> _chunks = [new LeafChunk(ChunkRecordsFirst)];
     private List<LeafPiece> _pieces = [];
     private int _pieceStart;
+    private long _pieceFirst;
     private long _last = long.MinValue;
     private long _smallest = long.MaxValue;
     private long _largest = long.MinValue;
@@ -185,7 +183,11 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
             ClosePiece(chunk);
         }
 
-        chunk.Sequences[chunk.Count] = sequence;
+        if (chunk.Count == _pieceStart)
+        {
+            _pieceFirst = sequence;
+        }
+
         chainHash.CopyTo(chunk.Hashes.AsSpan(chunk.Count * MerkleTree.HashBytes));
         chunk.Count++;
         Count++;
@@ -197,7 +199,7 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
         {
             ClosePiece(chunk);
             Hash(chunk, hashing);
-            _chunks.Add(new LeafChunk(Math.Min(chunk.Sequences.Length * 2, ChunkRecordsMax)));
+            _chunks.Add(new LeafChunk(Math.Min(chunk.Capacity * 2, ChunkRecordsMax)));
             _pieceStart = 0;
         }
     }
@@ -207,7 +209,7 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
     {
         if (chunk.Count > _pieceStart)
         {
-            _pieces.Add(new LeafPiece(chunk, _pieceStart, chunk.Count - _pieceStart));
+            _pieces.Add(new LeafPiece(chunk, _pieceStart, chunk.Count - _pieceStart, _pieceFirst));
             _pieceStart = chunk.Count;
         }
     }
@@ -259,11 +261,15 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
         var sequences = new long[Count];
         var leaves = new byte[Count * MerkleTree.HashBytes];
         int at = 0;
-        foreach (LeafChunk chunk in _chunks)
+        foreach (LeafPiece piece in _pieces)
         {
-            chunk.Sequences.AsSpan(0, chunk.Count).CopyTo(sequences.AsSpan(at));
-            chunk.Hashes.AsSpan(0, chunk.Count * MerkleTree.HashBytes).CopyTo(leaves.AsSpan(at * MerkleTree.HashBytes));
-            at += chunk.Count;
+            for (int i = 0; i < piece.Count; i++)
+            {
+                sequences[at + i] = piece.FirstSequence + i;
+            }
+
+            piece.Hashes.Span.CopyTo(leaves.AsSpan(at * MerkleTree.HashBytes));
+            at += piece.Count;
         }
 
         int[] order = Enumerable.Range(0, Count).ToArray();
@@ -274,14 +280,15 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
                 : leaves.AsSpan(a * MerkleTree.HashBytes, MerkleTree.HashBytes).SequenceCompareTo(leaves.AsSpan(b * MerkleTree.HashBytes, MerkleTree.HashBytes));
         });
         var ordered = new LeafChunk(Count) { Count = Count };
+        var pieces = new List<LeafPiece>();
         for (int i = 0; i < Count; i++)
         {
-            ordered.Sequences[i] = sequences[order[i]];
             leaves.AsSpan(order[i] * MerkleTree.HashBytes, MerkleTree.HashBytes).CopyTo(ordered.Hashes.AsSpan(i * MerkleTree.HashBytes));
+            Extend(pieces, ordered, i, sequences[order[i]]);
         }
 
         _chunks = [ordered];
-        _pieces = [new LeafPiece(ordered, 0, Count)];
+        _pieces = pieces;
         _ordered = true;
     }
 
@@ -314,7 +321,7 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
 
     /// <summary>
     /// Puts the leaves in sequence order by writing each at its sequence's offset from the
-    /// smallest, in one pass, where the sequences are positive, dense enough
+    /// smallest, in one pass, where the sequences are dense enough
     /// (<see cref="PlacedSpreadMax"/>) and each stored once: the order of a read that ships
     /// runs of records in no order. False, with nothing changed, where they are not; the sort
     /// then decides, which also orders a sequence stored twice.
@@ -322,52 +329,66 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
     private bool Place()
     {
         long span = _largest - _smallest + 1;
-        if (Count == 0 || _smallest <= 0 || span > (long)Count * PlacedSpreadMax || span > Array.MaxLength / MerkleTree.HashBytes)
+        if (Count == 0 || span > (long)Count * PlacedSpreadMax || span > Array.MaxLength / MerkleTree.HashBytes)
         {
             return false;
         }
 
-        // A slot's sequence stays 0 until a leaf lands in it: stored sequences are positive.
-        var placed = new LeafChunk((int)span, zeroedSequences: true);
-        foreach (LeafChunk chunk in _chunks)
+        var taken = new bool[span];
+        var placed = new LeafChunk((int)span);
+        foreach (LeafPiece piece in _pieces)
         {
-            for (int i = 0; i < chunk.Count; i++)
+            ReadOnlySpan<byte> hashes = piece.Hashes.Span;
+            for (int i = 0; i < piece.Count; i++)
             {
-                long sequence = chunk.Sequences[i];
-                int slot = (int)(sequence - _smallest);
-                if (placed.Sequences[slot] != 0)
+                int slot = (int)(piece.FirstSequence + i - _smallest);
+                if (taken[slot])
                 {
                     return false;
                 }
 
-                placed.Sequences[slot] = sequence;
-                chunk.Hashes.AsSpan(i * MerkleTree.HashBytes, MerkleTree.HashBytes).CopyTo(placed.Hashes.AsSpan(slot * MerkleTree.HashBytes));
+                taken[slot] = true;
+                hashes.Slice(i * MerkleTree.HashBytes, MerkleTree.HashBytes).CopyTo(placed.Hashes.AsSpan(slot * MerkleTree.HashBytes));
             }
         }
 
-        // Close the gaps of sequences that are not leaves of the day (other days' records).
+        // Close the gaps of sequences that are not leaves of the day (other days' records); each gap ends a piece.
+        var pieces = new List<LeafPiece>();
         int kept = 0;
         for (int slot = 0; slot < span; slot++)
         {
-            if (placed.Sequences[slot] == 0)
+            if (!taken[slot])
             {
                 continue;
             }
 
             if (kept != slot)
             {
-                placed.Sequences[kept] = placed.Sequences[slot];
                 placed.Hashes.AsSpan(slot * MerkleTree.HashBytes, MerkleTree.HashBytes).CopyTo(placed.Hashes.AsSpan(kept * MerkleTree.HashBytes));
             }
 
+            Extend(pieces, placed, kept, _smallest + slot);
             kept++;
         }
 
         Debug.Assert(kept == Count);
         placed.Count = kept;
         _chunks = [placed];
-        _pieces = [new LeafPiece(placed, 0, kept)];
+        _pieces = pieces;
         return true;
+    }
+
+    /// <summary>Adds leaf <paramref name="index"/> of <paramref name="chunk"/>, whose sequence is <paramref name="sequence"/>, to the last piece where it follows on from it, else as a piece of its own.</summary>
+    private static void Extend(List<LeafPiece> pieces, LeafChunk chunk, int index, long sequence)
+    {
+        if (pieces.Count > 0 && pieces[^1] is { } last && last.Chunk == chunk && last.Start + last.Count == index && last.LastSequence + 1 == sequence)
+        {
+            pieces[^1] = last with { Count = last.Count + 1 };
+        }
+        else
+        {
+            pieces.Add(new LeafPiece(chunk, index, 1, sequence));
+        }
     }
 
     /// <summary>The position of a sequence among the stream's leaves (the first, should it be stored twice), or -1.</summary>
@@ -376,19 +397,9 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
         int offset = 0;
         foreach (LeafPiece piece in _pieces)
         {
-            ReadOnlySpan<long> sequences = piece.Sequences;
-            if (sequence >= sequences[0] && sequence <= sequences[^1])
+            if (sequence >= piece.FirstSequence && sequence <= piece.LastSequence)
             {
-                int at = sequences.BinarySearch(sequence);
-                while (at > 0 && sequences[at - 1] == sequence)
-                {
-                    at--;
-                }
-
-                if (at >= 0)
-                {
-                    return offset + at;
-                }
+                return offset + (int)(sequence - piece.FirstSequence);
             }
 
             offset += piece.Count;
@@ -399,7 +410,7 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
 
     private static void Hash(LeafChunk chunk, List<Task> hashing)
     {
-        if (chunk.Sequences.Length >= ChunkRecordsHashedApart)
+        if (chunk.Capacity >= ChunkRecordsHashedApart)
         {
             hashing.Add(Task.Run(chunk.HashLeaves));
         }

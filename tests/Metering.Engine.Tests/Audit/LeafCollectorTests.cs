@@ -112,7 +112,13 @@ public sealed class LeafCollectorTests
 
         await runs.FinishAsync();
 
-        Assert.Equal(Shape(inOrder.Providers()), Shape(runs.Providers()));
+        List<ProviderLeaves> ordered = runs.Providers();
+        Assert.Equal(Shape(inOrder.Providers()), Shape(ordered));
+        // Each record's leaf index (what a proof is built at) is its place in sequence order; a sequence not read is no leaf.
+        ProviderLeaves provider = ordered.Single();
+        Assert.Equal(Enumerable.Range(0, all.Length), all.Select(q => provider.IndexOf("site-0", (ulong)q)));
+        Assert.Equal(-1, provider.IndexOf("site-0", (ulong)all[^1] + 1));
+        Assert.Equal(-1, provider.IndexOf("site-1", (ulong)all[0]));
     }
 
     [Fact]
@@ -132,6 +138,7 @@ public sealed class LeafCollectorTests
         byte[][] seconds = [Leaf(Chain(2, stream)), Leaf(twice)];
         Array.Sort(seconds, (a, b) => a.AsSpan().SequenceCompareTo(b));
         Assert.Equal(Convert.ToHexStringLower([.. Leaf(Chain(1, stream)), .. seconds[0], .. seconds[1], .. Leaf(Chain(3, stream))]), Convert.ToHexStringLower(provider.LeafHashes()));
+        Assert.Equal([0, 1, 3], new ulong[] { 1, 2, 3 }.Select(q => provider.IndexOf("site-0", q)));
     }
 
     [Theory]
