@@ -104,7 +104,7 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
     /// <summary>Chunks grow from this size, so that the many small streams of a day stay small.</summary>
     public const int ChunkRecordsFirst = 64;
 
-    /// <summary>Chunks stop growing here (16,384 records, 640 KiB).</summary>
+    /// <summary>Chunks stop growing here (16,384 records, 512 KiB).</summary>
     public const int ChunkRecordsMax = 16 * 1024;
 
     /// <summary>Chunks from this size up are hashed on the thread pool; smaller ones on the reading thread, where a task would cost more than the hashing.</summary>
@@ -516,7 +516,7 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
 /// </summary>
 internal static class DailyLeaves
 {
-    /// <summary>Most leaves one read holds (all providers of a day when settlement reads): 1.25 GiB of leaves and sequences.</summary>
+    /// <summary>Most leaves one read holds (all providers of a day when settlement reads): 1 GiB of leaf hashes.</summary>
     public const int ReadLeavesMax = 32 * 1024 * 1024;
 
     // The provider, which comes from a caller, travels as a parameter of the statement, as the
