@@ -481,7 +481,6 @@ internal static class SettleLoad
         return seconds;
     }
 
-    /// <summary>The host's load averages over 1, 5 and 15 minutes, where Linux shows them: a loaded host's figures compare only as ratios.</summary>
     /// <summary>
     /// The process's minor page faults so far (/proc/self/stat), or 0 where there is none: each is
     /// a page of memory the process touched for the first time, which the kernel zeroes, and the
@@ -499,6 +498,7 @@ internal static class SettleLoad
         return long.Parse(stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[7], CultureInfo.InvariantCulture);
     }
 
+    /// <summary>The host's load averages over 1, 5 and 15 minutes, where Linux shows them: a loaded host's figures compare only as ratios.</summary>
     private static string LoadAverage() =>
         File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : "unknown";
 
