@@ -86,10 +86,8 @@ internal readonly record struct LeafPiece(LeafChunk Chunk, int Start, int Count,
 {
     public long LastSequence => FirstSequence + Count - 1;
 
-    public ReadOnlyMemory<byte> Hashes => Chunk.Hashes.AsMemory(Start * MerkleTree.HashBytes, Count * MerkleTree.HashBytes);
-
-    /// <summary>The piece's leaf hashes, for a fold that overwrites them (<see cref="MerkleTree.RootOverwriting"/>).</summary>
-    public ArraySegment<byte> HashSegment => new(Chunk.Hashes, Start * MerkleTree.HashBytes, Count * MerkleTree.HashBytes);
+    /// <summary>The piece's leaf hashes, in its chunk (which the fold overwrites, <see cref="MerkleTree.RootOverwriting"/>).</summary>
+    public ArraySegment<byte> Hashes => new(Chunk.Hashes, Start * MerkleTree.HashBytes, Count * MerkleTree.HashBytes);
 }
 
 /// <summary>
@@ -129,8 +127,6 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
     private int _pieceStart;
     private long _pieceFirst;
     private long _last = long.MinValue;
-    private long _smallest = long.MaxValue;
-    private long _largest = long.MinValue;
     private bool _ordered = true;
 
     public string ProviderId { get; } = providerId;
@@ -193,8 +189,6 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
         Count++;
         _ordered &= sequence > _last;
         _last = sequence;
-        _smallest = Math.Min(_smallest, sequence);
-        _largest = Math.Max(_largest, sequence);
         if (chunk.Full)
         {
             ClosePiece(chunk);
@@ -239,8 +233,6 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
         Count += later.Count;
         UsageNpfh += later.UsageNpfh;
         _last = later._last;
-        _smallest = Math.Min(_smallest, later._smallest);
-        _largest = Math.Max(_largest, later._largest);
     }
 
     /// <summary>
@@ -268,7 +260,7 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
                 sequences[at + i] = piece.FirstSequence + i;
             }
 
-            piece.Hashes.Span.CopyTo(leaves.AsSpan(at * MerkleTree.HashBytes));
+            piece.Hashes.AsSpan().CopyTo(leaves.AsSpan(at * MerkleTree.HashBytes));
             at += piece.Count;
         }
 
@@ -328,8 +320,15 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
     /// </summary>
     private bool Place()
     {
-        long span = _largest - _smallest + 1;
-        if (Count == 0 || span > (long)Count * PlacedSpreadMax || span > Array.MaxLength / MerkleTree.HashBytes)
+        if (Count == 0)
+        {
+            return false;
+        }
+
+        // The pieces hold every leaf's sequence: the smallest and largest are their ends.
+        long smallest = _pieces.Min(p => p.FirstSequence);
+        long span = _pieces.Max(p => p.LastSequence) - smallest + 1;
+        if (span > (long)Count * PlacedSpreadMax || span > Array.MaxLength / MerkleTree.HashBytes)
         {
             return false;
         }
@@ -338,10 +337,10 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
         var placed = new LeafChunk((int)span);
         foreach (LeafPiece piece in _pieces)
         {
-            ReadOnlySpan<byte> hashes = piece.Hashes.Span;
+            ReadOnlySpan<byte> hashes = piece.Hashes;
             for (int i = 0; i < piece.Count; i++)
             {
-                int slot = (int)(piece.FirstSequence + i - _smallest);
+                int slot = (int)(piece.FirstSequence + i - smallest);
                 if (taken[slot])
                 {
                     return false;
@@ -367,7 +366,7 @@ internal sealed class StreamLeaves(string providerId, string streamId, byte[] pr
                 placed.Hashes.AsSpan(slot * MerkleTree.HashBytes, MerkleTree.HashBytes).CopyTo(placed.Hashes.AsSpan(kept * MerkleTree.HashBytes));
             }
 
-            Extend(pieces, placed, kept, _smallest + slot);
+            Extend(pieces, placed, kept, smallest + slot);
             kept++;
         }
 
@@ -444,8 +443,8 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
         int at = 0;
         foreach (LeafPiece piece in Streams.SelectMany(s => s.Pieces))
         {
-            piece.Hashes.Span.CopyTo(leaves.AsSpan(at));
-            at += piece.Hashes.Length;
+            piece.Hashes.AsSpan().CopyTo(leaves.AsSpan(at));
+            at += piece.Hashes.Count;
         }
 
         return leaves;
@@ -487,7 +486,7 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
     {
         ThrowIfFolded();
         _folded = true;
-        return new(ProviderId, day, cutOff, Count, MerkleTree.RootOverwriting(Streams.SelectMany(s => s.Pieces).Select(p => p.HashSegment), Count));
+        return new(ProviderId, day, cutOff, Count, MerkleTree.RootOverwriting(Streams.SelectMany(s => s.Pieces).Select(p => p.Hashes), Count));
     }
 
     private void ThrowIfFolded()
