@@ -28,6 +28,7 @@ internal static partial class Sha256Lanes
     public static bool IsWide => Avx512F.IsSupported && Vector512.IsHardwareAccelerated;
 
     /// <summary>Leaf hashes of whole batches of sixteen; returns how many it hashed.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static int HashLeavesWide(ReadOnlySpan<byte> chainHashes, Span<byte> leaves, int count)
     {
         Span<Vector512<uint>> rows = stackalloc Vector512<uint>[WideLanes];
@@ -69,6 +70,7 @@ internal static partial class Sha256Lanes
     }
 
     /// <summary>Node hashes of whole batches of sixteen pairs; returns how many it hashed. Each batch is read before it is written, as in <see cref="HashNodes"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static int HashNodesWide(ReadOnlySpan<byte> pairs, Span<byte> parents, int count)
     {
         Span<Vector512<uint>> rows = stackalloc Vector512<uint>[WideLanes];
@@ -116,6 +118,7 @@ internal static partial class Sha256Lanes
     /// swaps the off-diagonal blocks of every 2b × 2b block (b = 8, 4, 2, 1) with two two-table
     /// permutes per pair of rows, then one byte shuffle per row.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void TransposeWords(Span<Vector512<uint>> rows)
     {
         for (int round = 0; round < 4; round++)
@@ -177,6 +180,7 @@ internal static partial class Sha256Lanes
         3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12, 3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12,
         3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12);
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void InitialiseWide(Span<Vector512<uint>> state)
     {
         for (int i = 0; i < 8; i++)
@@ -186,6 +190,7 @@ internal static partial class Sha256Lanes
     }
 
     /// <summary>Writes each lane's eight state words, big-endian, as that lane's 32-byte digest: the state transposed (through <paramref name="rows"/>), each row's first half.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void StoreWide(Span<Vector512<uint>> state, Span<Vector512<uint>> rows, Span<byte> digests)
     {
         for (int i = 0; i < 8; i++)
@@ -203,6 +208,7 @@ internal static partial class Sha256Lanes
     }
 
     /// <summary>The compression function (FIPS 180-4 §6.2.2) on one 16-word block per lane, as <see cref="Compress"/> with three-input functions in one instruction each.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void CompressWide(Span<Vector512<uint>> state, Span<Vector512<uint>> w)
     {
         Vector512<uint> a = state[0], b = state[1], c = state[2], d = state[3], e = state[4], f = state[5], g = state[6], h = state[7];
