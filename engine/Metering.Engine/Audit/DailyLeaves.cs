@@ -512,7 +512,8 @@ internal sealed class ProviderLeaves(string providerId, IReadOnlyList<StreamLeav
 /// The statement has no ORDER BY: on a day of ten million records PostgreSQL's sort of them cost
 /// more than reading them, so the rows come in physical order and are put in leaf order here,
 /// per stream, where they are nearly always in order already. The price is memory: every record
-/// of the read (its 32-byte hash and 8-byte sequence) is held until the read ends. Leaves are
+/// of the read (its 32-byte hash; sequences are kept per piece of consecutive ones,
+/// <see cref="LeafPiece"/>) is held until the read ends. Leaves are
 /// hashed while the rows arrive, a chunk at a time on the thread pool, and the roots are folded
 /// at the end, providers side by side.
 /// </para>
